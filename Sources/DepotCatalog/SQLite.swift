@@ -1,0 +1,177 @@
+import CSQLite
+import DepotCore
+
+/// A value bound to, or read from, an SQL statement.
+public enum SQLValue: Sendable {
+    case null
+    case int(Int64)
+    case text(String)
+    case blob([UInt8])
+    /// A 32-byte hash stored as a BLOB without an intermediate array.
+    case hash(SHA256.Value)
+}
+
+// SQLITE_TRANSIENT is a macro that Swift does not import.
+private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+/// One SQLite connection with a statement cache. Not thread-safe by itself: `Database`
+/// hands it to one caller at a time.
+public final class SQLiteConnection: @unchecked Sendable {
+    let handle: OpaquePointer
+    let path: String
+    private var cache: [String: Statement] = [:]
+
+    init(path: String, readOnly: Bool) throws {
+        var db: OpaquePointer?
+        let flags = (readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_NOMUTEX
+        let rc = sqlite3_open_v2(path, &db, flags, nil)
+        guard rc == SQLITE_OK, let db else {
+            let msg = db.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
+            if let db { sqlite3_close_v2(db) }
+            throw DepotError.storage("cannot open catalog \(path): \(msg)")
+        }
+        handle = db
+        self.path = path
+        sqlite3_busy_timeout(db, 10_000)
+    }
+
+    deinit {
+        cache.removeAll()
+        sqlite3_close_v2(handle)
+    }
+
+    func error(_ what: String) -> DepotError {
+        let code = sqlite3_errcode(handle)
+        let msg = String(cString: sqlite3_errmsg(handle))
+        if code == SQLITE_FULL { return .io("catalog \(path): disk full (\(what))") }
+        return .storage("catalog \(path): \(what): \(msg)")
+    }
+
+    /// Runs one or more statements without results.
+    public func execute(_ sql: String) throws {
+        var err: UnsafeMutablePointer<CChar>?
+        if sqlite3_exec(handle, sql, nil, nil, &err) != SQLITE_OK {
+            let msg = err.map { String(cString: $0) } ?? "unknown"
+            sqlite3_free(err)
+            throw DepotError.storage("catalog \(path): \(msg) in \(sql.prefix(60))")
+        }
+    }
+
+    /// A prepared (and cached) statement, reset and with no bindings.
+    public func statement(_ sql: String) throws -> Statement {
+        if let s = cache[sql] {
+            s.reset()
+            return s
+        }
+        var stmt: OpaquePointer?
+        guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil) == SQLITE_OK, let stmt else {
+            throw error("prepare \(sql.prefix(60))")
+        }
+        let s = Statement(stmt, self)
+        cache[sql] = s
+        return s
+    }
+
+    /// Runs a statement with arguments, ignoring rows.
+    public func run(_ sql: String, _ args: SQLValue...) throws {
+        let s = try statement(sql)
+        try s.bind(args)
+        while try s.step() {}
+    }
+
+    /// Runs a query and calls `row` for every result row.
+    public func query(_ sql: String, _ args: SQLValue..., row: (Statement) throws -> Void) throws {
+        let s = try statement(sql)
+        try s.bind(args)
+        while try s.step() { try row(s) }
+    }
+
+    /// The first row mapped by `map`, or nil.
+    public func first<T>(_ sql: String, _ args: SQLValue..., map: (Statement) throws -> T) throws -> T? {
+        let s = try statement(sql)
+        try s.bind(args)
+        defer { s.reset() }
+        return try s.step() ? map(s) : nil
+    }
+
+    public var changes: Int { Int(sqlite3_changes(handle)) }
+    public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
+
+    /// Runs `body` inside `BEGIN IMMEDIATE ... COMMIT`, rolling back if it throws.
+    public func transaction<T>(_ body: () throws -> T) throws -> T {
+        try execute("BEGIN IMMEDIATE")
+        do {
+            let result = try body()
+            try execute("COMMIT")
+            return result
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+}
+
+/// A prepared statement: bind, step, read columns.
+public final class Statement {
+    let stmt: OpaquePointer
+    unowned let connection: SQLiteConnection
+
+    init(_ stmt: OpaquePointer, _ connection: SQLiteConnection) {
+        self.stmt = stmt
+        self.connection = connection
+    }
+
+    deinit { sqlite3_finalize(stmt) }
+
+    func reset() {
+        sqlite3_reset(stmt)
+        sqlite3_clear_bindings(stmt)
+    }
+
+    public func bind(_ values: [SQLValue]) throws {
+        for (i, v) in values.enumerated() {
+            let idx = Int32(i + 1)
+            let rc: Int32
+            switch v {
+            case .null: rc = sqlite3_bind_null(stmt, idx)
+            case .int(let x): rc = sqlite3_bind_int64(stmt, idx, x)
+            case .text(let s): rc = sqlite3_bind_text(stmt, idx, s, -1, transient)
+            case .blob(let b): rc = b.withUnsafeBytes { sqlite3_bind_blob(stmt, idx, $0.baseAddress, Int32($0.count), transient) }
+            case .hash(let h):
+                // Big-endian bytes, so that BLOB order equals digest order.
+                let be = (h.a.bigEndian, h.b.bigEndian, h.c.bigEndian, h.d.bigEndian)
+                rc = withUnsafeBytes(of: be) { sqlite3_bind_blob(stmt, idx, $0.baseAddress, 32, transient) }
+            }
+            guard rc == SQLITE_OK else { throw connection.error("bind") }
+        }
+    }
+
+    /// Advances; true when a row is available.
+    public func step() throws -> Bool {
+        let rc = sqlite3_step(stmt)
+        if rc == SQLITE_ROW { return true }
+        if rc == SQLITE_DONE { return false }
+        throw connection.error("step")
+    }
+
+    public func int(_ i: Int32) -> Int64 { sqlite3_column_int64(stmt, i) }
+    public func isNull(_ i: Int32) -> Bool { sqlite3_column_type(stmt, i) == SQLITE_NULL }
+
+    public func text(_ i: Int32) -> String {
+        guard let p = sqlite3_column_text(stmt, i) else { return "" }
+        return String(cString: p)
+    }
+
+    public func blob(_ i: Int32) -> [UInt8] {
+        let n = Int(sqlite3_column_bytes(stmt, i))
+        guard n > 0, let p = sqlite3_column_blob(stmt, i) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: p, count: n))
+    }
+
+    /// Reads a 32-byte hash column; nil when the column is not 32 bytes.
+    public func hash(_ i: Int32) -> SHA256.Value? {
+        let n = Int(sqlite3_column_bytes(stmt, i))
+        guard n == 32, let p = sqlite3_column_blob(stmt, i) else { return nil }
+        return SHA256.Value(bytes: UnsafeRawBufferPointer(start: p, count: 32))
+    }
+}

@@ -1,0 +1,62 @@
+import DepotCore
+
+/// The catalog's schema as an ordered list of migrations; `PRAGMA user_version` records
+/// how many have been applied. Migrations are append-only: never edit a released one.
+enum Schema {
+    static let migrations: [String] = [
+        // 1: the chunk store (packs, chunk index, blobs and their recipes, GC roots).
+        """
+        CREATE TABLE packs(
+            id INTEGER PRIMARY KEY,
+            committed_size INTEGER NOT NULL DEFAULT 0,  -- bytes known durable; the tail past it is cut on open
+            sealed INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL
+        );
+        CREATE TABLE chunks(
+            hash BLOB PRIMARY KEY,                      -- sha256 of the uncompressed bytes
+            pack_id INTEGER NOT NULL REFERENCES packs(id),
+            offset INTEGER NOT NULL,                    -- of the record header in the pack
+            stored_length INTEGER NOT NULL,
+            raw_length INTEGER NOT NULL,
+            codec INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX chunks_by_pack ON chunks(pack_id, offset);
+        CREATE TABLE blobs(
+            id INTEGER PRIMARY KEY,
+            digest BLOB UNIQUE,                         -- NULL while the blob is being written
+            size INTEGER NOT NULL DEFAULT 0,
+            chunker TEXT NOT NULL,
+            state INTEGER NOT NULL,                     -- 0 writing, 1 complete
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        );
+        CREATE TABLE recipes(
+            blob_id INTEGER NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+            offset INTEGER NOT NULL,
+            length INTEGER NOT NULL,
+            chunk_hash BLOB NOT NULL,
+            PRIMARY KEY(blob_id, offset)
+        ) WITHOUT ROWID;
+        CREATE INDEX recipes_by_chunk ON recipes(chunk_hash);
+        CREATE TABLE blob_roots(
+            digest BLOB PRIMARY KEY,
+            reason TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ]
+
+    static func migrate(_ conn: SQLiteConnection) throws {
+        let current = try conn.first("PRAGMA user_version") { $0.int(0) } ?? 0
+        let known = Int64(migrations.count)
+        if current > known {
+            throw DepotError.storage("catalog \(conn.path) has schema version \(current), newer than this build understands (\(known)); upgrade depot")
+        }
+        for version in Int(current)..<migrations.count {
+            try conn.transaction {
+                try conn.execute(migrations[version])
+                try conn.execute("PRAGMA user_version = \(version + 1)")
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+import DepotCore
+
+/// Where a chunk's record lives in the pack files.
+public struct ChunkLocation: Sendable, Equatable {
+    public var pack: Int64
+    public var offset: Int64          // of the record header
+    public var storedLength: Int      // payload bytes after the header
+    public var rawLength: Int
+    public var codec: UInt8
+
+    public init(pack: Int64, offset: Int64, storedLength: Int, rawLength: Int, codec: UInt8) {
+        self.pack = pack; self.offset = offset; self.storedLength = storedLength
+        self.rawLength = rawLength; self.codec = codec
+    }
+}
+
+/// One chunk of a blob's recipe: the bytes `[offset, offset+length)` of the blob are the chunk `hash`.
+public struct RecipeEntry: Sendable, Equatable {
+    public var offset: Int64
+    public var length: Int
+    public var hash: SHA256.Value
+
+    public init(offset: Int64, length: Int, hash: SHA256.Value) {
+        self.offset = offset; self.length = length; self.hash = hash
+    }
+}
+
+/// A complete blob as the catalog knows it.
+public struct BlobRecord: Sendable, Equatable {
+    public var id: Int64
+    public var digest: Digest
+    public var size: Int64
+    public var chunker: String
+}
+
+/// A pack file as the catalog knows it.
+public struct PackRecord: Sendable, Equatable {
+    public var id: Int64
+    public var committedSize: Int64
+    public var sealed: Bool
+}
+
+/// Typed queries over the chunk-store tables. All SQL of the store lives here.
+extension SQLiteConnection {
+    // MARK: packs
+
+    public func createPack(committedSize: Int64, now: Int64) throws -> Int64 {
+        try run("INSERT INTO packs(committed_size, sealed, created_at) VALUES(?, 0, ?)", .int(committedSize), .int(now))
+        return lastInsertRowID
+    }
+
+    public func setPack(_ id: Int64, committedSize: Int64) throws {
+        try run("UPDATE packs SET committed_size = ? WHERE id = ?", .int(committedSize), .int(id))
+    }
+
+    public func sealPack(_ id: Int64) throws {
+        try run("UPDATE packs SET sealed = 1 WHERE id = ?", .int(id))
+    }
+
+    public func sealAllPacks() throws {
+        try run("UPDATE packs SET sealed = 1 WHERE sealed = 0")
+    }
+
+    public func deletePack(_ id: Int64) throws {
+        try run("DELETE FROM packs WHERE id = ?", .int(id))
+    }
+
+    public func packs() throws -> [PackRecord] {
+        var out: [PackRecord] = []
+        try query("SELECT id, committed_size, sealed FROM packs ORDER BY id") {
+            out.append(PackRecord(id: $0.int(0), committedSize: $0.int(1), sealed: $0.int(2) != 0))
+        }
+        return out
+    }
+
+    /// Live (indexed) bytes and chunk count of each pack, including record headers.
+    public func packUsage(headerSize: Int) throws -> [Int64: (bytes: Int64, chunks: Int)] {
+        var out: [Int64: (bytes: Int64, chunks: Int)] = [:]
+        try query("SELECT pack_id, SUM(stored_length) + COUNT(*) * ?, COUNT(*) FROM chunks GROUP BY pack_id", .int(Int64(headerSize))) {
+            out[$0.int(0)] = ($0.int(1), Int($0.int(2)))
+        }
+        return out
+    }
+
+    // MARK: chunks
+
+    public func chunkLocation(_ hash: SHA256.Value) throws -> ChunkLocation? {
+        try first("SELECT pack_id, offset, stored_length, raw_length, codec FROM chunks WHERE hash = ?", .hash(hash)) {
+            ChunkLocation(pack: $0.int(0), offset: $0.int(1), storedLength: Int($0.int(2)), rawLength: Int($0.int(3)), codec: UInt8($0.int(4)))
+        }
+    }
+
+    public func insertChunk(_ hash: SHA256.Value, at loc: ChunkLocation) throws {
+        try run("INSERT OR REPLACE INTO chunks(hash, pack_id, offset, stored_length, raw_length, codec) VALUES(?,?,?,?,?,?)",
+                .hash(hash), .int(loc.pack), .int(loc.offset), .int(Int64(loc.storedLength)), .int(Int64(loc.rawLength)), .int(Int64(loc.codec)))
+    }
+
+    /// Chunks stored in `pack`, in file order.
+    public func chunks(inPack pack: Int64) throws -> [(SHA256.Value, ChunkLocation)] {
+        var out: [(SHA256.Value, ChunkLocation)] = []
+        try query("SELECT hash, offset, stored_length, raw_length, codec FROM chunks WHERE pack_id = ? ORDER BY offset", .int(pack)) {
+            guard let h = $0.hash(0) else { return }
+            out.append((h, ChunkLocation(pack: pack, offset: $0.int(1), storedLength: Int($0.int(2)), rawLength: Int($0.int(3)), codec: UInt8($0.int(4)))))
+        }
+        return out
+    }
+
+    /// Calls `body` for every chunk, in pack order (for fsck).
+    public func forEachChunk(_ body: (SHA256.Value, ChunkLocation) throws -> Void) throws {
+        try query("SELECT hash, pack_id, offset, stored_length, raw_length, codec FROM chunks ORDER BY pack_id, offset") {
+            guard let h = $0.hash(0) else { return }
+            try body(h, ChunkLocation(pack: $0.int(1), offset: $0.int(2), storedLength: Int($0.int(3)), rawLength: Int($0.int(4)), codec: UInt8($0.int(5))))
+        }
+    }
+
+    /// Removes index rows of chunks that lie (partly) beyond `size` in `pack`; returns how many.
+    public func dropChunks(inPack pack: Int64, beyond size: Int64, headerSize: Int) throws -> Int {
+        try run("DELETE FROM chunks WHERE pack_id = ? AND offset + ? + stored_length > ?", .int(pack), .int(Int64(headerSize)), .int(size))
+        return changes
+    }
+
+    public func dropChunks(inPack pack: Int64) throws -> Int {
+        try run("DELETE FROM chunks WHERE pack_id = ?", .int(pack))
+        return changes
+    }
+
+    /// Deletes index rows of chunks that no recipe names; returns (count, stored bytes).
+    public func deleteUnreferencedChunks() throws -> (count: Int, bytes: Int64) {
+        let stats = try first("""
+            SELECT COUNT(*), COALESCE(SUM(stored_length), 0) FROM chunks
+            WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = chunks.hash)
+            """) { (Int($0.int(0)), $0.int(1)) } ?? (0, 0)
+        try run("DELETE FROM chunks WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = chunks.hash)")
+        return stats
+    }
+
+    // MARK: blobs and recipes
+
+    public func beginBlob(chunker: String, now: Int64) throws -> Int64 {
+        try run("INSERT INTO blobs(digest, size, chunker, state, created_at, updated_at) VALUES(NULL, 0, ?, 0, ?, ?)",
+                .text(chunker), .int(now), .int(now))
+        return lastInsertRowID
+    }
+
+    public func touchBlob(_ id: Int64, now: Int64) throws {
+        try run("UPDATE blobs SET updated_at = ? WHERE id = ?", .int(now), .int(id))
+    }
+
+    public func appendRecipe(blob id: Int64, _ entry: RecipeEntry) throws {
+        try run("INSERT OR REPLACE INTO recipes(blob_id, offset, length, chunk_hash) VALUES(?,?,?,?)",
+                .int(id), .int(entry.offset), .int(Int64(entry.length)), .hash(entry.hash))
+    }
+
+    /// Marks a written blob complete. If a complete blob with the same digest already exists,
+    /// the new rows are discarded and the existing record returned.
+    public func completeBlob(_ id: Int64, digest: Digest, size: Int64, now: Int64) throws -> BlobRecord {
+        if let existing = try blob(digest) {
+            try deleteBlob(id: id)
+            return existing
+        }
+        try run("UPDATE blobs SET digest = ?, size = ?, state = 1, updated_at = ? WHERE id = ?",
+                .hash(digest.bytes), .int(size), .int(now), .int(id))
+        guard changes == 1 else { throw DepotError.storage("blob write \(id) vanished before completion") }
+        return try blob(digest)!
+    }
+
+    public func deleteBlob(id: Int64) throws {
+        try run("DELETE FROM recipes WHERE blob_id = ?", .int(id))
+        try run("DELETE FROM blobs WHERE id = ?", .int(id))
+    }
+
+    public func blob(_ digest: Digest) throws -> BlobRecord? {
+        try first("SELECT id, size, chunker FROM blobs WHERE digest = ? AND state = 1", .hash(digest.bytes)) {
+            BlobRecord(id: $0.int(0), digest: digest, size: $0.int(1), chunker: $0.text(2))
+        }
+    }
+
+    /// Recipe entries of a blob with `offset >= from`, in order, at most `limit`.
+    public func recipe(blob id: Int64, from: Int64, limit: Int) throws -> [RecipeEntry] {
+        var out: [RecipeEntry] = []
+        out.reserveCapacity(limit)
+        try query("SELECT offset, length, chunk_hash FROM recipes WHERE blob_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                  .int(id), .int(from), .int(Int64(limit))) {
+            guard let h = $0.hash(2) else { return }
+            out.append(RecipeEntry(offset: $0.int(0), length: Int($0.int(1)), hash: h))
+        }
+        return out
+    }
+
+    /// The start offset of the recipe entry that contains byte `offset` of the blob.
+    public func recipeStart(blob id: Int64, containing offset: Int64) throws -> Int64? {
+        try first("SELECT offset FROM recipes WHERE blob_id = ? AND offset <= ? ORDER BY offset DESC LIMIT 1", .int(id), .int(offset)) { $0.int(0) }
+    }
+
+    /// Complete blobs whose recipe names `hash`.
+    public func blobs(containing hash: SHA256.Value) throws -> [Digest] {
+        var out: [Digest] = []
+        try query("SELECT DISTINCT b.digest FROM recipes r JOIN blobs b ON b.id = r.blob_id WHERE r.chunk_hash = ? AND b.state = 1", .hash(hash)) {
+            if let h = $0.hash(0) { out.append(Digest(bytes: h)) }
+        }
+        return out
+    }
+
+    /// Calls `body` for every complete blob.
+    public func forEachBlob(_ body: (BlobRecord) throws -> Void) throws {
+        try query("SELECT id, digest, size, chunker FROM blobs WHERE state = 1 ORDER BY id") {
+            guard let h = $0.hash(1) else { return }
+            try body(BlobRecord(id: $0.int(0), digest: Digest(bytes: h), size: $0.int(2), chunker: $0.text(3)))
+        }
+    }
+
+    /// Recipe entries whose chunk has no index row (damage), with the blobs they belong to.
+    public func recipesWithMissingChunks() throws -> [(Digest?, RecipeEntry)] {
+        var out: [(Digest?, RecipeEntry)] = []
+        try query("""
+            SELECT b.digest, r.offset, r.length, r.chunk_hash FROM recipes r JOIN blobs b ON b.id = r.blob_id
+            WHERE b.state = 1 AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = r.chunk_hash)
+            """) {
+            guard let h = $0.hash(3) else { return }
+            out.append(($0.hash(0).map(Digest.init(bytes:)), RecipeEntry(offset: $0.int(1), length: Int($0.int(2)), hash: h)))
+        }
+        return out
+    }
+
+    // MARK: roots and garbage
+
+    public func addRoot(_ digest: Digest, reason: String, now: Int64) throws {
+        try run("INSERT OR IGNORE INTO blob_roots(digest, reason, created_at) VALUES(?,?,?)", .hash(digest.bytes), .text(reason), .int(now))
+    }
+
+    public func removeRoot(_ digest: Digest) throws {
+        try run("DELETE FROM blob_roots WHERE digest = ?", .hash(digest.bytes))
+    }
+
+    public func isRoot(_ digest: Digest) throws -> Bool {
+        try first("SELECT 1 FROM blob_roots WHERE digest = ?", .hash(digest.bytes)) { _ in true } ?? false
+    }
+
+    /// Deletes complete blobs that are not roots, and unfinished writes last touched before
+    /// `staleBefore` that are not in `active`. Returns the number of blobs deleted.
+    public func deleteGarbageBlobs(staleBefore: Int64, active: Set<Int64>) throws -> Int {
+        var doomed: [Int64] = []
+        try query("""
+            SELECT id, state, updated_at FROM blobs b
+            WHERE (state = 1 AND NOT EXISTS (SELECT 1 FROM blob_roots r WHERE r.digest = b.digest))
+               OR (state = 0 AND updated_at < ?)
+            """, .int(staleBefore)) {
+            let id = $0.int(0)
+            if !active.contains(id) { doomed.append(id) }
+        }
+        for id in doomed { try deleteBlob(id: id) }
+        return doomed.count
+    }
+
+    // MARK: statistics
+
+    public struct StoreCounts: Sendable {
+        public var blobs = 0, logicalBytes: Int64 = 0, chunks = 0, chunkRawBytes: Int64 = 0, chunkStoredBytes: Int64 = 0
+        public var packs = 0, packBytes: Int64 = 0, writing = 0
+    }
+
+    public func storeCounts() throws -> StoreCounts {
+        var c = StoreCounts()
+        _ = try first("SELECT COUNT(*), COALESCE(SUM(size),0) FROM blobs WHERE state = 1") { c.blobs = Int($0.int(0)); c.logicalBytes = $0.int(1) }
+        _ = try first("SELECT COUNT(*) FROM blobs WHERE state = 0") { c.writing = Int($0.int(0)) }
+        _ = try first("SELECT COUNT(*), COALESCE(SUM(raw_length),0), COALESCE(SUM(stored_length),0) FROM chunks") {
+            c.chunks = Int($0.int(0)); c.chunkRawBytes = $0.int(1); c.chunkStoredBytes = $0.int(2)
+        }
+        _ = try first("SELECT COUNT(*), COALESCE(SUM(committed_size),0) FROM packs") { c.packs = Int($0.int(0)); c.packBytes = $0.int(1) }
+        return c
+    }
+}
+
+extension SQLiteConnection {
+    /// Recipe entries from `from` on, each with its chunk's current location (nil if missing).
+    public func recipeWithLocations(blob id: Int64, from: Int64, limit: Int) throws -> [(RecipeEntry, ChunkLocation?)] {
+        var out: [(RecipeEntry, ChunkLocation?)] = []
+        out.reserveCapacity(limit)
+        try query("""
+            SELECT r.offset, r.length, r.chunk_hash, c.pack_id, c.offset, c.stored_length, c.raw_length, c.codec
+            FROM recipes r LEFT JOIN chunks c ON c.hash = r.chunk_hash
+            WHERE r.blob_id = ? AND r.offset >= ? ORDER BY r.offset LIMIT ?
+            """, .int(id), .int(from), .int(Int64(limit))) {
+            guard let h = $0.hash(2) else { return }
+            let loc = $0.isNull(3) ? nil : ChunkLocation(pack: $0.int(3), offset: $0.int(4), storedLength: Int($0.int(5)), rawLength: Int($0.int(6)), codec: UInt8($0.int(7)))
+            out.append((RecipeEntry(offset: $0.int(0), length: Int($0.int(1)), hash: h), loc))
+        }
+        return out
+    }
+}

@@ -1,0 +1,151 @@
+import DepotCore
+import Foundation
+
+/// One tensor of a safetensors file: name, dtype, shape and its byte range in the file.
+public struct SafetensorsTensor: Sendable, Equatable {
+    public var name: String
+    public var dtype: String
+    public var shape: [Int]
+    /// Absolute byte range in the file (header included in the offset).
+    public var range: Range<Int64>
+
+    /// Bytes per element of the dtype, or nil when unknown.
+    public var elementSize: Int? { Safetensors.elementSize(dtype) }
+}
+
+/// Reads the safetensors header: 8-byte little-endian length N, then N bytes of JSON mapping
+/// tensor names to `{dtype, shape, data_offsets: [begin, end]}` relative to the data start.
+public enum Safetensors {
+    /// Headers larger than this are refused (the format itself caps them at 100 MB).
+    public static let maxHeaderSize = 100_000_000
+
+    public static func elementSize(_ dtype: String) -> Int? {
+        switch dtype {
+        case "F64", "I64", "U64": return 8
+        case "F32", "I32", "U32": return 4
+        case "F16", "BF16", "I16", "U16": return 2
+        case "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2": return 1
+        default: return nil
+        }
+    }
+
+    /// The header length N from the first 8 bytes, or nil if it can't be a safetensors file.
+    public static func headerLength(_ first8: UnsafeRawBufferPointer) -> Int? {
+        guard first8.count >= 8 else { return nil }
+        let n = UInt64(littleEndian: first8.loadUnaligned(as: UInt64.self))
+        guard n >= 2, n <= UInt64(maxHeaderSize) else { return nil }
+        return Int(n)
+    }
+
+    /// Parses the JSON header (`json` is the N bytes after the length) of a file of `fileSize`
+    /// bytes (nil if unknown). Validates offsets: in order of data, non-overlapping, consistent
+    /// with dtype × shape, and inside the file. Returns tensors sorted by offset and metadata.
+    public static func parseHeader(_ json: [UInt8], fileSize: Int64?) throws -> (tensors: [SafetensorsTensor], metadata: [String: String]) {
+        guard json.first == UInt8(ascii: "{"),
+              let object = try? JSONSerialization.jsonObject(with: Data(json)) as? [String: Any] else {
+            throw DepotError.invalidArgument("safetensors header is not a JSON object")
+        }
+        let dataStart = Int64(8 + json.count)
+        var tensors: [SafetensorsTensor] = []
+        var metadata: [String: String] = [:]
+        for (name, value) in object {
+            if name == "__metadata__" {
+                guard let m = value as? [String: Any] else { throw DepotError.invalidArgument("safetensors __metadata__ is not an object") }
+                for (k, v) in m { metadata[k] = (v as? String) ?? "\(v)" }
+                continue
+            }
+            guard let t = value as? [String: Any], let dtype = t["dtype"] as? String,
+                  let shape = t["shape"] as? [Int], let offsets = t["data_offsets"] as? [Int], offsets.count == 2 else {
+                throw DepotError.invalidArgument("safetensors tensor '\(name)' lacks dtype, shape or data_offsets")
+            }
+            let begin = Int64(offsets[0]), end = Int64(offsets[1])
+            guard begin >= 0, end >= begin else {
+                throw DepotError.invalidArgument("safetensors tensor '\(name)' has invalid data_offsets [\(begin), \(end)]")
+            }
+            if let size = elementSize(dtype) {
+                let elements = shape.reduce(Int64(1)) { $0 * Int64($1) }
+                guard shape.allSatisfy({ $0 >= 0 }), elements * Int64(size) == end - begin else {
+                    throw DepotError.invalidArgument("safetensors tensor '\(name)': \(dtype)\(shape) needs \(elements * Int64(size)) bytes but data_offsets span \(end - begin)")
+                }
+            }
+            tensors.append(SafetensorsTensor(name: name, dtype: dtype, shape: shape, range: (dataStart + begin)..<(dataStart + end)))
+        }
+        tensors.sort { ($0.range.lowerBound, $0.range.upperBound) < ($1.range.lowerBound, $1.range.upperBound) }
+        var expected = dataStart
+        for t in tensors {
+            guard t.range.lowerBound == expected else {
+                throw DepotError.invalidArgument("safetensors tensor '\(t.name)' starts at \(t.range.lowerBound - dataStart) but the previous tensor ends at \(expected - dataStart) (gap or overlap)")
+            }
+            expected = t.range.upperBound
+        }
+        if let fileSize, expected != fileSize {
+            throw DepotError.invalidArgument("safetensors data ends at \(expected) but the file has \(fileSize) bytes")
+        }
+        return (tensors, metadata)
+    }
+}
+
+/// Forces chunk boundaries at the end of a safetensors header and at the start of every
+/// tensor of at least `minTensorSize` bytes, and reports each region's element width.
+/// Inactive (no boundaries) when the stream is not a safetensors file.
+public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
+    private var prefix: [UInt8] = []
+    private var headerEnd: Int64?
+    private var failed = false
+    private var boundaries: [Int64] = []
+    private var widths: [(start: Int64, width: Int)] = []
+    private let minTensorSize: Int64
+
+    public init(minTensorSize: Int = 16 << 10) { self.minTensorSize = Int64(minTensorSize) }
+
+    public var tag: String? { boundaries.isEmpty ? nil : "safetensors" }
+
+    public mutating func observe(_ bytes: UnsafeRawBufferPointer, at offset: Int64) {
+        guard !failed, headerEnd == nil, offset == Int64(prefix.count) else { return }
+        // Accumulate the header only: at most 8 + N bytes.
+        var need = 8
+        if prefix.count >= 8 {
+            guard let n = prefix.withUnsafeBytes({ Safetensors.headerLength($0) }) else { failed = true; return }
+            need = 8 + n
+        }
+        var consumed = 0
+        while consumed < bytes.count && prefix.count < need {
+            let take = min(need - prefix.count, bytes.count - consumed)
+            prefix.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[consumed..<(consumed + take)]))
+            consumed += take
+            if prefix.count == 8 {
+                guard let n = prefix.withUnsafeBytes({ Safetensors.headerLength($0) }) else { failed = true; return }
+                need = 8 + n
+            }
+        }
+        guard prefix.count == need, need > 8 else { return }
+        guard let parsed = try? Safetensors.parseHeader(Array(prefix[8...]), fileSize: nil) else { failed = true; return }
+        let end = Int64(need)
+        headerEnd = end
+        prefix = []
+        boundaries = [end]
+        for t in parsed.tensors {
+            if t.range.count >= minTensorSize && t.range.lowerBound != boundaries.last { boundaries.append(t.range.lowerBound) }
+            widths.append((t.range.lowerBound, t.elementSize ?? 1))
+        }
+    }
+
+    public func nextBoundary(atOrAfter offset: Int64) -> Int64? {
+        // Binary search for the first boundary >= offset.
+        var lo = 0, hi = boundaries.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if boundaries[mid] < offset { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < boundaries.count ? boundaries[lo] : nil
+    }
+
+    public func elementWidth(at offset: Int64) -> Int {
+        var lo = 0, hi = widths.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if widths[mid].start <= offset { lo = mid + 1 } else { hi = mid }
+        }
+        return lo == 0 ? 1 : widths[lo - 1].width
+    }
+}

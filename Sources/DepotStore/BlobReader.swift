@@ -1,0 +1,143 @@
+import DepotCatalog
+import DepotCore
+import Dispatch
+
+/// Streams a byte range of a blob out of the store, verifying every chunk's hash.
+///
+/// Recipe entries are fetched from the catalog a page at a time; each batch of chunks
+/// (up to ~4 MiB) is read, decompressed and verified in parallel on all cores, then returned
+/// in order. Memory stays at one batch whatever the blob's size.
+public final class BlobReader: @unchecked Sendable {
+    public let blob: BlobRecord
+    public let range: Range<Int64>
+    private let store: ChunkStore
+    private var position: Int64
+    private var page: [(RecipeEntry, ChunkLocation?)] = []
+    private var pageIndex = 0
+    private var recipeCursor: Int64
+    private var recipeDone = false
+    /// Target bytes per batch returned by `next()`.
+    public var batchBytes = 4 << 20
+
+    init(store: ChunkStore, blob: BlobRecord, range: Range<Int64>) {
+        self.store = store
+        self.blob = blob
+        self.range = range
+        position = range.lowerBound
+        recipeCursor = 0
+        if !range.isEmpty {
+            recipeCursor = (try? store.catalog.read { try $0.recipeStart(blob: blob.id, containing: range.lowerBound) } ?? 0) ?? 0
+        }
+    }
+
+    /// Bytes left to read.
+    public var remaining: Int64 { range.upperBound - position }
+
+    private func nextEntry() throws -> (RecipeEntry, ChunkLocation?)? {
+        if pageIndex == page.count {
+            guard !recipeDone else { return nil }
+            let cursor = recipeCursor, id = blob.id
+            page = try store.catalog.read { try $0.recipeWithLocations(blob: id, from: cursor, limit: 512) }
+            pageIndex = 0
+            if page.count < 512 { recipeDone = true }
+            guard let last = page.last else { return nil }
+            recipeCursor = last.0.offset + 1
+        }
+        defer { pageIndex += 1 }
+        return page[pageIndex]
+    }
+
+    /// The next bytes of the range in order, or nil at the end.
+    public func next() throws -> [UInt8]? {
+        guard position < range.upperBound else { return nil }
+        // Collect a batch of entries overlapping [position, end).
+        var batch: [(entry: RecipeEntry, loc: ChunkLocation?, outOffset: Int, skip: Int, take: Int)] = []
+        var total = 0
+        while total < batchBytes, position + Int64(total) < range.upperBound {
+            guard let (entry, loc) = try nextEntry() else { break }
+            let start = position + Int64(total)
+            let entryEnd = entry.offset + Int64(entry.length)
+            guard entryEnd > start else { continue }
+            guard entry.offset <= start else {
+                throw DepotError.integrity("blob \(blob.digest): recipe has a gap at offset \(start)")
+            }
+            let skip = Int(start - entry.offset)
+            let take = Int(min(entryEnd, range.upperBound) - start)
+            batch.append((entry, loc, total, skip, take))
+            total += take
+        }
+        guard total > 0 else {
+            throw DepotError.integrity("blob \(blob.digest): recipe ends at \(position) before size \(range.upperBound)")
+        }
+        var output = [UInt8](repeating: 0, count: total)
+        let failures = FailureBox()
+        let digest = blob.digest
+        let items = batch
+        output.withUnsafeMutableBytes { out in
+            let shared = UnsafeSendableBuffer(out)
+            DispatchQueue.concurrentPerform(iterations: batch.count) { i in
+                let item = items[i]
+                do {
+                    try store.readChunk(item.entry, item.loc, skip: item.skip,
+                                        into: UnsafeMutableRawBufferPointer(rebasing: shared.buffer[item.outOffset..<(item.outOffset + item.take)]))
+                } catch {
+                    failures.record(error, blob: digest)
+                }
+            }
+        }
+        if let error = failures.first { throw error }
+        position += Int64(total)
+        return output
+    }
+
+    /// Reads the whole range, handing each batch to `body`.
+    public func forEach(_ body: ([UInt8]) throws -> Void) throws {
+        while let bytes = try next() { try body(bytes) }
+    }
+}
+
+
+
+private final class FailureBox: Sendable {
+    private let error = Locked<(any Error)?>(nil)
+    func record(_ e: any Error, blob: Digest) {
+        error.withLock { if $0 == nil {
+            if case DepotError.integrity(let m) = e { $0 = DepotError.integrity("\(m); blob \(blob) is damaged") } else { $0 = e }
+        } }
+    }
+    var first: (any Error)? { error.withLock { $0 } }
+}
+
+extension ChunkStore {
+    /// Reads chunk `entry` and copies `output.count` bytes starting `skip` bytes into it.
+    /// A stale location (pack compacted meanwhile) is looked up again once.
+    func readChunk(_ entry: RecipeEntry, _ location: ChunkLocation?, skip: Int, into output: UnsafeMutableRawBufferPointer) throws {
+        var loc = location
+        for attempt in 0..<2 {
+            if loc == nil || attempt == 1 {
+                loc = try catalog.read { try $0.chunkLocation(entry.hash) }
+            }
+            guard let l = loc else {
+                throw DepotError.integrity("chunk sha256:\(entry.hash.hex) at blob offset \(entry.offset) is missing from the store")
+            }
+            do {
+                try compressors.with { c in
+                    var scratch: [UInt8] = []
+                    if skip == 0 && output.count == l.rawLength {
+                        try files.readChunk(entry.hash, at: l, into: output, compressor: c, scratch: &scratch)
+                    } else {
+                        var full = [UInt8](repeating: 0, count: l.rawLength)
+                        try full.withUnsafeMutableBytes { try files.readChunk(entry.hash, at: l, into: $0, compressor: c, scratch: &scratch) }
+                        full.withUnsafeBytes { output.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[skip..<(skip + output.count)])) }
+                    }
+                }
+                return
+            } catch DepotError.io(let message) where attempt == 0 {
+                // The pack may have been compacted away between lookup and read: retry with a fresh location.
+                files.evict(l.pack)
+                _ = message
+                continue
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+import DepotCatalog
+import DepotCore
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A content-addressed, chunked, deduplicated blob store under one storage root:
+/// `catalog.db` (SQLite, WAL) holds the chunk index and blob recipes, `packs/` the chunk
+/// bytes. Opening a store for writing takes an exclusive lock on the root and repairs what
+/// a crash left behind (see `Recovery`).
+public final class ChunkStore: Sendable {
+    public let root: String
+    public let options: StoreOptions
+    public let catalog: Database
+    public let readOnly: Bool
+    let files: PackFiles
+    let appender: PackAppender
+    let compressors: CompressorPool
+    private let lockFD: Int32
+    /// What opening repaired (pack tails cut, orphan files removed, ...), for logs.
+    public let recovery: RecoveryReport
+
+    /// Format version of the storage root (`FORMAT` file).
+    public static let formatVersion = 1
+
+    /// Opens the store at `root`. With `create`, a missing root is created; otherwise it must
+    /// exist and hold a store. Read-only opens take no lock and repair nothing.
+    public init(root: String, options: StoreOptions = StoreOptions(), create: Bool = false, readOnly: Bool = false) throws {
+        self.root = root
+        self.options = options
+        self.readOnly = readOnly
+        let formatPath = root + "/FORMAT"
+        if !FileSystem.isDirectory(root) {
+            guard create, !readOnly else { throw DepotError.storage("storage root \(root) does not exist") }
+            try FileSystem.createDirectory(root)
+        }
+        if readOnly {
+            guard FileSystem.exists(formatPath) else { throw DepotError.storage("\(root) is not a Depot store (no FORMAT file)") }
+        } else {
+            guard FileSystem.isWritable(root) else { throw DepotError.storage("storage root \(root) is not writable") }
+        }
+        if FileSystem.exists(formatPath) {
+            try Self.checkFormat(formatPath)
+        } else if !create {
+            throw DepotError.storage("\(root) is not a Depot store (no FORMAT file); `depot serve` creates one")
+        }
+        if readOnly {
+            lockFD = -1
+        } else {
+            lockFD = try Self.lock(root)
+        }
+        do {
+            if !readOnly && !FileSystem.exists(formatPath) {
+                try FileSystem.createDirectory(root + "/packs")
+                let file = try PosixFile(path: formatPath + ".tmp", mode: .createReadWrite)
+                try file.truncate(to: 0)
+                try Array("depot-store \(Self.formatVersion)\n".utf8).withUnsafeBytes { try file.write($0, at: 0) }
+                try file.sync()
+                try FileSystem.rename(formatPath + ".tmp", formatPath)
+                try FileSystem.syncDirectory(root)
+            }
+            catalog = try Database(path: root + "/catalog.db", readOnly: readOnly)
+            files = PackFiles(root: root)
+            appender = PackAppender(db: catalog, files: files, options: options)
+            compressors = CompressorPool(maxChunk: options.chunker.maxSize)
+            recovery = readOnly ? RecoveryReport() : try Recovery.run(catalog: catalog, files: files)
+        } catch {
+            if lockFD >= 0 { close(lockFD) }
+            throw error
+        }
+    }
+
+    deinit {
+        if !readOnly { try? appender.close() }
+        if lockFD >= 0 { close(lockFD) }
+    }
+
+    private static func checkFormat(_ path: String) throws {
+        let file = try PosixFile(path: path, mode: .read)
+        var buf = [UInt8](repeating: 0, count: 64)
+        let n = try buf.withUnsafeMutableBytes { try file.readSome(into: $0) }
+        let text = String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard text.hasPrefix("depot-store "), let v = Int(text.dropFirst("depot-store ".count)) else {
+            throw DepotError.storage("\(path) is not a Depot store format file")
+        }
+        guard v <= formatVersion else {
+            throw DepotError.storage("store format \(v) is newer than this build supports (\(formatVersion)); upgrade depot")
+        }
+    }
+
+    private static func lock(_ root: String) throws -> Int32 {
+        let path = root + "/LOCK"
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw PosixFile.error("open", path) }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            var buf = [UInt8](repeating: 0, count: 32)
+            let n = read(fd, &buf, 32)
+            close(fd)
+            let holder = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+            throw DepotError.storage("store \(root) is in use by another process (pid \(holder))")
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        return fd
+    }
+
+    // MARK: blobs
+
+    /// Starts writing a new blob. `planner` supplies format-aware boundaries (e.g. safetensors).
+    public func makeWriter(planner: (any BoundaryPlanner)? = nil) throws -> BlobWriter {
+        guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
+        return try BlobWriter(store: self, planner: planner)
+    }
+
+    /// The complete blob with `digest`, if stored.
+    public func blob(_ digest: Digest) throws -> BlobRecord? {
+        try catalog.read { try $0.blob(digest) }
+    }
+
+    public func contains(_ digest: Digest) throws -> Bool { try blob(digest) != nil }
+
+    /// A streaming reader over `range` of a blob (the whole blob by default).
+    public func reader(_ digest: Digest, range: Range<Int64>? = nil) throws -> BlobReader {
+        guard let record = try blob(digest) else { throw DepotError.blobUnknown("\(digest) is not stored") }
+        let r = range ?? 0..<record.size
+        guard r.lowerBound >= 0, r.upperBound <= record.size else {
+            throw DepotError.rangeInvalid("range \(r.lowerBound)-\(r.upperBound - 1) is outside the blob (size \(record.size))")
+        }
+        return BlobReader(store: self, blob: record, range: r)
+    }
+
+    /// Declares a blob live: garbage collection keeps it (and its chunks).
+    public func retain(_ digest: Digest, reason: String) throws {
+        try catalog.write { try $0.addRoot(digest, reason: reason, now: PackAppender.now()) }
+    }
+
+    /// Withdraws a live declaration; the next GC may collect the blob.
+    public func release(_ digest: Digest) throws {
+        try catalog.write { try $0.removeRoot(digest) }
+    }
+
+    /// Store-wide counts.
+    public func stats() throws -> StoreStats {
+        let c = try catalog.read { try $0.storeCounts() }
+        return StoreStats(blobs: c.blobs, logicalBytes: c.logicalBytes, storedBytes: c.packBytes,
+                          chunks: c.chunks, chunkBytes: c.chunkRawBytes, chunkStoredBytes: c.chunkStoredBytes,
+                          packs: c.packs, unfinishedWrites: c.writing)
+    }
+}
+
+/// Sizes of a store, as printed by `depot stats --json`.
+public struct StoreStats: Sendable, Codable, Equatable {
+    /// Complete blobs, and the sum of their sizes (what clients see).
+    public var blobs: Int
+    public var logicalBytes: Int64
+    /// Bytes of pack files on disk (what the store costs).
+    public var storedBytes: Int64
+    /// Unique chunks, their raw bytes and their bytes after compression.
+    public var chunks: Int
+    public var chunkBytes: Int64
+    public var chunkStoredBytes: Int64
+    public var packs: Int
+    public var unfinishedWrites: Int
+
+    enum CodingKeys: String, CodingKey {
+        case blobs, logicalBytes = "logical_bytes", storedBytes = "stored_bytes", chunks, chunkBytes = "chunk_bytes"
+        case chunkStoredBytes = "chunk_stored_bytes", packs, unfinishedWrites = "unfinished_writes"
+    }
+}

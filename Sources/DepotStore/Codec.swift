@@ -1,0 +1,150 @@
+import CZstd
+import DepotCore
+
+/// How a chunk's bytes are stored in a pack record.
+public enum ChunkCodec: UInt8, Sendable, CaseIterable {
+    case raw = 0
+    case zstd = 1
+    /// Byte planes of 4-byte elements grouped (fp32/int32 weights), then zstd.
+    case zstdShuffle4 = 2
+    /// Byte planes of 2-byte elements grouped (fp16/bf16 weights), then zstd.
+    case zstdShuffle2 = 3
+
+    var elementWidth: Int {
+        switch self {
+        case .zstdShuffle4: return 4
+        case .zstdShuffle2: return 2
+        default: return 1
+        }
+    }
+}
+
+/// Compression policy: try cheaply on a sample, keep raw unless it saves enough.
+public struct CompressionPolicy: Sendable, Equatable {
+    public enum Mode: String, Sendable, Codable { case auto, off }
+    public var mode: Mode = .auto
+    /// zstd level (1 is the sweet spot for weights).
+    public var level: Int32 = 1
+    /// Minimum fraction of bytes a codec must save on the sample to be used.
+    public var minSavings: Double = 0.08
+    /// Bytes from the middle of a chunk compressed to decide.
+    public var sampleSize: Int = 8 << 10
+
+    public init(mode: Mode = .auto, level: Int32 = 1, minSavings: Double = 0.08) {
+        self.mode = mode; self.level = level; self.minSavings = minSavings
+    }
+}
+
+/// Per-thread zstd contexts and scratch space for compressing and decompressing chunks.
+final class ChunkCompressor {
+    private let cctx: OpaquePointer
+    private let dctx: OpaquePointer
+    private var scratch: UnsafeMutableRawBufferPointer
+    private var shuffled: UnsafeMutableRawBufferPointer
+
+    init(maxChunk: Int) {
+        cctx = ZSTD_createCCtx()
+        dctx = ZSTD_createDCtx()
+        scratch = .allocate(byteCount: ZSTD_compressBound(maxChunk), alignment: 16)
+        shuffled = .allocate(byteCount: maxChunk, alignment: 16)
+    }
+
+    deinit {
+        ZSTD_freeCCtx(cctx)
+        ZSTD_freeDCtx(dctx)
+        scratch.deallocate()
+        shuffled.deallocate()
+    }
+
+    private func ensure(_ n: Int) {
+        if shuffled.count < n {
+            shuffled.deallocate(); shuffled = .allocate(byteCount: n, alignment: 16)
+            scratch.deallocate(); scratch = .allocate(byteCount: ZSTD_compressBound(n), alignment: 16)
+        }
+    }
+
+    /// Chooses a codec for `chunk` and encodes it. Returns the codec and the stored bytes
+    /// (a view into internal scratch, valid until the next call, or `chunk` itself for raw).
+    func encode(_ chunk: UnsafeRawBufferPointer, policy: CompressionPolicy, elementWidth: Int,
+                _ body: (ChunkCodec, UnsafeRawBufferPointer) throws -> Void) throws {
+        guard policy.mode == .auto, chunk.count >= 4096 else { return try body(.raw, chunk) }
+        ensure(chunk.count)
+        // Candidate codecs: plain zstd, plus the shuffle matching the element width hint.
+        var candidates: [ChunkCodec] = [.zstd]
+        if elementWidth == 4 { candidates.append(.zstdShuffle4) }
+        if elementWidth == 2 { candidates.append(.zstdShuffle2) }
+        let sampleLength = Swift.min(policy.sampleSize, chunk.count) & ~3
+        let sampleStart = ((chunk.count - sampleLength) / 2) & ~3
+        let sample = UnsafeRawBufferPointer(rebasing: chunk[sampleStart..<(sampleStart + sampleLength)])
+        var best: ChunkCodec = .raw
+        var bestSize = Int(Double(sampleLength) * (1 - policy.minSavings))
+        for codec in candidates {
+            let size = compress(sample, codec: codec, level: policy.level)
+            if size > 0 && size < bestSize { best = codec; bestSize = size }
+        }
+        guard best != .raw else { return try body(.raw, chunk) }
+        let size = compress(chunk, codec: best, level: policy.level)
+        guard size > 0, Double(size) <= Double(chunk.count) * (1 - policy.minSavings / 2) else {
+            return try body(.raw, chunk)
+        }
+        try body(best, UnsafeRawBufferPointer(rebasing: scratch[0..<size]))
+    }
+
+    /// Compresses into `scratch`; returns the compressed size, or 0 on failure.
+    private func compress(_ input: UnsafeRawBufferPointer, codec: ChunkCodec, level: Int32) -> Int {
+        var source = input
+        if codec.elementWidth > 1 {
+            Shuffle.group(input, width: codec.elementWidth, into: shuffled)
+            source = UnsafeRawBufferPointer(rebasing: shuffled[0..<input.count])
+        }
+        let n = ZSTD_compressCCtx(cctx, scratch.baseAddress, scratch.count, source.baseAddress, source.count, level)
+        return ZSTD_isError(n) != 0 ? 0 : n
+    }
+
+    /// Decodes a stored payload into `output` (exactly `output.count` raw bytes).
+    func decode(_ stored: UnsafeRawBufferPointer, codec: ChunkCodec, into output: UnsafeMutableRawBufferPointer) throws {
+        switch codec {
+        case .raw:
+            guard stored.count == output.count else { throw DepotError.integrity("raw chunk length mismatch") }
+            output.copyMemory(from: stored)
+        case .zstd:
+            let n = ZSTD_decompressDCtx(dctx, output.baseAddress, output.count, stored.baseAddress, stored.count)
+            guard ZSTD_isError(n) == 0, n == output.count else { throw DepotError.integrity("zstd payload does not decode") }
+        case .zstdShuffle4, .zstdShuffle2:
+            ensure(output.count)
+            let n = ZSTD_decompressDCtx(dctx, shuffled.baseAddress, output.count, stored.baseAddress, stored.count)
+            guard ZSTD_isError(n) == 0, n == output.count else { throw DepotError.integrity("zstd payload does not decode") }
+            Shuffle.ungroup(UnsafeRawBufferPointer(rebasing: shuffled[0..<output.count]), width: codec.elementWidth, into: output)
+        }
+    }
+}
+
+/// Byte-plane transform: byte k of every `width`-byte element goes to plane k. A tail that
+/// is not a whole element is copied as is.
+enum Shuffle {
+    static func group(_ input: UnsafeRawBufferPointer, width: Int, into out: UnsafeMutableRawBufferPointer) {
+        let n = input.count / width
+        let src = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let dst = out.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        for k in 0..<width {
+            let plane = dst + k * n
+            var s = src + k
+            for e in 0..<n { plane[e] = s.pointee; s += width }
+        }
+        let tail = input.count - n * width
+        if tail > 0 { (dst + n * width).update(from: src + n * width, count: tail) }
+    }
+
+    static func ungroup(_ input: UnsafeRawBufferPointer, width: Int, into out: UnsafeMutableRawBufferPointer) {
+        let n = input.count / width
+        let src = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let dst = out.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        for k in 0..<width {
+            let plane = src + k * n
+            var d = dst + k
+            for e in 0..<n { d.pointee = plane[e]; d += width }
+        }
+        let tail = input.count - n * width
+        if tail > 0 { (dst + n * width).update(from: src + n * width, count: tail) }
+    }
+}

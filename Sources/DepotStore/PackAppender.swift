@@ -1,0 +1,210 @@
+import DepotCatalog
+import DepotCore
+import Foundation
+
+
+/// The single place where chunks enter pack files. Every writer of the store shares it.
+///
+/// Chunks are appended to the current pack and remembered as *pending* until a group commit
+/// (`flush`): the pack is fsynced first, then one catalog transaction inserts the chunk index
+/// rows, the recipe rows and any blob completions. So an index row never names bytes that are
+/// not durable, and a blob is acknowledged only after everything it needs is.
+///
+/// The lock also makes "is this chunk stored?" and "reference it from a recipe" one atomic step
+/// with respect to garbage collection, which runs its sweep while holding the same lock.
+final class PackAppender: Sendable {
+    struct State {
+        var pack: PosixFile?
+        var packID: Int64 = 0
+        var packSize: Int64 = 0
+        var pendingChunks: [SHA256.Value: ChunkLocation] = [:]
+        var pendingOrder: [SHA256.Value] = []
+        var pendingRecipes: [(blob: Int64, entry: RecipeEntry)] = []
+        var pendingBytes = 0
+        var activeBlobs: Set<Int64> = []
+        var scratch: [UInt8] = []
+    }
+
+    enum Outcome { case stored(storedBytes: Int), reused }
+
+    private let state = Locked(State())
+    let db: Database
+    let files: PackFiles
+    let options: StoreOptions
+
+    init(db: Database, files: PackFiles, options: StoreOptions) {
+        self.db = db
+        self.files = files
+        self.options = options
+    }
+
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+    // MARK: blobs
+
+    func beginBlob(chunker: String) throws -> Int64 {
+        let id = try db.write { try $0.beginBlob(chunker: chunker, now: Self.now()) }
+        state.withLock { _ = $0.activeBlobs.insert(id) }
+        return id
+    }
+
+    /// Continues an unfinished blob (e.g. a resumed upload): it becomes active again.
+    func resumeBlob(_ id: Int64) {
+        state.withLock { _ = $0.activeBlobs.insert(id) }
+    }
+
+    /// Durably completes a blob; returns its record (an existing one if the digest was already stored).
+    func completeBlob(_ id: Int64, digest: Digest, size: Int64) throws -> BlobRecord {
+        try state.withLock { s in
+            let record = try flushLocked(&s) { conn in
+                try conn.completeBlob(id, digest: digest, size: size, now: Self.now())
+            }
+            s.activeBlobs.remove(id)
+            return record
+        }
+    }
+
+    /// Forgets an unfinished blob and its recipe rows. Its new chunks become garbage for GC.
+    func abortBlob(_ id: Int64) {
+        state.withLock { s in
+            s.pendingRecipes.removeAll { $0.blob == id }
+            s.activeBlobs.remove(id)
+        }
+        _ = try? db.write { try $0.deleteBlob(id: id) }
+    }
+
+    /// Makes an unfinished blob's recipe so far durable (a checkpoint for resumable uploads).
+    func checkpoint() throws {
+        try state.withLock { s in try flushLocked(&s) { _ in () } }
+    }
+
+    // MARK: chunks
+
+    /// Adds `entry` (whose bytes are `bytes`) to blob `blob`'s recipe, storing the chunk if the
+    /// store lacks it. Compression runs outside the lock.
+    func store(_ entry: RecipeEntry, of blob: Int64, bytes: UnsafeRawBufferPointer, elementWidth: Int,
+               compressor: ChunkCompressor) throws -> Outcome {
+        if try state.withLock({ s in try referenceIfKnown(entry, blob, &s) }) { return .reused }
+        var outcome = Outcome.reused
+        try compressor.encode(bytes, policy: options.compression, elementWidth: elementWidth) { codec, payload in
+            outcome = try state.withLock { s in
+                if try referenceIfKnown(entry, blob, &s) { return .reused }
+                try append(entry.hash, codec: codec, rawLength: bytes.count, payload: payload, &s)
+                s.pendingRecipes.append((blob, entry))
+                try flushIfNeeded(&s)
+                return .stored(storedBytes: payload.count)
+            }
+        }
+        return outcome
+    }
+
+    /// Re-appends an already encoded record (GC compaction) if the chunk is still indexed at `old`.
+    func relocate(_ hash: SHA256.Value, from old: ChunkLocation, codec: ChunkCodec, payload: UnsafeRawBufferPointer) throws {
+        try state.withLock { s in
+            guard s.pendingChunks[hash] == nil, try db.read({ try $0.chunkLocation(hash) }) == old else { return }
+            try append(hash, codec: codec, rawLength: old.rawLength, payload: payload, &s)
+            try flushIfNeeded(&s)
+        }
+    }
+
+    private func referenceIfKnown(_ entry: RecipeEntry, _ blob: Int64, _ s: inout State) throws -> Bool {
+        if s.pendingChunks[entry.hash] == nil {
+            guard try db.read({ try $0.chunkLocation(entry.hash) }) != nil else { return false }
+        }
+        s.pendingRecipes.append((blob, entry))
+        if s.pendingRecipes.count >= 8192 { try flushLocked(&s) { _ in () } }
+        return true
+    }
+
+    private func append(_ hash: SHA256.Value, codec: ChunkCodec, rawLength: Int, payload: UnsafeRawBufferPointer, _ s: inout State) throws {
+        if s.pack == nil { try openPack(&s) }
+        let total = PackFormat.recordHeaderSize + payload.count
+        if s.scratch.count < total { s.scratch = [UInt8](repeating: 0, count: max(total, 300 << 10)) }
+        let offset = s.packSize
+        try s.scratch.withUnsafeMutableBytes { buf in
+            PackFormat.encode(.init(codec: codec, rawLength: rawLength, storedLength: payload.count, hash: hash),
+                              into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<PackFormat.recordHeaderSize]))
+            UnsafeMutableRawBufferPointer(rebasing: buf[PackFormat.recordHeaderSize..<total]).copyMemory(from: payload)
+            try s.pack!.write(UnsafeRawBufferPointer(rebasing: buf[0..<total]))
+        }
+        s.packSize += Int64(total)
+        s.pendingChunks[hash] = ChunkLocation(pack: s.packID, offset: offset, storedLength: payload.count, rawLength: rawLength, codec: codec.rawValue)
+        s.pendingOrder.append(hash)
+        s.pendingBytes += total
+    }
+
+    private func flushIfNeeded(_ s: inout State) throws {
+        if s.pendingBytes >= options.flushBytes || s.packSize >= options.packTargetSize {
+            try flushLocked(&s) { _ in () }
+        }
+    }
+
+    /// Group commit: fsync the pack, then one transaction for all pending rows plus `extra`.
+    private func flushLocked<T>(_ s: inout State, extra: (SQLiteConnection) throws -> T) throws -> T {
+        if !s.pendingChunks.isEmpty { try s.pack?.sync() }
+        let chunks = s.pendingOrder.map { ($0, s.pendingChunks[$0]!) }
+        let recipes = s.pendingRecipes
+        let packID = s.packID, packSize = s.packSize, active = s.activeBlobs
+        let result = try db.write { conn -> T in
+            for (hash, loc) in chunks { try conn.insertChunk(hash, at: loc) }
+            if !chunks.isEmpty { try conn.setPack(packID, committedSize: packSize) }
+            var touched = Set<Int64>()
+            for r in recipes {
+                try conn.appendRecipe(blob: r.blob, r.entry)
+                touched.insert(r.blob)
+            }
+            let now = Self.now()
+            for id in touched where active.contains(id) { try conn.touchBlob(id, now: now) }
+            return try extra(conn)
+        }
+        s.pendingChunks.removeAll(keepingCapacity: true)
+        s.pendingOrder.removeAll(keepingCapacity: true)
+        s.pendingRecipes.removeAll(keepingCapacity: true)
+        s.pendingBytes = 0
+        if s.packSize >= options.packTargetSize { try sealPack(&s) }
+        return result
+    }
+
+    private func openPack(_ s: inout State) throws {
+        let id = try db.write { try $0.createPack(committedSize: 0, now: Self.now()) }
+        let path = files.path(id)
+        let dir = String(path[..<path.lastIndex(of: "/")!])
+        try FileSystem.createDirectory(dir)
+        let file = try PosixFile(path: path, mode: .createExclusive)
+        try PackFormat.fileMagic.withUnsafeBytes { try file.write($0) }
+        try file.sync()
+        try FileSystem.syncDirectory(dir)
+        try db.write { try $0.setPack(id, committedSize: Int64(PackFormat.fileHeaderSize)) }
+        s.pack = file
+        s.packID = id
+        s.packSize = Int64(PackFormat.fileHeaderSize)
+    }
+
+    private func sealPack(_ s: inout State) throws {
+        guard s.pack != nil else { return }
+        let id = s.packID
+        try db.write { try $0.sealPack(id) }
+        s.pack = nil
+    }
+
+    // MARK: garbage collection
+
+    /// The current pack id (never compacted), or nil.
+    var currentPack: Int64? { state.withLock { $0.pack == nil ? nil : $0.packID } }
+
+    /// Flushes, then runs `body` with the catalog while no chunk can be referenced or stored.
+    func exclusive<T>(_ body: (SQLiteConnection, _ activeBlobs: Set<Int64>) throws -> T) throws -> T {
+        try state.withLock { s in
+            let active = s.activeBlobs
+            return try flushLocked(&s) { conn in try body(conn, active) }
+        }
+    }
+
+    /// Seals the current pack (used on close).
+    func close() throws {
+        try state.withLock { s in
+            try flushLocked(&s) { _ in () }
+            try sealPack(&s)
+        }
+    }
+}

@@ -1,0 +1,19 @@
+import DepotCore
+
+/// Tunables of a chunk store. Defaults match `config/depot.yaml`.
+public struct StoreOptions: Sendable {
+    public var chunker: ChunkerParameters = .v1
+    public var compression = CompressionPolicy()
+    /// A pack is sealed and a new one started once it reaches this size.
+    public var packTargetSize: Int64 = 64 << 20
+    /// Pending (appended, not yet indexed) bytes that trigger a group commit.
+    public var flushBytes: Int = 32 << 20
+    /// Unfinished writes untouched for longer than this are garbage.
+    public var writeGraceSeconds: Int64 = 24 * 3600
+    /// Packs whose live fraction is below this are compacted by GC.
+    public var compactBelow: Double = 0.5
+    /// Chunks handed to the hashing/storing stage of one writer before it blocks (bounds memory).
+    public var writerQueueDepth: Int = 16
+
+    public init() {}
+}

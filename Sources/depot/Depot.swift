@@ -1,0 +1,52 @@
+import ArgumentParser
+import DepotCore
+
+/// The `depot` command line: the registry server, its client, and store maintenance.
+@main
+struct Depot: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "depot",
+        abstract: "Depot: a content-addressed, deduplicating model registry.",
+        subcommands: [Stats.self, Fsck.self, GC.self, Blob.self, Bench.self, Debug.self]
+    )
+}
+
+/// `--storage DIR`, shared by every command that opens a store.
+struct StorageOptions: ParsableArguments {
+    @Option(name: .long, help: "Storage root (catalog.db and packs/).")
+    var storage: String = "storage"
+}
+
+/// Prints `error: message` to stderr and exits with `code`.
+func fail(_ message: String, code: Int32 = 1) -> Never {
+    FileHandleOutput.stderr("error: \(message)\n")
+    Foundation.exit(code)
+}
+
+import Foundation
+
+enum FileHandleOutput {
+    static func stderr(_ s: String) { FileHandle.standardError.write(Data(s.utf8)) }
+    static func stdout(_ s: String) {
+        FileHandle.standardOutput.write(Data(s.utf8))
+    }
+}
+
+/// Runs `body`, turning Depot errors into one clear line and a non-zero exit.
+func reportingErrors<T>(_ body: () throws -> T) -> T {
+    do { return try body() } catch let e as DepotError { fail(e.description) } catch { fail("\(error)") }
+}
+
+func printJSON<T: Encodable>(_ value: T) {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+    FileHandleOutput.stdout(String(decoding: data, as: UTF8.self) + "\n")
+}
+
+func formatBytes(_ n: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n), u = 0
+    while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
+    return u == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[u])
+}

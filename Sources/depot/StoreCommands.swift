@@ -1,0 +1,167 @@
+import ArgumentParser
+import DepotCore
+import DepotFormats
+import DepotStore
+import Foundation
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the sizes of a store.")
+    @OptionGroup var storage: StorageOptions
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func run() throws {
+        let stats = reportingErrors { () -> StoreStats in
+            let store = try ChunkStore(root: storage.storage, readOnly: true)
+            return try store.stats()
+        }
+        if json { return printJSON(stats) }
+        let ratio = stats.storedBytes > 0 ? Double(stats.logicalBytes) / Double(stats.storedBytes) : 0
+        print("""
+        blobs           \(stats.blobs)
+        logical bytes   \(stats.logicalBytes) (\(formatBytes(stats.logicalBytes)))
+        stored bytes    \(stats.storedBytes) (\(formatBytes(stats.storedBytes)))
+        ratio           \(String(format: "%.3f", ratio))
+        chunks          \(stats.chunks) (\(formatBytes(stats.chunkBytes)) raw, \(formatBytes(stats.chunkStoredBytes)) stored)
+        packs           \(stats.packs)
+        unfinished      \(stats.unfinishedWrites)
+        """)
+    }
+}
+
+struct Fsck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Verify every chunk and blob of a store.",
+        discussion: "Exit status 0 when clean, 1 when damage is found, 2 when the store can't be checked.")
+    @OptionGroup var storage: StorageOptions
+    @Flag(help: "Machine-readable output.") var json = false
+    @Flag(help: "Verify chunks only; skip re-hashing whole blobs.") var quick = false
+
+    func run() throws {
+        let (report, recovery) = { () -> (FsckReport, RecoveryReport) in
+            do {
+                let store = try ChunkStore(root: storage.storage)
+                return (try store.fsck(verifyBlobDigests: !quick), store.recovery)
+            } catch let e as DepotError { fail(e.description, code: 2) } catch { fail("\(error)", code: 2) }
+        }()
+        if json {
+            printJSON(report)
+        } else {
+            if !recovery.isClean {
+                print("repaired on open: cut \(recovery.truncatedBytes) bytes from \(recovery.truncatedPacks) pack tail(s), removed \(recovery.orphanPacksRemoved) orphan pack(s)")
+            }
+            print("checked \(report.chunksChecked) chunks (\(formatBytes(report.bytesVerified))) and \(report.blobsChecked) blobs")
+            for d in report.damagedChunks {
+                print("DAMAGED chunk \(d.chunk): \(d.reason)")
+                for b in d.blobs { print("  affects blob \(b)") }
+            }
+            for (blob, reason) in report.damagedBlobs.sorted(by: { $0.key < $1.key }) { print("DAMAGED blob \(blob): \(reason)") }
+            print(report.isClean ? "clean" : "damage found: \(report.affectedBlobs.count) blob(s) affected")
+        }
+        if !report.isClean { throw ExitCode(1) }
+    }
+}
+
+struct GC: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gc", abstract: "Collect garbage: unrooted blobs, unreferenced chunks, sparse packs.")
+    @OptionGroup var storage: StorageOptions
+    @Flag(help: "Machine-readable output.") var json = false
+    @Option(help: "Unfinished writes untouched for this many seconds are garbage.") var grace: Int64 = 24 * 3600
+
+    func run() throws {
+        let report = reportingErrors { () -> GCReport in
+            var options = StoreOptions()
+            options.writeGraceSeconds = grace
+            let store = try ChunkStore(root: storage.storage, options: options)
+            return try store.collectGarbage()
+        }
+        if json { return printJSON(report) }
+        print("deleted \(report.blobsDeleted) blob(s), \(report.chunksDeleted) chunk(s) (\(formatBytes(report.chunkBytesFreed)))")
+        print("compacted \(report.packsCompacted) pack(s) (\(report.chunksMoved) chunks moved), deleted \(report.packsDeleted) pack(s) (\(formatBytes(report.packBytesFreed)) freed)")
+    }
+}
+
+struct Blob: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Store and read raw blobs (store-level tools; the registry API comes on top).",
+        subcommands: [Put.self, Get.self])
+
+    struct Put: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Store files as blobs and declare them live.")
+        @OptionGroup var storage: StorageOptions
+        @Flag(help: "Machine-readable output.") var json = false
+        @Argument(help: "Files to store.") var files: [String]
+
+        func run() throws {
+            let store = reportingErrors { try ChunkStore(root: storage.storage, create: true) }
+            var results: [WriteResult] = []
+            for path in files {
+                let result = reportingErrors { () -> WriteResult in
+                    let r = try store.writeFile(path, planner: SafetensorsBoundaryPlanner())
+                    try store.retain(r.digest, reason: "depot blob put \(path)")
+                    return r
+                }
+                results.append(result)
+                if !json {
+                    print("\(result.digest)  \(path)  \(result.size) bytes, \(result.newBytes) new, \(result.reusedBytes) reused, \(result.storedBytes) stored")
+                }
+            }
+            if json { printJSON(results.map(WriteSummary.init)) }
+        }
+    }
+
+    struct Get: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write a blob (or a byte range of it) to a file or stdout.")
+        @OptionGroup var storage: StorageOptions
+        @Argument(help: "The blob's digest (sha256:...).") var digest: String
+        @Option(name: .shortAndLong, help: "Output file (default: stdout).") var output: String?
+        @Option(help: "Byte range FIRST-LAST (inclusive), as in HTTP.") var range: String?
+
+        func run() throws {
+            reportingErrors {
+                let d = try Digest(parsing: digest)
+                let store = try ChunkStore(root: storage.storage, readOnly: true)
+                var r: Range<Int64>?
+                if let range {
+                    let parts = range.split(separator: "-", omittingEmptySubsequences: false)
+                    guard parts.count == 2, let a = Int64(parts[0]), let b = Int64(parts[1]), a <= b else {
+                        throw DepotError.rangeInvalid("'\(range)' is not FIRST-LAST")
+                    }
+                    r = a..<(b + 1)
+                }
+                let reader = try store.reader(d, range: r)
+                let out = try output.map { try OutputFile(path: $0) }
+                try reader.forEach { bytes in
+                    if let out { try out.write(bytes) } else { FileHandle.standardOutput.write(Data(bytes)) }
+                }
+                try out?.commit()
+            }
+        }
+    }
+}
+
+/// A JSON summary of one write.
+struct WriteSummary: Encodable {
+    let digest: String, size: Int64, chunks: Int, new_chunks: Int, new_bytes: Int64, reused_bytes: Int64, stored_bytes: Int64, chunker: String
+    init(_ r: WriteResult) {
+        digest = r.digest.description; size = r.size; chunks = r.chunks; new_chunks = r.newChunks
+        new_bytes = r.newBytes; reused_bytes = r.reusedBytes; stored_bytes = r.storedBytes; chunker = r.chunker
+    }
+}
+
+/// Writes to `<path>.partial`, fsyncs and renames into place on `commit`, so a failed
+/// command never leaves a half-written file under the final name.
+final class OutputFile {
+    let path: String
+    let file: PosixFile
+    init(path: String) throws {
+        self.path = path
+        file = try PosixFile(path: path + ".partial", mode: .createReadWrite)
+        try file.truncate(to: 0)
+    }
+    func write(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try file.write($0) } }
+    func commit() throws {
+        try file.sync()
+        try FileSystem.rename(path + ".partial", path)
+    }
+}
