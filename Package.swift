@@ -29,7 +29,6 @@ let package = Package(
             ]
         ),
 
-        .testTarget(name: "DepotCoreTests", dependencies: ["DepotCore"]),
         .testTarget(name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats"]),
     ],
     swiftLanguageModes: [.v6]

@@ -236,14 +236,14 @@ extension SQLiteConnection {
         try first("SELECT 1 FROM blob_roots WHERE digest = ?", .hash(digest.bytes)) { _ in true } ?? false
     }
 
-    /// Deletes complete blobs that are not roots, and unfinished writes last touched before
-    /// `staleBefore` that are not in `active`. Returns the number of blobs deleted.
+    /// Deletes complete blobs that are not roots and unfinished writes, both last touched before
+    /// `staleBefore` (a fresh blob is not garbage yet: the manifest naming it may be on its
+    /// way), except writes in `active`. Returns the number of blobs deleted.
     public func deleteGarbageBlobs(staleBefore: Int64, active: Set<Int64>) throws -> Int {
         var doomed: [Int64] = []
         try query("""
             SELECT id, state, updated_at FROM blobs b
-            WHERE (state = 1 AND NOT EXISTS (SELECT 1 FROM blob_roots r WHERE r.digest = b.digest))
-               OR (state = 0 AND updated_at < ?)
+            WHERE updated_at < ? AND (state = 0 OR NOT EXISTS (SELECT 1 FROM blob_roots r WHERE r.digest = b.digest))
             """, .int(staleBefore)) {
             let id = $0.int(0)
             if !active.contains(id) { doomed.append(id) }

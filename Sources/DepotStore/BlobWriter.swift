@@ -156,8 +156,9 @@ public final class BlobWriter: @unchecked Sendable {
         if let error = stageState.withLock({ $0.error }) { throw error }
     }
 
-    /// Ends the blob; verifies `expected` if given. The blob is durable and readable when this returns.
-    public func finish(expecting expected: Digest? = nil) throws -> WriteResult {
+    /// Ends the blob; verifies `expected` if given. The blob is durable and readable when this
+    /// returns. With `retain`, it is declared live in the same transaction (no GC window).
+    public func finish(expecting expected: Digest? = nil, retain: String? = nil) throws -> WriteResult {
         precondition(!finished, "finish called twice")
         if chunker.cut() { try emitChunk() }
         stage.sync {}
@@ -171,7 +172,7 @@ public final class BlobWriter: @unchecked Sendable {
             store.appender.abortBlob(blobID)
             throw DepotError.digestInvalid("content has digest \(digest), expected \(expected)")
         }
-        let record = try store.appender.completeBlob(blobID, digest: digest, size: bytesWritten)
+        let record = try store.appender.completeBlob(blobID, digest: digest, size: bytesWritten, retain: retain)
         let s = stageState.withLock { $0 }
         var chunkerVersion = store.options.chunker.version
         if let tag = planner?.tag { chunkerVersion += "+" + tag }

@@ -41,8 +41,12 @@ extension ChunkStore {
     }
 
     private func compact(_ report: inout GCReport) throws {
+        var usage = try catalog.read { try $0.packUsage(headerSize: PackFormat.recordHeaderSize) }
+        // The pack being appended to is reclaimable too once most of it is dead.
+        if try appender.sealCurrent(ifLiveBelow: options.compactBelow, usage: usage) {
+            usage = try catalog.read { try $0.packUsage(headerSize: PackFormat.recordHeaderSize) }
+        }
         let packs = try catalog.read { try $0.packs() }
-        let usage = try catalog.read { try $0.packUsage(headerSize: PackFormat.recordHeaderSize) }
         let current = appender.currentPack
         for pack in packs where pack.sealed && pack.id != current {
             let live = usage[pack.id]?.bytes ?? 0
@@ -64,7 +68,7 @@ extension ChunkStore {
                 files.evict(pack.id)
                 try FileSystem.remove(files.path(pack.id))
                 report.packsDeleted += 1
-                report.packBytesFreed += pack.committedSize
+                report.packBytesFreed += pack.committedSize - live
             }
         }
     }

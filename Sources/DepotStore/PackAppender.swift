@@ -54,10 +54,12 @@ final class PackAppender: Sendable {
     }
 
     /// Durably completes a blob; returns its record (an existing one if the digest was already stored).
-    func completeBlob(_ id: Int64, digest: Digest, size: Int64) throws -> BlobRecord {
+    func completeBlob(_ id: Int64, digest: Digest, size: Int64, retain: String?) throws -> BlobRecord {
         try state.withLock { s in
             let record = try flushLocked(&s) { conn in
-                try conn.completeBlob(id, digest: digest, size: size, now: Self.now())
+                let record = try conn.completeBlob(id, digest: digest, size: size, now: Self.now())
+                if let retain { try conn.addRoot(digest, reason: retain, now: Self.now()) }
+                return record
             }
             s.activeBlobs.remove(id)
             return record
@@ -197,6 +199,19 @@ final class PackAppender: Sendable {
         try state.withLock { s in
             let active = s.activeBlobs
             return try flushLocked(&s) { conn in try body(conn, active) }
+        }
+    }
+
+    /// Seals the current pack if fewer than `liveBytes` of its bytes are live, so compaction
+    /// can reclaim it. Returns whether it sealed.
+    func sealCurrent(ifLiveBelow fraction: Double, usage: [Int64: (bytes: Int64, chunks: Int)]) throws -> Bool {
+        try state.withLock { s in
+            guard s.pack != nil, s.pendingChunks.isEmpty else { return false }
+            let live = usage[s.packID]?.bytes ?? 0
+            let payload = max(s.packSize - Int64(PackFormat.fileHeaderSize), 1)
+            guard Double(live) / Double(payload) < fraction else { return false }
+            try sealPack(&s)
+            return true
         }
     }
 

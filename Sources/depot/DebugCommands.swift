@@ -16,6 +16,7 @@ struct Debug: ParsableCommand {
         @OptionGroup var storage: StorageOptions
         @Option var seed: UInt64 = 1
         @Option var count: Int = 1_000_000
+        @Option(help: "Smallest blob size in bytes.") var minSize: Int = 0
         @Option(help: "Largest blob size in bytes.") var maxSize: Int = 3 << 20
         @Flag(help: "Also run GC after every blob.") var gc = false
 
@@ -26,12 +27,11 @@ struct Debug: ParsableCommand {
             options.writeGraceSeconds = 0
             let store = reportingErrors { try ChunkStore(root: storage.storage, options: options, create: true) }
             for i in 0..<count {
-                let size = TestData.size(seed: seed, index: i, max: maxSize)
+                let size = minSize + TestData.size(seed: seed, index: i, max: max(1, maxSize - minSize))
                 let result = reportingErrors { () -> WriteResult in
                     let writer = try store.makeWriter()
                     try TestData.generate(seed: seed, index: i, size: size) { try writer.write($0) }
-                    let r = try writer.finish()
-                    try store.retain(r.digest, reason: "write-loop")
+                    let r = try writer.finish(retain: "write-loop")
                     if gc { _ = try store.collectGarbage() }
                     return r
                 }

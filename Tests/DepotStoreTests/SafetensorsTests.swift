@@ -1,0 +1,77 @@
+import DepotCore
+import DepotFormats
+import DepotStore
+import Foundation
+import Testing
+
+/// Builds a safetensors file: header JSON + concatenated tensor data.
+func makeSafetensors(_ tensors: [(String, String, [Int], [UInt8])], metadata: [String: String] = [:]) -> [UInt8] {
+    var entries: [String] = []
+    if !metadata.isEmpty {
+        let m = metadata.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\"\($0.value)\"" }.joined(separator: ",")
+        entries.append("\"__metadata__\":{\(m)}")
+    }
+    var offset = 0
+    var data: [UInt8] = []
+    for (name, dtype, shape, bytes) in tensors {
+        entries.append("\"\(name)\":{\"dtype\":\"\(dtype)\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + bytes.count)]}")
+        offset += bytes.count
+        data += bytes
+    }
+    let header = Array(("{" + entries.joined(separator: ",") + "}").utf8)
+    let n = UInt64(header.count).littleEndian
+    return withUnsafeBytes(of: n) { Array($0) } + header + data
+}
+
+@Suite struct SafetensorsTests {
+    let layers: [(String, String, [Int], [UInt8])] = (0..<4).map { i in
+        ("layers.\(i).weight", "F32", [256, 256], randomBytes(256 * 256 * 4, seed: UInt64(i + 1)))
+    }
+
+    @Test func headerIsParsedAndValidated() throws {
+        let file = makeSafetensors(layers, metadata: ["format": "pt"])
+        let n = Int(file.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+        let parsed = try Safetensors.parseHeader(Array(file[8..<(8 + n)]), fileSize: Int64(file.count))
+        #expect(parsed.tensors.map(\.name) == layers.map(\.0))
+        #expect(parsed.metadata == ["format": "pt"])
+        #expect(parsed.tensors[1].range.lowerBound == Int64(8 + n + 256 * 256 * 4))
+        // A header that lies about sizes or leaves gaps is rejected.
+        let lying = Array("{\"a\":{\"dtype\":\"F32\",\"shape\":[10],\"data_offsets\":[0,39]}}".utf8)
+        #expect(throws: DepotError.self) { try Safetensors.parseHeader(lying, fileSize: nil) }
+        let gap = Array("{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[4,8]}}".utf8)
+        #expect(throws: DepotError.self) { try Safetensors.parseHeader(gap, fileSize: nil) }
+        #expect(throws: DepotError.self) { try Safetensors.parseHeader(Array("[1,2]".utf8), fileSize: nil) }
+        // Data that doesn't reach the end of the file.
+        #expect(throws: DepotError.self) {
+            try Safetensors.parseHeader(Array(file[8..<(8 + n)]), fileSize: Int64(file.count + 1))
+        }
+    }
+
+    @Test func tensorAwareCutsDedupReorderedTensorsAndEditedHeaders() throws {
+        let dir = TempDir()
+        let store = try ChunkStore(root: dir.path, create: true)
+        let base = makeSafetensors(layers)
+        _ = try store.write(base, piece: 100_000, planner: SafetensorsBoundaryPlanner())
+        // Same tensors, longer header and reversed order: every tensor's bytes are reused.
+        let edited = makeSafetensors(layers.reversed(), metadata: ["note": String(repeating: "x", count: 37)])
+        let r = try store.write(edited, piece: 33_333, planner: SafetensorsBoundaryPlanner())
+        let tensorBytes = Int64(layers.reduce(0) { $0 + $1.3.count })
+        #expect(r.reusedBytes == tensorBytes, "reused \(r.reusedBytes) of \(tensorBytes)")
+        #expect(r.chunker.hasSuffix("+safetensors"))
+        #expect(try store.readAll(r.digest) == edited)
+        // Without the planner, reordering loses most of the dedup at the tensor seams.
+        let dir2 = TempDir()
+        let plain = try ChunkStore(root: dir2.path, create: true)
+        _ = try plain.write(base)
+        let r2 = try plain.write(edited)
+        #expect(r2.reusedBytes < r.reusedBytes)
+    }
+
+    @Test func thePlannerIsInactiveOnOtherData() throws {
+        var p = SafetensorsBoundaryPlanner()
+        let junk = randomBytes(100_000, seed: 1)
+        junk.withUnsafeBytes { p.observe($0, at: 0) }
+        #expect(p.nextBoundary(atOrAfter: 0) == nil)
+        #expect(p.tag == nil)
+    }
+}
