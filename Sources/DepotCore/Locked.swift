@@ -28,3 +28,9 @@ public struct UnsafeSendableBuffer: @unchecked Sendable {
     public let buffer: UnsafeMutableRawBufferPointer
     public init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }
 }
+
+/// Read-only bytes handed to another thread while the owner waits for it to finish.
+public struct UnsafeSendableBytes: @unchecked Sendable {
+    public let bytes: UnsafeRawBufferPointer
+    public init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+}

@@ -65,6 +65,23 @@ public final class PosixFile: @unchecked Sendable {
         }
     }
 
+    /// Appends two buffers with one `writev` (a record header and its payload, without copying them together).
+    public func write(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws {
+        var a = first, b = second
+        while a.count + b.count > 0 {
+            var iov = [iovec(iov_base: UnsafeMutableRawPointer(mutating: a.baseAddress), iov_len: a.count),
+                       iovec(iov_base: UnsafeMutableRawPointer(mutating: b.baseAddress), iov_len: b.count)]
+            let n = writev(fd, &iov, 2)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw PosixFile.error("write", path)
+            }
+            let fromA = min(n, a.count)
+            a = UnsafeRawBufferPointer(rebasing: a[fromA...])
+            b = UnsafeRawBufferPointer(rebasing: b[(n - fromA)...])
+        }
+    }
+
     /// Reads exactly `into.count` bytes at `offset`; throws if the file is shorter.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws {
         var done = 0

@@ -6,7 +6,8 @@ import Dispatch
 ///
 /// Recipe entries are fetched from the catalog a page at a time; each batch of chunks
 /// (up to ~4 MiB) is read, decompressed and verified in parallel on all cores, then returned
-/// in order. Memory stays at one batch whatever the blob's size.
+/// in order. The next batch is prepared while the caller consumes the current one (read-ahead
+/// of one batch), so memory stays at two batches whatever the blob's size.
 public final class BlobReader: @unchecked Sendable {
     public let blob: BlobRecord
     public let range: Range<Int64>
@@ -47,8 +48,29 @@ public final class BlobReader: @unchecked Sendable {
         return page[pageIndex]
     }
 
+    private var ahead: (done: DispatchGroup, result: Locked<Result<[UInt8]?, any Error>>)?
+
     /// The next bytes of the range in order, or nil at the end.
     public func next() throws -> [UInt8]? {
+        let batch = ahead ?? startBatch()
+        batch.done.wait()
+        let result = try batch.result.withLock { $0 }.get()
+        ahead = (result != nil && position < range.upperBound) ? startBatch() : nil
+        return result
+    }
+
+    private func startBatch() -> (done: DispatchGroup, result: Locked<Result<[UInt8]?, any Error>>) {
+        let done = DispatchGroup()
+        let result = Locked<Result<[UInt8]?, any Error>>(.success(nil))
+        DispatchQueue.global().async(group: done) { [self] in
+            let r = Result { try loadBatch() }
+            result.withLock { $0 = r }
+        }
+        return (done, result)
+    }
+
+    /// Reads, decodes and verifies the next batch. Runs on one thread at a time.
+    private func loadBatch() throws -> [UInt8]? {
         guard position < range.upperBound else { return nil }
         // Collect a batch of entries overlapping [position, end).
         var batch: [(entry: RecipeEntry, loc: ChunkLocation?, outOffset: Int, skip: Int, take: Int)] = []
@@ -69,13 +91,12 @@ public final class BlobReader: @unchecked Sendable {
         guard total > 0 else {
             throw DepotError.integrity("blob \(blob.digest): recipe ends at \(position) before size \(range.upperBound)")
         }
-        var output = [UInt8](repeating: 0, count: total)
         let failures = FailureBox()
         let digest = blob.digest
         let items = batch
-        output.withUnsafeMutableBytes { out in
-            let shared = UnsafeSendableBuffer(out)
-            DispatchQueue.concurrentPerform(iterations: batch.count) { i in
+        let output = [UInt8](unsafeUninitializedCapacity: total) { out, count in
+            let shared = UnsafeSendableBuffer(UnsafeMutableRawBufferPointer(out))
+            DispatchQueue.concurrentPerform(iterations: items.count) { i in
                 let item = items[i]
                 do {
                     try store.readChunk(item.entry, item.loc, skip: item.skip,
@@ -84,6 +105,7 @@ public final class BlobReader: @unchecked Sendable {
                     failures.record(error, blob: digest)
                 }
             }
+            count = total
         }
         if let error = failures.first { throw error }
         position += Int64(total)

@@ -21,11 +21,12 @@ public struct WriteResult: Sendable, Equatable {
 
 /// Streams one blob into the store in a single pass with bounded memory.
 ///
-/// The caller's thread hashes the whole blob (SHA-256) and cuts chunks (gear CDC, with forced
-/// boundaries from a `BoundaryPlanner`); a second stage on another core hashes each chunk,
-/// deduplicates, compresses and appends it to a pack. At most `writerQueueDepth` chunks are in
-/// flight, so memory stays at a few MiB whatever the blob's size. Not thread-safe: one
-/// producer calls `write` and then `finish` (or `abort`).
+/// Three kinds of work overlap on the machine's cores: the whole-blob SHA-256 of each buffer
+/// runs on a serial hashing queue while the caller's thread cuts the same buffer into chunks
+/// (gear CDC, with forced boundaries from a `BoundaryPlanner`); each cut chunk is then hashed,
+/// deduplicated, compressed and appended to a pack by a pool of workers. At most
+/// `writerQueueDepth` chunks are in flight, so memory stays at a few MiB whatever the blob's
+/// size. Not thread-safe: one producer calls `write` and then `finish` (or `abort`).
 public final class BlobWriter: @unchecked Sendable {
     private let store: ChunkStore
     private let blobID: Int64
@@ -41,7 +42,9 @@ public final class BlobWriter: @unchecked Sendable {
     private var nextForced: Int64?
     private var finished = false
 
-    private let stage = DispatchQueue(label: "depot.blobwriter")
+    private let hashing = DispatchQueue(label: "depot.blobwriter.hash")
+    private let hashingDone = DispatchGroup()
+    private let workers = DispatchGroup()
     private let slots: DispatchSemaphore
     private let stageState = Locked(StageState())
 
@@ -49,6 +52,15 @@ public final class BlobWriter: @unchecked Sendable {
         var error: (any Error)?
         var chunks = 0, newChunks = 0
         var newBytes: Int64 = 0, reusedBytes: Int64 = 0, storedBytes: Int64 = 0
+        /// Consecutive new chunks that compression did not help, and a probe counter: after a
+        /// streak of incompressible chunks only every 16th chunk is tried (random or already
+        /// compressed data costs no zstd time), until one compresses again.
+        var rawStreak = 0, probe = 0
+
+        mutating func shouldTryCompression() -> Bool {
+            probe &+= 1
+            return rawStreak < 8 || probe % 16 == 0
+        }
     }
 
     init(store: ChunkStore, planner: (any BoundaryPlanner)?) throws {
@@ -70,7 +82,15 @@ public final class BlobWriter: @unchecked Sendable {
         precondition(!finished, "write after finish/abort")
         if let error = stageState.withLock({ $0.error }) { throw error }
         guard bytes.count > 0 else { return }
-        wholeHash.update(bytes)
+        // Hash the whole blob on another core while this thread chunks the same bytes; wait
+        // for it before returning, because the caller owns `bytes`.
+        let shared = UnsafeSendableBytes(bytes)
+        if bytes.count >= 64 << 10 {
+            hashing.async(group: hashingDone) { [self] in wholeHash.update(shared.bytes) }
+        } else {
+            wholeHash.update(bytes)
+        }
+        defer { hashingDone.wait() }
         if planner != nil {
             planner!.observe(bytes, at: bytesWritten)
             nextForced = planner!.nextBoundary(atOrAfter: bytesWritten)
@@ -108,8 +128,13 @@ public final class BlobWriter: @unchecked Sendable {
         chunker.scan(segment, cuts: &cuts)
         var previous = 0
         for cut in cuts {
-            accumulate(UnsafeRawBufferPointer(rebasing: segment[previous..<cut]))
-            try emitChunk()
+            let piece = UnsafeRawBufferPointer(rebasing: segment[previous..<cut])
+            if accumulated == 0 {
+                try emitChunk(piece)   // the whole chunk is in this buffer: one copy, not two
+            } else {
+                accumulate(piece)
+                try emitChunk()
+            }
             previous = cut
         }
         accumulate(UnsafeRawBufferPointer(rebasing: segment[previous...]))
@@ -124,29 +149,37 @@ public final class BlobWriter: @unchecked Sendable {
     /// Hands the accumulated chunk to the storing stage.
     private func emitChunk() throws {
         guard accumulated > 0 else { return }
-        let chunk = [UInt8](UnsafeRawBufferPointer(rebasing: accumulator[0..<accumulated]))
+        let n = accumulated
+        accumulated = 0
+        try emitChunk(UnsafeRawBufferPointer(rebasing: accumulator[0..<n]))
+    }
+
+    private func emitChunk(_ bytes: UnsafeRawBufferPointer) throws {
+        let chunk = [UInt8](bytes)
         let offset = chunkStart
         let width = planner?.elementWidth(at: offset) ?? 1
-        chunkStart += Int64(accumulated)
-        accumulated = 0
+        chunkStart += Int64(bytes.count)
         slots.wait()
         let store = self.store, blobID = self.blobID, stageState = self.stageState, slots = self.slots
-        stage.async {
+        DispatchQueue.global().async(group: workers) {
             defer { slots.signal() }
             if stageState.withLock({ $0.error != nil }) { return }
             do {
+                let tryCompression = stageState.withLock { $0.shouldTryCompression() }
                 let outcome = try chunk.withUnsafeBytes { bytes in
                     let entry = RecipeEntry(offset: offset, length: bytes.count, hash: SHA256.hash(bytes))
                     return try store.compressors.with { c in
-                        try store.appender.store(entry, of: blobID, bytes: bytes, elementWidth: width, compressor: c)
+                        try store.appender.store(entry, of: blobID, bytes: bytes, elementWidth: width, compressor: c,
+                                                 tryCompression: tryCompression)
                     }
                 }
                 stageState.withLock { s in
                     s.chunks += 1
                     switch outcome {
                     case .reused: s.reusedBytes += Int64(chunk.count)
-                    case .stored(let stored):
+                    case .stored(let stored, let codec):
                         s.newChunks += 1; s.newBytes += Int64(chunk.count); s.storedBytes += Int64(stored)
+                        if tryCompression { s.rawStreak = codec == .raw ? s.rawStreak + 1 : 0 }
                     }
                 }
             } catch {
@@ -161,7 +194,7 @@ public final class BlobWriter: @unchecked Sendable {
     public func finish(expecting expected: Digest? = nil, retain: String? = nil) throws -> WriteResult {
         precondition(!finished, "finish called twice")
         if chunker.cut() { try emitChunk() }
-        stage.sync {}
+        workers.wait()
         finished = true
         if let error = stageState.withLock({ $0.error }) {
             store.appender.abortBlob(blobID)
@@ -185,7 +218,8 @@ public final class BlobWriter: @unchecked Sendable {
     public func abort() {
         guard !finished else { return }
         finished = true
-        stage.sync {}
+        hashingDone.wait()
+        workers.wait()
         store.appender.abortBlob(blobID)
     }
 }

@@ -68,10 +68,25 @@ public struct Chunker: Sendable {
                 let n = Swift.min(limit - pending, count - i)
                 var j = 0
                 var found = false
-                while j < n {
-                    h = (h &<< 1) &+ gear[Int(base[i &+ j])]
-                    j &+= 1
-                    if h & mask == 0 { found = true; break }
+                let p = base + i
+                // Unrolled by 4: one loop-bound check per 4 bytes; the hash chain is one `lea` a byte.
+                scan: while j &+ 4 <= n {
+                    h = (h &<< 1) &+ gear[Int(p[j])]
+                    if h & mask == 0 { j &+= 1; found = true; break scan }
+                    h = (h &<< 1) &+ gear[Int(p[j &+ 1])]
+                    if h & mask == 0 { j &+= 2; found = true; break scan }
+                    h = (h &<< 1) &+ gear[Int(p[j &+ 2])]
+                    if h & mask == 0 { j &+= 3; found = true; break scan }
+                    h = (h &<< 1) &+ gear[Int(p[j &+ 3])]
+                    j &+= 4
+                    if h & mask == 0 { found = true; break scan }
+                }
+                if !found {
+                    while j < n {
+                        h = (h &<< 1) &+ gear[Int(p[j])]
+                        j &+= 1
+                        if h & mask == 0 { found = true; break }
+                    }
                 }
                 i += j
                 pending += j

@@ -22,10 +22,9 @@ final class PackAppender: Sendable {
         var pendingRecipes: [(blob: Int64, entry: RecipeEntry)] = []
         var pendingBytes = 0
         var activeBlobs: Set<Int64> = []
-        var scratch: [UInt8] = []
     }
 
-    enum Outcome { case stored(storedBytes: Int), reused }
+    enum Outcome { case stored(storedBytes: Int, codec: ChunkCodec), reused }
 
     private let state = Locked(State())
     let db: Database
@@ -85,16 +84,18 @@ final class PackAppender: Sendable {
     /// Adds `entry` (whose bytes are `bytes`) to blob `blob`'s recipe, storing the chunk if the
     /// store lacks it. Compression runs outside the lock.
     func store(_ entry: RecipeEntry, of blob: Int64, bytes: UnsafeRawBufferPointer, elementWidth: Int,
-               compressor: ChunkCompressor) throws -> Outcome {
+               compressor: ChunkCompressor, tryCompression: Bool = true) throws -> Outcome {
         if try state.withLock({ s in try referenceIfKnown(entry, blob, &s) }) { return .reused }
         var outcome = Outcome.reused
-        try compressor.encode(bytes, policy: options.compression, elementWidth: elementWidth) { codec, payload in
+        var policy = options.compression
+        if !tryCompression { policy.mode = .off }
+        try compressor.encode(bytes, policy: policy, elementWidth: elementWidth) { codec, payload in
             outcome = try state.withLock { s in
                 if try referenceIfKnown(entry, blob, &s) { return .reused }
                 try append(entry.hash, codec: codec, rawLength: bytes.count, payload: payload, &s)
                 s.pendingRecipes.append((blob, entry))
                 try flushIfNeeded(&s)
-                return .stored(storedBytes: payload.count)
+                return .stored(storedBytes: payload.count, codec: codec)
             }
         }
         return outcome
@@ -121,13 +122,11 @@ final class PackAppender: Sendable {
     private func append(_ hash: SHA256.Value, codec: ChunkCodec, rawLength: Int, payload: UnsafeRawBufferPointer, _ s: inout State) throws {
         if s.pack == nil { try openPack(&s) }
         let total = PackFormat.recordHeaderSize + payload.count
-        if s.scratch.count < total { s.scratch = [UInt8](repeating: 0, count: max(total, 300 << 10)) }
         let offset = s.packSize
-        try s.scratch.withUnsafeMutableBytes { buf in
-            PackFormat.encode(.init(codec: codec, rawLength: rawLength, storedLength: payload.count, hash: hash),
-                              into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<PackFormat.recordHeaderSize]))
-            UnsafeMutableRawBufferPointer(rebasing: buf[PackFormat.recordHeaderSize..<total]).copyMemory(from: payload)
-            try s.pack!.write(UnsafeRawBufferPointer(rebasing: buf[0..<total]))
+        var header = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        try withUnsafeMutableBytes(of: &header) { h in
+            PackFormat.encode(.init(codec: codec, rawLength: rawLength, storedLength: payload.count, hash: hash), into: h)
+            try s.pack!.write(UnsafeRawBufferPointer(h), payload)
         }
         s.packSize += Int64(total)
         s.pendingChunks[hash] = ChunkLocation(pack: s.packID, offset: offset, storedLength: payload.count, rawLength: rawLength, codec: codec.rawValue)
