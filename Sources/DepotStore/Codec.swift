@@ -26,11 +26,11 @@ public struct CompressionPolicy: Sendable, Equatable {
     /// zstd level (1 is the sweet spot for weights).
     public var level: Int32 = 1
     /// Minimum fraction of bytes a codec must save on the sample to be used.
-    public var minSavings: Double = 0.08
+    public var minSavings: Double = 0.04
     /// Bytes from the middle of a chunk compressed to decide.
     public var sampleSize: Int = 8 << 10
 
-    public init(mode: Mode = .auto, level: Int32 = 1, minSavings: Double = 0.08) {
+    public init(mode: Mode = .auto, level: Int32 = 1, minSavings: Double = 0.04) {
         self.mode = mode; self.level = level; self.minSavings = minSavings
     }
 }
@@ -91,14 +91,27 @@ final class ChunkCompressor {
     }
 
     /// Compresses into `scratch`; returns the compressed size, or 0 on failure.
+    ///
+    /// Byte-grouped codecs compress each plane as its own zstd frame, `[UInt32 LE size][frame]`
+    /// per plane (plus one for a tail that is not a whole element): zstd entropy-codes a block
+    /// with one literal table, so the low-entropy exponent plane only pays off on its own.
     private func compress(_ input: UnsafeRawBufferPointer, codec: ChunkCodec, level: Int32) -> Int {
-        var source = input
-        if codec.elementWidth > 1 {
-            Shuffle.group(input, width: codec.elementWidth, into: shuffled)
-            source = UnsafeRawBufferPointer(rebasing: shuffled[0..<input.count])
+        guard codec.elementWidth > 1 else {
+            let n = ZSTD_compressCCtx(cctx, scratch.baseAddress, scratch.count, input.baseAddress, input.count, level)
+            return ZSTD_isError(n) != 0 ? 0 : n
         }
-        let n = ZSTD_compressCCtx(cctx, scratch.baseAddress, scratch.count, source.baseAddress, source.count, level)
-        return ZSTD_isError(n) != 0 ? 0 : n
+        Shuffle.group(input, width: codec.elementWidth, into: shuffled)
+        var written = 0
+        for segment in Shuffle.segments(count: input.count, width: codec.elementWidth) {
+            guard scratch.count - written > 4 else { return 0 }
+            let out = scratch.baseAddress! + written + 4
+            let n = ZSTD_compressCCtx(cctx, out, scratch.count - written - 4,
+                                      shuffled.baseAddress! + segment.lowerBound, segment.count, level)
+            guard ZSTD_isError(n) == 0 else { return 0 }
+            scratch.storeBytes(of: UInt32(n).littleEndian, toByteOffset: written, as: UInt32.self)
+            written += 4 + n
+        }
+        return written
     }
 
     /// Decodes a stored payload into `output` (exactly `output.count` raw bytes).
@@ -112,8 +125,17 @@ final class ChunkCompressor {
             guard ZSTD_isError(n) == 0, n == output.count else { throw DepotError.integrity("zstd payload does not decode") }
         case .zstdShuffle4, .zstdShuffle2:
             ensure(output.count)
-            let n = ZSTD_decompressDCtx(dctx, shuffled.baseAddress, output.count, stored.baseAddress, stored.count)
-            guard ZSTD_isError(n) == 0, n == output.count else { throw DepotError.integrity("zstd payload does not decode") }
+            var read = 0
+            for segment in Shuffle.segments(count: output.count, width: codec.elementWidth) {
+                guard stored.count - read >= 4 else { throw DepotError.integrity("byte-plane payload is truncated") }
+                let size = Int(UInt32(littleEndian: stored.loadUnaligned(fromByteOffset: read, as: UInt32.self)))
+                guard size <= stored.count - read - 4 else { throw DepotError.integrity("byte-plane payload is truncated") }
+                let n = ZSTD_decompressDCtx(dctx, shuffled.baseAddress! + segment.lowerBound, segment.count,
+                                            stored.baseAddress! + read + 4, size)
+                guard ZSTD_isError(n) == 0, n == segment.count else { throw DepotError.integrity("zstd plane does not decode") }
+                read += 4 + size
+            }
+            guard read == stored.count else { throw DepotError.integrity("byte-plane payload has trailing bytes") }
             Shuffle.ungroup(UnsafeRawBufferPointer(rebasing: shuffled[0..<output.count]), width: codec.elementWidth, into: output)
         }
     }
@@ -122,6 +144,14 @@ final class ChunkCompressor {
 /// Byte-plane transform: byte k of every `width`-byte element goes to plane k. A tail that
 /// is not a whole element is copied as is.
 enum Shuffle {
+    /// Byte ranges of the grouped buffer compressed separately: one per plane, then the tail.
+    static func segments(count: Int, width: Int) -> [Range<Int>] {
+        let n = count / width
+        var out = (0..<width).map { ($0 * n)..<(($0 + 1) * n) }
+        if count > n * width { out.append((n * width)..<count) }
+        return out
+    }
+
     static func group(_ input: UnsafeRawBufferPointer, width: Int, into out: UnsafeMutableRawBufferPointer) {
         let n = input.count / width
         let src = input.baseAddress!.assumingMemoryBound(to: UInt8.self)

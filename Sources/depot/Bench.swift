@@ -109,6 +109,7 @@ struct Bench: ParsableCommand {
         @Flag var json = false
         @Flag(help: "Disable format-aware (safetensors) boundaries.") var noFormatCuts = false
         @Flag(help: "Disable compression.") var noCompression = false
+        @Option(help: "Fraction a codec must save to be used (default from the store's policy).") var minSavings: Double?
         @Argument var files: [String]
 
         struct FileResult: Encodable {
@@ -123,6 +124,7 @@ struct Bench: ParsableCommand {
             defer { try? FileManager.default.removeItem(atPath: dir) }
             var options = StoreOptions()
             if noCompression { options.compression.mode = .off }
+            if let minSavings { options.compression.minSavings = minSavings }
             let store = reportingErrors { try ChunkStore(root: dir, options: options, create: true) }
             var results: [FileResult] = []
             for path in files {

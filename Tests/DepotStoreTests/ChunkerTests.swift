@@ -1,5 +1,6 @@
 import DepotCore
 @testable import DepotStore
+import Foundation
 import Testing
 
 @Suite struct ChunkerTests {
@@ -96,5 +97,64 @@ import Testing
         var codec = ChunkCodec.zstd
         try noise.withUnsafeBytes { try c.encode($0, policy: CompressionPolicy(), elementWidth: 4) { k, _ in codec = k } }
         #expect(codec == .raw)
+    }
+}
+
+/// fp32 values distributed like trained weights, N(0, 0.02).
+func gaussianWeights(_ count: Int, seed: UInt64) -> [UInt8] {
+    var rng = SeededGenerator(seed: seed)
+    var out = [Float](repeating: 0, count: count)
+    for i in stride(from: 0, to: count - 1, by: 2) {
+        let u1 = Double.random(in: Double.leastNonzeroMagnitude..<1, using: &rng)
+        let u2 = Double.random(in: 0..<1, using: &rng)
+        let r = (-2 * log(u1)).squareRoot() * 0.02
+        out[i] = Float(r * cos(2 * .pi * u2))
+        out[i + 1] = Float(r * sin(2 * .pi * u2))
+    }
+    return out.withUnsafeBytes { Array($0) }
+}
+
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+@Suite struct ByteGroupingTests {
+    @Test func byteGroupingIsChosenForFp32WeightsAndSavesMoreThanPlainZstd() throws {
+        let c = ChunkCompressor(maxChunk: 256 << 10)
+        let weights = gaussianWeights(16384, seed: 3)   // one 64 KiB chunk
+        var hinted = (ChunkCodec.raw, 0), plain = (ChunkCodec.raw, 0)
+        try weights.withUnsafeBytes { w in
+            try c.encode(w, policy: CompressionPolicy(), elementWidth: 4) { k, p in hinted = (k, p.count) }
+            try c.encode(w, policy: CompressionPolicy(), elementWidth: 1) { k, p in plain = (k, p.count) }
+        }
+        #expect(hinted.0 == .zstdShuffle4)
+        #expect(hinted.1 < plain.1, "grouped \(hinted.1) vs plain \(plain.1)")
+        #expect(Double(weights.count) / Double(hinted.1) > 1.12)
+    }
+
+    @Test func byteGroupedPayloadsDecodeExactlyIncludingATail() throws {
+        let c = ChunkCompressor(maxChunk: 256 << 10)
+        for (width, extra) in [(4, 0), (4, 3), (2, 1)] {
+            let data = gaussianWeights(20000, seed: UInt64(width + extra)) + randomBytes(extra, seed: 1)
+            var codec = ChunkCodec.raw
+            var stored: [UInt8] = []
+            try data.withUnsafeBytes { try c.encode($0, policy: CompressionPolicy(), elementWidth: width) { k, p in codec = k; stored = Array(p) } }
+            #expect(codec != .raw)
+            var back = [UInt8](repeating: 0, count: data.count)
+            try stored.withUnsafeBytes { s in try back.withUnsafeMutableBytes { try c.decode(s, codec: codec, into: $0) } }
+            #expect(back == data)
+            // A truncated payload is an integrity error, not a crash or wrong bytes.
+            #expect(throws: DepotError.self) {
+                try stored.dropLast(5).withUnsafeBytes { s in try back.withUnsafeMutableBytes { try c.decode(s, codec: codec, into: $0) } }
+            }
+        }
     }
 }
