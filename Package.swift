@@ -9,6 +9,13 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // System libraries (Debian: libzstd-dev, libsqlite3-dev, libssl-dev).
@@ -21,15 +28,37 @@ let package = Package(
         .target(name: "DepotCatalog", dependencies: ["DepotCore", "CSQLite"]),
         .target(name: "DepotFormats", dependencies: ["DepotCore"]),
         .target(name: "DepotStore", dependencies: ["DepotCore", "DepotCatalog", "CZstd"]),
+        .target(name: "DepotRegistry", dependencies: ["DepotCore", "DepotCatalog", "DepotStore", "DepotFormats"]),
+        .target(
+            name: "DepotServer",
+            dependencies: [
+                "DepotCore", "DepotRegistry", "DepotStore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "depot",
             dependencies: [
-                "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats",
+                "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotRegistry", "DepotServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
 
         .testTarget(name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats"]),
+        .testTarget(
+            name: "DepotServerTests",
+            dependencies: [
+                "DepotServer", "DepotRegistry", "DepotStore", "DepotCore",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -44,6 +44,59 @@ enum Schema {
             created_at INTEGER NOT NULL
         ) WITHOUT ROWID;
         """,
+        // 2: the OCI registry (repositories, blob links, manifests and their references, tags and their journal, uploads).
+        """
+        CREATE TABLE repositories(
+            id INTEGER PRIMARY KEY,
+            name TEXT UNIQUE NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        CREATE TABLE repository_blobs(                  -- blobs uploaded to or mounted into a repository
+            repo_id INTEGER NOT NULL REFERENCES repositories(id),
+            digest BLOB NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY(repo_id, digest)
+        ) WITHOUT ROWID;
+        CREATE TABLE manifests(
+            repo_id INTEGER NOT NULL REFERENCES repositories(id),
+            digest BLOB NOT NULL,
+            media_type TEXT NOT NULL,
+            artifact_type TEXT,
+            subject BLOB,
+            annotations TEXT,                           -- JSON object, for referrers
+            content BLOB NOT NULL,                      -- the exact bytes pushed
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY(repo_id, digest)
+        ) WITHOUT ROWID;
+        CREATE INDEX manifests_by_subject ON manifests(repo_id, subject);
+        CREATE TABLE manifest_refs(                     -- what a manifest references: blobs (kind 0) or manifests (kind 1)
+            repo_id INTEGER NOT NULL,
+            manifest BLOB NOT NULL,
+            child BLOB NOT NULL,
+            kind INTEGER NOT NULL,
+            PRIMARY KEY(repo_id, manifest, child, kind)
+        ) WITHOUT ROWID;
+        CREATE INDEX manifest_refs_by_child ON manifest_refs(child, kind, repo_id);
+        CREATE TABLE tags(
+            repo_id INTEGER NOT NULL REFERENCES repositories(id),
+            name TEXT NOT NULL,
+            digest BLOB NOT NULL,
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY(repo_id, name)
+        ) WITHOUT ROWID;
+        CREATE INDEX tags_by_digest ON tags(repo_id, digest);
+        CREATE TABLE tag_journal(                       -- every tag move: who, when, from, to
+            id INTEGER PRIMARY KEY,
+            repo_id INTEGER NOT NULL,
+            tag TEXT NOT NULL,
+            from_digest BLOB,
+            to_digest BLOB,
+            actor TEXT NOT NULL,
+            reason TEXT,
+            at INTEGER NOT NULL
+        );
+        CREATE INDEX tag_journal_by_tag ON tag_journal(repo_id, tag, id);
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

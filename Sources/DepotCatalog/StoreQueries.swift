@@ -236,6 +236,8 @@ extension SQLiteConnection {
         try first("SELECT 1 FROM blob_roots WHERE digest = ?", .hash(digest.bytes)) { _ in true } ?? false
     }
 
+    /// GC roots: blobs declared live (`blob_roots`) and every blob a manifest in any repository
+    /// references (`manifest_refs`).
     /// Deletes complete blobs that are not roots and unfinished writes, both last touched before
     /// `staleBefore` (a fresh blob is not garbage yet: the manifest naming it may be on its
     /// way), except writes in `active`. Returns the number of blobs deleted.
@@ -243,7 +245,9 @@ extension SQLiteConnection {
         var doomed: [Int64] = []
         try query("""
             SELECT id, state, updated_at FROM blobs b
-            WHERE updated_at < ? AND (state = 0 OR NOT EXISTS (SELECT 1 FROM blob_roots r WHERE r.digest = b.digest))
+            WHERE updated_at < ? AND (state = 0 OR (
+                NOT EXISTS (SELECT 1 FROM blob_roots r WHERE r.digest = b.digest)
+                AND NOT EXISTS (SELECT 1 FROM manifest_refs m WHERE m.child = b.digest AND m.kind = 0)))
             """, .int(staleBefore)) {
             let id = $0.int(0)
             if !active.contains(id) { doomed.append(id) }

@@ -3,11 +3,11 @@ import DepotCore
 
 /// The `depot` command line: the registry server, its client, and store maintenance.
 @main
-struct Depot: ParsableCommand {
+struct Depot: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "depot",
         abstract: "Depot: a content-addressed, deduplicating model registry.",
-        subcommands: [Stats.self, Fsck.self, GC.self, Blob.self, Bench.self, Debug.self]
+        subcommands: [Serve.self, Stats.self, Fsck.self, GC.self, Blob.self, Bench.self, Debug.self]
     )
 }
 

@@ -1,0 +1,187 @@
+import DepotCore
+
+/// A manifest as stored: the exact bytes and what the registry needs to serve them.
+public struct ManifestRecord: Sendable, Equatable {
+    public var digest: Digest
+    public var mediaType: String
+    public var artifactType: String?
+    public var subject: Digest?
+    public var annotationsJSON: String?
+    public var content: [UInt8]
+
+    public init(digest: Digest, mediaType: String, artifactType: String?, subject: Digest?, annotationsJSON: String?, content: [UInt8]) {
+        self.digest = digest; self.mediaType = mediaType; self.artifactType = artifactType
+        self.subject = subject; self.annotationsJSON = annotationsJSON; self.content = content
+    }
+}
+
+/// One move of a tag, from the journal.
+public struct TagMove: Sendable, Equatable {
+    public var id: Int64
+    public var tag: String
+    public var from: Digest?
+    public var to: Digest?
+    public var actor: String
+    public var reason: String?
+    public var at: Int64
+}
+
+/// Typed queries over the registry tables.
+extension SQLiteConnection {
+    // MARK: repositories
+
+    public func repositoryID(_ name: String) throws -> Int64? {
+        try first("SELECT id FROM repositories WHERE name = ?", .text(name)) { $0.int(0) }
+    }
+
+    public func ensureRepository(_ name: String, now: Int64) throws -> Int64 {
+        if let id = try repositoryID(name) { return id }
+        try run("INSERT INTO repositories(name, created_at) VALUES(?, ?)", .text(name), .int(now))
+        return lastInsertRowID
+    }
+
+    /// Repository names after `last` in lexical order, at most `limit`.
+    public func repositories(after last: String?, limit: Int) throws -> [String] {
+        var out: [String] = []
+        try query("SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?", .text(last ?? ""), .int(Int64(limit))) {
+            out.append($0.text(0))
+        }
+        return out
+    }
+
+    // MARK: blob links
+
+    public func linkBlob(repo: Int64, _ digest: Digest, now: Int64) throws {
+        try run("INSERT OR IGNORE INTO repository_blobs(repo_id, digest, created_at) VALUES(?,?,?)", .int(repo), .hash(digest.bytes), .int(now))
+    }
+
+    public func unlinkBlob(repo: Int64, _ digest: Digest) throws -> Bool {
+        try run("DELETE FROM repository_blobs WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes))
+        return changes > 0
+    }
+
+    /// Whether `digest` is visible in the repository: linked, or referenced by one of its manifests.
+    public func blobVisible(repo: Int64, _ digest: Digest) throws -> Bool {
+        if try first("SELECT 1 FROM repository_blobs WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes), map: { _ in true }) == true {
+            return true
+        }
+        return try first("SELECT 1 FROM manifest_refs WHERE child = ? AND kind = 0 AND repo_id = ? LIMIT 1", .hash(digest.bytes), .int(repo), map: { _ in true }) ?? false
+    }
+
+    /// Whether any repository links or references `digest`.
+    public func blobLinkedAnywhere(_ digest: Digest) throws -> Bool {
+        if try first("SELECT 1 FROM repository_blobs WHERE digest = ? LIMIT 1", .hash(digest.bytes), map: { _ in true }) == true { return true }
+        return try first("SELECT 1 FROM manifest_refs WHERE child = ? AND kind = 0 LIMIT 1", .hash(digest.bytes), map: { _ in true }) ?? false
+    }
+
+    // MARK: manifests
+
+    public func manifest(repo: Int64, _ digest: Digest) throws -> ManifestRecord? {
+        try first("SELECT media_type, artifact_type, subject, annotations, content FROM manifests WHERE repo_id = ? AND digest = ?",
+                  .int(repo), .hash(digest.bytes)) {
+            ManifestRecord(digest: digest, mediaType: $0.text(0), artifactType: $0.isNull(1) ? nil : $0.text(1),
+                           subject: $0.hash(2).map(Digest.init(bytes:)), annotationsJSON: $0.isNull(3) ? nil : $0.text(3),
+                           content: $0.blob(4))
+        }
+    }
+
+    public func manifestExists(repo: Int64, _ digest: Digest) throws -> Bool {
+        try first("SELECT 1 FROM manifests WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes)) { _ in true } ?? false
+    }
+
+    /// Stores a manifest and its references (idempotent for the same digest).
+    public func putManifest(repo: Int64, _ m: ManifestRecord, blobs: [Digest], children: [Digest], now: Int64) throws {
+        try run("""
+            INSERT OR IGNORE INTO manifests(repo_id, digest, media_type, artifact_type, subject, annotations, content, created_at)
+            VALUES(?,?,?,?,?,?,?,?)
+            """, .int(repo), .hash(m.digest.bytes), .text(m.mediaType), m.artifactType.map(SQLValue.text) ?? .null,
+            m.subject.map { .hash($0.bytes) } ?? .null, m.annotationsJSON.map(SQLValue.text) ?? .null, .blob(m.content), .int(now))
+        for b in blobs {
+            try run("INSERT OR IGNORE INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,0)", .int(repo), .hash(m.digest.bytes), .hash(b.bytes))
+        }
+        for c in children {
+            try run("INSERT OR IGNORE INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,1)", .int(repo), .hash(m.digest.bytes), .hash(c.bytes))
+        }
+    }
+
+    public func deleteManifest(repo: Int64, _ digest: Digest) throws -> Bool {
+        try run("DELETE FROM manifests WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes))
+        let deleted = changes > 0
+        try run("DELETE FROM manifest_refs WHERE repo_id = ? AND manifest = ?", .int(repo), .hash(digest.bytes))
+        return deleted
+    }
+
+    /// Manifests in the repository whose subject is `digest` (content left empty; `size` set).
+    public func referrers(repo: Int64, subject digest: Digest) throws -> [(record: ManifestRecord, size: Int64)] {
+        var out: [(record: ManifestRecord, size: Int64)] = []
+        try query("""
+            SELECT digest, media_type, artifact_type, annotations, length(content) FROM manifests
+            WHERE repo_id = ? AND subject = ? ORDER BY created_at, digest
+            """, .int(repo), .hash(digest.bytes)) {
+            guard let d = $0.hash(0).map(Digest.init(bytes:)) else { return }
+            let record = ManifestRecord(digest: d, mediaType: $0.text(1), artifactType: $0.isNull(2) ? nil : $0.text(2),
+                                        subject: digest, annotationsJSON: $0.isNull(3) ? nil : $0.text(3), content: [])
+            out.append((record, $0.int(4)))
+        }
+        return out
+    }
+
+    /// Sizes of manifests by digest within a repository.
+    public func manifestSize(repo: Int64, _ digest: Digest) throws -> Int64? {
+        try first("SELECT length(content) FROM manifests WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes)) { $0.int(0) }
+    }
+
+    // MARK: tags
+
+    public func tag(repo: Int64, _ name: String) throws -> Digest? {
+        try first("SELECT digest FROM tags WHERE repo_id = ? AND name = ?", .int(repo), .text(name)) { $0.hash(0).map(Digest.init(bytes:)) } ?? nil
+    }
+
+    /// Points `name` at `digest`, journaling the move; returns the previous digest.
+    @discardableResult
+    public func setTag(repo: Int64, _ name: String, to digest: Digest, actor: String, reason: String?, now: Int64) throws -> Digest? {
+        let previous = try tag(repo: repo, name)
+        guard previous != digest else { return previous }
+        try run("INSERT OR REPLACE INTO tags(repo_id, name, digest, updated_at) VALUES(?,?,?,?)", .int(repo), .text(name), .hash(digest.bytes), .int(now))
+        try journalTag(repo: repo, name, from: previous, to: digest, actor: actor, reason: reason, now: now)
+        return previous
+    }
+
+    public func deleteTag(repo: Int64, _ name: String, actor: String, reason: String?, now: Int64) throws -> Bool {
+        guard let previous = try tag(repo: repo, name) else { return false }
+        try run("DELETE FROM tags WHERE repo_id = ? AND name = ?", .int(repo), .text(name))
+        try journalTag(repo: repo, name, from: previous, to: nil, actor: actor, reason: reason, now: now)
+        return true
+    }
+
+    /// Tags pointing at `digest`.
+    public func tags(repo: Int64, pointingAt digest: Digest) throws -> [String] {
+        var out: [String] = []
+        try query("SELECT name FROM tags WHERE repo_id = ? AND digest = ? ORDER BY name", .int(repo), .hash(digest.bytes)) { out.append($0.text(0)) }
+        return out
+    }
+
+    public func tags(repo: Int64, after last: String?, limit: Int) throws -> [String] {
+        var out: [String] = []
+        try query("SELECT name FROM tags WHERE repo_id = ? AND name > ? ORDER BY name LIMIT ?", .int(repo), .text(last ?? ""), .int(Int64(limit))) {
+            out.append($0.text(0))
+        }
+        return out
+    }
+
+    func journalTag(repo: Int64, _ name: String, from: Digest?, to: Digest?, actor: String, reason: String?, now: Int64) throws {
+        try run("INSERT INTO tag_journal(repo_id, tag, from_digest, to_digest, actor, reason, at) VALUES(?,?,?,?,?,?,?)",
+                .int(repo), .text(name), from.map { .hash($0.bytes) } ?? .null, to.map { .hash($0.bytes) } ?? .null,
+                .text(actor), reason.map(SQLValue.text) ?? .null, .int(now))
+    }
+
+    public func tagHistory(repo: Int64, _ name: String) throws -> [TagMove] {
+        var out: [TagMove] = []
+        try query("SELECT id, tag, from_digest, to_digest, actor, reason, at FROM tag_journal WHERE repo_id = ? AND tag = ? ORDER BY id",
+                  .int(repo), .text(name)) {
+            out.append(TagMove(id: $0.int(0), tag: $0.text(1), from: $0.hash(2).map(Digest.init(bytes:)), to: $0.hash(3).map(Digest.init(bytes:)),
+                               actor: $0.text(4), reason: $0.isNull(5) ? nil : $0.text(5), at: $0.int(6)))
+        }
+        return out
+    }
+}

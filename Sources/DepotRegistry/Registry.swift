@@ -1,0 +1,219 @@
+import DepotCatalog
+import DepotCore
+import DepotFormats
+import DepotStore
+import Foundation
+
+/// The OCI registry model over the chunk store and the catalog: repositories, blob
+/// visibility (upload, mount, reference), manifests and their references, tags with a
+/// journal, referrers and upload sessions. Every method is synchronous and may block on disk;
+/// the HTTP layer calls it off the event loop.
+public final class Registry: Sendable {
+    public let store: ChunkStore
+    public let uploads: UploadSessions
+    private let cache = ManifestCache(capacity: 4096)
+    var db: Database { store.catalog }
+
+    public init(store: ChunkStore, uploadTimeout: TimeInterval = 3600) {
+        self.store = store
+        uploads = UploadSessions(store: store, timeout: uploadTimeout)
+    }
+
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+    static func name(_ text: String) throws -> RepositoryName {
+        do { return try RepositoryName(text) } catch {
+            throw RegistryError(.nameInvalid, "\(error)".replacingOccurrences(of: "invalid argument: ", with: ""))
+        }
+    }
+
+    private func repositoryID(_ name: RepositoryName) throws -> Int64? {
+        try db.read { try $0.repositoryID(name.value) }
+    }
+
+    // MARK: blobs
+
+    /// The blob if it is stored and visible in the repository.
+    public func blob(_ repository: RepositoryName, _ digest: Digest) throws -> BlobRecord? {
+        try db.read { conn in
+            guard let repo = try conn.repositoryID(repository.value), try conn.blobVisible(repo: repo, digest) else { return nil }
+            return try conn.blob(digest)
+        }
+    }
+
+    /// Makes a stored blob visible in the repository (after an upload).
+    public func link(_ repository: RepositoryName, _ digest: Digest) throws {
+        try db.write { conn in
+            let repo = try conn.ensureRepository(repository.value, now: Self.now())
+            try conn.linkBlob(repo: repo, digest, now: Self.now())
+        }
+    }
+
+    /// Cross-repository mount. With `from`, the blob must be visible there; without, anywhere.
+    /// Returns false when it can't be mounted (the client then uploads).
+    public func mount(_ repository: RepositoryName, _ digest: Digest, from: RepositoryName?) throws -> Bool {
+        try db.write { conn in
+            guard try conn.blob(digest) != nil else { return false }
+            if let from {
+                guard let source = try conn.repositoryID(from.value), try conn.blobVisible(repo: source, digest) else { return false }
+            } else {
+                guard try conn.blobLinkedAnywhere(digest) else { return false }
+            }
+            let repo = try conn.ensureRepository(repository.value, now: Self.now())
+            try conn.linkBlob(repo: repo, digest, now: Self.now())
+            return true
+        }
+    }
+
+    /// Removes the blob's link from the repository. It stays readable there while a manifest
+    /// of the repository references it; storage is reclaimed by GC.
+    public func deleteBlob(_ repository: RepositoryName, _ digest: Digest) throws {
+        let removed = try db.write { conn -> Bool in
+            guard let repo = try conn.repositoryID(repository.value) else { return false }
+            return try conn.unlinkBlob(repo: repo, digest)
+        }
+        guard removed else { throw RegistryError(.blobUnknown, "blob \(digest) is not in \(repository)") }
+    }
+
+    // MARK: manifests
+
+    /// Validates and stores a manifest; tags it when `reference` is a tag.
+    public func putManifest(_ repository: RepositoryName, _ reference: Reference, contentType: String?, bytes: [UInt8],
+                            actor: String = "oci-push") throws -> (digest: Digest, manifest: ParsedManifest) {
+        let parsed = try ManifestParser.parse(bytes, contentType: contentType)
+        let digest = Digest.of(bytes)
+        if case .digest(let d) = reference, d != digest {
+            throw RegistryError(.digestInvalid, "manifest content has digest \(digest), not \(d)")
+        }
+        var annotationsJSON: String?
+        if let a = parsed.annotations, !a.isEmpty, let data = try? JSONSerialization.data(withJSONObject: a, options: [.sortedKeys]) {
+            annotationsJSON = String(decoding: data, as: UTF8.self)
+        }
+        let record = ManifestRecord(digest: digest, mediaType: parsed.mediaType, artifactType: parsed.artifactType,
+                                    subject: parsed.subject?.digest, annotationsJSON: annotationsJSON, content: bytes)
+        try db.write { conn in
+            let now = Self.now()
+            let repo = try conn.ensureRepository(repository.value, now: now)
+            for blob in parsed.blobs where blob.urls == nil || blob.mediaType != MediaType.dockerForeignLayer {
+                guard try conn.blobVisible(repo: repo, blob.digest), let stored = try conn.blob(blob.digest) else {
+                    throw RegistryError(.manifestBlobUnknown, "blob \(blob.digest) (\(blob.mediaType)) is not in \(repository)",
+                                        detail: blob.digest.description)
+                }
+                guard stored.size == blob.size else {
+                    throw RegistryError(.manifestInvalid, "descriptor of \(blob.digest) says \(blob.size) bytes; the blob has \(stored.size)")
+                }
+            }
+            for child in parsed.manifests {
+                guard try conn.manifestExists(repo: repo, child.digest) else {
+                    throw RegistryError(.manifestBlobUnknown, "manifest \(child.digest) listed by the index is not in \(repository)",
+                                        detail: child.digest.description)
+                }
+            }
+            try conn.putManifest(repo: repo, record, blobs: parsed.blobs.map(\.digest), children: parsed.manifests.map(\.digest), now: now)
+            if case .tag(let tag) = reference {
+                try conn.setTag(repo: repo, tag, to: digest, actor: actor, reason: nil, now: now)
+            }
+        }
+        cache.invalidate()
+        return (digest, parsed)
+    }
+
+    /// The manifest a tag or digest names.
+    public func manifest(_ repository: RepositoryName, _ reference: Reference) throws -> ManifestRecord {
+        let key = repository.value + "\u{0}" + reference.description
+        if let hit = cache.get(key) { return hit }
+        let record = try db.read { conn -> ManifestRecord in
+            guard let repo = try conn.repositoryID(repository.value) else {
+                throw RegistryError(.nameUnknown, "repository \(repository) is not known")
+            }
+            let digest: Digest
+            switch reference {
+            case .digest(let d): digest = d
+            case .tag(let t):
+                guard let d = try conn.tag(repo: repo, t) else { throw RegistryError(.manifestUnknown, "tag \(t) is not in \(repository)") }
+                digest = d
+            }
+            guard let m = try conn.manifest(repo: repo, digest) else {
+                throw RegistryError(.manifestUnknown, "manifest \(digest) is not in \(repository)")
+            }
+            return m
+        }
+        cache.put(key, record)
+        return record
+    }
+
+    /// Deletes by digest (the manifest and every tag on it) or by tag (the tag only).
+    public func deleteManifest(_ repository: RepositoryName, _ reference: Reference, actor: String = "oci-delete") throws {
+        try db.write { conn in
+            guard let repo = try conn.repositoryID(repository.value) else {
+                throw RegistryError(.nameUnknown, "repository \(repository) is not known")
+            }
+            let now = Self.now()
+            switch reference {
+            case .tag(let t):
+                guard try conn.deleteTag(repo: repo, t, actor: actor, reason: nil, now: now) else {
+                    throw RegistryError(.manifestUnknown, "tag \(t) is not in \(repository)")
+                }
+            case .digest(let d):
+                for t in try conn.tags(repo: repo, pointingAt: d) {
+                    _ = try conn.deleteTag(repo: repo, t, actor: actor, reason: "manifest deleted", now: now)
+                }
+                guard try conn.deleteManifest(repo: repo, d) else {
+                    throw RegistryError(.manifestUnknown, "manifest \(d) is not in \(repository)")
+                }
+            }
+        }
+        cache.invalidate()
+    }
+
+    // MARK: discovery
+
+    /// Tags in lexical order after `last`, at most `limit`. Throws NAME_UNKNOWN for an unknown repository.
+    public func tags(_ repository: RepositoryName, after last: String?, limit: Int) throws -> [String] {
+        try db.read { conn in
+            guard let repo = try conn.repositoryID(repository.value) else {
+                throw RegistryError(.nameUnknown, "repository \(repository) is not known")
+            }
+            return try conn.tags(repo: repo, after: last, limit: limit)
+        }
+    }
+
+    public func repositories(after last: String?, limit: Int) throws -> [String] {
+        try db.read { try $0.repositories(after: last, limit: limit) }
+    }
+
+    /// Descriptors of the manifests whose subject is `digest`, optionally filtered by artifactType.
+    public func referrers(_ repository: RepositoryName, _ digest: Digest, artifactType: String?) throws -> [Descriptor] {
+        try db.read { conn in
+            guard let repo = try conn.repositoryID(repository.value) else { return [] }
+            return try conn.referrers(repo: repo, subject: digest).compactMap { r in
+                if let artifactType, r.record.artifactType != artifactType { return nil }
+                var annotations: [String: String]?
+                if let json = r.record.annotationsJSON {
+                    annotations = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: String]
+                }
+                return Descriptor(mediaType: r.record.mediaType, digest: r.record.digest, size: r.size,
+                                  artifactType: r.record.artifactType, annotations: annotations)
+            }
+        }
+    }
+}
+
+/// A small cache of manifests by (repository, reference), cleared on every manifest or tag write.
+final class ManifestCache: Sendable {
+    private let entries = Locked<[String: ManifestRecord]>([:])
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func get(_ key: String) -> ManifestRecord? { entries.withLock { $0[key] } }
+
+    func put(_ key: String, _ value: ManifestRecord) {
+        entries.withLock { e in
+            if e.count >= capacity { e.removeAll(keepingCapacity: true) }
+            e[key] = value
+        }
+    }
+
+    func invalidate() { entries.withLock { $0.removeAll(keepingCapacity: true) } }
+}

@@ -1,0 +1,68 @@
+import DepotCore
+import DepotRegistry
+import DepotStore
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+
+/// `depot serve`: opens the store, builds the registry and runs the HTTP server until SIGTERM
+/// or SIGINT, then stops accepting requests, lets in-flight ones finish, cancels unfinished
+/// uploads and closes the store (flushing and sealing the current pack).
+public struct DepotService {
+    public let config: ServerConfig
+    public init(config: ServerConfig) { self.config = config }
+
+    /// Builds the application (also used by tests with HummingbirdTesting).
+    public static func makeApplication(registry: Registry, config: ServerConfig, logger: Logger,
+                                       onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
+        -> some ApplicationProtocol {
+        let responder = OCIResponder(registry: registry, metrics: ServerMetrics(), logger: logger)
+        return Application(
+            responder: responder,
+            server: .http1(configuration: .init(additionalChannelHandlers: [ContinueHandler()], idleTimeout: .seconds(300))),
+            configuration: .init(address: .hostname(config.listenHost, port: config.listenPort), serverName: "depot"),
+            services: [UploadExpiry(uploads: registry.uploads)],
+            onServerRunning: onServerRunning,
+            logger: logger
+        )
+    }
+
+    public func run() async throws {
+        var log = Logger(label: "depot")
+        log.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
+        let logger = log
+        let store = try ChunkStore(root: config.storageRoot, options: config.storeOptions, create: true)
+        if !store.recovery.isClean {
+            logger.notice("repaired store on open: cut \(store.recovery.truncatedBytes) bytes from \(store.recovery.truncatedPacks) pack tail(s), removed \(store.recovery.orphanPacksRemoved) orphan pack(s), dropped \(store.recovery.droppedChunkRows) index row(s)")
+        }
+        let registry = Registry(store: store, uploadTimeout: config.uploadTimeoutSeconds)
+        let listen = "\(config.listenHost):\(config.listenPort)"
+        let root = config.storageRoot
+        let app = Self.makeApplication(registry: registry, config: config, logger: logger) { _ in
+            logger.info("depot listening on \(listen), storage \(root)")
+        }
+        try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+        registry.uploads.cancelAll()
+        logger.info("depot stopped")
+    }
+}
+
+import ServiceLifecycle
+
+/// Expires idle upload sessions once a minute.
+struct UploadExpiry: Service {
+    let uploads: UploadSessions
+
+    func run() async throws {
+        let interval = min(60, max(1, uploads.timeout / 4))
+        while !Task.isCancelledOrShuttingDown {
+            try? await Task.sleep(for: .seconds(interval))
+            uploads.expire()
+        }
+    }
+}
+
+extension Task where Success == Never, Failure == Never {
+    static var isCancelledOrShuttingDown: Bool { Task.isCancelled || Task.isShuttingDownGracefully }
+}

@@ -1,0 +1,146 @@
+import DepotCore
+import DepotStore
+import Foundation
+import Yams
+
+/// Depot's configuration (`config/depot.yaml`): defaults, overridden by the file, overridden
+/// by command-line flags. Every key is documented in `config/depot.yaml`.
+public struct ServerConfig: Sendable, Equatable {
+    public var listenHost = "127.0.0.1"
+    public var listenPort = 5000
+    public var logLevel = "info"
+    public var storageRoot = "storage"
+    public var uploadTimeoutSeconds: Double = 3600
+    public var store = StoreOptionsConfig()
+
+    /// The chunk-store part, mapped onto `StoreOptions`.
+    public struct StoreOptionsConfig: Sendable, Equatable {
+        public var packTargetMiB = 64
+        public var flushMiB = 32
+        public var compression = "auto"
+        public var compressionMinSavings = 0.04
+        public var writeGraceHours: Double = 24
+        public var compactBelow = 0.5
+    }
+
+    public init() {}
+
+    public var storeOptions: StoreOptions {
+        var o = StoreOptions()
+        o.packTargetSize = Int64(store.packTargetMiB) << 20
+        o.flushBytes = store.flushMiB << 20
+        o.compression.mode = store.compression == "off" ? .off : .auto
+        o.compression.minSavings = store.compressionMinSavings
+        o.writeGraceSeconds = Int64(store.writeGraceHours * 3600)
+        o.compactBelow = store.compactBelow
+        return o
+    }
+
+    /// Parses `HOST:PORT` (IPv6 as `[::1]:PORT`).
+    public mutating func setListen(_ text: String) throws {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
+            throw DepotError.invalidArgument("listen address '\(text)' is not HOST:PORT")
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { throw DepotError.invalidArgument("listen address '\(text)' has no host") }
+        listenHost = host
+        listenPort = port
+    }
+
+    /// Loads `path` over the defaults. Unknown keys and wrong types are errors naming the key.
+    public static func load(_ path: String) throws -> ServerConfig {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw DepotError.invalidArgument("cannot read config \(path): \(error.localizedDescription)")
+        }
+        let node: Any?
+        do { node = try Yams.load(yaml: text) } catch {
+            throw DepotError.invalidArgument("config \(path) is not valid YAML: \(error)")
+        }
+        var config = ServerConfig()
+        guard let root = node as? [String: Any] else {
+            if node == nil { return config }
+            throw DepotError.invalidArgument("config \(path): the top level must be a mapping")
+        }
+        var reader = ConfigReader(path: path)
+        try reader.section(root, "server") { s in
+            if let listen: String = try reader.value(s, "listen") { try config.setListen(listen) }
+            if let level: String = try reader.value(s, "log_level") {
+                guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
+                    throw reader.error("server.log_level", "must be trace, debug, info, notice, warning, error or critical")
+                }
+                config.logLevel = level
+            }
+        }
+        try reader.section(root, "storage") { s in
+            if let v: String = try reader.value(s, "root") { config.storageRoot = v }
+            if let v: Int = try reader.value(s, "pack_target_mib") {
+                guard (1...4096).contains(v) else { throw reader.error("storage.pack_target_mib", "must be 1 to 4096") }
+                config.store.packTargetMiB = v
+            }
+            if let v: Int = try reader.value(s, "flush_mib") {
+                guard (1...1024).contains(v) else { throw reader.error("storage.flush_mib", "must be 1 to 1024") }
+                config.store.flushMiB = v
+            }
+            if let v: String = try reader.value(s, "compression") {
+                guard v == "auto" || v == "off" else { throw reader.error("storage.compression", "must be auto or off") }
+                config.store.compression = v
+            }
+            if let v: Double = try reader.value(s, "compression_min_savings") {
+                guard (0...1).contains(v) else { throw reader.error("storage.compression_min_savings", "must be between 0 and 1") }
+                config.store.compressionMinSavings = v
+            }
+            if let v: Double = try reader.value(s, "write_grace_hours") {
+                guard v >= 0 else { throw reader.error("storage.write_grace_hours", "must not be negative") }
+                config.store.writeGraceHours = v
+            }
+            if let v: Double = try reader.value(s, "compact_below") {
+                guard (0...1).contains(v) else { throw reader.error("storage.compact_below", "must be between 0 and 1") }
+                config.store.compactBelow = v
+            }
+        }
+        try reader.section(root, "uploads") { s in
+            if let v: Double = try reader.value(s, "timeout_seconds") {
+                guard v > 0 else { throw reader.error("uploads.timeout_seconds", "must be positive") }
+                config.uploadTimeoutSeconds = v
+            }
+        }
+        try reader.rejectUnknown(root, known: ["server", "storage", "uploads"], at: "")
+        return config
+    }
+}
+
+/// Typed access to a YAML mapping that remembers which keys it read, so unknown keys are reported.
+struct ConfigReader {
+    let path: String
+
+    func error(_ key: String, _ message: String) -> DepotError {
+        .invalidArgument("config \(path): \(key) \(message)")
+    }
+
+    func section(_ root: [String: Any], _ name: String, _ body: ([String: Any]) throws -> Void) throws {
+        guard let value = root[name] else { return }
+        guard let mapping = value as? [String: Any] else { throw error(name, "must be a mapping") }
+        try body(mapping)
+        let known: [String: Set<String>] = [
+            "server": ["listen", "log_level"],
+            "storage": ["root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours", "compact_below"],
+            "uploads": ["timeout_seconds"],
+        ]
+        try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")
+    }
+
+    func value<T>(_ mapping: [String: Any], _ key: String) throws -> T? {
+        guard let raw = mapping[key] else { return nil }
+        if let v = raw as? T { return v }
+        if T.self == Double.self, let i = raw as? Int { return Double(i) as? T }
+        throw error(key, "has the wrong type (\(type(of: raw)), expected \(T.self))")
+    }
+
+    func rejectUnknown(_ mapping: [String: Any], known: Set<String>, at prefix: String) throws {
+        for key in mapping.keys where !known.contains(key) {
+            throw error(prefix + key, "is not a known setting")
+        }
+    }
+}
