@@ -56,13 +56,16 @@ struct UploadExpiry: Service {
 
     func run() async throws {
         let interval = min(60, max(1, uploads.timeout / 4))
-        while !Task.isCancelledOrShuttingDown {
-            try? await Task.sleep(for: .seconds(interval))
-            uploads.expire()
+        do {
+            try await cancelWhenGracefulShutdown {
+                while !Task.isCancelled {
+                    try await Task.sleep(for: .seconds(interval))
+                    uploads.expire()
+                }
+            }
+        } catch is CancellationError {
+            // Shutting down.
         }
     }
 }
 
-extension Task where Success == Never, Failure == Never {
-    static var isCancelledOrShuttingDown: Bool { Task.isCancelled || Task.isShuttingDownGracefully }
-}

@@ -1,0 +1,100 @@
+import DepotCore
+import DepotRegistry
+import DepotServer
+import DepotStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+
+/// A temporary directory removed when the value goes away.
+final class TempDir: Sendable {
+    let path: String
+    init(_ name: String = "depot-srv") {
+        path = NSTemporaryDirectory() + "/\(name)-\(UUID().uuidString.prefix(8))"
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// Runs `body` against a live Depot server (real sockets, full channel pipeline) on a fresh store.
+func withRegistry(_ body: @Sendable (any TestClientProtocol, Registry, Int) async throws -> Void) async throws {
+    let dir = TempDir()
+    let store = try ChunkStore(root: dir.path, create: true)
+    let registry = Registry(store: store, uploadTimeout: 3600)
+    var config = ServerConfig()
+    config.listenPort = 0
+    var logger = Logger(label: "test")
+    logger.logLevel = .warning
+    let app = DepotService.makeApplication(registry: registry, config: config, logger: logger)
+    try await app.test(.live) { client in
+        try await body(client, registry, client.port!)
+    }
+    withExtendedLifetime(dir) {}
+}
+
+extension TestClientProtocol {
+    @discardableResult
+    func req(_ method: HTTPRequest.Method, _ uri: String, headers: HTTPFields = [:], body: [UInt8]? = nil) async throws -> TestResponse {
+        try await execute(uri: uri, method: method, headers: headers, body: body.map { ByteBuffer(bytes: $0) })
+    }
+
+    /// Monolithic blob upload; returns the digest.
+    @discardableResult
+    func pushBlob(_ repo: String, _ bytes: [UInt8]) async throws -> Digest {
+        let d = Digest.of(bytes)
+        let r = try await req(.post, "/v2/\(repo)/blobs/uploads/?digest=\(d)", body: bytes)
+        precondition(r.status.code == 201, "blob push failed: \(r.status) \(r.text)")
+        return d
+    }
+
+    /// Pushes an image manifest over the given blobs (first is the config); returns (digest, bytes).
+    @discardableResult
+    func pushManifest(_ repo: String, _ ref: String, config: (Digest, Int, String), layers: [(Digest, Int)],
+                      subject: (Digest, Int)? = nil, artifactType: String? = nil, annotations: [String: String]? = nil,
+                      mediaType: String = MediaType.ociManifest) async throws -> (Digest, [UInt8]) {
+        let bytes = manifestJSON(config: config, layers: layers, subject: subject, artifactType: artifactType, annotations: annotations, mediaType: mediaType)
+        let r = try await req(.put, "/v2/\(repo)/manifests/\(ref)", headers: [.contentType: mediaType], body: bytes)
+        precondition(r.status.code == 201, "manifest push failed: \(r.status) \(r.text)")
+        return (Digest.of(bytes), bytes)
+    }
+}
+
+
+
+extension HummingbirdTesting.TestResponse {
+    var text: String { String(buffer: body) }
+    var bytes: [UInt8] { Array(body.readableBytesView) }
+    var json: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] ?? [:] }
+    /// The first OCI error code in the body.
+    var errorCode: String? { ((json["errors"] as? [[String: Any]])?.first?["code"]) as? String }
+    func header(_ name: String) -> String? { headers[HTTPField.Name(name)!] }
+}
+
+func manifestJSON(config: (Digest, Int, String), layers: [(Digest, Int)], subject: (Digest, Int)? = nil,
+                  artifactType: String? = nil, annotations: [String: String]? = nil, mediaType: String = MediaType.ociManifest) -> [UInt8] {
+    var o: [String: Any] = [
+        "schemaVersion": 2, "mediaType": mediaType,
+        "config": ["mediaType": config.2, "digest": config.0.description, "size": config.1],
+        "layers": layers.map { ["mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": $0.0.description, "size": $0.1] },
+    ]
+    if let subject { o["subject"] = ["mediaType": MediaType.ociManifest, "digest": subject.0.description, "size": subject.1] }
+    if let artifactType { o["artifactType"] = artifactType }
+    if let annotations { o["annotations"] = annotations }
+    return Array(try! JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]))
+}
+
+func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+    var s = seed
+    return (0..<count).map { _ in
+        s &+= 0x9E37_79B9_7F4A_7C15
+        var z = s
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return UInt8(truncatingIfNeeded: z ^ (z >> 31))
+    }
+}
+
+let emptyConfig: [UInt8] = Array("{}".utf8)
