@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
-# Installs what a fresh Debian 12 machine needs to build Depot and run its tests.
-# Idempotent: skips what is already there. Used by scripts/serve.sh, scripts/test.sh and CI.
+# Installs what a fresh Debian 12 machine needs. Idempotent: skips what is already there.
+#   scripts/install-deps.sh          build dependencies (C libraries Depot links)
+#   scripts/install-deps.sh --test   also the real peers the tests run: skopeo, containerd,
+#                                    curl (Debian) and oras-py, requests (PyPI)
 set -euo pipefail
+packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev)
+python_modules=()
+if [[ "${1:-}" == "--test" ]]; then
+  packages+=(skopeo containerd curl tar gzip python3-pip)
+  python_modules+=(oras requests)
+fi
 need=()
-for pkg in pkg-config libzstd-dev libsqlite3-dev libssl-dev; do
+for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if ((${#need[@]})); then
-  echo "installing: ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "apt: installing ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+for module in "${python_modules[@]}"; do
+  if ! python3 -c "import $module" 2>/dev/null; then
+    echo "pip: installing $module"
+    python3 -m pip install --quiet --disable-pip-version-check "$module" 2>&1 | grep -v "Running pip as the 'root' user" || true
+    python3 -c "import $module"
+  fi
+done

@@ -3,6 +3,6 @@
 # run it as a child process), then the whole Swift test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh --test
 swift build --product depot
 swift test --disable-xctest "$@"
