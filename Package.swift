@@ -27,12 +27,13 @@ let package = Package(
         .target(name: "DepotCore", dependencies: ["COpenSSL"]),
         .target(name: "DepotCatalog", dependencies: ["DepotCore", "CSQLite"]),
         .target(name: "DepotFormats", dependencies: ["DepotCore"]),
-        .target(name: "DepotStore", dependencies: ["DepotCore", "DepotCatalog", "CZstd"]),
+        .target(name: "CDepotSupport"),
+        .target(name: "DepotStore", dependencies: ["DepotCore", "DepotCatalog", "CZstd", "CDepotSupport"]),
         .target(name: "DepotRegistry", dependencies: ["DepotCore", "DepotCatalog", "DepotStore", "DepotFormats"]),
         .target(
             name: "DepotServer",
             dependencies: [
-                "DepotCore", "DepotRegistry", "DepotStore",
+                "DepotCore", "DepotRegistry", "DepotStore", "CDepotSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -51,7 +52,7 @@ let package = Package(
             ]
         ),
 
-        .testTarget(name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats"]),
+        .testTarget(name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport"]),
         .testTarget(
             name: "DepotServerTests",
             dependencies: [

@@ -96,6 +96,25 @@ public final class PosixFile: @unchecked Sendable {
         }
     }
 
+    /// Reads exactly `first.count + second.count` bytes at `offset` into two buffers (`preadv`).
+    public func read(into first: UnsafeMutableRawBufferPointer, _ second: UnsafeMutableRawBufferPointer, at offset: Int64) throws {
+        var a = first, b = second
+        var position = offset
+        while a.count + b.count > 0 {
+            var iov = [iovec(iov_base: a.baseAddress, iov_len: a.count), iovec(iov_base: b.baseAddress, iov_len: b.count)]
+            let n = preadv(fd, &iov, 2, off_t(position))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw PosixFile.error("read", path)
+            }
+            if n == 0 { throw DepotError.io("read \(path): unexpected end of file at \(position)") }
+            let fromA = min(n, a.count)
+            a = UnsafeMutableRawBufferPointer(rebasing: a[fromA...])
+            b = UnsafeMutableRawBufferPointer(rebasing: b[(n - fromA)...])
+            position += Int64(n)
+        }
+    }
+
     /// Reads up to `buffer.count` bytes sequentially; returns 0 at end of file.
     public func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         while true {

@@ -2,6 +2,7 @@ import DepotCore
 import DepotRegistry
 import DepotStore
 import Foundation
+import CDepotSupport
 import Hummingbird
 import Logging
 import NIOCore
@@ -29,6 +30,9 @@ public struct DepotService {
     }
 
     public func run() async throws {
+        // Few malloc arenas: chunk buffers are allocated on one thread and freed on another,
+        // and one arena per thread would keep tens of MiB of freed memory resident.
+        depot_limit_malloc_arenas(2)
         var log = Logger(label: "depot")
         log.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
         let logger = log

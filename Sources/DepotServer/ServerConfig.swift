@@ -21,6 +21,7 @@ public struct ServerConfig: Sendable, Equatable {
         public var compressionMinSavings = 0.04
         public var writeGraceHours: Double = 24
         public var compactBelow = 0.5
+        public var readVerification = "checksum"
     }
 
     public init() {}
@@ -33,6 +34,7 @@ public struct ServerConfig: Sendable, Equatable {
         o.compression.minSavings = store.compressionMinSavings
         o.writeGraceSeconds = Int64(store.writeGraceHours * 3600)
         o.compactBelow = store.compactBelow
+        o.readVerification = ReadVerification(rawValue: store.readVerification) ?? .checksum
         return o
     }
 
@@ -95,6 +97,10 @@ public struct ServerConfig: Sendable, Equatable {
                 guard v >= 0 else { throw reader.error("storage.write_grace_hours", "must not be negative") }
                 config.store.writeGraceHours = v
             }
+            if let v: String = try reader.value(s, "read_verification") {
+                guard v == "checksum" || v == "sha256" else { throw reader.error("storage.read_verification", "must be checksum or sha256") }
+                config.store.readVerification = v
+            }
             if let v: Double = try reader.value(s, "compact_below") {
                 guard (0...1).contains(v) else { throw reader.error("storage.compact_below", "must be between 0 and 1") }
                 config.store.compactBelow = v
@@ -125,7 +131,8 @@ struct ConfigReader {
         try body(mapping)
         let known: [String: Set<String>] = [
             "server": ["listen", "log_level"],
-            "storage": ["root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours", "compact_below"],
+            "storage": ["root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",
+                        "compact_below", "read_verification"],
             "uploads": ["timeout_seconds"],
         ]
         try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")

@@ -18,7 +18,7 @@ public final class BlobReader: @unchecked Sendable {
     private var recipeCursor: Int64
     private var recipeDone = false
     /// Target bytes per batch returned by `next()`.
-    public var batchBytes = 4 << 20
+    public var batchBytes = 1 << 20
 
     init(store: ChunkStore, blob: BlobRecord, range: Range<Int64>) {
         self.store = store
@@ -146,10 +146,10 @@ extension ChunkStore {
                 try compressors.with { c in
                     var scratch: [UInt8] = []
                     if skip == 0 && output.count == l.rawLength {
-                        try files.readChunk(entry.hash, at: l, into: output, compressor: c, scratch: &scratch)
+                        try files.readChunk(entry.hash, at: l, into: output, compressor: c, scratch: &scratch, verify: options.readVerification)
                     } else {
                         var full = [UInt8](repeating: 0, count: l.rawLength)
-                        try full.withUnsafeMutableBytes { try files.readChunk(entry.hash, at: l, into: $0, compressor: c, scratch: &scratch) }
+                        try full.withUnsafeMutableBytes { try files.readChunk(entry.hash, at: l, into: $0, compressor: c, scratch: &scratch, verify: options.readVerification) }
                         full.withUnsafeBytes { output.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[skip..<(skip + output.count)])) }
                     }
                 }

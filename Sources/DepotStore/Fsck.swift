@@ -48,7 +48,7 @@ extension ChunkStore {
                 var scratch: [UInt8] = []
                 do {
                     try compressors.with { c in
-                        try out.withUnsafeMutableBytes { try files.readChunk(hash, at: loc, into: $0, compressor: c, scratch: &scratch) }
+                        try out.withUnsafeMutableBytes { try files.readChunk(hash, at: loc, into: $0, compressor: c, scratch: &scratch, verify: .sha256) }
                     }
                 } catch {
                     let reason: String

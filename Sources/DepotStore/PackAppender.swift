@@ -125,7 +125,8 @@ final class PackAppender: Sendable {
         let offset = s.packSize
         var header = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         try withUnsafeMutableBytes(of: &header) { h in
-            PackFormat.encode(.init(codec: codec, rawLength: rawLength, storedLength: payload.count, hash: hash), into: h)
+            PackFormat.encode(.init(codec: codec, rawLength: rawLength, storedLength: payload.count, hash: hash,
+                                    checksum: PackFormat.checksum(payload)), into: h)
             try s.pack!.write(UnsafeRawBufferPointer(h), payload)
         }
         s.packSize += Int64(total)

@@ -20,30 +20,40 @@ final class PackFiles: Sendable {
 
     func evict(_ id: Int64) { _ = open.withLock { $0.removeValue(forKey: id) } }
 
-    /// Reads and verifies one chunk into `output` (its raw length). Throws `integrity` on any mismatch.
+    /// Reads and verifies one chunk into `output` (its raw length). Throws `integrity` on any
+    /// mismatch: header check, index agreement, payload CRC-32C, decoding and, with
+    /// `.sha256`, the chunk's hash. A raw chunk is read straight into `output` (one `preadv`).
     func readChunk(_ hash: SHA256.Value, at loc: ChunkLocation, into output: UnsafeMutableRawBufferPointer,
-                   compressor: ChunkCompressor, scratch: inout [UInt8]) throws {
-        let total = PackFormat.recordHeaderSize + loc.storedLength
-        if scratch.count < total { scratch = [UInt8](repeating: 0, count: total) }
+                   compressor: ChunkCompressor, scratch: inout [UInt8], verify: ReadVerification) throws {
         let file = try self.file(loc.pack)
+        let where_ = "chunk sha256:\(hash.hex) (pack \(loc.pack), offset \(loc.offset))"
+        var header = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        let direct = loc.codec == ChunkCodec.raw.rawValue && loc.storedLength == output.count
+        if scratch.count < loc.storedLength && !direct { scratch = [UInt8](repeating: 0, count: loc.storedLength) }
         try scratch.withUnsafeMutableBytes { buf in
-            let record = UnsafeMutableRawBufferPointer(rebasing: buf[0..<total])
-            try file.read(into: record, at: loc.offset)
-            let where_ = "chunk sha256:\(hash.hex) (pack \(loc.pack), offset \(loc.offset))"
-            guard let header = PackFormat.decode(UnsafeRawBufferPointer(record)) else {
-                throw DepotError.integrity("\(where_): record header is damaged")
+            let payload = direct ? output : UnsafeMutableRawBufferPointer(rebasing: buf[0..<loc.storedLength])
+            let decoded = try withUnsafeMutableBytes(of: &header) { h -> PackFormat.RecordHeader in
+                try file.read(into: h, payload, at: loc.offset)
+                guard let decoded = PackFormat.decode(UnsafeRawBufferPointer(h)) else {
+                    throw DepotError.integrity("\(where_): record header is damaged")
+                }
+                return decoded
             }
-            guard header.hash == hash, header.storedLength == loc.storedLength, header.rawLength == loc.rawLength,
-                  header.rawLength == output.count else {
+            guard decoded.hash == hash, decoded.storedLength == loc.storedLength, decoded.rawLength == loc.rawLength,
+                  decoded.rawLength == output.count, decoded.codec.rawValue == loc.codec else {
                 throw DepotError.integrity("\(where_): record header does not match the index")
             }
-            let payload = UnsafeRawBufferPointer(rebasing: record[PackFormat.recordHeaderSize...])
-            do {
-                try compressor.decode(payload, codec: header.codec, into: output)
-            } catch {
-                throw DepotError.integrity("\(where_): payload does not decode")
+            guard PackFormat.checksum(UnsafeRawBufferPointer(payload)) == decoded.checksum else {
+                throw DepotError.integrity("\(where_): payload checksum mismatch")
             }
-            guard SHA256.hash(UnsafeRawBufferPointer(output)) == hash else {
+            if !direct {
+                do {
+                    try compressor.decode(UnsafeRawBufferPointer(payload), codec: decoded.codec, into: output)
+                } catch {
+                    throw DepotError.integrity("\(where_): payload does not decode")
+                }
+            }
+            if verify == .sha256, SHA256.hash(UnsafeRawBufferPointer(output)) != hash {
                 throw DepotError.integrity("\(where_): content does not match its hash")
             }
         }

@@ -1,3 +1,4 @@
+import CDepotSupport
 import DepotCore
 
 /// The on-disk layout of pack files. A pack starts with a 16-byte file header
@@ -11,8 +12,11 @@ import DepotCore
 ///    12  stored length       UInt32 LE
 ///    16  sha256 of raw bytes 32 bytes
 ///    48  header check        UInt32 LE (FNV-1a of bytes 0..<48)
-///    52  reserved            4 bytes
+///    52  payload checksum    UInt32 LE (CRC-32C of the stored payload)
 ///    56  payload             stored length bytes
+///
+/// The SHA-256 is the chunk's identity, verified when it is written and by fsck; the CRC-32C
+/// lets every read detect damage at memory speed.
 ///
 /// Records are only ever appended; a pack is never modified in place.
 public enum PackFormat {
@@ -27,6 +31,7 @@ public enum PackFormat {
         var rawLength: Int
         var storedLength: Int
         var hash: SHA256.Value
+        var checksum: UInt32
     }
 
     static func encode(_ h: RecordHeader, into p: UnsafeMutableRawBufferPointer) {
@@ -39,7 +44,7 @@ public enum PackFormat {
         h.hash.store(into: UnsafeMutableRawBufferPointer(rebasing: p[16..<48]))
         let check = fnv1a(UnsafeRawBufferPointer(rebasing: p[0..<48]))
         p.storeBytes(of: check.littleEndian, toByteOffset: 48, as: UInt32.self)
-        p.storeBytes(of: 0, toByteOffset: 52, as: UInt32.self)
+        p.storeBytes(of: h.checksum.littleEndian, toByteOffset: 52, as: UInt32.self)
     }
 
     /// Decodes a record header; nil when the magic, check or codec is wrong.
@@ -52,7 +57,12 @@ public enum PackFormat {
             codec: codec,
             rawLength: Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))),
             storedLength: Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self))),
-            hash: SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[16..<48])))
+            hash: SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[16..<48])),
+            checksum: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 52, as: UInt32.self)))
+    }
+
+    static func checksum(_ payload: UnsafeRawBufferPointer) -> UInt32 {
+        depot_crc32c(0, payload.baseAddress, payload.count)
     }
 
     static func fnv1a(_ p: UnsafeRawBufferPointer) -> UInt32 {

@@ -13,7 +13,18 @@ public struct StoreOptions: Sendable {
     /// Packs whose live fraction is below this are compacted by GC.
     public var compactBelow: Double = 0.5
     /// Chunks handed to the hashing/storing stage of one writer before it blocks (bounds memory).
-    public var writerQueueDepth: Int = 16
+    public var writerQueueDepth: Int = 8
+
+    /// What every read of a chunk checks. `.checksum`: the record's CRC-32C (memory speed;
+    /// detects media damage). `.sha256`: also re-hash the chunk (its identity was verified on
+    /// write; fsck always does this).
+    public var readVerification: ReadVerification = .checksum
 
     public init() {}
+}
+
+/// How reads verify chunks (see `StoreOptions.readVerification`).
+public enum ReadVerification: String, Sendable, Codable {
+    case checksum
+    case sha256
 }

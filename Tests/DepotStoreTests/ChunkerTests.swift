@@ -1,3 +1,4 @@
+import CDepotSupport
 import DepotCore
 @testable import DepotStore
 import Foundation
@@ -57,6 +58,17 @@ import Testing
         }
         let a = chunks(data), b = chunks(edited)
         #expect(b.subtracting(a).count <= 3)
+    }
+
+    @Test func crc32cMatchesTheCastagnoliCheckValue() {
+        #expect(Array("123456789".utf8).withUnsafeBytes { PackFormat.checksum($0) } == 0xE306_9283)
+        let data = randomBytes(100_003, seed: 1)
+        // Hardware and the byte-wise path agree on every split.
+        let whole = data.withUnsafeBytes { PackFormat.checksum($0) }
+        let parts = data.withUnsafeBytes { raw in
+            depot_crc32c(depot_crc32c(0, raw.baseAddress, 5), raw.baseAddress! + 5, raw.count - 5)
+        }
+        #expect(whole == parts)
     }
 
     @Test func parametersAreVersioned() {

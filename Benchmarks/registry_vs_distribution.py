@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Depot against the reference registry (CNCF distribution, Debian `docker-registry`),
+side by side in one run, measured the same way with curl and wrk on loopback:
+
+  monolithic push of a blob (POST, then PUT ?digest= with the whole body)
+  chunked push (PATCHes of --chunk-mib, then PUT ?digest=)
+  blob GET
+  manifest GET by tag: wrk -t2 -c32 -d10s
+  peak RSS (VmHWM) of each server after the pushes
+
+Usage: Benchmarks/registry_vs_distribution.py [--mib 1024] [--chunk-mib 64] [--depot .build/release/depot] [--json]
+Needs: docker-registry, wrk, curl (apt). Build Depot first: swift build -c release.
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_ready(url):
+    for _ in range(200):
+        if subprocess.run(["curl", "-s", "-o", "/dev/null", url + "/v2/"]).returncode == 0:
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{url} did not start")
+
+
+def curl(*args):
+    out = subprocess.run(["curl", "-s", "-S", "-D", "-", *args], capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def header(text, name):
+    for line in text.splitlines():
+        if line.lower().startswith(name.lower() + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def status(text):
+    codes = re.findall(r"^HTTP/1.1 (\d+)", text, re.M)
+    return int(codes[-1]) if codes else 0
+
+
+def absolute(base, location):
+    return location if location.startswith("http") else base + location
+
+
+def with_query(url, q):
+    return url + ("&" if "?" in url else "?") + q
+
+
+def push_monolithic(base, repo, path, digest):
+    loc = header(curl("-X", "POST", f"{base}/v2/{repo}/blobs/uploads/"), "Location")
+    t = time.perf_counter()
+    out = curl("-X", "PUT", "-H", "Content-Type: application/octet-stream", "-T", path,
+               with_query(absolute(base, loc), f"digest={digest}"))
+    dt = time.perf_counter() - t
+    assert status(out) == 201, out
+    return dt
+
+
+def push_chunked(base, repo, path, digest, chunk):
+    size = os.path.getsize(path)
+    loc = absolute(base, header(curl("-X", "POST", f"{base}/v2/{repo}/blobs/uploads/"), "Location"))
+    parts = []
+    with open(path, "rb") as f:
+        offset = 0
+        while offset < size:
+            n = min(chunk, size - offset)
+            part = f"{path}.part{len(parts)}"
+            with open(part, "wb") as p:
+                p.write(f.read(n))
+            parts.append((part, offset, n))
+            offset += n
+    t = time.perf_counter()
+    for part, offset, n in parts:
+        out = curl("-X", "PATCH", "-H", "Content-Type: application/octet-stream",
+                   "-H", f"Content-Range: {offset}-{offset + n - 1}", "-T", part, loc)
+        assert status(out) == 202, out
+        loc = absolute(base, header(out, "Location"))
+    out = curl("-X", "PUT", with_query(loc, f"digest={digest}"))
+    dt = time.perf_counter() - t
+    assert status(out) == 201, out
+    for part, _, _ in parts:
+        os.remove(part)
+    return dt
+
+
+def get_blob(base, repo, digest):
+    t = time.perf_counter()
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                          f"{base}/v2/{repo}/blobs/{digest}"], capture_output=True, text=True, check=True).stdout
+    dt = time.perf_counter() - t
+    assert out.startswith("200"), out
+    return dt
+
+
+def push_manifest(base, repo):
+    config = b"{}"
+    cd = "sha256:" + hashlib.sha256(config).hexdigest()
+    loc = header(curl("-X", "POST", f"{base}/v2/{repo}/blobs/uploads/"), "Location")
+    path = os.path.join(tempfile.gettempdir(), "depot-bench-config.json")
+    with open(path, "wb") as f:
+        f.write(config)
+    out = curl("-X", "PUT", "-T", path, with_query(absolute(base, loc), f"digest={cd}"))
+    assert status(out) == 201, out
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": 2},
+                           "layers": []})
+    out = curl("-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary", manifest,
+               f"{base}/v2/{repo}/manifests/latest")
+    assert status(out) == 201, out
+
+
+def wrk(url, seconds):
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", "-H",
+                          "Accept: application/vnd.oci.image.manifest.v1+json", url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+\w+)", out)
+    return rps, p99.group(1) if p99 else "?"
+
+
+def vmhwm_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return -1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--chunk-mib", type=int, default=64)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--depot", default=".build/release/depot")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    for tool in ("docker-registry", "wrk", "curl"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install docker-registry wrk curl")
+
+    work = tempfile.mkdtemp(prefix="depot-vs-dist-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    data_dir = tempfile.mkdtemp(prefix="depot-vs-dist-data-")
+    procs = []
+    try:
+        def make(path):
+            h = hashlib.sha256()
+            with open(path, "wb") as f:
+                for _ in range(args.mib):
+                    piece = os.urandom(1 << 20)
+                    h.update(piece)
+                    f.write(piece)
+            return "sha256:" + h.hexdigest()
+
+        # Two different blobs, so the chunked push is not deduplicated against the monolithic one.
+        blob, chunked_blob = os.path.join(work, "a.bin"), os.path.join(work, "b.bin")
+        digest, chunked_digest = make(blob), make(chunked_blob)
+        size = args.mib << 20
+
+        # The reference registry: filesystem storage, delete enabled, as the notes describe.
+        dport, pport = free_port(), free_port()
+        cfg = os.path.join(work, "registry.yml")
+        with open(cfg, "w") as f:
+            f.write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data_dir}/distribution\n"
+                    f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{dport}\n")
+        dist = subprocess.Popen(["docker-registry", "serve", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        depot = subprocess.Popen([args.depot, "serve", "--storage", f"{data_dir}/depot", "--listen", f"127.0.0.1:{pport}",
+                                  "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs = [dist, depot]
+        servers = {"distribution": (f"http://127.0.0.1:{dport}", dist), "depot": (f"http://127.0.0.1:{pport}", depot)}
+        results = {}
+        for name, (base, proc) in servers.items():
+            wait_ready(base)
+            r = {}
+            r["monolithic_push_mbps"] = size / push_monolithic(base, "bench/mono", blob, digest) / 1e6
+            r["peak_rss_after_push_mib"] = vmhwm_mib(proc.pid)
+            r["chunked_push_mbps"] = size / push_chunked(base, "bench/chunked", chunked_blob, chunked_digest, args.chunk_mib << 20) / 1e6
+            r["blob_get_mbps"] = size / get_blob(base, "bench/mono", digest) / 1e6
+            push_manifest(base, "bench/manifest")
+            rps, p99 = wrk(f"{base}/v2/bench/manifest/manifests/latest", args.seconds)
+            r["manifest_get_rps"] = rps
+            r["manifest_get_p99"] = p99
+            r["peak_rss_mib"] = vmhwm_mib(proc.pid)
+            results[name] = r
+        ratios = {k: results["depot"][k] / results["distribution"][k]
+                  for k in ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "manifest_get_rps", "peak_rss_after_push_mib")}
+        if args.json:
+            print(json.dumps({"results": results, "depot_over_distribution": ratios}, indent=2))
+        else:
+            print(f"{'metric':28} {'distribution':>14} {'depot':>14} {'ratio':>8}")
+            for k in ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "manifest_get_rps", "peak_rss_after_push_mib", "peak_rss_mib"):
+                dv, pv = results["distribution"][k], results["depot"][k]
+                print(f"{k:28} {dv:14.1f} {pv:14.1f} {pv / dv:8.2f}")
+            print(f"{'manifest_get_p99':28} {results['distribution']['manifest_get_p99']:>14} {results['depot']['manifest_get_p99']:>14}")
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
