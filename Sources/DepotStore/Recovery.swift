@@ -54,9 +54,11 @@ enum Recovery {
                 continue
             }
             if chunkCount == 0 {
-                // Nothing indexed in it: an empty or never-committed pack.
-                try catalog.write { try $0.deletePack(pack.id) }
+                // Nothing indexed in it: an empty or never-committed pack. The file goes first,
+                // which frees space even when the disk is full; a row left without its file is
+                // cleaned up by the branch above on the next open.
                 try FileSystem.remove(path)
+                try catalog.write { try $0.deletePack(pack.id) }
                 report.emptyPacksRemoved += 1
                 continue
             }

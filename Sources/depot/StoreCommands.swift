@@ -47,7 +47,7 @@ struct Fsck: ParsableCommand {
             printJSON(report)
         } else {
             if !recovery.isClean {
-                print("repaired on open: cut \(recovery.truncatedBytes) bytes from \(recovery.truncatedPacks) pack tail(s), removed \(recovery.orphanPacksRemoved) orphan pack(s)")
+                print("repaired on open: cut \(recovery.truncatedBytes) bytes from \(recovery.truncatedPacks) pack tail(s), removed \(recovery.orphanPacksRemoved) orphan and \(recovery.emptyPacksRemoved) empty pack(s), dropped \(recovery.droppedChunkRows) index row(s)")
             }
             print("checked \(report.chunksChecked) chunks (\(formatBytes(report.bytesVerified))) and \(report.blobsChecked) blobs")
             for d in report.damagedChunks {

@@ -147,3 +147,49 @@ import Testing
         #expect(message.contains("in use by another process"))
     }
 }
+
+/// Whether this process may mount a small tmpfs (root in a container usually can).
+let canMountTmpfs: Bool = {
+    let dir = NSTemporaryDirectory() + "/depot-mount-probe-\(getpid())"
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { _ = umount(dir); try? FileManager.default.removeItem(atPath: dir) }
+    return mount("tmpfs", dir, "tmpfs", 0, "size=1m") == 0
+}()
+
+@Suite struct FullDiskTests {
+    func depot(_ args: [String]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: depotExecutable)
+        p.arguments = args
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text)
+    }
+
+    /// A real full disk (an 8 MiB tmpfs): the write fails with a clear error, nothing is
+    /// half-committed, and the next open reclaims the space the failed write used.
+    @Test(.enabled(if: canMountTmpfs, "needs permission to mount a tmpfs"))
+    func aFullDiskFailsTheWriteCleanlyAndTheSpaceComesBack() throws {
+        let dir = TempDir("fulldisk")
+        let mnt = dir.path + "/mnt"
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        #expect(mount("tmpfs", mnt, "tmpfs", 0, "size=8m") == 0)
+        defer { _ = umount(mnt) }
+        try Data(randomBytes(20 << 20, seed: 1)).write(to: URL(fileURLWithPath: dir.path + "/big.bin"))
+        try Data(randomBytes(1 << 20, seed: 2)).write(to: URL(fileURLWithPath: dir.path + "/small.bin"))
+        let (code, text) = try depot(["blob", "put", "--storage", mnt + "/st", dir.path + "/big.bin"])
+        #expect(code == 1)
+        #expect(text.contains("no space left on device"), "\(text)")
+        let (fsckCode, fsckText) = try depot(["fsck", "--storage", mnt + "/st"])
+        #expect(fsckCode == 0, "\(fsckText)")
+        #expect(fsckText.contains("checked 0 chunks"))
+        let (putCode, putText) = try depot(["blob", "put", "--storage", mnt + "/st", dir.path + "/small.bin"])
+        #expect(putCode == 0, "\(putText)")
+        let store = try ChunkStore(root: mnt + "/st", readOnly: true)
+        #expect(try store.stats().blobs == 1)
+    }
+}
