@@ -23,7 +23,8 @@ public struct DepotService {
             responder: responder,
             server: .http1(configuration: .init(additionalChannelHandlers: [ContinueHandler()], idleTimeout: .seconds(300))),
             configuration: .init(address: .hostname(config.listenHost, port: config.listenPort), serverName: "depot"),
-            services: [UploadExpiry(uploads: registry.uploads)],
+            services: [UploadExpiry(uploads: registry.uploads),
+                       PeriodicGC(store: registry.store, intervalHours: config.gcIntervalHours, logger: logger)],
             onServerRunning: onServerRunning,
             logger: logger
         )
@@ -73,3 +74,31 @@ struct UploadExpiry: Service {
     }
 }
 
+
+/// Runs garbage collection in the background every `intervalHours` (the store lock keeps
+/// `depot gc` from running beside the server, so the server does it itself).
+struct PeriodicGC: Service {
+    let store: ChunkStore
+    let intervalHours: Double
+    let logger: Logger
+
+    func run() async throws {
+        guard intervalHours > 0 else { return }
+        do {
+            try await cancelWhenGracefulShutdown {
+                while !Task.isCancelled {
+                    try await Task.sleep(for: .seconds(intervalHours * 3600))
+                    let store = self.store
+                    do {
+                        let r = try await offload { try store.collectGarbage() }
+                        logger.info("gc: deleted \(r.blobsDeleted) blob(s) and \(r.chunksDeleted) chunk(s), compacted \(r.packsCompacted) pack(s), freed \(r.packBytesFreed) pack bytes")
+                    } catch {
+                        logger.error("gc failed: \(error)")
+                    }
+                }
+            }
+        } catch is CancellationError {
+            // Shutting down.
+        }
+    }
+}

@@ -134,7 +134,8 @@ public struct OCIResponder: HTTPResponder {
 
     func uploadHeaders(_ session: UploadSession) -> HTTPFields {
         var h: HTTPFields = [.location: "/v2/\(session.repository)/blobs/uploads/\(session.id)"]
-        h[.range] = "0-\(session.offset - 1)"
+        // As distribution does: "0-0" also for an empty upload.
+        h[.range] = "0-\(max(0, session.offset - 1))"
         h[.dockerUploadUUID] = session.id
         return h
     }
@@ -152,7 +153,13 @@ public struct OCIResponder: HTTPResponder {
             let digest = try RequestParsing.digest(String(digestText))
             let session = try await offload { try registry.uploads.start(name) }
             try session.claim()
-            return try await complete(session, digest: digest, request)
+            do {
+                return try await complete(session, digest: digest, request)
+            } catch {
+                // The session was internal to this request: nothing can resume it.
+                registry.uploads.cancel(session)
+                throw error
+            }
         }
         let session = try await offload { try registry.uploads.start(name) }
         var h = uploadHeaders(session)
@@ -205,19 +212,26 @@ public struct OCIResponder: HTTPResponder {
         var pending = ByteBuffer()
         var received: Int64 = 0
         let metrics = self.metrics
-        for try await buffer in request.body {
-            received += Int64(buffer.readableBytes)
-            if pending.readableBytes == 0 && buffer.readableBytes >= 1 << 20 {
-                try await offload { try buffer.withUnsafeReadableBytes { try session.append($0) } }
-            } else {
-                pending.writeImmutableBuffer(buffer)
-                if pending.readableBytes >= 1 << 20 {
-                    let full = pending
-                    pending = ByteBuffer()
-                    try await offload { try full.withUnsafeReadableBytes { try session.append($0) } }
+        do {
+            for try await buffer in request.body {
+                received += Int64(buffer.readableBytes)
+                metrics.received(buffer.readableBytes)
+                if pending.readableBytes == 0 && buffer.readableBytes >= 1 << 20 {
+                    try await offload { try buffer.withUnsafeReadableBytes { try session.append($0) } }
+                } else {
+                    pending.writeImmutableBuffer(buffer)
+                    if pending.readableBytes >= 1 << 20 {
+                        let full = pending
+                        pending = ByteBuffer()
+                        try await offload { try full.withUnsafeReadableBytes { try session.append($0) } }
+                    }
                 }
             }
-            metrics.received(buffer.readableBytes)
+        } catch {
+            // The connection broke: keep what arrived, so the client can ask and resume.
+            let rest = pending
+            if rest.readableBytes > 0 { try? await offload { try rest.withUnsafeReadableBytes { try session.append($0) } } }
+            throw error
         }
         if pending.readableBytes > 0 {
             let rest = pending

@@ -11,6 +11,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var logLevel = "info"
     public var storageRoot = "storage"
     public var uploadTimeoutSeconds: Double = 3600
+    /// Hours between background garbage collections inside `depot serve` (0 disables).
+    public var gcIntervalHours: Double = 24
     public var store = StoreOptionsConfig()
 
     /// The chunk-store part, mapped onto `StoreOptions`.
@@ -65,7 +67,7 @@ public struct ServerConfig: Sendable, Equatable {
             if node == nil { return config }
             throw DepotError.invalidArgument("config \(path): the top level must be a mapping")
         }
-        var reader = ConfigReader(path: path)
+        let reader = ConfigReader(path: path)
         try reader.section(root, "server") { s in
             if let listen: String = try reader.value(s, "listen") { try config.setListen(listen) }
             if let level: String = try reader.value(s, "log_level") {
@@ -85,7 +87,10 @@ public struct ServerConfig: Sendable, Equatable {
                 guard (1...1024).contains(v) else { throw reader.error("storage.flush_mib", "must be 1 to 1024") }
                 config.store.flushMiB = v
             }
-            if let v: String = try reader.value(s, "compression") {
+            // YAML 1.1 reads a bare `off` as false: accept both spellings.
+            if let flag = s["compression"] as? Bool {
+                config.store.compression = flag ? "auto" : "off"
+            } else if let v: String = try reader.value(s, "compression") {
                 guard v == "auto" || v == "off" else { throw reader.error("storage.compression", "must be auto or off") }
                 config.store.compression = v
             }
@@ -100,6 +105,10 @@ public struct ServerConfig: Sendable, Equatable {
             if let v: String = try reader.value(s, "read_verification") {
                 guard v == "checksum" || v == "sha256" else { throw reader.error("storage.read_verification", "must be checksum or sha256") }
                 config.store.readVerification = v
+            }
+            if let v: Double = try reader.value(s, "gc_interval_hours") {
+                guard v >= 0 else { throw reader.error("storage.gc_interval_hours", "must not be negative") }
+                config.gcIntervalHours = v
             }
             if let v: Double = try reader.value(s, "compact_below") {
                 guard (0...1).contains(v) else { throw reader.error("storage.compact_below", "must be between 0 and 1") }
@@ -117,9 +126,12 @@ public struct ServerConfig: Sendable, Equatable {
     }
 }
 
-/// Typed access to a YAML mapping that remembers which keys it read, so unknown keys are reported.
-struct ConfigReader {
+/// Typed access to the YAML mappings of a config file, with errors that name the full key.
+final class ConfigReader {
     let path: String
+    private var current = ""
+
+    init(path: String) { self.path = path }
 
     func error(_ key: String, _ message: String) -> DepotError {
         .invalidArgument("config \(path): \(key) \(message)")
@@ -128,11 +140,13 @@ struct ConfigReader {
     func section(_ root: [String: Any], _ name: String, _ body: ([String: Any]) throws -> Void) throws {
         guard let value = root[name] else { return }
         guard let mapping = value as? [String: Any] else { throw error(name, "must be a mapping") }
+        current = name + "."
+        defer { current = "" }
         try body(mapping)
         let known: [String: Set<String>] = [
             "server": ["listen", "log_level"],
             "storage": ["root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",
-                        "compact_below", "read_verification"],
+                        "compact_below", "read_verification", "gc_interval_hours"],
             "uploads": ["timeout_seconds"],
         ]
         try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")
@@ -142,7 +156,7 @@ struct ConfigReader {
         guard let raw = mapping[key] else { return nil }
         if let v = raw as? T { return v }
         if T.self == Double.self, let i = raw as? Int { return Double(i) as? T }
-        throw error(key, "has the wrong type (\(type(of: raw)), expected \(T.self))")
+        throw error(current + key, "has the wrong type (\(type(of: raw)), expected \(T.self))")
     }
 
     func rejectUnknown(_ mapping: [String: Any], known: Set<String>, at prefix: String) throws {

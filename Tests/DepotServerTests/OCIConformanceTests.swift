@@ -391,3 +391,49 @@ import Testing
         }
     }
 }
+
+/// Sends raw bytes on a fresh TCP connection to 127.0.0.1:port, then closes it.
+func sendRaw(port: Int, _ bytes: [UInt8]) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = UInt16(port).bigEndian
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    guard ok == 0 else { return }
+    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+    usleep(100_000)
+}
+
+@Suite struct TruncatedBodyTests {
+    @Test func aTruncatedUploadStoresNothingAndLeavesNoSessionBehind() async throws {
+        try await withRegistry { c, registry, port in
+            let data = randomBytes(100_000, seed: 11)
+            let d = Digest.of(data)
+            let head = Array("POST /v2/repo/blobs/uploads/?digest=\(d) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n".utf8)
+            sendRaw(port: port, head + Array(data[0..<40_000]))
+            for _ in 0..<50 where registry.uploads.count > 0 { try await Task.sleep(for: .milliseconds(50)) }
+            #expect(registry.uploads.count == 0)
+            #expect(try await c.req(.head, "/v2/repo/blobs/\(d)").status.code == 404)
+            #expect(try registry.store.stats().blobs == 0)
+            // A chunk cut short leaves a session that says how much arrived, and can resume.
+            let location = try #require(try await c.req(.post, "/v2/repo/blobs/uploads/").header("Location"))
+            let patch = Array("PATCH \(location) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n".utf8)
+            sendRaw(port: port, patch + Array(data[0..<30_000]))
+            var status = try await c.req(.get, location)
+            for _ in 0..<60 where status.header("Range") == "0-0" {
+                try await Task.sleep(for: .milliseconds(50))
+                status = try await c.req(.get, location)
+            }
+            #expect(status.status.code == 204)
+            let range = try #require(status.header("Range"))
+            let end = try #require(Int(range.split(separator: "-")[1]))
+            let resumed = try await c.req(.patch, location, headers: [.contentRange: "\(end + 1)-99999"], body: Array(data[(end + 1)...]))
+            #expect(end == 29_999)
+            #expect(resumed.status.code == 202, "range \(range): \(resumed.text)")
+            #expect(try await c.req(.put, "\(location)?digest=\(d)").status.code == 201)
+            #expect(try await c.req(.get, "/v2/repo/blobs/\(d)").bytes == data)
+        }
+    }
+}
