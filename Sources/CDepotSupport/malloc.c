@@ -3,10 +3,13 @@
 #include <malloc.h>
 #endif
 
-void depot_limit_malloc_arenas(int arenas) {
+void depot_tune_malloc(int arenas, int keep_bytes) {
 #if defined(__GLIBC__)
     mallopt(M_ARENA_MAX, arenas);
+    mallopt(M_MMAP_THRESHOLD, keep_bytes);
+    mallopt(M_TRIM_THRESHOLD, keep_bytes * 4);
 #else
     (void)arenas;
+    (void)keep_bytes;
 #endif
 }

@@ -121,7 +121,8 @@ public final class Registry: Sendable {
     /// The manifest a tag or digest names.
     public func manifest(_ repository: RepositoryName, _ reference: Reference) throws -> ManifestRecord {
         let key = repository.value + "\u{0}" + reference.description
-        if let hit = cache.get(key) { return hit }
+        let cached = cache.get(key)
+        if let hit = cached.value { return hit }
         let record = try db.read { conn -> ManifestRecord in
             guard let repo = try conn.repositoryID(repository.value) else {
                 throw RegistryError(.nameUnknown, "repository \(repository) is not known")
@@ -138,7 +139,7 @@ public final class Registry: Sendable {
             }
             return m
         }
-        cache.put(key, record)
+        cache.put(key, record, readAt: cached.generation)
         return record
     }
 
@@ -199,21 +200,31 @@ public final class Registry: Sendable {
     }
 }
 
-/// A small cache of manifests by (repository, reference), cleared on every manifest or tag write.
+/// A small cache of manifests by (repository, reference), cleared on every manifest or tag
+/// write. A generation number keeps a read that raced with a write from caching what it read.
 final class ManifestCache: Sendable {
-    private let entries = Locked<[String: ManifestRecord]>([:])
+    private let state = Locked((entries: [String: ManifestRecord](), generation: 0))
     let capacity: Int
 
     init(capacity: Int) { self.capacity = capacity }
 
-    func get(_ key: String) -> ManifestRecord? { entries.withLock { $0[key] } }
+    /// The cached value, or the current generation to pass to `put` after reading the catalog.
+    func get(_ key: String) -> (value: ManifestRecord?, generation: Int) {
+        state.withLock { ($0.entries[key], $0.generation) }
+    }
 
-    func put(_ key: String, _ value: ManifestRecord) {
-        entries.withLock { e in
-            if e.count >= capacity { e.removeAll(keepingCapacity: true) }
-            e[key] = value
+    func put(_ key: String, _ value: ManifestRecord, readAt generation: Int) {
+        state.withLock { s in
+            guard s.generation == generation else { return }
+            if s.entries.count >= capacity { s.entries.removeAll(keepingCapacity: true) }
+            s.entries[key] = value
         }
     }
 
-    func invalidate() { entries.withLock { $0.removeAll(keepingCapacity: true) } }
+    func invalidate() {
+        state.withLock { s in
+            s.entries.removeAll(keepingCapacity: true)
+            s.generation &+= 1
+        }
+    }
 }

@@ -31,9 +31,8 @@ public struct DepotService {
     }
 
     public func run() async throws {
-        // Few malloc arenas: chunk buffers are allocated on one thread and freed on another,
-        // and one arena per thread would keep tens of MiB of freed memory resident.
-        depot_limit_malloc_arenas(2)
+        // Chunk and read buffers are allocated on one thread and freed on another.
+        depot_tune_malloc(2, 8 << 20)
         var log = Logger(label: "depot")
         log.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
         let logger = log

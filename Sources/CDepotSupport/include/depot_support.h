@@ -8,8 +8,10 @@
 /// a table-driven loop elsewhere; both give identical results.
 uint32_t depot_crc32c(uint32_t crc, const void *data, size_t length);
 
-/// Caps glibc's malloc arenas (no-op elsewhere). Buffers allocated on one thread and freed
-/// on another otherwise keep one arena's worth of freed memory resident per thread.
-void depot_limit_malloc_arenas(int arenas);
+/// Tunes glibc's malloc for a server that moves MiB-sized buffers between threads (no-op
+/// elsewhere): at most `arenas` arenas (freed memory otherwise stays resident per thread), and
+/// buffers up to `keep_bytes` served from the heap and kept there instead of being mmapped and
+/// unmapped each time (every fresh mapping costs a page fault per 4 KiB).
+void depot_tune_malloc(int arenas, int keep_bytes);
 
 #endif
