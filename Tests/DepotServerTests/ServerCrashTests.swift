@@ -62,9 +62,17 @@ final class ServerProcess {
         let acks = dir.path + "/acks.txt"
         FileManager.default.createFile(atPath: acks, contents: nil)
         var total = 0
+        var unfinished: [String] = []
         for round in 0..<8 {
             let server = try ServerProcess(storage: storage)
             try await server.waitReady()
+            // An upload left open when the server dies must fail cleanly afterwards.
+            let open = try await run("/usr/bin/curl", ["-s", "-D", "-", "-o", "/dev/null", "-X", "POST", "\(server.url)/v2/crash/model/blobs/uploads/"])
+            if let line = open.output.split(separator: "\r\n").first(where: { $0.lowercased().hasPrefix("location:") }) {
+                let location = line.split(separator: " ", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces)
+                _ = try await run("/usr/bin/curl", ["-s", "-X", "PATCH", "--data-binary", "partial", "\(server.url)\(location)"])
+                unfinished.append(location)
+            }
             let pusher = Process()
             pusher.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             pusher.arguments = ["python3", repoRoot + "/Tests/interop/crash_pusher.py", "push", server.url, "\(round + 1)"]
@@ -86,6 +94,11 @@ final class ServerProcess {
         #expect(total >= 8, "too few acknowledged pushes to test anything")
         let server = try ServerProcess(storage: storage)
         try await server.waitReady()
+        #expect(unfinished.count == 8)
+        for location in unfinished {
+            let r = try await run("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "\(server.url)\(location)"])
+            #expect(r.output == "404", "upload \(location) after a crash")
+        }
         let verify = try await run("/usr/bin/env", ["python3", repoRoot + "/Tests/interop/crash_pusher.py", "verify", server.url, acks])
         #expect(verify.status == 0, "\(verify.output)")
         #expect(verify.output.contains("verified \(total) acknowledged"))
