@@ -190,7 +190,7 @@ enum BenchData {
         var out = [UInt8](repeating: 0, count: n)
         var s = seed
         out.withUnsafeMutableBytes { raw in
-            for i in 0..<(n / 8) { raw.storeBytes(of: TestData.next(&s), toByteOffset: i * 8, as: UInt64.self) }
+            for i in 0..<(n / 8) { raw.storeBytes(of: SyntheticContent.next(&s), toByteOffset: i * 8, as: UInt64.self) }
         }
         return out
     }
@@ -202,8 +202,8 @@ enum BenchData {
         out.withUnsafeMutableBytes { raw in
             var i = 0
             while i + 8 <= n {
-                let u1 = Double(TestData.next(&s) >> 11 | 1) / Double(1 << 53)
-                let u2 = Double(TestData.next(&s) >> 11) / Double(1 << 53)
+                let u1 = Double(SyntheticContent.next(&s) >> 11 | 1) / Double(1 << 53)
+                let u2 = Double(SyntheticContent.next(&s) >> 11) / Double(1 << 53)
                 let r = (-2 * log(u1)).squareRoot() * 0.02
                 raw.storeBytes(of: Float(r * cos(2 * .pi * u2)), toByteOffset: i, as: Float.self)
                 raw.storeBytes(of: Float(r * sin(2 * .pi * u2)), toByteOffset: i + 4, as: Float.self)

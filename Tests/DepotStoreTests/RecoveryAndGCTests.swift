@@ -77,37 +77,12 @@ import Testing
         let store = try ChunkStore(root: dir.path)
         for a in acknowledged {
             var expected: [UInt8] = []
-            TestDataMirror.generate(seed: a.seed, index: a.index, size: a.size) { expected.append(contentsOf: $0) }
+            SyntheticContent.generate(seed: a.seed, index: a.index, size: a.size) { expected.append(contentsOf: $0) }
             let got = try store.readAll(try Digest(parsing: a.digest))
             #expect(got == expected, "blob \(a.digest) of round \(a.seed)")
         }
         let report = try store.fsck()
         #expect(report.isClean, "\(report.damagedChunks) \(report.damagedBlobs)")
-    }
-}
-
-/// The same generator as `depot debug write-loop` (Sources/depot/DebugCommands.swift).
-enum TestDataMirror {
-    static func generate(seed: UInt64, index: Int, size: Int, _ sink: (UnsafeRawBufferPointer) -> Void) {
-        var piece = [UInt64](repeating: 0, count: 8192)
-        var s = seed ^ (UInt64(index) &* 0xD1B5_4A32_D192_ED03)
-        var produced = 0
-        while produced < size {
-            let choice = next(&s) % 4
-            var p = choice == 0 ? next(&s) : seed &+ (next(&s) % 32)
-            for k in 0..<piece.count { piece[k] = next(&p) }
-            let n = min(size - produced, 65_536 - Int(next(&s) % 4096))
-            piece.withUnsafeBytes { sink(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-            produced += n
-        }
-    }
-
-    static func next(_ s: inout UInt64) -> UInt64 {
-        s &+= 0x9E37_79B9_7F4A_7C15
-        var z = s
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

@@ -19,13 +19,7 @@ func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
     out.withUnsafeMutableBytes { raw in
         let words = count / 8
         let p = raw.baseAddress!
-        for i in 0..<words {
-            s &+= 0x9E37_79B9_7F4A_7C15
-            var z = s
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            p.storeBytes(of: z ^ (z >> 31), toByteOffset: i * 8, as: UInt64.self)
-        }
+        for i in 0..<words { p.storeBytes(of: SyntheticContent.next(&s), toByteOffset: i * 8, as: UInt64.self) }
         for i in (words * 8)..<count { raw[i] = UInt8(truncatingIfNeeded: i &* 131 &+ Int(seed)) }
     }
     return out
