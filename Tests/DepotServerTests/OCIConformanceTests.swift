@@ -437,3 +437,24 @@ func sendRaw(port: Int, _ bytes: [UInt8]) {
         }
     }
 }
+
+@Suite struct RoutingTests {
+    @Test func repositoriesNamedLikeRouteSegmentsStillRoute() async throws {
+        try await withRegistry { c, _, _ in
+            // Components such as "blobs", "manifests" and "uploads" are valid in names.
+            for repo in ["a/manifests/b", "blobs", "x/blobs/uploads", "tags/list/y"] {
+                let config = try await c.pushBlob(repo, emptyConfig)
+                let (d, _) = try await c.pushManifest(repo, "v1", config: (config, 2, MediaType.ociEmpty), layers: [])
+                #expect(try await c.req(.get, "/v2/\(repo)/manifests/v1").status.code == 200, "\(repo)")
+                #expect(try await c.req(.get, "/v2/\(repo)/tags/list").json["tags"] as? [String] == ["v1"], "\(repo)")
+                #expect(try await c.req(.head, "/v2/\(repo)/blobs/\(config)").status.code == 200, "\(repo)")
+                #expect(try await c.req(.get, "/v2/\(repo)/referrers/\(d)").status.code == 200, "\(repo)")
+            }
+            // A percent-encoded digest is decoded.
+            let data = randomBytes(10, seed: 3)
+            let d = try await c.pushBlob("enc", data)
+            let encoded = d.description.replacingOccurrences(of: ":", with: "%3A")
+            #expect(try await c.req(.get, "/v2/enc/blobs/\(encoded)").bytes == data)
+        }
+    }
+}
