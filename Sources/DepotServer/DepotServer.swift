@@ -33,7 +33,7 @@ public struct DepotService {
     public func run() async throws {
         // Chunk and read buffers are allocated on one thread and freed on another.
         depot_tune_malloc(2, 8 << 20)
-        var log = Logger(label: "depot")
+        var log = config.logFormat == "json" ? Logger(label: "depot", factory: { JSONLogHandler(label: $0) }) : Logger(label: "depot")
         log.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
         let logger = log
         let store = try ChunkStore(root: config.storageRoot, options: config.storeOptions, create: true)

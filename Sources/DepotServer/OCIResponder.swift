@@ -22,6 +22,7 @@ public struct OCIResponder: HTTPResponder {
     }
 
     public func respond(to request: Request, context: Context) async throws -> Response {
+        let started = ContinuousClock.now
         let path = request.uri.path.removingPercentEncoding ?? request.uri.path
         let head = request.method == .head
         var label = "other"
@@ -41,12 +42,18 @@ public struct OCIResponder: HTTPResponder {
             }
         } catch {
             let e = RegistryError.from(error)
-            if e.status >= 500 { logger.error("\(request.method) \(path): \(e.message)") }
+            if e.status >= 500 {
+                logger.error("request failed", metadata: ["method": "\(request.method)", "path": "\(path)", "status": "\(e.status)", "error": "\(e.message)"])
+            }
             response = Reply.error(e, head: head)
         }
         response.headers[.dockerAPIVersion] = "registry/2.0"
         metrics.record(route: label, method: request.method.rawValue, status: response.status.code)
-        logger.debug("\(request.method) \(path) -> \(response.status.code)")
+        if logger.logLevel <= .debug {
+            let ms = (ContinuousClock.now - started) / .milliseconds(1)
+            logger.debug("request", metadata: ["method": "\(request.method)", "path": "\(path)", "status": "\(response.status.code)",
+                                             "route": "\(label)", "ms": "\(String(format: "%.2f", ms))"])
+        }
         return response
     }
 

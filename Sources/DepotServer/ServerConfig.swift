@@ -9,6 +9,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var listenHost = "127.0.0.1"
     public var listenPort = 5000
     public var logLevel = "info"
+    /// `text` (swift-log's default lines) or `json` (one object per line).
+    public var logFormat = "text"
     public var storageRoot = "storage"
     public var uploadTimeoutSeconds: Double = 3600
     /// Hours between background garbage collections inside `depot serve` (0 disables).
@@ -75,6 +77,10 @@ public struct ServerConfig: Sendable, Equatable {
                     throw reader.error("server.log_level", "must be trace, debug, info, notice, warning, error or critical")
                 }
                 config.logLevel = level
+            }
+            if let format: String = try reader.value(s, "log_format") {
+                guard format == "text" || format == "json" else { throw reader.error("server.log_format", "must be text or json") }
+                config.logFormat = format
             }
         }
         try reader.section(root, "storage") { s in
@@ -144,7 +150,7 @@ final class ConfigReader {
         defer { current = "" }
         try body(mapping)
         let known: [String: Set<String>] = [
-            "server": ["listen", "log_level"],
+            "server": ["listen", "log_level", "log_format"],
             "storage": ["root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",
                         "compact_below", "read_verification", "gc_interval_hours"],
             "uploads": ["timeout_seconds"],
