@@ -76,6 +76,7 @@ public final class SQLiteConnection: @unchecked Sendable {
     public func run(_ sql: String, _ args: SQLValue...) throws {
         let s = try statement(sql)
         try s.bind(args)
+        defer { s.reset() }
         while try s.step() {}
     }
 
@@ -83,6 +84,7 @@ public final class SQLiteConnection: @unchecked Sendable {
     public func query(_ sql: String, _ args: SQLValue..., row: (Statement) throws -> Void) throws {
         let s = try statement(sql)
         try s.bind(args)
+        defer { s.reset() }   // never leave a read snapshot open on a pooled connection
         while try s.step() { try row(s) }
     }
 

@@ -7,7 +7,7 @@ enum Schema {
         // 1: the chunk store (packs, chunk index, blobs and their recipes, GC roots).
         """
         CREATE TABLE packs(
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,       -- ids are never reused
             committed_size INTEGER NOT NULL DEFAULT 0,  -- bytes known durable; the tail past it is cut on open
             sealed INTEGER NOT NULL DEFAULT 0,
             created_at INTEGER NOT NULL
@@ -22,7 +22,7 @@ enum Schema {
         ) WITHOUT ROWID;
         CREATE INDEX chunks_by_pack ON chunks(pack_id, offset);
         CREATE TABLE blobs(
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,       -- ids are never reused
             digest BLOB UNIQUE,                         -- NULL while the blob is being written
             size INTEGER NOT NULL DEFAULT 0,
             chunker TEXT NOT NULL,

@@ -146,6 +146,11 @@ extension SQLiteConnection {
         try run("UPDATE blobs SET updated_at = ? WHERE id = ?", .int(now), .int(id))
     }
 
+    /// Restarts a complete blob's grace period (it was just pushed again, linked or mounted).
+    public func touchBlob(_ digest: Digest, now: Int64) throws {
+        try run("UPDATE blobs SET updated_at = ? WHERE digest = ? AND state = 1", .int(now), .hash(digest.bytes))
+    }
+
     public func appendRecipe(blob id: Int64, _ entry: RecipeEntry) throws {
         try run("INSERT OR REPLACE INTO recipes(blob_id, offset, length, chunk_hash) VALUES(?,?,?,?)",
                 .int(id), .int(entry.offset), .int(Int64(entry.length)), .hash(entry.hash))
@@ -156,6 +161,7 @@ extension SQLiteConnection {
     public func completeBlob(_ id: Int64, digest: Digest, size: Int64, now: Int64) throws -> BlobRecord {
         if let existing = try blob(digest) {
             try deleteBlob(id: id)
+            try touchBlob(digest, now: now)   // pushed again: a fresh grace period
             return existing
         }
         try run("UPDATE blobs SET digest = ?, size = ?, state = 1, updated_at = ? WHERE id = ?",

@@ -6,19 +6,24 @@ import Glibc
 /// results out of the critical section, which the store's catalog and appender need; the
 /// caller is responsible for not leaking references to the guarded state.
 public final class Locked<Value>: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
+    /// Heap-allocated so its address is stable (a pthread mutex must never move).
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var value: Value
 
     public init(_ value: Value) {
         self.value = value
-        pthread_mutex_init(&mutex, nil)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
     }
 
-    deinit { pthread_mutex_destroy(&mutex) }
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
 
     public func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
         return try body(&value)
     }
 }

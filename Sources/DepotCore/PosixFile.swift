@@ -65,13 +65,15 @@ public final class PosixFile: @unchecked Sendable {
         }
     }
 
-    /// Appends two buffers with one `writev` (a record header and its payload, without copying them together).
-    public func write(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws {
+    /// Writes two buffers at `offset` with one `pwritev` (a record header and its payload,
+    /// without copying them together).
+    public func write(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer, at offset: Int64) throws {
         var a = first, b = second
+        var position = offset
         while a.count + b.count > 0 {
             var iov = [iovec(iov_base: UnsafeMutableRawPointer(mutating: a.baseAddress), iov_len: a.count),
                        iovec(iov_base: UnsafeMutableRawPointer(mutating: b.baseAddress), iov_len: b.count)]
-            let n = writev(fd, &iov, 2)
+            let n = pwritev(fd, &iov, 2, off_t(position))
             if n < 0 {
                 if errno == EINTR { continue }
                 throw PosixFile.error("write", path)
@@ -79,6 +81,7 @@ public final class PosixFile: @unchecked Sendable {
             let fromA = min(n, a.count)
             a = UnsafeRawBufferPointer(rebasing: a[fromA...])
             b = UnsafeRawBufferPointer(rebasing: b[(n - fromA)...])
+            position += Int64(n)
         }
     }
 

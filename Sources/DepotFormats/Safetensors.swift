@@ -18,6 +18,9 @@ public struct SafetensorsTensor: Sendable, Equatable {
 public enum Safetensors {
     /// Headers larger than this are refused (the format itself caps them at 100 MB).
     public static let maxHeaderSize = 100_000_000
+    /// The boundary planner buffers at most this much header while a blob streams in; a
+    /// larger header leaves the planner inactive (content-defined cuts only).
+    public static let plannerHeaderLimit = 16 << 20
 
     public static func elementSize(_ dtype: String) -> Int? {
         switch dtype {
@@ -58,14 +61,26 @@ public enum Safetensors {
                   let shape = t["shape"] as? [Int], let offsets = t["data_offsets"] as? [Int], offsets.count == 2 else {
                 throw DepotError.invalidArgument("safetensors tensor '\(name)' lacks dtype, shape or data_offsets")
             }
+            // Offsets and sizes come from untrusted input: bound them before any arithmetic.
+            let limit: Int64 = 1 << 50
             let begin = Int64(offsets[0]), end = Int64(offsets[1])
-            guard begin >= 0, end >= begin else {
+            guard begin >= 0, end >= begin, end <= limit else {
                 throw DepotError.invalidArgument("safetensors tensor '\(name)' has invalid data_offsets [\(begin), \(end)]")
             }
+            guard shape.allSatisfy({ $0 >= 0 }) else {
+                throw DepotError.invalidArgument("safetensors tensor '\(name)' has a negative dimension")
+            }
             if let size = elementSize(dtype) {
-                let elements = shape.reduce(Int64(1)) { $0 * Int64($1) }
-                guard shape.allSatisfy({ $0 >= 0 }), elements * Int64(size) == end - begin else {
-                    throw DepotError.invalidArgument("safetensors tensor '\(name)': \(dtype)\(shape) needs \(elements * Int64(size)) bytes but data_offsets span \(end - begin)")
+                var bytes = Int64(size)
+                for d in shape {
+                    let (product, overflow) = bytes.multipliedReportingOverflow(by: Int64(d))
+                    guard !overflow, product <= limit else {
+                        throw DepotError.invalidArgument("safetensors tensor '\(name)': shape \(shape) is too large")
+                    }
+                    bytes = product
+                }
+                guard bytes == end - begin else {
+                    throw DepotError.invalidArgument("safetensors tensor '\(name)': \(dtype)\(shape) needs \(bytes) bytes but data_offsets span \(end - begin)")
                 }
             }
             tensors.append(SafetensorsTensor(name: name, dtype: dtype, shape: shape, range: (dataStart + begin)..<(dataStart + end)))
@@ -105,7 +120,7 @@ public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
         // Accumulate the header only: at most 8 + N bytes.
         var need = 8
         if prefix.count >= 8 {
-            guard let n = prefix.withUnsafeBytes({ Safetensors.headerLength($0) }) else { failed = true; return }
+            guard let n = prefix.withUnsafeBytes({ Safetensors.headerLength($0) }), n <= Safetensors.plannerHeaderLimit else { failed = true; return }
             need = 8 + n
         }
         var consumed = 0
@@ -114,7 +129,9 @@ public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
             prefix.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[consumed..<(consumed + take)]))
             consumed += take
             if prefix.count == 8 {
-                guard let n = prefix.withUnsafeBytes({ Safetensors.headerLength($0) }) else { failed = true; return }
+                guard let n = prefix.withUnsafeBytes({ Safetensors.headerLength($0) }), n <= Safetensors.plannerHeaderLimit else {
+                    failed = true; prefix = []; return
+                }
                 need = 8 + n
             }
         }

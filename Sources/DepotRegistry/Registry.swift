@@ -11,12 +11,12 @@ import Foundation
 public final class Registry: Sendable {
     public let store: ChunkStore
     public let uploads: UploadSessions
-    private let cache = ManifestCache(capacity: 4096)
+    private let cache = ManifestCache(capacityBytes: 64 << 20)
     var db: Database { store.catalog }
 
-    public init(store: ChunkStore, uploadTimeout: TimeInterval = 3600) {
+    public init(store: ChunkStore, uploadTimeout: TimeInterval = 3600, maxUploads: Int = 1024) {
         self.store = store
-        uploads = UploadSessions(store: store, timeout: uploadTimeout)
+        uploads = UploadSessions(store: store, timeout: uploadTimeout, limit: maxUploads)
     }
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
@@ -46,6 +46,7 @@ public final class Registry: Sendable {
         try db.write { conn in
             let repo = try conn.ensureRepository(repository.value, now: Self.now())
             try conn.linkBlob(repo: repo, digest, now: Self.now())
+            try conn.touchBlob(digest, now: Self.now())
         }
     }
 
@@ -61,6 +62,7 @@ public final class Registry: Sendable {
             }
             let repo = try conn.ensureRepository(repository.value, now: Self.now())
             try conn.linkBlob(repo: repo, digest, now: Self.now())
+            try conn.touchBlob(digest, now: Self.now())   // a mount restarts the grace period
             return true
         }
     }
@@ -203,10 +205,11 @@ public final class Registry: Sendable {
 /// A small cache of manifests by (repository, reference), cleared on every manifest or tag
 /// write. A generation number keeps a read that raced with a write from caching what it read.
 final class ManifestCache: Sendable {
-    private let state = Locked((entries: [String: ManifestRecord](), generation: 0))
-    let capacity: Int
+    private let state = Locked((entries: [String: ManifestRecord](), bytes: 0, generation: 0))
+    /// Total manifest bytes kept; the cache empties itself when full.
+    let capacityBytes: Int
 
-    init(capacity: Int) { self.capacity = capacity }
+    init(capacityBytes: Int) { self.capacityBytes = capacityBytes }
 
     /// The cached value, or the current generation to pass to `put` after reading the catalog.
     func get(_ key: String) -> (value: ManifestRecord?, generation: Int) {
@@ -215,15 +218,19 @@ final class ManifestCache: Sendable {
 
     func put(_ key: String, _ value: ManifestRecord, readAt generation: Int) {
         state.withLock { s in
-            guard s.generation == generation else { return }
-            if s.entries.count >= capacity { s.entries.removeAll(keepingCapacity: true) }
-            s.entries[key] = value
+            guard s.generation == generation, value.content.count <= capacityBytes / 16 else { return }
+            if s.bytes + value.content.count > capacityBytes {
+                s.entries.removeAll(keepingCapacity: true)
+                s.bytes = 0
+            }
+            if s.entries.updateValue(value, forKey: key) == nil { s.bytes += value.content.count }
         }
     }
 
     func invalidate() {
         state.withLock { s in
             s.entries.removeAll(keepingCapacity: true)
+            s.bytes = 0
             s.generation &+= 1
         }
     }

@@ -9,7 +9,7 @@ public final class UploadSession: @unchecked Sendable {
     public let id: String
     public let repository: RepositoryName
     let writer: BlobWriter
-    private let state = Locked((offset: Int64(0), busy: false, lastActivity: Date()))
+    private let state = Locked((offset: Int64(0), busy: false, lastActivity: Date(), previousActivity: Date()))
 
     init(id: String, repository: RepositoryName, writer: BlobWriter) {
         self.id = id
@@ -26,9 +26,13 @@ public final class UploadSession: @unchecked Sendable {
         try state.withLock { s in
             guard !s.busy else { throw RegistryError(.rangeInvalid, "another request is writing to upload \(id)") }
             s.busy = true
+            s.previousActivity = s.lastActivity
             s.lastActivity = Date()
         }
     }
+
+    /// When the session was last active before the current claim.
+    var lastActivityBeforeClaim: Date { state.withLock { $0.previousActivity } }
 
     public func release() { state.withLock { $0.busy = false; $0.lastActivity = Date() } }
 
@@ -46,15 +50,21 @@ public final class UploadSessions: Sendable {
     let store: ChunkStore
     /// Idle time after which a session expires.
     public let timeout: TimeInterval
+    /// Sessions open at once, at most (each holds a writer and up to a few MiB in flight).
+    public let limit: Int
 
-    init(store: ChunkStore, timeout: TimeInterval) {
+    init(store: ChunkStore, timeout: TimeInterval, limit: Int) {
         self.store = store
         self.timeout = timeout
+        self.limit = limit
     }
 
     public var count: Int { sessions.withLock { $0.count } }
 
     public func start(_ repository: RepositoryName) throws -> UploadSession {
+        guard count < limit else {
+            throw RegistryError(.tooManyRequests, "\(limit) uploads are in progress; retry later")
+        }
         let writer = try store.makeWriter(planner: SafetensorsBoundaryPlanner())
         let session = UploadSession(id: UUID().uuidString.lowercased(), repository: repository, writer: writer)
         sessions.withLock { $0[session.id] = session }
@@ -96,6 +106,10 @@ public final class UploadSessions: Sendable {
         var expired = 0
         for session in idle {
             do { try session.claim() } catch { continue }   // in use right now: not idle
+            guard now.timeIntervalSince(session.lastActivityBeforeClaim) > timeout else {
+                session.release()
+                continue
+            }
             cancel(session)
             expired += 1
         }

@@ -40,7 +40,7 @@ public struct DepotService {
         if !store.recovery.isClean {
             logger.notice("repaired store on open: cut \(store.recovery.truncatedBytes) bytes from \(store.recovery.truncatedPacks) pack tail(s), removed \(store.recovery.orphanPacksRemoved) orphan pack(s), dropped \(store.recovery.droppedChunkRows) index row(s)")
         }
-        let registry = Registry(store: store, uploadTimeout: config.uploadTimeoutSeconds)
+        let registry = Registry(store: store, uploadTimeout: config.uploadTimeoutSeconds, maxUploads: config.maxUploads)
         let listen = "\(config.listenHost):\(config.listenPort)"
         let root = config.storageRoot
         let app = Self.makeApplication(registry: registry, config: config, logger: logger) { _ in
@@ -64,7 +64,8 @@ struct UploadExpiry: Service {
             try await cancelWhenGracefulShutdown {
                 while !Task.isCancelled {
                     try await Task.sleep(for: .seconds(interval))
-                    uploads.expire()
+                    let uploads = self.uploads
+                    _ = try await offload { uploads.expire() }
                 }
             }
         } catch is CancellationError {

@@ -103,7 +103,7 @@ enum RequestParsing {
         let parts = spec.split(separator: "-", omittingEmptySubsequences: false)
         guard parts.count == 2 else { throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is malformed") }
         if parts[0].isEmpty {
-            guard let suffix = Int64(parts[1]), suffix > 0 else { throw RegistryError(.rangeInvalid, "Range '\(text)' is unsatisfiable") }
+            guard let suffix = Int64(parts[1]), suffix > 0, size > 0 else { throw RegistryError(.rangeInvalid, "Range '\(text)' is unsatisfiable") }
             return max(0, size - suffix)..<size
         }
         guard let start = Int64(parts[0]), start >= 0 else { throw RegistryError(.rangeInvalid, "Range '\(text)' is malformed") }

@@ -92,7 +92,8 @@ public struct OCIResponder: HTTPResponder {
         case (.upload(let name, let id), .delete):
             let session = try registry.uploads.get(try RequestParsing.name(name), id)
             try session.claim()
-            registry.uploads.cancel(session)
+            let uploads = registry.uploads
+            try await offload { uploads.cancel(session) }
             return Reply.empty(204)
         case (.referrers(let name, let digest), .get):
             return try await referrers(try RequestParsing.name(name), try RequestParsing.digest(digest), request)
@@ -113,7 +114,8 @@ public struct OCIResponder: HTTPResponder {
         do {
             range = try RequestParsing.byteRange(request, size: blob.size)
         } catch let e as RegistryError {
-            throw RegistryError(e.code, e.message, status: 416, detail: "bytes */\(blob.size)")
+            return Reply.error(RegistryError(e.code, e.message, status: 416), headers: [.contentRange: "bytes */\(blob.size)"],
+                               head: request.method == .head)
         }
         var status = 200
         if let range {
@@ -164,7 +166,8 @@ public struct OCIResponder: HTTPResponder {
                 return try await complete(session, digest: digest, request)
             } catch {
                 // The session was internal to this request: nothing can resume it.
-                registry.uploads.cancel(session)
+                let uploads = registry.uploads
+                _ = try? await offload { uploads.cancel(session) }
                 throw error
             }
         }
@@ -178,7 +181,12 @@ public struct OCIResponder: HTTPResponder {
     func patchUpload(_ session: UploadSession, _ request: Request) async throws -> Response {
         try session.claim()
         defer { session.release() }
-        try await receive(request, into: session)
+        do {
+            try await receive(request, into: session)
+        } catch let e as RegistryError where e.status == 416 {
+            // Tell the client where the upload stands, so it can resume.
+            return Reply.error(e, headers: uploadHeaders(session))
+        }
         return Reply.empty(202, uploadHeaders(session))
     }
 
@@ -280,10 +288,10 @@ public struct OCIResponder: HTTPResponder {
     func tags(_ name: RepositoryName, _ request: Request) async throws -> Response {
         let n = try RequestParsing.pageSize(request)
         let last = request.uri.queryParameters["last"].map(String.init)
-        let limit = n.map { $0 + 1 } ?? Int.max
+        let limit = n.map { $0 == 0 ? 0 : $0 + 1 } ?? Int.max
         var tags = try await offload { try registry.tags(name, after: last, limit: limit) }
         var headers: HTTPFields = [:]
-        if let n, tags.count > n {
+        if let n, n > 0, tags.count > n {
             tags.removeLast(tags.count - n)
             headers[.link] = "</v2/\(name)/tags/list?n=\(n)&last=\(tags.last ?? "")>; rel=\"next\""
         }
@@ -293,10 +301,10 @@ public struct OCIResponder: HTTPResponder {
     func catalog(_ request: Request) async throws -> Response {
         let n = try RequestParsing.pageSize(request)
         let last = request.uri.queryParameters["last"].map(String.init)
-        let limit = n.map { $0 + 1 } ?? Int.max
+        let limit = n.map { $0 == 0 ? 0 : $0 + 1 } ?? Int.max
         var names = try await offload { try registry.repositories(after: last, limit: limit) }
         var headers: HTTPFields = [:]
-        if let n, names.count > n {
+        if let n, n > 0, names.count > n {
             names.removeLast(names.count - n)
             headers[.link] = "</v2/_catalog?n=\(n)&last=\(names.last ?? "")>; rel=\"next\""
         }

@@ -1,12 +1,12 @@
 import Dispatch
 
-/// Blocking work (catalog queries, disk, hashing) runs here, never on the event loops or the
-/// Swift concurrency pool. The queue is concurrent and over-commits: a blocked call never
-/// starves the others.
-let blockingQueue = DispatchQueue(label: "depot.blocking", attributes: .concurrent)
-
+/// Blocking work (catalog, disk, hashing, waiting for the chunk pipeline) runs here, never on
+/// the event loops or the Swift concurrency pool. Each call gets its own serial queue: serial
+/// queues target libdispatch's *over-committing* root queue, so a call that blocks gets a
+/// thread of its own instead of starving the fixed-width global pool that the chunk workers and
+/// read batches use (a shared concurrent queue would not over-commit).
 func offload<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in
-        blockingQueue.async { continuation.resume(with: Result { try body() }) }
+        DispatchQueue(label: "depot.blocking").async { continuation.resume(with: Result { try body() }) }
     }
 }

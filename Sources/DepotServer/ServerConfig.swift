@@ -13,6 +13,7 @@ public struct ServerConfig: Sendable, Equatable {
     public var logFormat = "text"
     public var storageRoot = "storage"
     public var uploadTimeoutSeconds: Double = 3600
+    public var maxUploads = 1024
     /// Hours between background garbage collections inside `depot serve` (0 disables).
     public var gcIntervalHours: Double = 24
     public var store = StoreOptionsConfig()
@@ -126,6 +127,10 @@ public struct ServerConfig: Sendable, Equatable {
                 guard v > 0 else { throw reader.error("uploads.timeout_seconds", "must be positive") }
                 config.uploadTimeoutSeconds = v
             }
+            if let v: Int = try reader.value(s, "max_sessions") {
+                guard v > 0 else { throw reader.error("uploads.max_sessions", "must be positive") }
+                config.maxUploads = v
+            }
         }
         try reader.rejectUnknown(root, known: ["server", "storage", "uploads"], at: "")
         return config
@@ -153,7 +158,7 @@ final class ConfigReader {
             "server": ["listen", "log_level", "log_format"],
             "storage": ["root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",
                         "compact_below", "read_verification", "gc_interval_hours"],
-            "uploads": ["timeout_seconds"],
+            "uploads": ["timeout_seconds", "max_sessions"],
         ]
         try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")
     }

@@ -84,6 +84,11 @@ public final class BlobReader: @unchecked Sendable {
                 throw DepotError.integrity("blob \(blob.digest): recipe has a gap at offset \(start)")
             }
             let skip = Int(start - entry.offset)
+            // Only the first chunk of a range read starts before the position; anywhere else
+            // an earlier start means overlapping recipe entries, which must never be served.
+            guard skip == 0 || start == range.lowerBound else {
+                throw DepotError.integrity("blob \(blob.digest): recipe entries overlap at offset \(start)")
+            }
             let take = Int(min(entryEnd, range.upperBound) - start)
             batch.append((entry, loc, total, skip, take))
             total += take

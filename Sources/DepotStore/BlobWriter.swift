@@ -67,14 +67,19 @@ public final class BlobWriter: @unchecked Sendable {
         self.store = store
         self.planner = planner
         chunker = Chunker(store.options.chunker)
-        accumulator = .allocate(byteCount: store.options.chunker.maxSize, alignment: 64)
+        accumulator = UnsafeMutableRawBufferPointer(start: nil, count: 0)   // allocated on first use
         slots = DispatchSemaphore(value: store.options.writerQueueDepth)
         blobID = try store.appender.beginBlob(chunker: store.options.chunker.version)
     }
 
     deinit {
-        accumulator.deallocate()
-        if !finished { store.appender.abortBlob(blobID) }
+        if !finished {
+            // Never forget a blob while its workers may still add recipe rows for it.
+            hashingDone.wait()
+            workers.wait()
+            store.appender.abortBlob(blobID)
+        }
+        if accumulator.baseAddress != nil { accumulator.deallocate() }
     }
 
     /// Feeds the next bytes of the blob.
@@ -142,6 +147,9 @@ public final class BlobWriter: @unchecked Sendable {
 
     private func accumulate(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count > 0 else { return }
+        if accumulator.baseAddress == nil {
+            accumulator = .allocate(byteCount: store.options.chunker.maxSize, alignment: 64)
+        }
         UnsafeMutableRawBufferPointer(rebasing: accumulator[accumulated..<(accumulated + bytes.count)]).copyMemory(from: bytes)
         accumulated += bytes.count
     }
@@ -193,19 +201,21 @@ public final class BlobWriter: @unchecked Sendable {
     /// returns. With `retain`, it is declared live in the same transaction (no GC window).
     public func finish(expecting expected: Digest? = nil, retain: String? = nil) throws -> WriteResult {
         precondition(!finished, "finish called twice")
-        if chunker.cut() { try emitChunk() }
-        workers.wait()
-        finished = true
-        if let error = stageState.withLock({ $0.error }) {
-            store.appender.abortBlob(blobID)
+        let record: BlobRecord
+        do {
+            if chunker.cut() { try emitChunk() }
+            workers.wait()
+            if let error = stageState.withLock({ $0.error }) { throw error }
+            let digest = Digest(bytes: wholeHash.finalize())
+            if let expected, expected != digest {
+                throw DepotError.digestInvalid("content has digest \(digest), expected \(expected)")
+            }
+            record = try store.appender.completeBlob(blobID, digest: digest, size: bytesWritten, retain: retain)
+            finished = true
+        } catch {
+            abort()
             throw error
         }
-        let digest = Digest(bytes: wholeHash.finalize())
-        if let expected, expected != digest {
-            store.appender.abortBlob(blobID)
-            throw DepotError.digestInvalid("content has digest \(digest), expected \(expected)")
-        }
-        let record = try store.appender.completeBlob(blobID, digest: digest, size: bytesWritten, retain: retain)
         let s = stageState.withLock { $0 }
         var chunkerVersion = store.options.chunker.version
         if let tag = planner?.tag { chunkerVersion += "+" + tag }

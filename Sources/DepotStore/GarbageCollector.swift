@@ -65,8 +65,10 @@ extension ChunkStore {
                 return true
             }
             if deleted {
-                files.evict(pack.id)
+                // Unlink first, then drop the cached descriptor: a reader that opens the pack in
+                // between fails to open it and retries with a fresh location.
                 try FileSystem.remove(files.path(pack.id))
+                files.evict(pack.id)
                 report.packsDeleted += 1
                 report.packBytesFreed += pack.committedSize - live
             }

@@ -91,7 +91,7 @@ final class PackAppender: Sendable {
         if !tryCompression { policy.mode = .off }
         try compressor.encode(bytes, policy: policy, elementWidth: elementWidth) { codec, payload in
             outcome = try state.withLock { s in
-                if try referenceIfKnown(entry, blob, &s) { return .reused }
+                if try referenceIfKnown(entry, blob, &s) { return .reused }   // also checks the blob is still active
                 try append(entry.hash, codec: codec, rawLength: bytes.count, payload: payload, &s)
                 s.pendingRecipes.append((blob, entry))
                 try flushIfNeeded(&s)
@@ -111,6 +111,7 @@ final class PackAppender: Sendable {
     }
 
     private func referenceIfKnown(_ entry: RecipeEntry, _ blob: Int64, _ s: inout State) throws -> Bool {
+        guard s.activeBlobs.contains(blob) else { throw DepotError.storage("blob write \(blob) was aborted") }
         if s.pendingChunks[entry.hash] == nil {
             guard try db.read({ try $0.chunkLocation(entry.hash) }) != nil else { return false }
         }
@@ -127,7 +128,13 @@ final class PackAppender: Sendable {
         try withUnsafeMutableBytes(of: &header) { h in
             PackFormat.encode(.init(codec: codec, rawLength: rawLength, storedLength: payload.count, hash: hash,
                                     checksum: PackFormat.checksum(payload)), into: h)
-            try s.pack!.write(UnsafeRawBufferPointer(h), payload)
+            do {
+                try s.pack!.write(UnsafeRawBufferPointer(h), payload, at: offset)
+            } catch {
+                // A short write (disk full) must not leave bytes that later records would follow.
+                try? s.pack!.truncate(to: offset)
+                throw error
+            }
         }
         s.packSize += Int64(total)
         s.pendingChunks[hash] = ChunkLocation(pack: s.packID, offset: offset, storedLength: payload.count, rawLength: rawLength, codec: codec.rawValue)
@@ -163,7 +170,9 @@ final class PackAppender: Sendable {
         s.pendingOrder.removeAll(keepingCapacity: true)
         s.pendingRecipes.removeAll(keepingCapacity: true)
         s.pendingBytes = 0
-        if s.packSize >= options.packTargetSize { try sealPack(&s) }
+        // Sealing is bookkeeping: the batch is committed whatever happens to it (a pack left
+        // unsealed is sealed at the next open).
+        if s.packSize >= options.packTargetSize { try? sealPack(&s) }
         return result
     }
 
@@ -171,7 +180,9 @@ final class PackAppender: Sendable {
         let id = try db.write { try $0.createPack(committedSize: 0, now: Self.now()) }
         let path = files.path(id)
         let dir = String(path[..<path.lastIndex(of: "/")!])
+        let newDirectory = !FileSystem.isDirectory(dir)
         try FileSystem.createDirectory(dir)
+        if newDirectory { try FileSystem.syncDirectory(files.root + "/packs") }
         let file = try PosixFile(path: path, mode: .createExclusive)
         try PackFormat.fileMagic.withUnsafeBytes { try file.write($0) }
         try file.sync()

@@ -11,10 +11,16 @@ final class PackFiles: Sendable {
 
     func path(_ id: Int64) -> String { root + "/" + PackFormat.relativePath(id) }
 
+    /// Open pack descriptors kept at most (the rest are closed, oldest-opened first).
+    static let maxOpen = 256
+
     func file(_ id: Int64) throws -> PosixFile {
         if let f = open.withLock({ $0[id] }) { return f }
         let f = try PosixFile(path: path(id), mode: .read)
-        open.withLock { $0[id] = f }
+        open.withLock { cache in
+            if cache.count >= Self.maxOpen, let victim = cache.keys.min() { cache.removeValue(forKey: victim) }
+            cache[id] = f
+        }
         return f
     }
 

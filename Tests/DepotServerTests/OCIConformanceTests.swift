@@ -54,6 +54,8 @@ import Testing
             // A chunk that does not start where the upload ends: 416, and nothing changes.
             let wrong = try await c.req(.patch, next, headers: [.contentRange: "150000-249999"], body: Array(data[150_000...]))
             #expect(wrong.status.code == 416)
+            #expect(wrong.header("Range") == "0-99999")
+            #expect(wrong.header("Location") == next)
             let status = try await c.req(.get, next)
             #expect(status.status.code == 204)
             #expect(status.header("Range") == "0-99999")
@@ -123,6 +125,7 @@ import Testing
             let bad = try await c.req(.get, "/v2/repo/blobs/\(d)", headers: [.range: "bytes=300000-400000"])
             #expect(bad.status.code == 416)
             #expect(bad.errorCode == "RANGE_INVALID")
+            #expect(bad.header("Content-Range") == "bytes */200000")
         }
     }
 
@@ -269,6 +272,9 @@ import Testing
             #expect(p1.header("Link") == "</v2/repo/tags/list?n=2&last=b>; rel=\"next\"")
             let p2 = try await c.req(.get, "/v2/repo/tags/list?n=2&last=b")
             #expect(p2.json["tags"] as? [String] == ["c", "d"])
+            let none = try await c.req(.get, "/v2/repo/tags/list?n=0")
+            #expect(none.json["tags"] as? [String] == [])
+            #expect(none.header("Link") == nil)
             let p3 = try await c.req(.get, "/v2/repo/tags/list?n=2&last=d")
             #expect(p3.json["tags"] as? [String] == ["e"])
             #expect(p3.header("Link") == nil)

@@ -193,3 +193,25 @@ let canMountTmpfs: Bool = {
         #expect(try store.stats().blobs == 1)
     }
 }
+
+@Suite struct AbortTests {
+    @Test func droppingAWriterMidStreamLeavesTheStoreWritable() throws {
+        let dir = TempDir()
+        let store = try ChunkStore(root: dir.path, create: true)
+        let shared = randomBytes(4 << 20, seed: 42)
+        _ = try store.write(shared, retain: "base")
+        for i in 0..<5 {
+            // Workers are still hashing and referencing chunks when the writer goes away.
+            do {
+                let w = try store.makeWriter()
+                try w.write(shared)
+                try w.write(randomBytes(1 << 20, seed: UInt64(i)))
+            }
+            let r = try store.write(shared + randomBytes(1000, seed: UInt64(100 + i)), retain: "after")
+            #expect(try store.readAll(r.digest).count == shared.count + 1000)
+        }
+        #expect(try store.stats().unfinishedWrites == 0)
+        _ = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970) + 100_000)
+        #expect(try store.fsck().isClean)
+    }
+}

@@ -75,3 +75,23 @@ func makeSafetensors(_ tensors: [(String, String, [Int], [UInt8])], metadata: [S
         #expect(p.tag == nil)
     }
 }
+
+@Suite struct SafetensorsHostileInputTests {
+    @Test func hugeShapesAndOffsetsAreRejectedNotTrapped() throws {
+        let hostile = [
+            "{\"t\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,0]}}",
+            "{\"t\":{\"dtype\":\"XX\",\"shape\":[1],\"data_offsets\":[9223372036854775000,9223372036854775807]}}",
+            "{\"t\":{\"dtype\":\"F32\",\"shape\":[-1,-4],\"data_offsets\":[0,16]}}",
+        ]
+        for json in hostile {
+            #expect(throws: DepotError.self) { try Safetensors.parseHeader(Array(json.utf8), fileSize: nil) }
+            // And through the planner, as an upload would feed it.
+            let header = Array(json.utf8)
+            let n = UInt64(header.count).littleEndian
+            let file = withUnsafeBytes(of: n) { Array($0) } + header
+            var p = SafetensorsBoundaryPlanner()
+            file.withUnsafeBytes { p.observe($0, at: 0) }
+            #expect(p.tag == nil)
+        }
+    }
+}
