@@ -78,7 +78,6 @@ extension ChunkStore {
         // 3. Blobs: recipe shape and, optionally, whole-blob digests.
         var blobs: [BlobRecord] = []
         try catalog.read { try $0.forEachBlob { blobs.append($0) } }
-        let damagedChunkSet = Set(report.damagedChunks.map(\.chunk))
         for blob in blobs {
             report.blobsChecked += 1
             let key = blob.digest.description
@@ -96,7 +95,6 @@ extension ChunkStore {
                 report.damagedBlobs[key] = "\(error)"
             }
         }
-        _ = damagedChunkSet
         return report
     }
 

@@ -47,14 +47,12 @@ final class PackAppender: Sendable {
         return id
     }
 
-    /// Continues an unfinished blob (e.g. a resumed upload): it becomes active again.
-    func resumeBlob(_ id: Int64) {
-        state.withLock { _ = $0.activeBlobs.insert(id) }
-    }
-
     /// Durably completes a blob; returns its record (an existing one if the digest was already stored).
     func completeBlob(_ id: Int64, digest: Digest, size: Int64, retain: String?) throws -> BlobRecord {
         try state.withLock { s in
+            guard s.activeBlobs.contains(id) else {
+                throw DepotError.storage("blob write \(id) failed: its data could not be made durable")
+            }
             let record = try flushLocked(&s) { conn in
                 let record = try conn.completeBlob(id, digest: digest, size: size, now: Self.now())
                 if let retain { try conn.addRoot(digest, reason: retain, now: Self.now()) }
@@ -150,7 +148,14 @@ final class PackAppender: Sendable {
 
     /// Group commit: fsync the pack, then one transaction for all pending rows plus `extra`.
     private func flushLocked<T>(_ s: inout State, extra: (SQLiteConnection) throws -> T) throws -> T {
-        if !s.pendingChunks.isEmpty { try s.pack?.sync() }
+        if !s.pendingChunks.isEmpty {
+            do {
+                try s.pack?.sync()
+            } catch {
+                abandonPending(&s)
+                throw error
+            }
+        }
         let chunks = s.pendingOrder.map { ($0, s.pendingChunks[$0]!) }
         let recipes = s.pendingRecipes
         let packID = s.packID, packSize = s.packSize, active = s.activeBlobs
@@ -174,6 +179,18 @@ final class PackAppender: Sendable {
         // unsealed is sealed at the next open).
         if s.packSize >= options.packTargetSize { try? sealPack(&s) }
         return result
+    }
+
+    /// After a failed fsync the kernel may have dropped the pending bytes, and a retry could
+    /// report success anyway: nothing pending may ever be committed. The pack is abandoned
+    /// (its tail is cut at the next open), and every blob with pending recipe rows fails.
+    private func abandonPending(_ s: inout State) {
+        for r in s.pendingRecipes { s.activeBlobs.remove(r.blob) }
+        s.pendingChunks.removeAll()
+        s.pendingOrder.removeAll()
+        s.pendingRecipes.removeAll()
+        s.pendingBytes = 0
+        s.pack = nil
     }
 
     private func openPack(_ s: inout State) throws {
