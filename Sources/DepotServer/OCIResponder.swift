@@ -48,7 +48,8 @@ public struct OCIResponder: HTTPResponder {
             response = Reply.error(e, head: head)
         }
         response.headers[.dockerAPIVersion] = "registry/2.0"
-        metrics.record(route: label, method: request.method.rawValue, status: response.status.code)
+        let known: Set<HTTPRequest.Method> = [.get, .head, .post, .put, .patch, .delete]
+        metrics.record(route: label, method: known.contains(request.method) ? request.method.rawValue : "OTHER", status: response.status.code)
         if logger.logLevel <= .debug {
             let ms = (ContinuousClock.now - started) / .milliseconds(1)
             logger.debug("request", metadata: ["method": "\(request.method)", "path": "\(path)", "status": "\(response.status.code)",
