@@ -49,6 +49,8 @@ public final class BlobReader: @unchecked Sendable {
     }
 
     private var ahead: (done: DispatchGroup, result: Locked<Result<[UInt8]?, any Error>>)?
+    /// Prepares batches: a serial (so over-committing) queue, never starved by a busy global pool.
+    private let driver = DispatchQueue(label: "depot.blobreader")
 
     /// The next bytes of the range in order, or nil at the end.
     public func next() throws -> [UInt8]? {
@@ -62,7 +64,7 @@ public final class BlobReader: @unchecked Sendable {
     private func startBatch() -> (done: DispatchGroup, result: Locked<Result<[UInt8]?, any Error>>) {
         let done = DispatchGroup()
         let result = Locked<Result<[UInt8]?, any Error>>(.success(nil))
-        DispatchQueue.global().async(group: done) { [self] in
+        driver.async(group: done) { [self] in
             let r = Result { try loadBatch() }
             result.withLock { $0 = r }
         }

@@ -24,7 +24,7 @@ public struct WriteResult: Sendable, Equatable {
 /// Three kinds of work overlap on the machine's cores: the whole-blob SHA-256 of each buffer
 /// runs on a serial hashing queue while the caller's thread cuts the same buffer into chunks
 /// (gear CDC, with forced boundaries from a `BoundaryPlanner`); each cut chunk is then hashed,
-/// deduplicated, compressed and appended to a pack by a pool of workers. At most
+/// deduplicated, compressed and appended to a pack by one of two worker queues. At most
 /// `writerQueueDepth` chunks are in flight, so memory stays at a few MiB whatever the blob's
 /// size. Not thread-safe: one producer calls `write` and then `finish` (or `abort`).
 public final class BlobWriter: @unchecked Sendable {
@@ -44,6 +44,11 @@ public final class BlobWriter: @unchecked Sendable {
 
     private let hashing = DispatchQueue(label: "depot.blobwriter.hash")
     private let hashingDone = DispatchGroup()
+    /// Chunk workers: serial queues, so they over-commit — a writer's chunks always get
+    /// threads, even when every thread of GCD's fixed-width global pool is blocked (callers of
+    /// `write` may themselves run there). Two of them keep both cores busy.
+    private let workerQueues = [DispatchQueue(label: "depot.blobwriter.worker.0"), DispatchQueue(label: "depot.blobwriter.worker.1")]
+    private var nextWorker = 0
     private let workers = DispatchGroup()
     private let slots: DispatchSemaphore
     private let stageState = Locked(StageState())
@@ -169,7 +174,8 @@ public final class BlobWriter: @unchecked Sendable {
         chunkStart += Int64(bytes.count)
         slots.wait()
         let store = self.store, blobID = self.blobID, stageState = self.stageState, slots = self.slots
-        DispatchQueue.global().async(group: workers) {
+        nextWorker = (nextWorker + 1) % workerQueues.count
+        workerQueues[nextWorker].async(group: workers) {
             defer { slots.signal() }
             if stageState.withLock({ $0.error != nil }) { return }
             do {
