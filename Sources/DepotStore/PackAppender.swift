@@ -72,7 +72,7 @@ final class PackAppender: Sendable {
         _ = try? db.write { try $0.deleteBlob(id: id) }
     }
 
-    /// Makes an unfinished blob's recipe so far durable (a checkpoint for resumable uploads).
+    /// Commits everything pending now (compaction does it before deleting packs; tests use it).
     func checkpoint() throws {
         try state.withLock { s in try flushLocked(&s) { _ in () } }
     }
