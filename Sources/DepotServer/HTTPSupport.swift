@@ -1,5 +1,6 @@
 import DepotCore
 import DepotRegistry
+import DepotStore
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -115,4 +116,17 @@ enum RequestParsing {
         guard start < size else { throw RegistryError(.rangeInvalid, "Range '\(text)' starts beyond the blob's \(size) bytes") }
         return start..<(end + 1)
     }
+}
+
+/// Blob reads fill NIO buffers directly, so a batch goes to the socket without another copy.
+extension ByteBuffer: ReadBatch {
+    public init(count: Int, fill: (UnsafeMutableRawBufferPointer) -> Void) {
+        self = ByteBufferAllocator().buffer(capacity: count)
+        self.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { buffer in
+            fill(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]))
+            return count
+        }
+    }
+
+    public var count: Int { readableBytes }
 }

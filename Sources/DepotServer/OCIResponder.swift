@@ -128,12 +128,12 @@ public struct OCIResponder: HTTPResponder {
         if request.method == .head || length == 0 {
             return Response(status: .init(code: status), headers: headers, body: ResponseBody())
         }
-        let reader = try await offload { try registry.store.reader(digest, range: range) }
+        let reader = try await offload { try registry.store.reader(digest, range: range, as: ByteBuffer.self) }
         let metrics = self.metrics
         let body = ResponseBody(contentLength: Int(length)) { writer in
             while let batch = try await offload({ try reader.next() }) {
-                try await writer.write(ByteBuffer(bytes: batch))
-                metrics.sent(batch.count)
+                metrics.sent(batch.readableBytes)
+                try await writer.write(batch)
             }
             try await writer.finish(nil)
         }

@@ -8,7 +8,7 @@ import Dispatch
 /// (up to ~4 MiB) is read, decompressed and verified in parallel on all cores, then returned
 /// in order. The next batch is prepared while the caller consumes the current one (read-ahead
 /// of one batch), so memory stays at two batches whatever the blob's size.
-public final class BlobReader: @unchecked Sendable {
+public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
     public let blob: BlobRecord
     public let range: Range<Int64>
     private let store: ChunkStore
@@ -48,12 +48,12 @@ public final class BlobReader: @unchecked Sendable {
         return page[pageIndex]
     }
 
-    private var ahead: (done: DispatchGroup, result: Locked<Result<[UInt8]?, any Error>>)?
+    private var ahead: (done: DispatchGroup, result: Locked<Result<Batch?, any Error>>)?
     /// Prepares batches: a serial (so over-committing) queue, never starved by a busy global pool.
     private let driver = DispatchQueue(label: "depot.blobreader")
 
     /// The next bytes of the range in order, or nil at the end.
-    public func next() throws -> [UInt8]? {
+    public func next() throws -> Batch? {
         let batch = ahead ?? startBatch()
         batch.done.wait()
         let result = try batch.result.withLock { $0 }.get()
@@ -61,9 +61,9 @@ public final class BlobReader: @unchecked Sendable {
         return result
     }
 
-    private func startBatch() -> (done: DispatchGroup, result: Locked<Result<[UInt8]?, any Error>>) {
+    private func startBatch() -> (done: DispatchGroup, result: Locked<Result<Batch?, any Error>>) {
         let done = DispatchGroup()
-        let result = Locked<Result<[UInt8]?, any Error>>(.success(nil))
+        let result = Locked<Result<Batch?, any Error>>(.success(nil))
         driver.async(group: done) { [self] in
             let r = Result { try loadBatch() }
             result.withLock { $0 = r }
@@ -72,7 +72,7 @@ public final class BlobReader: @unchecked Sendable {
     }
 
     /// Reads, decodes and verifies the next batch. Runs on one thread at a time.
-    private func loadBatch() throws -> [UInt8]? {
+    private func loadBatch() throws -> Batch? {
         guard position < range.upperBound else { return nil }
         // Collect a batch of entries overlapping [position, end).
         var batch: [(entry: RecipeEntry, loc: ChunkLocation?, outOffset: Int, skip: Int, take: Int)] = []
@@ -101,8 +101,8 @@ public final class BlobReader: @unchecked Sendable {
         let failures = FailureBox()
         let digest = blob.digest
         let items = batch
-        let output = [UInt8](unsafeUninitializedCapacity: total) { out, count in
-            let shared = UnsafeSendableBuffer(UnsafeMutableRawBufferPointer(out))
+        let output = Batch(count: total) { out in
+            let shared = UnsafeSendableBuffer(out)
             DispatchQueue.concurrentPerform(iterations: items.count) { i in
                 let item = items[i]
                 do {
@@ -112,7 +112,6 @@ public final class BlobReader: @unchecked Sendable {
                     failures.record(error, blob: digest)
                 }
             }
-            count = total
         }
         if let error = failures.first { throw error }
         position += Int64(total)
@@ -120,7 +119,7 @@ public final class BlobReader: @unchecked Sendable {
     }
 
     /// Reads the whole range, handing each batch to `body`.
-    public func forEach(_ body: ([UInt8]) throws -> Void) throws {
+    public func forEach(_ body: (Batch) throws -> Void) throws {
         while let bytes = try next() { try body(bytes) }
     }
 }
@@ -167,6 +166,23 @@ extension ChunkStore {
                 _ = message
                 continue
             }
+        }
+    }
+}
+
+/// Storage a `BlobReader` fills with one batch of bytes: `[UInt8]` by default; the HTTP layer
+/// uses its own buffer type so that batches go to the socket without another copy.
+public protocol ReadBatch: Sendable {
+    /// A buffer of exactly `count` bytes, written by `fill` before it is returned.
+    init(count: Int, fill: (UnsafeMutableRawBufferPointer) -> Void)
+    var count: Int { get }
+}
+
+extension Array: ReadBatch where Element == UInt8 {
+    public init(count: Int, fill: (UnsafeMutableRawBufferPointer) -> Void) {
+        self.init(unsafeUninitializedCapacity: count) { buffer, initialized in
+            fill(UnsafeMutableRawBufferPointer(buffer))
+            initialized = count
         }
     }
 }

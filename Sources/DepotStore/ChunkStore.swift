@@ -122,7 +122,12 @@ public final class ChunkStore: Sendable {
     public func contains(_ digest: Digest) throws -> Bool { try blob(digest) != nil }
 
     /// A streaming reader over `range` of a blob (the whole blob by default).
-    public func reader(_ digest: Digest, range: Range<Int64>? = nil) throws -> BlobReader {
+    public func reader(_ digest: Digest, range: Range<Int64>? = nil) throws -> BlobReader<[UInt8]> {
+        try reader(digest, range: range, as: [UInt8].self)
+    }
+
+    /// A streaming reader whose batches are of type `Batch` (e.g. a network buffer).
+    public func reader<Batch: ReadBatch>(_ digest: Digest, range: Range<Int64>? = nil, as: Batch.Type) throws -> BlobReader<Batch> {
         guard let record = try blob(digest) else { throw DepotError.blobUnknown("\(digest) is not stored") }
         let r = range ?? 0..<record.size
         guard r.lowerBound >= 0, r.upperBound <= record.size else {
