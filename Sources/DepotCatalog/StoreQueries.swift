@@ -31,6 +31,10 @@ public struct BlobRecord: Sendable, Equatable {
     public var digest: Digest
     public var size: Int64
     public var chunker: String
+
+    public init(id: Int64, digest: Digest, size: Int64, chunker: String) {
+        self.id = id; self.digest = digest; self.size = size; self.chunker = chunker
+    }
 }
 
 /// A pack file as the catalog knows it.
@@ -173,6 +177,11 @@ extension SQLiteConnection {
     public func deleteBlob(id: Int64) throws {
         try run("DELETE FROM recipes WHERE blob_id = ?", .int(id))
         try run("DELETE FROM blobs WHERE id = ?", .int(id))
+    }
+
+    /// Whether blob `id`'s recipe names the chunk.
+    public func recipeContains(blob id: Int64, _ hash: SHA256.Value) throws -> Bool {
+        try first("SELECT 1 FROM recipes WHERE chunk_hash = ? AND blob_id = ? LIMIT 1", .hash(hash), .int(id)) { _ in true } ?? false
     }
 
     public func blob(_ digest: Digest) throws -> BlobRecord? {

@@ -13,6 +13,8 @@ public enum DepotError: Error, Sendable, Equatable, CustomStringConvertible {
     /// An I/O error with the operation and errno text.
     case io(String)
     case invalidArgument(String)
+    /// A chunk named by a recipe or request is not stored.
+    case chunkUnknown(String)
 
     public var description: String {
         switch self {
@@ -25,6 +27,7 @@ public enum DepotError: Error, Sendable, Equatable, CustomStringConvertible {
         case .storage(let m): return "storage error: \(m)"
         case .io(let m): return "I/O error: \(m)"
         case .invalidArgument(let m): return "invalid argument: \(m)"
+        case .chunkUnknown(let m): return "chunk unknown: \(m)"
         }
     }
 }

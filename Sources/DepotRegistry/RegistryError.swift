@@ -20,6 +20,8 @@ public struct RegistryError: Error, Sendable, Equatable, CustomStringConvertible
         case tooManyRequests = "TOOMANYREQUESTS"
         case tagInvalid = "TAG_INVALID"
         case unavailable = "UNAVAILABLE"
+        /// Depot extension: a chunk named by a recipe or a fetch is not stored (or not in that blob).
+        case chunkUnknown = "CHUNK_UNKNOWN"
     }
 
     public var code: Code
@@ -36,7 +38,7 @@ public struct RegistryError: Error, Sendable, Equatable, CustomStringConvertible
 
     static func defaultStatus(_ code: Code) -> Int {
         switch code {
-        case .blobUnknown, .blobUploadUnknown, .manifestUnknown, .nameUnknown: return 404
+        case .blobUnknown, .blobUploadUnknown, .manifestUnknown, .nameUnknown, .chunkUnknown: return 404
         case .unauthorized: return 401
         case .denied: return 403
         case .unsupported: return 415
@@ -62,6 +64,7 @@ public struct RegistryError: Error, Sendable, Equatable, CustomStringConvertible
         case .sizeInvalid(let m): return RegistryError(.sizeInvalid, m)
         case .rangeInvalid(let m): return RegistryError(.rangeInvalid, m)
         case .invalidArgument(let m): return RegistryError(.blobUploadInvalid, m)
+        case .chunkUnknown(let m): return RegistryError(.chunkUnknown, m)
         case .integrity(let m): return RegistryError(.unavailable, "stored data is damaged: \(m)", status: 500)
         case .storage(let m), .io(let m):
             if m.contains("no space left") || m.contains("disk full") {

@@ -37,6 +37,9 @@ public struct OCIResponder: HTTPResponder {
             } else if let route = Route(path: path) {
                 label = route.label
                 response = try await handle(route, request)
+            } else if let route = ExtensionRoute(path: path) {
+                label = route.label
+                response = try await handle(route, request)
             } else {
                 response = Reply.json(["errors": [["code": "NOT_FOUND", "message": "no such endpoint", "detail": [String: String]()]]], status: 404, head: head)
             }

@@ -30,16 +30,13 @@ public struct WriteResult: Sendable, Equatable {
 public final class BlobWriter: @unchecked Sendable {
     private let store: ChunkStore
     private let blobID: Int64
-    private var chunker: Chunker
-    private var planner: (any BoundaryPlanner)?
+    private var cutter: ChunkCutter
     private var wholeHash = SHA256()
     private var accumulator: UnsafeMutableRawBufferPointer
     private var accumulated = 0
-    private var cuts: [Int] = []
     /// Absolute offset of the first byte of the chunk being accumulated.
     private var chunkStart: Int64 = 0
     public private(set) var bytesWritten: Int64 = 0
-    private var nextForced: Int64?
     private var finished = false
 
     private let hashing = DispatchQueue(label: "depot.blobwriter.hash")
@@ -70,8 +67,7 @@ public final class BlobWriter: @unchecked Sendable {
 
     init(store: ChunkStore, planner: (any BoundaryPlanner)?) throws {
         self.store = store
-        self.planner = planner
-        chunker = Chunker(store.options.chunker)
+        cutter = ChunkCutter(store.options.chunker, planner: planner)
         accumulator = UnsafeMutableRawBufferPointer(start: nil, count: 0)   // allocated on first use
         slots = DispatchSemaphore(value: store.options.writerQueueDepth)
         blobID = try store.appender.beginBlob(chunker: store.options.chunker.version)
@@ -101,53 +97,20 @@ public final class BlobWriter: @unchecked Sendable {
             wholeHash.update(bytes)
         }
         defer { hashingDone.wait() }
-        if planner != nil {
-            planner!.observe(bytes, at: bytesWritten)
-            nextForced = planner!.nextBoundary(atOrAfter: bytesWritten)
-        }
-        var rest = bytes
-        var position = bytesWritten
-        while !rest.isEmpty {
-            // A forced boundary at the current position ends the chunk being cut.
-            if let f = nextForced, f == position {
-                if chunker.cut() { try emitChunk() }
-                nextForced = planner?.nextBoundary(atOrAfter: position + 1)
-                continue
+        try cutter.feed(bytes) { piece, width in
+            if let width, accumulated == 0 {
+                if piece.count > 0 { try emitChunk(piece, width: width) }   // the whole chunk is in this buffer: one copy, not two
+            } else {
+                accumulate(piece)
+                if let width { try emitChunk(width: width) }
             }
-            var take = rest.count
-            if let f = nextForced, f > position, f - position < Int64(take) { take = Int(f - position) }
-            let segment = UnsafeRawBufferPointer(rebasing: rest[0..<take])
-            try chunkSegment(segment)
-            position += Int64(take)
-            rest = UnsafeRawBufferPointer(rebasing: rest[take...])
         }
-        bytesWritten = position
-        if let f = nextForced, f == position {
-            if chunker.cut() { try emitChunk() }
-            nextForced = planner?.nextBoundary(atOrAfter: position + 1)
-        }
+        bytesWritten = cutter.position
     }
 
     /// Convenience for arrays.
     public func write(_ bytes: [UInt8]) throws {
         try bytes.withUnsafeBytes { try write($0) }
-    }
-
-    private func chunkSegment(_ segment: UnsafeRawBufferPointer) throws {
-        cuts.removeAll(keepingCapacity: true)
-        chunker.scan(segment, cuts: &cuts)
-        var previous = 0
-        for cut in cuts {
-            let piece = UnsafeRawBufferPointer(rebasing: segment[previous..<cut])
-            if accumulated == 0 {
-                try emitChunk(piece)   // the whole chunk is in this buffer: one copy, not two
-            } else {
-                accumulate(piece)
-                try emitChunk()
-            }
-            previous = cut
-        }
-        accumulate(UnsafeRawBufferPointer(rebasing: segment[previous...]))
     }
 
     private func accumulate(_ bytes: UnsafeRawBufferPointer) {
@@ -160,17 +123,16 @@ public final class BlobWriter: @unchecked Sendable {
     }
 
     /// Hands the accumulated chunk to the storing stage.
-    private func emitChunk() throws {
+    private func emitChunk(width: Int) throws {
         guard accumulated > 0 else { return }
         let n = accumulated
         accumulated = 0
-        try emitChunk(UnsafeRawBufferPointer(rebasing: accumulator[0..<n]))
+        try emitChunk(UnsafeRawBufferPointer(rebasing: accumulator[0..<n]), width: width)
     }
 
-    private func emitChunk(_ bytes: UnsafeRawBufferPointer) throws {
+    private func emitChunk(_ bytes: UnsafeRawBufferPointer, width: Int) throws {
         let chunk = [UInt8](bytes)
         let offset = chunkStart
-        let width = planner?.elementWidth(at: offset) ?? 1
         chunkStart += Int64(bytes.count)
         slots.wait()
         let store = self.store, blobID = self.blobID, stageState = self.stageState, slots = self.slots
@@ -209,7 +171,7 @@ public final class BlobWriter: @unchecked Sendable {
         precondition(!finished, "finish called twice")
         let record: BlobRecord
         do {
-            if chunker.cut() { try emitChunk() }
+            if let width = cutter.finish() { try emitChunk(width: width) }
             workers.wait()
             if let error = stageState.withLock({ $0.error }) { throw error }
             let digest = Digest(bytes: wholeHash.finalize())
@@ -223,8 +185,7 @@ public final class BlobWriter: @unchecked Sendable {
             throw error
         }
         let s = stageState.withLock { $0 }
-        var chunkerVersion = store.options.chunker.version
-        if let tag = planner?.tag { chunkerVersion += "+" + tag }
+        let chunkerVersion = cutter.version
         return WriteResult(digest: record.digest, size: record.size, chunks: s.chunks, newChunks: s.newChunks,
                            newBytes: s.newBytes, reusedBytes: s.reusedBytes, storedBytes: s.storedBytes,
                            chunker: chunkerVersion)

@@ -99,6 +99,42 @@ final class PackAppender: Sendable {
         return outcome
     }
 
+    /// Adds an already encoded, verified chunk (received from a client) to blob `blob`, storing
+    /// the payload as is unless the store has the chunk.
+    func storeEncoded(_ entry: RecipeEntry, of blob: Int64, codec: ChunkCodec, payload: UnsafeRawBufferPointer) throws -> Outcome {
+        try state.withLock { s in
+            if try referenceIfKnown(entry, blob, &s) { return .reused }
+            try append(entry.hash, codec: codec, rawLength: entry.length, payload: payload, &s)
+            s.pendingRecipes.append((blob, entry))
+            try flushIfNeeded(&s)
+            return .stored(storedBytes: payload.count, codec: codec)
+        }
+    }
+
+    /// Adds a stored chunk to blob `blob`'s recipe without its bytes. False when the store lacks
+    /// the chunk; throws when the stored chunk's length differs from the entry's.
+    func reference(_ entry: RecipeEntry, of blob: Int64) throws -> Bool {
+        try state.withLock { s in
+            guard s.activeBlobs.contains(blob) else { throw DepotError.storage("blob write \(blob) was aborted") }
+            let length = try s.pendingChunks[entry.hash]?.rawLength ?? db.read({ try $0.chunkLocation(entry.hash) })?.rawLength
+            guard let length else { return false }
+            guard length == entry.length else {
+                throw DepotError.invalidArgument("chunk sha256:\(entry.hash.hex) has \(length) bytes, not \(entry.length)")
+            }
+            return try referenceIfKnown(entry, blob, &s)
+        }
+    }
+
+    /// Makes a blob's rows durable and leaves it unfinished but no longer written by this
+    /// process: its chunks stay rooted for the grace period (chunks uploaded ahead of a commit).
+    func park(_ blob: Int64) throws {
+        try state.withLock { s in
+            guard s.activeBlobs.contains(blob) else { throw DepotError.storage("blob write \(blob) failed: its data could not be made durable") }
+            try flushLocked(&s) { conn in try conn.touchBlob(blob, now: Self.now()) }
+            s.activeBlobs.remove(blob)
+        }
+    }
+
     /// Re-appends an already encoded record (GC compaction) if the chunk is still indexed at `old`.
     func relocate(_ hash: SHA256.Value, from old: ChunkLocation, codec: ChunkCodec, payload: UnsafeRawBufferPointer) throws {
         try state.withLock { s in

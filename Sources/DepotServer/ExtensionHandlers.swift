@@ -1,0 +1,210 @@
+import DepotCore
+import DepotRegistry
+import DepotStore
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+extension HTTPField.Name {
+    static let depotChunker = Self("Depot-Chunker")!
+    static let depotChunksStored = Self("Depot-Chunks-Stored")!
+}
+
+/// Handlers of the chunk negotiation API (`/depot/v1`). Bodies are binary and streamed:
+/// hash lists are concatenated 32-byte SHA-256 values; recipes are `[hash 32][length u32 LE]`
+/// entries; chunks travel as pack records (`ChunkRecords`). See docs/EXTENSION-API.md.
+extension OCIResponder {
+    static let maxHashesPerQuery = 65_536
+    static let maxHashesPerFetch = 4096
+    static let recipeEntrySize = 36
+
+    func handle(_ route: ExtensionRoute, _ request: Request) async throws -> Response {
+        switch (route, request.method) {
+        case (.info, .get):
+            let p = registry.store.options.chunker
+            return Reply.json([
+                "api": "depot/v1",
+                "chunker": ["version": p.version, "min_size": p.minSize, "average_size": p.averageSize, "max_size": p.maxSize,
+                            "boundaries": ["safetensors-v1"]] as [String: Any],
+                "record_format": "dpkr-v1",
+                "max_hashes_per_query": Self.maxHashesPerQuery,
+                "max_hashes_per_fetch": Self.maxHashesPerFetch,
+            ])
+        case (.missingChunks(let name), .post):
+            _ = try RequestParsing.name(name)
+            let hashes = try await readHashes(request, limit: Self.maxHashesPerQuery)
+            let store = registry.store
+            let missing = try await offload { try store.missingChunks(hashes) }
+            var out = ByteBuffer()
+            out.reserveCapacity(missing.count * 32)
+            for h in missing { out.writeBytes(h.byteArray) }
+            metrics.sent(out.readableBytes)
+            return Response(status: .ok, headers: [.contentType: "application/octet-stream", .contentLength: String(out.readableBytes)],
+                            body: ResponseBody(byteBuffer: out))
+        case (.uploadChunks(let name), .post):
+            _ = try RequestParsing.name(name)
+            return try await receiveChunks(request)
+        case (.recipe(let name, let digest), .get):
+            return try await getRecipe(try RequestParsing.name(name), try RequestParsing.digest(digest))
+        case (.recipe(let name, let digest), .put):
+            return try await commitRecipe(try RequestParsing.name(name), try RequestParsing.digest(digest), request)
+        case (.fetchChunks(let name), .post):
+            return try await fetchChunks(try RequestParsing.name(name.0), try RequestParsing.digest(name.1), request)
+        case (.metadata(let name, let ref), .get):
+            return try await getMetadata(try RequestParsing.name(name), try RequestParsing.reference(ref))
+        default:
+            throw RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405)
+        }
+    }
+
+    /// Reads a body of concatenated 32-byte hashes (at most `limit`).
+    func readHashes(_ request: Request, limit: Int) async throws -> [SHA256.Value] {
+        var body = ByteBuffer()
+        for try await part in request.body {
+            guard body.readableBytes + part.readableBytes <= limit * 32 else {
+                throw RegistryError(.sizeInvalid, "at most \(limit) hashes per request", status: 413)
+            }
+            body.writeImmutableBuffer(part)
+        }
+        metrics.received(body.readableBytes)
+        guard body.readableBytes % 32 == 0 else {
+            throw RegistryError(.sizeInvalid, "body is not a list of 32-byte SHA-256 hashes (\(body.readableBytes) bytes)")
+        }
+        return body.withUnsafeReadableBytes { p in
+            stride(from: 0, to: p.count, by: 32).map { SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[$0..<($0 + 32)])) }
+        }
+    }
+
+    /// Streams a body and hands `consume` about 1 MiB at a time (off the event loop); `consume`
+    /// returns how many bytes it used, the rest waits for more. Leftover bytes at the end are an error.
+    func streamBody(_ request: Request, what: String, _ consume: @escaping @Sendable (ByteBuffer, _ last: Bool) throws -> Int) async throws {
+        var pending = ByteBuffer()
+        for try await part in request.body {
+            metrics.received(part.readableBytes)
+            pending.writeImmutableBuffer(part)
+            if pending.readableBytes >= 1 << 20 {
+                let view = pending
+                let used = try await offload { try consume(view, false) }
+                pending.moveReaderIndex(forwardBy: used)
+                pending.discardReadBytes()
+            }
+        }
+        let view = pending
+        let used = try await offload { try consume(view, true) }
+        guard used == pending.readableBytes else {
+            throw RegistryError(.sizeInvalid, "\(what) ends with \(pending.readableBytes - used) bytes of an incomplete entry")
+        }
+    }
+
+    func receiveChunks(_ request: Request) async throws -> Response {
+        let store = registry.store
+        let receiver = try await offload { try store.makeChunkReceiver() }
+        let maxChunk = receiver.maxChunk
+        try await streamBody(request, what: "chunk upload") { buffer, _ in
+            try buffer.withUnsafeReadableBytes { p in
+                var at = 0
+                while p.count - at >= ChunkRecords.headerSize {
+                    let header: ChunkRecords.Header
+                    do {
+                        header = try ChunkRecords.header(UnsafeRawBufferPointer(rebasing: p[at...]), maxChunk: maxChunk)
+                    } catch {
+                        throw RegistryError(.blobUploadInvalid, "record at body offset \(at): \(error)")
+                    }
+                    let end = at + ChunkRecords.headerSize + header.storedLength
+                    guard end <= p.count else { break }
+                    do {
+                        try receiver.add(header, payload: UnsafeRawBufferPointer(rebasing: p[(at + ChunkRecords.headerSize)..<end]))
+                    } catch let e as DepotError {
+                        if case .integrity(let m) = e { throw RegistryError(.digestInvalid, m) }
+                        throw e
+                    }
+                    at = end
+                }
+                return at
+            }
+        }
+        try await offload { try receiver.finish() }
+        let stored = receiver.stored
+        return Reply.json(["received": receiver.received, "stored": stored], status: 201)
+    }
+
+    func commitRecipe(_ name: RepositoryName, _ digest: Digest, _ request: Request) async throws -> Response {
+        let store = registry.store, registry = self.registry
+        let chunker = request.headers[.depotChunker] ?? store.options.chunker.version
+        guard chunker.count <= 200, chunker.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
+            throw RegistryError(.blobUploadInvalid, "Depot-Chunker must be a short printable token")
+        }
+        if try await offload({ try registry.blob(name, digest) }) != nil {
+            return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])
+        }
+        let committer = try await offload { try store.makeRecipeCommitter(chunker: chunker) }
+        try await streamBody(request, what: "recipe") { buffer, _ in
+            try buffer.withUnsafeReadableBytes { p in
+                var at = 0
+                while p.count - at >= Self.recipeEntrySize {
+                    let hash = SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[at..<(at + 32)]))
+                    let length = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at + 32, as: UInt32.self)))
+                    try committer.append(hash, length: length)
+                    at += Self.recipeEntrySize
+                }
+                return at
+            }
+        }
+        _ = try await offload { try registry.finishRecipeCommit(name, committer, expecting: digest) }
+        return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])
+    }
+
+    func getRecipe(_ name: RepositoryName, _ digest: Digest) async throws -> Response {
+        let registry = self.registry
+        let blob = try await offload { try registry.visibleBlob(name, digest) }
+        let metrics = self.metrics
+        let headers: HTTPFields = [.contentType: "application/octet-stream", .depotChunker: blob.chunker,
+                                   .dockerContentDigest: digest.description]
+        let body = ResponseBody { writer in
+            var offset: Int64 = 0
+            while true {
+                let from = offset
+                let page = try await offload { try registry.store.recipe(of: blob, from: from, limit: 8192) }
+                guard let last = page.last else { break }
+                var out = ByteBufferAllocator().buffer(capacity: page.count * Self.recipeEntrySize)
+                for e in page {
+                    out.writeBytes(e.hash.byteArray)
+                    out.writeInteger(UInt32(e.length), endianness: .little)
+                }
+                metrics.sent(out.readableBytes)
+                try await writer.write(out)
+                offset = last.offset + 1
+            }
+            try await writer.finish(nil)
+        }
+        return Response(status: .ok, headers: headers, body: body)
+    }
+
+    func fetchChunks(_ name: RepositoryName, _ digest: Digest, _ request: Request) async throws -> Response {
+        let registry = self.registry
+        let blob = try await offload { try registry.visibleBlob(name, digest) }
+        let hashes = try await readHashes(request, limit: Self.maxHashesPerFetch)
+        // The first group is read before answering, so an unknown chunk is a clean 404.
+        let groupSize = 16
+        let first = try await offload { try registry.store.records(hashes.prefix(groupSize), of: blob, as: ByteBuffer.self) }
+        let metrics = self.metrics
+        let body = ResponseBody { writer in
+            metrics.sent(first.readableBytes)
+            try await writer.write(first)
+            var index = min(groupSize, hashes.count)
+            while index < hashes.count {
+                let group = hashes[index..<min(index + groupSize, hashes.count)]
+                let batch = try await offload { try registry.store.records(group, of: blob, as: ByteBuffer.self) }
+                metrics.sent(batch.readableBytes)
+                try await writer.write(batch)
+                index += group.count
+            }
+            try await writer.finish(nil)
+        }
+        return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: body)
+    }
+
+    func getMetadata(_ name: RepositoryName, _ reference: Reference) async throws -> Response {
+        throw RegistryError(.unsupported, "metadata is not available yet", status: 501)
+    }
+}

@@ -1,0 +1,100 @@
+import DepotCore
+
+/// Chunk records as they travel between a chunk-aware client and the server: exactly the pack
+/// record format (`PackFormat`: a 56-byte header with codec, lengths, SHA-256, a header check
+/// and a CRC-32C of the payload, then the stored, possibly compressed, payload). The server
+/// sends records straight out of its packs; a client encodes with the same codecs the store uses.
+public enum ChunkRecords {
+    public static let headerSize = PackFormat.recordHeaderSize
+
+    /// A decoded, checked record header.
+    public struct Header: Sendable, Equatable {
+        public var codec: ChunkCodec
+        public var rawLength: Int
+        public var storedLength: Int
+        public var hash: SHA256.Value
+        var checksum: UInt32
+    }
+
+    /// Parses a record header; throws when it is damaged or its lengths exceed `maxChunk`.
+    public static func header(_ bytes: UnsafeRawBufferPointer, maxChunk: Int) throws -> Header {
+        guard let h = PackFormat.decode(bytes) else {
+            throw DepotError.integrity("chunk record header is damaged (bad magic, codec or header check)")
+        }
+        guard h.rawLength > 0, h.rawLength <= maxChunk, h.storedLength <= maxStoredLength(maxChunk) else {
+            throw DepotError.integrity("chunk record sha256:\(h.hash.hex) has lengths \(h.rawLength)/\(h.storedLength) beyond the \(maxChunk)-byte chunk limit")
+        }
+        return Header(codec: h.codec, rawLength: h.rawLength, storedLength: h.storedLength, hash: h.hash, checksum: h.checksum)
+    }
+
+    /// The largest stored payload a chunk of `maxChunk` raw bytes may have (compression bound
+    /// plus per-plane frame headers).
+    public static func maxStoredLength(_ maxChunk: Int) -> Int { maxChunk + maxChunk / 128 + 4096 }
+}
+
+/// Encodes and verifies chunk records. Holds zstd contexts and scratch space: one per thread.
+public final class ChunkRecordCodec: @unchecked Sendable {
+    private let compressor: ChunkCompressor
+    private var scratch: [UInt8] = []
+    public let maxChunk: Int
+    public var policy: CompressionPolicy
+
+    public init(maxChunk: Int = ChunkerParameters.v1.maxSize, policy: CompressionPolicy = CompressionPolicy()) {
+        self.maxChunk = maxChunk
+        self.policy = policy
+        compressor = ChunkCompressor(maxChunk: maxChunk)
+    }
+
+    /// Appends the record for `chunk` (whose SHA-256 is `hash`) to `out`, compressed when that
+    /// pays. Returns the payload's stored length.
+    @discardableResult
+    public func append(_ chunk: UnsafeRawBufferPointer, hash: SHA256.Value, elementWidth: Int = 1,
+                       compress: Bool = true, to out: inout [UInt8]) throws -> Int {
+        var p = policy
+        if !compress { p.mode = .off }
+        var stored = 0
+        try compressor.encode(chunk, policy: p, elementWidth: elementWidth) { codec, payload in
+            let start = out.count
+            out.append(contentsOf: repeatElement(0, count: PackFormat.recordHeaderSize))
+            out.withUnsafeMutableBytes { o in
+                PackFormat.encode(.init(codec: codec, rawLength: chunk.count, storedLength: payload.count, hash: hash,
+                                        checksum: PackFormat.checksum(payload)),
+                                  into: UnsafeMutableRawBufferPointer(rebasing: o[start..<(start + PackFormat.recordHeaderSize)]))
+            }
+            out.append(contentsOf: payload)
+            stored = payload.count
+        }
+        return stored
+    }
+
+    /// Checks a record's payload against its header (CRC-32C), decodes it into `output`
+    /// (exactly `header.rawLength` bytes) and verifies the SHA-256. Throws `integrity` on any mismatch.
+    public func decode(_ header: ChunkRecords.Header, payload: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws {
+        let name = "chunk sha256:\(header.hash.hex)"
+        guard payload.count == header.storedLength, output.count == header.rawLength else {
+            throw DepotError.integrity("\(name): record is truncated")
+        }
+        guard PackFormat.checksum(payload) == header.checksum else {
+            throw DepotError.integrity("\(name): payload checksum mismatch (damaged in transit?)")
+        }
+        do {
+            try compressor.decode(payload, codec: header.codec, into: output)
+        } catch {
+            throw DepotError.integrity("\(name): payload does not decode")
+        }
+        guard SHA256.hash(UnsafeRawBufferPointer(output)) == header.hash else {
+            throw DepotError.integrity("\(name): content does not match its hash")
+        }
+    }
+
+    /// `decode` into internal scratch; `body` sees the verified raw bytes.
+    public func verify<T>(_ header: ChunkRecords.Header, payload: UnsafeRawBufferPointer,
+                          _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
+        if scratch.count < header.rawLength { scratch = [UInt8](repeating: 0, count: max(header.rawLength, maxChunk)) }
+        return try scratch.withUnsafeMutableBytes { s in
+            let out = UnsafeMutableRawBufferPointer(rebasing: s[0..<header.rawLength])
+            try decode(header, payload: payload, into: out)
+            return try body(UnsafeRawBufferPointer(out))
+        }
+    }
+}

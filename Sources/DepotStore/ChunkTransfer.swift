@@ -1,0 +1,178 @@
+import DepotCatalog
+import DepotCore
+
+/// The store's side of chunk negotiation (`/depot/v1`): which chunks are missing, receiving
+/// verified chunk records, committing a blob from a recipe, and serving recipes and records.
+extension ChunkStore {
+    /// The hashes among `hashes` the store does not have, in their order (duplicates once).
+    public func missingChunks(_ hashes: [SHA256.Value]) throws -> [SHA256.Value] {
+        try catalog.read { conn in
+            var seen = Set<SHA256.Value>()
+            var missing: [SHA256.Value] = []
+            for h in hashes where seen.insert(h).inserted {
+                if try conn.chunkLocation(h) == nil { missing.append(h) }
+            }
+            return missing
+        }
+    }
+
+    /// Starts receiving chunk records ahead of a recipe commit.
+    public func makeChunkReceiver() throws -> ChunkReceiver {
+        guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
+        return try ChunkReceiver(store: self)
+    }
+
+    /// Starts committing a blob by recipe; `chunker` names the chunker that cut it.
+    public func makeRecipeCommitter(chunker: String) throws -> RecipeCommitter {
+        guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
+        return try RecipeCommitter(store: self, chunker: chunker)
+    }
+
+    /// Recipe entries of a stored blob, `limit` at a time from `offset`.
+    public func recipe(of blob: BlobRecord, from offset: Int64, limit: Int) throws -> [RecipeEntry] {
+        try catalog.read { try $0.recipe(blob: blob.id, from: offset, limit: limit) }
+    }
+
+    /// The stored record (header and payload, as in the pack) of each hash, concatenated into
+    /// one batch. Every hash must belong to `blob`'s recipe (`chunkUnknown` otherwise). Throws
+    /// `integrity` for a record whose header does not match the index (it is never sent).
+    public func records<Batch: ReadBatch>(_ hashes: some Collection<SHA256.Value>, of blob: BlobRecord, as: Batch.Type) throws -> Batch {
+        let locations = try catalog.read { conn in
+            try hashes.map { h -> (SHA256.Value, ChunkLocation) in
+                guard try conn.recipeContains(blob: blob.id, h), let loc = try conn.chunkLocation(h) else {
+                    throw DepotError.chunkUnknown("chunk sha256:\(h.hex) is not part of blob \(blob.digest)")
+                }
+                return (h, loc)
+            }
+        }
+        let total = locations.reduce(0) { $0 + PackFormat.recordHeaderSize + $1.1.storedLength }
+        var failure: (any Error)?
+        let batch = Batch(count: total) { out in
+            var at = 0
+            for (hash, loc) in locations where failure == nil {
+                let n = PackFormat.recordHeaderSize + loc.storedLength
+                let record = UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + n)])
+                do {
+                    try files.file(loc.pack).read(into: record, at: loc.offset)
+                    guard let h = PackFormat.decode(UnsafeRawBufferPointer(record)), h.hash == hash,
+                          h.storedLength == loc.storedLength, h.rawLength == loc.rawLength else {
+                        throw DepotError.integrity("chunk sha256:\(hash.hex) in pack \(loc.pack): record header does not match the index; run `depot fsck`")
+                    }
+                } catch {
+                    failure = error
+                }
+                at += n
+            }
+        }
+        if let failure { throw failure }
+        return batch
+    }
+}
+
+/// Receives chunk records from a client. Each record is checked (header, CRC-32C, decoding,
+/// SHA-256) before it is stored; its payload is stored as the client encoded it. Received
+/// chunks belong to an unfinished "staging" blob, so garbage collection keeps them for the
+/// grace period (`write_grace_hours`) while the client goes on to commit its recipe.
+public final class ChunkReceiver: @unchecked Sendable {
+    private let store: ChunkStore
+    private let blobID: Int64
+    private let codec: ChunkRecordCodec
+    private var offset: Int64 = 0
+    private var done = false
+    public private(set) var received = 0
+    public private(set) var stored = 0
+
+    init(store: ChunkStore) throws {
+        self.store = store
+        codec = ChunkRecordCodec(maxChunk: store.options.chunker.maxSize)
+        blobID = try store.appender.beginBlob(chunker: "staged-chunks")
+    }
+
+    deinit { if !done { store.appender.abortBlob(blobID) } }
+
+    public var maxChunk: Int { store.options.chunker.maxSize }
+
+    /// Verifies and stores one record.
+    public func add(_ header: ChunkRecords.Header, payload: UnsafeRawBufferPointer) throws {
+        precondition(!done)
+        try codec.verify(header, payload: payload) { _ in () }
+        let entry = RecipeEntry(offset: offset, length: header.rawLength, hash: header.hash)
+        if case .stored = try store.appender.storeEncoded(entry, of: blobID, codec: header.codec, payload: payload) { stored += 1 }
+        offset += Int64(header.rawLength)
+        received += 1
+    }
+
+    /// Makes every received chunk durable. Nothing is acknowledged before this returns.
+    public func finish() throws {
+        precondition(!done)
+        done = true
+        if received == 0 {
+            store.appender.abortBlob(blobID)
+        } else {
+            try store.appender.park(blobID)
+        }
+    }
+}
+
+/// Builds a blob from a recipe of chunks the store already has, then re-reads every chunk
+/// and checks the whole blob's SHA-256 before the blob exists.
+public final class RecipeCommitter: @unchecked Sendable {
+    private let store: ChunkStore
+    private let blobID: Int64
+    private let chunker: String
+    private var done = false
+    public private(set) var size: Int64 = 0
+    /// Chunks of the recipe the store does not have (the commit then fails), first few kept.
+    public private(set) var missing: [SHA256.Value] = []
+    public private(set) var missingCount = 0
+
+    init(store: ChunkStore, chunker: String) throws {
+        self.store = store
+        self.chunker = chunker
+        blobID = try store.appender.beginBlob(chunker: chunker)
+    }
+
+    deinit { abort() }
+
+    /// Adds the next chunk of the recipe.
+    public func append(_ hash: SHA256.Value, length: Int) throws {
+        precondition(!done)
+        guard length > 0, length <= store.options.chunker.maxSize else {
+            throw DepotError.invalidArgument("recipe entry \(hash.hex) has length \(length); chunks are 1...\(store.options.chunker.maxSize) bytes")
+        }
+        if try !store.appender.reference(RecipeEntry(offset: size, length: length, hash: hash), of: blobID) {
+            if missing.count < 16 { missing.append(hash) }
+            missingCount += 1
+        }
+        size += Int64(length)
+    }
+
+    /// Verifies the blob's digest against `expected` and completes it (declared live with
+    /// `retain`, as `BlobWriter.finish` does).
+    public func finish(expecting expected: Digest, retain: String? = nil) throws -> BlobRecord {
+        precondition(!done)
+        defer { abort() }
+        guard missingCount == 0 else {
+            throw DepotError.chunkUnknown("\(missingCount) chunk(s) of the recipe are not stored, e.g. sha256:\(missing[0].hex)")
+        }
+        try store.appender.checkpoint()
+        let reader = BlobReader<[UInt8]>(store: store, blob: BlobRecord(id: blobID, digest: expected, size: size, chunker: chunker),
+                                         range: 0..<size)
+        var hash = SHA256()
+        while let batch = try reader.next() { batch.withUnsafeBytes { hash.update($0) } }
+        let digest = Digest(bytes: hash.finalize())
+        guard digest == expected else {
+            throw DepotError.digestInvalid("the recipe's chunks have digest \(digest), not \(expected)")
+        }
+        let record = try store.appender.completeBlob(blobID, digest: digest, size: size, retain: retain)
+        done = true
+        return record
+    }
+
+    /// Abandons the commit.
+    public func abort() {
+        guard !done else { return }
+        done = true
+        store.appender.abortBlob(blobID)
+    }
+}
