@@ -7,7 +7,7 @@ struct Depot: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "depot",
         abstract: "Depot: a content-addressed, deduplicating model registry.",
-        subcommands: [Serve.self, Stats.self, Fsck.self, GC.self, Blob.self, Bench.self, Debug.self]
+        subcommands: [Serve.self, Push.self, Pull.self, Tag.self, List.self, Inspect.self, Stats.self, Fsck.self, GC.self, Blob.self, Bench.self, Debug.self]
     )
 }
 

@@ -1,0 +1,254 @@
+import DepotCore
+import DepotStore
+import Foundation
+
+/// What a push or pull did, for people (`finish` lines) and machines (`--json`).
+public struct TransferSummary: Codable, Sendable {
+    public var reference: String
+    public var digest: String
+    public var files: Int
+    /// Sum of the artifact's file sizes.
+    public var logicalBytes: Int64
+    /// Payload bytes over the wire (request bodies sent, response bodies received).
+    public var bytesSent: Int64
+    public var bytesReceived: Int64
+    /// Logical bytes that did not move because the other side had them.
+    public var deduplicatedBytes: Int64
+    public var chunksTotal: Int
+    public var chunksTransferred: Int
+    /// `chunked` (Depot's extension) or `oci` (standard API, whole blobs).
+    public var mode: String
+    public var seconds: Double
+
+    enum CodingKeys: String, CodingKey {
+        case reference, digest, files, mode, seconds
+        case logicalBytes = "logical_bytes", bytesSent = "bytes_sent", bytesReceived = "bytes_received"
+        case deduplicatedBytes = "deduplicated_bytes", chunksTotal = "chunks_total", chunksTransferred = "chunks_transferred"
+    }
+}
+
+/// Settings of a push.
+public struct PushRequest: Sendable {
+    public var repository: String
+    public var tag: String
+    public var paths: [String]
+    public var annotations: [String: String] = [:]
+    /// Concurrent chunk batches.
+    public var jobs = 4
+    /// Raw bytes per uploaded chunk batch.
+    public var batchBytes = 8 << 20
+    /// Use only the standard OCI API even when the registry offers chunk negotiation.
+    public var plainOCI = false
+
+    public init(repository: String, tag: String, paths: [String]) {
+        self.repository = repository; self.tag = tag; self.paths = paths
+    }
+}
+
+/// Pushes files as one model artifact: each file is negotiated chunk by chunk with a Depot
+/// registry (only missing chunks move) or uploaded whole to any other OCI registry; then a
+/// ModelPack-style manifest ties them together under the tag.
+public final class Pusher: Sendable {
+    let connection: RegistryConnection
+    let progress: TransferProgress
+
+    public init(connection: RegistryConnection, progress: TransferProgress) {
+        self.connection = connection
+        self.progress = progress
+    }
+
+    struct FileResult { var descriptor: [String: Any]; var digest: Digest; var size: Int64; var deduplicated: Int64; var chunks: Int; var sent: Int }
+
+    public func push(_ request: PushRequest) async throws -> TransferSummary {
+        let started = Date()
+        let files = try ArtifactFiles.collect(request.paths)
+        let info = request.plainOCI ? nil : try await connection.extensionInfo()
+        if let info, info.chunkerVersion != ChunkerParameters.v1.version {
+            throw ClientError("the registry chunks with \(info.chunkerVersion); this client knows \(ChunkerParameters.v1.version) (upgrade the client)")
+        }
+        var layers: [[String: Any]] = []
+        var logical: Int64 = 0, deduplicated: Int64 = 0, chunks = 0, sent = 0
+        for file in files {
+            let r = info != nil ? try await pushChunked(file, request) : try await pushWhole(file, request)
+            layers.append(r.descriptor)
+            logical += r.size; deduplicated += r.deduplicated; chunks += r.chunks; sent += r.sent
+        }
+        // The ModelPack config: what the model is, and the layers' digests.
+        let weightFormats = Set(files.map { ($0.relativePath as NSString).pathExtension.lowercased() }
+            .filter { ["safetensors", "onnx", "pt", "pth", "bin", "plan", "engine", "pb", "gguf"].contains($0) })
+        let config: [String: Any] = [
+            "descriptor": ["createdAt": ISO8601DateFormatter().string(from: Date()), "name": request.repository, "version": request.tag],
+            "config": ["format": weightFormats.sorted().joined(separator: ",")],
+            "modelfs": ["type": "layers", "diffIds": layers.compactMap { $0["digest"] as? String }],
+        ]
+        let configBytes = try Self.json(config)
+        let configDigest = Digest.of(configBytes)
+        if try await !connection.blobExists(request.repository, configDigest) {
+            try await connection.uploadBlob(request.repository, configDigest, body: .bytes(configBytes))
+        }
+        var annotations = request.annotations
+        annotations["org.opencontainers.image.created"] = annotations["org.opencontainers.image.created"] ?? ISO8601DateFormatter().string(from: started)
+        let manifest: [String: Any] = [
+            "schemaVersion": 2,
+            "mediaType": MediaType.ociManifest,
+            "artifactType": ArtifactFiles.artifactType(files),
+            "config": ["mediaType": ModelMediaType.config, "digest": configDigest.description, "size": configBytes.count],
+            "layers": layers,
+            "annotations": annotations,
+        ]
+        let bytes = try Self.json(manifest)
+        let digest = try await connection.putManifest(request.repository, request.tag, bytes: bytes, mediaType: MediaType.ociManifest)
+        return TransferSummary(reference: "\(request.repository):\(request.tag)", digest: digest.description, files: files.count,
+                               logicalBytes: logical, bytesSent: connection.counters.sent, bytesReceived: connection.counters.received,
+                               deduplicatedBytes: deduplicated, chunksTotal: chunks, chunksTransferred: sent,
+                               mode: info != nil ? "chunked" : "oci", seconds: Date().timeIntervalSince(started))
+    }
+
+    static func json(_ object: Any) throws -> [UInt8] {
+        Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+    }
+
+    func descriptor(_ file: ArtifactFile, _ digest: Digest, _ size: Int64) -> [String: Any] {
+        ["mediaType": ModelMediaType.layer(for: file.relativePath), "digest": digest.description, "size": size,
+         "annotations": [ModelMediaType.filepath: file.relativePath, ModelMediaType.title: file.relativePath]]
+    }
+
+    // MARK: chunk negotiation
+
+    func pushChunked(_ file: ArtifactFile, _ request: PushRequest) async throws -> FileResult {
+        let repo = request.repository
+        let size = try FileStamp(file.localPath).size
+        progress.start(file: file.relativePath, phase: "hashing", total: size)
+        let progress = self.progress
+        let recipe = try LocalRecipe.compute(path: file.localPath, parameters: .v1) { progress.advance(Int64($0)) }
+        progress.start(file: file.relativePath, phase: "sending", total: recipe.size)
+        if try await connection.blobExists(repo, recipe.digest) {
+            progress.advance(recipe.size, saved: recipe.size)
+            progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) already there")
+            return FileResult(descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
+                              deduplicated: recipe.size, chunks: recipe.chunks.count, sent: 0)
+        }
+        var sentChunks = 0
+        var attempt = 0
+        while true {
+            attempt += 1
+            let missing = try await missingChunks(repo, recipe)
+            sentChunks += missing.count
+            let missingBytes = try await upload(missing, of: recipe, repo: repo, request)
+            let saved = recipe.size - missingBytes
+            do {
+                try await connection.commitRecipe(repo, recipe.digest, chunks: recipe.chunks, chunker: recipe.chunker)
+                progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)), sent \(missing.count) of \(recipe.chunks.count) chunks (\(TransferProgress.bytes(missingBytes))), \(TransferProgress.bytes(saved)) deduplicated")
+                return FileResult(descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
+                                  deduplicated: saved, chunks: recipe.chunks.count, sent: sentChunks)
+            } catch let e as ClientError where e.code == "CHUNK_UNKNOWN" && attempt < 3 {
+                continue   // collected between the query and the commit: negotiate again
+            } catch let e as ClientError where e.code == "DIGEST_INVALID" {
+                throw ClientError("\(file.localPath) changed while it was being pushed (\(e.message))")
+            }
+        }
+    }
+
+    /// Indices of the recipe's chunks the registry lacks (first occurrence of each hash).
+    func missingChunks(_ repo: String, _ recipe: LocalRecipe) async throws -> [Int] {
+        var firstIndex: [SHA256.Value: Int] = [:]
+        var unique: [SHA256.Value] = []
+        for (i, c) in recipe.chunks.enumerated() where firstIndex[c.hash] == nil {
+            firstIndex[c.hash] = i
+            unique.append(c.hash)
+        }
+        var missing: [Int] = []
+        var at = 0
+        while at < unique.count {
+            let group = unique[at..<min(at + 16_384, unique.count)]
+            for h in try await connection.missingChunks(repo, group) {
+                guard let i = firstIndex[h] else { throw ClientError("the registry reported a chunk this file does not have") }
+                missing.append(i)
+            }
+            at += group.count
+        }
+        return missing.sorted()
+    }
+
+    /// Uploads the chunks at `indices` in batches, `jobs` at a time. Returns their raw bytes.
+    func upload(_ indices: [Int], of recipe: LocalRecipe, repo: String, _ request: PushRequest) async throws -> Int64 {
+        let offsets = recipe.offsets
+        var batches: [[Int]] = [[]]
+        var batchBytes = 0
+        for i in indices {
+            if batchBytes + recipe.chunks[i].length > request.batchBytes, !batches[batches.count - 1].isEmpty {
+                batches.append([]); batchBytes = 0
+            }
+            batches[batches.count - 1].append(i)
+            batchBytes += recipe.chunks[i].length
+        }
+        let total = indices.reduce(Int64(0)) { $0 + Int64(recipe.chunks[$1].length) }
+        progress.advance(recipe.size - total, saved: recipe.size - total)
+        let connection = self.connection, progress = self.progress
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var running = 0
+            for batch in batches where !batch.isEmpty {
+                if running >= max(1, request.jobs) { try await group.next(); running -= 1 }
+                running += 1
+                group.addTask {
+                    let records = try Self.encode(batch, recipe: recipe, offsets: offsets)
+                    try await connection.uploadChunkRecords(repo, records)
+                    progress.advance(batch.reduce(Int64(0)) { $0 + Int64(recipe.chunks[$1].length) })
+                }
+            }
+            try await group.waitForAll()
+        }
+        return total
+    }
+
+    /// Reads, re-verifies (the file must not have changed) and encodes a batch of chunks.
+    static func encode(_ batch: [Int], recipe: LocalRecipe, offsets: [Int64]) throws -> [UInt8] {
+        let file = try PosixFile(path: recipe.path, mode: .read)
+        let codec = ChunkRecordCodec()
+        var out: [UInt8] = []
+        out.reserveCapacity(batch.reduce(0) { $0 + recipe.chunks[$1].length + ChunkRecords.headerSize })
+        var buffer = [UInt8](repeating: 0, count: ChunkerParameters.v1.maxSize)
+        for i in batch {
+            let c = recipe.chunks[i]
+            try buffer.withUnsafeMutableBytes { b in
+                let chunk = UnsafeMutableRawBufferPointer(rebasing: b[0..<c.length])
+                do {
+                    try file.read(into: chunk, at: offsets[i])
+                } catch {
+                    throw ClientError("\(recipe.path) changed while it was being pushed (it is shorter now)")
+                }
+                guard SHA256.hash(UnsafeRawBufferPointer(chunk)) == c.hash else {
+                    throw ClientError("\(recipe.path) changed while it was being pushed (bytes at offset \(offsets[i]) differ)")
+                }
+                try codec.append(UnsafeRawBufferPointer(chunk), hash: c.hash, elementWidth: Int(recipe.widths[i]), to: &out)
+            }
+        }
+        return out
+    }
+
+    // MARK: plain OCI
+
+    func pushWhole(_ file: ArtifactFile, _ request: PushRequest) async throws -> FileResult {
+        let stamp = try FileStamp(file.localPath)
+        progress.start(file: file.relativePath, phase: "hashing", total: stamp.size)
+        let progress = self.progress
+        let recipe = try LocalRecipe.compute(path: file.localPath, parameters: .v1) { progress.advance(Int64($0)) }
+        progress.start(file: file.relativePath, phase: "sending", total: recipe.size)
+        if try await connection.blobExists(request.repository, recipe.digest) {
+            progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) already there")
+            return FileResult(descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
+                              deduplicated: recipe.size, chunks: 0, sent: 0)
+        }
+        do {
+            try await connection.uploadBlob(request.repository, recipe.digest, body: .file(path: file.localPath, range: 0..<recipe.size))
+        } catch let e as ClientError where e.code == "DIGEST_INVALID" || e.code == "SIZE_INVALID" {
+            throw ClientError("\(file.localPath) changed while it was being pushed (\(e.message))")
+        }
+        guard try FileStamp(file.localPath) == recipe.stamp else {
+            throw ClientError("\(file.localPath) changed while it was being pushed")
+        }
+        progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) sent whole (standard OCI API)")
+        return FileResult(descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
+                          deduplicated: 0, chunks: 0, sent: 0)
+    }
+}

@@ -1,0 +1,186 @@
+import AsyncHTTPClient
+import DepotCore
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// What a registry announces under `GET /depot/v1/info` (absent on plain OCI registries).
+public struct ExtensionInfo: Sendable, Equatable {
+    public var chunkerVersion: String
+    public var minSize: Int, averageSize: Int, maxSize: Int
+    public var boundaries: [String]
+    public var maxHashesPerQuery: Int
+    public var maxHashesPerFetch: Int
+}
+
+/// One chunk of a recipe: its SHA-256 and length (offsets follow from the order).
+public struct ChunkRef: Sendable, Equatable {
+    public var hash: SHA256.Value
+    public var length: Int
+    public init(hash: SHA256.Value, length: Int) { self.hash = hash; self.length = length }
+}
+
+/// A manifest as fetched: its bytes, media type and digest.
+public struct FetchedManifest: Sendable {
+    public var bytes: [UInt8]
+    public var mediaType: String
+    public var digest: Digest
+}
+
+/// Typed calls of the OCI distribution API and Depot's `/depot/v1` extension.
+extension RegistryConnection {
+    static let manifestAccept = [MediaType.ociManifest, MediaType.ociIndex, MediaType.dockerManifest, MediaType.dockerManifestList].joined(separator: ", ")
+
+    /// The extension's parameters, or nil when the registry does not speak it.
+    public func extensionInfo() async throws -> ExtensionInfo? {
+        let r = try await send(.GET, "/depot/v1/info", accept: [200, 404, 405])
+        let body = try await collect(r, limit: 1 << 20)
+        guard r.status.code == 200 else { return nil }
+        guard let json = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+              let c = json["chunker"] as? [String: Any], let version = c["version"] as? String,
+              let minSize = c["min_size"] as? Int, let avg = c["average_size"] as? Int, let maxSize = c["max_size"] as? Int else {
+            throw ClientError("the registry's /depot/v1/info answer is malformed")
+        }
+        return ExtensionInfo(chunkerVersion: version, minSize: minSize, averageSize: avg, maxSize: maxSize,
+                             boundaries: c["boundaries"] as? [String] ?? [],
+                             maxHashesPerQuery: json["max_hashes_per_query"] as? Int ?? 4096,
+                             maxHashesPerFetch: json["max_hashes_per_fetch"] as? Int ?? 256)
+    }
+
+    public func blobExists(_ repo: String, _ digest: Digest) async throws -> Bool {
+        let r = try await send(.HEAD, "/v2/\(repo)/blobs/\(digest)", accept: [200, 404])
+        return r.status.code == 200
+    }
+
+    /// The hashes the registry lacks among `hashes`.
+    func missingChunks(_ repo: String, _ hashes: ArraySlice<SHA256.Value>) async throws -> [SHA256.Value] {
+        var body = [UInt8]()
+        body.reserveCapacity(hashes.count * 32)
+        for h in hashes { body.append(contentsOf: h.byteArray) }
+        let r = try await send(.POST, "/depot/v1/repositories/\(repo)/chunks/missing",
+                               headers: [("Content-Type", "application/octet-stream")], body: .bytes(body), accept: [200])
+        let answer = try await collect(r, limit: hashes.count * 32)
+        guard answer.count % 32 == 0 else { throw ClientError("malformed missing-chunks answer") }
+        return answer.withUnsafeBytes { p in
+            stride(from: 0, to: p.count, by: 32).map { SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[$0..<($0 + 32)])) }
+        }
+    }
+
+    func uploadChunkRecords(_ repo: String, _ records: [UInt8]) async throws {
+        let r = try await send(.POST, "/depot/v1/repositories/\(repo)/chunks",
+                               headers: [("Content-Type", "application/octet-stream")], body: .bytes(records), accept: [201])
+        _ = try await collect(r, limit: 1 << 16)
+    }
+
+    func commitRecipe(_ repo: String, _ digest: Digest, chunks: [ChunkRef], chunker: String) async throws {
+        var body = [UInt8]()
+        body.reserveCapacity(chunks.count * 36)
+        for c in chunks {
+            body.append(contentsOf: c.hash.byteArray)
+            withUnsafeBytes(of: UInt32(c.length).littleEndian) { body.append(contentsOf: $0) }
+        }
+        let r = try await send(.PUT, "/depot/v1/repositories/\(repo)/blobs/\(digest)/recipe",
+                               headers: [("Content-Type", "application/octet-stream"), ("Depot-Chunker", chunker)],
+                               body: .bytes(body), accept: [201])
+        _ = try await collect(r, limit: 1 << 16)
+    }
+
+    func recipe(_ repo: String, _ digest: Digest) async throws -> [ChunkRef] {
+        let r = try await send(.GET, "/depot/v1/repositories/\(repo)/blobs/\(digest)/recipe", accept: [200])
+        let body = try await collect(r, limit: 256 << 20)
+        guard body.count % 36 == 0 else { throw ClientError("malformed recipe for \(digest)") }
+        return body.withUnsafeBytes { p in
+            stride(from: 0, to: p.count, by: 36).map {
+                ChunkRef(hash: SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[$0..<($0 + 32)])),
+                         length: Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: $0 + 32, as: UInt32.self))))
+            }
+        }
+    }
+
+    /// Starts fetching chunk records of a blob; the caller streams the body.
+    func fetchChunks(_ repo: String, _ digest: Digest, _ hashes: [SHA256.Value]) async throws -> HTTPClientResponse {
+        var body = [UInt8]()
+        for h in hashes { body.append(contentsOf: h.byteArray) }
+        return try await send(.POST, "/depot/v1/repositories/\(repo)/blobs/\(digest)/chunks",
+                              headers: [("Content-Type", "application/octet-stream")], body: .bytes(body), accept: [200])
+    }
+
+    /// Uploads a blob through the standard OCI API (POST, then PUT with the whole body).
+    func uploadBlob(_ repo: String, _ digest: Digest, body: Body) async throws {
+        let start = try await send(.POST, "/v2/\(repo)/blobs/uploads/", accept: [202])
+        _ = try await collect(start, limit: 1 << 16)
+        guard let location = start.headers.first(name: "Location") else {
+            throw ClientError("the registry started an upload without a Location")
+        }
+        let separator = location.contains("?") ? "&" : "?"
+        let r = try await send(.PUT, location + separator + "digest=\(digest)",
+                               headers: [("Content-Type", "application/octet-stream"), ("Content-Length", String(body.length))],
+                               body: body, accept: [201])
+        _ = try await collect(r, limit: 1 << 16)
+    }
+
+    public func manifest(_ repo: String, _ reference: String) async throws -> FetchedManifest {
+        let r = try await send(.GET, "/v2/\(repo)/manifests/\(reference)", headers: [("Accept", Self.manifestAccept)], accept: [200])
+        let bytes = try await collect(r, limit: 4 << 20)
+        let digest = Digest.of(bytes)
+        if reference.hasPrefix("sha256:"), reference != digest.description {
+            throw ClientError("manifest \(reference) arrived with digest \(digest): refusing it")
+        }
+        let type = r.headers.first(name: "Content-Type").map { String($0.split(separator: ";")[0]) } ?? MediaType.ociManifest
+        return FetchedManifest(bytes: bytes, mediaType: type, digest: digest)
+    }
+
+    @discardableResult
+    public func putManifest(_ repo: String, _ reference: String, bytes: [UInt8], mediaType: String) async throws -> Digest {
+        let r = try await send(.PUT, "/v2/\(repo)/manifests/\(reference)", headers: [("Content-Type", mediaType)],
+                               body: .bytes(bytes), accept: [201])
+        _ = try await collect(r, limit: 1 << 16)
+        return Digest.of(bytes)
+    }
+
+    /// GETs a blob from `offset` on; the caller streams the body.
+    func blob(_ repo: String, _ digest: Digest, from offset: Int64) async throws -> HTTPClientResponse {
+        let headers = offset > 0 ? [("Range", "bytes=\(offset)-")] : []
+        return try await send(.GET, "/v2/\(repo)/blobs/\(digest)", headers: headers, accept: offset > 0 ? [206] : [200])
+    }
+
+    /// Small blobs (configs) in one piece.
+    func smallBlob(_ repo: String, _ digest: Digest, limit: Int = 4 << 20) async throws -> [UInt8] {
+        let r = try await blob(repo, digest, from: 0)
+        let bytes = try await collect(r, limit: limit)
+        guard Digest.of(bytes) == digest else { throw ClientError("blob \(digest) arrived with different content") }
+        return bytes
+    }
+
+    public func tags(_ repo: String) async throws -> [String] {
+        try await paged("/v2/\(repo)/tags/list?n=1000", key: "tags")
+    }
+
+    public func repositories() async throws -> [String] {
+        try await paged("/v2/_catalog?n=1000", key: "repositories")
+    }
+
+    private func paged(_ first: String, key: String) async throws -> [String] {
+        var out: [String] = []
+        var next: String? = first
+        while let path = next {
+            let r = try await send(.GET, path, accept: [200])
+            let body = try await collect(r, limit: 16 << 20)
+            let json = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
+            out += json?[key] as? [String] ?? []
+            next = nil
+            if let link = r.headers.first(name: "Link"), let open = link.firstIndex(of: "<"), let close = link.firstIndex(of: ">") {
+                next = String(link[link.index(after: open)..<close])
+            }
+        }
+        return out
+    }
+
+    /// Extracted format metadata of a manifest (Depot registries only).
+    public func metadata(_ repo: String, _ digest: Digest) async throws -> [String: Any]? {
+        let r = try await send(.GET, "/depot/v1/repositories/\(repo)/manifests/\(digest)/metadata", accept: [200, 404, 501])
+        let body = try await collect(r, limit: 16 << 20)
+        guard r.status.code == 200 else { return nil }
+        return try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
+    }
+}

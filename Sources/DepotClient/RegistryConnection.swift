@@ -1,0 +1,214 @@
+import AsyncHTTPClient
+import DepotCore
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// A failed client operation, with a one-line message for the user.
+public struct ClientError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    /// The registry's error code (e.g. `BLOB_UNKNOWN`), when it answered with one.
+    public var code: String?
+    public var status: Int?
+    public init(_ message: String, code: String? = nil, status: Int? = nil) {
+        self.message = message; self.code = code; self.status = status
+    }
+    public var description: String { message }
+}
+
+/// Payload bytes moved over the wire (request and response bodies), for `--json` summaries.
+public final class TransferCounters: Sendable {
+    private let state = Locked((sent: Int64(0), received: Int64(0)))
+    public init() {}
+    public var sent: Int64 { state.withLock { $0.sent } }
+    public var received: Int64 { state.withLock { $0.received } }
+    func add(sent n: Int) { state.withLock { $0.sent += Int64(n) } }
+    func add(received n: Int) { state.withLock { $0.received += Int64(n) } }
+}
+
+/// One registry endpoint: base URL, bearer token, an HTTP client with pooled connections,
+/// retries with exponential backoff on transient failures (connection errors, 5xx, 429).
+public final class RegistryConnection: Sendable {
+    public let baseURL: String
+    let token: String?
+    let http: HTTPClient
+    public let counters = TransferCounters()
+    /// Attempts per request for transient failures.
+    public let attempts: Int
+
+    public init(url: String, token: String?, attempts: Int = 5) throws {
+        var base = url
+        while base.hasSuffix("/") { base.removeLast() }
+        if !base.contains("://") { base = "http://" + base }
+        guard let parsed = URL(string: base), let scheme = parsed.scheme, ["http", "https"].contains(scheme), parsed.host != nil else {
+            throw ClientError("registry URL '\(url)' is not an http(s) URL")
+        }
+        baseURL = base
+        self.token = token
+        self.attempts = max(1, attempts)
+        var config = HTTPClient.Configuration()
+        config.timeout = .init(connect: .seconds(10), read: .seconds(300))
+        config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 16)
+        config.decompression = .disabled
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+    }
+
+    public func shutdown() async {
+        try? await http.shutdown()
+    }
+
+    /// A request body, rebuilt for each attempt.
+    enum Body: Sendable {
+        case none
+        case bytes([UInt8])
+        case buffer(ByteBuffer)
+        /// A byte range of a local file, streamed.
+        case file(path: String, range: Range<Int64>)
+
+        var length: Int64 {
+            switch self {
+            case .none: return 0
+            case .bytes(let b): return Int64(b.count)
+            case .buffer(let b): return Int64(b.readableBytes)
+            case .file(_, let r): return r.upperBound - r.lowerBound
+            }
+        }
+    }
+
+    func url(_ path: String) -> String {
+        path.hasPrefix("http://") || path.hasPrefix("https://") ? path : baseURL + path
+    }
+
+    /// Sends a request, retrying transient failures. Returns the response when its status is
+    /// in `accept`; otherwise throws a `ClientError` built from the registry's error body.
+    func send(_ method: HTTPMethod, _ path: String, headers: [(String, String)] = [], body: Body = .none,
+              accept: Set<Int>, timeout: TimeAmount = .hours(2)) async throws -> HTTPClientResponse {
+        var delay = 0.2
+        var attempt = 1
+        while true {
+            var request = HTTPClientRequest(url: url(path))
+            request.method = method
+            for (name, value) in headers { request.headers.add(name: name, value: value) }
+            if let token { request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(token)") }
+            switch body {
+            case .none: break
+            case .bytes(let b): request.body = .bytes(b)
+            case .buffer(let b): request.body = .bytes(b)
+            case .file(let path, let range):
+                request.body = .stream(FileChunks(path: path, range: range, counters: counters), length: .known(range.upperBound - range.lowerBound))
+            }
+            let response: HTTPClientResponse
+            do {
+                response = try await http.execute(request, timeout: timeout)
+                if case .file = body {} else { counters.add(sent: Int(body.length)) }
+            } catch {
+                if attempt < attempts, Self.isTransient(error) {
+                    try await backoff(&delay, &attempt)
+                    continue
+                }
+                throw ClientError("cannot reach the registry at \(baseURL): \(Self.describe(error))")
+            }
+            let status = Int(response.status.code)
+            if accept.contains(status) { return response }
+            let text = try? await collect(response, limit: 64 << 10)
+            if attempt < attempts, status == 429 || (status >= 500 && status != 501 && status != 505 && status != 507) {
+                try await backoff(&delay, &attempt)
+                continue
+            }
+            throw Self.error(status: status, body: text ?? [], method: method, path: path)
+        }
+    }
+
+    private func backoff(_ delay: inout Double, _ attempt: inout Int) async throws {
+        let jitter = Double.random(in: 0.8...1.2)
+        try await Task.sleep(nanoseconds: UInt64(delay * jitter * 1e9))
+        delay = min(delay * 2, 10)
+        attempt += 1
+    }
+
+    /// Reads a whole (small) response body.
+    func collect(_ response: HTTPClientResponse, limit: Int) async throws -> [UInt8] {
+        var out: [UInt8] = []
+        for try await part in response.body {
+            counters.add(received: part.readableBytes)
+            guard out.count + part.readableBytes <= limit else {
+                throw ClientError("the registry's answer exceeds \(limit) bytes")
+            }
+            out.append(contentsOf: part.readableBytesView)
+        }
+        return out
+    }
+
+    static func isTransient(_ error: any Error) -> Bool {
+        if error is CancellationError { return false }
+        if let e = error as? HTTPClientError {
+            return e != .invalidURL && e != .emptyHost && e != .cancelled
+        }
+        return true   // connection refused/reset, timeouts, TLS and other channel errors
+    }
+
+    static func describe(_ error: any Error) -> String {
+        let text = "\(error)"
+        if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused" }
+        if text.contains("connectTimeout") { return "connection timed out" }
+        if text.contains("readTimeout") || text.contains("deadlineExceeded") { return "no answer in time" }
+        return text
+    }
+
+    /// A `ClientError` from an OCI error body (`{"errors":[{"code","message"}]}`) or the status.
+    static func error(status: Int, body: [UInt8], method: HTTPMethod, path: String) -> ClientError {
+        var code: String?, message: String?
+        if let json = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+           let errors = json["errors"] as? [[String: Any]], let first = errors.first {
+            code = first["code"] as? String
+            message = first["message"] as? String
+        }
+        let what: String
+        switch status {
+        case 401: what = "the registry refused the credentials (DEPOT_TOKEN)"
+        case 403: what = "access denied"
+        default: what = message ?? (String(decoding: body.prefix(200), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        let codeText = code.map { " \($0)" } ?? ""
+        return ClientError("\(method) \(path): \(status)\(codeText): \(what)", code: code, status: status)
+    }
+}
+
+/// Streams a byte range of a file as request body parts of up to 1 MiB.
+struct FileChunks: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    let path: String
+    let range: Range<Int64>
+    let counters: TransferCounters
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let file: PosixFile?
+        var position: Int64
+        let end: Int64
+        let counters: TransferCounters
+        var error: (any Error)?
+
+        mutating func next() async throws -> ByteBuffer? {
+            if let error { throw error }
+            guard position < end, let file else { return nil }
+            let n = Int(Swift.min(end - position, 1 << 20))
+            var buffer = ByteBufferAllocator().buffer(capacity: n)
+            let at = position
+            try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: n) { p in
+                try file.read(into: UnsafeMutableRawBufferPointer(rebasing: p[0..<n]), at: at)
+                return n
+            }
+            position += Int64(n)
+            counters.add(sent: n)
+            return buffer
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator {
+        do {
+            return AsyncIterator(file: try PosixFile(path: path, mode: .read), position: range.lowerBound, end: range.upperBound, counters: counters)
+        } catch {
+            return AsyncIterator(file: nil, position: 0, end: 0, counters: counters, error: error)
+        }
+    }
+}

@@ -1,0 +1,186 @@
+import ArgumentParser
+import DepotClient
+import DepotCore
+import Foundation
+
+/// Where the registry is and how to authenticate, shared by the client commands.
+struct RegistryOptions: ParsableArguments {
+    @Option(help: "Registry URL (default: $DEPOT_REGISTRY, else http://127.0.0.1:5000). Token from $DEPOT_TOKEN.")
+    var registry: String?
+
+    func connect() throws -> RegistryConnection {
+        let env = ProcessInfo.processInfo.environment
+        let url = registry ?? env["DEPOT_REGISTRY"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:5000"
+        let token = env["DEPOT_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+        return try RegistryConnection(url: url, token: token)
+    }
+}
+
+/// `REPO:TAG` or `REPO@sha256:...`.
+struct ArtifactReference: ExpressibleByArgument, CustomStringConvertible {
+    var repository: String
+    var reference: String
+    var isDigest: Bool { reference.hasPrefix("sha256:") }
+
+    init?(argument: String) {
+        if let at = argument.firstIndex(of: "@") {
+            repository = String(argument[..<at]); reference = String(argument[argument.index(after: at)...])
+            guard (try? Digest(parsing: reference)) != nil else { return nil }
+        } else if let colon = argument.lastIndex(of: ":") {
+            repository = String(argument[..<colon]); reference = String(argument[argument.index(after: colon)...])
+            guard Reference.isValidTag(reference) else { return nil }
+        } else {
+            return nil
+        }
+        guard (try? RepositoryName(repository)) != nil else { return nil }
+    }
+
+    var description: String { isDigest ? "\(repository)@\(reference)" : "\(repository):\(reference)" }
+}
+
+/// Runs a client command: one clear line and exit status 1 on failure; always closes the connection.
+func runClient(_ registry: RegistryOptions, _ body: (RegistryConnection) async throws -> Void) async {
+    let connection: RegistryConnection
+    do { connection = try registry.connect() } catch { fail("\(error)") }
+    do {
+        try await body(connection)
+        await connection.shutdown()
+    } catch {
+        await connection.shutdown()
+        fail("\(error)")
+    }
+}
+
+func keyValues(_ items: [String], flag: String) throws -> [(String, String)] {
+    try items.map { item in
+        guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
+            throw ValidationError("\(flag) takes key=value, got '\(item)'")
+        }
+        return (String(item[..<eq]), String(item[item.index(after: eq)...]))
+    }
+}
+
+struct Push: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Push files or a directory as one model artifact (only the chunks the registry lacks move).")
+    @Argument(help: "REPO:TAG") var target: ArtifactReference
+    @Argument(help: "Files or directories (a directory keeps its layout, e.g. a Triton model directory).") var paths: [String]
+    @OptionGroup var registry: RegistryOptions
+    @Option(help: "Parent artifact (REPO:TAG or REPO@DIGEST), recorded as lineage.") var from: ArtifactReference?
+    @Option(help: "How this artifact derives from --from: \(LineageAnnotation.relations.sorted().joined(separator: ", ")).") var relation: String?
+    @Option(help: "Training or pipeline run id.") var run: String?
+    @Option(help: "Dataset URI.") var dataset: String?
+    @Option(help: "Source commit.") var commit: String?
+    @Option(help: "A metric, key=value (repeatable).") var metric: [String] = []
+    @Option(help: "An annotation, key=value (repeatable).") var annotation: [String] = []
+    @Option(help: "Target platform of a TensorRT plan, e.g. sm_90,trt10.3.") var platform: String?
+    @Option(help: "Concurrent chunk batches.") var jobs = 4
+    @Flag(help: "Use only the standard OCI API (whole blobs).") var plainOci = false
+    @Flag(help: "Print a JSON summary on stdout.") var json = false
+    @Flag(help: "No progress output.") var quiet = false
+
+    func validate() throws {
+        guard !target.isDigest else { throw ValidationError("push needs REPO:TAG, not a digest") }
+        if let relation, !LineageAnnotation.relations.contains(relation) {
+            throw ValidationError("unknown --relation '\(relation)'; one of \(LineageAnnotation.relations.sorted().joined(separator: ", "))")
+        }
+        if relation != nil && from == nil { throw ValidationError("--relation needs --from") }
+        guard jobs >= 1 && jobs <= 64 else { throw ValidationError("--jobs must be 1...64") }
+        _ = try keyValues(metric, flag: "--metric")
+        _ = try keyValues(annotation, flag: "--annotation")
+    }
+
+    func run() async throws {
+        await runClient(registry) { connection in
+            var request = PushRequest(repository: target.repository, tag: target.reference, paths: paths)
+            request.jobs = jobs
+            request.plainOCI = plainOci
+            for (k, v) in try keyValues(annotation, flag: "--annotation") { request.annotations[k] = v }
+            for (k, v) in try keyValues(metric, flag: "--metric") { request.annotations[LineageAnnotation.metricPrefix + k] = v }
+            if let from {
+                let digest = from.isDigest ? from.reference : try await connection.manifest(from.repository, from.reference).digest.description
+                request.annotations[LineageAnnotation.from] = "\(from.repository)@\(digest)"
+                request.annotations[LineageAnnotation.relation] = relation ?? "derived-from"
+            }
+            if let run { request.annotations[LineageAnnotation.run] = run }
+            if let dataset { request.annotations[LineageAnnotation.dataset] = dataset }
+            if let commit { request.annotations[LineageAnnotation.commit] = commit }
+            if let platform { request.annotations[LineageAnnotation.platform] = platform }
+            let progress = TransferProgress(style: TransferProgress.automatic(quiet: quiet || json), verb: "push", wire: connection.counters)
+            let summary = try await Pusher(connection: connection, progress: progress).push(request)
+            if json { printJSON(summary) } else if !quiet {
+                FileHandleOutput.stderr("pushed \(summary.reference) \(summary.digest): \(TransferProgress.bytes(summary.logicalBytes)) in \(summary.files) file(s), sent \(TransferProgress.bytes(summary.bytesSent)) (\(summary.mode))\n")
+                print(summary.digest)
+            }
+        }
+    }
+}
+
+struct Pull: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Pull an artifact's files into a directory (only chunks missing from the local cache move).")
+    @Argument(help: "REPO:TAG or REPO@sha256:...") var source: ArtifactReference
+    @Option(name: .shortAndLong, help: "Output directory.") var output: String = "."
+    @Option(help: "Pull only this file of the artifact (repeatable).") var file: [String] = []
+    @OptionGroup var registry: RegistryOptions
+    @Option(help: "Chunk cache directory (default: $DEPOT_CACHE, $XDG_CACHE_HOME/depot or ~/.cache/depot).") var cache: String?
+    @Option(help: "Chunk cache bound in GiB (least recently used chunks are removed after a pull).") var cacheGib: Double = 20
+    @Option(help: "Concurrent chunk batches.") var jobs = 4
+    @Flag(help: "Use only the standard OCI API (whole blobs).") var plainOci = false
+    @Flag(help: "Print a JSON summary on stdout.") var json = false
+    @Flag(help: "No progress output.") var quiet = false
+
+    func validate() throws {
+        guard jobs >= 1 && jobs <= 64 else { throw ValidationError("--jobs must be 1...64") }
+        guard cacheGib >= 0 else { throw ValidationError("--cache-gib must be >= 0") }
+    }
+
+    func run() async throws {
+        await runClient(registry) { connection in
+            let chunkCache = try ChunkCache(root: cache ?? ChunkCache.defaultRoot, maxBytes: Int64(cacheGib * 1_073_741_824))
+            var request = PullRequest(repository: source.repository, reference: source.reference, outputDirectory: output)
+            request.files = file
+            request.jobs = jobs
+            request.plainOCI = plainOci
+            let progress = TransferProgress(style: TransferProgress.automatic(quiet: quiet || json), verb: "pull", wire: connection.counters)
+            let summary = try await Puller(connection: connection, progress: progress, cache: chunkCache).pull(request)
+            if json { printJSON(summary) } else if !quiet {
+                FileHandleOutput.stderr("pulled \(summary.reference) \(summary.digest) into \(output): \(TransferProgress.bytes(summary.logicalBytes)) in \(summary.files) file(s), received \(TransferProgress.bytes(summary.bytesReceived)) (\(summary.mode))\n")
+            }
+        }
+    }
+}
+
+struct Tag: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Point a new tag at an existing artifact.")
+    @Argument(help: "REPO:TAG or REPO@DIGEST") var source: ArtifactReference
+    @Argument(help: "The new tag (in the same repository).") var tag: String
+    @OptionGroup var registry: RegistryOptions
+
+    func validate() throws {
+        guard Reference.isValidTag(tag) else { throw ValidationError("'\(tag)' is not a valid tag") }
+    }
+
+    func run() async throws {
+        await runClient(registry) { connection in
+            let m = try await connection.manifest(source.repository, source.reference)
+            try await connection.putManifest(source.repository, tag, bytes: m.bytes, mediaType: m.mediaType)
+            print("\(source.repository):\(tag) -> \(m.digest)")
+        }
+    }
+}
+
+struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List repositories, or the tags of one.")
+    @Argument(help: "A repository (omit to list repositories).") var repository: String?
+    @OptionGroup var registry: RegistryOptions
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func run() async throws {
+        await runClient(registry) { connection in
+            let items: [String]
+            if let repository { items = try await connection.tags(repository) } else { items = try await connection.repositories() }
+            if json { printJSON(items) } else { for i in items { print(i) } }
+        }
+    }
+}
