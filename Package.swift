@@ -64,10 +64,11 @@ let package = Package(
         ),
 
         .testTarget(name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport"]),
+        .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotCore"]),
         .testTarget(
             name: "DepotServerTests",
             dependencies: [
-                "DepotServer", "DepotRegistry", "DepotStore", "DepotCore",
+                "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotClient",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),

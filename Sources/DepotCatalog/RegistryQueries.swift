@@ -184,4 +184,14 @@ extension SQLiteConnection {
         }
         return out
     }
+
+    // MARK: format metadata
+
+    public func manifestMetadata(_ digest: Digest) throws -> String? {
+        try first("SELECT json FROM manifest_metadata WHERE digest = ?", .hash(digest.bytes)) { $0.text(0) }
+    }
+
+    public func setManifestMetadata(_ digest: Digest, json: String) throws {
+        try run("INSERT OR REPLACE INTO manifest_metadata(digest, json) VALUES(?, ?)", .hash(digest.bytes), .text(json))
+    }
 }

@@ -97,6 +97,13 @@ enum Schema {
         );
         CREATE INDEX tag_journal_by_tag ON tag_journal(repo_id, tag, id);
         """,
+        // 3: format metadata extracted from a manifest's files at push (JSON), by manifest digest.
+        """
+        CREATE TABLE manifest_metadata(
+            digest BLOB PRIMARY KEY,
+            json TEXT NOT NULL
+        );
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

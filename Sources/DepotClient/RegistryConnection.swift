@@ -49,6 +49,9 @@ public final class RegistryConnection: Sendable {
         var config = HTTPClient.Configuration()
         config.timeout = .init(connect: .seconds(10), read: .seconds(300))
         config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 16)
+        // Our own retry loop backs off and reports; the pool's silent retries until the connect
+        // timeout would turn "connection refused" into a minute of waiting.
+        config.connectionPool.retryConnectionEstablishment = false
         config.decompression = .disabled
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
     }

@@ -91,6 +91,8 @@ public final class Registry: Sendable {
         if let a = parsed.annotations, !a.isEmpty, let data = try? JSONSerialization.data(withJSONObject: a, options: [.sortedKeys]) {
             annotationsJSON = String(decoding: data, as: UTF8.self)
         }
+        let alreadyExtracted = try db.read { try $0.manifestMetadata(digest) } != nil
+        let metadata = alreadyExtracted ? nil : try extractMetadata(parsed)
         let record = ManifestRecord(digest: digest, mediaType: parsed.mediaType, artifactType: parsed.artifactType,
                                     subject: parsed.subject?.digest, annotationsJSON: annotationsJSON, content: bytes)
         try db.write { conn in
@@ -112,6 +114,7 @@ public final class Registry: Sendable {
                 }
             }
             try conn.putManifest(repo: repo, record, blobs: parsed.blobs.map(\.digest), children: parsed.manifests.map(\.digest), now: now)
+            if let metadata { try conn.setManifestMetadata(digest, json: metadata) }
             if case .tag(let tag) = reference {
                 try conn.setTag(repo: repo, tag, to: digest, actor: actor, reason: nil, now: now)
             }

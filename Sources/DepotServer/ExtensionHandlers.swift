@@ -79,7 +79,14 @@ extension OCIResponder {
     /// returns how many bytes it used, the rest waits for more. Leftover bytes at the end are an error.
     func streamBody(_ request: Request, what: String, _ consume: @escaping @Sendable (ByteBuffer, _ last: Bool) throws -> Int) async throws {
         var pending = ByteBuffer()
-        for try await part in request.body {
+        var iterator = request.body.makeAsyncIterator()
+        while true {
+            let next: ByteBuffer?
+            do { next = try await iterator.next() } catch {
+                // The client went away mid-body: its error, not the server's.
+                throw RegistryError(.blobUploadInvalid, "\(what) body ended early: \(error)", status: 400)
+            }
+            guard let part = next else { break }
             metrics.received(part.readableBytes)
             pending.writeImmutableBuffer(part)
             if pending.readableBytes >= 1 << 20 {
@@ -205,6 +212,8 @@ extension OCIResponder {
     }
 
     func getMetadata(_ name: RepositoryName, _ reference: Reference) async throws -> Response {
-        throw RegistryError(.unsupported, "metadata is not available yet", status: 501)
+        let registry = self.registry
+        let json = try await offload { try registry.metadata(name, reference) }
+        return Reply.bytes(json, contentType: "application/json")
     }
 }

@@ -1,0 +1,98 @@
+import DepotCore
+
+/// Detects the format of model artifact files and extracts their metadata, reading only
+/// headers and protobuf/pickle structure through a ByteSource (never whole weight files).
+public enum FormatInspector {
+    /// Largest config.pbtxt read into memory.
+    static let maxConfigSize: Int64 = 4 << 20
+
+    /// Detects the format of one artifact file from its relative path and its bytes, and extracts
+    /// metadata as a JSON-compatible dictionary that always has "format". Returns nil for files it
+    /// does not recognise; throws `DepotError.invalidArgument` for a recognised file that is
+    /// malformed or lies. `platform` is the push's platform string like "sm_90,trt10.3".
+    public static func inspect(path: String, source: any ByteSource, platform: String?) throws -> [String: Any]? {
+        let lower = path.lowercased()
+        let name = lower.split(separator: "/").last.map(String.init) ?? lower
+        let head = try source.read(at: 0, count: Int(min(source.size, 16)))
+
+        if name == "config.pbtxt" {
+            guard source.size <= maxConfigSize else {
+                throw DepotError.invalidArgument("\(path): config.pbtxt of \(source.size) bytes exceeds \(maxConfigSize)")
+            }
+            let text = String(decoding: try source.read(at: 0, count: Int(source.size)), as: UTF8.self)
+            var out = try Triton.check(config: text, files: nil)
+            out["format"] = "triton-config"
+            return out
+        }
+        if name.hasSuffix(".safetensors") || looksLikeSafetensors(head, source: source) {
+            return try safetensors(source)
+        }
+        if name.hasSuffix(".onnx") { return try ONNX.inspect(source) }
+        if name == "saved_model.pb" { return try TensorFlow.savedModel(source) }
+        if name == "saved_model.pbtxt" {
+            return ["format": "tensorflow-savedmodel", "encoding": "text", "size": Int(source.size)]
+        }
+        if name.hasSuffix(".plan") || name.hasSuffix(".engine") || TensorRT.hasMagic(head) {
+            return TensorRT.inspect(source, head: head, platform: platform)
+        }
+        let torchName = [".pt", ".pth", ".ckpt"].contains { name.hasSuffix($0) }
+        if try Zip.isZip(source) {
+            if let entries = try PyTorch.zipEntriesIfTorch(source) { return try PyTorch.inspect(source, zipEntries: entries) }
+            if torchName { throw DepotError.invalidArgument("\(path): ZIP archive without a data.pkl entry is not a PyTorch checkpoint") }
+        } else if PyTorch.isPickle(head) {
+            return try PyTorch.inspect(source, zipEntries: nil)
+        } else if torchName {
+            throw DepotError.invalidArgument("\(path): neither a ZIP archive nor a pickle (not a PyTorch checkpoint)")
+        }
+        if name.hasSuffix(".pb") { return TensorFlow.graphDef(source) }
+        return nil
+    }
+
+    /// Checks a Triton model directory: `config` is its top-level config.pbtxt, `files` every
+    /// relative path of the artifact. Returns the config summary plus "versions" and "problems";
+    /// throws `DepotError.invalidArgument` (with line and column) when the config does not parse.
+    public static func triton(config: String, files: [String]) throws -> [String: Any] {
+        try Triton.check(config: config, files: files)
+    }
+
+    /// An 8-byte little-endian header length followed by '{'.
+    static func looksLikeSafetensors(_ head: [UInt8], source: any ByteSource) -> Bool {
+        guard head.count >= 9, head[8] == UInt8(ascii: "{") else { return false }
+        guard let n = head.withUnsafeBytes({ Safetensors.headerLength(UnsafeRawBufferPointer(rebasing: $0[0..<8])) }) else { return false }
+        return Int64(n) + 8 <= source.size
+    }
+
+    static func safetensors(_ source: any ByteSource) throws -> [String: Any] {
+        let head = try source.read(at: 0, count: 8)
+        guard head.count == 8, let n = head.withUnsafeBytes({ Safetensors.headerLength($0) }) else {
+            throw DepotError.invalidArgument("safetensors: invalid header length")
+        }
+        guard Int64(n) <= source.size - 8 else {
+            throw DepotError.invalidArgument("safetensors: header of \(n) bytes exceeds the \(source.size)-byte file")
+        }
+        let json = try source.read(at: 8, count: n)
+        guard json.count == n else { throw DepotError.invalidArgument("safetensors: header truncated") }
+        let (tensors, metadata) = try Safetensors.parseHeader(json, fileSize: source.size)
+        var parameters: Int64 = 0
+        var dtypes: [String: Int] = [:]
+        for t in tensors {
+            var count: Int64 = 1
+            for d in t.shape {
+                let (p, o) = count.multipliedReportingOverflow(by: Int64(d))
+                guard !o else { throw DepotError.invalidArgument("safetensors tensor '\(t.name)': shape \(t.shape) overflows") }
+                count = p
+            }
+            let (sum, o) = parameters.addingReportingOverflow(count)
+            guard !o else { throw DepotError.invalidArgument("safetensors: parameter count overflows") }
+            parameters = sum
+            dtypes[t.dtype, default: 0] += 1
+        }
+        let table: [[String: Any]] = tensors.prefix(10_000).map {
+            ["name": $0.name, "dtype": $0.dtype, "shape": $0.shape,
+             "offsets": [Int($0.range.lowerBound), Int($0.range.upperBound)]]
+        }
+        return ["format": "safetensors", "tensors": table, "tensor_count": tensors.count,
+                "parameters": Int(parameters), "dtypes": dtypes, "metadata": metadata,
+                "header_size": n, "data_start": 8 + n]
+    }
+}

@@ -1,0 +1,143 @@
+import DepotCore
+
+/// Walks the opcodes of a pickle (protocols 0-5) without executing it and collects every
+/// imported callable ("module.name") named by GLOBAL, INST and STACK_GLOBAL.
+enum Pickle {
+    /// Result of scanning one pickle: its imports (sorted, unique) and the offset after STOP.
+    struct Scan {
+        var imports: [String]
+        var end: Int64
+    }
+
+    /// Strings longer than this are skipped rather than tracked for STACK_GLOBAL.
+    private static let maxTracked = 1024
+
+    /// Python 2 module names that pickles written with protocol < 3 use for Python 3 modules.
+    static func normalizeModule(_ m: String) -> String {
+        switch m {
+        case "__builtin__": return "builtins"
+        case "copy_reg": return "copyreg"
+        default: return m
+        }
+    }
+
+    /// Scans one pickle starting at `start` (up to `end`) until its STOP opcode.
+    static func scan(_ source: any ByteSource, from start: Int64, to end: Int64, what: String) throws -> Scan {
+        let c = ByteCursor(source, what: what, start: start, end: end)
+        var imports = Set<String>()
+        // A short window of the most recent stack pushes: the string value, or nil for anything else.
+        var recent: [String?] = []
+        var memo: [Int: String] = [:]
+        var memoCount = 0
+        func push(_ s: String?) {
+            recent.append(s)
+            if recent.count > 64 { recent.removeFirst(32) }
+        }
+        func remember(_ index: Int) {
+            memoCount = max(memoCount, index &+ 1)
+            if let top = recent.last, let s = top {
+                if memo.count < 1 << 20 || memo[index] != nil { memo[index] = s }
+            } else {
+                memo[index] = nil
+            }
+        }
+        func string(_ n: UInt64, utf8: Bool = true) throws -> String? {
+            guard n <= UInt64(max(0, c.remaining)) else { throw c.truncated(Int64(clamping: n)) }
+            if n > UInt64(maxTracked) { try c.skip(Int64(n)); return nil }
+            let bytes = try c.readBytes(Int(n))
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        func line() throws -> String { String(decoding: try c.readLine(), as: UTF8.self) }
+        func addImport(_ module: String, _ name: String) {
+            let full = normalizeModule(module.trimmingSpaces) + "." + name.trimmingSpaces
+            if imports.count < 100_000 { imports.insert(full) }
+        }
+        func signed32() throws -> UInt64 {
+            let v = Int32(bitPattern: UInt32(try c.readUInt(4)))
+            guard v >= 0 else { throw c.fail("negative length \(v) at offset \(c.position - 4)") }
+            return UInt64(v)
+        }
+
+        while true {
+            let at = c.position
+            guard !c.atEnd else { throw c.fail("pickle ends at offset \(at) without a STOP opcode") }
+            let op = try c.readByte()
+            switch op {
+            case 0x2e: // STOP '.'
+                return Scan(imports: imports.sorted(), end: c.position)
+            // Zero-argument opcodes that push a non-string value.
+            case 0x4e, 0x29, 0x5d, 0x7d, 0x88, 0x89, 0x8f, // NONE EMPTY_TUPLE EMPTY_LIST EMPTY_DICT NEWTRUE NEWFALSE EMPTY_SET
+                 0x52, 0x62, 0x64, 0x65, 0x61, 0x6c, 0x6f, 0x73, 0x74, 0x75, // REDUCE BUILD DICT APPENDS APPEND LIST OBJ SETITEM TUPLE SETITEMS
+                 0x81, 0x85, 0x86, 0x87, 0x90, 0x91, 0x92, 0x51, 0x97, 0x98: // NEWOBJ TUPLE1-3 ADDITEMS FROZENSET NEWOBJ_EX BINPERSID NEXT_BUFFER READONLY_BUFFER
+                push(nil)
+            case 0x28: // MARK '('
+                break
+            case 0x30: // POP '0'
+                if !recent.isEmpty { recent.removeLast() }
+            case 0x31: // POP_MARK '1'
+                push(nil)
+            case 0x32: // DUP '2'
+                push(recent.last ?? nil)
+            case 0x49, 0x4c, 0x46, 0x50: // INT LONG FLOAT PERSID: newline-terminated argument
+                _ = try c.readLine(); push(nil)
+            case 0x53, 0x56: // STRING UNICODE: newline-terminated literal
+                var s = try line()
+                if op == 0x53, s.count >= 2, let f = s.first, f == "'" || f == "\"" { s = String(s.dropFirst().dropLast()) }
+                push(s.utf8.count <= maxTracked ? s : nil)
+            case 0x63, 0x69: // GLOBAL 'c', INST 'i': module and name lines
+                let module = try line(), name = try line()
+                addImport(module, name)
+                push(nil)
+            case 0x93: // STACK_GLOBAL
+                let name = recent.popLast() ?? nil
+                let module = recent.popLast() ?? nil
+                if let module, let name { addImport(module, name) } else { imports.insert("<unresolved STACK_GLOBAL>") }
+                push(nil)
+            case 0x70: // PUT 'p' line
+                if let i = Int(try line()) { remember(i) }
+            case 0x67: // GET 'g' line
+                let i = Int(try line()) ?? -1
+                push(memo[i])
+            case 0x71: remember(Int(try c.readByte())) // BINPUT
+            case 0x72: remember(Int(try c.readUInt(4))) // LONG_BINPUT
+            case 0x94: remember(memoCount) // MEMOIZE: index = current memo length
+            case 0x68: push(memo[Int(try c.readByte())]) // BINGET
+            case 0x6a: push(memo[Int(try c.readUInt(4))]) // LONG_BINGET
+            case 0x80: // PROTO
+                let v = try c.readByte()
+                guard v <= 5 else { throw c.fail("unsupported pickle protocol \(v) at offset \(at)") }
+            case 0x95: try c.skip(8) // FRAME: length only, contents follow inline
+            case 0x4a: try c.skip(4); push(nil) // BININT
+            case 0x4b: try c.skip(1); push(nil) // BININT1
+            case 0x4d: try c.skip(2); push(nil) // BININT2
+            case 0x47: try c.skip(8); push(nil) // BINFLOAT
+            case 0x82: try c.skip(1); push(nil) // EXT1
+            case 0x83: try c.skip(2); push(nil) // EXT2
+            case 0x84: try c.skip(4); push(nil) // EXT4
+            case 0x8a: try c.skip(Int64(try c.readByte())); push(nil) // LONG1
+            case 0x8b: try c.skip(Int64(try signed32())); push(nil) // LONG4
+            case 0x58: push(try string(try c.readUInt(4))) // BINUNICODE
+            case 0x8c: push(try string(UInt64(try c.readByte()))) // SHORT_BINUNICODE
+            case 0x8d: push(try string(try c.readUInt(8))) // BINUNICODE8
+            case 0x54: push(try string(try signed32())) // BINSTRING
+            case 0x55: push(try string(UInt64(try c.readByte()))) // SHORT_BINSTRING
+            case 0x42, 0x43, 0x8e, 0x96: // BINBYTES SHORT_BINBYTES BINBYTES8 BYTEARRAY8: skipped
+                let n: UInt64 = op == 0x42 ? try c.readUInt(4) : op == 0x43 ? UInt64(try c.readByte()) : try c.readUInt(8)
+                guard n <= UInt64(max(0, c.remaining)) else { throw c.truncated(Int64(clamping: n)) }
+                try c.skip(Int64(n))
+                push(nil)
+            default:
+                throw c.fail("unknown pickle opcode 0x\(String(op, radix: 16)) at offset \(at)")
+            }
+        }
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\r" || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\r" || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}

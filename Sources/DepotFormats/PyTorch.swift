@@ -1,0 +1,108 @@
+import DepotCore
+
+/// Inspects PyTorch checkpoints (torch.save ZIP archives and legacy raw pickles): lists the
+/// archive and reports every callable its pickles import, flagging those outside an allowlist.
+enum PyTorch {
+    /// Pickles larger than this are not scanned (reported in problems).
+    static let maxPickle: Int64 = 64 << 20
+
+    static let allowed: Set<String> = [
+        "collections.OrderedDict",
+        "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+        "torch._utils._rebuild_parameter_with_state", "torch._utils._rebuild_qtensor",
+        "torch._utils._rebuild_sparse_tensor", "torch._tensor._rebuild_from_type_v2",
+        "torch.Size", "torch.device", "torch.dtype", "torch.storage.UntypedStorage", "torch.storage._load_from_bytes",
+        "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype",
+        "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+        "builtins.set", "builtins.frozenset", "builtins.slice", "builtins.complex", "builtins.bytearray",
+        "_codecs.encode",
+    ]
+
+    static let torchDtypes: Set<String> = [
+        "float", "float16", "float32", "float64", "half", "double", "bfloat16", "complex32", "complex64", "complex128",
+        "cfloat", "cdouble", "chalf", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+        "short", "int", "long", "bool", "qint8", "quint8", "qint32", "quint4x2", "quint2x4",
+        "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+    ]
+
+    static let dangerousPrefixes = ["os.", "posix.", "nt.", "subprocess.", "runpy.", "socket.", "shutil.", "sys.",
+                                    "pty.", "webbrowser.", "importlib.", "pickle.", "marshal."]
+    static let dangerousNames: Set<String> = ["builtins.eval", "builtins.exec", "builtins.compile", "builtins.open",
+                                              "builtins.getattr", "builtins.__import__"]
+
+    static func isAllowed(_ name: String) -> Bool {
+        if allowed.contains(name) { return true }
+        guard name.hasPrefix("torch.") else { return false }
+        let rest = name.dropFirst(6)
+        guard !rest.contains(".") else { return false }
+        return rest.hasSuffix("Storage") || torchDtypes.contains(String(rest))
+    }
+
+    static func isDangerous(_ name: String) -> Bool {
+        dangerousNames.contains(name) || dangerousPrefixes.contains { name.hasPrefix($0) }
+    }
+
+    static func isPickle(_ head: [UInt8]) -> Bool {
+        head.count >= 2 && head[0] == 0x80 && (2...5).contains(head[1])
+    }
+
+    /// A torch ZIP archive: some entry is `data.pkl` or `<dir>/data.pkl`.
+    static func zipEntriesIfTorch(_ source: any ByteSource) throws -> [ZipEntry]? {
+        guard try Zip.isZip(source) else { return nil }
+        let entries = try Zip.entries(source)
+        return entries.contains { $0.name == "data.pkl" || $0.name.hasSuffix("/data.pkl") } ? entries : nil
+    }
+
+    static func inspect(_ source: any ByteSource, zipEntries: [ZipEntry]?) throws -> [String: Any] {
+        var out: [String: Any] = ["format": "pytorch"]
+        var pickles: [[String: Any]] = []
+        var problems: [String] = []
+        var all = Set<String>()
+
+        func record(_ entry: String, _ imports: [String]) {
+            all.formUnion(imports)
+            pickles.append(["entry": entry, "imports": imports, "unsafe_imports": imports.filter { !isAllowed($0) }])
+        }
+
+        if let entries = zipEntries {
+            out["container"] = "zip"
+            out["entry_count"] = entries.count
+            out["entries"] = entries.prefix(10_000).map { e -> [String: Any] in
+                ["name": e.name, "size": Int(e.size), "compressed_size": Int(e.compressedSize), "method": e.method]
+            }
+            for e in entries where e.name.hasSuffix(".pkl") {
+                if e.method != 0 { problems.append("\(e.name): unscanned (compressed)"); continue }
+                if e.compressedSize > maxPickle { problems.append("\(e.name): unscanned (\(e.compressedSize) bytes, over the \(maxPickle)-byte limit)"); continue }
+                let range = try Zip.dataRange(e, in: source)
+                let scan = try Pickle.scan(source, from: range.lowerBound, to: range.upperBound, what: "pickle '\(e.name)'")
+                record(e.name, scan.imports)
+            }
+        } else {
+            // Legacy torch.save: several pickles back to back (magic, version, sys info, object,
+            // storage keys), then raw storage bytes.
+            out["container"] = "pickle"
+            let end = min(source.size, maxPickle)
+            var position: Int64 = 0
+            var imports = Set<String>()
+            var count = 0
+            while position < end, count < 5 {
+                let head = try source.read(at: position, count: 2)
+                guard count == 0 || isPickle(head) else { break }
+                let scan = try Pickle.scan(source, from: position, to: end, what: "pickle")
+                imports.formUnion(scan.imports)
+                position = scan.end
+                count += 1
+            }
+            if source.size > maxPickle, position >= end { problems.append("pickle: scanned only the first \(maxPickle) bytes") }
+            record("", imports.sorted())
+        }
+        let unsafe = all.filter { !isAllowed($0) }.sorted()
+        out["pickles"] = pickles
+        out["imports"] = all.sorted()
+        out["unsafe"] = !unsafe.isEmpty
+        out["unsafe_imports"] = unsafe
+        out["dangerous_imports"] = unsafe.filter(isDangerous)
+        out["problems"] = problems
+        return out
+    }
+}

@@ -1,0 +1,91 @@
+import DepotCore
+
+/// Reads TensorFlow SavedModel (`saved_model.pb`) and frozen GraphDef (`*.pb`) protobufs,
+/// skipping graph payloads by length.
+enum TensorFlow {
+    /// SavedModel: schema version, meta graphs with their tags and TensorFlow version.
+    static func savedModel(_ source: any ByteSource) throws -> [String: Any] {
+        let r = ProtobufReader(source, what: "TensorFlow SavedModel")
+        var out: [String: Any] = ["format": "tensorflow-savedmodel"]
+        var metaGraphs: [[String: Any]] = []
+        var allTags: [String] = []
+        var count = 0
+        while let (n, w) = try r.nextField() {
+            switch n {
+            case 1: try r.expect(w, .varint, field: n); out["saved_model_schema_version"] = try r.readInt()
+            case 2:
+                try r.expect(w, .lengthDelimited, field: n)
+                count += 1
+                let mg: [String: Any] = try r.message {
+                    var mg: [String: Any] = [:]
+                    while let (n2, w2) = try r.nextField() {
+                        guard n2 == 1 else { try r.skip(w2); continue }
+                        try r.expect(w2, .lengthDelimited, field: n2)
+                        try r.message {
+                            var tags: [String] = []
+                            while let (n3, w3) = try r.nextField() {
+                                switch n3 {
+                                case 4: try r.expect(w3, .lengthDelimited, field: n3); if tags.count < 100 { tags.append(try r.readString()) } else { try r.skip(w3) }
+                                case 5: try r.expect(w3, .lengthDelimited, field: n3); mg["tensorflow_version"] = try r.readString()
+                                case 6: try r.expect(w3, .lengthDelimited, field: n3); mg["tensorflow_git_version"] = try r.readString()
+                                default: try r.skip(w3)
+                                }
+                            }
+                            mg["tags"] = tags
+                        }
+                    }
+                    return mg
+                }
+                if metaGraphs.count < 100 { metaGraphs.append(mg) }
+                for t in mg["tags"] as? [String] ?? [] where !allTags.contains(t) { allTags.append(t) }
+                if out["tensorflow_version"] == nil, let v = mg["tensorflow_version"] { out["tensorflow_version"] = v }
+            default:
+                try r.skip(w)
+            }
+        }
+        out["meta_graph_count"] = count
+        out["meta_graphs"] = metaGraphs
+        out["tags"] = allTags
+        return out
+    }
+
+    /// A frozen GraphDef, or nil when the bytes do not parse as one with nodes.
+    static func graphDef(_ source: any ByteSource) -> [String: Any]? {
+        let r = ProtobufReader(source, what: "TensorFlow GraphDef")
+        var nodes = 0
+        var ops: [String: Int] = [:]
+        var producer: Int?
+        do {
+            while let (n, w) = try r.nextField() {
+                switch n {
+                case 1:
+                    try r.expect(w, .lengthDelimited, field: n)
+                    nodes += 1
+                    let op: String = try r.message {
+                        var op = ""
+                        while let (n2, w2) = try r.nextField() {
+                            if n2 == 2 { try r.expect(w2, .lengthDelimited, field: n2); op = try r.readString() } else { try r.skip(w2) }
+                        }
+                        return op
+                    }
+                    if ops[op] != nil || ops.count < 10_000 { ops[op, default: 0] += 1 }
+                case 4:
+                    try r.expect(w, .lengthDelimited, field: n)
+                    try r.message {
+                        while let (n2, w2) = try r.nextField() {
+                            if n2 == 1 { try r.expect(w2, .varint, field: n2); producer = try r.readInt() } else { try r.skip(w2) }
+                        }
+                    }
+                case 2: try r.expect(w, .lengthDelimited, field: n); try r.skip(w)
+                default: try r.skip(w)
+                }
+            }
+        } catch {
+            return nil
+        }
+        guard nodes > 0, ops[""] == nil else { return nil }
+        var out: [String: Any] = ["format": "tensorflow-graphdef", "node_count": nodes, "op_types": topCounts(ops, 20)]
+        if let producer { out["producer"] = producer }
+        return out
+    }
+}

@@ -1,0 +1,179 @@
+import DepotCore
+
+/// A small parser for the protobuf text format (as in Triton's config.pbtxt). Produces a tree of
+/// `[String: Any]` messages; a field seen more than once, or written as a `[...]` list, becomes an
+/// array. Scalars are String (quoted strings and enum identifiers), Int, Double or Bool.
+struct TextProto {
+    private let s: [UInt8]
+    private var i = 0
+    private var depth = 0
+    private let what: String
+
+    static func parse(_ text: String, what: String = "config.pbtxt") throws -> [String: Any] {
+        var p = TextProto(s: Array(text.utf8), what: what)
+        let root = try p.fields(until: nil)
+        return root
+    }
+
+    private init(s: [UInt8], what: String) { self.s = s; self.what = what }
+
+    private func error(_ message: String, at index: Int? = nil) -> DepotError {
+        let at = min(index ?? i, s.count)
+        var line = 1, column = 1
+        for b in s[0..<at] { if b == 0x0a { line += 1; column = 1 } else { column += 1 } }
+        return DepotError.invalidArgument("\(what) line \(line), column \(column): \(message)")
+    }
+
+    /// Skips whitespace and `#` comments.
+    private mutating func space() {
+        while i < s.count {
+            let c = s[i]
+            if c == 0x20 || c == 0x09 || c == 0x0a || c == 0x0d { i += 1 } else if c == UInt8(ascii: "#") {
+                while i < s.count, s[i] != 0x0a { i += 1 }
+            } else { break }
+        }
+    }
+
+    private mutating func peek() -> UInt8? { space(); return i < s.count ? s[i] : nil }
+
+    private static func isIdent(_ c: UInt8, first: Bool) -> Bool {
+        (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x5f || (!first && ((c >= 0x30 && c <= 0x39) || c == 0x2e))
+    }
+
+    private mutating func identifier() throws -> String {
+        space()
+        let start = i
+        guard i < s.count, Self.isIdent(s[i], first: true) else {
+            throw error(i < s.count ? "expected a field name, found '\(Character(Unicode.Scalar(s[i])))'" : "expected a field name, found end of input")
+        }
+        while i < s.count, Self.isIdent(s[i], first: false) { i += 1 }
+        return String(decoding: s[start..<i], as: UTF8.self)
+    }
+
+    /// Fields up to `close` (or the end of input for the top level).
+    private mutating func fields(until close: UInt8?) throws -> [String: Any] {
+        depth += 1
+        defer { depth -= 1 }
+        guard depth < 100 else { throw error("messages nested too deeply") }
+        var out: [String: Any] = [:]
+        while true {
+            guard let c = peek() else {
+                if let close { throw error("expected '\(Character(Unicode.Scalar(close)))' before end of input") }
+                return out
+            }
+            if let close, c == close { i += 1; return out }
+            if c == UInt8(ascii: ",") || c == UInt8(ascii: ";") { i += 1; continue }
+            let name: String
+            if c == UInt8(ascii: "[") { // extension or Any type URL: [foo.bar]
+                let start = i
+                while i < s.count, s[i] != UInt8(ascii: "]") { i += 1 }
+                guard i < s.count else { throw error("unterminated '['", at: start) }
+                i += 1
+                name = String(decoding: s[start..<i], as: UTF8.self)
+            } else {
+                name = try identifier()
+            }
+            var colon = false
+            if peek() == UInt8(ascii: ":") { i += 1; colon = true }
+            let (value, isList) = try fieldValue(colon: colon, field: name)
+            if isList, let list = value as? [Any] {
+                var existing = (out[name].map { $0 as? [Any] ?? [$0] }) ?? []
+                existing.append(contentsOf: list)
+                out[name] = existing
+            } else if let old = out[name] {
+                out[name] = (old as? [Any] ?? [old]) + [value]
+            } else {
+                out[name] = value
+            }
+        }
+    }
+
+    /// A field's value; `isList` when it was written as `[...]`.
+    private mutating func fieldValue(colon: Bool, field: String) throws -> (Any, isList: Bool) {
+        guard let c = peek() else { throw error("expected a value for '\(field)', found end of input") }
+        if c == UInt8(ascii: "[") {
+            i += 1
+            var list: [Any] = []
+            while true {
+                guard let d = peek() else { throw error("unterminated list for '\(field)'") }
+                if d == UInt8(ascii: "]") { i += 1; break }
+                if !list.isEmpty {
+                    guard d == UInt8(ascii: ",") else { throw error("expected ',' or ']' in list for '\(field)'") }
+                    i += 1
+                }
+                list.append(try singleValue(field: field, colon: true))
+                guard list.count <= 1 << 20 else { throw error("list for '\(field)' is too long") }
+            }
+            return (list, true)
+        }
+        return (try singleValue(field: field, colon: colon), false)
+    }
+
+    private mutating func singleValue(field: String, colon: Bool) throws -> Any {
+        guard let c = peek() else { throw error("expected a value for '\(field)', found end of input") }
+        if c == UInt8(ascii: "{") || c == UInt8(ascii: "<") {
+            i += 1
+            return try fields(until: c == UInt8(ascii: "{") ? UInt8(ascii: "}") : UInt8(ascii: ">"))
+        }
+        guard colon else { throw error("expected ':' or '{' after '\(field)'") }
+        if c == UInt8(ascii: "\"") || c == UInt8(ascii: "'") {
+            var text = try quoted()
+            while let d = peek(), d == UInt8(ascii: "\"") || d == UInt8(ascii: "'") { text += try quoted() }
+            return text
+        }
+        let start = i
+        if c == UInt8(ascii: "-") || c == UInt8(ascii: "+") { i += 1 }
+        while i < s.count, Self.isIdent(s[i], first: false) || s[i] == UInt8(ascii: "-") || s[i] == UInt8(ascii: "+") { i += 1 }
+        let token = String(decoding: s[start..<i], as: UTF8.self)
+        guard !token.isEmpty else { throw error("expected a value for '\(field)', found '\(Character(Unicode.Scalar(c)))'") }
+        if let v = Int(token) { return v }
+        if token.hasPrefix("0x") || token.hasPrefix("0X"), let v = Int(token.dropFirst(2), radix: 16) { return v }
+        if let first = token.first, first.isNumber || first == "-" || first == "+" || first == "." {
+            let trimmed = token.hasSuffix("f") || token.hasSuffix("F") ? String(token.dropLast()) : token
+            if let v = Double(trimmed) { return v }
+            throw error("invalid number '\(token)' for '\(field)'", at: start)
+        }
+        switch token {
+        case "true", "True", "t": return true
+        case "false", "False", "f": return false
+        default: return token
+        }
+    }
+
+    private mutating func quoted() throws -> String {
+        let quote = s[i]
+        let start = i
+        i += 1
+        var bytes: [UInt8] = []
+        while true {
+            guard i < s.count, s[i] != 0x0a else { throw error("unterminated string", at: start) }
+            let c = s[i]
+            i += 1
+            if c == quote { break }
+            guard c == UInt8(ascii: "\\") else { bytes.append(c); continue }
+            guard i < s.count else { throw error("unterminated string", at: start) }
+            let e = s[i]
+            i += 1
+            switch e {
+            case UInt8(ascii: "n"): bytes.append(0x0a)
+            case UInt8(ascii: "t"): bytes.append(0x09)
+            case UInt8(ascii: "r"): bytes.append(0x0d)
+            case UInt8(ascii: "a"): bytes.append(0x07)
+            case UInt8(ascii: "b"): bytes.append(0x08)
+            case UInt8(ascii: "f"): bytes.append(0x0c)
+            case UInt8(ascii: "v"): bytes.append(0x0b)
+            case UInt8(ascii: "x"):
+                var v = 0, n = 0
+                while n < 2, i < s.count, let d = Int(String(Unicode.Scalar(s[i])), radix: 16) { v = v * 16 + d; i += 1; n += 1 }
+                guard n > 0 else { throw error("bad \\x escape", at: i - 2) }
+                bytes.append(UInt8(v))
+            case UInt8(ascii: "0")...UInt8(ascii: "7"):
+                var v = Int(e - 0x30), n = 1
+                while n < 3, i < s.count, s[i] >= 0x30, s[i] <= 0x37 { v = v * 8 + Int(s[i] - 0x30); i += 1; n += 1 }
+                bytes.append(UInt8(truncatingIfNeeded: v))
+            default: bytes.append(e) // \" \' \\ \? and unknown escapes keep the character
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -1,0 +1,247 @@
+@testable import DepotClient
+import DepotCore
+import DepotRegistry
+import DepotStore
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import Testing
+
+/// Fast deterministic bytes (splitmix64, eight bytes per step).
+func fastRandom(_ count: Int, seed: UInt64) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: count)
+    var s = seed
+    out.withUnsafeMutableBytes { p in
+        var i = 0
+        while i < count {
+            s &+= 0x9E37_79B9_7F4A_7C15
+            var z = s
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            withUnsafeBytes(of: z) { w in
+                let n = min(8, count - i)
+                p.baseAddress!.advanced(by: i).copyMemory(from: w.baseAddress!, byteCount: n)
+            }
+            i += 8
+        }
+    }
+    return out
+}
+
+/// A safetensors file of `tensors` F32 tensors of `tensorBytes` each; tensors in `changed`
+/// get different contents (a fine-tune of the last layers).
+func makeCheckpoint(_ path: String, tensors: Int, tensorBytes: Int, changed: Set<Int> = [], seed: UInt64 = 1) throws {
+    var entries: [String] = []
+    for i in 0..<tensors {
+        entries.append("\"layer.\(i).weight\":{\"dtype\":\"F32\",\"shape\":[\(tensorBytes / 4)],\"data_offsets\":[\(i * tensorBytes),\((i + 1) * tensorBytes)]}")
+    }
+    var header = Array(("{" + entries.joined(separator: ",") + "}").utf8)
+    while header.count % 8 != 0 { header.append(0x20) }
+    var bytes = [UInt8]()
+    withUnsafeBytes(of: UInt64(header.count).littleEndian) { bytes += $0 }
+    bytes += header
+    for i in 0..<tensors {
+        bytes += fastRandom(tensorBytes, seed: seed &* 1000 &+ UInt64(i) &+ (changed.contains(i) ? 7_777_777 : 0))
+    }
+    try Data(bytes).write(to: URL(fileURLWithPath: path))
+}
+
+func sameFile(_ a: String, _ b: String) -> Bool {
+    FileManager.default.contentsEqual(atPath: a, andPath: b)
+}
+
+func quietProgress(_ c: RegistryConnection, _ verb: String) -> TransferProgress {
+    TransferProgress(style: .quiet, verb: verb, wire: c.counters)
+}
+
+func push(_ port: Int, _ repo: String, _ tag: String, _ paths: [String], plain: Bool = false) async throws -> TransferSummary {
+    let c = try RegistryConnection(url: "http://127.0.0.1:\(port)", token: nil)
+    defer { Task { await c.shutdown() } }
+    var r = PushRequest(repository: repo, tag: tag, paths: paths)
+    r.plainOCI = plain
+    return try await Pusher(connection: c, progress: quietProgress(c, "push")).push(r)
+}
+
+func pull(_ port: Int, _ repo: String, _ ref: String, into dir: String, cache: String, files: [String] = [],
+          plain: Bool = false) async throws -> TransferSummary {
+    let c = try RegistryConnection(url: "http://127.0.0.1:\(port)", token: nil)
+    defer { Task { await c.shutdown() } }
+    var r = PullRequest(repository: repo, reference: ref, outputDirectory: dir)
+    r.files = files
+    r.plainOCI = plain
+    return try await Puller(connection: c, progress: quietProgress(c, "pull"), cache: try ChunkCache(root: cache, maxBytes: 1 << 30)).pull(r)
+}
+
+@Suite("Client push and pull")
+struct ClientTests {
+    @Test func aFineTunePushesAndPullsOnlyItsChangedLayers() async throws {
+        let dir = TempDir("depot-client")
+        let tensorBytes = 2 << 20
+        try makeCheckpoint(dir.path + "/v1.safetensors", tensors: 8, tensorBytes: tensorBytes)
+        try makeCheckpoint(dir.path + "/v2.safetensors", tensors: 8, tensorBytes: tensorBytes, changed: [6, 7])
+        let changed = Double(2 * tensorBytes)
+        try await withRegistry { _, registry, port in
+            let s1 = try await push(port, "team/llm", "v1", [dir.path + "/v1.safetensors"])
+            #expect(s1.mode == "chunked")
+            #expect(s1.bytesSent >= Int64(8 * tensorBytes))   // random weights: everything moves once
+            let s2 = try await push(port, "team/llm", "v2", [dir.path + "/v2.safetensors"])
+            #expect(Double(s2.bytesSent) <= 1.1 * changed, "v2 sent \(s2.bytesSent) bytes for \(Int(changed)) changed")
+            #expect(s2.deduplicatedBytes >= Int64(6 * tensorBytes))
+
+            let p1 = try await pull(port, "team/llm", "v1", into: dir.path + "/out1", cache: dir.path + "/cache")
+            #expect(sameFile(dir.path + "/out1/v1.safetensors", dir.path + "/v1.safetensors"))
+            #expect(p1.bytesReceived >= Int64(8 * tensorBytes))
+            let p2 = try await pull(port, "team/llm", "v2", into: dir.path + "/out2", cache: dir.path + "/cache")
+            #expect(sameFile(dir.path + "/out2/v2.safetensors", dir.path + "/v2.safetensors"))
+            #expect(Double(p2.bytesReceived) <= 1.1 * changed, "v2 pull received \(p2.bytesReceived) bytes")
+
+            // Pushing the same thing again moves nothing but the manifest.
+            let again = try await push(port, "team/llm", "v2", [dir.path + "/v2.safetensors"])
+            #expect(again.bytesSent < 8 << 10)
+            #expect(try registry.tags(try RepositoryName("team/llm"), after: nil, limit: 10) == ["v1", "v2"])
+        }
+    }
+
+    @Test func aDirectoryKeepsItsLayoutAndOneFileCanBePulled() async throws {
+        let dir = TempDir("depot-client")
+        let model = dir.path + "/resnet"
+        try FileManager.default.createDirectory(atPath: model + "/1", withIntermediateDirectories: true)
+        try "name: \"resnet\"\nplatform: \"onnxruntime_onnx\"\nmax_batch_size: 8\n".write(toFile: model + "/config.pbtxt", atomically: true, encoding: .utf8)
+        try Data(fastRandom(3 << 20, seed: 5)).write(to: URL(fileURLWithPath: model + "/1/model.onnx"))
+        try await withRegistry { _, registry, port in
+            let s = try await push(port, "vision/resnet", "v1", [model])
+            #expect(s.files == 2)
+            let m = try registry.manifest(try RepositoryName("vision/resnet"), .tag("v1"))
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(m.content)) as? [String: Any])
+            #expect(json["artifactType"] as? String == ModelMediaType.tritonBundle)
+            let paths = (json["layers"] as? [[String: Any]] ?? []).compactMap { ($0["annotations"] as? [String: String])?[ModelMediaType.filepath] }
+            #expect(Set(paths) == ["config.pbtxt", "1/model.onnx"])
+
+            _ = try await pull(port, "vision/resnet", "v1", into: dir.path + "/all", cache: dir.path + "/cache")
+            #expect(sameFile(dir.path + "/all/1/model.onnx", model + "/1/model.onnx"))
+            #expect(sameFile(dir.path + "/all/config.pbtxt", model + "/config.pbtxt"))
+            #expect(!FileManager.default.fileExists(atPath: dir.path + "/all/.depot-partial"))
+
+            _ = try await pull(port, "vision/resnet", "v1", into: dir.path + "/one", cache: dir.path + "/cache2", files: ["config.pbtxt"])
+            #expect(FileManager.default.fileExists(atPath: dir.path + "/one/config.pbtxt"))
+            #expect(!FileManager.default.fileExists(atPath: dir.path + "/one/1/model.onnx"))
+
+            await #expect(throws: ClientError.self) {
+                _ = try await pull(port, "vision/resnet", "v1", into: dir.path + "/none", cache: dir.path + "/cache2", files: ["nope.bin"])
+            }
+        }
+    }
+
+    @Test func aDamagedCacheEntryIsDetectedAndFetchedAgain() async throws {
+        let dir = TempDir("depot-client")
+        try Data(fastRandom(2 << 20, seed: 9)).write(to: URL(fileURLWithPath: dir.path + "/w.bin"))
+        try await withRegistry { _, _, port in
+            _ = try await push(port, "r/x", "v1", [dir.path + "/w.bin"])
+            _ = try await pull(port, "r/x", "v1", into: dir.path + "/a", cache: dir.path + "/cache")
+            // Flip one byte in every cached chunk.
+            let cacheFiles = try FileManager.default.subpathsOfDirectory(atPath: dir.path + "/cache/chunks").filter { $0.count > 10 }
+            #expect(!cacheFiles.isEmpty)
+            for f in cacheFiles {
+                let p = dir.path + "/cache/chunks/" + f
+                var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: p)))
+                bytes[bytes.count / 2] ^= 0xFF
+                try Data(bytes).write(to: URL(fileURLWithPath: p))
+            }
+            let s = try await pull(port, "r/x", "v1", into: dir.path + "/b", cache: dir.path + "/cache")
+            #expect(sameFile(dir.path + "/b/w.bin", dir.path + "/w.bin"))
+            #expect(s.bytesReceived >= 2 << 20)   // every damaged chunk came again
+        }
+    }
+
+    @Test func theServerVerifiesChunksAndRecipes() async throws {
+        try await withRegistry { client, _, port in
+            let c = try RegistryConnection(url: "http://127.0.0.1:\(port)", token: nil, attempts: 1)
+            defer { Task { await c.shutdown() } }
+            let chunk = fastRandom(100_000, seed: 3)
+            let hash = chunk.withUnsafeBytes { SHA256.hash($0) }
+            var record = [UInt8]()
+            try chunk.withUnsafeBytes { try ChunkRecordCodec().append($0, hash: hash, to: &record) }
+
+            // A record whose payload was altered in transit is refused.
+            var tampered = record
+            tampered[tampered.count - 10] ^= 1
+            let bad = try await client.req(.post, "/depot/v1/repositories/r/x/chunks", body: tampered)
+            #expect(bad.status.code == 400)
+            #expect(try await c.missingChunks("r/x", [hash][...]) == [hash])
+
+            try await c.uploadChunkRecords("r/x", record)
+            #expect(try await c.missingChunks("r/x", [hash][...]).isEmpty)
+
+            // A recipe must produce the digest it claims, and name only stored chunks.
+            let wrong = Digest.of([1, 2, 3])
+            await #expect(throws: ClientError.self) {
+                try await c.commitRecipe("r/x", wrong, chunks: [ChunkRef(hash: hash, length: chunk.count)], chunker: "test")
+            }
+            let unknown = SHA256.Value(a: 1, b: 2, c: 3, d: 4)
+            do {
+                try await c.commitRecipe("r/x", Digest.of(chunk), chunks: [ChunkRef(hash: unknown, length: 10)], chunker: "test")
+                Issue.record("a recipe naming an unknown chunk was accepted")
+            } catch let e as ClientError {
+                #expect(e.code == "CHUNK_UNKNOWN")
+            }
+            try await c.commitRecipe("r/x", Digest.of(chunk), chunks: [ChunkRef(hash: hash, length: chunk.count)], chunker: "test")
+            let blob = try await client.req(.get, "/v2/r/x/blobs/\(Digest.of(chunk))")
+            #expect(blob.bytes == chunk)
+            #expect(try await c.recipe("r/x", Digest.of(chunk)) == [ChunkRef(hash: hash, length: chunk.count)])
+
+            // Chunks are served only as part of a blob the repository can see.
+            let notThere = try await client.req(.post, "/depot/v1/repositories/other/repo/blobs/\(Digest.of(chunk))/chunks", body: hash.byteArray)
+            #expect(notThere.status.code == 404)
+            let foreign = try await client.req(.post, "/depot/v1/repositories/r/x/blobs/\(Digest.of(chunk))/chunks", body: unknown.byteArray)
+            #expect(foreign.errorCode == "CHUNK_UNKNOWN")
+        }
+    }
+
+    @Test func transitDamageIsCaughtByTheRecordCheck() throws {
+        let chunk = fastRandom(70_000, seed: 4)
+        let hash = chunk.withUnsafeBytes { SHA256.hash($0) }
+        let codec = ChunkRecordCodec()
+        var record = [UInt8]()
+        try chunk.withUnsafeBytes { try codec.append($0, hash: hash, to: &record) }
+        let header = try record.withUnsafeBytes { try ChunkRecords.header($0, maxChunk: 256 << 10) }
+        for position in [ChunkRecords.headerSize, record.count - 1] {
+            var damaged = record
+            damaged[position] ^= 0x40
+            #expect(throws: DepotError.self) {
+                try damaged.withUnsafeBytes { p in
+                    try codec.verify(header, payload: UnsafeRawBufferPointer(rebasing: p[ChunkRecords.headerSize...])) { _ in () }
+                }
+            }
+        }
+        var damagedHeader = record
+        damagedHeader[20] ^= 1
+        #expect(throws: DepotError.self) { try damagedHeader.withUnsafeBytes { _ = try ChunkRecords.header($0, maxChunk: 256 << 10) } }
+    }
+
+    @Test func badInputGivesOneClearError() async throws {
+        let dir = TempDir("depot-client")
+        // Nothing listens on this port.
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: dir.path + "/f.bin"))
+        let nobody = try RegistryConnection(url: "http://127.0.0.1:9", token: nil, attempts: 2)
+        do {
+            _ = try await Pusher(connection: nobody, progress: quietProgress(nobody, "push")).push(PushRequest(repository: "a/b", tag: "v1", paths: [dir.path + "/f.bin"]))
+            Issue.record("push to nowhere succeeded")
+        } catch let e as ClientError {
+            #expect(e.message.contains("cannot reach the registry"))
+        }
+        await nobody.shutdown()
+        #expect(throws: ClientError.self) { _ = try RegistryConnection(url: "ftp://x", token: nil) }
+        #expect(throws: ClientError.self) { _ = try ArtifactFiles.collect([dir.path + "/missing.bin"]) }
+        #expect(throws: ClientError.self) { _ = try ArtifactFiles.safeRelativePath("../../etc/passwd") }
+        #expect(throws: ClientError.self) { _ = try ArtifactFiles.safeRelativePath("/etc/passwd") }
+        try await withRegistry { _, _, port in
+            do {
+                _ = try await pull(port, "a/b", "nope", into: dir.path + "/o", cache: dir.path + "/c")
+                Issue.record("pull of a missing tag succeeded")
+            } catch let e as ClientError {
+                #expect(e.code == "MANIFEST_UNKNOWN" || e.code == "NAME_UNKNOWN")
+            }
+        }
+    }
+}
