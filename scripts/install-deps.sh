@@ -2,13 +2,14 @@
 # Installs what a fresh Debian 12 machine needs. Idempotent: skips what is already there.
 #   scripts/install-deps.sh          build dependencies (C libraries Depot links)
 #   scripts/install-deps.sh --test   also the real peers the tests run: skopeo, containerd,
-#                                    curl (Debian) and oras-py, requests (PyPI)
+#                                    docker-registry (CNCF distribution), curl (Debian) and
+#                                    oras-py, requests, onnx, numpy (PyPI)
 set -euo pipefail
 packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev)
 python_modules=()
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(skopeo containerd curl tar gzip python3-pip)
-  python_modules+=(oras requests)
+  packages+=(skopeo containerd docker-registry curl tar gzip python3-pip)
+  python_modules+=(oras requests onnx numpy)
 fi
 need=()
 for pkg in "${packages[@]}"; do

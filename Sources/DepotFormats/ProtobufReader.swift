@@ -84,24 +84,6 @@ struct ProtobufReader {
         return result
     }
 
-    /// Reads a repeated int64 field in packed (length-delimited) or unpacked (varint) form.
-    func readInt64s(_ wire: WireType, field: Int, into values: inout [Int64], max: Int = 1 << 16) throws {
-        switch wire {
-        case .varint:
-            let v = try readInt64()
-            if values.count < max { values.append(v) }
-        case .lengthDelimited:
-            try message {
-                while !cursor.atEnd {
-                    let v = try readInt64()
-                    if values.count < max { values.append(v) }
-                }
-            }
-        default:
-            throw cursor.fail("field \(field) has wire type \(wire.rawValue), expected a varint or packed varints")
-        }
-    }
-
     /// Reads a StringStringEntryProto (key = 1, value = 2).
     func readStringEntry() throws -> (key: String, value: String) {
         try message {

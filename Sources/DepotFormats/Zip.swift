@@ -67,6 +67,7 @@ enum Zip {
             throw bad("central directory [\(cdOffset), +\(cdSize)) lies outside the file (ends at \(directoryEnd))")
         }
         guard count <= cdSize / 46 + 1 else { throw bad("claims \(count) entries in a \(cdSize)-byte central directory") }
+        guard count <= 1_000_000 else { throw bad("\(count) entries is more than the 1000000 supported") }
 
         let c = ByteCursor(source, what: "ZIP central directory", start: Int64(cdOffset), end: Int64(cdOffset + cdSize))
         var entries: [ZipEntry] = []
