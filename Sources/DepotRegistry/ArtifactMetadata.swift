@@ -4,7 +4,6 @@ import DepotFormats
 import DepotStore
 import Foundation
 
-#if DEPOT_FORMATS_READY
 /// Random access to a stored blob for the format readers: each read maps onto the recipe.
 struct StoreByteSource: ByteSource {
     let store: ChunkStore
@@ -27,8 +26,8 @@ extension Registry {
     static let filePathKeys = ["org.cncf.model.filepath", "org.opencontainers.image.title"]
 
     /// Detects the format of every named file of an image manifest and extracts its metadata
-    /// (DepotFormats); a file that lies about its own structure (a safetensors header whose
-    /// offsets do not fit) rejects the manifest. Returns the JSON document, or nil when no
+    /// (DepotFormats). A safetensors file whose header lies (offsets that do not fit) rejects
+    /// the manifest; another file that does not parse as its name says gets an `error` entry. Returns the JSON document, or nil when no
     /// file was recognised. Blobs not stored yet are skipped (the manifest then fails anyway).
     func extractMetadata(_ parsed: ParsedManifest) throws -> String? {
         guard MediaType.imageManifests.contains(parsed.mediaType) else { return nil }
@@ -56,8 +55,11 @@ extension Registry {
                     document["triton"] = try FormatInspector.triton(config: text, files: named.map(\.path))
                 }
             } catch let e as DepotError {
-                if case .invalidArgument(let m) = e { throw RegistryError(.manifestInvalid, "\(path): \(m)") }
-                throw e
+                guard case .invalidArgument(let m) = e else { throw e }
+                // A safetensors header that lies would make every reader misread the weights:
+                // refuse it. Other files that do not parse as their name says are recorded.
+                if path.lowercased().hasSuffix(".safetensors") { throw RegistryError(.manifestInvalid, "\(path): \(m)") }
+                files.append(["path": path, "digest": blob.digest.description, "size": blob.size, "error": m])
             }
         }
         guard !files.isEmpty || document["triton"] != nil else { return nil }
@@ -76,13 +78,3 @@ extension Registry {
         return Array((json ?? "{\"files\":[]}").utf8)
     }
 }
-#else
-extension Registry {
-    func extractMetadata(_ parsed: ParsedManifest) throws -> String? { nil }
-    public func metadata(_ repository: RepositoryName, _ reference: Reference) throws -> [UInt8] {
-        let m = try manifest(repository, reference)
-        let json = try db.read { try $0.manifestMetadata(m.digest) }
-        return Array((json ?? "{\"files\":[]}").utf8)
-    }
-}
-#endif

@@ -48,8 +48,8 @@ extension OCIResponder {
             return try await getRecipe(try RequestParsing.name(name), try RequestParsing.digest(digest))
         case (.recipe(let name, let digest), .put):
             return try await commitRecipe(try RequestParsing.name(name), try RequestParsing.digest(digest), request)
-        case (.fetchChunks(let name), .post):
-            return try await fetchChunks(try RequestParsing.name(name.0), try RequestParsing.digest(name.1), request)
+        case (.fetchChunks(let name, let digest), .post):
+            return try await fetchChunks(try RequestParsing.name(name), try RequestParsing.digest(digest), request)
         case (.metadata(let name, let ref), .get):
             return try await getMetadata(try RequestParsing.name(name), try RequestParsing.reference(ref))
         default:
