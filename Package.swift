@@ -47,7 +47,7 @@ let package = Package(
         .target(
             name: "DepotClient",
             dependencies: [
-                "DepotCore", "DepotStore", "DepotFormats",
+                "DepotCore", "DepotStore", "DepotFormats", "CDepotSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

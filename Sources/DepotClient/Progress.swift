@@ -11,7 +11,7 @@ public final class TransferProgress: Sendable {
 
     struct State {
         var file = ""
-        var phase = ""
+        var files = 0
         var done: Int64 = 0
         var total: Int64 = 0
         var saved: Int64 = 0
@@ -36,13 +36,20 @@ public final class TransferProgress: Sendable {
         quiet ? .quiet : (isatty(STDERR_FILENO) == 1 ? .bar : .lines)
     }
 
-    func start(file: String, phase: String, total: Int64) {
-        state.withLock { s in
-            s.file = file; s.phase = phase; s.done = 0; s.total = total; s.started = Date()
-        }
+    /// Starts the transfer: `work` is the total of the units later passed to `advance` (a
+    /// push counts each file's bytes twice: hashed, then sent or found present).
+    func begin(files: Int, work: Int64) {
+        state.withLock { s in s.files = files; s.total = work; s.started = Date() }
         draw(force: true)
     }
 
+    /// The file now being worked on (shown on the line).
+    func working(on file: String) {
+        state.withLock { s in s.file = file }
+        draw(force: false)
+    }
+
+    /// `n` units done; `saved` bytes that did not move thanks to deduplication.
     func advance(_ n: Int64, saved: Int64 = 0) {
         state.withLock { s in s.done += n; s.saved += saved }
         draw(force: false)
@@ -65,7 +72,9 @@ public final class TransferProgress: Sendable {
             s.drawn = true
             let elapsed = max(now.timeIntervalSince(s.started), 0.001)
             let rate = Double(s.done) / elapsed
-            var text = "\(verb) \(s.file)  \(s.phase) \(Self.bytes(s.done))/\(Self.bytes(s.total))  \(Self.bytes(Int64(rate)))/s"
+            let percent = s.total > 0 ? Int(100 * Double(s.done) / Double(s.total)) : 100
+            let files = s.files > 1 ? " (\(s.files) files)" : ""
+            var text = "\(verb) \(s.file)\(files)  \(percent)%  \(Self.bytes(Int64(rate / 2)))/s"
             if rate > 0, s.total > s.done { text += "  ETA \(Int(Double(s.total - s.done) / rate))s" }
             if s.saved > 0 { text += "  saved \(Self.bytes(s.saved))" }
             return text

@@ -15,6 +15,8 @@ public struct PullRequest: Sendable {
     /// Only these files of the artifact (relative paths); all when empty.
     public var files: [String] = []
     public var jobs = 4
+    /// Files pulled at the same time.
+    public var fileJobs = 2
     public var plainOCI = false
     /// Raw bytes per chunk fetch request.
     public var batchBytes = 8 << 20
@@ -39,7 +41,7 @@ public final class Puller: Sendable {
         self.cache = cache
     }
 
-    struct Layer { var path: String; var digest: Digest; var size: Int64 }
+    struct Layer: Sendable { var path: String; var digest: Digest; var size: Int64 }
 
     public func pull(_ request: PullRequest) async throws -> TransferSummary {
         let started = Date()
@@ -59,24 +61,32 @@ public final class Puller: Sendable {
         } catch {
             throw ClientError("cannot create \(request.outputDirectory): \(error.localizedDescription)")
         }
-        var logical: Int64 = 0, deduplicated: Int64 = 0, chunks = 0, fetched = 0
-        for layer in wanted {
-            logical += layer.size
+        progress.begin(files: wanted.count, work: 2 * wanted.reduce(Int64(0)) { $0 + $1.size })
+        let indexed = Array(wanted.enumerated())
+        let results = try await forEachConcurrently(indexed, limit: request.fileJobs) { (index, layer) -> FileResult in
             let target = request.outputDirectory + "/" + layer.path
             if Self.alreadyThere(target, layer) {
-                deduplicated += layer.size
-                progress.finish("\(layer.path): \(TransferProgress.bytes(layer.size)) already there")
-                continue
+                self.progress.advance(2 * layer.size, saved: layer.size)
+                self.progress.finish("\(layer.path): \(TransferProgress.bytes(layer.size)) already there")
+                return FileResult(deduplicated: layer.size, chunks: 0, fetched: 0)
             }
-            let partial = partialDir + "/" + layer.digest.hex
-            let r = info != nil ? try await pullChunked(layer, request, partial: partial)
-                                : try await pullWhole(layer, request, partial: partial)
-            deduplicated += r.deduplicated; chunks += r.chunks; fetched += r.fetched
-            try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            self.progress.working(on: layer.path)
+            let partial = partialDir + "/\(index)-" + layer.digest.hex
+            let r = info != nil ? try await self.pullChunked(layer, request, partial: partial)
+                                : try await self.pullWhole(layer, request, partial: partial)
+            do {
+                try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            } catch {
+                throw ClientError("cannot create the directory of \(layer.path): \(error.localizedDescription)")
+            }
             guard rename(partial, target) == 0 else {
                 throw ClientError("cannot move \(layer.path) into place: \(String(cString: strerror(errno)))")
             }
+            return r
         }
+        let logical = wanted.reduce(Int64(0)) { $0 + $1.size }
+        let deduplicated = results.reduce(Int64(0)) { $0 + $1.deduplicated }
+        let chunks = results.reduce(0) { $0 + $1.chunks }, fetched = results.reduce(0) { $0 + $1.fetched }
         try? FileManager.default.removeItem(atPath: partialDir)
         cache.trim()
         return TransferSummary(reference: "\(request.repository):\(request.reference)", digest: manifest.digest.description,
@@ -119,7 +129,7 @@ public final class Puller: Sendable {
 
     // MARK: chunked
 
-    struct FileResult { var deduplicated: Int64; var chunks: Int; var fetched: Int }
+    struct FileResult: Sendable { var deduplicated: Int64; var chunks: Int; var fetched: Int }
 
     func pullChunked(_ layer: Layer, _ request: PullRequest, partial: String) async throws -> FileResult {
         let repo = request.repository
@@ -127,18 +137,15 @@ public final class Puller: Sendable {
         guard recipe.reduce(Int64(0), { $0 + Int64($1.length) }) == layer.size else {
             throw ClientError("the registry's recipe for \(layer.path) does not add up to \(layer.size) bytes")
         }
-        progress.start(file: layer.path, phase: "fetching", total: layer.size)
         var seen = Set<SHA256.Value>()
         var toFetch: [ChunkRef] = []
-        var cachedBytes: Int64 = 0
         for c in recipe where seen.insert(c.hash).inserted {
-            if cache.contains(c.hash) { cachedBytes += Int64(c.length) } else { toFetch.append(c) }
+            if !cache.contains(c.hash) { toFetch.append(c) }
         }
-        progress.advance(cachedBytes, saved: cachedBytes)
-        try await fetchIntoCache(toFetch, repo: repo, digest: layer.digest, request)
-        progress.start(file: layer.path, phase: "writing", total: layer.size)
-        try await assemble(layer, recipe: recipe, repo: repo, partial: partial)
         let fetchedBytes = toFetch.reduce(Int64(0)) { $0 + Int64($1.length) }
+        progress.advance(layer.size - fetchedBytes, saved: layer.size - fetchedBytes)
+        try await fetchIntoCache(toFetch, repo: repo, digest: layer.digest, request)
+        try await assemble(layer, recipe: recipe, repo: repo, partial: partial)
         progress.finish("\(layer.path): \(TransferProgress.bytes(layer.size)), fetched \(toFetch.count) of \(recipe.count) chunks (\(TransferProgress.bytes(fetchedBytes))), \(TransferProgress.bytes(layer.size - fetchedBytes)) from cache or repeats")
         return FileResult(deduplicated: layer.size - fetchedBytes, chunks: recipe.count, fetched: toFetch.count)
     }
@@ -279,7 +286,6 @@ public final class Puller: Sendable {
         } else {
             unlink(partial)
         }
-        progress.start(file: layer.path, phase: "fetching", total: layer.size)
         progress.advance(have, saved: have)
         let out: PosixFile
         do { out = try PosixFile(path: partial, mode: have > 0 ? .readWrite : .createReadWrite) } catch {
@@ -312,6 +318,7 @@ public final class Puller: Sendable {
             throw ClientError("\(layer.path) arrived with digest \(digest) (\(have) bytes), not \(layer.digest); nothing was written")
         }
         try out.sync()
+        progress.advance(layer.size)
         progress.finish("\(layer.path): \(TransferProgress.bytes(layer.size)) (standard OCI API)")
         return FileResult(deduplicated: 0, chunks: 0, fetched: 0)
     }

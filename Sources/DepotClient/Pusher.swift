@@ -33,8 +33,10 @@ public struct PushRequest: Sendable {
     public var tag: String
     public var paths: [String]
     public var annotations: [String: String] = [:]
-    /// Concurrent chunk batches.
+    /// Concurrent chunk batches (per file).
     public var jobs = 4
+    /// Files pushed at the same time.
+    public var fileJobs = 2
     /// Raw bytes per uploaded chunk batch.
     public var batchBytes = 8 << 20
     /// Use only the standard OCI API even when the registry offers chunk negotiation.
@@ -57,7 +59,9 @@ public final class Pusher: Sendable {
         self.progress = progress
     }
 
-    struct FileResult { var descriptor: [String: Any]; var digest: Digest; var size: Int64; var deduplicated: Int64; var chunks: Int; var sent: Int }
+    struct FileResult: @unchecked Sendable {   // the descriptor is plain JSON values
+        var descriptor: [String: Any]; var digest: Digest; var size: Int64; var deduplicated: Int64; var chunks: Int; var sent: Int
+    }
 
     public func push(_ request: PushRequest) async throws -> TransferSummary {
         let started = Date()
@@ -66,10 +70,15 @@ public final class Pusher: Sendable {
         if let info, info.chunkerVersion != ChunkerParameters.v1.version {
             throw ClientError("the registry chunks with \(info.chunkerVersion); this client knows \(ChunkerParameters.v1.version) (upgrade the client)")
         }
+        var sizes: [Int64] = []
+        for f in files { sizes.append(try FileStamp(f.localPath).size) }
+        progress.begin(files: files.count, work: 2 * sizes.reduce(0, +))
+        let results = try await forEachConcurrently(files, limit: request.fileJobs) { file in
+            info != nil ? try await self.pushChunked(file, request) : try await self.pushWhole(file, request)
+        }
         var layers: [[String: Any]] = []
         var logical: Int64 = 0, deduplicated: Int64 = 0, chunks = 0, sent = 0
-        for file in files {
-            let r = info != nil ? try await pushChunked(file, request) : try await pushWhole(file, request)
+        for r in results {
             layers.append(r.descriptor)
             logical += r.size; deduplicated += r.deduplicated; chunks += r.chunks; sent += r.sent
         }
@@ -117,11 +126,9 @@ public final class Pusher: Sendable {
 
     func pushChunked(_ file: ArtifactFile, _ request: PushRequest) async throws -> FileResult {
         let repo = request.repository
-        let size = try FileStamp(file.localPath).size
-        progress.start(file: file.relativePath, phase: "hashing", total: size)
+        progress.working(on: file.relativePath)
         let progress = self.progress
         let recipe = try LocalRecipe.compute(path: file.localPath, parameters: .v1) { progress.advance(Int64($0)) }
-        progress.start(file: file.relativePath, phase: "sending", total: recipe.size)
         if try await connection.blobExists(repo, recipe.digest) {
             progress.advance(recipe.size, saved: recipe.size)
             progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) already there")
@@ -192,7 +199,13 @@ public final class Pusher: Sendable {
                 running += 1
                 group.addTask {
                     let records = try Self.encode(batch, recipe: recipe, offsets: offsets)
-                    try await connection.uploadChunkRecords(repo, records)
+                    do {
+                        try await connection.uploadChunkRecords(repo, records)
+                    } catch let e as ClientError where e.code == "DIGEST_INVALID" {
+                        // The server hashes every chunk: bytes that differ from the recipe's
+                        // hash mean the file was rewritten after it was read.
+                        throw ClientError("\(recipe.path) changed while it was being pushed (\(e.message))")
+                    }
                     progress.advance(batch.reduce(Int64(0)) { $0 + Int64(recipe.chunks[$1].length) })
                 }
             }
@@ -201,7 +214,8 @@ public final class Pusher: Sendable {
         return total
     }
 
-    /// Reads, re-verifies (the file must not have changed) and encodes a batch of chunks.
+    /// Reads and encodes a batch of chunks. Records carry the hashes of the first read; the
+    /// server verifies each against the bytes, which catches a file rewritten in between.
     static func encode(_ batch: [Int], recipe: LocalRecipe, offsets: [Int64]) throws -> [UInt8] {
         let file = try PosixFile(path: recipe.path, mode: .read)
         let codec = ChunkRecordCodec()
@@ -217,9 +231,6 @@ public final class Pusher: Sendable {
                 } catch {
                     throw ClientError("\(recipe.path) changed while it was being pushed (it is shorter now)")
                 }
-                guard SHA256.hash(UnsafeRawBufferPointer(chunk)) == c.hash else {
-                    throw ClientError("\(recipe.path) changed while it was being pushed (bytes at offset \(offsets[i]) differ)")
-                }
                 try codec.append(UnsafeRawBufferPointer(chunk), hash: c.hash, elementWidth: Int(recipe.widths[i]), to: &out)
             }
         }
@@ -229,12 +240,11 @@ public final class Pusher: Sendable {
     // MARK: plain OCI
 
     func pushWhole(_ file: ArtifactFile, _ request: PushRequest) async throws -> FileResult {
-        let stamp = try FileStamp(file.localPath)
-        progress.start(file: file.relativePath, phase: "hashing", total: stamp.size)
+        progress.working(on: file.relativePath)
         let progress = self.progress
         let recipe = try LocalRecipe.compute(path: file.localPath, parameters: .v1) { progress.advance(Int64($0)) }
-        progress.start(file: file.relativePath, phase: "sending", total: recipe.size)
         if try await connection.blobExists(request.repository, recipe.digest) {
+            progress.advance(recipe.size, saved: recipe.size)
             progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) already there")
             return FileResult(descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
                               deduplicated: recipe.size, chunks: 0, sent: 0)
@@ -247,8 +257,32 @@ public final class Pusher: Sendable {
         guard try FileStamp(file.localPath) == recipe.stamp else {
             throw ClientError("\(file.localPath) changed while it was being pushed")
         }
+        progress.advance(recipe.size)
         progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) sent whole (standard OCI API)")
         return FileResult(descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
                           deduplicated: 0, chunks: 0, sent: 0)
+    }
+}
+
+/// Runs `body` for each element, at most `limit` at a time; results in the elements' order.
+func forEachConcurrently<T: Sendable, R: Sendable>(_ items: [T], limit: Int,
+                                                   _ body: @escaping @Sendable (T) async throws -> R) async throws -> [R] {
+    try await withThrowingTaskGroup(of: (Int, R).self) { group in
+        var results = [R?](repeating: nil, count: items.count)
+        var next = 0
+        while next < items.count && next < max(1, limit) {
+            let i = next, item = items[i]
+            group.addTask { (i, try await body(item)) }
+            next += 1
+        }
+        while let (i, r) = try await group.next() {
+            results[i] = r
+            if next < items.count {
+                let j = next, item = items[j]
+                group.addTask { (j, try await body(item)) }
+                next += 1
+            }
+        }
+        return results.map { $0! }
     }
 }

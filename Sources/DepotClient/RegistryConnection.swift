@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import CDepotSupport
 import DepotCore
 import Foundation
 import NIOCore
@@ -35,6 +36,13 @@ public final class RegistryConnection: Sendable {
     public let counters = TransferCounters()
     /// Attempts per request for transient failures.
     public let attempts: Int
+
+    /// Keeps the process's memory bounded while several threads allocate multi-MiB batch
+    /// buffers: two malloc arenas, and buffers over 1 MiB mapped and unmapped on free (glibc
+    /// otherwise raises its mmap threshold and keeps freed batches in per-thread arenas).
+    public static func tuneMemory() {
+        depot_tune_malloc(2, 1 << 20)
+    }
 
     public init(url: String, token: String?, attempts: Int = 5) throws {
         var base = url

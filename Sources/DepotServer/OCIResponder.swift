@@ -250,7 +250,9 @@ public struct OCIResponder: HTTPResponder {
             // The connection broke: keep what arrived, so the client can ask and resume.
             let rest = pending
             if rest.readableBytes > 0 { try? await offload { try rest.withUnsafeReadableBytes { try session.append($0) } } }
-            throw error
+            if error is RegistryError || error is DepotError { throw error }
+            // The client went away mid-body: its error, not the server's (no 500 in the logs).
+            throw RegistryError(.blobUploadInvalid, "request body ended early: \(error)", status: 400)
         }
         if pending.readableBytes > 0 {
             let rest = pending

@@ -40,6 +40,7 @@ struct ArtifactReference: ExpressibleByArgument, CustomStringConvertible {
 
 /// Runs a client command: one clear line and exit status 1 on failure; always closes the connection.
 func runClient(_ registry: RegistryOptions, _ body: (RegistryConnection) async throws -> Void) async {
+    RegistryConnection.tuneMemory()
     let connection: RegistryConnection
     do { connection = try registry.connect() } catch { fail("\(error)") }
     do {
@@ -74,12 +75,14 @@ struct Push: AsyncParsableCommand {
     @Option(help: "A metric, key=value (repeatable).") var metric: [String] = []
     @Option(help: "An annotation, key=value (repeatable).") var annotation: [String] = []
     @Option(help: "Target platform of a TensorRT plan, e.g. sm_90,trt10.3.") var platform: String?
-    @Option(help: "Concurrent chunk batches.") var jobs = 4
+    @Option(help: "Concurrent chunk batches per file.") var jobs = 4
+    @Option(help: "Files pushed at the same time.") var fileJobs = 2
     @Flag(help: "Use only the standard OCI API (whole blobs).") var plainOci = false
     @Flag(help: "Print a JSON summary on stdout.") var json = false
     @Flag(help: "No progress output.") var quiet = false
 
     func validate() throws {
+        guard fileJobs >= 1 && fileJobs <= 16 else { throw ValidationError("--file-jobs must be 1...16") }
         guard !target.isDigest else { throw ValidationError("push needs REPO:TAG, not a digest") }
         if let relation, !LineageAnnotation.relations.contains(relation) {
             throw ValidationError("unknown --relation '\(relation)'; one of \(LineageAnnotation.relations.sorted().joined(separator: ", "))")
@@ -94,6 +97,7 @@ struct Push: AsyncParsableCommand {
         await runClient(registry) { connection in
             var request = PushRequest(repository: target.repository, tag: target.reference, paths: paths)
             request.jobs = jobs
+            request.fileJobs = fileJobs
             request.plainOCI = plainOci
             for (k, v) in try keyValues(annotation, flag: "--annotation") { request.annotations[k] = v }
             for (k, v) in try keyValues(metric, flag: "--metric") { request.annotations[LineageAnnotation.metricPrefix + k] = v }
@@ -125,13 +129,15 @@ struct Pull: AsyncParsableCommand {
     @OptionGroup var registry: RegistryOptions
     @Option(help: "Chunk cache directory (default: $DEPOT_CACHE, $XDG_CACHE_HOME/depot or ~/.cache/depot).") var cache: String?
     @Option(help: "Chunk cache bound in GiB (least recently used chunks are removed after a pull).") var cacheGib: Double = 20
-    @Option(help: "Concurrent chunk batches.") var jobs = 4
+    @Option(help: "Concurrent chunk batches per file.") var jobs = 4
+    @Option(help: "Files pulled at the same time.") var fileJobs = 2
     @Flag(help: "Use only the standard OCI API (whole blobs).") var plainOci = false
     @Flag(help: "Print a JSON summary on stdout.") var json = false
     @Flag(help: "No progress output.") var quiet = false
 
     func validate() throws {
         guard jobs >= 1 && jobs <= 64 else { throw ValidationError("--jobs must be 1...64") }
+        guard fileJobs >= 1 && fileJobs <= 16 else { throw ValidationError("--file-jobs must be 1...16") }
         guard cacheGib >= 0 else { throw ValidationError("--cache-gib must be >= 0") }
     }
 
@@ -141,6 +147,7 @@ struct Pull: AsyncParsableCommand {
             var request = PullRequest(repository: source.repository, reference: source.reference, outputDirectory: output)
             request.files = file
             request.jobs = jobs
+            request.fileJobs = fileJobs
             request.plainOCI = plainOci
             let progress = TransferProgress(style: TransferProgress.automatic(quiet: quiet || json), verb: "pull", wire: connection.counters)
             let summary = try await Puller(connection: connection, progress: progress, cache: chunkCache).pull(request)

@@ -219,6 +219,29 @@ struct ClientTests {
         #expect(throws: DepotError.self) { try damagedHeader.withUnsafeBytes { _ = try ChunkRecords.header($0, maxChunk: 256 << 10) } }
     }
 
+    @Test func aFileChangingDuringThePushIsCaught() async throws {
+        let dir = TempDir("depot-client")
+        let path = dir.path + "/w.bin"
+        try Data(fastRandom(1 << 20, seed: 31)).write(to: URL(fileURLWithPath: path))
+        let recipe = try LocalRecipe.compute(path: path, parameters: .v1)
+        // The training job rewrites the checkpoint after it was read, before its chunks went out.
+        var changed = fastRandom(1 << 20, seed: 31)
+        changed[700_000] ^= 1
+        try Data(changed).write(to: URL(fileURLWithPath: path))
+        try await withRegistry { _, _, port in
+            let c = try RegistryConnection(url: "http://127.0.0.1:\(port)", token: nil, attempts: 1)
+            defer { Task { await c.shutdown() } }
+            let pusher = Pusher(connection: c, progress: quietProgress(c, "push"))
+            do {
+                _ = try await pusher.upload(Array(recipe.chunks.indices), of: recipe, repo: "r/x",
+                                            PushRequest(repository: "r/x", tag: "v1", paths: [path]))
+                Issue.record("a changed file was pushed")
+            } catch let e as ClientError {
+                #expect(e.message.contains("changed while it was being pushed"), "\(e)")
+            }
+        }
+    }
+
     @Test func badInputGivesOneClearError() async throws {
         let dir = TempDir("depot-client")
         // Nothing listens on this port.
