@@ -77,14 +77,13 @@ public enum ArtifactFiles {
         return out
     }
 
-    /// The artifactType for a set of files: a Triton bundle when a `config.pbtxt` sits at the
-    /// top, a TensorRT plan when every weight is a plan, else a ModelPack model.
-    public static func artifactType(_ files: [ArtifactFile]) -> String {
+    /// The artifactType for a set of files and their detected formats: a Triton bundle when a
+    /// `config.pbtxt` sits at the top, a TensorRT plan when every weight is a plan, else a
+    /// ModelPack model.
+    public static func artifactType(_ files: [ArtifactFile], formats: [String?]) -> String {
         if files.contains(where: { $0.relativePath == "config.pbtxt" }) { return ModelMediaType.tritonBundle }
-        let weights = files.filter { ModelMediaType.layer(for: $0.relativePath) == ModelMediaType.weight }
-        if !weights.isEmpty, weights.allSatisfy({ [".plan", ".engine"].contains(where: $0.relativePath.lowercased().hasSuffix) }) {
-            return ModelMediaType.tensorrtPlan
-        }
+        let weights = zip(files, formats).filter { ModelMediaType.layer(for: $0.0.relativePath) == ModelMediaType.weight }
+        if !weights.isEmpty, weights.allSatisfy({ $0.1 == "tensorrt-plan" }) { return ModelMediaType.tensorrtPlan }
         return ModelMediaType.manifest
     }
 

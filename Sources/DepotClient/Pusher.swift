@@ -70,6 +70,7 @@ public final class Pusher: Sendable {
         if let info, info.chunkerVersion != ChunkerParameters.v1.version {
             throw ClientError("the registry chunks with \(info.chunkerVersion); this client knows \(ChunkerParameters.v1.version) (upgrade the client)")
         }
+        let formats = try ArtifactFiles.detectFormats(files, platform: request.annotations[LineageAnnotation.platform])
         var sizes: [Int64] = []
         for f in files { sizes.append(try FileStamp(f.localPath).size) }
         progress.begin(files: files.count, work: 2 * sizes.reduce(0, +))
@@ -83,8 +84,7 @@ public final class Pusher: Sendable {
             logical += r.size; deduplicated += r.deduplicated; chunks += r.chunks; sent += r.sent
         }
         // The ModelPack config: what the model is, and the layers' digests.
-        let weightFormats = Set(files.map { ($0.relativePath as NSString).pathExtension.lowercased() }
-            .filter { ["safetensors", "onnx", "pt", "pth", "bin", "plan", "engine", "pb", "gguf"].contains($0) })
+        let weightFormats = Set(formats.compactMap { $0 }.filter { $0 != "triton-config" })
         let config: [String: Any] = [
             "descriptor": ["createdAt": ISO8601DateFormatter().string(from: Date()), "name": request.repository, "version": request.tag],
             "config": ["format": weightFormats.sorted().joined(separator: ",")],
@@ -100,7 +100,7 @@ public final class Pusher: Sendable {
         let manifest: [String: Any] = [
             "schemaVersion": 2,
             "mediaType": MediaType.ociManifest,
-            "artifactType": ArtifactFiles.artifactType(files),
+            "artifactType": ArtifactFiles.artifactType(files, formats: formats),
             "config": ["mediaType": ModelMediaType.config, "digest": configDigest.description, "size": configBytes.count],
             "layers": layers,
             "annotations": annotations,

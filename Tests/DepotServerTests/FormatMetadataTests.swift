@@ -93,8 +93,9 @@ struct FormatMetadataTests {
         withUnsafeBytes(of: UInt64(header.count).littleEndian) { lying += $0 }
         lying += header + [UInt8](repeating: 1, count: 100)
         try Data(lying).write(to: URL(fileURLWithPath: dir.path + "/lies.safetensors"))
+        let lyingBytes = lying
 
-        try await withRegistry { _, registry, port in
+        try await withRegistry { client, registry, port in
             _ = try await push(port, "fmt/triton", "v1", [model])
             let meta = try Self.metadata(registry, "fmt/triton", "v1")
             let triton = try #require(meta["triton"] as? [String: Any])
@@ -108,13 +109,27 @@ struct FormatMetadataTests {
             let notONNX = try Self.file(meta, "1/model.onnx")
             #expect((notONNX["error"] as? String)?.contains("ONNX") == true)
 
+            // The client runs the same readers before uploading anything...
             do {
                 _ = try await push(port, "fmt/bad", "v1", [dir.path + "/lies.safetensors"])
-                Issue.record("a safetensors file whose header lies was accepted")
+                Issue.record("the client pushed a safetensors file whose header lies")
             } catch let e as ClientError {
-                #expect(e.code == "MANIFEST_INVALID", "\(e)")
-                #expect(e.message.contains("lies.safetensors"))
+                #expect(e.message.contains("not a valid safetensors file"), "\(e)")
             }
+            // ...and the registry refuses a manifest naming such a file, whoever pushes it.
+            let blob = try await client.pushBlob("fmt/bad", lyingBytes)
+            let config = try await client.pushBlob("fmt/bad", emptyConfig)
+            let manifest: [String: Any] = [
+                "schemaVersion": 2, "mediaType": MediaType.ociManifest, "artifactType": ModelMediaType.manifest,
+                "config": ["mediaType": ModelMediaType.config, "digest": config.description, "size": emptyConfig.count],
+                "layers": [["mediaType": ModelMediaType.weight, "digest": blob.description, "size": lyingBytes.count,
+                            "annotations": [ModelMediaType.filepath: "lies.safetensors"]]],
+            ]
+            let bytes = Array(try JSONSerialization.data(withJSONObject: manifest))
+            let r = try await client.req(.put, "/v2/fmt/bad/manifests/v1", headers: [.contentType: MediaType.ociManifest], body: bytes)
+            #expect(r.status.code == 400)
+            #expect(r.errorCode == "MANIFEST_INVALID")
+            #expect(r.text.contains("lies.safetensors"))
         }
     }
 }

@@ -106,6 +106,31 @@ func makeImageLayout(_ dir: String) async throws -> Digest {
         }
     }
 
+    /// What `depot push` writes is a plain OCI artifact: oras pulls it by its title annotations
+    /// and skopeo reads its manifest.
+    @Test func orasAndSkopeoReadAnArtifactPushedByTheDepotClient() async throws {
+        let work = TempDir("oras-depot")
+        try makeCheckpoint(work.path + "/model.safetensors", tensors: 4, tensorBytes: 256 << 10)
+        try "{\"architectures\": [\"Tiny\"]}".write(toFile: work.path + "/config.json", atomically: true, encoding: .utf8)
+        try await withRegistry { _, _, port in
+            _ = try await push(port, "interop/depot-model", "v1", [work.path + "/model.safetensors", work.path + "/config.json"])
+            let script = """
+                import oras.client, os, sys
+                os.makedirs(sys.argv[2], exist_ok=True)
+                c = oras.client.OrasClient(hostname=sys.argv[1], insecure=True)
+                files = c.pull(target=sys.argv[1] + "/interop/depot-model:v1", outdir=sys.argv[2])
+                print(sorted(os.path.basename(f) for f in files))
+                """
+            let r = try await run("/usr/bin/env", ["python3", "-c", script, "127.0.0.1:\(port)", work.path + "/oras-out"])
+            #expect(r.status == 0, "\(r.output)")
+            #expect(sameFile(work.path + "/oras-out/model.safetensors", work.path + "/model.safetensors"))
+            #expect(sameFile(work.path + "/oras-out/config.json", work.path + "/config.json"))
+            let s = try await run("/usr/bin/skopeo", ["inspect", "--tls-verify=false", "--raw", "docker://127.0.0.1:\(port)/interop/depot-model:v1"])
+            #expect(s.status == 0, "\(s.output)")
+            #expect(s.output.contains("application/vnd.cncf.model.manifest.v1+json"))
+        }
+    }
+
     @Test func containerdPullsAndUnpacksAnImagePushedBySkopeo() async throws {
         let work = TempDir("ctr")
         _ = try await makeImageLayout(work.path + "/layout")
