@@ -104,6 +104,42 @@ enum Schema {
             json TEXT NOT NULL
         );
         """,
+        // 4: lineage, pins, the audit journal; tag journal times in milliseconds.
+        """
+        UPDATE tag_journal SET at = at * 1000;
+        CREATE TABLE lineage_edges(                     -- child was derived from parent (both manifest digests)
+            child BLOB NOT NULL,
+            parent BLOB NOT NULL,
+            relation TEXT NOT NULL,                     -- trained-from, fine-tuned-from, ..., subject
+            parent_ref TEXT NOT NULL,                   -- as declared: repo@digest (maybe another registry's)
+            repo_id INTEGER NOT NULL,                   -- where the child was pushed
+            run TEXT, dataset TEXT, source_commit TEXT, metrics TEXT, job TEXT,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY(child, parent, relation)
+        ) WITHOUT ROWID;
+        CREATE INDEX lineage_by_parent ON lineage_edges(parent, child);
+        CREATE TABLE pins(
+            digest BLOB PRIMARY KEY,
+            repo_id INTEGER NOT NULL,
+            reason TEXT,
+            actor TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        CREATE TABLE audit_log(                         -- append-only; hash = sha256(prev_hash || entry)
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL,                        -- milliseconds since 1970
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            repository TEXT,
+            digest TEXT,
+            tag TEXT,
+            details TEXT,
+            prev_hash BLOB NOT NULL,
+            hash BLOB NOT NULL
+        );
+        CREATE INDEX audit_by_time ON audit_log(at);
+        CREATE INDEX audit_by_repository ON audit_log(repository, at);
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

@@ -183,4 +183,20 @@ extension RegistryConnection {
         guard r.status.code == 200 else { return nil }
         return try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
     }
+
+    /// A JSON call of Depot's governance API (aliases, pins, lineage, audit): the answer object.
+    public func call(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, headers: [(String, String)] = []) async throws -> [String: Any] {
+        var b: Body = .none
+        var h = headers
+        if let body {
+            b = .bytes(Array(try JSONSerialization.data(withJSONObject: body)))
+            h.append(("Content-Type", "application/json"))
+        }
+        let r = try await send(method, path, headers: h, body: b, accept: [200, 201])
+        let bytes = try await collect(r, limit: 256 << 20)
+        guard let json = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
+            throw ClientError("\(method) \(path): the registry's answer is not a JSON object")
+        }
+        return json
+    }
 }

@@ -32,6 +32,9 @@ public final class TransferCounters: Sendable {
 public final class RegistryConnection: Sendable {
     public let baseURL: String
     let token: String?
+    /// Sent as `Depot-Actor` (recorded in tag journals and the audit log; self-declared until
+    /// the registry authenticates clients).
+    public let actor: String
     let http: HTTPClient
     public let counters = TransferCounters()
     /// Attempts per request for transient failures.
@@ -53,6 +56,9 @@ public final class RegistryConnection: Sendable {
         }
         baseURL = base
         self.token = token
+        let env = ProcessInfo.processInfo.environment
+        actor = env["DEPOT_ACTOR"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? "\(env["USER"] ?? env["LOGNAME"] ?? "user")@\(ProcessInfo.processInfo.hostName)"
         self.attempts = max(1, attempts)
         var config = HTTPClient.Configuration()
         config.timeout = .init(connect: .seconds(10), read: .seconds(300))
@@ -101,6 +107,7 @@ public final class RegistryConnection: Sendable {
             request.method = method
             for (name, value) in headers { request.headers.add(name: name, value: value) }
             if let token { request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(token)") }
+            request.headers.replaceOrAdd(name: "Depot-Actor", value: actor)
             switch body {
             case .none: break
             case .bytes(let b): request.body = .bytes(b)
@@ -177,7 +184,7 @@ public final class RegistryConnection: Sendable {
         let what: String
         switch status {
         case 401: what = "the registry refused the credentials (DEPOT_TOKEN)"
-        case 403: what = "access denied"
+        case 403: what = message ?? "access denied"
         default: what = message ?? (String(decoding: body.prefix(200), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
         }
         let codeText = code.map { " \($0)" } ?? ""

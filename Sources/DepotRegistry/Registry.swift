@@ -11,15 +11,19 @@ import Foundation
 public final class Registry: Sendable {
     public let store: ChunkStore
     public let uploads: UploadSessions
-    private let cache = ManifestCache(capacityBytes: 64 << 20)
+    public let policy: TagPolicy
+    let cache = ManifestCache(capacityBytes: 64 << 20)
     var db: Database { store.catalog }
 
-    public init(store: ChunkStore, uploadTimeout: TimeInterval = 3600, maxUploads: Int = 1024) {
+    public init(store: ChunkStore, uploadTimeout: TimeInterval = 3600, maxUploads: Int = 1024, policy: TagPolicy = TagPolicy()) {
         self.store = store
+        self.policy = policy
         uploads = UploadSessions(store: store, timeout: uploadTimeout, limit: maxUploads)
     }
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+    /// Journal and audit times: milliseconds since 1970.
+    static func nowMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
     static func name(_ text: String) throws -> RepositoryName {
         do { return try RepositoryName(text) } catch {
@@ -79,13 +83,16 @@ public final class Registry: Sendable {
 
     // MARK: manifests
 
-    /// Validates and stores a manifest; tags it when `reference` is a tag.
+    /// Validates and stores a manifest; tags it when `reference` is a tag. With `expect`, the
+    /// tag must currently point there (compare-and-swap; HTTP `If-Match`). Records lineage from
+    /// the `subject` and the `dev.depot.lineage.*` annotations, and an audit entry, in the same
+    /// transaction.
     public func putManifest(_ repository: RepositoryName, _ reference: Reference, contentType: String?, bytes: [UInt8],
-                            actor: String = "oci-push") throws -> (digest: Digest, manifest: ParsedManifest) {
+                            actor: Actor = .oci, expect: Digest? = nil, reason: String? = nil) throws -> (digest: Digest, manifest: ParsedManifest) {
         let parsed = try ManifestParser.parse(bytes, contentType: contentType)
         let digest = Digest.of(bytes)
         if case .digest(let d) = reference, d != digest {
-            throw RegistryError(.digestInvalid, "manifest content has digest \(digest), not \(d)")
+            throw RegistryError(.manifestInvalid, "manifest content has digest \(digest), not \(d)")
         }
         var annotationsJSON: String?
         if let a = parsed.annotations, !a.isEmpty, let data = try? JSONSerialization.data(withJSONObject: a, options: [.sortedKeys]) {
@@ -93,6 +100,7 @@ public final class Registry: Sendable {
         }
         let alreadyExtracted = try db.read { try $0.manifestMetadata(digest) } != nil
         let metadata = alreadyExtracted ? nil : try extractMetadata(parsed)
+        let lineage = try LineageAnnotations.edges(of: parsed, digest: digest, repository: repository)
         let record = ManifestRecord(digest: digest, mediaType: parsed.mediaType, artifactType: parsed.artifactType,
                                     subject: parsed.subject?.digest, annotationsJSON: annotationsJSON, content: bytes)
         try db.write { conn in
@@ -113,14 +121,55 @@ public final class Registry: Sendable {
                                         detail: child.digest.description)
                 }
             }
+            var previous: Digest?
+            if case .tag(let tag) = reference {
+                previous = try checkTagMove(conn, repo: repo, repository, tag, to: digest, actor: actor, expect: expect)
+            }
             try conn.putManifest(repo: repo, record, blobs: parsed.blobs.map(\.digest), children: parsed.manifests.map(\.digest), now: now)
             if let metadata { try conn.setManifestMetadata(digest, json: metadata) }
+            for edge in lineage {
+                if try conn.isAncestorOrSelf(digest, of: edge.parent) {
+                    throw RegistryError(.manifestInvalid, "lineage cycle: \(digest) cannot derive from \(edge.parent), which derives from it")
+                }
+                try conn.insertLineageEdge(edge, repo: repo)
+            }
+            var details: [String: Any] = ["media_type": parsed.mediaType, "size": bytes.count]
+            if let t = parsed.artifactType { details["artifact_type"] = t }
+            if let previous { details["previous"] = previous.description }
+            if let reason { details["reason"] = reason }
+            if !lineage.isEmpty { details["lineage"] = lineage.map { "\($0.relation) \($0.parentRef)" } }
             if case .tag(let tag) = reference {
-                try conn.setTag(repo: repo, tag, to: digest, actor: actor, reason: nil, now: now)
+                try conn.setTag(repo: repo, tag, to: digest, actor: actor.name, reason: reason, now: Self.nowMillis())
+                try conn.appendAudit(at: Self.nowMillis(), actor: actor.name, action: "push", repository: repository.value,
+                                     digest: digest.description, tag: tag, details: details)
+            } else {
+                try conn.appendAudit(at: Self.nowMillis(), actor: actor.name, action: "push", repository: repository.value,
+                                     digest: digest.description, tag: nil, details: details)
             }
         }
         cache.invalidate()
         return (digest, parsed)
+    }
+
+    /// Checks that `actor` may point `tag` at `digest`: protected aliases only through the alias
+    /// API, immutable tags never moved, and the compare-and-swap expectation. Returns the
+    /// current digest.
+    func checkTagMove(_ conn: SQLiteConnection, repo: Int64, _ repository: RepositoryName, _ tag: String, to digest: Digest,
+                      actor: Actor, expect: Digest?) throws -> Digest? {
+        let current = try conn.tag(repo: repo, tag)
+        if let expect, current != expect {
+            throw RegistryError(.denied, "\(repository):\(tag) is at \(current?.description ?? "nothing"), not \(expect): someone moved it first",
+                                status: 412)
+        }
+        if current != digest {
+            if policy.isImmutable(tag), let current {
+                throw RegistryError(.denied, "\(repository):\(tag) is immutable (pattern in aliases.immutable); it stays at \(current)")
+            }
+            if policy.isProtected(tag), !actor.viaAliasAPI {
+                throw RegistryError(.denied, "\(repository):\(tag) is a protected alias; move it with `depot alias set` or `depot rollback`")
+            }
+        }
+        return current
     }
 
     /// The manifest a tag or digest names.
@@ -148,25 +197,45 @@ public final class Registry: Sendable {
         return record
     }
 
-    /// Deletes by digest (the manifest and every tag on it) or by tag (the tag only).
-    public func deleteManifest(_ repository: RepositoryName, _ reference: Reference, actor: String = "oci-delete") throws {
+    /// Deletes by digest (the manifest and every tag on it) or by tag (the tag only). Refused
+    /// for a pinned manifest, one a protected alias points at, an ancestor of a pinned manifest,
+    /// and for protected or immutable tags.
+    public func deleteManifest(_ repository: RepositoryName, _ reference: Reference, actor: Actor = .oci) throws {
         try db.write { conn in
             guard let repo = try conn.repositoryID(repository.value) else {
                 throw RegistryError(.nameUnknown, "repository \(repository) is not known")
             }
-            let now = Self.now()
+            let now = Self.nowMillis()
             switch reference {
             case .tag(let t):
-                guard try conn.deleteTag(repo: repo, t, actor: actor, reason: nil, now: now) else {
+                if (policy.isProtected(t) && !actor.viaAliasAPI) || policy.isImmutable(t) {
+                    throw RegistryError(.denied, "\(repository):\(t) is a protected or immutable tag; it cannot be deleted this way")
+                }
+                guard let target = try conn.tag(repo: repo, t), try conn.deleteTag(repo: repo, t, actor: actor.name, reason: nil, now: now) else {
                     throw RegistryError(.manifestUnknown, "tag \(t) is not in \(repository)")
                 }
+                try conn.appendAudit(at: now, actor: actor.name, action: "delete", repository: repository.value,
+                                     digest: target.description, tag: t, details: ["what": "tag"])
             case .digest(let d):
-                for t in try conn.tags(repo: repo, pointingAt: d) {
-                    _ = try conn.deleteTag(repo: repo, t, actor: actor, reason: "manifest deleted", now: now)
-                }
-                guard try conn.deleteManifest(repo: repo, d) else {
+                guard try conn.manifestExists(repo: repo, d) else {
                     throw RegistryError(.manifestUnknown, "manifest \(d) is not in \(repository)")
                 }
+                if try conn.isPinned(d) {
+                    throw RegistryError(.denied, "\(d) is pinned; `depot unpin` it first")
+                }
+                let tags = try conn.tags(repo: repo, pointingAt: d)
+                if let guarded = tags.first(where: { policy.isProtected($0) || policy.isImmutable($0) }) {
+                    throw RegistryError(.denied, "\(repository):\(guarded) points at \(d); move that alias first")
+                }
+                if let pinned = try conn.pinnedDescendants(of: d).first {
+                    throw RegistryError(.denied, "\(d) is an ancestor of pinned \(pinned); its lineage must stay")
+                }
+                for t in tags {
+                    _ = try conn.deleteTag(repo: repo, t, actor: actor.name, reason: "manifest deleted", now: now)
+                }
+                _ = try conn.deleteManifest(repo: repo, d)
+                try conn.appendAudit(at: now, actor: actor.name, action: "delete", repository: repository.value,
+                                     digest: d.description, tag: nil, details: ["what": "manifest", "tags": tags])
             }
         }
         cache.invalidate()

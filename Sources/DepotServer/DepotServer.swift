@@ -24,7 +24,7 @@ public struct DepotService {
             server: .http1(configuration: .init(additionalChannelHandlers: [ContinueHandler()], idleTimeout: .seconds(300))),
             configuration: .init(address: .hostname(config.listenHost, port: config.listenPort), serverName: "depot"),
             services: [UploadExpiry(uploads: registry.uploads),
-                       PeriodicGC(store: registry.store, intervalHours: config.gcIntervalHours, logger: logger)],
+                       PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger)],
             onServerRunning: onServerRunning,
             logger: logger
         )
@@ -40,7 +40,8 @@ public struct DepotService {
         if !store.recovery.isClean {
             logger.notice("repaired store on open: cut \(store.recovery.truncatedBytes) bytes from \(store.recovery.truncatedPacks) pack tail(s), removed \(store.recovery.orphanPacksRemoved) orphan pack(s), dropped \(store.recovery.droppedChunkRows) index row(s)")
         }
-        let registry = Registry(store: store, uploadTimeout: config.uploadTimeoutSeconds, maxUploads: config.maxUploads)
+        let registry = Registry(store: store, uploadTimeout: config.uploadTimeoutSeconds, maxUploads: config.maxUploads,
+                                policy: config.tagPolicy)
         let listen = "\(config.listenHost):\(config.listenPort)"
         let root = config.storageRoot
         let app = Self.makeApplication(registry: registry, config: config, logger: logger) { _ in
@@ -78,7 +79,7 @@ struct UploadExpiry: Service {
 /// Runs garbage collection in the background every `intervalHours` (the store lock keeps
 /// `depot gc` from running beside the server, so the server does it itself).
 struct PeriodicGC: Service {
-    let store: ChunkStore
+    let registry: Registry
     let intervalHours: Double
     let logger: Logger
 
@@ -88,10 +89,11 @@ struct PeriodicGC: Service {
             try await cancelWhenGracefulShutdown {
                 while !Task.isCancelled {
                     try await Task.sleep(for: .seconds(intervalHours * 3600))
-                    let store = self.store
+                    let registry = self.registry
                     do {
-                        let r = try await offload { try store.collectGarbage() }
-                        logger.info("gc: deleted \(r.blobsDeleted) blob(s) and \(r.chunksDeleted) chunk(s), compacted \(r.packsCompacted) pack(s), freed \(r.packBytesFreed) pack bytes")
+                        let report = try await offload { try registry.collectGarbage() }
+                        let r = report.store
+                        logger.info("gc: deleted \(report.manifestsDeleted) unkept manifest(s), \(r.blobsDeleted) blob(s) and \(r.chunksDeleted) chunk(s), compacted \(r.packsCompacted) pack(s), freed \(r.packBytesFreed) pack bytes")
                     } catch {
                         logger.error("gc failed: \(error)")
                     }

@@ -52,6 +52,9 @@ extension OCIResponder {
             return try await fetchChunks(try RequestParsing.name(name), try RequestParsing.digest(digest), request)
         case (.metadata(let name, let ref), .get):
             return try await getMetadata(try RequestParsing.name(name), try RequestParsing.reference(ref))
+        case (.alias, _), (.aliasHistory, _), (.aliasRollback, _), (.aliasResolve, _), (.pin, _), (.pins, _),
+             (.lineage, _), (.impact, _), (.lineagePath, _), (.audit, _), (.auditVerify, _):
+            return try await handleGovernance(route, request)
         default:
             throw RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405)
         }

@@ -6,6 +6,17 @@ enum ExtensionRoute: Equatable {
     case recipe(String, String)
     case fetchChunks(String, String)
     case metadata(String, String)
+    case alias(String, String)
+    case aliasHistory(String, String)
+    case aliasRollback(String, String)
+    case aliasResolve(String, String)
+    case pin(String, String)
+    case pins
+    case lineage(String)
+    case impact(String)
+    case lineagePath
+    case audit
+    case auditVerify
 
     var label: String {
         switch self {
@@ -15,6 +26,10 @@ enum ExtensionRoute: Equatable {
         case .recipe: return "ext_recipe"
         case .fetchChunks: return "ext_chunks_fetch"
         case .metadata: return "ext_metadata"
+        case .alias, .aliasHistory, .aliasRollback, .aliasResolve: return "ext_alias"
+        case .pin, .pins: return "ext_pin"
+        case .lineage, .impact, .lineagePath: return "ext_lineage"
+        case .audit, .auditVerify: return "ext_audit"
         }
     }
 
@@ -22,11 +37,43 @@ enum ExtensionRoute: Equatable {
         let prefix = "/depot/v1/"
         guard path.hasPrefix(prefix) else { return nil }
         let rest = Substring(path.dropFirst(prefix.count))
-        if rest == "info" { self = .info; return }
+        switch rest {
+        case "info": self = .info; return
+        case "pins": self = .pins; return
+        case "audit": self = .audit; return
+        case "audit/verify": self = .auditVerify; return
+        case "lineage/path": self = .lineagePath; return
+        default: break
+        }
+        if rest.hasPrefix("lineage/") {
+            let tail = rest.dropFirst("lineage/".count)
+            if tail.hasSuffix("/impact") { self = .impact(String(tail.dropLast("/impact".count))); return }
+            guard !tail.contains("/") else { return nil }
+            self = .lineage(String(tail))
+            return
+        }
         let repos = "repositories/"
         guard rest.hasPrefix(repos) else { return nil }
         let tail = rest.dropFirst(repos.count)
         if tail.hasSuffix("/chunks/missing") { self = .missingChunks(String(tail.dropLast("/chunks/missing".count))); return }
+        // <name>/aliases/<alias>[/history|/rollback|/resolve]
+        if let r = tail.range(of: "/aliases/", options: .backwards) {
+            let name = String(tail[..<r.lowerBound])
+            let parts = tail[r.upperBound...].split(separator: "/", omittingEmptySubsequences: false)
+            if parts.count == 1, !parts[0].isEmpty { self = .alias(name, String(parts[0])); return }
+            if parts.count == 2, !parts[0].isEmpty {
+                switch parts[1] {
+                case "history": self = .aliasHistory(name, String(parts[0])); return
+                case "rollback": self = .aliasRollback(name, String(parts[0])); return
+                case "resolve": self = .aliasResolve(name, String(parts[0])); return
+                default: break
+                }
+            }
+        }
+        if let r = tail.range(of: "/pins/", options: .backwards) {
+            let ref = tail[r.upperBound...]
+            if !ref.isEmpty, !ref.contains("/") { self = .pin(String(tail[..<r.lowerBound]), String(ref)); return }
+        }
         for (suffix, make) in [("/recipe", { ExtensionRoute.recipe($0, $1) }), ("/chunks", { ExtensionRoute.fetchChunks($0, $1) }),
                                ("/metadata", { ExtensionRoute.metadata($0, $1) })] as [(String, (String, String) -> ExtensionRoute)] {
             guard tail.hasSuffix(suffix) else { continue }

@@ -76,7 +76,8 @@ public struct OCIResponder: HTTPResponder {
             return try await putManifest(try RequestParsing.name(name), try RequestParsing.reference(ref), request)
         case (.manifest(let name, let ref), .delete):
             let (n, r) = (try RequestParsing.name(name), try RequestParsing.reference(ref))
-            try await offload { try registry.deleteManifest(n, r) }
+            let actor = Actor(Self.actor(request))
+            try await offload { try registry.deleteManifest(n, r, actor: actor) }
             return Reply.empty(202)
         case (.blob(let name, let digest), .get), (.blob(let name, let digest), .head):
             return try await getBlob(try RequestParsing.name(name), try RequestParsing.digest(digest), request)
@@ -283,7 +284,11 @@ public struct OCIResponder: HTTPResponder {
         metrics.received(body.readableBytes)
         let bytes = Array(body.readableBytesView)
         let contentType = request.headers[.contentType]
-        let (digest, parsed) = try await offload { try registry.putManifest(name, reference, contentType: contentType, bytes: bytes) }
+        let actor = Actor(Self.actor(request))
+        let expect = try Self.ifMatch(request)
+        let (digest, parsed) = try await offload {
+            try registry.putManifest(name, reference, contentType: contentType, bytes: bytes, actor: actor, expect: expect)
+        }
         var h: HTTPFields = [.location: "/v2/\(name)/manifests/\(digest)", .dockerContentDigest: digest.description]
         if let subject = parsed.subject { h[.ociSubject] = subject.digest.description }
         return Reply.empty(201, h)

@@ -1,4 +1,5 @@
 import DepotCore
+import DepotRegistry
 import DepotStore
 import Foundation
 import Yams
@@ -14,6 +15,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var storageRoot = "storage"
     public var uploadTimeoutSeconds: Double = 3600
     public var maxUploads = 1024
+    /// Protected and immutable tag patterns (`aliases.protected`, `aliases.immutable`).
+    public var tagPolicy = TagPolicy()
     /// Hours between background garbage collections inside `depot serve` (0 disables).
     public var gcIntervalHours: Double = 24
     public var store = StoreOptionsConfig()
@@ -132,7 +135,17 @@ public struct ServerConfig: Sendable, Equatable {
                 config.maxUploads = v
             }
         }
-        try reader.rejectUnknown(root, known: ["server", "storage", "uploads"], at: "")
+        try reader.section(root, "aliases") { s in
+            for key in ["protected", "immutable"] {
+                guard let raw = s[key] else { continue }
+                guard let list = raw as? [Any], list.allSatisfy({ $0 is String && !($0 as! String).isEmpty }) else {
+                    throw reader.error("aliases.\(key)", "must be a list of tag patterns (strings, * and ? allowed)")
+                }
+                let patterns = list.map { $0 as! String }
+                if key == "protected" { config.tagPolicy.protected = patterns } else { config.tagPolicy.immutable = patterns }
+            }
+        }
+        try reader.rejectUnknown(root, known: ["server", "storage", "uploads", "aliases"], at: "")
         return config
     }
 }
@@ -159,6 +172,7 @@ final class ConfigReader {
             "storage": ["root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",
                         "compact_below", "read_verification", "gc_interval_hours"],
             "uploads": ["timeout_seconds", "max_sessions"],
+            "aliases": ["protected", "immutable"],
         ]
         try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")
     }

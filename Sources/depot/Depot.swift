@@ -7,7 +7,9 @@ struct Depot: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "depot",
         abstract: "Depot: a content-addressed, deduplicating model registry.",
-        subcommands: [Serve.self, Push.self, Pull.self, Tag.self, List.self, Inspect.self, Stats.self, Fsck.self, GC.self, Blob.self, Bench.self, Debug.self]
+        subcommands: [Serve.self, Push.self, Pull.self, Tag.self, List.self, Inspect.self,
+                      Alias.self, History.self, Rollback.self, Resolve.self, Pin.self, Unpin.self, Pins.self,
+                      LineageCommand.self, Audit.self, Stats.self, Fsck.self, GC.self, Blob.self, Bench.self, Debug.self]
     )
 }
 

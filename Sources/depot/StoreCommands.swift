@@ -1,6 +1,7 @@
 import ArgumentParser
 import DepotCore
 import DepotFormats
+import DepotRegistry
 import DepotStore
 import Foundation
 
@@ -63,21 +64,23 @@ struct Fsck: ParsableCommand {
 
 struct GC: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "gc", abstract: "Collect garbage: unrooted blobs, unreferenced chunks, sparse packs.")
+        commandName: "gc",
+        abstract: "Collect garbage: unkept manifests (untagged, unpinned, no pinned descendant), then unrooted blobs, unreferenced chunks, sparse packs.")
     @OptionGroup var storage: StorageOptions
     @Flag(help: "Machine-readable output.") var json = false
-    @Option(help: "Unfinished writes untouched for this many seconds are garbage.") var grace: Int64 = 24 * 3600
+    @Option(help: "Unfinished writes and untagged manifests younger than this many seconds are kept.") var grace: Int64 = 24 * 3600
 
     func run() throws {
-        let report = reportingErrors { () -> GCReport in
+        let report = reportingErrors { () -> RegistryGCReport in
             var options = StoreOptions()
             options.writeGraceSeconds = grace
             let store = try ChunkStore(root: storage.storage, options: options)
-            return try store.collectGarbage()
+            return try Registry(store: store).collectGarbage(untaggedGraceSeconds: grace, actor: "depot gc")
         }
         if json { return printJSON(report) }
-        print("deleted \(report.blobsDeleted) blob(s), \(report.chunksDeleted) chunk(s) (\(formatBytes(report.chunkBytesFreed)))")
-        print("compacted \(report.packsCompacted) pack(s) (\(report.chunksMoved) chunks moved), deleted \(report.packsDeleted) pack(s) (\(formatBytes(report.packBytesFreed)) freed)")
+        let s = report.store
+        print("deleted \(report.manifestsDeleted) unkept manifest(s), \(s.blobsDeleted) blob(s), \(s.chunksDeleted) chunk(s) (\(formatBytes(s.chunkBytesFreed)))")
+        print("compacted \(s.packsCompacted) pack(s) (\(s.chunksMoved) chunks moved), deleted \(s.packsDeleted) pack(s) (\(formatBytes(s.packBytesFreed)) freed)")
     }
 }
 

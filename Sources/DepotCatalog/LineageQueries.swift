@@ -1,0 +1,203 @@
+import DepotCore
+
+/// One lineage edge: `child` was derived from `parent`.
+public struct LineageEdge: Sendable, Equatable {
+    public var child: Digest
+    public var parent: Digest
+    public var relation: String
+    /// The parent as declared (`repo@digest`, possibly another registry's).
+    public var parentRef: String
+    public var repository: String
+    public var run: String?, dataset: String?, commit: String?, metrics: String?, job: String?
+    public var createdAt: Int64
+
+    public init(child: Digest, parent: Digest, relation: String, parentRef: String, repository: String,
+                run: String? = nil, dataset: String? = nil, commit: String? = nil, metrics: String? = nil,
+                job: String? = nil, createdAt: Int64) {
+        self.child = child; self.parent = parent; self.relation = relation; self.parentRef = parentRef
+        self.repository = repository; self.run = run; self.dataset = dataset; self.commit = commit
+        self.metrics = metrics; self.job = job; self.createdAt = createdAt
+    }
+}
+
+/// A node reached by a lineage walk, with its distance from the start and the edge used.
+public struct LineageStep: Sendable, Equatable {
+    public var digest: Digest
+    public var depth: Int
+    public var edge: LineageEdge
+}
+
+/// Where a tag points, for impact queries.
+public struct TagTarget: Sendable, Equatable {
+    public var repository: String
+    public var tag: String
+    public var digest: Digest
+}
+
+extension SQLiteConnection {
+    /// Runs a query with an argument array.
+    func queryArgs(_ sql: String, _ args: [SQLValue], row: (Statement) throws -> Void) throws {
+        let s = try statement(sql)
+        try s.bind(args)
+        defer { s.reset() }
+        while try s.step() { try row(s) }
+    }
+
+    public func insertLineageEdge(_ e: LineageEdge, repo: Int64) throws {
+        try run("""
+            INSERT OR IGNORE INTO lineage_edges(child, parent, relation, parent_ref, repo_id, run, dataset, source_commit, metrics, job, created_at)
+            VALUES(?,?,?,?,?,?,?,?,?,?,?)
+            """, .hash(e.child.bytes), .hash(e.parent.bytes), .text(e.relation), .text(e.parentRef), .int(repo),
+            e.run.map(SQLValue.text) ?? .null, e.dataset.map(SQLValue.text) ?? .null, e.commit.map(SQLValue.text) ?? .null,
+            e.metrics.map(SQLValue.text) ?? .null, e.job.map(SQLValue.text) ?? .null, .int(e.createdAt))
+    }
+
+    /// Whether `candidate` is `digest` or one of its ancestors (a new edge digest → candidate
+    /// would then close a cycle).
+    public func isAncestorOrSelf(_ candidate: Digest, of digest: Digest) throws -> Bool {
+        if candidate == digest { return true }
+        return try first("""
+            WITH RECURSIVE up(d) AS (
+                SELECT ? UNION SELECT e.parent FROM lineage_edges e JOIN up ON e.child = up.d
+            ) SELECT 1 FROM up WHERE d = ? LIMIT 1
+            """, .hash(digest.bytes), .hash(candidate.bytes)) { _ in true } ?? false
+    }
+
+    static let edgeColumns = "e.child, e.parent, e.relation, e.parent_ref, (SELECT name FROM repositories WHERE id = e.repo_id), e.run, e.dataset, e.source_commit, e.metrics, e.job, e.created_at"
+
+    static func edge(_ s: Statement, from i: Int32) -> LineageEdge {
+        func opt(_ k: Int32) -> String? { s.isNull(k) ? nil : s.text(k) }
+        return LineageEdge(child: Digest(bytes: s.hash(i)!), parent: Digest(bytes: s.hash(i + 1)!), relation: s.text(i + 2),
+                           parentRef: s.text(i + 3), repository: opt(i + 4) ?? "", run: opt(i + 5), dataset: opt(i + 6),
+                           commit: opt(i + 7), metrics: opt(i + 8), job: opt(i + 9), createdAt: s.int(i + 10))
+    }
+
+    /// Ancestors (`up`) or descendants of `digest` to `depth`, nearest first, following only
+    /// `relations` when given. Each node appears once, at its smallest depth.
+    public func lineage(of digest: Digest, up: Bool, depth: Int, relations: [String]?, limit: Int) throws -> [LineageStep] {
+        let (near, far) = up ? ("child", "parent") : ("parent", "child")
+        var filter = ""
+        var args: [SQLValue] = [.hash(digest.bytes), .int(Int64(depth))]
+        if let relations, !relations.isEmpty {
+            filter = " AND e.relation IN (" + relations.map { _ in "?" }.joined(separator: ",") + ")"
+            args += relations.map(SQLValue.text) + relations.map(SQLValue.text)
+        }
+        args += [.int(Int64(limit))]
+        var out: [LineageStep] = []
+        var seen = Set<Digest>()
+        try queryArgs("""
+            WITH RECURSIVE walk(d, depth) AS (
+                SELECT ?, 0
+                UNION
+                SELECT e.\(far), walk.depth + 1 FROM lineage_edges e JOIN walk ON e.\(near) = walk.d
+                WHERE walk.depth < ?\(filter)
+            )
+            SELECT walk.depth, \(Self.edgeColumns) FROM walk
+            JOIN lineage_edges e ON e.\(far) = walk.d
+            WHERE walk.depth > 0 AND e.\(near) IN (SELECT d FROM walk w2 WHERE w2.depth = walk.depth - 1)\(filter)
+            ORDER BY walk.depth LIMIT ?
+            """, args) { s in
+            let edge = Self.edge(s, from: 1)
+            let node = up ? edge.parent : edge.child
+            if seen.insert(node).inserted { out.append(LineageStep(digest: node, depth: Int(s.int(0)), edge: edge)) }
+        }
+        return out
+    }
+
+    /// Edges whose child is `digest` (its direct parents).
+    public func parentEdges(of digest: Digest) throws -> [LineageEdge] {
+        var out: [LineageEdge] = []
+        try query("SELECT \(Self.edgeColumns) FROM lineage_edges e WHERE e.child = ?", .hash(digest.bytes)) { out.append(Self.edge($0, from: 0)) }
+        return out
+    }
+
+    /// Edges whose parent is `digest` (its direct children).
+    public func childEdges(of digest: Digest) throws -> [LineageEdge] {
+        var out: [LineageEdge] = []
+        try query("SELECT \(Self.edgeColumns) FROM lineage_edges e WHERE e.parent = ?", .hash(digest.bytes)) { out.append(Self.edge($0, from: 0)) }
+        return out
+    }
+
+    /// The artifactType of a manifest digest (any repository), if stored.
+    public func artifactType(of digest: Digest) throws -> String?? {
+        try first("SELECT artifact_type FROM manifests WHERE digest = ? LIMIT 1", .hash(digest.bytes)) { $0.isNull(0) ? nil : $0.text(0) }
+    }
+
+    /// Tags (every repository) pointing at `digest` or at any of its descendants.
+    public func tagsResolvingToDescendants(of digest: Digest) throws -> [TagTarget] {
+        var out: [TagTarget] = []
+        try query("""
+            WITH RECURSIVE down(d) AS (
+                SELECT ? UNION SELECT e.child FROM lineage_edges e JOIN down ON e.parent = down.d
+            )
+            SELECT r.name, t.name, t.digest FROM tags t JOIN repositories r ON r.id = t.repo_id
+            WHERE t.digest IN (SELECT d FROM down) ORDER BY r.name, t.name
+            """, .hash(digest.bytes)) { s in
+            out.append(TagTarget(repository: s.text(0), tag: s.text(1), digest: Digest(bytes: s.hash(2)!)))
+        }
+        return out
+    }
+
+    // MARK: pins
+
+    public func pin(_ digest: Digest, repo: Int64, reason: String?, actor: String, now: Int64) throws -> Bool {
+        try run("INSERT OR IGNORE INTO pins(digest, repo_id, reason, actor, created_at) VALUES(?,?,?,?,?)",
+                .hash(digest.bytes), .int(repo), reason.map(SQLValue.text) ?? .null, .text(actor), .int(now))
+        return changes == 1
+    }
+
+    public func unpin(_ digest: Digest) throws -> Bool {
+        try run("DELETE FROM pins WHERE digest = ?", .hash(digest.bytes))
+        return changes == 1
+    }
+
+    public func isPinned(_ digest: Digest) throws -> Bool {
+        try first("SELECT 1 FROM pins WHERE digest = ?", .hash(digest.bytes)) { _ in true } ?? false
+    }
+
+    /// Every pin: digest, repository, reason, actor, time.
+    public func pins() throws -> [(digest: Digest, repository: String, reason: String?, actor: String, at: Int64)] {
+        var out: [(Digest, String, String?, String, Int64)] = []
+        try query("SELECT p.digest, r.name, p.reason, p.actor, p.created_at FROM pins p JOIN repositories r ON r.id = p.repo_id ORDER BY p.created_at") { s in
+            out.append((Digest(bytes: s.hash(0)!), s.text(1), s.isNull(2) ? nil : s.text(2), s.text(3), s.int(4)))
+        }
+        return out
+    }
+
+    /// Pinned digests of which `digest` is an ancestor (deleting it would break their lineage).
+    public func pinnedDescendants(of digest: Digest) throws -> [Digest] {
+        var out: [Digest] = []
+        try query("""
+            WITH RECURSIVE down(d) AS (
+                SELECT e.child FROM lineage_edges e WHERE e.parent = ?
+                UNION SELECT e.child FROM lineage_edges e JOIN down ON e.parent = down.d
+            ) SELECT p.digest FROM pins p WHERE p.digest IN (SELECT d FROM down)
+            """, .hash(digest.bytes)) { out.append(Digest(bytes: $0.hash(0)!)) }
+        return out
+    }
+
+    // MARK: manifest garbage
+
+    /// Manifests (repository id, digest) that nothing keeps: no tag, not pinned, not an ancestor
+    /// of a pinned manifest, not listed by a kept index, not a referrer of a kept manifest, and
+    /// older than `before`. Computed in SQL as the complement of the kept set.
+    public func unkeptManifests(createdBefore before: Int64) throws -> [(repo: Int64, digest: Digest)] {
+        var out: [(Int64, Digest)] = []
+        try query("""
+            WITH RECURSIVE
+            pinned_up(d) AS (
+                SELECT digest FROM pins
+                UNION SELECT e.parent FROM lineage_edges e JOIN pinned_up ON e.child = pinned_up.d
+            ),
+            kept(repo_id, digest) AS (
+                SELECT repo_id, digest FROM tags
+                UNION SELECT repo_id, digest FROM manifests WHERE digest IN (SELECT d FROM pinned_up) OR created_at >= ?
+                UNION SELECT m.repo_id, m.child FROM manifest_refs m JOIN kept k ON k.repo_id = m.repo_id AND k.digest = m.manifest WHERE m.kind = 1
+                UNION SELECT s.repo_id, s.digest FROM manifests s JOIN kept k ON k.repo_id = s.repo_id AND k.digest = s.subject
+            )
+            SELECT m.repo_id, m.digest FROM manifests m
+            WHERE NOT EXISTS (SELECT 1 FROM kept k WHERE k.repo_id = m.repo_id AND k.digest = m.digest)
+            """, .int(before)) { out.append(($0.int(0), Digest(bytes: $0.hash(1)!))) }
+        return out
+    }
+}

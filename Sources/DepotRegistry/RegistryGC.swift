@@ -1,0 +1,48 @@
+import DepotCatalog
+import DepotCore
+import DepotStore
+import Foundation
+
+/// What a registry garbage collection did: manifests nothing keeps, then the store's sweep.
+public struct RegistryGCReport: Sendable, Codable {
+    public var manifestsDeleted: Int
+    public var store: GCReport
+
+    enum CodingKeys: String, CodingKey {
+        case manifestsDeleted = "manifests_deleted", store
+    }
+}
+
+extension Registry {
+    /// Deletes manifests nothing keeps — untagged, unpinned, not an ancestor of a pinned
+    /// manifest, not listed by a kept index, not a referrer of a kept manifest, older than
+    /// `untaggedGraceSeconds` — then collects the store (whose roots are the blobs every
+    /// remaining manifest references, declared-live blobs and recent writes). Audited.
+    public func collectGarbage(untaggedGraceSeconds: Int64? = nil, now: Int64? = nil, actor: String = "gc") throws -> RegistryGCReport {
+        let clock = now ?? Self.now()
+        let grace = untaggedGraceSeconds ?? store.options.writeGraceSeconds
+        let deleted = try db.write { conn -> Int in
+            let doomed = try conn.unkeptManifests(createdBefore: clock - grace)
+            for (repo, digest) in doomed { _ = try conn.deleteManifest(repo: repo, digest) }
+            return doomed.count
+        }
+        if deleted > 0 { cache.invalidate() }
+        let report = try store.collectGarbage(now: now)
+        try db.write { conn in
+            try conn.appendAudit(at: Self.nowMillis(), actor: actor, action: "gc", repository: nil, digest: nil, tag: nil,
+                                 details: ["manifests_deleted": deleted, "blobs_deleted": report.blobsDeleted,
+                                           "chunks_deleted": report.chunksDeleted, "pack_bytes_freed": report.packBytesFreed])
+        }
+        return RegistryGCReport(manifestsDeleted: deleted, store: report)
+    }
+
+    /// Audit journal entries matching `filter`, oldest first.
+    public func auditLog(_ filter: AuditFilter) throws -> [AuditEntry] {
+        try db.read { try $0.auditEntries(filter) }
+    }
+
+    /// Recomputes the audit hash chain.
+    public func verifyAudit() throws -> AuditVerification {
+        try db.read { try $0.verifyAudit() }
+    }
+}
