@@ -92,7 +92,7 @@ public final class Registry: Sendable {
         let parsed = try ManifestParser.parse(bytes, contentType: contentType)
         let digest = Digest.of(bytes)
         if case .digest(let d) = reference, d != digest {
-            throw RegistryError(.manifestInvalid, "manifest content has digest \(digest), not \(d)")
+            throw RegistryError(.digestInvalid, "manifest content has digest \(digest), not \(d)")
         }
         var annotationsJSON: String?
         if let a = parsed.annotations, !a.isEmpty, let data = try? JSONSerialization.data(withJSONObject: a, options: [.sortedKeys]) {
