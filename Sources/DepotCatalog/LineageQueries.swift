@@ -25,6 +25,9 @@ public struct LineageStep: Sendable, Equatable {
     public var digest: Digest
     public var depth: Int
     public var edge: LineageEdge
+    /// Whether a manifest with this digest is stored (any repository), and its artifactType.
+    public var stored: Bool
+    public var artifactType: String?
 }
 
 /// Where a tag points, for impact queries.
@@ -80,26 +83,34 @@ extension SQLiteConnection {
         var args: [SQLValue] = [.hash(digest.bytes), .int(Int64(depth))]
         if let relations, !relations.isEmpty {
             filter = " AND e.relation IN (" + relations.map { _ in "?" }.joined(separator: ",") + ")"
-            args += relations.map(SQLValue.text) + relations.map(SQLValue.text)
+            args += relations.map(SQLValue.text)
         }
         args += [.int(Int64(limit))]
         var out: [LineageStep] = []
         var seen = Set<Digest>()
+        // The walk carries the edge that reached each node; UNION drops repeats.
         try queryArgs("""
-            WITH RECURSIVE walk(d, depth) AS (
-                SELECT ?, 0
+            WITH RECURSIVE walk(d, depth, c, p, rel) AS (
+                SELECT ?, 0, NULL, NULL, NULL
                 UNION
-                SELECT e.\(far), walk.depth + 1 FROM lineage_edges e JOIN walk ON e.\(near) = walk.d
+                SELECT e.\(far), walk.depth + 1, e.child, e.parent, e.relation
+                FROM walk JOIN lineage_edges e ON e.\(near) = walk.d
                 WHERE walk.depth < ?\(filter)
             )
-            SELECT walk.depth, \(Self.edgeColumns) FROM walk
-            JOIN lineage_edges e ON e.\(far) = walk.d
-            WHERE walk.depth > 0 AND e.\(near) IN (SELECT d FROM walk w2 WHERE w2.depth = walk.depth - 1)\(filter)
+            SELECT walk.depth, \(Self.edgeColumns),
+                   (SELECT 1 FROM manifests m WHERE m.digest = walk.d LIMIT 1),
+                   (SELECT m.artifact_type FROM manifests m WHERE m.digest = walk.d LIMIT 1)
+            FROM walk
+            JOIN lineage_edges e ON e.child = walk.c AND e.parent = walk.p AND e.relation = walk.rel
+            WHERE walk.depth > 0
             ORDER BY walk.depth LIMIT ?
             """, args) { s in
             let edge = Self.edge(s, from: 1)
             let node = up ? edge.parent : edge.child
-            if seen.insert(node).inserted { out.append(LineageStep(digest: node, depth: Int(s.int(0)), edge: edge)) }
+            if seen.insert(node).inserted {
+                out.append(LineageStep(digest: node, depth: Int(s.int(0)), edge: edge, stored: !s.isNull(12),
+                                       artifactType: s.isNull(13) ? nil : s.text(13)))
+            }
         }
         return out
     }

@@ -118,6 +118,7 @@ enum Schema {
             PRIMARY KEY(child, parent, relation)
         ) WITHOUT ROWID;
         CREATE INDEX lineage_by_parent ON lineage_edges(parent, child);
+        CREATE INDEX manifests_by_digest ON manifests(digest);
         CREATE TABLE pins(
             digest BLOB PRIMARY KEY,
             repo_id INTEGER NOT NULL,

@@ -69,9 +69,8 @@ extension Registry {
         guard depth >= 1, depth <= 1000 else { throw RegistryError(.unsupported, "depth must be 1...1000", status: 400) }
         return try db.read { conn in
             try conn.lineage(of: digest, up: up, depth: depth, relations: relations, limit: limit).compactMap { step in
-                let type = try conn.artifactType(of: step.digest)
-                if let artifactType, type != .some(artifactType) { return nil }
-                return LineageNode(digest: step.digest, depth: step.depth, edge: step.edge, artifactType: type ?? nil, stored: type != nil)
+                if let artifactType, step.artifactType != artifactType { return nil }
+                return LineageNode(digest: step.digest, depth: step.depth, edge: step.edge, artifactType: step.artifactType, stored: step.stored)
             }
         }
     }

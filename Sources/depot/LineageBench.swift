@@ -1,0 +1,104 @@
+import ArgumentParser
+import DepotCatalog
+import DepotCore
+import DepotRegistry
+import DepotStore
+import Foundation
+
+/// `depot bench lineage`: a generated lineage graph with realistic fan-out, and the latency of
+/// ancestors / descendants / impact queries on it.
+struct LineageBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lineage",
+        abstract: "Lineage query latency on a generated graph (default ~100,000 artifacts).",
+        discussion: """
+        Shape: base models; training runs, each a chain of checkpoints (trained-from a base, then \
+        fine-tuned-from the previous checkpoint); every 4th checkpoint converted to ONNX, compiled to a \
+        TensorRT plan and packaged as a Triton bundle; each run's last bundle tagged. Queries pick random \
+        artifacts: ancestors of a bundle, descendants of a checkpoint, impact of a checkpoint (tags downstream).
+        """)
+    @Option(help: "Training runs.") var runs = 950
+    @Option(help: "Checkpoints per run.") var chain = 60
+    @Option(help: "Base models the runs start from.") var bases = 20
+    @Option(help: "Queries of each kind.") var queries = 1000
+    @Option(help: "Work directory (a temporary one by default).") var workdir: String?
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func run() throws {
+        let dir = workdir ?? NSTemporaryDirectory() + "/depot-lineage-bench-\(getpid())"
+        defer { if workdir == nil { try? FileManager.default.removeItem(atPath: dir) } }
+        let result = reportingErrors { () -> [String: Any] in
+            let store = try ChunkStore(root: dir, create: true)
+            let registry = Registry(store: store)
+            var rng = SystemRandomNumberGenerator()
+            func fake(_ i: Int) -> Digest { Digest.of(Array("artifact-\(i)".utf8)) }
+            var next = 0
+            var checkpoints: [Digest] = [], bundles: [Digest] = [], baseDigests: [Digest] = []
+            let started = Date()
+            try store.catalog.write { conn in
+                let repo = try conn.ensureRepository("bench/models", now: 0)
+                func artifact(_ type: String) throws -> Digest {
+                    let d = fake(next); next += 1
+                    let content = Array("{\"n\":\(next)}".utf8)
+                    try conn.putManifest(repo: repo, ManifestRecord(digest: d, mediaType: MediaType.ociManifest, artifactType: type,
+                                                                    subject: nil, annotationsJSON: nil, content: content), blobs: [], children: [], now: 0)
+                    return d
+                }
+                func edge(_ child: Digest, _ parent: Digest, _ relation: String, run: Int) throws {
+                    try conn.insertLineageEdge(LineageEdge(child: child, parent: parent, relation: relation, parentRef: "bench/models@\(parent)",
+                                                           repository: "bench/models", run: "run-\(run)", createdAt: 0), repo: repo)
+                }
+                let baseModels = try (0..<bases).map { _ in try artifact("application/vnd.cncf.model.manifest.v1+json") }
+                baseDigests = baseModels
+                for r in 0..<runs {
+                    var previous = baseModels[r % bases]
+                    var lastBundle: Digest?
+                    for k in 0..<chain {
+                        let ckpt = try artifact("application/vnd.cncf.model.manifest.v1+json")
+                        try edge(ckpt, previous, k == 0 ? "trained-from" : "fine-tuned-from", run: r)
+                        checkpoints.append(ckpt)
+                        previous = ckpt
+                        if k % 4 == 3 {
+                            let onnx = try artifact("application/vnd.cncf.model.manifest.v1+json")
+                            try edge(onnx, ckpt, "converted-from", run: r)
+                            let plan = try artifact("application/vnd.depot.tensorrt.plan.v1")
+                            try edge(plan, onnx, "compiled-from", run: r)
+                            let bundle = try artifact("application/vnd.depot.triton.bundle.v1")
+                            try edge(bundle, plan, "packaged-from", run: r)
+                            bundles.append(bundle)
+                            lastBundle = bundle
+                        }
+                    }
+                    if let lastBundle { try conn.setTag(repo: repo, "run-\(r)-latest", to: lastBundle, actor: "bench", reason: nil, now: 0) }
+                }
+            }
+            let built = Date().timeIntervalSince(started)
+            func measure(count: Int? = nil, _ body: () throws -> Int) rethrows -> [String: Any] {
+                var times: [Double] = []
+                var sizes = 0
+                for _ in 0..<(count ?? queries) {
+                    let t = Date()
+                    sizes += try body()
+                    times.append(Date().timeIntervalSince(t) * 1000)
+                }
+                times.sort()
+                func pct(_ p: Double) -> Double { (times[min(times.count - 1, Int(Double(times.count) * p))] * 1000).rounded() / 1000 }
+                return ["p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0), "mean_result": sizes / max(1, times.count)]
+            }
+            let ancestors = try measure { try registry.lineage(of: bundles.randomElement(using: &rng)!, up: true, depth: 1000).count }
+            let descendants = try measure { try registry.lineage(of: checkpoints.randomElement(using: &rng)!, up: false, depth: 1000).count }
+            let impact = try measure { try registry.impact(of: checkpoints.randomElement(using: &rng)!).tags.count }
+            // The worst case: a base model that a twentieth of all runs started from.
+            let baseImpact = try measure(count: 20) { try registry.impact(of: baseDigests.randomElement(using: &rng)!).derived.count }
+            return ["artifacts": next, "edges": next - bases, "build_seconds": (built * 100).rounded() / 100,
+                    "ancestors_of_bundle": ancestors, "descendants_of_checkpoint": descendants, "impact_of_checkpoint": impact,
+                    "impact_of_base_model": baseImpact]
+        }
+        if json { return printJSONObject(result) }
+        print("graph: \(result["artifacts"]!) artifacts, \(result["edges"]!) edges (built in \(result["build_seconds"]!) s)")
+        for key in ["ancestors_of_bundle", "descendants_of_checkpoint", "impact_of_checkpoint", "impact_of_base_model"] {
+            let m = result[key] as! [String: Any]
+            print("\(key): p50 \(m["p50_ms"]!) ms, p99 \(m["p99_ms"]!) ms, max \(m["max_ms"]!) ms, mean result \(m["mean_result"]!)")
+        }
+    }
+}
