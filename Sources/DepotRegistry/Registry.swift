@@ -73,10 +73,12 @@ public final class Registry: Sendable {
 
     /// Removes the blob's link from the repository. It stays readable there while a manifest
     /// of the repository references it; storage is reclaimed by GC.
-    public func deleteBlob(_ repository: RepositoryName, _ digest: Digest) throws {
+    public func deleteBlob(_ repository: RepositoryName, _ digest: Digest, actor: Actor = .oci) throws {
         let removed = try db.write { conn -> Bool in
-            guard let repo = try conn.repositoryID(repository.value) else { return false }
-            return try conn.unlinkBlob(repo: repo, digest)
+            guard let repo = try conn.repositoryID(repository.value), try conn.unlinkBlob(repo: repo, digest) else { return false }
+            try conn.appendAudit(at: Self.nowMillis(), actor: actor.name, action: "delete", repository: repository.value,
+                                 digest: digest.description, tag: nil, details: ["what": "blob"])
+            return true
         }
         guard removed else { throw RegistryError(.blobUnknown, "blob \(digest) is not in \(repository)") }
     }

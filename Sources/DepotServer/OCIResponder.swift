@@ -83,7 +83,8 @@ public struct OCIResponder: HTTPResponder {
             return try await getBlob(try RequestParsing.name(name), try RequestParsing.digest(digest), request)
         case (.blob(let name, let digest), .delete):
             let (n, d) = (try RequestParsing.name(name), try RequestParsing.digest(digest))
-            try await offload { try registry.deleteBlob(n, d) }
+            let actor = Actor(Self.actor(request))
+            try await offload { try registry.deleteBlob(n, d, actor: actor) }
             return Reply.empty(202)
         case (.uploads(let name), .post):
             return try await startUpload(try RequestParsing.name(name), request)

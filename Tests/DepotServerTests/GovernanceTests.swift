@@ -251,3 +251,49 @@ struct GovernanceTests {
         }
     }
 }
+
+/// The governance commands as operators run them.
+@Suite("Governance commands")
+struct GovernanceCommandTests {
+    @Test func historyRollbackLineageAndAuditFromTheCommandLine() async throws {
+        let dir = TempDir("depot-gov-cli")
+        try await withRegistry { _, registry, port in
+            let d = try await pushFamily(port, dir.path)
+            let url = "http://127.0.0.1:\(port)"
+            let depot = repoRoot + "/.build/debug/depot"
+            for v in ["v1", "v2", "v3"] {
+                let r = try await run(depot, ["alias", "set", "team/llm", "production", v, "--reason", "promote \(v)", "--registry", url])
+                #expect(r.status == 0, "\(r.output)")
+            }
+            let refused = try await run(depot, ["alias", "set", "team/llm", "production", "v1", "--expect", d[0].description, "--registry", url])
+            #expect(refused.status == 1 && refused.output.contains("412"), "\(refused.output)")
+            let history = try await run(depot, ["history", "team/llm", "production", "--registry", url])
+            #expect(history.output.split(separator: "\n").count == 3 && history.output.contains("promote v2"))
+            let back = try await run(depot, ["rollback", "team/llm", "production", "--steps", "2", "--registry", url])
+            #expect(back.status == 0, "\(back.output)")
+            #expect(try registry.manifest(try RepositoryName("team/llm"), .tag("production")).digest == d[0])
+
+            let dot = try await run(depot, ["lineage", "team/llm:v3", "--dot", "--registry", url])
+            #expect(dot.output.hasPrefix("digraph lineage") && dot.output.contains("fine-tuned-from"))
+            let events = try await run(depot, ["lineage", "team/llm:v3", "--openlineage", "--registry", url])
+            let lines = events.output.split(separator: "\n")
+            #expect(lines.count == 2)
+            for line in lines {
+                let event = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+                #expect(event["eventType"] as? String == "COMPLETE")
+                #expect(((event["inputs"] as? [[String: Any]])?.first?["name"] as? String)?.contains("@sha256:") == true)
+            }
+            let impact = try await run(depot, ["lineage", "team/llm:v1", "--impact", "--registry", url])
+            #expect(impact.output.contains("team/llm:v3") && impact.output.contains("team/llm:production"))
+
+            let ok = try await run(depot, ["audit", "verify", "--registry", url])
+            #expect(ok.status == 0 && ok.output.contains("intact"))
+            let log = try await run(depot, ["audit", "log", "--action", "rollback", "--json", "--registry", url])
+            #expect(log.output.contains("\"rollback\""))
+            let catalog = try Database(path: registry.store.root + "/catalog.db")
+            try catalog.write { try $0.execute("UPDATE audit_log SET details = '{}' WHERE id = 2") }
+            let bad = try await run(depot, ["audit", "verify", "--registry", url])
+            #expect(bad.status == 1 && bad.output.contains("entry 2"), "\(bad.output)")
+        }
+    }
+}
