@@ -141,6 +141,32 @@ enum Schema {
         CREATE INDEX audit_by_time ON audit_log(at);
         CREATE INDEX audit_by_repository ON audit_log(repository, at);
         """,
+        // 5: the events outbox (written in the transaction of the change) and webhook deliveries.
+        """
+        CREATE TABLE events(
+            id INTEGER PRIMARY KEY AUTOINCREMENT,       -- the cursor consumers resume from
+            at INTEGER NOT NULL,                        -- milliseconds since 1970
+            type TEXT NOT NULL,                         -- manifest.pushed, tag.moved, manifest.deleted, ...
+            repository TEXT,
+            payload TEXT NOT NULL                       -- the JSON body delivered
+        );
+        CREATE TABLE webhook_cursors(
+            webhook TEXT PRIMARY KEY,
+            last_event INTEGER NOT NULL
+        );
+        CREATE TABLE webhook_deliveries(
+            id INTEGER PRIMARY KEY,
+            webhook TEXT NOT NULL,
+            event_id INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            at INTEGER NOT NULL,
+            status INTEGER,                             -- HTTP status, NULL when no answer
+            error TEXT,
+            duration_ms INTEGER NOT NULL,
+            outcome TEXT NOT NULL                       -- delivered, retrying, gave-up
+        );
+        CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries(webhook, id);
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

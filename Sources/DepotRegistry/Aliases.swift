@@ -28,6 +28,10 @@ extension Registry {
             if let reason { details["reason"] = reason }
             try conn.appendAudit(at: now, actor: actor, action: action, repository: repository.value,
                                  digest: digest.description, tag: alias, details: details)
+            var event: [String: Any] = ["tag": alias, "digest": digest.description, "actor": actor, "alias": true, "action": action]
+            if let current { event["previous"] = current.description }
+            if let reason { event["reason"] = reason }
+            try conn.appendEvent(type: "tag.moved", at: now, repository: repository.value, fields: event)
             return current
         }
         cache.invalidate()

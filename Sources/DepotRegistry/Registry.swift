@@ -78,6 +78,8 @@ public final class Registry: Sendable {
             guard let repo = try conn.repositoryID(repository.value), try conn.unlinkBlob(repo: repo, digest) else { return false }
             try conn.appendAudit(at: Self.nowMillis(), actor: actor.name, action: "delete", repository: repository.value,
                                  digest: digest.description, tag: nil, details: ["what": "blob"])
+            try conn.appendEvent(type: "blob.deleted", at: Self.nowMillis(), repository: repository.value,
+                                 fields: ["digest": digest.description, "actor": actor.name])
             return true
         }
         guard removed else { throw RegistryError(.blobUnknown, "blob \(digest) is not in \(repository)") }
@@ -140,11 +142,22 @@ public final class Registry: Sendable {
             if let previous { details["previous"] = previous.description }
             if let reason { details["reason"] = reason }
             if !lineage.isEmpty { details["lineage"] = lineage.map { "\($0.relation) \($0.parentRef)" } }
+            var event: [String: Any] = ["digest": digest.description, "media_type": parsed.mediaType, "size": bytes.count, "actor": actor.name]
+            if let t = parsed.artifactType { event["artifact_type"] = t }
+            if let s = parsed.subject { event["subject"] = s.digest.description }
             if case .tag(let tag) = reference {
+                event["tag"] = tag
                 try conn.setTag(repo: repo, tag, to: digest, actor: actor.name, reason: reason, now: Self.nowMillis())
                 try conn.appendAudit(at: Self.nowMillis(), actor: actor.name, action: "push", repository: repository.value,
                                      digest: digest.description, tag: tag, details: details)
+                try conn.appendEvent(type: "manifest.pushed", at: Self.nowMillis(), repository: repository.value, fields: event)
+                if previous != digest {
+                    var moved: [String: Any] = ["tag": tag, "digest": digest.description, "actor": actor.name]
+                    if let previous { moved["previous"] = previous.description }
+                    try conn.appendEvent(type: "tag.moved", at: Self.nowMillis(), repository: repository.value, fields: moved)
+                }
             } else {
+                try conn.appendEvent(type: "manifest.pushed", at: Self.nowMillis(), repository: repository.value, fields: event)
                 try conn.appendAudit(at: Self.nowMillis(), actor: actor.name, action: "push", repository: repository.value,
                                      digest: digest.description, tag: nil, details: details)
             }
@@ -218,6 +231,8 @@ public final class Registry: Sendable {
                 }
                 try conn.appendAudit(at: now, actor: actor.name, action: "delete", repository: repository.value,
                                      digest: target.description, tag: t, details: ["what": "tag"])
+                try conn.appendEvent(type: "tag.deleted", at: now, repository: repository.value,
+                                     fields: ["tag": t, "digest": target.description, "actor": actor.name])
             case .digest(let d):
                 guard try conn.manifestExists(repo: repo, d) else {
                     throw RegistryError(.manifestUnknown, "manifest \(d) is not in \(repository)")
@@ -238,6 +253,8 @@ public final class Registry: Sendable {
                 _ = try conn.deleteManifest(repo: repo, d)
                 try conn.appendAudit(at: now, actor: actor.name, action: "delete", repository: repository.value,
                                      digest: d.description, tag: nil, details: ["what": "manifest", "tags": tags])
+                try conn.appendEvent(type: "manifest.deleted", at: now, repository: repository.value,
+                                     fields: ["digest": d.description, "tags": tags, "actor": actor.name])
             }
         }
         cache.invalidate()

@@ -46,3 +46,15 @@ extension Registry {
         try db.read { try $0.verifyAudit() }
     }
 }
+
+extension Registry {
+    /// Events after `cursor` (the outbox), oldest first.
+    public func events(after cursor: Int64, limit: Int) throws -> [EventRecord] {
+        try db.read { try $0.events(after: cursor, limit: limit) }
+    }
+
+    /// Webhook delivery attempts, oldest first (the newest `limit`).
+    public func deliveries(webhook: String?, limit: Int) throws -> [DeliveryRecord] {
+        try db.read { try $0.deliveries(webhook: webhook, limit: limit) }
+    }
+}

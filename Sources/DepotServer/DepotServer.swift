@@ -24,7 +24,8 @@ public struct DepotService {
             server: .http1(configuration: .init(additionalChannelHandlers: [ContinueHandler()], idleTimeout: .seconds(300))),
             configuration: .init(address: .hostname(config.listenHost, port: config.listenPort), serverName: "depot"),
             services: [UploadExpiry(uploads: registry.uploads),
-                       PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger)],
+                       PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger),
+                       WebhookDispatcher(registry: registry, hooks: config.webhooks, logger: logger)],
             onServerRunning: onServerRunning,
             logger: logger
         )
@@ -84,7 +85,11 @@ struct PeriodicGC: Service {
     let logger: Logger
 
     func run() async throws {
-        guard intervalHours > 0 else { return }
+        guard intervalHours > 0 else {
+            // A service that returns stops the whole group (the server with it): idle instead.
+            try? await gracefulShutdown()
+            return
+        }
         do {
             try await cancelWhenGracefulShutdown {
                 while !Task.isCancelled {

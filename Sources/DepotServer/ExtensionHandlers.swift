@@ -53,7 +53,7 @@ extension OCIResponder {
         case (.metadata(let name, let ref), .get):
             return try await getMetadata(try RequestParsing.name(name), try RequestParsing.reference(ref))
         case (.alias, _), (.aliasHistory, _), (.aliasRollback, _), (.aliasResolve, _), (.pin, _), (.pins, _),
-             (.lineage, _), (.impact, _), (.lineagePath, _), (.audit, _), (.auditVerify, _):
+             (.lineage, _), (.impact, _), (.lineagePath, _), (.audit, _), (.auditVerify, _), (.events, _), (.deliveries, _):
             return try await handleGovernance(route, request)
         default:
             throw RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405)

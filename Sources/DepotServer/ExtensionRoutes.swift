@@ -17,6 +17,8 @@ enum ExtensionRoute: Equatable {
     case lineagePath
     case audit
     case auditVerify
+    case events
+    case deliveries
 
     var label: String {
         switch self {
@@ -30,6 +32,7 @@ enum ExtensionRoute: Equatable {
         case .pin, .pins: return "ext_pin"
         case .lineage, .impact, .lineagePath: return "ext_lineage"
         case .audit, .auditVerify: return "ext_audit"
+        case .events, .deliveries: return "ext_events"
         }
     }
 
@@ -43,6 +46,8 @@ enum ExtensionRoute: Equatable {
         case "audit": self = .audit; return
         case "audit/verify": self = .auditVerify; return
         case "lineage/path": self = .lineagePath; return
+        case "events": self = .events; return
+        case "webhooks/deliveries": self = .deliveries; return
         default: break
         }
         if rest.hasPrefix("lineage/") {

@@ -206,6 +206,28 @@ extension OCIResponder {
             if let p = v.problem { o["problem"] = p }
             if let h = v.headHash { o["head_hash"] = h }
             return Reply.json(o)
+        case (.events, .get):
+            let after = try query["after"].map { s -> Int64 in
+                guard let n = Int64(s), n >= 0 else { throw RegistryError(.unsupported, "after must be an event cursor (a non-negative integer)", status: 400) }
+                return n
+            } ?? 0
+            let limit = try RequestParsing.pageSize(request).map { max(1, $0) } ?? 100
+            let events = try await offload { try registry.events(after: after, limit: limit) }
+            // The payloads are stored JSON: splice them in as they are.
+            var body = "{\"events\":[" + events.map(\.payload).joined(separator: ",") + "],\"next\":\"\(events.last?.id ?? after)\"}"
+            body += "\n"
+            return Reply.bytes(Array(body.utf8), contentType: "application/json")
+        case (.deliveries, .get):
+            let webhook = query["webhook"].map(String.init)
+            let limit = try RequestParsing.pageSize(request).map { max(1, $0) } ?? 100
+            let rows = try await offload { try registry.deliveries(webhook: webhook, limit: limit) }
+            return Reply.json(["deliveries": rows.map { d -> [String: Any] in
+                var o: [String: Any] = ["webhook": d.webhook, "event": String(d.eventID), "attempt": d.attempt, "at": Self.iso(d.at),
+                                        "duration_ms": d.durationMs, "outcome": d.outcome]
+                if let s = d.status { o["status"] = s }
+                if let e = d.error { o["error"] = e }
+                return o
+            }])
         default:
             throw RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405)
         }

@@ -17,6 +17,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var maxUploads = 1024
     /// Protected and immutable tag patterns (`aliases.protected`, `aliases.immutable`).
     public var tagPolicy = TagPolicy()
+    /// Webhooks receiving events (`webhooks:`).
+    public var webhooks: [WebhookConfig] = []
     /// Hours between background garbage collections inside `depot serve` (0 disables).
     public var gcIntervalHours: Double = 24
     public var store = StoreOptionsConfig()
@@ -145,8 +147,54 @@ public struct ServerConfig: Sendable, Equatable {
                 if key == "protected" { config.tagPolicy.protected = patterns } else { config.tagPolicy.immutable = patterns }
             }
         }
-        try reader.rejectUnknown(root, known: ["server", "storage", "uploads", "aliases"], at: "")
+        if let raw = root["webhooks"] {
+            guard let list = raw as? [Any] else { throw reader.error("webhooks", "must be a list") }
+            config.webhooks = try list.enumerated().map { try Self.webhook($1, index: $0, reader) }
+            let names = config.webhooks.map(\.name)
+            if Set(names).count != names.count { throw reader.error("webhooks", "names must be unique") }
+        }
+        try reader.rejectUnknown(root, known: ["server", "storage", "uploads", "aliases", "webhooks"], at: "")
         return config
+    }
+}
+
+extension ServerConfig {
+    static func webhook(_ raw: Any, index: Int, _ reader: ConfigReader) throws -> WebhookConfig {
+        let at = "webhooks[\(index)]"
+        guard let m = raw as? [String: Any] else { throw reader.error(at, "must be a mapping") }
+        try reader.rejectUnknown(m, known: ["name", "url", "secret", "secret_env", "events", "repositories", "max_attempts",
+                                            "retry_base_seconds", "timeout_seconds"], at: at + ".")
+        guard let name = m["name"] as? String, !name.isEmpty else { throw reader.error(at + ".name", "is required") }
+        guard let url = m["url"] as? String, let u = URL(string: url), ["http", "https"].contains(u.scheme ?? ""), u.host != nil else {
+            throw reader.error(at + ".url", "must be an http(s) URL")
+        }
+        var secret = m["secret"] as? String
+        if let env = m["secret_env"] as? String {
+            guard let value = ProcessInfo.processInfo.environment[env], !value.isEmpty else {
+                throw reader.error(at + ".secret_env", "names \(env), which is not set")
+            }
+            secret = value
+        }
+        guard let secret, !secret.isEmpty else { throw reader.error(at, "needs secret or secret_env (events are signed)") }
+        var hook = WebhookConfig(name: name, url: url, secret: secret)
+        for key in ["events", "repositories"] {
+            guard let v = m[key] else { continue }
+            guard let list = v as? [String] else { throw reader.error("\(at).\(key)", "must be a list of patterns") }
+            if key == "events" { hook.events = list } else { hook.repositories = list }
+        }
+        if let v = m["max_attempts"] {
+            guard let n = v as? Int, n >= 1 else { throw reader.error(at + ".max_attempts", "must be a positive integer") }
+            hook.maxAttempts = n
+        }
+        if let v = m["retry_base_seconds"] {
+            guard let d = (v as? Double) ?? (v as? Int).map(Double.init), d > 0 else { throw reader.error(at + ".retry_base_seconds", "must be positive") }
+            hook.retryBaseSeconds = d
+        }
+        if let v = m["timeout_seconds"] {
+            guard let d = (v as? Double) ?? (v as? Int).map(Double.init), d > 0 else { throw reader.error(at + ".timeout_seconds", "must be positive") }
+            hook.timeoutSeconds = d
+        }
+        return hook
     }
 }
 

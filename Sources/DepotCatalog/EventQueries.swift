@@ -1,0 +1,105 @@
+import DepotCore
+import Foundation
+
+/// One event of the outbox.
+public struct EventRecord: Sendable, Equatable {
+    public var id: Int64
+    public var at: Int64
+    public var type: String
+    public var repository: String?
+    /// The JSON object delivered to consumers (it includes `id`, `type` and `at`).
+    public var payload: String
+}
+
+/// One webhook delivery attempt.
+public struct DeliveryRecord: Sendable, Equatable, Codable {
+    public var id: Int64
+    public var webhook: String
+    public var eventID: Int64
+    public var attempt: Int
+    public var at: Int64
+    public var status: Int?
+    public var error: String?
+    public var durationMs: Int
+    public var outcome: String
+
+    public init(id: Int64 = 0, webhook: String, eventID: Int64, attempt: Int, at: Int64, status: Int?, error: String?,
+                durationMs: Int, outcome: String) {
+        self.id = id; self.webhook = webhook; self.eventID = eventID; self.attempt = attempt; self.at = at
+        self.status = status; self.error = error; self.durationMs = durationMs; self.outcome = outcome
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, webhook, attempt, at, status, error, outcome
+        case eventID = "event_id", durationMs = "duration_ms"
+    }
+}
+
+/// The events outbox and webhook bookkeeping.
+extension SQLiteConnection {
+    /// Appends an event (call inside the transaction of the change it announces).
+    @discardableResult
+    public func appendEvent(type: String, at: Int64, repository: String?, fields: [String: Any]) throws -> Int64 {
+        let seq = try first("SELECT seq FROM sqlite_sequence WHERE name = 'events'") { $0.int(0) } ?? 0
+        let last = try first("SELECT MAX(id) FROM events") { $0.isNull(0) ? 0 : $0.int(0) } ?? 0
+        let id = max(seq, last) + 1
+        var payload = fields
+        payload["id"] = String(id)
+        payload["type"] = type
+        payload["at"] = Self.iso(at)
+        if let repository { payload["repository"] = repository }
+        let data = try JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys, .withoutEscapingSlashes])
+        try run("INSERT INTO events(id, at, type, repository, payload) VALUES(?,?,?,?,?)", .int(id), .int(at), .text(type),
+                repository.map(SQLValue.text) ?? .null, .text(String(decoding: data, as: UTF8.self)))
+        return id
+    }
+
+    static func iso(_ ms: Int64) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+    }
+
+    /// Events after `cursor`, oldest first.
+    public func events(after cursor: Int64, limit: Int) throws -> [EventRecord] {
+        var out: [EventRecord] = []
+        try query("SELECT id, at, type, repository, payload FROM events WHERE id > ? ORDER BY id LIMIT ?", .int(cursor), .int(Int64(limit))) { s in
+            out.append(EventRecord(id: s.int(0), at: s.int(1), type: s.text(2), repository: s.isNull(3) ? nil : s.text(3), payload: s.text(4)))
+        }
+        return out
+    }
+
+    public func lastEventID() throws -> Int64 {
+        try first("SELECT COALESCE(MAX(id), 0) FROM events") { $0.int(0) } ?? 0
+    }
+
+    public func webhookCursor(_ name: String) throws -> Int64? {
+        try first("SELECT last_event FROM webhook_cursors WHERE webhook = ?", .text(name)) { $0.int(0) }
+    }
+
+    public func setWebhookCursor(_ name: String, _ id: Int64) throws {
+        try run("INSERT OR REPLACE INTO webhook_cursors(webhook, last_event) VALUES(?, ?)", .text(name), .int(id))
+    }
+
+    public func recordDelivery(_ d: DeliveryRecord) throws {
+        try run("""
+            INSERT INTO webhook_deliveries(webhook, event_id, attempt, at, status, error, duration_ms, outcome) VALUES(?,?,?,?,?,?,?,?)
+            """, .text(d.webhook), .int(d.eventID), .int(Int64(d.attempt)), .int(d.at), d.status.map { .int(Int64($0)) } ?? .null,
+            d.error.map(SQLValue.text) ?? .null, .int(Int64(d.durationMs)), .text(d.outcome))
+    }
+
+    public func deliveries(webhook: String?, limit: Int) throws -> [DeliveryRecord] {
+        var out: [DeliveryRecord] = []
+        var sql = "SELECT id, webhook, event_id, attempt, at, status, error, duration_ms, outcome FROM webhook_deliveries"
+        var args: [SQLValue] = []
+        if let webhook { sql += " WHERE webhook = ?"; args.append(.text(webhook)) }
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(.int(Int64(limit)))
+        try queryArgs(sql, args) { s in
+            out.append(DeliveryRecord(id: s.int(0), webhook: s.text(1), eventID: s.int(2), attempt: Int(s.int(3)), at: s.int(4),
+                                      status: s.isNull(5) ? nil : Int(s.int(5)), error: s.isNull(6) ? nil : s.text(6),
+                                      durationMs: Int(s.int(7)), outcome: s.text(8)))
+        }
+        return out.reversed()
+    }
+}
