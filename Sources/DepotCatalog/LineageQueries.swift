@@ -157,8 +157,9 @@ extension SQLiteConnection {
         return changes == 1
     }
 
-    public func unpin(_ digest: Digest) throws -> Bool {
-        try run("DELETE FROM pins WHERE digest = ?", .hash(digest.bytes))
+    /// Removes the pin `repo` made on `digest`.
+    public func unpin(_ digest: Digest, repo: Int64) throws -> Bool {
+        try run("DELETE FROM pins WHERE digest = ? AND repo_id = ?", .hash(digest.bytes), .int(repo))
         return changes == 1
     }
 

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import DepotCore
+import DepotStore
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -89,12 +90,17 @@ extension RegistryConnection {
         let r = try await send(.GET, "/depot/v1/repositories/\(repo)/blobs/\(digest)/recipe", accept: [200])
         let body = try await collect(r, limit: 256 << 20)
         guard body.count % 36 == 0 else { throw ClientError("malformed recipe for \(digest)") }
-        return body.withUnsafeBytes { p in
+        let refs = body.withUnsafeBytes { p in
             stride(from: 0, to: p.count, by: 36).map {
                 ChunkRef(hash: SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[$0..<($0 + 32)])),
                          length: Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: $0 + 32, as: UInt32.self))))
             }
         }
+        // Never trust lengths from the wire: every chunk is 1...max chunk bytes.
+        guard refs.allSatisfy({ $0.length >= 1 && $0.length <= ChunkerParameters.v1.maxSize }) else {
+            throw ClientError("the registry's recipe for \(digest) has a chunk length outside 1...\(ChunkerParameters.v1.maxSize)")
+        }
+        return refs
     }
 
     /// Starts fetching chunk records of a blob; the caller streams the body.

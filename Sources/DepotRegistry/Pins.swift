@@ -2,7 +2,8 @@ import DepotCatalog
 import DepotCore
 
 /// Pins: a pinned manifest, everything it references and the manifests of its lineage
-/// ancestors are kept by garbage collection, and deleting any of them is refused.
+/// ancestors are kept by garbage collection, and deleting any of them is refused (in every
+/// repository: a pin protects content). A pin is removed only through the repository that made it.
 extension Registry {
     /// Pins the manifest `reference` names; returns its digest.
     @discardableResult
@@ -24,12 +25,13 @@ extension Registry {
         let digest: Digest
         if case .digest(let d) = reference { digest = d } else { digest = try manifest(repository, reference).digest }
         let removed = try db.write { conn -> Bool in
-            guard try conn.unpin(digest) else { return false }
+            guard let repo = try conn.repositoryID(repository.value) else { throw RegistryError(.nameUnknown, "repository \(repository) is not known") }
+            guard try conn.unpin(digest, repo: repo) else { return false }
             try conn.appendAudit(at: Self.nowMillis(), actor: actor, action: "unpin", repository: repository.value,
                                  digest: digest.description, tag: nil, details: nil)
             return true
         }
-        guard removed else { throw RegistryError(.manifestUnknown, "\(digest) is not pinned") }
+        guard removed else { throw RegistryError(.manifestUnknown, "\(digest) is not pinned in \(repository)") }
         return digest
     }
 

@@ -89,7 +89,8 @@ struct WebhookDispatcher: Service {
             }
             for event in batch {
                 if Task.isCancelled { return }
-                if hook.wants(event) { await deliver(event, to: hook, http: http) }
+                // Interrupted (shutdown) before it was delivered or given up: not done.
+                if hook.wants(event), await !deliver(event, to: hook, http: http) { return }
                 cursor = event.id
                 let done = cursor
                 _ = try? await offload { try db.write { try $0.setWebhookCursor(hook.name, done) } }
@@ -97,12 +98,14 @@ struct WebhookDispatcher: Service {
         }
     }
 
-    /// Attempts one event until it is accepted or the attempts run out.
-    func deliver(_ event: EventRecord, to hook: WebhookConfig, http: HTTPClient) async {
+    /// Attempts one event until it is accepted or the attempts run out. Returns false when
+    /// interrupted by shutdown first (the event stays pending for the next start).
+    func deliver(_ event: EventRecord, to hook: WebhookConfig, http: HTTPClient) async -> Bool {
         let body = Array(event.payload.utf8)
         var delay = hook.retryBaseSeconds
-        for attempt in 1...max(1, hook.maxAttempts) {
-            if Task.isCancelled { return }
+        let attempts = max(1, hook.maxAttempts)
+        for attempt in 1...attempts {
+            if Task.isCancelled { return false }
             let started = ContinuousClock.now
             var status: Int?
             var failure: String?
@@ -124,19 +127,21 @@ struct WebhookDispatcher: Service {
             }
             let ms = Int((ContinuousClock.now - started) / .milliseconds(1))
             let ok = status.map { (200..<300).contains($0) } ?? false
-            let outcome = ok ? "delivered" : (attempt == hook.maxAttempts ? "gave-up" : "retrying")
+            if !ok && Task.isCancelled { return false }
+            let outcome = ok ? "delivered" : (attempt == attempts ? "gave-up" : "retrying")
             if failure == nil, !ok { failure = "HTTP \(status ?? 0)" }
             let record = DeliveryRecord(webhook: hook.name, eventID: event.id, attempt: attempt, at: Int64(Date().timeIntervalSince1970 * 1000),
                                         status: status, error: ok ? nil : failure, durationMs: ms, outcome: outcome)
             _ = try? await offload { try registry.store.catalog.write { try $0.recordDelivery(record) } }
-            if ok { return }
+            if ok { return true }
             if outcome == "gave-up" {
                 logger.error("webhook \(hook.name): gave up on event \(event.id) after \(attempt) attempts: \(failure ?? "")")
-                return
+                return true
             }
             logger.warning("webhook \(hook.name): event \(event.id) attempt \(attempt) failed (\(failure ?? "")); retrying in \(delay) s")
-            try? await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
+            do { try await Task.sleep(for: .milliseconds(Int64(delay * 1000))) } catch { return false }
             delay = min(delay * 2, hook.maxBackoffSeconds)
         }
+        return true
     }
 }

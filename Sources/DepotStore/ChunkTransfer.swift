@@ -125,6 +125,7 @@ public final class RecipeCommitter: @unchecked Sendable {
     /// Chunks of the recipe the store does not have (the commit then fails), first few kept.
     public private(set) var missing: [SHA256.Value] = []
     public private(set) var missingCount = 0
+    private var entries = 0
 
     init(store: ChunkStore, chunker: String) throws {
         self.store = store
@@ -134,9 +135,17 @@ public final class RecipeCommitter: @unchecked Sendable {
 
     deinit { abort() }
 
+    /// The most entries one recipe may have (with 64 KiB chunks, 64 GiB; at most 256 GiB). It
+    /// bounds the read-back a commit costs the server.
+    public static let maxEntries = 1 << 20
+
     /// Adds the next chunk of the recipe.
     public func append(_ hash: SHA256.Value, length: Int) throws {
         precondition(!done)
+        guard entries < Self.maxEntries else {
+            throw DepotError.invalidArgument("a recipe has at most \(Self.maxEntries) chunks")
+        }
+        entries += 1
         guard length > 0, length <= store.options.chunker.maxSize else {
             throw DepotError.invalidArgument("recipe entry \(hash.hex) has length \(length); chunks are 1...\(store.options.chunker.maxSize) bytes")
         }
