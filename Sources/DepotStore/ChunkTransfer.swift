@@ -52,14 +52,19 @@ extension ChunkStore {
             for (hash, loc) in locations where failure == nil {
                 let n = PackFormat.recordHeaderSize + loc.storedLength
                 let record = UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + n)])
-                do {
-                    try files.file(loc.pack).read(into: record, at: loc.offset)
-                    guard let h = PackFormat.decode(UnsafeRawBufferPointer(record)), h.hash == hash,
-                          h.storedLength == loc.storedLength, h.rawLength == loc.rawLength else {
-                        throw DepotError.integrity("chunk sha256:\(hash.hex) in pack \(loc.pack): record header does not match the index; run `depot fsck`")
+                func readAt(_ loc: ChunkLocation) -> Bool {
+                    guard (try? files.file(loc.pack).read(into: record, at: loc.offset)) != nil,
+                          let h = PackFormat.decode(UnsafeRawBufferPointer(record)) else { return false }
+                    return h.hash == hash && h.storedLength == loc.storedLength && h.rawLength == loc.rawLength
+                }
+                if !readAt(loc) {
+                    // Compaction may have moved the record since the lookup (same bytes, new place).
+                    let moved = try? catalog.read { try $0.chunkLocation(hash) }
+                    if let moved, moved != loc, moved.storedLength == loc.storedLength, readAt(moved) {
+                        // Found it where compaction put it.
+                    } else {
+                        failure = DepotError.integrity("chunk sha256:\(hash.hex) in pack \(loc.pack): record header does not match the index; run `depot fsck`")
                     }
-                } catch {
-                    failure = error
                 }
                 at += n
             }

@@ -8,7 +8,8 @@ import Testing
 /// Runs a command on a GCD thread (never blocking the concurrency pool the server needs).
 func run(_ executable: String, _ arguments: [String], cwd: String? = nil, timeout: TimeInterval = 120) async throws -> (status: Int32, output: String) {
     try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async {
+        // Serial queues of their own: they over-commit, so a saturated global pool never delays them.
+        DispatchQueue(label: "test.run").async {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: executable)
             p.arguments = arguments
@@ -18,7 +19,7 @@ func run(_ executable: String, _ arguments: [String], cwd: String? = nil, timeou
             p.standardError = out
             do { try p.run() } catch { return continuation.resume(throwing: error) }
             let killer = DispatchWorkItem { if p.isRunning { p.terminate() } }
-            DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
+            DispatchQueue(label: "test.run.killer").asyncAfter(deadline: .now() + timeout, execute: killer)
             let data = out.fileHandleForReading.readDataToEndOfFile()
             p.waitUntilExit()
             killer.cancel()

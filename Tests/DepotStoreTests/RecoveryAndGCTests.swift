@@ -163,7 +163,9 @@ import Testing
         let stop = Locked(false)
         let gcRuns = Locked(0)
         let group = DispatchGroup()
-        DispatchQueue.global().async(group: group) {
+        // A serial queue of its own (over-committing): the global pool may be saturated by other
+        // tests running in parallel, and the collector must run while the writes happen.
+        DispatchQueue(label: "test.gc-loop").async(group: group) {
             while !stop.withLock({ $0 }) {
                 _ = try! store.collectGarbage()
                 gcRuns.withLock { $0 += 1 }
