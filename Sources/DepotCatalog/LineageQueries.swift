@@ -115,23 +115,11 @@ extension SQLiteConnection {
         return out
     }
 
-    /// Edges whose child is `digest` (its direct parents).
-    public func parentEdges(of digest: Digest) throws -> [LineageEdge] {
-        var out: [LineageEdge] = []
-        try query("SELECT \(Self.edgeColumns) FROM lineage_edges e WHERE e.child = ?", .hash(digest.bytes)) { out.append(Self.edge($0, from: 0)) }
-        return out
-    }
-
     /// Edges whose parent is `digest` (its direct children).
     public func childEdges(of digest: Digest) throws -> [LineageEdge] {
         var out: [LineageEdge] = []
         try query("SELECT \(Self.edgeColumns) FROM lineage_edges e WHERE e.parent = ?", .hash(digest.bytes)) { out.append(Self.edge($0, from: 0)) }
         return out
-    }
-
-    /// The artifactType of a manifest digest (any repository), if stored.
-    public func artifactType(of digest: Digest) throws -> String?? {
-        try first("SELECT artifact_type FROM manifests WHERE digest = ? LIMIT 1", .hash(digest.bytes)) { $0.isNull(0) ? nil : $0.text(0) }
     }
 
     /// Tags (every repository) pointing at `digest` or at any of its descendants.

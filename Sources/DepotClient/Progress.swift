@@ -76,6 +76,7 @@ public final class TransferProgress: Sendable {
             let files = s.files > 1 ? " (\(s.files) files)" : ""
             var text = "\(verb) \(s.file)\(files)  \(percent)%  \(Self.bytes(Int64(rate / 2)))/s"
             if rate > 0, s.total > s.done { text += "  ETA \(Int(Double(s.total - s.done) / rate))s" }
+            text += "  \(verb == "push" ? "sent" : "received") \(Self.bytes(verb == "push" ? wire.sent : wire.received))"
             if s.saved > 0 { text += "  saved \(Self.bytes(s.saved))" }
             return text
         }

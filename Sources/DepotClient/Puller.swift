@@ -162,19 +162,11 @@ public final class Puller: Sendable {
             bytes += c.length
         }
         let connection = self.connection, cache = self.cache, progress = self.progress
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            var running = 0
-            for batch in batches where !batch.isEmpty {
-                if running >= max(1, request.jobs) { try await group.next(); running -= 1 }
-                running += 1
-                group.addTask {
-                    try await Self.fetch(batch.map(\.hash), repo: repo, digest: digest, connection: connection) { hash, raw in
-                        cache.write(hash, raw)
-                        progress.advance(Int64(raw.count))
-                    }
-                }
+        _ = try await forEachConcurrently(batches.filter { !$0.isEmpty }, limit: request.jobs) { batch in
+            try await Self.fetch(batch.map(\.hash), repo: repo, digest: digest, connection: connection) { hash, raw in
+                cache.write(hash, raw)
+                progress.advance(Int64(raw.count))
             }
-            try await group.waitForAll()
         }
     }
 

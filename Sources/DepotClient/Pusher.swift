@@ -192,24 +192,16 @@ public final class Pusher: Sendable {
         let total = indices.reduce(Int64(0)) { $0 + Int64(recipe.chunks[$1].length) }
         progress.advance(recipe.size - total, saved: recipe.size - total)
         let connection = self.connection, progress = self.progress
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            var running = 0
-            for batch in batches where !batch.isEmpty {
-                if running >= max(1, request.jobs) { try await group.next(); running -= 1 }
-                running += 1
-                group.addTask {
-                    let records = try Self.encode(batch, recipe: recipe, offsets: offsets)
-                    do {
-                        try await connection.uploadChunkRecords(repo, records)
-                    } catch let e as ClientError where e.code == "DIGEST_INVALID" {
-                        // The server hashes every chunk: bytes that differ from the recipe's
-                        // hash mean the file was rewritten after it was read.
-                        throw ClientError("\(recipe.path) changed while it was being pushed (\(e.message))")
-                    }
-                    progress.advance(batch.reduce(Int64(0)) { $0 + Int64(recipe.chunks[$1].length) })
-                }
+        _ = try await forEachConcurrently(batches.filter { !$0.isEmpty }, limit: request.jobs) { batch in
+            let records = try Self.encode(batch, recipe: recipe, offsets: offsets)
+            do {
+                try await connection.uploadChunkRecords(repo, records)
+            } catch let e as ClientError where e.code == "DIGEST_INVALID" {
+                // The server hashes every chunk: bytes that differ from the recipe's hash mean
+                // the file was rewritten after it was read.
+                throw ClientError("\(recipe.path) changed while it was being pushed (\(e.message))")
             }
-            try await group.waitForAll()
+            progress.advance(batch.reduce(Int64(0)) { $0 + Int64(recipe.chunks[$1].length) })
         }
         return total
     }
