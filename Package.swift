@@ -32,9 +32,17 @@ let package = Package(
         .target(name: "DepotStore", dependencies: ["DepotCore", "DepotCatalog", "CZstd", "CDepotSupport"]),
         .target(name: "DepotRegistry", dependencies: ["DepotCore", "DepotCatalog", "DepotStore", "DepotFormats"]),
         .target(
+            name: "DepotPipelines",
+            dependencies: ["DepotCore", "DepotCatalog", "DepotStore", "DepotRegistry", .product(name: "Yams", package: "Yams")]
+        ),
+        .target(
+            name: "DepotRunner",
+            dependencies: ["DepotCore", "DepotClient", "CDepotSupport", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
             name: "DepotServer",
             dependencies: [
-                "DepotCore", "DepotRegistry", "DepotStore", "CDepotSupport",
+                "DepotCore", "DepotRegistry", "DepotStore", "CDepotSupport", "DepotPipelines", "DepotRunner", "DepotClient",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -59,6 +67,7 @@ let package = Package(
             name: "depot",
             dependencies: [
                 "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotRegistry", "DepotServer", "DepotClient",
+                "DepotPipelines", "DepotRunner",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -69,7 +78,7 @@ let package = Package(
         .testTarget(
             name: "DepotServerTests",
             dependencies: [
-                "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotClient",
+                "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotClient", "DepotPipelines", "DepotRunner",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),

@@ -80,6 +80,14 @@ public final class SQLiteConnection: @unchecked Sendable {
         while try s.step() {}
     }
 
+    /// Runs a statement with an argument array, ignoring rows.
+    public func runArgs(_ sql: String, _ args: [SQLValue]) throws {
+        let s = try statement(sql)
+        try s.bind(args)
+        defer { s.reset() }
+        while try s.step() {}
+    }
+
     /// Runs a query and calls `row` for every result row.
     public func query(_ sql: String, _ args: SQLValue..., row: (Statement) throws -> Void) throws {
         let s = try statement(sql)

@@ -167,6 +167,58 @@ enum Schema {
         );
         CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries(webhook, id);
         """,
+        // 6: pipeline runs and the durable job queue.
+        """
+        CREATE TABLE pipeline_runs(
+            id INTEGER PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            repository TEXT NOT NULL,
+            trigger_digest TEXT NOT NULL,               -- the pushed manifest that started the run
+            trigger_tag TEXT,
+            event_id INTEGER,
+            created_at INTEGER NOT NULL,                -- milliseconds since 1970
+            UNIQUE(pipeline, repository, trigger_digest) -- a replayed event never starts a second run
+        );
+        CREATE TABLE jobs(
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES pipeline_runs(id),
+            pipeline TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            spec TEXT NOT NULL,                         -- the stage definition (JSON) the runner executes
+            state TEXT NOT NULL,                        -- queued, leased, running, succeeded, failed, cancelled
+            input_repository TEXT NOT NULL,
+            input_digest TEXT NOT NULL,
+            input_tag TEXT,
+            output_tag TEXT,                            -- from the pipeline's naming rule
+            labels TEXT NOT NULL DEFAULT '',            -- comma-separated labels a runner needs
+            attempt INTEGER NOT NULL DEFAULT 0,         -- attempts started so far
+            max_attempts INTEGER NOT NULL,
+            timeout_ms INTEGER NOT NULL,
+            not_before INTEGER NOT NULL DEFAULT 0,      -- retry backoff: not leased before this time
+            runner TEXT,
+            lease_token TEXT,
+            lease_expires INTEGER,
+            job_key TEXT,                               -- memoization key, known once started
+            output_digest TEXT,
+            memoized INTEGER NOT NULL DEFAULT 0,
+            log_digest TEXT,
+            reason TEXT,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            started_at INTEGER,
+            finished_at INTEGER,
+            UNIQUE(run_id, stage)
+        );
+        CREATE INDEX jobs_by_state ON jobs(state, not_before);
+        CREATE INDEX jobs_by_pipeline ON jobs(pipeline, id);
+        CREATE TABLE job_outputs(                       -- memoization: key -> the artifact it produced
+            job_key TEXT PRIMARY KEY,
+            repository TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        CREATE INDEX job_outputs_by_digest ON job_outputs(digest);
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

@@ -33,6 +33,10 @@ public struct PushRequest: Sendable {
     public var tag: String
     public var paths: [String]
     public var annotations: [String: String] = [:]
+    /// The manifest this artifact refers to (OCI `subject`; lineage `subject` edge).
+    public var subject: FetchedManifest?
+    /// Overrides the artifactType detected from the files.
+    public var artifactType: String?
     /// Concurrent chunk batches (per file).
     public var jobs = 4
     /// Files pushed at the same time.
@@ -97,17 +101,23 @@ public final class Pusher: Sendable {
         }
         var annotations = request.annotations
         annotations["org.opencontainers.image.created"] = annotations["org.opencontainers.image.created"] ?? ISO8601DateFormatter().string(from: started)
-        let manifest: [String: Any] = [
+        var manifest: [String: Any] = [
             "schemaVersion": 2,
             "mediaType": MediaType.ociManifest,
-            "artifactType": ArtifactFiles.artifactType(files, formats: formats),
+            "artifactType": request.artifactType ?? ArtifactFiles.artifactType(files, formats: formats),
             "config": ["mediaType": ModelMediaType.config, "digest": configDigest.description, "size": configBytes.count],
             "layers": layers,
             "annotations": annotations,
         ]
+        if let subject = request.subject {
+            manifest["subject"] = ["mediaType": subject.mediaType, "digest": subject.digest.description, "size": subject.bytes.count]
+        }
         let bytes = try Self.json(manifest)
-        let digest = try await connection.putManifest(request.repository, request.tag, bytes: bytes, mediaType: MediaType.ociManifest)
-        return TransferSummary(reference: "\(request.repository):\(request.tag)", digest: digest.description, files: files.count,
+        // Without a tag the manifest is pushed by digest (untagged).
+        let reference = request.tag.isEmpty ? Digest.of(bytes).description : request.tag
+        let digest = try await connection.putManifest(request.repository, reference, bytes: bytes, mediaType: MediaType.ociManifest)
+        let shown = request.tag.isEmpty ? "\(request.repository)@\(digest)" : "\(request.repository):\(request.tag)"
+        return TransferSummary(reference: shown, digest: digest.description, files: files.count,
                                logicalBytes: logical, bytesSent: connection.counters.sent, bytesReceived: connection.counters.received,
                                deduplicatedBytes: deduplicated, chunksTotal: chunks, chunksTransferred: sent,
                                mode: info != nil ? "chunked" : "oci", seconds: Date().timeIntervalSince(started))

@@ -190,6 +190,20 @@ extension RegistryConnection {
         return try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
     }
 
+    /// PUTs raw bytes to an extension path; the answer's JSON object.
+    public func putBytes(_ path: String, _ bytes: [UInt8], contentType: String = "application/octet-stream") async throws -> [String: Any] {
+        let r = try await send(.PUT, path, headers: [("Content-Type", contentType), ("Content-Length", String(bytes.count))],
+                               body: .bytes(bytes), accept: [200, 201])
+        let answer = try await collect(r, limit: 1 << 20)
+        return (try? JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any]) ?? [:]
+    }
+
+    /// GETs an extension path's body (at most `limit` bytes).
+    public func getBytes(_ path: String, limit: Int) async throws -> [UInt8] {
+        let r = try await send(.GET, path, accept: [200])
+        return try await collect(r, limit: limit)
+    }
+
     /// A JSON call of Depot's governance API (aliases, pins, lineage, audit): the answer object.
     public func call(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, headers: [(String, String)] = []) async throws -> [String: Any] {
         var b: Body = .none

@@ -110,3 +110,13 @@ extension Registry {
         return ImpactReport(digest: digest, derived: derived, tags: tags)
     }
 }
+
+/// Annotations a pipeline runner writes on a job's output manifest.
+public enum JobAnnotations {
+    /// The job's memoization key (`sha256:` of stage definition, input digest, toolchain).
+    public static let key = "dev.depot.job.key"
+    /// The job id (also on the lineage edge, as `dev.depot.lineage.job`).
+    public static let id = "dev.depot.lineage.job"
+    public static let pipeline = "dev.depot.job.pipeline"
+    public static let stage = "dev.depot.job.stage"
+}

@@ -137,6 +137,11 @@ public final class Registry: Sendable {
                 }
                 try conn.insertLineageEdge(edge, repo: repo)
             }
+            if let key = parsed.annotations?[JobAnnotations.key], !key.isEmpty {
+                // A pipeline job's output: memoized under its key, in the push's transaction.
+                try conn.recordJobOutput(key: String(key.prefix(200)), repository: repository.value, digest: digest.description,
+                                         now: Self.nowMillis())
+            }
             var details: [String: Any] = ["media_type": parsed.mediaType, "size": bytes.count]
             if let t = parsed.artifactType { details["artifact_type"] = t }
             if let previous { details["previous"] = previous.description }

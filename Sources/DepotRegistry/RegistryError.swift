@@ -22,6 +22,10 @@ public struct RegistryError: Error, Sendable, Equatable, CustomStringConvertible
         case unavailable = "UNAVAILABLE"
         /// Depot extension: a chunk named by a recipe or a fetch is not stored (or not in that blob).
         case chunkUnknown = "CHUNK_UNKNOWN"
+        /// Depot extension: no job with that id.
+        case jobUnknown = "JOB_UNKNOWN"
+        /// Depot extension: the request conflicts with the object's state (e.g. a job's lease was lost).
+        case conflict = "CONFLICT"
     }
 
     public var code: Code
@@ -38,7 +42,8 @@ public struct RegistryError: Error, Sendable, Equatable, CustomStringConvertible
 
     static func defaultStatus(_ code: Code) -> Int {
         switch code {
-        case .blobUnknown, .blobUploadUnknown, .manifestUnknown, .nameUnknown, .chunkUnknown: return 404
+        case .blobUnknown, .blobUploadUnknown, .manifestUnknown, .nameUnknown, .chunkUnknown, .jobUnknown: return 404
+        case .conflict: return 409
         case .unauthorized: return 401
         case .denied: return 403
         case .unsupported: return 415

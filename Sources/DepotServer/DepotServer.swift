@@ -3,6 +3,9 @@ import DepotRegistry
 import DepotStore
 import Foundation
 import CDepotSupport
+import DepotClient
+import DepotPipelines
+import DepotRunner
 import Hummingbird
 import Logging
 import NIOCore
@@ -16,16 +19,21 @@ public struct DepotService {
 
     /// Builds the application (also used by tests with HummingbirdTesting).
     public static func makeApplication(registry: Registry, config: ServerConfig, logger: Logger,
+                                       pipelines: PipelineSetup = PipelineSetup(),
                                        onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
         -> some ApplicationProtocol {
-        let responder = OCIResponder(registry: registry, metrics: ServerMetrics(), logger: logger)
+        let responder = OCIResponder(registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
+                                     callbackSecrets: pipelines.webhookStages.mapValues(\.secret))
         return Application(
             responder: responder,
             server: .http1(configuration: .init(additionalChannelHandlers: [ContinueHandler()], idleTimeout: .seconds(300))),
             configuration: .init(address: .hostname(config.listenHost, port: config.listenPort), serverName: "depot"),
             services: [UploadExpiry(uploads: registry.uploads),
                        PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger),
-                       WebhookDispatcher(registry: registry, hooks: config.webhooks, logger: logger)],
+                       WebhookDispatcher(registry: registry, hooks: config.webhooks, logger: logger),
+                       PipelineScheduler(jobs: pipelines.jobs, webhookStages: pipelines.webhookStages,
+                                         callbackBase: pipelines.callbackBase, logger: logger),
+                       EmbeddedRunner(runner: pipelines.runner)],
             onServerRunning: onServerRunning,
             logger: logger
         )
@@ -45,7 +53,8 @@ public struct DepotService {
                                 policy: config.tagPolicy)
         let listen = "\(config.listenHost):\(config.listenPort)"
         let root = config.storageRoot
-        let app = Self.makeApplication(registry: registry, config: config, logger: logger) { _ in
+        let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger)
+        let app = Self.makeApplication(registry: registry, config: config, logger: logger, pipelines: pipelines) { _ in
             logger.info("depot listening on \(listen), storage \(root)")
         }
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
@@ -55,6 +64,64 @@ public struct DepotService {
 }
 
 import ServiceLifecycle
+
+/// The pipeline parts of a server: the job queue (nil without pipelines), the embedded runner
+/// and the webhook stages' endpoints.
+public struct PipelineSetup: Sendable {
+    public var jobs: JobQueue?
+    public var runner: Runner?
+    var webhookStages: [String: WebhookStageTarget] = [:]
+    var callbackBase = ""
+
+    public init() {}
+
+    public init(jobs: JobQueue?, runner: Runner?) {
+        self.jobs = jobs
+        self.runner = runner
+    }
+
+    /// Loads `pipelines.directory`; a bad pipeline file stops start-up with its file, line and reason.
+    init(config: ServerConfig, registry: Registry, logger: Logger) throws {
+        let p = config.pipelines
+        guard !p.directory.isEmpty else { return }
+        let loaded: [Pipeline]
+        do { loaded = try PipelineLoader.load(directory: p.directory) } catch let e as PipelineFileError {
+            throw DepotError.invalidArgument("pipeline file \(e)")
+        }
+        guard !loaded.isEmpty else { return }
+        var options = JobQueue.Options()
+        options.leaseSeconds = p.leaseSeconds
+        options.retryBaseSeconds = p.retryBaseSeconds
+        jobs = JobQueue(registry: registry, pipelines: loaded, options: options)
+        let host = config.listenHost.contains(":") ? "[\(config.listenHost)]" : config.listenHost
+        let local = "http://\(host == "0.0.0.0" ? "127.0.0.1" : host):\(config.listenPort)"
+        callbackBase = p.callbackURL.isEmpty ? local : p.callbackURL
+        for pipeline in loaded {
+            for stage in pipeline.stages {
+                guard case .webhook(let url, let secretEnv, let secret) = stage.kind else { continue }
+                var value = secret
+                if let secretEnv {
+                    guard let v = ProcessInfo.processInfo.environment[secretEnv], !v.isEmpty else {
+                        throw DepotError.invalidArgument("pipeline \(pipeline.name) (\(pipeline.file)): stage \(stage.name) reads its secret from $\(secretEnv), which is not set")
+                    }
+                    value = v
+                }
+                webhookStages["\(pipeline.name)/\(stage.name)"] = WebhookStageTarget(url: url, secret: value ?? "")
+            }
+        }
+        if p.runnerEnabled {
+            var options = RunnerOptions(name: p.runnerName,
+                                        workDirectory: p.runnerWorkDirectory.isEmpty ? config.storageRoot + "/runner" : p.runnerWorkDirectory)
+            options.labels = p.runnerLabels
+            options.concurrency = p.runnerConcurrency
+            options.python = p.runnerPython
+            options.hooksDirectory = p.runnerHooksDirectory.isEmpty ? RunnerOptions.defaultHooksDirectory() : p.runnerHooksDirectory
+            options.heartbeatInterval = .milliseconds(Int64(max(500, p.leaseSeconds * 1000 / 4)))
+            let connection = try RegistryConnection(url: local, token: ProcessInfo.processInfo.environment["DEPOT_TOKEN"])
+            runner = try Runner(connection: connection, options: options, logger: logger)
+        }
+    }
+}
 
 /// Expires idle upload sessions once a minute.
 struct UploadExpiry: Service {

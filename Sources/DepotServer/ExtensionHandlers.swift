@@ -55,6 +55,8 @@ extension OCIResponder {
         case (.alias, _), (.aliasHistory, _), (.aliasRollback, _), (.aliasResolve, _), (.pin, _), (.pins, _),
              (.lineage, _), (.impact, _), (.lineagePath, _), (.audit, _), (.auditVerify, _), (.events, _), (.deliveries, _):
             return try await handleGovernance(route, request)
+        case (.jobs, _), (.jobLease, _), (.pipelines, _), (.job, _), (.jobAction, _):
+            return try await handleJobs(route, request)
         default:
             throw RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405)
         }

@@ -19,6 +19,12 @@ enum ExtensionRoute: Equatable {
     case auditVerify
     case events
     case deliveries
+    case jobs
+    case jobLease
+    case pipelines
+    case job(Int64)
+    /// `/jobs/{id}/{start|heartbeat|complete|fail|cancel|retry|log|callback}`
+    case jobAction(Int64, String)
 
     var label: String {
         switch self {
@@ -33,6 +39,7 @@ enum ExtensionRoute: Equatable {
         case .lineage, .impact, .lineagePath: return "ext_lineage"
         case .audit, .auditVerify: return "ext_audit"
         case .events, .deliveries: return "ext_events"
+        case .jobs, .jobLease, .pipelines, .job, .jobAction: return "ext_jobs"
         }
     }
 
@@ -48,7 +55,19 @@ enum ExtensionRoute: Equatable {
         case "lineage/path": self = .lineagePath; return
         case "events": self = .events; return
         case "webhooks/deliveries": self = .deliveries; return
+        case "jobs": self = .jobs; return
+        case "jobs/lease": self = .jobLease; return
+        case "pipelines": self = .pipelines; return
         default: break
+        }
+        if rest.hasPrefix("jobs/") {
+            let parts = rest.dropFirst("jobs/".count).split(separator: "/", omittingEmptySubsequences: false)
+            guard let id = Int64(parts[0]), id > 0 else { return nil }
+            if parts.count == 1 { self = .job(id); return }
+            let actions: Set<String> = ["start", "heartbeat", "complete", "fail", "cancel", "retry", "log", "callback"]
+            guard parts.count == 2, actions.contains(String(parts[1])) else { return nil }
+            self = .jobAction(id, String(parts[1]))
+            return
         }
         if rest.hasPrefix("lineage/") {
             let tail = rest.dropFirst("lineage/".count)

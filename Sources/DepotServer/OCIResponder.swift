@@ -1,4 +1,5 @@
 import DepotCore
+import DepotPipelines
 import DepotRegistry
 import DepotStore
 import Foundation
@@ -14,11 +15,17 @@ public struct OCIResponder: HTTPResponder {
     let registry: Registry
     let metrics: ServerMetrics
     let logger: Logger
+    /// The pipeline job queue; nil when no pipelines are configured (the job API then answers 404).
+    let jobs: JobQueue?
+    /// Secrets of webhook stages, by "pipeline/stage", to verify completion callbacks.
+    let callbackSecrets: [String: String]
 
-    public init(registry: Registry, metrics: ServerMetrics, logger: Logger) {
+    public init(registry: Registry, metrics: ServerMetrics, logger: Logger, jobs: JobQueue? = nil, callbackSecrets: [String: String] = [:]) {
         self.registry = registry
         self.metrics = metrics
         self.logger = logger
+        self.jobs = jobs
+        self.callbackSecrets = callbackSecrets
     }
 
     public func respond(to request: Request, context: Context) async throws -> Response {

@@ -22,6 +22,27 @@ public struct ServerConfig: Sendable, Equatable {
     /// Hours between background garbage collections inside `depot serve` (0 disables).
     public var gcIntervalHours: Double = 24
     public var store = StoreOptionsConfig()
+    /// Pipelines, the job queue and the embedded runner (`pipelines:`).
+    public var pipelines = PipelinesConfig()
+
+    /// The `pipelines:` section.
+    public struct PipelinesConfig: Sendable, Equatable {
+        /// Directory of pipeline files; empty: no pipelines.
+        public var directory = ""
+        public var leaseSeconds: Double = 30
+        public var retryBaseSeconds: Double = 5
+        /// Base URL webhook stages call back (default: http://<listen address>).
+        public var callbackURL = ""
+        public var runnerEnabled = true
+        public var runnerName = "embedded"
+        public var runnerLabels: [String] = ["cpu"]
+        public var runnerConcurrency = 1
+        /// Default: `<storage root>/runner`.
+        public var runnerWorkDirectory = ""
+        public var runnerPython = "python3"
+        /// Default: found next to the executable (see `RunnerOptions.defaultHooksDirectory`).
+        public var runnerHooksDirectory = ""
+    }
 
     /// The chunk-store part, mapped onto `StoreOptions`.
     public struct StoreOptionsConfig: Sendable, Equatable {
@@ -153,7 +174,37 @@ public struct ServerConfig: Sendable, Equatable {
             let names = config.webhooks.map(\.name)
             if Set(names).count != names.count { throw reader.error("webhooks", "names must be unique") }
         }
-        try reader.rejectUnknown(root, known: ["server", "storage", "uploads", "aliases", "webhooks"], at: "")
+        try reader.section(root, "pipelines") { s in
+            if let v: String = try reader.value(s, "directory") { config.pipelines.directory = v }
+            if let v: Double = try reader.value(s, "lease_seconds") {
+                guard (2...3600).contains(v) else { throw reader.error("pipelines.lease_seconds", "must be 2 to 3600") }
+                config.pipelines.leaseSeconds = v
+            }
+            if let v: Double = try reader.value(s, "retry_base_seconds") {
+                guard (0...3600).contains(v) else { throw reader.error("pipelines.retry_base_seconds", "must be 0 to 3600") }
+                config.pipelines.retryBaseSeconds = v
+            }
+            if let v: String = try reader.value(s, "callback_url") { config.pipelines.callbackURL = v }
+            if let raw = s["runner"] {
+                guard let r = raw as? [String: Any] else { throw reader.error("pipelines.runner", "must be a mapping") }
+                if let v: Bool = try reader.value(r, "enabled") { config.pipelines.runnerEnabled = v }
+                if let v: String = try reader.value(r, "name") { config.pipelines.runnerName = v }
+                if let raw = r["labels"] {
+                    guard let list = raw as? [String] else { throw reader.error("pipelines.runner.labels", "must be a list of strings") }
+                    config.pipelines.runnerLabels = list
+                }
+                if let v: Int = try reader.value(r, "concurrency") {
+                    guard (1...64).contains(v) else { throw reader.error("pipelines.runner.concurrency", "must be 1 to 64") }
+                    config.pipelines.runnerConcurrency = v
+                }
+                if let v: String = try reader.value(r, "work_dir") { config.pipelines.runnerWorkDirectory = v }
+                if let v: String = try reader.value(r, "python") { config.pipelines.runnerPython = v }
+                if let v: String = try reader.value(r, "hooks_dir") { config.pipelines.runnerHooksDirectory = v }
+                try reader.rejectUnknown(r, known: ["enabled", "name", "labels", "concurrency", "work_dir", "python", "hooks_dir"],
+                                         at: "pipelines.runner.")
+            }
+        }
+        try reader.rejectUnknown(root, known: ["server", "storage", "uploads", "aliases", "webhooks", "pipelines"], at: "")
         return config
     }
 }
@@ -221,6 +272,7 @@ final class ConfigReader {
                         "compact_below", "read_verification", "gc_interval_hours"],
             "uploads": ["timeout_seconds", "max_sessions"],
             "aliases": ["protected", "immutable"],
+            "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "callback_url", "runner"],
         ]
         try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")
     }

@@ -31,6 +31,25 @@ public struct WebhookConfig: Sendable, Equatable {
             && (repositories.isEmpty || repositories.contains { TagPolicy.glob($0, e.repository ?? "") })
     }
 
+    /// Checks a `Depot-Signature` header: a valid v1 HMAC, timestamp within `maxSkew` seconds of now.
+    public static func verify(_ header: String, secret: String, body: [UInt8], maxSkew: Int64) -> Bool {
+        var t: Int64?
+        var signatures: [String] = []
+        for part in header.split(separator: ",") {
+            let kv = part.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard kv.count == 2 else { continue }
+            if kv[0] == "t" { t = Int64(kv[1]) } else if kv[0] == "v1" { signatures.append(kv[1].lowercased()) }
+        }
+        guard let t, abs(Int64(Date().timeIntervalSince1970) - t) <= maxSkew else { return false }
+        let expected = Array(signature(secret: secret, timestamp: t, body: body).split(separator: "=").last!.utf8)
+        // Constant time over equal lengths.
+        return signatures.contains { s in
+            let got = Array(s.utf8)
+            guard got.count == expected.count else { return false }
+            return zip(got, expected).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+        }
+    }
+
     /// `Depot-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
     public static func signature(secret: String, timestamp: Int64, body: [UInt8]) -> String {
         "t=\(timestamp),v1=" + HMACSHA256.hex(key: Array(secret.utf8), data: Array("\(timestamp).".utf8) + body)

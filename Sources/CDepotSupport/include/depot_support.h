@@ -14,4 +14,9 @@ uint32_t depot_crc32c(uint32_t crc, const void *data, size_t length);
 /// unmapped each time (every fresh mapping costs a page fault per 4 KiB).
 void depot_tune_malloc(int arenas, int keep_bytes);
 
+/// Adds "change directory to `dir`" to posix_spawn file actions (glibc's
+/// posix_spawn_file_actions_addchdir_np, which needs _GNU_SOURCE). Returns 0 or an errno.
+/// `actions` is a posix_spawn_file_actions_t *.
+int depot_spawn_addchdir(void *actions, const char *dir);
+
 #endif

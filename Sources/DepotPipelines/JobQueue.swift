@@ -1,0 +1,391 @@
+import DepotCatalog
+import DepotCore
+import DepotRegistry
+import DepotStore
+import Foundation
+
+/// The durable job queue: turns pushes into pipeline runs and jobs, hands jobs to runners under
+/// leases, and records what they did. All state is in the catalog; every transition is one
+/// transaction guarded by the state it expects, so a crash at any point leaves each job in
+/// exactly one state and a restart carries on (an expired lease sends the job back to the queue).
+public final class JobQueue: Sendable {
+    public struct Options: Sendable {
+        /// A lease not renewed for this long returns the job to the queue.
+        public var leaseSeconds = 30.0
+        /// First retry delay; each further attempt doubles it, up to `maxBackoffSeconds`.
+        public var retryBaseSeconds = 5.0
+        public var maxBackoffSeconds = 600.0
+        public init() {}
+    }
+
+    /// What `start` decided.
+    public enum StartDecision: Sendable, Equatable {
+        /// Run the stage.
+        case run
+        /// An artifact with this key exists: the job succeeded without running.
+        case memoized(Digest)
+    }
+
+    public let registry: Registry
+    public let pipelines: [Pipeline]
+    public let options: Options
+    static let cursorName = "pipelines"
+    var db: Database { registry.store.catalog }
+
+    public init(registry: Registry, pipelines: [Pipeline], options: Options = Options()) {
+        self.registry = registry
+        self.pipelines = pipelines
+        self.options = options
+    }
+
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    func pipeline(_ name: String) -> Pipeline? { pipelines.first { $0.name == name } }
+
+    // MARK: scheduling
+
+    /// Reads the events written since the last call and starts the pipelines whose trigger
+    /// matches a tag move. The cursor advances in the transaction that creates the jobs: an
+    /// event is acted on exactly once, and a replay (or a second tag on the same digest) finds
+    /// the run already there. Returns the number of jobs queued.
+    @discardableResult
+    public func schedule(batch: Int = 256) throws -> Int {
+        guard !pipelines.isEmpty else { return 0 }
+        return try db.write { conn in
+            let cursor: Int64
+            if let c = try conn.webhookCursor(Self.cursorName) { cursor = c } else {
+                // First start with pipelines: act on what is pushed from now on.
+                let start = try conn.lastEventID()
+                try conn.setWebhookCursor(Self.cursorName, start)
+                return 0
+            }
+            let events = try conn.events(after: cursor, limit: batch)
+            var queued = 0
+            for event in events where event.type == "tag.moved" {
+                queued += try trigger(conn, event)
+            }
+            if let last = events.last { try conn.setWebhookCursor(Self.cursorName, last.id) }
+            return queued
+        }
+    }
+
+    private func trigger(_ conn: SQLiteConnection, _ event: EventRecord) throws -> Int {
+        guard let data = event.payload.data(using: .utf8),
+              let payload = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let repository = event.repository, let tag = payload["tag"] as? String,
+              let digestText = payload["digest"] as? String, let digest = try? Digest(parsing: digestText) else { return 0 }
+        // A pipeline's own output never starts pipelines (no loops through `{{tag}}-onnx` matching `v*`).
+        if try conn.isJobOutput(digest.description) { return 0 }
+        guard let repo = try conn.repositoryID(repository), let manifest = try conn.manifest(repo: repo, digest) else { return 0 }
+        var queued = 0
+        for pipeline in pipelines where pipeline.trigger.matches(repository: repository, tag: tag, artifactType: manifest.artifactType) {
+            guard let run = try conn.createPipelineRun(pipeline: pipeline.name, repository: repository, digest: digest.description,
+                                                       tag: tag, eventID: event.id, now: Self.now()) else { continue }
+            for stage in pipeline.roots {
+                if try conn.enqueueJob(runID: run, pipeline: pipeline.name,
+                                       newJob(pipeline, stage, repository: repository, input: digest.description, triggerTag: tag),
+                                       now: Self.now()) != nil {
+                    queued += 1
+                }
+            }
+            try conn.appendAudit(at: Self.now(), actor: "depot", action: "pipeline.start", repository: repository,
+                                 digest: digest.description, tag: tag, details: ["pipeline": pipeline.name, "run": run])
+        }
+        return queued
+    }
+
+    func newJob(_ pipeline: Pipeline, _ stage: Stage, repository: String, input: String, triggerTag: String?) -> NewJob {
+        let name = repository.split(separator: "/").last.map(String.init) ?? repository
+        let variables = ["tag": triggerTag ?? "untagged", "repository": repository, "name": name, "stage": stage.name,
+                         "pipeline": pipeline.name]
+        let spec = stage.spec(pipeline: pipeline.name, variables: variables)
+        let specJSON = (try? JSONSerialization.data(withJSONObject: spec, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return NewJob(stage: stage.name, spec: specJSON, inputRepository: repository, inputDigest: input, inputTag: triggerTag,
+                      outputTag: stage.tag.map { Template.render($0, variables) }, labels: stage.labels,
+                      maxAttempts: stage.retries + 1, timeoutMs: Int64(stage.timeoutSeconds) * 1000)
+    }
+
+    /// Queues the stages that were waiting for `job` and can now start.
+    func queueDependents(_ conn: SQLiteConnection, of job: JobRecord, output: String) throws {
+        guard let pipeline = pipeline(job.pipeline), let run = try conn.pipelineRun(job.runID) else { return }
+        let jobs = try conn.jobs(ofRun: job.runID)
+        let succeeded = Dictionary(jobs.filter { $0.state == "succeeded" }.map { ($0.stage, $0.outputDigest ?? "") }, uniquingKeysWith: { a, _ in a })
+        var outputs = succeeded
+        outputs[job.stage] = output
+        for stage in pipeline.dependents(of: job.stage) where stage.needs.allSatisfy({ outputs[$0] != nil }) {
+            let input = stage.inputStage.flatMap { outputs[$0] } ?? run.triggerDigest
+            try conn.enqueueJob(runID: job.runID, pipeline: pipeline.name,
+                                newJob(pipeline, stage, repository: run.repository, input: input, triggerTag: run.triggerTag),
+                                now: Self.now())
+        }
+    }
+
+    // MARK: leases
+
+    /// Leases the oldest queued job this runner can take (all the stage's labels among
+    /// `labels`, a kind it runs), or nil.
+    public func lease(runner: String, labels: Set<String>, kinds: Set<String> = ["exec", "builtin"]) throws -> JobRecord? {
+        try db.write { conn in
+            let now = Self.now()
+            for job in try conn.leasableJobs(now: now, limit: 256) {
+                guard Set(job.labels).isSubset(of: labels), kinds.contains(Self.kind(of: job)) else { continue }
+                let token = UUID().uuidString
+                if try conn.leaseJob(job.id, runner: runner, token: token, expires: now + Int64(options.leaseSeconds * 1000), now: now) {
+                    return try conn.job(job.id)
+                }
+            }
+            return nil
+        }
+    }
+
+    static func kind(of job: JobRecord) -> String {
+        guard let data = job.spec.data(using: .utf8), let spec = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return "" }
+        return spec["kind"] as? String ?? ""
+    }
+
+    func leased(_ conn: SQLiteConnection, _ id: Int64, token: String) throws -> JobRecord {
+        guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
+        guard job.leaseToken == token, job.state == "leased" || job.state == "running" else {
+            throw RegistryError(.conflict, "job \(id) is \(job.state) and no longer leased with this token (lease expired or job cancelled)")
+        }
+        return job
+    }
+
+    /// The runner is about to run the job; `key` is its memoization key. When an artifact with
+    /// that key exists the job succeeds at once, pointing at it.
+    public func start(_ id: Int64, token: String, key: String) throws -> StartDecision {
+        guard key.hasPrefix("sha256:"), key.count == 71 else { throw RegistryError(.unsupported, "a job key is sha256:<64 hex>", status: 400) }
+        var tagToSet: (String, String, Digest)?
+        let decision = try db.write { conn -> StartDecision in
+            let job = try leased(conn, id, token: token)
+            let now = Self.now()
+            if let found = try conn.jobOutput(key: key), found.repository == job.inputRepository,
+               let digest = try? Digest(parsing: found.digest), let repo = try conn.repositoryID(found.repository),
+               try conn.manifestExists(repo: repo, digest) {
+                _ = try conn.updateLeasedJob(id, token: token, set: """
+                    state = 'succeeded', job_key = ?, output_digest = ?, memoized = 1, lease_token = NULL, lease_expires = NULL,
+                    started_at = ?, finished_at = ?, updated_at = ?
+                    """, [.text(key), .text(found.digest), .int(now), .int(now), .int(now)])
+                try queueDependents(conn, of: job, output: found.digest)
+                if let tag = job.outputTag { tagToSet = (job.inputRepository, tag, digest) }
+                return .memoized(digest)
+            }
+            _ = try conn.updateLeasedJob(id, token: token, set: """
+                state = 'running', job_key = ?, started_at = ?, lease_expires = ?, updated_at = ?
+                """, [.text(key), .int(now), .int(now + Int64(options.leaseSeconds * 1000)), .int(now)])
+            return .run
+        }
+        if let (repository, tag, digest) = tagToSet { applyOutputTag(repository, tag, digest, job: id) }
+        return decision
+    }
+
+    /// Points the job's output tag at a memoized output (the runner tags what it pushes itself).
+    func applyOutputTag(_ repository: String, _ tag: String, _ digest: Digest, job: Int64) {
+        guard let name = try? RepositoryName(repository) else { return }
+        _ = try? registry.setAlias(name, tag, to: digest, actor: "depot-pipelines", reason: "job \(job) (memoized)", action: "pipeline")
+    }
+
+    /// Renews the lease. Returns the job (a runner stops a job it finds `cancelled`); throws
+    /// CONFLICT when the lease is gone.
+    public func heartbeat(_ id: Int64, token: String) throws -> JobRecord {
+        try db.write { conn in
+            guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
+            if job.state == "cancelled", job.leaseToken == token { return job }
+            _ = try leased(conn, id, token: token)
+            let now = Self.now()
+            _ = try conn.updateLeasedJob(id, token: token, set: "lease_expires = ?, updated_at = ?",
+                                         [.int(now + Int64(options.leaseSeconds * 1000)), .int(now)])
+            return try conn.job(id)!
+        }
+    }
+
+    /// Stores the job's log (bounded by the caller) as a blob and records its digest.
+    public func storeLog(_ id: Int64, token: String, bytes: [UInt8]) throws -> Digest {
+        _ = try db.read { conn in try leased(conn, id, token: token) }
+        let writer = try registry.store.makeWriter()
+        do {
+            try writer.write(bytes)
+            let result = try writer.finish(retain: "job-log")
+            try db.write { conn in
+                _ = try conn.updateLeasedJob(id, token: token, set: "log_digest = ?, updated_at = ?", [.text(result.digest.description), .int(Self.now())])
+            }
+            return result.digest
+        } catch {
+            writer.abort()
+            throw error
+        }
+    }
+
+    /// The job ran and pushed `output` (a manifest of the input's repository carrying the job's key).
+    public func complete(_ id: Int64, token: String, output: Digest) throws {
+        try db.write { conn in
+            let job = try leased(conn, id, token: token)
+            guard job.state == "running", let key = job.key else { throw RegistryError(.conflict, "job \(id) was not started") }
+            guard let repo = try conn.repositoryID(job.inputRepository), let manifest = try conn.manifest(repo: repo, output) else {
+                throw RegistryError(.manifestUnknown, "output \(output) is not a manifest of \(job.inputRepository)")
+            }
+            guard try conn.jobOutput(key: key)?.digest == output.description else {
+                throw RegistryError(.manifestInvalid, "output \(output) does not carry the job's key \(key) (annotation \(JobAnnotations.key)); artifactType \(manifest.artifactType ?? "none")")
+            }
+            let now = Self.now()
+            _ = try conn.updateLeasedJob(id, token: token, set: """
+                state = 'succeeded', output_digest = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
+                """, [.text(output.description), .int(now), .int(now)])
+            try queueDependents(conn, of: job, output: output.description)
+        }
+    }
+
+    /// The job failed. It is queued again after a backoff while attempts remain, unless
+    /// `permanent` (the input can never work).
+    public func fail(_ id: Int64, token: String, reason: String, permanent: Bool = false) throws -> JobRecord {
+        try db.write { conn in
+            let job = try leased(conn, id, token: token)
+            try failLocked(conn, job, reason: reason, permanent: permanent)
+            return try conn.job(id)!
+        }
+    }
+
+    func failLocked(_ conn: SQLiteConnection, _ job: JobRecord, reason: String, permanent: Bool) throws {
+        let now = Self.now()
+        let text = String(reason.prefix(4000))
+        if !permanent, job.attempt < job.maxAttempts {
+            let delay = min(options.maxBackoffSeconds, options.retryBaseSeconds * pow(2, Double(max(0, job.attempt - 1))))
+            _ = try conn.updateJob(job.id, inStates: ["leased", "running"], set: """
+                state = 'queued', reason = ?, not_before = ?, runner = NULL, lease_token = NULL, lease_expires = NULL, updated_at = ?
+                """, [.text("attempt \(job.attempt) failed: \(text)"), .int(now + Int64(delay * 1000)), .int(now)])
+        } else {
+            _ = try conn.updateJob(job.id, inStates: ["leased", "running"], set: """
+                state = 'failed', reason = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
+                """, [.text(text), .int(now), .int(now)])
+            try conn.appendAudit(at: now, actor: "depot", action: "job.failed", repository: job.inputRepository, digest: job.inputDigest,
+                                 tag: nil, details: ["job": job.id, "pipeline": job.pipeline, "stage": job.stage, "reason": String(text.prefix(500))])
+        }
+    }
+
+    /// Returns jobs whose lease expired (runner gone, server restarted past the lease) to the
+    /// queue, or fails them when no attempt is left.
+    @discardableResult
+    public func expireLeases() throws -> [JobRecord] {
+        try db.write { conn in
+            let expired = try conn.expiredLeases(now: Self.now())
+            for job in expired {
+                let why = Self.kind(of: job) == "webhook"
+                    ? "the webhook did not call back within the stage's timeout"
+                    : "lease expired: runner \(job.runner ?? "?") stopped renewing it (killed, or lost its connection)"
+                try failLocked(conn, job, reason: why, permanent: false)
+            }
+            return expired
+        }
+    }
+
+    // MARK: operator commands
+
+    /// Cancels a job that has not finished; a runner running it stops at its next heartbeat.
+    public func cancel(_ id: Int64, actor: String) throws -> JobRecord {
+        try db.write { conn in
+            guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
+            let now = Self.now()
+            guard try conn.updateJob(id, inStates: ["queued", "leased", "running"], set: """
+                state = 'cancelled', reason = ?, finished_at = ?, updated_at = ?
+                """, [.text("cancelled by \(actor)"), .int(now), .int(now)]) else {
+                throw RegistryError(.conflict, "job \(id) is \(job.state): only queued, leased or running jobs can be cancelled")
+            }
+            try conn.appendAudit(at: now, actor: actor, action: "job.cancel", repository: job.inputRepository, digest: job.inputDigest,
+                                 tag: nil, details: ["job": id, "pipeline": job.pipeline, "stage": job.stage])
+            return try conn.job(id)!
+        }
+    }
+
+    /// Queues a failed or cancelled job again, with its attempts reset.
+    public func retry(_ id: Int64, actor: String) throws -> JobRecord {
+        try db.write { conn in
+            guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
+            let now = Self.now()
+            guard try conn.updateJob(id, inStates: ["failed", "cancelled"], set: """
+                state = 'queued', attempt = 0, not_before = 0, reason = NULL, runner = NULL, lease_token = NULL, lease_expires = NULL,
+                job_key = NULL, finished_at = NULL, started_at = NULL, updated_at = ?
+                """, [.int(now)]) else {
+                throw RegistryError(.conflict, "job \(id) is \(job.state): only failed or cancelled jobs can be retried")
+            }
+            try conn.appendAudit(at: now, actor: actor, action: "job.retry", repository: job.inputRepository, digest: job.inputDigest,
+                                 tag: nil, details: ["job": id, "pipeline": job.pipeline, "stage": job.stage])
+            return try conn.job(id)!
+        }
+    }
+
+    public func job(_ id: Int64) throws -> JobRecord {
+        guard let job = try db.read({ try $0.job(id) }) else { throw RegistryError(.jobUnknown, "no job \(id)") }
+        return job
+    }
+
+    public func jobs(state: String?, pipeline: String?, limit: Int) throws -> [JobRecord] {
+        if let state, !["queued", "leased", "running", "succeeded", "failed", "cancelled"].contains(state) {
+            throw RegistryError(.unsupported, "unknown job state '\(state.prefix(40))' (queued, leased, running, succeeded, failed, cancelled)", status: 400)
+        }
+        return try db.read { try $0.jobs(state: state, pipeline: pipeline, limit: min(max(limit, 1), 10_000)) }
+    }
+}
+
+// MARK: webhook stages (run by the server: POST out, signed callback in)
+
+extension JobQueue {
+    /// Leases a queued webhook job for the server's dispatcher; the lease lasts the stage's timeout.
+    public func leaseWebhookJob() throws -> JobRecord? {
+        try db.write { conn in
+            let now = Self.now()
+            for job in try conn.leasableJobs(now: now, limit: 256) where Self.kind(of: job) == "webhook" {
+                let token = UUID().uuidString
+                if try conn.leaseJob(job.id, runner: "depot-webhooks", token: token, expires: now + job.timeoutMs, now: now) {
+                    let key = Digest.of(Array("depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec)\nwebhook".utf8)).description
+                    _ = try conn.updateLeasedJob(job.id, token: token, set: "state = 'running', job_key = ?, started_at = ?, updated_at = ?",
+                                                 [.text(key), .int(now), .int(now)])
+                    return try conn.job(job.id)
+                }
+            }
+            return nil
+        }
+    }
+
+    /// The POST to the webhook failed: the job follows the retry policy.
+    public func webhookDispatchFailed(_ job: JobRecord, reason: String) throws {
+        try db.write { conn in
+            guard let current = try conn.job(job.id), current.state == "running", current.leaseToken == job.leaseToken else { return }
+            try failLocked(conn, current, reason: reason, permanent: false)
+        }
+    }
+
+    /// A signed callback reported success; `output`, when given, is a manifest of the input's repository.
+    public func completeWebhook(_ id: Int64, output: Digest?) throws -> JobRecord {
+        try db.write { conn in
+            guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
+            guard job.state == "running", Self.kind(of: job) == "webhook" else {
+                throw RegistryError(.conflict, "job \(id) is \(job.state): it is not waiting for a callback")
+            }
+            if let output {
+                guard let repo = try conn.repositoryID(job.inputRepository), try conn.manifestExists(repo: repo, output) else {
+                    throw RegistryError(.manifestUnknown, "output \(output) is not a manifest of \(job.inputRepository)")
+                }
+                if let key = job.key { try conn.recordJobOutput(key: key, repository: job.inputRepository, digest: output.description, now: Self.now()) }
+            }
+            let now = Self.now()
+            _ = try conn.updateJob(id, inStates: ["running"], set: """
+                state = 'succeeded', output_digest = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
+                """, [output.map { .text($0.description) } ?? .null, .int(now), .int(now)])
+            // Without an output, the next stages work on this stage's input.
+            try queueDependents(conn, of: job, output: output?.description ?? job.inputDigest)
+            return try conn.job(id)!
+        }
+    }
+
+    /// A signed callback reported failure.
+    public func failWebhook(_ id: Int64, reason: String, permanent: Bool) throws -> JobRecord {
+        try db.write { conn in
+            guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
+            guard job.state == "running", Self.kind(of: job) == "webhook" else {
+                throw RegistryError(.conflict, "job \(id) is \(job.state): it is not waiting for a callback")
+            }
+            try failLocked(conn, job, reason: "the webhook reported: \(reason)", permanent: permanent)
+            return try conn.job(id)!
+        }
+    }
+}

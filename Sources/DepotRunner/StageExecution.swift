@@ -1,0 +1,175 @@
+import DepotClient
+import DepotCore
+import Foundation
+
+/// One attempt of one job: workspace, input pull, the command under a heartbeat and a
+/// deadline, then the output pushed (last, so nothing of a failed attempt becomes visible).
+struct StageExecution {
+    let job: LeasedJob
+    let key: String
+    let workspace: String
+    let log: JobLog
+    let runner: Runner
+
+    var connection: RegistryConnection { runner.connection }
+    var options: RunnerOptions { runner.options }
+
+    /// Annotation keys a stage may not set (the runner writes them).
+    static let reservedPrefixes = ["dev.depot.lineage.", "dev.depot.job."]
+
+    func run() async throws -> Digest {
+        let fm = FileManager.default
+        let inputDir = workspace + "/input", outputDir = workspace + "/output", resultFile = workspace + "/result.json"
+        try fm.createDirectory(atPath: inputDir, withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
+
+        // The lease is renewed for the whole attempt (pull, command, push).
+        let beat = Heartbeat()
+        let beats = Task { await beat.loop(job: job, connection: connection, every: options.heartbeatInterval) }
+        defer { beats.cancel() }
+
+        let input = try await connection.manifest(job.inputRepository, job.inputDigest.description)
+        let progress = TransferProgress(style: .quiet, verb: "pull", wire: connection.counters)
+        let pulled = try await Puller(connection: connection, progress: progress, cache: runner.cache)
+            .pull(PullRequest(repository: job.inputRepository, reference: job.inputDigest.description, outputDirectory: inputDir))
+        log.line("pulled input: \(pulled.files) file(s), \(TransferProgress.bytes(pulled.logicalBytes))")
+        if let stop = beat.stopReason() { throw StageStopped(reason: stop) }
+
+        let argv: [String]
+        switch job.spec.kind {
+        case .exec(let command): argv = command
+        case .builtin(let name): argv = [options.python, try ToolchainCache.script(name, options)]
+        }
+        var env = ProcessInfo.processInfo.environment
+        let inputType = (try? JSONSerialization.jsonObject(with: Data(input.bytes)) as? [String: Any])?["artifactType"] as? String
+        let vars: [String: String?] = [
+            "DEPOT_INPUT_DIR": inputDir, "DEPOT_OUTPUT_DIR": outputDir, "DEPOT_RESULT": resultFile,
+            "DEPOT_INPUT_REPOSITORY": job.inputRepository, "DEPOT_INPUT_DIGEST": job.inputDigest.description,
+            "DEPOT_INPUT_TAG": job.inputTag, "DEPOT_INPUT_ARTIFACT_TYPE": inputType, "DEPOT_JOB_ID": String(job.id),
+            "DEPOT_PIPELINE": job.pipeline, "DEPOT_STAGE": job.stage, "DEPOT_REGISTRY": connection.baseURL,
+            "DEPOT_ATTEMPT": String(job.attempt),
+        ]
+        for (k, v) in vars { env[k] = v ?? "" }
+        for (k, v) in job.spec.with { env["DEPOT_PARAM_" + k.uppercased()] = v }
+        env["DEPOT_PARAMS"] = (try? JSONSerialization.data(withJSONObject: job.spec.with, options: [.sortedKeys]))
+            .map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+
+        log.line("run: \(argv.joined(separator: " ")) (timeout \(job.spec.timeoutSeconds) s)")
+        let started = Date()
+        let process = try StageProcess(argv: argv, environment: env, directory: workspace, log: log.path)
+        let deadline = started.addingTimeInterval(Double(job.spec.timeoutSeconds))
+        let timeout = job.spec.timeoutSeconds
+        let (outcome, killed) = await process.wait {
+            if let stop = beat.stopReason() { return stop }
+            if Date() > deadline { return "timed out after \(timeout) s" }
+            if Task.isCancelled { return "runner shutting down" }
+            return nil
+        }
+        log.line("command ended: \(outcome) after \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+        if let killed {
+            if killed.hasPrefix("timed out") { throw RunnerError("the stage \(killed) (its process group was killed)") }
+            throw StageStopped(reason: killed)
+        }
+        switch outcome {
+        case .exited(0): break
+        case .exited(78): throw RunnerError("the stage exited with status 78: the input can never work with this stage (see the log)", permanent: true)
+        case .exited(let code): throw RunnerError("the stage exited with status \(code) (see the log)")
+        case .signalled(let sig): throw RunnerError("the stage was killed by signal \(sig)")
+        }
+
+        let files = try ArtifactFiles.collect([outputDir])
+        guard !files.isEmpty else { throw RunnerError("the stage wrote no output into DEPOT_OUTPUT_DIR") }
+        let result = try StageResult.read(resultFile)
+        var request = PushRequest(repository: job.inputRepository, tag: job.outputTag ?? "", paths: [outputDir])
+        request.subject = input
+        request.artifactType = result.artifactType
+        request.annotations = result.annotations
+        request.annotations[JobAnnotationKeys.key] = key
+        request.annotations[JobAnnotationKeys.job] = String(job.id)
+        request.annotations[JobAnnotationKeys.pipeline] = job.pipeline
+        request.annotations[JobAnnotationKeys.stage] = job.stage
+        request.annotations[LineageAnnotation.from] = "\(job.inputRepository)@\(job.inputDigest)"
+        request.annotations[LineageAnnotation.relation] = result.relation ?? job.spec.relation ?? "derived-from"
+        if let stop = beat.stopReason() { throw StageStopped(reason: stop) }
+        let pushProgress = TransferProgress(style: .quiet, verb: "push", wire: connection.counters)
+        do {
+            let summary = try await Pusher(connection: connection, progress: pushProgress).push(request)
+            return try Digest(parsing: summary.digest)
+        } catch let e as ClientError where e.status.map({ (400..<500).contains($0) }) ?? false {
+            // The registry refused the output (e.g. a model its format readers reject): retrying won't change it.
+            throw RunnerError("the registry refused the output: \(e.message)")
+        }
+    }
+}
+
+/// Annotation keys the runner writes on outputs (mirrors `JobAnnotations` on the server).
+enum JobAnnotationKeys {
+    static let key = "dev.depot.job.key"
+    static let job = "dev.depot.lineage.job"
+    static let pipeline = "dev.depot.job.pipeline"
+    static let stage = "dev.depot.job.stage"
+}
+
+/// What a stage reported in `$DEPOT_RESULT`.
+struct StageResult {
+    var artifactType: String?
+    var relation: String?
+    var annotations: [String: String] = [:]
+
+    static func read(_ path: String) throws -> StageResult {
+        guard FileManager.default.fileExists(atPath: path) else { return StageResult() }
+        guard let data = FileManager.default.contents(atPath: path), data.count <= 1 << 20,
+              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw RunnerError("DEPOT_RESULT is not a JSON object (at most 1 MiB)")
+        }
+        var r = StageResult()
+        for key in json.keys where !["artifact_type", "relation", "annotations"].contains(key) {
+            throw RunnerError("DEPOT_RESULT: unknown key '\(key)' (artifact_type, relation, annotations)")
+        }
+        if let t = json["artifact_type"] {
+            guard let s = t as? String, s.contains("/"), s.count <= 255 else { throw RunnerError("DEPOT_RESULT.artifact_type must be a media type") }
+            r.artifactType = s
+        }
+        if let rel = json["relation"] {
+            guard let s = rel as? String, LineageAnnotation.relations.union(["derived-from"]).contains(s) else {
+                throw RunnerError("DEPOT_RESULT.relation must be one of \(LineageAnnotation.relations.union(["derived-from"]).sorted().joined(separator: ", "))")
+            }
+            r.relation = s
+        }
+        if let a = json["annotations"] {
+            guard let map = a as? [String: Any] else { throw RunnerError("DEPOT_RESULT.annotations must be an object of strings") }
+            for (k, v) in map {
+                guard let s = v as? String else { throw RunnerError("DEPOT_RESULT.annotations.\(k) must be a string") }
+                if StageExecution.reservedPrefixes.contains(where: { k.hasPrefix($0) }) {
+                    throw RunnerError("DEPOT_RESULT.annotations.\(k): the runner writes dev.depot.lineage.* and dev.depot.job.* itself")
+                }
+                r.annotations[k] = s
+            }
+        }
+        return r
+    }
+}
+
+/// Renews a job's lease in the background and remembers why the job must stop, if it must.
+final class Heartbeat: Sendable {
+    let reason = Locked<String?>(nil)
+
+    func stopReason() -> String? { reason.withLock { $0 } }
+
+    func loop(job: LeasedJob, connection: RegistryConnection, every interval: Duration) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            if Task.isCancelled { return }
+            do {
+                let state = try await connection.heartbeatJob(job)
+                if state == "cancelled" { reason.withLock { $0 = "cancelled" }; return }
+            } catch let e as ClientError where e.status == 409 || e.status == 404 {
+                reason.withLock { $0 = "lease lost: \(e.message)" }
+                return
+            } catch {
+                // The registry is unreachable: keep working; if the lease expires meanwhile, the
+                // completion is refused and the job's next attempt finds the output memoized.
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+import AsyncHTTPClient
+import DepotCatalog
+import DepotCore
+import DepotPipelines
+import DepotRunner
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// A webhook stage's endpoint and the secret that signs both directions.
+struct WebhookStageTarget: Sendable {
+    var url: String
+    var secret: String
+}
+
+/// Inside `depot serve`: turns new events into jobs, returns jobs whose lease expired to the
+/// queue, and runs webhook stages (POST out; the signed callback completes them).
+struct PipelineScheduler: Service {
+    let jobs: JobQueue?
+    let webhookStages: [String: WebhookStageTarget]
+    let callbackBase: String
+    let logger: Logger
+    var interval: Duration = .milliseconds(250)
+
+    func run() async throws {
+        guard let jobs else {
+            try? await gracefulShutdown()   // a returning service would stop the server
+            return
+        }
+        logger.info("pipelines: \(jobs.pipelines.map(\.name).joined(separator: ", "))")
+        try? await cancelWhenGracefulShutdown {
+            var ticks = 0
+            while !Task.isCancelled {
+                do {
+                    let queued = try await offload { try jobs.schedule() }
+                    if queued > 0 { logger.info("pipelines: queued \(queued) job(s)") }
+                    if ticks % 4 == 0 {
+                        for job in try await offload({ try jobs.expireLeases() }) {
+                            logger.warning("job \(job.id) \(job.pipeline)/\(job.stage): lease expired (runner \(job.runner ?? "?"))")
+                        }
+                    }
+                    if !webhookStages.isEmpty { try await dispatchWebhooks(jobs) }
+                } catch {
+                    logger.error("pipelines: scheduling failed: \(error)")
+                }
+                ticks += 1
+                try await Task.sleep(for: interval)
+            }
+        }
+    }
+
+    func dispatchWebhooks(_ jobs: JobQueue) async throws {
+        while let job = try await offload({ try jobs.leaseWebhookJob() }) {
+            guard let target = webhookStages["\(job.pipeline)/\(job.stage)"] else {
+                try await offload { try jobs.webhookDispatchFailed(job, reason: "the pipeline's webhook stage is no longer configured") }
+                continue
+            }
+            var input: [String: Any] = ["repository": job.inputRepository, "digest": job.inputDigest]
+            if let t = job.inputTag { input["tag"] = t }
+            let spec = (try? JSONSerialization.jsonObject(with: Data(job.spec.utf8)) as? [String: Any]) ?? [:]
+            let payload: [String: Any] = [
+                "job": job.id, "pipeline": job.pipeline, "stage": job.stage, "attempt": job.attempt, "input": input,
+                "params": spec["with"] ?? [String: String](), "key": job.key ?? "", "output_tag": job.outputTag ?? "",
+                "callback_url": "\(callbackBase)/depot/v1/jobs/\(job.id)/callback",
+            ]
+            let body = Array((try? JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
+            var request = HTTPClientRequest(url: target.url)
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.headers.add(name: "User-Agent", value: "depot-pipelines")
+            request.headers.add(name: "Depot-Signature", value: WebhookConfig.signature(secret: target.secret, timestamp: Int64(Date().timeIntervalSince1970), body: body))
+            request.body = .bytes(body)
+            var failure: String?
+            do {
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+                _ = try? await response.body.collect(upTo: 64 << 10)
+                if !(200..<300).contains(Int(response.status.code)) { failure = "the webhook answered HTTP \(response.status.code)" }
+            } catch {
+                failure = "cannot reach the webhook \(target.url): \(error)"
+            }
+            if let failure {
+                logger.warning("job \(job.id) \(job.pipeline)/\(job.stage): \(failure)")
+                try await offload { try jobs.webhookDispatchFailed(job, reason: failure) }
+            } else {
+                logger.info("job \(job.id) \(job.pipeline)/\(job.stage): webhook called, waiting for its callback")
+            }
+        }
+    }
+}
+
+/// The runner inside `depot serve` (the same code as `depot runner`, talking to this server over HTTP).
+struct EmbeddedRunner: Service {
+    let runner: Runner?
+
+    func run() async throws {
+        guard let runner else {
+            try? await gracefulShutdown()
+            return
+        }
+        try? await cancelWhenGracefulShutdown { await runner.run() }
+    }
+}

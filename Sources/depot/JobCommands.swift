@@ -1,0 +1,179 @@
+import ArgumentParser
+import DepotClient
+import DepotRunner
+import Foundation
+import Logging
+
+struct Jobs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Pipeline jobs: list, show (with the log), cancel, retry.",
+        subcommands: [JobList.self, JobShow.self, JobCancel.self, JobRetry.self, PipelineList.self], defaultSubcommand: JobList.self)
+}
+
+struct JobList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "Jobs, newest first.")
+    @Option(help: "Only jobs in this state: queued, leased, running, succeeded, failed, cancelled.") var state: String?
+    @Option(help: "Only jobs of this pipeline.") var pipeline: String?
+    @Option(help: "At most this many.") var limit = 100
+    @Flag(help: "Machine-readable output.") var json = false
+    @OptionGroup var registry: RegistryOptions
+
+    func run() async throws {
+        await runClient(registry) { c in
+            var query = ["limit=\(limit)"]
+            if let state { query.append("state=\(encode(state))") }
+            if let pipeline { query.append("pipeline=\(encode(pipeline))") }
+            let r = try await c.call(.GET, "/depot/v1/jobs?" + query.joined(separator: "&"))
+            if json { return printJSONObject(r) }
+            let jobs = r["jobs"] as? [[String: Any]] ?? []
+            if jobs.isEmpty { print("no jobs"); return }
+            for j in jobs { print(JobFormat.line(j)) }
+        }
+    }
+}
+
+struct JobShow: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "One job: its input, output, attempts, reason and log.")
+    @Argument(help: "Job id.") var id: Int64
+    @Flag(help: "Machine-readable output (without the log).") var json = false
+    @Flag(help: "Do not print the log.") var noLog = false
+    @OptionGroup var registry: RegistryOptions
+
+    func run() async throws {
+        await runClient(registry) { c in
+            let j = try await c.call(.GET, "/depot/v1/jobs/\(id)")
+            if json { return printJSONObject(j) }
+            let input = j["input"] as? [String: Any] ?? [:]
+            let output = j["output"] as? [String: Any] ?? [:]
+            print("job \(id): \(j["pipeline"] as? String ?? "?")/\(j["stage"] as? String ?? "?")  \(j["state"] as? String ?? "?")\((j["memoized"] as? Bool ?? false) ? " (memoized)" : "")")
+            print("  input    \(input["repository"] as? String ?? "?")@\(input["digest"] as? String ?? "?")\((input["tag"] as? String).map { " (\($0))" } ?? "")")
+            if let d = output["digest"] as? String { print("  output   \(input["repository"] as? String ?? "?")@\(d)\((output["tag"] as? String).map { " (\($0))" } ?? "")") }
+            else if let t = output["tag"] as? String { print("  output   will be tagged \(t)") }
+            print("  attempt  \(j["attempt"] ?? "?") of \(j["max_attempts"] ?? "?")\((j["runner"] as? String).map { ", runner \($0)" } ?? "")")
+            for k in ["key", "created_at", "started_at", "finished_at", "not_before", "reason"] {
+                if let v = j[k] { print("  \(k.replacingOccurrences(of: "_", with: " "))\(String(repeating: " ", count: max(1, 9 - k.count)))\(v)") }
+            }
+            guard !noLog else { return }
+            if j["log"] != nil {
+                let log = try await c.getBytes("/depot/v1/jobs/\(id)/log", limit: 16 << 20)
+                print("--- log ---")
+                print(String(decoding: log, as: UTF8.self), terminator: "")
+            } else {
+                print("(no log yet)")
+            }
+        }
+    }
+}
+
+struct JobCancel: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Cancel a queued or running job (the runner stops it).")
+    @Argument(help: "Job id.") var id: Int64
+    @OptionGroup var registry: RegistryOptions
+
+    func run() async throws {
+        await runClient(registry) { c in
+            print(JobFormat.line(try await c.call(.POST, "/depot/v1/jobs/\(id)/cancel")))
+        }
+    }
+}
+
+struct JobRetry: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "retry", abstract: "Queue a failed or cancelled job again, attempts reset.")
+    @Argument(help: "Job id.") var id: Int64
+    @OptionGroup var registry: RegistryOptions
+
+    func run() async throws {
+        await runClient(registry) { c in
+            print(JobFormat.line(try await c.call(.POST, "/depot/v1/jobs/\(id)/retry")))
+        }
+    }
+}
+
+struct PipelineList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "pipelines", abstract: "The pipelines the registry loaded.")
+    @Flag(help: "Machine-readable output.") var json = false
+    @OptionGroup var registry: RegistryOptions
+
+    func run() async throws {
+        await runClient(registry) { c in
+            let r = try await c.call(.GET, "/depot/v1/pipelines")
+            if json { return printJSONObject(r) }
+            for p in r["pipelines"] as? [[String: Any]] ?? [] {
+                print("\(p["name"] as? String ?? "?")  (\(p["file"] as? String ?? "?"))")
+                for s in p["stages"] as? [[String: Any]] ?? [] {
+                    let needs = (s["needs"] as? [String] ?? []).joined(separator: ",")
+                    print("  \(s["name"] as? String ?? "?")  \(s["kind"] as? String ?? "?")\(needs.isEmpty ? "" : "  needs \(needs)")\((s["tag"] as? String).map { "  tag \($0)" } ?? "")")
+                }
+            }
+        }
+    }
+}
+
+enum JobFormat {
+    static func line(_ j: [String: Any]) -> String {
+        let input = j["input"] as? [String: Any] ?? [:]
+        let output = j["output"] as? [String: Any] ?? [:]
+        var text = "\(j["id"] ?? "?")  \(j["pipeline"] as? String ?? "?")/\(j["stage"] as? String ?? "?")  \(j["state"] as? String ?? "?")"
+        text += "  \(input["repository"] as? String ?? "?")@\(short(input["digest"]))"
+        if let d = output["digest"] { text += " -> \(short(d))" }
+        if let t = output["tag"] as? String { text += " (\(t))" }
+        text += "  attempt \(j["attempt"] ?? "?")/\(j["max_attempts"] ?? "?")"
+        if j["memoized"] as? Bool == true { text += "  memoized" }
+        if let r = j["reason"] as? String { text += "  \(r.split(separator: "\n").first ?? "")" }
+        return text
+    }
+}
+
+func encode(_ s: String) -> String { s.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? s }
+
+struct RunnerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "runner",
+        abstract: "Run pipeline jobs for a registry: lease, run, push the output, report (e.g. on a GPU node).")
+    @OptionGroup var registry: RegistryOptions
+    @Option(help: "Labels this runner offers, comma-separated (a stage's labels must all be here).") var labels = ""
+    @Option(help: "Runner name (default: runner@host).") var name: String?
+    @Option(help: "Jobs run at the same time.") var concurrency = 1
+    @Option(help: "Workspaces and the chunk cache (default: $TMPDIR/depot-runner-<name>).") var workDir: String?
+    @Option(help: "Python for built-in hooks.") var python = "python3"
+    @Option(help: "Directory of the built-in hooks (default: $DEPOT_HOOKS_DIR or hooks/builtin next to the executable).") var hooksDir: String?
+    @Option(help: "Seconds between lease renewals.") var heartbeatSeconds: Double = 5
+
+    func validate() throws {
+        guard (1...64).contains(concurrency) else { throw ValidationError("--concurrency must be 1...64") }
+        guard heartbeatSeconds >= 0.2 else { throw ValidationError("--heartbeat-seconds must be at least 0.2") }
+    }
+
+    func run() async throws {
+        let runnerName = name ?? "runner@\(ProcessInfo.processInfo.hostName)"
+        let safe = runnerName.map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "_" }
+        var options = RunnerOptions(name: runnerName, workDirectory: workDir ?? NSTemporaryDirectory() + "depot-runner-" + String(safe))
+        options.labels = labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        options.concurrency = concurrency
+        options.python = python
+        options.hooksDirectory = hooksDir ?? RunnerOptions.defaultHooksDirectory()
+        options.heartbeatInterval = .milliseconds(Int64(heartbeatSeconds * 1000))
+        let logger = Logger(label: "depot-runner")
+        let connection: RegistryConnection
+        do { connection = try registry.connect() } catch { fail("\(error)") }
+        let runner: Runner
+        do { runner = try Runner(connection: connection, options: options, logger: logger) } catch { fail("\(error)") }
+        // Stop on SIGINT/SIGTERM: the current job's process group is killed with the task.
+        let task = Task { await runner.run() }
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .main)
+            source.setEventHandler { task.cancel() }
+            source.resume()
+            SignalSources.keep(source)
+        }
+        await task.value
+        await connection.shutdown()
+    }
+}
+
+/// Keeps signal sources alive for the process's life.
+enum SignalSources {
+    nonisolated(unsafe) static var sources: [any DispatchSourceSignal] = []
+    static func keep(_ s: any DispatchSourceSignal) { sources.append(s) }
+}

@@ -1,0 +1,630 @@
+#!/usr/bin/env python3
+"""Built-in pipeline stage `convert`: a model -> model.onnx (docs/PIPELINES.md, "The stage contract").
+
+Inputs (DEPOT_INPUT_DIR):
+  - a scikit-learn model pickled as *.pkl / *.pickle (pickle) or *.joblib (joblib) -> skl2onnx;
+  - a PyTorch *.pt / *.pth (TorchScript archive, or a whole pickled nn.Module with trust_pickle)
+    -> torch.onnx.export, when torch is importable (needs the input_shape parameter);
+  - a TensorFlow SavedModel directory (saved_model.pb) -> tf2onnx, when tf2onnx and tensorflow are
+    importable;
+  - optionally sample_inputs.npy (the rows to verify the conversion on).
+Outputs (DEPOT_OUTPUT_DIR): model.onnx, sample_inputs.npy, sample_outputs.npz (the SOURCE model's
+outputs on the samples, keyed by the ONNX output names; later stages compare against it).
+
+Checks: onnx.checker (full_check), then onnxruntime against the source model on the samples;
+fails (exit 1) when the max absolute difference exceeds the tolerance.
+
+Parameters (DEPOT_PARAM_<NAME>, or DEPOT_PARAMS): target_opset, tolerance (default 1e-4),
+model_file (which file when the input holds several models), input_shape (PyTorch: e.g.
+"1,3,224,224"; also used for random samples of a TensorFlow model), pickle_modules (extra top-level
+modules a pickle may reference, comma-separated), trust_pickle (true: unpickle anything; pickles run
+code when loaded, only for inputs you trust).
+
+Exit status: 0 done; 78 the input can never be converted on this runner (unknown format, missing
+library, unconvertible model); 1 the conversion ran but failed verification, or another error.
+`--toolchain` prints the hook version and library versions (part of the job's memoization key).
+"""
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+
+HOOK = "convert"
+HOOK_VERSION = 1
+ONNX_ARTIFACT_TYPE = "application/vnd.depot.onnx.v1"
+RELATION = "converted-from"
+EX_CONFIG = 78
+
+SKLEARN_EXT = (".pkl", ".pickle", ".joblib")
+TORCH_EXT = (".pt", ".pth")
+
+
+class StageError(Exception):
+    """An expected failure: printed as one line on stderr, no traceback."""
+
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
+
+
+def log(msg):
+    print(f"{HOOK}: {msg}", flush=True)
+
+
+def dist_version(*names):
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def toolchain():
+    parts = [f"{HOOK}/{HOOK_VERSION}", "python=%d.%d.%d" % sys.version_info[:3]]
+    for label, dists in [("skl2onnx", ["skl2onnx"]), ("onnx", ["onnx"]), ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"]),
+                         ("scikit-learn", ["scikit-learn"]), ("numpy", ["numpy"])]:
+        parts.append(f"{label}={dist_version(*dists) or 'absent'}")
+    # Optional converters appear only when installed, so a runner without them keeps its key.
+    for label, dists in [("joblib", ["joblib"]), ("torch", ["torch"]), ("tensorflow", ["tensorflow", "tensorflow-cpu"]),
+                         ("tf2onnx", ["tf2onnx"])]:
+        v = dist_version(*dists)
+        if v:
+            parts.append(f"{label}={v}")
+    return " ".join(parts)
+
+
+def param(name, default=None):
+    v = os.environ.get("DEPOT_PARAM_" + name.upper())
+    if v is not None:
+        return v
+    raw = os.environ.get("DEPOT_PARAMS")
+    if raw:
+        try:
+            params = json.loads(raw)
+        except ValueError:
+            raise StageError(f"DEPOT_PARAMS is not valid JSON: {raw[:200]!r}", EX_CONFIG)
+        if isinstance(params, dict) and params.get(name) is not None:
+            v = params[name]
+            return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return default
+
+
+def float_param(name, default):
+    v = param(name)
+    if v is None or v == "":
+        return default
+    try:
+        f = float(v)
+    except ValueError:
+        raise StageError(f"parameter {name}={v!r} is not a number", EX_CONFIG)
+    if not f >= 0:
+        raise StageError(f"parameter {name}={v!r} must be >= 0", EX_CONFIG)
+    return f
+
+
+def bool_param(name, default=False):
+    v = param(name)
+    if v is None or v == "":
+        return default
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    raise StageError(f"parameter {name}={v!r} is not a boolean (true/false)", EX_CONFIG)
+
+
+def shape_param(name):
+    v = param(name)
+    if v is None or v.strip() == "":
+        return None
+    try:
+        dims = json.loads(v) if v.strip().startswith("[") else [int(x) for x in v.replace("x", ",").split(",") if x.strip()]
+        dims = [int(d) for d in dims]
+    except (ValueError, TypeError):
+        raise StageError(f"parameter {name}={v!r} is not a shape like 1,3,224,224", EX_CONFIG)
+    if not dims or any(d <= 0 for d in dims):
+        raise StageError(f"parameter {name}={v!r} must list positive dimensions", EX_CONFIG)
+    return dims
+
+
+def stage_dirs():
+    inp, out = os.environ.get("DEPOT_INPUT_DIR"), os.environ.get("DEPOT_OUTPUT_DIR")
+    if not inp or not os.path.isdir(inp):
+        raise StageError(f"DEPOT_INPUT_DIR is not set or not a directory: {inp!r}", EX_CONFIG)
+    if not out:
+        raise StageError("DEPOT_OUTPUT_DIR is not set", EX_CONFIG)
+    os.makedirs(out, exist_ok=True)
+    return inp, out
+
+
+def write_result(result):
+    print(f"{HOOK}: result " + json.dumps(result, sort_keys=True), flush=True)
+    path = os.environ.get("DEPOT_RESULT")
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2, sort_keys=True)
+
+
+def fmt(x):
+    return "%.3g" % x
+
+
+def list_files(root):
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".depot"))
+        for fn in sorted(filenames):
+            out.append(os.path.relpath(os.path.join(dirpath, fn), root))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Restricted unpickling. A pickle runs code when it is loaded; a runner converts whatever was
+# pushed, so by default only classes from scikit-learn / numpy / scipy (and a few reconstruction
+# helpers) may be referenced. This raises the bar; it is not a sandbox. trust_pickle=true lifts it.
+
+SAFE_ROOTS = {"sklearn", "numpy", "scipy"}
+DENIED_MODULE_PREFIXES = ("numpy.lib.npyio", "numpy.lib._npyio_impl", "numpy.lib.format", "numpy.lib._datasource",
+                          "numpy.f2py", "numpy.distutils", "numpy.testing", "scipy.io", "scipy.datasets",
+                          "sklearn.datasets", "sklearn.utils._testing", "sklearn.externals")
+DENIED_NAMES = {"memmap", "DataSource", "NpzFile"}
+SAFE_FUNCTIONS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core._ufunc_config", "_unpickle"),
+    ("copyreg", "_reconstructor"), ("_codecs", "encode"),
+}
+SAFE_BUILTINS = {"set", "frozenset", "slice", "range", "complex", "bytearray", "dict", "list", "tuple", "int",
+                 "float", "bool", "str", "bytes", "object"}
+SAFE_OTHER = {("collections", "OrderedDict"), ("collections", "defaultdict"), ("collections", "deque"),
+              ("collections", "Counter"), ("joblib.numpy_pickle", "NumpyArrayWrapper"),
+              ("joblib.numpy_pickle_compat", "NDArrayWrapper"), ("joblib.numpy_pickle_compat", "ZNDArrayWrapper")}
+
+
+def make_find_class(base, filename, extra_roots):
+    roots = SAFE_ROOTS | set(extra_roots)
+
+    def check(module, name, obj):
+        if (module, name) in SAFE_FUNCTIONS or (module, name) in SAFE_OTHER:
+            return
+        if module == "builtins" and name in SAFE_BUILTINS:
+            return
+        if module == "numpy.random._pickle" and name.startswith("__") and name.endswith("_ctor"):
+            return
+        import numpy
+        if isinstance(obj, numpy.ufunc):
+            return
+        obj_module = getattr(obj, "__module__", "") or ""
+        if (isinstance(obj, type) and module.split(".")[0] in roots and obj_module.split(".")[0] in roots
+                and not any(m.startswith(DENIED_MODULE_PREFIXES) for m in (module, obj_module))
+                and name.split(".")[-1] not in DENIED_NAMES):
+            return
+        raise StageError(
+            f"refusing to unpickle {filename}: it references {module}.{name}, which is not a scikit-learn, numpy or "
+            f"scipy class (pickles run code when loaded). If the input is trusted, set the parameter trust_pickle: true, "
+            f"or list its module in pickle_modules", EX_CONFIG)
+
+    def find_class(self, module, name):
+        obj = base.find_class(self, module, name)
+        check(module, name, obj)
+        return obj
+
+    return find_class
+
+
+def load_sklearn(path, trusted, extra_roots):
+    name = os.path.basename(path)
+    is_joblib = path.endswith(".joblib")
+    try:
+        if is_joblib:
+            try:
+                import joblib
+                import joblib.numpy_pickle as jnp
+            except ImportError:
+                raise StageError(f"{name} is a joblib file but joblib is not installed on this runner", EX_CONFIG)
+            if trusted:
+                return joblib.load(path)
+            original = jnp.NumpyUnpickler.__dict__.get("find_class")
+            jnp.NumpyUnpickler.find_class = make_find_class(pickle._Unpickler, name, extra_roots)
+            try:
+                return joblib.load(path)
+            finally:
+                if original is None:
+                    del jnp.NumpyUnpickler.find_class
+                else:
+                    jnp.NumpyUnpickler.find_class = original
+        with open(path, "rb") as f:
+            if trusted:
+                return pickle.load(f)
+
+            class Restricted(pickle.Unpickler):
+                pass
+
+            Restricted.find_class = make_find_class(pickle.Unpickler, name, extra_roots)
+            return Restricted(f).load()
+    except StageError:
+        raise
+    except (ModuleNotFoundError, ImportError) as e:
+        raise StageError(f"{name} needs a Python module that is not installed on this runner: {e}", EX_CONFIG)
+    except MemoryError:
+        raise StageError(f"{name} could not be unpickled: out of memory", 1)
+    except Exception as e:  # UnpicklingError, EOFError, ValueError, KeyError, ... from a corrupt file
+        kind = "joblib" if is_joblib else "pickle"
+        raise StageError(f"{name} is not a valid {kind} file: {type(e).__name__}: {str(e)[:300]}", EX_CONFIG)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+def find_model(inp):
+    files = list_files(inp)
+    sk = [f for f in files if f.lower().endswith(SKLEARN_EXT)]
+    pt = [f for f in files if f.lower().endswith(TORCH_EXT)]
+    tf = sorted({os.path.dirname(f) or "." for f in files if os.path.basename(f) == "saved_model.pb"})
+    candidates = [("sklearn", f) for f in sk] + [("pytorch", f) for f in pt] + [("tensorflow", d) for d in tf]
+    wanted = param("model_file")
+    if wanted:
+        chosen = [c for c in candidates if c[1] == wanted.strip("/")]
+        if not chosen:
+            raise StageError(f"model_file {wanted!r} is not a model file of the input; models seen: "
+                             f"{', '.join(c[1] for c in candidates) or 'none'}; files: {', '.join(files) or 'none'}", EX_CONFIG)
+        return chosen[0], files
+    if not candidates:
+        onnx_files = [f for f in files if f.lower().endswith(".onnx")]
+        hint = f" ({', '.join(onnx_files)} is already ONNX: there is nothing to convert)" if onnx_files else ""
+        raise StageError("no convertible model in the input: expected a scikit-learn pickle (*.pkl, *.pickle, *.joblib), "
+                         "a PyTorch checkpoint (*.pt, *.pth) or a TensorFlow SavedModel (saved_model.pb)" + hint
+                         + f"; files seen: {', '.join(files) or 'none (empty input)'}", EX_CONFIG)
+    if len(candidates) > 1:
+        raise StageError(f"the input holds {len(candidates)} models ({', '.join(c[1] for c in candidates)}); "
+                         "set the parameter model_file to the one to convert", EX_CONFIG)
+    return candidates[0], files
+
+
+def load_samples(inp, files):
+    import numpy as np
+    rel = "sample_inputs.npy" if "sample_inputs.npy" in files else next(
+        (f for f in files if os.path.basename(f) == "sample_inputs.npy"), None)
+    if rel is None:
+        return None, None
+    try:
+        arr = np.load(os.path.join(inp, rel), allow_pickle=False)
+    except Exception as e:
+        raise StageError(f"{rel} is not a readable .npy array: {type(e).__name__}: {e}", EX_CONFIG)
+    if arr.size == 0:
+        raise StageError(f"{rel} is empty (shape {arr.shape})", EX_CONFIG)
+    return arr, rel
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison
+
+def compare(name, reference, actual, tolerance, probabilities=None):
+    """Returns the max abs difference of a numeric output; labels must match (up to ties)."""
+    import numpy as np
+    ref, act = np.asarray(reference), np.asarray(actual)
+    if ref.size != act.size:
+        raise StageError(f"output {name!r}: the ONNX model returns shape {act.shape}, the source model {ref.shape}")
+    ref, act = ref.reshape(-1), act.reshape(-1)
+    if ref.dtype.kind in "iubUSO" or act.dtype.kind in "iubUSO":
+        mismatch = [i for i in range(ref.size) if str(ref[i]) != str(act[i])]
+        if probabilities is not None and mismatch:
+            # A flip between two classes whose probabilities tie within the tolerance is no error.
+            p = np.sort(np.asarray(probabilities, dtype=np.float64), axis=1)
+            mismatch = [i for i in mismatch if p.shape[1] < 2 or p[i, -1] - p[i, -2] > tolerance]
+        if mismatch:
+            rows = ", ".join(f"row {i}: source {ref[i]!r} onnx {act[i]!r}" for i in mismatch[:5])
+            raise StageError(f"output {name!r}: {len(mismatch)} of {ref.size} labels differ between the source model and "
+                             f"onnxruntime ({rows})")
+        return 0.0
+    diff = np.abs(ref.astype(np.float64) - act.astype(np.float64))
+    if not np.all(np.isfinite(diff)):
+        raise StageError(f"output {name!r}: non-finite values (source or onnxruntime returned NaN/inf)")
+    return float(diff.max()) if diff.size else 0.0
+
+
+def run_onnx(path, samples):
+    """Runs a single-input ONNX model on the samples with onnxruntime: ({output name: array}, session)."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    if len(sess.get_inputs()) != 1:
+        raise StageError(f"the converted model has {len(sess.get_inputs())} inputs; verification supports one")
+    feeds = {sess.get_inputs()[0].name: samples}
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds))), sess
+
+
+def onnx_np_dtype(sess_output_type):
+    import numpy as np
+    return {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+            "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}.get(sess_output_type)
+
+
+def check_onnx(path):
+    import onnx
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except Exception as e:
+        raise StageError(f"onnx.checker rejects the converted model: {str(e).strip()[:500]}")
+    model = onnx.load(path, load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return model, opset
+
+
+# ---------------------------------------------------------------------------------------------
+# Converters
+
+def convert_sklearn(inp, out, rel, files, tolerance):
+    import numpy as np
+    try:
+        import skl2onnx
+        from skl2onnx import convert_sklearn as to_onnx
+        from skl2onnx.common.data_types import FloatTensorType
+    except ImportError as e:
+        raise StageError(f"scikit-learn pickle {rel} needs skl2onnx, which is not importable on this runner: {e}", EX_CONFIG)
+    extra = [m.strip() for m in (param("pickle_modules") or "").split(",") if m.strip()]
+    model = load_sklearn(os.path.join(inp, rel), bool_param("trust_pickle"), extra)
+    kind = type(model).__module__ + "." + type(model).__qualname__
+    if not type(model).__module__.startswith("sklearn") and not hasattr(model, "predict") and not hasattr(model, "transform"):
+        raise StageError(f"{rel} holds a {kind}, not a scikit-learn model", EX_CONFIG)
+    log(f"loaded {rel}: {kind}")
+
+    samples, samples_rel = load_samples(inp, files)
+    n_features = getattr(model, "n_features_in_", None)
+    if samples is None:
+        if n_features is None:
+            raise StageError(f"{rel} ({kind}) does not record n_features_in_; push a sample_inputs.npy with the input",
+                             EX_CONFIG)
+        samples = np.random.default_rng(0).standard_normal((16, int(n_features))).astype(np.float32)
+        log(f"no sample_inputs.npy: using 16 random rows (seed 0) of {n_features} features")
+    else:
+        if samples.ndim == 1:
+            samples = samples.reshape(1, -1)
+        if samples.ndim != 2 or (n_features is not None and samples.shape[1] != n_features):
+            raise StageError(f"{samples_rel} has shape {samples.shape}, the model expects (rows, {n_features})", EX_CONFIG)
+        samples = samples.astype(np.float32)
+        log(f"sample inputs: {samples_rel} {samples.shape}")
+    n_features = samples.shape[1]
+
+    opset = param("target_opset")
+    target_opset = None
+    if opset:
+        try:
+            target_opset = int(opset)
+        except ValueError:
+            raise StageError(f"parameter target_opset={opset!r} is not an integer", EX_CONFIG)
+    # Classifiers: no ZipMap, so the probabilities come out as a plain float tensor (Triton-friendly).
+    from sklearn.base import is_classifier
+    options = {"zipmap": False} if is_classifier(model) else None
+    t0 = time.monotonic()
+    try:
+        onx = to_onnx(model, initial_types=[("input", FloatTensorType([None, n_features]))],
+                      target_opset=target_opset, options=options)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
+        raise StageError(f"skl2onnx {skl2onnx.__version__} cannot convert {kind}: {first}", EX_CONFIG)
+    # skl2onnx may list a domain twice in opset_import (e.g. ('', 22) twice for tree/linear models);
+    # keep one entry per domain: onnxruntime.quantization and some readers refuse duplicates.
+    versions = {}
+    for o in onx.opset_import:
+        versions[o.domain] = max(versions.get(o.domain, 0), o.version)
+    if len(versions) != len(onx.opset_import):
+        del onx.opset_import[:]
+        for domain, version in versions.items():
+            onx.opset_import.add(domain=domain, version=version)
+    path = os.path.join(out, "model.onnx")
+    with open(path, "wb") as f:
+        f.write(onx.SerializeToString())
+    log(f"skl2onnx {skl2onnx.__version__}: wrote model.onnx ({os.path.getsize(path)} bytes) in {time.monotonic() - t0:.2f} s")
+    _, graph_opset = check_onnx(path)
+    log(f"onnx.checker (full_check): ok, opset {graph_opset}")
+
+    got, sess = run_onnx(path, samples)
+    names = list(got)
+    reference = {}
+    proba = None
+    if hasattr(model, "predict_proba") and len(names) == 2:
+        reference[names[0]] = model.predict(samples)
+        proba = model.predict_proba(samples)
+        reference[names[1]] = proba
+    elif len(names) == 1:
+        reference[names[0]] = model.predict(samples) if hasattr(model, "predict") else model.transform(samples)
+    else:
+        if hasattr(model, "predict"):
+            reference[names[0]] = model.predict(samples)
+        log(f"outputs {names[1:]} are not compared (no matching scikit-learn method)")
+    return finish(out, samples, sess, got, reference, proba, tolerance, "sklearn", graph_opset, kind)
+
+
+def finish(out, samples, sess, got, reference, proba, tolerance, source_format, opset, kind):
+    import numpy as np
+    types = {o.name: o.type for o in sess.get_outputs()}
+    max_diff = 0.0
+    saved = {}
+    for name, ref in reference.items():
+        ref = np.asarray(ref)
+        d = compare(name, ref, got[name], tolerance, probabilities=proba if ref.dtype.kind in "iubUSO" else None)
+        log(f"output {name!r}: max abs diff {fmt(d)} over {ref.size} values" if ref.dtype.kind not in "iubUSO"
+            else f"output {name!r}: all {ref.size} labels match")
+        max_diff = max(max_diff, d)
+        dt = onnx_np_dtype(types.get(name))
+        if ref.dtype.kind == "O":
+            ref = ref.astype(str)
+        saved[name] = ref.astype(dt).reshape(got[name].shape) if dt is not None and ref.dtype.kind in "fiub" else ref
+    if max_diff > tolerance:
+        raise StageError(f"onnxruntime differs from the source model by {fmt(max_diff)} (max abs diff over "
+                         f"{len(samples)} sample rows), above the tolerance {fmt(tolerance)}")
+    np.save(os.path.join(out, "sample_inputs.npy"), samples)
+    np.savez(os.path.join(out, "sample_outputs.npz"), **saved)
+    log(f"wrote sample_inputs.npy {samples.shape} and sample_outputs.npz ({', '.join(saved)})")
+    write_result({
+        "artifact_type": ONNX_ARTIFACT_TYPE,
+        "relation": RELATION,
+        "annotations": {
+            "dev.depot.metric.max_abs_diff": fmt(max_diff),
+            "dev.depot.convert.tolerance": fmt(tolerance),
+            "dev.depot.convert.source_format": source_format,
+            "dev.depot.convert.opset": str(opset),
+            "dev.depot.convert.source_class": kind,
+        },
+    })
+    log(f"ok: max abs diff {fmt(max_diff)} <= tolerance {fmt(tolerance)}")
+    return 0
+
+
+def convert_pytorch(inp, out, rel, files, tolerance):
+    import numpy as np
+    name = os.path.basename(rel)
+    try:
+        import torch
+    except ImportError:
+        raise StageError(f"PyTorch checkpoint {name} needs torch (torch.onnx.export); torch is not installed on this runner",
+                         EX_CONFIG)
+    path = os.path.join(inp, rel)
+    samples, samples_rel = load_samples(inp, files)
+    shape = shape_param("input_shape")
+    if samples is None and shape is None:
+        raise StageError(f"PyTorch checkpoint {name}: set the parameter input_shape (e.g. 1,3,224,224) or push a "
+                         "sample_inputs.npy: torch.onnx.export needs an example input", EX_CONFIG)
+    if samples is None:
+        samples = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        log(f"no sample_inputs.npy: using random inputs (seed 0) of shape {tuple(shape)}")
+    else:
+        samples = samples.astype(np.float32)
+        log(f"sample inputs: {samples_rel} {samples.shape}")
+    model = None
+    try:
+        model = torch.jit.load(path, map_location="cpu")
+        kind = "torchscript"
+    except Exception:
+        pass
+    if model is None:
+        trusted = bool_param("trust_pickle")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+        except Exception as e:
+            if not trusted:
+                raise StageError(f"PyTorch checkpoint {name} is neither a TorchScript archive nor loadable with "
+                                 f"weights_only=True ({str(e).strip().splitlines()[0][:300]}); a whole pickled module "
+                                 "runs code when loaded: set trust_pickle: true for a trusted input, or push a TorchScript "
+                                 "archive (torch.jit.save)", EX_CONFIG)
+            raise StageError(f"PyTorch checkpoint {name} could not be loaded: {type(e).__name__}: {str(e)[:300]}", EX_CONFIG)
+        if not isinstance(obj, torch.nn.Module):
+            raise StageError(f"PyTorch checkpoint {name} holds a {type(obj).__name__} (a state_dict or weights only), not a "
+                             "module: exporting needs the model's code; push a TorchScript archive (torch.jit.save) instead",
+                             EX_CONFIG)
+        model, kind = obj, "module"
+    model.eval()
+    x = torch.from_numpy(samples)
+    opset = int(param("target_opset") or 17)
+    onnx_path = os.path.join(out, "model.onnx")
+    t0 = time.monotonic()
+    kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset,
+                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    try:
+        with torch.no_grad():
+            try:
+                torch.onnx.export(model, (x,), onnx_path, dynamo=False, **kwargs)
+            except TypeError:  # torch < 2.5 has no dynamo argument
+                torch.onnx.export(model, (x,), onnx_path, **kwargs)
+    except Exception as e:
+        raise StageError(f"torch.onnx.export failed for {name}: {type(e).__name__}: {str(e).strip().splitlines()[0][:400]}",
+                         EX_CONFIG)
+    log(f"torch {torch.__version__}: exported {kind} {name} to model.onnx in {time.monotonic() - t0:.2f} s")
+    _, graph_opset = check_onnx(onnx_path)
+    log(f"onnx.checker (full_check): ok, opset {graph_opset}")
+    got, sess = run_onnx(onnx_path, samples)
+    with torch.no_grad():
+        ref = model(x)
+    if isinstance(ref, (tuple, list)):
+        ref = ref[0]
+    reference = {list(got)[0]: ref.detach().cpu().numpy()}
+    return finish(out, samples, sess, got, reference, None, tolerance, "pytorch", graph_opset, kind)
+
+
+def convert_tensorflow(inp, out, rel, files, tolerance):
+    # Not exercised on the project's machines (no TensorFlow wheel is installed there).
+    import numpy as np
+    missing = [m for m in ("tf2onnx", "tensorflow") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise StageError(f"TensorFlow SavedModel {rel or '.'} needs tf2onnx and tensorflow; not installed on this runner: "
+                         f"{', '.join(missing)}", EX_CONFIG)
+    import tensorflow as tf
+    saved = os.path.join(inp, rel)
+    onnx_path = os.path.join(out, "model.onnx")
+    opset = param("target_opset") or "17"
+    cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved, "--output", onnx_path, "--opset", str(opset)]
+    log("running " + " ".join(cmd))
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if p.returncode != 0 or not os.path.exists(onnx_path):
+        tail = "\n".join(p.stdout.strip().splitlines()[-5:])
+        raise StageError(f"tf2onnx failed (exit {p.returncode}) for SavedModel {rel or '.'}: {tail}", EX_CONFIG)
+    log(f"tf2onnx: wrote model.onnx in {time.monotonic() - t0:.2f} s")
+    _, graph_opset = check_onnx(onnx_path)
+    fn = tf.saved_model.load(saved).signatures.get("serving_default")
+    if fn is None:
+        raise StageError(f"SavedModel {rel or '.'} has no serving_default signature to verify against", EX_CONFIG)
+    in_specs = list(fn.structured_input_signature[1].items())
+    if len(in_specs) != 1:
+        raise StageError(f"SavedModel {rel or '.'}: verification supports one input, the signature has {len(in_specs)}",
+                         EX_CONFIG)
+    samples, _ = load_samples(inp, files)
+    if samples is None:
+        shape = shape_param("input_shape") or [d if d is not None else 1 for d in in_specs[0][1].shape.as_list()]
+        samples = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    samples = samples.astype(in_specs[0][1].dtype.as_numpy_dtype)
+    got, sess = run_onnx(onnx_path, samples)
+    ref = fn(**{in_specs[0][0]: tf.constant(samples)})
+    ref_values = [v.numpy() for _, v in sorted(ref.items())]
+    reference = {}
+    for name, arr in zip(got, ref_values):
+        reference[name] = arr
+    return finish(out, samples, sess, got, reference, None, tolerance, "tensorflow", graph_opset, "savedmodel")
+
+
+def run():
+    inp, out = stage_dirs()
+    tolerance = float_param("tolerance", 1e-4)
+    (fmt_name, rel), files = find_model(inp)
+    log(f"input {inp}: {len(files)} file(s); converting {rel} ({fmt_name}); tolerance {fmt(tolerance)}")
+    for mod in ("numpy", "onnx", "onnxruntime"):
+        if importlib.util.find_spec(mod) is None:
+            raise StageError(f"{mod} is not installed on this runner (needed for every conversion)", EX_CONFIG)
+    if fmt_name == "sklearn":
+        return convert_sklearn(inp, out, rel, files, tolerance)
+    if fmt_name == "pytorch":
+        return convert_pytorch(inp, out, rel, files, tolerance)
+    return convert_tensorflow(inp, out, "" if rel == "." else rel, files, tolerance)
+
+
+def main(argv):
+    if "--toolchain" in argv[1:]:
+        print(toolchain())
+        return 0
+    if len(argv) > 1:
+        print(f"usage: {os.path.basename(argv[0])} [--toolchain]  (inputs come from DEPOT_* environment variables)",
+              file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    try:
+        rc = run()
+    except StageError as e:
+        print(f"{HOOK}: error: {e}", file=sys.stderr, flush=True)
+        return e.code
+    log(f"done in {time.monotonic() - t0:.2f} s")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
