@@ -37,7 +37,7 @@ let package = Package(
         ),
         .target(
             name: "DepotRunner",
-            dependencies: ["DepotCore", "DepotClient", "CDepotSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["DepotCore", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "DepotServer",

@@ -3,16 +3,16 @@ import DepotFormats
 
 /// A local file as a `ByteSource`, so the client runs the registry's own format readers before
 /// it uploads anything (a safetensors file whose header lies is refused before a byte moves).
-struct LocalFileSource: ByteSource {
+public struct LocalFileSource: ByteSource {
     let file: PosixFile
-    let size: Int64
+    public let size: Int64
 
-    init(path: String) throws {
+    public init(path: String) throws {
         file = try PosixFile(path: path, mode: .read)
         size = try file.size()
     }
 
-    func read(at offset: Int64, count: Int) throws -> [UInt8] {
+    public func read(at offset: Int64, count: Int) throws -> [UInt8] {
         let n = Int(max(0, min(Int64(count), size - offset)))
         guard offset >= 0, n > 0 else { return [] }
         var out = [UInt8](repeating: 0, count: n)

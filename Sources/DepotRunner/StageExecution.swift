@@ -1,5 +1,6 @@
 import DepotClient
 import DepotCore
+import DepotFormats
 import Foundation
 
 /// One attempt of one job: workspace, input pull, the command under a heartbeat and a
@@ -77,8 +78,13 @@ struct StageExecution {
         case .signalled(let sig): throw RunnerError("the stage was killed by signal \(sig)")
         }
 
+        let written = (fm.enumerator(atPath: outputDir)?.allObjects as? [String] ?? []).filter {
+            var isDir: ObjCBool = false
+            return fm.fileExists(atPath: outputDir + "/" + $0, isDirectory: &isDir) && !isDir.boolValue
+        }
+        guard !written.isEmpty else { throw RunnerError("the stage wrote no output into DEPOT_OUTPUT_DIR") }
         let files = try ArtifactFiles.collect([outputDir])
-        guard !files.isEmpty else { throw RunnerError("the stage wrote no output into DEPOT_OUTPUT_DIR") }
+        try Self.validate(files)
         let result = try StageResult.read(resultFile)
         var request = PushRequest(repository: job.inputRepository, tag: job.outputTag ?? "", paths: [outputDir])
         request.subject = input
@@ -98,6 +104,21 @@ struct StageExecution {
         } catch let e as ClientError where e.status.map({ (400..<500).contains($0) }) ?? false {
             // The registry refused the output (e.g. a model its format readers reject): retrying won't change it.
             throw RunnerError("the registry refused the output: \(e.message)")
+        }
+    }
+}
+
+extension StageExecution {
+    /// Every output file in a format Depot reads must parse (an ONNX file that is not ONNX, a
+    /// lying safetensors header, a config.pbtxt with a syntax error fail the job before anything
+    /// is pushed).
+    static func validate(_ files: [ArtifactFile]) throws {
+        for f in files {
+            do {
+                _ = try FormatInspector.inspect(path: f.relativePath, source: try LocalFileSource(path: f.localPath), platform: nil)
+            } catch {
+                throw RunnerError("the stage wrote an invalid model: \(f.relativePath): \(error)")
+            }
         }
     }
 }
