@@ -20,12 +20,21 @@ final class ServerProcess {
     let process = Process()
     let port: Int
 
-    init(storage: String, port: Int = freePort()) throws {
+    init(storage: String, port: Int = freePort(), config: String? = nil, log: String? = nil) throws {
         self.port = port
         process.executableURL = URL(fileURLWithPath: repoRoot + "/.build/debug/depot")
-        process.arguments = ["serve", "--storage", storage, "--listen", "127.0.0.1:\(port)", "--log-level", "warning"]
+        process.arguments = ["serve", "--storage", storage, "--listen", "127.0.0.1:\(port)", "--log-level", log == nil ? "warning" : "info"]
+            + (config.map { ["--config", $0] } ?? [])
         process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
+        if let log {
+            FileManager.default.createFile(atPath: log, contents: nil)
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+            handle.seekToEndOfFile()
+            process.standardOutput = handle
+            process.standardError = handle
+        } else {
+            process.standardError = FileHandle.nullDevice
+        }
         try process.run()
     }
 
