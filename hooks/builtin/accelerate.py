@@ -8,7 +8,10 @@ Two paths:
     trtexec (fp16 with precision=fp16), plus tensorrt.json (compute capability, TensorRT version,
     precision, and the ONNX inputs/outputs, which package needs to write config.pbtxt for a plan).
     Relation compiled-from. NOTE: this path cannot run on the project's machines (no GPU, no
-    TensorRT); it is written from the trtexec documentation and has not been executed.
+    TensorRT): it is written from trtexec's documented flags and output and was exercised only with
+    stand-in `trtexec` / `nvidia-smi` scripts (command line, parsing, tensorrt.json, result).
+    skl2onnx classifiers use ai.onnx.ml operators (ArrayFeatureExtractor, ZipMap, TreeEnsemble...)
+    that TensorRT's ONNX parser does not support: expect those to fail here with exit 78.
   - CPU (otherwise): onnxruntime graph optimization (level basic: the saved model has only standard
     ONNX operators and loads in any onnxruntime), then onnxruntime.quantization.quantize_dynamic
     (QInt8 weights) unless quantize=none. The latency before/after (median over `runs`) and the
@@ -497,6 +500,8 @@ def run():
         raise StageError("method=tensorrt needs trtexec on PATH and a GPU that nvidia-smi lists; this runner has "
                          + ("neither" if not trtexec and not shutil.which("nvidia-smi") else
                             "no trtexec" if not trtexec else "no usable GPU"), EX_CONFIG)
+    if trtexec and not cc and method == "auto":
+        log(f"trtexec at {trtexec} but nvidia-smi lists no GPU with a compute capability: CPU path")
     if trtexec and cc:
         log(f"trtexec at {trtexec}, GPU compute capability {cc}: building a TensorRT engine")
         return accelerate_tensorrt(inp, out, model_path, trtexec, cc)

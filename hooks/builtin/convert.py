@@ -30,10 +30,11 @@ import importlib.util
 import json
 import os
 import pickle
-import shutil
+import re
 import subprocess
 import sys
 import time
+import warnings
 
 HOOK = "convert"
 HOOK_VERSION = 1
@@ -150,6 +151,13 @@ def write_result(result):
     if path:
         with open(path, "w") as f:
             json.dump(result, f, indent=2, sort_keys=True)
+
+
+def first_sentence(e, limit=300):
+    """A library's error message, one line: ANSI colours removed, cut at the first sentence."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().replace("\n", " ")
+    m = re.match(r"(.+?[.!?])(\s|$)", text)
+    return (m.group(1) if m else text)[:limit]
 
 
 def fmt(x):
@@ -443,10 +451,10 @@ def convert_sklearn(inp, out, rel, files, tolerance):
         if hasattr(model, "predict"):
             reference[names[0]] = model.predict(samples)
         log(f"outputs {names[1:]} are not compared (no matching scikit-learn method)")
-    return finish(out, samples, sess, got, reference, proba, tolerance, "sklearn", graph_opset, kind)
+    return finish(out, samples, sess, got, reference, proba, tolerance, "sklearn", graph_opset, kind, target_opset)
 
 
-def finish(out, samples, sess, got, reference, proba, tolerance, source_format, opset, kind):
+def finish(out, samples, sess, got, reference, proba, tolerance, source_format, opset, kind, target_opset=None):
     import numpy as np
     types = {o.name: o.type for o in sess.get_outputs()}
     max_diff = 0.0
@@ -476,7 +484,7 @@ def finish(out, samples, sess, got, reference, proba, tolerance, source_format, 
             "dev.depot.convert.source_format": source_format,
             "dev.depot.convert.opset": str(opset),
             "dev.depot.convert.source_class": kind,
-        },
+        } | ({"dev.depot.convert.target_opset": str(target_opset)} if target_opset else {}),
     })
     log(f"ok: max abs diff {fmt(max_diff)} <= tolerance {fmt(tolerance)}")
     return 0
@@ -502,6 +510,11 @@ def convert_pytorch(inp, out, rel, files, tolerance):
     else:
         samples = samples.astype(np.float32)
         log(f"sample inputs: {samples_rel} {samples.shape}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise StageError(f"PyTorch checkpoint {name} is neither a ZIP archive nor a pickle (starts with {head!r}): "
+                         "not a PyTorch checkpoint", EX_CONFIG)
     model = None
     try:
         model = torch.jit.load(path, map_location="cpu")
@@ -515,10 +528,14 @@ def convert_pytorch(inp, out, rel, files, tolerance):
         except Exception as e:
             if not trusted:
                 raise StageError(f"PyTorch checkpoint {name} is neither a TorchScript archive nor loadable with "
-                                 f"weights_only=True ({str(e).strip().splitlines()[0][:300]}); a whole pickled module "
-                                 "runs code when loaded: set trust_pickle: true for a trusted input, or push a TorchScript "
-                                 "archive (torch.jit.save)", EX_CONFIG)
-            raise StageError(f"PyTorch checkpoint {name} could not be loaded: {type(e).__name__}: {str(e)[:300]}", EX_CONFIG)
+                                 "weights_only=True (it pickles a whole module, or other objects); loading that runs "
+                                 "code: set trust_pickle: true for a trusted input, or push a TorchScript archive "
+                                 f"(torch.jit.save). torch said: {first_sentence(e)}", EX_CONFIG)
+            if isinstance(e, (AttributeError, ImportError)):
+                raise StageError(f"PyTorch checkpoint {name} pickles a module whose code is not importable on this runner "
+                                 f"({first_sentence(e)}); push a TorchScript archive (torch.jit.save) instead", EX_CONFIG)
+            raise StageError(f"PyTorch checkpoint {name} could not be loaded: {type(e).__name__}: {first_sentence(e)}",
+                             EX_CONFIG)
         if not isinstance(obj, torch.nn.Module):
             raise StageError(f"PyTorch checkpoint {name} holds a {type(obj).__name__} (a state_dict or weights only), not a "
                              "module: exporting needs the model's code; push a TorchScript archive (torch.jit.save) instead",
@@ -532,7 +549,8 @@ def convert_pytorch(inp, out, rel, files, tolerance):
     kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset,
                   dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
             try:
                 torch.onnx.export(model, (x,), onnx_path, dynamo=False, **kwargs)
             except TypeError:  # torch < 2.5 has no dynamo argument
