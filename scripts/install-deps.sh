@@ -3,7 +3,9 @@
 #   scripts/install-deps.sh          build dependencies (C libraries Depot links)
 #   scripts/install-deps.sh --test   also the real peers the tests run: skopeo, containerd,
 #                                    docker-registry (CNCF distribution), curl (Debian) and
-#                                    oras-py, requests, onnx, numpy (PyPI)
+#                                    oras-py, requests, onnx, numpy (PyPI), and the e2e
+#                                    Python environment (scripts/e2e/python-env.sh: a real
+#                                    Triton server, onnxruntime, skl2onnx, scikit-learn)
 set -euo pipefail
 packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev)
 python_modules=()
@@ -28,3 +30,6 @@ for module in "${python_modules[@]}"; do
     python3 -c "import $module"
   fi
 done
+if [[ "${1:-}" == "--test" ]]; then
+  "$(dirname "$0")/e2e/python-env.sh" >/dev/null
+fi

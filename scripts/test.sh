@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test: installs build dependencies, builds the depot executable (the crash tests
-# run it as a child process), then the whole Swift test suite.
+# Runs every test: installs build dependencies and the real peers (skopeo, containerd, CNCF
+# distribution, oras, a Python environment with a real Triton server, onnxruntime, skl2onnx),
+# builds the depot executable (the crash and pipeline tests run it as a child process), runs the
+# whole Swift test suite, then the end-to-end scenarios under scripts/e2e/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
 swift build --product depot
 swift test --disable-xctest "$@"
+if [[ $# -eq 0 ]]; then
+  scripts/e2e/pipeline.sh
+fi

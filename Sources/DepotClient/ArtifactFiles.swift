@@ -12,6 +12,7 @@ public enum ModelMediaType {
     public static let code = "application/vnd.cncf.model.code.v1.raw"
     public static let tensorrtPlan = "application/vnd.depot.tensorrt.plan.v1"
     public static let tritonBundle = "application/vnd.depot.triton.bundle.v1"
+    public static let onnx = "application/vnd.depot.onnx.v1"
     public static let filepath = "org.cncf.model.filepath"
     public static let title = "org.opencontainers.image.title"
 
@@ -78,12 +79,16 @@ public enum ArtifactFiles {
     }
 
     /// The artifactType for a set of files and their detected formats: a Triton bundle when a
-    /// `config.pbtxt` sits at the top, a TensorRT plan when every weight is a plan, else a
-    /// ModelPack model.
+    /// `config.pbtxt` sits at the top or one level down (a model repository `<model>/config.pbtxt`),
+    /// a TensorRT plan or an ONNX model when every weight is one, else a ModelPack model.
     public static func artifactType(_ files: [ArtifactFile], formats: [String?]) -> String {
-        if files.contains(where: { $0.relativePath == "config.pbtxt" }) { return ModelMediaType.tritonBundle }
-        let weights = zip(files, formats).filter { ModelMediaType.layer(for: $0.0.relativePath) == ModelMediaType.weight }
+        if files.contains(where: { $0.relativePath == "config.pbtxt" || ($0.relativePath.hasSuffix("/config.pbtxt")
+                                   && $0.relativePath.split(separator: "/").count == 2) }) {
+            return ModelMediaType.tritonBundle
+        }
+        let weights = zip(files, formats).filter { ModelMediaType.layer(for: $0.0.relativePath) == ModelMediaType.weight && $0.1 != nil }
         if !weights.isEmpty, weights.allSatisfy({ $0.1 == "tensorrt-plan" }) { return ModelMediaType.tensorrtPlan }
+        if !weights.isEmpty, weights.allSatisfy({ $0.1 == "onnx" }) { return ModelMediaType.onnx }
         return ModelMediaType.manifest
     }
 

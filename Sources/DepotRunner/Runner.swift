@@ -159,6 +159,19 @@ struct JobLog: Sendable {
         close(fd)
     }
 
+    /// The last non-empty line written after byte `offset` (the command's own last words), at most 300 characters.
+    func lastLine(after offset: Int) -> String? {
+        guard let h = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? h.close() }
+        let size = Int((try? h.seekToEnd()) ?? 0)
+        let start = max(offset, size - 4096)
+        guard start < size else { return nil }
+        try? h.seek(toOffset: UInt64(start))
+        let text = String(decoding: (try? h.readToEnd()) ?? Data(), as: UTF8.self)
+        let line = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.last { !$0.isEmpty }
+        return line.map { String($0.prefix(300)) }
+    }
+
     /// The last `limit` bytes.
     func tail(_ limit: Int) -> [UInt8] {
         guard let h = FileHandle(forReadingAtPath: path) else { return [] }

@@ -57,6 +57,7 @@ struct StageExecution {
 
         log.line("run: \(argv.joined(separator: " ")) (timeout \(job.spec.timeoutSeconds) s)")
         let started = Date()
+        let logStart = (try? FileManager.default.attributesOfItem(atPath: log.path)[.size] as? Int) ?? 0
         let process = try StageProcess(argv: argv, environment: env, directory: workspace, log: log.path)
         let deadline = started.addingTimeInterval(Double(job.spec.timeoutSeconds))
         let timeout = job.spec.timeoutSeconds
@@ -66,6 +67,7 @@ struct StageExecution {
             if Task.isCancelled { return "runner shutting down" }
             return nil
         }
+        let said = log.lastLine(after: logStart).map { ": \($0)" } ?? " (see the log)"
         log.line("command ended: \(outcome) after \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
         if let killed {
             if killed.hasPrefix("timed out") { throw RunnerError("the stage \(killed) (its process group was killed)") }
@@ -73,8 +75,8 @@ struct StageExecution {
         }
         switch outcome {
         case .exited(0): break
-        case .exited(78): throw RunnerError("the stage exited with status 78: the input can never work with this stage (see the log)", permanent: true)
-        case .exited(let code): throw RunnerError("the stage exited with status \(code) (see the log)")
+        case .exited(78): throw RunnerError("the stage exited with status 78 (the input can never work with it)\(said)", permanent: true)
+        case .exited(let code): throw RunnerError("the stage exited with status \(code)\(said)")
         case .signalled(let sig): throw RunnerError("the stage was killed by signal \(sig)")
         }
 

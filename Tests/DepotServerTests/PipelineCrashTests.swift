@@ -102,4 +102,15 @@ import Testing
         let fsck = try await run(depot, ["fsck", "--storage", storage])
         #expect(fsck.status == 0, "\(fsck.output)")
     }
+
+    @Test func anInvalidPipelineFileStopsStartUpWithItsFileAndLine() async throws {
+        let dir = TempDir("pipe-bad")
+        try FileManager.default.createDirectory(atPath: dir.path + "/pipelines", withIntermediateDirectories: true)
+        try "name: x\ntrigger: {}\nstages:\n  a: {exec: y, timeout: 5q}\n".write(toFile: dir.path + "/pipelines/b.yaml", atomically: true, encoding: .utf8)
+        try "pipelines: {directory: \(dir.path)/pipelines}\n".write(toFile: dir.path + "/depot.yaml", atomically: true, encoding: .utf8)
+        let r = try await run(repoRoot + "/.build/debug/depot", ["serve", "--config", dir.path + "/depot.yaml", "--storage", dir.path + "/s",
+                                                                 "--listen", "127.0.0.1:\(freePort())"], timeout: 20)
+        #expect(r.status == 1)
+        #expect(r.output.contains("pipeline file \(dir.path)/pipelines/b.yaml:4: stages.a.timeout: '5q' is not a duration"), "\(r.output)")
+    }
 }

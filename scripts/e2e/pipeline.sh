@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# End to end, with real parts: a scikit-learn model pushed to Depot goes through the seed pipeline
+# (config/pipelines/sklearn-to-triton.yaml: convert -> optimize -> package, run by the embedded
+# runner with the built-in hooks), the Triton bundle is pulled and served by a real Triton server
+# (nvidia-pytriton's tritonserver 2.51, python backend running the ONNX through onnxruntime), its
+# answers match the original model, and the bundle's lineage walks back to the pushed model with
+# the job ids. A replayed tag starts nothing new; a model the converter cannot handle fails
+# permanently with its reason and publishes nothing.
+#
+#   scripts/e2e/pipeline.sh        (after `swift build --product depot`; builds it if missing)
+#
+# Starts and stops everything it needs (by PID), prints one line per check, exits 0 only when
+# every check passed.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+DEPOT="${DEPOT_BIN:-$ROOT/.build/debug/depot}"
+[[ -x "$DEPOT" ]] || swift build --product depot >&2 || { echo "FAIL: cannot build depot"; exit 1; }
+
+VENV="$(scripts/e2e/python-env.sh | tail -n 1)" || { echo "FAIL: cannot prepare the Python environment"; exit 1; }
+PY="$VENV/bin/python"
+T="$(mktemp -d /tmp/depot-e2e-pipeline.XXXXXX)"
+PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+export DEPOT_REGISTRY="http://127.0.0.1:$PORT"
+SERVER_PID=""
+failed=0
+ok() { echo "ok: $*"; }
+bad() { echo "FAIL: $*"; failed=1; }
+cleanup() {
+  if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; fi
+  if [[ "$failed" == 0 ]]; then rm -rf "$T"; else echo "(kept $T for inspection: server.log, jobs)"; fi
+}
+trap cleanup EXIT
+
+cat > "$T/depot.yaml" <<EOF
+server: {listen: 127.0.0.1:$PORT, log_level: info}
+storage: {root: $T/storage}
+pipelines:
+  directory: $ROOT/config/pipelines
+  runner: {python: $PY, hooks_dir: $ROOT/hooks/builtin, work_dir: $T/runner}
+EOF
+"$DEPOT" serve --config "$T/depot.yaml" > "$T/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 100); do curl -sf "$DEPOT_REGISTRY/healthz" >/dev/null && break; sleep 0.1; done
+curl -sf "$DEPOT_REGISTRY/healthz" >/dev/null || { bad "depot serve did not start (see $T/server.log)"; exit 1; }
+sleep 0.5   # the scheduler registers its event cursor on its first tick
+
+# jobs_json [filter args] -> the job list as JSON
+jobs_json() { "$DEPOT" jobs list --json --limit 1000 "$@"; }
+# wait_jobs N TIMEOUT: waits until no job is queued/leased/running and either N jobs exist or one failed
+wait_jobs() {
+  local want=$1 deadline=$(( $(date +%s) + $2 ))
+  while (( $(date +%s) < deadline )); do
+    if jobs_json | "$PY" -c '
+import json, sys
+jobs = json.load(sys.stdin)["jobs"]
+final = all(j["state"] in ("succeeded", "failed", "cancelled") for j in jobs)
+sys.exit(0 if jobs and final and (len(jobs) >= int(sys.argv[1]) or any(j["state"] != "succeeded" for j in jobs)) else 1)' "$want"
+    then return 0; fi
+    sleep 0.5
+  done
+  return 1
+}
+
+# 1. A real scikit-learn model, pushed as a user would.
+"$PY" Tests/e2e/make_sklearn_model.py "$T/src" >/dev/null || { bad "cannot make the scikit-learn model"; exit 1; }
+INPUT="$("$DEPOT" push models/iris:v1 "$T/src/model.pkl" "$T/src/sample_inputs.npy" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["digest"])')"
+[[ "$INPUT" == sha256:* ]] && ok "pushed models/iris:v1 ($INPUT)" || { bad "push of models/iris:v1"; exit 1; }
+
+# 2. The pipeline runs: convert -> optimize -> package.
+if wait_jobs 3 300; then ok "three jobs finished"; else bad "jobs did not finish in 300 s"; fi
+"$DEPOT" jobs list
+jobs_json > "$T/jobs.json"
+states="$("$PY" -c 'import json,sys; print(" ".join(j["stage"] + "=" + j["state"] for j in sorted(json.load(open(sys.argv[1]))["jobs"], key=lambda j: j["id"])))' "$T/jobs.json")"
+if [[ "$states" == "convert=succeeded optimize=succeeded package=succeeded" ]]; then ok "stages succeeded: $states"
+else
+  bad "stages: $states"
+  for id in $("$PY" -c 'import json,sys; print(" ".join(str(j["id"]) for j in json.load(open(sys.argv[1]))["jobs"] if j["state"] != "succeeded"))' "$T/jobs.json"); do
+    "$DEPOT" jobs show "$id"
+  done
+  exit 1
+fi
+
+# 3. Outputs: types, recorded checks.
+"$DEPOT" inspect models/iris:v1-onnx --json > "$T/onnx.json" 2>&1
+"$PY" - "$T/onnx.json" <<'EOF' && ok "v1-onnx is an ONNX artifact with its verification recorded (max_abs_diff, tolerance)" || bad "v1-onnx metadata: $(head -c 600 "$T/onnx.json")"
+import json, sys
+m = json.load(open(sys.argv[1]))
+text = json.dumps(m)
+assert "application/vnd.depot.onnx.v1" in text, "artifactType"
+assert "dev.depot.metric.max_abs_diff" in text and "dev.depot.convert.tolerance" in text, "annotations"
+EOF
+"$DEPOT" inspect models/iris:v1-optimized --json > "$T/opt.json" 2>&1
+grep -q "dev.depot.metric.latency_before_ms" "$T/opt.json" && grep -q "dev.depot.metric.accuracy_delta" "$T/opt.json" \
+  && ok "v1-optimized records latency before/after and the accuracy delta" || bad "v1-optimized metadata"
+"$DEPOT" inspect models/iris:v1-triton --json > "$T/bundle.json" 2>&1
+grep -q "application/vnd.depot.triton.bundle.v1" "$T/bundle.json" && ok "v1-triton is a Triton bundle" || bad "v1-triton artifact type"
+
+# 4. The bundle, pulled into a model repository, served by a real Triton: answers match the original model.
+"$DEPOT" pull models/iris:v1-triton -o "$T/bundle" --quiet && ok "pulled models/iris:v1-triton" || bad "pull of the bundle"
+if "$PY" Tests/e2e/check_bundle.py --bundle "$T/bundle" --model-name iris --original "$T/src/model.pkl" \
+     --samples "$T/src/sample_inputs.npy"; then ok "a real Triton serves the bundle and agrees with the scikit-learn model"
+else bad "Triton check of the bundle"; fi
+
+# 5. Lineage of the served bundle walks back to the pushed model through the three jobs.
+"$DEPOT" lineage models/iris:v1-triton --json > "$T/lineage.json"
+"$PY" - "$T/lineage.json" "$T/jobs.json" "$INPUT" <<'EOF' && ok "lineage: bundle -packaged-from-> optimized -quantized/compiled-from-> onnx -converted-from-> v1, each edge with its job id" || bad "lineage: $(head -c 800 "$T/lineage.json")"
+import json, sys
+lineage, jobs, pushed = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))["jobs"], sys.argv[3]
+nodes = lineage.get("nodes") or lineage.get("ancestors") or []
+edges = [n.get("edge", n) for n in nodes]
+typed = [e for e in edges if e.get("relation") != "subject"]
+by_stage = {j["stage"]: j for j in jobs}
+want = [("packaged-from", "package"), (None, "optimize"), ("converted-from", "convert")]
+assert len(typed) == 3, typed
+for e, (rel, stage) in zip(typed, want):
+    j = by_stage[stage]
+    assert e["job"] == str(j["id"]), (e, j["id"])
+    assert e["parent"] == j["input"]["digest"], (e, j)
+    if rel: assert e["relation"] == rel, e
+assert typed[1]["relation"] in ("quantized-from", "compiled-from"), typed[1]
+assert typed[-1]["parent"] == pushed, (typed[-1], pushed)
+EOF
+
+# 6. A replayed trigger (a second tag on the same digest) starts nothing new.
+"$DEPOT" tag models/iris:v1 v1-again >/dev/null
+sleep 2
+n="$(jobs_json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))')"
+[[ "$n" == 3 ]] && ok "a second tag on the same digest started no job (still 3)" || bad "jobs after the replay: $n"
+
+# 7. A model the converter cannot handle: the job fails permanently with its reason, nothing is published.
+echo "not a pickle" > "$T/broken.pkl"
+"$DEPOT" push models/broken:v1 "$T/broken.pkl" --quiet >/dev/null
+wait_jobs 4 120 || true
+broken="$(jobs_json --pipeline sklearn-to-triton | "$PY" -c '
+import json, sys
+j = [j for j in json.load(sys.stdin)["jobs"] if j["input"]["repository"] == "models/broken"][0]
+print(j["state"], j["attempt"], j.get("reason", "").replace("\n", " ")[:300])')"
+case "$broken" in
+  "failed 1 "*"status 78"*) ok "unconvertible model: failed at once (no retry): ${broken#failed 1 }";;
+  *) bad "unconvertible model: $broken";;
+esac
+tags="$("$DEPOT" ls models/broken | tr '\n' ' ')"
+[[ "$tags" == "v1 " ]] && ok "nothing published for it (tags: $tags)" || bad "tags of models/broken: $tags"
+
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+if "$DEPOT" fsck --storage "$T/storage" >/dev/null; then ok "fsck clean"; else bad "fsck"; fi
+if [[ "$failed" == 0 ]]; then echo "pipeline e2e: all checks passed"; else echo "pipeline e2e: FAILED"; fi
+exit "$failed"
