@@ -16,12 +16,22 @@ RUN swift build -c release --product depot --static-swift-stdlib \
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libzstd1 libsqlite3-0 libssl3 libstdc++6 zlib1g ca-certificates curl \
+      libzstd1 libsqlite3-0 libssl3 libstdc++6 zlib1g ca-certificates curl python3 python3-venv \
  && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/depot-hooks \
+ && /opt/depot-hooks/bin/pip install --no-cache-dir "numpy<2" onnx onnxruntime skl2onnx scikit-learn \
  && useradd --system --uid 10001 --home /var/lib/depot depot \
  && mkdir -p /var/lib/depot /etc/depot && chown depot /var/lib/depot
 COPY --from=build /out/depot /usr/local/bin/depot
 COPY config/depot.yaml /etc/depot/depot.yaml
+# Pipelines and the built-in hooks (the embedded runner runs them with the venv above; TensorRT
+# needs a GPU runner image of its own: `depot runner --labels gpu,tensorrt` where trtexec exists).
+COPY config/pipelines /etc/depot/pipelines
+COPY hooks/builtin /usr/share/depot/hooks/builtin
+RUN sed -i -e 's#^  directory: config/pipelines#  directory: /etc/depot/pipelines#' \
+           -e 's#^    python: python3#    python: /opt/depot-hooks/bin/python#' \
+           -e 's#^    work_dir: ""#    work_dir: /var/lib/depot/runner#' /etc/depot/depot.yaml \
+ && grep -q '/etc/depot/pipelines' /etc/depot/depot.yaml && grep -q '/opt/depot-hooks/bin/python' /etc/depot/depot.yaml
 USER depot
 VOLUME /var/lib/depot
 EXPOSE 5000

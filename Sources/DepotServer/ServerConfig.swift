@@ -27,8 +27,9 @@ public struct ServerConfig: Sendable, Equatable {
 
     /// The `pipelines:` section.
     public struct PipelinesConfig: Sendable, Equatable {
-        /// Directory of pipeline files; empty: no pipelines.
-        public var directory = ""
+        /// Directory of pipeline files (relative to the working directory, like `storage.root`);
+        /// empty, or a directory that does not exist: no pipelines.
+        public var directory = "config/pipelines"
         public var leaseSeconds: Double = 30
         public var retryBaseSeconds: Double = 5
         /// Base URL webhook stages call back (default: http://<listen address>).
