@@ -10,7 +10,7 @@ set -euo pipefail
 packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev)
 python_modules=()
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(skopeo containerd docker-registry curl tar gzip python3-pip)
+  packages+=(skopeo containerd docker-registry curl tar gzip python3-pip prometheus)
   python_modules+=(oras requests onnx numpy)
 fi
 need=()
