@@ -35,14 +35,17 @@ let package = Package(
             name: "DepotPipelines",
             dependencies: ["DepotCore", "DepotCatalog", "DepotStore", "DepotRegistry", .product(name: "Yams", package: "Yams")]
         ),
+        .target(name: "DepotDeploy", dependencies: ["DepotCore", "DepotCatalog", "DepotRegistry"]),
         .target(
             name: "DepotRunner",
-            dependencies: ["DepotCore", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["DepotCore", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log"),
+                           .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOHTTP1", package: "swift-nio")]
         ),
         .target(
             name: "DepotServer",
             dependencies: [
-                "DepotCore", "DepotRegistry", "DepotStore", "CDepotSupport", "DepotPipelines", "DepotRunner", "DepotClient",
+                "DepotCore", "DepotRegistry", "DepotStore", "CDepotSupport", "DepotPipelines", "DepotRunner", "DepotClient", "DepotDeploy",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -67,7 +70,7 @@ let package = Package(
             name: "depot",
             dependencies: [
                 "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotRegistry", "DepotServer", "DepotClient",
-                "DepotPipelines", "DepotRunner",
+                "DepotPipelines", "DepotRunner", "DepotDeploy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -78,7 +81,7 @@ let package = Package(
         .testTarget(
             name: "DepotServerTests",
             dependencies: [
-                "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotClient", "DepotPipelines", "DepotRunner",
+                "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotClient", "DepotPipelines", "DepotRunner", "DepotDeploy",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),

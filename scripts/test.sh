@@ -10,4 +10,5 @@ swift build --product depot
 swift test --disable-xctest "$@"
 if [[ $# -eq 0 ]]; then
   scripts/e2e/pipeline.sh
+  scripts/e2e/canary.sh
 fi

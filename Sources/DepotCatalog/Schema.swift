@@ -219,6 +219,80 @@ enum Schema {
         );
         CREATE INDEX job_outputs_by_digest ON job_outputs(digest);
         """,
+        // 7: deployments (environment alias → stable/canary digests), rollouts, their decisions, nodes.
+        """
+        CREATE TABLE deployments(
+            id INTEGER PRIMARY KEY,
+            repository TEXT NOT NULL,
+            environment TEXT NOT NULL,                  -- the alias, e.g. production
+            model_name TEXT NOT NULL,                   -- the Triton model the bundles serve
+            stable_digest TEXT,
+            canary_digest TEXT,
+            weight INTEGER NOT NULL DEFAULT 0,          -- percent of nodes on the canary
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            UNIQUE(repository, environment)
+        );
+        CREATE TABLE deployment_versions(               -- Triton version number of each digest served
+            deployment_id INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            PRIMARY KEY(deployment_id, digest),
+            UNIQUE(deployment_id, version)
+        );
+        CREATE TABLE rollouts(
+            id INTEGER PRIMARY KEY,
+            deployment_id INTEGER NOT NULL,
+            stable_digest TEXT,
+            canary_digest TEXT NOT NULL,
+            state TEXT NOT NULL,                        -- running, paused, promoted, rolled-back, aborted
+            steps TEXT NOT NULL,                        -- JSON list of weights
+            step_index INTEGER NOT NULL,
+            weight INTEGER NOT NULL,
+            analysis_ms INTEGER NOT NULL,
+            step_started_at INTEGER NOT NULL,
+            failures TEXT NOT NULL DEFAULT '{}',        -- JSON: check -> failed measurements so far
+            started_by TEXT NOT NULL,
+            job_id INTEGER,                             -- the pipeline job that started it, if any
+            reason TEXT,
+            created_at INTEGER NOT NULL,
+            finished_at INTEGER
+        );
+        CREATE UNIQUE INDEX one_active_rollout ON rollouts(deployment_id) WHERE state IN ('running', 'paused');
+        CREATE TABLE rollout_decisions(
+            id INTEGER PRIMARY KEY,
+            rollout_id INTEGER NOT NULL,
+            at INTEGER NOT NULL,
+            step_index INTEGER NOT NULL,
+            weight INTEGER NOT NULL,
+            decision TEXT NOT NULL,                     -- start, advance, pause, resume, promote, rollback, abort
+            actor TEXT NOT NULL,
+            reason TEXT,
+            measurements TEXT                           -- JSON: the analysis values behind the decision
+        );
+        CREATE INDEX rollout_decisions_by_rollout ON rollout_decisions(rollout_id, id);
+        CREATE TABLE deployment_nodes(
+            deployment_id INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            digest TEXT,                                -- what the node reports it serves
+            version INTEGER,
+            state TEXT,                                 -- ready, failed
+            reason TEXT,
+            seen_at INTEGER NOT NULL,                   -- last resolve or report
+            reported_at INTEGER,
+            PRIMARY KEY(deployment_id, node)
+        );
+        CREATE TABLE served_intervals(                  -- "digest X served W% of ENV from T1 to T2"
+            id INTEGER PRIMARY KEY,
+            deployment_id INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            role TEXT NOT NULL,                         -- stable, canary
+            weight INTEGER NOT NULL,
+            from_at INTEGER NOT NULL,
+            to_at INTEGER
+        );
+        CREATE INDEX served_by_digest ON served_intervals(digest, from_at);
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

@@ -1,4 +1,5 @@
 import DepotCore
+import DepotDeploy
 import DepotRegistry
 import DepotStore
 import Foundation
@@ -20,10 +21,15 @@ public struct DepotService {
     /// Builds the application (also used by tests with HummingbirdTesting).
     public static func makeApplication(registry: Registry, config: ServerConfig, logger: Logger,
                                        pipelines: PipelineSetup = PipelineSetup(),
+                                       metricsSource: (any MetricsSource)? = nil,
                                        onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
         -> some ApplicationProtocol {
+        let policy = config.canary
+        let deployments = Deployments(registry: registry, policy: policy) { d in
+            if let argv = policy.routerCommand { RouterHook.run(argv, d, logger: logger) }
+        }
         let responder = OCIResponder(registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
-                                     callbackSecrets: pipelines.webhookStages.mapValues(\.secret))
+                                     callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments)
         return Application(
             responder: responder,
             server: .http1(configuration: .init(additionalChannelHandlers: [ContinueHandler()], idleTimeout: .seconds(300))),
@@ -33,7 +39,9 @@ public struct DepotService {
                        WebhookDispatcher(registry: registry, hooks: config.webhooks, logger: logger),
                        PipelineScheduler(jobs: pipelines.jobs, webhookStages: pipelines.webhookStages,
                                          callbackBase: pipelines.callbackBase, logger: logger),
-                       EmbeddedRunner(runner: pipelines.runner)],
+                       EmbeddedRunner(runner: pipelines.runner),
+                       CanaryService(deployments: deployments, source: metricsSource ?? PrometheusSource(baseURL: policy.prometheusURL),
+                                     logger: logger)],
             onServerRunning: onServerRunning,
             logger: logger
         )

@@ -57,6 +57,8 @@ extension OCIResponder {
             return try await handleGovernance(route, request)
         case (.jobs, _), (.jobLease, _), (.pipelines, _), (.job, _), (.jobAction, _):
             return try await handleJobs(route, request)
+        case (.deployments, _), (.deployment, _), (.served, _):
+            return try await handleDeployments(route, request)
         default:
             throw RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405)
         }

@@ -25,6 +25,10 @@ enum ExtensionRoute: Equatable {
     case job(Int64)
     /// `/jobs/{id}/{start|heartbeat|complete|fail|cancel|retry|log|callback}`
     case jobAction(Int64, String)
+    case deployments
+    /// `repositories/<name>/deployments/<env>[/<action>[/<node>]]`
+    case deployment(String, String, String?, String?)
+    case served(String)
 
     var label: String {
         switch self {
@@ -40,6 +44,7 @@ enum ExtensionRoute: Equatable {
         case .audit, .auditVerify: return "ext_audit"
         case .events, .deliveries: return "ext_events"
         case .jobs, .jobLease, .pipelines, .job, .jobAction: return "ext_jobs"
+        case .deployments, .deployment, .served: return "ext_deploy"
         }
     }
 
@@ -58,6 +63,7 @@ enum ExtensionRoute: Equatable {
         case "jobs": self = .jobs; return
         case "jobs/lease": self = .jobLease; return
         case "pipelines": self = .pipelines; return
+        case "deployments": self = .deployments; return
         default: break
         }
         if rest.hasPrefix("jobs/") {
@@ -71,6 +77,7 @@ enum ExtensionRoute: Equatable {
         }
         if rest.hasPrefix("lineage/") {
             let tail = rest.dropFirst("lineage/".count)
+            if tail.hasSuffix("/served") { self = .served(String(tail.dropLast("/served".count))); return }
             if tail.hasSuffix("/impact") { self = .impact(String(tail.dropLast("/impact".count))); return }
             guard !tail.contains("/") else { return nil }
             self = .lineage(String(tail))
@@ -92,6 +99,20 @@ enum ExtensionRoute: Equatable {
                 case "resolve": self = .aliasResolve(name, String(parts[0])); return
                 default: break
                 }
+            }
+        }
+        // <name>/deployments/<env>[/rollout|resume|promote|abort|resolve|nodes/<node>]
+        if let r = tail.range(of: "/deployments/", options: .backwards) {
+            let name = String(tail[..<r.lowerBound])
+            let parts = tail[r.upperBound...].split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+            guard !name.isEmpty, let env = parts.first, !env.isEmpty else { return nil }
+            switch parts.count {
+            case 1: self = .deployment(name, env, nil, nil); return
+            case 2 where ["rollout", "resume", "promote", "abort", "resolve"].contains(parts[1]):
+                self = .deployment(name, env, parts[1], nil); return
+            case 3 where parts[1] == "nodes" && !parts[2].isEmpty:
+                self = .deployment(name, env, "nodes", parts[2]); return
+            default: return nil
             }
         }
         if let r = tail.range(of: "/pins/", options: .backwards) {

@@ -1,4 +1,5 @@
 import DepotCore
+import DepotDeploy
 import DepotPipelines
 import DepotRegistry
 import DepotStore
@@ -19,13 +20,17 @@ public struct OCIResponder: HTTPResponder {
     let jobs: JobQueue?
     /// Secrets of webhook stages, by "pipeline/stage", to verify completion callbacks.
     let callbackSecrets: [String: String]
+    /// Deployments and canary rollouts.
+    let deployments: Deployments
 
-    public init(registry: Registry, metrics: ServerMetrics, logger: Logger, jobs: JobQueue? = nil, callbackSecrets: [String: String] = [:]) {
+    public init(registry: Registry, metrics: ServerMetrics, logger: Logger, jobs: JobQueue? = nil, callbackSecrets: [String: String] = [:],
+                deployments: Deployments? = nil) {
         self.registry = registry
         self.metrics = metrics
         self.logger = logger
         self.jobs = jobs
         self.callbackSecrets = callbackSecrets
+        self.deployments = deployments ?? Deployments(registry: registry, policy: CanaryPolicy())
     }
 
     public func respond(to request: Request, context: Context) async throws -> Response {

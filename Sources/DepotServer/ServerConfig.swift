@@ -1,4 +1,5 @@
 import DepotCore
+import DepotDeploy
 import DepotRegistry
 import DepotStore
 import Foundation
@@ -24,6 +25,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var store = StoreOptionsConfig()
     /// Pipelines, the job queue and the embedded runner (`pipelines:`).
     public var pipelines = PipelinesConfig()
+    /// Canary rollouts (`canary:`).
+    public var canary = CanaryPolicy()
 
     /// The `pipelines:` section.
     public struct PipelinesConfig: Sendable, Equatable {
@@ -205,12 +208,83 @@ public struct ServerConfig: Sendable, Equatable {
                                          at: "pipelines.runner.")
             }
         }
-        try reader.rejectUnknown(root, known: ["server", "storage", "uploads", "aliases", "webhooks", "pipelines"], at: "")
+        try reader.section(root, "canary") { s in
+            if let v: String = try reader.value(s, "prometheus_url") {
+                guard let u = URL(string: v), ["http", "https"].contains(u.scheme ?? ""), u.host != nil else {
+                    throw reader.error("canary.prometheus_url", "must be an http(s) URL")
+                }
+                config.canary.prometheusURL = v.hasSuffix("/") ? String(v.dropLast()) : v
+            }
+            if let raw = s["steps"] {
+                guard let steps = raw as? [Int], !steps.isEmpty, steps.allSatisfy({ (1...100).contains($0) }),
+                      zip(steps, steps.dropFirst()).allSatisfy({ $0 < $1 }), steps.last == 100 else {
+                    throw reader.error("canary.steps", "must be increasing percentages within 1...100 ending at 100")
+                }
+                config.canary.steps = steps
+            }
+            if let v: String = try reader.value(s, "analysis_interval") {
+                guard let seconds = Self.duration(v), seconds >= 1 else {
+                    throw reader.error("canary.analysis_interval", "must be a duration of at least 1s (e.g. 15m, 90s)")
+                }
+                config.canary.analysisSeconds = seconds
+            }
+            if let v: String = try reader.value(s, "node_ttl") {
+                guard let seconds = Self.duration(v), seconds >= 1 else { throw reader.error("canary.node_ttl", "must be a duration (e.g. 5m)") }
+                config.canary.nodeTTLSeconds = seconds
+            }
+            if let raw = s["router_command"] {
+                guard let argv = raw as? [String], !argv.isEmpty else { throw reader.error("canary.router_command", "must be a non-empty list (argv)") }
+                config.canary.routerCommand = argv
+            }
+            if let raw = s["checks"] {
+                guard let list = raw as? [[String: Any]], !list.isEmpty else { throw reader.error("canary.checks", "must be a non-empty list of checks") }
+                config.canary.checks = try list.enumerated().map { try Self.check($1, index: $0, reader) }
+            }
+        }
+        try reader.rejectUnknown(root, known: ["server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary"], at: "")
         return config
     }
 }
 
 extension ServerConfig {
+    /// "90", "90s", "15m", "2h" in seconds.
+    static func duration(_ text: String) -> Double? {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
+        if let last = t.last, let unit = units[last] { return Double(t.dropLast()).map { $0 * unit } }
+        return Double(t)
+    }
+
+    static func check(_ m: [String: Any], index: Int, _ reader: ConfigReader) throws -> MetricCheck {
+        let at = "canary.checks[\(index)]"
+        try reader.rejectUnknown(m, known: ["name", "query", "max", "pause_above", "min", "pause_below", "max_ratio", "pause_ratio",
+                                            "failure_limit", "optional"], at: at + ".")
+        guard let name = m["name"] as? String, !name.isEmpty else { throw reader.error(at + ".name", "is required") }
+        guard let query = m["query"] as? String, !query.isEmpty else { throw reader.error(at + ".query", "is required (PromQL)") }
+        var c = MetricCheck(name: name, query: query)
+        func number(_ key: String) throws -> Double? {
+            guard let raw = m[key] else { return nil }
+            if let d = raw as? Double { return d }
+            if let i = raw as? Int { return Double(i) }
+            throw reader.error("\(at).\(key)", "must be a number")
+        }
+        c.max = try number("max"); c.pauseAbove = try number("pause_above")
+        c.min = try number("min"); c.pauseBelow = try number("pause_below")
+        c.maxRatio = try number("max_ratio"); c.pauseRatio = try number("pause_ratio")
+        guard c.max != nil || c.min != nil || c.maxRatio != nil else {
+            throw reader.error(at, "needs a threshold: max, min or max_ratio")
+        }
+        if let v = m["failure_limit"] {
+            guard let i = v as? Int, i >= 0 else { throw reader.error("\(at).failure_limit", "must be a non-negative integer") }
+            c.failureLimit = i
+        }
+        if let v = m["optional"] {
+            guard let b = v as? Bool else { throw reader.error("\(at).optional", "must be true or false") }
+            c.optional = b
+        }
+        return c
+    }
+
     static func webhook(_ raw: Any, index: Int, _ reader: ConfigReader) throws -> WebhookConfig {
         let at = "webhooks[\(index)]"
         guard let m = raw as? [String: Any] else { throw reader.error(at, "must be a mapping") }
@@ -274,6 +348,7 @@ final class ConfigReader {
             "uploads": ["timeout_seconds", "max_sessions"],
             "aliases": ["protected", "immutable"],
             "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "callback_url", "runner"],
+            "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "checks"],
         ]
         try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")
     }

@@ -56,9 +56,13 @@ struct PipelineTests {
             try h.registry.store.catalog.write { try $0.setWebhookCursor("pipelines", 0) }
             try await client.req(.put, "/v2/models/demo/manifests/v1-again", headers: [.contentType: MediaType.ociManifest],
                                  body: try h.registry.manifest(try RepositoryName("models/demo"), .digest(input)).content)
-            try await Task.sleep(for: .milliseconds(600))
+            // Wait until the scheduler has read every event again, then count.
+            let last = try h.registry.store.catalog.read { try $0.lastEventID() }
+            for _ in 0..<400 where try h.registry.store.catalog.read({ try $0.webhookCursor("pipelines") }) ?? 0 < last {
+                try await Task.sleep(for: .milliseconds(25))
+            }
+            #expect(try h.registry.store.catalog.read { try $0.webhookCursor("pipelines") } == last, "the scheduler caught up")
             #expect(try h.jobs.jobs(state: nil, pipeline: nil, limit: 100).count == 2)
-            #expect(try h.registry.store.catalog.read { try $0.webhookCursor("pipelines") } ?? 0 > 0, "the scheduler caught up")
             // Outputs tagged v1-upper match the trigger's v* but never start pipelines themselves.
             #expect(Set(try h.tags("models/demo")) == ["v1", "v1-again", "v1-upper", "v1-count"])
         }
@@ -192,6 +196,7 @@ struct PipelineTests {
             """
         try await PipelineHarness.run(pipelines: [yaml]) { h, _ in
             _ = try await h.push("team/g", "v1", files: ["a.txt": "a"])
+            try await h.waitJobs(timeout: 10) { $0.count == 1 }
             try await h.withRunner(labels: ["cpu", "gpu"], name: "cpu-only") {
                 try await Task.sleep(for: .milliseconds(800))
                 #expect(try h.jobs.jobs(state: nil, pipeline: nil, limit: 10).first?.state == "queued", "a runner without tensorrt leaves it")

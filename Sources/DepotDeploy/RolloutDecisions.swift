@@ -1,0 +1,187 @@
+import DepotCatalog
+import DepotCore
+import DepotRegistry
+import Foundation
+
+/// The controller's and the operator's transitions of a rollout.
+extension Deployments {
+    /// What to measure for a running rollout whose analysis is due.
+    public struct DueAnalysis: Sendable {
+        public var rollout: RolloutRecord
+        public var deployment: DeploymentRecord
+        public var context: CanaryAnalysis.Context
+        /// Nodes that reported failing to load the canary during this rollout.
+        public var failedNodes: [String]
+    }
+
+    /// Running rollouts whose step has lasted the analysis interval.
+    public func dueAnalyses(now: Int64? = nil) throws -> [DueAnalysis] {
+        let now = now ?? Self.now()
+        return try db.write { conn in
+            try conn.runningRollouts().filter { now - $0.stepStartedAt >= $0.analysisMs }.compactMap { r in
+                guard let d = try conn.deployment(id: r.deploymentID) else { return nil }
+                let canaryVersion = try conn.deploymentVersion(d.id, digest: r.canary)
+                let stableVersion = try r.stable.map { try conn.deploymentVersion(d.id, digest: $0) }
+                let failed = try conn.nodes(deployment: d.id).filter {
+                    $0.digest == r.canary && $0.state == "failed" && ($0.reportedAt ?? 0) >= r.createdAt
+                }.map { "\($0.node): \($0.reason ?? "failed to load")" }
+                return DueAnalysis(rollout: r, deployment: d,
+                                   context: .init(model: d.modelName, canaryVersion: canaryVersion, stableVersion: stableVersion, weight: r.weight),
+                                   failedNodes: failed)
+            }
+        }
+    }
+
+    /// Applies an analysis: rollback on a breached threshold (or a node that failed to load the
+    /// canary), pause when inconclusive, else the next step or promotion. Returns the decision,
+    /// or nil when the rollout changed meanwhile (an operator's command won).
+    @discardableResult
+    public func apply(_ due: DueAnalysis, measurements: [Measurement]) throws -> String? {
+        let r = due.rollout
+        var failures = r.failures
+        for m in measurements where m.outcome == .fail { failures[m.check, default: 0] += 1 }
+        let limits = Dictionary(policy.checks.map { ($0.name, $0.failureLimit) }, uniquingKeysWith: { a, _ in a })
+        let breached = measurements.filter { $0.outcome == .fail && failures[$0.check, default: 0] > limits[$0.check, default: 0] }
+        let inconclusive = measurements.filter { $0.outcome == .inconclusive }
+        var values: [String: Any] = ["measurements": measurements.map(\.json)]
+        if !due.failedNodes.isEmpty { values["failed_nodes"] = due.failedNodes }
+        let valuesJSON = String(decoding: (try? JSONSerialization.data(withJSONObject: values, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+        let at = "step \(r.stepIndex + 1)/\(r.steps.count) (\(r.weight)%)"
+        if !breached.isEmpty || !due.failedNodes.isEmpty {
+            let why = (breached.map { "\($0.check): \($0.detail)" } + due.failedNodes.map { "node \($0)" }).joined(separator: "; ")
+            return try finish(due.deployment, r, state: "rolled-back", decision: "rollback", actor: "depot-canary",
+                              reason: "rolled back at \(at): \(why)", measurements: valuesJSON, failures: failures) ? "rollback" : nil
+        }
+        if !inconclusive.isEmpty {
+            let why = inconclusive.map { "\($0.check): \($0.detail)" }.joined(separator: "; ")
+            return try transition(due.deployment, r, to: "paused", decision: "pause", actor: "depot-canary",
+                                  reason: "paused at \(at), inconclusive: \(why)", measurements: valuesJSON, failures: failures) ? "pause" : nil
+        }
+        if r.stepIndex + 1 >= r.steps.count {
+            return try finish(due.deployment, r, state: "promoted", decision: "promote", actor: "depot-canary",
+                              reason: "promoted after \(at): every check passed", measurements: valuesJSON, failures: failures) ? "promote" : nil
+        }
+        return try advance(due.deployment, r, actor: "depot-canary", measurements: valuesJSON, failures: failures) ? "advance" : nil
+    }
+
+    /// Next step: more nodes on the canary.
+    func advance(_ d: DeploymentRecord, _ r: RolloutRecord, actor: String, measurements: String?, failures: [String: Int]) throws -> Bool {
+        let next = r.stepIndex + 1, weight = r.steps[next]
+        var changed = d
+        let done = try db.write { conn -> Bool in
+            let now = Self.now()
+            guard try conn.updateRollout(r.id, inStates: ["running"], atStep: r.stepIndex, set: """
+                step_index = ?, weight = ?, step_started_at = ?, failures = ?
+                """, [.int(Int64(next)), .int(Int64(weight)), .int(now), .text(Self.json(failures))]) else { return false }
+            changed.weight = weight
+            try conn.setDeployment(d.id, stable: d.stable, canary: d.canary, weight: weight, now: now)
+            try conn.recordServing(deployment: changed, now: now)
+            try conn.appendDecision(rollout: r.id, RolloutDecision(at: now, stepIndex: next, weight: weight, decision: "advance", actor: actor,
+                                                                   reason: "checks passed at \(r.weight)%: now \(weight)%", measurements: measurements))
+            try conn.appendAudit(at: now, actor: actor, action: "canary.step", repository: d.repository, digest: r.canary, tag: d.environment,
+                                 details: ["rollout": r.id, "from_weight": r.weight, "weight": weight])
+            return true
+        }
+        if done { onWeightChange(changed) }
+        return done
+    }
+
+    /// Pause or resume (no weight change).
+    func transition(_ d: DeploymentRecord, _ r: RolloutRecord, to state: String, decision: String, actor: String, reason: String,
+                    measurements: String?, failures: [String: Int]) throws -> Bool {
+        try db.write { conn in
+            let now = Self.now()
+            let from = state == "paused" ? "running" : "paused"
+            guard try conn.updateRollout(r.id, inStates: [from], atStep: nil, set: "state = ?, reason = ?, failures = ?, step_started_at = ?",
+                                         [.text(state), .text(reason), .text(Self.json(failures)), .int(now)]) else { return false }
+            try conn.appendDecision(rollout: r.id, RolloutDecision(at: now, stepIndex: r.stepIndex, weight: r.weight, decision: decision,
+                                                                   actor: actor, reason: reason, measurements: measurements))
+            try conn.appendAudit(at: now, actor: actor, action: "canary.\(decision)", repository: d.repository, digest: r.canary,
+                                 tag: d.environment, details: ["rollout": r.id, "weight": r.weight, "reason": reason])
+            return true
+        }
+    }
+
+    /// Ends a rollout: promoted (the canary becomes stable) or rolled back / aborted (weight 0,
+    /// the alias back on the stable digest, with the reason and values in its history).
+    func finish(_ d: DeploymentRecord, _ r: RolloutRecord, state: String, decision: String, actor: String, reason: String,
+                measurements: String?, failures: [String: Int]) throws -> Bool {
+        let promote = state == "promoted"
+        let repository = try RepositoryName(d.repository)
+        // The alias first: a crash after it and before the rollout's row leaves a rollout that
+        // is decided again (the alias move is idempotent).
+        if let target = promote ? r.canary : r.stable, let digest = try? Digest(parsing: target),
+           try db.read({ try $0.activeRollout(deployment: d.id)?.id }) == r.id {
+            try registry.setAlias(repository, d.environment, to: digest, actor: actor, reason: "rollout \(r.id): \(reason)",
+                                  action: promote ? "canary" : "rollback")
+        }
+        var changed = d
+        let done = try db.write { conn -> Bool in
+            let now = Self.now()
+            guard try conn.updateRollout(r.id, inStates: ["running", "paused"], atStep: nil, set: """
+                state = ?, reason = ?, failures = ?, finished_at = ?, weight = ?
+                """, [.text(state), .text(reason), .text(Self.json(failures)), .int(now), .int(promote ? 100 : 0)]) else { return false }
+            changed.stable = promote ? r.canary : (d.stable ?? r.stable)
+            changed.canary = nil
+            changed.weight = 0
+            try conn.setDeployment(d.id, stable: changed.stable, canary: nil, weight: 0, now: now)
+            try conn.recordServing(deployment: changed, now: now)
+            try conn.appendDecision(rollout: r.id, RolloutDecision(at: now, stepIndex: r.stepIndex, weight: promote ? 100 : 0, decision: decision,
+                                                                   actor: actor, reason: reason, measurements: measurements))
+            var details: [String: Any] = ["rollout": r.id, "reason": reason]
+            if let measurements { details["measurements"] = measurements }
+            try conn.appendAudit(at: now, actor: actor, action: "canary.\(decision)", repository: d.repository, digest: r.canary,
+                                 tag: d.environment, details: details)
+            return true
+        }
+        if done { onWeightChange(changed) }
+        return done
+    }
+
+    static func json(_ failures: [String: Int]) -> String {
+        String(decoding: (try? JSONSerialization.data(withJSONObject: failures, options: [.sortedKeys])) ?? Data("{}".utf8), as: UTF8.self)
+    }
+
+    // MARK: operator commands
+
+    func active(_ repository: RepositoryName, _ environment: String) throws -> (DeploymentRecord, RolloutRecord) {
+        try db.read { conn in
+            let d = try deployment(conn, repository, environment)
+            guard let r = try conn.activeRollout(deployment: d.id) else {
+                throw RegistryError(.conflict, "\(repository):\(environment) has no running or paused rollout")
+            }
+            return (d, r)
+        }
+    }
+
+    /// paused → running; the current step's analysis interval starts again.
+    public func resume(_ repository: RepositoryName, _ environment: String, actor: String) throws -> Status {
+        let (d, r) = try active(repository, environment)
+        guard r.state == "paused",
+              try transition(d, r, to: "running", decision: "resume", actor: actor, reason: "resumed by \(actor) at \(r.weight)%",
+                             measurements: nil, failures: r.failures) else {
+            throw RegistryError(.conflict, "rollout \(r.id) is \(r.state), not paused")
+        }
+        return try status(repository, environment)
+    }
+
+    /// Promotes the canary now (the operator's decision, recorded as such).
+    public func promote(_ repository: RepositoryName, _ environment: String, actor: String, reason: String?) throws -> Status {
+        let (d, r) = try active(repository, environment)
+        guard try finish(d, r, state: "promoted", decision: "promote", actor: actor,
+                         reason: "promoted by \(actor) at \(r.weight)%\(reason.map { ": \($0)" } ?? "")", measurements: nil, failures: r.failures) else {
+            throw RegistryError(.conflict, "rollout \(r.id) changed state meanwhile; look at `depot rollout status`")
+        }
+        return try status(repository, environment)
+    }
+
+    /// Aborts: the canary goes to 0 and the alias back to the stable digest.
+    public func abort(_ repository: RepositoryName, _ environment: String, actor: String, reason: String?) throws -> Status {
+        let (d, r) = try active(repository, environment)
+        guard try finish(d, r, state: "aborted", decision: "abort", actor: actor,
+                         reason: "aborted by \(actor) at \(r.weight)%\(reason.map { ": \($0)" } ?? "")", measurements: nil, failures: r.failures) else {
+            throw RegistryError(.conflict, "rollout \(r.id) changed state meanwhile; look at `depot rollout status`")
+        }
+        return try status(repository, environment)
+    }
+}

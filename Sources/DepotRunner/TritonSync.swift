@@ -1,0 +1,192 @@
+import AsyncHTTPClient
+import DepotClient
+import DepotCore
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// Settings of `depot triton-sync`.
+public struct TritonSyncOptions: Sendable {
+    public var repository: String
+    public var environment: String
+    public var node: String
+    public var modelRepository: String
+    /// Where bundles are pulled before they are moved into place (same filesystem as the model repository).
+    public var stagingDirectory: String
+    /// Triton's HTTP endpoint, e.g. http://127.0.0.1:8000.
+    public var tritonURL: String
+    /// explicit: load/unload through the model-control API; poll: lay out files and wait for Triton to notice.
+    public var pollMode = false
+    public var interval: Duration = .seconds(2)
+    public var cacheBytes: Int64 = 20 << 30
+
+    public init(repository: String, environment: String, node: String, modelRepository: String, tritonURL: String) {
+        self.repository = repository; self.environment = environment; self.node = node
+        self.modelRepository = modelRepository; self.tritonURL = tritonURL
+        let url = URL(fileURLWithPath: modelRepository)
+        stagingDirectory = url.deletingLastPathComponent().appendingPathComponent("." + url.lastPathComponent + ".depot-staging").path
+    }
+}
+
+/// The Triton node agent: asks Depot which bundle this node serves, pulls it through the chunk
+/// cache, lays the version directory out atomically (staged, then renamed into place), loads it
+/// (explicit mode) or waits for Triton to pick it up (poll mode), checks it is READY, reports to
+/// Depot, and removes versions no longer wanted. When the registry is unreachable it keeps
+/// serving what it has; when a bundle fails to load it restores the previous version and
+/// reports the failure (the canary controller counts it as a failed check).
+public final class TritonSync: Sendable {
+    let connection: RegistryConnection
+    let options: TritonSyncOptions
+    let logger: Logger
+    let cache: ChunkCache
+    struct Serving: Sendable { var digest: String; var version: Int; var model: String }
+    let serving = Locked<Serving?>(nil)
+    /// A digest that failed to load, and when: not retried for a while.
+    let failed = Locked<(String, Date)?>(nil)
+
+    public init(connection: RegistryConnection, options: TritonSyncOptions, logger: Logger) throws {
+        self.connection = connection
+        self.options = options
+        self.logger = logger
+        try FileManager.default.createDirectory(atPath: options.modelRepository, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: options.stagingDirectory, withIntermediateDirectories: true)
+        cache = try ChunkCache(root: options.stagingDirectory + "/cache", maxBytes: options.cacheBytes)
+    }
+
+    var deploymentPath: String { "/depot/v1/repositories/\(options.repository)/deployments/\(options.environment)" }
+
+    /// Syncs until cancelled (or once).
+    public func run(once: Bool = false) async {
+        var delay = options.interval
+        while !Task.isCancelled {
+            do {
+                try await syncOnce()
+                delay = options.interval
+            } catch {
+                let current = serving.withLock { $0 }
+                logger.warning("triton-sync \(options.node): \(error); still serving \(current.map { "\($0.model) version \($0.version)" } ?? "nothing")")
+                delay = min(delay * 2, .seconds(30))
+            }
+            if once { return }
+            try? await Task.sleep(for: delay)
+        }
+    }
+
+    /// One round: resolve, and deploy when the wanted digest changed.
+    public func syncOnce() async throws {
+        let wanted = try await connection.call(.GET, "\(deploymentPath)/resolve?node=\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)")
+        guard let digest = wanted["digest"] as? String, let version = (wanted["version"] as? NSNumber)?.intValue,
+              let model = wanted["model"] as? String, !model.contains("/"), !model.hasPrefix(".") else {
+            throw ClientError("the registry's resolve answer is malformed")
+        }
+        if let current = serving.withLock({ $0 }), current.digest == digest {
+            // Still what we serve: make sure Triton agrees (a restarted Triton loads nothing in explicit mode).
+            if try await versionReady(model, version) { return }
+            logger.notice("triton-sync \(options.node): \(model) version \(version) is not ready in Triton; loading it again")
+        }
+        if let (d, at) = failed.withLock({ $0 }), d == digest, Date().timeIntervalSince(at) < 30 { return }
+        do {
+            try await deploy(digest: digest, version: version, model: model)
+            serving.withLock { $0 = Serving(digest: digest, version: version, model: model) }
+            failed.withLock { $0 = nil }
+            try await report(digest: digest, version: version, state: "ready", reason: nil)
+            logger.info("triton-sync \(options.node): serving \(model) version \(version) (\(digest.prefix(19)), \(wanted["role"] as? String ?? "?"))")
+        } catch let e as LoadFailure {
+            failed.withLock { $0 = (digest, Date()) }
+            logger.error("triton-sync \(options.node): \(model) version \(version) failed to load: \(e.message)")
+            try? await report(digest: digest, version: version, state: "failed", reason: e.message)
+            throw ClientError("\(model) version \(version) (\(digest.prefix(19))) failed to load: \(e.message)")
+        }
+    }
+
+    struct LoadFailure: Error { var message: String }
+
+    func deploy(digest: String, version: Int, model: String) async throws {
+        let fm = FileManager.default
+        let stage = options.stagingDirectory + "/pull-\(UUID().uuidString.prefix(8))"
+        defer { try? fm.removeItem(atPath: stage) }
+        let progress = TransferProgress(style: .quiet, verb: "pull", wire: connection.counters)
+        _ = try await Puller(connection: connection, progress: progress, cache: cache)
+            .pull(PullRequest(repository: options.repository, reference: digest, outputDirectory: stage))
+        let bundle = stage + "/" + model
+        guard var config = try? String(contentsOfFile: bundle + "/config.pbtxt", encoding: .utf8) else {
+            throw LoadFailure(message: "the bundle has no \(model)/config.pbtxt")
+        }
+        let versions = (try fm.contentsOfDirectory(atPath: bundle)).filter { Int($0) != nil }
+        guard versions.count == 1 else {
+            throw LoadFailure(message: "the bundle must hold exactly one numeric version directory under \(model)/ (found \(versions.sorted()))")
+        }
+        guard !config.contains("version_policy") else {
+            throw LoadFailure(message: "the bundle's config.pbtxt sets version_policy; triton-sync pins the version it serves")
+        }
+        config += "\nversion_policy: { specific: { versions: [\(version)] } }\n"
+
+        let modelDir = options.modelRepository + "/" + model
+        try fm.createDirectory(atPath: modelDir, withIntermediateDirectories: true)
+        let target = modelDir + "/\(version)"
+        let configPath = modelDir + "/config.pbtxt"
+        let previousConfig = try? String(contentsOfFile: configPath, encoding: .utf8)
+        // Stage inside the model directory under a non-numeric name (Triton ignores it), then rename.
+        let staged = modelDir + "/.depot-\(version)-\(UUID().uuidString.prefix(6))"
+        try fm.moveItem(atPath: bundle + "/" + versions[0], toPath: staged)
+        if fm.fileExists(atPath: target) { try fm.removeItem(atPath: target) }
+        try fm.moveItem(atPath: staged, toPath: target)
+        try Self.writeAtomically(configPath, config)
+
+        do {
+            try await load(model, version)
+        } catch let failure as LoadFailure {
+            // Restore what was served before and load it again.
+            try? fm.removeItem(atPath: target)
+            if let previousConfig, let current = serving.withLock({ $0 }), current.model == model {
+                try? Self.writeAtomically(configPath, previousConfig)
+                try? await load(model, current.version)
+            }
+            throw failure
+        }
+        // Versions no longer wanted (Triton unloaded them when the pinned version loaded).
+        for entry in try fm.contentsOfDirectory(atPath: modelDir) where Int(entry) != nil && entry != String(version) {
+            try? fm.removeItem(atPath: modelDir + "/" + entry)
+        }
+    }
+
+    static func writeAtomically(_ path: String, _ text: String) throws {
+        let tmp = path + ".depot-tmp"
+        try text.write(toFile: tmp, atomically: false, encoding: .utf8)
+        guard rename(tmp, path) == 0 else { throw ClientError("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    func load(_ model: String, _ version: Int) async throws {
+        if !options.pollMode {
+            let (status, body) = try await triton(.POST, "/v2/repository/models/\(model)/load")
+            guard status == 200 else { throw LoadFailure(message: "Triton refused the load (HTTP \(status)): \(body.prefix(1500))") }
+        }
+        let deadline = Date().addingTimeInterval(options.pollMode ? 120 : 30)
+        while Date() < deadline {
+            if try await versionReady(model, version) { return }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        let (_, index) = try await triton(.POST, "/v2/repository/index")
+        throw LoadFailure(message: "\(model) version \(version) did not become READY: \(index.prefix(1500))")
+    }
+
+    func versionReady(_ model: String, _ version: Int) async throws -> Bool {
+        try await triton(.GET, "/v2/models/\(model)/versions/\(version)/ready").0 == 200
+    }
+
+    func triton(_ method: NIOHTTP1.HTTPMethod, _ path: String) async throws -> (Int, String) {
+        var request = HTTPClientRequest(url: options.tritonURL + path)
+        request.method = method
+        if method == .POST { request.body = .bytes(ByteBuffer()) }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(120))
+        let body = try await response.body.collect(upTo: 1 << 20)
+        return (Int(response.status.code), String(buffer: body))
+    }
+
+    func report(digest: String, version: Int, state: String, reason: String?) async throws {
+        var body: [String: Any] = ["digest": digest, "version": version, "state": state]
+        if let reason { body["reason"] = reason }
+        _ = try await connection.call(.POST, "\(deploymentPath)/nodes/\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)", body: body)
+    }
+}

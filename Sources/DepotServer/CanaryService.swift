@@ -1,0 +1,117 @@
+import AsyncHTTPClient
+import DepotCatalog
+import DepotCore
+import DepotDeploy
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// Prometheus's instant-query API as a `MetricsSource`.
+struct PrometheusSource: MetricsSource {
+    let baseURL: String
+
+    func value(_ promql: String) async throws -> Double? {
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~")
+        let q = promql.addingPercentEncoding(withAllowedCharacters: allowed) ?? promql
+        var request = HTTPClientRequest(url: "\(baseURL)/api/v1/query?query=\(q)")
+        request.method = .GET
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let body = try await response.body.collect(upTo: 4 << 20)
+        guard let json = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
+            throw MetricsError("Prometheus answered HTTP \(response.status.code) with a body that is not JSON")
+        }
+        guard json["status"] as? String == "success", let data = json["data"] as? [String: Any] else {
+            throw MetricsError("Prometheus refused the query: \(json["error"] as? String ?? "HTTP \(response.status.code)")")
+        }
+        func number(_ pair: Any?) -> Double? {
+            guard let p = pair as? [Any], p.count == 2, let text = p[1] as? String, let v = Double(text), !v.isNaN else { return nil }
+            return v
+        }
+        switch data["resultType"] as? String {
+        case "scalar": return number(data["result"])
+        case "vector":
+            let result = data["result"] as? [[String: Any]] ?? []
+            if result.isEmpty { return nil }
+            guard result.count == 1 else { throw MetricsError("the query returns \(result.count) series; aggregate it (sum, max) to one") }
+            return number(result[0]["value"])
+        default:
+            throw MetricsError("the query returns a \(data["resultType"] as? String ?? "?"), not a scalar or a one-series vector")
+        }
+    }
+}
+
+struct MetricsError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// The canary controller inside `depot serve`: every second it analyses the rollouts whose step
+/// has lasted the analysis interval and applies the decision (next step, promote, pause,
+/// rollback). All state is in the catalog, so a restart carries on where it was.
+struct CanaryService: Service {
+    let deployments: Deployments
+    let source: any MetricsSource
+    let logger: Logger
+    var interval: Duration = .seconds(1)
+
+    func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await tick()
+                try await Task.sleep(for: interval)
+            }
+        }
+    }
+
+    func tick() async {
+        do {
+            let deployments = self.deployments
+            for due in try await offload({ try deployments.dueAnalyses() }) {
+                let measurements = await CanaryAnalysis.measure(deployments.policy, due.context, source: source)
+                let decision = try await offload { try deployments.apply(due, measurements: measurements) }
+                let summary = measurements.map { "\($0.check)=\($0.outcome.rawValue)" }.joined(separator: " ")
+                if let decision {
+                    logger.notice("rollout \(due.rollout.id) \(due.deployment.repository):\(due.deployment.environment) at \(due.rollout.weight)%: \(decision) (\(summary))")
+                }
+            }
+        } catch {
+            logger.error("canary controller: \(error)")
+        }
+    }
+}
+
+/// Runs the configured router command on every weight change, with the deployment in its
+/// environment (`DEPOT_DEPLOYMENT`, `DEPOT_MODEL`, `DEPOT_STABLE_DIGEST`, `DEPOT_CANARY_DIGEST`,
+/// `DEPOT_CANARY_WEIGHT`). Bounded to 60 s; failures are logged.
+enum RouterHook {
+    static func run(_ argv: [String], _ d: DeploymentRecord, logger: Logger) {
+        guard let program = argv.first else { return }
+        DispatchQueue(label: "depot.router-hook").async {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: program.hasPrefix("/") ? program : "/usr/bin/env")
+            p.arguments = program.hasPrefix("/") ? Array(argv.dropFirst()) : argv
+            var env = ProcessInfo.processInfo.environment
+            env["DEPOT_DEPLOYMENT"] = "\(d.repository):\(d.environment)"
+            env["DEPOT_MODEL"] = d.modelName
+            env["DEPOT_STABLE_DIGEST"] = d.stable ?? ""
+            env["DEPOT_CANARY_DIGEST"] = d.canary ?? ""
+            env["DEPOT_CANARY_WEIGHT"] = String(d.canary == nil ? 0 : d.weight)
+            p.environment = env
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            do { try p.run() } catch {
+                logger.error("router hook \(program): cannot start: \(error)")
+                return
+            }
+            let killer = DispatchWorkItem { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+            DispatchQueue(label: "depot.router-hook.killer").asyncAfter(deadline: .now() + 60, execute: killer)
+            p.waitUntilExit()
+            killer.cancel()
+            if p.terminationStatus != 0 {
+                logger.error("router hook \(program) exited with \(p.terminationStatus) for \(d.repository):\(d.environment) at \(d.weight)%")
+            }
+        }
+    }
+}

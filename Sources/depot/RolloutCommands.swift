@@ -1,0 +1,177 @@
+import ArgumentParser
+import DepotClient
+import DepotRunner
+import Foundation
+import Logging
+
+struct Rollout: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Canary rollouts of Triton bundles: start, status, resume, promote, abort.",
+        subcommands: [RolloutStart.self, RolloutStatus.self, RolloutAction.Resume.self, RolloutAction.Promote.self, RolloutAction.Abort.self])
+}
+
+/// `REPO ENV` arguments shared by the rollout commands.
+struct DeploymentArguments: ParsableArguments {
+    @Argument(help: "Repository.") var repository: String
+    @Argument(help: "Environment alias, e.g. production.") var environment: String
+    var path: String { "/depot/v1/repositories/\(repository)/deployments/\(environment)" }
+}
+
+struct RolloutStart: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "start", abstract: "Roll a Triton bundle out to an environment by steps, gated by metrics.")
+    @OptionGroup var deployment: DeploymentArguments
+    @Argument(help: "The bundle: a tag or sha256 digest in the repository.") var reference: String
+    @Option(help: "Traffic steps in percent, comma-separated (default from the config: 1,10,50,100).") var steps: String?
+    @Option(help: "Analysis interval per step: 90s, 15m, … (default from the config).") var analysis: String?
+    @Flag(help: "Machine-readable output.") var json = false
+    @OptionGroup var registry: RegistryOptions
+
+    func run() async throws {
+        var body: [String: Any] = ["reference": reference]
+        if let steps {
+            let list = steps.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard list.count == steps.split(separator: ",").count else { fail("--steps must be integers, e.g. 1,10,50,100") }
+            body["steps"] = list
+        }
+        if let analysis {
+            guard let seconds = RolloutFormat.seconds(analysis) else { fail("--analysis must be a duration such as 90s or 15m") }
+            body["analysis_seconds"] = seconds
+        }
+        await runClient(registry) { c in
+            let status = try await c.call(.POST, deployment.path + "/rollout", body: body)
+            if json { return printJSONObject(status) }
+            RolloutFormat.print(status)
+        }
+    }
+}
+
+struct RolloutStatus: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Stable and canary digests, step, weight, decisions with their measurements, nodes.")
+    @OptionGroup var deployment: DeploymentArguments
+    @Flag(help: "Machine-readable output.") var json = false
+    @OptionGroup var registry: RegistryOptions
+
+    func run() async throws {
+        await runClient(registry) { c in
+            let status = try await c.call(.GET, deployment.path)
+            if json { return printJSONObject(status) }
+            RolloutFormat.print(status)
+        }
+    }
+}
+
+enum RolloutAction {
+    static func perform(_ action: String, _ deployment: DeploymentArguments, reason: String?, json: Bool, _ registry: RegistryOptions) async {
+        await runClient(registry) { c in
+            let status = try await c.call(.POST, deployment.path + "/" + action, body: reason.map { ["reason": $0] } ?? [:])
+            if json { return printJSONObject(status) }
+            RolloutFormat.print(status)
+        }
+    }
+
+    struct Resume: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "resume", abstract: "Resume a paused rollout (the step's analysis starts again).")
+        @OptionGroup var deployment: DeploymentArguments
+        @Flag var json = false
+        @OptionGroup var registry: RegistryOptions
+        func run() async throws { await RolloutAction.perform("resume", deployment, reason: nil, json: json, registry) }
+    }
+
+    struct Promote: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "promote", abstract: "Promote the canary now: it becomes stable everywhere.")
+        @OptionGroup var deployment: DeploymentArguments
+        @Option(help: "Why (recorded).") var reason: String?
+        @Flag var json = false
+        @OptionGroup var registry: RegistryOptions
+        func run() async throws { await RolloutAction.perform("promote", deployment, reason: reason, json: json, registry) }
+    }
+
+    struct Abort: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "abort", abstract: "Abort: the canary goes to 0% and the alias back to the stable digest.")
+        @OptionGroup var deployment: DeploymentArguments
+        @Option(help: "Why (recorded).") var reason: String?
+        @Flag var json = false
+        @OptionGroup var registry: RegistryOptions
+        func run() async throws { await RolloutAction.perform("abort", deployment, reason: reason, json: json, registry) }
+    }
+}
+
+enum RolloutFormat {
+    static func seconds(_ text: String) -> Double? {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
+        if let last = t.last, let unit = units[last] { return Double(t.dropLast()).map { $0 * unit } }
+        return Double(t)
+    }
+
+    static func print(_ s: [String: Any]) {
+        let d = s["deployment"] as? [String: Any] ?? [:]
+        Swift.print("\(d["repository"] as? String ?? "?"):\(d["environment"] as? String ?? "?")  model \(d["model"] as? String ?? "?")")
+        Swift.print("  stable  \(d["stable"] as? String ?? "-")\((d["stable_version"]).map { "  (version \($0))" } ?? "")")
+        if let c = d["canary"] as? String {
+            Swift.print("  canary  \(c)\((d["canary_version"]).map { "  (version \($0))" } ?? "")  at \(d["weight"] ?? 0)%")
+        }
+        if let r = s["rollout"] as? [String: Any] {
+            let steps = (r["steps"] as? [Int] ?? []).map(String.init).joined(separator: ",")
+            Swift.print("  rollout \(r["id"] ?? "?"): \(r["state"] as? String ?? "?"), step \(r["step"] ?? "?") of [\(steps)], \(r["weight"] ?? "?")%\((r["reason"] as? String).map { " — \($0)" } ?? "")")
+            for e in r["decisions"] as? [[String: Any]] ?? [] {
+                Swift.print("    \(e["at"] as? String ?? "?")  \(e["decision"] as? String ?? "?")  \(e["weight"] ?? "?")%  \(e["actor"] as? String ?? "")  \(e["reason"] as? String ?? "")")
+            }
+        }
+        for n in s["nodes"] as? [[String: Any]] ?? [] {
+            Swift.print("  node \(n["node"] as? String ?? "?"): \(n["state"] as? String ?? "asked") \(short(n["digest"]))\((n["version"]).map { " v\($0)" } ?? "")\((n["reason"] as? String).map { " — \($0.prefix(200))" } ?? "")")
+        }
+    }
+}
+
+struct TritonSyncCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "triton-sync",
+        abstract: "The Triton node agent: serve what the deployment says this node serves.",
+        discussion: "Resolves the deployment for this node, pulls the bundle through the chunk cache, lays out <model>/<version>/ atomically, loads it (explicit mode) or waits for Triton (poll mode), checks READY, reports to the registry, and removes versions no longer wanted. Keeps serving the last good version while the registry is unreachable.")
+    @OptionGroup var registry: RegistryOptions
+    @Option(help: "REPO:ENV, e.g. vision/resnet:production.") var deployment: String
+    @Option(help: "Triton's model repository directory.") var modelRepository: String
+    @Option(help: "This node's id (stable across restarts).") var node: String
+    @Option(help: "Triton's HTTP endpoint.") var triton = "http://127.0.0.1:8000"
+    @Option(help: "Triton's model control mode: explicit (load through the API) or poll.") var mode = "explicit"
+    @Option(help: "Seconds between checks.") var interval: Double = 5
+    @Option(help: "Staging directory for pulls (same filesystem as the model repository).") var stagingDir: String?
+    @Flag(help: "Sync once and exit (status 1 when it failed).") var once = false
+
+    func validate() throws {
+        guard ["explicit", "poll"].contains(mode) else { throw ValidationError("--mode must be explicit or poll") }
+        guard interval >= 0.2 else { throw ValidationError("--interval must be at least 0.2 s") }
+        guard let colon = deployment.lastIndex(of: ":"), colon != deployment.startIndex, deployment.index(after: colon) != deployment.endIndex else {
+            throw ValidationError("--deployment must be REPO:ENV")
+        }
+    }
+
+    func run() async throws {
+        let colon = deployment.lastIndex(of: ":")!
+        var options = TritonSyncOptions(repository: String(deployment[..<colon]), environment: String(deployment[deployment.index(after: colon)...]),
+                                        node: node, modelRepository: modelRepository, tritonURL: triton.hasSuffix("/") ? String(triton.dropLast()) : triton)
+        options.pollMode = mode == "poll"
+        options.interval = .milliseconds(Int64(interval * 1000))
+        if let stagingDir { options.stagingDirectory = stagingDir }
+        let connection: RegistryConnection
+        do { connection = try registry.connect() } catch { fail("\(error)") }
+        let sync: TritonSync
+        do { sync = try TritonSync(connection: connection, options: options, logger: Logger(label: "triton-sync")) } catch { fail("\(error)") }
+        if once {
+            do { try await sync.syncOnce() } catch { fail("\(error)") }
+            await connection.shutdown()
+            return
+        }
+        let task = Task { await sync.run() }
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .main)
+            source.setEventHandler { task.cancel() }
+            source.resume()
+            SignalSources.keep(source)
+        }
+        await task.value
+        await connection.shutdown()
+    }
+}

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# End to end, with real servers: two real Triton nodes (nvidia-pytriton's tritonserver 2.51), each
+# with a `depot triton-sync` agent; a real Prometheus (Debian) scraping their metrics; a bounded
+# load generator on loopback. Then:
+#   (a) a healthy new version rolls through 1% -> 10% -> 50% -> 100% and becomes stable;
+#   (b) a failing version (its model raises) is rolled back at its first analysis: the alias
+#       history shows the rollback with the metric values, and both nodes return to the stable one;
+#   (c) a slow version (its model sleeps) is rolled back on latency relative to the stable one.
+# Analysis windows are seconds here (15 minutes by default).
+#
+#   scripts/e2e/canary.sh        (after `swift build --product depot`; builds it if missing)
+#
+# Starts and stops everything it needs (by PID), prints one line per check, exits 0 only when
+# every check passed.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+DEPOT="${DEPOT_BIN:-$ROOT/.build/debug/depot}"
+[[ -x "$DEPOT" ]] || swift build --product depot >&2 || { echo "FAIL: cannot build depot"; exit 1; }
+command -v prometheus >/dev/null || { echo "FAIL: prometheus is not installed (scripts/install-deps.sh --test)"; exit 1; }
+VENV="$(scripts/e2e/python-env.sh | tail -n 1)" || { echo "FAIL: cannot prepare the Python environment"; exit 1; }
+PY="$VENV/bin/python"
+T="$(mktemp -d /tmp/depot-e2e-canary.XXXXXX)"
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PORT="$(free_port)"
+export DEPOT_REGISTRY="http://127.0.0.1:$PORT"
+PIDS=()
+failed=0
+ok() { echo "ok: $*"; }
+bad() { echo "FAIL: $*"; failed=1; }
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  if [[ "$failed" == 0 ]]; then rm -rf "$T"; else echo "(kept $T for inspection: *.log)"; fi
+}
+trap cleanup EXIT
+json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# wait_for SECONDS DESCRIPTION COMMAND...: polls until the command succeeds
+wait_for() {
+  local deadline=$(( $(date +%s) + $1 )) what=$2; shift 2
+  while (( $(date +%s) < deadline )); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  bad "timed out after waiting for $what"; return 1
+}
+MODEL=adder
+REPO=demo/adder
+status() { "$DEPOT" rollout status "$REPO" production --json; }
+
+# Bundles: v1 and v2 healthy (v2 differs only by a comment), v3 raises, v4 sleeps 300 ms a request.
+for v in 1 2 3 4; do
+  case $v in 1|2) b=ok;; 3) b=fail;; 4) b=slow;; esac
+  "$PY" Tests/e2e/make_bundle.py "$T/b$v" --model-name "$MODEL" --behaviour "$b" --delay-ms 300 >/dev/null || { bad "make_bundle v$v"; exit 1; }
+  echo "# bundle v$v" >> "$T/b$v/$MODEL/1/model.py"
+done
+
+# Prometheus scrapes both Triton metrics ports (chosen now, used by the nodes below).
+MA="$(free_port)"; MB="$(free_port)"; PROM_PORT="$(free_port)"
+cat > "$T/depot.yaml" <<EOF
+server: {listen: 127.0.0.1:$PORT, log_level: info}
+storage: {root: $T/storage}
+pipelines: {directory: ""}
+canary:
+  prometheus_url: http://127.0.0.1:$PROM_PORT
+  steps: [1, 10, 50, 100]
+  analysis_interval: 8s
+  node_ttl: 30s
+  checks:
+    - name: error-rate
+      query: 'sum(rate(nv_inference_request_failure{model="{{model}}",version="{{version}}"}[{{window}}])) / (sum(rate(nv_inference_request_success{model="{{model}}",version="{{version}}"}[{{window}}])) + sum(rate(nv_inference_request_failure{model="{{model}}",version="{{version}}"}[{{window}}])))'
+      max: 0.01
+      pause_above: 0.005
+    # Loopback latencies of a tiny model are ~0.5 ms and noisy between two nodes: wide ratios here.
+    - name: latency
+      query: 'sum(rate(nv_inference_request_duration_us{model="{{model}}",version="{{version}}"}[{{window}}])) / sum(rate(nv_inference_request_success{model="{{model}}",version="{{version}}"}[{{window}}]))'
+      max_ratio: 10
+      pause_ratio: 6
+EOF
+"$DEPOT" serve --config "$T/depot.yaml" > "$T/depot.log" 2>&1 & PIDS+=($!)
+wait_for 20 "depot serve" curl -sf "$DEPOT_REGISTRY/healthz" || exit 1
+
+# (0) v1 is the first deployment: stable at once.
+for v in 1 2 3 4; do "$DEPOT" push "$REPO:v$v" "$T/b$v" --quiet >/dev/null || { bad "push v$v"; exit 1; }; done
+V1="$("$DEPOT" inspect "$REPO:v1" --json | json 'd["digest"]')"
+V2="$("$DEPOT" inspect "$REPO:v2" --json | json 'd["digest"]')"
+V3="$("$DEPOT" inspect "$REPO:v3" --json | json 'd["digest"]')"
+V4="$("$DEPOT" inspect "$REPO:v4" --json | json 'd["digest"]')"
+"$DEPOT" rollout start "$REPO" production v1 --json > "$T/start1.json" || { bad "first deployment"; exit 1; }
+[[ "$(json 'd["deployment"]["stable"]' < "$T/start1.json")" == "$V1" ]] && ok "v1 is the first deployment: stable at once" || bad "first deployment: $(cat "$T/start1.json")"
+out="$("$DEPOT" rollout start "$REPO" staging v1 2>&1)"; echo "$out" | grep -q "" # (staging gets nothing)
+notbundle="$("$DEPOT" push demo/plain:v1 "$T/depot.yaml" --quiet >/dev/null; "$DEPOT" rollout start demo/plain production v1 2>&1)"
+[[ "$notbundle" == *"is not a Triton bundle"* ]] && ok "a digest that is not a Triton bundle is refused: ${notbundle#Error: }" || bad "non-bundle rollout: $notbundle"
+
+# Two Triton nodes, each with its agent.
+for n in A B; do
+  mport=$([[ $n == A ]] && echo "$MA" || echo "$MB")
+  mkdir -p "$T/repo$n"
+  "$PY" Tests/e2e/triton_node.py serve "$T/repo$n" --mode explicit --metrics-port "$mport" > "$T/triton$n.out" 2> "$T/triton$n.log" & PIDS+=($!)
+done
+for n in A B; do wait_for 60 "Triton $n" grep -q '"http"' "$T/triton$n.out" || exit 1; done
+URL_A="$(head -n 1 "$T/tritonA.out" | json 'd["http"]')"; URL_B="$(head -n 1 "$T/tritonB.out" | json 'd["http"]')"
+for n in A B; do
+  url=$([[ $n == A ]] && echo "$URL_A" || echo "$URL_B")
+  "$DEPOT" triton-sync --deployment "$REPO:production" --model-repository "$T/repo$n" --node "node-$n" --triton "$url" --interval 1 \
+    > "$T/sync$n.log" 2>&1 & PIDS+=($!)
+done
+nodes_on() {  # nodes_on DIGEST: both nodes report serving it, ready
+  status | "$PY" -c 'import json,sys; d=json.load(sys.stdin); n=[x for x in d["nodes"] if x.get("state")=="ready" and x.get("digest")==sys.argv[1]]; sys.exit(0 if len(n)==2 else 1)' "$1"
+}
+wait_for 60 "both nodes serving v1" nodes_on "$V1" && ok "both Triton nodes serve v1 (version 1), reported READY by triton-sync"
+ls "$T/repoA/$MODEL" | grep -qx 1 && ok "node A's model repository holds $MODEL/1" || bad "node A layout: $(ls -R "$T/repoA" | head)"
+
+# Prometheus and the load generator.
+"$PY" Tests/e2e/prometheus_node.py serve --target "127.0.0.1:$MA" --target "127.0.0.1:$MB" --port "$PROM_PORT" > "$T/prom.out" 2>&1 & PIDS+=($!)
+wait_for 30 "Prometheus" curl -sf "http://127.0.0.1:$PROM_PORT/-/ready" || exit 1
+"$PY" Tests/e2e/loadgen.py --targets "$URL_A,$URL_B" --model "$MODEL" --duration 240 --rate 20 --out "$T/load.json" > "$T/load.log" 2>&1 & PIDS+=($!)
+LOADGEN_PID=$!
+sleep 8   # Prometheus's first scrapes and some stable traffic
+
+rollout_state() { status | json 'd.get("rollout", {}).get("state", "")'; }
+# (a) a healthy version rolls through every step and becomes stable.
+"$DEPOT" rollout start "$REPO" production v2 > /dev/null && ok "rollout of v2 started" || bad "rollout start v2"
+conflict="$("$DEPOT" rollout start "$REPO" production v3 2>&1)"
+[[ "$conflict" == *"promote, abort or wait"* ]] && ok "a second rollout during one is refused: ${conflict#Error: }" || bad "concurrent rollout: $conflict"
+wait_for 120 "v2 to be promoted" bash -c "[[ \$('$DEPOT' rollout status '$REPO' production --json | '$PY' -c 'import json,sys; print(json.load(sys.stdin)[\"rollout\"][\"state\"])') == promoted ]]"
+status > "$T/a.json"
+"$DEPOT" rollout status "$REPO" production
+"$PY" - "$T/a.json" "$V2" <<'EOF' && ok "v2 went 1% -> 10% -> 50% -> 100% on passing checks and is stable" || bad "scenario (a): $(head -c 1500 "$T/a.json")"
+import json, sys
+d = json.load(open(sys.argv[1])); r = d["rollout"]
+assert d["deployment"]["stable"] == sys.argv[2] and "canary" not in d["deployment"], d["deployment"]
+assert [e["decision"] for e in r["decisions"]] == ["start", "advance", "advance", "advance", "promote"], r["decisions"]
+assert [e["weight"] for e in r["decisions"]] == [1, 10, 50, 100, 100], r["decisions"]
+for e in r["decisions"][1:]:
+    ms = {m["check"]: m for m in e["measurements"]["measurements"]}
+    assert ms["error-rate"]["outcome"] == "pass" and ms["error-rate"]["canary"] == 0, ms
+EOF
+wait_for 60 "both nodes serving v2" nodes_on "$V2" && ok "both nodes serve v2 after promotion"
+[[ "$("$DEPOT" resolve "$REPO" production 2>/dev/null | tail -n 1)" == *"$V2"* ]] && ok "production resolves to v2" || bad "production alias: $("$DEPOT" resolve "$REPO" production 2>&1)"
+
+# (b) a failing version is rolled back at its first analysis.
+"$DEPOT" rollout start "$REPO" production v3 > /dev/null && ok "rollout of v3 (raises) started" || bad "rollout start v3"
+wait_for 60 "v3 to be rolled back" bash -c "[[ \$('$DEPOT' rollout status '$REPO' production --json | '$PY' -c 'import json,sys; print(json.load(sys.stdin)[\"rollout\"][\"state\"])') == rolled-back ]]"
+status > "$T/b.json"
+"$DEPOT" rollout status "$REPO" production
+"$PY" - "$T/b.json" "$V2" <<'EOF' && ok "v3 rolled back at its first analysis on error-rate, values recorded" || bad "scenario (b): $(head -c 1500 "$T/b.json")"
+import json, sys
+d = json.load(open(sys.argv[1])); r = d["rollout"]
+assert d["deployment"]["stable"] == sys.argv[2] and "canary" not in d["deployment"], d["deployment"]
+assert [e["decision"] for e in r["decisions"]] == ["start", "rollback"], r["decisions"]
+ms = {m["check"]: m for m in r["decisions"][1]["measurements"]["measurements"]}
+assert ms["error-rate"]["outcome"] == "fail" and ms["error-rate"]["canary"] > 0.5, ms
+assert "error-rate" in r["reason"], r["reason"]
+EOF
+"$DEPOT" history "$REPO" production > "$T/history.txt"
+tail -n 1 "$T/history.txt" | grep -q "error-rate" && ok "alias history shows the rollback with its values: $(tail -n 1 "$T/history.txt" | cut -c1-220)" \
+  || bad "alias history: $(cat "$T/history.txt")"
+wait_for 60 "both nodes back on v2" nodes_on "$V2" && ok "both nodes are back on the stable v2"
+
+# (c) a slow version is rolled back on latency relative to the stable one.
+"$DEPOT" rollout start "$REPO" production v4 > /dev/null && ok "rollout of v4 (300 ms a request) started" || bad "rollout start v4"
+wait_for 60 "v4 to be rolled back" bash -c "[[ \$('$DEPOT' rollout status '$REPO' production --json | '$PY' -c 'import json,sys; print(json.load(sys.stdin)[\"rollout\"][\"state\"])') == rolled-back ]]"
+status > "$T/c.json"
+"$PY" - "$T/c.json" <<'EOF' && ok "v4 rolled back on latency: $(json 'd["rollout"]["reason"]' < "$T/c.json" | cut -c1-200)" || bad "scenario (c): $(head -c 1500 "$T/c.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))["rollout"]
+assert [e["decision"] for e in r["decisions"]] == ["start", "rollback"], r["decisions"]
+assert "latency" in r["reason"], r["reason"]
+EOF
+wait_for 60 "both nodes back on v2" nodes_on "$V2" && ok "both nodes are back on v2 again"
+
+# The served facts and the audit journal.
+served="$(curl -sf "$DEPOT_REGISTRY/depot/v1/lineage/$V3/served")"
+echo "$served" | "$PY" -c 'import json,sys; s=json.load(sys.stdin)["served"]; sys.exit(0 if any(x["role"]=="canary" and x["weight"]==1 and "to" in x for x in s) else 1)' \
+  && ok "lineage-visible fact: v3 served 1% of production from its start to its rollback" || bad "served: $served"
+"$DEPOT" audit log --action canary.rollback --json | grep -q "$V3" && ok "the rollback is in the audit journal" || bad "audit"
+"$DEPOT" audit verify >/dev/null && ok "audit chain intact" || bad "audit verify"
+
+kill "$LOADGEN_PID" 2>/dev/null
+if [[ "$failed" == 0 ]]; then echo "canary e2e: all checks passed"; else echo "canary e2e: FAILED"; fi
+exit "$failed"
