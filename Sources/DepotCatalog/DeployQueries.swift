@@ -174,6 +174,11 @@ extension SQLiteConnection {
         }
     }
 
+    /// The rollout a pipeline job started.
+    public func rollout(forJob job: Int64) throws -> RolloutRecord? {
+        try first("SELECT \(Self.rolloutColumns) FROM rollouts WHERE job_id = ? ORDER BY id DESC LIMIT 1", .int(job)) { Self.rollout($0) }
+    }
+
     public func runningRollouts() throws -> [RolloutRecord] {
         var out: [RolloutRecord] = []
         try query("SELECT \(Self.rolloutColumns) FROM rollouts WHERE state = 'running' ORDER BY id") { out.append(Self.rollout($0)) }

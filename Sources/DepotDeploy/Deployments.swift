@@ -195,6 +195,11 @@ public final class Deployments: Sendable {
                       decisions: try rollout.map { try conn.decisions(rollout: $0.id) } ?? [], nodes: try conn.nodes(deployment: d.id))
     }
 
+    /// The rollout a pipeline job started, if any.
+    public func rollout(forJob job: Int64) throws -> RolloutRecord? {
+        try db.read { try $0.rollout(forJob: job) }
+    }
+
     public func served(digest: Digest) throws -> [ServedInterval] {
         try db.read { try $0.served(digest: digest.description, limit: 1000) }
     }

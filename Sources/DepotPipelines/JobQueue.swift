@@ -269,8 +269,8 @@ public final class JobQueue: Sendable {
         try db.write { conn in
             let expired = try conn.expiredLeases(now: Self.now())
             for job in expired {
-                let why = Self.kind(of: job) == "webhook"
-                    ? "the webhook did not call back within the stage's timeout"
+                let why = Self.kind(of: job) == "webhook" ? "the webhook did not call back within the stage's timeout"
+                    : Self.kind(of: job) == "canary" ? "the rollout did not finish within the stage's timeout"
                     : "lease expired: runner \(job.runner ?? "?") stopped renewing it (killed, or lost its connection)"
                 try failLocked(conn, job, reason: why, permanent: false)
             }
@@ -326,17 +326,17 @@ public final class JobQueue: Sendable {
     }
 }
 
-// MARK: webhook stages (run by the server: POST out, signed callback in)
+// MARK: stages the server runs itself (webhook: POST out, signed callback in; canary: a rollout)
 
 extension JobQueue {
-    /// Leases a queued webhook job for the server's dispatcher; the lease lasts the stage's timeout.
-    public func leaseWebhookJob() throws -> JobRecord? {
+    /// Leases a queued job of `kind` for the server; the lease lasts the stage's timeout.
+    public func leaseServerJob(kind: String) throws -> JobRecord? {
         try db.write { conn in
             let now = Self.now()
-            for job in try conn.leasableJobs(now: now, limit: 256) where Self.kind(of: job) == "webhook" {
+            for job in try conn.leasableJobs(now: now, limit: 256) where Self.kind(of: job) == kind {
                 let token = UUID().uuidString
-                if try conn.leaseJob(job.id, runner: "depot-webhooks", token: token, expires: now + job.timeoutMs, now: now) {
-                    let key = Digest.of(Array("depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec)\nwebhook".utf8)).description
+                if try conn.leaseJob(job.id, runner: "depot-\(kind)", token: token, expires: now + job.timeoutMs, now: now) {
+                    let key = Digest.of(Array("depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec)\n\(kind)".utf8)).description
                     _ = try conn.updateLeasedJob(job.id, token: token, set: "state = 'running', job_key = ?, started_at = ?, updated_at = ?",
                                                  [.text(key), .int(now), .int(now)])
                     return try conn.job(job.id)
@@ -346,19 +346,25 @@ extension JobQueue {
         }
     }
 
-    /// The POST to the webhook failed: the job follows the retry policy.
-    public func webhookDispatchFailed(_ job: JobRecord, reason: String) throws {
+    /// Dispatching the job failed (the webhook's POST, the rollout's start): the retry policy applies unless `permanent`.
+    public func serverJobDispatchFailed(_ job: JobRecord, reason: String, permanent: Bool = false) throws {
         try db.write { conn in
             guard let current = try conn.job(job.id), current.state == "running", current.leaseToken == job.leaseToken else { return }
-            try failLocked(conn, current, reason: reason, permanent: false)
+            try failLocked(conn, current, reason: reason, permanent: permanent)
         }
     }
 
-    /// A signed callback reported success; `output`, when given, is a manifest of the input's repository.
-    public func completeWebhook(_ id: Int64, output: Digest?) throws -> JobRecord {
+    /// Running jobs of `kind` (the server checks on them).
+    public func runningServerJobs(kind: String) throws -> [JobRecord] {
+        try db.read { conn in try conn.jobs(state: "running", pipeline: nil, limit: 10_000).filter { Self.kind(of: $0) == kind } }
+    }
+
+    /// A server-run stage succeeded (a signed webhook callback, a promoted rollout); `output`,
+    /// when given, is a manifest of the input's repository.
+    public func completeServerJob(_ id: Int64, output: Digest?) throws -> JobRecord {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
-            guard job.state == "running", Self.kind(of: job) == "webhook" else {
+            guard job.state == "running", ["webhook", "canary"].contains(Self.kind(of: job)) else {
                 throw RegistryError(.conflict, "job \(id) is \(job.state): it is not waiting for a callback")
             }
             if let output {
@@ -377,14 +383,14 @@ extension JobQueue {
         }
     }
 
-    /// A signed callback reported failure.
-    public func failWebhook(_ id: Int64, reason: String, permanent: Bool) throws -> JobRecord {
+    /// A server-run stage failed (a signed webhook callback, a rolled-back rollout).
+    public func failServerJob(_ id: Int64, reason: String, permanent: Bool) throws -> JobRecord {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
-            guard job.state == "running", Self.kind(of: job) == "webhook" else {
+            guard job.state == "running", ["webhook", "canary"].contains(Self.kind(of: job)) else {
                 throw RegistryError(.conflict, "job \(id) is \(job.state): it is not waiting for a callback")
             }
-            try failLocked(conn, job, reason: "the webhook reported: \(reason)", permanent: permanent)
+            try failLocked(conn, job, reason: reason, permanent: permanent)
             return try conn.job(id)!
         }
     }

@@ -42,6 +42,9 @@ public struct Stage: Sendable, Equatable {
         case builtin(String)
         /// POST to a URL, then wait for a signed completion callback (run by the server).
         case webhook(url: String, secretEnv: String?, secret: String?)
+        /// A canary rollout of the input (a Triton bundle) to an environment (run by the server;
+        /// the job ends when the rollout is promoted, or fails when it is rolled back).
+        case canary(environment: String, steps: [Int]?, analysisSeconds: Int?)
     }
 
     public static let builtins: [String: String] = [
@@ -76,6 +79,10 @@ public struct Stage: Sendable, Equatable {
         case .exec(let argv): out["kind"] = "exec"; out["command"] = argv
         case .builtin(let b): out["kind"] = "builtin"; out["builtin"] = b
         case .webhook(let url, _, _): out["kind"] = "webhook"; out["url"] = url
+        case .canary(let env, let steps, let analysis):
+            out["kind"] = "canary"; out["environment"] = env
+            if let steps { out["steps"] = steps }
+            if let analysis { out["analysis_seconds"] = analysis }
         }
         out["with"] = with.mapValues { Template.render($0, variables) }
         if let toolchain { out["toolchain"] = toolchain }
@@ -85,7 +92,7 @@ public struct Stage: Sendable, Equatable {
     }
 
     public var kindName: String {
-        switch kind { case .exec: "exec"; case .builtin: "builtin"; case .webhook: "webhook" }
+        switch kind { case .exec: "exec"; case .builtin: "builtin"; case .webhook: "webhook"; case .canary: "canary" }
     }
 }
 

@@ -90,11 +90,11 @@ public enum PipelineLoader {
 
     static func stage(_ name: String, _ node: Node, _ r: Reader) throws -> Stage {
         let at = "stages.\(name)"
-        let m = try r.mapping(node, at, known: ["exec", "builtin", "webhook", "needs", "input", "with", "tag", "timeout", "retries",
+        let m = try r.mapping(node, at, known: ["exec", "builtin", "webhook", "canary", "needs", "input", "with", "tag", "timeout", "retries",
                                                 "labels", "toolchain", "relation"])
-        let kinds = ["exec", "builtin", "webhook"].filter { m[$0] != nil }
+        let kinds = ["exec", "builtin", "webhook", "canary"].filter { m[$0] != nil }
         guard kinds.count == 1 else {
-            throw r.error(node, "\(at): exactly one of exec, builtin or webhook is needed (found \(kinds.isEmpty ? "none" : kinds.joined(separator: ", ")))")
+            throw r.error(node, "\(at): exactly one of exec, builtin, webhook or canary is needed (found \(kinds.isEmpty ? "none" : kinds.joined(separator: ", ")))")
         }
         var stage: Stage
         if let e = m["exec"] {
@@ -108,6 +108,28 @@ public enum PipelineLoader {
                 throw r.error(b, "\(at).builtin: unknown built-in '\(builtin)' (one of \(Stage.builtins.keys.sorted().joined(separator: ", ")))")
             }
             stage = Stage(name: name, kind: .builtin(builtin))
+        } else if let c = m["canary"] {
+            let cm = try r.mapping(c, "\(at).canary", known: ["environment", "steps", "analysis"])
+            guard let envNode = cm["environment"] else { throw r.error(c, "\(at).canary: missing 'environment' (the alias, e.g. production)") }
+            let env = try r.string(envNode, "\(at).canary.environment")
+            guard Reference.isValidTag(env) else { throw r.error(envNode, "\(at).canary.environment: '\(env)' is not a valid alias") }
+            var steps: [Int]?
+            if let sNode = cm["steps"] {
+                let list = try r.strings(sNode, "\(at).canary.steps").map { Int($0) }
+                guard list.allSatisfy({ $0 != nil }), let values = Optional(list.map { $0! }), !values.isEmpty,
+                      values.allSatisfy({ (1...100).contains($0) }), zip(values, values.dropFirst()).allSatisfy({ $0 < $1 }), values.last == 100 else {
+                    throw r.error(sNode, "\(at).canary.steps: increasing percentages within 1...100 ending at 100")
+                }
+                steps = values
+            }
+            var analysis: Int?
+            if let aNode = cm["analysis"] {
+                let text = try r.string(aNode, "\(at).canary.analysis")
+                guard let v = duration(text), v >= 1 else { throw r.error(aNode, "\(at).canary.analysis: '\(text)' is not a duration (e.g. 15m)") }
+                analysis = v
+            }
+            stage = Stage(name: name, kind: .canary(environment: env, steps: steps, analysisSeconds: analysis))
+            stage.timeoutSeconds = 86400
         } else {
             let w = try r.mapping(m["webhook"]!, "\(at).webhook", known: ["url", "secret", "secret_env"])
             guard let urlNode = w["url"] else { throw r.error(m["webhook"]!, "\(at).webhook: missing 'url'") }

@@ -37,7 +37,7 @@ public struct DepotService {
             services: [UploadExpiry(uploads: registry.uploads),
                        PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger),
                        WebhookDispatcher(registry: registry, hooks: config.webhooks, logger: logger),
-                       PipelineScheduler(jobs: pipelines.jobs, webhookStages: pipelines.webhookStages,
+                       PipelineScheduler(jobs: pipelines.jobs, deployments: deployments, webhookStages: pipelines.webhookStages,
                                          callbackBase: pipelines.callbackBase, logger: logger),
                        EmbeddedRunner(runner: pipelines.runner),
                        CanaryService(deployments: deployments, source: metricsSource ?? PrometheusSource(baseURL: policy.prometheusURL),

@@ -130,11 +130,11 @@ extension OCIResponder {
         switch status {
         case "succeeded":
             let output = try (body["output"] as? String).map(RequestParsing.digest)
-            updated = try await offload { try jobs.completeWebhook(id, output: output) }
+            updated = try await offload { try jobs.completeServerJob(id, output: output) }
         case "failed":
             let reason = (body["reason"] as? String) ?? "the webhook reported a failure"
             let permanent = body["permanent"] as? Bool ?? false
-            updated = try await offload { try jobs.failWebhook(id, reason: reason, permanent: permanent) }
+            updated = try await offload { try jobs.failServerJob(id, reason: "the webhook reported: \(reason)", permanent: permanent) }
         default:
             throw RegistryError(.unsupported, "status must be succeeded or failed", status: 400)
         }

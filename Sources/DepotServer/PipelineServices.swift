@@ -1,7 +1,9 @@
 import AsyncHTTPClient
 import DepotCatalog
 import DepotCore
+import DepotDeploy
 import DepotPipelines
+import DepotRegistry
 import DepotRunner
 import Foundation
 import Logging
@@ -17,6 +19,8 @@ struct WebhookStageTarget: Sendable {
 /// queue, and runs webhook stages (POST out; the signed callback completes them).
 struct PipelineScheduler: Service {
     let jobs: JobQueue?
+    /// Runs `canary` stages (nil: they wait).
+    var deployments: Deployments?
     let webhookStages: [String: WebhookStageTarget]
     let callbackBase: String
     let logger: Logger
@@ -40,6 +44,7 @@ struct PipelineScheduler: Service {
                         }
                     }
                     if !webhookStages.isEmpty { try await dispatchWebhooks(jobs) }
+                    if let deployments { try await runCanaryStages(jobs, deployments) }
                 } catch {
                     logger.error("pipelines: scheduling failed: \(error)")
                 }
@@ -50,9 +55,9 @@ struct PipelineScheduler: Service {
     }
 
     func dispatchWebhooks(_ jobs: JobQueue) async throws {
-        while let job = try await offload({ try jobs.leaseWebhookJob() }) {
+        while let job = try await offload({ try jobs.leaseServerJob(kind: "webhook") }) {
             guard let target = webhookStages["\(job.pipeline)/\(job.stage)"] else {
-                try await offload { try jobs.webhookDispatchFailed(job, reason: "the pipeline's webhook stage is no longer configured") }
+                try await offload { try jobs.serverJobDispatchFailed(job, reason: "the pipeline's webhook stage is no longer configured") }
                 continue
             }
             var input: [String: Any] = ["repository": job.inputRepository, "digest": job.inputDigest]
@@ -80,9 +85,43 @@ struct PipelineScheduler: Service {
             }
             if let failure {
                 logger.warning("job \(job.id) \(job.pipeline)/\(job.stage): \(failure)")
-                try await offload { try jobs.webhookDispatchFailed(job, reason: failure) }
+                try await offload { try jobs.serverJobDispatchFailed(job, reason: failure) }
             } else {
                 logger.info("job \(job.id) \(job.pipeline)/\(job.stage): webhook called, waiting for its callback")
+            }
+        }
+    }
+}
+
+extension PipelineScheduler {
+    /// Starts a rollout for each queued `canary` job, and ends the job when its rollout ends:
+    /// promoted → succeeded, rolled back or aborted → failed (not retried: the evidence is in).
+    func runCanaryStages(_ jobs: JobQueue, _ deployments: Deployments) async throws {
+        while let job = try await offload({ try jobs.leaseServerJob(kind: "canary") }) {
+            let spec = (try? JSONSerialization.jsonObject(with: Data(job.spec.utf8)) as? [String: Any]) ?? [:]
+            let env = spec["environment"] as? String ?? ""
+            let steps = spec["steps"] as? [Int]
+            let analysis = (spec["analysis_seconds"] as? NSNumber)?.doubleValue
+            do {
+                let repo = try RepositoryName(job.inputRepository)
+                let digest = try Digest(parsing: job.inputDigest)
+                let status = try await offload {
+                    try deployments.start(repo, env, .digest(digest), actor: "pipeline \(job.pipeline) job \(job.id)", steps: steps,
+                                          analysisSeconds: analysis, jobID: job.id)
+                }
+                logger.info("job \(job.id) \(job.pipeline)/\(job.stage): rollout \(status.rollout?.id ?? 0) of \(job.inputDigest.prefix(19)) to \(env) started")
+            } catch {
+                let e = RegistryError.from(error)
+                // A conflict (another rollout running) may clear; a bad input will not.
+                try await offload { try jobs.serverJobDispatchFailed(job, reason: "cannot start the rollout: \(e.message)", permanent: e.status != 409) }
+            }
+        }
+        for job in try await offload({ try jobs.runningServerJobs(kind: "canary") }) {
+            guard let rollout = try await offload({ try deployments.rollout(forJob: job.id) }), !rollout.isActive else { continue }
+            if rollout.state == "promoted" {
+                _ = try await offload { try jobs.completeServerJob(job.id, output: nil) }
+            } else {
+                _ = try await offload { try jobs.failServerJob(job.id, reason: "rollout \(rollout.id) \(rollout.state): \(rollout.reason ?? "")", permanent: true) }
             }
         }
     }

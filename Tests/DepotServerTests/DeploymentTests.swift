@@ -193,6 +193,31 @@ struct DeploymentTests {
         }
     }
 
+    @Test func aPipelineCanaryStageEndsWithItsRollout() async throws {
+        let yaml = "name: ship\ntrigger: {tags: [\"v*\"]}\nstages:\n  deploy: {canary: {environment: production, analysis: 1h}}\n"
+        try await PipelineHarness.run(pipelines: [yaml]) { h, client in
+            _ = try await Self.pushBundle(h, "vision/adder", "v1", marker: "1")
+            var jobs = try await h.waitJobs(timeout: 15) { $0.count == 1 && $0.allFinal }
+            #expect(jobs.first?.state == "succeeded", "the first deployment is stable at once: \(jobs.first?.reason ?? "")")
+            let v2 = try await Self.pushBundle(h, "vision/adder", "v2", marker: "2")
+            jobs = try await h.waitJobs(timeout: 15) { $0.count == 2 && $0[0].state == "running" }
+            let status = try await client.req(.get, "/depot/v1/repositories/vision/adder/deployments/production")
+            let rollout = status.json["rollout"] as? [String: Any] ?? [:]
+            #expect(rollout["state"] as? String == "running" && rollout["canary"] as? String == v2.description)
+            #expect(rollout["started_by"] as? String == "pipeline ship job \(jobs[0].id)")
+            let aborted = try await client.req(.post, "/depot/v1/repositories/vision/adder/deployments/production/abort",
+                                               body: Array(#"{"reason": "bad numbers"}"#.utf8))
+            #expect(aborted.status.code == 200)
+            jobs = try await h.waitJobs(timeout: 15) { $0.count == 2 && $0[0].isFinal }
+            #expect(jobs[0].state == "failed" && jobs[0].reason?.contains("aborted by") == true, "\(jobs[0].reason ?? "")")
+            #expect(jobs[0].attempt == 1, "a rolled-back rollout is not retried")
+            // Something that is not a Triton bundle fails the stage at once, with the reason.
+            _ = try await h.push("vision/adder", "v3", files: ["weights.bin": "x"])
+            jobs = try await h.waitJobs(timeout: 15) { $0.count == 3 && $0[0].isFinal }
+            #expect(jobs[0].state == "failed" && jobs[0].reason?.contains("is not a Triton bundle") == true, "\(jobs[0].reason ?? "")")
+        }
+    }
+
     /// Stores a Triton bundle through the registry API (no server: the store is reopened below).
     static func putBundle(_ registry: Registry, _ repo: RepositoryName, _ tag: String, marker: String) throws -> Digest {
         func blob(_ text: String) throws -> (Digest, Int) {

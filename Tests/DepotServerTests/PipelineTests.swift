@@ -270,9 +270,9 @@ struct PipelineTests {
         }
         #expect(try PipelineLoader.parse(Self.twoStages, file: "ok.yaml").stages.map(\.name) == ["upper", "count"])
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {exec: x, timeout: 10x}\n") == "x.yaml:4: stages.s.timeout: '10x' is not a duration between 1s and 7d (e.g. 90s, 10m, 2h)")
-        #expect(error("name: a\ntrigger: {}\nstages:\n  s:\n    exec: x\n    colour: red\n") == "x.yaml:6: stages.s: unknown key 'colour' (known: builtin, exec, input, labels, needs, relation, retries, tag, timeout, toolchain, webhook, with)")
+        #expect(error("name: a\ntrigger: {}\nstages:\n  s:\n    exec: x\n    colour: red\n") == "x.yaml:6: stages.s: unknown key 'colour' (known: builtin, canary, exec, input, labels, needs, relation, retries, tag, timeout, toolchain, webhook, with)")
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {builtin: compile}\n").hasPrefix("x.yaml:4: stages.s.builtin: unknown built-in 'compile'"))
-        #expect(error("name: a\ntrigger: {}\nstages:\n  s: {needs: [t]}\n").hasPrefix("x.yaml:4: stages.s: exactly one of exec, builtin or webhook"))
+        #expect(error("name: a\ntrigger: {}\nstages:\n  s: {needs: [t]}\n").hasPrefix("x.yaml:4: stages.s: exactly one of exec, builtin, webhook or canary"))
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {exec: x, needs: [t]}\n") == "x.yaml:4: stages.s.needs: no stage named 't'")
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {exec: x, needs: [t]}\n  t: {exec: y, needs: [s]}\n").contains("form a cycle"))
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {exec: x, tag: \"{{version}}\"}\n").hasPrefix("x.yaml:4: stages.s.tag: unknown variable {{version}}"))
@@ -280,6 +280,8 @@ struct PipelineTests {
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {exec: x}\n  t: {exec: y}\n  u: {exec: z, needs: [s, t]}\n").contains("say whose output is its input"))
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {webhook: {url: \"ftp://x\", secret: k}}\n").contains("is not an http(s) URL"))
         #expect(error("name: a\nstages:\n  s: {exec: x}\n").hasPrefix("x.yaml:1: missing 'trigger'"))
+        #expect(error("name: a\ntrigger: {}\nstages:\n  s: {canary: {environment: prod, steps: [50, 10]}}\n").contains("stages.s.canary.steps"))
+        #expect(error("name: a\ntrigger: {}\nstages:\n  s: {canary: {steps: [100]}}\n").contains("missing 'environment'"))
         #expect(error("name: a\ntrigger: {}\nstages: [\n").hasPrefix("x.yaml:4: not valid YAML"))
         #expect(error("name: a b\ntrigger: {}\nstages:\n  s: {exec: x}\n").hasPrefix("x.yaml:1: name: 'a b' must be"))
         // A directory with two pipelines of one name is refused, naming both files.

@@ -67,12 +67,12 @@ sys.exit(0 if jobs and final and (len(jobs) >= int(sys.argv[1]) or any(j["state"
 INPUT="$("$DEPOT" push models/iris:v1 "$T/src/model.pkl" "$T/src/sample_inputs.npy" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["digest"])')"
 [[ "$INPUT" == sha256:* ]] && ok "pushed models/iris:v1 ($INPUT)" || { bad "push of models/iris:v1"; exit 1; }
 
-# 2. The pipeline runs: convert -> optimize -> package.
-if wait_jobs 3 300; then ok "three jobs finished"; else bad "jobs did not finish in 300 s"; fi
+# 2. The pipeline runs: convert -> optimize -> package -> deploy (canary; the first deployment is stable at once).
+if wait_jobs 4 300; then ok "four jobs finished"; else bad "jobs did not finish in 300 s"; fi
 "$DEPOT" jobs list
 jobs_json > "$T/jobs.json"
 states="$("$PY" -c 'import json,sys; print(" ".join(j["stage"] + "=" + j["state"] for j in sorted(json.load(open(sys.argv[1]))["jobs"], key=lambda j: j["id"])))' "$T/jobs.json")"
-if [[ "$states" == "convert=succeeded optimize=succeeded package=succeeded" ]]; then ok "stages succeeded: $states"
+if [[ "$states" == "convert=succeeded optimize=succeeded package=succeeded deploy=succeeded" ]]; then ok "stages succeeded: $states"
 else
   bad "stages: $states"
   for id in $("$PY" -c 'import json,sys; print(" ".join(str(j["id"]) for j in json.load(open(sys.argv[1]))["jobs"] if j["state"] != "succeeded"))' "$T/jobs.json"); do
@@ -122,16 +122,21 @@ assert typed[1]["relation"] in ("quantized-from", "compiled-from"), typed[1]
 assert typed[-1]["parent"] == pushed, (typed[-1], pushed)
 EOF
 
-# 6. A replayed trigger (a second tag on the same digest) starts nothing new.
+# 6. The deploy stage made the bundle the stable version of models/iris:production (first deployment).
+BUNDLE="$("$DEPOT" inspect models/iris:v1-triton --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["digest"])')"
+stable="$("$DEPOT" rollout status models/iris production --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["deployment"].get("stable", ""))')"
+[[ "$stable" == "$BUNDLE" ]] && ok "the deploy stage made v1-triton the stable version of production" || bad "production stable: $stable, bundle $BUNDLE"
+
+# 7. A replayed trigger (a second tag on the same digest) starts nothing new.
 "$DEPOT" tag models/iris:v1 v1-again >/dev/null
 sleep 2
 n="$(jobs_json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))')"
-[[ "$n" == 3 ]] && ok "a second tag on the same digest started no job (still 3)" || bad "jobs after the replay: $n"
+[[ "$n" == 4 ]] && ok "a second tag on the same digest started no job (still 4)" || bad "jobs after the replay: $n"
 
-# 7. A model the converter cannot handle: the job fails permanently with its reason, nothing is published.
+# 8. A model the converter cannot handle: the job fails permanently with its reason, nothing is published.
 echo "not a pickle" > "$T/broken.pkl"
 "$DEPOT" push models/broken:v1 "$T/broken.pkl" --quiet >/dev/null
-wait_jobs 4 120 || true
+wait_jobs 5 120 || true
 broken="$(jobs_json --pipeline sklearn-to-triton | "$PY" -c '
 import json, sys
 j = [j for j in json.load(sys.stdin)["jobs"] if j["input"]["repository"] == "models/broken"][0]
