@@ -80,3 +80,17 @@ public enum Reference: Hashable, Sendable, CustomStringConvertible {
         }
     }
 }
+
+/// Durations as people write them in config files and flags: "90", "90s", "15m", "2h", "1d".
+public enum DurationText {
+    /// Seconds, or nil when `text` is not a duration.
+    public static func seconds(_ text: String) -> Double? {
+        let blank: (Character) -> Bool = { $0 == " " || $0 == "\t" }
+        let t = Substring(text.drop(while: blank).reversed().drop(while: blank).reversed())
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        let value: Double?
+        if let last = t.last, let unit = units[last] { value = Double(t.dropLast()).map { $0 * unit } } else { value = Double(t) }
+        guard let value, value.isFinite, value >= 0 else { return nil }
+        return value
+    }
+}

@@ -194,12 +194,10 @@ public enum PipelineLoader {
         return stage
     }
 
-    /// "90", "90s", "10m", "2h", "1d" in seconds.
+    /// Whole seconds of "90", "90s", "10m", "2h", "1d".
     public static func duration(_ text: String) -> Int? {
-        let t = text.trimmingCharacters(in: .whitespaces)
-        let units: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
-        if let last = t.last, let unit = units[last] { return Int(t.dropLast()).map { $0 * unit } }
-        return Int(t)
+        guard let s = DurationText.seconds(text), s == s.rounded(), s <= Double(Int32.max) else { return nil }
+        return Int(s)
     }
 
     static func topologicalOrder(_ stages: [Stage], cycle: (String) -> Error) throws -> [Stage] {

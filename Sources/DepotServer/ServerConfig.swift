@@ -223,13 +223,13 @@ public struct ServerConfig: Sendable, Equatable {
                 config.canary.steps = steps
             }
             if let v: String = try reader.value(s, "analysis_interval") {
-                guard let seconds = Self.duration(v), seconds >= 1 else {
+                guard let seconds = DurationText.seconds(v), seconds >= 1 else {
                     throw reader.error("canary.analysis_interval", "must be a duration of at least 1s (e.g. 15m, 90s)")
                 }
                 config.canary.analysisSeconds = seconds
             }
             if let v: String = try reader.value(s, "node_ttl") {
-                guard let seconds = Self.duration(v), seconds >= 1 else { throw reader.error("canary.node_ttl", "must be a duration (e.g. 5m)") }
+                guard let seconds = DurationText.seconds(v), seconds >= 1 else { throw reader.error("canary.node_ttl", "must be a duration (e.g. 5m)") }
                 config.canary.nodeTTLSeconds = seconds
             }
             if let raw = s["router_command"] {
@@ -247,14 +247,6 @@ public struct ServerConfig: Sendable, Equatable {
 }
 
 extension ServerConfig {
-    /// "90", "90s", "15m", "2h" in seconds.
-    static func duration(_ text: String) -> Double? {
-        let t = text.trimmingCharacters(in: .whitespaces)
-        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
-        if let last = t.last, let unit = units[last] { return Double(t.dropLast()).map { $0 * unit } }
-        return Double(t)
-    }
-
     static func check(_ m: [String: Any], index: Int, _ reader: ConfigReader) throws -> MetricCheck {
         let at = "canary.checks[\(index)]"
         try reader.rejectUnknown(m, known: ["name", "query", "max", "pause_above", "min", "pause_below", "max_ratio", "pause_ratio",

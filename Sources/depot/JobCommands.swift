@@ -159,17 +159,22 @@ struct RunnerCommand: AsyncParsableCommand {
         let runner: Runner
         do { runner = try Runner(connection: connection, options: options, logger: logger) } catch { fail("\(error)") }
         // Stop on SIGINT/SIGTERM: the current job's process group is killed with the task.
-        let task = Task { await runner.run() }
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .main)
-            source.setEventHandler { task.cancel() }
-            source.resume()
-            SignalSources.keep(source)
-        }
-        await task.value
+        await runUntilSignalled { await runner.run() }
         await connection.shutdown()
     }
+}
+
+/// Runs `body` in a task that SIGINT or SIGTERM cancels, and waits for it.
+func runUntilSignalled(_ body: @escaping @Sendable () async -> Void) async {
+    let task = Task { await body() }
+    for sig in [SIGINT, SIGTERM] {
+        signal(sig, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: sig, queue: .main)
+        source.setEventHandler { task.cancel() }
+        source.resume()
+        SignalSources.keep(source)
+    }
+    await task.value
 }
 
 /// Keeps signal sources alive for the process's life.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DepotClient
+import DepotCore
 import DepotRunner
 import Foundation
 import Logging
@@ -34,7 +35,7 @@ struct RolloutStart: AsyncParsableCommand {
             body["steps"] = list
         }
         if let analysis {
-            guard let seconds = RolloutFormat.seconds(analysis) else { fail("--analysis must be a duration such as 90s or 15m") }
+            guard let seconds = DurationText.seconds(analysis) else { fail("--analysis must be a duration such as 90s or 15m") }
             body["analysis_seconds"] = seconds
         }
         await runClient(registry) { c in
@@ -97,13 +98,6 @@ enum RolloutAction {
 }
 
 enum RolloutFormat {
-    static func seconds(_ text: String) -> Double? {
-        let t = text.trimmingCharacters(in: .whitespaces)
-        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
-        if let last = t.last, let unit = units[last] { return Double(t.dropLast()).map { $0 * unit } }
-        return Double(t)
-    }
-
     static func print(_ s: [String: Any]) {
         let d = s["deployment"] as? [String: Any] ?? [:]
         Swift.print("\(d["repository"] as? String ?? "?"):\(d["environment"] as? String ?? "?")  model \(d["model"] as? String ?? "?")")
@@ -163,15 +157,7 @@ struct TritonSyncCommand: AsyncParsableCommand {
             await connection.shutdown()
             return
         }
-        let task = Task { await sync.run() }
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .main)
-            source.setEventHandler { task.cancel() }
-            source.resume()
-            SignalSources.keep(source)
-        }
-        await task.value
+        await runUntilSignalled { await sync.run() }
         await connection.shutdown()
     }
 }
