@@ -59,6 +59,9 @@ public final class Deployments: Sendable {
     public func start(_ repository: RepositoryName, _ environment: String, _ reference: Reference, actor: String,
                       steps: [Int]? = nil, analysisSeconds: Double? = nil, jobID: Int64? = nil) throws -> Status {
         guard Reference.isValidTag(environment) else { throw RegistryError(.tagInvalid, "'\(environment.prefix(100))' is not a valid alias") }
+        guard !registry.policy.isImmutable(environment) else {
+            throw RegistryError(.denied, "'\(environment)' matches an immutable tag pattern (aliases.immutable): a rollout moves it")
+        }
         let steps = steps ?? policy.steps
         guard !steps.isEmpty, steps.allSatisfy({ (1...100).contains($0) }), zip(steps, steps.dropFirst()).allSatisfy({ $0 < $1 }),
               steps.last == 100 else {

@@ -200,14 +200,21 @@ public final class JobQueue: Sendable {
     }
 
     /// Stores the job's log (bounded by the caller) as a blob and records its digest.
+    /// A runner stopped by a cancellation may still store the log of what it did.
     public func storeLog(_ id: Int64, token: String, bytes: [UInt8]) throws -> Digest {
-        _ = try db.read { conn in try leased(conn, id, token: token) }
+        try db.read { conn in
+            guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
+            guard job.leaseToken == token, ["leased", "running", "cancelled"].contains(job.state) else {
+                throw RegistryError(.conflict, "job \(id) is \(job.state) and no longer leased with this token")
+            }
+        }
         let writer = try registry.store.makeWriter()
         do {
             try writer.write(bytes)
             let result = try writer.finish(retain: "job-log")
             try db.write { conn in
-                _ = try conn.updateLeasedJob(id, token: token, set: "log_digest = ?, updated_at = ?", [.text(result.digest.description), .int(Self.now())])
+                try conn.runArgs("UPDATE jobs SET log_digest = ?, updated_at = ? WHERE id = ? AND lease_token = ?",
+                                 [.text(result.digest.description), .int(Self.now()), .int(id), .text(token)])
             }
             return result.digest
         } catch {

@@ -173,6 +173,8 @@ struct PipelineTests {
                 let deadline = Date().addingTimeInterval(10)
                 while kill(child, 0) == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
                 #expect(kill(child, 0) != 0, "the stage's background child was killed too")
+                let stopped = try await h.waitJobs(timeout: 10) { $0.first?.logDigest != nil }
+                #expect(try h.log(stopped[0]).contains("stopped: cancelled"), "the log of a cancelled job is kept")
                 let again = try await client.req(.post, "/depot/v1/jobs/\(running[0].id)/cancel")
                 #expect(again.status.code == 409)
                 FileManager.default.createFile(atPath: gate, contents: nil)
