@@ -31,7 +31,6 @@ default 1.0).
 Exit status: 0 done; 78 the input can never work here (no model.onnx, unknown parameter value,
 tensorrt requested without a GPU, an ONNX model TensorRT cannot parse); 1 other failures.
 """
-import importlib.metadata
 import json
 import os
 import re
@@ -42,31 +41,16 @@ import sys
 import tempfile
 import time
 
+import depot_hook
+from depot_hook import EX_CONFIG, StageError, choice_param, fmt, log, number_param, stage_dirs, write_result
+
 HOOK = "accelerate"
 HOOK_VERSION = 1
 ONNX_ARTIFACT_TYPE = "application/vnd.depot.onnx.v1"
 TENSORRT_ARTIFACT_TYPE = "application/vnd.depot.tensorrt.plan.v1"  # ModelMediaType.tensorrtPlan (DepotClient)
-EX_CONFIG = 78
 SAMPLE_FILES = ("sample_inputs.npy", "sample_outputs.npz")
 
-
-class StageError(Exception):
-    def __init__(self, message, code=1):
-        super().__init__(message)
-        self.code = code
-
-
-def log(msg):
-    print(f"{HOOK}: {msg}", flush=True)
-
-
-def dist_version(*names):
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+depot_hook.setup(HOOK, HOOK_VERSION)
 
 
 def trtexec_version(trtexec):
@@ -83,70 +67,10 @@ def trtexec_version(trtexec):
 
 
 def toolchain():
-    parts = [f"{HOOK}/{HOOK_VERSION}", "python=%d.%d.%d" % sys.version_info[:3]]
-    for label, dists in [("onnx", ["onnx"]), ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"]), ("numpy", ["numpy"])]:
-        parts.append(f"{label}={dist_version(*dists) or 'absent'}")
     trtexec = shutil.which("trtexec")
-    if trtexec:
-        parts.append(f"tensorrt={trtexec_version(trtexec) or 'unknown'}")
-    return " ".join(parts)
-
-
-def param(name, default=None):
-    v = os.environ.get("DEPOT_PARAM_" + name.upper())
-    if v is not None:
-        return v
-    raw = os.environ.get("DEPOT_PARAMS")
-    if raw:
-        try:
-            params = json.loads(raw)
-        except ValueError:
-            raise StageError(f"DEPOT_PARAMS is not valid JSON: {raw[:200]!r}", EX_CONFIG)
-        if isinstance(params, dict) and params.get(name) is not None:
-            return str(params[name])
-    return default
-
-
-def choice_param(name, choices, default):
-    v = (param(name) or default).strip().lower()
-    if v not in choices:
-        raise StageError(f"parameter {name}={v!r} must be one of {', '.join(choices)}", EX_CONFIG)
-    return v
-
-
-def number_param(name, default, kind=float, low=0):
-    v = param(name)
-    if v is None or v == "":
-        return default
-    try:
-        x = kind(v)
-    except ValueError:
-        raise StageError(f"parameter {name}={v!r} is not a{'n integer' if kind is int else ' number'}", EX_CONFIG)
-    if not x >= low:
-        raise StageError(f"parameter {name}={v!r} must be >= {low}", EX_CONFIG)
-    return x
-
-
-def write_result(result):
-    print(f"{HOOK}: result " + json.dumps(result, sort_keys=True), flush=True)
-    path = os.environ.get("DEPOT_RESULT")
-    if path:
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
-
-
-def fmt(x):
-    return "%.3g" % x
-
-
-def stage_dirs():
-    inp, out = os.environ.get("DEPOT_INPUT_DIR"), os.environ.get("DEPOT_OUTPUT_DIR")
-    if not inp or not os.path.isdir(inp):
-        raise StageError(f"DEPOT_INPUT_DIR is not set or not a directory: {inp!r}", EX_CONFIG)
-    if not out:
-        raise StageError("DEPOT_OUTPUT_DIR is not set", EX_CONFIG)
-    os.makedirs(out, exist_ok=True)
-    return inp, out
+    return depot_hook.toolchain_line(
+        [("onnx", ["onnx"]), ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"]), ("numpy", ["numpy"])],
+        extra=[f"tensorrt={trtexec_version(trtexec) or 'unknown'}"] if trtexec else [])
 
 
 def gpu_compute_capability():
@@ -510,23 +434,5 @@ def run():
     return accelerate_cpu(inp, out, model_path)
 
 
-def main(argv):
-    if "--toolchain" in argv[1:]:
-        print(toolchain())
-        return 0
-    if len(argv) > 1:
-        print(f"usage: {os.path.basename(argv[0])} [--toolchain]  (inputs come from DEPOT_* environment variables)",
-              file=sys.stderr)
-        return 2
-    t0 = time.monotonic()
-    try:
-        rc = run()
-    except StageError as e:
-        print(f"{HOOK}: error: {e}", file=sys.stderr, flush=True)
-        return e.code
-    log(f"done in {time.monotonic() - t0:.2f} s")
-    return rc
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(depot_hook.main(sys.argv, run, toolchain))

@@ -22,12 +22,10 @@ code when loaded, only for inputs you trust).
 
 Exit status: 0 done; 78 the input can never be converted on this runner (unknown format, missing
 library, unconvertible model); 1 the conversion ran but failed verification, or another error.
-`--toolchain` prints the hook version and library versions (part of the job's memoization key).
+`--toolchain` prints the hook version, library versions and the hash of the shared depot_hook.py (the line
+is part of the job's memoization key).
 """
-import importlib
-import importlib.metadata
 import importlib.util
-import json
 import os
 import pickle
 import re
@@ -36,121 +34,28 @@ import sys
 import time
 import warnings
 
+import depot_hook
+from depot_hook import EX_CONFIG, StageError, bool_param, fmt, log, number_param, param, shape_param, stage_dirs, write_result
+
 HOOK = "convert"
 HOOK_VERSION = 1
 ONNX_ARTIFACT_TYPE = "application/vnd.depot.onnx.v1"
 RELATION = "converted-from"
-EX_CONFIG = 78
 
 SKLEARN_EXT = (".pkl", ".pickle", ".joblib")
 TORCH_EXT = (".pt", ".pth")
 
-
-class StageError(Exception):
-    """An expected failure: printed as one line on stderr, no traceback."""
-
-    def __init__(self, message, code=1):
-        super().__init__(message)
-        self.code = code
-
-
-def log(msg):
-    print(f"{HOOK}: {msg}", flush=True)
-
-
-def dist_version(*names):
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+# A list-valued parameter given in DEPOT_PARAMS (input_shape: [1, 3, 224, 224]) reaches shape_param as JSON.
+depot_hook.setup(HOOK, HOOK_VERSION, structured_params_as_json=True)
 
 
 def toolchain():
-    parts = [f"{HOOK}/{HOOK_VERSION}", "python=%d.%d.%d" % sys.version_info[:3]]
-    for label, dists in [("skl2onnx", ["skl2onnx"]), ("onnx", ["onnx"]), ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"]),
-                         ("scikit-learn", ["scikit-learn"]), ("numpy", ["numpy"])]:
-        parts.append(f"{label}={dist_version(*dists) or 'absent'}")
-    # Optional converters appear only when installed, so a runner without them keeps its key.
-    for label, dists in [("joblib", ["joblib"]), ("torch", ["torch"]), ("tensorflow", ["tensorflow", "tensorflow-cpu"]),
-                         ("tf2onnx", ["tf2onnx"])]:
-        v = dist_version(*dists)
-        if v:
-            parts.append(f"{label}={v}")
-    return " ".join(parts)
-
-
-def param(name, default=None):
-    v = os.environ.get("DEPOT_PARAM_" + name.upper())
-    if v is not None:
-        return v
-    raw = os.environ.get("DEPOT_PARAMS")
-    if raw:
-        try:
-            params = json.loads(raw)
-        except ValueError:
-            raise StageError(f"DEPOT_PARAMS is not valid JSON: {raw[:200]!r}", EX_CONFIG)
-        if isinstance(params, dict) and params.get(name) is not None:
-            v = params[name]
-            return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-    return default
-
-
-def float_param(name, default):
-    v = param(name)
-    if v is None or v == "":
-        return default
-    try:
-        f = float(v)
-    except ValueError:
-        raise StageError(f"parameter {name}={v!r} is not a number", EX_CONFIG)
-    if not f >= 0:
-        raise StageError(f"parameter {name}={v!r} must be >= 0", EX_CONFIG)
-    return f
-
-
-def bool_param(name, default=False):
-    v = param(name)
-    if v is None or v == "":
-        return default
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise StageError(f"parameter {name}={v!r} is not a boolean (true/false)", EX_CONFIG)
-
-
-def shape_param(name):
-    v = param(name)
-    if v is None or v.strip() == "":
-        return None
-    try:
-        dims = json.loads(v) if v.strip().startswith("[") else [int(x) for x in v.replace("x", ",").split(",") if x.strip()]
-        dims = [int(d) for d in dims]
-    except (ValueError, TypeError):
-        raise StageError(f"parameter {name}={v!r} is not a shape like 1,3,224,224", EX_CONFIG)
-    if not dims or any(d <= 0 for d in dims):
-        raise StageError(f"parameter {name}={v!r} must list positive dimensions", EX_CONFIG)
-    return dims
-
-
-def stage_dirs():
-    inp, out = os.environ.get("DEPOT_INPUT_DIR"), os.environ.get("DEPOT_OUTPUT_DIR")
-    if not inp or not os.path.isdir(inp):
-        raise StageError(f"DEPOT_INPUT_DIR is not set or not a directory: {inp!r}", EX_CONFIG)
-    if not out:
-        raise StageError("DEPOT_OUTPUT_DIR is not set", EX_CONFIG)
-    os.makedirs(out, exist_ok=True)
-    return inp, out
-
-
-def write_result(result):
-    print(f"{HOOK}: result " + json.dumps(result, sort_keys=True), flush=True)
-    path = os.environ.get("DEPOT_RESULT")
-    if path:
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
+    return depot_hook.toolchain_line(
+        [("skl2onnx", ["skl2onnx"]), ("onnx", ["onnx"]), ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"]),
+         ("scikit-learn", ["scikit-learn"]), ("numpy", ["numpy"])],
+        # Optional converters appear only when installed, so a runner without them keeps its key.
+        optional=[("joblib", ["joblib"]), ("torch", ["torch"]), ("tensorflow", ["tensorflow", "tensorflow-cpu"]),
+                  ("tf2onnx", ["tf2onnx"])])
 
 
 def first_sentence(e, limit=300):
@@ -158,10 +63,6 @@ def first_sentence(e, limit=300):
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().replace("\n", " ")
     m = re.match(r"(.+?[.!?])(\s|$)", text)
     return (m.group(1) if m else text)[:limit]
-
-
-def fmt(x):
-    return "%.3g" % x
 
 
 def list_files(root):
@@ -613,7 +514,7 @@ def convert_tensorflow(inp, out, rel, files, tolerance):
 
 def run():
     inp, out = stage_dirs()
-    tolerance = float_param("tolerance", 1e-4)
+    tolerance = number_param("tolerance", 1e-4)
     (fmt_name, rel), files = find_model(inp)
     log(f"input {inp}: {len(files)} file(s); converting {rel} ({fmt_name}); tolerance {fmt(tolerance)}")
     for mod in ("numpy", "onnx", "onnxruntime"):
@@ -626,23 +527,5 @@ def run():
     return convert_tensorflow(inp, out, "" if rel == "." else rel, files, tolerance)
 
 
-def main(argv):
-    if "--toolchain" in argv[1:]:
-        print(toolchain())
-        return 0
-    if len(argv) > 1:
-        print(f"usage: {os.path.basename(argv[0])} [--toolchain]  (inputs come from DEPOT_* environment variables)",
-              file=sys.stderr)
-        return 2
-    t0 = time.monotonic()
-    try:
-        rc = run()
-    except StageError as e:
-        print(f"{HOOK}: error: {e}", file=sys.stderr, flush=True)
-        return e.code
-    log(f"done in {time.monotonic() - t0:.2f} s")
-    return rc
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(depot_hook.main(sys.argv, run, toolchain))

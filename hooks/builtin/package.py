@@ -26,21 +26,23 @@ triton_image (default nvcr.io/nvidia/tritonserver:24.10-py3), onnxruntime_versio
 Exit status: 0 done; 78 the input or parameters can never work (no model, bad name, backend that
 does not fit the model); 1 other failures.
 """
-import importlib.metadata
 import json
 import os
 import re
 import shutil
 import sys
-import time
+
+import depot_hook
+from depot_hook import EX_CONFIG, StageError, log, param, stage_dirs, write_result
 
 HOOK = "package"
 HOOK_VERSION = 1
 TRITON_ARTIFACT_TYPE = "application/vnd.depot.triton.bundle.v1"  # ModelMediaType.tritonBundle (DepotClient)
 RELATION = "packaged-from"
-EX_CONFIG = 78
 BACKENDS = ("python-onnxruntime", "onnxruntime", "tensorrt")
 DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+
+depot_hook.setup(HOOK, HOOK_VERSION)
 
 # ONNX TensorProto element types -> Triton data types.
 TRITON_TYPES = {
@@ -111,63 +113,9 @@ class TritonPythonModel:
 '''
 
 
-class StageError(Exception):
-    def __init__(self, message, code=1):
-        super().__init__(message)
-        self.code = code
-
-
-def log(msg):
-    print(f"{HOOK}: {msg}", flush=True)
-
-
-def dist_version(*names):
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def toolchain():
-    parts = [f"{HOOK}/{HOOK_VERSION}", "python=%d.%d.%d" % sys.version_info[:3]]
-    for label, dists in [("onnx", ["onnx"]), ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"]), ("numpy", ["numpy"])]:
-        parts.append(f"{label}={dist_version(*dists) or 'absent'}")
-    return " ".join(parts)
-
-
-def param(name, default=None):
-    v = os.environ.get("DEPOT_PARAM_" + name.upper())
-    if v is not None:
-        return v
-    raw = os.environ.get("DEPOT_PARAMS")
-    if raw:
-        try:
-            params = json.loads(raw)
-        except ValueError:
-            raise StageError(f"DEPOT_PARAMS is not valid JSON: {raw[:200]!r}", EX_CONFIG)
-        if isinstance(params, dict) and params.get(name) is not None:
-            return str(params[name])
-    return default
-
-
-def write_result(result):
-    print(f"{HOOK}: result " + json.dumps(result, sort_keys=True), flush=True)
-    path = os.environ.get("DEPOT_RESULT")
-    if path:
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
-
-
-def stage_dirs():
-    inp, out = os.environ.get("DEPOT_INPUT_DIR"), os.environ.get("DEPOT_OUTPUT_DIR")
-    if not inp or not os.path.isdir(inp):
-        raise StageError(f"DEPOT_INPUT_DIR is not set or not a directory: {inp!r}", EX_CONFIG)
-    if not out:
-        raise StageError("DEPOT_OUTPUT_DIR is not set", EX_CONFIG)
-    os.makedirs(out, exist_ok=True)
-    return inp, out
+    return depot_hook.toolchain_line(
+        [("onnx", ["onnx"]), ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"]), ("numpy", ["numpy"])])
 
 
 def model_name():
@@ -360,23 +308,5 @@ def run():
     return 0
 
 
-def main(argv):
-    if "--toolchain" in argv[1:]:
-        print(toolchain())
-        return 0
-    if len(argv) > 1:
-        print(f"usage: {os.path.basename(argv[0])} [--toolchain]  (inputs come from DEPOT_* environment variables)",
-              file=sys.stderr)
-        return 2
-    t0 = time.monotonic()
-    try:
-        rc = run()
-    except StageError as e:
-        print(f"{HOOK}: error: {e}", file=sys.stderr, flush=True)
-        return e.code
-    log(f"done in {time.monotonic() - t0:.2f} s")
-    return rc
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(depot_hook.main(sys.argv, run, toolchain))
