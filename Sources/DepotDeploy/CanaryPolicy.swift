@@ -9,6 +9,8 @@ public struct CanaryPolicy: Sendable, Equatable {
     public var checks: [MetricCheck] = MetricCheck.tritonDefaults
     /// A command run on every weight change (argv; `DEPOT_*` environment), for traffic routers.
     public var routerCommand: [String]?
+    /// A URL POSTed a JSON description on every weight change, for traffic routers.
+    public var routerURL: String?
     /// Nodes not heard from for this long are not counted when nodes are split.
     public var nodeTTLSeconds: Double = 300
 

@@ -82,10 +82,33 @@ struct CanaryService: Service {
     }
 }
 
-/// Runs the configured router command on every weight change, with the deployment in its
-/// environment (`DEPOT_DEPLOYMENT`, `DEPOT_MODEL`, `DEPOT_STABLE_DIGEST`, `DEPOT_CANARY_DIGEST`,
-/// `DEPOT_CANARY_WEIGHT`). Bounded to 60 s; failures are logged.
+/// Tells a traffic router about every weight change: the configured command, run with the
+/// deployment in its environment (`DEPOT_DEPLOYMENT`, `DEPOT_MODEL`, `DEPOT_STABLE_DIGEST`,
+/// `DEPOT_CANARY_DIGEST`, `DEPOT_CANARY_WEIGHT`), and/or a POST of the same as JSON. Bounded to
+/// 60 s; failures are logged (the node split goes on regardless).
 enum RouterHook {
+    static func post(_ url: String, _ d: DeploymentRecord, logger: Logger) {
+        let body: [String: Any] = ["deployment": "\(d.repository):\(d.environment)", "repository": d.repository, "environment": d.environment,
+                                   "model": d.modelName, "stable": d.stable ?? "", "canary": d.canary ?? "",
+                                   "weight": d.canary == nil ? 0 : d.weight]
+        let bytes = Array((try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data())
+        Task {
+            var request = HTTPClientRequest(url: url)
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(bytes)
+            do {
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+                _ = try? await response.body.collect(upTo: 64 << 10)
+                if !(200..<300).contains(Int(response.status.code)) {
+                    logger.error("router hook \(url) answered HTTP \(response.status.code) for \(d.repository):\(d.environment)")
+                }
+            } catch {
+                logger.error("router hook \(url): \(error)")
+            }
+        }
+    }
+
     static func run(_ argv: [String], _ d: DeploymentRecord, logger: Logger) {
         guard let program = argv.first else { return }
         DispatchQueue(label: "depot.router-hook").async {

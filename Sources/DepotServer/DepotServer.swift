@@ -27,6 +27,7 @@ public struct DepotService {
         let policy = config.canary
         let deployments = Deployments(registry: registry, policy: policy) { d in
             if let argv = policy.routerCommand { RouterHook.run(argv, d, logger: logger) }
+            if let url = policy.routerURL { RouterHook.post(url, d, logger: logger) }
         }
         let responder = OCIResponder(registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
                                      callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments)

@@ -232,6 +232,12 @@ public struct ServerConfig: Sendable, Equatable {
                 guard let seconds = DurationText.seconds(v), seconds >= 1 else { throw reader.error("canary.node_ttl", "must be a duration (e.g. 5m)") }
                 config.canary.nodeTTLSeconds = seconds
             }
+            if let v: String = try reader.value(s, "router_url") {
+                guard let u = URL(string: v), ["http", "https"].contains(u.scheme ?? ""), u.host != nil else {
+                    throw reader.error("canary.router_url", "must be an http(s) URL")
+                }
+                config.canary.routerURL = v
+            }
             if let raw = s["router_command"] {
                 guard let argv = raw as? [String], !argv.isEmpty else { throw reader.error("canary.router_command", "must be a non-empty list (argv)") }
                 config.canary.routerCommand = argv
@@ -340,7 +346,7 @@ final class ConfigReader {
             "uploads": ["timeout_seconds", "max_sessions"],
             "aliases": ["protected", "immutable"],
             "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "callback_url", "runner"],
-            "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "checks"],
+            "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "router_url", "checks"],
         ]
         try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")
     }

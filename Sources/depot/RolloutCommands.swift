@@ -111,6 +111,14 @@ enum RolloutFormat {
             for e in r["decisions"] as? [[String: Any]] ?? [] {
                 Swift.print("    \(e["at"] as? String ?? "?")  \(e["decision"] as? String ?? "?")  \(e["weight"] ?? "?")%  \(e["actor"] as? String ?? "")  \(e["reason"] as? String ?? "")")
             }
+            // The last analysis's values.
+            if let last = (r["decisions"] as? [[String: Any]] ?? []).last(where: { $0["measurements"] != nil }),
+               let ms = (last["measurements"] as? [String: Any])?["measurements"] as? [[String: Any]] {
+                Swift.print("  last analysis:")
+                for m in ms {
+                    Swift.print("    \(m["check"] as? String ?? "?"): \(m["outcome"] as? String ?? "?") — \(m["detail"] as? String ?? "")")
+                }
+            }
         }
         for n in s["nodes"] as? [[String: Any]] ?? [] {
             Swift.print("  node \(n["node"] as? String ?? "?"): \(n["state"] as? String ?? "asked") \(short(n["digest"]))\((n["version"]).map { " v\($0)" } ?? "")\((n["reason"] as? String).map { " — \($0.prefix(200))" } ?? "")")

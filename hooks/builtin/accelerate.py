@@ -41,7 +41,8 @@ import sys
 import tempfile
 import time
 
-import depot_hook
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared module, even under PYTHONSAFEPATH
+import depot_hook  # noqa: E402
 from depot_hook import EX_CONFIG, StageError, choice_param, fmt, log, number_param, stage_dirs, write_result
 
 HOOK = "accelerate"

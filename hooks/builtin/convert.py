@@ -34,7 +34,8 @@ import sys
 import time
 import warnings
 
-import depot_hook
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared module, even under PYTHONSAFEPATH
+import depot_hook  # noqa: E402
 from depot_hook import EX_CONFIG, StageError, bool_param, fmt, log, number_param, param, shape_param, stage_dirs, write_result
 
 HOOK = "convert"

@@ -32,7 +32,8 @@ import re
 import shutil
 import sys
 
-import depot_hook
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared module, even under PYTHONSAFEPATH
+import depot_hook  # noqa: E402
 from depot_hook import EX_CONFIG, StageError, log, param, stage_dirs, write_result
 
 HOOK = "package"

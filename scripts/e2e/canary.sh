@@ -48,12 +48,14 @@ MODEL=adder
 REPO=demo/adder
 status() { "$DEPOT" rollout status "$REPO" production --json; }
 
-# Bundles: v1 and v2 healthy (v2 differs only by a comment), v3 raises, v4 sleeps 300 ms a request.
-for v in 1 2 3 4; do
-  case $v in 1|2) b=ok;; 3) b=fail;; 4) b=slow;; esac
+# Bundles: v1 and v2 healthy (v2 differs only by a comment), v3 raises, v4 sleeps 300 ms a request,
+# v5 cannot even be loaded (its model.py raises at import).
+for v in 1 2 3 4 5; do
+  case $v in 1|2|5) b=ok;; 3) b=fail;; 4) b=slow;; esac
   "$PY" Tests/e2e/make_bundle.py "$T/b$v" --model-name "$MODEL" --behaviour "$b" --delay-ms 300 >/dev/null || { bad "make_bundle v$v"; exit 1; }
   echo "# bundle v$v" >> "$T/b$v/$MODEL/1/model.py"
 done
+printf 'raise RuntimeError("v5 cannot start: missing weights")\n' | cat - "$T/b5/$MODEL/1/model.py" > "$T/m5" && mv "$T/m5" "$T/b5/$MODEL/1/model.py"
 
 # Prometheus scrapes both Triton metrics ports (chosen now, used by the nodes below).
 MA="$(free_port)"; MB="$(free_port)"; PROM_PORT="$(free_port)"
@@ -81,7 +83,7 @@ EOF
 wait_for 20 "depot serve" curl -sf "$DEPOT_REGISTRY/healthz" || exit 1
 
 # (0) v1 is the first deployment: stable at once.
-for v in 1 2 3 4; do "$DEPOT" push "$REPO:v$v" "$T/b$v" --quiet >/dev/null || { bad "push v$v"; exit 1; }; done
+for v in 1 2 3 4 5; do "$DEPOT" push "$REPO:v$v" "$T/b$v" --quiet >/dev/null || { bad "push v$v"; exit 1; }; done
 V1="$("$DEPOT" inspect "$REPO:v1" --json | json 'd["digest"]')"
 V2="$("$DEPOT" inspect "$REPO:v2" --json | json 'd["digest"]')"
 V3="$("$DEPOT" inspect "$REPO:v3" --json | json 'd["digest"]')"
@@ -169,6 +171,19 @@ assert [e["decision"] for e in r["decisions"]] == ["start", "rollback"], r["deci
 assert "latency" in r["reason"], r["reason"]
 EOF
 wait_for 60 "both nodes back on v2" nodes_on "$V2" && ok "both nodes are back on v2 again"
+
+# (d) a version a node cannot load: triton-sync keeps serving v2, reports the failure, and the rollout is rolled back.
+"$DEPOT" rollout start "$REPO" production v5 > /dev/null && ok "rollout of v5 (fails to load) started" || bad "rollout start v5"
+wait_for 60 "v5 to be rolled back" bash -c "[[ \$('$DEPOT' rollout status '$REPO' production --json | '$PY' -c 'import json,sys; print(json.load(sys.stdin)[\"rollout\"][\"state\"])') == rolled-back ]]"
+status > "$T/d.json"
+"$PY" - "$T/d.json" <<'EOF' && ok "v5 rolled back: $(json 'd["rollout"]["reason"]' < "$T/d.json" | cut -c1-220)" || bad "scenario (d): $(head -c 1500 "$T/d.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))["rollout"]
+assert [e["decision"] for e in r["decisions"]] == ["start", "rollback"], r["decisions"]
+assert "v5 cannot start" in r["reason"], r["reason"]
+EOF
+grep -q "failed to load" "$T"/sync?.log && ok "triton-sync logged the load failure and restored the previous version" || bad "triton-sync logs: $(tail -n 5 "$T"/sync?.log)"
+wait_for 60 "both nodes on v2" nodes_on "$V2" && ok "both nodes serve v2"
 
 # The served facts and the audit journal.
 served="$(curl -sf "$DEPOT_REGISTRY/depot/v1/lineage/$V3/served")"
