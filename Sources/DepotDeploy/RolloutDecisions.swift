@@ -14,17 +14,32 @@ extension Deployments {
         public var failedNodes: [String]
     }
 
-    /// Running rollouts whose step has lasted the analysis interval.
+    /// Running rollouts whose step has lasted the analysis interval, counted from when the nodes
+    /// meant to serve the canary report it ready (a node still pulling or loading would make the
+    /// first minutes of the window about the stable version). A node that failed to load the
+    /// canary makes the analysis due at once; nodes that never report are waited for at most
+    /// two more intervals (then their missing data pauses the rollout).
     public func dueAnalyses(now: Int64? = nil) throws -> [DueAnalysis] {
         let now = now ?? Self.now()
         return try db.write { conn in
             try conn.runningRollouts().filter { now - $0.stepStartedAt >= $0.analysisMs }.compactMap { r in
                 guard let d = try conn.deployment(id: r.deploymentID) else { return nil }
-                let canaryVersion = try conn.deploymentVersion(d.id, digest: r.canary)
-                let stableVersion = try r.stable.map { try conn.deploymentVersion(d.id, digest: $0) }
-                let failed = try conn.nodes(deployment: d.id).filter {
+                let nodes = try conn.nodes(deployment: d.id)
+                let failed = nodes.filter {
                     $0.digest == r.canary && $0.state == "failed" && ($0.reportedAt ?? 0) >= r.createdAt
                 }.map { "\($0.node): \($0.reason ?? "failed to load")" }
+                if failed.isEmpty {
+                    let ttl = Int64(policy.nodeTTLSeconds * 1000)
+                    let active = nodes.filter { now - $0.seenAt <= ttl }
+                    let expected = Self.canaryNodes(active.map(\.node), weight: r.weight, salt: "\(d.id)").count
+                    let ready = active.filter { $0.digest == r.canary && $0.state == "ready" }
+                    let servingSince = max(r.stepStartedAt, ready.compactMap(\.reportedAt).max() ?? 0)
+                    let waitedTooLong = now - r.stepStartedAt >= 3 * r.analysisMs
+                    if ready.count < expected && !waitedTooLong { return nil }
+                    if now - servingSince < r.analysisMs && !waitedTooLong { return nil }
+                }
+                let canaryVersion = try conn.deploymentVersion(d.id, digest: r.canary)
+                let stableVersion = try r.stable.map { try conn.deploymentVersion(d.id, digest: $0) }
                 return DueAnalysis(rollout: r, deployment: d,
                                    context: .init(model: d.modelName, canaryVersion: canaryVersion, stableVersion: stableVersion, weight: r.weight),
                                    failedNodes: failed)

@@ -46,6 +46,7 @@ struct DeploymentTests {
     static func policy() -> CanaryPolicy {
         var p = CanaryPolicy()
         p.analysisSeconds = 3600   // the server's own controller never finds these due; the test drives them
+        p.nodeTTLSeconds = 36_000  // the test jumps the clock an hour ahead
         return p
     }
 
@@ -98,6 +99,9 @@ struct DeploymentTests {
             #expect(try h.registry.manifest(repo, .tag("production")).digest == v2, "the alias names the desired version")
             Self.passAll(m)
             for expected in ["advance", "advance", "advance", "promote"] {
+                // Node n1 syncs as triton-sync would: what it resolves, it serves and reports.
+                let r = try d.resolve(repo, "production", node: "n1")
+                try d.report(repo, "production", node: "n1", digest: r.digest, version: r.version, state: "ready", reason: nil)
                 #expect(try await Self.analyse(d, m) == [expected])
             }
             let promoted = try d.status(repo, "production")
@@ -239,6 +243,25 @@ struct DeploymentTests {
         ]
         let bytes = Array(try JSONSerialization.data(withJSONObject: manifest, options: [.sortedKeys]))
         return try registry.putManifest(repo, .tag(tag), contentType: MediaType.ociManifest, bytes: bytes).digest
+    }
+
+    @Test func theAnalysisWaitsForTheCanaryNodesToServeIt() async throws {
+        try await PipelineHarness.run(pipelines: []) { h, _ in
+            let repo = try RepositoryName("vision/adder")
+            let d = Deployments(registry: h.registry, policy: Self.policy())
+            let m = ScriptedMetrics(policy: d.policy)
+            Self.passAll(m)
+            _ = try await Self.pushBundle(h, repo.value, "v1", marker: "1")
+            _ = try await Self.pushBundle(h, repo.value, "v2", marker: "2")
+            _ = try d.start(repo, "production", .tag("v1"), actor: "ops")
+            for n in ["node-a", "node-b"] { _ = try d.resolve(repo, "production", node: n) }
+            _ = try d.start(repo, "production", .tag("v2"), actor: "ops")
+            let canary = try ["node-a", "node-b"].first { try d.resolve(repo, "production", node: $0).role == "canary" }!
+            #expect(try await Self.analyse(d, m).isEmpty, "its node has not reported the canary ready: not analysed yet")
+            let r = try d.resolve(repo, "production", node: canary)
+            try d.report(repo, "production", node: canary, digest: r.digest, version: r.version, state: "ready", reason: nil)
+            #expect(try await Self.analyse(d, m) == ["advance"])
+        }
     }
 
     @Test func theControllerCarriesOnAfterARestart() async throws {

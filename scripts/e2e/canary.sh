@@ -73,11 +73,12 @@ canary:
       query: 'sum(rate(nv_inference_request_failure{model="{{model}}",version="{{version}}"}[{{window}}])) / (sum(rate(nv_inference_request_success{model="{{model}}",version="{{version}}"}[{{window}}])) + sum(rate(nv_inference_request_failure{model="{{model}}",version="{{version}}"}[{{window}}])))'
       max: 0.01
       pause_above: 0.005
-    # Loopback latencies of a tiny model are ~0.5 ms and noisy between two nodes: wide ratios here.
+    # Loopback latencies of a tiny model are ~0.5 ms, and two nodes on two busy cores differ by up
+    # to ~7x (measured while a build ran): wide ratios here. The slow bundle is ~600x.
     - name: latency
       query: 'sum(rate(nv_inference_request_duration_us{model="{{model}}",version="{{version}}"}[{{window}}])) / sum(rate(nv_inference_request_success{model="{{model}}",version="{{version}}"}[{{window}}]))'
-      max_ratio: 10
-      pause_ratio: 6
+      max_ratio: 50
+      pause_ratio: 20
 EOF
 "$DEPOT" serve --config "$T/depot.yaml" > "$T/depot.log" 2>&1 & PIDS+=($!)
 wait_for 20 "depot serve" curl -sf "$DEPOT_REGISTRY/healthz" || exit 1
