@@ -44,6 +44,8 @@ public final class TritonSync: Sendable {
     let serving = Locked<Serving?>(nil)
     /// A digest that failed to load, and when: not retried for a while.
     let failed = Locked<(String, Date)?>(nil)
+    /// The digest last reported ready (after a failed load the node reports what it went back to).
+    let reported = Locked<String?>(nil)
 
     public init(connection: RegistryConnection, options: TritonSyncOptions, logger: Logger) throws {
         self.connection = connection
@@ -82,7 +84,13 @@ public final class TritonSync: Sendable {
         }
         if let current = serving.withLock({ $0 }), current.digest == digest {
             // Still what we serve: make sure Triton agrees (a restarted Triton loads nothing in explicit mode).
-            if try await versionReady(model, version) { return }
+            if try await versionReady(model, version) {
+                if reported.withLock({ $0 }) != digest {
+                    try await report(digest: digest, version: version, state: "ready", reason: nil)
+                    reported.withLock { $0 = digest }
+                }
+                return
+            }
             logger.notice("triton-sync \(options.node): \(model) version \(version) is not ready in Triton; loading it again")
         }
         if let (d, at) = failed.withLock({ $0 }), d == digest, Date().timeIntervalSince(at) < 30 { return }
@@ -91,9 +99,11 @@ public final class TritonSync: Sendable {
             serving.withLock { $0 = Serving(digest: digest, version: version, model: model) }
             failed.withLock { $0 = nil }
             try await report(digest: digest, version: version, state: "ready", reason: nil)
+            reported.withLock { $0 = digest }
             logger.info("triton-sync \(options.node): serving \(model) version \(version) (\(digest.prefix(19)), \(wanted["role"] as? String ?? "?"))")
         } catch let e as LoadFailure {
             failed.withLock { $0 = (digest, Date()) }
+            reported.withLock { $0 = nil }
             logger.error("triton-sync \(options.node): \(model) version \(version) failed to load: \(e.message)")
             try? await report(digest: digest, version: version, state: "failed", reason: e.message)
             throw ClientError("\(model) version \(version) (\(digest.prefix(19))) failed to load: \(e.message)")
