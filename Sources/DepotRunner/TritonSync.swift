@@ -93,6 +93,16 @@ public final class TritonSync: Sendable {
             }
             logger.notice("triton-sync \(options.node): \(model) version \(version) is not ready in Triton; loading it again")
         }
+        if serving.withLock({ $0 }) == nil,
+           (try? String(contentsOfFile: "\(options.modelRepository)/\(model)/\(version)/\(Self.digestMarker)", encoding: .utf8)) == digest,
+           try await versionReady(model, version) {
+            // Restarted agent, Triton already serving what is wanted (laid out by us): adopt it.
+            serving.withLock { $0 = Serving(digest: digest, version: version, model: model) }
+            try await report(digest: digest, version: version, state: "ready", reason: nil)
+            reported.withLock { $0 = digest }
+            logger.info("triton-sync \(options.node): Triton already serves \(model) version \(version) (\(digest.prefix(19)))")
+            return
+        }
         if let (d, at) = failed.withLock({ $0 }), d == digest, Date().timeIntervalSince(at) < 30 { return }
         do {
             try await deploy(digest: digest, version: version, model: model)
@@ -111,6 +121,10 @@ public final class TritonSync: Sendable {
     }
 
     struct LoadFailure: Error { var message: String }
+
+    /// Written into each version directory it lays out: which digest it holds (a restarted agent
+    /// adopts a version Triton already serves instead of laying it out again).
+    static let digestMarker = ".depot-digest"
 
     func deploy(digest: String, version: Int, model: String) async throws {
         let fm = FileManager.default
@@ -140,6 +154,7 @@ public final class TritonSync: Sendable {
         // Stage inside the model directory under a non-numeric name (Triton ignores it), then rename.
         let staged = modelDir + "/.depot-\(version)-\(UUID().uuidString.prefix(6))"
         try fm.moveItem(atPath: bundle + "/" + versions[0], toPath: staged)
+        try digest.write(toFile: staged + "/" + Self.digestMarker, atomically: false, encoding: .utf8)
         if fm.fileExists(atPath: target) { try fm.removeItem(atPath: target) }
         try fm.moveItem(atPath: staged, toPath: target)
         try Self.writeAtomically(configPath, config)
