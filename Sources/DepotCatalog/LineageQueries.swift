@@ -181,6 +181,12 @@ extension SQLiteConnection {
     /// Manifests (repository id, digest) that nothing keeps: no tag, not pinned, not an ancestor
     /// of a pinned manifest, not listed by a kept index, not a referrer of a kept manifest, and
     /// older than `before`. Computed in SQL as the complement of the kept set.
+    /// Whether a deployment serves `digest` (stable or canary): it must stay pullable.
+    public func isDeployed(_ digest: Digest) throws -> Bool {
+        try first("SELECT 1 FROM deployments WHERE stable_digest = ? OR canary_digest = ? LIMIT 1",
+                  .text(digest.description), .text(digest.description)) { _ in true } ?? false
+    }
+
     public func unkeptManifests(createdBefore before: Int64) throws -> [(repo: Int64, digest: Digest)] {
         var out: [(Int64, Digest)] = []
         try query("""
@@ -192,6 +198,9 @@ extension SQLiteConnection {
             kept(repo_id, digest) AS (
                 SELECT repo_id, digest FROM tags
                 UNION SELECT repo_id, digest FROM manifests WHERE digest IN (SELECT d FROM pinned_up) OR created_at >= ?
+                UNION SELECT m.repo_id, m.digest FROM manifests m JOIN repositories r ON r.id = m.repo_id
+                      JOIN deployments dep ON dep.repository = r.name
+                      WHERE 'sha256:' || lower(hex(m.digest)) IN (dep.stable_digest, dep.canary_digest)
                 UNION SELECT m.repo_id, m.child FROM manifest_refs m JOIN kept k ON k.repo_id = m.repo_id AND k.digest = m.manifest WHERE m.kind = 1
                 UNION SELECT s.repo_id, s.digest FROM manifests s JOIN kept k ON k.repo_id = s.repo_id AND k.digest = s.subject
             )

@@ -32,8 +32,11 @@ public enum CanaryAnalysis {
         public var stableVersion: Int?
         /// The canary's share now: at 100% no node serves the stable version, so comparisons with it are skipped.
         public var weight: Int
-        public init(model: String, canaryVersion: Int, stableVersion: Int?, weight: Int) {
+        /// `{{window}}`: this rollout's analysis interval, as a Prometheus duration.
+        public var window: String
+        public init(model: String, canaryVersion: Int, stableVersion: Int?, weight: Int, analysisSeconds: Double) {
             self.model = model; self.canaryVersion = canaryVersion; self.stableVersion = stableVersion; self.weight = weight
+            window = "\(max(1, Int(min(analysisSeconds, 7 * 86400).rounded())))s"
         }
     }
 
@@ -47,7 +50,7 @@ public enum CanaryAnalysis {
 
     static func measure(_ check: MetricCheck, _ policy: CanaryPolicy, _ c: Context, _ source: any MetricsSource) async -> Measurement {
         func query(_ version: Int) -> String {
-            check.render(model: c.model, version: version, canaryVersion: c.canaryVersion, stableVersion: c.stableVersion, window: policy.window)
+            check.render(model: c.model, version: version, canaryVersion: c.canaryVersion, stableVersion: c.stableVersion, window: c.window)
         }
         var m = Measurement(check: check.name, canary: nil, stable: nil, outcome: .pass, detail: "")
         do {

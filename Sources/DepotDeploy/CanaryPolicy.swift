@@ -16,8 +16,6 @@ public struct CanaryPolicy: Sendable, Equatable {
 
     public init() {}
 
-    /// `{{window}}`: the analysis interval as a Prometheus duration.
-    public var window: String { "\(max(1, Int(analysisSeconds.rounded())))s" }
 }
 
 /// A PromQL check with thresholds: absolute (`max`, `min`) or relative to the stable version

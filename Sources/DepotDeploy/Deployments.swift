@@ -68,11 +68,12 @@ public final class Deployments: Sendable {
             throw RegistryError(.unsupported, "steps must increase within 1...100 and end at 100 (got \(steps))", status: 400)
         }
         let analysis = analysisSeconds ?? policy.analysisSeconds
-        guard analysis >= 1 else { throw RegistryError(.unsupported, "the analysis interval must be at least 1 s", status: 400) }
+        guard analysis >= 1, analysis <= 7 * 86400 else {
+            throw RegistryError(.unsupported, "the analysis interval must be between 1 s and 7 days", status: 400)
+        }
         let manifest = try registry.manifest(repository, reference)
         let model = try Self.tritonModel(manifest)
         let digest = manifest.digest.description
-        var aliasTo: Digest?
         var changed: DeploymentRecord?
         let result = try db.write { conn -> Status in
             let now = Self.now()
@@ -106,15 +107,14 @@ public final class Deployments: Sendable {
             try conn.recordServing(deployment: d, now: now)
             try conn.appendAudit(at: now, actor: actor, action: d.canary == nil ? "deploy.initial" : "canary.start", repository: repository.value,
                                  digest: digest, tag: environment, details: ["rollout": rollout.id, "weight": d.weight, "version": version])
-            aliasTo = manifest.digest
+            // The alias moves in the same transaction: a crash leaves both or neither.
+            try registry.setAlias(conn, repository, environment, to: manifest.digest, actor: actor,
+                                  reason: "rollout \(rollout.id): \(rollout.state == "promoted" ? "initial deployment" : "canary at \(rollout.weight)%")",
+                                  action: "canary")
             changed = d
             return try self.status(conn, d)
         }
-        if let aliasTo {
-            try registry.setAlias(repository, environment, to: aliasTo, actor: actor,
-                                  reason: result.rollout.map { "rollout \($0.id): \($0.state == "promoted" ? "initial deployment" : "canary at \($0.weight)%")" },
-                                  action: "canary")
-        }
+        registry.aliasesChanged()
         if let changed { onWeightChange(changed) }
         return result
     }
@@ -132,16 +132,28 @@ public final class Deployments: Sendable {
             let a = layer["annotations"] as? [String: String] ?? [:]
             guard let path = a["org.cncf.model.filepath"] ?? a["org.opencontainers.image.title"] else { continue }
             let parts = path.split(separator: "/")
-            if parts.count == 2, parts[1] == "config.pbtxt" { return String(parts[0]) }
+            if parts.count == 2, parts[1] == "config.pbtxt" {
+                let model = String(parts[0])
+                guard Self.isSafeName(model) else {
+                    throw RegistryError(.unsupported, "Triton model name '\(model.prefix(80))' must be 1-128 of A-Z a-z 0-9 _ . - (not only dots)", status: 400)
+                }
+                return model
+            }
         }
         throw RegistryError(.unsupported, "the bundle has no <model>/config.pbtxt (a Triton model repository with one model)", status: 400)
+    }
+
+    /// A model name or node id usable in paths and URLs: `[A-Za-z0-9_.-]{1,128}`, not only dots.
+    public static func isSafeName(_ s: String) -> Bool {
+        !s.isEmpty && s.count <= 128 && !s.allSatisfy({ $0 == "." })
+            && s.unicodeScalars.allSatisfy { ($0 >= "a" && $0 <= "z") || ($0 >= "A" && $0 <= "Z") || ($0 >= "0" && $0 <= "9") || "_.-".unicodeScalars.contains($0) }
     }
 
     // MARK: nodes
 
     /// What `node` should serve now; remembers the node (it counts when nodes are split).
     public func resolve(_ repository: RepositoryName, _ environment: String, node: String) throws -> Resolution {
-        guard !node.isEmpty, node.count <= 200 else { throw RegistryError(.unsupported, "node id must be 1-200 characters", status: 400) }
+        guard Self.isSafeName(node) else { throw RegistryError(.unsupported, "node id must be 1-128 of A-Z a-z 0-9 _ . -", status: 400) }
         return try db.write { conn in
             let d = try deployment(conn, repository, environment)
             guard let stable = d.stable else { throw RegistryError(.manifestUnknown, "nothing is deployed to \(repository):\(environment)") }
@@ -175,6 +187,8 @@ public final class Deployments: Sendable {
     public func report(_ repository: RepositoryName, _ environment: String, node: String, digest: String?, version: Int?,
                        state: String, reason: String?) throws {
         guard state == "ready" || state == "failed" else { throw RegistryError(.unsupported, "state must be ready or failed", status: 400) }
+        guard Self.isSafeName(node) else { throw RegistryError(.unsupported, "node id must be 1-128 of A-Z a-z 0-9 _ . -", status: 400) }
+        if let version, version < 1 { throw RegistryError(.unsupported, "version must be at least 1", status: 400) }
         try db.write { conn in
             let d = try deployment(conn, repository, environment)
             try conn.reportNode(deployment: d.id, node: node, digest: digest, version: version, state: state,

@@ -22,13 +22,14 @@ extension Deployments {
     public func dueAnalyses(now: Int64? = nil) throws -> [DueAnalysis] {
         let now = now ?? Self.now()
         return try db.write { conn in
-            try conn.runningRollouts().filter { now - $0.stepStartedAt >= $0.analysisMs }.compactMap { r in
+            try conn.runningRollouts().compactMap { r in
                 guard let d = try conn.deployment(id: r.deploymentID) else { return nil }
                 let nodes = try conn.nodes(deployment: d.id)
                 let failed = nodes.filter {
                     $0.digest == r.canary && $0.state == "failed" && ($0.reportedAt ?? 0) >= r.createdAt
                 }.map { "\($0.node): \($0.reason ?? "failed to load")" }
                 if failed.isEmpty {
+                    guard now - r.stepStartedAt >= r.analysisMs else { return nil }
                     let ttl = Int64(policy.nodeTTLSeconds * 1000)
                     let active = nodes.filter { now - $0.seenAt <= ttl }
                     let expected = Self.canaryNodes(active.map(\.node), weight: r.weight, salt: "\(d.id)").count
@@ -41,7 +42,8 @@ extension Deployments {
                 let canaryVersion = try conn.deploymentVersion(d.id, digest: r.canary)
                 let stableVersion = try r.stable.map { try conn.deploymentVersion(d.id, digest: $0) }
                 return DueAnalysis(rollout: r, deployment: d,
-                                   context: .init(model: d.modelName, canaryVersion: canaryVersion, stableVersion: stableVersion, weight: r.weight),
+                                   context: .init(model: d.modelName, canaryVersion: canaryVersion, stableVersion: stableVersion, weight: r.weight,
+                                                 analysisSeconds: Double(r.analysisMs) / 1000),
                                    failedNodes: failed)
             }
         }
@@ -72,6 +74,13 @@ extension Deployments {
             return try transition(due.deployment, r, to: "paused", decision: "pause", actor: "depot-canary",
                                   reason: "paused at \(at), inconclusive: \(why)", measurements: valuesJSON, failures: failures) ? "pause" : nil
         }
+        let tolerated = measurements.filter { $0.outcome == .fail }
+        if !tolerated.isEmpty {
+            // Failed, but within the check's failure_limit: measure this step again rather than move on.
+            let why = tolerated.map { "\($0.check): \($0.detail) (\(failures[$0.check, default: 0]) of \(limits[$0.check, default: 0]) tolerated)" }
+                .joined(separator: "; ")
+            return try hold(due.deployment, r, reason: "holding \(at): \(why)", measurements: valuesJSON, failures: failures) ? "hold" : nil
+        }
         if r.stepIndex + 1 >= r.steps.count {
             return try finish(due.deployment, r, state: "promoted", decision: "promote", actor: "depot-canary",
                               reason: "promoted after \(at): every check passed", measurements: valuesJSON, failures: failures) ? "promote" : nil
@@ -101,6 +110,20 @@ extension Deployments {
         return done
     }
 
+    /// Stay at this step and measure again after another interval.
+    func hold(_ d: DeploymentRecord, _ r: RolloutRecord, reason: String, measurements: String?, failures: [String: Int]) throws -> Bool {
+        try db.write { conn in
+            let now = Self.now()
+            guard try conn.updateRollout(r.id, inStates: ["running"], atStep: r.stepIndex, set: "step_started_at = ?, failures = ?",
+                                         [.int(now), .text(Self.json(failures))]) else { return false }
+            try conn.appendDecision(rollout: r.id, RolloutDecision(at: now, stepIndex: r.stepIndex, weight: r.weight, decision: "hold",
+                                                                   actor: "depot-canary", reason: reason, measurements: measurements))
+            try conn.appendAudit(at: now, actor: "depot-canary", action: "canary.hold", repository: d.repository, digest: r.canary,
+                                 tag: d.environment, details: ["rollout": r.id, "weight": r.weight, "reason": reason])
+            return true
+        }
+    }
+
     /// Pause or resume (no weight change).
     func transition(_ d: DeploymentRecord, _ r: RolloutRecord, to state: String, decision: String, actor: String, reason: String,
                     measurements: String?, failures: [String: Int]) throws -> Bool {
@@ -123,19 +146,18 @@ extension Deployments {
                 measurements: String?, failures: [String: Int]) throws -> Bool {
         let promote = state == "promoted"
         let repository = try RepositoryName(d.repository)
-        // The alias first: a crash after it and before the rollout's row leaves a rollout that
-        // is decided again (the alias move is idempotent).
-        if let target = promote ? r.canary : r.stable, let digest = try? Digest(parsing: target),
-           try db.read({ try $0.activeRollout(deployment: d.id)?.id }) == r.id {
-            try registry.setAlias(repository, d.environment, to: digest, actor: actor, reason: "rollout \(r.id): \(reason)",
-                                  action: promote ? "canary" : "rollback")
-        }
         var changed = d
         let done = try db.write { conn -> Bool in
             let now = Self.now()
             guard try conn.updateRollout(r.id, inStates: ["running", "paused"], atStep: nil, set: """
                 state = ?, reason = ?, failures = ?, finished_at = ?, weight = ?
                 """, [.text(state), .text(reason), .text(Self.json(failures)), .int(now), .int(promote ? 100 : 0)]) else { return false }
+            // The alias moves in the same transaction as the rollout's end: whoever wins the
+            // guarded update above (the controller or an operator) also decides the alias.
+            if let target = promote ? r.canary : r.stable, let digest = try? Digest(parsing: target) {
+                try registry.setAlias(conn, repository, d.environment, to: digest, actor: actor, reason: "rollout \(r.id): \(reason)",
+                                      action: promote ? "canary" : "rollback")
+            }
             changed.stable = promote ? r.canary : (d.stable ?? r.stable)
             changed.canary = nil
             changed.weight = 0
@@ -149,6 +171,7 @@ extension Deployments {
                                  tag: d.environment, details: details)
             return true
         }
+        registry.aliasesChanged()
         if done { onWeightChange(changed) }
         return done
     }

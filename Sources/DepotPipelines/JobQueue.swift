@@ -109,7 +109,9 @@ public final class JobQueue: Sendable {
     func queueDependents(_ conn: SQLiteConnection, of job: JobRecord, output: String) throws {
         guard let pipeline = pipeline(job.pipeline), let run = try conn.pipelineRun(job.runID) else { return }
         let jobs = try conn.jobs(ofRun: job.runID)
-        let succeeded = Dictionary(jobs.filter { $0.state == "succeeded" }.map { ($0.stage, $0.outputDigest ?? "") }, uniquingKeysWith: { a, _ in a })
+        // A stage without an output (webhook, canary) passes its input on.
+        let succeeded = Dictionary(jobs.filter { $0.state == "succeeded" }.map { ($0.stage, $0.outputDigest ?? $0.inputDigest) },
+                                   uniquingKeysWith: { a, _ in a })
         var outputs = succeeded
         outputs[job.stage] = output
         for stage in pipeline.dependents(of: job.stage) where stage.needs.allSatisfy({ outputs[$0] != nil }) {

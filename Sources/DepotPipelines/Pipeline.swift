@@ -85,6 +85,8 @@ public struct Stage: Sendable, Equatable {
             if let analysis { out["analysis_seconds"] = analysis }
         }
         out["with"] = with.mapValues { Template.render($0, variables) }
+        // Where it runs is part of what it produces (a TensorRT plan is per GPU): labels are in the key.
+        if !labels.isEmpty { out["labels"] = labels.sorted() }
         if let toolchain { out["toolchain"] = toolchain }
         if let relation { out["relation"] = relation }
         if case .builtin(let b) = kind, relation == nil { out["relation"] = Self.builtins[b] }

@@ -12,31 +12,43 @@ extension Registry {
     public func setAlias(_ repository: RepositoryName, _ alias: String, to digest: Digest, expect: Digest? = nil,
                          actor: String, reason: String?, action: String = "alias") throws -> Digest? {
         guard Reference.isValidTag(alias) else { throw RegistryError(.tagInvalid, "'\(alias.prefix(200))' is not a valid tag") }
-        let previous = try db.write { conn -> Digest? in
-            guard let repo = try conn.repositoryID(repository.value) else {
-                throw RegistryError(.nameUnknown, "repository \(repository) is not known")
-            }
-            guard try conn.manifestExists(repo: repo, digest) else {
-                throw RegistryError(.manifestUnknown, "manifest \(digest) is not in \(repository)")
-            }
-            let current = try checkTagMove(conn, repo: repo, repository, alias, to: digest, actor: Actor(actor, viaAliasAPI: true), expect: expect)
-            guard current != digest else { return current }
-            let now = Self.nowMillis()
-            try conn.setTag(repo: repo, alias, to: digest, actor: actor, reason: reason, now: now)
-            var details: [String: Any] = [:]
-            if let current { details["from"] = current.description }
-            if let reason { details["reason"] = reason }
-            try conn.appendAudit(at: now, actor: actor, action: action, repository: repository.value,
-                                 digest: digest.description, tag: alias, details: details)
-            var event: [String: Any] = ["tag": alias, "digest": digest.description, "actor": actor, "alias": true, "action": action]
-            if let current { event["previous"] = current.description }
-            if let reason { event["reason"] = reason }
-            try conn.appendEvent(type: "tag.moved", at: now, repository: repository.value, fields: event)
-            return current
+        let previous = try db.write { conn in
+            try setAlias(conn, repository, alias, to: digest, expect: expect, actor: actor, reason: reason, action: action)
         }
         cache.invalidate()
         return previous
     }
+
+    /// `setAlias` inside the caller's transaction (so a deployment's state and its alias move
+    /// together). The caller invalidates caches with `aliasesChanged()` after committing.
+    @discardableResult
+    public func setAlias(_ conn: SQLiteConnection, _ repository: RepositoryName, _ alias: String, to digest: Digest, expect: Digest? = nil,
+                         actor: String, reason: String?, action: String = "alias") throws -> Digest? {
+        guard Reference.isValidTag(alias) else { throw RegistryError(.tagInvalid, "'\(alias.prefix(200))' is not a valid tag") }
+        guard let repo = try conn.repositoryID(repository.value) else {
+            throw RegistryError(.nameUnknown, "repository \(repository) is not known")
+        }
+        guard try conn.manifestExists(repo: repo, digest) else {
+            throw RegistryError(.manifestUnknown, "manifest \(digest) is not in \(repository)")
+        }
+        let current = try checkTagMove(conn, repo: repo, repository, alias, to: digest, actor: Actor(actor, viaAliasAPI: true), expect: expect)
+        guard current != digest else { return current }
+        let now = Self.nowMillis()
+        try conn.setTag(repo: repo, alias, to: digest, actor: actor, reason: reason, now: now)
+        var details: [String: Any] = [:]
+        if let current { details["from"] = current.description }
+        if let reason { details["reason"] = reason }
+        try conn.appendAudit(at: now, actor: actor, action: action, repository: repository.value,
+                             digest: digest.description, tag: alias, details: details)
+        var event: [String: Any] = ["tag": alias, "digest": digest.description, "actor": actor, "alias": true, "action": action]
+        if let current { event["previous"] = current.description }
+        if let reason { event["reason"] = reason }
+        try conn.appendEvent(type: "tag.moved", at: now, repository: repository.value, fields: event)
+        return current
+    }
+
+    /// Drops cached tag resolutions after an alias moved inside a caller's transaction.
+    public func aliasesChanged() { cache.invalidate() }
 
     /// Every move of the alias, oldest first.
     public func aliasHistory(_ repository: RepositoryName, _ alias: String) throws -> [TagMove] {

@@ -249,6 +249,9 @@ public final class Registry: Sendable {
                 if let guarded = tags.first(where: { policy.isProtected($0) || policy.isImmutable($0) }) {
                     throw RegistryError(.denied, "\(repository):\(guarded) points at \(d); move that alias first")
                 }
+                if try conn.isDeployed(d) {
+                    throw RegistryError(.denied, "\(d) is deployed (stable or canary of a deployment); roll it out of service first")
+                }
                 if let pinned = try conn.pinnedDescendants(of: d).first {
                     throw RegistryError(.denied, "\(d) is an ancestor of pinned \(pinned); its lineage must stay")
                 }

@@ -20,6 +20,16 @@ public struct RunnerOptions: Sendable {
     /// The job log keeps its last this-many bytes.
     public var maxLogBytes = 4 << 20
     public var cacheBytes: Int64 = 10 << 30
+    /// Variables of the runner's own environment a stage sees besides the basics (PATH, HOME,
+    /// LANG, LC_*, TZ, TMPDIR, USER, LOGNAME, SHELL): secrets of the server stay out of stages.
+    public var passEnvironment: [String] = []
+
+    /// The environment a stage starts from.
+    func stageEnvironment() -> [String: String] {
+        let basics: Set<String> = ["PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL"]
+        let wanted = basics.union(passEnvironment)
+        return ProcessInfo.processInfo.environment.filter { wanted.contains($0.key) || $0.key.hasPrefix("LC_") }
+    }
 
     public init(name: String, workDirectory: String) {
         self.name = name
@@ -60,6 +70,11 @@ public final class Runner: Sendable {
         self.logger = logger
         try FileManager.default.createDirectory(atPath: options.workDirectory, withIntermediateDirectories: true)
         cache = try ChunkCache(root: options.workDirectory + "/cache", maxBytes: options.cacheBytes)
+        // Workspaces of a runner that was killed (its jobs go back to the queue when their leases expire).
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: options.workDirectory)) ?? []
+        where entry.hasPrefix("job-") || entry.hasPrefix("toolchain-") {
+            try? FileManager.default.removeItem(atPath: options.workDirectory + "/" + entry)
+        }
     }
 
     /// Runs until the task is cancelled.
@@ -195,7 +210,7 @@ final class ToolchainCache: Sendable {
         let bytes = try Array(Data(contentsOf: URL(fileURLWithPath: script)))
         let log = options.workDirectory + "/toolchain-\(builtin)-\(UUID().uuidString.prefix(8)).txt"
         defer { try? FileManager.default.removeItem(atPath: log) }
-        let process = try StageProcess(argv: [options.python, script, "--toolchain"], environment: ProcessInfo.processInfo.environment,
+        let process = try StageProcess(argv: [options.python, script, "--toolchain"], environment: options.stageEnvironment(),
                                        directory: options.workDirectory, log: log)
         let deadline = Date().addingTimeInterval(60)
         let (outcome, _) = await process.wait { Date() > deadline ? "took over 60 s" : nil }

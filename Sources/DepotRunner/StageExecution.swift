@@ -41,7 +41,7 @@ struct StageExecution {
         case .exec(let command): argv = command
         case .builtin(let name): argv = [options.python, try ToolchainCache.script(name, options)]
         }
-        var env = ProcessInfo.processInfo.environment
+        var env = options.stageEnvironment()
         let inputType = (try? JSONSerialization.jsonObject(with: Data(input.bytes)) as? [String: Any])?["artifactType"] as? String
         let vars: [String: String?] = [
             "DEPOT_INPUT_DIR": inputDir, "DEPOT_OUTPUT_DIR": outputDir, "DEPOT_RESULT": resultFile,

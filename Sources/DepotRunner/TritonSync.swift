@@ -54,6 +54,21 @@ public final class TritonSync: Sendable {
         try FileManager.default.createDirectory(atPath: options.modelRepository, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: options.stagingDirectory, withIntermediateDirectories: true)
         cache = try ChunkCache(root: options.stagingDirectory + "/cache", maxBytes: options.cacheBytes)
+        Self.sweep(options)
+    }
+
+    /// Removes what a killed agent left: pulls in the staging directory, staged version directories.
+    static func sweep(_ options: TritonSyncOptions) {
+        let fm = FileManager.default
+        for entry in (try? fm.contentsOfDirectory(atPath: options.stagingDirectory)) ?? [] where entry.hasPrefix("pull-") {
+            try? fm.removeItem(atPath: options.stagingDirectory + "/" + entry)
+        }
+        for model in (try? fm.contentsOfDirectory(atPath: options.modelRepository)) ?? [] {
+            for entry in (try? fm.contentsOfDirectory(atPath: options.modelRepository + "/" + model)) ?? []
+            where entry.hasPrefix(".depot-") || entry.hasSuffix(".depot-tmp") {
+                try? fm.removeItem(atPath: options.modelRepository + "/" + model + "/" + entry)
+            }
+        }
     }
 
     var deploymentPath: String { "/depot/v1/repositories/\(options.repository)/deployments/\(options.environment)" }
@@ -78,8 +93,9 @@ public final class TritonSync: Sendable {
     /// One round: resolve, and deploy when the wanted digest changed.
     public func syncOnce() async throws {
         let wanted = try await connection.call(.GET, "\(deploymentPath)/resolve?node=\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)")
-        guard let digest = wanted["digest"] as? String, let version = (wanted["version"] as? NSNumber)?.intValue,
-              let model = wanted["model"] as? String, !model.contains("/"), !model.hasPrefix(".") else {
+        guard let digest = wanted["digest"] as? String, (try? Digest(parsing: digest)) != nil,
+              let version = (wanted["version"] as? NSNumber)?.intValue, version >= 1,
+              let model = wanted["model"] as? String, Self.isSafeName(model) else {
             throw ClientError("the registry's resolve answer is malformed")
         }
         if let current = serving.withLock({ $0 }), current.digest == digest {
@@ -161,19 +177,30 @@ public final class TritonSync: Sendable {
 
         do {
             try await load(model, version)
-        } catch let failure as LoadFailure {
-            // Restore what was served before and load it again.
+        } catch {
+            // Restore what was there (also after an agent restart): the previous config first, so
+            // no config ever pins a missing version, then drop the new directory and reload.
+            if let previousConfig { try? Self.writeAtomically(configPath, previousConfig) } else { try? fm.removeItem(atPath: configPath) }
             try? fm.removeItem(atPath: target)
-            if let previousConfig, let current = serving.withLock({ $0 }), current.model == model {
-                try? Self.writeAtomically(configPath, previousConfig)
-                try? await load(model, current.version)
-            }
-            throw failure
+            if let previous = Self.pinnedVersion(previousConfig), previous != version { try? await load(model, previous) }
+            throw (error as? LoadFailure) ?? LoadFailure(message: "\(error)")
         }
         // Versions no longer wanted (Triton unloaded them when the pinned version loaded).
         for entry in try fm.contentsOfDirectory(atPath: modelDir) where Int(entry) != nil && entry != String(version) {
             try? fm.removeItem(atPath: modelDir + "/" + entry)
         }
+    }
+
+    /// `[A-Za-z0-9_.-]{1,128}`, not only dots (the model name becomes a directory and a URL path).
+    public static func isSafeName(_ s: String) -> Bool {
+        !s.isEmpty && s.count <= 128 && !s.allSatisfy({ $0 == "." })
+            && s.unicodeScalars.allSatisfy { ($0 >= "a" && $0 <= "z") || ($0 >= "A" && $0 <= "Z") || ($0 >= "0" && $0 <= "9") || "_.-".unicodeScalars.contains($0) }
+    }
+
+    /// The version a config written by this agent pins.
+    static func pinnedVersion(_ config: String?) -> Int? {
+        guard let config, let r = config.range(of: "version_policy: { specific: { versions: [", options: .backwards) else { return nil }
+        return Int(config[r.upperBound...].prefix { $0.isNumber })
     }
 
     static func writeAtomically(_ path: String, _ text: String) throws {

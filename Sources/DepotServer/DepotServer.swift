@@ -124,6 +124,7 @@ public struct PipelineSetup: Sendable {
             options.labels = p.runnerLabels
             options.concurrency = p.runnerConcurrency
             options.python = p.runnerPython
+            options.passEnvironment = p.runnerPassEnvironment
             options.hooksDirectory = p.runnerHooksDirectory.isEmpty ? RunnerOptions.defaultHooksDirectory() : p.runnerHooksDirectory
             options.heartbeatInterval = .milliseconds(Int64(max(500, p.leaseSeconds * 1000 / 4)))
             let connection = try RegistryConnection(url: local, token: ProcessInfo.processInfo.environment["DEPOT_TOKEN"])

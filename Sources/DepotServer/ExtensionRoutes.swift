@@ -102,17 +102,19 @@ enum ExtensionRoute: Equatable {
             }
         }
         // <name>/deployments/<env>[/rollout|resume|promote|abort|resolve|nodes/<node>]
+        // (only these shapes: a repository may itself have a `deployments` path component)
         if let r = tail.range(of: "/deployments/", options: .backwards) {
             let name = String(tail[..<r.lowerBound])
             let parts = tail[r.upperBound...].split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-            guard !name.isEmpty, let env = parts.first, !env.isEmpty else { return nil }
-            switch parts.count {
-            case 1: self = .deployment(name, env, nil, nil); return
-            case 2 where ["rollout", "resume", "promote", "abort", "resolve"].contains(parts[1]):
-                self = .deployment(name, env, parts[1], nil); return
-            case 3 where parts[1] == "nodes" && !parts[2].isEmpty:
-                self = .deployment(name, env, "nodes", parts[2]); return
-            default: return nil
+            if !name.isEmpty, let env = parts.first, !env.isEmpty {
+                switch parts.count {
+                case 1: self = .deployment(name, env, nil, nil); return
+                case 2 where ["rollout", "resume", "promote", "abort", "resolve"].contains(parts[1]):
+                    self = .deployment(name, env, parts[1], nil); return
+                case 3 where parts[1] == "nodes" && !parts[2].isEmpty:
+                    self = .deployment(name, env, "nodes", parts[2]); return
+                default: break
+                }
             }
         }
         if let r = tail.range(of: "/pins/", options: .backwards) {

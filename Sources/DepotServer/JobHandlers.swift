@@ -124,7 +124,12 @@ extension OCIResponder {
             throw RegistryError(.unauthorized, "callback signature missing or wrong (Depot-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>)")
         }
         guard let body = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any], let status = body["status"] as? String else {
-            throw RegistryError(.unsupported, "body must be {\"status\": \"succeeded\"|\"failed\", ...}", status: 400)
+            throw RegistryError(.unsupported, "body must be {\"job\", \"attempt\", \"status\": \"succeeded\"|\"failed\", ...}", status: 400)
+        }
+        // The signed body names the job and attempt: a callback cannot be replayed onto another
+        // job of the stage, nor a late one onto a later attempt.
+        guard (body["job"] as? NSNumber)?.int64Value == id, (body["attempt"] as? NSNumber)?.intValue == job.attempt else {
+            throw RegistryError(.conflict, "the callback must name this job (\"job\": \(id)) and its current attempt (\"attempt\": \(job.attempt))")
         }
         let updated: JobRecord
         switch status {

@@ -46,6 +46,8 @@ public struct ServerConfig: Sendable, Equatable {
         public var runnerPython = "python3"
         /// Default: found next to the executable (see `RunnerOptions.defaultHooksDirectory`).
         public var runnerHooksDirectory = ""
+        /// Server environment variables stages may see (besides PATH, HOME, LANG, …).
+        public var runnerPassEnvironment: [String] = []
     }
 
     /// The chunk-store part, mapped onto `StoreOptions`.
@@ -204,7 +206,11 @@ public struct ServerConfig: Sendable, Equatable {
                 if let v: String = try reader.value(r, "work_dir") { config.pipelines.runnerWorkDirectory = v }
                 if let v: String = try reader.value(r, "python") { config.pipelines.runnerPython = v }
                 if let v: String = try reader.value(r, "hooks_dir") { config.pipelines.runnerHooksDirectory = v }
-                try reader.rejectUnknown(r, known: ["enabled", "name", "labels", "concurrency", "work_dir", "python", "hooks_dir"],
+                if let raw = r["pass_env"] {
+                    guard let list = raw as? [String] else { throw reader.error("pipelines.runner.pass_env", "must be a list of variable names") }
+                    config.pipelines.runnerPassEnvironment = list
+                }
+                try reader.rejectUnknown(r, known: ["enabled", "name", "labels", "concurrency", "work_dir", "python", "hooks_dir", "pass_env"],
                                          at: "pipelines.runner.")
             }
         }
@@ -223,13 +229,15 @@ public struct ServerConfig: Sendable, Equatable {
                 config.canary.steps = steps
             }
             if let v: String = try reader.value(s, "analysis_interval") {
-                guard let seconds = DurationText.seconds(v), seconds >= 1 else {
-                    throw reader.error("canary.analysis_interval", "must be a duration of at least 1s (e.g. 15m, 90s)")
+                guard let seconds = DurationText.seconds(v), seconds >= 1, seconds <= 7 * 86400 else {
+                    throw reader.error("canary.analysis_interval", "must be a duration between 1s and 7 days (e.g. 15m, 90s)")
                 }
                 config.canary.analysisSeconds = seconds
             }
             if let v: String = try reader.value(s, "node_ttl") {
-                guard let seconds = DurationText.seconds(v), seconds >= 1 else { throw reader.error("canary.node_ttl", "must be a duration (e.g. 5m)") }
+                guard let seconds = DurationText.seconds(v), seconds >= 1, seconds <= 30 * 86400 else {
+                    throw reader.error("canary.node_ttl", "must be a duration between 1s and 30 days (e.g. 5m)")
+                }
                 config.canary.nodeTTLSeconds = seconds
             }
             if let v: String = try reader.value(s, "router_url") {

@@ -40,7 +40,9 @@ public struct WebhookConfig: Sendable, Equatable {
             guard kv.count == 2 else { continue }
             if kv[0] == "t" { t = Int64(kv[1]) } else if kv[0] == "v1" { signatures.append(kv[1].lowercased()) }
         }
-        guard let t, abs(Int64(Date().timeIntervalSince1970) - t) <= maxSkew else { return false }
+        let now = Int64(Date().timeIntervalSince1970)
+        // Bounded before any arithmetic: a forged t near Int64.min must not overflow.
+        guard let t, t > now - maxSkew, t < now + maxSkew else { return false }
         let expected = Array(signature(secret: secret, timestamp: t, body: body).split(separator: "=").last!.utf8)
         // Constant time over equal lengths.
         return signatures.contains { s in

@@ -138,6 +138,7 @@ struct RunnerCommand: AsyncParsableCommand {
     @Option(help: "Python for built-in hooks.") var python = "python3"
     @Option(help: "Directory of the built-in hooks (default: $DEPOT_HOOKS_DIR or hooks/builtin next to the executable).") var hooksDir: String?
     @Option(help: "Seconds between lease renewals.") var heartbeatSeconds: Double = 5
+    @Option(help: "An environment variable stages may see besides PATH, HOME, LANG… (repeatable).") var passEnv: [String] = []
 
     func validate() throws {
         guard (1...64).contains(concurrency) else { throw ValidationError("--concurrency must be 1...64") }
@@ -153,6 +154,7 @@ struct RunnerCommand: AsyncParsableCommand {
         options.python = python
         options.hooksDirectory = hooksDir ?? RunnerOptions.defaultHooksDirectory()
         options.heartbeatInterval = .milliseconds(Int64(heartbeatSeconds * 1000))
+        options.passEnvironment = passEnv
         let logger = Logger(label: "depot-runner")
         let connection: RegistryConnection
         do { connection = try registry.connect() } catch { fail("\(error)") }

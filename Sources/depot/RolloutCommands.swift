@@ -143,6 +143,7 @@ struct TritonSyncCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard ["explicit", "poll"].contains(mode) else { throw ValidationError("--mode must be explicit or poll") }
+        guard TritonSync.isSafeName(node) else { throw ValidationError("--node must be 1-128 of A-Z a-z 0-9 _ . -") }
         guard interval >= 0.2 else { throw ValidationError("--interval must be at least 0.2 s") }
         guard let colon = deployment.lastIndex(of: ":"), colon != deployment.startIndex, deployment.index(after: colon) != deployment.endIndex else {
             throw ValidationError("--deployment must be REPO:ENV")

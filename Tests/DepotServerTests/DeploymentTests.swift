@@ -32,7 +32,7 @@ final class ScriptedMetrics: MetricsSource, @unchecked Sendable {
         for check in policy.checks {
             for (side, version) in [("canary", c.canaryVersion), ("stable", c.stableVersion ?? -1)]
             where check.render(model: c.model, version: version, canaryVersion: c.canaryVersion, stableVersion: c.stableVersion,
-                               window: policy.window) == promql {
+                               window: c.window) == promql {
                 return values["\(check.name)/\(side)"] ?? nil
             }
         }

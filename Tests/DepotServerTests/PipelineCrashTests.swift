@@ -9,7 +9,7 @@ import Testing
         init(url: String, name: String, workDir: String, marks: String, log: String) throws {
             process.executableURL = URL(fileURLWithPath: repoRoot + "/.build/debug/depot")
             process.arguments = ["runner", "--registry", url, "--labels", "cpu", "--name", name, "--work-dir", workDir,
-                                 "--heartbeat-seconds", "0.5"]
+                                 "--heartbeat-seconds", "0.5", "--pass-env", "MARKS"]
             var env = ProcessInfo.processInfo.environment
             env["MARKS"] = marks
             process.environment = env

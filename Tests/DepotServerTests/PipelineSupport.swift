@@ -56,6 +56,7 @@ struct PipelineHarness: Sendable {
         options.pollInterval = .milliseconds(50)
         options.heartbeatInterval = .milliseconds(200)
         options.hooksDirectory = hooks
+        options.passEnvironment = ["GATE"]
         var logger = Logger(label: "runner")
         logger.logLevel = .critical
         let connection = try RegistryConnection(url: url, token: nil)

@@ -243,8 +243,14 @@ struct PipelineTests {
                 try await Task.sleep(for: .milliseconds(25))
             }
             #expect(received["valid"] as? Bool == true, "signed with the stage's secret")
-            let body = Array(#"{"status": "succeeded"}"#.utf8)
+            #expect((received["body"] as? [String: Any])?["job"] as? Int == Int(running[0].id))
+            let stale = Array(#"{"job": \#(running[0].id), "attempt": 7, "status": "succeeded"}"#.utf8)
+            let body = Array(#"{"job": \#(running[0].id), "attempt": 1, "status": "succeeded"}"#.utf8)
             let path = "/depot/v1/jobs/\(running[0].id)/callback"
+            let replayed = try await client.req(.post, path, headers: [.depotSignature: WebhookConfig.signature(secret: "stage-secret", timestamp: Int64(Date().timeIntervalSince1970), body: stale)], body: stale)
+            #expect(replayed.status.code == 409, "a callback for another attempt is refused")
+            let ancient = try await client.req(.post, path, headers: [.depotSignature: "t=-9223372036854775808,v1=00"], body: body)
+            #expect(ancient.status.code == 401, "a forged timestamp is refused, not trapped on")
             let unsigned = try await client.req(.post, path, body: body)
             #expect(unsigned.status.code == 401)
             let forged = try await client.req(.post, path, headers: [.depotSignature: WebhookConfig.signature(secret: "wrong", timestamp: Int64(Date().timeIntervalSince1970), body: body)], body: body)
