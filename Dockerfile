@@ -16,7 +16,7 @@ RUN swift build -c release --product depot --static-swift-stdlib \
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libzstd1 libsqlite3-0 libssl3 libstdc++6 zlib1g ca-certificates curl python3 python3-venv \
+      libzstd1 libsqlite3-0 libssl3 libstdc++6 zlib1g ca-certificates curl python3 python3-venv tini \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/depot-hooks \
  && /opt/depot-hooks/bin/pip install --no-cache-dir "numpy<2" onnx onnxruntime skl2onnx scikit-learn \
@@ -36,5 +36,6 @@ USER depot
 VOLUME /var/lib/depot
 EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=3s CMD curl -fsS http://127.0.0.1:5000/healthz || exit 1
-ENTRYPOINT ["depot"]
+# tini is PID 1: it reaps the grandchildren of stage processes the runner kills by process group.
+ENTRYPOINT ["tini", "--", "depot"]
 CMD ["serve", "--config", "/etc/depot/depot.yaml", "--listen", "0.0.0.0:5000", "--storage", "/var/lib/depot"]

@@ -147,11 +147,11 @@ extension SQLiteConnection {
         return out
     }
 
-    /// Queued jobs that may be leased now, oldest first.
-    public func leasableJobs(now: Int64, limit: Int) throws -> [JobRecord] {
+    /// Queued jobs that may be leased now, oldest first, after job id `after` (paging).
+    public func leasableJobs(now: Int64, after: Int64 = 0, limit: Int) throws -> [JobRecord] {
         var out: [JobRecord] = []
-        try query("SELECT \(Self.jobColumns) FROM jobs WHERE state = 'queued' AND not_before <= ? ORDER BY id LIMIT ?",
-                  .int(now), .int(Int64(limit))) { out.append(Self.job($0)) }
+        try query("SELECT \(Self.jobColumns) FROM jobs WHERE state = 'queued' AND not_before <= ? AND id > ? ORDER BY id LIMIT ?",
+                  .int(now), .int(after), .int(Int64(limit))) { out.append(Self.job($0)) }
         return out
     }
 
@@ -197,9 +197,15 @@ extension SQLiteConnection {
         try first("SELECT 1 FROM job_outputs WHERE digest = ? LIMIT 1", .text(digest)) { _ in true } ?? false
     }
 
+    /// Records the artifact a key produced. A key keeps its first artifact while that manifest
+    /// exists (a late duplicate does not replace it); a key whose artifact was deleted takes the new one.
     public func recordJobOutput(key: String, repository: String, digest: String, now: Int64) throws {
-        try run("INSERT OR IGNORE INTO job_outputs(job_key, repository, digest, created_at) VALUES(?,?,?,?)",
-                .text(key), .text(repository), .text(digest), .int(now))
+        try run("""
+            INSERT INTO job_outputs(job_key, repository, digest, created_at) VALUES(?,?,?,?)
+            ON CONFLICT(job_key) DO UPDATE SET repository = excluded.repository, digest = excluded.digest, created_at = excluded.created_at
+            WHERE NOT EXISTS (SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repo_id
+                              WHERE r.name = job_outputs.repository AND 'sha256:' || lower(hex(m.digest)) = job_outputs.digest)
+            """, .text(key), .text(repository), .text(digest), .int(now))
     }
 
     /// Counts of jobs by state.

@@ -213,6 +213,17 @@ extension Deployments {
         return try status(repository, environment)
     }
 
+    /// Aborts the rollout a pipeline job started, if it is still going (the job was cancelled).
+    public func abortRollout(forJob job: Int64, actor: String) throws {
+        let found = try db.read { conn -> (DeploymentRecord, RolloutRecord)? in
+            guard let r = try conn.rollout(forJob: job), r.isActive, let d = try conn.deployment(id: r.deploymentID) else { return nil }
+            return (d, r)
+        }
+        guard let (d, r) = found else { return }
+        _ = try finish(d, r, state: "aborted", decision: "abort", actor: actor, reason: "job \(job) cancelled by \(actor)",
+                       measurements: nil, failures: r.failures)
+    }
+
     /// Aborts: the canary goes to 0 and the alias back to the stable digest.
     public func abort(_ repository: RepositoryName, _ environment: String, actor: String, reason: String?) throws -> Status {
         let (d, r) = try active(repository, environment)

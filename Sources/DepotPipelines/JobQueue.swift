@@ -74,9 +74,10 @@ public final class JobQueue: Sendable {
               let payload = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
               let repository = event.repository, let tag = payload["tag"] as? String,
               let digestText = payload["digest"] as? String, let digest = try? Digest(parsing: digestText) else { return 0 }
-        // A pipeline's own output never starts pipelines (no loops through `{{tag}}-onnx` matching `v*`).
-        if try conn.isJobOutput(digest.description) { return 0 }
         guard let repo = try conn.repositoryID(repository), let manifest = try conn.manifest(repo: repo, digest) else { return 0 }
+        // A pipeline's own output never starts pipelines (no loops through `{{tag}}-onnx` matching
+        // `v*`): anything pushed with a job key, recorded or a late duplicate.
+        if try conn.isJobOutput(digest.description) || Self.carriesJobKey(manifest) { return 0 }
         var queued = 0
         for pipeline in pipelines where pipeline.trigger.matches(repository: repository, tag: tag, artifactType: manifest.artifactType) {
             guard let run = try conn.createPipelineRun(pipeline: pipeline.name, repository: repository, digest: digest.description,
@@ -92,6 +93,12 @@ public final class JobQueue: Sendable {
                                  digest: digest.description, tag: tag, details: ["pipeline": pipeline.name, "run": run])
         }
         return queued
+    }
+
+    static func carriesJobKey(_ m: ManifestRecord) -> Bool {
+        guard let text = m.annotationsJSON, let data = text.data(using: .utf8),
+              let a = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return false }
+        return a[JobAnnotations.key] != nil
     }
 
     func newJob(_ pipeline: Pipeline, _ stage: Stage, repository: String, input: String, triggerTag: String?) -> NewJob {
@@ -129,14 +136,20 @@ public final class JobQueue: Sendable {
     public func lease(runner: String, labels: Set<String>, kinds: Set<String> = ["exec", "builtin"]) throws -> JobRecord? {
         try db.write { conn in
             let now = Self.now()
-            for job in try conn.leasableJobs(now: now, limit: 256) {
-                guard Set(job.labels).isSubset(of: labels), kinds.contains(Self.kind(of: job)) else { continue }
-                let token = UUID().uuidString
-                if try conn.leaseJob(job.id, runner: runner, token: token, expires: now + Int64(options.leaseSeconds * 1000), now: now) {
-                    return try conn.job(job.id)
+            // Page through the queue: older jobs nobody here can take must not hide newer ones.
+            var after: Int64 = 0
+            while true {
+                let page = try conn.leasableJobs(now: now, after: after, limit: 256)
+                for job in page {
+                    guard Set(job.labels).isSubset(of: labels), kinds.contains(Self.kind(of: job)) else { continue }
+                    let token = UUID().uuidString
+                    if try conn.leaseJob(job.id, runner: runner, token: token, expires: now + Int64(options.leaseSeconds * 1000), now: now) {
+                        return try conn.job(job.id)
+                    }
                 }
+                guard let last = page.last, page.count == 256 else { return nil }
+                after = last.id
             }
-            return nil
         }
     }
 
@@ -342,7 +355,7 @@ extension JobQueue {
     public func leaseServerJob(kind: String) throws -> JobRecord? {
         try db.write { conn in
             let now = Self.now()
-            for job in try conn.leasableJobs(now: now, limit: 256) where Self.kind(of: job) == kind {
+            for job in try conn.leasableJobs(now: now, limit: 100_000) where Self.kind(of: job) == kind {
                 let token = UUID().uuidString
                 if try conn.leaseJob(job.id, runner: "depot-\(kind)", token: token, expires: now + job.timeoutMs, now: now) {
                     let key = Digest.of(Array("depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec)\n\(kind)".utf8)).description

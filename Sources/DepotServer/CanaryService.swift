@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import DepotCatalog
 import DepotCore
 import DepotDeploy
+import DepotRegistry
 import Foundation
 import Logging
 import NIOCore
@@ -82,59 +83,92 @@ struct CanaryService: Service {
     }
 }
 
-/// Tells a traffic router about every weight change: the configured command, run with the
-/// deployment in its environment (`DEPOT_DEPLOYMENT`, `DEPOT_MODEL`, `DEPOT_STABLE_DIGEST`,
-/// `DEPOT_CANARY_DIGEST`, `DEPOT_CANARY_WEIGHT`), and/or a POST of the same as JSON. Bounded to
-/// 60 s; failures are logged (the node split goes on regardless).
-enum RouterHook {
-    static func post(_ url: String, _ d: DeploymentRecord, logger: Logger) {
-        let body: [String: Any] = ["deployment": "\(d.repository):\(d.environment)", "repository": d.repository, "environment": d.environment,
-                                   "model": d.modelName, "stable": d.stable ?? "", "canary": d.canary ?? "",
-                                   "weight": d.canary == nil ? 0 : d.weight]
-        let bytes = Array((try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data())
-        Task {
-            var request = HTTPClientRequest(url: url)
-            request.method = .POST
-            request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(bytes)
-            do {
-                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
-                _ = try? await response.body.collect(upTo: 64 << 10)
-                if !(200..<300).contains(Int(response.status.code)) {
-                    logger.error("router hook \(url) answered HTTP \(response.status.code) for \(d.repository):\(d.environment)")
+/// Tells a traffic router about every weight change, in order (one at a time, as they happened),
+/// and about every deployment's current weights when the server starts (a change lost to a
+/// crash is re-sent): the configured command, run with the deployment in its environment
+/// (`DEPOT_DEPLOYMENT`, `DEPOT_MODEL`, `DEPOT_STABLE_DIGEST`, `DEPOT_CANARY_DIGEST`,
+/// `DEPOT_CANARY_WEIGHT`, `DEPOT_UPDATED_AT` in ms), and/or a POST of the same as JSON. Each call
+/// is bounded to 60 s; failures are logged (the node split goes on regardless).
+struct RouterHookService: Service {
+    let changes: AsyncStream<DeploymentRecord>
+    let policy: CanaryPolicy
+    let registry: Registry
+    let logger: Logger
+
+    func run() async throws {
+        guard policy.routerCommand != nil || policy.routerURL != nil else {
+            try? await gracefulShutdown()
+            return
+        }
+        let registry = self.registry
+        for d in (try? await offload({ try registry.store.catalog.read { try $0.deployments() } })) ?? [] {
+            await deliver(d)
+        }
+        try? await cancelWhenGracefulShutdown {
+            for await d in changes { await deliver(d) }
+        }
+    }
+
+    func deliver(_ d: DeploymentRecord) async {
+        let fields: [String: String] = [
+            "deployment": "\(d.repository):\(d.environment)", "repository": d.repository, "environment": d.environment,
+            "model": d.modelName, "stable": d.stable ?? "", "canary": d.canary ?? "",
+            "weight": String(d.canary == nil ? 0 : d.weight), "updated_at": String(d.updatedAt),
+        ]
+        if let argv = policy.routerCommand { await runCommand(argv, fields, d) }
+        if let url = policy.routerURL { await post(url, fields, d) }
+    }
+
+    func runCommand(_ argv: [String], _ fields: [String: String], _ d: DeploymentRecord) async {
+        guard let program = argv.first else { return }
+        let logger = self.logger
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            DispatchQueue(label: "depot.router-hook").async {
+                defer { done.resume() }
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: program.hasPrefix("/") ? program : "/usr/bin/env")
+                p.arguments = program.hasPrefix("/") ? Array(argv.dropFirst()) : argv
+                var env = ProcessInfo.processInfo.environment
+                env["DEPOT_DEPLOYMENT"] = fields["deployment"]
+                env["DEPOT_MODEL"] = fields["model"]
+                env["DEPOT_STABLE_DIGEST"] = fields["stable"]
+                env["DEPOT_CANARY_DIGEST"] = fields["canary"]
+                env["DEPOT_CANARY_WEIGHT"] = fields["weight"]
+                env["DEPOT_UPDATED_AT"] = fields["updated_at"]
+                p.environment = env
+                p.standardOutput = FileHandle.nullDevice
+                p.standardError = FileHandle.nullDevice
+                do { try p.run() } catch {
+                    logger.error("router hook \(program): cannot start: \(error)")
+                    return
                 }
-            } catch {
-                logger.error("router hook \(url): \(error)")
+                let killer = DispatchWorkItem { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+                DispatchQueue(label: "depot.router-hook.killer").asyncAfter(deadline: .now() + 60, execute: killer)
+                p.waitUntilExit()
+                killer.cancel()
+                if p.terminationStatus != 0 {
+                    logger.error("router hook \(program) exited with \(p.terminationStatus) for \(d.repository):\(d.environment) at \(fields["weight"] ?? "?")%")
+                }
             }
         }
     }
 
-    static func run(_ argv: [String], _ d: DeploymentRecord, logger: Logger) {
-        guard let program = argv.first else { return }
-        DispatchQueue(label: "depot.router-hook").async {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: program.hasPrefix("/") ? program : "/usr/bin/env")
-            p.arguments = program.hasPrefix("/") ? Array(argv.dropFirst()) : argv
-            var env = ProcessInfo.processInfo.environment
-            env["DEPOT_DEPLOYMENT"] = "\(d.repository):\(d.environment)"
-            env["DEPOT_MODEL"] = d.modelName
-            env["DEPOT_STABLE_DIGEST"] = d.stable ?? ""
-            env["DEPOT_CANARY_DIGEST"] = d.canary ?? ""
-            env["DEPOT_CANARY_WEIGHT"] = String(d.canary == nil ? 0 : d.weight)
-            p.environment = env
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            do { try p.run() } catch {
-                logger.error("router hook \(program): cannot start: \(error)")
-                return
+    func post(_ url: String, _ fields: [String: String], _ d: DeploymentRecord) async {
+        var body: [String: Any] = fields
+        body["weight"] = Int(fields["weight"] ?? "0") ?? 0
+        body["updated_at"] = Int64(fields["updated_at"] ?? "0") ?? 0
+        var request = HTTPClientRequest(url: url)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(Array((try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()))
+        do {
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+            _ = try? await response.body.collect(upTo: 64 << 10)
+            if !(200..<300).contains(Int(response.status.code)) {
+                logger.error("router hook \(url) answered HTTP \(response.status.code) for \(d.repository):\(d.environment)")
             }
-            let killer = DispatchWorkItem { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
-            DispatchQueue(label: "depot.router-hook.killer").asyncAfter(deadline: .now() + 60, execute: killer)
-            p.waitUntilExit()
-            killer.cancel()
-            if p.terminationStatus != 0 {
-                logger.error("router hook \(program) exited with \(p.terminationStatus) for \(d.repository):\(d.environment) at \(d.weight)%")
-            }
+        } catch {
+            logger.error("router hook \(url): \(error)")
         }
     }
 }

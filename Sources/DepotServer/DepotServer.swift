@@ -1,3 +1,4 @@
+import DepotCatalog
 import DepotCore
 import DepotDeploy
 import DepotRegistry
@@ -25,9 +26,10 @@ public struct DepotService {
                                        onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
         -> some ApplicationProtocol {
         let policy = config.canary
+        // Weight changes reach the router hook in order, through one stream.
+        let (routerChanges, routerFeed) = AsyncStream<DeploymentRecord>.makeStream()
         let deployments = Deployments(registry: registry, policy: policy) { d in
-            if let argv = policy.routerCommand { RouterHook.run(argv, d, logger: logger) }
-            if let url = policy.routerURL { RouterHook.post(url, d, logger: logger) }
+            if policy.routerCommand != nil || policy.routerURL != nil { routerFeed.yield(d) }
         }
         let responder = OCIResponder(registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
                                      callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments)
@@ -42,7 +44,8 @@ public struct DepotService {
                                          callbackBase: pipelines.callbackBase, logger: logger),
                        EmbeddedRunner(runner: pipelines.runner),
                        CanaryService(deployments: deployments, source: metricsSource ?? PrometheusSource(baseURL: policy.prometheusURL),
-                                     logger: logger)],
+                                     logger: logger),
+                       RouterHookService(changes: routerChanges, policy: policy, registry: registry, logger: logger)],
             onServerRunning: onServerRunning,
             logger: logger
         )

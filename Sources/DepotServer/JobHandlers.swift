@@ -95,7 +95,12 @@ extension OCIResponder {
             let job = try await offload { try jobs.fail(id, token: token, reason: reason, permanent: permanent) }
             return Reply.json(Self.json(job))
         case (.jobAction(let id, "cancel"), .post):
-            let job = try await offload { try jobs.cancel(id, actor: actor) }
+            let deployments = self.deployments
+            let job = try await offload { () -> JobRecord in
+                let job = try jobs.cancel(id, actor: actor)
+                try deployments.abortRollout(forJob: id, actor: actor)   // a canary stage's rollout stops with it
+                return job
+            }
             return Reply.json(Self.json(job))
         case (.jobAction(let id, "retry"), .post):
             let job = try await offload { try jobs.retry(id, actor: actor) }

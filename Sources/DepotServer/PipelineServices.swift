@@ -98,31 +98,44 @@ extension PipelineScheduler {
     /// promoted → succeeded, rolled back or aborted → failed (not retried: the evidence is in).
     func runCanaryStages(_ jobs: JobQueue, _ deployments: Deployments) async throws {
         while let job = try await offload({ try jobs.leaseServerJob(kind: "canary") }) {
-            let spec = (try? JSONSerialization.jsonObject(with: Data(job.spec.utf8)) as? [String: Any]) ?? [:]
-            let env = spec["environment"] as? String ?? ""
-            let steps = spec["steps"] as? [Int]
-            let analysis = (spec["analysis_seconds"] as? NSNumber)?.doubleValue
-            do {
-                let repo = try RepositoryName(job.inputRepository)
-                let digest = try Digest(parsing: job.inputDigest)
-                let status = try await offload {
-                    try deployments.start(repo, env, .digest(digest), actor: "pipeline \(job.pipeline) job \(job.id)", steps: steps,
-                                          analysisSeconds: analysis, jobID: job.id)
-                }
-                logger.info("job \(job.id) \(job.pipeline)/\(job.stage): rollout \(status.rollout?.id ?? 0) of \(job.inputDigest.prefix(19)) to \(env) started")
-            } catch {
-                let e = RegistryError.from(error)
-                // A conflict (another rollout running) may clear; a bad input will not.
-                try await offload { try jobs.serverJobDispatchFailed(job, reason: "cannot start the rollout: \(e.message)", permanent: e.status != 409) }
-            }
+            // A job leased again (its lease outlived by a long rollout) keeps its rollout.
+            if try await offload({ try deployments.rollout(forJob: job.id) }) != nil { continue }
+            try await startRollout(job, jobs, deployments)
         }
         for job in try await offload({ try jobs.runningServerJobs(kind: "canary") }) {
-            guard let rollout = try await offload({ try deployments.rollout(forJob: job.id) }), !rollout.isActive else { continue }
+            guard let rollout = try await offload({ try deployments.rollout(forJob: job.id) }) else {
+                // Leased, then the server died before the rollout started: start it now.
+                try await startRollout(job, jobs, deployments)
+                continue
+            }
+            guard !rollout.isActive else { continue }
             if rollout.state == "promoted" {
                 _ = try await offload { try jobs.completeServerJob(job.id, output: nil) }
             } else {
                 _ = try await offload { try jobs.failServerJob(job.id, reason: "rollout \(rollout.id) \(rollout.state): \(rollout.reason ?? "")", permanent: true) }
             }
+        }
+    }
+}
+
+extension PipelineScheduler {
+    func startRollout(_ job: JobRecord, _ jobs: JobQueue, _ deployments: Deployments) async throws {
+        let spec = (try? JSONSerialization.jsonObject(with: Data(job.spec.utf8)) as? [String: Any]) ?? [:]
+        let env = spec["environment"] as? String ?? ""
+        let steps = spec["steps"] as? [Int]
+        let analysis = (spec["analysis_seconds"] as? NSNumber)?.doubleValue
+        do {
+            let repo = try RepositoryName(job.inputRepository)
+            let digest = try Digest(parsing: job.inputDigest)
+            let status = try await offload {
+                try deployments.start(repo, env, .digest(digest), actor: "pipeline \(job.pipeline) job \(job.id)", steps: steps,
+                                      analysisSeconds: analysis, jobID: job.id)
+            }
+            logger.info("job \(job.id) \(job.pipeline)/\(job.stage): rollout \(status.rollout?.id ?? 0) of \(job.inputDigest.prefix(19)) to \(env) started")
+        } catch {
+            let e = RegistryError.from(error)
+            // A conflict (another rollout running) may clear; a bad input will not.
+            try await offload { try jobs.serverJobDispatchFailed(job, reason: "cannot start the rollout: \(e.message)", permanent: e.status != 409) }
         }
     }
 }

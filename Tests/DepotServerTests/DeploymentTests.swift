@@ -222,6 +222,29 @@ struct DeploymentTests {
         }
     }
 
+    @Test func theRouterHookHearsEveryWeightChangeInOrder() async throws {
+        let dir = TempDir("router")
+        var policy = Self.policy()
+        policy.routerCommand = ["/bin/sh", "-c", "echo \"$DEPOT_DEPLOYMENT $DEPOT_CANARY_WEIGHT ${DEPOT_CANARY_DIGEST:-none}\" >> \(dir.path)/router.log"]
+        try await PipelineHarness.run(pipelines: [], canary: policy) { h, client in
+            let v1 = try await Self.pushBundle(h, "vision/adder", "v1", marker: "1")
+            let v2 = try await Self.pushBundle(h, "vision/adder", "v2", marker: "2")
+            let path = "/depot/v1/repositories/vision/adder/deployments/production"
+            _ = try await client.req(.post, path + "/rollout", body: Array(#"{"reference": "v1"}"#.utf8))
+            _ = try await client.req(.post, path + "/rollout", body: Array(#"{"reference": "v2"}"#.utf8))
+            _ = try await client.req(.post, path + "/abort", body: Array(#"{"reason": "test"}"#.utf8))
+            var lines: [String] = []
+            for _ in 0..<200 {
+                lines = ((try? String(contentsOfFile: dir.path + "/router.log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+                if lines.count >= 3 { break }
+                try await Task.sleep(for: .milliseconds(25))
+            }
+            #expect(lines == ["vision/adder:production 0 none", "vision/adder:production 1 \(v2)", "vision/adder:production 0 none"],
+                    "initial deployment, canary at 1%, abort — in order")
+            _ = v1
+        }
+    }
+
     /// Stores a Triton bundle through the registry API (no server: the store is reopened below).
     static func putBundle(_ registry: Registry, _ repo: RepositoryName, _ tag: String, marker: String) throws -> Digest {
         func blob(_ text: String) throws -> (Digest, Int) {

@@ -1,6 +1,7 @@
 import DepotCatalog
 import DepotClient
 import DepotCore
+import DepotDeploy
 import DepotPipelines
 import DepotRegistry
 import DepotRunner
@@ -21,7 +22,7 @@ struct PipelineHarness: Sendable {
     var url: String { "http://127.0.0.1:\(port)" }
 
     static func run(pipelines yaml: [String], leaseSeconds: Double = 30, retryBase: Double = 0.05,
-                    webhooks: [String: (url: String, secret: String)] = [:],
+                    webhooks: [String: (url: String, secret: String)] = [:], canary: CanaryPolicy? = nil,
                     _ body: @Sendable (PipelineHarness, any TestClientProtocol) async throws -> Void) async throws {
         let dir = TempDir("depot-pipes")
         let store = try ChunkStore(root: dir.path + "/store", create: true)
@@ -33,6 +34,7 @@ struct PipelineHarness: Sendable {
         let jobs = JobQueue(registry: registry, pipelines: pipelines, options: options)
         var config = ServerConfig()
         config.listenPort = 0
+        if let canary { config.canary = canary }
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         var setup = PipelineSetup(jobs: jobs, runner: nil)
