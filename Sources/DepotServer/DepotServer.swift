@@ -126,7 +126,7 @@ public struct PipelineSetup: Sendable {
                                         workDirectory: p.runnerWorkDirectory.isEmpty ? config.storageRoot + "/runner" : p.runnerWorkDirectory)
             options.labels = p.runnerLabels
             options.concurrency = p.runnerConcurrency
-            options.python = p.runnerPython
+            options.python = ProcessInfo.processInfo.environment["DEPOT_HOOKS_PYTHON"].flatMap { $0.isEmpty ? nil : $0 } ?? p.runnerPython
             options.passEnvironment = p.runnerPassEnvironment
             options.hooksDirectory = p.runnerHooksDirectory.isEmpty ? RunnerOptions.defaultHooksDirectory() : p.runnerHooksDirectory
             options.heartbeatInterval = .milliseconds(Int64(max(500, p.leaseSeconds * 1000 / 4)))

@@ -135,7 +135,7 @@ struct RunnerCommand: AsyncParsableCommand {
     @Option(help: "Runner name (default: runner@host).") var name: String?
     @Option(help: "Jobs run at the same time.") var concurrency = 1
     @Option(help: "Workspaces and the chunk cache (default: $TMPDIR/depot-runner-<name>).") var workDir: String?
-    @Option(help: "Python for built-in hooks.") var python = "python3"
+    @Option(help: "Python for built-in hooks (default: $DEPOT_HOOKS_PYTHON, else python3).") var python: String?
     @Option(help: "Directory of the built-in hooks (default: $DEPOT_HOOKS_DIR or hooks/builtin next to the executable).") var hooksDir: String?
     @Option(help: "Seconds between lease renewals.") var heartbeatSeconds: Double = 5
     @Option(help: "An environment variable stages may see besides PATH, HOME, LANG… (repeatable).") var passEnv: [String] = []
@@ -151,7 +151,7 @@ struct RunnerCommand: AsyncParsableCommand {
         var options = RunnerOptions(name: runnerName, workDirectory: workDir ?? NSTemporaryDirectory() + "depot-runner-" + String(safe))
         options.labels = labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         options.concurrency = concurrency
-        options.python = python
+        options.python = python ?? ProcessInfo.processInfo.environment["DEPOT_HOOKS_PYTHON"].flatMap { $0.isEmpty ? nil : $0 } ?? "python3"
         options.hooksDirectory = hooksDir ?? RunnerOptions.defaultHooksDirectory()
         options.heartbeatInterval = .milliseconds(Int64(heartbeatSeconds * 1000))
         options.passEnvironment = passEnv
