@@ -17,8 +17,9 @@ Library:
     gen.stop(); final = gen.join()  # stop early (or wait for the duration)
     # or: loadgen.run(targets, model, duration, rate, stop_event=threading.Event()) -> stats (blocking)
 
-Requests are dispatched on schedule to `concurrency` worker threads; when every worker is busy (a slow
-model) the tick is skipped and counted in "skipped", so the generator never queues without bound.
+Requests are dispatched on schedule, round-robin, with at most `concurrency` in flight per target; when
+a target's slots are all busy (a slow model) its tick is skipped and counted in "skipped", so the
+generator never queues without bound and a slow target never starves the others.
 """
 import argparse
 import http.client
@@ -187,7 +188,7 @@ class LoadGen:
             try:
                 self._one(conns, target)
             finally:
-                idle.release()  # this worker is free for the next tick
+                idle[target].release()  # a slot of this target is free for the next tick
         for c in conns.values():
             try:
                 c.close()
@@ -198,9 +199,11 @@ class LoadGen:
     def run(self):
         """Blocking: runs until the duration is over or stop_event is set; returns stats()."""
         work = queue.Queue()
-        idle = threading.Semaphore(self.concurrency)
+        # In-flight slots per target: a slow target (a canary that sleeps) must not starve the
+        # others of requests, or the stable version has no traffic to compare with.
+        idle = {t: threading.Semaphore(self.concurrency) for t in self.targets}
         workers = []
-        for i in range(self.concurrency):
+        for i in range(self.concurrency * len(self.targets)):
             t = threading.Thread(target=self._worker, args=(work, idle), name=f"loadgen-{i}", daemon=True)
             t.start()
             workers.append(t)
@@ -218,7 +221,7 @@ class LoadGen:
                     break
                 target = self.targets[i % len(self.targets)]
                 i += 1
-                if idle.acquire(blocking=False):
+                if idle[target].acquire(blocking=False):
                     with self._lock:
                         self._sent += 1
                     work.put(target)
@@ -272,7 +275,7 @@ def main(argv=None):
     ap.add_argument("--model", required=True)
     ap.add_argument("--duration", type=float, required=True, help="seconds (at most %d)" % MAX_DURATION_S)
     ap.add_argument("--rate", type=float, required=True, help="requests per second over all targets")
-    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight at most (default 4)")
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight per target at most (default 4)")
     ap.add_argument("--timeout", type=float, default=5.0, help="per-request timeout in seconds (default 5)")
     ap.add_argument("--out", help="write the stats JSON here at the end")
     args = ap.parse_args(argv)
