@@ -15,17 +15,8 @@ import Testing
 struct EventTests {
     @Test func eventsAreWrittenWithTheirChangeAndDeliveredSignedWithRetries() async throws {
         let dir = TempDir("depot-events")
-        let receiver = Process()
-        receiver.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        receiver.arguments = ["python3", repoRoot + "/Tests/interop/webhook_receiver.py", dir.path + "/port", dir.path + "/received", "s3cret", "2"]
-        try receiver.run()
+        let (receiver, hookPort) = try await startWebhookReceiver(dir.path, secret: "s3cret", failFirst: 2)
         defer { kill(receiver.processIdentifier, SIGKILL); receiver.waitUntilExit() }
-        var port: String?
-        for _ in 0..<200 where port == nil {
-            port = try? String(contentsOfFile: dir.path + "/port", encoding: .utf8)
-            if port == nil { try await Task.sleep(nanoseconds: 25_000_000) }
-        }
-        let hookPort = try #require(port)
 
         let store = try ChunkStore(root: dir.path + "/store", create: true)
         let registry = Registry(store: store)

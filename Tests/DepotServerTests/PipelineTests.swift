@@ -212,17 +212,9 @@ struct PipelineTests {
 
     @Test func webhookStagesWaitForASignedCallback() async throws {
         let dir = TempDir("depot-hookstage")
-        let receiver = Process()
-        receiver.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        receiver.arguments = ["python3", repoRoot + "/Tests/interop/webhook_receiver.py", dir.path + "/port", dir.path + "/received", "stage-secret", "0"]
-        try receiver.run()
+        let (receiver, port) = try await startWebhookReceiver(dir.path, secret: "stage-secret", failFirst: 0)
         defer { kill(receiver.processIdentifier, SIGKILL); receiver.waitUntilExit() }
-        var port: String?
-        for _ in 0..<200 where port == nil {
-            port = try? String(contentsOfFile: dir.path + "/port", encoding: .utf8)
-            if port == nil { try await Task.sleep(for: .milliseconds(25)) }
-        }
-        let hookURL = "http://127.0.0.1:\(try #require(port))/stage"
+        let hookURL = "http://127.0.0.1:\(port)/stage"
         let yaml = """
             name: external
             trigger: {tags: ["v*"]}

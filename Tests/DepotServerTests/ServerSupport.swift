@@ -98,3 +98,25 @@ func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
 }
 
 let emptyConfig: [UInt8] = Array("{}".utf8)
+
+/// A real webhook endpoint (Tests/interop/webhook_receiver.py) that verifies signatures with
+/// `secret`, answers 500 to the first `failFirst` requests and appends accepted deliveries to
+/// `<dir>/received`. Returns the process (kill it with SIGKILL) and its port.
+func startWebhookReceiver(_ dir: String, secret: String, failFirst: Int) async throws -> (Process, String) {
+    let receiver = Process()
+    receiver.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    receiver.arguments = ["python3", FileManager.default.currentDirectoryPath + "/Tests/interop/webhook_receiver.py", dir + "/port",
+                          dir + "/received", secret, String(failFirst)]
+    try receiver.run()
+    var port: String?
+    for _ in 0..<200 where port == nil {
+        port = try? String(contentsOfFile: dir + "/port", encoding: .utf8)
+        if port == nil { try await Task.sleep(nanoseconds: 25_000_000) }
+    }
+    guard let port else {
+        kill(receiver.processIdentifier, SIGKILL)
+        receiver.waitUntilExit()
+        throw CancellationError()
+    }
+    return (receiver, port)
+}
