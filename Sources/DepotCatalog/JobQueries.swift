@@ -208,6 +208,23 @@ extension SQLiteConnection {
             """, .text(key), .text(repository), .text(digest), .int(now))
     }
 
+    /// Forgets the logs of jobs that finished before `before` (a log shared by a newer job stays):
+    /// the job rows lose their log, the blobs their `job-log` root; GC reclaims them. Returns how many.
+    public func expireJobLogs(finishedBefore before: Int64) throws -> Int {
+        var digests: [String] = []
+        try query("""
+            SELECT log_digest FROM jobs WHERE log_digest IS NOT NULL GROUP BY log_digest
+            HAVING MAX(COALESCE(finished_at, 9223372036854775807)) < ?
+            """, .int(before)) { digests.append($0.text(0)) }
+        for text in digests {
+            try run("UPDATE jobs SET log_digest = NULL WHERE log_digest = ?", .text(text))
+            if let d = try? Digest(parsing: text) {
+                try run("DELETE FROM blob_roots WHERE digest = ? AND reason = 'job-log'", .hash(d.bytes))
+            }
+        }
+        return digests.count
+    }
+
     /// Counts of jobs by state.
     public func jobCounts() throws -> [String: Int] {
         var out: [String: Int] = [:]

@@ -15,6 +15,8 @@ public final class JobQueue: Sendable {
         /// First retry delay; each further attempt doubles it, up to `maxBackoffSeconds`.
         public var retryBaseSeconds = 5.0
         public var maxBackoffSeconds = 600.0
+        /// Logs of jobs finished longer ago than this are released to GC (0: kept forever).
+        public var logRetentionSeconds = 30.0 * 86400
         public init() {}
     }
 
@@ -298,6 +300,14 @@ public final class JobQueue: Sendable {
             }
             return expired
         }
+    }
+
+    /// Releases the logs older than the retention to garbage collection; returns how many.
+    @discardableResult
+    public func expireLogs(now: Int64? = nil) throws -> Int {
+        guard options.logRetentionSeconds > 0 else { return 0 }
+        let cutoff = (now ?? Self.now()) - Int64(options.logRetentionSeconds * 1000)
+        return try db.write { try $0.expireJobLogs(finishedBefore: cutoff) }
     }
 
     // MARK: operator commands

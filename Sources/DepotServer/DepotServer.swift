@@ -104,6 +104,7 @@ public struct PipelineSetup: Sendable {
         var options = JobQueue.Options()
         options.leaseSeconds = p.leaseSeconds
         options.retryBaseSeconds = p.retryBaseSeconds
+        options.logRetentionSeconds = p.logRetentionDays * 86400
         jobs = JobQueue(registry: registry, pipelines: loaded, options: options)
         let host = config.listenHost.contains(":") ? "[\(config.listenHost)]" : config.listenHost
         let local = "http://\(host == "0.0.0.0" ? "127.0.0.1" : host):\(config.listenPort)"

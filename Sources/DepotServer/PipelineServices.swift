@@ -38,6 +38,10 @@ struct PipelineScheduler: Service {
                 do {
                     let queued = try await offload { try jobs.schedule() }
                     if queued > 0 { logger.info("pipelines: queued \(queued) job(s)") }
+                    if ticks % 14_400 == 0 {   // hourly (and at start-up)
+                        let n = try await offload { try jobs.expireLogs() }
+                        if n > 0 { logger.info("pipelines: released \(n) job log(s) past their retention to GC") }
+                    }
                     if ticks % 4 == 0 {
                         for job in try await offload({ try jobs.expireLeases() }) {
                             logger.warning("job \(job.id) \(job.pipeline)/\(job.stage): lease expired (runner \(job.runner ?? "?"))")

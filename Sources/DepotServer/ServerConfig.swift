@@ -35,6 +35,8 @@ public struct ServerConfig: Sendable, Equatable {
         public var directory = "config/pipelines"
         public var leaseSeconds: Double = 30
         public var retryBaseSeconds: Double = 5
+        /// Logs of jobs finished longer ago are released to GC; 0 keeps them forever.
+        public var logRetentionDays: Double = 30
         /// Base URL webhook stages call back (default: http://<listen address>).
         public var callbackURL = ""
         public var runnerEnabled = true
@@ -191,6 +193,10 @@ public struct ServerConfig: Sendable, Equatable {
                 config.pipelines.retryBaseSeconds = v
             }
             if let v: String = try reader.value(s, "callback_url") { config.pipelines.callbackURL = v }
+            if let v: Double = try reader.value(s, "log_retention_days") {
+                guard (0...36500).contains(v) else { throw reader.error("pipelines.log_retention_days", "must be 0 (forever) to 36500") }
+                config.pipelines.logRetentionDays = v
+            }
             if let raw = s["runner"] {
                 guard let r = raw as? [String: Any] else { throw reader.error("pipelines.runner", "must be a mapping") }
                 if let v: Bool = try reader.value(r, "enabled") { config.pipelines.runnerEnabled = v }
@@ -353,7 +359,7 @@ final class ConfigReader {
                         "compact_below", "read_verification", "gc_interval_hours"],
             "uploads": ["timeout_seconds", "max_sessions"],
             "aliases": ["protected", "immutable"],
-            "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "callback_url", "runner"],
+            "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "runner"],
             "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "router_url", "checks"],
         ]
         try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")

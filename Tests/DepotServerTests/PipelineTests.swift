@@ -147,6 +147,12 @@ struct PipelineTests {
             #expect(try h.tags("bad/m") == ["v1"], "no output of a failed job is visible")
             let audit = try h.registry.auditLog(AuditFilter(action: "job.failed"))
             #expect(audit.count == 7)
+            // Past the retention, logs go to GC: the rows forget them, the blobs lose their root.
+            let log = try #require(job("exits")?.logDigest.flatMap { try? Digest(parsing: $0) })
+            #expect(try h.registry.store.catalog.read { try $0.isRoot(log) })
+            #expect(try h.jobs.expireLogs(now: Int64(Date().timeIntervalSince1970 * 1000) + 31 * 86_400_000) == 7)
+            #expect(try h.jobs.job(job("exits")!.id).logDigest == nil)
+            #expect(try !h.registry.store.catalog.read { try $0.isRoot(log) })
         }
     }
 
