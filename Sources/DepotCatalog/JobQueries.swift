@@ -7,6 +7,8 @@ public struct JobRecord: Sendable, Equatable {
     public var runID: Int64
     public var pipeline: String
     public var stage: String
+    /// exec or builtin (run by runners), webhook or canary (run by the server).
+    public var kind: String
     /// The stage definition as JSON, what a runner executes.
     public var spec: String
     public var state: String
@@ -40,6 +42,7 @@ public struct JobRecord: Sendable, Equatable {
 /// A new job to queue.
 public struct NewJob: Sendable {
     public var stage: String
+    public var kind: String
     public var spec: String
     public var inputRepository: String
     public var inputDigest: String
@@ -49,9 +52,9 @@ public struct NewJob: Sendable {
     public var maxAttempts: Int
     public var timeoutMs: Int64
 
-    public init(stage: String, spec: String, inputRepository: String, inputDigest: String, inputTag: String?,
+    public init(stage: String, kind: String, spec: String, inputRepository: String, inputDigest: String, inputTag: String?,
                 outputTag: String?, labels: [String], maxAttempts: Int, timeoutMs: Int64) {
-        self.stage = stage; self.spec = spec; self.inputRepository = inputRepository; self.inputDigest = inputDigest
+        self.stage = stage; self.kind = kind; self.spec = spec; self.inputRepository = inputRepository; self.inputDigest = inputDigest
         self.inputTag = inputTag; self.outputTag = outputTag; self.labels = labels; self.maxAttempts = maxAttempts
         self.timeoutMs = timeoutMs
     }
@@ -71,7 +74,7 @@ public struct PipelineRunRecord: Sendable, Equatable {
 /// state (and lease token), so two runners or a runner and the expiry sweep never both win.
 extension SQLiteConnection {
     static let jobColumns = """
-        id, run_id, pipeline, stage, spec, state, input_repository, input_digest, input_tag, output_tag, labels,
+        id, run_id, pipeline, stage, kind, spec, state, input_repository, input_digest, input_tag, output_tag, labels,
         attempt, max_attempts, timeout_ms, not_before, runner, lease_token, lease_expires, job_key, output_digest,
         memoized, log_digest, reason, created_at, updated_at, started_at, finished_at
         """
@@ -79,14 +82,14 @@ extension SQLiteConnection {
     static func job(_ s: Statement) -> JobRecord {
         func opt(_ i: Int32) -> String? { s.isNull(i) ? nil : s.text(i) }
         func optInt(_ i: Int32) -> Int64? { s.isNull(i) ? nil : s.int(i) }
-        let labels = s.text(10)
-        return JobRecord(id: s.int(0), runID: s.int(1), pipeline: s.text(2), stage: s.text(3), spec: s.text(4), state: s.text(5),
-                         inputRepository: s.text(6), inputDigest: s.text(7), inputTag: opt(8), outputTag: opt(9),
+        let labels = s.text(11)
+        return JobRecord(id: s.int(0), runID: s.int(1), pipeline: s.text(2), stage: s.text(3), kind: s.text(4), spec: s.text(5), state: s.text(6),
+                         inputRepository: s.text(7), inputDigest: s.text(8), inputTag: opt(9), outputTag: opt(10),
                          labels: labels.isEmpty ? [] : labels.split(separator: ",").map(String.init),
-                         attempt: Int(s.int(11)), maxAttempts: Int(s.int(12)), timeoutMs: s.int(13), notBefore: s.int(14),
-                         runner: opt(15), leaseToken: opt(16), leaseExpires: optInt(17), key: opt(18), outputDigest: opt(19),
-                         memoized: s.int(20) != 0, logDigest: opt(21), reason: opt(22), createdAt: s.int(23), updatedAt: s.int(24),
-                         startedAt: optInt(25), finishedAt: optInt(26))
+                         attempt: Int(s.int(12)), maxAttempts: Int(s.int(13)), timeoutMs: s.int(14), notBefore: s.int(15),
+                         runner: opt(16), leaseToken: opt(17), leaseExpires: optInt(18), key: opt(19), outputDigest: opt(20),
+                         memoized: s.int(21) != 0, logDigest: opt(22), reason: opt(23), createdAt: s.int(24), updatedAt: s.int(25),
+                         startedAt: optInt(26), finishedAt: optInt(27))
     }
 
     /// Creates the run unless one exists for (pipeline, repository, digest); nil when it existed.
@@ -112,10 +115,10 @@ extension SQLiteConnection {
     @discardableResult
     public func enqueueJob(runID: Int64, pipeline: String, _ job: NewJob, now: Int64) throws -> Int64? {
         try run("""
-            INSERT OR IGNORE INTO jobs(run_id, pipeline, stage, spec, state, input_repository, input_digest, input_tag, output_tag,
+            INSERT OR IGNORE INTO jobs(run_id, pipeline, stage, kind, spec, state, input_repository, input_digest, input_tag, output_tag,
                                        labels, max_attempts, timeout_ms, created_at, updated_at)
-            VALUES(?,?,?,?,'queued',?,?,?,?,?,?,?,?,?)
-            """, .int(runID), .text(pipeline), .text(job.stage), .text(job.spec), .text(job.inputRepository), .text(job.inputDigest),
+            VALUES(?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?)
+            """, .int(runID), .text(pipeline), .text(job.stage), .text(job.kind), .text(job.spec), .text(job.inputRepository), .text(job.inputDigest),
             job.inputTag.map(SQLValue.text) ?? .null, job.outputTag.map(SQLValue.text) ?? .null,
             .text(job.labels.joined(separator: ",")), .int(Int64(job.maxAttempts)), .int(job.timeoutMs), .int(now), .int(now))
         guard changes > 0 else { return nil }
@@ -147,11 +150,20 @@ extension SQLiteConnection {
         return out
     }
 
-    /// Queued jobs that may be leased now, oldest first, after job id `after` (paging).
-    public func leasableJobs(now: Int64, after: Int64 = 0, limit: Int) throws -> [JobRecord] {
+    /// Queued jobs of these kinds that may be leased now, oldest first, after job id `after` (paging).
+    public func leasableJobs(kinds: [String], now: Int64, after: Int64 = 0, limit: Int) throws -> [JobRecord] {
         var out: [JobRecord] = []
-        try query("SELECT \(Self.jobColumns) FROM jobs WHERE state = 'queued' AND not_before <= ? AND id > ? ORDER BY id LIMIT ?",
-                  .int(now), .int(after), .int(Int64(limit))) { out.append(Self.job($0)) }
+        let list = kinds.map { "'\($0.filter { $0.isLetter })'" }.joined(separator: ",")
+        try query("""
+            SELECT \(Self.jobColumns) FROM jobs WHERE state = 'queued' AND kind IN (\(list)) AND not_before <= ? AND id > ? ORDER BY id LIMIT ?
+            """, .int(now), .int(after), .int(Int64(limit))) { out.append(Self.job($0)) }
+        return out
+    }
+
+    /// Running jobs of one kind.
+    public func runningJobs(kind: String) throws -> [JobRecord] {
+        var out: [JobRecord] = []
+        try query("SELECT \(Self.jobColumns) FROM jobs WHERE state = 'running' AND kind = ? ORDER BY id", .text(kind)) { out.append(Self.job($0)) }
         return out
     }
 

@@ -184,6 +184,7 @@ enum Schema {
             run_id INTEGER NOT NULL REFERENCES pipeline_runs(id),
             pipeline TEXT NOT NULL,
             stage TEXT NOT NULL,
+            kind TEXT NOT NULL,                         -- exec, builtin (runners); webhook, canary (the server)
             spec TEXT NOT NULL,                         -- the stage definition (JSON) the runner executes
             state TEXT NOT NULL,                        -- queued, leased, running, succeeded, failed, cancelled
             input_repository TEXT NOT NULL,
@@ -209,7 +210,7 @@ enum Schema {
             finished_at INTEGER,
             UNIQUE(run_id, stage)
         );
-        CREATE INDEX jobs_by_state ON jobs(state, not_before);
+        CREATE INDEX jobs_by_state ON jobs(state, kind, id);
         CREATE INDEX jobs_by_pipeline ON jobs(pipeline, id);
         CREATE TABLE job_outputs(                       -- memoization: key -> the artifact it produced
             job_key TEXT PRIMARY KEY,

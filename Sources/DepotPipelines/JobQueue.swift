@@ -109,7 +109,7 @@ public final class JobQueue: Sendable {
                          "pipeline": pipeline.name]
         let spec = stage.spec(pipeline: pipeline.name, variables: variables)
         let specJSON = (try? JSONSerialization.data(withJSONObject: spec, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-        return NewJob(stage: stage.name, spec: specJSON, inputRepository: repository, inputDigest: input, inputTag: triggerTag,
+        return NewJob(stage: stage.name, kind: stage.kindName, spec: specJSON, inputRepository: repository, inputDigest: input, inputTag: triggerTag,
                       outputTag: stage.tag.map { Template.render($0, variables) }, labels: stage.labels,
                       maxAttempts: stage.retries + 1, timeoutMs: Int64(stage.timeoutSeconds) * 1000)
     }
@@ -141,9 +141,9 @@ public final class JobQueue: Sendable {
             // Page through the queue: older jobs nobody here can take must not hide newer ones.
             var after: Int64 = 0
             while true {
-                let page = try conn.leasableJobs(now: now, after: after, limit: 256)
+                let page = try conn.leasableJobs(kinds: kinds.sorted(), now: now, after: after, limit: 256)
                 for job in page {
-                    guard Set(job.labels).isSubset(of: labels), kinds.contains(Self.kind(of: job)) else { continue }
+                    guard Set(job.labels).isSubset(of: labels) else { continue }
                     let token = UUID().uuidString
                     if try conn.leaseJob(job.id, runner: runner, token: token, expires: now + Int64(options.leaseSeconds * 1000), now: now) {
                         return try conn.job(job.id)
@@ -153,11 +153,6 @@ public final class JobQueue: Sendable {
                 after = last.id
             }
         }
-    }
-
-    static func kind(of job: JobRecord) -> String {
-        guard let data = job.spec.data(using: .utf8), let spec = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return "" }
-        return spec["kind"] as? String ?? ""
     }
 
     func leased(_ conn: SQLiteConnection, _ id: Int64, token: String) throws -> JobRecord {
@@ -293,8 +288,8 @@ public final class JobQueue: Sendable {
         try db.write { conn in
             let expired = try conn.expiredLeases(now: Self.now())
             for job in expired {
-                let why = Self.kind(of: job) == "webhook" ? "the webhook did not call back within the stage's timeout"
-                    : Self.kind(of: job) == "canary" ? "the rollout did not finish within the stage's timeout"
+                let why = job.kind == "webhook" ? "the webhook did not call back within the stage's timeout"
+                    : job.kind == "canary" ? "the rollout did not finish within the stage's timeout"
                     : "lease expired: runner \(job.runner ?? "?") stopped renewing it (killed, or lost its connection)"
                 try failLocked(conn, job, reason: why, permanent: false)
             }
@@ -365,7 +360,7 @@ extension JobQueue {
     public func leaseServerJob(kind: String) throws -> JobRecord? {
         try db.write { conn in
             let now = Self.now()
-            for job in try conn.leasableJobs(now: now, limit: 100_000) where Self.kind(of: job) == kind {
+            for job in try conn.leasableJobs(kinds: [kind], now: now, limit: 1) {
                 let token = UUID().uuidString
                 if try conn.leaseJob(job.id, runner: "depot-\(kind)", token: token, expires: now + job.timeoutMs, now: now) {
                     let key = Digest.of(Array("depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec)\n\(kind)".utf8)).description
@@ -388,7 +383,7 @@ extension JobQueue {
 
     /// Running jobs of `kind` (the server checks on them).
     public func runningServerJobs(kind: String) throws -> [JobRecord] {
-        try db.read { conn in try conn.jobs(state: "running", pipeline: nil, limit: 10_000).filter { Self.kind(of: $0) == kind } }
+        try db.read { try $0.runningJobs(kind: kind) }
     }
 
     /// A server-run stage succeeded (a signed webhook callback, a promoted rollout); `output`,
@@ -396,7 +391,7 @@ extension JobQueue {
     public func completeServerJob(_ id: Int64, output: Digest?) throws -> JobRecord {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
-            guard job.state == "running", ["webhook", "canary"].contains(Self.kind(of: job)) else {
+            guard job.state == "running", ["webhook", "canary"].contains(job.kind) else {
                 throw RegistryError(.conflict, "job \(id) is \(job.state): it is not waiting for a callback")
             }
             if let output {
@@ -419,7 +414,7 @@ extension JobQueue {
     public func failServerJob(_ id: Int64, reason: String, permanent: Bool) throws -> JobRecord {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
-            guard job.state == "running", ["webhook", "canary"].contains(Self.kind(of: job)) else {
+            guard job.state == "running", ["webhook", "canary"].contains(job.kind) else {
                 throw RegistryError(.conflict, "job \(id) is \(job.state): it is not waiting for a callback")
             }
             try failLocked(conn, job, reason: reason, permanent: permanent)

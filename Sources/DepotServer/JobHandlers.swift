@@ -163,7 +163,7 @@ extension OCIResponder {
 
     static func json(_ job: JobRecord, withToken: Bool = false) -> [String: Any] {
         var o: [String: Any] = [
-            "id": job.id, "run": job.runID, "pipeline": job.pipeline, "stage": job.stage, "state": job.state,
+            "id": job.id, "run": job.runID, "pipeline": job.pipeline, "stage": job.stage, "kind": job.kind, "state": job.state,
             "attempt": job.attempt, "max_attempts": job.maxAttempts, "labels": job.labels, "memoized": job.memoized,
             "timeout_seconds": job.timeoutMs / 1000, "created_at": iso(job.createdAt), "updated_at": iso(job.updatedAt),
         ]

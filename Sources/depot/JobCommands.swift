@@ -70,11 +70,7 @@ struct JobCancel: AsyncParsableCommand {
     @Argument(help: "Job id.") var id: Int64
     @OptionGroup var registry: RegistryOptions
 
-    func run() async throws {
-        await runClient(registry) { c in
-            print(JobFormat.line(try await c.call(.POST, "/depot/v1/jobs/\(id)/cancel")))
-        }
-    }
+    func run() async throws { await JobFormat.post("cancel", id, registry) }
 }
 
 struct JobRetry: AsyncParsableCommand {
@@ -82,11 +78,7 @@ struct JobRetry: AsyncParsableCommand {
     @Argument(help: "Job id.") var id: Int64
     @OptionGroup var registry: RegistryOptions
 
-    func run() async throws {
-        await runClient(registry) { c in
-            print(JobFormat.line(try await c.call(.POST, "/depot/v1/jobs/\(id)/retry")))
-        }
-    }
+    func run() async throws { await JobFormat.post("retry", id, registry) }
 }
 
 struct PipelineList: AsyncParsableCommand {
@@ -110,6 +102,13 @@ struct PipelineList: AsyncParsableCommand {
 }
 
 enum JobFormat {
+    /// POSTs an operator command on a job and prints the job's line.
+    static func post(_ action: String, _ id: Int64, _ registry: RegistryOptions) async {
+        await runClient(registry) { c in
+            print(line(try await c.call(.POST, "/depot/v1/jobs/\(id)/\(action)")))
+        }
+    }
+
     static func line(_ j: [String: Any]) -> String {
         let input = j["input"] as? [String: Any] ?? [:]
         let output = j["output"] as? [String: Any] ?? [:]

@@ -122,11 +122,12 @@ LOADGEN_PID=$!
 sleep 8   # Prometheus's first scrapes and some stable traffic
 
 rollout_state() { status | json 'd.get("rollout", {}).get("state", "")'; }
+rollout_is() { [[ "$(rollout_state)" == "$1" ]]; }
 # (a) a healthy version rolls through every step and becomes stable.
 "$DEPOT" rollout start "$REPO" production v2 > /dev/null && ok "rollout of v2 started" || bad "rollout start v2"
 conflict="$("$DEPOT" rollout start "$REPO" production v3 2>&1)"
 [[ "$conflict" == *"promote, abort or wait"* ]] && ok "a second rollout during one is refused: ${conflict#Error: }" || bad "concurrent rollout: $conflict"
-wait_for 120 "v2 to be promoted" bash -c "[[ \$('$DEPOT' rollout status '$REPO' production --json | '$PY' -c 'import json,sys; print(json.load(sys.stdin)[\"rollout\"][\"state\"])') == promoted ]]"
+wait_for 120 "v2 to be promoted" rollout_is promoted
 status > "$T/a.json"
 "$DEPOT" rollout status "$REPO" production
 "$PY" - "$T/a.json" "$V2" <<'EOF' && ok "v2 went 1% -> 10% -> 50% -> 100% on passing checks and is stable" || bad "scenario (a): $(head -c 1500 "$T/a.json")"
@@ -144,7 +145,7 @@ wait_for 60 "both nodes serving v2" nodes_on "$V2" && ok "both nodes serve v2 af
 
 # (b) a failing version is rolled back at its first analysis.
 "$DEPOT" rollout start "$REPO" production v3 > /dev/null && ok "rollout of v3 (raises) started" || bad "rollout start v3"
-wait_for 60 "v3 to be rolled back" bash -c "[[ \$('$DEPOT' rollout status '$REPO' production --json | '$PY' -c 'import json,sys; print(json.load(sys.stdin)[\"rollout\"][\"state\"])') == rolled-back ]]"
+wait_for 60 "v3 to be rolled back" rollout_is rolled-back
 status > "$T/b.json"
 "$DEPOT" rollout status "$REPO" production
 "$PY" - "$T/b.json" "$V2" <<'EOF' && ok "v3 rolled back at its first analysis on error-rate, values recorded" || bad "scenario (b): $(head -c 1500 "$T/b.json")"
@@ -163,7 +164,7 @@ wait_for 60 "both nodes back on v2" nodes_on "$V2" && ok "both nodes are back on
 
 # (c) a slow version is rolled back on latency relative to the stable one.
 "$DEPOT" rollout start "$REPO" production v4 > /dev/null && ok "rollout of v4 (300 ms a request) started" || bad "rollout start v4"
-wait_for 60 "v4 to be rolled back" bash -c "[[ \$('$DEPOT' rollout status '$REPO' production --json | '$PY' -c 'import json,sys; print(json.load(sys.stdin)[\"rollout\"][\"state\"])') == rolled-back ]]"
+wait_for 60 "v4 to be rolled back" rollout_is rolled-back
 status > "$T/c.json"
 "$PY" - "$T/c.json" <<'EOF' && ok "v4 rolled back on latency: $(json 'd["rollout"]["reason"]' < "$T/c.json" | cut -c1-200)" || bad "scenario (c): $(head -c 1500 "$T/c.json")"
 import json, sys
@@ -175,7 +176,7 @@ wait_for 60 "both nodes back on v2" nodes_on "$V2" && ok "both nodes are back on
 
 # (d) a version a node cannot load: triton-sync keeps serving v2, reports the failure, and the rollout is rolled back.
 "$DEPOT" rollout start "$REPO" production v5 > /dev/null && ok "rollout of v5 (fails to load) started" || bad "rollout start v5"
-wait_for 60 "v5 to be rolled back" bash -c "[[ \$('$DEPOT' rollout status '$REPO' production --json | '$PY' -c 'import json,sys; print(json.load(sys.stdin)[\"rollout\"][\"state\"])') == rolled-back ]]"
+wait_for 60 "v5 to be rolled back" rollout_is rolled-back
 status > "$T/d.json"
 "$PY" - "$T/d.json" <<'EOF' && ok "v5 rolled back: $(json 'd["rollout"]["reason"]' < "$T/d.json" | cut -c1-220)" || bad "scenario (d): $(head -c 1500 "$T/d.json")"
 import json, sys
