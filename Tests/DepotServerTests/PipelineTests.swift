@@ -225,10 +225,18 @@ struct PipelineTests {
             name: external
             trigger: {tags: ["v*"]}
             stages:
-              review: {webhook: {url: "\(hookURL)", secret: "stage-secret"}, timeout: 2s, retries: 0}
+              review: {webhook: {url: "\(hookURL)", secret: "stage-secret"}, timeout: 60s, retries: 0}
               after: {needs: [review], exec: "cp $DEPOT_INPUT_DIR/a.txt $DEPOT_OUTPUT_DIR/", tag: "{{tag}}-reviewed"}
             """
-        try await PipelineHarness.run(pipelines: [yaml], webhooks: ["external/review": (hookURL, "stage-secret")]) { h, client in
+        // The same endpoint with a short timeout, for a webhook that never calls back.
+        let silent = """
+            name: silent
+            trigger: {tags: ["s*"]}
+            stages:
+              review: {webhook: {url: "\(hookURL)", secret: "stage-secret"}, timeout: 2s, retries: 0}
+            """
+        try await PipelineHarness.run(pipelines: [yaml, silent],
+                                      webhooks: ["external/review": (hookURL, "stage-secret"), "silent/review": (hookURL, "stage-secret")]) { h, client in
             let input = try await h.push("team/w", "v1", files: ["a.txt": "a"])
             let running = try await h.waitJobs(timeout: 10) { $0.first?.state == "running" }
             // The receiver got a signed POST describing the job.
@@ -263,9 +271,9 @@ struct PipelineTests {
             #expect(done.stage("after")?.inputDigest == input.description, "without an output the next stage takes the input")
 
             // A webhook that never calls back fails when the stage's timeout passes.
-            _ = try await h.push("team/w", "v2", files: ["a.txt": "b"])
-            let timedOut = try await h.waitJobs(timeout: 15) { jobs in jobs.contains { $0.inputTag == "v2" && $0.state == "failed" } }
-            let failed = try #require(timedOut.first { $0.inputTag == "v2" })
+            _ = try await h.push("team/w", "s1", files: ["a.txt": "b"])
+            let timedOut = try await h.waitJobs(timeout: 15) { jobs in jobs.contains { $0.inputTag == "s1" && $0.state == "failed" } }
+            let failed = try #require(timedOut.first { $0.inputTag == "s1" })
             #expect(failed.reason?.contains("did not call back") == true)
         }
     }
