@@ -45,8 +45,11 @@ let package = Package(
         .target(
             name: "DepotServer",
             dependencies: [
-                "DepotCore", "DepotRegistry", "DepotStore", "CDepotSupport", "DepotPipelines", "DepotRunner", "DepotClient", "DepotDeploy",
+                "DepotCore", "DepotCatalog", "DepotRegistry", "DepotStore", "CDepotSupport", "DepotPipelines", "DepotRunner", "DepotClient",
+                "DepotDeploy",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),

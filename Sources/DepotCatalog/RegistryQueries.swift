@@ -112,12 +112,24 @@ extension SQLiteConnection {
     }
 
     /// Manifests in the repository whose subject is `digest` (content left empty; `size` set).
-    public func referrers(repo: Int64, subject digest: Digest) throws -> [(record: ManifestRecord, size: Int64)] {
+    /// Manifests of a repository whose subject is `digest`, in digest order, one page at a time:
+    /// those after `after` (a digest), at most `limit`, optionally of one artifactType.
+    public func referrers(repo: Int64, subject digest: Digest, artifactType: String? = nil, after: Digest? = nil,
+                          limit: Int = Int.max) throws -> [(record: ManifestRecord, size: Int64)] {
         var out: [(record: ManifestRecord, size: Int64)] = []
-        try query("""
-            SELECT digest, media_type, artifact_type, annotations, length(content) FROM manifests
-            WHERE repo_id = ? AND subject = ? ORDER BY created_at, digest
-            """, .int(repo), .hash(digest.bytes)) {
+        var sql = "SELECT digest, media_type, artifact_type, annotations, length(content) FROM manifests WHERE repo_id = ? AND subject = ?"
+        var args: [SQLValue] = [.int(repo), .hash(digest.bytes)]
+        if let artifactType {
+            sql += " AND artifact_type = ?"
+            args.append(.text(artifactType))
+        }
+        if let after {
+            sql += " AND digest > ?"
+            args.append(.hash(after.bytes))
+        }
+        sql += " ORDER BY digest LIMIT ?"
+        args.append(.int(Int64(min(limit, Int(Int32.max)))))
+        try queryArgs(sql, args) {
             guard let d = $0.hash(0).map(Digest.init(bytes:)) else { return }
             let record = ManifestRecord(digest: d, mediaType: $0.text(1), artifactType: $0.isNull(2) ? nil : $0.text(2),
                                         subject: digest, annotationsJSON: $0.isNull(3) ? nil : $0.text(3), content: [])

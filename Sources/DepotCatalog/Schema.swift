@@ -294,6 +294,57 @@ enum Schema {
         );
         CREATE INDEX served_by_digest ON served_intervals(digest, from_at);
         """,
+        // 8: store counters kept by triggers in the transaction of every change, so /metrics reads one
+        // row instead of scanning the chunk index (`depot stats` still scans: it is the check).
+        """
+        CREATE TABLE store_counters(
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            blobs INTEGER NOT NULL, logical_bytes INTEGER NOT NULL, writing INTEGER NOT NULL,
+            chunks INTEGER NOT NULL, chunk_raw_bytes INTEGER NOT NULL, chunk_stored_bytes INTEGER NOT NULL,
+            packs INTEGER NOT NULL, pack_bytes INTEGER NOT NULL
+        );
+        INSERT INTO store_counters SELECT 1,
+            (SELECT COUNT(*) FROM blobs WHERE state = 1), (SELECT COALESCE(SUM(size), 0) FROM blobs WHERE state = 1),
+            (SELECT COUNT(*) FROM blobs WHERE state = 0),
+            (SELECT COUNT(*) FROM chunks), (SELECT COALESCE(SUM(raw_length), 0) FROM chunks),
+            (SELECT COALESCE(SUM(stored_length), 0) FROM chunks),
+            (SELECT COUNT(*) FROM packs), (SELECT COALESCE(SUM(committed_size), 0) FROM packs);
+        CREATE TRIGGER store_counters_blob_insert AFTER INSERT ON blobs BEGIN
+            UPDATE store_counters SET blobs = blobs + (NEW.state = 1),
+                logical_bytes = logical_bytes + (CASE WHEN NEW.state = 1 THEN NEW.size ELSE 0 END), writing = writing + (NEW.state = 0);
+        END;
+        CREATE TRIGGER store_counters_blob_update AFTER UPDATE OF state, size ON blobs BEGIN
+            UPDATE store_counters SET blobs = blobs + (NEW.state = 1) - (OLD.state = 1),
+                logical_bytes = logical_bytes + (CASE WHEN NEW.state = 1 THEN NEW.size ELSE 0 END)
+                    - (CASE WHEN OLD.state = 1 THEN OLD.size ELSE 0 END),
+                writing = writing + (NEW.state = 0) - (OLD.state = 0);
+        END;
+        CREATE TRIGGER store_counters_blob_delete AFTER DELETE ON blobs BEGIN
+            UPDATE store_counters SET blobs = blobs - (OLD.state = 1),
+                logical_bytes = logical_bytes - (CASE WHEN OLD.state = 1 THEN OLD.size ELSE 0 END), writing = writing - (OLD.state = 0);
+        END;
+        CREATE TRIGGER store_counters_chunk_insert AFTER INSERT ON chunks BEGIN
+            UPDATE store_counters SET chunks = chunks + 1, chunk_raw_bytes = chunk_raw_bytes + NEW.raw_length,
+                chunk_stored_bytes = chunk_stored_bytes + NEW.stored_length;
+        END;
+        CREATE TRIGGER store_counters_chunk_update AFTER UPDATE OF raw_length, stored_length ON chunks BEGIN
+            UPDATE store_counters SET chunk_raw_bytes = chunk_raw_bytes + NEW.raw_length - OLD.raw_length,
+                chunk_stored_bytes = chunk_stored_bytes + NEW.stored_length - OLD.stored_length;
+        END;
+        CREATE TRIGGER store_counters_chunk_delete AFTER DELETE ON chunks BEGIN
+            UPDATE store_counters SET chunks = chunks - 1, chunk_raw_bytes = chunk_raw_bytes - OLD.raw_length,
+                chunk_stored_bytes = chunk_stored_bytes - OLD.stored_length;
+        END;
+        CREATE TRIGGER store_counters_pack_insert AFTER INSERT ON packs BEGIN
+            UPDATE store_counters SET packs = packs + 1, pack_bytes = pack_bytes + NEW.committed_size;
+        END;
+        CREATE TRIGGER store_counters_pack_update AFTER UPDATE OF committed_size ON packs BEGIN
+            UPDATE store_counters SET pack_bytes = pack_bytes + NEW.committed_size - OLD.committed_size;
+        END;
+        CREATE TRIGGER store_counters_pack_delete AFTER DELETE ON packs BEGIN
+            UPDATE store_counters SET packs = packs - 1, pack_bytes = pack_bytes - OLD.committed_size;
+        END;
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

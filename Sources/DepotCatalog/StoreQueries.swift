@@ -278,6 +278,21 @@ extension SQLiteConnection {
         public var packs = 0, packBytes: Int64 = 0, writing = 0
     }
 
+    /// The counts kept incrementally by triggers (migration 8): one row, whatever the store's size.
+    public func storeCounters() throws -> StoreCounts {
+        var c = StoreCounts()
+        _ = try first("""
+            SELECT blobs, logical_bytes, writing, chunks, chunk_raw_bytes, chunk_stored_bytes, packs, pack_bytes
+            FROM store_counters WHERE id = 1
+            """) {
+            c.blobs = Int($0.int(0)); c.logicalBytes = $0.int(1); c.writing = Int($0.int(2))
+            c.chunks = Int($0.int(3)); c.chunkRawBytes = $0.int(4); c.chunkStoredBytes = $0.int(5)
+            c.packs = Int($0.int(6)); c.packBytes = $0.int(7)
+        }
+        return c
+    }
+
+    /// The counts by scanning every table (`depot stats`; tests compare it with `storeCounters`).
     public func storeCounts() throws -> StoreCounts {
         var c = StoreCounts()
         _ = try first("SELECT COUNT(*), COALESCE(SUM(size),0) FROM blobs WHERE state = 1") { c.blobs = Int($0.int(0)); c.logicalBytes = $0.int(1) }

@@ -15,10 +15,17 @@ public final class Registry: Sendable {
     let cache = ManifestCache(capacityBytes: 64 << 20)
     var db: Database { store.catalog }
 
-    public init(store: ChunkStore, uploadTimeout: TimeInterval = 3600, maxUploads: Int = 1024, policy: TagPolicy = TagPolicy()) {
+    public init(store: ChunkStore, uploads limits: UploadLimits = UploadLimits(), policy: TagPolicy = TagPolicy()) {
         self.store = store
         self.policy = policy
-        uploads = UploadSessions(store: store, timeout: uploadTimeout, limit: maxUploads)
+        uploads = UploadSessions(store: store, limits: limits)
+    }
+
+    public convenience init(store: ChunkStore, uploadTimeout: TimeInterval, maxUploads: Int = 1024, policy: TagPolicy = TagPolicy()) {
+        var limits = UploadLimits()
+        limits.idleTimeoutSeconds = uploadTimeout
+        limits.maxSessions = maxUploads
+        self.init(store: store, uploads: limits, policy: policy)
     }
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
@@ -285,11 +292,12 @@ public final class Registry: Sendable {
     }
 
     /// Descriptors of the manifests whose subject is `digest`, optionally filtered by artifactType.
-    public func referrers(_ repository: RepositoryName, _ digest: Digest, artifactType: String?) throws -> [Descriptor] {
+    /// Referrers of `digest` in digest order: a page of at most `limit` after `after`.
+    public func referrers(_ repository: RepositoryName, _ digest: Digest, artifactType: String?, after: Digest? = nil,
+                          limit: Int = Int.max) throws -> [Descriptor] {
         try db.read { conn in
             guard let repo = try conn.repositoryID(repository.value) else { return [] }
-            return try conn.referrers(repo: repo, subject: digest).compactMap { r in
-                if let artifactType, r.record.artifactType != artifactType { return nil }
+            return try conn.referrers(repo: repo, subject: digest, artifactType: artifactType, after: after, limit: limit).map { r in
                 var annotations: [String: String]?
                 if let json = r.record.annotationsJSON {
                     annotations = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: String]

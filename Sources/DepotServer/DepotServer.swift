@@ -9,6 +9,7 @@ import DepotClient
 import DepotPipelines
 import DepotRunner
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 
@@ -31,12 +32,17 @@ public struct DepotService {
         let deployments = Deployments(registry: registry, policy: policy) { d in
             if policy.routerCommand != nil || policy.routerURL != nil { routerFeed.yield(d) }
         }
+        let limits = config.limits
+        BlockingPool.configure(threads: limits.blockingThreads)
         let responder = OCIResponder(registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
-                                     callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments)
+                                     callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments, limits: limits)
+        let headerTimeout = TimeAmount.milliseconds(Int64(limits.headerTimeoutSeconds * 1000))
         return Application(
             responder: responder,
-            server: .http1(configuration: .init(additionalChannelHandlers: [ContinueHandler()], idleTimeout: .seconds(300))),
-            configuration: .init(address: .hostname(config.listenHost, port: config.listenPort), serverName: "depot"),
+            server: .http1(configuration: .init(additionalChannelHandlers: [ContinueHandler(), HeaderTimeoutHandler(timeout: headerTimeout)],
+                                                idleTimeout: .milliseconds(Int64(limits.idleTimeoutSeconds * 1000)))),
+            configuration: .init(address: .hostname(config.listenHost, port: config.listenPort), serverName: "depot",
+                                 availableConnectionsDelegate: MaximumAvailableConnections(limits.maxConnections, logger: logger)),
             services: [UploadExpiry(uploads: registry.uploads),
                        PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger),
                        WebhookDispatcher(registry: registry, hooks: config.webhooks, logger: logger),
@@ -61,8 +67,7 @@ public struct DepotService {
         if !store.recovery.isClean {
             logger.notice("repaired store on open: cut \(store.recovery.truncatedBytes) bytes from \(store.recovery.truncatedPacks) pack tail(s), removed \(store.recovery.orphanPacksRemoved) orphan pack(s), dropped \(store.recovery.droppedChunkRows) index row(s)")
         }
-        let registry = Registry(store: store, uploadTimeout: config.uploadTimeoutSeconds, maxUploads: config.maxUploads,
-                                policy: config.tagPolicy)
+        let registry = Registry(store: store, uploads: config.uploads, policy: config.tagPolicy)
         let listen = "\(config.listenHost):\(config.listenPort)"
         let root = config.storageRoot
         let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger)

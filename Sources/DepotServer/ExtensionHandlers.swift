@@ -66,13 +66,7 @@ extension OCIResponder {
 
     /// Reads a body of concatenated 32-byte hashes (at most `limit`).
     func readHashes(_ request: Request, limit: Int) async throws -> [SHA256.Value] {
-        var body = ByteBuffer()
-        for try await part in request.body {
-            guard body.readableBytes + part.readableBytes <= limit * 32 else {
-                throw RegistryError(.sizeInvalid, "at most \(limit) hashes per request", status: 413)
-            }
-            body.writeImmutableBuffer(part)
-        }
+        let body = try await RequestParsing.collect(request, limit: limit * 32, what: "hash list (at most \(limit) hashes)")
         metrics.received(body.readableBytes)
         guard body.readableBytes % 32 == 0 else {
             throw RegistryError(.sizeInvalid, "body is not a list of 32-byte SHA-256 hashes (\(body.readableBytes) bytes)")
@@ -151,14 +145,23 @@ extension OCIResponder {
         if try await offload({ try registry.blob(name, digest) }) != nil {
             return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])
         }
-        let committer = try await offload { try store.makeRecipeCommitter(chunker: chunker) }
+        // Each commit re-reads and hashes every byte its recipe names: bound how many run at once
+        // (the rest are told to retry) and how many bytes one may name (the maximum blob size).
+        guard recipeCommits.tryEnter() else {
+            throw RegistryError(.tooManyRequests, "\(recipeCommits.limit) recipe commits are being verified; retry shortly")
+        }
+        defer { recipeCommits.leave() }
+        let maxBytes = registry.uploads.limits.maxBlobBytes
+        let committer = try await offload { try store.makeRecipeCommitter(chunker: chunker, maxBytes: maxBytes) }
         try await streamBody(request, what: "recipe") { buffer, _ in
             try buffer.withUnsafeReadableBytes { p in
                 var at = 0
                 while p.count - at >= Self.recipeEntrySize {
                     let hash = SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[at..<(at + 32)]))
                     let length = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at + 32, as: UInt32.self)))
-                    try committer.append(hash, length: length)
+                    do { try committer.append(hash, length: length) } catch DepotError.sizeInvalid(let m) {
+                        throw RegistryError(.sizeInvalid, m, status: 413)
+                    }
                     at += Self.recipeEntrySize
                 }
                 return at

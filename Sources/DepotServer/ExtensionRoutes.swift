@@ -68,7 +68,7 @@ enum ExtensionRoute: Equatable {
         }
         if rest.hasPrefix("jobs/") {
             let parts = rest.dropFirst("jobs/".count).split(separator: "/", omittingEmptySubsequences: false)
-            guard let id = Int64(parts[0]), id > 0 else { return nil }
+            guard let id = try? RequestParsing.integer(parts[0], "job id", in: 1...Int64.max) else { return nil }
             if parts.count == 1 { self = .job(id); return }
             let actions: Set<String> = ["start", "heartbeat", "complete", "fail", "cancel", "retry", "log", "callback"]
             guard parts.count == 2, actions.contains(String(parts[1])) else { return nil }

@@ -30,11 +30,7 @@ extension OCIResponder {
 
     /// A small JSON request body as an object.
     func jsonBody(_ request: Request) async throws -> [String: Any] {
-        var body = ByteBuffer()
-        for try await part in request.body {
-            guard body.readableBytes + part.readableBytes <= 1 << 20 else { throw RegistryError(.sizeInvalid, "body over 1 MiB", status: 413) }
-            body.writeImmutableBuffer(part)
-        }
+        let body = try await RequestParsing.collect(request, limit: 1 << 20, what: "JSON body")
         if body.readableBytes == 0 { return [:] }
         guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
             throw RegistryError(.unsupported, "body must be a JSON object", status: 400)
@@ -44,7 +40,10 @@ extension OCIResponder {
 
     /// A time given as RFC 3339 (`2026-05-03T14:00:00Z`, fractions allowed) or milliseconds since 1970.
     static func time(_ text: String) throws -> Int64 {
-        if let ms = Int64(text) { return ms }
+        // Milliseconds, bounded to what Date and ISO 8601 can print (years 0001–9999).
+        if text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) {
+            return try RequestParsing.integer(Substring(text), "time in milliseconds", in: 0...253_402_300_799_999)
+        }
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         if let d = f.date(from: text) { return Int64(d.timeIntervalSince1970 * 1000) }
@@ -158,10 +157,7 @@ extension OCIResponder {
             guard direction == "ancestors" || direction == "descendants" else {
                 throw RegistryError(.unsupported, "direction is ancestors or descendants", status: 400)
             }
-            let depth = try query["depth"].map { s -> Int in
-                guard let d = Int(s), d >= 1, d <= 1000 else { throw RegistryError(.unsupported, "depth must be 1...1000", status: 400) }
-                return d
-            } ?? 64
+            let depth = try RequestParsing.query(request, "depth", in: 1...1000) ?? 64
             let relations = query["relation"].map { $0.split(separator: ",").map(String.init) }
             let artifactType = query["artifact_type"].map(String.init)
             let nodes = try await offload {
@@ -186,8 +182,7 @@ extension OCIResponder {
             filter.since = try query["since"].map { try Self.time(String($0)) }
             filter.until = try query["until"].map { try Self.time(String($0)) }
             if let l = query["limit"] {
-                guard let n = Int(l), n >= 1 else { throw RegistryError(.unsupported, "limit must be a positive integer", status: 400) }
-                filter.limit = min(n, 100_000)
+                filter.limit = Int(min(try RequestParsing.integer(l, "limit", in: 1...Int64.max), 100_000))
             }
             let chosen = filter
             let entries = try await offload { try registry.auditLog(chosen) }
@@ -200,17 +195,14 @@ extension OCIResponder {
                 return o
             }])
         case (.auditVerify, .get):
-            let v = try await offload { try registry.verifyAudit() }
+            let v = try await auditVerifications.result { try await offload { try registry.verifyAudit() } }
             var o: [String: Any] = ["entries": v.entries, "intact": v.intact]
             if let id = v.firstBrokenID { o["first_broken_id"] = id }
             if let p = v.problem { o["problem"] = p }
             if let h = v.headHash { o["head_hash"] = h }
             return Reply.json(o)
         case (.events, .get):
-            let after = try query["after"].map { s -> Int64 in
-                guard let n = Int64(s), n >= 0 else { throw RegistryError(.unsupported, "after must be an event cursor (a non-negative integer)", status: 400) }
-                return n
-            } ?? 0
+            let after = try query["after"].map { try RequestParsing.integer($0, "after (an event cursor)", in: 0...Int64.max) } ?? 0
             let limit = try RequestParsing.pageSize(request).map { max(1, $0) } ?? 100
             let events = try await offload { try registry.events(after: after, limit: limit) }
             // The payloads are stored JSON: splice them in as they are.

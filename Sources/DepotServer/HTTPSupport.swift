@@ -66,31 +66,82 @@ enum RequestParsing {
         return .tag(text)
     }
 
-    /// `n` for paginated lists: nil when absent.
+    /// A non-negative decimal integer from the network (a header, a query parameter, a path
+    /// segment), parsed strictly: 1–19 ASCII digits, no sign, no spaces, and within `range`.
+    /// `Int64("+5")`, `Int64(" 5")` and 2^64 are all refused here, so no caller ever does
+    /// arithmetic on a value it did not bound.
+    static func integer(_ text: Substring, _ what: String, in range: ClosedRange<Int64>, status: Int = 400) throws -> Int64 {
+        let bad = RegistryError(.unsupported, "\(what) must be an integer in \(range.lowerBound)...\(range.upperBound), got '\(text.prefix(40))'",
+                                status: status)
+        guard !text.isEmpty, text.utf8.count <= 19, text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { throw bad }
+        // 19 digits fit in UInt64 without overflow (max 9_999_999_999_999_999_999 < 2^64).
+        var value: UInt64 = 0
+        for digit in text.utf8 { value = value * 10 + UInt64(digit - 0x30) }
+        guard value <= UInt64(Int64.max), range.contains(Int64(value)) else { throw bad }
+        return Int64(value)
+    }
+
+    static func integer(_ text: Substring, _ what: String, in range: ClosedRange<Int>, status: Int = 400) throws -> Int {
+        Int(try integer(text, what, in: Int64(range.lowerBound)...Int64(range.upperBound), status: status))
+    }
+
+    /// An optional query parameter as a bounded integer.
+    static func query(_ request: Request, _ name: String, in range: ClosedRange<Int>) throws -> Int? {
+        guard let raw = request.uri.queryParameters[Substring(name)] else { return nil }
+        return try integer(raw, "query parameter \(name)", in: range)
+    }
+
+    /// The largest page a list endpoint returns, and its size when `n` is absent.
+    static let maxPageSize = 10_000
+    static let defaultPageSize = 1_000
+
+    /// `n` for paginated lists: nil when absent. Values over the maximum are clamped (the
+    /// distribution spec lets a registry return fewer entries than asked, with a `Link`).
     static func pageSize(_ request: Request) throws -> Int? {
         guard let raw = request.uri.queryParameters["n"] else { return nil }
-        guard let n = Int(raw), n >= 0 else {
-            throw RegistryError(.unsupported, "n must be a non-negative integer", status: 400)
-        }
-        return min(n, 10_000)
+        let n = try integer(raw, "n", in: 0...Int64.max)
+        return Int(min(n, Int64(maxPageSize)))
     }
 
     /// An OCI `Content-Range: <start>-<end>` (also `bytes=` / `bytes ` prefixes), inclusive.
-    static func contentRange(_ request: Request) throws -> ClosedRange<Int64>? {
+    /// Both ends are bounded by `limit` (the maximum blob size) so `end - start + 1` cannot
+    /// overflow; a range out of bounds is 416 RANGE_INVALID.
+    static func contentRange(_ request: Request, limit: Int64 = Int64.max - 1) throws -> ClosedRange<Int64>? {
         guard var text = request.headers[.contentRange] else { return nil }
         for prefix in ["bytes=", "bytes "] where text.hasPrefix(prefix) { text = String(text.dropFirst(prefix.count)) }
         if let slash = text.firstIndex(of: "/") { text = String(text[..<slash]) }
         let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 2, let a = Int64(parts[0]), let b = Int64(parts[1]), a >= 0, b >= a else {
-            throw RegistryError(.rangeInvalid, "Content-Range '\(text.prefix(100))' is not <start>-<end>")
-        }
+        let invalid = RegistryError(.rangeInvalid, "Content-Range '\(text.prefix(100))' is not <start>-<end> within the blob size limit",
+                                    status: 416)
+        guard parts.count == 2, let a = try? integer(parts[0], "range start", in: 0...limit),
+              let b = try? integer(parts[1], "range end", in: 0...limit), b >= a else { throw invalid }
         return a...b
     }
 
     static func contentLength(_ request: Request) throws -> Int64? {
         guard let text = request.headers[.contentLength] else { return nil }
-        guard let n = Int64(text), n >= 0 else { throw RegistryError(.sizeInvalid, "Content-Length '\(text.prefix(40))' is invalid") }
-        return n
+        do { return try integer(Substring(text), "Content-Length", in: 0...Int64.max) } catch {
+            throw RegistryError(.sizeInvalid, "Content-Length '\(text.prefix(40))' is invalid")
+        }
+    }
+
+    /// A small request body, whole: over `limit` bytes is 413; a client that goes away mid-body
+    /// is its own error (400), not the server's.
+    static func collect(_ request: Request, limit: Int, what: String) async throws -> ByteBuffer {
+        var body = ByteBuffer()
+        do {
+            for try await part in request.body {
+                guard body.readableBytes + part.readableBytes <= limit else {
+                    throw RegistryError(.sizeInvalid, "\(what) exceeds \(limit) bytes", status: 413)
+                }
+                body.writeImmutableBuffer(part)
+            }
+        } catch let e as RegistryError {
+            throw e
+        } catch {
+            throw RegistryError(.blobUploadInvalid, "\(what) body ended early: \(error)", status: 400)
+        }
+        return body
     }
 
     /// A `Range: bytes=...` request header against a blob of `size` bytes. Returns nil for
@@ -104,16 +155,22 @@ enum RequestParsing {
         let parts = spec.split(separator: "-", omittingEmptySubsequences: false)
         guard parts.count == 2 else { throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is malformed") }
         if parts[0].isEmpty {
-            guard let suffix = Int64(parts[1]), suffix > 0, size > 0 else { throw RegistryError(.rangeInvalid, "Range '\(text)' is unsatisfiable") }
+            guard let suffix = try? integer(parts[1], "suffix length", in: 1...Int64.max), size > 0 else {
+                throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is unsatisfiable")
+            }
             return max(0, size - suffix)..<size
         }
-        guard let start = Int64(parts[0]), start >= 0 else { throw RegistryError(.rangeInvalid, "Range '\(text)' is malformed") }
+        guard let start = try? integer(parts[0], "range start", in: 0...Int64.max) else {
+            throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is malformed")
+        }
         var end = size - 1
         if !parts[1].isEmpty {
-            guard let e = Int64(parts[1]), e >= start else { throw RegistryError(.rangeInvalid, "Range '\(text)' is malformed") }
+            guard let e = try? integer(parts[1], "range end", in: 0...Int64.max), e >= start else {
+                throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is malformed")
+            }
             end = min(e, size - 1)
         }
-        guard start < size else { throw RegistryError(.rangeInvalid, "Range '\(text)' starts beyond the blob's \(size) bytes") }
+        guard start < size else { throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' starts beyond the blob's \(size) bytes") }
         return start..<(end + 1)
     }
 }

@@ -57,13 +57,7 @@ extension OCIResponder {
             return Reply.bytes(bytes, contentType: "text/plain; charset=utf-8")
         case (.jobAction(let id, "log"), .put):
             let token = try Self.required(query["lease_token"].map(String.init), "lease_token (query)")
-            var body = ByteBuffer()
-            for try await part in request.body {
-                guard body.readableBytes + part.readableBytes <= Self.maxLogBytes else {
-                    throw RegistryError(.sizeInvalid, "a job log is at most \(Self.maxLogBytes >> 20) MiB", status: 413)
-                }
-                body.writeImmutableBuffer(part)
-            }
+            let body = try await RequestParsing.collect(request, limit: Self.maxLogBytes, what: "job log")
             let bytes = Array(body.readableBytesView)
             let digest = try await offload { try jobs.storeLog(id, token: token, bytes: bytes) }
             return Reply.json(["digest": digest.description], status: 201)
@@ -115,11 +109,7 @@ extension OCIResponder {
     /// A webhook stage's completion: `{"status": "succeeded"|"failed", "output": digest?, "reason": text?}`,
     /// signed like Depot's own webhooks (`Depot-Signature: t=…,v1=HMAC(secret, "t.body")`).
     func webhookCallback(_ id: Int64, _ request: Request, _ jobs: JobQueue) async throws -> Response {
-        var buffer = ByteBuffer()
-        for try await part in request.body {
-            guard buffer.readableBytes + part.readableBytes <= 1 << 20 else { throw RegistryError(.sizeInvalid, "body over 1 MiB", status: 413) }
-            buffer.writeImmutableBuffer(part)
-        }
+        let buffer = try await RequestParsing.collect(request, limit: 1 << 20, what: "callback body")
         let bytes = Array(buffer.readableBytesView)
         let job = try await offload { try jobs.job(id) }
         guard let secret = callbackSecrets["\(job.pipeline)/\(job.stage)"] else {
@@ -157,8 +147,7 @@ extension OCIResponder {
     }
 
     static func positive(_ text: String, _ name: String) throws -> Int {
-        guard let v = Int(text), v > 0 else { throw RegistryError(.unsupported, "\(name) must be a positive integer", status: 400) }
-        return v
+        try RequestParsing.integer(Substring(text), name, in: 1...10_000)
     }
 
     static func json(_ job: JobRecord, withToken: Bool = false) -> [String: Any] {

@@ -1,3 +1,4 @@
+import DepotCatalog
 import DepotCore
 import DepotDeploy
 import DepotPipelines
@@ -12,7 +13,7 @@ import NIOCore
 /// Answers every HTTP request: the OCI distribution API under `/v2/`, plus `/healthz` and
 /// `/metrics`. Parsing and status codes live here; behaviour lives in `Registry`.
 public struct OCIResponder: HTTPResponder {
-    public typealias Context = BasicRequestContext
+    public typealias Context = DepotRequestContext
     let registry: Registry
     let metrics: ServerMetrics
     let logger: Logger
@@ -22,10 +23,18 @@ public struct OCIResponder: HTTPResponder {
     let callbackSecrets: [String: String]
     /// Deployments and canary rollouts.
     let deployments: Deployments
+    /// Connection, page and concurrency limits (`server:`).
+    let limits: ServerConfig.ServerLimits
+    /// Recipe commits in progress (each re-reads every chunk it names).
+    let recipeCommits: ConcurrencyGate
+    /// `/depot/v1/audit/verify` re-hashes the whole journal: one at a time, and a fresh result is shared.
+    let auditVerifications = SharedRecentResult<AuditVerification>(maxAge: .seconds(10))
 
     public init(registry: Registry, metrics: ServerMetrics, logger: Logger, jobs: JobQueue? = nil, callbackSecrets: [String: String] = [:],
-                deployments: Deployments? = nil) {
+                deployments: Deployments? = nil, limits: ServerConfig.ServerLimits = .init()) {
         self.registry = registry
+        self.limits = limits
+        self.recipeCommits = ConcurrencyGate(limit: limits.maxRecipeCommits)
         self.metrics = metrics
         self.logger = logger
         self.jobs = jobs
@@ -48,7 +57,7 @@ public struct OCIResponder: HTTPResponder {
                 response = try await metricsResponse()
             } else if let route = Route(path: path) {
                 label = route.label
-                response = try await handle(route, request)
+                response = try await handle(route, request, context)
             } else if let route = ExtensionRoute(path: path) {
                 label = route.label
                 response = try await handle(route, request)
@@ -73,7 +82,7 @@ public struct OCIResponder: HTTPResponder {
         return response
     }
 
-    func handle(_ route: Route, _ request: Request) async throws -> Response {
+    func handle(_ route: Route, _ request: Request, _ context: Context) async throws -> Response {
         let method = request.method
         switch (route, method) {
         case (.base, .get), (.base, .head):
@@ -83,7 +92,13 @@ public struct OCIResponder: HTTPResponder {
         case (.tags(let name), .get):
             return try await tags(try RequestParsing.name(name), request)
         case (.manifest(let name, let ref), .get), (.manifest(let name, let ref), .head):
-            return try await getManifest(try RequestParsing.name(name), try RequestParsing.reference(ref), head: method == .head)
+            // A reference that can name nothing is simply not found (the distribution spec's
+            // conformance suite and other registries answer 404 here; only a PUT says TAG_INVALID).
+            let reference: Reference
+            do { reference = try RequestParsing.reference(ref) } catch {
+                throw RegistryError(.manifestUnknown, "manifest '\(ref.prefix(200))' is not a valid tag or digest, so it is not in \(name.prefix(200))")
+            }
+            return try await getManifest(try RequestParsing.name(name), reference, head: method == .head)
         case (.manifest(let name, let ref), .put):
             return try await putManifest(try RequestParsing.name(name), try RequestParsing.reference(ref), request)
         case (.manifest(let name, let ref), .delete):
@@ -99,7 +114,7 @@ public struct OCIResponder: HTTPResponder {
             try await offload { try registry.deleteBlob(n, d, actor: actor) }
             return Reply.empty(202)
         case (.uploads(let name), .post):
-            return try await startUpload(try RequestParsing.name(name), request)
+            return try await startUpload(try RequestParsing.name(name), request, client: UploadSessions.clientKey(context.clientAddress))
         case (.upload(let name, let id), .get):
             let session = try registry.uploads.get(try RequestParsing.name(name), id)
             return Reply.empty(204, uploadHeaders(session))
@@ -111,7 +126,7 @@ public struct OCIResponder: HTTPResponder {
             let session = try registry.uploads.get(try RequestParsing.name(name), id)
             try session.claim()
             let uploads = registry.uploads
-            try await offload { uploads.cancel(session) }
+            await offloadDetached { uploads.cancel(session) }
             return Reply.empty(204)
         case (.referrers(let name, let digest), .get):
             return try await referrers(try RequestParsing.name(name), try RequestParsing.digest(digest), request)
@@ -167,7 +182,7 @@ public struct OCIResponder: HTTPResponder {
         return h
     }
 
-    func startUpload(_ name: RepositoryName, _ request: Request) async throws -> Response {
+    func startUpload(_ name: RepositoryName, _ request: Request, client: String) async throws -> Response {
         let query = request.uri.queryParameters
         if let mountText = query["mount"] {
             let digest = try RequestParsing.digest(String(mountText))
@@ -178,18 +193,18 @@ public struct OCIResponder: HTTPResponder {
         } else if let digestText = query["digest"] {
             // Monolithic upload: the body is the whole blob.
             let digest = try RequestParsing.digest(String(digestText))
-            let session = try await offload { try registry.uploads.start(name) }
+            let session = try await offload { try registry.uploads.start(name, client: client) }
             try session.claim()
             do {
                 return try await complete(session, digest: digest, request)
             } catch {
                 // The session was internal to this request: nothing can resume it.
                 let uploads = registry.uploads
-                _ = try? await offload { uploads.cancel(session) }
+                await offloadDetached { uploads.cancel(session) }
                 throw error
             }
         }
-        let session = try await offload { try registry.uploads.start(name) }
+        let session = try await offload { try registry.uploads.start(name, client: client) }
         var h = uploadHeaders(session)
         h[.range] = "0-0"
         h[.ociChunkMinLength] = "0"
@@ -198,14 +213,28 @@ public struct OCIResponder: HTTPResponder {
 
     func patchUpload(_ session: UploadSession, _ request: Request) async throws -> Response {
         try session.claim()
-        defer { session.release() }
         do {
             try await receive(request, into: session)
-        } catch let e as RegistryError where e.status == 416 {
+        } catch let e as RegistryError where e.status == 416 || e.status == 408 {
             // Tell the client where the upload stands, so it can resume.
+            await letGo(session)
             return Reply.error(e, headers: uploadHeaders(session))
+        } catch {
+            await letGo(session)
+            throw error
         }
+        await letGo(session)
         return Reply.empty(202, uploadHeaders(session))
+    }
+
+    /// Releases a request's claim on a session; if the session's lifetime ended while this
+    /// request held it, its writer is aborted now (only the holder of the claim may touch it).
+    func letGo(_ session: UploadSession) async {
+        session.release()
+        if session.isCancelled {
+            let uploads = registry.uploads
+            await offloadDetached { uploads.abandon(session) }
+        }
     }
 
     func putUpload(_ session: UploadSession, _ request: Request) async throws -> Response {
@@ -222,10 +251,15 @@ public struct OCIResponder: HTTPResponder {
         do {
             try await receive(request, into: session)
         } catch {
-            session.release()
+            await letGo(session)
             throw error
         }
-        _ = try await offload { try registry.uploads.finish(session, expecting: digest, registry: registry) }
+        do {
+            _ = try await offload { try registry.uploads.finish(session, expecting: digest, registry: registry) }
+        } catch let e as RegistryError where e.code == .blobUploadUnknown {
+            await letGo(session)
+            throw e
+        }
         return Reply.empty(201, [.location: "/v2/\(session.repository)/blobs/\(digest)", .dockerContentDigest: digest.description])
     }
 
@@ -233,7 +267,12 @@ public struct OCIResponder: HTTPResponder {
     /// blocking writer about 1 MiB at a time.
     func receive(_ request: Request, into session: UploadSession) async throws {
         let declared = try RequestParsing.contentLength(request)
-        if let range = try RequestParsing.contentRange(request) {
+        let maxBlob = registry.uploads.limits.maxBlobBytes
+        if let declared, declared > maxBlob {
+            throw RegistryError(.sizeInvalid, "Content-Length \(declared) exceeds the registry's maximum blob size of \(maxBlob) bytes",
+                                status: 413)
+        }
+        if let range = try RequestParsing.contentRange(request, limit: maxBlob) {
             guard range.lowerBound == session.offset else {
                 throw RegistryError(.rangeInvalid, "Content-Range starts at \(range.lowerBound) but the upload has \(session.offset) bytes",
                                     status: 416)
@@ -245,10 +284,15 @@ public struct OCIResponder: HTTPResponder {
         var pending = ByteBuffer()
         var received: Int64 = 0
         let metrics = self.metrics
+        let rate = RateFloor(limits: registry.uploads.limits, start: .now)
         do {
             for try await buffer in request.body {
                 received += Int64(buffer.readableBytes)
                 metrics.received(buffer.readableBytes)
+                if let declared, received > declared {
+                    throw RegistryError(.sizeInvalid, "the body is longer than its Content-Length of \(declared)")
+                }
+                if !rate.isMet(received: received, now: .now) { throw rate.error(received: received) }
                 if pending.readableBytes == 0 && buffer.readableBytes >= 1 << 20 {
                     try await offload { try buffer.withUnsafeReadableBytes { try session.append($0) } }
                 } else {
@@ -287,13 +331,10 @@ public struct OCIResponder: HTTPResponder {
     }
 
     func putManifest(_ name: RepositoryName, _ reference: Reference, _ request: Request) async throws -> Response {
-        var body = ByteBuffer()
-        for try await buffer in request.body {
-            guard body.readableBytes + buffer.readableBytes <= ManifestParser.maxSize else {
-                throw RegistryError(.sizeInvalid, "manifest exceeds \(ManifestParser.maxSize) bytes", status: 413)
-            }
-            body.writeImmutableBuffer(buffer)
+        if let declared = try RequestParsing.contentLength(request), declared > ManifestParser.maxSize {
+            throw RegistryError(.sizeInvalid, "manifest exceeds \(ManifestParser.maxSize) bytes", status: 413)
         }
+        let body = try await RequestParsing.collect(request, limit: ManifestParser.maxSize, what: "manifest")
         metrics.received(body.readableBytes)
         let bytes = Array(body.readableBytesView)
         let contentType = request.headers[.contentType]
@@ -310,12 +351,12 @@ public struct OCIResponder: HTTPResponder {
     // MARK: discovery
 
     func tags(_ name: RepositoryName, _ request: Request) async throws -> Response {
-        let n = try RequestParsing.pageSize(request)
+        let n = try RequestParsing.pageSize(request) ?? limits.defaultPageSize
         let last = request.uri.queryParameters["last"].map(String.init)
-        let limit = n.map { $0 == 0 ? 0 : $0 + 1 } ?? Int.max
+        let limit = n == 0 ? 0 : n + 1
         var tags = try await offload { try registry.tags(name, after: last, limit: limit) }
         var headers: HTTPFields = [:]
-        if let n, n > 0, tags.count > n {
+        if n > 0, tags.count > n {
             tags.removeLast(tags.count - n)
             headers[.link] = "</v2/\(name)/tags/list?n=\(n)&last=\(tags.last ?? "")>; rel=\"next\""
         }
@@ -323,12 +364,12 @@ public struct OCIResponder: HTTPResponder {
     }
 
     func catalog(_ request: Request) async throws -> Response {
-        let n = try RequestParsing.pageSize(request)
+        let n = try RequestParsing.pageSize(request) ?? limits.defaultPageSize
         let last = request.uri.queryParameters["last"].map(String.init)
-        let limit = n.map { $0 == 0 ? 0 : $0 + 1 } ?? Int.max
+        let limit = n == 0 ? 0 : n + 1
         var names = try await offload { try registry.repositories(after: last, limit: limit) }
         var headers: HTTPFields = [:]
-        if let n, n > 0, names.count > n {
+        if n > 0, names.count > n {
             names.removeLast(names.count - n)
             headers[.link] = "</v2/_catalog?n=\(n)&last=\(names.last ?? "")>; rel=\"next\""
         }
@@ -337,9 +378,21 @@ public struct OCIResponder: HTTPResponder {
 
     func referrers(_ name: RepositoryName, _ digest: Digest, _ request: Request) async throws -> Response {
         let artifactType = request.uri.queryParameters["artifactType"].map(String.init)
-        let descriptors = try await offload { try registry.referrers(name, digest, artifactType: artifactType) }
+        let n = try RequestParsing.pageSize(request) ?? limits.defaultPageSize
+        let after = try request.uri.queryParameters["last"].map { try RequestParsing.digest(String($0)) }
+        var descriptors = try await offload {
+            try registry.referrers(name, digest, artifactType: artifactType, after: after, limit: n == 0 ? 0 : n + 1)
+        }
         var headers: HTTPFields = [:]
         if artifactType != nil { headers[.ociFiltersApplied] = "artifactType" }
+        if n > 0, descriptors.count > n {
+            descriptors.removeLast(descriptors.count - n)
+            var next = "/v2/\(name)/referrers/\(digest)?n=\(n)&last=\(descriptors.last!.digest)"
+            if let artifactType, let escaped = artifactType.addingPercentEncoding(withAllowedCharacters: .alphanumerics) {
+                next += "&artifactType=\(escaped)"
+            }
+            headers[.link] = "<\(next)>; rel=\"next\""
+        }
         let index: [String: Any] = ["schemaVersion": 2, "mediaType": MediaType.ociIndex, "manifests": descriptors.map(\.json)]
         return Reply.json(index, contentType: MediaType.ociIndex, headers: headers)
     }
@@ -347,7 +400,7 @@ public struct OCIResponder: HTTPResponder {
     // MARK: metrics
 
     func metricsResponse() async throws -> Response {
-        let stats = try await offload { try registry.store.stats() }
+        let stats = try await offload { try registry.store.stats(exact: false) }
         let text = metrics.render(gauges: [
             ("depot_upload_sessions", "Upload sessions in progress.", Double(registry.uploads.count)),
             ("depot_store_logical_bytes", "Sum of the sizes of stored blobs.", Double(stats.logicalBytes)),

@@ -14,8 +14,10 @@ public struct ServerConfig: Sendable, Equatable {
     /// `text` (swift-log's default lines) or `json` (one object per line).
     public var logFormat = "text"
     public var storageRoot = "storage"
-    public var uploadTimeoutSeconds: Double = 3600
-    public var maxUploads = 1024
+    /// Upload sessions and blob size (`uploads:`).
+    public var uploads = UploadLimits()
+    /// Connections, timeouts and threads (`server:`).
+    public var limits = ServerLimits()
     /// Protected and immutable tag patterns (`aliases.protected`, `aliases.immutable`).
     public var tagPolicy = TagPolicy()
     /// Webhooks receiving events (`webhooks:`).
@@ -27,6 +29,26 @@ public struct ServerConfig: Sendable, Equatable {
     public var pipelines = PipelinesConfig()
     /// Canary rollouts (`canary:`).
     public var canary = CanaryPolicy()
+
+    /// The resource limits of the `server:` section. See "Limits and failure behaviour" in
+    /// docs/ARCHITECTURE.md for what a client sees when one is hit.
+    public struct ServerLimits: Sendable, Equatable {
+        /// Connections open at once; past it the server stops accepting (new ones wait in the
+        /// kernel's backlog) until one closes.
+        public var maxConnections = 2048
+        /// A connection that has not sent a complete request head this long after it opened (or
+        /// after its previous request) is closed: a slow-loris client cannot hold it.
+        public var headerTimeoutSeconds: Double = 30
+        /// A connection with no bytes either way for this long is closed.
+        public var idleTimeoutSeconds: Double = 120
+        /// Threads for blocking work (catalog, disk, hashing); more requests wait in line.
+        public var blockingThreads = 64
+        /// Entries in a tags, catalog or referrers page when the client gives no `n`.
+        public var defaultPageSize = 1000
+        /// Recipe commits (`/depot/v1` chunk negotiation) verified at once; more get 429.
+        public var maxRecipeCommits = 4
+        public init() {}
+    }
 
     /// The `pipelines:` section.
     public struct PipelinesConfig: Sendable, Equatable {
@@ -117,6 +139,30 @@ public struct ServerConfig: Sendable, Equatable {
                 guard format == "text" || format == "json" else { throw reader.error("server.log_format", "must be text or json") }
                 config.logFormat = format
             }
+            if let v: Int = try reader.value(s, "max_connections") {
+                guard (1...1_000_000).contains(v) else { throw reader.error("server.max_connections", "must be 1 to 1000000") }
+                config.limits.maxConnections = v
+            }
+            if let v: Double = try reader.value(s, "header_timeout_seconds") {
+                guard v >= 1, v <= 3600 else { throw reader.error("server.header_timeout_seconds", "must be 1 to 3600") }
+                config.limits.headerTimeoutSeconds = v
+            }
+            if let v: Double = try reader.value(s, "idle_timeout_seconds") {
+                guard v >= 1, v <= 86_400 else { throw reader.error("server.idle_timeout_seconds", "must be 1 to 86400") }
+                config.limits.idleTimeoutSeconds = v
+            }
+            if let v: Int = try reader.value(s, "blocking_threads") {
+                guard (4...4096).contains(v) else { throw reader.error("server.blocking_threads", "must be 4 to 4096") }
+                config.limits.blockingThreads = v
+            }
+            if let v: Int = try reader.value(s, "default_page_size") {
+                guard (1...10_000).contains(v) else { throw reader.error("server.default_page_size", "must be 1 to 10000") }
+                config.limits.defaultPageSize = v
+            }
+            if let v: Int = try reader.value(s, "max_recipe_commits") {
+                guard (1...1024).contains(v) else { throw reader.error("server.max_recipe_commits", "must be 1 to 1024") }
+                config.limits.maxRecipeCommits = v
+            }
         }
         try reader.section(root, "storage") { s in
             if let v: String = try reader.value(s, "root") { config.storageRoot = v }
@@ -158,12 +204,32 @@ public struct ServerConfig: Sendable, Equatable {
         }
         try reader.section(root, "uploads") { s in
             if let v: Double = try reader.value(s, "timeout_seconds") {
-                guard v > 0 else { throw reader.error("uploads.timeout_seconds", "must be positive") }
-                config.uploadTimeoutSeconds = v
+                guard v > 0, v <= 7 * 86_400 else { throw reader.error("uploads.timeout_seconds", "must be positive, at most 7 days") }
+                config.uploads.idleTimeoutSeconds = v
+            }
+            if let v: Double = try reader.value(s, "max_lifetime_seconds") {
+                guard v > 0, v <= 30 * 86_400 else { throw reader.error("uploads.max_lifetime_seconds", "must be positive, at most 30 days") }
+                config.uploads.maxLifetimeSeconds = v
             }
             if let v: Int = try reader.value(s, "max_sessions") {
-                guard v > 0 else { throw reader.error("uploads.max_sessions", "must be positive") }
-                config.maxUploads = v
+                guard (1...1_000_000).contains(v) else { throw reader.error("uploads.max_sessions", "must be 1 to 1000000") }
+                config.uploads.maxSessions = v
+            }
+            if let v: Int = try reader.value(s, "max_sessions_per_client") {
+                guard (1...1_000_000).contains(v) else { throw reader.error("uploads.max_sessions_per_client", "must be 1 to 1000000") }
+                config.uploads.maxSessionsPerClient = v
+            }
+            if let v: Int = try reader.value(s, "min_bytes_per_second") {
+                guard v >= 0 else { throw reader.error("uploads.min_bytes_per_second", "must not be negative (0 disables)") }
+                config.uploads.minBytesPerSecond = Int64(v)
+            }
+            if let v: Double = try reader.value(s, "rate_grace_seconds") {
+                guard v >= 1, v <= 3600 else { throw reader.error("uploads.rate_grace_seconds", "must be 1 to 3600") }
+                config.uploads.rateGraceSeconds = v
+            }
+            if let v: Double = try reader.value(s, "max_blob_gib") {
+                guard v > 0, v <= 1_048_576 else { throw reader.error("uploads.max_blob_gib", "must be positive, at most 1048576 (1 PiB)") }
+                config.uploads.maxBlobBytes = Int64(v * Double(1 << 30))
             }
         }
         try reader.section(root, "aliases") { s in
@@ -354,10 +420,12 @@ final class ConfigReader {
         defer { current = "" }
         try body(mapping)
         let known: [String: Set<String>] = [
-            "server": ["listen", "log_level", "log_format"],
+            "server": ["listen", "log_level", "log_format", "max_connections", "header_timeout_seconds", "idle_timeout_seconds",
+                       "blocking_threads", "default_page_size", "max_recipe_commits"],
             "storage": ["root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",
                         "compact_below", "read_verification", "gc_interval_hours"],
-            "uploads": ["timeout_seconds", "max_sessions"],
+            "uploads": ["timeout_seconds", "max_lifetime_seconds", "max_sessions", "max_sessions_per_client", "min_bytes_per_second",
+                        "rate_grace_seconds", "max_blob_gib"],
             "aliases": ["protected", "immutable"],
             "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "runner"],
             "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "router_url", "checks"],

@@ -147,8 +147,10 @@ public final class ChunkStore: Sendable {
     }
 
     /// Store-wide counts.
-    public func stats() throws -> StoreStats {
-        let c = try catalog.read { try $0.storeCounts() }
+    /// Sizes of the store. `exact` scans the index (`depot stats`); otherwise the counters kept
+    /// by the catalog's triggers are read, in constant time (`/metrics`).
+    public func stats(exact: Bool = true) throws -> StoreStats {
+        let c = try catalog.read { exact ? try $0.storeCounts() : try $0.storeCounters() }
         return StoreStats(blobs: c.blobs, logicalBytes: c.logicalBytes, storedBytes: c.packBytes,
                           chunks: c.chunks, chunkBytes: c.chunkRawBytes, chunkStoredBytes: c.chunkStoredBytes,
                           packs: c.packs, unfinishedWrites: c.writing)

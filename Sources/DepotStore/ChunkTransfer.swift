@@ -23,9 +23,9 @@ extension ChunkStore {
     }
 
     /// Starts committing a blob by recipe; `chunker` names the chunker that cut it.
-    public func makeRecipeCommitter(chunker: String) throws -> RecipeCommitter {
+    public func makeRecipeCommitter(chunker: String, maxBytes: Int64 = Int64.max) throws -> RecipeCommitter {
         guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
-        return try RecipeCommitter(store: self, chunker: chunker)
+        return try RecipeCommitter(store: self, chunker: chunker, maxBytes: maxBytes)
     }
 
     /// Recipe entries of a stored blob, `limit` at a time from `offset`.
@@ -131,10 +131,14 @@ public final class RecipeCommitter: @unchecked Sendable {
     public private(set) var missing: [SHA256.Value] = []
     public private(set) var missingCount = 0
     private var entries = 0
+    /// The largest blob a recipe may describe (the registry's maximum blob size): the commit
+    /// re-reads and hashes every byte, so this bounds its cost, not only the entry count.
+    private let maxBytes: Int64
 
-    init(store: ChunkStore, chunker: String) throws {
+    init(store: ChunkStore, chunker: String, maxBytes: Int64) throws {
         self.store = store
         self.chunker = chunker
+        self.maxBytes = maxBytes
         blobID = try store.appender.beginBlob(chunker: chunker)
     }
 
@@ -153,6 +157,9 @@ public final class RecipeCommitter: @unchecked Sendable {
         entries += 1
         guard length > 0, length <= store.options.chunker.maxSize else {
             throw DepotError.invalidArgument("recipe entry \(hash.hex) has length \(length); chunks are 1...\(store.options.chunker.maxSize) bytes")
+        }
+        guard size <= maxBytes - Int64(length) else {
+            throw DepotError.sizeInvalid("the recipe describes more than the maximum blob size of \(maxBytes) bytes")
         }
         if try !store.appender.reference(RecipeEntry(offset: size, length: length, hash: hash), of: blobID) {
             if missing.count < 16 { missing.append(hash) }

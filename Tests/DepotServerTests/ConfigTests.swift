@@ -23,7 +23,7 @@ import Testing
         #expect(c.storageRoot == "/data")
         #expect(c.storeOptions.compression.mode == .off)
         #expect(c.storeOptions.flushBytes == 8 << 20)
-        #expect(c.uploadTimeoutSeconds == 60)
+        #expect(c.uploads.idleTimeoutSeconds == 60)
     }
 
     @Test func badConfigsNameTheKey() throws {

@@ -20,11 +20,12 @@ final class TempDir: Sendable {
 }
 
 /// Runs `body` against a live Depot server (real sockets, full channel pipeline) on a fresh store.
-func withRegistry(_ body: @Sendable (any TestClientProtocol, Registry, Int) async throws -> Void) async throws {
+func withRegistry(config base: ServerConfig = ServerConfig(),
+                  _ body: @Sendable (any TestClientProtocol, Registry, Int) async throws -> Void) async throws {
     let dir = TempDir()
     let store = try ChunkStore(root: dir.path, create: true)
-    let registry = Registry(store: store, uploadTimeout: 3600)
-    var config = ServerConfig()
+    let registry = Registry(store: store, uploads: base.uploads, policy: base.tagPolicy)
+    var config = base
     config.listenPort = 0
     var logger = Logger(label: "test")
     logger.logLevel = .warning

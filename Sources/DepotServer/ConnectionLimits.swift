@@ -1,0 +1,168 @@
+import DepotCore
+import DepotRegistry
+import Hummingbird
+import HummingbirdCore
+import NIOCore
+import NIOHTTPTypes
+
+/// The request context of every Depot route: Hummingbird's core context plus the client's
+/// address, which upload limits are counted by.
+public struct DepotRequestContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+
+    /// The address as text: an IPv4 or IPv6 address, nil for a Unix socket or an unknown peer.
+    var clientAddress: String? { remoteAddress?.ipAddress }
+}
+
+/// Closes a connection that does not deliver a complete request head within `timeout` of
+/// opening or of its previous response. Hummingbird's idle timeout only counts whole HTTP parts,
+/// and a slow-loris client sends a header byte at a time, never completing one; this handler
+/// sits after the HTTP decoder, so it sees a head only once all of it has arrived.
+final class HeaderTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    let timeout: TimeAmount
+    private var timer: Scheduled<Void>?
+    /// Requests whose head arrived and whose response has not ended.
+    private var inFlight = 0
+
+    init(timeout: TimeAmount) { self.timeout = timeout }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { arm(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        arm(context)
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { disarm() }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        disarm()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head = unwrapInboundIn(data) {
+            inFlight += 1
+            disarm()
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) {
+            inFlight = max(0, inFlight - 1)
+            if inFlight == 0 { arm(context) }
+        }
+        context.write(data, promise: promise)
+    }
+
+    private func arm(_ context: ChannelHandlerContext) {
+        disarm()
+        let channel = context.channel
+        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: timeout) { [weak self] in
+            guard let self, self.inFlight == 0 else { return }
+            channel.close(promise: nil)
+        }
+    }
+
+    private func disarm() {
+        timer?.cancel()
+        timer = nil
+    }
+}
+
+/// A counter of operations in progress with a ceiling: `enter` fails instead of waiting, so a
+/// flood of expensive requests (recipe commits re-read every chunk they name) is answered with
+/// 429 at once rather than queued behind one another.
+final class ConcurrencyGate: Sendable {
+    let limit: Int
+    private let count = Locked(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    func tryEnter() -> Bool {
+        count.withLock { n in
+            guard n < limit else { return false }
+            n += 1
+            return true
+        }
+    }
+
+    func leave() { count.withLock { $0 -= 1 } }
+}
+
+/// The minimum average byte rate of an upload body (`uploads.min_bytes_per_second` after
+/// `uploads.rate_grace_seconds`). Checked as each part of the body arrives; a client that sends
+/// nothing at all is closed by the connection idle timeout instead.
+struct RateFloor: Sendable {
+    let minBytesPerSecond: Int64
+    let graceSeconds: Double
+    let start: ContinuousClock.Instant
+
+    init(limits: UploadLimits, start: ContinuousClock.Instant) {
+        minBytesPerSecond = limits.minBytesPerSecond
+        graceSeconds = limits.rateGraceSeconds
+        self.start = start
+    }
+
+    func seconds(_ now: ContinuousClock.Instant) -> Double {
+        let d = (now - start).components
+        return Double(d.seconds) + Double(d.attoseconds) / 1e18
+    }
+
+    func isMet(received: Int64, now: ContinuousClock.Instant) -> Bool {
+        guard minBytesPerSecond > 0 else { return true }
+        let elapsed = seconds(now)
+        guard elapsed > graceSeconds else { return true }
+        return Double(received) >= Double(minBytesPerSecond) * elapsed
+    }
+
+    func error(received: Int64) -> RegistryError {
+        RegistryError(.blobUploadInvalid,
+                      "upload too slow: \(received) bytes in \(Int(seconds(.now))) s is under the registry's minimum of \(minBytesPerSecond) "
+                          + "bytes/s; what arrived is kept, resume from the upload's Range", status: 408)
+    }
+}
+
+/// The result of an expensive read-only computation (a full audit-chain verification), shared:
+/// a request within `maxAge` of the last result gets it, and while one computation runs, others
+/// are answered 429 rather than starting their own. So any number of requests costs at most one
+/// scan per `maxAge`.
+final class SharedRecentResult<Value: Sendable>: Sendable {
+    let maxAge: Duration
+    private let state = Locked((running: false, last: (at: ContinuousClock.Instant, value: Value)?.none))
+
+    init(maxAge: Duration) { self.maxAge = maxAge }
+
+    func result(_ compute: () async throws -> Value) async throws -> Value {
+        let now = ContinuousClock.now
+        let cached: Value? = try state.withLock { s in
+            if let last = s.last, now - last.at < maxAge { return last.value }
+            guard !s.running else { throw RegistryError(.tooManyRequests, "a verification is already running; retry in a few seconds") }
+            s.running = true
+            return nil
+        }
+        if let cached { return cached }
+        do {
+            let value = try await compute()
+            state.withLock { $0 = (running: false, last: (ContinuousClock.now, value)) }
+            return value
+        } catch {
+            state.withLock { $0.running = false }
+            throw error
+        }
+    }
+}
