@@ -97,7 +97,9 @@ public final class UploadSession: @unchecked Sendable {
 /// The live upload sessions. They live in memory: after a restart, their ids answer
 /// BLOB_UPLOAD_UNKNOWN and clients start over (their unfinished writes are garbage for GC).
 public final class UploadSessions: Sendable {
-    private let sessions = Locked<(byID: [String: UploadSession], perClient: [String: Int])>((byID: [:], perClient: [:]))
+    /// `total` counts slots taken, including sessions still being set up (not yet in `byID`), so
+    /// that the limit holds across concurrent starts.
+    private let sessions = Locked<(byID: [String: UploadSession], perClient: [String: Int], total: Int)>((byID: [:], perClient: [:], total: 0))
     let store: ChunkStore
     public let limits: UploadLimits
     /// Idle time after which a session expires.
@@ -130,7 +132,7 @@ public final class UploadSessions: Sendable {
     public func start(_ repository: RepositoryName, client: String = "unknown", now: Date = Date()) throws -> UploadSession {
         let id = UUID().uuidString.lowercased()
         try sessions.withLock { s in
-            guard s.byID.count < limits.maxSessions else {
+            guard s.total < limits.maxSessions else {
                 throw RegistryError(.tooManyRequests, "\(limits.maxSessions) uploads are in progress; retry later")
             }
             guard s.perClient[client, default: 0] < limits.maxSessionsPerClient else {
@@ -138,6 +140,7 @@ public final class UploadSessions: Sendable {
                                     "this client has \(limits.maxSessionsPerClient) uploads in progress; finish or cancel one, or retry later")
             }
             s.perClient[client, default: 0] += 1
+            s.total += 1
         }
         let writer: BlobWriter
         do { writer = try store.makeWriter(planner: SafetensorsBoundaryPlanner()) } catch {
@@ -183,11 +186,17 @@ public final class UploadSessions: Sendable {
         sessions.withLock { s in
             s.byID.removeValue(forKey: session.id)
             Self.decrement(&s.perClient, session.client)
+            s.total -= 1
         }
         return true
     }
 
-    private func release(client: String) { sessions.withLock { Self.decrement(&$0.perClient, client) } }
+    private func release(client: String) {
+        sessions.withLock { s in
+            Self.decrement(&s.perClient, client)
+            s.total -= 1
+        }
+    }
 
     private static func decrement(_ counts: inout [String: Int], _ key: String) {
         let left = counts[key, default: 0] - 1

@@ -137,10 +137,10 @@ struct RateFloor: Sendable {
     }
 }
 
-/// The result of an expensive read-only computation (a full audit-chain verification), shared:
-/// a request within `maxAge` of the last result gets it, and while one computation runs, others
-/// are answered 429 rather than starting their own. So any number of requests costs at most one
-/// scan per `maxAge`.
+/// An expensive read-only computation (a full audit-chain verification) run one at a time: while
+/// one runs, other requests are answered 429 rather than starting their own scan, so any number
+/// of requests keeps at most one thread busy. A result younger than `maxAge` is reused (zero:
+/// never).
 final class SharedRecentResult<Value: Sendable>: Sendable {
     let maxAge: Duration
     private let state = Locked((running: false, last: (at: ContinuousClock.Instant, value: Value)?.none))
@@ -150,7 +150,7 @@ final class SharedRecentResult<Value: Sendable>: Sendable {
     func result(_ compute: () async throws -> Value) async throws -> Value {
         let now = ContinuousClock.now
         let cached: Value? = try state.withLock { s in
-            if let last = s.last, now - last.at < maxAge { return last.value }
+            if maxAge > .zero, let last = s.last, now - last.at < maxAge { return last.value }
             guard !s.running else { throw RegistryError(.tooManyRequests, "a verification is already running; retry in a few seconds") }
             s.running = true
             return nil

@@ -27,8 +27,9 @@ public struct OCIResponder: HTTPResponder {
     let limits: ServerConfig.ServerLimits
     /// Recipe commits in progress (each re-reads every chunk it names).
     let recipeCommits: ConcurrencyGate
-    /// `/depot/v1/audit/verify` re-hashes the whole journal: one at a time, and a fresh result is shared.
-    let auditVerifications = SharedRecentResult<AuditVerification>(maxAge: .seconds(10))
+    /// `/depot/v1/audit/verify` re-hashes the whole journal: one at a time (never a cached answer:
+    /// an auditor verifying right after a suspected edit must see it).
+    let auditVerifications = SharedRecentResult<AuditVerification>(maxAge: .zero)
 
     public init(registry: Registry, metrics: ServerMetrics, logger: Logger, jobs: JobQueue? = nil, callbackSecrets: [String: String] = [:],
                 deployments: Deployments? = nil, limits: ServerConfig.ServerLimits = .init()) {
