@@ -10,10 +10,13 @@ import NIOHTTPTypes
 public struct DepotRequestContext: RequestContext, RemoteAddressRequestContext {
     public var coreContext: CoreRequestContextStorage
     public let remoteAddress: SocketAddress?
+    /// The connection, so a stalled response can be cut off (`StallWatchdog`).
+    let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         remoteAddress = source.channel.remoteAddress
+        channel = source.channel
     }
 
     /// The address as text: an IPv4 or IPv6 address, nil for a Unix socket or an unknown peer.
@@ -165,4 +168,36 @@ final class SharedRecentResult<Value: Sendable>: Sendable {
             throw error
         }
     }
+}
+
+/// Closes the connection of a streamed response that has made no progress for `timeout`: a
+/// client that requests a large blob and never reads it would otherwise hold its connection,
+/// a blob reader and a batch or two of buffered bytes forever (Hummingbird's idle timeout does
+/// not run while a response is being written). Armed only for multi-batch responses.
+struct StallWatchdog: Sendable {
+    private let last: Locked<ContinuousClock.Instant>
+    private let task: Task<Void, Never>?
+
+    init(channel: (any Channel)?, timeout: Duration) {
+        let last = Locked(ContinuousClock.now)
+        self.last = last
+        guard let channel else {
+            task = nil
+            return
+        }
+        task = Task {
+            while !Task.isCancelled {
+                do { try await Task.sleep(for: timeout / 4) } catch { return }
+                if ContinuousClock.now - last.withLock({ $0 }) > timeout {
+                    channel.close(promise: nil)
+                    return
+                }
+            }
+        }
+    }
+
+    /// A part of the response was handed to the socket.
+    func progress() { last.withLock { $0 = .now } }
+
+    func stop() { task?.cancel() }
 }

@@ -108,7 +108,7 @@ public struct OCIResponder: HTTPResponder {
             try await offload { try registry.deleteManifest(n, r, actor: actor) }
             return Reply.empty(202)
         case (.blob(let name, let digest), .get), (.blob(let name, let digest), .head):
-            return try await getBlob(try RequestParsing.name(name), try RequestParsing.digest(digest), request)
+            return try await getBlob(try RequestParsing.name(name), try RequestParsing.digest(digest), request, context)
         case (.blob(let name, let digest), .delete):
             let (n, d) = (try RequestParsing.name(name), try RequestParsing.digest(digest))
             let actor = Actor(Self.actor(request))
@@ -138,7 +138,7 @@ public struct OCIResponder: HTTPResponder {
 
     // MARK: blobs
 
-    func getBlob(_ name: RepositoryName, _ digest: Digest, _ request: Request) async throws -> Response {
+    func getBlob(_ name: RepositoryName, _ digest: Digest, _ request: Request, _ context: Context) async throws -> Response {
         guard let blob = try await offload({ try registry.blob(name, digest) }) else {
             throw RegistryError(.blobUnknown, "blob \(digest) is not in \(name)")
         }
@@ -163,10 +163,15 @@ public struct OCIResponder: HTTPResponder {
         }
         let reader = try await offload { try registry.store.reader(digest, range: range, as: ByteBuffer.self) }
         let metrics = self.metrics
+        let channel: (any Channel)? = length > 4 << 20 ? context.channel : nil
+        let stallTimeout = Duration.milliseconds(Int64(limits.idleTimeoutSeconds * 1000))
         let body = ResponseBody(contentLength: Int(length)) { writer in
+            let watchdog = StallWatchdog(channel: channel, timeout: stallTimeout)
+            defer { watchdog.stop() }
             while let batch = try await offload({ try reader.next() }) {
                 metrics.sent(batch.readableBytes)
                 try await writer.write(batch)
+                watchdog.progress()
             }
             try await writer.finish(nil)
         }

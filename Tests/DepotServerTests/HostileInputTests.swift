@@ -286,6 +286,28 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
         }
     }
 
+    @Test func aClientThatNeverReadsItsBlobIsCutOff() async throws {
+        try await withServer("server:\n  idle_timeout_seconds: 2\n") { server in
+            let blob = randomBytes(24 << 20, seed: 11)
+            let d = Digest.of(blob)
+            let push = try RawConnection(port: server.port)
+            push.send("POST /v2/r/blobs/uploads/?digest=\(d) HTTP/1.1\r\nHost: x\r\nContent-Length: \(blob.count)\r\n\r\n")
+            push.send(blob)
+            #expect(await push.readResponse()?.status == 201)
+            // Ask for it, read nothing for longer than the timeout, then drain what is buffered.
+            let sloth = try RawConnection(port: server.port, receiveTimeout: 10)
+            sloth.send("GET /v2/r/blobs/\(d) HTTP/1.1\r\nHost: x\r\n\r\n")
+            try await Task.sleep(for: .seconds(5))
+            let (received, closed) = await sloth.drain()
+            #expect(closed, "the server kept a connection open for a client that does not read")
+            #expect(received > 0 && received < blob.count)
+            // Everyone else is served.
+            let other = try RawConnection(port: server.port)
+            other.send("GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(await other.readResponse()?.status == 200)
+        }
+    }
+
     @Test func connectionsPastTheCapWaitUntilOneCloses() async throws {
         try await withServer("server:\n  max_connections: 2\n") { server in
             var held: [RawConnection] = []

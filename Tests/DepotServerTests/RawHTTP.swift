@@ -61,6 +61,20 @@ final class RawConnection: @unchecked Sendable {
         }
     }
 
+    /// Reads until the peer closes (or the receive timeout passes); returns the bytes read and
+    /// whether the peer closed the connection.
+    func drain() async -> (bytes: Int, closed: Bool) {
+        await blocking {
+            var total = 0
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { recv(self.fd, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { return (total, n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) }
+                total += n
+            }
+        }
+    }
+
     private func readResponseBlocking() -> RawResponse? {
         var data: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
