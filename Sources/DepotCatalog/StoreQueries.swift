@@ -123,6 +123,19 @@ extension SQLiteConnection {
         return changes
     }
 
+    /// Complete blobs whose recipe names a chunk of `pack` that lies (partly) beyond `size`
+    /// (0: any chunk of the pack). What `dropChunks` would break, for `fsck --repair` to list.
+    public func blobs(usingPack pack: Int64, beyond size: Int64, headerSize: Int) throws -> [Digest] {
+        var out: [Digest] = []
+        try query("""
+            SELECT DISTINCT b.digest FROM chunks c JOIN recipes r ON r.chunk_hash = c.hash JOIN blobs b ON b.id = r.blob_id
+            WHERE c.pack_id = ? AND c.offset + ? + c.stored_length > ? AND b.state = 1
+            """, .int(pack), .int(Int64(headerSize)), .int(size)) {
+            if let h = $0.hash(0) { out.append(Digest(bytes: h)) }
+        }
+        return out
+    }
+
     public func dropChunks(inPack pack: Int64) throws -> Int {
         try run("DELETE FROM chunks WHERE pack_id = ?", .int(pack))
         return changes

@@ -59,7 +59,10 @@ public struct DepotService {
         let logger = log
         let store = try ChunkStore(root: config.storageRoot, options: config.storeOptions, create: true)
         if !store.recovery.isClean {
-            logger.notice("repaired store on open: cut \(store.recovery.truncatedBytes) bytes from \(store.recovery.truncatedPacks) pack tail(s), removed \(store.recovery.orphanPacksRemoved) orphan pack(s), dropped \(store.recovery.droppedChunkRows) index row(s)")
+            logger.notice("repaired store on open: \(store.recovery.summary)")
+            for path in store.recovery.quarantinedPacks {
+                logger.warning("pack file unknown to the catalog moved to \(path): the catalog has no row for it (a crash during GC, or a catalog older than the packs); kept, not deleted")
+            }
         }
         let registry = Registry(store: store, uploadTimeout: config.uploadTimeoutSeconds, maxUploads: config.maxUploads,
                                 policy: config.tagPolicy)
@@ -180,6 +183,9 @@ struct PeriodicGC: Service {
                         let report = try await offload { try registry.collectGarbage() }
                         let r = report.store
                         logger.info("gc: deleted \(report.manifestsDeleted) unkept manifest(s), \(r.blobsDeleted) blob(s) and \(r.chunksDeleted) chunk(s), compacted \(r.packsCompacted) pack(s), freed \(r.packBytesFreed) pack bytes")
+                        for d in r.damagedChunks {
+                            logger.error("gc: skipped damaged chunk \(d.chunk) in pack \(d.pack): \(d.reason)")
+                        }
                     } catch {
                         logger.error("gc failed: \(error)")
                     }
