@@ -14,7 +14,7 @@ import Darwin
 /// Why in-process only (no environment variable, no config key): nothing outside the process
 /// can arm a fault, so a production server cannot pick one up from a stray `DEPOT_...` variable
 /// or a copied test config. The only way in is calling `arm`, which no code under `Sources/`
-/// does (tests call it; `grep -rn 'FaultInjection.arm' Sources` must stay empty). Every fault
+/// does (tests call it; a test checks that no file under `Sources/` does). Every fault
 /// needs a non-empty path filter, so a fault armed by one test cannot hit another test's store
 /// running in parallel (each test uses its own temporary directory).
 public enum FaultInjection {

@@ -69,9 +69,12 @@ extension ChunkStore {
                 report.packsCompacted += 1
             }
             try appender.checkpoint()
+            // Three durable steps: mark the row (only if no chunk row names the pack), unlink, drop
+            // the row. A crash in between leaves a marked row, and recovery finishes the deletion;
+            // a file without any row would be an unknown pack, which recovery only quarantines.
             let deleted = try catalog.write { conn -> Bool in
                 guard try conn.chunks(inPack: pack.id).isEmpty else { return false }
-                try conn.deletePack(pack.id)
+                try conn.markPackDeleting(pack.id)
                 return true
             }
             if deleted {
@@ -79,6 +82,7 @@ extension ChunkStore {
                 // between fails to open it and retries with a fresh location.
                 try FileSystem.remove(files.path(pack.id))
                 files.evict(pack.id)
+                try catalog.write { try $0.deletePack(pack.id) }
                 report.packsDeleted += 1
                 report.packBytesFreed += pack.committedSize - live
             }

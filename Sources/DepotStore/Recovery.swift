@@ -28,6 +28,8 @@ public struct RecoveryReport: Sendable, Equatable, Codable {
     public var quarantinedPacks: [String] = []
     /// Packs with no index rows whose file holds nothing but its 16-byte header, removed.
     public var emptyPacksRemoved = 0
+    /// Pack deletions GC had committed to (row marked, no index rows) but not finished: done now.
+    public var gcDeletionsFinished = 0
     /// Damage found and left in place (`.report`), one line each naming the pack.
     public var problems: [String] = []
     /// `.repair` only: index rows dropped because their bytes are gone ...
@@ -41,7 +43,7 @@ public struct RecoveryReport: Sendable, Equatable, Codable {
     public var summary: String {
         var parts = ["cut \(truncatedBytes) byte(s) from \(truncatedPacks) pack tail(s)",
                      "moved \(quarantinedPacks.count) unknown pack file(s) to \(Recovery.quarantineDirectory)/",
-                     "removed \(emptyPacksRemoved) empty pack(s)"]
+                     "removed \(emptyPacksRemoved) empty pack(s)", "finished \(gcDeletionsFinished) pack deletion(s) of GC"]
         if !problems.isEmpty { parts.append("found \(problems.count) damaged pack(s), left as they are") }
         if droppedChunkRows > 0 || !lostBlobs.isEmpty {
             parts.append("dropped \(droppedChunkRows) index row(s) of lost data, affecting \(lostBlobs.count) blob(s)")
@@ -53,7 +55,7 @@ public struct RecoveryReport: Sendable, Equatable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case truncatedBytes = "truncated_bytes", truncatedPacks = "truncated_packs", quarantinedPacks = "quarantined_packs"
-        case emptyPacksRemoved = "empty_packs_removed", problems, droppedChunkRows = "dropped_chunk_rows", lostBlobs = "lost_blobs"
+        case emptyPacksRemoved = "empty_packs_removed", gcDeletionsFinished = "gc_deletions_finished", problems, droppedChunkRows = "dropped_chunk_rows", lostBlobs = "lost_blobs"
     }
 }
 
@@ -67,7 +69,8 @@ public struct RecoveryReport: Sendable, Equatable, Codable {
 /// deletes on its own: a pack that is missing (ENOENT) or unreadable (any other errno: EACCES,
 /// EIO, a mount that is not up yet), or shorter than recorded, makes the open refuse (see
 /// `DamagePolicy`); pack files the catalog does not know are moved to `packs/quarantine/`. The
-/// only pack files recovery unlinks are ones holding nothing but a header.
+/// only pack files recovery unlinks are ones holding nothing but a header, and ones GC marked
+/// for deletion (no index row names them) before a crash stopped it.
 enum Recovery {
     static let quarantineDirectory = "packs/quarantine"
 
@@ -212,6 +215,18 @@ enum Recovery {
         var lost = Set<String>()
         for pack in packs {
             let chunkCount = usage[pack.id]?.chunks ?? 0
+            if pack.deleting && chunkCount == 0 {
+                // GC decided, in a transaction that checked no index row names it, and crashed
+                // before finishing: the catalog itself says these bytes are garbage.
+                switch found[pack.id]! {
+                case .unreadable: continue   // leave it for a later open that can see it
+                case .present: try FileSystem.remove(files.path(pack.id))
+                case .missing: break
+                }
+                try catalog.write { try $0.deletePack(pack.id) }
+                report.gcDeletionsFinished += 1
+                continue
+            }
             switch found[pack.id]! {
             case .unreadable:
                 continue   // reported above (or refused)

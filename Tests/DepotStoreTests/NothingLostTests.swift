@@ -120,6 +120,47 @@ import Testing
         #expect(try store.fsck().isClean)
     }
 
+    /// GC deletes a pack in three durable steps (mark the row, unlink, drop the row). A crash after
+    /// the mark leaves a marked row: recovery finishes the deletion the catalog recorded, while a
+    /// file with no row at all (a restored older catalog) is only quarantined.
+    @Test func aPackDeletionGCCommittedToIsFinishedButAFileWithoutARowIsKept() throws {
+        let dir = TempDir()
+        var options = StoreOptions()
+        options.packTargetSize = 1 << 20
+        let d: Digest
+        do {
+            let store = try ChunkStore(root: dir.path, options: options, create: true)
+            _ = try store.write(randomBytes(1_100_000, seed: 7))   // fills pack 1, ends in pack 2
+            d = try store.write(randomBytes(900_000, seed: 8), retain: "t").digest
+        }
+        let packs = try ChunkStore(root: dir.path, readOnly: true).catalog.read { try $0.packs() }
+        #expect(packs.count >= 2)
+        let doomed = packs[0].id
+        let other = dir.path + "/" + PackFormat.relativePath(packs[1].id)
+        // The state GC leaves when killed right after its first step.
+        let catalog = try Database(path: dir.path + "/catalog.db")
+        try catalog.write { conn in
+            for (hash, _) in try conn.chunks(inPack: doomed) {
+                for b in try conn.blobs(containing: hash) { try conn.deleteBlob(id: conn.blob(b)!.id) }
+            }
+            _ = try conn.deleteUnreferencedChunks()
+            #expect(try conn.chunks(inPack: doomed).isEmpty)
+            try conn.markPackDeleting(doomed)
+        }
+        // A pack file whose row is gone altogether: kept, in quarantine.
+        let stray = dir.path + "/" + PackFormat.relativePath(77)
+        try FileSystem.createDirectory(String(stray[..<stray.lastIndex(of: "/")!]))
+        try "older catalog".write(toFile: stray, atomically: false, encoding: .utf8)
+        let store = try ChunkStore(root: dir.path, options: options)
+        #expect(store.recovery.gcDeletionsFinished == 1)
+        #expect(!FileSystem.exists(dir.path + "/" + PackFormat.relativePath(doomed)))
+        #expect(try store.catalog.read { try $0.packs() }.allSatisfy { $0.id != doomed })
+        #expect(store.recovery.quarantinedPacks == ["packs/quarantine/00000000004d.pack"])
+        #expect(FileSystem.exists(other))
+        #expect(try store.readAll(d) == randomBytes(900_000, seed: 8))
+        #expect(try store.fsck().isClean)
+    }
+
     @Test func aShortPackIsRefusedReportedByFsckAndDroppedOnlyByRepair() throws {
         let dir = TempDir()
         let (d, bytes) = try Self.storeWithBlob(dir)
@@ -385,5 +426,20 @@ import Testing
         #expect(recovery["lost_blobs"] as? [String] == [d.description])
         #expect((recovery["dropped_chunk_rows"] as? Int ?? 0) > 0)
         #expect(try RecoveryNeverDeletesTests.chunkRows(dir) == 0)
+    }
+}
+
+@Suite struct FaultInjectionSafetyTests {
+    /// Production code can never arm a fault: only tests call `arm` (see FaultInjection.swift).
+    @Test func noSourceFileArmsAFault() throws {
+        let sources = FileManager.default.currentDirectoryPath + "/Sources"
+        let files = try #require(FileManager.default.enumerator(atPath: sources)).compactMap { $0 as? String }
+            .filter { $0.hasSuffix(".swift") }
+        #expect(files.count > 50, "the test must run from the package root")
+        for file in files {
+            let text = try String(contentsOfFile: sources + "/" + file, encoding: .utf8)
+            #expect(!text.contains("FaultInjection.arm("), "\(file) arms a fault")
+        }
+        #expect(FaultInjection.check(.fdatasync, "/nothing/armed/for/this/path") == nil)
     }
 }
