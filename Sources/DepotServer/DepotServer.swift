@@ -61,7 +61,7 @@ public struct DepotService {
         if !store.recovery.isClean {
             logger.notice("repaired store on open: \(store.recovery.summary)")
             for path in store.recovery.quarantinedPacks {
-                logger.warning("pack file unknown to the catalog moved to \(path): the catalog has no row for it (a crash during GC, or a catalog older than the packs); kept, not deleted")
+                logger.warning("pack file unknown to the catalog moved to \(path) (is catalog.db older than the packs?): kept")
             }
         }
         let registry = Registry(store: store, uploadTimeout: config.uploadTimeoutSeconds, maxUploads: config.maxUploads,

@@ -55,7 +55,8 @@ public struct RecoveryReport: Sendable, Equatable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case truncatedBytes = "truncated_bytes", truncatedPacks = "truncated_packs", quarantinedPacks = "quarantined_packs"
-        case emptyPacksRemoved = "empty_packs_removed", gcDeletionsFinished = "gc_deletions_finished", problems, droppedChunkRows = "dropped_chunk_rows", lostBlobs = "lost_blobs"
+        case emptyPacksRemoved = "empty_packs_removed", gcDeletionsFinished = "gc_deletions_finished"
+        case problems, droppedChunkRows = "dropped_chunk_rows", lostBlobs = "lost_blobs"
     }
 }
 
