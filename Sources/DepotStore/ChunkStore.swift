@@ -44,10 +44,15 @@ public final class ChunkStore: Sendable {
         } else {
             guard FileSystem.isWritable(root) else { throw DepotError.storage("storage root \(root) is not writable") }
         }
-        if FileSystem.exists(formatPath) {
+        switch FileSystem.probe(formatPath) {
+        case .missing:
+            if !create { throw DepotError.storage("\(root) is not a Depot store (no FORMAT file); `depot serve` creates one") }
+        case .failed(let code):
+            // Not "missing": a store whose volume misbehaves must not be re-created over.
+            throw DepotError.storage("\(formatPath) is unreadable (\(FileSystem.Probe.errnoName(code))); "
+                                     + "if its volume is not mounted (or not readable), mount it (or fix its permissions) and restart")
+        case .file, .directory, .other:
             try Self.checkFormat(formatPath)
-        } else if !create {
-            throw DepotError.storage("\(root) is not a Depot store (no FORMAT file); `depot serve` creates one")
         }
         if readOnly {
             lockFD = -1
@@ -55,7 +60,7 @@ public final class ChunkStore: Sendable {
             lockFD = try Self.lock(root)
         }
         do {
-            if !readOnly && !FileSystem.exists(formatPath) {
+            if !readOnly && FileSystem.probe(formatPath) == .missing {
                 try FileSystem.createDirectory(root + "/packs")
                 let file = try PosixFile(path: formatPath + ".tmp", mode: .createReadWrite)
                 try file.truncate(to: 0)

@@ -66,6 +66,10 @@ import Testing
             FaultInjection.disarm(fault)
             #expect(try Self.chunkRows(dir) == rows, "\(name): no index row was dropped")
         }
+        // An unreadable FORMAT file is not a missing one: the store is not created over.
+        let format = FaultInjection.arm(.stat, errno: EIO, pathContains: dir.path + "/FORMAT")
+        Self.expectRefusal(dir, ["FORMAT is unreadable (EIO)"])
+        FaultInjection.disarm(format)
         // A pack path that is suddenly not a file (a bad mount) is unreadable, not missing.
         let pack = try #require(try Self.packPaths(dir).first)
         try FileSystem.rename(pack, pack + ".real")
