@@ -10,19 +10,23 @@ public final class Database: Sendable {
     public let readOnly: Bool
     private let writer: Locked<SQLiteConnection?>
     private let readers: Locked<[SQLiteConnection]>
+    let busyTimeoutMilliseconds: Int
 
     /// The newest schema version this build understands.
     public static let schemaVersion: Int64 = Schema.migrations.count.asInt64
 
     /// Opens (creating and migrating if needed) the catalog at `path`.
-    public init(path: String, readOnly: Bool = false) throws {
+    /// `busyTimeoutMilliseconds`: how long a statement waits for a lock another connection (or
+    /// process) holds before failing with a "stayed locked ... retry" error.
+    public init(path: String, readOnly: Bool = false, busyTimeoutMilliseconds: Int = 10_000) throws {
         self.path = path
         self.readOnly = readOnly
+        self.busyTimeoutMilliseconds = busyTimeoutMilliseconds
         if readOnly {
             guard FileSystem.exists(path) else { throw DepotError.storage("no catalog at \(path)") }
             writer = Locked(nil)
         } else {
-            let conn = try SQLiteConnection(path: path, readOnly: false)
+            let conn = try SQLiteConnection(path: path, readOnly: false, busyTimeoutMilliseconds: busyTimeoutMilliseconds)
             try conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
             try Schema.migrate(conn)
             writer = Locked(conn)
@@ -50,7 +54,7 @@ public final class Database: Sendable {
     public func read<T>(_ body: (SQLiteConnection) throws -> T) throws -> T {
         let conn = try readers.withLock { pool in
             pool.popLast()
-        } ?? SQLiteConnection(path: path, readOnly: true)
+        } ?? SQLiteConnection(path: path, readOnly: true, busyTimeoutMilliseconds: busyTimeoutMilliseconds)
         defer { readers.withLock { pool in if pool.count < 8 { pool.append(conn) } } }
         return try body(conn)
     }

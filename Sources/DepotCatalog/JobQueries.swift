@@ -220,6 +220,25 @@ extension SQLiteConnection {
             """, .text(key), .text(repository), .text(digest), .int(now))
     }
 
+    /// Records `digest` as job `id`'s log (if it is still leased with `token`) and makes it a GC
+    /// root, in one transaction with releasing the log it replaces: the old blob loses its
+    /// `job-log` root unless another job still names it. Returns false if the lease was lost.
+    public func replaceJobLog(_ id: Int64, token: String, digest: Digest, now: Int64) throws -> Bool {
+        let old = try first("SELECT log_digest FROM jobs WHERE id = ? AND lease_token = ?", .int(id), .text(token)) {
+            $0.isNull(0) ? nil : $0.text(0)
+        }
+        guard let old else { return false }
+        try run("UPDATE jobs SET log_digest = ?, updated_at = ? WHERE id = ? AND lease_token = ?",
+                .text(digest.description), .int(now), .int(id), .text(token))
+        try addRoot(digest, reason: "job-log", now: now)
+        if let old, old != digest.description,
+           try first("SELECT 1 FROM jobs WHERE log_digest = ? LIMIT 1", .text(old), map: { _ in true }) == nil,
+           let d = try? Digest(parsing: old) {
+            try run("DELETE FROM blob_roots WHERE digest = ? AND reason = 'job-log'", .hash(d.bytes))
+        }
+        return true
+    }
+
     /// Forgets the logs of jobs that finished before `before` (a log shared by a newer job stays):
     /// the job rows lose their log, the blobs their `job-log` root; GC reclaims them. Returns how many.
     public func expireJobLogs(finishedBefore before: Int64) throws -> Int {

@@ -21,7 +21,12 @@ public final class SQLiteConnection: @unchecked Sendable {
     let path: String
     private var cache: [String: Statement] = [:]
 
-    init(path: String, readOnly: Bool) throws {
+    /// How long a statement waits for another connection's lock (SQLite's busy handler retries
+    /// meanwhile) before failing with `busyMessage`.
+    let busyTimeoutMilliseconds: Int
+
+    init(path: String, readOnly: Bool, busyTimeoutMilliseconds: Int = 10_000) throws {
+        self.busyTimeoutMilliseconds = busyTimeoutMilliseconds
         var db: OpaquePointer?
         let flags = (readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_NOMUTEX
         let rc = sqlite3_open_v2(path, &db, flags, nil)
@@ -32,7 +37,13 @@ public final class SQLiteConnection: @unchecked Sendable {
         }
         handle = db
         self.path = path
-        sqlite3_busy_timeout(db, 10_000)
+        sqlite3_busy_timeout(db, Int32(clamping: busyTimeoutMilliseconds))
+    }
+
+    func busyMessage(_ what: String) -> String {
+        let seconds = Double(busyTimeoutMilliseconds) / 1000
+        return "catalog \(path) stayed locked by another connection for \(seconds) s (\(what)); nothing was changed, retry. "
+            + "If it persists, another process (a `depot` command, or sqlite3) holds a long transaction on it: stop it"
     }
 
     deinit {
@@ -41,18 +52,22 @@ public final class SQLiteConnection: @unchecked Sendable {
     }
 
     func error(_ what: String) -> DepotError {
-        let code = sqlite3_errcode(handle)
+        let code = sqlite3_errcode(handle) & 0xff   // the primary code of an extended one
         let msg = String(cString: sqlite3_errmsg(handle))
         if code == SQLITE_FULL { return .io("catalog \(path): disk full (\(what))") }
+        if code == SQLITE_BUSY || code == SQLITE_LOCKED { return .storage(busyMessage(what)) }
         return .storage("catalog \(path): \(what): \(msg)")
     }
 
     /// Runs one or more statements without results.
     public func execute(_ sql: String) throws {
         var err: UnsafeMutablePointer<CChar>?
-        if sqlite3_exec(handle, sql, nil, nil, &err) != SQLITE_OK {
+        let rc = sqlite3_exec(handle, sql, nil, nil, &err)
+        if rc != SQLITE_OK {
             let msg = err.map { String(cString: $0) } ?? "unknown"
             sqlite3_free(err)
+            if rc & 0xff == SQLITE_BUSY { throw DepotError.storage(busyMessage(String(sql.prefix(60)))) }
+            if rc & 0xff == SQLITE_FULL { throw DepotError.io("catalog \(path): disk full (\(sql.prefix(60)))") }
             throw DepotError.storage("catalog \(path): \(msg) in \(sql.prefix(60))")
         }
     }

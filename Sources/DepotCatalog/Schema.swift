@@ -9,7 +9,7 @@ enum Schema {
         CREATE TABLE packs(
             id INTEGER PRIMARY KEY AUTOINCREMENT,       -- ids are never reused
             committed_size INTEGER NOT NULL DEFAULT 0,  -- bytes known durable; the tail past it is cut on open
-            sealed INTEGER NOT NULL DEFAULT 0,
+            sealed INTEGER NOT NULL DEFAULT 0,          -- 0 open, 1 sealed, 2 being deleted by GC (no chunk rows)
             created_at INTEGER NOT NULL
         );
         CREATE TABLE chunks(

@@ -42,6 +42,9 @@ public struct PackRecord: Sendable, Equatable {
     public var id: Int64
     public var committedSize: Int64
     public var sealed: Bool
+    /// GC decided to delete it (no index row names it) and may have unlinked the file already:
+    /// `sealed = 2` in the catalog. Recovery finishes such a deletion; it is not an unknown pack.
+    public var deleting: Bool
 }
 
 /// Typed queries over the chunk-store tables. All SQL of the store lives here.
@@ -61,6 +64,12 @@ extension SQLiteConnection {
         try run("UPDATE packs SET sealed = 1 WHERE id = ?", .int(id))
     }
 
+    /// GC's first step in deleting a pack (see `PackRecord.deleting`); only for a pack that no
+    /// chunk row names, checked in the same transaction.
+    public func markPackDeleting(_ id: Int64) throws {
+        try run("UPDATE packs SET sealed = 2 WHERE id = ?", .int(id))
+    }
+
     public func sealAllPacks() throws {
         try run("UPDATE packs SET sealed = 1 WHERE sealed = 0")
     }
@@ -72,7 +81,7 @@ extension SQLiteConnection {
     public func packs() throws -> [PackRecord] {
         var out: [PackRecord] = []
         try query("SELECT id, committed_size, sealed FROM packs ORDER BY id") {
-            out.append(PackRecord(id: $0.int(0), committedSize: $0.int(1), sealed: $0.int(2) != 0))
+            out.append(PackRecord(id: $0.int(0), committedSize: $0.int(1), sealed: $0.int(2) != 0, deleting: $0.int(2) == 2))
         }
         return out
     }
@@ -121,6 +130,19 @@ extension SQLiteConnection {
     public func dropChunks(inPack pack: Int64, beyond size: Int64, headerSize: Int) throws -> Int {
         try run("DELETE FROM chunks WHERE pack_id = ? AND offset + ? + stored_length > ?", .int(pack), .int(Int64(headerSize)), .int(size))
         return changes
+    }
+
+    /// Complete blobs whose recipe names a chunk of `pack` that lies (partly) beyond `size`
+    /// (0: any chunk of the pack). What `dropChunks` would break, for `fsck --repair` to list.
+    public func blobs(usingPack pack: Int64, beyond size: Int64, headerSize: Int) throws -> [Digest] {
+        var out: [Digest] = []
+        try query("""
+            SELECT DISTINCT b.digest FROM chunks c JOIN recipes r ON r.chunk_hash = c.hash JOIN blobs b ON b.id = r.blob_id
+            WHERE c.pack_id = ? AND c.offset + ? + c.stored_length > ? AND b.state = 1
+            """, .int(pack), .int(Int64(headerSize)), .int(size)) {
+            if let h = $0.hash(0) { out.append(Digest(bytes: h)) }
+        }
+        return out
     }
 
     public func dropChunks(inPack pack: Int64) throws -> Int {

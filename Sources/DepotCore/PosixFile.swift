@@ -21,6 +21,7 @@ public final class PosixFile: @unchecked Sendable {
         case .createReadWrite: flags = O_RDWR | O_CREAT
         case .createExclusive: flags = O_RDWR | O_CREAT | O_EXCL
         }
+        if let code = FaultInjection.check(.open, path) { throw PosixFile.error("open", path, code) }
         let fd = open(path, flags | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw PosixFile.error("open", path) }
         self.fd = fd
@@ -41,6 +42,7 @@ public final class PosixFile: @unchecked Sendable {
 
     /// Writes all bytes at `offset`.
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+        if let code = FaultInjection.check(.write, path) { throw PosixFile.error("write", path, code) }
         var done = 0
         while done < bytes.count {
             let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
@@ -54,6 +56,7 @@ public final class PosixFile: @unchecked Sendable {
 
     /// Appends at the current end using a sequential write.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        if let code = FaultInjection.check(.write, path) { throw PosixFile.error("write", path, code) }
         var done = 0
         while done < bytes.count {
             let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
@@ -68,6 +71,11 @@ public final class PosixFile: @unchecked Sendable {
     /// Writes two buffers at `offset` with one `pwritev` (a record header and its payload,
     /// without copying them together).
     public func write(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer, at offset: Int64) throws {
+        if let code = FaultInjection.check(.write, path) {
+            // A full disk usually fails part-way: the header lands, the payload does not.
+            _ = pwrite(fd, first.baseAddress, first.count, off_t(offset))
+            throw PosixFile.error("write", path, code)
+        }
         var a = first, b = second
         var position = offset
         while a.count + b.count > 0 {
@@ -87,6 +95,7 @@ public final class PosixFile: @unchecked Sendable {
 
     /// Reads exactly `into.count` bytes at `offset`; throws if the file is shorter.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws {
+        if let code = FaultInjection.check(.read, path) { throw PosixFile.error("read", path, code) }
         var done = 0
         while done < buffer.count {
             let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
@@ -101,6 +110,7 @@ public final class PosixFile: @unchecked Sendable {
 
     /// Reads exactly `first.count + second.count` bytes at `offset` into two buffers (`preadv`).
     public func read(into first: UnsafeMutableRawBufferPointer, _ second: UnsafeMutableRawBufferPointer, at offset: Int64) throws {
+        if let code = FaultInjection.check(.read, path) { throw PosixFile.error("read", path, code) }
         var a = first, b = second
         var position = offset
         while a.count + b.count > 0 {
@@ -120,6 +130,7 @@ public final class PosixFile: @unchecked Sendable {
 
     /// Reads up to `buffer.count` bytes sequentially; returns 0 at end of file.
     public func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        if let code = FaultInjection.check(.read, path) { throw PosixFile.error("read", path, code) }
         while true {
             let n = Glibc.read(fd, buffer.baseAddress!, buffer.count)
             if n < 0 {
@@ -131,6 +142,7 @@ public final class PosixFile: @unchecked Sendable {
     }
 
     public func sync() throws {
+        if let code = FaultInjection.check(.fdatasync, path) { throw PosixFile.error("fsync", path, code) }
         guard fdatasync(fd) == 0 else { throw PosixFile.error("fsync", path) }
     }
 
@@ -147,7 +159,58 @@ public final class PosixFile: @unchecked Sendable {
 
 /// Small file-system helpers used by several layers.
 public enum FileSystem {
+    /// Whether `path` exists. Any error (EACCES, EIO, ...) reads as "no": never use this to
+    /// decide that data is gone; use `probe`, which tells ENOENT apart from everything else.
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    /// What `stat(2)` says about a path. Only `.missing` (ENOENT) means "not there"; a failure
+    /// with any other errno (EACCES, EIO, ENOTCONN on a network mount, ...) is `.failed`.
+    public enum Probe: Equatable, Sendable {
+        case file(size: Int64)
+        case directory
+        /// Exists but is neither a regular file nor a directory.
+        case other
+        case missing
+        case failed(errno: Int32)
+
+        /// "ENOENT", "EACCES", "EIO", ... for messages.
+        public static func errnoName(_ code: Int32) -> String {
+            switch code {
+            case ENOENT: return "ENOENT"
+            case EACCES: return "EACCES"
+            case EPERM: return "EPERM"
+            case EIO: return "EIO"
+            case ENOSPC: return "ENOSPC"
+            case ENOTDIR: return "ENOTDIR"
+            case ENOTCONN: return "ENOTCONN"
+            case ESTALE: return "ESTALE"
+            default: return "errno \(code)"
+            }
+        }
+    }
+
+    /// Opens `path` for reading and closes it again: nil when that works, else the errno.
+    public static func openErrno(_ path: String) -> Int32? {
+        if let code = FaultInjection.check(.open, path) { return code }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return errno }
+        close(fd)
+        return nil
+    }
+
+    public static func probe(_ path: String) -> Probe {
+        if let code = FaultInjection.check(.stat, path) { return code == ENOENT ? .missing : .failed(errno: code) }
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            let code = errno
+            return code == ENOENT ? .missing : .failed(errno: code)
+        }
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: return .file(size: Int64(st.st_size))
+        case S_IFDIR: return .directory
+        default: return .other
+        }
+    }
 
     public static func isDirectory(_ path: String) -> Bool {
         var st = stat()
@@ -177,6 +240,7 @@ public enum FileSystem {
 
     /// fsyncs a directory so that a create/rename/unlink inside it is durable.
     public static func syncDirectory(_ path: String) throws {
+        if let code = FaultInjection.check(.fdatasync, path) { throw PosixFile.error("fsync", path, code) }
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw PosixFile.error("open", path) }
         defer { close(fd) }
@@ -188,6 +252,7 @@ public enum FileSystem {
 
     /// Names in a directory (no "." / "..").
     public static func list(_ path: String) throws -> [String] {
+        if let code = FaultInjection.check(.open, path) { throw PosixFile.error("opendir", path, code) }
         guard let dir = opendir(path) else { throw PosixFile.error("opendir", path) }
         defer { closedir(dir) }
         var names: [String] = []

@@ -223,11 +223,14 @@ public final class JobQueue: Sendable {
         let writer = try registry.store.makeWriter()
         do {
             try writer.write(bytes)
-            let result = try writer.finish(retain: "job-log")
-            try db.write { conn in
-                try conn.runArgs("UPDATE jobs SET log_digest = ?, updated_at = ? WHERE id = ? AND lease_token = ?",
-                                 [.text(result.digest.description), .int(Self.now()), .int(id), .text(token)])
+            // No root yet: the fresh blob is kept by the GC grace period until the transaction
+            // below roots it, records it and releases the log it replaces, all at once. (Rooting
+            // in `finish` and releasing later left every replaced log rooted forever.)
+            let result = try writer.finish()
+            let recorded = try db.write { conn in
+                try conn.replaceJobLog(id, token: token, digest: result.digest, now: Self.now())
             }
+            guard recorded else { throw RegistryError(.conflict, "job \(id) is no longer leased with this token") }
             return result.digest
         } catch {
             writer.abort()

@@ -65,7 +65,10 @@ public struct DepotService {
         let logger = log
         let store = try ChunkStore(root: config.storageRoot, options: config.storeOptions, create: true)
         if !store.recovery.isClean {
-            logger.notice("repaired store on open: cut \(store.recovery.truncatedBytes) bytes from \(store.recovery.truncatedPacks) pack tail(s), removed \(store.recovery.orphanPacksRemoved) orphan pack(s), dropped \(store.recovery.droppedChunkRows) index row(s)")
+            logger.notice("repaired store on open: \(store.recovery.summary)")
+            for path in store.recovery.quarantinedPacks {
+                logger.warning("pack file unknown to the catalog moved to \(path) (is catalog.db older than the packs?): kept")
+            }
         }
         let registry = Registry(store: store, uploads: config.uploads, policy: config.tagPolicy)
         let listen = "\(config.listenHost):\(config.listenPort)"
@@ -185,6 +188,9 @@ struct PeriodicGC: Service {
                         let report = try await offload { try registry.collectGarbage() }
                         let r = report.store
                         logger.info("gc: deleted \(report.manifestsDeleted) unkept manifest(s), \(r.blobsDeleted) blob(s) and \(r.chunksDeleted) chunk(s), compacted \(r.packsCompacted) pack(s), freed \(r.packBytesFreed) pack bytes")
+                        for d in r.damagedChunks {
+                            logger.error("gc: skipped damaged chunk \(d.chunk) in pack \(d.pack): \(d.reason)")
+                        }
                     } catch {
                         logger.error("gc failed: \(error)")
                     }

@@ -162,16 +162,22 @@ public struct OCIResponder: HTTPResponder {
             return Response(status: .init(code: status), headers: headers, body: ResponseBody())
         }
         let reader = try await offload { try registry.store.reader(digest, range: range, as: ByteBuffer.self) }
+        // The first batch is read before the headers go out, so a pack that cannot be read (EIO,
+        // damage) is an OCI error response, not a 200 whose connection drops. A failure later on
+        // can only cut the body short (Content-Length tells the client it is incomplete).
+        let first = try await offload { try reader.next() }
         let metrics = self.metrics
         let channel: (any Channel)? = length > 4 << 20 ? context.channel : nil
         let stallTimeout = Duration.milliseconds(Int64(limits.idleTimeoutSeconds * 1000))
         let body = ResponseBody(contentLength: Int(length)) { writer in
             let watchdog = StallWatchdog(channel: channel, timeout: stallTimeout)
             defer { watchdog.stop() }
-            while let batch = try await offload({ try reader.next() }) {
+            var next = first
+            while let batch = next {
                 metrics.sent(batch.readableBytes)
                 try await writer.write(batch)
                 watchdog.progress()
+                next = try await offload { try reader.next() }
             }
             try await writer.finish(nil)
         }

@@ -18,7 +18,7 @@ public final class ChunkStore: Sendable {
     let appender: PackAppender
     let compressors: CompressorPool
     private let lockFD: Int32
-    /// What opening repaired (pack tails cut, orphan files removed, ...), for logs.
+    /// What opening repaired (pack tails cut, unknown pack files quarantined, ...), for logs.
     public let recovery: RecoveryReport
 
     /// Format version of the storage root (`FORMAT` file).
@@ -26,7 +26,11 @@ public final class ChunkStore: Sendable {
 
     /// Opens the store at `root`. With `create`, a missing root is created; otherwise it must
     /// exist and hold a store. Read-only opens take no lock and repair nothing.
-    public init(root: String, options: StoreOptions = StoreOptions(), create: Bool = false, readOnly: Bool = false) throws {
+    /// `ifDamaged` says what a writable open does when acknowledged data is missing or
+    /// unreadable: refuse (the default, what serving needs), report it (`depot fsck`) or drop the
+    /// lost index rows (`depot fsck --repair`); see `DamagePolicy`.
+    public init(root: String, options: StoreOptions = StoreOptions(), create: Bool = false, readOnly: Bool = false,
+                ifDamaged: DamagePolicy = .refuse) throws {
         self.root = root
         self.options = options
         self.readOnly = readOnly
@@ -40,10 +44,15 @@ public final class ChunkStore: Sendable {
         } else {
             guard FileSystem.isWritable(root) else { throw DepotError.storage("storage root \(root) is not writable") }
         }
-        if FileSystem.exists(formatPath) {
+        switch FileSystem.probe(formatPath) {
+        case .missing:
+            if !create { throw DepotError.storage("\(root) is not a Depot store (no FORMAT file); `depot serve` creates one") }
+        case .failed(let code):
+            // Not "missing": a store whose volume misbehaves must not be re-created over.
+            throw DepotError.storage("\(formatPath) is unreadable (\(FileSystem.Probe.errnoName(code))); "
+                                     + "if its volume is not mounted (or not readable), mount it (or fix its permissions) and restart")
+        case .file, .directory, .other:
             try Self.checkFormat(formatPath)
-        } else if !create {
-            throw DepotError.storage("\(root) is not a Depot store (no FORMAT file); `depot serve` creates one")
         }
         if readOnly {
             lockFD = -1
@@ -51,7 +60,7 @@ public final class ChunkStore: Sendable {
             lockFD = try Self.lock(root)
         }
         do {
-            if !readOnly && !FileSystem.exists(formatPath) {
+            if !readOnly && FileSystem.probe(formatPath) == .missing {
                 try FileSystem.createDirectory(root + "/packs")
                 let file = try PosixFile(path: formatPath + ".tmp", mode: .createReadWrite)
                 try file.truncate(to: 0)
@@ -60,11 +69,13 @@ public final class ChunkStore: Sendable {
                 try FileSystem.rename(formatPath + ".tmp", formatPath)
                 try FileSystem.syncDirectory(root)
             }
-            catalog = try Database(path: root + "/catalog.db", readOnly: readOnly)
+            if !readOnly { try Recovery.checkCatalogPresent(root: root) }
+            catalog = try Database(path: root + "/catalog.db", readOnly: readOnly,
+                                   busyTimeoutMilliseconds: options.catalogBusyTimeoutMilliseconds)
             files = PackFiles(root: root)
             appender = PackAppender(db: catalog, files: files, options: options)
             compressors = CompressorPool(maxChunk: options.chunker.maxSize)
-            recovery = readOnly ? RecoveryReport() : try Recovery.run(catalog: catalog, files: files)
+            recovery = readOnly ? RecoveryReport() : try Recovery.run(catalog: catalog, files: files, policy: ifDamaged)
         } catch {
             if lockFD >= 0 { close(lockFD) }
             throw error

@@ -18,8 +18,11 @@ public struct FsckReport: Sendable, Codable {
     public var damagedChunks: [Damage] = []
     /// Blobs whose bytes do not hash to their digest, or whose recipe is broken.
     public var damagedBlobs: [String: String] = [:]
+    /// What opening the store for the check did or found (quarantined packs, damaged packs left in
+    /// place, rows dropped by `--repair`); nil when it found nothing. Set by the CLI.
+    public var recovery: RecoveryReport?
 
-    public var isClean: Bool { damagedChunks.isEmpty && damagedBlobs.isEmpty }
+    public var isClean: Bool { damagedChunks.isEmpty && damagedBlobs.isEmpty && (recovery?.problems.isEmpty ?? true) }
 
     /// Every damaged blob, from either check.
     public var affectedBlobs: Set<String> {
@@ -28,7 +31,7 @@ public struct FsckReport: Sendable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case chunksChecked = "chunks_checked", blobsChecked = "blobs_checked", bytesVerified = "bytes_verified"
-        case damagedChunks = "damaged_chunks", damagedBlobs = "damaged_blobs"
+        case damagedChunks = "damaged_chunks", damagedBlobs = "damaged_blobs", recovery
     }
 }
 

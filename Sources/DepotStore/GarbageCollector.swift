@@ -1,6 +1,14 @@
 import DepotCatalog
 import DepotCore
 
+/// A chunk compaction could not move because its record is damaged or unreadable: it stays
+/// where it is (index row and pack untouched) for `depot fsck` to name the blobs affected.
+public struct GCDamage: Sendable, Codable, Equatable {
+    public var chunk: String
+    public var pack: Int64
+    public var reason: String
+}
+
 /// What one garbage collection did.
 public struct GCReport: Sendable, Codable, Equatable {
     public var blobsDeleted = 0
@@ -10,11 +18,13 @@ public struct GCReport: Sendable, Codable, Equatable {
     public var chunksMoved = 0
     public var packsDeleted = 0
     public var packBytesFreed: Int64 = 0
+    /// Chunks compaction skipped (damaged or unreadable); every other pack was still compacted.
+    public var damagedChunks: [GCDamage] = []
 
     enum CodingKeys: String, CodingKey {
         case blobsDeleted = "blobs_deleted", chunksDeleted = "chunks_deleted", chunkBytesFreed = "chunk_bytes_freed"
         case packsCompacted = "packs_compacted", chunksMoved = "chunks_moved", packsDeleted = "packs_deleted"
-        case packBytesFreed = "pack_bytes_freed"
+        case packBytesFreed = "pack_bytes_freed", damagedChunks = "damaged_chunks"
     }
 }
 
@@ -59,9 +69,12 @@ extension ChunkStore {
                 report.packsCompacted += 1
             }
             try appender.checkpoint()
+            // Three durable steps: mark the row (only if no chunk row names the pack), unlink, drop
+            // the row. A crash in between leaves a marked row, and recovery finishes the deletion;
+            // a file without any row would be an unknown pack, which recovery only quarantines.
             let deleted = try catalog.write { conn -> Bool in
                 guard try conn.chunks(inPack: pack.id).isEmpty else { return false }
-                try conn.deletePack(pack.id)
+                try conn.markPackDeleting(pack.id)
                 return true
             }
             if deleted {
@@ -69,40 +82,68 @@ extension ChunkStore {
                 // between fails to open it and retries with a fresh location.
                 try FileSystem.remove(files.path(pack.id))
                 files.evict(pack.id)
+                try catalog.write { try $0.deletePack(pack.id) }
                 report.packsDeleted += 1
                 report.packBytesFreed += pack.committedSize - live
             }
         }
     }
 
+    /// Copies the live records of `pack` into the current pack. A record that cannot be read or
+    /// verified is skipped and reported (its row keeps naming the old pack, so the pack is not
+    /// deleted); the rest are still moved. Failures to *write* the copy (disk full) stop GC.
     private func moveLiveChunks(of pack: Int64, _ report: inout GCReport) throws {
         let chunks = try catalog.read { try $0.chunks(inPack: pack) }
-        let file = try files.file(pack)
+        let file: PosixFile
+        do {
+            file = try files.file(pack)
+        } catch {
+            for (hash, _) in chunks { skipDamaged(hash, pack, "pack unreadable: \(error)", &report) }
+            return
+        }
         var buffer = [UInt8](repeating: 0, count: PackFormat.recordHeaderSize + options.chunker.maxSize + 1024)
         for (hash, loc) in chunks {
             let total = PackFormat.recordHeaderSize + loc.storedLength
             if buffer.count < total { buffer = [UInt8](repeating: 0, count: total) }
-            try buffer.withUnsafeMutableBytes { buf in
+            let verified: ChunkCodec? = buffer.withUnsafeMutableBytes { buf in
                 let record = UnsafeMutableRawBufferPointer(rebasing: buf[0..<total])
-                try file.read(into: record, at: loc.offset)
+                do {
+                    try file.read(into: record, at: loc.offset)
+                } catch {
+                    skipDamaged(hash, pack, "\(error)", &report)
+                    return nil
+                }
                 guard let header = PackFormat.decode(UnsafeRawBufferPointer(record)), header.hash == hash,
-                      header.storedLength == loc.storedLength else {
-                    throw DepotError.integrity("chunk sha256:\(hash.hex) in pack \(pack) is damaged; run `depot fsck` (compaction stopped)")
+                      header.storedLength == loc.storedLength, header.rawLength == loc.rawLength else {
+                    skipDamaged(hash, pack, "record header is damaged or does not match the index", &report)
+                    return nil
                 }
                 let payload = UnsafeRawBufferPointer(rebasing: record[PackFormat.recordHeaderSize...])
                 // Verify before copying, so compaction never launders a damaged chunk.
-                try compressors.with { c in
+                let intact = compressors.with { c -> Bool in
                     var raw = [UInt8](repeating: 0, count: loc.rawLength)
-                    try raw.withUnsafeMutableBytes { out in
-                        try c.decode(payload, codec: header.codec, into: out)
-                        guard SHA256.hash(UnsafeRawBufferPointer(out)) == hash else {
-                            throw DepotError.integrity("chunk sha256:\(hash.hex) in pack \(pack) does not match its hash; run `depot fsck` (compaction stopped)")
-                        }
+                    return raw.withUnsafeMutableBytes { out in
+                        guard (try? c.decode(payload, codec: header.codec, into: out)) != nil else { return false }
+                        return SHA256.hash(UnsafeRawBufferPointer(out)) == hash
                     }
                 }
-                try appender.relocate(hash, from: loc, codec: header.codec, payload: payload)
+                guard intact else {
+                    skipDamaged(hash, pack, "payload does not decode to its hash", &report)
+                    return nil
+                }
+                return header.codec
+            }
+            guard let codec = verified else { continue }
+            try buffer.withUnsafeBytes { buf in
+                let payload = UnsafeRawBufferPointer(rebasing: buf[PackFormat.recordHeaderSize..<total])
+                try appender.relocate(hash, from: loc, codec: codec, payload: payload)
             }
             report.chunksMoved += 1
         }
+    }
+
+    private func skipDamaged(_ hash: SHA256.Value, _ pack: Int64, _ reason: String, _ report: inout GCReport) {
+        report.damagedChunks.append(GCDamage(chunk: "sha256:" + hash.hex, pack: pack,
+                                             reason: reason + "; left in place, run `depot fsck` to list the blobs affected"))
     }
 }

@@ -17,6 +17,8 @@ final class PackAppender: Sendable {
         var pack: PosixFile?
         var packID: Int64 = 0
         var packSize: Int64 = 0
+        /// The current pack's `committed_size`: bytes fsynced and recorded in the catalog.
+        var committedSize: Int64 = 0
         var pendingChunks: [SHA256.Value: ChunkLocation] = [:]
         var pendingOrder: [SHA256.Value] = []
         var pendingRecipes: [(blob: Int64, entry: RecipeEntry)] = []
@@ -211,21 +213,33 @@ final class PackAppender: Sendable {
         s.pendingOrder.removeAll(keepingCapacity: true)
         s.pendingRecipes.removeAll(keepingCapacity: true)
         s.pendingBytes = 0
+        if !chunks.isEmpty { s.committedSize = packSize }
         // Sealing is bookkeeping: the batch is committed whatever happens to it (a pack left
         // unsealed is sealed at the next open).
         if s.packSize >= options.packTargetSize { try? sealPack(&s) }
         return result
     }
 
-    /// After a failed fsync the kernel may have dropped the pending bytes, and a retry could
-    /// report success anyway: nothing pending may ever be committed. The pack is abandoned
-    /// (its tail is cut at the next open), and every blob with pending recipe rows fails.
+    /// After a failed fsync the kernel may have dropped the pending bytes (Linux marks the dirty
+    /// pages clean and reports the error once), and a retried fsync can report success anyway:
+    /// the PostgreSQL "fsyncgate" lesson. So nothing pending may ever be committed, and nothing
+    /// may be appended after those bytes either. The pack is abandoned: sealed in the catalog (no
+    /// writer returns to it; compaction may reclaim it), its unacknowledged tail cut back to the
+    /// committed size now if possible (else at the next open), and the next append starts a new
+    /// pack. Every blob with pending recipe rows fails; its writer's client gets the error.
     private func abandonPending(_ s: inout State) {
         for r in s.pendingRecipes { s.activeBlobs.remove(r.blob) }
         s.pendingChunks.removeAll()
         s.pendingOrder.removeAll()
         s.pendingRecipes.removeAll()
         s.pendingBytes = 0
+        if let pack = s.pack {
+            let id = s.packID
+            try? pack.truncate(to: s.committedSize)
+            // Best effort: a pack left unsealed is sealed at the next open, and `currentPack`
+            // no longer names it, so compaction and this appender leave it alone until then.
+            _ = try? db.write { try $0.sealPack(id) }
+        }
         s.pack = nil
     }
 
@@ -244,6 +258,7 @@ final class PackAppender: Sendable {
         s.pack = file
         s.packID = id
         s.packSize = Int64(PackFormat.fileHeaderSize)
+        s.committedSize = s.packSize
     }
 
     private func sealPack(_ s: inout State) throws {

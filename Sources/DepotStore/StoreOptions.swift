@@ -20,6 +20,10 @@ public struct StoreOptions: Sendable {
     /// write; fsck always does this).
     public var readVerification: ReadVerification = .checksum
 
+    /// How long a catalog statement waits for a lock held by another connection or process
+    /// before the operation fails with a clear "retry" error (nothing half-done is kept).
+    public var catalogBusyTimeoutMilliseconds = 10_000
+
     public init() {}
 }
 

@@ -32,24 +32,37 @@ struct Stats: ParsableCommand {
 struct Fsck: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Verify every chunk and blob of a store.",
-        discussion: "Exit status 0 when clean, 1 when damage is found, 2 when the store can't be checked.")
+        discussion: """
+            Exit status 0 when clean, 1 when damage is found, 2 when the store can't be checked. Damage is reported, \
+            never repaired, unless --repair is given: then the index rows of pack data that is really gone (a pack file \
+            missing, or shorter than the catalog recorded) are dropped and every blob that lost chunks is listed.
+            """)
     @OptionGroup var storage: StorageOptions
     @Flag(help: "Machine-readable output.") var json = false
     @Flag(help: "Verify chunks only; skip re-hashing whole blobs.") var quick = false
+    @Flag(help: "Drop the index rows of lost pack data (missing or short pack files) and list the blobs affected.")
+    var repair = false
 
     func run() throws {
-        let (report, recovery) = { () -> (FsckReport, RecoveryReport) in
+        let (checked, recovery) = { () -> (FsckReport, RecoveryReport) in
             do {
-                let store = try ChunkStore(root: storage.storage)
+                let store = try ChunkStore(root: storage.storage, ifDamaged: repair ? .repair : .report)
                 return (try store.fsck(verifyBlobDigests: !quick), store.recovery)
             } catch let e as DepotError { fail(e.description, code: 2) } catch { fail("\(error)", code: 2) }
         }()
+        var report = checked
+        report.recovery = recovery.isClean ? nil : recovery
         if json {
             printJSON(report)
         } else {
-            if !recovery.isClean {
-                print("repaired on open: cut \(recovery.truncatedBytes) bytes from \(recovery.truncatedPacks) pack tail(s), removed \(recovery.orphanPacksRemoved) orphan and \(recovery.emptyPacksRemoved) empty pack(s), dropped \(recovery.droppedChunkRows) index row(s)")
+            if !recovery.isClean { print("on open: \(recovery.summary)") }
+            for p in recovery.quarantinedPacks { print("QUARANTINED \(p) (no catalog row; kept, not deleted)") }
+            for p in recovery.problems { print("DAMAGED \(p)") }
+            if !recovery.problems.isEmpty {
+                print("  if the packs volume is not mounted or readable, fix that and rerun; if the data is really lost, "
+                      + "`depot fsck --repair --storage \(storage.storage)` drops its index rows")
             }
+            for b in recovery.lostBlobs { print("LOST blob \(b): index rows of its missing chunks were dropped") }
             print("checked \(report.chunksChecked) chunks (\(formatBytes(report.bytesVerified))) and \(report.blobsChecked) blobs")
             for d in report.damagedChunks {
                 print("DAMAGED chunk \(d.chunk): \(d.reason)")
@@ -81,6 +94,9 @@ struct GC: ParsableCommand {
         let s = report.store
         print("deleted \(report.manifestsDeleted) unkept manifest(s), \(s.blobsDeleted) blob(s), \(s.chunksDeleted) chunk(s) (\(formatBytes(s.chunkBytesFreed)))")
         print("compacted \(s.packsCompacted) pack(s) (\(s.chunksMoved) chunks moved), deleted \(s.packsDeleted) pack(s) (\(formatBytes(s.packBytesFreed)) freed)")
+        for d in s.damagedChunks {
+            FileHandleOutput.stderr("warning: skipped damaged chunk \(d.chunk) in pack \(d.pack): \(d.reason)\n")
+        }
     }
 }
 

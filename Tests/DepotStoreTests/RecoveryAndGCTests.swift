@@ -25,7 +25,7 @@ import Testing
         #expect(try store.fsck().isClean)
     }
 
-    @Test func orphanPackFilesAreRemovedAndLostPackDataIsReported() throws {
+    @Test func orphanPackFilesAreQuarantinedAndLostPackDataIsDroppedOnlyByRepair() throws {
         let dir = TempDir()
         let d: Digest
         do {
@@ -35,13 +35,16 @@ import Testing
         let orphan = dir.path + "/" + PackFormat.relativePath(999)
         try FileSystem.createDirectory(String(orphan[..<orphan.lastIndex(of: "/")!]))
         try "junk".write(toFile: orphan, atomically: false, encoding: .utf8)
-        // And a pack that lost its tail (a disk that lied about fsync): rows past the end go.
+        // And a pack that lost its tail (a disk that lied about fsync): serving refuses, changing nothing.
         let packs = try ChunkStore(root: dir.path, readOnly: true).catalog.read { try $0.packs() }
         let file = try PosixFile(path: dir.path + "/" + PackFormat.relativePath(packs[0].id), mode: .readWrite)
         try file.truncate(to: try file.size() - 1000)
-        let store = try ChunkStore(root: dir.path)
-        #expect(store.recovery.orphanPacksRemoved == 1)
+        #expect(throws: DepotError.self) { try ChunkStore(root: dir.path) }
+        #expect(FileSystem.exists(orphan))
+        let store = try ChunkStore(root: dir.path, ifDamaged: .repair)
+        #expect(store.recovery.quarantinedPacks.count == 1)
         #expect(store.recovery.droppedChunkRows >= 1)
+        #expect(store.recovery.lostBlobs == [d.description])
         #expect(!FileSystem.exists(orphan))
         let report = try store.fsck()
         #expect(report.affectedBlobs == [d.description])
