@@ -201,3 +201,21 @@ struct StallWatchdog: Sendable {
 
     func stop() { task?.cancel() }
 }
+
+/// A process-wide budget of bytes: `take` fails instead of waiting when it would go over.
+final class ByteBudget: Sendable {
+    let limit: Int
+    private let used = Locked(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    func take(_ n: Int) -> Bool {
+        used.withLock { u in
+            guard n <= limit - u else { return false }
+            u += n
+            return true
+        }
+    }
+
+    func give(_ n: Int) { used.withLock { $0 -= n } }
+}

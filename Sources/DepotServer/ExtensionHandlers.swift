@@ -66,7 +66,8 @@ extension OCIResponder {
 
     /// Reads a body of concatenated 32-byte hashes (at most `limit`).
     func readHashes(_ request: Request, limit: Int) async throws -> [SHA256.Value] {
-        let body = try await RequestParsing.collect(request, limit: limit * 32, what: "hash list (at most \(limit) hashes)")
+        let body = try await RequestParsing.collect(request, limit: limit * 32, what: "hash list (at most \(limit) hashes)",
+                                                    rate: RateFloor(limits: registry.uploads.limits, start: .now))
         metrics.received(body.readableBytes)
         guard body.readableBytes % 32 == 0 else {
             throw RegistryError(.sizeInvalid, "body is not a list of 32-byte SHA-256 hashes (\(body.readableBytes) bytes)")
@@ -81,6 +82,8 @@ extension OCIResponder {
     func streamBody(_ request: Request, what: String, _ consume: @escaping @Sendable (ByteBuffer, _ last: Bool) throws -> Int) async throws {
         var pending = ByteBuffer()
         var iterator = request.body.makeAsyncIterator()
+        let rate = RateFloor(limits: registry.uploads.limits, start: .now)
+        var received: Int64 = 0
         while true {
             let next: ByteBuffer?
             do { next = try await iterator.next() } catch {
@@ -89,6 +92,8 @@ extension OCIResponder {
             }
             guard let part = next else { break }
             metrics.received(part.readableBytes)
+            received += Int64(part.readableBytes)
+            if !rate.isMet(received: received, now: .now) { throw rate.error(received: received) }
             pending.writeImmutableBuffer(part)
             if pending.readableBytes >= 1 << 20 {
                 let view = pending
@@ -145,12 +150,6 @@ extension OCIResponder {
         if try await offload({ try registry.blob(name, digest) }) != nil {
             return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])
         }
-        // Each commit re-reads and hashes every byte its recipe names: bound how many run at once
-        // (the rest are told to retry) and how many bytes one may name (the maximum blob size).
-        guard recipeCommits.tryEnter() else {
-            throw RegistryError(.tooManyRequests, "\(recipeCommits.limit) recipe commits are being verified; retry shortly")
-        }
-        defer { recipeCommits.leave() }
         let maxBytes = registry.uploads.limits.maxBlobBytes
         let committer = try await offload { try store.makeRecipeCommitter(chunker: chunker, maxBytes: maxBytes) }
         try await streamBody(request, what: "recipe") { buffer, _ in
@@ -167,6 +166,13 @@ extension OCIResponder {
                 return at
             }
         }
+        // Verifying re-reads and hashes every byte the recipe names: bound how many verifications
+        // run at once (the rest are told to retry; the slot is taken only once the whole body is
+        // in, so slow senders cannot hold one) and how many bytes one may name (the maximum blob size).
+        guard recipeCommits.tryEnter() else {
+            throw RegistryError(.tooManyRequests, "\(recipeCommits.limit) recipe commits are being verified; retry shortly")
+        }
+        defer { recipeCommits.leave() }
         _ = try await offload { try registry.finishRecipeCommit(name, committer, expecting: digest) }
         return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])
     }

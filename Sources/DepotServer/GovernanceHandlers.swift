@@ -30,7 +30,8 @@ extension OCIResponder {
 
     /// A small JSON request body as an object.
     func jsonBody(_ request: Request) async throws -> [String: Any] {
-        let body = try await RequestParsing.collect(request, limit: 1 << 20, what: "JSON body")
+        let body = try await RequestParsing.collect(request, limit: 1 << 20, what: "JSON body",
+                                                    rate: RateFloor(limits: registry.uploads.limits, start: .now))
         if body.readableBytes == 0 { return [:] }
         guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
             throw RegistryError(.unsupported, "body must be a JSON object", status: 400)

@@ -91,6 +91,10 @@ enum RequestParsing {
         return try integer(raw, "query parameter \(name)", in: range)
     }
 
+    /// Bytes of small request bodies (manifests, JSON, hash lists, logs) held in memory while
+    /// they arrive, across all connections.
+    static let bufferedBodies = ByteBudget(limit: 256 << 20)
+
     /// The largest page a list endpoint returns, and its size when `n` is absent.
     static let maxPageSize = 10_000
     static let defaultPageSize = 1_000
@@ -127,14 +131,28 @@ enum RequestParsing {
 
     /// A small request body, whole: over `limit` bytes is 413; a client that goes away mid-body
     /// is its own error (400), not the server's.
-    static func collect(_ request: Request, limit: Int, what: String) async throws -> ByteBuffer {
+    ///
+    /// Bytes held while a body is still arriving count against one process-wide budget
+    /// (`bufferedBodies`): a client may trickle a body up to its limit and then stall, and 2048
+    /// connections doing so with 4 MiB manifests would hold 8 GiB. Past the budget a request is
+    /// answered 503 at once. `rate` applies the upload byte-rate floor.
+    static func collect(_ request: Request, limit: Int, what: String, rate: RateFloor? = nil) async throws -> ByteBuffer {
         var body = ByteBuffer()
+        var held = 0
+        defer { bufferedBodies.give(held) }
         do {
             for try await part in request.body {
                 guard body.readableBytes + part.readableBytes <= limit else {
                     throw RegistryError(.sizeInvalid, "\(what) exceeds \(limit) bytes", status: 413)
                 }
+                guard bufferedBodies.take(part.readableBytes) else {
+                    throw RegistryError(.unavailable, "the server is holding too many request bodies in memory; retry shortly", status: 503)
+                }
+                held += part.readableBytes
                 body.writeImmutableBuffer(part)
+                if let rate, !rate.isMet(received: Int64(body.readableBytes), now: .now) {
+                    throw rate.error(received: Int64(body.readableBytes))
+                }
             }
         } catch let e as RegistryError {
             throw e

@@ -346,7 +346,8 @@ public struct OCIResponder: HTTPResponder {
         if let declared = try RequestParsing.contentLength(request), declared > ManifestParser.maxSize {
             throw RegistryError(.sizeInvalid, "manifest exceeds \(ManifestParser.maxSize) bytes", status: 413)
         }
-        let body = try await RequestParsing.collect(request, limit: ManifestParser.maxSize, what: "manifest")
+        let body = try await RequestParsing.collect(request, limit: ManifestParser.maxSize, what: "manifest",
+                                                    rate: RateFloor(limits: registry.uploads.limits, start: .now))
         metrics.received(body.readableBytes)
         let bytes = Array(body.readableBytesView)
         let contentType = request.headers[.contentType]

@@ -10,6 +10,8 @@ import Glibc
 /// would starve the in-process server's handlers, which run there too (2 cores = 2 threads).
 final class RawConnection: @unchecked Sendable {
     let fd: Int32
+    /// Bytes read past the end of the last response (pipelined responses).
+    private var leftover: [UInt8] = []
 
     init(port: Int, receiveTimeout: Double = 10) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -76,7 +78,8 @@ final class RawConnection: @unchecked Sendable {
     }
 
     private func readResponseBlocking() -> RawResponse? {
-        var data: [UInt8] = []
+        var data: [UInt8] = leftover
+        leftover = []
         var buffer = [UInt8](repeating: 0, count: 65536)
         func fill() -> Bool {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
@@ -101,12 +104,18 @@ final class RawConnection: @unchecked Sendable {
         }
         let length = Int(headers["content-length"] ?? "0") ?? 0
         while data.count - headEnd! < length { guard fill() else { break } }
-        return (status, headers, String(decoding: data[headEnd!...].prefix(length), as: UTF8.self))
+        leftover = Array(data[headEnd!...].dropFirst(length))
+        return RawResponse(status: status, headers: headers, bytes: Array(data[headEnd!...].prefix(length)))
     }
 
 }
 
-typealias RawResponse = (status: Int, headers: [String: String], body: String)
+struct RawResponse: Sendable {
+    var status: Int
+    var headers: [String: String]
+    var bytes: [UInt8]
+    var body: String { String(decoding: bytes, as: UTF8.self) }
+}
 
 /// Runs blocking work on a fresh thread, off the Swift concurrency pool.
 func blocking<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
