@@ -31,6 +31,9 @@ final class ByteCursor {
     private(set) var position: Int64
     /// Reads may not pass this offset (nested protobuf messages lower it temporarily).
     var limit: Int64
+    /// The cursor's initial limit: windows are never read past it, so scanning many small ranges
+    /// of one file (ZIP entries) costs their sizes, not a 64 KiB window each.
+    private let end: Int64
     private var buffer: [UInt8] = []
     private var bufferStart: Int64 = 0
     private let window: Int
@@ -41,6 +44,7 @@ final class ByteCursor {
         self.fileSize = source.size
         self.position = max(0, min(start, fileSize))
         self.limit = max(self.position, min(end ?? fileSize, fileSize))
+        self.end = self.limit
         self.window = window
     }
 
@@ -65,7 +69,7 @@ final class ByteCursor {
     private func ensure(_ n: Int) throws {
         guard Int64(n) <= remaining else { throw truncated(Int64(n)) }
         if buffered >= n { return }
-        let count = Int(min(Int64(max(window, n)), fileSize - position))
+        let count = Int(min(Int64(max(window, n)), max(end, limit) - position))
         let data = try source.read(at: position, count: count)
         guard data.count >= n else { throw truncated(Int64(n)) }
         buffer = data

@@ -8,14 +8,22 @@ struct TextProto {
     private var i = 0
     private var depth = 0
     private let what: String
+    private let budget: InspectionBudget?
+    private var steps = 0
+    private var values = 0
+    private var messages = 0
+    /// A real config has hundreds of fields. The parse tree costs ~100 bytes a value and more a
+    /// message, so these caps bound its memory whatever the input.
+    static let maxValues = 1 << 20
+    static let maxMessages = 100_000
 
-    static func parse(_ text: String, what: String = "config.pbtxt") throws -> [String: Any] {
-        var p = TextProto(s: Array(text.utf8), what: what)
+    static func parse(_ text: String, what: String = "config.pbtxt", budget: InspectionBudget? = nil) throws -> [String: Any] {
+        var p = TextProto(s: Array(text.utf8), what: what, budget: budget)
         let root = try p.fields(until: nil)
         return root
     }
 
-    private init(s: [UInt8], what: String) { self.s = s; self.what = what }
+    private init(s: [UInt8], what: String, budget: InspectionBudget?) { self.s = s; self.what = what; self.budget = budget }
 
     private func error(_ message: String, at index: Int? = nil) -> DepotError {
         let at = min(index ?? i, s.count)
@@ -55,14 +63,20 @@ struct TextProto {
         depth += 1
         defer { depth -= 1 }
         guard depth < 100 else { throw error("messages nested too deeply") }
-        var out: [String: Any] = [:]
+        // A field seen once lives in `single`; from its second occurrence on, in `repeated`, where
+        // appends happen in place. (Appending to an array copied out of a dictionary copies it
+        // every time: 150,000 repeats of one field took over 20 s.)
+        var single: [String: Any] = [:]
+        var repeated: [String: [Any]] = [:]
         while true {
             guard let c = peek() else {
                 if let close { throw error("expected '\(Character(Unicode.Scalar(close)))' before end of input") }
-                return out
+                return Self.merge(single, repeated)
             }
-            if let close, c == close { i += 1; return out }
+            if let close, c == close { i += 1; return Self.merge(single, repeated) }
             if c == UInt8(ascii: ",") || c == UInt8(ascii: ";") { i += 1; continue }
+            steps += 1
+            if steps & 4095 == 0 { try budget?.checkTime() }
             let name: String
             if c == UInt8(ascii: "[") { // extension or Any type URL: [foo.bar]
                 let start = i
@@ -76,16 +90,22 @@ struct TextProto {
             var colon = false
             if peek() == UInt8(ascii: ":") { i += 1; colon = true }
             let (value, isList) = try fieldValue(colon: colon, field: name)
+            if let old = single.removeValue(forKey: name) { repeated[name] = (old as? [Any]) ?? [old] }
             if isList, let list = value as? [Any] {
-                var existing = (out[name].map { $0 as? [Any] ?? [$0] }) ?? []
-                existing.append(contentsOf: list)
-                out[name] = existing
-            } else if let old = out[name] {
-                out[name] = (old as? [Any] ?? [old]) + [value]
+                if repeated[name] != nil { repeated[name]!.append(contentsOf: list) } else { single[name] = list }
+            } else if repeated[name] != nil {
+                repeated[name]!.append(value)
             } else {
-                out[name] = value
+                single[name] = value
             }
         }
+    }
+
+    private static func merge(_ single: [String: Any], _ repeated: [String: [Any]]) -> [String: Any] {
+        guard !repeated.isEmpty else { return single }
+        var out = single
+        for (k, v) in repeated { out[k] = v }
+        return out
     }
 
     /// A field's value; `isList` when it was written as `[...]`.
@@ -109,9 +129,18 @@ struct TextProto {
         return (try singleValue(field: field, colon: colon), false)
     }
 
+    private func tooLarge(_ what: String) -> Error {
+        let reason = "\(self.what) has more than \(what)"
+        return budget != nil ? InspectionBudgetExceeded(reason: reason) : error(reason)
+    }
+
     private mutating func singleValue(field: String, colon: Bool) throws -> Any {
         guard let c = peek() else { throw error("expected a value for '\(field)', found end of input") }
+        values += 1
+        guard values <= Self.maxValues else { throw tooLarge("\(Self.maxValues) values") }
         if c == UInt8(ascii: "{") || c == UInt8(ascii: "<") {
+            messages += 1
+            guard messages <= Self.maxMessages else { throw tooLarge("\(Self.maxMessages) messages") }
             i += 1
             return try fields(until: c == UInt8(ascii: "{") ? UInt8(ascii: "}") : UInt8(ascii: ">"))
         }

@@ -15,9 +15,14 @@ public final class Registry: Sendable {
     let cache = ManifestCache(capacityBytes: 64 << 20)
     var db: Database { store.catalog }
 
-    public init(store: ChunkStore, uploadTimeout: TimeInterval = 3600, maxUploads: Int = 1024, policy: TagPolicy = TagPolicy()) {
+    /// Format inspection of pushed layers: bounded concurrency, per-blob budgets, a digest cache.
+    public let inspection: InspectionService
+
+    public init(store: ChunkStore, uploadTimeout: TimeInterval = 3600, maxUploads: Int = 1024, policy: TagPolicy = TagPolicy(),
+                inspectionLimits: InspectionLimits = InspectionLimits()) {
         self.store = store
         self.policy = policy
+        inspection = InspectionService(limits: inspectionLimits)
         uploads = UploadSessions(store: store, timeout: uploadTimeout, limit: maxUploads)
     }
 

@@ -62,7 +62,7 @@ public struct DepotService {
             logger.notice("repaired store on open: cut \(store.recovery.truncatedBytes) bytes from \(store.recovery.truncatedPacks) pack tail(s), removed \(store.recovery.orphanPacksRemoved) orphan pack(s), dropped \(store.recovery.droppedChunkRows) index row(s)")
         }
         let registry = Registry(store: store, uploadTimeout: config.uploadTimeoutSeconds, maxUploads: config.maxUploads,
-                                policy: config.tagPolicy)
+                                policy: config.tagPolicy, inspectionLimits: config.inspection)
         let listen = "\(config.listenHost):\(config.listenPort)"
         let root = config.storageRoot
         let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger)
