@@ -30,7 +30,7 @@ static pthread_t sampler_thread;
 
 static void *sampler(void *unused) {
     (void)unused;
-    struct timespec pause = {0, 100 * 1000};
+    struct timespec pause = {0, 500 * 1000};
     while (atomic_load(&sampler_running)) {
         size_t now = heap_in_use();
         size_t peak = atomic_load(&sampler_peak);

@@ -186,6 +186,8 @@ enum Pickle {
 
 extension String {
     var trimmingSpaces: String {
+        let blank: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x0d || $0 == 0x09 }
+        if let f = utf8.first, let l = utf8.last, !blank(f), !blank(l) { return self }
         var s = Substring(self)
         while let f = s.first, f == " " || f == "\r" || f == "\t" { s = s.dropFirst() }
         while let l = s.last, l == " " || l == "\r" || l == "\t" { s = s.dropLast() }

@@ -38,8 +38,15 @@ enum PyTorch {
         return rest.hasSuffix("Storage") || torchDtypes.contains(String(rest))
     }
 
+    /// The modules of `dangerousPrefixes` (each is one module name and a dot).
+    static let dangerousModules = Set(dangerousPrefixes.map { String($0.dropLast()) })
+
+    /// One set lookup of the top-level module, not a prefix test each: hostile pickles import
+    /// callables by the hundred thousand.
     static func isDangerous(_ name: String) -> Bool {
-        dangerousNames.contains(name) || dangerousPrefixes.contains { name.hasPrefix($0) }
+        if dangerousNames.contains(name) { return true }
+        guard let dot = name.utf8.firstIndex(of: UInt8(ascii: ".")) else { return false }
+        return dangerousModules.contains(String(name[..<dot]))
     }
 
     static func isPickle(_ head: [UInt8]) -> Bool {
@@ -64,8 +71,9 @@ enum PyTorch {
         var all = Pickle.ImportTally()
         var unscanned = 0
 
-        func note(_ problem: String) {
-            if problems.count < FormatInspector.maxListed { problems.append(problem) }
+        // Autoclosure: a hostile archive can cause a problem per entry; only the kept ones are formatted.
+        func note(_ problem: @autoclosure () -> String) {
+            if problems.count < FormatInspector.maxListed { problems.append(problem()) }
         }
         func record(_ entry: String, _ imports: Pickle.ImportTally) {
             all.merge(imports)
