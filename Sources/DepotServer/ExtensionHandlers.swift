@@ -153,16 +153,7 @@ extension OCIResponder {
         }
         let committer = try await offload { try store.makeRecipeCommitter(chunker: chunker) }
         try await streamBody(request, what: "recipe") { buffer, _ in
-            try buffer.withUnsafeReadableBytes { p in
-                var at = 0
-                while p.count - at >= Self.recipeEntrySize {
-                    let hash = SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[at..<(at + 32)]))
-                    let length = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at + 32, as: UInt32.self)))
-                    try committer.append(hash, length: length)
-                    at += Self.recipeEntrySize
-                }
-                return at
-            }
+            try buffer.withUnsafeReadableBytes { p in try RecipeBody.decode(p) { try committer.append($0, length: $1) } }
         }
         _ = try await offload { try registry.finishRecipeCommit(name, committer, expecting: digest) }
         return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])

@@ -77,14 +77,8 @@ enum RequestParsing {
 
     /// An OCI `Content-Range: <start>-<end>` (also `bytes=` / `bytes ` prefixes), inclusive.
     static func contentRange(_ request: Request) throws -> ClosedRange<Int64>? {
-        guard var text = request.headers[.contentRange] else { return nil }
-        for prefix in ["bytes=", "bytes "] where text.hasPrefix(prefix) { text = String(text.dropFirst(prefix.count)) }
-        if let slash = text.firstIndex(of: "/") { text = String(text[..<slash]) }
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 2, let a = Int64(parts[0]), let b = Int64(parts[1]), a >= 0, b >= a else {
-            throw RegistryError(.rangeInvalid, "Content-Range '\(text.prefix(100))' is not <start>-<end>")
-        }
-        return a...b
+        guard let text = request.headers[.contentRange] else { return nil }
+        return try HTTPRanges.contentRange(text)
     }
 
     static func contentLength(_ request: Request) throws -> Int64? {
@@ -97,24 +91,7 @@ enum RequestParsing {
     /// "no range"; throws RANGE_INVALID (416) when unsatisfiable. Multiple ranges are not supported.
     static func byteRange(_ request: Request, size: Int64) throws -> Range<Int64>? {
         guard let text = request.headers[.range] else { return nil }
-        guard text.hasPrefix("bytes="), !text.contains(",") else {
-            throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is not a single bytes= range")
-        }
-        let spec = text.dropFirst(6)
-        let parts = spec.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 2 else { throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is malformed") }
-        if parts[0].isEmpty {
-            guard let suffix = Int64(parts[1]), suffix > 0, size > 0 else { throw RegistryError(.rangeInvalid, "Range '\(text)' is unsatisfiable") }
-            return max(0, size - suffix)..<size
-        }
-        guard let start = Int64(parts[0]), start >= 0 else { throw RegistryError(.rangeInvalid, "Range '\(text)' is malformed") }
-        var end = size - 1
-        if !parts[1].isEmpty {
-            guard let e = Int64(parts[1]), e >= start else { throw RegistryError(.rangeInvalid, "Range '\(text)' is malformed") }
-            end = min(e, size - 1)
-        }
-        guard start < size else { throw RegistryError(.rangeInvalid, "Range '\(text)' starts beyond the blob's \(size) bytes") }
-        return start..<(end + 1)
+        return try HTTPRanges.byteRange(text, size: size)
     }
 }
 
