@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "depot", targets: ["depot"]),
+        // The modules the fuzz harnesses (fuzz/Package.swift) link; nothing else uses it.
+        .library(name: "DepotFuzzable", targets: ["DepotCore", "DepotFormats", "DepotStore", "DepotRegistry", "DepotPipelines", "DepotServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -45,8 +47,8 @@ let package = Package(
         .target(
             name: "DepotServer",
             dependencies: [
-                "DepotCore", "DepotCatalog", "DepotRegistry", "DepotStore", "CDepotSupport", "DepotPipelines", "DepotRunner", "DepotClient",
-                "DepotDeploy",
+                "DepotCore", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport", "DepotPipelines", "DepotRunner",
+                "DepotClient", "DepotDeploy",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -80,7 +82,7 @@ let package = Package(
         ),
 
         .testTarget(name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport"]),
-        .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotCore"]),
+        .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotCore", "CDepotSupport"]),
         .testTarget(
             name: "DepotServerTests",
             dependencies: [

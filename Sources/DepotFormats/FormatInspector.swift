@@ -11,6 +11,28 @@ public enum FormatInspector {
     /// does not recognise; throws `DepotError.invalidArgument` for a recognised file that is
     /// malformed or lies. `platform` is the push's platform string like "sm_90,trt10.3".
     public static func inspect(path: String, source: any ByteSource, platform: String?) throws -> [String: Any]? {
+        try inspect(path: path, source: source, platform: platform, budget: nil)
+    }
+
+    /// Most items any list in the metadata names (tensors, entries, imports, inputs…); counts
+    /// stay exact, and a cut list is marked.
+    static let maxListed = 1000
+    /// Longest name (import, tensor, op) kept in the metadata; longer ones are cut.
+    static let maxNameLength = 1024
+
+    /// Which reader a file name selects (results for the same bytes differ only by this).
+    public static func readerKey(_ path: String) -> String {
+        let lower = path.lowercased()
+        let name = lower.split(separator: "/").last.map(String.init) ?? lower
+        if name == "config.pbtxt" || name == "saved_model.pb" || name == "saved_model.pbtxt" { return name }
+        for suffix in [".safetensors", ".onnx", ".plan", ".engine", ".pt", ".pth", ".ckpt", ".pb"] where name.hasSuffix(suffix) {
+            return suffix
+        }
+        return "sniff"
+    }
+
+    /// `budget` (when set) is charged by reads through `source` and checked by in-memory parsers.
+    static func inspect(path: String, source: any ByteSource, platform: String?, budget: InspectionBudget?) throws -> [String: Any]? {
         let lower = path.lowercased()
         let name = lower.split(separator: "/").last.map(String.init) ?? lower
         let head = try source.read(at: 0, count: Int(min(source.size, 16)))
@@ -20,7 +42,7 @@ public enum FormatInspector {
                 throw DepotError.invalidArgument("\(path): config.pbtxt of \(source.size) bytes exceeds \(maxConfigSize)")
             }
             let text = String(decoding: try source.read(at: 0, count: Int(source.size)), as: UTF8.self)
-            var out = try Triton.check(config: text, files: nil)
+            var out = try Triton.check(config: text, files: nil, budget: budget)
             out["format"] = "triton-config"
             return out
         }

@@ -84,7 +84,10 @@ enum ONNX {
         var initializerBytes: Int64 = 0
         var external: [[String: Any]] = []
         var locations: [String] = []
+        var seenLocations = Set<String>()
         var inputs: [[String: Any]] = [], outputs: [[String: Any]] = []
+        var inputCount = 0, outputCount = 0
+        let listed = FormatInspector.maxListed
         while let (n, w) = try r.nextField() {
             switch n {
             case 1:
@@ -107,14 +110,19 @@ enum ONNX {
                 initializerCount += 1
                 initializerBytes += t.bytes
                 if initializerNames.count < 1_000_000 { initializerNames.insert(t.name) }
-                if let e = t.external, external.count < 10_000 {
+                if let e = t.external, external.count < listed {
                     external.append(e)
-                    if let loc = e["location"] as? String, !locations.contains(loc), locations.count < 1000 { locations.append(loc) }
+                    if let loc = e["location"] as? String, locations.count < 1000, seenLocations.insert(loc).inserted { locations.append(loc) }
                 }
             case 11, 12:
                 try r.expect(w, .lengthDelimited, field: n)
                 let info = try readValueInfo(r)
-                if n == 11 { if inputs.count < 10_000 { inputs.append(info) } } else if outputs.count < 10_000 { outputs.append(info) }
+                if n == 11 { inputCount += 1 } else { outputCount += 1 }
+                // Initializers usually precede inputs on the wire: drop them here so weights listed
+                // as inputs do not use up the list limit.
+                if n == 11 {
+                    if inputs.count < listed, !initializerNames.contains(info["name"] as? String ?? "") { inputs.append(info) }
+                } else if outputs.count < listed { outputs.append(info) }
             default:
                 try r.skip(w)
             }
@@ -122,6 +130,11 @@ enum ONNX {
         // Old exporters list initializers as graph inputs too: those are weights, not inputs.
         out["inputs"] = inputs.filter { !initializerNames.contains($0["name"] as? String ?? "") }
         out["outputs"] = outputs
+        if inputCount > listed || outputCount > listed {
+            out["input_count"] = inputCount
+            out["output_count"] = outputCount
+            out["inputs_truncated"] = true
+        }
         out["node_count"] = nodeCount
         out["op_types"] = topCounts(ops, 20)
         out["initializer_count"] = initializerCount
@@ -216,7 +229,7 @@ enum ONNX {
                                 }
                                 return dim
                             }
-                            if shape.count < 1000 { shape.append(dim) }
+                            if shape.count < 256 { shape.append(dim) }
                         }
                     }
                     info["shape"] = shape

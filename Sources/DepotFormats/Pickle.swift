@@ -3,10 +3,60 @@ import DepotCore
 /// Walks the opcodes of a pickle (protocols 0-5) without executing it and collects every
 /// imported callable ("module.name") named by GLOBAL, INST and STACK_GLOBAL.
 enum Pickle {
-    /// Result of scanning one pickle: its imports (sorted, unique) and the offset after STOP.
+    /// Result of scanning one pickle: its imports and the offset after STOP.
     struct Scan {
-        var imports: [String]
+        var imports: ImportTally
         var end: Int64
+    }
+
+    /// Imported callables of one or more pickles, bounded: every import is counted and classified
+    /// (so a dangerous one is never lost behind thousands of harmless ones), but each list keeps
+    /// only the first `FormatInspector.maxListed` unique names.
+    struct ImportTally {
+        private(set) var all = BoundedSet()
+        private(set) var unsafe = BoundedSet()
+        private(set) var dangerous = BoundedSet()
+        /// Import opcodes seen (not unique).
+        private(set) var count = 0
+
+        mutating func add(_ name: String) {
+            count += 1
+            all.insert(name)
+            guard !PyTorch.isAllowed(name) else { return }
+            unsafe.insert(name)
+            if PyTorch.isDangerous(name) { dangerous.insert(name) }
+        }
+
+        mutating func merge(_ other: ImportTally) {
+            count += other.count
+            all.merge(other.all)
+            unsafe.merge(other.unsafe)
+            dangerous.merge(other.dangerous)
+        }
+    }
+
+    /// The first `FormatInspector.maxListed` unique strings, plus how many insertions were not kept.
+    struct BoundedSet {
+        private(set) var members = Set<String>()
+        /// Insertions of names outside a full set (they may repeat one another).
+        private(set) var dropped = 0
+        /// A merged-in set had dropped names of its own.
+        private var mergedDropped = false
+
+        var sorted: [String] { members.sorted() }
+        var isEmpty: Bool { members.isEmpty }
+        var isComplete: Bool { dropped == 0 && !mergedDropped }
+
+        mutating func insert(_ name: String) {
+            if members.contains(name) { return }
+            if members.count < FormatInspector.maxListed { members.insert(name) } else { dropped += 1 }
+        }
+
+        mutating func merge(_ other: BoundedSet) {
+            for m in other.members { insert(m) }
+            dropped += other.dropped
+            if !other.isComplete { mergedDropped = true }
+        }
     }
 
     /// Strings longer than this are skipped rather than tracked for STACK_GLOBAL.
@@ -24,7 +74,7 @@ enum Pickle {
     /// Scans one pickle starting at `start` (up to `end`) until its STOP opcode.
     static func scan(_ source: any ByteSource, from start: Int64, to end: Int64, what: String) throws -> Scan {
         let c = ByteCursor(source, what: what, start: start, end: end)
-        var imports = Set<String>()
+        var imports = ImportTally()
         // A short window of the most recent stack pushes: the string value, or nil for anything else.
         var recent: [String?] = []
         var memo: [Int: String] = [:]
@@ -36,7 +86,7 @@ enum Pickle {
         func remember(_ index: Int) {
             memoCount = max(memoCount, index &+ 1)
             if let top = recent.last, let s = top {
-                if memo.count < 1 << 20 || memo[index] != nil { memo[index] = s }
+                if memo.count < 1 << 18 || memo[index] != nil { memo[index] = s }
             } else {
                 memo[index] = nil
             }
@@ -49,8 +99,9 @@ enum Pickle {
         }
         func line() throws -> String { String(decoding: try c.readLine(), as: UTF8.self) }
         func addImport(_ module: String, _ name: String) {
-            let full = normalizeModule(module.trimmingSpaces) + "." + name.trimmingSpaces
-            if imports.count < 100_000 { imports.insert(full) }
+            var full = normalizeModule(module.trimmingSpaces) + "." + name.trimmingSpaces
+            if full.utf8.count > FormatInspector.maxNameLength { full = String(full.prefix(FormatInspector.maxNameLength)) + "…" }
+            imports.add(full)
         }
         func signed32() throws -> UInt64 {
             let v = Int32(bitPattern: UInt32(try c.readUInt(4)))
@@ -64,7 +115,7 @@ enum Pickle {
             let op = try c.readByte()
             switch op {
             case 0x2e: // STOP '.'
-                return Scan(imports: imports.sorted(), end: c.position)
+                return Scan(imports: imports, end: c.position)
             // Zero-argument opcodes that push a non-string value.
             case 0x4e, 0x29, 0x5d, 0x7d, 0x88, 0x89, 0x8f, // NONE EMPTY_TUPLE EMPTY_LIST EMPTY_DICT NEWTRUE NEWFALSE EMPTY_SET
                  0x52, 0x62, 0x64, 0x65, 0x61, 0x6c, 0x6f, 0x73, 0x74, 0x75, // REDUCE BUILD DICT APPENDS APPEND LIST OBJ SETITEM TUPLE SETITEMS
@@ -91,7 +142,7 @@ enum Pickle {
             case 0x93: // STACK_GLOBAL
                 let name = recent.popLast() ?? nil
                 let module = recent.popLast() ?? nil
-                if let module, let name { addImport(module, name) } else { imports.insert("<unresolved STACK_GLOBAL>") }
+                if let module, let name { addImport(module, name) } else { imports.add("<unresolved STACK_GLOBAL>") }
                 push(nil)
             case 0x70: // PUT 'p' line
                 if let i = Int(try line()) { remember(i) }
@@ -135,6 +186,8 @@ enum Pickle {
 
 extension String {
     var trimmingSpaces: String {
+        let blank: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x0d || $0 == 0x09 }
+        if let f = utf8.first, let l = utf8.last, !blank(f), !blank(l) { return self }
         var s = Substring(self)
         while let f = s.first, f == " " || f == "\r" || f == "\t" { s = s.dropFirst() }
         while let l = s.last, l == " " || l == "\r" || l == "\t" { s = s.dropLast() }

@@ -9,8 +9,9 @@ enum WireType: Int {
 /// Length-delimited fields the caller does not want are skipped by seeking, never read.
 struct ProtobufReader {
     let cursor: ByteCursor
-    /// Strings longer than this are truncated (the rest is skipped).
-    var maxString = 1 << 20
+    /// Strings longer than this are truncated (the rest is skipped): names, versions and doc
+    /// strings are short, and every kept string ends up in the metadata document.
+    var maxString = 4096
 
     init(_ source: any ByteSource, what: String) {
         cursor = ByteCursor(source, what: what)

@@ -38,8 +38,15 @@ enum PyTorch {
         return rest.hasSuffix("Storage") || torchDtypes.contains(String(rest))
     }
 
+    /// The modules of `dangerousPrefixes` (each is one module name and a dot).
+    static let dangerousModules = Set(dangerousPrefixes.map { String($0.dropLast()) })
+
+    /// One set lookup of the top-level module, not a prefix test each: hostile pickles import
+    /// callables by the hundred thousand.
     static func isDangerous(_ name: String) -> Bool {
-        dangerousNames.contains(name) || dangerousPrefixes.contains { name.hasPrefix($0) }
+        if dangerousNames.contains(name) { return true }
+        guard let dot = name.utf8.firstIndex(of: UInt8(ascii: ".")) else { return false }
+        return dangerousModules.contains(String(name[..<dot]))
     }
 
     static func isPickle(_ head: [UInt8]) -> Bool {
@@ -53,15 +60,28 @@ enum PyTorch {
         return entries.contains { $0.name == "data.pkl" || $0.name.hasSuffix("/data.pkl") } ? entries : nil
     }
 
+    /// Most pickles of one archive that are scanned; the rest are counted in `unscanned_pickles`.
+    static let maxScannedPickles = 1000
+
     static func inspect(_ source: any ByteSource, zipEntries: [ZipEntry]?) throws -> [String: Any] {
         var out: [String: Any] = ["format": "pytorch"]
         var pickles: [[String: Any]] = []
+        var pickleCount = 0
         var problems: [String] = []
-        var all = Set<String>()
+        var all = Pickle.ImportTally()
+        var unscanned = 0
 
-        func record(_ entry: String, _ imports: [String]) {
-            all.formUnion(imports)
-            pickles.append(["entry": entry, "imports": imports, "unsafe_imports": imports.filter { !isAllowed($0) }])
+        // Autoclosure: a hostile archive can cause a problem per entry; only the kept ones are formatted.
+        func note(_ problem: @autoclosure () -> String) {
+            if problems.count < FormatInspector.maxListed { problems.append(problem()) }
+        }
+        func record(_ entry: String, _ imports: Pickle.ImportTally) {
+            all.merge(imports)
+            pickleCount += 1
+            guard pickles.count < 100 else { return }
+            var p: [String: Any] = ["entry": entry, "imports": imports.all.sorted, "unsafe_imports": imports.unsafe.sorted]
+            if !imports.all.isComplete { p["imports_truncated"] = true }
+            pickles.append(p)
         }
 
         if let entries = zipEntries {
@@ -70,11 +90,26 @@ enum PyTorch {
             out["entries"] = entries.prefix(10_000).map { e -> [String: Any] in
                 ["name": e.name, "size": Int(e.size), "compressed_size": Int(e.compressedSize), "method": e.method]
             }
+            if entries.count > 10_000 { out["entries_truncated"] = true }
+            // Each byte range is scanned once: entries that share a local header (one pickle named
+            // by many directory entries) are scanned once, and a range overlapping one already
+            // scanned is not scanned again (real archives never overlap).
+            var byHeader: [Int64: String] = [:]
+            var candidates: [(entry: ZipEntry, range: Range<Int64>)] = []
             for e in entries where e.name.hasSuffix(".pkl") {
-                if e.method != 0 { problems.append("\(e.name): unscanned (compressed)"); continue }
-                if e.compressedSize > maxPickle { problems.append("\(e.name): unscanned (\(e.compressedSize) bytes, over the \(maxPickle)-byte limit)"); continue }
-                let range = try Zip.dataRange(e, in: source)
+                if e.method != 0 { note("\(e.name): unscanned (compressed)"); continue }
+                if e.compressedSize > maxPickle { note("\(e.name): unscanned (\(e.compressedSize) bytes, over the \(maxPickle)-byte limit)"); continue }
+                if let first = byHeader[e.localHeaderOffset] { note("\(e.name): same data as '\(first)'"); continue }
+                byHeader[e.localHeaderOffset] = e.name
+                guard candidates.count < maxScannedPickles else { unscanned += 1; continue }
+                candidates.append((e, try Zip.dataRange(e, in: source)))
+            }
+            candidates.sort { $0.range.lowerBound < $1.range.lowerBound }
+            var scannedEnd: Int64 = 0
+            for (e, range) in candidates {
+                if range.lowerBound < scannedEnd { note("\(e.name): overlaps another entry's data, not scanned again"); continue }
                 let scan = try Pickle.scan(source, from: range.lowerBound, to: range.upperBound, what: "pickle '\(e.name)'")
+                scannedEnd = max(scannedEnd, scan.end)
                 record(e.name, scan.imports)
             }
         } else {
@@ -83,25 +118,33 @@ enum PyTorch {
             out["container"] = "pickle"
             let end = min(source.size, maxPickle)
             var position: Int64 = 0
-            var imports = Set<String>()
+            var imports = Pickle.ImportTally()
             var count = 0
             while position < end, count < 5 {
                 let head = try source.read(at: position, count: 2)
                 guard count == 0 || isPickle(head) else { break }
                 let scan = try Pickle.scan(source, from: position, to: end, what: "pickle")
-                imports.formUnion(scan.imports)
+                imports.merge(scan.imports)
                 position = scan.end
                 count += 1
             }
-            if source.size > maxPickle, position >= end { problems.append("pickle: scanned only the first \(maxPickle) bytes") }
-            record("", imports.sorted())
+            if source.size > maxPickle, position >= end { note("pickle: scanned only the first \(maxPickle) bytes") }
+            record("", imports)
         }
-        let unsafe = all.filter { !isAllowed($0) }.sorted()
         out["pickles"] = pickles
-        out["imports"] = all.sorted()
-        out["unsafe"] = !unsafe.isEmpty
-        out["unsafe_imports"] = unsafe
-        out["dangerous_imports"] = unsafe.filter(isDangerous)
+        if pickleCount > pickles.count { out["pickle_count"] = pickleCount }
+        if unscanned > 0 {
+            out["unscanned_pickles"] = unscanned
+            note("\(unscanned) more pickles not scanned (over the \(maxScannedPickles)-pickle limit)")
+        }
+        out["imports"] = all.all.sorted
+        out["import_count"] = all.count
+        // Counts, not the kept lists, decide: an import past the list limit still makes the file unsafe.
+        out["unsafe"] = !all.unsafe.isEmpty
+        out["unsafe_imports"] = all.unsafe.sorted
+        out["dangerous_imports"] = all.dangerous.sorted
+        if !all.all.isComplete || !all.unsafe.isComplete { out["imports_truncated"] = true }
+        if unscanned > 0 { out["complete"] = false }
         out["problems"] = problems
         return out
     }

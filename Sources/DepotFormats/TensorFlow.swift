@@ -9,6 +9,7 @@ enum TensorFlow {
         var out: [String: Any] = ["format": "tensorflow-savedmodel"]
         var metaGraphs: [[String: Any]] = []
         var allTags: [String] = []
+        var seenTags = Set<String>()
         var count = 0
         while let (n, w) = try r.nextField() {
             switch n {
@@ -37,7 +38,10 @@ enum TensorFlow {
                     return mg
                 }
                 if metaGraphs.count < 100 { metaGraphs.append(mg) }
-                for t in mg["tags"] as? [String] ?? [] where !allTags.contains(t) { allTags.append(t) }
+                // A set for membership: a list scan per tag made many meta graphs quadratic.
+                for t in mg["tags"] as? [String] ?? [] where allTags.count < FormatInspector.maxListed && seenTags.insert(t).inserted {
+                    allTags.append(t)
+                }
                 if out["tensorflow_version"] == nil, let v = mg["tensorflow_version"] { out["tensorflow_version"] = v }
             default:
                 try r.skip(w)

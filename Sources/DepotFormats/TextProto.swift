@@ -1,21 +1,39 @@
 import DepotCore
+import Foundation
 
 /// A small parser for the protobuf text format (as in Triton's config.pbtxt). Produces a tree of
 /// `[String: Any]` messages; a field seen more than once, or written as a `[...]` list, becomes an
 /// array. Scalars are String (quoted strings and enum identifiers), Int, Double or Bool.
 struct TextProto {
-    private let s: [UInt8]
+    /// The text's bytes. A buffer pointer, not an array: in debug builds every access to an array
+    /// property retains and releases it, which made parsing several times slower.
+    private let s: UnsafeBufferPointer<UInt8>
     private var i = 0
     private var depth = 0
     private let what: String
+    private let budget: InspectionBudget?
+    private var steps = 0
+    private var values = 0
+    private var messages = 0
+    private var lastName: (start: Int, count: Int, string: String) = (0, -1, "")
+    /// A real config has hundreds of fields. The parse tree costs ~100 bytes a value and more a
+    /// message, so these caps bound its memory whatever the input.
+    static let maxValues = 1 << 20
+    static let maxMessages = 100_000
 
-    static func parse(_ text: String, what: String = "config.pbtxt") throws -> [String: Any] {
-        var p = TextProto(s: Array(text.utf8), what: what)
-        let root = try p.fields(until: nil)
-        return root
+    static func parse(_ text: String, what: String = "config.pbtxt", budget: InspectionBudget? = nil) throws -> [String: Any] {
+        let bytes = Array(text.utf8)
+        return try bytes.withUnsafeBufferPointer { buffer in
+            var p = TextProto(s: buffer, what: what, budget: budget)
+            return try p.fields(until: nil)
+        }
     }
 
-    private init(s: [UInt8], what: String) { self.s = s; self.what = what }
+    private init(s: UnsafeBufferPointer<UInt8>, what: String, budget: InspectionBudget?) {
+        self.s = s
+        self.what = what
+        self.budget = budget
+    }
 
     private func error(_ message: String, at index: Int? = nil) -> DepotError {
         let at = min(index ?? i, s.count)
@@ -47,7 +65,13 @@ struct TextProto {
             throw error(i < s.count ? "expected a field name, found '\(Character(Unicode.Scalar(s[i])))'" : "expected a field name, found end of input")
         }
         while i < s.count, Self.isIdent(s[i], first: false) { i += 1 }
-        return String(decoding: s[start..<i], as: UTF8.self)
+        // Field names repeat: reuse the previous name's String when the bytes are the same.
+        if i - start == lastName.count, memcmp(s.baseAddress! + start, s.baseAddress! + lastName.start, lastName.count) == 0 {
+            return lastName.string
+        }
+        let name = String(decoding: UnsafeBufferPointer(rebasing: s[start..<i]), as: UTF8.self)
+        lastName = (start, i - start, name)
+        return name
     }
 
     /// Fields up to `close` (or the end of input for the top level).
@@ -55,41 +79,64 @@ struct TextProto {
         depth += 1
         defer { depth -= 1 }
         guard depth < 100 else { throw error("messages nested too deeply") }
-        var out: [String: Any] = [:]
+        // One slot a field name, found through one dictionary lookup; a repeated field's values
+        // are appended in place to its slot's list. (Appending to an array copied out of a
+        // dictionary copies it every time: 150,000 repeats of one field took over 20 s.)
+        var index: [String: Int] = [:]
+        var slots: [Slot] = []
         while true {
             guard let c = peek() else {
                 if let close { throw error("expected '\(Character(Unicode.Scalar(close)))' before end of input") }
-                return out
+                return Self.tree(index, slots)
             }
-            if let close, c == close { i += 1; return out }
+            if let close, c == close { i += 1; return Self.tree(index, slots) }
             if c == UInt8(ascii: ",") || c == UInt8(ascii: ";") { i += 1; continue }
+            steps += 1
+            if steps & 4095 == 0 { try budget?.checkTime() }
             let name: String
             if c == UInt8(ascii: "[") { // extension or Any type URL: [foo.bar]
                 let start = i
                 while i < s.count, s[i] != UInt8(ascii: "]") { i += 1 }
                 guard i < s.count else { throw error("unterminated '['", at: start) }
                 i += 1
-                name = String(decoding: s[start..<i], as: UTF8.self)
+                name = String(decoding: UnsafeBufferPointer(rebasing: s[start..<i]), as: UTF8.self)
             } else {
                 name = try identifier()
             }
             var colon = false
             if peek() == UInt8(ascii: ":") { i += 1; colon = true }
-            let (value, isList) = try fieldValue(colon: colon, field: name)
-            if isList, let list = value as? [Any] {
-                var existing = (out[name].map { $0 as? [Any] ?? [$0] }) ?? []
-                existing.append(contentsOf: list)
-                out[name] = existing
-            } else if let old = out[name] {
-                out[name] = (old as? [Any] ?? [old]) + [value]
-            } else {
-                out[name] = value
+            var isList = false
+            let value = try fieldValue(colon: colon, field: name, isList: &isList)
+            guard let k = index[name] else {
+                index[name] = slots.count
+                slots.append(isList ? Slot(single: nil, list: value as? [Any]) : Slot(single: value, list: nil))
+                continue
             }
+            if let first = slots[k].single {
+                slots[k].single = nil
+                slots[k].list = (first as? [Any]) ?? [first]
+            }
+            if isList, let list = value as? [Any] { slots[k].list!.append(contentsOf: list) } else { slots[k].list!.append(value) }
         }
     }
 
+    /// A field's value so far: the first one as written, or the list of all of them.
+    private struct Slot {
+        var single: Any?
+        var list: [Any]?
+    }
+
+    private static func tree(_ index: [String: Int], _ slots: [Slot]) -> [String: Any] {
+        var out: [String: Any] = [:]
+        out.reserveCapacity(index.count)
+        for (name, k) in index {
+            if let v = slots[k].single { out[name] = v } else { out[name] = slots[k].list ?? [] }
+        }
+        return out
+    }
+
     /// A field's value; `isList` when it was written as `[...]`.
-    private mutating func fieldValue(colon: Bool, field: String) throws -> (Any, isList: Bool) {
+    private mutating func fieldValue(colon: Bool, field: String, isList: inout Bool) throws -> Any {
         guard let c = peek() else { throw error("expected a value for '\(field)', found end of input") }
         if c == UInt8(ascii: "[") {
             i += 1
@@ -104,14 +151,24 @@ struct TextProto {
                 list.append(try singleValue(field: field, colon: true))
                 guard list.count <= 1 << 20 else { throw error("list for '\(field)' is too long") }
             }
-            return (list, true)
+            isList = true
+            return list
         }
-        return (try singleValue(field: field, colon: colon), false)
+        return try singleValue(field: field, colon: colon)
+    }
+
+    private func tooLarge(_ what: String) -> Error {
+        let reason = "\(self.what) has more than \(what)"
+        return budget != nil ? InspectionBudgetExceeded(reason: reason) : error(reason)
     }
 
     private mutating func singleValue(field: String, colon: Bool) throws -> Any {
         guard let c = peek() else { throw error("expected a value for '\(field)', found end of input") }
+        values += 1
+        guard values <= Self.maxValues else { throw tooLarge("\(Self.maxValues) values") }
         if c == UInt8(ascii: "{") || c == UInt8(ascii: "<") {
+            messages += 1
+            guard messages <= Self.maxMessages else { throw tooLarge("\(Self.maxMessages) messages") }
             i += 1
             return try fields(until: c == UInt8(ascii: "{") ? UInt8(ascii: "}") : UInt8(ascii: ">"))
         }
@@ -124,7 +181,8 @@ struct TextProto {
         let start = i
         if c == UInt8(ascii: "-") || c == UInt8(ascii: "+") { i += 1 }
         while i < s.count, Self.isIdent(s[i], first: false) || s[i] == UInt8(ascii: "-") || s[i] == UInt8(ascii: "+") { i += 1 }
-        let token = String(decoding: s[start..<i], as: UTF8.self)
+        if let v = Self.decimal(UnsafeBufferPointer(rebasing: s[start..<i])) { return v }
+        let token = String(decoding: UnsafeBufferPointer(rebasing: s[start..<i]), as: UTF8.self)
         guard !token.isEmpty else { throw error("expected a value for '\(field)', found '\(Character(Unicode.Scalar(c)))'") }
         if let v = Int(token) { return v }
         if token.hasPrefix("0x") || token.hasPrefix("0X"), let v = Int(token.dropFirst(2), radix: 16) { return v }
@@ -138,6 +196,24 @@ struct TextProto {
         case "false", "False", "f": return false
         default: return token
         }
+    }
+
+    /// A plain decimal integer of at most 18 digits (no overflow possible), or nil: the common
+    /// case, parsed without making a String.
+    private static func decimal(_ t: UnsafeBufferPointer<UInt8>) -> Int? {
+        guard !t.isEmpty, t.count <= 19 else { return nil }
+        var k = 0
+        let negative = t[0] == UInt8(ascii: "-")
+        if negative || t[0] == UInt8(ascii: "+") { k = 1 }
+        guard k < t.count, t.count - k <= 18 else { return nil }
+        var v = 0
+        while k < t.count {
+            let d = t[k]
+            guard d >= 0x30, d <= 0x39 else { return nil }
+            v = v * 10 + Int(d - 0x30)
+            k += 1
+        }
+        return negative ? -v : v
     }
 
     private mutating func quoted() throws -> String {

@@ -29,9 +29,9 @@ enum Triton {
         }
         out["max_batch_size"] = int(tree["max_batch_size"]) ?? 0
         func tensors(_ key: String) -> [[String: Any]] {
-            list(tree[key]).compactMap { $0 as? [String: Any] }.map { t in
+            list(tree[key]).prefix(FormatInspector.maxListed).compactMap { $0 as? [String: Any] }.map { t in
                 var o: [String: Any] = ["name": string(t["name"]) ?? "", "data_type": string(t["data_type"]) ?? "TYPE_INVALID",
-                                        "dims": list(t["dims"]).compactMap(int)]
+                                        "dims": list(t["dims"]).prefix(256).compactMap(int)]
                 if let r = t["reshape"] as? [String: Any] { o["reshape"] = list(r["shape"]).compactMap(int) }
                 if let f = string(t["format"]) { o["format"] = f }
                 if let opt = t["optional"] as? Bool { o["optional"] = opt }
@@ -40,9 +40,12 @@ enum Triton {
         }
         out["inputs"] = tensors("input")
         out["outputs"] = tensors("output")
-        out["instance_group"] = list(tree["instance_group"]).compactMap { $0 as? [String: Any] }.map { g -> [String: Any] in
+        for (key, name) in [("input", "input_count"), ("output", "output_count")] where list(tree[key]).count > FormatInspector.maxListed {
+            out[name] = list(tree[key]).count
+        }
+        out["instance_group"] = list(tree["instance_group"]).prefix(FormatInspector.maxListed).compactMap { $0 as? [String: Any] }.map { g -> [String: Any] in
             var o: [String: Any] = ["count": int(g["count"]) ?? 1, "kind": string(g["kind"]) ?? "KIND_AUTO",
-                                    "gpus": list(g["gpus"]).compactMap(int)]
+                                    "gpus": list(g["gpus"]).prefix(FormatInspector.maxListed).compactMap(int)]
             if let n = string(g["name"]) { o["name"] = n }
             return o
         }
@@ -84,8 +87,8 @@ enum Triton {
         }
     }
 
-    static func check(config: String, files: [String]?) throws -> [String: Any] {
-        let tree = try TextProto.parse(config)
+    static func check(config: String, files: [String]?, budget: InspectionBudget? = nil) throws -> [String: Any] {
+        let tree = try TextProto.parse(config, budget: budget)
         var out = summary(tree)
         guard let files else { return out }
         var problems: [String] = []
@@ -111,10 +114,20 @@ enum Triton {
         if sorted.isEmpty && !isEnsemble { problems.append("no numbered version directories") }
         if !isEnsemble, let expected = expectedFile(platform: platform, backend: backend, override: out["default_model_filename"] as? String) {
             let origin = platform.map { "platform \($0)" } ?? "backend \(backend ?? "")"
+            // Sorted paths: "is there a file under path/" is a binary search, not a scan per version.
+            let ordered = relative.sorted()
+            func hasFile(under directory: String) -> Bool {
+                var lo = 0, hi = ordered.count
+                while lo < hi {
+                    let mid = (lo + hi) / 2
+                    if ordered[mid] < directory { lo = mid + 1 } else { hi = mid }
+                }
+                return lo < ordered.count && ordered[lo].hasPrefix(directory)
+            }
             let fileSet = Set(relative)
             for v in sorted {
                 let path = "\(v)/\(expected)"
-                if !fileSet.contains(path) && !relative.contains(where: { $0.hasPrefix(path + "/") }) {
+                if !fileSet.contains(path) && !hasFile(under: path + "/") {
                     problems.append("version directory \(v) lacks \(expected) expected by \(origin)")
                 }
             }

@@ -29,6 +29,11 @@ extension Registry {
     /// (DepotFormats). A safetensors file whose header lies (offsets that do not fit) rejects
     /// the manifest; another file that does not parse as its name says gets an `error` entry. Returns the JSON document, or nil when no
     /// file was recognised. Blobs not stored yet are skipped (the manifest then fails anyway).
+    ///
+    /// Inspection is bounded (`InspectionLimits`): each distinct blob (and reader) is inspected
+    /// once per manifest, under a byte and time budget, in the service's bounded worker pool; a
+    /// layer over budget gets an entry marked `budget_exceeded`, and once the manifest's own time
+    /// limit is spent the remaining layers do too. The document is capped in size.
     func extractMetadata(_ parsed: ParsedManifest) throws -> String? {
         guard MediaType.imageManifests.contains(parsed.mediaType) else { return nil }
         let platform = parsed.annotations?["dev.depot.platform"]
@@ -38,37 +43,51 @@ extension Registry {
             named.append((path, blob))
         }
         guard !named.isEmpty else { return nil }
+        let limits = inspection.limits
+        let manifestDeadline = ContinuousClock.now.advanced(by: .milliseconds(Int64(max(0, limits.maxSecondsPerManifest) * 1000)))
+        var outcomes: [String: InspectionOutcome] = [:]
         var files: [[String: Any]] = []
-        var document: [String: Any] = [:]
+        var triton: [String: Any]?
         for (path, blob) in named {
             guard let stored = try store.blob(blob.digest), stored.size == blob.size else { continue }
             let source = StoreByteSource(store: store, digest: blob.digest, size: stored.size)
-            do {
-                if var meta = try FormatInspector.inspect(path: path, source: source, platform: platform) {
-                    meta["path"] = path
-                    meta["digest"] = blob.digest.description
-                    meta["size"] = blob.size
-                    files.append(meta)
-                }
-                if path == "config.pbtxt", stored.size <= 1 << 20 {
-                    let text = String(decoding: try source.read(at: 0, count: Int(stored.size)), as: UTF8.self)
-                    document["triton"] = try FormatInspector.triton(config: text, files: named.map(\.path))
-                }
-            } catch let e as DepotError {
-                guard case .invalidArgument(let m) = e else { throw e }
+            let key = "\(blob.digest)|\(FormatInspector.readerKey(path))"
+            let outcome: InspectionOutcome
+            if let seen = outcomes[key] {
+                outcome = seen
+            } else if ContinuousClock.now >= manifestDeadline {
+                outcome = .budgetExceeded("inspection budget exceeded: the manifest's \(limits.maxSecondsPerManifest) s were spent on other layers")
+            } else {
+                outcome = inspection.inspect(path: path, digest: blob.digest.description, source: source, platform: platform)
+            }
+            outcomes[key] = outcome
+            let base: [String: Any] = ["path": path, "digest": blob.digest.description, "size": blob.size]
+            switch outcome {
+            case .recognized(let meta):
+                files.append(meta.merging(base) { _, new in new })
+            case .unrecognized:
+                break
+            case .invalid(let m):
                 // A safetensors header that lies would make every reader misread the weights:
                 // refuse it. Other files that do not parse as their name says are recorded.
                 if path.lowercased().hasSuffix(".safetensors") { throw RegistryError(.manifestInvalid, "\(path): \(m)") }
-                files.append(["path": path, "digest": blob.digest.description, "size": blob.size, "error": m])
+                files.append(base.merging(["error": m]) { _, new in new })
+            case .budgetExceeded(let m):
+                files.append(base.merging(["error": m, "budget_exceeded": true, "truncated": true]) { _, new in new })
+            }
+            if path == "config.pbtxt", stored.size <= 1 << 20, case .recognized = outcome {
+                let text = String(decoding: try source.read(at: 0, count: Int(stored.size)), as: UTF8.self)
+                do {
+                    triton = try inspection.triton(config: text, files: named.map(\.path))
+                } catch let e as InspectionBudgetExceeded {
+                    triton = ["error": e.description, "budget_exceeded": true, "truncated": true]
+                } catch DepotError.invalidArgument(let m) {
+                    files.append(base.merging(["error": m]) { _, new in new })
+                }
             }
         }
-        guard !files.isEmpty || document["triton"] != nil else { return nil }
-        document["files"] = files
-        guard JSONSerialization.isValidJSONObject(document),
-              let data = try? JSONSerialization.data(withJSONObject: document, options: [.sortedKeys, .withoutEscapingSlashes]) else {
-            return nil
-        }
-        return String(decoding: data, as: UTF8.self)
+        guard !files.isEmpty || triton != nil else { return nil }
+        return MetadataDocument.encode(files: files, triton: triton, maxBytes: limits.maxDocumentBytes)
     }
 
     /// The extracted metadata of a manifest (JSON), `{"files": []}` when none was recognised.

@@ -15,17 +15,23 @@ public final class Registry: Sendable {
     let cache = ManifestCache(capacityBytes: 64 << 20)
     var db: Database { store.catalog }
 
-    public init(store: ChunkStore, uploads limits: UploadLimits = UploadLimits(), policy: TagPolicy = TagPolicy()) {
+    /// Format inspection of pushed layers: bounded concurrency, per-blob budgets, a digest cache.
+    public let inspection: InspectionService
+
+    public init(store: ChunkStore, uploads limits: UploadLimits = UploadLimits(), policy: TagPolicy = TagPolicy(),
+                inspectionLimits: InspectionLimits = InspectionLimits()) {
         self.store = store
         self.policy = policy
+        inspection = InspectionService(limits: inspectionLimits)
         uploads = UploadSessions(store: store, limits: limits)
     }
 
-    public convenience init(store: ChunkStore, uploadTimeout: TimeInterval, maxUploads: Int = 1024, policy: TagPolicy = TagPolicy()) {
+    public convenience init(store: ChunkStore, uploadTimeout: TimeInterval, maxUploads: Int = 1024, policy: TagPolicy = TagPolicy(),
+                            inspectionLimits: InspectionLimits = InspectionLimits()) {
         var limits = UploadLimits()
         limits.idleTimeoutSeconds = uploadTimeout
         limits.maxSessions = maxUploads
-        self.init(store: store, uploads: limits, policy: policy)
+        self.init(store: store, uploads: limits, policy: policy, inspectionLimits: inspectionLimits)
     }
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }

@@ -70,7 +70,7 @@ public struct DepotService {
                 logger.warning("pack file unknown to the catalog moved to \(path) (is catalog.db older than the packs?): kept")
             }
         }
-        let registry = Registry(store: store, uploads: config.uploads, policy: config.tagPolicy)
+        let registry = Registry(store: store, uploads: config.uploads, policy: config.tagPolicy, inspectionLimits: config.inspection)
         let listen = "\(config.listenHost):\(config.listenPort)"
         let root = config.storageRoot
         let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger)

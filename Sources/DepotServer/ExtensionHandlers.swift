@@ -154,16 +154,11 @@ extension OCIResponder {
         let committer = try await offload { try store.makeRecipeCommitter(chunker: chunker, maxBytes: maxBytes) }
         try await streamBody(request, what: "recipe") { buffer, _ in
             try buffer.withUnsafeReadableBytes { p in
-                var at = 0
-                while p.count - at >= Self.recipeEntrySize {
-                    let hash = SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[at..<(at + 32)]))
-                    let length = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at + 32, as: UInt32.self)))
+                try RecipeBody.decode(p) { hash, length in
                     do { try committer.append(hash, length: length) } catch DepotError.sizeInvalid(let m) {
                         throw RegistryError(.sizeInvalid, m, status: 413)
                     }
-                    at += Self.recipeEntrySize
                 }
-                return at
             }
         }
         // Verifying re-reads and hashes every byte the recipe names: bound how many verifications

@@ -71,14 +71,11 @@ enum RequestParsing {
     /// `Int64("+5")`, `Int64(" 5")` and 2^64 are all refused here, so no caller ever does
     /// arithmetic on a value it did not bound.
     static func integer(_ text: Substring, _ what: String, in range: ClosedRange<Int64>, status: Int = 400) throws -> Int64 {
-        let bad = RegistryError(.unsupported, "\(what) must be an integer in \(range.lowerBound)...\(range.upperBound), got '\(text.prefix(40))'",
+        guard let value = HTTPRanges.integer(text, in: range) else {
+            throw RegistryError(.unsupported, "\(what) must be an integer in \(range.lowerBound)...\(range.upperBound), got '\(text.prefix(40))'",
                                 status: status)
-        guard !text.isEmpty, text.utf8.count <= 19, text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { throw bad }
-        // 19 digits fit in UInt64 without overflow (max 9_999_999_999_999_999_999 < 2^64).
-        var value: UInt64 = 0
-        for digit in text.utf8 { value = value * 10 + UInt64(digit - 0x30) }
-        guard value <= UInt64(Int64.max), range.contains(Int64(value)) else { throw bad }
-        return Int64(value)
+        }
+        return value
     }
 
     static func integer(_ text: Substring, _ what: String, in range: ClosedRange<Int>, status: Int = 400) throws -> Int {
@@ -111,15 +108,8 @@ enum RequestParsing {
     /// Both ends are bounded by `limit` (the maximum blob size) so `end - start + 1` cannot
     /// overflow; a range out of bounds is 416 RANGE_INVALID.
     static func contentRange(_ request: Request, limit: Int64 = Int64.max - 1) throws -> ClosedRange<Int64>? {
-        guard var text = request.headers[.contentRange] else { return nil }
-        for prefix in ["bytes=", "bytes "] where text.hasPrefix(prefix) { text = String(text.dropFirst(prefix.count)) }
-        if let slash = text.firstIndex(of: "/") { text = String(text[..<slash]) }
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-        let invalid = RegistryError(.rangeInvalid, "Content-Range '\(text.prefix(100))' is not <start>-<end> within the blob size limit",
-                                    status: 416)
-        guard parts.count == 2, let a = try? integer(parts[0], "range start", in: 0...limit),
-              let b = try? integer(parts[1], "range end", in: 0...limit), b >= a else { throw invalid }
-        return a...b
+        guard let text = request.headers[.contentRange] else { return nil }
+        return try HTTPRanges.contentRange(text, limit: limit)
     }
 
     static func contentLength(_ request: Request) throws -> Int64? {
@@ -166,30 +156,7 @@ enum RequestParsing {
     /// "no range"; throws RANGE_INVALID (416) when unsatisfiable. Multiple ranges are not supported.
     static func byteRange(_ request: Request, size: Int64) throws -> Range<Int64>? {
         guard let text = request.headers[.range] else { return nil }
-        guard text.hasPrefix("bytes="), !text.contains(",") else {
-            throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is not a single bytes= range")
-        }
-        let spec = text.dropFirst(6)
-        let parts = spec.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 2 else { throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is malformed") }
-        if parts[0].isEmpty {
-            guard let suffix = try? integer(parts[1], "suffix length", in: 1...Int64.max), size > 0 else {
-                throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is unsatisfiable")
-            }
-            return max(0, size - suffix)..<size
-        }
-        guard let start = try? integer(parts[0], "range start", in: 0...Int64.max) else {
-            throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is malformed")
-        }
-        var end = size - 1
-        if !parts[1].isEmpty {
-            guard let e = try? integer(parts[1], "range end", in: 0...Int64.max), e >= start else {
-                throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' is malformed")
-            }
-            end = min(e, size - 1)
-        }
-        guard start < size else { throw RegistryError(.rangeInvalid, "Range '\(text.prefix(100))' starts beyond the blob's \(size) bytes") }
-        return start..<(end + 1)
+        return try HTTPRanges.byteRange(text, size: size)
     }
 }
 

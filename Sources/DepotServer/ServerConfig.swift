@@ -1,5 +1,6 @@
 import DepotCore
 import DepotDeploy
+import DepotFormats
 import DepotRegistry
 import DepotStore
 import Foundation
@@ -29,6 +30,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var pipelines = PipelinesConfig()
     /// Canary rollouts (`canary:`).
     public var canary = CanaryPolicy()
+    /// Budgets of format inspection of pushed layers (`formats:`).
+    public var inspection = InspectionLimits()
 
     /// The resource limits of the `server:` section. See "Limits and failure behaviour" in
     /// docs/ARCHITECTURE.md for what a client sees when one is hit.
@@ -117,6 +120,11 @@ public struct ServerConfig: Sendable, Equatable {
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw DepotError.invalidArgument("cannot read config \(path): \(error.localizedDescription)")
         }
+        return try parse(text, path: path)
+    }
+
+    /// Parses config file text (`path` names it in errors) over the defaults.
+    public static func parse(_ text: String, path: String) throws -> ServerConfig {
         let node: Any?
         do { node = try Yams.load(yaml: text) } catch {
             throw DepotError.invalidArgument("config \(path) is not valid YAML: \(error)")
@@ -327,7 +335,33 @@ public struct ServerConfig: Sendable, Equatable {
                 config.canary.checks = try list.enumerated().map { try Self.check($1, index: $0, reader) }
             }
         }
-        try reader.rejectUnknown(root, known: ["server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary"], at: "")
+        try reader.section(root, "formats") { s in
+            if let v: Int = try reader.value(s, "max_mib_per_blob") {
+                guard (1...4096).contains(v) else { throw reader.error("formats.max_mib_per_blob", "must be 1 to 4096") }
+                config.inspection.maxBytesPerBlob = Int64(v) << 20
+            }
+            if let v: Double = try reader.value(s, "max_seconds_per_blob") {
+                guard v > 0, v <= 3600 else { throw reader.error("formats.max_seconds_per_blob", "must be above 0 and at most 3600") }
+                config.inspection.maxSecondsPerBlob = v
+            }
+            if let v: Double = try reader.value(s, "max_seconds_per_manifest") {
+                guard v > 0, v <= 3600 else { throw reader.error("formats.max_seconds_per_manifest", "must be above 0 and at most 3600") }
+                config.inspection.maxSecondsPerManifest = v
+            }
+            if let v: Int = try reader.value(s, "max_document_kib") {
+                guard (16...65536).contains(v) else { throw reader.error("formats.max_document_kib", "must be 16 to 65536") }
+                config.inspection.maxDocumentBytes = v << 10
+            }
+            if let v: Int = try reader.value(s, "concurrency") {
+                guard (1...256).contains(v) else { throw reader.error("formats.concurrency", "must be 1 to 256") }
+                config.inspection.concurrency = v
+            }
+            if let v: Int = try reader.value(s, "cache_entries") {
+                guard (0...1_000_000).contains(v) else { throw reader.error("formats.cache_entries", "must be 0 to 1000000") }
+                config.inspection.cacheEntries = v
+            }
+        }
+        try reader.rejectUnknown(root, known: ["server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats"], at: "")
         return config
     }
 }
@@ -429,6 +463,8 @@ final class ConfigReader {
             "aliases": ["protected", "immutable"],
             "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "runner"],
             "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "router_url", "checks"],
+            "formats": ["max_mib_per_blob", "max_seconds_per_blob", "max_seconds_per_manifest", "max_document_kib", "concurrency",
+                        "cache_entries"],
         ]
         try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")
     }

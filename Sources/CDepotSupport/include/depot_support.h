@@ -19,4 +19,12 @@ void depot_tune_malloc(int arenas, int keep_bytes);
 /// `actions` is a posix_spawn_file_actions_t *.
 int depot_spawn_addchdir(void *actions, const char *dir);
 
+/// Bytes of heap in use (glibc mallinfo2: allocated arena blocks plus mmapped blocks; 0 elsewhere).
+size_t depot_heap_in_use(void);
+
+/// Tests measure peak heap use: start a thread sampling depot_heap_in_use every 0.5 ms, and stop
+/// it returning the highest value seen. One sampler at a time. Start returns 0 or an errno.
+int depot_heap_sampler_start(void);
+size_t depot_heap_sampler_stop(void);
+
 #endif

@@ -1,0 +1,137 @@
+import DepotCore
+import DepotFormats
+import DepotRegistry
+import DepotServer
+import DepotStore
+import Foundation
+import Testing
+
+/// Format inspection at manifest PUT under `InspectionLimits`, the `formats:` config section,
+/// and the range-header parsing the blob routes use.
+@Suite struct InspectionLimitsTests {
+    /// A minimal ONNX model: ir_version, then `nodes` graph nodes and a doc string.
+    static func onnx(nodes: Int, doc: String = "") -> [UInt8] {
+        func varint(_ v: Int) -> [UInt8] {
+            var v = UInt64(v), out: [UInt8] = []
+            while v >= 0x80 { out.append(UInt8(v & 0x7f) | 0x80); v >>= 7 }
+            return out + [UInt8(v)]
+        }
+        func field(_ n: Int, _ payload: [UInt8]) -> [UInt8] { varint(n << 3 | 2) + varint(payload.count) + payload }
+        var graph: [UInt8] = []
+        for _ in 0..<nodes { graph += field(1, field(4, Array("Relu".utf8))) }
+        return [0x08, 0x08] + field(6, Array(doc.utf8)) + field(7, graph)
+    }
+
+    /// Stores `blobs` and puts a manifest naming them by path; returns the stored metadata document.
+    static func push(_ registry: Registry, _ layers: [(path: String, bytes: [UInt8])]) throws -> [String: Any] {
+        let repo = try RepositoryName("limits/m")
+        var stored: [Digest: Int] = [:]
+        var descriptors: [[String: Any]] = []
+        for l in layers {
+            let digest = Digest.of(l.bytes)
+            if stored[digest] == nil {
+                let w = try registry.store.makeWriter()
+                try w.write(l.bytes)
+                _ = try w.finish()
+                try registry.link(repo, digest)
+                stored[digest] = l.bytes.count
+            }
+            descriptors.append(["mediaType": "application/octet-stream", "digest": digest.description, "size": l.bytes.count,
+                                "annotations": ["org.cncf.model.filepath": l.path]])
+        }
+        let config = Array("{}".utf8)
+        let w = try registry.store.makeWriter()
+        try w.write(config)
+        _ = try w.finish()
+        try registry.link(repo, Digest.of(config))
+        let manifest: [String: Any] = [
+            "schemaVersion": 2, "mediaType": MediaType.ociManifest,
+            "config": ["mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest.of(config).description, "size": 2],
+            "layers": descriptors,
+        ]
+        let bytes = Array(try JSONSerialization.data(withJSONObject: manifest, options: [.sortedKeys]))
+        _ = try registry.putManifest(repo, .tag("v1"), contentType: MediaType.ociManifest, bytes: bytes)
+        let json = try registry.metadata(repo, .tag("v1"))
+        return try #require(try JSONSerialization.jsonObject(with: Data(json)) as? [String: Any])
+    }
+
+    @Test func aLayerOverBudgetIsMarkedAndThePushSucceeds() throws {
+        let dir = TempDir("limits")
+        var limits = InspectionLimits()
+        limits.maxBytesPerBlob = 64 << 10
+        let registry = Registry(store: try ChunkStore(root: dir.path, create: true), inspectionLimits: limits)
+        // One large model under 300 names (inspected once), and a small one that fits.
+        let big = Self.onnx(nodes: 40_000)
+        let layers = (0..<300).map { ("m\($0).onnx", big) } + [("small.onnx", Self.onnx(nodes: 3))]
+        let clock = ContinuousClock()
+        let start = clock.now
+        let meta = try Self.push(registry, layers)
+        #expect(clock.now - start < .seconds(10))
+        let files = try #require(meta["files"] as? [[String: Any]])
+        #expect(files.count == 301)
+        let over = files.filter { $0["budget_exceeded"] as? Bool == true }
+        #expect(over.count == 300)
+        #expect(over.allSatisfy { ($0["error"] as? String)?.contains("budget") == true && $0["truncated"] as? Bool == true })
+        let small = try #require(files.first { $0["path"] as? String == "small.onnx" })
+        #expect(small["format"] as? String == "onnx")
+        #expect(small["node_count"] as? Int == 3)
+    }
+
+    @Test func theDocumentIsCappedAndMarked() throws {
+        let dir = TempDir("limits")
+        var limits = InspectionLimits()
+        limits.maxDocumentBytes = 16 << 10
+        let registry = Registry(store: try ChunkStore(root: dir.path, create: true), inspectionLimits: limits)
+        let doc = String(repeating: "d", count: 4000)
+        let meta = try Self.push(registry, (0..<20).map { ("m\($0).onnx", Self.onnx(nodes: $0 + 1, doc: doc)) })
+        let json = try JSONSerialization.data(withJSONObject: meta)
+        #expect(json.count <= 16 << 10)
+        #expect(meta["truncated"] as? Bool == true)
+        let files = try #require(meta["files"] as? [[String: Any]])
+        #expect(files.first?["doc_string"] as? String == doc)
+        #expect(files.contains { $0["truncated"] as? Bool == true && $0["doc_string"] == nil })
+    }
+
+    @Test func formatsConfigSection() throws {
+        let c = try ServerConfig.parse("""
+            formats:
+              max_mib_per_blob: 8
+              max_seconds_per_blob: 0.5
+              max_seconds_per_manifest: 4
+              max_document_kib: 256
+              concurrency: 4
+              cache_entries: 0
+            """, path: "t.yaml")
+        var expected = InspectionLimits()
+        expected.maxBytesPerBlob = 8 << 20
+        expected.maxSecondsPerBlob = 0.5
+        expected.maxSecondsPerManifest = 4
+        expected.maxDocumentBytes = 256 << 10
+        expected.concurrency = 4
+        expected.cacheEntries = 0
+        #expect(c.inspection == expected)
+        for (yaml, key) in [("formats:\n  concurrency: 0\n", "formats.concurrency"), ("formats:\n  max_mib: 1\n", "formats.max_mib")] {
+            #expect(throws: DepotError.self) { try ServerConfig.parse(yaml, path: "t.yaml") }
+            do { _ = try ServerConfig.parse(yaml, path: "t.yaml") } catch { #expect("\(error)".contains(key), "\(error)") }
+        }
+    }
+
+    @Test func rangeHeaders() throws {
+        #expect(try HTTPRanges.byteRange("bytes=0-99", size: 1000) == 0..<100)
+        #expect(try HTTPRanges.byteRange("bytes=900-", size: 1000) == 900..<1000)
+        #expect(try HTTPRanges.byteRange("bytes=-100", size: 1000) == 900..<1000)
+        #expect(try HTTPRanges.byteRange("bytes=-5000", size: 1000) == 0..<1000)
+        #expect(try HTTPRanges.byteRange("bytes=990-5000", size: 1000) == 990..<1000)
+        for bad in ["bytes=1000-", "bytes=5-4", "bytes=0-1,5-6", "items=0-1", "bytes=-0", "bytes=a-b", "bytes=--1",
+                    "bytes=0-9223372036854775807999"] {
+            #expect(throws: RegistryError.self, "\(bad)") { try HTTPRanges.byteRange(bad, size: 1000) }
+        }
+        #expect(throws: RegistryError.self) { try HTTPRanges.byteRange("bytes=0-", size: 0) }
+        #expect(try HTTPRanges.byteRange("bytes=0-9223372036854775806", size: Int64.max) == 0..<Int64.max)
+        #expect(try HTTPRanges.contentRange("0-99") == 0...99)
+        #expect(try HTTPRanges.contentRange("bytes 100-199/1000") == 100...199)
+        for bad in ["99-0", "-1-5", "0-", "", "a-b", "0-1-2"] {
+            #expect(throws: RegistryError.self, "\(bad)") { try HTTPRanges.contentRange(bad) }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+// One libFuzzer binary for every harness; FUZZ_TARGET names the one to run (scripts/fuzz.sh).
+// Each harness feeds the bytes to a parser of untrusted input and ignores the errors it throws:
+// only a crash, a sanitizer report, a leak or a timeout is a finding.
+@testable import DepotCore
+@testable import DepotFormats
+@testable import DepotPipelines
+@testable import DepotRegistry
+@testable import DepotServer
+@testable import DepotStore
+import Foundation
+
+typealias Harness = (UnsafeRawBufferPointer) -> Void
+
+let harnesses: [String: Harness] = [
+    "safetensors": safetensors, "onnx": onnx, "pickle": pickle, "zip": zip, "tensorflow": tensorflow,
+    "tensorrt": tensorrt, "textproto": textproto, "manifest": manifest, "chunkrecord": chunkRecord,
+    "recipe": recipe, "range": range, "pipeline": pipeline, "config": config,
+]
+
+var selected: Harness?
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    if selected == nil {
+        let name = ProcessInfo.processInfo.environment["FUZZ_TARGET"] ?? ""
+        guard let h = harnesses[name] else {
+            FileHandle.standardError.write(Data("set FUZZ_TARGET to one of: \(harnesses.keys.sorted().joined(separator: " "))\n".utf8))
+            exit(2)
+        }
+        selected = h
+    }
+    selected!(UnsafeRawBufferPointer(start: data, count: size))
+    return 0
+}
+
+/// libFuzzer's driver. SwiftPM links an executable's entry point as `<module>_main` (defining
+/// `main` as an alias of it), so libFuzzer's own `main` is not linked in: start the driver here.
+@_silgen_name("LLVMFuzzerRunDriver")
+func runDriver(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+               _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
+
+@_cdecl("DepotFuzz_main")
+public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var count = argc
+    var vector = argv
+    return runDriver(&count, &vector, fuzzOne)
+}
+
+func bytes(_ p: UnsafeRawBufferPointer) -> [UInt8] { Array(p) }
+func text(_ p: UnsafeRawBufferPointer) -> String { String(decoding: p, as: UTF8.self) }
+
+/// Inspection under the registry's limits (budgets included), as a manifest PUT runs it.
+let service = InspectionService()
+
+func inspect(_ path: String, _ p: UnsafeRawBufferPointer, platform: String? = nil) {
+    _ = try? FormatInspector.inspect(path: path, source: BytesSource(bytes(p)), platform: platform)
+    _ = service.inspect(path: path, digest: "sha256:fuzz", source: BytesSource(bytes(p)), platform: platform)
+}
+
+func safetensors(_ p: UnsafeRawBufferPointer) {
+    inspect("model.safetensors", p)
+    if p.count > 8 { _ = try? Safetensors.parseHeader(Array(p[8...]), fileSize: nil) }
+    var planner = SafetensorsBoundaryPlanner()
+    planner.observe(p, at: 0)
+    _ = planner.nextBoundary(atOrAfter: 0)
+    _ = planner.elementWidth(at: 100)
+}
+
+func onnx(_ p: UnsafeRawBufferPointer) { inspect("model.onnx", p) }
+
+func pickle(_ p: UnsafeRawBufferPointer) {
+    _ = try? Pickle.scan(BytesSource(bytes(p)), from: 0, to: Int64(p.count), what: "pickle")
+    inspect("model.pt", p)
+}
+
+func zip(_ p: UnsafeRawBufferPointer) {
+    let source = BytesSource(bytes(p))
+    if let entries = try? Zip.entries(source) {
+        for e in entries.prefix(100) { _ = try? Zip.dataRange(e, in: source) }
+    }
+    inspect("model.pt", p)
+}
+
+func tensorflow(_ p: UnsafeRawBufferPointer) {
+    inspect("saved_model.pb", p)
+    inspect("frozen.pb", p)
+}
+
+func tensorrt(_ p: UnsafeRawBufferPointer) {
+    // The first line is the push's platform string, the rest the engine.
+    let newline = p.firstIndex(of: 0x0a) ?? p.count
+    let platform = String(decoding: p[..<newline], as: UTF8.self)
+    _ = TensorRT.parsePlatform(platform)
+    inspect("model.plan", UnsafeRawBufferPointer(rebasing: p[min(p.count, newline + 1)...]), platform: platform)
+}
+
+func textproto(_ p: UnsafeRawBufferPointer) {
+    let t = text(p)
+    _ = try? TextProto.parse(t)
+    _ = try? FormatInspector.triton(config: t, files: ["config.pbtxt", "1/model.onnx", "2/model.plan", "3/model.savedmodel/x"])
+    inspect("config.pbtxt", p)
+}
+
+func manifest(_ p: UnsafeRawBufferPointer) {
+    let b = bytes(p)
+    for type in [nil, MediaType.ociManifest, MediaType.ociIndex, MediaType.dockerManifest, MediaType.dockerManifestList] {
+        _ = try? ManifestParser.parse(b, contentType: type)
+    }
+}
+
+let zeroHash = [UInt8](repeating: 0, count: 32).withUnsafeBytes { SHA256.Value(bytes: $0) }
+
+/// One codec for the whole run (it holds zstd contexts).
+let codec = ChunkRecordCodec()
+
+func chunkRecord(_ p: UnsafeRawBufferPointer) {
+    // As received: a header that must pass its own checks, then the payload.
+    if let h = try? ChunkRecords.header(p, maxChunk: codec.maxChunk) {
+        let payload = UnsafeRawBufferPointer(rebasing: p[min(p.count, ChunkRecords.headerSize)...].prefix(h.storedLength))
+        var out = [UInt8](repeating: 0, count: h.rawLength)
+        out.withUnsafeMutableBytes { o in _ = try? codec.decode(h, payload: payload, into: o) }
+    }
+    // With the header checks made to pass, so the fuzzer reaches the codecs: byte 0 picks the
+    // codec, bytes 1-3 the raw length, the rest is the payload.
+    guard p.count >= 4, let kind = ChunkCodec(rawValue: p[0]) else { return }
+    let raw = 1 + (Int(p[1]) | Int(p[2]) << 8 | Int(p[3]) << 16) % codec.maxChunk
+    let payload = UnsafeRawBufferPointer(rebasing: p[4...])
+    let header = ChunkRecords.Header(codec: kind, rawLength: raw, storedLength: payload.count, hash: zeroHash,
+                                     checksum: PackFormat.checksum(payload))
+    var out = [UInt8](repeating: 0, count: raw)
+    out.withUnsafeMutableBytes { o in _ = try? codec.decode(header, payload: payload, into: o) }
+}
+
+/// A store in a temporary folder, shared by every recipe input (commits are aborted).
+let recipeStore: ChunkStore = {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("depot-fuzz-recipe-\(getpid())").path
+    return try! ChunkStore(root: dir, create: true)
+}()
+
+func recipe(_ p: UnsafeRawBufferPointer) {
+    guard let committer = try? recipeStore.makeRecipeCommitter(chunker: "v1") else { return }
+    do {
+        let used = try RecipeBody.decode(p) { try committer.append($0, length: $1) }
+        precondition(used <= p.count && used % RecipeBody.entrySize == 0)
+        _ = try committer.finish(expecting: Digest.of(bytes(p)))
+    } catch {
+        committer.abort()
+    }
+}
+
+func range(_ p: UnsafeRawBufferPointer) {
+    // Bytes 0-7 are the blob size, the rest the header value.
+    var size: Int64 = 0
+    for i in 0..<min(8, p.count) { size |= Int64(p[i]) << (8 * Int64(i)) }
+    let header = text(UnsafeRawBufferPointer(rebasing: p[min(8, p.count)...]))
+    if let r = try? HTTPRanges.contentRange(header) { precondition(r.lowerBound >= 0 && r.upperBound >= r.lowerBound) }
+    for s in [max(0, size), 0, 1, 1 << 40] {
+        if let r = try? HTTPRanges.byteRange(header, size: s) { precondition(r.lowerBound >= 0 && r.upperBound <= s && !r.isEmpty) }
+    }
+}
+
+func pipeline(_ p: UnsafeRawBufferPointer) { _ = try? PipelineLoader.parse(text(p), file: "fuzz.yaml") }
+
+func config(_ p: UnsafeRawBufferPointer) { _ = try? ServerConfig.parse(text(p), path: "fuzz.yaml") }
