@@ -77,40 +77,44 @@ extension SQLiteConnection {
 
     /// Ancestors (`up`) or descendants of `digest` to `depth`, nearest first, following only
     /// `relations` when given. Each node appears once, at its smallest depth.
+    ///
+    /// A breadth-first walk with a visited set, one indexed query per node: every node and edge
+    /// is looked at once. (A recursive CTE cannot keep a visited set; deduplicating its rows on
+    /// (node, depth, edge) made it yield about edges × depth rows, and an attacker's read built
+    /// a 1,000-node graph whose impact query took 7.6 s of CPU.)
     public func lineage(of digest: Digest, up: Bool, depth: Int, relations: [String]?, limit: Int) throws -> [LineageStep] {
         let (near, far) = up ? ("child", "parent") : ("parent", "child")
         var filter = ""
-        var args: [SQLValue] = [.hash(digest.bytes), .int(Int64(depth))]
+        var relationArgs: [SQLValue] = []
         if let relations, !relations.isEmpty {
             filter = " AND e.relation IN (" + relations.map { _ in "?" }.joined(separator: ",") + ")"
-            args += relations.map(SQLValue.text)
+            relationArgs = relations.map(SQLValue.text)
         }
-        args += [.int(Int64(limit))]
+        let sql = """
+            SELECT \(Self.edgeColumns),
+                   (SELECT 1 FROM manifests m WHERE m.digest = e.\(far) LIMIT 1),
+                   (SELECT m.artifact_type FROM manifests m WHERE m.digest = e.\(far) LIMIT 1)
+            FROM lineage_edges e WHERE e.\(near) = ?\(filter)
+            """
         var out: [LineageStep] = []
-        var seen = Set<Digest>()
-        // The walk carries the edge that reached each node; UNION drops repeats.
-        try queryArgs("""
-            WITH RECURSIVE walk(d, depth, c, p, rel) AS (
-                SELECT ?, 0, NULL, NULL, NULL
-                UNION
-                SELECT e.\(far), walk.depth + 1, e.child, e.parent, e.relation
-                FROM walk JOIN lineage_edges e ON e.\(near) = walk.d
-                WHERE walk.depth < ?\(filter)
-            )
-            SELECT walk.depth, \(Self.edgeColumns),
-                   (SELECT 1 FROM manifests m WHERE m.digest = walk.d LIMIT 1),
-                   (SELECT m.artifact_type FROM manifests m WHERE m.digest = walk.d LIMIT 1)
-            FROM walk
-            JOIN lineage_edges e ON e.child = walk.c AND e.parent = walk.p AND e.relation = walk.rel
-            WHERE walk.depth > 0
-            ORDER BY walk.depth LIMIT ?
-            """, args) { s in
-            let edge = Self.edge(s, from: 1)
-            let node = up ? edge.parent : edge.child
-            if seen.insert(node).inserted {
-                out.append(LineageStep(digest: node, depth: Int(s.int(0)), edge: edge, stored: !s.isNull(12),
-                                       artifactType: s.isNull(13) ? nil : s.text(13)))
+        var seen: Set<Digest> = [digest]
+        var frontier = [digest]
+        var level = 0
+        while !frontier.isEmpty, level < depth, out.count < limit {
+            level += 1
+            var next: [Digest] = []
+            for node in frontier where out.count < limit {
+                try queryArgs(sql, [.hash(node.bytes)] + relationArgs) { s in
+                    guard out.count < limit else { return }
+                    let edge = Self.edge(s, from: 0)
+                    let reached = up ? edge.parent : edge.child
+                    guard seen.insert(reached).inserted else { return }
+                    out.append(LineageStep(digest: reached, depth: level, edge: edge, stored: !s.isNull(11),
+                                           artifactType: s.isNull(12) ? nil : s.text(12)))
+                    next.append(reached)
+                }
             }
+            frontier = next
         }
         return out
     }
