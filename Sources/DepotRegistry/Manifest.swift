@@ -71,7 +71,9 @@ public enum ManifestParser {
         var parsed = ParsedManifest(mediaType: type, artifactType: nil, blobs: [], manifests: [], subject: nil)
         parsed.annotations = try stringMap(object["annotations"], "annotations")
         if let a = object["artifactType"] {
-            guard let s = a as? String, !s.isEmpty else { throw RegistryError(.manifestInvalid, "artifactType must be a non-empty string") }
+            guard let s = a as? String, Self.isMediaType(s) else {
+                throw RegistryError(.manifestInvalid, "artifactType must be a media type (type/subtype, at most 255 characters)")
+            }
             parsed.artifactType = s
         }
         if let s = object["subject"] { parsed.subject = try descriptor(s, "subject") }
@@ -93,8 +95,8 @@ public enum ManifestParser {
 
     static func descriptor(_ value: Any, _ what: String) throws -> Descriptor {
         guard let o = value as? [String: Any] else { throw RegistryError(.manifestInvalid, "\(what) is not a descriptor object") }
-        guard let mediaType = o["mediaType"] as? String, !mediaType.isEmpty else {
-            throw RegistryError(.manifestInvalid, "\(what) lacks a mediaType")
+        guard let mediaType = o["mediaType"] as? String, Self.isMediaType(mediaType) else {
+            throw RegistryError(.manifestInvalid, "\(what) lacks a mediaType (type/subtype, at most 255 characters)")
         }
         guard let digestText = o["digest"] as? String else { throw RegistryError(.manifestInvalid, "\(what) lacks a digest") }
         let digest: Digest
@@ -106,9 +108,28 @@ public enum ManifestParser {
         }
         var d = Descriptor(mediaType: mediaType, digest: digest, size: Int64(size))
         d.annotations = try stringMap(o["annotations"], "\(what).annotations")
-        d.artifactType = o["artifactType"] as? String
+        if let a = o["artifactType"] {
+            guard let t = a as? String, Self.isMediaType(t) else { throw RegistryError(.manifestInvalid, "\(what).artifactType must be a media type") }
+            d.artifactType = t
+        }
         d.urls = o["urls"] as? [String]
         return d
+    }
+
+    /// A media type as the OCI image spec restricts it (RFC 6838): `type/subtype`, each part 1–127
+    /// of `[A-Za-z0-9!#$&^_.+-]` starting alphanumeric. Bounded, so an artifactType cannot be a
+    /// multi-megabyte string copied into every event, audit row and referrers answer.
+    static func isMediaType(_ text: String) -> Bool {
+        let parts = text.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+        guard parts.count == 2 else { return false }
+        return parts.allSatisfy { part in
+            guard let first = part.first, part.count <= 127, isAlnum(first) else { return false }
+            return part.allSatisfy { isAlnum($0) || "!#$&^_.+-".utf8.contains($0) }
+        }
+    }
+
+    private static func isAlnum(_ c: UInt8) -> Bool {
+        (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
     }
 
     static func stringMap(_ value: Any?, _ what: String) throws -> [String: String]? {

@@ -120,6 +120,13 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
                 #expect(get.errorCode == "MANIFEST_UNKNOWN", "\(ref)")
                 #expect(try await c.req(.head, "/v2/repo/manifests/\(ref)").status.code == 404, "\(ref)")
             }
+            // An artifactType that is not a bounded media type (it is copied into every event, audit
+            // row and referrers answer) is refused.
+            let cfg = try await c.pushBlob("repo", emptyConfig)
+            let huge = manifestJSON(config: (cfg, 2, MediaType.ociEmpty), layers: [], artifactType: "application/" + String(repeating: "x", count: 3 << 20))
+            let r = try await c.req(.put, "/v2/repo/manifests/big", headers: [.contentType: MediaType.ociManifest], body: huge)
+            #expect(r.status.code == 400)
+            #expect(r.errorCode == "MANIFEST_INVALID")
             // A PUT under an invalid tag is still a client error saying why.
             let put = try await c.req(.put, "/v2/repo/manifests/.INVALID", headers: [.contentType: MediaType.ociManifest], body: Array("{}".utf8))
             #expect(put.status.code == 400)
