@@ -23,20 +23,19 @@ public struct DepotRequestContext: RequestContext, RemoteAddressRequestContext {
     var clientAddress: String? { remoteAddress?.ipAddress }
 }
 
-/// Closes a connection that does not deliver a complete request head within `timeout` of
-/// opening or of its previous response. Hummingbird's idle timeout only counts whole HTTP parts,
-/// and a slow-loris client sends a header byte at a time, never completing one; this handler
-/// sits after the HTTP decoder, so it sees a head only once all of it has arrived.
-final class HeaderTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
+/// Closes a connection that does not deliver its first complete request head within `timeout`
+/// of opening. Hummingbird's idle timeout only counts whole HTTP parts, and a slow-loris client
+/// sends a header byte at a time, never completing one; this handler sits after the HTTP
+/// decoder, so it sees a head only once all of it has arrived. Between later requests of a
+/// keep-alive connection the idle timeout applies instead: re-arming this shorter timer there
+/// closed idle keep-alive connections under clients that do not reconnect (the test client).
+final class HeaderTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
-    typealias OutboundIn = HTTPResponsePart
-    typealias OutboundOut = HTTPResponsePart
 
     let timeout: TimeAmount
     private var timer: Scheduled<Void>?
-    /// Requests whose head arrived and whose response has not ended.
-    private var inFlight = 0
+    private var sawHead = false
 
     init(timeout: TimeAmount) { self.timeout = timeout }
 
@@ -57,26 +56,18 @@ final class HeaderTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .head = unwrapInboundIn(data) {
-            inFlight += 1
+        if !sawHead, case .head = unwrapInboundIn(data) {
+            sawHead = true
             disarm()
         }
         context.fireChannelRead(data)
     }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data) {
-            inFlight = max(0, inFlight - 1)
-            if inFlight == 0 { arm(context) }
-        }
-        context.write(data, promise: promise)
-    }
-
     private func arm(_ context: ChannelHandlerContext) {
-        disarm()
+        guard !sawHead, timer == nil else { return }
         let channel = context.channel
         timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: timeout) { [weak self] in
-            guard let self, self.inFlight == 0 else { return }
+            guard let self, !self.sawHead else { return }
             channel.close(promise: nil)
         }
     }

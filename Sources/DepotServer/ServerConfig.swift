@@ -39,8 +39,8 @@ public struct ServerConfig: Sendable, Equatable {
         /// Connections open at once; past it the server stops accepting (new ones wait in the
         /// kernel's backlog) until one closes.
         public var maxConnections = 2048
-        /// A connection that has not sent a complete request head this long after it opened (or
-        /// after its previous request) is closed: a slow-loris client cannot hold it.
+        /// A connection that has not sent its first complete request head this long after it
+        /// opened is closed: a slow-loris client cannot hold it.
         public var headerTimeoutSeconds: Double = 30
         /// A connection with no bytes either way for this long is closed.
         public var idleTimeoutSeconds: Double = 120
