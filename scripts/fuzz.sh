@@ -32,6 +32,9 @@ BIN=$ROOT/.build-fuzz/debug/DepotFuzz
 [ -x "$BIN" ] || { echo "fuzz build failed" >&2; exit 1; }
 [ "$MODE" = build ] && exit 0
 
+# The Swift runtime's crash backtracer trips AddressSanitizer (and can hang) while it prints.
+export SWIFT_BACKTRACE=enable=no
+
 status=0
 for t in $TARGETS; do
   corpus=fuzz/corpus/$t
