@@ -4,6 +4,7 @@
 #   scripts/fuzz.sh --smoke          replay corpora and regressions, then fuzz each harness 5 s (CI)
 #   scripts/fuzz.sh --build          build only
 #   FUZZ_TARGETS="onnx zip" scripts/fuzz.sh 60    only these harnesses
+#   FUZZ_NO_BUILD=1 ...              skip the build (e.g. a second queue beside a running one)
 # A crash leaves its input in fuzz/findings/<harness>/ (git-ignored) and fails the script: make it a
 # regression input under fuzz/regressions/<harness>/ and fix the parser.
 set -euo pipefail
@@ -23,12 +24,16 @@ esac
 
 # Every module (dependencies too) is instrumented for coverage and AddressSanitizer; testing is
 # enabled so the harnesses can reach internal parsers with @testable import.
-( cd fuzz && swift build --scratch-path "$ROOT/.build-fuzz" -c debug \
+# FUZZ_NO_BUILD=1 reuses the binary (a second queue of harnesses beside a first one).
+[ -n "${FUZZ_NO_BUILD:-}" ] || ( cd fuzz && swift build --scratch-path "$ROOT/.build-fuzz" -c debug \
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -enable-testing 2>&1 \
     | grep -v "Cannot export local symbol" ) || true
 BIN=$ROOT/.build-fuzz/debug/DepotFuzz
 [ -x "$BIN" ] || { echo "fuzz build failed" >&2; exit 1; }
 [ "$MODE" = build ] && exit 0
+
+# The Swift runtime's crash backtracer trips AddressSanitizer (and can hang) while it prints.
+export SWIFT_BACKTRACE=enable=no
 
 status=0
 for t in $TARGETS; do

@@ -44,6 +44,7 @@ public enum PipelineLoader {
         let root: Node
         do {
             guard let node = try Yams.compose(yaml: text) else { throw PipelineFileError(file: file, line: 1, message: "the file is empty") }
+            if let problem = YAMLSafety.problem(node) { throw PipelineFileError(file: file, line: node.mark?.line ?? 1, message: problem) }
             root = node
         } catch let e as YamlError {
             throw PipelineFileError(file: file, line: Self.line(of: e), message: "not valid YAML: \(Self.problem(of: e))")

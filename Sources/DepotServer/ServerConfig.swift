@@ -1,6 +1,7 @@
 import DepotCore
 import DepotDeploy
 import DepotFormats
+import DepotPipelines
 import DepotRegistry
 import DepotStore
 import Foundation
@@ -126,7 +127,15 @@ public struct ServerConfig: Sendable, Equatable {
     /// Parses config file text (`path` names it in errors) over the defaults.
     public static func parse(_ text: String, path: String) throws -> ServerConfig {
         let node: Any?
-        do { node = try Yams.load(yaml: text) } catch {
+        do {
+            // Composed and checked first: Yams.load crashes on some trees (YAMLSafety).
+            if let composed = try Yams.compose(yaml: text), let problem = YAMLSafety.problem(composed) {
+                throw DepotError.invalidArgument("config \(path): \(problem)")
+            }
+            node = try Yams.load(yaml: text)
+        } catch let e as DepotError {
+            throw e
+        } catch {
             throw DepotError.invalidArgument("config \(path) is not valid YAML: \(error)")
         }
         var config = ServerConfig()

@@ -1,5 +1,6 @@
 import DepotCore
 import DepotFormats
+import DepotPipelines
 import DepotRegistry
 import DepotServer
 import DepotStore
@@ -113,6 +114,20 @@ import Testing
         for (yaml, key) in [("formats:\n  concurrency: 0\n", "formats.concurrency"), ("formats:\n  max_mib: 1\n", "formats.max_mib")] {
             #expect(throws: DepotError.self) { try ServerConfig.parse(yaml, path: "t.yaml") }
             do { _ = try ServerConfig.parse(yaml, path: "t.yaml") } catch { #expect("\(error)".contains(key), "\(error)") }
+        }
+    }
+
+    /// Found by the config fuzzer: Yams.load crashed the process on a mapping key that is not a
+    /// string. Both YAML readers refuse such files with an error.
+    @Test func yamlWithNonStringKeysIsAnError() throws {
+        for yaml in ["{[a]: 1}", "server:\n  ? [x, y]\n  : 1\n", "? {a: 1}\n: x\n"] {
+            #expect(throws: DepotError.self, "\(yaml)") { try ServerConfig.parse(yaml, path: "t.yaml") }
+            #expect(throws: PipelineFileError.self, "\(yaml)") { try PipelineLoader.parse("name: p\n" + yaml, file: "p.yaml") }
+        }
+        let found = repoRoot + "/fuzz/regressions/config"
+        for name in try FileManager.default.contentsOfDirectory(atPath: found) {
+            let text = String(decoding: try Data(contentsOf: URL(fileURLWithPath: found + "/" + name)), as: UTF8.self)
+            _ = try? ServerConfig.parse(text, path: name)
         }
     }
 
