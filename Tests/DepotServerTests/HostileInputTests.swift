@@ -272,6 +272,16 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
         try await body(server)
     }
 
+    /// Pushes a blob monolithically over a raw connection; returns its digest.
+    static func pushBlob(_ blob: [UInt8], port: Int) async throws -> Digest {
+        let d = Digest.of(blob)
+        let push = try RawConnection(port: port)
+        push.send("POST /v2/r/blobs/uploads/?digest=\(d) HTTP/1.1\r\nHost: x\r\nContent-Length: \(blob.count)\r\n\r\n")
+        push.send(blob)
+        #expect(await push.readResponse()?.status == 201)
+        return d
+    }
+
     @Test func aConnectionThatNeverCompletesItsHeadIsClosed() async throws {
         try await withServer("server:\n  header_timeout_seconds: 1\n") { server in
             let loris = try RawConnection(port: server.port, receiveTimeout: 5)
@@ -297,11 +307,7 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
     @Test func aClientThatNeverReadsItsBlobIsCutOff() async throws {
         try await withServer("server:\n  idle_timeout_seconds: 2\n") { server in
             let blob = randomBytes(24 << 20, seed: 11)
-            let d = Digest.of(blob)
-            let push = try RawConnection(port: server.port)
-            push.send("POST /v2/r/blobs/uploads/?digest=\(d) HTTP/1.1\r\nHost: x\r\nContent-Length: \(blob.count)\r\n\r\n")
-            push.send(blob)
-            #expect(await push.readResponse()?.status == 201)
+            let d = try await Self.pushBlob(blob, port: server.port)
             // Ask for it, read nothing for longer than the timeout, then drain what is buffered.
             let sloth = try RawConnection(port: server.port, receiveTimeout: 10)
             sloth.send("GET /v2/r/blobs/\(d) HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -321,11 +327,7 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
     @Test func aPipelinedExpectContinueNeverLandsInsideAnotherResponse() async throws {
         try await withServer("") { server in
             let blob = randomBytes(8 << 20, seed: 12)
-            let d = Digest.of(blob)
-            let push = try RawConnection(port: server.port)
-            push.send("POST /v2/r/blobs/uploads/?digest=\(d) HTTP/1.1\r\nHost: x\r\nContent-Length: \(blob.count)\r\n\r\n")
-            push.send(blob)
-            #expect(await push.readResponse()?.status == 201)
+            let d = try await Self.pushBlob(blob, port: server.port)
             let c = try RawConnection(port: server.port)
             c.send("GET /v2/r/blobs/\(d) HTTP/1.1\r\nHost: x\r\n\r\n")
             c.send("PUT /v2/r/manifests/z HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: \(MediaType.ociManifest)\r\n"
