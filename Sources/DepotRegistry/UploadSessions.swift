@@ -36,7 +36,8 @@ public final class UploadSession: @unchecked Sendable {
     public let created: Date
     let writer: BlobWriter
     let maxBytes: Int64
-    private let state = Locked((offset: Int64(0), busy: false, lastActivity: Date(), previousActivity: Date(), cancelled: false))
+    private let state = Locked((offset: Int64(0), busy: false, lastActivity: Date(), previousActivity: Date(), cancelled: false,
+                                 writerAborted: false))
 
     init(id: String, repository: RepositoryName, client: String, writer: BlobWriter, maxBytes: Int64, now: Date) {
         self.id = id
@@ -82,6 +83,19 @@ public final class UploadSession: @unchecked Sendable {
         }
         try writer.write(bytes)
         state.withLock { $0.offset += Int64(bytes.count); $0.lastActivity = Date() }
+    }
+
+    /// Whether a request holds the session right now.
+    var isBusy: Bool { state.withLock { $0.busy } }
+
+    /// Aborts the writer, once, whoever gets here first (the expiry or the request letting go).
+    fileprivate func abortWriterOnce() {
+        let first = state.withLock { s -> Bool in
+            if s.writerAborted { return false }
+            s.writerAborted = true
+            return true
+        }
+        if first { writer.abort() }
     }
 
     /// Marks the session cancelled; returns false when it already was.
@@ -177,7 +191,7 @@ public final class UploadSessions: Sendable {
 
     public func cancel(_ session: UploadSession) {
         guard remove(session) else { return }
-        session.writer.abort()
+        session.abortWriterOnce()
     }
 
     /// Takes a session out of the table (once): false when it was already gone.
@@ -216,8 +230,11 @@ public final class UploadSessions: Sendable {
                 // an idle one is aborted here.
                 if (try? session.claim()) != nil {
                     cancel(session)
-                } else if remove(session) {
-                    // The holder of the claim finds the session cancelled and aborts the writer.
+                } else if remove(session), !session.isBusy {
+                    // The holder let go between our claim and the removal: nobody else will abort
+                    // the writer. (If it lets go later, it sees the session cancelled and does;
+                    // the abort happens once either way.)
+                    session.abortWriterOnce()
                 }
                 expired += 1
                 continue
@@ -237,7 +254,7 @@ public final class UploadSessions: Sendable {
     /// Aborts the writer of a session that was removed while a request held it (its lifetime
     /// ended); called by that request when it lets go.
     public func abandon(_ session: UploadSession) {
-        if session.isCancelled { session.writer.abort() }
+        if session.isCancelled { session.abortWriterOnce() }
     }
 
     /// Cancels every session (shutdown).
