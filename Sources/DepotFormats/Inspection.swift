@@ -90,6 +90,7 @@ public final class InspectionService: Sendable {
     public let limits: InspectionLimits
     private let gate: InspectionGate
     private let cache: Mutex<LRUCache>
+    private let runs = Atomic<Int>(0)
 
     public init(limits: InspectionLimits = InspectionLimits()) {
         self.limits = limits
@@ -104,6 +105,7 @@ public final class InspectionService: Sendable {
         if let hit = cache.withLock({ $0.get(key) }) { return hit }
         var cacheable = true
         let outcome = gate.run { () -> InspectionOutcome in
+            runs.add(1, ordering: .relaxed)
             let budget = InspectionBudget(maxBytes: limits.maxBytesPerBlob, seconds: limits.maxSecondsPerBlob)
             do {
                 guard let meta = try FormatInspector.inspect(path: path, source: BudgetedSource(base: source, budget: budget),
@@ -134,6 +136,9 @@ public final class InspectionService: Sendable {
 
     /// Cached results (tests).
     public var cachedCount: Int { cache.withLock { $0.count } }
+
+    /// Inspections that read a blob (cache misses), since start.
+    public var inspectionsRun: Int { runs.load(ordering: .relaxed) }
 }
 
 /// A counting gate that admits callers in arrival order: at most `width` run at once.

