@@ -7,7 +7,8 @@ let package = Package(
     products: [
         .executable(name: "depot", targets: ["depot"]),
         // The modules the fuzz harnesses (fuzz/Package.swift) link; nothing else uses it.
-        .library(name: "DepotFuzzable", targets: ["DepotCore", "DepotFormats", "DepotStore", "DepotRegistry", "DepotPipelines", "DepotServer"]),
+        .library(
+            name: "DepotFuzzable", targets: ["DepotCore", "DepotFormats", "DepotStore", "DepotRegistry", "DepotPipelines", "DepotServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -40,14 +41,17 @@ let package = Package(
         .target(name: "DepotDeploy", dependencies: ["DepotCore", "DepotCatalog", "DepotRegistry"]),
         .target(
             name: "DepotRunner",
-            dependencies: ["DepotCore", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log"),
-                           .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
-                           .product(name: "NIOHTTP1", package: "swift-nio")]
+            dependencies: [
+                "DepotCore", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
         ),
         .target(
             name: "DepotServer",
             dependencies: [
-                "DepotCore", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport", "DepotPipelines", "DepotRunner",
+                "DepotCore", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport", "DepotPipelines",
+                "DepotRunner",
                 "DepotClient", "DepotDeploy",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),

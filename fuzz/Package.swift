@@ -16,7 +16,7 @@ let package = Package(
         .executableTarget(
             name: "DepotFuzz",
             dependencies: [.product(name: "DepotFuzzable", package: root.lastPathComponent)]
-        ),
+        )
     ],
     // Swift 5 mode: the harnesses keep process-wide state in plain globals (libFuzzer calls them on one thread).
     swiftLanguageModes: [.v5]

@@ -4,9 +4,12 @@
 # builds the depot executable (the crash and pipeline tests run it as a child process), runs the
 # whole Swift test suite, then the end-to-end scenarios under scripts/e2e/ and a smoke run of every
 # libFuzzer harness (scripts/fuzz.sh --smoke: past crashes replayed, then a few seconds each).
+# `swift format lint` runs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
+# Style first: it takes seconds and says exactly which line to change (configuration: .swift-format).
+swift format lint --strict -r Sources Tests fuzz Package.swift
 swift build --product depot
 swift test --disable-xctest "$@"
 if [[ $# -eq 0 ]]; then

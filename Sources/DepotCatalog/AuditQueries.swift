@@ -15,10 +15,19 @@ public struct AuditEntry: Sendable, Equatable, Codable {
     public var details: String?
     public var hash: String
 
-    public init(id: Int64, at: Int64, actor: String, action: String, repository: String?, digest: String?, tag: String?,
-                details: String?, hash: String) {
-        self.id = id; self.at = at; self.actor = actor; self.action = action; self.repository = repository
-        self.digest = digest; self.tag = tag; self.details = details; self.hash = hash
+    public init(
+        id: Int64, at: Int64, actor: String, action: String, repository: String?, digest: String?, tag: String?,
+        details: String?, hash: String
+    ) {
+        self.id = id
+        self.at = at
+        self.actor = actor
+        self.action = action
+        self.repository = repository
+        self.digest = digest
+        self.tag = tag
+        self.details = details
+        self.hash = hash
     }
 }
 
@@ -34,7 +43,8 @@ public struct AuditVerification: Sendable, Codable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case entries, intact, problem
-        case firstBrokenID = "first_broken_id", headHash = "head_hash"
+        case firstBrokenID = "first_broken_id"
+        case headHash = "head_hash"
     }
 }
 
@@ -46,7 +56,10 @@ public struct AuditFilter: Sendable {
     public var until: Int64?
     public var limit = 1000
     public init(repository: String? = nil, action: String? = nil, since: Int64? = nil, until: Int64? = nil) {
-        self.repository = repository; self.action = action; self.since = since; self.until = until
+        self.repository = repository
+        self.action = action
+        self.since = since
+        self.until = until
     }
 }
 
@@ -55,28 +68,41 @@ public struct AuditFilter: Sendable {
 extension SQLiteConnection {
     /// The hash of an entry: sha256(prev_hash || id || at || actor || action || repository ||
     /// digest || tag || details), each field length-prefixed so no two entries collide.
-    static func auditHash(prev: [UInt8], id: Int64, at: Int64, actor: String, action: String, repository: String?,
-                          digest: String?, tag: String?, details: String?) -> [UInt8] {
+    static func auditHash(
+        prev: [UInt8], id: Int64, at: Int64, actor: String, action: String, repository: String?,
+        digest: String?, tag: String?, details: String?
+    ) -> [UInt8] {
         var bytes = prev
         func add(_ s: String?) {
-            guard let s else { bytes += [0xFF, 0xFF, 0xFF, 0xFF]; return }
+            guard let s else {
+                bytes += [0xFF, 0xFF, 0xFF, 0xFF]
+                return
+            }
             let u = Array(s.utf8)
             withUnsafeBytes(of: UInt32(u.count).littleEndian) { bytes += $0 }
             bytes += u
         }
         withUnsafeBytes(of: id.littleEndian) { bytes += $0 }
         withUnsafeBytes(of: at.littleEndian) { bytes += $0 }
-        add(actor); add(action); add(repository); add(digest); add(tag); add(details)
+        add(actor)
+        add(action)
+        add(repository)
+        add(digest)
+        add(tag)
+        add(details)
         return bytes.withUnsafeBytes { SHA256.hash($0).byteArray }
     }
 
     /// Appends an entry (call inside the transaction of the change it records).
     @discardableResult
-    public func appendAudit(at: Int64, actor: String, action: String, repository: String?, digest: String?, tag: String?,
-                            details: [String: Any]?) throws -> Int64 {
+    public func appendAudit(
+        at: Int64, actor: String, action: String, repository: String?, digest: String?, tag: String?,
+        details: [String: Any]?
+    ) throws -> Int64 {
         var detailsText: String?
         if let details, !details.isEmpty,
-           let data = try? JSONSerialization.data(withJSONObject: details, options: [.sortedKeys, .withoutEscapingSlashes]) {
+            let data = try? JSONSerialization.data(withJSONObject: details, options: [.sortedKeys, .withoutEscapingSlashes])
+        {
             detailsText = String(decoding: data, as: UTF8.self)
         }
         let last = try first("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1") { ($0.int(0), $0.blob(1)) }
@@ -84,9 +110,11 @@ extension SQLiteConnection {
         // The id AUTOINCREMENT will assign: one more than any id ever used.
         let seq = try first("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'") { $0.int(0) } ?? 0
         let id = max(seq, last?.0 ?? 0) + 1
-        let hash = Self.auditHash(prev: prev, id: id, at: at, actor: actor, action: action, repository: repository,
-                                  digest: digest, tag: tag, details: detailsText)
-        try run("""
+        let hash = Self.auditHash(
+            prev: prev, id: id, at: at, actor: actor, action: action, repository: repository,
+            digest: digest, tag: tag, details: detailsText)
+        try run(
+            """
             INSERT INTO audit_log(id, at, actor, action, repository, digest, tag, details, prev_hash, hash) VALUES(?,?,?,?,?,?,?,?,?,?)
             """, .int(id), .int(at), .text(actor), .text(action), repository.map(SQLValue.text) ?? .null,
             digest.map(SQLValue.text) ?? .null, tag.map(SQLValue.text) ?? .null, detailsText.map(SQLValue.text) ?? .null,
@@ -97,17 +125,31 @@ extension SQLiteConnection {
     public func auditEntries(_ f: AuditFilter) throws -> [AuditEntry] {
         var sql = "SELECT id, at, actor, action, repository, digest, tag, details, hash FROM audit_log WHERE 1=1"
         var args: [SQLValue] = []
-        if let r = f.repository { sql += " AND repository = ?"; args.append(.text(r)) }
-        if let a = f.action { sql += " AND action = ?"; args.append(.text(a)) }
-        if let s = f.since { sql += " AND at >= ?"; args.append(.int(s)) }
-        if let u = f.until { sql += " AND at <= ?"; args.append(.int(u)) }
+        if let r = f.repository {
+            sql += " AND repository = ?"
+            args.append(.text(r))
+        }
+        if let a = f.action {
+            sql += " AND action = ?"
+            args.append(.text(a))
+        }
+        if let s = f.since {
+            sql += " AND at >= ?"
+            args.append(.int(s))
+        }
+        if let u = f.until {
+            sql += " AND at <= ?"
+            args.append(.int(u))
+        }
         sql += " ORDER BY id LIMIT ?"
         args.append(.int(Int64(f.limit)))
         var out: [AuditEntry] = []
         try queryArgs(sql, args) { s in
             func opt(_ i: Int32) -> String? { s.isNull(i) ? nil : s.text(i) }
-            out.append(AuditEntry(id: s.int(0), at: s.int(1), actor: s.text(2), action: s.text(3), repository: opt(4),
-                                  digest: opt(5), tag: opt(6), details: opt(7), hash: s.blob(8).map { String(format: "%02x", $0) }.joined()))
+            out.append(
+                AuditEntry(
+                    id: s.int(0), at: s.int(1), actor: s.text(2), action: s.text(3), repository: opt(4),
+                    digest: opt(5), tag: opt(6), details: opt(7), hash: s.blob(8).map { String(format: "%02x", $0) }.joined()))
         }
         return out
     }
@@ -128,13 +170,15 @@ extension SQLiteConnection {
                 broken = (expectedID, "entry \(expectedID) is missing (next present is \(id))")
                 return
             }
-            let prev = s.blob(8), stored = s.blob(9)
+            let prev = s.blob(8)
+            let stored = s.blob(9)
             if prev != expectedPrev {
                 broken = (id, "entry \(id) does not link to entry \(id - 1)")
                 return
             }
-            let recomputed = Self.auditHash(prev: prev, id: id, at: s.int(1), actor: s.text(2), action: s.text(3),
-                                            repository: opt(4), digest: opt(5), tag: opt(6), details: opt(7))
+            let recomputed = Self.auditHash(
+                prev: prev, id: id, at: s.int(1), actor: s.text(2), action: s.text(3),
+                repository: opt(4), digest: opt(5), tag: opt(6), details: opt(7))
             if recomputed != stored {
                 broken = (id, "entry \(id) was modified (its content does not match its hash)")
                 return

@@ -1,7 +1,6 @@
 import CSQLite
 import DepotCore
 
-
 /// The catalog database: one writer connection and a small pool of reader connections
 /// over one SQLite file in WAL mode. Writers are serialized; readers run concurrently
 /// and see the last committed state.
@@ -36,7 +35,8 @@ public final class Database: Sendable {
         try read { conn in
             let v = try conn.first("PRAGMA user_version") { $0.int(0) } ?? 0
             if v > Database.schemaVersion {
-                throw DepotError.storage("catalog \(path) has schema version \(v), newer than this build understands (\(Database.schemaVersion)); upgrade depot")
+                throw DepotError.storage(
+                    "catalog \(path) has schema version \(v), newer than this build understands (\(Database.schemaVersion)); upgrade depot")
             }
         }
     }
@@ -52,9 +52,10 @@ public final class Database: Sendable {
     /// Runs `body` with a reader connection (its own consistent snapshot per statement,
     /// or per transaction if `body` opens one).
     public func read<T>(_ body: (SQLiteConnection) throws -> T) throws -> T {
-        let conn = try readers.withLock { pool in
-            pool.popLast()
-        } ?? SQLiteConnection(path: path, readOnly: true, busyTimeoutMilliseconds: busyTimeoutMilliseconds)
+        let conn =
+            try readers.withLock { pool in
+                pool.popLast()
+            } ?? SQLiteConnection(path: path, readOnly: true, busyTimeoutMilliseconds: busyTimeoutMilliseconds)
         defer { readers.withLock { pool in if pool.count < 8 { pool.append(conn) } } }
         return try body(conn)
     }

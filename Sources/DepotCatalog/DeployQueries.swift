@@ -33,12 +33,26 @@ public struct RolloutRecord: Sendable, Equatable {
     public var createdAt: Int64
     public var finishedAt: Int64?
 
-    public init(id: Int64, deploymentID: Int64, stable: String?, canary: String, state: String, steps: [Int], stepIndex: Int, weight: Int,
-                analysisMs: Int64, stepStartedAt: Int64, failures: [String: Int], startedBy: String, jobID: Int64?, reason: String?,
-                createdAt: Int64, finishedAt: Int64?) {
-        self.id = id; self.deploymentID = deploymentID; self.stable = stable; self.canary = canary; self.state = state; self.steps = steps
-        self.stepIndex = stepIndex; self.weight = weight; self.analysisMs = analysisMs; self.stepStartedAt = stepStartedAt
-        self.failures = failures; self.startedBy = startedBy; self.jobID = jobID; self.reason = reason; self.createdAt = createdAt
+    public init(
+        id: Int64, deploymentID: Int64, stable: String?, canary: String, state: String, steps: [Int], stepIndex: Int, weight: Int,
+        analysisMs: Int64, stepStartedAt: Int64, failures: [String: Int], startedBy: String, jobID: Int64?, reason: String?,
+        createdAt: Int64, finishedAt: Int64?
+    ) {
+        self.id = id
+        self.deploymentID = deploymentID
+        self.stable = stable
+        self.canary = canary
+        self.state = state
+        self.steps = steps
+        self.stepIndex = stepIndex
+        self.weight = weight
+        self.analysisMs = analysisMs
+        self.stepStartedAt = stepStartedAt
+        self.failures = failures
+        self.startedBy = startedBy
+        self.jobID = jobID
+        self.reason = reason
+        self.createdAt = createdAt
         self.finishedAt = finishedAt
     }
 
@@ -57,8 +71,13 @@ public struct RolloutDecision: Sendable, Equatable {
     public var measurements: String?
 
     public init(at: Int64, stepIndex: Int, weight: Int, decision: String, actor: String, reason: String?, measurements: String?) {
-        self.at = at; self.stepIndex = stepIndex; self.weight = weight; self.decision = decision; self.actor = actor
-        self.reason = reason; self.measurements = measurements
+        self.at = at
+        self.stepIndex = stepIndex
+        self.weight = weight
+        self.decision = decision
+        self.actor = actor
+        self.reason = reason
+        self.measurements = measurements
     }
 }
 
@@ -88,14 +107,17 @@ extension SQLiteConnection {
     static let deploymentColumns = "id, repository, environment, model_name, stable_digest, canary_digest, weight, updated_at"
 
     static func deployment(_ s: Statement) -> DeploymentRecord {
-        DeploymentRecord(id: s.int(0), repository: s.text(1), environment: s.text(2), modelName: s.text(3),
-                         stable: s.isNull(4) ? nil : s.text(4), canary: s.isNull(5) ? nil : s.text(5),
-                         weight: Int(s.int(6)), updatedAt: s.int(7))
+        DeploymentRecord(
+            id: s.int(0), repository: s.text(1), environment: s.text(2), modelName: s.text(3),
+            stable: s.isNull(4) ? nil : s.text(4), canary: s.isNull(5) ? nil : s.text(5),
+            weight: Int(s.int(6)), updatedAt: s.int(7))
     }
 
     public func deployment(repository: String, environment: String) throws -> DeploymentRecord? {
-        try first("SELECT \(Self.deploymentColumns) FROM deployments WHERE repository = ? AND environment = ?",
-                  .text(repository), .text(environment)) { Self.deployment($0) }
+        try first(
+            "SELECT \(Self.deploymentColumns) FROM deployments WHERE repository = ? AND environment = ?",
+            .text(repository), .text(environment)
+        ) { Self.deployment($0) }
     }
 
     public func deployment(id: Int64) throws -> DeploymentRecord? {
@@ -109,24 +131,33 @@ extension SQLiteConnection {
     }
 
     public func createDeployment(repository: String, environment: String, modelName: String, now: Int64) throws -> DeploymentRecord {
-        try run("INSERT INTO deployments(repository, environment, model_name, created_at, updated_at) VALUES(?,?,?,?,?)",
-                .text(repository), .text(environment), .text(modelName), .int(now), .int(now))
+        try run(
+            "INSERT INTO deployments(repository, environment, model_name, created_at, updated_at) VALUES(?,?,?,?,?)",
+            .text(repository), .text(environment), .text(modelName), .int(now), .int(now))
         return try deployment(id: lastInsertRowID)!
     }
 
     public func setDeployment(_ id: Int64, stable: String?, canary: String?, weight: Int, now: Int64) throws {
-        try run("UPDATE deployments SET stable_digest = ?, canary_digest = ?, weight = ?, updated_at = ? WHERE id = ?",
-                stable.map(SQLValue.text) ?? .null, canary.map(SQLValue.text) ?? .null, .int(Int64(weight)), .int(now), .int(id))
+        try run(
+            "UPDATE deployments SET stable_digest = ?, canary_digest = ?, weight = ?, updated_at = ? WHERE id = ?",
+            stable.map(SQLValue.text) ?? .null, canary.map(SQLValue.text) ?? .null, .int(Int64(weight)), .int(now), .int(id))
     }
 
     /// The Triton version number of `digest` in the deployment, assigned (next integer) on first use.
     public func deploymentVersion(_ deployment: Int64, digest: String) throws -> Int {
-        if let v = try first("SELECT version FROM deployment_versions WHERE deployment_id = ? AND digest = ?",
-                             .int(deployment), .text(digest), map: { Int($0.int(0)) }) { return v }
-        let next = (try first("SELECT COALESCE(MAX(version), 0) FROM deployment_versions WHERE deployment_id = ?", .int(deployment)) {
-            Int($0.int(0))
-        } ?? 0) + 1
-        try run("INSERT INTO deployment_versions(deployment_id, digest, version) VALUES(?,?,?)", .int(deployment), .text(digest), .int(Int64(next)))
+        if let v = try first(
+            "SELECT version FROM deployment_versions WHERE deployment_id = ? AND digest = ?",
+            .int(deployment), .text(digest), map: { Int($0.int(0)) })
+        {
+            return v
+        }
+        let next =
+            (try first("SELECT COALESCE(MAX(version), 0) FROM deployment_versions WHERE deployment_id = ?", .int(deployment)) {
+                Int($0.int(0))
+            } ?? 0) + 1
+        try run(
+            "INSERT INTO deployment_versions(deployment_id, digest, version) VALUES(?,?,?)", .int(deployment), .text(digest),
+            .int(Int64(next)))
         return next
     }
 
@@ -140,20 +171,23 @@ extension SQLiteConnection {
     static func rollout(_ s: Statement) -> RolloutRecord {
         let steps = (try? JSONSerialization.jsonObject(with: Data(s.text(5).utf8)) as? [Int]) ?? []
         let failures = (try? JSONSerialization.jsonObject(with: Data(s.text(10).utf8)) as? [String: Int]) ?? [:]
-        return RolloutRecord(id: s.int(0), deploymentID: s.int(1), stable: s.isNull(2) ? nil : s.text(2), canary: s.text(3), state: s.text(4),
-                             steps: steps, stepIndex: Int(s.int(6)), weight: Int(s.int(7)), analysisMs: s.int(8), stepStartedAt: s.int(9),
-                             failures: failures, startedBy: s.text(11), jobID: s.isNull(12) ? nil : s.int(12),
-                             reason: s.isNull(13) ? nil : s.text(13), createdAt: s.int(14), finishedAt: s.isNull(15) ? nil : s.int(15))
+        return RolloutRecord(
+            id: s.int(0), deploymentID: s.int(1), stable: s.isNull(2) ? nil : s.text(2), canary: s.text(3), state: s.text(4),
+            steps: steps, stepIndex: Int(s.int(6)), weight: Int(s.int(7)), analysisMs: s.int(8), stepStartedAt: s.int(9),
+            failures: failures, startedBy: s.text(11), jobID: s.isNull(12) ? nil : s.int(12),
+            reason: s.isNull(13) ? nil : s.text(13), createdAt: s.int(14), finishedAt: s.isNull(15) ? nil : s.int(15))
     }
 
     public func insertRollout(_ r: RolloutRecord) throws -> Int64 {
         let steps = String(decoding: try JSONSerialization.data(withJSONObject: r.steps), as: UTF8.self)
-        try run("""
+        try run(
+            """
             INSERT INTO rollouts(deployment_id, stable_digest, canary_digest, state, steps, step_index, weight, analysis_ms, step_started_at,
                                  started_by, job_id, reason, created_at, finished_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)
             """, .int(r.deploymentID), r.stable.map(SQLValue.text) ?? .null, .text(r.canary), .text(r.state), .text(steps),
             .int(Int64(r.stepIndex)), .int(Int64(r.weight)), .int(r.analysisMs), .int(r.stepStartedAt), .text(r.startedBy),
-            r.jobID.map(SQLValue.int) ?? .null, r.reason.map(SQLValue.text) ?? .null, .int(r.createdAt), r.finishedAt.map(SQLValue.int) ?? .null)
+            r.jobID.map(SQLValue.int) ?? .null, r.reason.map(SQLValue.text) ?? .null, .int(r.createdAt),
+            r.finishedAt.map(SQLValue.int) ?? .null)
         return lastInsertRowID
     }
 
@@ -163,7 +197,9 @@ extension SQLiteConnection {
 
     /// The running or paused rollout of a deployment.
     public func activeRollout(deployment: Int64) throws -> RolloutRecord? {
-        try first("SELECT \(Self.rolloutColumns) FROM rollouts WHERE deployment_id = ? AND state IN ('running', 'paused')", .int(deployment)) {
+        try first(
+            "SELECT \(Self.rolloutColumns) FROM rollouts WHERE deployment_id = ? AND state IN ('running', 'paused')", .int(deployment)
+        ) {
             Self.rollout($0)
         }
     }
@@ -190,13 +226,17 @@ extension SQLiteConnection {
         let list = states.map { "'\($0)'" }.joined(separator: ",")
         var sql = "UPDATE rollouts SET \(set) WHERE id = ? AND state IN (\(list))"
         var all = args + [.int(id)]
-        if let step { sql += " AND step_index = ?"; all.append(.int(Int64(step))) }
+        if let step {
+            sql += " AND step_index = ?"
+            all.append(.int(Int64(step)))
+        }
         try runArgs(sql, all)
         return changes > 0
     }
 
     public func appendDecision(rollout: Int64, _ d: RolloutDecision) throws {
-        try run("""
+        try run(
+            """
             INSERT INTO rollout_decisions(rollout_id, at, step_index, weight, decision, actor, reason, measurements) VALUES(?,?,?,?,?,?,?,?)
             """, .int(rollout), .int(d.at), .int(Int64(d.stepIndex)), .int(Int64(d.weight)), .text(d.decision), .text(d.actor),
             d.reason.map(SQLValue.text) ?? .null, d.measurements.map(SQLValue.text) ?? .null)
@@ -204,10 +244,14 @@ extension SQLiteConnection {
 
     public func decisions(rollout: Int64) throws -> [RolloutDecision] {
         var out: [RolloutDecision] = []
-        try query("SELECT at, step_index, weight, decision, actor, reason, measurements FROM rollout_decisions WHERE rollout_id = ? ORDER BY id",
-                  .int(rollout)) { s in
-            out.append(RolloutDecision(at: s.int(0), stepIndex: Int(s.int(1)), weight: Int(s.int(2)), decision: s.text(3), actor: s.text(4),
-                                       reason: s.isNull(5) ? nil : s.text(5), measurements: s.isNull(6) ? nil : s.text(6)))
+        try query(
+            "SELECT at, step_index, weight, decision, actor, reason, measurements FROM rollout_decisions WHERE rollout_id = ? ORDER BY id",
+            .int(rollout)
+        ) { s in
+            out.append(
+                RolloutDecision(
+                    at: s.int(0), stepIndex: Int(s.int(1)), weight: Int(s.int(2)), decision: s.text(3), actor: s.text(4),
+                    reason: s.isNull(5) ? nil : s.text(5), measurements: s.isNull(6) ? nil : s.text(6)))
         }
         return out
     }
@@ -216,14 +260,18 @@ extension SQLiteConnection {
 
     /// Notes that `node` asked (resolve) at `now`.
     public func touchNode(deployment: Int64, node: String, now: Int64) throws {
-        try run("""
+        try run(
+            """
             INSERT INTO deployment_nodes(deployment_id, node, seen_at) VALUES(?,?,?)
             ON CONFLICT(deployment_id, node) DO UPDATE SET seen_at = excluded.seen_at
             """, .int(deployment), .text(node), .int(now))
     }
 
-    public func reportNode(deployment: Int64, node: String, digest: String?, version: Int?, state: String, reason: String?, now: Int64) throws {
-        try run("""
+    public func reportNode(deployment: Int64, node: String, digest: String?, version: Int?, state: String, reason: String?, now: Int64)
+        throws
+    {
+        try run(
+            """
             INSERT INTO deployment_nodes(deployment_id, node, digest, version, state, reason, seen_at, reported_at) VALUES(?,?,?,?,?,?,?,?)
             ON CONFLICT(deployment_id, node) DO UPDATE SET digest = excluded.digest, version = excluded.version, state = excluded.state,
                 reason = excluded.reason, seen_at = excluded.seen_at, reported_at = excluded.reported_at
@@ -233,11 +281,15 @@ extension SQLiteConnection {
 
     public func nodes(deployment: Int64) throws -> [DeploymentNode] {
         var out: [DeploymentNode] = []
-        try query("SELECT node, digest, version, state, reason, seen_at, reported_at FROM deployment_nodes WHERE deployment_id = ? ORDER BY node",
-                  .int(deployment)) { s in
-            out.append(DeploymentNode(node: s.text(0), digest: s.isNull(1) ? nil : s.text(1), version: s.isNull(2) ? nil : Int(s.int(2)),
-                                      state: s.isNull(3) ? nil : s.text(3), reason: s.isNull(4) ? nil : s.text(4), seenAt: s.int(5),
-                                      reportedAt: s.isNull(6) ? nil : s.int(6)))
+        try query(
+            "SELECT node, digest, version, state, reason, seen_at, reported_at FROM deployment_nodes WHERE deployment_id = ? ORDER BY node",
+            .int(deployment)
+        ) { s in
+            out.append(
+                DeploymentNode(
+                    node: s.text(0), digest: s.isNull(1) ? nil : s.text(1), version: s.isNull(2) ? nil : Int(s.int(2)),
+                    state: s.isNull(3) ? nil : s.text(3), reason: s.isNull(4) ? nil : s.text(4), seenAt: s.int(5),
+                    reportedAt: s.isNull(6) ? nil : s.int(6)))
         }
         return out
     }
@@ -249,24 +301,30 @@ extension SQLiteConnection {
         try run("UPDATE served_intervals SET to_at = ? WHERE deployment_id = ? AND to_at IS NULL", .int(now), .int(deployment.id))
         let canaryWeight = deployment.canary == nil ? 0 : deployment.weight
         if let stable = deployment.stable, canaryWeight < 100 {
-            try run("INSERT INTO served_intervals(deployment_id, digest, role, weight, from_at) VALUES(?,?,'stable',?,?)",
-                    .int(deployment.id), .text(stable), .int(Int64(100 - canaryWeight)), .int(now))
+            try run(
+                "INSERT INTO served_intervals(deployment_id, digest, role, weight, from_at) VALUES(?,?,'stable',?,?)",
+                .int(deployment.id), .text(stable), .int(Int64(100 - canaryWeight)), .int(now))
         }
         if let canary = deployment.canary, canaryWeight > 0 {
-            try run("INSERT INTO served_intervals(deployment_id, digest, role, weight, from_at) VALUES(?,?,'canary',?,?)",
-                    .int(deployment.id), .text(canary), .int(Int64(canaryWeight)), .int(now))
+            try run(
+                "INSERT INTO served_intervals(deployment_id, digest, role, weight, from_at) VALUES(?,?,'canary',?,?)",
+                .int(deployment.id), .text(canary), .int(Int64(canaryWeight)), .int(now))
         }
     }
 
     /// Where and when a digest served (newest first).
     public func served(digest: String, limit: Int) throws -> [ServedInterval] {
         var out: [ServedInterval] = []
-        try query("""
+        try query(
+            """
             SELECT d.repository, d.environment, s.digest, s.role, s.weight, s.from_at, s.to_at
             FROM served_intervals s JOIN deployments d ON d.id = s.deployment_id WHERE s.digest = ? ORDER BY s.from_at DESC LIMIT ?
-            """, .text(digest), .int(Int64(limit))) { s in
-            out.append(ServedInterval(repository: s.text(0), environment: s.text(1), digest: s.text(2), role: s.text(3),
-                                      weight: Int(s.int(4)), from: s.int(5), to: s.isNull(6) ? nil : s.int(6)))
+            """, .text(digest), .int(Int64(limit))
+        ) { s in
+            out.append(
+                ServedInterval(
+                    repository: s.text(0), environment: s.text(1), digest: s.text(2), role: s.text(3),
+                    weight: Int(s.int(4)), from: s.int(5), to: s.isNull(6) ? nil : s.int(6)))
         }
         return out
     }

@@ -23,15 +23,25 @@ public struct DeliveryRecord: Sendable, Equatable, Codable {
     public var durationMs: Int
     public var outcome: String
 
-    public init(id: Int64 = 0, webhook: String, eventID: Int64, attempt: Int, at: Int64, status: Int?, error: String?,
-                durationMs: Int, outcome: String) {
-        self.id = id; self.webhook = webhook; self.eventID = eventID; self.attempt = attempt; self.at = at
-        self.status = status; self.error = error; self.durationMs = durationMs; self.outcome = outcome
+    public init(
+        id: Int64 = 0, webhook: String, eventID: Int64, attempt: Int, at: Int64, status: Int?, error: String?,
+        durationMs: Int, outcome: String
+    ) {
+        self.id = id
+        self.webhook = webhook
+        self.eventID = eventID
+        self.attempt = attempt
+        self.at = at
+        self.status = status
+        self.error = error
+        self.durationMs = durationMs
+        self.outcome = outcome
     }
 
     enum CodingKeys: String, CodingKey {
         case id, webhook, attempt, at, status, error, outcome
-        case eventID = "event_id", durationMs = "duration_ms"
+        case eventID = "event_id"
+        case durationMs = "duration_ms"
     }
 }
 
@@ -49,8 +59,9 @@ extension SQLiteConnection {
         payload["at"] = Self.iso(at)
         if let repository { payload["repository"] = repository }
         let data = try JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys, .withoutEscapingSlashes])
-        try run("INSERT INTO events(id, at, type, repository, payload) VALUES(?,?,?,?,?)", .int(id), .int(at), .text(type),
-                repository.map(SQLValue.text) ?? .null, .text(String(decoding: data, as: UTF8.self)))
+        try run(
+            "INSERT INTO events(id, at, type, repository, payload) VALUES(?,?,?,?,?)", .int(id), .int(at), .text(type),
+            repository.map(SQLValue.text) ?? .null, .text(String(decoding: data, as: UTF8.self)))
         return id
     }
 
@@ -63,8 +74,10 @@ extension SQLiteConnection {
     /// Events after `cursor`, oldest first.
     public func events(after cursor: Int64, limit: Int) throws -> [EventRecord] {
         var out: [EventRecord] = []
-        try query("SELECT id, at, type, repository, payload FROM events WHERE id > ? ORDER BY id LIMIT ?", .int(cursor), .int(Int64(limit))) { s in
-            out.append(EventRecord(id: s.int(0), at: s.int(1), type: s.text(2), repository: s.isNull(3) ? nil : s.text(3), payload: s.text(4)))
+        try query("SELECT id, at, type, repository, payload FROM events WHERE id > ? ORDER BY id LIMIT ?", .int(cursor), .int(Int64(limit)))
+        { s in
+            out.append(
+                EventRecord(id: s.int(0), at: s.int(1), type: s.text(2), repository: s.isNull(3) ? nil : s.text(3), payload: s.text(4)))
         }
         return out
     }
@@ -82,7 +95,8 @@ extension SQLiteConnection {
     }
 
     public func recordDelivery(_ d: DeliveryRecord) throws {
-        try run("""
+        try run(
+            """
             INSERT INTO webhook_deliveries(webhook, event_id, attempt, at, status, error, duration_ms, outcome) VALUES(?,?,?,?,?,?,?,?)
             """, .text(d.webhook), .int(d.eventID), .int(Int64(d.attempt)), .int(d.at), d.status.map { .int(Int64($0)) } ?? .null,
             d.error.map(SQLValue.text) ?? .null, .int(Int64(d.durationMs)), .text(d.outcome))
@@ -92,13 +106,18 @@ extension SQLiteConnection {
         var out: [DeliveryRecord] = []
         var sql = "SELECT id, webhook, event_id, attempt, at, status, error, duration_ms, outcome FROM webhook_deliveries"
         var args: [SQLValue] = []
-        if let webhook { sql += " WHERE webhook = ?"; args.append(.text(webhook)) }
+        if let webhook {
+            sql += " WHERE webhook = ?"
+            args.append(.text(webhook))
+        }
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(.int(Int64(limit)))
         try queryArgs(sql, args) { s in
-            out.append(DeliveryRecord(id: s.int(0), webhook: s.text(1), eventID: s.int(2), attempt: Int(s.int(3)), at: s.int(4),
-                                      status: s.isNull(5) ? nil : Int(s.int(5)), error: s.isNull(6) ? nil : s.text(6),
-                                      durationMs: Int(s.int(7)), outcome: s.text(8)))
+            out.append(
+                DeliveryRecord(
+                    id: s.int(0), webhook: s.text(1), eventID: s.int(2), attempt: Int(s.int(3)), at: s.int(4),
+                    status: s.isNull(5) ? nil : Int(s.int(5)), error: s.isNull(6) ? nil : s.text(6),
+                    durationMs: Int(s.int(7)), outcome: s.text(8)))
         }
         return out.reversed()
     }

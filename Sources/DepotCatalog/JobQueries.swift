@@ -52,10 +52,19 @@ public struct NewJob: Sendable {
     public var maxAttempts: Int
     public var timeoutMs: Int64
 
-    public init(stage: String, kind: String, spec: String, inputRepository: String, inputDigest: String, inputTag: String?,
-                outputTag: String?, labels: [String], maxAttempts: Int, timeoutMs: Int64) {
-        self.stage = stage; self.kind = kind; self.spec = spec; self.inputRepository = inputRepository; self.inputDigest = inputDigest
-        self.inputTag = inputTag; self.outputTag = outputTag; self.labels = labels; self.maxAttempts = maxAttempts
+    public init(
+        stage: String, kind: String, spec: String, inputRepository: String, inputDigest: String, inputTag: String?,
+        outputTag: String?, labels: [String], maxAttempts: Int, timeoutMs: Int64
+    ) {
+        self.stage = stage
+        self.kind = kind
+        self.spec = spec
+        self.inputRepository = inputRepository
+        self.inputDigest = inputDigest
+        self.inputTag = inputTag
+        self.outputTag = outputTag
+        self.labels = labels
+        self.maxAttempts = maxAttempts
         self.timeoutMs = timeoutMs
     }
 }
@@ -83,19 +92,23 @@ extension SQLiteConnection {
         func opt(_ i: Int32) -> String? { s.isNull(i) ? nil : s.text(i) }
         func optInt(_ i: Int32) -> Int64? { s.isNull(i) ? nil : s.int(i) }
         let labels = s.text(11)
-        return JobRecord(id: s.int(0), runID: s.int(1), pipeline: s.text(2), stage: s.text(3), kind: s.text(4), spec: s.text(5), state: s.text(6),
-                         inputRepository: s.text(7), inputDigest: s.text(8), inputTag: opt(9), outputTag: opt(10),
-                         labels: labels.isEmpty ? [] : labels.split(separator: ",").map(String.init),
-                         attempt: Int(s.int(12)), maxAttempts: Int(s.int(13)), timeoutMs: s.int(14), notBefore: s.int(15),
-                         runner: opt(16), leaseToken: opt(17), leaseExpires: optInt(18), key: opt(19), outputDigest: opt(20),
-                         memoized: s.int(21) != 0, logDigest: opt(22), reason: opt(23), createdAt: s.int(24), updatedAt: s.int(25),
-                         startedAt: optInt(26), finishedAt: optInt(27))
+        return JobRecord(
+            id: s.int(0), runID: s.int(1), pipeline: s.text(2), stage: s.text(3), kind: s.text(4), spec: s.text(5), state: s.text(6),
+            inputRepository: s.text(7), inputDigest: s.text(8), inputTag: opt(9), outputTag: opt(10),
+            labels: labels.isEmpty ? [] : labels.split(separator: ",").map(String.init),
+            attempt: Int(s.int(12)), maxAttempts: Int(s.int(13)), timeoutMs: s.int(14), notBefore: s.int(15),
+            runner: opt(16), leaseToken: opt(17), leaseExpires: optInt(18), key: opt(19), outputDigest: opt(20),
+            memoized: s.int(21) != 0, logDigest: opt(22), reason: opt(23), createdAt: s.int(24), updatedAt: s.int(25),
+            startedAt: optInt(26), finishedAt: optInt(27))
     }
 
     /// Creates the run unless one exists for (pipeline, repository, digest); nil when it existed.
-    public func createPipelineRun(pipeline: String, repository: String, digest: String, tag: String?, eventID: Int64?,
-                                  now: Int64) throws -> Int64? {
-        try run("""
+    public func createPipelineRun(
+        pipeline: String, repository: String, digest: String, tag: String?, eventID: Int64?,
+        now: Int64
+    ) throws -> Int64? {
+        try run(
+            """
             INSERT OR IGNORE INTO pipeline_runs(pipeline, repository, trigger_digest, trigger_tag, event_id, created_at)
             VALUES(?,?,?,?,?,?)
             """, .text(pipeline), .text(repository), .text(digest), tag.map(SQLValue.text) ?? .null,
@@ -105,20 +118,24 @@ extension SQLiteConnection {
     }
 
     public func pipelineRun(_ id: Int64) throws -> PipelineRunRecord? {
-        try first("SELECT id, pipeline, repository, trigger_digest, trigger_tag, created_at FROM pipeline_runs WHERE id = ?", .int(id)) { s in
-            PipelineRunRecord(id: s.int(0), pipeline: s.text(1), repository: s.text(2), triggerDigest: s.text(3),
-                              triggerTag: s.isNull(4) ? nil : s.text(4), createdAt: s.int(5))
+        try first("SELECT id, pipeline, repository, trigger_digest, trigger_tag, created_at FROM pipeline_runs WHERE id = ?", .int(id)) {
+            s in
+            PipelineRunRecord(
+                id: s.int(0), pipeline: s.text(1), repository: s.text(2), triggerDigest: s.text(3),
+                triggerTag: s.isNull(4) ? nil : s.text(4), createdAt: s.int(5))
         }
     }
 
     /// Queues a job of a run unless the run already has one for that stage; returns its id, or nil.
     @discardableResult
     public func enqueueJob(runID: Int64, pipeline: String, _ job: NewJob, now: Int64) throws -> Int64? {
-        try run("""
+        try run(
+            """
             INSERT OR IGNORE INTO jobs(run_id, pipeline, stage, kind, spec, state, input_repository, input_digest, input_tag, output_tag,
                                        labels, max_attempts, timeout_ms, created_at, updated_at)
             VALUES(?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?)
-            """, .int(runID), .text(pipeline), .text(job.stage), .text(job.kind), .text(job.spec), .text(job.inputRepository), .text(job.inputDigest),
+            """, .int(runID), .text(pipeline), .text(job.stage), .text(job.kind), .text(job.spec), .text(job.inputRepository),
+            .text(job.inputDigest),
             job.inputTag.map(SQLValue.text) ?? .null, job.outputTag.map(SQLValue.text) ?? .null,
             .text(job.labels.joined(separator: ",")), .int(Int64(job.maxAttempts)), .int(job.timeoutMs), .int(now), .int(now))
         guard changes > 0 else { return nil }
@@ -140,8 +157,14 @@ extension SQLiteConnection {
         var sql = "SELECT \(Self.jobColumns) FROM jobs"
         var conditions: [String] = []
         var args: [SQLValue] = []
-        if let state { conditions.append("state = ?"); args.append(.text(state)) }
-        if let pipeline { conditions.append("pipeline = ?"); args.append(.text(pipeline)) }
+        if let state {
+            conditions.append("state = ?")
+            args.append(.text(state))
+        }
+        if let pipeline {
+            conditions.append("pipeline = ?")
+            args.append(.text(pipeline))
+        }
         if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(.int(Int64(limit)))
@@ -154,22 +177,27 @@ extension SQLiteConnection {
     public func leasableJobs(kinds: [String], now: Int64, after: Int64 = 0, limit: Int) throws -> [JobRecord] {
         var out: [JobRecord] = []
         let list = kinds.map { "'\($0.filter { $0.isLetter })'" }.joined(separator: ",")
-        try query("""
+        try query(
+            """
             SELECT \(Self.jobColumns) FROM jobs WHERE state = 'queued' AND kind IN (\(list)) AND not_before <= ? AND id > ? ORDER BY id LIMIT ?
-            """, .int(now), .int(after), .int(Int64(limit))) { out.append(Self.job($0)) }
+            """, .int(now), .int(after), .int(Int64(limit))
+        ) { out.append(Self.job($0)) }
         return out
     }
 
     /// Running jobs of one kind.
     public func runningJobs(kind: String) throws -> [JobRecord] {
         var out: [JobRecord] = []
-        try query("SELECT \(Self.jobColumns) FROM jobs WHERE state = 'running' AND kind = ? ORDER BY id", .text(kind)) { out.append(Self.job($0)) }
+        try query("SELECT \(Self.jobColumns) FROM jobs WHERE state = 'running' AND kind = ? ORDER BY id", .text(kind)) {
+            out.append(Self.job($0))
+        }
         return out
     }
 
     /// queued → leased, if still queued. Counts an attempt.
     public func leaseJob(_ id: Int64, runner: String, token: String, expires: Int64, now: Int64) throws -> Bool {
-        try run("""
+        try run(
+            """
             UPDATE jobs SET state = 'leased', runner = ?, lease_token = ?, lease_expires = ?, attempt = attempt + 1,
                             reason = NULL, updated_at = ? WHERE id = ? AND state = 'queued'
             """, .text(runner), .text(token), .int(expires), .int(now), .int(id))
@@ -178,8 +206,9 @@ extension SQLiteConnection {
 
     /// Updates a leased or running job held by `token`; false when the lease is gone.
     public func updateLeasedJob(_ id: Int64, token: String, set: String, _ args: [SQLValue]) throws -> Bool {
-        try runArgs("UPDATE jobs SET \(set) WHERE id = ? AND lease_token = ? AND state IN ('leased', 'running')",
-                    args + [.int(id), .text(token)])
+        try runArgs(
+            "UPDATE jobs SET \(set) WHERE id = ? AND lease_token = ? AND state IN ('leased', 'running')",
+            args + [.int(id), .text(token)])
         return changes > 0
     }
 
@@ -212,7 +241,8 @@ extension SQLiteConnection {
     /// Records the artifact a key produced. A key keeps its first artifact while that manifest
     /// exists (a late duplicate does not replace it); a key whose artifact was deleted takes the new one.
     public func recordJobOutput(key: String, repository: String, digest: String, now: Int64) throws {
-        try run("""
+        try run(
+            """
             INSERT INTO job_outputs(job_key, repository, digest, created_at) VALUES(?,?,?,?)
             ON CONFLICT(job_key) DO UPDATE SET repository = excluded.repository, digest = excluded.digest, created_at = excluded.created_at
             WHERE NOT EXISTS (SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repo_id
@@ -228,12 +258,14 @@ extension SQLiteConnection {
             $0.isNull(0) ? nil : $0.text(0)
         }
         guard let old else { return false }
-        try run("UPDATE jobs SET log_digest = ?, updated_at = ? WHERE id = ? AND lease_token = ?",
-                .text(digest.description), .int(now), .int(id), .text(token))
+        try run(
+            "UPDATE jobs SET log_digest = ?, updated_at = ? WHERE id = ? AND lease_token = ?",
+            .text(digest.description), .int(now), .int(id), .text(token))
         try addRoot(digest, reason: "job-log", now: now)
         if let old, old != digest.description,
-           try first("SELECT 1 FROM jobs WHERE log_digest = ? LIMIT 1", .text(old), map: { _ in true }) == nil,
-           let d = try? Digest(parsing: old) {
+            try first("SELECT 1 FROM jobs WHERE log_digest = ? LIMIT 1", .text(old), map: { _ in true }) == nil,
+            let d = try? Digest(parsing: old)
+        {
             try run("DELETE FROM blob_roots WHERE digest = ? AND reason = 'job-log'", .hash(d.bytes))
         }
         return true
@@ -243,10 +275,12 @@ extension SQLiteConnection {
     /// the job rows lose their log, the blobs their `job-log` root; GC reclaims them. Returns how many.
     public func expireJobLogs(finishedBefore before: Int64) throws -> Int {
         var digests: [String] = []
-        try query("""
+        try query(
+            """
             SELECT log_digest FROM jobs WHERE log_digest IS NOT NULL GROUP BY log_digest
             HAVING MAX(COALESCE(finished_at, 9223372036854775807)) < ?
-            """, .int(before)) { digests.append($0.text(0)) }
+            """, .int(before)
+        ) { digests.append($0.text(0)) }
         for text in digests {
             try run("UPDATE jobs SET log_digest = NULL WHERE log_digest = ?", .text(text))
             if let d = try? Digest(parsing: text) {

@@ -11,12 +11,22 @@ public struct LineageEdge: Sendable, Equatable {
     public var run: String?, dataset: String?, commit: String?, metrics: String?, job: String?
     public var createdAt: Int64
 
-    public init(child: Digest, parent: Digest, relation: String, parentRef: String, repository: String,
-                run: String? = nil, dataset: String? = nil, commit: String? = nil, metrics: String? = nil,
-                job: String? = nil, createdAt: Int64) {
-        self.child = child; self.parent = parent; self.relation = relation; self.parentRef = parentRef
-        self.repository = repository; self.run = run; self.dataset = dataset; self.commit = commit
-        self.metrics = metrics; self.job = job; self.createdAt = createdAt
+    public init(
+        child: Digest, parent: Digest, relation: String, parentRef: String, repository: String,
+        run: String? = nil, dataset: String? = nil, commit: String? = nil, metrics: String? = nil,
+        job: String? = nil, createdAt: Int64
+    ) {
+        self.child = child
+        self.parent = parent
+        self.relation = relation
+        self.parentRef = parentRef
+        self.repository = repository
+        self.run = run
+        self.dataset = dataset
+        self.commit = commit
+        self.metrics = metrics
+        self.job = job
+        self.createdAt = createdAt
     }
 }
 
@@ -47,7 +57,8 @@ extension SQLiteConnection {
     }
 
     public func insertLineageEdge(_ e: LineageEdge, repo: Int64) throws {
-        try run("""
+        try run(
+            """
             INSERT OR IGNORE INTO lineage_edges(child, parent, relation, parent_ref, repo_id, run, dataset, source_commit, metrics, job, created_at)
             VALUES(?,?,?,?,?,?,?,?,?,?,?)
             """, .hash(e.child.bytes), .hash(e.parent.bytes), .text(e.relation), .text(e.parentRef), .int(repo),
@@ -59,20 +70,24 @@ extension SQLiteConnection {
     /// would then close a cycle).
     public func isAncestorOrSelf(_ candidate: Digest, of digest: Digest) throws -> Bool {
         if candidate == digest { return true }
-        return try first("""
+        return try first(
+            """
             WITH RECURSIVE up(d) AS (
                 SELECT ? UNION SELECT e.parent FROM lineage_edges e JOIN up ON e.child = up.d
             ) SELECT 1 FROM up WHERE d = ? LIMIT 1
-            """, .hash(digest.bytes), .hash(candidate.bytes)) { _ in true } ?? false
+            """, .hash(digest.bytes), .hash(candidate.bytes)
+        ) { _ in true } ?? false
     }
 
-    static let edgeColumns = "e.child, e.parent, e.relation, e.parent_ref, (SELECT name FROM repositories WHERE id = e.repo_id), e.run, e.dataset, e.source_commit, e.metrics, e.job, e.created_at"
+    static let edgeColumns =
+        "e.child, e.parent, e.relation, e.parent_ref, (SELECT name FROM repositories WHERE id = e.repo_id), e.run, e.dataset, e.source_commit, e.metrics, e.job, e.created_at"
 
     static func edge(_ s: Statement, from i: Int32) -> LineageEdge {
         func opt(_ k: Int32) -> String? { s.isNull(k) ? nil : s.text(k) }
-        return LineageEdge(child: Digest(bytes: s.hash(i)!), parent: Digest(bytes: s.hash(i + 1)!), relation: s.text(i + 2),
-                           parentRef: s.text(i + 3), repository: opt(i + 4) ?? "", run: opt(i + 5), dataset: opt(i + 6),
-                           commit: opt(i + 7), metrics: opt(i + 8), job: opt(i + 9), createdAt: s.int(i + 10))
+        return LineageEdge(
+            child: Digest(bytes: s.hash(i)!), parent: Digest(bytes: s.hash(i + 1)!), relation: s.text(i + 2),
+            parentRef: s.text(i + 3), repository: opt(i + 4) ?? "", run: opt(i + 5), dataset: opt(i + 6),
+            commit: opt(i + 7), metrics: opt(i + 8), job: opt(i + 9), createdAt: s.int(i + 10))
     }
 
     /// Ancestors (`up`) or descendants of `digest` to `depth`, nearest first, following only
@@ -109,8 +124,10 @@ extension SQLiteConnection {
                     let edge = Self.edge(s, from: 0)
                     let reached = up ? edge.parent : edge.child
                     guard seen.insert(reached).inserted else { return }
-                    out.append(LineageStep(digest: reached, depth: level, edge: edge, stored: !s.isNull(11),
-                                           artifactType: s.isNull(12) ? nil : s.text(12)))
+                    out.append(
+                        LineageStep(
+                            digest: reached, depth: level, edge: edge, stored: !s.isNull(11),
+                            artifactType: s.isNull(12) ? nil : s.text(12)))
                     next.append(reached)
                 }
             }
@@ -122,20 +139,24 @@ extension SQLiteConnection {
     /// Edges whose parent is `digest` (its direct children).
     public func childEdges(of digest: Digest) throws -> [LineageEdge] {
         var out: [LineageEdge] = []
-        try query("SELECT \(Self.edgeColumns) FROM lineage_edges e WHERE e.parent = ?", .hash(digest.bytes)) { out.append(Self.edge($0, from: 0)) }
+        try query("SELECT \(Self.edgeColumns) FROM lineage_edges e WHERE e.parent = ?", .hash(digest.bytes)) {
+            out.append(Self.edge($0, from: 0))
+        }
         return out
     }
 
     /// Tags (every repository) pointing at `digest` or at any of its descendants.
     public func tagsResolvingToDescendants(of digest: Digest) throws -> [TagTarget] {
         var out: [TagTarget] = []
-        try query("""
+        try query(
+            """
             WITH RECURSIVE down(d) AS (
                 SELECT ? UNION SELECT e.child FROM lineage_edges e JOIN down ON e.parent = down.d
             )
             SELECT r.name, t.name, t.digest FROM tags t JOIN repositories r ON r.id = t.repo_id
             WHERE t.digest IN (SELECT d FROM down) ORDER BY r.name, t.name
-            """, .hash(digest.bytes)) { s in
+            """, .hash(digest.bytes)
+        ) { s in
             out.append(TagTarget(repository: s.text(0), tag: s.text(1), digest: Digest(bytes: s.hash(2)!)))
         }
         return out
@@ -144,8 +165,9 @@ extension SQLiteConnection {
     // MARK: pins
 
     public func pin(_ digest: Digest, repo: Int64, reason: String?, actor: String, now: Int64) throws -> Bool {
-        try run("INSERT OR IGNORE INTO pins(digest, repo_id, reason, actor, created_at) VALUES(?,?,?,?,?)",
-                .hash(digest.bytes), .int(repo), reason.map(SQLValue.text) ?? .null, .text(actor), .int(now))
+        try run(
+            "INSERT OR IGNORE INTO pins(digest, repo_id, reason, actor, created_at) VALUES(?,?,?,?,?)",
+            .hash(digest.bytes), .int(repo), reason.map(SQLValue.text) ?? .null, .text(actor), .int(now))
         return changes == 1
     }
 
@@ -162,7 +184,9 @@ extension SQLiteConnection {
     /// Every pin: digest, repository, reason, actor, time.
     public func pins() throws -> [(digest: Digest, repository: String, reason: String?, actor: String, at: Int64)] {
         var out: [(Digest, String, String?, String, Int64)] = []
-        try query("SELECT p.digest, r.name, p.reason, p.actor, p.created_at FROM pins p JOIN repositories r ON r.id = p.repo_id ORDER BY p.created_at") { s in
+        try query(
+            "SELECT p.digest, r.name, p.reason, p.actor, p.created_at FROM pins p JOIN repositories r ON r.id = p.repo_id ORDER BY p.created_at"
+        ) { s in
             out.append((Digest(bytes: s.hash(0)!), s.text(1), s.isNull(2) ? nil : s.text(2), s.text(3), s.int(4)))
         }
         return out
@@ -171,12 +195,14 @@ extension SQLiteConnection {
     /// Pinned digests of which `digest` is an ancestor (deleting it would break their lineage).
     public func pinnedDescendants(of digest: Digest) throws -> [Digest] {
         var out: [Digest] = []
-        try query("""
+        try query(
+            """
             WITH RECURSIVE down(d) AS (
                 SELECT e.child FROM lineage_edges e WHERE e.parent = ?
                 UNION SELECT e.child FROM lineage_edges e JOIN down ON e.parent = down.d
             ) SELECT p.digest FROM pins p WHERE p.digest IN (SELECT d FROM down)
-            """, .hash(digest.bytes)) { out.append(Digest(bytes: $0.hash(0)!)) }
+            """, .hash(digest.bytes)
+        ) { out.append(Digest(bytes: $0.hash(0)!)) }
         return out
     }
 
@@ -187,13 +213,16 @@ extension SQLiteConnection {
     /// older than `before`. Computed in SQL as the complement of the kept set.
     /// Whether a deployment serves `digest` (stable or canary): it must stay pullable.
     public func isDeployed(_ digest: Digest) throws -> Bool {
-        try first("SELECT 1 FROM deployments WHERE stable_digest = ? OR canary_digest = ? LIMIT 1",
-                  .text(digest.description), .text(digest.description)) { _ in true } ?? false
+        try first(
+            "SELECT 1 FROM deployments WHERE stable_digest = ? OR canary_digest = ? LIMIT 1",
+            .text(digest.description), .text(digest.description)
+        ) { _ in true } ?? false
     }
 
     public func unkeptManifests(createdBefore before: Int64) throws -> [(repo: Int64, digest: Digest)] {
         var out: [(Int64, Digest)] = []
-        try query("""
+        try query(
+            """
             WITH RECURSIVE
             pinned_up(d) AS (
                 SELECT digest FROM pins
@@ -210,7 +239,8 @@ extension SQLiteConnection {
             )
             SELECT m.repo_id, m.digest FROM manifests m
             WHERE NOT EXISTS (SELECT 1 FROM kept k WHERE k.repo_id = m.repo_id AND k.digest = m.digest)
-            """, .int(before)) { out.append(($0.int(0), Digest(bytes: $0.hash(1)!))) }
+            """, .int(before)
+        ) { out.append(($0.int(0), Digest(bytes: $0.hash(1)!))) }
         return out
     }
 }

@@ -10,8 +10,12 @@ public struct ManifestRecord: Sendable, Equatable {
     public var content: [UInt8]
 
     public init(digest: Digest, mediaType: String, artifactType: String?, subject: Digest?, annotationsJSON: String?, content: [UInt8]) {
-        self.digest = digest; self.mediaType = mediaType; self.artifactType = artifactType
-        self.subject = subject; self.annotationsJSON = annotationsJSON; self.content = content
+        self.digest = digest
+        self.mediaType = mediaType
+        self.artifactType = artifactType
+        self.subject = subject
+        self.annotationsJSON = annotationsJSON
+        self.content = content
     }
 }
 
@@ -52,7 +56,8 @@ extension SQLiteConnection {
     // MARK: blob links
 
     public func linkBlob(repo: Int64, _ digest: Digest, now: Int64) throws {
-        try run("INSERT OR IGNORE INTO repository_blobs(repo_id, digest, created_at) VALUES(?,?,?)", .int(repo), .hash(digest.bytes), .int(now))
+        try run(
+            "INSERT OR IGNORE INTO repository_blobs(repo_id, digest, created_at) VALUES(?,?,?)", .int(repo), .hash(digest.bytes), .int(now))
     }
 
     public func unlinkBlob(repo: Int64, _ digest: Digest) throws -> Bool {
@@ -62,26 +67,36 @@ extension SQLiteConnection {
 
     /// Whether `digest` is visible in the repository: linked, or referenced by one of its manifests.
     public func blobVisible(repo: Int64, _ digest: Digest) throws -> Bool {
-        if try first("SELECT 1 FROM repository_blobs WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes), map: { _ in true }) == true {
+        if try first("SELECT 1 FROM repository_blobs WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes), map: { _ in true })
+            == true
+        {
             return true
         }
-        return try first("SELECT 1 FROM manifest_refs WHERE child = ? AND kind = 0 AND repo_id = ? LIMIT 1", .hash(digest.bytes), .int(repo), map: { _ in true }) ?? false
+        return try first(
+            "SELECT 1 FROM manifest_refs WHERE child = ? AND kind = 0 AND repo_id = ? LIMIT 1", .hash(digest.bytes), .int(repo),
+            map: { _ in true }) ?? false
     }
 
     /// Whether any repository links or references `digest`.
     public func blobLinkedAnywhere(_ digest: Digest) throws -> Bool {
-        if try first("SELECT 1 FROM repository_blobs WHERE digest = ? LIMIT 1", .hash(digest.bytes), map: { _ in true }) == true { return true }
-        return try first("SELECT 1 FROM manifest_refs WHERE child = ? AND kind = 0 LIMIT 1", .hash(digest.bytes), map: { _ in true }) ?? false
+        if try first("SELECT 1 FROM repository_blobs WHERE digest = ? LIMIT 1", .hash(digest.bytes), map: { _ in true }) == true {
+            return true
+        }
+        return try first("SELECT 1 FROM manifest_refs WHERE child = ? AND kind = 0 LIMIT 1", .hash(digest.bytes), map: { _ in true })
+            ?? false
     }
 
     // MARK: manifests
 
     public func manifest(repo: Int64, _ digest: Digest) throws -> ManifestRecord? {
-        try first("SELECT media_type, artifact_type, subject, annotations, content FROM manifests WHERE repo_id = ? AND digest = ?",
-                  .int(repo), .hash(digest.bytes)) {
-            ManifestRecord(digest: digest, mediaType: $0.text(0), artifactType: $0.isNull(1) ? nil : $0.text(1),
-                           subject: $0.hash(2).map(Digest.init(bytes:)), annotationsJSON: $0.isNull(3) ? nil : $0.text(3),
-                           content: $0.blob(4))
+        try first(
+            "SELECT media_type, artifact_type, subject, annotations, content FROM manifests WHERE repo_id = ? AND digest = ?",
+            .int(repo), .hash(digest.bytes)
+        ) {
+            ManifestRecord(
+                digest: digest, mediaType: $0.text(0), artifactType: $0.isNull(1) ? nil : $0.text(1),
+                subject: $0.hash(2).map(Digest.init(bytes:)), annotationsJSON: $0.isNull(3) ? nil : $0.text(3),
+                content: $0.blob(4))
         }
     }
 
@@ -91,16 +106,21 @@ extension SQLiteConnection {
 
     /// Stores a manifest and its references (idempotent for the same digest).
     public func putManifest(repo: Int64, _ m: ManifestRecord, blobs: [Digest], children: [Digest], now: Int64) throws {
-        try run("""
+        try run(
+            """
             INSERT OR IGNORE INTO manifests(repo_id, digest, media_type, artifact_type, subject, annotations, content, created_at)
             VALUES(?,?,?,?,?,?,?,?)
             """, .int(repo), .hash(m.digest.bytes), .text(m.mediaType), m.artifactType.map(SQLValue.text) ?? .null,
             m.subject.map { .hash($0.bytes) } ?? .null, m.annotationsJSON.map(SQLValue.text) ?? .null, .blob(m.content), .int(now))
         for b in blobs {
-            try run("INSERT OR IGNORE INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,0)", .int(repo), .hash(m.digest.bytes), .hash(b.bytes))
+            try run(
+                "INSERT OR IGNORE INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,0)", .int(repo), .hash(m.digest.bytes),
+                .hash(b.bytes))
         }
         for c in children {
-            try run("INSERT OR IGNORE INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,1)", .int(repo), .hash(m.digest.bytes), .hash(c.bytes))
+            try run(
+                "INSERT OR IGNORE INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,1)", .int(repo), .hash(m.digest.bytes),
+                .hash(c.bytes))
         }
     }
 
@@ -114,8 +134,10 @@ extension SQLiteConnection {
     /// Manifests in the repository whose subject is `digest` (content left empty; `size` set).
     /// Manifests of a repository whose subject is `digest`, in digest order, one page at a time:
     /// those after `after` (a digest), at most `limit`, optionally of one artifactType.
-    public func referrers(repo: Int64, subject digest: Digest, artifactType: String? = nil, after: Digest? = nil,
-                          limit: Int = Int.max) throws -> [(record: ManifestRecord, size: Int64)] {
+    public func referrers(
+        repo: Int64, subject digest: Digest, artifactType: String? = nil, after: Digest? = nil,
+        limit: Int = Int.max
+    ) throws -> [(record: ManifestRecord, size: Int64)] {
         var out: [(record: ManifestRecord, size: Int64)] = []
         var sql = "SELECT digest, media_type, artifact_type, annotations, length(content) FROM manifests WHERE repo_id = ? AND subject = ?"
         var args: [SQLValue] = [.int(repo), .hash(digest.bytes)]
@@ -131,8 +153,9 @@ extension SQLiteConnection {
         args.append(.int(Int64(min(limit, Int(Int32.max)))))
         try queryArgs(sql, args) {
             guard let d = $0.hash(0).map(Digest.init(bytes:)) else { return }
-            let record = ManifestRecord(digest: d, mediaType: $0.text(1), artifactType: $0.isNull(2) ? nil : $0.text(2),
-                                        subject: digest, annotationsJSON: $0.isNull(3) ? nil : $0.text(3), content: [])
+            let record = ManifestRecord(
+                digest: d, mediaType: $0.text(1), artifactType: $0.isNull(2) ? nil : $0.text(2),
+                subject: digest, annotationsJSON: $0.isNull(3) ? nil : $0.text(3), content: [])
             out.append((record, $0.int(4)))
         }
         return out
@@ -146,7 +169,8 @@ extension SQLiteConnection {
     // MARK: tags
 
     public func tag(repo: Int64, _ name: String) throws -> Digest? {
-        try first("SELECT digest FROM tags WHERE repo_id = ? AND name = ?", .int(repo), .text(name)) { $0.hash(0).map(Digest.init(bytes:)) } ?? nil
+        try first("SELECT digest FROM tags WHERE repo_id = ? AND name = ?", .int(repo), .text(name)) { $0.hash(0).map(Digest.init(bytes:)) }
+            ?? nil
     }
 
     /// Points `name` at `digest`, journaling the move; returns the previous digest.
@@ -154,7 +178,9 @@ extension SQLiteConnection {
     public func setTag(repo: Int64, _ name: String, to digest: Digest, actor: String, reason: String?, now: Int64) throws -> Digest? {
         let previous = try tag(repo: repo, name)
         guard previous != digest else { return previous }
-        try run("INSERT OR REPLACE INTO tags(repo_id, name, digest, updated_at) VALUES(?,?,?,?)", .int(repo), .text(name), .hash(digest.bytes), .int(now))
+        try run(
+            "INSERT OR REPLACE INTO tags(repo_id, name, digest, updated_at) VALUES(?,?,?,?)", .int(repo), .text(name), .hash(digest.bytes),
+            .int(now))
         try journalTag(repo: repo, name, from: previous, to: digest, actor: actor, reason: reason, now: now)
         return previous
     }
@@ -169,30 +195,39 @@ extension SQLiteConnection {
     /// Tags pointing at `digest`.
     public func tags(repo: Int64, pointingAt digest: Digest) throws -> [String] {
         var out: [String] = []
-        try query("SELECT name FROM tags WHERE repo_id = ? AND digest = ? ORDER BY name", .int(repo), .hash(digest.bytes)) { out.append($0.text(0)) }
+        try query("SELECT name FROM tags WHERE repo_id = ? AND digest = ? ORDER BY name", .int(repo), .hash(digest.bytes)) {
+            out.append($0.text(0))
+        }
         return out
     }
 
     public func tags(repo: Int64, after last: String?, limit: Int) throws -> [String] {
         var out: [String] = []
-        try query("SELECT name FROM tags WHERE repo_id = ? AND name > ? ORDER BY name LIMIT ?", .int(repo), .text(last ?? ""), .int(Int64(limit))) {
+        try query(
+            "SELECT name FROM tags WHERE repo_id = ? AND name > ? ORDER BY name LIMIT ?", .int(repo), .text(last ?? ""), .int(Int64(limit))
+        ) {
             out.append($0.text(0))
         }
         return out
     }
 
     func journalTag(repo: Int64, _ name: String, from: Digest?, to: Digest?, actor: String, reason: String?, now: Int64) throws {
-        try run("INSERT INTO tag_journal(repo_id, tag, from_digest, to_digest, actor, reason, at) VALUES(?,?,?,?,?,?,?)",
-                .int(repo), .text(name), from.map { .hash($0.bytes) } ?? .null, to.map { .hash($0.bytes) } ?? .null,
-                .text(actor), reason.map(SQLValue.text) ?? .null, .int(now))
+        try run(
+            "INSERT INTO tag_journal(repo_id, tag, from_digest, to_digest, actor, reason, at) VALUES(?,?,?,?,?,?,?)",
+            .int(repo), .text(name), from.map { .hash($0.bytes) } ?? .null, to.map { .hash($0.bytes) } ?? .null,
+            .text(actor), reason.map(SQLValue.text) ?? .null, .int(now))
     }
 
     public func tagHistory(repo: Int64, _ name: String) throws -> [TagMove] {
         var out: [TagMove] = []
-        try query("SELECT id, tag, from_digest, to_digest, actor, reason, at FROM tag_journal WHERE repo_id = ? AND tag = ? ORDER BY id",
-                  .int(repo), .text(name)) {
-            out.append(TagMove(id: $0.int(0), tag: $0.text(1), from: $0.hash(2).map(Digest.init(bytes:)), to: $0.hash(3).map(Digest.init(bytes:)),
-                               actor: $0.text(4), reason: $0.isNull(5) ? nil : $0.text(5), at: $0.int(6)))
+        try query(
+            "SELECT id, tag, from_digest, to_digest, actor, reason, at FROM tag_journal WHERE repo_id = ? AND tag = ? ORDER BY id",
+            .int(repo), .text(name)
+        ) {
+            out.append(
+                TagMove(
+                    id: $0.int(0), tag: $0.text(1), from: $0.hash(2).map(Digest.init(bytes:)), to: $0.hash(3).map(Digest.init(bytes:)),
+                    actor: $0.text(4), reason: $0.isNull(5) ? nil : $0.text(5), at: $0.int(6)))
         }
         return out
     }

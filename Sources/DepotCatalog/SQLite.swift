@@ -52,7 +52,7 @@ public final class SQLiteConnection: @unchecked Sendable {
     }
 
     func error(_ what: String) -> DepotError {
-        let code = sqlite3_errcode(handle) & 0xff   // the primary code of an extended one
+        let code = sqlite3_errcode(handle) & 0xff // the primary code of an extended one
         let msg = String(cString: sqlite3_errmsg(handle))
         if code == SQLITE_FULL { return .io("catalog \(path): disk full (\(what))") }
         if code == SQLITE_BUSY || code == SQLITE_LOCKED { return .storage(busyMessage(what)) }
@@ -107,7 +107,7 @@ public final class SQLiteConnection: @unchecked Sendable {
     public func query(_ sql: String, _ args: SQLValue..., row: (Statement) throws -> Void) throws {
         let s = try statement(sql)
         try s.bind(args)
-        defer { s.reset() }   // never leave a read snapshot open on a pooled connection
+        defer { s.reset() } // never leave a read snapshot open on a pooled connection
         while try s.step() { try row(s) }
     }
 

@@ -351,7 +351,8 @@ enum Schema {
         let current = try conn.first("PRAGMA user_version") { $0.int(0) } ?? 0
         let known = Int64(migrations.count)
         if current > known {
-            throw DepotError.storage("catalog \(conn.path) has schema version \(current), newer than this build understands (\(known)); upgrade depot")
+            throw DepotError.storage(
+                "catalog \(conn.path) has schema version \(current), newer than this build understands (\(known)); upgrade depot")
         }
         for version in Int(current)..<migrations.count {
             try conn.transaction {

@@ -3,14 +3,17 @@ import DepotCore
 /// Where a chunk's record lives in the pack files.
 public struct ChunkLocation: Sendable, Equatable {
     public var pack: Int64
-    public var offset: Int64          // of the record header
-    public var storedLength: Int      // payload bytes after the header
+    public var offset: Int64 // of the record header
+    public var storedLength: Int // payload bytes after the header
     public var rawLength: Int
     public var codec: UInt8
 
     public init(pack: Int64, offset: Int64, storedLength: Int, rawLength: Int, codec: UInt8) {
-        self.pack = pack; self.offset = offset; self.storedLength = storedLength
-        self.rawLength = rawLength; self.codec = codec
+        self.pack = pack
+        self.offset = offset
+        self.storedLength = storedLength
+        self.rawLength = rawLength
+        self.codec = codec
     }
 }
 
@@ -21,7 +24,9 @@ public struct RecipeEntry: Sendable, Equatable {
     public var hash: SHA256.Value
 
     public init(offset: Int64, length: Int, hash: SHA256.Value) {
-        self.offset = offset; self.length = length; self.hash = hash
+        self.offset = offset
+        self.length = length
+        self.hash = hash
     }
 }
 
@@ -33,7 +38,10 @@ public struct BlobRecord: Sendable, Equatable {
     public var chunker: String
 
     public init(id: Int64, digest: Digest, size: Int64, chunker: String) {
-        self.id = id; self.digest = digest; self.size = size; self.chunker = chunker
+        self.id = id
+        self.digest = digest
+        self.size = size
+        self.chunker = chunker
     }
 }
 
@@ -99,13 +107,16 @@ extension SQLiteConnection {
 
     public func chunkLocation(_ hash: SHA256.Value) throws -> ChunkLocation? {
         try first("SELECT pack_id, offset, stored_length, raw_length, codec FROM chunks WHERE hash = ?", .hash(hash)) {
-            ChunkLocation(pack: $0.int(0), offset: $0.int(1), storedLength: Int($0.int(2)), rawLength: Int($0.int(3)), codec: UInt8($0.int(4)))
+            ChunkLocation(
+                pack: $0.int(0), offset: $0.int(1), storedLength: Int($0.int(2)), rawLength: Int($0.int(3)), codec: UInt8($0.int(4)))
         }
     }
 
     public func insertChunk(_ hash: SHA256.Value, at loc: ChunkLocation) throws {
-        try run("INSERT OR REPLACE INTO chunks(hash, pack_id, offset, stored_length, raw_length, codec) VALUES(?,?,?,?,?,?)",
-                .hash(hash), .int(loc.pack), .int(loc.offset), .int(Int64(loc.storedLength)), .int(Int64(loc.rawLength)), .int(Int64(loc.codec)))
+        try run(
+            "INSERT OR REPLACE INTO chunks(hash, pack_id, offset, stored_length, raw_length, codec) VALUES(?,?,?,?,?,?)",
+            .hash(hash), .int(loc.pack), .int(loc.offset), .int(Int64(loc.storedLength)), .int(Int64(loc.rawLength)), .int(Int64(loc.codec))
+        )
     }
 
     /// Chunks stored in `pack`, in file order.
@@ -113,7 +124,12 @@ extension SQLiteConnection {
         var out: [(SHA256.Value, ChunkLocation)] = []
         try query("SELECT hash, offset, stored_length, raw_length, codec FROM chunks WHERE pack_id = ? ORDER BY offset", .int(pack)) {
             guard let h = $0.hash(0) else { return }
-            out.append((h, ChunkLocation(pack: pack, offset: $0.int(1), storedLength: Int($0.int(2)), rawLength: Int($0.int(3)), codec: UInt8($0.int(4)))))
+            out.append(
+                (
+                    h,
+                    ChunkLocation(
+                        pack: pack, offset: $0.int(1), storedLength: Int($0.int(2)), rawLength: Int($0.int(3)), codec: UInt8($0.int(4)))
+                ))
         }
         return out
     }
@@ -122,7 +138,10 @@ extension SQLiteConnection {
     public func forEachChunk(_ body: (SHA256.Value, ChunkLocation) throws -> Void) throws {
         try query("SELECT hash, pack_id, offset, stored_length, raw_length, codec FROM chunks ORDER BY pack_id, offset") {
             guard let h = $0.hash(0) else { return }
-            try body(h, ChunkLocation(pack: $0.int(1), offset: $0.int(2), storedLength: Int($0.int(3)), rawLength: Int($0.int(4)), codec: UInt8($0.int(5))))
+            try body(
+                h,
+                ChunkLocation(
+                    pack: $0.int(1), offset: $0.int(2), storedLength: Int($0.int(3)), rawLength: Int($0.int(4)), codec: UInt8($0.int(5))))
         }
     }
 
@@ -136,10 +155,12 @@ extension SQLiteConnection {
     /// (0: any chunk of the pack). What `dropChunks` would break, for `fsck --repair` to list.
     public func blobs(usingPack pack: Int64, beyond size: Int64, headerSize: Int) throws -> [Digest] {
         var out: [Digest] = []
-        try query("""
+        try query(
+            """
             SELECT DISTINCT b.digest FROM chunks c JOIN recipes r ON r.chunk_hash = c.hash JOIN blobs b ON b.id = r.blob_id
             WHERE c.pack_id = ? AND c.offset + ? + c.stored_length > ? AND b.state = 1
-            """, .int(pack), .int(Int64(headerSize)), .int(size)) {
+            """, .int(pack), .int(Int64(headerSize)), .int(size)
+        ) {
             if let h = $0.hash(0) { out.append(Digest(bytes: h)) }
         }
         return out
@@ -152,10 +173,13 @@ extension SQLiteConnection {
 
     /// Deletes index rows of chunks that no recipe names; returns (count, stored bytes).
     public func deleteUnreferencedChunks() throws -> (count: Int, bytes: Int64) {
-        let stats = try first("""
-            SELECT COUNT(*), COALESCE(SUM(stored_length), 0) FROM chunks
-            WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = chunks.hash)
-            """) { (Int($0.int(0)), $0.int(1)) } ?? (0, 0)
+        let stats =
+            try first(
+                """
+                SELECT COUNT(*), COALESCE(SUM(stored_length), 0) FROM chunks
+                WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = chunks.hash)
+                """
+            ) { (Int($0.int(0)), $0.int(1)) } ?? (0, 0)
         try run("DELETE FROM chunks WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = chunks.hash)")
         return stats
     }
@@ -163,8 +187,9 @@ extension SQLiteConnection {
     // MARK: blobs and recipes
 
     public func beginBlob(chunker: String, now: Int64) throws -> Int64 {
-        try run("INSERT INTO blobs(digest, size, chunker, state, created_at, updated_at) VALUES(NULL, 0, ?, 0, ?, ?)",
-                .text(chunker), .int(now), .int(now))
+        try run(
+            "INSERT INTO blobs(digest, size, chunker, state, created_at, updated_at) VALUES(NULL, 0, ?, 0, ?, ?)",
+            .text(chunker), .int(now), .int(now))
         return lastInsertRowID
     }
 
@@ -178,8 +203,9 @@ extension SQLiteConnection {
     }
 
     public func appendRecipe(blob id: Int64, _ entry: RecipeEntry) throws {
-        try run("INSERT OR REPLACE INTO recipes(blob_id, offset, length, chunk_hash) VALUES(?,?,?,?)",
-                .int(id), .int(entry.offset), .int(Int64(entry.length)), .hash(entry.hash))
+        try run(
+            "INSERT OR REPLACE INTO recipes(blob_id, offset, length, chunk_hash) VALUES(?,?,?,?)",
+            .int(id), .int(entry.offset), .int(Int64(entry.length)), .hash(entry.hash))
     }
 
     /// Marks a written blob complete. If a complete blob with the same digest already exists,
@@ -187,11 +213,12 @@ extension SQLiteConnection {
     public func completeBlob(_ id: Int64, digest: Digest, size: Int64, now: Int64) throws -> BlobRecord {
         if let existing = try blob(digest) {
             try deleteBlob(id: id)
-            try touchBlob(digest, now: now)   // pushed again: a fresh grace period
+            try touchBlob(digest, now: now) // pushed again: a fresh grace period
             return existing
         }
-        try run("UPDATE blobs SET digest = ?, size = ?, state = 1, updated_at = ? WHERE id = ?",
-                .hash(digest.bytes), .int(size), .int(now), .int(id))
+        try run(
+            "UPDATE blobs SET digest = ?, size = ?, state = 1, updated_at = ? WHERE id = ?",
+            .hash(digest.bytes), .int(size), .int(now), .int(id))
         guard changes == 1 else { throw DepotError.storage("blob write \(id) vanished before completion") }
         return try blob(digest)!
     }
@@ -216,8 +243,10 @@ extension SQLiteConnection {
     public func recipe(blob id: Int64, from: Int64, limit: Int) throws -> [RecipeEntry] {
         var out: [RecipeEntry] = []
         out.reserveCapacity(limit)
-        try query("SELECT offset, length, chunk_hash FROM recipes WHERE blob_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
-                  .int(id), .int(from), .int(Int64(limit))) {
+        try query(
+            "SELECT offset, length, chunk_hash FROM recipes WHERE blob_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
+            .int(id), .int(from), .int(Int64(limit))
+        ) {
             guard let h = $0.hash(2) else { return }
             out.append(RecipeEntry(offset: $0.int(0), length: Int($0.int(1)), hash: h))
         }
@@ -226,13 +255,17 @@ extension SQLiteConnection {
 
     /// The start offset of the recipe entry that contains byte `offset` of the blob.
     public func recipeStart(blob id: Int64, containing offset: Int64) throws -> Int64? {
-        try first("SELECT offset FROM recipes WHERE blob_id = ? AND offset <= ? ORDER BY offset DESC LIMIT 1", .int(id), .int(offset)) { $0.int(0) }
+        try first("SELECT offset FROM recipes WHERE blob_id = ? AND offset <= ? ORDER BY offset DESC LIMIT 1", .int(id), .int(offset)) {
+            $0.int(0)
+        }
     }
 
     /// Complete blobs whose recipe names `hash`.
     public func blobs(containing hash: SHA256.Value) throws -> [Digest] {
         var out: [Digest] = []
-        try query("SELECT DISTINCT b.digest FROM recipes r JOIN blobs b ON b.id = r.blob_id WHERE r.chunk_hash = ? AND b.state = 1", .hash(hash)) {
+        try query(
+            "SELECT DISTINCT b.digest FROM recipes r JOIN blobs b ON b.id = r.blob_id WHERE r.chunk_hash = ? AND b.state = 1", .hash(hash)
+        ) {
             if let h = $0.hash(0) { out.append(Digest(bytes: h)) }
         }
         return out
@@ -249,10 +282,12 @@ extension SQLiteConnection {
     /// Recipe entries whose chunk has no index row (damage), with the blobs they belong to.
     public func recipesWithMissingChunks() throws -> [(Digest?, RecipeEntry)] {
         var out: [(Digest?, RecipeEntry)] = []
-        try query("""
+        try query(
+            """
             SELECT b.digest, r.offset, r.length, r.chunk_hash FROM recipes r JOIN blobs b ON b.id = r.blob_id
             WHERE b.state = 1 AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = r.chunk_hash)
-            """) {
+            """
+        ) {
             guard let h = $0.hash(3) else { return }
             out.append(($0.hash(0).map(Digest.init(bytes:)), RecipeEntry(offset: $0.int(1), length: Int($0.int(2)), hash: h)))
         }
@@ -280,12 +315,14 @@ extension SQLiteConnection {
     /// way), except writes in `active`. Returns the number of blobs deleted.
     public func deleteGarbageBlobs(staleBefore: Int64, active: Set<Int64>) throws -> Int {
         var doomed: [Int64] = []
-        try query("""
+        try query(
+            """
             SELECT id, state, updated_at FROM blobs b
             WHERE updated_at < ? AND (state = 0 OR (
                 NOT EXISTS (SELECT 1 FROM blob_roots r WHERE r.digest = b.digest)
                 AND NOT EXISTS (SELECT 1 FROM manifest_refs m WHERE m.child = b.digest AND m.kind = 0)))
-            """, .int(staleBefore)) {
+            """, .int(staleBefore)
+        ) {
             let id = $0.int(0)
             if !active.contains(id) { doomed.append(id) }
         }
@@ -303,13 +340,20 @@ extension SQLiteConnection {
     /// The counts kept incrementally by triggers (migration 8): one row, whatever the store's size.
     public func storeCounters() throws -> StoreCounts {
         var c = StoreCounts()
-        _ = try first("""
+        _ = try first(
+            """
             SELECT blobs, logical_bytes, writing, chunks, chunk_raw_bytes, chunk_stored_bytes, packs, pack_bytes
             FROM store_counters WHERE id = 1
-            """) {
-            c.blobs = Int($0.int(0)); c.logicalBytes = $0.int(1); c.writing = Int($0.int(2))
-            c.chunks = Int($0.int(3)); c.chunkRawBytes = $0.int(4); c.chunkStoredBytes = $0.int(5)
-            c.packs = Int($0.int(6)); c.packBytes = $0.int(7)
+            """
+        ) {
+            c.blobs = Int($0.int(0))
+            c.logicalBytes = $0.int(1)
+            c.writing = Int($0.int(2))
+            c.chunks = Int($0.int(3))
+            c.chunkRawBytes = $0.int(4)
+            c.chunkStoredBytes = $0.int(5)
+            c.packs = Int($0.int(6))
+            c.packBytes = $0.int(7)
         }
         return c
     }
@@ -317,12 +361,20 @@ extension SQLiteConnection {
     /// The counts by scanning every table (`depot stats`; tests compare it with `storeCounters`).
     public func storeCounts() throws -> StoreCounts {
         var c = StoreCounts()
-        _ = try first("SELECT COUNT(*), COALESCE(SUM(size),0) FROM blobs WHERE state = 1") { c.blobs = Int($0.int(0)); c.logicalBytes = $0.int(1) }
+        _ = try first("SELECT COUNT(*), COALESCE(SUM(size),0) FROM blobs WHERE state = 1") {
+            c.blobs = Int($0.int(0))
+            c.logicalBytes = $0.int(1)
+        }
         _ = try first("SELECT COUNT(*) FROM blobs WHERE state = 0") { c.writing = Int($0.int(0)) }
         _ = try first("SELECT COUNT(*), COALESCE(SUM(raw_length),0), COALESCE(SUM(stored_length),0) FROM chunks") {
-            c.chunks = Int($0.int(0)); c.chunkRawBytes = $0.int(1); c.chunkStoredBytes = $0.int(2)
+            c.chunks = Int($0.int(0))
+            c.chunkRawBytes = $0.int(1)
+            c.chunkStoredBytes = $0.int(2)
         }
-        _ = try first("SELECT COUNT(*), COALESCE(SUM(committed_size),0) FROM packs") { c.packs = Int($0.int(0)); c.packBytes = $0.int(1) }
+        _ = try first("SELECT COUNT(*), COALESCE(SUM(committed_size),0) FROM packs") {
+            c.packs = Int($0.int(0))
+            c.packBytes = $0.int(1)
+        }
         return c
     }
 }
@@ -332,13 +384,19 @@ extension SQLiteConnection {
     public func recipeWithLocations(blob id: Int64, from: Int64, limit: Int) throws -> [(RecipeEntry, ChunkLocation?)] {
         var out: [(RecipeEntry, ChunkLocation?)] = []
         out.reserveCapacity(limit)
-        try query("""
+        try query(
+            """
             SELECT r.offset, r.length, r.chunk_hash, c.pack_id, c.offset, c.stored_length, c.raw_length, c.codec
             FROM recipes r LEFT JOIN chunks c ON c.hash = r.chunk_hash
             WHERE r.blob_id = ? AND r.offset >= ? ORDER BY r.offset LIMIT ?
-            """, .int(id), .int(from), .int(Int64(limit))) {
+            """, .int(id), .int(from), .int(Int64(limit))
+        ) {
             guard let h = $0.hash(2) else { return }
-            let loc = $0.isNull(3) ? nil : ChunkLocation(pack: $0.int(3), offset: $0.int(4), storedLength: Int($0.int(5)), rawLength: Int($0.int(6)), codec: UInt8($0.int(7)))
+            let loc =
+                $0.isNull(3)
+                ? nil
+                : ChunkLocation(
+                    pack: $0.int(3), offset: $0.int(4), storedLength: Int($0.int(5)), rawLength: Int($0.int(6)), codec: UInt8($0.int(7)))
             out.append((RecipeEntry(offset: $0.int(0), length: Int($0.int(1)), hash: h), loc))
         }
         return out

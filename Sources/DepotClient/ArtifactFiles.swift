@@ -36,8 +36,10 @@ public enum LineageAnnotation {
     public static let commit = "dev.depot.lineage.commit"
     public static let metricPrefix = "dev.depot.metric."
     public static let platform = "dev.depot.platform"
-    public static let relations: Set<String> = ["trained-from", "fine-tuned-from", "converted-from", "compiled-from",
-                                                "quantized-from", "packaged-from"]
+    public static let relations: Set<String> = [
+        "trained-from", "fine-tuned-from", "converted-from", "compiled-from",
+        "quantized-from", "packaged-from",
+    ]
 }
 
 /// A local file to push and the relative path it will have in the artifact.
@@ -82,8 +84,11 @@ public enum ArtifactFiles {
     /// `config.pbtxt` sits at the top or one level down (a model repository `<model>/config.pbtxt`),
     /// a TensorRT plan or an ONNX model when every weight is one, else a ModelPack model.
     public static func artifactType(_ files: [ArtifactFile], formats: [String?]) -> String {
-        if files.contains(where: { $0.relativePath == "config.pbtxt" || ($0.relativePath.hasSuffix("/config.pbtxt")
-                                   && $0.relativePath.split(separator: "/").count == 2) }) {
+        if files.contains(where: {
+            $0.relativePath == "config.pbtxt"
+                || ($0.relativePath.hasSuffix("/config.pbtxt")
+                    && $0.relativePath.split(separator: "/").count == 2)
+        }) {
             return ModelMediaType.tritonBundle
         }
         let weights = zip(files, formats).filter { ModelMediaType.layer(for: $0.0.relativePath) == ModelMediaType.weight && $0.1 != nil }
@@ -97,8 +102,9 @@ public enum ArtifactFiles {
     public static func safeRelativePath(_ path: String) throws -> String {
         let parts = path.split(separator: "/", omittingEmptySubsequences: false)
         guard !path.isEmpty, !path.hasPrefix("/"), path.count <= 4096,
-              parts.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }),
-              !path.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+            parts.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }),
+            !path.unicodeScalars.contains(where: { $0.value < 0x20 })
+        else {
             throw ClientError("the artifact names an unsafe file path '\(path.prefix(200))'; refusing to write it")
         }
         return path

@@ -1,7 +1,8 @@
 import DepotCore
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A local, bounded, least-recently-used cache of raw chunks, one file per chunk under
@@ -44,11 +45,12 @@ public final class ChunkCache: Sendable {
         let p = path(hash)
         guard let file = try? PosixFile(path: p, mode: .read) else { return false }
         guard (try? file.size()) == Int64(output.count), (try? file.read(into: output, at: 0)) != nil,
-              SHA256.hash(UnsafeRawBufferPointer(output)) == hash else {
+            SHA256.hash(UnsafeRawBufferPointer(output)) == hash
+        else {
             unlink(p)
             return false
         }
-        utimes(p, nil)   // recently used
+        utimes(p, nil) // recently used
         return true
     }
 
@@ -81,7 +83,10 @@ public final class ChunkCache: Sendable {
         all.sort { $0.used < $1.used }
         var removed: Int64 = 0
         for e in all where total > maxBytes {
-            if unlink(e.path) == 0 { total -= e.size; removed += e.size }
+            if unlink(e.path) == 0 {
+                total -= e.size
+                removed += e.size
+            }
         }
         return removed
     }

@@ -27,7 +27,8 @@ extension ArtifactFiles {
     static func detectFormats(_ files: [ArtifactFile], platform: String?) throws -> [String?] {
         try files.map { f in
             do {
-                let meta = try FormatInspector.inspect(path: f.relativePath, source: try LocalFileSource(path: f.localPath), platform: platform)
+                let meta = try FormatInspector.inspect(
+                    path: f.relativePath, source: try LocalFileSource(path: f.localPath), platform: platform)
                 return meta?["format"] as? String
             } catch let e as DepotError {
                 if f.relativePath.lowercased().hasSuffix(".safetensors") {

@@ -1,10 +1,11 @@
 import DepotCore
-#if canImport(Glibc)
-import Glibc
-#endif
 import DepotFormats
 import DepotStore
 import Dispatch
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A local file cut into chunks exactly as the registry's store would cut it.
 public struct LocalRecipe: Sendable {
@@ -63,15 +64,20 @@ public struct LocalRecipe: Sendable {
         guard offset == stamp.size, try FileStamp(path) == stamp else {
             throw ClientError("\(path) changed while it was being read; push it again once it is complete")
         }
-        return LocalRecipe(path: path, size: offset, digest: Digest(bytes: wholeBox.whole.finalize()), chunks: chunks,
-                           widths: widths, chunker: cutter.version, stamp: stamp)
+        return LocalRecipe(
+            path: path, size: offset, digest: Digest(bytes: wholeBox.whole.finalize()), chunks: chunks,
+            widths: widths, chunker: cutter.version, stamp: stamp)
     }
 
     /// Offsets of the chunks.
     var offsets: [Int64] {
-        var out = [Int64](), at: Int64 = 0
+        var out = [Int64]()
+        var at: Int64 = 0
         out.reserveCapacity(chunks.count)
-        for c in chunks { out.append(at); at += Int64(c.length) }
+        for c in chunks {
+            out.append(at)
+            at += Int64(c.length)
+        }
         return out
     }
 }

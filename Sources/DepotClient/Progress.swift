@@ -1,7 +1,8 @@
 import DepotCore
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Progress of a push or pull on stderr: a redrawn line (bytes, rate, ETA, bytes saved by
@@ -39,7 +40,11 @@ public final class TransferProgress: Sendable {
     /// Starts the transfer: `work` is the total of the units later passed to `advance` (a
     /// push counts each file's bytes twice: hashed, then sent or found present).
     func begin(files: Int, work: Int64) {
-        state.withLock { s in s.files = files; s.total = work; s.started = Date() }
+        state.withLock { s in
+            s.files = files
+            s.total = work
+            s.started = Date()
+        }
         draw(force: true)
     }
 
@@ -51,14 +56,21 @@ public final class TransferProgress: Sendable {
 
     /// `n` units done; `saved` bytes that did not move thanks to deduplication.
     func advance(_ n: Int64, saved: Int64 = 0) {
-        state.withLock { s in s.done += n; s.saved += saved }
+        state.withLock { s in
+            s.done += n
+            s.saved += saved
+        }
         draw(force: false)
     }
 
     /// Ends the current file with a summary line.
     func finish(_ line: String) {
         guard style != .quiet else { return }
-        let clear = state.withLock { s -> Bool in let d = s.drawn; s.drawn = false; return d }
+        let clear = state.withLock { s -> Bool in
+            let d = s.drawn
+            s.drawn = false
+            return d
+        }
         let prefix = style == .bar && clear ? "\r\u{1B}[2K" : ""
         FileHandle.standardError.write(Data((prefix + "\(verb) \(line)\n").utf8))
     }
@@ -86,8 +98,12 @@ public final class TransferProgress: Sendable {
     /// Human-readable bytes (binary units).
     public static func bytes(_ n: Int64) -> String {
         let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var v = Double(n), i = 0
-        while v >= 1024, i < units.count - 1 { v /= 1024; i += 1 }
+        var v = Double(n)
+        var i = 0
+        while v >= 1024, i < units.count - 1 {
+            v /= 1024
+            i += 1
+        }
         return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
     }
 }

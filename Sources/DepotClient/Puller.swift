@@ -3,8 +3,9 @@ import DepotCore
 import DepotStore
 import Foundation
 import NIOCore
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Settings of a pull.
@@ -22,7 +23,9 @@ public struct PullRequest: Sendable {
     public var batchBytes = 8 << 20
 
     public init(repository: String, reference: String, outputDirectory: String) {
-        self.repository = repository; self.reference = reference; self.outputDirectory = outputDirectory
+        self.repository = repository
+        self.reference = reference
+        self.outputDirectory = outputDirectory
     }
 }
 
@@ -41,7 +44,11 @@ public final class Puller: Sendable {
         self.cache = cache
     }
 
-    struct Layer: Sendable { var path: String; var digest: Digest; var size: Int64 }
+    struct Layer: Sendable {
+        var path: String
+        var digest: Digest
+        var size: Int64
+    }
 
     public func pull(_ request: PullRequest) async throws -> TransferSummary {
         let started = Date()
@@ -50,7 +57,8 @@ public final class Puller: Sendable {
         var wanted = layers
         if !request.files.isEmpty {
             for f in request.files where !layers.contains(where: { $0.path == f }) {
-                throw ClientError("\(request.repository):\(request.reference) has no file '\(f)' (it has: \(layers.map(\.path).joined(separator: ", ")))")
+                throw ClientError(
+                    "\(request.repository):\(request.reference) has no file '\(f)' (it has: \(layers.map(\.path).joined(separator: ", ")))")
             }
             wanted = layers.filter { request.files.contains($0.path) }
         }
@@ -72,10 +80,13 @@ public final class Puller: Sendable {
             }
             self.progress.working(on: layer.path)
             let partial = partialDir + "/\(index)-" + layer.digest.hex
-            let r = info != nil ? try await self.pullChunked(layer, request, partial: partial)
-                                : try await self.pullWhole(layer, request, partial: partial)
+            let r =
+                info != nil
+                ? try await self.pullChunked(layer, request, partial: partial)
+                : try await self.pullWhole(layer, request, partial: partial)
             do {
-                try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(
+                    atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             } catch {
                 throw ClientError("cannot create the directory of \(layer.path): \(error.localizedDescription)")
             }
@@ -86,13 +97,15 @@ public final class Puller: Sendable {
         }
         let logical = wanted.reduce(Int64(0)) { $0 + $1.size }
         let deduplicated = results.reduce(Int64(0)) { $0 + $1.deduplicated }
-        let chunks = results.reduce(0) { $0 + $1.chunks }, fetched = results.reduce(0) { $0 + $1.fetched }
+        let chunks = results.reduce(0) { $0 + $1.chunks }
+        let fetched = results.reduce(0) { $0 + $1.fetched }
         try? FileManager.default.removeItem(atPath: partialDir)
         cache.trim()
-        return TransferSummary(reference: "\(request.repository):\(request.reference)", digest: manifest.digest.description,
-                               files: wanted.count, logicalBytes: logical, bytesSent: connection.counters.sent,
-                               bytesReceived: connection.counters.received, deduplicatedBytes: deduplicated, chunksTotal: chunks,
-                               chunksTransferred: fetched, mode: info != nil ? "chunked" : "oci", seconds: Date().timeIntervalSince(started))
+        return TransferSummary(
+            reference: "\(request.repository):\(request.reference)", digest: manifest.digest.description,
+            files: wanted.count, logicalBytes: logical, bytesSent: connection.counters.sent,
+            bytesReceived: connection.counters.received, deduplicatedBytes: deduplicated, chunksTotal: chunks,
+            chunksTransferred: fetched, mode: info != nil ? "chunked" : "oci", seconds: Date().timeIntervalSince(started))
     }
 
     /// The files of an image manifest: path from `org.cncf.model.filepath` or the title
@@ -107,7 +120,9 @@ public final class Puller: Sendable {
         guard let layers = json["layers"] as? [[String: Any]] else { throw ClientError("manifest \(manifest.digest) has no layers") }
         var seen = Set<String>()
         return try layers.map { l in
-            guard let d = l["digest"] as? String, let digest = try? Digest(parsing: d), let size = (l["size"] as? NSNumber)?.int64Value, size >= 0 else {
+            guard let d = l["digest"] as? String, let digest = try? Digest(parsing: d), let size = (l["size"] as? NSNumber)?.int64Value,
+                size >= 0
+            else {
                 throw ClientError("manifest \(manifest.digest) has a malformed layer descriptor")
             }
             let annotations = l["annotations"] as? [String: String] ?? [:]
@@ -119,7 +134,9 @@ public final class Puller: Sendable {
     }
 
     static func alreadyThere(_ path: String, _ layer: Layer) -> Bool {
-        guard let stamp = try? FileStamp(path), stamp.size == layer.size, let file = try? PosixFile(path: path, mode: .read) else { return false }
+        guard let stamp = try? FileStamp(path), stamp.size == layer.size, let file = try? PosixFile(path: path, mode: .read) else {
+            return false
+        }
         var hash = SHA256()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 64)
         defer { buffer.deallocate() }
@@ -129,7 +146,11 @@ public final class Puller: Sendable {
 
     // MARK: chunked
 
-    struct FileResult: Sendable { var deduplicated: Int64; var chunks: Int; var fetched: Int }
+    struct FileResult: Sendable {
+        var deduplicated: Int64
+        var chunks: Int
+        var fetched: Int
+    }
 
     func pullChunked(_ layer: Layer, _ request: PullRequest, partial: String) async throws -> FileResult {
         let repo = request.repository
@@ -146,7 +167,9 @@ public final class Puller: Sendable {
         progress.advance(layer.size - fetchedBytes, saved: layer.size - fetchedBytes)
         try await fetchIntoCache(toFetch, repo: repo, digest: layer.digest, request)
         try await assemble(layer, recipe: recipe, repo: repo, partial: partial)
-        progress.finish("\(layer.path): \(TransferProgress.bytes(layer.size)), fetched \(toFetch.count) of \(recipe.count) chunks (\(TransferProgress.bytes(fetchedBytes))), \(TransferProgress.bytes(layer.size - fetchedBytes)) from cache or repeats")
+        progress.finish(
+            "\(layer.path): \(TransferProgress.bytes(layer.size)), fetched \(toFetch.count) of \(recipe.count) chunks (\(TransferProgress.bytes(fetchedBytes))), \(TransferProgress.bytes(layer.size - fetchedBytes)) from cache or repeats"
+        )
         return FileResult(deduplicated: layer.size - fetchedBytes, chunks: recipe.count, fetched: toFetch.count)
     }
 
@@ -155,13 +178,16 @@ public final class Puller: Sendable {
         var batches: [[ChunkRef]] = [[]]
         var bytes = 0
         for c in chunks {
-            if (bytes + c.length > request.batchBytes || batches[batches.count - 1].count >= 4096), !batches[batches.count - 1].isEmpty {
-                batches.append([]); bytes = 0
+            if bytes + c.length > request.batchBytes || batches[batches.count - 1].count >= 4096, !batches[batches.count - 1].isEmpty {
+                batches.append([])
+                bytes = 0
             }
             batches[batches.count - 1].append(c)
             bytes += c.length
         }
-        let connection = self.connection, cache = self.cache, progress = self.progress
+        let connection = self.connection
+        let cache = self.cache
+        let progress = self.progress
         _ = try await forEachConcurrently(batches.filter { !$0.isEmpty }, limit: request.jobs) { batch in
             try await Self.fetch(batch.map(\.hash), repo: repo, digest: digest, connection: connection) { hash, raw in
                 cache.write(hash, raw)
@@ -171,8 +197,10 @@ public final class Puller: Sendable {
     }
 
     /// Fetches records of `hashes` and hands each verified chunk to `body` in order.
-    static func fetch(_ hashes: [SHA256.Value], repo: String, digest: Digest, connection: RegistryConnection,
-                      _ body: @escaping (SHA256.Value, UnsafeRawBufferPointer) throws -> Void) async throws {
+    static func fetch(
+        _ hashes: [SHA256.Value], repo: String, digest: Digest, connection: RegistryConnection,
+        _ body: @escaping (SHA256.Value, UnsafeRawBufferPointer) throws -> Void
+    ) async throws {
         let response = try await connection.fetchChunks(repo, digest, hashes)
         let codec = ChunkRecordCodec()
         var pending = ByteBuffer()

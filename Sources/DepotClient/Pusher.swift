@@ -22,8 +22,12 @@ public struct TransferSummary: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case reference, digest, files, mode, seconds
-        case logicalBytes = "logical_bytes", bytesSent = "bytes_sent", bytesReceived = "bytes_received"
-        case deduplicatedBytes = "deduplicated_bytes", chunksTotal = "chunks_total", chunksTransferred = "chunks_transferred"
+        case logicalBytes = "logical_bytes"
+        case bytesSent = "bytes_sent"
+        case bytesReceived = "bytes_received"
+        case deduplicatedBytes = "deduplicated_bytes"
+        case chunksTotal = "chunks_total"
+        case chunksTransferred = "chunks_transferred"
     }
 }
 
@@ -47,7 +51,9 @@ public struct PushRequest: Sendable {
     public var plainOCI = false
 
     public init(repository: String, tag: String, paths: [String]) {
-        self.repository = repository; self.tag = tag; self.paths = paths
+        self.repository = repository
+        self.tag = tag
+        self.paths = paths
     }
 }
 
@@ -63,8 +69,13 @@ public final class Pusher: Sendable {
         self.progress = progress
     }
 
-    struct FileResult: @unchecked Sendable {   // the descriptor is plain JSON values
-        var descriptor: [String: Any]; var digest: Digest; var size: Int64; var deduplicated: Int64; var chunks: Int; var sent: Int
+    struct FileResult: @unchecked Sendable { // the descriptor is plain JSON values
+        var descriptor: [String: Any]
+        var digest: Digest
+        var size: Int64
+        var deduplicated: Int64
+        var chunks: Int
+        var sent: Int
     }
 
     public func push(_ request: PushRequest) async throws -> TransferSummary {
@@ -72,7 +83,8 @@ public final class Pusher: Sendable {
         let files = try ArtifactFiles.collect(request.paths)
         let info = request.plainOCI ? nil : try await connection.extensionInfo()
         if let info, info.chunkerVersion != ChunkerParameters.v1.version {
-            throw ClientError("the registry chunks with \(info.chunkerVersion); this client knows \(ChunkerParameters.v1.version) (upgrade the client)")
+            throw ClientError(
+                "the registry chunks with \(info.chunkerVersion); this client knows \(ChunkerParameters.v1.version) (upgrade the client)")
         }
         let formats = try ArtifactFiles.detectFormats(files, platform: request.annotations[LineageAnnotation.platform])
         var sizes: [Int64] = []
@@ -82,10 +94,16 @@ public final class Pusher: Sendable {
             info != nil ? try await self.pushChunked(file, request) : try await self.pushWhole(file, request)
         }
         var layers: [[String: Any]] = []
-        var logical: Int64 = 0, deduplicated: Int64 = 0, chunks = 0, sent = 0
+        var logical: Int64 = 0
+        var deduplicated: Int64 = 0
+        var chunks = 0
+        var sent = 0
         for r in results {
             layers.append(r.descriptor)
-            logical += r.size; deduplicated += r.deduplicated; chunks += r.chunks; sent += r.sent
+            logical += r.size
+            deduplicated += r.deduplicated
+            chunks += r.chunks
+            sent += r.sent
         }
         // The ModelPack config: what the model is, and the layers' digests.
         let weightFormats = Set(formats.compactMap { $0 }.filter { $0 != "triton-config" })
@@ -100,7 +118,8 @@ public final class Pusher: Sendable {
             try await connection.uploadBlob(request.repository, configDigest, body: .bytes(configBytes))
         }
         var annotations = request.annotations
-        annotations["org.opencontainers.image.created"] = annotations["org.opencontainers.image.created"] ?? ISO8601DateFormatter().string(from: started)
+        annotations["org.opencontainers.image.created"] =
+            annotations["org.opencontainers.image.created"] ?? ISO8601DateFormatter().string(from: started)
         var manifest: [String: Any] = [
             "schemaVersion": 2,
             "mediaType": MediaType.ociManifest,
@@ -117,10 +136,11 @@ public final class Pusher: Sendable {
         let reference = request.tag.isEmpty ? Digest.of(bytes).description : request.tag
         let digest = try await connection.putManifest(request.repository, reference, bytes: bytes, mediaType: MediaType.ociManifest)
         let shown = request.tag.isEmpty ? "\(request.repository)@\(digest)" : "\(request.repository):\(request.tag)"
-        return TransferSummary(reference: shown, digest: digest.description, files: files.count,
-                               logicalBytes: logical, bytesSent: connection.counters.sent, bytesReceived: connection.counters.received,
-                               deduplicatedBytes: deduplicated, chunksTotal: chunks, chunksTransferred: sent,
-                               mode: info != nil ? "chunked" : "oci", seconds: Date().timeIntervalSince(started))
+        return TransferSummary(
+            reference: shown, digest: digest.description, files: files.count,
+            logicalBytes: logical, bytesSent: connection.counters.sent, bytesReceived: connection.counters.received,
+            deduplicatedBytes: deduplicated, chunksTotal: chunks, chunksTransferred: sent,
+            mode: info != nil ? "chunked" : "oci", seconds: Date().timeIntervalSince(started))
     }
 
     static func json(_ object: Any) throws -> [UInt8] {
@@ -128,8 +148,10 @@ public final class Pusher: Sendable {
     }
 
     func descriptor(_ file: ArtifactFile, _ digest: Digest, _ size: Int64) -> [String: Any] {
-        ["mediaType": ModelMediaType.layer(for: file.relativePath), "digest": digest.description, "size": size,
-         "annotations": [ModelMediaType.filepath: file.relativePath, ModelMediaType.title: file.relativePath]]
+        [
+            "mediaType": ModelMediaType.layer(for: file.relativePath), "digest": digest.description, "size": size,
+            "annotations": [ModelMediaType.filepath: file.relativePath, ModelMediaType.title: file.relativePath],
+        ]
     }
 
     // MARK: chunk negotiation
@@ -142,8 +164,9 @@ public final class Pusher: Sendable {
         if try await connection.blobExists(repo, recipe.digest) {
             progress.advance(recipe.size, saved: recipe.size)
             progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) already there")
-            return FileResult(descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
-                              deduplicated: recipe.size, chunks: recipe.chunks.count, sent: 0)
+            return FileResult(
+                descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
+                deduplicated: recipe.size, chunks: recipe.chunks.count, sent: 0)
         }
         var sentChunks = 0
         var attempt = 0
@@ -155,11 +178,14 @@ public final class Pusher: Sendable {
             let saved = recipe.size - missingBytes
             do {
                 try await connection.commitRecipe(repo, recipe.digest, chunks: recipe.chunks, chunker: recipe.chunker)
-                progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)), sent \(missing.count) of \(recipe.chunks.count) chunks (\(TransferProgress.bytes(missingBytes))), \(TransferProgress.bytes(saved)) deduplicated")
-                return FileResult(descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
-                                  deduplicated: saved, chunks: recipe.chunks.count, sent: sentChunks)
+                progress.finish(
+                    "\(file.relativePath): \(TransferProgress.bytes(recipe.size)), sent \(missing.count) of \(recipe.chunks.count) chunks (\(TransferProgress.bytes(missingBytes))), \(TransferProgress.bytes(saved)) deduplicated"
+                )
+                return FileResult(
+                    descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
+                    deduplicated: saved, chunks: recipe.chunks.count, sent: sentChunks)
             } catch let e as ClientError where e.code == "CHUNK_UNKNOWN" && attempt < 3 {
-                continue   // collected between the query and the commit: negotiate again
+                continue // collected between the query and the commit: negotiate again
             } catch let e as ClientError where e.code == "DIGEST_INVALID" {
                 throw ClientError("\(file.localPath) changed while it was being pushed (\(e.message))")
             }
@@ -194,14 +220,16 @@ public final class Pusher: Sendable {
         var batchBytes = 0
         for i in indices {
             if batchBytes + recipe.chunks[i].length > request.batchBytes, !batches[batches.count - 1].isEmpty {
-                batches.append([]); batchBytes = 0
+                batches.append([])
+                batchBytes = 0
             }
             batches[batches.count - 1].append(i)
             batchBytes += recipe.chunks[i].length
         }
         let total = indices.reduce(Int64(0)) { $0 + Int64(recipe.chunks[$1].length) }
         progress.advance(recipe.size - total, saved: recipe.size - total)
-        let connection = self.connection, progress = self.progress
+        let connection = self.connection
+        let progress = self.progress
         _ = try await forEachConcurrently(batches.filter { !$0.isEmpty }, limit: request.jobs) { batch in
             let records = try Self.encode(batch, recipe: recipe, offsets: offsets)
             do {
@@ -248,8 +276,9 @@ public final class Pusher: Sendable {
         if try await connection.blobExists(request.repository, recipe.digest) {
             progress.advance(recipe.size, saved: recipe.size)
             progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) already there")
-            return FileResult(descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
-                              deduplicated: recipe.size, chunks: 0, sent: 0)
+            return FileResult(
+                descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
+                deduplicated: recipe.size, chunks: 0, sent: 0)
         }
         do {
             try await connection.uploadBlob(request.repository, recipe.digest, body: .file(path: file.localPath, range: 0..<recipe.size))
@@ -261,26 +290,31 @@ public final class Pusher: Sendable {
         }
         progress.advance(recipe.size)
         progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) sent whole (standard OCI API)")
-        return FileResult(descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
-                          deduplicated: 0, chunks: 0, sent: 0)
+        return FileResult(
+            descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
+            deduplicated: 0, chunks: 0, sent: 0)
     }
 }
 
 /// Runs `body` for each element, at most `limit` at a time; results in the elements' order.
-func forEachConcurrently<T: Sendable, R: Sendable>(_ items: [T], limit: Int,
-                                                   _ body: @escaping @Sendable (T) async throws -> R) async throws -> [R] {
+func forEachConcurrently<T: Sendable, R: Sendable>(
+    _ items: [T], limit: Int,
+    _ body: @escaping @Sendable (T) async throws -> R
+) async throws -> [R] {
     try await withThrowingTaskGroup(of: (Int, R).self) { group in
         var results = [R?](repeating: nil, count: items.count)
         var next = 0
         while next < items.count && next < max(1, limit) {
-            let i = next, item = items[i]
+            let i = next
+            let item = items[i]
             group.addTask { (i, try await body(item)) }
             next += 1
         }
         while let (i, r) = try await group.next() {
             results[i] = r
             if next < items.count {
-                let j = next, item = items[j]
+                let j = next
+                let item = items[j]
                 group.addTask { (j, try await body(item)) }
                 next += 1
             }

@@ -18,7 +18,10 @@ public struct ExtensionInfo: Sendable, Equatable {
 public struct ChunkRef: Sendable, Equatable {
     public var hash: SHA256.Value
     public var length: Int
-    public init(hash: SHA256.Value, length: Int) { self.hash = hash; self.length = length }
+    public init(hash: SHA256.Value, length: Int) {
+        self.hash = hash
+        self.length = length
+    }
 }
 
 /// A manifest as fetched: its bytes, media type and digest.
@@ -30,7 +33,8 @@ public struct FetchedManifest: Sendable {
 
 /// Typed calls of the OCI distribution API and Depot's `/depot/v1` extension.
 extension RegistryConnection {
-    static let manifestAccept = [MediaType.ociManifest, MediaType.ociIndex, MediaType.dockerManifest, MediaType.dockerManifestList].joined(separator: ", ")
+    static let manifestAccept = [MediaType.ociManifest, MediaType.ociIndex, MediaType.dockerManifest, MediaType.dockerManifestList].joined(
+        separator: ", ")
 
     /// The extension's parameters, or nil when the registry does not speak it.
     public func extensionInfo() async throws -> ExtensionInfo? {
@@ -38,14 +42,16 @@ extension RegistryConnection {
         let body = try await collect(r, limit: 1 << 20)
         guard r.status.code == 200 else { return nil }
         guard let json = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-              let c = json["chunker"] as? [String: Any], let version = c["version"] as? String,
-              let minSize = c["min_size"] as? Int, let avg = c["average_size"] as? Int, let maxSize = c["max_size"] as? Int else {
+            let c = json["chunker"] as? [String: Any], let version = c["version"] as? String,
+            let minSize = c["min_size"] as? Int, let avg = c["average_size"] as? Int, let maxSize = c["max_size"] as? Int
+        else {
             throw ClientError("the registry's /depot/v1/info answer is malformed")
         }
-        return ExtensionInfo(chunkerVersion: version, minSize: minSize, averageSize: avg, maxSize: maxSize,
-                             boundaries: c["boundaries"] as? [String] ?? [],
-                             maxHashesPerQuery: json["max_hashes_per_query"] as? Int ?? 4096,
-                             maxHashesPerFetch: json["max_hashes_per_fetch"] as? Int ?? 256)
+        return ExtensionInfo(
+            chunkerVersion: version, minSize: minSize, averageSize: avg, maxSize: maxSize,
+            boundaries: c["boundaries"] as? [String] ?? [],
+            maxHashesPerQuery: json["max_hashes_per_query"] as? Int ?? 4096,
+            maxHashesPerFetch: json["max_hashes_per_fetch"] as? Int ?? 256)
     }
 
     public func blobExists(_ repo: String, _ digest: Digest) async throws -> Bool {
@@ -58,8 +64,9 @@ extension RegistryConnection {
         var body = [UInt8]()
         body.reserveCapacity(hashes.count * 32)
         for h in hashes { body.append(contentsOf: h.byteArray) }
-        let r = try await send(.POST, "/depot/v1/repositories/\(repo)/chunks/missing",
-                               headers: [("Content-Type", "application/octet-stream")], body: .bytes(body), accept: [200])
+        let r = try await send(
+            .POST, "/depot/v1/repositories/\(repo)/chunks/missing",
+            headers: [("Content-Type", "application/octet-stream")], body: .bytes(body), accept: [200])
         let answer = try await collect(r, limit: hashes.count * 32)
         guard answer.count % 32 == 0 else { throw ClientError("malformed missing-chunks answer") }
         return answer.withUnsafeBytes { p in
@@ -68,8 +75,9 @@ extension RegistryConnection {
     }
 
     func uploadChunkRecords(_ repo: String, _ records: [UInt8]) async throws {
-        let r = try await send(.POST, "/depot/v1/repositories/\(repo)/chunks",
-                               headers: [("Content-Type", "application/octet-stream")], body: .bytes(records), accept: [201])
+        let r = try await send(
+            .POST, "/depot/v1/repositories/\(repo)/chunks",
+            headers: [("Content-Type", "application/octet-stream")], body: .bytes(records), accept: [201])
         _ = try await collect(r, limit: 1 << 16)
     }
 
@@ -80,9 +88,10 @@ extension RegistryConnection {
             body.append(contentsOf: c.hash.byteArray)
             withUnsafeBytes(of: UInt32(c.length).littleEndian) { body.append(contentsOf: $0) }
         }
-        let r = try await send(.PUT, "/depot/v1/repositories/\(repo)/blobs/\(digest)/recipe",
-                               headers: [("Content-Type", "application/octet-stream"), ("Depot-Chunker", chunker)],
-                               body: .bytes(body), accept: [201])
+        let r = try await send(
+            .PUT, "/depot/v1/repositories/\(repo)/blobs/\(digest)/recipe",
+            headers: [("Content-Type", "application/octet-stream"), ("Depot-Chunker", chunker)],
+            body: .bytes(body), accept: [201])
         _ = try await collect(r, limit: 1 << 16)
     }
 
@@ -92,8 +101,9 @@ extension RegistryConnection {
         guard body.count % 36 == 0 else { throw ClientError("malformed recipe for \(digest)") }
         let refs = body.withUnsafeBytes { p in
             stride(from: 0, to: p.count, by: 36).map {
-                ChunkRef(hash: SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[$0..<($0 + 32)])),
-                         length: Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: $0 + 32, as: UInt32.self))))
+                ChunkRef(
+                    hash: SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[$0..<($0 + 32)])),
+                    length: Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: $0 + 32, as: UInt32.self))))
             }
         }
         // Never trust lengths from the wire: every chunk is 1...max chunk bytes.
@@ -107,8 +117,9 @@ extension RegistryConnection {
     func fetchChunks(_ repo: String, _ digest: Digest, _ hashes: [SHA256.Value]) async throws -> HTTPClientResponse {
         var body = [UInt8]()
         for h in hashes { body.append(contentsOf: h.byteArray) }
-        return try await send(.POST, "/depot/v1/repositories/\(repo)/blobs/\(digest)/chunks",
-                              headers: [("Content-Type", "application/octet-stream")], body: .bytes(body), accept: [200])
+        return try await send(
+            .POST, "/depot/v1/repositories/\(repo)/blobs/\(digest)/chunks",
+            headers: [("Content-Type", "application/octet-stream")], body: .bytes(body), accept: [200])
     }
 
     /// Uploads a blob through the standard OCI API (POST, then PUT with the whole body).
@@ -119,9 +130,10 @@ extension RegistryConnection {
             throw ClientError("the registry started an upload without a Location")
         }
         let separator = location.contains("?") ? "&" : "?"
-        let r = try await send(.PUT, location + separator + "digest=\(digest)",
-                               headers: [("Content-Type", "application/octet-stream"), ("Content-Length", String(body.length))],
-                               body: body, accept: [201])
+        let r = try await send(
+            .PUT, location + separator + "digest=\(digest)",
+            headers: [("Content-Type", "application/octet-stream"), ("Content-Length", String(body.length))],
+            body: body, accept: [201])
         _ = try await collect(r, limit: 1 << 16)
     }
 
@@ -138,8 +150,9 @@ extension RegistryConnection {
 
     @discardableResult
     public func putManifest(_ repo: String, _ reference: String, bytes: [UInt8], mediaType: String) async throws -> Digest {
-        let r = try await send(.PUT, "/v2/\(repo)/manifests/\(reference)", headers: [("Content-Type", mediaType)],
-                               body: .bytes(bytes), accept: [201])
+        let r = try await send(
+            .PUT, "/v2/\(repo)/manifests/\(reference)", headers: [("Content-Type", mediaType)],
+            body: .bytes(bytes), accept: [201])
         _ = try await collect(r, limit: 1 << 16)
         return Digest.of(bytes)
     }
@@ -192,8 +205,9 @@ extension RegistryConnection {
 
     /// PUTs raw bytes to an extension path; the answer's JSON object.
     public func putBytes(_ path: String, _ bytes: [UInt8], contentType: String = "application/octet-stream") async throws -> [String: Any] {
-        let r = try await send(.PUT, path, headers: [("Content-Type", contentType), ("Content-Length", String(bytes.count))],
-                               body: .bytes(bytes), accept: [200, 201])
+        let r = try await send(
+            .PUT, path, headers: [("Content-Type", contentType), ("Content-Length", String(bytes.count))],
+            body: .bytes(bytes), accept: [200, 201])
         let answer = try await collect(r, limit: 1 << 20)
         return (try? JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any]) ?? [:]
     }
@@ -205,7 +219,9 @@ extension RegistryConnection {
     }
 
     /// A JSON call of Depot's governance API (aliases, pins, lineage, audit): the answer object.
-    public func call(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, headers: [(String, String)] = []) async throws -> [String: Any] {
+    public func call(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, headers: [(String, String)] = []) async throws
+        -> [String: Any]
+    {
         var b: Body = .none
         var h = headers
         if let body {

@@ -12,7 +12,9 @@ public struct ClientError: Error, CustomStringConvertible, Sendable {
     public var code: String?
     public var status: Int?
     public init(_ message: String, code: String? = nil, status: Int? = nil) {
-        self.message = message; self.code = code; self.status = status
+        self.message = message
+        self.code = code
+        self.status = status
     }
     public var description: String { message }
 }
@@ -57,7 +59,8 @@ public final class RegistryConnection: Sendable {
         baseURL = base
         self.token = token
         let env = ProcessInfo.processInfo.environment
-        actor = env["DEPOT_ACTOR"].flatMap { $0.isEmpty ? nil : $0 }
+        actor =
+            env["DEPOT_ACTOR"].flatMap { $0.isEmpty ? nil : $0 }
             ?? "\(env["USER"] ?? env["LOGNAME"] ?? "user")@\(ProcessInfo.processInfo.hostName)"
         self.attempts = max(1, attempts)
         var config = HTTPClient.Configuration()
@@ -98,8 +101,10 @@ public final class RegistryConnection: Sendable {
 
     /// Sends a request, retrying transient failures. Returns the response when its status is
     /// in `accept`; otherwise throws a `ClientError` built from the registry's error body.
-    func send(_ method: HTTPMethod, _ path: String, headers: [(String, String)] = [], body: Body = .none,
-              accept: Set<Int>, timeout: TimeAmount = .hours(2)) async throws -> HTTPClientResponse {
+    func send(
+        _ method: HTTPMethod, _ path: String, headers: [(String, String)] = [], body: Body = .none,
+        accept: Set<Int>, timeout: TimeAmount = .hours(2)
+    ) async throws -> HTTPClientResponse {
         var delay = 0.2
         var attempt = 1
         while true {
@@ -113,7 +118,8 @@ public final class RegistryConnection: Sendable {
             case .bytes(let b): request.body = .bytes(b)
             case .buffer(let b): request.body = .bytes(b)
             case .file(let path, let range):
-                request.body = .stream(FileChunks(path: path, range: range, counters: counters), length: .known(range.upperBound - range.lowerBound))
+                request.body = .stream(
+                    FileChunks(path: path, range: range, counters: counters), length: .known(range.upperBound - range.lowerBound))
             }
             let response: HTTPClientResponse
             do {
@@ -162,7 +168,7 @@ public final class RegistryConnection: Sendable {
         if let e = error as? HTTPClientError {
             return e != .invalidURL && e != .emptyHost && e != .cancelled
         }
-        return true   // connection refused/reset, timeouts, TLS and other channel errors
+        return true // connection refused/reset, timeouts, TLS and other channel errors
     }
 
     static func describe(_ error: any Error) -> String {
@@ -175,9 +181,11 @@ public final class RegistryConnection: Sendable {
 
     /// A `ClientError` from an OCI error body (`{"errors":[{"code","message"}]}`) or the status.
     static func error(status: Int, body: [UInt8], method: HTTPMethod, path: String) -> ClientError {
-        var code: String?, message: String?
+        var code: String?
+        var message: String?
         if let json = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-           let errors = json["errors"] as? [[String: Any]], let first = errors.first {
+            let errors = json["errors"] as? [[String: Any]], let first = errors.first
+        {
             code = first["code"] as? String
             message = first["message"] as? String
         }
@@ -224,7 +232,8 @@ struct FileChunks: AsyncSequence, Sendable {
 
     func makeAsyncIterator() -> AsyncIterator {
         do {
-            return AsyncIterator(file: try PosixFile(path: path, mode: .read), position: range.lowerBound, end: range.upperBound, counters: counters)
+            return AsyncIterator(
+                file: try PosixFile(path: path, mode: .read), position: range.lowerBound, end: range.upperBound, counters: counters)
         } catch {
             return AsyncIterator(file: nil, position: 0, end: 0, counters: counters, error: error)
         }

@@ -14,7 +14,8 @@ public struct Digest: Hashable, Sendable, Comparable, CustomStringConvertible, C
         let hex = text[text.index(after: colon)...]
         // OCI grammar: algorithm-component ([a-z0-9]+) joined by [+._-]; encoded [a-zA-Z0-9=_-]+.
         guard !algorithm.isEmpty, algorithm.utf8.allSatisfy({ Digest.isAlgorithmByte($0) }),
-              !hex.isEmpty, hex.utf8.allSatisfy({ Digest.isEncodedByte($0) }) else {
+            !hex.isEmpty, hex.utf8.allSatisfy({ Digest.isEncodedByte($0) })
+        else {
             throw DepotError.digestInvalid("'\(text.prefix(80))' is not a valid digest")
         }
         guard algorithm == "sha256" else {

@@ -8,8 +8,9 @@ public enum HMACSHA256 {
         var length: UInt32 = 32
         key.withUnsafeBytes { k in
             data.withUnsafeBytes { d in
-                _ = HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), d.baseAddress?.assumingMemoryBound(to: UInt8.self), d.count,
-                         &out, &length)
+                _ = HMAC(
+                    EVP_sha256(), k.baseAddress, Int32(k.count), d.baseAddress?.assumingMemoryBound(to: UInt8.self), d.count,
+                    &out, &length)
             }
         }
         return out
@@ -19,7 +20,10 @@ public enum HMACSHA256 {
     public static func hex(key: [UInt8], data: [UInt8]) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var out = [UInt8]()
-        for b in mac(key: key, data: data) { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 15)]) }
+        for b in mac(key: key, data: data) {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 15)])
+        }
         return String(decoding: out, as: UTF8.self)
     }
 

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A value guarded by a mutex. Unlike `Synchronization.Mutex` it lets generic, non-Sendable

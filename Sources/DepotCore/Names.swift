@@ -13,7 +13,9 @@ public struct RepositoryName: Hashable, Sendable, CustomStringConvertible, Compa
         }
         for component in text.split(separator: "/", omittingEmptySubsequences: false) {
             guard Self.isValidComponent(component) else {
-                throw DepotError.invalidArgument("invalid repository name '\(text.prefix(300))': each /-separated component must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*")
+                throw DepotError.invalidArgument(
+                    "invalid repository name '\(text.prefix(300))': each /-separated component must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*"
+                )
             }
         }
         value = text
@@ -25,7 +27,10 @@ public struct RepositoryName: Hashable, Sendable, CustomStringConvertible, Compa
         var i = 0
         while i < bytes.count {
             let b = bytes[i]
-            if isAlnum(b) { i += 1; continue }
+            if isAlnum(b) {
+                i += 1
+                continue
+            }
             // A separator: ".", "_", "__" or one or more "-", followed by an alphanumeric.
             if b == UInt8(ascii: ".") {
                 i += 1

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// An open file descriptor with the few POSIX operations the store and client need,
@@ -76,11 +76,14 @@ public final class PosixFile: @unchecked Sendable {
             _ = pwrite(fd, first.baseAddress, first.count, off_t(offset))
             throw PosixFile.error("write", path, code)
         }
-        var a = first, b = second
+        var a = first
+        var b = second
         var position = offset
         while a.count + b.count > 0 {
-            var iov = [iovec(iov_base: UnsafeMutableRawPointer(mutating: a.baseAddress), iov_len: a.count),
-                       iovec(iov_base: UnsafeMutableRawPointer(mutating: b.baseAddress), iov_len: b.count)]
+            var iov = [
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: a.baseAddress), iov_len: a.count),
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: b.baseAddress), iov_len: b.count),
+            ]
             let n = pwritev(fd, &iov, 2, off_t(position))
             if n < 0 {
                 if errno == EINTR { continue }
@@ -111,7 +114,8 @@ public final class PosixFile: @unchecked Sendable {
     /// Reads exactly `first.count + second.count` bytes at `offset` into two buffers (`preadv`).
     public func read(into first: UnsafeMutableRawBufferPointer, _ second: UnsafeMutableRawBufferPointer, at offset: Int64) throws {
         if let code = FaultInjection.check(.read, path) { throw PosixFile.error("read", path, code) }
-        var a = first, b = second
+        var a = first
+        var b = second
         var position = offset
         while a.count + b.count > 0 {
             var iov = [iovec(iov_base: a.baseAddress, iov_len: a.count), iovec(iov_base: b.baseAddress, iov_len: b.count)]

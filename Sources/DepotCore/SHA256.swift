@@ -7,10 +7,13 @@ import COpenSSL
 public struct SHA256: ~Copyable {
     /// A finished 32-byte SHA-256 value, stored inline (no heap allocation).
     public struct Value: Hashable, Sendable, Comparable {
-        public var a: UInt64, b: UInt64, c: UInt64, d: UInt64  // big-endian words of the digest
+        public var a: UInt64, b: UInt64, c: UInt64, d: UInt64 // big-endian words of the digest
 
         public init(a: UInt64, b: UInt64, c: UInt64, d: UInt64) {
-            self.a = a; self.b = b; self.c = c; self.d = d
+            self.a = a
+            self.b = b
+            self.c = c
+            self.d = d
         }
 
         /// Reads 32 bytes.
@@ -36,7 +39,10 @@ public struct SHA256: ~Copyable {
                 }
                 words[i / 16] = (words[i / 16] << 4) | UInt64(v)
             }
-            a = words[0]; b = words[1]; c = words[2]; d = words[3]
+            a = words[0]
+            b = words[1]
+            c = words[2]
+            d = words[3]
         }
 
         /// Writes the 32 bytes into `p`.
@@ -50,7 +56,8 @@ public struct SHA256: ~Copyable {
 
         public var byteArray: [UInt8] {
             [UInt8](unsafeUninitializedCapacity: 32) { buf, n in
-                store(into: UnsafeMutableRawBufferPointer(buf)); n = 32
+                store(into: UnsafeMutableRawBufferPointer(buf))
+                n = 32
             }
         }
 

@@ -35,7 +35,10 @@ public enum CanaryAnalysis {
         /// `{{window}}`: this rollout's analysis interval, as a Prometheus duration.
         public var window: String
         public init(model: String, canaryVersion: Int, stableVersion: Int?, weight: Int, analysisSeconds: Double) {
-            self.model = model; self.canaryVersion = canaryVersion; self.stableVersion = stableVersion; self.weight = weight
+            self.model = model
+            self.canaryVersion = canaryVersion
+            self.stableVersion = stableVersion
+            self.weight = weight
             window = "\(max(1, Int(min(analysisSeconds, 7 * 86400).rounded())))s"
         }
     }
@@ -66,22 +69,48 @@ public enum CanaryAnalysis {
             m.detail = "no data for the canary"
             return m
         }
-        if let max = check.max, v > max { m.outcome = .fail; m.detail = "\(fmt(v)) > max \(fmt(max))"; return m }
-        if let min = check.min, v < min { m.outcome = .fail; m.detail = "\(fmt(v)) < min \(fmt(min))"; return m }
+        if let max = check.max, v > max {
+            m.outcome = .fail
+            m.detail = "\(fmt(v)) > max \(fmt(max))"
+            return m
+        }
+        if let min = check.min, v < min {
+            m.outcome = .fail
+            m.detail = "\(fmt(v)) < min \(fmt(min))"
+            return m
+        }
         if check.needsStable {
             guard let s = m.stable else {
                 m.outcome = check.optional || c.weight >= 100 ? .skipped : .inconclusive
-                m.detail = c.stableVersion == nil ? "no stable version to compare with"
+                m.detail =
+                    c.stableVersion == nil
+                    ? "no stable version to compare with"
                     : c.weight >= 100 ? "no stable traffic at 100% to compare with" : "no data for the stable version"
                 return m
             }
             let ratio = s > 0 ? v / s : (v > 0 ? Double.infinity : 1)
-            if let r = check.maxRatio, ratio > r { m.outcome = .fail; m.detail = "canary \(fmt(v)) is \(fmt(ratio))× stable \(fmt(s)) > \(fmt(r))×"; return m }
-            if let r = check.pauseRatio, ratio > r { m.outcome = .inconclusive; m.detail = "canary \(fmt(v)) is \(fmt(ratio))× stable \(fmt(s)) > \(fmt(r))×"; return m }
+            if let r = check.maxRatio, ratio > r {
+                m.outcome = .fail
+                m.detail = "canary \(fmt(v)) is \(fmt(ratio))× stable \(fmt(s)) > \(fmt(r))×"
+                return m
+            }
+            if let r = check.pauseRatio, ratio > r {
+                m.outcome = .inconclusive
+                m.detail = "canary \(fmt(v)) is \(fmt(ratio))× stable \(fmt(s)) > \(fmt(r))×"
+                return m
+            }
             m.detail = "canary \(fmt(v)) is \(fmt(ratio))× stable \(fmt(s))"
         }
-        if let p = check.pauseAbove, v > p { m.outcome = .inconclusive; m.detail = "\(fmt(v)) > pause threshold \(fmt(p))"; return m }
-        if let p = check.pauseBelow, v < p { m.outcome = .inconclusive; m.detail = "\(fmt(v)) < pause threshold \(fmt(p))"; return m }
+        if let p = check.pauseAbove, v > p {
+            m.outcome = .inconclusive
+            m.detail = "\(fmt(v)) > pause threshold \(fmt(p))"
+            return m
+        }
+        if let p = check.pauseBelow, v < p {
+            m.outcome = .inconclusive
+            m.detail = "\(fmt(v)) < pause threshold \(fmt(p))"
+            return m
+        }
         if m.detail.isEmpty { m.detail = "\(fmt(v)) within thresholds" }
         return m
     }

@@ -37,7 +37,10 @@ public struct MetricCheck: Sendable, Equatable {
     public var failureLimit = 0
     public var optional = false
 
-    public init(name: String, query: String) { self.name = name; self.query = query }
+    public init(name: String, query: String) {
+        self.name = name
+        self.query = query
+    }
 
     public var needsStable: Bool { maxRatio != nil || pauseRatio != nil }
 
@@ -48,16 +51,22 @@ public struct MetricCheck: Sendable, Equatable {
     /// Checks written for Triton's metrics (`nv_inference_*`, labelled by model and version;
     /// `nv_gpu_*` where a GPU exists, so those are optional).
     public static let tritonDefaults: [MetricCheck] = {
-        var errors = MetricCheck(name: "error-rate", query: "\(rate("nv_inference_request_failure")) / (\(rate("nv_inference_request_success")) + \(rate("nv_inference_request_failure")))")
+        var errors = MetricCheck(
+            name: "error-rate",
+            query:
+                "\(rate("nv_inference_request_failure")) / (\(rate("nv_inference_request_success")) + \(rate("nv_inference_request_failure")))"
+        )
         errors.max = 0.01
         errors.pauseAbove = 0.005
-        var latency = MetricCheck(name: "latency", query: "\(rate("nv_inference_request_duration_us")) / \(rate("nv_inference_request_success"))")
+        var latency = MetricCheck(
+            name: "latency", query: "\(rate("nv_inference_request_duration_us")) / \(rate("nv_inference_request_success"))")
         latency.maxRatio = 1.5
         latency.pauseRatio = 1.2
-        var queue = MetricCheck(name: "queue-latency", query: "\(rate("nv_inference_queue_duration_us")) / \(rate("nv_inference_request_success"))")
+        var queue = MetricCheck(
+            name: "queue-latency", query: "\(rate("nv_inference_queue_duration_us")) / \(rate("nv_inference_request_success"))")
         queue.maxRatio = 3
         queue.pauseRatio = 2
-        queue.optional = true   // zero queueing on an idle stable makes the ratio meaningless
+        queue.optional = true // zero queueing on an idle stable makes the ratio meaningless
         var gpu = MetricCheck(name: "gpu-utilization", query: "max(nv_gpu_utilization)")
         gpu.max = 0.98
         gpu.optional = true
@@ -70,8 +79,10 @@ public struct MetricCheck: Sendable, Equatable {
     /// The query for one side.
     public func render(model: String, version: Int, canaryVersion: Int, stableVersion: Int?, window: String) -> String {
         var q = query
-        let values = ["model": model, "version": String(version), "canary_version": String(canaryVersion),
-                      "stable_version": stableVersion.map(String.init) ?? "", "window": window]
+        let values = [
+            "model": model, "version": String(version), "canary_version": String(canaryVersion),
+            "stable_version": stableVersion.map(String.init) ?? "", "window": window,
+        ]
         for (k, v) in values { q = q.replacingOccurrences(of: "{{\(k)}}", with: v) }
         return q
     }

@@ -56,15 +56,20 @@ public final class Deployments: Sendable {
 
     /// Starts a rollout of `reference` (a Triton bundle) in the environment. The first deployment
     /// of an environment has nothing to compare with: the bundle becomes stable at once.
-    public func start(_ repository: RepositoryName, _ environment: String, _ reference: Reference, actor: String,
-                      steps: [Int]? = nil, analysisSeconds: Double? = nil, jobID: Int64? = nil) throws -> Status {
-        guard Reference.isValidTag(environment) else { throw RegistryError(.tagInvalid, "'\(environment.prefix(100))' is not a valid alias") }
+    public func start(
+        _ repository: RepositoryName, _ environment: String, _ reference: Reference, actor: String,
+        steps: [Int]? = nil, analysisSeconds: Double? = nil, jobID: Int64? = nil
+    ) throws -> Status {
+        guard Reference.isValidTag(environment) else {
+            throw RegistryError(.tagInvalid, "'\(environment.prefix(100))' is not a valid alias")
+        }
         guard !registry.policy.isImmutable(environment) else {
             throw RegistryError(.denied, "'\(environment)' matches an immutable tag pattern (aliases.immutable): a rollout moves it")
         }
         let steps = steps ?? policy.steps
         guard !steps.isEmpty, steps.allSatisfy({ (1...100).contains($0) }), zip(steps, steps.dropFirst()).allSatisfy({ $0 < $1 }),
-              steps.last == 100 else {
+            steps.last == 100
+        else {
             throw RegistryError(.unsupported, "steps must increase within 1...100 and end at 100 (got \(steps))", status: 400)
         }
         let analysis = analysisSeconds ?? policy.analysisSeconds
@@ -77,40 +82,62 @@ public final class Deployments: Sendable {
         var changed: DeploymentRecord?
         let result = try db.write { conn -> Status in
             let now = Self.now()
-            var d = try conn.deployment(repository: repository.value, environment: environment)
+            var d =
+                try conn.deployment(repository: repository.value, environment: environment)
                 ?? conn.createDeployment(repository: repository.value, environment: environment, modelName: model, now: now)
             guard d.modelName == model else {
-                throw RegistryError(.unsupported, "the bundle serves model '\(model)'; \(repository):\(environment) serves '\(d.modelName)'", status: 400)
+                throw RegistryError(
+                    .unsupported, "the bundle serves model '\(model)'; \(repository):\(environment) serves '\(d.modelName)'", status: 400)
             }
             if let active = try conn.activeRollout(deployment: d.id) {
-                throw RegistryError(.conflict, "rollout \(active.id) of \(short(active.canary)) is \(active.state) at \(active.weight)%: promote, abort or wait for it first")
+                throw RegistryError(
+                    .conflict,
+                    "rollout \(active.id) of \(short(active.canary)) is \(active.state) at \(active.weight)%: promote, abort or wait for it first"
+                )
             }
             let version = try conn.deploymentVersion(d.id, digest: digest)
-            var rollout = RolloutRecord(id: 0, deploymentID: d.id, stable: d.stable, canary: digest, state: "running", steps: steps,
-                                        stepIndex: 0, weight: steps[0], analysisMs: Int64(analysis * 1000), stepStartedAt: now,
-                                        failures: [:], startedBy: actor, jobID: jobID, reason: nil, createdAt: now, finishedAt: nil)
+            var rollout = RolloutRecord(
+                id: 0, deploymentID: d.id, stable: d.stable, canary: digest, state: "running", steps: steps,
+                stepIndex: 0, weight: steps[0], analysisMs: Int64(analysis * 1000), stepStartedAt: now,
+                failures: [:], startedBy: actor, jobID: jobID, reason: nil, createdAt: now, finishedAt: nil)
             if d.stable == nil {
                 // First deployment: nothing to compare with.
-                rollout.state = "promoted"; rollout.weight = 0; rollout.finishedAt = now; rollout.reason = "initial deployment"
+                rollout.state = "promoted"
+                rollout.weight = 0
+                rollout.finishedAt = now
+                rollout.reason = "initial deployment"
                 rollout.id = try conn.insertRollout(rollout)
-                d.stable = digest; d.canary = nil; d.weight = 0
-                try conn.appendDecision(rollout: rollout.id, RolloutDecision(at: now, stepIndex: 0, weight: 100, decision: "initial", actor: actor,
-                                                                             reason: "first deployment of \(environment): stable at once", measurements: nil))
+                d.stable = digest
+                d.canary = nil
+                d.weight = 0
+                try conn.appendDecision(
+                    rollout: rollout.id,
+                    RolloutDecision(
+                        at: now, stepIndex: 0, weight: 100, decision: "initial", actor: actor,
+                        reason: "first deployment of \(environment): stable at once", measurements: nil))
             } else {
-                guard d.stable != digest else { throw RegistryError(.conflict, "\(short(digest)) is already the stable version of \(repository):\(environment)") }
+                guard d.stable != digest else {
+                    throw RegistryError(.conflict, "\(short(digest)) is already the stable version of \(repository):\(environment)")
+                }
                 rollout.id = try conn.insertRollout(rollout)
-                d.canary = digest; d.weight = steps[0]
-                try conn.appendDecision(rollout: rollout.id, RolloutDecision(at: now, stepIndex: 0, weight: steps[0], decision: "start", actor: actor,
-                                                                             reason: "canary \(short(digest)) (version \(version)) at \(steps[0])%", measurements: nil))
+                d.canary = digest
+                d.weight = steps[0]
+                try conn.appendDecision(
+                    rollout: rollout.id,
+                    RolloutDecision(
+                        at: now, stepIndex: 0, weight: steps[0], decision: "start", actor: actor,
+                        reason: "canary \(short(digest)) (version \(version)) at \(steps[0])%", measurements: nil))
             }
             try conn.setDeployment(d.id, stable: d.stable, canary: d.canary, weight: d.weight, now: now)
             try conn.recordServing(deployment: d, now: now)
-            try conn.appendAudit(at: now, actor: actor, action: d.canary == nil ? "deploy.initial" : "canary.start", repository: repository.value,
-                                 digest: digest, tag: environment, details: ["rollout": rollout.id, "weight": d.weight, "version": version])
+            try conn.appendAudit(
+                at: now, actor: actor, action: d.canary == nil ? "deploy.initial" : "canary.start", repository: repository.value,
+                digest: digest, tag: environment, details: ["rollout": rollout.id, "weight": d.weight, "version": version])
             // The alias moves in the same transaction: a crash leaves both or neither.
-            try registry.setAlias(conn, repository, environment, to: manifest.digest, actor: actor,
-                                  reason: "rollout \(rollout.id): \(rollout.state == "promoted" ? "initial deployment" : "canary at \(rollout.weight)%")",
-                                  action: "canary")
+            try registry.setAlias(
+                conn, repository, environment, to: manifest.digest, actor: actor,
+                reason: "rollout \(rollout.id): \(rollout.state == "promoted" ? "initial deployment" : "canary at \(rollout.weight)%")",
+                action: "canary")
             changed = d
             return try self.status(conn, d)
         }
@@ -126,7 +153,10 @@ public final class Deployments: Sendable {
         }
         let type = json["artifactType"] as? String ?? (json["config"] as? [String: Any])?["mediaType"] as? String ?? "none"
         guard type == "application/vnd.depot.triton.bundle.v1" else {
-            throw RegistryError(.unsupported, "\(short(manifest.digest.description)) is not a Triton bundle (artifactType \(type)); deploy a package stage's output", status: 400)
+            throw RegistryError(
+                .unsupported,
+                "\(short(manifest.digest.description)) is not a Triton bundle (artifactType \(type)); deploy a package stage's output",
+                status: 400)
         }
         for layer in json["layers"] as? [[String: Any]] ?? [] {
             let a = layer["annotations"] as? [String: String] ?? [:]
@@ -135,7 +165,9 @@ public final class Deployments: Sendable {
             if parts.count == 2, parts[1] == "config.pbtxt" {
                 let model = String(parts[0])
                 guard Self.isSafeName(model) else {
-                    throw RegistryError(.unsupported, "Triton model name '\(model.prefix(80))' must be 1-128 of A-Z a-z 0-9 _ . - (not only dots)", status: 400)
+                    throw RegistryError(
+                        .unsupported, "Triton model name '\(model.prefix(80))' must be 1-128 of A-Z a-z 0-9 _ . - (not only dots)",
+                        status: 400)
                 }
                 return model
             }
@@ -146,7 +178,9 @@ public final class Deployments: Sendable {
     /// A model name or node id usable in paths and URLs: `[A-Za-z0-9_.-]{1,128}`, not only dots.
     public static func isSafeName(_ s: String) -> Bool {
         !s.isEmpty && s.count <= 128 && !s.allSatisfy({ $0 == "." })
-            && s.unicodeScalars.allSatisfy { ($0 >= "a" && $0 <= "z") || ($0 >= "A" && $0 <= "Z") || ($0 >= "0" && $0 <= "9") || "_.-".unicodeScalars.contains($0) }
+            && s.unicodeScalars.allSatisfy {
+                ($0 >= "a" && $0 <= "z") || ($0 >= "A" && $0 <= "Z") || ($0 >= "0" && $0 <= "9") || "_.-".unicodeScalars.contains($0)
+            }
     }
 
     // MARK: nodes
@@ -156,7 +190,9 @@ public final class Deployments: Sendable {
         guard Self.isSafeName(node) else { throw RegistryError(.unsupported, "node id must be 1-128 of A-Z a-z 0-9 _ . -", status: 400) }
         return try db.write { conn in
             let d = try deployment(conn, repository, environment)
-            guard let stable = d.stable else { throw RegistryError(.manifestUnknown, "nothing is deployed to \(repository):\(environment)") }
+            guard let stable = d.stable else {
+                throw RegistryError(.manifestUnknown, "nothing is deployed to \(repository):\(environment)")
+            }
             let now = Self.now()
             try conn.touchNode(deployment: d.id, node: node, now: now)
             let ttl = Int64(policy.nodeTTLSeconds * 1000)
@@ -164,8 +200,9 @@ public final class Deployments: Sendable {
             let canaryNodes = Self.canaryNodes(active, weight: d.canary == nil ? 0 : d.weight, salt: "\(d.id)")
             let onCanary = d.canary != nil && canaryNodes.contains(node)
             let digest = onCanary ? d.canary! : stable
-            return Resolution(digest: digest, version: try conn.deploymentVersion(d.id, digest: digest), model: d.modelName,
-                              role: onCanary ? "canary" : "stable", weight: d.canary == nil ? 0 : d.weight)
+            return Resolution(
+                digest: digest, version: try conn.deploymentVersion(d.id, digest: digest), model: d.modelName,
+                role: onCanary ? "canary" : "stable", weight: d.canary == nil ? 0 : d.weight)
         }
     }
 
@@ -176,23 +213,32 @@ public final class Deployments: Sendable {
         let n = nodes.count
         guard weight > 0, n > 0 else { return [] }
         let count: Int
-        if weight >= 100 { count = n } else if n == 1 { count = 0 } else {
+        if weight >= 100 {
+            count = n
+        } else if n == 1 {
+            count = 0
+        } else {
             count = Swift.max(1, Swift.min(n - 1, Int((Double(n) * Double(weight) / 100).rounded())))
         }
-        let ranked = nodes.sorted { Digest.of(Array("\(salt)/\($0)".utf8)).description < Digest.of(Array("\(salt)/\($1)".utf8)).description }
+        let ranked = nodes.sorted {
+            Digest.of(Array("\(salt)/\($0)".utf8)).description < Digest.of(Array("\(salt)/\($1)".utf8)).description
+        }
         return Set(ranked.prefix(count))
     }
 
     /// A node reports what it serves (`ready`) or that a bundle failed to load (`failed`).
-    public func report(_ repository: RepositoryName, _ environment: String, node: String, digest: String?, version: Int?,
-                       state: String, reason: String?) throws {
+    public func report(
+        _ repository: RepositoryName, _ environment: String, node: String, digest: String?, version: Int?,
+        state: String, reason: String?
+    ) throws {
         guard state == "ready" || state == "failed" else { throw RegistryError(.unsupported, "state must be ready or failed", status: 400) }
         guard Self.isSafeName(node) else { throw RegistryError(.unsupported, "node id must be 1-128 of A-Z a-z 0-9 _ . -", status: 400) }
         if let version, version < 1 { throw RegistryError(.unsupported, "version must be at least 1", status: 400) }
         try db.write { conn in
             let d = try deployment(conn, repository, environment)
-            try conn.reportNode(deployment: d.id, node: node, digest: digest, version: version, state: state,
-                                reason: reason.map { String($0.prefix(2000)) }, now: Self.now())
+            try conn.reportNode(
+                deployment: d.id, node: node, digest: digest, version: version, state: state,
+                reason: reason.map { String($0.prefix(2000)) }, now: Self.now())
         }
     }
 
@@ -206,10 +252,13 @@ public final class Deployments: Sendable {
         let rollout = try conn.latestRollout(deployment: d.id)
         func version(_ digest: String?) throws -> Int? {
             guard let digest else { return nil }
-            return try conn.first("SELECT version FROM deployment_versions WHERE deployment_id = ? AND digest = ?", .int(d.id), .text(digest)) { Int($0.int(0)) }
+            return try conn.first(
+                "SELECT version FROM deployment_versions WHERE deployment_id = ? AND digest = ?", .int(d.id), .text(digest)
+            ) { Int($0.int(0)) }
         }
-        return Status(deployment: d, stableVersion: try version(d.stable), canaryVersion: try version(d.canary), rollout: rollout,
-                      decisions: try rollout.map { try conn.decisions(rollout: $0.id) } ?? [], nodes: try conn.nodes(deployment: d.id))
+        return Status(
+            deployment: d, stableVersion: try version(d.stable), canaryVersion: try version(d.canary), rollout: rollout,
+            decisions: try rollout.map { try conn.decisions(rollout: $0.id) } ?? [], nodes: try conn.nodes(deployment: d.id))
     }
 
     /// The rollout a pipeline job started, if any.

@@ -41,10 +41,12 @@ extension Deployments {
                 }
                 let canaryVersion = try conn.deploymentVersion(d.id, digest: r.canary)
                 let stableVersion = try r.stable.map { try conn.deploymentVersion(d.id, digest: $0) }
-                return DueAnalysis(rollout: r, deployment: d,
-                                   context: .init(model: d.modelName, canaryVersion: canaryVersion, stableVersion: stableVersion, weight: r.weight,
-                                                 analysisSeconds: Double(r.analysisMs) / 1000),
-                                   failedNodes: failed)
+                return DueAnalysis(
+                    rollout: r, deployment: d,
+                    context: .init(
+                        model: d.modelName, canaryVersion: canaryVersion, stableVersion: stableVersion, weight: r.weight,
+                        analysisSeconds: Double(r.analysisMs) / 1000),
+                    failedNodes: failed)
             }
         }
     }
@@ -62,48 +64,63 @@ extension Deployments {
         let inconclusive = measurements.filter { $0.outcome == .inconclusive }
         var values: [String: Any] = ["measurements": measurements.map(\.json)]
         if !due.failedNodes.isEmpty { values["failed_nodes"] = due.failedNodes }
-        let valuesJSON = String(decoding: (try? JSONSerialization.data(withJSONObject: values, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+        let valuesJSON = String(
+            decoding: (try? JSONSerialization.data(withJSONObject: values, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
         let at = "step \(r.stepIndex + 1)/\(r.steps.count) (\(r.weight)%)"
         if !breached.isEmpty || !due.failedNodes.isEmpty {
             let why = (breached.map { "\($0.check): \($0.detail)" } + due.failedNodes.map { "node \($0)" }).joined(separator: "; ")
-            return try finish(due.deployment, r, state: "rolled-back", decision: "rollback", actor: "depot-canary",
-                              reason: "rolled back at \(at): \(why)", measurements: valuesJSON, failures: failures) ? "rollback" : nil
+            return try finish(
+                due.deployment, r, state: "rolled-back", decision: "rollback", actor: "depot-canary",
+                reason: "rolled back at \(at): \(why)", measurements: valuesJSON, failures: failures) ? "rollback" : nil
         }
         if !inconclusive.isEmpty {
             let why = inconclusive.map { "\($0.check): \($0.detail)" }.joined(separator: "; ")
-            return try transition(due.deployment, r, to: "paused", decision: "pause", actor: "depot-canary",
-                                  reason: "paused at \(at), inconclusive: \(why)", measurements: valuesJSON, failures: failures) ? "pause" : nil
+            return try transition(
+                due.deployment, r, to: "paused", decision: "pause", actor: "depot-canary",
+                reason: "paused at \(at), inconclusive: \(why)", measurements: valuesJSON, failures: failures) ? "pause" : nil
         }
         let tolerated = measurements.filter { $0.outcome == .fail }
         if !tolerated.isEmpty {
             // Failed, but within the check's failure_limit: measure this step again rather than move on.
-            let why = tolerated.map { "\($0.check): \($0.detail) (\(failures[$0.check, default: 0]) of \(limits[$0.check, default: 0]) tolerated)" }
-                .joined(separator: "; ")
+            let why = tolerated.map {
+                "\($0.check): \($0.detail) (\(failures[$0.check, default: 0]) of \(limits[$0.check, default: 0]) tolerated)"
+            }
+            .joined(separator: "; ")
             return try hold(due.deployment, r, reason: "holding \(at): \(why)", measurements: valuesJSON, failures: failures) ? "hold" : nil
         }
         if r.stepIndex + 1 >= r.steps.count {
-            return try finish(due.deployment, r, state: "promoted", decision: "promote", actor: "depot-canary",
-                              reason: "promoted after \(at): every check passed", measurements: valuesJSON, failures: failures) ? "promote" : nil
+            return try finish(
+                due.deployment, r, state: "promoted", decision: "promote", actor: "depot-canary",
+                reason: "promoted after \(at): every check passed", measurements: valuesJSON, failures: failures) ? "promote" : nil
         }
         return try advance(due.deployment, r, actor: "depot-canary", measurements: valuesJSON, failures: failures) ? "advance" : nil
     }
 
     /// Next step: more nodes on the canary.
     func advance(_ d: DeploymentRecord, _ r: RolloutRecord, actor: String, measurements: String?, failures: [String: Int]) throws -> Bool {
-        let next = r.stepIndex + 1, weight = r.steps[next]
+        let next = r.stepIndex + 1
+        let weight = r.steps[next]
         var changed = d
         let done = try db.write { conn -> Bool in
             let now = Self.now()
-            guard try conn.updateRollout(r.id, inStates: ["running"], atStep: r.stepIndex, set: """
-                step_index = ?, weight = ?, step_started_at = ?, failures = ?
-                """, [.int(Int64(next)), .int(Int64(weight)), .int(now), .text(Self.json(failures))]) else { return false }
+            guard
+                try conn.updateRollout(
+                    r.id, inStates: ["running"], atStep: r.stepIndex,
+                    set: """
+                        step_index = ?, weight = ?, step_started_at = ?, failures = ?
+                        """, [.int(Int64(next)), .int(Int64(weight)), .int(now), .text(Self.json(failures))])
+            else { return false }
             changed.weight = weight
             try conn.setDeployment(d.id, stable: d.stable, canary: d.canary, weight: weight, now: now)
             try conn.recordServing(deployment: changed, now: now)
-            try conn.appendDecision(rollout: r.id, RolloutDecision(at: now, stepIndex: next, weight: weight, decision: "advance", actor: actor,
-                                                                   reason: "checks passed at \(r.weight)%: now \(weight)%", measurements: measurements))
-            try conn.appendAudit(at: now, actor: actor, action: "canary.step", repository: d.repository, digest: r.canary, tag: d.environment,
-                                 details: ["rollout": r.id, "from_weight": r.weight, "weight": weight])
+            try conn.appendDecision(
+                rollout: r.id,
+                RolloutDecision(
+                    at: now, stepIndex: next, weight: weight, decision: "advance", actor: actor,
+                    reason: "checks passed at \(r.weight)%: now \(weight)%", measurements: measurements))
+            try conn.appendAudit(
+                at: now, actor: actor, action: "canary.step", repository: d.repository, digest: r.canary, tag: d.environment,
+                details: ["rollout": r.id, "from_weight": r.weight, "weight": weight])
             return true
         }
         if done { onWeightChange(changed) }
@@ -114,61 +131,88 @@ extension Deployments {
     func hold(_ d: DeploymentRecord, _ r: RolloutRecord, reason: String, measurements: String?, failures: [String: Int]) throws -> Bool {
         try db.write { conn in
             let now = Self.now()
-            guard try conn.updateRollout(r.id, inStates: ["running"], atStep: r.stepIndex, set: "step_started_at = ?, failures = ?",
-                                         [.int(now), .text(Self.json(failures))]) else { return false }
-            try conn.appendDecision(rollout: r.id, RolloutDecision(at: now, stepIndex: r.stepIndex, weight: r.weight, decision: "hold",
-                                                                   actor: "depot-canary", reason: reason, measurements: measurements))
-            try conn.appendAudit(at: now, actor: "depot-canary", action: "canary.hold", repository: d.repository, digest: r.canary,
-                                 tag: d.environment, details: ["rollout": r.id, "weight": r.weight, "reason": reason])
+            guard
+                try conn.updateRollout(
+                    r.id, inStates: ["running"], atStep: r.stepIndex, set: "step_started_at = ?, failures = ?",
+                    [.int(now), .text(Self.json(failures))])
+            else { return false }
+            try conn.appendDecision(
+                rollout: r.id,
+                RolloutDecision(
+                    at: now, stepIndex: r.stepIndex, weight: r.weight, decision: "hold",
+                    actor: "depot-canary", reason: reason, measurements: measurements))
+            try conn.appendAudit(
+                at: now, actor: "depot-canary", action: "canary.hold", repository: d.repository, digest: r.canary,
+                tag: d.environment, details: ["rollout": r.id, "weight": r.weight, "reason": reason])
             return true
         }
     }
 
     /// Pause or resume (no weight change).
-    func transition(_ d: DeploymentRecord, _ r: RolloutRecord, to state: String, decision: String, actor: String, reason: String,
-                    measurements: String?, failures: [String: Int]) throws -> Bool {
+    func transition(
+        _ d: DeploymentRecord, _ r: RolloutRecord, to state: String, decision: String, actor: String, reason: String,
+        measurements: String?, failures: [String: Int]
+    ) throws -> Bool {
         try db.write { conn in
             let now = Self.now()
             let from = state == "paused" ? "running" : "paused"
-            guard try conn.updateRollout(r.id, inStates: [from], atStep: nil, set: "state = ?, reason = ?, failures = ?, step_started_at = ?",
-                                         [.text(state), .text(reason), .text(Self.json(failures)), .int(now)]) else { return false }
-            try conn.appendDecision(rollout: r.id, RolloutDecision(at: now, stepIndex: r.stepIndex, weight: r.weight, decision: decision,
-                                                                   actor: actor, reason: reason, measurements: measurements))
-            try conn.appendAudit(at: now, actor: actor, action: "canary.\(decision)", repository: d.repository, digest: r.canary,
-                                 tag: d.environment, details: ["rollout": r.id, "weight": r.weight, "reason": reason])
+            guard
+                try conn.updateRollout(
+                    r.id, inStates: [from], atStep: nil, set: "state = ?, reason = ?, failures = ?, step_started_at = ?",
+                    [.text(state), .text(reason), .text(Self.json(failures)), .int(now)])
+            else { return false }
+            try conn.appendDecision(
+                rollout: r.id,
+                RolloutDecision(
+                    at: now, stepIndex: r.stepIndex, weight: r.weight, decision: decision,
+                    actor: actor, reason: reason, measurements: measurements))
+            try conn.appendAudit(
+                at: now, actor: actor, action: "canary.\(decision)", repository: d.repository, digest: r.canary,
+                tag: d.environment, details: ["rollout": r.id, "weight": r.weight, "reason": reason])
             return true
         }
     }
 
     /// Ends a rollout: promoted (the canary becomes stable) or rolled back / aborted (weight 0,
     /// the alias back on the stable digest, with the reason and values in its history).
-    func finish(_ d: DeploymentRecord, _ r: RolloutRecord, state: String, decision: String, actor: String, reason: String,
-                measurements: String?, failures: [String: Int]) throws -> Bool {
+    func finish(
+        _ d: DeploymentRecord, _ r: RolloutRecord, state: String, decision: String, actor: String, reason: String,
+        measurements: String?, failures: [String: Int]
+    ) throws -> Bool {
         let promote = state == "promoted"
         let repository = try RepositoryName(d.repository)
         var changed = d
         let done = try db.write { conn -> Bool in
             let now = Self.now()
-            guard try conn.updateRollout(r.id, inStates: ["running", "paused"], atStep: nil, set: """
-                state = ?, reason = ?, failures = ?, finished_at = ?, weight = ?
-                """, [.text(state), .text(reason), .text(Self.json(failures)), .int(now), .int(promote ? 100 : 0)]) else { return false }
+            guard
+                try conn.updateRollout(
+                    r.id, inStates: ["running", "paused"], atStep: nil,
+                    set: """
+                        state = ?, reason = ?, failures = ?, finished_at = ?, weight = ?
+                        """, [.text(state), .text(reason), .text(Self.json(failures)), .int(now), .int(promote ? 100 : 0)])
+            else { return false }
             // The alias moves in the same transaction as the rollout's end: whoever wins the
             // guarded update above (the controller or an operator) also decides the alias.
             if let target = promote ? r.canary : r.stable, let digest = try? Digest(parsing: target) {
-                try registry.setAlias(conn, repository, d.environment, to: digest, actor: actor, reason: "rollout \(r.id): \(reason)",
-                                      action: promote ? "canary" : "rollback")
+                try registry.setAlias(
+                    conn, repository, d.environment, to: digest, actor: actor, reason: "rollout \(r.id): \(reason)",
+                    action: promote ? "canary" : "rollback")
             }
             changed.stable = promote ? r.canary : (d.stable ?? r.stable)
             changed.canary = nil
             changed.weight = 0
             try conn.setDeployment(d.id, stable: changed.stable, canary: nil, weight: 0, now: now)
             try conn.recordServing(deployment: changed, now: now)
-            try conn.appendDecision(rollout: r.id, RolloutDecision(at: now, stepIndex: r.stepIndex, weight: promote ? 100 : 0, decision: decision,
-                                                                   actor: actor, reason: reason, measurements: measurements))
+            try conn.appendDecision(
+                rollout: r.id,
+                RolloutDecision(
+                    at: now, stepIndex: r.stepIndex, weight: promote ? 100 : 0, decision: decision,
+                    actor: actor, reason: reason, measurements: measurements))
             var details: [String: Any] = ["rollout": r.id, "reason": reason]
             if let measurements { details["measurements"] = measurements }
-            try conn.appendAudit(at: now, actor: actor, action: "canary.\(decision)", repository: d.repository, digest: r.canary,
-                                 tag: d.environment, details: details)
+            try conn.appendAudit(
+                at: now, actor: actor, action: "canary.\(decision)", repository: d.repository, digest: r.canary,
+                tag: d.environment, details: details)
             return true
         }
         registry.aliasesChanged()
@@ -196,8 +240,10 @@ extension Deployments {
     public func resume(_ repository: RepositoryName, _ environment: String, actor: String) throws -> Status {
         let (d, r) = try active(repository, environment)
         guard r.state == "paused",
-              try transition(d, r, to: "running", decision: "resume", actor: actor, reason: "resumed by \(actor) at \(r.weight)%",
-                             measurements: nil, failures: r.failures) else {
+            try transition(
+                d, r, to: "running", decision: "resume", actor: actor, reason: "resumed by \(actor) at \(r.weight)%",
+                measurements: nil, failures: r.failures)
+        else {
             throw RegistryError(.conflict, "rollout \(r.id) is \(r.state), not paused")
         }
         return try status(repository, environment)
@@ -206,8 +252,11 @@ extension Deployments {
     /// Promotes the canary now (the operator's decision, recorded as such).
     public func promote(_ repository: RepositoryName, _ environment: String, actor: String, reason: String?) throws -> Status {
         let (d, r) = try active(repository, environment)
-        guard try finish(d, r, state: "promoted", decision: "promote", actor: actor,
-                         reason: "promoted by \(actor) at \(r.weight)%\(reason.map { ": \($0)" } ?? "")", measurements: nil, failures: r.failures) else {
+        guard
+            try finish(
+                d, r, state: "promoted", decision: "promote", actor: actor,
+                reason: "promoted by \(actor) at \(r.weight)%\(reason.map { ": \($0)" } ?? "")", measurements: nil, failures: r.failures)
+        else {
             throw RegistryError(.conflict, "rollout \(r.id) changed state meanwhile; look at `depot rollout status`")
         }
         return try status(repository, environment)
@@ -220,15 +269,19 @@ extension Deployments {
             return (d, r)
         }
         guard let (d, r) = found else { return }
-        _ = try finish(d, r, state: "aborted", decision: "abort", actor: actor, reason: "job \(job) cancelled by \(actor)",
-                       measurements: nil, failures: r.failures)
+        _ = try finish(
+            d, r, state: "aborted", decision: "abort", actor: actor, reason: "job \(job) cancelled by \(actor)",
+            measurements: nil, failures: r.failures)
     }
 
     /// Aborts: the canary goes to 0 and the alias back to the stable digest.
     public func abort(_ repository: RepositoryName, _ environment: String, actor: String, reason: String?) throws -> Status {
         let (d, r) = try active(repository, environment)
-        guard try finish(d, r, state: "aborted", decision: "abort", actor: actor,
-                         reason: "aborted by \(actor) at \(r.weight)%\(reason.map { ": \($0)" } ?? "")", measurements: nil, failures: r.failures) else {
+        guard
+            try finish(
+                d, r, state: "aborted", decision: "abort", actor: actor,
+                reason: "aborted by \(actor) at \(r.weight)%\(reason.map { ": \($0)" } ?? "")", measurements: nil, failures: r.failures)
+        else {
             throw RegistryError(.conflict, "rollout \(r.id) changed state meanwhile; look at `depot rollout status`")
         }
         return try status(repository, environment)

@@ -17,7 +17,8 @@ public struct BytesSource: ByteSource, Sendable {
         guard offset >= 0, count >= 0, offset <= size else {
             throw DepotError.rangeInvalid("read at \(offset) of \(count) bytes outside \(size) bytes")
         }
-        let start = Int(offset), end = start + min(count, bytes.count - start)
+        let start = Int(offset)
+        let end = start + min(count, bytes.count - start)
         return Array(bytes[start..<end])
     }
 }
@@ -132,7 +133,10 @@ final class ByteCursor {
             for i in 0..<10 {
                 let b = storage[start + i]
                 value |= UInt64(b & 0x7f) << (7 * UInt64(i))
-                if b < 0x80 { used = i + 1; break }
+                if b < 0x80 {
+                    used = i + 1
+                    break
+                }
             }
             guard used > 0 else { throw fail("varint longer than 10 bytes at offset \(position)") }
             guard Int64(used) <= remaining else { throw truncated(Int64(used)) }

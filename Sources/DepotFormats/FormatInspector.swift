@@ -110,11 +110,15 @@ public enum FormatInspector {
             dtypes[t.dtype, default: 0] += 1
         }
         let table: [[String: Any]] = tensors.prefix(10_000).map {
-            ["name": $0.name, "dtype": $0.dtype, "shape": $0.shape,
-             "offsets": [Int($0.range.lowerBound), Int($0.range.upperBound)]]
+            [
+                "name": $0.name, "dtype": $0.dtype, "shape": $0.shape,
+                "offsets": [Int($0.range.lowerBound), Int($0.range.upperBound)],
+            ]
         }
-        return ["format": "safetensors", "tensors": table, "tensor_count": tensors.count,
-                "parameters": Int(parameters), "dtypes": dtypes, "metadata": metadata,
-                "header_size": n, "data_start": 8 + n]
+        return [
+            "format": "safetensors", "tensors": table, "tensor_count": tensors.count,
+            "parameters": Int(parameters), "dtypes": dtypes, "metadata": metadata,
+            "header_size": n, "data_start": 8 + n,
+        ]
     }
 }

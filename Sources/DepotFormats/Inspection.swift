@@ -108,8 +108,11 @@ public final class InspectionService: Sendable {
             runs.add(1, ordering: .relaxed)
             let budget = InspectionBudget(maxBytes: limits.maxBytesPerBlob, seconds: limits.maxSecondsPerBlob)
             do {
-                guard let meta = try FormatInspector.inspect(path: path, source: BudgetedSource(base: source, budget: budget),
-                                                             platform: platform, budget: budget) else { return .unrecognized }
+                guard
+                    let meta = try FormatInspector.inspect(
+                        path: path, source: BudgetedSource(base: source, budget: budget),
+                        platform: platform, budget: budget)
+                else { return .unrecognized }
                 return .recognized(meta)
             } catch let e as InspectionBudgetExceeded {
                 return .budgetExceeded(e.description)
@@ -227,7 +230,8 @@ public enum MetadataDocument {
             }
         }
         var kept: [[String: Any]] = []
-        var cut = 0, omitted = 0
+        var cut = 0
+        var omitted = 0
         for file in files {
             if let whole = json(file), whole.count + 1 <= budget {
                 kept.append(file)

@@ -34,11 +34,21 @@ enum ONNX {
         var sawGraph = false
         while let (n, w) = try r.nextField() {
             switch n {
-            case 1: try r.expect(w, .varint, field: n); out["ir_version"] = try r.readInt()
-            case 2: try r.expect(w, .lengthDelimited, field: n); out["producer"] = try r.readString()
-            case 3: try r.expect(w, .lengthDelimited, field: n); out["producer_version"] = try r.readString()
-            case 4: try r.expect(w, .lengthDelimited, field: n); out["domain"] = try r.readString()
-            case 5: try r.expect(w, .varint, field: n); out["model_version"] = try r.readInt()
+            case 1:
+                try r.expect(w, .varint, field: n)
+                out["ir_version"] = try r.readInt()
+            case 2:
+                try r.expect(w, .lengthDelimited, field: n)
+                out["producer"] = try r.readString()
+            case 3:
+                try r.expect(w, .lengthDelimited, field: n)
+                out["producer_version"] = try r.readString()
+            case 4:
+                try r.expect(w, .lengthDelimited, field: n)
+                out["domain"] = try r.readString()
+            case 5:
+                try r.expect(w, .varint, field: n)
+                out["model_version"] = try r.readInt()
             case 6:
                 try r.expect(w, .lengthDelimited, field: n)
                 out["doc_string"] = String(try r.readString().prefix(4096))
@@ -49,11 +59,16 @@ enum ONNX {
             case 8:
                 try r.expect(w, .lengthDelimited, field: n)
                 let opset: [String: Any] = try r.message {
-                    var domain = "", version = 0
+                    var domain = ""
+                    var version = 0
                     while let (n2, w2) = try r.nextField() {
                         switch n2 {
-                        case 1: try r.expect(w2, .lengthDelimited, field: n2); domain = try r.readString()
-                        case 2: try r.expect(w2, .varint, field: n2); version = try r.readInt()
+                        case 1:
+                            try r.expect(w2, .lengthDelimited, field: n2)
+                            domain = try r.readString()
+                        case 2:
+                            try r.expect(w2, .varint, field: n2)
+                            version = try r.readInt()
                         default: try r.skip(w2)
                         }
                     }
@@ -85,8 +100,10 @@ enum ONNX {
         var external: [[String: Any]] = []
         var locations: [String] = []
         var seenLocations = Set<String>()
-        var inputs: [[String: Any]] = [], outputs: [[String: Any]] = []
-        var inputCount = 0, outputCount = 0
+        var inputs: [[String: Any]] = []
+        var outputs: [[String: Any]] = []
+        var inputCount = 0
+        var outputCount = 0
         let listed = FormatInspector.maxListed
         while let (n, w) = try r.nextField() {
             switch n {
@@ -96,7 +113,12 @@ enum ONNX {
                 let op: String = try r.message {
                     var op = ""
                     while let (n2, w2) = try r.nextField() {
-                        if n2 == 4 { try r.expect(w2, .lengthDelimited, field: n2); op = try r.readString() } else { try r.skip(w2) }
+                        if n2 == 4 {
+                            try r.expect(w2, .lengthDelimited, field: n2)
+                            op = try r.readString()
+                        } else {
+                            try r.skip(w2)
+                        }
                     }
                     return op
                 }
@@ -112,7 +134,9 @@ enum ONNX {
                 if initializerNames.count < 1_000_000 { initializerNames.insert(t.name) }
                 if let e = t.external, external.count < listed {
                     external.append(e)
-                    if let loc = e["location"] as? String, locations.count < 1000, seenLocations.insert(loc).inserted { locations.append(loc) }
+                    if let loc = e["location"] as? String, locations.count < 1000, seenLocations.insert(loc).inserted {
+                        locations.append(loc)
+                    }
                 }
             case 11, 12:
                 try r.expect(w, .lengthDelimited, field: n)
@@ -122,7 +146,9 @@ enum ONNX {
                 // as inputs do not use up the list limit.
                 if n == 11 {
                     if inputs.count < listed, !initializerNames.contains(info["name"] as? String ?? "") { inputs.append(info) }
-                } else if outputs.count < listed { outputs.append(info) }
+                } else if outputs.count < listed {
+                    outputs.append(info)
+                }
             default:
                 try r.skip(w)
             }
@@ -146,25 +172,35 @@ enum ONNX {
     /// A TensorProto's name, payload size in bytes (inline data) and external-data reference.
     private static func readTensor(_ r: ProtobufReader) throws -> (name: String, bytes: Int64, external: [String: Any]?) {
         try r.message {
-            var name = "", bytes: Int64 = 0, isExternal = false
+            var name = ""
+            var bytes: Int64 = 0
+            var isExternal = false
             var entries: [String: String] = [:]
             while let (n, w) = try r.nextField() {
                 switch n {
-                case 8: try r.expect(w, .lengthDelimited, field: n); name = try r.readString()
-                case 9, 6: try r.expect(w, .lengthDelimited, field: n); bytes += try r.skip(w)
+                case 8:
+                    try r.expect(w, .lengthDelimited, field: n)
+                    name = try r.readString()
+                case 9, 6:
+                    try r.expect(w, .lengthDelimited, field: n)
+                    bytes += try r.skip(w)
                 case 4, 5, 7, 10, 11:
                     // Packed numeric data: count the payload; unpacked elements count their width.
                     switch w {
                     case .lengthDelimited: bytes += try r.skip(w)
                     case .fixed32: bytes += try r.skip(w)
                     case .fixed64: bytes += try r.skip(w)
-                    case .varint: try r.skip(w); bytes += (n == 5 ? 4 : 8)
+                    case .varint:
+                        try r.skip(w)
+                        bytes += (n == 5 ? 4 : 8)
                     }
                 case 13:
                     try r.expect(w, .lengthDelimited, field: n)
                     let e = try r.readStringEntry()
                     if entries.count < 100 { entries[e.key] = e.value }
-                case 14: try r.expect(w, .varint, field: n); isExternal = try r.readInt() == 1
+                case 14:
+                    try r.expect(w, .varint, field: n)
+                    isExternal = try r.readInt() == 1
                 default: try r.skip(w)
                 }
             }
@@ -174,7 +210,8 @@ enum ONNX {
             for key in ["offset", "length"] {
                 guard let s = entries[key] else { continue }
                 guard let v = Int(s), v >= 0 else {
-                    throw DepotError.invalidArgument("ONNX model: tensor '\(name)' has external_data \(key) '\(s)' that is not a non-negative integer")
+                    throw DepotError.invalidArgument(
+                        "ONNX model: tensor '\(name)' has external_data \(key) '\(s)' that is not a non-negative integer")
                 }
                 e[key] = v
             }
@@ -188,12 +225,17 @@ enum ONNX {
             var info: [String: Any] = [:]
             while let (n, w) = try r.nextField() {
                 switch n {
-                case 1: try r.expect(w, .lengthDelimited, field: n); info["name"] = try r.readString()
+                case 1:
+                    try r.expect(w, .lengthDelimited, field: n)
+                    info["name"] = try r.readString()
                 case 2:
                     try r.expect(w, .lengthDelimited, field: n)
                     try r.message {
                         while let (n2, w2) = try r.nextField() {
-                            guard n2 == 1 else { try r.skip(w2); continue }
+                            guard n2 == 1 else {
+                                try r.skip(w2)
+                                continue
+                            }
                             try r.expect(w2, .lengthDelimited, field: n2)
                             try readTensorType(r, into: &info)
                         }
@@ -210,20 +252,29 @@ enum ONNX {
         try r.message {
             while let (n, w) = try r.nextField() {
                 switch n {
-                case 1: try r.expect(w, .varint, field: n); info["elem_type"] = typeName(try r.readInt())
+                case 1:
+                    try r.expect(w, .varint, field: n)
+                    info["elem_type"] = typeName(try r.readInt())
                 case 2:
                     try r.expect(w, .lengthDelimited, field: n)
                     var shape: [Any] = []
                     try r.message {
                         while let (n2, w2) = try r.nextField() {
-                            guard n2 == 1 else { try r.skip(w2); continue }
+                            guard n2 == 1 else {
+                                try r.skip(w2)
+                                continue
+                            }
                             try r.expect(w2, .lengthDelimited, field: n2)
                             let dim: Any = try r.message {
                                 var dim: Any = "?"
                                 while let (n3, w3) = try r.nextField() {
                                     switch n3 {
-                                    case 1: try r.expect(w3, .varint, field: n3); dim = try r.readInt()
-                                    case 2: try r.expect(w3, .lengthDelimited, field: n3); dim = try r.readString()
+                                    case 1:
+                                        try r.expect(w3, .varint, field: n3)
+                                        dim = try r.readInt()
+                                    case 2:
+                                        try r.expect(w3, .lengthDelimited, field: n3)
+                                        dim = try r.readString()
                                     default: try r.skip(w3)
                                     }
                                 }

@@ -93,7 +93,10 @@ enum Pickle {
         }
         func string(_ n: UInt64, utf8: Bool = true) throws -> String? {
             guard n <= UInt64(max(0, c.remaining)) else { throw c.truncated(Int64(clamping: n)) }
-            if n > UInt64(maxTracked) { try c.skip(Int64(n)); return nil }
+            if n > UInt64(maxTracked) {
+                try c.skip(Int64(n))
+                return nil
+            }
             let bytes = try c.readBytes(Int(n))
             return String(decoding: bytes, as: UTF8.self)
         }
@@ -117,9 +120,12 @@ enum Pickle {
             case 0x2e: // STOP '.'
                 return Scan(imports: imports, end: c.position)
             // Zero-argument opcodes that push a non-string value.
-            case 0x4e, 0x29, 0x5d, 0x7d, 0x88, 0x89, 0x8f, // NONE EMPTY_TUPLE EMPTY_LIST EMPTY_DICT NEWTRUE NEWFALSE EMPTY_SET
-                 0x52, 0x62, 0x64, 0x65, 0x61, 0x6c, 0x6f, 0x73, 0x74, 0x75, // REDUCE BUILD DICT APPENDS APPEND LIST OBJ SETITEM TUPLE SETITEMS
-                 0x81, 0x85, 0x86, 0x87, 0x90, 0x91, 0x92, 0x51, 0x97, 0x98: // NEWOBJ TUPLE1-3 ADDITEMS FROZENSET NEWOBJ_EX BINPERSID NEXT_BUFFER READONLY_BUFFER
+            // NONE EMPTY_TUPLE EMPTY_LIST EMPTY_DICT NEWTRUE NEWFALSE EMPTY_SET
+            // REDUCE BUILD DICT APPENDS APPEND LIST OBJ SETITEM TUPLE SETITEMS
+            // NEWOBJ TUPLE1-3 ADDITEMS FROZENSET NEWOBJ_EX BINPERSID NEXT_BUFFER READONLY_BUFFER
+            case 0x4e, 0x29, 0x5d, 0x7d, 0x88, 0x89, 0x8f,
+                0x52, 0x62, 0x64, 0x65, 0x61, 0x6c, 0x6f, 0x73, 0x74, 0x75,
+                0x81, 0x85, 0x86, 0x87, 0x90, 0x91, 0x92, 0x51, 0x97, 0x98:
                 push(nil)
             case 0x28: // MARK '('
                 break
@@ -130,13 +136,15 @@ enum Pickle {
             case 0x32: // DUP '2'
                 push(recent.last ?? nil)
             case 0x49, 0x4c, 0x46, 0x50: // INT LONG FLOAT PERSID: newline-terminated argument
-                _ = try c.readLine(); push(nil)
+                _ = try c.readLine()
+                push(nil)
             case 0x53, 0x56: // STRING UNICODE: newline-terminated literal
                 var s = try line()
                 if op == 0x53, s.count >= 2, let f = s.first, f == "'" || f == "\"" { s = String(s.dropFirst().dropLast()) }
                 push(s.utf8.count <= maxTracked ? s : nil)
             case 0x63, 0x69: // GLOBAL 'c', INST 'i': module and name lines
-                let module = try line(), name = try line()
+                let module = try line()
+                let name = try line()
                 addImport(module, name)
                 push(nil)
             case 0x93: // STACK_GLOBAL
@@ -158,15 +166,33 @@ enum Pickle {
                 let v = try c.readByte()
                 guard v <= 5 else { throw c.fail("unsupported pickle protocol \(v) at offset \(at)") }
             case 0x95: try c.skip(8) // FRAME: length only, contents follow inline
-            case 0x4a: try c.skip(4); push(nil) // BININT
-            case 0x4b: try c.skip(1); push(nil) // BININT1
-            case 0x4d: try c.skip(2); push(nil) // BININT2
-            case 0x47: try c.skip(8); push(nil) // BINFLOAT
-            case 0x82: try c.skip(1); push(nil) // EXT1
-            case 0x83: try c.skip(2); push(nil) // EXT2
-            case 0x84: try c.skip(4); push(nil) // EXT4
-            case 0x8a: try c.skip(Int64(try c.readByte())); push(nil) // LONG1
-            case 0x8b: try c.skip(Int64(try signed32())); push(nil) // LONG4
+            case 0x4a:
+                try c.skip(4)
+                push(nil) // BININT
+            case 0x4b:
+                try c.skip(1)
+                push(nil) // BININT1
+            case 0x4d:
+                try c.skip(2)
+                push(nil) // BININT2
+            case 0x47:
+                try c.skip(8)
+                push(nil) // BINFLOAT
+            case 0x82:
+                try c.skip(1)
+                push(nil) // EXT1
+            case 0x83:
+                try c.skip(2)
+                push(nil) // EXT2
+            case 0x84:
+                try c.skip(4)
+                push(nil) // EXT4
+            case 0x8a:
+                try c.skip(Int64(try c.readByte()))
+                push(nil) // LONG1
+            case 0x8b:
+                try c.skip(Int64(try signed32()))
+                push(nil) // LONG4
             case 0x58: push(try string(try c.readUInt(4))) // BINUNICODE
             case 0x8c: push(try string(UInt64(try c.readByte()))) // SHORT_BINUNICODE
             case 0x8d: push(try string(try c.readUInt(8))) // BINUNICODE8

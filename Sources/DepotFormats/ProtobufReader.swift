@@ -2,7 +2,10 @@ import DepotCore
 
 /// Protobuf wire types.
 enum WireType: Int {
-    case varint = 0, fixed64 = 1, lengthDelimited = 2, fixed32 = 5
+    case varint = 0
+    case fixed64 = 1
+    case lengthDelimited = 2
+    case fixed32 = 5
 }
 
 /// Reads the protobuf wire format from a ByteSource: tags, varints, strings and nested messages.
@@ -66,10 +69,19 @@ struct ProtobufReader {
     @discardableResult
     func skip(_ wire: WireType) throws -> Int64 {
         switch wire {
-        case .varint: _ = try cursor.readVarint(); return 0
-        case .fixed64: try cursor.skip(8); return 8
-        case .fixed32: try cursor.skip(4); return 4
-        case .lengthDelimited: let n = try readLength(); try cursor.skip(n); return n
+        case .varint:
+            _ = try cursor.readVarint()
+            return 0
+        case .fixed64:
+            try cursor.skip(8)
+            return 8
+        case .fixed32:
+            try cursor.skip(4)
+            return 4
+        case .lengthDelimited:
+            let n = try readLength()
+            try cursor.skip(n)
+            return n
         }
     }
 
@@ -88,11 +100,16 @@ struct ProtobufReader {
     /// Reads a StringStringEntryProto (key = 1, value = 2).
     func readStringEntry() throws -> (key: String, value: String) {
         try message {
-            var key = "", value = ""
+            var key = ""
+            var value = ""
             while let (n, w) = try nextField() {
                 switch n {
-                case 1: try expect(w, .lengthDelimited, field: n); key = try readString()
-                case 2: try expect(w, .lengthDelimited, field: n); value = try readString()
+                case 1:
+                    try expect(w, .lengthDelimited, field: n)
+                    key = try readString()
+                case 2:
+                    try expect(w, .lengthDelimited, field: n)
+                    value = try readString()
                 default: try skip(w)
                 }
             }

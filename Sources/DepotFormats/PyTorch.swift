@@ -25,10 +25,14 @@ enum PyTorch {
         "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
     ]
 
-    static let dangerousPrefixes = ["os.", "posix.", "nt.", "subprocess.", "runpy.", "socket.", "shutil.", "sys.",
-                                    "pty.", "webbrowser.", "importlib.", "pickle.", "marshal."]
-    static let dangerousNames: Set<String> = ["builtins.eval", "builtins.exec", "builtins.compile", "builtins.open",
-                                              "builtins.getattr", "builtins.__import__"]
+    static let dangerousPrefixes = [
+        "os.", "posix.", "nt.", "subprocess.", "runpy.", "socket.", "shutil.", "sys.",
+        "pty.", "webbrowser.", "importlib.", "pickle.", "marshal.",
+    ]
+    static let dangerousNames: Set<String> = [
+        "builtins.eval", "builtins.exec", "builtins.compile", "builtins.open",
+        "builtins.getattr", "builtins.__import__",
+    ]
 
     static func isAllowed(_ name: String) -> Bool {
         if allowed.contains(name) { return true }
@@ -97,17 +101,32 @@ enum PyTorch {
             var byHeader: [Int64: String] = [:]
             var candidates: [(entry: ZipEntry, range: Range<Int64>)] = []
             for e in entries where e.name.hasSuffix(".pkl") {
-                if e.method != 0 { note("\(e.name): unscanned (compressed)"); continue }
-                if e.compressedSize > maxPickle { note("\(e.name): unscanned (\(e.compressedSize) bytes, over the \(maxPickle)-byte limit)"); continue }
-                if let first = byHeader[e.localHeaderOffset] { note("\(e.name): same data as '\(first)'"); continue }
+                if e.method != 0 {
+                    note("\(e.name): unscanned (compressed)")
+                    continue
+                }
+                if e.compressedSize > maxPickle {
+                    note("\(e.name): unscanned (\(e.compressedSize) bytes, over the \(maxPickle)-byte limit)")
+                    continue
+                }
+                if let first = byHeader[e.localHeaderOffset] {
+                    note("\(e.name): same data as '\(first)'")
+                    continue
+                }
                 byHeader[e.localHeaderOffset] = e.name
-                guard candidates.count < maxScannedPickles else { unscanned += 1; continue }
+                guard candidates.count < maxScannedPickles else {
+                    unscanned += 1
+                    continue
+                }
                 candidates.append((e, try Zip.dataRange(e, in: source)))
             }
             candidates.sort { $0.range.lowerBound < $1.range.lowerBound }
             var scannedEnd: Int64 = 0
             for (e, range) in candidates {
-                if range.lowerBound < scannedEnd { note("\(e.name): overlaps another entry's data, not scanned again"); continue }
+                if range.lowerBound < scannedEnd {
+                    note("\(e.name): overlaps another entry's data, not scanned again")
+                    continue
+                }
                 let scan = try Pickle.scan(source, from: range.lowerBound, to: range.upperBound, what: "pickle '\(e.name)'")
                 scannedEnd = max(scannedEnd, scan.end)
                 record(e.name, scan.imports)

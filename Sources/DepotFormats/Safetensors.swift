@@ -45,7 +45,8 @@ public enum Safetensors {
     /// with dtype × shape, and inside the file. Returns tensors sorted by offset and metadata.
     public static func parseHeader(_ json: [UInt8], fileSize: Int64?) throws -> (tensors: [SafetensorsTensor], metadata: [String: String]) {
         guard json.first == UInt8(ascii: "{"),
-              let object = try? JSONSerialization.jsonObject(with: Data(json)) as? [String: Any] else {
+            let object = try? JSONSerialization.jsonObject(with: Data(json)) as? [String: Any]
+        else {
             throw DepotError.invalidArgument("safetensors header is not a JSON object")
         }
         let dataStart = Int64(8 + json.count)
@@ -58,12 +59,14 @@ public enum Safetensors {
                 continue
             }
             guard let t = value as? [String: Any], let dtype = t["dtype"] as? String,
-                  let shape = t["shape"] as? [Int], let offsets = t["data_offsets"] as? [Int], offsets.count == 2 else {
+                let shape = t["shape"] as? [Int], let offsets = t["data_offsets"] as? [Int], offsets.count == 2
+            else {
                 throw DepotError.invalidArgument("safetensors tensor '\(name)' lacks dtype, shape or data_offsets")
             }
             // Offsets and sizes come from untrusted input: bound them before any arithmetic.
             let limit: Int64 = 1 << 50
-            let begin = Int64(offsets[0]), end = Int64(offsets[1])
+            let begin = Int64(offsets[0])
+            let end = Int64(offsets[1])
             guard begin >= 0, end >= begin, end <= limit else {
                 throw DepotError.invalidArgument("safetensors tensor '\(name)' has invalid data_offsets [\(begin), \(end)]")
             }
@@ -80,7 +83,8 @@ public enum Safetensors {
                     bytes = product
                 }
                 guard bytes == end - begin else {
-                    throw DepotError.invalidArgument("safetensors tensor '\(name)': \(dtype)\(shape) needs \(bytes) bytes but data_offsets span \(end - begin)")
+                    throw DepotError.invalidArgument(
+                        "safetensors tensor '\(name)': \(dtype)\(shape) needs \(bytes) bytes but data_offsets span \(end - begin)")
                 }
             }
             tensors.append(SafetensorsTensor(name: name, dtype: dtype, shape: shape, range: (dataStart + begin)..<(dataStart + end)))
@@ -89,7 +93,9 @@ public enum Safetensors {
         var expected = dataStart
         for t in tensors {
             guard t.range.lowerBound == expected else {
-                throw DepotError.invalidArgument("safetensors tensor '\(t.name)' starts at \(t.range.lowerBound - dataStart) but the previous tensor ends at \(expected - dataStart) (gap or overlap)")
+                throw DepotError.invalidArgument(
+                    "safetensors tensor '\(t.name)' starts at \(t.range.lowerBound - dataStart) but the previous tensor ends at \(expected - dataStart) (gap or overlap)"
+                )
             }
             expected = t.range.upperBound
         }
@@ -120,7 +126,10 @@ public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
         // Accumulate the header only: at most 8 + N bytes.
         var need = 8
         if prefix.count >= 8 {
-            guard let n = prefix.withUnsafeBytes({ Safetensors.headerLength($0) }), n <= Safetensors.plannerHeaderLimit else { failed = true; return }
+            guard let n = prefix.withUnsafeBytes({ Safetensors.headerLength($0) }), n <= Safetensors.plannerHeaderLimit else {
+                failed = true
+                return
+            }
             need = 8 + n
         }
         var consumed = 0
@@ -130,13 +139,18 @@ public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
             consumed += take
             if prefix.count == 8 {
                 guard let n = prefix.withUnsafeBytes({ Safetensors.headerLength($0) }), n <= Safetensors.plannerHeaderLimit else {
-                    failed = true; prefix = []; return
+                    failed = true
+                    prefix = []
+                    return
                 }
                 need = 8 + n
             }
         }
         guard prefix.count == need, need > 8 else { return }
-        guard let parsed = try? Safetensors.parseHeader(Array(prefix[8...]), fileSize: nil) else { failed = true; return }
+        guard let parsed = try? Safetensors.parseHeader(Array(prefix[8...]), fileSize: nil) else {
+            failed = true
+            return
+        }
         let end = Int64(need)
         headerEnd = end
         prefix = []
@@ -149,7 +163,8 @@ public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
 
     public func nextBoundary(atOrAfter offset: Int64) -> Int64? {
         // Binary search for the first boundary >= offset.
-        var lo = 0, hi = boundaries.count
+        var lo = 0
+        var hi = boundaries.count
         while lo < hi {
             let mid = (lo + hi) / 2
             if boundaries[mid] < offset { lo = mid + 1 } else { hi = mid }
@@ -158,7 +173,8 @@ public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
     }
 
     public func elementWidth(at offset: Int64) -> Int {
-        var lo = 0, hi = widths.count
+        var lo = 0
+        var hi = widths.count
         while lo < hi {
             let mid = (lo + hi) / 2
             if widths[mid].start <= offset { lo = mid + 1 } else { hi = mid }

@@ -13,22 +13,33 @@ enum TensorFlow {
         var count = 0
         while let (n, w) = try r.nextField() {
             switch n {
-            case 1: try r.expect(w, .varint, field: n); out["saved_model_schema_version"] = try r.readInt()
+            case 1:
+                try r.expect(w, .varint, field: n)
+                out["saved_model_schema_version"] = try r.readInt()
             case 2:
                 try r.expect(w, .lengthDelimited, field: n)
                 count += 1
                 let mg: [String: Any] = try r.message {
                     var mg: [String: Any] = [:]
                     while let (n2, w2) = try r.nextField() {
-                        guard n2 == 1 else { try r.skip(w2); continue }
+                        guard n2 == 1 else {
+                            try r.skip(w2)
+                            continue
+                        }
                         try r.expect(w2, .lengthDelimited, field: n2)
                         try r.message {
                             var tags: [String] = []
                             while let (n3, w3) = try r.nextField() {
                                 switch n3 {
-                                case 4: try r.expect(w3, .lengthDelimited, field: n3); if tags.count < 100 { tags.append(try r.readString()) } else { try r.skip(w3) }
-                                case 5: try r.expect(w3, .lengthDelimited, field: n3); mg["tensorflow_version"] = try r.readString()
-                                case 6: try r.expect(w3, .lengthDelimited, field: n3); mg["tensorflow_git_version"] = try r.readString()
+                                case 4:
+                                    try r.expect(w3, .lengthDelimited, field: n3)
+                                    if tags.count < 100 { tags.append(try r.readString()) } else { try r.skip(w3) }
+                                case 5:
+                                    try r.expect(w3, .lengthDelimited, field: n3)
+                                    mg["tensorflow_version"] = try r.readString()
+                                case 6:
+                                    try r.expect(w3, .lengthDelimited, field: n3)
+                                    mg["tensorflow_git_version"] = try r.readString()
                                 default: try r.skip(w3)
                                 }
                             }
@@ -68,7 +79,12 @@ enum TensorFlow {
                     let op: String = try r.message {
                         var op = ""
                         while let (n2, w2) = try r.nextField() {
-                            if n2 == 2 { try r.expect(w2, .lengthDelimited, field: n2); op = try r.readString() } else { try r.skip(w2) }
+                            if n2 == 2 {
+                                try r.expect(w2, .lengthDelimited, field: n2)
+                                op = try r.readString()
+                            } else {
+                                try r.skip(w2)
+                            }
                         }
                         return op
                     }
@@ -77,10 +93,17 @@ enum TensorFlow {
                     try r.expect(w, .lengthDelimited, field: n)
                     try r.message {
                         while let (n2, w2) = try r.nextField() {
-                            if n2 == 1 { try r.expect(w2, .varint, field: n2); producer = try r.readInt() } else { try r.skip(w2) }
+                            if n2 == 1 {
+                                try r.expect(w2, .varint, field: n2)
+                                producer = try r.readInt()
+                            } else {
+                                try r.skip(w2)
+                            }
                         }
                     }
-                case 2: try r.expect(w, .lengthDelimited, field: n); try r.skip(w)
+                case 2:
+                    try r.expect(w, .lengthDelimited, field: n)
+                    try r.skip(w)
                 default: try r.skip(w)
                 }
             }

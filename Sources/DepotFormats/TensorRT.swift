@@ -12,7 +12,8 @@ enum TensorRT {
     /// Parses "sm_90,trt10.3" → ("9.0", "10.3"); either may be nil.
     static func parsePlatform(_ platform: String?) -> (computeCapability: String?, tensorrtVersion: String?) {
         guard let platform else { return (nil, nil) }
-        var cc: String?, trt: String?
+        var cc: String?
+        var trt: String?
         for raw in platform.split(whereSeparator: { $0 == "," || $0 == ";" || $0 == " " }) {
             let part = raw.lowercased()
             if part.hasPrefix("sm_") || part.hasPrefix("sm") && part.dropFirst(2).allSatisfy(\.isNumber) {

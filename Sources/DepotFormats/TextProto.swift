@@ -37,8 +37,16 @@ struct TextProto {
 
     private func error(_ message: String, at index: Int? = nil) -> DepotError {
         let at = min(index ?? i, s.count)
-        var line = 1, column = 1
-        for b in s[0..<at] { if b == 0x0a { line += 1; column = 1 } else { column += 1 } }
+        var line = 1
+        var column = 1
+        for b in s[0..<at] {
+            if b == 0x0a {
+                line += 1
+                column = 1
+            } else {
+                column += 1
+            }
+        }
         return DepotError.invalidArgument("\(what) line \(line), column \(column): \(message)")
     }
 
@@ -46,13 +54,20 @@ struct TextProto {
     private mutating func space() {
         while i < s.count {
             let c = s[i]
-            if c == 0x20 || c == 0x09 || c == 0x0a || c == 0x0d { i += 1 } else if c == UInt8(ascii: "#") {
+            if c == 0x20 || c == 0x09 || c == 0x0a || c == 0x0d {
+                i += 1
+            } else if c == UInt8(ascii: "#") {
                 while i < s.count, s[i] != 0x0a { i += 1 }
-            } else { break }
+            } else {
+                break
+            }
         }
     }
 
-    private mutating func peek() -> UInt8? { space(); return i < s.count ? s[i] : nil }
+    private mutating func peek() -> UInt8? {
+        space()
+        return i < s.count ? s[i] : nil
+    }
 
     private static func isIdent(_ c: UInt8, first: Bool) -> Bool {
         (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x5f || (!first && ((c >= 0x30 && c <= 0x39) || c == 0x2e))
@@ -62,7 +77,9 @@ struct TextProto {
         space()
         let start = i
         guard i < s.count, Self.isIdent(s[i], first: true) else {
-            throw error(i < s.count ? "expected a field name, found '\(Character(Unicode.Scalar(s[i])))'" : "expected a field name, found end of input")
+            throw error(
+                i < s.count
+                    ? "expected a field name, found '\(Character(Unicode.Scalar(s[i])))'" : "expected a field name, found end of input")
         }
         while i < s.count, Self.isIdent(s[i], first: false) { i += 1 }
         // Field names repeat: reuse the previous name's String when the bytes are the same.
@@ -89,8 +106,14 @@ struct TextProto {
                 if let close { throw error("expected '\(Character(Unicode.Scalar(close)))' before end of input") }
                 return Self.tree(index, slots)
             }
-            if let close, c == close { i += 1; return Self.tree(index, slots) }
-            if c == UInt8(ascii: ",") || c == UInt8(ascii: ";") { i += 1; continue }
+            if let close, c == close {
+                i += 1
+                return Self.tree(index, slots)
+            }
+            if c == UInt8(ascii: ",") || c == UInt8(ascii: ";") {
+                i += 1
+                continue
+            }
             steps += 1
             if steps & 4095 == 0 { try budget?.checkTime() }
             let name: String
@@ -104,7 +127,10 @@ struct TextProto {
                 name = try identifier()
             }
             var colon = false
-            if peek() == UInt8(ascii: ":") { i += 1; colon = true }
+            if peek() == UInt8(ascii: ":") {
+                i += 1
+                colon = true
+            }
             var isList = false
             let value = try fieldValue(colon: colon, field: name, isList: &isList)
             guard let k = index[name] else {
@@ -143,7 +169,10 @@ struct TextProto {
             var list: [Any] = []
             while true {
                 guard let d = peek() else { throw error("unterminated list for '\(field)'") }
-                if d == UInt8(ascii: "]") { i += 1; break }
+                if d == UInt8(ascii: "]") {
+                    i += 1
+                    break
+                }
                 if !list.isEmpty {
                     guard d == UInt8(ascii: ",") else { throw error("expected ',' or ']' in list for '\(field)'") }
                     i += 1
@@ -226,7 +255,10 @@ struct TextProto {
             let c = s[i]
             i += 1
             if c == quote { break }
-            guard c == UInt8(ascii: "\\") else { bytes.append(c); continue }
+            guard c == UInt8(ascii: "\\") else {
+                bytes.append(c)
+                continue
+            }
             guard i < s.count else { throw error("unterminated string", at: start) }
             let e = s[i]
             i += 1
@@ -239,13 +271,23 @@ struct TextProto {
             case UInt8(ascii: "f"): bytes.append(0x0c)
             case UInt8(ascii: "v"): bytes.append(0x0b)
             case UInt8(ascii: "x"):
-                var v = 0, n = 0
-                while n < 2, i < s.count, let d = Int(String(Unicode.Scalar(s[i])), radix: 16) { v = v * 16 + d; i += 1; n += 1 }
+                var v = 0
+                var n = 0
+                while n < 2, i < s.count, let d = Int(String(Unicode.Scalar(s[i])), radix: 16) {
+                    v = v * 16 + d
+                    i += 1
+                    n += 1
+                }
                 guard n > 0 else { throw error("bad \\x escape", at: i - 2) }
                 bytes.append(UInt8(v))
             case UInt8(ascii: "0")...UInt8(ascii: "7"):
-                var v = Int(e - 0x30), n = 1
-                while n < 3, i < s.count, s[i] >= 0x30, s[i] <= 0x37 { v = v * 8 + Int(s[i] - 0x30); i += 1; n += 1 }
+                var v = Int(e - 0x30)
+                var n = 1
+                while n < 3, i < s.count, s[i] >= 0x30, s[i] <= 0x37 {
+                    v = v * 8 + Int(s[i] - 0x30)
+                    i += 1
+                    n += 1
+                }
                 bytes.append(UInt8(truncatingIfNeeded: v))
             default: bytes.append(e) // \" \' \\ \? and unknown escapes keep the character
             }

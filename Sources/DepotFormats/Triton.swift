@@ -30,8 +30,10 @@ enum Triton {
         out["max_batch_size"] = int(tree["max_batch_size"]) ?? 0
         func tensors(_ key: String) -> [[String: Any]] {
             list(tree[key]).prefix(FormatInspector.maxListed).compactMap { $0 as? [String: Any] }.map { t in
-                var o: [String: Any] = ["name": string(t["name"]) ?? "", "data_type": string(t["data_type"]) ?? "TYPE_INVALID",
-                                        "dims": list(t["dims"]).prefix(256).compactMap(int)]
+                var o: [String: Any] = [
+                    "name": string(t["name"]) ?? "", "data_type": string(t["data_type"]) ?? "TYPE_INVALID",
+                    "dims": list(t["dims"]).prefix(256).compactMap(int),
+                ]
                 if let r = t["reshape"] as? [String: Any] { o["reshape"] = list(r["shape"]).compactMap(int) }
                 if let f = string(t["format"]) { o["format"] = f }
                 if let opt = t["optional"] as? Bool { o["optional"] = opt }
@@ -43,9 +45,12 @@ enum Triton {
         for (key, name) in [("input", "input_count"), ("output", "output_count")] where list(tree[key]).count > FormatInspector.maxListed {
             out[name] = list(tree[key]).count
         }
-        out["instance_group"] = list(tree["instance_group"]).prefix(FormatInspector.maxListed).compactMap { $0 as? [String: Any] }.map { g -> [String: Any] in
-            var o: [String: Any] = ["count": int(g["count"]) ?? 1, "kind": string(g["kind"]) ?? "KIND_AUTO",
-                                    "gpus": list(g["gpus"]).prefix(FormatInspector.maxListed).compactMap(int)]
+        out["instance_group"] = list(tree["instance_group"]).prefix(FormatInspector.maxListed).compactMap { $0 as? [String: Any] }.map {
+            g -> [String: Any] in
+            var o: [String: Any] = [
+                "count": int(g["count"]) ?? 1, "kind": string(g["kind"]) ?? "KIND_AUTO",
+                "gpus": list(g["gpus"]).prefix(FormatInspector.maxListed).compactMap(int),
+            ]
             if let n = string(g["name"]) { o["name"] = n }
             return o
         }
@@ -96,7 +101,8 @@ enum Triton {
         let normalized = files.map { $0.hasPrefix("./") ? String($0.dropFirst(2)) : $0 }
         var base = ""
         if !normalized.contains("config.pbtxt"),
-           let top = normalized.filter({ $0.hasSuffix("/config.pbtxt") }).min(by: { $0.count < $1.count }) {
+            let top = normalized.filter({ $0.hasSuffix("/config.pbtxt") }).min(by: { $0.count < $1.count })
+        {
             base = String(top.dropLast("config.pbtxt".count))
         }
         let relative = normalized.compactMap { $0.hasPrefix(base) ? String($0.dropFirst(base.count)) : nil }
@@ -108,16 +114,20 @@ enum Triton {
         }
         let sorted = versions.sorted()
         out["versions"] = sorted
-        let platform = out["platform"] as? String, backend = out["backend"] as? String
+        let platform = out["platform"] as? String
+        let backend = out["backend"] as? String
         let isEnsemble = platform == "ensemble"
         if platform == nil && backend == nil { problems.append("config sets neither platform nor backend") }
         if sorted.isEmpty && !isEnsemble { problems.append("no numbered version directories") }
-        if !isEnsemble, let expected = expectedFile(platform: platform, backend: backend, override: out["default_model_filename"] as? String) {
+        if !isEnsemble,
+            let expected = expectedFile(platform: platform, backend: backend, override: out["default_model_filename"] as? String)
+        {
             let origin = platform.map { "platform \($0)" } ?? "backend \(backend ?? "")"
             // Sorted paths: "is there a file under path/" is a binary search, not a scan per version.
             let ordered = relative.sorted()
             func hasFile(under directory: String) -> Bool {
-                var lo = 0, hi = ordered.count
+                var lo = 0
+                var hi = ordered.count
                 while lo < hi {
                     let mid = (lo + hi) / 2
                     if ordered[mid] < directory { lo = mid + 1 } else { hi = mid }

@@ -56,7 +56,9 @@ enum Zip {
                     throw bad("ZIP64 end of central directory offset \(recordOffset) is outside the file")
                 }
                 let rec = try source.read(at: Int64(recordOffset), count: 56)
-                guard rec.count == 56, le(rec, 0, 4) == 0x0606_4b50 else { throw bad("bad ZIP64 end of central directory record at \(recordOffset)") }
+                guard rec.count == 56, le(rec, 0, 4) == 0x0606_4b50 else {
+                    throw bad("bad ZIP64 end of central directory record at \(recordOffset)")
+                }
                 count = le(rec, 32, 8)
                 cdSize = le(rec, 40, 8)
                 cdOffset = le(rec, 48, 8)
@@ -76,8 +78,11 @@ enum Zip {
             let h = try c.readBytes(46)
             guard le(h, 0, 4) == 0x0201_4b50 else { throw bad("central directory entry \(i) has a bad signature at \(c.position - 46)") }
             let method = Int(le(h, 10, 2))
-            var csize = le(h, 20, 4), usize = le(h, 24, 4)
-            let nameLength = Int(le(h, 28, 2)), extraLength = Int(le(h, 30, 2)), commentLength = Int(le(h, 32, 2))
+            var csize = le(h, 20, 4)
+            var usize = le(h, 24, 4)
+            let nameLength = Int(le(h, 28, 2))
+            let extraLength = Int(le(h, 30, 2))
+            let commentLength = Int(le(h, 32, 2))
             var offset = le(h, 42, 4)
             let name = String(decoding: try c.readBytes(nameLength), as: UTF8.self)
             let extra = try c.readBytes(extraLength)
@@ -85,7 +90,8 @@ enum Zip {
             // ZIP64 extended information: only the fields whose 32-bit value is 0xFFFFFFFF, in order.
             var p = 0
             while p + 4 <= extra.count {
-                let id = le(extra, p, 2), len = Int(le(extra, p + 2, 2))
+                let id = le(extra, p, 2)
+                let len = Int(le(extra, p + 2, 2))
                 guard p + 4 + len <= extra.count else { throw bad("entry '\(name)' has a truncated extra field") }
                 if id == 1 {
                     var q = p + 4
@@ -103,7 +109,8 @@ enum Zip {
             guard offset < UInt64(size), csize <= UInt64(size), usize <= 1 << 50 else {
                 throw bad("entry '\(name)' claims offset \(offset), compressed size \(csize) beyond the \(size)-byte file")
             }
-            entries.append(ZipEntry(name: name, size: Int64(usize), compressedSize: Int64(csize), method: method, localHeaderOffset: Int64(offset)))
+            entries.append(
+                ZipEntry(name: name, size: Int64(usize), compressedSize: Int64(csize), method: method, localHeaderOffset: Int64(offset)))
         }
         return entries
     }

@@ -55,7 +55,9 @@ public final class JobQueue: Sendable {
         guard !pipelines.isEmpty else { return 0 }
         return try db.write { conn in
             let cursor: Int64
-            if let c = try conn.webhookCursor(Self.cursorName) { cursor = c } else {
+            if let c = try conn.webhookCursor(Self.cursorName) {
+                cursor = c
+            } else {
                 // First start with pipelines: act on what is pushed from now on.
                 let start = try conn.lastEventID()
                 try conn.setWebhookCursor(Self.cursorName, start)
@@ -73,45 +75,57 @@ public final class JobQueue: Sendable {
 
     private func trigger(_ conn: SQLiteConnection, _ event: EventRecord) throws -> Int {
         guard let data = event.payload.data(using: .utf8),
-              let payload = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let repository = event.repository, let tag = payload["tag"] as? String,
-              let digestText = payload["digest"] as? String, let digest = try? Digest(parsing: digestText) else { return 0 }
+            let payload = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let repository = event.repository, let tag = payload["tag"] as? String,
+            let digestText = payload["digest"] as? String, let digest = try? Digest(parsing: digestText)
+        else { return 0 }
         guard let repo = try conn.repositoryID(repository), let manifest = try conn.manifest(repo: repo, digest) else { return 0 }
         // A pipeline's own output never starts pipelines (no loops through `{{tag}}-onnx` matching
         // `v*`): anything pushed with a job key, recorded or a late duplicate.
         if try conn.isJobOutput(digest.description) || Self.carriesJobKey(manifest) { return 0 }
         var queued = 0
         for pipeline in pipelines where pipeline.trigger.matches(repository: repository, tag: tag, artifactType: manifest.artifactType) {
-            guard let run = try conn.createPipelineRun(pipeline: pipeline.name, repository: repository, digest: digest.description,
-                                                       tag: tag, eventID: event.id, now: Self.now()) else { continue }
+            guard
+                let run = try conn.createPipelineRun(
+                    pipeline: pipeline.name, repository: repository, digest: digest.description,
+                    tag: tag, eventID: event.id, now: Self.now())
+            else { continue }
             for stage in pipeline.roots {
-                if try conn.enqueueJob(runID: run, pipeline: pipeline.name,
-                                       newJob(pipeline, stage, repository: repository, input: digest.description, triggerTag: tag),
-                                       now: Self.now()) != nil {
+                if try conn.enqueueJob(
+                    runID: run, pipeline: pipeline.name,
+                    newJob(pipeline, stage, repository: repository, input: digest.description, triggerTag: tag),
+                    now: Self.now()) != nil
+                {
                     queued += 1
                 }
             }
-            try conn.appendAudit(at: Self.now(), actor: "depot", action: "pipeline.start", repository: repository,
-                                 digest: digest.description, tag: tag, details: ["pipeline": pipeline.name, "run": run])
+            try conn.appendAudit(
+                at: Self.now(), actor: "depot", action: "pipeline.start", repository: repository,
+                digest: digest.description, tag: tag, details: ["pipeline": pipeline.name, "run": run])
         }
         return queued
     }
 
     static func carriesJobKey(_ m: ManifestRecord) -> Bool {
         guard let text = m.annotationsJSON, let data = text.data(using: .utf8),
-              let a = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return false }
+            let a = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        else { return false }
         return a[JobAnnotations.key] != nil
     }
 
     func newJob(_ pipeline: Pipeline, _ stage: Stage, repository: String, input: String, triggerTag: String?) -> NewJob {
         let name = repository.split(separator: "/").last.map(String.init) ?? repository
-        let variables = ["tag": triggerTag ?? "untagged", "repository": repository, "name": name, "stage": stage.name,
-                         "pipeline": pipeline.name]
+        let variables = [
+            "tag": triggerTag ?? "untagged", "repository": repository, "name": name, "stage": stage.name,
+            "pipeline": pipeline.name,
+        ]
         let spec = stage.spec(pipeline: pipeline.name, variables: variables)
-        let specJSON = (try? JSONSerialization.data(withJSONObject: spec, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-        return NewJob(stage: stage.name, kind: stage.kindName, spec: specJSON, inputRepository: repository, inputDigest: input, inputTag: triggerTag,
-                      outputTag: stage.tag.map { Template.render($0, variables) }, labels: stage.labels,
-                      maxAttempts: stage.retries + 1, timeoutMs: Int64(stage.timeoutSeconds) * 1000)
+        let specJSON =
+            (try? JSONSerialization.data(withJSONObject: spec, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return NewJob(
+            stage: stage.name, kind: stage.kindName, spec: specJSON, inputRepository: repository, inputDigest: input, inputTag: triggerTag,
+            outputTag: stage.tag.map { Template.render($0, variables) }, labels: stage.labels,
+            maxAttempts: stage.retries + 1, timeoutMs: Int64(stage.timeoutSeconds) * 1000)
     }
 
     /// Queues the stages that were waiting for `job` and can now start.
@@ -119,15 +133,17 @@ public final class JobQueue: Sendable {
         guard let pipeline = pipeline(job.pipeline), let run = try conn.pipelineRun(job.runID) else { return }
         let jobs = try conn.jobs(ofRun: job.runID)
         // A stage without an output (webhook, canary) passes its input on.
-        let succeeded = Dictionary(jobs.filter { $0.state == "succeeded" }.map { ($0.stage, $0.outputDigest ?? $0.inputDigest) },
-                                   uniquingKeysWith: { a, _ in a })
+        let succeeded = Dictionary(
+            jobs.filter { $0.state == "succeeded" }.map { ($0.stage, $0.outputDigest ?? $0.inputDigest) },
+            uniquingKeysWith: { a, _ in a })
         var outputs = succeeded
         outputs[job.stage] = output
         for stage in pipeline.dependents(of: job.stage) where stage.needs.allSatisfy({ outputs[$0] != nil }) {
             let input = stage.inputStage.flatMap { outputs[$0] } ?? run.triggerDigest
-            try conn.enqueueJob(runID: job.runID, pipeline: pipeline.name,
-                                newJob(pipeline, stage, repository: run.repository, input: input, triggerTag: run.triggerTag),
-                                now: Self.now())
+            try conn.enqueueJob(
+                runID: job.runID, pipeline: pipeline.name,
+                newJob(pipeline, stage, repository: run.repository, input: input, triggerTag: run.triggerTag),
+                now: Self.now())
         }
     }
 
@@ -145,7 +161,8 @@ public final class JobQueue: Sendable {
                 for job in page {
                     guard Set(job.labels).isSubset(of: labels) else { continue }
                     let token = UUID().uuidString
-                    if try conn.leaseJob(job.id, runner: runner, token: token, expires: now + Int64(options.leaseSeconds * 1000), now: now) {
+                    if try conn.leaseJob(job.id, runner: runner, token: token, expires: now + Int64(options.leaseSeconds * 1000), now: now)
+                    {
                         return try conn.job(job.id)
                     }
                 }
@@ -158,7 +175,8 @@ public final class JobQueue: Sendable {
     func leased(_ conn: SQLiteConnection, _ id: Int64, token: String) throws -> JobRecord {
         guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
         guard job.leaseToken == token, job.state == "leased" || job.state == "running" else {
-            throw RegistryError(.conflict, "job \(id) is \(job.state) and no longer leased with this token (lease expired or job cancelled)")
+            throw RegistryError(
+                .conflict, "job \(id) is \(job.state) and no longer leased with this token (lease expired or job cancelled)")
         }
         return job
     }
@@ -166,25 +184,32 @@ public final class JobQueue: Sendable {
     /// The runner is about to run the job; `key` is its memoization key. When an artifact with
     /// that key exists the job succeeds at once, pointing at it.
     public func start(_ id: Int64, token: String, key: String) throws -> StartDecision {
-        guard key.hasPrefix("sha256:"), key.count == 71 else { throw RegistryError(.unsupported, "a job key is sha256:<64 hex>", status: 400) }
+        guard key.hasPrefix("sha256:"), key.count == 71 else {
+            throw RegistryError(.unsupported, "a job key is sha256:<64 hex>", status: 400)
+        }
         var tagToSet: (String, String, Digest)?
         let decision = try db.write { conn -> StartDecision in
             let job = try leased(conn, id, token: token)
             let now = Self.now()
             if let found = try conn.jobOutput(key: key), found.repository == job.inputRepository,
-               let digest = try? Digest(parsing: found.digest), let repo = try conn.repositoryID(found.repository),
-               try conn.manifestExists(repo: repo, digest) {
-                _ = try conn.updateLeasedJob(id, token: token, set: """
-                    state = 'succeeded', job_key = ?, output_digest = ?, memoized = 1, lease_token = NULL, lease_expires = NULL,
-                    started_at = ?, finished_at = ?, updated_at = ?
-                    """, [.text(key), .text(found.digest), .int(now), .int(now), .int(now)])
+                let digest = try? Digest(parsing: found.digest), let repo = try conn.repositoryID(found.repository),
+                try conn.manifestExists(repo: repo, digest)
+            {
+                _ = try conn.updateLeasedJob(
+                    id, token: token,
+                    set: """
+                        state = 'succeeded', job_key = ?, output_digest = ?, memoized = 1, lease_token = NULL, lease_expires = NULL,
+                        started_at = ?, finished_at = ?, updated_at = ?
+                        """, [.text(key), .text(found.digest), .int(now), .int(now), .int(now)])
                 try queueDependents(conn, of: job, output: found.digest)
                 if let tag = job.outputTag { tagToSet = (job.inputRepository, tag, digest) }
                 return .memoized(digest)
             }
-            _ = try conn.updateLeasedJob(id, token: token, set: """
-                state = 'running', job_key = ?, started_at = ?, lease_expires = ?, updated_at = ?
-                """, [.text(key), .int(now), .int(now + Int64(options.leaseSeconds * 1000)), .int(now)])
+            _ = try conn.updateLeasedJob(
+                id, token: token,
+                set: """
+                    state = 'running', job_key = ?, started_at = ?, lease_expires = ?, updated_at = ?
+                    """, [.text(key), .int(now), .int(now + Int64(options.leaseSeconds * 1000)), .int(now)])
             return .run
         }
         if let (repository, tag, digest) = tagToSet { applyOutputTag(repository, tag, digest, job: id) }
@@ -205,8 +230,9 @@ public final class JobQueue: Sendable {
             if job.state == "cancelled", job.leaseToken == token { return job }
             _ = try leased(conn, id, token: token)
             let now = Self.now()
-            _ = try conn.updateLeasedJob(id, token: token, set: "lease_expires = ?, updated_at = ?",
-                                         [.int(now + Int64(options.leaseSeconds * 1000)), .int(now)])
+            _ = try conn.updateLeasedJob(
+                id, token: token, set: "lease_expires = ?, updated_at = ?",
+                [.int(now + Int64(options.leaseSeconds * 1000)), .int(now)])
             return try conn.job(id)!
         }
     }
@@ -247,12 +273,17 @@ public final class JobQueue: Sendable {
                 throw RegistryError(.manifestUnknown, "output \(output) is not a manifest of \(job.inputRepository)")
             }
             guard try conn.jobOutput(key: key)?.digest == output.description else {
-                throw RegistryError(.manifestInvalid, "output \(output) does not carry the job's key \(key) (annotation \(JobAnnotations.key)); artifactType \(manifest.artifactType ?? "none")")
+                throw RegistryError(
+                    .manifestInvalid,
+                    "output \(output) does not carry the job's key \(key) (annotation \(JobAnnotations.key)); artifactType \(manifest.artifactType ?? "none")"
+                )
             }
             let now = Self.now()
-            _ = try conn.updateLeasedJob(id, token: token, set: """
-                state = 'succeeded', output_digest = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
-                """, [.text(output.description), .int(now), .int(now)])
+            _ = try conn.updateLeasedJob(
+                id, token: token,
+                set: """
+                    state = 'succeeded', output_digest = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
+                    """, [.text(output.description), .int(now), .int(now)])
             try queueDependents(conn, of: job, output: output.description)
         }
     }
@@ -272,15 +303,20 @@ public final class JobQueue: Sendable {
         let text = String(reason.prefix(4000))
         if !permanent, job.attempt < job.maxAttempts {
             let delay = min(options.maxBackoffSeconds, options.retryBaseSeconds * pow(2, Double(max(0, job.attempt - 1))))
-            _ = try conn.updateJob(job.id, inStates: ["leased", "running"], set: """
-                state = 'queued', reason = ?, not_before = ?, runner = NULL, lease_token = NULL, lease_expires = NULL, updated_at = ?
-                """, [.text("attempt \(job.attempt) failed: \(text)"), .int(now + Int64(delay * 1000)), .int(now)])
+            _ = try conn.updateJob(
+                job.id, inStates: ["leased", "running"],
+                set: """
+                    state = 'queued', reason = ?, not_before = ?, runner = NULL, lease_token = NULL, lease_expires = NULL, updated_at = ?
+                    """, [.text("attempt \(job.attempt) failed: \(text)"), .int(now + Int64(delay * 1000)), .int(now)])
         } else {
-            _ = try conn.updateJob(job.id, inStates: ["leased", "running"], set: """
-                state = 'failed', reason = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
-                """, [.text(text), .int(now), .int(now)])
-            try conn.appendAudit(at: now, actor: "depot", action: "job.failed", repository: job.inputRepository, digest: job.inputDigest,
-                                 tag: nil, details: ["job": job.id, "pipeline": job.pipeline, "stage": job.stage, "reason": String(text.prefix(500))])
+            _ = try conn.updateJob(
+                job.id, inStates: ["leased", "running"],
+                set: """
+                    state = 'failed', reason = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
+                    """, [.text(text), .int(now), .int(now)])
+            try conn.appendAudit(
+                at: now, actor: "depot", action: "job.failed", repository: job.inputRepository, digest: job.inputDigest,
+                tag: nil, details: ["job": job.id, "pipeline": job.pipeline, "stage": job.stage, "reason": String(text.prefix(500))])
         }
     }
 
@@ -291,9 +327,12 @@ public final class JobQueue: Sendable {
         try db.write { conn in
             let expired = try conn.expiredLeases(now: Self.now())
             for job in expired {
-                let why = job.kind == "webhook" ? "the webhook did not call back within the stage's timeout"
-                    : job.kind == "canary" ? "the rollout did not finish within the stage's timeout"
-                    : "lease expired: runner \(job.runner ?? "?") stopped renewing it (killed, or lost its connection)"
+                let why =
+                    job.kind == "webhook"
+                    ? "the webhook did not call back within the stage's timeout"
+                    : job.kind == "canary"
+                        ? "the rollout did not finish within the stage's timeout"
+                        : "lease expired: runner \(job.runner ?? "?") stopped renewing it (killed, or lost its connection)"
                 try failLocked(conn, job, reason: why, permanent: false)
             }
             return expired
@@ -315,13 +354,18 @@ public final class JobQueue: Sendable {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
             let now = Self.now()
-            guard try conn.updateJob(id, inStates: ["queued", "leased", "running"], set: """
-                state = 'cancelled', reason = ?, finished_at = ?, updated_at = ?
-                """, [.text("cancelled by \(actor)"), .int(now), .int(now)]) else {
+            guard
+                try conn.updateJob(
+                    id, inStates: ["queued", "leased", "running"],
+                    set: """
+                        state = 'cancelled', reason = ?, finished_at = ?, updated_at = ?
+                        """, [.text("cancelled by \(actor)"), .int(now), .int(now)])
+            else {
                 throw RegistryError(.conflict, "job \(id) is \(job.state): only queued, leased or running jobs can be cancelled")
             }
-            try conn.appendAudit(at: now, actor: actor, action: "job.cancel", repository: job.inputRepository, digest: job.inputDigest,
-                                 tag: nil, details: ["job": id, "pipeline": job.pipeline, "stage": job.stage])
+            try conn.appendAudit(
+                at: now, actor: actor, action: "job.cancel", repository: job.inputRepository, digest: job.inputDigest,
+                tag: nil, details: ["job": id, "pipeline": job.pipeline, "stage": job.stage])
             return try conn.job(id)!
         }
     }
@@ -331,14 +375,19 @@ public final class JobQueue: Sendable {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
             let now = Self.now()
-            guard try conn.updateJob(id, inStates: ["failed", "cancelled"], set: """
-                state = 'queued', attempt = 0, not_before = 0, reason = NULL, runner = NULL, lease_token = NULL, lease_expires = NULL,
-                job_key = NULL, finished_at = NULL, started_at = NULL, updated_at = ?
-                """, [.int(now)]) else {
+            guard
+                try conn.updateJob(
+                    id, inStates: ["failed", "cancelled"],
+                    set: """
+                        state = 'queued', attempt = 0, not_before = 0, reason = NULL, runner = NULL, lease_token = NULL, lease_expires = NULL,
+                        job_key = NULL, finished_at = NULL, started_at = NULL, updated_at = ?
+                        """, [.int(now)])
+            else {
                 throw RegistryError(.conflict, "job \(id) is \(job.state): only failed or cancelled jobs can be retried")
             }
-            try conn.appendAudit(at: now, actor: actor, action: "job.retry", repository: job.inputRepository, digest: job.inputDigest,
-                                 tag: nil, details: ["job": id, "pipeline": job.pipeline, "stage": job.stage])
+            try conn.appendAudit(
+                at: now, actor: actor, action: "job.retry", repository: job.inputRepository, digest: job.inputDigest,
+                tag: nil, details: ["job": id, "pipeline": job.pipeline, "stage": job.stage])
             return try conn.job(id)!
         }
     }
@@ -350,7 +399,9 @@ public final class JobQueue: Sendable {
 
     public func jobs(state: String?, pipeline: String?, limit: Int) throws -> [JobRecord] {
         if let state, !["queued", "leased", "running", "succeeded", "failed", "cancelled"].contains(state) {
-            throw RegistryError(.unsupported, "unknown job state '\(state.prefix(40))' (queued, leased, running, succeeded, failed, cancelled)", status: 400)
+            throw RegistryError(
+                .unsupported, "unknown job state '\(state.prefix(40))' (queued, leased, running, succeeded, failed, cancelled)", status: 400
+            )
         }
         return try db.read { try $0.jobs(state: state, pipeline: pipeline, limit: min(max(limit, 1), 10_000)) }
     }
@@ -366,9 +417,11 @@ extension JobQueue {
             for job in try conn.leasableJobs(kinds: [kind], now: now, limit: 1) {
                 let token = UUID().uuidString
                 if try conn.leaseJob(job.id, runner: "depot-\(kind)", token: token, expires: now + job.timeoutMs, now: now) {
-                    let key = Digest.of(Array("depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec)\n\(kind)".utf8)).description
-                    _ = try conn.updateLeasedJob(job.id, token: token, set: "state = 'running', job_key = ?, started_at = ?, updated_at = ?",
-                                                 [.text(key), .int(now), .int(now)])
+                    let key = Digest.of(Array("depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec)\n\(kind)".utf8))
+                        .description
+                    _ = try conn.updateLeasedJob(
+                        job.id, token: token, set: "state = 'running', job_key = ?, started_at = ?, updated_at = ?",
+                        [.text(key), .int(now), .int(now)])
                     return try conn.job(job.id)
                 }
             }
@@ -401,12 +454,16 @@ extension JobQueue {
                 guard let repo = try conn.repositoryID(job.inputRepository), try conn.manifestExists(repo: repo, output) else {
                     throw RegistryError(.manifestUnknown, "output \(output) is not a manifest of \(job.inputRepository)")
                 }
-                if let key = job.key { try conn.recordJobOutput(key: key, repository: job.inputRepository, digest: output.description, now: Self.now()) }
+                if let key = job.key {
+                    try conn.recordJobOutput(key: key, repository: job.inputRepository, digest: output.description, now: Self.now())
+                }
             }
             let now = Self.now()
-            _ = try conn.updateJob(id, inStates: ["running"], set: """
-                state = 'succeeded', output_digest = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
-                """, [output.map { .text($0.description) } ?? .null, .int(now), .int(now)])
+            _ = try conn.updateJob(
+                id, inStates: ["running"],
+                set: """
+                    state = 'succeeded', output_digest = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
+                    """, [output.map { .text($0.description) } ?? .null, .int(now), .int(now)])
             // Without an output, the next stages work on this stage's input.
             try queueDependents(conn, of: job, output: output?.description ?? job.inputDigest)
             return try conn.job(id)!

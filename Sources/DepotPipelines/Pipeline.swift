@@ -70,17 +70,27 @@ public struct Stage: Sendable, Equatable {
     /// The stage whose output feeds this one, or nil for the trigger's artifact.
     public var inputStage: String? { input ?? (needs.count == 1 ? needs[0] : nil) }
 
-    public init(name: String, kind: Kind) { self.name = name; self.kind = kind }
+    public init(name: String, kind: Kind) {
+        self.name = name
+        self.kind = kind
+    }
 
     /// The JSON a runner executes, with templates rendered for one job.
     public func spec(pipeline: String, variables: [String: String]) -> [String: Any] {
         var out: [String: Any] = ["pipeline": pipeline, "stage": name, "timeout_seconds": timeoutSeconds]
         switch kind {
-        case .exec(let argv): out["kind"] = "exec"; out["command"] = argv
-        case .builtin(let b): out["kind"] = "builtin"; out["builtin"] = b
-        case .webhook(let url, _, _): out["kind"] = "webhook"; out["url"] = url
+        case .exec(let argv):
+            out["kind"] = "exec"
+            out["command"] = argv
+        case .builtin(let b):
+            out["kind"] = "builtin"
+            out["builtin"] = b
+        case .webhook(let url, _, _):
+            out["kind"] = "webhook"
+            out["url"] = url
         case .canary(let env, let steps, let analysis):
-            out["kind"] = "canary"; out["environment"] = env
+            out["kind"] = "canary"
+            out["environment"] = env
             if let steps { out["steps"] = steps }
             if let analysis { out["analysis_seconds"] = analysis }
         }
@@ -94,7 +104,12 @@ public struct Stage: Sendable, Equatable {
     }
 
     public var kindName: String {
-        switch kind { case .exec: "exec"; case .builtin: "builtin"; case .webhook: "webhook"; case .canary: "canary" }
+        switch kind {
+        case .exec: "exec"
+        case .builtin: "builtin"
+        case .webhook: "webhook"
+        case .canary: "canary"
+        }
     }
 }
 

@@ -14,8 +14,10 @@ public struct PipelineFileError: Error, CustomStringConvertible, Equatable {
 /// nothing half-valid is accepted.
 public enum PipelineLoader {
     static let nameCharacters = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-    static let relations: Set<String> = ["converted-from", "compiled-from", "quantized-from", "packaged-from", "derived-from",
-                                         "fine-tuned-from", "trained-from"]
+    static let relations: Set<String> = [
+        "converted-from", "compiled-from", "quantized-from", "packaged-from", "derived-from",
+        "fine-tuned-from", "trained-from",
+    ]
 
     /// Every `*.yaml` / `*.yml` of `directory`, sorted by file name. A missing directory is no pipelines.
     public static func load(directory: String) throws -> [Pipeline] {
@@ -43,7 +45,9 @@ public enum PipelineLoader {
     public static func parse(_ text: String, file: String) throws -> Pipeline {
         let root: Node
         do {
-            guard let node = try Yams.compose(yaml: text) else { throw PipelineFileError(file: file, line: 1, message: "the file is empty") }
+            guard let node = try Yams.compose(yaml: text) else {
+                throw PipelineFileError(file: file, line: 1, message: "the file is empty")
+            }
             if let problem = YAMLSafety.problem(node) { throw PipelineFileError(file: file, line: node.mark?.line ?? 1, message: problem) }
             root = node
         } catch let e as YamlError {
@@ -79,7 +83,8 @@ public enum PipelineLoader {
                 throw r.error(lines[s.name]!, "stages.\(s.name).needs: no stage named '\(need)'")
             }
             if let input = s.input, !s.needs.contains(input) {
-                throw r.error(lines[s.name]!, "stages.\(s.name).input: '\(input)' must be one of its needs (\(s.needs.joined(separator: ", ")))")
+                throw r.error(
+                    lines[s.name]!, "stages.\(s.name).input: '\(input)' must be one of its needs (\(s.needs.joined(separator: ", ")))")
             }
             if s.input == nil, s.needs.count > 1 {
                 throw r.error(lines[s.name]!, "stages.\(s.name) needs several stages: say whose output is its input with 'input:'")
@@ -91,11 +96,18 @@ public enum PipelineLoader {
 
     static func stage(_ name: String, _ node: Node, _ r: Reader) throws -> Stage {
         let at = "stages.\(name)"
-        let m = try r.mapping(node, at, known: ["exec", "builtin", "webhook", "canary", "needs", "input", "with", "tag", "timeout", "retries",
-                                                "labels", "toolchain", "relation"])
+        let m = try r.mapping(
+            node, at,
+            known: [
+                "exec", "builtin", "webhook", "canary", "needs", "input", "with", "tag", "timeout", "retries",
+                "labels", "toolchain", "relation",
+            ])
         let kinds = ["exec", "builtin", "webhook", "canary"].filter { m[$0] != nil }
         guard kinds.count == 1 else {
-            throw r.error(node, "\(at): exactly one of exec, builtin, webhook or canary is needed (found \(kinds.isEmpty ? "none" : kinds.joined(separator: ", ")))")
+            throw r.error(
+                node,
+                "\(at): exactly one of exec, builtin, webhook or canary is needed (found \(kinds.isEmpty ? "none" : kinds.joined(separator: ", ")))"
+            )
         }
         var stage: Stage
         if let e = m["exec"] {
@@ -106,19 +118,24 @@ public enum PipelineLoader {
         } else if let b = m["builtin"] {
             let builtin = try r.string(b, "\(at).builtin")
             guard Stage.builtins[builtin] != nil else {
-                throw r.error(b, "\(at).builtin: unknown built-in '\(builtin)' (one of \(Stage.builtins.keys.sorted().joined(separator: ", ")))")
+                throw r.error(
+                    b, "\(at).builtin: unknown built-in '\(builtin)' (one of \(Stage.builtins.keys.sorted().joined(separator: ", ")))")
             }
             stage = Stage(name: name, kind: .builtin(builtin))
         } else if let c = m["canary"] {
             let cm = try r.mapping(c, "\(at).canary", known: ["environment", "steps", "analysis"])
-            guard let envNode = cm["environment"] else { throw r.error(c, "\(at).canary: missing 'environment' (the alias, e.g. production)") }
+            guard let envNode = cm["environment"] else {
+                throw r.error(c, "\(at).canary: missing 'environment' (the alias, e.g. production)")
+            }
             let env = try r.string(envNode, "\(at).canary.environment")
             guard Reference.isValidTag(env) else { throw r.error(envNode, "\(at).canary.environment: '\(env)' is not a valid alias") }
             var steps: [Int]?
             if let sNode = cm["steps"] {
                 let list = try r.strings(sNode, "\(at).canary.steps").map { Int($0) }
                 guard list.allSatisfy({ $0 != nil }), let values = Optional(list.map { $0! }), !values.isEmpty,
-                      values.allSatisfy({ (1...100).contains($0) }), zip(values, values.dropFirst()).allSatisfy({ $0 < $1 }), values.last == 100 else {
+                    values.allSatisfy({ (1...100).contains($0) }), zip(values, values.dropFirst()).allSatisfy({ $0 < $1 }),
+                    values.last == 100
+                else {
                     throw r.error(sNode, "\(at).canary.steps: increasing percentages within 1...100 ending at 100")
                 }
                 steps = values
@@ -126,7 +143,9 @@ public enum PipelineLoader {
             var analysis: Int?
             if let aNode = cm["analysis"] {
                 let text = try r.string(aNode, "\(at).canary.analysis")
-                guard let v = duration(text), v >= 1 else { throw r.error(aNode, "\(at).canary.analysis: '\(text)' is not a duration (e.g. 15m)") }
+                guard let v = duration(text), v >= 1 else {
+                    throw r.error(aNode, "\(at).canary.analysis: '\(text)' is not a duration (e.g. 15m)")
+                }
                 analysis = v
             }
             stage = Stage(name: name, kind: .canary(environment: env, steps: steps, analysisSeconds: analysis))
@@ -141,7 +160,9 @@ public enum PipelineLoader {
             let secret = try w["secret"].map { try r.string($0, "\(at).webhook.secret") }
             let secretEnv = try w["secret_env"].map { try r.string($0, "\(at).webhook.secret_env") }
             guard (secret == nil) != (secretEnv == nil) else {
-                throw r.error(m["webhook"]!, "\(at).webhook: give exactly one of 'secret' or 'secret_env' (the completion callback is signed with it)")
+                throw r.error(
+                    m["webhook"]!, "\(at).webhook: give exactly one of 'secret' or 'secret_env' (the completion callback is signed with it)"
+                )
             }
             stage = Stage(name: name, kind: .webhook(url: url, secretEnv: secretEnv, secret: secret))
         }
@@ -163,7 +184,8 @@ public enum PipelineLoader {
             try r.template(t, tag, "\(at).tag")
             let sample = Template.render(tag, ["tag": "v1", "repository": "a/b", "name": "b", "stage": name, "pipeline": "p"])
             guard Reference.isValidTag(sample) else {
-                throw r.error(t, "\(at).tag: '\(tag)' does not make a valid tag (e.g. '\(sample)'); {{repository}} contains '/', use {{name}}")
+                throw r.error(
+                    t, "\(at).tag: '\(tag)' does not make a valid tag (e.g. '\(sample)'); {{repository}} contains '/', use {{name}}")
             }
             stage.tag = tag
         }
@@ -189,7 +211,9 @@ public enum PipelineLoader {
         if let n = m["toolchain"] { stage.toolchain = try r.string(n, "\(at).toolchain") }
         if let n = m["relation"] {
             let rel = try r.string(n, "\(at).relation")
-            guard relations.contains(rel) else { throw r.error(n, "\(at).relation: '\(rel)' is not one of \(relations.sorted().joined(separator: ", "))") }
+            guard relations.contains(rel) else {
+                throw r.error(n, "\(at).relation: '\(rel)' is not one of \(relations.sorted().joined(separator: ", "))")
+            }
             stage.relation = rel
         }
         return stage

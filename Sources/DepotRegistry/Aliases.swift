@@ -9,8 +9,10 @@ extension Registry {
     /// Points `alias` at `digest` (a manifest of the repository). With `expect`, the alias must
     /// currently point there (412 otherwise).
     @discardableResult
-    public func setAlias(_ repository: RepositoryName, _ alias: String, to digest: Digest, expect: Digest? = nil,
-                         actor: String, reason: String?, action: String = "alias") throws -> Digest? {
+    public func setAlias(
+        _ repository: RepositoryName, _ alias: String, to digest: Digest, expect: Digest? = nil,
+        actor: String, reason: String?, action: String = "alias"
+    ) throws -> Digest? {
         guard Reference.isValidTag(alias) else { throw RegistryError(.tagInvalid, "'\(alias.prefix(200))' is not a valid tag") }
         let previous = try db.write { conn in
             try setAlias(conn, repository, alias, to: digest, expect: expect, actor: actor, reason: reason, action: action)
@@ -22,8 +24,10 @@ extension Registry {
     /// `setAlias` inside the caller's transaction (so a deployment's state and its alias move
     /// together). The caller invalidates caches with `aliasesChanged()` after committing.
     @discardableResult
-    public func setAlias(_ conn: SQLiteConnection, _ repository: RepositoryName, _ alias: String, to digest: Digest, expect: Digest? = nil,
-                         actor: String, reason: String?, action: String = "alias") throws -> Digest? {
+    public func setAlias(
+        _ conn: SQLiteConnection, _ repository: RepositoryName, _ alias: String, to digest: Digest, expect: Digest? = nil,
+        actor: String, reason: String?, action: String = "alias"
+    ) throws -> Digest? {
         guard Reference.isValidTag(alias) else { throw RegistryError(.tagInvalid, "'\(alias.prefix(200))' is not a valid tag") }
         guard let repo = try conn.repositoryID(repository.value) else {
             throw RegistryError(.nameUnknown, "repository \(repository) is not known")
@@ -31,15 +35,17 @@ extension Registry {
         guard try conn.manifestExists(repo: repo, digest) else {
             throw RegistryError(.manifestUnknown, "manifest \(digest) is not in \(repository)")
         }
-        let current = try checkTagMove(conn, repo: repo, repository, alias, to: digest, actor: Actor(actor, viaAliasAPI: true), expect: expect)
+        let current = try checkTagMove(
+            conn, repo: repo, repository, alias, to: digest, actor: Actor(actor, viaAliasAPI: true), expect: expect)
         guard current != digest else { return current }
         let now = Self.nowMillis()
         try conn.setTag(repo: repo, alias, to: digest, actor: actor, reason: reason, now: now)
         var details: [String: Any] = [:]
         if let current { details["from"] = current.description }
         if let reason { details["reason"] = reason }
-        try conn.appendAudit(at: now, actor: actor, action: action, repository: repository.value,
-                             digest: digest.description, tag: alias, details: details)
+        try conn.appendAudit(
+            at: now, actor: actor, action: action, repository: repository.value,
+            digest: digest.description, tag: alias, details: details)
         var event: [String: Any] = ["tag": alias, "digest": digest.description, "actor": actor, "alias": true, "action": action]
         if let current { event["previous"] = current.description }
         if let reason { event["reason"] = reason }
@@ -62,8 +68,10 @@ extension Registry {
 
     /// Moves the alias back: to `to` (a digest it pointed at before), or `steps` moves back in
     /// its journal (1 = the digest before the current one). Returns (from, to).
-    public func rollback(_ repository: RepositoryName, _ alias: String, to target: Digest? = nil, steps: Int = 1,
-                         actor: String, reason: String?) throws -> (from: Digest, to: Digest) {
+    public func rollback(
+        _ repository: RepositoryName, _ alias: String, to target: Digest? = nil, steps: Int = 1,
+        actor: String, reason: String?
+    ) throws -> (from: Digest, to: Digest) {
         guard steps >= 1 else { throw RegistryError(.unsupported, "steps must be at least 1", status: 400) }
         let history = try aliasHistory(repository, alias)
         guard let current = history.last?.to else {
@@ -82,15 +90,18 @@ extension Registry {
             destination = target
         } else {
             guard earlier.count >= steps else {
-                throw RegistryError(.manifestUnknown, earlier.isEmpty
-                    ? "\(repository):\(alias) has no earlier digest in its history; nothing to roll back to"
-                    : "\(repository):\(alias) has only \(earlier.count) earlier digest(s) in its history")
+                throw RegistryError(
+                    .manifestUnknown,
+                    earlier.isEmpty
+                        ? "\(repository):\(alias) has no earlier digest in its history; nothing to roll back to"
+                        : "\(repository):\(alias) has only \(earlier.count) earlier digest(s) in its history")
             }
             destination = earlier[steps - 1]
         }
         do {
-            try setAlias(repository, alias, to: destination, expect: current, actor: actor,
-                         reason: reason ?? "rollback", action: "rollback")
+            try setAlias(
+                repository, alias, to: destination, expect: current, actor: actor,
+                reason: reason ?? "rollback", action: "rollback")
         } catch let e as RegistryError where e.code == .manifestUnknown {
             throw RegistryError(.manifestUnknown, "\(destination) was deleted since \(alias) pointed at it; pick another with --to")
         }

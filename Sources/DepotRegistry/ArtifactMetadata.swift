@@ -56,7 +56,8 @@ extension Registry {
             if let seen = outcomes[key] {
                 outcome = seen
             } else if ContinuousClock.now >= manifestDeadline {
-                outcome = .budgetExceeded("inspection budget exceeded: the manifest's \(limits.maxSecondsPerManifest) s were spent on other layers")
+                outcome = .budgetExceeded(
+                    "inspection budget exceeded: the manifest's \(limits.maxSecondsPerManifest) s were spent on other layers")
             } else {
                 outcome = inspection.inspect(path: path, digest: blob.digest.description, source: source, platform: platform)
             }

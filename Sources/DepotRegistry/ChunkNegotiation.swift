@@ -14,7 +14,9 @@ extension Registry {
     }
 
     /// Completes a recipe commit: verifies the digest, then links the blob into the repository.
-    public func finishRecipeCommit(_ repository: RepositoryName, _ committer: RecipeCommitter, expecting digest: Digest) throws -> BlobRecord {
+    public func finishRecipeCommit(_ repository: RepositoryName, _ committer: RecipeCommitter, expecting digest: Digest) throws
+        -> BlobRecord
+    {
         do {
             let record = try committer.finish(expecting: digest)
             try link(repository, digest)

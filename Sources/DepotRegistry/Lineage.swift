@@ -7,15 +7,19 @@ import Foundation
 /// `.run`, `.dataset`, `.commit`, `dev.depot.metric.*`). A parent in another registry (or not
 /// stored here) is still an edge, by digest: an external reference, not an error.
 enum LineageAnnotations {
-    static let relations: Set<String> = ["trained-from", "fine-tuned-from", "converted-from", "compiled-from",
-                                         "quantized-from", "packaged-from", "derived-from"]
+    static let relations: Set<String> = [
+        "trained-from", "fine-tuned-from", "converted-from", "compiled-from",
+        "quantized-from", "packaged-from", "derived-from",
+    ]
 
     static func edges(of parsed: ParsedManifest, digest: Digest, repository: RepositoryName) throws -> [LineageEdge] {
         let now = Registry.nowMillis()
         var out: [LineageEdge] = []
         if let subject = parsed.subject {
-            out.append(LineageEdge(child: digest, parent: subject.digest, relation: "subject",
-                                   parentRef: "\(repository)@\(subject.digest)", repository: repository.value, createdAt: now))
+            out.append(
+                LineageEdge(
+                    child: digest, parent: subject.digest, relation: "subject",
+                    parentRef: "\(repository)@\(subject.digest)", repository: repository.value, createdAt: now))
         }
         let a = parsed.annotations ?? [:]
         guard let from = a["dev.depot.lineage.from"] else {
@@ -29,7 +33,9 @@ enum LineageAnnotations {
         }
         let relation = a["dev.depot.lineage.relation"] ?? "derived-from"
         guard relations.contains(relation) else {
-            throw RegistryError(.manifestInvalid, "unknown lineage relation '\(relation.prefix(100))'; one of \(relations.sorted().joined(separator: ", "))")
+            throw RegistryError(
+                .manifestInvalid, "unknown lineage relation '\(relation.prefix(100))'; one of \(relations.sorted().joined(separator: ", "))"
+            )
         }
         var metrics: [String: String] = [:]
         for (k, v) in a where k.hasPrefix("dev.depot.metric.") { metrics[String(k.dropFirst("dev.depot.metric.".count))] = v }
@@ -37,10 +43,12 @@ enum LineageAnnotations {
         if !metrics.isEmpty, let data = try? JSONSerialization.data(withJSONObject: metrics, options: [.sortedKeys]) {
             metricsJSON = String(decoding: data, as: UTF8.self)
         }
-        out.append(LineageEdge(child: digest, parent: parent, relation: relation, parentRef: String(from.prefix(1000)),
-                               repository: repository.value, run: a["dev.depot.lineage.run"], dataset: a["dev.depot.lineage.dataset"],
-                               commit: a["dev.depot.lineage.commit"], metrics: metricsJSON, job: a["dev.depot.lineage.job"],
-                               createdAt: now))
+        out.append(
+            LineageEdge(
+                child: digest, parent: parent, relation: relation, parentRef: String(from.prefix(1000)),
+                repository: repository.value, run: a["dev.depot.lineage.run"], dataset: a["dev.depot.lineage.dataset"],
+                commit: a["dev.depot.lineage.commit"], metrics: metricsJSON, job: a["dev.depot.lineage.job"],
+                createdAt: now))
         return out
     }
 }
@@ -64,13 +72,16 @@ public struct ImpactReport: Sendable {
 
 extension Registry {
     /// Ancestors (`up`) or descendants of `digest`, nearest first.
-    public func lineage(of digest: Digest, up: Bool, depth: Int = 64, relations: [String]? = nil,
-                        artifactType: String? = nil, limit: Int = 10_000) throws -> [LineageNode] {
+    public func lineage(
+        of digest: Digest, up: Bool, depth: Int = 64, relations: [String]? = nil,
+        artifactType: String? = nil, limit: Int = 10_000
+    ) throws -> [LineageNode] {
         guard depth >= 1, depth <= 1000 else { throw RegistryError(.unsupported, "depth must be 1...1000", status: 400) }
         return try db.read { conn in
             try conn.lineage(of: digest, up: up, depth: depth, relations: relations, limit: limit).compactMap { step in
                 if let artifactType, step.artifactType != artifactType { return nil }
-                return LineageNode(digest: step.digest, depth: step.depth, edge: step.edge, artifactType: step.artifactType, stored: step.stored)
+                return LineageNode(
+                    digest: step.digest, depth: step.depth, edge: step.edge, artifactType: step.artifactType, stored: step.stored)
             }
         }
     }
@@ -90,7 +101,10 @@ extension Registry {
                         if edge.child == to {
                             var path = [edge]
                             var at = edge.parent
-                            while at != from, let e = previous[at] { path.append(e); at = e.parent }
+                            while at != from, let e = previous[at] {
+                                path.append(e)
+                                at = e.parent
+                            }
                             return path.reversed()
                         }
                         next.append(edge.child)

@@ -11,8 +11,11 @@ public struct Descriptor: Sendable, Equatable {
     public var urls: [String]?
 
     public init(mediaType: String, digest: Digest, size: Int64, artifactType: String? = nil, annotations: [String: String]? = nil) {
-        self.mediaType = mediaType; self.digest = digest; self.size = size
-        self.artifactType = artifactType; self.annotations = annotations
+        self.mediaType = mediaType
+        self.digest = digest
+        self.size = size
+        self.artifactType = artifactType
+        self.annotations = annotations
     }
 
     public var json: [String: Any] {
@@ -82,12 +85,16 @@ public enum ManifestParser {
             guard object["manifests"] == nil else { throw RegistryError(.manifestInvalid, "an image manifest has no 'manifests'") }
             guard let configObject = object["config"] else { throw RegistryError(.manifestInvalid, "image manifest lacks 'config'") }
             let config = try descriptor(configObject, "config")
-            guard let layers = object["layers"] as? [Any] else { throw RegistryError(.manifestInvalid, "image manifest lacks a 'layers' array") }
+            guard let layers = object["layers"] as? [Any] else {
+                throw RegistryError(.manifestInvalid, "image manifest lacks a 'layers' array")
+            }
             parsed.blobs = [config]
             for (i, l) in layers.enumerated() { parsed.blobs.append(try descriptor(l, "layers[\(i)]")) }
             if parsed.artifactType == nil { parsed.artifactType = config.mediaType }
         } else {
-            guard let manifests = object["manifests"] as? [Any] else { throw RegistryError(.manifestInvalid, "index lacks a 'manifests' array") }
+            guard let manifests = object["manifests"] as? [Any] else {
+                throw RegistryError(.manifestInvalid, "index lacks a 'manifests' array")
+            }
             for (i, m) in manifests.enumerated() { parsed.manifests.append(try descriptor(m, "manifests[\(i)]")) }
         }
         return parsed
@@ -109,7 +116,9 @@ public enum ManifestParser {
         var d = Descriptor(mediaType: mediaType, digest: digest, size: Int64(size))
         d.annotations = try stringMap(o["annotations"], "\(what).annotations")
         if let a = o["artifactType"] {
-            guard let t = a as? String, Self.isMediaType(t) else { throw RegistryError(.manifestInvalid, "\(what).artifactType must be a media type") }
+            guard let t = a as? String, Self.isMediaType(t) else {
+                throw RegistryError(.manifestInvalid, "\(what).artifactType must be a media type")
+            }
             d.artifactType = t
         }
         d.urls = o["urls"] as? [String]

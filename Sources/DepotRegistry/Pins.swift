@@ -10,10 +10,13 @@ extension Registry {
     public func pin(_ repository: RepositoryName, _ reference: Reference, reason: String?, actor: String) throws -> Digest {
         let digest = try manifest(repository, reference).digest
         try db.write { conn in
-            guard let repo = try conn.repositoryID(repository.value) else { throw RegistryError(.nameUnknown, "repository \(repository) is not known") }
+            guard let repo = try conn.repositoryID(repository.value) else {
+                throw RegistryError(.nameUnknown, "repository \(repository) is not known")
+            }
             if try conn.pin(digest, repo: repo, reason: reason, actor: actor, now: Self.nowMillis()) {
-                try conn.appendAudit(at: Self.nowMillis(), actor: actor, action: "pin", repository: repository.value,
-                                     digest: digest.description, tag: nil, details: reason.map { ["reason": $0] })
+                try conn.appendAudit(
+                    at: Self.nowMillis(), actor: actor, action: "pin", repository: repository.value,
+                    digest: digest.description, tag: nil, details: reason.map { ["reason": $0] })
             }
         }
         return digest
@@ -25,10 +28,13 @@ extension Registry {
         let digest: Digest
         if case .digest(let d) = reference { digest = d } else { digest = try manifest(repository, reference).digest }
         let removed = try db.write { conn -> Bool in
-            guard let repo = try conn.repositoryID(repository.value) else { throw RegistryError(.nameUnknown, "repository \(repository) is not known") }
+            guard let repo = try conn.repositoryID(repository.value) else {
+                throw RegistryError(.nameUnknown, "repository \(repository) is not known")
+            }
             guard try conn.unpin(digest, repo: repo) else { return false }
-            try conn.appendAudit(at: Self.nowMillis(), actor: actor, action: "unpin", repository: repository.value,
-                                 digest: digest.description, tag: nil, details: nil)
+            try conn.appendAudit(
+                at: Self.nowMillis(), actor: actor, action: "unpin", repository: repository.value,
+                digest: digest.description, tag: nil, details: nil)
             return true
         }
         guard removed else { throw RegistryError(.manifestUnknown, "\(digest) is not pinned in \(repository)") }

@@ -18,16 +18,20 @@ public final class Registry: Sendable {
     /// Format inspection of pushed layers: bounded concurrency, per-blob budgets, a digest cache.
     public let inspection: InspectionService
 
-    public init(store: ChunkStore, uploads limits: UploadLimits = UploadLimits(), policy: TagPolicy = TagPolicy(),
-                inspectionLimits: InspectionLimits = InspectionLimits()) {
+    public init(
+        store: ChunkStore, uploads limits: UploadLimits = UploadLimits(), policy: TagPolicy = TagPolicy(),
+        inspectionLimits: InspectionLimits = InspectionLimits()
+    ) {
         self.store = store
         self.policy = policy
         inspection = InspectionService(limits: inspectionLimits)
         uploads = UploadSessions(store: store, limits: limits)
     }
 
-    public convenience init(store: ChunkStore, uploadTimeout: TimeInterval, maxUploads: Int = 1024, policy: TagPolicy = TagPolicy(),
-                            inspectionLimits: InspectionLimits = InspectionLimits()) {
+    public convenience init(
+        store: ChunkStore, uploadTimeout: TimeInterval, maxUploads: Int = 1024, policy: TagPolicy = TagPolicy(),
+        inspectionLimits: InspectionLimits = InspectionLimits()
+    ) {
         var limits = UploadLimits()
         limits.idleTimeoutSeconds = uploadTimeout
         limits.maxSessions = maxUploads
@@ -79,7 +83,7 @@ public final class Registry: Sendable {
             }
             let repo = try conn.ensureRepository(repository.value, now: Self.now())
             try conn.linkBlob(repo: repo, digest, now: Self.now())
-            try conn.touchBlob(digest, now: Self.now())   // a mount restarts the grace period
+            try conn.touchBlob(digest, now: Self.now()) // a mount restarts the grace period
             return true
         }
     }
@@ -89,10 +93,12 @@ public final class Registry: Sendable {
     public func deleteBlob(_ repository: RepositoryName, _ digest: Digest, actor: Actor = .oci) throws {
         let removed = try db.write { conn -> Bool in
             guard let repo = try conn.repositoryID(repository.value), try conn.unlinkBlob(repo: repo, digest) else { return false }
-            try conn.appendAudit(at: Self.nowMillis(), actor: actor.name, action: "delete", repository: repository.value,
-                                 digest: digest.description, tag: nil, details: ["what": "blob"])
-            try conn.appendEvent(type: "blob.deleted", at: Self.nowMillis(), repository: repository.value,
-                                 fields: ["digest": digest.description, "actor": actor.name])
+            try conn.appendAudit(
+                at: Self.nowMillis(), actor: actor.name, action: "delete", repository: repository.value,
+                digest: digest.description, tag: nil, details: ["what": "blob"])
+            try conn.appendEvent(
+                type: "blob.deleted", at: Self.nowMillis(), repository: repository.value,
+                fields: ["digest": digest.description, "actor": actor.name])
             return true
         }
         guard removed else { throw RegistryError(.blobUnknown, "blob \(digest) is not in \(repository)") }
@@ -104,8 +110,10 @@ public final class Registry: Sendable {
     /// tag must currently point there (compare-and-swap; HTTP `If-Match`). Records lineage from
     /// the `subject` and the `dev.depot.lineage.*` annotations, and an audit entry, in the same
     /// transaction.
-    public func putManifest(_ repository: RepositoryName, _ reference: Reference, contentType: String?, bytes: [UInt8],
-                            actor: Actor = .oci, expect: Digest? = nil, reason: String? = nil) throws -> (digest: Digest, manifest: ParsedManifest) {
+    public func putManifest(
+        _ repository: RepositoryName, _ reference: Reference, contentType: String?, bytes: [UInt8],
+        actor: Actor = .oci, expect: Digest? = nil, reason: String? = nil
+    ) throws -> (digest: Digest, manifest: ParsedManifest) {
         let parsed = try ManifestParser.parse(bytes, contentType: contentType)
         let digest = Digest.of(bytes)
         if case .digest(let d) = reference, d != digest {
@@ -123,32 +131,37 @@ public final class Registry: Sendable {
             let repo = try conn.repositoryID(repository.value)
             for blob in parsed.blobs where blob.urls == nil || blob.mediaType != MediaType.dockerForeignLayer {
                 guard let repo, try conn.blobVisible(repo: repo, blob.digest) else {
-                    throw RegistryError(.manifestBlobUnknown, "blob \(blob.digest) (\(blob.mediaType)) is not in \(repository)",
-                                        detail: blob.digest.description)
+                    throw RegistryError(
+                        .manifestBlobUnknown, "blob \(blob.digest) (\(blob.mediaType)) is not in \(repository)",
+                        detail: blob.digest.description)
                 }
             }
         }
         let alreadyExtracted = try db.read { try $0.manifestMetadata(digest) } != nil
         let metadata = alreadyExtracted ? nil : try extractMetadata(parsed)
         let lineage = try LineageAnnotations.edges(of: parsed, digest: digest, repository: repository)
-        let record = ManifestRecord(digest: digest, mediaType: parsed.mediaType, artifactType: parsed.artifactType,
-                                    subject: parsed.subject?.digest, annotationsJSON: annotationsJSON, content: bytes)
+        let record = ManifestRecord(
+            digest: digest, mediaType: parsed.mediaType, artifactType: parsed.artifactType,
+            subject: parsed.subject?.digest, annotationsJSON: annotationsJSON, content: bytes)
         try db.write { conn in
             let now = Self.now()
             let repo = try conn.ensureRepository(repository.value, now: now)
             for blob in parsed.blobs where blob.urls == nil || blob.mediaType != MediaType.dockerForeignLayer {
                 guard try conn.blobVisible(repo: repo, blob.digest), let stored = try conn.blob(blob.digest) else {
-                    throw RegistryError(.manifestBlobUnknown, "blob \(blob.digest) (\(blob.mediaType)) is not in \(repository)",
-                                        detail: blob.digest.description)
+                    throw RegistryError(
+                        .manifestBlobUnknown, "blob \(blob.digest) (\(blob.mediaType)) is not in \(repository)",
+                        detail: blob.digest.description)
                 }
                 guard stored.size == blob.size else {
-                    throw RegistryError(.manifestInvalid, "descriptor of \(blob.digest) says \(blob.size) bytes; the blob has \(stored.size)")
+                    throw RegistryError(
+                        .manifestInvalid, "descriptor of \(blob.digest) says \(blob.size) bytes; the blob has \(stored.size)")
                 }
             }
             for child in parsed.manifests {
                 guard try conn.manifestExists(repo: repo, child.digest) else {
-                    throw RegistryError(.manifestBlobUnknown, "manifest \(child.digest) listed by the index is not in \(repository)",
-                                        detail: child.digest.description)
+                    throw RegistryError(
+                        .manifestBlobUnknown, "manifest \(child.digest) listed by the index is not in \(repository)",
+                        detail: child.digest.description)
                 }
             }
             var previous: Digest?
@@ -159,28 +172,33 @@ public final class Registry: Sendable {
             if let metadata { try conn.setManifestMetadata(digest, json: metadata) }
             for edge in lineage {
                 if try conn.isAncestorOrSelf(digest, of: edge.parent) {
-                    throw RegistryError(.manifestInvalid, "lineage cycle: \(digest) cannot derive from \(edge.parent), which derives from it")
+                    throw RegistryError(
+                        .manifestInvalid, "lineage cycle: \(digest) cannot derive from \(edge.parent), which derives from it")
                 }
                 try conn.insertLineageEdge(edge, repo: repo)
             }
             if let key = parsed.annotations?[JobAnnotations.key], !key.isEmpty {
                 // A pipeline job's output: memoized under its key, in the push's transaction.
-                try conn.recordJobOutput(key: String(key.prefix(200)), repository: repository.value, digest: digest.description,
-                                         now: Self.nowMillis())
+                try conn.recordJobOutput(
+                    key: String(key.prefix(200)), repository: repository.value, digest: digest.description,
+                    now: Self.nowMillis())
             }
             var details: [String: Any] = ["media_type": parsed.mediaType, "size": bytes.count]
             if let t = parsed.artifactType { details["artifact_type"] = t }
             if let previous { details["previous"] = previous.description }
             if let reason { details["reason"] = reason }
             if !lineage.isEmpty { details["lineage"] = lineage.map { "\($0.relation) \($0.parentRef)" } }
-            var event: [String: Any] = ["digest": digest.description, "media_type": parsed.mediaType, "size": bytes.count, "actor": actor.name]
+            var event: [String: Any] = [
+                "digest": digest.description, "media_type": parsed.mediaType, "size": bytes.count, "actor": actor.name,
+            ]
             if let t = parsed.artifactType { event["artifact_type"] = t }
             if let s = parsed.subject { event["subject"] = s.digest.description }
             if case .tag(let tag) = reference {
                 event["tag"] = tag
                 try conn.setTag(repo: repo, tag, to: digest, actor: actor.name, reason: reason, now: Self.nowMillis())
-                try conn.appendAudit(at: Self.nowMillis(), actor: actor.name, action: "push", repository: repository.value,
-                                     digest: digest.description, tag: tag, details: details)
+                try conn.appendAudit(
+                    at: Self.nowMillis(), actor: actor.name, action: "push", repository: repository.value,
+                    digest: digest.description, tag: tag, details: details)
                 try conn.appendEvent(type: "manifest.pushed", at: Self.nowMillis(), repository: repository.value, fields: event)
                 if previous != digest {
                     var moved: [String: Any] = ["tag": tag, "digest": digest.description, "actor": actor.name]
@@ -189,8 +207,9 @@ public final class Registry: Sendable {
                 }
             } else {
                 try conn.appendEvent(type: "manifest.pushed", at: Self.nowMillis(), repository: repository.value, fields: event)
-                try conn.appendAudit(at: Self.nowMillis(), actor: actor.name, action: "push", repository: repository.value,
-                                     digest: digest.description, tag: nil, details: details)
+                try conn.appendAudit(
+                    at: Self.nowMillis(), actor: actor.name, action: "push", repository: repository.value,
+                    digest: digest.description, tag: nil, details: details)
             }
         }
         cache.invalidate()
@@ -200,19 +219,23 @@ public final class Registry: Sendable {
     /// Checks that `actor` may point `tag` at `digest`: protected aliases only through the alias
     /// API, immutable tags never moved, and the compare-and-swap expectation. Returns the
     /// current digest.
-    func checkTagMove(_ conn: SQLiteConnection, repo: Int64, _ repository: RepositoryName, _ tag: String, to digest: Digest,
-                      actor: Actor, expect: Digest?) throws -> Digest? {
+    func checkTagMove(
+        _ conn: SQLiteConnection, repo: Int64, _ repository: RepositoryName, _ tag: String, to digest: Digest,
+        actor: Actor, expect: Digest?
+    ) throws -> Digest? {
         let current = try conn.tag(repo: repo, tag)
         if let expect, current != expect {
-            throw RegistryError(.denied, "\(repository):\(tag) is at \(current?.description ?? "nothing"), not \(expect): someone moved it first",
-                                status: 412)
+            throw RegistryError(
+                .denied, "\(repository):\(tag) is at \(current?.description ?? "nothing"), not \(expect): someone moved it first",
+                status: 412)
         }
         if current != digest {
             if policy.isImmutable(tag), let current {
                 throw RegistryError(.denied, "\(repository):\(tag) is immutable (pattern in aliases.immutable); it stays at \(current)")
             }
             if policy.isProtected(tag), !actor.viaAliasAPI {
-                throw RegistryError(.denied, "\(repository):\(tag) is a protected alias; move it with `depot alias set` or `depot rollback`")
+                throw RegistryError(
+                    .denied, "\(repository):\(tag) is a protected alias; move it with `depot alias set` or `depot rollback`")
             }
         }
         return current
@@ -257,13 +280,16 @@ public final class Registry: Sendable {
                 if (policy.isProtected(t) && !actor.viaAliasAPI) || policy.isImmutable(t) {
                     throw RegistryError(.denied, "\(repository):\(t) is a protected or immutable tag; it cannot be deleted this way")
                 }
-                guard let target = try conn.tag(repo: repo, t), try conn.deleteTag(repo: repo, t, actor: actor.name, reason: nil, now: now) else {
+                guard let target = try conn.tag(repo: repo, t), try conn.deleteTag(repo: repo, t, actor: actor.name, reason: nil, now: now)
+                else {
                     throw RegistryError(.manifestUnknown, "tag \(t) is not in \(repository)")
                 }
-                try conn.appendAudit(at: now, actor: actor.name, action: "delete", repository: repository.value,
-                                     digest: target.description, tag: t, details: ["what": "tag"])
-                try conn.appendEvent(type: "tag.deleted", at: now, repository: repository.value,
-                                     fields: ["tag": t, "digest": target.description, "actor": actor.name])
+                try conn.appendAudit(
+                    at: now, actor: actor.name, action: "delete", repository: repository.value,
+                    digest: target.description, tag: t, details: ["what": "tag"])
+                try conn.appendEvent(
+                    type: "tag.deleted", at: now, repository: repository.value,
+                    fields: ["tag": t, "digest": target.description, "actor": actor.name])
             case .digest(let d):
                 guard try conn.manifestExists(repo: repo, d) else {
                     throw RegistryError(.manifestUnknown, "manifest \(d) is not in \(repository)")
@@ -285,10 +311,12 @@ public final class Registry: Sendable {
                     _ = try conn.deleteTag(repo: repo, t, actor: actor.name, reason: "manifest deleted", now: now)
                 }
                 _ = try conn.deleteManifest(repo: repo, d)
-                try conn.appendAudit(at: now, actor: actor.name, action: "delete", repository: repository.value,
-                                     digest: d.description, tag: nil, details: ["what": "manifest", "tags": tags])
-                try conn.appendEvent(type: "manifest.deleted", at: now, repository: repository.value,
-                                     fields: ["digest": d.description, "tags": tags, "actor": actor.name])
+                try conn.appendAudit(
+                    at: now, actor: actor.name, action: "delete", repository: repository.value,
+                    digest: d.description, tag: nil, details: ["what": "manifest", "tags": tags])
+                try conn.appendEvent(
+                    type: "manifest.deleted", at: now, repository: repository.value,
+                    fields: ["digest": d.description, "tags": tags, "actor": actor.name])
             }
         }
         cache.invalidate()
@@ -312,8 +340,10 @@ public final class Registry: Sendable {
 
     /// Descriptors of the manifests whose subject is `digest`, optionally filtered by artifactType.
     /// Referrers of `digest` in digest order: a page of at most `limit` after `after`.
-    public func referrers(_ repository: RepositoryName, _ digest: Digest, artifactType: String?, after: Digest? = nil,
-                          limit: Int = Int.max) throws -> [Descriptor] {
+    public func referrers(
+        _ repository: RepositoryName, _ digest: Digest, artifactType: String?, after: Digest? = nil,
+        limit: Int = Int.max
+    ) throws -> [Descriptor] {
         try db.read { conn in
             guard let repo = try conn.repositoryID(repository.value) else { return [] }
             return try conn.referrers(repo: repo, subject: digest, artifactType: artifactType, after: after, limit: limit).map { r in
@@ -321,8 +351,9 @@ public final class Registry: Sendable {
                 if let json = r.record.annotationsJSON {
                     annotations = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: String]
                 }
-                return Descriptor(mediaType: r.record.mediaType, digest: r.record.digest, size: r.size,
-                                  artifactType: r.record.artifactType, annotations: annotations)
+                return Descriptor(
+                    mediaType: r.record.mediaType, digest: r.record.digest, size: r.size,
+                    artifactType: r.record.artifactType, annotations: annotations)
             }
         }
     }

@@ -76,7 +76,7 @@ public struct RegistryError: Error, Sendable, Equatable, CustomStringConvertible
                 return RegistryError(.unavailable, "storage is full: \(m)", status: 507)
             }
             if m.contains("stayed locked by another connection") {
-                return RegistryError(.unavailable, "storage busy: \(m)", status: 503)   // retryable
+                return RegistryError(.unavailable, "storage busy: \(m)", status: 503) // retryable
             }
             return RegistryError(.unavailable, "storage error: \(m)", status: 500)
         }

@@ -9,7 +9,8 @@ public struct RegistryGCReport: Sendable, Codable {
     public var store: GCReport
 
     enum CodingKeys: String, CodingKey {
-        case manifestsDeleted = "manifests_deleted", store
+        case manifestsDeleted = "manifests_deleted"
+        case store
     }
 }
 
@@ -29,9 +30,12 @@ extension Registry {
         if deleted > 0 { cache.invalidate() }
         let report = try store.collectGarbage(now: now)
         try db.write { conn in
-            try conn.appendAudit(at: Self.nowMillis(), actor: actor, action: "gc", repository: nil, digest: nil, tag: nil,
-                                 details: ["manifests_deleted": deleted, "blobs_deleted": report.blobsDeleted,
-                                           "chunks_deleted": report.chunksDeleted, "pack_bytes_freed": report.packBytesFreed])
+            try conn.appendAudit(
+                at: Self.nowMillis(), actor: actor, action: "gc", repository: nil, digest: nil, tag: nil,
+                details: [
+                    "manifests_deleted": deleted, "blobs_deleted": report.blobsDeleted,
+                    "chunks_deleted": report.chunksDeleted, "pack_bytes_freed": report.packBytesFreed,
+                ])
         }
         return RegistryGCReport(manifestsDeleted: deleted, store: report)
     }

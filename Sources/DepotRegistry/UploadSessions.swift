@@ -36,8 +36,11 @@ public final class UploadSession: @unchecked Sendable {
     public let created: Date
     let writer: BlobWriter
     let maxBytes: Int64
-    private let state = Locked((offset: Int64(0), busy: false, lastActivity: Date(), previousActivity: Date(), cancelled: false,
-                                 writerAborted: false))
+    private let state = Locked(
+        (
+            offset: Int64(0), busy: false, lastActivity: Date(), previousActivity: Date(), cancelled: false,
+            writerAborted: false
+        ))
 
     init(id: String, repository: RepositoryName, client: String, writer: BlobWriter, maxBytes: Int64, now: Date) {
         self.id = id
@@ -66,7 +69,12 @@ public final class UploadSession: @unchecked Sendable {
     /// When the session was last active before the current claim.
     var lastActivityBeforeClaim: Date { state.withLock { $0.previousActivity } }
 
-    public func release() { state.withLock { $0.busy = false; $0.lastActivity = Date() } }
+    public func release() {
+        state.withLock {
+            $0.busy = false
+            $0.lastActivity = Date()
+        }
+    }
 
     /// Whether the session was cancelled (expired) while a request held it: the request stops.
     public var isCancelled: Bool { state.withLock { $0.cancelled } }
@@ -82,7 +90,10 @@ public final class UploadSession: @unchecked Sendable {
             }
         }
         try writer.write(bytes)
-        state.withLock { $0.offset += Int64(bytes.count); $0.lastActivity = Date() }
+        state.withLock {
+            $0.offset += Int64(bytes.count)
+            $0.lastActivity = Date()
+        }
     }
 
     /// Whether a request holds the session right now.
@@ -113,7 +124,8 @@ public final class UploadSession: @unchecked Sendable {
 public final class UploadSessions: Sendable {
     /// `total` counts slots taken, including sessions still being set up (not yet in `byID`), so
     /// that the limit holds across concurrent starts.
-    private let sessions = Locked<(byID: [String: UploadSession], perClient: [String: Int], total: Int)>((byID: [:], perClient: [:], total: 0))
+    private let sessions = Locked<(byID: [String: UploadSession], perClient: [String: Int], total: Int)>(
+        (byID: [:], perClient: [:], total: 0))
     let store: ChunkStore
     public let limits: UploadLimits
     /// Idle time after which a session expires.
@@ -135,7 +147,8 @@ public final class UploadSessions: Sendable {
         if let gap = groups.firstIndex(of: ""), address.contains("::") {
             let present = groups.filter { !$0.isEmpty }
             let missing = max(0, 8 - present.count)
-            groups = Array(groups[..<gap].filter { !$0.isEmpty }) + Array(repeating: "0", count: missing)
+            groups =
+                Array(groups[..<gap].filter { !$0.isEmpty }) + Array(repeating: "0", count: missing)
                 + Array(groups[gap...].filter { !$0.isEmpty })
         }
         return groups.prefix(4).joined(separator: ":") + "::/64"
@@ -150,8 +163,9 @@ public final class UploadSessions: Sendable {
                 throw RegistryError(.tooManyRequests, "\(limits.maxSessions) uploads are in progress; retry later")
             }
             guard s.perClient[client, default: 0] < limits.maxSessionsPerClient else {
-                throw RegistryError(.tooManyRequests,
-                                    "this client has \(limits.maxSessionsPerClient) uploads in progress; finish or cancel one, or retry later")
+                throw RegistryError(
+                    .tooManyRequests,
+                    "this client has \(limits.maxSessionsPerClient) uploads in progress; finish or cancel one, or retry later")
             }
             s.perClient[client, default: 0] += 1
             s.total += 1
@@ -240,7 +254,7 @@ public final class UploadSessions: Sendable {
                 continue
             }
             guard now.timeIntervalSince(session.lastActivity) > limits.idleTimeoutSeconds else { continue }
-            do { try session.claim() } catch { continue }   // in use right now: not idle
+            do { try session.claim() } catch { continue } // in use right now: not idle
             guard now.timeIntervalSince(session.lastActivityBeforeClaim) > limits.idleTimeoutSeconds else {
                 session.release()
                 continue

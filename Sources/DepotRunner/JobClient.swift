@@ -17,15 +17,21 @@ public struct LeasedJob: Sendable {
 
     init(json: [String: Any]) throws {
         guard let id = (json["id"] as? NSNumber)?.int64Value, let token = json["lease_token"] as? String,
-              let pipeline = json["pipeline"] as? String, let stage = json["stage"] as? String,
-              let input = json["input"] as? [String: Any], let repo = input["repository"] as? String,
-              let digest = (input["digest"] as? String).flatMap({ try? Digest(parsing: $0) }),
-              let spec = json["spec"] as? [String: Any] else {
+            let pipeline = json["pipeline"] as? String, let stage = json["stage"] as? String,
+            let input = json["input"] as? [String: Any], let repo = input["repository"] as? String,
+            let digest = (input["digest"] as? String).flatMap({ try? Digest(parsing: $0) }),
+            let spec = json["spec"] as? [String: Any]
+        else {
             throw ClientError("the registry's job lease is malformed")
         }
-        self.id = id; self.token = token; self.pipeline = pipeline; self.stage = stage
+        self.id = id
+        self.token = token
+        self.pipeline = pipeline
+        self.stage = stage
         attempt = (json["attempt"] as? NSNumber)?.intValue ?? 1
-        inputRepository = repo; inputDigest = digest; inputTag = input["tag"] as? String
+        inputRepository = repo
+        inputDigest = digest
+        inputTag = input["tag"] as? String
         outputTag = (json["output"] as? [String: Any])?["tag"] as? String
         self.spec = try StageSpec(json: spec)
     }
@@ -33,7 +39,10 @@ public struct LeasedJob: Sendable {
 
 /// What a stage runs, as the server describes it in a lease.
 public struct StageSpec: Sendable {
-    public enum Kind: Sendable { case exec([String]), builtin(String) }
+    public enum Kind: Sendable {
+        case exec([String])
+        case builtin(String)
+    }
     public var kind: Kind
     public var with: [String: String]
     public var timeoutSeconds: Int
@@ -95,7 +104,8 @@ extension RegistryConnection {
     }
 
     func failJob(_ job: LeasedJob, reason: String, permanent: Bool) async throws {
-        _ = try await call(.POST, "/depot/v1/jobs/\(job.id)/fail",
-                           body: ["lease_token": job.token, "reason": reason, "permanent": permanent])
+        _ = try await call(
+            .POST, "/depot/v1/jobs/\(job.id)/fail",
+            body: ["lease_token": job.token, "reason": reason, "permanent": permanent])
     }
 }

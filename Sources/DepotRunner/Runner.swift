@@ -112,7 +112,9 @@ public final class Runner: Sendable {
             try? FileManager.default.removeItem(atPath: workspace)
             try? FileManager.default.removeItem(atPath: log.path)
         }
-        log.line("runner \(options.name): job \(job.id) \(job.pipeline)/\(job.stage), attempt \(job.attempt), input \(job.inputRepository)@\(job.inputDigest)")
+        log.line(
+            "runner \(options.name): job \(job.id) \(job.pipeline)/\(job.stage), attempt \(job.attempt), input \(job.inputRepository)@\(job.inputDigest)"
+        )
         do {
             let key = try await memoKey(job)
             if let output = try await connection.startJob(job, key: key) {
@@ -210,13 +212,15 @@ final class ToolchainCache: Sendable {
         let bytes = try Array(Data(contentsOf: URL(fileURLWithPath: script)))
         let log = options.workDirectory + "/toolchain-\(builtin)-\(UUID().uuidString.prefix(8)).txt"
         defer { try? FileManager.default.removeItem(atPath: log) }
-        let process = try StageProcess(argv: [options.python, script, "--toolchain"], environment: options.stageEnvironment(),
-                                       directory: options.workDirectory, log: log)
+        let process = try StageProcess(
+            argv: [options.python, script, "--toolchain"], environment: options.stageEnvironment(),
+            directory: options.workDirectory, log: log)
         let deadline = Date().addingTimeInterval(60)
         let (outcome, _) = await process.wait { Date() > deadline ? "took over 60 s" : nil }
         let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         guard outcome == .exited(0) else {
-            throw RunnerError("built-in '\(builtin)': `\(options.python) \(script) --toolchain` failed (\(outcome)): \(output.suffix(2000))")
+            throw RunnerError(
+                "built-in '\(builtin)': `\(options.python) \(script) --toolchain` failed (\(outcome)): \(output.suffix(2000))")
         }
         let line = output.split(separator: "\n").last.map(String.init) ?? ""
         let identity = "\(builtin) \(Digest.of(bytes)) \(line)"

@@ -20,7 +20,9 @@ struct StageExecution {
 
     func run() async throws -> Digest {
         let fm = FileManager.default
-        let inputDir = workspace + "/input", outputDir = workspace + "/output", resultFile = workspace + "/result.json"
+        let inputDir = workspace + "/input"
+        let outputDir = workspace + "/output"
+        let resultFile = workspace + "/result.json"
         try fm.createDirectory(atPath: inputDir, withIntermediateDirectories: true)
         try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
 
@@ -52,7 +54,8 @@ struct StageExecution {
         ]
         for (k, v) in vars { env[k] = v ?? "" }
         for (k, v) in job.spec.with { env["DEPOT_PARAM_" + k.uppercased()] = v }
-        env["DEPOT_PARAMS"] = (try? JSONSerialization.data(withJSONObject: job.spec.with, options: [.sortedKeys]))
+        env["DEPOT_PARAMS"] =
+            (try? JSONSerialization.data(withJSONObject: job.spec.with, options: [.sortedKeys]))
             .map { String(decoding: $0, as: UTF8.self) } ?? "{}"
 
         log.line("run: \(argv.joined(separator: " ")) (timeout \(job.spec.timeoutSeconds) s)")
@@ -142,7 +145,8 @@ struct StageResult {
     static func read(_ path: String) throws -> StageResult {
         guard FileManager.default.fileExists(atPath: path) else { return StageResult() }
         guard let data = FileManager.default.contents(atPath: path), data.count <= 1 << 20,
-              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        else {
             throw RunnerError("DEPOT_RESULT is not a JSON object (at most 1 MiB)")
         }
         var r = StageResult()
@@ -150,12 +154,16 @@ struct StageResult {
             throw RunnerError("DEPOT_RESULT: unknown key '\(key)' (artifact_type, relation, annotations)")
         }
         if let t = json["artifact_type"] {
-            guard let s = t as? String, s.contains("/"), s.count <= 255 else { throw RunnerError("DEPOT_RESULT.artifact_type must be a media type") }
+            guard let s = t as? String, s.contains("/"), s.count <= 255 else {
+                throw RunnerError("DEPOT_RESULT.artifact_type must be a media type")
+            }
             r.artifactType = s
         }
         if let rel = json["relation"] {
             guard let s = rel as? String, LineageAnnotation.relations.union(["derived-from"]).contains(s) else {
-                throw RunnerError("DEPOT_RESULT.relation must be one of \(LineageAnnotation.relations.union(["derived-from"]).sorted().joined(separator: ", "))")
+                throw RunnerError(
+                    "DEPOT_RESULT.relation must be one of \(LineageAnnotation.relations.union(["derived-from"]).sorted().joined(separator: ", "))"
+                )
             }
             r.relation = s
         }
@@ -185,7 +193,10 @@ final class Heartbeat: Sendable {
             if Task.isCancelled { return }
             do {
                 let state = try await connection.heartbeatJob(job)
-                if state == "cancelled" { reason.withLock { $0 = "cancelled" }; return }
+                if state == "cancelled" {
+                    reason.withLock { $0 = "cancelled" }
+                    return
+                }
             } catch let e as ClientError where e.status == 409 || e.status == 404 {
                 reason.withLock { $0 = "lease lost: \(e.message)" }
                 return

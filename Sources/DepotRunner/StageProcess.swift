@@ -1,13 +1,14 @@
 import CDepotSupport
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A stage's command running in its own process group, its stdout and stderr appended to a
 /// log file. The whole group is killed on timeout or cancellation, so a shell script's
 /// children do not outlive the job.
-final class StageProcess: @unchecked Sendable {   // pid is written once, before sharing
+final class StageProcess: @unchecked Sendable { // pid is written once, before sharing
     let pid: pid_t
 
     /// How a stage process ended.
@@ -89,5 +90,8 @@ final class StageProcess: @unchecked Sendable {   // pid is written once, before
 struct RunnerError: Error, CustomStringConvertible {
     var description: String
     var permanent = false
-    init(_ message: String, permanent: Bool = false) { description = message; self.permanent = permanent }
+    init(_ message: String, permanent: Bool = false) {
+        description = message
+        self.permanent = permanent
+    }
 }

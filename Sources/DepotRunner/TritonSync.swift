@@ -22,8 +22,11 @@ public struct TritonSyncOptions: Sendable {
     public var cacheBytes: Int64 = 20 << 30
 
     public init(repository: String, environment: String, node: String, modelRepository: String, tritonURL: String) {
-        self.repository = repository; self.environment = environment; self.node = node
-        self.modelRepository = modelRepository; self.tritonURL = tritonURL
+        self.repository = repository
+        self.environment = environment
+        self.node = node
+        self.modelRepository = modelRepository
+        self.tritonURL = tritonURL
         let url = URL(fileURLWithPath: modelRepository)
         stagingDirectory = url.deletingLastPathComponent().appendingPathComponent("." + url.lastPathComponent + ".depot-staging").path
     }
@@ -40,7 +43,11 @@ public final class TritonSync: Sendable {
     let options: TritonSyncOptions
     let logger: Logger
     let cache: ChunkCache
-    struct Serving: Sendable { var digest: String; var version: Int; var model: String }
+    struct Serving: Sendable {
+        var digest: String
+        var version: Int
+        var model: String
+    }
     let serving = Locked<Serving?>(nil)
     /// A digest that failed to load, and when: not retried for a while.
     let failed = Locked<(String, Date)?>(nil)
@@ -82,7 +89,9 @@ public final class TritonSync: Sendable {
                 delay = options.interval
             } catch {
                 let current = serving.withLock { $0 }
-                logger.warning("triton-sync \(options.node): \(error); still serving \(current.map { "\($0.model) version \($0.version)" } ?? "nothing")")
+                logger.warning(
+                    "triton-sync \(options.node): \(error); still serving \(current.map { "\($0.model) version \($0.version)" } ?? "nothing")"
+                )
                 delay = min(delay * 2, .seconds(30))
             }
             if once { return }
@@ -92,10 +101,13 @@ public final class TritonSync: Sendable {
 
     /// One round: resolve, and deploy when the wanted digest changed.
     public func syncOnce() async throws {
-        let wanted = try await connection.call(.GET, "\(deploymentPath)/resolve?node=\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)")
+        let wanted = try await connection.call(
+            .GET,
+            "\(deploymentPath)/resolve?node=\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)")
         guard let digest = wanted["digest"] as? String, (try? Digest(parsing: digest)) != nil,
-              let version = (wanted["version"] as? NSNumber)?.intValue, version >= 1,
-              let model = wanted["model"] as? String, Self.isSafeName(model) else {
+            let version = (wanted["version"] as? NSNumber)?.intValue, version >= 1,
+            let model = wanted["model"] as? String, Self.isSafeName(model)
+        else {
             throw ClientError("the registry's resolve answer is malformed")
         }
         if let current = serving.withLock({ $0 }), current.digest == digest {
@@ -110,8 +122,9 @@ public final class TritonSync: Sendable {
             logger.notice("triton-sync \(options.node): \(model) version \(version) is not ready in Triton; loading it again")
         }
         if serving.withLock({ $0 }) == nil,
-           (try? String(contentsOfFile: "\(options.modelRepository)/\(model)/\(version)/\(Self.digestMarker)", encoding: .utf8)) == digest,
-           try await versionReady(model, version) {
+            (try? String(contentsOfFile: "\(options.modelRepository)/\(model)/\(version)/\(Self.digestMarker)", encoding: .utf8)) == digest,
+            try await versionReady(model, version)
+        {
             // Restarted agent, Triton already serving what is wanted (laid out by us): adopt it.
             serving.withLock { $0 = Serving(digest: digest, version: version, model: model) }
             try await report(digest: digest, version: version, state: "ready", reason: nil)
@@ -126,7 +139,9 @@ public final class TritonSync: Sendable {
             failed.withLock { $0 = nil }
             try await report(digest: digest, version: version, state: "ready", reason: nil)
             reported.withLock { $0 = digest }
-            logger.info("triton-sync \(options.node): serving \(model) version \(version) (\(digest.prefix(19)), \(wanted["role"] as? String ?? "?"))")
+            logger.info(
+                "triton-sync \(options.node): serving \(model) version \(version) (\(digest.prefix(19)), \(wanted["role"] as? String ?? "?"))"
+            )
         } catch let e as LoadFailure {
             failed.withLock { $0 = (digest, Date()) }
             reported.withLock { $0 = nil }
@@ -155,7 +170,8 @@ public final class TritonSync: Sendable {
         }
         let versions = (try fm.contentsOfDirectory(atPath: bundle)).filter { Int($0) != nil }
         guard versions.count == 1 else {
-            throw LoadFailure(message: "the bundle must hold exactly one numeric version directory under \(model)/ (found \(versions.sorted()))")
+            throw LoadFailure(
+                message: "the bundle must hold exactly one numeric version directory under \(model)/ (found \(versions.sorted()))")
         }
         guard !config.contains("version_policy") else {
             throw LoadFailure(message: "the bundle's config.pbtxt sets version_policy; triton-sync pins the version it serves")
@@ -194,7 +210,9 @@ public final class TritonSync: Sendable {
     /// `[A-Za-z0-9_.-]{1,128}`, not only dots (the model name becomes a directory and a URL path).
     public static func isSafeName(_ s: String) -> Bool {
         !s.isEmpty && s.count <= 128 && !s.allSatisfy({ $0 == "." })
-            && s.unicodeScalars.allSatisfy { ($0 >= "a" && $0 <= "z") || ($0 >= "A" && $0 <= "Z") || ($0 >= "0" && $0 <= "9") || "_.-".unicodeScalars.contains($0) }
+            && s.unicodeScalars.allSatisfy {
+                ($0 >= "a" && $0 <= "z") || ($0 >= "A" && $0 <= "Z") || ($0 >= "0" && $0 <= "9") || "_.-".unicodeScalars.contains($0)
+            }
     }
 
     /// The version a config written by this agent pins.
@@ -239,6 +257,8 @@ public final class TritonSync: Sendable {
     func report(digest: String, version: Int, state: String, reason: String?) async throws {
         var body: [String: Any] = ["digest": digest, "version": version, "state": state]
         if let reason { body["reason"] = reason }
-        _ = try await connection.call(.POST, "\(deploymentPath)/nodes/\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)", body: body)
+        _ = try await connection.call(
+            .POST, "\(deploymentPath)/nodes/\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)",
+            body: body)
     }
 }

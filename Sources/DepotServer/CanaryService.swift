@@ -74,7 +74,9 @@ struct CanaryService: Service {
                 let decision = try await offload { try deployments.apply(due, measurements: measurements) }
                 let summary = measurements.map { "\($0.check)=\($0.outcome.rawValue)" }.joined(separator: " ")
                 if let decision {
-                    logger.notice("rollout \(due.rollout.id) \(due.deployment.repository):\(due.deployment.environment) at \(due.rollout.weight)%: \(decision) (\(summary))")
+                    logger.notice(
+                        "rollout \(due.rollout.id) \(due.deployment.repository):\(due.deployment.environment) at \(due.rollout.weight)%: \(decision) (\(summary))"
+                    )
                 }
             }
         } catch {
@@ -147,7 +149,9 @@ struct RouterHookService: Service {
                 p.waitUntilExit()
                 killer.cancel()
                 if p.terminationStatus != 0 {
-                    logger.error("router hook \(program) exited with \(p.terminationStatus) for \(d.repository):\(d.environment) at \(fields["weight"] ?? "?")%")
+                    logger.error(
+                        "router hook \(program) exited with \(p.terminationStatus) for \(d.repository):\(d.environment) at \(fields["weight"] ?? "?")%"
+                    )
                 }
             }
         }

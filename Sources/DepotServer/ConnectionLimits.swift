@@ -125,9 +125,10 @@ struct RateFloor: Sendable {
     }
 
     func error(received: Int64) -> RegistryError {
-        RegistryError(.blobUploadInvalid,
-                      "upload too slow: \(received) bytes in \(Int(seconds(.now))) s is under the registry's minimum of \(minBytesPerSecond) "
-                          + "bytes/s; what arrived is kept, resume from the upload's Range", status: 408)
+        RegistryError(
+            .blobUploadInvalid,
+            "upload too slow: \(received) bytes in \(Int(seconds(.now))) s is under the registry's minimum of \(minBytesPerSecond) "
+                + "bytes/s; what arrived is kept, resume from the upload's Range", status: 408)
     }
 }
 

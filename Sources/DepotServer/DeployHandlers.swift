@@ -15,21 +15,30 @@ extension OCIResponder {
         switch (route, request.method) {
         case (.deployments, .get):
             let list = try await offload { try deployments.registry.store.catalog.read { try $0.deployments() } }
-            return Reply.json(["deployments": list.map { d -> [String: Any] in
-                var o: [String: Any] = ["repository": d.repository, "environment": d.environment, "model": d.modelName, "weight": d.weight]
-                if let s = d.stable { o["stable"] = s }
-                if let c = d.canary { o["canary"] = c }
-                return o
-            }])
+            return Reply.json([
+                "deployments": list.map { d -> [String: Any] in
+                    var o: [String: Any] = [
+                        "repository": d.repository, "environment": d.environment, "model": d.modelName, "weight": d.weight,
+                    ]
+                    if let s = d.stable { o["stable"] = s }
+                    if let c = d.canary { o["canary"] = c }
+                    return o
+                }
+            ])
         case (.served(let digest), .get):
             let d = try RequestParsing.digest(digest)
             let list = try await offload { try deployments.served(digest: d) }
-            return Reply.json(["digest": d.description, "served": list.map { s -> [String: Any] in
-                var o: [String: Any] = ["repository": s.repository, "environment": s.environment, "role": s.role, "weight": s.weight,
-                                        "from": Self.iso(s.from)]
-                if let to = s.to { o["to"] = Self.iso(to) }
-                return o
-            }])
+            return Reply.json([
+                "digest": d.description,
+                "served": list.map { s -> [String: Any] in
+                    var o: [String: Any] = [
+                        "repository": s.repository, "environment": s.environment, "role": s.role, "weight": s.weight,
+                        "from": Self.iso(s.from),
+                    ]
+                    if let to = s.to { o["to"] = Self.iso(to) }
+                    return o
+                },
+            ])
         case (.deployment(let name, let env, nil, nil), .get):
             let repo = try RequestParsing.name(name)
             let status = try await offload { try deployments.status(repo, env) }
@@ -66,11 +75,15 @@ extension OCIResponder {
         case (.deployment(let name, let env, "nodes", let node?), .post):
             let repo = try RequestParsing.name(name)
             let body = try await jsonBody(request)
-            guard let state = body["state"] as? String else { throw RegistryError(.unsupported, "body needs \"state\": ready or failed", status: 400) }
+            guard let state = body["state"] as? String else {
+                throw RegistryError(.unsupported, "body needs \"state\": ready or failed", status: 400)
+            }
             let digest = try (body["digest"] as? String).map { try RequestParsing.digest($0).description }
             let version = (body["version"] as? NSNumber)?.intValue
             let reason = body["reason"] as? String
-            try await offload { try deployments.report(repo, env, node: node, digest: digest, version: version, state: state, reason: reason) }
+            try await offload {
+                try deployments.report(repo, env, node: node, digest: digest, version: version, state: state, reason: reason)
+            }
             return Reply.json(["node": node, "state": state])
         default:
             throw RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405)
@@ -79,22 +92,28 @@ extension OCIResponder {
 
     static func json(_ s: Deployments.Status) -> [String: Any] {
         let d = s.deployment
-        var deployment: [String: Any] = ["repository": d.repository, "environment": d.environment, "model": d.modelName,
-                                         "weight": d.weight, "updated_at": iso(d.updatedAt)]
+        var deployment: [String: Any] = [
+            "repository": d.repository, "environment": d.environment, "model": d.modelName,
+            "weight": d.weight, "updated_at": iso(d.updatedAt),
+        ]
         if let v = d.stable { deployment["stable"] = v }
         if let v = d.canary { deployment["canary"] = v }
         if let v = s.stableVersion { deployment["stable_version"] = v }
         if let v = s.canaryVersion { deployment["canary_version"] = v }
         var out: [String: Any] = ["deployment": deployment]
         if let r = s.rollout {
-            var o: [String: Any] = ["id": r.id, "state": r.state, "canary": r.canary, "steps": r.steps, "step": r.stepIndex + 1,
-                                    "weight": r.weight, "analysis_seconds": Double(r.analysisMs) / 1000, "failures": r.failures,
-                                    "started_by": r.startedBy, "started_at": iso(r.createdAt), "step_started_at": iso(r.stepStartedAt)]
+            var o: [String: Any] = [
+                "id": r.id, "state": r.state, "canary": r.canary, "steps": r.steps, "step": r.stepIndex + 1,
+                "weight": r.weight, "analysis_seconds": Double(r.analysisMs) / 1000, "failures": r.failures,
+                "started_by": r.startedBy, "started_at": iso(r.createdAt), "step_started_at": iso(r.stepStartedAt),
+            ]
             if let v = r.stable { o["stable"] = v }
             if let v = r.reason { o["reason"] = v }
             if let v = r.finishedAt { o["finished_at"] = iso(v) }
             o["decisions"] = s.decisions.map { c -> [String: Any] in
-                var e: [String: Any] = ["at": iso(c.at), "decision": c.decision, "step": c.stepIndex + 1, "weight": c.weight, "actor": c.actor]
+                var e: [String: Any] = [
+                    "at": iso(c.at), "decision": c.decision, "step": c.stepIndex + 1, "weight": c.weight, "actor": c.actor,
+                ]
                 if let v = c.reason { e["reason"] = v }
                 if let m = c.measurements, let obj = try? JSONSerialization.jsonObject(with: Data(m.utf8)) { e["measurements"] = obj }
                 return e

@@ -1,17 +1,18 @@
+import CDepotSupport
 import DepotCatalog
+import DepotClient
 import DepotCore
 import DepotDeploy
+import DepotPipelines
 import DepotRegistry
+import DepotRunner
 import DepotStore
 import Foundation
-import CDepotSupport
-import DepotClient
-import DepotPipelines
-import DepotRunner
 import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
+import ServiceLifecycle
 
 /// `depot serve`: opens the store, builds the registry and runs the HTTP server until SIGTERM
 /// or SIGINT, then stops accepting requests, lets in-flight ones finish, cancels unfinished
@@ -21,11 +22,14 @@ public struct DepotService {
     public init(config: ServerConfig) { self.config = config }
 
     /// Builds the application (also used by tests with HummingbirdTesting).
-    public static func makeApplication(registry: Registry, config: ServerConfig, logger: Logger,
-                                       pipelines: PipelineSetup = PipelineSetup(),
-                                       metricsSource: (any MetricsSource)? = nil,
-                                       onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
-        -> some ApplicationProtocol {
+    public static func makeApplication(
+        registry: Registry, config: ServerConfig, logger: Logger,
+        pipelines: PipelineSetup = PipelineSetup(),
+        metricsSource: (any MetricsSource)? = nil,
+        onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+    )
+        -> some ApplicationProtocol
+    {
         let policy = config.canary
         // Weight changes reach the router hook in order, through one stream.
         let (routerChanges, routerFeed) = AsyncStream<DeploymentRecord>.makeStream()
@@ -34,24 +38,32 @@ public struct DepotService {
         }
         let limits = config.limits
         BlockingPool.configure(threads: limits.blockingThreads)
-        let responder = OCIResponder(registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
-                                     callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments, limits: limits)
+        let responder = OCIResponder(
+            registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
+            callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments, limits: limits)
         let headerTimeout = TimeAmount.milliseconds(Int64(limits.headerTimeoutSeconds * 1000))
         return Application(
             responder: responder,
-            server: .http1(configuration: .init(additionalChannelHandlers: [ContinueHandler(), HeaderTimeoutHandler(timeout: headerTimeout)],
-                                                idleTimeout: .milliseconds(Int64(limits.idleTimeoutSeconds * 1000)))),
-            configuration: .init(address: .hostname(config.listenHost, port: config.listenPort), serverName: "depot",
-                                 availableConnectionsDelegate: MaximumAvailableConnections(limits.maxConnections, logger: logger)),
-            services: [UploadExpiry(uploads: registry.uploads),
-                       PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger),
-                       WebhookDispatcher(registry: registry, hooks: config.webhooks, logger: logger),
-                       PipelineScheduler(jobs: pipelines.jobs, deployments: deployments, webhookStages: pipelines.webhookStages,
-                                         callbackBase: pipelines.callbackBase, logger: logger),
-                       EmbeddedRunner(runner: pipelines.runner),
-                       CanaryService(deployments: deployments, source: metricsSource ?? PrometheusSource(baseURL: policy.prometheusURL),
-                                     logger: logger),
-                       RouterHookService(changes: routerChanges, policy: policy, registry: registry, logger: logger)],
+            server: .http1(
+                configuration: .init(
+                    additionalChannelHandlers: [ContinueHandler(), HeaderTimeoutHandler(timeout: headerTimeout)],
+                    idleTimeout: .milliseconds(Int64(limits.idleTimeoutSeconds * 1000)))),
+            configuration: .init(
+                address: .hostname(config.listenHost, port: config.listenPort), serverName: "depot",
+                availableConnectionsDelegate: MaximumAvailableConnections(limits.maxConnections, logger: logger)),
+            services: [
+                UploadExpiry(uploads: registry.uploads),
+                PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger),
+                WebhookDispatcher(registry: registry, hooks: config.webhooks, logger: logger),
+                PipelineScheduler(
+                    jobs: pipelines.jobs, deployments: deployments, webhookStages: pipelines.webhookStages,
+                    callbackBase: pipelines.callbackBase, logger: logger),
+                EmbeddedRunner(runner: pipelines.runner),
+                CanaryService(
+                    deployments: deployments, source: metricsSource ?? PrometheusSource(baseURL: policy.prometheusURL),
+                    logger: logger),
+                RouterHookService(changes: routerChanges, policy: policy, registry: registry, logger: logger),
+            ],
             onServerRunning: onServerRunning,
             logger: logger
         )
@@ -82,8 +94,6 @@ public struct DepotService {
         logger.info("depot stopped")
     }
 }
-
-import ServiceLifecycle
 
 /// The pipeline parts of a server: the job queue (nil without pipelines), the embedded runner
 /// and the webhook stages' endpoints.
@@ -123,7 +133,9 @@ public struct PipelineSetup: Sendable {
                 var value = secret
                 if let secretEnv {
                     guard let v = ProcessInfo.processInfo.environment[secretEnv], !v.isEmpty else {
-                        throw DepotError.invalidArgument("pipeline \(pipeline.name) (\(pipeline.file)): stage \(stage.name) reads its secret from $\(secretEnv), which is not set")
+                        throw DepotError.invalidArgument(
+                            "pipeline \(pipeline.name) (\(pipeline.file)): stage \(stage.name) reads its secret from $\(secretEnv), which is not set"
+                        )
                     }
                     value = v
                 }
@@ -131,8 +143,9 @@ public struct PipelineSetup: Sendable {
             }
         }
         if p.runnerEnabled {
-            var options = RunnerOptions(name: p.runnerName,
-                                        workDirectory: p.runnerWorkDirectory.isEmpty ? config.storageRoot + "/runner" : p.runnerWorkDirectory)
+            var options = RunnerOptions(
+                name: p.runnerName,
+                workDirectory: p.runnerWorkDirectory.isEmpty ? config.storageRoot + "/runner" : p.runnerWorkDirectory)
             options.labels = p.runnerLabels
             options.concurrency = p.runnerConcurrency
             options.python = ProcessInfo.processInfo.environment["DEPOT_HOOKS_PYTHON"].flatMap { $0.isEmpty ? nil : $0 } ?? p.runnerPython
@@ -165,7 +178,6 @@ struct UploadExpiry: Service {
     }
 }
 
-
 /// Runs garbage collection in the background every `intervalHours` (the store lock keeps
 /// `depot gc` from running beside the server, so the server does it itself).
 struct PeriodicGC: Service {
@@ -187,7 +199,9 @@ struct PeriodicGC: Service {
                     do {
                         let report = try await offload { try registry.collectGarbage() }
                         let r = report.store
-                        logger.info("gc: deleted \(report.manifestsDeleted) unkept manifest(s), \(r.blobsDeleted) blob(s) and \(r.chunksDeleted) chunk(s), compacted \(r.packsCompacted) pack(s), freed \(r.packBytesFreed) pack bytes")
+                        logger.info(
+                            "gc: deleted \(report.manifestsDeleted) unkept manifest(s), \(r.blobsDeleted) blob(s) and \(r.chunksDeleted) chunk(s), compacted \(r.packsCompacted) pack(s), freed \(r.packBytesFreed) pack bytes"
+                        )
                         for d in r.damagedChunks {
                             logger.error("gc: skipped damaged chunk \(d.chunk) in pack \(d.pack): \(d.reason)")
                         }

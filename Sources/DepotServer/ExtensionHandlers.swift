@@ -24,8 +24,10 @@ extension OCIResponder {
             let p = registry.store.options.chunker
             return Reply.json([
                 "api": "depot/v1",
-                "chunker": ["version": p.version, "min_size": p.minSize, "average_size": p.averageSize, "max_size": p.maxSize,
-                            "boundaries": ["safetensors-v1"]] as [String: Any],
+                "chunker": [
+                    "version": p.version, "min_size": p.minSize, "average_size": p.averageSize, "max_size": p.maxSize,
+                    "boundaries": ["safetensors-v1"],
+                ] as [String: Any],
                 "record_format": "dpkr-v1",
                 "max_hashes_per_query": Self.maxHashesPerQuery,
                 "max_hashes_per_fetch": Self.maxHashesPerFetch,
@@ -39,8 +41,9 @@ extension OCIResponder {
             out.reserveCapacity(missing.count * 32)
             for h in missing { out.writeBytes(h.byteArray) }
             metrics.sent(out.readableBytes)
-            return Response(status: .ok, headers: [.contentType: "application/octet-stream", .contentLength: String(out.readableBytes)],
-                            body: ResponseBody(byteBuffer: out))
+            return Response(
+                status: .ok, headers: [.contentType: "application/octet-stream", .contentLength: String(out.readableBytes)],
+                body: ResponseBody(byteBuffer: out))
         case (.uploadChunks(let name), .post):
             _ = try RequestParsing.name(name)
             return try await receiveChunks(request)
@@ -53,7 +56,7 @@ extension OCIResponder {
         case (.metadata(let name, let ref), .get):
             return try await getMetadata(try RequestParsing.name(name), try RequestParsing.reference(ref))
         case (.alias, _), (.aliasHistory, _), (.aliasRollback, _), (.aliasResolve, _), (.pin, _), (.pins, _),
-             (.lineage, _), (.impact, _), (.lineagePath, _), (.audit, _), (.auditVerify, _), (.events, _), (.deliveries, _):
+            (.lineage, _), (.impact, _), (.lineagePath, _), (.audit, _), (.auditVerify, _), (.events, _), (.deliveries, _):
             return try await handleGovernance(route, request)
         case (.jobs, _), (.jobLease, _), (.pipelines, _), (.job, _), (.jobAction, _):
             return try await handleJobs(route, request)
@@ -66,8 +69,9 @@ extension OCIResponder {
 
     /// Reads a body of concatenated 32-byte hashes (at most `limit`).
     func readHashes(_ request: Request, limit: Int) async throws -> [SHA256.Value] {
-        let body = try await RequestParsing.collect(request, limit: limit * 32, what: "hash list (at most \(limit) hashes)",
-                                                    rate: RateFloor(limits: registry.uploads.limits, start: .now))
+        let body = try await RequestParsing.collect(
+            request, limit: limit * 32, what: "hash list (at most \(limit) hashes)",
+            rate: RateFloor(limits: registry.uploads.limits, start: .now))
         metrics.received(body.readableBytes)
         guard body.readableBytes % 32 == 0 else {
             throw RegistryError(.sizeInvalid, "body is not a list of 32-byte SHA-256 hashes (\(body.readableBytes) bytes)")
@@ -79,7 +83,8 @@ extension OCIResponder {
 
     /// Streams a body and hands `consume` about 1 MiB at a time (off the event loop); `consume`
     /// returns how many bytes it used, the rest waits for more. Leftover bytes at the end are an error.
-    func streamBody(_ request: Request, what: String, _ consume: @escaping @Sendable (ByteBuffer, _ last: Bool) throws -> Int) async throws {
+    func streamBody(_ request: Request, what: String, _ consume: @escaping @Sendable (ByteBuffer, _ last: Bool) throws -> Int) async throws
+    {
         var pending = ByteBuffer()
         var iterator = request.body.makeAsyncIterator()
         let rate = RateFloor(limits: registry.uploads.limits, start: .now)
@@ -142,7 +147,8 @@ extension OCIResponder {
     }
 
     func commitRecipe(_ name: RepositoryName, _ digest: Digest, _ request: Request) async throws -> Response {
-        let store = registry.store, registry = self.registry
+        let store = registry.store
+        let registry = self.registry
         let chunker = request.headers[.depotChunker] ?? store.options.chunker.version
         guard chunker.count <= 200, chunker.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
             throw RegistryError(.blobUploadInvalid, "Depot-Chunker must be a short printable token")
@@ -176,8 +182,10 @@ extension OCIResponder {
         let registry = self.registry
         let blob = try await offload { try registry.visibleBlob(name, digest) }
         let metrics = self.metrics
-        let headers: HTTPFields = [.contentType: "application/octet-stream", .depotChunker: blob.chunker,
-                                   .dockerContentDigest: digest.description]
+        let headers: HTTPFields = [
+            .contentType: "application/octet-stream", .depotChunker: blob.chunker,
+            .dockerContentDigest: digest.description,
+        ]
         let body = ResponseBody { writer in
             var offset: Int64 = 0
             while true {

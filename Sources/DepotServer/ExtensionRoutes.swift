@@ -53,23 +53,48 @@ enum ExtensionRoute: Equatable {
         guard path.hasPrefix(prefix) else { return nil }
         let rest = Substring(path.dropFirst(prefix.count))
         switch rest {
-        case "info": self = .info; return
-        case "pins": self = .pins; return
-        case "audit": self = .audit; return
-        case "audit/verify": self = .auditVerify; return
-        case "lineage/path": self = .lineagePath; return
-        case "events": self = .events; return
-        case "webhooks/deliveries": self = .deliveries; return
-        case "jobs": self = .jobs; return
-        case "jobs/lease": self = .jobLease; return
-        case "pipelines": self = .pipelines; return
-        case "deployments": self = .deployments; return
+        case "info":
+            self = .info
+            return
+        case "pins":
+            self = .pins
+            return
+        case "audit":
+            self = .audit
+            return
+        case "audit/verify":
+            self = .auditVerify
+            return
+        case "lineage/path":
+            self = .lineagePath
+            return
+        case "events":
+            self = .events
+            return
+        case "webhooks/deliveries":
+            self = .deliveries
+            return
+        case "jobs":
+            self = .jobs
+            return
+        case "jobs/lease":
+            self = .jobLease
+            return
+        case "pipelines":
+            self = .pipelines
+            return
+        case "deployments":
+            self = .deployments
+            return
         default: break
         }
         if rest.hasPrefix("jobs/") {
             let parts = rest.dropFirst("jobs/".count).split(separator: "/", omittingEmptySubsequences: false)
             guard let id = try? RequestParsing.integer(parts[0], "job id", in: 1...Int64.max) else { return nil }
-            if parts.count == 1 { self = .job(id); return }
+            if parts.count == 1 {
+                self = .job(id)
+                return
+            }
             let actions: Set<String> = ["start", "heartbeat", "complete", "fail", "cancel", "retry", "log", "callback"]
             guard parts.count == 2, actions.contains(String(parts[1])) else { return nil }
             self = .jobAction(id, String(parts[1]))
@@ -77,8 +102,14 @@ enum ExtensionRoute: Equatable {
         }
         if rest.hasPrefix("lineage/") {
             let tail = rest.dropFirst("lineage/".count)
-            if tail.hasSuffix("/served") { self = .served(String(tail.dropLast("/served".count))); return }
-            if tail.hasSuffix("/impact") { self = .impact(String(tail.dropLast("/impact".count))); return }
+            if tail.hasSuffix("/served") {
+                self = .served(String(tail.dropLast("/served".count)))
+                return
+            }
+            if tail.hasSuffix("/impact") {
+                self = .impact(String(tail.dropLast("/impact".count)))
+                return
+            }
             guard !tail.contains("/") else { return nil }
             self = .lineage(String(tail))
             return
@@ -86,17 +117,29 @@ enum ExtensionRoute: Equatable {
         let repos = "repositories/"
         guard rest.hasPrefix(repos) else { return nil }
         let tail = rest.dropFirst(repos.count)
-        if tail.hasSuffix("/chunks/missing") { self = .missingChunks(String(tail.dropLast("/chunks/missing".count))); return }
+        if tail.hasSuffix("/chunks/missing") {
+            self = .missingChunks(String(tail.dropLast("/chunks/missing".count)))
+            return
+        }
         // <name>/aliases/<alias>[/history|/rollback|/resolve]
         if let r = tail.range(of: "/aliases/", options: .backwards) {
             let name = String(tail[..<r.lowerBound])
             let parts = tail[r.upperBound...].split(separator: "/", omittingEmptySubsequences: false)
-            if parts.count == 1, !parts[0].isEmpty { self = .alias(name, String(parts[0])); return }
+            if parts.count == 1, !parts[0].isEmpty {
+                self = .alias(name, String(parts[0]))
+                return
+            }
             if parts.count == 2, !parts[0].isEmpty {
                 switch parts[1] {
-                case "history": self = .aliasHistory(name, String(parts[0])); return
-                case "rollback": self = .aliasRollback(name, String(parts[0])); return
-                case "resolve": self = .aliasResolve(name, String(parts[0])); return
+                case "history":
+                    self = .aliasHistory(name, String(parts[0]))
+                    return
+                case "rollback":
+                    self = .aliasRollback(name, String(parts[0]))
+                    return
+                case "resolve":
+                    self = .aliasResolve(name, String(parts[0]))
+                    return
                 default: break
                 }
             }
@@ -108,21 +151,30 @@ enum ExtensionRoute: Equatable {
             let parts = tail[r.upperBound...].split(separator: "/", omittingEmptySubsequences: false).map(String.init)
             if !name.isEmpty, let env = parts.first, !env.isEmpty {
                 switch parts.count {
-                case 1: self = .deployment(name, env, nil, nil); return
+                case 1:
+                    self = .deployment(name, env, nil, nil)
+                    return
                 case 2 where ["rollout", "resume", "promote", "abort", "resolve"].contains(parts[1]):
-                    self = .deployment(name, env, parts[1], nil); return
+                    self = .deployment(name, env, parts[1], nil)
+                    return
                 case 3 where parts[1] == "nodes" && !parts[2].isEmpty:
-                    self = .deployment(name, env, "nodes", parts[2]); return
+                    self = .deployment(name, env, "nodes", parts[2])
+                    return
                 default: break
                 }
             }
         }
         if let r = tail.range(of: "/pins/", options: .backwards) {
             let ref = tail[r.upperBound...]
-            if !ref.isEmpty, !ref.contains("/") { self = .pin(String(tail[..<r.lowerBound]), String(ref)); return }
+            if !ref.isEmpty, !ref.contains("/") {
+                self = .pin(String(tail[..<r.lowerBound]), String(ref))
+                return
+            }
         }
-        for (suffix, make) in [("/recipe", { ExtensionRoute.recipe($0, $1) }), ("/chunks", { ExtensionRoute.fetchChunks($0, $1) }),
-                               ("/metadata", { ExtensionRoute.metadata($0, $1) })] as [(String, (String, String) -> ExtensionRoute)] {
+        for (suffix, make) in [
+            ("/recipe", { ExtensionRoute.recipe($0, $1) }), ("/chunks", { ExtensionRoute.fetchChunks($0, $1) }),
+            ("/metadata", { ExtensionRoute.metadata($0, $1) }),
+        ] as [(String, (String, String) -> ExtensionRoute)] {
             guard tail.hasSuffix(suffix) else { continue }
             let head = tail.dropLast(suffix.count)
             let marker = suffix == "/metadata" ? "/manifests/" : "/blobs/"
@@ -132,7 +184,10 @@ enum ExtensionRoute: Equatable {
             self = make(String(head[..<r.lowerBound]), String(ref))
             return
         }
-        if tail.hasSuffix("/chunks") { self = .uploadChunks(String(tail.dropLast("/chunks".count))); return }
+        if tail.hasSuffix("/chunks") {
+            self = .uploadChunks(String(tail.dropLast("/chunks".count)))
+            return
+        }
         return nil
     }
 }

@@ -15,7 +15,8 @@ extension OCIResponder {
     /// Who is acting: the `Depot-Actor` header (self-declared until authentication lands), else "anonymous".
     static func actor(_ request: Request) -> String {
         guard let raw = request.headers[.depotActor]?.trimmingCharacters(in: .whitespaces), !raw.isEmpty,
-              raw.count <= 200, raw.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F }) else { return "anonymous" }
+            raw.count <= 200, raw.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F })
+        else { return "anonymous" }
         return raw
     }
 
@@ -30,8 +31,9 @@ extension OCIResponder {
 
     /// A small JSON request body as an object.
     func jsonBody(_ request: Request) async throws -> [String: Any] {
-        let body = try await RequestParsing.collect(request, limit: 1 << 20, what: "JSON body",
-                                                    rate: RateFloor(limits: registry.uploads.limits, start: .now))
+        let body = try await RequestParsing.collect(
+            request, limit: 1 << 20, what: "JSON body",
+            rate: RateFloor(limits: registry.uploads.limits, start: .now))
         if body.readableBytes == 0 { return [:] }
         guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
             throw RegistryError(.unsupported, "body must be a JSON object", status: 400)
@@ -68,8 +70,10 @@ extension OCIResponder {
     }
 
     static func json(_ e: LineageEdge) -> [String: Any] {
-        var o: [String: Any] = ["child": e.child.description, "parent": e.parent.description, "relation": e.relation,
-                                "parent_ref": e.parentRef, "repository": e.repository, "at": iso(e.createdAt)]
+        var o: [String: Any] = [
+            "child": e.child.description, "parent": e.parent.description, "relation": e.relation,
+            "parent_ref": e.parentRef, "repository": e.repository, "at": iso(e.createdAt),
+        ]
         if let v = e.run { o["run"] = v }
         if let v = e.dataset { o["dataset"] = v }
         if let v = e.commit { o["commit"] = v }
@@ -147,11 +151,15 @@ extension OCIResponder {
             return Reply.json(["repository": repo.value, "digest": digest.description, "pinned": false])
         case (.pins, .get):
             let pins = try await offload { try registry.pins() }
-            return Reply.json(["pins": pins.map { p -> [String: Any] in
-                var o: [String: Any] = ["digest": p.digest.description, "repository": p.repository, "actor": p.actor, "at": Self.iso(p.at)]
-                if let r = p.reason { o["reason"] = r }
-                return o
-            }])
+            return Reply.json([
+                "pins": pins.map { p -> [String: Any] in
+                    var o: [String: Any] = [
+                        "digest": p.digest.description, "repository": p.repository, "actor": p.actor, "at": Self.iso(p.at),
+                    ]
+                    if let r = p.reason { o["reason"] = r }
+                    return o
+                }
+            ])
         case (.lineage(let digestText), .get):
             let digest = try RequestParsing.digest(digestText)
             let direction = query["direction"].map(String.init) ?? "ancestors"
@@ -162,16 +170,21 @@ extension OCIResponder {
             let relations = query["relation"].map { $0.split(separator: ",").map(String.init) }
             let artifactType = query["artifact_type"].map(String.init)
             let nodes = try await offload {
-                try registry.lineage(of: digest, up: direction == "ancestors", depth: depth, relations: relations, artifactType: artifactType)
+                try registry.lineage(
+                    of: digest, up: direction == "ancestors", depth: depth, relations: relations, artifactType: artifactType)
             }
             return Reply.json(["digest": digest.description, "direction": direction, "nodes": nodes.map(Self.json)])
         case (.impact(let digestText), .get):
             let digest = try RequestParsing.digest(digestText)
             let report = try await offload { try registry.impact(of: digest) }
-            return Reply.json(["digest": digest.description, "derived": report.derived.map(Self.json),
-                               "tags": report.tags.map { ["repository": $0.repository, "tag": $0.tag, "digest": $0.digest.description] }])
+            return Reply.json([
+                "digest": digest.description, "derived": report.derived.map(Self.json),
+                "tags": report.tags.map { ["repository": $0.repository, "tag": $0.tag, "digest": $0.digest.description] },
+            ])
         case (.lineagePath, .get):
-            guard let f = query["from"], let t = query["to"] else { throw RegistryError(.unsupported, "needs ?from=DIGEST&to=DIGEST", status: 400) }
+            guard let f = query["from"], let t = query["to"] else {
+                throw RegistryError(.unsupported, "needs ?from=DIGEST&to=DIGEST", status: 400)
+            }
             let (from, to) = (try RequestParsing.digest(String(f)), try RequestParsing.digest(String(t)))
             let path = try await offload { try registry.lineagePath(from: from, to: to) }
             guard let path else { throw RegistryError(.manifestUnknown, "no derivation path from \(from) to \(to)") }
@@ -187,14 +200,16 @@ extension OCIResponder {
             }
             let chosen = filter
             let entries = try await offload { try registry.auditLog(chosen) }
-            return Reply.json(["entries": entries.map { e -> [String: Any] in
-                var o: [String: Any] = ["id": e.id, "at": Self.iso(e.at), "actor": e.actor, "action": e.action, "hash": e.hash]
-                if let v = e.repository { o["repository"] = v }
-                if let v = e.digest { o["digest"] = v }
-                if let v = e.tag { o["tag"] = v }
-                if let d = e.details, let obj = try? JSONSerialization.jsonObject(with: Data(d.utf8)) { o["details"] = obj }
-                return o
-            }])
+            return Reply.json([
+                "entries": entries.map { e -> [String: Any] in
+                    var o: [String: Any] = ["id": e.id, "at": Self.iso(e.at), "actor": e.actor, "action": e.action, "hash": e.hash]
+                    if let v = e.repository { o["repository"] = v }
+                    if let v = e.digest { o["digest"] = v }
+                    if let v = e.tag { o["tag"] = v }
+                    if let d = e.details, let obj = try? JSONSerialization.jsonObject(with: Data(d.utf8)) { o["details"] = obj }
+                    return o
+                }
+            ])
         case (.auditVerify, .get):
             let v = try await auditVerifications.result { try await offload { try registry.verifyAudit() } }
             var o: [String: Any] = ["entries": v.entries, "intact": v.intact]
@@ -214,13 +229,17 @@ extension OCIResponder {
             let webhook = query["webhook"].map(String.init)
             let limit = try RequestParsing.pageSize(request).map { max(1, $0) } ?? 100
             let rows = try await offload { try registry.deliveries(webhook: webhook, limit: limit) }
-            return Reply.json(["deliveries": rows.map { d -> [String: Any] in
-                var o: [String: Any] = ["webhook": d.webhook, "event": String(d.eventID), "attempt": d.attempt, "at": Self.iso(d.at),
-                                        "duration_ms": d.durationMs, "outcome": d.outcome]
-                if let s = d.status { o["status"] = s }
-                if let e = d.error { o["error"] = e }
-                return o
-            }])
+            return Reply.json([
+                "deliveries": rows.map { d -> [String: Any] in
+                    var o: [String: Any] = [
+                        "webhook": d.webhook, "event": String(d.eventID), "attempt": d.attempt, "at": Self.iso(d.at),
+                        "duration_ms": d.durationMs, "outcome": d.outcome,
+                    ]
+                    if let s = d.status { o["status"] = s }
+                    if let e = d.error { o["error"] = e }
+                    return o
+                }
+            ])
         default:
             throw RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405)
         }

@@ -24,8 +24,11 @@ enum Reply {
         return Response(status: .init(code: status), headers: h, body: ResponseBody())
     }
 
-    static func json(_ object: Any, status: Int = 200, contentType: String = "application/json", headers: HTTPFields = [:], head: Bool = false) -> Response {
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+    static func json(
+        _ object: Any, status: Int = 200, contentType: String = "application/json", headers: HTTPFields = [:], head: Bool = false
+    ) -> Response {
+        let data =
+            (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
         return bytes(Array(data), status: status, contentType: contentType, headers: headers, head: head)
     }
 
@@ -33,7 +36,8 @@ enum Reply {
         var h = headers
         h[.contentType] = contentType
         h[.contentLength] = String(bytes.count)
-        return Response(status: .init(code: status), headers: h, body: head ? ResponseBody() : ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+        return Response(
+            status: .init(code: status), headers: h, body: head ? ResponseBody() : ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 
     /// The spec's JSON error body: `{"errors": [{"code", "message", "detail"}]}`.
@@ -72,8 +76,9 @@ enum RequestParsing {
     /// arithmetic on a value it did not bound.
     static func integer(_ text: Substring, _ what: String, in range: ClosedRange<Int64>, status: Int = 400) throws -> Int64 {
         guard let value = HTTPRanges.integer(text, in: range) else {
-            throw RegistryError(.unsupported, "\(what) must be an integer in \(range.lowerBound)...\(range.upperBound), got '\(text.prefix(40))'",
-                                status: status)
+            throw RegistryError(
+                .unsupported, "\(what) must be an integer in \(range.lowerBound)...\(range.upperBound), got '\(text.prefix(40))'",
+                status: status)
         }
         return value
     }

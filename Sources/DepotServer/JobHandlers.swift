@@ -92,7 +92,7 @@ extension OCIResponder {
             let deployments = self.deployments
             let job = try await offload { () -> JobRecord in
                 let job = try jobs.cancel(id, actor: actor)
-                try deployments.abortRollout(forJob: id, actor: actor)   // a canary stage's rollout stops with it
+                try deployments.abortRollout(forJob: id, actor: actor) // a canary stage's rollout stops with it
                 return job
             }
             return Reply.json(Self.json(job))
@@ -116,15 +116,19 @@ extension OCIResponder {
             throw RegistryError(.conflict, "job \(id) is not a webhook stage of a loaded pipeline")
         }
         guard let header = request.headers[.depotSignature], WebhookConfig.verify(header, secret: secret, body: bytes, maxSkew: 300) else {
-            throw RegistryError(.unauthorized, "callback signature missing or wrong (Depot-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>)")
+            throw RegistryError(
+                .unauthorized,
+                "callback signature missing or wrong (Depot-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>)")
         }
-        guard let body = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any], let status = body["status"] as? String else {
+        guard let body = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any], let status = body["status"] as? String
+        else {
             throw RegistryError(.unsupported, "body must be {\"job\", \"attempt\", \"status\": \"succeeded\"|\"failed\", ...}", status: 400)
         }
         // The signed body names the job and attempt: a callback cannot be replayed onto another
         // job of the stage, nor a late one onto a later attempt.
         guard (body["job"] as? NSNumber)?.int64Value == id, (body["attempt"] as? NSNumber)?.intValue == job.attempt else {
-            throw RegistryError(.conflict, "the callback must name this job (\"job\": \(id)) and its current attempt (\"attempt\": \(job.attempt))")
+            throw RegistryError(
+                .conflict, "the callback must name this job (\"job\": \(id)) and its current attempt (\"attempt\": \(job.attempt))")
         }
         let updated: JobRecord
         switch status {
@@ -181,8 +185,10 @@ extension OCIResponder {
             "name": p.name, "file": p.file,
             "trigger": ["repositories": p.trigger.repositories, "tags": p.trigger.tags, "artifact_types": p.trigger.artifactTypes],
             "stages": p.stages.map { s -> [String: Any] in
-                var o: [String: Any] = ["name": s.name, "kind": s.kindName, "needs": s.needs, "labels": s.labels,
-                                        "timeout_seconds": s.timeoutSeconds, "retries": s.retries]
+                var o: [String: Any] = [
+                    "name": s.name, "kind": s.kindName, "needs": s.needs, "labels": s.labels,
+                    "timeout_seconds": s.timeoutSeconds, "retries": s.retries,
+                ]
                 if let t = s.tag { o["tag"] = t }
                 return o
             },

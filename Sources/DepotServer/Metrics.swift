@@ -1,9 +1,13 @@
-import Foundation
 import DepotCore
+import Foundation
 
 /// Request and byte counters exposed in Prometheus' text format at `GET /metrics`.
 public final class ServerMetrics: Sendable {
-    private struct Key: Hashable { let route: String; let method: String; let status: Int }
+    private struct Key: Hashable {
+        let route: String
+        let method: String
+        let status: Int
+    }
     private let requests = Locked<[Key: Int]>([:])
     private let bytes = Locked((received: Int64(0), sent: Int64(0)))
 
@@ -19,12 +23,16 @@ public final class ServerMetrics: Sendable {
     /// The exposition text, with gauges supplied by the caller.
     func render(gauges: [(name: String, help: String, value: Double)]) -> String {
         var out = "# HELP depot_http_requests_total HTTP requests by route, method and status.\n# TYPE depot_http_requests_total counter\n"
-        for (k, v) in requests.withLock({ $0 }).sorted(by: { ($0.key.route, $0.key.method, $0.key.status) < ($1.key.route, $1.key.method, $1.key.status) }) {
+        for (k, v) in requests.withLock({ $0 }).sorted(by: {
+            ($0.key.route, $0.key.method, $0.key.status) < ($1.key.route, $1.key.method, $1.key.status)
+        }) {
             out += "depot_http_requests_total{route=\"\(k.route)\",method=\"\(k.method)\",status=\"\(k.status)\"} \(v)\n"
         }
         let b = bytes.withLock { $0 }
-        out += "# HELP depot_http_received_bytes_total Request body bytes received.\n# TYPE depot_http_received_bytes_total counter\ndepot_http_received_bytes_total \(b.received)\n"
-        out += "# HELP depot_http_sent_bytes_total Blob and manifest bytes sent.\n# TYPE depot_http_sent_bytes_total counter\ndepot_http_sent_bytes_total \(b.sent)\n"
+        out +=
+            "# HELP depot_http_received_bytes_total Request body bytes received.\n# TYPE depot_http_received_bytes_total counter\ndepot_http_received_bytes_total \(b.received)\n"
+        out +=
+            "# HELP depot_http_sent_bytes_total Blob and manifest bytes sent.\n# TYPE depot_http_sent_bytes_total counter\ndepot_http_sent_bytes_total \(b.sent)\n"
         for g in gauges {
             out += "# HELP \(g.name) \(g.help)\n# TYPE \(g.name) gauge\n\(g.name) \(Int64(g.value))\n"
         }

@@ -31,8 +31,10 @@ public struct OCIResponder: HTTPResponder {
     /// an auditor verifying right after a suspected edit must see it).
     let auditVerifications = SharedRecentResult<AuditVerification>(maxAge: .zero)
 
-    public init(registry: Registry, metrics: ServerMetrics, logger: Logger, jobs: JobQueue? = nil, callbackSecrets: [String: String] = [:],
-                deployments: Deployments? = nil, limits: ServerConfig.ServerLimits = .init()) {
+    public init(
+        registry: Registry, metrics: ServerMetrics, logger: Logger, jobs: JobQueue? = nil, callbackSecrets: [String: String] = [:],
+        deployments: Deployments? = nil, limits: ServerConfig.ServerLimits = .init()
+    ) {
         self.registry = registry
         self.limits = limits
         self.recipeCommits = ConcurrencyGate(limit: limits.maxRecipeCommits)
@@ -63,22 +65,31 @@ public struct OCIResponder: HTTPResponder {
                 label = route.label
                 response = try await handle(route, request)
             } else {
-                response = Reply.json(["errors": [["code": "NOT_FOUND", "message": "no such endpoint", "detail": [String: String]()]]], status: 404, head: head)
+                response = Reply.json(
+                    ["errors": [["code": "NOT_FOUND", "message": "no such endpoint", "detail": [String: String]()]]], status: 404,
+                    head: head)
             }
         } catch {
             let e = RegistryError.from(error)
             if e.status >= 500 {
-                logger.error("request failed", metadata: ["method": "\(request.method)", "path": "\(path)", "status": "\(e.status)", "error": "\(e.message)"])
+                logger.error(
+                    "request failed",
+                    metadata: ["method": "\(request.method)", "path": "\(path)", "status": "\(e.status)", "error": "\(e.message)"])
             }
             response = Reply.error(e, head: head)
         }
         response.headers[.dockerAPIVersion] = "registry/2.0"
         let known: Set<HTTPRequest.Method> = [.get, .head, .post, .put, .patch, .delete]
-        metrics.record(route: label, method: known.contains(request.method) ? request.method.rawValue : "OTHER", status: response.status.code)
+        metrics.record(
+            route: label, method: known.contains(request.method) ? request.method.rawValue : "OTHER", status: response.status.code)
         if logger.logLevel <= .debug {
             let ms = (ContinuousClock.now - started) / .milliseconds(1)
-            logger.debug("request", metadata: ["method": "\(request.method)", "path": "\(path)", "status": "\(response.status.code)",
-                                             "route": "\(label)", "ms": "\(String(format: "%.2f", ms))"])
+            logger.debug(
+                "request",
+                metadata: [
+                    "method": "\(request.method)", "path": "\(path)", "status": "\(response.status.code)",
+                    "route": "\(label)", "ms": "\(String(format: "%.2f", ms))",
+                ])
         }
         return response
     }
@@ -97,7 +108,8 @@ public struct OCIResponder: HTTPResponder {
             // conformance suite and other registries answer 404 here; only a PUT says TAG_INVALID).
             let reference: Reference
             do { reference = try RequestParsing.reference(ref) } catch {
-                throw RegistryError(.manifestUnknown, "manifest '\(ref.prefix(200))' is not a valid tag or digest, so it is not in \(name.prefix(200))")
+                throw RegistryError(
+                    .manifestUnknown, "manifest '\(ref.prefix(200))' is not a valid tag or digest, so it is not in \(name.prefix(200))")
             }
             return try await getManifest(try RequestParsing.name(name), reference, head: method == .head)
         case (.manifest(let name, let ref), .put):
@@ -148,8 +160,9 @@ public struct OCIResponder: HTTPResponder {
         do {
             range = try RequestParsing.byteRange(request, size: blob.size)
         } catch let e as RegistryError {
-            return Reply.error(RegistryError(e.code, e.message, status: 416), headers: [.contentRange: "bytes */\(blob.size)"],
-                               head: request.method == .head)
+            return Reply.error(
+                RegistryError(e.code, e.message, status: 416), headers: [.contentRange: "bytes */\(blob.size)"],
+                head: request.method == .head)
         }
         var status = 200
         if let range {
@@ -281,16 +294,19 @@ public struct OCIResponder: HTTPResponder {
         let declared = try RequestParsing.contentLength(request)
         let maxBlob = registry.uploads.limits.maxBlobBytes
         if let declared, declared > maxBlob {
-            throw RegistryError(.sizeInvalid, "Content-Length \(declared) exceeds the registry's maximum blob size of \(maxBlob) bytes",
-                                status: 413)
+            throw RegistryError(
+                .sizeInvalid, "Content-Length \(declared) exceeds the registry's maximum blob size of \(maxBlob) bytes",
+                status: 413)
         }
         if let range = try RequestParsing.contentRange(request, limit: maxBlob) {
             guard range.lowerBound == session.offset else {
-                throw RegistryError(.rangeInvalid, "Content-Range starts at \(range.lowerBound) but the upload has \(session.offset) bytes",
-                                    status: 416)
+                throw RegistryError(
+                    .rangeInvalid, "Content-Range starts at \(range.lowerBound) but the upload has \(session.offset) bytes",
+                    status: 416)
             }
             if let declared, declared != range.upperBound - range.lowerBound + 1 {
-                throw RegistryError(.sizeInvalid, "Content-Length \(declared) does not match Content-Range \(range.lowerBound)-\(range.upperBound)")
+                throw RegistryError(
+                    .sizeInvalid, "Content-Length \(declared) does not match Content-Range \(range.lowerBound)-\(range.upperBound)")
             }
         }
         var pending = ByteBuffer()
@@ -338,16 +354,18 @@ public struct OCIResponder: HTTPResponder {
     func getManifest(_ name: RepositoryName, _ reference: Reference, head: Bool) async throws -> Response {
         let m = try await offload { try registry.manifest(name, reference) }
         metrics.sent(head ? 0 : m.content.count)
-        return Reply.bytes(m.content, contentType: m.mediaType,
-                           headers: [.dockerContentDigest: m.digest.description, .eTag: "\"\(m.digest)\""], head: head)
+        return Reply.bytes(
+            m.content, contentType: m.mediaType,
+            headers: [.dockerContentDigest: m.digest.description, .eTag: "\"\(m.digest)\""], head: head)
     }
 
     func putManifest(_ name: RepositoryName, _ reference: Reference, _ request: Request) async throws -> Response {
         if let declared = try RequestParsing.contentLength(request), declared > ManifestParser.maxSize {
             throw RegistryError(.sizeInvalid, "manifest exceeds \(ManifestParser.maxSize) bytes", status: 413)
         }
-        let body = try await RequestParsing.collect(request, limit: ManifestParser.maxSize, what: "manifest",
-                                                    rate: RateFloor(limits: registry.uploads.limits, start: .now))
+        let body = try await RequestParsing.collect(
+            request, limit: ManifestParser.maxSize, what: "manifest",
+            rate: RateFloor(limits: registry.uploads.limits, start: .now))
         metrics.received(body.readableBytes)
         let bytes = Array(body.readableBytesView)
         let contentType = request.headers[.contentType]

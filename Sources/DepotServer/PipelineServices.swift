@@ -28,7 +28,7 @@ struct PipelineScheduler: Service {
 
     func run() async throws {
         guard let jobs else {
-            try? await gracefulShutdown()   // a returning service would stop the server
+            try? await gracefulShutdown() // a returning service would stop the server
             return
         }
         logger.info("pipelines: \(jobs.pipelines.map(\.name).joined(separator: ", "))")
@@ -38,7 +38,7 @@ struct PipelineScheduler: Service {
                 do {
                     let queued = try await offload { try jobs.schedule() }
                     if queued > 0 { logger.info("pipelines: queued \(queued) job(s)") }
-                    if ticks % 14_400 == 0 {   // hourly (and at start-up)
+                    if ticks % 14_400 == 0 { // hourly (and at start-up)
                         let n = try await offload { try jobs.expireLogs() }
                         if n > 0 { logger.info("pipelines: released \(n) job log(s) past their retention to GC") }
                     }
@@ -72,12 +72,15 @@ struct PipelineScheduler: Service {
                 "params": spec["with"] ?? [String: String](), "key": job.key ?? "", "output_tag": job.outputTag ?? "",
                 "callback_url": "\(callbackBase)/depot/v1/jobs/\(job.id)/callback",
             ]
-            let body = Array((try? JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
+            let body = Array(
+                (try? JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
             var request = HTTPClientRequest(url: target.url)
             request.method = .POST
             request.headers.add(name: "Content-Type", value: "application/json")
             request.headers.add(name: "User-Agent", value: "depot-pipelines")
-            request.headers.add(name: "Depot-Signature", value: WebhookConfig.signature(secret: target.secret, timestamp: Int64(Date().timeIntervalSince1970), body: body))
+            request.headers.add(
+                name: "Depot-Signature",
+                value: WebhookConfig.signature(secret: target.secret, timestamp: Int64(Date().timeIntervalSince1970), body: body))
             request.body = .bytes(body)
             var failure: String?
             do {
@@ -116,7 +119,10 @@ extension PipelineScheduler {
             if rollout.state == "promoted" {
                 _ = try await offload { try jobs.completeServerJob(job.id, output: nil) }
             } else {
-                _ = try await offload { try jobs.failServerJob(job.id, reason: "rollout \(rollout.id) \(rollout.state): \(rollout.reason ?? "")", permanent: true) }
+                _ = try await offload {
+                    try jobs.failServerJob(
+                        job.id, reason: "rollout \(rollout.id) \(rollout.state): \(rollout.reason ?? "")", permanent: true)
+                }
             }
         }
     }
@@ -132,14 +138,19 @@ extension PipelineScheduler {
             let repo = try RepositoryName(job.inputRepository)
             let digest = try Digest(parsing: job.inputDigest)
             let status = try await offload {
-                try deployments.start(repo, env, .digest(digest), actor: "pipeline \(job.pipeline) job \(job.id)", steps: steps,
-                                      analysisSeconds: analysis, jobID: job.id)
+                try deployments.start(
+                    repo, env, .digest(digest), actor: "pipeline \(job.pipeline) job \(job.id)", steps: steps,
+                    analysisSeconds: analysis, jobID: job.id)
             }
-            logger.info("job \(job.id) \(job.pipeline)/\(job.stage): rollout \(status.rollout?.id ?? 0) of \(job.inputDigest.prefix(19)) to \(env) started")
+            logger.info(
+                "job \(job.id) \(job.pipeline)/\(job.stage): rollout \(status.rollout?.id ?? 0) of \(job.inputDigest.prefix(19)) to \(env) started"
+            )
         } catch {
             let e = RegistryError.from(error)
             // A conflict (another rollout running) may clear; a bad input will not.
-            try await offload { try jobs.serverJobDispatchFailed(job, reason: "cannot start the rollout: \(e.message)", permanent: e.status != 409) }
+            try await offload {
+                try jobs.serverJobDispatchFailed(job, reason: "cannot start the rollout: \(e.message)", permanent: e.status != 409)
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 import DepotCore
 import DepotRegistry
+import Foundation
 
 /// A parsed `/v2/...` path. Repository names contain slashes, so routes are recognised by
 /// their last fixed segment (`/manifests/`, `/blobs/`, `/blobs/uploads/`, `/tags/list`, `/referrers/`).
@@ -29,8 +30,14 @@ enum Route: Equatable {
     init?(path: String) {
         guard path == "/v2" || path.hasPrefix("/v2/") else { return nil }
         let rest = path.dropFirst(4)
-        if rest.isEmpty { self = .base; return }
-        if rest == "_catalog" { self = .catalog; return }
+        if rest.isEmpty {
+            self = .base
+            return
+        }
+        if rest == "_catalog" {
+            self = .catalog
+            return
+        }
         if rest.hasSuffix("/tags/list") {
             self = .tags(String(rest.dropLast("/tags/list".count)))
             return
@@ -40,8 +47,10 @@ enum Route: Equatable {
             self = .uploads(String(name))
             return
         }
-        for (marker, make) in [("/blobs/uploads/", { Route.upload($0, $1) }), ("/manifests/", { Route.manifest($0, $1) }),
-                               ("/referrers/", { Route.referrers($0, $1) }), ("/blobs/", { Route.blob($0, $1) })] as [(String, (String, String) -> Route)] {
+        for (marker, make) in [
+            ("/blobs/uploads/", { Route.upload($0, $1) }), ("/manifests/", { Route.manifest($0, $1) }),
+            ("/referrers/", { Route.referrers($0, $1) }), ("/blobs/", { Route.blob($0, $1) }),
+        ] as [(String, (String, String) -> Route)] {
             if let r = rest.range(of: marker, options: .backwards) {
                 let tail = rest[r.upperBound...]
                 guard !tail.isEmpty, !tail.contains("/") else { continue }
@@ -52,5 +61,3 @@ enum Route: Equatable {
         return nil
     }
 }
-
-import Foundation

@@ -207,7 +207,9 @@ public struct ServerConfig: Sendable, Equatable {
                 config.store.writeGraceHours = v
             }
             if let v: String = try reader.value(s, "read_verification") {
-                guard v == "checksum" || v == "sha256" else { throw reader.error("storage.read_verification", "must be checksum or sha256") }
+                guard v == "checksum" || v == "sha256" else {
+                    throw reader.error("storage.read_verification", "must be checksum or sha256")
+                }
                 config.store.readVerification = v
             }
             if let v: Double = try reader.value(s, "gc_interval_hours") {
@@ -225,7 +227,9 @@ public struct ServerConfig: Sendable, Equatable {
                 config.uploads.idleTimeoutSeconds = v
             }
             if let v: Double = try reader.value(s, "max_lifetime_seconds") {
-                guard v > 0, v <= 30 * 86_400 else { throw reader.error("uploads.max_lifetime_seconds", "must be positive, at most 30 days") }
+                guard v > 0, v <= 30 * 86_400 else {
+                    throw reader.error("uploads.max_lifetime_seconds", "must be positive, at most 30 days")
+                }
                 config.uploads.maxLifetimeSeconds = v
             }
             if let v: Int = try reader.value(s, "max_sessions") {
@@ -296,11 +300,14 @@ public struct ServerConfig: Sendable, Equatable {
                 if let v: String = try reader.value(r, "python") { config.pipelines.runnerPython = v }
                 if let v: String = try reader.value(r, "hooks_dir") { config.pipelines.runnerHooksDirectory = v }
                 if let raw = r["pass_env"] {
-                    guard let list = raw as? [String] else { throw reader.error("pipelines.runner.pass_env", "must be a list of variable names") }
+                    guard let list = raw as? [String] else {
+                        throw reader.error("pipelines.runner.pass_env", "must be a list of variable names")
+                    }
                     config.pipelines.runnerPassEnvironment = list
                 }
-                try reader.rejectUnknown(r, known: ["enabled", "name", "labels", "concurrency", "work_dir", "python", "hooks_dir", "pass_env"],
-                                         at: "pipelines.runner.")
+                try reader.rejectUnknown(
+                    r, known: ["enabled", "name", "labels", "concurrency", "work_dir", "python", "hooks_dir", "pass_env"],
+                    at: "pipelines.runner.")
             }
         }
         try reader.section(root, "canary") { s in
@@ -312,7 +319,8 @@ public struct ServerConfig: Sendable, Equatable {
             }
             if let raw = s["steps"] {
                 guard let steps = raw as? [Int], !steps.isEmpty, steps.allSatisfy({ (1...100).contains($0) }),
-                      zip(steps, steps.dropFirst()).allSatisfy({ $0 < $1 }), steps.last == 100 else {
+                    zip(steps, steps.dropFirst()).allSatisfy({ $0 < $1 }), steps.last == 100
+                else {
                     throw reader.error("canary.steps", "must be increasing percentages within 1...100 ending at 100")
                 }
                 config.canary.steps = steps
@@ -336,11 +344,15 @@ public struct ServerConfig: Sendable, Equatable {
                 config.canary.routerURL = v
             }
             if let raw = s["router_command"] {
-                guard let argv = raw as? [String], !argv.isEmpty else { throw reader.error("canary.router_command", "must be a non-empty list (argv)") }
+                guard let argv = raw as? [String], !argv.isEmpty else {
+                    throw reader.error("canary.router_command", "must be a non-empty list (argv)")
+                }
                 config.canary.routerCommand = argv
             }
             if let raw = s["checks"] {
-                guard let list = raw as? [[String: Any]], !list.isEmpty else { throw reader.error("canary.checks", "must be a non-empty list of checks") }
+                guard let list = raw as? [[String: Any]], !list.isEmpty else {
+                    throw reader.error("canary.checks", "must be a non-empty list of checks")
+                }
                 config.canary.checks = try list.enumerated().map { try Self.check($1, index: $0, reader) }
             }
         }
@@ -370,7 +382,8 @@ public struct ServerConfig: Sendable, Equatable {
                 config.inspection.cacheEntries = v
             }
         }
-        try reader.rejectUnknown(root, known: ["server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats"], at: "")
+        try reader.rejectUnknown(
+            root, known: ["server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats"], at: "")
         return config
     }
 }
@@ -378,8 +391,12 @@ public struct ServerConfig: Sendable, Equatable {
 extension ServerConfig {
     static func check(_ m: [String: Any], index: Int, _ reader: ConfigReader) throws -> MetricCheck {
         let at = "canary.checks[\(index)]"
-        try reader.rejectUnknown(m, known: ["name", "query", "max", "pause_above", "min", "pause_below", "max_ratio", "pause_ratio",
-                                            "failure_limit", "optional"], at: at + ".")
+        try reader.rejectUnknown(
+            m,
+            known: [
+                "name", "query", "max", "pause_above", "min", "pause_below", "max_ratio", "pause_ratio",
+                "failure_limit", "optional",
+            ], at: at + ".")
         guard let name = m["name"] as? String, !name.isEmpty else { throw reader.error(at + ".name", "is required") }
         guard let query = m["query"] as? String, !query.isEmpty else { throw reader.error(at + ".query", "is required (PromQL)") }
         var c = MetricCheck(name: name, query: query)
@@ -389,9 +406,12 @@ extension ServerConfig {
             if let i = raw as? Int { return Double(i) }
             throw reader.error("\(at).\(key)", "must be a number")
         }
-        c.max = try number("max"); c.pauseAbove = try number("pause_above")
-        c.min = try number("min"); c.pauseBelow = try number("pause_below")
-        c.maxRatio = try number("max_ratio"); c.pauseRatio = try number("pause_ratio")
+        c.max = try number("max")
+        c.pauseAbove = try number("pause_above")
+        c.min = try number("min")
+        c.pauseBelow = try number("pause_below")
+        c.maxRatio = try number("max_ratio")
+        c.pauseRatio = try number("pause_ratio")
         guard c.max != nil || c.min != nil || c.maxRatio != nil else {
             throw reader.error(at, "needs a threshold: max, min or max_ratio")
         }
@@ -409,8 +429,12 @@ extension ServerConfig {
     static func webhook(_ raw: Any, index: Int, _ reader: ConfigReader) throws -> WebhookConfig {
         let at = "webhooks[\(index)]"
         guard let m = raw as? [String: Any] else { throw reader.error(at, "must be a mapping") }
-        try reader.rejectUnknown(m, known: ["name", "url", "secret", "secret_env", "events", "repositories", "max_attempts",
-                                            "retry_base_seconds", "timeout_seconds"], at: at + ".")
+        try reader.rejectUnknown(
+            m,
+            known: [
+                "name", "url", "secret", "secret_env", "events", "repositories", "max_attempts",
+                "retry_base_seconds", "timeout_seconds",
+            ], at: at + ".")
         guard let name = m["name"] as? String, !name.isEmpty else { throw reader.error(at + ".name", "is required") }
         guard let url = m["url"] as? String, let u = URL(string: url), ["http", "https"].contains(u.scheme ?? ""), u.host != nil else {
             throw reader.error(at + ".url", "must be an http(s) URL")
@@ -434,11 +458,15 @@ extension ServerConfig {
             hook.maxAttempts = n
         }
         if let v = m["retry_base_seconds"] {
-            guard let d = (v as? Double) ?? (v as? Int).map(Double.init), d > 0 else { throw reader.error(at + ".retry_base_seconds", "must be positive") }
+            guard let d = (v as? Double) ?? (v as? Int).map(Double.init), d > 0 else {
+                throw reader.error(at + ".retry_base_seconds", "must be positive")
+            }
             hook.retryBaseSeconds = d
         }
         if let v = m["timeout_seconds"] {
-            guard let d = (v as? Double) ?? (v as? Int).map(Double.init), d > 0 else { throw reader.error(at + ".timeout_seconds", "must be positive") }
+            guard let d = (v as? Double) ?? (v as? Int).map(Double.init), d > 0 else {
+                throw reader.error(at + ".timeout_seconds", "must be positive")
+            }
             hook.timeoutSeconds = d
         }
         return hook
@@ -463,17 +491,25 @@ final class ConfigReader {
         defer { current = "" }
         try body(mapping)
         let known: [String: Set<String>] = [
-            "server": ["listen", "log_level", "log_format", "max_connections", "header_timeout_seconds", "idle_timeout_seconds",
-                       "blocking_threads", "default_page_size", "max_recipe_commits"],
-            "storage": ["root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",
-                        "compact_below", "read_verification", "gc_interval_hours"],
-            "uploads": ["timeout_seconds", "max_lifetime_seconds", "max_sessions", "max_sessions_per_client", "min_bytes_per_second",
-                        "rate_grace_seconds", "max_blob_gib"],
+            "server": [
+                "listen", "log_level", "log_format", "max_connections", "header_timeout_seconds", "idle_timeout_seconds",
+                "blocking_threads", "default_page_size", "max_recipe_commits",
+            ],
+            "storage": [
+                "root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",
+                "compact_below", "read_verification", "gc_interval_hours",
+            ],
+            "uploads": [
+                "timeout_seconds", "max_lifetime_seconds", "max_sessions", "max_sessions_per_client", "min_bytes_per_second",
+                "rate_grace_seconds", "max_blob_gib",
+            ],
             "aliases": ["protected", "immutable"],
             "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "runner"],
             "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "router_url", "checks"],
-            "formats": ["max_mib_per_blob", "max_seconds_per_blob", "max_seconds_per_manifest", "max_document_kib", "concurrency",
-                        "cache_entries"],
+            "formats": [
+                "max_mib_per_blob", "max_seconds_per_blob", "max_seconds_per_manifest", "max_document_kib", "concurrency",
+                "cache_entries",
+            ],
         ]
         try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")
     }

@@ -23,7 +23,9 @@ public struct WebhookConfig: Sendable, Equatable {
     public var timeoutSeconds = 10.0
 
     public init(name: String, url: String, secret: String) {
-        self.name = name; self.url = url; self.secret = secret
+        self.name = name
+        self.url = url
+        self.secret = secret
     }
 
     func wants(_ e: EventRecord) -> Bool {
@@ -138,7 +140,8 @@ struct WebhookDispatcher: Service {
                 request.headers.add(name: "User-Agent", value: "depot-webhooks")
                 request.headers.add(name: "Depot-Event", value: event.type)
                 request.headers.add(name: "Depot-Delivery", value: "\(hook.name)-\(event.id)")
-                request.headers.add(name: "Depot-Signature", value: WebhookConfig.signature(secret: hook.secret, timestamp: timestamp, body: body))
+                request.headers.add(
+                    name: "Depot-Signature", value: WebhookConfig.signature(secret: hook.secret, timestamp: timestamp, body: body))
                 request.body = .bytes(body)
                 let response = try await http.execute(request, timeout: .milliseconds(Int64(hook.timeoutSeconds * 1000)))
                 status = Int(response.status.code)
@@ -151,8 +154,9 @@ struct WebhookDispatcher: Service {
             if !ok && Task.isCancelled { return false }
             let outcome = ok ? "delivered" : (attempt == attempts ? "gave-up" : "retrying")
             if failure == nil, !ok { failure = "HTTP \(status ?? 0)" }
-            let record = DeliveryRecord(webhook: hook.name, eventID: event.id, attempt: attempt, at: Int64(Date().timeIntervalSince1970 * 1000),
-                                        status: status, error: ok ? nil : failure, durationMs: ms, outcome: outcome)
+            let record = DeliveryRecord(
+                webhook: hook.name, eventID: event.id, attempt: attempt, at: Int64(Date().timeIntervalSince1970 * 1000),
+                status: status, error: ok ? nil : failure, durationMs: ms, outcome: outcome)
             _ = try? await offload { try registry.store.catalog.write { try $0.recordDelivery(record) } }
             if ok { return true }
             if outcome == "gave-up" {

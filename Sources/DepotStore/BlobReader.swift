@@ -37,7 +37,8 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
     private func nextEntry() throws -> (RecipeEntry, ChunkLocation?)? {
         if pageIndex == page.count {
             guard !recipeDone else { return nil }
-            let cursor = recipeCursor, id = blob.id
+            let cursor = recipeCursor
+            let id = blob.id
             page = try store.catalog.read { try $0.recipeWithLocations(blob: id, from: cursor, limit: 512) }
             pageIndex = 0
             if page.count < 512 { recipeDone = true }
@@ -106,8 +107,9 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
             DispatchQueue.concurrentPerform(iterations: items.count) { i in
                 let item = items[i]
                 do {
-                    try store.readChunk(item.entry, item.loc, skip: item.skip,
-                                        into: UnsafeMutableRawBufferPointer(rebasing: shared.buffer[item.outOffset..<(item.outOffset + item.take)]))
+                    try store.readChunk(
+                        item.entry, item.loc, skip: item.skip,
+                        into: UnsafeMutableRawBufferPointer(rebasing: shared.buffer[item.outOffset..<(item.outOffset + item.take)]))
                 } catch {
                     failures.record(error, blob: digest)
                 }
@@ -124,14 +126,14 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
     }
 }
 
-
-
 private final class FailureBox: Sendable {
     private let error = Locked<(any Error)?>(nil)
     func record(_ e: any Error, blob: Digest) {
-        error.withLock { if $0 == nil {
-            if case DepotError.integrity(let m) = e { $0 = DepotError.integrity("\(m); blob \(blob) is damaged") } else { $0 = e }
-        } }
+        error.withLock {
+            if $0 == nil {
+                if case DepotError.integrity(let m) = e { $0 = DepotError.integrity("\(m); blob \(blob) is damaged") } else { $0 = e }
+            }
+        }
     }
     var first: (any Error)? { error.withLock { $0 } }
 }
@@ -152,10 +154,14 @@ extension ChunkStore {
                 try compressors.with { c in
                     var scratch: [UInt8] = []
                     if skip == 0 && output.count == l.rawLength {
-                        try files.readChunk(entry.hash, at: l, into: output, compressor: c, scratch: &scratch, verify: options.readVerification)
+                        try files.readChunk(
+                            entry.hash, at: l, into: output, compressor: c, scratch: &scratch, verify: options.readVerification)
                     } else {
                         var full = [UInt8](repeating: 0, count: l.rawLength)
-                        try full.withUnsafeMutableBytes { try files.readChunk(entry.hash, at: l, into: $0, compressor: c, scratch: &scratch, verify: options.readVerification) }
+                        try full.withUnsafeMutableBytes {
+                            try files.readChunk(
+                                entry.hash, at: l, into: $0, compressor: c, scratch: &scratch, verify: options.readVerification)
+                        }
                         full.withUnsafeBytes { output.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[skip..<(skip + output.count)])) }
                     }
                 }

@@ -2,7 +2,6 @@ import DepotCatalog
 import DepotCore
 import Dispatch
 
-
 /// What a completed write stored.
 public struct WriteResult: Sendable, Equatable {
     public var digest: Digest
@@ -68,7 +67,7 @@ public final class BlobWriter: @unchecked Sendable {
     init(store: ChunkStore, planner: (any BoundaryPlanner)?) throws {
         self.store = store
         cutter = ChunkCutter(store.options.chunker, planner: planner)
-        accumulator = UnsafeMutableRawBufferPointer(start: nil, count: 0)   // allocated on first use
+        accumulator = UnsafeMutableRawBufferPointer(start: nil, count: 0) // allocated on first use
         slots = DispatchSemaphore(value: store.options.writerQueueDepth)
         blobID = try store.appender.beginBlob(chunker: store.options.chunker.version)
     }
@@ -99,7 +98,7 @@ public final class BlobWriter: @unchecked Sendable {
         defer { hashingDone.wait() }
         try cutter.feed(bytes) { piece, width in
             if let width, accumulated == 0 {
-                if piece.count > 0 { try emitChunk(piece, width: width) }   // the whole chunk is in this buffer: one copy, not two
+                if piece.count > 0 { try emitChunk(piece, width: width) } // the whole chunk is in this buffer: one copy, not two
             } else {
                 accumulate(piece)
                 if let width { try emitChunk(width: width) }
@@ -135,7 +134,10 @@ public final class BlobWriter: @unchecked Sendable {
         let offset = chunkStart
         chunkStart += Int64(bytes.count)
         slots.wait()
-        let store = self.store, blobID = self.blobID, stageState = self.stageState, slots = self.slots
+        let store = self.store
+        let blobID = self.blobID
+        let stageState = self.stageState
+        let slots = self.slots
         nextWorker = (nextWorker + 1) % workerQueues.count
         workerQueues[nextWorker].async(group: workers) {
             defer { slots.signal() }
@@ -145,8 +147,9 @@ public final class BlobWriter: @unchecked Sendable {
                 let outcome = try chunk.withUnsafeBytes { bytes in
                     let entry = RecipeEntry(offset: offset, length: bytes.count, hash: SHA256.hash(bytes))
                     return try store.compressors.with { c in
-                        try store.appender.store(entry, of: blobID, bytes: bytes, elementWidth: width, compressor: c,
-                                                 tryCompression: tryCompression)
+                        try store.appender.store(
+                            entry, of: blobID, bytes: bytes, elementWidth: width, compressor: c,
+                            tryCompression: tryCompression)
                     }
                 }
                 stageState.withLock { s in
@@ -154,7 +157,9 @@ public final class BlobWriter: @unchecked Sendable {
                     switch outcome {
                     case .reused: s.reusedBytes += Int64(chunk.count)
                     case .stored(let stored, let codec):
-                        s.newChunks += 1; s.newBytes += Int64(chunk.count); s.storedBytes += Int64(stored)
+                        s.newChunks += 1
+                        s.newBytes += Int64(chunk.count)
+                        s.storedBytes += Int64(stored)
                         if tryCompression { s.rawStreak = codec == .raw ? s.rawStreak + 1 : 0 }
                     }
                 }
@@ -186,9 +191,10 @@ public final class BlobWriter: @unchecked Sendable {
         }
         let s = stageState.withLock { $0 }
         let chunkerVersion = cutter.version
-        return WriteResult(digest: record.digest, size: record.size, chunks: s.chunks, newChunks: s.newChunks,
-                           newBytes: s.newBytes, reusedBytes: s.reusedBytes, storedBytes: s.storedBytes,
-                           chunker: chunkerVersion)
+        return WriteResult(
+            digest: record.digest, size: record.size, chunks: s.chunks, newChunks: s.newChunks,
+            newBytes: s.newBytes, reusedBytes: s.reusedBytes, storedBytes: s.storedBytes,
+            chunker: chunkerVersion)
     }
 
     /// Abandons the blob. Chunks it stored become garbage unless another blob uses them.

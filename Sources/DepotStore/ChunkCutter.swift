@@ -29,8 +29,10 @@ public struct ChunkCutter {
     /// a chunk is the concatenation of pieces up to one with a non-nil `width` (the planner's
     /// element-width hint for that chunk). A piece may be empty when a forced boundary ends
     /// the pending chunk.
-    public mutating func feed(_ bytes: UnsafeRawBufferPointer,
-                              _ piece: (UnsafeRawBufferPointer, _ endsChunkWithWidth: Int?) throws -> Void) rethrows {
+    public mutating func feed(
+        _ bytes: UnsafeRawBufferPointer,
+        _ piece: (UnsafeRawBufferPointer, _ endsChunkWithWidth: Int?) throws -> Void
+    ) rethrows {
         guard bytes.count > 0 else { return }
         if planner != nil {
             planner!.observe(bytes, at: position)

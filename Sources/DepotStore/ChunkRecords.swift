@@ -22,7 +22,8 @@ public enum ChunkRecords {
             throw DepotError.integrity("chunk record header is damaged (bad magic, codec or header check)")
         }
         guard h.rawLength > 0, h.rawLength <= maxChunk, h.storedLength <= maxStoredLength(maxChunk) else {
-            throw DepotError.integrity("chunk record sha256:\(h.hash.hex) has lengths \(h.rawLength)/\(h.storedLength) beyond the \(maxChunk)-byte chunk limit")
+            throw DepotError.integrity(
+                "chunk record sha256:\(h.hash.hex) has lengths \(h.rawLength)/\(h.storedLength) beyond the \(maxChunk)-byte chunk limit")
         }
         return Header(codec: h.codec, rawLength: h.rawLength, storedLength: h.storedLength, hash: h.hash, checksum: h.checksum)
     }
@@ -48,8 +49,10 @@ public final class ChunkRecordCodec: @unchecked Sendable {
     /// Appends the record for `chunk` (whose SHA-256 is `hash`) to `out`, compressed when that
     /// pays. Returns the payload's stored length.
     @discardableResult
-    public func append(_ chunk: UnsafeRawBufferPointer, hash: SHA256.Value, elementWidth: Int = 1,
-                       compress: Bool = true, to out: inout [UInt8]) throws -> Int {
+    public func append(
+        _ chunk: UnsafeRawBufferPointer, hash: SHA256.Value, elementWidth: Int = 1,
+        compress: Bool = true, to out: inout [UInt8]
+    ) throws -> Int {
         var p = policy
         if !compress { p.mode = .off }
         var stored = 0
@@ -57,9 +60,11 @@ public final class ChunkRecordCodec: @unchecked Sendable {
             let start = out.count
             out.append(contentsOf: repeatElement(0, count: PackFormat.recordHeaderSize))
             out.withUnsafeMutableBytes { o in
-                PackFormat.encode(.init(codec: codec, rawLength: chunk.count, storedLength: payload.count, hash: hash,
-                                        checksum: PackFormat.checksum(payload)),
-                                  into: UnsafeMutableRawBufferPointer(rebasing: o[start..<(start + PackFormat.recordHeaderSize)]))
+                PackFormat.encode(
+                    .init(
+                        codec: codec, rawLength: chunk.count, storedLength: payload.count, hash: hash,
+                        checksum: PackFormat.checksum(payload)),
+                    into: UnsafeMutableRawBufferPointer(rebasing: o[start..<(start + PackFormat.recordHeaderSize)]))
             }
             out.append(contentsOf: payload)
             stored = payload.count
@@ -88,8 +93,10 @@ public final class ChunkRecordCodec: @unchecked Sendable {
     }
 
     /// `decode` into internal scratch; `body` sees the verified raw bytes.
-    public func verify<T>(_ header: ChunkRecords.Header, payload: UnsafeRawBufferPointer,
-                          _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
+    public func verify<T>(
+        _ header: ChunkRecords.Header, payload: UnsafeRawBufferPointer,
+        _ body: (UnsafeRawBufferPointer) throws -> T
+    ) throws -> T {
         if scratch.count < header.rawLength { scratch = [UInt8](repeating: 0, count: max(header.rawLength, maxChunk)) }
         return try scratch.withUnsafeMutableBytes { s in
             let out = UnsafeMutableRawBufferPointer(rebasing: s[0..<header.rawLength])

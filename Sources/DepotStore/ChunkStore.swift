@@ -1,8 +1,9 @@
 import DepotCatalog
 import DepotCore
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A content-addressed, chunked, deduplicated blob store under one storage root:
@@ -29,8 +30,10 @@ public final class ChunkStore: Sendable {
     /// `ifDamaged` says what a writable open does when acknowledged data is missing or
     /// unreadable: refuse (the default, what serving needs), report it (`depot fsck`) or drop the
     /// lost index rows (`depot fsck --repair`); see `DamagePolicy`.
-    public init(root: String, options: StoreOptions = StoreOptions(), create: Bool = false, readOnly: Bool = false,
-                ifDamaged: DamagePolicy = .refuse) throws {
+    public init(
+        root: String, options: StoreOptions = StoreOptions(), create: Bool = false, readOnly: Bool = false,
+        ifDamaged: DamagePolicy = .refuse
+    ) throws {
         self.root = root
         self.options = options
         self.readOnly = readOnly
@@ -49,8 +52,9 @@ public final class ChunkStore: Sendable {
             if !create { throw DepotError.storage("\(root) is not a Depot store (no FORMAT file); `depot serve` creates one") }
         case .failed(let code):
             // Not "missing": a store whose volume misbehaves must not be re-created over.
-            throw DepotError.storage("\(formatPath) is unreadable (\(FileSystem.Probe.errnoName(code))); "
-                                     + "if its volume is not mounted (or not readable), mount it (or fix its permissions) and restart")
+            throw DepotError.storage(
+                "\(formatPath) is unreadable (\(FileSystem.Probe.errnoName(code))); "
+                    + "if its volume is not mounted (or not readable), mount it (or fix its permissions) and restart")
         case .file, .directory, .other:
             try Self.checkFormat(formatPath)
         }
@@ -70,8 +74,9 @@ public final class ChunkStore: Sendable {
                 try FileSystem.syncDirectory(root)
             }
             if !readOnly { try Recovery.checkCatalogPresent(root: root) }
-            catalog = try Database(path: root + "/catalog.db", readOnly: readOnly,
-                                   busyTimeoutMilliseconds: options.catalogBusyTimeoutMilliseconds)
+            catalog = try Database(
+                path: root + "/catalog.db", readOnly: readOnly,
+                busyTimeoutMilliseconds: options.catalogBusyTimeoutMilliseconds)
             files = PackFiles(root: root)
             appender = PackAppender(db: catalog, files: files, options: options)
             compressors = CompressorPool(maxChunk: options.chunker.maxSize)
@@ -162,9 +167,10 @@ public final class ChunkStore: Sendable {
     /// by the catalog's triggers are read, in constant time (`/metrics`).
     public func stats(exact: Bool = true) throws -> StoreStats {
         let c = try catalog.read { exact ? try $0.storeCounts() : try $0.storeCounters() }
-        return StoreStats(blobs: c.blobs, logicalBytes: c.logicalBytes, storedBytes: c.packBytes,
-                          chunks: c.chunks, chunkBytes: c.chunkRawBytes, chunkStoredBytes: c.chunkStoredBytes,
-                          packs: c.packs, unfinishedWrites: c.writing)
+        return StoreStats(
+            blobs: c.blobs, logicalBytes: c.logicalBytes, storedBytes: c.packBytes,
+            chunks: c.chunks, chunkBytes: c.chunkRawBytes, chunkStoredBytes: c.chunkStoredBytes,
+            packs: c.packs, unfinishedWrites: c.writing)
     }
 }
 
@@ -183,7 +189,13 @@ public struct StoreStats: Sendable, Codable, Equatable {
     public var unfinishedWrites: Int
 
     enum CodingKeys: String, CodingKey {
-        case blobs, logicalBytes = "logical_bytes", storedBytes = "stored_bytes", chunks, chunkBytes = "chunk_bytes"
-        case chunkStoredBytes = "chunk_stored_bytes", packs, unfinishedWrites = "unfinished_writes"
+        case blobs
+        case logicalBytes = "logical_bytes"
+        case storedBytes = "stored_bytes"
+        case chunks
+        case chunkBytes = "chunk_bytes"
+        case chunkStoredBytes = "chunk_stored_bytes"
+        case packs
+        case unfinishedWrites = "unfinished_writes"
     }
 }

@@ -54,7 +54,8 @@ extension ChunkStore {
                 let record = UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + n)])
                 func readAt(_ loc: ChunkLocation) -> Bool {
                     guard (try? files.file(loc.pack).read(into: record, at: loc.offset)) != nil,
-                          let h = PackFormat.decode(UnsafeRawBufferPointer(record)) else { return false }
+                        let h = PackFormat.decode(UnsafeRawBufferPointer(record))
+                    else { return false }
                     return h.hash == hash && h.storedLength == loc.storedLength && h.rawLength == loc.rawLength
                 }
                 if !readAt(loc) {
@@ -63,7 +64,8 @@ extension ChunkStore {
                     if let moved, moved != loc, moved.storedLength == loc.storedLength, readAt(moved) {
                         // Found it where compaction put it.
                     } else {
-                        failure = DepotError.integrity("chunk sha256:\(hash.hex) in pack \(loc.pack): record header does not match the index; run `depot fsck`")
+                        failure = DepotError.integrity(
+                            "chunk sha256:\(hash.hex) in pack \(loc.pack): record header does not match the index; run `depot fsck`")
                     }
                 }
                 at += n
@@ -156,7 +158,8 @@ public final class RecipeCommitter: @unchecked Sendable {
         }
         entries += 1
         guard length > 0, length <= store.options.chunker.maxSize else {
-            throw DepotError.invalidArgument("recipe entry \(hash.hex) has length \(length); chunks are 1...\(store.options.chunker.maxSize) bytes")
+            throw DepotError.invalidArgument(
+                "recipe entry \(hash.hex) has length \(length); chunks are 1...\(store.options.chunker.maxSize) bytes")
         }
         guard size <= maxBytes - Int64(length) else {
             throw DepotError.sizeInvalid("the recipe describes more than the maximum blob size of \(maxBytes) bytes")
@@ -177,8 +180,9 @@ public final class RecipeCommitter: @unchecked Sendable {
             throw DepotError.chunkUnknown("\(missingCount) chunk(s) of the recipe are not stored, e.g. sha256:\(missing[0].hex)")
         }
         try store.appender.checkpoint()
-        let reader = BlobReader<[UInt8]>(store: store, blob: BlobRecord(id: blobID, digest: expected, size: size, chunker: chunker),
-                                         range: 0..<size)
+        let reader = BlobReader<[UInt8]>(
+            store: store, blob: BlobRecord(id: blobID, digest: expected, size: size, chunker: chunker),
+            range: 0..<size)
         var hash = SHA256()
         while let batch = try reader.next() { batch.withUnsafeBytes { hash.update($0) } }
         let digest = Digest(bytes: hash.finalize())

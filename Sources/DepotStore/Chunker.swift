@@ -72,20 +72,38 @@ public struct Chunker: Sendable {
                 // Unrolled by 4: one loop-bound check per 4 bytes; the hash chain is one `lea` a byte.
                 scan: while j &+ 4 <= n {
                     h = (h &<< 1) &+ gear[Int(p[j])]
-                    if h & mask == 0 { j &+= 1; found = true; break scan }
+                    if h & mask == 0 {
+                        j &+= 1
+                        found = true
+                        break scan
+                    }
                     h = (h &<< 1) &+ gear[Int(p[j &+ 1])]
-                    if h & mask == 0 { j &+= 2; found = true; break scan }
+                    if h & mask == 0 {
+                        j &+= 2
+                        found = true
+                        break scan
+                    }
                     h = (h &<< 1) &+ gear[Int(p[j &+ 2])]
-                    if h & mask == 0 { j &+= 3; found = true; break scan }
+                    if h & mask == 0 {
+                        j &+= 3
+                        found = true
+                        break scan
+                    }
                     h = (h &<< 1) &+ gear[Int(p[j &+ 3])]
                     j &+= 4
-                    if h & mask == 0 { found = true; break scan }
+                    if h & mask == 0 {
+                        found = true
+                        break scan
+                    }
                 }
                 if !found {
                     while j < n {
                         h = (h &<< 1) &+ gear[Int(p[j])]
                         j &+= 1
-                        if h & mask == 0 { found = true; break }
+                        if h & mask == 0 {
+                            found = true
+                            break
+                        }
                     }
                 }
                 i += j
@@ -105,7 +123,10 @@ public struct Chunker: Sendable {
     /// whether a non-empty chunk was ended.
     @discardableResult
     public mutating func cut() -> Bool {
-        defer { pending = 0; hash = 0 }
+        defer {
+            pending = 0
+            hash = 0
+        }
         return pending > 0
     }
 }
@@ -114,7 +135,7 @@ public struct Chunker: Sendable {
 /// chunker's version: changing it changes every boundary.
 enum Gear {
     static let table: [UInt64] = {
-        var state: UInt64 = 0x6465_706f_7447_6561  // "depotGea"
+        var state: UInt64 = 0x6465_706f_7447_6561 // "depotGea"
         return (0..<256).map { _ in
             state &+= 0x9E37_79B9_7F4A_7C15
             var z = state

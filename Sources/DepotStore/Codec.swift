@@ -31,7 +31,9 @@ public struct CompressionPolicy: Sendable, Equatable {
     public var sampleSize: Int = 8 << 10
 
     public init(mode: Mode = .auto, level: Int32 = 1, minSavings: Double = 0.04) {
-        self.mode = mode; self.level = level; self.minSavings = minSavings
+        self.mode = mode
+        self.level = level
+        self.minSavings = minSavings
     }
 }
 
@@ -58,15 +60,19 @@ final class ChunkCompressor {
 
     private func ensure(_ n: Int) {
         if shuffled.count < n {
-            shuffled.deallocate(); shuffled = .allocate(byteCount: n, alignment: 16)
-            scratch.deallocate(); scratch = .allocate(byteCount: ZSTD_compressBound(n), alignment: 16)
+            shuffled.deallocate()
+            shuffled = .allocate(byteCount: n, alignment: 16)
+            scratch.deallocate()
+            scratch = .allocate(byteCount: ZSTD_compressBound(n), alignment: 16)
         }
     }
 
     /// Chooses a codec for `chunk` and encodes it. Returns the codec and the stored bytes
     /// (a view into internal scratch, valid until the next call, or `chunk` itself for raw).
-    func encode(_ chunk: UnsafeRawBufferPointer, policy: CompressionPolicy, elementWidth: Int,
-                _ body: (ChunkCodec, UnsafeRawBufferPointer) throws -> Void) throws {
+    func encode(
+        _ chunk: UnsafeRawBufferPointer, policy: CompressionPolicy, elementWidth: Int,
+        _ body: (ChunkCodec, UnsafeRawBufferPointer) throws -> Void
+    ) throws {
         guard policy.mode == .auto, chunk.count >= 4096 else { return try body(.raw, chunk) }
         ensure(chunk.count)
         // Candidate codecs: plain zstd, plus the shuffle matching the element width hint.
@@ -80,7 +86,10 @@ final class ChunkCompressor {
         var bestSize = Int(Double(sampleLength) * (1 - policy.minSavings))
         for codec in candidates {
             let size = compress(sample, codec: codec, level: policy.level)
-            if size > 0 && size < bestSize { best = codec; bestSize = size }
+            if size > 0 && size < bestSize {
+                best = codec
+                bestSize = size
+            }
         }
         guard best != .raw else { return try body(.raw, chunk) }
         let size = compress(chunk, codec: best, level: policy.level)
@@ -105,8 +114,9 @@ final class ChunkCompressor {
         for segment in Shuffle.segments(count: input.count, width: codec.elementWidth) {
             guard scratch.count - written > 4 else { return 0 }
             let out = scratch.baseAddress! + written + 4
-            let n = ZSTD_compressCCtx(cctx, out, scratch.count - written - 4,
-                                      shuffled.baseAddress! + segment.lowerBound, segment.count, level)
+            let n = ZSTD_compressCCtx(
+                cctx, out, scratch.count - written - 4,
+                shuffled.baseAddress! + segment.lowerBound, segment.count, level)
             guard ZSTD_isError(n) == 0 else { return 0 }
             scratch.storeBytes(of: UInt32(n).littleEndian, toByteOffset: written, as: UInt32.self)
             written += 4 + n
@@ -130,8 +140,9 @@ final class ChunkCompressor {
                 guard stored.count - read >= 4 else { throw DepotError.integrity("byte-plane payload is truncated") }
                 let size = Int(UInt32(littleEndian: stored.loadUnaligned(fromByteOffset: read, as: UInt32.self)))
                 guard size <= stored.count - read - 4 else { throw DepotError.integrity("byte-plane payload is truncated") }
-                let n = ZSTD_decompressDCtx(dctx, shuffled.baseAddress! + segment.lowerBound, segment.count,
-                                            stored.baseAddress! + read + 4, size)
+                let n = ZSTD_decompressDCtx(
+                    dctx, shuffled.baseAddress! + segment.lowerBound, segment.count,
+                    stored.baseAddress! + read + 4, size)
                 guard ZSTD_isError(n) == 0, n == segment.count else { throw DepotError.integrity("zstd plane does not decode") }
                 read += 4 + size
             }
@@ -159,7 +170,10 @@ enum Shuffle {
         for k in 0..<width {
             let plane = dst + k * n
             var s = src + k
-            for e in 0..<n { plane[e] = s.pointee; s += width }
+            for e in 0..<n {
+                plane[e] = s.pointee
+                s += width
+            }
         }
         let tail = input.count - n * width
         if tail > 0 { (dst + n * width).update(from: src + n * width, count: tail) }
@@ -172,7 +186,10 @@ enum Shuffle {
         for k in 0..<width {
             let plane = src + k * n
             var d = dst + k
-            for e in 0..<n { d.pointee = plane[e]; d += width }
+            for e in 0..<n {
+                d.pointee = plane[e]
+                d += width
+            }
         }
         let tail = input.count - n * width
         if tail > 0 { (dst + n * width).update(from: src + n * width, count: tail) }

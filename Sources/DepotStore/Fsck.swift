@@ -2,7 +2,6 @@ import DepotCatalog
 import DepotCore
 import Dispatch
 
-
 /// The findings of `depot fsck`.
 public struct FsckReport: Sendable, Codable {
     public struct Damage: Sendable, Codable, Equatable {
@@ -30,8 +29,12 @@ public struct FsckReport: Sendable, Codable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case chunksChecked = "chunks_checked", blobsChecked = "blobs_checked", bytesVerified = "bytes_verified"
-        case damagedChunks = "damaged_chunks", damagedBlobs = "damaged_blobs", recovery
+        case chunksChecked = "chunks_checked"
+        case blobsChecked = "blobs_checked"
+        case bytesVerified = "bytes_verified"
+        case damagedChunks = "damaged_chunks"
+        case damagedBlobs = "damaged_blobs"
+        case recovery
     }
 }
 
@@ -51,7 +54,9 @@ extension ChunkStore {
                 var scratch: [UInt8] = []
                 do {
                     try compressors.with { c in
-                        try out.withUnsafeMutableBytes { try files.readChunk(hash, at: loc, into: $0, compressor: c, scratch: &scratch, verify: .sha256) }
+                        try out.withUnsafeMutableBytes {
+                            try files.readChunk(hash, at: loc, into: $0, compressor: c, scratch: &scratch, verify: .sha256)
+                        }
                     }
                 } catch {
                     let reason: String
@@ -65,7 +70,10 @@ extension ChunkStore {
                 batch.append((hash, loc))
                 report.chunksChecked += 1
                 report.bytesVerified += Int64(loc.rawLength)
-                if batch.count == 64 { verify(batch); batch.removeAll(keepingCapacity: true) }
+                if batch.count == 64 {
+                    verify(batch)
+                    batch.removeAll(keepingCapacity: true)
+                }
             }
         }
         verify(batch)

@@ -22,9 +22,14 @@ public struct GCReport: Sendable, Codable, Equatable {
     public var damagedChunks: [GCDamage] = []
 
     enum CodingKeys: String, CodingKey {
-        case blobsDeleted = "blobs_deleted", chunksDeleted = "chunks_deleted", chunkBytesFreed = "chunk_bytes_freed"
-        case packsCompacted = "packs_compacted", chunksMoved = "chunks_moved", packsDeleted = "packs_deleted"
-        case packBytesFreed = "pack_bytes_freed", damagedChunks = "damaged_chunks"
+        case blobsDeleted = "blobs_deleted"
+        case chunksDeleted = "chunks_deleted"
+        case chunkBytesFreed = "chunk_bytes_freed"
+        case packsCompacted = "packs_compacted"
+        case chunksMoved = "chunks_moved"
+        case packsDeleted = "packs_deleted"
+        case packBytesFreed = "pack_bytes_freed"
+        case damagedChunks = "damaged_chunks"
     }
 }
 
@@ -114,7 +119,8 @@ extension ChunkStore {
                     return nil
                 }
                 guard let header = PackFormat.decode(UnsafeRawBufferPointer(record)), header.hash == hash,
-                      header.storedLength == loc.storedLength, header.rawLength == loc.rawLength else {
+                    header.storedLength == loc.storedLength, header.rawLength == loc.rawLength
+                else {
                     skipDamaged(hash, pack, "record header is damaged or does not match the index", &report)
                     return nil
                 }
@@ -143,7 +149,9 @@ extension ChunkStore {
     }
 
     private func skipDamaged(_ hash: SHA256.Value, _ pack: Int64, _ reason: String, _ report: inout GCReport) {
-        report.damagedChunks.append(GCDamage(chunk: "sha256:" + hash.hex, pack: pack,
-                                             reason: reason + "; left in place, run `depot fsck` to list the blobs affected"))
+        report.damagedChunks.append(
+            GCDamage(
+                chunk: "sha256:" + hash.hex, pack: pack,
+                reason: reason + "; left in place, run `depot fsck` to list the blobs affected"))
     }
 }

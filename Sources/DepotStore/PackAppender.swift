@@ -2,7 +2,6 @@ import DepotCatalog
 import DepotCore
 import Foundation
 
-
 /// The single place where chunks enter pack files. Every writer of the store shares it.
 ///
 /// Chunks are appended to the current pack and remembered as *pending* until a group commit
@@ -26,7 +25,10 @@ final class PackAppender: Sendable {
         var activeBlobs: Set<Int64> = []
     }
 
-    enum Outcome { case stored(storedBytes: Int, codec: ChunkCodec), reused }
+    enum Outcome {
+        case stored(storedBytes: Int, codec: ChunkCodec)
+        case reused
+    }
 
     private let state = Locked(State())
     let db: Database
@@ -83,15 +85,17 @@ final class PackAppender: Sendable {
 
     /// Adds `entry` (whose bytes are `bytes`) to blob `blob`'s recipe, storing the chunk if the
     /// store lacks it. Compression runs outside the lock.
-    func store(_ entry: RecipeEntry, of blob: Int64, bytes: UnsafeRawBufferPointer, elementWidth: Int,
-               compressor: ChunkCompressor, tryCompression: Bool = true) throws -> Outcome {
+    func store(
+        _ entry: RecipeEntry, of blob: Int64, bytes: UnsafeRawBufferPointer, elementWidth: Int,
+        compressor: ChunkCompressor, tryCompression: Bool = true
+    ) throws -> Outcome {
         if try state.withLock({ s in try referenceIfKnown(entry, blob, &s) }) { return .reused }
         var outcome = Outcome.reused
         var policy = options.compression
         if !tryCompression { policy.mode = .off }
         try compressor.encode(bytes, policy: policy, elementWidth: elementWidth) { codec, payload in
             outcome = try state.withLock { s in
-                if try referenceIfKnown(entry, blob, &s) { return .reused }   // also checks the blob is still active
+                if try referenceIfKnown(entry, blob, &s) { return .reused } // also checks the blob is still active
                 try append(entry.hash, codec: codec, rawLength: bytes.count, payload: payload, &s)
                 s.pendingRecipes.append((blob, entry))
                 try flushIfNeeded(&s)
@@ -131,7 +135,9 @@ final class PackAppender: Sendable {
     /// process: its chunks stay rooted for the grace period (chunks uploaded ahead of a commit).
     func park(_ blob: Int64) throws {
         try state.withLock { s in
-            guard s.activeBlobs.contains(blob) else { throw DepotError.storage("blob write \(blob) failed: its data could not be made durable") }
+            guard s.activeBlobs.contains(blob) else {
+                throw DepotError.storage("blob write \(blob) failed: its data could not be made durable")
+            }
             try flushLocked(&s) { conn in try conn.touchBlob(blob, now: Self.now()) }
             s.activeBlobs.remove(blob)
         }
@@ -162,8 +168,10 @@ final class PackAppender: Sendable {
         let offset = s.packSize
         var header = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         try withUnsafeMutableBytes(of: &header) { h in
-            PackFormat.encode(.init(codec: codec, rawLength: rawLength, storedLength: payload.count, hash: hash,
-                                    checksum: PackFormat.checksum(payload)), into: h)
+            PackFormat.encode(
+                .init(
+                    codec: codec, rawLength: rawLength, storedLength: payload.count, hash: hash,
+                    checksum: PackFormat.checksum(payload)), into: h)
             do {
                 try s.pack!.write(UnsafeRawBufferPointer(h), payload, at: offset)
             } catch {
@@ -173,7 +181,8 @@ final class PackAppender: Sendable {
             }
         }
         s.packSize += Int64(total)
-        s.pendingChunks[hash] = ChunkLocation(pack: s.packID, offset: offset, storedLength: payload.count, rawLength: rawLength, codec: codec.rawValue)
+        s.pendingChunks[hash] = ChunkLocation(
+            pack: s.packID, offset: offset, storedLength: payload.count, rawLength: rawLength, codec: codec.rawValue)
         s.pendingOrder.append(hash)
         s.pendingBytes += total
     }
@@ -196,7 +205,9 @@ final class PackAppender: Sendable {
         }
         let chunks = s.pendingOrder.map { ($0, s.pendingChunks[$0]!) }
         let recipes = s.pendingRecipes
-        let packID = s.packID, packSize = s.packSize, active = s.activeBlobs
+        let packID = s.packID
+        let packSize = s.packSize
+        let active = s.activeBlobs
         let result = try db.write { conn -> T in
             for (hash, loc) in chunks { try conn.insertChunk(hash, at: loc) }
             if !chunks.isEmpty { try conn.setPack(packID, committedSize: packSize) }

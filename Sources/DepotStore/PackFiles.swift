@@ -1,7 +1,6 @@
 import DepotCatalog
 import DepotCore
 
-
 /// Opens pack files for reading and keeps the descriptors, so reads are one `pread` each.
 final class PackFiles: Sendable {
     let root: String
@@ -29,10 +28,12 @@ final class PackFiles: Sendable {
     /// Reads and verifies one chunk into `output` (its raw length). Throws `integrity` on any
     /// mismatch: header check, index agreement, payload CRC-32C, decoding and, with
     /// `.sha256`, the chunk's hash. A raw chunk is read straight into `output` (one `preadv`).
-    func readChunk(_ hash: SHA256.Value, at loc: ChunkLocation, into output: UnsafeMutableRawBufferPointer,
-                   compressor: ChunkCompressor, scratch: inout [UInt8], verify: ReadVerification) throws {
+    func readChunk(
+        _ hash: SHA256.Value, at loc: ChunkLocation, into output: UnsafeMutableRawBufferPointer,
+        compressor: ChunkCompressor, scratch: inout [UInt8], verify: ReadVerification
+    ) throws {
         let file = try self.file(loc.pack)
-        let where_ = "chunk sha256:\(hash.hex) (pack \(loc.pack), offset \(loc.offset))"
+        let location = "chunk sha256:\(hash.hex) (pack \(loc.pack), offset \(loc.offset))"
         var header = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         let direct = loc.codec == ChunkCodec.raw.rawValue && loc.storedLength == output.count
         if scratch.count < loc.storedLength && !direct { scratch = [UInt8](repeating: 0, count: loc.storedLength) }
@@ -41,26 +42,27 @@ final class PackFiles: Sendable {
             let decoded = try withUnsafeMutableBytes(of: &header) { h -> PackFormat.RecordHeader in
                 try file.read(into: h, payload, at: loc.offset)
                 guard let decoded = PackFormat.decode(UnsafeRawBufferPointer(h)) else {
-                    throw DepotError.integrity("\(where_): record header is damaged")
+                    throw DepotError.integrity("\(location): record header is damaged")
                 }
                 return decoded
             }
             guard decoded.hash == hash, decoded.storedLength == loc.storedLength, decoded.rawLength == loc.rawLength,
-                  decoded.rawLength == output.count, decoded.codec.rawValue == loc.codec else {
-                throw DepotError.integrity("\(where_): record header does not match the index")
+                decoded.rawLength == output.count, decoded.codec.rawValue == loc.codec
+            else {
+                throw DepotError.integrity("\(location): record header does not match the index")
             }
             guard PackFormat.checksum(UnsafeRawBufferPointer(payload)) == decoded.checksum else {
-                throw DepotError.integrity("\(where_): payload checksum mismatch")
+                throw DepotError.integrity("\(location): payload checksum mismatch")
             }
             if !direct {
                 do {
                     try compressor.decode(UnsafeRawBufferPointer(payload), codec: decoded.codec, into: output)
                 } catch {
-                    throw DepotError.integrity("\(where_): payload does not decode")
+                    throw DepotError.integrity("\(location): payload does not decode")
                 }
             }
             if verify == .sha256, SHA256.hash(UnsafeRawBufferPointer(output)) != hash {
-                throw DepotError.integrity("\(where_): content does not match its hash")
+                throw DepotError.integrity("\(location): content does not match its hash")
             }
         }
     }

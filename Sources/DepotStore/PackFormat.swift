@@ -24,7 +24,7 @@ public enum PackFormat {
     public static let fileHeaderSize = 16
     public static let recordHeaderSize = 56
     static let fileMagic: [UInt8] = Array("DEPOTPK".utf8) + [version] + [UInt8](repeating: 0, count: 8)
-    static let recordMagic: UInt32 = 0x524B_5044  // "DPKR" little-endian
+    static let recordMagic: UInt32 = 0x524B_5044 // "DPKR" little-endian
 
     struct RecordHeader: Equatable {
         var codec: ChunkCodec
@@ -50,9 +50,11 @@ public enum PackFormat {
     /// Decodes a record header; nil when the magic, check or codec is wrong.
     static func decode(_ p: UnsafeRawBufferPointer) -> RecordHeader? {
         guard p.count >= recordHeaderSize,
-              UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)) == recordMagic,
-              UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 48, as: UInt32.self)) == fnv1a(UnsafeRawBufferPointer(rebasing: p[0..<48])),
-              let codec = ChunkCodec(rawValue: p[4]) else { return nil }
+            UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)) == recordMagic,
+            UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 48, as: UInt32.self))
+                == fnv1a(UnsafeRawBufferPointer(rebasing: p[0..<48])),
+            let codec = ChunkCodec(rawValue: p[4])
+        else { return nil }
         return RecordHeader(
             codec: codec,
             rawLength: Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))),

@@ -1,7 +1,8 @@
 import DepotCatalog
 import DepotCore
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What opening a store does when acknowledged data is missing or unreadable.
@@ -41,9 +42,11 @@ public struct RecoveryReport: Sendable, Equatable, Codable {
 
     /// One line for logs and the CLI.
     public var summary: String {
-        var parts = ["cut \(truncatedBytes) byte(s) from \(truncatedPacks) pack tail(s)",
-                     "moved \(quarantinedPacks.count) unknown pack file(s) to \(Recovery.quarantineDirectory)/",
-                     "removed \(emptyPacksRemoved) empty pack(s)", "finished \(gcDeletionsFinished) pack deletion(s) of GC"]
+        var parts = [
+            "cut \(truncatedBytes) byte(s) from \(truncatedPacks) pack tail(s)",
+            "moved \(quarantinedPacks.count) unknown pack file(s) to \(Recovery.quarantineDirectory)/",
+            "removed \(emptyPacksRemoved) empty pack(s)", "finished \(gcDeletionsFinished) pack deletion(s) of GC",
+        ]
         if !problems.isEmpty { parts.append("found \(problems.count) damaged pack(s), left as they are") }
         if droppedChunkRows > 0 || !lostBlobs.isEmpty {
             parts.append("dropped \(droppedChunkRows) index row(s) of lost data, affecting \(lostBlobs.count) blob(s)")
@@ -54,9 +57,14 @@ public struct RecoveryReport: Sendable, Equatable, Codable {
     public init() {}
 
     enum CodingKeys: String, CodingKey {
-        case truncatedBytes = "truncated_bytes", truncatedPacks = "truncated_packs", quarantinedPacks = "quarantined_packs"
-        case emptyPacksRemoved = "empty_packs_removed", gcDeletionsFinished = "gc_deletions_finished"
-        case problems, droppedChunkRows = "dropped_chunk_rows", lostBlobs = "lost_blobs"
+        case truncatedBytes = "truncated_bytes"
+        case truncatedPacks = "truncated_packs"
+        case quarantinedPacks = "quarantined_packs"
+        case emptyPacksRemoved = "empty_packs_removed"
+        case gcDeletionsFinished = "gc_deletions_finished"
+        case problems
+        case droppedChunkRows = "dropped_chunk_rows"
+        case lostBlobs = "lost_blobs"
     }
 }
 
@@ -88,8 +96,9 @@ enum Recovery {
         switch FileSystem.probe(path) {
         case .file, .directory, .other: return
         case .failed(let code):
-            throw DepotError.storage("\(path) is unreadable (\(FileSystem.Probe.errnoName(code))). Nothing was changed; "
-                                     + "if its volume is not mounted (or not readable), mount it (or fix its permissions) and restart")
+            throw DepotError.storage(
+                "\(path) is unreadable (\(FileSystem.Probe.errnoName(code))). Nothing was changed; "
+                    + "if its volume is not mounted (or not readable), mount it (or fix its permissions) and restart")
         case .missing:
             let onDisk = try packFilesOnDisk(root: root)
             guard onDisk.isEmpty else { throw catalogLost(root: root, packFiles: onDisk.count, missing: true) }
@@ -98,7 +107,8 @@ enum Recovery {
 
     static func catalogLost(root: String, packFiles: Int, missing: Bool) -> DepotError {
         let what = missing ? "\(root)/catalog.db is missing" : "\(root)/catalog.db records no packs"
-        return DepotError.storage("""
+        return DepotError.storage(
+            """
             \(what) but packs/ holds \(packFiles) pack file(s): the catalog may live on a volume that is not mounted, \
             or was recreated or restored from before those packs were written. Nothing was changed. Restore the matching \
             catalog.db and restart; to start an empty store instead, move packs/ aside first.
@@ -173,7 +183,7 @@ enum Recovery {
                 }
             }
             found[pack.id] = state
-            guard chunks > 0 else { continue }   // nothing acknowledged lives in it
+            guard chunks > 0 else { continue } // nothing acknowledged lives in it
             switch state {
             case .missing:
                 problems.append("\(rel) is referenced by the catalog (\(chunks) chunk(s)) but missing (ENOENT)")
@@ -182,8 +192,9 @@ enum Recovery {
                 problems.append(line)
                 unrepairable.append(line)
             case .present(let size) where size < pack.committedSize:
-                problems.append("\(rel) is \(size) bytes but the catalog recorded \(pack.committedSize) durable bytes "
-                                + "(acknowledged data is missing from its end)")
+                problems.append(
+                    "\(rel) is \(size) bytes but the catalog recorded \(pack.committedSize) durable bytes "
+                        + "(acknowledged data is missing from its end)")
             case .present: break
             }
         }
@@ -197,7 +208,8 @@ enum Recovery {
                 report.problems = problems
             case .repair:
                 guard unrepairable.isEmpty else {
-                    throw DepotError.storage("""
+                    throw DepotError.storage(
+                        """
                         \(unrepairable.joined(separator: "; ")). fsck --repair drops index rows only for packs that are gone \
                         (ENOENT) or short; fix the file's access (or mount its volume), or, if it is really lost, move it away \
                         and run fsck --repair again. Nothing was changed.
@@ -220,7 +232,7 @@ enum Recovery {
                 // GC decided, in a transaction that checked no index row names it, and crashed
                 // before finishing: the catalog itself says these bytes are garbage.
                 switch found[pack.id]! {
-                case .unreadable: continue   // leave it for a later open that can see it
+                case .unreadable: continue // leave it for a later open that can see it
                 case .present: try FileSystem.remove(files.path(pack.id))
                 case .missing: break
                 }
@@ -230,10 +242,10 @@ enum Recovery {
             }
             switch found[pack.id]! {
             case .unreadable:
-                continue   // reported above (or refused)
+                continue // reported above (or refused)
             case .missing:
                 if chunkCount == 0 {
-                    try catalog.write { try $0.deletePack(pack.id) }   // nothing was in it
+                    try catalog.write { try $0.deletePack(pack.id) } // nothing was in it
                 } else if policy == .repair {
                     report.droppedChunkRows += try catalog.write { conn -> Int in
                         for d in try conn.blobs(usingPack: pack.id, beyond: 0, headerSize: PackFormat.recordHeaderSize) {

@@ -13,7 +13,7 @@ public enum SyntheticContent {
         var produced = 0
         while produced < size {
             let choice = next(&s) % 4
-            var p = choice == 0 ? next(&s) : seed &+ (next(&s) % 32)   // 3 in 4 pieces are shared
+            var p = choice == 0 ? next(&s) : seed &+ (next(&s) % 32) // 3 in 4 pieces are shared
             for k in 0..<piece.count { piece[k] = next(&p) }
             let n = min(size - produced, 65_536 - Int(next(&s) % 4096))
             try piece.withUnsafeBytes { try sink(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }

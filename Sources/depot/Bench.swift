@@ -38,7 +38,10 @@ struct Bench: ParsableCommand {
             results["sha256_per_64k_chunk_gbps"] = BenchData.throughput(size) {
                 noise.withUnsafeBytes { raw in
                     var i = 0
-                    while i < size { _ = SHA256.hash(UnsafeRawBufferPointer(rebasing: raw[i..<min(size, i + 65536)])); i += 65536 }
+                    while i < size {
+                        _ = SHA256.hash(UnsafeRawBufferPointer(rebasing: raw[i..<min(size, i + 65536)]))
+                        i += 65536
+                    }
                 }
             }
             for (name, data) in [("random", noise), ("fp32_weights", weights)] {
@@ -58,7 +61,8 @@ struct Bench: ParsableCommand {
 
     /// A file ingested into a fresh store and read back, end to end through the disk.
     struct Ingest: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Ingest a file into a fresh store and read it back (throughput, peak RSS).")
+        static let configuration = CommandConfiguration(
+            abstract: "Ingest a file into a fresh store and read it back (throughput, peak RSS).")
         @Option(help: "Size of the generated file in MiB (ignored with --file).") var mib = 1024
         @Option(help: "Generated content: random or weights (fp32 N(0, 0.02)).") var data = "random"
         @Option(help: "Ingest this file instead of a generated one.") var file: String?
@@ -112,9 +116,12 @@ struct Bench: ParsableCommand {
         @Option(help: "Fraction a codec must save to be used (default from the store's policy).") var minSavings: Double?
         @Argument var files: [String]
 
+        // swift-format-ignore: AlwaysUseLowerCamelCase
+        // The field names are the report's JSON keys, shared with scripts/bench/xet_dedup.py.
         struct FileResult: Encodable {
             let path: String, size: Int64, new_bytes: Int64, reused_bytes: Int64, stored_bytes: Int64, chunks: Int, new_chunks: Int
         }
+        // swift-format-ignore: AlwaysUseLowerCamelCase
         struct Report: Encodable {
             let tool: String, files: [FileResult], logical_bytes: Int64, stored_bytes: Int64, chunk_bytes: Int64, dedup_ratio: Double
         }
@@ -129,15 +136,19 @@ struct Bench: ParsableCommand {
             var results: [FileResult] = []
             for path in files {
                 let r = reportingErrors { try store.writeFile(path, planner: noFormatCuts ? nil : SafetensorsBoundaryPlanner()) }
-                results.append(FileResult(path: path, size: r.size, new_bytes: r.newBytes, reused_bytes: r.reusedBytes,
-                                          stored_bytes: r.storedBytes, chunks: r.chunks, new_chunks: r.newChunks))
+                results.append(
+                    FileResult(
+                        path: path, size: r.size, new_bytes: r.newBytes, reused_bytes: r.reusedBytes,
+                        stored_bytes: r.storedBytes, chunks: r.chunks, new_chunks: r.newChunks))
             }
             let stats = reportingErrors { try store.stats() }
-            let report = Report(tool: "depot", files: results, logical_bytes: stats.logicalBytes, stored_bytes: stats.storedBytes,
-                                chunk_bytes: stats.chunkBytes, dedup_ratio: Double(stats.logicalBytes) / Double(max(stats.storedBytes, 1)))
+            let report = Report(
+                tool: "depot", files: results, logical_bytes: stats.logicalBytes, stored_bytes: stats.storedBytes,
+                chunk_bytes: stats.chunkBytes, dedup_ratio: Double(stats.logicalBytes) / Double(max(stats.storedBytes, 1)))
             if json { return printJSON(report) }
             for f in results {
-                print("\(f.path): \(f.size) bytes, \(f.new_bytes) new, \(f.reused_bytes) reused, \(f.stored_bytes) stored after compression")
+                print(
+                    "\(f.path): \(f.size) bytes, \(f.new_bytes) new, \(f.reused_bytes) reused, \(f.stored_bytes) stored after compression")
             }
             print("logical_bytes \(stats.logicalBytes)")
             print("stored_bytes  \(stats.storedBytes)  (pack files, headers included)")
@@ -150,13 +161,17 @@ struct Bench: ParsableCommand {
 /// Peak resident memory from /proc (VmHWM), resettable through clear_refs.
 enum PeakMemory {
     static func reset() {
-        if let f = FileHandle(forWritingAtPath: "/proc/self/clear_refs") { f.write(Data("5".utf8)); try? f.close() }
+        if let f = FileHandle(forWritingAtPath: "/proc/self/clear_refs") {
+            f.write(Data("5".utf8))
+            try? f.close()
+        }
     }
 
     static func mib() -> Double {
         guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-              let kb = Double(line.split(separator: " ").dropFirst().first ?? "") else { return -1 }
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+            let kb = Double(line.split(separator: " ").dropFirst().first ?? "")
+        else { return -1 }
         return kb / 1024
     }
 }
@@ -173,7 +188,7 @@ enum BenchData {
         let ns = Double(DispatchTime.now().uptimeNanoseconds - start)
         lastCPUSeconds = cpuSeconds() - cpu0
         lastWallSeconds = ns / 1e9
-        return Double(bytes) / ns   // bytes per ns == GB/s
+        return Double(bytes) / ns // bytes per ns == GB/s
     }
 
     static func cpuSeconds() -> Double {
@@ -230,7 +245,10 @@ enum BenchData {
 
     static func dropCaches() {
         sync()
-        if let f = FileHandle(forWritingAtPath: "/proc/sys/vm/drop_caches") { f.write(Data("1".utf8)); try? f.close() }
+        if let f = FileHandle(forWritingAtPath: "/proc/sys/vm/drop_caches") {
+            f.write(Data("1".utf8))
+            try? f.close()
+        }
     }
 
     static func print(_ results: [String: Double], json: Bool) {

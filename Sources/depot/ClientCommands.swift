@@ -24,10 +24,12 @@ struct ArtifactReference: ExpressibleByArgument, CustomStringConvertible {
 
     init?(argument: String) {
         if let at = argument.firstIndex(of: "@") {
-            repository = String(argument[..<at]); reference = String(argument[argument.index(after: at)...])
+            repository = String(argument[..<at])
+            reference = String(argument[argument.index(after: at)...])
             guard (try? Digest(parsing: reference)) != nil else { return nil }
         } else if let colon = argument.lastIndex(of: ":") {
-            repository = String(argument[..<colon]); reference = String(argument[argument.index(after: colon)...])
+            repository = String(argument[..<colon])
+            reference = String(argument[argument.index(after: colon)...])
             guard Reference.isValidTag(reference) else { return nil }
         } else {
             return nil
@@ -68,7 +70,8 @@ struct Push: AsyncParsableCommand {
     @Argument(help: "Files or directories (a directory keeps its layout, e.g. a Triton model directory).") var paths: [String]
     @OptionGroup var registry: RegistryOptions
     @Option(help: "Parent artifact (REPO:TAG or REPO@DIGEST), recorded as lineage.") var from: ArtifactReference?
-    @Option(help: "How this artifact derives from --from: \(LineageAnnotation.relations.sorted().joined(separator: ", ")).") var relation: String?
+    @Option(help: "How this artifact derives from --from: \(LineageAnnotation.relations.sorted().joined(separator: ", ")).") var relation:
+        String?
     @Option(help: "Training or pipeline run id.") var run: String?
     @Option(help: "Dataset URI.") var dataset: String?
     @Option(help: "Source commit.") var commit: String?
@@ -85,7 +88,8 @@ struct Push: AsyncParsableCommand {
         guard fileJobs >= 1 && fileJobs <= 16 else { throw ValidationError("--file-jobs must be 1...16") }
         guard !target.isDigest else { throw ValidationError("push needs REPO:TAG, not a digest") }
         if let relation, !LineageAnnotation.relations.contains(relation) {
-            throw ValidationError("unknown --relation '\(relation)'; one of \(LineageAnnotation.relations.sorted().joined(separator: ", "))")
+            throw ValidationError(
+                "unknown --relation '\(relation)'; one of \(LineageAnnotation.relations.sorted().joined(separator: ", "))")
         }
         if relation != nil && from == nil { throw ValidationError("--relation needs --from") }
         guard jobs >= 1 && jobs <= 64 else { throw ValidationError("--jobs must be 1...64") }
@@ -102,7 +106,8 @@ struct Push: AsyncParsableCommand {
             for (k, v) in try keyValues(annotation, flag: "--annotation") { request.annotations[k] = v }
             for (k, v) in try keyValues(metric, flag: "--metric") { request.annotations[LineageAnnotation.metricPrefix + k] = v }
             if let from {
-                let digest = from.isDigest ? from.reference : try await connection.manifest(from.repository, from.reference).digest.description
+                let digest =
+                    from.isDigest ? from.reference : try await connection.manifest(from.repository, from.reference).digest.description
                 request.annotations[LineageAnnotation.from] = "\(from.repository)@\(digest)"
                 request.annotations[LineageAnnotation.relation] = relation ?? "derived-from"
             }
@@ -110,10 +115,15 @@ struct Push: AsyncParsableCommand {
             if let dataset { request.annotations[LineageAnnotation.dataset] = dataset }
             if let commit { request.annotations[LineageAnnotation.commit] = commit }
             if let platform { request.annotations[LineageAnnotation.platform] = platform }
-            let progress = TransferProgress(style: TransferProgress.automatic(quiet: quiet || json), verb: "push", wire: connection.counters)
+            let progress = TransferProgress(
+                style: TransferProgress.automatic(quiet: quiet || json), verb: "push", wire: connection.counters)
             let summary = try await Pusher(connection: connection, progress: progress).push(request)
-            if json { printJSON(summary) } else if !quiet {
-                FileHandleOutput.stderr("pushed \(summary.reference) \(summary.digest): \(TransferProgress.bytes(summary.logicalBytes)) in \(summary.files) file(s), sent \(TransferProgress.bytes(summary.bytesSent)) (\(summary.mode))\n")
+            if json {
+                printJSON(summary)
+            } else if !quiet {
+                FileHandleOutput.stderr(
+                    "pushed \(summary.reference) \(summary.digest): \(TransferProgress.bytes(summary.logicalBytes)) in \(summary.files) file(s), sent \(TransferProgress.bytes(summary.bytesSent)) (\(summary.mode))\n"
+                )
                 print(summary.digest)
             }
         }
@@ -149,10 +159,15 @@ struct Pull: AsyncParsableCommand {
             request.jobs = jobs
             request.fileJobs = fileJobs
             request.plainOCI = plainOci
-            let progress = TransferProgress(style: TransferProgress.automatic(quiet: quiet || json), verb: "pull", wire: connection.counters)
+            let progress = TransferProgress(
+                style: TransferProgress.automatic(quiet: quiet || json), verb: "pull", wire: connection.counters)
             let summary = try await Puller(connection: connection, progress: progress, cache: chunkCache).pull(request)
-            if json { printJSON(summary) } else if !quiet {
-                FileHandleOutput.stderr("pulled \(summary.reference) \(summary.digest) into \(output): \(TransferProgress.bytes(summary.logicalBytes)) in \(summary.files) file(s), received \(TransferProgress.bytes(summary.bytesReceived)) (\(summary.mode))\n")
+            if json {
+                printJSON(summary)
+            } else if !quiet {
+                FileHandleOutput.stderr(
+                    "pulled \(summary.reference) \(summary.digest) into \(output): \(TransferProgress.bytes(summary.logicalBytes)) in \(summary.files) file(s), received \(TransferProgress.bytes(summary.bytesReceived)) (\(summary.mode))\n"
+                )
             }
         }
     }

@@ -22,7 +22,7 @@ struct Debug: ParsableCommand {
 
         func run() throws {
             var options = StoreOptions()
-            options.flushBytes = 1 << 20   // many small group commits: more crash points
+            options.flushBytes = 1 << 20 // many small group commits: more crash points
             options.packTargetSize = 4 << 20
             options.writeGraceSeconds = 0
             let store = reportingErrors { try ChunkStore(root: storage.storage, options: options, create: true) }
@@ -40,4 +40,3 @@ struct Debug: ParsableCommand {
         }
     }
 }
-

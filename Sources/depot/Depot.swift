@@ -1,5 +1,6 @@
 import ArgumentParser
 import DepotCore
+import Foundation
 
 /// The `depot` command line: the registry server, its client, and store maintenance.
 @main
@@ -7,9 +8,12 @@ struct Depot: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "depot",
         abstract: "Depot: a content-addressed, deduplicating model registry.",
-        subcommands: [Serve.self, Push.self, Pull.self, Tag.self, List.self, Inspect.self,
-                      Alias.self, History.self, Rollback.self, Resolve.self, Pin.self, Unpin.self, Pins.self,
-                      LineageCommand.self, Audit.self, Events.self, Jobs.self, RunnerCommand.self, Rollout.self, TritonSyncCommand.self, Stats.self, Fsck.self, GC.self, Blob.self, Bench.self, Debug.self]
+        subcommands: [
+            Serve.self, Push.self, Pull.self, Tag.self, List.self, Inspect.self,
+            Alias.self, History.self, Rollback.self, Resolve.self, Pin.self, Unpin.self, Pins.self,
+            LineageCommand.self, Audit.self, Events.self, Jobs.self, RunnerCommand.self, Rollout.self, TritonSyncCommand.self, Stats.self,
+            Fsck.self, GC.self, Blob.self, Bench.self, Debug.self,
+        ]
     )
 }
 
@@ -24,8 +28,6 @@ func fail(_ message: String, code: Int32 = 1) -> Never {
     FileHandleOutput.stderr("error: \(message)\n")
     Foundation.exit(code)
 }
-
-import Foundation
 
 enum FileHandleOutput {
     static func stderr(_ s: String) { FileHandle.standardError.write(Data(s.utf8)) }
@@ -48,7 +50,11 @@ func printJSON<T: Encodable>(_ value: T) {
 
 func formatBytes(_ n: Int64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var v = Double(n), u = 0
-    while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
+    var v = Double(n)
+    var u = 0
+    while v >= 1024 && u < units.count - 1 {
+        v /= 1024
+        u += 1
+    }
     return u == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[u])
 }

@@ -20,8 +20,10 @@ struct EventList: AsyncParsableCommand {
             let r = try await c.call(.GET, "/depot/v1/events?after=\(after)&n=\(limit)")
             if json { return printJSONObject(r) }
             for e in r["events"] as? [[String: Any]] ?? [] {
-                let where_ = "\(e["repository"] as? String ?? "")" + ((e["tag"] as? String).map { ":\($0)" } ?? "")
-                print("\(e["id"] as? String ?? "?")  \(e["at"] as? String ?? "?")  \(e["type"] as? String ?? "?")  \(where_)  \(short(e["digest"]))  \(e["actor"] as? String ?? "")")
+                let place = "\(e["repository"] as? String ?? "")" + ((e["tag"] as? String).map { ":\($0)" } ?? "")
+                print(
+                    "\(e["id"] as? String ?? "?")  \(e["at"] as? String ?? "?")  \(e["type"] as? String ?? "?")  \(place)  \(short(e["digest"]))  \(e["actor"] as? String ?? "")"
+                )
             }
             print("next cursor: \(r["next"] as? String ?? "?")")
         }
@@ -42,7 +44,9 @@ struct Deliveries: AsyncParsableCommand {
             let r = try await c.call(.GET, path)
             if json { return printJSONObject(r) }
             for d in r["deliveries"] as? [[String: Any]] ?? [] {
-                print("\(d["at"] as? String ?? "?")  \(d["webhook"] as? String ?? "?")  event \(d["event"] as? String ?? "?")  attempt \(d["attempt"] ?? "?")  \(d["status"].map { "HTTP \($0)" } ?? "no answer")  \(d["duration_ms"] ?? "?") ms  \(d["outcome"] as? String ?? "?")  \(d["error"] as? String ?? "")")
+                print(
+                    "\(d["at"] as? String ?? "?")  \(d["webhook"] as? String ?? "?")  event \(d["event"] as? String ?? "?")  attempt \(d["attempt"] ?? "?")  \(d["status"].map { "HTTP \($0)" } ?? "no answer")  \(d["duration_ms"] ?? "?") ms  \(d["outcome"] as? String ?? "?")  \(d["error"] as? String ?? "")"
+                )
             }
         }
     }

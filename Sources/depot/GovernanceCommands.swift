@@ -12,7 +12,8 @@ func digest(of ref: ArtifactReference, _ c: RegistryConnection) async throws -> 
 }
 
 func printJSONObject(_ object: Any) {
-    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])) ?? Data()
+    let data =
+        (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])) ?? Data()
     print(String(decoding: data, as: UTF8.self))
 }
 
@@ -22,8 +23,9 @@ func short(_ digest: Any?) -> String {
 }
 
 struct Alias: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Move an alias (a tag with history; protected aliases move only this way).",
-                                                    subcommands: [AliasSet.self])
+    static let configuration = CommandConfiguration(
+        abstract: "Move an alias (a tag with history; protected aliases move only this way).",
+        subcommands: [AliasSet.self])
 }
 
 struct AliasSet: AsyncParsableCommand {
@@ -63,7 +65,9 @@ struct History: AsyncParsableCommand {
             let r = try await c.call(.GET, "/depot/v1/repositories/\(repository)/aliases/\(alias)/history")
             if json { return printJSONObject(r) }
             for m in r["moves"] as? [[String: Any]] ?? [] {
-                print("\(m["at"] as? String ?? "?")  \(short(m["from"])) -> \(short(m["to"]))  \(m["actor"] as? String ?? "?")  \(m["reason"] as? String ?? "")")
+                print(
+                    "\(m["at"] as? String ?? "?")  \(short(m["from"])) -> \(short(m["to"]))  \(m["actor"] as? String ?? "?")  \(m["reason"] as? String ?? "")"
+                )
             }
         }
     }
@@ -95,7 +99,8 @@ struct Rollback: AsyncParsableCommand {
 }
 
 struct Resolve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "What an alias points at, now or at a past time (and what that was built from).")
+    static let configuration = CommandConfiguration(
+        abstract: "What an alias points at, now or at a past time (and what that was built from).")
     @Argument var repository: String
     @Argument var alias: String
     @Option(help: "A time: RFC 3339 (2026-05-03T14:00:00Z) or milliseconds since 1970.") var at: String?
@@ -108,7 +113,9 @@ struct Resolve: AsyncParsableCommand {
             var query: [String] = []
             if let at { query.append("at=\(at.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? at)") }
             if lineage { query.append("lineage=1") }
-            let r = try await c.call(.GET, "/depot/v1/repositories/\(repository)/aliases/\(alias)/resolve" + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
+            let r = try await c.call(
+                .GET,
+                "/depot/v1/repositories/\(repository)/aliases/\(alias)/resolve" + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
             if json { return printJSONObject(r) }
             print("\(repository):\(alias) at \(r["at"] as? String ?? "?") -> \(r["digest"] as? String ?? "?")")
             for n in r["ancestors"] as? [[String: Any]] ?? [] { LineageCommand.printNode(n) }
@@ -117,15 +124,17 @@ struct Resolve: AsyncParsableCommand {
 }
 
 struct Pin: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Pin an artifact: it, its blobs and its lineage ancestors are never collected or deleted.")
+    static let configuration = CommandConfiguration(
+        abstract: "Pin an artifact: it, its blobs and its lineage ancestors are never collected or deleted.")
     @Argument(help: "REPO:TAG or REPO@DIGEST") var reference: ArtifactReference
     @Option(help: "Why (recorded).") var reason: String?
     @OptionGroup var registry: RegistryOptions
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(.PUT, "/depot/v1/repositories/\(reference.repository)/pins/\(reference.reference)",
-                                     body: reason.map { ["reason": $0] } ?? [:])
+            let r = try await c.call(
+                .PUT, "/depot/v1/repositories/\(reference.repository)/pins/\(reference.reference)",
+                body: reason.map { ["reason": $0] } ?? [:])
             print("pinned \(reference.repository)@\(r["digest"] as? String ?? "?")")
         }
     }
@@ -154,7 +163,9 @@ struct Pins: AsyncParsableCommand {
             let r = try await c.call(.GET, "/depot/v1/pins")
             if json { return printJSONObject(r) }
             for p in r["pins"] as? [[String: Any]] ?? [] {
-                print("\(p["repository"] as? String ?? "?")@\(p["digest"] as? String ?? "?")  \(p["at"] as? String ?? "")  \(p["actor"] as? String ?? "")  \(p["reason"] as? String ?? "")")
+                print(
+                    "\(p["repository"] as? String ?? "?")@\(p["digest"] as? String ?? "?")  \(p["at"] as? String ?? "")  \(p["actor"] as? String ?? "")  \(p["reason"] as? String ?? "")"
+                )
             }
         }
     }

@@ -16,8 +16,10 @@ struct Inspect: AsyncParsableCommand {
             let manifest = (try? JSONSerialization.jsonObject(with: Data(m.bytes)) as? [String: Any]) ?? [:]
             let metadata = try await connection.metadata(source.repository, m.digest)
             if json {
-                var out: [String: Any] = ["reference": source.description, "digest": m.digest.description, "media_type": m.mediaType,
-                                          "manifest": manifest]
+                var out: [String: Any] = [
+                    "reference": source.description, "digest": m.digest.description, "media_type": m.mediaType,
+                    "manifest": manifest,
+                ]
                 if let metadata { out["metadata"] = metadata }
                 let data = try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
                 print(String(decoding: data, as: UTF8.self))
@@ -43,7 +45,9 @@ struct Inspect: AsyncParsableCommand {
             }
             if let bundle = metadata?["triton"] as? [String: Any] {
                 let versions = (bundle["versions"] as? [Int] ?? []).map(String.init).joined(separator: ", ")
-                print("triton bundle  \(bundle["name"] ?? "?"), \(bundle["platform"] ?? bundle["backend"] ?? "?"), max_batch_size \(bundle["max_batch_size"] ?? "?"), versions [\(versions)]")
+                print(
+                    "triton bundle  \(bundle["name"] ?? "?"), \(bundle["platform"] ?? bundle["backend"] ?? "?"), max_batch_size \(bundle["max_batch_size"] ?? "?"), versions [\(versions)]"
+                )
                 for problem in bundle["problems"] as? [String] ?? [] { print("  problem: \(problem)") }
             }
             let annotations = manifest["annotations"] as? [String: String] ?? [:]
@@ -73,24 +77,34 @@ struct Inspect: AsyncParsableCommand {
         if let error = meta["error"] as? String { return ["not readable as its name says: \(error)"] }
         switch meta["format"] as? String {
         case "onnx":
-            let opsets = (meta["opsets"] as? [[String: Any]] ?? []).map { "\(($0["domain"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? "ai.onnx") \($0["version"] ?? "?")" }
-            var lines = ["onnx: IR \(str("ir_version")), opset \(opsets.joined(separator: ", ")), producer \(str("producer")) \(meta["producer_version"] ?? "")",
-                         "inputs: \(tensors("inputs"))", "outputs: \(tensors("outputs"))",
-                         "\(str("node_count")) nodes, \(str("initializer_count")) initializers (\(TransferProgress.bytes(Int64(meta["initializer_bytes"] as? Int ?? 0))))"]
+            let opsets = (meta["opsets"] as? [[String: Any]] ?? []).map {
+                "\(($0["domain"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? "ai.onnx") \($0["version"] ?? "?")"
+            }
+            var lines = [
+                "onnx: IR \(str("ir_version")), opset \(opsets.joined(separator: ", ")), producer \(str("producer")) \(meta["producer_version"] ?? "")",
+                "inputs: \(tensors("inputs"))", "outputs: \(tensors("outputs"))",
+                "\(str("node_count")) nodes, \(str("initializer_count")) initializers (\(TransferProgress.bytes(Int64(meta["initializer_bytes"] as? Int ?? 0))))",
+            ]
             if !list("external_locations").isEmpty { lines.append("external data: \(list("external_locations").joined(separator: ", "))") }
             return lines
         case "safetensors":
             let dtypes = (meta["dtypes"] as? [String: Any] ?? [:]).map { "\($0.key) ×\($0.value)" }.sorted().joined(separator: ", ")
             return ["safetensors: \(str("tensor_count")) tensors, \(str("parameters")) parameters (\(dtypes))"]
         case "pytorch":
-            var lines = ["pytorch (\(str("container"))): \(str("entry_count")) entries; imports: \(list("imports").joined(separator: ", "))"]
+            var lines = [
+                "pytorch (\(str("container"))): \(str("entry_count")) entries; imports: \(list("imports").joined(separator: ", "))"
+            ]
             if meta["unsafe"] as? Bool == true {
                 lines.append("UNSAFE pickle imports: \(list("unsafe_imports").joined(separator: ", "))")
-                if !list("dangerous_imports").isEmpty { lines.append("DANGEROUS (code execution on load): \(list("dangerous_imports").joined(separator: ", "))") }
+                if !list("dangerous_imports").isEmpty {
+                    lines.append("DANGEROUS (code execution on load): \(list("dangerous_imports").joined(separator: ", "))")
+                }
             }
             return lines + list("problems").map { "problem: \($0)" }
         case "tensorrt-plan":
-            return ["tensorrt plan: compute capability \(meta["compute_capability"].map { "\($0)" } ?? "unknown"), TensorRT \(meta["tensorrt_version"].map { "\($0)" } ?? "unknown")"]
+            return [
+                "tensorrt plan: compute capability \(meta["compute_capability"].map { "\($0)" } ?? "unknown"), TensorRT \(meta["tensorrt_version"].map { "\($0)" } ?? "unknown")"
+            ]
                 + list("problems").map { "problem: \($0)" }
         case "triton-config":
             return ["triton config: \(str("name")), \(meta["platform"] ?? meta["backend"] ?? "?"), max_batch_size \(str("max_batch_size"))"]

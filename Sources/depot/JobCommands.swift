@@ -26,7 +26,10 @@ struct JobList: AsyncParsableCommand {
             let r = try await c.call(.GET, "/depot/v1/jobs?" + query.joined(separator: "&"))
             if json { return printJSONObject(r) }
             let jobs = r["jobs"] as? [[String: Any]] ?? []
-            if jobs.isEmpty { print("no jobs"); return }
+            if jobs.isEmpty {
+                print("no jobs")
+                return
+            }
             for j in jobs { print(JobFormat.line(j)) }
         }
     }
@@ -45,13 +48,24 @@ struct JobShow: AsyncParsableCommand {
             if json { return printJSONObject(j) }
             let input = j["input"] as? [String: Any] ?? [:]
             let output = j["output"] as? [String: Any] ?? [:]
-            print("job \(id): \(j["pipeline"] as? String ?? "?")/\(j["stage"] as? String ?? "?")  \(j["state"] as? String ?? "?")\((j["memoized"] as? Bool ?? false) ? " (memoized)" : "")")
-            print("  input    \(input["repository"] as? String ?? "?")@\(input["digest"] as? String ?? "?")\((input["tag"] as? String).map { " (\($0))" } ?? "")")
-            if let d = output["digest"] as? String { print("  output   \(input["repository"] as? String ?? "?")@\(d)\((output["tag"] as? String).map { " (\($0))" } ?? "")") }
-            else if let t = output["tag"] as? String { print("  output   will be tagged \(t)") }
-            print("  attempt  \(j["attempt"] ?? "?") of \(j["max_attempts"] ?? "?")\((j["runner"] as? String).map { ", runner \($0)" } ?? "")")
+            print(
+                "job \(id): \(j["pipeline"] as? String ?? "?")/\(j["stage"] as? String ?? "?")  \(j["state"] as? String ?? "?")\((j["memoized"] as? Bool ?? false) ? " (memoized)" : "")"
+            )
+            print(
+                "  input    \(input["repository"] as? String ?? "?")@\(input["digest"] as? String ?? "?")\((input["tag"] as? String).map { " (\($0))" } ?? "")"
+            )
+            if let d = output["digest"] as? String {
+                print("  output   \(input["repository"] as? String ?? "?")@\(d)\((output["tag"] as? String).map { " (\($0))" } ?? "")")
+            } else if let t = output["tag"] as? String {
+                print("  output   will be tagged \(t)")
+            }
+            print(
+                "  attempt  \(j["attempt"] ?? "?") of \(j["max_attempts"] ?? "?")\((j["runner"] as? String).map { ", runner \($0)" } ?? "")"
+            )
             for k in ["key", "created_at", "started_at", "finished_at", "not_before", "reason"] {
-                if let v = j[k] { print("  \(k.replacingOccurrences(of: "_", with: " "))\(String(repeating: " ", count: max(1, 9 - k.count)))\(v)") }
+                if let v = j[k] {
+                    print("  \(k.replacingOccurrences(of: "_", with: " "))\(String(repeating: " ", count: max(1, 9 - k.count)))\(v)")
+                }
             }
             guard !noLog else { return }
             if j["log"] != nil {
@@ -66,7 +80,8 @@ struct JobShow: AsyncParsableCommand {
 }
 
 struct JobCancel: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Cancel a queued or running job (the runner stops it).")
+    static let configuration = CommandConfiguration(
+        commandName: "cancel", abstract: "Cancel a queued or running job (the runner stops it).")
     @Argument(help: "Job id.") var id: Int64
     @OptionGroup var registry: RegistryOptions
 
@@ -74,7 +89,8 @@ struct JobCancel: AsyncParsableCommand {
 }
 
 struct JobRetry: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "retry", abstract: "Queue a failed or cancelled job again, attempts reset.")
+    static let configuration = CommandConfiguration(
+        commandName: "retry", abstract: "Queue a failed or cancelled job again, attempts reset.")
     @Argument(help: "Job id.") var id: Int64
     @OptionGroup var registry: RegistryOptions
 
@@ -94,7 +110,9 @@ struct PipelineList: AsyncParsableCommand {
                 print("\(p["name"] as? String ?? "?")  (\(p["file"] as? String ?? "?"))")
                 for s in p["stages"] as? [[String: Any]] ?? [] {
                     let needs = (s["needs"] as? [String] ?? []).joined(separator: ",")
-                    print("  \(s["name"] as? String ?? "?")  \(s["kind"] as? String ?? "?")\(needs.isEmpty ? "" : "  needs \(needs)")\((s["tag"] as? String).map { "  tag \($0)" } ?? "")")
+                    print(
+                        "  \(s["name"] as? String ?? "?")  \(s["kind"] as? String ?? "?")\(needs.isEmpty ? "" : "  needs \(needs)")\((s["tag"] as? String).map { "  tag \($0)" } ?? "")"
+                    )
                 }
             }
         }
@@ -135,7 +153,8 @@ struct RunnerCommand: AsyncParsableCommand {
     @Option(help: "Jobs run at the same time.") var concurrency = 1
     @Option(help: "Workspaces and the chunk cache (default: $TMPDIR/depot-runner-<name>).") var workDir: String?
     @Option(help: "Python for built-in hooks (default: $DEPOT_HOOKS_PYTHON, else python3).") var python: String?
-    @Option(help: "Directory of the built-in hooks (default: $DEPOT_HOOKS_DIR or hooks/builtin next to the executable).") var hooksDir: String?
+    @Option(help: "Directory of the built-in hooks (default: $DEPOT_HOOKS_DIR or hooks/builtin next to the executable).") var hooksDir:
+        String?
     @Option(help: "Seconds between lease renewals.") var heartbeatSeconds: Double = 5
     @Option(help: "An environment variable stages may see besides PATH, HOME, LANG… (repeatable).") var passEnv: [String] = []
 

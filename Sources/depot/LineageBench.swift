@@ -12,11 +12,11 @@ struct LineageBench: ParsableCommand {
         commandName: "lineage",
         abstract: "Lineage query latency on a generated graph (default ~100,000 artifacts).",
         discussion: """
-        Shape: base models; training runs, each a chain of checkpoints (trained-from a base, then \
-        fine-tuned-from the previous checkpoint); every 4th checkpoint converted to ONNX, compiled to a \
-        TensorRT plan and packaged as a Triton bundle; each run's last bundle tagged. Queries pick random \
-        artifacts: ancestors of a bundle, descendants of a checkpoint, impact of a checkpoint (tags downstream).
-        """)
+            Shape: base models; training runs, each a chain of checkpoints (trained-from a base, then \
+            fine-tuned-from the previous checkpoint); every 4th checkpoint converted to ONNX, compiled to a \
+            TensorRT plan and packaged as a Triton bundle; each run's last bundle tagged. Queries pick random \
+            artifacts: ancestors of a bundle, descendants of a checkpoint, impact of a checkpoint (tags downstream).
+            """)
     @Option(help: "Training runs.") var runs = 950
     @Option(help: "Checkpoints per run.") var chain = 60
     @Option(help: "Base models the runs start from.") var bases = 20
@@ -33,20 +33,28 @@ struct LineageBench: ParsableCommand {
             var rng = SystemRandomNumberGenerator()
             func fake(_ i: Int) -> Digest { Digest.of(Array("artifact-\(i)".utf8)) }
             var next = 0
-            var checkpoints: [Digest] = [], bundles: [Digest] = [], baseDigests: [Digest] = []
+            var checkpoints: [Digest] = []
+            var bundles: [Digest] = []
+            var baseDigests: [Digest] = []
             let started = Date()
             try store.catalog.write { conn in
                 let repo = try conn.ensureRepository("bench/models", now: 0)
                 func artifact(_ type: String) throws -> Digest {
-                    let d = fake(next); next += 1
+                    let d = fake(next)
+                    next += 1
                     let content = Array("{\"n\":\(next)}".utf8)
-                    try conn.putManifest(repo: repo, ManifestRecord(digest: d, mediaType: MediaType.ociManifest, artifactType: type,
-                                                                    subject: nil, annotationsJSON: nil, content: content), blobs: [], children: [], now: 0)
+                    try conn.putManifest(
+                        repo: repo,
+                        ManifestRecord(
+                            digest: d, mediaType: MediaType.ociManifest, artifactType: type,
+                            subject: nil, annotationsJSON: nil, content: content), blobs: [], children: [], now: 0)
                     return d
                 }
                 func edge(_ child: Digest, _ parent: Digest, _ relation: String, run: Int) throws {
-                    try conn.insertLineageEdge(LineageEdge(child: child, parent: parent, relation: relation, parentRef: "bench/models@\(parent)",
-                                                           repository: "bench/models", run: "run-\(run)", createdAt: 0), repo: repo)
+                    try conn.insertLineageEdge(
+                        LineageEdge(
+                            child: child, parent: parent, relation: relation, parentRef: "bench/models@\(parent)",
+                            repository: "bench/models", run: "run-\(run)", createdAt: 0), repo: repo)
                 }
                 let baseModels = try (0..<bases).map { _ in try artifact("application/vnd.cncf.model.manifest.v1+json") }
                 baseDigests = baseModels
@@ -69,7 +77,9 @@ struct LineageBench: ParsableCommand {
                             lastBundle = bundle
                         }
                     }
-                    if let lastBundle { try conn.setTag(repo: repo, "run-\(r)-latest", to: lastBundle, actor: "bench", reason: nil, now: 0) }
+                    if let lastBundle {
+                        try conn.setTag(repo: repo, "run-\(r)-latest", to: lastBundle, actor: "bench", reason: nil, now: 0)
+                    }
                 }
             }
             let built = Date().timeIntervalSince(started)
@@ -86,13 +96,17 @@ struct LineageBench: ParsableCommand {
                 return ["p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0), "mean_result": sizes / max(1, times.count)]
             }
             let ancestors = try measure { try registry.lineage(of: bundles.randomElement(using: &rng)!, up: true, depth: 1000).count }
-            let descendants = try measure { try registry.lineage(of: checkpoints.randomElement(using: &rng)!, up: false, depth: 1000).count }
+            let descendants = try measure {
+                try registry.lineage(of: checkpoints.randomElement(using: &rng)!, up: false, depth: 1000).count
+            }
             let impact = try measure { try registry.impact(of: checkpoints.randomElement(using: &rng)!).tags.count }
             // The worst case: a base model that a twentieth of all runs started from.
             let baseImpact = try measure(count: 20) { try registry.impact(of: baseDigests.randomElement(using: &rng)!).derived.count }
-            return ["artifacts": next, "edges": next - bases, "build_seconds": (built * 100).rounded() / 100,
-                    "ancestors_of_bundle": ancestors, "descendants_of_checkpoint": descendants, "impact_of_checkpoint": impact,
-                    "impact_of_base_model": baseImpact]
+            return [
+                "artifacts": next, "edges": next - bases, "build_seconds": (built * 100).rounded() / 100,
+                "ancestors_of_bundle": ancestors, "descendants_of_checkpoint": descendants, "impact_of_checkpoint": impact,
+                "impact_of_base_model": baseImpact,
+            ]
         }
         if json { return printJSONObject(result) }
         print("graph: \(result["artifacts"]!) artifacts, \(result["edges"]!) edges (built in \(result["build_seconds"]!) s)")

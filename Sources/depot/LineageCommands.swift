@@ -25,8 +25,11 @@ struct LineageCommand: AsyncParsableCommand {
     @OptionGroup var registry: RegistryOptions
 
     func validate() throws {
-        if !path.isEmpty { guard path.count == 2 else { throw ValidationError("--path takes FROM and TO") } }
-        else if reference == nil { throw ValidationError("name an artifact (REPO:TAG or REPO@DIGEST), or use --path FROM TO") }
+        if !path.isEmpty {
+            guard path.count == 2 else { throw ValidationError("--path takes FROM and TO") }
+        } else if reference == nil {
+            throw ValidationError("name an artifact (REPO:TAG or REPO@DIGEST), or use --path FROM TO")
+        }
         guard [ancestors, descendants, impact].filter({ $0 }).count <= 1 else {
             throw ValidationError("choose one of --ancestors, --descendants, --impact")
         }
@@ -37,11 +40,14 @@ struct LineageCommand: AsyncParsableCommand {
     func run() async throws {
         await runClient(registry) { c in
             if path.count == 2 {
-                let from = try await digest(of: path[0], c), to = try await digest(of: path[1], c)
+                let from = try await digest(of: path[0], c)
+                let to = try await digest(of: path[1], c)
                 let r = try await c.call(.GET, "/depot/v1/lineage/path?from=\(from)&to=\(to)")
                 let edges = r["edges"] as? [[String: Any]] ?? []
                 return output(edges: edges, raw: r) {
-                    for e in edges { print("\(short(e["parent"])) --\(e["relation"] as? String ?? "?")--> \(short(e["child"]))  \(Self.details(e))") }
+                    for e in edges {
+                        print("\(short(e["parent"])) --\(e["relation"] as? String ?? "?")--> \(short(e["child"]))  \(Self.details(e))")
+                    }
                 }
             }
             let ref = reference!
@@ -53,14 +59,18 @@ struct LineageCommand: AsyncParsableCommand {
                     print("\(nodes.count) artifact(s) derived from \(ref)")
                     for n in nodes { Self.printNode(n) }
                     let tags = r["tags"] as? [[String: Any]] ?? []
-                    print(tags.isEmpty ? "no tag or alias resolves to it or to anything derived from it"
-                                       : "tags and aliases affected:")
+                    print(
+                        tags.isEmpty
+                            ? "no tag or alias resolves to it or to anything derived from it"
+                            : "tags and aliases affected:")
                     for t in tags { print("  \(t["repository"] as? String ?? "?"):\(t["tag"] as? String ?? "?") -> \(short(t["digest"]))") }
                 }
             }
             var query = ["direction=\(descendants ? "descendants" : "ancestors")", "depth=\(depth)"]
             if !relation.isEmpty { query.append("relation=\(relation.joined(separator: ","))") }
-            if let artifactType { query.append("artifact_type=\(artifactType.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? artifactType)") }
+            if let artifactType {
+                query.append("artifact_type=\(artifactType.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? artifactType)")
+            }
             let r = try await c.call(.GET, "/depot/v1/lineage/\(d)?" + query.joined(separator: "&"))
             let nodes = r["nodes"] as? [[String: Any]] ?? []
             output(edges: nodes.compactMap { $0["edge"] as? [String: Any] }, raw: r) {
@@ -92,8 +102,9 @@ struct LineageCommand: AsyncParsableCommand {
         let e = n["edge"] as? [String: Any] ?? [:]
         let stored = n["stored"] as? Bool ?? true
         let indent = String(repeating: "  ", count: n["depth"] as? Int ?? 1)
-        print("\(indent)\(short(n["digest"]))  \(e["relation"] as? String ?? "?")  \(e["relation"] as? String == "subject" ? "" : (e["parent_ref"] as? String ?? ""))"
-              + (stored ? "" : "  (external)") + (n["artifact_type"].map { "  \($0)" } ?? "") + "  " + details(e))
+        print(
+            "\(indent)\(short(n["digest"]))  \(e["relation"] as? String ?? "?")  \(e["relation"] as? String == "subject" ? "" : (e["parent_ref"] as? String ?? ""))"
+                + (stored ? "" : "  (external)") + (n["artifact_type"].map { "  \($0)" } ?? "") + "  " + details(e))
     }
 
     static func dot(_ edges: [[String: Any]]) -> String {
@@ -110,15 +121,24 @@ struct LineageCommand: AsyncParsableCommand {
 
     /// An OpenLineage RunEvent for one derivation: the parent as input, the child as output.
     static func openLineageEvent(_ e: [String: Any]) -> [String: Any] {
-        let child = e["child"] as? String ?? "", parent = e["parent"] as? String ?? "", relation = e["relation"] as? String ?? ""
+        let child = e["child"] as? String ?? ""
+        let parent = e["parent"] as? String ?? ""
+        let relation = e["relation"] as? String ?? ""
         let seed = Array((child + parent + relation).utf8)
         let h = seed.withUnsafeBytes { SHA256.hash($0).byteArray }
         var u = Array(h.prefix(16))
-        u[6] = (u[6] & 0x0F) | 0x50; u[8] = (u[8] & 0x3F) | 0x80
+        u[6] = (u[6] & 0x0F) | 0x50
+        u[8] = (u[8] & 0x3F) | 0x80
         let hex = u.map { String(format: "%02x", $0) }.joined()
-        let runID = [hex.prefix(8), hex.dropFirst(8).prefix(4), hex.dropFirst(12).prefix(4), hex.dropFirst(16).prefix(4), hex.dropFirst(20)].map(String.init).joined(separator: "-")
+        let runID = [
+            hex.prefix(8), hex.dropFirst(8).prefix(4), hex.dropFirst(12).prefix(4), hex.dropFirst(16).prefix(4), hex.dropFirst(20),
+        ].map(String.init).joined(separator: "-")
         var runFacets: [String: Any] = [:]
-        if let run = e["run"] as? String { runFacets["depot_run"] = ["_producer": "depot", "_schemaURL": "https://openlineage.io/spec/facets/1-0-0/BaseFacet.json", "id": run] }
+        if let run = e["run"] as? String {
+            runFacets["depot_run"] = [
+                "_producer": "depot", "_schemaURL": "https://openlineage.io/spec/facets/1-0-0/BaseFacet.json", "id": run,
+            ]
+        }
         let repo = e["repository"] as? String ?? ""
         return [
             "eventType": "COMPLETE",
@@ -139,8 +159,9 @@ func printCompactJSON(_ object: Any) {
 }
 
 struct Audit: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The audit journal: every push, delete, alias move, pin, rollback and GC, hash-chained.",
-                                                    subcommands: [AuditLog.self, AuditVerify.self])
+    static let configuration = CommandConfiguration(
+        abstract: "The audit journal: every push, delete, alias move, pin, rollback and GC, hash-chained.",
+        subcommands: [AuditLog.self, AuditVerify.self])
 }
 
 struct AuditLog: AsyncParsableCommand {
@@ -164,10 +185,17 @@ struct AuditLog: AsyncParsableCommand {
             let r = try await c.call(.GET, "/depot/v1/audit?" + q.joined(separator: "&"))
             if json { return printJSONObject(r) }
             for e in r["entries"] as? [[String: Any]] ?? [] {
-                var line = "\(e["id"] ?? "?")  \(e["at"] as? String ?? "?")  \(e["actor"] as? String ?? "?")  \(e["action"] as? String ?? "?")"
+                var line =
+                    "\(e["id"] ?? "?")  \(e["at"] as? String ?? "?")  \(e["actor"] as? String ?? "?")  \(e["action"] as? String ?? "?")"
                 if let repo = e["repository"] as? String { line += "  \(repo)" + ((e["tag"] as? String).map { ":\($0)" } ?? "") }
                 if let d = e["digest"] as? String { line += "  \(short(d))" }
-                if let details = e["details"] { line += "  " + String(decoding: (try? JSONSerialization.data(withJSONObject: details, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data(), as: UTF8.self) }
+                if let details = e["details"] {
+                    line +=
+                        "  "
+                        + String(
+                            decoding: (try? JSONSerialization.data(
+                                withJSONObject: details, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data(), as: UTF8.self)
+                }
                 print(line)
             }
         }
@@ -196,7 +224,9 @@ struct AuditVerify: AsyncParsableCommand {
         } else {
             await runClient(registry) { c in result = try await c.call(.GET, "/depot/v1/audit/verify") }
         }
-        if json { printJSONObject(result) } else if result["intact"] as? Bool == true {
+        if json {
+            printJSONObject(result)
+        } else if result["intact"] as? Bool == true {
             print("audit journal intact: \(result["entries"] ?? 0) entries, head \(result["head_hash"] as? String ?? "-")")
         } else {
             print("audit journal BROKEN at entry \(result["first_broken_id"] ?? "?"): \(result["problem"] as? String ?? "?")")

@@ -8,7 +8,9 @@ import Logging
 struct Rollout: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Canary rollouts of Triton bundles: start, status, resume, promote, abort.",
-        subcommands: [RolloutStart.self, RolloutStatus.self, RolloutAction.Resume.self, RolloutAction.Promote.self, RolloutAction.Abort.self])
+        subcommands: [
+            RolloutStart.self, RolloutStatus.self, RolloutAction.Resume.self, RolloutAction.Promote.self, RolloutAction.Abort.self,
+        ])
 }
 
 /// `REPO ENV` arguments shared by the rollout commands.
@@ -19,7 +21,8 @@ struct DeploymentArguments: ParsableArguments {
 }
 
 struct RolloutStart: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "start", abstract: "Roll a Triton bundle out to an environment by steps, gated by metrics.")
+    static let configuration = CommandConfiguration(
+        commandName: "start", abstract: "Roll a Triton bundle out to an environment by steps, gated by metrics.")
     @OptionGroup var deployment: DeploymentArguments
     @Argument(help: "The bundle: a tag or sha256 digest in the repository.") var reference: String
     @Option(help: "Traffic steps in percent, comma-separated (default from the config: 1,10,50,100).") var steps: String?
@@ -47,7 +50,8 @@ struct RolloutStart: AsyncParsableCommand {
 }
 
 struct RolloutStatus: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Stable and canary digests, step, weight, decisions with their measurements, nodes.")
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Stable and canary digests, step, weight, decisions with their measurements, nodes.")
     @OptionGroup var deployment: DeploymentArguments
     @Flag(help: "Machine-readable output.") var json = false
     @OptionGroup var registry: RegistryOptions
@@ -62,7 +66,8 @@ struct RolloutStatus: AsyncParsableCommand {
 }
 
 enum RolloutAction {
-    static func perform(_ action: String, _ deployment: DeploymentArguments, reason: String?, json: Bool, _ registry: RegistryOptions) async {
+    static func perform(_ action: String, _ deployment: DeploymentArguments, reason: String?, json: Bool, _ registry: RegistryOptions) async
+    {
         await runClient(registry) { c in
             let status = try await c.call(.POST, deployment.path + "/" + action, body: reason.map { ["reason": $0] } ?? [:])
             if json { return printJSONObject(status) }
@@ -71,7 +76,8 @@ enum RolloutAction {
     }
 
     struct Resume: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "resume", abstract: "Resume a paused rollout (the step's analysis starts again).")
+        static let configuration = CommandConfiguration(
+            commandName: "resume", abstract: "Resume a paused rollout (the step's analysis starts again).")
         @OptionGroup var deployment: DeploymentArguments
         @Flag var json = false
         @OptionGroup var registry: RegistryOptions
@@ -79,7 +85,8 @@ enum RolloutAction {
     }
 
     struct Promote: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "promote", abstract: "Promote the canary now: it becomes stable everywhere.")
+        static let configuration = CommandConfiguration(
+            commandName: "promote", abstract: "Promote the canary now: it becomes stable everywhere.")
         @OptionGroup var deployment: DeploymentArguments
         @Option(help: "Why (recorded).") var reason: String?
         @Flag var json = false
@@ -88,7 +95,8 @@ enum RolloutAction {
     }
 
     struct Abort: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "abort", abstract: "Abort: the canary goes to 0% and the alias back to the stable digest.")
+        static let configuration = CommandConfiguration(
+            commandName: "abort", abstract: "Abort: the canary goes to 0% and the alias back to the stable digest.")
         @OptionGroup var deployment: DeploymentArguments
         @Option(help: "Why (recorded).") var reason: String?
         @Flag var json = false
@@ -107,13 +115,18 @@ enum RolloutFormat {
         }
         if let r = s["rollout"] as? [String: Any] {
             let steps = (r["steps"] as? [Int] ?? []).map(String.init).joined(separator: ",")
-            Swift.print("  rollout \(r["id"] ?? "?"): \(r["state"] as? String ?? "?"), step \(r["step"] ?? "?") of [\(steps)], \(r["weight"] ?? "?")%\((r["reason"] as? String).map { " — \($0)" } ?? "")")
+            Swift.print(
+                "  rollout \(r["id"] ?? "?"): \(r["state"] as? String ?? "?"), step \(r["step"] ?? "?") of [\(steps)], \(r["weight"] ?? "?")%\((r["reason"] as? String).map { " — \($0)" } ?? "")"
+            )
             for e in r["decisions"] as? [[String: Any]] ?? [] {
-                Swift.print("    \(e["at"] as? String ?? "?")  \(e["decision"] as? String ?? "?")  \(e["weight"] ?? "?")%  \(e["actor"] as? String ?? "")  \(e["reason"] as? String ?? "")")
+                Swift.print(
+                    "    \(e["at"] as? String ?? "?")  \(e["decision"] as? String ?? "?")  \(e["weight"] ?? "?")%  \(e["actor"] as? String ?? "")  \(e["reason"] as? String ?? "")"
+                )
             }
             // The last analysis's values.
             if let last = (r["decisions"] as? [[String: Any]] ?? []).last(where: { $0["measurements"] != nil }),
-               let ms = (last["measurements"] as? [String: Any])?["measurements"] as? [[String: Any]] {
+                let ms = (last["measurements"] as? [String: Any])?["measurements"] as? [[String: Any]]
+            {
                 Swift.print("  last analysis:")
                 for m in ms {
                     Swift.print("    \(m["check"] as? String ?? "?"): \(m["outcome"] as? String ?? "?") — \(m["detail"] as? String ?? "")")
@@ -121,7 +134,9 @@ enum RolloutFormat {
             }
         }
         for n in s["nodes"] as? [[String: Any]] ?? [] {
-            Swift.print("  node \(n["node"] as? String ?? "?"): \(n["state"] as? String ?? "asked") \(short(n["digest"]))\((n["version"]).map { " v\($0)" } ?? "")\((n["reason"] as? String).map { " — \($0.prefix(200))" } ?? "")")
+            Swift.print(
+                "  node \(n["node"] as? String ?? "?"): \(n["state"] as? String ?? "asked") \(short(n["digest"]))\((n["version"]).map { " v\($0)" } ?? "")\((n["reason"] as? String).map { " — \($0.prefix(200))" } ?? "")"
+            )
         }
     }
 }
@@ -130,7 +145,9 @@ struct TritonSyncCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "triton-sync",
         abstract: "The Triton node agent: serve what the deployment says this node serves.",
-        discussion: "Resolves the deployment for this node, pulls the bundle through the chunk cache, lays out <model>/<version>/ atomically, loads it (explicit mode) or waits for Triton (poll mode), checks READY, reports to the registry, and removes versions no longer wanted. Keeps serving the last good version while the registry is unreachable.")
+        discussion:
+            "Resolves the deployment for this node, pulls the bundle through the chunk cache, lays out <model>/<version>/ atomically, loads it (explicit mode) or waits for Triton (poll mode), checks READY, reports to the registry, and removes versions no longer wanted. Keeps serving the last good version while the registry is unreachable."
+    )
     @OptionGroup var registry: RegistryOptions
     @Option(help: "REPO:ENV, e.g. vision/resnet:production.") var deployment: String
     @Option(help: "Triton's model repository directory.") var modelRepository: String
@@ -145,22 +162,27 @@ struct TritonSyncCommand: AsyncParsableCommand {
         guard ["explicit", "poll"].contains(mode) else { throw ValidationError("--mode must be explicit or poll") }
         guard TritonSync.isSafeName(node) else { throw ValidationError("--node must be 1-128 of A-Z a-z 0-9 _ . -") }
         guard interval >= 0.2 else { throw ValidationError("--interval must be at least 0.2 s") }
-        guard let colon = deployment.lastIndex(of: ":"), colon != deployment.startIndex, deployment.index(after: colon) != deployment.endIndex else {
+        guard let colon = deployment.lastIndex(of: ":"), colon != deployment.startIndex,
+            deployment.index(after: colon) != deployment.endIndex
+        else {
             throw ValidationError("--deployment must be REPO:ENV")
         }
     }
 
     func run() async throws {
         let colon = deployment.lastIndex(of: ":")!
-        var options = TritonSyncOptions(repository: String(deployment[..<colon]), environment: String(deployment[deployment.index(after: colon)...]),
-                                        node: node, modelRepository: modelRepository, tritonURL: triton.hasSuffix("/") ? String(triton.dropLast()) : triton)
+        var options = TritonSyncOptions(
+            repository: String(deployment[..<colon]), environment: String(deployment[deployment.index(after: colon)...]),
+            node: node, modelRepository: modelRepository, tritonURL: triton.hasSuffix("/") ? String(triton.dropLast()) : triton)
         options.pollMode = mode == "poll"
         options.interval = .milliseconds(Int64(interval * 1000))
         if let stagingDir { options.stagingDirectory = stagingDir }
         let connection: RegistryConnection
         do { connection = try registry.connect() } catch { fail("\(error)") }
         let sync: TritonSync
-        do { sync = try TritonSync(connection: connection, options: options, logger: Logger(label: "triton-sync")) } catch { fail("\(error)") }
+        do { sync = try TritonSync(connection: connection, options: options, logger: Logger(label: "triton-sync")) } catch {
+            fail("\(error)")
+        }
         if once {
             do { try await sync.syncOnce() } catch { fail("\(error)") }
             await connection.shutdown()

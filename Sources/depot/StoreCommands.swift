@@ -17,15 +17,16 @@ struct Stats: ParsableCommand {
         }
         if json { return printJSON(stats) }
         let ratio = stats.storedBytes > 0 ? Double(stats.logicalBytes) / Double(stats.storedBytes) : 0
-        print("""
-        blobs           \(stats.blobs)
-        logical bytes   \(stats.logicalBytes) (\(formatBytes(stats.logicalBytes)))
-        stored bytes    \(stats.storedBytes) (\(formatBytes(stats.storedBytes)))
-        ratio           \(String(format: "%.3f", ratio))
-        chunks          \(stats.chunks) (\(formatBytes(stats.chunkBytes)) raw, \(formatBytes(stats.chunkStoredBytes)) stored)
-        packs           \(stats.packs)
-        unfinished      \(stats.unfinishedWrites)
-        """)
+        print(
+            """
+            blobs           \(stats.blobs)
+            logical bytes   \(stats.logicalBytes) (\(formatBytes(stats.logicalBytes)))
+            stored bytes    \(stats.storedBytes) (\(formatBytes(stats.storedBytes)))
+            ratio           \(String(format: "%.3f", ratio))
+            chunks          \(stats.chunks) (\(formatBytes(stats.chunkBytes)) raw, \(formatBytes(stats.chunkStoredBytes)) stored)
+            packs           \(stats.packs)
+            unfinished      \(stats.unfinishedWrites)
+            """)
     }
 }
 
@@ -59,8 +60,9 @@ struct Fsck: ParsableCommand {
             for p in recovery.quarantinedPacks { print("QUARANTINED \(p) (no catalog row; kept, not deleted)") }
             for p in recovery.problems { print("DAMAGED \(p)") }
             if !recovery.problems.isEmpty {
-                print("  if the packs volume is not mounted or readable, fix that and rerun; if the data is really lost, "
-                      + "`depot fsck --repair --storage \(storage.storage)` drops its index rows")
+                print(
+                    "  if the packs volume is not mounted or readable, fix that and rerun; if the data is really lost, "
+                        + "`depot fsck --repair --storage \(storage.storage)` drops its index rows")
             }
             for b in recovery.lostBlobs { print("LOST blob \(b): index rows of its missing chunks were dropped") }
             print("checked \(report.chunksChecked) chunks (\(formatBytes(report.bytesVerified))) and \(report.blobsChecked) blobs")
@@ -78,7 +80,9 @@ struct Fsck: ParsableCommand {
 struct GC: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gc",
-        abstract: "Collect garbage: unkept manifests (untagged, unpinned, no pinned descendant), then unrooted blobs, unreferenced chunks, sparse packs.")
+        abstract:
+            "Collect garbage: unkept manifests (untagged, unpinned, no pinned descendant), then unrooted blobs, unreferenced chunks, sparse packs."
+    )
     @OptionGroup var storage: StorageOptions
     @Flag(help: "Machine-readable output.") var json = false
     @Option(help: "Unfinished writes and untagged manifests younger than this many seconds are kept.") var grace: Int64 = 24 * 3600
@@ -92,8 +96,12 @@ struct GC: ParsableCommand {
         }
         if json { return printJSON(report) }
         let s = report.store
-        print("deleted \(report.manifestsDeleted) unkept manifest(s), \(s.blobsDeleted) blob(s), \(s.chunksDeleted) chunk(s) (\(formatBytes(s.chunkBytesFreed)))")
-        print("compacted \(s.packsCompacted) pack(s) (\(s.chunksMoved) chunks moved), deleted \(s.packsDeleted) pack(s) (\(formatBytes(s.packBytesFreed)) freed)")
+        print(
+            "deleted \(report.manifestsDeleted) unkept manifest(s), \(s.blobsDeleted) blob(s), \(s.chunksDeleted) chunk(s) (\(formatBytes(s.chunkBytesFreed)))"
+        )
+        print(
+            "compacted \(s.packsCompacted) pack(s) (\(s.chunksMoved) chunks moved), deleted \(s.packsDeleted) pack(s) (\(formatBytes(s.packBytesFreed)) freed)"
+        )
         for d in s.damagedChunks {
             FileHandleOutput.stderr("warning: skipped damaged chunk \(d.chunk) in pack \(d.pack): \(d.reason)\n")
         }
@@ -122,7 +130,9 @@ struct Blob: ParsableCommand {
                 }
                 results.append(result)
                 if !json {
-                    print("\(result.digest)  \(path)  \(result.size) bytes, \(result.newBytes) new, \(result.reusedBytes) reused, \(result.storedBytes) stored")
+                    print(
+                        "\(result.digest)  \(path)  \(result.size) bytes, \(result.newBytes) new, \(result.reusedBytes) reused, \(result.storedBytes) stored"
+                    )
                 }
             }
             if json { printJSON(results.map(WriteSummary.init)) }
@@ -160,11 +170,20 @@ struct Blob: ParsableCommand {
 }
 
 /// A JSON summary of one write.
+// swift-format-ignore: AlwaysUseLowerCamelCase
+// The field names are the JSON keys of `depot store put --json`.
 struct WriteSummary: Encodable {
-    let digest: String, size: Int64, chunks: Int, new_chunks: Int, new_bytes: Int64, reused_bytes: Int64, stored_bytes: Int64, chunker: String
+    let digest: String, size: Int64, chunks: Int, new_chunks: Int, new_bytes: Int64, reused_bytes: Int64, stored_bytes: Int64,
+        chunker: String
     init(_ r: WriteResult) {
-        digest = r.digest.description; size = r.size; chunks = r.chunks; new_chunks = r.newChunks
-        new_bytes = r.newBytes; reused_bytes = r.reusedBytes; stored_bytes = r.storedBytes; chunker = r.chunker
+        digest = r.digest.description
+        size = r.size
+        chunks = r.chunks
+        new_chunks = r.newChunks
+        new_bytes = r.newBytes
+        reused_bytes = r.reusedBytes
+        stored_bytes = r.storedBytes
+        chunker = r.chunker
     }
 }
 

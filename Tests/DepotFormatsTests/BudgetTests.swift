@@ -37,8 +37,9 @@ func measured<T>(_ label: String, _ body: () -> T) -> (result: T, cost: Cost) {
     let peak = started == 0 ? depot_heap_sampler_stop() : depot_heap_in_use()
     let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     let cost = Cost(seconds: seconds, cpuSeconds: cpu, peakMiB: Double(peak > base ? peak - base : 0) / Double(1 << 20))
-    print("inspection budget: \(label): \(String(format: "%.3f", seconds)) s (CPU \(String(format: "%.3f", cpu)) s), "
-        + "peak +\(String(format: "%.1f", cost.peakMiB)) MiB")
+    print(
+        "inspection budget: \(label): \(String(format: "%.3f", seconds)) s (CPU \(String(format: "%.3f", cpu)) s), "
+            + "peak +\(String(format: "%.1f", cost.peakMiB)) MiB")
     return (result, cost)
 }
 
@@ -77,7 +78,8 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
     func inspect(_ path: String, _ bytes: [UInt8], limits: InspectionLimits? = nil) -> InspectionOutcome {
         var roomy = InspectionLimits()
         roomy.maxSecondsPerBlob = 60
-        return InspectionService(limits: limits ?? roomy).inspect(path: path, digest: "sha256:test", source: BytesSource(bytes), platform: nil)
+        return InspectionService(limits: limits ?? roomy).inspect(
+            path: path, digest: "sha256:test", source: BytesSource(bytes), platform: nil)
     }
 
     @Test func hostileTextProto() throws {
@@ -180,17 +182,34 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         var m = PB()
         m.int(1, 8)
         m.message(7) { g in
-            for i in 0..<100_000 { g.message(1) { n in n.string(1, "n\(i)"); n.string(4, "Op\(i)") } }
+            for i in 0..<100_000 {
+                g.message(1) { n in
+                    n.string(1, "n\(i)")
+                    n.string(4, "Op\(i)")
+                }
+            }
             for i in 0..<20_000 {
                 g.message(11) { v in
                     v.string(1, "in\(i)")
-                    v.message(2) { t in t.message(1) { tt in tt.int(1, 1); tt.message(2) { s in for d in 0..<8 { s.message(1) { x in x.int(1, d) } } } } }
+                    v.message(2) { t in
+                        t.message(1) { tt in
+                            tt.int(1, 1)
+                            tt.message(2) { s in for d in 0..<8 { s.message(1) { x in x.int(1, d) } } }
+                        }
+                    }
                 }
             }
-            for i in 0..<20_000 { g.message(5) { t in t.string(8, "w\(i)"); t.data(9, [1, 2, 3, 4]) } }
+            for i in 0..<20_000 {
+                g.message(5) { t in
+                    t.string(8, "w\(i)")
+                    t.data(9, [1, 2, 3, 4])
+                }
+            }
         }
         let model = m.bytes
-        let a = measured("model.onnx, \(model.count >> 10) KiB, 100,000 nodes of distinct ops, 20,000 inputs") { inspect("model.onnx", model) }
+        let a = measured("model.onnx, \(model.count >> 10) KiB, 100,000 nodes of distinct ops, 20,000 inputs") {
+            inspect("model.onnx", model)
+        }
         let meta = try #require(recognized(a.result))
         #expect(meta["node_count"] as? Int == 100_000)
         #expect((meta["op_types"] as? [String: Int])?.count == 20)
@@ -220,7 +239,10 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         let reads = Atomic<Int>(0)
         let running = Atomic<Int>(0)
         let maxRunning = Atomic<Int>(0)
-        init(_ bytes: [UInt8], delay: Duration = .zero) { self.bytes = bytes; self.delay = delay }
+        init(_ bytes: [UInt8], delay: Duration = .zero) {
+            self.bytes = bytes
+            self.delay = delay
+        }
         var size: Int64 { Int64(bytes.count) }
         func read(at offset: Int64, count: Int) throws -> [UInt8] {
             reads.add(1, ordering: .relaxed)
@@ -241,7 +263,9 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         let first = source.reads.load(ordering: .relaxed)
         #expect(first > 0)
         // Same digest, another path that selects the same reader: no read at all.
-        #expect(recognized(service.inspect(path: "b/other.onnx", digest: "sha256:aa", source: source, platform: nil))?["ir_version"] as? Int == 8)
+        #expect(
+            recognized(service.inspect(path: "b/other.onnx", digest: "sha256:aa", source: source, platform: nil))?["ir_version"] as? Int
+                == 8)
         #expect(source.reads.load(ordering: .relaxed) == first)
         // A name that selects another reader inspects again.
         _ = service.inspect(path: "weights.bin", digest: "sha256:aa", source: source, platform: nil)
@@ -269,7 +293,9 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
 
     @Test func documentIsCapped() throws {
         let big = String(repeating: "x", count: 50_000)
-        let files: [[String: Any]] = (0..<100).map { ["path": "f\($0).onnx", "digest": "sha256:\($0)", "size": 1, "format": "onnx", "doc_string": big] }
+        let files: [[String: Any]] = (0..<100).map {
+            ["path": "f\($0).onnx", "digest": "sha256:\($0)", "size": 1, "format": "onnx", "doc_string": big]
+        }
         let json = try #require(MetadataDocument.encode(files: files, triton: ["name": "m"], maxBytes: 1 << 20))
         #expect(json.utf8.count <= 1 << 20)
         let doc = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])

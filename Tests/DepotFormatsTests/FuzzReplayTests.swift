@@ -32,7 +32,8 @@ import Testing
             let bytes = Array(try Data(contentsOf: url))
             for path in Self.paths[harness]! {
                 _ = try? FormatInspector.inspect(path: path, source: BytesSource(bytes), platform: "sm_90,trt10.3")
-                let outcome = service.inspect(path: path, digest: "sha256:\(url.lastPathComponent)", source: BytesSource(bytes), platform: nil)
+                let outcome = service.inspect(
+                    path: path, digest: "sha256:\(url.lastPathComponent)", source: BytesSource(bytes), platform: nil)
                 if case .budgetExceeded(let m) = outcome { Issue.record("\(harness)/\(url.lastPathComponent): \(m)") }
             }
         }

@@ -26,12 +26,23 @@ func makeONNX() -> [UInt8] {
     m.string(2, "pytorch")
     m.string(3, "2.3.0")
     m.message(7) { g in
-        g.message(1) { n in n.string(1, "x"); n.string(1, "w"); n.string(2, "h"); n.string(3, "mm"); n.string(4, "MatMul") }
-        g.message(1) { n in n.string(1, "h"); n.string(2, "y"); n.string(4, "Relu") }
+        g.message(1) { n in
+            n.string(1, "x")
+            n.string(1, "w")
+            n.string(2, "h")
+            n.string(3, "mm")
+            n.string(4, "MatMul")
+        }
+        g.message(1) { n in
+            n.string(1, "h")
+            n.string(2, "y")
+            n.string(4, "Relu")
+        }
         g.string(2, "main_graph")
         g.message(5) { t in
             var dims = PB()
-            dims.varint(512); dims.varint(512)
+            dims.varint(512)
+            dims.varint(512)
             t.data(1, dims.bytes) // packed dims
             t.int(2, 1)
             t.string(8, "w")
@@ -41,18 +52,36 @@ func makeONNX() -> [UInt8] {
             t.int(1, 1024) // unpacked dims
             t.int(2, 1)
             t.string(8, "ext")
-            t.message(13) { e in e.string(1, "location"); e.string(2, "weights.bin") }
-            t.message(13) { e in e.string(1, "offset"); e.string(2, "0") }
-            t.message(13) { e in e.string(1, "length"); e.string(2, "4096") }
+            t.message(13) { e in
+                e.string(1, "location")
+                e.string(2, "weights.bin")
+            }
+            t.message(13) { e in
+                e.string(1, "offset")
+                e.string(2, "0")
+            }
+            t.message(13) { e in
+                e.string(1, "length")
+                e.string(2, "4096")
+            }
             t.int(14, 1)
         }
         valueInfo(&g, field: 11, name: "x", dims: ["N", 4])
         valueInfo(&g, field: 11, name: "w", dims: [512, 512])
         valueInfo(&g, field: 12, name: "y", dims: ["N", 512])
     }
-    m.message(8) { o in o.string(1, ""); o.int(2, 17) }
-    m.message(8) { o in o.string(1, "com.microsoft"); o.int(2, 1) }
-    m.message(14) { e in e.string(1, "author"); e.string(2, "depot") }
+    m.message(8) { o in
+        o.string(1, "")
+        o.int(2, 17)
+    }
+    m.message(8) { o in
+        o.string(1, "com.microsoft")
+        o.int(2, 1)
+    }
+    m.message(14) { e in
+        e.string(1, "author")
+        e.string(2, "depot")
+    }
     return m.bytes
 }
 

@@ -9,7 +9,8 @@ func safetensorsFile(_ header: String, dataBytes: Int) -> [UInt8] {
 
 @Suite struct OtherFormatTests {
     @Test func safetensorsTableAndParameters() throws {
-        let header = #"{"__metadata__":{"format":"pt"},"b":{"dtype":"F16","shape":[4,8],"data_offsets":[40,104]},"a":{"dtype":"F32","shape":[10],"data_offsets":[0,40]}}"#
+        let header =
+            #"{"__metadata__":{"format":"pt"},"b":{"dtype":"F16","shape":[4,8],"data_offsets":[40,104]},"a":{"dtype":"F32","shape":[10],"data_offsets":[0,40]}}"#
         let file = safetensorsFile(header, dataBytes: 104)
         let out = try #require(try inspect("model.safetensors", file))
         #expect(out["format"] as? String == "safetensors")
@@ -55,7 +56,12 @@ func safetensorsFile(_ header: String, dataBytes: Int) -> [UInt8] {
         var sm = PB()
         sm.int(1, 1)
         sm.message(2) { mg in
-            mg.message(1) { info in info.string(4, "serve"); info.string(4, "gpu"); info.string(5, "2.15.0"); info.string(6, "v2.15.0-rc1") }
+            mg.message(1) { info in
+                info.string(4, "serve")
+                info.string(4, "gpu")
+                info.string(5, "2.15.0")
+                info.string(6, "v2.15.0-rc1")
+            }
             mg.data(2, [UInt8](repeating: 0, count: 5000)) // graph_def, skipped
         }
         let out = try #require(try inspect("m/1/model.savedmodel/saved_model.pb", sm.bytes))
@@ -66,9 +72,18 @@ func safetensorsFile(_ header: String, dataBytes: Int) -> [UInt8] {
         #expect(errorMessage { try inspect("saved_model.pb", Array(sm.bytes.dropLast(10))) }.contains("SavedModel"))
 
         var gd = PB()
-        gd.message(1) { n in n.string(1, "x"); n.string(2, "Placeholder") }
-        gd.message(1) { n in n.string(1, "y"); n.string(2, "Identity") }
-        gd.message(1) { n in n.string(1, "z"); n.string(2, "Identity") }
+        gd.message(1) { n in
+            n.string(1, "x")
+            n.string(2, "Placeholder")
+        }
+        gd.message(1) { n in
+            n.string(1, "y")
+            n.string(2, "Identity")
+        }
+        gd.message(1) { n in
+            n.string(1, "z")
+            n.string(2, "Identity")
+        }
         gd.message(4) { v in v.int(1, 1234) }
         let graph = try #require(try inspect("frozen.pb", gd.bytes))
         #expect(graph["format"] as? String == "tensorflow-graphdef")

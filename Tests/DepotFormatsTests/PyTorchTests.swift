@@ -8,10 +8,14 @@ import Testing
     /// Calls os.system("ls").
     let osSystem: [UInt8] = [0x80, 0x02] + P.global("os", "system") + P.binUnicode("ls") + [0x85, 0x52, 0x2e]
     /// Protocol 4 with FRAME, STACK_GLOBAL over two memoized SHORT_BINUNICODE strings.
-    let stackGlobal: [UInt8] = [0x80, 0x04, 0x95] + le(30, 8) + P.shortUnicode("posix") + [0x94] + P.shortUnicode("system") + [0x94, 0x93, 0x94]
+    let stackGlobal: [UInt8] =
+        [0x80, 0x04, 0x95] + le(30, 8) + P.shortUnicode("posix") + [0x94] + P.shortUnicode("system") + [0x94, 0x93, 0x94]
         + P.shortUnicode("id") + [0x94, 0x85, 0x94, 0x52, 0x94, 0x2e]
     /// STACK_GLOBAL whose strings come back through BINGET after being popped.
-    let viaMemo: [UInt8] = [0x80, 0x04] + P.shortUnicode("subprocess") + [0x94] + P.shortUnicode("Popen") + [0x94, 0x30, 0x30, 0x68, 0x00, 0x68, 0x01, 0x93, 0x29, 0x52, 0x2e]
+    let viaMemo: [UInt8] =
+        [0x80, 0x04] + P.shortUnicode("subprocess") + [0x94] + P.shortUnicode("Popen") + [
+            0x94, 0x30, 0x30, 0x68, 0x00, 0x68, 0x01, 0x93, 0x29, 0x52, 0x2e,
+        ]
 
     /// A torch.save-like data.pkl: an OrderedDict of one tensor rebuilt from a persistent storage.
     var torchData: [UInt8] {
@@ -25,8 +29,11 @@ import Testing
     }
 
     func torchZip(_ pickle: [UInt8], zip64: Bool = false, method: Int = 0) -> [UInt8] {
-        makeZip([("archive/data.pkl", pickle, method), ("archive/data/0", [UInt8](repeating: 1, count: 16), 0),
-                 ("archive/version", Array("3\n".utf8), 0)], zip64: zip64)
+        makeZip(
+            [
+                ("archive/data.pkl", pickle, method), ("archive/data/0", [UInt8](repeating: 1, count: 16), 0),
+                ("archive/version", Array("3\n".utf8), 0),
+            ], zip64: zip64)
     }
 
     @Test func safeTorchArchive() throws {

@@ -7,7 +7,7 @@ import Testing
     struct Rng {
         var state: UInt64
         mutating func next() -> UInt64 {
-            state = state &* 6364136223846793005 &+ 1442695040888963407
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
             return state >> 33
         }
     }
@@ -35,11 +35,19 @@ import Testing
         small.int(1, 8)
         small.message(7) { g in
             g.message(1) { n in n.string(4, "Add") }
-            g.message(5) { t in t.int(1, 4); t.string(8, "w"); t.data(9, [1, 2, 3, 4]) }
-            g.message(11) { v in v.string(1, "x"); v.message(2) { t in t.message(1) { tt in tt.int(1, 1) } } }
+            g.message(5) { t in
+                t.int(1, 4)
+                t.string(8, "w")
+                t.data(9, [1, 2, 3, 4])
+            }
+            g.message(11) { v in
+                v.string(1, "x")
+                v.message(2) { t in t.message(1) { tt in tt.int(1, 1) } }
+            }
         }
         mutate("m.onnx", small.bytes, rounds: 2000, seed: 1)
-        let pickle: [UInt8] = [0x80, 0x04] + P.shortUnicode("os") + [0x94] + P.shortUnicode("system") + [0x94, 0x93]
+        let pickle: [UInt8] =
+            [0x80, 0x04] + P.shortUnicode("os") + [0x94] + P.shortUnicode("system") + [0x94, 0x93]
             + [0x42] + le(3, 4) + [1, 2, 3] + [0x8a, 0x01, 0x05, 0x71, 0x02, 0x68, 0x02, 0x2e]
         mutate("m.pt", makeZip([("a/data.pkl", pickle, 0), ("a/data/0", [1, 2, 3], 0)]), rounds: 2000, seed: 2)
         mutate("m.pt", makeZip([("a/data.pkl", pickle, 0)], zip64: true), rounds: 2000, seed: 3)

@@ -7,12 +7,22 @@ struct PB {
 
     mutating func varint(_ value: UInt64) {
         var v = value
-        while v >= 0x80 { bytes.append(UInt8(v & 0x7f) | 0x80); v >>= 7 }
+        while v >= 0x80 {
+            bytes.append(UInt8(v & 0x7f) | 0x80)
+            v >>= 7
+        }
         bytes.append(UInt8(v))
     }
     mutating func tag(_ field: Int, _ wire: Int) { varint(UInt64(field << 3 | wire)) }
-    mutating func int(_ field: Int, _ v: Int) { tag(field, 0); varint(UInt64(bitPattern: Int64(v))) }
-    mutating func data(_ field: Int, _ b: [UInt8]) { tag(field, 2); varint(UInt64(b.count)); bytes += b }
+    mutating func int(_ field: Int, _ v: Int) {
+        tag(field, 0)
+        varint(UInt64(bitPattern: Int64(v)))
+    }
+    mutating func data(_ field: Int, _ b: [UInt8]) {
+        tag(field, 2)
+        varint(UInt64(b.count))
+        bytes += b
+    }
     mutating func string(_ field: Int, _ s: String) { data(field, Array(s.utf8)) }
     mutating func message(_ field: Int, _ build: (inout PB) -> Void) {
         var m = PB()
@@ -32,7 +42,8 @@ func makeZip(_ entries: [(name: String, data: [UInt8], method: Int)], zip64: Boo
         let name = Array(e.name.utf8)
         out += le(0x0403_4b50, 4) + le(20, 2) + le(0, 2) + le(UInt64(e.method), 2) + le(0, 4) + le(0, 4)
         out += le(UInt64(e.data.count), 4) + le(UInt64(e.data.count), 4) + le(UInt64(name.count), 2) + le(0, 2) + name + e.data
-        let extra: [UInt8] = zip64 ? le(1, 2) + le(24, 2) + le(UInt64(e.data.count), 8) + le(UInt64(e.data.count), 8) + le(UInt64(offset), 8) : []
+        let extra: [UInt8] =
+            zip64 ? le(1, 2) + le(24, 2) + le(UInt64(e.data.count), 8) + le(UInt64(e.data.count), 8) + le(UInt64(offset), 8) : []
         let size32: UInt64 = zip64 ? 0xFFFF_FFFF : UInt64(e.data.count)
         let offset32: UInt64 = zip64 ? 0xFFFF_FFFF : UInt64(offset)
         central += le(0x0201_4b50, 4) + le(45, 2) + le(45, 2) + le(0, 2) + le(UInt64(e.method), 2) + le(0, 4) + le(0, 4)

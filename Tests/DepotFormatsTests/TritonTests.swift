@@ -3,29 +3,29 @@ import DepotFormats
 import Testing
 
 let tritonConfig = """
-# ResNet served by ONNX Runtime
-name: "resnet50"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [
-  {
-    name: "input__0"   # NCHW
-    data_type: TYPE_FP32
-    format: FORMAT_NCHW
-    dims: [ 3, 224, 224 ]
-  }
-]
-output: [
-  { name: 'logits', data_type: TYPE_FP32, dims: [ -1 ] },
-  { name: "probs\\t\\"x\\"" data_type: TYPE_FP16 dims: [ 1000 ] reshape { shape: [ 1, 1000 ] } }
-]
-instance_group [ { count: 2 kind: KIND_GPU gpus: [ 0 ] } ]
-version_policy { latest { num_versions: 2 } }
-dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 100 }
-parameters { key: "threads" value: { string_value: "4" } }
-parameters { key: "scale" value: { string_value: "0.5" } }
-optimization { execution_accelerators { gpu_execution_accelerator : [ { name : "tensorrt" } ] } }
-"""
+    # ResNet served by ONNX Runtime
+    name: "resnet50"
+    platform: "onnxruntime_onnx"
+    max_batch_size: 8
+    input [
+      {
+        name: "input__0"   # NCHW
+        data_type: TYPE_FP32
+        format: FORMAT_NCHW
+        dims: [ 3, 224, 224 ]
+      }
+    ]
+    output: [
+      { name: 'logits', data_type: TYPE_FP32, dims: [ -1 ] },
+      { name: "probs\\t\\"x\\"" data_type: TYPE_FP16 dims: [ 1000 ] reshape { shape: [ 1, 1000 ] } }
+    ]
+    instance_group [ { count: 2 kind: KIND_GPU gpus: [ 0 ] } ]
+    version_policy { latest { num_versions: 2 } }
+    dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 100 }
+    parameters { key: "threads" value: { string_value: "4" } }
+    parameters { key: "scale" value: { string_value: "0.5" } }
+    optimization { execution_accelerators { gpu_execution_accelerator : [ { name : "tensorrt" } ] } }
+    """
 
 @Suite struct TritonTests {
     @Test func parsesConfigAndChecksVersions() throws {
@@ -60,11 +60,13 @@ optimization { execution_accelerators { gpu_execution_accelerator : [ { name : "
         #expect(out["versions"] as? [Int] == [1, 3])
         #expect(out["problems"] as? [String] == [])
         #expect(out["max_batch_size"] as? Int == 0)
-        let plan = try FormatInspector.triton(config: "platform: \"tensorrt_plan\" default_model_filename: \"engine.bin\"",
-                                              files: ["config.pbtxt", "1/engine.bin", "2/model.plan"])
+        let plan = try FormatInspector.triton(
+            config: "platform: \"tensorrt_plan\" default_model_filename: \"engine.bin\"",
+            files: ["config.pbtxt", "1/engine.bin", "2/model.plan"])
         #expect(plan["problems"] as? [String] == ["version directory 2 lacks engine.bin expected by platform tensorrt_plan"])
-        let saved = try FormatInspector.triton(config: "platform: \"tensorflow_savedmodel\"",
-                                               files: ["config.pbtxt", "1/model.savedmodel/saved_model.pb"])
+        let saved = try FormatInspector.triton(
+            config: "platform: \"tensorflow_savedmodel\"",
+            files: ["config.pbtxt", "1/model.savedmodel/saved_model.pb"])
         #expect(saved["problems"] as? [String] == [])
         let policy = try #require(saved["version_policy"] as? [String: Any])
         #expect((policy["latest"] as? [String: Any])?["num_versions"] as? Int == 1)

@@ -1,11 +1,13 @@
-@testable import DepotClient
 import DepotCore
 import DepotRegistry
 import DepotStore
 import Foundation
 import Testing
+
+@testable import DepotClient
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The `depot` binary as users run it: killed mid-transfer and run again, against a plain
@@ -63,8 +65,10 @@ struct ClientProcessTests {
 
             // Pull, killed once the cache holds a third; the rerun fetches only the rest.
             let cache = dir.path + "/cache"
-            let pullProcess = try Self.start(["pull", "big/model:v1", "-o", dir.path + "/out", "--registry", url, "--cache", cache,
-                                              "--jobs", "1", "--quiet"])
+            let pullProcess = try Self.start([
+                "pull", "big/model:v1", "-o", dir.path + "/out", "--registry", url, "--cache", cache,
+                "--jobs", "1", "--quiet",
+            ])
             let cached = { () -> Int64 in
                 let files = (try? FileManager.default.subpathsOfDirectory(atPath: cache + "/chunks")) ?? []
                 return files.reduce(Int64(0)) { total, f in
@@ -78,7 +82,8 @@ struct ClientProcessTests {
             #expect(pullKilled, "the pull finished before it could be killed")
             #expect(!FileManager.default.fileExists(atPath: dir.path + "/out/big.bin"))
             let have = cached()
-            let resumed = try await run(Self.depot, ["pull", "big/model:v1", "-o", dir.path + "/out", "--registry", url, "--cache", cache, "--json"])
+            let resumed = try await run(
+                Self.depot, ["pull", "big/model:v1", "-o", dir.path + "/out", "--registry", url, "--cache", cache, "--json"])
             #expect(resumed.status == 0, "\(resumed.output)")
             let received = try Self.json(resumed.output)["bytes_received"] as? Int ?? -1
             #expect(Int64(received) <= Int64(size) - have + (1 << 20), "resumed pull received \(received) with \(have) cached")
@@ -106,7 +111,10 @@ struct ClientProcessTests {
         registry.standardOutput = FileHandle.nullDevice
         registry.standardError = FileHandle.nullDevice
         try registry.run()
-        defer { registry.terminate(); registry.waitUntilExit() }
+        defer {
+            registry.terminate()
+            registry.waitUntilExit()
+        }
         let url = "http://127.0.0.1:\(port)"
         var up = false
         for _ in 0..<100 where !up {
@@ -119,8 +127,12 @@ struct ClientProcessTests {
         let pushed = try await run(Self.depot, ["push", "plain/model:v1", dir.path + "/m.safetensors", "--registry", url, "--json"])
         #expect(pushed.status == 0, "\(pushed.output)")
         #expect(try Self.json(pushed.output)["mode"] as? String == "oci")
-        let pulled = try await run(Self.depot, ["pull", "plain/model:v1", "-o", dir.path + "/out", "--registry", url, "--json",
-                                                "--cache", dir.path + "/cache"])
+        let pulled = try await run(
+            Self.depot,
+            [
+                "pull", "plain/model:v1", "-o", dir.path + "/out", "--registry", url, "--json",
+                "--cache", dir.path + "/cache",
+            ])
         #expect(pulled.status == 0, "\(pulled.output)")
         #expect(sameFile(dir.path + "/out/m.safetensors", dir.path + "/m.safetensors"))
         let inspect = try await run(Self.depot, ["inspect", "plain/model:v1", "--registry", url])
@@ -139,8 +151,12 @@ struct ClientProcessTests {
             let url = "http://127.0.0.1:\(port)"
             let pushed = try await run(Self.depot, ["push", "r/w:v1", dir.path + "/w.bin", "--registry", url, "--quiet"])
             #expect(pushed.status == 0, "\(pushed.output)")
-            let pulled = try await run(Self.depot, ["pull", "r/w:v1", "-o", small + "/out", "--registry", url, "--quiet",
-                                                    "--cache", dir.path + "/cache"])
+            let pulled = try await run(
+                Self.depot,
+                [
+                    "pull", "r/w:v1", "-o", small + "/out", "--registry", url, "--quiet",
+                    "--cache", dir.path + "/cache",
+                ])
             #expect(pulled.status == 1)
             #expect(pulled.output.contains("No space left") || pulled.output.contains("no space"), "\(pulled.output)")
             #expect(pulled.output.split(separator: "\n").count == 1, "one line: \(pulled.output)")
@@ -155,6 +171,9 @@ struct ClientProcessTests {
 func canMountTmpfs() -> Bool {
     let dir = NSTemporaryDirectory() + "/depot-client-mount-probe-\(getpid())"
     try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    defer { _ = umount(dir); try? FileManager.default.removeItem(atPath: dir) }
+    defer {
+        _ = umount(dir)
+        try? FileManager.default.removeItem(atPath: dir)
+    }
     return mount("tmpfs", dir, "tmpfs", 0, "size=1m") == 0
 }

@@ -1,4 +1,3 @@
-@testable import DepotClient
 import DepotCore
 import DepotRegistry
 import DepotStore
@@ -6,6 +5,8 @@ import Foundation
 import HTTPTypes
 import HummingbirdTesting
 import Testing
+
+@testable import DepotClient
 
 /// Fast deterministic bytes (splitmix64, eight bytes per step).
 func fastRandom(_ count: Int, seed: UInt64) -> [UInt8] {
@@ -34,7 +35,9 @@ func fastRandom(_ count: Int, seed: UInt64) -> [UInt8] {
 func makeCheckpoint(_ path: String, tensors: Int, tensorBytes: Int, changed: Set<Int> = [], seed: UInt64 = 1) throws {
     var entries: [String] = []
     for i in 0..<tensors {
-        entries.append("\"layer.\(i).weight\":{\"dtype\":\"F32\",\"shape\":[\(tensorBytes / 4)],\"data_offsets\":[\(i * tensorBytes),\((i + 1) * tensorBytes)]}")
+        entries.append(
+            "\"layer.\(i).weight\":{\"dtype\":\"F32\",\"shape\":[\(tensorBytes / 4)],\"data_offsets\":[\(i * tensorBytes),\((i + 1) * tensorBytes)]}"
+        )
     }
     var header = Array(("{" + entries.joined(separator: ",") + "}").utf8)
     while header.count % 8 != 0 { header.append(0x20) }
@@ -63,14 +66,17 @@ func push(_ port: Int, _ repo: String, _ tag: String, _ paths: [String], plain: 
     return try await Pusher(connection: c, progress: quietProgress(c, "push")).push(r)
 }
 
-func pull(_ port: Int, _ repo: String, _ ref: String, into dir: String, cache: String, files: [String] = [],
-          plain: Bool = false) async throws -> TransferSummary {
+func pull(
+    _ port: Int, _ repo: String, _ ref: String, into dir: String, cache: String, files: [String] = [],
+    plain: Bool = false
+) async throws -> TransferSummary {
     let c = try RegistryConnection(url: "http://127.0.0.1:\(port)", token: nil)
     defer { Task { await c.shutdown() } }
     var r = PullRequest(repository: repo, reference: ref, outputDirectory: dir)
     r.files = files
     r.plainOCI = plain
-    return try await Puller(connection: c, progress: quietProgress(c, "pull"), cache: try ChunkCache(root: cache, maxBytes: 1 << 30)).pull(r)
+    return try await Puller(connection: c, progress: quietProgress(c, "pull"), cache: try ChunkCache(root: cache, maxBytes: 1 << 30)).pull(
+        r)
 }
 
 @Suite("Client push and pull")
@@ -84,7 +90,7 @@ struct ClientTests {
         try await withRegistry { _, registry, port in
             let s1 = try await push(port, "team/llm", "v1", [dir.path + "/v1.safetensors"])
             #expect(s1.mode == "chunked")
-            #expect(s1.bytesSent >= Int64(8 * tensorBytes))   // random weights: everything moves once
+            #expect(s1.bytesSent >= Int64(8 * tensorBytes)) // random weights: everything moves once
             let s2 = try await push(port, "team/llm", "v2", [dir.path + "/v2.safetensors"])
             #expect(Double(s2.bytesSent) <= 1.1 * changed, "v2 sent \(s2.bytesSent) bytes for \(Int(changed)) changed")
             #expect(s2.deduplicatedBytes >= Int64(6 * tensorBytes))
@@ -107,7 +113,8 @@ struct ClientTests {
         let dir = TempDir("depot-client")
         let model = dir.path + "/resnet"
         try FileManager.default.createDirectory(atPath: model + "/1", withIntermediateDirectories: true)
-        try "name: \"resnet\"\nplatform: \"onnxruntime_onnx\"\nmax_batch_size: 8\n".write(toFile: model + "/config.pbtxt", atomically: true, encoding: .utf8)
+        try "name: \"resnet\"\nplatform: \"onnxruntime_onnx\"\nmax_batch_size: 8\n".write(
+            toFile: model + "/config.pbtxt", atomically: true, encoding: .utf8)
         try Data(fastRandom(3 << 20, seed: 5)).write(to: URL(fileURLWithPath: model + "/1/model.onnx"))
         try await withRegistry { _, registry, port in
             let s = try await push(port, "vision/resnet", "v1", [model])
@@ -115,7 +122,9 @@ struct ClientTests {
             let m = try registry.manifest(try RepositoryName("vision/resnet"), .tag("v1"))
             let json = try #require(try JSONSerialization.jsonObject(with: Data(m.content)) as? [String: Any])
             #expect(json["artifactType"] as? String == ModelMediaType.tritonBundle)
-            let paths = (json["layers"] as? [[String: Any]] ?? []).compactMap { ($0["annotations"] as? [String: String])?[ModelMediaType.filepath] }
+            let paths = (json["layers"] as? [[String: Any]] ?? []).compactMap {
+                ($0["annotations"] as? [String: String])?[ModelMediaType.filepath]
+            }
             #expect(Set(paths) == ["config.pbtxt", "1/model.onnx"])
 
             _ = try await pull(port, "vision/resnet", "v1", into: dir.path + "/all", cache: dir.path + "/cache")
@@ -150,7 +159,7 @@ struct ClientTests {
             }
             let s = try await pull(port, "r/x", "v1", into: dir.path + "/b", cache: dir.path + "/cache")
             #expect(sameFile(dir.path + "/b/w.bin", dir.path + "/w.bin"))
-            #expect(s.bytesReceived >= 2 << 20)   // every damaged chunk came again
+            #expect(s.bytesReceived >= 2 << 20) // every damaged chunk came again
         }
     }
 
@@ -191,9 +200,11 @@ struct ClientTests {
             #expect(try await c.recipe("r/x", Digest.of(chunk)) == [ChunkRef(hash: hash, length: chunk.count)])
 
             // Chunks are served only as part of a blob the repository can see.
-            let notThere = try await client.req(.post, "/depot/v1/repositories/other/repo/blobs/\(Digest.of(chunk))/chunks", body: hash.byteArray)
+            let notThere = try await client.req(
+                .post, "/depot/v1/repositories/other/repo/blobs/\(Digest.of(chunk))/chunks", body: hash.byteArray)
             #expect(notThere.status.code == 404)
-            let foreign = try await client.req(.post, "/depot/v1/repositories/r/x/blobs/\(Digest.of(chunk))/chunks", body: unknown.byteArray)
+            let foreign = try await client.req(
+                .post, "/depot/v1/repositories/r/x/blobs/\(Digest.of(chunk))/chunks", body: unknown.byteArray)
             #expect(foreign.errorCode == "CHUNK_UNKNOWN")
         }
     }
@@ -233,8 +244,9 @@ struct ClientTests {
             defer { Task { await c.shutdown() } }
             let pusher = Pusher(connection: c, progress: quietProgress(c, "push"))
             do {
-                _ = try await pusher.upload(Array(recipe.chunks.indices), of: recipe, repo: "r/x",
-                                            PushRequest(repository: "r/x", tag: "v1", paths: [path]))
+                _ = try await pusher.upload(
+                    Array(recipe.chunks.indices), of: recipe, repo: "r/x",
+                    PushRequest(repository: "r/x", tag: "v1", paths: [path]))
                 Issue.record("a changed file was pushed")
             } catch let e as ClientError {
                 #expect(e.message.contains("changed while it was being pushed"), "\(e)")
@@ -248,7 +260,8 @@ struct ClientTests {
         try Data([1, 2, 3]).write(to: URL(fileURLWithPath: dir.path + "/f.bin"))
         let nobody = try RegistryConnection(url: "http://127.0.0.1:9", token: nil, attempts: 2)
         do {
-            _ = try await Pusher(connection: nobody, progress: quietProgress(nobody, "push")).push(PushRequest(repository: "a/b", tag: "v1", paths: [dir.path + "/f.bin"]))
+            _ = try await Pusher(connection: nobody, progress: quietProgress(nobody, "push")).push(
+                PushRequest(repository: "a/b", tag: "v1", paths: [dir.path + "/f.bin"]))
             Issue.record("push to nowhere succeeded")
         } catch let e as ClientError {
             #expect(e.message.contains("cannot reach the registry"))

@@ -17,7 +17,9 @@ import Testing
     }
 
     @Test func settingsOverrideDefaults() throws {
-        let c = try load("server:\n  listen: 0.0.0.0:6000\nstorage:\n  root: /data\n  compression: off\n  flush_mib: 8\nuploads:\n  timeout_seconds: 60\n")
+        let c = try load(
+            "server:\n  listen: 0.0.0.0:6000\nstorage:\n  root: /data\n  compression: off\n  flush_mib: 8\nuploads:\n  timeout_seconds: 60\n"
+        )
         #expect(c.listenHost == "0.0.0.0")
         #expect(c.listenPort == 6000)
         #expect(c.storageRoot == "/data")
@@ -27,11 +29,13 @@ import Testing
     }
 
     @Test func badConfigsNameTheKey() throws {
-        for (yaml, key) in [("storage:\n  compresion: auto\n", "storage.compresion"),
-                            ("storage:\n  pack_target_mib: 0\n", "storage.pack_target_mib"),
-                            ("server:\n  listen: nowhere\n", "nowhere"),
-                            ("uploads:\n  timeout_seconds: fast\n", "timeout_seconds"),
-                            ("bogus: 1\n", "bogus")] {
+        for (yaml, key) in [
+            ("storage:\n  compresion: auto\n", "storage.compresion"),
+            ("storage:\n  pack_target_mib: 0\n", "storage.pack_target_mib"),
+            ("server:\n  listen: nowhere\n", "nowhere"),
+            ("uploads:\n  timeout_seconds: fast\n", "timeout_seconds"),
+            ("bogus: 1\n", "bogus"),
+        ] {
             do {
                 _ = try load(yaml)
                 Issue.record("accepted \(yaml)")

@@ -4,35 +4,43 @@ import DepotCore
 import DepotDeploy
 import DepotRegistry
 import DepotStore
-@testable import DepotServer
 import Foundation
 import Testing
+
+@testable import DepotServer
 
 /// Metric values chosen by the test, per check and side: the input of the decision logic under
 /// test. (The real path — Triton, Prometheus, triton-sync — is scripts/e2e/canary.sh; the
 /// Prometheus client is tested against a real Prometheus below.)
 final class ScriptedMetrics: MetricsSource, @unchecked Sendable {
     let lock = NSLock()
-    var values: [String: Double?] = [:]   // "error-rate/canary", "latency/stable", ...
+    var values: [String: Double?] = [:] // "error-rate/canary", "latency/stable", ...
     var unreachable = false
     let policy: CanaryPolicy
     init(policy: CanaryPolicy) { self.policy = policy }
 
-    func set(_ key: String, _ value: Double?) { lock.lock(); values[key] = value; lock.unlock() }
+    func set(_ key: String, _ value: Double?) {
+        lock.lock()
+        values[key] = value
+        lock.unlock()
+    }
 
     func value(_ promql: String) async throws -> Double? {
         try lookup(promql)
     }
 
     func lookup(_ promql: String) throws -> Double? {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         if unreachable { throw MetricsError("connection refused") }
         // Which check and which side: the query as the controller renders it.
         guard let c = context else { return nil }
         for check in policy.checks {
             for (side, version) in [("canary", c.canaryVersion), ("stable", c.stableVersion ?? -1)]
-            where check.render(model: c.model, version: version, canaryVersion: c.canaryVersion, stableVersion: c.stableVersion,
-                               window: c.window) == promql {
+            where check.render(
+                model: c.model, version: version, canaryVersion: c.canaryVersion, stableVersion: c.stableVersion,
+                window: c.window) == promql
+            {
                 return values["\(check.name)/\(side)"] ?? nil
             }
         }
@@ -45,27 +53,35 @@ final class ScriptedMetrics: MetricsSource, @unchecked Sendable {
 struct DeploymentTests {
     static func policy() -> CanaryPolicy {
         var p = CanaryPolicy()
-        p.analysisSeconds = 3600   // the server's own controller never finds these due; the test drives them
-        p.nodeTTLSeconds = 36_000  // the test jumps the clock an hour ahead
+        p.analysisSeconds = 3600 // the server's own controller never finds these due; the test drives them
+        p.nodeTTLSeconds = 36_000 // the test jumps the clock an hour ahead
         return p
     }
 
     /// Pushes a Triton bundle (`<model>/config.pbtxt`, `<model>/1/model.py`) with the real client.
-    static func pushBundle(_ h: PipelineHarness, _ repo: String, _ tag: String, model: String = "adder", marker: String) async throws -> Digest {
+    static func pushBundle(_ h: PipelineHarness, _ repo: String, _ tag: String, model: String = "adder", marker: String) async throws
+        -> Digest
+    {
         let dir = h.dir.path + "/bundle-\(UUID().uuidString.prefix(6))"
         try FileManager.default.createDirectory(atPath: dir + "/\(model)/1", withIntermediateDirectories: true)
-        try "name: \"\(model)\"\nbackend: \"python\"\nmax_batch_size: 0\n".write(toFile: dir + "/\(model)/config.pbtxt", atomically: true, encoding: .utf8)
+        try "name: \"\(model)\"\nbackend: \"python\"\nmax_batch_size: 0\n".write(
+            toFile: dir + "/\(model)/config.pbtxt", atomically: true, encoding: .utf8)
         try "# \(marker)\n".write(toFile: dir + "/\(model)/1/model.py", atomically: true, encoding: .utf8)
         let connection = try RegistryConnection(url: h.url, token: nil)
         defer { Task { await connection.shutdown() } }
-        let summary = try await Pusher(connection: connection, progress: TransferProgress(style: .quiet, verb: "push", wire: connection.counters))
-            .push(PushRequest(repository: repo, tag: tag, paths: [dir]))
+        let summary = try await Pusher(
+            connection: connection, progress: TransferProgress(style: .quiet, verb: "push", wire: connection.counters)
+        )
+        .push(PushRequest(repository: repo, tag: tag, paths: [dir]))
         return try Digest(parsing: summary.digest)
     }
 
     static func passAll(_ m: ScriptedMetrics) {
-        m.set("error-rate/canary", 0); m.set("latency/canary", 500); m.set("latency/stable", 480)
-        m.set("queue-latency/canary", 10); m.set("queue-latency/stable", 10)
+        m.set("error-rate/canary", 0)
+        m.set("latency/canary", 500)
+        m.set("latency/stable", 480)
+        m.set("queue-latency/canary", 10)
+        m.set("queue-latency/stable", 10)
     }
 
     /// Runs the controller's analysis once, as if the interval had passed.
@@ -90,7 +106,8 @@ struct DeploymentTests {
             let v3 = try await Self.pushBundle(h, repo.value, "v3", marker: "3")
 
             let first = try d.start(repo, "production", .tag("v1"), actor: "alice")
-            #expect(first.deployment.stable == v1.description && first.rollout?.state == "promoted", "the first deployment is stable at once")
+            #expect(
+                first.deployment.stable == v1.description && first.rollout?.state == "promoted", "the first deployment is stable at once")
             #expect(try d.resolve(repo, "production", node: "n1").digest == v1.description)
 
             let started = try d.start(repo, "production", .tag("v2"), actor: "alice")
@@ -146,7 +163,10 @@ struct DeploymentTests {
             #expect(throws: RegistryError.self) { try d.start(repo, "production", .digest(v2), actor: "ops") }
             let resumed = try d.resume(repo, "production", actor: "ops")
             #expect(resumed.rollout?.state == "running")
-            do { _ = try d.resume(repo, "production", actor: "ops"); Issue.record("resume of a running rollout") } catch let e as RegistryError {
+            do {
+                _ = try d.resume(repo, "production", actor: "ops")
+                Issue.record("resume of a running rollout")
+            } catch let e as RegistryError {
                 #expect(e.status == 409 && e.message.contains("not paused"))
             }
             // Prometheus unreachable: inconclusive too.
@@ -182,13 +202,15 @@ struct DeploymentTests {
             _ = try await Self.pushBundle(h, repo.value, "v2", marker: "2")
             _ = try d.start(repo, "production", .tag("v1"), actor: "ops")
             _ = try d.start(repo, "production", .tag("v2"), actor: "ops")
-            _ = try d.resolve(repo, "production", node: "node-a")   // both nodes known before the split
-            let b = try d.resolve(repo, "production", node: "node-b"), a = try d.resolve(repo, "production", node: "node-a")
+            _ = try d.resolve(repo, "production", node: "node-a") // both nodes known before the split
+            let b = try d.resolve(repo, "production", node: "node-b")
+            let a = try d.resolve(repo, "production", node: "node-a")
             let canaryNode = [("node-a", a), ("node-b", b)].first { $0.1.role == "canary" }
             let onCanary = try #require(canaryNode, "at 1% of two nodes, one serves the canary")
             #expect([a, b].filter { $0.role == "stable" }.count == 1)
-            try d.report(repo, "production", node: onCanary.0, digest: onCanary.1.digest, version: onCanary.1.version, state: "failed",
-                         reason: "load failed for model 'adder': RuntimeError: boom")
+            try d.report(
+                repo, "production", node: onCanary.0, digest: onCanary.1.digest, version: onCanary.1.version, state: "failed",
+                reason: "load failed for model 'adder': RuntimeError: boom")
             Self.passAll(m)
             #expect(try await Self.analyse(d, m) == ["rollback"], "metrics are green, but a node could not load it")
             let s = try d.status(repo, "production")
@@ -209,8 +231,9 @@ struct DeploymentTests {
             let rollout = status.json["rollout"] as? [String: Any] ?? [:]
             #expect(rollout["state"] as? String == "running" && rollout["canary"] as? String == v2.description)
             #expect(rollout["started_by"] as? String == "pipeline ship job \(jobs[0].id)")
-            let aborted = try await client.req(.post, "/depot/v1/repositories/vision/adder/deployments/production/abort",
-                                               body: Array(#"{"reason": "bad numbers"}"#.utf8))
+            let aborted = try await client.req(
+                .post, "/depot/v1/repositories/vision/adder/deployments/production/abort",
+                body: Array(#"{"reason": "bad numbers"}"#.utf8))
             #expect(aborted.status.code == 200)
             jobs = try await h.waitJobs(timeout: 15) { $0.count == 2 && $0[0].isFinal }
             #expect(jobs[0].state == "failed" && jobs[0].reason?.contains("aborted by") == true, "\(jobs[0].reason ?? "")")
@@ -225,7 +248,9 @@ struct DeploymentTests {
     @Test func theRouterHookHearsEveryWeightChangeInOrder() async throws {
         let dir = TempDir("router")
         var policy = Self.policy()
-        policy.routerCommand = ["/bin/sh", "-c", "echo \"$DEPOT_DEPLOYMENT $DEPOT_CANARY_WEIGHT ${DEPOT_CANARY_DIGEST:-none}\" >> \(dir.path)/router.log"]
+        policy.routerCommand = [
+            "/bin/sh", "-c", "echo \"$DEPOT_DEPLOYMENT $DEPOT_CANARY_WEIGHT ${DEPOT_CANARY_DIGEST:-none}\" >> \(dir.path)/router.log",
+        ]
         try await PipelineHarness.run(pipelines: [], canary: policy) { h, client in
             let v1 = try await Self.pushBundle(h, "vision/adder", "v1", marker: "1")
             let v2 = try await Self.pushBundle(h, "vision/adder", "v2", marker: "2")
@@ -235,12 +260,14 @@ struct DeploymentTests {
             _ = try await client.req(.post, path + "/abort", body: Array(#"{"reason": "test"}"#.utf8))
             var lines: [String] = []
             for _ in 0..<200 {
-                lines = ((try? String(contentsOfFile: dir.path + "/router.log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+                lines = ((try? String(contentsOfFile: dir.path + "/router.log", encoding: .utf8)) ?? "").split(separator: "\n").map(
+                    String.init)
                 if lines.count >= 3 { break }
                 try await Task.sleep(for: .milliseconds(25))
             }
-            #expect(lines == ["vision/adder:production 0 none", "vision/adder:production 1 \(v2)", "vision/adder:production 0 none"],
-                    "initial deployment, canary at 1%, abort — in order")
+            #expect(
+                lines == ["vision/adder:production 0 none", "vision/adder:production 1 \(v2)", "vision/adder:production 0 none"],
+                "initial deployment, canary at 1%, abort — in order")
             _ = v1
         }
     }
@@ -254,10 +281,14 @@ struct DeploymentTests {
             try registry.link(repo, r.digest)
             return (r.digest, text.utf8.count)
         }
-        let config = try blob("{}"), pbtxt = try blob("name: \"adder\"\nbackend: \"python\"\n"), py = try blob("# \(marker)\n")
+        let config = try blob("{}")
+        let pbtxt = try blob("name: \"adder\"\nbackend: \"python\"\n")
+        let py = try blob("# \(marker)\n")
         func layer(_ b: (Digest, Int), _ path: String) -> [String: Any] {
-            ["mediaType": "application/vnd.cncf.model.weight.config.v1.raw", "digest": b.0.description, "size": b.1,
-             "annotations": ["org.cncf.model.filepath": path]]
+            [
+                "mediaType": "application/vnd.cncf.model.weight.config.v1.raw", "digest": b.0.description, "size": b.1,
+                "annotations": ["org.cncf.model.filepath": path],
+            ]
         }
         let manifest: [String: Any] = [
             "schemaVersion": 2, "mediaType": MediaType.ociManifest, "artifactType": "application/vnd.depot.triton.bundle.v1",
@@ -298,7 +329,7 @@ struct DeploymentTests {
             v2 = try Self.putBundle(registry, repo, "v2", marker: "2")
             _ = try d.start(repo, "production", .tag("v1"), actor: "ops")
             _ = try d.start(repo, "production", .tag("v2"), actor: "ops")
-        }   // the process goes away with a rollout running
+        } // the process goes away with a rollout running
         let registry = Registry(store: try ChunkStore(root: dir.path, create: false))
         let d = Deployments(registry: registry, policy: Self.policy())
         let m = ScriptedMetrics(policy: d.policy)
@@ -330,7 +361,9 @@ struct DeploymentTests {
             try yaml.write(toFile: dir.path + "/c.yaml", atomically: true, encoding: .utf8)
             return try ServerConfig.load(dir.path + "/c.yaml")
         }
-        let c = try load("canary:\n  steps: [5, 25, 100]\n  analysis_interval: 30s\n  checks:\n    - {name: err, query: 'x', max: 0.1, failure_limit: 2}\n")
+        let c = try load(
+            "canary:\n  steps: [5, 25, 100]\n  analysis_interval: 30s\n  checks:\n    - {name: err, query: 'x', max: 0.1, failure_limit: 2}\n"
+        )
         #expect(c.canary.steps == [5, 25, 100] && c.canary.analysisSeconds == 30 && c.canary.checks.map(\.failureLimit) == [2])
         #expect(throws: DepotError.self) { try load("canary:\n  steps: [50, 10, 100]\n") }
         #expect(throws: DepotError.self) { try load("canary:\n  steps: [1, 10]\n") }
@@ -346,19 +379,24 @@ struct DeploymentTests {
         try await withRegistry { _, _, port in
             let promPort = freePort()
             try """
-                global: {scrape_interval: 1s, evaluation_interval: 1s}
-                scrape_configs:
-                  - job_name: depot
-                    static_configs: [{targets: ["127.0.0.1:\(port)"]}]
-                """.write(toFile: dir.path + "/prom.yml", atomically: true, encoding: .utf8)
+            global: {scrape_interval: 1s, evaluation_interval: 1s}
+            scrape_configs:
+              - job_name: depot
+                static_configs: [{targets: ["127.0.0.1:\(port)"]}]
+            """.write(toFile: dir.path + "/prom.yml", atomically: true, encoding: .utf8)
             let prom = Process()
             prom.executableURL = URL(fileURLWithPath: "/usr/bin/prometheus")
-            prom.arguments = ["--config.file=\(dir.path)/prom.yml", "--storage.tsdb.path=\(dir.path)/data",
-                              "--web.listen-address=127.0.0.1:\(promPort)"]
+            prom.arguments = [
+                "--config.file=\(dir.path)/prom.yml", "--storage.tsdb.path=\(dir.path)/data",
+                "--web.listen-address=127.0.0.1:\(promPort)",
+            ]
             prom.standardOutput = FileHandle.nullDevice
             prom.standardError = FileHandle.nullDevice
             try prom.run()
-            defer { kill(prom.processIdentifier, SIGKILL); prom.waitUntilExit() }
+            defer {
+                kill(prom.processIdentifier, SIGKILL)
+                prom.waitUntilExit()
+            }
             let source = PrometheusSource(baseURL: "http://127.0.0.1:\(promPort)")
             var up: Double?
             for _ in 0..<300 where up != 1 {
@@ -369,10 +407,16 @@ struct DeploymentTests {
             #expect(try await source.value("sum(up)") == 1)
             #expect(try await source.value("up{job=\"nobody\"}") == nil, "an empty result is no data")
             #expect(try await source.value("scalar(vector(0)) / 0 - scalar(vector(0)) / 0") == nil, "NaN is no data")
-            do { _ = try await source.value("up or vector(5)"); Issue.record("two series accepted") } catch {
+            do {
+                _ = try await source.value("up or vector(5)")
+                Issue.record("two series accepted")
+            } catch {
                 #expect("\(error)".contains("returns 2 series"))
             }
-            do { _ = try await source.value("sum(up"); Issue.record("a syntax error accepted") } catch {
+            do {
+                _ = try await source.value("sum(up")
+                Issue.record("a syntax error accepted")
+            } catch {
                 #expect("\(error)".contains("Prometheus refused the query"))
             }
             await #expect(throws: (any Error).self) { try await PrometheusSource(baseURL: "http://127.0.0.1:\(freePort())").value("up") }

@@ -13,8 +13,10 @@ import Testing
 /// the server stays up, nothing acknowledged is lost, and `depot fsck` is clean afterwards.
 @Suite struct FaultInjectionTests {
     /// A live server on a fresh store; `body` gets the client and the store.
-    func withServer(_ options: StoreOptions = StoreOptions(),
-                    _ body: @Sendable (any TestClientProtocol, ChunkStore) async throws -> Void) async throws {
+    func withServer(
+        _ options: StoreOptions = StoreOptions(),
+        _ body: @Sendable (any TestClientProtocol, ChunkStore) async throws -> Void
+    ) async throws {
         let dir = TempDir("depot-faults")
         let store = try ChunkStore(root: dir.path, options: options, create: true)
         let registry = Registry(store: store, uploadTimeout: 3600)
@@ -31,7 +33,7 @@ import Testing
     @Test func anUploadWhoseFdatasyncFailsGetsA5xxAndTheRetrySucceeds() async throws {
         try await withServer { c, store in
             let first = randomBytes(300_000, seed: 1)
-            let d1 = try await c.pushBlob("m/a", first)   // opens the pack: the fault below hits a commit
+            let d1 = try await c.pushBlob("m/a", first) // opens the pack: the fault below hits a commit
             let data = randomBytes(700_000, seed: 2)
             let d = Digest.of(data)
             let fault = FaultInjection.arm(.fdatasync, errno: EIO, pathContains: store.root + "/packs/")
@@ -93,7 +95,7 @@ import Testing
             // Another connection (as another process would) takes the write lock and holds it until
             // the request has been answered (at most 60 s), however slow a loaded machine is.
             let other = try Database(path: store.root + "/catalog.db")
-            let phase = Locked(0)   // 1: holding the lock, 2: asked to let go, 3: released
+            let phase = Locked(0) // 1: holding the lock, 2: asked to let go, 3: released
             DispatchQueue(label: "test.lock-holder").async {
                 try? other.write { _ in
                     phase.withLock { $0 = 1 }

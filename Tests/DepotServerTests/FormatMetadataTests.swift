@@ -1,8 +1,9 @@
-@testable import DepotClient
 import DepotCore
 import DepotRegistry
 import Foundation
 import Testing
+
+@testable import DepotClient
 
 func pythonHas(_ module: String) -> Bool {
     let p = Process()
@@ -37,12 +38,15 @@ struct FormatMetadataTests {
         #expect(made.status == 0, "\(made.output)")
         let expected = try #require(try JSONSerialization.jsonObject(with: Data(made.output.utf8)) as? [String: Any])
         let onnxExpected = try #require(expected["onnx"] as? [String: Any])
-        let opset = onnxExpected["opset"] as? Int, inputs = onnxExpected["inputs"] as? [String]
-        let outputs = onnxExpected["outputs"] as? [String], initializers = onnxExpected["initializers"] as? Int
+        let opset = onnxExpected["opset"] as? Int
+        let inputs = onnxExpected["inputs"] as? [String]
+        let outputs = onnxExpected["outputs"] as? [String]
+        let initializers = onnxExpected["initializers"] as? Int
         let initializerBytes = onnxExpected["initializer_bytes"] as? Int
         try await withRegistry { _, registry, port in
             let s = dir.path + "/s/"
-            _ = try await push(port, "fmt/models", "v1", [s + "model.onnx", s + "external.onnx", s + "weights.bin", s + "safe.pt", s + "evil.pt"])
+            _ = try await push(
+                port, "fmt/models", "v1", [s + "model.onnx", s + "external.onnx", s + "weights.bin", s + "safe.pt", s + "evil.pt"])
             let meta = try Self.metadata(registry, "fmt/models", "v1")
 
             let onnx = try Self.file(meta, "model.onnx")
@@ -122,8 +126,12 @@ struct FormatMetadataTests {
             let manifest: [String: Any] = [
                 "schemaVersion": 2, "mediaType": MediaType.ociManifest, "artifactType": ModelMediaType.manifest,
                 "config": ["mediaType": ModelMediaType.config, "digest": config.description, "size": emptyConfig.count],
-                "layers": [["mediaType": ModelMediaType.weight, "digest": blob.description, "size": lyingBytes.count,
-                            "annotations": [ModelMediaType.filepath: "lies.safetensors"]]],
+                "layers": [
+                    [
+                        "mediaType": ModelMediaType.weight, "digest": blob.description, "size": lyingBytes.count,
+                        "annotations": [ModelMediaType.filepath: "lies.safetensors"],
+                    ]
+                ],
             ]
             let bytes = Array(try JSONSerialization.data(withJSONObject: manifest))
             let r = try await client.req(.put, "/v2/fmt/bad/manifests/v1", headers: [.contentType: MediaType.ociManifest], body: bytes)

@@ -1,4 +1,3 @@
-@testable import DepotClient
 import DepotCatalog
 import DepotCore
 import DepotRegistry
@@ -7,6 +6,8 @@ import Foundation
 import HTTPTypes
 import HummingbirdTesting
 import Testing
+
+@testable import DepotClient
 
 /// A family of three checkpoints, each fine-tuned from the previous one, pushed with the client.
 /// v1..v3 share tensors 0-3; each version has 2 tensors of its own.
@@ -71,7 +72,8 @@ struct GovernanceTests {
             #expect(try registry.store.missingChunks(Array(onlyV2)).count == onlyV2.count, "v2's own chunks are gone")
 
             for (v, path) in [(v1, "v1"), (v3, "v3")] {
-                let out = try await pull(port, "team/llm", v.description, into: dir.path + "/out-\(path)", cache: dir.path + "/cache-\(path)")
+                let out = try await pull(
+                    port, "team/llm", v.description, into: dir.path + "/out-\(path)", cache: dir.path + "/cache-\(path)")
                 #expect(out.files == 1)
                 #expect(sameFile(dir.path + "/out-\(path)/\(path).safetensors", dir.path + "/\(path).safetensors"))
             }
@@ -95,7 +97,8 @@ struct GovernanceTests {
             let v1 = try registry.manifest(repo, .digest(d[0]))
 
             // A plain OCI PUT to a protected alias is refused; the alias API may move it.
-            let put = try await client.req(.put, "/v2/team/llm/manifests/production", headers: [.contentType: v1.mediaType], body: v1.content)
+            let put = try await client.req(
+                .put, "/v2/team/llm/manifests/production", headers: [.contentType: v1.mediaType], body: v1.content)
             #expect(put.status.code == 403)
             #expect(put.errorCode == "DENIED")
             try registry.setAlias(repo, "production", to: d[0], actor: "alice", reason: nil)
@@ -103,18 +106,21 @@ struct GovernanceTests {
             #expect(del.status.code == 403)
 
             // Compare-and-swap over HTTP: If-Match on a manifest PUT, "expect" on the alias API.
-            let stale = try await client.req(.put, "/v2/team/llm/manifests/v3", headers: [.contentType: v1.mediaType, .ifMatch: "\"\(d[1])\""], body: v1.content)
+            let stale = try await client.req(
+                .put, "/v2/team/llm/manifests/v3", headers: [.contentType: v1.mediaType, .ifMatch: "\"\(d[1])\""], body: v1.content)
             #expect(stale.status.code == 412)
             #expect(try registry.manifest(repo, .tag("v3")).digest == d[2])
-            let moved = try await client.req(.put, "/depot/v1/repositories/team/llm/aliases/production",
-                                             body: Array(#"{"digest": "\#(d[1])", "expect": "\#(d[2])"}"#.utf8))
+            let moved = try await client.req(
+                .put, "/depot/v1/repositories/team/llm/aliases/production",
+                body: Array(#"{"digest": "\#(d[1])", "expect": "\#(d[2])"}"#.utf8))
             #expect(moved.status.code == 412)
 
             // Racing moves that all expect the current digest: exactly one wins.
             let outcomes = await withTaskGroup(of: Bool.self) { group -> [Bool] in
                 for i in 0..<8 {
                     group.addTask {
-                        (try? registry.setAlias(repo, "production", to: d[1 + i % 2], expect: d[0], actor: "racer-\(i)", reason: nil)) != nil
+                        (try? registry.setAlias(repo, "production", to: d[1 + i % 2], expect: d[0], actor: "racer-\(i)", reason: nil))
+                            != nil
                     }
                 }
                 return await group.reduce(into: []) { $0.append($1) }
@@ -124,9 +130,10 @@ struct GovernanceTests {
             // Immutable tags never move.
             let strict = Registry(store: registry.store, policy: TagPolicy(protected: [], immutable: ["v*"]))
             #expect(throws: RegistryError.self) {
-                _ = try strict.putManifest(repo, .tag("v1"), contentType: v1.mediaType, bytes: try registry.manifest(repo, .digest(d[1])).content)
+                _ = try strict.putManifest(
+                    repo, .tag("v1"), contentType: v1.mediaType, bytes: try registry.manifest(repo, .digest(d[1])).content)
             }
-            _ = try strict.putManifest(repo, .tag("v1"), contentType: v1.mediaType, bytes: v1.content)   // same digest: fine
+            _ = try strict.putManifest(repo, .tag("v1"), contentType: v1.mediaType, bytes: v1.content) // same digest: fine
         }
     }
 
@@ -172,24 +179,32 @@ struct GovernanceTests {
             // A signature attached by `subject` is lineage too.
             let cfg = try await client.pushBlob("team/llm", emptyConfig)
             let subject = try registry.manifest(try RepositoryName("team/llm"), .digest(d[2]))
-            let (sig, _) = try await client.pushManifest("team/llm", "sig", config: (cfg, emptyConfig.count, "application/vnd.dev.cosign"),
-                                                         layers: [], subject: (d[2], subject.content.count), artifactType: "application/vnd.dev.cosign")
+            let (sig, _) = try await client.pushManifest(
+                "team/llm", "sig", config: (cfg, emptyConfig.count, "application/vnd.dev.cosign"),
+                layers: [], subject: (d[2], subject.content.count), artifactType: "application/vnd.dev.cosign")
             #expect(try registry.lineage(of: d[2], up: false, relations: ["subject"]).map(\.digest) == [sig])
 
             // A parent in another registry is an external reference, not an error.
             let external = "ghcr.io/other/model@sha256:" + String(repeating: "ab", count: 32)
-            let (child, _) = try await client.pushManifest("team/llm", "ext", config: (cfg, emptyConfig.count, "application/vnd.cncf.model.config.v1+json"),
-                                                           layers: [], annotations: ["dev.depot.lineage.from": external,
-                                                                                     "dev.depot.lineage.relation": "quantized-from"])
+            let (child, _) = try await client.pushManifest(
+                "team/llm", "ext", config: (cfg, emptyConfig.count, "application/vnd.cncf.model.config.v1+json"),
+                layers: [],
+                annotations: [
+                    "dev.depot.lineage.from": external,
+                    "dev.depot.lineage.relation": "quantized-from",
+                ])
             let ext = try registry.lineage(of: child, up: true)
             #expect(ext.count == 1 && ext[0].stored == false && ext[0].edge.parentRef == external)
 
             // Malformed lineage claims are refused with a clear error.
-            for bad in [["dev.depot.lineage.from": "not a reference"],
-                        ["dev.depot.lineage.from": external, "dev.depot.lineage.relation": "stolen-from"],
-                        ["dev.depot.lineage.relation": "trained-from"]] {
+            for bad in [
+                ["dev.depot.lineage.from": "not a reference"],
+                ["dev.depot.lineage.from": external, "dev.depot.lineage.relation": "stolen-from"],
+                ["dev.depot.lineage.relation": "trained-from"],
+            ] {
                 let bytes = manifestJSON(config: (cfg, emptyConfig.count, "application/json"), layers: [], annotations: bad)
-                let r = try await client.req(.put, "/v2/team/llm/manifests/bad", headers: [.contentType: MediaType.ociManifest], body: bytes)
+                let r = try await client.req(
+                    .put, "/v2/team/llm/manifests/bad", headers: [.contentType: MediaType.ociManifest], body: bytes)
                 #expect(r.status.code == 400 && r.errorCode == "MANIFEST_INVALID", "\(bad): \(r.text)")
             }
             // A cycle cannot be recorded: a digest is never its own ancestor.
@@ -265,7 +280,8 @@ struct GovernanceCommandTests {
                 let r = try await run(depot, ["alias", "set", "team/llm", "production", v, "--reason", "promote \(v)", "--registry", url])
                 #expect(r.status == 0, "\(r.output)")
             }
-            let refused = try await run(depot, ["alias", "set", "team/llm", "production", "v1", "--expect", d[0].description, "--registry", url])
+            let refused = try await run(
+                depot, ["alias", "set", "team/llm", "production", "v1", "--expect", d[0].description, "--registry", url])
             #expect(refused.status == 1 && refused.output.contains("412"), "\(refused.output)")
             let history = try await run(depot, ["history", "team/llm", "production", "--registry", url])
             #expect(history.output.split(separator: "\n").count == 3 && history.output.contains("promote v2"))

@@ -8,8 +8,10 @@ import HummingbirdTesting
 import Testing
 
 /// Numbers a hostile client sends where the server expects a count, an offset or a size.
-let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "18446744073709551616",
-                     "99999999999999999999999999999999", "abc", "+5", " 5", "1e3", "0x10", ""]
+let hostileNumbers = [
+    "0", "-1", "9223372036854775807", "9223372036854775808", "18446744073709551616",
+    "99999999999999999999999999999999", "abc", "+5", " 5", "1e3", "0x10", "",
+]
 
 /// Every route and parameter that takes a number (OCI and /depot/v1), sent every hostile number:
 /// no 5xx, no dropped connection, and the server still answers afterwards.
@@ -19,23 +21,29 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
             let config = try await c.pushBlob("team/m", emptyConfig)
             let layer = randomBytes(200_000, seed: 7)
             let blob = try await c.pushBlob("team/m", layer)
-            let (manifest, _) = try await c.pushManifest("team/m", "v1", config: (config, emptyConfig.count, MediaType.ociEmpty),
-                                                         layers: [(blob, layer.count)])
+            let (manifest, _) = try await c.pushManifest(
+                "team/m", "v1", config: (config, emptyConfig.count, MediaType.ociEmpty),
+                layers: [(blob, layer.count)])
             let upload = try #require(try await c.req(.post, "/v2/team/m/blobs/uploads/").header("Location"))
             var failures: [String] = []
 
             func check(_ what: String, _ status: Int?) {
-                guard let status else { failures.append("\(what): no response"); return }
+                guard let status else {
+                    failures.append("\(what): no response")
+                    return
+                }
                 if status >= 500 { failures.append("\(what): \(status)") }
             }
             for v in hostileNumbers {
                 let q = v.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? v
                 // Query parameters.
-                for path in ["/v2/_catalog?n=\(q)", "/v2/team/m/tags/list?n=\(q)", "/v2/team/m/referrers/\(manifest)?n=\(q)",
-                             "/depot/v1/jobs?limit=\(q)", "/depot/v1/jobs/\(q)", "/depot/v1/lineage/\(manifest)?depth=\(q)",
-                             "/depot/v1/audit?limit=\(q)", "/depot/v1/audit?since=\(q)", "/depot/v1/audit?until=\(q)",
-                             "/depot/v1/events?after=\(q)", "/depot/v1/events?n=\(q)", "/depot/v1/webhooks/deliveries?n=\(q)",
-                             "/depot/v1/repositories/team/m/aliases/v1/resolve?at=\(q)"] {
+                for path in [
+                    "/v2/_catalog?n=\(q)", "/v2/team/m/tags/list?n=\(q)", "/v2/team/m/referrers/\(manifest)?n=\(q)",
+                    "/depot/v1/jobs?limit=\(q)", "/depot/v1/jobs/\(q)", "/depot/v1/lineage/\(manifest)?depth=\(q)",
+                    "/depot/v1/audit?limit=\(q)", "/depot/v1/audit?since=\(q)", "/depot/v1/audit?until=\(q)",
+                    "/depot/v1/events?after=\(q)", "/depot/v1/events?n=\(q)", "/depot/v1/webhooks/deliveries?n=\(q)",
+                    "/depot/v1/repositories/team/m/aliases/v1/resolve?at=\(q)",
+                ] {
                     check("GET \(path)", try await c.req(.get, path).status.code)
                 }
                 // Headers with numbers, sent raw so that no client library corrects them.
@@ -43,21 +51,34 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
                     ("GET blob Range bytes=V-", "GET /v2/team/m/blobs/\(blob) HTTP/1.1\r\nHost: x\r\nRange: bytes=\(v)-\r\n\r\n"),
                     ("GET blob Range bytes=0-V", "GET /v2/team/m/blobs/\(blob) HTTP/1.1\r\nHost: x\r\nRange: bytes=0-\(v)\r\n\r\n"),
                     ("GET blob Range bytes=-V", "GET /v2/team/m/blobs/\(blob) HTTP/1.1\r\nHost: x\r\nRange: bytes=-\(v)\r\n\r\n"),
-                    ("POST monolithic Content-Range 0-V",
-                     "POST /v2/team/m/blobs/uploads/?digest=\(blob) HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Range: 0-\(v)\r\n\r\n"),
-                    ("POST monolithic Content-Range V-V",
-                     "POST /v2/team/m/blobs/uploads/?digest=\(blob) HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Range: \(v)-\(v)\r\n\r\n"),
-                    ("PATCH Content-Range 0-V", "PATCH \(upload) HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Range: 0-\(v)\r\n\r\n"),
-                    ("PUT upload Content-Range 0-V",
-                     "PUT \(upload)?digest=\(blob) HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Range: 0-\(v)\r\n\r\n"),
-                    ("PUT manifest Content-Length V",
-                     "PUT /v2/team/m/manifests/x HTTP/1.1\r\nHost: x\r\nContent-Type: \(MediaType.ociManifest)\r\nContent-Length: \(v)\r\n\r\n"),
+                    (
+                        "POST monolithic Content-Range 0-V",
+                        "POST /v2/team/m/blobs/uploads/?digest=\(blob) HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Range: 0-\(v)\r\n\r\n"
+                    ),
+                    (
+                        "POST monolithic Content-Range V-V",
+                        "POST /v2/team/m/blobs/uploads/?digest=\(blob) HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Range: \(v)-\(v)\r\n\r\n"
+                    ),
+                    (
+                        "PATCH Content-Range 0-V",
+                        "PATCH \(upload) HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Range: 0-\(v)\r\n\r\n"
+                    ),
+                    (
+                        "PUT upload Content-Range 0-V",
+                        "PUT \(upload)?digest=\(blob) HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Range: 0-\(v)\r\n\r\n"
+                    ),
+                    (
+                        "PUT manifest Content-Length V",
+                        "PUT /v2/team/m/manifests/x HTTP/1.1\r\nHost: x\r\nContent-Type: \(MediaType.ociManifest)\r\nContent-Length: \(v)\r\n\r\n"
+                    ),
                 ]
                 for (what, text) in raw {
                     // A Content-Length NIO cannot parse closes the connection with 400 at the codec
                     // (nothing reaches the handler); that is a client error, not a crash.
                     let r = try await rawRequest(port: port, text)
-                    if let r { check("\(what) [\(v)]", r.status) } else if !what.contains("Content-Length") {
+                    if let r {
+                        check("\(what) [\(v)]", r.status)
+                    } else if !what.contains("Content-Length") {
                         check("\(what) [\(v)]", nil)
                     }
                 }
@@ -65,8 +86,10 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
                 let jsonValue = v.isEmpty || Double(v) == nil || v.hasPrefix("0x") || v.hasPrefix("+") || v.hasPrefix(" ") ? "\"\(v)\"" : v
                 let bodies: [(HTTPRequest.Method, String, String)] = [
                     (.post, "/depot/v1/repositories/team/m/aliases/production/rollback", "{\"steps\": \(jsonValue)}"),
-                    (.post, "/depot/v1/repositories/team/m/deployments/prod/rollout",
-                     "{\"reference\": \"v1\", \"steps\": [\(jsonValue)], \"analysis_seconds\": \(jsonValue)}"),
+                    (
+                        .post, "/depot/v1/repositories/team/m/deployments/prod/rollout",
+                        "{\"reference\": \"v1\", \"steps\": [\(jsonValue)], \"analysis_seconds\": \(jsonValue)}"
+                    ),
                     (.post, "/depot/v1/repositories/team/m/deployments/prod/nodes/n1", "{\"state\": \"ready\", \"version\": \(jsonValue)}"),
                     (.post, "/depot/v1/jobs/1/complete", "{\"job\": \(jsonValue), \"attempt\": \(jsonValue)}"),
                 ]
@@ -85,10 +108,13 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
     @Test func theOverflowingContentRangeIs416NotACrash() async throws {
         try await withRegistry { c, _, port in
             let d = Digest.of([1, 2, 3])
-            let r = try #require(try await rawRequest(port: port, """
-                POST /v2/a/blobs/uploads/?digest=\(d) HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\
-                Content-Range: 0-9223372036854775807\r\n\r\n
-                """))
+            let r = try #require(
+                try await rawRequest(
+                    port: port,
+                    """
+                    POST /v2/a/blobs/uploads/?digest=\(d) HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\
+                    Content-Range: 0-9223372036854775807\r\n\r\n
+                    """))
             #expect(r.status == 416)
             #expect(r.body.contains("RANGE_INVALID"))
             #expect(try await c.req(.get, "/v2/").status.code == 200)
@@ -123,12 +149,14 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
             // An artifactType that is not a bounded media type (it is copied into every event, audit
             // row and referrers answer) is refused.
             let cfg = try await c.pushBlob("repo", emptyConfig)
-            let huge = manifestJSON(config: (cfg, 2, MediaType.ociEmpty), layers: [], artifactType: "application/" + String(repeating: "x", count: 3 << 20))
+            let huge = manifestJSON(
+                config: (cfg, 2, MediaType.ociEmpty), layers: [], artifactType: "application/" + String(repeating: "x", count: 3 << 20))
             let r = try await c.req(.put, "/v2/repo/manifests/big", headers: [.contentType: MediaType.ociManifest], body: huge)
             #expect(r.status.code == 400)
             #expect(r.errorCode == "MANIFEST_INVALID")
             // A PUT under an invalid tag is still a client error saying why.
-            let put = try await c.req(.put, "/v2/repo/manifests/.INVALID", headers: [.contentType: MediaType.ociManifest], body: Array("{}".utf8))
+            let put = try await c.req(
+                .put, "/v2/repo/manifests/.INVALID", headers: [.contentType: MediaType.ociManifest], body: Array("{}".utf8))
             #expect(put.status.code == 400)
         }
     }
@@ -154,7 +182,7 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
         #expect(throws: RegistryError.self) { try registry.uploads.start(repo, client: "10.0.0.3") }
         // Finishing or cancelling frees a slot for that client.
         registry.uploads.cancel(a[0])
-        registry.uploads.cancel(a[0])   // twice: counted once
+        registry.uploads.cancel(a[0]) // twice: counted once
         _ = try registry.uploads.start(repo, client: "10.0.0.1")
         #expect(throws: RegistryError.self) { try registry.uploads.start(repo, client: "10.0.0.1") }
         registry.uploads.cancel(b1)
@@ -186,7 +214,7 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
             let location = try #require(try await c.req(.post, "/v2/r/blobs/uploads/").header("Location"))
             let id = String(location.split(separator: "/").last!)
             let session = try registry.uploads.get(try RepositoryName("r"), id)
-            try session.claim()   // a request is "using" it, as a trickling PATCH would
+            try session.claim() // a request is "using" it, as a trickling PATCH would
             #expect(registry.uploads.expire(now: Date().addingTimeInterval(30)) == 0)
             #expect(registry.uploads.expire(now: Date().addingTimeInterval(61)) == 1)
             // The holder's next append fails; letting go aborts its writer; the id is gone.
@@ -208,9 +236,12 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
             #expect(mono.status.code == 413)
             #expect(mono.errorCode == "SIZE_INVALID")
             // A declared length over the limit is refused before the body is read.
-            let declared = try #require(try await rawRequest(port: port, """
-                POST /v2/r/blobs/uploads/?digest=\(Digest.of(big)) HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000000\r\n\r\n
-                """))
+            let declared = try #require(
+                try await rawRequest(
+                    port: port,
+                    """
+                    POST /v2/r/blobs/uploads/?digest=\(Digest.of(big)) HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000000\r\n\r\n
+                    """))
             #expect(declared.status == 413)
             // Chunked: the PATCH that crosses the limit is refused; the upload keeps what it had.
             let location = try #require(try await c.req(.post, "/v2/r/blobs/uploads/").header("Location"))
@@ -292,7 +323,7 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
                 if !loris.send("X-Slow: 1\r\n") { break }
             }
             #expect(await loris.isClosedByPeer())
-            #expect(ContinuousClock.now - started < .seconds(20))   // long before the 120 s idle timeout
+            #expect(ContinuousClock.now - started < .seconds(20)) // long before the 120 s idle timeout
             // A keep-alive connection that sends whole requests is not affected, even with pauses
             // longer than the header timeout between them (the idle timeout governs those).
             let keep = try RawConnection(port: server.port)
@@ -330,8 +361,9 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
             let d = try await Self.pushBlob(blob, port: server.port)
             let c = try RawConnection(port: server.port)
             c.send("GET /v2/r/blobs/\(d) HTTP/1.1\r\nHost: x\r\n\r\n")
-            c.send("PUT /v2/r/manifests/z HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: \(MediaType.ociManifest)\r\n"
-                   + "Content-Length: 2\r\n\r\n{}")
+            c.send(
+                "PUT /v2/r/manifests/z HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: \(MediaType.ociManifest)\r\n"
+                    + "Content-Length: 2\r\n\r\n{}")
             let get = try #require(await c.readResponse())
             #expect(get.status == 200)
             #expect(get.bytes.count == blob.count)
@@ -353,8 +385,8 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
             }
             let waiting = try RawConnection(port: server.port, receiveTimeout: 1)
             waiting.send("GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
-            #expect(await waiting.readResponse() == nil)   // not accepted yet: it waits in the backlog
-            held.removeAll()                              // two close: it is served
+            #expect(await waiting.readResponse() == nil) // not accepted yet: it waits in the backlog
+            held.removeAll() // two close: it is served
             let served = try RawConnection(port: server.port, receiveTimeout: 5)
             served.send("GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
             #expect(await served.readResponse()?.status == 200)
@@ -371,8 +403,9 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
             let cfg = try await c.pushBlob("p/a", emptyConfig)
             let (subject, subjectBytes) = try await c.pushManifest("p/a", "t0", config: (cfg, 2, MediaType.ociEmpty), layers: [])
             for i in 1..<5 {
-                try await c.pushManifest("p/a", "t\(i)", config: (cfg, 2, MediaType.ociEmpty), layers: [],
-                                         subject: (subject, subjectBytes.count), artifactType: "application/x.t\(i)")
+                try await c.pushManifest(
+                    "p/a", "t\(i)", config: (cfg, 2, MediaType.ociEmpty), layers: [],
+                    subject: (subject, subjectBytes.count), artifactType: "application/x.t\(i)")
             }
             for name in ["p/b", "p/c"] { try await c.pushBlob(name, emptyConfig) }
             let tags = try await c.req(.get, "/v2/p/a/tags/list")
@@ -407,7 +440,8 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
     @Test func incrementalCountersMatchAFullScanAfterPushesDeletesAndGC() async throws {
         try await withRegistry { c, registry, _ in
             func agree() throws {
-                let fast = try registry.store.stats(exact: false), exact = try registry.store.stats(exact: true)
+                let fast = try registry.store.stats(exact: false)
+                let exact = try registry.store.stats(exact: true)
                 #expect(fast == exact, "counters \(fast) vs scan \(exact)")
             }
             try agree()
@@ -419,7 +453,7 @@ let hostileNumbers = ["0", "-1", "9223372036854775807", "9223372036854775808", "
             }
             try agree()
             let (m, _) = try await c.pushManifest("s/a", "v1", config: (cfg, 2, MediaType.ociEmpty), layers: layers)
-            _ = try await c.req(.post, "/v2/s/a/blobs/uploads/")   // an unfinished write counts too
+            _ = try await c.req(.post, "/v2/s/a/blobs/uploads/") // an unfinished write counts too
             try agree()
             #expect(try await c.req(.delete, "/v2/s/a/manifests/v1").status.code == 202)
             #expect(try await c.req(.delete, "/v2/s/a/manifests/\(m)").status.code == 202)

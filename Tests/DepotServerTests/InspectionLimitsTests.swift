@@ -13,8 +13,12 @@ import Testing
     /// A minimal ONNX model: ir_version, then `nodes` graph nodes and a doc string.
     static func onnx(nodes: Int, doc: String = "") -> [UInt8] {
         func varint(_ v: Int) -> [UInt8] {
-            var v = UInt64(v), out: [UInt8] = []
-            while v >= 0x80 { out.append(UInt8(v & 0x7f) | 0x80); v >>= 7 }
+            var v = UInt64(v)
+            var out: [UInt8] = []
+            while v >= 0x80 {
+                out.append(UInt8(v & 0x7f) | 0x80)
+                v >>= 7
+            }
             return out + [UInt8(v)]
         }
         func field(_ n: Int, _ payload: [UInt8]) -> [UInt8] { varint(n << 3 | 2) + varint(payload.count) + payload }
@@ -37,8 +41,10 @@ import Testing
                 try registry.link(repo, digest)
                 stored[digest] = l.bytes.count
             }
-            descriptors.append(["mediaType": "application/octet-stream", "digest": digest.description, "size": l.bytes.count,
-                                "annotations": ["org.cncf.model.filepath": l.path]])
+            descriptors.append([
+                "mediaType": "application/octet-stream", "digest": digest.description, "size": l.bytes.count,
+                "annotations": ["org.cncf.model.filepath": l.path],
+            ])
         }
         let config = Array("{}".utf8)
         let w = try registry.store.makeWriter()
@@ -93,7 +99,8 @@ import Testing
     }
 
     @Test func formatsConfigSection() throws {
-        let c = try ServerConfig.parse("""
+        let c = try ServerConfig.parse(
+            """
             formats:
               max_mib_per_blob: 8
               max_seconds_per_blob: 0.5
@@ -136,8 +143,10 @@ import Testing
         #expect(try HTTPRanges.byteRange("bytes=-100", size: 1000) == 900..<1000)
         #expect(try HTTPRanges.byteRange("bytes=-5000", size: 1000) == 0..<1000)
         #expect(try HTTPRanges.byteRange("bytes=990-5000", size: 1000) == 990..<1000)
-        for bad in ["bytes=1000-", "bytes=5-4", "bytes=0-1,5-6", "items=0-1", "bytes=-0", "bytes=a-b", "bytes=--1",
-                    "bytes=0-9223372036854775807999"] {
+        for bad in [
+            "bytes=1000-", "bytes=5-4", "bytes=0-1,5-6", "items=0-1", "bytes=-0", "bytes=a-b", "bytes=--1",
+            "bytes=0-9223372036854775807999",
+        ] {
             #expect(throws: RegistryError.self, "\(bad)") { try HTTPRanges.byteRange(bad, size: 1000) }
         }
         #expect(throws: RegistryError.self) { try HTTPRanges.byteRange("bytes=0-", size: 0) }

@@ -6,7 +6,9 @@ import HummingbirdTesting
 import Testing
 
 /// Runs a command on a GCD thread (never blocking the concurrency pool the server needs).
-func run(_ executable: String, _ arguments: [String], cwd: String? = nil, timeout: TimeInterval = 120) async throws -> (status: Int32, output: String) {
+func run(_ executable: String, _ arguments: [String], cwd: String? = nil, timeout: TimeInterval = 120) async throws -> (
+    status: Int32, output: String
+) {
     try await withCheckedThrowingContinuation { continuation in
         // Serial queues of their own: they over-commit, so a saturated global pool never delays them.
         DispatchQueue(label: "test.run").async {
@@ -47,15 +49,19 @@ func makeImageLayout(_ dir: String) async throws -> Digest {
         try Data(bytes).write(to: URL(fileURLWithPath: "\(dir)/blobs/sha256/\(d.hex)"))
         return d
     }
-    let config = Array("{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:\(diff.output.trimmingCharacters(in: .whitespacesAndNewlines))\"]}}".utf8)
-    let cd = try put(config), ld = try put(layer)
-    let manifest = Array("""
+    let config = Array(
+        "{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:\(diff.output.trimmingCharacters(in: .whitespacesAndNewlines))\"]}}"
+            .utf8)
+    let cd = try put(config)
+    let ld = try put(layer)
+    let manifest = Array(
+        """
         {"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"\(cd)","size":\(config.count)},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"\(ld)","size":\(layer.count)}]}
         """.utf8)
     let md = try put(manifest)
     try """
-        {"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"\(md)","size":\(manifest.count),"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}
-        """.write(toFile: dir + "/index.json", atomically: true, encoding: .utf8)
+    {"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"\(md)","size":\(manifest.count),"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}
+    """.write(toFile: dir + "/index.json", atomically: true, encoding: .utf8)
     try "{\"imageLayoutVersion\":\"1.0.0\"}".write(toFile: dir + "/oci-layout", atomically: true, encoding: .utf8)
     try fm.removeItem(atPath: dir + "/rootfs")
     try fm.removeItem(atPath: dir + "/layer.tgz")
@@ -69,7 +75,8 @@ func makeImageLayout(_ dir: String) async throws -> Digest {
         let manifest = try await makeImageLayout(work.path + "/layout")
         try await withRegistry { c, registry, port in
             let reg = "127.0.0.1:\(port)"
-            let push = try await run("/usr/bin/skopeo", ["copy", "--dest-tls-verify=false", "oci:\(work.path)/layout:v1", "docker://\(reg)/test/image:v1"])
+            let push = try await run(
+                "/usr/bin/skopeo", ["copy", "--dest-tls-verify=false", "oci:\(work.path)/layout:v1", "docker://\(reg)/test/image:v1"])
             #expect(push.status == 0, "\(push.output)")
             let raw = try await run("/usr/bin/skopeo", ["inspect", "--tls-verify=false", "--raw", "docker://\(reg)/test/image:v1"])
             #expect(Digest.of(Array(raw.output.utf8)) == manifest)
@@ -77,22 +84,31 @@ func makeImageLayout(_ dir: String) async throws -> Digest {
             #expect(tags.output.contains("\"v1\""))
             // Registry to registry: the layer is mounted, not uploaded again.
             let before = try await c.req(.get, "/metrics").text
-            let copy = try await run("/usr/bin/skopeo", ["copy", "--src-tls-verify=false", "--dest-tls-verify=false",
-                                                         "docker://\(reg)/test/image:v1", "docker://\(reg)/test/copy:v1"])
+            let copy = try await run(
+                "/usr/bin/skopeo",
+                [
+                    "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                    "docker://\(reg)/test/image:v1", "docker://\(reg)/test/copy:v1",
+                ])
             #expect(copy.status == 0, "\(copy.output)")
             let after = try await c.req(.get, "/metrics").text
             func mounts(_ text: String) -> Int {
-                text.split(separator: "\n").first { $0.hasPrefix("depot_http_requests_total{route=\"upload\",method=\"POST\",status=\"201\"}") }
-                    .flatMap { Int($0.split(separator: " ").last!) } ?? 0
+                text.split(separator: "\n").first {
+                    $0.hasPrefix("depot_http_requests_total{route=\"upload\",method=\"POST\",status=\"201\"}")
+                }
+                .flatMap { Int($0.split(separator: " ").last!) } ?? 0
             }
             #expect(mounts(after) - mounts(before) == 1, "the layer is mounted (skopeo re-uploads the config)")
-            let pulled = try await run("/usr/bin/skopeo", ["copy", "--src-tls-verify=false", "docker://\(reg)/test/copy:v1", "oci:\(work.path)/out:v1"])
+            let pulled = try await run(
+                "/usr/bin/skopeo", ["copy", "--src-tls-verify=false", "docker://\(reg)/test/copy:v1", "oci:\(work.path)/out:v1"])
             #expect(pulled.status == 0, "\(pulled.output)")
             let original = try FileManager.default.contentsOfDirectory(atPath: work.path + "/layout/blobs/sha256").sorted()
             let copied = try FileManager.default.contentsOfDirectory(atPath: work.path + "/out/blobs/sha256").sorted()
             #expect(original == copied)
             for name in original {
-                #expect(FileManager.default.contentsEqual(atPath: "\(work.path)/layout/blobs/sha256/\(name)", andPath: "\(work.path)/out/blobs/sha256/\(name)"))
+                #expect(
+                    FileManager.default.contentsEqual(
+                        atPath: "\(work.path)/layout/blobs/sha256/\(name)", andPath: "\(work.path)/out/blobs/sha256/\(name)"))
             }
             _ = registry
         }
@@ -101,7 +117,8 @@ func makeImageLayout(_ dir: String) async throws -> Digest {
     @Test func orasPushesAndPullsAMultiFileModelMonolithicAndChunked() async throws {
         let work = TempDir("oras")
         try await withRegistry { _, _, port in
-            let r = try await run("/usr/bin/env", ["python3", repoRoot + "/Tests/interop/oras_roundtrip.py", "127.0.0.1:\(port)", work.path])
+            let r = try await run(
+                "/usr/bin/env", ["python3", repoRoot + "/Tests/interop/oras_roundtrip.py", "127.0.0.1:\(port)", work.path])
             #expect(r.status == 0, "\(r.output)")
             #expect(r.output.contains("pulled both byte-identical"))
         }
@@ -126,7 +143,8 @@ func makeImageLayout(_ dir: String) async throws -> Digest {
             #expect(r.status == 0, "\(r.output)")
             #expect(sameFile(work.path + "/oras-out/model.safetensors", work.path + "/model.safetensors"))
             #expect(sameFile(work.path + "/oras-out/config.json", work.path + "/config.json"))
-            let s = try await run("/usr/bin/skopeo", ["inspect", "--tls-verify=false", "--raw", "docker://127.0.0.1:\(port)/interop/depot-model:v1"])
+            let s = try await run(
+                "/usr/bin/skopeo", ["inspect", "--tls-verify=false", "--raw", "docker://127.0.0.1:\(port)/interop/depot-model:v1"])
             #expect(s.status == 0, "\(s.output)")
             #expect(s.output.contains("application/vnd.cncf.model.manifest.v1+json"))
         }
@@ -149,11 +167,17 @@ func makeImageLayout(_ dir: String) async throws -> Digest {
         daemon.standardOutput = FileHandle.nullDevice
         daemon.standardError = FileHandle.nullDevice
         try daemon.run()
-        defer { daemon.terminate(); daemon.waitUntilExit() }
-        for _ in 0..<50 where !FileManager.default.fileExists(atPath: work.path + "/containerd.sock") { try await Task.sleep(for: .milliseconds(100)) }
+        defer {
+            daemon.terminate()
+            daemon.waitUntilExit()
+        }
+        for _ in 0..<50 where !FileManager.default.fileExists(atPath: work.path + "/containerd.sock") {
+            try await Task.sleep(for: .milliseconds(100))
+        }
         try await withRegistry { _, _, port in
             let reg = "127.0.0.1:\(port)"
-            let push = try await run("/usr/bin/skopeo", ["copy", "--dest-tls-verify=false", "oci:\(work.path)/layout:v1", "docker://\(reg)/test/hello:v1"])
+            let push = try await run(
+                "/usr/bin/skopeo", ["copy", "--dest-tls-verify=false", "oci:\(work.path)/layout:v1", "docker://\(reg)/test/hello:v1"])
             #expect(push.status == 0, "\(push.output)")
             let sock = work.path + "/containerd.sock"
             let pull = try await run("/usr/bin/ctr", ["--address", sock, "images", "pull", "--plain-http", "\(reg)/test/hello:v1"])

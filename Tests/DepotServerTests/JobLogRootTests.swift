@@ -23,7 +23,9 @@ import Testing
             _ = try await h.waitJobs { $0.count == 2 }
             var leased: [JobRecord] = []
             for _ in 0..<200 where leased.count < 2 {
-                if let j = try h.jobs.lease(runner: "t", labels: ["cpu"]) { leased.append(j) } else {
+                if let j = try h.jobs.lease(runner: "t", labels: ["cpu"]) {
+                    leased.append(j)
+                } else {
                     try await Task.sleep(for: .milliseconds(20))
                 }
             }

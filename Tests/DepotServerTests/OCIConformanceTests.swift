@@ -46,8 +46,9 @@ import Testing
             #expect(post.status.code == 202)
             let location = try #require(post.header("Location"))
             #expect(location.hasPrefix("/v2/repo/blobs/uploads/"))
-            let first = try await c.req(.patch, location, headers: [.contentRange: "0-99999", .contentType: "application/octet-stream"],
-                                        body: Array(data[0..<100_000]))
+            let first = try await c.req(
+                .patch, location, headers: [.contentRange: "0-99999", .contentType: "application/octet-stream"],
+                body: Array(data[0..<100_000]))
             #expect(first.status.code == 202)
             #expect(first.header("Range") == "0-99999")
             let next = try #require(first.header("Location"))
@@ -79,7 +80,8 @@ import Testing
             let data = randomBytes(70_000, seed: 3)
             let location = try #require(try await c.req(.post, "/v2/repo/blobs/uploads/").header("Location"))
             _ = try await c.req(.patch, location, body: Array(data[0..<30_000]))
-            let put = try await c.req(.put, "\(location)?digest=\(Digest.of(data))", headers: [.contentRange: "30000-69999"], body: Array(data[30_000...]))
+            let put = try await c.req(
+                .put, "\(location)?digest=\(Digest.of(data))", headers: [.contentRange: "30000-69999"], body: Array(data[30_000...]))
             #expect(put.status.code == 201)
             #expect(try await c.req(.get, "/v2/repo/blobs/\(Digest.of(data))").bytes == data)
         }
@@ -154,8 +156,9 @@ import Testing
             let config = try await c.pushBlob("models/m", emptyConfig)
             let layer = randomBytes(10_000, seed: 7)
             let l = try await c.pushBlob("models/m", layer)
-            let (d, bytes) = try await c.pushManifest("models/m", "v1", config: (config, 2, MediaType.ociEmpty), layers: [(l, layer.count)],
-                                                      artifactType: "application/vnd.cncf.model.manifest.v1+json")
+            let (d, bytes) = try await c.pushManifest(
+                "models/m", "v1", config: (config, 2, MediaType.ociEmpty), layers: [(l, layer.count)],
+                artifactType: "application/vnd.cncf.model.manifest.v1+json")
             for ref in ["v1", d.description] {
                 let g = try await c.req(.get, "/v2/models/m/manifests/\(ref)")
                 #expect(g.status.code == 200)
@@ -181,11 +184,13 @@ import Testing
             let r1 = try await c.req(.put, "/v2/repo/manifests/v1", headers: [.contentType: MediaType.ociManifest], body: refMissing)
             #expect(r1.status.code == 400)
             #expect(r1.errorCode == "MANIFEST_BLOB_UNKNOWN")
-            let r2 = try await c.req(.put, "/v2/repo/manifests/v1", headers: [.contentType: MediaType.ociManifest], body: Array("not json".utf8))
+            let r2 = try await c.req(
+                .put, "/v2/repo/manifests/v1", headers: [.contentType: MediaType.ociManifest], body: Array("not json".utf8))
             #expect(r2.status.code == 400)
             #expect(r2.errorCode == "MANIFEST_INVALID")
             let good = manifestJSON(config: (config, 2, MediaType.ociEmpty), layers: [])
-            let r3 = try await c.req(.put, "/v2/repo/manifests/\(Digest.of([1]))", headers: [.contentType: MediaType.ociManifest], body: good)
+            let r3 = try await c.req(
+                .put, "/v2/repo/manifests/\(Digest.of([1]))", headers: [.contentType: MediaType.ociManifest], body: good)
             #expect(r3.status.code == 400)
             #expect(r3.errorCode == "DIGEST_INVALID")
             let huge = [UInt8](repeating: 0x20, count: (4 << 20) + 1)
@@ -207,18 +212,28 @@ import Testing
     @Test func dockerSchema2AndIndexesAreAccepted() async throws {
         try await withRegistry { c, _, _ in
             let config = try await c.pushBlob("repo", Array("{\"architecture\":\"amd64\"}".utf8))
-            let (d1, b1) = try await c.pushManifest("repo", "amd64", config: (config, 24, "application/vnd.docker.container.image.v1+json"),
-                                                    layers: [], mediaType: MediaType.dockerManifest)
-            let index: [String: Any] = ["schemaVersion": 2, "mediaType": MediaType.ociIndex,
-                                        "manifests": [["mediaType": MediaType.dockerManifest, "digest": d1.description, "size": b1.count,
-                                                       "platform": ["architecture": "amd64", "os": "linux"]]]]
+            let (d1, b1) = try await c.pushManifest(
+                "repo", "amd64", config: (config, 24, "application/vnd.docker.container.image.v1+json"),
+                layers: [], mediaType: MediaType.dockerManifest)
+            let index: [String: Any] = [
+                "schemaVersion": 2, "mediaType": MediaType.ociIndex,
+                "manifests": [
+                    [
+                        "mediaType": MediaType.dockerManifest, "digest": d1.description, "size": b1.count,
+                        "platform": ["architecture": "amd64", "os": "linux"],
+                    ]
+                ],
+            ]
             let ib = Array(try JSONSerialization.data(withJSONObject: index))
             let r = try await c.req(.put, "/v2/repo/manifests/multi", headers: [.contentType: MediaType.ociIndex], body: ib)
             #expect(r.status.code == 201)
-            let missingChild: [String: Any] = ["schemaVersion": 2, "mediaType": MediaType.ociIndex,
-                                               "manifests": [["mediaType": MediaType.ociManifest, "digest": Digest.of([7]).description, "size": 1]]]
-            let r2 = try await c.req(.put, "/v2/repo/manifests/bad", headers: [.contentType: MediaType.ociIndex],
-                                     body: Array(try JSONSerialization.data(withJSONObject: missingChild)))
+            let missingChild: [String: Any] = [
+                "schemaVersion": 2, "mediaType": MediaType.ociIndex,
+                "manifests": [["mediaType": MediaType.ociManifest, "digest": Digest.of([7]).description, "size": 1]],
+            ]
+            let r2 = try await c.req(
+                .put, "/v2/repo/manifests/bad", headers: [.contentType: MediaType.ociIndex],
+                body: Array(try JSONSerialization.data(withJSONObject: missingChild)))
             #expect(r2.status.code == 400)
             #expect(r2.errorCode == "MANIFEST_BLOB_UNKNOWN")
         }
@@ -288,19 +303,26 @@ import Testing
         try await withRegistry { c, _, _ in
             let config = try await c.pushBlob("repo", emptyConfig)
             let (model, modelBytes) = try await c.pushManifest("repo", "v1", config: (config, 2, MediaType.ociEmpty), layers: [])
-            let sig = manifestJSON(config: (config, 2, MediaType.ociEmpty), layers: [], subject: (model, modelBytes.count),
-                                   artifactType: "application/vnd.example.signature", annotations: ["by": "ci"])
-            let put = try await c.req(.put, "/v2/repo/manifests/\(Digest.of(sig))", headers: [.contentType: MediaType.ociManifest], body: sig)
+            let sig = manifestJSON(
+                config: (config, 2, MediaType.ociEmpty), layers: [], subject: (model, modelBytes.count),
+                artifactType: "application/vnd.example.signature", annotations: ["by": "ci"])
+            let put = try await c.req(
+                .put, "/v2/repo/manifests/\(Digest.of(sig))", headers: [.contentType: MediaType.ociManifest], body: sig)
             #expect(put.status.code == 201)
             #expect(put.header("OCI-Subject") == model.description)
-            let sbom = manifestJSON(config: (config, 2, MediaType.ociEmpty), layers: [], subject: (model, modelBytes.count), artifactType: "application/spdx+json")
+            let sbom = manifestJSON(
+                config: (config, 2, MediaType.ociEmpty), layers: [], subject: (model, modelBytes.count),
+                artifactType: "application/spdx+json")
             _ = try await c.req(.put, "/v2/repo/manifests/\(Digest.of(sbom))", headers: [.contentType: MediaType.ociManifest], body: sbom)
 
             let all = try await c.req(.get, "/v2/repo/referrers/\(model)")
             #expect(all.status.code == 200)
             #expect(all.header("Content-Type") == MediaType.ociIndex)
             let manifests = try #require(all.json["manifests"] as? [[String: Any]])
-            #expect(Set(manifests.compactMap { $0["artifactType"] as? String }) == ["application/vnd.example.signature", "application/spdx+json"])
+            #expect(
+                Set(manifests.compactMap { $0["artifactType"] as? String }) == [
+                    "application/vnd.example.signature", "application/spdx+json",
+                ])
             let s = try #require(manifests.first { $0["digest"] as? String == Digest.of(sig).description })
             #expect(s["size"] as? Int == sig.count)
             #expect(s["annotations"] as? [String: String] == ["by": "ci"])
@@ -353,7 +375,9 @@ import Testing
             let traversal = try await c.req(.get, "/v2/../x/tags/list")
             #expect(traversal.status.code == 400)
             #expect(traversal.errorCode == "NAME_INVALID")
-            for digest in ["sha256:abc", "sha256:" + String(repeating: "G", count: 64), "nocolon", "sha256:" + String(repeating: "A", count: 64)] {
+            for digest in [
+                "sha256:abc", "sha256:" + String(repeating: "G", count: 64), "nocolon", "sha256:" + String(repeating: "A", count: 64),
+            ] {
                 let r = try await c.req(.get, "/v2/repo/blobs/\(digest)")
                 #expect(r.status.code == 400, "\(digest)")
                 #expect(r.errorCode == "DIGEST_INVALID", "\(digest)")
@@ -361,7 +385,8 @@ import Testing
             let unknownAlgorithm = try await c.req(.post, "/v2/repo/blobs/uploads/?digest=md5:d41d8cd98f00b204e9800998ecf8427e", body: [1])
             #expect(unknownAlgorithm.status.code == 400)
             #expect(unknownAlgorithm.errorCode == "DIGEST_INVALID")
-            let badTag = try await c.req(.put, "/v2/repo/manifests/-bad", headers: [.contentType: MediaType.ociManifest], body: Array("{}".utf8))
+            let badTag = try await c.req(
+                .put, "/v2/repo/manifests/-bad", headers: [.contentType: MediaType.ociManifest], body: Array("{}".utf8))
             #expect(badTag.status.code == 400)
             let badN = try await c.req(.get, "/v2/repo/tags/list?n=-1")
             #expect(badN.status.code == 400)
@@ -407,7 +432,9 @@ func sendRaw(port: Int, _ bytes: [UInt8]) {
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_port = UInt16(port).bigEndian
     addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    let ok = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
     guard ok == 0 else { return }
     _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
     usleep(100_000)

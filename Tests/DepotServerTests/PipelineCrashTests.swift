@@ -8,8 +8,10 @@ import Testing
         let process = Process()
         init(url: String, name: String, workDir: String, marks: String, log: String) throws {
             process.executableURL = URL(fileURLWithPath: repoRoot + "/.build/debug/depot")
-            process.arguments = ["runner", "--registry", url, "--labels", "cpu", "--name", name, "--work-dir", workDir,
-                                 "--heartbeat-seconds", "0.5", "--pass-env", "MARKS"]
+            process.arguments = [
+                "runner", "--registry", url, "--labels", "cpu", "--name", name, "--work-dir", workDir,
+                "--heartbeat-seconds", "0.5", "--pass-env", "MARKS",
+            ]
             var env = ProcessInfo.processInfo.environment
             env["MARKS"] = marks
             process.environment = env
@@ -19,7 +21,10 @@ import Testing
             process.standardError = handle
             try process.run()
         }
-        func kill9() { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+        func kill9() {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
     }
 
     static func jobs(_ url: String) async throws -> [[String: Any]] {
@@ -30,38 +35,43 @@ import Testing
     static func waitFor(_ what: String, timeout: Double = 30, _ check: () async throws -> Bool) async throws {
         let deadline = Date().addingTimeInterval(timeout)
         while try await !check() {
-            guard Date() < deadline else { Issue.record("timed out waiting for \(what)"); return }
+            guard Date() < deadline else {
+                Issue.record("timed out waiting for \(what)")
+                return
+            }
             try await Task.sleep(for: .milliseconds(100))
         }
     }
 
     @Test func killingTheRunnerOrTheServerMidJobStillYieldsExactlyOneOutput() async throws {
         let dir = TempDir("pipe-crash")
-        let storage = dir.path + "/store", marks = dir.path + "/marks"
+        let storage = dir.path + "/store"
+        let marks = dir.path + "/marks"
         try FileManager.default.createDirectory(atPath: dir.path + "/pipelines", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: marks, withIntermediateDirectories: true)
         try """
-            name: slowcopy
-            trigger: {tags: ["v*"]}
-            stages:
-              copy:
-                exec: 'echo "$DEPOT_ATTEMPT" >> "$MARKS/$DEPOT_INPUT_TAG"; sleep 2; cp -r "$DEPOT_INPUT_DIR/." "$DEPOT_OUTPUT_DIR/"'
-                tag: "{{tag}}-copy"
-                retries: 3
-            """.write(toFile: dir.path + "/pipelines/slow.yaml", atomically: true, encoding: .utf8)
+        name: slowcopy
+        trigger: {tags: ["v*"]}
+        stages:
+          copy:
+            exec: 'echo "$DEPOT_ATTEMPT" >> "$MARKS/$DEPOT_INPUT_TAG"; sleep 2; cp -r "$DEPOT_INPUT_DIR/." "$DEPOT_OUTPUT_DIR/"'
+            tag: "{{tag}}-copy"
+            retries: 3
+        """.write(toFile: dir.path + "/pipelines/slow.yaml", atomically: true, encoding: .utf8)
         try """
-            pipelines:
-              directory: \(dir.path)/pipelines
-              lease_seconds: 6
-              retry_base_seconds: 0.1
-              runner: {enabled: false}
-            """.write(toFile: dir.path + "/depot.yaml", atomically: true, encoding: .utf8)
+        pipelines:
+          directory: \(dir.path)/pipelines
+          lease_seconds: 6
+          retry_base_seconds: 0.1
+          runner: {enabled: false}
+        """.write(toFile: dir.path + "/depot.yaml", atomically: true, encoding: .utf8)
         try "weights".write(toFile: dir.path + "/model.bin", atomically: true, encoding: .utf8)
         let depot = repoRoot + "/.build/debug/depot"
         var server = try ServerProcess(storage: storage, config: dir.path + "/depot.yaml", log: dir.path + "/server.log")
-        let port = server.port, url = server.url
+        let port = server.port
+        let url = server.url
         try await server.waitReady()
-        try await Task.sleep(for: .milliseconds(400))   // the scheduler registers its cursor
+        try await Task.sleep(for: .milliseconds(400)) // the scheduler registers its cursor
 
         // 1. The runner dies mid-job: after its lease expires another runner runs attempt 2.
         var runner = try RunnerProcess(url: url, name: "r1", workDir: dir.path + "/r1", marks: marks, log: dir.path + "/r1.log")
@@ -83,7 +93,8 @@ import Testing
         server = try ServerProcess(storage: storage, port: port, config: dir.path + "/depot.yaml", log: dir.path + "/server.log")
         try await server.waitReady()
         try await Self.waitFor("v2's job to succeed") {
-            try await Self.jobs(url).first { ($0["input"] as? [String: Any])?["tag"] as? String == "v2" }?["state"] as? String == "succeeded"
+            try await Self.jobs(url).first { ($0["input"] as? [String: Any])?["tag"] as? String == "v2" }?["state"] as? String
+                == "succeeded"
         }
 
         let jobs = try await Self.jobs(url)
@@ -92,7 +103,9 @@ import Testing
             let input = try #require(job["input"] as? [String: Any])
             let digest = try #require(input["digest"] as? String)
             let referrers = try await run("/usr/bin/curl", ["-sf", "\(url)/v2/team/c/referrers/\(digest)"], timeout: 10)
-            let manifests = (try? JSONSerialization.jsonObject(with: Data(referrers.output.utf8)) as? [String: Any])?["manifests"] as? [[String: Any]] ?? []
+            let manifests =
+                (try? JSONSerialization.jsonObject(with: Data(referrers.output.utf8)) as? [String: Any])?["manifests"] as? [[String: Any]]
+                ?? []
             #expect(manifests.count == 1, "exactly one output for \(input["tag"] ?? "?"): \(manifests)")
             #expect(manifests.first?["digest"] as? String == (job["output"] as? [String: Any])?["digest"] as? String)
         }
@@ -107,10 +120,15 @@ import Testing
     @Test func anInvalidPipelineFileStopsStartUpWithItsFileAndLine() async throws {
         let dir = TempDir("pipe-bad")
         try FileManager.default.createDirectory(atPath: dir.path + "/pipelines", withIntermediateDirectories: true)
-        try "name: x\ntrigger: {}\nstages:\n  a: {exec: y, timeout: 5q}\n".write(toFile: dir.path + "/pipelines/b.yaml", atomically: true, encoding: .utf8)
+        try "name: x\ntrigger: {}\nstages:\n  a: {exec: y, timeout: 5q}\n".write(
+            toFile: dir.path + "/pipelines/b.yaml", atomically: true, encoding: .utf8)
         try "pipelines: {directory: \(dir.path)/pipelines}\n".write(toFile: dir.path + "/depot.yaml", atomically: true, encoding: .utf8)
-        let r = try await run(repoRoot + "/.build/debug/depot", ["serve", "--config", dir.path + "/depot.yaml", "--storage", dir.path + "/s",
-                                                                 "--listen", "127.0.0.1:\(freePort())"], timeout: 20)
+        let r = try await run(
+            repoRoot + "/.build/debug/depot",
+            [
+                "serve", "--config", dir.path + "/depot.yaml", "--storage", dir.path + "/s",
+                "--listen", "127.0.0.1:\(freePort())",
+            ], timeout: 20)
         #expect(r.status == 1)
         #expect(r.output.contains("pipeline file \(dir.path)/pipelines/b.yaml:4: stages.a.timeout: '5q' is not a duration"), "\(r.output)")
     }

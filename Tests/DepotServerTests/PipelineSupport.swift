@@ -5,12 +5,13 @@ import DepotDeploy
 import DepotPipelines
 import DepotRegistry
 import DepotRunner
-@testable import DepotServer
 import DepotStore
 import Foundation
 import HummingbirdTesting
 import Logging
 import Testing
+
+@testable import DepotServer
 
 /// A live server with the given pipelines, and helpers to run runners, push and wait for jobs.
 struct PipelineHarness: Sendable {
@@ -21,9 +22,11 @@ struct PipelineHarness: Sendable {
 
     var url: String { "http://127.0.0.1:\(port)" }
 
-    static func run(pipelines yaml: [String], leaseSeconds: Double = 30, retryBase: Double = 0.05,
-                    webhooks: [String: (url: String, secret: String)] = [:], canary: CanaryPolicy? = nil,
-                    _ body: @Sendable (PipelineHarness, any TestClientProtocol) async throws -> Void) async throws {
+    static func run(
+        pipelines yaml: [String], leaseSeconds: Double = 30, retryBase: Double = 0.05,
+        webhooks: [String: (url: String, secret: String)] = [:], canary: CanaryPolicy? = nil,
+        _ body: @Sendable (PipelineHarness, any TestClientProtocol) async throws -> Void
+    ) async throws {
         let dir = TempDir("depot-pipes")
         let store = try ChunkStore(root: dir.path + "/store", create: true)
         let registry = Registry(store: store)
@@ -51,8 +54,10 @@ struct PipelineHarness: Sendable {
     }
 
     /// Runs a runner until `body` returns.
-    func withRunner<T: Sendable>(labels: [String] = ["cpu"], name: String = "test-runner", hooks: String? = nil,
-                                 _ body: @Sendable () async throws -> T) async throws -> T {
+    func withRunner<T: Sendable>(
+        labels: [String] = ["cpu"], name: String = "test-runner", hooks: String? = nil,
+        _ body: @Sendable () async throws -> T
+    ) async throws -> T {
         var options = RunnerOptions(name: name, workDirectory: dir.path + "/runner-\(name)")
         options.labels = labels
         options.pollInterval = .milliseconds(50)

@@ -3,9 +3,10 @@ import DepotClient
 import DepotCore
 import DepotPipelines
 import DepotRegistry
-@testable import DepotServer
 import Foundation
 import Testing
+
+@testable import DepotServer
 
 /// Push-triggered pipelines end to end on a live server with a real runner: the DAG, outputs
 /// with subject and lineage, memoization, replays, retries, timeouts, cancellation, labels and
@@ -34,7 +35,8 @@ struct PipelineTests {
             let done = try await h.withRunner {
                 try await h.waitJobs { $0.count == 2 && $0.allFinal }
             }
-            let upper = try #require(done.stage("upper")), count = try #require(done.stage("count"))
+            let upper = try #require(done.stage("upper"))
+            let count = try #require(done.stage("count"))
             #expect(upper.state == "succeeded" && count.state == "succeeded", "\(done.map { ($0.stage, $0.state, $0.reason ?? "") })")
             #expect(upper.inputDigest == input.description)
             #expect(count.inputDigest == upper.outputDigest, "the second stage works on the first one's output")
@@ -54,8 +56,9 @@ struct PipelineTests {
 
             // Replaying every event, or a second tag on the same digest, starts nothing new.
             try h.registry.store.catalog.write { try $0.setWebhookCursor("pipelines", 0) }
-            try await client.req(.put, "/v2/models/demo/manifests/v1-again", headers: [.contentType: MediaType.ociManifest],
-                                 body: try h.registry.manifest(try RepositoryName("models/demo"), .digest(input)).content)
+            try await client.req(
+                .put, "/v2/models/demo/manifests/v1-again", headers: [.contentType: MediaType.ociManifest],
+                body: try h.registry.manifest(try RepositoryName("models/demo"), .digest(input)).content)
             // Wait until the scheduler has read every event again, then count.
             let last = try h.registry.store.catalog.read { try $0.lastEventID() }
             for _ in 0..<400 where try h.registry.store.catalog.read({ try $0.webhookCursor("pipelines") }) ?? 0 < last {
@@ -92,12 +95,13 @@ struct PipelineTests {
             annotations[JobAnnotations.key] = key
             json["annotations"] = annotations
             let bytes = Array(try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]))
-            let (keyed, _) = try h.registry.putManifest(try RepositoryName("team/m"), .tag("v1-copy"), contentType: MediaType.ociManifest, bytes: bytes)
+            let (keyed, _) = try h.registry.putManifest(
+                try RepositoryName("team/m"), .tag("v1-copy"), contentType: MediaType.ociManifest, bytes: bytes)
             // Its lease expires; the job goes back to the queue and the next attempt is memoized.
             let requeued = try await h.waitJobs(timeout: 10) { $0.count == 1 && $0[0].state == "queued" }
             #expect(requeued[0].reason?.contains("lease expired") == true)
             var leased: JobRecord?
-            for _ in 0..<100 where leased == nil {   // after the retry backoff
+            for _ in 0..<100 where leased == nil { // after the retry backoff
                 leased = try h.jobs.lease(runner: "next", labels: [])
                 if leased == nil { try await Task.sleep(for: .milliseconds(20)) }
             }
@@ -124,7 +128,8 @@ struct PipelineTests {
             pipeline("nooutput", "    exec: 'echo nothing written'"),
             pipeline("badmodel", "    exec: 'echo not onnx > $DEPOT_OUTPUT_DIR/model.onnx'"),
             pipeline("permanent", "    exec: 'echo cannot convert this model >&2; exit 78'"),
-            pipeline("badresult", "    exec: 'echo x > $DEPOT_OUTPUT_DIR/x.txt; echo \"{\\\"relation\\\": \\\"nonsense\\\"}\" > $DEPOT_RESULT'"),
+            pipeline(
+                "badresult", "    exec: 'echo x > $DEPOT_OUTPUT_DIR/x.txt; echo \"{\\\"relation\\\": \\\"nonsense\\\"}\" > $DEPOT_RESULT'"),
         ]
         try await PipelineHarness.run(pipelines: pipelines) { h, _ in
             _ = try await h.push("bad/m", "v1", files: ["a.txt": "a"])
@@ -170,8 +175,11 @@ struct PipelineTests {
         try await PipelineHarness.run(pipelines: [yaml]) { h, client in
             _ = try await h.push("team/slow", "v1", files: ["a.txt": "a"])
             try await h.withRunner {
-                let running = try await h.waitJobs(timeout: 10) { $0.first?.state == "running" && FileManager.default.fileExists(atPath: gate + ".child") }
-                let child = Int32((try String(contentsOfFile: gate + ".child", encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines))!
+                let running = try await h.waitJobs(timeout: 10) {
+                    $0.first?.state == "running" && FileManager.default.fileExists(atPath: gate + ".child")
+                }
+                let child = Int32(
+                    (try String(contentsOfFile: gate + ".child", encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines))!
                 let cancelled = try await client.req(.post, "/depot/v1/jobs/\(running[0].id)/cancel")
                 #expect(cancelled.status.code == 200)
                 #expect(cancelled.json["state"] as? String == "cancelled")
@@ -207,7 +215,8 @@ struct PipelineTests {
             try await h.waitJobs(timeout: 10) { $0.count == 1 }
             try await h.withRunner(labels: ["cpu", "gpu"], name: "cpu-only") {
                 try await Task.sleep(for: .milliseconds(800))
-                #expect(try h.jobs.jobs(state: nil, pipeline: nil, limit: 10).first?.state == "queued", "a runner without tensorrt leaves it")
+                #expect(
+                    try h.jobs.jobs(state: nil, pipeline: nil, limit: 10).first?.state == "queued", "a runner without tensorrt leaves it")
             }
             let done = try await h.withRunner(labels: ["gpu", "tensorrt"], name: "gpu-node") {
                 try await h.waitJobs(timeout: 10) { $0.first?.state == "succeeded" }
@@ -219,7 +228,10 @@ struct PipelineTests {
     @Test func webhookStagesWaitForASignedCallback() async throws {
         let dir = TempDir("depot-hookstage")
         let (receiver, port) = try await startWebhookReceiver(dir.path, secret: "stage-secret", failFirst: 0)
-        defer { kill(receiver.processIdentifier, SIGKILL); receiver.waitUntilExit() }
+        defer {
+            kill(receiver.processIdentifier, SIGKILL)
+            receiver.waitUntilExit()
+        }
         let hookURL = "http://127.0.0.1:\(port)/stage"
         let yaml = """
             name: external
@@ -235,16 +247,21 @@ struct PipelineTests {
             stages:
               review: {webhook: {url: "\(hookURL)", secret: "stage-secret"}, timeout: 2s, retries: 0}
             """
-        try await PipelineHarness.run(pipelines: [yaml, silent],
-                                      webhooks: ["external/review": (hookURL, "stage-secret"), "silent/review": (hookURL, "stage-secret")]) { h, client in
+        try await PipelineHarness.run(
+            pipelines: [yaml, silent],
+            webhooks: ["external/review": (hookURL, "stage-secret"), "silent/review": (hookURL, "stage-secret")]
+        ) { h, client in
             let input = try await h.push("team/w", "v1", files: ["a.txt": "a"])
             let running = try await h.waitJobs(timeout: 10) { $0.first?.state == "running" }
             // The receiver got a signed POST describing the job.
             var received: [String: Any] = [:]
             for _ in 0..<200 {
                 let text = (try? String(contentsOfFile: dir.path + "/received", encoding: .utf8)) ?? ""
-                if let line = text.split(separator: "\n").first, let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
-                    received = o; break
+                if let line = text.split(separator: "\n").first,
+                    let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+                {
+                    received = o
+                    break
                 }
                 try await Task.sleep(for: .milliseconds(25))
             }
@@ -253,15 +270,29 @@ struct PipelineTests {
             let stale = Array(#"{"job": \#(running[0].id), "attempt": 7, "status": "succeeded"}"#.utf8)
             let body = Array(#"{"job": \#(running[0].id), "attempt": 1, "status": "succeeded"}"#.utf8)
             let path = "/depot/v1/jobs/\(running[0].id)/callback"
-            let replayed = try await client.req(.post, path, headers: [.depotSignature: WebhookConfig.signature(secret: "stage-secret", timestamp: Int64(Date().timeIntervalSince1970), body: stale)], body: stale)
+            let replayed = try await client.req(
+                .post, path,
+                headers: [
+                    .depotSignature: WebhookConfig.signature(
+                        secret: "stage-secret", timestamp: Int64(Date().timeIntervalSince1970), body: stale)
+                ], body: stale)
             #expect(replayed.status.code == 409, "a callback for another attempt is refused")
             let ancient = try await client.req(.post, path, headers: [.depotSignature: "t=-9223372036854775808,v1=00"], body: body)
             #expect(ancient.status.code == 401, "a forged timestamp is refused, not trapped on")
             let unsigned = try await client.req(.post, path, body: body)
             #expect(unsigned.status.code == 401)
-            let forged = try await client.req(.post, path, headers: [.depotSignature: WebhookConfig.signature(secret: "wrong", timestamp: Int64(Date().timeIntervalSince1970), body: body)], body: body)
+            let forged = try await client.req(
+                .post, path,
+                headers: [
+                    .depotSignature: WebhookConfig.signature(secret: "wrong", timestamp: Int64(Date().timeIntervalSince1970), body: body)
+                ], body: body)
             #expect(forged.status.code == 401)
-            let signed = try await client.req(.post, path, headers: [.depotSignature: WebhookConfig.signature(secret: "stage-secret", timestamp: Int64(Date().timeIntervalSince1970), body: body)], body: body)
+            let signed = try await client.req(
+                .post, path,
+                headers: [
+                    .depotSignature: WebhookConfig.signature(
+                        secret: "stage-secret", timestamp: Int64(Date().timeIntervalSince1970), body: body)
+                ], body: body)
             #expect(signed.status.code == 200, "\(signed.json)")
             let done = try await h.withRunner {
                 try await h.waitJobs(timeout: 10) { $0.count == 2 && $0.allFinal }
@@ -280,21 +311,38 @@ struct PipelineTests {
 
     @Test func pipelineFilesAreValidatedWithFileAndLine() throws {
         func error(_ yaml: String) -> String {
-            do { _ = try PipelineLoader.parse(yaml, file: "x.yaml"); return "accepted" } catch { return "\(error)" }
+            do {
+                _ = try PipelineLoader.parse(yaml, file: "x.yaml")
+                return "accepted"
+            } catch { return "\(error)" }
         }
         #expect(try PipelineLoader.parse(Self.twoStages, file: "ok.yaml").stages.map(\.name) == ["upper", "count"])
-        #expect(error("name: a\ntrigger: {}\nstages:\n  s: {exec: x, timeout: 10x}\n") == "x.yaml:4: stages.s.timeout: '10x' is not a duration between 1s and 7d (e.g. 90s, 10m, 2h)")
-        #expect(error("name: a\ntrigger: {}\nstages:\n  s:\n    exec: x\n    colour: red\n") == "x.yaml:6: stages.s: unknown key 'colour' (known: builtin, canary, exec, input, labels, needs, relation, retries, tag, timeout, toolchain, webhook, with)")
-        #expect(error("name: a\ntrigger: {}\nstages:\n  s: {builtin: compile}\n").hasPrefix("x.yaml:4: stages.s.builtin: unknown built-in 'compile'"))
-        #expect(error("name: a\ntrigger: {}\nstages:\n  s: {needs: [t]}\n").hasPrefix("x.yaml:4: stages.s: exactly one of exec, builtin, webhook or canary"))
+        #expect(
+            error("name: a\ntrigger: {}\nstages:\n  s: {exec: x, timeout: 10x}\n")
+                == "x.yaml:4: stages.s.timeout: '10x' is not a duration between 1s and 7d (e.g. 90s, 10m, 2h)")
+        #expect(
+            error("name: a\ntrigger: {}\nstages:\n  s:\n    exec: x\n    colour: red\n")
+                == "x.yaml:6: stages.s: unknown key 'colour' (known: builtin, canary, exec, input, labels, needs, relation, retries, tag, timeout, toolchain, webhook, with)"
+        )
+        #expect(
+            error("name: a\ntrigger: {}\nstages:\n  s: {builtin: compile}\n").hasPrefix(
+                "x.yaml:4: stages.s.builtin: unknown built-in 'compile'"))
+        #expect(
+            error("name: a\ntrigger: {}\nstages:\n  s: {needs: [t]}\n").hasPrefix(
+                "x.yaml:4: stages.s: exactly one of exec, builtin, webhook or canary"))
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {exec: x, needs: [t]}\n") == "x.yaml:4: stages.s.needs: no stage named 't'")
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {exec: x, needs: [t]}\n  t: {exec: y, needs: [s]}\n").contains("form a cycle"))
-        #expect(error("name: a\ntrigger: {}\nstages:\n  s: {exec: x, tag: \"{{version}}\"}\n").hasPrefix("x.yaml:4: stages.s.tag: unknown variable {{version}}"))
+        #expect(
+            error("name: a\ntrigger: {}\nstages:\n  s: {exec: x, tag: \"{{version}}\"}\n").hasPrefix(
+                "x.yaml:4: stages.s.tag: unknown variable {{version}}"))
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {exec: x, tag: \"{{repository}}-x\"}\n").contains("does not make a valid tag"))
-        #expect(error("name: a\ntrigger: {}\nstages:\n  s: {exec: x}\n  t: {exec: y}\n  u: {exec: z, needs: [s, t]}\n").contains("say whose output is its input"))
+        #expect(
+            error("name: a\ntrigger: {}\nstages:\n  s: {exec: x}\n  t: {exec: y}\n  u: {exec: z, needs: [s, t]}\n").contains(
+                "say whose output is its input"))
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {webhook: {url: \"ftp://x\", secret: k}}\n").contains("is not an http(s) URL"))
         #expect(error("name: a\nstages:\n  s: {exec: x}\n").hasPrefix("x.yaml:1: missing 'trigger'"))
-        #expect(error("name: a\ntrigger: {}\nstages:\n  s: {canary: {environment: prod, steps: [50, 10]}}\n").contains("stages.s.canary.steps"))
+        #expect(
+            error("name: a\ntrigger: {}\nstages:\n  s: {canary: {environment: prod, steps: [50, 10]}}\n").contains("stages.s.canary.steps"))
         #expect(error("name: a\ntrigger: {}\nstages:\n  s: {canary: {steps: [100]}}\n").contains("missing 'environment'"))
         #expect(error("name: a\ntrigger: {}\nstages: [\n").hasPrefix("x.yaml:4: not valid YAML"))
         #expect(error("name: a b\ntrigger: {}\nstages:\n  s: {exec: x}\n").hasPrefix("x.yaml:1: name: 'a b' must be"))

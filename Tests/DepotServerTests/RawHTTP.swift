@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A plain TCP connection to the server under test, for requests no well-behaved HTTP client
@@ -90,7 +90,10 @@ final class RawConnection: @unchecked Sendable {
         let separator: [UInt8] = Array("\r\n\r\n".utf8)
         var headEnd: Int?
         while headEnd == nil {
-            if let r = data.firstRange(of: separator) { headEnd = r.upperBound; break }
+            if let r = data.firstRange(of: separator) {
+                headEnd = r.upperBound
+                break
+            }
             guard fill() else { return nil }
         }
         let head = String(decoding: data[0..<headEnd!], as: UTF8.self)

@@ -9,7 +9,9 @@ func freePort() -> Int {
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_port = 0
     addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    _ = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
     var len = socklen_t(MemoryLayout<sockaddr_in>.size)
     _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
     return Int(UInt16(bigEndian: addr.sin_port))
@@ -23,7 +25,8 @@ final class ServerProcess {
     init(storage: String, port: Int = freePort(), config: String? = nil, log: String? = nil) throws {
         self.port = port
         process.executableURL = URL(fileURLWithPath: repoRoot + "/.build/debug/depot")
-        process.arguments = ["serve", "--storage", storage, "--listen", "127.0.0.1:\(port)", "--log-level", log == nil ? "warning" : "info"]
+        process.arguments =
+            ["serve", "--storage", storage, "--listen", "127.0.0.1:\(port)", "--log-level", log == nil ? "warning" : "info"]
             + (config.map { ["--config", $0] } ?? [])
         process.standardOutput = FileHandle.nullDevice
         if let log {
@@ -76,7 +79,8 @@ final class ServerProcess {
             let server = try ServerProcess(storage: storage)
             try await server.waitReady()
             // An upload left open when the server dies must fail cleanly afterwards.
-            let open = try await run("/usr/bin/curl", ["-s", "-D", "-", "-o", "/dev/null", "-X", "POST", "\(server.url)/v2/crash/model/blobs/uploads/"])
+            let open = try await run(
+                "/usr/bin/curl", ["-s", "-D", "-", "-o", "/dev/null", "-X", "POST", "\(server.url)/v2/crash/model/blobs/uploads/"])
             if let line = open.output.split(separator: "\r\n").first(where: { $0.lowercased().hasPrefix("location:") }) {
                 let location = line.split(separator: " ", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces)
                 _ = try await run("/usr/bin/curl", ["-s", "-X", "PATCH", "--data-binary", "partial", "\(server.url)\(location)"])

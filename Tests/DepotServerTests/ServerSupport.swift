@@ -20,8 +20,10 @@ final class TempDir: Sendable {
 }
 
 /// Runs `body` against a live Depot server (real sockets, full channel pipeline) on a fresh store.
-func withRegistry(config base: ServerConfig = ServerConfig(),
-                  _ body: @Sendable (any TestClientProtocol, Registry, Int) async throws -> Void) async throws {
+func withRegistry(
+    config base: ServerConfig = ServerConfig(),
+    _ body: @Sendable (any TestClientProtocol, Registry, Int) async throws -> Void
+) async throws {
     let dir = TempDir()
     let store = try ChunkStore(root: dir.path, create: true)
     let registry = Registry(store: store, uploads: base.uploads, policy: base.tagPolicy)
@@ -53,17 +55,18 @@ extension TestClientProtocol {
 
     /// Pushes an image manifest over the given blobs (first is the config); returns (digest, bytes).
     @discardableResult
-    func pushManifest(_ repo: String, _ ref: String, config: (Digest, Int, String), layers: [(Digest, Int)],
-                      subject: (Digest, Int)? = nil, artifactType: String? = nil, annotations: [String: String]? = nil,
-                      mediaType: String = MediaType.ociManifest) async throws -> (Digest, [UInt8]) {
-        let bytes = manifestJSON(config: config, layers: layers, subject: subject, artifactType: artifactType, annotations: annotations, mediaType: mediaType)
+    func pushManifest(
+        _ repo: String, _ ref: String, config: (Digest, Int, String), layers: [(Digest, Int)],
+        subject: (Digest, Int)? = nil, artifactType: String? = nil, annotations: [String: String]? = nil,
+        mediaType: String = MediaType.ociManifest
+    ) async throws -> (Digest, [UInt8]) {
+        let bytes = manifestJSON(
+            config: config, layers: layers, subject: subject, artifactType: artifactType, annotations: annotations, mediaType: mediaType)
         let r = try await req(.put, "/v2/\(repo)/manifests/\(ref)", headers: [.contentType: mediaType], body: bytes)
         precondition(r.status.code == 201, "manifest push failed: \(r.status) \(r.text)")
         return (Digest.of(bytes), bytes)
     }
 }
-
-
 
 extension HummingbirdTesting.TestResponse {
     var text: String { String(buffer: body) }
@@ -74,8 +77,10 @@ extension HummingbirdTesting.TestResponse {
     func header(_ name: String) -> String? { headers[HTTPField.Name(name)!] }
 }
 
-func manifestJSON(config: (Digest, Int, String), layers: [(Digest, Int)], subject: (Digest, Int)? = nil,
-                  artifactType: String? = nil, annotations: [String: String]? = nil, mediaType: String = MediaType.ociManifest) -> [UInt8] {
+func manifestJSON(
+    config: (Digest, Int, String), layers: [(Digest, Int)], subject: (Digest, Int)? = nil,
+    artifactType: String? = nil, annotations: [String: String]? = nil, mediaType: String = MediaType.ociManifest
+) -> [UInt8] {
     var o: [String: Any] = [
         "schemaVersion": 2, "mediaType": mediaType,
         "config": ["mediaType": config.2, "digest": config.0.description, "size": config.1],
@@ -106,8 +111,10 @@ let emptyConfig: [UInt8] = Array("{}".utf8)
 func startWebhookReceiver(_ dir: String, secret: String, failFirst: Int) async throws -> (Process, String) {
     let receiver = Process()
     receiver.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    receiver.arguments = ["python3", FileManager.default.currentDirectoryPath + "/Tests/interop/webhook_receiver.py", dir + "/port",
-                          dir + "/received", secret, String(failFirst)]
+    receiver.arguments = [
+        "python3", FileManager.default.currentDirectoryPath + "/Tests/interop/webhook_receiver.py", dir + "/port",
+        dir + "/received", secret, String(failFirst),
+    ]
     try receiver.run()
     var port: String?
     for _ in 0..<200 where port == nil {

@@ -1,8 +1,9 @@
 import DepotCatalog
 import DepotCore
-@testable import DepotStore
 import Foundation
 import Testing
+
+@testable import DepotStore
 
 @Suite struct BlobStoreTests {
     @Test func writesAndReadsBackIdenticalBytesWithDigest() throws {
@@ -60,7 +61,7 @@ import Testing
         let all = results.withLock { $0 }
         #expect(Set(all.map(\.digest)) == [Digest.of(data)])
         let stats = try store.stats()
-        #expect(stats.chunkBytes == Int64(data.count))   // every chunk stored exactly once
+        #expect(stats.chunkBytes == Int64(data.count)) // every chunk stored exactly once
         #expect(try store.readAll(Digest.of(data)) == data)
     }
 
@@ -91,7 +92,9 @@ import Testing
         }
         // Flip one byte in the middle of a chunk that both of the first two blobs share.
         let store = try ChunkStore(root: dir.path)
-        let recipes = try digests.prefix(2).map { d in try store.catalog.read { try $0.recipe(blob: store.blob(d)!.id, from: 0, limit: 1000) } }
+        let recipes = try digests.prefix(2).map { d in
+            try store.catalog.read { try $0.recipe(blob: store.blob(d)!.id, from: 0, limit: 1000) }
+        }
         let shared2 = Set(recipes[1].map(\.hash))
         let first = recipes[0].first { shared2.contains($0.hash) }!
         let loc = try store.catalog.read { try $0.chunkLocation(first.hash) }!
@@ -152,7 +155,10 @@ import Testing
 let canMountTmpfs: Bool = {
     let dir = NSTemporaryDirectory() + "/depot-mount-probe-\(getpid())"
     try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    defer { _ = umount(dir); try? FileManager.default.removeItem(atPath: dir) }
+    defer {
+        _ = umount(dir)
+        try? FileManager.default.removeItem(atPath: dir)
+    }
     return mount("tmpfs", dir, "tmpfs", 0, "size=1m") == 0
 }()
 

@@ -1,8 +1,9 @@
 import CDepotSupport
 import DepotCore
-@testable import DepotStore
 import Foundation
 import Testing
+
+@testable import DepotStore
 
 @Suite struct ChunkerTests {
     func cutsWhole(_ data: [UInt8], _ params: ChunkerParameters = .v1) -> [Int] {
@@ -23,7 +24,9 @@ import Testing
             var offset = 0
             while offset < data.count {
                 // Random split sizes from 1 byte to 300 KiB, biased to small.
-                let n = min(data.count - offset, Bool.random(using: &rng) ? Int.random(in: 1...64, using: &rng) : Int.random(in: 1...(300 << 10), using: &rng))
+                let n = min(
+                    data.count - offset,
+                    Bool.random(using: &rng) ? Int.random(in: 1...64, using: &rng) : Int.random(in: 1...(300 << 10), using: &rng))
                 var local: [Int] = []
                 data.withUnsafeBytes { chunker.scan(UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + n)]), cuts: &local) }
                 cuts.append(contentsOf: local.map { $0 + offset })
@@ -39,7 +42,10 @@ import Testing
         let cuts = cutsWhole(data)
         var previous = 0
         var sizes: [Int] = []
-        for c in cuts { sizes.append(c - previous); previous = c }
+        for c in cuts {
+            sizes.append(c - previous)
+            previous = c
+        }
         #expect(sizes.dropLast().allSatisfy { $0 >= 16 << 10 && $0 <= 256 << 10 })
         let mean = Double(data.count) / Double(sizes.count)
         // Normalized chunking keeps the mean near the 64 KiB target.
@@ -53,10 +59,14 @@ import Testing
         func chunks(_ d: [UInt8]) -> Set<[UInt8]> {
             var set = Set<[UInt8]>()
             var prev = 0
-            for c in cutsWhole(d) { set.insert(Array(d[prev..<c])); prev = c }
+            for c in cutsWhole(d) {
+                set.insert(Array(d[prev..<c]))
+                prev = c
+            }
             return set
         }
-        let a = chunks(data), b = chunks(edited)
+        let a = chunks(data)
+        let b = chunks(edited)
         #expect(b.subtracting(a).count <= 3)
     }
 
@@ -95,7 +105,12 @@ import Testing
         let text = [UInt8](String(repeating: "model weights and more model weights ", count: 2000).utf8)
         var stored: [UInt8] = []
         var codec = ChunkCodec.raw
-        try text.withUnsafeBytes { try c.encode($0, policy: CompressionPolicy(), elementWidth: 1) { k, p in codec = k; stored = Array(p) } }
+        try text.withUnsafeBytes {
+            try c.encode($0, policy: CompressionPolicy(), elementWidth: 1) { k, p in
+                codec = k
+                stored = Array(p)
+            }
+        }
         #expect(codec == .zstd)
         #expect(stored.count < text.count / 10)
         var out = [UInt8](repeating: 0, count: text.count)
@@ -135,8 +150,9 @@ struct SeededGenerator: RandomNumberGenerator {
 @Suite struct ByteGroupingTests {
     @Test func byteGroupingIsChosenForFp32WeightsAndSavesMoreThanPlainZstd() throws {
         let c = ChunkCompressor(maxChunk: 256 << 10)
-        let weights = gaussianWeights(16384, seed: 3)   // one 64 KiB chunk
-        var hinted = (ChunkCodec.raw, 0), plain = (ChunkCodec.raw, 0)
+        let weights = gaussianWeights(16384, seed: 3) // one 64 KiB chunk
+        var hinted = (ChunkCodec.raw, 0)
+        var plain = (ChunkCodec.raw, 0)
         try weights.withUnsafeBytes { w in
             try c.encode(w, policy: CompressionPolicy(), elementWidth: 4) { k, p in hinted = (k, p.count) }
             try c.encode(w, policy: CompressionPolicy(), elementWidth: 1) { k, p in plain = (k, p.count) }
@@ -152,7 +168,12 @@ struct SeededGenerator: RandomNumberGenerator {
             let data = gaussianWeights(20000, seed: UInt64(width + extra)) + randomBytes(extra, seed: 1)
             var codec = ChunkCodec.raw
             var stored: [UInt8] = []
-            try data.withUnsafeBytes { try c.encode($0, policy: CompressionPolicy(), elementWidth: width) { k, p in codec = k; stored = Array(p) } }
+            try data.withUnsafeBytes {
+                try c.encode($0, policy: CompressionPolicy(), elementWidth: width) { k, p in
+                    codec = k
+                    stored = Array(p)
+                }
+            }
             #expect(codec != .raw)
             var back = [UInt8](repeating: 0, count: data.count)
             try stored.withUnsafeBytes { s in try back.withUnsafeMutableBytes { try c.decode(s, codec: codec, into: $0) } }

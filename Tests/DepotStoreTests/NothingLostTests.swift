@@ -1,8 +1,9 @@
 import DepotCatalog
 import DepotCore
-@testable import DepotStore
 import Foundation
 import Testing
+
+@testable import DepotStore
 
 /// Issue #12: recovery never deletes acknowledged data on its own; damage is refused at open,
 /// reported by `depot fsck`, and dropped only by `depot fsck --repair`.
@@ -25,8 +26,10 @@ import Testing
     }
 
     /// Opening must fail with a storage error whose text contains every one of `parts`.
-    static func expectRefusal(_ dir: TempDir, create: Bool = true, _ parts: [String],
-                              sourceLocation: SourceLocation = #_sourceLocation) {
+    static func expectRefusal(
+        _ dir: TempDir, create: Bool = true, _ parts: [String],
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         do {
             _ = try ChunkStore(root: dir.path, create: create)
             Issue.record("the store opened", sourceLocation: sourceLocation)
@@ -42,11 +45,15 @@ import Testing
         let (d, bytes) = try Self.storeWithBlob(dir)
         let pack = try #require(try Self.packPaths(dir).first)
         let rows = try Self.chunkRows(dir)
-        try FileSystem.rename(pack, dir.path + "/moved-away")   // the packs volume "not mounted"
+        try FileSystem.rename(pack, dir.path + "/moved-away") // the packs volume "not mounted"
         let rel = String(pack.dropFirst(dir.path.count + 1))
-        Self.expectRefusal(dir, ["\(rel) is referenced by the catalog", "missing (ENOENT)", "mount it",
-                                 "depot fsck --repair --storage \(dir.path)", "Nothing was changed"])
-        Self.expectRefusal(dir, ["missing (ENOENT)"])   // and again: the first refusal dropped nothing
+        Self.expectRefusal(
+            dir,
+            [
+                "\(rel) is referenced by the catalog", "missing (ENOENT)", "mount it",
+                "depot fsck --repair --storage \(dir.path)", "Nothing was changed",
+            ])
+        Self.expectRefusal(dir, ["missing (ENOENT)"]) // and again: the first refusal dropped nothing
         #expect(try Self.chunkRows(dir) == rows)
         try FileSystem.rename(dir.path + "/moved-away", pack)
         let store = try ChunkStore(root: dir.path)
@@ -134,7 +141,7 @@ import Testing
         let d: Digest
         do {
             let store = try ChunkStore(root: dir.path, options: options, create: true)
-            _ = try store.write(randomBytes(1_100_000, seed: 7))   // fills pack 1, ends in pack 2
+            _ = try store.write(randomBytes(1_100_000, seed: 7)) // fills pack 1, ends in pack 2
             d = try store.write(randomBytes(900_000, seed: 8), retain: "t").digest
         }
         let packs = try ChunkStore(root: dir.path, readOnly: true).catalog.read { try $0.packs() }
@@ -170,7 +177,7 @@ import Testing
         let (d, bytes) = try Self.storeWithBlob(dir)
         let pack = try #require(try Self.packPaths(dir).first)
         let file = try PosixFile(path: pack, mode: .readWrite)
-        try file.truncate(to: try file.size() - 1000)   // a disk that lied about fsync
+        try file.truncate(to: try file.size() - 1000) // a disk that lied about fsync
         Self.expectRefusal(dir, ["acknowledged data is missing from its end", "depot fsck --repair"])
         // `depot fsck` (report): the damage is listed and left in place.
         do {
@@ -201,8 +208,10 @@ import Testing
         var options = StoreOptions()
         options.packTargetSize = 1 << 20
         // a fills most of pack 1; b starts there and goes on in pack 2, which holds only b.
-        let a = randomBytes(900_000, seed: 1), b = randomBytes(900_000, seed: 2)
-        let da: Digest, db: Digest
+        let a = randomBytes(900_000, seed: 1)
+        let b = randomBytes(900_000, seed: 2)
+        let da: Digest
+        let db: Digest
         do {
             let store = try ChunkStore(root: dir.path, options: options, create: true)
             da = try store.write(a, retain: "t").digest
@@ -224,7 +233,8 @@ import Testing
 @Suite struct FaultInjectionStoreTests {
     @Test func aFailedFdatasyncFailsTheWriteAbandonsThePackAndLosesNothing() throws {
         let dir = TempDir()
-        let a = randomBytes(1 << 20, seed: 10), b = randomBytes(1 << 20, seed: 11)
+        let a = randomBytes(1 << 20, seed: 10)
+        let b = randomBytes(1 << 20, seed: 11)
         let store = try ChunkStore(root: dir.path, create: true)
         let da = try store.write(a, retain: "t").digest
         let fault = FaultInjection.arm(.fdatasync, errno: EIO, pathContains: dir.path + "/packs/", count: 1)
@@ -251,7 +261,8 @@ import Testing
 
     @Test func aFullDiskFailsTheWriteClearlyAndTheRetrySucceeds() throws {
         let dir = TempDir()
-        let a = randomBytes(1 << 20, seed: 12), b = randomBytes(2 << 20, seed: 13)
+        let a = randomBytes(1 << 20, seed: 12)
+        let b = randomBytes(2 << 20, seed: 13)
         let store = try ChunkStore(root: dir.path, create: true)
         let da = try store.write(a, retain: "t").digest
         let fault = FaultInjection.arm(.write, errno: ENOSPC, pathContains: dir.path + "/packs/")
@@ -294,7 +305,8 @@ import Testing
         var options = StoreOptions()
         options.catalogBusyTimeoutMilliseconds = 400
         let store = try ChunkStore(root: dir.path, options: options, create: true)
-        let a = randomBytes(1 << 20, seed: 15), b = randomBytes(1 << 20, seed: 16)
+        let a = randomBytes(1 << 20, seed: 15)
+        let b = randomBytes(1 << 20, seed: 16)
         let other = try Database(path: dir.path + "/catalog.db")
         func hold(for seconds: Double) -> DispatchGroup {
             let held = DispatchSemaphore(value: 0)
@@ -309,7 +321,7 @@ import Testing
             return group
         }
         var g = hold(for: 0.1)
-        let da = try store.write(a, retain: "t").digest   // waits for the lock, then succeeds
+        let da = try store.write(a, retain: "t").digest // waits for the lock, then succeeds
         g.wait()
         let w = try store.makeWriter()
         try b.withUnsafeBytes { try w.write($0) }
@@ -336,8 +348,10 @@ import Testing
         var options = StoreOptions()
         options.packTargetSize = 1 << 20
         options.writeGraceSeconds = 3600
-        let keep1 = randomBytes(100_000, seed: 21), keep2 = randomBytes(100_000, seed: 22)
-        let d1: Digest, d2: Digest
+        let keep1 = randomBytes(100_000, seed: 21)
+        let keep2 = randomBytes(100_000, seed: 22)
+        let d1: Digest
+        let d2: Digest
         do {
             let store = try ChunkStore(root: dir.path, options: options, create: true)
             // Each kept blob sits in a pack that is mostly garbage, so both packs get compacted.
@@ -347,15 +361,16 @@ import Testing
             d2 = try store.write(keep2, retain: "t").digest
             _ = try store.write(randomBytes(1_400_000, seed: 33))
         }
-        let store = try ChunkStore(root: dir.path, options: options)   // all packs sealed
+        let store = try ChunkStore(root: dir.path, options: options) // all packs sealed
         let (damaged, loc1) = try store.catalog.read { conn -> (SHA256.Value, ChunkLocation) in
             let id = try #require(try conn.blob(d1)?.id)
             let first = try #require(try conn.recipe(blob: id, from: 0, limit: 1).first)
             return (first.hash, try #require(try conn.chunkLocation(first.hash)))
         }
-        let loc2 = try #require(try store.catalog.read { conn -> ChunkLocation? in
-            try conn.recipe(blob: conn.blob(d2)!.id, from: 0, limit: 1).first.flatMap { try conn.chunkLocation($0.hash) }
-        })
+        let loc2 = try #require(
+            try store.catalog.read { conn -> ChunkLocation? in
+                try conn.recipe(blob: conn.blob(d2)!.id, from: 0, limit: 1).first.flatMap { try conn.chunkLocation($0.hash) }
+            })
         #expect(loc1.pack != loc2.pack)
         // Flip one payload byte of keep1's first chunk.
         let file = try PosixFile(path: dir.path + "/" + PackFormat.relativePath(loc1.pack), mode: .readWrite)
@@ -390,8 +405,9 @@ import Testing
         let p = Process()
         p.executableURL = URL(fileURLWithPath: depotExecutable)
         p.arguments = args
-        p.currentDirectoryURL = URL(fileURLWithPath: NSTemporaryDirectory())   // no config/depot.yaml
-        let out = Pipe(), err = Pipe()
+        p.currentDirectoryURL = URL(fileURLWithPath: NSTemporaryDirectory()) // no config/depot.yaml
+        let out = Pipe()
+        let err = Pipe()
         p.standardOutput = out
         p.standardError = err
         try p.run()
@@ -402,8 +418,10 @@ import Testing
             Issue.record("depot \(args.joined(separator: " ")) still ran after \(timeout) s")
         }
         p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
-                String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        return (
+            p.terminationStatus, String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
+            String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        )
     }
 
     @Test func serveRefusesAMissingPackAndFsckRepairListsTheLostBlob() throws {

@@ -1,8 +1,9 @@
 import DepotCatalog
 import DepotCore
-@testable import DepotStore
 import Foundation
 import Testing
+
+@testable import DepotStore
 
 @Suite struct RecoveryTests {
     @Test func anUnacknowledgedPackTailIsCutOnOpen() throws {
@@ -60,7 +61,8 @@ import Testing
         for round in 0..<rounds {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: depotExecutable)
-            p.arguments = ["debug", "write-loop", "--storage", dir.path, "--seed", "\(round + 1)", "--max-size", "\(3 << 20)"]
+            p.arguments =
+                ["debug", "write-loop", "--storage", dir.path, "--seed", "\(round + 1)", "--max-size", "\(3 << 20)"]
                 + (round % 3 == 2 ? ["--gc"] : [])
             let out = Pipe()
             p.standardOutput = out
@@ -102,7 +104,7 @@ import Testing
         let x = try store.write(drop + shared).digest
         try store.retain(k, reason: "test")
         let before = try store.stats()
-        #expect(try store.collectGarbage().blobsDeleted == 0)   // fresh blobs are kept for the grace period
+        #expect(try store.collectGarbage().blobsDeleted == 0) // fresh blobs are kept for the grace period
         let report = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970) + options.writeGraceSeconds + 1)
         #expect(report.blobsDeleted == 1)
         #expect(report.chunkBytesFreed > 0)
@@ -110,7 +112,7 @@ import Testing
         #expect(try store.readAll(k) == keep + shared)
         let after = try store.stats()
         #expect(after.chunkBytes < before.chunkBytes)
-        #expect(after.storedBytes < before.storedBytes)    // compaction gave disk space back
+        #expect(after.storedBytes < before.storedBytes) // compaction gave disk space back
         #expect(try store.fsck().isClean)
     }
 
@@ -136,7 +138,9 @@ import Testing
         // A writer killed in the middle of a large blob leaves an unfinished write behind.
         let p = Process()
         p.executableURL = URL(fileURLWithPath: depotExecutable)
-        p.arguments = ["debug", "write-loop", "--storage", dir.path, "--count", "1", "--min-size", "\(1 << 30)", "--max-size", "\(2 << 30)"]
+        p.arguments = [
+            "debug", "write-loop", "--storage", dir.path, "--count", "1", "--min-size", "\(1 << 30)", "--max-size", "\(2 << 30)",
+        ]
         p.standardOutput = FileHandle.nullDevice
         try p.run()
         usleep(1_500_000)
@@ -148,7 +152,7 @@ import Testing
         #expect(try store.stats().unfinishedWrites == 1)
         #expect(try store.stats().chunks > 0)
         _ = try store.collectGarbage()
-        #expect(try store.stats().unfinishedWrites == 1)      // within the grace period: may still resume
+        #expect(try store.stats().unfinishedWrites == 1) // within the grace period: may still resume
         _ = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970) + 7200)
         #expect(try store.stats().unfinishedWrites == 0)
         #expect(try store.stats().chunks == 0)

@@ -14,7 +14,9 @@ func makeSafetensors(_ tensors: [(String, String, [Int], [UInt8])], metadata: [S
     var offset = 0
     var data: [UInt8] = []
     for (name, dtype, shape, bytes) in tensors {
-        entries.append("\"\(name)\":{\"dtype\":\"\(dtype)\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + bytes.count)]}")
+        entries.append(
+            "\"\(name)\":{\"dtype\":\"\(dtype)\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + bytes.count)]}"
+        )
         offset += bytes.count
         data += bytes
     }

@@ -1,3 +1,5 @@
+import Foundation
+
 // One libFuzzer binary for every harness; FUZZ_TARGET names the one to run (scripts/fuzz.sh).
 // Each harness feeds the bytes to a parser of untrusted input and ignores the errors it throws:
 // only a crash, a sanitizer report, a leak or a timeout is a finding.
@@ -7,7 +9,6 @@
 @testable import DepotRegistry
 @testable import DepotServer
 @testable import DepotStore
-import Foundation
 
 typealias Harness = (UnsafeRawBufferPointer) -> Void
 
@@ -36,8 +37,10 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 /// libFuzzer's driver. SwiftPM links an executable's entry point as `<module>_main` (defining
 /// `main` as an alias of it), so libFuzzer's own `main` is not linked in: start the driver here.
 @_silgen_name("LLVMFuzzerRunDriver")
-func runDriver(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-               _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
+func runDriver(
+    _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
 
 @_cdecl("DepotFuzz_main")
 public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
@@ -125,8 +128,9 @@ func chunkRecord(_ p: UnsafeRawBufferPointer) {
     guard p.count >= 4, let kind = ChunkCodec(rawValue: p[0]) else { return }
     let raw = 1 + (Int(p[1]) | Int(p[2]) << 8 | Int(p[3]) << 16) % codec.maxChunk
     let payload = UnsafeRawBufferPointer(rebasing: p[4...])
-    let header = ChunkRecords.Header(codec: kind, rawLength: raw, storedLength: payload.count, hash: zeroHash,
-                                     checksum: PackFormat.checksum(payload))
+    let header = ChunkRecords.Header(
+        codec: kind, rawLength: raw, storedLength: payload.count, hash: zeroHash,
+        checksum: PackFormat.checksum(payload))
     var out = [UInt8](repeating: 0, count: raw)
     out.withUnsafeMutableBytes { o in _ = try? codec.decode(header, payload: payload, into: o) }
 }
