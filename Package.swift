@@ -29,6 +29,8 @@ let package = Package(
 
         // Layers: see docs/ARCHITECTURE.md.
         .target(name: "DepotCore", dependencies: ["COpenSSL"]),
+        // The shared vocabulary: wire types, states, annotation keys, the route table.
+        .target(name: "DepotAPI", dependencies: ["DepotCore"]),
         .target(name: "DepotCatalog", dependencies: ["DepotCore", "CSQLite"]),
         .target(name: "DepotFormats", dependencies: ["DepotCore"]),
         .target(name: "CDepotSupport"),
@@ -86,6 +88,7 @@ let package = Package(
         ),
 
         .testTarget(name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport"]),
+        .testTarget(name: "DepotAPITests", dependencies: ["DepotAPI", "DepotCore"]),
         .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotCore", "CDepotSupport"]),
         .testTarget(
             name: "DepotServerTests",
