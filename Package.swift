@@ -35,7 +35,7 @@ let package = Package(
         .target(name: "DepotFormats", dependencies: ["DepotCore"]),
         .target(name: "CDepotSupport"),
         .target(name: "DepotStore", dependencies: ["DepotCore", "DepotCatalog", "CZstd", "CDepotSupport"]),
-        .target(name: "DepotRegistry", dependencies: ["DepotCore", "DepotCatalog", "DepotStore", "DepotFormats"]),
+        .target(name: "DepotRegistry", dependencies: ["DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats"]),
         .target(
             name: "DepotPipelines",
             dependencies: ["DepotCore", "DepotCatalog", "DepotStore", "DepotRegistry", .product(name: "Yams", package: "Yams")]
@@ -52,9 +52,8 @@ let package = Package(
         .target(
             name: "DepotServer",
             dependencies: [
-                "DepotCore", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport", "DepotPipelines",
-                "DepotRunner",
-                "DepotClient", "DepotDeploy",
+                "DepotAPI", "DepotCore", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport",
+                "DepotPipelines", "DepotRunner", "DepotClient", "DepotDeploy",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -70,7 +69,7 @@ let package = Package(
         .target(
             name: "DepotClient",
             dependencies: [
-                "DepotCore", "DepotStore", "DepotFormats", "CDepotSupport",
+                "DepotAPI", "DepotCore", "DepotStore", "DepotFormats", "CDepotSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -80,7 +79,7 @@ let package = Package(
         .executableTarget(
             name: "depot",
             dependencies: [
-                "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotRegistry", "DepotServer", "DepotClient",
+                "DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotRegistry", "DepotServer", "DepotClient",
                 "DepotPipelines", "DepotRunner", "DepotDeploy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -93,7 +92,8 @@ let package = Package(
         .testTarget(
             name: "DepotServerTests",
             dependencies: [
-                "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotClient", "DepotPipelines", "DepotRunner", "DepotDeploy",
+                "DepotAPI", "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotClient", "DepotPipelines", "DepotRunner",
+                "DepotDeploy",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),

@@ -1,20 +1,10 @@
+import DepotAPI
 import DepotCore
 import Foundation
 
 /// Media types and annotation keys of model artifacts: CNCF ModelPack where it fits, Depot's
 /// own artifactTypes for TensorRT plans and Triton bundles, and Depot's lineage annotations.
-public enum ModelMediaType {
-    public static let manifest = "application/vnd.cncf.model.manifest.v1+json"
-    public static let config = "application/vnd.cncf.model.config.v1+json"
-    public static let weight = "application/vnd.cncf.model.weight.v1.raw"
-    public static let weightConfig = "application/vnd.cncf.model.weight.config.v1.raw"
-    public static let doc = "application/vnd.cncf.model.doc.v1.raw"
-    public static let code = "application/vnd.cncf.model.code.v1.raw"
-    public static let tensorrtPlan = "application/vnd.depot.tensorrt.plan.v1"
-    public static let tritonBundle = "application/vnd.depot.triton.bundle.v1"
-    public static let onnx = "application/vnd.depot.onnx.v1"
-    public static let filepath = "org.cncf.model.filepath"
-    public static let title = "org.opencontainers.image.title"
+extension ModelMediaType {
 
     /// The layer media type for a file, by name.
     public static func layer(for path: String) -> String {

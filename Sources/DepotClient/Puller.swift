@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import DepotAPI
 import DepotCore
 import DepotStore
 import Foundation
@@ -111,21 +112,19 @@ public final class Puller: Sendable {
     /// The files of an image manifest: path from `org.cncf.model.filepath` or the title
     /// annotation, else `blobs/sha256-<hex>`.
     static func layers(_ manifest: FetchedManifest) throws -> [Layer] {
-        guard let json = try? JSONSerialization.jsonObject(with: Data(manifest.bytes)) as? [String: Any] else {
-            throw ClientError("manifest \(manifest.digest) is not JSON")
+        let document: OCIManifestDocument
+        do { document = try WireJSON.decode(OCIManifestDocument.self, from: manifest.bytes, what: "manifest \(manifest.digest)") } catch {
+            throw ClientError("\(error)")
         }
-        if json["manifests"] != nil {
+        if document.manifests != nil {
             throw ClientError("\(manifest.digest) is an index of several manifests; pull one of them by digest")
         }
-        guard let layers = json["layers"] as? [[String: Any]] else { throw ClientError("manifest \(manifest.digest) has no layers") }
+        guard let layers = document.layers else { throw ClientError("manifest \(manifest.digest) has no layers") }
         var seen = Set<String>()
         return try layers.map { l in
-            guard let d = l["digest"] as? String, let digest = try? Digest(parsing: d), let size = (l["size"] as? NSNumber)?.int64Value,
-                size >= 0
-            else {
-                throw ClientError("manifest \(manifest.digest) has a malformed layer descriptor")
-            }
-            let annotations = l["annotations"] as? [String: String] ?? [:]
+            let (digest, size) = (l.digest, l.size)
+            guard size >= 0 else { throw ClientError("manifest \(manifest.digest) has a layer of negative size") }
+            let annotations = l.annotations ?? [:]
             let name = annotations[ModelMediaType.filepath] ?? annotations[ModelMediaType.title] ?? "blobs/sha256-\(digest.hex)"
             let path = try ArtifactFiles.safeRelativePath(name)
             guard seen.insert(path).inserted else { throw ClientError("manifest \(manifest.digest) names '\(path)' twice") }

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import DepotStore
 import Foundation
@@ -69,8 +70,8 @@ public final class Pusher: Sendable {
         self.progress = progress
     }
 
-    struct FileResult: @unchecked Sendable { // the descriptor is plain JSON values
-        var descriptor: [String: Any]
+    struct FileResult: Sendable {
+        var descriptor: OCIDescriptor
         var digest: Digest
         var size: Int64
         var deduplicated: Int64
@@ -93,7 +94,7 @@ public final class Pusher: Sendable {
         let results = try await forEachConcurrently(files, limit: request.fileJobs) { file in
             info != nil ? try await self.pushChunked(file, request) : try await self.pushWhole(file, request)
         }
-        var layers: [[String: Any]] = []
+        var layers: [OCIDescriptor] = []
         var logical: Int64 = 0
         var deduplicated: Int64 = 0
         var chunks = 0
@@ -107,11 +108,9 @@ public final class Pusher: Sendable {
         }
         // The ModelPack config: what the model is, and the layers' digests.
         let weightFormats = Set(formats.compactMap { $0 }.filter { $0 != "triton-config" })
-        let config: [String: Any] = [
-            "descriptor": ["createdAt": ISO8601DateFormatter().string(from: Date()), "name": request.repository, "version": request.tag],
-            "config": ["format": weightFormats.sorted().joined(separator: ",")],
-            "modelfs": ["type": "layers", "diffIds": layers.compactMap { $0["digest"] as? String }],
-        ]
+        let config = ModelConfig(
+            createdAt: ISO8601DateFormatter().string(from: Date()), name: request.repository, version: request.tag,
+            format: weightFormats.sorted().joined(separator: ","), layers: layers.map(\.digest))
         let configBytes = try Self.json(config)
         let configDigest = Digest.of(configBytes)
         if try await !connection.blobExists(request.repository, configDigest) {
@@ -120,17 +119,11 @@ public final class Pusher: Sendable {
         var annotations = request.annotations
         annotations["org.opencontainers.image.created"] =
             annotations["org.opencontainers.image.created"] ?? ISO8601DateFormatter().string(from: started)
-        var manifest: [String: Any] = [
-            "schemaVersion": 2,
-            "mediaType": MediaType.ociManifest,
-            "artifactType": request.artifactType ?? ArtifactFiles.artifactType(files, formats: formats),
-            "config": ["mediaType": ModelMediaType.config, "digest": configDigest.description, "size": configBytes.count],
-            "layers": layers,
-            "annotations": annotations,
-        ]
-        if let subject = request.subject {
-            manifest["subject"] = ["mediaType": subject.mediaType, "digest": subject.digest.description, "size": subject.bytes.count]
-        }
+        let subject = request.subject.map { OCIDescriptor(mediaType: $0.mediaType, digest: $0.digest, size: Int64($0.bytes.count)) }
+        let manifest = OCIManifestDocument.image(
+            config: OCIDescriptor(mediaType: ModelMediaType.config, digest: configDigest, size: Int64(configBytes.count)),
+            layers: layers, artifactType: request.artifactType ?? ArtifactFiles.artifactType(files, formats: formats),
+            subject: subject, annotations: annotations)
         let bytes = try Self.json(manifest)
         // Without a tag the manifest is pushed by digest (untagged).
         let reference = request.tag.isEmpty ? Digest.of(bytes).description : request.tag
@@ -143,15 +136,12 @@ public final class Pusher: Sendable {
             mode: info != nil ? "chunked" : "oci", seconds: Date().timeIntervalSince(started))
     }
 
-    static func json(_ object: Any) throws -> [UInt8] {
-        Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
-    }
+    static func json<T: Encodable>(_ value: T) throws -> [UInt8] { try WireJSON.encode(value) }
 
-    func descriptor(_ file: ArtifactFile, _ digest: Digest, _ size: Int64) -> [String: Any] {
-        [
-            "mediaType": ModelMediaType.layer(for: file.relativePath), "digest": digest.description, "size": size,
-            "annotations": [ModelMediaType.filepath: file.relativePath, ModelMediaType.title: file.relativePath],
-        ]
+    func descriptor(_ file: ArtifactFile, _ digest: Digest, _ size: Int64) -> OCIDescriptor {
+        OCIDescriptor(
+            mediaType: ModelMediaType.layer(for: file.relativePath), digest: digest, size: size,
+            annotations: [ModelMediaType.filepath: file.relativePath, ModelMediaType.title: file.relativePath])
     }
 
     // MARK: chunk negotiation

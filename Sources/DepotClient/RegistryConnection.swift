@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import CDepotSupport
+import DepotAPI
 import DepotCore
 import Foundation
 import NIOCore
@@ -183,11 +184,9 @@ public final class RegistryConnection: Sendable {
     static func error(status: Int, body: [UInt8], method: HTTPMethod, path: String) -> ClientError {
         var code: String?
         var message: String?
-        if let json = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-            let errors = json["errors"] as? [[String: Any]], let first = errors.first
-        {
-            code = first["code"] as? String
-            message = first["message"] as? String
+        if let first = (try? WireJSON.decode(OCIErrorBody.self, from: body, what: "error body"))?.errors.first {
+            code = first.code
+            message = first.message
         }
         let what: String
         switch status {

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import DepotRegistry
 import DepotStore
@@ -32,6 +33,14 @@ enum Reply {
         return bytes(Array(data), status: status, contentType: contentType, headers: headers, head: head)
     }
 
+    /// A wire type as JSON (sorted keys, so the same value gives the same bytes).
+    static func encoded<T: Encodable>(
+        _ value: T, status: Int = 200, contentType: String = "application/json", headers: HTTPFields = [:], head: Bool = false
+    ) -> Response {
+        let body = (try? WireJSON.encode(value)) ?? Array("{}".utf8)
+        return bytes(body, status: status, contentType: contentType, headers: headers, head: head)
+    }
+
     static func bytes(_ bytes: [UInt8], status: Int = 200, contentType: String, headers: HTTPFields = [:], head: Bool = false) -> Response {
         var h = headers
         h[.contentType] = contentType
@@ -42,9 +51,8 @@ enum Reply {
 
     /// The spec's JSON error body: `{"errors": [{"code", "message", "detail"}]}`.
     static func error(_ e: RegistryError, headers: HTTPFields = [:], head: Bool = false) -> Response {
-        var entry: [String: Any] = ["code": e.code.rawValue, "message": e.message]
-        entry["detail"] = e.detail ?? [String: String]()
-        return json(["errors": [entry]], status: e.status, headers: headers, head: head)
+        let body = OCIErrorBody([.init(code: e.code.rawValue, message: e.message, detail: e.detail)])
+        return encoded(body, status: e.status, headers: headers, head: head)
     }
 }
 

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotDeploy
@@ -391,7 +392,7 @@ public struct OCIResponder: HTTPResponder {
             tags.removeLast(tags.count - n)
             headers[.link] = "</v2/\(name)/tags/list?n=\(n)&last=\(tags.last ?? "")>; rel=\"next\""
         }
-        return Reply.json(["name": name.value, "tags": tags], headers: headers)
+        return Reply.encoded(TagList(name: name.value, tags: tags), headers: headers)
     }
 
     func catalog(_ request: Request) async throws -> Response {
@@ -404,7 +405,7 @@ public struct OCIResponder: HTTPResponder {
             names.removeLast(names.count - n)
             headers[.link] = "</v2/_catalog?n=\(n)&last=\(names.last ?? "")>; rel=\"next\""
         }
-        return Reply.json(["repositories": names], headers: headers)
+        return Reply.encoded(RepositoryList(repositories: names), headers: headers)
     }
 
     func referrers(_ name: RepositoryName, _ digest: Digest, _ request: Request) async throws -> Response {
@@ -424,8 +425,7 @@ public struct OCIResponder: HTTPResponder {
             }
             headers[.link] = "<\(next)>; rel=\"next\""
         }
-        let index: [String: Any] = ["schemaVersion": 2, "mediaType": MediaType.ociIndex, "manifests": descriptors.map(\.json)]
-        return Reply.json(index, contentType: MediaType.ociIndex, headers: headers)
+        return Reply.encoded(OCIReferrersIndex(manifests: descriptors), contentType: MediaType.ociIndex, headers: headers)
     }
 
     // MARK: metrics

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DepotAPI
 import DepotClient
 import DepotCore
 import Foundation

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import DepotRegistry
 import Foundation
