@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+from typing import Any
 
 import hookenv
 from hookenv import EX_CONFIG, environ
@@ -66,8 +67,9 @@ class Params(hookenv.TempDirTest):
         with environ(DEPOT_PARAM_RUNS="12", DEPOT_PARAM_TOLERANCE="1e-3"):
             self.assertEqual(depot_hook.number_param("runs", 50, int, low=1), 12)
             self.assertEqual(depot_hook.number_param("tolerance", 1e-4), 1e-3)
-        for value, kind, message in (("1.5", int, "is not an integer"), ("abc", float, "is not a number"),
-                                     ("0", int, "must be >= 1"), ("nan", float, "must be >= 1")):
+        cases: list[tuple[str, Any, str]] = [("1.5", int, "is not an integer"), ("abc", float, "is not a number"),
+                                             ("0", int, "must be >= 1"), ("nan", float, "must be >= 1")]
+        for value, kind, message in cases:
             with self.subTest(value=value), environ(DEPOT_PARAM_X=value):
                 with self.assertRaises(StageError) as e:
                     depot_hook.number_param("x", 1, kind, low=1)
