@@ -468,8 +468,8 @@ def convert_pytorch(inp: str, out: str, rel: str, files: list[str], tolerance: f
     opset = int(param("target_opset") or 17)
     onnx_path = os.path.join(out, "model.onnx")
     t0 = time.monotonic()
-    kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset,
-                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    kwargs: dict[str, Any] = dict(input_names=["input"], output_names=["output"], opset_version=opset,
+                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
