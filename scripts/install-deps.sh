@@ -5,7 +5,8 @@
 #                                    docker-registry (CNCF distribution), curl (Debian) and
 #                                    oras-py, requests, onnx, numpy (PyPI), and the e2e
 #                                    Python environment (scripts/e2e/python-env.sh: a real
-#                                    Triton server, onnxruntime, skl2onnx, scikit-learn)
+#                                    Triton server, onnxruntime, skl2onnx, scikit-learn, and
+#                                    mypy for scripts/test-hooks.sh)
 set -euo pipefail
 packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev)
 python_modules=()

@@ -4,12 +4,14 @@
 # builds the depot executable (the crash and pipeline tests run it as a child process), runs the
 # whole Swift test suite, then the end-to-end scenarios under scripts/e2e/ and a smoke run of every
 # libFuzzer harness (scripts/fuzz.sh --smoke: past crashes replayed, then a few seconds each).
-# `swift format lint` runs first.
+# `swift format lint` runs first, then scripts/test-hooks.sh (the Python hooks: mypy and unit tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
 # Style first: it takes seconds and says exactly which line to change (configuration: .swift-format).
 swift format lint --strict -r Sources Tests fuzz Package.swift
+# The Python pipeline hooks next (mypy + unit tests, about 30 s): they need no Swift build.
+scripts/test-hooks.sh
 swift build --product depot
 swift test --disable-xctest "$@"
 if [[ $# -eq 0 ]]; then

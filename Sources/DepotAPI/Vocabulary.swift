@@ -3,7 +3,7 @@
 /// past the edge never compares bare strings.
 ///
 /// Raw values are wire and storage values: changing one is a breaking change of the API and of
-/// the catalog (`hooks/builtin/depot_hook.py` mirrors some; `Tests/hooks` checks they agree).
+/// the catalog (`hooks/builtin/depot_hook.py` mirrors some; `hooks/tests/test_vocabulary.py` checks they agree).
 
 /// The state of a pipeline job. Transitions (`JobQueue`): queued → leased → running →
 /// succeeded | failed | cancelled; a lost lease goes back to queued; retry makes a new job.

@@ -31,6 +31,8 @@ default 1.0).
 Exit status: 0 done; 78 the input can never work here (no model.onnx, unknown parameter value,
 tensorrt requested without a GPU, an ONNX model TensorRT cannot parse); 1 other failures.
 """
+from __future__ import annotations
+
 import json
 import os
 import re
@@ -40,10 +42,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    Array = npt.NDArray[Any]
+
+# One graph input or output as graph_signature reports it (also the "inputs"/"outputs" of tensorrt.json).
+TensorInfo = dict[str, Any]
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared module, even under PYTHONSAFEPATH
 import depot_hook  # noqa: E402
-from depot_hook import EX_CONFIG, StageError, choice_param, fmt, log, number_param, stage_dirs, write_result
+from depot_hook import (EX_CONFIG, METRIC_PREFIX, PLATFORM_ANNOTATION, RELATION_COMPILED_FROM,  # noqa: E402
+                        RELATION_QUANTIZED_FROM, RESULT_ANNOTATIONS, RESULT_ARTIFACT_TYPE, RESULT_RELATION, StageError,
+                        choice_param, fmt, log, number_param, stage_dirs, write_result)
 
 HOOK = "accelerate"
 HOOK_VERSION = 1
@@ -54,7 +67,7 @@ SAMPLE_FILES = ("sample_inputs.npy", "sample_outputs.npz")
 depot_hook.setup(HOOK, HOOK_VERSION)
 
 
-def trtexec_version(trtexec):
+def trtexec_version(trtexec: str) -> str | None:
     """TensorRT version from trtexec's banner ('&&&& RUNNING TensorRT.trtexec [TensorRT v100300] ...')."""
     try:
         p = subprocess.run([trtexec, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
@@ -67,14 +80,14 @@ def trtexec_version(trtexec):
     return f"{n // 10000}.{n // 100 % 100}.{n % 100}" if n >= 10000 else f"{n // 1000}.{n // 100 % 10}.{n % 100}"
 
 
-def toolchain():
+def toolchain() -> str:
     trtexec = shutil.which("trtexec")
     return depot_hook.toolchain_line(
         [("onnx", ["onnx"]), ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"]), ("numpy", ["numpy"])],
         extra=[f"tensorrt={trtexec_version(trtexec) or 'unknown'}"] if trtexec else [])
 
 
-def gpu_compute_capability():
+def gpu_compute_capability() -> str | None:
     """'9.0' for the first GPU nvidia-smi lists, or None (no nvidia-smi, no GPU, driver error)."""
     smi = shutil.which("nvidia-smi")
     if not smi:
@@ -91,13 +104,13 @@ def gpu_compute_capability():
     return cc if re.fullmatch(r"\d+\.\d+", cc) else None
 
 
-def graph_signature(path):
+def graph_signature(path: str) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """The ONNX graph's real inputs and its outputs: [{name, elem_type, dims}], dims -1 where dynamic."""
     import onnx
     model = onnx.load(path, load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
 
-    def info(v):
+    def info(v: Any) -> TensorInfo:
         t = v.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
         return {"name": v.name, "elem_type": onnx.TensorProto.DataType.Name(t.elem_type), "dims": dims}
@@ -106,7 +119,7 @@ def graph_signature(path):
             [info(v) for v in model.graph.output])
 
 
-def load_samples(inp, model_path):
+def load_samples(inp: str, model_path: str) -> tuple[Array, Optional[dict[str, Array]]]:
     import numpy as np
     x_path, y_path = os.path.join(inp, "sample_inputs.npy"), os.path.join(inp, "sample_outputs.npz")
     if os.path.exists(x_path):
@@ -134,7 +147,7 @@ def load_samples(inp, model_path):
     return x, ref
 
 
-def carry_samples(inp, out):
+def carry_samples(inp: str, out: str) -> None:
     for name in SAMPLE_FILES:
         if os.path.exists(os.path.join(inp, name)):
             shutil.copyfile(os.path.join(inp, name), os.path.join(out, name))
@@ -143,14 +156,14 @@ def carry_samples(inp, out):
 # ---------------------------------------------------------------------------------------------
 # CPU path: onnxruntime
 
-def session(path):
+def session(path: str) -> Any:
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1  # what the Triton python-onnxruntime bundle uses; also steadier timings
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def feeds_for(sess, x):
+def feeds_for(sess: Any, x: Array) -> dict[str, Array]:
     inputs = sess.get_inputs()
     if len(inputs) != 1:
         raise StageError(f"the model has {len(inputs)} inputs; accelerate supports single-input models", EX_CONFIG)
@@ -159,13 +172,13 @@ def feeds_for(sess, x):
     return {inputs[0].name: x.astype(want) if want else x}
 
 
-def run_model(path, x):
+def run_model(path: str, x: Array) -> dict[str, Array]:
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds_for(sess, x))))
 
 
-def median_latency_ms(path, x, runs):
+def median_latency_ms(path: str, x: Array, runs: int) -> float:
     sess = session(path)
     feeds = feeds_for(sess, x)
     for _ in range(min(3, runs)):
@@ -178,10 +191,12 @@ def median_latency_ms(path, x, runs):
     return statistics.median(times)
 
 
-def accuracy(outputs, reference):
+def accuracy(outputs: dict[str, Any], reference: dict[str, Any]) -> tuple[float, float | None, list[str]]:
     """(max abs diff over float outputs, label agreement fraction or None, compared output names)."""
     import numpy as np
-    delta, agreement, compared = 0.0, None, []
+    delta: float = 0.0
+    agreement: float | None = None
+    compared: list[str] = []
     for name, ref in reference.items():
         if name not in outputs:
             continue
@@ -202,19 +217,19 @@ def accuracy(outputs, reference):
 QUANTIZABLE = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "GRU", "Attention", "EmbedLayerNormalization", "Gather"}
 
 
-def all_ops(path):
+def all_ops(path: str) -> set[str]:
     import onnx
     return {(n.domain + "." if n.domain not in ("", "ai.onnx") else "") + n.op_type
             for n in onnx.load(path, load_external_data=False).graph.node}
 
 
-def quantizable_ops(path):
+def quantizable_ops(path: str) -> list[str]:
     import onnx
     return [n.op_type for n in onnx.load(path, load_external_data=False).graph.node
             if n.domain in ("", "ai.onnx", "com.microsoft") and n.op_type in QUANTIZABLE]
 
 
-def write_pruned(src, dst):
+def write_pruned(src: str, dst: str) -> None:
     """Copies the model, keeping only the opset imports its nodes use: onnxruntime's saved models
     import every domain it knows (ai.onnx.training, org.pytorch.aten, com.microsoft.nchwc, ...),
     which other runtimes need not accept."""
@@ -233,7 +248,7 @@ def write_pruned(src, dst):
     session(dst)
 
 
-def quantized_node_count(path):
+def quantized_node_count(path: str) -> int:
     import onnx
     model = onnx.load(path, load_external_data=False)
     ops = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv",
@@ -241,7 +256,7 @@ def quantized_node_count(path):
     return sum(1 for n in model.graph.node if n.op_type in ops)
 
 
-def accelerate_cpu(inp, out, model_path):
+def accelerate_cpu(inp: str, out: str, model_path: str) -> int:
     import onnxruntime as ort
     quantize = choice_param("quantize", ["int8", "none"], "int8")
     level_name = choice_param("optimization_level", ["basic", "extended"], "basic")
@@ -274,7 +289,7 @@ def accelerate_cpu(inp, out, model_path):
         log(f"graph optimization ({level_name}): {os.path.getsize(model_path)} -> {os.path.getsize(optimized)} bytes")
 
         method = f"onnxruntime-{level_name}-optimization"
-        relation = "compiled-from"
+        relation: str = RELATION_COMPILED_FROM
         chosen, note = optimized, None
         opt_out = run_model(optimized, x)
         opt_delta, opt_agree, _ = accuracy(opt_out, reference)
@@ -287,7 +302,7 @@ def accelerate_cpu(inp, out, model_path):
             from onnxruntime.quantization import QuantType, quantize_dynamic
             quantized = os.path.join(work, "quantized.onnx")
             candidates = quantizable_ops(optimized)
-            count = 0
+            count: int | None = 0
             if candidates:
                 logging.disable(logging.WARNING)  # "Please consider to run pre-processing ..." on every call
                 try:
@@ -312,7 +327,7 @@ def accelerate_cpu(inp, out, model_path):
                 elif q_agree is not None and q_agree < min_agreement:
                     note = f"quantized label agreement {q_agree:.4f} is below min_label_agreement {min_agreement:g}"
                 else:
-                    chosen, method, relation = quantized, method + "+dynamic-int8", "quantized-from"
+                    chosen, method, relation = quantized, method + "+dynamic-int8", RELATION_QUANTIZED_FROM
         if note:
             log(f"keeping the optimized float model: {note}")
 
@@ -329,18 +344,18 @@ def accelerate_cpu(inp, out, model_path):
     log(f"wrote model.onnx ({os.path.getsize(os.path.join(out, 'model.onnx'))} bytes, {method}); median latency "
         f"{before:.4f} -> {after:.4f} ms; accuracy delta {fmt(delta)}")
     annotations = {
-        "dev.depot.metric.latency_before_ms": "%.4f" % before,
-        "dev.depot.metric.latency_after_ms": "%.4f" % after,
-        "dev.depot.metric.accuracy_delta": fmt(delta),
+        METRIC_PREFIX + "latency_before_ms": "%.4f" % before,
+        METRIC_PREFIX + "latency_after_ms": "%.4f" % after,
+        METRIC_PREFIX + "accuracy_delta": fmt(delta),
         "dev.depot.accelerate.method": method,
         "dev.depot.accelerate.runs": str(runs),
         "dev.depot.accelerate.batch": str(len(x)),
     }
     if agreement is not None:
-        annotations["dev.depot.metric.label_agreement"] = "%.4f" % agreement
+        annotations[METRIC_PREFIX + "label_agreement"] = "%.4f" % agreement
     if note:
         annotations["dev.depot.accelerate.note"] = note
-    write_result({"artifact_type": ONNX_ARTIFACT_TYPE, "relation": relation, "annotations": annotations})
+    write_result({RESULT_ARTIFACT_TYPE: ONNX_ARTIFACT_TYPE, RESULT_RELATION: relation, RESULT_ANNOTATIONS: annotations})
     return 0
 
 
@@ -348,7 +363,7 @@ def accelerate_cpu(inp, out, model_path):
 # GPU path: TensorRT via trtexec. Not runnable on the project's machines (no GPU, no TensorRT):
 # written against trtexec's documented flags and output, never executed here.
 
-def accelerate_tensorrt(inp, out, model_path, trtexec, cc):
+def accelerate_tensorrt(inp: str, out: str, model_path: str, trtexec: str, cc: str) -> int:
     import numpy as np
     precision = choice_param("precision", ["fp32", "fp16"], "fp32")
     max_batch = number_param("max_batch", 64, int, low=1)
@@ -402,16 +417,17 @@ def accelerate_tensorrt(inp, out, model_path, trtexec, cc):
         "dev.depot.tensorrt.version": version or "unknown",
         "dev.depot.tensorrt.precision": precision,
         "dev.depot.accelerate.method": f"tensorrt-{precision}",
-        # The platform string Depot's format reader checks plans against (LineageAnnotation.platform).
-        "dev.depot.platform": f"sm_{cc.replace('.', '')}" + (f",trt{short_version}" if version else ""),
+        # The platform string Depot's format reader checks plans against (Annotation.platform).
+        PLATFORM_ANNOTATION: f"sm_{cc.replace('.', '')}" + (f",trt{short_version}" if version else ""),
     }
     if latency:
-        annotations["dev.depot.metric.latency_after_ms"] = latency.group(1)
-    write_result({"artifact_type": TENSORRT_ARTIFACT_TYPE, "relation": "compiled-from", "annotations": annotations})
+        annotations[METRIC_PREFIX + "latency_after_ms"] = latency.group(1)
+    write_result({RESULT_ARTIFACT_TYPE: TENSORRT_ARTIFACT_TYPE, RESULT_RELATION: RELATION_COMPILED_FROM,
+                  RESULT_ANNOTATIONS: annotations})
     return 0
 
 
-def run():
+def run() -> int:
     inp, out = stage_dirs()
     model_path = os.path.join(inp, "model.onnx")
     if not os.path.isfile(model_path):

@@ -25,6 +25,8 @@ library, unconvertible model); 1 the conversion ran but failed verification, or 
 `--toolchain` prints the hook version, library versions and the hash of the shared depot_hook.py (the line
 is part of the job's memoization key).
 """
+from __future__ import annotations
+
 import importlib.util
 import os
 import pickle
@@ -33,15 +35,25 @@ import subprocess
 import sys
 import time
 import warnings
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Optional
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import onnx
+
+    Array = npt.NDArray[Any]
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared module, even under PYTHONSAFEPATH
 import depot_hook  # noqa: E402
-from depot_hook import EX_CONFIG, StageError, bool_param, fmt, log, number_param, param, shape_param, stage_dirs, write_result
+from depot_hook import (EX_CONFIG, METRIC_PREFIX, RELATION_CONVERTED_FROM, RESULT_ANNOTATIONS, RESULT_ARTIFACT_TYPE,  # noqa: E402
+                        RESULT_RELATION, StageError, bool_param, fmt, log, number_param, param, shape_param, stage_dirs,
+                        write_result)
 
 HOOK = "convert"
 HOOK_VERSION = 1
 ONNX_ARTIFACT_TYPE = "application/vnd.depot.onnx.v1"
-RELATION = "converted-from"
+RELATION = RELATION_CONVERTED_FROM
 
 SKLEARN_EXT = (".pkl", ".pickle", ".joblib")
 TORCH_EXT = (".pt", ".pth")
@@ -50,7 +62,7 @@ TORCH_EXT = (".pt", ".pth")
 depot_hook.setup(HOOK, HOOK_VERSION, structured_params_as_json=True)
 
 
-def toolchain():
+def toolchain() -> str:
     return depot_hook.toolchain_line(
         [("skl2onnx", ["skl2onnx"]), ("onnx", ["onnx"]), ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"]),
          ("scikit-learn", ["scikit-learn"]), ("numpy", ["numpy"])],
@@ -59,15 +71,15 @@ def toolchain():
                   ("tf2onnx", ["tf2onnx"])])
 
 
-def first_sentence(e, limit=300):
+def first_sentence(e: object, limit: int = 300) -> str:
     """A library's error message, one line: ANSI colours removed, cut at the first sentence."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().replace("\n", " ")
     m = re.match(r"(.+?[.!?])(\s|$)", text)
     return (m.group(1) if m else text)[:limit]
 
 
-def list_files(root):
-    out = []
+def list_files(root: str) -> list[str]:
+    out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".depot"))
         for fn in sorted(filenames):
@@ -99,10 +111,10 @@ SAFE_OTHER = {("collections", "OrderedDict"), ("collections", "defaultdict"), ("
               ("joblib.numpy_pickle_compat", "NDArrayWrapper"), ("joblib.numpy_pickle_compat", "ZNDArrayWrapper")}
 
 
-def make_find_class(base, filename, extra_roots):
+def make_find_class(base: Any, filename: str, extra_roots: Iterable[str]) -> Callable[[Any, str, str], Any]:
     roots = SAFE_ROOTS | set(extra_roots)
 
-    def check(module, name, obj):
+    def check(module: str, name: str, obj: object) -> None:
         if (module, name) in SAFE_FUNCTIONS or (module, name) in SAFE_OTHER:
             return
         if module == "builtins" and name in SAFE_BUILTINS:
@@ -122,7 +134,7 @@ def make_find_class(base, filename, extra_roots):
             f"scipy class (pickles run code when loaded). If the input is trusted, set the parameter trust_pickle: true, "
             f"or list its module in pickle_modules", EX_CONFIG)
 
-    def find_class(self, module, name):
+    def find_class(self: Any, module: str, name: str) -> Any:
         obj = base.find_class(self, module, name)
         check(module, name, obj)
         return obj
@@ -130,7 +142,18 @@ def make_find_class(base, filename, extra_roots):
     return find_class
 
 
-def load_sklearn(path, trusted, extra_roots):
+def restricted_unpickler(f: BinaryIO, filename: str, extra_roots: Iterable[str]) -> pickle.Unpickler:
+    """A pickle.Unpickler whose find_class admits only the allow-listed globals above."""
+    find_class = make_find_class(pickle.Unpickler, filename, extra_roots)
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return find_class(self, module, name)
+
+    return Restricted(f)
+
+
+def load_sklearn(path: str, trusted: bool, extra_roots: Iterable[str]) -> Any:
     name = os.path.basename(path)
     is_joblib = path.endswith(".joblib")
     try:
@@ -155,11 +178,7 @@ def load_sklearn(path, trusted, extra_roots):
             if trusted:
                 return pickle.load(f)
 
-            class Restricted(pickle.Unpickler):
-                pass
-
-            Restricted.find_class = make_find_class(pickle.Unpickler, name, extra_roots)
-            return Restricted(f).load()
+            return restricted_unpickler(f, name, extra_roots).load()
     except StageError:
         raise
     except (ModuleNotFoundError, ImportError) as e:
@@ -174,7 +193,7 @@ def load_sklearn(path, trusted, extra_roots):
 # ---------------------------------------------------------------------------------------------
 # Inputs
 
-def find_model(inp):
+def find_model(inp: str) -> tuple[tuple[str, str], list[str]]:
     files = list_files(inp)
     sk = [f for f in files if f.lower().endswith(SKLEARN_EXT)]
     pt = [f for f in files if f.lower().endswith(TORCH_EXT)]
@@ -199,7 +218,7 @@ def find_model(inp):
     return candidates[0], files
 
 
-def load_samples(inp, files):
+def load_samples(inp: str, files: list[str]) -> tuple[Array, str] | tuple[None, None]:
     import numpy as np
     rel = "sample_inputs.npy" if "sample_inputs.npy" in files else next(
         (f for f in files if os.path.basename(f) == "sample_inputs.npy"), None)
@@ -217,7 +236,7 @@ def load_samples(inp, files):
 # ---------------------------------------------------------------------------------------------
 # Comparison
 
-def compare(name, reference, actual, tolerance, probabilities=None):
+def compare(name: str, reference: Any, actual: Any, tolerance: float, probabilities: Any = None) -> float:
     """Returns the max abs difference of a numeric output; labels must match (up to ties)."""
     import numpy as np
     ref, act = np.asarray(reference), np.asarray(actual)
@@ -241,7 +260,7 @@ def compare(name, reference, actual, tolerance, probabilities=None):
     return float(diff.max()) if diff.size else 0.0
 
 
-def run_onnx(path, samples):
+def run_onnx(path: str, samples: Array) -> tuple[dict[str, Array], Any]:
     """Runs a single-input ONNX model on the samples with onnxruntime: ({output name: array}, session)."""
     import onnxruntime as ort
     so = ort.SessionOptions()
@@ -254,13 +273,13 @@ def run_onnx(path, samples):
     return dict(zip(names, sess.run(names, feeds))), sess
 
 
-def onnx_np_dtype(sess_output_type):
+def onnx_np_dtype(sess_output_type: Optional[str]) -> Optional[type[Any]]:
     import numpy as np
     return {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
-            "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}.get(sess_output_type)
+            "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}.get(sess_output_type or "")
 
 
-def check_onnx(path):
+def check_onnx(path: str) -> tuple[onnx.ModelProto, int | None]:
     import onnx
     try:
         onnx.checker.check_model(path, full_check=True)
@@ -274,7 +293,7 @@ def check_onnx(path):
 # ---------------------------------------------------------------------------------------------
 # Converters
 
-def convert_sklearn(inp, out, rel, files, tolerance):
+def convert_sklearn(inp: str, out: str, rel: str, files: list[str], tolerance: float) -> int:
     import numpy as np
     try:
         import skl2onnx
@@ -325,7 +344,7 @@ def convert_sklearn(inp, out, rel, files, tolerance):
         raise StageError(f"skl2onnx {skl2onnx.__version__} cannot convert {kind}: {first}", EX_CONFIG)
     # skl2onnx may list a domain twice in opset_import (e.g. ('', 22) twice for tree/linear models);
     # keep one entry per domain: onnxruntime.quantization and some readers refuse duplicates.
-    versions = {}
+    versions: dict[str, int] = {}
     for o in onx.opset_import:
         versions[o.domain] = max(versions.get(o.domain, 0), o.version)
     if len(versions) != len(onx.opset_import):
@@ -341,7 +360,7 @@ def convert_sklearn(inp, out, rel, files, tolerance):
 
     got, sess = run_onnx(path, samples)
     names = list(got)
-    reference = {}
+    reference: dict[str, Any] = {}
     proba = None
     if hasattr(model, "predict_proba") and len(names) == 2:
         reference[names[0]] = model.predict(samples)
@@ -356,11 +375,12 @@ def convert_sklearn(inp, out, rel, files, tolerance):
     return finish(out, samples, sess, got, reference, proba, tolerance, "sklearn", graph_opset, kind, target_opset)
 
 
-def finish(out, samples, sess, got, reference, proba, tolerance, source_format, opset, kind, target_opset=None):
+def finish(out: str, samples: Array, sess: Any, got: dict[str, Array], reference: dict[str, Any], proba: Any, tolerance: float,
+           source_format: str, opset: int | None, kind: str, target_opset: int | None = None) -> int:
     import numpy as np
     types = {o.name: o.type for o in sess.get_outputs()}
     max_diff = 0.0
-    saved = {}
+    saved: dict[str, Array] = {}
     for name, ref in reference.items():
         ref = np.asarray(ref)
         d = compare(name, ref, got[name], tolerance, probabilities=proba if ref.dtype.kind in "iubUSO" else None)
@@ -378,10 +398,10 @@ def finish(out, samples, sess, got, reference, proba, tolerance, source_format, 
     np.savez(os.path.join(out, "sample_outputs.npz"), **saved)
     log(f"wrote sample_inputs.npy {samples.shape} and sample_outputs.npz ({', '.join(saved)})")
     write_result({
-        "artifact_type": ONNX_ARTIFACT_TYPE,
-        "relation": RELATION,
-        "annotations": {
-            "dev.depot.metric.max_abs_diff": fmt(max_diff),
+        RESULT_ARTIFACT_TYPE: ONNX_ARTIFACT_TYPE,
+        RESULT_RELATION: RELATION,
+        RESULT_ANNOTATIONS: {
+            METRIC_PREFIX + "max_abs_diff": fmt(max_diff),
             "dev.depot.convert.tolerance": fmt(tolerance),
             "dev.depot.convert.source_format": source_format,
             "dev.depot.convert.opset": str(opset),
@@ -392,7 +412,7 @@ def finish(out, samples, sess, got, reference, proba, tolerance, source_format, 
     return 0
 
 
-def convert_pytorch(inp, out, rel, files, tolerance):
+def convert_pytorch(inp: str, out: str, rel: str, files: list[str], tolerance: float) -> int:
     import numpy as np
     name = os.path.basename(rel)
     try:
@@ -403,10 +423,10 @@ def convert_pytorch(inp, out, rel, files, tolerance):
     path = os.path.join(inp, rel)
     samples, samples_rel = load_samples(inp, files)
     shape = shape_param("input_shape")
-    if samples is None and shape is None:
-        raise StageError(f"PyTorch checkpoint {name}: set the parameter input_shape (e.g. 1,3,224,224) or push a "
-                         "sample_inputs.npy: torch.onnx.export needs an example input", EX_CONFIG)
     if samples is None:
+        if shape is None:
+            raise StageError(f"PyTorch checkpoint {name}: set the parameter input_shape (e.g. 1,3,224,224) or push a "
+                             "sample_inputs.npy: torch.onnx.export needs an example input", EX_CONFIG)
         samples = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         log(f"no sample_inputs.npy: using random inputs (seed 0) of shape {tuple(shape)}")
     else:
@@ -448,8 +468,8 @@ def convert_pytorch(inp, out, rel, files, tolerance):
     opset = int(param("target_opset") or 17)
     onnx_path = os.path.join(out, "model.onnx")
     t0 = time.monotonic()
-    kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset,
-                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    kwargs: dict[str, Any] = dict(input_names=["input"], output_names=["output"], opset_version=opset,
+                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
@@ -472,7 +492,7 @@ def convert_pytorch(inp, out, rel, files, tolerance):
     return finish(out, samples, sess, got, reference, None, tolerance, "pytorch", graph_opset, kind)
 
 
-def convert_tensorflow(inp, out, rel, files, tolerance):
+def convert_tensorflow(inp: str, out: str, rel: str, files: list[str], tolerance: float) -> int:
     # Not exercised on the project's machines (no TensorFlow wheel is installed there).
     import numpy as np
     missing = [m for m in ("tf2onnx", "tensorflow") if importlib.util.find_spec(m) is None]
@@ -507,13 +527,13 @@ def convert_tensorflow(inp, out, rel, files, tolerance):
     got, sess = run_onnx(onnx_path, samples)
     ref = fn(**{in_specs[0][0]: tf.constant(samples)})
     ref_values = [v.numpy() for _, v in sorted(ref.items())]
-    reference = {}
+    reference: dict[str, Any] = {}
     for name, arr in zip(got, ref_values):
         reference[name] = arr
     return finish(out, samples, sess, got, reference, None, tolerance, "tensorflow", graph_opset, "savedmodel")
 
 
-def run():
+def run() -> int:
     inp, out = stage_dirs()
     tolerance = number_param("tolerance", 1e-4)
     (fmt_name, rel), files = find_model(inp)
