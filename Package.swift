@@ -38,13 +38,13 @@ let package = Package(
         .target(name: "DepotRegistry", dependencies: ["DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats"]),
         .target(
             name: "DepotPipelines",
-            dependencies: ["DepotCore", "DepotCatalog", "DepotStore", "DepotRegistry", .product(name: "Yams", package: "Yams")]
+            dependencies: ["DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotRegistry", .product(name: "Yams", package: "Yams")]
         ),
         .target(name: "DepotDeploy", dependencies: ["DepotCore", "DepotCatalog", "DepotRegistry"]),
         .target(
             name: "DepotRunner",
             dependencies: [
-                "DepotCore", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log"),
+                "DepotAPI", "DepotCore", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]

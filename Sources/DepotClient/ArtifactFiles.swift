@@ -17,21 +17,6 @@ extension ModelMediaType {
     }
 }
 
-/// Lineage annotation keys written by `depot push` (queryable once lineage lands).
-public enum LineageAnnotation {
-    public static let from = "dev.depot.lineage.from"
-    public static let relation = "dev.depot.lineage.relation"
-    public static let run = "dev.depot.lineage.run"
-    public static let dataset = "dev.depot.lineage.dataset"
-    public static let commit = "dev.depot.lineage.commit"
-    public static let metricPrefix = "dev.depot.metric."
-    public static let platform = "dev.depot.platform"
-    public static let relations: Set<String> = [
-        "trained-from", "fine-tuned-from", "converted-from", "compiled-from",
-        "quantized-from", "packaged-from",
-    ]
-}
-
 /// A local file to push and the relative path it will have in the artifact.
 public struct ArtifactFile: Sendable {
     public var localPath: String

@@ -87,7 +87,7 @@ public final class Pusher: Sendable {
             throw ClientError(
                 "the registry chunks with \(info.chunkerVersion); this client knows \(ChunkerParameters.v1.version) (upgrade the client)")
         }
-        let formats = try ArtifactFiles.detectFormats(files, platform: request.annotations[LineageAnnotation.platform])
+        let formats = try ArtifactFiles.detectFormats(files, platform: request.annotations[Annotation.platform])
         var sizes: [Int64] = []
         for f in files { sizes.append(try FileStamp(f.localPath).size) }
         progress.begin(files: files.count, work: 2 * sizes.reduce(0, +))

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import Foundation
 import Yams
@@ -14,10 +15,6 @@ public struct PipelineFileError: Error, CustomStringConvertible, Equatable {
 /// nothing half-valid is accepted.
 public enum PipelineLoader {
     static let nameCharacters = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-    static let relations: Set<String> = [
-        "converted-from", "compiled-from", "quantized-from", "packaged-from", "derived-from",
-        "fine-tuned-from", "trained-from",
-    ]
 
     /// Every `*.yaml` / `*.yml` of `directory`, sorted by file name. A missing directory is no pipelines.
     public static func load(directory: String) throws -> [Pipeline] {
@@ -211,8 +208,8 @@ public enum PipelineLoader {
         if let n = m["toolchain"] { stage.toolchain = try r.string(n, "\(at).toolchain") }
         if let n = m["relation"] {
             let rel = try r.string(n, "\(at).relation")
-            guard relations.contains(rel) else {
-                throw r.error(n, "\(at).relation: '\(rel)' is not one of \(relations.sorted().joined(separator: ", "))")
+            guard LineageRelation(rawValue: rel) != nil else {
+                throw r.error(n, "\(at).relation: '\(rel)' is not one of \(LineageRelation.list)")
             }
             stage.relation = rel
         }

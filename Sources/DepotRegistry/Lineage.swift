@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import Foundation
@@ -7,11 +8,6 @@ import Foundation
 /// `.run`, `.dataset`, `.commit`, `dev.depot.metric.*`). A parent in another registry (or not
 /// stored here) is still an edge, by digest: an external reference, not an error.
 enum LineageAnnotations {
-    static let relations: Set<String> = [
-        "trained-from", "fine-tuned-from", "converted-from", "compiled-from",
-        "quantized-from", "packaged-from", "derived-from",
-    ]
-
     static func edges(of parsed: ParsedManifest, digest: Digest, repository: RepositoryName) throws -> [LineageEdge] {
         let now = Registry.nowMillis()
         var out: [LineageEdge] = []
@@ -22,8 +18,8 @@ enum LineageAnnotations {
                     parentRef: "\(repository)@\(subject.digest)", repository: repository.value, createdAt: now))
         }
         let a = parsed.annotations ?? [:]
-        guard let from = a["dev.depot.lineage.from"] else {
-            if a["dev.depot.lineage.relation"] != nil {
+        guard let from = a[Annotation.Lineage.from] else {
+            if a[Annotation.Lineage.relation] != nil {
                 throw RegistryError(.manifestInvalid, "dev.depot.lineage.relation needs dev.depot.lineage.from")
             }
             return out
@@ -31,14 +27,13 @@ enum LineageAnnotations {
         guard let at = from.lastIndex(of: "@"), let parent = try? Digest(parsing: String(from[from.index(after: at)...])) else {
             throw RegistryError(.manifestInvalid, "dev.depot.lineage.from must be REPOSITORY@sha256:<hex>, got '\(from.prefix(200))'")
         }
-        let relation = a["dev.depot.lineage.relation"] ?? "derived-from"
-        guard relations.contains(relation) else {
+        let relationText = a[Annotation.Lineage.relation] ?? LineageRelation.derivedFrom.rawValue
+        guard let relation = LineageRelation(rawValue: relationText)?.rawValue else {
             throw RegistryError(
-                .manifestInvalid, "unknown lineage relation '\(relation.prefix(100))'; one of \(relations.sorted().joined(separator: ", "))"
-            )
+                .manifestInvalid, "unknown lineage relation '\(relationText.prefix(100))'; one of \(LineageRelation.list)")
         }
         var metrics: [String: String] = [:]
-        for (k, v) in a where k.hasPrefix("dev.depot.metric.") { metrics[String(k.dropFirst("dev.depot.metric.".count))] = v }
+        for (k, v) in a where k.hasPrefix(Annotation.metricPrefix) { metrics[String(k.dropFirst(Annotation.metricPrefix.count))] = v }
         var metricsJSON: String?
         if !metrics.isEmpty, let data = try? JSONSerialization.data(withJSONObject: metrics, options: [.sortedKeys]) {
             metricsJSON = String(decoding: data, as: UTF8.self)
@@ -128,9 +123,9 @@ extension Registry {
 /// Annotations a pipeline runner writes on a job's output manifest.
 public enum JobAnnotations {
     /// The job's memoization key (`sha256:` of stage definition, input digest, toolchain).
-    public static let key = "dev.depot.job.key"
+    public static let key = Annotation.Job.key
     /// The job id (also on the lineage edge, as `dev.depot.lineage.job`).
-    public static let id = "dev.depot.lineage.job"
-    public static let pipeline = "dev.depot.job.pipeline"
-    public static let stage = "dev.depot.job.stage"
+    public static let id = Annotation.Lineage.job
+    public static let pipeline = Annotation.Job.pipeline
+    public static let stage = Annotation.Job.stage
 }

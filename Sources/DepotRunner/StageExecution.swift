@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotClient
 import DepotCore
 import DepotFormats
@@ -99,8 +100,8 @@ struct StageExecution {
         request.annotations[JobAnnotationKeys.job] = String(job.id)
         request.annotations[JobAnnotationKeys.pipeline] = job.pipeline
         request.annotations[JobAnnotationKeys.stage] = job.stage
-        request.annotations[LineageAnnotation.from] = "\(job.inputRepository)@\(job.inputDigest)"
-        request.annotations[LineageAnnotation.relation] = result.relation ?? job.spec.relation ?? "derived-from"
+        request.annotations[Annotation.Lineage.from] = "\(job.inputRepository)@\(job.inputDigest)"
+        request.annotations[Annotation.Lineage.relation] = result.relation ?? job.spec.relation ?? LineageRelation.derivedFrom.rawValue
         if let stop = beat.stopReason() { throw StageStopped(reason: stop) }
         let pushProgress = TransferProgress(style: .quiet, verb: "push", wire: connection.counters)
         do {
@@ -128,12 +129,12 @@ extension StageExecution {
     }
 }
 
-/// Annotation keys the runner writes on outputs (mirrors `JobAnnotations` on the server).
+/// Annotation keys the runner writes on outputs (the server reads them as `JobAnnotations`).
 enum JobAnnotationKeys {
-    static let key = "dev.depot.job.key"
-    static let job = "dev.depot.lineage.job"
-    static let pipeline = "dev.depot.job.pipeline"
-    static let stage = "dev.depot.job.stage"
+    static let key = Annotation.Job.key
+    static let job = Annotation.Lineage.job
+    static let pipeline = Annotation.Job.pipeline
+    static let stage = Annotation.Job.stage
 }
 
 /// What a stage reported in `$DEPOT_RESULT`.
@@ -160,9 +161,9 @@ struct StageResult {
             r.artifactType = s
         }
         if let rel = json["relation"] {
-            guard let s = rel as? String, LineageAnnotation.relations.union(["derived-from"]).contains(s) else {
+            guard let s = rel as? String, LineageRelation(rawValue: s) != nil else {
                 throw RunnerError(
-                    "DEPOT_RESULT.relation must be one of \(LineageAnnotation.relations.union(["derived-from"]).sorted().joined(separator: ", "))"
+                    "DEPOT_RESULT.relation must be one of \(LineageRelation.list)"
                 )
             }
             r.relation = s

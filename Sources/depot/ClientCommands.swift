@@ -1,4 +1,5 @@
 import ArgumentParser
+import DepotAPI
 import DepotClient
 import DepotCore
 import Foundation
@@ -70,8 +71,7 @@ struct Push: AsyncParsableCommand {
     @Argument(help: "Files or directories (a directory keeps its layout, e.g. a Triton model directory).") var paths: [String]
     @OptionGroup var registry: RegistryOptions
     @Option(help: "Parent artifact (REPO:TAG or REPO@DIGEST), recorded as lineage.") var from: ArtifactReference?
-    @Option(help: "How this artifact derives from --from: \(LineageAnnotation.relations.sorted().joined(separator: ", ")).") var relation:
-        String?
+    @Option(help: "How this artifact derives from --from: \(LineageRelation.list).") var relation: String?
     @Option(help: "Training or pipeline run id.") var run: String?
     @Option(help: "Dataset URI.") var dataset: String?
     @Option(help: "Source commit.") var commit: String?
@@ -87,9 +87,9 @@ struct Push: AsyncParsableCommand {
     func validate() throws {
         guard fileJobs >= 1 && fileJobs <= 16 else { throw ValidationError("--file-jobs must be 1...16") }
         guard !target.isDigest else { throw ValidationError("push needs REPO:TAG, not a digest") }
-        if let relation, !LineageAnnotation.relations.contains(relation) {
+        if let relation, LineageRelation(rawValue: relation) == nil {
             throw ValidationError(
-                "unknown --relation '\(relation)'; one of \(LineageAnnotation.relations.sorted().joined(separator: ", "))")
+                "unknown --relation '\(relation)'; one of \(LineageRelation.list)")
         }
         if relation != nil && from == nil { throw ValidationError("--relation needs --from") }
         guard jobs >= 1 && jobs <= 64 else { throw ValidationError("--jobs must be 1...64") }
@@ -104,17 +104,17 @@ struct Push: AsyncParsableCommand {
             request.fileJobs = fileJobs
             request.plainOCI = plainOci
             for (k, v) in try keyValues(annotation, flag: "--annotation") { request.annotations[k] = v }
-            for (k, v) in try keyValues(metric, flag: "--metric") { request.annotations[LineageAnnotation.metricPrefix + k] = v }
+            for (k, v) in try keyValues(metric, flag: "--metric") { request.annotations[Annotation.metricPrefix + k] = v }
             if let from {
                 let digest =
                     from.isDigest ? from.reference : try await connection.manifest(from.repository, from.reference).digest.description
-                request.annotations[LineageAnnotation.from] = "\(from.repository)@\(digest)"
-                request.annotations[LineageAnnotation.relation] = relation ?? "derived-from"
+                request.annotations[Annotation.Lineage.from] = "\(from.repository)@\(digest)"
+                request.annotations[Annotation.Lineage.relation] = relation ?? LineageRelation.derivedFrom.rawValue
             }
-            if let run { request.annotations[LineageAnnotation.run] = run }
-            if let dataset { request.annotations[LineageAnnotation.dataset] = dataset }
-            if let commit { request.annotations[LineageAnnotation.commit] = commit }
-            if let platform { request.annotations[LineageAnnotation.platform] = platform }
+            if let run { request.annotations[Annotation.Lineage.run] = run }
+            if let dataset { request.annotations[Annotation.Lineage.dataset] = dataset }
+            if let commit { request.annotations[Annotation.Lineage.commit] = commit }
+            if let platform { request.annotations[Annotation.platform] = platform }
             let progress = TransferProgress(
                 style: TransferProgress.automatic(quiet: quiet || json), verb: "push", wire: connection.counters)
             let summary = try await Pusher(connection: connection, progress: progress).push(request)

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotRegistry
@@ -25,9 +26,9 @@ func pushFamily(_ port: Int, _ dir: String, repo: String = "team/llm") async thr
         let c = try RegistryConnection(url: "http://127.0.0.1:\(port)", token: nil)
         var r = PushRequest(repository: repo, tag: "v\(v)", paths: [dir + "/v\(v).safetensors"])
         if let parent = digests.last {
-            r.annotations[LineageAnnotation.from] = "\(repo)@\(parent)"
-            r.annotations[LineageAnnotation.relation] = "fine-tuned-from"
-            r.annotations[LineageAnnotation.run] = "run-\(v)"
+            r.annotations[Annotation.Lineage.from] = "\(repo)@\(parent)"
+            r.annotations[Annotation.Lineage.relation] = "fine-tuned-from"
+            r.annotations[Annotation.Lineage.run] = "run-\(v)"
         }
         let s = try await Pusher(connection: c, progress: quietProgress(c, "push")).push(r)
         await c.shutdown()
