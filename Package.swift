@@ -44,7 +44,7 @@ let package = Package(
         .target(
             name: "DepotRunner",
             dependencies: [
-                "DepotCore", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log"),
+                "DepotCore", "DepotAPI", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
@@ -52,7 +52,7 @@ let package = Package(
         .target(
             name: "DepotServer",
             dependencies: [
-                "DepotCore", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport", "DepotPipelines",
+                "DepotCore", "DepotAPI", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport", "DepotPipelines",
                 "DepotRunner",
                 "DepotClient", "DepotDeploy",
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -70,7 +70,7 @@ let package = Package(
         .target(
             name: "DepotClient",
             dependencies: [
-                "DepotCore", "DepotStore", "DepotFormats", "CDepotSupport",
+                "DepotCore", "DepotAPI", "DepotStore", "DepotFormats", "CDepotSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -80,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "depot",
             dependencies: [
-                "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotRegistry", "DepotServer", "DepotClient",
+                "DepotCore", "DepotAPI", "DepotCatalog", "DepotStore", "DepotFormats", "DepotRegistry", "DepotServer", "DepotClient",
                 "DepotPipelines", "DepotRunner", "DepotDeploy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -93,8 +93,8 @@ let package = Package(
         .testTarget(
             name: "DepotServerTests",
             dependencies: [
-                "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotClient", "DepotPipelines", "DepotRunner", "DepotDeploy",
-                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                "DepotServer", "DepotAPI", "DepotRegistry", "DepotStore", "DepotCore", "DepotClient", "DepotPipelines", "DepotRunner",
+                "DepotDeploy", .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),
     ],
