@@ -178,7 +178,9 @@ public struct Route: Sendable, CustomStringConvertible {
             guard Self.matches(segments[n + 1 + i], parts[tail + i], into: &params) else { return nil }
         }
         let nameParts = parts[n..<tail]
-        guard nameParts.allSatisfy({ !$0.isEmpty }) else { return nil }
+        // An empty segment inside a name (`a//b`) still routes, so the handler answers the spec's
+        // NAME_INVALID; a name that is all empty (`/v2//tags/list`) names no repository.
+        guard nameParts.contains(where: { !$0.isEmpty }) else { return nil }
         return RouteMatch(route: self, name: nameParts.joined(separator: "/"), params: params)
     }
 

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import DepotAPI
 import DepotCore
 import DepotStore
 import Foundation
@@ -38,7 +39,7 @@ extension RegistryConnection {
 
     /// The extension's parameters, or nil when the registry does not speak it.
     public func extensionInfo() async throws -> ExtensionInfo? {
-        let r = try await send(.GET, "/depot/v1/info", accept: [200, 404, 405])
+        let r = try await send(.GET, Routes[.info].path(), accept: [200, 404, 405])
         let body = try await collect(r, limit: 1 << 20)
         guard r.status.code == 200 else { return nil }
         guard let json = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
@@ -55,7 +56,7 @@ extension RegistryConnection {
     }
 
     public func blobExists(_ repo: String, _ digest: Digest) async throws -> Bool {
-        let r = try await send(.HEAD, "/v2/\(repo)/blobs/\(digest)", accept: [200, 404])
+        let r = try await send(.HEAD, Routes[.blobHead].path(name: repo, ["digest": "\(digest)"]), accept: [200, 404])
         return r.status.code == 200
     }
 
@@ -65,7 +66,7 @@ extension RegistryConnection {
         body.reserveCapacity(hashes.count * 32)
         for h in hashes { body.append(contentsOf: h.byteArray) }
         let r = try await send(
-            .POST, "/depot/v1/repositories/\(repo)/chunks/missing",
+            .POST, Routes[.missingChunks].path(name: repo),
             headers: [("Content-Type", "application/octet-stream")], body: .bytes(body), accept: [200])
         let answer = try await collect(r, limit: hashes.count * 32)
         guard answer.count % 32 == 0 else { throw ClientError("malformed missing-chunks answer") }
@@ -76,7 +77,7 @@ extension RegistryConnection {
 
     func uploadChunkRecords(_ repo: String, _ records: [UInt8]) async throws {
         let r = try await send(
-            .POST, "/depot/v1/repositories/\(repo)/chunks",
+            .POST, Routes[.uploadChunks].path(name: repo),
             headers: [("Content-Type", "application/octet-stream")], body: .bytes(records), accept: [201])
         _ = try await collect(r, limit: 1 << 16)
     }
@@ -89,14 +90,14 @@ extension RegistryConnection {
             withUnsafeBytes(of: UInt32(c.length).littleEndian) { body.append(contentsOf: $0) }
         }
         let r = try await send(
-            .PUT, "/depot/v1/repositories/\(repo)/blobs/\(digest)/recipe",
+            .PUT, Routes[.recipePut].path(name: repo, ["digest": "\(digest)"]),
             headers: [("Content-Type", "application/octet-stream"), ("Depot-Chunker", chunker)],
             body: .bytes(body), accept: [201])
         _ = try await collect(r, limit: 1 << 16)
     }
 
     func recipe(_ repo: String, _ digest: Digest) async throws -> [ChunkRef] {
-        let r = try await send(.GET, "/depot/v1/repositories/\(repo)/blobs/\(digest)/recipe", accept: [200])
+        let r = try await send(.GET, Routes[.recipeGet].path(name: repo, ["digest": "\(digest)"]), accept: [200])
         let body = try await collect(r, limit: 256 << 20)
         guard body.count % 36 == 0 else { throw ClientError("malformed recipe for \(digest)") }
         let refs = body.withUnsafeBytes { p in
@@ -118,13 +119,14 @@ extension RegistryConnection {
         var body = [UInt8]()
         for h in hashes { body.append(contentsOf: h.byteArray) }
         return try await send(
-            .POST, "/depot/v1/repositories/\(repo)/blobs/\(digest)/chunks",
+            .POST, Routes[.fetchChunks].path(name: repo, ["digest": "\(digest)"]),
             headers: [("Content-Type", "application/octet-stream")], body: .bytes(body), accept: [200])
     }
 
     /// Uploads a blob through the standard OCI API (POST, then PUT with the whole body).
     func uploadBlob(_ repo: String, _ digest: Digest, body: Body) async throws {
-        let start = try await send(.POST, "/v2/\(repo)/blobs/uploads/", accept: [202])
+        // The spec's form ends in a slash, and distribution's router requires it.
+        let start = try await send(.POST, Routes[.uploadStart].path(name: repo) + "/", accept: [202])
         _ = try await collect(start, limit: 1 << 16)
         guard let location = start.headers.first(name: "Location") else {
             throw ClientError("the registry started an upload without a Location")
@@ -138,7 +140,9 @@ extension RegistryConnection {
     }
 
     public func manifest(_ repo: String, _ reference: String) async throws -> FetchedManifest {
-        let r = try await send(.GET, "/v2/\(repo)/manifests/\(reference)", headers: [("Accept", Self.manifestAccept)], accept: [200])
+        let r = try await send(
+            .GET, Routes[.manifestGet].path(name: repo, ["reference": reference]), headers: [("Accept", Self.manifestAccept)], accept: [200]
+        )
         let bytes = try await collect(r, limit: 4 << 20)
         let digest = Digest.of(bytes)
         if reference.hasPrefix("sha256:"), reference != digest.description {
@@ -151,7 +155,7 @@ extension RegistryConnection {
     @discardableResult
     public func putManifest(_ repo: String, _ reference: String, bytes: [UInt8], mediaType: String) async throws -> Digest {
         let r = try await send(
-            .PUT, "/v2/\(repo)/manifests/\(reference)", headers: [("Content-Type", mediaType)],
+            .PUT, Routes[.manifestPut].path(name: repo, ["reference": reference]), headers: [("Content-Type", mediaType)],
             body: .bytes(bytes), accept: [201])
         _ = try await collect(r, limit: 1 << 16)
         return Digest.of(bytes)
@@ -160,7 +164,8 @@ extension RegistryConnection {
     /// GETs a blob from `offset` on; the caller streams the body.
     func blob(_ repo: String, _ digest: Digest, from offset: Int64) async throws -> HTTPClientResponse {
         let headers = offset > 0 ? [("Range", "bytes=\(offset)-")] : []
-        return try await send(.GET, "/v2/\(repo)/blobs/\(digest)", headers: headers, accept: offset > 0 ? [206] : [200])
+        return try await send(
+            .GET, Routes[.blobGet].path(name: repo, ["digest": "\(digest)"]), headers: headers, accept: offset > 0 ? [206] : [200])
     }
 
     /// Small blobs (configs) in one piece.
@@ -172,11 +177,11 @@ extension RegistryConnection {
     }
 
     public func tags(_ repo: String) async throws -> [String] {
-        try await paged("/v2/\(repo)/tags/list?n=1000", key: "tags")
+        try await paged(Routes[.tags].path(name: repo) + "?n=1000", key: "tags")
     }
 
     public func repositories() async throws -> [String] {
-        try await paged("/v2/_catalog?n=1000", key: "repositories")
+        try await paged(Routes[.catalog].path() + "?n=1000", key: "repositories")
     }
 
     private func paged(_ first: String, key: String) async throws -> [String] {
@@ -197,7 +202,7 @@ extension RegistryConnection {
 
     /// Extracted format metadata of a manifest (Depot registries only).
     public func metadata(_ repo: String, _ digest: Digest) async throws -> [String: Any]? {
-        let r = try await send(.GET, "/depot/v1/repositories/\(repo)/manifests/\(digest)/metadata", accept: [200, 404, 501])
+        let r = try await send(.GET, Routes[.metadata].path(name: repo, ["reference": "\(digest)"]), accept: [200, 404, 501])
         let body = try await collect(r, limit: 16 << 20)
         guard r.status.code == 200 else { return nil }
         return try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotClient
 import DepotCore
 import Foundation
@@ -77,35 +78,37 @@ public struct StageSpec: Sendable {
 /// The runner side of `/depot/v1/jobs` (see docs/EXTENSION-API.md).
 extension RegistryConnection {
     func leaseJob(runner: String, labels: [String]) async throws -> LeasedJob? {
-        let answer = try await call(.POST, "/depot/v1/jobs/lease", body: ["runner": runner, "labels": labels])
+        let answer = try await call(.POST, Routes[.jobLease].path(), body: ["runner": runner, "labels": labels])
         guard let job = answer["job"] as? [String: Any] else { return nil }
         return try LeasedJob(json: job)
     }
 
     /// Returns the memoized output digest, or nil when the job should run.
     func startJob(_ job: LeasedJob, key: String) async throws -> Digest? {
-        let answer = try await call(.POST, "/depot/v1/jobs/\(job.id)/start", body: ["lease_token": job.token, "key": key])
+        let answer = try await call(.POST, Routes[.jobStart].path(["id": "\(job.id)"]), body: ["lease_token": job.token, "key": key])
         guard answer["decision"] as? String == "memoized" else { return nil }
         return (answer["output"] as? String).flatMap { try? Digest(parsing: $0) }
     }
 
     /// Renews the lease; returns the job's state (`cancelled` means stop).
     func heartbeatJob(_ job: LeasedJob) async throws -> String {
-        let answer = try await call(.POST, "/depot/v1/jobs/\(job.id)/heartbeat", body: ["lease_token": job.token])
+        let answer = try await call(.POST, Routes[.jobHeartbeat].path(["id": "\(job.id)"]), body: ["lease_token": job.token])
         return answer["state"] as? String ?? "running"
     }
 
     func uploadJobLog(_ job: LeasedJob, _ bytes: [UInt8]) async throws {
-        _ = try await putBytes("/depot/v1/jobs/\(job.id)/log?lease_token=\(job.token)", bytes, contentType: "text/plain; charset=utf-8")
+        _ = try await putBytes(
+            Routes[.jobLogPut].path(["id": "\(job.id)"]) + "?lease_token=\(job.token)", bytes, contentType: "text/plain; charset=utf-8")
     }
 
     func completeJob(_ job: LeasedJob, output: Digest) async throws {
-        _ = try await call(.POST, "/depot/v1/jobs/\(job.id)/complete", body: ["lease_token": job.token, "output": output.description])
+        _ = try await call(
+            .POST, Routes[.jobComplete].path(["id": "\(job.id)"]), body: ["lease_token": job.token, "output": output.description])
     }
 
     func failJob(_ job: LeasedJob, reason: String, permanent: Bool) async throws {
         _ = try await call(
-            .POST, "/depot/v1/jobs/\(job.id)/fail",
+            .POST, Routes[.jobFail].path(["id": "\(job.id)"]),
             body: ["lease_token": job.token, "reason": reason, "permanent": permanent])
     }
 }

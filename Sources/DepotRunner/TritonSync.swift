@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import DepotAPI
 import DepotClient
 import DepotCore
 import Foundation
@@ -78,7 +79,10 @@ public final class TritonSync: Sendable {
         }
     }
 
-    var deploymentPath: String { "/depot/v1/repositories/\(options.repository)/deployments/\(options.environment)" }
+    /// The path of a deployment route for this node's repository and environment.
+    func deploymentPath(_ id: RouteID, _ params: [String: String] = [:]) -> String {
+        Routes[id].path(name: options.repository, params.merging(["environment": options.environment]) { a, _ in a })
+    }
 
     /// Syncs until cancelled (or once).
     public func run(once: Bool = false) async {
@@ -103,7 +107,8 @@ public final class TritonSync: Sendable {
     public func syncOnce() async throws {
         let wanted = try await connection.call(
             .GET,
-            "\(deploymentPath)/resolve?node=\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)")
+            deploymentPath(.deploymentResolve)
+                + "?node=\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)")
         guard let digest = wanted["digest"] as? String, (try? Digest(parsing: digest)) != nil,
             let version = (wanted["version"] as? NSNumber)?.intValue, version >= 1,
             let model = wanted["model"] as? String, Self.isSafeName(model)
@@ -258,7 +263,9 @@ public final class TritonSync: Sendable {
         var body: [String: Any] = ["digest": digest, "version": version, "state": state]
         if let reason { body["reason"] = reason }
         _ = try await connection.call(
-            .POST, "\(deploymentPath)/nodes/\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)",
+            .POST,
+            deploymentPath(
+                .nodeReport, ["node": options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node]),
             body: body)
     }
 }

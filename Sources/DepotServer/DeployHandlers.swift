@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotDeploy
@@ -8,86 +9,111 @@ import NIOCore
 
 /// Handlers of deployments and canary rollouts (`/depot/v1/repositories/<name>/deployments/<env>…`,
 /// `/depot/v1/deployments`, `/depot/v1/lineage/<digest>/served`). See docs/EXTENSION-API.md.
-extension OCIResponder {
-    func handleDeployments(_ route: ExtensionRoute, _ request: Request) async throws -> Response {
+struct DeployHandlers: RouteHandlers {
+    let registry: Registry
+    let deployments: Deployments
+
+    func list(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let deployments = self.deployments
+        let list = try await offload { try deployments.registry.store.catalog.read { try $0.deployments() } }
+        return Reply.json([
+            "deployments": list.map { d -> [String: Any] in
+                var o: [String: Any] = [
+                    "repository": d.repository, "environment": d.environment, "model": d.modelName, "weight": d.weight,
+                ]
+                if let s = d.stable { o["stable"] = s }
+                if let c = d.canary { o["canary"] = c }
+                return o
+            }
+        ])
+    }
+
+    func served(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let digest = match["digest"]
+        let deployments = self.deployments
+        let d = try RequestParsing.digest(digest)
+        let list = try await offload { try deployments.served(digest: d) }
+        return Reply.json([
+            "digest": d.description,
+            "served": list.map { s -> [String: Any] in
+                var o: [String: Any] = [
+                    "repository": s.repository, "environment": s.environment, "role": s.role, "weight": s.weight,
+                    "from": Self.iso(s.from),
+                ]
+                if let to = s.to { o["to"] = Self.iso(to) }
+                return o
+            },
+        ])
+    }
+
+    func status(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let env = match["environment"]
+        let deployments = self.deployments
+        let repo = try Self.name(match)
+        let status = try await offload { try deployments.status(repo, env) }
+        return Reply.json(Self.json(status))
+    }
+
+    func start(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let env = match["environment"]
         let deployments = self.deployments
         let actor = Self.actor(request)
-        switch (route, request.method) {
-        case (.deployments, .get):
-            let list = try await offload { try deployments.registry.store.catalog.read { try $0.deployments() } }
-            return Reply.json([
-                "deployments": list.map { d -> [String: Any] in
-                    var o: [String: Any] = [
-                        "repository": d.repository, "environment": d.environment, "model": d.modelName, "weight": d.weight,
-                    ]
-                    if let s = d.stable { o["stable"] = s }
-                    if let c = d.canary { o["canary"] = c }
-                    return o
-                }
-            ])
-        case (.served(let digest), .get):
-            let d = try RequestParsing.digest(digest)
-            let list = try await offload { try deployments.served(digest: d) }
-            return Reply.json([
-                "digest": d.description,
-                "served": list.map { s -> [String: Any] in
-                    var o: [String: Any] = [
-                        "repository": s.repository, "environment": s.environment, "role": s.role, "weight": s.weight,
-                        "from": Self.iso(s.from),
-                    ]
-                    if let to = s.to { o["to"] = Self.iso(to) }
-                    return o
-                },
-            ])
-        case (.deployment(let name, let env, nil, nil), .get):
-            let repo = try RequestParsing.name(name)
-            let status = try await offload { try deployments.status(repo, env) }
-            return Reply.json(Self.json(status))
-        case (.deployment(let name, let env, "rollout", nil), .post):
-            let repo = try RequestParsing.name(name)
-            let body = try await jsonBody(request)
-            guard let reference = (body["reference"] ?? body["digest"]) as? String else {
-                throw RegistryError(.unsupported, "body needs \"reference\": a tag or digest of a Triton bundle", status: 400)
-            }
-            let ref = try RequestParsing.reference(reference)
-            let steps = body["steps"] as? [Int]
-            let analysis = (body["analysis_seconds"] as? NSNumber)?.doubleValue
-            let status = try await offload { try deployments.start(repo, env, ref, actor: actor, steps: steps, analysisSeconds: analysis) }
-            return Reply.json(Self.json(status), status: 201)
-        case (.deployment(let name, let env, let action?, nil), .post) where ["resume", "promote", "abort"].contains(action):
-            let repo = try RequestParsing.name(name)
-            let reason = try await jsonBody(request)["reason"] as? String
-            let status = try await offload { () -> Deployments.Status in
-                switch action {
-                case "resume": return try deployments.resume(repo, env, actor: actor)
-                case "promote": return try deployments.promote(repo, env, actor: actor, reason: reason)
-                default: return try deployments.abort(repo, env, actor: actor, reason: reason)
-                }
-            }
-            return Reply.json(Self.json(status))
-        case (.deployment(let name, let env, "resolve", nil), .get):
-            let repo = try RequestParsing.name(name)
-            guard let node = request.uri.queryParameters["node"].map(String.init), !node.isEmpty else {
-                throw RegistryError(.unsupported, "resolve needs ?node=ID", status: 400)
-            }
-            let r = try await offload { try deployments.resolve(repo, env, node: node) }
-            return Reply.json(["digest": r.digest, "version": r.version, "model": r.model, "role": r.role, "weight": r.weight])
-        case (.deployment(let name, let env, "nodes", let node?), .post):
-            let repo = try RequestParsing.name(name)
-            let body = try await jsonBody(request)
-            guard let state = body["state"] as? String else {
-                throw RegistryError(.unsupported, "body needs \"state\": ready or failed", status: 400)
-            }
-            let digest = try (body["digest"] as? String).map { try RequestParsing.digest($0).description }
-            let version = (body["version"] as? NSNumber)?.intValue
-            let reason = body["reason"] as? String
-            try await offload {
-                try deployments.report(repo, env, node: node, digest: digest, version: version, state: state, reason: reason)
-            }
-            return Reply.json(["node": node, "state": state])
-        default:
-            throw RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405)
+        let repo = try Self.name(match)
+        let body = try await jsonBody(request)
+        guard let reference = (body["reference"] ?? body["digest"]) as? String else {
+            throw RegistryError(.unsupported, "body needs \"reference\": a tag or digest of a Triton bundle", status: 400)
         }
+        let ref = try RequestParsing.reference(reference)
+        let steps = body["steps"] as? [Int]
+        let analysis = (body["analysis_seconds"] as? NSNumber)?.doubleValue
+        let status = try await offload { try deployments.start(repo, env, ref, actor: actor, steps: steps, analysisSeconds: analysis) }
+        return Reply.json(Self.json(status), status: 201)
+    }
+
+    /// `action` is resume, promote or abort (the route says which).
+    func control(_ match: RouteMatch, _ request: Request, _ action: String) async throws -> Response {
+        let env = match["environment"]
+        let deployments = self.deployments
+        let actor = Self.actor(request)
+        let repo = try Self.name(match)
+        let reason = try await jsonBody(request)["reason"] as? String
+        let status = try await offload { () -> Deployments.Status in
+            switch action {
+            case "resume": return try deployments.resume(repo, env, actor: actor)
+            case "promote": return try deployments.promote(repo, env, actor: actor, reason: reason)
+            default: return try deployments.abort(repo, env, actor: actor, reason: reason)
+            }
+        }
+        return Reply.json(Self.json(status))
+    }
+
+    func resolve(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let env = match["environment"]
+        let deployments = self.deployments
+        let repo = try Self.name(match)
+        guard let node = request.uri.queryParameters["node"].map(String.init), !node.isEmpty else {
+            throw RegistryError(.unsupported, "resolve needs ?node=ID", status: 400)
+        }
+        let r = try await offload { try deployments.resolve(repo, env, node: node) }
+        return Reply.json(["digest": r.digest, "version": r.version, "model": r.model, "role": r.role, "weight": r.weight])
+    }
+
+    func report(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let env = match["environment"]
+        let node = match["node"]
+        let deployments = self.deployments
+        let repo = try Self.name(match)
+        let body = try await jsonBody(request)
+        guard let state = body["state"] as? String else {
+            throw RegistryError(.unsupported, "body needs \"state\": ready or failed", status: 400)
+        }
+        let digest = try (body["digest"] as? String).map { try RequestParsing.digest($0).description }
+        let version = (body["version"] as? NSNumber)?.intValue
+        let reason = body["reason"] as? String
+        try await offload {
+            try deployments.report(repo, env, node: node, digest: digest, version: version, state: state, reason: reason)
+        }
+        return Reply.json(["node": node, "state": state])
     }
 
     static func json(_ s: Deployments.Status) -> [String: Any] {

@@ -1,5 +1,7 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
+import DepotDeploy
 import DepotPipelines
 import DepotRegistry
 import Foundation
@@ -13,97 +15,157 @@ extension HTTPField.Name {
 
 /// Handlers of the job API (`/depot/v1/jobs`, `/depot/v1/pipelines`): listing and operator
 /// commands, and the lease protocol runners speak. See docs/EXTENSION-API.md.
-extension OCIResponder {
+struct JobHandlers: RouteHandlers {
     static let maxLogBytes = 8 << 20
+    let registry: Registry
+    /// The pipeline job queue; nil when no pipelines are configured (the job API then answers 404).
+    let jobs: JobQueue?
+    /// Secrets of webhook stages, by "pipeline/stage", to verify completion callbacks.
+    let callbackSecrets: [String: String]
+    /// Cancelling a canary stage's job stops its rollout.
+    let deployments: Deployments
 
-    func handleJobs(_ route: ExtensionRoute, _ request: Request) async throws -> Response {
+    func queue() throws -> JobQueue {
         guard let jobs else {
             throw RegistryError(.jobUnknown, "this registry runs no pipelines (no files in pipelines.directory)")
         }
-        let actor = Self.actor(request)
+        return jobs
+    }
+
+    /// The `{id}` of a job route, parsed strictly (1–19 digits, positive).
+    static func jobID(_ match: RouteMatch) throws -> Int64 {
+        try RequestParsing.integer(Substring(match["id"]), "job id", in: 1...Int64.max)
+    }
+
+    func pipelines(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        return Reply.json(["pipelines": jobs.pipelines.map(Self.json)])
+    }
+
+    func list(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
         let query = request.uri.queryParameters
-        switch (route, request.method) {
-        case (.pipelines, .get):
-            return Reply.json(["pipelines": jobs.pipelines.map(Self.json)])
-        case (.jobs, .get):
-            let state = query["state"].map(String.init)
-            let pipeline = query["pipeline"].map(String.init)
-            let limit = try query["limit"].map { try Self.positive(String($0), "limit") } ?? 100
-            let list = try await offload { try jobs.jobs(state: state, pipeline: pipeline, limit: limit) }
-            return Reply.json(["jobs": list.map { Self.json($0) }])
-        case (.jobLease, .post):
-            let body = try await jsonBody(request)
-            guard let runner = body["runner"] as? String, !runner.isEmpty, runner.count <= 200 else {
-                throw RegistryError(.unsupported, "body needs \"runner\": the runner's name", status: 400)
-            }
-            let labels = body["labels"] as? [String] ?? []
-            let job = try await offload { try jobs.lease(runner: runner, labels: Set(labels)) }
-            let answer: Any = job.map { Self.json($0, withToken: true) } ?? NSNull()
-            return Reply.json(["job": answer])
-        case (.job(let id), .get):
-            let job = try await offload { try jobs.job(id) }
-            return Reply.json(Self.json(job))
-        case (.jobAction(let id, "log"), .get):
-            let job = try await offload { try jobs.job(id) }
-            guard let log = job.logDigest.flatMap({ try? Digest(parsing: $0) }) else {
-                throw RegistryError(.blobUnknown, "job \(id) has no log yet")
-            }
-            let store = registry.store
-            let bytes = try await offload { () -> [UInt8] in
-                var out: [UInt8] = []
-                try store.reader(log).forEach { out.append(contentsOf: $0) }
-                return out
-            }
-            return Reply.bytes(bytes, contentType: "text/plain; charset=utf-8")
-        case (.jobAction(let id, "log"), .put):
-            let token = try Self.required(query["lease_token"].map(String.init), "lease_token (query)")
-            let body = try await RequestParsing.collect(request, limit: Self.maxLogBytes, what: "job log")
-            let bytes = Array(body.readableBytesView)
-            let digest = try await offload { try jobs.storeLog(id, token: token, bytes: bytes) }
-            return Reply.json(["digest": digest.description], status: 201)
-        case (.jobAction(let id, "start"), .post):
-            let body = try await jsonBody(request)
-            let token = try Self.required(body["lease_token"] as? String, "lease_token")
-            let key = try Self.required(body["key"] as? String, "key")
-            let decision = try await offload { try jobs.start(id, token: token, key: key) }
-            switch decision {
-            case .run: return Reply.json(["decision": "run"])
-            case .memoized(let d): return Reply.json(["decision": "memoized", "output": d.description])
-            }
-        case (.jobAction(let id, "heartbeat"), .post):
-            let body = try await jsonBody(request)
-            let token = try Self.required(body["lease_token"] as? String, "lease_token")
-            let job = try await offload { try jobs.heartbeat(id, token: token) }
-            return Reply.json(Self.json(job))
-        case (.jobAction(let id, "complete"), .post):
-            let body = try await jsonBody(request)
-            let token = try Self.required(body["lease_token"] as? String, "lease_token")
-            let output = try RequestParsing.digest(try Self.required(body["output"] as? String, "output"))
-            try await offload { try jobs.complete(id, token: token, output: output) }
-            return Reply.json(Self.json(try await offload { try jobs.job(id) }))
-        case (.jobAction(let id, "fail"), .post):
-            let body = try await jsonBody(request)
-            let token = try Self.required(body["lease_token"] as? String, "lease_token")
-            let reason = try Self.required(body["reason"] as? String, "reason")
-            let permanent = body["permanent"] as? Bool ?? false
-            let job = try await offload { try jobs.fail(id, token: token, reason: reason, permanent: permanent) }
-            return Reply.json(Self.json(job))
-        case (.jobAction(let id, "cancel"), .post):
-            let deployments = self.deployments
-            let job = try await offload { () -> JobRecord in
-                let job = try jobs.cancel(id, actor: actor)
-                try deployments.abortRollout(forJob: id, actor: actor) // a canary stage's rollout stops with it
-                return job
-            }
-            return Reply.json(Self.json(job))
-        case (.jobAction(let id, "retry"), .post):
-            let job = try await offload { try jobs.retry(id, actor: actor) }
-            return Reply.json(Self.json(job))
-        case (.jobAction(let id, "callback"), .post):
-            return try await webhookCallback(id, request, jobs)
-        default:
-            throw RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405)
+        let state = query["state"].map(String.init)
+        let pipeline = query["pipeline"].map(String.init)
+        let limit = try query["limit"].map { try Self.positive(String($0), "limit") } ?? 100
+        let list = try await offload { try jobs.jobs(state: state, pipeline: pipeline, limit: limit) }
+        return Reply.json(["jobs": list.map { Self.json($0) }])
+    }
+
+    func lease(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        let body = try await jsonBody(request)
+        guard let runner = body["runner"] as? String, !runner.isEmpty, runner.count <= 200 else {
+            throw RegistryError(.unsupported, "body needs \"runner\": the runner's name", status: 400)
         }
+        let labels = body["labels"] as? [String] ?? []
+        let job = try await offload { try jobs.lease(runner: runner, labels: Set(labels)) }
+        let answer: Any = job.map { Self.json($0, withToken: true) } ?? NSNull()
+        return Reply.json(["job": answer])
+    }
+
+    func get(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        let id = try Self.jobID(match)
+        let job = try await offload { try jobs.job(id) }
+        return Reply.json(Self.json(job))
+    }
+
+    func logGet(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        let id = try Self.jobID(match)
+        let job = try await offload { try jobs.job(id) }
+        guard let log = job.logDigest.flatMap({ try? Digest(parsing: $0) }) else {
+            throw RegistryError(.blobUnknown, "job \(id) has no log yet")
+        }
+        let store = registry.store
+        let bytes = try await offload { () -> [UInt8] in
+            var out: [UInt8] = []
+            try store.reader(log).forEach { out.append(contentsOf: $0) }
+            return out
+        }
+        return Reply.bytes(bytes, contentType: "text/plain; charset=utf-8")
+    }
+
+    func logPut(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        let id = try Self.jobID(match)
+        let query = request.uri.queryParameters
+        let token = try Self.required(query["lease_token"].map(String.init), "lease_token (query)")
+        let body = try await RequestParsing.collect(request, limit: Self.maxLogBytes, what: "job log")
+        let bytes = Array(body.readableBytesView)
+        let digest = try await offload { try jobs.storeLog(id, token: token, bytes: bytes) }
+        return Reply.json(["digest": digest.description], status: 201)
+    }
+
+    func start(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        let id = try Self.jobID(match)
+        let body = try await jsonBody(request)
+        let token = try Self.required(body["lease_token"] as? String, "lease_token")
+        let key = try Self.required(body["key"] as? String, "key")
+        let decision = try await offload { try jobs.start(id, token: token, key: key) }
+        switch decision {
+        case .run: return Reply.json(["decision": "run"])
+        case .memoized(let d): return Reply.json(["decision": "memoized", "output": d.description])
+        }
+    }
+
+    func heartbeat(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        let id = try Self.jobID(match)
+        let body = try await jsonBody(request)
+        let token = try Self.required(body["lease_token"] as? String, "lease_token")
+        let job = try await offload { try jobs.heartbeat(id, token: token) }
+        return Reply.json(Self.json(job))
+    }
+
+    func complete(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        let id = try Self.jobID(match)
+        let body = try await jsonBody(request)
+        let token = try Self.required(body["lease_token"] as? String, "lease_token")
+        let output = try RequestParsing.digest(try Self.required(body["output"] as? String, "output"))
+        try await offload { try jobs.complete(id, token: token, output: output) }
+        return Reply.json(Self.json(try await offload { try jobs.job(id) }))
+    }
+
+    func fail(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        let id = try Self.jobID(match)
+        let body = try await jsonBody(request)
+        let token = try Self.required(body["lease_token"] as? String, "lease_token")
+        let reason = try Self.required(body["reason"] as? String, "reason")
+        let permanent = body["permanent"] as? Bool ?? false
+        let job = try await offload { try jobs.fail(id, token: token, reason: reason, permanent: permanent) }
+        return Reply.json(Self.json(job))
+    }
+
+    func cancel(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        let id = try Self.jobID(match)
+        let actor = Self.actor(request)
+        let deployments = self.deployments
+        let job = try await offload { () -> JobRecord in
+            let job = try jobs.cancel(id, actor: actor)
+            try deployments.abortRollout(forJob: id, actor: actor) // a canary stage's rollout stops with it
+            return job
+        }
+        return Reply.json(Self.json(job))
+    }
+
+    func retry(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        let id = try Self.jobID(match)
+        let actor = Self.actor(request)
+        let job = try await offload { try jobs.retry(id, actor: actor) }
+        return Reply.json(Self.json(job))
+    }
+
+    func callback(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let jobs = try queue()
+        let id = try Self.jobID(match)
+        return try await webhookCallback(id, request, jobs)
     }
 
     /// A webhook stage's completion: `{"status": "succeeded"|"failed", "output": digest?, "reason": text?}`,
@@ -143,15 +205,6 @@ extension OCIResponder {
             throw RegistryError(.unsupported, "status must be succeeded or failed", status: 400)
         }
         return Reply.json(Self.json(updated))
-    }
-
-    static func required(_ value: String?, _ name: String) throws -> String {
-        guard let value, !value.isEmpty else { throw RegistryError(.unsupported, "missing \(name)", status: 400) }
-        return value
-    }
-
-    static func positive(_ text: String, _ name: String) throws -> Int {
-        try RequestParsing.integer(Substring(text), name, in: 1...10_000)
     }
 
     static func json(_ job: JobRecord, withToken: Bool = false) -> [String: Any] {

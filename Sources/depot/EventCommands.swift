@@ -1,4 +1,5 @@
 import ArgumentParser
+import DepotAPI
 import DepotClient
 import Foundation
 
@@ -17,7 +18,7 @@ struct EventList: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(.GET, "/depot/v1/events?after=\(after)&n=\(limit)")
+            let r = try await c.call(.GET, Routes[.events].path() + "?after=\(after)&n=\(limit)")
             if json { return printJSONObject(r) }
             for e in r["events"] as? [[String: Any]] ?? [] {
                 let place = "\(e["repository"] as? String ?? "")" + ((e["tag"] as? String).map { ":\($0)" } ?? "")
@@ -39,7 +40,7 @@ struct Deliveries: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            var path = "/depot/v1/webhooks/deliveries?n=\(limit)"
+            var path = Routes[.deliveries].path() + "?n=\(limit)"
             if let webhook { path += "&webhook=\(webhook.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? webhook)" }
             let r = try await c.call(.GET, path)
             if json { return printJSONObject(r) }

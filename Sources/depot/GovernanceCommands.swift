@@ -1,4 +1,5 @@
 import ArgumentParser
+import DepotAPI
 import DepotCatalog
 import DepotClient
 import DepotCore
@@ -47,7 +48,7 @@ struct AliasSet: AsyncParsableCommand {
             var body: [String: Any] = ["reference": reference]
             if let reason { body["reason"] = reason }
             if let expect { body["expect"] = expect }
-            let r = try await c.call(.PUT, "/depot/v1/repositories/\(repository)/aliases/\(alias)", body: body)
+            let r = try await c.call(.PUT, Routes[.aliasMove].path(name: repository, ["alias": alias]), body: body)
             print("\(repository):\(alias) -> \(r["digest"] as? String ?? "?")" + ((r["previous"] as? String).map { " (was \($0))" } ?? ""))
         }
     }
@@ -62,7 +63,7 @@ struct History: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(.GET, "/depot/v1/repositories/\(repository)/aliases/\(alias)/history")
+            let r = try await c.call(.GET, Routes[.aliasHistory].path(name: repository, ["alias": alias]))
             if json { return printJSONObject(r) }
             for m in r["moves"] as? [[String: Any]] ?? [] {
                 print(
@@ -92,7 +93,7 @@ struct Rollback: AsyncParsableCommand {
             var body: [String: Any] = ["steps": steps]
             if let to { body["to"] = to }
             if let reason { body["reason"] = reason }
-            let r = try await c.call(.POST, "/depot/v1/repositories/\(repository)/aliases/\(alias)/rollback", body: body)
+            let r = try await c.call(.POST, Routes[.aliasRollback].path(name: repository, ["alias": alias]), body: body)
             print("\(repository):\(alias) rolled back \(r["from"] as? String ?? "?") -> \(r["to"] as? String ?? "?")")
         }
     }
@@ -115,7 +116,7 @@ struct Resolve: AsyncParsableCommand {
             if lineage { query.append("lineage=1") }
             let r = try await c.call(
                 .GET,
-                "/depot/v1/repositories/\(repository)/aliases/\(alias)/resolve" + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
+                Routes[.aliasResolve].path(name: repository, ["alias": alias]) + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
             if json { return printJSONObject(r) }
             print("\(repository):\(alias) at \(r["at"] as? String ?? "?") -> \(r["digest"] as? String ?? "?")")
             for n in r["ancestors"] as? [[String: Any]] ?? [] { LineageCommand.printNode(n) }
@@ -133,7 +134,7 @@ struct Pin: AsyncParsableCommand {
     func run() async throws {
         await runClient(registry) { c in
             let r = try await c.call(
-                .PUT, "/depot/v1/repositories/\(reference.repository)/pins/\(reference.reference)",
+                .PUT, Routes[.pinPut].path(name: reference.repository, ["reference": reference.reference]),
                 body: reason.map { ["reason": $0] } ?? [:])
             print("pinned \(reference.repository)@\(r["digest"] as? String ?? "?")")
         }
@@ -147,7 +148,7 @@ struct Unpin: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(.DELETE, "/depot/v1/repositories/\(reference.repository)/pins/\(reference.reference)")
+            let r = try await c.call(.DELETE, Routes[.pinDelete].path(name: reference.repository, ["reference": reference.reference]))
             print("unpinned \(reference.repository)@\(r["digest"] as? String ?? "?")")
         }
     }
@@ -160,7 +161,7 @@ struct Pins: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(.GET, "/depot/v1/pins")
+            let r = try await c.call(.GET, Routes[.pins].path())
             if json { return printJSONObject(r) }
             for p in r["pins"] as? [[String: Any]] ?? [] {
                 print(

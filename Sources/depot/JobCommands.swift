@@ -1,4 +1,5 @@
 import ArgumentParser
+import DepotAPI
 import DepotClient
 import DepotRunner
 import Foundation
@@ -23,7 +24,7 @@ struct JobList: AsyncParsableCommand {
             var query = ["limit=\(limit)"]
             if let state { query.append("state=\(encode(state))") }
             if let pipeline { query.append("pipeline=\(encode(pipeline))") }
-            let r = try await c.call(.GET, "/depot/v1/jobs?" + query.joined(separator: "&"))
+            let r = try await c.call(.GET, Routes[.jobs].path() + "?" + query.joined(separator: "&"))
             if json { return printJSONObject(r) }
             let jobs = r["jobs"] as? [[String: Any]] ?? []
             if jobs.isEmpty {
@@ -44,7 +45,7 @@ struct JobShow: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let j = try await c.call(.GET, "/depot/v1/jobs/\(id)")
+            let j = try await c.call(.GET, Routes[.job].path(["id": "\(id)"]))
             if json { return printJSONObject(j) }
             let input = j["input"] as? [String: Any] ?? [:]
             let output = j["output"] as? [String: Any] ?? [:]
@@ -69,7 +70,7 @@ struct JobShow: AsyncParsableCommand {
             }
             guard !noLog else { return }
             if j["log"] != nil {
-                let log = try await c.getBytes("/depot/v1/jobs/\(id)/log", limit: 16 << 20)
+                let log = try await c.getBytes(Routes[.jobLogGet].path(["id": "\(id)"]), limit: 16 << 20)
                 print("--- log ---")
                 print(String(decoding: log, as: UTF8.self), terminator: "")
             } else {
@@ -85,7 +86,7 @@ struct JobCancel: AsyncParsableCommand {
     @Argument(help: "Job id.") var id: Int64
     @OptionGroup var registry: RegistryOptions
 
-    func run() async throws { await JobFormat.post("cancel", id, registry) }
+    func run() async throws { await JobFormat.post(.jobCancel, id, registry) }
 }
 
 struct JobRetry: AsyncParsableCommand {
@@ -94,7 +95,7 @@ struct JobRetry: AsyncParsableCommand {
     @Argument(help: "Job id.") var id: Int64
     @OptionGroup var registry: RegistryOptions
 
-    func run() async throws { await JobFormat.post("retry", id, registry) }
+    func run() async throws { await JobFormat.post(.jobRetry, id, registry) }
 }
 
 struct PipelineList: AsyncParsableCommand {
@@ -104,7 +105,7 @@ struct PipelineList: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(.GET, "/depot/v1/pipelines")
+            let r = try await c.call(.GET, Routes[.pipelines].path())
             if json { return printJSONObject(r) }
             for p in r["pipelines"] as? [[String: Any]] ?? [] {
                 print("\(p["name"] as? String ?? "?")  (\(p["file"] as? String ?? "?"))")
@@ -121,9 +122,9 @@ struct PipelineList: AsyncParsableCommand {
 
 enum JobFormat {
     /// POSTs an operator command on a job and prints the job's line.
-    static func post(_ action: String, _ id: Int64, _ registry: RegistryOptions) async {
+    static func post(_ action: RouteID, _ id: Int64, _ registry: RegistryOptions) async {
         await runClient(registry) { c in
-            print(line(try await c.call(.POST, "/depot/v1/jobs/\(id)/\(action)")))
+            print(line(try await c.call(.POST, Routes[action].path(["id": "\(id)"]))))
         }
     }
 

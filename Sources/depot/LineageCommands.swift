@@ -1,4 +1,5 @@
 import ArgumentParser
+import DepotAPI
 import DepotCatalog
 import DepotClient
 import DepotCore
@@ -42,7 +43,7 @@ struct LineageCommand: AsyncParsableCommand {
             if path.count == 2 {
                 let from = try await digest(of: path[0], c)
                 let to = try await digest(of: path[1], c)
-                let r = try await c.call(.GET, "/depot/v1/lineage/path?from=\(from)&to=\(to)")
+                let r = try await c.call(.GET, Routes[.lineagePath].path() + "?from=\(from)&to=\(to)")
                 let edges = r["edges"] as? [[String: Any]] ?? []
                 return output(edges: edges, raw: r) {
                     for e in edges {
@@ -53,7 +54,7 @@ struct LineageCommand: AsyncParsableCommand {
             let ref = reference!
             let d = try await digest(of: ref, c)
             if impact {
-                let r = try await c.call(.GET, "/depot/v1/lineage/\(d)/impact")
+                let r = try await c.call(.GET, Routes[.impact].path(["digest": "\(d)"]))
                 let nodes = r["derived"] as? [[String: Any]] ?? []
                 return output(edges: nodes.compactMap { $0["edge"] as? [String: Any] }, raw: r) {
                     print("\(nodes.count) artifact(s) derived from \(ref)")
@@ -71,7 +72,7 @@ struct LineageCommand: AsyncParsableCommand {
             if let artifactType {
                 query.append("artifact_type=\(artifactType.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? artifactType)")
             }
-            let r = try await c.call(.GET, "/depot/v1/lineage/\(d)?" + query.joined(separator: "&"))
+            let r = try await c.call(.GET, Routes[.lineage].path(["digest": "\(d)"]) + "?" + query.joined(separator: "&"))
             let nodes = r["nodes"] as? [[String: Any]] ?? []
             output(edges: nodes.compactMap { $0["edge"] as? [String: Any] }, raw: r) {
                 print("\(ref) \(d)")
@@ -182,7 +183,7 @@ struct AuditLog: AsyncParsableCommand {
             if let since { q.append("since=\(enc(since))") }
             if let until { q.append("until=\(enc(until))") }
             if let action { q.append("action=\(enc(action))") }
-            let r = try await c.call(.GET, "/depot/v1/audit?" + q.joined(separator: "&"))
+            let r = try await c.call(.GET, Routes[.audit].path() + "?" + q.joined(separator: "&"))
             if json { return printJSONObject(r) }
             for e in r["entries"] as? [[String: Any]] ?? [] {
                 var line =
@@ -222,7 +223,7 @@ struct AuditVerify: AsyncParsableCommand {
             if let p = v.problem { result["problem"] = p }
             if let h = v.headHash { result["head_hash"] = h }
         } else {
-            await runClient(registry) { c in result = try await c.call(.GET, "/depot/v1/audit/verify") }
+            await runClient(registry) { c in result = try await c.call(.GET, Routes[.auditVerify].path()) }
         }
         if json {
             printJSONObject(result)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DepotAPI
 import DepotClient
 import DepotCore
 import DepotRunner
@@ -17,7 +18,8 @@ struct Rollout: AsyncParsableCommand {
 struct DeploymentArguments: ParsableArguments {
     @Argument(help: "Repository.") var repository: String
     @Argument(help: "Environment alias, e.g. production.") var environment: String
-    var path: String { "/depot/v1/repositories/\(repository)/deployments/\(environment)" }
+    /// The path of one of this deployment's routes.
+    func path(_ id: RouteID) -> String { Routes[id].path(name: repository, ["environment": environment]) }
 }
 
 struct RolloutStart: AsyncParsableCommand {
@@ -42,7 +44,7 @@ struct RolloutStart: AsyncParsableCommand {
             body["analysis_seconds"] = seconds
         }
         await runClient(registry) { c in
-            let status = try await c.call(.POST, deployment.path + "/rollout", body: body)
+            let status = try await c.call(.POST, deployment.path(.rolloutStart), body: body)
             if json { return printJSONObject(status) }
             RolloutFormat.print(status)
         }
@@ -58,7 +60,7 @@ struct RolloutStatus: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let status = try await c.call(.GET, deployment.path)
+            let status = try await c.call(.GET, deployment.path(.deployment))
             if json { return printJSONObject(status) }
             RolloutFormat.print(status)
         }
@@ -66,10 +68,11 @@ struct RolloutStatus: AsyncParsableCommand {
 }
 
 enum RolloutAction {
-    static func perform(_ action: String, _ deployment: DeploymentArguments, reason: String?, json: Bool, _ registry: RegistryOptions) async
+    static func perform(_ action: RouteID, _ deployment: DeploymentArguments, reason: String?, json: Bool, _ registry: RegistryOptions)
+        async
     {
         await runClient(registry) { c in
-            let status = try await c.call(.POST, deployment.path + "/" + action, body: reason.map { ["reason": $0] } ?? [:])
+            let status = try await c.call(.POST, deployment.path(action), body: reason.map { ["reason": $0] } ?? [:])
             if json { return printJSONObject(status) }
             RolloutFormat.print(status)
         }
@@ -81,7 +84,7 @@ enum RolloutAction {
         @OptionGroup var deployment: DeploymentArguments
         @Flag var json = false
         @OptionGroup var registry: RegistryOptions
-        func run() async throws { await RolloutAction.perform("resume", deployment, reason: nil, json: json, registry) }
+        func run() async throws { await RolloutAction.perform(.rolloutResume, deployment, reason: nil, json: json, registry) }
     }
 
     struct Promote: AsyncParsableCommand {
@@ -91,7 +94,7 @@ enum RolloutAction {
         @Option(help: "Why (recorded).") var reason: String?
         @Flag var json = false
         @OptionGroup var registry: RegistryOptions
-        func run() async throws { await RolloutAction.perform("promote", deployment, reason: reason, json: json, registry) }
+        func run() async throws { await RolloutAction.perform(.rolloutPromote, deployment, reason: reason, json: json, registry) }
     }
 
     struct Abort: AsyncParsableCommand {
@@ -101,7 +104,7 @@ enum RolloutAction {
         @Option(help: "Why (recorded).") var reason: String?
         @Flag var json = false
         @OptionGroup var registry: RegistryOptions
-        func run() async throws { await RolloutAction.perform("abort", deployment, reason: reason, json: json, registry) }
+        func run() async throws { await RolloutAction.perform(.rolloutAbort, deployment, reason: reason, json: json, registry) }
     }
 }
 

@@ -94,7 +94,7 @@ func makeImageLayout(_ dir: String) async throws -> Digest {
             let after = try await c.req(.get, "/metrics").text
             func mounts(_ text: String) -> Int {
                 text.split(separator: "\n").first {
-                    $0.hasPrefix("depot_http_requests_total{route=\"upload\",method=\"POST\",status=\"201\"}")
+                    $0.hasPrefix("depot_http_requests_total{route=\"uploadStart\",method=\"POST\",status=\"201\"}")
                 }
                 .flatMap { Int($0.split(separator: " ").last!) } ?? 0
             }

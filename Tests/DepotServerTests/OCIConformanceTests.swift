@@ -417,7 +417,7 @@ import Testing
             try await c.pushBlob("repo", randomBytes(1234, seed: 1))
             #expect(try await c.req(.get, "/healthz").status.code == 200)
             let m = try await c.req(.get, "/metrics").text
-            #expect(m.contains("depot_http_requests_total{route=\"upload\",method=\"POST\",status=\"201\"} 1"))
+            #expect(m.contains("depot_http_requests_total{route=\"uploadStart\",method=\"POST\",status=\"201\"} 1"))
             #expect(m.contains("depot_store_logical_bytes 1234"))
             #expect(m.contains("depot_http_received_bytes_total 1234"))
         }

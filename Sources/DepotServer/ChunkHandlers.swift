@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import DepotRegistry
 import DepotStore
@@ -13,58 +14,66 @@ extension HTTPField.Name {
 /// Handlers of the chunk negotiation API (`/depot/v1`). Bodies are binary and streamed:
 /// hash lists are concatenated 32-byte SHA-256 values; recipes are `[hash 32][length u32 LE]`
 /// entries; chunks travel as pack records (`ChunkRecords`). See docs/EXTENSION-API.md.
-extension OCIResponder {
+struct ChunkHandlers: RouteHandlers {
+    let registry: Registry
+    let metrics: ServerMetrics
+    /// Recipe commits in progress (each re-reads every chunk it names).
+    let recipeCommits: ConcurrencyGate
     static let maxHashesPerQuery = 65_536
     static let maxHashesPerFetch = 4096
     static let recipeEntrySize = 36
 
-    func handle(_ route: ExtensionRoute, _ request: Request) async throws -> Response {
-        switch (route, request.method) {
-        case (.info, .get):
-            let p = registry.store.options.chunker
-            return Reply.json([
-                "api": "depot/v1",
-                "chunker": [
-                    "version": p.version, "min_size": p.minSize, "average_size": p.averageSize, "max_size": p.maxSize,
-                    "boundaries": ["safetensors-v1"],
-                ] as [String: Any],
-                "record_format": "dpkr-v1",
-                "max_hashes_per_query": Self.maxHashesPerQuery,
-                "max_hashes_per_fetch": Self.maxHashesPerFetch,
-            ])
-        case (.missingChunks(let name), .post):
-            _ = try RequestParsing.name(name)
-            let hashes = try await readHashes(request, limit: Self.maxHashesPerQuery)
-            let store = registry.store
-            let missing = try await offload { try store.missingChunks(hashes) }
-            var out = ByteBuffer()
-            out.reserveCapacity(missing.count * 32)
-            for h in missing { out.writeBytes(h.byteArray) }
-            metrics.sent(out.readableBytes)
-            return Response(
-                status: .ok, headers: [.contentType: "application/octet-stream", .contentLength: String(out.readableBytes)],
-                body: ResponseBody(byteBuffer: out))
-        case (.uploadChunks(let name), .post):
-            _ = try RequestParsing.name(name)
-            return try await receiveChunks(request)
-        case (.recipe(let name, let digest), .get):
-            return try await getRecipe(try RequestParsing.name(name), try RequestParsing.digest(digest))
-        case (.recipe(let name, let digest), .put):
-            return try await commitRecipe(try RequestParsing.name(name), try RequestParsing.digest(digest), request)
-        case (.fetchChunks(let name, let digest), .post):
-            return try await fetchChunks(try RequestParsing.name(name), try RequestParsing.digest(digest), request)
-        case (.metadata(let name, let ref), .get):
-            return try await getMetadata(try RequestParsing.name(name), try RequestParsing.reference(ref))
-        case (.alias, _), (.aliasHistory, _), (.aliasRollback, _), (.aliasResolve, _), (.pin, _), (.pins, _),
-            (.lineage, _), (.impact, _), (.lineagePath, _), (.audit, _), (.auditVerify, _), (.events, _), (.deliveries, _):
-            return try await handleGovernance(route, request)
-        case (.jobs, _), (.jobLease, _), (.pipelines, _), (.job, _), (.jobAction, _):
-            return try await handleJobs(route, request)
-        case (.deployments, _), (.deployment, _), (.served, _):
-            return try await handleDeployments(route, request)
-        default:
-            throw RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405)
-        }
+    func info(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let p = registry.store.options.chunker
+        return Reply.json([
+            "api": "depot/v1",
+            "chunker": [
+                "version": p.version, "min_size": p.minSize, "average_size": p.averageSize, "max_size": p.maxSize,
+                "boundaries": ["safetensors-v1"],
+            ] as [String: Any],
+            "record_format": "dpkr-v1",
+            "max_hashes_per_query": Self.maxHashesPerQuery,
+            "max_hashes_per_fetch": Self.maxHashesPerFetch,
+        ])
+    }
+
+    func missingChunks(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        _ = try Self.name(match)
+        let hashes = try await readHashes(request, limit: Self.maxHashesPerQuery)
+        let store = registry.store
+        let missing = try await offload { try store.missingChunks(hashes) }
+        var out = ByteBuffer()
+        out.reserveCapacity(missing.count * 32)
+        for h in missing { out.writeBytes(h.byteArray) }
+        metrics.sent(out.readableBytes)
+        return Response(
+            status: .ok, headers: [.contentType: "application/octet-stream", .contentLength: String(out.readableBytes)],
+            body: ResponseBody(byteBuffer: out))
+    }
+
+    func uploadChunks(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        _ = try Self.name(match)
+        return try await receiveChunks(request)
+    }
+
+    func recipeGet(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let digest = match["digest"]
+        return try await getRecipe(try Self.name(match), try RequestParsing.digest(digest))
+    }
+
+    func recipePut(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let digest = match["digest"]
+        return try await commitRecipe(try Self.name(match), try RequestParsing.digest(digest), request)
+    }
+
+    func fetchChunks(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let digest = match["digest"]
+        return try await fetchChunks(try Self.name(match), try RequestParsing.digest(digest), request)
+    }
+
+    func metadata(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let ref = match["reference"]
+        return try await getMetadata(try Self.name(match), try RequestParsing.reference(ref))
     }
 
     /// Reads a body of concatenated 32-byte hashes (at most `limit`).

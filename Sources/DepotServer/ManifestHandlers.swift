@@ -1,0 +1,65 @@
+import DepotAPI
+import DepotCore
+import DepotRegistry
+import DepotStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// Manifest reads, writes and deletes (`/v2/<name>/manifests/<reference>`).
+struct ManifestHandlers: RouteHandlers {
+    let registry: Registry
+    let metrics: ServerMetrics
+
+    /// GET and HEAD. A reference that can name nothing is simply not found (the distribution
+    /// spec's conformance suite and other registries answer 404 here; only a PUT says TAG_INVALID).
+    func get(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let (name, ref) = (match.name!, match["reference"])
+        let reference: Reference
+        do { reference = try RequestParsing.reference(ref) } catch {
+            throw RegistryError(
+                .manifestUnknown, "manifest '\(ref.prefix(200))' is not a valid tag or digest, so it is not in \(name.prefix(200))")
+        }
+        return try await getManifest(try RequestParsing.name(name), reference, head: request.method == .head)
+    }
+
+    func put(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        try await putManifest(try Self.name(match), try RequestParsing.reference(match["reference"]), request)
+    }
+
+    func delete(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let (n, r) = (try Self.name(match), try RequestParsing.reference(match["reference"]))
+        let actor = Actor(Self.actor(request))
+        try await offload { try registry.deleteManifest(n, r, actor: actor) }
+        return Reply.empty(202)
+    }
+
+    func getManifest(_ name: RepositoryName, _ reference: Reference, head: Bool) async throws -> Response {
+        let m = try await offload { try registry.manifest(name, reference) }
+        metrics.sent(head ? 0 : m.content.count)
+        return Reply.bytes(
+            m.content, contentType: m.mediaType,
+            headers: [.dockerContentDigest: m.digest.description, .eTag: "\"\(m.digest)\""], head: head)
+    }
+
+    func putManifest(_ name: RepositoryName, _ reference: Reference, _ request: Request) async throws -> Response {
+        if let declared = try RequestParsing.contentLength(request), declared > ManifestParser.maxSize {
+            throw RegistryError(.sizeInvalid, "manifest exceeds \(ManifestParser.maxSize) bytes", status: 413)
+        }
+        let body = try await RequestParsing.collect(
+            request, limit: ManifestParser.maxSize, what: "manifest",
+            rate: RateFloor(limits: registry.uploads.limits, start: .now))
+        metrics.received(body.readableBytes)
+        let bytes = Array(body.readableBytesView)
+        let contentType = request.headers[.contentType]
+        let actor = Actor(Self.actor(request))
+        let expect = try Self.ifMatch(request)
+        let (digest, parsed) = try await offload {
+            try registry.putManifest(name, reference, contentType: contentType, bytes: bytes, actor: actor, expect: expect)
+        }
+        var h: HTTPFields = [.location: "/v2/\(name)/manifests/\(digest)", .dockerContentDigest: digest.description]
+        if let subject = parsed.subject { h[.ociSubject] = subject.digest.description }
+        return Reply.empty(201, h)
+    }
+}

@@ -1,0 +1,190 @@
+import DepotAPI
+import DepotCore
+import DepotRegistry
+import DepotStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// Blob uploads (`/v2/<name>/blobs/uploads/…`): monolithic, chunked (PATCH) and cross-repository
+/// mounts. A session is claimed by one request at a time; see `UploadSessions`.
+struct UploadHandlers: RouteHandlers {
+    let registry: Registry
+    let metrics: ServerMetrics
+
+    func start(_ match: RouteMatch, _ request: Request, _ context: DepotRequestContext) async throws -> Response {
+        try await startUpload(try Self.name(match), request, client: UploadSessions.clientKey(context.clientAddress))
+    }
+
+    func status(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let session = try registry.uploads.get(try Self.name(match), match["uuid"])
+        return Reply.empty(204, uploadHeaders(session))
+    }
+
+    func patch(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        try await patchUpload(try registry.uploads.get(try Self.name(match), match["uuid"]), request)
+    }
+
+    func put(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        try await putUpload(try registry.uploads.get(try Self.name(match), match["uuid"]), request)
+    }
+
+    func cancel(_ match: RouteMatch, _ request: Request) async throws -> Response {
+        let session = try registry.uploads.get(try Self.name(match), match["uuid"])
+        try session.claim()
+        let uploads = registry.uploads
+        await offloadDetached { uploads.cancel(session) }
+        return Reply.empty(204)
+    }
+
+    func uploadHeaders(_ session: UploadSession) -> HTTPFields {
+        var h: HTTPFields = [.location: "/v2/\(session.repository)/blobs/uploads/\(session.id)"]
+        // As distribution does: "0-0" also for an empty upload.
+        h[.range] = "0-\(max(0, session.offset - 1))"
+        h[.dockerUploadUUID] = session.id
+        return h
+    }
+
+    func startUpload(_ name: RepositoryName, _ request: Request, client: String) async throws -> Response {
+        let query = request.uri.queryParameters
+        if let mountText = query["mount"] {
+            let digest = try RequestParsing.digest(String(mountText))
+            let from = try query["from"].map { try RequestParsing.name(String($0)) }
+            if try await offload({ try registry.mount(name, digest, from: from) }) {
+                return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])
+            }
+        } else if let digestText = query["digest"] {
+            // Monolithic upload: the body is the whole blob.
+            let digest = try RequestParsing.digest(String(digestText))
+            let session = try await offload { try registry.uploads.start(name, client: client) }
+            try session.claim()
+            do {
+                return try await complete(session, digest: digest, request)
+            } catch {
+                // The session was internal to this request: nothing can resume it.
+                let uploads = registry.uploads
+                await offloadDetached { uploads.cancel(session) }
+                throw error
+            }
+        }
+        let session = try await offload { try registry.uploads.start(name, client: client) }
+        var h = uploadHeaders(session)
+        h[.range] = "0-0"
+        h[.ociChunkMinLength] = "0"
+        return Reply.empty(202, h)
+    }
+
+    func patchUpload(_ session: UploadSession, _ request: Request) async throws -> Response {
+        try session.claim()
+        do {
+            try await receive(request, into: session)
+        } catch let e as RegistryError where e.status == 416 || e.status == 408 {
+            // Tell the client where the upload stands, so it can resume.
+            await letGo(session)
+            return Reply.error(e, headers: uploadHeaders(session))
+        } catch {
+            await letGo(session)
+            throw error
+        }
+        await letGo(session)
+        return Reply.empty(202, uploadHeaders(session))
+    }
+
+    /// Releases a request's claim on a session; if the session's lifetime ended while this
+    /// request held it, its writer is aborted now (only the holder of the claim may touch it).
+    func letGo(_ session: UploadSession) async {
+        session.release()
+        if session.isCancelled {
+            let uploads = registry.uploads
+            await offloadDetached { uploads.abandon(session) }
+        }
+    }
+
+    func putUpload(_ session: UploadSession, _ request: Request) async throws -> Response {
+        guard let digestText = request.uri.queryParameters["digest"] else {
+            throw RegistryError(.digestInvalid, "PUT to an upload needs ?digest=")
+        }
+        let digest = try RequestParsing.digest(String(digestText))
+        try session.claim()
+        return try await complete(session, digest: digest, request)
+    }
+
+    /// Streams a final body (if any) into a claimed session and completes it.
+    func complete(_ session: UploadSession, digest: Digest, _ request: Request) async throws -> Response {
+        do {
+            try await receive(request, into: session)
+        } catch {
+            await letGo(session)
+            throw error
+        }
+        do {
+            _ = try await offload { try registry.uploads.finish(session, expecting: digest, registry: registry) }
+        } catch let e as RegistryError where e.code == .blobUploadUnknown {
+            await letGo(session)
+            throw e
+        }
+        return Reply.empty(201, [.location: "/v2/\(session.repository)/blobs/\(digest)", .dockerContentDigest: digest.description])
+    }
+
+    /// Checks Content-Range against the session and streams the body into it, handing the
+    /// blocking writer about 1 MiB at a time.
+    func receive(_ request: Request, into session: UploadSession) async throws {
+        let declared = try RequestParsing.contentLength(request)
+        let maxBlob = registry.uploads.limits.maxBlobBytes
+        if let declared, declared > maxBlob {
+            throw RegistryError(
+                .sizeInvalid, "Content-Length \(declared) exceeds the registry's maximum blob size of \(maxBlob) bytes",
+                status: 413)
+        }
+        if let range = try RequestParsing.contentRange(request, limit: maxBlob) {
+            guard range.lowerBound == session.offset else {
+                throw RegistryError(
+                    .rangeInvalid, "Content-Range starts at \(range.lowerBound) but the upload has \(session.offset) bytes",
+                    status: 416)
+            }
+            if let declared, declared != range.upperBound - range.lowerBound + 1 {
+                throw RegistryError(
+                    .sizeInvalid, "Content-Length \(declared) does not match Content-Range \(range.lowerBound)-\(range.upperBound)")
+            }
+        }
+        var pending = ByteBuffer()
+        var received: Int64 = 0
+        let metrics = self.metrics
+        let rate = RateFloor(limits: registry.uploads.limits, start: .now)
+        do {
+            for try await buffer in request.body {
+                received += Int64(buffer.readableBytes)
+                metrics.received(buffer.readableBytes)
+                if let declared, received > declared {
+                    throw RegistryError(.sizeInvalid, "the body is longer than its Content-Length of \(declared)")
+                }
+                if !rate.isMet(received: received, now: .now) { throw rate.error(received: received) }
+                if pending.readableBytes == 0 && buffer.readableBytes >= 1 << 20 {
+                    try await offload { try buffer.withUnsafeReadableBytes { try session.append($0) } }
+                } else {
+                    pending.writeImmutableBuffer(buffer)
+                    if pending.readableBytes >= 1 << 20 {
+                        let full = pending
+                        pending = ByteBuffer()
+                        try await offload { try full.withUnsafeReadableBytes { try session.append($0) } }
+                    }
+                }
+            }
+        } catch {
+            // The connection broke: keep what arrived, so the client can ask and resume.
+            let rest = pending
+            if rest.readableBytes > 0 { try? await offload { try rest.withUnsafeReadableBytes { try session.append($0) } } }
+            if error is RegistryError || error is DepotError { throw error }
+            // The client went away mid-body: its error, not the server's (no 500 in the logs).
+            throw RegistryError(.blobUploadInvalid, "request body ended early: \(error)", status: 400)
+        }
+        if pending.readableBytes > 0 {
+            let rest = pending
+            try await offload { try rest.withUnsafeReadableBytes { try session.append($0) } }
+        }
+        if let declared, declared != received {
+            throw RegistryError(.sizeInvalid, "received \(received) bytes but Content-Length said \(declared)")
+        }
+    }
+}
