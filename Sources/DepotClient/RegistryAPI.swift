@@ -223,6 +223,29 @@ extension RegistryConnection {
         return try await collect(r, limit: limit)
     }
 
+    /// A call of Depot's extension API with a typed answer (`DepotAPI` wire types).
+    public func request<Answer: Decodable>(_ method: HTTPMethod, _ path: String, as type: Answer.Type) async throws -> Answer {
+        try await decode(Answer.self, method, path, try await send(method, path, accept: [200, 201]))
+    }
+
+    /// A call of Depot's extension API with a typed body and answer.
+    public func request<Body: Encodable, Answer: Decodable>(
+        _ method: HTTPMethod, _ path: String, body: Body, as type: Answer.Type
+    ) async throws -> Answer {
+        let r = try await send(
+            method, path, headers: [("Content-Type", "application/json")], body: .bytes(try WireJSON.encode(body)), accept: [200, 201])
+        return try await decode(Answer.self, method, path, r)
+    }
+
+    private func decode<Answer: Decodable>(_ type: Answer.Type, _ method: HTTPMethod, _ path: String, _ r: HTTPClientResponse) async throws
+        -> Answer
+    {
+        let bytes = try await collect(r, limit: 256 << 20)
+        do { return try WireJSON.decode(Answer.self, from: bytes, what: "\(method) \(path): the registry's answer") } catch {
+            throw ClientError("\(error)")
+        }
+    }
+
     /// A JSON call of Depot's governance API (aliases, pins, lineage, audit): the answer object.
     public func call(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, headers: [(String, String)] = []) async throws
         -> [String: Any]

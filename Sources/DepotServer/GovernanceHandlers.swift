@@ -14,31 +14,22 @@ struct GovernanceHandlers: RouteHandlers {
     /// an auditor verifying right after a suspected edit must see it).
     let auditVerifications = SharedRecentResult<AuditVerification>(maxAge: .zero)
 
-    static func json(_ move: TagMove) -> [String: Any] {
-        var o: [String: Any] = ["id": move.id, "tag": move.tag, "actor": move.actor, "at": iso(move.at), "at_ms": move.at]
-        if let f = move.from { o["from"] = f.description }
-        if let t = move.to { o["to"] = t.description }
-        if let r = move.reason { o["reason"] = r }
-        return o
+    static func record(_ move: TagMove) -> TagMoveRecord {
+        TagMoveRecord(
+            id: move.id, tag: move.tag, actor: move.actor, at: iso(move.at), atMs: move.at, from: move.from, to: move.to,
+            reason: move.reason)
     }
 
-    static func json(_ e: LineageEdge) -> [String: Any] {
-        var o: [String: Any] = [
-            "child": e.child.description, "parent": e.parent.description, "relation": e.relation,
-            "parent_ref": e.parentRef, "repository": e.repository, "at": iso(e.createdAt),
-        ]
-        if let v = e.run { o["run"] = v }
-        if let v = e.dataset { o["dataset"] = v }
-        if let v = e.commit { o["commit"] = v }
-        if let v = e.job { o["job"] = v }
-        if let m = e.metrics, let obj = try? JSONSerialization.jsonObject(with: Data(m.utf8)) { o["metrics"] = obj }
-        return o
+    static func record(_ e: LineageEdge) -> LineageEdgeRecord {
+        // Metrics are stored as the JSON object of the child's `dev.depot.metric.*` annotations.
+        let metrics = e.metrics.flatMap { try? WireJSON.decode([String: String].self, from: Array($0.utf8), what: "metrics") }
+        return LineageEdgeRecord(
+            child: e.child, parent: e.parent, relation: e.relation, parentRef: e.parentRef, repository: e.repository,
+            at: iso(e.createdAt), run: e.run, dataset: e.dataset, commit: e.commit, job: e.job, metrics: metrics)
     }
 
-    static func json(_ n: LineageNode) -> [String: Any] {
-        var o: [String: Any] = ["digest": n.digest.description, "depth": n.depth, "edge": json(n.edge), "stored": n.stored]
-        if let t = n.artifactType { o["artifact_type"] = t }
-        return o
+    static func record(_ n: LineageNode) -> LineageNodeRecord {
+        LineageNodeRecord(digest: n.digest, depth: n.depth, edge: record(n.edge), stored: n.stored, artifactType: n.artifactType)
     }
 
     func aliasMove(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -46,20 +37,18 @@ struct GovernanceHandlers: RouteHandlers {
         let registry = self.registry
         let actor = Self.actor(request)
         let repo = try Self.name(match)
-        let body = try await jsonBody(request)
-        guard let target = (body["digest"] ?? body["reference"]) as? String else {
+        let body = try await self.body(request, as: AliasMoveRequest.self)
+        guard let target = body.digest ?? body.reference else {
             throw RegistryError(.unsupported, "body needs \"digest\" (or \"reference\": a tag or digest)", status: 400)
         }
-        let expect = try (body["expect"] as? String).map(RequestParsing.digest) ?? Self.ifMatch(request)
-        let reason = body["reason"] as? String
+        let expect = try body.expect.map(RequestParsing.digest) ?? Self.ifMatch(request)
+        let reason = body.reason
         let ref = try RequestParsing.reference(target)
         let (previous, digest) = try await offload { () -> (Digest?, Digest) in
             let digest = try registry.manifest(repo, ref).digest
             return (try registry.setAlias(repo, alias, to: digest, expect: expect, actor: actor, reason: reason), digest)
         }
-        var out: [String: Any] = ["repository": repo.value, "alias": alias, "digest": digest.description]
-        if let previous { out["previous"] = previous.description }
-        return Reply.json(out)
+        return Reply.encoded(AliasAnswer(repository: repo.value, alias: alias, digest: digest, previous: previous))
     }
 
     func aliasGet(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -67,7 +56,7 @@ struct GovernanceHandlers: RouteHandlers {
         let registry = self.registry
         let repo = try Self.name(match)
         let m = try await offload { try registry.manifest(repo, .tag(alias)) }
-        return Reply.json(["repository": repo.value, "alias": alias, "digest": m.digest.description])
+        return Reply.encoded(AliasAnswer(repository: repo.value, alias: alias, digest: m.digest))
     }
 
     func aliasHistory(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -75,7 +64,7 @@ struct GovernanceHandlers: RouteHandlers {
         let registry = self.registry
         let repo = try Self.name(match)
         let moves = try await offload { try registry.aliasHistory(repo, alias) }
-        return Reply.json(["repository": repo.value, "alias": alias, "moves": moves.map(Self.json)])
+        return Reply.encoded(AliasHistory(repository: repo.value, alias: alias, moves: moves.map(Self.record)))
     }
 
     func aliasRollback(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -83,12 +72,12 @@ struct GovernanceHandlers: RouteHandlers {
         let registry = self.registry
         let actor = Self.actor(request)
         let repo = try Self.name(match)
-        let body = try await jsonBody(request)
-        let to = try (body["to"] as? String).map(RequestParsing.digest)
-        let steps = body["steps"] as? Int ?? 1
-        let reason = body["reason"] as? String
+        let body = try await self.body(request, as: AliasRollbackRequest.self)
+        let to = try body.to.map(RequestParsing.digest)
+        let steps = body.steps ?? 1
+        let reason = body.reason
         let r = try await offload { try registry.rollback(repo, alias, to: to, steps: steps, actor: actor, reason: reason) }
-        return Reply.json(["repository": repo.value, "alias": alias, "from": r.from.description, "to": r.to.description])
+        return Reply.encoded(AliasRollbackAnswer(repository: repo.value, alias: alias, from: r.from, to: r.to))
     }
 
     func aliasResolve(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -101,12 +90,12 @@ struct GovernanceHandlers: RouteHandlers {
         guard let digest else {
             throw RegistryError(.manifestUnknown, "\(repo):\(alias) pointed at nothing at \(Self.iso(at))")
         }
-        var out: [String: Any] = ["repository": repo.value, "alias": alias, "at": Self.iso(at), "digest": digest.description]
+        var out = AliasResolution(repository: repo.value, alias: alias, at: Self.iso(at), digest: digest)
         if query["lineage"] != nil {
             let ancestors = try await offload { try registry.lineage(of: digest, up: true) }
-            out["ancestors"] = ancestors.map(Self.json)
+            out.ancestors = ancestors.map(Self.record)
         }
-        return Reply.json(out)
+        return Reply.encoded(out)
     }
 
     func pinPut(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -115,9 +104,9 @@ struct GovernanceHandlers: RouteHandlers {
         let actor = Self.actor(request)
         let repo = try Self.name(match)
         let reference = try RequestParsing.reference(ref)
-        let reason = try await jsonBody(request)["reason"] as? String
+        let reason = try await body(request, as: PinRequest.self).reason
         let digest = try await offload { try registry.pin(repo, reference, reason: reason, actor: actor) }
-        return Reply.json(["repository": repo.value, "digest": digest.description, "pinned": true])
+        return Reply.encoded(PinAnswer(repository: repo.value, digest: digest, pinned: true))
     }
 
     func pinDelete(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -127,22 +116,18 @@ struct GovernanceHandlers: RouteHandlers {
         let repo = try Self.name(match)
         let reference = try RequestParsing.reference(ref)
         let digest = try await offload { try registry.unpin(repo, reference, actor: actor) }
-        return Reply.json(["repository": repo.value, "digest": digest.description, "pinned": false])
+        return Reply.encoded(PinAnswer(repository: repo.value, digest: digest, pinned: false))
     }
 
     func pins(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let registry = self.registry
         let actor = Self.actor(request)
         let pins = try await offload { try registry.pins() }
-        return Reply.json([
-            "pins": pins.map { p -> [String: Any] in
-                var o: [String: Any] = [
-                    "digest": p.digest.description, "repository": p.repository, "actor": p.actor, "at": Self.iso(p.at),
-                ]
-                if let r = p.reason { o["reason"] = r }
-                return o
-            }
-        ])
+        return Reply.encoded(
+            PinList(
+                pins: pins.map {
+                    PinRecord(digest: $0.digest, repository: $0.repository, actor: $0.actor, at: Self.iso($0.at), reason: $0.reason)
+                }))
     }
 
     func lineage(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -150,8 +135,7 @@ struct GovernanceHandlers: RouteHandlers {
         let registry = self.registry
         let query = request.uri.queryParameters
         let digest = try RequestParsing.digest(digestText)
-        let direction = query["direction"].map(String.init) ?? "ancestors"
-        guard direction == "ancestors" || direction == "descendants" else {
+        guard let direction = LineageDirection(rawValue: query["direction"].map(String.init) ?? "ancestors") else {
             throw RegistryError(.unsupported, "direction is ancestors or descendants", status: 400)
         }
         let depth = try RequestParsing.query(request, "depth", in: 1...1000) ?? 64
@@ -159,9 +143,9 @@ struct GovernanceHandlers: RouteHandlers {
         let artifactType = query["artifact_type"].map(String.init)
         let nodes = try await offload {
             try registry.lineage(
-                of: digest, up: direction == "ancestors", depth: depth, relations: relations, artifactType: artifactType)
+                of: digest, up: direction == .ancestors, depth: depth, relations: relations, artifactType: artifactType)
         }
-        return Reply.json(["digest": digest.description, "direction": direction, "nodes": nodes.map(Self.json)])
+        return Reply.encoded(LineageAnswer(digest: digest, direction: direction, nodes: nodes.map(Self.record)))
     }
 
     func impact(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -169,10 +153,10 @@ struct GovernanceHandlers: RouteHandlers {
         let registry = self.registry
         let digest = try RequestParsing.digest(digestText)
         let report = try await offload { try registry.impact(of: digest) }
-        return Reply.json([
-            "digest": digest.description, "derived": report.derived.map(Self.json),
-            "tags": report.tags.map { ["repository": $0.repository, "tag": $0.tag, "digest": $0.digest.description] },
-        ])
+        return Reply.encoded(
+            ImpactAnswer(
+                digest: digest, derived: report.derived.map(Self.record),
+                tags: report.tags.map { TagReference(repository: $0.repository, tag: $0.tag, digest: $0.digest) }))
     }
 
     func lineagePath(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -184,7 +168,7 @@ struct GovernanceHandlers: RouteHandlers {
         let (from, to) = (try RequestParsing.digest(String(f)), try RequestParsing.digest(String(t)))
         let path = try await offload { try registry.lineagePath(from: from, to: to) }
         guard let path else { throw RegistryError(.manifestUnknown, "no derivation path from \(from) to \(to)") }
-        return Reply.json(["from": from.description, "to": to.description, "edges": path.map(Self.json)])
+        return Reply.encoded(LineagePathAnswer(from: from, to: to, edges: path.map(Self.record)))
     }
 
     func audit(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -201,26 +185,22 @@ struct GovernanceHandlers: RouteHandlers {
         }
         let chosen = filter
         let entries = try await offload { try registry.auditLog(chosen) }
-        return Reply.json([
-            "entries": entries.map { e -> [String: Any] in
-                var o: [String: Any] = ["id": e.id, "at": Self.iso(e.at), "actor": e.actor, "action": e.action, "hash": e.hash]
-                if let v = e.repository { o["repository"] = v }
-                if let v = e.digest { o["digest"] = v }
-                if let v = e.tag { o["tag"] = v }
-                if let d = e.details, let obj = try? JSONSerialization.jsonObject(with: Data(d.utf8)) { o["details"] = obj }
-                return o
-            }
-        ])
+        return Reply.encoded(
+            AuditLog(
+                entries: entries.map { e in
+                    AuditEntryRecord(
+                        id: e.id, at: Self.iso(e.at), actor: e.actor, action: e.action, hash: e.hash, repository: e.repository,
+                        digest: e.digest, tag: e.tag,
+                        details: e.details.flatMap { try? WireJSON.decode(JSONValue.self, from: Array($0.utf8), what: "details") })
+                }))
     }
 
     func auditVerify(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let registry = self.registry
         let v = try await auditVerifications.result { try await offload { try registry.verifyAudit() } }
-        var o: [String: Any] = ["entries": v.entries, "intact": v.intact]
-        if let id = v.firstBrokenID { o["first_broken_id"] = id }
-        if let p = v.problem { o["problem"] = p }
-        if let h = v.headHash { o["head_hash"] = h }
-        return Reply.json(o)
+        return Reply.encoded(
+            AuditVerificationAnswer(
+                entries: v.entries, intact: v.intact, firstBrokenID: v.firstBrokenID, problem: v.problem, headHash: v.headHash))
     }
 
     func events(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -241,16 +221,12 @@ struct GovernanceHandlers: RouteHandlers {
         let webhook = query["webhook"].map(String.init)
         let limit = try RequestParsing.pageSize(request).map { max(1, $0) } ?? 100
         let rows = try await offload { try registry.deliveries(webhook: webhook, limit: limit) }
-        return Reply.json([
-            "deliveries": rows.map { d -> [String: Any] in
-                var o: [String: Any] = [
-                    "webhook": d.webhook, "event": String(d.eventID), "attempt": d.attempt, "at": Self.iso(d.at),
-                    "duration_ms": d.durationMs, "outcome": d.outcome,
-                ]
-                if let s = d.status { o["status"] = s }
-                if let e = d.error { o["error"] = e }
-                return o
-            }
-        ])
+        return Reply.encoded(
+            DeliveryList(
+                deliveries: rows.map { d in
+                    DeliveryRecord(
+                        webhook: d.webhook, event: String(d.eventID), attempt: d.attempt, at: Self.iso(d.at),
+                        durationMs: Int64(d.durationMs), outcome: d.outcome, status: d.status, error: d.error)
+                }))
     }
 }

@@ -53,6 +53,18 @@ extension RouteHandlers {
         return object
     }
 
+    /// A small JSON request body as a wire type; an empty body decodes as `{}` (every field of a
+    /// request type is optional or defaulted where an empty body is meaningful).
+    func body<T: Decodable>(_ request: Request, as type: T.Type) async throws -> T {
+        let body = try await RequestParsing.collect(
+            request, limit: 1 << 20, what: "JSON body",
+            rate: RateFloor(limits: registry.uploads.limits, start: .now))
+        let bytes = body.readableBytes == 0 ? Array("{}".utf8) : Array(body.readableBytesView)
+        do { return try WireJSON.decode(T.self, from: bytes, what: "body") } catch let e as DocumentError {
+            throw RegistryError(.unsupported, e.message, status: 400)
+        }
+    }
+
     /// A time given as RFC 3339 (`2026-05-03T14:00:00Z`, fractions allowed) or milliseconds since 1970.
     static func time(_ text: String) throws -> Int64 {
         // Milliseconds, bounded to what Date and ISO 8601 can print (years 0001–9999).

@@ -43,7 +43,7 @@ func reportingErrors<T>(_ body: () throws -> T) -> T {
 
 func printJSON<T: Encodable>(_ value: T) {
     let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
     FileHandleOutput.stdout(String(decoding: data, as: UTF8.self) + "\n")
 }

@@ -18,15 +18,13 @@ struct EventList: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(.GET, Routes[.events].path() + "?after=\(after)&n=\(limit)")
-            if json { return printJSONObject(r) }
-            for e in r["events"] as? [[String: Any]] ?? [] {
-                let place = "\(e["repository"] as? String ?? "")" + ((e["tag"] as? String).map { ":\($0)" } ?? "")
-                print(
-                    "\(e["id"] as? String ?? "?")  \(e["at"] as? String ?? "?")  \(e["type"] as? String ?? "?")  \(place)  \(short(e["digest"]))  \(e["actor"] as? String ?? "")"
-                )
+            let r = try await c.request(.GET, Routes[.events].path() + "?after=\(after)&n=\(limit)", as: EventPage.self)
+            if json { return printJSON(r) }
+            for e in r.events {
+                let place = (e.repository ?? "") + (e.tag.map { ":\($0)" } ?? "")
+                print("\(e.id)  \(e.at)  \(e.type)  \(place)  \(short(e.digest))  \(e.actor ?? "")")
             }
-            print("next cursor: \(r["next"] as? String ?? "?")")
+            print("next cursor: \(r.next)")
         }
     }
 }
@@ -42,11 +40,12 @@ struct Deliveries: AsyncParsableCommand {
         await runClient(registry) { c in
             var path = Routes[.deliveries].path() + "?n=\(limit)"
             if let webhook { path += "&webhook=\(webhook.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? webhook)" }
-            let r = try await c.call(.GET, path)
-            if json { return printJSONObject(r) }
-            for d in r["deliveries"] as? [[String: Any]] ?? [] {
+            let r = try await c.request(.GET, path, as: DeliveryList.self)
+            if json { return printJSON(r) }
+            for d in r.deliveries {
+                let answer = d.status.map { "HTTP \($0)" } ?? "no answer"
                 print(
-                    "\(d["at"] as? String ?? "?")  \(d["webhook"] as? String ?? "?")  event \(d["event"] as? String ?? "?")  attempt \(d["attempt"] ?? "?")  \(d["status"].map { "HTTP \($0)" } ?? "no answer")  \(d["duration_ms"] ?? "?") ms  \(d["outcome"] as? String ?? "?")  \(d["error"] as? String ?? "")"
+                    "\(d.at)  \(d.webhook)  event \(d.event)  attempt \(d.attempt)  \(answer)  \(d.durationMs) ms  \(d.outcome)  \(d.error ?? "")"
                 )
             }
         }

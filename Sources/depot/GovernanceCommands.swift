@@ -12,15 +12,21 @@ func digest(of ref: ArtifactReference, _ c: RegistryConnection) async throws -> 
     ref.isDigest ? ref.reference : try await c.manifest(ref.repository, ref.reference).digest.description
 }
 
+/// A digest shortened for a terminal (`sha256:` and 12 hex digits); other text as it is.
+func short(_ digest: Any?) -> String {
+    let text: String
+    switch digest {
+    case let d as Digest: text = d.description
+    case let s as String: text = s
+    default: return "-"
+    }
+    return text.hasPrefix("sha256:") ? String(text.prefix(19)) : text
+}
+
 func printJSONObject(_ object: Any) {
     let data =
         (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])) ?? Data()
     print(String(decoding: data, as: UTF8.self))
-}
-
-func short(_ digest: Any?) -> String {
-    guard let d = digest as? String else { return "-" }
-    return d.hasPrefix("sha256:") ? String(d.prefix(19)) : d
 }
 
 struct Alias: AsyncParsableCommand {
@@ -45,11 +51,9 @@ struct AliasSet: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            var body: [String: Any] = ["reference": reference]
-            if let reason { body["reason"] = reason }
-            if let expect { body["expect"] = expect }
-            let r = try await c.call(.PUT, Routes[.aliasMove].path(name: repository, ["alias": alias]), body: body)
-            print("\(repository):\(alias) -> \(r["digest"] as? String ?? "?")" + ((r["previous"] as? String).map { " (was \($0))" } ?? ""))
+            let body = AliasMoveRequest(reference: reference, expect: expect, reason: reason)
+            let r = try await c.request(.PUT, Routes[.aliasMove].path(name: repository, ["alias": alias]), body: body, as: AliasAnswer.self)
+            print("\(repository):\(alias) -> \(r.digest)" + (r.previous.map { " (was \($0))" } ?? ""))
         }
     }
 }
@@ -63,13 +67,9 @@ struct History: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(.GET, Routes[.aliasHistory].path(name: repository, ["alias": alias]))
-            if json { return printJSONObject(r) }
-            for m in r["moves"] as? [[String: Any]] ?? [] {
-                print(
-                    "\(m["at"] as? String ?? "?")  \(short(m["from"])) -> \(short(m["to"]))  \(m["actor"] as? String ?? "?")  \(m["reason"] as? String ?? "")"
-                )
-            }
+            let r = try await c.request(.GET, Routes[.aliasHistory].path(name: repository, ["alias": alias]), as: AliasHistory.self)
+            if json { return printJSON(r) }
+            for m in r.moves { print("\(m.at)  \(short(m.from)) -> \(short(m.to))  \(m.actor)  \(m.reason ?? "")") }
         }
     }
 }
@@ -90,11 +90,10 @@ struct Rollback: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            var body: [String: Any] = ["steps": steps]
-            if let to { body["to"] = to }
-            if let reason { body["reason"] = reason }
-            let r = try await c.call(.POST, Routes[.aliasRollback].path(name: repository, ["alias": alias]), body: body)
-            print("\(repository):\(alias) rolled back \(r["from"] as? String ?? "?") -> \(r["to"] as? String ?? "?")")
+            let body = AliasRollbackRequest(to: to, steps: steps, reason: reason)
+            let path = Routes[.aliasRollback].path(name: repository, ["alias": alias])
+            let r = try await c.request(.POST, path, body: body, as: AliasRollbackAnswer.self)
+            print("\(repository):\(alias) rolled back \(r.from) -> \(r.to)")
         }
     }
 }
@@ -114,12 +113,11 @@ struct Resolve: AsyncParsableCommand {
             var query: [String] = []
             if let at { query.append("at=\(at.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? at)") }
             if lineage { query.append("lineage=1") }
-            let r = try await c.call(
-                .GET,
-                Routes[.aliasResolve].path(name: repository, ["alias": alias]) + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
-            if json { return printJSONObject(r) }
-            print("\(repository):\(alias) at \(r["at"] as? String ?? "?") -> \(r["digest"] as? String ?? "?")")
-            for n in r["ancestors"] as? [[String: Any]] ?? [] { LineageCommand.printNode(n) }
+            let path = Routes[.aliasResolve].path(name: repository, ["alias": alias])
+            let r = try await c.request(.GET, path + (query.isEmpty ? "" : "?" + query.joined(separator: "&")), as: AliasResolution.self)
+            if json { return printJSON(r) }
+            print("\(repository):\(alias) at \(r.at) -> \(r.digest)")
+            for n in r.ancestors ?? [] { LineageCommand.printNode(n) }
         }
     }
 }
@@ -133,10 +131,10 @@ struct Pin: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(
+            let r = try await c.request(
                 .PUT, Routes[.pinPut].path(name: reference.repository, ["reference": reference.reference]),
-                body: reason.map { ["reason": $0] } ?? [:])
-            print("pinned \(reference.repository)@\(r["digest"] as? String ?? "?")")
+                body: PinRequest(reason: reason), as: PinAnswer.self)
+            print("pinned \(reference.repository)@\(r.digest)")
         }
     }
 }
@@ -148,8 +146,9 @@ struct Unpin: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(.DELETE, Routes[.pinDelete].path(name: reference.repository, ["reference": reference.reference]))
-            print("unpinned \(reference.repository)@\(r["digest"] as? String ?? "?")")
+            let path = Routes[.pinDelete].path(name: reference.repository, ["reference": reference.reference])
+            let r = try await c.request(.DELETE, path, as: PinAnswer.self)
+            print("unpinned \(reference.repository)@\(r.digest)")
         }
     }
 }
@@ -161,13 +160,9 @@ struct Pins: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(.GET, Routes[.pins].path())
-            if json { return printJSONObject(r) }
-            for p in r["pins"] as? [[String: Any]] ?? [] {
-                print(
-                    "\(p["repository"] as? String ?? "?")@\(p["digest"] as? String ?? "?")  \(p["at"] as? String ?? "")  \(p["actor"] as? String ?? "")  \(p["reason"] as? String ?? "")"
-                )
-            }
+            let r = try await c.request(.GET, Routes[.pins].path(), as: PinList.self)
+            if json { return printJSON(r) }
+            for p in r.pins { print("\(p.repository)@\(p.digest)  \(p.at)  \(p.actor)  \(p.reason ?? "")") }
         }
     }
 }

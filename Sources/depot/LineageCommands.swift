@@ -43,47 +43,43 @@ struct LineageCommand: AsyncParsableCommand {
             if path.count == 2 {
                 let from = try await digest(of: path[0], c)
                 let to = try await digest(of: path[1], c)
-                let r = try await c.call(.GET, Routes[.lineagePath].path() + "?from=\(from)&to=\(to)")
-                let edges = r["edges"] as? [[String: Any]] ?? []
-                return output(edges: edges, raw: r) {
-                    for e in edges {
-                        print("\(short(e["parent"])) --\(e["relation"] as? String ?? "?")--> \(short(e["child"]))  \(Self.details(e))")
-                    }
+                let r = try await c.request(.GET, Routes[.lineagePath].path() + "?from=\(from)&to=\(to)", as: LineagePathAnswer.self)
+                return output(edges: r.edges, raw: r) {
+                    for e in r.edges { print("\(short(e.parent)) --\(e.relation)--> \(short(e.child))  \(Self.details(e))") }
                 }
             }
             let ref = reference!
             let d = try await digest(of: ref, c)
             if impact {
-                let r = try await c.call(.GET, Routes[.impact].path(["digest": "\(d)"]))
-                let nodes = r["derived"] as? [[String: Any]] ?? []
-                return output(edges: nodes.compactMap { $0["edge"] as? [String: Any] }, raw: r) {
-                    print("\(nodes.count) artifact(s) derived from \(ref)")
-                    for n in nodes { Self.printNode(n) }
-                    let tags = r["tags"] as? [[String: Any]] ?? []
+                let r = try await c.request(.GET, Routes[.impact].path(["digest": "\(d)"]), as: ImpactAnswer.self)
+                return output(edges: r.derived.map(\.edge), raw: r) {
+                    print("\(r.derived.count) artifact(s) derived from \(ref)")
+                    for n in r.derived { Self.printNode(n) }
                     print(
-                        tags.isEmpty
+                        r.tags.isEmpty
                             ? "no tag or alias resolves to it or to anything derived from it"
                             : "tags and aliases affected:")
-                    for t in tags { print("  \(t["repository"] as? String ?? "?"):\(t["tag"] as? String ?? "?") -> \(short(t["digest"]))") }
+                    for t in r.tags { print("  \(t.repository):\(t.tag) -> \(short(t.digest))") }
                 }
             }
-            var query = ["direction=\(descendants ? "descendants" : "ancestors")", "depth=\(depth)"]
+            let direction: LineageDirection = descendants ? .descendants : .ancestors
+            var query = ["direction=\(direction.rawValue)", "depth=\(depth)"]
             if !relation.isEmpty { query.append("relation=\(relation.joined(separator: ","))") }
             if let artifactType {
                 query.append("artifact_type=\(artifactType.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? artifactType)")
             }
-            let r = try await c.call(.GET, Routes[.lineage].path(["digest": "\(d)"]) + "?" + query.joined(separator: "&"))
-            let nodes = r["nodes"] as? [[String: Any]] ?? []
-            output(edges: nodes.compactMap { $0["edge"] as? [String: Any] }, raw: r) {
+            let path = Routes[.lineage].path(["digest": "\(d)"]) + "?" + query.joined(separator: "&")
+            let r = try await c.request(.GET, path, as: LineageAnswer.self)
+            output(edges: r.nodes.map(\.edge), raw: r) {
                 print("\(ref) \(d)")
-                if nodes.isEmpty { print("  (no \(descendants ? "descendants" : "ancestors") recorded)") }
-                for n in nodes { Self.printNode(n) }
+                if r.nodes.isEmpty { print("  (no \(direction.rawValue) recorded)") }
+                for n in r.nodes { Self.printNode(n) }
             }
         }
     }
 
-    func output(edges: [[String: Any]], raw: [String: Any], table: () -> Void) {
-        if json { return printJSONObject(raw) }
+    func output<Raw: Encodable>(edges: [LineageEdgeRecord], raw: Raw, table: () -> Void) {
+        if json { return printJSON(raw) }
         if dot { return print(Self.dot(edges)) }
         if openlineage {
             for e in edges { printCompactJSON(Self.openLineageEvent(e)) }
@@ -92,40 +88,37 @@ struct LineageCommand: AsyncParsableCommand {
         table()
     }
 
-    static func details(_ e: [String: Any]) -> String {
+    static func details(_ e: LineageEdgeRecord) -> String {
         var parts: [String] = []
-        for key in ["run", "dataset", "commit", "job"] { if let v = e[key] as? String { parts.append("\(key)=\(v)") } }
-        if let m = e["metrics"] as? [String: Any] { parts += m.keys.sorted().map { "\($0)=\(m[$0]!)" } }
+        for (key, value) in [("run", e.run), ("dataset", e.dataset), ("commit", e.commit), ("job", e.job)] {
+            if let value { parts.append("\(key)=\(value)") }
+        }
+        if let m = e.metrics { parts += m.keys.sorted().map { "\($0)=\(m[$0]!)" } }
         return parts.joined(separator: " ")
     }
 
-    static func printNode(_ n: [String: Any]) {
-        let e = n["edge"] as? [String: Any] ?? [:]
-        let stored = n["stored"] as? Bool ?? true
-        let indent = String(repeating: "  ", count: n["depth"] as? Int ?? 1)
+    static func printNode(_ n: LineageNodeRecord) {
+        let e = n.edge
+        let indent = String(repeating: "  ", count: max(1, n.depth))
         print(
-            "\(indent)\(short(n["digest"]))  \(e["relation"] as? String ?? "?")  \(e["relation"] as? String == "subject" ? "" : (e["parent_ref"] as? String ?? ""))"
-                + (stored ? "" : "  (external)") + (n["artifact_type"].map { "  \($0)" } ?? "") + "  " + details(e))
+            "\(indent)\(short(n.digest))  \(e.relation)  \(e.relation == "subject" ? "" : e.parentRef)"
+                + (n.stored ? "" : "  (external)") + (n.artifactType.map { "  \($0)" } ?? "") + "  " + details(e))
     }
 
-    static func dot(_ edges: [[String: Any]]) -> String {
+    static func dot(_ edges: [LineageEdgeRecord]) -> String {
         var lines = ["digraph lineage {", "  rankdir=BT;", "  node [shape=box, fontname=monospace];"]
-        var nodes = Set<String>()
+        var nodes = Set<Digest>()
         for e in edges {
-            guard let p = e["parent"] as? String, let c = e["child"] as? String else { continue }
-            for n in [p, c] where nodes.insert(n).inserted { lines.append("  \"\(n)\" [label=\"\(short(n))\"];") }
-            lines.append("  \"\(c)\" -> \"\(p)\" [label=\"\(e["relation"] as? String ?? "")\"];")
+            for n in [e.parent, e.child] where nodes.insert(n).inserted { lines.append("  \"\(n)\" [label=\"\(short(n))\"];") }
+            lines.append("  \"\(e.child)\" -> \"\(e.parent)\" [label=\"\(e.relation)\"];")
         }
         lines.append("}")
         return lines.joined(separator: "\n")
     }
 
     /// An OpenLineage RunEvent for one derivation: the parent as input, the child as output.
-    static func openLineageEvent(_ e: [String: Any]) -> [String: Any] {
-        let child = e["child"] as? String ?? ""
-        let parent = e["parent"] as? String ?? ""
-        let relation = e["relation"] as? String ?? ""
-        let seed = Array((child + parent + relation).utf8)
+    static func openLineageEvent(_ e: LineageEdgeRecord) -> OpenLineageRunEvent {
+        let seed = Array((e.child.description + e.parent.description + e.relation).utf8)
         let h = seed.withUnsafeBytes { SHA256.hash($0).byteArray }
         var u = Array(h.prefix(16))
         u[6] = (u[6] & 0x0F) | 0x50
@@ -134,29 +127,50 @@ struct LineageCommand: AsyncParsableCommand {
         let runID = [
             hex.prefix(8), hex.dropFirst(8).prefix(4), hex.dropFirst(12).prefix(4), hex.dropFirst(16).prefix(4), hex.dropFirst(20),
         ].map(String.init).joined(separator: "-")
-        var runFacets: [String: Any] = [:]
-        if let run = e["run"] as? String {
-            runFacets["depot_run"] = [
-                "_producer": "depot", "_schemaURL": "https://openlineage.io/spec/facets/1-0-0/BaseFacet.json", "id": run,
-            ]
-        }
-        let repo = e["repository"] as? String ?? ""
-        return [
-            "eventType": "COMPLETE",
-            "eventTime": e["at"] as? String ?? "",
-            "producer": "https://github.com/depot-registry/depot",
-            "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
-            "run": ["runId": runID, "facets": runFacets],
-            "job": ["namespace": "depot", "name": (e["job"] as? String) ?? relation],
-            "inputs": [["namespace": "depot", "name": e["parent_ref"] as? String ?? parent]],
-            "outputs": [["namespace": "depot", "name": "\(repo)@\(child)"]],
-        ]
+        var facets: [String: OpenLineageRunEvent.RunFacet] = [:]
+        if let run = e.run { facets["depot_run"] = .init(id: run) }
+        return OpenLineageRunEvent(
+            eventTime: e.at, run: .init(runId: runID, facets: facets),
+            job: .init(namespace: "depot", name: e.job ?? e.relation),
+            inputs: [.init(namespace: "depot", name: e.parentRef)],
+            outputs: [.init(namespace: "depot", name: "\(e.repository)@\(e.child)")])
     }
 }
 
-func printCompactJSON(_ object: Any) {
-    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
-    print(String(decoding: data, as: UTF8.self))
+/// An OpenLineage 2-0-2 RunEvent, the subset `depot lineage --openlineage` writes.
+struct OpenLineageRunEvent: Encodable {
+    struct RunFacet: Encodable {
+        var producer = "depot"
+        var schemaURL = "https://openlineage.io/spec/facets/1-0-0/BaseFacet.json"
+        var id: String
+
+        enum CodingKeys: String, CodingKey {
+            case id
+            case producer = "_producer"
+            case schemaURL = "_schemaURL"
+        }
+    }
+    struct Run: Encodable {
+        var runId: String
+        var facets: [String: RunFacet]
+    }
+    struct Named: Encodable {
+        var namespace: String
+        var name: String
+    }
+
+    var eventType = "COMPLETE"
+    var eventTime: String
+    var producer = "https://github.com/depot-registry/depot"
+    var schemaURL = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
+    var run: Run
+    var job: Named
+    var inputs: [Named]
+    var outputs: [Named]
+}
+
+func printCompactJSON<T: Encodable>(_ value: T) {
+    print(String(decoding: (try? WireJSON.encode(value)) ?? [], as: UTF8.self))
 }
 
 struct Audit: AsyncParsableCommand {
@@ -183,20 +197,13 @@ struct AuditLog: AsyncParsableCommand {
             if let since { q.append("since=\(enc(since))") }
             if let until { q.append("until=\(enc(until))") }
             if let action { q.append("action=\(enc(action))") }
-            let r = try await c.call(.GET, Routes[.audit].path() + "?" + q.joined(separator: "&"))
-            if json { return printJSONObject(r) }
-            for e in r["entries"] as? [[String: Any]] ?? [] {
-                var line =
-                    "\(e["id"] ?? "?")  \(e["at"] as? String ?? "?")  \(e["actor"] as? String ?? "?")  \(e["action"] as? String ?? "?")"
-                if let repo = e["repository"] as? String { line += "  \(repo)" + ((e["tag"] as? String).map { ":\($0)" } ?? "") }
-                if let d = e["digest"] as? String { line += "  \(short(d))" }
-                if let details = e["details"] {
-                    line +=
-                        "  "
-                        + String(
-                            decoding: (try? JSONSerialization.data(
-                                withJSONObject: details, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data(), as: UTF8.self)
-                }
+            let r = try await c.request(.GET, Routes[.audit].path() + "?" + q.joined(separator: "&"), as: DepotAPI.AuditLog.self)
+            if json { return printJSON(r) }
+            for e in r.entries {
+                var line = "\(e.id)  \(e.at)  \(e.actor)  \(e.action)"
+                if let repo = e.repository { line += "  \(repo)" + (e.tag.map { ":\($0)" } ?? "") }
+                if let d = e.digest { line += "  \(short(d))" }
+                if let details = e.details { line += "  " + details.text }
                 print(line)
             }
         }
@@ -212,26 +219,27 @@ struct AuditVerify: AsyncParsableCommand {
     @OptionGroup var registry: RegistryOptions
 
     func run() async throws {
-        var result: [String: Any] = [:]
+        var result: AuditVerificationAnswer?
         if let storage {
             let v = reportingErrors { () -> AuditVerification in
                 let store = try ChunkStore(root: storage, readOnly: true)
                 return try store.catalog.read { try $0.verifyAudit() }
             }
-            result = ["entries": v.entries, "intact": v.intact]
-            if let id = v.firstBrokenID { result["first_broken_id"] = id }
-            if let p = v.problem { result["problem"] = p }
-            if let h = v.headHash { result["head_hash"] = h }
+            result = AuditVerificationAnswer(
+                entries: v.entries, intact: v.intact, firstBrokenID: v.firstBrokenID, problem: v.problem, headHash: v.headHash)
         } else {
-            await runClient(registry) { c in result = try await c.call(.GET, Routes[.auditVerify].path()) }
+            await runClient(registry) { c in
+                result = try await c.request(.GET, Routes[.auditVerify].path(), as: AuditVerificationAnswer.self)
+            }
         }
+        guard let result else { throw ExitCode(1) }
         if json {
-            printJSONObject(result)
-        } else if result["intact"] as? Bool == true {
-            print("audit journal intact: \(result["entries"] ?? 0) entries, head \(result["head_hash"] as? String ?? "-")")
+            printJSON(result)
+        } else if result.intact {
+            print("audit journal intact: \(result.entries) entries, head \(result.headHash ?? "-")")
         } else {
-            print("audit journal BROKEN at entry \(result["first_broken_id"] ?? "?"): \(result["problem"] as? String ?? "?")")
+            print("audit journal BROKEN at entry \(result.firstBrokenID.map(String.init) ?? "?"): \(result.problem ?? "?")")
         }
-        if result["intact"] as? Bool != true { throw ExitCode(1) }
+        if !result.intact { throw ExitCode(1) }
     }
 }
