@@ -7,14 +7,6 @@ import NIOCore
 import NIOHTTP1
 
 /// What a registry announces under `GET /depot/v1/info` (absent on plain OCI registries).
-public struct ExtensionInfo: Sendable, Equatable {
-    public var chunkerVersion: String
-    public var minSize: Int, averageSize: Int, maxSize: Int
-    public var boundaries: [String]
-    public var maxHashesPerQuery: Int
-    public var maxHashesPerFetch: Int
-}
-
 /// One chunk of a recipe: its SHA-256 and length (offsets follow from the order).
 public struct ChunkRef: Sendable, Equatable {
     public var hash: SHA256.Value
@@ -42,17 +34,9 @@ extension RegistryConnection {
         let r = try await send(.GET, Routes[.info].path(), accept: [200, 404, 405])
         let body = try await collect(r, limit: 1 << 20)
         guard r.status.code == 200 else { return nil }
-        guard let json = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-            let c = json["chunker"] as? [String: Any], let version = c["version"] as? String,
-            let minSize = c["min_size"] as? Int, let avg = c["average_size"] as? Int, let maxSize = c["max_size"] as? Int
-        else {
-            throw ClientError("the registry's /depot/v1/info answer is malformed")
+        do { return try WireJSON.decode(ExtensionInfo.self, from: body, what: "the registry's /depot/v1/info answer") } catch {
+            throw ClientError("\(error)")
         }
-        return ExtensionInfo(
-            chunkerVersion: version, minSize: minSize, averageSize: avg, maxSize: maxSize,
-            boundaries: c["boundaries"] as? [String] ?? [],
-            maxHashesPerQuery: json["max_hashes_per_query"] as? Int ?? 4096,
-            maxHashesPerFetch: json["max_hashes_per_fetch"] as? Int ?? 256)
     }
 
     public func blobExists(_ repo: String, _ digest: Digest) async throws -> Bool {
@@ -201,11 +185,11 @@ extension RegistryConnection {
     }
 
     /// Extracted format metadata of a manifest (Depot registries only).
-    public func metadata(_ repo: String, _ digest: Digest) async throws -> [String: Any]? {
+    public func metadata(_ repo: String, _ digest: Digest) async throws -> JSONValue? {
         let r = try await send(.GET, Routes[.metadata].path(name: repo, ["reference": "\(digest)"]), accept: [200, 404, 501])
         let body = try await collect(r, limit: 16 << 20)
         guard r.status.code == 200 else { return nil }
-        return try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
+        return try? WireJSON.decode(JSONValue.self, from: body, what: "metadata")
     }
 
     /// PUTs raw bytes to an extension path; the answer's JSON object.

@@ -25,16 +25,11 @@ struct ChunkHandlers: RouteHandlers {
 
     func info(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let p = registry.store.options.chunker
-        return Reply.json([
-            "api": "depot/v1",
-            "chunker": [
-                "version": p.version, "min_size": p.minSize, "average_size": p.averageSize, "max_size": p.maxSize,
-                "boundaries": ["safetensors-v1"],
-            ] as [String: Any],
-            "record_format": "dpkr-v1",
-            "max_hashes_per_query": Self.maxHashesPerQuery,
-            "max_hashes_per_fetch": Self.maxHashesPerFetch,
-        ])
+        return Reply.encoded(
+            ExtensionInfo(
+                chunker: .init(
+                    version: p.version, minSize: p.minSize, averageSize: p.averageSize, maxSize: p.maxSize, boundaries: ["safetensors-v1"]),
+                recordFormat: "dpkr-v1", maxHashesPerQuery: Self.maxHashesPerQuery, maxHashesPerFetch: Self.maxHashesPerFetch))
     }
 
     func missingChunks(_ match: RouteMatch, _ request: Request) async throws -> Response {
