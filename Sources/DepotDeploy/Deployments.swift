@@ -70,11 +70,11 @@ public final class Deployments: Sendable {
         guard !steps.isEmpty, steps.allSatisfy({ (1...100).contains($0) }), zip(steps, steps.dropFirst()).allSatisfy({ $0 < $1 }),
             steps.last == 100
         else {
-            throw RegistryError(.unsupported, "steps must increase within 1...100 and end at 100 (got \(steps))", status: 400)
+            throw RegistryError(.invalidRequest, "steps must increase within 1...100 and end at 100 (got \(steps))")
         }
         let analysis = analysisSeconds ?? policy.analysisSeconds
         guard analysis >= 1, analysis <= 7 * 86400 else {
-            throw RegistryError(.unsupported, "the analysis interval must be between 1 s and 7 days", status: 400)
+            throw RegistryError(.invalidRequest, "the analysis interval must be between 1 s and 7 days")
         }
         let manifest = try registry.manifest(repository, reference)
         let model = try Self.tritonModel(manifest)
@@ -87,7 +87,7 @@ public final class Deployments: Sendable {
                 ?? conn.createDeployment(repository: repository.value, environment: environment, modelName: model, now: now)
             guard d.modelName == model else {
                 throw RegistryError(
-                    .unsupported, "the bundle serves model '\(model)'; \(repository):\(environment) serves '\(d.modelName)'", status: 400)
+                    .invalidRequest, "the bundle serves model '\(model)'; \(repository):\(environment) serves '\(d.modelName)'")
             }
             if let active = try conn.activeRollout(deployment: d.id) {
                 throw RegistryError(
@@ -154,9 +154,8 @@ public final class Deployments: Sendable {
         let type = json["artifactType"] as? String ?? (json["config"] as? [String: Any])?["mediaType"] as? String ?? "none"
         guard type == "application/vnd.depot.triton.bundle.v1" else {
             throw RegistryError(
-                .unsupported,
-                "\(short(manifest.digest.description)) is not a Triton bundle (artifactType \(type)); deploy a package stage's output",
-                status: 400)
+                .invalidRequest,
+                "\(short(manifest.digest.description)) is not a Triton bundle (artifactType \(type)); deploy a package stage's output")
         }
         for layer in json["layers"] as? [[String: Any]] ?? [] {
             let a = layer["annotations"] as? [String: String] ?? [:]
@@ -166,13 +165,12 @@ public final class Deployments: Sendable {
                 let model = String(parts[0])
                 guard Self.isSafeName(model) else {
                     throw RegistryError(
-                        .unsupported, "Triton model name '\(model.prefix(80))' must be 1-128 of A-Z a-z 0-9 _ . - (not only dots)",
-                        status: 400)
+                        .invalidRequest, "Triton model name '\(model.prefix(80))' must be 1-128 of A-Z a-z 0-9 _ . - (not only dots)")
                 }
                 return model
             }
         }
-        throw RegistryError(.unsupported, "the bundle has no <model>/config.pbtxt (a Triton model repository with one model)", status: 400)
+        throw RegistryError(.invalidRequest, "the bundle has no <model>/config.pbtxt (a Triton model repository with one model)")
     }
 
     /// A model name or node id usable in paths and URLs: `[A-Za-z0-9_.-]{1,128}`, not only dots.
@@ -187,7 +185,7 @@ public final class Deployments: Sendable {
 
     /// What `node` should serve now; remembers the node (it counts when nodes are split).
     public func resolve(_ repository: RepositoryName, _ environment: String, node: String) throws -> Resolution {
-        guard Self.isSafeName(node) else { throw RegistryError(.unsupported, "node id must be 1-128 of A-Z a-z 0-9 _ . -", status: 400) }
+        guard Self.isSafeName(node) else { throw RegistryError(.invalidRequest, "node id must be 1-128 of A-Z a-z 0-9 _ . -") }
         return try db.write { conn in
             let d = try deployment(conn, repository, environment)
             guard let stable = d.stable else {
@@ -231,9 +229,9 @@ public final class Deployments: Sendable {
         _ repository: RepositoryName, _ environment: String, node: String, digest: String?, version: Int?,
         state: String, reason: String?
     ) throws {
-        guard state == "ready" || state == "failed" else { throw RegistryError(.unsupported, "state must be ready or failed", status: 400) }
-        guard Self.isSafeName(node) else { throw RegistryError(.unsupported, "node id must be 1-128 of A-Z a-z 0-9 _ . -", status: 400) }
-        if let version, version < 1 { throw RegistryError(.unsupported, "version must be at least 1", status: 400) }
+        guard state == "ready" || state == "failed" else { throw RegistryError(.invalidRequest, "state must be ready or failed") }
+        guard Self.isSafeName(node) else { throw RegistryError(.invalidRequest, "node id must be 1-128 of A-Z a-z 0-9 _ . -") }
+        if let version, version < 1 { throw RegistryError(.invalidRequest, "version must be at least 1") }
         try db.write { conn in
             let d = try deployment(conn, repository, environment)
             try conn.reportNode(

@@ -185,7 +185,7 @@ public final class JobQueue: Sendable {
     /// that key exists the job succeeds at once, pointing at it.
     public func start(_ id: Int64, token: String, key: String) throws -> StartDecision {
         guard key.hasPrefix("sha256:"), key.count == 71 else {
-            throw RegistryError(.unsupported, "a job key is sha256:<64 hex>", status: 400)
+            throw RegistryError(.invalidRequest, "a job key is sha256:<64 hex>")
         }
         var tagToSet: (String, String, Digest)?
         let decision = try db.write { conn -> StartDecision in
@@ -400,8 +400,7 @@ public final class JobQueue: Sendable {
     public func jobs(state: String?, pipeline: String?, limit: Int) throws -> [JobRecord] {
         if let state, !["queued", "leased", "running", "succeeded", "failed", "cancelled"].contains(state) {
             throw RegistryError(
-                .unsupported, "unknown job state '\(state.prefix(40))' (queued, leased, running, succeeded, failed, cancelled)", status: 400
-            )
+                .invalidRequest, "unknown job state '\(state.prefix(40))' (queued, leased, running, succeeded, failed, cancelled)")
         }
         return try db.read { try $0.jobs(state: state, pipeline: pipeline, limit: min(max(limit, 1), 10_000)) }
     }

@@ -72,7 +72,7 @@ extension Registry {
         _ repository: RepositoryName, _ alias: String, to target: Digest? = nil, steps: Int = 1,
         actor: String, reason: String?
     ) throws -> (from: Digest, to: Digest) {
-        guard steps >= 1 else { throw RegistryError(.unsupported, "steps must be at least 1", status: 400) }
+        guard steps >= 1 else { throw RegistryError(.invalidRequest, "steps must be at least 1") }
         let history = try aliasHistory(repository, alias)
         guard let current = history.last?.to else {
             throw RegistryError(.manifestUnknown, "\(repository):\(alias) does not point anywhere now; nothing to roll back")

@@ -22,7 +22,7 @@ extension Registry {
             try link(repository, digest)
             return record
         } catch let e as DepotError {
-            if case .chunkUnknown(let m) = e { throw RegistryError(.chunkUnknown, m, status: 400) }
+            if case .chunkUnknown(let m) = e { throw RegistryError(.chunkUnknown, m, kind: .invalid) }
             throw e
         }
     }

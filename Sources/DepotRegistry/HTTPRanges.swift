@@ -26,8 +26,7 @@ public enum HTTPRanges {
         let bound = min(limit, Int64.max - 1)
         guard parts.count == 2, let a = integer(parts[0], in: 0...bound), let b = integer(parts[1], in: 0...bound), b >= a else {
             throw RegistryError(
-                .rangeInvalid, "Content-Range '\(text.prefix(100))' is not <start>-<end> within the blob size limit",
-                status: 416)
+                .rangeInvalid, "Content-Range '\(text.prefix(100))' is not <start>-<end> within the blob size limit")
         }
         return a...b
     }

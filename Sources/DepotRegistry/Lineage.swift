@@ -71,7 +71,7 @@ extension Registry {
         of digest: Digest, up: Bool, depth: Int = 64, relations: [String]? = nil,
         artifactType: String? = nil, limit: Int = 10_000
     ) throws -> [LineageNode] {
-        guard depth >= 1, depth <= 1000 else { throw RegistryError(.unsupported, "depth must be 1...1000", status: 400) }
+        guard depth >= 1, depth <= 1000 else { throw RegistryError(.invalidRequest, "depth must be 1...1000") }
         return try db.read { conn in
             try conn.lineage(of: digest, up: up, depth: depth, relations: relations, limit: limit).compactMap { step in
                 if let artifactType, step.artifactType != artifactType { return nil }

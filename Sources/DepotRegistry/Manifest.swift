@@ -25,7 +25,7 @@ public enum ManifestParser {
 
     public static func parse(_ bytes: [UInt8], contentType: String?) throws -> ParsedManifest {
         guard bytes.count <= maxSize else {
-            throw RegistryError(.sizeInvalid, "manifest is \(bytes.count) bytes; the limit is \(maxSize)", status: 413)
+            throw RegistryError(.sizeInvalid, "manifest is \(bytes.count) bytes; the limit is \(maxSize)", kind: .tooLarge)
         }
         let object: OCIManifestDocument
         do {

@@ -227,7 +227,7 @@ public final class Registry: Sendable {
         if let expect, current != expect {
             throw RegistryError(
                 .denied, "\(repository):\(tag) is at \(current?.description ?? "nothing"), not \(expect): someone moved it first",
-                status: 412)
+                kind: .preconditionFailed)
         }
         if current != digest {
             if policy.isImmutable(tag), let current {

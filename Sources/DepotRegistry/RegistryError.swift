@@ -1,8 +1,11 @@
 import DepotCore
 
-/// An error with an OCI distribution error code, its HTTP status and a human message.
+/// A registry error: an OCI distribution error code (the wire vocabulary clients match on), what
+/// kind of failure it is, and a message that says what to do. No HTTP here: the server's edge
+/// maps the kind to a status (`DepotServer/ErrorStatus.swift`); other front ends may map it
+/// differently.
 public struct RegistryError: Error, Sendable, Equatable, CustomStringConvertible {
-    public enum Code: String, Sendable {
+    public enum Code: String, Sendable, CaseIterable {
         case blobUnknown = "BLOB_UNKNOWN"
         case blobUploadInvalid = "BLOB_UPLOAD_INVALID"
         case blobUploadUnknown = "BLOB_UPLOAD_UNKNOWN"
@@ -16,10 +19,14 @@ public struct RegistryError: Error, Sendable, Equatable, CustomStringConvertible
         case rangeInvalid = "RANGE_INVALID"
         case unauthorized = "UNAUTHORIZED"
         case denied = "DENIED"
+        /// The operation is not supported (a method an endpoint does not take).
         case unsupported = "UNSUPPORTED"
         case tooManyRequests = "TOOMANYREQUESTS"
         case tagInvalid = "TAG_INVALID"
         case unavailable = "UNAVAILABLE"
+        /// Depot extension: a request the API cannot take as it is (a missing or malformed field,
+        /// parameter or body). The message names what to change.
+        case invalidRequest = "INVALID_REQUEST"
         /// Depot extension: a chunk named by a recipe or a fetch is not stored (or not in that blob).
         case chunkUnknown = "CHUNK_UNKNOWN"
         /// Depot extension: no job with that id.
@@ -28,29 +35,60 @@ public struct RegistryError: Error, Sendable, Equatable, CustomStringConvertible
         case conflict = "CONFLICT"
     }
 
+    /// What kind of failure, independent of any protocol.
+    public enum Kind: String, Sendable, CaseIterable {
+        /// The request is malformed or names something invalid; the caller must change it.
+        case invalid
+        case notFound
+        /// The operation does not exist for this resource.
+        case unsupportedOperation
+        /// The client sent too slowly; what arrived is kept.
+        case timedOut
+        /// The resource's state forbids it now (a lost lease, an active rollout).
+        case conflict
+        /// A compare-and-swap lost: the resource moved since the caller looked.
+        case preconditionFailed
+        case tooLarge
+        /// A byte range outside what exists.
+        case rangeNotSatisfiable
+        case rateLimited
+        case unauthorized
+        case denied
+        /// Temporarily unable (busy storage, memory budget): retrying later may succeed.
+        case busy
+        case storageFull
+        /// Stored data failed its checks.
+        case damaged
+        /// A fault of the registry itself.
+        case failed
+    }
+
     public var code: Code
-    public var status: Int
+    public var kind: Kind
     public var message: String
     public var detail: String?
 
-    public init(_ code: Code, _ message: String, status: Int? = nil, detail: String? = nil) {
+    public init(_ code: Code, _ message: String, kind: Kind? = nil, detail: String? = nil) {
         self.code = code
         self.message = message
         self.detail = detail
-        self.status = status ?? Self.defaultStatus(code)
+        self.kind = kind ?? Self.defaultKind(code)
     }
 
-    static func defaultStatus(_ code: Code) -> Int {
+    /// The kind a code implies when the thrower says nothing more.
+    public static func defaultKind(_ code: Code) -> Kind {
         switch code {
-        case .blobUnknown, .blobUploadUnknown, .manifestUnknown, .nameUnknown, .chunkUnknown, .jobUnknown: return 404
-        case .conflict: return 409
-        case .unauthorized: return 401
-        case .denied: return 403
-        case .unsupported: return 415
-        case .tooManyRequests: return 429
-        case .rangeInvalid: return 416
-        case .unavailable: return 503
-        default: return 400
+        case .blobUnknown, .blobUploadUnknown, .manifestUnknown, .nameUnknown, .chunkUnknown, .jobUnknown: return .notFound
+        case .conflict: return .conflict
+        case .unauthorized: return .unauthorized
+        case .denied: return .denied
+        case .unsupported: return .unsupportedOperation
+        case .tooManyRequests: return .rateLimited
+        case .rangeInvalid: return .rangeNotSatisfiable
+        case .unavailable: return .busy
+        case .blobUploadInvalid, .digestInvalid, .manifestBlobUnknown, .manifestInvalid, .nameInvalid, .sizeInvalid, .tagInvalid,
+            .invalidRequest:
+            return .invalid
         }
     }
 
@@ -60,7 +98,7 @@ public struct RegistryError: Error, Sendable, Equatable, CustomStringConvertible
     public static func from(_ error: any Error) -> RegistryError {
         if let e = error as? RegistryError { return e }
         guard let e = error as? DepotError else {
-            return RegistryError(.unavailable, "internal error: \(error)", status: 500)
+            return RegistryError(.unavailable, "internal error: \(error)", kind: .failed)
         }
         switch e {
         case .digestInvalid(let m): return RegistryError(.digestInvalid, m)
@@ -70,15 +108,15 @@ public struct RegistryError: Error, Sendable, Equatable, CustomStringConvertible
         case .rangeInvalid(let m): return RegistryError(.rangeInvalid, m)
         case .invalidArgument(let m): return RegistryError(.blobUploadInvalid, m)
         case .chunkUnknown(let m): return RegistryError(.chunkUnknown, m)
-        case .integrity(let m): return RegistryError(.unavailable, "stored data is damaged: \(m)", status: 500)
+        case .integrity(let m): return RegistryError(.unavailable, "stored data is damaged: \(m)", kind: .damaged)
         case .storage(let m), .io(let m):
             if m.contains("no space left") || m.contains("disk full") {
-                return RegistryError(.unavailable, "storage is full: \(m)", status: 507)
+                return RegistryError(.unavailable, "storage is full: \(m)", kind: .storageFull)
             }
             if m.contains("stayed locked by another connection") {
-                return RegistryError(.unavailable, "storage busy: \(m)", status: 503) // retryable
+                return RegistryError(.unavailable, "storage busy: \(m)", kind: .busy)
             }
-            return RegistryError(.unavailable, "storage error: \(m)", status: 500)
+            return RegistryError(.unavailable, "storage error: \(m)", kind: .failed)
         }
     }
 }

@@ -59,7 +59,7 @@ public final class UploadSession: @unchecked Sendable {
     public func claim() throws {
         try state.withLock { s in
             guard !s.cancelled else { throw RegistryError(.blobUploadUnknown, "upload \(id) was cancelled or expired") }
-            guard !s.busy else { throw RegistryError(.rangeInvalid, "another request is writing to upload \(id)", status: 416) }
+            guard !s.busy else { throw RegistryError(.rangeInvalid, "another request is writing to upload \(id)") }
             s.busy = true
             s.previousActivity = s.lastActivity
             s.lastActivity = Date()
@@ -86,7 +86,7 @@ public final class UploadSession: @unchecked Sendable {
             guard !s.cancelled else { throw RegistryError(.blobUploadUnknown, "upload \(id) was cancelled or expired") }
             let (total, overflow) = s.offset.addingReportingOverflow(Int64(bytes.count))
             guard !overflow, total <= maxBytes else {
-                throw RegistryError(.sizeInvalid, "blob exceeds the registry's maximum blob size of \(maxBytes) bytes", status: 413)
+                throw RegistryError(.sizeInvalid, "blob exceeds the registry's maximum blob size of \(maxBytes) bytes", kind: .tooLarge)
             }
         }
         try writer.write(bytes)

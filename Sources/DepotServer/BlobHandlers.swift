@@ -37,7 +37,7 @@ struct BlobHandlers: RouteHandlers {
             range = try RequestParsing.byteRange(request, size: blob.size)
         } catch let e as RegistryError {
             return Reply.error(
-                RegistryError(e.code, e.message, status: 416), headers: [.contentRange: "bytes */\(blob.size)"],
+                RegistryError(e.code, e.message, kind: .rangeNotSatisfiable), headers: [.contentRange: "bytes */\(blob.size)"],
                 head: request.method == .head)
         }
         var status = 200

@@ -97,7 +97,7 @@ struct ChunkHandlers: RouteHandlers {
             let next: ByteBuffer?
             do { next = try await iterator.next() } catch {
                 // The client went away mid-body: its error, not the server's.
-                throw RegistryError(.blobUploadInvalid, "\(what) body ended early: \(error)", status: 400)
+                throw RegistryError(.blobUploadInvalid, "\(what) body ended early: \(error)")
             }
             guard let part = next else { break }
             metrics.received(part.readableBytes)
@@ -166,7 +166,7 @@ struct ChunkHandlers: RouteHandlers {
             try buffer.withUnsafeReadableBytes { p in
                 try RecipeBody.decode(p) { hash, length in
                     do { try committer.append(hash, length: length) } catch DepotError.sizeInvalid(let m) {
-                        throw RegistryError(.sizeInvalid, m, status: 413)
+                        throw RegistryError(.sizeInvalid, m, kind: .tooLarge)
                     }
                 }
             }

@@ -128,7 +128,7 @@ struct RateFloor: Sendable {
         RegistryError(
             .blobUploadInvalid,
             "upload too slow: \(received) bytes in \(Int(seconds(.now))) s is under the registry's minimum of \(minBytesPerSecond) "
-                + "bytes/s; what arrived is kept, resume from the upload's Range", status: 408)
+                + "bytes/s; what arrived is kept, resume from the upload's Range", kind: .timedOut)
     }
 }
 

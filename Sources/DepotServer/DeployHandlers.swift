@@ -61,7 +61,7 @@ struct DeployHandlers: RouteHandlers {
         let repo = try Self.name(match)
         let body = try await jsonBody(request)
         guard let reference = (body["reference"] ?? body["digest"]) as? String else {
-            throw RegistryError(.unsupported, "body needs \"reference\": a tag or digest of a Triton bundle", status: 400)
+            throw RegistryError(.invalidRequest, "body needs \"reference\": a tag or digest of a Triton bundle")
         }
         let ref = try RequestParsing.reference(reference)
         let steps = body["steps"] as? [Int]
@@ -92,7 +92,7 @@ struct DeployHandlers: RouteHandlers {
         let deployments = self.deployments
         let repo = try Self.name(match)
         guard let node = request.uri.queryParameters["node"].map(String.init), !node.isEmpty else {
-            throw RegistryError(.unsupported, "resolve needs ?node=ID", status: 400)
+            throw RegistryError(.invalidRequest, "resolve needs ?node=ID")
         }
         let r = try await offload { try deployments.resolve(repo, env, node: node) }
         return Reply.json(["digest": r.digest, "version": r.version, "model": r.model, "role": r.role, "weight": r.weight])
@@ -105,7 +105,7 @@ struct DeployHandlers: RouteHandlers {
         let repo = try Self.name(match)
         let body = try await jsonBody(request)
         guard let state = body["state"] as? String else {
-            throw RegistryError(.unsupported, "body needs \"state\": ready or failed", status: 400)
+            throw RegistryError(.invalidRequest, "body needs \"state\": ready or failed")
         }
         let digest = try (body["digest"] as? String).map { try RequestParsing.digest($0).description }
         let version = (body["version"] as? NSNumber)?.intValue

@@ -39,7 +39,7 @@ struct GovernanceHandlers: RouteHandlers {
         let repo = try Self.name(match)
         let body = try await self.body(request, as: AliasMoveRequest.self)
         guard let target = body.digest ?? body.reference else {
-            throw RegistryError(.unsupported, "body needs \"digest\" (or \"reference\": a tag or digest)", status: 400)
+            throw RegistryError(.invalidRequest, "body needs \"digest\" (or \"reference\": a tag or digest)")
         }
         let expect = try body.expect.map(RequestParsing.digest) ?? Self.ifMatch(request)
         let reason = body.reason
@@ -136,7 +136,7 @@ struct GovernanceHandlers: RouteHandlers {
         let query = request.uri.queryParameters
         let digest = try RequestParsing.digest(digestText)
         guard let direction = LineageDirection(rawValue: query["direction"].map(String.init) ?? "ancestors") else {
-            throw RegistryError(.unsupported, "direction is ancestors or descendants", status: 400)
+            throw RegistryError(.invalidRequest, "direction is ancestors or descendants")
         }
         let depth = try RequestParsing.query(request, "depth", in: 1...1000) ?? 64
         let relations = query["relation"].map { $0.split(separator: ",").map(String.init) }
@@ -163,7 +163,7 @@ struct GovernanceHandlers: RouteHandlers {
         let registry = self.registry
         let query = request.uri.queryParameters
         guard let f = query["from"], let t = query["to"] else {
-            throw RegistryError(.unsupported, "needs ?from=DIGEST&to=DIGEST", status: 400)
+            throw RegistryError(.invalidRequest, "needs ?from=DIGEST&to=DIGEST")
         }
         let (from, to) = (try RequestParsing.digest(String(f)), try RequestParsing.digest(String(t)))
         let path = try await offload { try registry.lineagePath(from: from, to: to) }

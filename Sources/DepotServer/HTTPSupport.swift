@@ -52,7 +52,7 @@ enum Reply {
     /// The spec's JSON error body: `{"errors": [{"code", "message", "detail"}]}`.
     static func error(_ e: RegistryError, headers: HTTPFields = [:], head: Bool = false) -> Response {
         let body = OCIErrorBody([.init(code: e.code.rawValue, message: e.message, detail: e.detail)])
-        return encoded(body, status: e.status, headers: headers, head: head)
+        return encoded(body, status: ErrorStatus.of(e), headers: headers, head: head)
     }
 }
 
@@ -82,17 +82,16 @@ enum RequestParsing {
     /// segment), parsed strictly: 1–19 ASCII digits, no sign, no spaces, and within `range`.
     /// `Int64("+5")`, `Int64(" 5")` and 2^64 are all refused here, so no caller ever does
     /// arithmetic on a value it did not bound.
-    static func integer(_ text: Substring, _ what: String, in range: ClosedRange<Int64>, status: Int = 400) throws -> Int64 {
+    static func integer(_ text: Substring, _ what: String, in range: ClosedRange<Int64>) throws -> Int64 {
         guard let value = HTTPRanges.integer(text, in: range) else {
             throw RegistryError(
-                .unsupported, "\(what) must be an integer in \(range.lowerBound)...\(range.upperBound), got '\(text.prefix(40))'",
-                status: status)
+                .invalidRequest, "\(what) must be an integer in \(range.lowerBound)...\(range.upperBound), got '\(text.prefix(40))'")
         }
         return value
     }
 
-    static func integer(_ text: Substring, _ what: String, in range: ClosedRange<Int>, status: Int = 400) throws -> Int {
-        Int(try integer(text, what, in: Int64(range.lowerBound)...Int64(range.upperBound), status: status))
+    static func integer(_ text: Substring, _ what: String, in range: ClosedRange<Int>) throws -> Int {
+        Int(try integer(text, what, in: Int64(range.lowerBound)...Int64(range.upperBound)))
     }
 
     /// An optional query parameter as a bounded integer.
@@ -146,10 +145,10 @@ enum RequestParsing {
         do {
             for try await part in request.body {
                 guard body.readableBytes + part.readableBytes <= limit else {
-                    throw RegistryError(.sizeInvalid, "\(what) exceeds \(limit) bytes", status: 413)
+                    throw RegistryError(.sizeInvalid, "\(what) exceeds \(limit) bytes", kind: .tooLarge)
                 }
                 guard bufferedBodies.take(part.readableBytes) else {
-                    throw RegistryError(.unavailable, "the server is holding too many request bodies in memory; retry shortly", status: 503)
+                    throw RegistryError(.unavailable, "the server is holding too many request bodies in memory; retry shortly")
                 }
                 held += part.readableBytes
                 body.writeImmutableBuffer(part)
@@ -160,7 +159,7 @@ enum RequestParsing {
         } catch let e as RegistryError {
             throw e
         } catch {
-            throw RegistryError(.blobUploadInvalid, "\(what) body ended early: \(error)", status: 400)
+            throw RegistryError(.blobUploadInvalid, "\(what) body ended early: \(error)")
         }
         return body
     }

@@ -48,7 +48,7 @@ extension RouteHandlers {
             rate: RateFloor(limits: registry.uploads.limits, start: .now))
         if body.readableBytes == 0 { return [:] }
         guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
-            throw RegistryError(.unsupported, "body must be a JSON object", status: 400)
+            throw RegistryError(.invalidRequest, "body must be a JSON object")
         }
         return object
     }
@@ -61,7 +61,7 @@ extension RouteHandlers {
             rate: RateFloor(limits: registry.uploads.limits, start: .now))
         let bytes = body.readableBytes == 0 ? Array("{}".utf8) : Array(body.readableBytesView)
         do { return try WireJSON.decode(T.self, from: bytes, what: "body") } catch let e as DocumentError {
-            throw RegistryError(.unsupported, e.message, status: 400)
+            throw RegistryError(.invalidRequest, e.message)
         }
     }
 
@@ -76,7 +76,7 @@ extension RouteHandlers {
         if let d = f.date(from: text) { return Int64(d.timeIntervalSince1970 * 1000) }
         f.formatOptions = [.withInternetDateTime]
         if let d = f.date(from: text) { return Int64(d.timeIntervalSince1970 * 1000) }
-        throw RegistryError(.unsupported, "time '\(text.prefix(60))' is not RFC 3339 (2026-05-03T14:00:00Z) or milliseconds", status: 400)
+        throw RegistryError(.invalidRequest, "time '\(text.prefix(60))' is not RFC 3339 (2026-05-03T14:00:00Z) or milliseconds")
     }
 
     static func iso(_ ms: Int64) -> String {
@@ -86,7 +86,7 @@ extension RouteHandlers {
     }
 
     static func required(_ value: String?, _ name: String) throws -> String {
-        guard let value, !value.isEmpty else { throw RegistryError(.unsupported, "missing \(name)", status: 400) }
+        guard let value, !value.isEmpty else { throw RegistryError(.invalidRequest, "missing \(name)") }
         return value
     }
 

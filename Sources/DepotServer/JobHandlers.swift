@@ -56,7 +56,7 @@ struct JobHandlers: RouteHandlers {
         let jobs = try queue()
         let body = try await jsonBody(request)
         guard let runner = body["runner"] as? String, !runner.isEmpty, runner.count <= 200 else {
-            throw RegistryError(.unsupported, "body needs \"runner\": the runner's name", status: 400)
+            throw RegistryError(.invalidRequest, "body needs \"runner\": the runner's name")
         }
         let labels = body["labels"] as? [String] ?? []
         let job = try await offload { try jobs.lease(runner: runner, labels: Set(labels)) }
@@ -184,7 +184,7 @@ struct JobHandlers: RouteHandlers {
         }
         guard let body = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any], let status = body["status"] as? String
         else {
-            throw RegistryError(.unsupported, "body must be {\"job\", \"attempt\", \"status\": \"succeeded\"|\"failed\", ...}", status: 400)
+            throw RegistryError(.invalidRequest, "body must be {\"job\", \"attempt\", \"status\": \"succeeded\"|\"failed\", ...}")
         }
         // The signed body names the job and attempt: a callback cannot be replayed onto another
         // job of the stage, nor a late one onto a later attempt.
@@ -202,7 +202,7 @@ struct JobHandlers: RouteHandlers {
             let permanent = body["permanent"] as? Bool ?? false
             updated = try await offload { try jobs.failServerJob(id, reason: "the webhook reported: \(reason)", permanent: permanent) }
         default:
-            throw RegistryError(.unsupported, "status must be succeeded or failed", status: 400)
+            throw RegistryError(.invalidRequest, "status must be succeeded or failed")
         }
         return Reply.json(Self.json(updated))
     }

@@ -45,7 +45,7 @@ struct ManifestHandlers: RouteHandlers {
 
     func putManifest(_ name: RepositoryName, _ reference: Reference, _ request: Request) async throws -> Response {
         if let declared = try RequestParsing.contentLength(request), declared > ManifestParser.maxSize {
-            throw RegistryError(.sizeInvalid, "manifest exceeds \(ManifestParser.maxSize) bytes", status: 413)
+            throw RegistryError(.sizeInvalid, "manifest exceeds \(ManifestParser.maxSize) bytes", kind: .tooLarge)
         }
         let body = try await RequestParsing.collect(
             request, limit: ManifestParser.maxSize, what: "manifest",

@@ -62,7 +62,7 @@ public struct OCIResponder: HTTPResponder {
                 response = try await dispatch(match, request, context)
             case .methodNotAllowed(let allowed):
                 response = Reply.error(
-                    RegistryError(.unsupported, "\(request.method) is not supported on this endpoint", status: 405),
+                    RegistryError(.unsupported, "\(request.method) is not supported on this endpoint"),
                     headers: [.allow: allowed.map(\.rawValue).joined(separator: ", ")], head: head)
             case .notFound:
                 response = Reply.json(
@@ -71,10 +71,11 @@ public struct OCIResponder: HTTPResponder {
             }
         } catch {
             let e = RegistryError.from(error)
-            if e.status >= 500 {
+            let status = ErrorStatus.of(e)
+            if status >= 500 {
                 logger.error(
                     "request failed",
-                    metadata: ["method": "\(request.method)", "path": "\(path)", "status": "\(e.status)", "error": "\(e.message)"])
+                    metadata: ["method": "\(request.method)", "path": "\(path)", "status": "\(status)", "error": "\(e.message)"])
             }
             response = Reply.error(e, head: head)
         }

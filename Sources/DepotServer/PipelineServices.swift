@@ -149,7 +149,7 @@ extension PipelineScheduler {
             let e = RegistryError.from(error)
             // A conflict (another rollout running) may clear; a bad input will not.
             try await offload {
-                try jobs.serverJobDispatchFailed(job, reason: "cannot start the rollout: \(e.message)", permanent: e.status != 409)
+                try jobs.serverJobDispatchFailed(job, reason: "cannot start the rollout: \(e.message)", permanent: e.kind != .conflict)
             }
         }
     }

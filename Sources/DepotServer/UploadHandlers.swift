@@ -79,7 +79,7 @@ struct UploadHandlers: RouteHandlers {
         try session.claim()
         do {
             try await receive(request, into: session)
-        } catch let e as RegistryError where e.status == 416 || e.status == 408 {
+        } catch let e as RegistryError where e.kind == .rangeNotSatisfiable || e.kind == .timedOut {
             // Tell the client where the upload stands, so it can resume.
             await letGo(session)
             return Reply.error(e, headers: uploadHeaders(session))
@@ -134,14 +134,12 @@ struct UploadHandlers: RouteHandlers {
         let maxBlob = registry.uploads.limits.maxBlobBytes
         if let declared, declared > maxBlob {
             throw RegistryError(
-                .sizeInvalid, "Content-Length \(declared) exceeds the registry's maximum blob size of \(maxBlob) bytes",
-                status: 413)
+                .sizeInvalid, "Content-Length \(declared) exceeds the registry's maximum blob size of \(maxBlob) bytes", kind: .tooLarge)
         }
         if let range = try RequestParsing.contentRange(request, limit: maxBlob) {
             guard range.lowerBound == session.offset else {
                 throw RegistryError(
-                    .rangeInvalid, "Content-Range starts at \(range.lowerBound) but the upload has \(session.offset) bytes",
-                    status: 416)
+                    .rangeInvalid, "Content-Range starts at \(range.lowerBound) but the upload has \(session.offset) bytes")
             }
             if let declared, declared != range.upperBound - range.lowerBound + 1 {
                 throw RegistryError(
@@ -177,7 +175,7 @@ struct UploadHandlers: RouteHandlers {
             if rest.readableBytes > 0 { try? await offload { try rest.withUnsafeReadableBytes { try session.append($0) } } }
             if error is RegistryError || error is DepotError { throw error }
             // The client went away mid-body: its error, not the server's (no 500 in the logs).
-            throw RegistryError(.blobUploadInvalid, "request body ended early: \(error)", status: 400)
+            throw RegistryError(.blobUploadInvalid, "request body ended early: \(error)")
         }
         if pending.readableBytes > 0 {
             let rest = pending

@@ -167,7 +167,7 @@ struct DeploymentTests {
                 _ = try d.resume(repo, "production", actor: "ops")
                 Issue.record("resume of a running rollout")
             } catch let e as RegistryError {
-                #expect(e.status == 409 && e.message.contains("not paused"))
+                #expect(e.kind == .conflict && e.message.contains("not paused"))
             }
             // Prometheus unreachable: inconclusive too.
             Self.passAll(m)

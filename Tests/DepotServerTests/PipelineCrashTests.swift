@@ -54,7 +54,7 @@ import Testing
         trigger: {tags: ["v*"]}
         stages:
           copy:
-            exec: 'echo "$DEPOT_ATTEMPT" >> "$MARKS/$DEPOT_INPUT_TAG"; sleep 2; cp -r "$DEPOT_INPUT_DIR/." "$DEPOT_OUTPUT_DIR/"'
+            exec: 'echo "$DEPOT_ATTEMPT" >> "$MARKS/$DEPOT_INPUT_TAG"; i=0; while [ ! -e "$MARKS/go-$DEPOT_INPUT_TAG" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; cp -r "$DEPOT_INPUT_DIR/." "$DEPOT_OUTPUT_DIR/"'
             tag: "{{tag}}-copy"
             retries: 3
         """.write(toFile: dir.path + "/pipelines/slow.yaml", atomically: true, encoding: .utf8)
@@ -79,6 +79,9 @@ import Testing
         #expect(push.status == 0, "\(push.output)")
         try await Self.waitFor("attempt 1 to start") { FileManager.default.fileExists(atPath: marks + "/v1") }
         runner.kill9()
+        // The stage waits for this file, so attempt 1 cannot finish before its runner is gone,
+        // however late this test gets to run (the machine may be busy with other suites).
+        FileManager.default.createFile(atPath: marks + "/go-v1", contents: nil)
         runner = try RunnerProcess(url: url, name: "r2", workDir: dir.path + "/r2", marks: marks, log: dir.path + "/r2.log")
         try await Self.waitFor("v1's job to succeed") { try await Self.jobs(url).first?["state"] as? String == "succeeded" }
         let v1Marks = try String(contentsOfFile: marks + "/v1", encoding: .utf8)
@@ -92,6 +95,7 @@ import Testing
         try await Task.sleep(for: .milliseconds(500))
         server = try ServerProcess(storage: storage, port: port, config: dir.path + "/depot.yaml", log: dir.path + "/server.log")
         try await server.waitReady()
+        FileManager.default.createFile(atPath: marks + "/go-v2", contents: nil)
         try await Self.waitFor("v2's job to succeed") {
             try await Self.jobs(url).first { ($0["input"] as? [String: Any])?["tag"] as? String == "v2" }?["state"] as? String
                 == "succeeded"
