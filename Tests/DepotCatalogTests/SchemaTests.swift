@@ -104,7 +104,7 @@ import Testing
         let path = dir + "/catalog.db"
         try schema8Catalog(at: path)
         let db = try Database(path: path)
-        try db.read { conn in
+        try db.read { (conn: SQLiteConnection) throws -> Void in
             func ints(_ sql: String) throws -> [Int64] {
                 var out: [Int64] = []
                 try conn.query(sql) { s in

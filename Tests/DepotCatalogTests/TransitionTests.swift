@@ -160,7 +160,8 @@ func queuedJob(_ db: Database) throws -> Int64 {
         let (_, id) = try rollout(db)
         try db.write { conn in
             #expect(try conn.rollBackRollout(id, reason: "breached", failures: "{}", now: 2))
-            #expect(try conn.rollout(id)?.state == .rolledBack && conn.rollout(id)?.weight == 0)
+            let r = try conn.rollout(id)
+            #expect(r?.state == .rolledBack && r?.weight == 0)
         }
         let (_, other) = try db.write { conn in
             let d = try conn.createDeployment(repository: "team/model", environment: "staging", modelName: "m", now: 1)
@@ -172,7 +173,8 @@ func queuedJob(_ db: Database) throws -> Int64 {
         }
         try db.write { conn in
             #expect(try conn.abortRollout(other, reason: "stop", failures: "{}", now: 3))
-            #expect(try conn.rollout(other)?.state == .aborted && conn.rollout(other)?.weight == 0)
+            let r = try conn.rollout(other)
+            #expect(r?.state == .aborted && r?.weight == 0)
         }
     }
 }
