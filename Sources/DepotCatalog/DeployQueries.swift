@@ -218,12 +218,16 @@ extension SQLiteConnection {
 
     /// The rollout a pipeline job started.
     public func rollout(forJob job: Int64) throws -> RolloutRecord? {
-        try first("SELECT \(Self.rolloutColumns) FROM rollouts WHERE job_id = ? ORDER BY id DESC LIMIT 1", .int(job)) { try Self.rollout($0) }
+        try first("SELECT \(Self.rolloutColumns) FROM rollouts WHERE job_id = ? ORDER BY id DESC LIMIT 1", .int(job)) {
+            try Self.rollout($0)
+        }
     }
 
     public func runningRollouts() throws -> [RolloutRecord] {
         var out: [RolloutRecord] = []
-        try query("SELECT \(Self.rolloutColumns) FROM rollouts WHERE state = ? ORDER BY id", .state(RolloutState.running)) { out.append(try Self.rollout($0)) }
+        try query("SELECT \(Self.rolloutColumns) FROM rollouts WHERE state = ? ORDER BY id", .state(RolloutState.running)) {
+            out.append(try Self.rollout($0))
+        }
         return out
     }
 

@@ -233,7 +233,9 @@ public final class Deployments: Sendable {
         _ repository: RepositoryName, _ environment: String, node: String, digest: String?, version: Int?,
         state: String, reason: String?
     ) throws {
-        guard let state = NodeState(rawValue: state) else { throw RegistryError(.unsupported, "state must be ready or failed", status: 400) }
+        guard let state = NodeState(rawValue: state) else {
+            throw RegistryError(.unsupported, "state must be ready or failed", status: 400)
+        }
         guard Self.isSafeName(node) else { throw RegistryError(.unsupported, "node id must be 1-128 of A-Z a-z 0-9 _ . -", status: 400) }
         if let version, version < 1 { throw RegistryError(.unsupported, "version must be at least 1", status: 400) }
         try db.write { conn in

@@ -116,9 +116,10 @@ import Testing
             #expect(Database.schemaVersion == 9)
             // Converted: seconds → milliseconds.
             #expect(try ints("SELECT created_at FROM packs") == [1_700_000_000_000])
-            #expect(try ints("SELECT created_at, updated_at FROM blobs ORDER BY id") == [
-                1_700_000_001_000, 1_700_000_002_000, 1_700_000_003_000, 1_700_000_004_000,
-            ])
+            #expect(
+                try ints("SELECT created_at, updated_at FROM blobs ORDER BY id") == [
+                    1_700_000_001_000, 1_700_000_002_000, 1_700_000_003_000, 1_700_000_004_000,
+                ])
             #expect(try ints("SELECT created_at FROM blob_roots") == [1_700_000_005_000])
             #expect(try ints("SELECT created_at FROM repositories") == [1_700_000_006_000])
             #expect(try ints("SELECT created_at FROM repository_blobs") == [1_700_000_007_000])

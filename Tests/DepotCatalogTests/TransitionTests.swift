@@ -165,11 +165,14 @@ func queuedJob(_ db: Database) throws -> Int64 {
         }
         let (_, other) = try db.write { conn in
             let d = try conn.createDeployment(repository: "team/model", environment: "staging", modelName: "m", now: 1)
-            return (d.id, try conn.insertRollout(
-                RolloutRecord(
-                    id: 0, deploymentID: d.id, stable: nil, canary: "sha256:c", state: .paused, steps: [100], stepIndex: 0, weight: 5,
-                    analysisMs: 1000, stepStartedAt: 1, failures: [:], startedBy: "me", jobID: nil, reason: nil, createdAt: 1,
-                    finishedAt: nil)))
+            return (
+                d.id,
+                try conn.insertRollout(
+                    RolloutRecord(
+                        id: 0, deploymentID: d.id, stable: nil, canary: "sha256:c", state: .paused, steps: [100], stepIndex: 0, weight: 5,
+                        analysisMs: 1000, stepStartedAt: 1, failures: [:], startedBy: "me", jobID: nil, reason: nil, createdAt: 1,
+                        finishedAt: nil))
+            )
         }
         try db.write { conn in
             #expect(try conn.abortRollout(other, reason: "stop", failures: "{}", now: 3))
