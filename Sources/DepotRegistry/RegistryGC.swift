@@ -21,7 +21,8 @@ extension Registry {
     /// remaining manifest references, declared-live blobs and recent writes). Audited.
     /// `now`: milliseconds since 1970, like every catalog time.
     public func collectGarbage(untaggedGraceSeconds: Int64? = nil, now: Int64? = nil, actor: String = "gc") throws -> RegistryGCReport {
-        let clock = now ?? Self.now()
+        // A whole-second cutoff, as when the catalog counted seconds (before migration 9).
+        let clock = (now ?? Self.now()) / 1000 * 1000
         let grace = (untaggedGraceSeconds ?? store.options.writeGraceSeconds) * 1000
         let deleted = try db.write { conn -> Int in
             let doomed = try conn.unkeptManifests(createdBefore: clock - grace)

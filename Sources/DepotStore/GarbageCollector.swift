@@ -45,7 +45,9 @@ extension ChunkStore {
     public func collectGarbage(now: Int64? = nil) throws -> GCReport {
         guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
         var report = GCReport()
-        let staleBefore = (now ?? PackAppender.now()) - options.writeGraceSeconds * 1000
+        // The cutoff is a whole second, as when the catalog counted seconds (before migration 9): a
+        // write touched in the current second is never stale, even with a grace of 0.
+        let staleBefore = ((now ?? PackAppender.now()) / 1000 - options.writeGraceSeconds) * 1000
         try appender.exclusive { conn, active in
             report.blobsDeleted = try conn.deleteGarbageBlobs(staleBefore: staleBefore, active: active)
             let swept = try conn.deleteUnreferencedChunks()
