@@ -31,20 +31,22 @@ let package = Package(
         .target(name: "DepotCore", dependencies: ["COpenSSL"]),
         // The shared vocabulary: wire types, states, annotation keys, the route table.
         .target(name: "DepotAPI", dependencies: ["DepotCore"]),
-        .target(name: "DepotCatalog", dependencies: ["DepotCore", "CSQLite"]),
+        .target(name: "DepotCatalog", dependencies: ["DepotCore", "DepotAPI", "CSQLite"]),
         .target(name: "DepotFormats", dependencies: ["DepotCore"]),
         .target(name: "CDepotSupport"),
         .target(name: "DepotStore", dependencies: ["DepotCore", "DepotCatalog", "CZstd", "CDepotSupport"]),
         .target(name: "DepotRegistry", dependencies: ["DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats"]),
         .target(
             name: "DepotPipelines",
-            dependencies: ["DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotRegistry", .product(name: "Yams", package: "Yams")]
+            dependencies: [
+                "DepotCore", "DepotAPI", "DepotCatalog", "DepotStore", "DepotRegistry", .product(name: "Yams", package: "Yams"),
+            ]
         ),
-        .target(name: "DepotDeploy", dependencies: ["DepotCore", "DepotCatalog", "DepotRegistry"]),
+        .target(name: "DepotDeploy", dependencies: ["DepotCore", "DepotAPI", "DepotCatalog", "DepotRegistry"]),
         .target(
             name: "DepotRunner",
             dependencies: [
-                "DepotAPI", "DepotCore", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log"),
+                "DepotCore", "DepotAPI", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
@@ -52,8 +54,9 @@ let package = Package(
         .target(
             name: "DepotServer",
             dependencies: [
-                "DepotAPI", "DepotCore", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport",
-                "DepotPipelines", "DepotRunner", "DepotClient", "DepotDeploy",
+                "DepotCore", "DepotAPI", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport", "DepotPipelines",
+                "DepotRunner",
+                "DepotClient", "DepotDeploy",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -87,13 +90,14 @@ let package = Package(
         ),
 
         .testTarget(name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport"]),
+        .testTarget(name: "DepotCatalogTests", dependencies: ["DepotCatalog", "DepotAPI", "DepotCore", "CSQLite"]),
         .testTarget(name: "DepotAPITests", dependencies: ["DepotAPI", "DepotCore"]),
         .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotCore", "CDepotSupport"]),
         .testTarget(
             name: "DepotServerTests",
             dependencies: [
-                "DepotAPI", "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotClient", "DepotPipelines", "DepotRunner",
-                "DepotDeploy",
+                "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotCatalog", "DepotFormats", "DepotAPI", "DepotClient",
+                "DepotPipelines", "DepotRunner", "DepotDeploy",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),

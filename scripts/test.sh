@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
 # Style first: it takes seconds and says exactly which line to change (configuration: .swift-format).
 swift format lint --strict -r Sources Tests fuzz Package.swift
+# Every Depot*/C* module a target imports is declared in Package.swift.
+scripts/check-imports.sh
 # The Python pipeline hooks next (mypy + unit tests, about 30 s): they need no Swift build.
 scripts/test-hooks.sh
 swift build --product depot

@@ -355,7 +355,7 @@ public struct AuditVerificationAnswer: Codable, Sendable, Equatable {
 }
 
 /// One registry event (push, tag move, delete, …), as webhooks receive it.
-public struct EventRecord: Codable, Sendable, Equatable {
+public struct RegistryEvent: Codable, Sendable, Equatable {
     public var id: String
     public var at: String
     public var type: String
@@ -387,7 +387,7 @@ public struct EventRecord: Codable, Sendable, Equatable {
 
 /// `GET /depot/v1/events?after=&n=`: a page of events and the cursor for the next.
 public struct EventPage: Codable, Sendable, Equatable {
-    public var events: [EventRecord]
+    public var events: [RegistryEvent]
     public var next: String
 }
 

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import Foundation
 
@@ -20,7 +21,7 @@ public struct RolloutRecord: Sendable, Equatable {
     public var deploymentID: Int64
     public var stable: String?
     public var canary: String
-    public var state: String
+    public var state: RolloutState
     public var steps: [Int]
     public var stepIndex: Int
     public var weight: Int
@@ -34,7 +35,7 @@ public struct RolloutRecord: Sendable, Equatable {
     public var finishedAt: Int64?
 
     public init(
-        id: Int64, deploymentID: Int64, stable: String?, canary: String, state: String, steps: [Int], stepIndex: Int, weight: Int,
+        id: Int64, deploymentID: Int64, stable: String?, canary: String, state: RolloutState, steps: [Int], stepIndex: Int, weight: Int,
         analysisMs: Int64, stepStartedAt: Int64, failures: [String: Int], startedBy: String, jobID: Int64?, reason: String?,
         createdAt: Int64, finishedAt: Int64?
     ) {
@@ -56,8 +57,7 @@ public struct RolloutRecord: Sendable, Equatable {
         self.finishedAt = finishedAt
     }
 
-    public static let activeStates: Set<String> = ["running", "paused"]
-    public var isActive: Bool { Self.activeStates.contains(state) }
+    public var isActive: Bool { state.isActive }
 }
 
 /// A decision of a rollout, with the measurements behind it.
@@ -86,7 +86,7 @@ public struct DeploymentNode: Sendable, Equatable {
     public var node: String
     public var digest: String?
     public var version: Int?
-    public var state: String?
+    public var state: NodeState?
     public var reason: String?
     public var seenAt: Int64
     public var reportedAt: Int64?
@@ -107,10 +107,11 @@ extension SQLiteConnection {
     static let deploymentColumns = "id, repository, environment, model_name, stable_digest, canary_digest, weight, updated_at"
 
     static func deployment(_ s: Statement) -> DeploymentRecord {
-        DeploymentRecord(
-            id: s.int(0), repository: s.text(1), environment: s.text(2), modelName: s.text(3),
-            stable: s.isNull(4) ? nil : s.text(4), canary: s.isNull(5) ? nil : s.text(5),
-            weight: Int(s.int(6)), updatedAt: s.int(7))
+        let r = s.row
+        return DeploymentRecord(
+            id: r.int("id"), repository: r.text("repository"), environment: r.text("environment"), modelName: r.text("model_name"),
+            stable: r.optionalText("stable_digest"), canary: r.optionalText("canary_digest"), weight: Int(r.int("weight")),
+            updatedAt: r.int("updated_at"))
     }
 
     public func deployment(repository: String, environment: String) throws -> DeploymentRecord? {
@@ -143,14 +144,16 @@ extension SQLiteConnection {
             stable.map(SQLValue.text) ?? .null, canary.map(SQLValue.text) ?? .null, .int(Int64(weight)), .int(now), .int(id))
     }
 
+    /// The Triton version number already assigned to `digest` in the deployment, if any.
+    public func existingDeploymentVersion(_ deployment: Int64, digest: String) throws -> Int? {
+        try first(
+            "SELECT version FROM deployment_versions WHERE deployment_id = ? AND digest = ?", .int(deployment), .text(digest),
+            map: { Int($0.int(0)) })
+    }
+
     /// The Triton version number of `digest` in the deployment, assigned (next integer) on first use.
     public func deploymentVersion(_ deployment: Int64, digest: String) throws -> Int {
-        if let v = try first(
-            "SELECT version FROM deployment_versions WHERE deployment_id = ? AND digest = ?",
-            .int(deployment), .text(digest), map: { Int($0.int(0)) })
-        {
-            return v
-        }
+        if let v = try existingDeploymentVersion(deployment, digest: digest) { return v }
         let next =
             (try first("SELECT COALESCE(MAX(version), 0) FROM deployment_versions WHERE deployment_id = ?", .int(deployment)) {
                 Int($0.int(0))
@@ -168,14 +171,16 @@ extension SQLiteConnection {
         failures, started_by, job_id, reason, created_at, finished_at
         """
 
-    static func rollout(_ s: Statement) -> RolloutRecord {
-        let steps = (try? JSONSerialization.jsonObject(with: Data(s.text(5).utf8)) as? [Int]) ?? []
-        let failures = (try? JSONSerialization.jsonObject(with: Data(s.text(10).utf8)) as? [String: Int]) ?? [:]
+    static func rollout(_ s: Statement) throws -> RolloutRecord {
+        let r = s.row
+        let steps = (try? JSONSerialization.jsonObject(with: Data(r.text("steps").utf8)) as? [Int]) ?? []
+        let failures = (try? JSONSerialization.jsonObject(with: Data(r.text("failures").utf8)) as? [String: Int]) ?? [:]
         return RolloutRecord(
-            id: s.int(0), deploymentID: s.int(1), stable: s.isNull(2) ? nil : s.text(2), canary: s.text(3), state: s.text(4),
-            steps: steps, stepIndex: Int(s.int(6)), weight: Int(s.int(7)), analysisMs: s.int(8), stepStartedAt: s.int(9),
-            failures: failures, startedBy: s.text(11), jobID: s.isNull(12) ? nil : s.int(12),
-            reason: s.isNull(13) ? nil : s.text(13), createdAt: s.int(14), finishedAt: s.isNull(15) ? nil : s.int(15))
+            id: r.int("id"), deploymentID: r.int("deployment_id"), stable: r.optionalText("stable_digest"), canary: r.text("canary_digest"),
+            state: try r.value("state"), steps: steps, stepIndex: Int(r.int("step_index")), weight: Int(r.int("weight")),
+            analysisMs: r.int("analysis_ms"), stepStartedAt: r.int("step_started_at"), failures: failures,
+            startedBy: r.text("started_by"), jobID: r.optionalInt("job_id"), reason: r.optionalText("reason"),
+            createdAt: r.int("created_at"), finishedAt: r.optionalInt("finished_at"))
     }
 
     public func insertRollout(_ r: RolloutRecord) throws -> Int64 {
@@ -184,7 +189,7 @@ extension SQLiteConnection {
             """
             INSERT INTO rollouts(deployment_id, stable_digest, canary_digest, state, steps, step_index, weight, analysis_ms, step_started_at,
                                  started_by, job_id, reason, created_at, finished_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-            """, .int(r.deploymentID), r.stable.map(SQLValue.text) ?? .null, .text(r.canary), .text(r.state), .text(steps),
+            """, .int(r.deploymentID), r.stable.map(SQLValue.text) ?? .null, .text(r.canary), .state(r.state), .text(steps),
             .int(Int64(r.stepIndex)), .int(Int64(r.weight)), .int(r.analysisMs), .int(r.stepStartedAt), .text(r.startedBy),
             r.jobID.map(SQLValue.int) ?? .null, r.reason.map(SQLValue.text) ?? .null, .int(r.createdAt),
             r.finishedAt.map(SQLValue.int) ?? .null)
@@ -192,45 +197,100 @@ extension SQLiteConnection {
     }
 
     public func rollout(_ id: Int64) throws -> RolloutRecord? {
-        try first("SELECT \(Self.rolloutColumns) FROM rollouts WHERE id = ?", .int(id)) { Self.rollout($0) }
+        try first("SELECT \(Self.rolloutColumns) FROM rollouts WHERE id = ?", .int(id)) { try Self.rollout($0) }
     }
 
     /// The running or paused rollout of a deployment.
     public func activeRollout(deployment: Int64) throws -> RolloutRecord? {
         try first(
-            "SELECT \(Self.rolloutColumns) FROM rollouts WHERE deployment_id = ? AND state IN ('running', 'paused')", .int(deployment)
+            "SELECT \(Self.rolloutColumns) FROM rollouts WHERE deployment_id = ? AND state IN (\(Self.sqlList(RolloutState.active)))",
+            .int(deployment)
         ) {
-            Self.rollout($0)
+            try Self.rollout($0)
         }
     }
 
     public func latestRollout(deployment: Int64) throws -> RolloutRecord? {
         try first("SELECT \(Self.rolloutColumns) FROM rollouts WHERE deployment_id = ? ORDER BY id DESC LIMIT 1", .int(deployment)) {
-            Self.rollout($0)
+            try Self.rollout($0)
         }
     }
 
     /// The rollout a pipeline job started.
     public func rollout(forJob job: Int64) throws -> RolloutRecord? {
-        try first("SELECT \(Self.rolloutColumns) FROM rollouts WHERE job_id = ? ORDER BY id DESC LIMIT 1", .int(job)) { Self.rollout($0) }
+        try first("SELECT \(Self.rolloutColumns) FROM rollouts WHERE job_id = ? ORDER BY id DESC LIMIT 1", .int(job)) {
+            try Self.rollout($0)
+        }
     }
 
     public func runningRollouts() throws -> [RolloutRecord] {
         var out: [RolloutRecord] = []
-        try query("SELECT \(Self.rolloutColumns) FROM rollouts WHERE state = 'running' ORDER BY id") { out.append(Self.rollout($0)) }
+        try query("SELECT \(Self.rolloutColumns) FROM rollouts WHERE state = ? ORDER BY id", .state(RolloutState.running)) {
+            out.append(try Self.rollout($0))
+        }
         return out
     }
 
-    /// Updates a rollout only if it is still in one of `states` at step `step` (nil: any step).
-    public func updateRollout(_ id: Int64, inStates states: [String], atStep step: Int?, set: String, _ args: [SQLValue]) throws -> Bool {
-        let list = states.map { "'\($0)'" }.joined(separator: ",")
-        var sql = "UPDATE rollouts SET \(set) WHERE id = ? AND state IN (\(list))"
-        var all = args + [.int(id)]
-        if let step {
-            sql += " AND step_index = ?"
-            all.append(.int(Int64(step)))
-        }
-        try runArgs(sql, all)
+    // MARK: rollout transitions (each one guarded UPDATE; true when it applied)
+
+    /// running at step `from` → the next step at `weight`, its analysis starting `now`.
+    public func advanceRollout(_ id: Int64, fromStep from: Int, toStep to: Int, weight: Int, failures: String, now: Int64) throws -> Bool {
+        try run(
+            """
+            UPDATE rollouts SET step_index = ?, weight = ?, step_started_at = ?, failures = ?
+            WHERE id = ? AND state = 'running' AND step_index = ?
+            """, .int(Int64(to)), .int(Int64(weight)), .int(now), .text(failures), .int(id), .int(Int64(from)))
+        return changes > 0
+    }
+
+    /// running at step `step`: stay and measure again from `now`.
+    public func holdRollout(_ id: Int64, atStep step: Int, failures: String, now: Int64) throws -> Bool {
+        try run(
+            "UPDATE rollouts SET step_started_at = ?, failures = ? WHERE id = ? AND state = 'running' AND step_index = ?",
+            .int(now), .text(failures), .int(id), .int(Int64(step)))
+        return changes > 0
+    }
+
+    /// running → paused.
+    public func pauseRollout(_ id: Int64, reason: String, failures: String, now: Int64) throws -> Bool {
+        try setActiveRolloutState(id, from: .running, to: .paused, reason: reason, failures: failures, now: now)
+    }
+
+    /// paused → running; the step's analysis starts again `now`.
+    public func resumeRollout(_ id: Int64, reason: String, failures: String, now: Int64) throws -> Bool {
+        try setActiveRolloutState(id, from: .paused, to: .running, reason: reason, failures: failures, now: now)
+    }
+
+    private func setActiveRolloutState(
+        _ id: Int64, from: RolloutState, to: RolloutState, reason: String, failures: String, now: Int64
+    ) throws -> Bool {
+        try run(
+            "UPDATE rollouts SET state = ?, reason = ?, failures = ?, step_started_at = ? WHERE id = ? AND state = ?",
+            .state(to), .text(reason), .text(failures), .int(now), .int(id), .state(from))
+        return changes > 0
+    }
+
+    /// running | paused → promoted (weight 100).
+    public func promoteRollout(_ id: Int64, reason: String, failures: String, now: Int64) throws -> Bool {
+        try endRollout(id, as: .promoted, weight: 100, reason: reason, failures: failures, now: now)
+    }
+
+    /// running | paused → rolled-back (weight 0).
+    public func rollBackRollout(_ id: Int64, reason: String, failures: String, now: Int64) throws -> Bool {
+        try endRollout(id, as: .rolledBack, weight: 0, reason: reason, failures: failures, now: now)
+    }
+
+    /// running | paused → aborted (weight 0).
+    public func abortRollout(_ id: Int64, reason: String, failures: String, now: Int64) throws -> Bool {
+        try endRollout(id, as: .aborted, weight: 0, reason: reason, failures: failures, now: now)
+    }
+
+    private func endRollout(_ id: Int64, as state: RolloutState, weight: Int, reason: String, failures: String, now: Int64) throws -> Bool {
+        try run(
+            """
+            UPDATE rollouts SET state = ?, reason = ?, failures = ?, finished_at = ?, weight = ?
+            WHERE id = ? AND state IN (\(Self.sqlList(RolloutState.active)))
+            """, .state(state), .text(reason), .text(failures), .int(now), .int(Int64(weight)), .int(id))
         return changes > 0
     }
 
@@ -267,7 +327,7 @@ extension SQLiteConnection {
             """, .int(deployment), .text(node), .int(now))
     }
 
-    public func reportNode(deployment: Int64, node: String, digest: String?, version: Int?, state: String, reason: String?, now: Int64)
+    public func reportNode(deployment: Int64, node: String, digest: String?, version: Int?, state: NodeState, reason: String?, now: Int64)
         throws
     {
         try run(
@@ -276,7 +336,7 @@ extension SQLiteConnection {
             ON CONFLICT(deployment_id, node) DO UPDATE SET digest = excluded.digest, version = excluded.version, state = excluded.state,
                 reason = excluded.reason, seen_at = excluded.seen_at, reported_at = excluded.reported_at
             """, .int(deployment), .text(node), digest.map(SQLValue.text) ?? .null, version.map { .int(Int64($0)) } ?? .null,
-            .text(state), reason.map(SQLValue.text) ?? .null, .int(now), .int(now))
+            .state(state), reason.map(SQLValue.text) ?? .null, .int(now), .int(now))
     }
 
     public func nodes(deployment: Int64) throws -> [DeploymentNode] {
@@ -285,11 +345,12 @@ extension SQLiteConnection {
             "SELECT node, digest, version, state, reason, seen_at, reported_at FROM deployment_nodes WHERE deployment_id = ? ORDER BY node",
             .int(deployment)
         ) { s in
+            let r = s.row
             out.append(
                 DeploymentNode(
-                    node: s.text(0), digest: s.isNull(1) ? nil : s.text(1), version: s.isNull(2) ? nil : Int(s.int(2)),
-                    state: s.isNull(3) ? nil : s.text(3), reason: s.isNull(4) ? nil : s.text(4), seenAt: s.int(5),
-                    reportedAt: s.isNull(6) ? nil : s.int(6)))
+                    node: r.text("node"), digest: r.optionalText("digest"), version: r.optionalInt("version").map { Int($0) },
+                    state: try r.optionalValue("state"), reason: r.optionalText("reason"), seenAt: r.int("seen_at"),
+                    reportedAt: r.optionalInt("reported_at")))
         }
         return out
     }

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import Foundation
 
@@ -11,7 +12,7 @@ public struct JobRecord: Sendable, Equatable {
     public var kind: String
     /// The stage definition as JSON, what a runner executes.
     public var spec: String
-    public var state: String
+    public var state: JobState
     public var inputRepository: String
     public var inputDigest: String
     public var inputTag: String?
@@ -34,9 +35,8 @@ public struct JobRecord: Sendable, Equatable {
     public var startedAt: Int64?
     public var finishedAt: Int64?
 
-    /// States a job never leaves on its own.
-    public static let finalStates: Set<String> = ["succeeded", "failed", "cancelled"]
-    public var isFinal: Bool { Self.finalStates.contains(state) }
+    /// A job in a final state never changes again.
+    public var isFinal: Bool { state.isFinal }
 }
 
 /// A new job to queue.
@@ -80,7 +80,8 @@ public struct PipelineRunRecord: Sendable, Equatable {
 }
 
 /// The job queue's SQL. State transitions are single statements guarded by the expected
-/// state (and lease token), so two runners or a runner and the expiry sweep never both win.
+/// states (and lease token), so two runners or a runner and the expiry sweep never both win;
+/// each returns whether it applied.
 extension SQLiteConnection {
     static let jobColumns = """
         id, run_id, pipeline, stage, kind, spec, state, input_repository, input_digest, input_tag, output_tag, labels,
@@ -88,18 +89,25 @@ extension SQLiteConnection {
         memoized, log_digest, reason, created_at, updated_at, started_at, finished_at
         """
 
-    static func job(_ s: Statement) -> JobRecord {
-        func opt(_ i: Int32) -> String? { s.isNull(i) ? nil : s.text(i) }
-        func optInt(_ i: Int32) -> Int64? { s.isNull(i) ? nil : s.int(i) }
-        let labels = s.text(11)
+    static func job(_ s: Statement) throws -> JobRecord {
+        let r = s.row
+        let labels = r.text("labels")
         return JobRecord(
-            id: s.int(0), runID: s.int(1), pipeline: s.text(2), stage: s.text(3), kind: s.text(4), spec: s.text(5), state: s.text(6),
-            inputRepository: s.text(7), inputDigest: s.text(8), inputTag: opt(9), outputTag: opt(10),
+            id: r.int("id"), runID: r.int("run_id"), pipeline: r.text("pipeline"), stage: r.text("stage"), kind: r.text("kind"),
+            spec: r.text("spec"), state: try r.value("state"), inputRepository: r.text("input_repository"),
+            inputDigest: r.text("input_digest"), inputTag: r.optionalText("input_tag"), outputTag: r.optionalText("output_tag"),
             labels: labels.isEmpty ? [] : labels.split(separator: ",").map(String.init),
-            attempt: Int(s.int(12)), maxAttempts: Int(s.int(13)), timeoutMs: s.int(14), notBefore: s.int(15),
-            runner: opt(16), leaseToken: opt(17), leaseExpires: optInt(18), key: opt(19), outputDigest: opt(20),
-            memoized: s.int(21) != 0, logDigest: opt(22), reason: opt(23), createdAt: s.int(24), updatedAt: s.int(25),
-            startedAt: optInt(26), finishedAt: optInt(27))
+            attempt: Int(r.int("attempt")), maxAttempts: Int(r.int("max_attempts")), timeoutMs: r.int("timeout_ms"),
+            notBefore: r.int("not_before"), runner: r.optionalText("runner"), leaseToken: r.optionalText("lease_token"),
+            leaseExpires: r.optionalInt("lease_expires"), key: r.optionalText("job_key"), outputDigest: r.optionalText("output_digest"),
+            memoized: r.bool("memoized"), logDigest: r.optionalText("log_digest"), reason: r.optionalText("reason"),
+            createdAt: r.int("created_at"), updatedAt: r.int("updated_at"), startedAt: r.optionalInt("started_at"),
+            finishedAt: r.optionalInt("finished_at"))
+    }
+
+    /// `'leased','running'`: an SQL list of states, from the enum's raw values only.
+    static func sqlList<T: RawRepresentable>(_ states: [T]) -> String where T.RawValue == String {
+        states.map { "'\($0.rawValue)'" }.joined(separator: ",")
     }
 
     /// Creates the run unless one exists for (pipeline, repository, digest); nil when it existed.
@@ -111,8 +119,7 @@ extension SQLiteConnection {
             """
             INSERT OR IGNORE INTO pipeline_runs(pipeline, repository, trigger_digest, trigger_tag, event_id, created_at)
             VALUES(?,?,?,?,?,?)
-            """, .text(pipeline), .text(repository), .text(digest), tag.map(SQLValue.text) ?? .null,
-            eventID.map(SQLValue.int) ?? .null, .int(now))
+            """, .text(pipeline), .text(repository), .text(digest), .optionalText(tag), .optionalInt(eventID), .int(now))
         guard changes > 0 else { return nil }
         return lastInsertRowID
     }
@@ -120,9 +127,10 @@ extension SQLiteConnection {
     public func pipelineRun(_ id: Int64) throws -> PipelineRunRecord? {
         try first("SELECT id, pipeline, repository, trigger_digest, trigger_tag, created_at FROM pipeline_runs WHERE id = ?", .int(id)) {
             s in
-            PipelineRunRecord(
-                id: s.int(0), pipeline: s.text(1), repository: s.text(2), triggerDigest: s.text(3),
-                triggerTag: s.isNull(4) ? nil : s.text(4), createdAt: s.int(5))
+            let r = s.row
+            return PipelineRunRecord(
+                id: r.int("id"), pipeline: r.text("pipeline"), repository: r.text("repository"), triggerDigest: r.text("trigger_digest"),
+                triggerTag: r.optionalText("trigger_tag"), createdAt: r.int("created_at"))
         }
     }
 
@@ -133,33 +141,32 @@ extension SQLiteConnection {
             """
             INSERT OR IGNORE INTO jobs(run_id, pipeline, stage, kind, spec, state, input_repository, input_digest, input_tag, output_tag,
                                        labels, max_attempts, timeout_ms, created_at, updated_at)
-            VALUES(?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?)
-            """, .int(runID), .text(pipeline), .text(job.stage), .text(job.kind), .text(job.spec), .text(job.inputRepository),
-            .text(job.inputDigest),
-            job.inputTag.map(SQLValue.text) ?? .null, job.outputTag.map(SQLValue.text) ?? .null,
+            VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+            """, .int(runID), .text(pipeline), .text(job.stage), .text(job.kind), .text(job.spec), .state(JobState.queued),
+            .text(job.inputRepository), .text(job.inputDigest), .optionalText(job.inputTag), .optionalText(job.outputTag),
             .text(job.labels.joined(separator: ",")), .int(Int64(job.maxAttempts)), .int(job.timeoutMs), .int(now), .int(now))
         guard changes > 0 else { return nil }
         return lastInsertRowID
     }
 
     public func job(_ id: Int64) throws -> JobRecord? {
-        try first("SELECT \(Self.jobColumns) FROM jobs WHERE id = ?", .int(id)) { Self.job($0) }
+        try first("SELECT \(Self.jobColumns) FROM jobs WHERE id = ?", .int(id)) { try Self.job($0) }
     }
 
     public func jobs(ofRun runID: Int64) throws -> [JobRecord] {
         var out: [JobRecord] = []
-        try query("SELECT \(Self.jobColumns) FROM jobs WHERE run_id = ? ORDER BY id", .int(runID)) { out.append(Self.job($0)) }
+        try query("SELECT \(Self.jobColumns) FROM jobs WHERE run_id = ? ORDER BY id", .int(runID)) { out.append(try Self.job($0)) }
         return out
     }
 
     /// Jobs, newest first, optionally filtered.
-    public func jobs(state: String?, pipeline: String?, limit: Int) throws -> [JobRecord] {
+    public func jobs(state: JobState?, pipeline: String?, limit: Int) throws -> [JobRecord] {
         var sql = "SELECT \(Self.jobColumns) FROM jobs"
         var conditions: [String] = []
         var args: [SQLValue] = []
         if let state {
             conditions.append("state = ?")
-            args.append(.text(state))
+            args.append(.state(state))
         }
         if let pipeline {
             conditions.append("pipeline = ?")
@@ -169,7 +176,7 @@ extension SQLiteConnection {
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(.int(Int64(limit)))
         var out: [JobRecord] = []
-        try queryArgs(sql, args) { out.append(Self.job($0)) }
+        try queryArgs(sql, args) { out.append(try Self.job($0)) }
         return out
     }
 
@@ -179,20 +186,22 @@ extension SQLiteConnection {
         let list = kinds.map { "'\($0.filter { $0.isLetter })'" }.joined(separator: ",")
         try query(
             """
-            SELECT \(Self.jobColumns) FROM jobs WHERE state = 'queued' AND kind IN (\(list)) AND not_before <= ? AND id > ? ORDER BY id LIMIT ?
-            """, .int(now), .int(after), .int(Int64(limit))
-        ) { out.append(Self.job($0)) }
+            SELECT \(Self.jobColumns) FROM jobs WHERE state = ? AND kind IN (\(list)) AND not_before <= ? AND id > ? ORDER BY id LIMIT ?
+            """, .state(JobState.queued), .int(now), .int(after), .int(Int64(limit))
+        ) { out.append(try Self.job($0)) }
         return out
     }
 
     /// Running jobs of one kind.
     public func runningJobs(kind: String) throws -> [JobRecord] {
         var out: [JobRecord] = []
-        try query("SELECT \(Self.jobColumns) FROM jobs WHERE state = 'running' AND kind = ? ORDER BY id", .text(kind)) {
-            out.append(Self.job($0))
+        try query("SELECT \(Self.jobColumns) FROM jobs WHERE state = ? AND kind = ? ORDER BY id", .state(JobState.running), .text(kind)) {
+            out.append(try Self.job($0))
         }
         return out
     }
+
+    // MARK: transitions (each one guarded UPDATE; true when it applied)
 
     /// queued → leased, if still queued. Counts an attempt.
     public func leaseJob(_ id: Int64, runner: String, token: String, expires: Int64, now: Int64) throws -> Bool {
@@ -204,18 +213,87 @@ extension SQLiteConnection {
         return changes > 0
     }
 
-    /// Updates a leased or running job held by `token`; false when the lease is gone.
-    public func updateLeasedJob(_ id: Int64, token: String, set: String, _ args: [SQLValue]) throws -> Bool {
-        try runArgs(
-            "UPDATE jobs SET \(set) WHERE id = ? AND lease_token = ? AND state IN ('leased', 'running')",
-            args + [.int(id), .text(token)])
+    /// leased → running for the holder of `token`, recording the memoization key; `leaseExpires`
+    /// renews the lease (nil keeps it).
+    public func startJob(_ id: Int64, token: String, key: String, leaseExpires: Int64?, now: Int64) throws -> Bool {
+        try run(
+            """
+            UPDATE jobs SET state = 'running', job_key = ?, started_at = ?, lease_expires = COALESCE(?, lease_expires), updated_at = ?
+            WHERE id = ? AND lease_token = ? AND state = 'leased'
+            """, .text(key), .int(now), .optionalInt(leaseExpires), .int(now), .int(id), .text(token))
         return changes > 0
     }
 
-    /// Sets columns of a job in one of `states`; false when it was in none of them.
-    public func updateJob(_ id: Int64, inStates states: [String], set: String, _ args: [SQLValue]) throws -> Bool {
-        let list = states.map { "'\($0)'" }.joined(separator: ",")
-        try runArgs("UPDATE jobs SET \(set) WHERE id = ? AND state IN (\(list))", args + [.int(id)])
+    /// leased → succeeded without running: an artifact with the job's key exists (`output`).
+    public func completeMemoizedJob(_ id: Int64, token: String, key: String, output: String, now: Int64) throws -> Bool {
+        try run(
+            """
+            UPDATE jobs SET state = 'succeeded', job_key = ?, output_digest = ?, memoized = 1, lease_token = NULL, lease_expires = NULL,
+                            started_at = ?, finished_at = ?, updated_at = ?
+            WHERE id = ? AND lease_token = ? AND state = 'leased'
+            """, .text(key), .text(output), .int(now), .int(now), .int(now), .int(id), .text(token))
+        return changes > 0
+    }
+
+    /// running → succeeded with `output` (nil: the stage has none). `token` nil: any holder (the
+    /// server's own stages, completed by a callback).
+    public func completeJob(_ id: Int64, token: String?, output: String?, now: Int64) throws -> Bool {
+        try run(
+            """
+            UPDATE jobs SET state = 'succeeded', output_digest = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
+            WHERE id = ? AND state = 'running' AND (? IS NULL OR lease_token = ?)
+            """, .optionalText(output), .int(now), .int(now), .int(id), .optionalText(token), .optionalText(token))
+        return changes > 0
+    }
+
+    /// Renews the lease of a leased or running job held by `token`.
+    public func renewJobLease(_ id: Int64, token: String, expires: Int64, now: Int64) throws -> Bool {
+        try run(
+            "UPDATE jobs SET lease_expires = ?, updated_at = ? WHERE id = ? AND lease_token = ? AND state IN ('leased', 'running')",
+            .int(expires), .int(now), .int(id), .text(token))
+        return changes > 0
+    }
+
+    /// leased | running → queued, to be leased again from `notBefore` (a failed attempt, a lost lease).
+    public func requeueJob(_ id: Int64, reason: String, notBefore: Int64, now: Int64) throws -> Bool {
+        try run(
+            """
+            UPDATE jobs SET state = 'queued', reason = ?, not_before = ?, runner = NULL, lease_token = NULL, lease_expires = NULL,
+                            updated_at = ?
+            WHERE id = ? AND state IN ('leased', 'running')
+            """, .text(reason), .int(notBefore), .int(now), .int(id))
+        return changes > 0
+    }
+
+    /// leased | running → failed, for good.
+    public func failJob(_ id: Int64, reason: String, now: Int64) throws -> Bool {
+        try run(
+            """
+            UPDATE jobs SET state = 'failed', reason = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
+            WHERE id = ? AND state IN ('leased', 'running')
+            """, .text(reason), .int(now), .int(now), .int(id))
+        return changes > 0
+    }
+
+    /// queued | leased | running → cancelled. The lease token stays, so the runner holding it
+    /// learns of the cancellation at its next heartbeat and may still store its log.
+    public func cancelJob(_ id: Int64, reason: String, now: Int64) throws -> Bool {
+        try run(
+            """
+            UPDATE jobs SET state = 'cancelled', reason = ?, finished_at = ?, updated_at = ?
+            WHERE id = ? AND state IN ('queued', 'leased', 'running')
+            """, .text(reason), .int(now), .int(now), .int(id))
+        return changes > 0
+    }
+
+    /// failed | cancelled → queued, with its attempts and key reset.
+    public func retryJob(_ id: Int64, now: Int64) throws -> Bool {
+        try run(
+            """
+            UPDATE jobs SET state = 'queued', attempt = 0, not_before = 0, reason = NULL, runner = NULL, lease_token = NULL,
+                            lease_expires = NULL, job_key = NULL, finished_at = NULL, started_at = NULL, updated_at = ?
+            WHERE id = ? AND state IN ('failed', 'cancelled')
+            """, .int(now), .int(id))
         return changes > 0
     }
 
@@ -223,7 +301,7 @@ extension SQLiteConnection {
     public func expiredLeases(now: Int64) throws -> [JobRecord] {
         var out: [JobRecord] = []
         try query("SELECT \(Self.jobColumns) FROM jobs WHERE state IN ('leased', 'running') AND lease_expires < ?", .int(now)) {
-            out.append(Self.job($0))
+            out.append(try Self.job($0))
         }
         return out
     }
@@ -291,9 +369,9 @@ extension SQLiteConnection {
     }
 
     /// Counts of jobs by state.
-    public func jobCounts() throws -> [String: Int] {
-        var out: [String: Int] = [:]
-        try query("SELECT state, COUNT(*) FROM jobs GROUP BY state") { out[$0.text(0)] = Int($0.int(1)) }
+    public func jobCounts() throws -> [JobState: Int] {
+        var out: [JobState: Int] = [:]
+        try query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state") { out[try $0.row.value("state")] = Int($0.row.int("n")) }
         return out
     }
 }

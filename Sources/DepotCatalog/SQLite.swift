@@ -140,6 +140,8 @@ public final class SQLiteConnection: @unchecked Sendable {
 public final class Statement {
     let stmt: OpaquePointer
     unowned let connection: SQLiteConnection
+    /// Column name → index, read once per prepared statement (statements are cached).
+    private var columnIndices: [String: Int32]?
 
     init(_ stmt: OpaquePointer, _ connection: SQLiteConnection) {
         self.stmt = stmt
@@ -193,10 +195,65 @@ public final class Statement {
         return Array(UnsafeRawBufferPointer(start: p, count: n))
     }
 
+    /// The index of the result column called `name` (its `AS` name, or the column's own name).
+    /// A name the statement does not select is a programming error.
+    public func column(_ name: String) -> Int32 {
+        if columnIndices == nil {
+            var map: [String: Int32] = [:]
+            for i in 0..<columnCount {
+                if let p = sqlite3_column_name(stmt, i) { map[String(cString: p)] = i }
+            }
+            columnIndices = map
+        }
+        guard let i = columnIndices![name] else { preconditionFailure("the statement selects no column \(name)") }
+        return i
+    }
+
+    /// How many columns a row of this statement has.
+    public var columnCount: Int32 { sqlite3_column_count(stmt) }
+
+    /// The current row, read by column name.
+    public var row: Row { Row(statement: self) }
+
     /// Reads a 32-byte hash column; nil when the column is not 32 bytes.
     public func hash(_ i: Int32) -> SHA256.Value? {
         let n = Int(sqlite3_column_bytes(stmt, i))
         guard n == 32, let p = sqlite3_column_blob(stmt, i) else { return nil }
         return SHA256.Value(bytes: UnsafeRawBufferPointer(start: p, count: 32))
     }
+}
+
+/// The current row of a statement, read by column name rather than position, so a column added
+/// to or moved in a SELECT cannot shift the others. Valid while the statement stays on the row.
+public struct Row {
+    let statement: Statement
+
+    public func int(_ name: String) -> Int64 { statement.int(statement.column(name)) }
+    public func text(_ name: String) -> String { statement.text(statement.column(name)) }
+    public func bool(_ name: String) -> Bool { int(name) != 0 }
+    public func isNull(_ name: String) -> Bool { statement.isNull(statement.column(name)) }
+    public func optionalInt(_ name: String) -> Int64? { isNull(name) ? nil : int(name) }
+    public func optionalText(_ name: String) -> String? { isNull(name) ? nil : text(name) }
+    public func hash(_ name: String) -> SHA256.Value? { statement.hash(statement.column(name)) }
+
+    /// A column holding an enum's raw value (job, rollout, node states). A value this build does
+    /// not know is a storage error naming the column, never a silent default.
+    public func value<T: RawRepresentable>(_ name: String, as type: T.Type = T.self) throws -> T where T.RawValue == String {
+        let raw = text(name)
+        guard let v = T(rawValue: raw) else {
+            throw DepotError.storage("catalog \(statement.connection.path): column \(name) holds '\(raw.prefix(40))', not a \(T.self)")
+        }
+        return v
+    }
+
+    public func optionalValue<T: RawRepresentable>(_ name: String, as type: T.Type = T.self) throws -> T? where T.RawValue == String {
+        isNull(name) ? nil : try value(name, as: type)
+    }
+}
+
+extension SQLValue {
+    /// An enum stored as its raw value.
+    public static func state<T: RawRepresentable>(_ v: T) -> SQLValue where T.RawValue == String { .text(v.rawValue) }
+    public static func optionalText(_ v: String?) -> SQLValue { v.map(SQLValue.text) ?? .null }
+    public static func optionalInt(_ v: Int64?) -> SQLValue { v.map(SQLValue.int) ?? .null }
 }

@@ -345,16 +345,48 @@ enum Schema {
             UPDATE store_counters SET packs = packs - 1, pack_bytes = pack_bytes - OLD.committed_size;
         END;
         """,
+        // 9: one time unit. Every time column holds milliseconds since 1970 (UTC). Migrations 4-7 already
+        // wrote milliseconds (tag_journal converted in 4, tags, audit, events, webhook deliveries,
+        // lineage, pins, runs, jobs, job outputs, deployments, rollouts, nodes, served intervals);
+        // the chunk store's and the registry's own rows (packs, blobs, blob_roots, repositories,
+        // repository_blobs, manifests) were still in seconds, so a GC cutoff or a lineage time
+        // compared across tables mixed units. Milliseconds because most tables and every API
+        // answer already use them, and the event/audit order needs sub-second times; an Int64
+        // of milliseconds lasts 292 million years. Existing rows are multiplied by 1000 here.
+        // No index or trigger reads these columns (store_counters' triggers fire on state, size,
+        // lengths and committed_size only), so none changes.
+        //
+        // Digests are NOT unified yet: content-addressed tables (chunks, recipes, blobs,
+        // blob_roots, repository_blobs, manifests, manifest_refs, tags, tag_journal,
+        // manifest_metadata, lineage_edges, pins) keep 32-byte BLOBs (big-endian SHA-256, half the
+        // size of text and what the hot store paths bind without formatting); the feature tables
+        // of migrations 4-7 (audit_log, pipeline_runs, jobs, job_outputs, deployments and their
+        // versions, rollouts, deployment_nodes, served_intervals) keep `sha256:<hex>` TEXT. The
+        // intended direction is BLOB everywhere except audit_log (its hash chain covers the text
+        // as written); see docs/ARCHITECTURE.md.
+        """
+        UPDATE packs SET created_at = created_at * 1000;
+        UPDATE blobs SET created_at = created_at * 1000, updated_at = updated_at * 1000;
+        UPDATE blob_roots SET created_at = created_at * 1000;
+        UPDATE repositories SET created_at = created_at * 1000;
+        UPDATE repository_blobs SET created_at = created_at * 1000;
+        UPDATE manifests SET created_at = created_at * 1000;
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {
+        try migrate(conn, upTo: migrations.count)
+    }
+
+    /// Applies the migrations after the catalog's version up to `target` (tests build old catalogs).
+    static func migrate(_ conn: SQLiteConnection, upTo target: Int) throws {
         let current = try conn.first("PRAGMA user_version") { $0.int(0) } ?? 0
         let known = Int64(migrations.count)
         if current > known {
             throw DepotError.storage(
                 "catalog \(conn.path) has schema version \(current), newer than this build understands (\(known)); upgrade depot")
         }
-        for version in Int(current)..<migrations.count {
+        for version in Int(current)..<max(Int(current), min(target, migrations.count)) {
             try conn.transaction {
                 try conn.execute(migrations[version])
                 try conn.execute("PRAGMA user_version = \(version + 1)")

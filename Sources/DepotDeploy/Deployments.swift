@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotRegistry
@@ -92,17 +93,17 @@ public final class Deployments: Sendable {
             if let active = try conn.activeRollout(deployment: d.id) {
                 throw RegistryError(
                     .conflict,
-                    "rollout \(active.id) of \(short(active.canary)) is \(active.state) at \(active.weight)%: promote, abort or wait for it first"
+                    "rollout \(active.id) of \(short(active.canary)) is \(active.state.rawValue) at \(active.weight)%: promote, abort or wait for it first"
                 )
             }
             let version = try conn.deploymentVersion(d.id, digest: digest)
             var rollout = RolloutRecord(
-                id: 0, deploymentID: d.id, stable: d.stable, canary: digest, state: "running", steps: steps,
+                id: 0, deploymentID: d.id, stable: d.stable, canary: digest, state: .running, steps: steps,
                 stepIndex: 0, weight: steps[0], analysisMs: Int64(analysis * 1000), stepStartedAt: now,
                 failures: [:], startedBy: actor, jobID: jobID, reason: nil, createdAt: now, finishedAt: nil)
             if d.stable == nil {
                 // First deployment: nothing to compare with.
-                rollout.state = "promoted"
+                rollout.state = .promoted
                 rollout.weight = 0
                 rollout.finishedAt = now
                 rollout.reason = "initial deployment"
@@ -136,7 +137,7 @@ public final class Deployments: Sendable {
             // The alias moves in the same transaction: a crash leaves both or neither.
             try registry.setAlias(
                 conn, repository, environment, to: manifest.digest, actor: actor,
-                reason: "rollout \(rollout.id): \(rollout.state == "promoted" ? "initial deployment" : "canary at \(rollout.weight)%")",
+                reason: "rollout \(rollout.id): \(rollout.state == .promoted ? "initial deployment" : "canary at \(rollout.weight)%")",
                 action: "canary")
             changed = d
             return try self.status(conn, d)
@@ -224,12 +225,15 @@ public final class Deployments: Sendable {
         return Set(ranked.prefix(count))
     }
 
-    /// A node reports what it serves (`ready`) or that a bundle failed to load (`failed`).
+    /// A node reports what it serves (`ready`) or that a bundle failed to load (`failed`);
+    /// `state` is the request's text, parsed here.
     public func report(
         _ repository: RepositoryName, _ environment: String, node: String, digest: String?, version: Int?,
         state: String, reason: String?
     ) throws {
-        guard state == "ready" || state == "failed" else { throw RegistryError(.invalidRequest, "state must be ready or failed") }
+        guard let state = NodeState(rawValue: state) else {
+            throw RegistryError(.invalidRequest, "state must be ready or failed")
+        }
         guard Self.isSafeName(node) else { throw RegistryError(.invalidRequest, "node id must be 1-128 of A-Z a-z 0-9 _ . -") }
         if let version, version < 1 { throw RegistryError(.invalidRequest, "version must be at least 1") }
         try db.write { conn in
@@ -250,9 +254,7 @@ public final class Deployments: Sendable {
         let rollout = try conn.latestRollout(deployment: d.id)
         func version(_ digest: String?) throws -> Int? {
             guard let digest else { return nil }
-            return try conn.first(
-                "SELECT version FROM deployment_versions WHERE deployment_id = ? AND digest = ?", .int(d.id), .text(digest)
-            ) { Int($0.int(0)) }
+            return try conn.existingDeploymentVersion(d.id, digest: digest)
         }
         return Status(
             deployment: d, stableVersion: try version(d.stable), canaryVersion: try version(d.canary), rollout: rollout,

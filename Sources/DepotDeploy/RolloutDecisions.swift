@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotRegistry
@@ -26,14 +27,14 @@ extension Deployments {
                 guard let d = try conn.deployment(id: r.deploymentID) else { return nil }
                 let nodes = try conn.nodes(deployment: d.id)
                 let failed = nodes.filter {
-                    $0.digest == r.canary && $0.state == "failed" && ($0.reportedAt ?? 0) >= r.createdAt
+                    $0.digest == r.canary && $0.state == .failed && ($0.reportedAt ?? 0) >= r.createdAt
                 }.map { "\($0.node): \($0.reason ?? "failed to load")" }
                 if failed.isEmpty {
                     guard now - r.stepStartedAt >= r.analysisMs else { return nil }
                     let ttl = Int64(policy.nodeTTLSeconds * 1000)
                     let active = nodes.filter { now - $0.seenAt <= ttl }
                     let expected = Self.canaryNodes(active.map(\.node), weight: r.weight, salt: "\(d.id)").count
-                    let ready = active.filter { $0.digest == r.canary && $0.state == "ready" }
+                    let ready = active.filter { $0.digest == r.canary && $0.state == .ready }
                     let servingSince = max(r.stepStartedAt, ready.compactMap(\.reportedAt).max() ?? 0)
                     let waitedTooLong = now - r.stepStartedAt >= 3 * r.analysisMs
                     if ready.count < expected && !waitedTooLong { return nil }
@@ -70,13 +71,13 @@ extension Deployments {
         if !breached.isEmpty || !due.failedNodes.isEmpty {
             let why = (breached.map { "\($0.check): \($0.detail)" } + due.failedNodes.map { "node \($0)" }).joined(separator: "; ")
             return try finish(
-                due.deployment, r, state: "rolled-back", decision: "rollback", actor: "depot-canary",
+                due.deployment, r, state: .rolledBack, decision: "rollback", actor: "depot-canary",
                 reason: "rolled back at \(at): \(why)", measurements: valuesJSON, failures: failures) ? "rollback" : nil
         }
         if !inconclusive.isEmpty {
             let why = inconclusive.map { "\($0.check): \($0.detail)" }.joined(separator: "; ")
             return try transition(
-                due.deployment, r, to: "paused", decision: "pause", actor: "depot-canary",
+                due.deployment, r, to: .paused, decision: "pause", actor: "depot-canary",
                 reason: "paused at \(at), inconclusive: \(why)", measurements: valuesJSON, failures: failures) ? "pause" : nil
         }
         let tolerated = measurements.filter { $0.outcome == .fail }
@@ -90,7 +91,7 @@ extension Deployments {
         }
         if r.stepIndex + 1 >= r.steps.count {
             return try finish(
-                due.deployment, r, state: "promoted", decision: "promote", actor: "depot-canary",
+                due.deployment, r, state: .promoted, decision: "promote", actor: "depot-canary",
                 reason: "promoted after \(at): every check passed", measurements: valuesJSON, failures: failures) ? "promote" : nil
         }
         return try advance(due.deployment, r, actor: "depot-canary", measurements: valuesJSON, failures: failures) ? "advance" : nil
@@ -104,11 +105,8 @@ extension Deployments {
         let done = try db.write { conn -> Bool in
             let now = Self.now()
             guard
-                try conn.updateRollout(
-                    r.id, inStates: ["running"], atStep: r.stepIndex,
-                    set: """
-                        step_index = ?, weight = ?, step_started_at = ?, failures = ?
-                        """, [.int(Int64(next)), .int(Int64(weight)), .int(now), .text(Self.json(failures))])
+                try conn.advanceRollout(
+                    r.id, fromStep: r.stepIndex, toStep: next, weight: weight, failures: Self.json(failures), now: now)
             else { return false }
             changed.weight = weight
             try conn.setDeployment(d.id, stable: d.stable, canary: d.canary, weight: weight, now: now)
@@ -131,11 +129,7 @@ extension Deployments {
     func hold(_ d: DeploymentRecord, _ r: RolloutRecord, reason: String, measurements: String?, failures: [String: Int]) throws -> Bool {
         try db.write { conn in
             let now = Self.now()
-            guard
-                try conn.updateRollout(
-                    r.id, inStates: ["running"], atStep: r.stepIndex, set: "step_started_at = ?, failures = ?",
-                    [.int(now), .text(Self.json(failures))])
-            else { return false }
+            guard try conn.holdRollout(r.id, atStep: r.stepIndex, failures: Self.json(failures), now: now) else { return false }
             try conn.appendDecision(
                 rollout: r.id,
                 RolloutDecision(
@@ -150,17 +144,19 @@ extension Deployments {
 
     /// Pause or resume (no weight change).
     func transition(
-        _ d: DeploymentRecord, _ r: RolloutRecord, to state: String, decision: String, actor: String, reason: String,
+        _ d: DeploymentRecord, _ r: RolloutRecord, to state: RolloutState, decision: String, actor: String, reason: String,
         measurements: String?, failures: [String: Int]
     ) throws -> Bool {
         try db.write { conn in
             let now = Self.now()
-            let from = state == "paused" ? "running" : "paused"
-            guard
-                try conn.updateRollout(
-                    r.id, inStates: [from], atStep: nil, set: "state = ?, reason = ?, failures = ?, step_started_at = ?",
-                    [.text(state), .text(reason), .text(Self.json(failures)), .int(now)])
-            else { return false }
+            let failuresJSON = Self.json(failures)
+            let applied: Bool
+            switch state {
+            case .paused: applied = try conn.pauseRollout(r.id, reason: reason, failures: failuresJSON, now: now)
+            case .running: applied = try conn.resumeRollout(r.id, reason: reason, failures: failuresJSON, now: now)
+            case .promoted, .rolledBack, .aborted: preconditionFailure("\(state) ends a rollout: finish(_:_:state:...)")
+            }
+            guard applied else { return false }
             try conn.appendDecision(
                 rollout: r.id,
                 RolloutDecision(
@@ -176,21 +172,23 @@ extension Deployments {
     /// Ends a rollout: promoted (the canary becomes stable) or rolled back / aborted (weight 0,
     /// the alias back on the stable digest, with the reason and values in its history).
     func finish(
-        _ d: DeploymentRecord, _ r: RolloutRecord, state: String, decision: String, actor: String, reason: String,
+        _ d: DeploymentRecord, _ r: RolloutRecord, state: RolloutState, decision: String, actor: String, reason: String,
         measurements: String?, failures: [String: Int]
     ) throws -> Bool {
-        let promote = state == "promoted"
+        let promote = state == .promoted
         let repository = try RepositoryName(d.repository)
         var changed = d
         let done = try db.write { conn -> Bool in
             let now = Self.now()
-            guard
-                try conn.updateRollout(
-                    r.id, inStates: ["running", "paused"], atStep: nil,
-                    set: """
-                        state = ?, reason = ?, failures = ?, finished_at = ?, weight = ?
-                        """, [.text(state), .text(reason), .text(Self.json(failures)), .int(now), .int(promote ? 100 : 0)])
-            else { return false }
+            let failuresJSON = Self.json(failures)
+            let applied: Bool
+            switch state {
+            case .promoted: applied = try conn.promoteRollout(r.id, reason: reason, failures: failuresJSON, now: now)
+            case .rolledBack: applied = try conn.rollBackRollout(r.id, reason: reason, failures: failuresJSON, now: now)
+            case .aborted: applied = try conn.abortRollout(r.id, reason: reason, failures: failuresJSON, now: now)
+            case .running, .paused: preconditionFailure("\(state) does not end a rollout: transition(_:_:to:...)")
+            }
+            guard applied else { return false }
             // The alias moves in the same transaction as the rollout's end: whoever wins the
             // guarded update above (the controller or an operator) also decides the alias.
             if let target = promote ? r.canary : r.stable, let digest = try? Digest(parsing: target) {
@@ -239,12 +237,12 @@ extension Deployments {
     /// paused → running; the current step's analysis interval starts again.
     public func resume(_ repository: RepositoryName, _ environment: String, actor: String) throws -> Status {
         let (d, r) = try active(repository, environment)
-        guard r.state == "paused",
+        guard r.state == .paused,
             try transition(
-                d, r, to: "running", decision: "resume", actor: actor, reason: "resumed by \(actor) at \(r.weight)%",
+                d, r, to: .running, decision: "resume", actor: actor, reason: "resumed by \(actor) at \(r.weight)%",
                 measurements: nil, failures: r.failures)
         else {
-            throw RegistryError(.conflict, "rollout \(r.id) is \(r.state), not paused")
+            throw RegistryError(.conflict, "rollout \(r.id) is \(r.state.rawValue), not paused")
         }
         return try status(repository, environment)
     }
@@ -254,7 +252,7 @@ extension Deployments {
         let (d, r) = try active(repository, environment)
         guard
             try finish(
-                d, r, state: "promoted", decision: "promote", actor: actor,
+                d, r, state: .promoted, decision: "promote", actor: actor,
                 reason: "promoted by \(actor) at \(r.weight)%\(reason.map { ": \($0)" } ?? "")", measurements: nil, failures: r.failures)
         else {
             throw RegistryError(.conflict, "rollout \(r.id) changed state meanwhile; look at `depot rollout status`")
@@ -270,7 +268,7 @@ extension Deployments {
         }
         guard let (d, r) = found else { return }
         _ = try finish(
-            d, r, state: "aborted", decision: "abort", actor: actor, reason: "job \(job) cancelled by \(actor)",
+            d, r, state: .aborted, decision: "abort", actor: actor, reason: "job \(job) cancelled by \(actor)",
             measurements: nil, failures: r.failures)
     }
 
@@ -279,7 +277,7 @@ extension Deployments {
         let (d, r) = try active(repository, environment)
         guard
             try finish(
-                d, r, state: "aborted", decision: "abort", actor: actor,
+                d, r, state: .aborted, decision: "abort", actor: actor,
                 reason: "aborted by \(actor) at \(r.weight)%\(reason.map { ": \($0)" } ?? "")", measurements: nil, failures: r.failures)
         else {
             throw RegistryError(.conflict, "rollout \(r.id) changed state meanwhile; look at `depot rollout status`")

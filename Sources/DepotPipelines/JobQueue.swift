@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotRegistry
@@ -134,7 +135,7 @@ public final class JobQueue: Sendable {
         let jobs = try conn.jobs(ofRun: job.runID)
         // A stage without an output (webhook, canary) passes its input on.
         let succeeded = Dictionary(
-            jobs.filter { $0.state == "succeeded" }.map { ($0.stage, $0.outputDigest ?? $0.inputDigest) },
+            jobs.filter { $0.state == .succeeded }.map { ($0.stage, $0.outputDigest ?? $0.inputDigest) },
             uniquingKeysWith: { a, _ in a })
         var outputs = succeeded
         outputs[job.stage] = output
@@ -174,9 +175,9 @@ public final class JobQueue: Sendable {
 
     func leased(_ conn: SQLiteConnection, _ id: Int64, token: String) throws -> JobRecord {
         guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
-        guard job.leaseToken == token, job.state == "leased" || job.state == "running" else {
+        guard job.leaseToken == token, job.state.isHeld else {
             throw RegistryError(
-                .conflict, "job \(id) is \(job.state) and no longer leased with this token (lease expired or job cancelled)")
+                .conflict, "job \(id) is \(job.state.rawValue) and no longer leased with this token (lease expired or job cancelled)")
         }
         return job
     }
@@ -195,21 +196,12 @@ public final class JobQueue: Sendable {
                 let digest = try? Digest(parsing: found.digest), let repo = try conn.repositoryID(found.repository),
                 try conn.manifestExists(repo: repo, digest)
             {
-                _ = try conn.updateLeasedJob(
-                    id, token: token,
-                    set: """
-                        state = 'succeeded', job_key = ?, output_digest = ?, memoized = 1, lease_token = NULL, lease_expires = NULL,
-                        started_at = ?, finished_at = ?, updated_at = ?
-                        """, [.text(key), .text(found.digest), .int(now), .int(now), .int(now)])
+                _ = try conn.completeMemoizedJob(id, token: token, key: key, output: found.digest, now: now)
                 try queueDependents(conn, of: job, output: found.digest)
                 if let tag = job.outputTag { tagToSet = (job.inputRepository, tag, digest) }
                 return .memoized(digest)
             }
-            _ = try conn.updateLeasedJob(
-                id, token: token,
-                set: """
-                    state = 'running', job_key = ?, started_at = ?, lease_expires = ?, updated_at = ?
-                    """, [.text(key), .int(now), .int(now + Int64(options.leaseSeconds * 1000)), .int(now)])
+            _ = try conn.startJob(id, token: token, key: key, leaseExpires: now + Int64(options.leaseSeconds * 1000), now: now)
             return .run
         }
         if let (repository, tag, digest) = tagToSet { applyOutputTag(repository, tag, digest, job: id) }
@@ -227,12 +219,10 @@ public final class JobQueue: Sendable {
     public func heartbeat(_ id: Int64, token: String) throws -> JobRecord {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
-            if job.state == "cancelled", job.leaseToken == token { return job }
+            if job.state == .cancelled, job.leaseToken == token { return job }
             _ = try leased(conn, id, token: token)
             let now = Self.now()
-            _ = try conn.updateLeasedJob(
-                id, token: token, set: "lease_expires = ?, updated_at = ?",
-                [.int(now + Int64(options.leaseSeconds * 1000)), .int(now)])
+            _ = try conn.renewJobLease(id, token: token, expires: now + Int64(options.leaseSeconds * 1000), now: now)
             return try conn.job(id)!
         }
     }
@@ -242,8 +232,8 @@ public final class JobQueue: Sendable {
     public func storeLog(_ id: Int64, token: String, bytes: [UInt8]) throws -> Digest {
         try db.read { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
-            guard job.leaseToken == token, ["leased", "running", "cancelled"].contains(job.state) else {
-                throw RegistryError(.conflict, "job \(id) is \(job.state) and no longer leased with this token")
+            guard job.leaseToken == token, job.state.isHeld || job.state == .cancelled else {
+                throw RegistryError(.conflict, "job \(id) is \(job.state.rawValue) and no longer leased with this token")
             }
         }
         let writer = try registry.store.makeWriter()
@@ -268,7 +258,7 @@ public final class JobQueue: Sendable {
     public func complete(_ id: Int64, token: String, output: Digest) throws {
         try db.write { conn in
             let job = try leased(conn, id, token: token)
-            guard job.state == "running", let key = job.key else { throw RegistryError(.conflict, "job \(id) was not started") }
+            guard job.state == .running, let key = job.key else { throw RegistryError(.conflict, "job \(id) was not started") }
             guard let repo = try conn.repositoryID(job.inputRepository), let manifest = try conn.manifest(repo: repo, output) else {
                 throw RegistryError(.manifestUnknown, "output \(output) is not a manifest of \(job.inputRepository)")
             }
@@ -279,11 +269,7 @@ public final class JobQueue: Sendable {
                 )
             }
             let now = Self.now()
-            _ = try conn.updateLeasedJob(
-                id, token: token,
-                set: """
-                    state = 'succeeded', output_digest = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
-                    """, [.text(output.description), .int(now), .int(now)])
+            _ = try conn.completeJob(id, token: token, output: output.description, now: now)
             try queueDependents(conn, of: job, output: output.description)
         }
     }
@@ -303,17 +289,10 @@ public final class JobQueue: Sendable {
         let text = String(reason.prefix(4000))
         if !permanent, job.attempt < job.maxAttempts {
             let delay = min(options.maxBackoffSeconds, options.retryBaseSeconds * pow(2, Double(max(0, job.attempt - 1))))
-            _ = try conn.updateJob(
-                job.id, inStates: ["leased", "running"],
-                set: """
-                    state = 'queued', reason = ?, not_before = ?, runner = NULL, lease_token = NULL, lease_expires = NULL, updated_at = ?
-                    """, [.text("attempt \(job.attempt) failed: \(text)"), .int(now + Int64(delay * 1000)), .int(now)])
+            _ = try conn.requeueJob(
+                job.id, reason: "attempt \(job.attempt) failed: \(text)", notBefore: now + Int64(delay * 1000), now: now)
         } else {
-            _ = try conn.updateJob(
-                job.id, inStates: ["leased", "running"],
-                set: """
-                    state = 'failed', reason = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
-                    """, [.text(text), .int(now), .int(now)])
+            _ = try conn.failJob(job.id, reason: text, now: now)
             try conn.appendAudit(
                 at: now, actor: "depot", action: "job.failed", repository: job.inputRepository, digest: job.inputDigest,
                 tag: nil, details: ["job": job.id, "pipeline": job.pipeline, "stage": job.stage, "reason": String(text.prefix(500))])
@@ -354,14 +333,8 @@ public final class JobQueue: Sendable {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
             let now = Self.now()
-            guard
-                try conn.updateJob(
-                    id, inStates: ["queued", "leased", "running"],
-                    set: """
-                        state = 'cancelled', reason = ?, finished_at = ?, updated_at = ?
-                        """, [.text("cancelled by \(actor)"), .int(now), .int(now)])
-            else {
-                throw RegistryError(.conflict, "job \(id) is \(job.state): only queued, leased or running jobs can be cancelled")
+            guard try conn.cancelJob(id, reason: "cancelled by \(actor)", now: now) else {
+                throw RegistryError(.conflict, "job \(id) is \(job.state.rawValue): only queued, leased or running jobs can be cancelled")
             }
             try conn.appendAudit(
                 at: now, actor: actor, action: "job.cancel", repository: job.inputRepository, digest: job.inputDigest,
@@ -375,15 +348,8 @@ public final class JobQueue: Sendable {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
             let now = Self.now()
-            guard
-                try conn.updateJob(
-                    id, inStates: ["failed", "cancelled"],
-                    set: """
-                        state = 'queued', attempt = 0, not_before = 0, reason = NULL, runner = NULL, lease_token = NULL, lease_expires = NULL,
-                        job_key = NULL, finished_at = NULL, started_at = NULL, updated_at = ?
-                        """, [.int(now)])
-            else {
-                throw RegistryError(.conflict, "job \(id) is \(job.state): only failed or cancelled jobs can be retried")
+            guard try conn.retryJob(id, now: now) else {
+                throw RegistryError(.conflict, "job \(id) is \(job.state.rawValue): only failed or cancelled jobs can be retried")
             }
             try conn.appendAudit(
                 at: now, actor: actor, action: "job.retry", repository: job.inputRepository, digest: job.inputDigest,
@@ -397,12 +363,17 @@ public final class JobQueue: Sendable {
         return job
     }
 
+    /// Jobs, newest first; `state` is a query parameter's text, parsed here (an unknown one is a 400).
     public func jobs(state: String?, pipeline: String?, limit: Int) throws -> [JobRecord] {
-        if let state, !["queued", "leased", "running", "succeeded", "failed", "cancelled"].contains(state) {
-            throw RegistryError(
-                .invalidRequest, "unknown job state '\(state.prefix(40))' (queued, leased, running, succeeded, failed, cancelled)")
+        var parsed: JobState?
+        if let state {
+            guard let s = JobState(rawValue: state) else {
+                let known = JobState.allCases.map(\.rawValue).joined(separator: ", ")
+                throw RegistryError(.invalidRequest, "unknown job state '\(state.prefix(40))' (\(known))")
+            }
+            parsed = s
         }
-        return try db.read { try $0.jobs(state: state, pipeline: pipeline, limit: min(max(limit, 1), 10_000)) }
+        return try db.read { try $0.jobs(state: parsed, pipeline: pipeline, limit: min(max(limit, 1), 10_000)) }
     }
 }
 
@@ -418,9 +389,7 @@ extension JobQueue {
                 if try conn.leaseJob(job.id, runner: "depot-\(kind)", token: token, expires: now + job.timeoutMs, now: now) {
                     let key = Digest.of(Array("depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec)\n\(kind)".utf8))
                         .description
-                    _ = try conn.updateLeasedJob(
-                        job.id, token: token, set: "state = 'running', job_key = ?, started_at = ?, updated_at = ?",
-                        [.text(key), .int(now), .int(now)])
+                    _ = try conn.startJob(job.id, token: token, key: key, leaseExpires: nil, now: now)
                     return try conn.job(job.id)
                 }
             }
@@ -431,7 +400,7 @@ extension JobQueue {
     /// Dispatching the job failed (the webhook's POST, the rollout's start): the retry policy applies unless `permanent`.
     public func serverJobDispatchFailed(_ job: JobRecord, reason: String, permanent: Bool = false) throws {
         try db.write { conn in
-            guard let current = try conn.job(job.id), current.state == "running", current.leaseToken == job.leaseToken else { return }
+            guard let current = try conn.job(job.id), current.state == .running, current.leaseToken == job.leaseToken else { return }
             try failLocked(conn, current, reason: reason, permanent: permanent)
         }
     }
@@ -446,8 +415,8 @@ extension JobQueue {
     public func completeServerJob(_ id: Int64, output: Digest?) throws -> JobRecord {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
-            guard job.state == "running", ["webhook", "canary"].contains(job.kind) else {
-                throw RegistryError(.conflict, "job \(id) is \(job.state): it is not waiting for a callback")
+            guard job.state == .running, ["webhook", "canary"].contains(job.kind) else {
+                throw RegistryError(.conflict, "job \(id) is \(job.state.rawValue): it is not waiting for a callback")
             }
             if let output {
                 guard let repo = try conn.repositoryID(job.inputRepository), try conn.manifestExists(repo: repo, output) else {
@@ -458,11 +427,7 @@ extension JobQueue {
                 }
             }
             let now = Self.now()
-            _ = try conn.updateJob(
-                id, inStates: ["running"],
-                set: """
-                    state = 'succeeded', output_digest = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
-                    """, [output.map { .text($0.description) } ?? .null, .int(now), .int(now)])
+            _ = try conn.completeJob(id, token: nil, output: output?.description, now: now)
             // Without an output, the next stages work on this stage's input.
             try queueDependents(conn, of: job, output: output?.description ?? job.inputDigest)
             return try conn.job(id)!
@@ -473,8 +438,8 @@ extension JobQueue {
     public func failServerJob(_ id: Int64, reason: String, permanent: Bool) throws -> JobRecord {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
-            guard job.state == "running", ["webhook", "canary"].contains(job.kind) else {
-                throw RegistryError(.conflict, "job \(id) is \(job.state): it is not waiting for a callback")
+            guard job.state == .running, ["webhook", "canary"].contains(job.kind) else {
+                throw RegistryError(.conflict, "job \(id) is \(job.state.rawValue): it is not waiting for a callback")
             }
             try failLocked(conn, job, reason: reason, permanent: permanent)
             return try conn.job(id)!

@@ -38,7 +38,8 @@ public final class Registry: Sendable {
         self.init(store: store, uploads: limits, policy: policy, inspectionLimits: inspectionLimits)
     }
 
-    static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+    /// Catalog times are milliseconds since 1970 (catalog migration 9).
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
     /// Journal and audit times: milliseconds since 1970.
     static func nowMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 

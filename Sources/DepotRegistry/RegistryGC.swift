@@ -19,9 +19,11 @@ extension Registry {
     /// manifest, not listed by a kept index, not a referrer of a kept manifest, older than
     /// `untaggedGraceSeconds` — then collects the store (whose roots are the blobs every
     /// remaining manifest references, declared-live blobs and recent writes). Audited.
+    /// `now`: milliseconds since 1970, like every catalog time.
     public func collectGarbage(untaggedGraceSeconds: Int64? = nil, now: Int64? = nil, actor: String = "gc") throws -> RegistryGCReport {
-        let clock = now ?? Self.now()
-        let grace = untaggedGraceSeconds ?? store.options.writeGraceSeconds
+        // A whole-second cutoff, as when the catalog counted seconds (before migration 9).
+        let clock = (now ?? Self.now()) / 1000 * 1000
+        let grace = (untaggedGraceSeconds ?? store.options.writeGraceSeconds) * 1000
         let deleted = try db.write { conn -> Int in
             let doomed = try conn.unkeptManifests(createdBefore: clock - grace)
             for (repo, digest) in doomed { _ = try conn.deleteManifest(repo: repo, digest) }

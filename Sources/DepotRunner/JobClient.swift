@@ -90,10 +90,11 @@ extension RegistryConnection {
         return (answer["output"] as? String).flatMap { try? Digest(parsing: $0) }
     }
 
-    /// Renews the lease; returns the job's state (`cancelled` means stop).
-    func heartbeatJob(_ job: LeasedJob) async throws -> String {
+    /// Renews the lease; returns the job's state (`cancelled` means stop; an answer without a
+    /// state this build knows counts as running).
+    func heartbeatJob(_ job: LeasedJob) async throws -> JobState {
         let answer = try await call(.POST, Routes[.jobHeartbeat].path(["id": "\(job.id)"]), body: ["lease_token": job.token])
-        return answer["state"] as? String ?? "running"
+        return (answer["state"] as? String).flatMap(JobState.init(rawValue:)) ?? .running
     }
 
     func uploadJobLog(_ job: LeasedJob, _ bytes: [UInt8]) async throws {

@@ -194,7 +194,7 @@ final class Heartbeat: Sendable {
             if Task.isCancelled { return }
             do {
                 let state = try await connection.heartbeatJob(job)
-                if state == "cancelled" {
+                if state == .cancelled {
                     reason.withLock { $0 = "cancelled" }
                     return
                 }

@@ -119,7 +119,7 @@ public final class TritonSync: Sendable {
             // Still what we serve: make sure Triton agrees (a restarted Triton loads nothing in explicit mode).
             if try await versionReady(model, version) {
                 if reported.withLock({ $0 }) != digest {
-                    try await report(digest: digest, version: version, state: "ready", reason: nil)
+                    try await report(digest: digest, version: version, state: .ready, reason: nil)
                     reported.withLock { $0 = digest }
                 }
                 return
@@ -132,7 +132,7 @@ public final class TritonSync: Sendable {
         {
             // Restarted agent, Triton already serving what is wanted (laid out by us): adopt it.
             serving.withLock { $0 = Serving(digest: digest, version: version, model: model) }
-            try await report(digest: digest, version: version, state: "ready", reason: nil)
+            try await report(digest: digest, version: version, state: .ready, reason: nil)
             reported.withLock { $0 = digest }
             logger.info("triton-sync \(options.node): Triton already serves \(model) version \(version) (\(digest.prefix(19)))")
             return
@@ -142,7 +142,7 @@ public final class TritonSync: Sendable {
             try await deploy(digest: digest, version: version, model: model)
             serving.withLock { $0 = Serving(digest: digest, version: version, model: model) }
             failed.withLock { $0 = nil }
-            try await report(digest: digest, version: version, state: "ready", reason: nil)
+            try await report(digest: digest, version: version, state: .ready, reason: nil)
             reported.withLock { $0 = digest }
             logger.info(
                 "triton-sync \(options.node): serving \(model) version \(version) (\(digest.prefix(19)), \(wanted["role"] as? String ?? "?"))"
@@ -151,7 +151,7 @@ public final class TritonSync: Sendable {
             failed.withLock { $0 = (digest, Date()) }
             reported.withLock { $0 = nil }
             logger.error("triton-sync \(options.node): \(model) version \(version) failed to load: \(e.message)")
-            try? await report(digest: digest, version: version, state: "failed", reason: e.message)
+            try? await report(digest: digest, version: version, state: .failed, reason: e.message)
             throw ClientError("\(model) version \(version) (\(digest.prefix(19))) failed to load: \(e.message)")
         }
     }
@@ -259,8 +259,8 @@ public final class TritonSync: Sendable {
         return (Int(response.status.code), String(buffer: body))
     }
 
-    func report(digest: String, version: Int, state: String, reason: String?) async throws {
-        var body: [String: Any] = ["digest": digest, "version": version, "state": state]
+    func report(digest: String, version: Int, state: NodeState, reason: String?) async throws {
+        var body: [String: Any] = ["digest": digest, "version": version, "state": state.rawValue]
         if let reason { body["reason"] = reason }
         _ = try await connection.call(
             .POST,

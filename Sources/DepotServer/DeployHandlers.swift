@@ -129,7 +129,7 @@ struct DeployHandlers: RouteHandlers {
         var out: [String: Any] = ["deployment": deployment]
         if let r = s.rollout {
             var o: [String: Any] = [
-                "id": r.id, "state": r.state, "canary": r.canary, "steps": r.steps, "step": r.stepIndex + 1,
+                "id": r.id, "state": r.state.rawValue, "canary": r.canary, "steps": r.steps, "step": r.stepIndex + 1,
                 "weight": r.weight, "analysis_seconds": Double(r.analysisMs) / 1000, "failures": r.failures,
                 "started_by": r.startedBy, "started_at": iso(r.createdAt), "step_started_at": iso(r.stepStartedAt),
             ]
@@ -150,7 +150,7 @@ struct DeployHandlers: RouteHandlers {
             var o: [String: Any] = ["node": n.node, "seen_at": iso(n.seenAt)]
             if let v = n.digest { o["digest"] = v }
             if let v = n.version { o["version"] = v }
-            if let v = n.state { o["state"] = v }
+            if let v = n.state { o["state"] = v.rawValue }
             if let v = n.reason { o["reason"] = v }
             if let v = n.reportedAt { o["reported_at"] = iso(v) }
             return o

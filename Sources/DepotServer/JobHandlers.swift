@@ -209,7 +209,7 @@ struct JobHandlers: RouteHandlers {
 
     static func json(_ job: JobRecord, withToken: Bool = false) -> [String: Any] {
         var o: [String: Any] = [
-            "id": job.id, "run": job.runID, "pipeline": job.pipeline, "stage": job.stage, "kind": job.kind, "state": job.state,
+            "id": job.id, "run": job.runID, "pipeline": job.pipeline, "stage": job.stage, "kind": job.kind, "state": job.state.rawValue,
             "attempt": job.attempt, "max_attempts": job.maxAttempts, "labels": job.labels, "memoized": job.memoized,
             "timeout_seconds": job.timeoutMs / 1000, "created_at": iso(job.createdAt), "updated_at": iso(job.updatedAt),
         ]
@@ -227,7 +227,7 @@ struct JobHandlers: RouteHandlers {
         if let v = job.logDigest { o["log"] = v }
         if let v = job.startedAt { o["started_at"] = iso(v) }
         if let v = job.finishedAt { o["finished_at"] = iso(v) }
-        if job.state == "queued", job.notBefore > Int64(Date().timeIntervalSince1970 * 1000) { o["not_before"] = iso(job.notBefore) }
+        if job.state == .queued, job.notBefore > Int64(Date().timeIntervalSince1970 * 1000) { o["not_before"] = iso(job.notBefore) }
         if let v = job.leaseExpires { o["lease_expires"] = iso(v) }
         if withToken, let t = job.leaseToken { o["lease_token"] = t }
         return o

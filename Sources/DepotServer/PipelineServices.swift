@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotDeploy
@@ -116,12 +117,12 @@ extension PipelineScheduler {
                 continue
             }
             guard !rollout.isActive else { continue }
-            if rollout.state == "promoted" {
+            if rollout.state == .promoted {
                 _ = try await offload { try jobs.completeServerJob(job.id, output: nil) }
             } else {
                 _ = try await offload {
                     try jobs.failServerJob(
-                        job.id, reason: "rollout \(rollout.id) \(rollout.state): \(rollout.reason ?? "")", permanent: true)
+                        job.id, reason: "rollout \(rollout.id) \(rollout.state.rawValue): \(rollout.reason ?? "")", permanent: true)
                 }
             }
         }

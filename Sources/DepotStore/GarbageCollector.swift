@@ -41,10 +41,13 @@ extension ChunkStore {
     /// recipe names) runs inside the appender's lock, so no writer can reference a chunk between
     /// "unreferenced" and "deleted". Compaction then copies the live records of sparse packs into
     /// the current pack, and deletes a pack file only after no index row names it.
+    /// `now`: milliseconds since 1970, like every catalog time.
     public func collectGarbage(now: Int64? = nil) throws -> GCReport {
         guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
         var report = GCReport()
-        let staleBefore = (now ?? PackAppender.now()) - options.writeGraceSeconds
+        // The cutoff is a whole second, as when the catalog counted seconds (before migration 9): a
+        // write touched in the current second is never stale, even with a grace of 0.
+        let staleBefore = ((now ?? PackAppender.now()) / 1000 - options.writeGraceSeconds) * 1000
         try appender.exclusive { conn, active in
             report.blobsDeleted = try conn.deleteGarbageBlobs(staleBefore: staleBefore, active: active)
             let swept = try conn.deleteUnreferencedChunks()

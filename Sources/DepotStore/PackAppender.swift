@@ -41,7 +41,8 @@ final class PackAppender: Sendable {
         self.options = options
     }
 
-    static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+    /// Catalog times are milliseconds since 1970 (catalog migration 9).
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
     // MARK: blobs
 

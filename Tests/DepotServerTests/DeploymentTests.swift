@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotClient
 import DepotCore
@@ -107,7 +108,7 @@ struct DeploymentTests {
 
             let first = try d.start(repo, "production", .tag("v1"), actor: "alice")
             #expect(
-                first.deployment.stable == v1.description && first.rollout?.state == "promoted", "the first deployment is stable at once")
+                first.deployment.stable == v1.description && first.rollout?.state == .promoted, "the first deployment is stable at once")
             #expect(try d.resolve(repo, "production", node: "n1").digest == v1.description)
 
             let started = try d.start(repo, "production", .tag("v2"), actor: "alice")
@@ -129,7 +130,7 @@ struct DeploymentTests {
             m.set("error-rate/canary", 0.5)
             #expect(try await Self.analyse(d, m) == ["rollback"], "at its first analysis")
             let rolled = try d.status(repo, "production")
-            #expect(rolled.rollout?.state == "rolled-back" && rolled.deployment.stable == v2.description && rolled.deployment.canary == nil)
+            #expect(rolled.rollout?.state == .rolledBack && rolled.deployment.stable == v2.description && rolled.deployment.canary == nil)
             #expect(try h.registry.manifest(repo, .tag("production")).digest == v2, "the alias is back on the stable digest")
             let last = try #require(try h.registry.aliasHistory(repo, "production").last)
             #expect(last.from == v3 && last.to == v2 && last.actor == "depot-canary")
@@ -156,13 +157,13 @@ struct DeploymentTests {
             // No data for the canary (no traffic yet): inconclusive, paused.
             #expect(try await Self.analyse(d, m) == ["pause"])
             var s = try d.status(repo, "production")
-            #expect(s.rollout?.state == "paused" && s.deployment.weight == 1)
+            #expect(s.rollout?.state == .paused && s.deployment.weight == 1)
             #expect(s.rollout?.reason?.contains("error-rate: no data for the canary") == true, "\(s.rollout?.reason ?? "")")
             #expect(try await Self.analyse(d, m).isEmpty, "a paused rollout is not analysed")
             // Conflicting commands get clear errors; state stays consistent.
             #expect(throws: RegistryError.self) { try d.start(repo, "production", .digest(v2), actor: "ops") }
             let resumed = try d.resume(repo, "production", actor: "ops")
-            #expect(resumed.rollout?.state == "running")
+            #expect(resumed.rollout?.state == .running)
             do {
                 _ = try d.resume(repo, "production", actor: "ops")
                 Issue.record("resume of a running rollout")
@@ -182,7 +183,7 @@ struct DeploymentTests {
             #expect(try await Self.analyse(d, m) == ["pause"])
             // The operator decides: abort. The alias goes back; nothing was promoted.
             let aborted = try d.abort(repo, "production", actor: "ops", reason: "not convinced")
-            #expect(aborted.rollout?.state == "aborted" && aborted.deployment.canary == nil)
+            #expect(aborted.rollout?.state == .aborted && aborted.deployment.canary == nil)
             #expect(try h.registry.manifest(repo, .tag("production")).digest != v2)
             #expect(throws: RegistryError.self) { try d.promote(repo, "production", actor: "ops", reason: nil) }
             // Over HTTP: the same refusals, with their codes.
@@ -224,9 +225,9 @@ struct DeploymentTests {
         try await PipelineHarness.run(pipelines: [yaml]) { h, client in
             _ = try await Self.pushBundle(h, "vision/adder", "v1", marker: "1")
             var jobs = try await h.waitJobs(timeout: 15) { $0.count == 1 && $0.allFinal }
-            #expect(jobs.first?.state == "succeeded", "the first deployment is stable at once: \(jobs.first?.reason ?? "")")
+            #expect(jobs.first?.state == .succeeded, "the first deployment is stable at once: \(jobs.first?.reason ?? "")")
             let v2 = try await Self.pushBundle(h, "vision/adder", "v2", marker: "2")
-            jobs = try await h.waitJobs(timeout: 15) { $0.count == 2 && $0[0].state == "running" }
+            jobs = try await h.waitJobs(timeout: 15) { $0.count == 2 && $0[0].state == .running }
             let status = try await client.req(.get, "/depot/v1/repositories/vision/adder/deployments/production")
             let rollout = status.json["rollout"] as? [String: Any] ?? [:]
             #expect(rollout["state"] as? String == "running" && rollout["canary"] as? String == v2.description)
@@ -236,12 +237,12 @@ struct DeploymentTests {
                 body: Array(#"{"reason": "bad numbers"}"#.utf8))
             #expect(aborted.status.code == 200)
             jobs = try await h.waitJobs(timeout: 15) { $0.count == 2 && $0[0].isFinal }
-            #expect(jobs[0].state == "failed" && jobs[0].reason?.contains("aborted by") == true, "\(jobs[0].reason ?? "")")
+            #expect(jobs[0].state == .failed && jobs[0].reason?.contains("aborted by") == true, "\(jobs[0].reason ?? "")")
             #expect(jobs[0].attempt == 1, "a rolled-back rollout is not retried")
             // Something that is not a Triton bundle fails the stage at once, with the reason.
             _ = try await h.push("vision/adder", "v3", files: ["weights.bin": "x"])
             jobs = try await h.waitJobs(timeout: 15) { $0.count == 3 && $0[0].isFinal }
-            #expect(jobs[0].state == "failed" && jobs[0].reason?.contains("is not a Triton bundle") == true, "\(jobs[0].reason ?? "")")
+            #expect(jobs[0].state == .failed && jobs[0].reason?.contains("is not a Triton bundle") == true, "\(jobs[0].reason ?? "")")
         }
     }
 

@@ -68,7 +68,8 @@ struct GovernanceTests {
 
             let deleted = try await client.req(.delete, "/v2/team/llm/manifests/v2")
             #expect(deleted.status.code == 202)
-            let report = try registry.collectGarbage(untaggedGraceSeconds: 0, now: Int64(Date().timeIntervalSince1970) + 3 * 86400)
+            let report = try registry.collectGarbage(
+                untaggedGraceSeconds: 0, now: Int64(Date().timeIntervalSince1970 * 1000) + (3 * 86400) * 1000)
             #expect(report.manifestsDeleted == 1)
             #expect(try registry.store.missingChunks(Array(onlyV2)).count == onlyV2.count, "v2's own chunks are gone")
 

@@ -458,7 +458,7 @@ let hostileNumbers = [
             #expect(try await c.req(.delete, "/v2/s/a/manifests/v1").status.code == 202)
             #expect(try await c.req(.delete, "/v2/s/a/manifests/\(m)").status.code == 202)
             registry.uploads.cancelAll()
-            _ = try registry.store.collectGarbage(now: Int64(Date().timeIntervalSince1970) + 400 * 86_400)
+            _ = try registry.store.collectGarbage(now: Int64(Date().timeIntervalSince1970 * 1000) + (400 * 86_400) * 1000)
             try agree()
             let metrics = try await c.req(.get, "/metrics").text
             #expect(metrics.contains("depot_store_chunks \(try registry.store.stats().chunks)"))

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotClient
 import DepotCore
@@ -37,7 +38,7 @@ struct PipelineTests {
             }
             let upper = try #require(done.stage("upper"))
             let count = try #require(done.stage("count"))
-            #expect(upper.state == "succeeded" && count.state == "succeeded", "\(done.map { ($0.stage, $0.state, $0.reason ?? "") })")
+            #expect(upper.state == .succeeded && count.state == .succeeded, "\(done.map { ($0.stage, $0.state, $0.reason ?? "") })")
             #expect(upper.inputDigest == input.description)
             #expect(count.inputDigest == upper.outputDigest, "the second stage works on the first one's output")
             #expect(try h.log(upper).contains("param=hi demo"), "with: parameters reach the command, rendered")
@@ -98,7 +99,7 @@ struct PipelineTests {
             let (keyed, _) = try h.registry.putManifest(
                 try RepositoryName("team/m"), .tag("v1-copy"), contentType: MediaType.ociManifest, bytes: bytes)
             // Its lease expires; the job goes back to the queue and the next attempt is memoized.
-            let requeued = try await h.waitJobs(timeout: 10) { $0.count == 1 && $0[0].state == "queued" }
+            let requeued = try await h.waitJobs(timeout: 10) { $0.count == 1 && $0[0].state == .queued }
             #expect(requeued[0].reason?.contains("lease expired") == true)
             var leased: JobRecord?
             for _ in 0..<100 where leased == nil { // after the retry backoff
@@ -109,7 +110,7 @@ struct PipelineTests {
             #expect(second.attempt == 2)
             #expect(try h.jobs.start(second.id, token: second.leaseToken!, key: key) == .memoized(keyed))
             let final = try h.jobs.job(second.id)
-            #expect(final.state == "succeeded" && final.memoized && final.outputDigest == keyed.description)
+            #expect(final.state == .succeeded && final.memoized && final.outputDigest == keyed.description)
             // The lost runner's late report is refused: its lease is gone.
             #expect(throws: RegistryError.self) { try h.jobs.complete(first.id, token: first.leaseToken!, output: keyed) }
             _ = input
@@ -137,7 +138,7 @@ struct PipelineTests {
                 try await h.waitJobs(timeout: 40) { $0.count == 7 && $0.allFinal }
             }
             func job(_ p: String) -> JobRecord? { done.first { $0.pipeline == p } }
-            for j in done { #expect(j.state == "failed", "\(j.pipeline): \(j.state) \(j.reason ?? "")") }
+            for j in done { #expect(j.state == .failed, "\(j.pipeline): \(j.state) \(j.reason ?? "")") }
             #expect(job("missing")?.reason?.contains("cannot start '/nonexistent/convert'") == true)
             #expect(job("missing")?.attempt == 2, "retried once")
             #expect(job("exits")?.reason?.contains("status 3: boom from the stage") == true, "the reason quotes the last line it wrote")
@@ -176,7 +177,7 @@ struct PipelineTests {
             _ = try await h.push("team/slow", "v1", files: ["a.txt": "a"])
             try await h.withRunner {
                 let running = try await h.waitJobs(timeout: 10) {
-                    $0.first?.state == "running" && FileManager.default.fileExists(atPath: gate + ".child")
+                    $0.first?.state == .running && FileManager.default.fileExists(atPath: gate + ".child")
                 }
                 let child = Int32(
                     (try String(contentsOfFile: gate + ".child", encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines))!
@@ -194,7 +195,7 @@ struct PipelineTests {
                 FileManager.default.createFile(atPath: gate, contents: nil)
                 let retried = try await client.req(.post, "/depot/v1/jobs/\(running[0].id)/retry")
                 #expect(retried.json["state"] as? String == "queued")
-                let done = try await h.waitJobs(timeout: 15) { $0.first?.state == "succeeded" }
+                let done = try await h.waitJobs(timeout: 15) { $0.first?.state == .succeeded }
                 #expect(done[0].attempt == 1, "attempts were reset")
             }
             #expect(try h.tags("team/slow").contains("v1-done"))
@@ -216,10 +217,10 @@ struct PipelineTests {
             try await h.withRunner(labels: ["cpu", "gpu"], name: "cpu-only") {
                 try await Task.sleep(for: .milliseconds(800))
                 #expect(
-                    try h.jobs.jobs(state: nil, pipeline: nil, limit: 10).first?.state == "queued", "a runner without tensorrt leaves it")
+                    try h.jobs.jobs(state: nil, pipeline: nil, limit: 10).first?.state == .queued, "a runner without tensorrt leaves it")
             }
             let done = try await h.withRunner(labels: ["gpu", "tensorrt"], name: "gpu-node") {
-                try await h.waitJobs(timeout: 10) { $0.first?.state == "succeeded" }
+                try await h.waitJobs(timeout: 10) { $0.first?.state == .succeeded }
             }
             #expect(done[0].runner == "gpu-node")
         }
@@ -252,7 +253,7 @@ struct PipelineTests {
             webhooks: ["external/review": (hookURL, "stage-secret"), "silent/review": (hookURL, "stage-secret")]
         ) { h, client in
             let input = try await h.push("team/w", "v1", files: ["a.txt": "a"])
-            let running = try await h.waitJobs(timeout: 10) { $0.first?.state == "running" }
+            let running = try await h.waitJobs(timeout: 10) { $0.first?.state == .running }
             // The receiver got a signed POST describing the job.
             var received: [String: Any] = [:]
             for _ in 0..<200 {
@@ -297,13 +298,13 @@ struct PipelineTests {
             let done = try await h.withRunner {
                 try await h.waitJobs(timeout: 10) { $0.count == 2 && $0.allFinal }
             }
-            #expect(done.stage("review")?.state == "succeeded")
-            #expect(done.stage("after")?.state == "succeeded")
+            #expect(done.stage("review")?.state == .succeeded)
+            #expect(done.stage("after")?.state == .succeeded)
             #expect(done.stage("after")?.inputDigest == input.description, "without an output the next stage takes the input")
 
             // A webhook that never calls back fails when the stage's timeout passes.
             _ = try await h.push("team/w", "s1", files: ["a.txt": "b"])
-            let timedOut = try await h.waitJobs(timeout: 15) { jobs in jobs.contains { $0.inputTag == "s1" && $0.state == "failed" } }
+            let timedOut = try await h.waitJobs(timeout: 15) { jobs in jobs.contains { $0.inputTag == "s1" && $0.state == .failed } }
             let failed = try #require(timedOut.first { $0.inputTag == "s1" })
             #expect(failed.reason?.contains("did not call back") == true)
         }

@@ -217,7 +217,7 @@ let canMountTmpfs: Bool = {
             #expect(try store.readAll(r.digest).count == shared.count + 1000)
         }
         #expect(try store.stats().unfinishedWrites == 0)
-        _ = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970) + 100_000)
+        _ = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970 * 1000) + 100_000_000)
         #expect(try store.fsck().isClean)
     }
 }

@@ -380,7 +380,7 @@ import Testing
         byte[0] ^= 0xff
         try byte.withUnsafeBytes { try file.write($0, at: at) }
 
-        let report = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970) + 7200)
+        let report = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970 * 1000) + 7_200_000)
         #expect(report.damagedChunks.map(\.chunk) == ["sha256:" + damaged.hex])
         #expect(report.damagedChunks.first?.pack == loc1.pack)
         #expect(report.damagedChunks.first?.reason.contains("depot fsck") == true)

@@ -105,7 +105,7 @@ import Testing
         try store.retain(k, reason: "test")
         let before = try store.stats()
         #expect(try store.collectGarbage().blobsDeleted == 0) // fresh blobs are kept for the grace period
-        let report = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970) + options.writeGraceSeconds + 1)
+        let report = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970 * 1000) + (options.writeGraceSeconds + 1) * 1000)
         #expect(report.blobsDeleted == 1)
         #expect(report.chunkBytesFreed > 0)
         #expect(try store.blob(x) == nil)
@@ -125,7 +125,7 @@ import Testing
         try w.write(randomBytes(2 << 20, seed: 4))
         try store.appender.checkpoint()
         // Even past the grace period, a write in progress in this process is a root.
-        _ = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970) + 7200)
+        _ = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970 * 1000) + 7_200_000)
         try w.write(randomBytes(1 << 20, seed: 5))
         let r = try w.finish()
         try store.retain(r.digest, reason: "t")
@@ -153,7 +153,7 @@ import Testing
         #expect(try store.stats().chunks > 0)
         _ = try store.collectGarbage()
         #expect(try store.stats().unfinishedWrites == 1) // within the grace period: may still resume
-        _ = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970) + 7200)
+        _ = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970 * 1000) + 7_200_000)
         #expect(try store.stats().unfinishedWrites == 0)
         #expect(try store.stats().chunks == 0)
         #expect(try store.stats().storedBytes == 0)
