@@ -86,17 +86,35 @@ let package = Package(
             ]
         ),
 
-        .testTarget(name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport"]),
+        // Helpers several test targets share (temporary directories, bytes, manifests, a registry on a temporary store).
+        .target(name: "DepotTestSupport", dependencies: ["DepotCore", "DepotStore", "DepotRegistry"], path: "Tests/DepotTestSupport"),
+        .testTarget(
+            name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport", "DepotTestSupport"]
+        ),
         .testTarget(name: "DepotAPITests", dependencies: ["DepotAPI", "DepotCore"]),
         .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotCore", "CDepotSupport"]),
         .testTarget(
             name: "DepotServerTests",
             dependencies: [
                 "DepotAPI", "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotClient", "DepotPipelines", "DepotRunner",
-                "DepotDeploy",
+                "DepotDeploy", "DepotTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),
+        // Unit tests of one module each, without HTTP or child processes (scripts/test-fast.sh runs them).
+        .testTarget(
+            name: "DepotRegistryTests",
+            dependencies: ["DepotRegistry", "DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotTestSupport"]
+        ),
+        .testTarget(name: "DepotDeployTests", dependencies: ["DepotDeploy", "DepotRegistry", "DepotCore", "DepotCatalog", "DepotTestSupport"]),
+        .testTarget(
+            name: "DepotPipelinesTests",
+            dependencies: [
+                "DepotPipelines", "DepotAPI", "DepotCore", "DepotCatalog", "DepotRegistry", "DepotTestSupport",
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .testTarget(name: "DepotClientTests", dependencies: ["DepotClient", "DepotAPI", "DepotCore", "DepotStore", "DepotTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

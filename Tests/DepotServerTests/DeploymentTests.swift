@@ -4,6 +4,7 @@ import DepotCore
 import DepotDeploy
 import DepotRegistry
 import DepotStore
+import DepotTestSupport
 import Foundation
 import Testing
 
