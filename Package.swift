@@ -114,7 +114,13 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
-        .testTarget(name: "DepotClientTests", dependencies: ["DepotClient", "DepotAPI", "DepotCore", "DepotStore", "DepotTestSupport"]),
+        .testTarget(
+            name: "DepotClientTests",
+            dependencies: [
+                "DepotClient", "DepotAPI", "DepotCore", "DepotStore", "DepotFormats", "DepotTestSupport",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
