@@ -89,7 +89,8 @@ let package = Package(
         // Helpers several test targets share (temporary directories, bytes, manifests, a registry on a temporary store).
         .target(name: "DepotTestSupport", dependencies: ["DepotCore", "DepotStore", "DepotRegistry"], path: "Tests/DepotTestSupport"),
         .testTarget(
-            name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport", "DepotTestSupport"]
+            name: "DepotStoreTests",
+            dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport", "DepotTestSupport"]
         ),
         .testTarget(name: "DepotAPITests", dependencies: ["DepotAPI", "DepotCore"]),
         .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotCore", "CDepotSupport"]),
@@ -106,7 +107,8 @@ let package = Package(
             name: "DepotRegistryTests",
             dependencies: ["DepotRegistry", "DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotTestSupport"]
         ),
-        .testTarget(name: "DepotDeployTests", dependencies: ["DepotDeploy", "DepotRegistry", "DepotCore", "DepotCatalog", "DepotTestSupport"]),
+        .testTarget(
+            name: "DepotDeployTests", dependencies: ["DepotDeploy", "DepotRegistry", "DepotCore", "DepotCatalog", "DepotTestSupport"]),
         .testTarget(
             name: "DepotPipelinesTests",
             dependencies: [

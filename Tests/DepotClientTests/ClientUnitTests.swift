@@ -48,18 +48,23 @@ import Testing
         for ok in ["model.bin", "adder/1/model.py", "a b/c.txt", "..hidden/x", "x..y"] {
             #expect(try ArtifactFiles.safeRelativePath(ok) == ok)
         }
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a/..", "./a", "a//b", "a/", "tab\there", "new\nline", "nul\u{0}x",
-            String(repeating: "a", count: 5000)]
-        {
+        for bad in [
+            "", "/etc/passwd", "../x", "a/../../x", "a/..", "./a", "a//b", "a/", "tab\there", "new\nline", "nul\u{0}x",
+            String(repeating: "a", count: 5000),
+        ] {
             #expect(throws: ClientError.self, "\(bad.debugDescription)") { try ArtifactFiles.safeRelativePath(bad) }
         }
     }
 
     @Test func theArtifactTypeFollowsTheFiles() {
         func files(_ names: [String]) -> [ArtifactFile] { names.map { ArtifactFile(localPath: "/x/" + $0, relativePath: $0) } }
-        #expect(ArtifactFiles.artifactType(files(["adder/config.pbtxt", "adder/1/model.onnx"]), formats: [nil, "onnx"]) == ModelMediaType.tritonBundle)
+        #expect(
+            ArtifactFiles.artifactType(files(["adder/config.pbtxt", "adder/1/model.onnx"]), formats: [nil, "onnx"])
+                == ModelMediaType.tritonBundle)
         #expect(ArtifactFiles.artifactType(files(["config.pbtxt"]), formats: [nil]) == ModelMediaType.tritonBundle)
-        #expect(ArtifactFiles.artifactType(files(["a/b/config.pbtxt"]), formats: [nil]) == ModelMediaType.manifest, "too deep for a model repository")
+        #expect(
+            ArtifactFiles.artifactType(files(["a/b/config.pbtxt"]), formats: [nil]) == ModelMediaType.manifest,
+            "too deep for a model repository")
         #expect(ArtifactFiles.artifactType(files(["m.onnx", "README.md"]), formats: ["onnx", nil]) == ModelMediaType.onnx)
         #expect(ArtifactFiles.artifactType(files(["m.plan"]), formats: ["tensorrt-plan"]) == ModelMediaType.tensorrtPlan)
         #expect(ArtifactFiles.artifactType(files(["m.onnx", "w.bin"]), formats: ["onnx", "pytorch"]) == ModelMediaType.manifest)
@@ -154,7 +159,8 @@ import Testing
     @Test func otherBodiesStillGiveAUsefulMessage() {
         let plain = RegistryConnection.error(status: 502, body: Array("  bad gateway \n".utf8), method: .PUT, path: "/v2/x")
         #expect(plain.code == nil && plain.message == "PUT /v2/x: 502: bad gateway")
-        let auth = RegistryConnection.error(status: 401, body: Array(#"{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}"#.utf8), method: .GET, path: "/v2/")
+        let auth = RegistryConnection.error(
+            status: 401, body: Array(#"{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}"#.utf8), method: .GET, path: "/v2/")
         #expect(auth.code == "UNAUTHORIZED" && auth.message.contains("DEPOT_TOKEN"))
         let denied = RegistryConnection.error(status: 403, body: [], method: .DELETE, path: "/v2/x")
         #expect(denied.message.hasSuffix("access denied"))

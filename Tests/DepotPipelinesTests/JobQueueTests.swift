@@ -26,7 +26,7 @@ import Testing
 
     static func queue(_ t: TestRegistry) throws -> JobQueue {
         var options = JobQueue.Options()
-        options.retryBaseSeconds = 0  // a failed attempt is leasable again at once
+        options.retryBaseSeconds = 0 // a failed attempt is leasable again at once
         let q = JobQueue(registry: t.registry, pipelines: [try PipelineLoader.parse(pipeline, file: "convert.yaml")], options: options)
         #expect(try q.schedule() == 0, "the first call only places the cursor")
         return q

@@ -80,7 +80,8 @@ import Yams
 
     @Test func everyLineageRelationIsAcceptedAndOthersAreNot() throws {
         for relation in LineageRelation.allCases {
-            let p = try PipelineLoader.parse("name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    relation: \(relation.rawValue)\n", file: "p.yaml")
+            let p = try PipelineLoader.parse(
+                "name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    relation: \(relation.rawValue)\n", file: "p.yaml")
             #expect(p.stages[0].relation == relation.rawValue)
         }
         let e = Self.refusal("name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    relation: subject\n")

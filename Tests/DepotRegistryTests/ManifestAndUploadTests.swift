@@ -150,7 +150,7 @@ import Testing
         #expect(registryErrorCode { try idle.claim() } == "BLOB_UPLOAD_UNKNOWN")
 
         let busy = try uploads.start(name, now: start)
-        try busy.claim()  // held by a request: not idle, but past its lifetime it goes anyway
+        try busy.claim() // held by a request: not idle, but past its lifetime it goes anyway
         #expect(uploads.expire(now: start.addingTimeInterval(120)) == 0)
         #expect(uploads.expire(now: start.addingTimeInterval(700)) == 1)
         #expect(busy.isCancelled)

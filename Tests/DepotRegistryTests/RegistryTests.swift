@@ -85,7 +85,7 @@ import Testing
         #expect(registryErrorCode { try t.registry.deleteManifest(name, .tag("production")) } == "DENIED")
         #expect(registryErrorCode { try t.registry.deleteManifest(name, .digest(v1)) } == "DENIED", "an alias points at it")
         try t.pushManifest(repo, "release-1", layers: [[2]])
-        try t.pushManifest(repo, "release-1", layers: [[2]])  // the same digest again is fine
+        try t.pushManifest(repo, "release-1", layers: [[2]]) // the same digest again is fine
         #expect(registryErrorCode { try t.pushManifest(repo, "release-1", layers: [[1]]) } == "DENIED")
         #expect(registryErrorCode { try t.registry.setAlias(name, "release-1", to: v1, actor: "alice", reason: nil) } == "DENIED")
         #expect(try t.registry.manifest(name, .tag("release-1")).digest == v2)
@@ -132,7 +132,9 @@ import Testing
             "someone moved it first")
         #expect(try t.registry.manifest(name, .tag("production")).digest == v2)
         #expect(registryErrorCode { try t.registry.setAlias(name, "bad tag", to: v1, actor: "a", reason: nil) } == "TAG_INVALID")
-        #expect(registryErrorCode { try t.registry.setAlias(name, "production", to: Digest.of([0]), actor: "a", reason: nil) } == "MANIFEST_UNKNOWN")
+        #expect(
+            registryErrorCode { try t.registry.setAlias(name, "production", to: Digest.of([0]), actor: "a", reason: nil) }
+                == "MANIFEST_UNKNOWN")
 
         #expect(registryErrorCode { try t.registry.rollback(name, "production", to: v3, actor: "ops", reason: nil) } == "MANIFEST_UNKNOWN")
         let back = try t.registry.rollback(name, "production", actor: "ops", reason: "bad model")
@@ -144,7 +146,8 @@ import Testing
         #expect(history.last?.reason == "bad model")
         #expect(try t.registry.resolve(name, "production", at: before) == nil, "it did not exist yet")
         #expect(try t.registry.resolve(name, "production", at: Int64.max) == v1)
-        #expect(registryErrorCode { try t.registry.rollback(name, "production", steps: 5, actor: "ops", reason: nil) } == "MANIFEST_UNKNOWN")
+        #expect(
+            registryErrorCode { try t.registry.rollback(name, "production", steps: 5, actor: "ops", reason: nil) } == "MANIFEST_UNKNOWN")
         #expect(registryErrorCode { try t.registry.rollback(name, "never", actor: "ops", reason: nil) } == "MANIFEST_UNKNOWN")
     }
 
@@ -156,7 +159,7 @@ import Testing
         #expect(try t.registry.pins().map(\.digest) == [child])
         #expect(registryErrorCode { try t.registry.deleteManifest(name, .digest(child)) } == "DENIED")
         #expect(registryErrorCode { try t.registry.deleteManifest(name, .digest(base)) } == "DENIED", "an ancestor of a pinned manifest")
-        try t.registry.deleteManifest(name, .tag("child"))  // tags are not protected by a pin
+        try t.registry.deleteManifest(name, .tag("child")) // tags are not protected by a pin
         try t.registry.unpin(name, .digest(child), actor: "alice")
         #expect(try t.registry.pins().isEmpty)
         #expect(registryErrorCode { try t.registry.unpin(name, .digest(child), actor: "alice") } == "MANIFEST_UNKNOWN")
