@@ -87,7 +87,9 @@ let package = Package(
         ),
 
         // Helpers several test targets share (temporary directories, bytes, manifests, a registry on a temporary store).
-        .target(name: "DepotTestSupport", dependencies: ["DepotCore", "DepotStore", "DepotRegistry"], path: "Tests/DepotTestSupport"),
+        .target(
+            name: "DepotTestSupport", dependencies: ["DepotCore", "DepotFormats", "DepotStore", "DepotRegistry"],
+            path: "Tests/DepotTestSupport"),
         .testTarget(
             name: "DepotStoreTests",
             dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport", "DepotTestSupport"]

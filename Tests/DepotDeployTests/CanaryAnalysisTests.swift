@@ -1,28 +1,25 @@
+import DepotCore
 import DepotDeploy
 import Foundation
 import Testing
 
 /// A metrics source answering each rendered query with a value the test chose.
-final class ChosenMetrics: MetricsSource, @unchecked Sendable {
-    private let lock = NSLock()
-    private var values: [String: Double] = [:]
-    var unreachable = false
+final class ChosenMetrics: MetricsSource, Sendable {
+    private let values = Locked<[String: Double]>([:])
+    let unreachable: Bool
+    init(unreachable: Bool = false) { self.unreachable = unreachable }
 
     /// Sets the value of `check`'s query for one version (nil: no data).
     func set(_ check: MetricCheck, _ context: CanaryAnalysis.Context, version: Int, _ value: Double?) {
         let q = check.render(
             model: context.model, version: version, canaryVersion: context.canaryVersion, stableVersion: context.stableVersion,
             window: context.window)
-        lock.lock()
-        values[q] = value
-        lock.unlock()
+        values.withLock { $0[q] = value }
     }
 
     func value(_ promql: String) async throws -> Double? {
-        lock.lock()
-        defer { lock.unlock() }
         if unreachable { throw CancellationError() }
-        return values[promql]
+        return values.withLock { $0[promql] }
     }
 }
 
@@ -32,7 +29,7 @@ final class ChosenMetrics: MetricsSource, @unchecked Sendable {
 
     static func outcome(
         _ check: MetricCheck, canary: Double?, stable: Double? = nil, context: CanaryAnalysis.Context = context
-    ) async -> Measurement {
+    ) async -> DepotDeploy.Measurement {
         var policy = CanaryPolicy()
         policy.checks = [check]
         let source = ChosenMetrics()
@@ -94,8 +91,7 @@ final class ChosenMetrics: MetricsSource, @unchecked Sendable {
     @Test func anUnreachableSourceIsInconclusiveForEveryCheck() async {
         var policy = CanaryPolicy()
         policy.checks = [Self.errorRate, Self.latency]
-        let source = ChosenMetrics()
-        source.unreachable = true
+        let source = ChosenMetrics(unreachable: true)
         let out = await CanaryAnalysis.measure(policy, Self.context, source: source)
         #expect(out.map(\.outcome) == [.inconclusive, .inconclusive])
         #expect(out.allSatisfy { $0.detail.hasPrefix("metrics unavailable") })

@@ -18,7 +18,7 @@ import Yams
             relation: converted-from
             tag: "{{tag}}-onnx"
           package:
-            builtin: triton-package
+            builtin: package
             needs: [onnx]
             timeout: 10m
             retries: 0
@@ -58,7 +58,7 @@ import Yams
             ("name: p\nstages:\n  a:\n    exec: x\n", 1, "missing 'trigger'"),
             ("name: p\ntrigger: {}\nstages: {}\n", 3, "'stages' must be a non-empty mapping"),
             ("name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    colour: red\n", 6, "unknown key 'colour'"),
-            ("name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    builtin: triton-package\n", 5, "exactly one of exec"),
+            ("name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    builtin: package\n", 5, "exactly one of exec"),
             ("name: p\ntrigger: {}\nstages:\n  a:\n    builtin: nope\n", 5, "unknown built-in 'nope'"),
             ("name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    needs: [b]\n", 4, "no stage named 'b'"),
             ("name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    timeout: forever\n", 6, "not a duration"),

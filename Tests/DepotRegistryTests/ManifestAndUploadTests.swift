@@ -7,10 +7,12 @@ import Testing
 
 /// `ManifestParser.parse`: what a client gets back for a manifest it got wrong.
 @Suite struct ManifestParserTests {
-    static let config: [String: Any] = [
-        "mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest.of(emptyConfig).description, "size": 2,
-    ]
-    static let layer: [String: Any] = ["mediaType": "application/octet-stream", "digest": Digest.of([1]).description, "size": 1]
+    static var config: [String: Any] {
+        [
+            "mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest.of(emptyConfig).description, "size": 2,
+        ]
+    }
+    static var layer: [String: Any] { ["mediaType": "application/octet-stream", "digest": Digest.of([1]).description, "size": 1] }
 
     static func bytes(_ o: [String: Any]) -> [UInt8] { Array(try! JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) }
 
@@ -121,7 +123,7 @@ import Testing
         #expect(registryErrorCode { try uploads.get(try RepositoryName("models/other"), s.id) } == "BLOB_UPLOAD_UNKNOWN")
         try s.claim()
         #expect(registryErrorCode { try s.claim() } != nil, "one request at a time")
-        try [1, 2, 3, 4, 5].withUnsafeBytes { try s.append($0) }
+        try [UInt8]([1, 2, 3, 4, 5]).withUnsafeBytes { try s.append($0) }
         #expect(registryErrorCode { try [UInt8](repeating: 0, count: 4).withUnsafeBytes { try s.append($0) } } == "SIZE_INVALID")
         #expect(s.offset == 5, "a refused append writes nothing")
         s.release()
@@ -129,7 +131,7 @@ import Testing
         #expect(try t.registry.blob(name, Digest.of([1, 2, 3, 4, 5])) == nil)
 
         let ok = try uploads.start(name)
-        try [1, 2, 3].withUnsafeBytes { try ok.append($0) }
+        try [UInt8]([1, 2, 3]).withUnsafeBytes { try ok.append($0) }
         let result = try uploads.finish(ok, expecting: Digest.of([1, 2, 3]), registry: t.registry)
         #expect(result.digest == Digest.of([1, 2, 3]) && result.size == 3)
         #expect(try t.registry.blob(name, result.digest)?.size == 3, "a finished upload is visible in its repository")
@@ -154,7 +156,7 @@ import Testing
         #expect(uploads.expire(now: start.addingTimeInterval(120)) == 0)
         #expect(uploads.expire(now: start.addingTimeInterval(700)) == 1)
         #expect(busy.isCancelled)
-        #expect(registryErrorCode { try [1].withUnsafeBytes { try busy.append($0) } } == "BLOB_UPLOAD_UNKNOWN")
+        #expect(registryErrorCode { try [UInt8]([1]).withUnsafeBytes { try busy.append($0) } } == "BLOB_UPLOAD_UNKNOWN")
         uploads.abandon(busy)
     }
 

@@ -234,7 +234,7 @@ import Testing
                 repo, "child", layers: [[2]],
                 annotations: [Annotation.Lineage.from: "\(repo)@\(base)", Annotation.Lineage.relation: "stolen-from"])
         } catch let e as RegistryError {
-            #expect(e.message.contains("stolen-from") && e.message.contains(LineageRelation.list), e.message)
+            #expect(e.message.contains("stolen-from") && e.message.contains(LineageRelation.list), "\(e.message)")
         }
         #expect(registryErrorCode { try t.registry.manifest(name, .tag("child")) } == "MANIFEST_UNKNOWN")
         #expect(try t.registry.lineage(of: base, up: false).isEmpty)

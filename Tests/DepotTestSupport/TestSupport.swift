@@ -1,4 +1,5 @@
 import DepotCore
+import DepotFormats
 import DepotRegistry
 import DepotStore
 import Foundation
