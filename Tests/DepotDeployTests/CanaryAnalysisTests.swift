@@ -116,10 +116,13 @@ final class ChosenMetrics: MetricsSource, Sendable {
         #expect(Deployments.canaryNodes(nodes, weight: 100, salt: "1") == Set(nodes))
         #expect(Deployments.canaryNodes(["only"], weight: 50, salt: "1").isEmpty)
         #expect(Deployments.canaryNodes(["only"], weight: 100, salt: "1") == ["only"])
-        let ten = Deployments.canaryNodes(nodes, weight: 10, salt: "7")
-        let fifty = Deployments.canaryNodes(nodes, weight: 50, salt: "7")
-        #expect(ten.isSubset(of: fifty), "a node on the canary stays on it as the weight grows")
-        #expect(Deployments.canaryNodes(nodes.reversed(), weight: 50, salt: "7") == fifty, "the order nodes are listed in does not matter")
+        var previous: Set<String> = []
+        for w in [1, 10, 30, 50, 80, 100] {
+            let now = Deployments.canaryNodes(nodes.shuffled(), weight: w, salt: "7")
+            #expect(previous.isSubset(of: now), "a node on the canary stays there as the weight grows")
+            #expect(Deployments.canaryNodes(nodes.reversed(), weight: w, salt: "7") == now, "the order nodes are listed in does not matter")
+            previous = now
+        }
         #expect(Deployments.isSafeName("node-1.a_b") && !Deployments.isSafeName("..") && !Deployments.isSafeName("a/b"))
     }
 }
