@@ -89,7 +89,14 @@ let package = Package(
             ]
         ),
 
-        .testTarget(name: "DepotStoreTests", dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport"]),
+        // Helpers several test targets share (temporary directories, bytes, manifests, a registry on a temporary store).
+        .target(
+            name: "DepotTestSupport", dependencies: ["DepotCore", "DepotFormats", "DepotStore", "DepotRegistry"],
+            path: "Tests/DepotTestSupport"),
+        .testTarget(
+            name: "DepotStoreTests",
+            dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport", "DepotTestSupport"]
+        ),
         .testTarget(name: "DepotCatalogTests", dependencies: ["DepotCatalog", "DepotAPI", "DepotCore", "CSQLite"]),
         .testTarget(name: "DepotAPITests", dependencies: ["DepotAPI", "DepotCore"]),
         .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotCore", "CDepotSupport"]),
@@ -97,8 +104,29 @@ let package = Package(
             name: "DepotServerTests",
             dependencies: [
                 "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotCatalog", "DepotFormats", "DepotAPI", "DepotClient",
-                "DepotPipelines", "DepotRunner", "DepotDeploy",
+                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
+        ),
+        // Unit tests of one module each, without HTTP or child processes (scripts/test-fast.sh runs them).
+        .testTarget(
+            name: "DepotRegistryTests",
+            dependencies: ["DepotRegistry", "DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotTestSupport"]
+        ),
+        .testTarget(
+            name: "DepotDeployTests", dependencies: ["DepotDeploy", "DepotRegistry", "DepotCore", "DepotCatalog", "DepotTestSupport"]),
+        .testTarget(
+            name: "DepotPipelinesTests",
+            dependencies: [
+                "DepotPipelines", "DepotAPI", "DepotCore", "DepotCatalog", "DepotRegistry", "DepotTestSupport",
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .testTarget(
+            name: "DepotClientTests",
+            dependencies: [
+                "DepotClient", "DepotAPI", "DepotCore", "DepotStore", "DepotFormats", "DepotTestSupport",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
     ],

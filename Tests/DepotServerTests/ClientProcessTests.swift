@@ -1,6 +1,7 @@
 import DepotCore
 import DepotRegistry
 import DepotStore
+import DepotTestSupport
 import Foundation
 import Testing
 

@@ -2,6 +2,7 @@ import DepotAPI
 import DepotCore
 import DepotRegistry
 import DepotStore
+import DepotTestSupport
 import Foundation
 import HTTPTypes
 import HummingbirdTesting

@@ -1,5 +1,7 @@
 import DepotCore
+import DepotFormats
 import DepotServer
+import DepotTestSupport
 import Foundation
 import Testing
 
@@ -42,6 +44,44 @@ import Testing
             } catch let e as DepotError {
                 #expect("\(e)".contains(key), "\(e)")
             }
+        }
+    }
+
+    @Test func formatsConfigSection() throws {
+        let c = try ServerConfig.parse(
+            """
+            formats:
+              max_mib_per_blob: 8
+              max_seconds_per_blob: 0.5
+              max_seconds_per_manifest: 4
+              max_document_kib: 256
+              concurrency: 4
+              cache_entries: 0
+            """, path: "t.yaml")
+        var expected = InspectionLimits()
+        expected.maxBytesPerBlob = 8 << 20
+        expected.maxSecondsPerBlob = 0.5
+        expected.maxSecondsPerManifest = 4
+        expected.maxDocumentBytes = 256 << 10
+        expected.concurrency = 4
+        expected.cacheEntries = 0
+        #expect(c.inspection == expected)
+        for (yaml, key) in [("formats:\n  concurrency: 0\n", "formats.concurrency"), ("formats:\n  max_mib: 1\n", "formats.max_mib")] {
+            #expect(throws: DepotError.self) { try ServerConfig.parse(yaml, path: "t.yaml") }
+            do { _ = try ServerConfig.parse(yaml, path: "t.yaml") } catch { #expect("\(error)".contains(key), "\(error)") }
+        }
+    }
+
+    /// Found by the config fuzzer: Yams.load crashed the process on a mapping key that is not a
+    /// string. The config reader refuses such files with an error (the pipeline reader: DepotPipelinesTests).
+    @Test func yamlWithNonStringKeysIsAnError() throws {
+        for yaml in ["{[a]: 1}", "server:\n  ? [x, y]\n  : 1\n", "? {a: 1}\n: x\n"] {
+            #expect(throws: DepotError.self, "\(yaml)") { try ServerConfig.parse(yaml, path: "t.yaml") }
+        }
+        let found = repoRoot + "/fuzz/regressions/config"
+        for name in try FileManager.default.contentsOfDirectory(atPath: found) {
+            let text = String(decoding: try Data(contentsOf: URL(fileURLWithPath: found + "/" + name)), as: UTF8.self)
+            _ = try? ServerConfig.parse(text, path: name)
         }
     }
 }

@@ -5,6 +5,7 @@ import DepotCore
 import DepotDeploy
 import DepotRegistry
 import DepotStore
+import DepotTestSupport
 import Foundation
 import Testing
 
@@ -338,22 +339,6 @@ struct DeploymentTests {
         #expect(try await Self.analyse(d, m) == ["advance"], "the running rollout is found and analysed after a restart")
         let s = try d.status(repo, "production")
         #expect(s.rollout?.weight == 10 && s.deployment.canary == v2.description)
-    }
-
-    @Test func nodesSplitByAStableHash() {
-        let nodes = (1...10).map { "node-\($0)" }
-        #expect(Deployments.canaryNodes(nodes, weight: 0, salt: "1").isEmpty)
-        #expect(Deployments.canaryNodes(nodes, weight: 1, salt: "1").count == 1, "at least one node while the weight is above 0")
-        #expect(Deployments.canaryNodes(nodes, weight: 50, salt: "1").count == 5)
-        #expect(Deployments.canaryNodes(nodes, weight: 99, salt: "1").count == 9, "at most n-1 until 100")
-        #expect(Deployments.canaryNodes(nodes, weight: 100, salt: "1").count == 10)
-        var previous: Set<String> = []
-        for w in [1, 10, 30, 50, 80, 100] {
-            let now = Deployments.canaryNodes(nodes.shuffled(), weight: w, salt: "1")
-            #expect(previous.isSubset(of: now), "a node on the canary stays there as the weight grows")
-            previous = now
-        }
-        #expect(Deployments.canaryNodes(["only"], weight: 50, salt: "1").isEmpty, "one node switches only at 100%")
     }
 
     @Test func theCanaryConfigIsValidated() throws {

@@ -3,6 +3,7 @@ import DepotCore
 import DepotRegistry
 import DepotServer
 import DepotStore
+import DepotTestSupport
 import Foundation
 import HummingbirdTesting
 import Logging

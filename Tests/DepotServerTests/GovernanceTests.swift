@@ -3,6 +3,7 @@ import DepotCatalog
 import DepotCore
 import DepotRegistry
 import DepotStore
+import DepotTestSupport
 import Foundation
 import HTTPTypes
 import HummingbirdTesting

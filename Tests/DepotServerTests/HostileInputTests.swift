@@ -2,6 +2,7 @@ import DepotCore
 import DepotRegistry
 import DepotServer
 import DepotStore
+import DepotTestSupport
 import Foundation
 import HTTPTypes
 import HummingbirdTesting

@@ -1,5 +1,6 @@
 import DepotCore
 import DepotRegistry
+import DepotTestSupport
 import Foundation
 import HTTPTypes
 import HummingbirdTesting

@@ -6,6 +6,7 @@ import DepotPipelines
 import DepotRegistry
 import DepotRunner
 import DepotStore
+import DepotTestSupport
 import Foundation
 import HummingbirdTesting
 import Logging

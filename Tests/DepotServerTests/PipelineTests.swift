@@ -4,6 +4,7 @@ import DepotClient
 import DepotCore
 import DepotPipelines
 import DepotRegistry
+import DepotTestSupport
 import Foundation
 import Testing
 

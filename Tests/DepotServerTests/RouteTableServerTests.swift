@@ -1,6 +1,7 @@
 import DepotAPI
 import DepotCore
 import DepotRegistry
+import DepotTestSupport
 import HTTPTypes
 import HummingbirdTesting
 import Testing

@@ -2,22 +2,13 @@ import DepotCore
 import DepotRegistry
 import DepotServer
 import DepotStore
+import DepotTestSupport
 import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
-
-/// A temporary directory removed when the value goes away.
-final class TempDir: Sendable {
-    let path: String
-    init(_ name: String = "depot-srv") {
-        path = NSTemporaryDirectory() + "/\(name)-\(UUID().uuidString.prefix(8))"
-        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-}
 
 /// Runs `body` against a live Depot server (real sockets, full channel pipeline) on a fresh store.
 func withRegistry(
@@ -76,34 +67,6 @@ extension HummingbirdTesting.TestResponse {
     var errorCode: String? { ((json["errors"] as? [[String: Any]])?.first?["code"]) as? String }
     func header(_ name: String) -> String? { headers[HTTPField.Name(name)!] }
 }
-
-func manifestJSON(
-    config: (Digest, Int, String), layers: [(Digest, Int)], subject: (Digest, Int)? = nil,
-    artifactType: String? = nil, annotations: [String: String]? = nil, mediaType: String = MediaType.ociManifest
-) -> [UInt8] {
-    var o: [String: Any] = [
-        "schemaVersion": 2, "mediaType": mediaType,
-        "config": ["mediaType": config.2, "digest": config.0.description, "size": config.1],
-        "layers": layers.map { ["mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": $0.0.description, "size": $0.1] },
-    ]
-    if let subject { o["subject"] = ["mediaType": MediaType.ociManifest, "digest": subject.0.description, "size": subject.1] }
-    if let artifactType { o["artifactType"] = artifactType }
-    if let annotations { o["annotations"] = annotations }
-    return Array(try! JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]))
-}
-
-func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
-    var s = seed
-    return (0..<count).map { _ in
-        s &+= 0x9E37_79B9_7F4A_7C15
-        var z = s
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return UInt8(truncatingIfNeeded: z ^ (z >> 31))
-    }
-}
-
-let emptyConfig: [UInt8] = Array("{}".utf8)
 
 /// A real webhook endpoint (Tests/interop/webhook_receiver.py) that verifies signatures with
 /// `secret`, answers 500 to the first `failFirst` requests and appends accepted deliveries to

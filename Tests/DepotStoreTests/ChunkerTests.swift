@@ -1,5 +1,6 @@
 import CDepotSupport
 import DepotCore
+import DepotTestSupport
 import Foundation
 import Testing
 

@@ -1,5 +1,6 @@
 import DepotCatalog
 import DepotCore
+import DepotTestSupport
 import Foundation
 import Testing
 

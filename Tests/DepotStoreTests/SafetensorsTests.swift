@@ -1,6 +1,7 @@
 import DepotCore
 import DepotFormats
 import DepotStore
+import DepotTestSupport
 import Foundation
 import Testing
 

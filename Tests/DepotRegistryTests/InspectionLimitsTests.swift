@@ -1,14 +1,13 @@
 import DepotCore
 import DepotFormats
-import DepotPipelines
 import DepotRegistry
-import DepotServer
 import DepotStore
+import DepotTestSupport
 import Foundation
 import Testing
 
-/// Format inspection at manifest PUT under `InspectionLimits`, the `formats:` config section,
-/// and the range-header parsing the blob routes use.
+/// Format inspection at manifest PUT under `InspectionLimits`, and the range-header parsing the
+/// blob routes use. (The `formats:` config section is tested in DepotServerTests/ConfigTests.)
 @Suite struct InspectionLimitsTests {
     /// A minimal ONNX model: ir_version, then `nodes` graph nodes and a doc string.
     static func onnx(nodes: Int, doc: String = "") -> [UInt8] {
@@ -63,16 +62,15 @@ import Testing
     }
 
     @Test func aLayerOverBudgetIsMarkedAndThePushSucceeds() throws {
-        let dir = TempDir("limits")
         var limits = InspectionLimits()
         limits.maxBytesPerBlob = 64 << 10
-        let registry = Registry(store: try ChunkStore(root: dir.path, create: true), inspectionLimits: limits)
+        let t = try TestRegistry("limits", inspectionLimits: limits)
         // One large model under 300 names (inspected once), and a small one that fits.
         let big = Self.onnx(nodes: 40_000)
         let layers = (0..<300).map { ("m\($0).onnx", big) } + [("small.onnx", Self.onnx(nodes: 3))]
-        let meta = try Self.push(registry, layers)
+        let meta = try Self.push(t.registry, layers)
         // Two inspections in all: the big blob once for its 300 names, and the small one.
-        #expect(registry.inspection.inspectionsRun == 2)
+        #expect(t.registry.inspection.inspectionsRun == 2)
         let files = try #require(meta["files"] as? [[String: Any]])
         #expect(files.count == 301)
         let over = files.filter { $0["budget_exceeded"] as? Bool == true }
@@ -84,57 +82,17 @@ import Testing
     }
 
     @Test func theDocumentIsCappedAndMarked() throws {
-        let dir = TempDir("limits")
         var limits = InspectionLimits()
         limits.maxDocumentBytes = 16 << 10
-        let registry = Registry(store: try ChunkStore(root: dir.path, create: true), inspectionLimits: limits)
+        let t = try TestRegistry("limits", inspectionLimits: limits)
         let doc = String(repeating: "d", count: 4000)
-        let meta = try Self.push(registry, (0..<20).map { ("m\($0).onnx", Self.onnx(nodes: $0 + 1, doc: doc)) })
+        let meta = try Self.push(t.registry, (0..<20).map { ("m\($0).onnx", Self.onnx(nodes: $0 + 1, doc: doc)) })
         let json = try JSONSerialization.data(withJSONObject: meta)
         #expect(json.count <= 16 << 10)
         #expect(meta["truncated"] as? Bool == true)
         let files = try #require(meta["files"] as? [[String: Any]])
         #expect(files.first?["doc_string"] as? String == doc)
         #expect(files.contains { $0["truncated"] as? Bool == true && $0["doc_string"] == nil })
-    }
-
-    @Test func formatsConfigSection() throws {
-        let c = try ServerConfig.parse(
-            """
-            formats:
-              max_mib_per_blob: 8
-              max_seconds_per_blob: 0.5
-              max_seconds_per_manifest: 4
-              max_document_kib: 256
-              concurrency: 4
-              cache_entries: 0
-            """, path: "t.yaml")
-        var expected = InspectionLimits()
-        expected.maxBytesPerBlob = 8 << 20
-        expected.maxSecondsPerBlob = 0.5
-        expected.maxSecondsPerManifest = 4
-        expected.maxDocumentBytes = 256 << 10
-        expected.concurrency = 4
-        expected.cacheEntries = 0
-        #expect(c.inspection == expected)
-        for (yaml, key) in [("formats:\n  concurrency: 0\n", "formats.concurrency"), ("formats:\n  max_mib: 1\n", "formats.max_mib")] {
-            #expect(throws: DepotError.self) { try ServerConfig.parse(yaml, path: "t.yaml") }
-            do { _ = try ServerConfig.parse(yaml, path: "t.yaml") } catch { #expect("\(error)".contains(key), "\(error)") }
-        }
-    }
-
-    /// Found by the config fuzzer: Yams.load crashed the process on a mapping key that is not a
-    /// string. Both YAML readers refuse such files with an error.
-    @Test func yamlWithNonStringKeysIsAnError() throws {
-        for yaml in ["{[a]: 1}", "server:\n  ? [x, y]\n  : 1\n", "? {a: 1}\n: x\n"] {
-            #expect(throws: DepotError.self, "\(yaml)") { try ServerConfig.parse(yaml, path: "t.yaml") }
-            #expect(throws: PipelineFileError.self, "\(yaml)") { try PipelineLoader.parse("name: p\n" + yaml, file: "p.yaml") }
-        }
-        let found = repoRoot + "/fuzz/regressions/config"
-        for name in try FileManager.default.contentsOfDirectory(atPath: found) {
-            let text = String(decoding: try Data(contentsOf: URL(fileURLWithPath: found + "/" + name)), as: UTF8.self)
-            _ = try? ServerConfig.parse(text, path: name)
-        }
     }
 
     @Test func rangeHeaders() throws {

@@ -1,0 +1,123 @@
+import DepotCore
+import DepotFormats
+import DepotRegistry
+import DepotStore
+import Foundation
+
+/// A fresh temporary directory, removed when the value goes away.
+public final class TempDir: Sendable {
+    public let path: String
+    public init(_ name: String = "depot-test") {
+        path = NSTemporaryDirectory() + "/\(name)-\(UUID().uuidString.prefix(8))"
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// Deterministic pseudo-random bytes (SplitMix64): the same seed gives the same bytes.
+public func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+    var s = seed
+    var out = [UInt8](repeating: 0, count: count)
+    out.withUnsafeMutableBytes { raw in
+        let words = count / 8
+        guard let p = raw.baseAddress else { return }
+        for i in 0..<words { p.storeBytes(of: SyntheticContent.next(&s), toByteOffset: i * 8, as: UInt64.self) }
+        for i in (words * 8)..<count { raw[i] = UInt8(truncatingIfNeeded: i &* 131 &+ Int(truncatingIfNeeded: seed)) }
+    }
+    return out
+}
+
+/// The config blob of most test manifests.
+public let emptyConfig: [UInt8] = Array("{}".utf8)
+
+/// An image manifest over the given blobs (`config` is (digest, size, media type)), as JSON with sorted keys.
+public func manifestJSON(
+    config: (Digest, Int, String), layers: [(Digest, Int)], subject: (Digest, Int)? = nil,
+    artifactType: String? = nil, annotations: [String: String]? = nil, mediaType: String = MediaType.ociManifest,
+    layerAnnotations: [[String: String]?]? = nil
+) -> [UInt8] {
+    var o: [String: Any] = [
+        "schemaVersion": 2, "mediaType": mediaType,
+        "config": ["mediaType": config.2, "digest": config.0.description, "size": config.1],
+        "layers": layers.enumerated().map { i, l -> [String: Any] in
+            var d: [String: Any] = ["mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.0.description, "size": l.1]
+            if let a = layerAnnotations?[i] { d["annotations"] = a }
+            return d
+        },
+    ]
+    if let subject { o["subject"] = ["mediaType": MediaType.ociManifest, "digest": subject.0.description, "size": subject.1] }
+    if let artifactType { o["artifactType"] = artifactType }
+    if let annotations { o["annotations"] = annotations }
+    return Array(try! JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]))
+}
+
+/// A Registry over a chunk store in a fresh temporary directory, with direct (no HTTP) push helpers.
+public struct TestRegistry: Sendable {
+    public let dir: TempDir
+    public let registry: Registry
+
+    public init(
+        _ name: String = "depot-registry", uploads: UploadLimits = UploadLimits(), policy: TagPolicy = TagPolicy(),
+        inspectionLimits: InspectionLimits = InspectionLimits()
+    ) throws {
+        dir = TempDir(name)
+        let store = try ChunkStore(root: dir.path + "/store", create: true)
+        registry = Registry(store: store, uploads: uploads, policy: policy, inspectionLimits: inspectionLimits)
+    }
+
+    /// Stores `bytes` and makes the blob visible in `repository`; returns its digest.
+    @discardableResult
+    public func pushBlob(_ repository: String, _ bytes: [UInt8]) throws -> Digest {
+        let w = try registry.store.makeWriter()
+        try w.write(bytes)
+        let digest = try w.finish().digest
+        try registry.link(try RepositoryName(repository), digest)
+        return digest
+    }
+
+    /// Pushes the config and layer blobs and an image manifest over them under `reference`
+    /// (a tag, or nil for by digest); returns the manifest's digest.
+    @discardableResult
+    public func pushManifest(
+        _ repository: String, _ tag: String?, layers: [[UInt8]] = [], config: [UInt8] = emptyConfig,
+        configMediaType: String = "application/vnd.oci.image.config.v1+json", subject: Digest? = nil,
+        artifactType: String? = nil, annotations: [String: String]? = nil, layerAnnotations: [[String: String]?]? = nil,
+        actor: Actor = .oci, expect: Digest? = nil
+    ) throws -> Digest {
+        let c = try pushBlob(repository, config)
+        let ls = try layers.map { (try pushBlob(repository, $0), $0.count) }
+        var subjectRef: (Digest, Int)?
+        if let subject {
+            let record = try registry.manifest(try RepositoryName(repository), .digest(subject))
+            subjectRef = (subject, record.content.count)
+        }
+        let bytes = manifestJSON(
+            config: (c, config.count, configMediaType), layers: ls, subject: subjectRef, artifactType: artifactType,
+            annotations: annotations, layerAnnotations: layerAnnotations)
+        let digest = Digest.of(bytes)
+        _ = try registry.putManifest(
+            try RepositoryName(repository), tag.map { .tag($0) } ?? .digest(digest), contentType: MediaType.ociManifest, bytes: bytes,
+            actor: actor, expect: expect)
+        return digest
+    }
+}
+
+/// The `RegistryError` code `body` throws; nil when it returns, "other: …" for any other error.
+public func registryErrorCode(_ body: () throws -> Any?) -> String? {
+    do {
+        _ = try body()
+        return nil
+    } catch let e as RegistryError {
+        return e.code.rawValue
+    } catch {
+        return "other: \(error)"
+    }
+}
+
+/// The raw text of a state that is a `String` today and may become a `RawRepresentable` enum
+/// (job and rollout states), so tests read the same either way.
+public func rawText(_ value: Any?) -> String? {
+    guard let value else { return nil }
+    if let r = value as? any RawRepresentable, let s = r.rawValue as? String { return s }
+    return "\(value)"
+}
