@@ -3,6 +3,7 @@ import Foundation
 // One libFuzzer binary for every harness; FUZZ_TARGET names the one to run (scripts/fuzz.sh).
 // Each harness feeds the bytes to a parser of untrusted input and ignores the errors it throws:
 // only a crash, a sanitizer report, a leak or a timeout is a finding.
+@testable import DepotAPI
 @testable import DepotCore
 @testable import DepotFormats
 @testable import DepotPipelines
@@ -15,7 +16,7 @@ typealias Harness = (UnsafeRawBufferPointer) -> Void
 let harnesses: [String: Harness] = [
     "safetensors": safetensors, "onnx": onnx, "pickle": pickle, "zip": zip, "tensorflow": tensorflow,
     "tensorrt": tensorrt, "textproto": textproto, "manifest": manifest, "chunkrecord": chunkRecord,
-    "recipe": recipe, "range": range, "pipeline": pipeline, "config": config,
+    "recipe": recipe, "range": range, "pipeline": pipeline, "config": config, "routes": routes,
 ]
 
 var selected: Harness?
@@ -160,6 +161,20 @@ func range(_ p: UnsafeRawBufferPointer) {
     if let r = try? HTTPRanges.contentRange(header) { precondition(r.lowerBound >= 0 && r.upperBound >= r.lowerBound) }
     for s in [max(0, size), 0, 1, 1 << 40] {
         if let r = try? HTTPRanges.byteRange(header, size: s) { precondition(r.lowerBound >= 0 && r.upperBound <= s && !r.isEmpty) }
+    }
+}
+
+/// The route table: the first line is the method, the rest the path. A match must name a route of
+/// that method and give every parameter its pattern has, each a non-empty segment.
+func routes(_ p: UnsafeRawBufferPointer) {
+    let t = text(p)
+    let (method, path) = t.firstIndex(of: "\n").map { (String(t[..<$0]), String(t[t.index(after: $0)...])) } ?? ("GET", t)
+    guard case .matched(let m) = Routes.route(method: method, path: path) else { return }
+    precondition(m.route.method.rawValue == method)
+    precondition(m.route.isRepositoryScoped == (m.name != nil))
+    for part in m.route.pattern.split(separator: "/") where part.hasPrefix("{") && part != "{name}" {
+        let value = m[String(part.dropFirst().dropLast())]
+        precondition(!value.isEmpty && !value.contains("/"))
     }
 }
 
