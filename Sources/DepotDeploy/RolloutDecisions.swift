@@ -265,7 +265,7 @@ extension Deployments {
     /// `JobCancelling` because `DepotDeploy` and `DepotPipelines` are sibling layers
     /// (docs/ARCHITECTURE.md), neither importing the other; the server passes its `JobQueue`.
     /// The rule belongs here, beside the rollout state machine, since what it changes is a rollout.
-    public func cancelJob(_ id: Int64, actor: String, in jobs: some JobCancelling) throws -> JobRecord {
+    public func cancelJob<Jobs: JobCancelling>(_ id: Int64, actor: String, in jobs: Jobs) throws -> Jobs.CancelledJob {
         let job = try jobs.cancel(id, actor: actor)
         try abortRollout(forJob: id, actor: actor)
         return job
@@ -299,6 +299,8 @@ extension Deployments {
 
 /// What can cancel a pipeline job (`DepotPipelines.JobQueue`): the job side of `Deployments.cancelJob`.
 public protocol JobCancelling {
+    /// What `cancel` answers (the queue's job record).
+    associatedtype CancelledJob
     /// Cancels a queued, leased or running job; throws when it cannot be cancelled.
-    func cancel(_ id: Int64, actor: String) throws -> JobRecord
+    func cancel(_ id: Int64, actor: String) throws -> CancelledJob
 }
