@@ -179,9 +179,9 @@ struct JobHandlers: RouteHandlers {
                 "callback signature missing or wrong (Depot-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>)")
         }
         let body: JobCallbackRequest
-        do { body = try WireJSON.decode(JobCallbackRequest.self, from: bytes, what: "callback body") } catch {
+        do { body = try WireJSON.decode(JobCallbackRequest.self, from: bytes, what: "callback body") } catch let error as DocumentError {
             throw RegistryError(
-                .invalidRequest, "body must be {\"job\", \"attempt\", \"status\": \"succeeded\"|\"failed\", ...} (\(error))")
+                .invalidRequest, "body must be {\"job\", \"attempt\", \"status\": \"succeeded\"|\"failed\", ...} (\(error.message))")
         }
         // The signed body names the job and attempt: a callback cannot be replayed onto another
         // job of the stage, nor a late one onto a later attempt.
