@@ -260,8 +260,19 @@ extension Deployments {
         return try status(repository, environment)
     }
 
+    /// Cancels a pipeline job and aborts the rollout it started, if that is still going: the one
+    /// place the rule "cancelling a job aborts its rollout" lives. The job side comes in through
+    /// `JobCancelling` because `DepotDeploy` and `DepotPipelines` are sibling layers
+    /// (docs/ARCHITECTURE.md), neither importing the other; the server passes its `JobQueue`.
+    /// The rule belongs here, beside the rollout state machine, since what it changes is a rollout.
+    public func cancelJob<Jobs: JobCancelling>(_ id: Int64, actor: String, in jobs: Jobs) throws -> Jobs.CancelledJob {
+        let job = try jobs.cancel(id, actor: actor)
+        try abortRollout(forJob: id, actor: actor)
+        return job
+    }
+
     /// Aborts the rollout a pipeline job started, if it is still going (the job was cancelled).
-    public func abortRollout(forJob job: Int64, actor: String) throws {
+    func abortRollout(forJob job: Int64, actor: String) throws {
         let found = try db.read { conn -> (DeploymentRecord, RolloutRecord)? in
             guard let r = try conn.rollout(forJob: job), r.isActive, let d = try conn.deployment(id: r.deploymentID) else { return nil }
             return (d, r)
@@ -284,4 +295,12 @@ extension Deployments {
         }
         return try status(repository, environment)
     }
+}
+
+/// What can cancel a pipeline job (`DepotPipelines.JobQueue`): the job side of `Deployments.cancelJob`.
+public protocol JobCancelling {
+    /// What `cancel` answers (the queue's job record).
+    associatedtype CancelledJob
+    /// Cancels a queued, leased or running job; throws when it cannot be cancelled.
+    func cancel(_ id: Int64, actor: String) throws -> CancelledJob
 }

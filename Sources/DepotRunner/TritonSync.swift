@@ -105,14 +105,15 @@ public final class TritonSync: Sendable {
 
     /// One round: resolve, and deploy when the wanted digest changed.
     public func syncOnce() async throws {
-        let wanted = try await connection.call(
+        let wanted = try await connection.request(
             .GET,
             deploymentPath(.deploymentResolve)
-                + "?node=\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)")
-        guard let digest = wanted["digest"] as? String, (try? Digest(parsing: digest)) != nil,
-            let version = (wanted["version"] as? NSNumber)?.intValue, version >= 1,
-            let model = wanted["model"] as? String, Self.isSafeName(model)
-        else {
+                + "?node=\(options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node)",
+            as: DeploymentResolution.self)
+        let digest = wanted.digest.description
+        let version = wanted.version
+        let model = wanted.model
+        guard version >= 1, Self.isSafeName(model) else {
             throw ClientError("the registry's resolve answer is malformed")
         }
         if let current = serving.withLock({ $0 }), current.digest == digest {
@@ -260,12 +261,10 @@ public final class TritonSync: Sendable {
     }
 
     func report(digest: String, version: Int, state: NodeState, reason: String?) async throws {
-        var body: [String: Any] = ["digest": digest, "version": version, "state": state.rawValue]
-        if let reason { body["reason"] = reason }
-        _ = try await connection.call(
+        _ = try await connection.request(
             .POST,
             deploymentPath(
                 .nodeReport, ["node": options.node.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? options.node]),
-            body: body)
+            body: NodeReportRequest(state: state, digest: digest, version: version, reason: reason), as: NodeReportAnswer.self)
     }
 }

@@ -16,16 +16,13 @@ struct DeployHandlers: RouteHandlers {
     func list(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let deployments = self.deployments
         let list = try await offload { try deployments.registry.store.catalog.read { try $0.deployments() } }
-        return Reply.json([
-            "deployments": list.map { d -> [String: Any] in
-                var o: [String: Any] = [
-                    "repository": d.repository, "environment": d.environment, "model": d.modelName, "weight": d.weight,
-                ]
-                if let s = d.stable { o["stable"] = s }
-                if let c = d.canary { o["canary"] = c }
-                return o
-            }
-        ])
+        return Reply.encoded(
+            DeploymentListAnswer(
+                deployments: try list.map { d in
+                    DeploymentSummary(
+                        repository: d.repository, environment: d.environment, model: d.modelName, weight: d.weight,
+                        stable: try Self.digest(d.stable), canary: try Self.digest(d.canary))
+                }))
     }
 
     func served(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -33,17 +30,14 @@ struct DeployHandlers: RouteHandlers {
         let deployments = self.deployments
         let d = try RequestParsing.digest(digest)
         let list = try await offload { try deployments.served(digest: d) }
-        return Reply.json([
-            "digest": d.description,
-            "served": list.map { s -> [String: Any] in
-                var o: [String: Any] = [
-                    "repository": s.repository, "environment": s.environment, "role": s.role, "weight": s.weight,
-                    "from": Self.iso(s.from),
-                ]
-                if let to = s.to { o["to"] = Self.iso(to) }
-                return o
-            },
-        ])
+        return Reply.encoded(
+            ServedAnswer(
+                digest: d,
+                served: list.map { s in
+                    ServedIntervalInfo(
+                        repository: s.repository, environment: s.environment, role: s.role, weight: s.weight, from: Self.iso(s.from),
+                        to: s.to.map(Self.iso))
+                }))
     }
 
     func status(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -51,7 +45,7 @@ struct DeployHandlers: RouteHandlers {
         let deployments = self.deployments
         let repo = try Self.name(match)
         let status = try await offload { try deployments.status(repo, env) }
-        return Reply.json(Self.json(status))
+        return Reply.encoded(try Self.answer(status))
     }
 
     func start(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -59,15 +53,15 @@ struct DeployHandlers: RouteHandlers {
         let deployments = self.deployments
         let actor = Self.actor(request)
         let repo = try Self.name(match)
-        let body = try await jsonBody(request)
-        guard let reference = (body["reference"] ?? body["digest"]) as? String else {
+        let body = try await self.body(request, as: RolloutStartRequest.self)
+        guard let reference = body.reference ?? body.digest else {
             throw RegistryError(.invalidRequest, "body needs \"reference\": a tag or digest of a Triton bundle")
         }
         let ref = try RequestParsing.reference(reference)
-        let steps = body["steps"] as? [Int]
-        let analysis = (body["analysis_seconds"] as? NSNumber)?.doubleValue
+        let steps = body.steps
+        let analysis = body.analysisSeconds
         let status = try await offload { try deployments.start(repo, env, ref, actor: actor, steps: steps, analysisSeconds: analysis) }
-        return Reply.json(Self.json(status), status: 201)
+        return Reply.encoded(try Self.answer(status), status: 201)
     }
 
     /// `action` is resume, promote or abort (the route says which).
@@ -76,7 +70,7 @@ struct DeployHandlers: RouteHandlers {
         let deployments = self.deployments
         let actor = Self.actor(request)
         let repo = try Self.name(match)
-        let reason = try await jsonBody(request)["reason"] as? String
+        let reason = try await body(request, as: RolloutControlRequest.self).reason
         let status = try await offload { () -> Deployments.Status in
             switch action {
             case "resume": return try deployments.resume(repo, env, actor: actor)
@@ -84,7 +78,7 @@ struct DeployHandlers: RouteHandlers {
             default: return try deployments.abort(repo, env, actor: actor, reason: reason)
             }
         }
-        return Reply.json(Self.json(status))
+        return Reply.encoded(try Self.answer(status))
     }
 
     func resolve(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -95,7 +89,8 @@ struct DeployHandlers: RouteHandlers {
             throw RegistryError(.invalidRequest, "resolve needs ?node=ID")
         }
         let r = try await offload { try deployments.resolve(repo, env, node: node) }
-        return Reply.json(["digest": r.digest, "version": r.version, "model": r.model, "role": r.role, "weight": r.weight])
+        return Reply.encoded(
+            DeploymentResolution(digest: try Digest(parsing: r.digest), version: r.version, model: r.model, role: r.role, weight: r.weight))
     }
 
     func report(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -103,58 +98,47 @@ struct DeployHandlers: RouteHandlers {
         let node = match["node"]
         let deployments = self.deployments
         let repo = try Self.name(match)
-        let body = try await jsonBody(request)
-        guard let state = body["state"] as? String else {
-            throw RegistryError(.invalidRequest, "body needs \"state\": ready or failed")
-        }
-        let digest = try (body["digest"] as? String).map { try RequestParsing.digest($0).description }
-        let version = (body["version"] as? NSNumber)?.intValue
-        let reason = body["reason"] as? String
+        let body = try await self.body(request, as: NodeReportRequest.self)
+        let state = body.state
+        let digest = try body.digest.map { try RequestParsing.digest($0).description }
+        let version = body.version
+        let reason = body.reason
         try await offload {
-            try deployments.report(repo, env, node: node, digest: digest, version: version, state: state, reason: reason)
+            try deployments.report(repo, env, node: node, digest: digest, version: version, state: state.rawValue, reason: reason)
         }
-        return Reply.json(["node": node, "state": state])
+        return Reply.encoded(NodeReportAnswer(node: node, state: state))
     }
 
-    static func json(_ s: Deployments.Status) -> [String: Any] {
+    /// A digest the catalog holds (written there parsed), typed for the wire.
+    static func digest(_ text: String?) throws -> Digest? {
+        try text.map { try Digest(parsing: $0) }
+    }
+
+    static func answer(_ s: Deployments.Status) throws -> DeploymentStatusAnswer {
         let d = s.deployment
-        var deployment: [String: Any] = [
-            "repository": d.repository, "environment": d.environment, "model": d.modelName,
-            "weight": d.weight, "updated_at": iso(d.updatedAt),
-        ]
-        if let v = d.stable { deployment["stable"] = v }
-        if let v = d.canary { deployment["canary"] = v }
-        if let v = s.stableVersion { deployment["stable_version"] = v }
-        if let v = s.canaryVersion { deployment["canary_version"] = v }
-        var out: [String: Any] = ["deployment": deployment]
-        if let r = s.rollout {
-            var o: [String: Any] = [
-                "id": r.id, "state": r.state.rawValue, "canary": r.canary, "steps": r.steps, "step": r.stepIndex + 1,
-                "weight": r.weight, "analysis_seconds": Double(r.analysisMs) / 1000, "failures": r.failures,
-                "started_by": r.startedBy, "started_at": iso(r.createdAt), "step_started_at": iso(r.stepStartedAt),
-            ]
-            if let v = r.stable { o["stable"] = v }
-            if let v = r.reason { o["reason"] = v }
-            if let v = r.finishedAt { o["finished_at"] = iso(v) }
-            o["decisions"] = s.decisions.map { c -> [String: Any] in
-                var e: [String: Any] = [
-                    "at": iso(c.at), "decision": c.decision, "step": c.stepIndex + 1, "weight": c.weight, "actor": c.actor,
-                ]
-                if let v = c.reason { e["reason"] = v }
-                if let m = c.measurements, let obj = try? JSONSerialization.jsonObject(with: Data(m.utf8)) { e["measurements"] = obj }
-                return e
-            }
-            out["rollout"] = o
+        let deployment = DeploymentInfo(
+            repository: d.repository, environment: d.environment, model: d.modelName, weight: d.weight, updatedAt: iso(d.updatedAt),
+            stable: try digest(d.stable), canary: try digest(d.canary), stableVersion: s.stableVersion, canaryVersion: s.canaryVersion)
+        let rollout = try s.rollout.map { r in
+            RolloutInfo(
+                id: r.id, state: r.state, canary: try Digest(parsing: r.canary), stable: try digest(r.stable), steps: r.steps,
+                step: r.stepIndex + 1, weight: r.weight, analysisSeconds: Double(r.analysisMs) / 1000, failures: r.failures,
+                startedBy: r.startedBy, startedAt: iso(r.createdAt), stepStartedAt: iso(r.stepStartedAt), reason: r.reason,
+                finishedAt: r.finishedAt.map(iso),
+                decisions: s.decisions.map { c in
+                    RolloutDecisionInfo(
+                        at: iso(c.at), decision: c.decision, step: c.stepIndex + 1, weight: c.weight, actor: c.actor, reason: c.reason,
+                        // Stored as the JSON the canary analysis wrote; shown as it is.
+                        measurements: c.measurements.flatMap {
+                            try? WireJSON.decode(JSONValue.self, from: Array($0.utf8), what: "measurements")
+                        })
+                })
         }
-        out["nodes"] = s.nodes.map { n -> [String: Any] in
-            var o: [String: Any] = ["node": n.node, "seen_at": iso(n.seenAt)]
-            if let v = n.digest { o["digest"] = v }
-            if let v = n.version { o["version"] = v }
-            if let v = n.state { o["state"] = v.rawValue }
-            if let v = n.reason { o["reason"] = v }
-            if let v = n.reportedAt { o["reported_at"] = iso(v) }
-            return o
+        let nodes = try s.nodes.map { n in
+            DeploymentNodeInfo(
+                node: n.node, seenAt: iso(n.seenAt), digest: try digest(n.digest), version: n.version, state: n.state, reason: n.reason,
+                reportedAt: n.reportedAt.map(iso))
         }
-        return out
+        return DeploymentStatusAnswer(deployment: deployment, rollout: rollout, nodes: nodes)
     }
 }

@@ -39,7 +39,7 @@ struct JobHandlers: RouteHandlers {
 
     func pipelines(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
-        return Reply.json(["pipelines": jobs.pipelines.map(Self.json)])
+        return Reply.encoded(PipelineListAnswer(pipelines: jobs.pipelines.map(Self.info)))
     }
 
     func list(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -49,26 +49,26 @@ struct JobHandlers: RouteHandlers {
         let pipeline = query["pipeline"].map(String.init)
         let limit = try query["limit"].map { try Self.positive(String($0), "limit") } ?? 100
         let list = try await offload { try jobs.jobs(state: state, pipeline: pipeline, limit: limit) }
-        return Reply.json(["jobs": list.map { Self.json($0) }])
+        return Reply.encoded(JobListAnswer(jobs: try list.map { try Self.info($0) }))
     }
 
     func lease(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
-        let body = try await jsonBody(request)
-        guard let runner = body["runner"] as? String, !runner.isEmpty, runner.count <= 200 else {
+        let body = try await self.body(request, as: JobLeaseRequest.self)
+        let runner = body.runner
+        guard !runner.isEmpty, runner.count <= 200 else {
             throw RegistryError(.invalidRequest, "body needs \"runner\": the runner's name")
         }
-        let labels = body["labels"] as? [String] ?? []
+        let labels = body.labels ?? []
         let job = try await offload { try jobs.lease(runner: runner, labels: Set(labels)) }
-        let answer: Any = job.map { Self.json($0, withToken: true) } ?? NSNull()
-        return Reply.json(["job": answer])
+        return Reply.encoded(JobLeaseAnswer(job: try job.map { try Self.info($0, withToken: true) }))
     }
 
     func get(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
         let id = try Self.jobID(match)
         let job = try await offload { try jobs.job(id) }
-        return Reply.json(Self.json(job))
+        return Reply.encoded(try Self.info(job))
     }
 
     func logGet(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -95,50 +95,50 @@ struct JobHandlers: RouteHandlers {
         let body = try await RequestParsing.collect(request, limit: Self.maxLogBytes, what: "job log")
         let bytes = Array(body.readableBytesView)
         let digest = try await offload { try jobs.storeLog(id, token: token, bytes: bytes) }
-        return Reply.json(["digest": digest.description], status: 201)
+        return Reply.encoded(JobLogAnswer(digest: digest), status: 201)
     }
 
     func start(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
         let id = try Self.jobID(match)
-        let body = try await jsonBody(request)
-        let token = try Self.required(body["lease_token"] as? String, "lease_token")
-        let key = try Self.required(body["key"] as? String, "key")
+        let body = try await self.body(request, as: JobStartRequest.self)
+        let token = try Self.required(body.leaseToken, "lease_token")
+        let key = try Self.required(body.key, "key")
         let decision = try await offload { try jobs.start(id, token: token, key: key) }
         switch decision {
-        case .run: return Reply.json(["decision": "run"])
-        case .memoized(let d): return Reply.json(["decision": "memoized", "output": d.description])
+        case .run: return Reply.encoded(JobStartAnswer(decision: .run))
+        case .memoized(let d): return Reply.encoded(JobStartAnswer(decision: .memoized, output: d))
         }
     }
 
     func heartbeat(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
         let id = try Self.jobID(match)
-        let body = try await jsonBody(request)
-        let token = try Self.required(body["lease_token"] as? String, "lease_token")
+        let body = try await self.body(request, as: JobHeartbeatRequest.self)
+        let token = try Self.required(body.leaseToken, "lease_token")
         let job = try await offload { try jobs.heartbeat(id, token: token) }
-        return Reply.json(Self.json(job))
+        return Reply.encoded(try Self.info(job))
     }
 
     func complete(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
         let id = try Self.jobID(match)
-        let body = try await jsonBody(request)
-        let token = try Self.required(body["lease_token"] as? String, "lease_token")
-        let output = try RequestParsing.digest(try Self.required(body["output"] as? String, "output"))
+        let body = try await self.body(request, as: JobCompleteRequest.self)
+        let token = try Self.required(body.leaseToken, "lease_token")
+        let output = try RequestParsing.digest(try Self.required(body.output, "output"))
         try await offload { try jobs.complete(id, token: token, output: output) }
-        return Reply.json(Self.json(try await offload { try jobs.job(id) }))
+        return Reply.encoded(try Self.info(try await offload { try jobs.job(id) }))
     }
 
     func fail(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
         let id = try Self.jobID(match)
-        let body = try await jsonBody(request)
-        let token = try Self.required(body["lease_token"] as? String, "lease_token")
-        let reason = try Self.required(body["reason"] as? String, "reason")
-        let permanent = body["permanent"] as? Bool ?? false
+        let body = try await self.body(request, as: JobFailRequest.self)
+        let token = try Self.required(body.leaseToken, "lease_token")
+        let reason = try Self.required(body.reason, "reason")
+        let permanent = body.permanent ?? false
         let job = try await offload { try jobs.fail(id, token: token, reason: reason, permanent: permanent) }
-        return Reply.json(Self.json(job))
+        return Reply.encoded(try Self.info(job))
     }
 
     func cancel(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -146,12 +146,8 @@ struct JobHandlers: RouteHandlers {
         let id = try Self.jobID(match)
         let actor = Self.actor(request)
         let deployments = self.deployments
-        let job = try await offload { () -> JobRecord in
-            let job = try jobs.cancel(id, actor: actor)
-            try deployments.abortRollout(forJob: id, actor: actor) // a canary stage's rollout stops with it
-            return job
-        }
-        return Reply.json(Self.json(job))
+        let job = try await offload { try deployments.cancelJob(id, actor: actor, in: jobs) }
+        return Reply.encoded(try Self.info(job))
     }
 
     func retry(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -159,7 +155,7 @@ struct JobHandlers: RouteHandlers {
         let id = try Self.jobID(match)
         let actor = Self.actor(request)
         let job = try await offload { try jobs.retry(id, actor: actor) }
-        return Reply.json(Self.json(job))
+        return Reply.encoded(try Self.info(job))
     }
 
     func callback(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -182,69 +178,60 @@ struct JobHandlers: RouteHandlers {
                 .unauthorized,
                 "callback signature missing or wrong (Depot-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>)")
         }
-        guard let body = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any], let status = body["status"] as? String
-        else {
-            throw RegistryError(.invalidRequest, "body must be {\"job\", \"attempt\", \"status\": \"succeeded\"|\"failed\", ...}")
+        let body: JobCallbackRequest
+        do { body = try WireJSON.decode(JobCallbackRequest.self, from: bytes, what: "callback body") } catch let error as DocumentError {
+            throw RegistryError(
+                .invalidRequest, "body must be {\"job\", \"attempt\", \"status\": \"succeeded\"|\"failed\", ...} (\(error.message))")
         }
         // The signed body names the job and attempt: a callback cannot be replayed onto another
         // job of the stage, nor a late one onto a later attempt.
-        guard (body["job"] as? NSNumber)?.int64Value == id, (body["attempt"] as? NSNumber)?.intValue == job.attempt else {
+        guard body.job == id, body.attempt == job.attempt else {
             throw RegistryError(
                 .conflict, "the callback must name this job (\"job\": \(id)) and its current attempt (\"attempt\": \(job.attempt))")
         }
         let updated: JobRecord
-        switch status {
-        case "succeeded":
-            let output = try (body["output"] as? String).map(RequestParsing.digest)
+        switch body.status {
+        case .succeeded:
+            let output = try body.output.map(RequestParsing.digest)
             updated = try await offload { try jobs.completeServerJob(id, output: output) }
-        case "failed":
-            let reason = (body["reason"] as? String) ?? "the webhook reported a failure"
-            let permanent = body["permanent"] as? Bool ?? false
+        case .failed:
+            let reason = body.reason ?? "the webhook reported a failure"
+            let permanent = body.permanent ?? false
             updated = try await offload { try jobs.failServerJob(id, reason: "the webhook reported: \(reason)", permanent: permanent) }
-        default:
-            throw RegistryError(.invalidRequest, "status must be succeeded or failed")
         }
-        return Reply.json(Self.json(updated))
+        return Reply.encoded(try Self.info(updated))
     }
 
-    static func json(_ job: JobRecord, withToken: Bool = false) -> [String: Any] {
-        var o: [String: Any] = [
-            "id": job.id, "run": job.runID, "pipeline": job.pipeline, "stage": job.stage, "kind": job.kind, "state": job.state.rawValue,
-            "attempt": job.attempt, "max_attempts": job.maxAttempts, "labels": job.labels, "memoized": job.memoized,
-            "timeout_seconds": job.timeoutMs / 1000, "created_at": iso(job.createdAt), "updated_at": iso(job.updatedAt),
-        ]
-        var input: [String: Any] = ["repository": job.inputRepository, "digest": job.inputDigest]
-        if let t = job.inputTag { input["tag"] = t }
-        o["input"] = input
-        var output: [String: Any] = [:]
-        if let t = job.outputTag { output["tag"] = t }
-        if let d = job.outputDigest { output["digest"] = d }
-        o["output"] = output
-        if let spec = try? JSONSerialization.jsonObject(with: Data(job.spec.utf8)) { o["spec"] = spec }
-        if let v = job.runner { o["runner"] = v }
-        if let v = job.key { o["key"] = v }
-        if let v = job.reason { o["reason"] = v }
-        if let v = job.logDigest { o["log"] = v }
-        if let v = job.startedAt { o["started_at"] = iso(v) }
-        if let v = job.finishedAt { o["finished_at"] = iso(v) }
-        if job.state == .queued, job.notBefore > Int64(Date().timeIntervalSince1970 * 1000) { o["not_before"] = iso(job.notBefore) }
-        if let v = job.leaseExpires { o["lease_expires"] = iso(v) }
-        if withToken, let t = job.leaseToken { o["lease_token"] = t }
-        return o
+    /// A job as the API shows it; the lease token only in a lease answer.
+    static func info(_ job: JobRecord, withToken: Bool = false) throws -> JobInfo {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        return JobInfo(
+            id: job.id, run: job.runID, pipeline: job.pipeline, stage: job.stage, kind: job.kind, state: job.state,
+            attempt: job.attempt, maxAttempts: job.maxAttempts, labels: job.labels, memoized: job.memoized,
+            timeoutSeconds: job.timeoutMs / 1000, createdAt: iso(job.createdAt), updatedAt: iso(job.updatedAt),
+            input: JobInput(repository: job.inputRepository, digest: try Digest(parsing: job.inputDigest), tag: job.inputTag),
+            output: JobOutput(tag: job.outputTag, digest: try job.outputDigest.map { try Digest(parsing: $0) }),
+            // The stage definition is stored as the JSON the pipeline loader wrote; shown as it is.
+            spec: try? WireJSON.decode(JSONValue.self, from: Array(job.spec.utf8), what: "job spec"),
+            runner: job.runner, key: job.key, reason: job.reason, log: try job.logDigest.map { try Digest(parsing: $0) },
+            startedAt: job.startedAt.map(iso), finishedAt: job.finishedAt.map(iso),
+            notBefore: job.state == .queued && job.notBefore > now ? iso(job.notBefore) : nil,
+            leaseExpires: job.leaseExpires.map(iso), leaseToken: withToken ? job.leaseToken : nil)
     }
 
-    static func json(_ p: Pipeline) -> [String: Any] {
-        [
-            "name": p.name, "file": p.file,
-            "trigger": ["repositories": p.trigger.repositories, "tags": p.trigger.tags, "artifact_types": p.trigger.artifactTypes],
-            "stages": p.stages.map { s -> [String: Any] in
-                var o: [String: Any] = [
-                    "name": s.name, "kind": s.kindName, "needs": s.needs, "labels": s.labels,
-                    "timeout_seconds": s.timeoutSeconds, "retries": s.retries,
-                ]
-                if let t = s.tag { o["tag"] = t }
-                return o
-            },
-        ]
+    static func info(_ p: Pipeline) -> PipelineInfo {
+        PipelineInfo(
+            name: p.name, file: p.file,
+            trigger: PipelineTriggerInfo(
+                repositories: p.trigger.repositories, tags: p.trigger.tags, artifactTypes: p.trigger.artifactTypes),
+            stages: p.stages.map { s in
+                PipelineStageInfo(
+                    name: s.name, kind: s.kindName, needs: s.needs, labels: s.labels, timeoutSeconds: s.timeoutSeconds,
+                    retries: s.retries, tag: s.tag)
+            })
     }
 }
+
+/// The job queue is what `Deployments.cancelJob` cancels jobs with (the server is the layer that
+/// sees both `DepotPipelines` and `DepotDeploy`).
+extension JobQueue: JobCancelling {}

@@ -24,9 +24,9 @@ struct JobList: AsyncParsableCommand {
             var query = ["limit=\(limit)"]
             if let state { query.append("state=\(encode(state))") }
             if let pipeline { query.append("pipeline=\(encode(pipeline))") }
-            let r = try await c.call(.GET, Routes[.jobs].path() + "?" + query.joined(separator: "&"))
-            if json { return printJSONObject(r) }
-            let jobs = r["jobs"] as? [[String: Any]] ?? []
+            let r = try await c.request(.GET, Routes[.jobs].path() + "?" + query.joined(separator: "&"), as: JobListAnswer.self)
+            if json { return printJSON(r) }
+            let jobs = r.jobs
             if jobs.isEmpty {
                 print("no jobs")
                 return
@@ -45,31 +45,27 @@ struct JobShow: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let j = try await c.call(.GET, Routes[.job].path(["id": "\(id)"]))
-            if json { return printJSONObject(j) }
-            let input = j["input"] as? [String: Any] ?? [:]
-            let output = j["output"] as? [String: Any] ?? [:]
-            print(
-                "job \(id): \(j["pipeline"] as? String ?? "?")/\(j["stage"] as? String ?? "?")  \(j["state"] as? String ?? "?")\((j["memoized"] as? Bool ?? false) ? " (memoized)" : "")"
-            )
-            print(
-                "  input    \(input["repository"] as? String ?? "?")@\(input["digest"] as? String ?? "?")\((input["tag"] as? String).map { " (\($0))" } ?? "")"
-            )
-            if let d = output["digest"] as? String {
-                print("  output   \(input["repository"] as? String ?? "?")@\(d)\((output["tag"] as? String).map { " (\($0))" } ?? "")")
-            } else if let t = output["tag"] as? String {
+            let j = try await c.request(.GET, Routes[.job].path(["id": "\(id)"]), as: JobInfo.self)
+            if json { return printJSON(j) }
+            print("job \(id): \(j.pipeline)/\(j.stage)  \(j.state.rawValue)\(j.memoized ? " (memoized)" : "")")
+            print("  input    \(j.input.repository)@\(j.input.digest)\(j.input.tag.map { " (\($0))" } ?? "")")
+            if let d = j.output.digest {
+                print("  output   \(j.input.repository)@\(d)\(j.output.tag.map { " (\($0))" } ?? "")")
+            } else if let t = j.output.tag {
                 print("  output   will be tagged \(t)")
             }
-            print(
-                "  attempt  \(j["attempt"] ?? "?") of \(j["max_attempts"] ?? "?")\((j["runner"] as? String).map { ", runner \($0)" } ?? "")"
-            )
-            for k in ["key", "created_at", "started_at", "finished_at", "not_before", "reason"] {
-                if let v = j[k] {
+            print("  attempt  \(j.attempt) of \(j.maxAttempts)\(j.runner.map { ", runner \($0)" } ?? "")")
+            let details: [(String, String?)] = [
+                ("key", j.key), ("created_at", j.createdAt), ("started_at", j.startedAt), ("finished_at", j.finishedAt),
+                ("not_before", j.notBefore), ("reason", j.reason),
+            ]
+            for (k, value) in details {
+                if let v = value {
                     print("  \(k.replacingOccurrences(of: "_", with: " "))\(String(repeating: " ", count: max(1, 9 - k.count)))\(v)")
                 }
             }
             guard !noLog else { return }
-            if j["log"] != nil {
+            if j.log != nil {
                 let log = try await c.getBytes(Routes[.jobLogGet].path(["id": "\(id)"]), limit: 16 << 20)
                 print("--- log ---")
                 print(String(decoding: log, as: UTF8.self), terminator: "")
@@ -105,15 +101,13 @@ struct PipelineList: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let r = try await c.call(.GET, Routes[.pipelines].path())
-            if json { return printJSONObject(r) }
-            for p in r["pipelines"] as? [[String: Any]] ?? [] {
-                print("\(p["name"] as? String ?? "?")  (\(p["file"] as? String ?? "?"))")
-                for s in p["stages"] as? [[String: Any]] ?? [] {
-                    let needs = (s["needs"] as? [String] ?? []).joined(separator: ",")
-                    print(
-                        "  \(s["name"] as? String ?? "?")  \(s["kind"] as? String ?? "?")\(needs.isEmpty ? "" : "  needs \(needs)")\((s["tag"] as? String).map { "  tag \($0)" } ?? "")"
-                    )
+            let r = try await c.request(.GET, Routes[.pipelines].path(), as: PipelineListAnswer.self)
+            if json { return printJSON(r) }
+            for p in r.pipelines {
+                print("\(p.name)  (\(p.file))")
+                for s in p.stages {
+                    let needs = s.needs.joined(separator: ",")
+                    print("  \(s.name)  \(s.kind)\(needs.isEmpty ? "" : "  needs \(needs)")\(s.tag.map { "  tag \($0)" } ?? "")")
                 }
             }
         }
@@ -124,20 +118,18 @@ enum JobFormat {
     /// POSTs an operator command on a job and prints the job's line.
     static func post(_ action: RouteID, _ id: Int64, _ registry: RegistryOptions) async {
         await runClient(registry) { c in
-            print(line(try await c.call(.POST, Routes[action].path(["id": "\(id)"]))))
+            print(line(try await c.request(.POST, Routes[action].path(["id": "\(id)"]), as: JobInfo.self)))
         }
     }
 
-    static func line(_ j: [String: Any]) -> String {
-        let input = j["input"] as? [String: Any] ?? [:]
-        let output = j["output"] as? [String: Any] ?? [:]
-        var text = "\(j["id"] ?? "?")  \(j["pipeline"] as? String ?? "?")/\(j["stage"] as? String ?? "?")  \(j["state"] as? String ?? "?")"
-        text += "  \(input["repository"] as? String ?? "?")@\(short(input["digest"]))"
-        if let d = output["digest"] { text += " -> \(short(d))" }
-        if let t = output["tag"] as? String { text += " (\(t))" }
-        text += "  attempt \(j["attempt"] ?? "?")/\(j["max_attempts"] ?? "?")"
-        if j["memoized"] as? Bool == true { text += "  memoized" }
-        if let r = j["reason"] as? String { text += "  \(r.split(separator: "\n").first ?? "")" }
+    static func line(_ j: JobInfo) -> String {
+        var text = "\(j.id)  \(j.pipeline)/\(j.stage)  \(j.state.rawValue)"
+        text += "  \(j.input.repository)@\(short(j.input.digest))"
+        if let d = j.output.digest { text += " -> \(short(d))" }
+        if let t = j.output.tag { text += " (\(t))" }
+        text += "  attempt \(j.attempt)/\(j.maxAttempts)"
+        if j.memoized { text += "  memoized" }
+        if let r = j.reason { text += "  \(r.split(separator: "\n").first ?? "")" }
         return text
     }
 }

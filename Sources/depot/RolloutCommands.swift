@@ -33,19 +33,19 @@ struct RolloutStart: AsyncParsableCommand {
     @OptionGroup var registry: RegistryOptions
 
     func run() async throws {
-        var body: [String: Any] = ["reference": reference]
+        var body = RolloutStartRequest(reference: reference)
         if let steps {
             let list = steps.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
             guard list.count == steps.split(separator: ",").count else { fail("--steps must be integers, e.g. 1,10,50,100") }
-            body["steps"] = list
+            body.steps = list
         }
         if let analysis {
             guard let seconds = DurationText.seconds(analysis) else { fail("--analysis must be a duration such as 90s or 15m") }
-            body["analysis_seconds"] = seconds
+            body.analysisSeconds = Double(seconds)
         }
-        await runClient(registry) { c in
-            let status = try await c.call(.POST, deployment.path(.rolloutStart), body: body)
-            if json { return printJSONObject(status) }
+        await runClient(registry) { [body] c in
+            let status = try await c.request(.POST, deployment.path(.rolloutStart), body: body, as: DeploymentStatusAnswer.self)
+            if json { return printJSON(status) }
             RolloutFormat.print(status)
         }
     }
@@ -60,8 +60,8 @@ struct RolloutStatus: AsyncParsableCommand {
 
     func run() async throws {
         await runClient(registry) { c in
-            let status = try await c.call(.GET, deployment.path(.deployment))
-            if json { return printJSONObject(status) }
+            let status = try await c.request(.GET, deployment.path(.deployment), as: DeploymentStatusAnswer.self)
+            if json { return printJSON(status) }
             RolloutFormat.print(status)
         }
     }
@@ -72,8 +72,9 @@ enum RolloutAction {
         async
     {
         await runClient(registry) { c in
-            let status = try await c.call(.POST, deployment.path(action), body: reason.map { ["reason": $0] } ?? [:])
-            if json { return printJSONObject(status) }
+            let status = try await c.request(
+                .POST, deployment.path(action), body: RolloutControlRequest(reason: reason), as: DeploymentStatusAnswer.self)
+            if json { return printJSON(status) }
             RolloutFormat.print(status)
         }
     }
@@ -109,36 +110,33 @@ enum RolloutAction {
 }
 
 enum RolloutFormat {
-    static func print(_ s: [String: Any]) {
-        let d = s["deployment"] as? [String: Any] ?? [:]
-        Swift.print("\(d["repository"] as? String ?? "?"):\(d["environment"] as? String ?? "?")  model \(d["model"] as? String ?? "?")")
-        Swift.print("  stable  \(d["stable"] as? String ?? "-")\((d["stable_version"]).map { "  (version \($0))" } ?? "")")
-        if let c = d["canary"] as? String {
-            Swift.print("  canary  \(c)\((d["canary_version"]).map { "  (version \($0))" } ?? "")  at \(d["weight"] ?? 0)%")
+    static func print(_ s: DeploymentStatusAnswer) {
+        let d = s.deployment
+        Swift.print("\(d.repository):\(d.environment)  model \(d.model)")
+        Swift.print("  stable  \(d.stable?.description ?? "-")\(d.stableVersion.map { "  (version \($0))" } ?? "")")
+        if let c = d.canary {
+            Swift.print("  canary  \(c)\(d.canaryVersion.map { "  (version \($0))" } ?? "")  at \(d.weight)%")
         }
-        if let r = s["rollout"] as? [String: Any] {
-            let steps = (r["steps"] as? [Int] ?? []).map(String.init).joined(separator: ",")
+        if let r = s.rollout {
+            let steps = r.steps.map(String.init).joined(separator: ",")
             Swift.print(
-                "  rollout \(r["id"] ?? "?"): \(r["state"] as? String ?? "?"), step \(r["step"] ?? "?") of [\(steps)], \(r["weight"] ?? "?")%\((r["reason"] as? String).map { " — \($0)" } ?? "")"
-            )
-            for e in r["decisions"] as? [[String: Any]] ?? [] {
-                Swift.print(
-                    "    \(e["at"] as? String ?? "?")  \(e["decision"] as? String ?? "?")  \(e["weight"] ?? "?")%  \(e["actor"] as? String ?? "")  \(e["reason"] as? String ?? "")"
-                )
+                "  rollout \(r.id): \(r.state.rawValue), step \(r.step) of [\(steps)], \(r.weight)%\(r.reason.map { " — \($0)" } ?? "")")
+            for e in r.decisions {
+                Swift.print("    \(e.at)  \(e.decision)  \(e.weight)%  \(e.actor)  \(e.reason ?? "")")
             }
             // The last analysis's values.
-            if let last = (r["decisions"] as? [[String: Any]] ?? []).last(where: { $0["measurements"] != nil }),
-                let ms = (last["measurements"] as? [String: Any])?["measurements"] as? [[String: Any]]
+            if let last = r.decisions.last(where: { $0.measurements != nil }),
+                let ms = last.measurements?["measurements"]?.array
             {
                 Swift.print("  last analysis:")
                 for m in ms {
-                    Swift.print("    \(m["check"] as? String ?? "?"): \(m["outcome"] as? String ?? "?") — \(m["detail"] as? String ?? "")")
+                    Swift.print("    \(m["check"]?.string ?? "?"): \(m["outcome"]?.string ?? "?") — \(m["detail"]?.string ?? "")")
                 }
             }
         }
-        for n in s["nodes"] as? [[String: Any]] ?? [] {
+        for n in s.nodes {
             Swift.print(
-                "  node \(n["node"] as? String ?? "?"): \(n["state"] as? String ?? "asked") \(short(n["digest"]))\((n["version"]).map { " v\($0)" } ?? "")\((n["reason"] as? String).map { " — \($0.prefix(200))" } ?? "")"
+                "  node \(n.node): \(n.state?.rawValue ?? "asked") \(short(n.digest))\(n.version.map { " v\($0)" } ?? "")\(n.reason.map { " — \($0.prefix(200))" } ?? "")"
             )
         }
     }
