@@ -8,7 +8,8 @@ let package = Package(
         .executable(name: "depot", targets: ["depot"]),
         // The modules the fuzz harnesses (fuzz/Package.swift) link; nothing else uses it.
         .library(
-            name: "DepotFuzzable", targets: ["DepotAPI", "DepotCore", "DepotFormats", "DepotStore", "DepotRegistry", "DepotPipelines", "DepotServer"]),
+            name: "DepotFuzzable",
+            targets: ["DepotAPI", "DepotCore", "DepotFormats", "DepotStore", "DepotRegistry", "DepotPipelines", "DepotServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

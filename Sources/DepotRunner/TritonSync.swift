@@ -146,7 +146,7 @@ public final class TritonSync: Sendable {
             try await report(digest: digest, version: version, state: .ready, reason: nil)
             reported.withLock { $0 = digest }
             logger.info(
-                "triton-sync \(options.node): serving \(model) version \(version) (\(digest.prefix(19)), \(wanted["role"] as? String ?? "?"))"
+                "triton-sync \(options.node): serving \(model) version \(version) (\(digest.prefix(19)), \(wanted.role))"
             )
         } catch let e as LoadFailure {
             failed.withLock { $0 = (digest, Date()) }
