@@ -229,8 +229,15 @@ struct DeploymentTests {
             #expect(jobs.first?.state == .succeeded, "the first deployment is stable at once: \(jobs.first?.reason ?? "")")
             let v2 = try await Self.pushBundle(h, "vision/adder", "v2", marker: "2")
             jobs = try await h.waitJobs(timeout: 15) { $0.count == 2 && $0[0].state == .running }
-            let status = try await client.req(.get, "/depot/v1/repositories/vision/adder/deployments/production")
-            let rollout = status.json["rollout"] as? [String: Any] ?? [:]
+            // The job is marked running before its stage starts the rollout: wait for the rollout.
+            var rollout: [String: Any] = [:]
+            let deadline = Date().addingTimeInterval(15)
+            while Date() < deadline {
+                let status = try await client.req(.get, "/depot/v1/repositories/vision/adder/deployments/production")
+                rollout = status.json["rollout"] as? [String: Any] ?? [:]
+                if rollout["started_by"] as? String == "pipeline ship job \(jobs[0].id)" { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
             #expect(rollout["state"] as? String == "running" && rollout["canary"] as? String == v2.description)
             #expect(rollout["started_by"] as? String == "pipeline ship job \(jobs[0].id)")
             let aborted = try await client.req(
