@@ -33,7 +33,8 @@ let package = Package(
         // The shared vocabulary: wire types, states, annotation keys, the route table.
         .target(name: "DepotAPI", dependencies: ["DepotCore"]),
         .target(name: "DepotCatalog", dependencies: ["DepotCore", "DepotAPI", "CSQLite"]),
-        .target(name: "DepotFormats", dependencies: ["DepotCore"]),
+        // Its readers describe files as JSONValue (DepotAPI's open document type).
+        .target(name: "DepotFormats", dependencies: ["DepotCore", "DepotAPI"]),
         .target(name: "CDepotSupport"),
         .target(name: "DepotStore", dependencies: ["DepotCore", "DepotCatalog", "CZstd", "CDepotSupport"]),
         .target(name: "DepotRegistry", dependencies: ["DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats"]),
@@ -100,7 +101,7 @@ let package = Package(
         ),
         .testTarget(name: "DepotCatalogTests", dependencies: ["DepotCatalog", "DepotAPI", "DepotCore", "CSQLite"]),
         .testTarget(name: "DepotAPITests", dependencies: ["DepotAPI", "DepotCore"]),
-        .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotCore", "CDepotSupport"]),
+        .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotAPI", "DepotCore", "CDepotSupport"]),
         .testTarget(
             name: "DepotServerTests",
             dependencies: [

@@ -62,6 +62,19 @@ public enum JSONValue: Codable, Sendable, Equatable {
         }
     }
 
+    public var bool: Bool? {
+        if case .bool(let b) = self { return b }
+        return nil
+    }
+
+    public var double: Double? {
+        switch self {
+        case .double(let d): return d
+        case .int(let i): return Double(i)
+        default: return nil
+        }
+    }
+
     public var array: [JSONValue]? {
         if case .array(let a) = self { return a }
         return nil
@@ -77,4 +90,31 @@ public enum JSONValue: Codable, Sendable, Equatable {
         if case .string(let s) = self { return s }
         return (try? WireJSON.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "?"
     }
+}
+
+// Building documents: literals and plain Swift values convert without spelling out the cases.
+// Arrays are built as `[JSONValue]` and wrapped once (`.array(list)`): appending through the
+// enum's payload in a loop would copy the array each time.
+extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral,
+    ExpressibleByFloatLiteral, ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral
+{
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(integerLiteral value: Int64) { self = .int(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+    public init(floatLiteral value: Double) { self = .double(value) }
+    public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+
+    /// A repeated key keeps its last value.
+    public init(dictionaryLiteral elements: (String, JSONValue)...) {
+        self = .object(Dictionary(elements, uniquingKeysWith: { _, last in last }))
+    }
+
+    public init(_ value: String) { self = .string(value) }
+    public init(_ value: Bool) { self = .bool(value) }
+    public init(_ value: Int) { self = .int(Int64(value)) }
+    public init(_ value: Int64) { self = .int(value) }
+    public init(_ values: [String]) { self = .array(values.map(JSONValue.string)) }
+    public init(_ values: [Int]) { self = .array(values.map { .int(Int64($0)) }) }
+    public init(_ values: [String: String]) { self = .object(values.mapValues(JSONValue.string)) }
+    public init(_ values: [String: Int]) { self = .object(values.mapValues { .int(Int64($0)) }) }
 }

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import DepotFormats
 
@@ -29,7 +30,7 @@ extension ArtifactFiles {
             do {
                 let meta = try FormatInspector.inspect(
                     path: f.relativePath, source: try LocalFileSource(path: f.localPath), platform: platform)
-                return meta?["format"] as? String
+                return meta?["format"]?.string
             } catch let e as DepotError {
                 if f.relativePath.lowercased().hasSuffix(".safetensors") {
                     throw ClientError("\(f.localPath) is not a valid safetensors file: \(e)")

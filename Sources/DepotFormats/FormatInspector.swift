@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 
 /// Detects the format of model artifact files and extracts their metadata, reading only
@@ -7,10 +8,11 @@ public enum FormatInspector {
     static let maxConfigSize: Int64 = 4 << 20
 
     /// Detects the format of one artifact file from its relative path and its bytes, and extracts
-    /// metadata as a JSON-compatible dictionary that always has "format". Returns nil for files it
+    /// metadata as a JSON object that always has "format" (JSONValue: the document is open by
+    /// design, each reader reports its own fields). Returns nil for files it
     /// does not recognise; throws `DepotError.invalidArgument` for a recognised file that is
     /// malformed or lies. `platform` is the push's platform string like "sm_90,trt10.3".
-    public static func inspect(path: String, source: any ByteSource, platform: String?) throws -> [String: Any]? {
+    public static func inspect(path: String, source: any ByteSource, platform: String?) throws -> [String: JSONValue]? {
         try inspect(path: path, source: source, platform: platform, budget: nil)
     }
 
@@ -32,7 +34,7 @@ public enum FormatInspector {
     }
 
     /// `budget` (when set) is charged by reads through `source` and checked by in-memory parsers.
-    static func inspect(path: String, source: any ByteSource, platform: String?, budget: InspectionBudget?) throws -> [String: Any]? {
+    static func inspect(path: String, source: any ByteSource, platform: String?, budget: InspectionBudget?) throws -> [String: JSONValue]? {
         let lower = path.lowercased()
         let name = lower.split(separator: "/").last.map(String.init) ?? lower
         let head = try source.read(at: 0, count: Int(min(source.size, 16)))
@@ -52,7 +54,7 @@ public enum FormatInspector {
         if name.hasSuffix(".onnx") { return try ONNX.inspect(source) }
         if name == "saved_model.pb" { return try TensorFlow.savedModel(source) }
         if name == "saved_model.pbtxt" {
-            return ["format": "tensorflow-savedmodel", "encoding": "text", "size": Int(source.size)]
+            return ["format": "tensorflow-savedmodel", "encoding": "text", "size": .int(source.size)]
         }
         if name.hasSuffix(".plan") || name.hasSuffix(".engine") || TensorRT.hasMagic(head) {
             return TensorRT.inspect(source, head: head, platform: platform)
@@ -73,7 +75,7 @@ public enum FormatInspector {
     /// Checks a Triton model directory: `config` is its top-level config.pbtxt, `files` every
     /// relative path of the artifact. Returns the config summary plus "versions" and "problems";
     /// throws `DepotError.invalidArgument` (with line and column) when the config does not parse.
-    public static func triton(config: String, files: [String]) throws -> [String: Any] {
+    public static func triton(config: String, files: [String]) throws -> [String: JSONValue] {
         try Triton.check(config: config, files: files)
     }
 
@@ -84,7 +86,7 @@ public enum FormatInspector {
         return Int64(n) + 8 <= source.size
     }
 
-    static func safetensors(_ source: any ByteSource) throws -> [String: Any] {
+    static func safetensors(_ source: any ByteSource) throws -> [String: JSONValue] {
         let head = try source.read(at: 0, count: 8)
         guard head.count == 8, let n = head.withUnsafeBytes({ Safetensors.headerLength($0) }) else {
             throw DepotError.invalidArgument("safetensors: invalid header length")
@@ -109,16 +111,16 @@ public enum FormatInspector {
             parameters = sum
             dtypes[t.dtype, default: 0] += 1
         }
-        let table: [[String: Any]] = tensors.prefix(10_000).map {
+        let table: [JSONValue] = tensors.prefix(10_000).map {
             [
-                "name": $0.name, "dtype": $0.dtype, "shape": $0.shape,
-                "offsets": [Int($0.range.lowerBound), Int($0.range.upperBound)],
+                "name": .string($0.name), "dtype": .string($0.dtype), "shape": JSONValue($0.shape),
+                "offsets": [.int($0.range.lowerBound), .int($0.range.upperBound)],
             ]
         }
         return [
-            "format": "safetensors", "tensors": table, "tensor_count": tensors.count,
-            "parameters": Int(parameters), "dtypes": dtypes, "metadata": metadata,
-            "header_size": n, "data_start": 8 + n,
+            "format": "safetensors", "tensors": .array(table), "tensor_count": JSONValue(tensors.count),
+            "parameters": .int(parameters), "dtypes": JSONValue(dtypes), "metadata": JSONValue(metadata),
+            "header_size": JSONValue(n), "data_start": JSONValue(8 + n),
         ]
     }
 }

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import Foundation
 import Synchronization
@@ -72,9 +73,10 @@ struct BudgetedSource: ByteSource {
 }
 
 /// What inspecting one blob under a path found.
-public enum InspectionOutcome: @unchecked Sendable {
-    /// Metadata of a recognised file (JSON-compatible values only, so sharing copies is safe).
-    case recognized([String: Any])
+public enum InspectionOutcome: Sendable {
+    /// Metadata of a recognised file. An open document (each reader reports its own fields), so
+    /// JSONValue rather than one struct per format.
+    case recognized([String: JSONValue])
     /// Not a format the inspector knows.
     case unrecognized
     /// A recognised file that is malformed or lies (the message names the problem).
@@ -130,7 +132,7 @@ public final class InspectionService: Sendable {
 
     /// `FormatInspector.triton` in a worker slot under the per-blob time budget; throws
     /// `InspectionBudgetExceeded` when the budget runs out.
-    public func triton(config: String, files: [String]) throws -> [String: Any] {
+    public func triton(config: String, files: [String]) throws -> [String: JSONValue] {
         try gate.run {
             let budget = InspectionBudget(maxBytes: limits.maxBytesPerBlob, seconds: limits.maxSecondsPerBlob)
             return try Triton.check(config: config, files: files, budget: budget)
@@ -207,52 +209,54 @@ struct LRUCache {
 /// each file's identity (path, digest, size, format) marked `truncated`, then omits the rest; the
 /// top level says `"truncated": true` and how many files were cut or omitted.
 public enum MetadataDocument {
-    static func json(_ object: Any) -> Data? {
-        guard JSONSerialization.isValidJSONObject(object) else { return nil }
-        return try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+    /// Sorted-key JSON (WireJSON), or nil for a value JSON cannot carry (a non-finite number).
+    static func json(_ value: JSONValue) -> [UInt8]? {
+        try? WireJSON.encode(value)
     }
 
-    public static func encode(files: [[String: Any]], triton: [String: Any]?, maxBytes: Int) -> String? {
-        var document: [String: Any] = ["files": files]
-        if let triton { document["triton"] = triton }
-        guard let full = json(document) else { return nil }
+    public static func encode(files: [[String: JSONValue]], triton: [String: JSONValue]?, maxBytes: Int) -> String? {
+        var document: [String: JSONValue] = ["files": .array(files.map(JSONValue.object))]
+        if let triton { document["triton"] = .object(triton) }
+        guard let full = json(.object(document)) else { return nil }
         if full.count <= maxBytes { return String(decoding: full, as: UTF8.self) }
 
         // Room for the top-level keys and separators: a few hundred bytes.
         var budget = maxBytes - 512
-        var tritonPart: [String: Any]?
+        var tritonPart: JSONValue?
         if let triton {
-            if let t = json(triton), t.count <= budget / 4 {
-                tritonPart = triton
+            if let t = json(.object(triton)), t.count <= budget / 4 {
+                tritonPart = .object(triton)
                 budget -= t.count
             } else {
                 tritonPart = ["truncated": true]
             }
         }
-        var kept: [[String: Any]] = []
+        var kept: [JSONValue] = []
         var cut = 0
         var omitted = 0
         for file in files {
-            if let whole = json(file), whole.count + 1 <= budget {
-                kept.append(file)
+            if let whole = json(.object(file)), whole.count + 1 <= budget {
+                kept.append(.object(file))
                 budget -= whole.count + 1
                 continue
             }
-            var stub: [String: Any] = ["truncated": true]
+            var stub: [String: JSONValue] = ["truncated": true]
             for key in ["path", "digest", "size", "format", "error", "budget_exceeded"] {
                 if let v = file[key] { stub[key] = v }
             }
-            if let s = json(stub), s.count + 1 <= budget {
-                kept.append(stub)
+            if let s = json(.object(stub)), s.count + 1 <= budget {
+                kept.append(.object(stub))
                 budget -= s.count + 1
                 cut += 1
             } else {
                 omitted += 1
             }
         }
-        var small: [String: Any] = ["files": kept, "truncated": true, "files_truncated": cut, "files_omitted": omitted]
+        var small: [String: JSONValue] = [
+            "files": .array(kept), "truncated": true, "files_truncated": JSONValue(cut), "files_omitted": JSONValue(omitted),
+        ]
         if let tritonPart { small["triton"] = tritonPart }
-        guard let data = json(small), data.count <= maxBytes else { return nil }
+        guard let data = json(.object(small)), data.count <= maxBytes else { return nil }
         return String(decoding: data, as: UTF8.self)
     }
 }

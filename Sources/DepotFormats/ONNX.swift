@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 
 /// Reads an ONNX ModelProto's metadata from the protobuf wire format without loading weights:
@@ -26,39 +27,39 @@ enum ONNX {
         }
     }
 
-    static func inspect(_ source: any ByteSource) throws -> [String: Any] {
+    static func inspect(_ source: any ByteSource) throws -> [String: JSONValue] {
         let r = ProtobufReader(source, what: "ONNX model")
-        var out: [String: Any] = ["format": "onnx"]
-        var opsets: [[String: Any]] = []
-        var metadata: [String: Any] = [:]
+        var out: [String: JSONValue] = ["format": "onnx"]
+        var opsets: [JSONValue] = []
+        var metadata: [String: String] = [:]
         var sawGraph = false
         while let (n, w) = try r.nextField() {
             switch n {
             case 1:
                 try r.expect(w, .varint, field: n)
-                out["ir_version"] = try r.readInt()
+                out["ir_version"] = JSONValue(try r.readInt())
             case 2:
                 try r.expect(w, .lengthDelimited, field: n)
-                out["producer"] = try r.readString()
+                out["producer"] = .string(try r.readString())
             case 3:
                 try r.expect(w, .lengthDelimited, field: n)
-                out["producer_version"] = try r.readString()
+                out["producer_version"] = .string(try r.readString())
             case 4:
                 try r.expect(w, .lengthDelimited, field: n)
-                out["domain"] = try r.readString()
+                out["domain"] = .string(try r.readString())
             case 5:
                 try r.expect(w, .varint, field: n)
-                out["model_version"] = try r.readInt()
+                out["model_version"] = JSONValue(try r.readInt())
             case 6:
                 try r.expect(w, .lengthDelimited, field: n)
-                out["doc_string"] = String(try r.readString().prefix(4096))
+                out["doc_string"] = .string(String(try r.readString().prefix(4096)))
             case 7:
                 try r.expect(w, .lengthDelimited, field: n)
                 sawGraph = true
                 try r.message { try readGraph(r, into: &out) }
             case 8:
                 try r.expect(w, .lengthDelimited, field: n)
-                let opset: [String: Any] = try r.message {
+                let opset: JSONValue = try r.message {
                     var domain = ""
                     var version = 0
                     while let (n2, w2) = try r.nextField() {
@@ -72,7 +73,7 @@ enum ONNX {
                         default: try r.skip(w2)
                         }
                     }
-                    return ["domain": domain, "version": version]
+                    return ["domain": .string(domain), "version": JSONValue(version)]
                 }
                 if opsets.count < 1000 { opsets.append(opset) }
             case 14:
@@ -86,22 +87,23 @@ enum ONNX {
         guard out["ir_version"] != nil || sawGraph else {
             throw DepotError.invalidArgument("ONNX model: no ir_version and no graph (not a ModelProto)")
         }
-        out["opsets"] = opsets
-        if !metadata.isEmpty { out["metadata"] = metadata }
+        out["opsets"] = .array(opsets)
+        if !metadata.isEmpty { out["metadata"] = JSONValue(metadata) }
         return out
     }
 
-    private static func readGraph(_ r: ProtobufReader, into out: inout [String: Any]) throws {
+    private static func readGraph(_ r: ProtobufReader, into out: inout [String: JSONValue]) throws {
         var nodeCount = 0
         var ops: [String: Int] = [:]
         var initializerNames = Set<String>()
         var initializerCount = 0
         var initializerBytes: Int64 = 0
-        var external: [[String: Any]] = []
+        var external: [JSONValue] = []
         var locations: [String] = []
         var seenLocations = Set<String>()
-        var inputs: [[String: Any]] = []
-        var outputs: [[String: Any]] = []
+        // (name, info) pairs: the name is needed again to drop initializers listed as inputs.
+        var inputs: [(name: String, info: JSONValue)] = []
+        var outputs: [JSONValue] = []
         var inputCount = 0
         var outputCount = 0
         let listed = FormatInspector.maxListed
@@ -125,7 +127,7 @@ enum ONNX {
                 if ops[op] != nil || ops.count < 10_000 { ops[op, default: 0] += 1 }
             case 2:
                 try r.expect(w, .lengthDelimited, field: n)
-                out["graph_name"] = try r.readString()
+                out["graph_name"] = .string(try r.readString())
             case 5:
                 try r.expect(w, .lengthDelimited, field: n)
                 let t = try readTensor(r)
@@ -133,8 +135,8 @@ enum ONNX {
                 initializerBytes += t.bytes
                 if initializerNames.count < 1_000_000 { initializerNames.insert(t.name) }
                 if let e = t.external, external.count < listed {
-                    external.append(e)
-                    if let loc = e["location"] as? String, locations.count < 1000, seenLocations.insert(loc).inserted {
+                    external.append(.object(e))
+                    if let loc = e["location"]?.string, locations.count < 1000, seenLocations.insert(loc).inserted {
                         locations.append(loc)
                     }
                 }
@@ -145,32 +147,32 @@ enum ONNX {
                 // Initializers usually precede inputs on the wire: drop them here so weights listed
                 // as inputs do not use up the list limit.
                 if n == 11 {
-                    if inputs.count < listed, !initializerNames.contains(info["name"] as? String ?? "") { inputs.append(info) }
+                    if inputs.count < listed, !initializerNames.contains(info.name) { inputs.append(info) }
                 } else if outputs.count < listed {
-                    outputs.append(info)
+                    outputs.append(info.info)
                 }
             default:
                 try r.skip(w)
             }
         }
         // Old exporters list initializers as graph inputs too: those are weights, not inputs.
-        out["inputs"] = inputs.filter { !initializerNames.contains($0["name"] as? String ?? "") }
-        out["outputs"] = outputs
+        out["inputs"] = .array(inputs.filter { !initializerNames.contains($0.name) }.map(\.info))
+        out["outputs"] = .array(outputs)
         if inputCount > listed || outputCount > listed {
-            out["input_count"] = inputCount
-            out["output_count"] = outputCount
+            out["input_count"] = JSONValue(inputCount)
+            out["output_count"] = JSONValue(outputCount)
             out["inputs_truncated"] = true
         }
-        out["node_count"] = nodeCount
-        out["op_types"] = topCounts(ops, 20)
-        out["initializer_count"] = initializerCount
-        out["initializer_bytes"] = Int(initializerBytes)
-        out["external_data"] = external
-        out["external_locations"] = locations
+        out["node_count"] = JSONValue(nodeCount)
+        out["op_types"] = JSONValue(topCounts(ops, 20))
+        out["initializer_count"] = JSONValue(initializerCount)
+        out["initializer_bytes"] = .int(initializerBytes)
+        out["external_data"] = .array(external)
+        out["external_locations"] = JSONValue(locations)
     }
 
     /// A TensorProto's name, payload size in bytes (inline data) and external-data reference.
-    private static func readTensor(_ r: ProtobufReader) throws -> (name: String, bytes: Int64, external: [String: Any]?) {
+    private static func readTensor(_ r: ProtobufReader) throws -> (name: String, bytes: Int64, external: [String: JSONValue]?) {
         try r.message {
             var name = ""
             var bytes: Int64 = 0
@@ -205,29 +207,30 @@ enum ONNX {
                 }
             }
             guard isExternal || !entries.isEmpty else { return (name, bytes, nil) }
-            var e: [String: Any] = ["tensor": name]
-            if let loc = entries["location"] { e["location"] = loc }
+            var e: [String: JSONValue] = ["tensor": .string(name)]
+            if let loc = entries["location"] { e["location"] = .string(loc) }
             for key in ["offset", "length"] {
                 guard let s = entries[key] else { continue }
                 guard let v = Int(s), v >= 0 else {
                     throw DepotError.invalidArgument(
                         "ONNX model: tensor '\(name)' has external_data \(key) '\(s)' that is not a non-negative integer")
                 }
-                e[key] = v
+                e[key] = JSONValue(v)
             }
             return (name, bytes, e)
         }
     }
 
     /// A ValueInfoProto: name, element type and shape (ints or symbolic names).
-    private static func readValueInfo(_ r: ProtobufReader) throws -> [String: Any] {
+    private static func readValueInfo(_ r: ProtobufReader) throws -> (name: String, info: JSONValue) {
         try r.message {
-            var info: [String: Any] = [:]
+            var name = ""
+            var info: [String: JSONValue] = [:]
             while let (n, w) = try r.nextField() {
                 switch n {
                 case 1:
                     try r.expect(w, .lengthDelimited, field: n)
-                    info["name"] = try r.readString()
+                    name = try r.readString()
                 case 2:
                     try r.expect(w, .lengthDelimited, field: n)
                     try r.message {
@@ -243,21 +246,21 @@ enum ONNX {
                 default: try r.skip(w)
                 }
             }
-            if info["name"] == nil { info["name"] = "" }
-            return info
+            info["name"] = .string(name)
+            return (name, .object(info))
         }
     }
 
-    private static func readTensorType(_ r: ProtobufReader, into info: inout [String: Any]) throws {
+    private static func readTensorType(_ r: ProtobufReader, into info: inout [String: JSONValue]) throws {
         try r.message {
             while let (n, w) = try r.nextField() {
                 switch n {
                 case 1:
                     try r.expect(w, .varint, field: n)
-                    info["elem_type"] = typeName(try r.readInt())
+                    info["elem_type"] = .string(typeName(try r.readInt()))
                 case 2:
                     try r.expect(w, .lengthDelimited, field: n)
-                    var shape: [Any] = []
+                    var shape: [JSONValue] = []
                     try r.message {
                         while let (n2, w2) = try r.nextField() {
                             guard n2 == 1 else {
@@ -265,16 +268,16 @@ enum ONNX {
                                 continue
                             }
                             try r.expect(w2, .lengthDelimited, field: n2)
-                            let dim: Any = try r.message {
-                                var dim: Any = "?"
+                            let dim: JSONValue = try r.message {
+                                var dim: JSONValue = "?"
                                 while let (n3, w3) = try r.nextField() {
                                     switch n3 {
                                     case 1:
                                         try r.expect(w3, .varint, field: n3)
-                                        dim = try r.readInt()
+                                        dim = JSONValue(try r.readInt())
                                     case 2:
                                         try r.expect(w3, .lengthDelimited, field: n3)
-                                        dim = try r.readString()
+                                        dim = .string(try r.readString())
                                     default: try r.skip(w3)
                                     }
                                 }
@@ -283,7 +286,7 @@ enum ONNX {
                             if shape.count < 256 { shape.append(dim) }
                         }
                     }
-                    info["shape"] = shape
+                    info["shape"] = .array(shape)
                 default: try r.skip(w)
                 }
             }

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 
 /// Inspects PyTorch checkpoints (torch.save ZIP archives and legacy raw pickles): lists the
@@ -67,9 +68,9 @@ enum PyTorch {
     /// Most pickles of one archive that are scanned; the rest are counted in `unscanned_pickles`.
     static let maxScannedPickles = 1000
 
-    static func inspect(_ source: any ByteSource, zipEntries: [ZipEntry]?) throws -> [String: Any] {
-        var out: [String: Any] = ["format": "pytorch"]
-        var pickles: [[String: Any]] = []
+    static func inspect(_ source: any ByteSource, zipEntries: [ZipEntry]?) throws -> [String: JSONValue] {
+        var out: [String: JSONValue] = ["format": "pytorch"]
+        var pickles: [JSONValue] = []
         var pickleCount = 0
         var problems: [String] = []
         var all = Pickle.ImportTally()
@@ -83,17 +84,23 @@ enum PyTorch {
             all.merge(imports)
             pickleCount += 1
             guard pickles.count < 100 else { return }
-            var p: [String: Any] = ["entry": entry, "imports": imports.all.sorted, "unsafe_imports": imports.unsafe.sorted]
+            var p: [String: JSONValue] = [
+                "entry": .string(entry), "imports": JSONValue(imports.all.sorted), "unsafe_imports": JSONValue(imports.unsafe.sorted),
+            ]
             if !imports.all.isComplete { p["imports_truncated"] = true }
-            pickles.append(p)
+            pickles.append(.object(p))
         }
 
         if let entries = zipEntries {
             out["container"] = "zip"
-            out["entry_count"] = entries.count
-            out["entries"] = entries.prefix(10_000).map { e -> [String: Any] in
-                ["name": e.name, "size": Int(e.size), "compressed_size": Int(e.compressedSize), "method": e.method]
-            }
+            out["entry_count"] = JSONValue(entries.count)
+            out["entries"] = .array(
+                entries.prefix(10_000).map { e -> JSONValue in
+                    [
+                        "name": .string(e.name), "size": JSONValue(Int(e.size)), "compressed_size": JSONValue(Int(e.compressedSize)),
+                        "method": JSONValue(Int(e.method)),
+                    ]
+                })
             if entries.count > 10_000 { out["entries_truncated"] = true }
             // Each byte range is scanned once: entries that share a local header (one pickle named
             // by many directory entries) are scanned once, and a range overlapping one already
@@ -150,21 +157,21 @@ enum PyTorch {
             if source.size > maxPickle, position >= end { note("pickle: scanned only the first \(maxPickle) bytes") }
             record("", imports)
         }
-        out["pickles"] = pickles
-        if pickleCount > pickles.count { out["pickle_count"] = pickleCount }
+        out["pickles"] = .array(pickles)
+        if pickleCount > pickles.count { out["pickle_count"] = JSONValue(pickleCount) }
         if unscanned > 0 {
-            out["unscanned_pickles"] = unscanned
+            out["unscanned_pickles"] = JSONValue(unscanned)
             note("\(unscanned) more pickles not scanned (over the \(maxScannedPickles)-pickle limit)")
         }
-        out["imports"] = all.all.sorted
-        out["import_count"] = all.count
+        out["imports"] = JSONValue(all.all.sorted)
+        out["import_count"] = JSONValue(all.count)
         // Counts, not the kept lists, decide: an import past the list limit still makes the file unsafe.
-        out["unsafe"] = !all.unsafe.isEmpty
-        out["unsafe_imports"] = all.unsafe.sorted
-        out["dangerous_imports"] = all.dangerous.sorted
+        out["unsafe"] = JSONValue(!all.unsafe.isEmpty)
+        out["unsafe_imports"] = JSONValue(all.unsafe.sorted)
+        out["dangerous_imports"] = JSONValue(all.dangerous.sorted)
         if !all.all.isComplete || !all.unsafe.isComplete { out["imports_truncated"] = true }
         if unscanned > 0 { out["complete"] = false }
-        out["problems"] = problems
+        out["problems"] = JSONValue(problems)
         return out
     }
 }

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import Foundation
 
@@ -45,24 +46,23 @@ public enum Safetensors {
     /// with dtype × shape, and inside the file. Returns tensors sorted by offset and metadata.
     public static func parseHeader(_ json: [UInt8], fileSize: Int64?) throws -> (tensors: [SafetensorsTensor], metadata: [String: String]) {
         guard json.first == UInt8(ascii: "{"),
-            let object = try? JSONSerialization.jsonObject(with: Data(json)) as? [String: Any]
+            let header = try? JSONDecoder().decode(HeaderJSON.self, from: Data(json))
         else {
             throw DepotError.invalidArgument("safetensors header is not a JSON object")
         }
         let dataStart = Int64(8 + json.count)
         var tensors: [SafetensorsTensor] = []
         var metadata: [String: String] = [:]
-        for (name, value) in object {
+        for (name, entry) in header.entries {
             if name == "__metadata__" {
-                guard let m = value as? [String: Any] else { throw DepotError.invalidArgument("safetensors __metadata__ is not an object") }
-                for (k, v) in m { metadata[k] = (v as? String) ?? "\(v)" }
+                guard case .metadata(let m) = entry else { throw DepotError.invalidArgument("safetensors __metadata__ is not an object") }
+                metadata = m
                 continue
             }
-            guard let t = value as? [String: Any], let dtype = t["dtype"] as? String,
-                let shape = t["shape"] as? [Int], let offsets = t["data_offsets"] as? [Int], offsets.count == 2
-            else {
+            guard case .tensor(let t) = entry, t.dataOffsets.count == 2 else {
                 throw DepotError.invalidArgument("safetensors tensor '\(name)' lacks dtype, shape or data_offsets")
             }
+            let (dtype, shape, offsets) = (t.dtype, t.shape, t.dataOffsets)
             // Offsets and sizes come from untrusted input: bound them before any arithmetic.
             let limit: Int64 = 1 << 50
             let begin = Int64(offsets[0])
@@ -103,6 +103,60 @@ public enum Safetensors {
             throw DepotError.invalidArgument("safetensors data ends at \(expected) but the file has \(fileSize) bytes")
         }
         return (tensors, metadata)
+    }
+}
+
+/// The header's JSON, decoded into typed entries (no `Any`, no probing of each value's type):
+/// `__metadata__` as a string map, every other key as a tensor, or `.invalid` when it does not
+/// decode as one (the caller names it in the error).
+private struct HeaderJSON: Decodable {
+    struct Tensor: Decodable {
+        var dtype: String
+        var shape: [Int]
+        var dataOffsets: [Int]
+
+        enum CodingKeys: String, CodingKey {
+            case dtype, shape
+            case dataOffsets = "data_offsets"
+        }
+    }
+
+    /// A metadata value: a string as it is, anything else as compact JSON.
+    struct MetadataValue: Decodable {
+        var text: String
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.singleValueContainer()
+            if let s = try? c.decode(String.self) { text = s } else { text = try c.decode(JSONValue.self).text }
+        }
+    }
+
+    enum Entry {
+        case tensor(Tensor)
+        case metadata([String: String])
+        case invalid
+    }
+
+    struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    var entries: [(name: String, entry: Entry)] = []
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: Key.self)
+        entries.reserveCapacity(c.allKeys.count)
+        for key in c.allKeys {
+            let entry: Entry
+            if key.stringValue == "__metadata__" {
+                entry = (try? c.decode([String: MetadataValue].self, forKey: key)).map { .metadata($0.mapValues(\.text)) } ?? .invalid
+            } else {
+                entry = (try? c.decode(Tensor.self, forKey: key)).map(Entry.tensor) ?? .invalid
+            }
+            entries.append((key.stringValue, entry))
+        }
     }
 }
 

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 
 /// Recognises serialized TensorRT engines ("ftrt"/"ptrt" magic) and records the GPU
@@ -27,19 +28,19 @@ enum TensorRT {
         return (cc, trt)
     }
 
-    static func inspect(_ source: any ByteSource, head: [UInt8], platform: String?) -> [String: Any] {
-        var out: [String: Any] = ["format": "tensorrt-plan", "size": Int(source.size)]
+    static func inspect(_ source: any ByteSource, head: [UInt8], platform: String?) -> [String: JSONValue] {
+        var out: [String: JSONValue] = ["format": "tensorrt-plan", "size": .int(source.size)]
         var problems: [String] = []
         if hasMagic(head) {
-            out["magic"] = String(decoding: head.prefix(4), as: UTF8.self)
+            out["magic"] = .string(String(decoding: head.prefix(4), as: UTF8.self))
         } else {
             problems.append("no TensorRT engine magic")
         }
         let (cc, trt) = parsePlatform(platform)
-        if let cc { out["compute_capability"] = cc }
-        if let trt { out["tensorrt_version"] = trt }
+        if let cc { out["compute_capability"] = .string(cc) }
+        if let trt { out["tensorrt_version"] = .string(trt) }
         if cc != nil || trt != nil { out["source"] = "push" }
-        out["problems"] = problems
+        out["problems"] = JSONValue(problems)
         return out
     }
 }

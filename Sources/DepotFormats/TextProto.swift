@@ -1,9 +1,11 @@
+import DepotAPI
 import DepotCore
 import Foundation
 
 /// A small parser for the protobuf text format (as in Triton's config.pbtxt). Produces a tree of
-/// `[String: Any]` messages; a field seen more than once, or written as a `[...]` list, becomes an
-/// array. Scalars are String (quoted strings and enum identifiers), Int, Double or Bool.
+/// `[String: JSONValue]` messages; a field seen more than once, or written as a `[...]` list,
+/// becomes an array. Scalars are strings (quoted strings and enum identifiers), ints, doubles or
+/// bools.
 struct TextProto {
     /// The text's bytes. A buffer pointer, not an array: in debug builds every access to an array
     /// property retains and releases it, which made parsing several times slower.
@@ -21,7 +23,7 @@ struct TextProto {
     static let maxValues = 1 << 20
     static let maxMessages = 100_000
 
-    static func parse(_ text: String, what: String = "config.pbtxt", budget: InspectionBudget? = nil) throws -> [String: Any] {
+    static func parse(_ text: String, what: String = "config.pbtxt", budget: InspectionBudget? = nil) throws -> [String: JSONValue] {
         let bytes = Array(text.utf8)
         return try bytes.withUnsafeBufferPointer { buffer in
             var p = TextProto(s: buffer, what: what, budget: budget)
@@ -92,7 +94,7 @@ struct TextProto {
     }
 
     /// Fields up to `close` (or the end of input for the top level).
-    private mutating func fields(until close: UInt8?) throws -> [String: Any] {
+    private mutating func fields(until close: UInt8?) throws -> [String: JSONValue] {
         depth += 1
         defer { depth -= 1 }
         guard depth < 100 else { throw error("messages nested too deeply") }
@@ -132,41 +134,43 @@ struct TextProto {
                 colon = true
             }
             var isList = false
+            // A `[...]` list comes back as its elements, not wrapped: it is appended, never
+            // unwrapped from an enum payload.
             let value = try fieldValue(colon: colon, field: name, isList: &isList)
             guard let k = index[name] else {
                 index[name] = slots.count
-                slots.append(isList ? Slot(single: nil, list: value as? [Any]) : Slot(single: value, list: nil))
+                slots.append(isList ? Slot(single: nil, list: value.list) : Slot(single: value.single, list: nil))
                 continue
             }
             if let first = slots[k].single {
                 slots[k].single = nil
-                slots[k].list = (first as? [Any]) ?? [first]
+                slots[k].list = [first]
             }
-            if isList, let list = value as? [Any] { slots[k].list!.append(contentsOf: list) } else { slots[k].list!.append(value) }
+            if isList { slots[k].list!.append(contentsOf: value.list) } else if let v = value.single { slots[k].list!.append(v) }
         }
     }
 
     /// A field's value so far: the first one as written, or the list of all of them.
     private struct Slot {
-        var single: Any?
-        var list: [Any]?
+        var single: JSONValue?
+        var list: [JSONValue]?
     }
 
-    private static func tree(_ index: [String: Int], _ slots: [Slot]) -> [String: Any] {
-        var out: [String: Any] = [:]
+    private static func tree(_ index: [String: Int], _ slots: [Slot]) -> [String: JSONValue] {
+        var out: [String: JSONValue] = [:]
         out.reserveCapacity(index.count)
         for (name, k) in index {
-            if let v = slots[k].single { out[name] = v } else { out[name] = slots[k].list ?? [] }
+            if let v = slots[k].single { out[name] = v } else { out[name] = .array(slots[k].list ?? []) }
         }
         return out
     }
 
     /// A field's value; `isList` when it was written as `[...]`.
-    private mutating func fieldValue(colon: Bool, field: String, isList: inout Bool) throws -> Any {
+    private mutating func fieldValue(colon: Bool, field: String, isList: inout Bool) throws -> (single: JSONValue?, list: [JSONValue]) {
         guard let c = peek() else { throw error("expected a value for '\(field)', found end of input") }
         if c == UInt8(ascii: "[") {
             i += 1
-            var list: [Any] = []
+            var list: [JSONValue] = []
             while true {
                 guard let d = peek() else { throw error("unterminated list for '\(field)'") }
                 if d == UInt8(ascii: "]") {
@@ -181,9 +185,9 @@ struct TextProto {
                 guard list.count <= 1 << 20 else { throw error("list for '\(field)' is too long") }
             }
             isList = true
-            return list
+            return (nil, list)
         }
-        return try singleValue(field: field, colon: colon)
+        return (try singleValue(field: field, colon: colon), [])
     }
 
     private func tooLarge(_ what: String) -> Error {
@@ -191,7 +195,7 @@ struct TextProto {
         return budget != nil ? InspectionBudgetExceeded(reason: reason) : error(reason)
     }
 
-    private mutating func singleValue(field: String, colon: Bool) throws -> Any {
+    private mutating func singleValue(field: String, colon: Bool) throws -> JSONValue {
         guard let c = peek() else { throw error("expected a value for '\(field)', found end of input") }
         values += 1
         guard values <= Self.maxValues else { throw tooLarge("\(Self.maxValues) values") }
@@ -199,31 +203,31 @@ struct TextProto {
             messages += 1
             guard messages <= Self.maxMessages else { throw tooLarge("\(Self.maxMessages) messages") }
             i += 1
-            return try fields(until: c == UInt8(ascii: "{") ? UInt8(ascii: "}") : UInt8(ascii: ">"))
+            return .object(try fields(until: c == UInt8(ascii: "{") ? UInt8(ascii: "}") : UInt8(ascii: ">")))
         }
         guard colon else { throw error("expected ':' or '{' after '\(field)'") }
         if c == UInt8(ascii: "\"") || c == UInt8(ascii: "'") {
             var text = try quoted()
             while let d = peek(), d == UInt8(ascii: "\"") || d == UInt8(ascii: "'") { text += try quoted() }
-            return text
+            return .string(text)
         }
         let start = i
         if c == UInt8(ascii: "-") || c == UInt8(ascii: "+") { i += 1 }
         while i < s.count, Self.isIdent(s[i], first: false) || s[i] == UInt8(ascii: "-") || s[i] == UInt8(ascii: "+") { i += 1 }
-        if let v = Self.decimal(UnsafeBufferPointer(rebasing: s[start..<i])) { return v }
+        if let v = Self.decimal(UnsafeBufferPointer(rebasing: s[start..<i])) { return JSONValue(v) }
         let token = String(decoding: UnsafeBufferPointer(rebasing: s[start..<i]), as: UTF8.self)
         guard !token.isEmpty else { throw error("expected a value for '\(field)', found '\(Character(Unicode.Scalar(c)))'") }
-        if let v = Int(token) { return v }
-        if token.hasPrefix("0x") || token.hasPrefix("0X"), let v = Int(token.dropFirst(2), radix: 16) { return v }
+        if let v = Int(token) { return JSONValue(v) }
+        if token.hasPrefix("0x") || token.hasPrefix("0X"), let v = Int(token.dropFirst(2), radix: 16) { return JSONValue(v) }
         if let first = token.first, first.isNumber || first == "-" || first == "+" || first == "." {
             let trimmed = token.hasSuffix("f") || token.hasSuffix("F") ? String(token.dropLast()) : token
-            if let v = Double(trimmed) { return v }
+            if let v = Double(trimmed) { return .double(v) }
             throw error("invalid number '\(token)' for '\(field)'", at: start)
         }
         switch token {
         case "true", "True", "t": return true
         case "false", "False", "f": return false
-        default: return token
+        default: return .string(token)
         }
     }
 

@@ -1,72 +1,81 @@
+import DepotAPI
 import DepotCore
 
 /// Summarises a Triton model configuration (config.pbtxt) and checks a model directory's
 /// version folders against the file the platform or backend expects.
 enum Triton {
-    static func list(_ v: Any?) -> [Any] {
+    static func list(_ v: JSONValue?) -> [JSONValue] {
         guard let v else { return [] }
-        return v as? [Any] ?? [v]
+        if case .array(let a) = v { return a }
+        return [v]
     }
 
-    static func int(_ v: Any?) -> Int? {
-        if let i = v as? Int { return i }
-        if let d = v as? Double, d.isFinite, abs(d) < 1e15 { return Int(d) }
-        if let s = v as? String { return Int(s) }
-        return nil
+    static func int(_ v: JSONValue?) -> Int? {
+        switch v {
+        case .int(let i)?: return Int(exactly: i)
+        case .double(let d)? where d.isFinite && abs(d) < 1e15: return Int(d)
+        case .string(let s)?: return Int(s)
+        default: return nil
+        }
     }
 
-    static func string(_ v: Any?) -> String? {
-        if let s = v as? String { return s }
-        if let i = v as? Int { return String(i) }
-        return nil
+    static func string(_ v: JSONValue?) -> String? {
+        switch v {
+        case .string(let s)?: return s
+        case .int(let i)?: return String(i)
+        default: return nil
+        }
     }
+
+    static func ints(_ v: JSONValue?) -> JSONValue { JSONValue(list(v).compactMap(int)) }
 
     /// The parsed configuration's summary.
-    static func summary(_ tree: [String: Any]) -> [String: Any] {
-        var out: [String: Any] = [:]
+    static func summary(_ tree: [String: JSONValue]) -> [String: JSONValue] {
+        var out: [String: JSONValue] = [:]
         for key in ["name", "platform", "backend", "default_model_filename"] {
-            if let v = string(tree[key]) { out[key] = v }
+            if let v = string(tree[key]) { out[key] = .string(v) }
         }
-        out["max_batch_size"] = int(tree["max_batch_size"]) ?? 0
-        func tensors(_ key: String) -> [[String: Any]] {
-            list(tree[key]).prefix(FormatInspector.maxListed).compactMap { $0 as? [String: Any] }.map { t in
-                var o: [String: Any] = [
-                    "name": string(t["name"]) ?? "", "data_type": string(t["data_type"]) ?? "TYPE_INVALID",
-                    "dims": list(t["dims"]).prefix(256).compactMap(int),
-                ]
-                if let r = t["reshape"] as? [String: Any] { o["reshape"] = list(r["shape"]).compactMap(int) }
-                if let f = string(t["format"]) { o["format"] = f }
-                if let opt = t["optional"] as? Bool { o["optional"] = opt }
-                return o
-            }
+        out["max_batch_size"] = JSONValue(int(tree["max_batch_size"]) ?? 0)
+        func tensors(_ key: String) -> JSONValue {
+            .array(
+                list(tree[key]).prefix(FormatInspector.maxListed).compactMap(\.object).map { t in
+                    var o: [String: JSONValue] = [
+                        "name": .string(string(t["name"]) ?? ""), "data_type": .string(string(t["data_type"]) ?? "TYPE_INVALID"),
+                        "dims": JSONValue(list(t["dims"]).prefix(256).compactMap(int)),
+                    ]
+                    if let r = t["reshape"]?.object { o["reshape"] = ints(r["shape"]) }
+                    if let f = string(t["format"]) { o["format"] = .string(f) }
+                    if let opt = t["optional"]?.bool { o["optional"] = .bool(opt) }
+                    return .object(o)
+                })
         }
         out["inputs"] = tensors("input")
         out["outputs"] = tensors("output")
         for (key, name) in [("input", "input_count"), ("output", "output_count")] where list(tree[key]).count > FormatInspector.maxListed {
-            out[name] = list(tree[key]).count
+            out[name] = JSONValue(list(tree[key]).count)
         }
-        out["instance_group"] = list(tree["instance_group"]).prefix(FormatInspector.maxListed).compactMap { $0 as? [String: Any] }.map {
-            g -> [String: Any] in
-            var o: [String: Any] = [
-                "count": int(g["count"]) ?? 1, "kind": string(g["kind"]) ?? "KIND_AUTO",
-                "gpus": list(g["gpus"]).prefix(FormatInspector.maxListed).compactMap(int),
-            ]
-            if let n = string(g["name"]) { o["name"] = n }
-            return o
-        }
-        var policy: [String: Any] = ["latest": ["num_versions": 1]]
-        if let vp = tree["version_policy"] as? [String: Any] {
-            if let l = vp["latest"] as? [String: Any] {
-                policy = ["latest": ["num_versions": int(l["num_versions"]) ?? 1]]
+        out["instance_group"] = .array(
+            list(tree["instance_group"]).prefix(FormatInspector.maxListed).compactMap(\.object).map { g -> JSONValue in
+                var o: [String: JSONValue] = [
+                    "count": JSONValue(int(g["count"]) ?? 1), "kind": .string(string(g["kind"]) ?? "KIND_AUTO"),
+                    "gpus": JSONValue(list(g["gpus"]).prefix(FormatInspector.maxListed).compactMap(int)),
+                ]
+                if let n = string(g["name"]) { o["name"] = .string(n) }
+                return .object(o)
+            })
+        var policy: JSONValue = ["latest": ["num_versions": 1]]
+        if let vp = tree["version_policy"]?.object {
+            if let l = vp["latest"]?.object {
+                policy = ["latest": ["num_versions": JSONValue(int(l["num_versions"]) ?? 1)]]
             } else if vp["all"] != nil {
-                policy = ["all": [String: Any]()]
-            } else if let sp = vp["specific"] as? [String: Any] {
-                policy = ["specific": ["versions": list(sp["versions"]).compactMap(int)]]
+                policy = ["all": .object([:])]
+            } else if let sp = vp["specific"]?.object {
+                policy = ["specific": ["versions": ints(sp["versions"])]]
             }
         }
         out["version_policy"] = policy
-        if let e = tree["ensemble_scheduling"] as? [String: Any] {
-            out["ensemble_steps"] = list(e["step"]).compactMap { ($0 as? [String: Any]).flatMap { string($0["model_name"]) } }
+        if let e = tree["ensemble_scheduling"]?.object {
+            out["ensemble_steps"] = JSONValue(list(e["step"]).compactMap { $0.object.flatMap { string($0["model_name"]) } })
         }
         return out
     }
@@ -92,7 +101,7 @@ enum Triton {
         }
     }
 
-    static func check(config: String, files: [String]?, budget: InspectionBudget? = nil) throws -> [String: Any] {
+    static func check(config: String, files: [String]?, budget: InspectionBudget? = nil) throws -> [String: JSONValue] {
         let tree = try TextProto.parse(config, budget: budget)
         var out = summary(tree)
         guard let files else { return out }
@@ -113,14 +122,14 @@ enum Triton {
             if !dir.isEmpty, dir.count <= 18, dir.allSatisfy({ $0.isASCII && $0.isNumber }), let v = Int(dir) { versions.insert(v) }
         }
         let sorted = versions.sorted()
-        out["versions"] = sorted
-        let platform = out["platform"] as? String
-        let backend = out["backend"] as? String
+        out["versions"] = JSONValue(sorted)
+        let platform = out["platform"]?.string
+        let backend = out["backend"]?.string
         let isEnsemble = platform == "ensemble"
         if platform == nil && backend == nil { problems.append("config sets neither platform nor backend") }
         if sorted.isEmpty && !isEnsemble { problems.append("no numbered version directories") }
         if !isEnsemble,
-            let expected = expectedFile(platform: platform, backend: backend, override: out["default_model_filename"] as? String)
+            let expected = expectedFile(platform: platform, backend: backend, override: out["default_model_filename"]?.string)
         {
             let origin = platform.map { "platform \($0)" } ?? "backend \(backend ?? "")"
             // Sorted paths: "is there a file under path/" is a binary search, not a scan per version.
@@ -142,12 +151,12 @@ enum Triton {
                 }
             }
         }
-        if let specific = (out["version_policy"] as? [String: Any])?["specific"] as? [String: Any] {
-            for v in specific["versions"] as? [Int] ?? [] where !versions.contains(v) {
+        if let specific = out["version_policy"]?["specific"] {
+            for v in (specific["versions"]?.array ?? []).compactMap(int) where !versions.contains(v) {
                 problems.append("version_policy names version \(v) but there is no directory \(v)/")
             }
         }
-        out["problems"] = problems
+        out["problems"] = JSONValue(problems)
         return out
     }
 }

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotFormats
@@ -46,8 +47,8 @@ extension Registry {
         let limits = inspection.limits
         let manifestDeadline = ContinuousClock.now.advanced(by: .milliseconds(Int64(max(0, limits.maxSecondsPerManifest) * 1000)))
         var outcomes: [String: InspectionOutcome] = [:]
-        var files: [[String: Any]] = []
-        var triton: [String: Any]?
+        var files: [[String: JSONValue]] = []
+        var triton: [String: JSONValue]?
         for (path, blob) in named {
             guard let stored = try store.blob(blob.digest), stored.size == blob.size else { continue }
             let source = StoreByteSource(store: store, digest: blob.digest, size: stored.size)
@@ -62,7 +63,7 @@ extension Registry {
                 outcome = inspection.inspect(path: path, digest: blob.digest.description, source: source, platform: platform)
             }
             outcomes[key] = outcome
-            let base: [String: Any] = ["path": path, "digest": blob.digest.description, "size": blob.size]
+            let base: [String: JSONValue] = ["path": .string(path), "digest": .string(blob.digest.description), "size": .int(blob.size)]
             switch outcome {
             case .recognized(let meta):
                 files.append(meta.merging(base) { _, new in new })
@@ -72,18 +73,18 @@ extension Registry {
                 // A safetensors header that lies would make every reader misread the weights:
                 // refuse it. Other files that do not parse as their name says are recorded.
                 if path.lowercased().hasSuffix(".safetensors") { throw RegistryError(.manifestInvalid, "\(path): \(m)") }
-                files.append(base.merging(["error": m]) { _, new in new })
+                files.append(base.merging(["error": .string(m)]) { _, new in new })
             case .budgetExceeded(let m):
-                files.append(base.merging(["error": m, "budget_exceeded": true, "truncated": true]) { _, new in new })
+                files.append(base.merging(["error": .string(m), "budget_exceeded": true, "truncated": true]) { _, new in new })
             }
             if path == "config.pbtxt", stored.size <= 1 << 20, case .recognized = outcome {
                 let text = String(decoding: try source.read(at: 0, count: Int(stored.size)), as: UTF8.self)
                 do {
                     triton = try inspection.triton(config: text, files: named.map(\.path))
                 } catch let e as InspectionBudgetExceeded {
-                    triton = ["error": e.description, "budget_exceeded": true, "truncated": true]
+                    triton = ["error": .string(e.description), "budget_exceeded": true, "truncated": true]
                 } catch DepotError.invalidArgument(let m) {
-                    files.append(base.merging(["error": m]) { _, new in new })
+                    files.append(base.merging(["error": .string(m)]) { _, new in new })
                 }
             }
         }

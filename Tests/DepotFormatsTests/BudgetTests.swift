@@ -1,4 +1,5 @@
 import CDepotSupport
+import DepotAPI
 import DepotCore
 import DepotFormats
 import Foundation
@@ -44,7 +45,7 @@ func measured<T>(_ label: String, _ body: () -> T) -> (result: T, cost: Cost) {
 }
 
 /// The metadata of a recognised file, or nil (with the outcome recorded as an issue).
-func recognized(_ outcome: InspectionOutcome) -> [String: Any]? {
+func recognized(_ outcome: InspectionOutcome) -> [String: JSONValue]? {
     if case .recognized(let meta) = outcome { return meta }
     Issue.record("expected metadata, got \(outcome)")
     return nil
@@ -87,7 +88,7 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         let scalars = repeated("input_dims: 1 ")
         let a = measured("config.pbtxt, 4 MiB of 'input_dims: 1'") { inspect("config.pbtxt", scalars) }
         let meta = try #require(recognized(a.result))
-        #expect(meta["format"] as? String == "triton-config")
+        #expect(meta["format"] == "triton-config")
 
         // The same through lists that are merged into one field.
         let lists = repeated("dims: [1, 2] ")
@@ -102,8 +103,8 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         let fewer = repeated(String(repeating: " ", count: 200) + "input { dims: 1 } ")
         let d = measured("config.pbtxt, 4 MiB of 20,000 inputs") { inspect("config.pbtxt", fewer) }
         let summary = try #require(recognized(d.result))
-        #expect((summary["inputs"] as? [Any])?.count == 1000)
-        #expect(summary["input_count"] as? Int == fewer.count / 218)
+        #expect(summary["inputs"]?.array?.count == 1000)
+        #expect(summary["input_count"] == JSONValue(fewer.count / 218))
     }
 
     @Test func hostileSavedModel() throws {
@@ -116,9 +117,9 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         let many = sm.bytes
         let a = measured("saved_model.pb, \(many.count >> 10) KiB, 120,000 meta graphs") { inspect("saved_model.pb", many) }
         let meta = try #require(recognized(a.result))
-        #expect(meta["meta_graph_count"] as? Int == 120_000)
-        #expect((meta["tags"] as? [String])?.count == 1000)
-        #expect((meta["meta_graphs"] as? [Any])?.count == 100)
+        #expect(meta["meta_graph_count"] == 120_000)
+        #expect(meta["tags"]?.array?.count == 1000)
+        #expect(meta["meta_graphs"]?.array?.count == 100)
 
         // One meta graph with 400,000 tags.
         var one = PB()
@@ -126,7 +127,7 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         let wide = one.bytes
         let b = measured("saved_model.pb, \(wide.count >> 10) KiB, 400,000 tags in one meta graph") { inspect("saved_model.pb", wide) }
         let meta2 = try #require(recognized(b.result))
-        #expect((meta2["tags"] as? [String])?.count == 100)
+        #expect(meta2["tags"]?.array?.count == 100)
     }
 
     /// A ZIP with one stored pickle at offset 0 and `names` central-directory entries, all
@@ -158,24 +159,24 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         let shared = zipSharingOnePickle(pickle, names: names)
         let a = measured("zip, \(shared.count >> 10) KiB, 65,535 entries to one pickle of 100,000 imports") { inspect("m.pt", shared) }
         let meta = try #require(recognized(a.result))
-        #expect(meta["entry_count"] as? Int == 65_535)
-        #expect((meta["pickles"] as? [Any])?.count == 1)
-        #expect(meta["import_count"] as? Int == 100_001)
-        #expect((meta["imports"] as? [String])?.count == 1000)
-        #expect(meta["imports_truncated"] as? Bool == true)
-        #expect(meta["dangerous_imports"] as? [String] == ["os.system"])
-        #expect(meta["unsafe"] as? Bool == true)
+        #expect(meta["entry_count"] == 65_535)
+        #expect(meta["pickles"]?.array?.count == 1)
+        #expect(meta["import_count"] == 100_001)
+        #expect(meta["imports"]?.array?.count == 1000)
+        #expect(meta["imports_truncated"] == true)
+        #expect(meta["dangerous_imports"] == ["os.system"])
+        #expect(meta["unsafe"] == true)
 
         // 5,000 distinct pickles: 1,000 are scanned, the rest counted and the result marked incomplete.
         let entries = (0..<5_000).map { i in ("a/\(i)/data.pkl", [0x80, 0x02] + P.global("mod\(i)", "f") + [0x2e], 0) }
         let distinct = makeZip(entries)
         let b = measured("zip, \(distinct.count >> 10) KiB, 5,000 distinct pickles") { inspect("m.pt", distinct) }
         let meta2 = try #require(recognized(b.result))
-        #expect(meta2["unscanned_pickles"] as? Int == 4_000)
-        #expect(meta2["complete"] as? Bool == false)
-        #expect(meta2["pickle_count"] as? Int == 1_000)
-        #expect((meta2["pickles"] as? [Any])?.count == 100)
-        #expect(meta2["unsafe"] as? Bool == true)
+        #expect(meta2["unscanned_pickles"] == 4_000)
+        #expect(meta2["complete"] == false)
+        #expect(meta2["pickle_count"] == 1_000)
+        #expect(meta2["pickles"]?.array?.count == 100)
+        #expect(meta2["unsafe"] == true)
     }
 
     @Test func hostileONNX() throws {
@@ -211,11 +212,11 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
             inspect("model.onnx", model)
         }
         let meta = try #require(recognized(a.result))
-        #expect(meta["node_count"] as? Int == 100_000)
-        #expect((meta["op_types"] as? [String: Int])?.count == 20)
-        #expect((meta["inputs"] as? [Any])?.count == 1000)
-        #expect(meta["input_count"] as? Int == 20_000)
-        #expect(meta["initializer_count"] as? Int == 20_000)
+        #expect(meta["node_count"] == 100_000)
+        #expect(meta["op_types"]?.object?.count == 20)
+        #expect(meta["inputs"]?.array?.count == 1000)
+        #expect(meta["input_count"] == 20_000)
+        #expect(meta["initializer_count"] == 20_000)
     }
 
     @Test func budgetsStopInspection() throws {
@@ -229,7 +230,7 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         instant.maxSecondsPerBlob = 0
         #expect(isBudgetExceeded(inspect("model.onnx", m.bytes, limits: instant)))
         // Within the default budget the same file is read in full.
-        #expect(recognized(inspect("model.onnx", m.bytes, limits: InspectionLimits()))?["node_count"] as? Int == 100_000)
+        #expect(recognized(inspect("model.onnx", m.bytes, limits: InspectionLimits()))?["node_count"] == 100_000)
     }
 
     /// Counts reads and how many run at once; each read takes `delay`.
@@ -264,7 +265,7 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
         #expect(first > 0)
         // Same digest, another path that selects the same reader: no read at all.
         #expect(
-            recognized(service.inspect(path: "b/other.onnx", digest: "sha256:aa", source: source, platform: nil))?["ir_version"] as? Int
+            recognized(service.inspect(path: "b/other.onnx", digest: "sha256:aa", source: source, platform: nil))?["ir_version"]
                 == 8)
         #expect(source.reads.load(ordering: .relaxed) == first)
         // A name that selects another reader inspects again.
@@ -293,18 +294,18 @@ func isBudgetExceeded(_ outcome: InspectionOutcome) -> Bool {
 
     @Test func documentIsCapped() throws {
         let big = String(repeating: "x", count: 50_000)
-        let files: [[String: Any]] = (0..<100).map {
-            ["path": "f\($0).onnx", "digest": "sha256:\($0)", "size": 1, "format": "onnx", "doc_string": big]
+        let files: [[String: JSONValue]] = (0..<100).map {
+            ["path": .string("f\($0).onnx"), "digest": .string("sha256:\($0)"), "size": 1, "format": "onnx", "doc_string": .string(big)]
         }
         let json = try #require(MetadataDocument.encode(files: files, triton: ["name": "m"], maxBytes: 1 << 20))
         #expect(json.utf8.count <= 1 << 20)
-        let doc = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
-        #expect(doc["truncated"] as? Bool == true)
-        let kept = try #require(doc["files"] as? [[String: Any]])
+        let doc = try #require(try WireJSON.decode(JSONValue.self, from: Array(json.utf8), what: "metadata").object)
+        #expect(doc["truncated"] == true)
+        let kept = try #require(doc["files"]?.array)
         #expect(kept.count == 100)
-        #expect(kept[0]["doc_string"] as? String == big)
-        #expect(kept[99]["doc_string"] == nil && kept[99]["truncated"] as? Bool == true && kept[99]["path"] as? String == "f99.onnx")
-        #expect(doc["files_truncated"] as? Int == 100 - kept.filter { $0["doc_string"] != nil }.count)
+        #expect(kept[0]["doc_string"]?.string == big)
+        #expect(kept[99]["doc_string"] == nil && kept[99]["truncated"] == true && kept[99]["path"] == "f99.onnx")
+        #expect(doc["files_truncated"]?.int == 100 - Int64(kept.filter { $0["doc_string"] != nil }.count))
         // A small document is left as it is.
         let small = try #require(MetadataDocument.encode(files: [files[0]], triton: nil, maxBytes: 1 << 20))
         #expect(!small.contains("truncated"))

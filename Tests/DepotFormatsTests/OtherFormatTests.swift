@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import DepotFormats
 import Testing
@@ -13,18 +14,18 @@ func safetensorsFile(_ header: String, dataBytes: Int) -> [UInt8] {
             #"{"__metadata__":{"format":"pt"},"b":{"dtype":"F16","shape":[4,8],"data_offsets":[40,104]},"a":{"dtype":"F32","shape":[10],"data_offsets":[0,40]}}"#
         let file = safetensorsFile(header, dataBytes: 104)
         let out = try #require(try inspect("model.safetensors", file))
-        #expect(out["format"] as? String == "safetensors")
-        #expect(out["parameters"] as? Int == 42)
-        #expect(out["tensor_count"] as? Int == 2)
-        #expect(out["dtypes"] as? [String: Int] == ["F32": 1, "F16": 1])
-        #expect(out["metadata"] as? [String: String] == ["format": "pt"])
-        let tensors = try #require(out["tensors"] as? [[String: Any]])
-        #expect(tensors.map { $0["name"] as? String } == ["a", "b"])
+        #expect(out["format"] == "safetensors")
+        #expect(out["parameters"] == 42)
+        #expect(out["tensor_count"] == 2)
+        #expect(out["dtypes"] == ["F32": 1, "F16": 1])
+        #expect(out["metadata"] == ["format": "pt"])
+        let tensors = try #require(out["tensors"]?.array)
+        #expect(tensors.map { $0["name"]?.string } == ["a", "b"])
         let start = 8 + header.utf8.count
-        #expect(tensors[1]["offsets"] as? [Int] == [start + 40, start + 104])
-        #expect(tensors[1]["shape"] as? [Int] == [4, 8])
+        #expect(tensors[1]["offsets"] == JSONValue([start + 40, start + 104]))
+        #expect(tensors[1]["shape"] == [4, 8])
         // Recognised by its header alone.
-        #expect((try inspect("weights", file))?["format"] as? String == "safetensors")
+        #expect((try inspect("weights", file))?["format"] == "safetensors")
     }
 
     @Test func lyingSafetensorsThrows() {
@@ -38,18 +39,18 @@ func safetensorsFile(_ header: String, dataBytes: Int) -> [UInt8] {
     @Test func tensorRTPlan() throws {
         let engine = Array("ftrt".utf8) + [UInt8](repeating: 7, count: 60)
         let out = try #require(try inspect("1/model.plan", engine, platform: "sm_90,trt10.3"))
-        #expect(out["format"] as? String == "tensorrt-plan")
-        #expect(out["magic"] as? String == "ftrt")
-        #expect(out["size"] as? Int == 64)
-        #expect(out["compute_capability"] as? String == "9.0")
-        #expect(out["tensorrt_version"] as? String == "10.3")
-        #expect(out["source"] as? String == "push")
-        #expect(out["problems"] as? [String] == [])
+        #expect(out["format"] == "tensorrt-plan")
+        #expect(out["magic"] == "ftrt")
+        #expect(out["size"] == 64)
+        #expect(out["compute_capability"] == "9.0")
+        #expect(out["tensorrt_version"] == "10.3")
+        #expect(out["source"] == "push")
+        #expect(out["problems"] == [])
         let noMagic = try #require(try inspect("x.engine", [1, 2, 3, 4, 5], platform: nil))
-        #expect(noMagic["problems"] as? [String] == ["no TensorRT engine magic"])
+        #expect(noMagic["problems"] == ["no TensorRT engine magic"])
         #expect(noMagic["compute_capability"] == nil && noMagic["source"] == nil)
         let byMagic = try #require(try inspect("blob", Array("ptrt".utf8) + [0, 0], platform: "sm_100"))
-        #expect(byMagic["compute_capability"] as? String == "10.0")
+        #expect(byMagic["compute_capability"] == "10.0")
     }
 
     @Test func tensorFlowSavedModelAndGraphDef() throws {
@@ -65,10 +66,10 @@ func safetensorsFile(_ header: String, dataBytes: Int) -> [UInt8] {
             mg.data(2, [UInt8](repeating: 0, count: 5000)) // graph_def, skipped
         }
         let out = try #require(try inspect("m/1/model.savedmodel/saved_model.pb", sm.bytes))
-        #expect(out["format"] as? String == "tensorflow-savedmodel")
-        #expect(out["tags"] as? [String] == ["serve", "gpu"])
-        #expect(out["tensorflow_version"] as? String == "2.15.0")
-        #expect(out["meta_graph_count"] as? Int == 1)
+        #expect(out["format"] == "tensorflow-savedmodel")
+        #expect(out["tags"] == ["serve", "gpu"])
+        #expect(out["tensorflow_version"] == "2.15.0")
+        #expect(out["meta_graph_count"] == 1)
         #expect(errorMessage { try inspect("saved_model.pb", Array(sm.bytes.dropLast(10))) }.contains("SavedModel"))
 
         var gd = PB()
@@ -86,10 +87,10 @@ func safetensorsFile(_ header: String, dataBytes: Int) -> [UInt8] {
         }
         gd.message(4) { v in v.int(1, 1234) }
         let graph = try #require(try inspect("frozen.pb", gd.bytes))
-        #expect(graph["format"] as? String == "tensorflow-graphdef")
-        #expect(graph["node_count"] as? Int == 3)
-        #expect(graph["op_types"] as? [String: Int] == ["Identity": 2, "Placeholder": 1])
-        #expect(graph["producer"] as? Int == 1234)
+        #expect(graph["format"] == "tensorflow-graphdef")
+        #expect(graph["node_count"] == 3)
+        #expect(graph["op_types"] == ["Identity": 2, "Placeholder": 1])
+        #expect(graph["producer"] == 1234)
         let junk = try inspect("junk.pb", [0x0f, 0xff, 0x00])
         #expect(junk == nil)
     }

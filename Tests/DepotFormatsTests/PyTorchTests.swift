@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import DepotFormats
 import Testing
@@ -38,58 +39,58 @@ import Testing
 
     @Test func safeTorchArchive() throws {
         let out = try #require(try inspect("model.pt", torchZip(torchData)))
-        #expect(out["format"] as? String == "pytorch")
-        #expect(out["container"] as? String == "zip")
-        let entries = try #require(out["entries"] as? [[String: Any]])
-        #expect(entries.map { $0["name"] as? String } == ["archive/data.pkl", "archive/data/0", "archive/version"])
-        #expect(entries[1]["size"] as? Int == 16 && entries[1]["method"] as? Int == 0)
-        #expect(out["imports"] as? [String] == ["collections.OrderedDict", "torch.FloatStorage", "torch._utils._rebuild_tensor_v2"])
-        #expect(out["unsafe"] as? Bool == false)
-        #expect(out["unsafe_imports"] as? [String] == [])
-        let pickles = try #require(out["pickles"] as? [[String: Any]])
-        #expect(pickles.count == 1 && pickles[0]["entry"] as? String == "archive/data.pkl")
-        #expect((try inspect("model.pt", torchZip(safe)))?["unsafe"] as? Bool == false)
+        #expect(out["format"] == "pytorch")
+        #expect(out["container"] == "zip")
+        let entries = try #require(out["entries"]?.array)
+        #expect(entries.map { $0["name"]?.string } == ["archive/data.pkl", "archive/data/0", "archive/version"])
+        #expect(entries[1]["size"] == 16 && entries[1]["method"] == 0)
+        #expect(out["imports"] == ["collections.OrderedDict", "torch.FloatStorage", "torch._utils._rebuild_tensor_v2"])
+        #expect(out["unsafe"] == false)
+        #expect(out["unsafe_imports"] == [])
+        let pickles = try #require(out["pickles"]?.array)
+        #expect(pickles.count == 1 && pickles[0]["entry"] == "archive/data.pkl")
+        #expect((try inspect("model.pt", torchZip(safe)))?["unsafe"] == false)
     }
 
     @Test func unsafeImportsAreFlagged() throws {
         let out = try #require(try inspect("model.pth", torchZip(osSystem)))
-        #expect(out["unsafe"] as? Bool == true)
-        #expect(out["unsafe_imports"] as? [String] == ["os.system"])
-        #expect(out["dangerous_imports"] as? [String] == ["os.system"])
-        let pickles = try #require(out["pickles"] as? [[String: Any]])
-        #expect(pickles[0]["unsafe_imports"] as? [String] == ["os.system"])
+        #expect(out["unsafe"] == true)
+        #expect(out["unsafe_imports"] == ["os.system"])
+        #expect(out["dangerous_imports"] == ["os.system"])
+        let pickles = try #require(out["pickles"]?.array)
+        #expect(pickles[0]["unsafe_imports"] == ["os.system"])
 
         // Any ZIP with a data.pkl is recognised whatever its name.
         let stack = try #require(try inspect("weights.bin", torchZip(stackGlobal)))
-        #expect(stack["dangerous_imports"] as? [String] == ["posix.system"])
+        #expect(stack["dangerous_imports"] == ["posix.system"])
         let memo = try #require(try inspect("weights.bin", torchZip(viaMemo)))
-        #expect(memo["dangerous_imports"] as? [String] == ["subprocess.Popen"])
+        #expect(memo["dangerous_imports"] == ["subprocess.Popen"])
         // A non-dangerous but unknown callable is unsafe only.
         let odd: [UInt8] = [0x80, 0x02] + P.global("mylib.layers", "Custom") + [0x29, 0x52, 0x2e]
         let custom = try #require(try inspect("m.ckpt", torchZip(odd)))
-        #expect(custom["unsafe_imports"] as? [String] == ["mylib.layers.Custom"])
-        #expect(custom["dangerous_imports"] as? [String] == [])
+        #expect(custom["unsafe_imports"] == ["mylib.layers.Custom"])
+        #expect(custom["dangerous_imports"] == [])
         // Python 2 module names are normalised: __builtin__.eval is builtins.eval.
         let evil: [UInt8] = [0x80, 0x02] + P.global("__builtin__", "eval") + [0x29, 0x52, 0x2e]
-        #expect((try inspect("m.pt", torchZip(evil)))?["dangerous_imports"] as? [String] == ["builtins.eval"])
+        #expect((try inspect("m.pt", torchZip(evil)))?["dangerous_imports"] == ["builtins.eval"])
     }
 
     @Test func zip64AndCompressedEntries() throws {
         let out = try #require(try inspect("model.pt", torchZip(osSystem, zip64: true)))
-        #expect(out["container"] as? String == "zip")
-        #expect((out["entries"] as? [[String: Any]])?.count == 3)
-        #expect(out["unsafe_imports"] as? [String] == ["os.system"])
+        #expect(out["container"] == "zip")
+        #expect(out["entries"]?.array?.count == 3)
+        #expect(out["unsafe_imports"] == ["os.system"])
         let deflated = try #require(try inspect("model.pt", torchZip(osSystem, method: 8)))
-        #expect((deflated["problems"] as? [String])?.contains("archive/data.pkl: unscanned (compressed)") == true)
+        #expect(deflated["problems"]?.array?.contains("archive/data.pkl: unscanned (compressed)") == true)
     }
 
     @Test func legacyRawPickle() throws {
         let out = try #require(try inspect("old.pth", safe + osSystem + [0x10, 0x00, 0x00]))
-        #expect(out["container"] as? String == "pickle")
-        #expect(out["unsafe_imports"] as? [String] == ["os.system"])
-        #expect(out["imports"] as? [String] == ["collections.OrderedDict", "os.system"])
+        #expect(out["container"] == "pickle")
+        #expect(out["unsafe_imports"] == ["os.system"])
+        #expect(out["imports"] == ["collections.OrderedDict", "os.system"])
         // Detected by magic alone.
-        #expect((try inspect("blob", safe))?["format"] as? String == "pytorch")
+        #expect((try inspect("blob", safe))?["format"] == "pytorch")
     }
 
     @Test func malformedPicklesThrow() {

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import DepotFormats
 
@@ -84,6 +85,6 @@ func errorMessage(_ body: () throws -> Any?) -> String {
     }
 }
 
-func inspect(_ path: String, _ bytes: [UInt8], platform: String? = nil) throws -> [String: Any]? {
+func inspect(_ path: String, _ bytes: [UInt8], platform: String? = nil) throws -> [String: JSONValue]? {
     try FormatInspector.inspect(path: path, source: BytesSource(bytes), platform: platform)
 }

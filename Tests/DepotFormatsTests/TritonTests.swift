@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import DepotFormats
 import Testing
@@ -30,46 +31,46 @@ let tritonConfig = """
 @Suite struct TritonTests {
     @Test func parsesConfigAndChecksVersions() throws {
         let out = try FormatInspector.triton(config: tritonConfig, files: ["config.pbtxt", "1/model.onnx", "2/other.bin"])
-        #expect(out["name"] as? String == "resnet50")
-        #expect(out["platform"] as? String == "onnxruntime_onnx")
-        #expect(out["max_batch_size"] as? Int == 8)
-        let inputs = try #require(out["inputs"] as? [[String: Any]])
+        #expect(out["name"] == "resnet50")
+        #expect(out["platform"] == "onnxruntime_onnx")
+        #expect(out["max_batch_size"] == 8)
+        let inputs = try #require(out["inputs"]?.array)
         #expect(inputs.count == 1)
-        #expect(inputs[0]["name"] as? String == "input__0")
-        #expect(inputs[0]["data_type"] as? String == "TYPE_FP32")
-        #expect(inputs[0]["dims"] as? [Int] == [3, 224, 224])
-        let outputs = try #require(out["outputs"] as? [[String: Any]])
-        #expect(outputs.map { $0["name"] as? String } == ["logits", "probs\t\"x\""])
-        #expect(outputs[0]["dims"] as? [Int] == [-1])
-        #expect(outputs[1]["data_type"] as? String == "TYPE_FP16")
-        #expect(outputs[1]["reshape"] as? [Int] == [1, 1000])
-        let groups = try #require(out["instance_group"] as? [[String: Any]])
+        #expect(inputs[0]["name"] == "input__0")
+        #expect(inputs[0]["data_type"] == "TYPE_FP32")
+        #expect(inputs[0]["dims"] == [3, 224, 224])
+        let outputs = try #require(out["outputs"]?.array)
+        #expect(outputs.map { $0["name"]?.string } == ["logits", "probs\t\"x\""])
+        #expect(outputs[0]["dims"] == [-1])
+        #expect(outputs[1]["data_type"] == "TYPE_FP16")
+        #expect(outputs[1]["reshape"] == [1, 1000])
+        let groups = try #require(out["instance_group"]?.array)
         #expect(groups.count == 1)
-        #expect(groups[0]["count"] as? Int == 2)
-        #expect(groups[0]["kind"] as? String == "KIND_GPU")
-        #expect(groups[0]["gpus"] as? [Int] == [0])
-        let policy = try #require(out["version_policy"] as? [String: Any])
-        #expect((policy["latest"] as? [String: Any])?["num_versions"] as? Int == 2)
-        #expect(out["versions"] as? [Int] == [1, 2])
-        #expect(out["problems"] as? [String] == ["version directory 2 lacks model.onnx expected by platform onnxruntime_onnx"])
+        #expect(groups[0]["count"] == 2)
+        #expect(groups[0]["kind"] == "KIND_GPU")
+        #expect(groups[0]["gpus"] == [0])
+        let policy = try #require(out["version_policy"]?.object)
+        #expect(policy["latest"]?["num_versions"] == 2)
+        #expect(out["versions"] == [1, 2])
+        #expect(out["problems"] == ["version directory 2 lacks model.onnx expected by platform onnxruntime_onnx"])
     }
 
     @Test func defaultsAndOverrides() throws {
         let config = "name: 'p' backend: \"python\" version_policy: { specific { versions: [1, 3] } }"
         let out = try FormatInspector.triton(config: config, files: ["p/config.pbtxt", "p/1/model.py", "p/3/model.py"])
-        #expect(out["versions"] as? [Int] == [1, 3])
-        #expect(out["problems"] as? [String] == [])
-        #expect(out["max_batch_size"] as? Int == 0)
+        #expect(out["versions"] == [1, 3])
+        #expect(out["problems"] == [])
+        #expect(out["max_batch_size"] == 0)
         let plan = try FormatInspector.triton(
             config: "platform: \"tensorrt_plan\" default_model_filename: \"engine.bin\"",
             files: ["config.pbtxt", "1/engine.bin", "2/model.plan"])
-        #expect(plan["problems"] as? [String] == ["version directory 2 lacks engine.bin expected by platform tensorrt_plan"])
+        #expect(plan["problems"] == ["version directory 2 lacks engine.bin expected by platform tensorrt_plan"])
         let saved = try FormatInspector.triton(
             config: "platform: \"tensorflow_savedmodel\"",
             files: ["config.pbtxt", "1/model.savedmodel/saved_model.pb"])
-        #expect(saved["problems"] as? [String] == [])
-        let policy = try #require(saved["version_policy"] as? [String: Any])
-        #expect((policy["latest"] as? [String: Any])?["num_versions"] as? Int == 1)
+        #expect(saved["problems"] == [])
+        let policy = try #require(saved["version_policy"]?.object)
+        #expect(policy["latest"]?["num_versions"] == 1)
     }
 
     @Test func malformedConfigNamesLine() {
@@ -82,8 +83,8 @@ let tritonConfig = """
 
     @Test func inspectRecognisesConfigFiles() throws {
         let out = try #require(try inspect("resnet50/config.pbtxt", Array(tritonConfig.utf8)))
-        #expect(out["format"] as? String == "triton-config")
-        #expect(out["name"] as? String == "resnet50")
+        #expect(out["format"] == "triton-config")
+        #expect(out["name"] == "resnet50")
         #expect(out["versions"] == nil)
     }
 }

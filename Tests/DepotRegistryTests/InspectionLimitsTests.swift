@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import DepotFormats
 import DepotRegistry
@@ -27,7 +28,7 @@ import Testing
     }
 
     /// Stores `blobs` and puts a manifest naming them by path; returns the stored metadata document.
-    static func push(_ registry: Registry, _ layers: [(path: String, bytes: [UInt8])]) throws -> [String: Any] {
+    static func push(_ registry: Registry, _ layers: [(path: String, bytes: [UInt8])]) throws -> [String: JSONValue] {
         let repo = try RepositoryName("limits/m")
         var stored: [Digest: Int] = [:]
         var descriptors: [[String: Any]] = []
@@ -58,7 +59,7 @@ import Testing
         let bytes = Array(try JSONSerialization.data(withJSONObject: manifest, options: [.sortedKeys]))
         _ = try registry.putManifest(repo, .tag("v1"), contentType: MediaType.ociManifest, bytes: bytes)
         let json = try registry.metadata(repo, .tag("v1"))
-        return try #require(try JSONSerialization.jsonObject(with: Data(json)) as? [String: Any])
+        return try #require(try WireJSON.decode(JSONValue.self, from: json, what: "metadata").object)
     }
 
     @Test func aLayerOverBudgetIsMarkedAndThePushSucceeds() throws {
@@ -71,14 +72,14 @@ import Testing
         let meta = try Self.push(t.registry, layers)
         // Two inspections in all: the big blob once for its 300 names, and the small one.
         #expect(t.registry.inspection.inspectionsRun == 2)
-        let files = try #require(meta["files"] as? [[String: Any]])
+        let files = try #require(meta["files"]?.array)
         #expect(files.count == 301)
-        let over = files.filter { $0["budget_exceeded"] as? Bool == true }
+        let over = files.filter { $0["budget_exceeded"] == true }
         #expect(over.count == 300)
-        #expect(over.allSatisfy { ($0["error"] as? String)?.contains("budget") == true && $0["truncated"] as? Bool == true })
-        let small = try #require(files.first { $0["path"] as? String == "small.onnx" })
-        #expect(small["format"] as? String == "onnx")
-        #expect(small["node_count"] as? Int == 3)
+        #expect(over.allSatisfy { $0["error"]?.string?.contains("budget") == true && $0["truncated"] == true })
+        let small = try #require(files.first { $0["path"] == "small.onnx" })
+        #expect(small["format"] == "onnx")
+        #expect(small["node_count"] == 3)
     }
 
     @Test func theDocumentIsCappedAndMarked() throws {
@@ -87,12 +88,12 @@ import Testing
         let t = try TestRegistry("limits", inspectionLimits: limits)
         let doc = String(repeating: "d", count: 4000)
         let meta = try Self.push(t.registry, (0..<20).map { ("m\($0).onnx", Self.onnx(nodes: $0 + 1, doc: doc)) })
-        let json = try JSONSerialization.data(withJSONObject: meta)
+        let json = try WireJSON.encode(JSONValue.object(meta))
         #expect(json.count <= 16 << 10)
-        #expect(meta["truncated"] as? Bool == true)
-        let files = try #require(meta["files"] as? [[String: Any]])
-        #expect(files.first?["doc_string"] as? String == doc)
-        #expect(files.contains { $0["truncated"] as? Bool == true && $0["doc_string"] == nil })
+        #expect(meta["truncated"] == true)
+        let files = try #require(meta["files"]?.array)
+        #expect(files.first?["doc_string"]?.string == doc)
+        #expect(files.contains { $0["truncated"] == true && $0["doc_string"] == nil })
     }
 
     @Test func rangeHeaders() throws {
