@@ -52,3 +52,14 @@ public struct ExtensionInfo: Codable, Sendable, Equatable {
         case maxHashesPerFetch = "max_hashes_per_fetch"
     }
 }
+
+/// `POST …/repositories/{name}/chunks`: how many records arrived, and how many were new.
+public struct ChunkUploadAnswer: Codable, Sendable, Equatable {
+    public var received: Int
+    public var stored: Int
+
+    public init(received: Int, stored: Int) {
+        self.received = received
+        self.stored = stored
+    }
+}

@@ -174,8 +174,9 @@ extension RegistryConnection {
         while let path = next {
             let r = try await send(.GET, path, accept: [200])
             let body = try await collect(r, limit: 16 << 20)
-            let json = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
-            out += json?[key] as? [String] ?? []
+            // `tags` of a TagList or `repositories` of a RepositoryList; `null` reads as empty.
+            let page = try? WireJSON.decode([String: JSONValue].self, from: body, what: "page")
+            out += (page?[key]?.array ?? []).compactMap(\.string)
             next = nil
             if let link = r.headers.first(name: "Link"), let open = link.firstIndex(of: "<"), let close = link.firstIndex(of: ">") {
                 next = String(link[link.index(after: open)..<close])
@@ -192,13 +193,12 @@ extension RegistryConnection {
         return try? WireJSON.decode(JSONValue.self, from: body, what: "metadata")
     }
 
-    /// PUTs raw bytes to an extension path; the answer's JSON object.
-    public func putBytes(_ path: String, _ bytes: [UInt8], contentType: String = "application/octet-stream") async throws -> [String: Any] {
+    /// PUTs raw bytes to an extension path (a job log); the answer is read and dropped.
+    public func putBytes(_ path: String, _ bytes: [UInt8], contentType: String = "application/octet-stream") async throws {
         let r = try await send(
             .PUT, path, headers: [("Content-Type", contentType), ("Content-Length", String(bytes.count))],
             body: .bytes(bytes), accept: [200, 201])
-        let answer = try await collect(r, limit: 1 << 20)
-        return (try? JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any]) ?? [:]
+        _ = try await collect(r, limit: 1 << 20)
     }
 
     /// GETs an extension path's body (at most `limit` bytes).
@@ -228,23 +228,5 @@ extension RegistryConnection {
         do { return try WireJSON.decode(Answer.self, from: bytes, what: "\(method) \(path): the registry's answer") } catch {
             throw ClientError("\(error)")
         }
-    }
-
-    /// A JSON call of Depot's governance API (aliases, pins, lineage, audit): the answer object.
-    public func call(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, headers: [(String, String)] = []) async throws
-        -> [String: Any]
-    {
-        var b: Body = .none
-        var h = headers
-        if let body {
-            b = .bytes(Array(try JSONSerialization.data(withJSONObject: body)))
-            h.append(("Content-Type", "application/json"))
-        }
-        let r = try await send(method, path, headers: h, body: b, accept: [200, 201])
-        let bytes = try await collect(r, limit: 256 << 20)
-        guard let json = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
-            throw ClientError("\(method) \(path): the registry's answer is not a JSON object")
-        }
-        return json
     }
 }

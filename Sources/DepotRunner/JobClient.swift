@@ -112,7 +112,7 @@ extension RegistryConnection {
     }
 
     func uploadJobLog(_ job: LeasedJob, _ bytes: [UInt8]) async throws {
-        _ = try await putBytes(
+        try await putBytes(
             Routes[.jobLogPut].path(["id": "\(job.id)"]) + "?lease_token=\(job.token)", bytes, contentType: "text/plain; charset=utf-8")
     }
 

@@ -147,7 +147,7 @@ struct ChunkHandlers: RouteHandlers {
         }
         try await offload { try receiver.finish() }
         let stored = receiver.stored
-        return Reply.json(["received": receiver.received, "stored": stored], status: 201)
+        return Reply.encoded(ChunkUploadAnswer(received: receiver.received, stored: stored), status: 201)
     }
 
     func commitRecipe(_ name: RepositoryName, _ digest: Digest, _ request: Request) async throws -> Response {

@@ -25,14 +25,6 @@ enum Reply {
         return Response(status: .init(code: status), headers: h, body: ResponseBody())
     }
 
-    static func json(
-        _ object: Any, status: Int = 200, contentType: String = "application/json", headers: HTTPFields = [:], head: Bool = false
-    ) -> Response {
-        let data =
-            (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-        return bytes(Array(data), status: status, contentType: contentType, headers: headers, head: head)
-    }
-
     /// A wire type as JSON (sorted keys, so the same value gives the same bytes).
     static func encoded<T: Encodable>(
         _ value: T, status: Int = 200, contentType: String = "application/json", headers: HTTPFields = [:], head: Bool = false

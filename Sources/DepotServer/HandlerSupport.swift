@@ -41,18 +41,6 @@ extension RouteHandlers {
         return try RequestParsing.digest(text)
     }
 
-    /// A small JSON request body as an object.
-    func jsonBody(_ request: Request) async throws -> [String: Any] {
-        let body = try await RequestParsing.collect(
-            request, limit: 1 << 20, what: "JSON body",
-            rate: RateFloor(limits: registry.uploads.limits, start: .now))
-        if body.readableBytes == 0 { return [:] }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
-            throw RegistryError(.invalidRequest, "body must be a JSON object")
-        }
-        return object
-    }
-
     /// A small JSON request body as a wire type; an empty body decodes as `{}` (every field of a
     /// request type is optional or defaulted where an empty body is meaningful).
     func body<T: Decodable>(_ request: Request, as type: T.Type) async throws -> T {

@@ -65,9 +65,7 @@ public struct OCIResponder: HTTPResponder {
                     RegistryError(.unsupported, "\(request.method) is not supported on this endpoint"),
                     headers: [.allow: allowed.map(\.rawValue).joined(separator: ", ")], head: head)
             case .notFound:
-                response = Reply.json(
-                    ["errors": [["code": "NOT_FOUND", "message": "no such endpoint", "detail": [String: String]()]]], status: 404,
-                    head: head)
+                response = Reply.encoded(OCIErrorBody([.init(code: "NOT_FOUND", message: "no such endpoint")]), status: 404, head: head)
             }
         } catch {
             let e = RegistryError.from(error)
@@ -102,7 +100,7 @@ public struct OCIResponder: HTTPResponder {
         case .health: return Reply.bytes(Array("ok\n".utf8), contentType: "text/plain")
         case .metrics: return try await metricsResponse()
 
-        case .base: return Reply.json([String: String](), head: request.method == .head)
+        case .base: return Reply.encoded([String: String](), head: request.method == .head)
         case .catalog: return try await discovery.catalog(request)
         case .tags: return try await discovery.tags(match, request)
         case .referrers: return try await discovery.referrers(match, request)
