@@ -161,6 +161,52 @@ import Testing
         #expect(try store.fsck().isClean)
     }
 
+    /// A write is a GC root from the moment its blob row exists. The row used to be inserted
+    /// before the appender (whose lock the sweep holds) knew the write as active, so a sweep in
+    /// between deleted the new row as a stale unfinished write; the writer's recipe rows then
+    /// failed the `recipes.blob_id` foreign key at the next flush (the GC-in-a-loop crash).
+    /// Here that order is forced: another connection holds the catalog's write lock while the
+    /// writer starts its blob and a collection starts, then lets go.
+    @Test func aCollectionWhileAWriteStartsDoesNotDeleteItsBlobRow() throws {
+        let dir = TempDir()
+        var options = StoreOptions()
+        options.writeGraceSeconds = 0
+        let store = try ChunkStore(root: dir.path, options: options, create: true)
+        let other = try Database(path: dir.path + "/catalog.db")
+        let holding = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let group = DispatchGroup()
+        DispatchQueue(label: "test.catalog-lock").async(group: group) {
+            _ = try? other.write { _ in
+                holding.signal()
+                release.wait()
+            }
+        }
+        holding.wait()
+        let writer = Locked<Result<BlobWriter, any Error>?>(nil)
+        DispatchQueue(label: "test.writer").async(group: group) {
+            let made = Result { try store.makeWriter() }
+            writer.withLock { $0 = made }
+        }
+        usleep(300_000) // the writer now waits for the catalog inside beginBlob
+        let gc = Locked<Result<GCReport, any Error>?>(nil)
+        DispatchQueue(label: "test.gc").async(group: group) {
+            // Far past the grace period: any unfinished write that is not a root is garbage.
+            let report = Result { try store.collectGarbage(now: PackAppender.now() + 3_600_000) }
+            gc.withLock { $0 = report }
+        }
+        usleep(300_000) // and so does the collection
+        release.signal()
+        group.wait()
+        let w = try #require(writer.withLock { $0 }).get()
+        let data = randomBytes(300_000, seed: 21)
+        try w.write(data)
+        let r = try w.finish(retain: "t")
+        #expect(try gc.withLock { $0 }?.get().blobsDeleted == 0)
+        #expect(try store.readAll(r.digest) == data)
+        #expect(try store.fsck().isClean)
+    }
+
     @Test func gcInALoopWhileWritingAndReadingLosesNothing() throws {
         let dir = TempDir()
         var options = StoreOptions()
