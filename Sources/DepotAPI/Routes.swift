@@ -223,6 +223,8 @@ public enum Routes {
     /// `blobs`).
     public static let all: [Route] = [
         Route(.health, .get, "/healthz", .anonymous),
+        // Load balancers often probe with HEAD.
+        Route(.health, .head, "/healthz", .anonymous),
         Route(.metrics, .get, "/metrics", .admin),
 
         Route(.base, .get, "/v2", .anonymous),

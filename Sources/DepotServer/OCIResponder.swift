@@ -97,7 +97,7 @@ public struct OCIResponder: HTTPResponder {
     /// not compile.
     func dispatch(_ match: RouteMatch, _ request: Request, _ context: Context) async throws -> Response {
         switch match.route.id {
-        case .health: return Reply.bytes(Array("ok\n".utf8), contentType: "text/plain")
+        case .health: return Reply.bytes(Array("ok\n".utf8), contentType: "text/plain", head: request.method == .head)
         case .metrics: return try await metricsResponse()
 
         case .base: return Reply.encoded([String: String](), head: request.method == .head)
