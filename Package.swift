@@ -21,6 +21,9 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        // ES256 tokens of the OCI token flow and OIDC workload identity (JWKS). Its crypto
+        // dependencies (swift-crypto, swift-certificates) are already in the graph via NIOSSL.
+        .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
     ],
     targets: [
         // System libraries (Debian: libzstd-dev, libsqlite3-dev, libssl-dev).
@@ -35,6 +38,8 @@ let package = Package(
         .target(name: "DepotCatalog", dependencies: ["DepotCore", "DepotAPI", "CSQLite"]),
         // Its readers describe files as JSONValue (DepotAPI's open document type).
         .target(name: "DepotFormats", dependencies: ["DepotCore", "DepotAPI"]),
+        // Identity and authorization: roles, grants, credentials, token signing, OIDC. No HTTP.
+        .target(name: "DepotAuth", dependencies: ["DepotCore", "DepotAPI", "COpenSSL", .product(name: "JWTKit", package: "jwt-kit")]),
         .target(name: "CDepotSupport"),
         .target(name: "DepotStore", dependencies: ["DepotCore", "DepotCatalog", "CZstd", "CDepotSupport"]),
         .target(name: "DepotRegistry", dependencies: ["DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats"]),
@@ -58,7 +63,7 @@ let package = Package(
             dependencies: [
                 "DepotCore", "DepotAPI", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport", "DepotPipelines",
                 "DepotRunner",
-                "DepotClient", "DepotDeploy",
+                "DepotClient", "DepotDeploy", "DepotAuth",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -85,7 +90,7 @@ let package = Package(
             name: "depot",
             dependencies: [
                 "DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotRegistry", "DepotServer", "DepotClient",
-                "DepotPipelines", "DepotRunner", "DepotDeploy",
+                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotAuth",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -101,12 +106,13 @@ let package = Package(
         ),
         .testTarget(name: "DepotCatalogTests", dependencies: ["DepotCatalog", "DepotAPI", "DepotCore", "CSQLite"]),
         .testTarget(name: "DepotAPITests", dependencies: ["DepotAPI", "DepotCore"]),
+        .testTarget(name: "DepotAuthTests", dependencies: ["DepotAuth", "DepotAPI", "DepotCore"]),
         .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotAPI", "DepotCore", "CDepotSupport"]),
         .testTarget(
             name: "DepotServerTests",
             dependencies: [
                 "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotCatalog", "DepotFormats", "DepotAPI", "DepotClient",
-                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotTestSupport",
+                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotTestSupport", "DepotAuth",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),

@@ -15,21 +15,32 @@
 /// path that fits no route that way is matched loosely, so that a malformed digest still reaches
 /// its handler and gets the spec's `DIGEST_INVALID`.
 
-/// What a request does, for authorization (`docs/AUTHORIZATION.md` once identities land).
-/// Raw values are the names used in policy files and tokens.
+/// What a request does, for authorization (docs/AUTHORIZATION.md). Raw values are the names
+/// used in policy files, roles and tokens. A route's action applies to the repository its path
+/// names; routes without a repository (lists, audit, jobs) need the action on every repository.
 public enum Action: String, Codable, Sendable, CaseIterable {
-    /// No resource: the API version check, health.
+    /// No resource and nothing to protect: health, the extension API's capabilities.
     case anonymous
+    /// Any authenticated caller: the API version check (`GET /v2/`, which OCI clients call to
+    /// learn how to authenticate) and `whoami`.
+    case authenticated
+    /// Exchange credentials for a bearer token (`/token`): open, because the endpoint checks
+    /// the credentials in the request itself.
+    case token
     /// Read blobs, manifests, tags, referrers, recipes, chunks, metadata, lineage, aliases, pins.
     case pull
-    /// Write blobs, manifests and tags (uploads, chunk uploads, recipe commits).
+    /// Write blobs and manifests by digest (uploads, chunk uploads, recipe commits).
     case push
+    /// Point a tag at a manifest (a manifest PUT by tag needs `push` and `tag`).
+    case tag
     /// Delete manifests, tags and blobs.
     case delete
-    /// List every repository.
+    /// List every repository (the answer holds only the repositories the caller may pull).
     case catalog
-    /// Move an alias (`production`, …) or roll it back.
+    /// Move an alias (`production`, …).
     case aliasMove = "alias.move"
+    /// Move an alias back to an earlier digest of its history.
+    case rollback
     /// Pin or unpin a digest (keeps it through GC and retention).
     case pin
     /// Read the audit journal, the event log and webhook deliveries; verify the journal chain.
@@ -46,10 +57,15 @@ public enum Action: String, Codable, Sendable, CaseIterable {
     case deployRead = "deploy.read"
     /// Start, resume, promote or abort a rollout.
     case rollout
-    /// A serving node reports the version it loaded (`depot triton-sync`).
-    case deployReport = "deploy.report"
-    /// Server internals: metrics.
+    /// A serving node resolves what to load and reports what it loaded (`depot triton-sync`);
+    /// a node token may do so only for its own deployments.
+    case nodesReport = "nodes.report"
+    /// Server internals: metrics, users and tokens.
     case admin
+
+    /// Actions a request may carry without any identity: the gate lets them through (the token
+    /// endpoint and webhook callbacks authenticate inside their handlers).
+    public var isOpen: Bool { self == .anonymous || self == .token || self == .jobsCallback }
 }
 
 /// The HTTP methods routes use (raw values are the method tokens).
@@ -85,6 +101,8 @@ public enum RouteID: String, Sendable, CaseIterable {
     // Deployments and rollouts.
     case deployments, served, deployment, rolloutStart, rolloutResume, rolloutPromote, rolloutAbort, deploymentResolve
     case nodeReport
+    // Identity: the OCI token endpoint, who am I, users and tokens.
+    case token, whoami, users, userAdd, userRemove, tokens, tokenCreate, tokenRevoke
 }
 
 /// One endpoint: method, pattern, action.
@@ -227,8 +245,8 @@ public enum Routes {
         Route(.health, .head, "/healthz", .anonymous),
         Route(.metrics, .get, "/metrics", .admin),
 
-        Route(.base, .get, "/v2", .anonymous),
-        Route(.base, .head, "/v2", .anonymous),
+        Route(.base, .get, "/v2", .authenticated),
+        Route(.base, .head, "/v2", .authenticated),
         Route(.catalog, .get, "/v2/_catalog", .catalog),
         Route(.tags, .get, "/v2/{name}/tags/list", .pull),
         Route(.manifestGet, .get, "/v2/{name}/manifests/{reference}", .pull),
@@ -256,7 +274,7 @@ public enum Routes {
         Route(.aliasGet, .get, "/depot/v1/repositories/{name}/aliases/{alias}", .pull),
         Route(.aliasMove, .put, "/depot/v1/repositories/{name}/aliases/{alias}", .aliasMove),
         Route(.aliasHistory, .get, "/depot/v1/repositories/{name}/aliases/{alias}/history", .pull),
-        Route(.aliasRollback, .post, "/depot/v1/repositories/{name}/aliases/{alias}/rollback", .aliasMove),
+        Route(.aliasRollback, .post, "/depot/v1/repositories/{name}/aliases/{alias}/rollback", .rollback),
         Route(.aliasResolve, .get, "/depot/v1/repositories/{name}/aliases/{alias}/resolve", .pull),
         Route(.pinPut, .put, "/depot/v1/repositories/{name}/pins/{reference}", .pin),
         Route(.pinDelete, .delete, "/depot/v1/repositories/{name}/pins/{reference}", .pin),
@@ -290,8 +308,19 @@ public enum Routes {
         Route(.rolloutResume, .post, "/depot/v1/repositories/{name}/deployments/{environment}/resume", .rollout),
         Route(.rolloutPromote, .post, "/depot/v1/repositories/{name}/deployments/{environment}/promote", .rollout),
         Route(.rolloutAbort, .post, "/depot/v1/repositories/{name}/deployments/{environment}/abort", .rollout),
-        Route(.deploymentResolve, .get, "/depot/v1/repositories/{name}/deployments/{environment}/resolve", .deployRead),
-        Route(.nodeReport, .post, "/depot/v1/repositories/{name}/deployments/{environment}/nodes/{node}", .deployReport),
+        Route(.deploymentResolve, .get, "/depot/v1/repositories/{name}/deployments/{environment}/resolve", .nodesReport),
+        Route(.nodeReport, .post, "/depot/v1/repositories/{name}/deployments/{environment}/nodes/{node}", .nodesReport),
+
+        // The distribution token specification: GET with Basic credentials, POST with an OAuth2 form.
+        Route(.token, .get, "/token", .token),
+        Route(.token, .post, "/token", .token),
+        Route(.whoami, .get, "/depot/v1/whoami", .authenticated),
+        Route(.users, .get, "/depot/v1/admin/users", .admin),
+        Route(.userAdd, .post, "/depot/v1/admin/users", .admin),
+        Route(.userRemove, .delete, "/depot/v1/admin/users/{user}", .admin),
+        Route(.tokens, .get, "/depot/v1/admin/tokens", .admin),
+        Route(.tokenCreate, .post, "/depot/v1/admin/tokens", .admin),
+        Route(.tokenRevoke, .delete, "/depot/v1/admin/tokens/{token}", .admin),
     ]
 
     /// Routes by id (a route id with several methods, like `base`, keeps its first).

@@ -372,6 +372,35 @@ enum Schema {
         UPDATE repository_blobs SET created_at = created_at * 1000;
         UPDATE manifests SET created_at = created_at * 1000;
         """,
+        // 10: identities. Users (a PBKDF2 password hash, never the password) and tokens (a
+        // SHA-256 hash of the 256-bit secret, never the secret; `kind` robot/runner/node). Grants,
+        // runner labels and node deployments are JSON arrays of the wire types (GrantSpec,
+        // strings): they are read and written whole, never queried by element. A token is never
+        // deleted, only revoked, so the audit journal's token ids always resolve. Names are unique
+        // among tokens that are not revoked, so `depot admin token revoke NAME` means one token.
+        """
+        CREATE TABLE auth_users(
+            name TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            grants TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            created_by TEXT NOT NULL
+        );
+        CREATE TABLE auth_tokens(
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('robot', 'runner', 'node')),
+            secret_hash BLOB NOT NULL UNIQUE,
+            grants TEXT NOT NULL,
+            labels TEXT,
+            deployments TEXT,
+            created_at INTEGER NOT NULL,
+            created_by TEXT NOT NULL,
+            expires_at INTEGER,
+            revoked_at INTEGER
+        );
+        CREATE UNIQUE INDEX auth_tokens_active_name ON auth_tokens(name) WHERE revoked_at IS NULL;
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

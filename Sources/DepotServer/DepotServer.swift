@@ -1,4 +1,5 @@
 import CDepotSupport
+import DepotAuth
 import DepotCatalog
 import DepotClient
 import DepotCore
@@ -26,6 +27,7 @@ public struct DepotService {
         registry: Registry, config: ServerConfig, logger: Logger,
         pipelines: PipelineSetup = PipelineSetup(),
         metricsSource: (any MetricsSource)? = nil,
+        auth: AuthService? = nil,
         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     )
         -> some ApplicationProtocol
@@ -40,7 +42,7 @@ public struct DepotService {
         BlockingPool.configure(threads: limits.blockingThreads)
         let responder = OCIResponder(
             registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
-            callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments, limits: limits)
+            callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments, limits: limits, auth: auth)
         let headerTimeout = TimeAmount.milliseconds(Int64(limits.headerTimeoutSeconds * 1000))
         return Application(
             responder: responder,
@@ -85,13 +87,41 @@ public struct DepotService {
         let registry = Registry(store: store, uploads: config.uploads, policy: config.tagPolicy, inspectionLimits: config.inspection)
         let listen = "\(config.listenHost):\(config.listenPort)"
         let root = config.storageRoot
-        let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger)
-        let app = Self.makeApplication(registry: registry, config: config, logger: logger, pipelines: pipelines) { _ in
-            logger.info("depot listening on \(listen), storage \(root)")
+        let auth = try await Self.makeAuth(config: config, db: store.catalog)
+        let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger, auth: auth)
+        let app = Self.makeApplication(registry: registry, config: config, logger: logger, pipelines: pipelines, auth: auth) { _ in
+            logger.info("depot listening on \(listen), storage \(root), authentication \(auth.enabled ? "on" : "OFF")")
         }
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
         registry.uploads.cancelAll()
         logger.info("depot stopped")
+    }
+}
+
+extension DepotService {
+    /// The authentication service for `config.auth`: reads (or creates) the token signing key
+    /// and the OIDC issuers' JWKS files, and makes sure an admin credential exists.
+    public static func makeAuth(config: ServerConfig, db: Database) async throws -> AuthService {
+        var a = config.auth
+        if a.enabled {
+            let keyPath = a.signingKeyFile.isEmpty ? config.storageRoot + "/auth/token-signing-key.pem" : a.signingKeyFile
+            a.signingKeyPEM = try TokenIssuer.loadOrCreateKey(path: keyPath)
+        }
+        let auth = try await AuthService(config: a, db: db, runnerLabels: config.pipelines.runnerLabels)
+        if a.enabled {
+            var secret = ProcessInfo.processInfo.environment["DEPOT_ADMIN_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+            if secret == nil, !a.bootstrapTokenFile.isEmpty {
+                do {
+                    secret = try String(contentsOfFile: a.bootstrapTokenFile, encoding: .utf8).trimmingCharacters(
+                        in: .whitespacesAndNewlines)
+                } catch {
+                    throw DepotError.invalidArgument(
+                        "cannot read auth.bootstrap_token_file \(a.bootstrapTokenFile): \(error.localizedDescription)")
+                }
+            }
+            try auth.bootstrap(secret: secret)
+        }
+        return auth
     }
 }
 
@@ -111,7 +141,7 @@ public struct PipelineSetup: Sendable {
     }
 
     /// Loads `pipelines.directory`; a bad pipeline file stops start-up with its file, line and reason.
-    init(config: ServerConfig, registry: Registry, logger: Logger) throws {
+    init(config: ServerConfig, registry: Registry, logger: Logger, auth: AuthService? = nil) throws {
         let p = config.pipelines
         guard !p.directory.isEmpty else { return }
         let loaded: [Pipeline]
@@ -152,7 +182,10 @@ public struct PipelineSetup: Sendable {
             options.passEnvironment = p.runnerPassEnvironment
             options.hooksDirectory = p.runnerHooksDirectory.isEmpty ? RunnerOptions.defaultHooksDirectory() : p.runnerHooksDirectory
             options.heartbeatInterval = .milliseconds(Int64(max(500, p.leaseSeconds * 1000 / 4)))
-            let connection = try RegistryConnection(url: local, token: ProcessInfo.processInfo.environment["DEPOT_TOKEN"])
+            // With authentication on, the embedded runner uses a credential made for this process
+            // (a runner on every repository, with the configured labels); never stored or shown.
+            let token = auth.flatMap { $0.enabled ? $0.internalRunnerSecret : nil } ?? ProcessInfo.processInfo.environment["DEPOT_TOKEN"]
+            let connection = try RegistryConnection(url: local, token: token)
             runner = try Runner(connection: connection, options: options, logger: logger)
         }
     }

@@ -1,4 +1,5 @@
 import DepotAPI
+import DepotAuth
 import DepotCore
 import DepotRegistry
 import DepotStore
@@ -13,6 +14,7 @@ struct DiscoveryHandlers: RouteHandlers {
     let registry: Registry
     /// The default page size.
     let limits: ServerConfig.ServerLimits
+    let auth: AuthService?
 
     func tags(_ match: RouteMatch, _ request: Request) async throws -> Response {
         try await tags(try Self.name(match), request)
@@ -39,7 +41,24 @@ struct DiscoveryHandlers: RouteHandlers {
         let n = try RequestParsing.pageSize(request) ?? limits.defaultPageSize
         let last = request.uri.queryParameters["last"].map(String.init)
         let limit = n == 0 ? 0 : n + 1
-        var names = try await offload { try registry.repositories(after: last, limit: limit) }
+        var names: [String]
+        if let auth, auth.enabled, let principal = Caller.principal {
+            // Only the repositories the caller may pull: read on in batches until a page is full.
+            let policy = auth.policy
+            let batch = max(limit, 256)
+            names = []
+            var cursor = last
+            while true {
+                let after = cursor
+                let got = try await offload { try registry.repositories(after: after, limit: limit == 0 ? 0 : batch) }
+                names += got.filter { Authorizer.canPull(principal, $0, policy: policy) }
+                if limit == 0 || names.count >= limit || got.count < batch { break }
+                cursor = got.last
+            }
+            if limit > 0, names.count > limit { names.removeLast(names.count - limit) }
+        } else {
+            names = try await offload { try registry.repositories(after: last, limit: limit) }
+        }
         var headers: HTTPFields = [:]
         if n > 0, names.count > n {
             names.removeLast(names.count - n)

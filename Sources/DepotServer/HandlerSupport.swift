@@ -24,8 +24,11 @@ extension RouteHandlers {
         try RequestParsing.name(match.name!)
     }
 
-    /// Who is acting: the `Depot-Actor` header (self-declared until authentication lands), else "anonymous".
+    /// Who is acting, for the audit journal: the authenticated principal (`user:alice`,
+    /// `token:ci-push`) when authentication is on; otherwise the self-declared `Depot-Actor`
+    /// header, else "anonymous".
     static func actor(_ request: Request) -> String {
+        if let p = Caller.principal { return p.id }
         guard let raw = request.headers[.depotActor]?.trimmingCharacters(in: .whitespaces), !raw.isEmpty,
             raw.count <= 200, raw.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F })
         else { return "anonymous" }

@@ -1,4 +1,5 @@
 import DepotAPI
+import DepotAuth
 import DepotCore
 import DepotDeploy
 import DepotPipelines
@@ -27,12 +28,17 @@ public struct OCIResponder: HTTPResponder {
     let governance: GovernanceHandlers
     let jobs: JobHandlers
     let deploy: DeployHandlers
+    let identity: AuthHandlers
+    /// nil or disabled: every route is open (a loopback development server).
+    let auth: AuthService?
+    /// `http` or `https`, for the token endpoint's URL in challenges.
+    let scheme: String
 
     /// `jobs` is nil when no pipelines are configured (the job API then answers 404);
     /// `callbackSecrets` are the secrets of webhook stages, by "pipeline/stage".
     public init(
         registry: Registry, metrics: ServerMetrics, logger: Logger, jobs: JobQueue? = nil, callbackSecrets: [String: String] = [:],
-        deployments: Deployments? = nil, limits: ServerConfig.ServerLimits = .init()
+        deployments: Deployments? = nil, limits: ServerConfig.ServerLimits = .init(), auth: AuthService? = nil, scheme: String = "http"
     ) {
         let deployments = deployments ?? Deployments(registry: registry, policy: CanaryPolicy())
         self.registry = registry
@@ -41,11 +47,14 @@ public struct OCIResponder: HTTPResponder {
         blobs = BlobHandlers(registry: registry, metrics: metrics, limits: limits)
         uploads = UploadHandlers(registry: registry, metrics: metrics)
         manifests = ManifestHandlers(registry: registry, metrics: metrics)
-        discovery = DiscoveryHandlers(registry: registry, limits: limits)
+        discovery = DiscoveryHandlers(registry: registry, limits: limits, auth: auth)
         chunks = ChunkHandlers(registry: registry, metrics: metrics, recipeCommits: ConcurrencyGate(limit: limits.maxRecipeCommits))
         governance = GovernanceHandlers(registry: registry)
         self.jobs = JobHandlers(registry: registry, jobs: jobs, callbackSecrets: callbackSecrets, deployments: deployments)
         deploy = DeployHandlers(registry: registry, deployments: deployments)
+        identity = AuthHandlers(registry: registry, auth: auth)
+        self.auth = auth
+        self.scheme = scheme
     }
 
     public func respond(to request: Request, context: Context) async throws -> Response {
@@ -59,7 +68,15 @@ public struct OCIResponder: HTTPResponder {
             switch Routes.route(method: request.method.rawValue, path: path) {
             case .matched(let match):
                 label = match.route.id.rawValue
-                response = try await dispatch(match, request, context)
+                if let auth, auth.enabled {
+                    switch await gate(auth, match, request) {
+                    case .refuse(let refusal): response = refusal
+                    case .pass(let principal):
+                        response = try await Caller.$principal.withValue(principal) { try await dispatch(match, request, context) }
+                    }
+                } else {
+                    response = try await dispatch(match, request, context)
+                }
             case .methodNotAllowed(let allowed):
                 response = Reply.error(
                     RegistryError(.unsupported, "\(request.method) is not supported on this endpoint"),
@@ -91,6 +108,49 @@ public struct OCIResponder: HTTPResponder {
                 ])
         }
         return response
+    }
+
+    enum GateResult {
+        case pass(Principal)
+        case refuse(Response)
+    }
+
+    /// Authentication and authorization of one request, from the route's action: a missing or
+    /// invalid credential gets 401 with the Bearer challenge (the realm and scope OCI clients
+    /// need to fetch a token), a valid one without the right gets 403 DENIED. A manifest PUT by
+    /// tag needs `tag` besides `push`; node routes carry their deployment.
+    func gate(_ auth: AuthService, _ match: RouteMatch, _ request: Request) async -> GateResult {
+        let route = match.route
+        let head = request.method == .head
+        // The token endpoint and webhook callbacks check their own credentials.
+        if route.action.isOpen { return .pass(.anonymous) }
+        let repository = match.name.flatMap { (try? RepositoryName($0))?.value }
+        func unauthorized(_ message: String) -> GateResult {
+            let challenge = auth.challenge(
+                host: request.head.authority, scheme: scheme, repository: repository, action: route.action)
+            return .refuse(Reply.error(RegistryError(.unauthorized, message), headers: [.wwwAuthenticate: challenge], head: head))
+        }
+        let principal: Principal
+        do { principal = try await auth.authenticate(request.headers[.authorization]) } catch let f as AuthService.Failure {
+            return unauthorized(f.message)
+        } catch {
+            return .refuse(Reply.error(RegistryError.from(error), head: head))
+        }
+        var actions = [route.action]
+        if route.id == .manifestPut, !match["reference"].contains(":") { actions.append(.tag) }
+        var deployment: String?
+        if route.pattern.contains("{environment}"), let repository { deployment = "\(repository)/\(match["environment"])" }
+        for action in actions {
+            let wanted = AccessRequest(action, repository: match.name, deployment: deployment)
+            switch Authorizer.decide(principal, wanted, policy: auth.policy) {
+            case .allow: continue
+            case .authenticate:
+                return unauthorized("authentication required: log in (depot login, docker login) or pass a token")
+            case .deny(let why):
+                return .refuse(Reply.error(RegistryError(.denied, "requested access to the resource is denied: \(why)"), head: head))
+            }
+        }
+        return .pass(principal)
     }
 
     /// One case per route, and no `default`: a route added to the table without a handler does
@@ -162,6 +222,15 @@ public struct OCIResponder: HTTPResponder {
         case .rolloutAbort: return try await deploy.control(match, request, "abort")
         case .deploymentResolve: return try await deploy.resolve(match, request)
         case .nodeReport: return try await deploy.report(match, request)
+
+        case .token: return try await identity.token(match, request)
+        case .whoami: return try await identity.whoami(match, request)
+        case .users: return try await identity.users(match, request)
+        case .userAdd: return try await identity.userAdd(match, request)
+        case .userRemove: return try await identity.userRemove(match, request)
+        case .tokens: return try await identity.tokens(match, request)
+        case .tokenCreate: return try await identity.tokenCreate(match, request)
+        case .tokenRevoke: return try await identity.tokenRevoke(match, request)
         }
     }
 

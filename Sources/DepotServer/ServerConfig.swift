@@ -33,6 +33,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var canary = CanaryPolicy()
     /// Budgets of format inspection of pushed layers (`formats:`).
     public var inspection = InspectionLimits()
+    /// Identity and authorization (`auth:`).
+    public var auth = AuthConfig()
 
     /// The resource limits of the `server:` section. See "Limits and failure behaviour" in
     /// docs/ARCHITECTURE.md for what a client sees when one is hit.
@@ -382,8 +384,9 @@ public struct ServerConfig: Sendable, Equatable {
                 config.inspection.cacheEntries = v
             }
         }
+        try reader.section(root, "auth") { s in try Self.parseAuth(s, reader, into: &config) }
         try reader.rejectUnknown(
-            root, known: ["server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats"], at: "")
+            root, known: ["server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats", "auth"], at: "")
         return config
     }
 }
@@ -506,6 +509,10 @@ final class ConfigReader {
             "aliases": ["protected", "immutable"],
             "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "runner"],
             "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "router_url", "checks"],
+            "auth": [
+                "enabled", "bootstrap_token_file", "token_ttl_seconds", "signing_key_file", "realm", "service", "anonymous_pull",
+                "password_iterations", "oidc",
+            ],
             "formats": [
                 "max_mib_per_blob", "max_seconds_per_blob", "max_seconds_per_manifest", "max_document_kib", "concurrency",
                 "cache_entries",

@@ -12,6 +12,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Storage root (default storage/).") var storage: String?
     @Option(help: "Configuration file (default config/depot.yaml, if present).") var config: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String?
+    @Flag(help: "Listen on a non-loopback address with authentication off (anyone who reaches the port can push and delete).")
+    var insecureOpen = false
 
     func run() async throws {
         var settings = ServerConfig()
@@ -24,9 +26,20 @@ struct Serve: AsyncParsableCommand {
             if let listen { try settings.setListen(listen) }
             if let storage { settings.storageRoot = storage }
             if let logLevel { settings.logLevel = logLevel }
+            if !settings.auth.enabled, !insecureOpen, !Self.isLoopback(settings.listenHost) {
+                throw DepotError.invalidArgument(
+                    "refusing to listen on \(settings.listenHost) with authentication off: anyone who reaches the port could push, delete "
+                        + "and move production. Turn it on (auth.enabled: true in config/depot.yaml, see README \"Securing Depot\"), "
+                        + "listen on 127.0.0.1, or pass --insecure-open")
+            }
             try await DepotService(config: settings).run()
         } catch let e as DepotError {
             fail(e.description)
         }
+    }
+
+    /// 127.0.0.0/8, ::1 and localhost: addresses only this machine reaches.
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 }

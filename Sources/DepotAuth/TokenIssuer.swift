@@ -1,0 +1,111 @@
+import DepotAPI
+import DepotCore
+import Foundation
+import JWTKit
+
+/// The claims of a bearer token `/token` issues (distribution token specification: `iss`,
+/// `sub`, `aud`, `exp`, `nbf`, `iat`, `jti`, `access`). `kind` and `tid` say what identity it
+/// was issued to, so the audit journal names the same actor whichever way the client came in.
+struct IssuedClaims: JWTPayload, Equatable {
+    var iss: String
+    var sub: String
+    var aud: String
+    var exp: Int64
+    var nbf: Int64
+    var iat: Int64
+    var jti: String
+    var access: [AccessEntry]
+    var kind: String
+    var tid: String?
+
+    /// Times are checked by `TokenIssuer.verify` with the clock it is given, not here.
+    func verify(using algorithm: some JWTAlgorithm) async throws {}
+}
+
+/// Why a bearer token was refused (the client sees it in the 401's message).
+public struct TokenError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Issues and verifies the short-lived ES256 tokens of the OCI token flow. The signing key is a
+/// P-256 key in PEM; replicas that share it verify each other's tokens. Its `kid` is derived
+/// from the public key, so a rotated key never verifies tokens of the old one.
+public final class TokenIssuer: Sendable {
+    let keys: JWTKeyCollection
+    public let issuer: String
+    public let service: String
+    public let kid: String
+    /// Clock skew tolerated on `nbf` and `exp`, in seconds.
+    static let leeway: Int64 = 30
+
+    public init(privateKeyPEM: String, issuer: String = "depot", service: String = "depot") async throws {
+        let key: ES256PrivateKey
+        do { key = try ES256PrivateKey(pem: privateKeyPEM) } catch {
+            throw DepotError.invalidArgument("token signing key is not a P-256 private key in PEM (\(error))")
+        }
+        let publicPEM = key.publicKey.pemRepresentation
+        kid = String(Array(publicPEM.utf8).withUnsafeBytes { SHA256.hash($0) }.hex.prefix(16))
+        keys = JWTKeyCollection()
+        await keys.add(ecdsa: key, kid: JWKIdentifier(string: kid))
+        self.issuer = issuer
+        self.service = service
+    }
+
+    /// A new P-256 private key in PEM.
+    public static func newKeyPEM() -> String { ES256PrivateKey().pemRepresentation }
+
+    /// Reads the key at `path`, creating it (mode 0600, directory 0700) when it does not exist.
+    public static func loadOrCreateKey(path: String) throws -> String {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: path) {
+            do { return try String(contentsOfFile: path, encoding: .utf8) } catch {
+                throw DepotError.invalidArgument("cannot read token signing key \(path): \(error.localizedDescription)")
+            }
+        }
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
+        let pem = newKeyPEM()
+        // Created 0600 from the start: never world-readable, not even between write and chmod.
+        guard fm.createFile(atPath: path, contents: Data(pem.utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw DepotError.storage("cannot create token signing key \(path)")
+        }
+        return pem
+    }
+
+    /// Signs a token for `principal` carrying `access`, valid `ttlSeconds` from `nowMs`.
+    public func issue(to principal: Principal, access: [AccessEntry], ttlSeconds: Int, nowMs: Int64) async throws -> String {
+        let now = nowMs / 1000
+        var exp = now + Int64(ttlSeconds)
+        // Never outlive the credential it was issued for.
+        if let e = principal.expiresAtMs { exp = min(exp, e / 1000) }
+        let claims = IssuedClaims(
+            iss: issuer, sub: principal.name, aud: service, exp: exp, nbf: now, iat: now, jti: TokenSecret.newID(), access: access,
+            kind: principal.kind.rawValue, tid: principal.tokenID)
+        return try await keys.sign(claims, kid: JWKIdentifier(string: kid))
+    }
+
+    /// Whether `token` looks like one of ours (a JWT whose issuer is this issuer), without
+    /// verifying it: decides between this issuer and the OIDC verifier.
+    public func isOwn(_ token: String) async -> Bool {
+        guard let claims = try? await keys.unverified(token, as: IssuedClaims.self) else { return false }
+        return claims.iss == issuer
+    }
+
+    /// The principal a token of ours stands for, limited to its `access`; throws `TokenError`
+    /// when its signature, issuer, audience or times do not hold.
+    public func verify(_ token: String, nowMs: Int64) async throws -> Principal {
+        let claims: IssuedClaims
+        do { claims = try await keys.verify(token, as: IssuedClaims.self) } catch {
+            throw TokenError("bearer token is invalid (bad signature or not issued by this registry): request a new one")
+        }
+        guard claims.iss == issuer, claims.aud == service else { throw TokenError("bearer token is for another service") }
+        let now = nowMs / 1000
+        guard claims.nbf <= now + Self.leeway else { throw TokenError("bearer token is not valid yet (check the clocks)") }
+        guard now < claims.exp + Self.leeway else { throw TokenError("bearer token expired: request a new one") }
+        guard claims.access.count <= 64 else { throw TokenError("bearer token carries too many access entries") }
+        let kind = Principal.Kind(rawValue: claims.kind) ?? .anonymous
+        return Principal(kind: kind, name: claims.sub, tokenID: claims.tid, expiresAtMs: claims.exp * 1000, access: claims.access)
+    }
+}
