@@ -106,7 +106,8 @@ let package = Package(
         ),
         .testTarget(name: "DepotCatalogTests", dependencies: ["DepotCatalog", "DepotAPI", "DepotCore", "CSQLite"]),
         .testTarget(name: "DepotAPITests", dependencies: ["DepotAPI", "DepotCore"]),
-        .testTarget(name: "DepotAuthTests", dependencies: ["DepotAuth", "DepotAPI", "DepotCore"]),
+        .testTarget(
+            name: "DepotAuthTests", dependencies: ["DepotAuth", "DepotAPI", "DepotCore", .product(name: "JWTKit", package: "jwt-kit")]),
         .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotAPI", "DepotCore", "CDepotSupport"]),
         .testTarget(
             name: "DepotServerTests",

@@ -86,6 +86,11 @@ public final class TokenIssuer: Sendable {
         return try await keys.sign(claims, kid: JWKIdentifier(string: kid))
     }
 
+    /// Signs any payload with this issuer's key: lets tests stand in for an external OIDC issuer.
+    public func signForTests(_ payload: some JWTPayload) async throws -> String {
+        try await keys.sign(payload, kid: JWKIdentifier(string: kid))
+    }
+
     /// Whether `token` looks like one of ours (a JWT whose issuer is this issuer), without
     /// verifying it: decides between this issuer and the OIDC verifier.
     public func isOwn(_ token: String) async -> Bool {

@@ -108,7 +108,9 @@ public final class AuthService: Sendable {
         case .none:
             return .anonymous
         case .bearer(let token):
-            if TokenSecret.looksLikeSecret(token) { return try await tokenPrincipal(secret: token, nowMs: nowMs) }
+            // A JWT has three dot-separated parts; anything else is a token secret (`dpt_…`, or
+            // the bootstrap token, which the operator chose).
+            guard token.utf8.filter({ $0 == 0x2E }).count == 2 else { return try await tokenPrincipal(secret: token, nowMs: nowMs) }
             if await issuer.isOwn(token) {
                 do { return try await issuer.verify(token, nowMs: nowMs) } catch let e as TokenError { throw Failure(message: e.message) }
             }
@@ -121,7 +123,7 @@ public final class AuthService: Sendable {
         case .basic(let user, let password):
             // Any user name with a token secret (how `docker login` and skopeo carry robot tokens).
             if TokenSecret.looksLikeSecret(password) { return try await tokenPrincipal(secret: password, nowMs: nowMs) }
-            return try await userPrincipal(user, password)
+            return try await userPrincipal(user, password, nowMs: nowMs)
         }
     }
 
@@ -139,9 +141,11 @@ public final class AuthService: Sendable {
             deployments: try t.deployments.map { try $0.map(RepositoryGlob.init) }, expiresAtMs: t.expiresAt)
     }
 
-    func userPrincipal(_ name: String, _ password: String) async throws -> Principal {
+    func userPrincipal(_ name: String, _ password: String, nowMs: Int64) async throws -> Principal {
         let db = self.db
         let found = try await offload { try db.read { try $0.user(named: name) } }
+        // Not a user: perhaps a token chosen by the operator (the bootstrap token) under any name.
+        if found == nil, password.utf8.count >= 32, let p = try? await tokenPrincipal(secret: password, nowMs: nowMs) { return p }
         // Hash even for an unknown user, so the answer's timing does not tell which names exist.
         let stored =
             found?.passwordHash ?? "pbkdf2-sha256$\(passwordIterations)$AAAAAAAAAAAAAAAAAAAAAA==$" + String(repeating: "A", count: 43) + "="

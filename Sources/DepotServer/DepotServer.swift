@@ -87,7 +87,7 @@ public struct DepotService {
         let registry = Registry(store: store, uploads: config.uploads, policy: config.tagPolicy, inspectionLimits: config.inspection)
         let listen = "\(config.listenHost):\(config.listenPort)"
         let root = config.storageRoot
-        let auth = try await Self.makeAuth(config: config, db: store.catalog)
+        let auth = try await Self.makeAuth(config: config, db: store.catalog, bootstrapSecret: try Self.bootstrapSecret(config))
         let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger, auth: auth)
         let app = Self.makeApplication(registry: registry, config: config, logger: logger, pipelines: pipelines, auth: auth) { _ in
             logger.info("depot listening on \(listen), storage \(root), authentication \(auth.enabled ? "on" : "OFF")")
@@ -101,27 +101,25 @@ public struct DepotService {
 extension DepotService {
     /// The authentication service for `config.auth`: reads (or creates) the token signing key
     /// and the OIDC issuers' JWKS files, and makes sure an admin credential exists.
-    public static func makeAuth(config: ServerConfig, db: Database) async throws -> AuthService {
+    public static func makeAuth(config: ServerConfig, db: Database, bootstrapSecret: String?) async throws -> AuthService {
         var a = config.auth
         if a.enabled {
             let keyPath = a.signingKeyFile.isEmpty ? config.storageRoot + "/auth/token-signing-key.pem" : a.signingKeyFile
             a.signingKeyPEM = try TokenIssuer.loadOrCreateKey(path: keyPath)
         }
         let auth = try await AuthService(config: a, db: db, runnerLabels: config.pipelines.runnerLabels)
-        if a.enabled {
-            var secret = ProcessInfo.processInfo.environment["DEPOT_ADMIN_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
-            if secret == nil, !a.bootstrapTokenFile.isEmpty {
-                do {
-                    secret = try String(contentsOfFile: a.bootstrapTokenFile, encoding: .utf8).trimmingCharacters(
-                        in: .whitespacesAndNewlines)
-                } catch {
-                    throw DepotError.invalidArgument(
-                        "cannot read auth.bootstrap_token_file \(a.bootstrapTokenFile): \(error.localizedDescription)")
-                }
-            }
-            try auth.bootstrap(secret: secret)
-        }
+        try auth.bootstrap(secret: bootstrapSecret)
         return auth
+    }
+
+    /// The first admin token: `DEPOT_ADMIN_TOKEN`, else the contents of `auth.bootstrap_token_file`.
+    static func bootstrapSecret(_ config: ServerConfig) throws -> String? {
+        if let s = ProcessInfo.processInfo.environment["DEPOT_ADMIN_TOKEN"], !s.isEmpty { return s }
+        let file = config.auth.bootstrapTokenFile
+        guard config.auth.enabled, !file.isEmpty else { return nil }
+        do { return try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) } catch {
+            throw DepotError.invalidArgument("cannot read auth.bootstrap_token_file \(file): \(error.localizedDescription)")
+        }
     }
 }
 
