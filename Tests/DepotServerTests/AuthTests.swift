@@ -151,7 +151,8 @@ func refusedByGate(_ r: TestResponse) -> Bool {
     }
 
     @Test func theTokenFlowIssuesScopedTokensForBasicCredentials() async throws {
-        try await withAuthRegistry(configure: { $0.auth.anonymousPull = ["public/**"] }) { s in
+        let openPublic: (inout ServerConfig) -> Void = { $0.auth.anonymousPull = ["public/**"] }
+        try await withAuthRegistry(configure: openPublic) { s in
             let ci = try await s.token("ci", .robot, [GrantSpec(role: .writer, repositories: ["team/**"])])
             let r = try await s.client.req(
                 .get, "/token?service=depot&scope=repository:team/m:pull,push&scope=repository:other/m:pull", headers: basic("ci", ci))
