@@ -208,6 +208,17 @@ extension RegistryConnection {
     }
 
     /// A call of Depot's extension API with a typed answer (`DepotAPI` wire types).
+    /// `GET /v2/`: whether the registry speaks the distribution API and takes our credential
+    /// (the check `docker login` makes).
+    public func checkAPI() async throws {
+        _ = try await collect(try await send(.GET, "/v2/", accept: [200]), limit: 64 << 10)
+    }
+
+    /// A DELETE answered with no body (204) or an ignored one (200, 202).
+    public func delete(_ path: String) async throws {
+        _ = try await collect(try await send(.DELETE, path, accept: [200, 202, 204]), limit: 1 << 20)
+    }
+
     public func request<Answer: Decodable>(_ method: HTTPMethod, _ path: String, as type: Answer.Type) async throws -> Answer {
         try await decode(Answer.self, method, path, try await send(method, path, accept: [200, 201]))
     }

@@ -30,11 +30,18 @@ public final class TransferCounters: Sendable {
     func add(received n: Int) { state.withLock { $0.received += Int64(n) } }
 }
 
-/// One registry endpoint: base URL, bearer token, an HTTP client with pooled connections,
+/// One registry endpoint: base URL, credential, an HTTP client with pooled connections,
 /// retries with exponential backoff on transient failures (connection errors, 5xx, 429).
+///
+/// The credential goes only to the registry's own origin (scheme, host, port): never to another
+/// host a `Location` names (blob redirects to storage), and to a token endpoint only as the
+/// registry's Bearer challenge directs (the distribution token flow), over https or on the
+/// registry's own host.
 public final class RegistryConnection: Sendable {
     public let baseURL: String
-    let token: String?
+    let credential: RegistryCredential?
+    /// The token-flow state: the bearer token in use and the scopes it was asked for.
+    let flow = Locked<(jwt: String?, scopes: [String])>((nil, []))
     /// Sent as `Depot-Actor` (recorded in tag journals and the audit log; self-declared until
     /// the registry authenticates clients).
     public let actor: String
@@ -50,7 +57,11 @@ public final class RegistryConnection: Sendable {
         depot_tune_malloc(2, 1 << 20)
     }
 
-    public init(url: String, token: String?, attempts: Int = 5) throws {
+    public convenience init(url: String, token: String?, attempts: Int = 5) throws {
+        try self.init(url: url, credential: token.map(RegistryCredential.token), attempts: attempts)
+    }
+
+    public init(url: String, credential: RegistryCredential?, attempts: Int = 5) throws {
         var base = url
         while base.hasSuffix("/") { base.removeLast() }
         if !base.contains("://") { base = "http://" + base }
@@ -58,7 +69,7 @@ public final class RegistryConnection: Sendable {
             throw ClientError("registry URL '\(url)' is not an http(s) URL")
         }
         baseURL = base
-        self.token = token
+        self.credential = credential
         let env = ProcessInfo.processInfo.environment
         actor =
             env["DEPOT_ACTOR"].flatMap { $0.isEmpty ? nil : $0 }
@@ -108,11 +119,20 @@ public final class RegistryConnection: Sendable {
     ) async throws -> HTTPClientResponse {
         var delay = 0.2
         var attempt = 1
+        var fetchedToken = false
+        let target = url(path)
+        let ownOrigin = Self.origin(target) == Self.origin(baseURL)
         while true {
-            var request = HTTPClientRequest(url: url(path))
+            var request = HTTPClientRequest(url: target)
             request.method = method
             for (name, value) in headers { request.headers.add(name: name, value: value) }
-            if let token { request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(token)") }
+            if ownOrigin {
+                if let jwt = flow.withLock({ $0.jwt }) {
+                    request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(jwt)")
+                } else if let credential {
+                    request.headers.replaceOrAdd(name: "Authorization", value: credential.authorization)
+                }
+            }
             request.headers.replaceOrAdd(name: "Depot-Actor", value: actor)
             switch body {
             case .none: break
@@ -135,13 +155,76 @@ public final class RegistryConnection: Sendable {
             }
             let status = Int(response.status.code)
             if accept.contains(status) { return response }
+            // The token flow: a Bearer challenge names the token endpoint and the scope this
+            // request needs; fetch a token for it (and the scopes before it) once, and resend.
+            if status == 401, ownOrigin, !fetchedToken,
+                let challenge = response.headers.first(name: "WWW-Authenticate").flatMap(BearerChallenge.init)
+            {
+                fetchedToken = true
+                _ = try? await collect(response, limit: 64 << 10)
+                try await fetchToken(challenge)
+                continue
+            }
             let text = try? await collect(response, limit: 64 << 10)
             if attempt < attempts, status == 429 || (status >= 500 && status != 501 && status != 505 && status != 507) {
                 try await backoff(&delay, &attempt)
                 continue
             }
-            throw Self.error(status: status, body: text ?? [], method: method, path: path)
+            var e = Self.error(status: status, body: text ?? [], method: method, path: path)
+            if status == 403, credential == nil { e.message += " (no credentials were sent: set DEPOT_TOKEN or run `depot login`)" }
+            throw e
         }
+    }
+
+    /// Asks the challenge's realm for a token carrying its scope and every scope asked before.
+    func fetchToken(_ challenge: BearerChallenge) async throws {
+        guard let realm = URL(string: challenge.realm), let host = realm.host, ["http", "https"].contains(realm.scheme ?? "") else {
+            throw ClientError("the registry's token endpoint '\(challenge.realm.prefix(100))' is not an http(s) URL")
+        }
+        let registryHost = URL(string: baseURL)?.host
+        // Credentials cross the network in the clear only to this registry's own host or loopback.
+        let sendCredential = realm.scheme == "https" || host == registryHost || Self.isLoopback(host)
+        let scopes = flow.withLock { f -> [String] in
+            if let s = challenge.scope, !f.scopes.contains(s) { f.scopes = Array((f.scopes + [s]).suffix(16)) }
+            return f.scopes
+        }
+        var components = URLComponents(string: challenge.realm)
+        var items = components?.queryItems ?? []
+        if let service = challenge.service { items.append(URLQueryItem(name: "service", value: service)) }
+        for s in scopes { items.append(URLQueryItem(name: "scope", value: s)) }
+        components?.queryItems = items
+        guard let tokenURL = components?.url?.absoluteString else { throw ClientError("cannot build the token request URL") }
+        var request = HTTPClientRequest(url: tokenURL)
+        if sendCredential, let credential {
+            request.headers.replaceOrAdd(name: "Authorization", value: credential.basicForTokenEndpoint)
+        }
+        let response: HTTPClientResponse
+        do { response = try await http.execute(request, timeout: .seconds(60)) } catch {
+            throw ClientError("cannot reach the token endpoint \(tokenURL): \(Self.describe(error))")
+        }
+        let bytes = try await collect(response, limit: 1 << 20)
+        guard response.status.code == 200 else {
+            throw Self.error(status: Int(response.status.code), body: bytes, method: .GET, path: tokenURL)
+        }
+        struct Answer: Decodable {
+            var token: String?
+            var access_token: String?
+        }
+        guard let answer = try? WireJSON.decode(Answer.self, from: bytes, what: "token answer"),
+            let jwt = answer.token ?? answer.access_token, !jwt.isEmpty
+        else { throw ClientError("the token endpoint \(tokenURL) answered without a token") }
+        flow.withLock { $0.jwt = jwt }
+    }
+
+    /// `scheme://host:port` of a URL, for same-origin checks.
+    static func origin(_ url: String) -> String {
+        guard let u = URL(string: url), let scheme = u.scheme, let host = u.host else { return url }
+        let port = u.port ?? (scheme == "https" ? 443 : 80)
+        return "\(scheme)://\(host.lowercased()):\(port)"
+    }
+
+    public static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
     }
 
     private func backoff(_ delay: inout Double, _ attempt: inout Int) async throws {
@@ -190,7 +273,10 @@ public final class RegistryConnection: Sendable {
         }
         let what: String
         switch status {
-        case 401: what = "the registry refused the credentials (DEPOT_TOKEN)"
+        case 401:
+            what =
+                "the registry wants credentials it was not given or refused them"
+                + (message.map { " (\($0))" } ?? "") + ": set DEPOT_TOKEN or run `depot login`"
         case 403: what = message ?? "access denied"
         default: what = message ?? (String(decoding: body.prefix(200), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
         }

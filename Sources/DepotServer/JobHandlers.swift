@@ -1,4 +1,5 @@
 import DepotAPI
+import DepotAuth
 import DepotCatalog
 import DepotCore
 import DepotDeploy
@@ -60,8 +61,39 @@ struct JobHandlers: RouteHandlers {
             throw RegistryError(.invalidRequest, "body needs \"runner\": the runner's name")
         }
         let labels = body.labels ?? []
-        let job = try await offload { try jobs.lease(runner: runner, labels: Set(labels)) }
+        var holder = runner
+        if let p = Caller.principal {
+            // Only runner tokens lease, and only jobs their labels cover: the runner's claimed
+            // labels must be among the token's. The lease is recorded as held by the principal.
+            guard let allowed = p.labels else {
+                throw RegistryError(.denied, "leasing jobs needs a runner token (depot admin token create --role runner --labels …)")
+            }
+            let extra = Set(labels).subtracting(allowed)
+            guard extra.isEmpty else {
+                throw RegistryError(
+                    .denied,
+                    "this runner token may lease jobs labelled \(allowed.sorted().joined(separator: ", ")), not \(extra.sorted().joined(separator: ", "))"
+                )
+            }
+            holder = Self.holder(runner, p)
+        }
+        let leaseHolder = holder
+        let job = try await offload { try jobs.lease(runner: leaseHolder, labels: Set(labels)) }
         return Reply.encoded(JobLeaseAnswer(job: try job.map { try Self.info($0, withToken: true) }))
+    }
+
+    /// The `runner` a lease records with authentication on: the runner's own name and, in
+    /// brackets, the principal that holds the lease.
+    static func holder(_ runner: String, _ p: Principal) -> String { "\(runner) [\(p.id)]" }
+
+    /// With authentication on, a job call must come from the principal that leased the job
+    /// (knowing its lease token is not enough).
+    func requireHolder(_ jobs: JobQueue, _ id: Int64) async throws {
+        guard let p = Caller.principal else { return }
+        let job = try await offload { try jobs.job(id) }
+        guard let runner = job.runner, runner.hasSuffix(" [\(p.id)]") else {
+            throw RegistryError(.denied, "job \(id) is not leased by \(p.id): only the runner that leased it may report on it")
+        }
     }
 
     func get(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -90,6 +122,7 @@ struct JobHandlers: RouteHandlers {
     func logPut(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
         let id = try Self.jobID(match)
+        try await requireHolder(jobs, id)
         let query = request.uri.queryParameters
         let token = try Self.required(query["lease_token"].map(String.init), "lease_token (query)")
         let body = try await RequestParsing.collect(request, limit: Self.maxLogBytes, what: "job log")
@@ -101,6 +134,7 @@ struct JobHandlers: RouteHandlers {
     func start(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
         let id = try Self.jobID(match)
+        try await requireHolder(jobs, id)
         let body = try await self.body(request, as: JobStartRequest.self)
         let token = try Self.required(body.leaseToken, "lease_token")
         let key = try Self.required(body.key, "key")
@@ -114,6 +148,7 @@ struct JobHandlers: RouteHandlers {
     func heartbeat(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
         let id = try Self.jobID(match)
+        try await requireHolder(jobs, id)
         let body = try await self.body(request, as: JobHeartbeatRequest.self)
         let token = try Self.required(body.leaseToken, "lease_token")
         let job = try await offload { try jobs.heartbeat(id, token: token) }
@@ -123,6 +158,7 @@ struct JobHandlers: RouteHandlers {
     func complete(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
         let id = try Self.jobID(match)
+        try await requireHolder(jobs, id)
         let body = try await self.body(request, as: JobCompleteRequest.self)
         let token = try Self.required(body.leaseToken, "lease_token")
         let output = try RequestParsing.digest(try Self.required(body.output, "output"))
@@ -133,6 +169,7 @@ struct JobHandlers: RouteHandlers {
     func fail(_ match: RouteMatch, _ request: Request) async throws -> Response {
         let jobs = try queue()
         let id = try Self.jobID(match)
+        try await requireHolder(jobs, id)
         let body = try await self.body(request, as: JobFailRequest.self)
         let token = try Self.required(body.leaseToken, "lease_token")
         let reason = try Self.required(body.reason, "reason")

@@ -1,4 +1,6 @@
 import DepotAPI
+import DepotAuth
+import DepotCatalog
 import DepotCore
 import DepotRegistry
 import DepotStore
@@ -35,6 +37,27 @@ struct ManifestHandlers: RouteHandlers {
         return Reply.empty(202)
     }
 
+    /// A manifest whose annotations claim to be a job's output (`dev.depot.job.*`,
+    /// `dev.depot.lineage.job`) is accepted only from the principal holding that job's lease,
+    /// so no other push can pass itself off as a pipeline's result (or poison its memo key).
+    func requireJobLease(_ bytes: [UInt8], _ p: Principal) async throws {
+        struct Annotated: Decodable { var annotations: [String: String]? }
+        guard let a = (try? WireJSON.decode(Annotated.self, from: bytes, what: "manifest"))?.annotations else { return }
+        guard a.keys.contains(where: { $0.hasPrefix(Annotation.Job.prefix) || $0 == Annotation.Lineage.job }) else { return }
+        guard let text = a[Annotation.Lineage.job], let id = Int64(text), id > 0 else {
+            throw RegistryError(
+                .denied,
+                "annotations \(Annotation.Job.prefix)* need \(Annotation.Lineage.job) naming the job whose lease this push is under")
+        }
+        let db = registry.store.catalog
+        let job = try await offload { try db.read { try $0.job(id) } }
+        guard let job, job.state.isHeld, let runner = job.runner, runner.hasSuffix(" [\(p.id)]") else {
+            throw RegistryError(
+                .denied,
+                "this manifest claims to be job \(id)'s output, but \(p.id) does not hold that job's lease: only its runner may push it")
+        }
+    }
+
     func getManifest(_ name: RepositoryName, _ reference: Reference, head: Bool) async throws -> Response {
         let m = try await offload { try registry.manifest(name, reference) }
         metrics.sent(head ? 0 : m.content.count)
@@ -52,6 +75,7 @@ struct ManifestHandlers: RouteHandlers {
             rate: RateFloor(limits: registry.uploads.limits, start: .now))
         metrics.received(body.readableBytes)
         let bytes = Array(body.readableBytesView)
+        if let p = Caller.principal { try await requireJobLease(bytes, p) }
         let contentType = request.headers[.contentType]
         let actor = Actor(Self.actor(request))
         let expect = try Self.ifMatch(request)

@@ -6,14 +6,37 @@ import Foundation
 
 /// Where the registry is and how to authenticate, shared by the client commands.
 struct RegistryOptions: ParsableArguments {
-    @Option(help: "Registry URL (default: $DEPOT_REGISTRY, else http://127.0.0.1:5000). Token from $DEPOT_TOKEN.")
+    @Option(
+        help:
+            "Registry URL (default: $DEPOT_REGISTRY, else http://127.0.0.1:5000). Credentials: $DEPOT_TOKEN, else those `depot login` stored."
+    )
     var registry: String?
+    @Flag(help: "Allow plain http to a registry that is not on this machine (credentials and models cross the network in the clear).")
+    var plainHttp = false
+
+    var url: String {
+        let env = ProcessInfo.processInfo.environment
+        var url = registry ?? env["DEPOT_REGISTRY"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:5000"
+        if !url.contains("://") {
+            // A bare host: https unless it is this machine.
+            let host = DockerConfig.key(forRegistry: url).split(separator: ":").first.map(String.init) ?? url
+            url = (RegistryConnection.isLoopback(host) ? "http://" : "https://") + url
+        }
+        return url
+    }
 
     func connect() throws -> RegistryConnection {
-        let env = ProcessInfo.processInfo.environment
-        let url = registry ?? env["DEPOT_REGISTRY"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:5000"
-        let token = env["DEPOT_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
-        return try RegistryConnection(url: url, token: token)
+        let url = self.url
+        if url.hasPrefix("http://"), !plainHttp, let host = URL(string: url)?.host, !RegistryConnection.isLoopback(host) {
+            throw ClientError("\(url) is plain http to another machine: use https://, or pass --plain-http if you mean it")
+        }
+        return try RegistryConnection(url: url, credential: try Self.credential(for: url))
+    }
+
+    /// `$DEPOT_TOKEN`, else what `depot login` (or `docker login`) stored for the registry's host.
+    static func credential(for url: String) throws -> RegistryCredential? {
+        if let t = ProcessInfo.processInfo.environment["DEPOT_TOKEN"], !t.isEmpty { return .token(t) }
+        return try DockerConfig().credential(for: DockerConfig.key(forRegistry: url))
     }
 }
 
