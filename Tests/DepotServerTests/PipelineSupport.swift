@@ -20,12 +20,14 @@ struct PipelineHarness: Sendable {
     let registry: Registry
     let jobs: JobQueue
     let port: Int
+    /// The admin token when the harness runs with authentication on (push and pull use it).
+    var admin: String? = nil
 
     var url: String { "http://127.0.0.1:\(port)" }
 
     static func run(
         pipelines yaml: [String], leaseSeconds: Double = 30, retryBase: Double = 0.05,
-        webhooks: [String: (url: String, secret: String)] = [:], canary: CanaryPolicy? = nil,
+        webhooks: [String: (url: String, secret: String)] = [:], canary: CanaryPolicy? = nil, auth: Bool = false,
         _ body: @Sendable (PipelineHarness, any TestClientProtocol) async throws -> Void
     ) async throws {
         let dir = TempDir("depot-pipes")
@@ -43,9 +45,12 @@ struct PipelineHarness: Sendable {
         logger.logLevel = .critical
         var setup = PipelineSetup(jobs: jobs, runner: nil)
         setup.webhookStages = webhooks.mapValues { WebhookStageTarget(url: $0.url, secret: $0.secret) }
-        let app = DepotService.makeApplication(registry: registry, config: config, logger: logger, pipelines: setup)
+        config.storageRoot = dir.path + "/store"
+        config.auth.enabled = auth
+        let authService = try await DepotService.makeAuth(config: config, db: store.catalog, bootstrapSecret: auth ? bootstrapSecret : nil)
+        let app = DepotService.makeApplication(registry: registry, config: config, logger: logger, pipelines: setup, auth: authService)
         try await app.test(.live) { client in
-            let harness = PipelineHarness(dir: dir, registry: registry, jobs: jobs, port: client.port!)
+            let harness = PipelineHarness(dir: dir, registry: registry, jobs: jobs, port: client.port!, admin: auth ? bootstrapSecret : nil)
             // The scheduler registers its cursor on its first tick: changes before it are not acted on.
             for _ in 0..<100 where try registry.store.catalog.read({ try $0.webhookCursor("pipelines") }) == nil {
                 try await Task.sleep(for: .milliseconds(20))
@@ -56,7 +61,7 @@ struct PipelineHarness: Sendable {
 
     /// Runs a runner until `body` returns.
     func withRunner<T: Sendable>(
-        labels: [String] = ["cpu"], name: String = "test-runner", hooks: String? = nil,
+        labels: [String] = ["cpu"], name: String = "test-runner", hooks: String? = nil, token: String? = nil,
         _ body: @Sendable () async throws -> T
     ) async throws -> T {
         var options = RunnerOptions(name: name, workDirectory: dir.path + "/runner-\(name)")
@@ -67,7 +72,7 @@ struct PipelineHarness: Sendable {
         options.passEnvironment = ["GATE"]
         var logger = Logger(label: "runner")
         logger.logLevel = .critical
-        let connection = try RegistryConnection(url: url, token: nil)
+        let connection = try RegistryConnection(url: url, token: token)
         let runner = try Runner(connection: connection, options: options, logger: logger)
         let task = Task { await runner.run() }
         do {
@@ -89,7 +94,7 @@ struct PipelineHarness: Sendable {
         let src = dir.path + "/src-\(UUID().uuidString.prefix(6))"
         try FileManager.default.createDirectory(atPath: src, withIntermediateDirectories: true)
         for (name, text) in files { try text.write(toFile: src + "/" + name, atomically: true, encoding: .utf8) }
-        let connection = try RegistryConnection(url: url, token: nil)
+        let connection = try RegistryConnection(url: url, token: admin)
         defer { Task { await connection.shutdown() } }
         let progress = TransferProgress(style: .quiet, verb: "push", wire: connection.counters)
         let summary = try await Pusher(connection: connection, progress: progress)
@@ -100,7 +105,7 @@ struct PipelineHarness: Sendable {
     /// Pulls an artifact's files; returns name → text.
     func pull(_ repository: String, _ reference: String) async throws -> [String: String] {
         let out = dir.path + "/pull-\(UUID().uuidString.prefix(6))"
-        let connection = try RegistryConnection(url: url, token: nil)
+        let connection = try RegistryConnection(url: url, token: admin)
         defer { Task { await connection.shutdown() } }
         let progress = TransferProgress(style: .quiet, verb: "pull", wire: connection.counters)
         let cache = try ChunkCache(root: dir.path + "/cache", maxBytes: 1 << 30)
