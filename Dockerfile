@@ -30,12 +30,16 @@ COPY config/pipelines /etc/depot/pipelines
 COPY hooks/builtin /usr/share/depot/hooks/builtin
 RUN sed -i -e 's#^  directory: config/pipelines#  directory: /etc/depot/pipelines#' \
            -e 's#^    python: python3#    python: /opt/depot-hooks/bin/python#' \
-           -e 's#^    work_dir: ""#    work_dir: /var/lib/depot/runner#' /etc/depot/depot.yaml \
- && grep -q '/etc/depot/pipelines' /etc/depot/depot.yaml && grep -q '/opt/depot-hooks/bin/python' /etc/depot/depot.yaml
+           -e 's#^    work_dir: ""#    work_dir: /var/lib/depot/runner#' \
+           -e 's#^  enabled: false#  enabled: true#' /etc/depot/depot.yaml \
+ && grep -q '/etc/depot/pipelines' /etc/depot/depot.yaml && grep -q '/opt/depot-hooks/bin/python' /etc/depot/depot.yaml \
+ && grep -q '^  enabled: true' /etc/depot/depot.yaml
 USER depot
 VOLUME /var/lib/depot
 EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=3s CMD curl -fsS http://127.0.0.1:5000/healthz || exit 1
+# The image listens on 0.0.0.0, so authentication is on: the first start needs DEPOT_ADMIN_TOKEN
+# (or auth.bootstrap_token_file), e.g. `docker run -e DEPOT_ADMIN_TOKEN=$(openssl rand -hex 32) …`.
 # tini is PID 1: it reaps the grandchildren of stage processes the runner kills by process group.
 ENTRYPOINT ["tini", "--", "depot"]
 CMD ["serve", "--config", "/etc/depot/depot.yaml", "--listen", "0.0.0.0:5000", "--storage", "/var/lib/depot"]

@@ -78,6 +78,21 @@ extension SQLiteConnection {
     }
 
     /// Whether any repository links or references `digest`.
+    /// Names of the repositories that link the blob or reference it from a manifest (at most
+    /// `limit`, by name), for a mount without `from` that may use only some repositories.
+    public func repositoriesHoldingBlob(_ digest: Digest, limit: Int = 1000) throws -> [String] {
+        var out: [String] = []
+        try query(
+            """
+            SELECT name FROM repositories WHERE id IN (
+                SELECT repo_id FROM repository_blobs WHERE digest = ?
+                UNION SELECT repo_id FROM manifest_refs WHERE child = ? AND kind = 0)
+            ORDER BY name LIMIT ?
+            """, .hash(digest.bytes), .hash(digest.bytes), .int(Int64(limit))
+        ) { out.append($0.text(0)) }
+        return out
+    }
+
     public func blobLinkedAnywhere(_ digest: Digest) throws -> Bool {
         if try first("SELECT 1 FROM repository_blobs WHERE digest = ? LIMIT 1", .hash(digest.bytes), map: { _ in true }) == true {
             return true

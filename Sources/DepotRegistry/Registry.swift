@@ -74,11 +74,20 @@ public final class Registry: Sendable {
 
     /// Cross-repository mount. With `from`, the blob must be visible there; without, anywhere.
     /// Returns false when it can't be mounted (the client then uploads).
-    public func mount(_ repository: RepositoryName, _ digest: Digest, from: RepositoryName?) throws -> Bool {
+    ///
+    /// `canRead` (authentication on) says which repositories the caller may pull: knowing a
+    /// digest is not access, so a mount takes the blob only from one of those, and otherwise
+    /// fails like a mount of an unknown blob (the client uploads it instead; nothing leaks).
+    public func mount(
+        _ repository: RepositoryName, _ digest: Digest, from: RepositoryName?, canRead: (@Sendable (String) -> Bool)? = nil
+    ) throws -> Bool {
         try db.write { conn in
             guard try conn.blob(digest) != nil else { return false }
             if let from {
+                if let canRead, !canRead(from.value) { return false }
                 guard let source = try conn.repositoryID(from.value), try conn.blobVisible(repo: source, digest) else { return false }
+            } else if let canRead {
+                guard try conn.repositoriesHoldingBlob(digest).contains(where: canRead) else { return false }
             } else {
                 guard try conn.blobLinkedAnywhere(digest) else { return false }
             }

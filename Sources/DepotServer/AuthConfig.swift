@@ -57,7 +57,7 @@ extension ServerConfig {
             config.auth.tokenTTLSeconds = v
         }
         if let v: String = try reader.value(s, "signing_key_file") { config.auth.signingKeyFile = v }
-        if let v: String = try reader.value(s, "realm") {
+        if let v: String = try reader.value(s, "realm"), !v.isEmpty {
             guard let u = URL(string: v), ["http", "https"].contains(u.scheme ?? ""), u.host != nil else {
                 throw reader.error("auth.realm", "must be an http(s) URL (the token endpoint, e.g. https://depot.example.com/token)")
             }

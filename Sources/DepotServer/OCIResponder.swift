@@ -45,7 +45,7 @@ public struct OCIResponder: HTTPResponder {
         self.metrics = metrics
         self.logger = logger
         blobs = BlobHandlers(registry: registry, metrics: metrics, limits: limits)
-        uploads = UploadHandlers(registry: registry, metrics: metrics)
+        uploads = UploadHandlers(registry: registry, metrics: metrics, auth: auth)
         manifests = ManifestHandlers(registry: registry, metrics: metrics)
         discovery = DiscoveryHandlers(registry: registry, limits: limits, auth: auth)
         chunks = ChunkHandlers(registry: registry, metrics: metrics, recipeCommits: ConcurrencyGate(limit: limits.maxRecipeCommits))

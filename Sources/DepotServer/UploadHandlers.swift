@@ -1,4 +1,5 @@
 import DepotAPI
+import DepotAuth
 import DepotCore
 import DepotRegistry
 import DepotStore
@@ -12,6 +13,8 @@ import NIOCore
 struct UploadHandlers: RouteHandlers {
     let registry: Registry
     let metrics: ServerMetrics
+    /// With authentication on, mounts take blobs only from repositories the caller may pull.
+    var auth: AuthService?
 
     func start(_ match: RouteMatch, _ request: Request, _ context: DepotRequestContext) async throws -> Response {
         try await startUpload(try Self.name(match), request, client: UploadSessions.clientKey(context.clientAddress))
@@ -51,7 +54,10 @@ struct UploadHandlers: RouteHandlers {
         if let mountText = query["mount"] {
             let digest = try RequestParsing.digest(String(mountText))
             let from = try query["from"].map { try RequestParsing.name(String($0)) }
-            if try await offload({ try registry.mount(name, digest, from: from) }) {
+            var canRead: (@Sendable (String) -> Bool)?
+            if let p = Caller.principal, let policy = auth?.policy { canRead = { Authorizer.canPull(p, $0, policy: policy) } }
+            let visible = canRead
+            if try await offload({ try registry.mount(name, digest, from: from, canRead: visible) }) {
                 return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])
             }
         } else if let digestText = query["digest"] {

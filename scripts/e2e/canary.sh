@@ -63,6 +63,7 @@ cat > "$T/depot.yaml" <<EOF
 server: {listen: 127.0.0.1:$PORT, log_level: info}
 storage: {root: $T/storage}
 pipelines: {directory: ""}
+auth: {enabled: true}
 canary:
   prometheus_url: http://127.0.0.1:$PROM_PORT
   steps: [1, 10, 50, 100]
@@ -80,11 +81,25 @@ canary:
       max_ratio: 50
       pause_ratio: 20
 EOF
-"$DEPOT" serve --config "$T/depot.yaml" > "$T/depot.log" 2>&1 & PIDS+=($!)
+# Authentication is on: each actor has the least it needs. CI pushes, a release manager (deployer)
+# drives rollouts, each Triton agent has a node token for production only, an auditor reads.
+ADMIN="$(openssl rand -hex 32)"
+DEPOT_ADMIN_TOKEN="$ADMIN" "$DEPOT" serve --config "$T/depot.yaml" > "$T/depot.log" 2>&1 & PIDS+=($!)
 wait_for 20 "depot serve" curl -sf "$DEPOT_REGISTRY/healthz" || exit 1
+secret() { DEPOT_TOKEN="$ADMIN" "$DEPOT" admin token create "$@" --json | json 'd["secret"]'; }
+CI="$(secret --name ci --role writer --repositories 'demo/**')"
+RELEASE="$(secret --name release --role deployer --repositories 'demo/**')"
+NODE="$(secret --name triton-nodes --role node --deployments "$REPO/production")"
+AUDITOR="$(secret --name auditor --role auditor)"
+[[ "$CI" == dpt_* && "$RELEASE" == dpt_* && "$NODE" == dpt_* && "$AUDITOR" == dpt_* ]] && ok "tokens for CI, release, nodes and audit" || { bad "token creation"; exit 1; }
+export DEPOT_TOKEN="$RELEASE"
+code="$(curl -s -o /dev/null -w '%{http_code}' -X POST "$DEPOT_REGISTRY/depot/v1/repositories/$REPO/deployments/production/rollout")"
+[[ "$code" == 401 ]] && ok "an anonymous rollout is refused (401)" || bad "anonymous rollout answered $code"
 
 # (0) v1 is the first deployment: stable at once.
-for v in 1 2 3 4 5; do "$DEPOT" push "$REPO:v$v" "$T/b$v" --quiet >/dev/null || { bad "push v$v"; exit 1; }; done
+for v in 1 2 3 4 5; do DEPOT_TOKEN="$CI" "$DEPOT" push "$REPO:v$v" "$T/b$v" --quiet >/dev/null || { bad "push v$v"; exit 1; }; done
+out="$("$DEPOT" push "$REPO:sneaky" "$T/b1" --quiet 2>&1)" && bad "a deployer pushed" || ok "a deployer token cannot push: ${out#error: }"
+out="$(DEPOT_TOKEN="$CI" "$DEPOT" rollout start "$REPO" production v2 2>&1)" && bad "CI started a rollout" || ok "a CI token cannot start a rollout"
 V1="$("$DEPOT" inspect "$REPO:v1" --json | json 'd["digest"]')"
 V2="$("$DEPOT" inspect "$REPO:v2" --json | json 'd["digest"]')"
 V3="$("$DEPOT" inspect "$REPO:v3" --json | json 'd["digest"]')"
@@ -92,7 +107,7 @@ V4="$("$DEPOT" inspect "$REPO:v4" --json | json 'd["digest"]')"
 "$DEPOT" rollout start "$REPO" production v1 --json > "$T/start1.json" || { bad "first deployment"; exit 1; }
 [[ "$(json 'd["deployment"]["stable"]' < "$T/start1.json")" == "$V1" ]] && ok "v1 is the first deployment: stable at once" || bad "first deployment: $(cat "$T/start1.json")"
 out="$("$DEPOT" rollout start "$REPO" staging v1 2>&1)"; echo "$out" | grep -q "" # (staging gets nothing)
-notbundle="$("$DEPOT" push demo/plain:v1 "$T/depot.yaml" --quiet >/dev/null; "$DEPOT" rollout start demo/plain production v1 2>&1)"
+notbundle="$(DEPOT_TOKEN="$CI" "$DEPOT" push demo/plain:v1 "$T/depot.yaml" --quiet >/dev/null; "$DEPOT" rollout start demo/plain production v1 2>&1)"
 [[ "$notbundle" == *"is not a Triton bundle"* ]] && ok "a digest that is not a Triton bundle is refused: ${notbundle#Error: }" || bad "non-bundle rollout: $notbundle"
 
 # Two Triton nodes, each with its agent.
@@ -105,7 +120,7 @@ for n in A B; do wait_for 60 "Triton $n" grep -q '"http"' "$T/triton$n.out" || e
 URL_A="$(head -n 1 "$T/tritonA.out" | json 'd["http"]')"; URL_B="$(head -n 1 "$T/tritonB.out" | json 'd["http"]')"
 for n in A B; do
   url=$([[ $n == A ]] && echo "$URL_A" || echo "$URL_B")
-  "$DEPOT" triton-sync --deployment "$REPO:production" --model-repository "$T/repo$n" --node "node-$n" --triton "$url" --interval 1 \
+  DEPOT_TOKEN="$NODE" "$DEPOT" triton-sync --deployment "$REPO:production" --model-repository "$T/repo$n" --node "node-$n" --triton "$url" --interval 1 \
     > "$T/sync$n.log" 2>&1 & PIDS+=($!)
 done
 nodes_on() {  # nodes_on DIGEST: both nodes report serving it, ready
@@ -188,11 +203,13 @@ grep -q "failed to load" "$T"/sync?.log && ok "triton-sync logged the load failu
 wait_for 60 "both nodes on v2" nodes_on "$V2" && ok "both nodes serve v2"
 
 # The served facts and the audit journal.
-served="$(curl -sf "$DEPOT_REGISTRY/depot/v1/lineage/$V3/served")"
+served="$(curl -sf -H "Authorization: Bearer $AUDITOR" "$DEPOT_REGISTRY/depot/v1/lineage/$V3/served")"
 echo "$served" | "$PY" -c 'import json,sys; s=json.load(sys.stdin)["served"]; sys.exit(0 if any(x["role"]=="canary" and x["weight"]==1 and "to" in x for x in s) else 1)' \
   && ok "lineage-visible fact: v3 served 1% of production from its start to its rollback" || bad "served: $served"
-"$DEPOT" audit log --action canary.rollback --json | grep -q "$V3" && ok "the rollback is in the audit journal" || bad "audit"
-"$DEPOT" audit verify >/dev/null && ok "audit chain intact" || bad "audit verify"
+DEPOT_TOKEN="$AUDITOR" "$DEPOT" audit log --action canary.rollback --json | grep -q "$V3" && ok "the rollback is in the audit journal" || bad "audit"
+DEPOT_TOKEN="$AUDITOR" "$DEPOT" audit log --action canary.start --json | grep -q '"token:release"' && ok "rollouts are recorded under the authenticated principal (token:release)" || bad "audit actor: $(DEPOT_TOKEN="$AUDITOR" "$DEPOT" audit log --json | head -c 600)"
+DEPOT_TOKEN="$AUDITOR" "$DEPOT" audit verify >/dev/null && ok "audit chain intact" || bad "audit verify"
+out="$(DEPOT_TOKEN="$NODE" "$DEPOT" rollout abort "$REPO" production 2>&1)" && bad "a node token drove a rollout" || ok "a node token cannot drive rollouts"
 
 kill "$LOADGEN_PID" 2>/dev/null
 if [[ "$failed" == 0 ]]; then echo "canary e2e: all checks passed"; else echo "canary e2e: FAILED"; fi
