@@ -208,10 +208,14 @@ public final class RegistryConnection: Sendable {
         }
         struct Answer: Decodable {
             var token: String?
-            var access_token: String?
+            var accessToken: String?
+            enum CodingKeys: String, CodingKey {
+                case token
+                case accessToken = "access_token"
+            }
         }
         guard let answer = try? WireJSON.decode(Answer.self, from: bytes, what: "token answer"),
-            let jwt = answer.token ?? answer.access_token, !jwt.isEmpty
+            let jwt = answer.token ?? answer.accessToken, !jwt.isEmpty
         else { throw ClientError("the token endpoint \(tokenURL) answered without a token") }
         flow.withLock { $0.jwt = jwt }
     }
