@@ -147,7 +147,19 @@ public struct OCIResponder: HTTPResponder {
             case .authenticate:
                 return unauthorized("authentication required: log in (depot login, docker login) or pass a token")
             case .deny(let why):
-                return .refuse(Reply.error(RegistryError(.denied, "requested access to the resource is denied: \(why)"), head: head))
+                var headers: HTTPFields = [:]
+                // A token from /token that lacks this scope: the challenge names the scope to ask
+                // for (error="insufficient_scope"). Answered with 403 rather than the spec's 401
+                // because oras-py asks for a new token only after a 403 carrying a challenge (it
+                // retries a 401 with the token it has); docker, skopeo and containerd request the
+                // scopes they need up front and never get here.
+                if principal.access != nil {
+                    headers[.wwwAuthenticate] =
+                        auth.challenge(host: request.head.authority, scheme: scheme, repository: repository, action: action)
+                        + ",error=\"insufficient_scope\""
+                }
+                return .refuse(
+                    Reply.error(RegistryError(.denied, "requested access to the resource is denied: \(why)"), headers: headers, head: head))
             }
         }
         return .pass(principal)
