@@ -35,14 +35,23 @@ trap cleanup EXIT
 cat > "$T/depot.yaml" <<EOF
 server: {listen: 127.0.0.1:$PORT, log_level: info}
 storage: {root: $T/storage}
+auth: {enabled: true}
 pipelines:
   directory: $ROOT/config/pipelines
   runner: {python: $PY, hooks_dir: $ROOT/hooks/builtin, work_dir: $T/runner}
 EOF
-"$DEPOT" serve --config "$T/depot.yaml" > "$T/server.log" 2>&1 &
+# Authentication is on: CI pushes with a writer token for models/**, an operator reads jobs and
+# deployments with a maintainer token; the embedded runner has its own credential.
+ADMIN="$(openssl rand -hex 32)"
+DEPOT_ADMIN_TOKEN="$ADMIN" "$DEPOT" serve --config "$T/depot.yaml" > "$T/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 100); do curl -sf "$DEPOT_REGISTRY/healthz" >/dev/null && break; sleep 0.1; done
 curl -sf "$DEPOT_REGISTRY/healthz" >/dev/null || { bad "depot serve did not start (see $T/server.log)"; exit 1; }
+secret() { DEPOT_TOKEN="$ADMIN" "$DEPOT" admin token create "$@" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["secret"])'; }
+CI="$(secret --name ci --role writer --repositories 'models/**')"
+OPS="$(secret --name ops --role maintainer)"
+export DEPOT_TOKEN="$OPS"
+out="$(DEPOT_TOKEN= "$DEPOT" jobs list 2>&1)" && bad "anonymous jobs list answered" || ok "anonymous callers are refused: ${out#error: }"
 sleep 0.5   # the scheduler registers its event cursor on its first tick
 
 # jobs_json [filter args] -> the job list as JSON
@@ -64,7 +73,7 @@ sys.exit(0 if jobs and final and (len(jobs) >= int(sys.argv[1]) or any(j["state"
 
 # 1. A real scikit-learn model, pushed as a user would.
 "$PY" Tests/e2e/make_sklearn_model.py "$T/src" >/dev/null || { bad "cannot make the scikit-learn model"; exit 1; }
-INPUT="$("$DEPOT" push models/iris:v1 "$T/src/model.pkl" "$T/src/sample_inputs.npy" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["digest"])')"
+INPUT="$(DEPOT_TOKEN="$CI" "$DEPOT" push models/iris:v1 "$T/src/model.pkl" "$T/src/sample_inputs.npy" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["digest"])')"
 [[ "$INPUT" == sha256:* ]] && ok "pushed models/iris:v1 ($INPUT)" || { bad "push of models/iris:v1"; exit 1; }
 
 # 2. The pipeline runs: convert -> optimize -> package -> deploy (canary; the first deployment is stable at once).
@@ -128,14 +137,14 @@ stable="$("$DEPOT" rollout status models/iris production --json | "$PY" -c 'impo
 [[ "$stable" == "$BUNDLE" ]] && ok "the deploy stage made v1-triton the stable version of production" || bad "production stable: $stable, bundle $BUNDLE"
 
 # 7. A replayed trigger (a second tag on the same digest) starts nothing new.
-"$DEPOT" tag models/iris:v1 v1-again >/dev/null
+DEPOT_TOKEN="$CI" "$DEPOT" tag models/iris:v1 v1-again >/dev/null
 sleep 2
 n="$(jobs_json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))')"
 [[ "$n" == 4 ]] && ok "a second tag on the same digest started no job (still 4)" || bad "jobs after the replay: $n"
 
 # 8. A model the converter cannot handle: the job fails permanently with its reason, nothing is published.
 echo "not a pickle" > "$T/broken.pkl"
-"$DEPOT" push models/broken:v1 "$T/broken.pkl" --quiet >/dev/null
+DEPOT_TOKEN="$CI" "$DEPOT" push models/broken:v1 "$T/broken.pkl" --quiet >/dev/null
 wait_jobs 5 120 || true
 broken="$(jobs_json --pipeline sklearn-to-triton | "$PY" -c '
 import json, sys
@@ -147,6 +156,15 @@ case "$broken" in
 esac
 tags="$("$DEPOT" ls models/broken | tr '\n' ' ')"
 [[ "$tags" == "v1 " ]] && ok "nothing published for it (tags: $tags)" || bad "tags of models/broken: $tags"
+
+# Outputs were pushed by the embedded runner under its own identity, not by CI.
+"$DEPOT" audit log --json | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+entries = d["entries"] if isinstance(d, dict) else d
+actors = {e["actor"] for e in entries if (e.get("tag") or "").startswith("v1-")}
+assert "token:embedded-runner" in actors, actors' && ok "stage outputs are recorded under the runner's identity" || bad "audit actors of outputs"
+out="$(DEPOT_TOKEN="$CI" "$DEPOT" alias set models/iris production v1-triton 2>&1)" && bad "CI moved production" || ok "a CI token cannot move production"
 
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
 if "$DEPOT" fsck --storage "$T/storage" >/dev/null; then ok "fsck clean"; else bad "fsck"; fi
