@@ -37,9 +37,15 @@ public final class AuthService: Sendable {
     let now: @Sendable () -> Int64
 
     struct CachedPrincipal {
-        var principal: Principal
+        /// nil: the credential was refused (with this message); refusals are cached too, so a
+        /// client retrying a wrong password does not cost a PBKDF2 hash each time.
+        var principal: Principal?
+        var refusal: String = ""
         var untilMs: Int64
     }
+    /// Password checks (PBKDF2) running at once; more get 429, so a flood of guesses cannot
+    /// occupy the blocking threads every other request needs.
+    let passwordChecks = ConcurrencyGate(limit: 4)
 
     /// Why a credential was refused: the 401's message.
     struct Failure: Error {
@@ -93,14 +99,24 @@ public final class AuthService: Sendable {
         if case .none = credential { return .anonymous }
         let key = Array((header ?? "").utf8).withUnsafeBytes { SHA256.hash($0) }
         let nowMs = now()
-        if let hit = cache.withLock({ $0[key] }), hit.untilMs > nowMs { return hit.principal }
-        let principal = try await verify(credential, nowMs: nowMs)
-        let until = min(nowMs + Self.cacheSeconds * 1000, principal.expiresAtMs ?? Int64.max)
+        if let hit = cache.withLock({ $0[key] }), hit.untilMs > nowMs {
+            guard let p = hit.principal else { throw Failure(message: hit.refusal) }
+            return p
+        }
+        let entry: CachedPrincipal
+        do {
+            let principal = try await verify(credential, nowMs: nowMs)
+            entry = CachedPrincipal(
+                principal: principal, untilMs: min(nowMs + Self.cacheSeconds * 1000, principal.expiresAtMs ?? Int64.max))
+        } catch let f as Failure {
+            entry = CachedPrincipal(principal: nil, refusal: f.message, untilMs: nowMs + Self.cacheSeconds * 1000)
+        }
         cache.withLock { c in
             if c.count >= Self.cacheLimit { c.removeAll(keepingCapacity: true) }
-            c[key] = CachedPrincipal(principal: principal, untilMs: until)
+            c[key] = entry
         }
-        return principal
+        guard let p = entry.principal else { throw Failure(message: entry.refusal) }
+        return p
     }
 
     func verify(_ credential: Credential, nowMs: Int64) async throws -> Principal {
@@ -149,6 +165,10 @@ public final class AuthService: Sendable {
         // Hash even for an unknown user, so the answer's timing does not tell which names exist.
         let stored =
             found?.passwordHash ?? "pbkdf2-sha256$\(passwordIterations)$AAAAAAAAAAAAAAAAAAAAAA==$" + String(repeating: "A", count: 43) + "="
+        guard passwordChecks.tryEnter() else {
+            throw RegistryError(.tooManyRequests, "too many password checks at once: retry shortly (tokens avoid the check)")
+        }
+        defer { passwordChecks.leave() }
         let ok = try await offload { PasswordHash.verify(password, against: stored) }
         guard ok, let user = found else { throw Failure(message: "user name or password is wrong") }
         return Principal(kind: .user, name: user.name, grants: try user.grants.map(Grant.init))
