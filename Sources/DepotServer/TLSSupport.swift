@@ -108,6 +108,10 @@ public final class TLSCertificateStore: Sendable {
         var c = TLSConfiguration.makeServerConfiguration(
             certificateChain: identity.chain.map { .certificate($0) }, privateKey: .privateKey(identity.key))
         c.minimumTLSVersion = .tlsv12
+        // How long a closing connection waits for the peer's close_notify after sending its own
+        // (the response is flushed before). NIOSSL's 5 s made every graceful stop wait 5 s for the
+        // embedded runner's idle pooled connection, whose client does not answer it.
+        c.shutdownTimeout = .seconds(1)
         if let caFile = settings.clientCAFile {
             let roots = try Self.certificates(caFile, key: "server.tls.client_ca_file")
             c.trustRoots = .certificates(roots)
