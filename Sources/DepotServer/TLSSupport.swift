@@ -61,11 +61,14 @@ public struct TLSSettings: Sendable, Equatable {
             settings.clientAuth = mode
         }
         if settings.clientAuth != .none && settings.clientCAFile == nil {
-            throw reader.error("server.tls.client_auth", "\(settings.clientAuth.rawValue) needs server.tls.client_ca_file (the CA that signs client certificates)")
+            throw reader.error(
+                "server.tls.client_auth",
+                "\(settings.clientAuth.rawValue) needs server.tls.client_ca_file (the CA that signs client certificates)")
         }
         if settings.clientAuth == .none && settings.clientCAFile != nil {
             // A CA file that does nothing would look like protection it does not give.
-            throw reader.error("server.tls.client_ca_file", "is set but client_auth is none: set client_auth to optional or require, or remove it")
+            throw reader.error(
+                "server.tls.client_ca_file", "is set but client_auth is none: set client_auth to optional or require, or remove it")
         }
         return settings
     }
@@ -213,7 +216,8 @@ public final class TLSCertificateStore: Sendable {
         let bytes = try read(path, key: key)
         let certificates: [NIOSSLCertificate]
         do { certificates = try NIOSSLCertificate.fromPEMBytes(bytes) } catch {
-            throw DepotError.invalidArgument("\(key) \(path): not a PEM certificate file (\(error)); convert DER with `openssl x509 -inform der`")
+            throw DepotError.invalidArgument(
+                "\(key) \(path): not a PEM certificate file (\(error)); convert DER with `openssl x509 -inform der`")
         }
         guard !certificates.isEmpty else {
             throw DepotError.invalidArgument("\(key) \(path): no certificate in it (expected -----BEGIN CERTIFICATE-----)")

@@ -143,14 +143,18 @@ struct TLSTests {
         let started = Date()
         let refused = try await run(
             "/usr/bin/env",
-            ["-u", "DEPOT_CA_FILE", "DEPOT_CACHE=\(dir.path)/cache2", Self.depot, "pull", "tls/model:v1", "-o", dir.path + "/out2", "--registry", server.url])
+            [
+                "-u", "DEPOT_CA_FILE", "DEPOT_CACHE=\(dir.path)/cache2", Self.depot, "pull", "tls/model:v1", "-o", dir.path + "/out2",
+                "--registry", server.url,
+            ])
         #expect(refused.status != 0)
         #expect(refused.output.contains("not trusted") && refused.output.contains("--ca-file"), "\(refused.output)")
         #expect(Date().timeIntervalSince(started) < 2.5, "a certificate error is not retried with backoff")
         #expect(!FileManager.default.fileExists(atPath: dir.path + "/out2/weights.bin"))
 
         // A CA file that is not one is an error naming it, before any connection.
-        let badCA = try await run(Self.depot, ["pull", "tls/model:v1", "-o", dir.path + "/out3", "--registry", server.url, "--ca-file", pki.path("server.ext")])
+        let badCA = try await run(
+            Self.depot, ["pull", "tls/model:v1", "-o", dir.path + "/out3", "--registry", server.url, "--ca-file", pki.path("server.ext")])
         #expect(badCA.status != 0)
         #expect(badCA.output.contains(pki.path("server.ext")), "\(badCA.output)")
         #expect(server.process.isRunning)
@@ -257,7 +261,10 @@ struct TLSTests {
         for _ in 0..<50 where !leased {
             let metrics = try await run(
                 "/usr/bin/curl",
-                ["-sf", "--cacert", pki.path("ca.crt"), "--cert", pki.path("client.crt"), "--key", pki.path("client.key"), started.url + "/metrics"],
+                [
+                    "-sf", "--cacert", pki.path("ca.crt"), "--cert", pki.path("client.crt"), "--key", pki.path("client.key"),
+                    started.url + "/metrics",
+                ],
                 timeout: 20)
             leased = metrics.output.split(separator: "\n").contains { $0.contains("route=\"jobLease\"") && $0.contains("status=\"2") }
             if !leased { try await Task.sleep(for: .milliseconds(200)) }
@@ -295,7 +302,8 @@ struct TLSTests {
             } catch { return "\(error)" }
         }
         let missing = problem(TLSSettings(certFile: dir.path + "/nope.crt", keyFile: pki.path("server1.key")))
-        #expect(missing.contains("server.tls.cert_file") && missing.contains("nope.crt") && missing.contains("does not exist"), "\(missing)")
+        #expect(
+            missing.contains("server.tls.cert_file") && missing.contains("nope.crt") && missing.contains("does not exist"), "\(missing)")
         let notPEM = problem(TLSSettings(certFile: pki.path("server.ext"), keyFile: pki.path("server1.key")))
         #expect(notPEM.contains("server.ext") && notPEM.contains("not a PEM certificate"), "\(notPEM)")
         let keyIsCert = problem(TLSSettings(certFile: pki.path("server1.crt"), keyFile: pki.path("server1.crt")))
@@ -303,7 +311,9 @@ struct TLSTests {
         let wrongKey = problem(TLSSettings(certFile: pki.path("server1.crt"), keyFile: pki.path("server2.key")))
         #expect(wrongKey.contains("does not belong to the certificate"), "\(wrongKey)")
         let badCA = problem(
-            TLSSettings(certFile: pki.path("server1.crt"), keyFile: pki.path("server1.key"), clientCAFile: pki.path("client.ext"), clientAuth: .require))
+            TLSSettings(
+                certFile: pki.path("server1.crt"), keyFile: pki.path("server1.key"), clientCAFile: pki.path("client.ext"),
+                clientAuth: .require))
         #expect(badCA.contains("server.tls.client_ca_file"), "\(badCA)")
         #expect(problem(TLSSettings(certFile: pki.path("server1.crt"), keyFile: pki.path("server1.key"))) == "accepted")
 
@@ -331,9 +341,15 @@ struct TLSTests {
             ("server:\n  tls:\n    key_file: a.key\n", "server.tls.cert_file is required"),
             ("server:\n  tls:\n    cert_file: a.crt\n", "server.tls.key_file is required"),
             ("server:\n  tls:\n    cert_file: a.crt\n    key_file: 5\n", "server.tls.key_file must be a file path"),
-            ("server:\n  tls:\n    cert_file: a.crt\n    key_file: a.key\n    client_auth: always\n", "server.tls.client_auth must be none, optional or require"),
+            (
+                "server:\n  tls:\n    cert_file: a.crt\n    key_file: a.key\n    client_auth: always\n",
+                "server.tls.client_auth must be none, optional or require"
+            ),
             ("server:\n  tls:\n    cert_file: a.crt\n    key_file: a.key\n    client_auth: require\n", "needs server.tls.client_ca_file"),
-            ("server:\n  tls:\n    cert_file: a.crt\n    key_file: a.key\n    client_ca_file: ca.crt\n", "client_ca_file is set but client_auth is none"),
+            (
+                "server:\n  tls:\n    cert_file: a.crt\n    key_file: a.key\n    client_ca_file: ca.crt\n",
+                "client_ca_file is set but client_auth is none"
+            ),
             ("server:\n  tls: yes\n", "server.tls must be a mapping"),
         ]
         for (yaml, message) in cases {
@@ -348,7 +364,8 @@ struct TLSTests {
         let pki = try await TestPKI.make(dir.path)
         let store = try TLSCertificateStore(
             settings: TLSSettings(
-                certFile: pki.path("server1.crt"), keyFile: pki.path("server1.key"), clientCAFile: pki.path("ca.crt"), clientAuth: .optional),
+                certFile: pki.path("server1.crt"), keyFile: pki.path("server1.key"), clientCAFile: pki.path("ca.crt"), clientAuth: .optional
+            ),
             logger: Logger(label: "test"))
         let router = Router(context: DepotRequestContext.self)
         router.get("/who") { _, context in await context.clientCertificateCommonName() ?? "anonymous" }
@@ -359,7 +376,8 @@ struct TLSTests {
             let port = try #require(client.port)
             let url = "https://127.0.0.1:\(port)/who"
             let named = try await run(
-                "/usr/bin/curl", ["-sf", "--cacert", pki.path("ca.crt"), "--cert", pki.path("client.crt"), "--key", pki.path("client.key"), url],
+                "/usr/bin/curl",
+                ["-sf", "--cacert", pki.path("ca.crt"), "--cert", pki.path("client.crt"), "--key", pki.path("client.key"), url],
                 timeout: 20)
             #expect(named.output == "runner-7", "\(named.output)")
             let anonymous = try await run("/usr/bin/curl", ["-sf", "--cacert", pki.path("ca.crt"), url], timeout: 20)
