@@ -336,6 +336,17 @@ struct TLSTests {
             """, path: "t.yaml")
         #expect(good.tls == TLSSettings(certFile: "a.crt", keyFile: "a.key", clientCAFile: "ca.crt", clientAuth: .optional))
         #expect(try ServerConfig.parse("server:\n  listen: 127.0.0.1:5000\n", path: "t.yaml").tls == nil)
+        // The commented-out example in the shipped config/depot.yaml is valid once uncommented.
+        let shipped = try String(contentsOfFile: repoRoot + "/config/depot.yaml", encoding: .utf8).split(separator: "\n")
+        let start = try #require(shipped.firstIndex(of: "  # tls:"))
+        let example = shipped[(start + 1)...].prefix { $0.hasPrefix("  #   ") }.filter { !$0.hasPrefix("  #   #") }
+        let uncommented = try ServerConfig.parse(
+            "server:\n  tls:\n" + example.map { "    " + $0.dropFirst("  #   ".count) }.joined(separator: "\n"), path: "example")
+        #expect(
+            uncommented.tls
+                == TLSSettings(
+                    certFile: "/etc/depot/tls/server.crt", keyFile: "/etc/depot/tls/server.key",
+                    clientCAFile: "/etc/depot/tls/clients-ca.crt", clientAuth: .require))
         let cases: [(String, String)] = [
             ("server:\n  tls:\n    cert_file: a.crt\n    key_file: a.key\n    certfile: b\n", "server.tls.certfile is not a known setting"),
             ("server:\n  tls:\n    key_file: a.key\n", "server.tls.cert_file is required"),
