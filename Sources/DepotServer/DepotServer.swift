@@ -95,7 +95,9 @@ public struct DepotService {
         let root = config.storageRoot
         let auth = try await Self.makeAuth(config: config, db: store.catalog, bootstrapSecret: try Self.bootstrapSecret(config))
         let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger, auth: auth)
-        let app = Self.makeApplication(registry: registry, config: config, logger: logger, pipelines: pipelines, auth: auth, tls: tls) { _ in
+        let app = Self.makeApplication(
+            registry: registry, config: config, logger: logger, pipelines: pipelines, auth: auth, tls: tls
+        ) { _ in
             logger.info("depot listening on \(listen), storage \(root), authentication \(auth.enabled ? "on" : "OFF")")
         }
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])

@@ -20,7 +20,6 @@ struct RegistryOptions: ParsableArguments {
             valueName: "file"))
     var caFile: String?
 
-
     var url: String {
         let env = ProcessInfo.processInfo.environment
         var url = registry ?? env["DEPOT_REGISTRY"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:5000"
