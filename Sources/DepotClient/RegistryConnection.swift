@@ -57,11 +57,11 @@ public final class RegistryConnection: Sendable {
         depot_tune_malloc(2, 1 << 20)
     }
 
-    public convenience init(url: String, token: String?, attempts: Int = 5) throws {
-        try self.init(url: url, credential: token.map(RegistryCredential.token), attempts: attempts)
+    public convenience init(url: String, token: String?, attempts: Int = 5, tls: ClientTLSOptions = ClientTLSOptions()) throws {
+        try self.init(url: url, credential: token.map(RegistryCredential.token), attempts: attempts, tls: tls)
     }
 
-    public init(url: String, credential: RegistryCredential?, attempts: Int = 5) throws {
+    public init(url: String, credential: RegistryCredential?, attempts: Int = 5, tls: ClientTLSOptions = ClientTLSOptions()) throws {
         var base = url
         while base.hasSuffix("/") { base.removeLast() }
         if !base.contains("://") { base = "http://" + base }
@@ -82,6 +82,7 @@ public final class RegistryConnection: Sendable {
         // timeout would turn "connection refused" into a minute of waiting.
         config.connectionPool.retryConnectionEstablishment = false
         config.decompression = .disabled
+        config.tlsConfiguration = try tls.configuration()
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
     }
 
@@ -253,6 +254,7 @@ public final class RegistryConnection: Sendable {
 
     static func isTransient(_ error: any Error) -> Bool {
         if error is CancellationError { return false }
+        if ClientTLSOptions.explain(error) != nil { return false }
         if let e = error as? HTTPClientError {
             return e != .invalidURL && e != .emptyHost && e != .cancelled
         }
@@ -260,6 +262,7 @@ public final class RegistryConnection: Sendable {
     }
 
     static func describe(_ error: any Error) -> String {
+        if let tls = ClientTLSOptions.explain(error) { return tls }
         let text = "\(error)"
         if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused" }
         if text.contains("connectTimeout") { return "connection timed out" }

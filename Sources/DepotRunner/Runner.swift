@@ -58,7 +58,7 @@ public struct RunnerOptions: Sendable {
 /// artifact whose `subject` is the input, and reports the result with the log. A job whose
 /// memoization key already has an artifact is completed without running.
 public final class Runner: Sendable {
-    let connection: RegistryConnection
+    public let connection: RegistryConnection
     let options: RunnerOptions
     let logger: Logger
     let cache: ChunkCache

@@ -28,6 +28,7 @@ public struct DepotService {
         pipelines: PipelineSetup = PipelineSetup(),
         metricsSource: (any MetricsSource)? = nil,
         auth: AuthService? = nil,
+        tls: TLSCertificateStore? = nil,
         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     )
         -> some ApplicationProtocol
@@ -46,8 +47,10 @@ public struct DepotService {
         let headerTimeout = TimeAmount.milliseconds(Int64(limits.headerTimeoutSeconds * 1000))
         return Application(
             responder: responder,
-            server: .http1(
-                configuration: .init(
+            // HTTPS when `tls` is given (config.tls, loaded by `run()`): TLSSupport.swift.
+            server: TLSCertificateStore.serverBuilder(
+                tls,
+                http1: .init(
                     additionalChannelHandlers: [ContinueHandler(), HeaderTimeoutHandler(timeout: headerTimeout)],
                     idleTimeout: .milliseconds(Int64(limits.idleTimeoutSeconds * 1000)))),
             configuration: .init(
@@ -77,6 +80,9 @@ public struct DepotService {
         var log = config.logFormat == "json" ? Logger(label: "depot", factory: { JSONLogHandler(label: $0) }) : Logger(label: "depot")
         log.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
         let logger = log
+        // Certificate files are checked before the store opens: a bad one stops start-up naming the file.
+        let tls = try config.tls.map { try TLSCertificateStore(settings: $0, logger: logger) }
+        tls?.reloadOnHangup()
         let store = try ChunkStore(root: config.storageRoot, options: config.storeOptions, create: true)
         if !store.recovery.isClean {
             logger.notice("repaired store on open: \(store.recovery.summary)")
@@ -89,7 +95,9 @@ public struct DepotService {
         let root = config.storageRoot
         let auth = try await Self.makeAuth(config: config, db: store.catalog, bootstrapSecret: try Self.bootstrapSecret(config))
         let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger, auth: auth)
-        let app = Self.makeApplication(registry: registry, config: config, logger: logger, pipelines: pipelines, auth: auth) { _ in
+        let app = Self.makeApplication(
+            registry: registry, config: config, logger: logger, pipelines: pipelines, auth: auth, tls: tls
+        ) { _ in
             logger.info("depot listening on \(listen), storage \(root), authentication \(auth.enabled ? "on" : "OFF")")
         }
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
@@ -153,7 +161,7 @@ public struct PipelineSetup: Sendable {
         options.logRetentionSeconds = p.logRetentionDays * 86400
         jobs = JobQueue(registry: registry, pipelines: loaded, options: options)
         let host = config.listenHost.contains(":") ? "[\(config.listenHost)]" : config.listenHost
-        let local = "http://\(host == "0.0.0.0" ? "127.0.0.1" : host):\(config.listenPort)"
+        let local = "\(config.tls == nil ? "http" : "https")://\(host == "0.0.0.0" ? "127.0.0.1" : host):\(config.listenPort)"
         callbackBase = p.callbackURL.isEmpty ? local : p.callbackURL
         for pipeline in loaded {
             for stage in pipeline.stages {
@@ -183,7 +191,7 @@ public struct PipelineSetup: Sendable {
             // With authentication on, the embedded runner uses a credential made for this process
             // (a runner on every repository, with the configured labels); never stored or shown.
             let token = auth.flatMap { $0.enabled ? $0.internalRunnerSecret : nil } ?? ProcessInfo.processInfo.environment["DEPOT_TOKEN"]
-            let connection = try RegistryConnection(url: local, token: token)
+            let connection = try RegistryConnection(url: local, token: token, tls: try Self.embeddedRunnerTLS(config.tls))
             runner = try Runner(connection: connection, options: options, logger: logger)
         }
     }

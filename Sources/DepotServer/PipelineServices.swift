@@ -166,5 +166,8 @@ struct EmbeddedRunner: Service {
             return
         }
         try? await cancelWhenGracefulShutdown { await runner.run() }
+        // Its HTTP client must be shut down before it is released (a debug build traps otherwise,
+        // which a stop during the runner's back-off after the listener closed reached).
+        await runner.connection.shutdown()
     }
 }

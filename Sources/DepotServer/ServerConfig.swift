@@ -35,6 +35,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var inspection = InspectionLimits()
     /// Identity and authorization (`auth:`).
     public var auth = AuthConfig()
+    /// HTTPS (`server.tls:`); nil serves plain HTTP.
+    public var tls: TLSSettings?
 
     /// The resource limits of the `server:` section. See "Limits and failure behaviour" in
     /// docs/ARCHITECTURE.md for what a client sees when one is hit.
@@ -182,6 +184,7 @@ public struct ServerConfig: Sendable, Equatable {
                 guard (1...1024).contains(v) else { throw reader.error("server.max_recipe_commits", "must be 1 to 1024") }
                 config.limits.maxRecipeCommits = v
             }
+            if let raw = s["tls"] { config.tls = try TLSSettings.parse(raw, reader) }
         }
         try reader.section(root, "storage") { s in
             if let v: String = try reader.value(s, "root") { config.storageRoot = v }
@@ -496,7 +499,7 @@ final class ConfigReader {
         let known: [String: Set<String>] = [
             "server": [
                 "listen", "log_level", "log_format", "max_connections", "header_timeout_seconds", "idle_timeout_seconds",
-                "blocking_threads", "default_page_size", "max_recipe_commits",
+                "blocking_threads", "default_page_size", "max_recipe_commits", "tls",
             ],
             "storage": [
                 "root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",

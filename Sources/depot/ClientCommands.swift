@@ -13,6 +13,12 @@ struct RegistryOptions: ParsableArguments {
     var registry: String?
     @Flag(help: "Allow plain http to a registry that is not on this machine (credentials and models cross the network in the clear).")
     var plainHttp = false
+    @Option(
+        help: ArgumentHelp(
+            "PEM CA certificates to trust for an https registry besides the system's (default: $DEPOT_CA_FILE).",
+            discussion: "A client certificate, for a registry that asks for one, comes from $DEPOT_CLIENT_CERT and $DEPOT_CLIENT_KEY.",
+            valueName: "file"))
+    var caFile: String?
 
     var url: String {
         let env = ProcessInfo.processInfo.environment
@@ -30,7 +36,7 @@ struct RegistryOptions: ParsableArguments {
         if url.hasPrefix("http://"), !plainHttp, let host = URL(string: url)?.host, !RegistryConnection.isLoopback(host) {
             throw ClientError("\(url) is plain http to another machine: use https://, or pass --plain-http if you mean it")
         }
-        return try RegistryConnection(url: url, credential: try Self.credential(for: url))
+        return try RegistryConnection(url: url, credential: try Self.credential(for: url), tls: .fromEnvironment(caFile: caFile))
     }
 
     /// `$DEPOT_TOKEN`, else what `depot login` (or `docker login`) stored for the registry's host.
