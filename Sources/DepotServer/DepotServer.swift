@@ -43,7 +43,8 @@ public struct DepotService {
         BlockingPool.configure(threads: limits.blockingThreads)
         let responder = OCIResponder(
             registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
-            callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments, limits: limits, auth: auth)
+            callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments, limits: limits, auth: auth,
+            scheme: tls == nil ? "http" : "https")
         let headerTimeout = TimeAmount.milliseconds(Int64(limits.headerTimeoutSeconds * 1000))
         return Application(
             responder: responder,
