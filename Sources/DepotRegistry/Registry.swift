@@ -178,7 +178,11 @@ public final class Registry: Sendable {
             if case .tag(let tag) = reference {
                 previous = try checkTagMove(conn, repo: repo, repository, tag, to: digest, actor: actor, expect: expect)
             }
-            try conn.putManifest(repo: repo, record, blobs: parsed.blobs.map(\.digest), children: parsed.manifests.map(\.digest), now: now)
+            // Foreign layers (URLs elsewhere) are not ours: they neither root a blob nor make one
+            // readable here. Recording them would let any manifest naming another repository's
+            // digest as "foreign" read that blob through this repository.
+            let local = parsed.blobs.filter { $0.urls == nil || $0.mediaType != MediaType.dockerForeignLayer }.map(\.digest)
+            try conn.putManifest(repo: repo, record, blobs: local, children: parsed.manifests.map(\.digest), now: now)
             if let metadata { try conn.setManifestMetadata(digest, json: metadata) }
             for edge in lineage {
                 if try conn.isAncestorOrSelf(digest, of: edge.parent) {

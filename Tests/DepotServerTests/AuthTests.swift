@@ -150,6 +150,46 @@ func refusedByGate(_ r: TestResponse) -> Bool {
         }
     }
 
+    /// Knowing a digest is not access: neither a mount nor a foreign-layer descriptor makes
+    /// another repository's blob readable.
+    @Test func knowingADigestIsNotAccess() async throws {
+        try await withAuthRegistry { s in
+            let secret = Array("secret weights".utf8)
+            let d = Digest.of(secret)
+            #expect(
+                try await s.client.req(.post, "/v2/private/m/blobs/uploads/?digest=\(d)", headers: bearer(s.admin), body: secret).status
+                    .code == 201)
+            let eve = try await s.token("eve", .robot, [GrantSpec(role: .writer, repositories: ["eve/**"])])
+            // A mount from a repository eve cannot pull, or from anywhere: an upload session instead.
+            for query in ["mount=\(d)&from=private/m", "mount=\(d)"] {
+                let r = try await s.client.req(.post, "/v2/eve/x/blobs/uploads/?\(query)", headers: bearer(eve))
+                #expect(r.status.code == 202, "\(query): \(r.status)")
+            }
+            #expect(try await s.client.req(.get, "/v2/eve/x/blobs/\(d)", headers: bearer(eve)).status.code == 404)
+            // A manifest naming the digest as a foreign layer is accepted, but does not link it.
+            let config = Array("{}".utf8)
+            let cd = Digest.of(config)
+            #expect(
+                try await s.client.req(.post, "/v2/eve/x/blobs/uploads/?digest=\(cd)", headers: bearer(eve), body: config).status.code
+                    == 201)
+            let manifest = Array(
+                """
+                {"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",\
+                "config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"\(cd)","size":2},\
+                "layers":[{"mediaType":"\(MediaType.dockerForeignLayer)","digest":"\(d)","size":\(secret.count),"urls":["https://example.com/l"]}]}
+                """.utf8)
+            var h = bearer(eve)
+            h[.contentType] = MediaType.dockerManifest
+            let put = try await s.client.req(.put, "/v2/eve/x/manifests/v1", headers: h, body: manifest)
+            #expect(put.status.code == 201, "\(put.text)")
+            let read = try await s.client.req(.get, "/v2/eve/x/blobs/\(d)", headers: bearer(eve))
+            #expect(read.status.code == 404 && !read.text.contains("secret"), "\(read.status)")
+            // A mount by someone who may pull the source works.
+            let ok = try await s.client.req(.post, "/v2/other/y/blobs/uploads/?mount=\(d)&from=private/m", headers: bearer(s.admin))
+            #expect(ok.status.code == 201)
+        }
+    }
+
     @Test func theTokenFlowIssuesScopedTokensForBasicCredentials() async throws {
         let openPublic: (inout ServerConfig) -> Void = { $0.auth.anonymousPull = ["public/**"] }
         try await withAuthRegistry(configure: openPublic) { s in
