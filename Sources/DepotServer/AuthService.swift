@@ -32,11 +32,12 @@ public final class AuthService: Sendable {
     let internalRunnerSecret: String
     let internalRunner: Principal
     let cache = Locked<[SHA256.Value: CachedPrincipal]>([:])
+    let inflight = Locked<[SHA256.Value: Task<CachedPrincipal, any Error>]>([:])
     static let cacheSeconds: Int64 = 10
     static let cacheLimit = 10_000
     let now: @Sendable () -> Int64
 
-    struct CachedPrincipal {
+    struct CachedPrincipal: Sendable {
         /// nil: the credential was refused (with this message); refusals are cached too, so a
         /// client retrying a wrong password does not cost a PBKDF2 hash each time.
         var principal: Principal?
@@ -103,13 +104,21 @@ public final class AuthService: Sendable {
             guard let p = hit.principal else { throw Failure(message: hit.refusal) }
             return p
         }
+        // Single flight: concurrent requests with the same credential (a client's parallel
+        // connections on a cold cache) wait for one verification instead of each hashing.
+        let task = inflight.withLock { running -> Task<CachedPrincipal, any Error> in
+            if let t = running[key] { return t }
+            let t = Task { try await self.verifyForCache(credential, nowMs: nowMs) }
+            running[key] = t
+            return t
+        }
         let entry: CachedPrincipal
         do {
-            let principal = try await verify(credential, nowMs: nowMs)
-            entry = CachedPrincipal(
-                principal: principal, untilMs: min(nowMs + Self.cacheSeconds * 1000, principal.expiresAtMs ?? Int64.max))
-        } catch let f as Failure {
-            entry = CachedPrincipal(principal: nil, refusal: f.message, untilMs: nowMs + Self.cacheSeconds * 1000)
+            entry = try await task.value
+            inflight.withLock { $0[key] = nil }
+        } catch {
+            inflight.withLock { $0[key] = nil }
+            throw error
         }
         cache.withLock { c in
             if c.count >= Self.cacheLimit { c.removeAll(keepingCapacity: true) }
@@ -117,6 +126,15 @@ public final class AuthService: Sendable {
         }
         guard let p = entry.principal else { throw Failure(message: entry.refusal) }
         return p
+    }
+
+    func verifyForCache(_ credential: Credential, nowMs: Int64) async throws -> CachedPrincipal {
+        do {
+            let principal = try await verify(credential, nowMs: nowMs)
+            return CachedPrincipal(principal: principal, untilMs: min(nowMs + Self.cacheSeconds * 1000, principal.expiresAtMs ?? Int64.max))
+        } catch let f as Failure {
+            return CachedPrincipal(principal: nil, refusal: f.message, untilMs: nowMs + Self.cacheSeconds * 1000)
+        }
     }
 
     func verify(_ credential: Credential, nowMs: Int64) async throws -> Principal {

@@ -261,6 +261,26 @@ func refusedByGate(_ r: TestResponse) -> Bool {
         }
     }
 
+    /// A client's parallel connections on a cold cache wait for one password check instead of
+    /// being refused by the limit on concurrent checks.
+    @Test func parallelRequestsWithOnePasswordAllSucceed() async throws {
+        try await withAuthRegistry { s in
+            let add = UserAddRequest(name: "bob", password: "bob-password-1", grants: [GrantSpec(role: .reader)])
+            #expect(
+                try await s.client.req(.post, "/depot/v1/admin/users", headers: bearer(s.admin), body: try WireJSON.encode(add)).status.code
+                    == 201)
+            let codes = try await withThrowingTaskGroup(of: UInt.self) { group in
+                for _ in 0..<24 {
+                    group.addTask {
+                        UInt(try await s.client.req(.get, "/v2/_catalog", headers: basic("bob", "bob-password-1")).status.code)
+                    }
+                }
+                return try await group.reduce(into: [UInt]()) { $0.append($1) }
+            }
+            #expect(codes.allSatisfy { $0 == 200 }, "\(codes)")
+        }
+    }
+
     @Test func theAuditActorIsThePrincipalNotTheHeader() async throws {
         try await withAuthRegistry { s in
             let ci = try await s.token("ci", .robot, [GrantSpec(role: .maintainer, repositories: ["**"])])
