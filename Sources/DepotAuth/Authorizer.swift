@@ -64,14 +64,12 @@ public enum Authorizer {
                 return false
             }
         }
-        let grants = p.grants.filter { $0.role.actions.contains(action) }
-        if let repo = request.repository { return grants.contains { $0.covers(repo) } }
+        if let repo = request.repository { return p.grants.contains { $0.role.actions.contains(action) && $0.covers(repo) } }
         switch action {
-        // The catalog answer is filtered to what the caller may pull, so a grant anywhere suffices.
-        case .catalog: return !grants.isEmpty
-        // A runner token's labels bound what it leases (checked by the job queue), not repositories.
-        case .jobsRun: return !grants.isEmpty
-        default: return grants.contains { $0.isGlobal }
+        // The catalog answer is filtered to what the caller may pull, so a grant anywhere suffices;
+        // a runner token's labels bound what it leases (checked by the job handlers), not repositories.
+        case .catalog, .jobsRun: return p.grants.contains { $0.role.actions.contains(action) }
+        default: return p.grants.contains { $0.role.actions.contains(action) && $0.isGlobal }
         }
     }
 

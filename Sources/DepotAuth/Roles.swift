@@ -4,7 +4,12 @@ import DepotAPI
 /// allowed when some grant's role has it and its globs cover the route's repository. The sets
 /// are the policy users read in docs/AUTHORIZATION.md: change them there too.
 extension RoleName {
-    public var actions: Set<Action> {
+    /// The role's actions (computed once: authorization reads them on every request).
+    public var actions: Set<Action> { Self.table[self]! }
+
+    static let table: [RoleName: Set<Action>] = Dictionary(uniqueKeysWithValues: allCases.map { ($0, $0.computedActions) })
+
+    var computedActions: Set<Action> {
         switch self {
         // Look, do not touch: pull, list, and read deployments and jobs.
         case .reader: [.pull, .catalog, .deployRead, .jobsRead]

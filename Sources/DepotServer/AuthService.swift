@@ -31,8 +31,24 @@ public final class AuthService: Sendable {
     /// The embedded runner's credential: random per process, never stored, never shown.
     let internalRunnerSecret: String
     let internalRunner: Principal
-    let cache = Locked<[SHA256.Value: CachedPrincipal]>([:])
-    let inflight = Locked<[SHA256.Value: Task<CachedPrincipal, any Error>]>([:])
+    let cache = Locked<[CacheKey: CachedPrincipal]>([:])
+    let inflight = Locked<[CacheKey: Task<CachedPrincipal, any Error>]>([:])
+
+    /// A header up to 1 KiB is its own key (hashing it with the dictionary's SipHash costs a
+    /// fraction of a SHA-256 context); longer ones (OIDC JWTs) are keyed by their SHA-256, so
+    /// the cache holds at most 10 000 × 1 KiB of credentials.
+    enum CacheKey: Hashable, Sendable {
+        case text(String)
+        case hash(SHA256.Value)
+
+        init(_ header: String) {
+            if header.utf8.count <= 1024 {
+                self = .text(header)
+            } else {
+                self = .hash(Array(header.utf8).withUnsafeBytes { SHA256.hash($0) })
+            }
+        }
+    }
     static let cacheSeconds: Int64 = 10
     static let cacheLimit = 10_000
     let now: @Sendable () -> Int64
@@ -98,7 +114,7 @@ public final class AuthService: Sendable {
             throw Failure(message: Self.text(e))
         }
         if case .none = credential { return .anonymous }
-        let key = Array((header ?? "").utf8).withUnsafeBytes { SHA256.hash($0) }
+        let key = CacheKey(header ?? "")
         let nowMs = now()
         if let hit = cache.withLock({ $0[key] }), hit.untilMs > nowMs {
             guard let p = hit.principal else { throw Failure(message: hit.refusal) }

@@ -124,7 +124,8 @@ public struct OCIResponder: HTTPResponder {
         let head = request.method == .head
         // The token endpoint and webhook callbacks check their own credentials.
         if route.action.isOpen { return .pass(.anonymous) }
-        let repository = match.name.flatMap { (try? RepositoryName($0))?.value }
+        // Validated only for a challenge (a name that is not valid never goes into a header).
+        var repository: String? { match.name.flatMap { (try? RepositoryName($0))?.value } }
         func unauthorized(_ message: String) -> GateResult {
             let challenge = auth.challenge(
                 host: request.head.authority, scheme: scheme, repository: repository, action: route.action)
@@ -139,7 +140,7 @@ public struct OCIResponder: HTTPResponder {
         var actions = [route.action]
         if route.id == .manifestPut, !match["reference"].contains(":") { actions.append(.tag) }
         var deployment: String?
-        if route.pattern.contains("{environment}"), let repository { deployment = "\(repository)/\(match["environment"])" }
+        if route.action == .nodesReport, let name = match.name { deployment = "\(name)/\(match["environment"])" }
         for action in actions {
             let wanted = AccessRequest(action, repository: match.name, deployment: deployment)
             switch Authorizer.decide(principal, wanted, policy: auth.policy) {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DepotCore
 import DepotFormats
+import DepotServer
 import DepotStore
 import Dispatch
 import Foundation
@@ -10,7 +11,7 @@ import Foundation
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks: throughput and peak memory (run a release build).",
-        subcommands: [Hashing.self, Ingest.self, Dedup.self, LineageBench.self])
+        subcommands: [Hashing.self, Ingest.self, Dedup.self, LineageBench.self, AuthBenchCommand.self])
 
     /// Chunker, SHA-256 and zstd on an in-memory buffer, one core each.
     struct Hashing: ParsableCommand {
@@ -255,6 +256,26 @@ enum BenchData {
         if json { return printJSON(results) }
         for (k, v) in results.sorted(by: { $0.key < $1.key }) {
             Swift.print(k.padding(toLength: 40, withPad: " ", startingAt: 0) + String(format: "%.3f", v))
+        }
+    }
+}
+
+/// `depot bench auth`: the gate's cost per request (warm credential cache), beside the route
+/// lookup every request pays anyway.
+struct AuthBenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "auth", abstract: "What authentication adds to a request.")
+    @Option(help: "Requests per case.") var iterations = 200_000
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func run() async throws {
+        let dir = NSTemporaryDirectory() + "/depot-auth-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let results = try await AuthBench.run(iterations: iterations, directory: dir)
+        if json { return printJSON(results) }
+        print("per request, warm credential cache, \(iterations) requests each:")
+        for r in results {
+            print("  \(r.name.padding(toLength: 32, withPad: " ", startingAt: 0)) \(String(format: "%8.0f", r.nanosecondsPerRequest)) ns")
         }
     }
 }
