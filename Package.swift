@@ -9,7 +9,7 @@ let package = Package(
         // The modules the fuzz harnesses (fuzz/Package.swift) link; nothing else uses it.
         .library(
             name: "DepotFuzzable",
-            targets: ["DepotAPI", "DepotCore", "DepotFormats", "DepotStore", "DepotRegistry", "DepotPipelines", "DepotServer"]),
+            targets: ["DepotAPI", "DepotAuth", "DepotCore", "DepotFormats", "DepotStore", "DepotRegistry", "DepotPipelines", "DepotServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

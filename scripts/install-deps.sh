@@ -11,7 +11,7 @@ set -euo pipefail
 packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev)
 python_modules=()
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(skopeo containerd docker-registry curl tar gzip python3-pip prometheus)
+  packages+=(skopeo containerd docker-registry curl tar gzip python3-pip prometheus openssl)
   python_modules+=(oras requests onnx numpy)
 fi
 need=()

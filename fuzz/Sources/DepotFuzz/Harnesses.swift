@@ -4,6 +4,7 @@ import Foundation
 // Each harness feeds the bytes to a parser of untrusted input and ignores the errors it throws:
 // only a crash, a sanitizer report, a leak or a timeout is a finding.
 @testable import DepotAPI
+@testable import DepotAuth
 @testable import DepotCore
 @testable import DepotFormats
 @testable import DepotPipelines
@@ -17,6 +18,7 @@ let harnesses: [String: Harness] = [
     "safetensors": safetensors, "onnx": onnx, "pickle": pickle, "zip": zip, "tensorflow": tensorflow,
     "tensorrt": tensorrt, "textproto": textproto, "manifest": manifest, "chunkrecord": chunkRecord,
     "recipe": recipe, "range": range, "pipeline": pipeline, "config": config, "routes": routes,
+    "auth": auth,
 ]
 
 var selected: Harness?
@@ -175,6 +177,24 @@ func routes(_ p: UnsafeRawBufferPointer) {
     for part in m.route.pattern.split(separator: "/") where part.hasPrefix("{") && part != "{name}" {
         let value = m[String(part.dropFirst().dropLast())]
         precondition(!value.isEmpty && !value.contains("/"))
+    }
+}
+
+/// Credentials and grants as an attacker sends them: the first line is an `Authorization` header,
+/// the second a repository pattern, the third a repository name. Parsing never crashes, a pattern
+/// that parses matches in bounded time, and a principal with no grants is never allowed anything
+/// that is not open.
+func auth(_ p: UnsafeRawBufferPointer) {
+    let lines = text(p).split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+    _ = try? Credential.parse(lines[0])
+    guard lines.count >= 3 else { return }
+    if let glob = try? RepositoryGlob(lines[1]) {
+        _ = glob.matches(lines[2])
+        let p = Principal(kind: .user, name: "f", grants: [Grant(role: .reader, repositories: [glob])])
+        precondition(Authorizer.decide(p, AccessRequest(.push, repository: lines[2]), policy: AuthPolicy()) != .allow)
+    }
+    for action in Action.allCases where !action.isOpen && action != .authenticated {
+        precondition(Authorizer.decide(.anonymous, AccessRequest(action, repository: lines[2]), policy: AuthPolicy()) == .authenticate)
     }
 }
 
