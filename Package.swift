@@ -119,6 +119,7 @@ let package = Package(
                 "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotCatalog", "DepotFormats", "DepotAPI", "DepotClient",
                 "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotTestSupport", "DepotAuth",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "JWTKit", package: "jwt-kit"),
             ]
         ),
         // Unit tests of one module each, without HTTP or child processes (scripts/test-fast.sh runs them).
