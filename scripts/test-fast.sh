@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets=(DepotAPITests DepotStoreTests DepotFormatsTests DepotRegistryTests DepotDeployTests DepotPipelinesTests DepotClientTests DepotCatalogTests)
+targets=(DepotAPITests DepotAuthTests DepotStoreTests DepotFormatsTests DepotRegistryTests DepotDeployTests DepotPipelinesTests DepotClientTests DepotCatalogTests)
 # Only the targets that exist in this checkout (DepotCatalogTests may not yet).
 present=()
 for t in "${targets[@]}"; do
