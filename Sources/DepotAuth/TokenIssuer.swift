@@ -67,10 +67,8 @@ public final class TokenIssuer: Sendable {
         let dir = (path as NSString).deletingLastPathComponent
         if !dir.isEmpty { try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
         let pem = newKeyPEM()
-        // Created 0600 from the start: never world-readable, not even between write and chmod.
-        guard fm.createFile(atPath: path, contents: Data(pem.utf8), attributes: [.posixPermissions: 0o600]) else {
-            throw DepotError.storage("cannot create token signing key \(path)")
-        }
+        // Created 0600 by open itself: never readable by others, not even for a moment.
+        try PrivateFile.create(path, Array(pem.utf8))
         return pem
     }
 

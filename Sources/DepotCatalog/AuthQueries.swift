@@ -106,6 +106,10 @@ extension SQLiteConnection {
         try first("SELECT * FROM auth_tokens WHERE secret_hash = ?", .hash(secretHash)) { try Self.token($0.row) }
     }
 
+    public func token(id: String) throws -> TokenRecord? {
+        try first("SELECT * FROM auth_tokens WHERE id = ?", .text(id)) { try Self.token($0.row) }
+    }
+
     public func tokens() throws -> [TokenRecord] {
         var out: [TokenRecord] = []
         try query("SELECT * FROM auth_tokens ORDER BY created_at, id") { out.append(try Self.token($0.row)) }

@@ -122,9 +122,8 @@ public struct DockerConfig {
         let tmp = path + ".tmp-\(getpid())"
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        guard fm.createFile(atPath: tmp, contents: try encoder.encode(config), attributes: [.posixPermissions: 0o600]) else {
-            throw ClientError("cannot write \(tmp)")
-        }
+        unlink(tmp) // a leftover of a crashed login
+        do { try PrivateFile.create(tmp, Array(try encoder.encode(config))) } catch { throw ClientError("\(error)") }
         guard rename(tmp, path) == 0 else {
             unlink(tmp)
             throw ClientError("cannot replace \(path): \(String(cString: strerror(errno)))")
@@ -144,6 +143,8 @@ public struct DockerConfig {
         p.standardInput = stdin
         p.standardOutput = stdout
         p.standardError = FileHandle.nullDevice
+        // A helper that exits without reading its input must not kill us with SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
         do { try p.run() } catch { throw ClientError("cannot run docker-credential-\(helper): \(error.localizedDescription)") }
         stdin.fileHandleForWriting.write(Data(input.utf8))
         try? stdin.fileHandleForWriting.close()

@@ -228,8 +228,12 @@ public final class RegistryConnection: Sendable {
         return "\(scheme)://\(host.lowercased()):\(port)"
     }
 
+    /// `localhost`, `::1` and IPv4 literals in 127.0.0.0/8 (not names that merely start with "127.").
     public static func isLoopback(_ host: String) -> Bool {
-        host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
+        if host == "localhost" || host == "::1" || host == "[::1]" { return true }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127"
+            && parts.allSatisfy { p in p.count <= 3 && !p.isEmpty && p.allSatisfy(\.isASCII) && UInt8(p) != nil }
     }
 
     private func backoff(_ delay: inout Double, _ attempt: inout Int) async throws {

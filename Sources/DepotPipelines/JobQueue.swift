@@ -152,7 +152,11 @@ public final class JobQueue: Sendable {
 
     /// Leases the oldest queued job this runner can take (all the stage's labels among
     /// `labels`, a kind it runs), or nil.
-    public func lease(runner: String, labels: Set<String>, kinds: Set<String> = ["exec", "builtin"]) throws -> JobRecord? {
+    /// `canTake` (authentication on) says whether the leasing runner may work on a job of that
+    /// input repository: a runner token granted on some repositories never sees others' jobs.
+    public func lease(
+        runner: String, labels: Set<String>, kinds: Set<String> = ["exec", "builtin"], canTake: ((String) -> Bool)? = nil
+    ) throws -> JobRecord? {
         try db.write { conn in
             let now = Self.now()
             // Page through the queue: older jobs nobody here can take must not hide newer ones.
@@ -160,7 +164,7 @@ public final class JobQueue: Sendable {
             while true {
                 let page = try conn.leasableJobs(kinds: kinds.sorted(), now: now, after: after, limit: 256)
                 for job in page {
-                    guard Set(job.labels).isSubset(of: labels) else { continue }
+                    guard Set(job.labels).isSubset(of: labels), canTake?(job.inputRepository) ?? true else { continue }
                     let token = UUID().uuidString
                     if try conn.leaseJob(job.id, runner: runner, token: token, expires: now + Int64(options.leaseSeconds * 1000), now: now)
                     {

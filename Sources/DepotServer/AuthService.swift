@@ -33,6 +33,7 @@ public final class AuthService: Sendable {
     let internalRunner: Principal
     let cache = Locked<[CacheKey: CachedPrincipal]>([:])
     let inflight = Locked<[CacheKey: Task<CachedPrincipal, any Error>]>([:])
+    let refusals = Locked<[CacheKey: CachedPrincipal]>([:])
 
     /// A header up to 1 KiB is its own key (hashing it with the dictionary's SipHash costs a
     /// fraction of a SHA-256 context); longer ones (OIDC JWTs) are keyed by their SHA-256, so
@@ -116,10 +117,8 @@ public final class AuthService: Sendable {
         if case .none = credential { return .anonymous }
         let key = CacheKey(header ?? "")
         let nowMs = now()
-        if let hit = cache.withLock({ $0[key] }), hit.untilMs > nowMs {
-            guard let p = hit.principal else { throw Failure(message: hit.refusal) }
-            return p
-        }
+        if let hit = cache.withLock({ $0[key] }), hit.untilMs > nowMs, let p = hit.principal { return p }
+        if let refused = refusals.withLock({ $0[key] }), refused.untilMs > nowMs { throw Failure(message: refused.refusal) }
         // Single flight: concurrent requests with the same credential (a client's parallel
         // connections on a cold cache) wait for one verification instead of each hashing.
         let task = inflight.withLock { running -> Task<CachedPrincipal, any Error> in
@@ -136,11 +135,20 @@ public final class AuthService: Sendable {
             inflight.withLock { $0[key] = nil }
             throw error
         }
+        guard let p = entry.principal else {
+            // Refusals have their own map: a flood of junk credentials fills and clears only it,
+            // never the verified ones (whose loss would cost every password user a PBKDF2 again).
+            refusals.withLock { r in
+                if r.count >= Self.cacheLimit { r.removeAll(keepingCapacity: true) }
+                r[key] = entry
+            }
+            throw Failure(message: entry.refusal)
+        }
         cache.withLock { c in
+            if c.count >= Self.cacheLimit { c = c.filter { $0.value.untilMs > nowMs } }
             if c.count >= Self.cacheLimit { c.removeAll(keepingCapacity: true) }
             c[key] = entry
         }
-        guard let p = entry.principal else { throw Failure(message: entry.refusal) }
         return p
     }
 
@@ -162,7 +170,10 @@ public final class AuthService: Sendable {
             // the bootstrap token, which the operator chose).
             guard token.utf8.filter({ $0 == 0x2E }).count == 2 else { return try await tokenPrincipal(secret: token, nowMs: nowMs) }
             if await issuer.isOwn(token) {
-                do { return try await issuer.verify(token, nowMs: nowMs) } catch let e as TokenError { throw Failure(message: e.message) }
+                let p: Principal
+                do { p = try await issuer.verify(token, nowMs: nowMs) } catch let e as TokenError { throw Failure(message: e.message) }
+                try await requireStillValid(p, nowMs: nowMs)
+                return p
             }
             do {
                 if let p = try await oidc.verify(token, nowMs: nowMs) { return p }
@@ -174,6 +185,27 @@ public final class AuthService: Sendable {
             // Any user name with a token secret (how `docker login` and skopeo carry robot tokens).
             if TokenSecret.looksLikeSecret(password) { return try await tokenPrincipal(secret: password, nowMs: nowMs) }
             return try await userPrincipal(user, password, nowMs: nowMs)
+        }
+    }
+
+    /// A `/token` bearer token is as good as the credential it was issued for: revoking that
+    /// token or removing that user ends it too (within the cache's 10 s), not only at its expiry.
+    func requireStillValid(_ p: Principal, nowMs: Int64) async throws {
+        let db = self.db
+        switch p.kind {
+        case .token:
+            guard let id = p.tokenID, id != internalRunner.tokenID else { return }
+            let t = try await offload { try db.read { try $0.token(id: id) } }
+            guard let t, t.isValid(at: nowMs) else {
+                throw Failure(message: "the token this bearer token was issued for is revoked or expired")
+            }
+        case .user:
+            let name = p.name
+            guard try await offload({ try db.read { try $0.user(named: name) } }) != nil else {
+                throw Failure(message: "the user this bearer token was issued to no longer exists")
+            }
+        case .anonymous, .oidc:
+            return
         }
     }
 
@@ -209,7 +241,10 @@ public final class AuthService: Sendable {
     }
 
     /// Forgets cached credentials (after a revocation or a user change on this server).
-    func forgetCachedCredentials() { cache.withLock { $0.removeAll() } }
+    func forgetCachedCredentials() {
+        cache.withLock { $0.removeAll() }
+        refusals.withLock { $0.removeAll() }
+    }
 
     // MARK: token flow
 
@@ -286,7 +321,12 @@ public final class AuthService: Sendable {
                         "the bootstrap admin token must be 32 to 200 printable characters (make one with `openssl rand -hex 32`)")
                 }
                 let hash = TokenSecret.hash(secret)
-                if let existing = try c.token(secretHash: hash), existing.isValid(at: nowMs) { return }
+                if let existing = try c.token(secretHash: hash) {
+                    if existing.isValid(at: nowMs) { return }
+                    throw DepotError.invalidArgument(
+                        "the bootstrap admin token in DEPOT_ADMIN_TOKEN (or auth.bootstrap_token_file) was revoked: set a new one, "
+                            + "or unset it to start with the credentials that exist")
+                }
                 _ = try c.revokeToken("bootstrap-admin", at: nowMs)
                 let t = TokenRecord(
                     id: TokenSecret.newID(), name: "bootstrap-admin", kind: .robot, secretHash: hash,

@@ -1,4 +1,5 @@
 import DepotAPI
+import DepotAuth
 import DepotCatalog
 import DepotCore
 import DepotRegistry
@@ -10,6 +11,8 @@ import NIOCore
 /// Handlers for aliases, pins, lineage, the audit journal, events and webhook deliveries under `/depot/v1`.
 struct GovernanceHandlers: RouteHandlers {
     let registry: Registry
+    /// With authentication on, lineage answers stop at repositories the caller may not pull.
+    var auth: AuthService?
     /// `/depot/v1/audit/verify` re-hashes the whole journal: one at a time (never a cached answer:
     /// an auditor verifying right after a suspected edit must see it).
     let auditVerifications = SharedRecentResult<AuditVerification>(maxAge: .zero)
@@ -92,7 +95,13 @@ struct GovernanceHandlers: RouteHandlers {
         }
         var out = AliasResolution(repository: repo.value, alias: alias, at: Self.iso(at), digest: digest)
         if query["lineage"] != nil {
-            let ancestors = try await offload { try registry.lineage(of: digest, up: true) }
+            var ancestors = try await offload { try registry.lineage(of: digest, up: true) }
+            // With authentication on, the walk stops at the first edge recorded in a repository the
+            // caller may not pull: what lies beyond it is that repository's history, not this one's.
+            if let p = Caller.principal, let policy = auth?.policy {
+                let hidden = ancestors.filter { !Authorizer.canPull(p, $0.edge.repository, policy: policy) }.map(\.depth).min()
+                if let hidden { ancestors.removeAll { $0.depth >= hidden } }
+            }
             out.ancestors = ancestors.map(Self.record)
         }
         return Reply.encoded(out)

@@ -78,7 +78,13 @@ struct JobHandlers: RouteHandlers {
             holder = Self.holder(runner, p)
         }
         let leaseHolder = holder
-        let job = try await offload { try jobs.lease(runner: leaseHolder, labels: Set(labels)) }
+        var canTake: (@Sendable (String) -> Bool)?
+        if let p = Caller.principal {
+            // Outputs are pushed to the input's repository: lease only jobs the token could push for.
+            canTake = { Authorizer.decide(p, AccessRequest(.push, repository: $0), policy: AuthPolicy()) == .allow }
+        }
+        let take = canTake
+        let job = try await offload { try jobs.lease(runner: leaseHolder, labels: Set(labels), canTake: take) }
         return Reply.encoded(JobLeaseAnswer(job: try job.map { try Self.info($0, withToken: true) }))
     }
 

@@ -40,7 +40,7 @@ struct ManifestHandlers: RouteHandlers {
     /// A manifest whose annotations claim to be a job's output (`dev.depot.job.*`,
     /// `dev.depot.lineage.job`) is accepted only from the principal holding that job's lease,
     /// so no other push can pass itself off as a pipeline's result (or poison its memo key).
-    func requireJobLease(_ bytes: [UInt8], _ p: Principal) async throws {
+    func requireJobLease(_ bytes: [UInt8], _ p: Principal, repository: String) async throws {
         struct Annotated: Decodable { var annotations: [String: String]? }
         guard let a = (try? WireJSON.decode(Annotated.self, from: bytes, what: "manifest"))?.annotations else { return }
         guard a.keys.contains(where: { $0.hasPrefix(Annotation.Job.prefix) || $0 == Annotation.Lineage.job }) else { return }
@@ -51,10 +51,17 @@ struct ManifestHandlers: RouteHandlers {
         }
         let db = registry.store.catalog
         let job = try await offload { try db.read { try $0.job(id) } }
-        guard let job, job.state.isHeld, let runner = job.runner, runner.hasSuffix(" [\(p.id)]") else {
+        guard let job, job.state == .running, let runner = job.runner, runner.hasSuffix(" [\(p.id)]") else {
             throw RegistryError(
                 .denied,
-                "this manifest claims to be job \(id)'s output, but \(p.id) does not hold that job's lease: only its runner may push it")
+                "this manifest claims to be job \(id)'s output, but \(p.id) does not hold that running job's lease: only its runner may push it"
+            )
+        }
+        // The output goes where the job's input is, under the job's own memo key: a lease on one
+        // job must not let its holder plant an output (and a memo entry) for another.
+        guard job.inputRepository == repository, a[Annotation.Job.key] == nil || a[Annotation.Job.key] == job.key else {
+            throw RegistryError(
+                .denied, "job \(id)'s output belongs in \(job.inputRepository), under the job's own \(Annotation.Job.key)")
         }
     }
 
@@ -75,7 +82,7 @@ struct ManifestHandlers: RouteHandlers {
             rate: RateFloor(limits: registry.uploads.limits, start: .now))
         metrics.received(body.readableBytes)
         let bytes = Array(body.readableBytesView)
-        if let p = Caller.principal { try await requireJobLease(bytes, p) }
+        if let p = Caller.principal { try await requireJobLease(bytes, p, repository: name.value) }
         let contentType = request.headers[.contentType]
         let actor = Actor(Self.actor(request))
         let expect = try Self.ifMatch(request)

@@ -49,7 +49,7 @@ public struct OCIResponder: HTTPResponder {
         manifests = ManifestHandlers(registry: registry, metrics: metrics)
         discovery = DiscoveryHandlers(registry: registry, limits: limits, auth: auth)
         chunks = ChunkHandlers(registry: registry, metrics: metrics, recipeCommits: ConcurrencyGate(limit: limits.maxRecipeCommits))
-        governance = GovernanceHandlers(registry: registry)
+        governance = GovernanceHandlers(registry: registry, auth: auth)
         self.jobs = JobHandlers(registry: registry, jobs: jobs, callbackSecrets: callbackSecrets, deployments: deployments)
         deploy = DeployHandlers(registry: registry, deployments: deployments)
         identity = AuthHandlers(registry: registry, auth: auth)

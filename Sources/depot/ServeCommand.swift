@@ -1,4 +1,5 @@
 import ArgumentParser
+import DepotClient
 import DepotCore
 import DepotServer
 import Foundation
@@ -40,6 +41,6 @@ struct Serve: AsyncParsableCommand {
 
     /// 127.0.0.0/8, ::1 and localhost: addresses only this machine reaches.
     static func isLoopback(_ host: String) -> Bool {
-        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        RegistryConnection.isLoopback(host)
     }
 }

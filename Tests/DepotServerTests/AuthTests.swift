@@ -251,10 +251,16 @@ func refusedByGate(_ r: TestResponse) -> Bool {
 
             let t = try await s.token("short-lived", .robot, [GrantSpec(role: .reader)])
             #expect(try await s.client.req(.get, "/v2/_catalog", headers: bearer(t)).status.code == 200)
+            let issued = try await s.client.req(.get, "/token?service=depot&scope=registry:catalog:*", headers: basic("x", t))
+            let jwt = try WireJSON.decode(TokenAnswer.self, from: issued.bytes, what: "token").token
+            #expect(try await s.client.req(.get, "/v2/_catalog", headers: bearer(jwt)).status.code == 200)
             let rev = try await s.client.req(.delete, "/depot/v1/admin/tokens/short-lived", headers: bearer(s.admin))
             #expect(rev.status.code == 200, "\(rev.text)")
             let after = try await s.client.req(.get, "/v2/_catalog", headers: bearer(t))
             #expect(after.status.code == 401 && after.text.contains("revoked"))
+            // The bearer token issued for it ends with it, not at its own expiry.
+            let afterJWT = try await s.client.req(.get, "/v2/_catalog", headers: bearer(jwt))
+            #expect(afterJWT.status.code == 401 && afterJWT.text.contains("revoked"), "\(afterJWT.text)")
             // The journal names who did it.
             let audit = try await s.client.req(.get, "/depot/v1/audit?action=token.revoke", headers: bearer(s.admin))
             #expect(audit.text.contains("token:bootstrap-admin"), "\(audit.text)")

@@ -22,11 +22,13 @@ import Testing
             tag: "{{tag}}-upper"
         """
 
-    func token(_ client: any TestClientProtocol, _ admin: String, _ name: String, _ role: RoleName, labels: [String]? = nil)
-        async throws -> String
-    {
+    func token(
+        _ client: any TestClientProtocol, _ admin: String, _ name: String, _ role: RoleName, labels: [String]? = nil,
+        repositories: [String] = ["**"]
+    ) async throws -> String {
         let kind: TokenKind = role == .runner ? .runner : .robot
-        let body = try WireJSON.encode(TokenCreateRequest(name: name, kind: kind, grants: [GrantSpec(role: role)], labels: labels))
+        let body = try WireJSON.encode(
+            TokenCreateRequest(name: name, kind: kind, grants: [GrantSpec(role: role, repositories: repositories)], labels: labels))
         let r = try await client.req(.post, "/depot/v1/admin/tokens", headers: bearer(admin), body: body)
         try #require(r.status.code == 201, "\(r.text)")
         return try #require(try WireJSON.decode(TokenInfo.self, from: r.bytes, what: "token").secret)
@@ -78,7 +80,19 @@ import Testing
             #expect(forged.status.code == 403 && forged.errorCode == "DENIED", "\(forged.text)")
             var ha = bearer(a)
             ha[.contentType] = MediaType.ociManifest
-            #expect(try await client.req(.put, "/v2/models/demo/manifests/v1-upper", headers: ha, body: claim).status.code == 201)
+            // The holder itself cannot plant the output elsewhere or under another key.
+            _ = try await client.req(.post, "/v2/models/other/blobs/uploads/?digest=\(d)", headers: bearer(a), body: config)
+            #expect(try await client.req(.put, "/v2/models/other/manifests/x", headers: ha, body: claim).status.code == 403)
+            // The job is leased but not started: not yet a running job's output.
+            #expect(try await client.req(.put, "/v2/models/demo/manifests/v1-upper", headers: ha, body: claim).status.code == 403)
+            // A runner token granted on other repositories never sees this job.
+            let elsewhere = try await token(client, h.admin!, "runner-c", .runner, labels: ["cpu"], repositories: ["team/**"])
+            _ = try await client.req(
+                .post, "/depot/v1/jobs/\(job.id)/fail", headers: bearer(a),
+                body: try WireJSON.encode(JobFailRequest(leaseToken: try #require(job.leaseToken), reason: "requeue", permanent: false)))
+            try await h.waitJobs { $0.first?.state == .queued }
+            let none = try await client.req(.post, "/depot/v1/jobs/lease", headers: bearer(elsewhere), body: cpu)
+            #expect(try WireJSON.decode(JobLeaseAnswer.self, from: none.bytes, what: "lease").job == nil, "\(none.text)")
         }
     }
 }
