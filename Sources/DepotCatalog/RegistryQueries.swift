@@ -93,6 +93,19 @@ extension SQLiteConnection {
         return out
     }
 
+    /// Repositories holding a blob whose recipe uses the chunk (through at most `blobs` blobs):
+    /// whether a caller may know of a chunk, under authentication.
+    public func repositoriesHoldingChunk(_ hash: SHA256.Value, blobs: Int = 64) throws -> [String] {
+        var digests: [Digest] = []
+        try query(
+            "SELECT DISTINCT b.digest FROM recipes rc JOIN blobs b ON b.id = rc.blob_id WHERE rc.chunk_hash = ? AND b.digest IS NOT NULL LIMIT ?",
+            .hash(hash), .int(Int64(blobs))
+        ) { s in if let h = s.hash(0) { digests.append(Digest(bytes: h)) } }
+        var out: [String] = []
+        for d in digests { out += try repositoriesHoldingBlob(d, limit: 256) }
+        return out
+    }
+
     public func blobLinkedAnywhere(_ digest: Digest) throws -> Bool {
         if try first("SELECT 1 FROM repository_blobs WHERE digest = ? LIMIT 1", .hash(digest.bytes), map: { _ in true }) == true {
             return true

@@ -19,6 +19,8 @@ struct ChunkHandlers: RouteHandlers {
     let metrics: ServerMetrics
     /// Recipe commits in progress (each re-reads every chunk it names).
     let recipeCommits: ConcurrencyGate
+    /// Set with authentication on: what a caller may know of stored chunks.
+    var visibility: ChunkVisibility?
     static let maxHashesPerQuery = 65_536
     static let maxHashesPerFetch = 4096
     static let recipeEntrySize = 36
@@ -36,7 +38,16 @@ struct ChunkHandlers: RouteHandlers {
         _ = try Self.name(match)
         let hashes = try await readHashes(request, limit: Self.maxHashesPerQuery)
         let store = registry.store
-        let missing = try await offload { try store.missingChunks(hashes) }
+        var missing = try await offload { try store.missingChunks(hashes) }
+        if let visibility, let p = Caller.principal {
+            // Stored chunks the caller may not know of are answered as missing, in request order.
+            let absent = Set(missing)
+            let hidden = Set(try await offload { try visibility.hidden(p, hashes.filter { !absent.contains($0) }) })
+            if !hidden.isEmpty {
+                var seen = Set<SHA256.Value>()
+                missing = hashes.filter { (absent.contains($0) || hidden.contains($0)) && seen.insert($0).inserted }
+            }
+        }
         var out = ByteBuffer()
         out.reserveCapacity(missing.count * 32)
         for h in missing { out.writeBytes(h.byteArray) }
@@ -122,6 +133,8 @@ struct ChunkHandlers: RouteHandlers {
         let store = registry.store
         let receiver = try await offload { try store.makeChunkReceiver() }
         let maxChunk = receiver.maxChunk
+        // Hashes whose bytes this request sent (verified by the receiver): proof of possession.
+        let proofs = Locked<[SHA256.Value]>([])
         try await streamBody(request, what: "chunk upload") { buffer, _ in
             try buffer.withUnsafeReadableBytes { p in
                 var at = 0
@@ -136,6 +149,7 @@ struct ChunkHandlers: RouteHandlers {
                     guard end <= p.count else { break }
                     do {
                         try receiver.add(header, payload: UnsafeRawBufferPointer(rebasing: p[(at + ChunkRecords.headerSize)..<end]))
+                        proofs.withLock { $0.append(header.hash) }
                     } catch let e as DepotError {
                         if case .integrity(let m) = e { throw RegistryError(.digestInvalid, m) }
                         throw e
@@ -146,6 +160,7 @@ struct ChunkHandlers: RouteHandlers {
             }
         }
         try await offload { try receiver.finish() }
+        if let visibility, let p = Caller.principal { visibility.recordProof(p, proofs.withLock { $0 }) }
         let stored = receiver.stored
         return Reply.encoded(ChunkUploadAnswer(received: receiver.received, stored: stored), status: 201)
     }
@@ -162,9 +177,12 @@ struct ChunkHandlers: RouteHandlers {
         }
         let maxBytes = registry.uploads.limits.maxBlobBytes
         let committer = try await offload { try store.makeRecipeCommitter(chunker: chunker, maxBytes: maxBytes) }
+        let named = Locked<[SHA256.Value]>([])
+        let checking = visibility != nil && Caller.principal != nil
         try await streamBody(request, what: "recipe") { buffer, _ in
             try buffer.withUnsafeReadableBytes { p in
                 try RecipeBody.decode(p) { hash, length in
+                    if checking { named.withLock { $0.append(hash) } }
                     do { try committer.append(hash, length: length) } catch DepotError.sizeInvalid(let m) {
                         throw RegistryError(.sizeInvalid, m, kind: .tooLarge)
                     }
@@ -178,6 +196,15 @@ struct ChunkHandlers: RouteHandlers {
             throw RegistryError(.tooManyRequests, "\(recipeCommits.limit) recipe commits are being verified; retry shortly")
         }
         defer { recipeCommits.leave() }
+        if let visibility, let p = Caller.principal {
+            let hashes = named.withLock { $0 }
+            let hidden = try await offload { try visibility.hidden(p, hashes) }
+            if let first = hidden.first {
+                // Word for word the answer for chunks the store does not have (ChunkTransfer): no oracle.
+                throw RegistryError(
+                    .chunkUnknown, "\(hidden.count) chunk(s) of the recipe are not stored, e.g. sha256:\(first.hex)", kind: .invalid)
+            }
+        }
         _ = try await offload { try registry.finishRecipeCommit(name, committer, expecting: digest) }
         return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])
     }

@@ -48,7 +48,9 @@ public struct OCIResponder: HTTPResponder {
         uploads = UploadHandlers(registry: registry, metrics: metrics, auth: auth)
         manifests = ManifestHandlers(registry: registry, metrics: metrics)
         discovery = DiscoveryHandlers(registry: registry, limits: limits, auth: auth)
-        chunks = ChunkHandlers(registry: registry, metrics: metrics, recipeCommits: ConcurrencyGate(limit: limits.maxRecipeCommits))
+        chunks = ChunkHandlers(
+            registry: registry, metrics: metrics, recipeCommits: ConcurrencyGate(limit: limits.maxRecipeCommits),
+            visibility: auth.flatMap { $0.enabled ? ChunkVisibility(policy: $0.policy, db: registry.store.catalog) : nil })
         governance = GovernanceHandlers(registry: registry, auth: auth)
         self.jobs = JobHandlers(registry: registry, jobs: jobs, callbackSecrets: callbackSecrets, deployments: deployments)
         deploy = DeployHandlers(registry: registry, deployments: deployments)

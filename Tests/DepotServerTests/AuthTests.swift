@@ -323,3 +323,61 @@ func refusedByGate(_ r: TestResponse) -> Bool {
         #expect((attrs[.posixPermissions] as? Int) == 0o600)
     }
 }
+
+/// Chunk negotiation under authentication: a chunk's hash is not access to it.
+@Suite(.serialized) struct ChunkVisibilityTests {
+    /// Records for `chunks` as the chunk-upload body (codec 0: raw).
+    func records(_ chunks: [[UInt8]]) throws -> [UInt8] {
+        var out: [UInt8] = []
+        let codec = ChunkRecordCodec()
+        for c in chunks {
+            let hash = c.withUnsafeBytes { SHA256.hash($0) }
+            try c.withUnsafeBytes { try codec.append($0, hash: hash, to: &out) }
+        }
+        return out
+    }
+
+    @Test func storedChunksOfPrivateBlobsLookMissingAndCannotBeCommittedWithoutTheirBytes() async throws {
+        try await withAuthRegistry { s in
+            let chunks = (0..<3).map { i in randomBytes(70_000 + i, seed: UInt64(i + 11)) }
+            let blob = chunks.flatMap { $0 }
+            let d = Digest.of(blob)
+            let hashes = chunks.map { c in c.withUnsafeBytes { SHA256.hash($0) } }
+            let hashBody = hashes.flatMap(\.byteArray)
+            var recipe: [UInt8] = []
+            for (h, c) in zip(hashes, chunks) {
+                recipe += h.byteArray
+                withUnsafeBytes(of: UInt32(c.count).littleEndian) { recipe += $0 }
+            }
+            // The owner uploads and commits into a private repository.
+            #expect(
+                try await s.client.req(
+                    .post, "/depot/v1/repositories/private/m/chunks", headers: bearer(s.admin), body: try records(chunks)
+                ).status.code == 201)
+            let own = try await s.client.req(
+                .put, "/depot/v1/repositories/private/m/blobs/\(d)/recipe", headers: bearer(s.admin), body: recipe)
+            #expect(own.status.code == 201, "\(own.text)")
+            // Eve, a writer elsewhere, knows the hashes: they all look missing to her …
+            let eve = try await s.token("eve", .robot, [GrantSpec(role: .writer, repositories: ["eve/**"])])
+            let missing = try await s.client.req(.post, "/depot/v1/repositories/eve/x/chunks/missing", headers: bearer(eve), body: hashBody)
+            #expect(missing.bytes == hashBody, "every stored chunk is reported missing to a caller who may not pull it")
+            // … and a recipe naming them fails exactly as for chunks nobody stored.
+            let forged = try await s.client.req(.put, "/depot/v1/repositories/eve/x/blobs/\(d)/recipe", headers: bearer(eve), body: recipe)
+            #expect(forged.status.code == 400 && forged.errorCode == "CHUNK_UNKNOWN", "\(forged.text)")
+            #expect(try await s.client.req(.get, "/v2/eve/x/blobs/\(d)", headers: bearer(eve)).status.code == 404)
+            // With the bytes (she really has the model), the upload is her proof and the commit works.
+            #expect(
+                try await s.client.req(.post, "/depot/v1/repositories/eve/x/chunks", headers: bearer(eve), body: try records(chunks)).status
+                    .code == 201)
+            let proven = try await s.client.req(.post, "/depot/v1/repositories/eve/x/chunks/missing", headers: bearer(eve), body: hashBody)
+            #expect(proven.bytes.isEmpty)
+            #expect(
+                try await s.client.req(.put, "/depot/v1/repositories/eve/x/blobs/\(d)/recipe", headers: bearer(eve), body: recipe).status
+                    .code == 201)
+            // A reader of private/** sees the chunks as stored.
+            let reader = try await s.token("reader", .robot, [GrantSpec(role: .writer, repositories: ["private/**", "mine/**"])])
+            let r = try await s.client.req(.post, "/depot/v1/repositories/mine/x/chunks/missing", headers: bearer(reader), body: hashBody)
+            #expect(r.bytes.isEmpty)
+        }
+    }
+}
