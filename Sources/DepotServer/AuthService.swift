@@ -100,11 +100,6 @@ public final class AuthService: Sendable {
         self.now = now
     }
 
-    /// A service that lets everything through (authentication off), for tests and embedders.
-    public static func disabled(db: Database) async throws -> AuthService {
-        try await AuthService(config: ServerConfig.AuthConfig(), db: db)
-    }
-
     // MARK: authentication
 
     /// The principal for the request's `Authorization` header (anonymous without one); throws
