@@ -261,21 +261,34 @@ public final class JobQueue: Sendable {
     /// The job ran and pushed `output` (a manifest of the input's repository carrying the job's key).
     public func complete(_ id: Int64, token: String, output: Digest) throws {
         try db.write { conn in
-            let job = try leased(conn, id, token: token)
-            guard job.state == .running, let key = job.key else { throw RegistryError(.conflict, "job \(id) was not started") }
-            guard let repo = try conn.repositoryID(job.inputRepository), let manifest = try conn.manifest(repo: repo, output) else {
-                throw RegistryError(.manifestUnknown, "output \(output) is not a manifest of \(job.inputRepository)")
-            }
-            guard try conn.jobOutput(key: key)?.digest == output.description else {
-                throw RegistryError(
-                    .manifestInvalid,
-                    "output \(output) does not carry the job's key \(key) (annotation \(JobAnnotations.key)); artifactType \(manifest.artifactType ?? "none")"
-                )
-            }
+            let job = try checkCompletion(conn, id, token: token, output: output)
             let now = Self.now()
             _ = try conn.completeJob(id, token: token, output: output.description, now: now)
+            if let input = try? Digest(parsing: job.inputDigest) { try conn.markLineageVerified(child: output, parent: input, job: id) }
             try queueDependents(conn, of: job, output: output.description)
         }
+    }
+
+    /// The job the lease holder may complete with `output`, or why not, without completing it:
+    /// the registry signs an output before it completes the job (so a next stage never sees an
+    /// unsigned output of a completed job).
+    public func completable(_ id: Int64, token: String, output: Digest) throws -> JobRecord {
+        try db.read { conn in try checkCompletion(conn, id, token: token, output: output) }
+    }
+
+    func checkCompletion(_ conn: SQLiteConnection, _ id: Int64, token: String, output: Digest) throws -> JobRecord {
+        let job = try leased(conn, id, token: token)
+        guard job.state == .running, let key = job.key else { throw RegistryError(.conflict, "job \(id) was not started") }
+        guard let repo = try conn.repositoryID(job.inputRepository), let manifest = try conn.manifest(repo: repo, output) else {
+            throw RegistryError(.manifestUnknown, "output \(output) is not a manifest of \(job.inputRepository)")
+        }
+        guard try conn.jobOutput(key: key)?.digest == output.description else {
+            throw RegistryError(
+                .manifestInvalid,
+                "output \(output) does not carry the job's key \(key) (annotation \(JobAnnotations.key)); artifactType \(manifest.artifactType ?? "none")"
+            )
+        }
+        return job
     }
 
     /// The job failed. It is queued again after a backoff while attempts remain, unless
@@ -416,6 +429,15 @@ extension JobQueue {
 
     /// A server-run stage succeeded (a signed webhook callback, a promoted rollout); `output`,
     /// when given, is a manifest of the input's repository.
+    /// Whether `output` is a manifest of the job's input repository (a webhook stage's output
+    /// is signed only then).
+    public func outputExists(_ job: JobRecord, _ output: Digest) throws -> Bool {
+        try db.read { conn in
+            guard let repo = try conn.repositoryID(job.inputRepository) else { return false }
+            return try conn.manifestExists(repo: repo, output)
+        }
+    }
+
     public func completeServerJob(_ id: Int64, output: Digest?) throws -> JobRecord {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }

@@ -4,6 +4,7 @@ import DepotFormats
 import DepotPipelines
 import DepotRegistry
 import DepotStore
+import DepotTrust
 import Foundation
 import Yams
 
@@ -37,6 +38,10 @@ public struct ServerConfig: Sendable, Equatable {
     public var auth = AuthConfig()
     /// HTTPS (`server.tls:`); nil serves plain HTTP.
     public var tls: TLSSettings?
+    /// The `signing:` section: the pipeline signing key and trusted public keys.
+    public var signing = SigningConfig()
+    /// The `deploy_policy:` section: signatures a bundle needs per environment.
+    public var deployPolicy = DeployPolicy()
 
     /// The resource limits of the `server:` section. See "Limits and failure behaviour" in
     /// docs/ARCHITECTURE.md for what a client sees when one is hit.
@@ -388,8 +393,17 @@ public struct ServerConfig: Sendable, Equatable {
             }
         }
         try reader.section(root, "auth") { s in try Self.parseAuth(s, reader, into: &config) }
+        try reader.section(root, "signing") { s in try Self.parseSigning(s, reader, into: &config) }
+        if let raw = root["deploy_policy"] {
+            guard let s = raw as? [String: Any] else { throw reader.error("deploy_policy", "must be a mapping of environments") }
+            try Self.parseDeployPolicy(s, reader, into: &config)
+        }
         try reader.rejectUnknown(
-            root, known: ["server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats", "auth"], at: "")
+            root,
+            known: [
+                "server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats", "auth", "signing",
+                "deploy_policy",
+            ], at: "")
         return config
     }
 }
@@ -516,6 +530,7 @@ final class ConfigReader {
                 "enabled", "bootstrap_token_file", "token_ttl_seconds", "signing_key_file", "realm", "service", "anonymous_pull",
                 "password_iterations", "oidc",
             ],
+            "signing": ["enabled", "key_file", "trusted_keys"],
             "formats": [
                 "max_mib_per_blob", "max_seconds_per_blob", "max_seconds_per_manifest", "max_document_kib", "concurrency",
                 "cache_entries",

@@ -18,9 +18,11 @@ struct Inspect: AsyncParsableCommand {
         var mediaType: String
         var manifest: JSONValue
         var metadata: JSONValue?
+        /// As the registry verifies them (`depot verify --key` checks them locally).
+        var signatures: SignatureListAnswer?
 
         enum CodingKeys: String, CodingKey {
-            case reference, digest, manifest, metadata
+            case reference, digest, manifest, metadata, signatures
             case mediaType = "media_type"
         }
     }
@@ -31,11 +33,14 @@ struct Inspect: AsyncParsableCommand {
             let raw = (try? WireJSON.decode(JSONValue.self, from: m.bytes, what: "manifest")) ?? .object([:])
             let manifest = try? WireJSON.decode(OCIManifestDocument.self, from: m.bytes, what: "manifest")
             let metadata = try await connection.metadata(source.repository, m.digest)
+            // A registry without the signatures route (another OCI registry) just has none to show.
+            let signatures = try? await connection.request(
+                .GET, Routes[.signatures].path(name: source.repository, ["reference": m.digest.description]), as: SignatureListAnswer.self)
             if json {
                 return printJSON(
                     Output(
                         reference: source.description, digest: m.digest.description, mediaType: m.mediaType, manifest: raw,
-                        metadata: metadata))
+                        metadata: metadata, signatures: signatures))
             }
             print("reference      \(source)")
             print("digest         \(m.digest)")
@@ -71,6 +76,22 @@ struct Inspect: AsyncParsableCommand {
             if !other.isEmpty {
                 print("annotations")
                 for (k, v) in other { print("  \(k)  \(v)") }
+            }
+            if let signatures {
+                print("signatures     \(signatures.signatures.isEmpty ? "none" : String(signatures.signatures.count))")
+                for sig in signatures.signatures {
+                    var line = "  \(sig.manifest.description.prefix(19))  "
+                    if sig.verified {
+                        line += "verified by \(sig.key ?? "?")"
+                        if let job = sig.job {
+                            line += ", job \(job) (\(sig.pipeline ?? "?")/\(sig.stage ?? "?")), runner \(sig.runner ?? "?")"
+                        }
+                    } else {
+                        line += "not verified: \(sig.reason ?? "?")"
+                    }
+                    print(line)
+                }
+                for v in signatures.policies { print("  policy \(v.environment): \(v.allowed ? "allowed" : "refused") (\(v.reason))") }
             }
         }
     }

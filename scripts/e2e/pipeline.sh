@@ -36,6 +36,10 @@ cat > "$T/depot.yaml" <<EOF
 server: {listen: 127.0.0.1:$PORT, log_level: info}
 storage: {root: $T/storage}
 auth: {enabled: true}
+# Only what the pipeline built and signed may reach production (a Python-backend bundle runs its
+# model.py on every node).
+deploy_policy:
+  production: {signed_by: [pipeline], python_backend_signed_by: [pipeline]}
 pipelines:
   directory: $ROOT/config/pipelines
   runner: {python: $PY, hooks_dir: $ROOT/hooks/builtin, work_dir: $T/runner}
@@ -135,6 +139,28 @@ EOF
 BUNDLE="$("$DEPOT" inspect models/iris:v1-triton --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["digest"])')"
 stable="$("$DEPOT" rollout status models/iris production --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["deployment"].get("stable", ""))')"
 [[ "$stable" == "$BUNDLE" ]] && ok "the deploy stage made v1-triton the stable version of production" || bad "production stable: $stable, bundle $BUNDLE"
+
+# 6b. Trust: every stage output is signed by the registry's pipeline key; a holder of the public key
+# verifies it without trusting the registry; the edges the runner wrote under its leases are
+# verified; a hand-made copy of the bundle (unsigned) cannot be rolled out to production.
+"$DEPOT" key show --out "$T/pipeline.pub" >/dev/null 2>&1 && ok "fetched the pipeline's public key" || bad "depot key show"
+for tag in v1-onnx v1-optimized v1-triton; do
+  "$DEPOT" verify "models/iris:$tag" --key "pipeline=$T/pipeline.pub" > "$T/verify.txt" 2>&1 && grep -q "verified by pipeline  job" "$T/verify.txt" \
+    && ok "$tag is signed by the pipeline key: $(sed -n 2p "$T/verify.txt" | cut -c1-110)" || bad "verify $tag: $(cat "$T/verify.txt")"
+done
+"$DEPOT" lineage models/iris:v1-triton --json > "$T/lineage-v.json"
+"$PY" - "$T/lineage-v.json" <<'EOF' && ok "the pipeline's lineage edges are verified (job ids), not merely declared" || bad "verified lineage: $(head -c 600 "$T/lineage-v.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+nodes = d.get("nodes") or d.get("ancestors") or []
+typed = [n["edge"] for n in nodes if n["edge"]["relation"] != "subject"]
+assert typed and all(e.get("verified_job") for e in typed), typed
+EOF
+cp -r "$T/bundle" "$T/handmade" && echo "# edited by hand" >> "$(find "$T/handmade" -name model.py | head -n 1)"
+DEPOT_TOKEN="$CI" "$DEPOT" push models/iris:handmade "$T/handmade" --quiet >/dev/null || bad "push of the hand-made bundle"
+REL="$(secret --name release --role deployer --repositories 'models/**')"
+out="$(DEPOT_TOKEN="$REL" "$DEPOT" rollout start models/iris production handmade 2>&1)" && bad "an unsigned bundle reached production" \
+  || { [[ "$out" == *"deploy policy"*"pipeline key"* ]] && ok "production refuses the unsigned hand-made bundle: ${out#Error: }" || bad "hand-made rollout: $out"; }
 
 # 7. A replayed trigger (a second tag on the same digest) starts nothing new.
 DEPOT_TOKEN="$CI" "$DEPOT" tag models/iris:v1 v1-again >/dev/null
