@@ -19,12 +19,24 @@ enum Pickle {
         /// Import opcodes seen (not unique).
         private(set) var count = 0
 
-        mutating func add(_ name: String) {
+        /// One import: `module` and qualified `name` as the pickle names them (after the Python 2
+        /// module renames); allowed only when that exact pair is on `PickleAllowList`.
+        mutating func add(module: String, name: String) {
+            var full = module + "." + name
+            if full.utf8.count > FormatInspector.maxNameLength { full = String(full.prefix(FormatInspector.maxNameLength)) + "…" }
             count += 1
-            all.insert(name)
-            guard !PyTorch.isAllowed(name) else { return }
-            unsafe.insert(name)
-            if PyTorch.isDangerous(name) { dangerous.insert(name) }
+            all.insert(full)
+            guard !PickleAllowList.allows(module: module, name: name) else { return }
+            unsafe.insert(full)
+            if PyTorch.isDangerous(full) { dangerous.insert(full) }
+        }
+
+        /// Something that is not an import but makes the pickle unsafe all the same (an
+        /// unresolved STACK_GLOBAL, a joblib array that is itself a pickle).
+        mutating func addUnsafe(_ what: String) {
+            count += 1
+            all.insert(what)
+            unsafe.insert(what)
         }
 
         mutating func merge(_ other: ImportTally) {
@@ -62,49 +74,57 @@ enum Pickle {
     /// Strings longer than this are skipped rather than tracked for STACK_GLOBAL.
     private static let maxTracked = 1024
 
-    /// Python 2 module names that pickles written with protocol < 3 use for Python 3 modules.
-    static func normalizeModule(_ m: String) -> String {
-        switch m {
-        case "__builtin__": return "builtins"
-        case "copy_reg": return "copyreg"
-        default: return m
-        }
+    /// A value the scanner follows on the pickle's stack and memo.
+    enum Item: Equatable {
+        case string(String)
+        /// An imported global (module after the Python 2 renames, qualified name).
+        case global(String, String)
     }
+
+    /// What a joblib dump with arrays reports besides its wrapper import: the rest is not scanned.
+    static let joblibArrays = "<joblib arrays: raw bytes inside the pickle, not scanned>"
 
     /// Scans one pickle starting at `start` (up to `end`) until its STOP opcode.
     static func scan(_ source: any ByteSource, from start: Int64, to end: Int64, what: String) throws -> Scan {
         let c = ByteCursor(source, what: what, start: start, end: end)
         var imports = ImportTally()
-        // A short window of the most recent stack pushes: the string value, or nil for anything else.
-        var recent: [String?] = []
-        var memo: [Int: String] = [:]
+        // A short window of the most recent stack pushes: strings and imported globals, nil for anything else.
+        var recent: [Item?] = []
+        var memo: [Int: Item] = [:]
         var memoCount = 0
-        func push(_ s: String?) {
-            recent.append(s)
+        // joblib's array placeholder: raw array bytes follow inside the pickle stream.
+        var arrayWrapper = false
+        func push(_ item: Item?) {
+            recent.append(item)
             if recent.count > 64 { recent.removeFirst(32) }
         }
         func remember(_ index: Int) {
             memoCount = max(memoCount, index &+ 1)
-            if let top = recent.last, let s = top {
-                if memo.count < 1 << 18 || memo[index] != nil { memo[index] = s }
+            if let top = recent.last, let item = top {
+                if memo.count < 1 << 18 || memo[index] != nil { memo[index] = item }
             } else {
                 memo[index] = nil
             }
         }
-        func string(_ n: UInt64, utf8: Bool = true) throws -> String? {
+        func string(_ n: UInt64) throws -> Item? {
             guard n <= UInt64(max(0, c.remaining)) else { throw c.truncated(Int64(clamping: n)) }
             if n > UInt64(maxTracked) {
                 try c.skip(Int64(n))
                 return nil
             }
             let bytes = try c.readBytes(Int(n))
-            return String(decoding: bytes, as: UTF8.self)
+            return .string(String(decoding: bytes, as: UTF8.self))
         }
         func line() throws -> String { String(decoding: try c.readLine(), as: UTF8.self) }
-        func addImport(_ module: String, _ name: String) {
-            var full = normalizeModule(module.trimmingSpaces) + "." + name.trimmingSpaces
-            if full.utf8.count > FormatInspector.maxNameLength { full = String(full.prefix(FormatInspector.maxNameLength)) + "…" }
-            imports.add(full)
+        // Pushes the imported global, so that a dtype's type code and memoized globals can be followed.
+        func addImport(_ rawModule: String, _ rawName: String) {
+            let module = normalizeModule(rawModule.trimmingSpaces)
+            let name = rawName.trimmingSpaces
+            imports.add(module: module, name: name)
+            if module == "joblib.numpy_pickle", name == "NumpyArrayWrapper" || name == "NDArrayWrapper" || name == "ZNDArrayWrapper" {
+                arrayWrapper = true
+            }
+            push(module.utf8.count <= maxTracked && name.utf8.count <= maxTracked ? Item.global(module, name) : nil)
         }
         func signed32() throws -> UInt64 {
             let v = Int32(bitPattern: UInt32(try c.readUInt(4)))
@@ -113,6 +133,12 @@ enum Pickle {
         }
 
         while true {
+            // joblib writes each array's raw bytes into the pickle stream right after its wrapper:
+            // what follows is not opcodes, and the wrapper is not allowed anyway. Stop here.
+            if arrayWrapper {
+                imports.addUnsafe(Self.joblibArrays)
+                return Scan(imports: imports, end: c.limit)
+            }
             let at = c.position
             guard !c.atEnd else { throw c.fail("pickle ends at offset \(at) without a STOP opcode") }
             let op = try c.readByte()
@@ -141,17 +167,26 @@ enum Pickle {
             case 0x53, 0x56: // STRING UNICODE: newline-terminated literal
                 var s = try line()
                 if op == 0x53, s.count >= 2, let f = s.first, f == "'" || f == "\"" { s = String(s.dropFirst().dropLast()) }
-                push(s.utf8.count <= maxTracked ? s : nil)
-            case 0x63, 0x69: // GLOBAL 'c', INST 'i': module and name lines
+                push(s.utf8.count <= maxTracked ? .string(s) : nil)
+            case 0x63: // GLOBAL 'c': module and name lines
                 let module = try line()
                 let name = try line()
                 addImport(module, name)
+            case 0x69: // INST 'i': module and name lines; calls it with the arguments above the mark
+                let module = try line()
+                let name = try line()
+                addImport(module, name)
+                recent.removeLast()
                 push(nil)
             case 0x93: // STACK_GLOBAL
                 let name = recent.popLast() ?? nil
                 let module = recent.popLast() ?? nil
-                if let module, let name { addImport(module, name) } else { imports.add("<unresolved STACK_GLOBAL>") }
-                push(nil)
+                if case .string(let m) = module, case .string(let n) = name {
+                    addImport(m, n)
+                } else {
+                    imports.addUnsafe("<unresolved STACK_GLOBAL>")
+                    push(nil)
+                }
             case 0x70: // PUT 'p' line
                 if let i = Int(try line()) { remember(i) }
             case 0x67: // GET 'g' line
