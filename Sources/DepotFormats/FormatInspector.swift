@@ -108,7 +108,7 @@ public enum FormatInspector {
         if starts([0xfd, 0x37, 0x7a, 0x58, 0x5a]) { return "xz" }
         if starts([0x5d, 0x00, 0x00]) { return "lzma" }
         if starts([0x04, 0x22, 0x4d, 0x18]) { return "lz4" }
-        if starts(Array("ZF".utf8)) { return "zlib" }  // joblib < 0.10
+        if starts(Array("ZF".utf8)) { return "zlib" } // joblib < 0.10
         if head.count >= 2, head[0] & 0x0f == 8, (UInt16(head[0]) << 8 | UInt16(head[1])) % 31 == 0 { return "zlib" }
         return nil
     }

@@ -45,7 +45,9 @@ enum Skops {
                 if let d = node as? [String: Any] {
                     if let c = d["__class__"] as? String, let m = d["__module__"] as? String {
                         var full = m + "." + c
-                        if full.utf8.count > FormatInspector.maxNameLength { full = String(full.prefix(FormatInspector.maxNameLength)) + "…" }
+                        if full.utf8.count > FormatInspector.maxNameLength {
+                            full = String(full.prefix(FormatInspector.maxNameLength)) + "…"
+                        }
                         types.insert(full)
                     }
                     if protocolVersion == nil, let p = d["protocol"] as? Int { protocolVersion = p }

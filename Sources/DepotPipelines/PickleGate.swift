@@ -56,7 +56,8 @@ public enum PickleGate {
             }
             guard let meta else {
                 out.append(
-                    "\(path): not scanned\(truncatedDocument ? " (cut from the metadata document)" : " (not recognised as a pickle or checkpoint)")")
+                    "\(path): not scanned\(truncatedDocument ? " (cut from the metadata document)" : " (not recognised as a pickle or checkpoint)")"
+                )
                 continue
             }
             if let error = meta["error"] as? String {

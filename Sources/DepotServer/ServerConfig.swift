@@ -518,7 +518,9 @@ final class ConfigReader {
                 "rate_grace_seconds", "max_blob_gib",
             ],
             "aliases": ["protected", "immutable"],
-            "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "trust_pickle", "runner"],
+            "pipelines": [
+                "directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "trust_pickle", "runner",
+            ],
             "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "router_url", "checks"],
             "auth": [
                 "enabled", "bootstrap_token_file", "token_ttl_seconds", "signing_key_file", "realm", "service", "anonymous_pull",

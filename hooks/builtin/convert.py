@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Optional
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Optional
 
 if TYPE_CHECKING:
     import numpy as np
@@ -143,7 +143,7 @@ def compression(head: bytes) -> Optional[str]:
     return None
 
 
-def scan_pickle(f: BinaryIO) -> list[str]:
+def scan_pickle(f: IO[bytes]) -> list[str]:
     """The imports of the pickle at f's position that are not allowed ("module.name"), found by walking its
     opcodes without running any (the server's scan: Pickle.swift). Reads up to and including STOP; raises
     ValueError on a malformed pickle. Linear in its size."""
@@ -197,7 +197,7 @@ def scan_pickle(f: BinaryIO) -> list[str]:
                 unsafe.append(UNRESOLVED)
                 push(None)
         elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-            index = memo_count if name == "MEMOIZE" else int(arg)
+            index = memo_count if name == "MEMOIZE" else int(str(arg))
             memo_count = max(memo_count, index + 1)
             top = recent[-1] if recent else None
             if top is not None and (len(memo) < 1 << 18 or index in memo):
@@ -205,7 +205,7 @@ def scan_pickle(f: BinaryIO) -> list[str]:
             else:
                 memo.pop(index, None)
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            push(memo.get(int(arg)))
+            push(memo.get(int(str(arg))))
         elif name == "POP":
             if recent:
                 recent.pop()
@@ -340,14 +340,14 @@ def load_sklearn(path: str, trusted: bool) -> Any:
             if trusted:
                 return joblib.load(path)
             original = jnp.NumpyUnpickler.__dict__.get("find_class")
-            jnp.NumpyUnpickler.find_class = make_find_class(name)  # type: ignore[method-assign]
+            jnp.NumpyUnpickler.find_class = make_find_class(name)
             try:
                 return joblib.load(path)
             finally:
                 if original is None:
                     del jnp.NumpyUnpickler.find_class
                 else:
-                    jnp.NumpyUnpickler.find_class = original  # type: ignore[method-assign]
+                    jnp.NumpyUnpickler.find_class = original
         with open(path, "rb") as f:
             if trusted:
                 return pickle.load(f)

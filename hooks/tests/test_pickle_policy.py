@@ -1,0 +1,167 @@
+"""The pickle policy (docs/SECURITY-pickle.md): one allow-list shared with the server's scanner, and a
+corpus of malicious model files (scripts/security/make_pickle_corpus.py), every one refused by convert
+without running anything (a marker file proves it), compared with picklescan, modelscan and fickling
+where they are installed (scripts/install-deps.sh --test puts them in the e2e venv)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import hookenv
+from hookenv import EX_CONFIG, has_module, run_stage
+
+import convert
+from depot_hook import StageError
+
+SWIFT_LIST = os.path.join(hookenv.ROOT, "Sources", "DepotFormats", "PickleAllowList.swift")
+CORPUS_SCRIPT = os.path.join(hookenv.ROOT, "scripts", "security", "make_pickle_corpus.py")
+SKLEARN_EXT = (".pkl", ".pickle", ".joblib")
+
+
+def swift_pairs() -> list[tuple[str, str]]:
+    """The pairs of PickleAllowList.pairs, in order (each a "module name" string literal)."""
+    with open(SWIFT_LIST, encoding="utf-8") as f:
+        text = f.read()
+    header = "public static let pairs: [String] = ["
+    body = text[text.index(header) + len(header):]
+    body = body[:body.index("\n    ]")]
+    return [tuple(s.split(" ")) for s in re.findall(r'"([^"]*)"', body)]
+
+
+class AllowList(unittest.TestCase):
+    def test_swift_and_python_use_the_same_list(self) -> None:
+        pairs = swift_pairs()
+        self.assertTrue(all(len(p) == 2 for p in pairs), pairs)
+        self.assertEqual(len(pairs), len(set(pairs)), "duplicates in PickleAllowList.swift")
+        self.assertEqual(set(pairs), set(convert.ALLOWED),
+                         "hooks/builtin/pickle_allowlist.txt and Sources/DepotFormats/PickleAllowList.swift differ")
+
+    def test_exact_pairs_never_packages(self) -> None:
+        for module, name in convert.ALLOWED:
+            self.assertNotIn("*", module + name)
+            self.assertRegex(module, r"^[A-Za-z_][A-Za-z0-9_.]*$")
+            self.assertRegex(name, r"^[A-Za-z_][A-Za-z0-9_]*$", "a qualified name that walks attributes")
+        for gadget in [("os", "system"), ("builtins", "getattr"), ("builtins", "eval"), ("numpy", "load"),
+                       ("torch.storage", "_load_from_bytes"), ("joblib.numpy_pickle", "NDArrayWrapper"),
+                       ("numpy", "memmap"), ("builtins", "__import__")]:
+            self.assertNotIn(gadget, convert.ALLOWED)
+
+    def test_python2_names_are_renamed_like_the_server(self) -> None:
+        self.assertTrue(convert.allowed("copy_reg", "_reconstructor"))
+        self.assertTrue(convert.allowed("__builtin__", "set"))
+        self.assertFalse(convert.allowed("__builtin__", "eval"))
+
+
+class Corpus(unittest.TestCase):
+    tmp: str
+    marker: str
+    dir: str
+    files: list[str]
+    evil: list[str]
+    safe: list[str]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.tmp = tempfile.mkdtemp(prefix="depot-pickle-corpus-")
+        cls.marker = os.path.join(cls.tmp, "MARKER")
+        cls.dir = os.path.join(cls.tmp, "corpus")
+        out = subprocess.run([sys.executable, CORPUS_SCRIPT, cls.dir, cls.marker], capture_output=True, text=True, check=True)
+        cls.files = out.stdout.split()
+        cls.evil = [f for f in cls.files if f.startswith("evil/")]
+        cls.safe = [f for f in cls.files if f.startswith("safe/")]
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self) -> None:
+        if os.path.exists(self.marker):
+            os.remove(self.marker)
+
+    def assert_no_marker(self, what: str) -> None:
+        self.assertFalse(os.path.exists(self.marker), f"{what}: the payload ran")
+
+    def test_corpus_is_big_enough(self) -> None:
+        self.assertGreaterEqual(len(self.evil), 50, self.evil)
+
+    def test_every_malicious_file_is_refused_without_running(self) -> None:
+        for rel in self.evil:
+            with self.subTest(file=rel):
+                path = os.path.join(self.dir, rel)
+                with self.assertRaises(StageError) as e:
+                    if rel.lower().endswith(SKLEARN_EXT):
+                        convert.load_sklearn(path, trusted=False)   # what convert does for a scikit-learn input
+                    else:
+                        convert.check_pickle(path)                  # what convert does before torch.load
+                self.assertEqual(e.exception.code, EX_CONFIG)
+                self.assertRegex(str(e.exception), "refusing to (unpickle|load)")
+                self.assert_no_marker(rel)
+
+    def test_safe_files_pass(self) -> None:
+        for rel in self.safe:
+            with self.subTest(file=rel):
+                path = os.path.join(self.dir, rel)
+                convert.check_pickle(path)
+                if rel.endswith(".pkl"):
+                    convert.load_sklearn(path, trusted=False)
+
+    def test_the_stage_refuses_with_78(self) -> None:
+        with tempfile.TemporaryDirectory() as t:
+            inp, out = os.path.join(t, "in"), os.path.join(t, "out")
+            os.makedirs(inp)
+            os.makedirs(out)
+            shutil.copy(os.path.join(self.dir, "evil", "memo_binget_stack_global.pkl"), os.path.join(inp, "model.pkl"))
+            r = run_stage("convert", inp, out)
+            if not all(has_module(m) for m in ("numpy", "sklearn", "skl2onnx", "onnx", "onnxruntime")):
+                self.skipTest("skl2onnx/scikit-learn not installed: convert stops before unpickling")
+            self.assertEqual(r.rc, EX_CONFIG, r.describe())
+            self.assertIn("refusing to unpickle model.pkl: it references os.system", r.stderr)
+            self.assert_no_marker("convert stage")
+
+    def flagged_by(self, tool: str) -> set[str]:
+        """Corpus files (evil and safe) the tool flags; its exit status says (0: nothing found)."""
+        binary = os.path.join(os.path.dirname(sys.executable), tool)
+        commands = {"picklescan": [binary, "-p"], "modelscan": [binary, "-p"], "fickling": [binary, "--check-safety"]}
+        from concurrent.futures import ThreadPoolExecutor
+
+        def flags(rel: str) -> bool:
+            r = subprocess.run(commands[tool] + [os.path.join(self.dir, rel)], capture_output=True, text=True, timeout=120)
+            return r.returncode != 0
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            flagged = {rel for rel, hit in zip(self.files, pool.map(flags, self.files)) if hit}
+        self.assert_no_marker(tool)
+        return flagged
+
+    def test_depot_flags_everything_the_other_scanners_flag(self) -> None:
+        tools = [t for t in ("picklescan", "modelscan", "fickling") if os.path.exists(os.path.join(os.path.dirname(sys.executable), t))]
+        if not tools:
+            self.skipTest("picklescan, modelscan and fickling are not installed (scripts/install-deps.sh --test)")
+        depot = set()
+        for rel in self.files:
+            try:
+                convert.check_pickle(os.path.join(self.dir, rel))
+            except StageError:
+                depot.add(rel)
+        self.assertEqual(depot & set(self.evil), set(self.evil))
+        report = [f"depot flags {len(depot & set(self.evil))} of {len(self.evil)} malicious files, "
+                  f"{len(depot & set(self.safe))} of {len(self.safe)} safe ones"]
+        for tool in tools:
+            flagged = self.flagged_by(tool)
+            missed = sorted(set(self.evil) - flagged)
+            report.append(f"{tool}: flags {len(flagged & set(self.evil))} of {len(self.evil)} malicious files, "
+                          f"{len(flagged & set(self.safe))} of {len(self.safe)} safe ones; misses: {', '.join(missed) or 'none'}")
+            self.assertEqual(sorted(flagged & set(self.evil) - depot), [], f"{tool} flags files Depot does not")
+        text = "\n".join(report)
+        if os.environ.get("DEPOT_SCANNER_REPORT"):
+            with open(os.environ["DEPOT_SCANNER_REPORT"], "w") as f:
+                f.write(text + "\n")
+        print("\n" + text, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
