@@ -81,6 +81,55 @@ enum Pickle {
         case global(String, String)
     }
 
+    /// The unpickler's stack as the scanner follows it: the current frame (values pushed since the last
+    /// MARK; its newest 64 kept, older ones counted as unknown) and the frames below it. A value it
+    /// does not know is nil; it never returns a known value where the unpickler would pop another.
+    struct StackModel {
+        private var items: [Item?] = []
+        private var unknown = 0
+        private var frames: [(items: [Item?], unknown: Int)] = []
+        private var framesNotKept = 0
+        private static let unknownFrame = Int.max / 2
+
+        var top: Item? { items.last ?? nil }
+
+        mutating func push(_ item: Item?) {
+            items.append(item)
+            if items.count > 64 {
+                items.removeFirst(32)
+                unknown += 32
+            }
+        }
+
+        mutating func pop() -> Item? {
+            if let item = items.popLast() { return item }
+            if unknown > 0 { unknown -= 1 }
+            return nil
+        }
+
+        mutating func mark() {
+            if frames.count < 1 << 16 { frames.append((items, unknown)) } else { framesNotKept += 1 }
+            items = []
+            unknown = 0
+        }
+
+        mutating func popMark() {
+            if framesNotKept > 0 {
+                framesNotKept -= 1
+                (items, unknown) = ([], Self.unknownFrame)
+            } else if let f = frames.popLast() {
+                (items, unknown) = (f.items, f.unknown)
+            } else {
+                (items, unknown) = ([], Self.unknownFrame) // the unpickler fails: no MARK
+            }
+        }
+
+        /// POP: the top value, or the frame's MARK when the frame is empty (pickle.py's load_pop).
+        mutating func popOrMark() {
+            if items.isEmpty, unknown == 0 { popMark() } else { _ = pop() }
+        }
+    }
+
     /// What a joblib dump with arrays reports besides its wrapper import: the rest is not scanned.
     static let joblibArrays = "<joblib arrays: raw bytes inside the pickle, not scanned>"
 
@@ -88,19 +137,17 @@ enum Pickle {
     static func scan(_ source: any ByteSource, from start: Int64, to end: Int64, what: String) throws -> Scan {
         let c = ByteCursor(source, what: what, start: start, end: end)
         var imports = ImportTally()
-        // A short window of the most recent stack pushes: strings and imported globals, nil for anything else.
-        var recent: [Item?] = []
+        // The unpickler's stack, as far as STACK_GLOBAL needs it.
+        var stack = StackModel()
         var memo: [Int: Item] = [:]
         var memoCount = 0
         // joblib's array placeholder: raw array bytes follow inside the pickle stream.
         var arrayWrapper = false
-        func push(_ item: Item?) {
-            recent.append(item)
-            if recent.count > 64 { recent.removeFirst(32) }
-        }
+        func push(_ item: Item?) { stack.push(item) }
+        func pop(_ n: Int) { for _ in 0..<n { _ = stack.pop() } }
         func remember(_ index: Int) {
             memoCount = max(memoCount, index &+ 1)
-            if let top = recent.last, let item = top {
+            if let item = stack.top {
                 if memo.count < 1 << 18 || memo[index] != nil { memo[index] = item }
             } else {
                 memo[index] = nil
@@ -145,22 +192,31 @@ enum Pickle {
             switch op {
             case 0x2e: // STOP '.'
                 return Scan(imports: imports, end: c.position)
-            // Zero-argument opcodes that push a non-string value.
-            // NONE EMPTY_TUPLE EMPTY_LIST EMPTY_DICT NEWTRUE NEWFALSE EMPTY_SET
-            // REDUCE BUILD DICT APPENDS APPEND LIST OBJ SETITEM TUPLE SETITEMS
-            // NEWOBJ TUPLE1-3 ADDITEMS FROZENSET NEWOBJ_EX BINPERSID NEXT_BUFFER READONLY_BUFFER
-            case 0x4e, 0x29, 0x5d, 0x7d, 0x88, 0x89, 0x8f,
-                0x52, 0x62, 0x64, 0x65, 0x61, 0x6c, 0x6f, 0x73, 0x74, 0x75,
-                0x81, 0x85, 0x86, 0x87, 0x90, 0x91, 0x92, 0x51, 0x97, 0x98:
+            // Each opcode's effect on the stack, as pickle.py applies it: STACK_GLOBAL must see the
+            // strings the unpickler will pop, or nothing (never stale ones: a MARK starts a frame).
+            case 0x4e, 0x29, 0x5d, 0x7d, 0x88, 0x89, 0x8f, 0x97: // NONE EMPTY_TUPLE/LIST/DICT NEWTRUE NEWFALSE EMPTY_SET NEXT_BUFFER
                 push(nil)
-            case 0x28: // MARK '('
-                break
-            case 0x30: // POP '0'
-                if !recent.isEmpty { recent.removeLast() }
-            case 0x31: // POP_MARK '1'
+            case 0x85, 0x51, 0x98: // TUPLE1 BINPERSID READONLY_BUFFER: one value replaced
+                pop(1)
                 push(nil)
-            case 0x32: // DUP '2'
-                push(recent.last ?? nil)
+            case 0x86, 0x52, 0x81: // TUPLE2 REDUCE NEWOBJ: two popped, one pushed
+                pop(2)
+                push(nil)
+            case 0x87, 0x92: // TUPLE3 NEWOBJ_EX
+                pop(3)
+                push(nil)
+            case 0x61: pop(1) // APPEND: the list stays
+            case 0x73: pop(2) // SETITEM: the dict stays
+            case 0x62: // BUILD: the state popped, the object below rebuilt
+                pop(2)
+                push(nil)
+            case 0x74, 0x6c, 0x64, 0x91, 0x6f: // TUPLE LIST DICT FROZENSET OBJ: the frame becomes one value
+                stack.popMark()
+                push(nil)
+            case 0x65, 0x75, 0x90, 0x31: stack.popMark() // APPENDS SETITEMS ADDITEMS POP_MARK
+            case 0x28: stack.mark() // MARK
+            case 0x30: stack.popOrMark() // POP (an empty frame: its mark)
+            case 0x32: push(stack.top) // DUP
             case 0x49, 0x4c, 0x46, 0x50: // INT LONG FLOAT PERSID: newline-terminated argument
                 _ = try c.readLine()
                 push(nil)
@@ -176,11 +232,12 @@ enum Pickle {
                 let module = try line()
                 let name = try line()
                 addImport(module, name)
-                recent.removeLast()
+                pop(1)
+                stack.popMark()
                 push(nil)
             case 0x93: // STACK_GLOBAL
-                let name = recent.popLast() ?? nil
-                let module = recent.popLast() ?? nil
+                let name = stack.pop()
+                let module = stack.pop()
                 if case .string(let m) = module, case .string(let n) = name {
                     addImport(m, n)
                 } else {

@@ -143,22 +143,81 @@ def compression(head: bytes) -> Optional[str]:
     return None
 
 
+class StackModel:
+    """The unpickler's stack as the scanner follows it (Pickle.swift's StackModel): the current frame (values
+    pushed since the last MARK; its newest 64 kept, older ones counted as unknown) and the frames below. A
+    value it does not know is None; it never returns a known value where the unpickler would pop another."""
+    UNKNOWN_FRAME = sys.maxsize // 2
+
+    def __init__(self) -> None:
+        self.items: list[Optional[tuple[str, Any]]] = []
+        self.unknown = 0
+        self.frames: list[tuple[list[Optional[tuple[str, Any]]], int]] = []
+        self.frames_not_kept = 0
+
+    def top(self) -> Optional[tuple[str, Any]]:
+        return self.items[-1] if self.items else None
+
+    def push(self, item: Optional[tuple[str, Any]]) -> None:
+        self.items.append(item)
+        if len(self.items) > 64:
+            del self.items[:32]
+            self.unknown += 32
+
+    def pop(self, n: int = 1) -> Optional[tuple[str, Any]]:
+        item = None
+        for _ in range(n):
+            if self.items:
+                item = self.items.pop()
+            else:
+                item = None
+                if self.unknown > 0:
+                    self.unknown -= 1
+        return item
+
+    def mark(self) -> None:
+        if len(self.frames) < 1 << 16:
+            self.frames.append((self.items, self.unknown))
+        else:
+            self.frames_not_kept += 1
+        self.items, self.unknown = [], 0
+
+    def pop_mark(self) -> None:
+        if self.frames_not_kept > 0:
+            self.frames_not_kept -= 1
+            self.items, self.unknown = [], self.UNKNOWN_FRAME
+        elif self.frames:
+            self.items, self.unknown = self.frames.pop()
+        else:
+            self.items, self.unknown = [], self.UNKNOWN_FRAME
+
+    def pop_or_mark(self) -> None:
+        if not self.items and self.unknown == 0:
+            self.pop_mark()
+        else:
+            self.pop()
+
+
+# Each opcode's effect on the stack (pickle.py): (values popped, values pushed); MARK and the frame ones apart.
+STACK_EFFECT = {
+    "TUPLE1": (1, 1), "BINPERSID": (1, 1), "READONLY_BUFFER": (1, 1), "TUPLE2": (2, 1), "REDUCE": (2, 1),
+    "NEWOBJ": (2, 1), "TUPLE3": (3, 1), "NEWOBJ_EX": (3, 1), "APPEND": (1, 0), "SETITEM": (2, 0), "BUILD": (2, 1),
+}
+FRAME_TO_VALUE = {"TUPLE", "LIST", "DICT", "FROZENSET", "OBJ"}
+FRAME_CONSUMED = {"APPENDS", "SETITEMS", "ADDITEMS", "POP_MARK"}
+STRING_OPS = {"STRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BINSTRING", "SHORT_BINSTRING"}
+
+
 def scan_pickle(f: IO[bytes]) -> list[str]:
     """The imports of the pickle at f's position that are not allowed ("module.name"), found by walking its
     opcodes without running any (the server's scan: Pickle.swift). Reads up to and including STOP; raises
     ValueError on a malformed pickle. Linear in its size."""
     import pickletools
     unsafe: list[str] = []
-    Item = Optional[tuple[str, Any]]  # ("s", text) | ("g", (module, name)) | None
-    recent: list[Item] = []
-    memo: dict[int, Item] = {}
+    stack = StackModel()
+    memo: dict[int, tuple[str, Any]] = {}
     memo_count = 0
     array_wrapper = False
-
-    def push(item: Item) -> None:
-        recent.append(item)
-        if len(recent) > 64:
-            del recent[:32]
 
     def add_import(module: str, name: str) -> None:
         nonlocal array_wrapper
@@ -168,9 +227,8 @@ def scan_pickle(f: IO[bytes]) -> list[str]:
             unsafe.append(f"{module}.{name}")
         if module == "joblib.numpy_pickle" and name in JOBLIB_WRAPPERS:
             array_wrapper = True
-        push(("g", (module, name)) if len(module) <= MAX_TRACKED and len(name) <= MAX_TRACKED else None)
+        stack.push(("g", (module, name)) if len(module) <= MAX_TRACKED and len(name) <= MAX_TRACKED else None)
 
-    strings = {"STRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BINSTRING", "SHORT_BINSTRING"}
     for op, arg, _ in pickletools.genops(f):
         if array_wrapper:
             # joblib writes each array's raw bytes into the stream right after its wrapper: not opcodes.
@@ -179,42 +237,56 @@ def scan_pickle(f: IO[bytes]) -> list[str]:
         name = op.name
         if name == "STOP":
             break
-        if name in strings:
+        if name in STRING_OPS:
             text = arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
-            push(("s", text) if len(text.encode("utf-8", "surrogatepass")) <= MAX_TRACKED else None)
-        elif name in ("GLOBAL", "INST"):
+            stack.push(("s", text) if len(text.encode("utf-8", "surrogatepass")) <= MAX_TRACKED else None)
+        elif name == "GLOBAL":
             module, _, attr = str(arg).partition(" ")
             add_import(module, attr)
-            if name == "INST":
-                recent.pop()
-                push(None)
+        elif name == "INST":
+            module, _, attr = str(arg).partition(" ")
+            add_import(module, attr)
+            stack.pop()
+            stack.pop_mark()
+            stack.push(None)
         elif name == "STACK_GLOBAL":
-            n = recent.pop() if recent else None
-            m = recent.pop() if recent else None
+            n = stack.pop()
+            m = stack.pop()
             if m is not None and n is not None and m[0] == "s" and n[0] == "s":
                 add_import(m[1], n[1])
             else:
                 unsafe.append(UNRESOLVED)
-                push(None)
+                stack.push(None)
         elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             index = memo_count if name == "MEMOIZE" else int(str(arg))
             memo_count = max(memo_count, index + 1)
-            top = recent[-1] if recent else None
+            top = stack.top()
             if top is not None and (len(memo) < 1 << 18 or index in memo):
                 memo[index] = top
             else:
                 memo.pop(index, None)
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            push(memo.get(int(str(arg))))
+            stack.push(memo.get(int(str(arg))))
+        elif name in STACK_EFFECT:
+            pops, pushes = STACK_EFFECT[name]
+            stack.pop(pops)
+            if pushes:
+                stack.push(None)
+        elif name in FRAME_TO_VALUE:
+            stack.pop_mark()
+            stack.push(None)
+        elif name in FRAME_CONSUMED:
+            stack.pop_mark()
+        elif name == "MARK":
+            stack.mark()
         elif name == "POP":
-            if recent:
-                recent.pop()
+            stack.pop_or_mark()
         elif name == "DUP":
-            push(recent[-1] if recent else None)
-        elif name in ("MARK", "PROTO", "FRAME"):
+            stack.push(stack.top())
+        elif name in ("PROTO", "FRAME"):
             pass
         else:
-            push(None)
+            stack.push(None)
     else:
         if array_wrapper:
             unsafe.append(JOBLIB_ARRAYS)

@@ -132,6 +132,14 @@ def main():
         + b"j\x05\x00\x00\x00j\x06\x00\x00\x00\x93" + su(touch) + b"\x85R.")
     files["evil/memo_get_p0.pkl"] = b"(Vos\np1\nVsystem\np2\n1g1\ng2\n\x93" + u(touch) + b"\x85R."
     files["evil/memo_dup_stack_global.pkl"] = b"\x80\x04" + su("builtins") + su("exec") + b"2" + b"0\x93" + su(write_marker) + b"\x85R."
+    # Frame tricks: allowed strings pushed after a MARK and dropped by POP_MARK, so that a scanner that
+    # ignores frames sees collections.OrderedDict where the unpickler pops os.system; and a POP on an
+    # empty frame, which pops the MARK instead of a value.
+    files["evil/mark_decoy_pop_mark.pkl"] = (
+        b"\x80\x04" + su("os") + su("system") + su("system") + b"(" + su("collections") + su("OrderedDict") + b"1" + b"0"
+        + b"\x93" + su(touch) + b"\x85R.")
+    files["evil/pop_on_empty_frame.pkl"] = (
+        b"\x80\x04" + su("os") + su("system") + b"(0\x93" + su(touch) + b"\x85R.")
     files["evil/frame_stack_global.pkl"] = (
         b"\x80\x04\x95" + struct.pack("<Q", 40) + su("posix") + b"\x94" + su("system") + b"\x94\x93\x94" + su(touch) + b"\x94\x85\x94R\x94.")
     # PyTorch archives: data.pkl in the usual place, deep in subdirectories, compressed, a second
