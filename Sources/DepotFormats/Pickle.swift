@@ -133,6 +133,16 @@ enum Pickle {
     /// What a joblib dump with arrays reports besides its wrapper import: the rest is not scanned.
     static let joblibArrays = "<joblib arrays: raw bytes inside the pickle, not scanned>"
 
+    /// Python 2 module names that pickles written with protocol < 3 use for Python 3 modules (the
+    /// only renames: convert.py applies the same two).
+    static func normalizeModule(_ m: String) -> String {
+        switch m {
+        case "__builtin__": return "builtins"
+        case "copy_reg": return "copyreg"
+        default: return m
+        }
+    }
+
     /// Scans one pickle starting at `start` (up to `end`) until its STOP opcode.
     static func scan(_ source: any ByteSource, from start: Int64, to end: Int64, what: String) throws -> Scan {
         let c = ByteCursor(source, what: what, start: start, end: end)
