@@ -190,3 +190,40 @@ class Corpus(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Gadget:
+    """A type skops does not trust: loading it would need its code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        open(state["marker"], "w").close()
+
+
+@unittest.skipUnless(all(has_module(m) for m in ("numpy", "sklearn", "skl2onnx", "onnx", "onnxruntime", "skops")),
+                     "skops, scikit-learn or skl2onnx not installed")
+class Skops(hookenv.TempDirTest):
+    def test_a_skops_model_converts(self) -> None:
+        import numpy as np
+        import skops.io as sio
+        from sklearn.linear_model import LogisticRegression
+        x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+        model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(np.int64))
+        sio.dump(model, os.path.join(self.inp, "model.skops"))
+        r = run_stage("convert", self.inp, self.out)
+        self.assertEqual(r.rc, 0, r.describe())
+        assert r.result is not None
+        self.assertEqual(r.result["annotations"]["dev.depot.convert.source_class"],
+                         "sklearn.linear_model._logistic.LogisticRegression")
+
+    def test_untrusted_types_are_refused_without_running(self) -> None:
+        import skops.io as sio
+        marker = os.path.join(self.tmp, "pwned")
+        sio.dump({"model": Gadget(marker)}, os.path.join(self.inp, "model.skops"))
+        r = run_stage("convert", self.inp, self.out)
+        self.assertEqual(r.rc, EX_CONFIG, r.describe())
+        self.assertIn("holds types skops does not trust", r.stderr)
+        self.assertIn("Gadget", r.stderr)
+        self.assertFalse(os.path.exists(marker), "the payload ran")
