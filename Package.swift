@@ -53,7 +53,8 @@ let package = Package(
         .target(
             name: "DepotPipelines",
             dependencies: [
-                "DepotCore", "DepotAPI", "DepotCatalog", "DepotStore", "DepotRegistry", .product(name: "Yams", package: "Yams"),
+                "DepotCore", "DepotAPI", "DepotCatalog", "DepotStore", "DepotRegistry", "DepotFormats",
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         .target(name: "DepotDeploy", dependencies: ["DepotCore", "DepotAPI", "DepotCatalog", "DepotRegistry"]),

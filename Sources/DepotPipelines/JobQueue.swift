@@ -18,6 +18,9 @@ public final class JobQueue: Sendable {
         public var maxBackoffSeconds = 600.0
         /// Logs of jobs finished longer ago than this are released to GC (0: kept forever).
         public var logRetentionSeconds = 30.0 * 86400
+        /// Repositories (globs, as in triggers) whose pickles the operator trusts: their inputs reach
+        /// stages whatever their pickles import (`pipelines.trust_pickle`; audited). See `PickleGate`.
+        public var trustPickle: [String] = []
         public init() {}
     }
 
@@ -92,10 +95,10 @@ public final class JobQueue: Sendable {
                     tag: tag, eventID: event.id, now: Self.now())
             else { continue }
             for stage in pipeline.roots {
-                if try conn.enqueueJob(
+                if let id = try conn.enqueueJob(
                     runID: run, pipeline: pipeline.name,
                     newJob(pipeline, stage, repository: repository, input: digest.description, triggerTag: tag),
-                    now: Self.now()) != nil
+                    now: Self.now()), let job = try conn.job(id), try applyPickleGate(conn, job)
                 {
                     queued += 1
                 }
@@ -141,10 +144,13 @@ public final class JobQueue: Sendable {
         outputs[job.stage] = output
         for stage in pipeline.dependents(of: job.stage) where stage.needs.allSatisfy({ outputs[$0] != nil }) {
             let input = stage.inputStage.flatMap { outputs[$0] } ?? run.triggerDigest
-            try conn.enqueueJob(
+            if let id = try conn.enqueueJob(
                 runID: job.runID, pipeline: pipeline.name,
                 newJob(pipeline, stage, repository: run.repository, input: input, triggerTag: run.triggerTag),
-                now: Self.now())
+                now: Self.now()), let queued = try conn.job(id)
+            {
+                _ = try applyPickleGate(conn, queued)
+            }
         }
     }
 
@@ -165,6 +171,8 @@ public final class JobQueue: Sendable {
                 let page = try conn.leasableJobs(kinds: kinds.sorted(), now: now, after: after, limit: 256)
                 for job in page {
                     guard Set(job.labels).isSubset(of: labels), canTake?(job.inputRepository) ?? true else { continue }
+                    // Checked again at every lease: a retried job, or a trust the operator withdrew.
+                    guard try applyPickleGate(conn, job) else { continue }
                     let token = UUID().uuidString
                     if try conn.leaseJob(job.id, runner: runner, token: token, expires: now + Int64(options.leaseSeconds * 1000), now: now)
                     {
@@ -402,6 +410,7 @@ extension JobQueue {
         try db.write { conn in
             let now = Self.now()
             for job in try conn.leasableJobs(kinds: [kind], now: now, limit: 1) {
+                guard try applyPickleGate(conn, job) else { continue }
                 let token = UUID().uuidString
                 if try conn.leaseJob(job.id, runner: "depot-\(kind)", token: token, expires: now + job.timeoutMs, now: now) {
                     let key = Digest.of(Array("depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec)\n\(kind)".utf8))

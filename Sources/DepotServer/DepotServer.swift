@@ -168,6 +168,11 @@ public struct PipelineSetup: Sendable {
         options.leaseSeconds = p.leaseSeconds
         options.retryBaseSeconds = p.retryBaseSeconds
         options.logRetentionSeconds = p.logRetentionDays * 86400
+        options.trustPickle = p.trustPickle
+        if !p.trustPickle.isEmpty {
+            logger.warning(
+                "pipelines: pickles of \(p.trustPickle.joined(separator: ", ")) reach stages whatever they import (pipelines.trust_pickle)")
+        }
         jobs = JobQueue(registry: registry, pipelines: loaded, options: options)
         let host = config.listenHost.contains(":") ? "[\(config.listenHost)]" : config.listenHost
         let local = "\(config.tls == nil ? "http" : "https")://\(host == "0.0.0.0" ? "127.0.0.1" : host):\(config.listenPort)"

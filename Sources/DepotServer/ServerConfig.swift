@@ -72,6 +72,8 @@ public struct ServerConfig: Sendable, Equatable {
         public var retryBaseSeconds: Double = 5
         /// Logs of jobs finished longer ago are released to GC; 0 keeps them forever.
         public var logRetentionDays: Double = 30
+        /// Repositories (globs) whose pickles reach stages whatever they import (docs/SECURITY-pickle.md).
+        public var trustPickle: [String] = []
         /// Base URL webhook stages call back (default: http://<listen address>).
         public var callbackURL = ""
         public var runnerEnabled = true
@@ -293,6 +295,12 @@ public struct ServerConfig: Sendable, Equatable {
             if let v: Double = try reader.value(s, "log_retention_days") {
                 guard (0...36500).contains(v) else { throw reader.error("pipelines.log_retention_days", "must be 0 (forever) to 36500") }
                 config.pipelines.logRetentionDays = v
+            }
+            if let raw = s["trust_pickle"] {
+                guard let list = raw as? [String], list.allSatisfy({ !$0.isEmpty }) else {
+                    throw reader.error("pipelines.trust_pickle", "must be a list of repository globs")
+                }
+                config.pipelines.trustPickle = list
             }
             if let raw = s["runner"] {
                 guard let r = raw as? [String: Any] else { throw reader.error("pipelines.runner", "must be a mapping") }
@@ -524,7 +532,9 @@ final class ConfigReader {
                 "rate_grace_seconds", "max_blob_gib",
             ],
             "aliases": ["protected", "immutable"],
-            "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "runner"],
+            "pipelines": [
+                "directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "trust_pickle", "runner",
+            ],
             "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "router_url", "checks"],
             "auth": [
                 "enabled", "bootstrap_token_file", "token_ttl_seconds", "signing_key_file", "realm", "service", "anonymous_pull",

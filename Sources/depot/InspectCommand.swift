@@ -122,9 +122,9 @@ struct Inspect: AsyncParsableCommand {
         case "safetensors":
             let dtypes = (meta["dtypes"]?.object ?? [:]).map { "\($0.key) ×\($0.value.text)" }.sorted().joined(separator: ", ")
             return ["safetensors: \(str("tensor_count")) tensors, \(str("parameters")) parameters (\(dtypes))"]
-        case "pytorch":
+        case "pytorch", "pickle":
             var lines = [
-                "pytorch (\(str("container"))): \(str("entry_count")) entries; imports: \(list("imports").joined(separator: ", "))"
+                "\(str("format")) (\(str("container"))): \(str("entry_count")) entries; imports: \(list("imports").joined(separator: ", "))"
             ]
             if meta["unsafe"] == .bool(true) {
                 lines.append("UNSAFE pickle imports: \(list("unsafe_imports").joined(separator: ", "))")
@@ -132,7 +132,10 @@ struct Inspect: AsyncParsableCommand {
                     lines.append("DANGEROUS (code execution on load): \(list("dangerous_imports").joined(separator: ", "))")
                 }
             }
+            if meta["scan_complete"] == .bool(false) { lines.append("NOT SCANNED WHOLE: pipelines refuse it (see problems)") }
             return lines + list("problems").map { "problem: \($0)" }
+        case "skops":
+            return ["skops: \(str("model")); types: \(list("types").joined(separator: ", "))"] + list("problems").map { "problem: \($0)" }
         case "tensorrt-plan":
             return [
                 "tensorrt plan: compute capability \(meta["compute_capability"]?.text ?? "unknown"), TensorRT \(meta["tensorrt_version"]?.text ?? "unknown")"

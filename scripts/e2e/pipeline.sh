@@ -5,7 +5,8 @@
 # (nvidia-pytriton's tritonserver 2.51, python backend running the ONNX through onnxruntime), its
 # answers match the original model, and the bundle's lineage walks back to the pushed model with
 # the job ids. A replayed tag starts nothing new; a model the converter cannot handle fails
-# permanently with its reason and publishes nothing.
+# permanently with its reason and publishes nothing; a malicious pickle runs nothing and its job
+# fails before any runner receives it.
 #
 #   scripts/e2e/pipeline.sh        (after `swift build --product depot`; builds it if missing)
 #
@@ -168,8 +169,9 @@ sleep 2
 n="$(jobs_json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))')"
 [[ "$n" == 4 ]] && ok "a second tag on the same digest started no job (still 4)" || bad "jobs after the replay: $n"
 
-# 8. A model the converter cannot handle: the job fails permanently with its reason, nothing is published.
-echo "not a pickle" > "$T/broken.pkl"
+# 8. A model the converter cannot handle (a clean pickle of plain data, not a model): the job fails
+# permanently with its reason, nothing is published.
+"$PY" -c 'import pickle, sys; open(sys.argv[1], "wb").write(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))' "$T/broken.pkl"
 DEPOT_TOKEN="$CI" "$DEPOT" push models/broken:v1 "$T/broken.pkl" --quiet >/dev/null
 wait_jobs 5 120 || true
 broken="$(jobs_json --pipeline sklearn-to-triton | "$PY" -c '
@@ -182,6 +184,41 @@ case "$broken" in
 esac
 tags="$("$DEPOT" ls models/broken | tr '\n' ' ')"
 [[ "$tags" == "v1 " ]] && ok "nothing published for it (tags: $tags)" || bad "tags of models/broken: $tags"
+
+# 9. A malicious pickle: pushed to models/x:v1, it runs no code (the marker stays absent) and its job
+# fails before any runner receives it, saying which import and how to opt in (docs/SECURITY-pickle.md).
+MARKER="$T/pwned"
+"$PY" - "$T/evil.pkl" "$MARKER" <<'PYEOF'
+import os, pickle, sys
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {sys.argv[2]}",))
+open(sys.argv[1], "wb").write(pickle.dumps(Payload(), protocol=4))
+PYEOF
+DEPOT_TOKEN="$CI" "$DEPOT" push models/x:v1 "$T/evil.pkl" --quiet >/dev/null || bad "push of models/x:v1"
+deadline=$(( $(date +%s) + 60 )); evil=""
+while (( $(date +%s) < deadline )); do
+  evil="$(jobs_json --pipeline sklearn-to-triton | "$PY" -c '
+import json, sys
+jobs = [j for j in json.load(sys.stdin)["jobs"] if j["input"]["repository"] == "models/x"]
+print(" ".join([jobs[0]["state"], str(jobs[0]["attempt"]), jobs[0].get("reason", "").replace("\n", " ")]) if jobs else "")')"
+  [[ "$evil" == failed* ]] && break
+  sleep 0.5
+done
+case "$evil" in
+  "failed 0 "*"evil.pkl imports "*"system (runs code)"*"pipelines.trust_pickle"*) ok "malicious pickle: job failed before any runner: ${evil:9:160}…";;
+  *) bad "malicious pickle: $evil";;
+esac
+sleep 2   # a runner that had received it would have run it by now
+[[ ! -e "$MARKER" ]] && ok "malicious pickle: no code ran (marker absent)" || bad "malicious pickle: the payload ran ($MARKER exists)"
+"$DEPOT" jobs list --pipeline sklearn-to-triton | grep -q "refused before any stage ran" \
+  && ok "depot jobs list shows why" || bad "depot jobs list does not show the refusal"
+"$DEPOT" audit log --json | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+entries = d["entries"] if isinstance(d, dict) else d
+assert any(e["action"] == "pipeline.pickle_refused" and e.get("repository") == "models/x" for e in entries)' \
+  && ok "the refusal is audited" || bad "no pipeline.pickle_refused audit entry"
 
 # Outputs were pushed by the embedded runner under its own identity, not by CI.
 "$DEPOT" audit log --json | "$PY" -c '
