@@ -1,6 +1,6 @@
 /// The globals a pickle may import, as exact `(module, qualified name)` pairs ("module name"):
 /// constructors and rebuilders checked to run no code taken from the pickle. Never a whole
-/// module: everything else makes a pickle unsafe (docs/SECURITY-pickle.md).
+/// module: everything else makes a pickle unsafe (docs/SECURITY.md).
 ///
 /// ONE SOURCE: `hooks/builtin/pickle_allowlist.txt`, which convert.py reads. This is a copy of its
 /// lines for the server's scanner; `PickleAllowListTests` fails when the two differ.

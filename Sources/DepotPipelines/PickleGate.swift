@@ -4,7 +4,7 @@ import DepotFormats
 import DepotRegistry
 import Foundation
 
-/// The pickle policy of pipelines (docs/SECURITY-pickle.md): a pickle runs what it imports when it
+/// The pickle policy of pipelines (docs/SECURITY.md): a pickle runs what it imports when it
 /// is loaded, so an input whose pickles import anything outside `PickleAllowList`, or could not be
 /// scanned whole, never reaches a stage, unless its repository is trusted by the operator
 /// (`pipelines.trust_pickle`). The decision reads the format metadata stored when the manifest was
@@ -86,12 +86,12 @@ public enum PickleGate {
         "refused before any stage ran: pickles run code when they are loaded, and this input's are not provably safe: "
             + findings.joined(separator: "; ")
             + ". Push safetensors, ONNX or a .skops file instead; or, if \(repository)'s pickles are trusted, "
-            + "an operator lists it in pipelines.trust_pickle in the server config (docs/SECURITY-pickle.md) and retries the job"
+            + "an operator lists it in pipelines.trust_pickle in the server config (docs/SECURITY.md) and retries the job"
     }
 }
 
 extension JobQueue {
-    /// The gate's verdict on `digest` of `repository` (docs/SECURITY-pickle.md).
+    /// The gate's verdict on `digest` of `repository` (docs/SECURITY.md).
     func pickleVerdict(_ conn: SQLiteConnection, repository: String, digest: String) throws -> PickleGate.Verdict {
         guard let d = try? Digest(parsing: digest), let repo = try conn.repositoryID(repository),
             let manifest = try conn.manifest(repo: repo, d)

@@ -175,7 +175,7 @@ public enum PipelineLoader {
                     throw r.error(
                         v,
                         "\(at).with.\(k): the pickle policy is the operator's, per repository: list trusted repositories in "
-                            + "pipelines.trust_pickle in the server config (docs/SECURITY-pickle.md)")
+                            + "pipelines.trust_pickle in the server config (docs/SECURITY.md)")
                 }
                 guard case .scalar(let s) = v else { throw r.error(v, "\(at).with.\(k): must be a scalar (string, number or boolean)") }
                 try r.template(v, s.string, "\(at).with.\(k)")

@@ -72,7 +72,7 @@ public struct ServerConfig: Sendable, Equatable {
         public var retryBaseSeconds: Double = 5
         /// Logs of jobs finished longer ago are released to GC; 0 keeps them forever.
         public var logRetentionDays: Double = 30
-        /// Repositories (globs) whose pickles reach stages whatever they import (docs/SECURITY-pickle.md).
+        /// Repositories (globs) whose pickles reach stages whatever they import (docs/SECURITY.md).
         public var trustPickle: [String] = []
         /// Base URL webhook stages call back (default: http://<listen address>).
         public var callbackURL = ""

@@ -5,7 +5,7 @@ import Testing
 
 @testable import DepotFormats
 
-/// The pickle policy's server half (docs/SECURITY-pickle.md): the allow-list is the one convert.py
+/// The pickle policy's server half (docs/SECURITY.md): the allow-list is the one convert.py
 /// reads, and every file of the malicious corpus is refused by the scan without running anything.
 @Suite struct PickleAllowListTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

@@ -6,7 +6,7 @@ import DepotTestSupport
 import Foundation
 import Testing
 
-/// The pickle gate (docs/SECURITY-pickle.md): an input whose pickles import anything outside the
+/// The pickle gate (docs/SECURITY.md): an input whose pickles import anything outside the
 /// allow-list never reaches a runner unless the operator trusts its repository.
 @Suite struct PickleGateTests {
     static let pipeline = """

@@ -23,7 +23,7 @@ pipeline files cannot set it).
 
 Pickles: every pickle is scanned without being run and refused (exit 78) when it imports anything
 outside pickle_allowlist.txt (the list the server's scanner uses), then loaded through an unpickler
-restricted to the same list (docs/SECURITY-pickle.md).
+restricted to the same list (docs/SECURITY.md).
 
 Exit status: 0 done; 78 the input can never be converted on this runner (unknown format, missing
 library, unconvertible model); 1 the conversion ran but failed verification, or another error.
@@ -94,7 +94,7 @@ def list_files(root: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Pickles. A pickle runs what it imports when it is loaded, and a runner converts whatever was pushed.
-# The policy (docs/SECURITY-pickle.md): a pickle may import only the exact (module, qualified name)
+# The policy (docs/SECURITY.md): a pickle may import only the exact (module, qualified name)
 # pairs of pickle_allowlist.txt, the file the server's scanner is checked against (one list). Every
 # pickle is first scanned without being run (scan_pickle, the same walk as the server's
 # Sources/DepotFormats/Pickle.swift), and refused when it imports anything else; it is then loaded

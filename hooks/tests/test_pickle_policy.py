@@ -1,4 +1,4 @@
-"""The pickle policy (docs/SECURITY-pickle.md): one allow-list shared with the server's scanner, and a
+"""The pickle policy (docs/SECURITY.md): one allow-list shared with the server's scanner, and a
 corpus of malicious model files (scripts/security/make_pickle_corpus.py), every one refused by convert
 without running anything (a marker file proves it), compared with picklescan, modelscan and fickling
 where they are installed (scripts/install-deps.sh --test puts them in the e2e venv)."""

@@ -186,7 +186,7 @@ tags="$("$DEPOT" ls models/broken | tr '\n' ' ')"
 [[ "$tags" == "v1 " ]] && ok "nothing published for it (tags: $tags)" || bad "tags of models/broken: $tags"
 
 # 9. A malicious pickle: pushed to models/x:v1, it runs no code (the marker stays absent) and its job
-# fails before any runner receives it, saying which import and how to opt in (docs/SECURITY-pickle.md).
+# fails before any runner receives it, saying which import and how to opt in (docs/SECURITY.md).
 MARKER="$T/pwned"
 "$PY" - "$T/evil.pkl" "$MARKER" <<'PYEOF'
 import os, pickle, sys

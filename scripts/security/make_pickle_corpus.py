@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes a corpus of malicious model files for the pickle policy's tests (docs/SECURITY-pickle.md).
+"""Writes a corpus of malicious model files for the pickle policy's tests (docs/SECURITY.md).
 
     make_pickle_corpus.py OUTDIR MARKER
 
