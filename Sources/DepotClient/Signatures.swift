@@ -33,22 +33,26 @@ extension RegistryConnection {
         return try await putManifest(repo, Digest.of(manifest).description, bytes: manifest, mediaType: MediaType.ociManifest)
     }
 
-    /// The signature artifacts of `digest` in `repo` (the referrers API, filtered by artifact type).
-    public func signatureArtifacts(_ repo: String, _ digest: Digest) async throws -> [OCIDescriptor] {
+    /// The signature artifacts of `digest` in `repo` (the referrers API, filtered by artifact
+    /// type), those whose key id hint names one of `preferring` first: anyone who can push there
+    /// can add junk referrers, and they must not crowd out a real signature.
+    public func signatureArtifacts(_ repo: String, _ digest: Digest, preferring keyIDs: Set<String> = []) async throws -> [OCIDescriptor] {
         let index = try await request(
             .GET,
             Routes[.referrers].path(name: repo, ["digest": digest.description]) + "?artifactType="
                 + (SignatureFormat.artifactType.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""),
             as: OCIReferrersIndex.self)
         // The filter is optional for a registry to honour: filter again here.
-        return Array(
-            index.manifests.filter { $0.artifactType == SignatureFormat.artifactType }.prefix(SignatureFormat.maxSignatureArtifacts))
+        let all = index.manifests.filter { $0.artifactType == SignatureFormat.artifactType }
+        let hinted = all.filter { keyIDs.contains($0.annotations?[SignatureFormat.keyIDAnnotation] ?? "") }
+        let others = all.filter { !keyIDs.contains($0.annotations?[SignatureFormat.keyIDAnnotation] ?? "") }
+        return Array((hinted + others).prefix(SignatureFormat.maxSignatureArtifacts))
     }
 
     /// Every signature artifact of `digest`, verified here against `verifier`'s keys.
     public func checkSignatures(_ repo: String, _ digest: Digest, verifier: SignatureVerifier) async throws -> [CheckedSignature] {
         var out: [CheckedSignature] = []
-        for descriptor in try await signatureArtifacts(repo, digest) {
+        for descriptor in try await signatureArtifacts(repo, digest, preferring: Set(verifier.keys.map(\.keyID))) {
             do {
                 let m = try await manifest(repo, descriptor.digest.description)
                 let doc = try WireJSON.decode(OCIManifestDocument.self, from: m.bytes, what: "signature manifest")

@@ -108,10 +108,20 @@ public final class TrustService: DeployAdmission, Sendable {
 
     // MARK: verifying
 
-    /// The signature artifacts of `digest` in `repository`, each verified (or why not).
+    /// Signature artifacts listed for one manifest before the trusted ones are picked out.
+    static let maxListedSignatures = 4096
+
+    /// The signature artifacts of `digest` in `repository`, each verified (or why not). Anyone
+    /// who can push to the repository can add signature artifacts, so those whose key id hint
+    /// names a trusted key are looked at first: junk referrers cannot crowd out a real signature
+    /// (at most `maxSignatureArtifacts` are verified).
     public func signatures(_ repository: RepositoryName, _ digest: Digest) throws -> (checks: [SignatureInfo], truncated: Bool) {
-        let referrers = try registry.referrers(
-            repository, digest, artifactType: SignatureFormat.artifactType, limit: SignatureFormat.maxSignatureArtifacts + 1)
+        let listed = try registry.referrers(
+            repository, digest, artifactType: SignatureFormat.artifactType, limit: Self.maxListedSignatures)
+        let trustedIDs = Set(verifier.keys.map(\.keyID))
+        let hinted = listed.filter { trustedIDs.contains($0.annotations?[SignatureFormat.keyIDAnnotation] ?? "") }
+        let others = listed.filter { !trustedIDs.contains($0.annotations?[SignatureFormat.keyIDAnnotation] ?? "") }
+        let referrers = hinted + others
         var out: [SignatureInfo] = []
         for r in referrers.prefix(SignatureFormat.maxSignatureArtifacts) {
             var info = SignatureInfo(manifest: r.digest, verified: false)
@@ -137,7 +147,7 @@ public final class TrustService: DeployAdmission, Sendable {
             }
             out.append(info)
         }
-        return (out, referrers.count > SignatureFormat.maxSignatureArtifacts)
+        return (out, referrers.count > SignatureFormat.maxSignatureArtifacts || listed.count == Self.maxListedSignatures)
     }
 
     /// Names of the trusted keys with a valid signature over `digest`.

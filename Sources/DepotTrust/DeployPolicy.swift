@@ -36,9 +36,12 @@ public struct DeployPolicy: Sendable, Equatable {
         let what = pythonBackend ? "a Python-backend bundle (its model.py runs on every node)" : "a bundle"
         let have =
             signers.isEmpty ? "it has no signature by a trusted key" : "it is signed only by \(signers.sorted().joined(separator: ", "))"
+        let keys = needed.count == 1 ? "the \(needed[0]) key" : "one of: \(needed.joined(separator: ", "))"
+        let others = needed.filter { $0 != SignatureFormat.pipelineSigner }
+        var fix: [String] = []
+        if needed.contains(SignatureFormat.pipelineSigner) { fix.append("deploy a pipeline output (the registry signs those)") }
+        if !others.isEmpty { fix.append("sign it with `depot sign --key` (\(others.joined(separator: " or ")))") }
         return .deny(
-            reason:
-                "\(environment) requires \(what) to be signed by \(needed.count == 1 ? "the \(needed[0]) key" : "one of: \(needed.joined(separator: ", "))"); \(have). Sign it with `depot sign` (a release key) or deploy a pipeline output"
-        )
+            reason: "\(environment) requires \(what) to be signed by \(keys); \(have). To deploy it, \(fix.joined(separator: ", or "))")
     }
 }

@@ -44,6 +44,10 @@ struct PipelineHarness: Sendable {
         let jobs = JobQueue(registry: registry, pipelines: pipelines, options: options)
         var config = ServerConfig()
         config.listenPort = 0
+        // The live test client connects when the app starts and may stay silent longer than the
+        // 30 s header timeout while the whole suite loads both cores (its first request then met
+        // a closed connection). The timeout itself is tested in HostileInputTests.
+        config.limits.headerTimeoutSeconds = 600
         if let canary { config.canary = canary }
         var logger = Logger(label: "test")
         logger.logLevel = .critical
@@ -132,7 +136,7 @@ struct PipelineHarness: Sendable {
 
     /// Waits (bounded) until `done` holds for the jobs; returns them.
     @discardableResult
-    func waitJobs(timeout: Double = 30, _ done: ([JobRecord]) -> Bool) async throws -> [JobRecord] {
+    func waitJobs(timeout: Double = 90, _ done: ([JobRecord]) -> Bool) async throws -> [JobRecord] {
         let deadline = Date().addingTimeInterval(timeout)
         while true {
             let list = try jobs.jobs(state: nil, pipeline: nil, limit: 1000)
