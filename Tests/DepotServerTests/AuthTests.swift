@@ -29,7 +29,7 @@ func withAuthRegistry(
 ) async throws {
     let dir = TempDir()
     let store = try ChunkStore(root: dir.path, create: true)
-    var config = ServerConfig()
+    var config = ServerConfig.forTests()
     config.storageRoot = dir.path
     config.listenPort = 0
     config.auth.enabled = true
@@ -306,7 +306,7 @@ func refusedByGate(_ r: TestResponse) -> Bool {
     @Test func aServerWithAuthenticationOnAndNoCredentialRefusesToStart() async throws {
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)
-        var config = ServerConfig()
+        var config = ServerConfig.forTests()
         config.storageRoot = dir.path
         config.auth.enabled = true
         await #expect(throws: DepotError.self) {

@@ -25,7 +25,7 @@ struct EventTests {
 
         let store = try ChunkStore(root: dir.path + "/store", create: true)
         let registry = Registry(store: store)
-        var config = ServerConfig()
+        var config = ServerConfig.forTests()
         config.listenPort = 0
         var hook = WebhookConfig(name: "ci", url: "http://127.0.0.1:\(hookPort)/hook", secret: "s3cret")
         hook.retryBaseSeconds = 0.05

@@ -21,7 +21,7 @@ import Testing
         let dir = TempDir("depot-faults")
         let store = try ChunkStore(root: dir.path, options: options, create: true)
         let registry = Registry(store: store, uploadTimeout: 3600)
-        var config = ServerConfig()
+        var config = ServerConfig.forTests()
         config.listenPort = 0
         var logger = Logger(label: "test")
         logger.logLevel = .critical

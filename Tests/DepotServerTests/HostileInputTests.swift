@@ -209,7 +209,7 @@ let hostileNumbers = [
     }
 
     @Test func aSessionPastItsLifetimeExpiresEvenWhileBusy() async throws {
-        var config = ServerConfig()
+        var config = ServerConfig.forTests()
         config.uploads.maxLifetimeSeconds = 60
         try await withRegistry(config: config) { c, registry, _ in
             let location = try #require(try await c.req(.post, "/v2/r/blobs/uploads/").header("Location"))
@@ -229,7 +229,7 @@ let hostileNumbers = [
     }
 
     @Test func blobsOverTheMaximumSizeAre413ByEveryRoute() async throws {
-        var config = ServerConfig()
+        var config = ServerConfig.forTests()
         config.uploads.maxBlobBytes = 1 << 20
         try await withRegistry(config: config) { c, _, port in
             let big = randomBytes((1 << 20) + 1, seed: 3)
@@ -268,7 +268,7 @@ let hostileNumbers = [
     }
 
     @Test func aTricklingUploadIsCutOffAndKeepsWhatArrived() async throws {
-        var config = ServerConfig()
+        var config = ServerConfig.forTests()
         config.uploads.minBytesPerSecond = 100_000
         config.uploads.rateGraceSeconds = 1
         try await withRegistry(config: config) { c, _, port in
@@ -398,7 +398,7 @@ let hostileNumbers = [
 /// Lists are paginated by default; a `Link` header points at the next page.
 @Suite struct PaginationTests {
     @Test func tagsCatalogAndReferrersArePagedWhenNIsAbsent() async throws {
-        var config = ServerConfig()
+        var config = ServerConfig.forTests()
         config.limits.defaultPageSize = 2
         try await withRegistry(config: config) { c, _, _ in
             let cfg = try await c.pushBlob("p/a", emptyConfig)

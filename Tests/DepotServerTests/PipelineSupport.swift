@@ -42,12 +42,8 @@ struct PipelineHarness: Sendable {
         options.leaseSeconds = leaseSeconds
         options.retryBaseSeconds = retryBase
         let jobs = JobQueue(registry: registry, pipelines: pipelines, options: options)
-        var config = ServerConfig()
+        var config = ServerConfig.forTests()
         config.listenPort = 0
-        // The live test client connects when the app starts and may stay silent longer than the
-        // 30 s header timeout while the whole suite loads both cores (its first request then met
-        // a closed connection). The timeout itself is tested in HostileInputTests.
-        config.limits.headerTimeoutSeconds = 600
         if let canary { config.canary = canary }
         var logger = Logger(label: "test")
         logger.logLevel = .critical

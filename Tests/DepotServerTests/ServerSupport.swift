@@ -10,9 +10,22 @@ import HummingbirdTesting
 import Logging
 import NIOCore
 
+extension ServerConfig {
+    /// The defaults, with a header timeout a live test client outlives: HummingbirdTesting's
+    /// client connects when the app starts and may stay silent for longer than the default 30 s
+    /// while the whole suite loads both cores (its first request then met a closed connection:
+    /// "I/O on closed channel"). The timeout itself is tested in HostileInputTests with its own
+    /// connections.
+    static func forTests() -> ServerConfig {
+        var c = ServerConfig()
+        c.limits.headerTimeoutSeconds = 600
+        return c
+    }
+}
+
 /// Runs `body` against a live Depot server (real sockets, full channel pipeline) on a fresh store.
 func withRegistry(
-    config base: ServerConfig = ServerConfig(),
+    config base: ServerConfig = .forTests(),
     _ body: @Sendable (any TestClientProtocol, Registry, Int) async throws -> Void
 ) async throws {
     let dir = TempDir()
