@@ -272,7 +272,17 @@ public final class JobQueue: Sendable {
             let job = try checkCompletion(conn, id, token: token, output: output)
             let now = Self.now()
             _ = try conn.completeJob(id, token: token, output: output.description, now: now)
-            if let input = try? Digest(parsing: job.inputDigest) { try conn.markLineageVerified(child: output, parent: input, job: id) }
+            if let input = try? Digest(parsing: job.inputDigest) {
+                try conn.markLineageVerified(child: output, parent: input, job: id)
+                // Auditors see which edges the registry vouches for (the push entry of the output
+                // lists what the pusher declared).
+                try conn.appendAudit(
+                    at: now, actor: "depot", action: "lineage.verified", repository: job.inputRepository, digest: output.description,
+                    tag: nil,
+                    details: [
+                        "job": id, "pipeline": job.pipeline, "stage": job.stage, "input": job.inputDigest, "runner": job.runner ?? "",
+                    ])
+            }
             try queueDependents(conn, of: job, output: output.description)
         }
     }

@@ -3,8 +3,8 @@ import DepotCore
 import Foundation
 
 /// How a Depot signature is laid out in a registry. A signature is an OCI 1.1 artifact whose
-/// `subject` is the signed manifest, so it travels with the artifact through any OCI copy
-/// (skopeo, oras, `depot push`) and is listed by the referrers API:
+/// `subject` is the signed manifest: the referrers API lists it, and a copy that carries
+/// referrers (`oras cp -r`) takes it along:
 ///
 ///     manifest  artifactType  application/vnd.depot.signature.v1+json
 ///               config        the empty descriptor (application/vnd.oci.empty.v1+json, "{}")

@@ -58,6 +58,9 @@ struct SignatureServerTests {
             let up = try h.registry.lineage(of: output, up: true)
             let edges = up.filter { $0.digest == input }.map(\.edge)
             #expect(!edges.isEmpty && edges.allSatisfy { $0.verifiedJob == job.id }, "\(edges)")
+            // Auditors see the verification next to the pusher's declaration.
+            let verifiedAudit = try h.registry.store.catalog.read { try $0.auditEntries(AuditFilter(action: "lineage.verified")) }
+            #expect(verifiedAudit.contains { $0.digest == output.description && ($0.details ?? "").contains("\"job\":\(job.id)") })
             // The input carries no signature.
             #expect(try await Self.answer(h, "models/demo", input.description).signatures.isEmpty)
         }
