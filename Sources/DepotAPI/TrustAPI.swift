@@ -36,6 +36,7 @@ public struct SignatureInfo: Codable, Sendable, Equatable {
     public var stage: String?
     public var job: Int64?
     public var input: Digest?
+    public var inputRepository: String?
     public var runner: String?
 
     public init(manifest: Digest, verified: Bool) {
@@ -45,6 +46,7 @@ public struct SignatureInfo: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case manifest, key, verified, reason, signer, pipeline, stage, job, input, runner
+        case inputRepository = "input_repository"
         case keyID = "key_id"
         case createdMs = "created_ms"
     }

@@ -226,7 +226,11 @@ public final class TritonSync: Sendable {
         let d = try Digest(parsing: digest)
         let checks = try await connection.checkSignatures(
             options.repository, d, verifier: SignatureVerifier(keys: options.trustedKeys))
-        if let good = checks.first(where: { !$0.verified.isEmpty }) {
+        // A pipeline's signature counts for the repository whose pipeline made it (a signed output
+        // copied into another repository is not that repository's release).
+        let repository = options.repository
+        func counts(_ v: VerifiedSignature) -> Bool { v.statement.pipeline.map { $0.inputRepository == repository } ?? true }
+        if let good = checks.first(where: { $0.verified.contains(where: counts) }) {
             logger.info(
                 "triton-sync \(options.node): \(digest.prefix(19)) is signed by \(good.verified.map(\.key).joined(separator: ", "))")
             return

@@ -248,7 +248,11 @@ struct JobHandlers: RouteHandlers {
             let output = try body.output.map(RequestParsing.digest)
             let trust = self.trust
             updated = try await offload {
-                if let output, job.state == .running, try jobs.outputExists(job, output) { try trust.signJobOutput(job, output: output) }
+                // A webhook reporting its own input as the output made nothing: nothing to sign (else
+                // an echoing webhook would get the pusher's trigger signed as a pipeline output).
+                if let output, output.description != job.inputDigest, job.state == .running, try jobs.outputExists(job, output) {
+                    try trust.signJobOutput(job, output: output)
+                }
                 return try jobs.completeServerJob(id, output: output)
             }
         case .failed:

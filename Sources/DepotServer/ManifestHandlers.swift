@@ -13,6 +13,8 @@ import NIOCore
 struct ManifestHandlers: RouteHandlers {
     let registry: Registry
     let metrics: ServerMetrics
+    /// Refuses signature artifacts that name a trusted key but do not verify.
+    let trust: TrustService
 
     /// GET and HEAD. A reference that can name nothing is simply not found (the distribution
     /// spec's conformance suite and other registries answer 404 here; only a PUT says TAG_INVALID).
@@ -86,8 +88,10 @@ struct ManifestHandlers: RouteHandlers {
         let contentType = request.headers[.contentType]
         let actor = Actor(Self.actor(request))
         let expect = try Self.ifMatch(request)
+        let trust = self.trust
         let (digest, parsed) = try await offload {
-            try registry.putManifest(name, reference, contentType: contentType, bytes: bytes, actor: actor, expect: expect)
+            try trust.checkPushedSignature(name, bytes)
+            return try registry.putManifest(name, reference, contentType: contentType, bytes: bytes, actor: actor, expect: expect)
         }
         var h: HTTPFields = [.location: "/v2/\(name)/manifests/\(digest)", .dockerContentDigest: digest.description]
         if let subject = parsed.subject { h[.ociSubject] = subject.digest.description }

@@ -49,7 +49,7 @@ public struct OCIResponder: HTTPResponder {
         self.logger = logger
         blobs = BlobHandlers(registry: registry, metrics: metrics, limits: limits)
         uploads = UploadHandlers(registry: registry, metrics: metrics, auth: auth)
-        manifests = ManifestHandlers(registry: registry, metrics: metrics)
+        manifests = ManifestHandlers(registry: registry, metrics: metrics, trust: trust)
         discovery = DiscoveryHandlers(registry: registry, limits: limits, auth: auth)
         chunks = ChunkHandlers(
             registry: registry, metrics: metrics, recipeCommits: ConcurrencyGate(limit: limits.maxRecipeCommits),

@@ -135,6 +135,7 @@ public final class TrustService: DeployAdmission, Sendable {
                     info.signer = v.statement.signer
                     info.createdMs = v.statement.createdMs
                     if let p = v.statement.pipeline {
+                        info.inputRepository = p.inputRepository
                         info.pipeline = p.pipeline
                         info.stage = p.stage
                         info.job = p.job
@@ -150,25 +151,36 @@ public final class TrustService: DeployAdmission, Sendable {
         return (out, referrers.count > SignatureFormat.maxSignatureArtifacts || listed.count == Self.maxListedSignatures)
     }
 
-    /// Names of the trusted keys with a valid signature over `digest`.
+    /// Names of the trusted keys with a valid signature over `digest` that count in `repository`.
+    /// The pipeline key's signature counts only in the repository whose pipeline produced it: a
+    /// writer copying a signed output (an intermediate stage's, or a lax pipeline's) with its
+    /// signature into another repository does not make it deployable there.
     public func signers(_ repository: RepositoryName, _ digest: Digest) throws -> Set<String> {
-        Set(try signatures(repository, digest).checks.compactMap { $0.verified ? $0.key : nil })
+        Set(
+            try signatures(repository, digest).checks.compactMap { c -> String? in
+                guard c.verified, let key = c.key else { return nil }
+                if key == SignatureFormat.pipelineSigner, c.inputRepository != repository.value { return nil }
+                return key
+            })
     }
 
     /// Verifies one signature artifact over `subject`: its manifest must be a signature artifact
     /// whose subject is `subject`, its one layer an envelope within bounds.
     func verify(_ repository: RepositoryName, signature: Digest, subject: Digest) throws -> [VerifiedSignature] {
-        let record = try registry.manifest(repository, .digest(signature))
+        try verify(repository, manifest: try registry.manifest(repository, .digest(signature)).content, subject: subject)
+    }
+
+    func verify(_ repository: RepositoryName, manifest: [UInt8], subject: Digest?) throws -> [VerifiedSignature] {
         let doc: OCIManifestDocument
-        do { doc = try WireJSON.decode(OCIManifestDocument.self, from: record.content, what: "signature manifest") } catch let e
-            as DocumentError
+        do { doc = try WireJSON.decode(OCIManifestDocument.self, from: manifest, what: "signature manifest") } catch let e as DocumentError
         {
             throw SignatureError.malformed(e.message)
         }
-        guard doc.artifactType == SignatureFormat.artifactType, doc.subject?.digest == subject,
+        guard doc.artifactType == SignatureFormat.artifactType, let signed = doc.subject?.digest, subject == nil || signed == subject,
             let layers = doc.layers, layers.count == 1, layers[0].mediaType == SignatureFormat.envelopeMediaType
         else {
-            throw SignatureError.malformed("not a signature artifact of \(subject) (one \(SignatureFormat.envelopeMediaType) layer)")
+            throw SignatureError.malformed(
+                "not a signature artifact of \(subject?.description ?? "its subject") (one \(SignatureFormat.envelopeMediaType) layer)")
         }
         guard layers[0].size >= 0, layers[0].size <= Int64(SignatureFormat.maxEnvelopeBytes) else {
             throw SignatureError.malformed("the envelope is \(layers[0].size) bytes (at most \(SignatureFormat.maxEnvelopeBytes))")
@@ -182,7 +194,27 @@ public final class TrustService: DeployAdmission, Sendable {
             bytes += batch
             guard bytes.count <= SignatureFormat.maxEnvelopeBytes else { throw SignatureError.malformed("the envelope is too large") }
         }
-        return try verifier.verify(envelope: bytes, subject: subject)
+        return try verifier.verify(envelope: bytes, subject: signed)
+    }
+
+    /// A pushed signature artifact whose key id hint names a trusted key must verify: otherwise
+    /// anyone who can push could list junk under a trusted key's id and crowd the real signature
+    /// out of the ones a verifier looks at. Signatures by other keys are stored as they come.
+    func checkPushedSignature(_ repository: RepositoryName, _ manifest: [UInt8]) throws {
+        struct Head: Decodable {
+            var artifactType: String?
+            var annotations: [String: String]?
+        }
+        guard let head = try? WireJSON.decode(Head.self, from: manifest, what: "manifest"),
+            head.artifactType == SignatureFormat.artifactType,
+            let hint = head.annotations?[SignatureFormat.keyIDAnnotation], verifier.keys.contains(where: { $0.keyID == hint })
+        else { return }
+        do { _ = try verify(repository, manifest: manifest, subject: nil) } catch {
+            throw RegistryError(
+                .manifestInvalid,
+                "this signature artifact names trusted key \(hint.prefix(16)) but does not verify (\(error)); push it without that key id, or sign with the key"
+            )
+        }
     }
 
     // MARK: deploy policy

@@ -58,6 +58,20 @@ struct SignatureServerTests {
             let up = try h.registry.lineage(of: output, up: true)
             let edges = up.filter { $0.digest == input }.map(\.edge)
             #expect(!edges.isEmpty && edges.allSatisfy { $0.verifiedJob == job.id }, "\(edges)")
+            // Copied with its signature into another repository, the output is not that
+            // repository's pipeline output: the pipeline key's signature does not count there.
+            #expect(try h.trust.signers(try RepositoryName("models/demo"), output) == ["pipeline"])
+            let other = try RepositoryName("models/other")
+            let sigDigest = answer.signatures[0].manifest
+            for d in [output, sigDigest] {
+                let m = try h.registry.manifest(try RepositoryName("models/demo"), .digest(d))
+                let doc = try WireJSON.decode(OCIManifestDocument.self, from: m.content, what: "m")
+                for b in [doc.config].compactMap({ $0 }) + (doc.layers ?? []) { try h.registry.link(other, b.digest) }
+                _ = try h.registry.putManifest(other, .digest(d), contentType: m.mediaType, bytes: m.content)
+            }
+            #expect(try await Self.answer(h, "models/other", output.description).signatures.first?.verified == true)
+            #expect(try h.trust.signers(other, output).isEmpty)
+
             // Auditors see the verification next to the pusher's declaration.
             let verifiedAudit = try h.registry.store.catalog.read { try $0.auditEntries(AuditFilter(action: "lineage.verified")) }
             #expect(verifiedAudit.contains { $0.digest == output.description && ($0.details ?? "").contains("\"job\":\(job.id)") })
@@ -155,6 +169,13 @@ struct SignatureServerTests {
             let replacedManifest = try await c.manifest(repo.value, replaced.description)
             forgedDoc.subject = OCIDescriptor(
                 mediaType: replacedManifest.mediaType, digest: replaced, size: Int64(replacedManifest.bytes.count))
+            // Naming the trusted key's id, it is refused at push: junk under a trusted key's id
+            // could otherwise crowd the real signatures out of what verifiers look at.
+            let hinted = try WireJSON.encode(forgedDoc)
+            await #expect(throws: ClientError.self) {
+                try await c.putManifest(repo.value, Digest.of(hinted).description, bytes: hinted, mediaType: MediaType.ociManifest)
+            }
+            forgedDoc.annotations?[SignatureFormat.keyIDAnnotation] = nil
             let forgedBytes = try WireJSON.encode(forgedDoc)
             try await c.putManifest(repo.value, Digest.of(forgedBytes).description, bytes: forgedBytes, mediaType: MediaType.ociManifest)
 
