@@ -150,19 +150,21 @@ enum Pickle {
         // The unpickler's stack, as far as STACK_GLOBAL needs it.
         var stack = StackModel()
         var memo: [Int: Item] = [:]
-        var memoCount = 0
+        // Slots written so far: MEMOIZE writes at their count (the unpickler's len(memo)), not
+        // past the highest index, so a PUT at a high index cannot shift where a MEMOIZE lands.
+        var filled = Set<Int>()
+        // Past the tracking bound, or after a PUT index this parser reads differently from
+        // Python's int() (" 10", "1_0"): nothing fetched from the memo is trusted.
+        var memoUnknown = false
         // joblib's array placeholder: raw array bytes follow inside the pickle stream.
         var arrayWrapper = false
         func push(_ item: Item?) { stack.push(item) }
         func pop(_ n: Int) { for _ in 0..<n { _ = stack.pop() } }
         func remember(_ index: Int) {
-            memoCount = max(memoCount, index &+ 1)
-            if let item = stack.top {
-                if memo.count < 1 << 18 || memo[index] != nil { memo[index] = item }
-            } else {
-                memo[index] = nil
-            }
+            if filled.count >= 1 << 18, !filled.contains(index) { memoUnknown = true } else { filled.insert(index) }
+            if let item = stack.top, !memoUnknown { memo[index] = item } else { memo[index] = nil }
         }
+        func recall(_ index: Int?) -> Item? { memoUnknown ? nil : index.flatMap { memo[$0] } }
         func string(_ n: UInt64) throws -> Item? {
             guard n <= UInt64(max(0, c.remaining)) else { throw c.truncated(Int64(clamping: n)) }
             if n > UInt64(maxTracked) {
@@ -255,15 +257,14 @@ enum Pickle {
                     push(nil)
                 }
             case 0x70: // PUT 'p' line
-                if let i = Int(try line()) { remember(i) }
+                if let i = Int(try line()), i >= 0 { remember(i) } else { memoUnknown = true }
             case 0x67: // GET 'g' line
-                let i = Int(try line()) ?? -1
-                push(memo[i])
+                push(recall(Int(try line())))
             case 0x71: remember(Int(try c.readByte())) // BINPUT
             case 0x72: remember(Int(try c.readUInt(4))) // LONG_BINPUT
-            case 0x94: remember(memoCount) // MEMOIZE: index = current memo length
-            case 0x68: push(memo[Int(try c.readByte())]) // BINGET
-            case 0x6a: push(memo[Int(try c.readUInt(4))]) // LONG_BINGET
+            case 0x94: remember(filled.count) // MEMOIZE: index = slots written so far
+            case 0x68: push(recall(Int(try c.readByte()))) // BINGET
+            case 0x6a: push(recall(Int(try c.readUInt(4)))) // LONG_BINGET
             case 0x80: // PROTO
                 let v = try c.readByte()
                 guard v <= 5 else { throw c.fail("unsupported pickle protocol \(v) at offset \(at)") }
@@ -280,15 +281,10 @@ enum Pickle {
             case 0x47:
                 try c.skip(8)
                 push(nil) // BINFLOAT
-            case 0x82:
-                try c.skip(1)
-                push(nil) // EXT1
-            case 0x83:
-                try c.skip(2)
-                push(nil) // EXT2
-            case 0x84:
-                try c.skip(4)
-                push(nil) // EXT4
+            case 0x82, 0x83, 0x84: // EXT1 EXT2 EXT4: a global through copyreg's extension registry
+                let code = try c.readUInt(op == 0x82 ? 1 : op == 0x83 ? 2 : 4)
+                imports.addUnsafe("<extension code \(code)>")
+                push(nil)
             case 0x8a:
                 try c.skip(Int64(try c.readByte()))
                 push(nil) // LONG1

@@ -216,7 +216,8 @@ def scan_pickle(f: IO[bytes]) -> list[str]:
     unsafe: list[str] = []
     stack = StackModel()
     memo: dict[int, tuple[str, Any]] = {}
-    memo_count = 0
+    filled: set[int] = set()
+    memo_unknown = False
     array_wrapper = False
 
     def add_import(module: str, name: str) -> None:
@@ -258,15 +259,23 @@ def scan_pickle(f: IO[bytes]) -> list[str]:
                 unsafe.append(UNRESOLVED)
                 stack.push(None)
         elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-            index = memo_count if name == "MEMOIZE" else int(str(arg))
-            memo_count = max(memo_count, index + 1)
+            # MEMOIZE writes at the number of slots written so far (the unpickler's len(memo)),
+            # not past the highest index: a PUT at a high index must not shift where it lands.
+            index = len(filled) if name == "MEMOIZE" else int(str(arg))
+            if len(filled) >= 1 << 18 and index not in filled:
+                memo_unknown = True  # too many slots to follow: every GET is unresolved
+            filled.add(index)
             top = stack.top()
-            if top is not None and (len(memo) < 1 << 18 or index in memo):
+            if top is not None and not memo_unknown:
                 memo[index] = top
             else:
                 memo.pop(index, None)
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            stack.push(memo.get(int(str(arg))))
+            stack.push(None if memo_unknown else memo.get(int(str(arg))))
+        elif name in ("EXT1", "EXT2", "EXT4"):
+            # The copyreg extension registry maps the code to a global the scanner cannot see.
+            unsafe.append(f"<extension code {arg}>")
+            stack.push(None)
         elif name in STACK_EFFECT:
             pops, pushes = STACK_EFFECT[name]
             stack.pop(pops)

@@ -138,6 +138,19 @@ def main():
     files["evil/mark_decoy_pop_mark.pkl"] = (
         b"\x80\x04" + su("os") + su("system") + su("system") + b"(" + su("collections") + su("OrderedDict") + b"1" + b"0"
         + b"\x93" + su(touch) + b"\x85R.")
+    # MEMOIZE writes at the number of slots written (len(memo)), not past the highest index: with
+    # slots 0-3 and 5 written, MEMOIZE overwrites 5. A scanner using "highest + 1" keeps the
+    # allowed builtins.set there while the unpickler fetches os.system.
+    files["evil/memoize_overwrites_slot.pkl"] = (
+        b"\x80\x04" + su("builtins") + b"q\x050" + b"".join(su("x") + b"q" + bytes([i]) + b"0" for i in range(4))
+        + su("os") + b"\x940" + su("set") + b"q\x070" + su("x") + b"q\x040" + su("system") + b"\x940"
+        + b"h\x05h\x07\x93" + su(touch) + b"\x85R.")
+    # PUT indices are read by Python's int(): " 5" is slot 5. A scanner that cannot read it must not
+    # keep the slot's previous, allowed string.
+    files["evil/put_index_with_space.pkl"] = (
+        b"Vcollections\np5\n0VOrderedDict\np6\n0Vos\np 5\n0Vsystem\np 6\n0g5\ng6\n\x93" + u(touch) + b"\x85R.")
+    # EXT codes name globals through copyreg's extension registry, which a scanner cannot see.
+    files["evil/ext1_registry_code.pkl"] = b"\x80\x02\x82\x01" + u(touch) + b"\x85R."
     files["evil/pop_on_empty_frame.pkl"] = (
         b"\x80\x04" + su("os") + su("system") + b"(0\x93" + su(touch) + b"\x85R.")
     files["evil/frame_stack_global.pkl"] = (
