@@ -176,7 +176,9 @@ struct PipelineTests {
         setenv("GATE", gate, 1)
         try await PipelineHarness.run(pipelines: [yaml]) { h, client in
             _ = try await h.push("team/slow", "v1", files: ["a.txt": "a"])
-            try await h.withRunner {
+            // Unconfined: the stage writes host paths (the gate) and the test kills a host pid; the
+            // sandboxed kill is in SandboxTests.
+            try await h.withRunner(configure: { $0.sandbox.mode = .off }) {
                 let running = try await h.waitJobs(timeout: 10) {
                     $0.first?.state == .running && FileManager.default.fileExists(atPath: gate + ".child")
                 }
