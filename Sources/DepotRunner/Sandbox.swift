@@ -1,4 +1,5 @@
 import CDepotSupport
+import DepotClient
 import DepotCore
 import Foundation
 
@@ -220,7 +221,7 @@ final class Sandbox: Sendable {
         case .confined:
             // The same message as without a sandbox when the program does not exist at all.
             guard Self.which(program) != nil else { throw RunnerError("cannot start '\(program)': not found") }
-            if l.processes > 0 { limits.append((Int32(RLIMIT_NPROC.rawValue), UInt64(l.processes))) }
+            if l.processes > 0 { limits.append((Int32(__RLIMIT_NPROC.rawValue), UInt64(l.processes))) }
             var extra: [String] = []
             // An exec stage's own program, when it lives outside what is already visible.
             if program.hasPrefix("/"), FileManager.default.fileExists(atPath: program), !readOnly.contains(where: { Self.contains($0, program) }) {

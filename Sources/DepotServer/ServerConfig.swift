@@ -344,7 +344,7 @@ public struct ServerConfig: Sendable, Equatable {
                     var limits = StageLimits()
                     func gib(_ key: String) throws -> Int64? {
                         guard let v: Double = try reader.value(l, key) else { return nil }
-                        guard v >= 0, v <= 1 << 20 else { throw reader.error("pipelines.runner.limits.\(key)", "must be 0 (none) to 1048576") }
+                        guard v >= 0, v <= 1_048_576 else { throw reader.error("pipelines.runner.limits.\(key)", "must be 0 (none) to 1048576") }
                         return Int64(v * Double(1 << 30))
                     }
                     if let v = try gib("memory_gib") { limits.memoryBytes = v }
