@@ -151,7 +151,8 @@ final class Sandbox: Sendable {
         case .unavailable(let why):
             return "sandbox unavailable: \(why)"
         case .confined:
-            let who = rootMode ? "an unprivileged uid of its own (\(options.firstUID)+slot), no capabilities" : "uid 65534 in a user namespace"
+            let who =
+                rootMode ? "an unprivileged uid of its own (\(options.firstUID)+slot), no capabilities" : "uid 65534 in a user namespace"
             return
                 "sandbox: bubblewrap, \(who); own pid/ipc/uts namespaces, \(network ? "the host's network (network: true)" : "no network"); read-only: \(readOnly.joined(separator: " ")); writable: the workspace only; limits: \(options.limits.summary(timeoutSeconds: timeoutSeconds))"
         }
@@ -224,8 +225,12 @@ final class Sandbox: Sendable {
             if l.processes > 0 { limits.append((Int32(__RLIMIT_NPROC.rawValue), UInt64(l.processes))) }
             var extra: [String] = []
             // An exec stage's own program, when it lives outside what is already visible.
-            if program.hasPrefix("/"), FileManager.default.fileExists(atPath: program), !readOnly.contains(where: { Self.contains($0, program) }) {
-                extra.append(program)
+            // (Through a top-level link like /bin -> usr/bin it is already there.)
+            if program.hasPrefix("/"), FileManager.default.fileExists(atPath: program),
+                !symlinks.contains(where: { Self.contains($0.link, program) })
+            {
+                let real = URL(fileURLWithPath: program).resolvingSymlinksInPath().path
+                if !readOnly.contains(where: { Self.contains($0, program) || Self.contains($0, real) }) { extra.append(program) }
             }
             let args = bwrapArguments(workspace: workspace, slot: slot, network: network, extraReadOnly: extra) + argv
             return Launch(path: bwrapPath, argv: args, limits: limits, workspace: Self.workspaceInside)
@@ -306,14 +311,16 @@ final class Sandbox: Sendable {
             defer { releaseSlot(slot) }
             try handOver(ws, slot: slot)
             let launch = try self.launch(
-                argv: ["/bin/sh", "-c", "test -w /workspace/output && test ! -w /workspace/input"], workspace: ws, slot: slot, network: false,
+                argv: ["/bin/sh", "-c", "test -w /workspace/output && test ! -w /workspace/input"], workspace: ws, slot: slot,
+                network: false,
                 timeoutSeconds: 30)
             let process = try StageProcess(launch: launch, environment: ["PATH": "/usr/bin:/bin"], directory: ws, log: log)
             let outcome = process.waitBlocking(seconds: 30)
             if outcome == .exited(0) { return .confined }
             let said = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
             return .unavailable(
-                "\(bwrapPath) does not work here (\(outcome.map { "\($0)" } ?? "no answer in 30 s"))\(said.isEmpty ? "" : ": " + String(said.suffix(500)))")
+                "\(bwrapPath) does not work here (\(outcome.map { "\($0)" } ?? "no answer in 30 s"))\(said.isEmpty ? "" : ": " + String(said.suffix(500)))"
+            )
         } catch {
             return .unavailable("\(bwrapPath) does not work here: \(error)")
         }
@@ -368,7 +375,9 @@ final class Sandbox: Sendable {
 
     /// lchown of a tree, never following links.
     static func chownTree(_ root: String, uid: UInt32, gid: UInt32) throws {
-        guard lchown(root, uid, gid) == 0 else { throw RunnerError("cannot hand \(root) to uid \(uid): \(String(cString: strerror(errno)))") }
+        guard lchown(root, uid, gid) == 0 else {
+            throw RunnerError("cannot hand \(root) to uid \(uid): \(String(cString: strerror(errno)))")
+        }
         guard let dir = opendir(root) else { return }
         defer { closedir(dir) }
         while let entry = readdir(dir) {

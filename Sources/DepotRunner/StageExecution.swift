@@ -87,7 +87,8 @@ struct StageExecution {
                 lastMeasured.withLock { $0 = Date() }
                 let used = Sandbox.usage(ws) + Sandbox.usage(logPath) - baseline
                 if used > quota {
-                    return "exceeded its workspace quota: it wrote \(TransferProgress.bytes(used)), more than \(TransferProgress.bytes(quota)) (pipelines.runner.limits.workspace_gib)"
+                    return
+                        "exceeded its workspace quota: it wrote \(TransferProgress.bytes(used)), more than \(TransferProgress.bytes(quota)) (pipelines.runner.limits.workspace_gib)"
                 }
             }
             return nil
@@ -151,9 +152,12 @@ extension StageExecution {
         switch sig {
         case SIGXCPU: return " (SIGXCPU: it used its CPU time limit of \(limit(RLIMIT_CPU).map { "\($0) s" } ?? "?") in one process)"
         case SIGXFSZ:
-            return " (SIGXFSZ: it wrote a file larger than its file size limit of \(limit(RLIMIT_FSIZE).map { TransferProgress.bytes(Int64($0)) } ?? "?"))"
+            return
+                " (SIGXFSZ: it wrote a file larger than its file size limit of \(limit(RLIMIT_FSIZE).map { TransferProgress.bytes(Int64($0)) } ?? "?"))"
         case SIGKILL: return " (SIGKILL)"
-        case SIGSEGV: return " (SIGSEGV; with a memory limit of \(limit(RLIMIT_AS).map { TransferProgress.bytes(Int64($0)) } ?? "none"), an allocation may have failed)"
+        case SIGSEGV:
+            return
+                " (SIGSEGV; with a memory limit of \(limit(RLIMIT_AS).map { TransferProgress.bytes(Int64($0)) } ?? "none"), an allocation may have failed)"
         case SIGABRT: return " (SIGABRT)"
         default: return ""
         }

@@ -32,7 +32,9 @@ final class StageProcess: @unchecked Sendable { // pid is written once, before s
         var step: Int32 = 0
         let rc = depot_spawn_limited(launch.path, cArgs, cEnv, directory, log, resources, values, Int32(resources.count), &child, &step)
         guard rc == 0 else {
-            let what = ["cannot fork", "cannot open the log", "cannot enter the workspace", "cannot set a resource limit", "cannot execute"]
+            let what = [
+                "cannot fork", "cannot open the log", "cannot enter the workspace", "cannot set a resource limit", "cannot execute",
+            ]
             throw RunnerError("cannot start '\(launch.path)': \(what[Int(max(0, min(4, step)))]): \(String(cString: strerror(rc)))")
         }
         pid = child

@@ -336,7 +336,9 @@ public struct ServerConfig: Sendable, Equatable {
                     config.pipelines.runnerDevices = list
                 }
                 if let v: Int = try reader.value(r, "sandbox_uid") {
-                    guard (1...4_000_000_000).contains(v) else { throw reader.error("pipelines.runner.sandbox_uid", "must be 1 to 4000000000") }
+                    guard (1...4_000_000_000).contains(v) else {
+                        throw reader.error("pipelines.runner.sandbox_uid", "must be 1 to 4000000000")
+                    }
                     config.pipelines.runnerSandboxUID = UInt32(v)
                 }
                 if let raw = r["limits"] {
@@ -344,22 +346,29 @@ public struct ServerConfig: Sendable, Equatable {
                     var limits = StageLimits()
                     func gib(_ key: String) throws -> Int64? {
                         guard let v: Double = try reader.value(l, key) else { return nil }
-                        guard v >= 0, v <= 1_048_576 else { throw reader.error("pipelines.runner.limits.\(key)", "must be 0 (none) to 1048576") }
+                        guard v >= 0, v <= 1_048_576 else {
+                            throw reader.error("pipelines.runner.limits.\(key)", "must be 0 (none) to 1048576")
+                        }
                         return Int64(v * Double(1 << 30))
                     }
                     if let v = try gib("memory_gib") { limits.memoryBytes = v }
                     if let v = try gib("file_size_gib") { limits.fileBytes = v }
                     if let v = try gib("workspace_gib") { limits.workspaceBytes = v }
                     if let v: Int = try reader.value(l, "cpu_seconds") {
-                        guard v >= 0 else { throw reader.error("pipelines.runner.limits.cpu_seconds", "must be 0 (the stage's timeout) or more") }
+                        guard v >= 0 else {
+                            throw reader.error("pipelines.runner.limits.cpu_seconds", "must be 0 (the stage's timeout) or more")
+                        }
                         limits.cpuSeconds = v
                     }
                     if let v: Int = try reader.value(l, "processes") {
-                        guard (0...1_000_000).contains(v) else { throw reader.error("pipelines.runner.limits.processes", "must be 0 (none) to 1000000") }
+                        guard (0...1_000_000).contains(v) else {
+                            throw reader.error("pipelines.runner.limits.processes", "must be 0 (none) to 1000000")
+                        }
                         limits.processes = v
                     }
                     try reader.rejectUnknown(
-                        l, known: ["memory_gib", "cpu_seconds", "file_size_gib", "processes", "workspace_gib"], at: "pipelines.runner.limits.")
+                        l, known: ["memory_gib", "cpu_seconds", "file_size_gib", "processes", "workspace_gib"],
+                        at: "pipelines.runner.limits.")
                     config.pipelines.runnerLimits = limits
                 }
                 try reader.rejectUnknown(

@@ -166,7 +166,8 @@ struct RunnerCommand: AsyncParsableCommand {
         guard (1...64).contains(concurrency) else { throw ValidationError("--concurrency must be 1...64") }
         guard heartbeatSeconds >= 0.2 else { throw ValidationError("--heartbeat-seconds must be at least 0.2") }
         guard SandboxMode(rawValue: sandbox) != nil else { throw ValidationError("--sandbox must be bubblewrap or off") }
-        guard [limitMemoryGib, limitFileSizeGib, limitWorkspaceGib].allSatisfy({ $0 >= 0 }), limitCpuSeconds >= 0, limitProcesses >= 0 else {
+        guard [limitMemoryGib, limitFileSizeGib, limitWorkspaceGib].allSatisfy({ $0 >= 0 }), limitCpuSeconds >= 0, limitProcesses >= 0
+        else {
             throw ValidationError("limits must be 0 (none) or more")
         }
     }

@@ -83,7 +83,8 @@ import Yams
     /// `network: true` reaches the job spec (and so the runner's sandbox); unset, the spec is as before.
     @Test func networkIsAStageKeyCarriedInTheSpecOnlyWhenSet() throws {
         let p = try PipelineLoader.parse(
-            "name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    network: true\n  b:\n    builtin: convert\n    network: false\n", file: "p.yaml")
+            "name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    network: true\n  b:\n    builtin: convert\n    network: false\n",
+            file: "p.yaml")
         #expect(p.stage("a")?.network == true && p.stage("b")?.network == false)
         #expect(p.stage("a")?.spec(pipeline: "p", variables: [:])["network"] as? Bool == true)
         #expect(p.stage("b")?.spec(pipeline: "p", variables: [:])["network"] == nil, "other stages' definitions (and keys) do not change")

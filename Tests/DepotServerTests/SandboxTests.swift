@@ -135,11 +135,13 @@ import Testing
             extra: { a in
                 [
                     Self.pipeline(
-                        "quota", "i=0; while true; do i=$((i+1)); head -c 4194304 /dev/zero > \"$DEPOT_OUTPUT_DIR/f$i\" || exit 1; sleep 0.1; done",
+                        "quota",
+                        "i=0; while true; do i=$((i+1)); head -c 4194304 /dev/zero > \"$DEPOT_OUTPUT_DIR/f$i\" || exit 1; sleep 0.1; done",
                         extra: ["timeout: 2m"]),
                     Self.pipeline("filesize", "head -c 67108864 /dev/zero > \"$DEPOT_OUTPUT_DIR/big\""),
                     Self.pipeline(
-                        "netok", shell: "/bin/bash", "exec 3<>/dev/tcp/127.0.0.1/\(a.port) && echo connected > \"$DEPOT_OUTPUT_DIR/net.txt\"",
+                        "netok", shell: "/bin/bash",
+                        "exec 3<>/dev/tcp/127.0.0.1/\(a.port) && echo connected > \"$DEPOT_OUTPUT_DIR/net.txt\"",
                         extra: ["network: true"]),
                     Self.pipeline("good", "tr a-z A-Z < \"$DEPOT_INPUT_DIR/a.txt\" > \"$DEPOT_OUTPUT_DIR/A.txt\""),
                 ]
@@ -151,6 +153,9 @@ import Testing
             let jobs = try await h.waitJobs(timeout: 90) { $0.count == 9 && $0.allFinal }
             func job(_ p: String) -> JobRecord? { jobs.first { $0.pipeline == p } }
             func log(_ p: String) -> String { job(p).flatMap { try? h.log($0) } ?? "" }
+            if ProcessInfo.processInfo.environment["DEPOT_SANDBOX_TEST_VERBOSE"] != nil {
+                for j in jobs { print("sandbox test: \(j.pipeline): \(j.state.rawValue): \(j.reason ?? "")") }
+            }
             for name in attacks.names + ["quota", "filesize"] {
                 #expect(job(name)?.state == .failed, "\(name): \(job(name)?.state.rawValue ?? "none") \(job(name)?.reason ?? "")")
                 #expect(try h.tags("evil/\(name)") == ["v1"], "\(name): nothing published")
@@ -164,7 +169,9 @@ import Testing
             let socket = job("socket")?.reason ?? ""
             #expect(socket.contains("Connection refused") || socket.contains("Network is unreachable"), "\(socket)")
             // (d) The process limit stops the fork loop (64 for the stage's own uid).
-            #expect(log("forkloop").contains("Cannot fork") || log("forkloop").contains("Resource temporarily unavailable"), "\(log("forkloop"))")
+            #expect(
+                log("forkloop").contains("Cannot fork") || log("forkloop").contains("Resource temporarily unavailable"),
+                "\(log("forkloop"))")
             // (e) The workspace quota (polled) and the file size limit (RLIMIT_FSIZE).
             #expect(job("quota")?.reason?.contains("exceeded its workspace quota") == true, "\(job("quota")?.reason ?? "")")
             #expect(job("filesize")?.reason?.contains("SIGXFSZ") == true, "\(job("filesize")?.reason ?? "")")
@@ -177,7 +184,7 @@ import Testing
             #expect(job("netok")?.state == .succeeded, "\(job("netok")?.reason ?? "")")
             #expect(log("netok").contains("the host's network (network: true)"))
             #expect(job("good")?.state == .succeeded, "\(job("good")?.reason ?? "")")
-            #expect(try await h.pull("evil/good", "v1-out") == ["A.txt": "HELLO\n"])
+            #expect(try await h.pull("evil/good", "v1-out") == ["A.txt": "HELLO"])
             // The server is unaffected: its catalog still answers, a push and a pull still work.
             _ = try await h.push("evil/after", "v1", files: ["b.txt": "still here"])
             #expect(try await h.pull("evil/after", "v1") == ["b.txt": "still here"])
@@ -209,7 +216,9 @@ import Testing
                 _ = try await h.push("evil/bomb", "v1", files: ["a.txt": "x"])
                 let running = try await h.waitJobs(timeout: 20) { $0.first?.state == .running }
                 _ = try await h.push("evil/good", "v1", files: ["a.txt": "fine"])
-                let both = try await h.waitJobs(timeout: 20) { $0.count == 2 && $0.stage("s") != nil && $0.contains { $0.pipeline == "good" && $0.isFinal } }
+                let both = try await h.waitJobs(timeout: 20) {
+                    $0.count == 2 && $0.stage("s") != nil && $0.contains { $0.pipeline == "good" && $0.isFinal }
+                }
                 let goodJob = both.first { $0.pipeline == "good" }
                 #expect(goodJob?.state == .succeeded, "\(goodJob?.reason ?? "")")
                 #expect(both.first { $0.pipeline == "bomb" }?.state == .running, "the bomb was still running meanwhile")
