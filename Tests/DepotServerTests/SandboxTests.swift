@@ -129,24 +129,24 @@ import Testing
         }
     }
 
+    /// Beyond the attacks: a runaway writer, a large file, a stage with network: true and a benign one.
+    static func moreStages(_ a: Attacks) -> [String] {
+        [
+            Self.pipeline(
+                "quota",
+                "i=0; while true; do i=$((i+1)); head -c 4194304 /dev/zero > \"$DEPOT_OUTPUT_DIR/f$i\" || exit 1; sleep 0.1; done",
+                extra: ["timeout: 2m"]),
+            Self.pipeline("filesize", "head -c 67108864 /dev/zero > \"$DEPOT_OUTPUT_DIR/big\""),
+            Self.pipeline(
+                "netok", shell: "/bin/bash",
+                "exec 3<>/dev/tcp/127.0.0.1/\(a.port) && echo connected > \"$DEPOT_OUTPUT_DIR/net.txt\"",
+                extra: ["network: true"]),
+            Self.pipeline("good", "tr a-z A-Z < \"$DEPOT_INPUT_DIR/a.txt\" > \"$DEPOT_OUTPUT_DIR/A.txt\""),
+        ]
+    }
+
     @Test(.enabled(if: bubblewrapInstalled)) func hostileStagesAreStoppedWithAClearReason() async throws {
-        try await Self.withAttacks(
-            mode: .bubblewrap,
-            extra: { a in
-                [
-                    Self.pipeline(
-                        "quota",
-                        "i=0; while true; do i=$((i+1)); head -c 4194304 /dev/zero > \"$DEPOT_OUTPUT_DIR/f$i\" || exit 1; sleep 0.1; done",
-                        extra: ["timeout: 2m"]),
-                    Self.pipeline("filesize", "head -c 67108864 /dev/zero > \"$DEPOT_OUTPUT_DIR/big\""),
-                    Self.pipeline(
-                        "netok", shell: "/bin/bash",
-                        "exec 3<>/dev/tcp/127.0.0.1/\(a.port) && echo connected > \"$DEPOT_OUTPUT_DIR/net.txt\"",
-                        extra: ["network: true"]),
-                    Self.pipeline("good", "tr a-z A-Z < \"$DEPOT_INPUT_DIR/a.txt\" > \"$DEPOT_OUTPUT_DIR/A.txt\""),
-                ]
-            }
-        ) { h, attacks in
+        try await Self.withAttacks(mode: .bubblewrap, extra: Self.moreStages) { h, attacks in
             for name in attacks.names + ["quota", "filesize", "netok", "good"] {
                 _ = try await h.push("evil/\(name)", "v1", files: ["a.txt": "hello"])
             }
