@@ -243,7 +243,7 @@ final class Sandbox: Sendable {
             a += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
             if !network { a += ["--unshare-net"] }
         } else {
-            a += ["--unshare-all", "--disable-userns", "--uid", "65534", "--gid", "65534"]
+            a += ["--unshare-all", "--unshare-user", "--disable-userns", "--uid", "65534", "--gid", "65534"]
             if network { a += ["--share-net"] }
         }
         a += ["--die-with-parent", "--new-session", "--hostname", "depot-stage"]
@@ -272,7 +272,9 @@ final class Sandbox: Sendable {
         let inside = Self.workspaceInside
         a += ["--bind", workspace, inside, "--ro-bind", workspace + "/input", inside + "/input", "--bind", workspace + "/tmp", "/tmp"]
         a += ["--bind", workspace + "/shm", "/dev/shm"]
-        a += ["--chdir", inside]
+        // The sandbox's own root (a tmpfs holding the mount points) is read-only too: in a user
+        // namespace the stage would own it, and a tmpfs fills memory.
+        a += ["--remount-ro", "/", "--chdir", inside]
         if rootMode {
             let uid = String(uid(slot: slot))
             a += [

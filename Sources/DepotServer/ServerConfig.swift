@@ -379,9 +379,15 @@ public struct ServerConfig: Sendable, Equatable {
                     ],
                     at: "pipelines.runner.")
             }
-            if let v: String = try reader.value(s, "sandbox") {
-                guard let mode = SandboxMode(rawValue: v) else { throw reader.error("pipelines.sandbox", "must be bubblewrap or off") }
-                config.pipelines.sandbox = mode
+            if let raw = s["sandbox"] {
+                // YAML reads a bare `off` as false.
+                if let b = raw as? Bool, !b {
+                    config.pipelines.sandbox = .off
+                } else if let v = raw as? String, let mode = SandboxMode(rawValue: v) {
+                    config.pipelines.sandbox = mode
+                } else {
+                    throw reader.error("pipelines.sandbox", "must be bubblewrap or off")
+                }
             }
         }
         try reader.section(root, "canary") { s in

@@ -326,7 +326,7 @@ struct PipelineTests {
                 == "x.yaml:4: stages.s.timeout: '10x' is not a duration between 1s and 7d (e.g. 90s, 10m, 2h)")
         #expect(
             error("name: a\ntrigger: {}\nstages:\n  s:\n    exec: x\n    colour: red\n")
-                == "x.yaml:6: stages.s: unknown key 'colour' (known: builtin, canary, exec, input, labels, needs, relation, retries, tag, timeout, toolchain, webhook, with)"
+                == "x.yaml:6: stages.s: unknown key 'colour' (known: builtin, canary, exec, input, labels, needs, network, relation, retries, tag, timeout, toolchain, webhook, with)"
         )
         #expect(
             error("name: a\ntrigger: {}\nstages:\n  s: {builtin: compile}\n").hasPrefix(
