@@ -92,6 +92,7 @@ public final class Runner: Sendable {
 
     /// Runs until the task is cancelled.
     public func run() async {
+        await sandbox.probe()
         logger.info("runner \(options.name) (labels: \(options.labels.joined(separator: ","))) polling \(connection.baseURL)")
         switch sandbox.state {
         case .confined: logger.info("runner \(options.name): \(sandboxState.message)")

@@ -46,6 +46,9 @@ public struct SandboxOptions: Sendable {
     public var readOnlyPaths: [String] = []
     /// Device nodes passed through (e.g. /dev/nvidia0); nil: the /dev/nvidia* nodes present at start.
     public var devices: [String]?
+    /// Paths no stage may see even when they lie inside a path it reads (the storage root and the
+    /// config file of `depot serve`); the runner's work directory always is one.
+    public var hiddenPaths: [String] = []
     /// When the runner is root, stages run as this uid (plus the job slot: one uid per concurrent job),
     /// so that RLIMIT_NPROC counts only that job's processes.
     public var firstUID: UInt32 = 2_000_000_000
@@ -81,19 +84,23 @@ final class Sandbox: Sendable {
     /// Top-level symlinks of a merged /usr (`/bin -> usr/bin`).
     let symlinks: [(link: String, target: String)]
     let devices: [String]
+    /// Hidden paths that lie inside a read-only path: covered (an empty tmpfs, or /dev/null for a file).
+    let hidden: [String]
     /// The Python that runs built-ins (its real executable path, found at start).
     let python: String
     private let slots: Locked<Set<Int>>
 
     init(options: SandboxOptions, runner: RunnerOptions) {
         self.options = options
+        workDirectory = runner.workDirectory
         rootMode = geteuid() == 0
         slots = Locked([])
         probed = Locked(.off)
         let fm = FileManager.default
         bwrapPath = Self.which(options.bwrap) ?? options.bwrap
         setprivPath = Self.which("setpriv") ?? "/usr/bin/setpriv"
-        let pythonInfo = Self.pythonPaths(runner.python)
+        // Only built-ins use the Python, and they need the hooks directory.
+        let pythonInfo = runner.hooksDirectory == nil ? nil : Self.pythonPaths(runner.python)
         python = pythonInfo?.executable ?? runner.python
 
         var paths: [String] = ["/usr"]
@@ -124,6 +131,7 @@ final class Sandbox: Sendable {
             paths.append(path)
         }
         readOnly = Self.minimal(paths)
+        hidden = Self.minimal([work] + options.hiddenPaths.map { URL(fileURLWithPath: $0).standardizedFileURL.path })
         if let list = options.devices {
             devices = list
         } else {
@@ -136,10 +144,18 @@ final class Sandbox: Sendable {
         } else if rootMode, Self.which("setpriv") == nil {
             probed.withLock { $0 = .unavailable("setpriv (util-linux) was not found in PATH; it drops stages to their own uid") }
         } else {
+            // Confirmed (or not) by `probe` when the runner starts.
             probed.withLock { $0 = .confined }
-            let found = check(workDirectory: runner.workDirectory)
-            probed.withLock { $0 = found }
         }
+    }
+
+    private let workDirectory: String
+
+    /// Runs the check once (the runner does at start, before it leases anything).
+    func probe() async {
+        guard state == .confined else { return }
+        let found = await check(workDirectory: workDirectory)
+        probed.withLock { $0 = found }
     }
 
     /// What the sandbox is, for the runner's start-up message and every job's log.
@@ -230,7 +246,11 @@ final class Sandbox: Sendable {
                 !symlinks.contains(where: { Self.contains($0.link, program) })
             {
                 let real = URL(fileURLWithPath: program).resolvingSymlinksInPath().path
-                if !readOnly.contains(where: { Self.contains($0, program) || Self.contains($0, real) }) { extra.append(program) }
+                if !readOnly.contains(where: { Self.contains($0, program) || Self.contains($0, real) }),
+                    !hidden.contains(where: { Self.contains($0, program) || Self.contains($0, real) })
+                {
+                    extra.append(program)
+                }
             }
             let args = bwrapArguments(workspace: workspace, slot: slot, network: network, extraReadOnly: extra) + argv
             return Launch(path: bwrapPath, argv: args, limits: limits, workspace: Self.workspaceInside)
@@ -266,6 +286,11 @@ final class Sandbox: Sendable {
             }
         }
         for path in ro { a += ["--ro-bind", path, path] }
+        for path in hidden where ro.contains(where: { Self.contains($0, path) }) && FileManager.default.fileExists(atPath: path) {
+            var isDir: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
+            a += isDir.boolValue ? ["--tmpfs", path] : ["--ro-bind", "/dev/null", path]
+        }
         for (link, target) in symlinks { a += ["--symlink", target, link] }
         a += ["--proc", "/proc", "--dev", "/dev"]
         for d in devices where FileManager.default.fileExists(atPath: d) { a += ["--dev-bind", d, d] }
@@ -299,7 +324,7 @@ final class Sandbox: Sendable {
     // MARK: Helpers
 
     /// Runs a trivial command (`test -w` on the workspace) in the sandbox once, at start: it works, or why not.
-    func check(workDirectory: String) -> State {
+    func check(workDirectory: String) async -> State {
         let ws = workDirectory + "/probe-\(UUID().uuidString.prefix(8))"
         let log = ws + ".log"
         defer {
@@ -317,7 +342,9 @@ final class Sandbox: Sendable {
                 network: false,
                 timeoutSeconds: 30)
             let process = try StageProcess(launch: launch, environment: ["PATH": "/usr/bin:/bin"], directory: ws, log: log)
-            let outcome = process.waitBlocking(seconds: 30)
+            let deadline = Date().addingTimeInterval(30)
+            let (ended, killed) = await process.wait { Date() > deadline ? "no answer in 30 s" : nil }
+            let outcome: StageProcess.Outcome? = killed == nil ? ended : nil
             if outcome == .exited(0) { return .confined }
             let said = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
             return .unavailable(

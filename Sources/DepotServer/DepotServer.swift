@@ -195,6 +195,11 @@ public struct PipelineSetup: Sendable {
             options.sandbox.devices = p.runnerDevices
             options.sandbox.firstUID = p.runnerSandboxUID
             options.sandbox.limits = p.runnerLimits
+            // Secrets and the store stay out of view even where they lie under a path stages read.
+            options.sandbox.hiddenPaths =
+                [config.storageRoot, config.auth.bootstrapTokenFile, config.auth.signingKeyFile, config.tls?.keyFile ?? ""]
+                + p.runnerHiddenPaths
+            options.sandbox.hiddenPaths.removeAll { $0.isEmpty }
             // With authentication on, the embedded runner uses a credential made for this process
             // (a runner on every repository, with the configured labels); never stored or shown.
             let token = auth.flatMap { $0.enabled ? $0.internalRunnerSecret : nil } ?? ProcessInfo.processInfo.environment["DEPOT_TOKEN"]

@@ -92,6 +92,8 @@ public struct ServerConfig: Sendable, Equatable {
         /// First uid of stages when the runner is root (one per concurrent job).
         public var runnerSandboxUID: UInt32 = 2_000_000_000
         public var runnerLimits = StageLimits()
+        /// Set by `depot serve` (not a key of the file): the config file itself, which stages never see.
+        public var runnerHiddenPaths: [String] = []
     }
 
     /// The chunk-store part, mapped onto `StoreOptions`.

@@ -236,6 +236,37 @@ import Testing
         }
     }
 
+    /// A hidden path (the storage root, the config file, key files) stays out of view even inside
+    /// a path the stage may read.
+    @Test(.enabled(if: bubblewrapInstalled)) func hiddenPathsInsideReadablePathsAreCovered() async throws {
+        let dir = TempDir("depot-sandbox")
+        // Not under /tmp: the stage's /tmp is its own.
+        let shared = (path: repoRoot + "/.build/sandbox-shared-\(UUID().uuidString.prefix(8))", ())
+        defer { try? FileManager.default.removeItem(atPath: shared.path) }
+        try FileManager.default.createDirectory(atPath: shared.path + "/secret", withIntermediateDirectories: true)
+        try "public".write(toFile: shared.path + "/ok.txt", atomically: true, encoding: .utf8)
+        try "key".write(toFile: shared.path + "/secret/key", atomically: true, encoding: .utf8)
+        try "conf".write(toFile: shared.path + "/depot.yaml", atomically: true, encoding: .utf8)
+        chmod(shared.path, 0o755)
+        let yaml = Self.pipeline(
+            "hidden",
+            "cp '\(shared.path)/ok.txt' \"$DEPOT_OUTPUT_DIR/\"; cat '\(shared.path)/secret/key' '\(shared.path)/depot.yaml' > \"$DEPOT_OUTPUT_DIR/stolen.txt\"; true"
+        )
+        try await PipelineHarness.run(pipelines: [yaml], in: dir) { h, _ in
+            _ = try await h.push("evil/hidden", "v1", files: ["a.txt": "x"])
+            let jobs = try await h.withRunner(configure: {
+                $0.sandbox.readOnlyPaths = [shared.path]
+                $0.sandbox.hiddenPaths = [shared.path + "/secret", shared.path + "/depot.yaml"]
+            }) {
+                try await h.waitJobs(timeout: 20) { $0.allFinal }
+            }
+            #expect(jobs.first?.state == .succeeded, "\(jobs.first?.reason ?? "")")
+            let out = try await h.pull("evil/hidden", "v1-out")
+            #expect(out["ok.txt"] == "public", "the readable path is there")
+            #expect(out["stolen.txt"] == "", "the hidden directory is empty and the hidden file reads as /dev/null")
+        }
+    }
+
     /// Processes whose real uid is in [first, first+count).
     static func processes(ofUIDsFrom first: UInt32, count: UInt32) -> Int {
         guard geteuid() == 0 else { return 0 }
