@@ -9,7 +9,10 @@ let package = Package(
         // The modules the fuzz harnesses (fuzz/Package.swift) link; nothing else uses it.
         .library(
             name: "DepotFuzzable",
-            targets: ["DepotAPI", "DepotAuth", "DepotCore", "DepotFormats", "DepotStore", "DepotRegistry", "DepotPipelines", "DepotServer"]),
+            targets: [
+                "DepotAPI", "DepotAuth", "DepotCore", "DepotFormats", "DepotStore", "DepotRegistry", "DepotPipelines", "DepotServer",
+                "DepotTrust",
+            ]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -25,6 +28,8 @@ let package = Package(
         // dependencies (swift-crypto, swift-certificates) are already in the graph via NIOSSL.
         .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        // ECDSA P-256 signatures of artifacts (DepotTrust). Already in the graph via jwt-kit and NIOSSL.
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         // System libraries (Debian: libzstd-dev, libsqlite3-dev, libssl-dev).
@@ -42,19 +47,22 @@ let package = Package(
         // Identity and authorization: roles, grants, credentials, token signing, OIDC. No HTTP.
         .target(name: "DepotAuth", dependencies: ["DepotCore", "DepotAPI", "COpenSSL", .product(name: "JWTKit", package: "jwt-kit")]),
         .target(name: "CDepotSupport"),
+        .target(name: "DepotTrust", dependencies: ["DepotCore", "DepotAPI", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "DepotStore", dependencies: ["DepotCore", "DepotCatalog", "CZstd", "CDepotSupport"]),
         .target(name: "DepotRegistry", dependencies: ["DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats"]),
         .target(
             name: "DepotPipelines",
             dependencies: [
-                "DepotCore", "DepotAPI", "DepotCatalog", "DepotStore", "DepotRegistry", .product(name: "Yams", package: "Yams"),
+                "DepotCore", "DepotAPI", "DepotCatalog", "DepotStore", "DepotRegistry", "DepotFormats",
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         .target(name: "DepotDeploy", dependencies: ["DepotCore", "DepotAPI", "DepotCatalog", "DepotRegistry"]),
         .target(
             name: "DepotRunner",
             dependencies: [
-                "DepotCore", "DepotAPI", "DepotClient", "DepotFormats", "CDepotSupport", .product(name: "Logging", package: "swift-log"),
+                "DepotCore", "DepotAPI", "DepotClient", "DepotFormats", "DepotTrust", "CDepotSupport",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
@@ -64,7 +72,7 @@ let package = Package(
             dependencies: [
                 "DepotCore", "DepotAPI", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport", "DepotPipelines",
                 "DepotRunner",
-                "DepotClient", "DepotDeploy", "DepotAuth",
+                "DepotClient", "DepotDeploy", "DepotAuth", "DepotTrust",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -82,7 +90,7 @@ let package = Package(
         .target(
             name: "DepotClient",
             dependencies: [
-                "DepotAPI", "DepotCore", "DepotStore", "DepotFormats", "CDepotSupport",
+                "DepotAPI", "DepotCore", "DepotStore", "DepotFormats", "DepotTrust", "CDepotSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -94,7 +102,7 @@ let package = Package(
             name: "depot",
             dependencies: [
                 "DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotRegistry", "DepotServer", "DepotClient",
-                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotAuth",
+                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotAuth", "DepotTrust",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -112,12 +120,13 @@ let package = Package(
         .testTarget(name: "DepotAPITests", dependencies: ["DepotAPI", "DepotCore"]),
         .testTarget(
             name: "DepotAuthTests", dependencies: ["DepotAuth", "DepotAPI", "DepotCore", .product(name: "JWTKit", package: "jwt-kit")]),
+        .testTarget(name: "DepotTrustTests", dependencies: ["DepotTrust", "DepotAPI", "DepotCore"]),
         .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotAPI", "DepotCore", "CDepotSupport"]),
         .testTarget(
             name: "DepotServerTests",
             dependencies: [
                 "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotCatalog", "DepotFormats", "DepotAPI", "DepotClient",
-                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotTestSupport", "DepotAuth",
+                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotTestSupport", "DepotAuth", "DepotTrust",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
             ]

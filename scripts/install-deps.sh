@@ -7,8 +7,10 @@
 #                                    docker-registry (CNCF distribution), curl (Debian) and
 #                                    oras-py, requests, onnx, numpy (PyPI), and the e2e
 #                                    Python environment (scripts/e2e/python-env.sh: a real
-#                                    Triton server, onnxruntime, skl2onnx, scikit-learn, and
-#                                    mypy for scripts/test-hooks.sh)
+#                                    Triton server, onnxruntime, skl2onnx, scikit-learn, skops,
+#                                    mypy for scripts/test-hooks.sh, and the pickle scanners
+#                                    picklescan, modelscan and fickling its pickle-policy test
+#                                    compares with)
 set -euo pipefail
 packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev bubblewrap util-linux)
 python_modules=()

@@ -189,10 +189,16 @@ public struct LineageEdgeRecord: Codable, Sendable, Equatable {
     public var job: String?
     /// `dev.depot.metric.*` annotations of the child, by name.
     public var metrics: [String: String]?
+    /// The pipeline job that vouched for the edge (its runner pushed the child under the job's
+    /// lease, the job completed with it, and the registry signed it); nil: declared by the pusher.
+    public var verifiedJob: Int64?
+
+    /// `verified` (a pipeline job vouched for it) or `declared`.
+    public var provenance: String { verifiedJob == nil ? "declared" : "verified" }
 
     public init(
         child: Digest, parent: Digest, relation: String, parentRef: String, repository: String, at: String, run: String? = nil,
-        dataset: String? = nil, commit: String? = nil, job: String? = nil, metrics: [String: String]? = nil
+        dataset: String? = nil, commit: String? = nil, job: String? = nil, metrics: [String: String]? = nil, verifiedJob: Int64? = nil
     ) {
         self.child = child
         self.parent = parent
@@ -205,11 +211,13 @@ public struct LineageEdgeRecord: Codable, Sendable, Equatable {
         self.commit = commit
         self.job = job
         self.metrics = metrics
+        self.verifiedJob = verifiedJob
     }
 
     enum CodingKeys: String, CodingKey {
         case child, parent, relation, repository, at, run, dataset, commit, job, metrics
         case parentRef = "parent_ref"
+        case verifiedJob = "verified_job"
     }
 }
 

@@ -103,6 +103,8 @@ public enum RouteID: String, Sendable, CaseIterable {
     case nodeReport
     // Identity: the OCI token endpoint, who am I, users and tokens.
     case token, whoami, users, userAdd, userRemove, tokens, tokenCreate, tokenRevoke
+    // Signatures (docs/SECURITY.md)
+    case signatures, signingKey
 }
 
 /// One endpoint: method, pattern, action.
@@ -270,6 +272,9 @@ public enum Routes {
         Route(.fetchChunks, .post, "/depot/v1/repositories/{name}/blobs/{digest}/chunks", .pull),
         Route(.uploadChunks, .post, "/depot/v1/repositories/{name}/chunks", .push),
         Route(.metadata, .get, "/depot/v1/repositories/{name}/manifests/{reference}/metadata", .pull),
+        Route(.signatures, .get, "/depot/v1/repositories/{name}/manifests/{reference}/signatures", .pull),
+        // The public half of the pipeline signing key: public by nature.
+        Route(.signingKey, .get, "/depot/v1/signing-key", .anonymous),
 
         Route(.aliasGet, .get, "/depot/v1/repositories/{name}/aliases/{alias}", .pull),
         Route(.aliasMove, .put, "/depot/v1/repositories/{name}/aliases/{alias}", .aliasMove),

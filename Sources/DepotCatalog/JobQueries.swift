@@ -275,6 +275,21 @@ extension SQLiteConnection {
         return changes > 0
     }
 
+    /// queued → failed, for good: a job refused before any runner received it (the pickle gate).
+    public func failQueuedJob(_ id: Int64, reason: String, now: Int64) throws -> Bool {
+        try run(
+            """
+            UPDATE jobs SET state = 'failed', reason = ?, finished_at = ?, updated_at = ? WHERE id = ? AND state = 'queued'
+            """, .text(reason), .int(now), .int(now), .int(id))
+        return changes > 0
+    }
+
+    /// A queued job's spec, replaced (the server adds a parameter it decides, such as `trust_pickle`).
+    public func setQueuedJobSpec(_ id: Int64, spec: String, now: Int64) throws -> Bool {
+        try run("UPDATE jobs SET spec = ?, updated_at = ? WHERE id = ? AND state = 'queued'", .text(spec), .int(now), .int(id))
+        return changes > 0
+    }
+
     /// queued | leased | running → cancelled. The lease token stays, so the runner holding it
     /// learns of the cancellation at its next heartbeat and may still store its log.
     public func cancelJob(_ id: Int64, reason: String, now: Int64) throws -> Bool {

@@ -10,11 +10,14 @@ public struct LineageEdge: Sendable, Equatable {
     public var repository: String
     public var run: String?, dataset: String?, commit: String?, metrics: String?, job: String?
     public var createdAt: Int64
+    /// The pipeline job that vouched for this edge (its runner pushed the child under the job's
+    /// lease, and the job completed with it); nil: declared by the pusher only.
+    public var verifiedJob: Int64?
 
     public init(
         child: Digest, parent: Digest, relation: String, parentRef: String, repository: String,
         run: String? = nil, dataset: String? = nil, commit: String? = nil, metrics: String? = nil,
-        job: String? = nil, createdAt: Int64
+        job: String? = nil, createdAt: Int64, verifiedJob: Int64? = nil
     ) {
         self.child = child
         self.parent = parent
@@ -27,6 +30,7 @@ public struct LineageEdge: Sendable, Equatable {
         self.metrics = metrics
         self.job = job
         self.createdAt = createdAt
+        self.verifiedJob = verifiedJob
     }
 }
 
@@ -66,6 +70,15 @@ extension SQLiteConnection {
             e.metrics.map(SQLValue.text) ?? .null, e.job.map(SQLValue.text) ?? .null, .int(e.createdAt))
     }
 
+    /// Marks the edges from `child` to `parent` (the job's input) as verified by `job`: called
+    /// when the job completes with `child` as its output. Edges to other parents the pusher
+    /// declared stay declared.
+    public func markLineageVerified(child: Digest, parent: Digest, job: Int64) throws {
+        try run(
+            "UPDATE lineage_edges SET verified_job = ? WHERE child = ? AND parent = ?", .int(job), .hash(child.bytes),
+            .hash(parent.bytes))
+    }
+
     /// Whether `candidate` is `digest` or one of its ancestors (a new edge digest → candidate
     /// would then close a cycle).
     public func isAncestorOrSelf(_ candidate: Digest, of digest: Digest) throws -> Bool {
@@ -80,14 +93,15 @@ extension SQLiteConnection {
     }
 
     static let edgeColumns =
-        "e.child, e.parent, e.relation, e.parent_ref, (SELECT name FROM repositories WHERE id = e.repo_id), e.run, e.dataset, e.source_commit, e.metrics, e.job, e.created_at"
+        "e.child, e.parent, e.relation, e.parent_ref, (SELECT name FROM repositories WHERE id = e.repo_id), e.run, e.dataset, e.source_commit, e.metrics, e.job, e.created_at, e.verified_job"
 
     static func edge(_ s: Statement, from i: Int32) -> LineageEdge {
         func opt(_ k: Int32) -> String? { s.isNull(k) ? nil : s.text(k) }
         return LineageEdge(
             child: Digest(bytes: s.hash(i)!), parent: Digest(bytes: s.hash(i + 1)!), relation: s.text(i + 2),
             parentRef: s.text(i + 3), repository: opt(i + 4) ?? "", run: opt(i + 5), dataset: opt(i + 6),
-            commit: opt(i + 7), metrics: opt(i + 8), job: opt(i + 9), createdAt: s.int(i + 10))
+            commit: opt(i + 7), metrics: opt(i + 8), job: opt(i + 9), createdAt: s.int(i + 10),
+            verifiedJob: s.isNull(i + 11) ? nil : s.int(i + 11))
     }
 
     /// Ancestors (`up`) or descendants of `digest` to `depth`, nearest first, following only
@@ -126,8 +140,8 @@ extension SQLiteConnection {
                     guard seen.insert(reached).inserted else { return }
                     out.append(
                         LineageStep(
-                            digest: reached, depth: level, edge: edge, stored: !s.isNull(11),
-                            artifactType: s.isNull(12) ? nil : s.text(12)))
+                            digest: reached, depth: level, edge: edge, stored: !s.isNull(12),
+                            artifactType: s.isNull(13) ? nil : s.text(13)))
                     next.append(reached)
                 }
             }

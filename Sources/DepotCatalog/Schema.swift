@@ -401,6 +401,14 @@ enum Schema {
         );
         CREATE UNIQUE INDEX auth_tokens_active_name ON auth_tokens(name) WHERE revoked_at IS NULL;
         """,
+        // 11: verified lineage. An edge is "declared" by whoever pushed the child (annotations
+        // anyone with push access can write); `verified_job` is set when a pipeline job whose
+        // lease produced the child completes: the runner held the lease and the output carries
+        // the job's memo key, so the registry itself vouches for the edge (and signs the output).
+        // NULL: declared only.
+        """
+        ALTER TABLE lineage_edges ADD COLUMN verified_job INTEGER;
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

@@ -17,11 +17,17 @@ public final class Deployments: Sendable {
     public let policy: CanaryPolicy
     /// Called after every weight change (the router hook).
     let onWeightChange: @Sendable (DeploymentRecord) -> Void
+    /// The deploy policy (signatures a bundle needs per environment); nil: none.
+    let admission: (any DeployAdmission)?
     var db: Database { registry.store.catalog }
 
-    public init(registry: Registry, policy: CanaryPolicy, onWeightChange: @escaping @Sendable (DeploymentRecord) -> Void = { _ in }) {
+    public init(
+        registry: Registry, policy: CanaryPolicy, admission: (any DeployAdmission)? = nil,
+        onWeightChange: @escaping @Sendable (DeploymentRecord) -> Void = { _ in }
+    ) {
         self.registry = registry
         self.policy = policy
+        self.admission = admission
         self.onWeightChange = onWeightChange
     }
 
@@ -79,6 +85,7 @@ public final class Deployments: Sendable {
         }
         let manifest = try registry.manifest(repository, reference)
         let model = try Self.tritonModel(manifest)
+        try admission?.admit(repository, environment: environment, manifest: manifest, actor: actor)
         let digest = manifest.digest.description
         var changed: DeploymentRecord?
         let result = try db.write { conn -> Status in
@@ -148,7 +155,7 @@ public final class Deployments: Sendable {
     }
 
     /// The Triton model a bundle serves: the directory holding its `config.pbtxt`.
-    static func tritonModel(_ manifest: ManifestRecord) throws -> String {
+    public static func tritonModel(_ manifest: ManifestRecord) throws -> String {
         guard let json = try? JSONSerialization.jsonObject(with: Data(manifest.content)) as? [String: Any] else {
             throw RegistryError(.manifestInvalid, "manifest \(manifest.digest) is not JSON")
         }

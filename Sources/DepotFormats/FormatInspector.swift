@@ -27,11 +27,18 @@ public enum FormatInspector {
         let lower = path.lowercased()
         let name = lower.split(separator: "/").last.map(String.init) ?? lower
         if name == "config.pbtxt" || name == "saved_model.pb" || name == "saved_model.pbtxt" { return name }
-        for suffix in [".safetensors", ".onnx", ".plan", ".engine", ".pt", ".pth", ".ckpt", ".pb"] where name.hasSuffix(suffix) {
+        for suffix in [".safetensors", ".onnx", ".plan", ".engine", ".pt", ".pth", ".ckpt", ".pb", ".skops"] + picklePathSuffixes
+        where name.hasSuffix(suffix) {
             return suffix
         }
         return "sniff"
     }
+
+    /// Names of plain pickles (scikit-learn, joblib): always scanned as pickles, of any protocol.
+    public static let picklePathSuffixes = [".pkl", ".pickle", ".joblib"]
+    /// Names of files a stage would unpickle (plain pickles and PyTorch checkpoints): the pipeline
+    /// gate wants a whole, clean scan of each.
+    public static let pickleBearingSuffixes = picklePathSuffixes + [".pt", ".pth", ".ckpt"]
 
     /// `budget` (when set) is charged by reads through `source` and checked by in-memory parsers.
     static func inspect(path: String, source: any ByteSource, platform: String?, budget: InspectionBudget?) throws -> [String: JSONValue]? {
@@ -59,7 +66,21 @@ public enum FormatInspector {
         if name.hasSuffix(".plan") || name.hasSuffix(".engine") || TensorRT.hasMagic(head) {
             return TensorRT.inspect(source, head: head, platform: platform)
         }
+        if name.hasSuffix(".skops") { return try Skops.inspect(source) }
         let torchName = [".pt", ".pth", ".ckpt"].contains { name.hasSuffix($0) }
+        if picklePathSuffixes.contains(where: { name.hasSuffix($0) }) {
+            // What pickle.load / joblib.load would read: scanned whatever its first byte (protocols 0
+            // and 1 have no PROTO opcode); one that does not parse is invalid, never skipped.
+            if try Zip.isZip(source), let entries = try PyTorch.zipEntriesIfTorch(source) {
+                return try PyTorch.inspect(source, zipEntries: entries)
+            }
+            if let kind = compression(head) {
+                throw DepotError.invalidArgument(
+                    "\(path): a \(kind)-compressed file (a compressed joblib dump?) cannot be scanned for the code it would run; "
+                        + "save it uncompressed (joblib.dump(..., compress=0)) or as a .skops file")
+            }
+            return try PyTorch.inspect(source, zipEntries: nil, format: "pickle")
+        }
         if try Zip.isZip(source) {
             if let entries = try PyTorch.zipEntriesIfTorch(source) { return try PyTorch.inspect(source, zipEntries: entries) }
             if torchName { throw DepotError.invalidArgument("\(path): ZIP archive without a data.pkl entry is not a PyTorch checkpoint") }
@@ -77,6 +98,19 @@ public enum FormatInspector {
     /// throws `DepotError.invalidArgument` (with line and column) when the config does not parse.
     public static func triton(config: String, files: [String]) throws -> [String: JSONValue] {
         try Triton.check(config: config, files: files)
+    }
+
+    /// The compressor of a joblib dump, from its magic bytes.
+    static func compression(_ head: [UInt8]) -> String? {
+        func starts(_ magic: [UInt8]) -> Bool { head.count >= magic.count && Array(head.prefix(magic.count)) == magic }
+        if starts([0x1f, 0x8b]) { return "gzip" }
+        if starts(Array("BZh".utf8)) { return "bz2" }
+        if starts([0xfd, 0x37, 0x7a, 0x58, 0x5a]) { return "xz" }
+        if starts([0x5d, 0x00, 0x00]) { return "lzma" }
+        if starts([0x04, 0x22, 0x4d, 0x18]) { return "lz4" }
+        if starts(Array("ZF".utf8)) { return "zlib" } // joblib < 0.10
+        if head.count >= 2, head[0] & 0x0f == 8, (UInt16(head[0]) << 8 | UInt16(head[1])) % 31 == 0 { return "zlib" }
+        return nil
     }
 
     /// An 8-byte little-endian header length followed by '{'.

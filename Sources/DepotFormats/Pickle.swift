@@ -19,12 +19,24 @@ enum Pickle {
         /// Import opcodes seen (not unique).
         private(set) var count = 0
 
-        mutating func add(_ name: String) {
+        /// One import: `module` and qualified `name` as the pickle names them (after the Python 2
+        /// module renames); allowed only when that exact pair is on `PickleAllowList`.
+        mutating func add(module: String, name: String) {
+            var full = module + "." + name
+            if full.utf8.count > FormatInspector.maxNameLength { full = String(full.prefix(FormatInspector.maxNameLength)) + "…" }
             count += 1
-            all.insert(name)
-            guard !PyTorch.isAllowed(name) else { return }
-            unsafe.insert(name)
-            if PyTorch.isDangerous(name) { dangerous.insert(name) }
+            all.insert(full)
+            guard !PickleAllowList.allows(module: module, name: name) else { return }
+            unsafe.insert(full)
+            if PyTorch.isDangerous(full) { dangerous.insert(full) }
+        }
+
+        /// Something that is not an import but makes the pickle unsafe all the same (an
+        /// unresolved STACK_GLOBAL, a joblib array that is itself a pickle).
+        mutating func addUnsafe(_ what: String) {
+            count += 1
+            all.insert(what)
+            unsafe.insert(what)
         }
 
         mutating func merge(_ other: ImportTally) {
@@ -62,7 +74,67 @@ enum Pickle {
     /// Strings longer than this are skipped rather than tracked for STACK_GLOBAL.
     private static let maxTracked = 1024
 
-    /// Python 2 module names that pickles written with protocol < 3 use for Python 3 modules.
+    /// A value the scanner follows on the pickle's stack and memo.
+    enum Item: Equatable {
+        case string(String)
+        /// An imported global (module after the Python 2 renames, qualified name).
+        case global(String, String)
+    }
+
+    /// The unpickler's stack as the scanner follows it: the current frame (values pushed since the last
+    /// MARK; its newest 64 kept, older ones counted as unknown) and the frames below it. A value it
+    /// does not know is nil; it never returns a known value where the unpickler would pop another.
+    struct StackModel {
+        private var items: [Item?] = []
+        private var unknown = 0
+        private var frames: [(items: [Item?], unknown: Int)] = []
+        private var framesNotKept = 0
+        private static let unknownFrame = Int.max / 2
+
+        var top: Item? { items.last ?? nil }
+
+        mutating func push(_ item: Item?) {
+            items.append(item)
+            if items.count > 64 {
+                items.removeFirst(32)
+                unknown += 32
+            }
+        }
+
+        mutating func pop() -> Item? {
+            if let item = items.popLast() { return item }
+            if unknown > 0 { unknown -= 1 }
+            return nil
+        }
+
+        mutating func mark() {
+            if frames.count < 1 << 16 { frames.append((items, unknown)) } else { framesNotKept += 1 }
+            items = []
+            unknown = 0
+        }
+
+        mutating func popMark() {
+            if framesNotKept > 0 {
+                framesNotKept -= 1
+                (items, unknown) = ([], Self.unknownFrame)
+            } else if let f = frames.popLast() {
+                (items, unknown) = (f.items, f.unknown)
+            } else {
+                (items, unknown) = ([], Self.unknownFrame) // the unpickler fails: no MARK
+            }
+        }
+
+        /// POP: the top value, or the frame's MARK when the frame is empty (pickle.py's load_pop).
+        mutating func popOrMark() {
+            if items.isEmpty, unknown == 0 { popMark() } else { _ = pop() }
+        }
+    }
+
+    /// What a joblib dump with arrays reports besides its wrapper import: the rest is not scanned.
+    static let joblibArrays = "<joblib arrays: raw bytes inside the pickle, not scanned>"
+
+    /// Python 2 module names that pickles written with protocol < 3 use for Python 3 modules (the
+    /// only renames: convert.py applies the same two).
     static func normalizeModule(_ m: String) -> String {
         switch m {
         case "__builtin__": return "builtins"
@@ -75,36 +147,41 @@ enum Pickle {
     static func scan(_ source: any ByteSource, from start: Int64, to end: Int64, what: String) throws -> Scan {
         let c = ByteCursor(source, what: what, start: start, end: end)
         var imports = ImportTally()
-        // A short window of the most recent stack pushes: the string value, or nil for anything else.
-        var recent: [String?] = []
-        var memo: [Int: String] = [:]
+        // The unpickler's stack, as far as STACK_GLOBAL needs it.
+        var stack = StackModel()
+        var memo: [Int: Item] = [:]
         var memoCount = 0
-        func push(_ s: String?) {
-            recent.append(s)
-            if recent.count > 64 { recent.removeFirst(32) }
-        }
+        // joblib's array placeholder: raw array bytes follow inside the pickle stream.
+        var arrayWrapper = false
+        func push(_ item: Item?) { stack.push(item) }
+        func pop(_ n: Int) { for _ in 0..<n { _ = stack.pop() } }
         func remember(_ index: Int) {
             memoCount = max(memoCount, index &+ 1)
-            if let top = recent.last, let s = top {
-                if memo.count < 1 << 18 || memo[index] != nil { memo[index] = s }
+            if let item = stack.top {
+                if memo.count < 1 << 18 || memo[index] != nil { memo[index] = item }
             } else {
                 memo[index] = nil
             }
         }
-        func string(_ n: UInt64, utf8: Bool = true) throws -> String? {
+        func string(_ n: UInt64) throws -> Item? {
             guard n <= UInt64(max(0, c.remaining)) else { throw c.truncated(Int64(clamping: n)) }
             if n > UInt64(maxTracked) {
                 try c.skip(Int64(n))
                 return nil
             }
             let bytes = try c.readBytes(Int(n))
-            return String(decoding: bytes, as: UTF8.self)
+            return .string(String(decoding: bytes, as: UTF8.self))
         }
         func line() throws -> String { String(decoding: try c.readLine(), as: UTF8.self) }
-        func addImport(_ module: String, _ name: String) {
-            var full = normalizeModule(module.trimmingSpaces) + "." + name.trimmingSpaces
-            if full.utf8.count > FormatInspector.maxNameLength { full = String(full.prefix(FormatInspector.maxNameLength)) + "…" }
-            imports.add(full)
+        // Pushes the imported global, so that a dtype's type code and memoized globals can be followed.
+        func addImport(_ rawModule: String, _ rawName: String) {
+            let module = normalizeModule(rawModule.trimmingSpaces)
+            let name = rawName.trimmingSpaces
+            imports.add(module: module, name: name)
+            if module == "joblib.numpy_pickle", name == "NumpyArrayWrapper" || name == "NDArrayWrapper" || name == "ZNDArrayWrapper" {
+                arrayWrapper = true
+            }
+            push(module.utf8.count <= maxTracked && name.utf8.count <= maxTracked ? Item.global(module, name) : nil)
         }
         func signed32() throws -> UInt64 {
             let v = Int32(bitPattern: UInt32(try c.readUInt(4)))
@@ -113,45 +190,70 @@ enum Pickle {
         }
 
         while true {
+            // joblib writes each array's raw bytes into the pickle stream right after its wrapper:
+            // what follows is not opcodes, and the wrapper is not allowed anyway. Stop here.
+            if arrayWrapper {
+                imports.addUnsafe(Self.joblibArrays)
+                return Scan(imports: imports, end: c.limit)
+            }
             let at = c.position
             guard !c.atEnd else { throw c.fail("pickle ends at offset \(at) without a STOP opcode") }
             let op = try c.readByte()
             switch op {
             case 0x2e: // STOP '.'
                 return Scan(imports: imports, end: c.position)
-            // Zero-argument opcodes that push a non-string value.
-            // NONE EMPTY_TUPLE EMPTY_LIST EMPTY_DICT NEWTRUE NEWFALSE EMPTY_SET
-            // REDUCE BUILD DICT APPENDS APPEND LIST OBJ SETITEM TUPLE SETITEMS
-            // NEWOBJ TUPLE1-3 ADDITEMS FROZENSET NEWOBJ_EX BINPERSID NEXT_BUFFER READONLY_BUFFER
-            case 0x4e, 0x29, 0x5d, 0x7d, 0x88, 0x89, 0x8f,
-                0x52, 0x62, 0x64, 0x65, 0x61, 0x6c, 0x6f, 0x73, 0x74, 0x75,
-                0x81, 0x85, 0x86, 0x87, 0x90, 0x91, 0x92, 0x51, 0x97, 0x98:
+            // Each opcode's effect on the stack, as pickle.py applies it: STACK_GLOBAL must see the
+            // strings the unpickler will pop, or nothing (never stale ones: a MARK starts a frame).
+            case 0x4e, 0x29, 0x5d, 0x7d, 0x88, 0x89, 0x8f, 0x97: // NONE EMPTY_TUPLE/LIST/DICT NEWTRUE NEWFALSE EMPTY_SET NEXT_BUFFER
                 push(nil)
-            case 0x28: // MARK '('
-                break
-            case 0x30: // POP '0'
-                if !recent.isEmpty { recent.removeLast() }
-            case 0x31: // POP_MARK '1'
+            case 0x85, 0x51, 0x98: // TUPLE1 BINPERSID READONLY_BUFFER: one value replaced
+                pop(1)
                 push(nil)
-            case 0x32: // DUP '2'
-                push(recent.last ?? nil)
+            case 0x86, 0x52, 0x81: // TUPLE2 REDUCE NEWOBJ: two popped, one pushed
+                pop(2)
+                push(nil)
+            case 0x87, 0x92: // TUPLE3 NEWOBJ_EX
+                pop(3)
+                push(nil)
+            case 0x61: pop(1) // APPEND: the list stays
+            case 0x73: pop(2) // SETITEM: the dict stays
+            case 0x62: // BUILD: the state popped, the object below rebuilt
+                pop(2)
+                push(nil)
+            case 0x74, 0x6c, 0x64, 0x91, 0x6f: // TUPLE LIST DICT FROZENSET OBJ: the frame becomes one value
+                stack.popMark()
+                push(nil)
+            case 0x65, 0x75, 0x90, 0x31: stack.popMark() // APPENDS SETITEMS ADDITEMS POP_MARK
+            case 0x28: stack.mark() // MARK
+            case 0x30: stack.popOrMark() // POP (an empty frame: its mark)
+            case 0x32: push(stack.top) // DUP
             case 0x49, 0x4c, 0x46, 0x50: // INT LONG FLOAT PERSID: newline-terminated argument
                 _ = try c.readLine()
                 push(nil)
             case 0x53, 0x56: // STRING UNICODE: newline-terminated literal
                 var s = try line()
                 if op == 0x53, s.count >= 2, let f = s.first, f == "'" || f == "\"" { s = String(s.dropFirst().dropLast()) }
-                push(s.utf8.count <= maxTracked ? s : nil)
-            case 0x63, 0x69: // GLOBAL 'c', INST 'i': module and name lines
+                push(s.utf8.count <= maxTracked ? .string(s) : nil)
+            case 0x63: // GLOBAL 'c': module and name lines
                 let module = try line()
                 let name = try line()
                 addImport(module, name)
+            case 0x69: // INST 'i': module and name lines; calls it with the arguments above the mark
+                let module = try line()
+                let name = try line()
+                addImport(module, name)
+                pop(1)
+                stack.popMark()
                 push(nil)
             case 0x93: // STACK_GLOBAL
-                let name = recent.popLast() ?? nil
-                let module = recent.popLast() ?? nil
-                if let module, let name { addImport(module, name) } else { imports.add("<unresolved STACK_GLOBAL>") }
-                push(nil)
+                let name = stack.pop()
+                let module = stack.pop()
+                if case .string(let m) = module, case .string(let n) = name {
+                    addImport(m, n)
+                } else {
+                    imports.addUnsafe("<unresolved STACK_GLOBAL>")
+                    push(nil)
+                }
             case 0x70: // PUT 'p' line
                 if let i = Int(try line()) { remember(i) }
             case 0x67: // GET 'g' line

@@ -7,25 +7,6 @@ enum PyTorch {
     /// Pickles larger than this are not scanned (reported in problems).
     static let maxPickle: Int64 = 64 << 20
 
-    static let allowed: Set<String> = [
-        "collections.OrderedDict",
-        "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
-        "torch._utils._rebuild_parameter_with_state", "torch._utils._rebuild_qtensor",
-        "torch._utils._rebuild_sparse_tensor", "torch._tensor._rebuild_from_type_v2",
-        "torch.Size", "torch.device", "torch.dtype", "torch.storage.UntypedStorage", "torch.storage._load_from_bytes",
-        "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype",
-        "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
-        "builtins.set", "builtins.frozenset", "builtins.slice", "builtins.complex", "builtins.bytearray",
-        "_codecs.encode",
-    ]
-
-    static let torchDtypes: Set<String> = [
-        "float", "float16", "float32", "float64", "half", "double", "bfloat16", "complex32", "complex64", "complex128",
-        "cfloat", "cdouble", "chalf", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
-        "short", "int", "long", "bool", "qint8", "quint8", "qint32", "quint4x2", "quint2x4",
-        "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
-    ]
-
     static let dangerousPrefixes = [
         "os.", "posix.", "nt.", "subprocess.", "runpy.", "socket.", "shutil.", "sys.",
         "pty.", "webbrowser.", "importlib.", "pickle.", "marshal.",
@@ -34,14 +15,6 @@ enum PyTorch {
         "builtins.eval", "builtins.exec", "builtins.compile", "builtins.open",
         "builtins.getattr", "builtins.__import__",
     ]
-
-    static func isAllowed(_ name: String) -> Bool {
-        if allowed.contains(name) { return true }
-        guard name.hasPrefix("torch.") else { return false }
-        let rest = name.dropFirst(6)
-        guard !rest.contains(".") else { return false }
-        return rest.hasSuffix("Storage") || torchDtypes.contains(String(rest))
-    }
 
     /// The modules of `dangerousPrefixes` (each is one module name and a dot).
     static let dangerousModules = Set(dangerousPrefixes.map { String($0.dropLast()) })
@@ -68,8 +41,11 @@ enum PyTorch {
     /// Most pickles of one archive that are scanned; the rest are counted in `unscanned_pickles`.
     static let maxScannedPickles = 1000
 
-    static func inspect(_ source: any ByteSource, zipEntries: [ZipEntry]?) throws -> [String: JSONValue] {
-        var out: [String: JSONValue] = ["format": "pytorch"]
+    /// `format` is "pytorch", or "pickle" for a scikit-learn/joblib pickle (`.pkl`, `.pickle`, `.joblib`).
+    static func inspect(_ source: any ByteSource, zipEntries: [ZipEntry]?, format: String = "pytorch") throws -> [String: JSONValue] {
+        var out: [String: JSONValue] = ["format": .string(format)]
+        // False as soon as some pickle was not scanned, or not whole: the file then cannot be called safe.
+        var complete = true
         var pickles: [JSONValue] = []
         var pickleCount = 0
         var problems: [String] = []
@@ -110,10 +86,12 @@ enum PyTorch {
             for e in entries where e.name.hasSuffix(".pkl") {
                 if e.method != 0 {
                     note("\(e.name): unscanned (compressed)")
+                    complete = false
                     continue
                 }
                 if e.compressedSize > maxPickle {
                     note("\(e.name): unscanned (\(e.compressedSize) bytes, over the \(maxPickle)-byte limit)")
+                    complete = false
                     continue
                 }
                 if let first = byHeader[e.localHeaderOffset] {
@@ -132,6 +110,7 @@ enum PyTorch {
             for (e, range) in candidates {
                 if range.lowerBound < scannedEnd {
                     note("\(e.name): overlaps another entry's data, not scanned again")
+                    complete = false
                     continue
                 }
                 let scan = try Pickle.scan(source, from: range.lowerBound, to: range.upperBound, what: "pickle '\(e.name)'")
@@ -154,7 +133,10 @@ enum PyTorch {
                 position = scan.end
                 count += 1
             }
-            if source.size > maxPickle, position >= end { note("pickle: scanned only the first \(maxPickle) bytes") }
+            if source.size > maxPickle, position >= end {
+                note("pickle: scanned only the first \(maxPickle) bytes")
+                complete = false
+            }
             record("", imports)
         }
         out["pickles"] = .array(pickles)
@@ -170,7 +152,12 @@ enum PyTorch {
         out["unsafe_imports"] = JSONValue(all.unsafe.sorted)
         out["dangerous_imports"] = JSONValue(all.dangerous.sorted)
         if !all.all.isComplete || !all.unsafe.isComplete { out["imports_truncated"] = true }
-        if unscanned > 0 { out["complete"] = false }
+        if unscanned > 0 {
+            out["complete"] = false
+            complete = false
+        }
+        // What the pipeline gate reads (with `unsafe`): every pickle of the file was scanned whole.
+        out["scan_complete"] = JSONValue(complete)
         out["problems"] = JSONValue(problems)
         return out
     }

@@ -18,6 +18,9 @@ public final class JobQueue: Sendable {
         public var maxBackoffSeconds = 600.0
         /// Logs of jobs finished longer ago than this are released to GC (0: kept forever).
         public var logRetentionSeconds = 30.0 * 86400
+        /// Repositories (globs, as in triggers) whose pickles the operator trusts: their inputs reach
+        /// stages whatever their pickles import (`pipelines.trust_pickle`; audited). See `PickleGate`.
+        public var trustPickle: [String] = []
         public init() {}
     }
 
@@ -92,10 +95,10 @@ public final class JobQueue: Sendable {
                     tag: tag, eventID: event.id, now: Self.now())
             else { continue }
             for stage in pipeline.roots {
-                if try conn.enqueueJob(
+                if let id = try conn.enqueueJob(
                     runID: run, pipeline: pipeline.name,
                     newJob(pipeline, stage, repository: repository, input: digest.description, triggerTag: tag),
-                    now: Self.now()) != nil
+                    now: Self.now()), let job = try conn.job(id), try applyPickleGate(conn, job)
                 {
                     queued += 1
                 }
@@ -141,10 +144,13 @@ public final class JobQueue: Sendable {
         outputs[job.stage] = output
         for stage in pipeline.dependents(of: job.stage) where stage.needs.allSatisfy({ outputs[$0] != nil }) {
             let input = stage.inputStage.flatMap { outputs[$0] } ?? run.triggerDigest
-            try conn.enqueueJob(
+            if let id = try conn.enqueueJob(
                 runID: job.runID, pipeline: pipeline.name,
                 newJob(pipeline, stage, repository: run.repository, input: input, triggerTag: run.triggerTag),
-                now: Self.now())
+                now: Self.now()), let queued = try conn.job(id)
+            {
+                _ = try applyPickleGate(conn, queued)
+            }
         }
     }
 
@@ -165,6 +171,8 @@ public final class JobQueue: Sendable {
                 let page = try conn.leasableJobs(kinds: kinds.sorted(), now: now, after: after, limit: 256)
                 for job in page {
                     guard Set(job.labels).isSubset(of: labels), canTake?(job.inputRepository) ?? true else { continue }
+                    // Checked again at every lease: a retried job, or a trust the operator withdrew.
+                    guard try applyPickleGate(conn, job) else { continue }
                     let token = UUID().uuidString
                     if try conn.leaseJob(job.id, runner: runner, token: token, expires: now + Int64(options.leaseSeconds * 1000), now: now)
                     {
@@ -261,21 +269,34 @@ public final class JobQueue: Sendable {
     /// The job ran and pushed `output` (a manifest of the input's repository carrying the job's key).
     public func complete(_ id: Int64, token: String, output: Digest) throws {
         try db.write { conn in
-            let job = try leased(conn, id, token: token)
-            guard job.state == .running, let key = job.key else { throw RegistryError(.conflict, "job \(id) was not started") }
-            guard let repo = try conn.repositoryID(job.inputRepository), let manifest = try conn.manifest(repo: repo, output) else {
-                throw RegistryError(.manifestUnknown, "output \(output) is not a manifest of \(job.inputRepository)")
-            }
-            guard try conn.jobOutput(key: key)?.digest == output.description else {
-                throw RegistryError(
-                    .manifestInvalid,
-                    "output \(output) does not carry the job's key \(key) (annotation \(JobAnnotations.key)); artifactType \(manifest.artifactType ?? "none")"
-                )
-            }
+            let job = try checkCompletion(conn, id, token: token, output: output)
             let now = Self.now()
             _ = try conn.completeJob(id, token: token, output: output.description, now: now)
+            if let input = try? Digest(parsing: job.inputDigest) { try conn.markLineageVerified(child: output, parent: input, job: id) }
             try queueDependents(conn, of: job, output: output.description)
         }
+    }
+
+    /// The job the lease holder may complete with `output`, or why not, without completing it:
+    /// the registry signs an output before it completes the job (so a next stage never sees an
+    /// unsigned output of a completed job).
+    public func completable(_ id: Int64, token: String, output: Digest) throws -> JobRecord {
+        try db.read { conn in try checkCompletion(conn, id, token: token, output: output) }
+    }
+
+    func checkCompletion(_ conn: SQLiteConnection, _ id: Int64, token: String, output: Digest) throws -> JobRecord {
+        let job = try leased(conn, id, token: token)
+        guard job.state == .running, let key = job.key else { throw RegistryError(.conflict, "job \(id) was not started") }
+        guard let repo = try conn.repositoryID(job.inputRepository), let manifest = try conn.manifest(repo: repo, output) else {
+            throw RegistryError(.manifestUnknown, "output \(output) is not a manifest of \(job.inputRepository)")
+        }
+        guard try conn.jobOutput(key: key)?.digest == output.description else {
+            throw RegistryError(
+                .manifestInvalid,
+                "output \(output) does not carry the job's key \(key) (annotation \(JobAnnotations.key)); artifactType \(manifest.artifactType ?? "none")"
+            )
+        }
+        return job
     }
 
     /// The job failed. It is queued again after a backoff while attempts remain, unless
@@ -389,6 +410,7 @@ extension JobQueue {
         try db.write { conn in
             let now = Self.now()
             for job in try conn.leasableJobs(kinds: [kind], now: now, limit: 1) {
+                guard try applyPickleGate(conn, job) else { continue }
                 let token = UUID().uuidString
                 if try conn.leaseJob(job.id, runner: "depot-\(kind)", token: token, expires: now + job.timeoutMs, now: now) {
                     let key = Digest.of(Array("depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec)\n\(kind)".utf8))
@@ -416,6 +438,15 @@ extension JobQueue {
 
     /// A server-run stage succeeded (a signed webhook callback, a promoted rollout); `output`,
     /// when given, is a manifest of the input's repository.
+    /// Whether `output` is a manifest of the job's input repository (a webhook stage's output
+    /// is signed only then).
+    public func outputExists(_ job: JobRecord, _ output: Digest) throws -> Bool {
+        try db.read { conn in
+            guard let repo = try conn.repositoryID(job.inputRepository) else { return false }
+            return try conn.manifestExists(repo: repo, output)
+        }
+    }
+
     public func completeServerJob(_ id: Int64, output: Digest?) throws -> JobRecord {
         try db.write { conn in
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }

@@ -171,6 +171,12 @@ public enum PipelineLoader {
                 guard k.range(of: "^[A-Za-z_][A-Za-z0-9_]*$", options: .regularExpression) != nil else {
                     throw r.error(v, "\(at).with: parameter name '\(k)' must be letters, digits and _")
                 }
+                guard !PickleGate.reservedParameters.contains(k.lowercased()) else {
+                    throw r.error(
+                        v,
+                        "\(at).with.\(k): the pickle policy is the operator's, per repository: list trusted repositories in "
+                            + "pipelines.trust_pickle in the server config (docs/SECURITY.md)")
+                }
                 guard case .scalar(let s) = v else { throw r.error(v, "\(at).with.\(k): must be a scalar (string, number or boolean)") }
                 try r.template(v, s.string, "\(at).with.\(k)")
                 stage.with[k] = s.string

@@ -24,7 +24,7 @@ struct StoreByteSource: ByteSource {
 
 extension Registry {
     /// Annotation keys naming a layer's file path (ModelPack's first, then OCI's title).
-    static let filePathKeys = ["org.cncf.model.filepath", "org.opencontainers.image.title"]
+    public static let filePathKeys = ["org.cncf.model.filepath", "org.opencontainers.image.title"]
 
     /// Detects the format of every named file of an image manifest and extracts its metadata
     /// (DepotFormats). A safetensors file whose header lies (offsets that do not fit) rejects

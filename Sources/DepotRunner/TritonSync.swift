@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import DepotAPI
 import DepotClient
 import DepotCore
+import DepotTrust
 import Foundation
 import Logging
 import NIOCore
@@ -21,6 +22,9 @@ public struct TritonSyncOptions: Sendable {
     public var pollMode = false
     public var interval: Duration = .seconds(2)
     public var cacheBytes: Int64 = 20 << 30
+    /// Public keys one of which must have signed a bundle before it is loaded (checked here,
+    /// against the node's own copies: the registry is not asked). Empty: bundles are not checked.
+    public var trustedKeys: [TrustedKey] = []
 
     public init(repository: String, environment: String, node: String, modelRepository: String, tritonURL: String) {
         self.repository = repository
@@ -164,6 +168,7 @@ public final class TritonSync: Sendable {
     static let digestMarker = ".depot-digest"
 
     func deploy(digest: String, version: Int, model: String) async throws {
+        try await verifySignature(digest)
         let fm = FileManager.default
         let stage = options.stagingDirectory + "/pull-\(UUID().uuidString.prefix(8))"
         defer { try? fm.removeItem(atPath: stage) }
@@ -211,6 +216,26 @@ public final class TritonSync: Sendable {
         for entry in try fm.contentsOfDirectory(atPath: modelDir) where Int(entry) != nil && entry != String(version) {
             try? fm.removeItem(atPath: modelDir + "/" + entry)
         }
+    }
+
+    /// Refuses a bundle no trusted key signed, before anything is pulled or laid out. The pull
+    /// that follows is by digest (the puller checks the manifest's digest), so what is loaded is
+    /// what was verified.
+    func verifySignature(_ digest: String) async throws {
+        guard !options.trustedKeys.isEmpty else { return }
+        let d = try Digest(parsing: digest)
+        let checks = try await connection.checkSignatures(
+            options.repository, d, verifier: SignatureVerifier(keys: options.trustedKeys))
+        if let good = checks.first(where: { !$0.verified.isEmpty }) {
+            logger.info(
+                "triton-sync \(options.node): \(digest.prefix(19)) is signed by \(good.verified.map(\.key).joined(separator: ", "))")
+            return
+        }
+        let reasons = checks.compactMap(\.failure)
+        throw LoadFailure(
+            message:
+                "refusing to load \(digest.prefix(19)): no signature by a trusted key (\(options.trustedKeys.map(\.name).joined(separator: ", ")))"
+                + (reasons.isEmpty ? "; it has no signatures" : ": " + reasons.prefix(3).joined(separator: "; ")))
     }
 
     /// `[A-Za-z0-9_.-]{1,128}`, not only dots (the model name becomes a directory and a URL path).

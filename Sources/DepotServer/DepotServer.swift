@@ -29,6 +29,7 @@ public struct DepotService {
         metricsSource: (any MetricsSource)? = nil,
         auth: AuthService? = nil,
         tls: TLSCertificateStore? = nil,
+        trust: TrustService? = nil,
         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     )
         -> some ApplicationProtocol
@@ -36,7 +37,8 @@ public struct DepotService {
         let policy = config.canary
         // Weight changes reach the router hook in order, through one stream.
         let (routerChanges, routerFeed) = AsyncStream<DeploymentRecord>.makeStream()
-        let deployments = Deployments(registry: registry, policy: policy) { d in
+        let trust = trust ?? TrustService.none(registry: registry, logger: logger)
+        let deployments = Deployments(registry: registry, policy: policy, admission: trust) { d in
             if policy.routerCommand != nil || policy.routerURL != nil { routerFeed.yield(d) }
         }
         let limits = config.limits
@@ -44,7 +46,7 @@ public struct DepotService {
         let responder = OCIResponder(
             registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
             callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments, limits: limits, auth: auth,
-            scheme: tls == nil ? "http" : "https")
+            scheme: tls == nil ? "http" : "https", trust: trust)
         let headerTimeout = TimeAmount.milliseconds(Int64(limits.headerTimeoutSeconds * 1000))
         return Application(
             responder: responder,
@@ -96,8 +98,14 @@ public struct DepotService {
         let root = config.storageRoot
         let auth = try await Self.makeAuth(config: config, db: store.catalog, bootstrapSecret: try Self.bootstrapSecret(config))
         let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger, auth: auth)
+        let trust = try TrustService.make(config: config, registry: registry, logger: logger)
+        if let key = trust.signingKey {
+            logger.info("signing pipeline outputs with key \(key.keyID.prefix(16)) (public key: GET /depot/v1/signing-key)")
+        } else {
+            logger.warning("signing.enabled is false: pipeline outputs are NOT signed; a deploy policy naming `pipeline` refuses them")
+        }
         let app = Self.makeApplication(
-            registry: registry, config: config, logger: logger, pipelines: pipelines, auth: auth, tls: tls
+            registry: registry, config: config, logger: logger, pipelines: pipelines, auth: auth, tls: tls, trust: trust
         ) { _ in
             logger.info("depot listening on \(listen), storage \(root), authentication \(auth.enabled ? "on" : "OFF")")
         }
@@ -160,6 +168,11 @@ public struct PipelineSetup: Sendable {
         options.leaseSeconds = p.leaseSeconds
         options.retryBaseSeconds = p.retryBaseSeconds
         options.logRetentionSeconds = p.logRetentionDays * 86400
+        options.trustPickle = p.trustPickle
+        if !p.trustPickle.isEmpty {
+            logger.warning(
+                "pipelines: pickles of \(p.trustPickle.joined(separator: ", ")) reach stages whatever they import (pipelines.trust_pickle)")
+        }
         jobs = JobQueue(registry: registry, pipelines: loaded, options: options)
         let host = config.listenHost.contains(":") ? "[\(config.listenHost)]" : config.listenHost
         let local = "\(config.tls == nil ? "http" : "https")://\(host == "0.0.0.0" ? "127.0.0.1" : host):\(config.listenPort)"

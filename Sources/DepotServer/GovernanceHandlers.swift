@@ -28,7 +28,8 @@ struct GovernanceHandlers: RouteHandlers {
         let metrics = e.metrics.flatMap { try? WireJSON.decode([String: String].self, from: Array($0.utf8), what: "metrics") }
         return LineageEdgeRecord(
             child: e.child, parent: e.parent, relation: e.relation, parentRef: e.parentRef, repository: e.repository,
-            at: iso(e.createdAt), run: e.run, dataset: e.dataset, commit: e.commit, job: e.job, metrics: metrics)
+            at: iso(e.createdAt), run: e.run, dataset: e.dataset, commit: e.commit, job: e.job, metrics: metrics,
+            verifiedJob: e.verifiedJob)
     }
 
     static func record(_ n: LineageNode) -> LineageNodeRecord {

@@ -25,6 +25,8 @@ struct JobHandlers: RouteHandlers {
     let callbackSecrets: [String: String]
     /// Cancelling a canary stage's job stops its rollout.
     let deployments: Deployments
+    /// Signs every stage output before its job completes.
+    let trust: TrustService
 
     func queue() throws -> JobQueue {
         guard let jobs else {
@@ -168,7 +170,15 @@ struct JobHandlers: RouteHandlers {
         let body = try await self.body(request, as: JobCompleteRequest.self)
         let token = try Self.required(body.leaseToken, "lease_token")
         let output = try RequestParsing.digest(try Self.required(body.output, "output"))
-        try await offload { try jobs.complete(id, token: token, output: output) }
+        let trust = self.trust
+        try await offload {
+            // Signed before the job completes: the next stage (a canary's deploy policy) never
+            // sees an unsigned output of a completed job. A completion refused after this leaves
+            // a signature on an output the lease holder did push under the lease.
+            let job = try jobs.completable(id, token: token, output: output)
+            try trust.signJobOutput(job, output: output)
+            try jobs.complete(id, token: token, output: output)
+        }
         return Reply.encoded(try Self.info(try await offload { try jobs.job(id) }))
     }
 
@@ -236,7 +246,11 @@ struct JobHandlers: RouteHandlers {
         switch body.status {
         case .succeeded:
             let output = try body.output.map(RequestParsing.digest)
-            updated = try await offload { try jobs.completeServerJob(id, output: output) }
+            let trust = self.trust
+            updated = try await offload {
+                if let output, job.state == .running, try jobs.outputExists(job, output) { try trust.signJobOutput(job, output: output) }
+                return try jobs.completeServerJob(id, output: output)
+            }
         case .failed:
             let reason = body.reason ?? "the webhook reported a failure"
             let permanent = body.permanent ?? false

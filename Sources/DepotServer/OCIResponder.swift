@@ -29,6 +29,7 @@ public struct OCIResponder: HTTPResponder {
     let jobs: JobHandlers
     let deploy: DeployHandlers
     let identity: AuthHandlers
+    let signatures: TrustHandlers
     /// nil or disabled: every route is open (a loopback development server).
     let auth: AuthService?
     /// `http` or `https`, for the token endpoint's URL in challenges.
@@ -38,9 +39,11 @@ public struct OCIResponder: HTTPResponder {
     /// `callbackSecrets` are the secrets of webhook stages, by "pipeline/stage".
     public init(
         registry: Registry, metrics: ServerMetrics, logger: Logger, jobs: JobQueue? = nil, callbackSecrets: [String: String] = [:],
-        deployments: Deployments? = nil, limits: ServerConfig.ServerLimits = .init(), auth: AuthService? = nil, scheme: String = "http"
+        deployments: Deployments? = nil, limits: ServerConfig.ServerLimits = .init(), auth: AuthService? = nil, scheme: String = "http",
+        trust: TrustService? = nil
     ) {
-        let deployments = deployments ?? Deployments(registry: registry, policy: CanaryPolicy())
+        let trust = trust ?? TrustService.none(registry: registry, logger: logger)
+        let deployments = deployments ?? Deployments(registry: registry, policy: CanaryPolicy(), admission: trust)
         self.registry = registry
         self.metrics = metrics
         self.logger = logger
@@ -52,7 +55,9 @@ public struct OCIResponder: HTTPResponder {
             registry: registry, metrics: metrics, recipeCommits: ConcurrencyGate(limit: limits.maxRecipeCommits),
             visibility: auth.flatMap { $0.enabled ? ChunkVisibility(policy: $0.policy, db: registry.store.catalog) : nil })
         governance = GovernanceHandlers(registry: registry, auth: auth)
-        self.jobs = JobHandlers(registry: registry, jobs: jobs, callbackSecrets: callbackSecrets, deployments: deployments)
+        self.jobs = JobHandlers(
+            registry: registry, jobs: jobs, callbackSecrets: callbackSecrets, deployments: deployments, trust: trust)
+        signatures = TrustHandlers(registry: registry, trust: trust)
         deploy = DeployHandlers(registry: registry, deployments: deployments)
         identity = AuthHandlers(registry: registry, auth: auth)
         self.auth = auth
@@ -246,6 +251,9 @@ public struct OCIResponder: HTTPResponder {
         case .tokens: return try await identity.tokens(match, request)
         case .tokenCreate: return try await identity.tokenCreate(match, request)
         case .tokenRevoke: return try await identity.tokenRevoke(match, request)
+
+        case .signatures: return try await signatures.signatures(match, request)
+        case .signingKey: return try await signatures.signingKey(match, request)
         }
     }
 

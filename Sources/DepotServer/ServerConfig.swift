@@ -5,6 +5,7 @@ import DepotPipelines
 import DepotRegistry
 import DepotRunner
 import DepotStore
+import DepotTrust
 import Foundation
 import Yams
 
@@ -38,6 +39,10 @@ public struct ServerConfig: Sendable, Equatable {
     public var auth = AuthConfig()
     /// HTTPS (`server.tls:`); nil serves plain HTTP.
     public var tls: TLSSettings?
+    /// The `signing:` section: the pipeline signing key and trusted public keys.
+    public var signing = SigningConfig()
+    /// The `deploy_policy:` section: signatures a bundle needs per environment.
+    public var deployPolicy = DeployPolicy()
 
     /// The resource limits of the `server:` section. See "Limits and failure behaviour" in
     /// docs/ARCHITECTURE.md for what a client sees when one is hit.
@@ -68,6 +73,8 @@ public struct ServerConfig: Sendable, Equatable {
         public var retryBaseSeconds: Double = 5
         /// Logs of jobs finished longer ago are released to GC; 0 keeps them forever.
         public var logRetentionDays: Double = 30
+        /// Repositories (globs) whose pickles reach stages whatever they import (docs/SECURITY.md).
+        public var trustPickle: [String] = []
         /// Base URL webhook stages call back (default: http://<listen address>).
         public var callbackURL = ""
         public var runnerEnabled = true
@@ -303,6 +310,12 @@ public struct ServerConfig: Sendable, Equatable {
                 guard (0...36500).contains(v) else { throw reader.error("pipelines.log_retention_days", "must be 0 (forever) to 36500") }
                 config.pipelines.logRetentionDays = v
             }
+            if let raw = s["trust_pickle"] {
+                guard let list = raw as? [String], list.allSatisfy({ !$0.isEmpty }) else {
+                    throw reader.error("pipelines.trust_pickle", "must be a list of repository globs")
+                }
+                config.pipelines.trustPickle = list
+            }
             if let raw = s["runner"] {
                 guard let r = raw as? [String: Any] else { throw reader.error("pipelines.runner", "must be a mapping") }
                 if let v: Bool = try reader.value(r, "enabled") { config.pipelines.runnerEnabled = v }
@@ -465,8 +478,17 @@ public struct ServerConfig: Sendable, Equatable {
             }
         }
         try reader.section(root, "auth") { s in try Self.parseAuth(s, reader, into: &config) }
+        try reader.section(root, "signing") { s in try Self.parseSigning(s, reader, into: &config) }
+        if let raw = root["deploy_policy"] {
+            guard let s = raw as? [String: Any] else { throw reader.error("deploy_policy", "must be a mapping of environments") }
+            try Self.parseDeployPolicy(s, reader, into: &config)
+        }
         try reader.rejectUnknown(
-            root, known: ["server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats", "auth"], at: "")
+            root,
+            known: [
+                "server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats", "auth", "signing",
+                "deploy_policy",
+            ], at: "")
         return config
     }
 }
@@ -587,12 +609,16 @@ final class ConfigReader {
                 "rate_grace_seconds", "max_blob_gib",
             ],
             "aliases": ["protected", "immutable"],
-            "pipelines": ["directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "runner", "sandbox"],
+            "pipelines": [
+                "directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "trust_pickle", "runner",
+                "sandbox",
+            ],
             "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "router_url", "checks"],
             "auth": [
                 "enabled", "bootstrap_token_file", "token_ttl_seconds", "signing_key_file", "realm", "service", "anonymous_pull",
                 "password_iterations", "oidc",
             ],
+            "signing": ["enabled", "key_file", "trusted_keys"],
             "formats": [
                 "max_mib_per_blob", "max_seconds_per_blob", "max_seconds_per_manifest", "max_document_kib", "concurrency",
                 "cache_entries",

@@ -18,9 +18,11 @@ struct Inspect: AsyncParsableCommand {
         var mediaType: String
         var manifest: JSONValue
         var metadata: JSONValue?
+        /// As the registry verifies them (`depot verify --key` checks them locally).
+        var signatures: SignatureListAnswer?
 
         enum CodingKeys: String, CodingKey {
-            case reference, digest, manifest, metadata
+            case reference, digest, manifest, metadata, signatures
             case mediaType = "media_type"
         }
     }
@@ -31,11 +33,14 @@ struct Inspect: AsyncParsableCommand {
             let raw = (try? WireJSON.decode(JSONValue.self, from: m.bytes, what: "manifest")) ?? .object([:])
             let manifest = try? WireJSON.decode(OCIManifestDocument.self, from: m.bytes, what: "manifest")
             let metadata = try await connection.metadata(source.repository, m.digest)
+            // A registry without the signatures route (another OCI registry) just has none to show.
+            let signatures = try? await connection.request(
+                .GET, Routes[.signatures].path(name: source.repository, ["reference": m.digest.description]), as: SignatureListAnswer.self)
             if json {
                 return printJSON(
                     Output(
                         reference: source.description, digest: m.digest.description, mediaType: m.mediaType, manifest: raw,
-                        metadata: metadata))
+                        metadata: metadata, signatures: signatures))
             }
             print("reference      \(source)")
             print("digest         \(m.digest)")
@@ -72,6 +77,22 @@ struct Inspect: AsyncParsableCommand {
                 print("annotations")
                 for (k, v) in other { print("  \(k)  \(v)") }
             }
+            if let signatures {
+                print("signatures     \(signatures.signatures.isEmpty ? "none" : String(signatures.signatures.count))")
+                for sig in signatures.signatures {
+                    var line = "  \(sig.manifest.description.prefix(19))  "
+                    if sig.verified {
+                        line += "verified by \(sig.key ?? "?")"
+                        if let job = sig.job {
+                            line += ", job \(job) (\(sig.pipeline ?? "?")/\(sig.stage ?? "?")), runner \(sig.runner ?? "?")"
+                        }
+                    } else {
+                        line += "not verified: \(sig.reason ?? "?")"
+                    }
+                    print(line)
+                }
+                for v in signatures.policies { print("  policy \(v.environment): \(v.allowed ? "allowed" : "refused") (\(v.reason))") }
+            }
         }
     }
 
@@ -101,9 +122,9 @@ struct Inspect: AsyncParsableCommand {
         case "safetensors":
             let dtypes = (meta["dtypes"]?.object ?? [:]).map { "\($0.key) ×\($0.value.text)" }.sorted().joined(separator: ", ")
             return ["safetensors: \(str("tensor_count")) tensors, \(str("parameters")) parameters (\(dtypes))"]
-        case "pytorch":
+        case "pytorch", "pickle":
             var lines = [
-                "pytorch (\(str("container"))): \(str("entry_count")) entries; imports: \(list("imports").joined(separator: ", "))"
+                "\(str("format")) (\(str("container"))): \(str("entry_count")) entries; imports: \(list("imports").joined(separator: ", "))"
             ]
             if meta["unsafe"] == .bool(true) {
                 lines.append("UNSAFE pickle imports: \(list("unsafe_imports").joined(separator: ", "))")
@@ -111,7 +132,10 @@ struct Inspect: AsyncParsableCommand {
                     lines.append("DANGEROUS (code execution on load): \(list("dangerous_imports").joined(separator: ", "))")
                 }
             }
+            if meta["scan_complete"] == .bool(false) { lines.append("NOT SCANNED WHOLE: pipelines refuse it (see problems)") }
             return lines + list("problems").map { "problem: \($0)" }
+        case "skops":
+            return ["skops: \(str("model")); types: \(list("types").joined(separator: ", "))"] + list("problems").map { "problem: \($0)" }
         case "tensorrt-plan":
             return [
                 "tensorrt plan: compute capability \(meta["compute_capability"]?.text ?? "unknown"), TensorRT \(meta["tensorrt_version"]?.text ?? "unknown")"

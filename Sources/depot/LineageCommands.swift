@@ -94,6 +94,8 @@ struct LineageCommand: AsyncParsableCommand {
             if let value { parts.append("\(key)=\(value)") }
         }
         if let m = e.metrics { parts += m.keys.sorted().map { "\($0)=\(m[$0]!)" } }
+        // Verified: a pipeline job's runner pushed it under the lease and the registry signed it.
+        parts.append(e.verifiedJob.map { "verified(job \($0))" } ?? "declared")
         return parts.joined(separator: " ")
     }
 

@@ -158,8 +158,20 @@ struct TritonSyncCommand: AsyncParsableCommand {
     @Option(help: "Seconds between checks.") var interval: Double = 5
     @Option(help: "Staging directory for pulls (same filesystem as the model repository).") var stagingDir: String?
     @Flag(help: "Sync once and exit (status 1 when it failed).") var once = false
+    @Option(
+        name: .customLong("trusted-key"),
+        help: ArgumentHelp(
+            "A public key (PEM) a bundle must be signed by, as NAME=FILE or FILE; repeatable (any one suffices).",
+            discussion: "Get the registry's pipeline key with `depot key show` and copy it to the node out of band."))
+    var trustedKeys: [String] = []
+    @Flag(help: "Load bundles without checking signatures (not for production).") var allowUnsigned = false
 
     func validate() throws {
+        guard !trustedKeys.isEmpty || allowUnsigned else {
+            throw ValidationError(
+                "pass --trusted-key FILE (the registry's pipeline key: `depot key show --out FILE`), or --allow-unsigned to load bundles unverified"
+            )
+        }
         guard ["explicit", "poll"].contains(mode) else { throw ValidationError("--mode must be explicit or poll") }
         guard TritonSync.isSafeName(node) else { throw ValidationError("--node must be 1-128 of A-Z a-z 0-9 _ . -") }
         guard interval >= 0.2 else { throw ValidationError("--interval must be at least 0.2 s") }
@@ -178,6 +190,7 @@ struct TritonSyncCommand: AsyncParsableCommand {
         options.pollMode = mode == "poll"
         options.interval = .milliseconds(Int64(interval * 1000))
         if let stagingDir { options.stagingDirectory = stagingDir }
+        do { options.trustedKeys = try trustedKeys.map(loadTrustedKey) } catch { fail("\(error)") }
         let connection: RegistryConnection
         do { connection = try registry.connect() } catch { fail("\(error)") }
         let sync: TritonSync

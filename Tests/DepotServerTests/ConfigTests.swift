@@ -16,7 +16,29 @@ import Testing
 
     @Test func theShippedConfigLoadsAndEqualsTheDefaults() throws {
         let shipped = try ServerConfig.load(repoRoot + "/config/depot.yaml")
-        #expect(shipped == ServerConfig())
+        // Except the deploy policy: the shipped file lets only pipeline-signed bundles reach
+        // production; a config that says nothing has no policy (an environment needs a rule).
+        var expected = ServerConfig()
+        expected.deployPolicy.environments["production"] = .init(signedBy: ["pipeline"], pythonBackendSignedBy: ["pipeline"])
+        #expect(shipped == expected)
+    }
+
+    @Test func signingAndDeployPolicyKeysAreCheckedWithTheirNames() throws {
+        let c = try load(
+            "signing:\n  trusted_keys: {release: /k/release.pub}\ndeploy_policy:\n  production: {signed_by: [pipeline, release]}\n")
+        #expect(c.signing.trustedKeys == ["release": "/k/release.pub"])
+        #expect(c.deployPolicy.environments["production"]?.signedBy == ["pipeline", "release"])
+        for (bad, key) in [
+            ("signing:\n  trusted_keys: {pipeline: /k.pub}\n", "signing.trusted_keys.pipeline"),
+            ("signing:\n  trusted_keys: {Release: /k.pub}\n", "signing.trusted_keys.Release"),
+            ("signing:\n  keyfile: x\n", "signing.keyfile"),
+            ("deploy_policy:\n  production: {signed: [pipeline]}\n", "deploy_policy.production.signed"),
+            ("deploy_policy:\n  production: {signed_by: pipeline}\n", "deploy_policy.production.signed_by"),
+            ("deploy_policy: [production]\n", "deploy_policy"),
+        ] {
+            #expect(throws: DepotError.self, "\(bad)") { try load(bad) }
+            do { _ = try load(bad) } catch { #expect("\(error)".contains(key), "\(error)") }
+        }
     }
 
     @Test func settingsOverrideDefaults() throws {

@@ -7,6 +7,7 @@ import DepotRegistry
 import DepotRunner
 import DepotStore
 import DepotTestSupport
+import DepotTrust
 import Foundation
 import HummingbirdTesting
 import Logging
@@ -22,12 +23,15 @@ struct PipelineHarness: Sendable {
     let port: Int
     /// The admin token when the harness runs with authentication on (push and pull use it).
     var admin: String? = nil
+    /// Signs stage outputs (a key under the store root) and enforces `deployPolicy`.
+    var trust: TrustService
 
     var url: String { "http://127.0.0.1:\(port)" }
 
     static func run(
         pipelines yaml: [String], leaseSeconds: Double = 30, retryBase: Double = 0.05,
         webhooks: [String: (url: String, secret: String)] = [:], canary: CanaryPolicy? = nil, auth: Bool = false,
+        deployPolicy: DeployPolicy = DeployPolicy(), trustedKeys: [String: String] = [:],
         in directory: TempDir? = nil,
         _ body: @Sendable (PipelineHarness, any TestClientProtocol) async throws -> Void
     ) async throws {
@@ -41,6 +45,10 @@ struct PipelineHarness: Sendable {
         let jobs = JobQueue(registry: registry, pipelines: pipelines, options: options)
         var config = ServerConfig()
         config.listenPort = 0
+        // The live test client connects when the app starts and may stay silent longer than the
+        // 30 s header timeout while the whole suite loads both cores (its first request then met
+        // a closed connection). The timeout itself is tested in HostileInputTests.
+        config.limits.headerTimeoutSeconds = 600
         if let canary { config.canary = canary }
         var logger = Logger(label: "test")
         logger.logLevel = .critical
@@ -49,9 +57,14 @@ struct PipelineHarness: Sendable {
         config.storageRoot = dir.path + "/store"
         config.auth.enabled = auth
         let authService = try await DepotService.makeAuth(config: config, db: store.catalog, bootstrapSecret: auth ? bootstrapSecret : nil)
-        let app = DepotService.makeApplication(registry: registry, config: config, logger: logger, pipelines: setup, auth: authService)
+        config.deployPolicy = deployPolicy
+        config.signing.trustedKeys = trustedKeys
+        let trust = try TrustService.make(config: config, registry: registry, logger: logger)
+        let app = DepotService.makeApplication(
+            registry: registry, config: config, logger: logger, pipelines: setup, auth: authService, trust: trust)
         try await app.test(.live) { client in
-            let harness = PipelineHarness(dir: dir, registry: registry, jobs: jobs, port: client.port!, admin: auth ? bootstrapSecret : nil)
+            let harness = PipelineHarness(
+                dir: dir, registry: registry, jobs: jobs, port: client.port!, admin: auth ? bootstrapSecret : nil, trust: trust)
             // The scheduler registers its cursor on its first tick: changes before it are not acted on.
             for _ in 0..<100 where try registry.store.catalog.read({ try $0.webhookCursor("pipelines") }) == nil {
                 try await Task.sleep(for: .milliseconds(20))
@@ -126,7 +139,7 @@ struct PipelineHarness: Sendable {
 
     /// Waits (bounded) until `done` holds for the jobs; returns them.
     @discardableResult
-    func waitJobs(timeout: Double = 30, _ done: ([JobRecord]) -> Bool) async throws -> [JobRecord] {
+    func waitJobs(timeout: Double = 90, _ done: ([JobRecord]) -> Bool) async throws -> [JobRecord] {
         let deadline = Date().addingTimeInterval(timeout)
         while true {
             let list = try jobs.jobs(state: nil, pipeline: nil, limit: 1000)

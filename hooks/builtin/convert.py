@@ -2,8 +2,9 @@
 """Built-in pipeline stage `convert`: a model -> model.onnx (docs/PIPELINES.md, "The stage contract").
 
 Inputs (DEPOT_INPUT_DIR):
-  - a scikit-learn model pickled as *.pkl / *.pickle (pickle) or *.joblib (joblib) -> skl2onnx;
-  - a PyTorch *.pt / *.pth (TorchScript archive, or a whole pickled nn.Module with trust_pickle)
+  - a scikit-learn model saved with skops (*.skops: no code, only types skops trusts), pickled as
+    *.pkl / *.pickle (pickle) or *.joblib (joblib, uncompressed) -> skl2onnx;
+  - a PyTorch *.pt / *.pth (TorchScript archive, or a whole pickled nn.Module, both only with trust_pickle)
     -> torch.onnx.export, when torch is importable (needs the input_shape parameter);
   - a TensorFlow SavedModel directory (saved_model.pb) -> tf2onnx, when tf2onnx and tensorflow are
     importable;
@@ -16,9 +17,13 @@ fails (exit 1) when the max absolute difference exceeds the tolerance.
 
 Parameters (DEPOT_PARAM_<NAME>, or DEPOT_PARAMS): target_opset, tolerance (default 1e-4),
 model_file (which file when the input holds several models), input_shape (PyTorch: e.g.
-"1,3,224,224"; also used for random samples of a TensorFlow model), pickle_modules (extra top-level
-modules a pickle may reference, comma-separated), trust_pickle (true: unpickle anything; pickles run
-code when loaded, only for inputs you trust).
+"1,3,224,224"; also used for random samples of a TensorFlow model), trust_pickle (true: unpickle
+anything; set by the server only, for a repository the operator lists in pipelines.trust_pickle;
+pipeline files cannot set it).
+
+Pickles: every pickle is scanned without being run and refused (exit 78) when it imports anything
+outside pickle_allowlist.txt (the list the server's scanner uses), then loaded through an unpickler
+restricted to the same list (docs/SECURITY.md).
 
 Exit status: 0 done; 78 the input can never be converted on this runner (unknown format, missing
 library, unconvertible model); 1 the conversion ran but failed verification, or another error.
@@ -35,7 +40,7 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Optional
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Optional
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +60,7 @@ HOOK_VERSION = 1
 ONNX_ARTIFACT_TYPE = "application/vnd.depot.onnx.v1"
 RELATION = RELATION_CONVERTED_FROM
 
-SKLEARN_EXT = (".pkl", ".pickle", ".joblib")
+SKLEARN_EXT = (".pkl", ".pickle", ".joblib", ".skops")
 TORCH_EXT = (".pt", ".pth")
 
 # A list-valued parameter given in DEPOT_PARAMS (input_shape: [1, 3, 224, 224]) reaches shape_param as JSON.
@@ -88,63 +93,280 @@ def list_files(root: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Restricted unpickling. A pickle runs code when it is loaded; a runner converts whatever was
-# pushed, so by default only classes from scikit-learn / numpy / scipy (and a few reconstruction
-# helpers) may be referenced. This raises the bar; it is not a sandbox. trust_pickle=true lifts it.
+# Pickles. A pickle runs what it imports when it is loaded, and a runner converts whatever was pushed.
+# The policy (docs/SECURITY.md): a pickle may import only the exact (module, qualified name)
+# pairs of pickle_allowlist.txt, the file the server's scanner is checked against (one list). Every
+# pickle is first scanned without being run (scan_pickle, the same walk as the server's
+# Sources/DepotFormats/Pickle.swift), and refused when it imports anything else; it is then loaded
+# through an unpickler that imports nothing outside the list either. trust_pickle lifts both, and
+# only the server sets it: for a repository the operator lists in pipelines.trust_pickle.
 
-SAFE_ROOTS = {"sklearn", "numpy", "scipy"}
-DENIED_MODULE_PREFIXES = ("numpy.lib.npyio", "numpy.lib._npyio_impl", "numpy.lib.format", "numpy.lib._datasource",
-                          "numpy.f2py", "numpy.distutils", "numpy.testing", "scipy.io", "scipy.datasets",
-                          "sklearn.datasets", "sklearn.utils._testing", "sklearn.externals")
-DENIED_NAMES = {"memmap", "DataSource", "NpzFile"}
-SAFE_FUNCTIONS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.core._ufunc_config", "_unpickle"),
-    ("copyreg", "_reconstructor"), ("_codecs", "encode"),
+ALLOWLIST_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pickle_allowlist.txt")
+PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+JOBLIB_ARRAYS = "<joblib arrays: raw bytes inside the pickle, not scanned>"
+JOBLIB_WRAPPERS = {"NumpyArrayWrapper", "NDArrayWrapper", "ZNDArrayWrapper"}
+UNRESOLVED = "<unresolved STACK_GLOBAL>"
+MAX_TRACKED = 1024
+# joblib's compressors, by magic (a compressed dump cannot be scanned before it is decompressed).
+COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ", "xz"), (b"\x5d\x00\x00", "lzma"),
+              (b"\x04\x22\x4d\x18", "lz4"), (b"ZF", "zlib"))
+
+
+def load_allowlist(path: str = ALLOWLIST_FILE) -> frozenset[tuple[str, str]]:
+    """The (module, qualified name) pairs of pickle_allowlist.txt ("module name" lines, # comments)."""
+    pairs: set[tuple[str, str]] = set()
+    with open(path, encoding="utf-8") as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{number}: expected 'module name', got {line!r}")
+            pairs.add((parts[0], parts[1]))
+    return frozenset(pairs)
+
+
+ALLOWED = load_allowlist()
+
+
+def allowed(module: str, name: str) -> bool:
+    return (PY2_MODULES.get(module.strip(), module.strip()), name.strip()) in ALLOWED
+
+
+def compression(head: bytes) -> Optional[str]:
+    for magic, kind in COMPRESSED:
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 2 and head[0] & 0x0F == 8 and ((head[0] << 8) | head[1]) % 31 == 0:
+        return "zlib"
+    return None
+
+
+class StackModel:
+    """The unpickler's stack as the scanner follows it (Pickle.swift's StackModel): the current frame (values
+    pushed since the last MARK; its newest 64 kept, older ones counted as unknown) and the frames below. A
+    value it does not know is None; it never returns a known value where the unpickler would pop another."""
+    UNKNOWN_FRAME = sys.maxsize // 2
+
+    def __init__(self) -> None:
+        self.items: list[Optional[tuple[str, Any]]] = []
+        self.unknown = 0
+        self.frames: list[tuple[list[Optional[tuple[str, Any]]], int]] = []
+        self.frames_not_kept = 0
+
+    def top(self) -> Optional[tuple[str, Any]]:
+        return self.items[-1] if self.items else None
+
+    def push(self, item: Optional[tuple[str, Any]]) -> None:
+        self.items.append(item)
+        if len(self.items) > 64:
+            del self.items[:32]
+            self.unknown += 32
+
+    def pop(self, n: int = 1) -> Optional[tuple[str, Any]]:
+        item = None
+        for _ in range(n):
+            if self.items:
+                item = self.items.pop()
+            else:
+                item = None
+                if self.unknown > 0:
+                    self.unknown -= 1
+        return item
+
+    def mark(self) -> None:
+        if len(self.frames) < 1 << 16:
+            self.frames.append((self.items, self.unknown))
+        else:
+            self.frames_not_kept += 1
+        self.items, self.unknown = [], 0
+
+    def pop_mark(self) -> None:
+        if self.frames_not_kept > 0:
+            self.frames_not_kept -= 1
+            self.items, self.unknown = [], self.UNKNOWN_FRAME
+        elif self.frames:
+            self.items, self.unknown = self.frames.pop()
+        else:
+            self.items, self.unknown = [], self.UNKNOWN_FRAME
+
+    def pop_or_mark(self) -> None:
+        if not self.items and self.unknown == 0:
+            self.pop_mark()
+        else:
+            self.pop()
+
+
+# Each opcode's effect on the stack (pickle.py): (values popped, values pushed); MARK and the frame ones apart.
+STACK_EFFECT = {
+    "TUPLE1": (1, 1), "BINPERSID": (1, 1), "READONLY_BUFFER": (1, 1), "TUPLE2": (2, 1), "REDUCE": (2, 1),
+    "NEWOBJ": (2, 1), "TUPLE3": (3, 1), "NEWOBJ_EX": (3, 1), "APPEND": (1, 0), "SETITEM": (2, 0), "BUILD": (2, 1),
 }
-SAFE_BUILTINS = {"set", "frozenset", "slice", "range", "complex", "bytearray", "dict", "list", "tuple", "int",
-                 "float", "bool", "str", "bytes", "object"}
-SAFE_OTHER = {("collections", "OrderedDict"), ("collections", "defaultdict"), ("collections", "deque"),
-              ("collections", "Counter"), ("joblib.numpy_pickle", "NumpyArrayWrapper"),
-              ("joblib.numpy_pickle_compat", "NDArrayWrapper"), ("joblib.numpy_pickle_compat", "ZNDArrayWrapper")}
+FRAME_TO_VALUE = {"TUPLE", "LIST", "DICT", "FROZENSET", "OBJ"}
+FRAME_CONSUMED = {"APPENDS", "SETITEMS", "ADDITEMS", "POP_MARK"}
+STRING_OPS = {"STRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BINSTRING", "SHORT_BINSTRING"}
 
 
-def make_find_class(base: Any, filename: str, extra_roots: Iterable[str]) -> Callable[[Any, str, str], Any]:
-    roots = SAFE_ROOTS | set(extra_roots)
+def scan_pickle(f: IO[bytes]) -> list[str]:
+    """The imports of the pickle at f's position that are not allowed ("module.name"), found by walking its
+    opcodes without running any (the server's scan: Pickle.swift). Reads up to and including STOP; raises
+    ValueError on a malformed pickle. Linear in its size."""
+    import pickletools
+    unsafe: list[str] = []
+    stack = StackModel()
+    memo: dict[int, tuple[str, Any]] = {}
+    memo_count = 0
+    array_wrapper = False
 
-    def check(module: str, name: str, obj: object) -> None:
-        if (module, name) in SAFE_FUNCTIONS or (module, name) in SAFE_OTHER:
-            return
-        if module == "builtins" and name in SAFE_BUILTINS:
-            return
-        if module == "numpy.random._pickle" and name.startswith("__") and name.endswith("_ctor"):
-            return
-        import numpy
-        if isinstance(obj, numpy.ufunc):
-            return
-        obj_module = getattr(obj, "__module__", "") or ""
-        if (isinstance(obj, type) and module.split(".")[0] in roots and obj_module.split(".")[0] in roots
-                and not any(m.startswith(DENIED_MODULE_PREFIXES) for m in (module, obj_module))
-                and name.split(".")[-1] not in DENIED_NAMES):
-            return
-        raise StageError(
-            f"refusing to unpickle {filename}: it references {module}.{name}, which is not a scikit-learn, numpy or "
-            f"scipy class (pickles run code when loaded). If the input is trusted, set the parameter trust_pickle: true, "
-            f"or list its module in pickle_modules", EX_CONFIG)
+    def add_import(module: str, name: str) -> None:
+        nonlocal array_wrapper
+        module = PY2_MODULES.get(module.strip(), module.strip())
+        name = name.strip()
+        if (module, name) not in ALLOWED:
+            unsafe.append(f"{module}.{name}")
+        if module == "joblib.numpy_pickle" and name in JOBLIB_WRAPPERS:
+            array_wrapper = True
+        stack.push(("g", (module, name)) if len(module) <= MAX_TRACKED and len(name) <= MAX_TRACKED else None)
 
+    for op, arg, _ in pickletools.genops(f):
+        if array_wrapper:
+            # joblib writes each array's raw bytes into the stream right after its wrapper: not opcodes.
+            unsafe.append(JOBLIB_ARRAYS)
+            return unsafe
+        name = op.name
+        if name == "STOP":
+            break
+        if name in STRING_OPS:
+            text = arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
+            stack.push(("s", text) if len(text.encode("utf-8", "surrogatepass")) <= MAX_TRACKED else None)
+        elif name == "GLOBAL":
+            module, _, attr = str(arg).partition(" ")
+            add_import(module, attr)
+        elif name == "INST":
+            module, _, attr = str(arg).partition(" ")
+            add_import(module, attr)
+            stack.pop()
+            stack.pop_mark()
+            stack.push(None)
+        elif name == "STACK_GLOBAL":
+            n = stack.pop()
+            m = stack.pop()
+            if m is not None and n is not None and m[0] == "s" and n[0] == "s":
+                add_import(m[1], n[1])
+            else:
+                unsafe.append(UNRESOLVED)
+                stack.push(None)
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            index = memo_count if name == "MEMOIZE" else int(str(arg))
+            memo_count = max(memo_count, index + 1)
+            top = stack.top()
+            if top is not None and (len(memo) < 1 << 18 or index in memo):
+                memo[index] = top
+            else:
+                memo.pop(index, None)
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.push(memo.get(int(str(arg))))
+        elif name in STACK_EFFECT:
+            pops, pushes = STACK_EFFECT[name]
+            stack.pop(pops)
+            if pushes:
+                stack.push(None)
+        elif name in FRAME_TO_VALUE:
+            stack.pop_mark()
+            stack.push(None)
+        elif name in FRAME_CONSUMED:
+            stack.pop_mark()
+        elif name == "MARK":
+            stack.mark()
+        elif name == "POP":
+            stack.pop_or_mark()
+        elif name == "DUP":
+            stack.push(stack.top())
+        elif name in ("PROTO", "FRAME"):
+            pass
+        else:
+            stack.push(None)
+    else:
+        if array_wrapper:
+            unsafe.append(JOBLIB_ARRAYS)
+            return unsafe
+        raise ValueError("pickle ends without a STOP opcode")
+    return unsafe
+
+
+def scan_file(path: str) -> list[str]:
+    """Unsafe imports of a pickle-bearing file, as the server finds them: every *.pkl entry of a ZIP (a
+    PyTorch archive), else the pickles at the start of the file (up to five back to back, as torch.save's
+    legacy format writes). Raises ValueError for a file that cannot be scanned."""
+    import zipfile
+    name = os.path.basename(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04"):
+        out: list[str] = []
+        with zipfile.ZipFile(path) as z:
+            entries = [i for i in z.infolist() if i.filename.endswith(".pkl")]
+            if not any(i.filename == "data.pkl" or i.filename.endswith("/data.pkl") for i in entries):
+                raise ValueError(f"{name} is a ZIP archive without a data.pkl entry, not a PyTorch checkpoint")
+            for info in entries:
+                with z.open(info) as entry:
+                    out += scan_pickle(entry)
+        return out
+    kind = compression(head)
+    if kind:
+        raise ValueError(f"{name} is {kind}-compressed and cannot be scanned for the code it would run; save it "
+                         "uncompressed (joblib.dump(..., compress=0)) or as a .skops file")
+    out = []
+    with open(path, "rb") as f:
+        for i in range(5):
+            if i > 0:
+                at = f.tell()
+                nxt = f.read(2)
+                if len(nxt) < 2 or nxt[0] != 0x80 or not 2 <= nxt[1] <= 5:
+                    break
+                f.seek(at)
+            out += scan_pickle(f)
+    return out
+
+
+def check_pickle(path: str) -> None:
+    """Refuses (exit 78) a pickle-bearing file that imports anything outside the allow-list, without running it."""
+    name = os.path.basename(path)
+    try:
+        unsafe = scan_file(path)
+    except StageError:
+        raise
+    except Exception as e:  # ValueError from pickletools, zipfile.BadZipFile, EOFError...
+        raise StageError(f"refusing to load {name}: it cannot be scanned for the code it would run ({type(e).__name__}: "
+                         f"{first_sentence(e)})", EX_CONFIG)
+    if unsafe:
+        listed = ", ".join(sorted(set(unsafe))[:10])
+        raise StageError(f"refusing to unpickle {name}: it references {listed}, outside the pickle allow-list "
+                         "(pickles run code when loaded; hooks/builtin/pickle_allowlist.txt). Push safetensors, ONNX or a "
+                         ".skops file, or have the operator trust this repository (pipelines.trust_pickle)", EX_CONFIG)
+
+
+def make_find_class(filename: str) -> Callable[[Any, str, str], Any]:
+    """A find_class that imports only allow-listed pairs, checked before anything is imported."""
     def find_class(self: Any, module: str, name: str) -> Any:
-        obj = base.find_class(self, module, name)
-        check(module, name, obj)
+        mod_name = PY2_MODULES.get(module.strip(), module.strip())
+        if (mod_name, name.strip()) not in ALLOWED:
+            raise StageError(
+                f"refusing to unpickle {filename}: it references {mod_name}.{name}, outside the pickle allow-list (pickles "
+                "run code when loaded). Push safetensors, ONNX or a .skops file, or have the operator trust this "
+                "repository (pipelines.trust_pickle)", EX_CONFIG)
+        obj: Any = importlib.import_module(mod_name)
+        for part in name.strip().split("."):
+            obj = getattr(obj, part)
         return obj
 
     return find_class
 
 
-def restricted_unpickler(f: BinaryIO, filename: str, extra_roots: Iterable[str]) -> pickle.Unpickler:
-    """A pickle.Unpickler whose find_class admits only the allow-listed globals above."""
-    find_class = make_find_class(pickle.Unpickler, filename, extra_roots)
+def restricted_unpickler(f: BinaryIO, filename: str) -> pickle.Unpickler:
+    """A pickle.Unpickler whose find_class admits only the allow-listed pairs."""
+    find_class = make_find_class(filename)
 
     class Restricted(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
@@ -153,9 +375,33 @@ def restricted_unpickler(f: BinaryIO, filename: str, extra_roots: Iterable[str])
     return Restricted(f)
 
 
-def load_sklearn(path: str, trusted: bool, extra_roots: Iterable[str]) -> Any:
+def load_skops(path: str) -> Any:
+    """A .skops file: no code, only the types skops trusts by default are rebuilt (never the file's own list)."""
     name = os.path.basename(path)
-    is_joblib = path.endswith(".joblib")
+    try:
+        import skops.io as sio
+    except ImportError:
+        raise StageError(f"{name} is a skops file but skops is not installed on this runner", EX_CONFIG)
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as e:
+        raise StageError(f"{name} is not a valid skops file: {type(e).__name__}: {first_sentence(e)}", EX_CONFIG)
+    if untrusted:
+        raise StageError(f"refusing to load {name}: it holds types skops does not trust ({', '.join(untrusted[:10])})",
+                         EX_CONFIG)
+    try:
+        return sio.load(path)
+    except Exception as e:
+        raise StageError(f"{name} could not be loaded by skops: {type(e).__name__}: {first_sentence(e)}", EX_CONFIG)
+
+
+def load_sklearn(path: str, trusted: bool) -> Any:
+    name = os.path.basename(path)
+    if path.lower().endswith(".skops"):
+        return load_skops(path)
+    is_joblib = path.lower().endswith(".joblib")
+    if not trusted:
+        check_pickle(path)
     try:
         if is_joblib:
             try:
@@ -166,7 +412,7 @@ def load_sklearn(path: str, trusted: bool, extra_roots: Iterable[str]) -> Any:
             if trusted:
                 return joblib.load(path)
             original = jnp.NumpyUnpickler.__dict__.get("find_class")
-            jnp.NumpyUnpickler.find_class = make_find_class(pickle._Unpickler, name, extra_roots)
+            jnp.NumpyUnpickler.find_class = make_find_class(name)
             try:
                 return joblib.load(path)
             finally:
@@ -177,8 +423,7 @@ def load_sklearn(path: str, trusted: bool, extra_roots: Iterable[str]) -> Any:
         with open(path, "rb") as f:
             if trusted:
                 return pickle.load(f)
-
-            return restricted_unpickler(f, name, extra_roots).load()
+            return restricted_unpickler(f, name).load()
     except StageError:
         raise
     except (ModuleNotFoundError, ImportError) as e:
@@ -301,8 +546,7 @@ def convert_sklearn(inp: str, out: str, rel: str, files: list[str], tolerance: f
         from skl2onnx.common.data_types import FloatTensorType
     except ImportError as e:
         raise StageError(f"scikit-learn pickle {rel} needs skl2onnx, which is not importable on this runner: {e}", EX_CONFIG)
-    extra = [m.strip() for m in (param("pickle_modules") or "").split(",") if m.strip()]
-    model = load_sklearn(os.path.join(inp, rel), bool_param("trust_pickle"), extra)
+    model = load_sklearn(os.path.join(inp, rel), bool_param("trust_pickle"))
     kind = type(model).__module__ + "." + type(model).__qualname__
     if not type(model).__module__.startswith("sklearn") and not hasattr(model, "predict") and not hasattr(model, "transform"):
         raise StageError(f"{rel} holds a {kind}, not a scikit-learn model", EX_CONFIG)
@@ -437,6 +681,9 @@ def convert_pytorch(inp: str, out: str, rel: str, files: list[str], tolerance: f
     if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
         raise StageError(f"PyTorch checkpoint {name} is neither a ZIP archive nor a pickle (starts with {head!r}): "
                          "not a PyTorch checkpoint", EX_CONFIG)
+    trusted = bool_param("trust_pickle")
+    if not trusted:
+        check_pickle(path)  # before torch reads it: torch.jit.load unpickles its constants too
     model = None
     try:
         model = torch.jit.load(path, map_location="cpu")
@@ -444,7 +691,6 @@ def convert_pytorch(inp: str, out: str, rel: str, files: list[str], tolerance: f
     except Exception:
         pass
     if model is None:
-        trusted = bool_param("trust_pickle")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=not trusted)
         except Exception as e:

@@ -5,7 +5,11 @@
 #   (a) a healthy new version rolls through 1% -> 10% -> 50% -> 100% and becomes stable;
 #   (b) a failing version (its model raises) is rolled back at its first analysis: the alias
 #       history shows the rollback with the metric values, and both nodes return to the stable one;
-#   (c) a slow version (its model sleeps) is rolled back on latency relative to the stable one.
+#   (c) a slow version (its model sleeps) is rolled back on latency relative to the stable one;
+#   (d) a version that cannot load is rolled back on the nodes' reports;
+#   (e) signatures: production's deploy policy refuses an unsigned bundle; nodes verify with their
+#       own copy of the release key, so a manifest replaced after signing, rolled out by a
+#       registry that lost its policy, is refused by triton-sync and rolled back.
 # Analysis windows are seconds here (15 minutes by default).
 #
 #   scripts/e2e/canary.sh        (after `swift build --product depot`; builds it if missing)
@@ -49,9 +53,9 @@ REPO=demo/adder
 status() { "$DEPOT" rollout status "$REPO" production --json; }
 
 # Bundles: v1 and v2 healthy (v2 differs only by a comment), v3 raises, v4 sleeps 300 ms a request,
-# v5 cannot even be loaded (its model.py raises at import).
-for v in 1 2 3 4 5; do
-  case $v in 1|2|5) b=ok;; 3) b=fail;; 4) b=slow;; esac
+# v5 cannot even be loaded (its model.py raises at import), v6 healthy but never signed.
+for v in 1 2 3 4 5 6; do
+  case $v in 1|2|5|6) b=ok;; 3) b=fail;; 4) b=slow;; esac
   "$PY" Tests/e2e/make_bundle.py "$T/b$v" --model-name "$MODEL" --behaviour "$b" --delay-ms 300 >/dev/null || { bad "make_bundle v$v"; exit 1; }
   echo "# bundle v$v" >> "$T/b$v/$MODEL/1/model.py"
 done
@@ -59,11 +63,16 @@ printf 'raise RuntimeError("v5 cannot start: missing weights")\n' | cat - "$T/b5
 
 # Prometheus scrapes both Triton metrics ports (chosen now, used by the nodes below).
 MA="$(free_port)"; MB="$(free_port)"; PROM_PORT="$(free_port)"
+# The release manager's signing key; the registry and the nodes trust its public half.
+"$DEPOT" key generate --out "$T/release.pem" > "$T/release.pub" && ok "release signing key created" || { bad "depot key generate"; exit 1; }
 cat > "$T/depot.yaml" <<EOF
 server: {listen: 127.0.0.1:$PORT, log_level: info}
 storage: {root: $T/storage}
 pipelines: {directory: ""}
 auth: {enabled: true}
+signing: {trusted_keys: {release: $T/release.pub}}
+deploy_policy:
+  production: {signed_by: [release]}
 canary:
   prometheus_url: http://127.0.0.1:$PROM_PORT
   steps: [1, 10, 50, 100]
@@ -97,7 +106,15 @@ code="$(curl -s -o /dev/null -w '%{http_code}' -X POST "$DEPOT_REGISTRY/depot/v1
 [[ "$code" == 401 ]] && ok "an anonymous rollout is refused (401)" || bad "anonymous rollout answered $code"
 
 # (0) v1 is the first deployment: stable at once.
-for v in 1 2 3 4 5; do DEPOT_TOKEN="$CI" "$DEPOT" push "$REPO:v$v" "$T/b$v" --quiet >/dev/null || { bad "push v$v"; exit 1; }; done
+for v in 1 2 3 4 5 6; do DEPOT_TOKEN="$CI" "$DEPOT" push "$REPO:v$v" "$T/b$v" --quiet >/dev/null || { bad "push v$v"; exit 1; }; done
+# Releases v1-v5 are signed with the release key (pushing the signature referrer needs push rights).
+for v in 1 2 3 4 5; do DEPOT_TOKEN="$CI" "$DEPOT" sign "$REPO:v$v" --key "$T/release.pem" --signer release-manager >/dev/null || bad "sign v$v"; done
+"$DEPOT" verify "$REPO:v1" --key "release=$T/release.pub" > "$T/verify1.txt" && grep -q "verified by release" "$T/verify1.txt" \
+  && ok "v1 verifies locally against the release key: $(sed -n 2p "$T/verify1.txt" | cut -c1-120)" || bad "verify v1: $(cat "$T/verify1.txt")"
+out="$("$DEPOT" verify "$REPO:v6" --key "release=$T/release.pub" 2>&1)" && bad "unsigned v6 verified" || ok "unsigned v6 does not verify: ${out##*error: }"
+out="$("$DEPOT" rollout start "$REPO" production v6 2>&1)" && bad "an unsigned bundle was rolled out to production" \
+  || { [[ "$out" == *"deploy policy"*"release"* ]] && ok "production refuses the unsigned v6: ${out#Error: }" || bad "unsigned rollout refused for another reason: $out"; }
+"$DEPOT" inspect "$REPO:v6" | grep -q "policy production: refused" && ok "depot inspect shows the policy verdict" || bad "inspect v6: $("$DEPOT" inspect "$REPO:v6" | tail -n 4)"
 out="$("$DEPOT" push "$REPO:sneaky" "$T/b1" --quiet 2>&1)" && bad "a deployer pushed" || ok "a deployer token cannot push: ${out#error: }"
 out="$(DEPOT_TOKEN="$CI" "$DEPOT" rollout start "$REPO" production v2 2>&1)" && bad "CI started a rollout" || ok "a CI token cannot start a rollout"
 V1="$("$DEPOT" inspect "$REPO:v1" --json | json 'd["digest"]')"
@@ -121,6 +138,7 @@ URL_A="$(head -n 1 "$T/tritonA.out" | json 'd["http"]')"; URL_B="$(head -n 1 "$T
 for n in A B; do
   url=$([[ $n == A ]] && echo "$URL_A" || echo "$URL_B")
   DEPOT_TOKEN="$NODE" "$DEPOT" triton-sync --deployment "$REPO:production" --model-repository "$T/repo$n" --node "node-$n" --triton "$url" --interval 1 \
+    --trusted-key "release=$T/release.pub" \
     > "$T/sync$n.log" 2>&1 & PIDS+=($!)
 done
 nodes_on() {  # nodes_on DIGEST: both nodes report serving it, ready
@@ -201,6 +219,30 @@ assert "v5 cannot start" in r["reason"], r["reason"]
 EOF
 grep -q "failed to load" "$T"/sync?.log && ok "triton-sync logged the load failure and restored the previous version" || bad "triton-sync logs: $(tail -n 5 "$T"/sync?.log)"
 wait_for 60 "both nodes on v2" nodes_on "$V2" && ok "both nodes serve v2"
+
+# (e) The nodes do not take the registry's word. The registry restarts without its deploy policy (a
+# misconfigured or compromised registry), and v2's tag is re-pushed with a changed model.py after v2
+# was signed: production would roll out a digest nobody signed. triton-sync verifies it against its
+# own copy of the release key, refuses to load it, reports the failure, and the rollout rolls back.
+kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null
+grep -v -e '^deploy_policy:' -e '^  production: {signed_by' "$T/depot.yaml" > "$T/depot-nopolicy.yaml"
+DEPOT_ADMIN_TOKEN="$ADMIN" "$DEPOT" serve --config "$T/depot-nopolicy.yaml" > "$T/depot2.log" 2>&1 & PIDS[0]=$!
+wait_for 20 "depot serve (restarted without a deploy policy)" curl -sf "$DEPOT_REGISTRY/healthz" || exit 1
+echo "# replaced after signing" >> "$T/b2/$MODEL/1/model.py"
+DEPOT_TOKEN="$CI" "$DEPOT" push "$REPO:v2" "$T/b2" --quiet >/dev/null || bad "re-push of v2"
+V2X="$("$DEPOT" inspect "$REPO:v2" --json | json 'd["digest"]')"
+[[ "$V2X" != "$V2" ]] && ok "v2's tag now names a replaced manifest ($V2X)" || bad "v2 was not replaced"
+"$DEPOT" rollout start "$REPO" production v2 > /dev/null && ok "the policy-less registry starts a rollout of the replaced v2" || bad "rollout start of replaced v2"
+wait_for 60 "the replaced v2 to be rolled back" rollout_is rolled-back
+status > "$T/e.json"
+"$PY" - "$T/e.json" <<'EOF' && ok "replaced v2 rolled back: $(json 'd["rollout"]["reason"]' < "$T/e.json" | cut -c1-220)" || bad "scenario (e): $(head -c 1500 "$T/e.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))["rollout"]
+assert [e["decision"] for e in r["decisions"]] == ["start", "rollback"], r["decisions"]
+assert "no signature by a trusted key" in r["reason"], r["reason"]
+EOF
+grep -q "refusing to load" "$T"/sync?.log && ok "triton-sync refused to load the unsigned digest" || bad "triton-sync logs: $(tail -n 5 "$T"/sync?.log)"
+wait_for 60 "both nodes on v2" nodes_on "$V2" && ok "both nodes still serve the signed v2"
 
 # The served facts and the audit journal.
 served="$(curl -sf -H "Authorization: Bearer $AUDITOR" "$DEPOT_REGISTRY/depot/v1/lineage/$V3/served")"

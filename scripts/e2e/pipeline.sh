@@ -5,7 +5,8 @@
 # (nvidia-pytriton's tritonserver 2.51, python backend running the ONNX through onnxruntime), its
 # answers match the original model, and the bundle's lineage walks back to the pushed model with
 # the job ids. A replayed tag starts nothing new; a model the converter cannot handle fails
-# permanently with its reason and publishes nothing.
+# permanently with its reason and publishes nothing; a malicious pickle runs nothing and its job
+# fails before any runner receives it.
 #
 #   scripts/e2e/pipeline.sh        (after `swift build --product depot`; builds it if missing)
 #
@@ -36,6 +37,10 @@ cat > "$T/depot.yaml" <<EOF
 server: {listen: 127.0.0.1:$PORT, log_level: info}
 storage: {root: $T/storage}
 auth: {enabled: true}
+# Only what the pipeline built and signed may reach production (a Python-backend bundle runs its
+# model.py on every node).
+deploy_policy:
+  production: {signed_by: [pipeline], python_backend_signed_by: [pipeline]}
 pipelines:
   directory: $ROOT/config/pipelines
   runner: {python: $PY, hooks_dir: $ROOT/hooks/builtin, work_dir: $T/runner}
@@ -143,14 +148,37 @@ BUNDLE="$("$DEPOT" inspect models/iris:v1-triton --json | "$PY" -c 'import json,
 stable="$("$DEPOT" rollout status models/iris production --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["deployment"].get("stable", ""))')"
 [[ "$stable" == "$BUNDLE" ]] && ok "the deploy stage made v1-triton the stable version of production" || bad "production stable: $stable, bundle $BUNDLE"
 
+# 6b. Trust: every stage output is signed by the registry's pipeline key; a holder of the public key
+# verifies it without trusting the registry; the edges the runner wrote under its leases are
+# verified; a hand-made copy of the bundle (unsigned) cannot be rolled out to production.
+"$DEPOT" key show --out "$T/pipeline.pub" >/dev/null 2>&1 && ok "fetched the pipeline's public key" || bad "depot key show"
+for tag in v1-onnx v1-optimized v1-triton; do
+  "$DEPOT" verify "models/iris:$tag" --key "pipeline=$T/pipeline.pub" > "$T/verify.txt" 2>&1 && grep -q "verified by pipeline  job" "$T/verify.txt" \
+    && ok "$tag is signed by the pipeline key: $(sed -n 2p "$T/verify.txt" | cut -c1-110)" || bad "verify $tag: $(cat "$T/verify.txt")"
+done
+"$DEPOT" lineage models/iris:v1-triton --json > "$T/lineage-v.json"
+"$PY" - "$T/lineage-v.json" <<'EOF' && ok "the pipeline's lineage edges are verified (job ids), not merely declared" || bad "verified lineage: $(head -c 600 "$T/lineage-v.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+nodes = d.get("nodes") or d.get("ancestors") or []
+typed = [n["edge"] for n in nodes if n["edge"]["relation"] != "subject"]
+assert typed and all(e.get("verified_job") for e in typed), typed
+EOF
+cp -r "$T/bundle" "$T/handmade" && echo "# edited by hand" >> "$(find "$T/handmade" -name model.py | head -n 1)"
+DEPOT_TOKEN="$CI" "$DEPOT" push models/iris:handmade "$T/handmade" --quiet >/dev/null || bad "push of the hand-made bundle"
+REL="$(secret --name release --role deployer --repositories 'models/**')"
+out="$(DEPOT_TOKEN="$REL" "$DEPOT" rollout start models/iris production handmade 2>&1)" && bad "an unsigned bundle reached production" \
+  || { [[ "$out" == *"deploy policy"*"pipeline key"* ]] && ok "production refuses the unsigned hand-made bundle: ${out#Error: }" || bad "hand-made rollout: $out"; }
+
 # 7. A replayed trigger (a second tag on the same digest) starts nothing new.
 DEPOT_TOKEN="$CI" "$DEPOT" tag models/iris:v1 v1-again >/dev/null
 sleep 2
 n="$(jobs_json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))')"
 [[ "$n" == 4 ]] && ok "a second tag on the same digest started no job (still 4)" || bad "jobs after the replay: $n"
 
-# 8. A model the converter cannot handle: the job fails permanently with its reason, nothing is published.
-echo "not a pickle" > "$T/broken.pkl"
+# 8. A model the converter cannot handle (a clean pickle of plain data, not a model): the job fails
+# permanently with its reason, nothing is published.
+"$PY" -c 'import pickle, sys; open(sys.argv[1], "wb").write(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))' "$T/broken.pkl"
 DEPOT_TOKEN="$CI" "$DEPOT" push models/broken:v1 "$T/broken.pkl" --quiet >/dev/null
 wait_jobs 5 120 || true
 broken="$(jobs_json --pipeline sklearn-to-triton | "$PY" -c '
@@ -163,6 +191,41 @@ case "$broken" in
 esac
 tags="$("$DEPOT" ls models/broken | tr '\n' ' ')"
 [[ "$tags" == "v1 " ]] && ok "nothing published for it (tags: $tags)" || bad "tags of models/broken: $tags"
+
+# 9. A malicious pickle: pushed to models/x:v1, it runs no code (the marker stays absent) and its job
+# fails before any runner receives it, saying which import and how to opt in (docs/SECURITY.md).
+MARKER="$T/pwned"
+"$PY" - "$T/evil.pkl" "$MARKER" <<'PYEOF'
+import os, pickle, sys
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {sys.argv[2]}",))
+open(sys.argv[1], "wb").write(pickle.dumps(Payload(), protocol=4))
+PYEOF
+DEPOT_TOKEN="$CI" "$DEPOT" push models/x:v1 "$T/evil.pkl" --quiet >/dev/null || bad "push of models/x:v1"
+deadline=$(( $(date +%s) + 60 )); evil=""
+while (( $(date +%s) < deadline )); do
+  evil="$(jobs_json --pipeline sklearn-to-triton | "$PY" -c '
+import json, sys
+jobs = [j for j in json.load(sys.stdin)["jobs"] if j["input"]["repository"] == "models/x"]
+print(" ".join([jobs[0]["state"], str(jobs[0]["attempt"]), jobs[0].get("reason", "").replace("\n", " ")]) if jobs else "")')"
+  [[ "$evil" == failed* ]] && break
+  sleep 0.5
+done
+case "$evil" in
+  "failed 0 "*"evil.pkl imports "*"system (runs code)"*"pipelines.trust_pickle"*) ok "malicious pickle: job failed before any runner: ${evil:9:160}…";;
+  *) bad "malicious pickle: $evil";;
+esac
+sleep 2   # a runner that had received it would have run it by now
+[[ ! -e "$MARKER" ]] && ok "malicious pickle: no code ran (marker absent)" || bad "malicious pickle: the payload ran ($MARKER exists)"
+"$DEPOT" jobs list --pipeline sklearn-to-triton | grep -q "refused before any stage ran" \
+  && ok "depot jobs list shows why" || bad "depot jobs list does not show the refusal"
+"$DEPOT" audit log --json | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+entries = d["entries"] if isinstance(d, dict) else d
+assert any(e["action"] == "pipeline.pickle_refused" and e.get("repository") == "models/x" for e in entries)' \
+  && ok "the refusal is audited" || bad "no pipeline.pickle_refused audit entry"
 
 # Outputs were pushed by the embedded runner under its own identity, not by CI.
 "$DEPOT" audit log --json | "$PY" -c '

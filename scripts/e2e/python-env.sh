@@ -2,8 +2,10 @@
 # Creates (idempotently) the Python environment the pipeline hooks and the end-to-end tests use:
 #   - a venv at $DEPOT_E2E_VENV (default ~/.cache/depot/e2e-venv) from `python3`, with
 #     nvidia-pytriton (a real Triton 2.51 server + Python backend), onnxruntime, onnx, skl2onnx,
-#     scikit-learn, numpy<2, requests, tritonclient[http], and mypy (scripts/test-hooks.sh type-checks
-#     the hooks with it, against these libraries);
+#     scikit-learn, numpy<2, requests, tritonclient[http], skops (convert loads .skops models), mypy
+#     (scripts/test-hooks.sh type-checks the hooks with it, against these libraries), and the pickle
+#     scanners picklescan, modelscan and fickling (hooks/tests/test_pickle_policy.py compares Depot's
+#     pickle policy with them);
 #   - the Triton server folder copied to $DEPOT_E2E_VENV/triton-server/ with the Python-backend
 #     stub that matches the venv's Python (docs: shared notes "triton-on-cpu");
 #   - Debian's libpython3.<minor> (the stub links it), installed only when missing.
@@ -26,6 +28,10 @@ REQUIREMENTS=(
   "requests"
   "tritonclient[http]"
   "mypy"
+  "skops"
+  "picklescan"
+  "modelscan"
+  "fickling"
 )
 # The marker also records the layout version of triton-server/ so a change here re-copies it.
 LAYOUT="triton-server/1"
@@ -78,7 +84,7 @@ log "pip install ${REQUIREMENTS[*]}"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${REQUIREMENTS[@]}" 2>&1 \
   | grep -v "Running pip as the 'root' user" >&2 || true
-"$VENV/bin/python" -c 'import numpy, onnx, onnxruntime, skl2onnx, sklearn, requests, tritonclient.http, pytriton, mypy' \
+"$VENV/bin/python" -c 'import numpy, onnx, onnxruntime, skl2onnx, sklearn, requests, tritonclient.http, pytriton, mypy, skops' \
   || { echo "python-env: the venv at $VENV is missing a module after pip install" >&2; exit 1; }
 
 SP="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

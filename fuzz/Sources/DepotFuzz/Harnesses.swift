@@ -11,6 +11,7 @@ import Foundation
 @testable import DepotRegistry
 @testable import DepotServer
 @testable import DepotStore
+@testable import DepotTrust
 
 typealias Harness = (UnsafeRawBufferPointer) -> Void
 
@@ -18,7 +19,7 @@ let harnesses: [String: Harness] = [
     "safetensors": safetensors, "onnx": onnx, "pickle": pickle, "zip": zip, "tensorflow": tensorflow,
     "tensorrt": tensorrt, "textproto": textproto, "manifest": manifest, "chunkrecord": chunkRecord,
     "recipe": recipe, "range": range, "pipeline": pipeline, "config": config, "routes": routes,
-    "auth": auth,
+    "auth": auth, "signature": signature,
 ]
 
 var selected: Harness?
@@ -196,6 +197,16 @@ func auth(_ p: UnsafeRawBufferPointer) {
     for action in Action.allCases where !action.isOpen && action != .authenticated {
         precondition(Authorizer.decide(.anonymous, AccessRequest(action, repository: lines[2]), policy: AuthPolicy()) == .authenticate)
     }
+}
+
+/// A signature envelope as a registry or a node reads it from a referrer: parsing never crashes,
+/// and nothing verifies unless a trusted key signed it over the subject being verified.
+let fuzzKey = SigningKey.generate()
+let fuzzVerifier = SignatureVerifier(keys: [TrustedKey(name: "pipeline", signingKey: fuzzKey)])
+let fuzzSubject = Digest.of(Array("fuzz subject".utf8))
+func signature(_ p: UnsafeRawBufferPointer) {
+    guard let verified = try? fuzzVerifier.verify(envelope: Array(p), subject: fuzzSubject) else { return }
+    precondition(verified.allSatisfy { $0.statement.subject.digest == fuzzSubject && $0.key == "pipeline" })
 }
 
 func pipeline(_ p: UnsafeRawBufferPointer) { _ = try? PipelineLoader.parse(text(p), file: "fuzz.yaml") }
