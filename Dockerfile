@@ -16,7 +16,7 @@ RUN swift build -c release --product depot --static-swift-stdlib \
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libzstd1 libsqlite3-0 libssl3 libstdc++6 zlib1g ca-certificates curl python3 python3-venv tini \
+      libzstd1 libsqlite3-0 libssl3 libstdc++6 zlib1g ca-certificates curl python3 python3-venv tini bubblewrap \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/depot-hooks \
  && /opt/depot-hooks/bin/pip install --no-cache-dir "numpy<2" onnx onnxruntime skl2onnx scikit-learn \
@@ -24,16 +24,20 @@ RUN apt-get update \
  && mkdir -p /var/lib/depot /etc/depot && chown depot /var/lib/depot
 COPY --from=build /out/depot /usr/local/bin/depot
 COPY config/depot.yaml /etc/depot/depot.yaml
-# Pipelines and the built-in hooks (the embedded runner runs them with the venv above; TensorRT
-# needs a GPU runner image of its own: `depot runner --labels gpu,tensorrt` where trtexec exists).
+# Pipelines and the built-in hooks. The embedded runner is OFF in the image: stages run in a
+# bubblewrap sandbox, which needs user namespaces that a container's default seccomp profile
+# refuses, and stages are never run unconfined by default. Run `depot runner` on a host (or a
+# container allowed to make namespaces) instead; TensorRT needs a GPU runner of its own:
+# `depot runner --labels gpu,tensorrt --limit-memory-gib 0` where trtexec exists.
 COPY config/pipelines /etc/depot/pipelines
 COPY hooks/builtin /usr/share/depot/hooks/builtin
 RUN sed -i -e 's#^  directory: config/pipelines#  directory: /etc/depot/pipelines#' \
            -e 's#^    python: python3#    python: /opt/depot-hooks/bin/python#' \
            -e 's#^    work_dir: ""#    work_dir: /var/lib/depot/runner#' \
-           -e 's#^  enabled: false#  enabled: true#' /etc/depot/depot.yaml \
+           -e 's#^  enabled: false#  enabled: true#' \
+           -e 's#^    enabled: true#    enabled: false#' /etc/depot/depot.yaml \
  && grep -q '/etc/depot/pipelines' /etc/depot/depot.yaml && grep -q '/opt/depot-hooks/bin/python' /etc/depot/depot.yaml \
- && grep -q '^  enabled: true' /etc/depot/depot.yaml
+ && grep -q '^  enabled: true' /etc/depot/depot.yaml && grep -q '^    enabled: false' /etc/depot/depot.yaml
 USER depot
 VOLUME /var/lib/depot
 EXPOSE 5000

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine needs. Idempotent: skips what is already there.
-#   scripts/install-deps.sh          build dependencies (C libraries Depot links)
+#   scripts/install-deps.sh          build dependencies (C libraries Depot links), and
+#                                    bubblewrap + util-linux (setpriv): runners confine stages
+#                                    with them (docs/PIPELINES.md, "The sandbox")
 #   scripts/install-deps.sh --test   also the real peers the tests run: skopeo, containerd,
 #                                    docker-registry (CNCF distribution), curl (Debian) and
 #                                    oras-py, requests, onnx, numpy (PyPI), and the e2e
@@ -10,7 +12,7 @@
 #                                    picklescan, modelscan and fickling its pickle-policy test
 #                                    compares with)
 set -euo pipefail
-packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev)
+packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev bubblewrap util-linux)
 python_modules=()
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(skopeo containerd docker-registry curl tar gzip python3-pip prometheus openssl)

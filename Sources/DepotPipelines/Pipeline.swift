@@ -66,6 +66,8 @@ public struct Stage: Sendable, Equatable {
     public var toolchain: String?
     /// Lineage relation of the output to the input.
     public var relation: String?
+    /// The stage's sandbox shares the host's network (`network: true`); by default it has none.
+    public var network = false
 
     /// The stage whose output feeds this one, or nil for the trigger's artifact.
     public var inputStage: String? { input ?? (needs.count == 1 ? needs[0] : nil) }
@@ -99,6 +101,8 @@ public struct Stage: Sendable, Equatable {
         if !labels.isEmpty { out["labels"] = labels.sorted() }
         if let toolchain { out["toolchain"] = toolchain }
         if let relation { out["relation"] = relation }
+        // Only when set: the definitions (and memoization keys) of other stages stay as they were.
+        if network { out["network"] = true }
         if case .builtin(let b) = kind, relation == nil { out["relation"] = Self.builtins[b] }
         return out
     }

@@ -97,7 +97,7 @@ public enum PipelineLoader {
             node, at,
             known: [
                 "exec", "builtin", "webhook", "canary", "needs", "input", "with", "tag", "timeout", "retries",
-                "labels", "toolchain", "relation",
+                "labels", "toolchain", "relation", "network",
             ])
         let kinds = ["exec", "builtin", "webhook", "canary"].filter { m[$0] != nil }
         guard kinds.count == 1 else {
@@ -212,6 +212,15 @@ public enum PipelineLoader {
             }
         }
         if let n = m["toolchain"] { stage.toolchain = try r.string(n, "\(at).toolchain") }
+        if let n = m["network"] {
+            guard case .scalar(let s) = n, let v = Bool(s.string.lowercased()) else {
+                throw r.error(n, "\(at).network: must be true or false")
+            }
+            if v, stage.kindName != "exec" && stage.kindName != "builtin" {
+                throw r.error(n, "\(at).network: only exec and builtin stages run in a runner's sandbox")
+            }
+            stage.network = v
+        }
         if let n = m["relation"] {
             let rel = try r.string(n, "\(at).relation")
             guard LineageRelation(rawValue: rel) != nil else {

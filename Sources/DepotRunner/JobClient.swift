@@ -44,6 +44,8 @@ public struct StageSpec: Sendable {
     public var timeoutSeconds: Int
     public var toolchain: String?
     public var relation: String?
+    /// The stage may use the host's network (`network: true`); otherwise its sandbox has none.
+    public var network: Bool
     /// The canonical JSON of the definition (part of the memoization key).
     public var canonical: String
 
@@ -73,6 +75,7 @@ public struct StageSpec: Sendable {
         timeoutSeconds = spec["timeout_seconds"]?.int.map { Int($0) } ?? 1800
         toolchain = spec["toolchain"]?.string
         relation = spec["relation"]?.string
+        network = spec["network"]?.bool ?? false
         // The definition, without what does not change the result (timeouts, names). Serialized
         // with JSONSerialization on purpose: the memoization key must stay byte-identical to
         // the keys earlier runners computed (number and escaping rules of that serializer).

@@ -23,6 +23,8 @@ public struct RunnerOptions: Sendable {
     /// Variables of the runner's own environment a stage sees besides the basics (PATH, HOME,
     /// LANG, LC_*, TZ, TMPDIR, USER, LOGNAME, SHELL): secrets of the server stay out of stages.
     public var passEnvironment: [String] = []
+    /// How stages are confined, and their limits.
+    public var sandbox = SandboxOptions()
 
     /// The environment a stage starts from.
     func stageEnvironment() -> [String: String] {
@@ -63,6 +65,7 @@ public final class Runner: Sendable {
     let logger: Logger
     let cache: ChunkCache
     let toolchains = ToolchainCache()
+    let sandbox: Sandbox
 
     public init(connection: RegistryConnection, options: RunnerOptions, logger: Logger) throws {
         self.connection = connection
@@ -72,14 +75,34 @@ public final class Runner: Sendable {
         cache = try ChunkCache(root: options.workDirectory + "/cache", maxBytes: options.cacheBytes)
         // Workspaces of a runner that was killed (its jobs go back to the queue when their leases expire).
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: options.workDirectory)) ?? []
-        where entry.hasPrefix("job-") || entry.hasPrefix("toolchain-") {
+        where entry.hasPrefix("job-") || entry.hasPrefix("toolchain-") || entry.hasPrefix("probe-") {
             try? FileManager.default.removeItem(atPath: options.workDirectory + "/" + entry)
+        }
+        sandbox = Sandbox(options: options.sandbox, runner: options)
+    }
+
+    /// How stages run here: said once at start, loudly when they are not confined.
+    public var sandboxState: (confined: Bool, message: String) {
+        switch sandbox.state {
+        case .confined: (true, sandbox.describe(timeoutSeconds: 1800, network: false))
+        case .off: (false, sandbox.describe(timeoutSeconds: 1800, network: false))
+        case .unavailable: (false, sandbox.unavailableMessage ?? "")
         }
     }
 
     /// Runs until the task is cancelled.
     public func run() async {
+        await sandbox.probe()
         logger.info("runner \(options.name) (labels: \(options.labels.joined(separator: ","))) polling \(connection.baseURL)")
+        switch sandbox.state {
+        case .confined: logger.info("runner \(options.name): \(sandboxState.message)")
+        case .off:
+            logger.warning(
+                "runner \(options.name): THE STAGE SANDBOX IS OFF (pipelines.sandbox: off): stages run unconfined as uid \(geteuid()), able to read what this process reads (the storage root, the config) and to reach the network"
+            )
+        case .unavailable:
+            logger.error("runner \(options.name): \(sandboxState.message); every job this runner leases fails")
+        }
         await withTaskGroup(of: Void.self) { group in
             for slot in 0..<max(1, options.concurrency) {
                 group.addTask { await self.loop(slot: slot) }
@@ -115,14 +138,18 @@ public final class Runner: Sendable {
         log.line(
             "runner \(options.name): job \(job.id) \(job.pipeline)/\(job.stage), attempt \(job.attempt), input \(job.inputRepository)@\(job.inputDigest)"
         )
+        let slot = sandbox.acquireSlot()
+        defer { sandbox.releaseSlot(slot) }
+        log.line(sandbox.describe(timeoutSeconds: job.spec.timeoutSeconds, network: job.spec.network))
         do {
-            let key = try await memoKey(job)
+            if let refusal = sandbox.unavailableMessage { throw RunnerError(refusal, permanent: true) }
+            let key = try await memoKey(job, slot: slot)
             if let output = try await connection.startJob(job, key: key) {
                 logger.info("job \(job.id) \(job.pipeline)/\(job.stage): memoized, output \(output)")
                 return
             }
             log.line("key \(key)")
-            let output = try await StageExecution(job: job, key: key, workspace: workspace, log: log, runner: self).run()
+            let output = try await StageExecution(job: job, key: key, workspace: workspace, log: log, runner: self, slot: slot).run()
             log.line("pushed output \(output)")
             await uploadLog(job, log)
             try await connection.completeJob(job, output: output)
@@ -149,11 +176,11 @@ public final class Runner: Sendable {
     }
 
     /// sha256 over the repository, the input digest, the stage definition and the toolchain identity.
-    func memoKey(_ job: LeasedJob) async throws -> String {
+    func memoKey(_ job: LeasedJob, slot: Int) async throws -> String {
         let toolchain: String
         switch job.spec.kind {
         case .exec: toolchain = job.spec.toolchain ?? ""
-        case .builtin(let name): toolchain = try await toolchains.identity(of: name, options: options)
+        case .builtin(let name): toolchain = try await toolchains.identity(of: name, options: options, sandbox: sandbox, slot: slot)
         }
         let text = "depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec.canonical)\n\(toolchain)"
         return Digest.of(Array(text.utf8)).description
@@ -206,21 +233,30 @@ struct JobLog: Sendable {
 final class ToolchainCache: Sendable {
     let known = Locked<[String: String]>([:])
 
-    func identity(of builtin: String, options: RunnerOptions) async throws -> String {
+    /// The line comes from the sandbox the stages run in (a library they cannot see is absent there too).
+    func identity(of builtin: String, options: RunnerOptions, sandbox: Sandbox, slot: Int) async throws -> String {
         if let hit = known.withLock({ $0[builtin] }) { return hit }
         let script = try Self.script(builtin, options)
         let bytes = try Array(Data(contentsOf: URL(fileURLWithPath: script)))
-        let log = options.workDirectory + "/toolchain-\(builtin)-\(UUID().uuidString.prefix(8)).txt"
-        defer { try? FileManager.default.removeItem(atPath: log) }
-        let process = try StageProcess(
-            argv: [options.python, script, "--toolchain"], environment: options.stageEnvironment(),
-            directory: options.workDirectory, log: log)
+        let workspace = options.workDirectory + "/toolchain-\(builtin)-\(UUID().uuidString.prefix(8))"
+        let log = workspace + ".log"
+        defer {
+            try? FileManager.default.removeItem(atPath: workspace)
+            try? FileManager.default.removeItem(atPath: log)
+        }
+        try Sandbox.prepareWorkspace(workspace)
+        try sandbox.handOver(workspace, slot: slot)
+        var env = options.stageEnvironment()
+        sandbox.adjust(&env)
+        let launch = try sandbox.launch(
+            argv: [sandbox.python, script, "--toolchain"], workspace: workspace, slot: slot, network: false, timeoutSeconds: 60)
+        let process = try StageProcess(launch: launch, environment: env, directory: workspace, log: log)
         let deadline = Date().addingTimeInterval(60)
         let (outcome, _) = await process.wait { Date() > deadline ? "took over 60 s" : nil }
         let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         guard outcome == .exited(0) else {
             throw RunnerError(
-                "built-in '\(builtin)': `\(options.python) \(script) --toolchain` failed (\(outcome)): \(output.suffix(2000))")
+                "built-in '\(builtin)': `\(sandbox.python) \(script) --toolchain` failed (\(outcome)): \(output.suffix(2000))")
         }
         let line = output.split(separator: "\n").last.map(String.init) ?? ""
         let identity = "\(builtin) \(Digest.of(bytes)) \(line)"

@@ -12,6 +12,8 @@ struct StageExecution {
     let workspace: String
     let log: JobLog
     let runner: Runner
+    /// The job's slot in the sandbox (its own uid when the runner is root).
+    let slot: Int
 
     var connection: RegistryConnection { runner.connection }
     var options: RunnerOptions { runner.options }
@@ -24,8 +26,8 @@ struct StageExecution {
         let inputDir = workspace + "/input"
         let outputDir = workspace + "/output"
         let resultFile = workspace + "/result.json"
-        try fm.createDirectory(atPath: inputDir, withIntermediateDirectories: true)
-        try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
+        let sandbox = runner.sandbox
+        try Sandbox.prepareWorkspace(workspace)
 
         // The lease is renewed for the whole attempt (pull, command, push).
         let beat = Heartbeat()
@@ -42,12 +44,18 @@ struct StageExecution {
         let argv: [String]
         switch job.spec.kind {
         case .exec(let command): argv = command
-        case .builtin(let name): argv = [options.python, try ToolchainCache.script(name, options)]
+        case .builtin(let name): argv = [sandbox.python, try ToolchainCache.script(name, options)]
         }
+        try sandbox.handOver(workspace, slot: slot)
+        let launch = try sandbox.launch(
+            argv: argv, workspace: workspace, slot: slot, network: job.spec.network, timeoutSeconds: job.spec.timeoutSeconds)
+        // Paths as the stage sees them (the sandbox mounts the workspace at /workspace).
+        let seen = launch.workspace
         var env = options.stageEnvironment()
+        sandbox.adjust(&env)
         let inputType = (try? JSONSerialization.jsonObject(with: Data(input.bytes)) as? [String: Any])?["artifactType"] as? String
         let vars: [String: String?] = [
-            "DEPOT_INPUT_DIR": inputDir, "DEPOT_OUTPUT_DIR": outputDir, "DEPOT_RESULT": resultFile,
+            "DEPOT_INPUT_DIR": seen + "/input", "DEPOT_OUTPUT_DIR": seen + "/output", "DEPOT_RESULT": seen + "/result.json",
             "DEPOT_INPUT_REPOSITORY": job.inputRepository, "DEPOT_INPUT_DIGEST": job.inputDigest.description,
             "DEPOT_INPUT_TAG": job.inputTag, "DEPOT_INPUT_ARTIFACT_TYPE": inputType, "DEPOT_JOB_ID": String(job.id),
             "DEPOT_PIPELINE": job.pipeline, "DEPOT_STAGE": job.stage, "DEPOT_REGISTRY": connection.baseURL,
@@ -62,28 +70,51 @@ struct StageExecution {
         log.line("run: \(argv.joined(separator: " ")) (timeout \(job.spec.timeoutSeconds) s)")
         let started = Date()
         let logStart = (try? FileManager.default.attributesOfItem(atPath: log.path)[.size] as? Int) ?? 0
-        let process = try StageProcess(argv: argv, environment: env, directory: workspace, log: log.path)
+        let process = try StageProcess(launch: launch, environment: env, directory: workspace, log: log.path)
         let deadline = started.addingTimeInterval(Double(job.spec.timeoutSeconds))
         let timeout = job.spec.timeoutSeconds
+        // The workspace quota: what the stage adds to its workspace and its log, measured twice a second.
+        let quota = options.sandbox.limits.workspaceBytes
+        let baseline = Sandbox.usage(workspace) + Int64(logStart)
+        let lastMeasured = Locked(Date.distantPast)
+        let ws = workspace
+        let logPath = log.path
         let (outcome, killed) = await process.wait {
             if let stop = beat.stopReason() { return stop }
             if Date() > deadline { return "timed out after \(timeout) s" }
             if Task.isCancelled { return "runner shutting down" }
+            if quota > 0, lastMeasured.withLock({ Date().timeIntervalSince($0) >= 0.5 }) {
+                lastMeasured.withLock { $0 = Date() }
+                let used = Sandbox.usage(ws) + Sandbox.usage(logPath) - baseline
+                if used > quota {
+                    return
+                        "exceeded its workspace quota: it wrote \(TransferProgress.bytes(used)), more than \(TransferProgress.bytes(quota)) (pipelines.runner.limits.workspace_gib)"
+                }
+            }
             return nil
         }
         let said = log.lastLine(after: logStart).map { ": \($0)" } ?? " (see the log)"
         log.line("command ended: \(outcome) after \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
         if let killed {
-            if killed.hasPrefix("timed out") { throw RunnerError("the stage \(killed) (its process group was killed)") }
+            if killed.hasPrefix("timed out") || killed.hasPrefix("exceeded") {
+                throw RunnerError("the stage \(killed) (its processes were killed)")
+            }
             throw StageStopped(reason: killed)
         }
+        // bubblewrap reports a command killed by signal N as exit status 128+N.
+        let confined = sandbox.state == .confined
         switch outcome {
         case .exited(0): break
         case .exited(78): throw RunnerError("the stage exited with status 78 (the input can never work with it)\(said)", permanent: true)
+        case .exited(let code) where confined && code > 128 && code < 128 + 65:
+            throw RunnerError("the stage was killed by signal \(code - 128)\(Self.signalMeaning(code - 128, launch))\(said)")
         case .exited(let code): throw RunnerError("the stage exited with status \(code)\(said)")
-        case .signalled(let sig): throw RunnerError("the stage was killed by signal \(sig)")
+        case .signalled(let sig): throw RunnerError("the stage was killed by signal \(sig)\(Self.signalMeaning(sig, launch))")
         }
 
+        // Outputs are read by the runner: a link could point it at anything it can read (the catalog).
+        try Self.refuseLinks(outputDir, shownAs: "DEPOT_OUTPUT_DIR")
+        try Self.refuseLinks(resultFile, shownAs: "DEPOT_RESULT")
         let written = (fm.enumerator(atPath: outputDir)?.allObjects as? [String] ?? []).filter {
             var isDir: ObjCBool = false
             return fm.fileExists(atPath: outputDir + "/" + $0, isDirectory: &isDir) && !isDir.boolValue
@@ -115,6 +146,38 @@ struct StageExecution {
 }
 
 extension StageExecution {
+    /// What a signal that killed a stage means here (its resource limits).
+    static func signalMeaning(_ sig: Int32, _ launch: Sandbox.Launch) -> String {
+        func limit(_ r: __rlimit_resource) -> UInt64? { launch.limits.first { $0.0 == Int32(r.rawValue) }?.1 }
+        switch sig {
+        case SIGXCPU: return " (SIGXCPU: it used its CPU time limit of \(limit(RLIMIT_CPU).map { "\($0) s" } ?? "?") in one process)"
+        case SIGXFSZ:
+            return
+                " (SIGXFSZ: it wrote a file larger than its file size limit of \(limit(RLIMIT_FSIZE).map { TransferProgress.bytes(Int64($0)) } ?? "?"))"
+        case SIGKILL: return " (SIGKILL)"
+        case SIGSEGV:
+            return
+                " (SIGSEGV; with a memory limit of \(limit(RLIMIT_AS).map { TransferProgress.bytes(Int64($0)) } ?? "none"), an allocation may have failed)"
+        case SIGABRT: return " (SIGABRT)"
+        default: return ""
+        }
+    }
+
+    /// Refuses symbolic links and anything else that is not a regular file or a directory under `path`.
+    static func refuseLinks(_ path: String, shownAs: String) throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: return
+        case S_IFDIR:
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [] {
+                try refuseLinks(path + "/" + name, shownAs: shownAs + "/" + name)
+            }
+        case S_IFLNK: throw RunnerError("the stage wrote a symbolic link (\(shownAs)): outputs must be regular files", permanent: true)
+        default: throw RunnerError("the stage wrote \(shownAs), which is not a regular file", permanent: true)
+        }
+    }
+
     /// Every output file in a format Depot reads must parse (an ONNX file that is not ONNX, a
     /// lying safetensors header, a config.pbtxt with a syntax error fail the job before anything
     /// is pushed).

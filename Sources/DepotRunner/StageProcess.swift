@@ -17,43 +17,49 @@ final class StageProcess: @unchecked Sendable { // pid is written once, before s
         case signalled(Int32)
     }
 
-    init(argv: [String], environment: [String: String], directory: String, log: String) throws {
-        guard let program = argv.first else { throw RunnerError("empty command") }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let chdir = depot_spawn_addchdir(&actions, directory)
-        guard chdir == 0 else { throw RunnerError("cannot set the stage's working directory: \(String(cString: strerror(chdir)))") }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setpgroup(&attributes, 0)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        sigaddset(&defaults, SIGPIPE)
-        sigaddset(&defaults, SIGTERM)
-        sigaddset(&defaults, SIGINT)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        var unblocked = sigset_t()
-        sigemptyset(&unblocked)
-        posix_spawnattr_setsigmask(&attributes, &unblocked)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-        let cArgs = argv.map { strdup($0) } + [nil]
+    /// Starts `launch` (the sandbox's command line, or the stage's own when the sandbox is off)
+    /// with only its standard descriptors, in `directory`, under the launch's resource limits.
+    init(launch: Sandbox.Launch, environment: [String: String], directory: String, log: String) throws {
+        let cArgs = launch.argv.map { strdup($0) } + [nil]
         let cEnv = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             for p in cArgs { free(p) }
             for p in cEnv { free(p) }
         }
-        var child: pid_t = 0
-        // posix_spawnp searches PATH of *this* process for a bare program name.
-        let rc = posix_spawnp(&child, program, &actions, &attributes, cArgs, cEnv)
+        let resources = launch.limits.map { $0.0 }
+        let values = launch.limits.map { CUnsignedLongLong($0.1) }
+        var child: Int32 = 0
+        var step: Int32 = 0
+        let rc = depot_spawn_limited(launch.path, cArgs, cEnv, directory, log, resources, values, Int32(resources.count), &child, &step)
         guard rc == 0 else {
-            throw RunnerError("cannot start '\(program)': \(String(cString: strerror(rc)))")
+            let what = [
+                "cannot fork", "cannot open the log", "cannot enter the workspace", "cannot set a resource limit", "cannot execute",
+            ]
+            throw RunnerError("cannot start '\(launch.path)': \(what[Int(max(0, min(4, step)))]): \(String(cString: strerror(rc)))")
         }
         pid = child
+    }
+
+    /// Waits at most `seconds` for the exit without an async context (the start-up probe);
+    /// nil: it did not end in time and was killed.
+    func waitBlocking(seconds: Double) -> Outcome? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            var status: Int32 = 0
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid {
+                _ = Glibc.kill(-pid, SIGKILL)
+                let low = status & 0x7f
+                return low == 0 ? .exited((status >> 8) & 0xff) : .signalled(low)
+            }
+            if r < 0 && errno != EINTR { return nil }
+            if Date() > deadline {
+                kill()
+                _ = waitpid(pid, &status, 0)
+                return nil
+            }
+            usleep(10_000)
+        }
     }
 
     /// Kills the process group.

@@ -202,6 +202,17 @@ public struct PipelineSetup: Sendable {
             options.passEnvironment = p.runnerPassEnvironment
             options.hooksDirectory = p.runnerHooksDirectory.isEmpty ? RunnerOptions.defaultHooksDirectory() : p.runnerHooksDirectory
             options.heartbeatInterval = .milliseconds(Int64(max(500, p.leaseSeconds * 1000 / 4)))
+            options.sandbox.mode = p.sandbox
+            options.sandbox.bwrap = p.runnerBwrap
+            options.sandbox.readOnlyPaths = p.runnerSandboxPaths
+            options.sandbox.devices = p.runnerDevices
+            options.sandbox.firstUID = p.runnerSandboxUID
+            options.sandbox.limits = p.runnerLimits
+            // Secrets and the store stay out of view even where they lie under a path stages read.
+            options.sandbox.hiddenPaths =
+                [config.storageRoot, config.auth.bootstrapTokenFile, config.auth.signingKeyFile, config.tls?.keyFile ?? ""]
+                + p.runnerHiddenPaths
+            options.sandbox.hiddenPaths.removeAll { $0.isEmpty }
             // With authentication on, the embedded runner uses a credential made for this process
             // (a runner on every repository, with the configured labels); never stored or shown.
             let token = auth.flatMap { $0.enabled ? $0.internalRunnerSecret : nil } ?? ProcessInfo.processInfo.environment["DEPOT_TOKEN"]

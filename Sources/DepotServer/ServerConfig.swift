@@ -3,6 +3,7 @@ import DepotDeploy
 import DepotFormats
 import DepotPipelines
 import DepotRegistry
+import DepotRunner
 import DepotStore
 import DepotTrust
 import Foundation
@@ -87,6 +88,19 @@ public struct ServerConfig: Sendable, Equatable {
         public var runnerHooksDirectory = ""
         /// Server environment variables stages may see (besides PATH, HOME, LANG, …).
         public var runnerPassEnvironment: [String] = []
+        /// `bubblewrap` (stages are confined; none run where it does not work) or `off`.
+        public var sandbox = SandboxMode.bubblewrap
+        /// The bubblewrap executable.
+        public var runnerBwrap = "bwrap"
+        /// Extra host paths stages may read.
+        public var runnerSandboxPaths: [String] = []
+        /// Device nodes stages get; nil: the /dev/nvidia* present at start.
+        public var runnerDevices: [String]?
+        /// First uid of stages when the runner is root (one per concurrent job).
+        public var runnerSandboxUID: UInt32 = 2_000_000_000
+        public var runnerLimits = StageLimits()
+        /// Set by `depot serve` (not a key of the file): the config file itself, which stages never see.
+        public var runnerHiddenPaths: [String] = []
     }
 
     /// The chunk-store part, mapped onto `StoreOptions`.
@@ -323,9 +337,72 @@ public struct ServerConfig: Sendable, Equatable {
                     }
                     config.pipelines.runnerPassEnvironment = list
                 }
+                if let v: String = try reader.value(r, "bwrap") { config.pipelines.runnerBwrap = v }
+                if let raw = r["sandbox_paths"] {
+                    guard let list = raw as? [String], list.allSatisfy({ $0.hasPrefix("/") }) else {
+                        throw reader.error("pipelines.runner.sandbox_paths", "must be a list of absolute paths")
+                    }
+                    config.pipelines.runnerSandboxPaths = list
+                }
+                if let raw = r["devices"] {
+                    guard let list = raw as? [String], list.allSatisfy({ $0.hasPrefix("/dev/") }) else {
+                        throw reader.error("pipelines.runner.devices", "must be a list of device paths (/dev/...)")
+                    }
+                    config.pipelines.runnerDevices = list
+                }
+                if let v: Int = try reader.value(r, "sandbox_uid") {
+                    guard (1...4_000_000_000).contains(v) else {
+                        throw reader.error("pipelines.runner.sandbox_uid", "must be 1 to 4000000000")
+                    }
+                    config.pipelines.runnerSandboxUID = UInt32(v)
+                }
+                if let raw = r["limits"] {
+                    guard let l = raw as? [String: Any] else { throw reader.error("pipelines.runner.limits", "must be a mapping") }
+                    var limits = StageLimits()
+                    func gib(_ key: String) throws -> Int64? {
+                        guard let v: Double = try reader.value(l, key) else { return nil }
+                        guard v >= 0, v <= 1_048_576 else {
+                            throw reader.error("pipelines.runner.limits.\(key)", "must be 0 (none) to 1048576")
+                        }
+                        return Int64(v * Double(1 << 30))
+                    }
+                    if let v = try gib("memory_gib") { limits.memoryBytes = v }
+                    if let v = try gib("file_size_gib") { limits.fileBytes = v }
+                    if let v = try gib("workspace_gib") { limits.workspaceBytes = v }
+                    if let v: Int = try reader.value(l, "cpu_seconds") {
+                        guard v >= 0 else {
+                            throw reader.error("pipelines.runner.limits.cpu_seconds", "must be 0 (the stage's timeout) or more")
+                        }
+                        limits.cpuSeconds = v
+                    }
+                    if let v: Int = try reader.value(l, "processes") {
+                        guard (0...1_000_000).contains(v) else {
+                            throw reader.error("pipelines.runner.limits.processes", "must be 0 (none) to 1000000")
+                        }
+                        limits.processes = v
+                    }
+                    try reader.rejectUnknown(
+                        l, known: ["memory_gib", "cpu_seconds", "file_size_gib", "processes", "workspace_gib"],
+                        at: "pipelines.runner.limits.")
+                    config.pipelines.runnerLimits = limits
+                }
                 try reader.rejectUnknown(
-                    r, known: ["enabled", "name", "labels", "concurrency", "work_dir", "python", "hooks_dir", "pass_env"],
+                    r,
+                    known: [
+                        "enabled", "name", "labels", "concurrency", "work_dir", "python", "hooks_dir", "pass_env", "bwrap", "sandbox_paths",
+                        "devices", "sandbox_uid", "limits",
+                    ],
                     at: "pipelines.runner.")
+            }
+            if let raw = s["sandbox"] {
+                // YAML reads a bare `off` as false.
+                if let b = raw as? Bool, !b {
+                    config.pipelines.sandbox = .off
+                } else if let v = raw as? String, let mode = SandboxMode(rawValue: v) {
+                    config.pipelines.sandbox = mode
+                } else {
+                    throw reader.error("pipelines.sandbox", "must be bubblewrap or off")
+                }
             }
         }
         try reader.section(root, "canary") { s in
@@ -534,6 +611,7 @@ final class ConfigReader {
             "aliases": ["protected", "immutable"],
             "pipelines": [
                 "directory", "lease_seconds", "retry_base_seconds", "log_retention_days", "callback_url", "trust_pickle", "runner",
+                "sandbox",
             ],
             "canary": ["prometheus_url", "steps", "analysis_interval", "node_ttl", "router_command", "router_url", "checks"],
             "auth": [

@@ -150,10 +150,26 @@ struct RunnerCommand: AsyncParsableCommand {
         String?
     @Option(help: "Seconds between lease renewals.") var heartbeatSeconds: Double = 5
     @Option(help: "An environment variable stages may see besides PATH, HOME, LANG… (repeatable).") var passEnv: [String] = []
+    @Option(help: "How stages are confined: bubblewrap (none run where it does not work) or off (unconfined, logged).")
+    var sandbox = "bubblewrap"
+    @Option(help: "The bubblewrap executable.") var bwrap = "bwrap"
+    @Option(help: "A host path stages may read besides the system, the Python and the hooks (repeatable).") var sandboxPath: [String] = []
+    @Option(help: "A device node stages get (repeatable; default: the /dev/nvidia* present).") var device: [String] = []
+    @Option(help: "When run as root: the first uid stages run as (one per concurrent job).") var sandboxUid: UInt32 = 2_000_000_000
+    @Option(help: "Address space of each stage process, GiB (0: none; a CUDA runner needs 0).") var limitMemoryGib: Double = 8
+    @Option(help: "CPU seconds of each stage process (0: the stage's timeout).") var limitCpuSeconds = 0
+    @Option(help: "Largest file a stage may write, GiB (0: none).") var limitFileSizeGib: Double = 16
+    @Option(help: "Processes and threads of a stage (0: none).") var limitProcesses = 1024
+    @Option(help: "What a stage may write into its workspace, GiB (0: none).") var limitWorkspaceGib: Double = 32
 
     func validate() throws {
         guard (1...64).contains(concurrency) else { throw ValidationError("--concurrency must be 1...64") }
         guard heartbeatSeconds >= 0.2 else { throw ValidationError("--heartbeat-seconds must be at least 0.2") }
+        guard SandboxMode(rawValue: sandbox) != nil else { throw ValidationError("--sandbox must be bubblewrap or off") }
+        guard [limitMemoryGib, limitFileSizeGib, limitWorkspaceGib].allSatisfy({ $0 >= 0 }), limitCpuSeconds >= 0, limitProcesses >= 0
+        else {
+            throw ValidationError("limits must be 0 (none) or more")
+        }
     }
 
     func run() async throws {
@@ -166,6 +182,16 @@ struct RunnerCommand: AsyncParsableCommand {
         options.hooksDirectory = hooksDir ?? RunnerOptions.defaultHooksDirectory()
         options.heartbeatInterval = .milliseconds(Int64(heartbeatSeconds * 1000))
         options.passEnvironment = passEnv
+        options.sandbox.mode = SandboxMode(rawValue: sandbox) ?? .bubblewrap
+        options.sandbox.bwrap = bwrap
+        options.sandbox.readOnlyPaths = sandboxPath
+        options.sandbox.devices = device.isEmpty ? nil : device
+        options.sandbox.firstUID = sandboxUid
+        options.sandbox.limits.memoryBytes = Int64(limitMemoryGib * Double(1 << 30))
+        options.sandbox.limits.cpuSeconds = limitCpuSeconds
+        options.sandbox.limits.fileBytes = Int64(limitFileSizeGib * Double(1 << 30))
+        options.sandbox.limits.processes = limitProcesses
+        options.sandbox.limits.workspaceBytes = Int64(limitWorkspaceGib * Double(1 << 30))
         let logger = Logger(label: "depot-runner")
         let connection: RegistryConnection
         do { connection = try registry.connect() } catch { fail("\(error)") }

@@ -24,6 +24,8 @@ struct Serve: AsyncParsableCommand {
             } else if FileManager.default.fileExists(atPath: "config/depot.yaml") {
                 settings = try ServerConfig.load("config/depot.yaml")
             }
+            let file = config ?? (FileManager.default.fileExists(atPath: "config/depot.yaml") ? "config/depot.yaml" : nil)
+            if let file { settings.pipelines.runnerHiddenPaths = [URL(fileURLWithPath: file).standardizedFileURL.path] }
             if let listen { try settings.setListen(listen) }
             if let storage { settings.storageRoot = storage }
             if let logLevel { settings.logLevel = logLevel }

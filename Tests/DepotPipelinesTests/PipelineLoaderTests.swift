@@ -68,6 +68,8 @@ import Yams
             ("name: p\ntrigger: {}\nstages:\n  a:\n    canary: {environment: production}\n    labels: [\"a b\"]\n", 6, "labels"),
             ("name: p\ntrigger: [\n", 3, "not valid YAML"),
             ("name: bad name\ntrigger: {}\nstages:\n  a:\n    exec: x\n", 1, "name"),
+            ("name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    network: maybe\n", 6, "network: must be true or false"),
+            ("name: p\ntrigger: {}\nstages:\n  a:\n    canary: {environment: production}\n    network: true\n", 6, "only exec and builtin"),
         ]
         for (text, line, phrase) in cases {
             let e = Self.refusal(text, file: "pipes/p.yaml")
@@ -76,6 +78,16 @@ import Yams
             #expect(e?.message.contains(phrase) == true, "\(e?.description ?? "accepted")")
             #expect(e?.description.hasPrefix("pipes/p.yaml:\(line): ") == true)
         }
+    }
+
+    /// `network: true` reaches the job spec (and so the runner's sandbox); unset, the spec is as before.
+    @Test func networkIsAStageKeyCarriedInTheSpecOnlyWhenSet() throws {
+        let p = try PipelineLoader.parse(
+            "name: p\ntrigger: {}\nstages:\n  a:\n    exec: x\n    network: true\n  b:\n    builtin: convert\n    network: false\n",
+            file: "p.yaml")
+        #expect(p.stage("a")?.network == true && p.stage("b")?.network == false)
+        #expect(p.stage("a")?.spec(pipeline: "p", variables: [:])["network"] as? Bool == true)
+        #expect(p.stage("b")?.spec(pipeline: "p", variables: [:])["network"] == nil, "other stages' definitions (and keys) do not change")
     }
 
     @Test func everyLineageRelationIsAcceptedAndOthersAreNot() throws {

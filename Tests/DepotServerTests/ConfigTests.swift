@@ -1,5 +1,6 @@
 import DepotCore
 import DepotFormats
+import DepotRunner
 import DepotServer
 import DepotTestSupport
 import Foundation
@@ -59,6 +60,31 @@ import Testing
             ("server:\n  listen: nowhere\n", "nowhere"),
             ("uploads:\n  timeout_seconds: fast\n", "timeout_seconds"),
             ("bogus: 1\n", "bogus"),
+        ] {
+            do {
+                _ = try load(yaml)
+                Issue.record("accepted \(yaml)")
+            } catch let e as DepotError {
+                #expect("\(e)".contains(key), "\(e)")
+            }
+        }
+    }
+
+    @Test func sandboxSettings() throws {
+        let c = try load(
+            "pipelines:\n  sandbox: off\n  runner:\n    bwrap: /opt/bwrap\n    sandbox_paths: [/opt/tensorrt]\n    devices: [/dev/nvidia0]\n    sandbox_uid: 3000000000\n    limits: {memory_gib: 0, cpu_seconds: 60, file_size_gib: 0.5, processes: 64, workspace_gib: 2}\n"
+        )
+        #expect(c.pipelines.sandbox == .off)
+        #expect(c.pipelines.runnerBwrap == "/opt/bwrap" && c.pipelines.runnerSandboxPaths == ["/opt/tensorrt"])
+        #expect(c.pipelines.runnerDevices == ["/dev/nvidia0"] && c.pipelines.runnerSandboxUID == 3_000_000_000)
+        let l = c.pipelines.runnerLimits
+        #expect(l.memoryBytes == 0 && l.cpuSeconds == 60 && l.fileBytes == 512 << 20 && l.processes == 64 && l.workspaceBytes == 2 << 30)
+        #expect(ServerConfig().pipelines.sandbox == .bubblewrap, "confined unless the operator says otherwise")
+        for (yaml, key) in [
+            ("pipelines:\n  sandbox: maybe\n", "pipelines.sandbox"),
+            ("pipelines:\n  runner:\n    limits: {memory: 1}\n", "pipelines.runner.limits.memory"),
+            ("pipelines:\n  runner:\n    limits: {processes: -1}\n", "pipelines.runner.limits.processes"),
+            ("pipelines:\n  runner:\n    sandbox_paths: [relative]\n", "pipelines.runner.sandbox_paths"),
         ] {
             do {
                 _ = try load(yaml)

@@ -32,9 +32,10 @@ struct PipelineHarness: Sendable {
         pipelines yaml: [String], leaseSeconds: Double = 30, retryBase: Double = 0.05,
         webhooks: [String: (url: String, secret: String)] = [:], canary: CanaryPolicy? = nil, auth: Bool = false,
         deployPolicy: DeployPolicy = DeployPolicy(), trustedKeys: [String: String] = [:],
+        in directory: TempDir? = nil,
         _ body: @Sendable (PipelineHarness, any TestClientProtocol) async throws -> Void
     ) async throws {
-        let dir = TempDir("depot-pipes")
+        let dir = directory ?? TempDir("depot-pipes")
         let store = try ChunkStore(root: dir.path + "/store", create: true)
         let registry = Registry(store: store)
         let pipelines = try yaml.enumerated().map { try PipelineLoader.parse($1, file: "p\($0).yaml") }
@@ -71,6 +72,7 @@ struct PipelineHarness: Sendable {
     /// Runs a runner until `body` returns.
     func withRunner<T: Sendable>(
         labels: [String] = ["cpu"], name: String = "test-runner", hooks: String? = nil, token: String? = nil,
+        configure: (inout RunnerOptions) -> Void = { _ in },
         _ body: @Sendable () async throws -> T
     ) async throws -> T {
         var options = RunnerOptions(name: name, workDirectory: dir.path + "/runner-\(name)")
@@ -79,6 +81,7 @@ struct PipelineHarness: Sendable {
         options.heartbeatInterval = .milliseconds(200)
         options.hooksDirectory = hooks
         options.passEnvironment = ["GATE"]
+        configure(&options)
         var logger = Logger(label: "runner")
         logger.logLevel = .critical
         let connection = try RegistryConnection(url: url, token: token)

@@ -176,7 +176,9 @@ struct PipelineTests {
         setenv("GATE", gate, 1)
         try await PipelineHarness.run(pipelines: [yaml]) { h, client in
             _ = try await h.push("team/slow", "v1", files: ["a.txt": "a"])
-            try await h.withRunner {
+            // Unconfined: the stage writes host paths (the gate) and the test kills a host pid; the
+            // sandboxed kill is in SandboxTests.
+            try await h.withRunner(configure: { $0.sandbox.mode = .off }) {
                 let running = try await h.waitJobs(timeout: 10) {
                     $0.first?.state == .running && FileManager.default.fileExists(atPath: gate + ".child")
                 }
@@ -324,7 +326,7 @@ struct PipelineTests {
                 == "x.yaml:4: stages.s.timeout: '10x' is not a duration between 1s and 7d (e.g. 90s, 10m, 2h)")
         #expect(
             error("name: a\ntrigger: {}\nstages:\n  s:\n    exec: x\n    colour: red\n")
-                == "x.yaml:6: stages.s: unknown key 'colour' (known: builtin, canary, exec, input, labels, needs, relation, retries, tag, timeout, toolchain, webhook, with)"
+                == "x.yaml:6: stages.s: unknown key 'colour' (known: builtin, canary, exec, input, labels, needs, network, relation, retries, tag, timeout, toolchain, webhook, with)"
         )
         #expect(
             error("name: a\ntrigger: {}\nstages:\n  s: {builtin: compile}\n").hasPrefix(

@@ -95,6 +95,13 @@ else
   exit 1
 fi
 
+# 2b. The stages ran in the bubblewrap sandbox, and their logs say so.
+sandboxed=0
+for id in $("$PY" -c 'import json,sys; print(" ".join(str(j["id"]) for j in json.load(open(sys.argv[1]))["jobs"] if j["stage"] != "deploy"))' "$T/jobs.json"); do
+  "$DEPOT" jobs show "$id" | grep -q "sandbox: bubblewrap" && sandboxed=$((sandboxed + 1))
+done
+[[ "$sandboxed" == 3 ]] && ok "convert, optimize and package ran in the bubblewrap sandbox (their logs say so)" || bad "sandboxed stages: $sandboxed of 3"
+
 # 3. Outputs: types, recorded checks.
 "$DEPOT" inspect models/iris:v1-onnx --json > "$T/onnx.json" 2>&1
 "$PY" - "$T/onnx.json" <<'EOF' && ok "v1-onnx is an ONNX artifact with its verification recorded (max_abs_diff, tolerance)" || bad "v1-onnx metadata: $(head -c 600 "$T/onnx.json")"

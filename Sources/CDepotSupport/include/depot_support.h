@@ -27,4 +27,13 @@ size_t depot_heap_in_use(void);
 int depot_heap_sampler_start(void);
 size_t depot_heap_sampler_stop(void);
 
+/// Starts `path` (an absolute path; no PATH search) as a child in a new process group: stdin
+/// /dev/null, stdout and stderr appended to `log`, working directory `dir`, every other descriptor
+/// closed, default signal dispositions, an empty signal mask, and the `count` resource limits
+/// (`resources[i]` an RLIMIT_* constant, soft and hard both `values[i]`). Returns 0 with the
+/// child's pid in `pid_out`, or an errno with `failed_step`: 0 fork, 1 standard descriptors,
+/// 2 chdir, 3 setrlimit, 4 execve (the failed child is reaped).
+int depot_spawn_limited(const char *path, char *const argv[], char *const envp[], const char *dir, const char *log,
+                        const int *resources, const unsigned long long *values, int count, int *pid_out, int *failed_step);
+
 #endif
