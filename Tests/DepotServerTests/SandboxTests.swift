@@ -10,7 +10,7 @@ import Testing
     import Glibc
 #endif
 
-/// Hostile stages against the bubblewrap sandbox (docs/SECURITY-sandbox.md). Each stage tries one
+/// Hostile stages against the bubblewrap sandbox (docs/SECURITY.md). Each stage tries one
 /// escape. The same stages run unconfined (`sandbox: off`) in `theAttacksWorkWithoutTheSandbox`, which
 /// shows every attempt is real: what stops them in the other tests is the sandbox.
 @Suite(.serialized) struct SandboxTests {
