@@ -268,8 +268,11 @@ final class Sandbox: Sendable {
         }
         a += ["--die-with-parent", "--new-session", "--hostname", "depot-stage"]
         let ro = Self.minimal(readOnly + extraReadOnly)
+        // The stage's /tmp first: a read-only path that lies under /tmp (a checkout in /tmp holding
+        // the hooks) is then mounted over it, not hidden by it.
+        a += ["--bind", workspace + "/tmp", "/tmp"]
         // Parents of mount points are made 0755 (bubblewrap copies a source parent's mode: /root is 0700).
-        var made: Set<String> = ["/"]
+        var made: Set<String> = ["/", "/tmp"]
         let mounts = ro + devices + [Self.workspaceInside]
         for path in ro + devices {
             var parents: [String] = []
@@ -295,7 +298,7 @@ final class Sandbox: Sendable {
         a += ["--proc", "/proc", "--dev", "/dev"]
         for d in devices where FileManager.default.fileExists(atPath: d) { a += ["--dev-bind", d, d] }
         let inside = Self.workspaceInside
-        a += ["--bind", workspace, inside, "--ro-bind", workspace + "/input", inside + "/input", "--bind", workspace + "/tmp", "/tmp"]
+        a += ["--bind", workspace, inside, "--ro-bind", workspace + "/input", inside + "/input"]
         a += ["--bind", workspace + "/shm", "/dev/shm"]
         // The sandbox's own root (a tmpfs holding the mount points) is read-only too: in a user
         // namespace the stage would own it, and a tmpfs fills memory.
