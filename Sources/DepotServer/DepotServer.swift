@@ -210,7 +210,10 @@ public struct PipelineSetup: Sendable {
             options.sandbox.limits = p.runnerLimits
             // Secrets and the store stay out of view even where they lie under a path stages read.
             options.sandbox.hiddenPaths =
-                [config.storageRoot, config.auth.bootstrapTokenFile, config.auth.signingKeyFile, config.tls?.keyFile ?? ""]
+                [
+                    config.storageRoot, config.auth.bootstrapTokenFile, config.auth.signingKeyFile, config.signing.keyFile,
+                    config.tls?.keyFile ?? "",
+                ]
                 + p.runnerHiddenPaths
             options.sandbox.hiddenPaths.removeAll { $0.isEmpty }
             // With authentication on, the embedded runner uses a credential made for this process
