@@ -47,11 +47,7 @@ final class StageProcess: @unchecked Sendable { // pid is written once, before s
         while true {
             var status: Int32 = 0
             let r = waitpid(pid, &status, WNOHANG)
-            if r == pid {
-                _ = Glibc.kill(-pid, SIGKILL)
-                let low = status & 0x7f
-                return low == 0 ? .exited((status >> 8) & 0xff) : .signalled(low)
-            }
+            if r == pid { return reaped(status) }
             if r < 0 && errno != EINTR { return nil }
             if Date() > deadline {
                 kill()
@@ -60,6 +56,14 @@ final class StageProcess: @unchecked Sendable { // pid is written once, before s
             }
             usleep(10_000)
         }
+    }
+
+    /// The outcome of an exit `waitpid` reported. The group may have children left (a
+    /// backgrounded process): they go too.
+    private func reaped(_ status: Int32) -> Outcome {
+        _ = Glibc.kill(-pid, SIGKILL)
+        let low = status & 0x7f
+        return low == 0 ? .exited((status >> 8) & 0xff) : .signalled(low)
     }
 
     /// Kills the process group.
@@ -75,13 +79,7 @@ final class StageProcess: @unchecked Sendable { // pid is written once, before s
         while true {
             var status: Int32 = 0
             let r = waitpid(pid, &status, WNOHANG)
-            if r == pid {
-                // The group may have children left (a backgrounded process): they go too.
-                _ = Glibc.kill(-pid, SIGKILL)
-                let low = status & 0x7f
-                if low == 0 { return (.exited((status >> 8) & 0xff), killedBecause) }
-                return (.signalled(low), killedBecause)
-            }
+            if r == pid { return (reaped(status), killedBecause) }
             if r < 0 && errno != EINTR { return (.signalled(SIGKILL), killedBecause ?? "lost track of the process") }
             if killedBecause == nil, let reason = await shouldStop() {
                 killedBecause = reason
