@@ -212,7 +212,9 @@ extension CatalogConnection {
             let last = try first("SELECT MAX(id) FROM \(table)") { $0.isNull(0) ? 0 : $0.int(0) } ?? 0
             return max(seq, last) + 1
         case .postgres:
-            guard let id = try first("UPDATE catalog_sequences SET seq = seq + 1 WHERE name = ? RETURNING seq", .text(table), map: { $0.int(0) })
+            guard
+                let id = try first(
+                    "UPDATE catalog_sequences SET seq = seq + 1 WHERE name = ? RETURNING seq", .text(table), map: { $0.int(0) })
             else { throw DepotError.storage("catalog \(location): no sequence for \(table)") }
             return id
         }

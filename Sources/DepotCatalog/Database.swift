@@ -43,11 +43,13 @@ public final class Database: Sendable {
     /// (a libpq URL), every catalog opened by path lives in its own schema of that database,
     /// named after the path, so a test that reopens a store finds its catalog again.
     public convenience init(path: String, readOnly: Bool = false, busyTimeoutMilliseconds: Int = 10_000) throws {
-        if let url = Database.testPostgresURL {
-            try self.init(location: .postgres(PostgresSettings(url: url, schema: Database.testSchema(for: path), poolSize: 8)), readOnly: readOnly)
-        } else {
-            try self.init(location: .sqlite(path: path), readOnly: readOnly, busyTimeoutMilliseconds: busyTimeoutMilliseconds)
-        }
+        try self.init(location: Database.location(forPath: path), readOnly: readOnly, busyTimeoutMilliseconds: busyTimeoutMilliseconds)
+    }
+
+    /// The SQLite file at `path`, or its stand-in schema when the suite runs on PostgreSQL.
+    public static func location(forPath path: String) -> CatalogLocation {
+        guard let url = testPostgresURL else { return .sqlite(path: path) }
+        return .postgres(PostgresSettings(url: url, schema: testSchema(for: path), poolSize: 8))
     }
 
     public init(location: CatalogLocation, readOnly: Bool = false, busyTimeoutMilliseconds: Int = 10_000) throws {
@@ -66,7 +68,8 @@ public final class Database: Sendable {
                 try Schema.migrate(conn)
                 backend = .sqlite(writer: Locked(conn), readers: Locked([]))
             }
-        case .postgres(let settings):
+        case .postgres(var settings):
+            settings.lockTimeoutMilliseconds = busyTimeoutMilliseconds
             let pool = try PostgresPool(settings)
             self.path = pool.location
             backend = .postgres(pool)

@@ -168,10 +168,12 @@ extension CatalogConnection {
 
     // MARK: rollouts
 
-    static var rolloutColumns: String { """
+    static var rolloutColumns: String {
+        """
         id, deployment_id, stable_digest, canary_digest, state, steps, step_index, weight, analysis_ms, step_started_at,
         failures, started_by, job_id, reason, created_at, finished_at
-        """ }
+        """
+    }
 
     static func rollout(_ s: any ResultRow) throws -> RolloutRecord {
         let r = s.row

@@ -83,11 +83,13 @@ public struct PipelineRunRecord: Sendable, Equatable {
 /// states (and lease token), so two runners or a runner and the expiry sweep never both win;
 /// each returns whether it applied.
 extension CatalogConnection {
-    static var jobColumns: String { """
+    static var jobColumns: String {
+        """
         id, run_id, pipeline, stage, kind, spec, state, input_repository, input_digest, input_tag, output_tag, labels,
         attempt, max_attempts, timeout_ms, not_before, runner, lease_token, lease_expires, job_key, output_digest,
         memoized, log_digest, reason, created_at, updated_at, started_at, finished_at
-        """ }
+        """
+    }
 
     static func job(_ s: any ResultRow) throws -> JobRecord {
         let r = s.row
@@ -242,7 +244,7 @@ extension CatalogConnection {
         try run(
             """
             UPDATE jobs SET state = 'succeeded', output_digest = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
-            WHERE id = ? AND state = 'running' AND (? IS NULL OR lease_token = ?)
+            WHERE id = ? AND state = 'running' AND (CAST(? AS TEXT) IS NULL OR lease_token = ?)
             """, .optionalText(output), .int(now), .int(now), .int(id), .optionalText(token), .optionalText(token))
         return changes > 0
     }

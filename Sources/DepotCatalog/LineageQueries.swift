@@ -236,13 +236,19 @@ extension CatalogConnection {
                 UNION SELECT e.parent FROM lineage_edges e JOIN pinned_up ON e.child = pinned_up.d
             ),
             kept(repo_id, digest) AS (
-                SELECT repo_id, digest FROM tags
-                UNION SELECT repo_id, digest FROM manifests WHERE digest IN (SELECT d FROM pinned_up) OR created_at >= ?
-                UNION SELECT m.repo_id, m.digest FROM manifests m JOIN repositories r ON r.id = m.repo_id
-                      JOIN deployments dep ON dep.repository = r.name
-                      WHERE 'sha256:' || lower(hex(m.digest)) IN (dep.stable_digest, dep.canary_digest)
-                UNION SELECT m.repo_id, m.child FROM manifest_refs m JOIN kept k ON k.repo_id = m.repo_id AND k.digest = m.manifest WHERE m.kind = 1
-                UNION SELECT s.repo_id, s.digest FROM manifests s JOIN kept k ON k.repo_id = s.repo_id AND k.digest = s.subject
+                SELECT repo_id, digest FROM (
+                    SELECT repo_id, digest FROM tags
+                    UNION SELECT repo_id, digest FROM manifests WHERE digest IN (SELECT d FROM pinned_up) OR created_at >= ?
+                    UNION SELECT m.repo_id, m.digest FROM manifests m JOIN repositories r ON r.id = m.repo_id
+                          JOIN deployments dep ON dep.repository = r.name
+                          WHERE 'sha256:' || lower(hex(m.digest)) IN (dep.stable_digest, dep.canary_digest)
+                ) AS seeds
+                -- What a kept manifest keeps: its index's children and its referrers. One recursive
+                -- reference (PostgreSQL allows no more), over both edge kinds.
+                UNION SELECT c.repo_id, c.digest FROM kept k JOIN (
+                    SELECT repo_id, manifest AS parent, child AS digest FROM manifest_refs WHERE kind = 1
+                    UNION ALL SELECT repo_id, subject AS parent, digest FROM manifests WHERE subject IS NOT NULL
+                ) AS c ON c.repo_id = k.repo_id AND c.parent = k.digest
             )
             SELECT m.repo_id, m.digest FROM manifests m
             WHERE NOT EXISTS (SELECT 1 FROM kept k WHERE k.repo_id = m.repo_id AND k.digest = m.digest)

@@ -15,6 +15,9 @@ public struct PostgresSettings: Sendable, Equatable {
     public var poolSize: Int
     /// Seconds a connection attempt may take (libpq `connect_timeout`).
     public var connectTimeoutSeconds: Int
+    /// How long a statement waits for a lock another transaction holds before it fails with a
+    /// "retry" error (`lock_timeout`), like SQLite's busy timeout.
+    public var lockTimeoutMilliseconds: Int = 10_000
 
     public init(url: String, password: String? = nil, schema: String = "public", poolSize: Int = 16, connectTimeoutSeconds: Int = 10) {
         self.url = url
@@ -79,7 +82,8 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
             let message = String(cString: PQerrorMessage(conn)).trimmingCharacters(in: .whitespacesAndNewlines)
             PQfinish(conn)
             throw DepotError.storage(
-                "catalog \(location) is unreachable: \(message). Check catalog.url, that PostgreSQL is running and that the password is set")
+                "catalog \(location) is unreachable: \(message). Check catalog.url, that PostgreSQL is running and that the password is set"
+            )
         }
         handle = conn
         // NOTICEs (an IF NOT EXISTS that found the table) would go to stderr by default.
@@ -91,6 +95,7 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
                 SET search_path TO \(settings.schema);
                 SET client_min_messages TO warning;
                 SET TIME ZONE 'UTC';
+                SET lock_timeout = \(max(1, settings.lockTimeoutMilliseconds));
                 """)
         } catch {
             PQfinish(conn)

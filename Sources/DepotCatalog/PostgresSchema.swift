@@ -35,11 +35,14 @@ enum PostgresSchema {
                     "catalog \(conn.location) has schema version \(current), newer than this build understands (\(known)); upgrade depot")
             }
             if current != 0 && current < steps.first!.version {
-                throw DepotError.storage("catalog \(conn.location) has schema version \(current), which no build of Depot wrote to PostgreSQL")
+                throw DepotError.storage(
+                    "catalog \(conn.location) has schema version \(current), which no build of Depot wrote to PostgreSQL")
             }
             for step in steps where step.version > current {
                 try conn.execute(step.sql)
-                try conn.run("INSERT INTO depot_schema(version, applied_at) VALUES(?, ?)", .int(step.version), .int(Int64(Date().timeIntervalSince1970 * 1000)))
+                try conn.run(
+                    "INSERT INTO depot_schema(version, applied_at) VALUES(?, ?)", .int(step.version),
+                    .int(Int64(Date().timeIntervalSince1970 * 1000)))
             }
         }
     }

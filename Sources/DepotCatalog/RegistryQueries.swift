@@ -43,11 +43,14 @@ extension CatalogConnection {
         // Another replica may create it between the two statements: then the insert does nothing
         // and the second lookup finds its row.
         if let id = try first(
-            "INSERT INTO repositories(name, created_at) VALUES(?, ?) ON CONFLICT DO NOTHING RETURNING id", .text(name), .int(now), map: { $0.int(0) })
+            "INSERT INTO repositories(name, created_at) VALUES(?, ?) ON CONFLICT DO NOTHING RETURNING id", .text(name), .int(now),
+            map: { $0.int(0) })
         {
             return id
         }
-        guard let id = try repositoryID(name) else { throw DepotError.storage("catalog \(location): repository \(name) vanished while created") }
+        guard let id = try repositoryID(name) else {
+            throw DepotError.storage("catalog \(location): repository \(name) vanished while created")
+        }
         return id
     }
 
@@ -64,7 +67,8 @@ extension CatalogConnection {
 
     public func linkBlob(repo: Int64, _ digest: Digest, now: Int64) throws {
         try run(
-            "INSERT INTO repository_blobs(repo_id, digest, created_at) VALUES(?,?,?) ON CONFLICT DO NOTHING", .int(repo), .hash(digest.bytes), .int(now))
+            "INSERT INTO repository_blobs(repo_id, digest, created_at) VALUES(?,?,?) ON CONFLICT DO NOTHING", .int(repo),
+            .hash(digest.bytes), .int(now))
     }
 
     public func unlinkBlob(repo: Int64, _ digest: Digest) throws -> Bool {
@@ -149,12 +153,14 @@ extension CatalogConnection {
             m.subject.map { .hash($0.bytes) } ?? .null, m.annotationsJSON.map(SQLValue.text) ?? .null, .blob(m.content), .int(now))
         for b in blobs {
             try run(
-                "INSERT INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,0) ON CONFLICT DO NOTHING", .int(repo), .hash(m.digest.bytes),
+                "INSERT INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,0) ON CONFLICT DO NOTHING", .int(repo),
+                .hash(m.digest.bytes),
                 .hash(b.bytes))
         }
         for c in children {
             try run(
-                "INSERT INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,1) ON CONFLICT DO NOTHING", .int(repo), .hash(m.digest.bytes),
+                "INSERT INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,1) ON CONFLICT DO NOTHING", .int(repo),
+                .hash(m.digest.bytes),
                 .hash(c.bytes))
         }
     }
@@ -279,7 +285,8 @@ extension CatalogConnection {
 
     public func setManifestMetadata(_ digest: Digest, json: String) throws {
         try run(
-            "INSERT INTO manifest_metadata(digest, json) VALUES(?, ?) ON CONFLICT(digest) DO UPDATE SET json = excluded.json", .hash(digest.bytes),
+            "INSERT INTO manifest_metadata(digest, json) VALUES(?, ?) ON CONFLICT(digest) DO UPDATE SET json = excluded.json",
+            .hash(digest.bytes),
             .text(json))
     }
 }

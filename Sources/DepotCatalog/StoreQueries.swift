@@ -305,7 +305,9 @@ extension CatalogConnection {
     // MARK: roots and garbage
 
     public func addRoot(_ digest: Digest, reason: String, now: Int64) throws {
-        try run("INSERT INTO blob_roots(digest, reason, created_at) VALUES(?,?,?) ON CONFLICT DO NOTHING", .hash(digest.bytes), .text(reason), .int(now))
+        try run(
+            "INSERT INTO blob_roots(digest, reason, created_at) VALUES(?,?,?) ON CONFLICT DO NOTHING", .hash(digest.bytes), .text(reason),
+            .int(now))
     }
 
     public func removeRoot(_ digest: Digest) throws {
@@ -339,7 +341,6 @@ extension CatalogConnection {
     }
 
     // MARK: statistics
-
 
     /// The counts kept incrementally by triggers (migration 8): one row in SQLite, 16 shards in
     /// PostgreSQL (see `PostgresSchema`), whatever the store's size.

@@ -86,7 +86,10 @@ public struct DepotService {
         // Certificate files are checked before the store opens: a bad one stops start-up naming the file.
         let tls = try config.tls.map { try TLSCertificateStore(settings: $0, logger: logger) }
         tls?.reloadOnHangup()
-        let store = try ChunkStore(root: config.storageRoot, options: config.storeOptions, create: true)
+        var storeOptions = config.storeOptions
+        storeOptions.catalog = try config.catalog.location()
+        let store = try ChunkStore(root: config.storageRoot, options: storeOptions, create: true)
+        logger.info("catalog: \(store.catalog.dialect == .postgres ? "PostgreSQL " : "SQLite ")\(store.catalog.path)")
         if !store.recovery.isClean {
             logger.notice("repaired store on open: \(store.recovery.summary)")
             for path in store.recovery.quarantinedPacks {

@@ -18,6 +18,8 @@ public struct ServerConfig: Sendable, Equatable {
     /// `text` (swift-log's default lines) or `json` (one object per line).
     public var logFormat = "text"
     public var storageRoot = "storage"
+    /// Where the catalog lives (`catalog:`): SQLite in the storage root, or PostgreSQL.
+    public var catalog = CatalogConfig()
     /// Upload sessions and blob size (`uploads:`).
     public var uploads = UploadLimits()
     /// Connections, timeouts and threads (`server:`).
@@ -479,6 +481,7 @@ public struct ServerConfig: Sendable, Equatable {
         }
         try reader.section(root, "auth") { s in try Self.parseAuth(s, reader, into: &config) }
         try reader.section(root, "signing") { s in try Self.parseSigning(s, reader, into: &config) }
+        try reader.section(root, "catalog") { s in try Self.parseCatalog(s, reader, into: &config) }
         if let raw = root["deploy_policy"] {
             guard let s = raw as? [String: Any] else { throw reader.error("deploy_policy", "must be a mapping of environments") }
             try Self.parseDeployPolicy(s, reader, into: &config)
@@ -487,7 +490,7 @@ public struct ServerConfig: Sendable, Equatable {
             root,
             known: [
                 "server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats", "auth", "signing",
-                "deploy_policy",
+                "deploy_policy", "catalog",
             ], at: "")
         return config
     }
@@ -619,6 +622,7 @@ final class ConfigReader {
                 "password_iterations", "oidc",
             ],
             "signing": ["enabled", "key_file", "trusted_keys"],
+            "catalog": ["driver", "url", "password_env", "password_file", "schema", "pool_size", "connect_timeout_seconds"],
             "formats": [
                 "max_mib_per_blob", "max_seconds_per_blob", "max_seconds_per_manifest", "max_document_kib", "concurrency",
                 "cache_entries",

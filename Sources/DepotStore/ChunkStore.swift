@@ -73,10 +73,11 @@ public final class ChunkStore: Sendable {
                 try FileSystem.rename(formatPath + ".tmp", formatPath)
                 try FileSystem.syncDirectory(root)
             }
-            if !readOnly { try Recovery.checkCatalogPresent(root: root) }
-            catalog = try Database(
-                path: root + "/catalog.db", readOnly: readOnly,
-                busyTimeoutMilliseconds: options.catalogBusyTimeoutMilliseconds)
+            let location = options.catalog ?? Database.location(forPath: root + "/catalog.db")
+            // A catalog file that vanished next to packs is refused before SQLite creates an empty
+            // one; a PostgreSQL catalog without tables is caught by Recovery (no packs recorded).
+            if !readOnly, case .sqlite = location { try Recovery.checkCatalogPresent(root: root) }
+            catalog = try Database(location: location, readOnly: readOnly, busyTimeoutMilliseconds: options.catalogBusyTimeoutMilliseconds)
             files = PackFiles(root: root)
             appender = PackAppender(db: catalog, files: files, options: options)
             compressors = CompressorPool(maxChunk: options.chunker.maxSize)

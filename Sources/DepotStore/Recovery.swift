@@ -105,8 +105,9 @@ enum Recovery {
         }
     }
 
-    static func catalogLost(root: String, packFiles: Int, missing: Bool) -> DepotError {
-        let what = missing ? "\(root)/catalog.db is missing" : "\(root)/catalog.db records no packs"
+    static func catalogLost(root: String, packFiles: Int, missing: Bool, catalog: String? = nil) -> DepotError {
+        let name = catalog ?? "\(root)/catalog.db"
+        let what = missing ? "\(name) is missing" : "catalog \(name) records no packs"
         return DepotError.storage(
             """
             \(what) but packs/ holds \(packFiles) pack file(s): the catalog may live on a volume that is not mounted, \
@@ -160,7 +161,9 @@ enum Recovery {
         let packs = try catalog.read { try $0.packs() }
         let known = Set(packs.map(\.id))
         let onDisk = try packFilesOnDisk(root: root)
-        if packs.isEmpty && !onDisk.isEmpty { throw catalogLost(root: root, packFiles: onDisk.count, missing: false) }
+        if packs.isEmpty && !onDisk.isEmpty {
+            throw catalogLost(root: root, packFiles: onDisk.count, missing: false, catalog: catalog.path)
+        }
         let usage = try catalog.read { try $0.packUsage(headerSize: PackFormat.recordHeaderSize) }
 
         // 1. Look, change nothing: every pack the catalog knows.

@@ -1,3 +1,4 @@
+import DepotCatalog
 import DepotCore
 
 /// Tunables of a chunk store. Defaults match `config/depot.yaml`.
@@ -23,6 +24,9 @@ public struct StoreOptions: Sendable {
     /// How long a catalog statement waits for a lock held by another connection or process
     /// before the operation fails with a clear "retry" error (nothing half-done is kept).
     public var catalogBusyTimeoutMilliseconds = 10_000
+
+    /// Where the catalog lives; nil: `catalog.db` (SQLite) in the storage root.
+    public var catalog: CatalogLocation?
 
     public init() {}
 }

@@ -25,7 +25,7 @@ struct Debug: ParsableCommand {
             options.flushBytes = 1 << 20 // many small group commits: more crash points
             options.packTargetSize = 4 << 20
             options.writeGraceSeconds = 0
-            let store = reportingErrors { try ChunkStore(root: storage.storage, options: options, create: true) }
+            let store = reportingErrors { try ChunkStore(root: storage.storage, options: storage.options(options), create: true) }
             for i in 0..<count {
                 let size = minSize + SyntheticContent.size(seed: seed, index: i, max: max(1, maxSize - minSize))
                 let result = reportingErrors { () -> WriteResult in

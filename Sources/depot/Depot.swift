@@ -1,5 +1,7 @@
 import ArgumentParser
+import DepotCatalog
 import DepotCore
+import DepotStore
 import Foundation
 
 /// The `depot` command line: the registry server, its client, and store maintenance.
@@ -22,6 +24,25 @@ struct Depot: AsyncParsableCommand {
 struct StorageOptions: ParsableArguments {
     @Option(name: .long, help: "Storage root (catalog.db and packs/).")
     var storage: String = "storage"
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A PostgreSQL catalog (libpq URL, e.g. postgres://depot@db:5432/depot) instead of catalog.db in the storage root.",
+            discussion: "Default: $DEPOT_CATALOG_URL. The password comes from PGPASSWORD or ~/.pgpass, as for psql."))
+    var catalog: String?
+
+    @Option(name: .long, help: "The PostgreSQL schema of the catalog.")
+    var catalogSchema: String = "public"
+
+    /// `base` with the catalog these options name.
+    func options(_ base: StoreOptions = StoreOptions()) -> StoreOptions {
+        var o = base
+        if let url = catalog ?? ProcessInfo.processInfo.environment["DEPOT_CATALOG_URL"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            o.catalog = .postgres(PostgresSettings(url: url, schema: catalogSchema, poolSize: 4))
+        }
+        return o
+    }
 }
 
 /// Prints `error: message` to stderr and exits with `code`.

@@ -12,7 +12,7 @@ struct Stats: ParsableCommand {
 
     func run() throws {
         let stats = reportingErrors { () -> StoreStats in
-            let store = try ChunkStore(root: storage.storage, readOnly: true)
+            let store = try ChunkStore(root: storage.storage, options: storage.options(), readOnly: true)
             return try store.stats()
         }
         if json { return printJSON(stats) }
@@ -47,7 +47,7 @@ struct Fsck: ParsableCommand {
     func run() throws {
         let (checked, recovery) = { () -> (FsckReport, RecoveryReport) in
             do {
-                let store = try ChunkStore(root: storage.storage, ifDamaged: repair ? .repair : .report)
+                let store = try ChunkStore(root: storage.storage, options: storage.options(), ifDamaged: repair ? .repair : .report)
                 return (try store.fsck(verifyBlobDigests: !quick), store.recovery)
             } catch let e as DepotError { fail(e.description, code: 2) } catch { fail("\(error)", code: 2) }
         }()
@@ -91,7 +91,7 @@ struct GC: ParsableCommand {
         let report = reportingErrors { () -> RegistryGCReport in
             var options = StoreOptions()
             options.writeGraceSeconds = grace
-            let store = try ChunkStore(root: storage.storage, options: options)
+            let store = try ChunkStore(root: storage.storage, options: storage.options(options))
             return try Registry(store: store).collectGarbage(untaggedGraceSeconds: grace, actor: "depot gc")
         }
         if json { return printJSON(report) }
@@ -120,7 +120,7 @@ struct Blob: ParsableCommand {
         @Argument(help: "Files to store.") var files: [String]
 
         func run() throws {
-            let store = reportingErrors { try ChunkStore(root: storage.storage, create: true) }
+            let store = reportingErrors { try ChunkStore(root: storage.storage, options: storage.options(), create: true) }
             var results: [WriteResult] = []
             for path in files {
                 let result = reportingErrors { () -> WriteResult in
@@ -149,7 +149,7 @@ struct Blob: ParsableCommand {
         func run() throws {
             reportingErrors {
                 let d = try Digest(parsing: digest)
-                let store = try ChunkStore(root: storage.storage, readOnly: true)
+                let store = try ChunkStore(root: storage.storage, options: storage.options(), readOnly: true)
                 var r: Range<Int64>?
                 if let range {
                     let parts = range.split(separator: "-", omittingEmptySubsequences: false)

@@ -149,6 +149,6 @@ import Testing
     @Test func aFreshCatalogIsAtTheLatestVersion() throws {
         let (db, dir) = try makeCatalog()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        #expect(try db.read { try $0.first("PRAGMA user_version") { $0.int(0) } } == Database.schemaVersion)
+        #expect(try db.read { try Schema.version($0) } == Database.schemaVersion)
     }
 }

@@ -87,7 +87,8 @@ import Testing
         }
     }
 
-    @Test func aCatalogLockedByAnotherProcessGets503AndTheRetrySucceeds() async throws {
+    @Test(.disabled(if: Database.isTestingOnPostgres, "holds SQLite's file write lock; PostgreSQL writers do not exclude each other"))
+    func aCatalogLockedByAnotherProcessGets503AndTheRetrySucceeds() async throws {
         var options = StoreOptions()
         options.catalogBusyTimeoutMilliseconds = 300
         try await withServer(options) { c, store in

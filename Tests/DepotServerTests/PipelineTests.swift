@@ -84,7 +84,7 @@ struct PipelineTests {
             """
         try await PipelineHarness.run(pipelines: [yaml], leaseSeconds: 1) { h, client in
             let input = try await h.push("team/m", "v1", files: ["a.txt": "a"])
-            let queued = try await h.waitJobs(timeout: 10) { $0.count == 1 }
+            let queued = try await h.waitJobs(timeout: 60) { $0.count == 1 }
             let first = try #require(try h.jobs.lease(runner: "doomed", labels: []))
             #expect(first.id == queued[0].id && first.attempt == 1)
             let key = Digest.of(Array("some key".utf8)).description
@@ -100,7 +100,7 @@ struct PipelineTests {
             let (keyed, _) = try h.registry.putManifest(
                 try RepositoryName("team/m"), .tag("v1-copy"), contentType: MediaType.ociManifest, bytes: bytes)
             // Its lease expires; the job goes back to the queue and the next attempt is memoized.
-            let requeued = try await h.waitJobs(timeout: 10) { $0.count == 1 && $0[0].state == .queued }
+            let requeued = try await h.waitJobs(timeout: 60) { $0.count == 1 && $0[0].state == .queued }
             #expect(requeued[0].reason?.contains("lease expired") == true)
             var leased: JobRecord?
             for _ in 0..<100 where leased == nil { // after the retry backoff
@@ -179,7 +179,7 @@ struct PipelineTests {
             // Unconfined: the stage writes host paths (the gate) and the test kills a host pid; the
             // sandboxed kill is in SandboxTests.
             try await h.withRunner(configure: { $0.sandbox.mode = .off }) {
-                let running = try await h.waitJobs(timeout: 10) {
+                let running = try await h.waitJobs(timeout: 60) {
                     $0.first?.state == .running && FileManager.default.fileExists(atPath: gate + ".child")
                 }
                 let child = Int32(
@@ -191,7 +191,7 @@ struct PipelineTests {
                 let deadline = Date().addingTimeInterval(10)
                 while kill(child, 0) == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
                 #expect(kill(child, 0) != 0, "the stage's background child was killed too")
-                let stopped = try await h.waitJobs(timeout: 10) { $0.first?.logDigest != nil }
+                let stopped = try await h.waitJobs(timeout: 60) { $0.first?.logDigest != nil }
                 #expect(try h.log(stopped[0]).contains("stopped: cancelled"), "the log of a cancelled job is kept")
                 let again = try await client.req(.post, "/depot/v1/jobs/\(running[0].id)/cancel")
                 #expect(again.status.code == 409)
@@ -216,14 +216,14 @@ struct PipelineTests {
             """
         try await PipelineHarness.run(pipelines: [yaml]) { h, _ in
             _ = try await h.push("team/g", "v1", files: ["a.txt": "a"])
-            try await h.waitJobs(timeout: 10) { $0.count == 1 }
+            try await h.waitJobs(timeout: 60) { $0.count == 1 }
             try await h.withRunner(labels: ["cpu", "gpu"], name: "cpu-only") {
                 try await Task.sleep(for: .milliseconds(800))
                 #expect(
                     try h.jobs.jobs(state: nil, pipeline: nil, limit: 10).first?.state == .queued, "a runner without tensorrt leaves it")
             }
             let done = try await h.withRunner(labels: ["gpu", "tensorrt"], name: "gpu-node") {
-                try await h.waitJobs(timeout: 10) { $0.first?.state == .succeeded }
+                try await h.waitJobs(timeout: 60) { $0.first?.state == .succeeded }
             }
             #expect(done[0].runner == "gpu-node")
         }
@@ -256,7 +256,7 @@ struct PipelineTests {
             webhooks: ["external/review": (hookURL, "stage-secret"), "silent/review": (hookURL, "stage-secret")]
         ) { h, client in
             let input = try await h.push("team/w", "v1", files: ["a.txt": "a"])
-            let running = try await h.waitJobs(timeout: 10) { $0.first?.state == .running }
+            let running = try await h.waitJobs(timeout: 60) { $0.first?.state == .running }
             // The receiver got a signed POST describing the job.
             var received: [String: Any] = [:]
             for _ in 0..<200 {
@@ -299,7 +299,7 @@ struct PipelineTests {
                 ], body: body)
             #expect(signed.status.code == 200, "\(signed.json)")
             let done = try await h.withRunner {
-                try await h.waitJobs(timeout: 10) { $0.count == 2 && $0.allFinal }
+                try await h.waitJobs(timeout: 60) { $0.count == 2 && $0.allFinal }
             }
             #expect(done.stage("review")?.state == .succeeded)
             #expect(done.stage("after")?.state == .succeeded)

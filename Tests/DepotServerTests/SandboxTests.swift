@@ -193,7 +193,8 @@ import Testing
 
     /// The control: unconfined, the same stages read the catalog and the other process's secret,
     /// connect, fork 400 times and write outside their workspace. (No fork bomb here: it would not stop.)
-    @Test func theAttacksWorkWithoutTheSandbox() async throws {
+    @Test(.disabled(if: Database.isTestingOnPostgres, "one attack reads catalog.db, which a PostgreSQL catalog does not have"))
+    func theAttacksWorkWithoutTheSandbox() async throws {
         try await Self.withAttacks(mode: .off) { h, attacks in
             for name in attacks.names { _ = try await h.push("evil/\(name)", "v1", files: ["a.txt": "hello"]) }
             let jobs = try await h.waitJobs(timeout: 60) { $0.count == attacks.names.count && $0.allFinal }

