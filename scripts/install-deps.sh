@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine needs. Idempotent: skips what is already there.
-#   scripts/install-deps.sh          build dependencies (C libraries Depot links), and
+#   scripts/install-deps.sh          build dependencies (C libraries Depot links: zstd, SQLite,
+#                                    OpenSSL, libpq for a PostgreSQL catalog), and
 #                                    bubblewrap + util-linux (setpriv): runners confine stages
 #                                    with them (docs/PIPELINES.md, "The sandbox")
 #   scripts/install-deps.sh --test   also the real peers the tests run: skopeo, containerd,
-#                                    docker-registry (CNCF distribution), curl (Debian) and
+#                                    docker-registry (CNCF distribution), PostgreSQL (the suite
+#                                    runs again on it), curl (Debian) and
 #                                    oras-py, requests, onnx, numpy (PyPI), and the e2e
 #                                    Python environment (scripts/e2e/python-env.sh: a real
 #                                    Triton server, onnxruntime, skl2onnx, scikit-learn, skops,
@@ -12,10 +14,10 @@
 #                                    picklescan, modelscan and fickling its pickle-policy test
 #                                    compares with)
 set -euo pipefail
-packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev bubblewrap util-linux)
+packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev libpq-dev bubblewrap util-linux)
 python_modules=()
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(skopeo containerd docker-registry curl tar gzip python3-pip prometheus openssl)
+  packages+=(skopeo containerd docker-registry curl tar gzip python3-pip prometheus openssl postgresql)
   python_modules+=(oras requests onnx numpy)
 fi
 need=()

@@ -2,7 +2,8 @@
 # Runs every test: installs build dependencies and the real peers (skopeo, containerd, CNCF
 # distribution, oras, a Python environment with a real Triton server, onnxruntime, skl2onnx),
 # builds the depot executable (the crash and pipeline tests run it as a child process), runs the
-# whole Swift test suite, then the end-to-end scenarios under scripts/e2e/ and a smoke run of every
+# whole Swift test suite, then again with the catalog in a throwaway PostgreSQL
+# (scripts/test-postgres.sh), then the end-to-end scenarios under scripts/e2e/ and a smoke run of every
 # libFuzzer harness (scripts/fuzz.sh --smoke: past crashes replayed, then a few seconds each).
 # `swift format lint` runs first, then scripts/test-hooks.sh (the Python hooks: mypy and unit tests).
 set -euo pipefail
@@ -17,6 +18,7 @@ scripts/test-hooks.sh
 swift build --product depot
 swift test --disable-xctest "$@"
 if [[ $# -eq 0 ]]; then
+  scripts/test-postgres.sh
   scripts/e2e/pipeline.sh
   scripts/e2e/canary.sh
   scripts/fuzz.sh --smoke

@@ -1,0 +1,168 @@
+import DepotAPI
+import DepotCore
+import Foundation
+import Testing
+
+@testable import DepotCatalog
+
+/// Writers on several "replicas" at once: separate `Database` instances (separate connection
+/// pools) on one catalog, each driven by several threads. On PostgreSQL these are concurrent
+/// transactions, as on replicas sharing one database; on SQLite they are writers of two processes
+/// waiting on the file lock. Either way, what the catalog promises must hold exactly.
+func digestOf(_ text: String) -> Digest {
+    Digest(bytes: Array(text.utf8).withUnsafeBytes { SHA256.hash($0) })
+}
+
+@Suite struct ConcurrentWriterTests {
+    static let replicas = 2
+    static let threadsPerReplica = 4
+
+    /// Opens `replicas` catalogs on one location and runs `body(replica, thread)` on every thread.
+    func onReplicas(_ body: @escaping @Sendable (Database, Int, Int) throws -> Void) throws -> Database {
+        let (first, dir) = try makeCatalog()
+        var dbs = [first]
+        for _ in 1..<Self.replicas { dbs.append(try Database(location: first.location)) }
+        let errors = Locked<[String]>([])
+        let group = DispatchGroup()
+        for (r, db) in dbs.enumerated() {
+            for t in 0..<Self.threadsPerReplica {
+                group.enter()
+                Thread.detachNewThread {
+                    defer { group.leave() }
+                    do { try body(db, r, t) } catch { errors.withLock { $0.append("\(error)") } }
+                }
+            }
+        }
+        group.wait()
+        try? FileManager.default.removeItem(atPath: dir)
+        #expect(errors.withLock { $0 }.isEmpty, "\(errors.withLock { $0 }.prefix(3))")
+        return first
+    }
+
+    @Test func theAuditChainStaysUnbrokenUnderConcurrentAppenders() throws {
+        let perThread = 25
+        let db = try onReplicas { db, r, t in
+            for i in 0..<perThread {
+                try db.write { conn in
+                    try conn.appendAudit(
+                        at: Int64(i), actor: "replica-\(r)", action: "test", repository: "team/m", digest: nil, tag: "t\(t)",
+                        details: ["i": i])
+                }
+            }
+        }
+        let result = try db.read { try $0.verifyAudit() }
+        #expect(result.intact, "\(result.problem ?? "")")
+        #expect(result.entries == Self.replicas * Self.threadsPerReplica * perThread)
+    }
+
+    @Test func eventIdsAreContiguousAndNeverRepeated() throws {
+        let perThread = 25
+        let db = try onReplicas { db, r, _ in
+            for i in 0..<perThread {
+                try db.write { conn in
+                    _ = try conn.appendEvent(type: "test", at: Int64(i), repository: "team/m", fields: ["replica": r])
+                }
+            }
+        }
+        let ids = try db.read { try $0.events(after: 0, limit: 10_000) }.map(\.id)
+        let total = Self.replicas * Self.threadsPerReplica * perThread
+        #expect(ids == (1...Int64(total)).map { $0 })
+    }
+
+    /// Every thread moves one tag repeatedly; the journal must be one chain: each move starts
+    /// where the previous one ended (no two writers read the same "from").
+    @Test func everyTagMoveIsJournaledFromTheDigestItReplaced() throws {
+        let perThread = 15
+        let db = try onReplicas { db, r, t in
+            for i in 0..<perThread {
+                try db.write { conn in
+                    let repo = try conn.ensureRepository("team/m", now: 1)
+                    let digest = digestOf("\(r)-\(t)-\(i)")
+                    try conn.setTag(repo: repo, "production", to: digest, actor: "r\(r)", reason: nil, now: Int64(i))
+                }
+            }
+        }
+        let moves = try db.read { conn in try conn.tagHistory(repo: try #require(try conn.repositoryID("team/m")), "production") }
+        #expect(moves.count == Self.replicas * Self.threadsPerReplica * perThread)
+        #expect(moves.first?.from == nil)
+        let broken = zip(moves, moves.dropFirst()).filter { $0.1.from != $0.0.to }.map(\.1.id)
+        #expect(broken.isEmpty, "moves that do not start where the previous one ended: \(broken.prefix(5))")
+    }
+
+    /// Compare-and-swap: every thread tries to move the alias from the digest it last saw; of
+    /// the threads that saw one digest, exactly one wins.
+    @Test func aCompareAndSwapHasExactlyOneWinnerPerDigest() throws {
+        let seed = digestOf("seed")
+        let (setup, dir) = try makeCatalog()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try setup.write { conn in
+            let repo = try conn.ensureRepository("team/m", now: 1)
+            try conn.setTag(repo: repo, "production", to: seed, actor: "setup", reason: nil, now: 1)
+        }
+        let wins = Locked(0)
+        let group = DispatchGroup()
+        let dbs = try (0..<Self.replicas).map { _ in try Database(location: setup.location) }
+        for (r, db) in dbs.enumerated() {
+            for t in 0..<Self.threadsPerReplica {
+                group.enter()
+                Thread.detachNewThread {
+                    defer { group.leave() }
+                    let mine = digestOf("\(r)-\(t)")
+                    // What Registry.checkTagMove does: lock the tag, compare, move.
+                    let won = try? db.write { conn -> Bool in
+                        let repo = try conn.ensureRepository("team/m", now: 1)
+                        try conn.lock(.tag(repository: repo, name: "production"))
+                        guard try conn.tag(repo: repo, "production") == seed else { return false }
+                        try conn.setTag(repo: repo, "production", to: mine, actor: "r\(r)", reason: nil, now: 2)
+                        return true
+                    }
+                    if won == true { wins.withLock { $0 += 1 } }
+                }
+            }
+        }
+        group.wait()
+        #expect(wins.withLock { $0 } == 1)
+    }
+
+    /// Runners on every replica lease at once: each job is leased exactly once.
+    @Test func eachQueuedJobIsLeasedByExactlyOneRunner() throws {
+        let jobs = 40
+        let (setup, dir) = try makeCatalog()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try setup.write { conn in
+            for j in 0..<jobs {
+                let run = try #require(
+                    try conn.createPipelineRun(
+                        pipeline: "p", repository: "team/m", digest: "sha256:" + String(format: "%064x", j), tag: nil, eventID: nil, now: 1)
+                )
+                _ = try conn.enqueueJob(runID: run, pipeline: "p", newJob(), now: 1)
+            }
+        }
+        let leased = Locked<[Int64]>([])
+        let group = DispatchGroup()
+        let dbs = try (0..<Self.replicas).map { _ in try Database(location: setup.location) }
+        for (r, db) in dbs.enumerated() {
+            for t in 0..<Self.threadsPerReplica {
+                group.enter()
+                Thread.detachNewThread {
+                    defer { group.leave() }
+                    while true {
+                        let got = try? db.write { conn -> Int64? in
+                            for job in try conn.leasableJobs(kinds: ["exec"], now: 10, limit: 8)
+                            where try conn.leaseJob(job.id, runner: "r\(r)-\(t)", token: UUID().uuidString, expires: 1000, now: 10) {
+                                return job.id
+                            }
+                            return nil
+                        }
+                        guard let id = got else { return }
+                        leased.withLock { $0.append(id) }
+                    }
+                }
+            }
+        }
+        group.wait()
+        let ids = leased.withLock { $0 }
+        #expect(ids.count == jobs)
+        #expect(Set(ids).count == jobs)
+    }
+}
