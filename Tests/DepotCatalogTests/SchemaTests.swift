@@ -152,3 +152,42 @@ import Testing
         #expect(try db.read { try Schema.version($0) } == Database.schemaVersion)
     }
 }
+
+/// One schema version means one set of tables and columns, whichever engine holds them.
+@Suite struct SchemaParityTests {
+    static func columns(_ db: Database) throws -> [String: Set<String>] {
+        try db.read { conn in
+            var out: [String: Set<String>] = [:]
+            switch conn.dialect {
+            case .sqlite:
+                var tables: [String] = []
+                try conn.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'") {
+                    tables.append($0.text(0))
+                }
+                for t in tables {
+                    try conn.query("SELECT name FROM pragma_table_info(?)", .text(t)) { out[t, default: []].insert($0.text(0)) }
+                }
+            case .postgres:
+                try conn.query(
+                    "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+                ) { out[$0.text(0), default: []].insert($0.text(1)) }
+                // PostgreSQL's own bookkeeping: the version table and sqlite_sequence's stand-in.
+                out["depot_schema"] = nil
+                out["catalog_sequences"] = nil
+            }
+            return out
+        }
+    }
+
+    @Test(.enabled(if: Database.isTestingOnPostgres, "needs the suite's PostgreSQL (scripts/test-postgres.sh)"))
+    func sqliteAndPostgresHaveTheSameTablesAndColumns() throws {
+        let (postgres, dir) = try makeCatalog()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sqlite = try Database(location: .sqlite(path: dir + "/real-sqlite.db"))
+        #expect(PostgresSchema.steps.last!.version == Database.schemaVersion, "a SQLite migration without its PostgreSQL twin")
+        let a = try Self.columns(sqlite)
+        let b = try Self.columns(postgres)
+        #expect(a.keys.sorted() == b.keys.sorted())
+        for table in a.keys.sorted() { #expect(a[table] == b[table], "\(table)") }
+    }
+}
