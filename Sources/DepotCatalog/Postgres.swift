@@ -63,13 +63,23 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
     /// Whether the connection still works; a broken one is closed instead of returned to the pool.
     public var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK && PQtransactionStatus(handle) == PQTRANS_IDLE }
 
-    public init(_ settings: PostgresSettings) throws {
+    /// `keepalives`: TCP keepalives that notice a vanished peer within about 11 s (the leader's
+    /// connection, whose session holds the leadership lock).
+    public init(_ settings: PostgresSettings, keepalives: Bool = false) throws {
         guard PostgresSettings.isValidSchema(settings.schema) else {
             throw DepotError.invalidArgument("catalog schema '\(settings.schema.prefix(70))' must be lower-case letters, digits and _")
         }
         location = "\(settings.redactedURL) (schema \(settings.schema))"
-        var keywords = ["dbname", "connect_timeout", "application_name"]
-        var values = [settings.url, String(settings.connectTimeoutSeconds), "depot"]
+        // Defaults before `dbname`, so the URL's own parameters override them (libpq reads the
+        // arrays in order, the last value winning); the password after it.
+        var keywords = ["connect_timeout", "application_name"]
+        var values = [String(settings.connectTimeoutSeconds), "depot"]
+        if keepalives {
+            keywords += ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count"]
+            values += ["1", "5", "2", "3"]
+        }
+        keywords.append("dbname")
+        values.append(settings.url)
         if let password = settings.password {
             keywords.append("password")
             values.append(password)

@@ -55,12 +55,13 @@ struct CanaryService: Service {
     let deployments: Deployments
     let source: any MetricsSource
     let logger: Logger
+    var leadership = Leadership.standalone()
     var interval: Duration = .seconds(1)
 
     func run() async throws {
         try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                await tick()
+                if leadership.isLeader { await tick() }
                 try await Task.sleep(for: interval)
             }
         }

@@ -43,8 +43,11 @@ public struct DepotService {
         }
         let limits = config.limits
         BlockingPool.configure(threads: limits.blockingThreads)
+        // Background services that must run once run on the leader (always this process with
+        // SQLite; one replica of those sharing a PostgreSQL catalog).
+        let leadership = registry.store.catalog.leadership()
         let responder = OCIResponder(
-            registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
+            registry: registry, metrics: ServerMetrics(leadership: leadership), logger: logger, jobs: pipelines.jobs,
             callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments, limits: limits, auth: auth,
             scheme: tls == nil ? "http" : "https", trust: trust)
         let headerTimeout = TimeAmount.milliseconds(Int64(limits.headerTimeoutSeconds * 1000))
@@ -60,16 +63,17 @@ public struct DepotService {
                 address: .hostname(config.listenHost, port: config.listenPort), serverName: "depot",
                 availableConnectionsDelegate: MaximumAvailableConnections(limits.maxConnections, logger: logger)),
             services: [
+                LeaderElection(leadership: leadership, logger: logger),
                 UploadExpiry(uploads: registry.uploads),
-                PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger),
-                WebhookDispatcher(registry: registry, hooks: config.webhooks, logger: logger),
+                PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger, leadership: leadership),
+                WebhookDispatcher(registry: registry, hooks: config.webhooks, logger: logger, leadership: leadership),
                 PipelineScheduler(
                     jobs: pipelines.jobs, deployments: deployments, webhookStages: pipelines.webhookStages,
-                    callbackBase: pipelines.callbackBase, logger: logger),
+                    callbackBase: pipelines.callbackBase, logger: logger, leadership: leadership),
                 EmbeddedRunner(runner: pipelines.runner),
                 CanaryService(
                     deployments: deployments, source: metricsSource ?? PrometheusSource(baseURL: policy.prometheusURL),
-                    logger: logger),
+                    logger: logger, leadership: leadership),
                 RouterHookService(changes: routerChanges, policy: policy, registry: registry, logger: logger),
             ],
             onServerRunning: onServerRunning,
@@ -254,6 +258,7 @@ struct PeriodicGC: Service {
     let registry: Registry
     let intervalHours: Double
     let logger: Logger
+    var leadership = Leadership.standalone()
 
     func run() async throws {
         guard intervalHours > 0 else {
@@ -265,6 +270,7 @@ struct PeriodicGC: Service {
             try await cancelWhenGracefulShutdown {
                 while !Task.isCancelled {
                     try await Task.sleep(for: .seconds(intervalHours * 3600))
+                    guard leadership.isLeader else { continue }
                     let registry = self.registry
                     do {
                         let report = try await offload { try registry.collectGarbage() }
@@ -283,5 +289,30 @@ struct PeriodicGC: Service {
         } catch is CancellationError {
             // Shutting down.
         }
+    }
+}
+
+/// Competes for the leadership of the background services every 2 s (see `Leadership`) and logs
+/// every change, so an operator sees which replica runs GC and the canary controller.
+struct LeaderElection: Service {
+    let leadership: Leadership
+    let logger: Logger
+    var interval: Duration = .seconds(2)
+
+    func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                let leadership = self.leadership
+                switch try await offload({ leadership.poll() }) {
+                case .became?:
+                    logger.notice("leader: this replica now runs GC, webhooks, the pipeline scheduler and the canary controller")
+                case .lost(let reason)?:
+                    logger.warning("leader: this replica stopped leading (\(reason)); another replica takes over")
+                case nil: break
+                }
+                try await Task.sleep(for: interval)
+            }
+        }
+        leadership.resign()
     }
 }

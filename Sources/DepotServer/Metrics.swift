@@ -1,3 +1,4 @@
+import DepotCatalog
 import DepotCore
 import Foundation
 
@@ -11,7 +12,10 @@ public final class ServerMetrics: Sendable {
     private let requests = Locked<[Key: Int]>([:])
     private let bytes = Locked((received: Int64(0), sent: Int64(0)))
 
-    public init() {}
+    /// This replica's leadership of the background services (`depot_leader`); nil: not reported.
+    let leadership: Leadership?
+
+    public init(leadership: Leadership? = nil) { self.leadership = leadership }
 
     func record(route: String, method: String, status: Int) {
         requests.withLock { $0[Key(route: route, method: method, status: status), default: 0] += 1 }
@@ -33,6 +37,14 @@ public final class ServerMetrics: Sendable {
             "# HELP depot_http_received_bytes_total Request body bytes received.\n# TYPE depot_http_received_bytes_total counter\ndepot_http_received_bytes_total \(b.received)\n"
         out +=
             "# HELP depot_http_sent_bytes_total Blob and manifest bytes sent.\n# TYPE depot_http_sent_bytes_total counter\ndepot_http_sent_bytes_total \(b.sent)\n"
+        var gauges = gauges
+        if let leadership {
+            gauges.append(
+                (
+                    "depot_leader", "1 while this replica runs the background services (GC, webhooks, scheduler, canary).",
+                    leadership.isLeader ? 1 : 0
+                ))
+        }
         for g in gauges {
             out += "# HELP \(g.name) \(g.help)\n# TYPE \(g.name) gauge\n\(g.name) \(Int64(g.value))\n"
         }

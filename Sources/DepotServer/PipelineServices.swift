@@ -25,6 +25,7 @@ struct PipelineScheduler: Service {
     let webhookStages: [String: WebhookStageTarget]
     let callbackBase: String
     let logger: Logger
+    var leadership = Leadership.standalone()
     var interval: Duration = .milliseconds(250)
 
     func run() async throws {
@@ -36,6 +37,10 @@ struct PipelineScheduler: Service {
         try? await cancelWhenGracefulShutdown {
             var ticks = 0
             while !Task.isCancelled {
+                guard leadership.isLeader else {
+                    try await Task.sleep(for: interval)
+                    continue
+                }
                 do {
                     let queued = try await offload { try jobs.schedule() }
                     if queued > 0 { logger.info("pipelines: queued \(queued) job(s)") }

@@ -67,6 +67,7 @@ struct WebhookDispatcher: Service {
     let registry: Registry
     let hooks: [WebhookConfig]
     let logger: Logger
+    var leadership = Leadership.standalone()
     var pollInterval: Duration = .milliseconds(250)
 
     func run() async throws {
@@ -86,22 +87,32 @@ struct WebhookDispatcher: Service {
 
     func deliverLoop(_ hook: WebhookConfig, http: HTTPClient) async {
         let db = registry.store.catalog
-        var cursor: Int64
-        do {
-            cursor = try await offload {
-                try db.write { conn in
-                    if let c = try conn.webhookCursor(hook.name) { return c }
-                    let start = try conn.lastEventID()
-                    try conn.setWebhookCursor(hook.name, start)
-                    return start
+        // Read from the catalog whenever this replica (re)gains the leadership: another replica
+        // may have delivered and advanced it meanwhile.
+        var cursor: Int64?
+        while !Task.isCancelled {
+            guard leadership.isLeader else {
+                cursor = nil
+                try? await Task.sleep(for: pollInterval)
+                continue
+            }
+            if cursor == nil {
+                do {
+                    cursor = try await offload {
+                        try db.write { conn in
+                            if let c = try conn.webhookCursor(hook.name) { return c }
+                            let start = try conn.lastEventID()
+                            try conn.setWebhookCursor(hook.name, start)
+                            return start
+                        }
+                    }
+                } catch {
+                    logger.error("webhook \(hook.name): cannot read its cursor: \(error)")
+                    try? await Task.sleep(for: .seconds(5))
+                    continue
                 }
             }
-        } catch {
-            logger.error("webhook \(hook.name): cannot read its cursor: \(error)")
-            return
-        }
-        while !Task.isCancelled {
-            let after = cursor
+            guard let after = cursor else { continue }
             guard let batch = try? await offload({ try registry.events(after: after, limit: 100) }) else {
                 try? await Task.sleep(for: pollInterval)
                 continue
@@ -115,7 +126,7 @@ struct WebhookDispatcher: Service {
                 // Interrupted (shutdown) before it was delivered or given up: not done.
                 if hook.wants(event), await !deliver(event, to: hook, http: http) { return }
                 cursor = event.id
-                let done = cursor
+                let done = event.id
                 _ = try? await offload { try db.write { try $0.setWebhookCursor(hook.name, done) } }
             }
         }
