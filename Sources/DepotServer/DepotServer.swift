@@ -30,6 +30,7 @@ public struct DepotService {
         auth: AuthService? = nil,
         tls: TLSCertificateStore? = nil,
         trust: TrustService? = nil,
+        readiness: Readiness? = nil,
         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     )
         -> some ApplicationProtocol
@@ -46,7 +47,8 @@ public struct DepotService {
         let responder = OCIResponder(
             registry: registry, metrics: ServerMetrics(), logger: logger, jobs: pipelines.jobs,
             callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments, limits: limits, auth: auth,
-            scheme: tls == nil ? "http" : "https", trust: trust)
+            scheme: tls == nil ? "http" : "https", trust: trust,
+            readiness: readiness ?? Readiness(probes: Readiness.probes(registry: registry, config: config), logger: logger))
         let headerTimeout = TimeAmount.milliseconds(Int64(limits.headerTimeoutSeconds * 1000))
         return Application(
             responder: responder,
@@ -83,6 +85,7 @@ public struct DepotService {
         var log = config.logFormat == "json" ? Logger(label: "depot", factory: { JSONLogHandler(label: $0) }) : Logger(label: "depot")
         log.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
         let logger = log
+        for warning in config.startupWarnings { logger.warning("config: \(warning)") }
         // Certificate files are checked before the store opens: a bad one stops start-up naming the file.
         let tls = try config.tls.map { try TLSCertificateStore(settings: $0, logger: logger) }
         tls?.reloadOnHangup()
@@ -214,7 +217,7 @@ public struct PipelineSetup: Sendable {
                     config.storageRoot, config.auth.bootstrapTokenFile, config.auth.signingKeyFile, config.signing.keyFile,
                     config.tls?.keyFile ?? "",
                 ]
-                + p.runnerHiddenPaths
+                + p.runnerHiddenPaths + config.secretFiles
             options.sandbox.hiddenPaths.removeAll { $0.isEmpty }
             // With authentication on, the embedded runner uses a credential made for this process
             // (a runner on every repository, with the configured labels); never stored or shown.
