@@ -85,19 +85,35 @@ enum ConfigEnvironment {
         }
     }
 
-    /// The overrides `environment` holds, and warnings about `DEPOT_` variables that set nothing.
-    static func overrides(_ environment: [String: String]) throws -> (overrides: [Override], warnings: [String]) {
+    /// The overrides `environment` holds, and the `DEPOT_` variables that set nothing (not
+    /// counting Depot's other variables).
+    static func overrides(_ environment: [String: String]) throws -> (overrides: [Override], unknown: [String]) {
         var found: [Override] = []
-        var warnings: [String] = []
+        var unknown: [String] = []
         for (name, text) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix(prefix) {
             if otherVariables.contains(name) || otherPrefixes.contains(where: { name.hasPrefix($0) }) { continue }
             guard let path = path(of: name) else {
-                if let warning = unknownWarning(name) { warnings.append(warning) }
+                unknown.append(name)
                 continue
             }
             found.append(Override(variable: name, path: path, value: try value(text, variable: name)))
         }
-        return (found, warnings)
+        return (found, unknown)
+    }
+
+    /// Environment variables the config names as values (`*_env` keys, `pipelines.runner.pass_env`):
+    /// an operator's `DEPOT_WEBHOOK_SECRET` is theirs, not a misspelt key.
+    static func referencedVariables(_ node: Any, key: String = "") -> Set<String> {
+        switch node {
+        case let m as [String: Any]:
+            return m.reduce(into: Set<String>()) { $0.formUnion(referencedVariables($1.value, key: $1.key)) }
+        case let list as [Any]:
+            return list.reduce(into: Set<String>()) { $0.formUnion(referencedVariables($1, key: key)) }
+        case let s as String where key.hasSuffix("_env"):
+            return [s]
+        default:
+            return []
+        }
     }
 
     /// A YAML value from a variable's text, checked like the file (YAMLSafety) and bounded.
@@ -195,8 +211,10 @@ extension ServerConfig {
     /// The typed parse of `root` with the overrides of `environment` applied (nil: none, and
     /// `*_env` keys read the process's environment). An error about a key a variable set names it.
     static func parse(root: [String: Any], path: String, environment: [String: String]?) throws -> ServerConfig {
-        let (overrides, warnings) = try environment.map { try ConfigEnvironment.overrides($0) } ?? ([], [])
+        let (overrides, unknown) = try environment.map { try ConfigEnvironment.overrides($0) } ?? ([], [])
         let tree = try ConfigEnvironment.apply(overrides, to: root)
+        let referenced = ConfigEnvironment.referencedVariables(tree)
+        let warnings = unknown.filter { !referenced.contains($0) }.compactMap(ConfigEnvironment.unknownWarning)
         let reader = ConfigReader(path: path, environment: environment)
         var config: ServerConfig
         do { config = try parse(tree: tree, reader) } catch DepotError.invalidArgument(let message) {

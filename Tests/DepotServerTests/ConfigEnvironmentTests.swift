@@ -212,6 +212,10 @@ import Yams
                 "DEPOT_REGISTRY": "http://x", "DEPOT_PARAM_OPSET": "17", "DEPOT_CANARY_WEIGHT": "10",
                 "DEPOT_TEAM_BUILD_NUMBER_OF_THE_NIGHTLY_JOB": "3", "depot_server_listen": "x",
                 "DEPOT_" + String(repeating: "X", count: 300): "1",
+                // Named by the config: the operator's own, not a misspelt key.
+                "DEPOT_PIPELINES_SECRET": "s", "DEPOT_STORAGE_EXTRA": "e",
+                "DEPOT_WEBHOOKS": "[{name: ci, url: 'http://ci/h', secret_env: DEPOT_PIPELINES_SECRET}]",
+                "DEPOT_PIPELINES_RUNNER_PASS_ENV": "[DEPOT_STORAGE_EXTRA]",
             ])
         #expect(c.listenPort == 5000)
         let w = c.startupWarnings
