@@ -99,7 +99,8 @@ public struct DepotService {
         let registry = Registry(store: store, uploads: config.uploads, policy: config.tagPolicy, inspectionLimits: config.inspection)
         let listen = "\(config.listenHost):\(config.listenPort)"
         let root = config.storageRoot
-        let auth = try await Self.makeAuth(config: config, db: store.catalog, bootstrapSecret: try Self.bootstrapSecret(config))
+        let auth = try await Self.makeAuth(
+            config: config, db: store.catalog, bootstrapSecret: try Self.bootstrapSecret(config, logger: logger))
         let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger, auth: auth)
         let trust = try TrustService.make(config: config, registry: registry, logger: logger)
         if let key = trust.signingKey {
@@ -132,13 +133,18 @@ extension DepotService {
         return auth
     }
 
-    /// The first admin token: `DEPOT_ADMIN_TOKEN`, else the contents of `auth.bootstrap_token_file`.
-    static func bootstrapSecret(_ config: ServerConfig) throws -> String? {
+    /// The first admin token: `DEPOT_ADMIN_TOKEN`, else the contents of `auth.bootstrap_token_file`
+    /// (read as every secret file is: `SecretFile`).
+    static func bootstrapSecret(_ config: ServerConfig, logger: Logger) throws -> String? {
         if let s = ProcessInfo.processInfo.environment["DEPOT_ADMIN_TOKEN"], !s.isEmpty { return s }
         let file = config.auth.bootstrapTokenFile
         guard config.auth.enabled, !file.isEmpty else { return nil }
-        do { return try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) } catch {
-            throw DepotError.invalidArgument("cannot read auth.bootstrap_token_file \(file): \(error.localizedDescription)")
+        do {
+            let (value, warning) = try SecretFile.load(file)
+            if let warning { logger.warning("config: auth.bootstrap_token_file: \(warning)") }
+            return value.trimmingCharacters(in: .whitespacesAndNewlines)
+        } catch let e as SecretFile.Refusal {
+            throw DepotError.invalidArgument("auth.bootstrap_token_file: \(e.message)")
         }
     }
 }

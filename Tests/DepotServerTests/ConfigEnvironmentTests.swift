@@ -230,7 +230,9 @@ import Yams
 @Suite(.serialized) struct ServeEnvironmentTests {
     /// Starts `depot serve ARGS` in `dir` (no config file there) with only `variables` among
     /// DEPOT_ variables, waits for /healthz, stops it; returns its log.
-    func serve(_ dir: String, _ arguments: [String], _ variables: [String: String]) async throws -> String {
+    func serve(
+        _ dir: String, _ arguments: [String], _ variables: [String: String], while running: (Int) async throws -> Void = { _ in }
+    ) async throws -> String {
         let port = freePort()
         let p = Process()
         p.executableURL = URL(fileURLWithPath: repoRoot + "/.build/debug/depot")
@@ -252,6 +254,7 @@ import Yams
             up = try await run("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(port)/healthz"], timeout: 5).status == 0
             if !up { try await Task.sleep(for: .milliseconds(100)) }
         }
+        if up { try await running(port) }
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         #expect(up, "depot serve did not start: \(text)")
         return text
@@ -275,6 +278,34 @@ import Yams
             ["DEPOT_STORAGE_PACK_TARGET_MIB=0", repoRoot + "/.build/debug/depot", "serve", "--storage", dir.path + "/bad"], cwd: dir.path,
             timeout: 60)
         #expect(bad.status == 1 && bad.output.contains("DEPOT_STORAGE_PACK_TARGET_MIB"), "\(bad)")
+    }
+}
+
+extension ServeEnvironmentTests {
+    /// `auth.bootstrap_token_file` is read like every secret file: one every user may write is
+    /// refused; a good one makes the admin token.
+    @Test func theBootstrapTokenFileIsASecretFile() async throws {
+        let dir = TempDir("serve-bootstrap")
+        let token = String(repeating: "t", count: 40)
+        let file = dir.path + "/admin-token"
+        try Data((token + "\n").utf8).write(to: URL(fileURLWithPath: file))
+        chmod(file, 0o666)
+        let refused = try await run(
+            "/usr/bin/env",
+            [
+                "DEPOT_AUTH_ENABLED=true", "DEPOT_AUTH_BOOTSTRAP_TOKEN_FILE=\(file)", repoRoot + "/.build/debug/depot", "serve",
+                "--storage", dir.path + "/s1",
+            ], cwd: dir.path, timeout: 60)
+        #expect(refused.status == 1 && refused.output.contains("auth.bootstrap_token_file"), "\(refused)")
+        #expect(refused.output.contains("written by every user"), "\(refused)")
+        chmod(file, 0o600)
+        _ = try await serve(
+            dir.path, ["--storage", dir.path + "/s2"], ["DEPOT_AUTH_ENABLED": "true", "DEPOT_AUTH_BOOTSTRAP_TOKEN_FILE": file]
+        ) { port in
+            let me = try await run(
+                "/usr/bin/curl", ["-sf", "-H", "Authorization: Bearer \(token)", "http://127.0.0.1:\(port)/depot/v1/whoami"], timeout: 10)
+            #expect(me.status == 0 && me.output.contains("bootstrap-admin"), "\(me)")
+        }
     }
 }
 
