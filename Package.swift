@@ -32,16 +32,18 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
-        // System libraries (Debian: libzstd-dev, libsqlite3-dev, libssl-dev).
+        // System libraries (Debian: libzstd-dev, libsqlite3-dev, libssl-dev, libpq-dev).
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        // The PostgreSQL catalog (Debian: libpq-dev); see Sources/DepotCatalog/Postgres.swift for why libpq.
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
 
         // Layers: see docs/ARCHITECTURE.md.
         .target(name: "DepotCore", dependencies: ["COpenSSL"]),
         // The shared vocabulary: wire types, states, annotation keys, the route table.
         .target(name: "DepotAPI", dependencies: ["DepotCore"]),
-        .target(name: "DepotCatalog", dependencies: ["DepotCore", "DepotAPI", "CSQLite"]),
+        .target(name: "DepotCatalog", dependencies: ["DepotCore", "DepotAPI", "CSQLite", "CLibPQ"]),
         // Its readers describe files as JSONValue (DepotAPI's open document type).
         .target(name: "DepotFormats", dependencies: ["DepotCore", "DepotAPI"]),
         // Identity and authorization: roles, grants, credentials, token signing, OIDC. No HTTP.

@@ -65,7 +65,7 @@ public struct AuditFilter: Sendable {
 
 /// The audit journal: append-only rows, each carrying the SHA-256 of the previous row's hash
 /// and its own fields, so editing, reordering or deleting a row breaks the chain.
-extension SQLiteConnection {
+extension CatalogConnection {
     /// The hash of an entry: sha256(prev_hash || id || at || actor || action || repository ||
     /// digest || tag || details), each field length-prefixed so no two entries collide.
     static func auditHash(
@@ -105,11 +105,11 @@ extension SQLiteConnection {
         {
             detailsText = String(decoding: data, as: UTF8.self)
         }
+        // The id first: in PostgreSQL it locks the chain until this transaction commits, so the
+        // last hash read next is still the last when this entry lands.
+        let id = try nextID(for: "audit_log")
         let last = try first("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1") { ($0.int(0), $0.blob(1)) }
         let prev = last?.1 ?? [UInt8](repeating: 0, count: 32)
-        // The id AUTOINCREMENT will assign: one more than any id ever used.
-        let seq = try first("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'") { $0.int(0) } ?? 0
-        let id = max(seq, last?.0 ?? 0) + 1
         let hash = Self.auditHash(
             prev: prev, id: id, at: at, actor: actor, action: action, repository: repository,
             digest: digest, tag: tag, details: detailsText)
@@ -187,12 +187,42 @@ extension SQLiteConnection {
             expectedID += 1
         }
         if broken == nil {
-            let seq = try first("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'") { $0.int(0) } ?? 0
+            let seq = try highestID(for: "audit_log")
             if seq > expectedID - 1 {
                 broken = (expectedID, "entries \(expectedID)...\(seq) were deleted from the end")
             }
         }
         let head = count > 0 && broken == nil ? expectedPrev.map { String(format: "%02x", $0) }.joined() : nil
         return AuditVerification(entries: count, intact: broken == nil, firstBrokenID: broken?.0, problem: broken?.1, headHash: head)
+    }
+}
+
+/// Ids that must be gapless and never reused: the audit chain's (verification checks that no entry
+/// is missing, even from the end) and the events cursor's (consumers resume after the last id
+/// they saw, so an id must never come back).
+extension CatalogConnection {
+    /// The id the next row of `table` gets. SQLite: one more than AUTOINCREMENT's high-water mark
+    /// (`sqlite_sequence`) or the table's highest id. PostgreSQL: `catalog_sequences`, updated in
+    /// this transaction, so its row lock orders concurrent appenders on every replica in commit
+    /// order, and a rollback gives the id back.
+    func nextID(for table: String) throws -> Int64 {
+        switch dialect {
+        case .sqlite:
+            let seq = try first("SELECT seq FROM sqlite_sequence WHERE name = ?", .text(table)) { $0.int(0) } ?? 0
+            let last = try first("SELECT MAX(id) FROM \(table)") { $0.isNull(0) ? 0 : $0.int(0) } ?? 0
+            return max(seq, last) + 1
+        case .postgres:
+            guard let id = try first("UPDATE catalog_sequences SET seq = seq + 1 WHERE name = ? RETURNING seq", .text(table), map: { $0.int(0) })
+            else { throw DepotError.storage("catalog \(location): no sequence for \(table)") }
+            return id
+        }
+    }
+
+    /// The highest id ever assigned in `table` (0 if none).
+    func highestID(for table: String) throws -> Int64 {
+        switch dialect {
+        case .sqlite: return try first("SELECT seq FROM sqlite_sequence WHERE name = ?", .text(table)) { $0.int(0) } ?? 0
+        case .postgres: return try first("SELECT seq FROM catalog_sequences WHERE name = ?", .text(table)) { $0.int(0) } ?? 0
+        }
     }
 }

@@ -63,7 +63,7 @@ public struct TokenRecord: Sendable, Equatable {
 }
 
 /// Users and tokens (catalog migration 10).
-extension SQLiteConnection {
+extension CatalogConnection {
     public func putUser(_ u: UserRecord) throws {
         try run(
             """

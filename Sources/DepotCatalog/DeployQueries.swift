@@ -103,10 +103,10 @@ public struct ServedInterval: Sendable, Equatable {
     public var to: Int64?
 }
 
-extension SQLiteConnection {
-    static let deploymentColumns = "id, repository, environment, model_name, stable_digest, canary_digest, weight, updated_at"
+extension CatalogConnection {
+    static var deploymentColumns: String { "id, repository, environment, model_name, stable_digest, canary_digest, weight, updated_at" }
 
-    static func deployment(_ s: Statement) -> DeploymentRecord {
+    static func deployment(_ s: any ResultRow) -> DeploymentRecord {
         let r = s.row
         return DeploymentRecord(
             id: r.int("id"), repository: r.text("repository"), environment: r.text("environment"), modelName: r.text("model_name"),
@@ -132,10 +132,11 @@ extension SQLiteConnection {
     }
 
     public func createDeployment(repository: String, environment: String, modelName: String, now: Int64) throws -> DeploymentRecord {
-        try run(
-            "INSERT INTO deployments(repository, environment, model_name, created_at, updated_at) VALUES(?,?,?,?,?)",
-            .text(repository), .text(environment), .text(modelName), .int(now), .int(now))
-        return try deployment(id: lastInsertRowID)!
+        let id = try first(
+            "INSERT INTO deployments(repository, environment, model_name, created_at, updated_at) VALUES(?,?,?,?,?) RETURNING id",
+            .text(repository), .text(environment), .text(modelName), .int(now), .int(now)
+        ) { $0.int(0) }!
+        return try deployment(id: id)!
     }
 
     public func setDeployment(_ id: Int64, stable: String?, canary: String?, weight: Int, now: Int64) throws {
@@ -153,6 +154,7 @@ extension SQLiteConnection {
 
     /// The Triton version number of `digest` in the deployment, assigned (next integer) on first use.
     public func deploymentVersion(_ deployment: Int64, digest: String) throws -> Int {
+        try lock(.counter("deployment-version:\(deployment)"))
         if let v = try existingDeploymentVersion(deployment, digest: digest) { return v }
         let next =
             (try first("SELECT COALESCE(MAX(version), 0) FROM deployment_versions WHERE deployment_id = ?", .int(deployment)) {
@@ -166,12 +168,12 @@ extension SQLiteConnection {
 
     // MARK: rollouts
 
-    static let rolloutColumns = """
+    static var rolloutColumns: String { """
         id, deployment_id, stable_digest, canary_digest, state, steps, step_index, weight, analysis_ms, step_started_at,
         failures, started_by, job_id, reason, created_at, finished_at
-        """
+        """ }
 
-    static func rollout(_ s: Statement) throws -> RolloutRecord {
+    static func rollout(_ s: any ResultRow) throws -> RolloutRecord {
         let r = s.row
         let steps = (try? JSONSerialization.jsonObject(with: Data(r.text("steps").utf8)) as? [Int]) ?? []
         let failures = (try? JSONSerialization.jsonObject(with: Data(r.text("failures").utf8)) as? [String: Int]) ?? [:]
@@ -185,15 +187,16 @@ extension SQLiteConnection {
 
     public func insertRollout(_ r: RolloutRecord) throws -> Int64 {
         let steps = String(decoding: try JSONSerialization.data(withJSONObject: r.steps), as: UTF8.self)
-        try run(
+        return try first(
             """
             INSERT INTO rollouts(deployment_id, stable_digest, canary_digest, state, steps, step_index, weight, analysis_ms, step_started_at,
                                  started_by, job_id, reason, created_at, finished_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+            RETURNING id
             """, .int(r.deploymentID), r.stable.map(SQLValue.text) ?? .null, .text(r.canary), .state(r.state), .text(steps),
             .int(Int64(r.stepIndex)), .int(Int64(r.weight)), .int(r.analysisMs), .int(r.stepStartedAt), .text(r.startedBy),
             r.jobID.map(SQLValue.int) ?? .null, r.reason.map(SQLValue.text) ?? .null, .int(r.createdAt),
-            r.finishedAt.map(SQLValue.int) ?? .null)
-        return lastInsertRowID
+            r.finishedAt.map(SQLValue.int) ?? .null
+        ) { $0.int(0) }!
     }
 
     public func rollout(_ id: Int64) throws -> RolloutRecord? {

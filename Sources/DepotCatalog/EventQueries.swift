@@ -46,13 +46,11 @@ public struct DeliveryRecord: Sendable, Equatable, Codable {
 }
 
 /// The events outbox and webhook bookkeeping.
-extension SQLiteConnection {
+extension CatalogConnection {
     /// Appends an event (call inside the transaction of the change it announces).
     @discardableResult
     public func appendEvent(type: String, at: Int64, repository: String?, fields: [String: Any]) throws -> Int64 {
-        let seq = try first("SELECT seq FROM sqlite_sequence WHERE name = 'events'") { $0.int(0) } ?? 0
-        let last = try first("SELECT MAX(id) FROM events") { $0.isNull(0) ? 0 : $0.int(0) } ?? 0
-        let id = max(seq, last) + 1
+        let id = try nextID(for: "events")
         var payload = fields
         payload["id"] = String(id)
         payload["type"] = type
@@ -91,7 +89,9 @@ extension SQLiteConnection {
     }
 
     public func setWebhookCursor(_ name: String, _ id: Int64) throws {
-        try run("INSERT OR REPLACE INTO webhook_cursors(webhook, last_event) VALUES(?, ?)", .text(name), .int(id))
+        try run(
+            "INSERT INTO webhook_cursors(webhook, last_event) VALUES(?, ?) ON CONFLICT(webhook) DO UPDATE SET last_event = excluded.last_event",
+            .text(name), .int(id))
     }
 
     public func recordDelivery(_ d: DeliveryRecord) throws {

@@ -82,14 +82,14 @@ public struct PipelineRunRecord: Sendable, Equatable {
 /// The job queue's SQL. State transitions are single statements guarded by the expected
 /// states (and lease token), so two runners or a runner and the expiry sweep never both win;
 /// each returns whether it applied.
-extension SQLiteConnection {
-    static let jobColumns = """
+extension CatalogConnection {
+    static var jobColumns: String { """
         id, run_id, pipeline, stage, kind, spec, state, input_repository, input_digest, input_tag, output_tag, labels,
         attempt, max_attempts, timeout_ms, not_before, runner, lease_token, lease_expires, job_key, output_digest,
         memoized, log_digest, reason, created_at, updated_at, started_at, finished_at
-        """
+        """ }
 
-    static func job(_ s: Statement) throws -> JobRecord {
+    static func job(_ s: any ResultRow) throws -> JobRecord {
         let r = s.row
         let labels = r.text("labels")
         return JobRecord(
@@ -115,13 +115,12 @@ extension SQLiteConnection {
         pipeline: String, repository: String, digest: String, tag: String?, eventID: Int64?,
         now: Int64
     ) throws -> Int64? {
-        try run(
+        try first(
             """
-            INSERT OR IGNORE INTO pipeline_runs(pipeline, repository, trigger_digest, trigger_tag, event_id, created_at)
-            VALUES(?,?,?,?,?,?)
-            """, .text(pipeline), .text(repository), .text(digest), .optionalText(tag), .optionalInt(eventID), .int(now))
-        guard changes > 0 else { return nil }
-        return lastInsertRowID
+            INSERT INTO pipeline_runs(pipeline, repository, trigger_digest, trigger_tag, event_id, created_at)
+            VALUES(?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id
+            """, .text(pipeline), .text(repository), .text(digest), .optionalText(tag), .optionalInt(eventID), .int(now)
+        ) { $0.int(0) }
     }
 
     public func pipelineRun(_ id: Int64) throws -> PipelineRunRecord? {
@@ -137,16 +136,15 @@ extension SQLiteConnection {
     /// Queues a job of a run unless the run already has one for that stage; returns its id, or nil.
     @discardableResult
     public func enqueueJob(runID: Int64, pipeline: String, _ job: NewJob, now: Int64) throws -> Int64? {
-        try run(
+        try first(
             """
-            INSERT OR IGNORE INTO jobs(run_id, pipeline, stage, kind, spec, state, input_repository, input_digest, input_tag, output_tag,
-                                       labels, max_attempts, timeout_ms, created_at, updated_at)
-            VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+            INSERT INTO jobs(run_id, pipeline, stage, kind, spec, state, input_repository, input_digest, input_tag, output_tag,
+                             labels, max_attempts, timeout_ms, created_at, updated_at)
+            VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id
             """, .int(runID), .text(pipeline), .text(job.stage), .text(job.kind), .text(job.spec), .state(JobState.queued),
             .text(job.inputRepository), .text(job.inputDigest), .optionalText(job.inputTag), .optionalText(job.outputTag),
-            .text(job.labels.joined(separator: ",")), .int(Int64(job.maxAttempts)), .int(job.timeoutMs), .int(now), .int(now))
-        guard changes > 0 else { return nil }
-        return lastInsertRowID
+            .text(job.labels.joined(separator: ",")), .int(Int64(job.maxAttempts)), .int(job.timeoutMs), .int(now), .int(now)
+        ) { $0.int(0) }
     }
 
     public func job(_ id: Int64) throws -> JobRecord? {
@@ -184,9 +182,12 @@ extension SQLiteConnection {
     public func leasableJobs(kinds: [String], now: Int64, after: Int64 = 0, limit: Int) throws -> [JobRecord] {
         var out: [JobRecord] = []
         let list = kinds.map { "'\($0.filter { $0.isLetter })'" }.joined(separator: ",")
+        // PostgreSQL: replicas leasing at once each take rows the others have not locked, instead
+        // of all waiting on the first row and then finding it leased. (SQLite has one writer.)
+        let skipLocked = dialect == .postgres ? " FOR UPDATE SKIP LOCKED" : ""
         try query(
             """
-            SELECT \(Self.jobColumns) FROM jobs WHERE state = ? AND kind IN (\(list)) AND not_before <= ? AND id > ? ORDER BY id LIMIT ?
+            SELECT \(Self.jobColumns) FROM jobs WHERE state = ? AND kind IN (\(list)) AND not_before <= ? AND id > ? ORDER BY id LIMIT ?\(skipLocked)
             """, .state(JobState.queued), .int(now), .int(after), .int(Int64(limit))
         ) { out.append(try Self.job($0)) }
         return out

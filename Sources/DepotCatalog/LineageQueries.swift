@@ -51,20 +51,12 @@ public struct TagTarget: Sendable, Equatable {
     public var digest: Digest
 }
 
-extension SQLiteConnection {
-    /// Runs a query with an argument array.
-    func queryArgs(_ sql: String, _ args: [SQLValue], row: (Statement) throws -> Void) throws {
-        let s = try statement(sql)
-        try s.bind(args)
-        defer { s.reset() }
-        while try s.step() { try row(s) }
-    }
-
+extension CatalogConnection {
     public func insertLineageEdge(_ e: LineageEdge, repo: Int64) throws {
         try run(
             """
-            INSERT OR IGNORE INTO lineage_edges(child, parent, relation, parent_ref, repo_id, run, dataset, source_commit, metrics, job, created_at)
-            VALUES(?,?,?,?,?,?,?,?,?,?,?)
+            INSERT INTO lineage_edges(child, parent, relation, parent_ref, repo_id, run, dataset, source_commit, metrics, job, created_at)
+            VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING
             """, .hash(e.child.bytes), .hash(e.parent.bytes), .text(e.relation), .text(e.parentRef), .int(repo),
             e.run.map(SQLValue.text) ?? .null, e.dataset.map(SQLValue.text) ?? .null, e.commit.map(SQLValue.text) ?? .null,
             e.metrics.map(SQLValue.text) ?? .null, e.job.map(SQLValue.text) ?? .null, .int(e.createdAt))
@@ -92,10 +84,11 @@ extension SQLiteConnection {
         ) { _ in true } ?? false
     }
 
-    static let edgeColumns =
+    static var edgeColumns: String {
         "e.child, e.parent, e.relation, e.parent_ref, (SELECT name FROM repositories WHERE id = e.repo_id), e.run, e.dataset, e.source_commit, e.metrics, e.job, e.created_at, e.verified_job"
+    }
 
-    static func edge(_ s: Statement, from i: Int32) -> LineageEdge {
+    static func edge(_ s: any ResultRow, from i: Int32) -> LineageEdge {
         func opt(_ k: Int32) -> String? { s.isNull(k) ? nil : s.text(k) }
         return LineageEdge(
             child: Digest(bytes: s.hash(i)!), parent: Digest(bytes: s.hash(i + 1)!), relation: s.text(i + 2),
@@ -180,7 +173,7 @@ extension SQLiteConnection {
 
     public func pin(_ digest: Digest, repo: Int64, reason: String?, actor: String, now: Int64) throws -> Bool {
         try run(
-            "INSERT OR IGNORE INTO pins(digest, repo_id, reason, actor, created_at) VALUES(?,?,?,?,?)",
+            "INSERT INTO pins(digest, repo_id, reason, actor, created_at) VALUES(?,?,?,?,?) ON CONFLICT DO NOTHING",
             .hash(digest.bytes), .int(repo), reason.map(SQLValue.text) ?? .null, .text(actor), .int(now))
         return changes == 1
     }

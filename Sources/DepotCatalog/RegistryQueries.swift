@@ -31,7 +31,7 @@ public struct TagMove: Sendable, Equatable {
 }
 
 /// Typed queries over the registry tables.
-extension SQLiteConnection {
+extension CatalogConnection {
     // MARK: repositories
 
     public func repositoryID(_ name: String) throws -> Int64? {
@@ -40,8 +40,15 @@ extension SQLiteConnection {
 
     public func ensureRepository(_ name: String, now: Int64) throws -> Int64 {
         if let id = try repositoryID(name) { return id }
-        try run("INSERT INTO repositories(name, created_at) VALUES(?, ?)", .text(name), .int(now))
-        return lastInsertRowID
+        // Another replica may create it between the two statements: then the insert does nothing
+        // and the second lookup finds its row.
+        if let id = try first(
+            "INSERT INTO repositories(name, created_at) VALUES(?, ?) ON CONFLICT DO NOTHING RETURNING id", .text(name), .int(now), map: { $0.int(0) })
+        {
+            return id
+        }
+        guard let id = try repositoryID(name) else { throw DepotError.storage("catalog \(location): repository \(name) vanished while created") }
+        return id
     }
 
     /// Repository names after `last` in lexical order, at most `limit`.
@@ -57,7 +64,7 @@ extension SQLiteConnection {
 
     public func linkBlob(repo: Int64, _ digest: Digest, now: Int64) throws {
         try run(
-            "INSERT OR IGNORE INTO repository_blobs(repo_id, digest, created_at) VALUES(?,?,?)", .int(repo), .hash(digest.bytes), .int(now))
+            "INSERT INTO repository_blobs(repo_id, digest, created_at) VALUES(?,?,?) ON CONFLICT DO NOTHING", .int(repo), .hash(digest.bytes), .int(now))
     }
 
     public func unlinkBlob(repo: Int64, _ digest: Digest) throws -> Bool {
@@ -136,18 +143,18 @@ extension SQLiteConnection {
     public func putManifest(repo: Int64, _ m: ManifestRecord, blobs: [Digest], children: [Digest], now: Int64) throws {
         try run(
             """
-            INSERT OR IGNORE INTO manifests(repo_id, digest, media_type, artifact_type, subject, annotations, content, created_at)
-            VALUES(?,?,?,?,?,?,?,?)
+            INSERT INTO manifests(repo_id, digest, media_type, artifact_type, subject, annotations, content, created_at)
+            VALUES(?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING
             """, .int(repo), .hash(m.digest.bytes), .text(m.mediaType), m.artifactType.map(SQLValue.text) ?? .null,
             m.subject.map { .hash($0.bytes) } ?? .null, m.annotationsJSON.map(SQLValue.text) ?? .null, .blob(m.content), .int(now))
         for b in blobs {
             try run(
-                "INSERT OR IGNORE INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,0)", .int(repo), .hash(m.digest.bytes),
+                "INSERT INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,0) ON CONFLICT DO NOTHING", .int(repo), .hash(m.digest.bytes),
                 .hash(b.bytes))
         }
         for c in children {
             try run(
-                "INSERT OR IGNORE INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,1)", .int(repo), .hash(m.digest.bytes),
+                "INSERT INTO manifest_refs(repo_id, manifest, child, kind) VALUES(?,?,?,1) ON CONFLICT DO NOTHING", .int(repo), .hash(m.digest.bytes),
                 .hash(c.bytes))
         }
     }
@@ -204,16 +211,20 @@ extension SQLiteConnection {
     /// Points `name` at `digest`, journaling the move; returns the previous digest.
     @discardableResult
     public func setTag(repo: Int64, _ name: String, to digest: Digest, actor: String, reason: String?, now: Int64) throws -> Digest? {
+        try lock(.tag(repository: repo, name: name))
         let previous = try tag(repo: repo, name)
         guard previous != digest else { return previous }
         try run(
-            "INSERT OR REPLACE INTO tags(repo_id, name, digest, updated_at) VALUES(?,?,?,?)", .int(repo), .text(name), .hash(digest.bytes),
-            .int(now))
+            """
+            INSERT INTO tags(repo_id, name, digest, updated_at) VALUES(?,?,?,?)
+            ON CONFLICT(repo_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at
+            """, .int(repo), .text(name), .hash(digest.bytes), .int(now))
         try journalTag(repo: repo, name, from: previous, to: digest, actor: actor, reason: reason, now: now)
         return previous
     }
 
     public func deleteTag(repo: Int64, _ name: String, actor: String, reason: String?, now: Int64) throws -> Bool {
+        try lock(.tag(repository: repo, name: name))
         guard let previous = try tag(repo: repo, name) else { return false }
         try run("DELETE FROM tags WHERE repo_id = ? AND name = ?", .int(repo), .text(name))
         try journalTag(repo: repo, name, from: previous, to: nil, actor: actor, reason: reason, now: now)
@@ -267,6 +278,8 @@ extension SQLiteConnection {
     }
 
     public func setManifestMetadata(_ digest: Digest, json: String) throws {
-        try run("INSERT OR REPLACE INTO manifest_metadata(digest, json) VALUES(?, ?)", .hash(digest.bytes), .text(json))
+        try run(
+            "INSERT INTO manifest_metadata(digest, json) VALUES(?, ?) ON CONFLICT(digest) DO UPDATE SET json = excluded.json", .hash(digest.bytes),
+            .text(json))
     }
 }

@@ -1,22 +1,14 @@
 import CSQLite
 import DepotCore
 
-/// A value bound to, or read from, an SQL statement.
-public enum SQLValue: Sendable {
-    case null
-    case int(Int64)
-    case text(String)
-    case blob([UInt8])
-    /// A 32-byte hash stored as a BLOB without an intermediate array.
-    case hash(SHA256.Value)
-}
-
 // SQLITE_TRANSIENT is a macro that Swift does not import.
 private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
 /// One SQLite connection with a statement cache. Not thread-safe by itself: `Database`
 /// hands it to one caller at a time.
-public final class SQLiteConnection: @unchecked Sendable {
+public final class SQLiteConnection: CatalogConnection, @unchecked Sendable {
+    public var dialect: SQLDialect { .sqlite }
+    public var location: String { path }
     let handle: OpaquePointer
     let path: String
     private var cache: [String: Statement] = [:]
@@ -87,14 +79,6 @@ public final class SQLiteConnection: @unchecked Sendable {
         return s
     }
 
-    /// Runs a statement with arguments, ignoring rows.
-    public func run(_ sql: String, _ args: SQLValue...) throws {
-        let s = try statement(sql)
-        try s.bind(args)
-        defer { s.reset() }
-        while try s.step() {}
-    }
-
     /// Runs a statement with an argument array, ignoring rows.
     public func runArgs(_ sql: String, _ args: [SQLValue]) throws {
         let s = try statement(sql)
@@ -104,7 +88,7 @@ public final class SQLiteConnection: @unchecked Sendable {
     }
 
     /// Runs a query and calls `row` for every result row.
-    public func query(_ sql: String, _ args: SQLValue..., row: (Statement) throws -> Void) throws {
+    public func queryArgs(_ sql: String, _ args: [SQLValue], row: (any ResultRow) throws -> Void) throws {
         let s = try statement(sql)
         try s.bind(args)
         defer { s.reset() } // never leave a read snapshot open on a pooled connection
@@ -112,15 +96,17 @@ public final class SQLiteConnection: @unchecked Sendable {
     }
 
     /// The first row mapped by `map`, or nil.
-    public func first<T>(_ sql: String, _ args: SQLValue..., map: (Statement) throws -> T) throws -> T? {
+    public func firstArgs<T>(_ sql: String, _ args: [SQLValue], map: (any ResultRow) throws -> T) throws -> T? {
         let s = try statement(sql)
         try s.bind(args)
         defer { s.reset() }
         return try s.step() ? map(s) : nil
     }
 
+    /// One writer at a time already: nothing to take.
+    public func lock(_ lock: CatalogLock) throws {}
+
     public var changes: Int { Int(sqlite3_changes(handle)) }
-    public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
 
     /// Runs `body` inside `BEGIN IMMEDIATE ... COMMIT`, rolling back if it throws.
     public func transaction<T>(_ body: () throws -> T) throws -> T {
@@ -137,7 +123,7 @@ public final class SQLiteConnection: @unchecked Sendable {
 }
 
 /// A prepared statement: bind, step, read columns.
-public final class Statement {
+public final class Statement: ResultRow {
     let stmt: OpaquePointer
     unowned let connection: SQLiteConnection
     /// Column name → index, read once per prepared statement (statements are cached).
@@ -166,7 +152,7 @@ public final class Statement {
             case .blob(let b): rc = b.withUnsafeBytes { sqlite3_bind_blob(stmt, idx, $0.baseAddress, Int32($0.count), transient) }
             case .hash(let h):
                 // Big-endian bytes, so that BLOB order equals digest order.
-                let be = (h.a.bigEndian, h.b.bigEndian, h.c.bigEndian, h.d.bigEndian)
+                let be = h.bigEndianBytes
                 rc = withUnsafeBytes(of: be) { sqlite3_bind_blob(stmt, idx, $0.baseAddress, 32, transient) }
             }
             guard rc == SQLITE_OK else { throw connection.error("bind") }
@@ -212,8 +198,7 @@ public final class Statement {
     /// How many columns a row of this statement has.
     public var columnCount: Int32 { sqlite3_column_count(stmt) }
 
-    /// The current row, read by column name.
-    public var row: Row { Row(statement: self) }
+    public var location: String { connection.path }
 
     /// Reads a 32-byte hash column; nil when the column is not 32 bytes.
     public func hash(_ i: Int32) -> SHA256.Value? {
@@ -221,39 +206,4 @@ public final class Statement {
         guard n == 32, let p = sqlite3_column_blob(stmt, i) else { return nil }
         return SHA256.Value(bytes: UnsafeRawBufferPointer(start: p, count: 32))
     }
-}
-
-/// The current row of a statement, read by column name rather than position, so a column added
-/// to or moved in a SELECT cannot shift the others. Valid while the statement stays on the row.
-public struct Row {
-    let statement: Statement
-
-    public func int(_ name: String) -> Int64 { statement.int(statement.column(name)) }
-    public func text(_ name: String) -> String { statement.text(statement.column(name)) }
-    public func bool(_ name: String) -> Bool { int(name) != 0 }
-    public func isNull(_ name: String) -> Bool { statement.isNull(statement.column(name)) }
-    public func optionalInt(_ name: String) -> Int64? { isNull(name) ? nil : int(name) }
-    public func optionalText(_ name: String) -> String? { isNull(name) ? nil : text(name) }
-    public func hash(_ name: String) -> SHA256.Value? { statement.hash(statement.column(name)) }
-
-    /// A column holding an enum's raw value (job, rollout, node states). A value this build does
-    /// not know is a storage error naming the column, never a silent default.
-    public func value<T: RawRepresentable>(_ name: String, as type: T.Type = T.self) throws -> T where T.RawValue == String {
-        let raw = text(name)
-        guard let v = T(rawValue: raw) else {
-            throw DepotError.storage("catalog \(statement.connection.path): column \(name) holds '\(raw.prefix(40))', not a \(T.self)")
-        }
-        return v
-    }
-
-    public func optionalValue<T: RawRepresentable>(_ name: String, as type: T.Type = T.self) throws -> T? where T.RawValue == String {
-        isNull(name) ? nil : try value(name, as: type)
-    }
-}
-
-extension SQLValue {
-    /// An enum stored as its raw value.
-    public static func state<T: RawRepresentable>(_ v: T) -> SQLValue where T.RawValue == String { .text(v.rawValue) }
-    public static func optionalText(_ v: String?) -> SQLValue { v.map(SQLValue.text) ?? .null }
-    public static func optionalInt(_ v: Int64?) -> SQLValue { v.map(SQLValue.int) ?? .null }
 }

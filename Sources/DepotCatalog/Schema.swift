@@ -415,6 +415,14 @@ enum Schema {
         try migrate(conn, upTo: migrations.count)
     }
 
+    /// The catalog's schema version: how many migrations were applied (0: an empty catalog).
+    static func version(_ conn: any CatalogConnection) throws -> Int64 {
+        switch conn.dialect {
+        case .sqlite: return try conn.first("PRAGMA user_version") { $0.int(0) } ?? 0
+        case .postgres: return try PostgresSchema.version(conn)
+        }
+    }
+
     /// Applies the migrations after the catalog's version up to `target` (tests build old catalogs).
     static func migrate(_ conn: SQLiteConnection, upTo target: Int) throws {
         let current = try conn.first("PRAGMA user_version") { $0.int(0) } ?? 0

@@ -56,12 +56,13 @@ public struct PackRecord: Sendable, Equatable {
 }
 
 /// Typed queries over the chunk-store tables. All SQL of the store lives here.
-extension SQLiteConnection {
+extension CatalogConnection {
     // MARK: packs
 
     public func createPack(committedSize: Int64, now: Int64) throws -> Int64 {
-        try run("INSERT INTO packs(committed_size, sealed, created_at) VALUES(?, 0, ?)", .int(committedSize), .int(now))
-        return lastInsertRowID
+        try first("INSERT INTO packs(committed_size, sealed, created_at) VALUES(?, 0, ?) RETURNING id", .int(committedSize), .int(now)) {
+            $0.int(0)
+        }!
     }
 
     public func setPack(_ id: Int64, committedSize: Int64) throws {
@@ -114,7 +115,11 @@ extension SQLiteConnection {
 
     public func insertChunk(_ hash: SHA256.Value, at loc: ChunkLocation) throws {
         try run(
-            "INSERT OR REPLACE INTO chunks(hash, pack_id, offset, stored_length, raw_length, codec) VALUES(?,?,?,?,?,?)",
+            """
+            INSERT INTO chunks(hash, pack_id, offset, stored_length, raw_length, codec) VALUES(?,?,?,?,?,?)
+            ON CONFLICT(hash) DO UPDATE SET pack_id = excluded.pack_id, offset = excluded.offset,
+                stored_length = excluded.stored_length, raw_length = excluded.raw_length, codec = excluded.codec
+            """,
             .hash(hash), .int(loc.pack), .int(loc.offset), .int(Int64(loc.storedLength)), .int(Int64(loc.rawLength)), .int(Int64(loc.codec))
         )
     }
@@ -187,10 +192,10 @@ extension SQLiteConnection {
     // MARK: blobs and recipes
 
     public func beginBlob(chunker: String, now: Int64) throws -> Int64 {
-        try run(
-            "INSERT INTO blobs(digest, size, chunker, state, created_at, updated_at) VALUES(NULL, 0, ?, 0, ?, ?)",
-            .text(chunker), .int(now), .int(now))
-        return lastInsertRowID
+        try first(
+            "INSERT INTO blobs(digest, size, chunker, state, created_at, updated_at) VALUES(NULL, 0, ?, 0, ?, ?) RETURNING id",
+            .text(chunker), .int(now), .int(now)
+        ) { $0.int(0) }!
     }
 
     public func touchBlob(_ id: Int64, now: Int64) throws {
@@ -204,7 +209,10 @@ extension SQLiteConnection {
 
     public func appendRecipe(blob id: Int64, _ entry: RecipeEntry) throws {
         try run(
-            "INSERT OR REPLACE INTO recipes(blob_id, offset, length, chunk_hash) VALUES(?,?,?,?)",
+            """
+            INSERT INTO recipes(blob_id, offset, length, chunk_hash) VALUES(?,?,?,?)
+            ON CONFLICT(blob_id, offset) DO UPDATE SET length = excluded.length, chunk_hash = excluded.chunk_hash
+            """,
             .int(id), .int(entry.offset), .int(Int64(entry.length)), .hash(entry.hash))
     }
 
@@ -297,7 +305,7 @@ extension SQLiteConnection {
     // MARK: roots and garbage
 
     public func addRoot(_ digest: Digest, reason: String, now: Int64) throws {
-        try run("INSERT OR IGNORE INTO blob_roots(digest, reason, created_at) VALUES(?,?,?)", .hash(digest.bytes), .text(reason), .int(now))
+        try run("INSERT INTO blob_roots(digest, reason, created_at) VALUES(?,?,?) ON CONFLICT DO NOTHING", .hash(digest.bytes), .text(reason), .int(now))
     }
 
     public func removeRoot(_ digest: Digest) throws {
@@ -332,18 +340,16 @@ extension SQLiteConnection {
 
     // MARK: statistics
 
-    public struct StoreCounts: Sendable {
-        public var blobs = 0, logicalBytes: Int64 = 0, chunks = 0, chunkRawBytes: Int64 = 0, chunkStoredBytes: Int64 = 0
-        public var packs = 0, packBytes: Int64 = 0, writing = 0
-    }
 
-    /// The counts kept incrementally by triggers (migration 8): one row, whatever the store's size.
+    /// The counts kept incrementally by triggers (migration 8): one row in SQLite, 16 shards in
+    /// PostgreSQL (see `PostgresSchema`), whatever the store's size.
     public func storeCounters() throws -> StoreCounts {
         var c = StoreCounts()
         _ = try first(
             """
-            SELECT blobs, logical_bytes, writing, chunks, chunk_raw_bytes, chunk_stored_bytes, packs, pack_bytes
-            FROM store_counters WHERE id = 1
+            SELECT SUM(blobs), SUM(logical_bytes), SUM(writing), SUM(chunks), SUM(chunk_raw_bytes), SUM(chunk_stored_bytes),
+                SUM(packs), SUM(pack_bytes)
+            FROM store_counters
             """
         ) {
             c.blobs = Int($0.int(0))
@@ -379,7 +385,7 @@ extension SQLiteConnection {
     }
 }
 
-extension SQLiteConnection {
+extension CatalogConnection {
     /// Recipe entries from `from` on, each with its chunk's current location (nil if missing).
     public func recipeWithLocations(blob id: Int64, from: Int64, limit: Int) throws -> [(RecipeEntry, ChunkLocation?)] {
         var out: [(RecipeEntry, ChunkLocation?)] = []
@@ -401,4 +407,10 @@ extension SQLiteConnection {
         }
         return out
     }
+}
+
+/// Counts of the store's rows and bytes (`depot stats`, /metrics).
+public struct StoreCounts: Sendable {
+    public var blobs = 0, logicalBytes: Int64 = 0, chunks = 0, chunkRawBytes: Int64 = 0, chunkStoredBytes: Int64 = 0
+    public var packs = 0, packBytes: Int64 = 0, writing = 0
 }

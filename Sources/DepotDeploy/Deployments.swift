@@ -52,7 +52,7 @@ public final class Deployments: Sendable {
         public var weight: Int
     }
 
-    func deployment(_ conn: SQLiteConnection, _ repository: RepositoryName, _ environment: String) throws -> DeploymentRecord {
+    func deployment(_ conn: any CatalogConnection, _ repository: RepositoryName, _ environment: String) throws -> DeploymentRecord {
         guard let d = try conn.deployment(repository: repository.value, environment: environment) else {
             throw RegistryError(.nameUnknown, "no deployment \(repository):\(environment) (start one with `depot rollout start`)")
         }
@@ -257,7 +257,7 @@ public final class Deployments: Sendable {
         try db.read { conn in try status(conn, try deployment(conn, repository, environment)) }
     }
 
-    func status(_ conn: SQLiteConnection, _ d: DeploymentRecord) throws -> Status {
+    func status(_ conn: any CatalogConnection, _ d: DeploymentRecord) throws -> Status {
         let rollout = try conn.latestRollout(deployment: d.id)
         func version(_ digest: String?) throws -> Int? {
             guard let digest else { return nil }

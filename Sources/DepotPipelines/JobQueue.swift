@@ -77,7 +77,7 @@ public final class JobQueue: Sendable {
         }
     }
 
-    private func trigger(_ conn: SQLiteConnection, _ event: EventRecord) throws -> Int {
+    private func trigger(_ conn: any CatalogConnection, _ event: EventRecord) throws -> Int {
         guard let data = event.payload.data(using: .utf8),
             let payload = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
             let repository = event.repository, let tag = payload["tag"] as? String,
@@ -133,7 +133,7 @@ public final class JobQueue: Sendable {
     }
 
     /// Queues the stages that were waiting for `job` and can now start.
-    func queueDependents(_ conn: SQLiteConnection, of job: JobRecord, output: String) throws {
+    func queueDependents(_ conn: any CatalogConnection, of job: JobRecord, output: String) throws {
         guard let pipeline = pipeline(job.pipeline), let run = try conn.pipelineRun(job.runID) else { return }
         let jobs = try conn.jobs(ofRun: job.runID)
         // A stage without an output (webhook, canary) passes its input on.
@@ -185,7 +185,7 @@ public final class JobQueue: Sendable {
         }
     }
 
-    func leased(_ conn: SQLiteConnection, _ id: Int64, token: String) throws -> JobRecord {
+    func leased(_ conn: any CatalogConnection, _ id: Int64, token: String) throws -> JobRecord {
         guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
         guard job.leaseToken == token, job.state.isHeld else {
             throw RegistryError(
@@ -294,7 +294,7 @@ public final class JobQueue: Sendable {
         try db.read { conn in try checkCompletion(conn, id, token: token, output: output) }
     }
 
-    func checkCompletion(_ conn: SQLiteConnection, _ id: Int64, token: String, output: Digest) throws -> JobRecord {
+    func checkCompletion(_ conn: any CatalogConnection, _ id: Int64, token: String, output: Digest) throws -> JobRecord {
         let job = try leased(conn, id, token: token)
         guard job.state == .running, let key = job.key else { throw RegistryError(.conflict, "job \(id) was not started") }
         guard let repo = try conn.repositoryID(job.inputRepository), let manifest = try conn.manifest(repo: repo, output) else {
@@ -319,7 +319,7 @@ public final class JobQueue: Sendable {
         }
     }
 
-    func failLocked(_ conn: SQLiteConnection, _ job: JobRecord, reason: String, permanent: Bool) throws {
+    func failLocked(_ conn: any CatalogConnection, _ job: JobRecord, reason: String, permanent: Bool) throws {
         let now = Self.now()
         let text = String(reason.prefix(4000))
         if !permanent, job.attempt < job.maxAttempts {

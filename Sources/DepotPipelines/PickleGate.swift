@@ -92,7 +92,7 @@ public enum PickleGate {
 
 extension JobQueue {
     /// The gate's verdict on `digest` of `repository` (docs/SECURITY.md).
-    func pickleVerdict(_ conn: SQLiteConnection, repository: String, digest: String) throws -> PickleGate.Verdict {
+    func pickleVerdict(_ conn: any CatalogConnection, repository: String, digest: String) throws -> PickleGate.Verdict {
         guard let d = try? Digest(parsing: digest), let repo = try conn.repositoryID(repository),
             let manifest = try conn.manifest(repo: repo, d)
         else { return .clean }
@@ -105,7 +105,7 @@ extension JobQueue {
     /// Applies the verdict to a job that is queued: a refused one fails at once (no runner ever
     /// receives it); a trusted one gets the `trust_pickle` parameter, and the use of the trust is
     /// audited. Returns whether the job may be handed out.
-    func applyPickleGate(_ conn: SQLiteConnection, _ job: JobRecord) throws -> Bool {
+    func applyPickleGate(_ conn: any CatalogConnection, _ job: JobRecord) throws -> Bool {
         let verdict = try pickleVerdict(conn, repository: job.inputRepository, digest: job.inputDigest)
         switch verdict {
         case .clean:

@@ -25,7 +25,7 @@ extension Registry {
     /// together). The caller invalidates caches with `aliasesChanged()` after committing.
     @discardableResult
     public func setAlias(
-        _ conn: SQLiteConnection, _ repository: RepositoryName, _ alias: String, to digest: Digest, expect: Digest? = nil,
+        _ conn: any CatalogConnection, _ repository: RepositoryName, _ alias: String, to digest: Digest, expect: Digest? = nil,
         actor: String, reason: String?, action: String = "alias"
     ) throws -> Digest? {
         guard Reference.isValidTag(alias) else { throw RegistryError(.tagInvalid, "'\(alias.prefix(200))' is not a valid tag") }

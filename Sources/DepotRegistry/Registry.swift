@@ -234,9 +234,11 @@ public final class Registry: Sendable {
     /// API, immutable tags never moved, and the compare-and-swap expectation. Returns the
     /// current digest.
     func checkTagMove(
-        _ conn: SQLiteConnection, repo: Int64, _ repository: RepositoryName, _ tag: String, to digest: Digest,
+        _ conn: any CatalogConnection, repo: Int64, _ repository: RepositoryName, _ tag: String, to digest: Digest,
         actor: Actor, expect: Digest?
     ) throws -> Digest? {
+        // Another replica's move of the same tag waits until this transaction commits.
+        try conn.lock(.tag(repository: repo, name: tag))
         let current = try conn.tag(repo: repo, tag)
         if let expect, current != expect {
             throw RegistryError(

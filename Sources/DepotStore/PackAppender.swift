@@ -201,7 +201,7 @@ final class PackAppender: Sendable {
     }
 
     /// Group commit: fsync the pack, then one transaction for all pending rows plus `extra`.
-    private func flushLocked<T>(_ s: inout State, extra: (SQLiteConnection) throws -> T) throws -> T {
+    private func flushLocked<T>(_ s: inout State, extra: (any CatalogConnection) throws -> T) throws -> T {
         if !s.pendingChunks.isEmpty {
             do {
                 try s.pack?.sync()
@@ -292,7 +292,7 @@ final class PackAppender: Sendable {
     var currentPack: Int64? { state.withLock { $0.pack == nil ? nil : $0.packID } }
 
     /// Flushes, then runs `body` with the catalog while no chunk can be referenced or stored.
-    func exclusive<T>(_ body: (SQLiteConnection, _ activeBlobs: Set<Int64>) throws -> T) throws -> T {
+    func exclusive<T>(_ body: (any CatalogConnection, _ activeBlobs: Set<Int64>) throws -> T) throws -> T {
         try state.withLock { s in
             let active = s.activeBlobs
             return try flushLocked(&s) { conn in try body(conn, active) }
