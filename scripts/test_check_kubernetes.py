@@ -109,12 +109,17 @@ class CheckKubernetesTests(unittest.TestCase):
 
     def test_a_secret_key_the_readme_does_not_create(self) -> None:
         def change(d: dict[str, Any]) -> None:
-            for e in self.container(d)["env"]:
-                if e["name"] == "AWS_SECRET_ACCESS_KEY":
-                    e["valueFrom"]["secretKeyRef"]["key"] = "aws-secret"
+            for v in d["spec"]["template"]["spec"]["volumes"]:
+                for item in (v.get("secret") or {}).get("items", []):
+                    if item["path"] == "admin-token":
+                        item["key"] = "first-admin-token"
 
         self.edit("deployment.yaml", change)
         self.assertFails("kubectl create secret")
+
+    def test_a_secret_item_no_key_uses(self) -> None:
+        self.edit_config(lambda c: c["auth"].pop("bootstrap_token_file"))
+        self.assertFails("item admin-token is named by no *_file key")
 
     def test_a_misspelt_depot_variable(self) -> None:
         self.edit("deployment.yaml", lambda d: self.container(d)["env"].append({"name": "DEPOT_SERVER_LOGLEVEL", "value": "debug"}))

@@ -37,6 +37,11 @@ enum ConfigKeys {
             "devices", "sandbox_uid", "limits",
         ]),
         "pipelines.runner.limits": .keys(["memory_gib", "cpu_seconds", "file_size_gib", "processes", "workspace_gib"]),
+        // The S3 pack backend (issue 16; its parser, ObjectStorageConfig, lands from the s3-packs branch).
+        "storage.s3": .keys([
+            "endpoint", "bucket", "region", "prefix", "access_key_env", "secret_key_env", "access_key_file", "secret_key_file",
+            "part_size_mib", "cache_mib",
+        ]),
         "signing.trusted_keys": .named([]),
         "deploy_policy": .named(["signed_by", "python_backend_signed_by"]),
         "webhooks": .leaf,
