@@ -131,6 +131,7 @@ let package = Package(
                 "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotTestSupport", "DepotAuth", "DepotTrust",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         // Unit tests of one module each, without HTTP or child processes (scripts/test-fast.sh runs them).

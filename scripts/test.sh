@@ -15,6 +15,8 @@ swift format lint --strict -r Sources Tests fuzz Package.swift
 scripts/check-imports.sh
 # The Python pipeline hooks next (mypy + unit tests, about 30 s): they need no Swift build.
 scripts/test-hooks.sh
+# The Kubernetes manifests (deploy/kubernetes/): schema and structure, about 20 s, no Swift build.
+scripts/test-deploy.sh
 swift build --product depot
 swift test --disable-xctest "$@"
 if [[ $# -eq 0 ]]; then

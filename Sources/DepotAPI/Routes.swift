@@ -81,7 +81,7 @@ public enum HTTPVerb: String, Codable, Sendable, CaseIterable {
 /// Every endpoint, by name. The raw value is the metrics label.
 public enum RouteID: String, Sendable, CaseIterable {
     // Operational.
-    case health, metrics
+    case health, ready, metrics
     // OCI distribution API.
     case base, catalog, tags
     case manifestGet, manifestHead, manifestPut, manifestDelete
@@ -245,6 +245,9 @@ public enum Routes {
         Route(.health, .get, "/healthz", .anonymous),
         // Load balancers often probe with HEAD.
         Route(.health, .head, "/healthz", .anonymous),
+        // Whether this server can serve: its catalog and pack storage answer (ReadinessReport).
+        Route(.ready, .get, "/readyz", .anonymous),
+        Route(.ready, .head, "/readyz", .anonymous),
         Route(.metrics, .get, "/metrics", .admin),
 
         Route(.base, .get, "/v2", .authenticated),

@@ -30,6 +30,7 @@ public struct DepotService {
         auth: AuthService? = nil,
         tls: TLSCertificateStore? = nil,
         trust: TrustService? = nil,
+        readiness: Readiness? = nil,
         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     )
         -> some ApplicationProtocol
@@ -49,7 +50,8 @@ public struct DepotService {
         let responder = OCIResponder(
             registry: registry, metrics: ServerMetrics(leadership: leadership), logger: logger, jobs: pipelines.jobs,
             callbackSecrets: pipelines.webhookStages.mapValues(\.secret), deployments: deployments, limits: limits, auth: auth,
-            scheme: tls == nil ? "http" : "https", trust: trust)
+            scheme: tls == nil ? "http" : "https", trust: trust,
+            readiness: readiness ?? Readiness(probes: Readiness.probes(registry: registry, config: config), logger: logger))
         let headerTimeout = TimeAmount.milliseconds(Int64(limits.headerTimeoutSeconds * 1000))
         return Application(
             responder: responder,
@@ -87,6 +89,7 @@ public struct DepotService {
         var log = config.logFormat == "json" ? Logger(label: "depot", factory: { JSONLogHandler(label: $0) }) : Logger(label: "depot")
         log.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
         let logger = log
+        for warning in config.startupWarnings { logger.warning("config: \(warning)") }
         // Certificate files are checked before the store opens: a bad one stops start-up naming the file.
         let tls = try config.tls.map { try TLSCertificateStore(settings: $0, logger: logger) }
         tls?.reloadOnHangup()
@@ -103,7 +106,8 @@ public struct DepotService {
         let registry = Registry(store: store, uploads: config.uploads, policy: config.tagPolicy, inspectionLimits: config.inspection)
         let listen = "\(config.listenHost):\(config.listenPort)"
         let root = config.storageRoot
-        let auth = try await Self.makeAuth(config: config, db: store.catalog, bootstrapSecret: try Self.bootstrapSecret(config))
+        let auth = try await Self.makeAuth(
+            config: config, db: store.catalog, bootstrapSecret: try Self.bootstrapSecret(config, logger: logger))
         let pipelines = try PipelineSetup(config: config, registry: registry, logger: logger, auth: auth)
         let trust = try TrustService.make(config: config, registry: registry, logger: logger)
         if let key = trust.signingKey {
@@ -136,13 +140,18 @@ extension DepotService {
         return auth
     }
 
-    /// The first admin token: `DEPOT_ADMIN_TOKEN`, else the contents of `auth.bootstrap_token_file`.
-    static func bootstrapSecret(_ config: ServerConfig) throws -> String? {
+    /// The first admin token: `DEPOT_ADMIN_TOKEN`, else the contents of `auth.bootstrap_token_file`
+    /// (read as every secret file is: `SecretFile`).
+    static func bootstrapSecret(_ config: ServerConfig, logger: Logger) throws -> String? {
         if let s = ProcessInfo.processInfo.environment["DEPOT_ADMIN_TOKEN"], !s.isEmpty { return s }
         let file = config.auth.bootstrapTokenFile
         guard config.auth.enabled, !file.isEmpty else { return nil }
-        do { return try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) } catch {
-            throw DepotError.invalidArgument("cannot read auth.bootstrap_token_file \(file): \(error.localizedDescription)")
+        do {
+            let (value, warning) = try SecretFile.load(file)
+            if let warning { logger.warning("config: auth.bootstrap_token_file: \(warning)") }
+            return value.trimmingCharacters(in: .whitespacesAndNewlines)
+        } catch let e as SecretFile.Refusal {
+            throw DepotError.invalidArgument("auth.bootstrap_token_file: \(e.message)")
         }
     }
 }
@@ -221,7 +230,7 @@ public struct PipelineSetup: Sendable {
                     config.storageRoot, config.auth.bootstrapTokenFile, config.auth.signingKeyFile, config.signing.keyFile,
                     config.tls?.keyFile ?? "",
                 ]
-                + p.runnerHiddenPaths
+                + p.runnerHiddenPaths + config.secretFiles
             options.sandbox.hiddenPaths.removeAll { $0.isEmpty }
             // With authentication on, the embedded runner uses a credential made for this process
             // (a runner on every repository, with the configured labels); never stored or shown.

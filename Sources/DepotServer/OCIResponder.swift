@@ -34,13 +34,15 @@ public struct OCIResponder: HTTPResponder {
     let auth: AuthService?
     /// `http` or `https`, for the token endpoint's URL in challenges.
     let scheme: String
+    /// What `/readyz` checks.
+    let readiness: Readiness
 
     /// `jobs` is nil when no pipelines are configured (the job API then answers 404);
     /// `callbackSecrets` are the secrets of webhook stages, by "pipeline/stage".
     public init(
         registry: Registry, metrics: ServerMetrics, logger: Logger, jobs: JobQueue? = nil, callbackSecrets: [String: String] = [:],
         deployments: Deployments? = nil, limits: ServerConfig.ServerLimits = .init(), auth: AuthService? = nil, scheme: String = "http",
-        trust: TrustService? = nil
+        trust: TrustService? = nil, readiness: Readiness? = nil
     ) {
         let trust = trust ?? TrustService.none(registry: registry, logger: logger)
         let deployments = deployments ?? Deployments(registry: registry, policy: CanaryPolicy(), admission: trust)
@@ -62,6 +64,8 @@ public struct OCIResponder: HTTPResponder {
         identity = AuthHandlers(registry: registry, auth: auth)
         self.auth = auth
         self.scheme = scheme
+        self.readiness =
+            readiness ?? Readiness(probes: [CatalogProbe(registry: registry), LocalPacksProbe(root: registry.store.root)], logger: logger)
     }
 
     public func respond(to request: Request, context: Context) async throws -> Response {
@@ -178,6 +182,7 @@ public struct OCIResponder: HTTPResponder {
     func dispatch(_ match: RouteMatch, _ request: Request, _ context: Context) async throws -> Response {
         switch match.route.id {
         case .health: return Reply.bytes(Array("ok\n".utf8), contentType: "text/plain", head: request.method == .head)
+        case .ready: return await readyResponse(head: request.method == .head)
         case .metrics: return try await metricsResponse()
 
         case .base: return Reply.encoded([String: String](), head: request.method == .head)
@@ -257,7 +262,12 @@ public struct OCIResponder: HTTPResponder {
         }
     }
 
-    // MARK: metrics
+    // MARK: readiness and metrics
+
+    func readyResponse(head: Bool) async -> Response {
+        let report = await readiness.report()
+        return Reply.encoded(report, status: report.ready ? 200 : 503, head: head)
+    }
 
     func metricsResponse() async throws -> Response {
         let stats = try await offload { try registry.store.stats(exact: false) }

@@ -17,6 +17,12 @@ public struct ServerConfig: Sendable, Equatable {
     public var logLevel = "info"
     /// `text` (swift-log's default lines) or `json` (one object per line).
     public var logFormat = "text"
+    /// Set by `load`/`parse` (not a key of the file): what `depot serve` logs as warnings at start
+    /// (`DEPOT_` variables that set no key, secret files every user may read).
+    public var startupWarnings: [String] = []
+    /// Set by `load`/`parse`: the files secrets were read from (`*_file` keys), hidden from
+    /// pipeline stages like the key files.
+    public var secretFiles: [String] = []
     public var storageRoot = "storage"
     /// Where the catalog lives (`catalog:`): SQLite in the storage root, or PostgreSQL.
     public var catalog = CatalogConfig()
@@ -151,8 +157,10 @@ public struct ServerConfig: Sendable, Equatable {
         return try parse(text, path: path)
     }
 
-    /// Parses config file text (`path` names it in errors) over the defaults.
-    public static func parse(_ text: String, path: String) throws -> ServerConfig {
+    /// Parses config file text (`path` names it in errors) over the defaults, then the `DEPOT_…`
+    /// variables of `environment` over it (ConfigEnvironment). nil: no overrides, and `*_env` keys
+    /// read this process's environment.
+    public static func parse(_ text: String, path: String, environment: [String: String]? = nil) throws -> ServerConfig {
         let node: Any?
         do {
             // Composed and checked first: Yams.load crashes on some trees (YAMLSafety).
@@ -165,12 +173,15 @@ public struct ServerConfig: Sendable, Equatable {
         } catch {
             throw DepotError.invalidArgument("config \(path) is not valid YAML: \(error)")
         }
-        var config = ServerConfig()
-        guard let root = node as? [String: Any] else {
-            if node == nil { return config }
+        guard let root = (node ?? [String: Any]()) as? [String: Any] else {
             throw DepotError.invalidArgument("config \(path): the top level must be a mapping")
         }
-        let reader = ConfigReader(path: path)
+        return try parse(root: root, path: path, environment: environment)
+    }
+
+    /// The typed parse of a config tree over the defaults: every key checked, errors naming it.
+    static func parse(tree root: [String: Any], _ reader: ConfigReader) throws -> ServerConfig {
+        var config = ServerConfig()
         try reader.section(root, "server") { s in
             if let listen: String = try reader.value(s, "listen") { try config.setListen(listen) }
             if let level: String = try reader.value(s, "log_level") {
@@ -320,6 +331,8 @@ public struct ServerConfig: Sendable, Equatable {
             }
             if let raw = s["runner"] {
                 guard let r = raw as? [String: Any] else { throw reader.error("pipelines.runner", "must be a mapping") }
+                let outer = reader.enter("pipelines.runner")
+                defer { reader.restore(outer) }
                 if let v: Bool = try reader.value(r, "enabled") { config.pipelines.runnerEnabled = v }
                 if let v: String = try reader.value(r, "name") { config.pipelines.runnerName = v }
                 if let raw = r["labels"] {
@@ -360,6 +373,8 @@ public struct ServerConfig: Sendable, Equatable {
                 }
                 if let raw = r["limits"] {
                     guard let l = raw as? [String: Any] else { throw reader.error("pipelines.runner.limits", "must be a mapping") }
+                    let outer = reader.enter("pipelines.runner.limits")
+                    defer { reader.restore(outer) }
                     var limits = StageLimits()
                     func gib(_ key: String) throws -> Int64? {
                         guard let v: Double = try reader.value(l, key) else { return nil }
@@ -383,18 +398,10 @@ public struct ServerConfig: Sendable, Equatable {
                         }
                         limits.processes = v
                     }
-                    try reader.rejectUnknown(
-                        l, known: ["memory_gib", "cpu_seconds", "file_size_gib", "processes", "workspace_gib"],
-                        at: "pipelines.runner.limits.")
+                    try reader.rejectUnknown(l, known: ConfigKeys.known("pipelines.runner.limits"), at: "pipelines.runner.limits.")
                     config.pipelines.runnerLimits = limits
                 }
-                try reader.rejectUnknown(
-                    r,
-                    known: [
-                        "enabled", "name", "labels", "concurrency", "work_dir", "python", "hooks_dir", "pass_env", "bwrap", "sandbox_paths",
-                        "devices", "sandbox_uid", "limits",
-                    ],
-                    at: "pipelines.runner.")
+                try reader.rejectUnknown(r, known: ConfigKeys.known("pipelines.runner"), at: "pipelines.runner.")
             }
             if let raw = s["sandbox"] {
                 // YAML reads a bare `off` as false.
@@ -540,21 +547,16 @@ extension ServerConfig {
         try reader.rejectUnknown(
             m,
             known: [
-                "name", "url", "secret", "secret_env", "events", "repositories", "max_attempts",
+                "name", "url", "secret", "secret_env", "secret_file", "events", "repositories", "max_attempts",
                 "retry_base_seconds", "timeout_seconds",
             ], at: at + ".")
         guard let name = m["name"] as? String, !name.isEmpty else { throw reader.error(at + ".name", "is required") }
         guard let url = m["url"] as? String, let u = URL(string: url), ["http", "https"].contains(u.scheme ?? ""), u.host != nil else {
             throw reader.error(at + ".url", "must be an http(s) URL")
         }
-        var secret = m["secret"] as? String
-        if let env = m["secret_env"] as? String {
-            guard let value = ProcessInfo.processInfo.environment[env], !value.isEmpty else {
-                throw reader.error(at + ".secret_env", "names \(env), which is not set")
-            }
-            secret = value
+        guard let secret = try reader.secret(m, "secret", at: at) else {
+            throw reader.error(at, "needs secret, secret_env or secret_file (events are signed)")
         }
-        guard let secret, !secret.isEmpty else { throw reader.error(at, "needs secret or secret_env (events are signed)") }
         var hook = WebhookConfig(name: name, url: url, secret: secret)
         for key in ["events", "repositories"] {
             guard let v = m[key] else { continue }
@@ -584,9 +586,30 @@ extension ServerConfig {
 /// Typed access to the YAML mappings of a config file, with errors that name the full key.
 final class ConfigReader {
     let path: String
+    /// What `*_env` keys read (ConfigSecrets).
+    let environment: [String: String]
+    /// Warnings for the operator, logged at start (`ServerConfig.startupWarnings`).
+    var warnings: [String] = []
+    /// Files secrets were read from (`ServerConfig.secretFiles`).
+    var secretFiles: [String] = []
+    /// The keys each checked mapping may have, by dotted path ("" for the top level): what
+    /// `rejectUnknown` was given (ConfigEnvironmentTests compares it with ConfigKeys).
+    private(set) var checkedMappings: [String: Set<String>] = [:]
     private var current = ""
 
-    init(path: String) { self.path = path }
+    /// `environment` nil: this process's.
+    init(path: String, environment: [String: String]? = nil) {
+        self.path = path
+        self.environment = environment ?? ProcessInfo.processInfo.environment
+    }
+
+    /// Keys `value` reads are named under `mapping` (a dotted path) until `restore(returned)`.
+    func enter(_ mapping: String) -> String {
+        defer { current = mapping + "." }
+        return current
+    }
+
+    func restore(_ previous: String) { current = previous }
 
     func error(_ key: String, _ message: String) -> DepotError {
         .invalidArgument("config \(path): \(key) \(message)")
@@ -598,6 +621,11 @@ final class ConfigReader {
         current = name + "."
         defer { current = "" }
         try body(mapping)
+        try rejectUnknown(mapping, known: Self.sectionKeys[name] ?? [], at: name + ".")
+    }
+
+    /// Every section's keys (ConfigKeys builds the key tree environment variables name from them).
+    static var sectionKeys: [String: Set<String>] {
         let known: [String: Set<String>] = [
             "server": [
                 "listen", "log_level", "log_format", "max_connections", "header_timeout_seconds", "idle_timeout_seconds",
@@ -628,7 +656,7 @@ final class ConfigReader {
                 "cache_entries",
             ],
         ]
-        try rejectUnknown(mapping, known: known[name] ?? [], at: name + ".")
+        return known
     }
 
     func value<T>(_ mapping: [String: Any], _ key: String) throws -> T? {
@@ -639,6 +667,7 @@ final class ConfigReader {
     }
 
     func rejectUnknown(_ mapping: [String: Any], known: Set<String>, at prefix: String) throws {
+        checkedMappings[prefix.hasSuffix(".") ? String(prefix.dropLast()) : prefix, default: []].formUnion(known)
         for key in mapping.keys where !known.contains(key) {
             throw error(prefix + key, "is not a known setting")
         }

@@ -40,7 +40,7 @@ public struct TLSSettings: Sendable, Equatable {
     /// Parses `server.tls` (a mapping); errors name the key.
     static func parse(_ raw: Any, _ reader: ConfigReader) throws -> TLSSettings {
         guard let m = raw as? [String: Any] else { throw reader.error("server.tls", "must be a mapping (cert_file, key_file, …)") }
-        try reader.rejectUnknown(m, known: ["cert_file", "key_file", "client_ca_file", "client_auth"], at: "server.tls.")
+        try reader.rejectUnknown(m, known: ConfigKeys.known("server.tls"), at: "server.tls.")
         func path(_ key: String) throws -> String? {
             guard let v = m[key] else { return nil }
             guard let s = v as? String, !s.isEmpty else { throw reader.error("server.tls.\(key)", "must be a file path") }

@@ -44,7 +44,7 @@ extension ServerConfig {
             guard let rule = raw as? [String: Any] else {
                 throw reader.error(at, "must be a mapping (signed_by, python_backend_signed_by)")
             }
-            try reader.rejectUnknown(rule, known: ["signed_by", "python_backend_signed_by"], at: at + ".")
+            try reader.rejectUnknown(rule, known: ConfigKeys.known("deploy_policy"), at: at + ".")
             func names(_ key: String) throws -> [String]? {
                 guard let v = rule[key] else { return nil }
                 guard let list = v as? [String], list.allSatisfy(Self.isKeyName) else {

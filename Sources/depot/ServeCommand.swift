@@ -7,7 +7,9 @@ import Foundation
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the registry: the OCI distribution API on HTTP.",
-        discussion: "Flags override the configuration file; the file overrides the defaults.")
+        discussion:
+            "Flags override DEPOT_<SECTION>_<KEY> environment variables (every key of config/depot.yaml has one), which override the configuration file; the file overrides the defaults."
+    )
 
     @Option(help: "Address to listen on, HOST:PORT (default 127.0.0.1:5000).") var listen: String?
     @Option(help: "Storage root (default storage/).") var storage: String?
@@ -19,12 +21,9 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         var settings = ServerConfig()
         do {
-            if let config {
-                settings = try ServerConfig.load(config)
-            } else if FileManager.default.fileExists(atPath: "config/depot.yaml") {
-                settings = try ServerConfig.load("config/depot.yaml")
-            }
+            // Defaults, then the file, then DEPOT_<SECTION>_<KEY> variables, then the flags below.
             let file = config ?? (FileManager.default.fileExists(atPath: "config/depot.yaml") ? "config/depot.yaml" : nil)
+            settings = try ServerConfig.load(file, environment: ProcessInfo.processInfo.environment)
             if let file { settings.pipelines.runnerHiddenPaths = [URL(fileURLWithPath: file).standardizedFileURL.path] }
             if let listen { try settings.setListen(listen) }
             if let storage { settings.storageRoot = storage }

@@ -26,6 +26,7 @@ extension ServerConfig {
 /// Runs `body` against a live Depot server (real sockets, full channel pipeline) on a fresh store.
 func withRegistry(
     config base: ServerConfig = .forTests(),
+    readiness: Readiness? = nil,
     _ body: @Sendable (any TestClientProtocol, Registry, Int) async throws -> Void
 ) async throws {
     let dir = TempDir()
@@ -35,7 +36,7 @@ func withRegistry(
     config.listenPort = 0
     var logger = Logger(label: "test")
     logger.logLevel = .warning
-    let app = DepotService.makeApplication(registry: registry, config: config, logger: logger)
+    let app = DepotService.makeApplication(registry: registry, config: config, logger: logger, readiness: readiness)
     try await app.test(.live) { client in
         try await body(client, registry, client.port!)
     }
