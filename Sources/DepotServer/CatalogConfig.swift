@@ -12,12 +12,10 @@ public struct CatalogConfig: Sendable, Equatable {
 
     public var driver = Driver.sqlite
     /// libpq connection string: `postgres://USER@HOST:PORT/DB?sslmode=verify-full` or
-    /// `host=… dbname=…`. A password written here is refused: use `password_env` or `password_file`.
+    /// `host=… dbname=…`. A password written in it is refused: use `password_file` or `password_env`.
     public var url: String?
-    /// The password, read at start from this environment variable…
-    public var passwordEnv: String?
-    /// …or from this file (one line; a trailing newline is dropped).
-    public var passwordFile: String?
+    /// The password (`password`, `password_env` or `password_file`, read at start).
+    public var password: String?
     public var schema = "public"
     public var poolSize = 16
     public var connectTimeoutSeconds = 10
@@ -28,36 +26,9 @@ public struct CatalogConfig: Sendable, Equatable {
     public func location() throws -> CatalogLocation? {
         guard driver == .postgres else { return nil }
         guard let url else { throw DepotError.invalidArgument("catalog.url is required with catalog.driver: postgres") }
-        var password: String?
-        if let env = passwordEnv {
-            guard let v = ProcessInfo.processInfo.environment[env], !v.isEmpty else {
-                throw DepotError.invalidArgument("catalog.password_env names \(env), which is not set")
-            }
-            password = v
-        }
-        if let file = passwordFile {
-            password = try Self.readSecret(file, key: "catalog.password_file")
-        }
         return .postgres(
             PostgresSettings(url: url, password: password, schema: schema, poolSize: poolSize, connectTimeoutSeconds: connectTimeoutSeconds)
         )
-    }
-
-    /// A secret file: at most 64 KiB, one trailing newline dropped.
-    static func readSecret(_ path: String, key: String) throws -> String {
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else {
-            throw DepotError.invalidArgument("\(key): cannot read \(path)")
-        }
-        if let size = attributes[.size] as? NSNumber, size.intValue > 64 << 10 {
-            throw DepotError.invalidArgument("\(key): \(path) is larger than 64 KiB; it should hold one secret")
-        }
-        guard let data = FileManager.default.contents(atPath: path), var text = String(data: data, encoding: .utf8) else {
-            throw DepotError.invalidArgument("\(key): cannot read \(path) as UTF-8 text")
-        }
-        if text.hasSuffix("\n") { text.removeLast() }
-        if text.hasSuffix("\r") { text.removeLast() }
-        guard !text.isEmpty else { throw DepotError.invalidArgument("\(key): \(path) is empty") }
-        return text
     }
 }
 
@@ -74,11 +45,7 @@ extension ServerConfig {
             }
             config.catalog.url = v
         }
-        if let v: String = try reader.value(s, "password_env") { config.catalog.passwordEnv = v }
-        if let v: String = try reader.value(s, "password_file") { config.catalog.passwordFile = v }
-        if config.catalog.passwordEnv != nil && config.catalog.passwordFile != nil {
-            throw reader.error("catalog", "takes password_env or password_file, not both")
-        }
+        config.catalog.password = try reader.secret(s, "password", at: "catalog")
         if let v: String = try reader.value(s, "schema") {
             guard PostgresSettings.isValidSchema(v) else {
                 throw reader.error("catalog.schema", "must be 1-63 lower-case letters, digits and _, starting with a letter")

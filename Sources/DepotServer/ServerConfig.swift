@@ -650,7 +650,7 @@ final class ConfigReader {
                 "password_iterations", "oidc",
             ],
             "signing": ["enabled", "key_file", "trusted_keys"],
-            "catalog": ["driver", "url", "password_env", "password_file", "schema", "pool_size", "connect_timeout_seconds"],
+            "catalog": Set(["driver", "url", "schema", "pool_size", "connect_timeout_seconds"]).union(secretKeys("password")),
             "formats": [
                 "max_mib_per_blob", "max_seconds_per_blob", "max_seconds_per_manifest", "max_document_kib", "concurrency",
                 "cache_entries",
