@@ -86,7 +86,9 @@ public struct DepotService {
         // Certificate files are checked before the store opens: a bad one stops start-up naming the file.
         let tls = try config.tls.map { try TLSCertificateStore(settings: $0, logger: logger) }
         tls?.reloadOnHangup()
-        let store = try ChunkStore(root: config.storageRoot, options: config.storeOptions, create: true)
+        let store = try ChunkStore(
+            root: config.storageRoot, options: config.storeOptions, create: true, objects: try config.makeObjectStore())
+        if let objects = store.objectStore { logger.info("packs are objects in \(objects.location) (storage.backend: s3)") }
         if !store.recovery.isClean {
             logger.notice("repaired store on open: \(store.recovery.summary)")
             for path in store.recovery.quarantinedPacks {

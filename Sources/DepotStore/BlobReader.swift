@@ -102,6 +102,7 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
         let failures = FailureBox()
         let digest = blob.digest
         let items = batch
+        if let objects = store.files.objects { objects.prefetch(items.compactMap(\.loc)) }
         let output = Batch(count: total) { out in
             let shared = UnsafeSendableBuffer(out)
             DispatchQueue.concurrentPerform(iterations: items.count) { i in

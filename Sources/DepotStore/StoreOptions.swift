@@ -24,6 +24,10 @@ public struct StoreOptions: Sendable {
     /// before the operation fails with a clear "retry" error (nothing half-done is kept).
     public var catalogBusyTimeoutMilliseconds = 10_000
 
+    /// S3 mode only: bytes of pack records kept in memory once fetched (hot chunks), so repeated
+    /// reads do not go back to the object store (`storage.s3.cache_mib`).
+    public var recordCacheBytes = 256 << 20
+
     public init() {}
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import DepotCore
 import DepotFormats
 import DepotRegistry
+import DepotServer
 import DepotStore
 import Foundation
 
@@ -43,12 +44,17 @@ struct Fsck: ParsableCommand {
     @Flag(help: "Verify chunks only; skip re-hashing whole blobs.") var quick = false
     @Flag(help: "Drop the index rows of lost pack data (missing or short pack files) and list the blobs affected.")
     var repair = false
+    @Option(help: "A config file: its storage.root and, with storage.backend: s3, its bucket (packs as objects).")
+    var config: String?
+    @Flag(help: "S3 mode: also fetch and verify every record and blob (default: objects' presence and size, and recipes).")
+    var deep = false
 
     func run() throws {
         let (checked, recovery) = { () -> (FsckReport, RecoveryReport) in
             do {
-                let store = try ChunkStore(root: storage.storage, ifDamaged: repair ? .repair : .report)
-                return (try store.fsck(verifyBlobDigests: !quick), store.recovery)
+                let (root, options, objects) = try storage.resolve(config: config)
+                let store = try ChunkStore(root: root, options: options, ifDamaged: repair ? .repair : .report, objects: objects)
+                return (try store.fsck(verifyBlobDigests: !quick, deep: deep), store.recovery)
             } catch let e as DepotError { fail(e.description, code: 2) } catch { fail("\(error)", code: 2) }
         }()
         var report = checked
@@ -59,6 +65,7 @@ struct Fsck: ParsableCommand {
             if !recovery.isClean { print("on open: \(recovery.summary)") }
             for p in recovery.quarantinedPacks { print("QUARANTINED \(p) (no catalog row; kept, not deleted)") }
             for p in recovery.problems { print("DAMAGED \(p)") }
+            for o in recovery.unknownObjects { print("UNKNOWN \(o) (no catalog row names it; kept, not deleted)") }
             if !recovery.problems.isEmpty {
                 print(
                     "  if the packs volume is not mounted or readable, fix that and rerun; if the data is really lost, "
@@ -86,12 +93,14 @@ struct GC: ParsableCommand {
     @OptionGroup var storage: StorageOptions
     @Flag(help: "Machine-readable output.") var json = false
     @Option(help: "Unfinished writes and untagged manifests younger than this many seconds are kept.") var grace: Int64 = 24 * 3600
+    @Option(help: "A config file: its storage.root and, with storage.backend: s3, its bucket (packs as objects).")
+    var config: String?
 
     func run() throws {
         let report = reportingErrors { () -> RegistryGCReport in
-            var options = StoreOptions()
+            var (root, options, objects) = try storage.resolve(config: config)
             options.writeGraceSeconds = grace
-            let store = try ChunkStore(root: storage.storage, options: options)
+            let store = try ChunkStore(root: root, options: options, objects: objects)
             return try Registry(store: store).collectGarbage(untaggedGraceSeconds: grace, actor: "depot gc")
         }
         if json { return printJSON(report) }
@@ -201,5 +210,14 @@ final class OutputFile {
     func commit() throws {
         try file.sync()
         try FileSystem.rename(path + ".partial", path)
+    }
+}
+
+extension StorageOptions {
+    /// The storage root, options and (S3 mode) object store: `--storage` alone, or a config file.
+    func resolve(config path: String?) throws -> (root: String, options: StoreOptions, objects: (any PackObjectStore)?) {
+        guard let path else { return (storage, StoreOptions(), nil) }
+        let config = try ServerConfig.load(path)
+        return (config.storageRoot, config.storeOptions, try config.makeObjectStore())
     }
 }
