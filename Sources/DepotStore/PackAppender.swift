@@ -229,20 +229,15 @@ final class PackAppender: Sendable {
         let packID = s.packID
         let packSize = s.packSize
         let active = s.activeBlobs
-        let result = try db.write { conn -> T in
-            for (hash, loc) in chunks { try conn.insertChunk(hash, at: loc) }
-            if !chunks.isEmpty { try conn.setPack(packID, committedSize: packSize) }
-            if uploaded, try !conn.sealUploadedPack(packID) {
-                throw DepotError.storage("pack \(packID) was reclaimed by GC as an abandoned upload before its rows committed; retry")
-            }
-            var touched = Set<Int64>()
-            for r in recipes {
-                try conn.appendRecipe(blob: r.blob, r.entry)
-                touched.insert(r.blob)
-            }
-            let now = Self.now()
-            for id in touched where active.contains(id) { try conn.touchBlob(id, now: now) }
-            return try extra(conn)
+        let result: T
+        do {
+            result = try commit(chunks, recipes, packID, packSize, active, uploaded, extra)
+        } catch  where uploaded {
+            // The object is up but no row names it: abandon the batch (its blobs fail) and let GC
+            // delete row and object, rather than retrying, which would find the key taken by our
+            // own upload and leave that object behind.
+            abandonPending(&s)
+            throw error
         }
         s.pendingChunks.removeAll(keepingCapacity: true)
         s.pendingOrder.removeAll(keepingCapacity: true)
@@ -259,6 +254,29 @@ final class PackAppender: Sendable {
             try? sealPack(&s)
         }
         return result
+    }
+
+    /// The group commit's transaction: the chunk and recipe rows, the pack's size (and in S3 mode
+    /// its seal), the writers' touches and `extra`.
+    private func commit<T>(
+        _ chunks: [(SHA256.Value, ChunkLocation)], _ recipes: [(blob: Int64, entry: RecipeEntry)], _ packID: Int64, _ packSize: Int64,
+        _ active: Set<Int64>, _ uploaded: Bool, _ extra: (SQLiteConnection) throws -> T
+    ) throws -> T {
+        try db.write { conn -> T in
+            for (hash, loc) in chunks { try conn.insertChunk(hash, at: loc) }
+            if !chunks.isEmpty { try conn.setPack(packID, committedSize: packSize) }
+            if uploaded, try !conn.sealUploadedPack(packID) {
+                throw DepotError.storage("pack \(packID) was reclaimed by GC as an abandoned upload before its rows committed; retry")
+            }
+            var touched = Set<Int64>()
+            for r in recipes {
+                try conn.appendRecipe(blob: r.blob, r.entry)
+                touched.insert(r.blob)
+            }
+            let now = Self.now()
+            for id in touched where active.contains(id) { try conn.touchBlob(id, now: now) }
+            return try extra(conn)
+        }
     }
 
     /// After a failed fsync the kernel may have dropped the pending bytes (Linux marks the dirty

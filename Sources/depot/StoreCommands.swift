@@ -66,7 +66,11 @@ struct Fsck: ParsableCommand {
             for p in recovery.quarantinedPacks { print("QUARANTINED \(p) (no catalog row; kept, not deleted)") }
             for p in recovery.problems { print("DAMAGED \(p)") }
             for o in recovery.unknownObjects { print("UNKNOWN \(o) (no catalog row names it; kept, not deleted)") }
-            if !recovery.problems.isEmpty {
+            if !recovery.problems.isEmpty, let config {
+                print(
+                    "  if storage.s3 names the wrong endpoint, bucket or prefix, fix that and rerun; if the objects are really lost, "
+                        + "`depot fsck --repair --config \(config)` drops their index rows")
+            } else if !recovery.problems.isEmpty {
                 print(
                     "  if the packs volume is not mounted or readable, fix that and rerun; if the data is really lost, "
                         + "`depot fsck --repair --storage \(storage.storage)` drops its index rows")

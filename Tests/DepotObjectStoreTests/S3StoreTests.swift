@@ -163,6 +163,50 @@ struct S3StoreTests {
     }
 }
 
+/// An object store whose uploads fail while `failing` is set (the endpoint down mid-push).
+final class FailingUploads: PackObjectStore, @unchecked Sendable {
+    let inner: any PackObjectStore
+    let failing = Locked(false)
+    init(_ inner: any PackObjectStore) { self.inner = inner }
+    var location: String { inner.location }
+    func checkReachable() throws { try inner.checkReachable() }
+    func create(key: String, from file: PosixFile, size: Int64) throws {
+        if failing.withLock({ $0 }) { throw DepotError.io("object store: injected upload failure") }
+        try inner.create(key: key, from: file, size: size)
+    }
+    func read(key: String, offset: Int64, length: Int) throws -> [UInt8] { try inner.read(key: key, offset: offset, length: length) }
+    func readMany(_ r: [(key: String, offset: Int64, length: Int)]) -> [Result<[UInt8], any Error>] { inner.readMany(r) }
+    func size(key: String) throws -> Int64? { try inner.size(key: key) }
+    func delete(key: String) throws { try inner.delete(key: key) }
+    func list(prefix: String, _ body: (String, Int64) throws -> Void) throws { try inner.list(prefix: prefix, body) }
+}
+
+extension S3StoreTests {
+    @Test func aFailedUploadAcknowledgesNothingAndGCCleansUpAfterIt() throws {
+        let moto = try MotoServer()
+        let dir = TempDir()
+        var options = Self.options()
+        options.writeGraceSeconds = 0
+        let objects = FailingUploads(try S3PackObjectStore(settings: moto.settings))
+        let store = try ChunkStore(root: dir.path, options: options, create: true, objects: objects)
+        let good = randomBytes(1 << 20, seed: 50)
+        let lost = randomBytes(1 << 20, seed: 51)
+        let dg = try store.write(good, retain: "keep").digest
+        objects.failing.withLock { $0 = true }
+        #expect(throws: (any Error).self) { _ = try store.write(lost, retain: "keep") }
+        #expect(try store.blob(Digest(bytes: lost.withUnsafeBytes { SHA256.hash($0) })) == nil)
+        objects.failing.withLock { $0 = false }
+        // The same content goes in on the next attempt, and the abandoned pack row goes away.
+        let dl = try store.write(lost, retain: "keep").digest
+        #expect(try store.readAll(dl) == lost && store.readAll(dg) == good)
+        let before = try store.catalog.read { try $0.packs() }.count
+        _ = try store.collectGarbage(now: Int64(Date().timeIntervalSince1970 * 1000) + 5_000)
+        #expect(try store.catalog.read { try $0.packs() }.count < before)
+        #expect(try store.fsck(deep: true).isClean)
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: dir.path + "/staging"))?.isEmpty ?? true)
+    }
+}
+
 /// Copies a store's SQLite catalog (with its write-ahead log) into another root: a replica's view
 /// of the shared catalog.
 func copyCatalog(from: String, to: String) throws {
