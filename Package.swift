@@ -51,6 +51,17 @@ let package = Package(
         .target(name: "CDepotSupport"),
         .target(name: "DepotTrust", dependencies: ["DepotCore", "DepotAPI", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "DepotStore", dependencies: ["DepotCore", "DepotCatalog", "CZstd", "CDepotSupport"]),
+        // Packs in S3-compatible object storage: SigV4, a small S3 client (AsyncHTTPClient), the
+        // store's PackObjectStore over it. docs/OBJECT-STORAGE.md.
+        .target(
+            name: "DepotObjectStore",
+            dependencies: [
+                "DepotCore", "DepotStore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         .target(name: "DepotRegistry", dependencies: ["DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats"]),
         .target(
             name: "DepotPipelines",
@@ -74,7 +85,7 @@ let package = Package(
             dependencies: [
                 "DepotCore", "DepotAPI", "DepotCatalog", "DepotRegistry", "DepotStore", "DepotFormats", "CDepotSupport", "DepotPipelines",
                 "DepotRunner",
-                "DepotClient", "DepotDeploy", "DepotAuth", "DepotTrust",
+                "DepotClient", "DepotDeploy", "DepotAuth", "DepotTrust", "DepotObjectStore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -117,6 +128,11 @@ let package = Package(
         .testTarget(
             name: "DepotStoreTests",
             dependencies: ["DepotStore", "DepotCatalog", "DepotCore", "DepotFormats", "CDepotSupport", "DepotTestSupport"]
+        ),
+        // The signer against AWS's examples; the store in S3 mode against a real moto_server.
+        .testTarget(
+            name: "DepotObjectStoreTests",
+            dependencies: ["DepotObjectStore", "DepotStore", "DepotCatalog", "DepotCore", "DepotTestSupport"]
         ),
         .testTarget(name: "DepotCatalogTests", dependencies: ["DepotCatalog", "DepotAPI", "DepotCore", "CSQLite"]),
         .testTarget(name: "DepotAPITests", dependencies: ["DepotAPI", "DepotCore"]),

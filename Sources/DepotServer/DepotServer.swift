@@ -95,8 +95,9 @@ public struct DepotService {
         tls?.reloadOnHangup()
         var storeOptions = config.storeOptions
         storeOptions.catalog = try config.catalog.location()
-        let store = try ChunkStore(root: config.storageRoot, options: storeOptions, create: true)
+        let store = try ChunkStore(root: config.storageRoot, options: storeOptions, create: true, objects: try config.makeObjectStore())
         logger.info("catalog: \(store.catalog.dialect == .postgres ? "PostgreSQL " : "SQLite ")\(store.catalog.path)")
+        if let objects = store.objectStore { logger.info("packs are objects in \(objects.location) (storage.backend: s3)") }
         if !store.recovery.isClean {
             logger.notice("repaired store on open: \(store.recovery.summary)")
             for path in store.recovery.quarantinedPacks {

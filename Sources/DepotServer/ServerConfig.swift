@@ -26,6 +26,9 @@ public struct ServerConfig: Sendable, Equatable {
     public var storageRoot = "storage"
     /// Where the catalog lives (`catalog:`): SQLite in the storage root, or PostgreSQL.
     public var catalog = CatalogConfig()
+    /// `storage.backend`: `local` (packs under the root, the default) or `s3` (`storage.s3`).
+    public var storageBackend = "local"
+    public var s3: ObjectStorageConfig?
     /// Upload sessions and blob size (`uploads:`).
     public var uploads = UploadLimits()
     /// Connections, timeouts and threads (`server:`).
@@ -133,6 +136,7 @@ public struct ServerConfig: Sendable, Equatable {
         o.writeGraceSeconds = Int64(store.writeGraceHours * 3600)
         o.compactBelow = store.compactBelow
         o.readVerification = ReadVerification(rawValue: store.readVerification) ?? .checksum
+        if let s3 { o.recordCacheBytes = s3.cacheMiB << 20 }
         return o
     }
 
@@ -222,6 +226,14 @@ public struct ServerConfig: Sendable, Equatable {
         }
         try reader.section(root, "storage") { s in
             if let v: String = try reader.value(s, "root") { config.storageRoot = v }
+            if let v: String = try reader.value(s, "backend") {
+                guard v == "local" || v == "s3" else { throw reader.error("storage.backend", "must be local or s3") }
+                config.storageBackend = v
+            }
+            if let raw = s["s3"] { config.s3 = try ObjectStorageConfig.parse(raw, reader) }
+            if config.storageBackend == "s3" && config.s3 == nil {
+                throw reader.error("storage.s3", "is required when storage.backend is s3")
+            }
             if let v: Int = try reader.value(s, "pack_target_mib") {
                 guard (1...4096).contains(v) else { throw reader.error("storage.pack_target_mib", "must be 1 to 4096") }
                 config.store.packTargetMiB = v
@@ -633,7 +645,7 @@ final class ConfigReader {
             ],
             "storage": [
                 "root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",
-                "compact_below", "read_verification", "gc_interval_hours",
+                "compact_below", "read_verification", "gc_interval_hours", "backend", "s3",
             ],
             "uploads": [
                 "timeout_seconds", "max_lifetime_seconds", "max_sessions", "max_sessions_per_client", "min_bytes_per_second",

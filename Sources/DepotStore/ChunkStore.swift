@@ -21,6 +21,10 @@ public final class ChunkStore: Sendable {
     private let lockFD: Int32
     /// What opening repaired (pack tails cut, unknown pack files quarantined, ...), for logs.
     public let recovery: RecoveryReport
+    /// S3 mode: packs whose object was found missing or short on open (`.report`), with why.
+    let damagedObjects: [Int64: String]
+    /// Where sealed packs live in S3 mode (nil: local files under `packs/`).
+    public var objectStore: (any PackObjectStore)? { files.objects?.store }
 
     /// Format version of the storage root (`FORMAT` file).
     public static let formatVersion = 1
@@ -30,9 +34,11 @@ public final class ChunkStore: Sendable {
     /// `ifDamaged` says what a writable open does when acknowledged data is missing or
     /// unreadable: refuse (the default, what serving needs), report it (`depot fsck`) or drop the
     /// lost index rows (`depot fsck --repair`); see `DamagePolicy`.
+    /// `objects`: keep sealed packs in an object store (S3 mode) instead of under `packs/`; the
+    /// root then holds the catalog (SQLite), the lock and staging copies of packs being written.
     public init(
         root: String, options: StoreOptions = StoreOptions(), create: Bool = false, readOnly: Bool = false,
-        ifDamaged: DamagePolicy = .refuse
+        ifDamaged: DamagePolicy = .refuse, objects: (any PackObjectStore)? = nil
     ) throws {
         self.root = root
         self.options = options
@@ -78,10 +84,17 @@ public final class ChunkStore: Sendable {
             // one; a PostgreSQL catalog without tables is caught by Recovery (no packs recorded).
             if !readOnly, case .sqlite = location { try Recovery.checkCatalogPresent(root: root) }
             catalog = try Database(location: location, readOnly: readOnly, busyTimeoutMilliseconds: options.catalogBusyTimeoutMilliseconds)
-            files = PackFiles(root: root)
+            files = PackFiles(root: root, objects: objects.map { ObjectPacks(store: $0, cacheBytes: options.recordCacheBytes) })
             appender = PackAppender(db: catalog, files: files, options: options)
             compressors = CompressorPool(maxChunk: options.chunker.maxSize)
-            recovery = readOnly ? RecoveryReport() : try Recovery.run(catalog: catalog, files: files, policy: ifDamaged)
+            if readOnly {
+                (recovery, damagedObjects) = (RecoveryReport(), [:])
+            } else if let packObjects = files.objects {
+                (recovery, damagedObjects) = try Recovery.runObjects(
+                    catalog: catalog, files: files, objects: packObjects, policy: ifDamaged)
+            } else {
+                (recovery, damagedObjects) = (try Recovery.run(catalog: catalog, files: files, policy: ifDamaged), [:])
+            }
         } catch {
             if lockFD >= 0 { close(lockFD) }
             throw error

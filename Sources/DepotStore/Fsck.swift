@@ -42,12 +42,19 @@ extension ChunkStore {
     /// Verifies every indexed chunk (record header, decoding, SHA-256) and every complete blob
     /// (recipe contiguous from 0 to its size, all chunks present, bytes hash to its digest).
     /// `verifyBlobDigests: false` skips re-hashing whole blobs (chunks are still all verified).
-    public func fsck(verifyBlobDigests: Bool = true) throws -> FsckReport {
+    /// S3 mode: without `deep`, only the objects are checked (presence and size, found on open
+    /// with `.report`: their chunks are reported damaged) and the recipes' shape; `deep` also
+    /// fetches and verifies every record and, unless `verifyBlobDigests` is false, every blob.
+    /// Local packs are always read (`deep` changes nothing there).
+    public func fsck(verifyBlobDigests: Bool = true, deep: Bool = true) throws -> FsckReport {
         var report = FsckReport()
+        let readRecords = files.objects == nil || deep
+        let verifyBlobDigests = verifyBlobDigests && readRecords
         // 1. Chunks, in pack order, batches verified on all cores.
         var batch: [(SHA256.Value, ChunkLocation)] = []
         let damaged = Locked<[(SHA256.Value, String)]>([])
         func verify(_ batch: [(SHA256.Value, ChunkLocation)]) {
+            files.objects?.prefetch(batch.map(\.1))
             DispatchQueue.concurrentPerform(iterations: batch.count) { i in
                 let (hash, loc) = batch[i]
                 var out = [UInt8](repeating: 0, count: loc.rawLength)
@@ -65,18 +72,23 @@ extension ChunkStore {
                 }
             }
         }
-        try catalog.read { conn in
-            try conn.forEachChunk { hash, loc in
-                batch.append((hash, loc))
-                report.chunksChecked += 1
-                report.bytesVerified += Int64(loc.rawLength)
-                if batch.count == 64 {
-                    verify(batch)
-                    batch.removeAll(keepingCapacity: true)
+        for (pack, reason) in damagedObjects.sorted(by: { $0.key < $1.key }) where !readRecords {
+            for (hash, _) in try catalog.read({ try $0.chunks(inPack: pack) }) { damaged.withLock { $0.append((hash, reason)) } }
+        }
+        if readRecords {
+            try catalog.read { conn in
+                try conn.forEachChunk { hash, loc in
+                    batch.append((hash, loc))
+                    report.chunksChecked += 1
+                    report.bytesVerified += Int64(loc.rawLength)
+                    if batch.count == 64 {
+                        verify(batch)
+                        batch.removeAll(keepingCapacity: true)
+                    }
                 }
             }
+            verify(batch)
         }
-        verify(batch)
         for (hash, reason) in damaged.withLock({ $0 }).sorted(by: { $0.0 < $1.0 }) {
             let blobs = try catalog.read { try $0.blobs(containing: hash) }.map(\.description).sorted()
             report.damagedChunks.append(.init(chunk: "sha256:" + hash.hex, reason: reason, blobs: blobs))

@@ -59,6 +59,7 @@ extension ChunkStore {
     }
 
     private func compact(_ report: inout GCReport) throws {
+        if let objects = files.objects { return try compactObjects(objects, &report) }
         var usage = try catalog.read { try $0.packUsage(headerSize: PackFormat.recordHeaderSize) }
         // The pack being appended to is reclaimable too once most of it is dead.
         if try appender.sealCurrent(ifLiveBelow: options.compactBelow, usage: usage) {
@@ -97,26 +98,84 @@ extension ChunkStore {
         }
     }
 
+    /// S3 mode. The same rules, in another order: every sparse or small pack's live records are
+    /// copied first and committed once (a commit uploads and seals the current pack, so one
+    /// commit per old pack would make new packs as small as the old ones), then each old pack is
+    /// deleted in the same three durable steps (mark with no chunk row, DELETE the object, drop the
+    /// row). A small pack is compacted only when there are at least two: one alone would be
+    /// re-uploaded as is. Then uploads whose writer died before committing (open rows with no
+    /// chunk, older than the write grace period) are deleted the same way.
+    private func compactObjects(_ objects: ObjectPacks, _ report: inout GCReport) throws {
+        let usage = try catalog.read { try $0.packUsage(headerSize: PackFormat.recordHeaderSize) }
+        let packs = try catalog.read { try $0.packs() }
+        let current = appender.currentPack
+        let sealed = packs.filter { $0.sealed && !$0.deleting && $0.id != current }
+        let smallOnes = sealed.filter { $0.committedSize < options.packTargetSize / 4 && (usage[$0.id]?.bytes ?? 0) > 0 }.count
+        var candidates: [(pack: PackRecord, live: Int64)] = []
+        for pack in sealed {
+            let live = usage[pack.id]?.bytes ?? 0
+            let payload = max(pack.committedSize - Int64(PackFormat.fileHeaderSize), 1)
+            let fraction = Double(live) / Double(payload)
+            let small = pack.committedSize < options.packTargetSize / 4 && smallOnes > 1
+            if live > 0 && fraction >= options.compactBelow && !small { continue }
+            candidates.append((pack, live))
+        }
+        for (pack, live) in candidates where live > 0 {
+            try moveLiveChunks(of: pack.id, &report)
+            report.packsCompacted += 1
+        }
+        try appender.checkpoint()
+        for (pack, live) in candidates {
+            let marked = try catalog.write { conn -> Bool in
+                guard try conn.chunks(inPack: pack.id).isEmpty else { return false }
+                try conn.markPackDeleting(pack.id)
+                return true
+            }
+            guard marked else { continue }
+            try objects.store.delete(key: ObjectPacks.key(pack.id))
+            files.evict(pack.id)
+            try catalog.write { try $0.deletePack(pack.id) }
+            report.packsDeleted += 1
+            report.packBytesFreed += pack.committedSize - live
+        }
+        let cutoff = PackAppender.now() - options.writeGraceSeconds * 1000
+        for id in try catalog.read({ try $0.abandonedPacks(createdBefore: cutoff) }) where id != appender.currentPack {
+            guard try catalog.write({ try $0.markAbandonedPackDeleting(id, createdBefore: cutoff) }) else { continue }
+            try objects.store.delete(key: ObjectPacks.key(id))
+            files.evict(id)
+            try catalog.write { try $0.deletePack(id) }
+            report.packsDeleted += 1
+        }
+    }
+
     /// Copies the live records of `pack` into the current pack. A record that cannot be read or
     /// verified is skipped and reported (its row keeps naming the old pack, so the pack is not
     /// deleted); the rest are still moved. Failures to *write* the copy (disk full) stop GC.
     private func moveLiveChunks(of pack: Int64, _ report: inout GCReport) throws {
         let chunks = try catalog.read { try $0.chunks(inPack: pack) }
-        let file: PosixFile
-        do {
-            file = try files.file(pack)
-        } catch {
-            for (hash, _) in chunks { skipDamaged(hash, pack, "pack unreadable: \(error)", &report) }
-            return
+        var file: PosixFile?
+        if files.objects == nil {
+            do {
+                file = try files.file(pack)
+            } catch {
+                for (hash, _) in chunks { skipDamaged(hash, pack, "pack unreadable: \(error)", &report) }
+                return
+            }
         }
         var buffer = [UInt8](repeating: 0, count: PackFormat.recordHeaderSize + options.chunker.maxSize + 1024)
-        for (hash, loc) in chunks {
+        for (i, (hash, loc)) in chunks.enumerated() {
+            // S3 mode: fetch the next records with a few coalesced GETs rather than one each.
+            if let objects = files.objects, i % 64 == 0 { objects.prefetch(chunks[i..<min(i + 64, chunks.count)].map(\.1)) }
             let total = PackFormat.recordHeaderSize + loc.storedLength
             if buffer.count < total { buffer = [UInt8](repeating: 0, count: total) }
             let verified: ChunkCodec? = buffer.withUnsafeMutableBytes { buf in
                 let record = UnsafeMutableRawBufferPointer(rebasing: buf[0..<total])
                 do {
-                    try file.read(into: record, at: loc.offset)
+                    if let file {
+                        try file.read(into: record, at: loc.offset)
+                    } else {
+                        try files.readRecord(pack: pack, at: loc.offset, into: record)
+                    }
                 } catch {
                     skipDamaged(hash, pack, "\(error)", &report)
                     return nil

@@ -195,16 +195,30 @@ final class PackAppender: Sendable {
     }
 
     private func flushIfNeeded(_ s: inout State) throws {
-        if s.pendingBytes >= options.flushBytes || s.packSize >= options.packTargetSize {
+        // S3 mode commits once per pack: a commit uploads the pack and seals it (objects are
+        // immutable), so committing every `flushBytes` would halve the packs' size. Pending bytes
+        // are on the local staging file, not in memory, so waiting costs no memory.
+        let byBytes = files.objects == nil && s.pendingBytes >= options.flushBytes
+        if byBytes || s.packSize >= options.packTargetSize {
             try flushLocked(&s) { _ in () }
         }
     }
 
     /// Group commit: fsync the pack, then one transaction for all pending rows plus `extra`.
+    ///
+    /// In S3 mode the durability point is the object store instead of the disk: the pack is
+    /// uploaded (conditional create; `upload`) before the transaction, which also seals it, so an
+    /// acknowledged blob never depends on bytes that exist only on this machine.
     private func flushLocked<T>(_ s: inout State, extra: (any CatalogConnection) throws -> T) throws -> T {
+        var uploaded = false
         if !s.pendingChunks.isEmpty {
             do {
-                try s.pack?.sync()
+                if let objects = files.objects {
+                    try upload(&s, to: objects.store)
+                    uploaded = true
+                } else {
+                    try s.pack?.sync()
+                }
             } catch {
                 abandonPending(&s)
                 throw error
@@ -215,9 +229,45 @@ final class PackAppender: Sendable {
         let packID = s.packID
         let packSize = s.packSize
         let active = s.activeBlobs
-        let result = try db.write { conn -> T in
+        let result: T
+        do {
+            result = try commit(chunks, recipes, packID, packSize, active, uploaded, extra)
+        } catch  where uploaded {
+            // The object is up but no row names it: abandon the batch (its blobs fail) and let GC
+            // delete row and object, rather than retrying, which would find the key taken by our
+            // own upload and leave that object behind.
+            abandonPending(&s)
+            throw error
+        }
+        s.pendingChunks.removeAll(keepingCapacity: true)
+        s.pendingOrder.removeAll(keepingCapacity: true)
+        s.pendingRecipes.removeAll(keepingCapacity: true)
+        s.pendingBytes = 0
+        if !chunks.isEmpty { s.committedSize = packSize }
+        if uploaded {
+            // Sealed in the transaction; the staging copy is not needed any more.
+            try? FileSystem.remove(files.path(packID))
+            s.pack = nil
+        } else if s.packSize >= options.packTargetSize {
+            // Sealing is bookkeeping: the batch is committed whatever happens to it (a pack left
+            // unsealed is sealed at the next open).
+            try? sealPack(&s)
+        }
+        return result
+    }
+
+    /// The group commit's transaction: the chunk and recipe rows, the pack's size (and in S3 mode
+    /// its seal), the writers' touches and `extra`.
+    private func commit<T>(
+        _ chunks: [(SHA256.Value, ChunkLocation)], _ recipes: [(blob: Int64, entry: RecipeEntry)], _ packID: Int64, _ packSize: Int64,
+        _ active: Set<Int64>, _ uploaded: Bool, _ extra: (any CatalogConnection) throws -> T
+    ) throws -> T {
+        try db.write { conn -> T in
             for (hash, loc) in chunks { try conn.insertChunk(hash, at: loc) }
             if !chunks.isEmpty { try conn.setPack(packID, committedSize: packSize) }
+            if uploaded, try !conn.sealUploadedPack(packID) {
+                throw DepotError.storage("pack \(packID) was reclaimed by GC as an abandoned upload before its rows committed; retry")
+            }
             var touched = Set<Int64>()
             for r in recipes {
                 try conn.appendRecipe(blob: r.blob, r.entry)
@@ -227,15 +277,6 @@ final class PackAppender: Sendable {
             for id in touched where active.contains(id) { try conn.touchBlob(id, now: now) }
             return try extra(conn)
         }
-        s.pendingChunks.removeAll(keepingCapacity: true)
-        s.pendingOrder.removeAll(keepingCapacity: true)
-        s.pendingRecipes.removeAll(keepingCapacity: true)
-        s.pendingBytes = 0
-        if !chunks.isEmpty { s.committedSize = packSize }
-        // Sealing is bookkeeping: the batch is committed whatever happens to it (a pack left
-        // unsealed is sealed at the next open).
-        if s.packSize >= options.packTargetSize { try? sealPack(&s) }
-        return result
     }
 
     /// After a failed fsync the kernel may have dropped the pending bytes (Linux marks the dirty
@@ -253,7 +294,13 @@ final class PackAppender: Sendable {
         s.pendingBytes = 0
         if let pack = s.pack {
             let id = s.packID
-            try? pack.truncate(to: s.committedSize)
+            if files.objects != nil {
+                // Nothing of it was committed; GC deletes the row (and an object, should the upload
+                // have completed after all).
+                try? FileSystem.remove(files.path(id))
+            } else {
+                try? pack.truncate(to: s.committedSize)
+            }
             // Best effort: a pack left unsealed is sealed at the next open, and `currentPack`
             // no longer names it, so compaction and this appender leave it alone until then.
             _ = try? db.write { try $0.sealPack(id) }
@@ -263,6 +310,18 @@ final class PackAppender: Sendable {
 
     private func openPack(_ s: inout State) throws {
         let id = try db.write { try $0.createPack(committedSize: 0, now: Self.now()) }
+        if files.objects != nil {
+            // A staging file: scratch until uploaded, so nothing is fsynced.
+            try FileSystem.createDirectory(files.root + "/staging")
+            let file = try PosixFile(path: files.path(id), mode: .createExclusive)
+            try PackFormat.fileMagic.withUnsafeBytes { try file.write($0) }
+            try db.write { try $0.setPack(id, committedSize: Int64(PackFormat.fileHeaderSize)) }
+            s.pack = file
+            s.packID = id
+            s.packSize = Int64(PackFormat.fileHeaderSize)
+            s.committedSize = s.packSize
+            return
+        }
         let path = files.path(id)
         let dir = String(path[..<path.lastIndex(of: "/")!])
         let newDirectory = !FileSystem.isDirectory(dir)
@@ -277,6 +336,39 @@ final class PackAppender: Sendable {
         s.packID = id
         s.packSize = Int64(PackFormat.fileHeaderSize)
         s.committedSize = s.packSize
+    }
+
+    /// Times in a row a pack may find its object key taken before the commit gives up.
+    static let maxKeyConflicts = 16
+
+    /// Uploads the current pack as an object that must not exist yet (S3 mode). A key another
+    /// writer took (a second catalog on the same prefix, a catalog restored from a backup) is never
+    /// overwritten: the pack moves to a fresh id, its pending locations with it, and goes up again.
+    private func upload(_ s: inout State, to store: any PackObjectStore) throws {
+        guard let file = s.pack else { return }
+        for _ in 0..<Self.maxKeyConflicts {
+            do {
+                try store.create(key: ObjectPacks.key(s.packID), from: file, size: s.packSize)
+                return
+            } catch is PackObjectConflict {
+                let old = s.packID
+                let new = try db.write { try $0.createPack(committedSize: Int64(PackFormat.fileHeaderSize), now: Self.now()) }
+                try FileSystem.rename(files.path(old), files.path(new))
+                for (hash, location) in s.pendingChunks {
+                    var moved = location
+                    moved.pack = new
+                    s.pendingChunks[hash] = moved
+                }
+                s.packID = new
+                try db.write { try $0.deletePack(old) }
+            }
+        }
+        throw DepotError.storage(
+            """
+            \(Self.maxKeyConflicts) pack keys in a row were already taken in \(store.location) (nothing was overwritten): another \
+            catalog writes under the same prefix (give each store its own storage.s3.prefix), or this catalog was restored from \
+            a backup older than the bucket's contents
+            """)
     }
 
     private func sealPack(_ s: inout State) throws {

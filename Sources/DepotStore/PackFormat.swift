@@ -73,8 +73,9 @@ public enum PackFormat {
         return h
     }
 
-    /// Relative path of a pack file under the storage root.
-    static func relativePath(_ id: Int64) -> String {
+    /// Relative path of a pack file under the storage root; in S3 mode also the pack's object key
+    /// (under `storage.s3.prefix`).
+    public static func relativePath(_ id: Int64) -> String {
         let hex = String(id, radix: 16)
         let padded = String(repeating: "0", count: max(0, 12 - hex.count)) + hex
         return "packs/\(padded.suffix(2))/\(padded).pack"

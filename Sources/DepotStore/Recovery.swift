@@ -37,6 +37,9 @@ public struct RecoveryReport: Sendable, Equatable, Codable {
     public var droppedChunkRows = 0
     /// ... and the complete blobs that lost chunks with them (digests, sorted).
     public var lostBlobs: [String] = []
+    /// S3 mode, `depot fsck`: objects under the prefix's `packs/` that no catalog row names (left
+    /// alone: with a shared or restored catalog they may belong to another writer).
+    public var unknownObjects: [String] = []
 
     public var isClean: Bool { self == RecoveryReport() }
 
@@ -48,6 +51,7 @@ public struct RecoveryReport: Sendable, Equatable, Codable {
             "removed \(emptyPacksRemoved) empty pack(s)", "finished \(gcDeletionsFinished) pack deletion(s) of GC",
         ]
         if !problems.isEmpty { parts.append("found \(problems.count) damaged pack(s), left as they are") }
+        if !unknownObjects.isEmpty { parts.append("found \(unknownObjects.count) object(s) no catalog row names, left as they are") }
         if droppedChunkRows > 0 || !lostBlobs.isEmpty {
             parts.append("dropped \(droppedChunkRows) index row(s) of lost data, affecting \(lostBlobs.count) blob(s)")
         }
@@ -65,6 +69,7 @@ public struct RecoveryReport: Sendable, Equatable, Codable {
         case problems
         case droppedChunkRows = "dropped_chunk_rows"
         case lostBlobs = "lost_blobs"
+        case unknownObjects = "unknown_objects"
     }
 }
 

@@ -28,6 +28,10 @@ public struct StoreOptions: Sendable {
     /// Where the catalog lives; nil: `catalog.db` (SQLite) in the storage root.
     public var catalog: CatalogLocation?
 
+    /// S3 mode only: bytes of pack records kept in memory once fetched (hot chunks), so repeated
+    /// reads do not go back to the object store (`storage.s3.cache_mib`).
+    public var recordCacheBytes = 256 << 20
+
     public init() {}
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import DepotCore
 import DepotFormats
 import DepotRegistry
+import DepotServer
 import DepotStore
 import Foundation
 
@@ -43,12 +44,17 @@ struct Fsck: ParsableCommand {
     @Flag(help: "Verify chunks only; skip re-hashing whole blobs.") var quick = false
     @Flag(help: "Drop the index rows of lost pack data (missing or short pack files) and list the blobs affected.")
     var repair = false
+    @Option(help: "A config file: its storage.root and, with storage.backend: s3, its bucket (packs as objects).")
+    var config: String?
+    @Flag(help: "S3 mode: also fetch and verify every record and blob (default: objects' presence and size, and recipes).")
+    var deep = false
 
     func run() throws {
         let (checked, recovery) = { () -> (FsckReport, RecoveryReport) in
             do {
-                let store = try ChunkStore(root: storage.storage, options: storage.options(), ifDamaged: repair ? .repair : .report)
-                return (try store.fsck(verifyBlobDigests: !quick), store.recovery)
+                let (root, options, objects) = try storage.resolve(config: config)
+                let store = try ChunkStore(root: root, options: options, ifDamaged: repair ? .repair : .report, objects: objects)
+                return (try store.fsck(verifyBlobDigests: !quick, deep: deep), store.recovery)
             } catch let e as DepotError { fail(e.description, code: 2) } catch { fail("\(error)", code: 2) }
         }()
         var report = checked
@@ -59,7 +65,12 @@ struct Fsck: ParsableCommand {
             if !recovery.isClean { print("on open: \(recovery.summary)") }
             for p in recovery.quarantinedPacks { print("QUARANTINED \(p) (no catalog row; kept, not deleted)") }
             for p in recovery.problems { print("DAMAGED \(p)") }
-            if !recovery.problems.isEmpty {
+            for o in recovery.unknownObjects { print("UNKNOWN \(o) (no catalog row names it; kept, not deleted)") }
+            if !recovery.problems.isEmpty, let config {
+                print(
+                    "  if storage.s3 names the wrong endpoint, bucket or prefix, fix that and rerun; if the objects are really lost, "
+                        + "`depot fsck --repair --config \(config)` drops their index rows")
+            } else if !recovery.problems.isEmpty {
                 print(
                     "  if the packs volume is not mounted or readable, fix that and rerun; if the data is really lost, "
                         + "`depot fsck --repair --storage \(storage.storage)` drops its index rows")
@@ -86,12 +97,14 @@ struct GC: ParsableCommand {
     @OptionGroup var storage: StorageOptions
     @Flag(help: "Machine-readable output.") var json = false
     @Option(help: "Unfinished writes and untagged manifests younger than this many seconds are kept.") var grace: Int64 = 24 * 3600
+    @Option(help: "A config file: its storage.root and, with storage.backend: s3, its bucket (packs as objects).")
+    var config: String?
 
     func run() throws {
         let report = reportingErrors { () -> RegistryGCReport in
-            var options = StoreOptions()
+            var (root, options, objects) = try storage.resolve(config: config)
             options.writeGraceSeconds = grace
-            let store = try ChunkStore(root: storage.storage, options: storage.options(options))
+            let store = try ChunkStore(root: root, options: options, objects: objects)
             return try Registry(store: store).collectGarbage(untaggedGraceSeconds: grace, actor: "depot gc")
         }
         if json { return printJSON(report) }
@@ -201,5 +214,16 @@ final class OutputFile {
     func commit() throws {
         try file.sync()
         try FileSystem.rename(path + ".partial", path)
+    }
+}
+
+extension StorageOptions {
+    /// The storage root, options and (S3 mode) object store: `--storage` alone, or a config file.
+    func resolve(config path: String?) throws -> (root: String, options: StoreOptions, objects: (any PackObjectStore)?) {
+        guard let path else { return (storage, options(), nil) }
+        let config = try ServerConfig.load(path)
+        var o = config.storeOptions
+        o.catalog = try config.catalog.location()
+        return (config.storageRoot, options(o), try config.makeObjectStore())
     }
 }
