@@ -34,7 +34,16 @@ import Testing
         #expect(others.allSatisfy { $0.poll() == nil && !$0.isLeader })
         leader.resign() // as a killed process: its session ends, the lock is free
         #expect(!leader.isLeader)
-        let next = others.map { $0.poll() }
+        // The server frees the lock when the closed session's backend exits, a moment later:
+        // poll as the replicas do (they poll every 2 s), for at most 30 s.
+        var next: [Leadership.Change?] = []
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            next = others.map { $0.poll() }
+            if next.contains(.became) { break }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
         #expect(next.filter { $0 == .became }.count == 1, "\(next)")
+        #expect(others.filter(\.isLeader).count == 1)
     }
 }

@@ -1,3 +1,4 @@
+import DepotCatalog
 import DepotCore
 import DepotStore
 import DepotTestSupport
@@ -41,8 +42,9 @@ struct S3Bench {
         let writes = counter.snapshot()
         // A replica with a cold cache reads it back.
         let replica = TempDir()
-        try copyCatalog(from: dir.path, to: replica.path)
-        let cold = try ChunkStore(root: replica.path, options: options, create: true, objects: counter)
+        var shared = options
+        shared.catalog = Database.location(forPath: dir.path + "/catalog.db")
+        let cold = try ChunkStore(root: replica.path, options: shared, create: true, objects: counter)
         var back: [UInt8] = []
         let coldRead = try seconds { back = try cold.readAll(d) }
         #expect(back == data)

@@ -19,6 +19,13 @@ struct S3StoreTests {
         return o
     }
 
+    /// Options of a replica: the catalog of the store at `root` (as replicas share one).
+    static func options(sharingCatalogOf root: String) -> StoreOptions {
+        var o = options()
+        o.catalog = Database.location(forPath: root + "/catalog.db")
+        return o
+    }
+
     static func objects(_ moto: MotoServer) throws -> [String: Int64] {
         var out: [String: Int64] = [:]
         try moto.client().list(prefix: "") { out[$0] = $1 }
@@ -59,13 +66,13 @@ struct S3StoreTests {
                 root: first.path, options: Self.options(), create: true, objects: S3PackObjectStore(settings: moto.settings))
             d = try store.write(data, retain: "test").digest
         }
-        // The replica shares only the catalog (here a copy of it; PostgreSQL in a deployment) and
-        // the bucket: none of the first one's local files.
+        // The replica shares only the catalog (the first one's SQLite file, or its PostgreSQL
+        // schema when the suite runs there) and the bucket: none of the first one's other files.
         let replica = TempDir()
-        try copyCatalog(from: first.path, to: replica.path)
-        try FileManager.default.removeItem(atPath: first.path)
+        try? FileManager.default.removeItem(atPath: first.path + "/staging")
         let store = try ChunkStore(
-            root: replica.path, options: Self.options(), create: true, objects: S3PackObjectStore(settings: moto.settings))
+            root: replica.path, options: Self.options(sharingCatalogOf: first.path), create: true,
+            objects: S3PackObjectStore(settings: moto.settings))
         #expect(try store.readAll(d) == data)
         #expect(try store.fsck(deep: true).isClean)
     }
@@ -156,8 +163,9 @@ struct S3StoreTests {
         try client.delete(key: key)
         try client.putNew(key: key, body: .init(bytes: bytes))
         let replica = TempDir()
-        try copyCatalog(from: dir.path, to: replica.path)
-        let fresh = try ChunkStore(root: replica.path, options: options, create: true, objects: S3PackObjectStore(settings: moto.settings))
+        var shared = options
+        shared.catalog = Database.location(forPath: dir.path + "/catalog.db")
+        let fresh = try ChunkStore(root: replica.path, options: shared, create: true, objects: S3PackObjectStore(settings: moto.settings))
         #expect { _ = try fresh.readAll(d) } throws: { "\($0)".contains("integrity") }
         #expect(try fresh.fsck(deep: true).affectedBlobs.contains(d.description))
     }
@@ -204,14 +212,6 @@ extension S3StoreTests {
         #expect(try store.catalog.read { try $0.packs() }.count < before)
         #expect(try store.fsck(deep: true).isClean)
         #expect((try? FileManager.default.contentsOfDirectory(atPath: dir.path + "/staging"))?.isEmpty ?? true)
-    }
-}
-
-/// Copies a store's SQLite catalog (with its write-ahead log) into another root: a replica's view
-/// of the shared catalog.
-func copyCatalog(from: String, to: String) throws {
-    for suffix in ["", "-wal"] where FileManager.default.fileExists(atPath: from + "/catalog.db" + suffix) {
-        try FileManager.default.copyItem(atPath: from + "/catalog.db" + suffix, toPath: to + "/catalog.db" + suffix)
     }
 }
 
