@@ -148,6 +148,26 @@ public final class Database: Sendable {
         _ = try read { conn in try conn.first("SELECT 1") { $0.int(0) } }
     }
 
+    /// Refreshes the planner's statistics after a bulk load (benchmarks). PostgreSQL only: its
+    /// autovacuum does this on its own a while after large changes, and its plans for the lineage
+    /// and GC queries depend on it; SQLite has no such daemon and its plans here need no statistics,
+    /// so its catalog is left as a server would have it.
+    public func refreshStatistics() throws {
+        guard case .postgres(let pool) = backend else { return }
+        try pool.with { try $0.execute("ANALYZE") }
+    }
+
+    /// Drops a PostgreSQL schema and everything in it (benchmarks clean up their fresh schema).
+    public static func dropSchema(_ settings: PostgresSettings) throws {
+        var s = settings
+        s.schema = "public"
+        let conn = try PostgresConnection(s)
+        guard PostgresSettings.isValidSchema(settings.schema), settings.schema != "public" else {
+            throw DepotError.invalidArgument("refusing to drop schema '\(settings.schema.prefix(70))'")
+        }
+        try conn.execute("DROP SCHEMA IF EXISTS \(settings.schema) CASCADE")
+    }
+
     // MARK: the PostgreSQL run of the test suite
 
     static let testPostgresURL: String? = {

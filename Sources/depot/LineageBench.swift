@@ -22,13 +22,19 @@ struct LineageBench: ParsableCommand {
     @Option(help: "Base models the runs start from.") var bases = 20
     @Option(help: "Queries of each kind.") var queries = 1000
     @Option(help: "Work directory (a temporary one by default).") var workdir: String?
+    @Option(help: "Build the graph in this PostgreSQL database (a libpq URL; a fresh schema, dropped after) instead of SQLite.")
+    var catalog: String?
     @Flag(help: "Machine-readable output.") var json = false
 
     func run() throws {
         let dir = workdir ?? NSTemporaryDirectory() + "/depot-lineage-bench-\(getpid())"
         defer { if workdir == nil { try? FileManager.default.removeItem(atPath: dir) } }
         let result = reportingErrors { () -> [String: Any] in
-            let store = try ChunkStore(root: dir, create: true)
+            var options = StoreOptions()
+            let schema = "bench_lineage_\(getpid())"
+            if let catalog { options.catalog = .postgres(PostgresSettings(url: catalog, schema: schema, poolSize: 4)) }
+            defer { if let catalog { try? Database.dropSchema(PostgresSettings(url: catalog, schema: schema)) } }
+            let store = try ChunkStore(root: dir, options: options, create: true)
             let registry = Registry(store: store)
             var rng = SystemRandomNumberGenerator()
             func fake(_ i: Int) -> Digest { Digest.of(Array("artifact-\(i)".utf8)) }
@@ -83,6 +89,7 @@ struct LineageBench: ParsableCommand {
                 }
             }
             let built = Date().timeIntervalSince(started)
+            try store.catalog.refreshStatistics()
             func measure(count: Int? = nil, _ body: () throws -> Int) rethrows -> [String: Any] {
                 var times: [Double] = []
                 var sizes = 0
@@ -100,17 +107,25 @@ struct LineageBench: ParsableCommand {
                 try registry.lineage(of: checkpoints.randomElement(using: &rng)!, up: false, depth: 1000).count
             }
             let impact = try measure { try registry.impact(of: checkpoints.randomElement(using: &rng)!).tags.count }
+            // One manifest by digest straight from the catalog (what a registry cache miss costs).
+            let repoID = try store.catalog.read { try $0.repositoryID("bench/models") }!
+            let manifest = try measure {
+                let d = bundles.randomElement(using: &rng)!
+                return try store.catalog.read { try $0.manifest(repo: repoID, d) }?.content.count ?? 0
+            }
             // The worst case: a base model that a twentieth of all runs started from.
             let baseImpact = try measure(count: 20) { try registry.impact(of: baseDigests.randomElement(using: &rng)!).derived.count }
             return [
                 "artifacts": next, "edges": next - bases, "build_seconds": (built * 100).rounded() / 100,
                 "ancestors_of_bundle": ancestors, "descendants_of_checkpoint": descendants, "impact_of_checkpoint": impact,
-                "impact_of_base_model": baseImpact,
+                "impact_of_base_model": baseImpact, "manifest_by_digest": manifest,
+                "catalog": store.catalog.dialect.rawValue,
             ]
         }
         if json { return printJSONObject(result) }
         print("graph: \(result["artifacts"]!) artifacts, \(result["edges"]!) edges (built in \(result["build_seconds"]!) s)")
-        for key in ["ancestors_of_bundle", "descendants_of_checkpoint", "impact_of_checkpoint", "impact_of_base_model"] {
+        print("catalog: \(result["catalog"]!)")
+        for key in ["ancestors_of_bundle", "descendants_of_checkpoint", "impact_of_checkpoint", "impact_of_base_model", "manifest_by_digest"] {
             let m = result[key] as! [String: Any]
             print("\(key): p50 \(m["p50_ms"]!) ms, p99 \(m["p99_ms"]!) ms, max \(m["max_ms"]!) ms, mean result \(m["mean_result"]!)")
         }
