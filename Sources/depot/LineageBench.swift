@@ -125,7 +125,9 @@ struct LineageBench: ParsableCommand {
         if json { return printJSONObject(result) }
         print("graph: \(result["artifacts"]!) artifacts, \(result["edges"]!) edges (built in \(result["build_seconds"]!) s)")
         print("catalog: \(result["catalog"]!)")
-        for key in ["ancestors_of_bundle", "descendants_of_checkpoint", "impact_of_checkpoint", "impact_of_base_model", "manifest_by_digest"] {
+        for key in [
+            "ancestors_of_bundle", "descendants_of_checkpoint", "impact_of_checkpoint", "impact_of_base_model", "manifest_by_digest",
+        ] {
             let m = result[key] as! [String: Any]
             print("\(key): p50 \(m["p50_ms"]!) ms, p99 \(m["p99_ms"]!) ms, max \(m["max_ms"]!) ms, mean result \(m["mean_result"]!)")
         }
