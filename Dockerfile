@@ -5,7 +5,7 @@
 FROM swift:6.3-bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      pkg-config libzstd-dev libsqlite3-dev libssl-dev \
+      pkg-config libzstd-dev libsqlite3-dev libssl-dev libpq-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Package.swift ./
@@ -16,7 +16,7 @@ RUN swift build -c release --product depot --static-swift-stdlib \
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libzstd1 libsqlite3-0 libssl3 libstdc++6 zlib1g ca-certificates curl python3 python3-venv tini bubblewrap \
+      libzstd1 libsqlite3-0 libpq5 libssl3 libstdc++6 zlib1g ca-certificates curl python3 python3-venv tini bubblewrap \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/depot-hooks \
  && /opt/depot-hooks/bin/pip install --no-cache-dir "numpy<2" onnx onnxruntime skl2onnx scikit-learn \
