@@ -212,6 +212,7 @@ extension CatalogConnection {
             let last = try first("SELECT MAX(id) FROM \(table)") { $0.isNull(0) ? 0 : $0.int(0) } ?? 0
             return max(seq, last) + 1
         case .postgres:
+            try lock(.appends)
             guard
                 let id = try first(
                     "UPDATE catalog_sequences SET seq = seq + 1 WHERE name = ? RETURNING seq", .text(table), map: { $0.int(0) })

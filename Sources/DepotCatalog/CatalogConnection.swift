@@ -40,6 +40,12 @@ public enum SQLDialect: String, Sendable {
 public enum CatalogLock: Sendable, Equatable {
     /// Schema migrations: one replica migrates, the others wait and then see the new version.
     case migrations
+    /// Every write that appends to the audit journal or the events outbox, moves a tag, or reads a
+    /// run's jobs to queue the next stage, on every replica: one at a time, as under SQLite's
+    /// single writer. One lock for all of them, taken first, so they cannot deadlock on each
+    /// other's rows (an audit entry then an event in one transaction, an event then an audit
+    /// entry in another). Chunk and recipe commits, the bulk of the writes, do not take it.
+    case appends
     /// One tag (alias) of one repository: reading where it points, comparing with what the
     /// caller expects and moving it are one step, as with SQLite's single writer.
     case tag(repository: Int64, name: String)
@@ -50,6 +56,7 @@ public enum CatalogLock: Sendable, Equatable {
     public var key: String {
         switch self {
         case .migrations: "depot:migrations"
+        case .appends: "depot:appends"
         case .tag(let repository, let name): "depot:tag:\(repository):\(name)"
         case .counter(let name): "depot:counter:\(name)"
         }

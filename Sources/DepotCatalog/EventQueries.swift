@@ -88,9 +88,14 @@ extension CatalogConnection {
         try first("SELECT last_event FROM webhook_cursors WHERE webhook = ?", .text(name)) { $0.int(0) }
     }
 
+    /// Advances a webhook's cursor; it never moves back (a replica that just lost the leadership
+    /// and finishes a delivery must not rewind the new leader's cursor).
     public func setWebhookCursor(_ name: String, _ id: Int64) throws {
         try run(
-            "INSERT INTO webhook_cursors(webhook, last_event) VALUES(?, ?) ON CONFLICT(webhook) DO UPDATE SET last_event = excluded.last_event",
+            """
+            INSERT INTO webhook_cursors(webhook, last_event) VALUES(?, ?) ON CONFLICT(webhook)
+            DO UPDATE SET last_event = \(dialect == .postgres ? "GREATEST" : "MAX")(webhook_cursors.last_event, excluded.last_event)
+            """,
             .text(name), .int(id))
     }
 

@@ -6,12 +6,13 @@ import DepotCore
 ///
 /// SQLite: the process that owns the store (its lock on the storage root) is the only one, so it
 /// leads. PostgreSQL: the replica holding a session-level advisory lock on a connection of its
-/// own. When that replica dies, PostgreSQL ends its session (at once for a killed process, after
-/// the TCP keepalives below for a vanished machine) and the lock is free; the next `poll()` of
-/// another replica takes it. A replica that finds its connection broken stops leading before it
-/// reconnects, so two leaders overlap at most for one poll interval plus the keepalive timeout;
-/// every job those services do is guarded by its own row conditions, so an overlap repeats work
-/// at worst and never loses or corrupts it.
+/// own. When that replica dies, PostgreSQL ends its session (at once for a killed process; for a
+/// vanished machine after the server-side keepalives this connection sets, about 11 s) and the
+/// lock is free; the next `poll()` of another replica takes it. A replica whose leader connection
+/// fails (libpq keepalives and `tcp_user_timeout`: about 10 s) stops leading before it
+/// reconnects, so two leaders can overlap for about one poll interval plus those timeouts. The
+/// scheduler, canary controller and webhook delivery are guarded by row conditions (a webhook
+/// cursor never moves back); GC is not yet (docs/SCALE.md).
 public final class Leadership: Sendable {
     public enum Change: Sendable, Equatable {
         case became
@@ -24,7 +25,11 @@ public final class Leadership: Sendable {
     }
 
     private let settings: PostgresSettings?
+    /// The connection and the polling: held across network I/O, so only `poll` and `resign` take it.
     private let state: Locked<State>
+    /// What `isLeader` reads: its own lock, never held across I/O, so the services that ask every
+    /// few hundred milliseconds and /metrics never wait for a poll stuck on an unreachable server.
+    private let leadingFlag: Locked<Bool>
     /// The key of the advisory lock: every replica of one catalog competes for the same one.
     /// Advisory locks belong to the database, not to a schema: the schema is part of the key,
     /// so two registries in two schemas of one database each have their leader.
@@ -37,6 +42,7 @@ public final class Leadership: Sendable {
         self.settings = settings
         lockKey = "depot:leader:" + (settings?.schema ?? "")
         state = Locked(State(connection: nil, leading: leading))
+        leadingFlag = Locked(leading)
     }
 
     /// A contender for the leadership of the PostgreSQL catalog `settings` names.
@@ -46,14 +52,14 @@ public final class Leadership: Sendable {
         return Leadership(settings: s, leading: false)
     }
 
-    public var isLeader: Bool { state.withLock { $0.leading } }
+    public var isLeader: Bool { leadingFlag.withLock { $0 } }
 
     /// Takes the leadership if it is free, or checks that this replica still holds it. Returns
     /// what changed, if anything. Blocking (a round trip or a connection attempt): call it from a
     /// thread that may block, every few seconds.
     public func poll() -> Change? {
         guard let settings else { return nil }
-        return state.withLock { s -> Change? in
+        let change = state.withLock { s -> Change? in
             do {
                 if s.connection == nil || s.connection?.isHealthy != true {
                     let wasLeading = s.leading
@@ -80,10 +86,16 @@ public final class Leadership: Sendable {
                 return wasLeading ? .lost(reason: "\(error)") : nil
             }
         }
+        // A lost leadership is published before anything else: the connection that held it is
+        // already closed (its lock freed), so another replica may lead from now on.
+        let leading = state.withLock { $0.leading }
+        leadingFlag.withLock { $0 = leading }
+        return change
     }
 
     /// Gives the leadership up (shutdown): closing the session frees the lock at once.
     public func resign() {
+        leadingFlag.withLock { $0 = settings == nil }
         state.withLock { s in
             s.connection = nil
             s.leading = settings == nil

@@ -55,6 +55,8 @@ public struct PostgresSettings: Sendable, Equatable {
 public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
     let handle: OpaquePointer
     public let location: String
+    /// The schema of Depot's tables (its search path).
+    public let schema: String
     public var dialect: SQLDialect { .postgres }
     public private(set) var changes = 0
     /// SQL as written in this module → as PostgreSQL reads it (`$n` parameters, quoted names).
@@ -70,13 +72,16 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
             throw DepotError.invalidArgument("catalog schema '\(settings.schema.prefix(70))' must be lower-case letters, digits and _")
         }
         location = "\(settings.redactedURL) (schema \(settings.schema))"
+        schema = settings.schema
         // Defaults before `dbname`, so the URL's own parameters override them (libpq reads the
         // arrays in order, the last value winning); the password after it.
         var keywords = ["connect_timeout", "application_name"]
         var values = [String(settings.connectTimeoutSeconds), "depot"]
         if keepalives {
-            keywords += ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count"]
-            values += ["1", "5", "2", "3"]
+            // tcp_user_timeout: a query whose bytes are not acknowledged fails after 10 s instead
+            // of TCP's retransmission minutes.
+            keywords += ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"]
+            values += ["1", "5", "2", "3", "10000"]
         }
         keywords.append("dbname")
         values.append(settings.url)
@@ -99,14 +104,23 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
         // NOTICEs (an IF NOT EXISTS that found the table) would go to stderr by default.
         PQsetNoticeProcessor(conn, { _, _ in }, nil)
         do {
+            // The schema is created by the migration (under its lock, by a role allowed to):
+            // here only chosen, so a least-privilege role can connect. Session settings a database
+            // or role could have changed are pinned: results are parsed as hex BYTEA and UTF-8.
             try execute(
                 """
-                CREATE SCHEMA IF NOT EXISTS \(settings.schema);
-                SET search_path TO \(settings.schema);
+                SET search_path TO "\(settings.schema)";
                 SET client_min_messages TO warning;
+                SET client_encoding TO 'UTF8';
+                SET bytea_output TO 'hex';
                 SET TIME ZONE 'UTC';
                 SET lock_timeout = \(max(1, settings.lockTimeoutMilliseconds));
                 """)
+            if keepalives {
+                // The server's side of the leader's session: without it, PostgreSQL would hold
+                // the leadership lock of a vanished machine for its OS default (about 2 hours).
+                try execute("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3;")
+            }
         } catch {
             PQfinish(conn)
             throw error
@@ -180,6 +194,10 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
                 types[i] = 20 // int8
                 buffers.append(UnsafeMutableRawPointer(strdup(String(v))))
             case .text(let s):
+                // A C string would end at a NUL and silently store less than asked.
+                guard !s.utf8.contains(0) else {
+                    throw DepotError.invalidArgument("a text value for the catalog contains a NUL character")
+                }
                 types[i] = 25 // text
                 buffers.append(UnsafeMutableRawPointer(strdup(s)))
             case .blob(let b):

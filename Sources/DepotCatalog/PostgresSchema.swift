@@ -27,6 +27,8 @@ enum PostgresSchema {
     /// one migrates, the others then find the new version.
     static func migrate(_ conn: any CatalogConnection) throws {
         try conn.transaction {
+            // A long migration on another replica is waited out, however long it takes.
+            try conn.execute("SET LOCAL lock_timeout = 0")
             try conn.lock(.migrations)
             let current = try version(conn)
             let known = steps.last!.version
@@ -37,6 +39,9 @@ enum PostgresSchema {
             if current != 0 && current < steps.first!.version {
                 throw DepotError.storage(
                     "catalog \(conn.location) has schema version \(current), which no build of Depot wrote to PostgreSQL")
+            }
+            if current == 0, let pg = conn as? PostgresConnection {
+                try conn.execute("CREATE SCHEMA IF NOT EXISTS \"\(pg.schema)\"")
             }
             for step in steps where step.version > current {
                 try conn.execute(step.sql)

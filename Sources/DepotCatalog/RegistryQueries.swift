@@ -217,6 +217,7 @@ extension CatalogConnection {
     /// Points `name` at `digest`, journaling the move; returns the previous digest.
     @discardableResult
     public func setTag(repo: Int64, _ name: String, to digest: Digest, actor: String, reason: String?, now: Int64) throws -> Digest? {
+        try lock(.appends) // before the tag: the order every writer takes them in
         try lock(.tag(repository: repo, name: name))
         let previous = try tag(repo: repo, name)
         guard previous != digest else { return previous }
@@ -230,6 +231,7 @@ extension CatalogConnection {
     }
 
     public func deleteTag(repo: Int64, _ name: String, actor: String, reason: String?, now: Int64) throws -> Bool {
+        try lock(.appends) // before the tag: the order every writer takes them in
         try lock(.tag(repository: repo, name: name))
         guard let previous = try tag(repo: repo, name) else { return false }
         try run("DELETE FROM tags WHERE repo_id = ? AND name = ?", .int(repo), .text(name))

@@ -219,6 +219,8 @@ extension CatalogConnection {
     /// Marks a written blob complete. If a complete blob with the same digest already exists,
     /// the new rows are discarded and the existing record returned.
     public func completeBlob(_ id: Int64, digest: Digest, size: Int64, now: Int64) throws -> BlobRecord {
+        // The same blob finished on two replicas at once: the second waits, then finds the first.
+        try lock(.counter("blob:\(digest)"))
         if let existing = try blob(digest) {
             try deleteBlob(id: id)
             try touchBlob(digest, now: now) // pushed again: a fresh grace period

@@ -135,6 +135,10 @@ public final class JobQueue: Sendable {
     /// Queues the stages that were waiting for `job` and can now start.
     func queueDependents(_ conn: any CatalogConnection, of job: JobRecord, output: String) throws {
         guard let pipeline = pipeline(job.pipeline), let run = try conn.pipelineRun(job.runID) else { return }
+        // Two stages a third one needs, completing at once on two replicas: each would read the
+        // other as still running and neither would queue the third. Serialized, the second reads
+        // the first as succeeded (PostgreSQL; SQLite has one writer).
+        try conn.lock(.appends)
         let jobs = try conn.jobs(ofRun: job.runID)
         // A stage without an output (webhook, canary) passes its input on.
         let succeeded = Dictionary(

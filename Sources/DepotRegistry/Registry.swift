@@ -237,7 +237,9 @@ public final class Registry: Sendable {
         _ conn: any CatalogConnection, repo: Int64, _ repository: RepositoryName, _ tag: String, to digest: Digest,
         actor: Actor, expect: Digest?
     ) throws -> Digest? {
-        // Another replica's move of the same tag waits until this transaction commits.
+        // Another replica's move of the same tag waits until this transaction commits. The appends
+        // lock first: the order every writer takes them in (see CatalogLock.appends).
+        try conn.lock(.appends)
         try conn.lock(.tag(repository: repo, name: tag))
         let current = try conn.tag(repo: repo, tag)
         if let expect, current != expect {

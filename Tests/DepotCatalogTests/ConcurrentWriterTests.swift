@@ -69,6 +69,26 @@ func digestOf(_ text: String) -> Digest {
         #expect(ids == (1...Int64(total)).map { $0 })
     }
 
+    /// Transactions appending an audit entry then an event, and others the reverse (a push by tag
+    /// and a push by digest do): on PostgreSQL, without one lock order they deadlock and one fails.
+    @Test func appendsInEitherOrderNeverDeadlock() throws {
+        let perThread = 20
+        let db = try onReplicas { db, r, t in
+            for i in 0..<perThread {
+                try db.write { conn in
+                    if (t + i) % 2 == 0 {
+                        try conn.appendAudit(at: 1, actor: "r\(r)", action: "a", repository: nil, digest: nil, tag: nil, details: nil)
+                        _ = try conn.appendEvent(type: "e", at: 1, repository: nil, fields: [:])
+                    } else {
+                        _ = try conn.appendEvent(type: "e", at: 1, repository: nil, fields: [:])
+                        try conn.appendAudit(at: 1, actor: "r\(r)", action: "a", repository: nil, digest: nil, tag: nil, details: nil)
+                    }
+                }
+            }
+        }
+        #expect(try db.read { try $0.verifyAudit() }.intact)
+    }
+
     /// Every thread moves one tag repeatedly; the journal must be one chain: each move starts
     /// where the previous one ended (no two writers read the same "from").
     @Test func everyTagMoveIsJournaledFromTheDigestItReplaced() throws {
