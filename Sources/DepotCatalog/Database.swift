@@ -207,7 +207,13 @@ final class PostgresPool: Sendable {
     }
 
     func with<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
-        slots.wait()
+        // Bounded: a caller that already holds a connection and asks for a second (a read inside
+        // a write) while every other slot does the same would otherwise wait forever.
+        guard slots.wait(timeout: .now() + .seconds(30)) == .success else {
+            throw DepotError.storage(
+                "catalog \(location): all \(settings.poolSize) connections stayed busy for 30 s; nothing was changed, retry "
+                    + "(if it persists, raise catalog.pool_size)")
+        }
         defer { slots.signal() }
         let conn = try idle.withLock { $0.popLast() } ?? PostgresConnection(settings)
         defer {
