@@ -27,6 +27,9 @@ public protocol CatalogConnection: AnyObject {
     /// at a time already, so there it costs nothing. Take it before reading what the write
     /// depends on.
     func lock(_ lock: CatalogLock) throws
+    /// The shared form of `lock`: any number of transactions hold it together, and it excludes
+    /// `lock` of the same key (PostgreSQL `pg_advisory_xact_lock_shared`; SQLite: nothing).
+    func lockShared(_ lock: CatalogLock) throws
 }
 
 /// The SQL engine behind a connection.
@@ -51,6 +54,11 @@ public enum CatalogLock: Sendable, Equatable {
     case tag(repository: Int64, name: String)
     /// A counter read as MAX + 1 (a deployment's Triton version numbers).
     case counter(String)
+    /// Garbage collection's sweep of unreferenced chunks takes it exclusively; every commit of
+    /// recipe rows takes it shared and checks, under it, that the stored chunks its rows name
+    /// (found before the transaction) still exist. So a chunk another replica's GC found
+    /// unreferenced cannot be deleted between a writer's "it is stored" and its commit.
+    case chunkSweep
 
     /// The text hashed into the lock's key.
     public var key: String {
@@ -59,6 +67,7 @@ public enum CatalogLock: Sendable, Equatable {
         case .appends: "depot:appends"
         case .tag(let repository, let name): "depot:tag:\(repository):\(name)"
         case .counter(let name): "depot:counter:\(name)"
+        case .chunkSweep: "depot:chunk-sweep"
         }
     }
 }

@@ -260,6 +260,10 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
     public func lock(_ lock: CatalogLock) throws {
         try runArgs("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", [.text(lock.key)])
     }
+
+    public func lockShared(_ lock: CatalogLock) throws {
+        try runArgs("SELECT pg_advisory_xact_lock_shared(hashtextextended(?, 0))", [.text(lock.key)])
+    }
 }
 
 /// A query's rows, kept until the last reader is done.

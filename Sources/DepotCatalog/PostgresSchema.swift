@@ -14,7 +14,31 @@ import Foundation
 /// `sqlite_sequence` for the ids that must be gapless and never reused (the audit chain, the
 /// events cursor): transactional, and its row lock orders appenders in commit order.
 enum PostgresSchema {
-    static let steps: [(version: Int64, sql: String)] = [(11, baseline)]
+    static let steps: [(version: Int64, sql: String)] = [(11, baseline), (12, uploadSessions)]
+
+    /// Migration 12 (`Schema.migrations[11]`): upload sessions.
+    static let uploadSessions = """
+        CREATE TABLE upload_sessions(
+            id TEXT PRIMARY KEY,
+            repository TEXT NOT NULL,
+            client TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            bytes BIGINT NOT NULL,
+            writer_state BYTEA,
+            holder TEXT,
+            held_until BIGINT
+        );
+        CREATE INDEX upload_sessions_by_client ON upload_sessions(client);
+        CREATE TABLE upload_segments(
+            session_id TEXT NOT NULL,
+            first_byte BIGINT NOT NULL,
+            end_byte BIGINT NOT NULL,
+            blob_id BIGINT NOT NULL,
+            PRIMARY KEY(session_id, first_byte)
+        );
+        CREATE INDEX upload_segments_by_blob ON upload_segments(blob_id);
+        """
 
     /// The version the catalog is at; 0 when it has no tables yet.
     static func version(_ conn: any CatalogConnection) throws -> Int64 {

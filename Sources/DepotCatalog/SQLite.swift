@@ -106,6 +106,8 @@ public final class SQLiteConnection: CatalogConnection, @unchecked Sendable {
     /// One writer at a time already: nothing to take.
     public func lock(_ lock: CatalogLock) throws {}
 
+    public func lockShared(_ lock: CatalogLock) throws {}
+
     public var changes: Int { Int(sqlite3_changes(handle)) }
 
     /// Runs `body` inside `BEGIN IMMEDIATE ... COMMIT`, rolling back if it throws.

@@ -409,6 +409,31 @@ enum Schema {
         """
         ALTER TABLE lineage_edges ADD COLUMN verified_job INTEGER;
         """,
+        // 12: upload sessions in the catalog, so any replica serves the next request of a chunked
+        // upload (see `UploadSessionRow`). A segment is an unfinished blob holding a committed part
+        // of the upload; GC keeps every blob a segment names.
+        """
+        CREATE TABLE upload_sessions(
+            id TEXT PRIMARY KEY,
+            repository TEXT NOT NULL,
+            client TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            writer_state BLOB,
+            holder TEXT,
+            held_until INTEGER
+        );
+        CREATE INDEX upload_sessions_by_client ON upload_sessions(client);
+        CREATE TABLE upload_segments(
+            session_id TEXT NOT NULL,
+            first_byte INTEGER NOT NULL,
+            end_byte INTEGER NOT NULL,
+            blob_id INTEGER NOT NULL,
+            PRIMARY KEY(session_id, first_byte)
+        );
+        CREATE INDEX upload_segments_by_blob ON upload_segments(blob_id);
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

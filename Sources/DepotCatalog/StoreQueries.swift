@@ -113,6 +113,20 @@ extension CatalogConnection {
         }
     }
 
+    /// Which of `hashes` have no chunk row.
+    public func missingChunks(_ hashes: Set<SHA256.Value>) throws -> Set<SHA256.Value> {
+        var missing = hashes
+        let all = Array(hashes)
+        for start in stride(from: 0, to: all.count, by: 256) {
+            let group = all[start..<min(all.count, start + 256)]
+            let marks = Array(repeating: "?", count: group.count).joined(separator: ",")
+            try queryArgs("SELECT hash FROM chunks WHERE hash IN (\(marks))", group.map { .hash($0) }) {
+                if let h = $0.hash(0) { missing.remove(h) }
+            }
+        }
+        return missing
+    }
+
     public func insertChunk(_ hash: SHA256.Value, at loc: ChunkLocation) throws {
         try run(
             """
@@ -324,13 +338,13 @@ extension CatalogConnection {
     /// references (`manifest_refs`).
     /// Deletes complete blobs that are not roots and unfinished writes, both last touched before
     /// `staleBefore` (a fresh blob is not garbage yet: the manifest naming it may be on its
-    /// way), except writes in `active`. Returns the number of blobs deleted.
+    /// way), except writes in `active` and the committed parts of open upload sessions. Returns the number of blobs deleted.
     public func deleteGarbageBlobs(staleBefore: Int64, active: Set<Int64>) throws -> Int {
         var doomed: [Int64] = []
         try query(
             """
             SELECT id, state, updated_at FROM blobs b
-            WHERE updated_at < ? AND (state = 0 OR (
+            WHERE updated_at < ? AND NOT EXISTS (SELECT 1 FROM upload_segments s WHERE s.blob_id = b.id) AND (state = 0 OR (
                 NOT EXISTS (SELECT 1 FROM blob_roots r WHERE r.digest = b.digest)
                 AND NOT EXISTS (SELECT 1 FROM manifest_refs m WHERE m.child = b.digest AND m.kind = 0)))
             """, .int(staleBefore)

@@ -14,4 +14,7 @@ public protocol BoundaryPlanner: Sendable {
     func elementWidth(at offset: Int64) -> Int
     /// A short tag recorded with the recipe's chunker version (e.g. `safetensors`), nil if inactive.
     var tag: String? { get }
+    /// Whether it still reads the stream's first bytes (a header). A writer resumed in another
+    /// process replays the stored bytes of the blob into a fresh planner until this is false.
+    var wantsBytes: Bool { get }
 }

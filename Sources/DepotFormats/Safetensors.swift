@@ -175,6 +175,8 @@ public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
 
     public var tag: String? { boundaries.isEmpty ? nil : "safetensors" }
 
+    public var wantsBytes: Bool { !failed && headerEnd == nil }
+
     public mutating func observe(_ bytes: UnsafeRawBufferPointer, at offset: Int64) {
         guard !failed, headerEnd == nil, offset == Int64(prefix.count) else { return }
         // Accumulate the header only: at most 8 + N bytes.

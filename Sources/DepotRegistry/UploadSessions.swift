@@ -1,3 +1,4 @@
+import DepotCatalog
 import DepotCore
 import DepotFormats
 import DepotStore
@@ -26,117 +27,184 @@ public struct UploadLimits: Sendable, Equatable {
     public init() {}
 }
 
-/// An upload in progress (OCI "blob upload session"): a streaming blob writer and how many
-/// bytes it has received. One request at a time may append to it.
+/// One request's hold on an upload session (OCI "blob upload session"): the request that PATCHes
+/// or PUTs claims the session in the catalog, streams its body into a writer resumed from the
+/// session's last checkpoint, and then either records a new checkpoint (PATCH: the bytes are
+/// acknowledged and any replica can take the next request) or finishes the blob (PUT). Not
+/// thread-safe: one request drives it; `offset` may be read from anywhere.
 public final class UploadSession: @unchecked Sendable {
     public let id: String
     public let repository: RepositoryName
-    /// The client that opened it (see `UploadSessions.clientKey`).
     public let client: String
     public let created: Date
-    let writer: BlobWriter
-    let maxBytes: Int64
-    private let state = Locked(
-        (
-            offset: Int64(0), busy: false, lastActivity: Date(), previousActivity: Date(), cancelled: false,
-            writerAborted: false
-        ))
+    /// This request's claim token.
+    let holder: String
+    /// Bytes acknowledged before this request.
+    let startBytes: Int64
+    private let row: UploadSessionRow
+    private let owner: UploadSessions
+    private var writer: BlobWriter?
+    private var segments: [PriorSegment] = []
+    private var lastRenewal: Date
+    private var done = false
+    private let received = Locked(Int64(0))
 
-    init(id: String, repository: RepositoryName, client: String, writer: BlobWriter, maxBytes: Int64, now: Date) {
-        self.id = id
+    init(row: UploadSessionRow, repository: RepositoryName, holder: String, owner: UploadSessions, now: Date) {
+        id = row.id
         self.repository = repository
-        self.client = client
-        self.writer = writer
-        self.maxBytes = maxBytes
-        self.created = now
+        client = row.client
+        created = Date(timeIntervalSince1970: Double(row.createdAt) / 1000)
+        self.holder = holder
+        startBytes = row.bytes
+        self.row = row
+        self.owner = owner
+        lastRenewal = now
     }
 
-    /// Bytes received so far.
-    public var offset: Int64 { state.withLock { $0.offset } }
-    var lastActivity: Date { state.withLock { $0.lastActivity } }
+    /// Bytes received so far, this request's included.
+    public var offset: Int64 { startBytes + received.withLock { $0 } }
 
-    /// Claims the session for one request; fails if another request holds it.
-    public func claim() throws {
-        try state.withLock { s in
-            guard !s.cancelled else { throw RegistryError(.blobUploadUnknown, "upload \(id) was cancelled or expired") }
-            guard !s.busy else { throw RegistryError(.rangeInvalid, "another request is writing to upload \(id)") }
-            s.busy = true
-            s.previousActivity = s.lastActivity
-            s.lastActivity = Date()
+    /// The writer, resumed from the session's checkpoint the first time it is needed.
+    private func openWriter() throws -> BlobWriter {
+        if let writer { return writer }
+        let store = owner.store
+        let made: BlobWriter
+        if let state = row.writerState {
+            let checkpoint: WriterCheckpoint
+            do { checkpoint = try WriterCheckpoint(decoding: state) } catch {
+                throw RegistryError(.blobUploadInvalid, "upload \(id)'s saved state is unreadable (\(error)); start the upload over")
+            }
+            segments = try store.catalog.read { try $0.uploadSegments(id) }.map {
+                PriorSegment(blobID: $0.blobID, range: $0.first..<$0.end)
+            }
+            made = try store.resumeWriter(planner: SafetensorsBoundaryPlanner(), from: checkpoint, after: segments)
+        } else {
+            made = try store.makeWriter(planner: SafetensorsBoundaryPlanner())
         }
+        writer = made
+        return made
     }
 
-    /// When the session was last active before the current claim.
-    var lastActivityBeforeClaim: Date { state.withLock { $0.previousActivity } }
-
-    public func release() {
-        state.withLock {
-            $0.busy = false
-            $0.lastActivity = Date()
-        }
-    }
-
-    /// Whether the session was cancelled (expired) while a request held it: the request stops.
-    public var isCancelled: Bool { state.withLock { $0.cancelled } }
-
-    /// Appends bytes (the caller holds the claim). Blocks while the chunk pipeline is full.
-    /// Refuses to grow past the maximum blob size (413) before a byte is written.
+    /// Appends bytes. Refuses to grow past the maximum blob size (413) before a byte is written.
+    /// Renews the claim now and then; fails when it was lost (the session expired meanwhile).
     public func append(_ bytes: UnsafeRawBufferPointer) throws {
-        try state.withLock { s in
-            guard !s.cancelled else { throw RegistryError(.blobUploadUnknown, "upload \(id) was cancelled or expired") }
-            let (total, overflow) = s.offset.addingReportingOverflow(Int64(bytes.count))
-            guard !overflow, total <= maxBytes else {
-                throw RegistryError(.sizeInvalid, "blob exceeds the registry's maximum blob size of \(maxBytes) bytes", kind: .tooLarge)
+        let max = owner.limits.maxBlobBytes
+        let (total, overflow) = offset.addingReportingOverflow(Int64(bytes.count))
+        guard !overflow, total <= max else {
+            throw RegistryError(.sizeInvalid, "blob exceeds the registry's maximum blob size of \(max) bytes", kind: .tooLarge)
+        }
+        try openWriter().write(bytes)
+        received.withLock { $0 += Int64(bytes.count) }
+        let now = Date()
+        if now.timeIntervalSince(lastRenewal) >= UploadSessions.claimSeconds / 4 {
+            lastRenewal = now
+            guard try owner.renew(self, now: now) else {
+                throw RegistryError(.blobUploadUnknown, "upload \(id) expired or was cancelled while this request wrote to it")
             }
         }
-        try writer.write(bytes)
-        state.withLock {
-            $0.offset += Int64(bytes.count)
-            $0.lastActivity = Date()
+    }
+
+    /// Acknowledges what arrived: commits it as a checkpoint and lets go of the session, so the
+    /// next request (on any replica) goes on from here.
+    public func checkpoint() throws {
+        precondition(!done, "upload request already ended")
+        done = true
+        guard let writer else {
+            try owner.release(self)
+            return
+        }
+        let id = self.id
+        let holder = self.holder
+        let from = startBytes
+        var recorded = false
+        var segmentBlob: Int64 = 0
+        _ = try writer.checkpoint { conn, checkpoint, segment in
+            segmentBlob = segment.blobID
+            let part =
+                segment.range.isEmpty
+                ? nil : UploadSegmentRow(blobID: segment.blobID, first: segment.range.lowerBound, end: segment.range.upperBound)
+            recorded = try conn.recordUploadCheckpoint(
+                id, holder: holder, from: from, bytes: checkpoint.position, state: checkpoint.encoded(), segment: part,
+                now: UploadSessions.millis(Date()))
+            // Nothing was cut (a short PATCH): the tail in the checkpoint is all there is.
+            if recorded && part == nil { try conn.deleteBlob(id: segment.blobID) }
+        }
+        if !recorded {
+            _ = try? owner.store.catalog.write { try $0.deleteBlob(id: segmentBlob) }
+            throw RegistryError(.blobUploadUnknown, "upload \(id) expired or was cancelled while this request wrote to it")
         }
     }
 
-    /// Whether a request holds the session right now.
-    var isBusy: Bool { state.withLock { $0.busy } }
-
-    /// Aborts the writer, once, whoever gets here first (the expiry or the request letting go).
-    fileprivate func abortWriterOnce() {
-        let first = state.withLock { s -> Bool in
-            if s.writerAborted { return false }
-            s.writerAborted = true
-            return true
+    /// Completes the upload: verifies the digest, makes the blob durable and visible in its
+    /// repository, and deletes the session, in one transaction with the blob's completion.
+    /// Any failure ends the session (the client starts over, as after a digest mismatch).
+    public func finish(expecting digest: Digest, registry: Registry) throws -> WriteResult {
+        precondition(!done, "upload request already ended")
+        done = true
+        let id = self.id
+        let result: WriteResult
+        do {
+            let writer = try openWriter()
+            do {
+                result = try writer.finish(expecting: digest, adopting: segments) { conn in
+                    try conn.deleteUploadSession(id, keepBlobs: true)
+                }
+            } catch let e as DepotError {
+                if case .digestInvalid(let m) = e { throw RegistryError(.digestInvalid, m) }
+                throw e
+            }
+        } catch {
+            owner.delete(id)
+            throw error
         }
-        if first { writer.abort() }
+        try registry.link(repository, result.digest)
+        return result
     }
 
-    /// Marks the session cancelled; returns false when it already was.
-    fileprivate func markCancelled() -> Bool {
-        state.withLock { s in
-            if s.cancelled { return false }
-            s.cancelled = true
-            return true
-        }
+    /// Ends the request without acknowledging anything it wrote (the session stays as it was).
+    public func abandon() {
+        guard !done else { return }
+        done = true
+        writer?.abort()
+        try? owner.release(self)
+    }
+
+    /// Ends the session (DELETE).
+    public func cancel() {
+        guard !done else { return }
+        done = true
+        writer?.abort()
+        owner.delete(id)
     }
 }
 
-/// The live upload sessions. They live in memory: after a restart, their ids answer
-/// BLOB_UPLOAD_UNKNOWN and clients start over (their unfinished writes are garbage for GC).
+/// What a client is told of a session it is not writing to.
+public struct UploadSessionStatus: Sendable, Equatable {
+    public var id: String
+    public var repository: RepositoryName
+    public var offset: Int64
+}
+
+/// The upload sessions, in the catalog (migration 12): any replica answers any request of an
+/// upload, and a restart loses nothing acknowledged (the client resumes at `Range`).
 public final class UploadSessions: Sendable {
-    /// `total` counts slots taken, including sessions still being set up (not yet in `byID`), so
-    /// that the limit holds across concurrent starts.
-    private let sessions = Locked<(byID: [String: UploadSession], perClient: [String: Int], total: Int)>(
-        (byID: [:], perClient: [:], total: 0))
     let store: ChunkStore
     public let limits: UploadLimits
     /// Idle time after which a session expires.
     public var timeout: TimeInterval { limits.idleTimeoutSeconds }
+    /// How long a request's claim on a session lasts unless renewed (it renews every quarter of
+    /// this while it streams). A replica that dies mid-request frees its sessions this way.
+    static let claimSeconds: Double = 60
 
     init(store: ChunkStore, limits: UploadLimits) {
         self.store = store
         self.limits = limits
     }
 
-    public var count: Int { sessions.withLock { $0.byID.count } }
+    static func millis(_ date: Date) -> Int64 { Int64(date.timeIntervalSince1970 * 1000) }
+
+    /// Sessions open (all replicas).
+    public var count: Int { (try? store.catalog.read { try $0.uploadSessionCount() }) ?? 0 }
 
     /// The key a client's sessions are counted under: its IPv4 address, or the /64 prefix of its
     /// IPv6 address (one host usually has a whole /64 to rotate through).
@@ -154,125 +222,98 @@ public final class UploadSessions: Sendable {
         return groups.prefix(4).joined(separator: ":") + "::/64"
     }
 
-    /// Opens a session for `client`. The total and per-client counts are checked and the session
-    /// inserted under one lock, so concurrent starts cannot overshoot a limit.
-    public func start(_ repository: RepositoryName, client: String = "unknown", now: Date = Date()) throws -> UploadSession {
+    /// Opens a session for `client`, within the total and per-client limits (counted across
+    /// replicas in the catalog).
+    public func start(_ repository: RepositoryName, client: String = "unknown", now: Date = Date()) throws -> UploadSessionStatus {
         let id = UUID().uuidString.lowercased()
-        try sessions.withLock { s in
-            guard s.total < limits.maxSessions else {
-                throw RegistryError(.tooManyRequests, "\(limits.maxSessions) uploads are in progress; retry later")
+        let refusal = try store.catalog.write { conn in
+            try conn.insertUploadSession(
+                id: id, repository: repository.value, client: client, now: Self.millis(now), maxTotal: limits.maxSessions,
+                maxPerClient: limits.maxSessionsPerClient)
+        }
+        switch refusal {
+        case .total(let n): throw RegistryError(.tooManyRequests, "\(n) uploads are in progress; retry later")
+        case .perClient(let n):
+            throw RegistryError(.tooManyRequests, "this client has \(n) uploads in progress; finish or cancel one, or retry later")
+        case nil: return UploadSessionStatus(id: id, repository: repository, offset: 0)
+        }
+    }
+
+    /// Where a session stands (acknowledged bytes; a request writing to it right now is not counted).
+    public func status(_ repository: RepositoryName, _ id: String, now: Date = Date()) throws -> UploadSessionStatus {
+        guard id.utf8.count <= 128, let row = try store.catalog.read({ try $0.uploadSession(id) }), row.repository == repository.value,
+            !isPastLifetime(row, now: now)
+        else { throw unknown(repository, id) }
+        return UploadSessionStatus(id: id, repository: repository, offset: row.bytes)
+    }
+
+    /// Claims a session for one request; fails if another request holds it.
+    public func claim(_ repository: RepositoryName, _ id: String, now: Date = Date()) throws -> UploadSession {
+        guard id.utf8.count <= 128 else { throw unknown(repository, id) }
+        let holder = UUID().uuidString.lowercased()
+        let ms = Self.millis(now)
+        let claimed = try store.catalog.write { conn in
+            try conn.claimUploadSession(
+                id, repository: repository.value, holder: holder, until: ms + Int64(Self.claimSeconds * 1000), now: ms)
+        }
+        guard let row = claimed else {
+            if let row = try store.catalog.read({ try $0.uploadSession(id) }), row.repository == repository.value {
+                throw RegistryError(.rangeInvalid, "another request is writing to upload \(id)")
             }
-            guard s.perClient[client, default: 0] < limits.maxSessionsPerClient else {
-                throw RegistryError(
-                    .tooManyRequests,
-                    "this client has \(limits.maxSessionsPerClient) uploads in progress; finish or cancel one, or retry later")
-            }
-            s.perClient[client, default: 0] += 1
-            s.total += 1
+            throw unknown(repository, id)
         }
-        let writer: BlobWriter
-        do { writer = try store.makeWriter(planner: SafetensorsBoundaryPlanner()) } catch {
-            release(client: client)
-            throw error
+        guard !isPastLifetime(row, now: now) else {
+            delete(id)
+            throw RegistryError(.blobUploadUnknown, "upload \(id) was cancelled or expired")
         }
-        let session = UploadSession(id: id, repository: repository, client: client, writer: writer, maxBytes: limits.maxBlobBytes, now: now)
-        sessions.withLock { $0.byID[session.id] = session }
-        return session
+        return UploadSession(row: row, repository: repository, holder: holder, owner: self, now: now)
     }
 
-    public func get(_ repository: RepositoryName, _ id: String) throws -> UploadSession {
-        guard let s = sessions.withLock({ $0.byID[id] }), s.repository == repository else {
-            throw RegistryError(.blobUploadUnknown, "upload \(id.prefix(80)) is not known in \(repository)")
-        }
-        return s
+    private func isPastLifetime(_ row: UploadSessionRow, now: Date) -> Bool {
+        Double(Self.millis(now) - row.createdAt) / 1000 > limits.maxLifetimeSeconds
     }
 
-    /// Completes a session: verifies the digest, makes the blob durable and visible in its repository.
-    public func finish(_ session: UploadSession, expecting digest: Digest, registry: Registry) throws -> WriteResult {
-        guard remove(session) else {
-            throw RegistryError(.blobUploadUnknown, "upload \(session.id) was cancelled or expired")
-        }
-        let result: WriteResult
-        do {
-            result = try session.writer.finish(expecting: digest)
-        } catch let e as DepotError {
-            if case .digestInvalid(let m) = e { throw RegistryError(.digestInvalid, m) }
-            throw e
-        }
-        try registry.link(session.repository, result.digest)
-        return result
+    private func unknown(_ repository: RepositoryName, _ id: String) -> RegistryError {
+        RegistryError(.blobUploadUnknown, "upload \(id.prefix(80)) is not known in \(repository)")
     }
 
-    public func cancel(_ session: UploadSession) {
-        guard remove(session) else { return }
-        session.abortWriterOnce()
-    }
-
-    /// Takes a session out of the table (once): false when it was already gone.
-    private func remove(_ session: UploadSession) -> Bool {
-        guard session.markCancelled() else { return false }
-        sessions.withLock { s in
-            s.byID.removeValue(forKey: session.id)
-            Self.decrement(&s.perClient, session.client)
-            s.total -= 1
-        }
-        return true
-    }
-
-    private func release(client: String) {
-        sessions.withLock { s in
-            Self.decrement(&s.perClient, client)
-            s.total -= 1
+    func renew(_ session: UploadSession, now: Date) throws -> Bool {
+        let ms = Self.millis(now)
+        return try store.catalog.write { conn in
+            try conn.renewUploadClaim(session.id, holder: session.holder, until: ms + Int64(Self.claimSeconds * 1000), now: ms)
         }
     }
 
-    private static func decrement(_ counts: inout [String: Int], _ key: String) {
-        let left = counts[key, default: 0] - 1
-        counts[key] = left > 0 ? left : nil
+    func release(_ session: UploadSession) throws {
+        try store.catalog.write { try $0.releaseUploadClaim(session.id, holder: session.holder, now: Self.millis(Date())) }
     }
 
-    /// Cancels sessions idle for longer than the idle timeout, and sessions older than their
-    /// maximum lifetime even while a request holds them (that request then fails when it next
-    /// appends); returns how many.
+    /// Deletes a session and its committed parts (best effort: expiry finds what is left).
+    func delete(_ id: String) {
+        _ = try? store.catalog.write { try $0.deleteUploadSession(id) }
+    }
+
+    /// Deletes a session whose id no client knows (a monolithic upload's, after a failure).
+    public func discard(_ id: String) { delete(id) }
+
+    /// Ends a session (DELETE) unless another request holds it.
+    public func cancel(_ repository: RepositoryName, _ id: String) throws {
+        try claim(repository, id).cancel()
+    }
+
+    /// Deletes sessions idle for longer than the idle timeout (and not held by a live request),
+    /// and sessions older than their maximum lifetime even while a request holds them (that
+    /// request then fails when it renews or acknowledges); returns how many. Runs on the leader.
     @discardableResult
     public func expire(now: Date = Date()) -> Int {
-        let all = sessions.withLock { Array($0.byID.values) }
-        var expired = 0
-        for session in all {
-            if now.timeIntervalSince(session.created) > limits.maxLifetimeSeconds {
-                // A writer in use by a request is aborted by that request (it sees isCancelled);
-                // an idle one is aborted here.
-                if (try? session.claim()) != nil {
-                    cancel(session)
-                } else if remove(session), !session.isBusy {
-                    // The holder let go between our claim and the removal: nobody else will abort
-                    // the writer. (If it lets go later, it sees the session cancelled and does;
-                    // the abort happens once either way.)
-                    session.abortWriterOnce()
-                }
-                expired += 1
-                continue
-            }
-            guard now.timeIntervalSince(session.lastActivity) > limits.idleTimeoutSeconds else { continue }
-            do { try session.claim() } catch { continue } // in use right now: not idle
-            guard now.timeIntervalSince(session.lastActivityBeforeClaim) > limits.idleTimeoutSeconds else {
-                session.release()
-                continue
-            }
-            cancel(session)
-            expired += 1
+        let ms = Self.millis(now)
+        let idle = ms - Int64(limits.idleTimeoutSeconds * 1000)
+        let old = ms - Int64(limits.maxLifetimeSeconds * 1000)
+        guard let stale = try? store.catalog.read({ try $0.staleUploadSessions(idleBefore: idle, createdBefore: old, now: ms) }) else {
+            return 0
         }
+        var expired = 0
+        for id in stale where (try? store.catalog.write { try $0.deleteUploadSession(id) }) == true { expired += 1 }
         return expired
-    }
-
-    /// Aborts the writer of a session that was removed while a request held it (its lifetime
-    /// ended); called by that request when it lets go.
-    public func abandon(_ session: UploadSession) {
-        if session.isCancelled { session.abortWriterOnce() }
-    }
-
-    /// Cancels every session (shutdown).
-    public func cancelAll() {
-        for session in sessions.withLock({ Array($0.byID.values) }) { cancel(session) }
     }
 }

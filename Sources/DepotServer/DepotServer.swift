@@ -66,7 +66,7 @@ public struct DepotService {
                 availableConnectionsDelegate: MaximumAvailableConnections(limits.maxConnections, logger: logger)),
             services: [
                 LeaderElection(leadership: leadership, logger: logger),
-                UploadExpiry(uploads: registry.uploads),
+                UploadExpiry(uploads: registry.uploads, leadership: leadership),
                 PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger, leadership: leadership),
                 WebhookDispatcher(registry: registry, hooks: config.webhooks, logger: logger, leadership: leadership),
                 PipelineScheduler(
@@ -121,8 +121,9 @@ public struct DepotService {
         ) { _ in
             logger.info("depot listening on \(listen), storage \(root), authentication \(auth.enabled ? "on" : "OFF")")
         }
+        // Upload sessions stay in the catalog: a client resumes them here after a restart, or on
+        // another replica.
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
-        registry.uploads.cancelAll()
         logger.info("depot stopped")
     }
 }
@@ -242,9 +243,10 @@ public struct PipelineSetup: Sendable {
     }
 }
 
-/// Expires idle upload sessions once a minute.
+/// Expires idle upload sessions once a minute (on the leader: the sessions are the catalog's).
 struct UploadExpiry: Service {
     let uploads: UploadSessions
+    var leadership = Leadership.standalone()
 
     func run() async throws {
         let interval = min(60, max(1, uploads.timeout / 4))
@@ -252,6 +254,7 @@ struct UploadExpiry: Service {
             try await cancelWhenGracefulShutdown {
                 while !Task.isCancelled {
                     try await Task.sleep(for: .seconds(interval))
+                    guard leadership.isLeader else { continue }
                     let uploads = self.uploads
                     _ = try await offload { uploads.expire() }
                 }

@@ -21,36 +21,55 @@ struct UploadHandlers: RouteHandlers {
     }
 
     func status(_ match: RouteMatch, _ request: Request) async throws -> Response {
-        let session = try registry.uploads.get(try Self.name(match), match["uuid"])
-        return Reply.empty(204, uploadHeaders(session))
+        let name = try Self.name(match)
+        let id = match["uuid"]
+        let uploads = registry.uploads
+        let session = try await offload { try uploads.status(name, id) }
+        return Reply.empty(204, uploadHeaders(id: session.id, repository: name, offset: session.offset))
     }
 
     func patch(_ match: RouteMatch, _ request: Request) async throws -> Response {
-        try await patchUpload(try registry.uploads.get(try Self.name(match), match["uuid"]), request)
+        try await patchUpload(try await claim(match), request)
     }
 
     func put(_ match: RouteMatch, _ request: Request) async throws -> Response {
-        try await putUpload(try registry.uploads.get(try Self.name(match), match["uuid"]), request)
+        // The digest is checked before the session is claimed: a bad PUT leaves the upload as it was.
+        guard let digestText = request.uri.queryParameters["digest"] else {
+            throw RegistryError(.digestInvalid, "PUT to an upload needs ?digest=")
+        }
+        let digest = try RequestParsing.digest(String(digestText))
+        return try await complete(try await claim(match), digest: digest, request)
     }
 
     func cancel(_ match: RouteMatch, _ request: Request) async throws -> Response {
-        let session = try registry.uploads.get(try Self.name(match), match["uuid"])
-        try session.claim()
-        let uploads = registry.uploads
-        await offloadDetached { uploads.cancel(session) }
+        let session = try await claim(match)
+        await offloadDetached { session.cancel() }
         return Reply.empty(204)
     }
 
+    /// Claims the session named by the route for this request (any replica may hold its state).
+    func claim(_ match: RouteMatch) async throws -> UploadSession {
+        let name = try Self.name(match)
+        let id = match["uuid"]
+        let uploads = registry.uploads
+        return try await offload { try uploads.claim(name, id) }
+    }
+
     func uploadHeaders(_ session: UploadSession) -> HTTPFields {
-        var h: HTTPFields = [.location: "/v2/\(session.repository)/blobs/uploads/\(session.id)"]
+        uploadHeaders(id: session.id, repository: session.repository, offset: session.offset)
+    }
+
+    func uploadHeaders(id: String, repository: RepositoryName, offset: Int64) -> HTTPFields {
+        var h: HTTPFields = [.location: "/v2/\(repository)/blobs/uploads/\(id)"]
         // As distribution does: "0-0" also for an empty upload.
-        h[.range] = "0-\(max(0, session.offset - 1))"
-        h[.dockerUploadUUID] = session.id
+        h[.range] = "0-\(max(0, offset - 1))"
+        h[.dockerUploadUUID] = id
         return h
     }
 
     func startUpload(_ name: RepositoryName, _ request: Request, client: String) async throws -> Response {
         let query = request.uri.queryParameters
+        let uploads = registry.uploads
         if let mountText = query["mount"] {
             let digest = try RequestParsing.digest(String(mountText))
             let from = try query["from"].map { try RequestParsing.name(String($0)) }
@@ -63,57 +82,48 @@ struct UploadHandlers: RouteHandlers {
         } else if let digestText = query["digest"] {
             // Monolithic upload: the body is the whole blob.
             let digest = try RequestParsing.digest(String(digestText))
-            let session = try await offload { try registry.uploads.start(name, client: client) }
-            try session.claim()
+            let session = try await offload { () -> UploadSession in
+                let started = try uploads.start(name, client: client)
+                return try uploads.claim(name, started.id)
+            }
             do {
                 return try await complete(session, digest: digest, request)
             } catch {
                 // The session was internal to this request: nothing can resume it.
-                let uploads = registry.uploads
-                await offloadDetached { uploads.cancel(session) }
+                await offloadDetached { uploads.discard(session.id) }
                 throw error
             }
         }
-        let session = try await offload { try registry.uploads.start(name, client: client) }
-        var h = uploadHeaders(session)
+        let session = try await offload { try uploads.start(name, client: client) }
+        var h = uploadHeaders(id: session.id, repository: name, offset: 0)
         h[.range] = "0-0"
         h[.ociChunkMinLength] = "0"
         return Reply.empty(202, h)
     }
 
+    /// Streams the body into the session and acknowledges it. When the body breaks off or is
+    /// too slow, what arrived is acknowledged all the same, and the client is told where the
+    /// upload stands so that it can resume.
     func patchUpload(_ session: UploadSession, _ request: Request) async throws -> Response {
-        try session.claim()
         do {
             try await receive(request, into: session)
         } catch let e as RegistryError where e.kind == .rangeNotSatisfiable || e.kind == .timedOut {
-            // Tell the client where the upload stands, so it can resume.
-            await letGo(session)
+            try await acknowledge(session)
             return Reply.error(e, headers: uploadHeaders(session))
+        } catch let e as RegistryError where e.code == .blobUploadInvalid {
+            // The client went away mid-body: keep what arrived for its retry.
+            try await acknowledge(session)
+            throw e
         } catch {
-            await letGo(session)
+            await offloadDetached { session.abandon() }
             throw error
         }
-        await letGo(session)
+        try await acknowledge(session)
         return Reply.empty(202, uploadHeaders(session))
     }
 
-    /// Releases a request's claim on a session; if the session's lifetime ended while this
-    /// request held it, its writer is aborted now (only the holder of the claim may touch it).
-    func letGo(_ session: UploadSession) async {
-        session.release()
-        if session.isCancelled {
-            let uploads = registry.uploads
-            await offloadDetached { uploads.abandon(session) }
-        }
-    }
-
-    func putUpload(_ session: UploadSession, _ request: Request) async throws -> Response {
-        guard let digestText = request.uri.queryParameters["digest"] else {
-            throw RegistryError(.digestInvalid, "PUT to an upload needs ?digest=")
-        }
-        let digest = try RequestParsing.digest(String(digestText))
-        try session.claim()
-        return try await complete(session, digest: digest, request)
+    func acknowledge(_ session: UploadSession) async throws {
+        try await offload { try session.checkpoint() }
     }
 
     /// Streams a final body (if any) into a claimed session and completes it.
@@ -121,15 +131,12 @@ struct UploadHandlers: RouteHandlers {
         do {
             try await receive(request, into: session)
         } catch {
-            await letGo(session)
+            // A PUT's body that breaks off cannot be completed; keep what arrived for a retry.
+            if (try? await acknowledge(session)) == nil { await offloadDetached { session.abandon() } }
             throw error
         }
-        do {
-            _ = try await offload { try registry.uploads.finish(session, expecting: digest, registry: registry) }
-        } catch let e as RegistryError where e.code == .blobUploadUnknown {
-            await letGo(session)
-            throw e
-        }
+        let registry = self.registry
+        _ = try await offload { try session.finish(expecting: digest, registry: registry) }
         return Reply.empty(201, [.location: "/v2/\(session.repository)/blobs/\(digest)", .dockerContentDigest: digest.description])
     }
 

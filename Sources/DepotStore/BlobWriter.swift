@@ -30,11 +30,15 @@ public final class BlobWriter: @unchecked Sendable {
     private let store: ChunkStore
     private let blobID: Int64
     private var cutter: ChunkCutter
-    private var wholeHash = SHA256()
+    /// Resumable (a checkpoint carries its midstate to another process); the same block
+    /// function as `SHA256`.
+    private var wholeHash = ResumableSHA256()
     private var accumulator: UnsafeMutableRawBufferPointer
     private var accumulated = 0
     /// Absolute offset of the first byte of the chunk being accumulated.
     private var chunkStart: Int64 = 0
+    /// Where this writer's own recipe starts: 0, or where the checkpoint it resumed committed up to.
+    private let segmentStart: Int64
     public private(set) var bytesWritten: Int64 = 0
     private var finished = false
 
@@ -67,11 +71,78 @@ public final class BlobWriter: @unchecked Sendable {
     init(store: ChunkStore, planner: (any BoundaryPlanner)?) throws {
         self.store = store
         cutter = ChunkCutter(store.options.chunker, planner: planner)
+        segmentStart = 0
         accumulator = UnsafeMutableRawBufferPointer(start: nil, count: 0) // allocated on first use
         slots = DispatchSemaphore(value: store.options.writerQueueDepth)
         blobID = try store.appender.beginBlob(chunker: store.options.chunker.version)
     }
 
+    /// A writer that goes on where `checkpoint` left off. `segments` are the committed parts
+    /// before it, in order; a planner replays their first bytes (the header it reads), and the
+    /// checkpoint's tail goes through the chunker again, so chunks are cut as in one stream.
+    /// This writer's own rows go into a new unfinished blob: a writer that lost its claim on an
+    /// upload can never touch the rows another writer resumed from.
+    init(store: ChunkStore, planner: (any BoundaryPlanner)?, resuming checkpoint: WriterCheckpoint, after segments: [PriorSegment]) throws {
+        let parameters = store.options.chunker
+        guard checkpoint.chunker == parameters.version else {
+            throw DepotError.invalidArgument(
+                "this upload was started with chunker \(checkpoint.chunker) but this store cuts with \(parameters.version); start it over")
+        }
+        guard checkpoint.tail.count < parameters.maxSize, let hash = ResumableSHA256(saved: checkpoint.hash),
+            hash.count == checkpoint.position
+        else { throw DepotError.integrity("the upload's saved writer state is inconsistent; start it over") }
+        var expected: Int64 = 0
+        for s in segments {
+            guard s.range.lowerBound == expected else {
+                throw DepotError.integrity("the upload's committed parts are not contiguous; start it over")
+            }
+            expected = s.range.upperBound
+        }
+        guard expected == checkpoint.committed else {
+            throw DepotError.integrity("the upload's committed parts end at \(expected), not at \(checkpoint.committed); start it over")
+        }
+        var planner = planner
+        if planner != nil { try Self.replay(into: &planner!, from: segments, store: store) }
+        self.store = store
+        cutter = ChunkCutter(parameters, planner: planner, position: checkpoint.committed)
+        chunkStart = checkpoint.committed
+        segmentStart = checkpoint.committed
+        wholeHash = hash
+        accumulator = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        slots = DispatchSemaphore(value: store.options.writerQueueDepth)
+        blobID = try store.appender.beginBlob(chunker: parameters.version)
+        stageState.withLock { s in
+            s.chunks = checkpoint.chunks
+            s.newChunks = checkpoint.newChunks
+            s.newBytes = checkpoint.newBytes
+            s.reusedBytes = checkpoint.reusedBytes
+            s.storedBytes = checkpoint.storedBytes
+        }
+        bytesWritten = checkpoint.committed
+        do {
+            try checkpoint.tail.withUnsafeBytes { try cut($0) }
+            bytesWritten = cutter.position
+        } catch {
+            abort()
+            throw error
+        }
+    }
+
+    /// Shows a fresh planner the stored first bytes of the blob, as long as it wants them.
+    private static func replay(into planner: inout any BoundaryPlanner, from segments: [PriorSegment], store: ChunkStore) throws {
+        for segment in segments where planner.wantsBytes && !segment.range.isEmpty {
+            // The digest is a placeholder: an unfinished blob has none, and the reader only names it in errors.
+            let record = BlobRecord(
+                id: segment.blobID, digest: Digest(bytes: SHA256.Value(a: 0, b: 0, c: 0, d: 0)), size: segment.range.upperBound, chunker: ""
+            )
+            let reader = BlobReader<[UInt8]>(store: store, blob: record, range: segment.range)
+            var at = segment.range.lowerBound
+            while planner.wantsBytes, let batch = try reader.next() {
+                batch.withUnsafeBytes { planner.observe($0, at: at) }
+                at += Int64(batch.count)
+            }
+        }
+    }
     deinit {
         if !finished {
             // Never forget a blob while its workers may still add recipe rows for it.
@@ -96,6 +167,11 @@ public final class BlobWriter: @unchecked Sendable {
             wholeHash.update(bytes)
         }
         defer { hashingDone.wait() }
+        try cut(bytes)
+    }
+
+    /// Cuts bytes (already hashed) into chunks and hands them to the storing stage.
+    private func cut(_ bytes: UnsafeRawBufferPointer) throws {
         try cutter.feed(bytes) { piece, width in
             if let width, accumulated == 0 {
                 if piece.count > 0 { try emitChunk(piece, width: width) } // the whole chunk is in this buffer: one copy, not two
@@ -172,7 +248,13 @@ public final class BlobWriter: @unchecked Sendable {
 
     /// Ends the blob; verifies `expected` if given. The blob is durable and readable when this
     /// returns. With `retain`, it is declared live in the same transaction (no GC window).
-    public func finish(expecting expected: Digest? = nil, retain: String? = nil) throws -> WriteResult {
+    /// A resumed writer names the committed `segments` before it: their recipe rows become this
+    /// blob's in the completing transaction, which also runs `commit` (an upload session's row
+    /// is deleted there; a `commit` that throws leaves everything as it was).
+    public func finish(
+        expecting expected: Digest? = nil, retain: String? = nil, adopting segments: [PriorSegment] = [],
+        commit: ((any CatalogConnection) throws -> Void)? = nil
+    ) throws -> WriteResult {
         precondition(!finished, "finish called twice")
         let record: BlobRecord
         do {
@@ -183,7 +265,8 @@ public final class BlobWriter: @unchecked Sendable {
             if let expected, expected != digest {
                 throw DepotError.digestInvalid("content has digest \(digest), expected \(expected)")
             }
-            record = try store.appender.completeBlob(blobID, digest: digest, size: bytesWritten, retain: retain)
+            record = try store.appender.completeBlob(
+                blobID, digest: digest, size: bytesWritten, retain: retain, adopting: segments.map(\.blobID), commit: commit)
             finished = true
         } catch {
             abort()
@@ -195,6 +278,35 @@ public final class BlobWriter: @unchecked Sendable {
             digest: record.digest, size: record.size, chunks: s.chunks, newChunks: s.newChunks,
             newBytes: s.newBytes, reusedBytes: s.reusedBytes, storedBytes: s.storedBytes,
             chunker: chunkerVersion)
+    }
+
+    /// Stops here for another writer to go on later, maybe in another process: every chunk cut
+    /// so far is made durable and committed as the recipe of this writer's unfinished blob, in
+    /// one transaction with `commit` (which records the returned checkpoint and the segment; if
+    /// it throws, nothing is recorded and the writer is aborted). The writer is done afterwards.
+    public func checkpoint(commit: (any CatalogConnection, WriterCheckpoint, PriorSegment) throws -> Void) throws -> WriterCheckpoint {
+        precondition(!finished, "checkpoint after finish/abort")
+        do {
+            workers.wait()
+            if let error = stageState.withLock({ $0.error }) { throw error }
+            var c = WriterCheckpoint(
+                position: bytesWritten, chunker: store.options.chunker.version, hash: wholeHash.saved,
+                tail: accumulated > 0 ? [UInt8](UnsafeRawBufferPointer(rebasing: accumulator[0..<accumulated])) : [])
+            let s = stageState.withLock { $0 }
+            c.chunks = s.chunks
+            c.newChunks = s.newChunks
+            c.newBytes = s.newBytes
+            c.reusedBytes = s.reusedBytes
+            c.storedBytes = s.storedBytes
+            let segment = PriorSegment(blobID: blobID, range: segmentStart..<c.committed)
+            let checkpoint = c
+            try store.appender.park(blobID) { conn in try commit(conn, checkpoint, segment) }
+            finished = true
+            return checkpoint
+        } catch {
+            abort()
+            throw error
+        }
     }
 
     /// Abandons the blob. Chunks it stored become garbage unless another blob uses them.

@@ -13,10 +13,17 @@ public struct ChunkCutter {
     /// Offset of the first byte of the chunk being cut.
     private var chunkStart: Int64 = 0
 
-    public init(_ parameters: ChunkerParameters, planner: (any BoundaryPlanner)?) {
+    /// A cutter whose first byte is at `position` of the stream, at a chunk boundary (a writer
+    /// resumed where an earlier one committed its last chunk).
+    public init(_ parameters: ChunkerParameters, planner: (any BoundaryPlanner)?, position: Int64 = 0) {
         chunker = Chunker(parameters)
         self.planner = planner
+        self.position = position
+        chunkStart = position
     }
+
+    /// The chunker's parameters version, without the planner's tag.
+    public var parametersVersion: String { chunker.parameters.version }
 
     /// The recipe's chunker version: the parameters plus the planner's tag when it cut.
     public var version: String {

@@ -144,6 +144,15 @@ public final class ChunkStore: Sendable {
         return try BlobWriter(store: self, planner: planner)
     }
 
+    /// A writer that goes on where another one (maybe in another process) checkpointed; see
+    /// `WriterCheckpoint`.
+    public func resumeWriter(planner: (any BoundaryPlanner)?, from checkpoint: WriterCheckpoint, after segments: [PriorSegment]) throws
+        -> BlobWriter
+    {
+        guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
+        return try BlobWriter(store: self, planner: planner, resuming: checkpoint, after: segments)
+    }
+
     /// The complete blob with `digest`, if stored.
     public func blob(_ digest: Digest) throws -> BlobRecord? {
         try catalog.read { try $0.blob(digest) }

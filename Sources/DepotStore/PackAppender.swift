@@ -23,6 +23,8 @@ final class PackAppender: Sendable {
         var pendingRecipes: [(blob: Int64, entry: RecipeEntry)] = []
         var pendingBytes = 0
         var activeBlobs: Set<Int64> = []
+        /// Blobs failed because a chunk they reused was deleted by another replica's GC.
+        var lost: Set<Int64> = []
     }
 
     enum Outcome {
@@ -59,12 +61,20 @@ final class PackAppender: Sendable {
     }
 
     /// Durably completes a blob; returns its record (an existing one if the digest was already stored).
-    func completeBlob(_ id: Int64, digest: Digest, size: Int64, retain: String?) throws -> BlobRecord {
+    /// `adopting`: unfinished blobs (a resumed upload's committed parts) whose recipe rows become
+    /// this blob's first, in the same transaction, which also runs `commit`.
+    func completeBlob(
+        _ id: Int64, digest: Digest, size: Int64, retain: String?, adopting: [Int64] = [],
+        commit: ((any CatalogConnection) throws -> Void)? = nil
+    ) throws -> BlobRecord {
         try state.withLock { s in
             guard s.activeBlobs.contains(id) else {
+                if s.lost.remove(id) != nil { throw Self.lostError(id) }
                 throw DepotError.storage("blob write \(id) failed: its data could not be made durable")
             }
-            let record = try flushLocked(&s) { conn in
+            let record = try flushLocked(&s, owner: id) { conn in
+                if !adopting.isEmpty { try conn.adoptRecipes(of: adopting, into: id) }
+                try commit?(conn)
                 let record = try conn.completeBlob(id, digest: digest, size: size, now: Self.now())
                 if let retain { try conn.addRoot(digest, reason: retain, now: Self.now()) }
                 return record
@@ -79,6 +89,7 @@ final class PackAppender: Sendable {
         state.withLock { s in
             s.pendingRecipes.removeAll { $0.blob == id }
             s.activeBlobs.remove(id)
+            s.lost.remove(id)
         }
         _ = try? db.write { try $0.deleteBlob(id: id) }
     }
@@ -140,12 +151,17 @@ final class PackAppender: Sendable {
 
     /// Makes a blob's rows durable and leaves it unfinished but no longer written by this
     /// process: its chunks stay rooted for the grace period (chunks uploaded ahead of a commit).
-    func park(_ blob: Int64) throws {
+    /// `commit` runs in the same transaction.
+    func park(_ blob: Int64, commit: (any CatalogConnection) throws -> Void = { _ in }) throws {
         try state.withLock { s in
             guard s.activeBlobs.contains(blob) else {
+                if s.lost.remove(blob) != nil { throw Self.lostError(blob) }
                 throw DepotError.storage("blob write \(blob) failed: its data could not be made durable")
             }
-            try flushLocked(&s) { conn in try conn.touchBlob(blob, now: Self.now()) }
+            try flushLocked(&s, owner: blob) { conn in
+                try conn.touchBlob(blob, now: Self.now())
+                try commit(conn)
+            }
             s.activeBlobs.remove(blob)
         }
     }
@@ -160,7 +176,9 @@ final class PackAppender: Sendable {
     }
 
     private func referenceIfKnown(_ entry: RecipeEntry, _ blob: Int64, _ s: inout State) throws -> Bool {
-        guard s.activeBlobs.contains(blob) else { throw DepotError.storage("blob write \(blob) was aborted") }
+        guard s.activeBlobs.contains(blob) else {
+            throw s.lost.contains(blob) ? Self.lostError(blob) : DepotError.storage("blob write \(blob) was aborted")
+        }
         if s.pendingChunks[entry.hash] == nil {
             guard try db.read({ try $0.chunkLocation(entry.hash) }) != nil else { return false }
         }
@@ -204,12 +222,31 @@ final class PackAppender: Sendable {
         }
     }
 
+    /// How a commit takes the chunk-sweep lock (see `CatalogLock.chunkSweep`).
+    enum SweepLock {
+        case shared
+        case exclusive
+    }
+
+    /// Chunks that other replicas' garbage collection deleted after a writer found them stored
+    /// and before it committed rows naming them: the blobs whose rows name them.
+    struct LostChunks: Error {
+        var blobs: Set<Int64>
+    }
+
     /// Group commit: fsync the pack, then one transaction for all pending rows plus `extra`.
     ///
     /// In S3 mode the durability point is the object store instead of the disk: the pack is
     /// uploaded (conditional create; `upload`) before the transaction, which also seals it, so an
     /// acknowledged blob never depends on bytes that exist only on this machine.
-    private func flushLocked<T>(_ s: inout State, extra: (any CatalogConnection) throws -> T) throws -> T {
+    ///
+    /// With replicas (PostgreSQL), a recipe row may name a chunk that was stored when the writer
+    /// looked and deleted by another replica's GC since: the commit checks under the sweep lock
+    /// and, if so, fails those blobs (their writers report it; their clients retry) and commits
+    /// the rest. `owner`: the blob the caller is committing; if it is among them, the caller fails.
+    private func flushLocked<T>(
+        _ s: inout State, owner: Int64? = nil, sweep: SweepLock = .shared, extra: (any CatalogConnection) throws -> T
+    ) throws -> T {
         var uploaded = false
         if !s.pendingChunks.isEmpty {
             do {
@@ -225,19 +262,29 @@ final class PackAppender: Sendable {
             }
         }
         let chunks = s.pendingOrder.map { ($0, s.pendingChunks[$0]!) }
-        let recipes = s.pendingRecipes
         let packID = s.packID
         let packSize = s.packSize
-        let active = s.activeBlobs
-        let result: T
-        do {
-            result = try commit(chunks, recipes, packID, packSize, active, uploaded, extra)
-        } catch  where uploaded {
-            // The object is up but no row names it: abandon the batch (its blobs fail) and let GC
-            // delete row and object, rather than retrying, which would find the key taken by our
-            // own upload and leave that object behind.
-            abandonPending(&s)
-            throw error
+        var result: T
+        while true {
+            let recipes = s.pendingRecipes
+            let active = s.activeBlobs
+            do {
+                result = try commit(chunks, recipes, packID, packSize, active, uploaded, sweep, extra)
+                break
+            } catch let lost as LostChunks {
+                s.pendingRecipes.removeAll { lost.blobs.contains($0.blob) }
+                for id in lost.blobs {
+                    s.activeBlobs.remove(id)
+                    s.lost.insert(id)
+                }
+                if let owner, lost.blobs.contains(owner) { throw Self.lostError(owner) }
+            } catch  where uploaded {
+                // The object is up but no row names it: abandon the batch (its blobs fail) and let GC
+                // delete row and object, rather than retrying, which would find the key taken by our
+                // own upload and leave that object behind.
+                abandonPending(&s)
+                throw error
+            }
         }
         s.pendingChunks.removeAll(keepingCapacity: true)
         s.pendingOrder.removeAll(keepingCapacity: true)
@@ -256,13 +303,31 @@ final class PackAppender: Sendable {
         return result
     }
 
+    static func lostError(_ id: Int64) -> DepotError {
+        DepotError.storage(
+            "blob write \(id) failed: a stored chunk it reused was deleted by garbage collection on another replica meanwhile; retry")
+    }
+
     /// The group commit's transaction: the chunk and recipe rows, the pack's size (and in S3 mode
     /// its seal), the writers' touches and `extra`.
     private func commit<T>(
         _ chunks: [(SHA256.Value, ChunkLocation)], _ recipes: [(blob: Int64, entry: RecipeEntry)], _ packID: Int64, _ packSize: Int64,
-        _ active: Set<Int64>, _ uploaded: Bool, _ extra: (any CatalogConnection) throws -> T
+        _ active: Set<Int64>, _ uploaded: Bool, _ sweep: SweepLock, _ extra: (any CatalogConnection) throws -> T
     ) throws -> T {
         try db.write { conn -> T in
+            if conn.dialect == .postgres {
+                // First, before any row lock, so a sweep and a commit never wait on each other's rows.
+                switch sweep {
+                case .exclusive: try conn.lock(.chunkSweep)
+                case .shared: if !recipes.isEmpty { try conn.lockShared(.chunkSweep) }
+                }
+                var reused = Set(recipes.map(\.entry.hash))
+                for (hash, _) in chunks { reused.remove(hash) }
+                if !reused.isEmpty {
+                    let missing = try conn.missingChunks(reused)
+                    if !missing.isEmpty { throw LostChunks(blobs: Set(recipes.filter { missing.contains($0.entry.hash) }.map(\.blob))) }
+                }
+            }
             for (hash, loc) in chunks { try conn.insertChunk(hash, at: loc) }
             if !chunks.isEmpty { try conn.setPack(packID, committedSize: packSize) }
             if uploaded, try !conn.sealUploadedPack(packID) {
@@ -387,7 +452,7 @@ final class PackAppender: Sendable {
     func exclusive<T>(_ body: (any CatalogConnection, _ activeBlobs: Set<Int64>) throws -> T) throws -> T {
         try state.withLock { s in
             let active = s.activeBlobs
-            return try flushLocked(&s) { conn in try body(conn, active) }
+            return try flushLocked(&s, sweep: .exclusive) { conn in try body(conn, active) }
         }
     }
 

@@ -1,4 +1,6 @@
+import DepotCatalog
 import DepotCore
+import DepotFormats
 import DepotRegistry
 import DepotStore
 import DepotTestSupport
@@ -90,7 +92,8 @@ import Testing
     }
 }
 
-/// Upload sessions: limits per client and in total, the maximum blob size, digest checks, expiry.
+/// Upload sessions: limits per client and in total, the maximum blob size, digest checks, expiry,
+/// and resuming in another process from the catalog.
 @Suite struct UploadSessionTests {
     let name = try! RepositoryName("models/up")
 
@@ -105,12 +108,10 @@ import Testing
         #expect(registryErrorCode { try uploads.start(name, client: "a") } == "TOOMANYREQUESTS")
         _ = try uploads.start(name, client: "b")
         #expect(registryErrorCode { try uploads.start(name, client: "c") } == "TOOMANYREQUESTS", "the total is reached")
-        uploads.cancel(a1)
+        try uploads.cancel(name, a1.id)
         #expect(uploads.count == 2)
         _ = try uploads.start(name, client: "a")
-        #expect(registryErrorCode { try uploads.get(name, a1.id) } == "BLOB_UPLOAD_UNKNOWN")
-        uploads.cancelAll()
-        #expect(uploads.count == 0)
+        #expect(registryErrorCode { try uploads.status(name, a1.id) } == "BLOB_UPLOAD_UNKNOWN")
     }
 
     @Test func aSessionFinishesOnlyWithTheRightDigestAndWithinTheSizeLimit() throws {
@@ -119,23 +120,27 @@ import Testing
         let t = try TestRegistry(uploads: limits)
         let uploads = t.registry.uploads
         let s = try uploads.start(name)
-        #expect(try uploads.get(name, s.id) === s)
-        #expect(registryErrorCode { try uploads.get(try RepositoryName("models/other"), s.id) } == "BLOB_UPLOAD_UNKNOWN")
-        try s.claim()
-        #expect(registryErrorCode { try s.claim() } != nil, "one request at a time")
-        try [UInt8]([1, 2, 3, 4, 5]).withUnsafeBytes { try s.append($0) }
-        #expect(registryErrorCode { try [UInt8](repeating: 0, count: 4).withUnsafeBytes { try s.append($0) } } == "SIZE_INVALID")
-        #expect(s.offset == 5, "a refused append writes nothing")
-        s.release()
-        #expect(registryErrorCode { try uploads.finish(s, expecting: Digest.of([1, 2, 3]), registry: t.registry) } == "DIGEST_INVALID")
+        #expect(try uploads.status(name, s.id).offset == 0)
+        #expect(registryErrorCode { try uploads.status(try RepositoryName("models/other"), s.id) } == "BLOB_UPLOAD_UNKNOWN")
+        let request = try uploads.claim(name, s.id)
+        #expect(registryErrorCode { try uploads.claim(name, s.id) } == "RANGE_INVALID", "one request at a time")
+        try [UInt8]([1, 2, 3, 4, 5]).withUnsafeBytes { try request.append($0) }
+        #expect(registryErrorCode { try [UInt8](repeating: 0, count: 4).withUnsafeBytes { try request.append($0) } } == "SIZE_INVALID")
+        #expect(request.offset == 5, "a refused append writes nothing")
+        try request.checkpoint()
+        #expect(try uploads.status(name, s.id).offset == 5, "acknowledged")
+        let put = try uploads.claim(name, s.id)
+        #expect(registryErrorCode { try put.finish(expecting: Digest.of([1, 2, 3]), registry: t.registry) } == "DIGEST_INVALID")
         #expect(try t.registry.blob(name, Digest.of([1, 2, 3, 4, 5])) == nil)
+        #expect(registryErrorCode { try uploads.status(name, s.id) } == "BLOB_UPLOAD_UNKNOWN", "a failed finish ends the session")
 
-        let ok = try uploads.start(name)
+        let ok = try uploads.claim(name, try uploads.start(name).id)
         try [UInt8]([1, 2, 3]).withUnsafeBytes { try ok.append($0) }
-        let result = try uploads.finish(ok, expecting: Digest.of([1, 2, 3]), registry: t.registry)
+        let result = try ok.finish(expecting: Digest.of([1, 2, 3]), registry: t.registry)
         #expect(result.digest == Digest.of([1, 2, 3]) && result.size == 3)
         #expect(try t.registry.blob(name, result.digest)?.size == 3, "a finished upload is visible in its repository")
-        #expect(registryErrorCode { try uploads.finish(ok, expecting: result.digest, registry: t.registry) } == "BLOB_UPLOAD_UNKNOWN")
+        #expect(registryErrorCode { try uploads.claim(name, ok.id) } == "BLOB_UPLOAD_UNKNOWN")
+        #expect(uploads.count == 0)
     }
 
     @Test func idleAndOverageSessionsExpire() throws {
@@ -148,16 +153,96 @@ import Testing
         let idle = try uploads.start(name, now: start)
         #expect(uploads.expire(now: start.addingTimeInterval(30)) == 0)
         #expect(uploads.expire(now: start.addingTimeInterval(120)) == 1)
-        #expect(registryErrorCode { try uploads.get(name, idle.id) } == "BLOB_UPLOAD_UNKNOWN")
-        #expect(registryErrorCode { try idle.claim() } == "BLOB_UPLOAD_UNKNOWN")
+        #expect(registryErrorCode { try uploads.status(name, idle.id) } == "BLOB_UPLOAD_UNKNOWN")
+        #expect(registryErrorCode { try uploads.claim(name, idle.id) } == "BLOB_UPLOAD_UNKNOWN")
 
         let busy = try uploads.start(name, now: start)
-        try busy.claim() // held by a request: not idle, but past its lifetime it goes anyway
-        #expect(uploads.expire(now: start.addingTimeInterval(120)) == 0)
+        let request = try uploads.claim(name, busy.id, now: start) // held by a request: not idle, but past its lifetime it goes anyway
+        try [UInt8]([1]).withUnsafeBytes { try request.append($0) }
+        #expect(uploads.expire(now: start.addingTimeInterval(50)) == 0)
         #expect(uploads.expire(now: start.addingTimeInterval(700)) == 1)
-        #expect(busy.isCancelled)
-        #expect(registryErrorCode { try [UInt8]([1]).withUnsafeBytes { try busy.append($0) } } == "BLOB_UPLOAD_UNKNOWN")
-        uploads.abandon(busy)
+        #expect(registryErrorCode { try request.checkpoint() } == "BLOB_UPLOAD_UNKNOWN", "the request learns it when it acknowledges")
+        #expect(try t.registry.store.stats().unfinishedWrites == 0, "nothing of it is left behind")
+    }
+
+    /// A claim lapses when its request's replica died: another request takes the session over,
+    /// and the first one, should it come back, can no longer acknowledge anything.
+    @Test func aLapsedClaimPassesToTheNextRequestAndTheFirstLosesIt() throws {
+        let t = try TestRegistry()
+        let uploads = t.registry.uploads
+        let s = try uploads.start(name)
+        let now = Date()
+        let first = try uploads.claim(name, s.id, now: now)
+        try [UInt8](repeating: 7, count: 100).withUnsafeBytes { try first.append($0) }
+        #expect(registryErrorCode { try uploads.claim(name, s.id, now: now.addingTimeInterval(30)) } == "RANGE_INVALID")
+        let second = try uploads.claim(name, s.id, now: now.addingTimeInterval(61))
+        try [UInt8](repeating: 9, count: 50).withUnsafeBytes { try second.append($0) }
+        try second.checkpoint()
+        #expect(registryErrorCode { try first.checkpoint() } == "BLOB_UPLOAD_UNKNOWN")
+        #expect(try uploads.status(name, s.id).offset == 50, "the second request's bytes, not the first's")
+        let put = try uploads.claim(name, s.id)
+        let result = try put.finish(expecting: Digest.of([UInt8](repeating: 9, count: 50)), registry: t.registry)
+        #expect(result.size == 50)
+    }
+
+    /// The state of a chunked upload is the catalog's: a PATCH acknowledged by one process is
+    /// resumed by another (here the same store, closed and opened again, as after a restart or
+    /// on another replica). The blob is cut into exactly the chunks one uninterrupted stream
+    /// gives: the safetensors planner's tensor boundaries (it re-reads the header from the
+    /// stored part) and the content-defined cuts (the tail after the last cut goes through the
+    /// chunker again), whatever the client's request sizes.
+    @Test func aChunkedUploadResumesInAnotherProcessAndCutsTheSameChunks() throws {
+        var rng = SystemRandomNumberGenerator()
+        var tensors: [(String, String, [Int], [UInt8])] = []
+        for i in 0..<6 {
+            let elements = 200_000 + i * 7_777
+            let bytes = (0..<(2 * elements)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            tensors.append(("layer.\(i)", "F16", [elements], bytes))
+        }
+        let file = makeSafetensors(tensors, metadata: ["format": "pt"])
+        let digest = Digest.of(file)
+        // The reference: the same bytes in one stream, in a store of their own.
+        let reference = try TestRegistry()
+        let w = try reference.registry.store.makeWriter(planner: SafetensorsBoundaryPlanner())
+        try w.write(file)
+        let whole = try w.finish()
+        #expect(whole.chunker.hasSuffix("+safetensors"))
+        let wholeChunks = try reference.registry.store.catalog.read {
+            try $0.recipe(blob: reference.registry.store.blob(digest)!.id, from: 0, limit: 10_000)
+        }
+
+        let dir = TempDir("depot-resume")
+        var options = StoreOptions()
+        options.writeGraceSeconds = 0
+        // Odd splits: inside the header's length, inside the header, inside tensors.
+        let cuts = [0, 3, 200, 70_001, 1_000_003, 1_900_000, file.count]
+        var id = ""
+        for (i, (from, to)) in zip(cuts, cuts.dropFirst()).enumerated() {
+            let store = try ChunkStore(root: dir.path + "/store", options: options, create: true)
+            let registry = Registry(store: store)
+            if i == 0 { id = try registry.uploads.start(name).id }
+            #expect(try registry.uploads.status(name, id).offset == Int64(from))
+            let request = try registry.uploads.claim(name, id)
+            try Array(file[from..<to]).withUnsafeBytes { try request.append($0) }
+            if to < file.count {
+                try request.checkpoint()
+                // GC with no grace at all keeps what the session committed.
+                _ = try registry.collectGarbage()
+            } else {
+                let result = try request.finish(expecting: digest, registry: registry)
+                #expect(result.digest == digest && result.size == Int64(file.count))
+                #expect(result.chunker == whole.chunker)
+                #expect(result.chunks == whole.chunks)
+                let chunks = try store.catalog.read { try $0.recipe(blob: store.blob(digest)!.id, from: 0, limit: 10_000) }
+                #expect(chunks == wholeChunks, "the same chunks as one stream")
+                var back: [UInt8] = []
+                try store.reader(digest).forEach { back += $0 }
+                #expect(back == file)
+                #expect(try store.stats().unfinishedWrites == 0)
+                #expect(try store.fsck().isClean)
+            }
+
+        }
     }
 
     @Test func clientsAreCountedByAddressAndIPv6Slash64() {

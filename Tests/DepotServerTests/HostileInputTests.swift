@@ -173,7 +173,7 @@ let hostileNumbers = [
         limits.maxSessionsPerClient = 3
         let registry = Registry(store: store, uploads: limits)
         let repo = try RepositoryName("r")
-        var a: [UploadSession] = []
+        var a: [UploadSessionStatus] = []
         for _ in 0..<3 { a.append(try registry.uploads.start(repo, client: "10.0.0.1")) }
         // The fourth from the same client is refused; another client still gets in.
         #expect(throws: RegistryError.self) { try registry.uploads.start(repo, client: "10.0.0.1") }
@@ -182,21 +182,20 @@ let hostileNumbers = [
         // The total is reached: everyone waits.
         #expect(throws: RegistryError.self) { try registry.uploads.start(repo, client: "10.0.0.3") }
         // Finishing or cancelling frees a slot for that client.
-        registry.uploads.cancel(a[0])
-        registry.uploads.cancel(a[0]) // twice: counted once
+        try registry.uploads.cancel(repo, a[0].id)
+        #expect(throws: RegistryError.self) { try registry.uploads.cancel(repo, a[0].id) } // twice: counted once
         _ = try registry.uploads.start(repo, client: "10.0.0.1")
         #expect(throws: RegistryError.self) { try registry.uploads.start(repo, client: "10.0.0.1") }
-        registry.uploads.cancel(b1)
+        try registry.uploads.cancel(repo, b1.id)
         #expect(registry.uploads.count == 4)
         // Racing starts never overshoot.
-        registry.uploads.cancelAll()
+        registry.uploads.expire(now: Date().addingTimeInterval(30 * 86_400))
         let started = Locked(0)
         DispatchQueue.concurrentPerform(iterations: 64) { i in
             if (try? registry.uploads.start(repo, client: "c\(i % 2)")) != nil { started.withLock { $0 += 1 } }
         }
         #expect(started.withLock { $0 } == 5)
         #expect(registry.uploads.count == 5)
-        registry.uploads.cancelAll()
         withExtendedLifetime(dir) {}
     }
 
@@ -214,14 +213,13 @@ let hostileNumbers = [
         try await withRegistry(config: config) { c, registry, _ in
             let location = try #require(try await c.req(.post, "/v2/r/blobs/uploads/").header("Location"))
             let id = String(location.split(separator: "/").last!)
-            let session = try registry.uploads.get(try RepositoryName("r"), id)
-            try session.claim() // a request is "using" it, as a trickling PATCH would
+            // A request is "using" it, as a trickling PATCH would.
+            let session = try registry.uploads.claim(try RepositoryName("r"), id)
             #expect(registry.uploads.expire(now: Date().addingTimeInterval(30)) == 0)
             #expect(registry.uploads.expire(now: Date().addingTimeInterval(61)) == 1)
-            // The holder's next append fails; letting go aborts its writer; the id is gone.
-            #expect(throws: RegistryError.self) { try [UInt8](repeating: 1, count: 10).withUnsafeBytes { try session.append($0) } }
-            session.release()
-            registry.uploads.abandon(session)
+            // The holder's writes go nowhere: acknowledging them fails; the id is gone.
+            try [UInt8](repeating: 1, count: 10).withUnsafeBytes { try session.append($0) }
+            #expect(throws: RegistryError.self) { try session.checkpoint() }
             let r = try await c.req(.get, location)
             #expect(r.status.code == 404)
             #expect(r.errorCode == "BLOB_UPLOAD_UNKNOWN")
@@ -458,7 +456,7 @@ let hostileNumbers = [
             try agree()
             #expect(try await c.req(.delete, "/v2/s/a/manifests/v1").status.code == 202)
             #expect(try await c.req(.delete, "/v2/s/a/manifests/\(m)").status.code == 202)
-            registry.uploads.cancelAll()
+            registry.uploads.expire(now: Date().addingTimeInterval(30 * 86_400))
             _ = try registry.store.collectGarbage(now: Int64(Date().timeIntervalSince1970 * 1000) + (400 * 86_400) * 1000)
             try agree()
             let metrics = try await c.req(.get, "/metrics").text

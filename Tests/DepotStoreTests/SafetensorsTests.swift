@@ -5,27 +5,6 @@ import DepotTestSupport
 import Foundation
 import Testing
 
-/// Builds a safetensors file: header JSON + concatenated tensor data.
-func makeSafetensors(_ tensors: [(String, String, [Int], [UInt8])], metadata: [String: String] = [:]) -> [UInt8] {
-    var entries: [String] = []
-    if !metadata.isEmpty {
-        let m = metadata.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\"\($0.value)\"" }.joined(separator: ",")
-        entries.append("\"__metadata__\":{\(m)}")
-    }
-    var offset = 0
-    var data: [UInt8] = []
-    for (name, dtype, shape, bytes) in tensors {
-        entries.append(
-            "\"\(name)\":{\"dtype\":\"\(dtype)\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + bytes.count)]}"
-        )
-        offset += bytes.count
-        data += bytes
-    }
-    let header = Array(("{" + entries.joined(separator: ",") + "}").utf8)
-    let n = UInt64(header.count).littleEndian
-    return withUnsafeBytes(of: n) { Array($0) } + header + data
-}
-
 @Suite struct SafetensorsTests {
     let layers: [(String, String, [Int], [UInt8])] = (0..<4).map { i in
         ("layers.\(i).weight", "F32", [256, 256], randomBytes(256 * 256 * 4, seed: UInt64(i + 1)))
