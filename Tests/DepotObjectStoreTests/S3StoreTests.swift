@@ -255,3 +255,62 @@ extension ChunkStore {
         return out
     }
 }
+
+/// Two replicas (two stores on one catalog and one bucket) sharing the work of one blob, and
+/// racing each other's garbage collection.
+extension S3StoreTests {
+    /// A writer checkpoints on one replica and another resumes it: the second reads the first's
+    /// committed part from the bucket (the planner's header replay) and adopts its rows.
+    @Test func aWriteCheckpointedOnOneReplicaFinishesOnAnother() throws {
+        let moto = try MotoServer()
+        let a = TempDir()
+        let b = TempDir()
+        let one = try ChunkStore(root: a.path, options: Self.options(), create: true, objects: S3PackObjectStore(settings: moto.settings))
+        let two = try ChunkStore(
+            root: b.path, options: Self.options(sharingCatalogOf: a.path), create: true, objects: S3PackObjectStore(settings: moto.settings)
+        )
+        let data = randomBytes(3 << 20, seed: 60)
+        let first = try one.makeWriter()
+        try first.write(Array(data[..<1_234_567]))
+        var part: PriorSegment?
+        let saved = try first.checkpoint { _, _, segment in part = segment }
+        let segment = try #require(part)
+        #expect(segment.range == 0..<saved.committed && saved.position == 1_234_567 && !saved.tail.isEmpty)
+        // The checkpoint travels as bytes (the catalog's upload row in the registry).
+        let resumed = try two.resumeWriter(planner: nil, from: try WriterCheckpoint(decoding: saved.encoded()), after: [segment])
+        try resumed.write(Array(data[1_234_567...]))
+        let result = try resumed.finish(
+            expecting: Digest(bytes: data.withUnsafeBytes { SHA256.hash($0) }), retain: "keep", adopting: [segment])
+        #expect(try one.readAll(result.digest) == data)
+        #expect(try one.stats().unfinishedWrites == 0)
+        #expect(try one.fsck(deep: true).isClean)
+    }
+
+    /// Replica two finds a chunk stored and reuses it; before it commits, replica one's GC finds
+    /// the chunk unreferenced and deletes it. The commit must fail that blob (the client retries)
+    /// rather than acknowledge a recipe naming a chunk that is gone. Only PostgreSQL has replicas
+    /// writing at once (a SQLite catalog has one writer process).
+    @Test(.enabled(if: Database.isTestingOnPostgres, "replicas need a PostgreSQL catalog"))
+    func aChunkSweptByAnotherReplicaFailsTheWriteThatReusedItNotTheStore() throws {
+        let moto = try MotoServer()
+        let a = TempDir()
+        let b = TempDir()
+        let one = try ChunkStore(root: a.path, options: Self.options(), create: true, objects: S3PackObjectStore(settings: moto.settings))
+        let two = try ChunkStore(
+            root: b.path, options: Self.options(sharingCatalogOf: a.path), create: true, objects: S3PackObjectStore(settings: moto.settings)
+        )
+        let data = randomBytes(1 << 20, seed: 61)
+        _ = try one.write(data) // stored, and garbage: nothing keeps it...
+        // ...and past its grace period (the writer below is not: GC keeps a write in progress).
+        try one.catalog.write { try $0.run("UPDATE blobs SET updated_at = 0 WHERE state = 1") }
+        let writer = try two.makeWriter()
+        try writer.write(data) // every chunk found stored: references only, committed at finish
+        _ = try one.collectGarbage()
+        #expect(try one.stats().chunks == 0, "the sweep deleted the chunks")
+        #expect { _ = try writer.finish(retain: "keep") } throws: { "\($0)".contains("garbage collection on another replica") }
+        #expect(try one.fsck(deep: true).isClean)
+        // The client's retry stores the bytes again.
+        let again = try two.write(data, retain: "keep")
+        #expect(try one.readAll(again.digest) == data)
+    }
+}
