@@ -6,7 +6,8 @@
 #                                    with them (docs/PIPELINES.md, "The sandbox")
 #   scripts/install-deps.sh --test   also the real peers the tests run: skopeo, containerd,
 #                                    docker-registry (CNCF distribution), PostgreSQL (the suite
-#                                    runs again on it), curl (Debian) and
+#                                    runs again on it), haproxy (the scale-out scenario), curl
+#                                    (Debian) and
 #                                    oras-py, requests, onnx, numpy, moto[server] (PyPI), and the e2e
 #                                    Python environment (scripts/e2e/python-env.sh: a real
 #                                    Triton server, onnxruntime, skl2onnx, scikit-learn, skops,
@@ -17,7 +18,7 @@ set -euo pipefail
 packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev libpq-dev bubblewrap util-linux)
 python_modules=()
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(skopeo containerd docker-registry curl tar gzip python3-pip prometheus openssl postgresql)
+  packages+=(skopeo containerd docker-registry curl tar gzip python3-pip prometheus openssl postgresql haproxy)
   python_modules+=(oras requests onnx numpy)
 fi
 need=()

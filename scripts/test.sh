@@ -3,7 +3,8 @@
 # distribution, oras, a Python environment with a real Triton server, onnxruntime, skl2onnx),
 # builds the depot executable (the crash and pipeline tests run it as a child process), runs the
 # whole Swift test suite, then again with the catalog in a throwaway PostgreSQL
-# (scripts/test-postgres.sh), then the end-to-end scenarios under scripts/e2e/ and a smoke run of every
+# (scripts/test-postgres.sh), then the end-to-end scenarios under scripts/e2e/ (scale-out: three
+# replicas behind haproxy on PostgreSQL and an S3 emulator; pipeline; canary) and a smoke run of every
 # libFuzzer harness (scripts/fuzz.sh --smoke: past crashes replayed, then a few seconds each).
 # `swift format lint` runs first, then scripts/test-hooks.sh (the Python hooks: mypy and unit tests).
 set -euo pipefail
@@ -21,6 +22,7 @@ swift build --product depot
 swift test --disable-xctest "$@"
 if [[ $# -eq 0 ]]; then
   scripts/test-postgres.sh
+  scripts/e2e/scale.sh
   scripts/e2e/pipeline.sh
   scripts/e2e/canary.sh
   scripts/fuzz.sh --smoke

@@ -310,6 +310,9 @@ public final class AuthService: Sendable {
         guard enabled else { return }
         let nowMs = now()
         try db.write { c in
+            // Replicas starting together bootstrap one at a time: the second finds the first's token
+            // (the audit append below takes this lock anyway; taken first, it orders the reads too).
+            try c.lock(.appends)
             if let secret {
                 guard secret.utf8.count >= 32, secret.utf8.count <= 200, secret.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
                     throw DepotError.invalidArgument(

@@ -53,7 +53,7 @@ extension ChunkStore {
                 let n = PackFormat.recordHeaderSize + loc.storedLength
                 let record = UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + n)])
                 func readAt(_ loc: ChunkLocation) -> Bool {
-                    guard (try? files.file(loc.pack).read(into: record, at: loc.offset)) != nil,
+                    guard (try? files.readRecord(pack: loc.pack, at: loc.offset, into: record)) != nil,
                         let h = PackFormat.decode(UnsafeRawBufferPointer(record))
                     else { return false }
                     return h.hash == hash && h.storedLength == loc.storedLength && h.rawLength == loc.rawLength
