@@ -1,11 +1,11 @@
 import DepotCatalog
 import DepotCore
-import DepotStore
 import DepotTestSupport
 import Foundation
 import Testing
 
 @testable import DepotObjectStore
+@testable import DepotStore
 
 /// The chunk store in S3 mode against a real `moto_server` (an S3 emulator) on loopback.
 @Suite(.enabled(if: MotoServer.executable != nil, "\(MotoServer.skipMessage)"))
@@ -312,5 +312,31 @@ extension S3StoreTests {
         // The client's retry stores the bytes again.
         let again = try two.write(data, retain: "keep")
         #expect(try one.readAll(again.digest) == data)
+    }
+}
+
+extension S3StoreTests {
+    /// `depot pull` asks any replica for a blob's chunk records: they come from the bucket, not
+    /// from a local pack file (which a replica that did not write the pack never has).
+    @Test func anotherReplicaServesChunkRecordsFromTheBucket() throws {
+        let moto = try MotoServer()
+        let a = TempDir()
+        let b = TempDir()
+        let one = try ChunkStore(root: a.path, options: Self.options(), create: true, objects: S3PackObjectStore(settings: moto.settings))
+        let two = try ChunkStore(
+            root: b.path, options: Self.options(sharingCatalogOf: a.path), create: true, objects: S3PackObjectStore(settings: moto.settings))
+        let data = randomBytes(2 << 20, seed: 62)
+        let digest = try one.write(data, retain: "keep").digest
+        let blob = try #require(try two.blob(digest))
+        let recipe = try two.recipe(of: blob, from: 0, limit: 1000)
+        let records = try two.records(recipe.map(\.hash), of: blob, as: [UInt8].self)
+        // Each record is a header naming its chunk, then its payload; together they decode to the blob.
+        var at = 0
+        for entry in recipe {
+            let header = try #require(records.withUnsafeBytes { PackFormat.decode(UnsafeRawBufferPointer(rebasing: $0[at...])) })
+            #expect(header.hash == entry.hash && header.rawLength == entry.length)
+            at += PackFormat.recordHeaderSize + header.storedLength
+        }
+        #expect(at == records.count && recipe.count > 4)
     }
 }
