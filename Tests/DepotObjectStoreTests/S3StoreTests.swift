@@ -324,7 +324,8 @@ extension S3StoreTests {
         let b = TempDir()
         let one = try ChunkStore(root: a.path, options: Self.options(), create: true, objects: S3PackObjectStore(settings: moto.settings))
         let two = try ChunkStore(
-            root: b.path, options: Self.options(sharingCatalogOf: a.path), create: true, objects: S3PackObjectStore(settings: moto.settings))
+            root: b.path, options: Self.options(sharingCatalogOf: a.path), create: true, objects: S3PackObjectStore(settings: moto.settings)
+        )
         let data = randomBytes(2 << 20, seed: 62)
         let digest = try one.write(data, retain: "keep").digest
         let blob = try #require(try two.blob(digest))
