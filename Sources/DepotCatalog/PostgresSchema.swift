@@ -16,7 +16,7 @@ import Foundation
 enum PostgresSchema {
     static let steps: [(version: Int64, sql: String)] = [(11, baseline), (12, uploadSessions)]
 
-    /// Migration 12 (`Schema.migrations[11]`): upload sessions.
+    /// Migration 12 (`Schema.migrations[11]`): upload sessions and chunk proofs.
     static let uploadSessions = """
         CREATE TABLE upload_sessions(
             id TEXT PRIMARY KEY,
@@ -38,6 +38,13 @@ enum PostgresSchema {
             PRIMARY KEY(session_id, first_byte)
         );
         CREATE INDEX upload_segments_by_blob ON upload_segments(blob_id);
+        CREATE TABLE chunk_proofs(
+            principal TEXT NOT NULL,
+            hash BYTEA NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY(principal, hash)
+        );
+        CREATE INDEX chunk_proofs_by_age ON chunk_proofs(created_at);
         """
 
     /// The version the catalog is at; 0 when it has no tables yet.

@@ -411,7 +411,9 @@ enum Schema {
         """,
         // 12: upload sessions in the catalog, so any replica serves the next request of a chunked
         // upload (see `UploadSessionRow`). A segment is an unfinished blob holding a committed part
-        // of the upload; GC keeps every blob a segment names.
+        // of the upload; GC keeps every blob a segment names. Chunk proofs (a principal uploaded
+        // a chunk's bytes, so it may name the chunk in a recipe) move here from each process's
+        // memory for the same reason: the upload and the recipe commit may reach two replicas.
         """
         CREATE TABLE upload_sessions(
             id TEXT PRIMARY KEY,
@@ -433,6 +435,13 @@ enum Schema {
             PRIMARY KEY(session_id, first_byte)
         );
         CREATE INDEX upload_segments_by_blob ON upload_segments(blob_id);
+        CREATE TABLE chunk_proofs(                      -- chunks a principal uploaded (ChunkVisibility)
+            principal TEXT NOT NULL,
+            hash BLOB NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY(principal, hash)
+        ) WITHOUT ROWID;
+        CREATE INDEX chunk_proofs_by_age ON chunk_proofs(created_at);
         """,
     ]
 

@@ -172,4 +172,35 @@ extension CatalogConnection {
             try run("DELETE FROM blobs WHERE id = ?", .int(part))
         }
     }
+
+    // MARK: chunk proofs
+
+    /// Records that `principal` uploaded these chunks (the server hashed their bytes).
+    public func recordChunkProofs(principal: String, _ hashes: [SHA256.Value], now: Int64) throws {
+        for h in hashes {
+            try run(
+                "INSERT INTO chunk_proofs(principal, hash, created_at) VALUES(?,?,?) ON CONFLICT DO NOTHING", .text(principal), .hash(h),
+                .int(now))
+        }
+    }
+
+    /// Which of `hashes` `principal` proved it has.
+    public func provenChunks(principal: String, _ hashes: [SHA256.Value]) throws -> Set<SHA256.Value> {
+        var out = Set<SHA256.Value>()
+        for h in hashes where !out.contains(h) {
+            if try first("SELECT 1 FROM chunk_proofs WHERE principal = ? AND hash = ?", .text(principal), .hash(h), map: { _ in true })
+                != nil
+            {
+                out.insert(h)
+            }
+        }
+        return out
+    }
+
+    /// Forgets proofs recorded before `createdBefore`; returns how many.
+    @discardableResult
+    public func deleteChunkProofs(createdBefore: Int64) throws -> Int {
+        try run("DELETE FROM chunk_proofs WHERE created_at < ?", .int(createdBefore))
+        return changes
+    }
 }

@@ -303,7 +303,8 @@ public final class UploadSessions: Sendable {
 
     /// Deletes sessions idle for longer than the idle timeout (and not held by a live request),
     /// and sessions older than their maximum lifetime even while a request holds them (that
-    /// request then fails when it renews or acknowledges); returns how many. Runs on the leader.
+    /// request then fails when it renews or acknowledges); returns how many. Also forgets chunk
+    /// proofs older than the write grace period. Runs on the leader.
     @discardableResult
     public func expire(now: Date = Date()) -> Int {
         let ms = Self.millis(now)
@@ -314,6 +315,9 @@ public final class UploadSessions: Sendable {
         }
         var expired = 0
         for id in stale where (try? store.catalog.write { try $0.deleteUploadSession(id) }) == true { expired += 1 }
+        // Chunk proofs vouch for staged chunks, which GC keeps for the write grace period: no longer.
+        let proofsBefore = ms - store.options.writeGraceSeconds * 1000
+        _ = try? store.catalog.write { try $0.deleteChunkProofs(createdBefore: proofsBefore) }
         return expired
     }
 }

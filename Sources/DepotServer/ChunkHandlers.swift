@@ -160,7 +160,10 @@ struct ChunkHandlers: RouteHandlers {
             }
         }
         try await offload { try receiver.finish() }
-        if let visibility, let p = Caller.principal { visibility.recordProof(p, proofs.withLock { $0 }) }
+        if let visibility, let p = Caller.principal {
+            let hashes = proofs.withLock { $0 }
+            try await offload { try visibility.recordProof(p, hashes) }
+        }
         let stored = receiver.stored
         return Reply.encoded(ChunkUploadAnswer(received: receiver.received, stored: stored), status: 201)
     }

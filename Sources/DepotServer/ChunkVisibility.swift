@@ -2,6 +2,7 @@ import DepotAuth
 import DepotCatalog
 import DepotCore
 import DepotRegistry
+import Foundation
 
 /// Chunk negotiation under authentication: knowing a chunk's hash is not access. A caller is told
 /// a chunk is stored, and may commit a recipe naming it, only if a repository it may pull holds
@@ -10,14 +11,13 @@ import DepotRegistry
 /// so the missing-chunks answer is no oracle of other repositories' content and a leaked recipe
 /// does not open a blob.
 ///
-/// Proofs live in this process (bounded; an upload and its commit go to one server). A caller
-/// who may pull every repository skips all of it.
+/// Proofs live in the catalog (`chunk_proofs`), so a chunk uploaded through one replica may be
+/// named in a recipe committed through another; they are forgotten after the write grace period
+/// (upload expiry), as the staged chunks they vouch for would be. A caller who may pull every
+/// repository skips all of it.
 final class ChunkVisibility: Sendable {
     let policy: AuthPolicy
     let db: Database
-    /// Chunks each principal uploaded, by principal id.
-    private let proven = Locked<(byPrincipal: [String: Set<SHA256.Value>], count: Int)>(([:], 0))
-    static let maxProofs = 1 << 20
 
     init(policy: AuthPolicy, db: Database) {
         self.policy = policy
@@ -29,26 +29,19 @@ final class ChunkVisibility: Sendable {
         p.access == nil && p.grants.contains { $0.role.actions.contains(.pull) && $0.repositories.contains { $0.pattern == "**" } }
     }
 
-    func recordProof(_ p: Principal, _ hashes: [SHA256.Value]) {
+    func recordProof(_ p: Principal, _ hashes: [SHA256.Value]) throws {
         guard !hashes.isEmpty, !seesEverything(p) else { return }
-        proven.withLock { state in
-            if state.count + hashes.count > Self.maxProofs {
-                // Forget everyone's proofs: a later commit then asks for the chunks again.
-                state = ([:], 0)
-            }
-            var set = state.byPrincipal[p.id] ?? []
-            for h in hashes where set.insert(h).inserted { state.count += 1 }
-            state.byPrincipal[p.id] = set
-        }
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        try db.write { try $0.recordChunkProofs(principal: p.id, hashes, now: now) }
     }
 
     /// The hashes among `stored` (chunks the store has) the principal may not know of.
     func hidden(_ p: Principal, _ stored: [SHA256.Value]) throws -> [SHA256.Value] {
         guard !seesEverything(p) else { return [] }
-        let mine = proven.withLock { $0.byPrincipal[p.id] ?? [] }
         var out: [SHA256.Value] = []
         var seen = Set<SHA256.Value>()
         try db.read { conn in
+            let mine = try conn.provenChunks(principal: p.id, stored)
             for h in stored where seen.insert(h).inserted && !mine.contains(h) {
                 let repos = try conn.repositoriesHoldingChunk(h)
                 if !repos.contains(where: { Authorizer.canPull(p, $0, policy: policy) }) { out.append(h) }

@@ -18,6 +18,10 @@
 # every check passed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# DEPOT_E2E_REPLICAS=3: the registry is three replicas on PostgreSQL and an S3 emulator behind
+# haproxy (scripts/e2e/replicas.sh), and the leader running the canary controller is killed
+# mid-rollout in (a); (c)-(e) are left to the single-server run.
+REPLICAS="${DEPOT_E2E_REPLICAS:-1}"
 ROOT="$PWD"
 DEPOT="${DEPOT_BIN:-$ROOT/.build/debug/depot}"
 [[ -x "$DEPOT" ]] || swift build --product depot >&2 || { echo "FAIL: cannot build depot"; exit 1; }
@@ -33,6 +37,7 @@ failed=0
 ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; failed=1; }
 cleanup() {
+  declare -F replicas_cleanup > /dev/null && replicas_cleanup
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
   for pid in "${PIDS[@]}"; do
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -93,8 +98,20 @@ EOF
 # Authentication is on: each actor has the least it needs. CI pushes, a release manager (deployer)
 # drives rollouts, each Triton agent has a node token for production only, an auditor reads.
 ADMIN="$(openssl rand -hex 32)"
-DEPOT_ADMIN_TOKEN="$ADMIN" "$DEPOT" serve --config "$T/depot.yaml" > "$T/depot.log" 2>&1 & PIDS+=($!)
-wait_for 20 "depot serve" curl -sf "$DEPOT_REGISTRY/healthz" || exit 1
+if (( REPLICAS > 1 )); then
+  # Scaled out (scripts/e2e/replicas.sh): the same configuration on every replica, plus the shared
+  # PostgreSQL catalog and S3 bucket; everything below talks to the balancer.
+  source scripts/e2e/replicas.sh
+  replicas_backends || exit 1
+  for n in $(seq 1 "$REPLICAS"); do replicas_configure "$n" "$T/depot.yaml"; done
+  for n in $(seq 1 "$REPLICAS"); do replicas_start "$n"; done
+  for n in $(seq 1 "$REPLICAS"); do replicas_ready "$n" || exit 1; done
+  replicas_balancer "$REPLICAS" || exit 1
+  export DEPOT_REGISTRY="http://$LB"
+else
+  DEPOT_ADMIN_TOKEN="$ADMIN" "$DEPOT" serve --config "$T/depot.yaml" > "$T/depot.log" 2>&1 & PIDS+=($!)
+  wait_for 20 "depot serve" curl -sf "$DEPOT_REGISTRY/healthz" || exit 1
+fi
 secret() { DEPOT_TOKEN="$ADMIN" "$DEPOT" admin token create "$@" --json | json 'd["secret"]'; }
 CI="$(secret --name ci --role writer --repositories 'demo/**')"
 RELEASE="$(secret --name release --role deployer --repositories 'demo/**')"
@@ -160,7 +177,12 @@ rollout_is() { [[ "$(rollout_state)" == "$1" ]]; }
 "$DEPOT" rollout start "$REPO" production v2 > /dev/null && ok "rollout of v2 started" || bad "rollout start v2"
 conflict="$("$DEPOT" rollout start "$REPO" production v3 2>&1)"
 [[ "$conflict" == *"promote, abort or wait"* ]] && ok "a second rollout during one is refused: ${conflict#Error: }" || bad "concurrent rollout: $conflict"
-wait_for 120 "v2 to be promoted" rollout_is promoted
+if (( REPLICAS > 1 )); then
+  # The canary controller runs on the leader: kill it once the rollout has taken its first step.
+  advanced() { status | "$PY" -c 'import json,sys; sys.exit(0 if len(json.load(sys.stdin)["rollout"]["decisions"]) >= 2 else 1)'; }
+  wait_for 60 "v2's first step" advanced && replicas_fail_over
+fi
+wait_for 180 "v2 to be promoted" rollout_is promoted
 status > "$T/a.json"
 "$DEPOT" rollout status "$REPO" production
 "$PY" - "$T/a.json" "$V2" <<'EOF' && ok "v2 went 1% -> 10% -> 50% -> 100% on passing checks and is stable" || bad "scenario (a): $(head -c 1500 "$T/a.json")"
@@ -195,6 +217,8 @@ tail -n 1 "$T/history.txt" | grep -q "error-rate" && ok "alias history shows the
   || bad "alias history: $(cat "$T/history.txt")"
 wait_for 60 "both nodes back on v2" nodes_on "$V2" && ok "both nodes are back on the stable v2"
 
+# Scaled out, (c) to (e) add nothing about replicas: they run in the single-server scenario.
+if (( REPLICAS == 1 )); then
 # (c) a slow version is rolled back on latency relative to the stable one.
 "$DEPOT" rollout start "$REPO" production v4 > /dev/null && ok "rollout of v4 (300 ms a request) started" || bad "rollout start v4"
 wait_for 60 "v4 to be rolled back" rollout_is rolled-back
@@ -243,6 +267,8 @@ assert "no signature by a trusted key" in r["reason"], r["reason"]
 EOF
 grep -q "refusing to load" "$T"/sync?.log && ok "triton-sync refused to load the unsigned digest" || bad "triton-sync logs: $(tail -n 5 "$T"/sync?.log)"
 wait_for 60 "both nodes on v2" nodes_on "$V2" && ok "both nodes still serve the signed v2"
+
+fi
 
 # The served facts and the audit journal.
 served="$(curl -sf -H "Authorization: Bearer $AUDITOR" "$DEPOT_REGISTRY/depot/v1/lineage/$V3/served")"

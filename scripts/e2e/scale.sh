@@ -26,105 +26,47 @@ DEPOT="${DEPOT_BIN:-$ROOT/.build/debug/depot}"
 command -v haproxy >/dev/null || { echo "FAIL: haproxy is not installed (scripts/install-deps.sh --test)"; exit 1; }
 VENV="$(scripts/e2e/python-env.sh | tail -n 1)" || { echo "FAIL: cannot prepare the Python environment"; exit 1; }
 PY="$VENV/bin/python"
-MOTO="$(command -v moto_server || echo "$VENV/bin/moto_server")"
-[[ -x "$MOTO" ]] || { echo "FAIL: moto_server is not installed (scripts/install-deps.sh --test)"; exit 1; }
 T="$(mktemp -d /tmp/depot-e2e-scale.XXXXXX)"
-chmod 755 "$T" # the PostgreSQL cluster below runs as the postgres user
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PIDS=()
-REPLICA_PIDS=()
 failed=0
 ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; failed=1; }
-cleanup() {
-  for pid in "${REPLICA_PIDS[@]}" "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${REPLICA_PIDS[@]}" "${PIDS[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null
-  done
-  scripts/postgres.sh stop "$T/pg" >/dev/null 2>&1
-  if [[ "$failed" == 0 ]]; then rm -rf "$T"; else echo "(kept $T for inspection: *.log)"; fi
-}
-trap cleanup EXIT
-json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 wait_for() {
   local deadline=$(( $(date +%s) + $1 )) what=$2; shift 2
   while (( $(date +%s) < deadline )); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
   bad "timed out after waiting for $what"; return 1
 }
+source scripts/e2e/replicas.sh
+cleanup() {
+  replicas_cleanup
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  if [[ "$failed" == 0 ]]; then rm -rf "$T"; else echo "(kept $T for inspection: *.log)"; fi
+}
+trap cleanup EXIT
+json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
-# PostgreSQL and the S3 endpoint.
-PG_PORT="$(free_port)"
-CATALOG="$(scripts/postgres.sh start "$T/pg" "$PG_PORT" | tail -n 1)" || { bad "PostgreSQL did not start"; exit 1; }
-S3_PORT="$(free_port)"
-"$MOTO" -H 127.0.0.1 -p "$S3_PORT" > "$T/moto.log" 2>&1 & PIDS+=($!)
-wait_for 30 "the S3 endpoint" curl -sf -X PUT "http://127.0.0.1:$S3_PORT/depot-scale" || exit 1
-ok "PostgreSQL at ${CATALOG%%\?*} and an S3 bucket (moto) at 127.0.0.1:$S3_PORT"
-export AWS_ACCESS_KEY_ID=scale-key AWS_SECRET_ACCESS_KEY=scale-secret
-
-# Three replicas: the same catalog schema, bucket and token signing key; each its own root (the
-# staging copies of packs being uploaded) and port.
+replicas_backends || exit 1
+# Three replicas: the same catalog schema, bucket and token signing key; each its own scratch
+# root and port. All three start at once, as a Deployment starts them: they migrate, bootstrap
+# the admin token and elect a leader together.
 ADMIN="$(openssl rand -hex 32)"
-openssl ecparam -name prime256v1 -genkey -noout -out "$T/token-key.pem" 2>/dev/null && chmod 600 "$T/token-key.pem"
-RPORT=()
-config() { # config N ROOT PORT
-  cat <<EOF
-server: {listen: 127.0.0.1:$3, log_level: debug} # debug: one line per request (which replica served what)
-catalog: {driver: postgres, url: "$CATALOG", schema: depot_scale}
-storage:
-  root: $2
-  backend: s3
-  gc_interval_hours: 0.0025
-  s3: {endpoint: "http://127.0.0.1:$S3_PORT", bucket: depot-scale, region: us-east-1, prefix: scale/}
-auth: {enabled: true, signing_key_file: $T/token-key.pem}
+cat > "$T/base.yaml" <<EOF
+auth: {enabled: true}
 pipelines: {directory: ""}
 signing: {enabled: false}
 EOF
-}
-start_replica() { # start_replica N
-  DEPOT_ADMIN_TOKEN="$ADMIN" "$DEPOT" serve --config "$T/r$1.yaml" >> "$T/r$1.log" 2>&1 &
-  REPLICA_PIDS[$1]=$!
-}
-for n in 1 2 3; do
-  RPORT[$n]="$(free_port)"
-  config "$n" "$T/r$n" "${RPORT[$n]}" > "$T/r$n.yaml"
-done
-# All three at once, as a Deployment starts them: they migrate, bootstrap and elect together.
-for n in 1 2 3; do start_replica "$n"; done
-for n in 1 2 3; do wait_for 60 "replica $n to be ready" curl -sf "http://127.0.0.1:${RPORT[$n]}/readyz" || exit 1; done
+for n in 1 2 3; do replicas_configure "$n" "$T/base.yaml"; done
+for n in 1 2 3; do replicas_start "$n"; done
+for n in 1 2 3; do replicas_ready "$n" || exit 1; done
 ok "three replicas ready (/readyz: catalog and bucket reachable)"
-leaders() { for n in 1 2 3; do curl -s -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:${RPORT[$n]}/metrics" | grep -q '^depot_leader 1' && echo "$n"; done; }
-one_leader() { [[ "$(leaders | wc -l)" == 1 ]]; }
-wait_for 20 "exactly one leader" one_leader && LEADER="$(leaders)" && ok "exactly one leader: replica $LEADER (depot_leader in /metrics)"
-
-# The balancer: round robin, health checks on /healthz, a connection refused is retried elsewhere.
-LB_PORT="$(free_port)"
-cat > "$T/haproxy.cfg" <<EOF
-global
-  maxconn 256
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 120s
-  timeout server 120s
-  retries 2
-  option redispatch
-frontend registry
-  bind 127.0.0.1:$LB_PORT
-  default_backend replicas
-backend replicas
-  balance roundrobin
-  option httpchk GET /healthz
-  default-server check inter 500ms fall 2 rise 2
-  server r1 127.0.0.1:${RPORT[1]}
-  server r2 127.0.0.1:${RPORT[2]}
-  server r3 127.0.0.1:${RPORT[3]}
-EOF
-haproxy -f "$T/haproxy.cfg" -db > "$T/haproxy.log" 2>&1 & PIDS+=($!)
-LB="127.0.0.1:$LB_PORT"
+wait_for 20 "exactly one leader" replicas_one_leader && LEADER="$(replicas_leaders)" && ok "exactly one leader: replica $LEADER (depot_leader in /metrics)"
+replicas_balancer 3 || exit 1
 export DEPOT_REGISTRY="http://$LB"
-wait_for 20 "the balancer" curl -sf "http://$LB/healthz" || exit 1
-ok "haproxy round robin at $LB"
 
 secret() { DEPOT_TOKEN="$ADMIN" "$DEPOT" admin token create "$@" --json | json 'd["secret"]'; }
 CI="$(secret --name ci --role writer --repositories '**')"
@@ -248,30 +190,20 @@ else
 fi
 "$DEPOT" pull scale/big:v1 -o "$T/pulled-big" --quiet > /dev/null 2>&1 && cmp -s "$T/big/weights.bin" "$T/pulled-big/weights.bin" \
   && ok "the artifact reads back intact" || bad "pull after the kill"
-start_replica "$VICTIM"
-wait_for 60 "replica $VICTIM to come back" curl -sf "http://127.0.0.1:${RPORT[$VICTIM]}/readyz"
+replicas_start "$VICTIM"
+replicas_ready "$VICTIM"
 
 # (e) kill -9 of the leader: another replica takes over and runs GC.
-kill -9 "${REPLICA_PIDS[$LEADER]}" 2>/dev/null
-KILLED_AT=$(date +%s)
-new_leader() { local l; l="$(leaders)"; [[ -n "$l" && "$l" != "$LEADER" && "$(echo "$l" | wc -l)" == 1 ]]; }
-if wait_for 30 "a new leader" new_leader; then
-  NEW="$(leaders)"
-  ok "replica $NEW became the leader $(( $(date +%s) - KILLED_AT )) s after replica $LEADER was killed"
-  grep -q "leader: this replica now runs" "$T/r$NEW.log" && ok "its log says so: $(grep -m1 "leader: this replica now runs" "$T/r$NEW.log" | sed 's/.*leader: /leader: /' | cut -c1-160)" \
-    || bad "no leadership line in replica $NEW's log"
-  gc_ran() { grep -q "^.*gc: deleted" "$T/r$NEW.log"; }
-  wait_for 40 "GC on the new leader" gc_ran && ok "the new leader ran GC: $(grep -m1 "gc: deleted" "$T/r$NEW.log" | sed 's/.*gc: /gc: /' | cut -c1-160)"
+if replicas_fail_over; then
+  gc_ran() { grep -q "gc: deleted" "$T/r$NEW_LEADER.log"; }
+  wait_for 40 "GC on the new leader" gc_ran && ok "the new leader ran GC: $(grep -m1 "gc: deleted" "$T/r$NEW_LEADER.log" | sed 's/.*gc: /gc: /' | cut -c1-160)"
 fi
-start_replica "$LEADER"
-wait_for 60 "replica $LEADER to come back" curl -sf "http://127.0.0.1:${RPORT[$LEADER]}/readyz"
-wait_for 10 "exactly one leader after the restart" one_leader && ok "one leader with all three replicas back"
+wait_for 10 "exactly one leader after the restart" replicas_one_leader && ok "one leader with all three replicas back"
 
 # (f) Stop the replicas; fsck reads the catalog and the bucket.
-for n in 1 2 3; do kill "${REPLICA_PIDS[$n]}" 2>/dev/null; done
-for n in 1 2 3; do for _ in $(seq 1 100); do kill -0 "${REPLICA_PIDS[$n]}" 2>/dev/null || break; sleep 0.1; done; done
+replicas_stop
 
-if "$DEPOT" fsck --config "$T/r1.yaml" --catalog "$CATALOG" --catalog-schema depot_scale --deep > "$T/fsck.log" 2>&1; then
+if "$DEPOT" fsck --config "$T/r1.yaml" --catalog "$CATALOG" --catalog-schema "$REPLICA_SCHEMA" --deep > "$T/fsck.log" 2>&1; then
   ok "depot fsck --deep: clean ($(tail -n 1 "$T/fsck.log" | cut -c1-120))"
 else
   bad "fsck: $(tail -n 5 "$T/fsck.log")"
