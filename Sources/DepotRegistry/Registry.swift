@@ -12,7 +12,7 @@ public final class Registry: Sendable {
     public let store: ChunkStore
     public let uploads: UploadSessions
     public let policy: TagPolicy
-    let cache = ManifestCache(capacityBytes: 64 << 20)
+    let cache: ManifestCache
     var db: Database { store.catalog }
 
     /// Format inspection of pushed layers: bounded concurrency, per-blob budgets, a digest cache.
@@ -24,6 +24,11 @@ public final class Registry: Sendable {
     ) {
         self.store = store
         self.policy = policy
+        if case .postgres = store.catalog.location {
+            cache = ManifestCache(capacityBytes: 64 << 20, replicated: true)
+        } else {
+            cache = ManifestCache(capacityBytes: 64 << 20)
+        }
         inspection = InspectionService(limits: inspectionLimits)
         uploads = UploadSessions(store: store, limits: limits)
     }
@@ -261,6 +266,19 @@ public final class Registry: Sendable {
 
     /// The manifest a tag or digest names.
     public func manifest(_ repository: RepositoryName, _ reference: Reference) throws -> ManifestRecord {
+        if cache.replicated, case .tag(let t) = reference {
+            // Replicas: another one may move the tag at any moment, and its write clears only its
+            // own cache. So a tag is always read from the catalog; the manifest it names (content
+            // addressed) may come from the cache.
+            let digest = try db.read { conn -> Digest in
+                guard let repo = try conn.repositoryID(repository.value) else {
+                    throw RegistryError(.nameUnknown, "repository \(repository) is not known")
+                }
+                guard let d = try conn.tag(repo: repo, t) else { throw RegistryError(.manifestUnknown, "tag \(t) is not in \(repository)") }
+                return d
+            }
+            return try manifest(repository, .digest(digest))
+        }
         let key = repository.value + "\u{0}" + reference.description
         let cached = cache.get(key)
         if let hit = cached.value { return hit }
@@ -379,16 +397,30 @@ public final class Registry: Sendable {
 
 /// A small cache of manifests by (repository, reference), cleared on every manifest or tag
 /// write. A generation number keeps a read that raced with a write from caching what it read.
+///
+/// With replicas (`replicated`: a PostgreSQL catalog), writes on other replicas do not clear it:
+/// it then holds digest references only (`Registry.manifest` reads tags from the catalog), and an
+/// entry is trusted for `replicatedTTL` seconds, the longest another replica's delete of a
+/// manifest can go unnoticed here.
 final class ManifestCache: Sendable {
-    private let state = Locked((entries: [String: ManifestRecord](), bytes: 0, generation: 0))
+    private let state = Locked((entries: [String: (record: ManifestRecord, at: ContinuousClock.Instant)](), bytes: 0, generation: 0))
     /// Total manifest bytes kept; the cache empties itself when full.
     let capacityBytes: Int
+    let replicated: Bool
+    static let replicatedTTL: Duration = .seconds(30)
 
-    init(capacityBytes: Int) { self.capacityBytes = capacityBytes }
+    init(capacityBytes: Int, replicated: Bool = false) {
+        self.capacityBytes = capacityBytes
+        self.replicated = replicated
+    }
 
     /// The cached value, or the current generation to pass to `put` after reading the catalog.
-    func get(_ key: String) -> (value: ManifestRecord?, generation: Int) {
-        state.withLock { ($0.entries[key], $0.generation) }
+    func get(_ key: String, now: ContinuousClock.Instant = .now) -> (value: ManifestRecord?, generation: Int) {
+        state.withLock { s in
+            guard let e = s.entries[key] else { return (nil, s.generation) }
+            if replicated && now - e.at > Self.replicatedTTL { return (nil, s.generation) }
+            return (e.record, s.generation)
+        }
     }
 
     func put(_ key: String, _ value: ManifestRecord, readAt generation: Int) {
@@ -398,7 +430,7 @@ final class ManifestCache: Sendable {
                 s.entries.removeAll(keepingCapacity: true)
                 s.bytes = 0
             }
-            if s.entries.updateValue(value, forKey: key) == nil { s.bytes += value.content.count }
+            if s.entries.updateValue((value, .now), forKey: key) == nil { s.bytes += value.content.count }
         }
     }
 

@@ -253,3 +253,24 @@ import Testing
         #expect(UploadSessions.clientKey("2001:db8:1:3::1") != UploadSessions.clientKey("2001:db8:1:2::1"))
     }
 }
+
+/// Two replicas on one PostgreSQL catalog: a tag moved through one is what the other resolves at
+/// once, whatever either has cached (a cache cleared only by local writes would keep serving the
+/// old manifest for a moved tag on every other replica).
+@Suite(.enabled(if: Database.isTestingOnPostgres, "replicas need a PostgreSQL catalog"))
+struct ReplicatedManifestCacheTests {
+    @Test func aTagMovedOnOneReplicaResolvesToTheNewManifestOnAnother() throws {
+        let one = try TestRegistry()
+        let dir = TempDir("depot-replica")
+        var options = StoreOptions()
+        options.catalog = one.registry.store.catalog.location
+        let two = Registry(store: try ChunkStore(root: dir.path + "/store", options: options, create: true))
+        let name = try RepositoryName("models/cached")
+        let v1 = try one.pushManifest(name.value, "latest", layers: [[1, 2, 3]])
+        #expect(try two.manifest(name, .tag("latest")).digest == v1)
+        #expect(try two.manifest(name, .tag("latest")).digest == v1, "now from its cache, if it caches tags")
+        let v2 = try one.pushManifest(name.value, "latest", layers: [[4, 5, 6]])
+        #expect(v2 != v1)
+        #expect(try two.manifest(name, .tag("latest")).digest == v2)
+    }
+}

@@ -12,7 +12,9 @@
 #       other two, and the artifact reads back intact;
 #   (e) kill -9 of the leader: another replica takes over within seconds (its log and /metrics
 #       `depot_leader` say so) and runs the garbage collector;
-#   (f) afterwards `depot fsck --deep` finds nothing acknowledged missing.
+#   (f) afterwards `depot fsck --deep` finds nothing acknowledged missing;
+#   (g) the canary scenario (scripts/e2e/canary.sh) on three replicas of its own, with the leader
+#       running the canary controller killed mid-rollout: the rollout completes on the new leader.
 #
 #   scripts/e2e/scale.sh        (after `swift build --product depot`; builds it if missing)
 #
@@ -207,6 +209,14 @@ if "$DEPOT" fsck --config "$T/r1.yaml" --catalog "$CATALOG" --catalog-schema "$R
   ok "depot fsck --deep: clean ($(tail -n 1 "$T/fsck.log" | cut -c1-120))"
 else
   bad "fsck: $(tail -n 5 "$T/fsck.log")"
+fi
+# (g) The canary scenario on three replicas of its own: real Triton nodes and Prometheus, the
+# leader running the canary controller killed after the rollout's first step.
+echo "(g) scripts/e2e/canary.sh with DEPOT_E2E_REPLICAS=3:"
+if DEPOT_E2E_REPLICAS=3 scripts/e2e/canary.sh > "$T/canary.log" 2>&1; then
+  grep -E "^ok: (kill -9|v2 went|v3 rolled back|audit chain)" "$T/canary.log" | sed 's/^ok: /ok: canary: /'
+else
+  bad "the canary scenario on replicas: $(grep -E "^FAIL" "$T/canary.log" | head -n 5)"
 fi
 [[ "$failed" == 0 ]] && echo "scale: all checks passed" || echo "scale: FAILED"
 exit "$failed"
