@@ -1,4 +1,5 @@
 import ArgumentParser
+import DepotCatalog
 import DepotCore
 import DepotFormats
 import DepotServer
@@ -68,6 +69,8 @@ struct Bench: ParsableCommand {
         @Option(help: "Generated content: random or weights (fp32 N(0, 0.02)).") var data = "random"
         @Option(help: "Ingest this file instead of a generated one.") var file: String?
         @Option(help: "Work directory (default: a temporary directory).") var workdir: String?
+        @Option(help: "Keep the catalog in this PostgreSQL database (a libpq URL; a fresh schema, dropped after) instead of SQLite.")
+        var catalog: String?
         @Flag var json = false
 
         func run() throws {
@@ -80,7 +83,11 @@ struct Bench: ParsableCommand {
                 try BenchData.writeFile(path, mib: mib, kind: data)
             }
             let size = try PosixFile(path: path, mode: .read).size()
-            let store = try ChunkStore(root: dir + "/store", create: true)
+            var options = StoreOptions()
+            let schema = "bench_ingest_\(getpid())"
+            if let catalog { options.catalog = .postgres(PostgresSettings(url: catalog, schema: schema, poolSize: 4)) }
+            defer { if let catalog { try? Database.dropSchema(PostgresSettings(url: catalog, schema: schema)) } }
+            let store = try ChunkStore(root: dir + "/store", options: options, create: true)
             var results: [String: Double] = ["bytes": Double(size)]
             PeakMemory.reset()
             var written: WriteResult?
