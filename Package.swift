@@ -156,7 +156,8 @@ let package = Package(
             dependencies: ["DepotRegistry", "DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotTestSupport"]
         ),
         .testTarget(
-            name: "DepotDeployTests", dependencies: ["DepotDeploy", "DepotRegistry", "DepotCore", "DepotCatalog", "DepotTestSupport"]),
+            name: "DepotDeployTests",
+            dependencies: ["DepotDeploy", "DepotRegistry", "DepotStore", "DepotCore", "DepotCatalog", "DepotTestSupport"]),
         .testTarget(
             name: "DepotPipelinesTests",
             dependencies: [

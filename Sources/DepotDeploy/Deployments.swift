@@ -89,6 +89,10 @@ public final class Deployments: Sendable {
         let digest = manifest.digest.description
         var changed: DeploymentRecord?
         let result = try db.write { conn -> Status in
+            // The audit append below takes this lock anyway; taken first, it also orders the reads,
+            // so two replicas starting the first rollout of a deployment at once do not both create
+            // it (a unique violation): the second sees the first's rollout and gets a 409.
+            try conn.lock(.appends)
             let now = Self.now()
             var d =
                 try conn.deployment(repository: repository.value, environment: environment)

@@ -2,6 +2,7 @@ import DepotCatalog
 import DepotCore
 import DepotDeploy
 import DepotRegistry
+import DepotStore
 import DepotTestSupport
 import Foundation
 import Testing
@@ -230,5 +231,41 @@ final class WeightLog: @unchecked Sendable {
         #expect(otherModel != nil && otherModel?.hasPrefix("other") == false, "a bundle serving another model")
         #expect(registryErrorCode { try d.status(repo, "staging") } == "NAME_UNKNOWN")
         #expect(registryErrorCode { try d.resolve(repo, "production", node: "../etc") } != nil)
+    }
+}
+
+/// Replicas (two registries on one PostgreSQL catalog) starting the first rollout of a new
+/// deployment at the same moment: one creates it, the other gets a clean conflict, never a
+/// database error about a duplicate row.
+@Suite(.enabled(if: Database.isTestingOnPostgres, "replicas need a PostgreSQL catalog"))
+struct ConcurrentRolloutStartTests {
+    @Test func twoReplicasStartingOneNewDeploymentGetOneSuccessAndOneConflict() throws {
+        let repo = try RepositoryName("vision/adder")
+        let t = try TestRegistry("deploy")
+        let dir = TempDir("deploy-replica")
+        var options = StoreOptions()
+        options.catalog = t.registry.store.catalog.location
+        // Opened first: a store with local packs refuses a catalog naming packs it does not have.
+        let other = Registry(store: try ChunkStore(root: dir.path + "/store", options: options, create: true))
+        try RolloutTests.bundle(t, "v1", marker: "1")
+        for round in 0..<5 {
+            let env = "env\(round)"
+            let replicas = [
+                Deployments(registry: t.registry, policy: RolloutTests.policy()),
+                Deployments(registry: other, policy: RolloutTests.policy()),
+            ]
+            let outcomes = Locked<[String]>([])
+            DispatchQueue.concurrentPerform(iterations: 2) { i in
+                do {
+                    _ = try replicas[i].start(repo, env, .tag("v1"), actor: "replica-\(i)")
+                    outcomes.withLock { $0.append("ok") }
+                } catch let e as RegistryError {
+                    outcomes.withLock { $0.append(e.code.rawValue) }
+                } catch {
+                    outcomes.withLock { $0.append("other: \(error)") }
+                }
+            }
+            #expect(outcomes.withLock { $0 }.sorted() == ["CONFLICT", "ok"], "round \(round)")
+        }
     }
 }
