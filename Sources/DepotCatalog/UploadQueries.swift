@@ -129,22 +129,46 @@ extension CatalogConnection {
         return out
     }
 
-    /// Deletes a session, its segment rows and (unless `keepBlobs`, when a finished blob adopted
-    /// their recipes) its segments' unfinished blobs. `holder`: only if that request holds it.
-    /// Returns whether a session was deleted.
+    /// Deletes a session, then its segment rows and their unfinished blobs. The session row goes
+    /// first: every contender for a session (a finishing PUT, a DELETE, expiry) deletes that row
+    /// first, so on PostgreSQL they queue on its row lock and exactly one finds it. Returns
+    /// whether this call deleted it.
     @discardableResult
-    public func deleteUploadSession(_ id: String, holder: String? = nil, keepBlobs: Bool = false) throws -> Bool {
-        if let holder {
-            guard
-                try first("SELECT 1 FROM upload_sessions WHERE id = ? AND holder = ?", .text(id), .text(holder), map: { _ in true }) != nil
-            else { return false }
-        }
+    public func deleteUploadSession(_ id: String) throws -> Bool {
+        try run("DELETE FROM upload_sessions WHERE id = ?", .text(id))
+        guard changes == 1 else { return false }
+        try deleteUploadSegments(id, keepBlobs: false)
+        return true
+    }
+
+    /// Deletes a session only if it is still stale (the conditions of `staleUploadSessions`,
+    /// checked again in the same statement: a request may have claimed it since it was listed).
+    public func deleteStaleUploadSession(_ id: String, idleBefore: Int64, createdBefore: Int64, now: Int64) throws -> Bool {
+        try run(
+            """
+            DELETE FROM upload_sessions
+            WHERE id = ? AND (created_at < ? OR (updated_at < ? AND (holder IS NULL OR held_until < ?)))
+            """, .text(id), .int(createdBefore), .int(idleBefore), .int(now))
+        guard changes == 1 else { return false }
+        try deleteUploadSegments(id, keepBlobs: false)
+        return true
+    }
+
+    /// A finishing request's compare-and-swap: deletes the session only if `holder` still holds
+    /// it at `bytes` acknowledged bytes, and then its segment rows (their blobs are being adopted
+    /// by the finished blob). False, changing nothing, when the request lost its claim.
+    public func finishUploadSession(_ id: String, holder: String, bytes: Int64) throws -> Bool {
+        try run("DELETE FROM upload_sessions WHERE id = ? AND holder = ? AND bytes = ?", .text(id), .text(holder), .int(bytes))
+        guard changes == 1 else { return false }
+        try deleteUploadSegments(id, keepBlobs: true)
+        return true
+    }
+
+    private func deleteUploadSegments(_ id: String, keepBlobs: Bool) throws {
         if !keepBlobs {
             for segment in try uploadSegments(id) { try deleteBlob(id: segment.blobID) }
         }
         try run("DELETE FROM upload_segments WHERE session_id = ?", .text(id))
-        try run("DELETE FROM upload_sessions WHERE id = ?", .text(id))
-        return changes == 1
     }
 
     /// Sessions idle since before `idleBefore` (and not held by a live claim at `now`), or
@@ -164,11 +188,18 @@ extension CatalogConnection {
     /// into blob `id` and deletes the parts. Throws when a part is gone or complete: its rows
     /// may already belong to another blob, and the finished blob would lack them.
     public func adoptRecipes(of parts: [Int64], into id: Int64) throws {
+        // PostgreSQL: lock each part's row, so a concurrent delete either finished before (the
+        // part is gone) or waits for this transaction; SQLite has one writer already.
+        let lock = dialect == .postgres ? " FOR UPDATE" : ""
         for part in parts {
-            guard try first("SELECT 1 FROM blobs WHERE id = ? AND state = 0", .int(part), map: { _ in true }) != nil else {
+            guard try first("SELECT 1 FROM blobs WHERE id = ? AND state = 0" + lock, .int(part), map: { _ in true }) != nil else {
                 throw DepotError.storage("a committed part of this upload (blob write \(part)) is gone; start the upload over")
             }
             try run("UPDATE recipes SET blob_id = ? WHERE blob_id = ?", .int(id), .int(part))
+            // A recorded part holds at least one chunk: moving nothing means its rows went elsewhere.
+            guard changes > 0 else {
+                throw DepotError.storage("a committed part of this upload (blob write \(part)) has no chunks left; start the upload over")
+            }
             try run("DELETE FROM blobs WHERE id = ?", .int(part))
         }
     }
@@ -179,8 +210,10 @@ extension CatalogConnection {
     public func recordChunkProofs(principal: String, _ hashes: [SHA256.Value], now: Int64) throws {
         for h in hashes {
             try run(
-                "INSERT INTO chunk_proofs(principal, hash, created_at) VALUES(?,?,?) ON CONFLICT DO NOTHING", .text(principal), .hash(h),
-                .int(now))
+                """
+                INSERT INTO chunk_proofs(principal, hash, created_at) VALUES(?,?,?)
+                ON CONFLICT(principal, hash) DO UPDATE SET created_at = excluded.created_at
+                """, .text(principal), .hash(h), .int(now))
         }
     }
 

@@ -39,8 +39,9 @@ public struct ResumableSHA256: Sendable {
             for i in 0..<64 { d[i] = saved[41 + i] }
         }
         ctx.num = num
-        // A state claims a byte count; its partial block must agree with it.
-        guard Int(ctx.Nl / 8 % 64) == Int(num), ctx.Nl % 8 == 0 else { return nil }
+        // A state claims a byte count; its partial block must agree with it, and the count must
+        // fit an Int64 of bytes (Nh < 2^29).
+        guard Int(ctx.Nl / 8 % 64) == Int(num), ctx.Nl % 8 == 0, ctx.Nh < 1 << 29 else { return nil }
     }
 
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
@@ -49,7 +50,7 @@ public struct ResumableSHA256: Sendable {
     }
 
     /// Bytes hashed so far.
-    public var count: Int64 { Int64(UInt64(ctx.Nh) << 32 | UInt64(ctx.Nl)) / 8 }
+    public var count: Int64 { Int64(truncatingIfNeeded: (UInt64(ctx.Nh) << 32 | UInt64(ctx.Nl)) / 8) }
 
     /// The state, in the layout above.
     public var saved: [UInt8] {

@@ -118,6 +118,7 @@ public final class UploadSession: @unchecked Sendable {
         let from = startBytes
         var recorded = false
         var segmentBlob: Int64 = 0
+        defer { if !recorded { try? owner.release(self) } } // a failed checkpoint leaves the session free for the retry
         _ = try writer.checkpoint { conn, checkpoint, segment in
             segmentBlob = segment.blobID
             let part =
@@ -142,19 +143,36 @@ public final class UploadSession: @unchecked Sendable {
         precondition(!done, "upload request already ended")
         done = true
         let id = self.id
+        let holder = self.holder
+        let bytes = startBytes
         let result: WriteResult
         do {
+            // The claim may have lapsed while the last body streamed without new bytes.
+            guard try owner.renew(self, now: Date()) else {
+                writer?.abort()
+                throw RegistryError(.blobUploadUnknown, "upload \(id) expired or was cancelled while this request wrote to it")
+            }
             let writer = try openWriter()
             do {
                 result = try writer.finish(expecting: digest, adopting: segments) { conn in
-                    try conn.deleteUploadSession(id, keepBlobs: true)
+                    // Compare-and-swap before the parts are adopted: a request that lost its claim
+                    // takes nothing (another request may have acknowledged newer bytes).
+                    guard try conn.finishUploadSession(id, holder: holder, bytes: bytes) else {
+                        throw RegistryError(.blobUploadUnknown, "upload \(id) expired or was cancelled while this request wrote to it")
+                    }
                 }
             } catch let e as DepotError {
                 if case .digestInvalid(let m) = e { throw RegistryError(.digestInvalid, m) }
                 throw e
             }
-        } catch {
+        } catch let e as RegistryError where e.code == .digestInvalid || e.code == .sizeInvalid {
+            // The client's content is wrong: the upload cannot finish, so it ends (as distribution does).
             owner.delete(id)
+            throw e
+        } catch {
+            // Anything else (a lost claim, a transient catalog or object store failure) leaves the
+            // session as it was, so the client may retry the PUT.
+            try? owner.release(self)
             throw error
         }
         try registry.link(repository, result.digest)
@@ -314,7 +332,12 @@ public final class UploadSessions: Sendable {
             return 0
         }
         var expired = 0
-        for id in stale where (try? store.catalog.write { try $0.deleteUploadSession(id) }) == true { expired += 1 }
+        for id in stale {
+            let deleted = try? store.catalog.write { conn in
+                try conn.deleteStaleUploadSession(id, idleBefore: idle, createdBefore: old, now: ms)
+            }
+            if deleted == true { expired += 1 }
+        }
         // Chunk proofs vouch for staged chunks, which GC keeps for the write grace period: no longer.
         let proofsBefore = ms - store.options.writeGraceSeconds * 1000
         _ = try? store.catalog.write { try $0.deleteChunkProofs(createdBefore: proofsBefore) }

@@ -7,6 +7,14 @@ public struct ChunkerParameters: Sendable, Equatable, Codable {
     public var averageSize: Int
     public var maxSize: Int
 
+    /// Sizes in bytes: `averageSize` a power of two, `minSize < averageSize < maxSize`.
+    public init(minSize: Int, averageSize: Int, maxSize: Int) {
+        precondition(minSize > 0 && minSize < averageSize && averageSize < maxSize && averageSize & (averageSize - 1) == 0)
+        self.minSize = minSize
+        self.averageSize = averageSize
+        self.maxSize = maxSize
+    }
+
     /// Depot's chunker v1: FastCDC-style gear hash, normalized chunking (level 2), 16/64/256 KiB.
     public static let v1 = ChunkerParameters(minSize: 16 << 10, averageSize: 64 << 10, maxSize: 256 << 10)
 

@@ -62,7 +62,7 @@ final class PackAppender: Sendable {
 
     /// Durably completes a blob; returns its record (an existing one if the digest was already stored).
     /// `adopting`: unfinished blobs (a resumed upload's committed parts) whose recipe rows become
-    /// this blob's first, in the same transaction, which also runs `commit`.
+    /// this blob's, in the same transaction, which runs `commit` before that.
     func completeBlob(
         _ id: Int64, digest: Digest, size: Int64, retain: String?, adopting: [Int64] = [],
         commit: ((any CatalogConnection) throws -> Void)? = nil
@@ -73,8 +73,10 @@ final class PackAppender: Sendable {
                 throw DepotError.storage("blob write \(id) failed: its data could not be made durable")
             }
             let record = try flushLocked(&s, owner: id) { conn in
-                if !adopting.isEmpty { try conn.adoptRecipes(of: adopting, into: id) }
+                // `commit` first: an upload's compare-and-swap on its session row decides whether this
+                // request may take the parts at all.
                 try commit?(conn)
+                if !adopting.isEmpty { try conn.adoptRecipes(of: adopting, into: id) }
                 let record = try conn.completeBlob(id, digest: digest, size: size, now: Self.now())
                 if let retain { try conn.addRoot(digest, reason: retain, now: Self.now()) }
                 return record

@@ -180,6 +180,12 @@ import Testing
         try second.checkpoint()
         #expect(registryErrorCode { try first.checkpoint() } == "BLOB_UPLOAD_UNKNOWN")
         #expect(try uploads.status(name, s.id).offset == 50, "the second request's bytes, not the first's")
+        // Nor can a PUT whose claim lapsed finish the upload and take the newer request's part.
+        let stalePut = try uploads.claim(name, s.id, now: Date().addingTimeInterval(-120))
+        let third = try uploads.claim(name, s.id)
+        #expect(registryErrorCode { try stalePut.finish(expecting: Digest.of([9]), registry: t.registry) } == "BLOB_UPLOAD_UNKNOWN")
+        third.abandon()
+        #expect(try uploads.status(name, s.id).offset == 50, "the session is as the last acknowledgement left it")
         let put = try uploads.claim(name, s.id)
         let result = try put.finish(expecting: Digest.of([UInt8](repeating: 9, count: 50)), registry: t.registry)
         #expect(result.size == 50)
