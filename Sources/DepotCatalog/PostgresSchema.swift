@@ -16,7 +16,8 @@ import Foundation
 enum PostgresSchema {
     static let steps: [(version: Int64, sql: String)] = [(11, baseline), (12, uploadSessions)]
 
-    /// Migration 12 (`Schema.migrations[11]`): upload sessions and chunk proofs.
+    /// Migration 12 (`Schema.migrations[11]`): upload sessions and chunk proofs; in PostgreSQL
+    /// only, chunk deletions counted once per statement.
     static let uploadSessions = """
         CREATE TABLE upload_sessions(
             id TEXT PRIMARY KEY,
@@ -45,6 +46,25 @@ enum PostgresSchema {
             PRIMARY KEY(principal, hash)
         );
         CREATE INDEX chunk_proofs_by_age ON chunk_proofs(created_at);
+
+        -- GC deletes tens of thousands of chunks in one statement. A row trigger updating one
+        -- counter row per deleted chunk makes as many versions of that row in one transaction,
+        -- each update walking the chain of the ones before: quadratic (55 s for 54,543 chunks,
+        -- measured). One update per statement instead, from the statement's deleted rows.
+        DROP TRIGGER store_counters_chunks ON chunks;
+        CREATE TRIGGER store_counters_chunks AFTER INSERT OR UPDATE OF raw_length, stored_length ON chunks
+            FOR EACH ROW EXECUTE FUNCTION store_counters_chunks();
+        CREATE FUNCTION store_counters_chunks_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE store_counters SET chunks = chunks - d.n, chunk_raw_bytes = chunk_raw_bytes - d.raw,
+                chunk_stored_bytes = chunk_stored_bytes - d.stored
+            FROM (SELECT COUNT(*) AS n, COALESCE(SUM(raw_length), 0) AS raw, COALESCE(SUM(stored_length), 0) AS stored
+                  FROM deleted_chunks) d
+            WHERE id = store_counters_shard() AND d.n > 0;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER store_counters_chunks_deleted AFTER DELETE ON chunks REFERENCING OLD TABLE AS deleted_chunks
+            FOR EACH STATEMENT EXECUTE FUNCTION store_counters_chunks_deleted();
         """
 
     /// The version the catalog is at; 0 when it has no tables yet.
