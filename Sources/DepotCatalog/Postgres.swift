@@ -257,12 +257,17 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
         }
     }
 
+    /// Advisory locks are per database, not per schema: the key names the schema, so catalogs
+    /// sharing a database in different schemas (several registries; the test suite's stores) never
+    /// wait on each other's locks.
+    func advisoryKey(_ lock: CatalogLock) -> String { schema + "/" + lock.key }
+
     public func lock(_ lock: CatalogLock) throws {
-        try runArgs("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", [.text(lock.key)])
+        try runArgs("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", [.text(advisoryKey(lock))])
     }
 
     public func lockShared(_ lock: CatalogLock) throws {
-        try runArgs("SELECT pg_advisory_xact_lock_shared(hashtextextended(?, 0))", [.text(lock.key)])
+        try runArgs("SELECT pg_advisory_xact_lock_shared(hashtextextended(?, 0))", [.text(advisoryKey(lock))])
     }
 }
 
