@@ -118,6 +118,9 @@ import Testing
         let attacks = Attacks(
             storage: dir.path + "/store", secretPID: holder.processIdentifier, port: port,
             hostTmpMarker: NSTemporaryDirectory() + "depot-escape-\(UUID().uuidString.prefix(8))")
+        // A run killed mid-test (an unconfined stage of `theAttacksWorkWithoutTheSandbox` writes
+        // /evil.txt on purpose) leaves the targets behind: start from none.
+        attacks.cleanUp()
         defer { attacks.cleanUp() }
         try await PipelineHarness.run(pipelines: attacks.pipelines + extra(attacks), in: dir) { h, _ in
             try await h.withRunner(configure: {
