@@ -259,16 +259,22 @@ extension ChunkStore {
 /// Two replicas (two stores on one catalog and one bucket) sharing the work of one blob, and
 /// racing each other's garbage collection.
 extension S3StoreTests {
-    /// A writer checkpoints on one replica and another resumes it: the second reads the first's
-    /// committed part from the bucket (the planner's header replay) and adopts its rows.
-    @Test func aWriteCheckpointedOnOneReplicaFinishesOnAnother() throws {
-        let moto = try MotoServer()
+    /// Two stores in their own directories on the first one's catalog and one bucket.
+    static func replicas(_ moto: MotoServer) throws -> (ChunkStore, ChunkStore, [TempDir]) {
         let a = TempDir()
         let b = TempDir()
-        let one = try ChunkStore(root: a.path, options: Self.options(), create: true, objects: S3PackObjectStore(settings: moto.settings))
+        let one = try ChunkStore(root: a.path, options: options(), create: true, objects: S3PackObjectStore(settings: moto.settings))
         let two = try ChunkStore(
-            root: b.path, options: Self.options(sharingCatalogOf: a.path), create: true, objects: S3PackObjectStore(settings: moto.settings)
-        )
+            root: b.path, options: options(sharingCatalogOf: a.path), create: true, objects: S3PackObjectStore(settings: moto.settings))
+        return (one, two, [a, b])
+    }
+
+    /// A writer checkpoints on one replica and another resumes it from the checkpoint's bytes and
+    /// adopts the first's committed part (the planner's header replay is tested in the registry).
+    @Test func aWriteCheckpointedOnOneReplicaFinishesOnAnother() throws {
+        let moto = try MotoServer()
+        let (one, two, dirs) = try Self.replicas(moto)
+        defer { withExtendedLifetime(dirs) {} }
         let data = randomBytes(3 << 20, seed: 60)
         let first = try one.makeWriter()
         try first.write(Array(data[..<1_234_567]))
@@ -293,12 +299,8 @@ extension S3StoreTests {
     @Test(.enabled(if: Database.isTestingOnPostgres, "replicas need a PostgreSQL catalog"))
     func aChunkSweptByAnotherReplicaFailsTheWriteThatReusedItNotTheStore() throws {
         let moto = try MotoServer()
-        let a = TempDir()
-        let b = TempDir()
-        let one = try ChunkStore(root: a.path, options: Self.options(), create: true, objects: S3PackObjectStore(settings: moto.settings))
-        let two = try ChunkStore(
-            root: b.path, options: Self.options(sharingCatalogOf: a.path), create: true, objects: S3PackObjectStore(settings: moto.settings)
-        )
+        let (one, two, dirs) = try Self.replicas(moto)
+        defer { withExtendedLifetime(dirs) {} }
         let data = randomBytes(1 << 20, seed: 61)
         _ = try one.write(data) // stored, and garbage: nothing keeps it...
         // ...and past its grace period (the writer below is not: GC keeps a write in progress).
@@ -320,12 +322,8 @@ extension S3StoreTests {
     /// from a local pack file (which a replica that did not write the pack never has).
     @Test func anotherReplicaServesChunkRecordsFromTheBucket() throws {
         let moto = try MotoServer()
-        let a = TempDir()
-        let b = TempDir()
-        let one = try ChunkStore(root: a.path, options: Self.options(), create: true, objects: S3PackObjectStore(settings: moto.settings))
-        let two = try ChunkStore(
-            root: b.path, options: Self.options(sharingCatalogOf: a.path), create: true, objects: S3PackObjectStore(settings: moto.settings)
-        )
+        let (one, two, dirs) = try Self.replicas(moto)
+        defer { withExtendedLifetime(dirs) {} }
         let data = randomBytes(2 << 20, seed: 62)
         let digest = try one.write(data, retain: "keep").digest
         let blob = try #require(try two.blob(digest))
