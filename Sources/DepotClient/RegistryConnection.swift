@@ -281,6 +281,15 @@ public final class RegistryConnection: Sendable {
         if let first = (try? WireJSON.decode(OCIErrorBody.self, from: body, what: "error body"))?.errors.first {
             code = first.code
             message = first.message
+        } else if method == .HEAD {
+            // A HEAD answer has no body to carry a code: the spec's code for its status and route,
+            // so a program branching on codes sees the same one a GET would have given.
+            switch status {
+            case 401: code = "UNAUTHORIZED"
+            case 403: code = "DENIED"
+            case 404: code = path.contains("/blobs/") ? "BLOB_UNKNOWN" : path.contains("/manifests/") ? "MANIFEST_UNKNOWN" : nil
+            default: break
+            }
         }
         let what: String
         switch status {

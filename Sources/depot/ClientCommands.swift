@@ -74,13 +74,13 @@ struct ArtifactReference: ExpressibleByArgument, CustomStringConvertible {
 func runClient(_ registry: RegistryOptions, _ body: (RegistryConnection) async throws -> Void) async {
     RegistryConnection.tuneMemory()
     let connection: RegistryConnection
-    do { connection = try registry.connect() } catch { fail("\(error)") }
+    do { connection = try registry.connect() } catch { fail(error) }
     do {
         try await body(connection)
         await connection.shutdown()
     } catch {
         await connection.shutdown()
-        fail("\(error)")
+        fail(error)
     }
 }
 
@@ -207,6 +207,7 @@ struct Tag: AsyncParsableCommand {
     @Argument(help: "REPO:TAG or REPO@DIGEST") var source: ArtifactReference
     @Argument(help: "The new tag (in the same repository).") var tag: String
     @OptionGroup var registry: RegistryOptions
+    @Flag(help: "Machine-readable output.") var json = false
 
     func validate() throws {
         guard Reference.isValidTag(tag) else { throw ValidationError("'\(tag)' is not a valid tag") }
@@ -216,6 +217,7 @@ struct Tag: AsyncParsableCommand {
         await runClient(registry) { connection in
             let m = try await connection.manifest(source.repository, source.reference)
             try await connection.putManifest(source.repository, tag, bytes: m.bytes, mediaType: m.mediaType)
+            if json { return printJSON(["repository": source.repository, "tag": tag, "digest": m.digest.description]) }
             print("\(source.repository):\(tag) -> \(m.digest)")
         }
     }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DepotCatalog
+import DepotClient
 import DepotCore
 import DepotStore
 import Foundation
@@ -45,10 +46,31 @@ struct StorageOptions: ParsableArguments {
     }
 }
 
-/// Prints `error: message` to stderr and exits with `code`.
-func fail(_ message: String, code: Int32 = 1) -> Never {
-    FileHandleOutput.stderr("error: \(message)\n")
+/// Prints `error: message` to stderr and exits with `code`. With `DEPOT_ERROR_FORMAT=json` in the
+/// environment (what the Python SDK sets) the line is one JSON object instead,
+/// `{"error":{"message":…,"code":"MANIFEST_UNKNOWN","status":404}}`, so a program gets the
+/// registry's error code without parsing English.
+func fail(_ message: String, code: Int32 = 1, registryCode: String? = nil, status: Int? = nil) -> Never {
+    if ProcessInfo.processInfo.environment["DEPOT_ERROR_FORMAT"] == "json" {
+        struct Body: Encodable {
+            var message: String
+            var code: String?
+            var status: Int?
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let data = (try? encoder.encode(["error": Body(message: message, code: registryCode, status: status)])) ?? Data("{}".utf8)
+        FileHandleOutput.stderr(String(decoding: data, as: UTF8.self) + "\n")
+    } else {
+        FileHandleOutput.stderr("error: \(message)\n")
+    }
     Foundation.exit(code)
+}
+
+/// `fail` for any error: a registry's error code and HTTP status travel along when it has them.
+func fail(_ error: any Error) -> Never {
+    if let e = error as? ClientError { fail(e.message, registryCode: e.code, status: e.status) }
+    fail("\(error)")
 }
 
 enum FileHandleOutput {

@@ -43,6 +43,7 @@ struct AliasSet: AsyncParsableCommand {
     @Option(help: "Why (recorded in the journal and the audit log).") var reason: String?
     @Option(help: "Move only if the alias points at this digest now (compare-and-swap).") var expect: String?
     @OptionGroup var registry: RegistryOptions
+    @Flag(help: "Machine-readable output.") var json = false
 
     func validate() throws {
         guard Reference.isValidTag(alias) else { throw ValidationError("'\(alias)' is not a valid tag") }
@@ -53,6 +54,7 @@ struct AliasSet: AsyncParsableCommand {
         await runClient(registry) { c in
             let body = AliasMoveRequest(reference: reference, expect: expect, reason: reason)
             let r = try await c.request(.PUT, Routes[.aliasMove].path(name: repository, ["alias": alias]), body: body, as: AliasAnswer.self)
+            if json { return printJSON(r) }
             print("\(repository):\(alias) -> \(r.digest)" + (r.previous.map { " (was \($0))" } ?? ""))
         }
     }
@@ -82,6 +84,7 @@ struct Rollback: AsyncParsableCommand {
     @Option(help: "How many moves back.") var steps = 1
     @Option(help: "Why (recorded).") var reason: String?
     @OptionGroup var registry: RegistryOptions
+    @Flag(help: "Machine-readable output.") var json = false
 
     func validate() throws {
         if let to { _ = try Digest(parsing: to) }
@@ -93,6 +96,7 @@ struct Rollback: AsyncParsableCommand {
             let body = AliasRollbackRequest(to: to, steps: steps, reason: reason)
             let path = Routes[.aliasRollback].path(name: repository, ["alias": alias])
             let r = try await c.request(.POST, path, body: body, as: AliasRollbackAnswer.self)
+            if json { return printJSON(r) }
             print("\(repository):\(alias) rolled back \(r.from) -> \(r.to)")
         }
     }
@@ -128,12 +132,14 @@ struct Pin: AsyncParsableCommand {
     @Argument(help: "REPO:TAG or REPO@DIGEST") var reference: ArtifactReference
     @Option(help: "Why (recorded).") var reason: String?
     @OptionGroup var registry: RegistryOptions
+    @Flag(help: "Machine-readable output.") var json = false
 
     func run() async throws {
         await runClient(registry) { c in
             let r = try await c.request(
                 .PUT, Routes[.pinPut].path(name: reference.repository, ["reference": reference.reference]),
                 body: PinRequest(reason: reason), as: PinAnswer.self)
+            if json { return printJSON(r) }
             print("pinned \(reference.repository)@\(r.digest)")
         }
     }
@@ -143,11 +149,13 @@ struct Unpin: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Remove a pin.")
     @Argument(help: "REPO:TAG or REPO@DIGEST") var reference: ArtifactReference
     @OptionGroup var registry: RegistryOptions
+    @Flag(help: "Machine-readable output.") var json = false
 
     func run() async throws {
         await runClient(registry) { c in
             let path = Routes[.pinDelete].path(name: reference.repository, ["reference": reference.reference])
             let r = try await c.request(.DELETE, path, as: PinAnswer.self)
+            if json { return printJSON(r) }
             print("unpinned \(reference.repository)@\(r.digest)")
         }
     }
