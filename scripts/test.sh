@@ -5,7 +5,9 @@
 # whole Swift test suite, then again with the catalog in a throwaway PostgreSQL
 # (scripts/test-postgres.sh), then the end-to-end scenarios under scripts/e2e/ (scale-out: three
 # replicas behind haproxy on PostgreSQL and an S3 emulator; pipeline; canary) and a smoke run of every
-# libFuzzer harness (scripts/fuzz.sh --smoke: past crashes replayed, then a few seconds each).
+# libFuzzer harness (scripts/fuzz.sh --smoke: past crashes replayed, then a few seconds each), and
+# the Python SDK (scripts/test-python-sdk.sh: pip install ./clients/python into a fresh venv, its
+# tests, the examples, and the transformers/Lightning/MLflow integrations with the real libraries).
 # `swift format lint` runs first, then scripts/test-hooks.sh (the Python hooks: mypy and unit tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,7 @@ scripts/test-deploy.sh
 swift build --product depot
 swift test --disable-xctest "$@"
 if [[ $# -eq 0 ]]; then
+  scripts/test-python-sdk.sh
   scripts/test-postgres.sh
   scripts/e2e/scale.sh
   scripts/e2e/pipeline.sh

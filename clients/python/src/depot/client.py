@@ -332,7 +332,7 @@ class Registry:
         out = []
         for layer in layers:
             a = layer.get("annotations") or {}
-            path = a.get("dev.depot.filepath") or a.get("org.opencontainers.image.title")
+            path = a.get("org.cncf.model.filepath") or a.get("org.opencontainers.image.title")
             if path:
                 out.append(str(path))
         return out

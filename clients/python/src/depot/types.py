@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
+
+_T = TypeVar("_T", bound="TransferResult")
 
 
 def _int(d: Mapping[str, Any], key: str) -> int:
@@ -42,7 +44,7 @@ class TransferResult:
     seconds: float
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "TransferResult":
+    def from_json(cls: type[_T], d: Mapping[str, Any]) -> _T:
         return cls(
             reference=str(d.get("reference", "")),
             digest=str(d.get("digest", "")),
