@@ -86,7 +86,9 @@ def test_background_push_returns_a_future_and_close_waits(live: LiveRegistry, tm
     r.close()
 
 
-def test_errors_carry_the_registry_code(registry: depot.Registry, live: LiveRegistry, tmp_path: Path) -> None:
+def test_errors_carry_the_registry_code(
+    registry: depot.Registry, live: LiveRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(depot.NotFoundError) as e:
         registry.pull("sdk/nothing:here", tmp_path / "x")
     assert e.value.code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN") and e.value.status == 404
@@ -103,6 +105,17 @@ def test_errors_carry_the_registry_code(registry: depot.Registry, live: LiveRegi
         registry.push("sdk/x:v1", tmp_path / "f", relation="guessed-from", parent="sdk/x:v0")
     with pytest.raises(depot.UsageError):
         registry.push("not a reference", tmp_path / "f")
+    # A reference or path that looks like an option stays an argument: never `--registry=...`
+    # (which would send the token elsewhere), and a file named "-x" is pushed as a file.
+    with pytest.raises(depot.UsageError):
+        registry.push("--registry=http://127.0.0.1:9/evil", tmp_path / "f")
+    with pytest.raises(depot.UsageError):
+        registry.pull("--plain-http", tmp_path / "x")
+    (tmp_path / "-x").write_bytes(b"dash")
+    monkeypatch.chdir(tmp_path)
+    assert registry.push("sdk/x:dash", "-x").files == 1
+    registry.pull("sdk/x:dash", tmp_path / "dash")
+    assert (tmp_path / "dash" / "-x").read_bytes() == b"dash"
     with pytest.raises(depot.DepotError) as missing:
         registry.push("sdk/x:v1", tmp_path / "no-such-file")
     assert "no-such-file" in str(missing.value)

@@ -66,9 +66,20 @@ class Engine:
         env["DEPOT_ERROR_FORMAT"] = "json"
         self._env = env
 
-    def run_json(self, args: Sequence[str], *, registry_args: bool = True) -> Any:
-        """Runs ``depot ARGS --json`` and returns the decoded stdout; raises on failure."""
-        out = self.run([*args, "--json"])
+    def call(self, command: Sequence[str], positionals: Sequence[str] = (), options: Sequence[str] = ()) -> Any:
+        """Runs ``depot COMMAND OPTIONS --json -- POSITIONALS`` and returns the decoded stdout.
+
+        Callers pass options as ``--name=value`` and arguments after ``--``: a reference or a
+        path that starts with ``-`` (hostile or not) is then an argument, never an option such
+        as ``--registry=https://elsewhere`` that would send the token to another host."""
+        for o in options:
+            if not o.startswith("--"):
+                raise UsageError(f"internal: option {o!r} is not --name[=value]", "USAGE")
+        return self.run_json([*command, *options, "--json", "--", *positionals])
+
+    def run_json(self, args: Sequence[str]) -> Any:
+        """Runs ``depot ARGS`` (which must include ``--json``) and returns the decoded stdout."""
+        out = self.run(args)
         try:
             return json.loads(out) if out.strip() else None
         except json.JSONDecodeError as e:

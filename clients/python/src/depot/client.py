@@ -71,12 +71,10 @@ class Registry:
         self.url = url or os.environ.get("DEPOT_REGISTRY") or "http://127.0.0.1:5000"
         self._engine = Engine(find_executable(executable), self.url, token)
         self._cache = os.fspath(cache) if cache is not None else None
-        self._transfer = ["--jobs", str(jobs), "--file-jobs", str(file_jobs), "--quiet"]
+        self._ca = [f"--ca-file={os.fspath(ca_file)}"] if ca_file is not None else []
+        self._transfer = [f"--jobs={jobs}", f"--file-jobs={file_jobs}", "--quiet", *self._ca]
         if plain_oci:
             self._transfer.append("--plain-oci")
-        if ca_file is not None:
-            self._transfer += ["--ca-file", os.fspath(ca_file)]
-        self._ca = ["--ca-file", os.fspath(ca_file)] if ca_file is not None else []
         self._workers = background_workers
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -165,21 +163,27 @@ class Registry:
             raise UsageError(f"unknown relation {relation!r}; one of {', '.join(RELATIONS)}", "USAGE")
         if relation is not None and parent is None:
             raise UsageError("relation needs parent", "USAGE")
-        args = ["push", ref, *[os.fspath(p) for p in items], *self._transfer]
-        if parent is not None:
-            args += ["--from", parent]
-        if relation is not None:
-            args += ["--relation", relation]
-        for flag, value in (("--run", run), ("--dataset", dataset), ("--commit", commit), ("--platform", platform)):
+        options = [*self._transfer]
+        for flag, value in (
+            ("--from", parent),
+            ("--relation", relation),
+            ("--run", run),
+            ("--dataset", dataset),
+            ("--commit", commit),
+            ("--platform", platform),
+        ):
             if value is not None:
-                args += [flag, str(value)]
+                options.append(f"{flag}={value}")
         for k, v in (metrics or {}).items():
-            args += ["--metric", f"{_key(k)}={v}"]
+            options.append(f"--metric={_key(k)}={v}")
         for k, v in (annotations or {}).items():
-            args += ["--annotation", f"{_key(k)}={v}"]
-        if background:
-            return self._submit(lambda: PushResult.from_json(self._engine.run_json(args)))
-        return PushResult.from_json(self._engine.run_json(args))
+            options.append(f"--annotation={_key(k)}={v}")
+        positionals = [ref, *[os.fspath(p) for p in items]]
+
+        def go() -> PushResult:
+            return PushResult.from_json(self._engine.call(["push"], positionals, options))
+
+        return self._submit(go) if background else go()
 
     @overload
     def pull(
@@ -220,20 +224,20 @@ class Registry:
             files: Only these paths of the artifact.
             background: Return at once with a future.
         """
-        args = ["pull", ref, "--output", os.fspath(dest), *self._transfer]
-        for f in files or ():
-            args += ["--file", f]
+        options = [f"--output={os.fspath(dest)}", *self._transfer, *[f"--file={f}" for f in files or ()]]
         if self._cache is not None:
-            args += ["--cache", self._cache]
-        if background:
-            return self._submit(lambda: PullResult.from_json(self._engine.run_json(args)))
-        return PullResult.from_json(self._engine.run_json(args))
+            options.append(f"--cache={self._cache}")
+
+        def go() -> PullResult:
+            return PullResult.from_json(self._engine.call(["pull"], [ref], options))
+
+        return self._submit(go) if background else go()
 
     # -- tags, aliases, time travel ----------------------------------------------------------
 
     def tag(self, ref: str, tag: str) -> str:
         """Points tag ``tag`` (in the same repository) at ``ref``; returns the digest."""
-        out = self._engine.run_json(["tag", ref, tag, *self._ca])
+        out = self._engine.call(["tag"], [ref, tag], self._ca)
         return str(out["digest"])
 
     def set_alias(
@@ -252,12 +256,12 @@ class Registry:
                 :class:`depot.ConflictError` otherwise.
             reason: Why, recorded in the alias history and the audit journal.
         """
-        args = ["alias", "set", repository, alias, reference, *self._ca]
+        options = [*self._ca]
         if expect is not None:
-            args += ["--expect", expect]
+            options.append(f"--expect={expect}")
         if reason is not None:
-            args += ["--reason", reason]
-        d = self._engine.run_json(args)
+            options.append(f"--reason={reason}")
+        d = self._engine.call(["alias", "set"], [repository, alias, reference], options)
         return AliasMove(d["repository"], d["alias"], d["digest"], d.get("previous"))
 
     def rollback(
@@ -272,12 +276,12 @@ class Registry:
         """Moves ``repository:alias`` back: to digest ``to``, or ``steps`` moves back (default: the previous one)."""
         if steps < 1:
             raise UsageError("steps must be at least 1", "USAGE")
-        args = ["rollback", repository, alias, "--steps", str(steps), *self._ca]
+        options = [f"--steps={int(steps)}", *self._ca]
         if to is not None:
-            args += ["--to", to]
+            options.append(f"--to={to}")
         if reason is not None:
-            args += ["--reason", reason]
-        d = self._engine.run_json(args)
+            options.append(f"--reason={reason}")
+        d = self._engine.call(["rollback"], [repository, alias], options)
         return Rollback(d["repository"], d["alias"], d["from"], d["to"])
 
     def resolve(self, repository: str, alias: str, *, at: str | int | None = None, lineage: bool = False) -> Resolution:
@@ -288,12 +292,12 @@ class Registry:
                 served then, from the alias history.
             lineage: Also return the artifact's lineage ancestors.
         """
-        args = ["resolve", repository, alias, *self._ca]
+        options = [*self._ca]
         if at is not None:
-            args += ["--at", str(at)]
+            options.append(f"--at={at}")
         if lineage:
-            args.append("--lineage")
-        d = self._engine.run_json(args)
+            options.append("--lineage")
+        d = self._engine.call(["resolve"], [repository, alias], options)
         return Resolution(
             repository=d["repository"],
             alias=d["alias"],
@@ -315,15 +319,13 @@ class Registry:
         """What ``ref`` was built from (``ancestors``) or what was built from it (``descendants``), nearest first."""
         if direction not in ("ancestors", "descendants"):
             raise UsageError("direction must be 'ancestors' or 'descendants'", "USAGE")
-        args = ["lineage", ref, f"--{direction}", "--depth", str(depth), *self._ca]
-        for r in relations or ():
-            args += ["--relation", r]
-        d = self._engine.run_json(args)
+        options = [f"--{direction}", f"--depth={int(depth)}", *self._ca, *[f"--relation={r}" for r in relations or ()]]
+        d = self._engine.call(["lineage"], [ref], options)
         return [LineageNode.from_json(n) for n in d.get("nodes") or ()]
 
     def inspect(self, ref: str) -> dict[str, Any]:
         """An artifact's manifest, digest, media type, extracted model metadata and signatures."""
-        d = self._engine.run_json(["inspect", ref, *self._ca])
+        d = self._engine.call(["inspect"], [ref], self._ca)
         return dict(d)
 
     def files(self, ref: str) -> list[str]:
@@ -339,42 +341,40 @@ class Registry:
 
     def tags(self, repository: str) -> list[str]:
         """The tags of a repository."""
-        return [str(t) for t in self._engine.run_json(["ls", repository, *self._ca]) or ()]
+        return [str(t) for t in self._engine.call(["ls"], [repository], self._ca) or ()]
 
     def repositories(self) -> list[str]:
         """The repositories the credential may list."""
-        return [str(r) for r in self._engine.run_json(["ls", *self._ca]) or ()]
+        return [str(r) for r in self._engine.call(["ls"], [], self._ca) or ()]
 
     def jobs(self, *, state: str | None = None, pipeline: str | None = None, limit: int = 100) -> list[Job]:
         """Pipeline jobs, newest first (e.g. the convert/package jobs a push started)."""
-        args = ["jobs", "list", "--limit", str(limit), *self._ca]
+        options = [f"--limit={int(limit)}", *self._ca]
         if state is not None:
-            args += ["--state", state]
+            options.append(f"--state={state}")
         if pipeline is not None:
-            args += ["--pipeline", pipeline]
-        return [Job.from_json(j) for j in self._engine.run_json(args).get("jobs") or ()]
+            options.append(f"--pipeline={pipeline}")
+        return [Job.from_json(j) for j in self._engine.call(["jobs", "list"], [], options).get("jobs") or ()]
 
     def job(self, job_id: int) -> Job:
         """One pipeline job."""
-        d = self._engine.run_json(["jobs", "show", str(int(job_id)), *self._ca])
+        d = self._engine.call(["jobs", "show"], [str(int(job_id))], self._ca)
         return Job.from_json(d.get("job") or d)
 
     def pin(self, ref: str, *, reason: str | None = None) -> Pin:
         """Pins an artifact: it, its blobs and its lineage ancestors are never collected or deleted."""
-        args = ["pin", ref, *self._ca]
-        if reason is not None:
-            args += ["--reason", reason]
-        d = self._engine.run_json(args)
+        options = [*self._ca, *([f"--reason={reason}"] if reason is not None else [])]
+        d = self._engine.call(["pin"], [ref], options)
         return Pin(d["repository"], d["digest"])
 
     def unpin(self, ref: str) -> Pin:
         """Removes a pin."""
-        d = self._engine.run_json(["unpin", ref, *self._ca])
+        d = self._engine.call(["unpin"], [ref], self._ca)
         return Pin(d["repository"], d["digest"])
 
     def pins(self) -> list[Pin]:
         """Every pin."""
-        d = self._engine.run_json(["pins", *self._ca])
+        d = self._engine.call(["pins"], [], self._ca)
         return [Pin(p["repository"], p["digest"]) for p in d.get("pins") or ()]
 
     # -- lifecycle ---------------------------------------------------------------------------
