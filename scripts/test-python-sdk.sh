@@ -7,7 +7,8 @@
 #      training a tiny model on the CPU, in a venv cached at $DEPOT_SDK_VENV (default
 #      ~/.cache/depot/sdk-venv; torch's CPU wheel is large: installed once, reused while the
 #      requirement list below is unchanged) into which the package is installed afresh;
-#   3. mypy --strict on the package.
+#   3. mypy --strict on the package (its cache beside the venv: the first run reads torch, mlflow
+#      and transformers, about two minutes; later runs take seconds).
 #
 #   scripts/test-python-sdk.sh            (after `swift build --product depot`)
 set -euo pipefail
@@ -48,5 +49,5 @@ log "integrations: transformers, PyTorch Lightning, MLflow"
 quiet_pip "$VENV/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps ./clients/python
 (cd clients/python/tests && "$VENV/bin/python" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning test_integrations.py)
 log "mypy --strict"
-(cd clients/python && "$VENV/bin/mypy" --strict --cache-dir "$T/mypy-cache" src/depot)
+(cd clients/python && "$VENV/bin/mypy" --strict --cache-dir "$VENV/.mypy-cache" src/depot)
 log "ok"
