@@ -287,7 +287,12 @@ public final class RegistryConnection: Sendable {
             switch status {
             case 401: code = "UNAUTHORIZED"
             case 403: code = "DENIED"
-            case 404: code = path.contains("/blobs/") ? "BLOB_UNKNOWN" : path.contains("/manifests/") ? "MANIFEST_UNKNOWN" : nil
+            case 404:
+                // The route is /v2/<name>/{blobs,manifests}/<reference>: the second component from
+                // the end, not any component (a repository may be named .../blobs/...).
+                let parts = path.split(separator: "?", maxSplits: 1)[0].split(separator: "/")
+                let kind = parts.count >= 2 ? parts[parts.count - 2] : ""
+                code = kind == "blobs" ? "BLOB_UNKNOWN" : kind == "manifests" ? "MANIFEST_UNKNOWN" : nil
             default: break
             }
         }

@@ -28,9 +28,9 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 try:
+    from setuptools.command.bdist_wheel import bdist_wheel  # setuptools >= 70.1
+except ImportError:  # pragma: no cover - older setuptools: the wheel package's
     from wheel.bdist_wheel import bdist_wheel
-except ImportError:  # pragma: no cover - wheel is in build-system.requires
-    bdist_wheel = None
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -65,6 +65,10 @@ def _depot_binary() -> Path | None:
     return Path(out.stdout.strip()) / "depot"
 
 
+def bundled(build_lib: str) -> Path:
+    return Path(build_lib) / "depot" / "_bin" / "depot"
+
+
 class BuildWithDepot(build_py):
     """build_py that also places the depot executable in the package."""
 
@@ -73,27 +77,31 @@ class BuildWithDepot(build_py):
         binary = _depot_binary()
         if binary is None:
             return
-        target = Path(self.build_lib) / "depot" / "_bin" / "depot"
+        target = bundled(self.build_lib)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(binary, target)
         target.chmod(target.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
-cmdclass: dict[str, type] = {"build_py": BuildWithDepot}
+def _will_bundle() -> bool:
+    """Whether build_py will place an executable in the package (decided before it runs, so the
+    wheel's purity and tag are settled from the start)."""
+    return bool(os.environ.get("DEPOT_SDK_BINARY")) or (REPO / "Package.swift").is_file()
 
-if bdist_wheel is not None:
 
-    class PlatformWheel(bdist_wheel):  # type: ignore[misc, valid-type]
-        """The wheel holds a native executable: tag it for this platform, not py3-none-any."""
+class PlatformWheel(bdist_wheel):  # type: ignore[misc, valid-type]
+    """A wheel holding the native executable is tagged for this platform (py3-none-<platform>);
+    one without it (built where no repository is, e.g. from an unpacked sdist) stays
+    py3-none-any and finds ``depot`` at run time ($DEPOT_CLI, PATH)."""
 
-        def finalize_options(self) -> None:
-            super().finalize_options()
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if _will_bundle():
             self.root_is_pure = False
 
-        def get_tag(self) -> tuple[str, str, str]:
-            _, _, plat = super().get_tag()
-            return "py3", "none", plat
+    def get_tag(self) -> tuple[str, str, str]:
+        python, abi, plat = super().get_tag()
+        return ("py3", "none", plat) if not self.root_is_pure else (python, abi, plat)
 
-    cmdclass["bdist_wheel"] = PlatformWheel
 
-setup(cmdclass=cmdclass)
+setup(cmdclass={"build_py": BuildWithDepot, "bdist_wheel": PlatformWheel})

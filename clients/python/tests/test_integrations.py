@@ -6,6 +6,7 @@ them once into a cached venv); without them these tests are skipped, saying so."
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,17 @@ import depot
 from conftest import LiveRegistry
 from models import tree_bytes
 
-torch = pytest.importorskip("torch", reason="the integration tests need torch (scripts/test-python-sdk.sh installs it)")
+
+
+def need(module: str) -> Any:
+    """The library, or a skip (a failure under DEPOT_SDK_REQUIRE_INTEGRATIONS=1, as in
+    scripts/test-python-sdk.sh, where a missing library must not pass silently)."""
+    if os.environ.get("DEPOT_SDK_REQUIRE_INTEGRATIONS") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"needs {module} (scripts/test-python-sdk.sh installs it)")
+
+
+torch = need("torch")
 
 
 @pytest.fixture()
@@ -31,7 +42,7 @@ def chain(ops: depot.Registry, ref: str) -> list[tuple[str, str]]:
 
 
 def test_transformers_callback_pushes_each_checkpoint_with_lineage(live: LiveRegistry, tmp_path: Path, env_token: None) -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = need("transformers")
     from depot.integrations.transformers import DepotCallback
 
     torch.manual_seed(0)
@@ -91,7 +102,7 @@ def test_transformers_callback_pushes_each_checkpoint_with_lineage(live: LiveReg
 
 
 def test_lightning_callback_pushes_each_checkpoint_and_the_final_one(live: LiveRegistry, tmp_path: Path, env_token: None) -> None:
-    pl = pytest.importorskip("pytorch_lightning")
+    pl = need("pytorch_lightning")
     from depot.integrations.lightning import DepotCheckpointCallback
 
     torch.manual_seed(0)
@@ -156,7 +167,7 @@ def test_lightning_callback_pushes_each_checkpoint_and_the_final_one(live: LiveR
 
 
 def test_mlflow_artifacts_and_models_in_depot(live: LiveRegistry, tmp_path: Path, env_token: None) -> None:
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = need("mlflow")
     import mlflow.pyfunc
 
     registry = depot.Registry()
@@ -218,3 +229,20 @@ def test_mlflow_artifacts_and_models_in_depot(live: LiveRegistry, tmp_path: Path
         assert annotations.get("dev.depot.lineage.run") == run_id
     edges = [n.edge for n in ops.lineage(f"{run_repo}:{tags[0]}")]
     assert [(e.parent, e.run) for e in edges] == [(base.digest, run_id)]
+
+
+def test_mlflow_sends_the_token_only_to_the_configured_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An artifact location comes from the tracking server, which other users can write: a
+    depot:// URI naming another host must not get $DEPOT_TOKEN."""
+    need("mlflow")
+    from depot.integrations.mlflow import _token_for
+
+    monkeypatch.setenv("DEPOT_REGISTRY", "http://127.0.0.1:5000")
+    monkeypatch.setenv("DEPOT_TOKEN", "secret")
+    assert _token_for("127.0.0.1:5000") is None  # the default: $DEPOT_TOKEN
+    assert _token_for("evil.example") == ""
+    assert _token_for("127.0.0.1:5001") == ""
+    monkeypatch.setenv("DEPOT_REGISTRY", "models.example.com")
+    assert _token_for("MODELS.example.com") is None
+    monkeypatch.delenv("DEPOT_REGISTRY")
+    assert _token_for("127.0.0.1:5000") == ""

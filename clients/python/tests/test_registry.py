@@ -107,10 +107,16 @@ def test_errors_carry_the_registry_code(
         registry.push("not a reference", tmp_path / "f")
     # A reference or path that looks like an option stays an argument: never `--registry=...`
     # (which would send the token elsewhere), and a file named "-x" is pushed as a file.
-    with pytest.raises(depot.UsageError):
-        registry.push("--registry=http://127.0.0.1:9/evil", tmp_path / "f")
-    with pytest.raises(depot.UsageError):
-        registry.pull("--plain-http", tmp_path / "x")
+    with socket.socket() as trap:
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(8)
+        trap.setblocking(False)
+        elsewhere = f"--registry=http://127.0.0.1:{trap.getsockname()[1]}"
+        with pytest.raises(depot.DepotError) as as_path:
+            registry.push("sdk/x:v1", elsewhere)
+        assert "no such file" in str(as_path.value)
+        with pytest.raises(BlockingIOError):
+            trap.accept()  # nobody connected: the token went nowhere
     (tmp_path / "-x").write_bytes(b"dash")
     monkeypatch.chdir(tmp_path)
     assert registry.push("sdk/x:dash", "-x").files == 1

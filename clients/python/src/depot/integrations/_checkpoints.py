@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -22,8 +23,10 @@ log = logging.getLogger("depot")
 def snapshot(source: Path, staging: Path) -> Path:
     """A copy of ``source`` (a file or a folder) under ``staging`` that a later push can read even
     after the trainer rotates its checkpoints (``save_total_limit`` deletes old ones): hard links
-    where the file system allows (no bytes copied; trainers write new files, they do not rewrite
-    old ones in place), a copy otherwise."""
+    where the file system allows (no bytes copied: the staging folder sits beside the
+    checkpoints for that; trainers write each checkpoint into a new folder), a copy otherwise. A
+    file rewritten in place while its push runs changes under the push, which then fails its
+    digest check rather than storing a mix."""
     target = staging / source.name
     if source.is_dir():
         shutil.copytree(source, target, copy_function=_link_or_copy)
@@ -61,6 +64,8 @@ class CheckpointChain:
         dataset: str | None,
         commit: str | None,
         background: bool,
+        staging_root: Path | None = None,
+        max_pending: int = 2,
     ) -> None:
         self.registry = registry
         self.repository = repository
@@ -72,7 +77,14 @@ class CheckpointChain:
         self._parent: str | None = base
         self._first = True
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depot-checkpoints")
-        self._staging = Path(tempfile.mkdtemp(prefix="depot-checkpoints-"))
+        if staging_root is not None:
+            staging_root.mkdir(parents=True, exist_ok=True)
+        self._staging = Path(tempfile.mkdtemp(prefix="depot-checkpoints-", dir=staging_root))
+        # Removed at interpreter exit too, when training died before on_train_end.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._staging), True)
+        # At most this many checkpoints wait for their push: beyond, a save waits (training
+        # slows down) rather than staging copies filling the disk.
+        self._slots = threading.BoundedSemaphore(max(1, max_pending))
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []
         self._pending: list[Future[PushResult]] = []
@@ -86,10 +98,15 @@ class CheckpointChain:
     ) -> "Future[PushResult]":
         """Queues a push of what ``prepare(staging_dir)`` returns (called now, on the training
         thread, so it captures the checkpoint as it is at this step) to ``repository:tag``."""
-        with self._lock:
-            staging = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=self._staging))
-        path = prepare(staging)
-        future = self._executor.submit(self._push, tag, path, staging, dict(metrics or {}))
+        self._slots.acquire()
+        try:
+            with self._lock:
+                staging = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=self._staging))
+            path = prepare(staging)
+            future = self._executor.submit(self._push, tag, path, staging, dict(metrics or {}))
+        except BaseException:
+            self._slots.release()
+            raise
         with self._lock:
             self._pending.append(future)
         if not self.background:
@@ -121,6 +138,7 @@ class CheckpointChain:
             raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            self._slots.release()
 
     def wait(self) -> list[PushResult]:
         """Waits for every queued push; raises the first failure (as a :class:`DepotError`)."""
@@ -146,7 +164,7 @@ class CheckpointChain:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        shutil.rmtree(self._staging, ignore_errors=True)
+        self._cleanup()
 
 
 def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:

@@ -4,10 +4,17 @@
 >>> trainer = pl.Trainer(callbacks=[ModelCheckpoint(every_n_train_steps=100),
 ...                                 DepotCheckpointCallback("team/vision", base="team/vision:base")])
 
-``on_save_checkpoint`` writes the checkpoint Lightning is saving (the same dictionary its
-checkpoint IO writes) to a staging file and pushes it as ``<repository>:step-<global step>`` in
-the background; ``on_train_end`` pushes the final weights when the last save was at an earlier
-step, then waits for every push and raises if one failed. Lineage as in
+``on_save_checkpoint`` writes the checkpoint Lightning is saving (the dictionary its checkpoint
+IO writes: weights, optimizer and scheduler states, loops, callbacks' states) to a staging file
+beside ``default_root_dir`` and pushes it as ``<repository>:step-<global step>`` in the
+background; ``on_train_end`` pushes the final weights when the last save was at an earlier step,
+then waits for every push and raises if one failed.
+
+Limits, from where Lightning calls the hook: keys the LightningModule's own
+``on_save_checkpoint`` adds come after it and are not in the pushed file; a
+``ModelCheckpoint(save_weights_only=True)`` does not call callbacks' hooks, so only the final
+weights are pushed; sharded strategies (FSDP, DeepSpeed) give rank 0 only its shard: push their
+consolidated checkpoint with :meth:`depot.Registry.push` instead. Lineage as in
 :mod:`depot.integrations.transformers`: the first checkpoint ``fine-tuned-from`` the base, each
 later one ``trained-from`` the one before; the logged metrics go on the edge.
 """
@@ -26,7 +33,7 @@ except ImportError:  # the standalone `pytorch_lightning` package
 
 from ..client import Registry
 from ..types import PushResult
-from ._checkpoints import CheckpointChain, numeric_metrics
+from ._checkpoints import CheckpointChain, log, numeric_metrics
 
 
 class DepotCheckpointCallback(Callback):  # type: ignore[misc]
@@ -82,6 +89,7 @@ class DepotCheckpointCallback(Callback):  # type: ignore[misc]
             self._chain = CheckpointChain(
                 self.registry,
                 self.repository,
+                staging_root=Path(trainer.default_root_dir) / ".depot-staging",
                 base=self.base,
                 base_relation="fine-tuned-from",
                 run=str(run) if run else None,
@@ -90,6 +98,17 @@ class DepotCheckpointCallback(Callback):  # type: ignore[misc]
                 background=self.background,
             )
         return self._chain
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Training failed: finish the pushes already queued (they are good checkpoints), then clean up."""
+        if self._chain is not None:
+            chain, self._chain = self._chain, None
+            try:
+                self.pushed = chain.wait()
+            except Exception as e:
+                log.warning("depot: %s", e)
+            finally:
+                chain.close()
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if not trainer.is_global_zero:
@@ -109,13 +128,14 @@ class DepotCheckpointCallback(Callback):  # type: ignore[misc]
         self._chain_for(trainer).submit(self.tag_format.format(step=step), prepare, metrics)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
         if self.push_final and self._last_step != int(trainer.global_step):
-            staging = Path(self._chain_for(trainer)._staging) / "final.ckpt"
-            # Calls on_save_checkpoint, which pushes it.
-            trainer.save_checkpoint(staging)
-        if self._chain is None:
+            # A collective call (it ends in a barrier): every rank makes it; it calls
+            # on_save_checkpoint, which pushes from rank 0. The file it writes is not needed.
+            final = Path(trainer.default_root_dir) / ".depot-staging" / "final.ckpt"
+            trainer.save_checkpoint(final)
+            if trainer.is_global_zero:
+                final.unlink(missing_ok=True)
+        if not trainer.is_global_zero or self._chain is None:
             return
         chain, self._chain = self._chain, None
         try:

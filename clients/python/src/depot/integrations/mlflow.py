@@ -10,7 +10,10 @@ there, through the same engine as ``depot push`` (only changed chunks move):
 >>> mlflow.pyfunc.load_model("runs:/<run id>/model")           # or the depot:// URI itself
 
 The plugin is registered through the ``mlflow.artifact_repository`` entry point: installing
-``depot-registry`` is enough. Credentials: ``$DEPOT_TOKEN`` (or ``depot login``).
+``depot-registry`` is enough. Credentials: ``$DEPOT_TOKEN`` when the URI's host is the one
+``$DEPOT_REGISTRY`` names (an artifact location comes from the tracking server, which other users
+can write: a token is never sent to a host it was not configured for), else what ``depot login``
+stored for that host.
 
 Layout: ``depot://HOST[:PORT]/PATH`` is the Depot repository ``PATH`` on registry ``HOST:PORT``
 (http on this machine, https elsewhere, as for the CLI). MLflow derives a run's URI from the
@@ -68,7 +71,7 @@ class DepotArtifactRepository(ArtifactRepository):
     def __init__(self, artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:
         super().__init__(artifact_uri, tracking_uri, registry_uri)
         host, self.repository = parse_uri(artifact_uri)
-        self.registry = Registry(host)
+        self.registry = Registry(host, token=_token_for(host))
         parts = self.repository.split("/")
         self.run_id = parts[-2] if len(parts) >= 2 and parts[-1] == "artifacts" and _RUN_ID.match(parts[-2]) else None
 
@@ -144,8 +147,10 @@ class DepotArtifactRepository(ArtifactRepository):
     def _locate(self, path: str | None) -> tuple[str, str] | None:
         """(repository, path inside it) for ``path`` under this URI, or None."""
         inner = _relative(path)
-        parts = [*self.repository.split("/"), *([] if str(inner) == "." else inner.parts)]
-        for i in range(len(parts), 0, -1):
+        own = self.repository.split("/")
+        parts = [*own, *([] if str(inner) == "." else inner.parts)]
+        # Never above this URI's own repository: what it holds is below it.
+        for i in range(len(parts), len(own) - 1, -1):
             if not all(_COMPONENT.match(p) for p in parts[:i]):
                 continue
             candidate = "/".join(parts[:i])
@@ -164,9 +169,11 @@ class DepotArtifactRepository(ArtifactRepository):
         except NotFoundError:
             tags = []
         except DepotError as e:
-            if e.code not in ("NAME_INVALID", "USAGE"):
+            # Not a valid repository name, or one this credential may not read (a token scoped
+            # to the experiment's repositories): nothing this plugin logged is there.
+            if e.code not in ("NAME_INVALID", "USAGE", "DENIED", "UNAUTHORIZED"):
                 raise
-            tags = []  # not a valid repository name: nothing was logged there
+            tags = []
         index: dict[str, tuple[str, int]] | None = None
         for tag in tags:
             manifest = self.registry.inspect(f"{repository}:{tag}")
@@ -217,6 +224,17 @@ class DepotArtifactRepository(ArtifactRepository):
             "Depot keeps what was logged (artifacts are immutable and audited); "
             "delete the run's tags with the registry API if you must"
         )
+
+
+def _token_for(host: str) -> str | None:
+    """``$DEPOT_TOKEN`` only for the registry ``$DEPOT_REGISTRY`` names. An artifact location
+    comes from the tracking server, which other users can write: a URI naming another host must
+    not receive the token (it gets what ``depot login`` stored for that host, if anything)."""
+    configured = os.environ.get("DEPOT_REGISTRY", "")
+    configured_host = urlparse(configured).netloc if "://" in configured else configured.strip("/")
+    if configured_host and configured_host.lower() == host.lower():
+        return None  # the default: $DEPOT_TOKEN
+    return ""
 
 
 def _relative(path: str | None) -> PurePosixPath:

@@ -24,7 +24,17 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from ..client import Registry
 from ..types import PushResult
-from ._checkpoints import CheckpointChain, numeric_metrics, snapshot
+from ._checkpoints import CheckpointChain, log, numeric_metrics, snapshot
+
+
+def _barrier() -> None:
+    """Waits for every process of a distributed run (nothing to wait for otherwise)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 class DepotCallback(TrainerCallback):
@@ -70,6 +80,7 @@ class DepotCallback(TrainerCallback):
             self._chain = CheckpointChain(
                 self.registry,
                 self.repository,
+                staging_root=Path(args.output_dir or ".") / ".depot-staging",
                 base=self.base,
                 base_relation="fine-tuned-from",
                 run=str(run) if run else None,
@@ -80,11 +91,19 @@ class DepotCallback(TrainerCallback):
         return self._chain
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        # Every process has written its part (its RNG state, its shard) before the main one
+        # captures the folder: on_save runs on all processes, right after each one's save.
+        _barrier()
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir or ".") / f"checkpoint-{state.global_step}"
         if not folder.is_dir():
-            return
+            # A hyperparameter search saves under output_dir/run-<trial>/.
+            found = sorted(Path(args.output_dir or ".").glob(f"run-*/checkpoint-{state.global_step}"))
+            if not found:
+                log.warning("depot: no checkpoint folder for step %d under %s: not pushed", state.global_step, args.output_dir)
+                return
+            folder = max(found, key=lambda p: p.stat().st_mtime)
         metrics: dict[str, float] = {}
         for entry in state.log_history:
             if entry.get("step") == state.global_step:
