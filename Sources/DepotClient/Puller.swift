@@ -16,6 +16,9 @@ public struct PullRequest: Sendable {
     public var outputDirectory: String
     /// Only these files of the artifact (relative paths); all when empty.
     public var files: [String] = []
+    /// Only files matching one of these (all when empty), then none matching `exclude`.
+    public var include: [PathPattern] = []
+    public var exclude: [PathPattern] = []
     public var jobs = 4
     /// Files pulled at the same time.
     public var fileJobs = 2
@@ -62,6 +65,17 @@ public final class Puller: Sendable {
                     "\(request.repository):\(request.reference) has no file '\(f)' (it has: \(layers.map(\.path).joined(separator: ", ")))")
             }
             wanted = layers.filter { request.files.contains($0.path) }
+        }
+        if !request.include.isEmpty || !request.exclude.isEmpty {
+            wanted = wanted.filter { l in
+                (request.include.isEmpty || request.include.contains { $0.matches(l.path) })
+                    && !request.exclude.contains { $0.matches(l.path) }
+            }
+            guard !wanted.isEmpty else {
+                throw ClientError(
+                    "no file of \(request.repository):\(request.reference) matches --include \(request.include.map(\.text)) --exclude \(request.exclude.map(\.text)) (it has: \(layers.prefix(50).map(\.path).joined(separator: ", ")))"
+                )
+            }
         }
         let info = request.plainOCI ? nil : try await connection.extensionInfo()
         let partialDir = request.outputDirectory + "/.depot-partial"

@@ -20,19 +20,35 @@ struct RegistryOptions: ParsableArguments {
             valueName: "file"))
     var caFile: String?
 
-    var url: String {
+    var url: String { url(host: nil) }
+
+    /// The registry's URL: `host` (from a reference) when given, else `--registry`,
+    /// `$DEPOT_REGISTRY`, `http://127.0.0.1:5000`. A bare host is https, or http on this machine
+    /// or with `--plain-http` (as oras spells it).
+    func url(host: String?) -> String {
         let env = ProcessInfo.processInfo.environment
-        var url = registry ?? env["DEPOT_REGISTRY"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:5000"
+        var url = host ?? registry ?? env["DEPOT_REGISTRY"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:5000"
         if !url.contains("://") {
-            // A bare host: https unless it is this machine.
-            let host = DockerConfig.key(forRegistry: url).split(separator: ":").first.map(String.init) ?? url
-            url = (RegistryConnection.isLoopback(host) ? "http://" : "https://") + url
+            let bare = DockerConfig.key(forRegistry: url).split(separator: ":").first.map(String.init) ?? url
+            url = (RegistryConnection.isLoopback(bare) || (host != nil && plainHttp) ? "http://" : "https://") + url
         }
         return url
     }
 
-    func connect() throws -> RegistryConnection {
-        let url = self.url
+    /// The one registry host the references name, or nil; an error when they name two.
+    static func host(of references: [ArtifactReference]) throws -> String? {
+        let hosts = Set(references.compactMap(\.registry))
+        guard hosts.count <= 1 else {
+            throw ClientError("the references name more than one registry (\(hosts.sorted().joined(separator: ", "))): use one")
+        }
+        return hosts.first
+    }
+
+    func connect(host: String? = nil) throws -> RegistryConnection {
+        if let host, let registry, DockerConfig.key(forRegistry: registry) != DockerConfig.key(forRegistry: host) {
+            throw ClientError("--registry \(registry) and the reference's registry \(host) differ: name one")
+        }
+        let url = self.url(host: host)
         if url.hasPrefix("http://"), !plainHttp, let host = URL(string: url)?.host, !RegistryConnection.isLoopback(host) {
             throw ClientError("\(url) is plain http to another machine: use https://, or pass --plain-http if you mean it")
         }
@@ -46,35 +62,32 @@ struct RegistryOptions: ParsableArguments {
     }
 }
 
-/// `REPO:TAG` or `REPO@sha256:...`.
-struct ArtifactReference: ExpressibleByArgument, CustomStringConvertible {
-    var repository: String
-    var reference: String
-    var isDigest: Bool { reference.hasPrefix("sha256:") }
-
-    init?(argument: String) {
-        if let at = argument.firstIndex(of: "@") {
-            repository = String(argument[..<at])
-            reference = String(argument[argument.index(after: at)...])
-            guard (try? Digest(parsing: reference)) != nil else { return nil }
-        } else if let colon = argument.lastIndex(of: ":") {
-            repository = String(argument[..<colon])
-            reference = String(argument[argument.index(after: colon)...])
-            guard Reference.isValidTag(reference) else { return nil }
-        } else {
-            return nil
-        }
-        guard (try? RepositoryName(repository)) != nil else { return nil }
+/// The CLI side of the one reference grammar (`ArtifactReference` in DepotAPI).
+extension ArtifactReference {
+    /// For `@Argument(transform:)`: the grammar's own error (what was expected, an example)
+    /// instead of ArgumentParser's generic "invalid value".
+    static func argument(_ text: String) throws -> ArtifactReference {
+        do { return try ArtifactReference(parsing: text) } catch { throw ValidationError(error.description) }
     }
 
-    var description: String { isDigest ? "\(repository)@\(reference)" : "\(repository):\(reference)" }
+    /// A repository with or without a version (`team/llm`, `host/team/llm:v1`).
+    static func repositoryArgument(_ text: String) throws -> ArtifactReference {
+        do { return try ArtifactReference(parsing: text, requireVersion: false) } catch { throw ValidationError(error.description) }
+    }
+
+    /// What to ask the registry for (the digest when there is one; parsed references have one or a tag).
+    var version: String { reference ?? "latest" }
 }
 
 /// Runs a client command: one clear line and exit status 1 on failure; always closes the connection.
-func runClient(_ registry: RegistryOptions, _ body: (RegistryConnection) async throws -> Void) async {
+/// `references`: the artifacts the command names; a host in them selects the registry (all must
+/// name the same one, or none).
+func runClient(
+    _ registry: RegistryOptions, for references: [ArtifactReference?] = [], _ body: (RegistryConnection) async throws -> Void
+) async {
     RegistryConnection.tuneMemory()
     let connection: RegistryConnection
-    do { connection = try registry.connect() } catch { fail(error) }
+    do { connection = try registry.connect(host: try RegistryOptions.host(of: references.compactMap { $0 })) } catch { fail(error) }
     do {
         try await body(connection)
         await connection.shutdown()
@@ -96,10 +109,11 @@ func keyValues(_ items: [String], flag: String) throws -> [(String, String)] {
 struct Push: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Push files or a directory as one model artifact (only the chunks the registry lacks move).")
-    @Argument(help: "REPO:TAG") var target: ArtifactReference
+    @Argument(help: "[HOST/]REPO:TAG", transform: ArtifactReference.argument) var target: ArtifactReference
     @Argument(help: "Files or directories (a directory keeps its layout, e.g. a Triton model directory).") var paths: [String]
     @OptionGroup var registry: RegistryOptions
-    @Option(help: "Parent artifact (REPO:TAG or REPO@DIGEST), recorded as lineage.") var from: ArtifactReference?
+    @Option(help: "Parent artifact (REPO:TAG or REPO@DIGEST, same registry), recorded as lineage.", transform: ArtifactReference.argument)
+    var from: ArtifactReference?
     @Option(help: "How this artifact derives from --from: \(LineageRelation.list).") var relation: String?
     @Option(help: "Training or pipeline run id.") var run: String?
     @Option(help: "Dataset URI.") var dataset: String?
@@ -115,7 +129,9 @@ struct Push: AsyncParsableCommand {
 
     func validate() throws {
         guard fileJobs >= 1 && fileJobs <= 16 else { throw ValidationError("--file-jobs must be 1...16") }
-        guard !target.isDigest else { throw ValidationError("push needs REPO:TAG, not a digest") }
+        guard !target.isDigest, target.tag != nil else {
+            throw ValidationError("push needs [HOST/]REPO:TAG, not a digest, e.g. team/llm:v2")
+        }
         if let relation, LineageRelation(rawValue: relation) == nil {
             throw ValidationError(
                 "unknown --relation '\(relation)'; one of \(LineageRelation.list)")
@@ -127,16 +143,15 @@ struct Push: AsyncParsableCommand {
     }
 
     func run() async throws {
-        await runClient(registry) { connection in
-            var request = PushRequest(repository: target.repository, tag: target.reference, paths: paths)
+        await runClient(registry, for: [target, from]) { connection in
+            var request = PushRequest(repository: target.repository, tag: target.version, paths: paths)
             request.jobs = jobs
             request.fileJobs = fileJobs
             request.plainOCI = plainOci
             for (k, v) in try keyValues(annotation, flag: "--annotation") { request.annotations[k] = v }
             for (k, v) in try keyValues(metric, flag: "--metric") { request.annotations[Annotation.metricPrefix + k] = v }
             if let from {
-                let digest =
-                    from.isDigest ? from.reference : try await connection.manifest(from.repository, from.reference).digest.description
+                let digest = try await digest(of: from, connection)
                 request.annotations[Annotation.Lineage.from] = "\(from.repository)@\(digest)"
                 request.annotations[Annotation.Lineage.relation] = relation ?? LineageRelation.derivedFrom.rawValue
             }
@@ -162,9 +177,12 @@ struct Push: AsyncParsableCommand {
 struct Pull: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Pull an artifact's files into a directory (only chunks missing from the local cache move).")
-    @Argument(help: "REPO:TAG or REPO@sha256:...") var source: ArtifactReference
+    @Argument(help: "[HOST/]REPO:TAG or [HOST/]REPO@sha256:...", transform: ArtifactReference.argument) var source: ArtifactReference
     @Option(name: .shortAndLong, help: "Output directory.") var output: String = "."
     @Option(help: "Pull only this file of the artifact (repeatable).") var file: [String] = []
+    @Option(help: "Pull only files matching this pattern (repeatable; * matches any characters, / included, ? one).")
+    var include: [String] = []
+    @Option(help: "Do not pull files matching this pattern (repeatable; applied after --include).") var exclude: [String] = []
     @OptionGroup var registry: RegistryOptions
     @Option(help: "Chunk cache directory (default: $DEPOT_CACHE, $XDG_CACHE_HOME/depot or ~/.cache/depot).") var cache: String?
     @Option(help: "Chunk cache bound in GiB (least recently used chunks are removed after a pull).") var cacheGib: Double = 20
@@ -178,13 +196,17 @@ struct Pull: AsyncParsableCommand {
         guard jobs >= 1 && jobs <= 64 else { throw ValidationError("--jobs must be 1...64") }
         guard fileJobs >= 1 && fileJobs <= 16 else { throw ValidationError("--file-jobs must be 1...16") }
         guard cacheGib >= 0 else { throw ValidationError("--cache-gib must be >= 0") }
+        guard include.count + exclude.count <= 256 else { throw ValidationError("at most 256 --include/--exclude patterns") }
+        for p in include + exclude { _ = try PathPattern(p) }
     }
 
     func run() async throws {
-        await runClient(registry) { connection in
+        await runClient(registry, for: [source]) { connection in
             let chunkCache = try ChunkCache(root: cache ?? ChunkCache.defaultRoot, maxBytes: Int64(cacheGib * 1_073_741_824))
-            var request = PullRequest(repository: source.repository, reference: source.reference, outputDirectory: output)
+            var request = PullRequest(repository: source.repository, reference: source.version, outputDirectory: output)
             request.files = file
+            request.include = try include.map(PathPattern.init)
+            request.exclude = try exclude.map(PathPattern.init)
             request.jobs = jobs
             request.fileJobs = fileJobs
             request.plainOCI = plainOci
@@ -204,7 +226,7 @@ struct Pull: AsyncParsableCommand {
 
 struct Tag: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Point a new tag at an existing artifact.")
-    @Argument(help: "REPO:TAG or REPO@DIGEST") var source: ArtifactReference
+    @Argument(help: "[HOST/]REPO:TAG or [HOST/]REPO@DIGEST", transform: ArtifactReference.argument) var source: ArtifactReference
     @Argument(help: "The new tag (in the same repository).") var tag: String
     @OptionGroup var registry: RegistryOptions
     @Flag(help: "Machine-readable output.") var json = false
@@ -214,8 +236,8 @@ struct Tag: AsyncParsableCommand {
     }
 
     func run() async throws {
-        await runClient(registry) { connection in
-            let m = try await connection.manifest(source.repository, source.reference)
+        await runClient(registry, for: [source]) { connection in
+            let m = try await connection.manifest(source.repository, source.version)
             try await connection.putManifest(source.repository, tag, bytes: m.bytes, mediaType: m.mediaType)
             if json { return printJSON(["repository": source.repository, "tag": tag, "digest": m.digest.description]) }
             print("\(source.repository):\(tag) -> \(m.digest)")

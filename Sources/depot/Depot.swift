@@ -16,9 +16,64 @@ struct Depot: AsyncParsableCommand {
             Alias.self, History.self, Rollback.self, Resolve.self, Pin.self, Unpin.self, Pins.self,
             LineageCommand.self, Audit.self, Events.self, Jobs.self, RunnerCommand.self, Rollout.self, TritonSyncCommand.self, Stats.self,
             Fsck.self, GC.self, Blob.self, Bench.self, Debug.self, Login.self, Logout.self, WhoAmICommand.self, Admin.self,
-            Sign.self, Verify.self, KeyCommand.self,
+            Sign.self, Verify.self, KeyCommand.self, Attach.self, Discover.self, Completion.self,
         ]
     )
+
+    /// Exit statuses (README, "Exit statuses"): 0 success, 1 an error, 2 the command line was
+    /// refused (usage), 3 what was named does not exist (HTTP 404 or a `*_UNKNOWN` code), 4 the
+    /// registry refused the credential or the action (401/403). ArgumentParser's own usage status
+    /// is 64 (EX_USAGE); scripts written against git, grep and oras expect 2.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var async = command as? AsyncParsableCommand {
+                try await async.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            if code == .validationFailure {
+                FileHandleOutput.stderr(fullMessage(for: error) + "\n")
+                Foundation.exit(ExitStatus.usage)
+            }
+            exit(withError: error)
+        }
+    }
+}
+
+/// The `depot` command's exit statuses.
+enum ExitStatus {
+    static let failure: Int32 = 1
+    static let usage: Int32 = 2
+    static let notFound: Int32 = 3
+    static let denied: Int32 = 4
+
+    /// The status for a registry's answer.
+    static func of(code: String?, status: Int?) -> Int32 {
+        if status == 412 || status == 409 { return failure } // a lost compare-and-swap, whatever its code
+        if status == 404 || code?.hasSuffix("_UNKNOWN") == true { return notFound }
+        if status == 401 || status == 403 || code == "DENIED" || code == "UNAUTHORIZED" { return denied }
+        return failure
+    }
+}
+
+/// `depot completion bash|zsh|fish`: the shell completion script (ArgumentParser writes it).
+struct Completion: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a shell completion script: depot completion bash > /etc/bash_completion.d/depot",
+        discussion:
+            "zsh: depot completion zsh > \"${fpath[1]}/_depot\"; fish: depot completion fish > ~/.config/fish/completions/depot.fish")
+    @Argument(help: "bash, zsh or fish") var shell: String
+
+    func validate() throws {
+        guard CompletionShell(rawValue: shell) != nil else { throw ValidationError("shell must be bash, zsh or fish") }
+    }
+
+    func run() {
+        print(Depot.completionScript(for: CompletionShell(rawValue: shell)!))
+    }
 }
 
 /// `--storage DIR`, shared by every command that opens a store.
@@ -67,9 +122,12 @@ func fail(_ message: String, code: Int32 = 1, registryCode: String? = nil, statu
     Foundation.exit(code)
 }
 
-/// `fail` for any error: a registry's error code and HTTP status travel along when it has them.
+/// `fail` for any error: a registry's error code and HTTP status travel along when it has them,
+/// and choose the exit status (`ExitStatus`).
 func fail(_ error: any Error) -> Never {
-    if let e = error as? ClientError { fail(e.message, registryCode: e.code, status: e.status) }
+    if let e = error as? ClientError {
+        fail(e.message, code: ExitStatus.of(code: e.code, status: e.status), registryCode: e.code, status: e.status)
+    }
     fail("\(error)")
 }
 

@@ -7,7 +7,7 @@ import Foundation
 struct Inspect: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show an artifact: manifest, files, sizes, extracted format metadata, lineage annotations.")
-    @Argument(help: "REPO:TAG or REPO@sha256:...") var source: ArtifactReference
+    @Argument(help: "[HOST/]REPO:TAG or [HOST/]REPO@sha256:...", transform: ArtifactReference.argument) var source: ArtifactReference
     @OptionGroup var registry: RegistryOptions
     @Flag(help: "Machine-readable output.") var json = false
 
@@ -28,8 +28,8 @@ struct Inspect: AsyncParsableCommand {
     }
 
     func run() async throws {
-        await runClient(registry) { connection in
-            let m = try await connection.manifest(source.repository, source.reference)
+        await runClient(registry, for: [source]) { connection in
+            let m = try await connection.manifest(source.repository, source.version)
             let raw = (try? WireJSON.decode(JSONValue.self, from: m.bytes, what: "manifest")) ?? .object([:])
             let manifest = try? WireJSON.decode(OCIManifestDocument.self, from: m.bytes, what: "manifest")
             let metadata = try await connection.metadata(source.repository, m.digest)

@@ -12,11 +12,14 @@ struct LineageCommand: AsyncParsableCommand {
         commandName: "lineage",
         abstract: "What an artifact was built from, what was built from it, and what an incident touches.",
         discussion: "Output: a table, or --json, --dot (Graphviz), --openlineage (OpenLineage run events, one JSON per line).")
-    @Argument(help: "REPO:TAG or REPO@DIGEST (not needed with --path).") var reference: ArtifactReference?
+    @Argument(help: "[HOST/]REPO:TAG or [HOST/]REPO@DIGEST (not needed with --path).", transform: ArtifactReference.argument)
+    var reference: ArtifactReference?
     @Flag(help: "Walk to what it was derived from (the default).") var ancestors = false
     @Flag(help: "Walk to what was derived from it.") var descendants = false
     @Flag(help: "Which tags and aliases resolve to it or to anything derived from it.") var impact = false
-    @Option(parsing: .upToNextOption, help: "A derivation path between two artifacts: --path FROM TO.") var path: [ArtifactReference] = []
+    @Option(
+        parsing: .upToNextOption, help: "A derivation path between two artifacts: --path FROM TO.", transform: ArtifactReference.argument)
+    var path: [ArtifactReference] = []
     @Option(help: "Maximum depth.") var depth = 64
     @Option(help: "Follow only this relation (repeatable).") var relation: [String] = []
     @Option(help: "Show only artifacts of this artifactType.") var artifactType: String?
@@ -39,7 +42,7 @@ struct LineageCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        await runClient(registry) { c in
+        await runClient(registry, for: [reference] + path) { c in
             if path.count == 2 {
                 let from = try await digest(of: path[0], c)
                 let to = try await digest(of: path[1], c)

@@ -14,26 +14,38 @@ struct Rollout: AsyncParsableCommand {
         ])
 }
 
-/// `REPO ENV` arguments shared by the rollout commands.
+/// `[HOST/]REPO:ENV` (or the older `REPO ENV`), shared by the rollout commands.
 struct DeploymentArguments: ParsableArguments {
-    @Argument(help: "Repository.") var repository: String
-    @Argument(help: "Environment alias, e.g. production.") var environment: String
+    @Argument(help: "[HOST/]REPO:ENV (or REPO ENV), e.g. team/llm:production") var words: [String]
+    var target: NamedTarget { get throws { try NamedTarget(words, extra: 0, usage: "team/llm:production") } }
+    func validate() throws { _ = try target }
     /// The path of one of this deployment's routes.
-    func path(_ id: RouteID) -> String { Routes[id].path(name: repository, ["environment": environment]) }
+    func path(_ id: RouteID) throws -> String {
+        let t = try target
+        return Routes[id].path(name: t.repository, ["environment": t.name])
+    }
 }
 
 struct RolloutStart: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "start", abstract: "Roll a Triton bundle out to an environment by steps, gated by metrics.")
-    @OptionGroup var deployment: DeploymentArguments
-    @Argument(help: "The bundle: a tag or sha256 digest in the repository.") var reference: String
+    @Argument(help: "[HOST/]REPO:ENV REF (or REPO ENV REF): the bundle, a tag or digest of REPO, e.g. team/llm:production v3")
+    var words: [String]
+
+    var target: NamedTarget { get throws { try NamedTarget(words, extra: 1, usage: "team/llm:production v3") } }
+
+    func validate() throws {
+        let t = try target
+        _ = try t.localVersion(t.rest[0])
+    }
     @Option(help: "Traffic steps in percent, comma-separated (default from the config: 1,10,50,100).") var steps: String?
     @Option(help: "Analysis interval per step: 90s, 15m, … (default from the config).") var analysis: String?
     @Flag(help: "Machine-readable output.") var json = false
     @OptionGroup var registry: RegistryOptions
 
     func run() async throws {
-        var body = RolloutStartRequest(reference: reference)
+        let t = try target
+        var body = RolloutStartRequest(reference: try t.localVersion(t.rest[0]))
         if let steps {
             let list = steps.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
             guard list.count == steps.split(separator: ",").count else { fail("--steps must be integers, e.g. 1,10,50,100") }
@@ -43,8 +55,9 @@ struct RolloutStart: AsyncParsableCommand {
             guard let seconds = DurationText.seconds(analysis) else { fail("--analysis must be a duration such as 90s or 15m") }
             body.analysisSeconds = Double(seconds)
         }
-        await runClient(registry) { [body] c in
-            let status = try await c.request(.POST, deployment.path(.rolloutStart), body: body, as: DeploymentStatusAnswer.self)
+        let path = Routes[.rolloutStart].path(name: t.repository, ["environment": t.name])
+        await runClient(registry, for: [t.reference]) { [body] c in
+            let status = try await c.request(.POST, path, body: body, as: DeploymentStatusAnswer.self)
             if json { return printJSON(status) }
             RolloutFormat.print(status)
         }
@@ -59,8 +72,8 @@ struct RolloutStatus: AsyncParsableCommand {
     @OptionGroup var registry: RegistryOptions
 
     func run() async throws {
-        await runClient(registry) { c in
-            let status = try await c.request(.GET, deployment.path(.deployment), as: DeploymentStatusAnswer.self)
+        await runClient(registry, for: [try deployment.target.reference]) { c in
+            let status = try await c.request(.GET, try deployment.path(.deployment), as: DeploymentStatusAnswer.self)
             if json { return printJSON(status) }
             RolloutFormat.print(status)
         }
@@ -71,9 +84,11 @@ enum RolloutAction {
     static func perform(_ action: RouteID, _ deployment: DeploymentArguments, reason: String?, json: Bool, _ registry: RegistryOptions)
         async
     {
-        await runClient(registry) { c in
+        // validate() checked the arguments: these do not throw here.
+        guard let target = try? deployment.target, let path = try? deployment.path(action) else { fail("invalid deployment arguments") }
+        await runClient(registry, for: [target.reference]) { c in
             let status = try await c.request(
-                .POST, deployment.path(action), body: RolloutControlRequest(reason: reason), as: DeploymentStatusAnswer.self)
+                .POST, path, body: RolloutControlRequest(reason: reason), as: DeploymentStatusAnswer.self)
             if json { return printJSON(status) }
             RolloutFormat.print(status)
         }

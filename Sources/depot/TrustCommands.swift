@@ -20,7 +20,7 @@ struct Sign: AsyncParsableCommand {
         discussion:
             "The signature covers the manifest digest, so it travels with the artifact through any OCI copy. Create a key with `depot key generate --out release.pem`; give its public half (`depot key show --key release.pem`) to the registry's signing.trusted_keys and to nodes."
     )
-    @Argument(help: "REPO:TAG or REPO@sha256:...") var source: ArtifactReference
+    @Argument(help: "[HOST/]REPO:TAG or [HOST/]REPO@sha256:...", transform: ArtifactReference.argument) var source: ArtifactReference
     @OptionGroup var registry: RegistryOptions
     @Option(help: "Your ECDSA P-256 private key (PEM).") var key: String
     @Option(help: "The name you sign as (a hint shown by verify; policies name keys, not this).") var signer: String?
@@ -28,8 +28,8 @@ struct Sign: AsyncParsableCommand {
     func run() async throws {
         let signingKey: SigningKey
         do { signingKey = try SigningKey.load(path: key) } catch { fail("\(error)") }
-        await runClient(registry) { connection in
-            let m = try await connection.manifest(source.repository, source.reference)
+        await runClient(registry, for: [source]) { connection in
+            let m = try await connection.manifest(source.repository, source.version)
             let now = Int64(Date().timeIntervalSince1970 * 1000)
             let signature = try await connection.pushSignature(source.repository, subject: m, key: signingKey, signer: signer, nowMs: now)
             print("signed \(source.repository)@\(m.digest) with key \(signingKey.keyID.prefix(16)): signature \(signature)")
@@ -43,7 +43,7 @@ struct Verify: AsyncParsableCommand {
         discussion:
             "With --key, signatures are checked on this machine against the given public keys; the registry is not trusted. Without --key, the registry reports which of its trusted keys signed the artifact and what each environment's deploy policy says; --policy ENV exits 1 unless ENV's policy is satisfied."
     )
-    @Argument(help: "REPO:TAG or REPO@sha256:...") var source: ArtifactReference
+    @Argument(help: "[HOST/]REPO:TAG or [HOST/]REPO@sha256:...", transform: ArtifactReference.argument) var source: ArtifactReference
     @OptionGroup var registry: RegistryOptions
     @Option(name: .customLong("key"), help: "A public key (PEM) as NAME=FILE or FILE; repeatable. Exit 1 unless one verifies.")
     var keys: [String] = []
@@ -64,8 +64,8 @@ struct Verify: AsyncParsableCommand {
     func run() async throws {
         let trusted: [TrustedKey]
         do { trusted = try keys.map(loadTrustedKey) } catch { fail("\(error)") }
-        await runClient(registry) { connection in
-            let m = try await connection.manifest(source.repository, source.reference)
+        await runClient(registry, for: [source]) { connection in
+            let m = try await connection.manifest(source.repository, source.version)
             if !trusted.isEmpty {
                 let checks = try await connection.checkSignatures(source.repository, m.digest, verifier: SignatureVerifier(keys: trusted))
                 let rows = checks.map { c in

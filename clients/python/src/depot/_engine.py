@@ -23,8 +23,8 @@ from .errors import DepotError, UsageError, error_for
 
 _BUNDLED = Path(__file__).resolve().parent / "_bin" / "depot"
 
-# Exit status of a command whose arguments were refused before it ran (swift-argument-parser).
-_EX_USAGE = 64
+# Exit status of a command whose arguments were refused before it ran (README, "Exit statuses").
+_EX_USAGE = 2
 
 
 def find_executable(explicit: str | os.PathLike[str] | None = None) -> str:
