@@ -151,6 +151,82 @@ func makeImageLayout(_ dir: String) async throws -> Digest {
         }
     }
 
+    /// Referrers both ways: oras-py attaches an SBOM to a model `depot push`ed, `depot discover`
+    /// lists it (tree and JSON) and `depot pull` reads it by digest; `depot attach` attaches an
+    /// evaluation report, which the referrers API shows to oras-py's client and oras-py pulls.
+    @Test func attachAndDiscoverInteroperateWithOras() async throws {
+        let work = TempDir("referrers")
+        try makeCheckpoint(work.path + "/model.safetensors", tensors: 2, tensorBytes: 64 << 10)
+        try "{\"spdxVersion\": \"SPDX-2.3\"}".write(toFile: work.path + "/sbom.json", atomically: true, encoding: .utf8)
+        try "{\"accuracy\": 0.93}".write(toFile: work.path + "/eval.json", atomically: true, encoding: .utf8)
+        let depot = repoRoot + "/.build/debug/depot"
+        try await withRegistry { _, _, port in
+            let host = "127.0.0.1:\(port)"
+            let subject = try await push(port, "interop/refs", "v1", [work.path + "/model.safetensors"]).digest
+            // 1. oras-py attaches (its config media type is the referrer's artifactType).
+            let script = """
+                import oras.client, oras.oci, os, sys, json
+                host, subject, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+                os.chdir(sys.argv[4])
+                c = oras.client.OrasClient(hostname=host, insecure=True)
+                s = oras.oci.Subject(mediaType="application/vnd.oci.image.manifest.v1+json", digest=subject, size=size)
+                r = c.push(target=host + "/interop/refs:sbom", files=["sbom.json"], subject=s,
+                           manifest_config="config.json:application/spdx+json")
+                print(r.status_code)
+                """
+            try "{}".write(toFile: work.path + "/config.json", atomically: true, encoding: .utf8)
+            let manifestSize = try await run(
+                "/usr/bin/env",
+                [
+                    "curl", "-sf", "http://\(host)/v2/interop/refs/manifests/v1", "-H",
+                    "Accept: application/vnd.oci.image.manifest.v1+json", "-o", work.path + "/m.json",
+                ])
+            #expect(manifestSize.status == 0)
+            let size = try Data(contentsOf: URL(fileURLWithPath: work.path + "/m.json")).count
+            let attached = try await run("/usr/bin/env", ["python3", "-c", script, host, subject, "\(size)", work.path])
+            #expect(attached.status == 0 && attached.output.contains("201"), "\(attached.output)")
+            let tree = try await run(depot, ["discover", "\(host)/interop/refs:v1"])
+            #expect(tree.status == 0 && tree.output.contains("application/spdx+json"), "\(tree.output)")
+            let json = try await run(depot, ["discover", "\(host)/interop/refs:v1", "--json", "--artifact-type", "application/spdx+json"])
+            let doc = try #require(try JSONSerialization.jsonObject(with: Data(json.output.utf8)) as? [String: Any], "\(json.output)")
+            let referrers = try #require(doc["referrers"] as? [[String: Any]])
+            #expect(referrers.count == 1 && referrers[0]["artifact_type"] as? String == "application/spdx+json")
+            let sbomDigest = try #require(referrers[0]["digest"] as? String)
+            let pulled = try await run(depot, ["pull", "\(host)/interop/refs@\(sbomDigest)", "-o", work.path + "/sbom-out", "--quiet"])
+            #expect(pulled.status == 0, "\(pulled.output)")
+            #expect(sameFile(work.path + "/sbom-out/sbom.json", work.path + "/sbom.json"))
+
+            // 2. depot attaches; oras-py sees it through the referrers API and pulls it.
+            let attach = try await run(
+                depot,
+                [
+                    "attach", "\(host)/interop/refs:v1", work.path + "/eval.json", "--artifact-type", "application/vnd.example.eval+json",
+                    "--json",
+                ])
+            #expect(attach.status == 0, "\(attach.output)")
+            let evalDigest = try #require(try ClientProcessTests.json(attach.output)["digest"] as? String)
+            let read = """
+                import oras.client, os, sys
+                host, subject, want, out = sys.argv[1:5]
+                c = oras.client.OrasClient(hostname=host, insecure=True)
+                index = c.do_request(f"http://{host}/v2/interop/refs/referrers/{subject}").json()
+                found = [m for m in index["manifests"] if m["digest"] == want]
+                assert found and found[0]["artifactType"] == "application/vnd.example.eval+json", index
+                files = c.pull(target=f"{host}/interop/refs@{want}", outdir=out)
+                print(sorted(os.path.basename(f) for f in files))
+                """
+            let r = try await run("/usr/bin/env", ["python3", "-c", read, host, subject, evalDigest, work.path + "/eval-out"])
+            #expect(r.status == 0, "\(r.output)")
+            #expect(sameFile(work.path + "/eval-out/eval.json", work.path + "/eval.json"))
+            let both = try await run(depot, ["discover", "\(host)/interop/refs:v1", "--json"])
+            #expect(both.output.contains(evalDigest) && both.output.contains(sbomDigest), "\(both.output)")
+            // A media type that is not one is refused before anything is sent.
+            let bad = try await run(
+                depot, ["attach", "\(host)/interop/refs:v1", work.path + "/eval.json", "--artifact-type", "not a type"])
+            #expect(bad.status == 2, "\(bad.output)")
+        }
+    }
+
     @Test func containerdPullsAndUnpacksAnImagePushedBySkopeo() async throws {
         let work = TempDir("ctr")
         _ = try await makeImageLayout(work.path + "/layout")
