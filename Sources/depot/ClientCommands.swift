@@ -246,16 +246,92 @@ struct Tag: AsyncParsableCommand {
 }
 
 struct List: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List repositories, or the tags of one.")
-    @Argument(help: "A repository (omit to list repositories).") var repository: String?
+    static let configuration = CommandConfiguration(
+        commandName: "ls", abstract: "List repositories, or the tags of one with digest, size, created and artifact type.")
+    @Argument(help: "A repository, [HOST/]REPO (omit to list repositories).", transform: ArtifactReference.repositoryArgument)
+    var repository: ArtifactReference?
+    @Option(help: "Describe at most this many tags (each is one manifest request; the rest are listed by name).") var limit = 1000
     @OptionGroup var registry: RegistryOptions
-    @Flag(help: "Machine-readable output.") var json = false
+    @Flag(help: "Machine-readable output: [{repository}] or [{tag, digest, size, created, artifact_type}].") var json = false
+    @Flag(name: .shortAndLong, help: "Only the names, one per line.") var quiet = false
+
+    /// One tag of `depot ls REPO --json`; field names are stable.
+    struct TagRow: Encodable {
+        var tag: String
+        var digest: String?
+        /// The artifact's size: its layers (files) together.
+        var size: Int64?
+        var created: String?
+        var artifactType: String?
+
+        enum CodingKeys: String, CodingKey {
+            case tag, digest, size, created
+            case artifactType = "artifact_type"
+        }
+    }
+
+    func validate() throws {
+        guard limit >= 0 else { throw ValidationError("--limit must be >= 0") }
+        if let repository, repository.tag != nil || repository.digest != nil {
+            throw ValidationError("ls takes a repository, not a tag or digest, e.g. depot ls team/llm")
+        }
+    }
 
     func run() async throws {
-        await runClient(registry) { connection in
-            let items: [String]
-            if let repository { items = try await connection.tags(repository) } else { items = try await connection.repositories() }
-            if json { printJSON(items) } else { for i in items { print(i) } }
+        await runClient(registry, for: [repository]) { connection in
+            guard let repository else {
+                let names = try await connection.repositories()
+                if json { return printJSON(names.map { ["repository": $0] }) }
+                for n in names { print(n) }
+                return
+            }
+            let tags = try await connection.tags(repository.repository)
+            if quiet {
+                for t in tags { print(t) }
+                return
+            }
+            // Eight manifest requests at a time, in tag order.
+            var rows = tags.map { TagRow(tag: $0) }
+            try await withThrowingTaskGroup(of: (Int, TagRow).self) { group in
+                var next = 0
+                func add() {
+                    guard next < min(rows.count, limit) else { return }
+                    let i = next
+                    next += 1
+                    let tag = rows[i].tag
+                    group.addTask { (i, try await Self.describe(connection, repository.repository, tag)) }
+                }
+                for _ in 0..<8 { add() }
+                while let (i, row) = try await group.next() {
+                    rows[i] = row
+                    add()
+                }
+            }
+            if json { return printJSON(rows) }
+            print("TAG\tDIGEST\tSIZE\tCREATED\tARTIFACT TYPE")
+            for r in rows {
+                print(
+                    [
+                        r.tag, r.digest.map { short($0) } ?? "-", r.size.map { formatBytes($0) } ?? "-", r.created ?? "-",
+                        r.artifactType ?? "-",
+                    ]
+                    .joined(separator: "\t"))
+            }
+        }
+    }
+
+    static func describe(_ connection: RegistryConnection, _ repository: String, _ tag: String) async throws -> TagRow {
+        do {
+            let m = try await connection.manifest(repository, tag)
+            let doc = try? WireJSON.decode(OCIManifestDocument.self, from: m.bytes, what: "manifest")
+            let size =
+                doc?.layers.map { $0.reduce(Int64(0)) { $0 &+ max(0, $1.size) } }
+                ?? doc?.manifests.map { $0.reduce(Int64(0)) { $0 &+ max(0, $1.size) } }
+            return TagRow(
+                tag: tag, digest: m.digest.description, size: size, created: doc?.annotations?["org.opencontainers.image.created"],
+                artifactType: doc?.artifactType ?? doc?.config?.mediaType)
+        } catch let e as ClientError where e.status == 404 {
+            return TagRow(tag: tag) // deleted between the listing and this request
         }
     }
 }

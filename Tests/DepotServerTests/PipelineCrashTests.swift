@@ -116,7 +116,7 @@ import Testing
             #expect(manifests.count == 1, "exactly one output for \(input["tag"] ?? "?"): \(manifests)")
             #expect(manifests.first?["digest"] as? String == (job["output"] as? [String: Any])?["digest"] as? String)
         }
-        let tags = try await run(depot, ["ls", "team/c", "--registry", url])
+        let tags = try await run(depot, ["ls", "team/c", "-q", "--registry", url])
         #expect(Set(tags.output.split(separator: "\n").map(String.init)) == ["v1", "v1-copy", "v2", "v2-copy"], "\(tags.output)")
         runner.kill9()
         server.stop()

@@ -189,7 +189,7 @@ case "$broken" in
   "failed 1 "*"status 78"*) ok "unconvertible model: failed at once (no retry): ${broken#failed 1 }";;
   *) bad "unconvertible model: $broken";;
 esac
-tags="$("$DEPOT" ls models/broken | tr '\n' ' ')"
+tags="$("$DEPOT" ls -q models/broken | tr '\n' ' ')"
 [[ "$tags" == "v1 " ]] && ok "nothing published for it (tags: $tags)" || bad "tags of models/broken: $tags"
 
 # 9. A malicious pickle: pushed to models/x:v1, it runs no code (the marker stays absent) and its job

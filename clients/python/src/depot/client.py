@@ -341,11 +341,11 @@ class Registry:
 
     def tags(self, repository: str) -> list[str]:
         """The tags of a repository."""
-        return [str(t) for t in self._engine.call(["ls"], [repository], self._ca) or ()]
+        return [str(row["tag"]) for row in self._engine.call(["ls"], [repository], [*self._ca, "--limit=0"]) or ()]
 
     def repositories(self) -> list[str]:
         """The repositories the credential may list."""
-        return [str(r) for r in self._engine.call(["ls"], [], self._ca) or ()]
+        return [str(row["repository"]) for row in self._engine.call(["ls"], [], self._ca) or ()]
 
     def jobs(self, *, state: str | None = None, pipeline: str | None = None, limit: int = 100) -> list[Job]:
         """Pipeline jobs, newest first (e.g. the convert/package jobs a push started)."""
