@@ -122,4 +122,41 @@ struct CopyTests {
             }
         }
     }
+
+    /// Air-gapped transfer: Depot -> an OCI layout directory (skopeo reads the same manifest
+    /// bytes) -> another Depot, where the second version sends about its changed bytes.
+    @Test func toAnOCILayoutAndBack() async throws {
+        let dir = TempDir("depot-cp-layout")
+        let layout = dir.path + "/usb/models"
+        try await withRegistry { _, _, portA in
+            let d = try await pushFamily(portA, dir.path)
+            for v in ["v1", "v2"] {
+                let out = try await run(Self.depot, ["cp", "127.0.0.1:\(portA)/team/llm:\(v)", "oci-layout:" + layout])
+                #expect(out.status == 0, "\(out.output)")
+            }
+            let raw = try await run("/usr/bin/skopeo", ["inspect", "--raw", "oci:\(layout):v2"])
+            #expect(raw.status == 0, "\(raw.output)")
+            #expect(Digest.of(Array(raw.output.trimmingCharacters(in: .newlines).utf8)) == d[1], "skopeo reads the same manifest")
+            try await withRegistry { _, b, portB in
+                let first = try await run(Self.depot, ["cp", "oci-layout:\(layout):v1", "localhost:\(portB)/team/llm", "--json"])
+                #expect(first.status == 0, "\(first.output)")
+                let second = try await run(Self.depot, ["cp", "oci-layout:\(layout):v2", "localhost:\(portB)/team/llm", "--json"])
+                #expect(second.status == 0, "\(second.output)")
+                let sent = try #require(try ClientProcessTests.json(second.output)["bytes_sent"] as? Int)
+                let lacked = 2 * (256 << 10)
+                #expect(sent <= lacked + lacked / 10 + (16 << 10), "sent \(sent) for \(lacked) the destination lacked")
+                let repo = try RepositoryName("team/llm")
+                #expect(try b.manifest(repo, .tag("v1")).digest == d[0] && b.manifest(repo, .tag("v2")).digest == d[1])
+                let pulled = try await run(Self.depot, ["pull", "localhost:\(portB)/team/llm:v2", "-o", dir.path + "/out", "--quiet"])
+                #expect(pulled.status == 0 && sameFile(dir.path + "/out/v2.safetensors", dir.path + "/v2.safetensors"))
+                // A layout without the tag, and a damaged blob, are refused with what to do.
+                let none = try await run(Self.depot, ["cp", "oci-layout:\(layout):v9", "localhost:\(portB)/team/llm"])
+                #expect(none.status == 1 && none.output.contains("no manifest named v9"), "\(none.output)")
+                let blob = layout + "/blobs/sha256/" + d[0].hex
+                try Data("tampered".utf8).write(to: URL(fileURLWithPath: blob))
+                let damaged = try await run(Self.depot, ["cp", "oci-layout:\(layout):v1", "localhost:\(portB)/team/other"])
+                #expect(damaged.status == 1 && damaged.output.contains("damaged"), "\(damaged.output)")
+            }
+        }
+    }
 }
