@@ -121,14 +121,11 @@ public final class Copier: Sendable {
         of digest: Digest, _ request: CopyRequest, plan: Plan, tally: Tally, seen: inout Set<Digest>, depth: Int
     ) async throws {
         guard depth <= Self.maxReferrerDepth else { return }
-        let path = Routes[.referrers].path(name: request.sourceRepository, ["digest": digest.description])
-        let index: OCIReferrersIndex
-        do {
-            index = try await source.request(.GET, path, as: OCIReferrersIndex.self)
-        } catch let e as ClientError where e.status == 404 {
-            return // a registry without the referrers API: nothing to copy
+        guard let index = try await source.referrers(request.sourceRepository, digest) else { return } // no referrers API
+        guard index.manifests.count <= 1000 else {
+            throw ClientError("\(digest) has \(index.manifests.count) referrers, more than 1000: refused")
         }
-        for d in index.manifests.prefix(1000) where !seen.contains(d.digest) {
+        for d in index.manifests where !seen.contains(d.digest) {
             let fetched = try await source.manifest(request.sourceRepository, d.digest.description)
             try await copyManifest(fetched, request, tag: nil, plan: plan, tally: tally, seen: &seen)
             try await copyReferrers(of: d.digest, request, plan: plan, tally: tally, seen: &seen, depth: depth + 1)

@@ -24,10 +24,15 @@ public struct OCILayout: Sendable {
 
     public init(root: String) { self.root = root }
 
-    /// `oci-layout:DIR[:TAG]` -> (DIR, TAG), or nil when `text` is not a layout reference.
+    /// `oci-layout:DIR[:TAG]` or `oci-layout:DIR@sha256:…` -> (DIR, TAG or digest), or nil when
+    /// `text` is not a layout reference.
     public static func parse(_ text: String) -> (root: String, tag: String?)? {
         guard text.hasPrefix("oci-layout:") else { return nil }
         let rest = String(text.dropFirst("oci-layout:".count))
+        if let at = rest.range(of: "@sha256:", options: .backwards) {
+            let dir = String(rest[..<at.lowerBound])
+            return dir.isEmpty ? nil : (dir, String(rest[rest.index(after: at.lowerBound)...]))
+        }
         let lastSlash = rest.lastIndex(of: "/") ?? rest.startIndex
         if let colon = rest[lastSlash...].lastIndex(of: ":"), colon != rest.startIndex {
             let tag = String(rest[rest.index(after: colon)...])
@@ -55,12 +60,57 @@ public struct OCILayout: Sendable {
         try Data(bytes).write(to: URL(fileURLWithPath: blobPath(d)), options: .atomic)
     }
 
+    /// Opens `path` for reading only if it is a regular file itself, not a symbolic link (a
+    /// layout comes from a USB stick or a share: a link to ~/.ssh/id_rsa or /dev/zero must not be
+    /// read as a blob); returns the descriptor and its size.
+    static func openRegular(_ path: String) throws -> (Int32, Int64) {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw ClientError("cannot open \(path) (errno \(errno); a symbolic link is refused)") }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            close(fd)
+            throw ClientError("\(path) is not a regular file")
+        }
+        return (fd, Int64(st.st_size))
+    }
+
+    /// The whole of a regular file of at most `limit` bytes.
+    static func readRegular(_ path: String, limit: Int) throws -> [UInt8] {
+        let (fd, size) = try openRegular(path)
+        defer { close(fd) }
+        guard size <= limit else { throw ClientError("\(path) is larger than \(limit) bytes") }
+        var out = [UInt8](repeating: 0, count: Int(size))
+        var done = 0
+        while done < out.count {
+            let n = out.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + done, $0.count - done) }
+            guard n > 0 else { throw ClientError("cannot read \(path) (errno \(errno))") }
+            done += n
+        }
+        return out
+    }
+
+    /// Checks that the blob file of `d` is a regular file of `size` bytes hashing to `d`, reading
+    /// it in 1 MiB pieces: before anything of it is uploaded.
+    func verify(_ d: Digest, size: Int64) throws {
+        let path = blobPath(d)
+        let (fd, actual) = try Self.openRegular(path)
+        defer { close(fd) }
+        guard actual == size else { throw ClientError("\(path) is \(actual) bytes, not \(size): the layout is damaged") }
+        var hasher = SHA256()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
+            guard n >= 0 else { throw ClientError("cannot read \(path) (errno \(errno))") }
+            if n == 0 { break }
+            buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+        guard Digest(bytes: hasher.finalize()) == d else { throw ClientError("\(path) does not match its digest: the layout is damaged") }
+    }
+
     func read(_ d: Digest, limit: Int) throws -> [UInt8] {
         let path = blobPath(d)
-        guard let attrs = try? FileManager.default.attributesOfItem(atPath: path), let size = attrs[.size] as? Int, size <= limit else {
-            throw ClientError("\(root) has no blob \(d) of at most \(limit) bytes")
-        }
-        let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+        guard FileManager.default.fileExists(atPath: path) else { throw ClientError("\(root) has no blob \(d)") }
+        let bytes = try Self.readRegular(path, limit: limit)
         guard Digest.of(bytes) == d else { throw ClientError("\(path) does not match its digest: the layout is damaged") }
         return bytes
     }
@@ -68,9 +118,18 @@ public struct OCILayout: Sendable {
     func index() throws -> OCIReferrersIndex {
         let path = root + "/index.json"
         guard FileManager.default.fileExists(atPath: path) else { return OCIReferrersIndex(manifests: []) }
-        let data = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
-        guard data.count <= Self.maxDocument else { throw ClientError("\(path) is larger than \(Self.maxDocument) bytes") }
+        let data = try Self.readRegular(path, limit: Self.maxDocument)
         return try WireJSON.decode(OCIReferrersIndex.self, from: data, what: "\(path)")
+    }
+
+    /// Holds an exclusive lock on the layout (`.depot-lock`) while `body` runs: two exports into
+    /// one directory take turns instead of interleaving index.json updates.
+    func locked<T>(_ body: () async throws -> T) async throws -> T {
+        let fd = open(root + "/.depot-lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard fd >= 0 else { throw ClientError("cannot create \(root)/.depot-lock (errno \(errno))") }
+        defer { close(fd) }
+        guard flock(fd, LOCK_EX) == 0 else { throw ClientError("cannot lock \(root) (errno \(errno))") }
+        return try await body()
     }
 
     /// Adds (or replaces, by ref name) the entry for `manifest` in index.json.
@@ -95,7 +154,9 @@ public struct OCILayout: Sendable {
         if let tag {
             found = entries.filter { $0.annotations?[Self.refName] == tag || $0.digest.description == tag }
         } else {
-            found = entries
+            // Untagged entries are referrers an export recorded beside the artifact.
+            let named = entries.filter { $0.annotations?[Self.refName] != nil }
+            found = named.isEmpty ? entries : named
         }
         guard found.count == 1, let entry = found.first else {
             let names = entries.compactMap { $0.annotations?[Self.refName] }
@@ -115,6 +176,16 @@ extension Copier {
     ) async throws -> TransferSummary {
         let started = Date()
         try layout.prepare()
+        return try await layout.locked {
+            try await exportLocked(
+                from: source, repository: repository, reference: reference, to: layout, tag: tag, referrers: referrers, started: started)
+        }
+    }
+
+    static func exportLocked(
+        from source: RegistryConnection, repository: String, reference: String, to layout: OCILayout, tag: String?, referrers: Bool,
+        started: Date
+    ) async throws -> TransferSummary {
         let root = try await source.manifest(repository, reference)
         var seen: Set<Digest> = []
         var blobs = 0
@@ -130,19 +201,19 @@ extension Copier {
                 blobs += 1
                 logical &+= max(0, b.size)
                 if layout.has(b.digest) { continue }
-                let tmp = layout.blobPath(b.digest) + ".partial"
+                let tmp = layout.blobPath(b.digest) + ".partial-\(UUID().uuidString)"
                 try await download(source, repository, b, to: tmp)
                 guard rename(tmp, layout.blobPath(b.digest)) == 0 else { throw ClientError("cannot rename \(tmp): errno \(errno)") }
             }
             try layout.write(m.bytes, as: m.digest)
-            if referrers && depth <= maxReferrerDepth {
-                let path = Routes[.referrers].path(name: repository, ["digest": m.digest.description])
-                if let index = try? await source.request(.GET, path, as: OCIReferrersIndex.self) {
-                    for d in index.manifests.prefix(1000) {
-                        let r = try await source.manifest(repository, d.digest.description)
-                        try await copy(r, depth: depth + 1)
-                        try layout.record(r, tag: nil)
-                    }
+            if referrers && depth <= maxReferrerDepth, let index = try await source.referrers(repository, m.digest) {
+                guard index.manifests.count <= 1000 else {
+                    throw ClientError("\(m.digest) has \(index.manifests.count) referrers, more than 1000: refused")
+                }
+                for d in index.manifests {
+                    let r = try await source.manifest(repository, d.digest.description)
+                    try await copy(r, depth: depth + 1)
+                    try layout.record(r, tag: nil)
                 }
             }
         }
@@ -184,6 +255,8 @@ extension Copier {
                 blobs += 1
                 logical &+= max(0, b.size)
                 guard layout.has(b.digest) else { throw ClientError("\(layout.root) lacks blob \(b.digest)") }
+                // Verified before any of it is sent: a damaged or substituted file is refused here.
+                try layout.verify(b.digest, size: max(0, b.size))
                 let file = ArtifactFile(localPath: layout.blobPath(b.digest), relativePath: b.digest.hex)
                 let r = chunked ? try await pusher.pushChunked(file, request) : try await pusher.pushWhole(file, request)
                 guard r.digest == b.digest else { throw ClientError("\(file.localPath) does not match its digest: the layout is damaged") }

@@ -201,6 +201,23 @@ extension RegistryConnection {
         _ = try await collect(r, limit: 1 << 20)
     }
 
+    /// The referrers of `digest` in `repo` (at most 4 MiB of index; nil when the registry has no
+    /// referrers API: 404). The referrers API's pagination (`Link`) is not followed: an index
+    /// that says there is more is refused rather than read in part.
+    public func referrers(_ repo: String, _ digest: Digest, artifactType: String? = nil) async throws -> OCIReferrersIndex? {
+        var path = Routes[.referrers].path(name: repo, ["digest": digest.description])
+        if let artifactType {
+            path += "?artifactType=" + (artifactType.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? artifactType)
+        }
+        let r = try await send(.GET, path, accept: [200, 404])
+        let body = try await collect(r, limit: 4 << 20)
+        if r.status.code == 404 { return nil }
+        if r.headers.first(name: "Link") != nil {
+            throw ClientError("\(repo)@\(digest) has more referrers than one page: not supported yet")
+        }
+        return try WireJSON.decode(OCIReferrersIndex.self, from: body, what: "referrers of \(digest)")
+    }
+
     /// GETs an extension path's body (at most `limit` bytes).
     public func getBytes(_ path: String, limit: Int) async throws -> [UInt8] {
         let r = try await send(.GET, path, accept: [200])

@@ -22,42 +22,79 @@ struct RegistryOptions: ParsableArguments {
 
     var url: String { url(host: nil) }
 
-    /// The registry's URL: `host` (from a reference) when given, else `--registry`,
-    /// `$DEPOT_REGISTRY`, `http://127.0.0.1:5000`. A bare host is https, or http on this machine
-    /// or with `--plain-http` (as oras spells it).
-    func url(host: String?) -> String {
-        let env = ProcessInfo.processInfo.environment
-        var url = host ?? registry ?? env["DEPOT_REGISTRY"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:5000"
+    /// The configured registry: `--registry`, else `$DEPOT_REGISTRY`, else `http://127.0.0.1:5000`.
+    var configured: String {
+        registry ?? ProcessInfo.processInfo.environment["DEPOT_REGISTRY"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:5000"
+    }
+
+    /// The registry's URL: `host` (from a reference) when given, else the configured one. A bare
+    /// host is https, or http on this machine or with `plainHTTP` (as oras spells it).
+    func url(host: String?, plainHTTP: Bool? = nil) -> String {
+        var url = host ?? configured
         if !url.contains("://") {
-            let bare = DockerConfig.key(forRegistry: url).split(separator: ":").first.map(String.init) ?? url
-            url = (RegistryConnection.isLoopback(bare) || (host != nil && plainHttp) ? "http://" : "https://") + url
+            url =
+                (RegistryConnection.isLoopback(Self.hostName(url)) || (host != nil && (plainHTTP ?? plainHttp)) ? "http://" : "https://")
+                + url
         }
         return url
+    }
+
+    /// The host name of `host[:port]` or a URL, IPv6 brackets removed, lowercased.
+    static func hostName(_ text: String) -> String {
+        let key = DockerConfig.key(forRegistry: text).lowercased()
+        if key.hasPrefix("["), let close = key.firstIndex(of: "]") { return String(key[key.index(after: key.startIndex)..<close]) }
+        return key.split(separator: ":", maxSplits: 1).first.map(String.init) ?? key
+    }
+
+    /// `host:port` of a URL or bare host, canonical: lowercased, the scheme's default port made
+    /// explicit, and every loopback name spelled `loopback` (they are all this machine).
+    static func canonicalHost(_ text: String) -> String {
+        let https = !text.hasPrefix("http://")
+        let key = DockerConfig.key(forRegistry: text).lowercased()
+        var host = hostName(key)
+        var port = https ? "443" : "80"
+        if key.hasPrefix("["), let close = key.firstIndex(of: "]") {
+            let rest = key[key.index(after: close)...]
+            if rest.hasPrefix(":") { port = String(rest.dropFirst()) }
+        } else if let colon = key.firstIndex(of: ":") {
+            port = String(key[key.index(after: colon)...])
+        }
+        if RegistryConnection.isLoopback(host) { host = "loopback" }
+        return host + ":" + port
     }
 
     /// The one registry host the references name, or nil; an error when they name two.
     static func host(of references: [ArtifactReference]) throws -> String? {
         let hosts = Set(references.compactMap(\.registry))
-        guard hosts.count <= 1 else {
+        guard Set(hosts.map { canonicalHost($0) }).count <= 1 else {
             throw ClientError("the references name more than one registry (\(hosts.sorted().joined(separator: ", "))): use one")
         }
         return hosts.first
     }
 
-    func connect(host: String? = nil) throws -> RegistryConnection {
-        if let host, let registry, DockerConfig.key(forRegistry: registry) != DockerConfig.key(forRegistry: host) {
+    /// A connection to `host` (a reference's registry) or the configured registry. `alone`: the
+    /// command names one registry, so a host differing from `--registry` is a contradiction
+    /// (`depot cp` names two).
+    /// `$DEPOT_TOKEN` goes only to the configured registry: a host named in a reference gets what
+    /// `depot login` stored for it, or nothing (a reference is often pasted from elsewhere; a
+    /// token must not follow it to a host it was not issued for).
+    func connect(host: String? = nil, plainHTTP: Bool? = nil, alone: Bool = true) throws -> RegistryConnection {
+        if alone, let host, let registry, Self.canonicalHost(url(host: nil)) != Self.canonicalHost(url(host: host, plainHTTP: plainHTTP)) {
             throw ClientError("--registry \(registry) and the reference's registry \(host) differ: name one")
         }
-        let url = self.url(host: host)
-        if url.hasPrefix("http://"), !plainHttp, let host = URL(string: url)?.host, !RegistryConnection.isLoopback(host) {
+        let url = self.url(host: host, plainHTTP: plainHTTP)
+        if url.hasPrefix("http://"), !(plainHTTP ?? plainHttp), !RegistryConnection.isLoopback(Self.hostName(url)) {
             throw ClientError("\(url) is plain http to another machine: use https://, or pass --plain-http if you mean it")
         }
-        return try RegistryConnection(url: url, credential: try Self.credential(for: url), tls: .fromEnvironment(caFile: caFile))
+        let isConfigured = Self.canonicalHost(url) == Self.canonicalHost(self.url(host: nil))
+        return try RegistryConnection(
+            url: url, credential: try Self.credential(for: url, environmentToken: isConfigured), tls: .fromEnvironment(caFile: caFile))
     }
 
-    /// `$DEPOT_TOKEN`, else what `depot login` (or `docker login`) stored for the registry's host.
-    static func credential(for url: String) throws -> RegistryCredential? {
-        if let t = ProcessInfo.processInfo.environment["DEPOT_TOKEN"], !t.isEmpty { return .token(t) }
+    /// `$DEPOT_TOKEN` (when `environmentToken`: the configured registry), else what `depot login`
+    /// (or `docker login`) stored for the registry's host.
+    static func credential(for url: String, environmentToken: Bool = true) throws -> RegistryCredential? {
+        if environmentToken, let t = ProcessInfo.processInfo.environment["DEPOT_TOKEN"], !t.isEmpty { return .token(t) }
         return try DockerConfig().credential(for: DockerConfig.key(forRegistry: url))
     }
 }

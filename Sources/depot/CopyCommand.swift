@@ -12,14 +12,18 @@ struct Copy: AsyncParsableCommand {
         discussion: """
             depot cp staging.example.com/team/llm:v3 models.example.com/team/llm:v3 --referrers
             The manifest is copied byte for byte: the digest, and every signature over it, stay valid. \
-            A copy that fails part way moves only what is still missing when run again. Credentials: \
-            $DEPOT_TOKEN for both, or what `depot login` stored for each host.
+            A copy that fails part way moves only what is still missing when run again (a blob copied \
+            whole, between registries without chunk negotiation, is spooled through $TMPDIR and starts \
+            over). Credentials: $DEPOT_TOKEN goes only to the configured registry ($DEPOT_REGISTRY or \
+            --registry); another host gets what `depot login` stored for it.
             """)
     @Argument(help: "[HOST/]REPO:TAG, [HOST/]REPO@DIGEST or oci-layout:DIR[:TAG]") var sourceText: String
     @Argument(help: "[HOST/]REPO[:TAG] (without a tag: the source's tag, or by digest) or oci-layout:DIR[:TAG]") var destinationText: String
     @Flag(help: "Also copy its referrers (signatures, SBOMs, reports), and theirs.") var referrers = false
     @Option(help: "Concurrent chunk batches per blob.") var jobs = 4
     @Flag(help: "Use only the standard OCI API (whole blobs).") var plainOci = false
+    @Flag(help: "Plain http to the source registry (not on this machine).") var fromPlainHttp = false
+    @Flag(help: "Plain http to the destination registry (not on this machine).") var toPlainHttp = false
     @OptionGroup var registry: RegistryOptions
     @Flag(help: "Print a JSON summary on stdout.") var json = false
     @Flag(help: "No summary line.") var quiet = false
@@ -42,6 +46,11 @@ struct Copy: AsyncParsableCommand {
 
     func validate() throws {
         guard jobs >= 1 && jobs <= 64 else { throw ValidationError("--jobs must be 1...64") }
+        guard !registry.plainHttp else {
+            throw ValidationError(
+                "a copy has two ends: --from-plain-http or --to-plain-http, e.g. depot cp --from-plain-http 10.0.0.5:5000/a:v1 models.example.com/a"
+            )
+        }
         let from = try end(sourceText, source: true)
         let to = try end(destinationText, source: false)
         if case .layout = from, case .layout = to {
@@ -60,7 +69,7 @@ struct Copy: AsyncParsableCommand {
         switch (from, to) {
         case (.registry(let source), .layout(let layout, let tag)):
             let connection: RegistryConnection
-            do { connection = try registry.connect(host: source.registry) } catch { fail(error) }
+            do { connection = try registry.connect(host: source.registry, plainHTTP: fromPlainHttp) } catch { fail(error) }
             do {
                 let summary = try await Copier.export(
                     from: connection, repository: source.repository, reference: source.version, to: layout,
@@ -74,7 +83,7 @@ struct Copy: AsyncParsableCommand {
             return
         case (.layout(let layout, let tag), .registry(let destination)):
             let connection: RegistryConnection
-            do { connection = try registry.connect(host: destination.registry) } catch { fail(error) }
+            do { connection = try registry.connect(host: destination.registry, plainHTTP: toPlainHttp) } catch { fail(error) }
             do {
                 let summary = try await Copier.import(
                     from: layout, tag: tag, to: connection, repository: destination.repository,
@@ -106,8 +115,8 @@ struct Copy: AsyncParsableCommand {
         let from: RegistryConnection
         let to: RegistryConnection
         do {
-            from = try registry.connect(host: source.registry)
-            to = try registry.connect(host: destination.registry)
+            from = try registry.connect(host: source.registry, plainHTTP: fromPlainHttp, alone: false)
+            to = try registry.connect(host: destination.registry, plainHTTP: toPlainHttp, alone: false)
         } catch { fail(error) }
         do {
             var request = CopyRequest(

@@ -23,7 +23,9 @@ struct Depot: AsyncParsableCommand {
     /// Exit statuses (README, "Exit statuses"): 0 success, 1 an error, 2 the command line was
     /// refused (usage), 3 what was named does not exist (HTTP 404 or a `*_UNKNOWN` code), 4 the
     /// registry refused the credential or the action (401/403). ArgumentParser's own usage status
-    /// is 64 (EX_USAGE); scripts written against git, grep and oras expect 2.
+    /// is 64 (EX_USAGE); scripts written against git, grep and oras expect 2. 3 is for the
+    /// artifact, repository or job named (NAME_UNKNOWN, MANIFEST_UNKNOWN, JOB_UNKNOWN), not for a
+    /// blob or chunk missing in the middle of a transfer.
     static func main() async {
         do {
             var command = try parseAsRoot()
@@ -53,7 +55,11 @@ enum ExitStatus {
     /// The status for a registry's answer.
     static func of(code: String?, status: Int?) -> Int32 {
         if status == 412 || status == 409 { return failure } // a lost compare-and-swap, whatever its code
-        if status == 404 || code?.hasSuffix("_UNKNOWN") == true { return notFound }
+        // What was named does not exist: the repository, the tag or digest, a job. A missing blob
+        // or chunk during a push or copy is a failure of the transfer, not "not found".
+        if code == "NAME_UNKNOWN" || code == "MANIFEST_UNKNOWN" || code == "JOB_UNKNOWN" || (status == 404 && code == nil) {
+            return notFound
+        }
         if status == 401 || status == 403 || code == "DENIED" || code == "UNAUTHORIZED" { return denied }
         return failure
     }

@@ -70,6 +70,8 @@ struct Discover: AsyncParsableCommand {
 
     /// At most this many referrers are listed per artifact (a registry could return any number).
     static let maxPerLevel = 1000
+    /// At most this many referrers in the whole tree (a hostile registry could fan out forever).
+    static let maxNodes = 10_000
 
     func validate() throws {
         guard (1...16).contains(depth) else { throw ValidationError("--depth must be 1...16") }
@@ -81,9 +83,7 @@ struct Discover: AsyncParsableCommand {
             var seen: Set<Digest> = [root.digest]
             func children(of digest: Digest, level: Int, filter: String?) async throws -> [Node] {
                 guard level <= depth else { return [] }
-                var path = Routes[.referrers].path(name: subject.repository, ["digest": digest.description])
-                if let filter { path += "?artifactType=" + (filter.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? filter) }
-                let index = try await connection.request(.GET, path, as: OCIReferrersIndex.self)
+                guard let index = try await connection.referrers(subject.repository, digest, artifactType: filter) else { return [] }
                 var out: [Node] = []
                 // The filter is optional for a registry to honour: filter again here.
                 for d in index.manifests.prefix(Self.maxPerLevel) where filter == nil || d.artifactType == filter {

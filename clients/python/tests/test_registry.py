@@ -226,3 +226,47 @@ def test_plain_oci_against_another_registry(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_the_token_goes_only_to_the_configured_registry(live: LiveRegistry, tmp_path: Path) -> None:
+    """A reference naming another host never takes $DEPOT_TOKEN there (the CLI's rule, which the
+    SDK inherits): a listener records the Authorization headers it receives."""
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = do_POST = do_PUT = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    other = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        # Control: configured as the registry, the listener gets the token.
+        with pytest.raises(depot.NotFoundError):
+            depot.Registry(f"http://{other}", token="s3cr3t-token").inspect("sdk/x:v1")
+        assert any(h and "s3cr3t-token" in h for h in seen), seen
+        seen.clear()
+        # Named in a reference while another registry is configured: no token.
+        r = depot.Registry(live.url, token="s3cr3t-token")
+        for call in (
+            lambda: r.inspect(f"{other}/sdk/x:v1"),
+            lambda: r.pull(f"localhost:{server.server_address[1]}/sdk/x:v1", tmp_path / "o"),
+            lambda: r.lineage(f"{other}/sdk/x:v1"),
+        ):
+            with pytest.raises(depot.DepotError):
+                call()
+        assert seen, "the listener was asked"
+        assert not any(h and "s3cr3t-token" in h for h in seen), seen
+    finally:
+        server.shutdown()
