@@ -223,30 +223,8 @@ public final class Copier: Sendable {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/blob"
-        guard FileManager.default.createFile(atPath: path, contents: nil), let out = FileHandle(forWritingAtPath: path) else {
-            throw ClientError("cannot write a temporary file in \(dir)")
-        }
-        var hasher = SHA256()
-        var written: Int64 = 0
-        do {
-            let response = try await source.blob(request.sourceRepository, blob.digest, from: 0)
-            for try await part in response.body {
-                written += Int64(part.readableBytes)
-                source.counters.add(received: part.readableBytes)
-                guard written <= max(0, blob.size) else {
-                    throw ClientError("\(blob.digest) is larger at the source than its descriptor says (\(blob.size) bytes)")
-                }
-                part.withUnsafeReadableBytes { hasher.update($0) }
-                try part.withUnsafeReadableBytes { try out.write(contentsOf: $0) }
-            }
-            try out.close()
-        } catch {
-            try? out.close()
-            throw error
-        }
-        guard Digest(bytes: hasher.finalize()) == blob.digest, written == blob.size else {
-            throw ClientError("\(blob.digest) read from the source does not match its digest: not copied")
-        }
-        try await destination.uploadBlob(request.destinationRepository, blob.digest, body: .file(path: path, range: 0..<written))
+        // Streamed to the file and verified (size and digest) before anything is uploaded.
+        try await Self.download(source, request.sourceRepository, blob, to: path)
+        try await destination.uploadBlob(request.destinationRepository, blob.digest, body: .file(path: path, range: 0..<blob.size))
     }
 }

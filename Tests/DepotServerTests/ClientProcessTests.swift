@@ -95,34 +95,9 @@ struct ClientProcessTests {
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/docker-registry")))
     func aPlainOCIRegistryWorksThroughTheStandardAPI() async throws {
         let dir = TempDir("depot-dist")
-        let port = 20_000 + Int(getpid() % 10_000)
-        try """
-        version: 0.1
-        log:
-          level: error
-        storage:
-          filesystem:
-            rootdirectory: \(dir.path)/data
-        http:
-          addr: 127.0.0.1:\(port)
-        """.write(toFile: dir.path + "/config.yml", atomically: true, encoding: .utf8)
-        let registry = Process()
-        registry.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
-        registry.arguments = ["serve", dir.path + "/config.yml"]
-        registry.standardOutput = FileHandle.nullDevice
-        registry.standardError = FileHandle.nullDevice
-        try registry.run()
-        defer {
-            registry.terminate()
-            registry.waitUntilExit()
-        }
-        let url = "http://127.0.0.1:\(port)"
-        var up = false
-        for _ in 0..<100 where !up {
-            up = (try? await run("/usr/bin/curl", ["-sf", url + "/v2/"]))?.status == 0
-            if !up { try await Task.sleep(nanoseconds: 50_000_000) }
-        }
-        #expect(up, "distribution did not start")
+        let distribution = try await DistributionProcess(dir: dir.path, port: 20_000 + Int(getpid() % 10_000))
+        defer { distribution.stop() }
+        let url = distribution.url
 
         try makeCheckpoint(dir.path + "/m.safetensors", tensors: 4, tensorBytes: 1 << 20)
         let pushed = try await run(Self.depot, ["push", "plain/model:v1", dir.path + "/m.safetensors", "--registry", url, "--json"])
@@ -177,4 +152,45 @@ func canMountTmpfs() -> Bool {
         try? FileManager.default.removeItem(atPath: dir)
     }
     return mount("tmpfs", dir, "tmpfs", 0, "size=1m") == 0
+}
+
+/// CNCF distribution (Debian `docker-registry`) on a loopback port, storing under `dir/data`: a
+/// plain OCI registry without Depot's extension, for the tests that need one.
+final class DistributionProcess {
+    let process = Process()
+    let port: Int
+    var url: String { "http://127.0.0.1:\(port)" }
+
+    init(dir: String, port: Int) async throws {
+        self.port = port
+        try """
+        version: 0.1
+        log:
+          level: error
+        storage:
+          filesystem:
+            rootdirectory: \(dir)/data
+        http:
+          addr: 127.0.0.1:\(port)
+        """.write(toFile: dir + "/config.yml", atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
+        process.arguments = ["serve", dir + "/config.yml"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var up = false
+        for _ in 0..<100 where !up {
+            up = (try? await run("/usr/bin/curl", ["-sf", url + "/v2/"]))?.status == 0
+            if !up { try await Task.sleep(nanoseconds: 50_000_000) }
+        }
+        if !up {
+            stop()
+            throw ClientError("distribution did not start on port \(port)")
+        }
+    }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+    }
 }

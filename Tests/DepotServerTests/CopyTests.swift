@@ -70,33 +70,9 @@ struct CopyTests {
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/docker-registry")))
     func throughAPlainOCIRegistryAndBackBitIdentical() async throws {
         let dir = TempDir("depot-cp-dist")
-        let port = 21_000 + Int(getpid() % 9_000)
-        try """
-        version: 0.1
-        log:
-          level: error
-        storage:
-          filesystem:
-            rootdirectory: \(dir.path)/data
-        http:
-          addr: 127.0.0.1:\(port)
-        """.write(toFile: dir.path + "/config.yml", atomically: true, encoding: .utf8)
-        let distribution = Process()
-        distribution.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
-        distribution.arguments = ["serve", dir.path + "/config.yml"]
-        distribution.standardOutput = FileHandle.nullDevice
-        distribution.standardError = FileHandle.nullDevice
-        try distribution.run()
-        defer {
-            distribution.terminate()
-            distribution.waitUntilExit()
-        }
-        var up = false
-        for _ in 0..<100 where !up {
-            up = (try? await run("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(port)/v2/"]))?.status == 0
-            if !up { try await Task.sleep(nanoseconds: 50_000_000) }
-        }
-        #expect(up, "distribution did not start")
+        let distribution = try await DistributionProcess(dir: dir.path, port: 21_000 + Int(getpid() % 9_000))
+        defer { distribution.stop() }
+        let port = distribution.port
         try await withRegistry { _, _, portA in
             let d = try await pushFamily(portA, dir.path)
             let out = try await run(Self.depot, ["cp", "127.0.0.1:\(portA)/team/llm:v2", "127.0.0.1:\(port)/mirror/llm", "--json"])
