@@ -105,6 +105,9 @@ public enum RouteID: String, Sendable, CaseIterable {
     case token, whoami, users, userAdd, userRemove, tokens, tokenCreate, tokenRevoke
     // Signatures (docs/SECURITY.md)
     case signatures, signingKey
+    // The web UI (docs/UI.md): HTML pages and form posts.
+    case uiHome, uiLogin, uiLoginSubmit, uiLogout, uiStyle, uiAudit, uiDeployments, uiJobs, uiJob
+    case uiArtifact, uiAlias, uiRollback, uiDeployment, uiRolloutControl, uiRepository
 }
 
 /// One endpoint: method, pattern, action.
@@ -140,6 +143,10 @@ public struct Route: Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(method.rawValue) \(pattern) (\(action.rawValue))" }
+
+    /// Whether the route is a web UI page (HTML; the session cookie is a credential; a refusal
+    /// is a redirect to the login page or an HTML page rather than an OCI error body).
+    public var isPage: Bool { pattern == "/ui" || pattern.hasPrefix("/ui/") }
 
     /// Whether the route's path names a repository (its action applies to that repository).
     public var isRepositoryScoped: Bool { nameIndex != nil }
@@ -329,6 +336,25 @@ public enum Routes {
         Route(.tokens, .get, "/depot/v1/admin/tokens", .admin),
         Route(.tokenCreate, .post, "/depot/v1/admin/tokens", .admin),
         Route(.tokenRevoke, .delete, "/depot/v1/admin/tokens/{token}", .admin),
+
+        // The web UI: the same actions as the API routes showing or changing the same things.
+        // Repository pages share the prefix `/ui/repositories/{name}/-/`: `-` is never a
+        // component of a repository name, so a page path cannot be read as a longer name.
+        Route(.uiHome, .get, "/ui", .catalog),
+        Route(.uiLogin, .get, "/ui/login", .token),
+        Route(.uiLoginSubmit, .post, "/ui/login", .token),
+        Route(.uiLogout, .post, "/ui/logout", .token),
+        Route(.uiStyle, .get, "/ui/style.css", .anonymous),
+        Route(.uiAudit, .get, "/ui/audit", .auditRead),
+        Route(.uiDeployments, .get, "/ui/deployments", .deployRead),
+        Route(.uiJobs, .get, "/ui/jobs", .jobsRead),
+        Route(.uiJob, .get, "/ui/jobs/{id}", .jobsRead),
+        Route(.uiArtifact, .get, "/ui/repositories/{name}/-/artifacts/{digest}", .pull),
+        Route(.uiAlias, .get, "/ui/repositories/{name}/-/aliases/{alias}", .pull),
+        Route(.uiRollback, .post, "/ui/repositories/{name}/-/aliases/{alias}/rollback", .rollback),
+        Route(.uiDeployment, .get, "/ui/repositories/{name}/-/deployments/{environment}", .deployRead),
+        Route(.uiRolloutControl, .post, "/ui/repositories/{name}/-/deployments/{environment}/{control}", .rollout),
+        Route(.uiRepository, .get, "/ui/repositories/{name}", .pull),
     ]
 
     /// Routes by id (a route id with several methods, like `base`, keeps its first).

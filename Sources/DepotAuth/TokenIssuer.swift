@@ -22,6 +22,33 @@ struct IssuedClaims: JWTPayload, Equatable {
     func verify(using algorithm: some JWTAlgorithm) async throws {}
 }
 
+/// The claims of a web UI session cookie. Its audience is the service's plus `:ui`, so a session
+/// is never accepted as a bearer token (whose audience is the service) and a bearer token is
+/// never accepted as a session. It names the identity, not its rights: the grants are looked up
+/// on every use (through the credential cache), so removing a user or revoking a token ends
+/// its sessions too.
+struct SessionClaims: JWTPayload, Equatable {
+    var iss: String
+    var sub: String
+    var aud: String
+    var exp: Int64
+    var nbf: Int64
+    var iat: Int64
+    var jti: String
+    var kind: String
+    var tid: String?
+
+    func verify(using algorithm: some JWTAlgorithm) async throws {}
+}
+
+/// Who a valid session stands for.
+public struct SessionIdentity: Sendable, Equatable {
+    public var kind: Principal.Kind
+    public var name: String
+    public var tokenID: String?
+    public var expiresAtMs: Int64
+}
+
 /// Why a bearer token was refused (the client sees it in the 401's message).
 public struct TokenError: Error, Sendable, CustomStringConvertible {
     public var message: String
@@ -82,6 +109,38 @@ public final class TokenIssuer: Sendable {
             iss: issuer, sub: principal.name, aud: service, exp: exp, nbf: now, iat: now, jti: TokenSecret.newID(), access: access,
             kind: principal.kind.rawValue, tid: principal.tokenID)
         return try await keys.sign(claims, kid: JWKIdentifier(string: kid))
+    }
+
+    /// The audience of web UI sessions.
+    public var sessionAudience: String { service + ":ui" }
+
+    /// Signs a web UI session for a user or token principal, valid `ttlSeconds` (never longer
+    /// than the credential it was opened with).
+    public func issueSession(to principal: Principal, ttlSeconds: Int, nowMs: Int64) async throws -> String {
+        let now = nowMs / 1000
+        var exp = now + Int64(ttlSeconds)
+        if let e = principal.expiresAtMs { exp = min(exp, e / 1000) }
+        let claims = SessionClaims(
+            iss: issuer, sub: principal.name, aud: sessionAudience, exp: exp, nbf: now, iat: now, jti: TokenSecret.newID(),
+            kind: principal.kind.rawValue, tid: principal.tokenID)
+        return try await keys.sign(claims, kid: JWKIdentifier(string: kid))
+    }
+
+    /// The identity a session cookie stands for; throws `TokenError` when it is not a valid,
+    /// current session of this issuer.
+    public func verifySession(_ token: String, nowMs: Int64) async throws -> SessionIdentity {
+        guard token.utf8.count <= 4096 else { throw TokenError("session is too long") }
+        let claims: SessionClaims
+        do { claims = try await keys.verify(token, as: SessionClaims.self) } catch {
+            throw TokenError("session is invalid: log in again")
+        }
+        guard claims.iss == issuer, claims.aud == sessionAudience else { throw TokenError("session is not for this registry") }
+        let now = nowMs / 1000
+        guard claims.nbf <= now + Self.leeway, now < claims.exp else { throw TokenError("session expired: log in again") }
+        guard let kind = Principal.Kind(rawValue: claims.kind), kind == .user || kind == .token else {
+            throw TokenError("session names no user or token")
+        }
+        return SessionIdentity(kind: kind, name: claims.sub, tokenID: claims.tid, expiresAtMs: claims.exp * 1000)
     }
 
     /// Signs any payload with this issuer's key: lets tests stand in for an external OIDC issuer.

@@ -54,6 +54,9 @@ public struct AuditFilter: Sendable {
     public var action: String?
     public var since: Int64?
     public var until: Int64?
+    public var actor: String?
+    /// Newest entries first (the web UI's journal); the API keeps journal order.
+    public var newestFirst = false
     public var limit = 1000
     public init(repository: String? = nil, action: String? = nil, since: Int64? = nil, until: Int64? = nil) {
         self.repository = repository
@@ -133,6 +136,10 @@ extension CatalogConnection {
             sql += " AND action = ?"
             args.append(.text(a))
         }
+        if let a = f.actor {
+            sql += " AND actor = ?"
+            args.append(.text(a))
+        }
         if let s = f.since {
             sql += " AND at >= ?"
             args.append(.int(s))
@@ -141,7 +148,7 @@ extension CatalogConnection {
             sql += " AND at <= ?"
             args.append(.int(u))
         }
-        sql += " ORDER BY id LIMIT ?"
+        sql += f.newestFirst ? " ORDER BY id DESC LIMIT ?" : " ORDER BY id LIMIT ?"
         args.append(.int(Int64(f.limit)))
         var out: [AuditEntry] = []
         try queryArgs(sql, args) { s in

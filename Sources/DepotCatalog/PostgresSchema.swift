@@ -14,7 +14,20 @@ import Foundation
 /// `sqlite_sequence` for the ids that must be gapless and never reused (the audit chain, the
 /// events cursor): transactional, and its row lock orders appenders in commit order.
 enum PostgresSchema {
-    static let steps: [(version: Int64, sql: String)] = [(11, baseline), (12, uploadSessions)]
+    static let steps: [(version: Int64, sql: String)] = [(11, baseline), (12, uploadSessions), (13, artifactFacts)]
+
+    /// Migration 13 (`Schema.migrations[12]`): search facts (see there).
+    static let artifactFacts = """
+        CREATE TABLE artifact_facts(
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            repo_id BIGINT NOT NULL,
+            digest BYTEA NOT NULL,
+            PRIMARY KEY(key, value, repo_id, digest)
+        );
+        CREATE INDEX artifact_facts_by_manifest ON artifact_facts(repo_id, digest);
+        CREATE INDEX manifests_by_time ON manifests(created_at);
+        """
 
     /// Migration 12 (`Schema.migrations[11]`): upload sessions and chunk proofs; in PostgreSQL
     /// only, chunk deletions counted once per statement.

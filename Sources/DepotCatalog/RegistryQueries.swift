@@ -169,6 +169,7 @@ extension CatalogConnection {
         try run("DELETE FROM manifests WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes))
         let deleted = changes > 0
         try run("DELETE FROM manifest_refs WHERE repo_id = ? AND manifest = ?", .int(repo), .hash(digest.bytes))
+        try run("DELETE FROM artifact_facts WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes))
         return deleted
     }
 

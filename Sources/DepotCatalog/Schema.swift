@@ -443,6 +443,23 @@ enum Schema {
         ) WITHOUT ROWID;
         CREATE INDEX chunk_proofs_by_age ON chunk_proofs(created_at);
         """,
+        // 13: search facts. What the web UI's search filters on, one row per fact of a manifest
+        // in a repository (`format=onnx`, `opset=17`, `run=exp-42`, `annotation.KEY=VALUE`), so
+        // a search is an index lookup, not a scan of every manifest's JSON. Derived data: written
+        // with the manifest (same transaction), deleted with it, and rebuilt for manifests pushed
+        // before this migration by `Registry.indexArtifactFacts` (a manifest always has at least
+        // its `media_type` fact, so "no rows" means "not indexed yet").
+        """
+        CREATE TABLE artifact_facts(
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            repo_id INTEGER NOT NULL,
+            digest BLOB NOT NULL,
+            PRIMARY KEY(key, value, repo_id, digest)
+        ) WITHOUT ROWID;
+        CREATE INDEX artifact_facts_by_manifest ON artifact_facts(repo_id, digest);
+        CREATE INDEX manifests_by_time ON manifests(created_at);
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

@@ -241,6 +241,65 @@ public final class AuthService: Sendable {
         refusals.withLock { $0.removeAll() }
     }
 
+    // MARK: web UI sessions
+
+    /// How long a web UI session lasts: a working day; then the login page again.
+    var sessionSeconds: Int { 8 * 3600 }
+
+    /// Opens a web UI session from the login form: a user name and password, or any name with
+    /// a token secret as the password. Returns the session cookie's value (a JWT whose audience
+    /// is the UI's, naming the identity, not its rights).
+    func openSession(user: String, password: String) async throws -> (session: String, principal: Principal) {
+        guard !password.isEmpty, password.utf8.count <= 1024, user.utf8.count <= 256 else {
+            throw Failure(message: "user name or password is wrong")
+        }
+        let principal = try await verify(.basic(user: user, password: password), nowMs: now())
+        guard principal.kind == .user || principal.kind == .token, principal.tokenID != internalRunner.tokenID || principal.tokenID == nil
+        else { throw Failure(message: "this credential cannot open a web session") }
+        let session = try await issuer.issueSession(to: principal, ttlSeconds: sessionSeconds, nowMs: now())
+        return (session, principal)
+    }
+
+    /// The principal of a session cookie, with the grants its user or token has now (cached
+    /// like every credential for 10 s: removing the user or revoking the token ends the
+    /// session within that time).
+    func sessionPrincipal(_ session: String) async throws -> Principal {
+        let key = CacheKey("session " + session)
+        let nowMs = now()
+        if let hit = cache.withLock({ $0[key] }), hit.untilMs > nowMs, let p = hit.principal { return p }
+        let identity: SessionIdentity
+        do { identity = try await issuer.verifySession(session, nowMs: nowMs) } catch let e as TokenError {
+            throw Failure(message: e.message)
+        }
+        let db = self.db
+        var principal: Principal
+        switch identity.kind {
+        case .user:
+            let name = identity.name
+            guard let user = try await offload({ try db.read { try $0.user(named: name) } }) else {
+                throw Failure(message: "the user of this session no longer exists: log in again")
+            }
+            principal = Principal(kind: .user, name: user.name, grants: try user.grants.map(Grant.init))
+        case .token:
+            guard let id = identity.tokenID, let t = try await offload({ try db.read { try $0.token(id: id) } }), t.isValid(at: nowMs)
+            else {
+                throw Failure(message: "the token of this session is revoked or expired: log in again")
+            }
+            principal = Principal(
+                kind: .token, name: t.name, tokenID: t.id, tokenKind: t.kind, grants: try t.grants.map(Grant.init), labels: t.labels,
+                deployments: try t.deployments.map { try $0.map(RepositoryGlob.init) }, expiresAtMs: t.expiresAt)
+        default:
+            throw Failure(message: "session names no user or token")
+        }
+        principal.expiresAtMs = min(principal.expiresAtMs ?? Int64.max, identity.expiresAtMs)
+        let entry = CachedPrincipal(principal: principal, untilMs: min(nowMs + Self.cacheSeconds * 1000, identity.expiresAtMs))
+        cache.withLock { c in
+            if c.count >= Self.cacheLimit { c.removeAll(keepingCapacity: true) }
+            c[key] = entry
+        }
+        return principal
+    }
+
     // MARK: token flow
 
     /// `WWW-Authenticate` for a request refused for want of credentials: the Bearer challenge

@@ -105,6 +105,17 @@ public struct DepotService {
             }
         }
         let registry = Registry(store: store, uploads: config.uploads, policy: config.tagPolicy, inspectionLimits: config.inspection)
+        // Search facts of manifests pushed before they existed (catalog migration 13), in the
+        // background: idempotent, so every replica may do it; a batch is one short transaction.
+        Task.detached(priority: .background) {
+            var indexed = 0
+            do {
+                while case let n = try registry.indexArtifactFacts(), n > 0 { indexed += n }
+                if indexed > 0 { logger.info("search facts indexed for \(indexed) earlier manifests") }
+            } catch {
+                logger.warning("indexing search facts stopped: \(error) (searches miss older manifests until the next start)")
+            }
+        }
         let listen = "\(config.listenHost):\(config.listenPort)"
         let root = config.storageRoot
         let auth = try await Self.makeAuth(

@@ -30,6 +30,7 @@ public struct OCIResponder: HTTPResponder {
     let deploy: DeployHandlers
     let identity: AuthHandlers
     let signatures: TrustHandlers
+    let ui: UIHandlers
     /// nil or disabled: every route is open (a loopback development server).
     let auth: AuthService?
     /// `http` or `https`, for the token endpoint's URL in challenges.
@@ -62,6 +63,7 @@ public struct OCIResponder: HTTPResponder {
         signatures = TrustHandlers(registry: registry, trust: trust)
         deploy = DeployHandlers(registry: registry, deployments: deployments)
         identity = AuthHandlers(registry: registry, auth: auth)
+        ui = UIHandlers(registry: registry, auth: auth, jobs: jobs, deployments: deployments, scheme: scheme)
         self.auth = auth
         self.scheme = scheme
         self.readiness =
@@ -142,11 +144,21 @@ public struct OCIResponder: HTTPResponder {
                 host: request.head.authority, scheme: scheme, repository: repository, action: route.action)
             return .refuse(Reply.error(RegistryError(.unauthorized, message), headers: [.wwwAuthenticate: challenge], head: head))
         }
+        // A page also accepts the session cookie (the login form's), when no header is sent.
+        let session = route.isPage && request.headers[.authorization] == nil ? UISession.cookie(request, UISession.sessionCookie) : nil
         let principal: Principal
-        do { principal = try await auth.authenticate(request.headers[.authorization]) } catch let f as AuthService.Failure {
-            return unauthorized(f.message)
+        do {
+            if let session {
+                principal = try await auth.sessionPrincipal(session)
+            } else {
+                principal = try await auth.authenticate(request.headers[.authorization])
+            }
+        } catch let f as AuthService.Failure {
+            return route.isPage ? .refuse(ui.loginRedirect(request, clearSession: session != nil)) : unauthorized(f.message)
         } catch {
-            return .refuse(Reply.error(RegistryError.from(error), head: head))
+            return .refuse(
+                route.isPage
+                    ? ui.refusal(request, .anonymous, RegistryError.from(error)) : Reply.error(RegistryError.from(error), head: head))
         }
         var actions = [route.action]
         if route.id == .manifestPut, !match["reference"].contains(":") { actions.append(.tag) }
@@ -157,7 +169,10 @@ public struct OCIResponder: HTTPResponder {
             switch Authorizer.decide(principal, wanted, policy: auth.policy) {
             case .allow: continue
             case .authenticate:
+                if route.isPage { return .refuse(ui.loginRedirect(request, clearSession: false)) }
                 return unauthorized("authentication required: log in (depot login, docker login) or pass a token")
+            case .deny(let why) where route.isPage:
+                return .refuse(ui.refusal(request, principal, RegistryError(.denied, "requested access to the resource is denied: \(why)")))
             case .deny(let why):
                 var headers: HTTPFields = [:]
                 // A token from /token that lacks this scope: the challenge names the scope to ask
@@ -259,6 +274,22 @@ public struct OCIResponder: HTTPResponder {
 
         case .signatures: return try await signatures.signatures(match, request)
         case .signingKey: return try await signatures.signingKey(match, request)
+
+        case .uiHome: return await ui.home(request)
+        case .uiLogin: return await ui.loginPage(request)
+        case .uiLoginSubmit: return await ui.loginSubmit(request)
+        case .uiLogout: return await ui.logout(request)
+        case .uiStyle: return ui.style()
+        case .uiAudit: return await ui.auditPage(request)
+        case .uiDeployments: return await ui.deploymentsPage(request)
+        case .uiJobs: return await ui.jobsPage(request)
+        case .uiJob: return await ui.jobPage(match, request)
+        case .uiArtifact: return await ui.artifact(match, request)
+        case .uiAlias: return await ui.alias(match, request)
+        case .uiRollback: return await ui.rollback(match, request)
+        case .uiDeployment: return await ui.deploymentPage(match, request)
+        case .uiRolloutControl: return await ui.rolloutControl(match, request)
+        case .uiRepository: return await ui.repository(match, request)
         }
     }
 

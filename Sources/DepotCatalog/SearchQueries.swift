@@ -1,0 +1,209 @@
+import DepotCore
+
+/// One searchable fact of a manifest in a repository: `format=onnx`, `run=exp-42`,
+/// `annotation.org.opencontainers.image.title=resnet`. Facts are derived (see
+/// `DepotRegistry.ArtifactFacts`) and stored in `artifact_facts` (migration 13).
+public struct ArtifactFact: Sendable, Hashable {
+    public var key: String
+    public var value: String
+    public init(_ key: String, _ value: String) {
+        self.key = key
+        self.value = value
+    }
+}
+
+/// A manifest found by a search, or listed on a repository's page.
+public struct ArtifactRow: Sendable, Equatable {
+    public var repository: String
+    public var digest: Digest
+    public var mediaType: String
+    public var artifactType: String?
+    public var annotationsJSON: String?
+    public var createdAt: Int64
+    /// Tags of the repository pointing at it (sorted; at most 16).
+    public var tags: [String]
+}
+
+/// A repository with what its listing shows.
+public struct RepositorySummary: Sendable, Equatable {
+    public var name: String
+    public var artifacts: Int64
+    /// The newest manifest's time (milliseconds), nil for a repository without manifests.
+    public var lastPush: Int64?
+    /// Sum of the sizes of the blobs linked to the repository (what clients download).
+    public var logicalBytes: Int64
+}
+
+/// What a search asks for: every fact must hold, and the repository name must contain `name`.
+public struct ArtifactQuery: Sendable, Equatable {
+    public var facts: [ArtifactFact] = []
+    /// A case-insensitive substring of the repository name.
+    public var name: String?
+    public var limit = 50
+    public init(facts: [ArtifactFact] = [], name: String? = nil, limit: Int = 50) {
+        self.facts = facts
+        self.name = name
+        self.limit = limit
+    }
+}
+
+extension CatalogConnection {
+    /// Replaces the facts of a manifest in a repository.
+    public func setArtifactFacts(repo: Int64, _ digest: Digest, _ facts: [ArtifactFact]) throws {
+        try run("DELETE FROM artifact_facts WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes))
+        for f in Set(facts) {
+            try run(
+                "INSERT INTO artifact_facts(key, value, repo_id, digest) VALUES(?,?,?,?) ON CONFLICT DO NOTHING", .text(f.key),
+                .text(f.value), .int(repo), .hash(digest.bytes))
+        }
+    }
+
+    /// Manifests with no facts yet (pushed before migration 13), oldest first, at most `limit`.
+    public func manifestsWithoutFacts(limit: Int) throws -> [(repo: Int64, record: ManifestRecord)] {
+        var out: [(Int64, ManifestRecord)] = []
+        try query(
+            """
+            SELECT m.repo_id, m.digest, m.media_type, m.artifact_type, m.annotations FROM manifests m
+            WHERE NOT EXISTS (SELECT 1 FROM artifact_facts f WHERE f.repo_id = m.repo_id AND f.digest = m.digest)
+            ORDER BY m.created_at LIMIT ?
+            """, .int(Int64(limit))
+        ) {
+            let r = $0.row
+            guard let d = r.hash("digest") else { return }
+            out.append(
+                (
+                    r.int("repo_id"),
+                    ManifestRecord(
+                        digest: Digest(bytes: d), mediaType: r.text("media_type"), artifactType: r.optionalText("artifact_type"),
+                        subject: nil, annotationsJSON: r.optionalText("annotations"), content: [])
+                ))
+        }
+        return out
+    }
+
+    /// Manifests matching every fact (and the name), newest first. The first fact drives the
+    /// lookup through the `(key, value)` primary key; the others are checked per candidate
+    /// through `artifact_facts_by_manifest`. Without facts, the newest manifests (by the
+    /// `manifests_by_time` index), optionally of repositories whose name contains `name`.
+    public func searchArtifacts(_ q: ArtifactQuery) throws -> [ArtifactRow] {
+        var sql = """
+            SELECT r.name, m.digest, m.media_type, m.artifact_type, m.annotations, m.created_at, m.repo_id
+            FROM manifests m JOIN repositories r ON r.id = m.repo_id
+            """
+        var args: [SQLValue] = []
+        var conditions: [String] = []
+        if let first = q.facts.first {
+            sql += " JOIN artifact_facts f0 ON f0.repo_id = m.repo_id AND f0.digest = m.digest AND f0.key = ? AND f0.value = ?"
+            args += [.text(first.key), .text(first.value)]
+        }
+        for f in q.facts.dropFirst() {
+            conditions.append(
+                "EXISTS (SELECT 1 FROM artifact_facts f WHERE f.repo_id = m.repo_id AND f.digest = m.digest AND f.key = ? AND f.value = ?)")
+            args += [.text(f.key), .text(f.value)]
+        }
+        if let name = q.name, !name.isEmpty {
+            conditions.append("instr(lower(r.name), ?) > 0")
+            args.append(.text(name.lowercased()))
+        }
+        if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
+        sql += " ORDER BY m.created_at DESC LIMIT ?"
+        args.append(.int(Int64(max(1, min(q.limit, 1000)))))
+        var rows: [(ArtifactRow, Int64)] = []
+        if dialect == .postgres { sql = sql.replacingOccurrences(of: "instr(lower(r.name), ?)", with: "strpos(lower(r.name), ?)") }
+        try queryArgs(sql, args) {
+            let r = $0.row
+            guard let d = r.hash("digest") else { return }
+            rows.append(
+                (
+                    ArtifactRow(
+                        repository: r.text("name"), digest: Digest(bytes: d), mediaType: r.text("media_type"),
+                        artifactType: r.optionalText("artifact_type"), annotationsJSON: r.optionalText("annotations"),
+                        createdAt: r.int("created_at"), tags: []),
+                    r.int("repo_id")
+                ))
+        }
+        return try rows.map { row, repo in
+            var r = row
+            r.tags = Array(try tags(repo: repo, pointingAt: r.digest).sorted().prefix(16))
+            return r
+        }
+    }
+
+    /// Manifests of one repository, newest first, a page at a time (`before`: a created_at).
+    public func artifacts(repo: Int64, repository: String, before: Int64?, limit: Int) throws -> [ArtifactRow] {
+        var rows: [ArtifactRow] = []
+        try query(
+            """
+            SELECT digest, media_type, artifact_type, annotations, created_at FROM manifests
+            WHERE repo_id = ? AND created_at < ? ORDER BY created_at DESC LIMIT ?
+            """, .int(repo), .int(before ?? Int64.max), .int(Int64(max(1, min(limit, 1000))))
+        ) {
+            let r = $0.row
+            guard let d = r.hash("digest") else { return }
+            rows.append(
+                ArtifactRow(
+                    repository: repository, digest: Digest(bytes: d), mediaType: r.text("media_type"),
+                    artifactType: r.optionalText("artifact_type"), annotationsJSON: r.optionalText("annotations"),
+                    createdAt: r.int("created_at"), tags: []))
+        }
+        return try rows.map { row in
+            var r = row
+            r.tags = Array(try tags(repo: repo, pointingAt: r.digest).sorted().prefix(16))
+            return r
+        }
+    }
+
+    /// Repositories (name order) whose name contains `name`, with their counts, a page at a time.
+    public func repositorySummaries(nameContains name: String?, after: String?, limit: Int) throws -> [RepositorySummary] {
+        var out: [RepositorySummary] = []
+        let filter = name.map { $0.lowercased() } ?? ""
+        let contains = dialect == .postgres ? "strpos(lower(r.name), ?) > 0" : "instr(lower(r.name), ?) > 0"
+        try query(
+            """
+            SELECT r.name,
+                (SELECT COUNT(*) FROM manifests m WHERE m.repo_id = r.id) AS artifacts,
+                (SELECT MAX(m.created_at) FROM manifests m WHERE m.repo_id = r.id) AS last_push,
+                (SELECT COALESCE(SUM(b.size), 0) FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+                 WHERE rb.repo_id = r.id) AS logical
+            FROM repositories r WHERE r.name > ? AND (? = '' OR \(contains)) ORDER BY r.name LIMIT ?
+            """, .text(after ?? ""), .text(filter), .text(filter), .int(Int64(max(1, min(limit, 1000))))
+        ) {
+            let r = $0.row
+            out.append(
+                RepositorySummary(
+                    name: r.text("name"), artifacts: r.int("artifacts"), lastPush: r.optionalInt("last_push"),
+                    logicalBytes: r.int("logical")))
+        }
+        return out
+    }
+
+    /// One repository's summary.
+    public func repositorySummary(repo: Int64) throws -> RepositorySummary? {
+        try first(
+            """
+            SELECT r.name,
+                (SELECT COUNT(*) FROM manifests m WHERE m.repo_id = r.id) AS artifacts,
+                (SELECT MAX(m.created_at) FROM manifests m WHERE m.repo_id = r.id) AS last_push,
+                (SELECT COALESCE(SUM(b.size), 0) FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+                 WHERE rb.repo_id = r.id) AS logical
+            FROM repositories r WHERE r.id = ?
+            """, .int(repo)
+        ) {
+            let r = $0.row
+            return RepositorySummary(
+                name: r.text("name"), artifacts: r.int("artifacts"), lastPush: r.optionalInt("last_push"), logicalBytes: r.int("logical"))
+        }
+    }
+
+    /// Bytes of the distinct chunks the repository's blobs are made of, counted once each,
+    /// stored (compressed) size: what the repository costs after dedup within it.
+    public func repositoryStoredBytes(repo: Int64) throws -> Int64 {
+        try first(
+            """
+            SELECT COALESCE(SUM(c.stored_length), 0) FROM chunks c WHERE c.hash IN (
+                SELECT rc.chunk_hash FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+                JOIN recipes rc ON rc.blob_id = b.id WHERE rb.repo_id = ?)
+            """, .int(repo)
+        ) { $0.int(0) } ?? 0
+    }
+}
