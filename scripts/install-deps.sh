@@ -7,8 +7,9 @@
 #   scripts/install-deps.sh --test   also the real peers the tests run: skopeo, containerd,
 #                                    docker-registry (CNCF distribution), PostgreSQL (the suite
 #                                    runs again on it), haproxy (the scale-out scenario), curl
-#                                    (Debian) and
-#                                    oras-py, requests, onnx, numpy, moto[server] (PyPI), and the e2e
+#                                    (Debian), chromium + chromium-driver (the web UI's
+#                                    browser test, scripts/e2e/ui.sh) and
+#                                    oras-py, requests, onnx, numpy, selenium, moto[server] (PyPI), and the e2e
 #                                    Python environment (scripts/e2e/python-env.sh: a real
 #                                    Triton server, onnxruntime, skl2onnx, scikit-learn, skops,
 #                                    mypy for scripts/test-hooks.sh, and the pickle scanners
@@ -18,8 +19,8 @@ set -euo pipefail
 packages=(pkg-config libzstd-dev libsqlite3-dev libssl-dev libpq-dev bubblewrap util-linux)
 python_modules=()
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(skopeo containerd docker-registry curl tar gzip python3-pip prometheus openssl postgresql haproxy)
-  python_modules+=(oras requests onnx numpy)
+  packages+=(skopeo containerd docker-registry curl tar gzip python3-pip prometheus openssl postgresql haproxy chromium chromium-driver)
+  python_modules+=(oras requests onnx numpy selenium)
 fi
 need=()
 for pkg in "${packages[@]}"; do

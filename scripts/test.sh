@@ -4,7 +4,8 @@
 # builds the depot executable (the crash and pipeline tests run it as a child process), runs the
 # whole Swift test suite, then again with the catalog in a throwaway PostgreSQL
 # (scripts/test-postgres.sh), then the end-to-end scenarios under scripts/e2e/ (scale-out: three
-# replicas behind haproxy on PostgreSQL and an S3 emulator; pipeline; canary) and a smoke run of every
+# replicas behind haproxy on PostgreSQL and an S3 emulator; pipeline; canary; the web UI in headless
+# Chromium, screenshots under .build/ui-screenshots) and a smoke run of every
 # libFuzzer harness (scripts/fuzz.sh --smoke: past crashes replayed, then a few seconds each), and
 # the Python SDK (scripts/test-python-sdk.sh: pip install ./clients/python into a fresh venv, its
 # tests, the examples, and the transformers/Lightning/MLflow integrations with the real libraries).
@@ -28,5 +29,6 @@ if [[ $# -eq 0 ]]; then
   scripts/e2e/scale.sh
   scripts/e2e/pipeline.sh
   scripts/e2e/canary.sh
+  scripts/e2e/ui.sh
   scripts/fuzz.sh --smoke
 fi
