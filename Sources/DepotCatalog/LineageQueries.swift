@@ -152,6 +152,27 @@ extension CatalogConnection {
         return out
     }
 
+    /// How many artifacts derive from `digest`, counted up to `limit` (one recursive query over
+    /// digests only: `UNION` keeps each node once, so the walk is linear in what it visits).
+    public func descendantCount(of digest: Digest, limit: Int) throws -> Int {
+        // SQLite stops a recursive query at a LIMIT in its definition; PostgreSQL evaluates a
+        // recursive CTE on demand, so the outer LIMIT stops it.
+        let sql =
+            dialect == .sqlite
+            ? """
+            WITH RECURSIVE down(d) AS (
+                SELECT ? UNION SELECT e.child FROM lineage_edges e JOIN down ON e.parent = down.d LIMIT ?
+            ) SELECT COUNT(*) FROM down
+            """
+            : """
+            WITH RECURSIVE down(d) AS (
+                SELECT ?::bytea UNION SELECT e.child FROM lineage_edges e JOIN down ON e.parent = down.d
+            ) SELECT COUNT(*) FROM (SELECT d FROM down LIMIT ?) AS bounded
+            """
+        let n = try first(sql, .hash(digest.bytes), .int(Int64(limit) + 1)) { $0.int(0) } ?? 1
+        return Int(max(0, n - 1))
+    }
+
     /// Tags (every repository) pointing at `digest` or at any of its descendants.
     public func tagsResolvingToDescendants(of digest: Digest) throws -> [TagTarget] {
         var out: [TagTarget] = []

@@ -23,10 +23,13 @@ enum PostgresSchema {
             value TEXT NOT NULL,
             repo_id BIGINT NOT NULL,
             digest BYTEA NOT NULL,
+            created_at BIGINT NOT NULL,
             PRIMARY KEY(key, value, repo_id, digest)
         );
         CREATE INDEX artifact_facts_by_manifest ON artifact_facts(repo_id, digest);
+        CREATE INDEX artifact_facts_by_time ON artifact_facts(key, value, created_at);
         CREATE INDEX manifests_by_time ON manifests(created_at);
+        CREATE INDEX manifests_by_repository_time ON manifests(repo_id, created_at);
         """
 
     /// Migration 12 (`Schema.migrations[11]`): upload sessions and chunk proofs; in PostgreSQL

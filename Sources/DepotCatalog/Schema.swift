@@ -455,10 +455,13 @@ enum Schema {
             value TEXT NOT NULL,
             repo_id INTEGER NOT NULL,
             digest BLOB NOT NULL,
+            created_at INTEGER NOT NULL,                -- the manifest's: a search pages newest first by index
             PRIMARY KEY(key, value, repo_id, digest)
         ) WITHOUT ROWID;
         CREATE INDEX artifact_facts_by_manifest ON artifact_facts(repo_id, digest);
+        CREATE INDEX artifact_facts_by_time ON artifact_facts(key, value, created_at);
         CREATE INDEX manifests_by_time ON manifests(created_at);
+        CREATE INDEX manifests_by_repository_time ON manifests(repo_id, created_at);
         """,
     ]
 

@@ -40,30 +40,33 @@ public struct ArtifactQuery: Sendable, Equatable {
     /// A case-insensitive substring of the repository name.
     public var name: String?
     public var limit = 50
-    public init(facts: [ArtifactFact] = [], name: String? = nil, limit: Int = 50) {
+    /// Only manifests pushed before this time (milliseconds): the next page of a search.
+    public var before: Int64?
+    public init(facts: [ArtifactFact] = [], name: String? = nil, limit: Int = 50, before: Int64? = nil) {
         self.facts = facts
         self.name = name
         self.limit = limit
+        self.before = before
     }
 }
 
 extension CatalogConnection {
     /// Replaces the facts of a manifest in a repository.
-    public func setArtifactFacts(repo: Int64, _ digest: Digest, _ facts: [ArtifactFact]) throws {
+    public func setArtifactFacts(repo: Int64, _ digest: Digest, _ facts: [ArtifactFact], createdAt: Int64) throws {
         try run("DELETE FROM artifact_facts WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes))
         for f in Set(facts) {
             try run(
-                "INSERT INTO artifact_facts(key, value, repo_id, digest) VALUES(?,?,?,?) ON CONFLICT DO NOTHING", .text(f.key),
-                .text(f.value), .int(repo), .hash(digest.bytes))
+                "INSERT INTO artifact_facts(key, value, repo_id, digest, created_at) VALUES(?,?,?,?,?) ON CONFLICT DO NOTHING",
+                .text(f.key), .text(f.value), .int(repo), .hash(digest.bytes), .int(createdAt))
         }
     }
 
     /// Manifests with no facts yet (pushed before migration 13), oldest first, at most `limit`.
-    public func manifestsWithoutFacts(limit: Int) throws -> [(repo: Int64, record: ManifestRecord)] {
-        var out: [(Int64, ManifestRecord)] = []
+    public func manifestsWithoutFacts(limit: Int) throws -> [(repo: Int64, record: ManifestRecord, createdAt: Int64)] {
+        var out: [(Int64, ManifestRecord, Int64)] = []
         try query(
             """
-            SELECT m.repo_id, m.digest, m.media_type, m.artifact_type, m.annotations FROM manifests m
+            SELECT m.repo_id, m.digest, m.media_type, m.artifact_type, m.annotations, m.created_at FROM manifests m
             WHERE NOT EXISTS (SELECT 1 FROM artifact_facts f WHERE f.repo_id = m.repo_id AND f.digest = m.digest)
             ORDER BY m.created_at LIMIT ?
             """, .int(Int64(limit))
@@ -75,7 +78,8 @@ extension CatalogConnection {
                     r.int("repo_id"),
                     ManifestRecord(
                         digest: Digest(bytes: d), mediaType: r.text("media_type"), artifactType: r.optionalText("artifact_type"),
-                        subject: nil, annotationsJSON: r.optionalText("annotations"), content: [])
+                        subject: nil, annotationsJSON: r.optionalText("annotations"), content: []),
+                    r.int("created_at")
                 ))
         }
         return out
@@ -92,9 +96,14 @@ extension CatalogConnection {
             """
         var args: [SQLValue] = []
         var conditions: [String] = []
+        // With a fact, the first one drives: its (key, value, created_at) index yields the newest
+        // matches first, so a page is an index range scan, however common the value.
+        var order = "m.created_at"
         if let first = q.facts.first {
-            sql += " JOIN artifact_facts f0 ON f0.repo_id = m.repo_id AND f0.digest = m.digest AND f0.key = ? AND f0.value = ?"
+            sql += " JOIN artifact_facts f0 ON f0.repo_id = m.repo_id AND f0.digest = m.digest"
+            conditions.append("f0.key = ? AND f0.value = ?")
             args += [.text(first.key), .text(first.value)]
+            order = "f0.created_at"
         }
         for f in q.facts.dropFirst() {
             conditions.append(
@@ -105,8 +114,12 @@ extension CatalogConnection {
             conditions.append("instr(lower(r.name), ?) > 0")
             args.append(.text(name.lowercased()))
         }
+        if let before = q.before {
+            conditions.append("\(order) < ?")
+            args.append(.int(before))
+        }
         if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
-        sql += " ORDER BY m.created_at DESC LIMIT ?"
+        sql += " ORDER BY \(order) DESC LIMIT ?"
         args.append(.int(Int64(max(1, min(q.limit, 1000)))))
         var rows: [(ArtifactRow, Int64)] = []
         if dialect == .postgres { sql = sql.replacingOccurrences(of: "instr(lower(r.name), ?)", with: "strpos(lower(r.name), ?)") }
@@ -173,6 +186,16 @@ extension CatalogConnection {
                 RepositorySummary(
                     name: r.text("name"), artifacts: r.int("artifacts"), lastPush: r.optionalInt("last_push"),
                     logicalBytes: r.int("logical")))
+        }
+        return out
+    }
+
+    /// A repository's tags with their digests, in name order, at most `limit`.
+    public func tagTargets(repo: Int64, limit: Int) throws -> [(tag: String, digest: Digest)] {
+        var out: [(String, Digest)] = []
+        try query("SELECT name, digest FROM tags WHERE repo_id = ? ORDER BY name LIMIT ?", .int(repo), .int(Int64(max(1, limit)))) {
+            let r = $0.row
+            if let d = r.hash("digest") { out.append((r.text("name"), Digest(bytes: d))) }
         }
         return out
     }

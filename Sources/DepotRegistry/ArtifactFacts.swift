@@ -111,14 +111,14 @@ public enum ArtifactFacts {
 
 extension Registry {
     /// Computes and stores the facts of a manifest stored in `repo` (in the caller's transaction).
-    func storeFacts(_ conn: any CatalogConnection, repo: Int64, _ record: ManifestRecord) throws {
+    func storeFacts(_ conn: any CatalogConnection, repo: Int64, _ record: ManifestRecord, createdAt: Int64) throws {
         let annotations = record.annotationsJSON.flatMap {
             try? WireJSON.decode([String: String].self, from: Array($0.utf8), what: "annotations")
         }
         let facts = ArtifactFacts.of(
             mediaType: record.mediaType, artifactType: record.artifactType, annotations: annotations,
             metadataJSON: try conn.manifestMetadata(record.digest))
-        try conn.setArtifactFacts(repo: repo, record.digest, facts)
+        try conn.setArtifactFacts(repo: repo, record.digest, facts, createdAt: createdAt)
     }
 
     /// Indexes up to `batch` manifests pushed before search facts existed; returns how many.
@@ -127,7 +127,7 @@ extension Registry {
     public func indexArtifactFacts(batch: Int = 500) throws -> Int {
         try db.write { conn in
             let pending = try conn.manifestsWithoutFacts(limit: batch)
-            for (repo, record) in pending { try storeFacts(conn, repo: repo, record) }
+            for (repo, record, createdAt) in pending { try storeFacts(conn, repo: repo, record, createdAt: createdAt) }
             return pending.count
         }
     }
@@ -156,6 +156,25 @@ extension Registry {
             }
             let rows = try conn.artifacts(repo: repo, repository: repository.value, before: before, limit: limit)
             return (rows, try conn.repositorySummary(repo: repo), try conn.repositoryStoredBytes(repo: repo))
+        }
+    }
+
+    /// A repository's tags and what they point at (name order, at most `limit`).
+    public func tagTargets(_ repository: RepositoryName, limit: Int) throws -> [(tag: String, digest: Digest)] {
+        try db.read { conn in
+            guard let repo = try conn.repositoryID(repository.value) else {
+                throw RegistryError(.nameUnknown, "repository \(repository) is not known")
+            }
+            return try conn.tagTargets(repo: repo, limit: limit)
+        }
+    }
+
+    /// What a page shows of an artifact's impact: how many artifacts derive from it (counted
+    /// up to `limit`; `more` when there are more) and every tag resolving to it or to one of them.
+    public func impactSummary(of digest: Digest, limit: Int = 1000) throws -> (derived: Int, more: Bool, tags: [TagTarget]) {
+        try db.read { conn in
+            let derived = try conn.descendantCount(of: digest, limit: limit + 1)
+            return (min(derived, limit), derived > limit, try conn.tagsResolvingToDescendants(of: digest))
         }
     }
 

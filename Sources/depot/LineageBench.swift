@@ -1,4 +1,5 @@
 import ArgumentParser
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotRegistry
@@ -37,57 +38,9 @@ struct LineageBench: ParsableCommand {
             let store = try ChunkStore(root: dir, options: options, create: true)
             let registry = Registry(store: store)
             var rng = SystemRandomNumberGenerator()
-            func fake(_ i: Int) -> Digest { Digest.of(Array("artifact-\(i)".utf8)) }
-            var next = 0
-            var checkpoints: [Digest] = []
-            var bundles: [Digest] = []
-            var baseDigests: [Digest] = []
             let started = Date()
-            try store.catalog.write { conn in
-                let repo = try conn.ensureRepository("bench/models", now: 0)
-                func artifact(_ type: String) throws -> Digest {
-                    let d = fake(next)
-                    next += 1
-                    let content = Array("{\"n\":\(next)}".utf8)
-                    try conn.putManifest(
-                        repo: repo,
-                        ManifestRecord(
-                            digest: d, mediaType: MediaType.ociManifest, artifactType: type,
-                            subject: nil, annotationsJSON: nil, content: content), blobs: [], children: [], now: 0)
-                    return d
-                }
-                func edge(_ child: Digest, _ parent: Digest, _ relation: String, run: Int) throws {
-                    try conn.insertLineageEdge(
-                        LineageEdge(
-                            child: child, parent: parent, relation: relation, parentRef: "bench/models@\(parent)",
-                            repository: "bench/models", run: "run-\(run)", createdAt: 0), repo: repo)
-                }
-                let baseModels = try (0..<bases).map { _ in try artifact("application/vnd.cncf.model.manifest.v1+json") }
-                baseDigests = baseModels
-                for r in 0..<runs {
-                    var previous = baseModels[r % bases]
-                    var lastBundle: Digest?
-                    for k in 0..<chain {
-                        let ckpt = try artifact("application/vnd.cncf.model.manifest.v1+json")
-                        try edge(ckpt, previous, k == 0 ? "trained-from" : "fine-tuned-from", run: r)
-                        checkpoints.append(ckpt)
-                        previous = ckpt
-                        if k % 4 == 3 {
-                            let onnx = try artifact("application/vnd.cncf.model.manifest.v1+json")
-                            try edge(onnx, ckpt, "converted-from", run: r)
-                            let plan = try artifact("application/vnd.depot.tensorrt.plan.v1")
-                            try edge(plan, onnx, "compiled-from", run: r)
-                            let bundle = try artifact("application/vnd.depot.triton.bundle.v1")
-                            try edge(bundle, plan, "packaged-from", run: r)
-                            bundles.append(bundle)
-                            lastBundle = bundle
-                        }
-                    }
-                    if let lastBundle {
-                        try conn.setTag(repo: repo, "run-\(r)-latest", to: lastBundle, actor: "bench", reason: nil, now: 0)
-                    }
-                }
-            }
+            let graph = try Self.build(store, runs: runs, chain: chain, bases: bases)
+            let (checkpoints, bundles, baseDigests, next) = (graph.checkpoints, graph.bundles, graph.bases, graph.artifacts)
             let built = Date().timeIntervalSince(started)
             try store.catalog.refreshStatistics()
             func measure(count: Int? = nil, _ body: () throws -> Int) rethrows -> [String: Any] {
@@ -131,5 +84,75 @@ struct LineageBench: ParsableCommand {
             let m = result[key] as! [String: Any]
             print("\(key): p50 \(m["p50_ms"]!) ms, p99 \(m["p99_ms"]!) ms, max \(m["max_ms"]!) ms, mean result \(m["mean_result"]!)")
         }
+    }
+    /// What `build` made.
+    struct Graph {
+        var checkpoints: [Digest] = []
+        var bundles: [Digest] = []
+        var bases: [Digest] = []
+        var artifacts = 0
+    }
+
+    /// Writes the graph straight into the catalog (manifests without blobs, lineage edges, a tag
+    /// per run, the search facts a push would write): the benchmark measures queries, not pushes.
+    static func build(_ store: ChunkStore, runs: Int, chain: Int, bases: Int) throws -> Graph {
+        var g = Graph()
+        func fake(_ i: Int) -> Digest { Digest.of(Array("artifact-\(i)".utf8)) }
+        var next = 0
+        try store.catalog.write { conn in
+            let repo = try conn.ensureRepository("bench/models", now: 0)
+            func artifact(_ type: String, run: Int?) throws -> Digest {
+                let d = fake(next)
+                next += 1
+                let content = Array("{\"n\":\(next)}".utf8)
+                // Times in push order (milliseconds), so "newest first" means something.
+                try conn.putManifest(
+                    repo: repo,
+                    ManifestRecord(
+                        digest: d, mediaType: MediaType.ociManifest, artifactType: type,
+                        subject: nil, annotationsJSON: run.map { "{\"\(Annotation.Lineage.run)\":\"run-\($0)\"}" }, content: content),
+                    blobs: [], children: [], now: Int64(next))
+                try conn.setArtifactFacts(
+                    repo: repo, d,
+                    ArtifactFacts.of(
+                        mediaType: MediaType.ociManifest, artifactType: type,
+                        annotations: run.map { [Annotation.Lineage.run: "run-\($0)"] },
+                        metadataJSON: nil), createdAt: Int64(next))
+                return d
+            }
+            func edge(_ child: Digest, _ parent: Digest, _ relation: String, run: Int) throws {
+                try conn.insertLineageEdge(
+                    LineageEdge(
+                        child: child, parent: parent, relation: relation, parentRef: "bench/models@\(parent)",
+                        repository: "bench/models", run: "run-\(run)", createdAt: 0), repo: repo)
+            }
+            let baseModels = try (0..<bases).map { _ in try artifact("application/vnd.cncf.model.manifest.v1+json", run: nil) }
+            g.bases = baseModels
+            for r in 0..<runs {
+                var previous = baseModels[r % bases]
+                var lastBundle: Digest?
+                for k in 0..<chain {
+                    let ckpt = try artifact("application/vnd.cncf.model.manifest.v1+json", run: r)
+                    try edge(ckpt, previous, k == 0 ? "trained-from" : "fine-tuned-from", run: r)
+                    g.checkpoints.append(ckpt)
+                    previous = ckpt
+                    if k % 4 == 3 {
+                        let onnx = try artifact("application/vnd.cncf.model.manifest.v1+json", run: r)
+                        try edge(onnx, ckpt, "converted-from", run: r)
+                        let plan = try artifact("application/vnd.depot.tensorrt.plan.v1", run: r)
+                        try edge(plan, onnx, "compiled-from", run: r)
+                        let bundle = try artifact("application/vnd.depot.triton.bundle.v1", run: r)
+                        try edge(bundle, plan, "packaged-from", run: r)
+                        g.bundles.append(bundle)
+                        lastBundle = bundle
+                    }
+                }
+                if let lastBundle {
+                    try conn.setTag(repo: repo, "run-\(r)-latest", to: lastBundle, actor: "bench", reason: nil, now: 0)
+                }
+            }
+        }
+        g.artifacts = next
+        return g
     }
 }

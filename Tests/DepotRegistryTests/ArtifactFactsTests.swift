@@ -8,7 +8,8 @@ import Testing
 /// The web UI's search: facts written with each manifest, found by index, removed with it,
 /// backfilled for manifests pushed before they existed.
 @Suite struct ArtifactFactsTests {
-    func model(_ r: TestRegistry, _ repo: String, _ tag: String, dtype: String, run: String, extra: [String: String] = [:]) throws -> Digest {
+    func model(_ r: TestRegistry, _ repo: String, _ tag: String, dtype: String, run: String, extra: [String: String] = [:]) throws -> Digest
+    {
         let weights = makeSafetensors([("w", dtype, [4], [UInt8](repeating: 1, count: dtype == "F32" ? 16 : 8))])
         return try r.pushManifest(
             repo, tag, layers: [weights], annotations: [Annotation.Lineage.run: run].merging(extra) { a, _ in a },

@@ -12,7 +12,8 @@ import Testing
     /// Parameter values of the right shape (the handlers may still find nothing there).
     static let params = [
         "digest": "sha256:" + String(repeating: "ab", count: 32), "reference": "v1", "uuid": "no-such-upload", "id": "1",
-        "alias": "production", "environment": "production", "node": "node-1", "user": "nobody", "token": "no-such-token", "control": "promote",
+        "alias": "production", "environment": "production", "node": "node-1", "user": "nobody", "token": "no-such-token",
+        "control": "promote",
     ]
 
     static func path(_ route: Route, _ params: [String: String] = params) -> String {

@@ -76,7 +76,8 @@ import Testing
     }
 
     static func addUser(_ s: AuthServer, _ name: String, _ role: RoleName, _ password: String) async throws {
-        let body = try WireJSON.encode(UserAddRequest(name: name, password: password, grants: [GrantSpec(role: role, repositories: ["**"])]))
+        let body = try WireJSON.encode(
+            UserAddRequest(name: name, password: password, grants: [GrantSpec(role: role, repositories: ["**"])]))
         let r = try await s.client.req(.post, "/depot/v1/admin/users", headers: bearer(s.admin), body: body)
         #expect(r.status.code == 201 || r.status.code == 200, "user add: \(r.status) \(r.text)")
     }
@@ -147,7 +148,8 @@ import Testing
                 ("//evil.example/ui", "/ui"), ("https://evil.example/", "/ui"), ("/ui\\@evil", "/ui"), ("/ui/audit", "/ui/audit"),
             ] {
                 let r = try await s.client.req(
-                    .post, "/ui/login", headers: h, body: Self.form(["user": "bob", "password": "bob-password-12", "csrf": csrf, "next": next]))
+                    .post, "/ui/login", headers: h,
+                    body: Self.form(["user": "bob", "password": "bob-password-12", "csrf": csrf, "next": next]))
                 #expect(r.headers[.location] == expected, "next=\(next) → \(r.headers[.location] ?? "")")
             }
             // An anonymous visit is sent to the login page with the page to come back to.
@@ -204,7 +206,8 @@ import Testing
                 #expect(try current() == v2)
             }
             let ok = try await s.client.req(
-                .post, path + "/rollback", headers: h, body: Self.form(["to": v1.description, "reason": "bad eval", "confirm": "yes", "csrf": token]))
+                .post, path + "/rollback", headers: h,
+                body: Self.form(["to": v1.description, "reason": "bad eval", "confirm": "yes", "csrf": token]))
             #expect(ok.status.code == 303, "\(ok.status) \(ok.text.prefix(300))")
             #expect(try current() == v1)
             let history = try s.registry.aliasHistory(repo, "production")

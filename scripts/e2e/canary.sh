@@ -195,6 +195,14 @@ for e in r["decisions"][1:]:
     ms = {m["check"]: m for m in e["measurements"]["measurements"]}
     assert ms["error-rate"]["outcome"] == "pass" and ms["error-rate"]["canary"] == 0, ms
 EOF
+# The web UI's rollout page with these real measurements (its chart of the checks), in a real
+# browser; the README's rollout screenshot is this page.
+shot="${UI_SCREENSHOTS:-$PWD/.build/ui-screenshots}/rollout-canary.png"
+mkdir -p "$(dirname "$shot")"
+python3 Tests/e2e/ui/screenshot.py "$DEPOT_REGISTRY" "$RELEASE" "/ui/repositories/$REPO/-/deployments/production" "$shot" \
+  "Checks over time" "error-rate" "promoted" "advance" \
+  && ok "the web UI's rollout page shows the decisions and a chart of the measured checks ($shot)" \
+  || bad "the web UI's rollout page (see $shot)"
 wait_for 60 "both nodes serving v2" nodes_on "$V2" && ok "both nodes serve v2 after promotion"
 [[ "$("$DEPOT" resolve "$REPO" production 2>/dev/null | tail -n 1)" == *"$V2"* ]] && ok "production resolves to v2" || bad "production alias: $("$DEPOT" resolve "$REPO" production 2>&1)"
 

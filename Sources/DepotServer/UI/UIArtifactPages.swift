@@ -30,7 +30,7 @@ extension UIHandlers {
                 d.referrers = try registry.referrers(repo, digest, artifactType: nil, limit: 50)
                 d.ancestors = try registry.lineage(of: digest, up: true, depth: Self.lineageDepth, limit: Self.lineageNodes)
                 d.descendants = try registry.lineage(of: digest, up: false, depth: Self.lineageDepth, limit: Self.lineageNodes)
-                d.impact = try registry.impact(of: digest)
+                d.impact = try registry.impactSummary(of: digest)
                 if mayDeploy { d.served = try deployments.served(digest: digest) }
                 // Names for the graph: each node's repository and a tag there.
                 for (nodes, up) in [(d.ancestors, true), (d.descendants, false)] {
@@ -109,7 +109,7 @@ extension UIHandlers {
                 \(lineageRows.isEmpty ? "" : "<div class=\"scroll\"><table class=\"stack\"><thead><tr><th scope=\"col\">Direction (depth)</th><th scope=\"col\">Artifact</th><th scope=\"col\">Relation</th><th scope=\"col\">Run</th><th scope=\"col\">Dataset</th></tr></thead><tbody>\(lineageRows)</tbody></table></div>" as HTML)
                 """
             // Impact: what serves this artifact or anything built from it.
-            let impactTags: [HTML] = (data.impact?.tags ?? []).filter { canPull(v, $0.repository) }.map { t in
+            let impactTags: [HTML] = (data.impact?.tags ?? []).prefix(200).filter { canPull(v, $0.repository) }.map { t in
                 """
                 <li><a href="\(Self.aliasHref(t.repository, t.tag))">\(t.repository):\(t.tag)</a> → \
                 <a class="mono" href="\(Self.artifactHref(t.repository, t.digest.description))">\(Self.short(t.digest))</a></li>
@@ -123,7 +123,7 @@ extension UIHandlers {
             }
             body = """
                 \(body)<h2>Impact</h2>
-                <p>\(data.impact?.derived.count ?? 0) artifact\(data.impact?.derived.count == 1 ? "" : "s") derived from this one.</p>
+                <p>\(data.impact?.derived ?? 0)\(data.impact?.more == true ? " or more" : "") artifact\(data.impact?.derived == 1 ? "" : "s") derived from this one.</p>
                 \(impactTags.isEmpty ? "<p class=\"muted\">No tag or alias resolves to it or to anything derived from it.</p>" : "<p>Tags and aliases serving it or its descendants:</p><ul>\(impactTags)</ul>" as HTML)
                 \(served.isEmpty ? "" : "<p>Served by deployments:</p><ul>\(served)</ul>" as HTML)
                 """
@@ -148,7 +148,7 @@ extension UIHandlers {
         var referrers: [Descriptor] = []
         var ancestors: [LineageNode] = []
         var descendants: [LineageNode] = []
-        var impact: ImpactReport?
+        var impact: (derived: Int, more: Bool, tags: [TagTarget])?
         var served: [ServedInterval] = []
         var nodeTags: [Digest: String] = [:]
         init(manifest: ManifestRecord) { self.manifest = manifest }

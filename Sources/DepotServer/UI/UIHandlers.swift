@@ -217,16 +217,34 @@ struct UIHandlers: RouteHandlers {
                     <th scope="col" class="num">Size</th><th scope="col">Last push</th></tr></thead><tbody>\(rows)</tbody></table></div>
                     """
             } else {
-                let query = try ArtifactFacts.parseQuery(q, limit: 200)
+                var query = try ArtifactFacts.parseQuery(q, limit: Self.pageSize)
+                query.before = try Self.before(request)
                 let words = q.split(separator: " ").filter { !$0.contains(":") }.map(String.init)
-                let found = try await offload { try registry.searchArtifacts(query, nameWords: words) }.filter { canPull(v, $0.repository) }
+                let chosen = query
+                let page = try await offload { try registry.searchArtifacts(chosen, nameWords: words) }
+                let found = page.filter { canPull(v, $0.repository) }
                 body = """
-                    \(body)<h2>\(found.count) result\(found.count == 1 ? "" : "s") for <q>\(q)</q></h2>
+                    \(body)<h2>Results for <q>\(q)</q>\(query.before == nil ? "" : " (older)")</h2>
                     \(Self.artifactTable(found, showRepository: true))
+                    \(Self.olderLink(page, base: "/ui?q=" + HTML.urlComponent(q) + "&"))
                     """
             }
             return UIPage.response(title: "Models", viewer: v, body)
         }
+    }
+
+    /// Rows per page of artifacts (a search, a repository); older ones are a link away.
+    static let pageSize = 50
+
+    /// `?before=` (milliseconds): the next page of a list ordered newest first.
+    static func before(_ request: Request) throws -> Int64? {
+        try request.uri.queryParameters["before"].map { try RequestParsing.integer($0, "before", in: 0...Int64.max) }
+    }
+
+    /// "Older" after a full page: the next page starts before its oldest row.
+    static func olderLink(_ rows: [ArtifactRow], base: String) -> HTML {
+        guard rows.count >= pageSize, let last = rows.last else { return "" }
+        return "<p><a href=\"\(base)before=\(last.createdAt)\">Older artifacts</a></p>"
     }
 
     static func artifactTable(_ rows: [ArtifactRow], showRepository: Bool) -> HTML {
@@ -254,12 +272,11 @@ struct UIHandlers: RouteHandlers {
         await render(request) { v in
             let repo = try Self.name(match)
             let registry = self.registry
+            let before = try Self.before(request)
             let (overview, tagRows) = try await offload {
                 () -> ((artifacts: [ArtifactRow], summary: RepositorySummary?, storedBytes: Int64), [(String, Digest)]) in
-                let o = try registry.repositoryOverview(repo, before: nil, limit: 100)
-                let tags = try registry.tags(repo, after: nil, limit: 100)
-                let pairs = try tags.compactMap { t -> (String, Digest)? in (t, try registry.manifest(repo, .tag(t)).digest) }
-                return (o, pairs)
+                let o = try registry.repositoryOverview(repo, before: before, limit: Self.pageSize)
+                return (o, try registry.tagTargets(repo, limit: 200).map { ($0.tag, $0.digest) })
             }
             let logical = overview.summary?.logicalBytes ?? 0
             let saved = logical > 0 ? max(0, 100 - Double(overview.storedBytes) * 100 / Double(logical)) : 0
@@ -289,6 +306,7 @@ struct UIHandlers: RouteHandlers {
                 <tbody>\(tagItems)</tbody></table></div>
                 <h2>Artifacts</h2>
                 \(Self.artifactTable(overview.artifacts, showRepository: false))
+                \(Self.olderLink(overview.artifacts, base: Self.repoHref(repo.value) + "?"))
                 """)
         }
     }

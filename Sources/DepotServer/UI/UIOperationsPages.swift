@@ -157,41 +157,54 @@ extension UIHandlers {
         return HTML.join(parts, separator: "<br>")
     }
 
-    /// A line chart per check of the canary's measured value at each decision (inline SVG; a
-    /// red point is a failed measurement).
+    /// A line chart per check of the canary's measured value at each decision, with the stable
+    /// version's value dashed beside it (inline SVG; a red point is a failed measurement).
     static func checksChart(_ decisions: [RolloutDecision]) -> HTML {
-        var series: [String: [(at: Int64, value: Double, outcome: String)]] = [:]
+        var series: [String: [(at: Int64, canary: Double, stable: Double?, outcome: String)]] = [:]
         for d in decisions {
             for m in measurements(d.measurements) {
-                if let v = m.canary, v.isFinite { series[m.check, default: []].append((d.at, v, m.outcome)) }
+                if let v = m.canary, v.isFinite {
+                    series[m.check, default: []].append((d.at, v, m.stable.flatMap { $0.isFinite ? $0 : nil }, m.outcome))
+                }
             }
         }
         guard !series.isEmpty else { return "" }
         var charts: [HTML] = []
         for (check, points) in series.sorted(by: { $0.key < $1.key }).prefix(8) {
-            let (w, h, pad) = (560.0, 140.0, 34.0)
+            let (w, h, left, pad) = (560.0, 150.0, 64.0, 20.0)
+            let values = points.map(\.canary) + points.compactMap(\.stable)
             let t0 = Double(points.map(\.at).min()!)
             let t1 = Double(points.map(\.at).max()!)
-            let v0 = min(0, points.map(\.value).min()!)
-            let v1 = max(points.map(\.value).max()!, v0 + 1e-9)
-            func x(_ t: Int64) -> Int { Int(pad + (t1 > t0 ? (Double(t) - t0) / (t1 - t0) : 0.5) * (w - 2 * pad)) }
-            func y(_ v: Double) -> Int { Int(h - pad / 2 - (v - v0) / (v1 - v0) * (h - pad)) }
-            let path = points.map { "\(x($0.at)),\(y($0.value))" }.joined(separator: " ")
+            let v0 = min(0, values.min()!)
+            var v1 = values.max()!
+            if v1 - v0 < 1e-12 { v1 = v0 + max(abs(v0), 1) }
+            func x(_ t: Int64) -> Int { Int(left + (t1 > t0 ? (Double(t) - t0) / (t1 - t0) : 0.5) * (w - left - pad)) }
+            func y(_ v: Double) -> Int { Int(h - pad - (v - v0) / (v1 - v0) * (h - 2 * pad)) }
+            let canaryPath = points.map { "\(x($0.at)),\(y($0.canary))" }.joined(separator: " ")
+            let stablePath = points.compactMap { p in p.stable.map { "\(x(p.at)),\(y($0))" } }.joined(separator: " ")
             let dots: [HTML] = points.map { p in
-                "<circle class=\"\(p.outcome == "fail" ? "bad-point" : "good-point")\" cx=\"\(x(p.at))\" cy=\"\(y(p.value))\" r=\"4\"><title>\(when(p.at)): \(String(format: "%.4g", p.value)) (\(p.outcome))</title></circle>"
+                "<circle class=\"\(p.outcome == "fail" ? "bad-point" : "good-point")\" cx=\"\(x(p.at))\" cy=\"\(y(p.canary))\" r=\"4\"><title>\(when(p.at)): canary \(axisLabel(p.canary)), stable \(p.stable.map(axisLabel) ?? "?") (\(p.outcome))</title></circle>"
             }
             charts.append(
                 """
-                <figure><figcaption>\(check): canary value per analysis</figcaption>
+                <figure><figcaption>\(check): canary (solid) and stable (dashed) at each analysis</figcaption>
                 <svg class="graph" role="img" aria-label="\(check) over time" width="\(Int(w))" height="\(Int(h))" viewBox="0 0 \(Int(w)) \(Int(h))">\
-                <line class="axis" x1="\(Int(pad))" y1="\(Int(h - pad / 2))" x2="\(Int(w - pad))" y2="\(Int(h - pad / 2))"/>\
-                <line class="axis" x1="\(Int(pad))" y1="\(Int(pad / 2))" x2="\(Int(pad))" y2="\(Int(h - pad / 2))"/>\
-                <text class="chart-text" x="2" y="\(Int(pad / 2) + 4)">\(String(format: "%.3g", v1))</text>\
-                <text class="chart-text" x="2" y="\(Int(h - pad / 2))">\(String(format: "%.3g", v0))</text>\
-                <polyline class="series" points="\(path)"/>\(dots)</svg></figure>
+                <line class="axis" x1="\(Int(left))" y1="\(Int(h - pad))" x2="\(Int(w - pad))" y2="\(Int(h - pad))"/>\
+                <line class="axis" x1="\(Int(left))" y1="\(Int(pad))" x2="\(Int(left))" y2="\(Int(h - pad))"/>\
+                <text class="chart-text" x="4" y="\(Int(pad) + 4)">\(axisLabel(v1))</text>\
+                <text class="chart-text" x="4" y="\(Int(h - pad) + 4)">\(axisLabel(v0))</text>\
+                <polyline class="series stable" points="\(stablePath)"/><polyline class="series" points="\(canaryPath)"/>\(dots)</svg></figure>
                 """)
         }
         return "<h2>Checks over time</h2>\(charts)"
+    }
+
+    static func axisLabel(_ v: Double) -> String {
+        let a = abs(v)
+        if a == 0 { return "0" }
+        if a >= 1000 { return String(format: "%.0f", v) }
+        if a >= 0.01 { return String(format: "%.3g", v) }
+        return String(format: "%.1e", v)
     }
 
     func rolloutControl(_ match: RouteMatch, _ request: Request) async -> Response {

@@ -168,6 +168,7 @@ enum UIPage {
         svg .edge-label { fill: #4d5661; font-size: 11px; font-family: system-ui, sans-serif; }
         svg .axis { stroke: #8c959f; stroke-width: 1; }
         svg .series { fill: none; stroke: #0b57d0; stroke-width: 2; }
+        svg .series.stable { stroke: #57606a; stroke-dasharray: 5 4; }
         svg .bad-point { fill: #a40e26; }
         svg .good-point { fill: #116329; }
         svg .chart-text { fill: #4d5661; font-size: 11px; font-family: system-ui, sans-serif; }
