@@ -57,13 +57,13 @@ public enum UIBench {
     }
 
     final class Counter: Sendable {
-        let value_ = Locked(0)
-        var value: Int { value_.withLock { $0 } }
+        let total = Locked(0)
+        var value: Int { total.withLock { $0 } }
     }
 
     struct CountingWriter: ResponseBodyWriter {
         let count = Counter()
-        mutating func write(_ buffer: ByteBuffer) async throws { count.value_.withLock { $0 += buffer.readableBytes } }
+        mutating func write(_ buffer: ByteBuffer) async throws { count.total.withLock { $0 += buffer.readableBytes } }
         consuming func finish(_ trailingHeaders: HTTPFields?) async throws {}
     }
 
