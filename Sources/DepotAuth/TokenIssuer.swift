@@ -37,6 +37,9 @@ struct SessionClaims: JWTPayload, Equatable {
     var jti: String
     var kind: String
     var tid: String?
+    /// The credential's version when the session was opened (for a user: a digest of its
+    /// password hash): a password change, or the user removed and added again, ends the session.
+    var ver: String?
 
     func verify(using algorithm: some JWTAlgorithm) async throws {}
 }
@@ -47,6 +50,7 @@ public struct SessionIdentity: Sendable, Equatable {
     public var name: String
     public var tokenID: String?
     public var expiresAtMs: Int64
+    public var credentialVersion: String?
 }
 
 /// Why a bearer token was refused (the client sees it in the 401's message).
@@ -116,13 +120,13 @@ public final class TokenIssuer: Sendable {
 
     /// Signs a web UI session for a user or token principal, valid `ttlSeconds` (never longer
     /// than the credential it was opened with).
-    public func issueSession(to principal: Principal, ttlSeconds: Int, nowMs: Int64) async throws -> String {
+    public func issueSession(to principal: Principal, credentialVersion: String?, ttlSeconds: Int, nowMs: Int64) async throws -> String {
         let now = nowMs / 1000
         var exp = now + Int64(ttlSeconds)
         if let e = principal.expiresAtMs { exp = min(exp, e / 1000) }
         let claims = SessionClaims(
             iss: issuer, sub: principal.name, aud: sessionAudience, exp: exp, nbf: now, iat: now, jti: TokenSecret.newID(),
-            kind: principal.kind.rawValue, tid: principal.tokenID)
+            kind: principal.kind.rawValue, tid: principal.tokenID, ver: credentialVersion)
         return try await keys.sign(claims, kid: JWKIdentifier(string: kid))
     }
 
@@ -140,7 +144,8 @@ public final class TokenIssuer: Sendable {
         guard let kind = Principal.Kind(rawValue: claims.kind), kind == .user || kind == .token else {
             throw TokenError("session names no user or token")
         }
-        return SessionIdentity(kind: kind, name: claims.sub, tokenID: claims.tid, expiresAtMs: claims.exp * 1000)
+        return SessionIdentity(
+            kind: kind, name: claims.sub, tokenID: claims.tid, expiresAtMs: claims.exp * 1000, credentialVersion: claims.ver)
     }
 
     /// Signs any payload with this issuer's key: lets tests stand in for an external OIDC issuer.

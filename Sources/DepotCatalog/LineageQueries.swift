@@ -116,7 +116,7 @@ extension CatalogConnection {
             SELECT \(Self.edgeColumns),
                    (SELECT 1 FROM manifests m WHERE m.digest = e.\(far) LIMIT 1),
                    (SELECT m.artifact_type FROM manifests m WHERE m.digest = e.\(far) LIMIT 1)
-            FROM lineage_edges e WHERE e.\(near) = ?\(filter)
+            FROM lineage_edges e WHERE e.\(near) = ?\(filter) LIMIT ?
             """
         var out: [LineageStep] = []
         var seen: Set<Digest> = [digest]
@@ -126,7 +126,10 @@ extension CatalogConnection {
             level += 1
             var next: [Digest] = []
             for node in frontier where out.count < limit {
-                try queryArgs(sql, [.hash(node.bytes)] + relationArgs) { s in
+                // A node with a hundred thousand children reads what the walk can still use (plus
+                // room for children already seen), not all of them.
+                let room = Int64(limit - out.count) + Int64(seen.count) + 1
+                try queryArgs(sql, [.hash(node.bytes)] + relationArgs + [.int(room)]) { s in
                     guard out.count < limit else { return }
                     let edge = Self.edge(s, from: 0)
                     let reached = up ? edge.parent : edge.child
@@ -171,6 +174,30 @@ extension CatalogConnection {
             """
         let n = try first(sql, .hash(digest.bytes), .int(Int64(limit) + 1)) { $0.int(0) } ?? 1
         return Int(max(0, n - 1))
+    }
+
+    /// Tags pointing at `digest` or at one of its first `nodes` descendants, at most `tags` of
+    /// them (name order within what was found): the bounded impact a page shows.
+    public func tagsResolvingToDescendants(of digest: Digest, nodes: Int, tags: Int) throws -> [TagTarget] {
+        var out: [TagTarget] = []
+        let walk =
+            dialect == .sqlite
+            ? "WITH RECURSIVE down(d) AS (SELECT ? UNION SELECT e.child FROM lineage_edges e JOIN down ON e.parent = down.d LIMIT ?)"
+            : """
+            WITH RECURSIVE down(d) AS (SELECT ?::bytea UNION SELECT e.child FROM lineage_edges e JOIN down ON e.parent = down.d),
+            bounded AS (SELECT d FROM down LIMIT ?)
+            """
+        let from = dialect == .sqlite ? "down" : "bounded"
+        try query(
+            """
+            \(walk)
+            SELECT r.name, t.name, t.digest FROM tags t JOIN repositories r ON r.id = t.repo_id
+            WHERE t.digest IN (SELECT d FROM \(from)) ORDER BY r.name, t.name LIMIT ?
+            """, .hash(digest.bytes), .int(Int64(nodes) + 1), .int(Int64(tags))
+        ) { s in
+            out.append(TagTarget(repository: s.text(0), tag: s.text(1), digest: Digest(bytes: s.hash(2)!)))
+        }
+        return out
     }
 
     /// Tags (every repository) pointing at `digest` or at any of its descendants.

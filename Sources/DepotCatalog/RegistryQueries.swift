@@ -266,12 +266,18 @@ extension CatalogConnection {
             .text(actor), reason.map(SQLValue.text) ?? .null, .int(now))
     }
 
-    public func tagHistory(repo: Int64, _ name: String) throws -> [TagMove] {
+    /// The moves of a tag, oldest first; with `newest`, only the newest that many (still oldest
+    /// first): what a page shows of a tag moved a hundred thousand times.
+    public func tagHistory(repo: Int64, _ name: String, newest: Int? = nil) throws -> [TagMove] {
         var out: [TagMove] = []
-        try query(
-            "SELECT id, tag, from_digest, to_digest, actor, reason, at FROM tag_journal WHERE repo_id = ? AND tag = ? ORDER BY id",
-            .int(repo), .text(name)
-        ) {
+        let sql =
+            newest == nil
+            ? "SELECT id, tag, from_digest, to_digest, actor, reason, at FROM tag_journal WHERE repo_id = ? AND tag = ? ORDER BY id"
+            : """
+            SELECT * FROM (SELECT id, tag, from_digest, to_digest, actor, reason, at FROM tag_journal
+            WHERE repo_id = ? AND tag = ? ORDER BY id DESC LIMIT ?) AS newest ORDER BY id
+            """
+        try queryArgs(sql, [.int(repo), .text(name)] + (newest.map { [.int(Int64(max(1, $0)))] } ?? [])) {
             out.append(
                 TagMove(
                     id: $0.int(0), tag: $0.text(1), from: $0.hash(2).map(Digest.init(bytes:)), to: $0.hash(3).map(Digest.init(bytes:)),

@@ -34,17 +34,20 @@ public struct RepositorySummary: Sendable, Equatable {
     public var logicalBytes: Int64
 }
 
-/// What a search asks for: every fact must hold, and the repository name must contain `name`.
+/// What a search asks for: every fact must hold, and the repository name must contain every
+/// word of `names` (case-insensitive).
 public struct ArtifactQuery: Sendable, Equatable {
     public var facts: [ArtifactFact] = []
-    /// A case-insensitive substring of the repository name.
-    public var name: String?
+    public var names: [String] = []
     public var limit = 50
     /// Only manifests pushed before this time (milliseconds): the next page of a search.
     public var before: Int64?
-    public init(facts: [ArtifactFact] = [], name: String? = nil, limit: Int = 50, before: Int64? = nil) {
+    /// How many of the newest candidates (of the driving fact, or of all manifests) a search
+    /// checks at most: its cost is bounded whatever it asks.
+    public var candidates = 20_000
+    public init(facts: [ArtifactFact] = [], names: [String] = [], limit: Int = 50, before: Int64? = nil) {
         self.facts = facts
-        self.name = name
+        self.names = names
         self.limit = limit
         self.before = before
     }
@@ -85,44 +88,57 @@ extension CatalogConnection {
         return out
     }
 
-    /// Manifests matching every fact (and the name), newest first. The first fact drives the
-    /// lookup through the `(key, value)` primary key; the others are checked per candidate
-    /// through `artifact_facts_by_manifest`. Without facts, the newest manifests (by the
-    /// `manifests_by_time` index), optionally of repositories whose name contains `name`.
+    /// Manifests matching every fact and whose repository name contains every word, newest
+    /// first. Bounded work whatever the query: the most selective fact (counted up to 5,001
+    /// index entries each) drives through its `(key, value, created_at)` index, or without facts
+    /// the `manifests_by_time` index; at most `candidates` of those, newest first, are checked
+    /// against the other facts (`artifact_facts_by_manifest`) and the name words.
     public func searchArtifacts(_ q: ArtifactQuery) throws -> [ArtifactRow] {
+        var driver: ArtifactFact?
+        var fewest = Int64.max
+        for f in q.facts {
+            let n =
+                try first(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM artifact_facts WHERE key = ? AND value = ? LIMIT 5001) AS c", .text(f.key),
+                    .text(f.value)
+                ) { $0.int(0) } ?? 0
+            if n < fewest { (driver, fewest) = (f, n) }
+        }
+        var args: [SQLValue] = []
+        let inner: String
+        if let driver {
+            inner = """
+                SELECT repo_id, digest, created_at FROM artifact_facts WHERE key = ? AND value = ?\(q.before == nil ? "" : " AND created_at < ?")
+                ORDER BY created_at DESC LIMIT ?
+                """
+            args += [.text(driver.key), .text(driver.value)]
+        } else {
+            inner = """
+                SELECT repo_id, digest, created_at FROM manifests\(q.before == nil ? "" : " WHERE created_at < ?")
+                ORDER BY created_at DESC LIMIT ?
+                """
+        }
+        if let before = q.before { args.append(.int(before)) }
+        args.append(.int(Int64(max(1, q.candidates))))
         var sql = """
             SELECT r.name, m.digest, m.media_type, m.artifact_type, m.annotations, m.created_at, m.repo_id
-            FROM manifests m JOIN repositories r ON r.id = m.repo_id
+            FROM (\(inner)) AS c JOIN manifests m ON m.repo_id = c.repo_id AND m.digest = c.digest
+            JOIN repositories r ON r.id = m.repo_id
             """
-        var args: [SQLValue] = []
         var conditions: [String] = []
-        // With a fact, the first one drives: its (key, value, created_at) index yields the newest
-        // matches first, so a page is an index range scan, however common the value.
-        var order = "m.created_at"
-        if let first = q.facts.first {
-            sql += " JOIN artifact_facts f0 ON f0.repo_id = m.repo_id AND f0.digest = m.digest"
-            conditions.append("f0.key = ? AND f0.value = ?")
-            args += [.text(first.key), .text(first.value)]
-            order = "f0.created_at"
-        }
-        for f in q.facts.dropFirst() {
+        for f in q.facts where f != driver {
             conditions.append(
                 "EXISTS (SELECT 1 FROM artifact_facts f WHERE f.repo_id = m.repo_id AND f.digest = m.digest AND f.key = ? AND f.value = ?)")
             args += [.text(f.key), .text(f.value)]
         }
-        if let name = q.name, !name.isEmpty {
-            conditions.append("instr(lower(r.name), ?) > 0")
-            args.append(.text(name.lowercased()))
-        }
-        if let before = q.before {
-            conditions.append("\(order) < ?")
-            args.append(.int(before))
+        for word in q.names where !word.isEmpty {
+            conditions.append(dialect == .postgres ? "strpos(lower(r.name), ?) > 0" : "instr(lower(r.name), ?) > 0")
+            args.append(.text(word.lowercased()))
         }
         if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
-        sql += " ORDER BY \(order) DESC LIMIT ?"
+        sql += " ORDER BY c.created_at DESC LIMIT ?"
         args.append(.int(Int64(max(1, min(q.limit, 1000)))))
         var rows: [(ArtifactRow, Int64)] = []
-        if dialect == .postgres { sql = sql.replacingOccurrences(of: "instr(lower(r.name), ?)", with: "strpos(lower(r.name), ?)") }
         try queryArgs(sql, args) {
             let r = $0.row
             guard let d = r.hash("digest") else { return }

@@ -57,12 +57,12 @@ extension Registry {
     public func aliasesChanged() { cache.invalidate() }
 
     /// Every move of the alias, oldest first.
-    public func aliasHistory(_ repository: RepositoryName, _ alias: String) throws -> [TagMove] {
+    public func aliasHistory(_ repository: RepositoryName, _ alias: String, newest: Int? = nil) throws -> [TagMove] {
         try db.read { conn in
             guard let repo = try conn.repositoryID(repository.value) else {
                 throw RegistryError(.nameUnknown, "repository \(repository) is not known")
             }
-            return try conn.tagHistory(repo: repo, alias)
+            return try conn.tagHistory(repo: repo, alias, newest: newest)
         }
     }
 

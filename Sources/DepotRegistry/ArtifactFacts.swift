@@ -103,8 +103,7 @@ public enum ArtifactFacts {
             let factKey = key.hasPrefix("annotation.") ? "annotation." + word[word.index(word.startIndex, offsetBy: 11)..<colon] : key
             query.facts.append(ArtifactFact(String(factKey), value))
         }
-        // Several name words: the longest goes to SQL, the others are checked by the caller.
-        query.name = names.max { $0.count < $1.count }
+        query.names = names
         return query
     }
 }
@@ -132,30 +131,34 @@ extension Registry {
         }
     }
 
-    /// Manifests matching a search, newest first. `visible` filters repositories the caller may
-    /// not pull (the SQL limit is applied before it, so a page may hold fewer than `limit`).
-    public func searchArtifacts(_ query: ArtifactQuery, nameWords: [String] = []) throws -> [ArtifactRow] {
-        try db.read { conn in
-            try conn.searchArtifacts(query).filter { row in
-                nameWords.allSatisfy { row.repository.lowercased().contains($0.lowercased()) }
-            }
-        }
+    /// Manifests matching a search, newest first (`CatalogConnection.searchArtifacts`).
+    public func searchArtifacts(_ query: ArtifactQuery) throws -> [ArtifactRow] {
+        try db.read { try $0.searchArtifacts(query) }
     }
 
     public func repositorySummaries(nameContains: String?, after: String?, limit: Int) throws -> [RepositorySummary] {
         try db.read { try $0.repositorySummaries(nameContains: nameContains, after: after, limit: limit) }
     }
 
-    /// A repository's newest manifests and its stored bytes after dedup.
+    /// A repository's newest manifests and its summary.
     public func repositoryOverview(_ repository: RepositoryName, before: Int64?, limit: Int) throws -> (
-        artifacts: [ArtifactRow], summary: RepositorySummary?, storedBytes: Int64
+        artifacts: [ArtifactRow], summary: RepositorySummary?
     ) {
         try db.read { conn in
             guard let repo = try conn.repositoryID(repository.value) else {
                 throw RegistryError(.nameUnknown, "repository \(repository) is not known")
             }
             let rows = try conn.artifacts(repo: repo, repository: repository.value, before: before, limit: limit)
-            return (rows, try conn.repositorySummary(repo: repo), try conn.repositoryStoredBytes(repo: repo))
+            return (rows, try conn.repositorySummary(repo: repo))
+        }
+    }
+
+    /// What the repository's chunks take in the store (each counted once): a walk over every
+    /// chunk of every blob in it, so callers cache it (the web UI for ten minutes).
+    public func repositoryStoredBytes(_ repository: RepositoryName) throws -> Int64 {
+        try db.read { conn in
+            guard let repo = try conn.repositoryID(repository.value) else { return 0 }
+            return try conn.repositoryStoredBytes(repo: repo)
         }
     }
 
@@ -170,11 +173,12 @@ extension Registry {
     }
 
     /// What a page shows of an artifact's impact: how many artifacts derive from it (counted
-    /// up to `limit`; `more` when there are more) and every tag resolving to it or to one of them.
+    /// up to `limit`; `more` when there are more) and the tags resolving to it or to one of its
+    /// first 10,000 descendants (at most 200). `impact(of:)` is the whole answer (the API's).
     public func impactSummary(of digest: Digest, limit: Int = 1000) throws -> (derived: Int, more: Bool, tags: [TagTarget]) {
         try db.read { conn in
             let derived = try conn.descendantCount(of: digest, limit: limit + 1)
-            return (min(derived, limit), derived > limit, try conn.tagsResolvingToDescendants(of: digest))
+            return (min(derived, limit), derived > limit, try conn.tagsResolvingToDescendants(of: digest, nodes: 10_000, tags: 200))
         }
     }
 

@@ -246,6 +246,12 @@ public final class AuthService: Sendable {
     /// How long a web UI session lasts: a working day; then the login page again.
     var sessionSeconds: Int { 8 * 3600 }
 
+    /// A short digest of a user's stored password hash (salted, so a password set again, even
+    /// to the same text, gives another): the version a session is bound to.
+    static func credentialVersion(_ passwordHash: String) -> String {
+        String(Array(passwordHash.utf8).withUnsafeBytes { SHA256.hash($0) }.hex.prefix(16))
+    }
+
     /// Opens a web UI session from the login form: a user name and password, or any name with
     /// a token secret as the password. Returns the session cookie's value (a JWT whose audience
     /// is the UI's, naming the identity, not its rights).
@@ -256,7 +262,13 @@ public final class AuthService: Sendable {
         let principal = try await verify(.basic(user: user, password: password), nowMs: now())
         guard principal.kind == .user || principal.kind == .token, principal.tokenID != internalRunner.tokenID || principal.tokenID == nil
         else { throw Failure(message: "this credential cannot open a web session") }
-        let session = try await issuer.issueSession(to: principal, ttlSeconds: sessionSeconds, nowMs: now())
+        var version: String?
+        if principal.kind == .user {
+            let db = self.db
+            let name = principal.name
+            version = try await offload { try db.read { try $0.user(named: name) } }.map { Self.credentialVersion($0.passwordHash) }
+        }
+        let session = try await issuer.issueSession(to: principal, credentialVersion: version, ttlSeconds: sessionSeconds, nowMs: now())
         return (session, principal)
     }
 
@@ -279,6 +291,9 @@ public final class AuthService: Sendable {
             guard let user = try await offload({ try db.read { try $0.user(named: name) } }) else {
                 throw Failure(message: "the user of this session no longer exists: log in again")
             }
+            guard identity.credentialVersion == Self.credentialVersion(user.passwordHash) else {
+                throw Failure(message: "the password changed since this session was opened: log in again")
+            }
             principal = Principal(kind: .user, name: user.name, grants: try user.grants.map(Grant.init))
         case .token:
             guard let id = identity.tokenID, let t = try await offload({ try db.read { try $0.token(id: id) } }), t.isValid(at: nowMs)
@@ -294,6 +309,7 @@ public final class AuthService: Sendable {
         principal.expiresAtMs = min(principal.expiresAtMs ?? Int64.max, identity.expiresAtMs)
         let entry = CachedPrincipal(principal: principal, untilMs: min(nowMs + Self.cacheSeconds * 1000, identity.expiresAtMs))
         cache.withLock { c in
+            if c.count >= Self.cacheLimit { c = c.filter { $0.value.untilMs > nowMs } }
             if c.count >= Self.cacheLimit { c.removeAll(keepingCapacity: true) }
             c[key] = entry
         }

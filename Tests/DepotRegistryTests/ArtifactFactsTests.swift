@@ -18,8 +18,7 @@ import Testing
 
     func search(_ r: TestRegistry, _ text: String) throws -> [String] {
         let q = try ArtifactFacts.parseQuery(text)
-        let words = text.split(separator: " ").filter { !$0.contains(":") }.map(String.init)
-        return try r.registry.searchArtifacts(q, nameWords: words).map { "\($0.repository)@\($0.digest)" }
+        return try r.registry.searchArtifacts(q).map { "\($0.repository)@\($0.digest)" }
     }
 
     @Test func searchFindsByRunFormatDtypeAnnotationAndName() throws {
@@ -95,7 +94,7 @@ import Testing
     @Test func theSearchBoxSyntax() throws {
         let q = try ArtifactFacts.parseQuery("llm run:\"exp 42\" annotation.Org.Key:V format:onnx")
         #expect(q.facts == [ArtifactFact("run", "exp 42"), ArtifactFact("annotation.Org.Key", "V"), ArtifactFact("format", "onnx")])
-        #expect(q.name == "llm")
+        #expect(q.names == ["llm"])
         #expect(registryErrorCode { try ArtifactFacts.parseQuery("colour:red") } == "INVALID_REQUEST")
         #expect(registryErrorCode { try ArtifactFacts.parseQuery(String(repeating: "a ", count: 20)) } == "INVALID_REQUEST")
         #expect(registryErrorCode { try ArtifactFacts.parseQuery(String(repeating: "a", count: 2000)) } == "INVALID_REQUEST")

@@ -249,4 +249,64 @@ import Testing
             #expect(try await c.req(.get, "/ui").status.code == 200)
         }
     }
+
+    @Test func aPasswordChangeEndsTheSessionsOpenedWithTheOldOne() async throws {
+        try await withAuthRegistry { s in
+            try await Self.addUser(s, "eve", .reader, "eve-password-old")
+            let session = try await Self.login(s, "eve", "eve-password-old")
+            #expect(try await s.client.req(.get, "/ui", headers: Self.session(session)).status.code == 200)
+            // An admin resets the password (the same call adds or replaces a user).
+            try await Self.addUser(s, "eve", .reader, "eve-password-new")
+            let after = try await s.client.req(.get, "/ui", headers: Self.session(session))
+            #expect(after.status.code == 303, "a session opened with the old password still worked: \(after.status)")
+            let fresh = try await Self.login(s, "eve", "eve-password-new")
+            #expect(try await s.client.req(.get, "/ui", headers: Self.session(fresh)).status.code == 200)
+        }
+    }
+
+    /// Search pages hold only what the viewer may read, and neither the rows nor the "Older" link
+    /// tell anything about matches in other repositories.
+    @Test func searchSaysNothingAboutRepositoriesTheViewerCannotRead() async throws {
+        try await withAuthRegistry { s in
+            for i in 0..<3 {
+                try Self.push(s.registry, "mine/m", "v\(i)", annotations: [Annotation.Lineage.dataset: "acme"], seed: UInt8(i))
+            }
+            for i in 0..<60 {
+                try Self.push(s.registry, "secret/m", "v\(i)", annotations: [Annotation.Lineage.dataset: "acme"], seed: UInt8(100 + i))
+            }
+            let reader = try await s.token("mine-reader", .robot, [GrantSpec(role: .reader, repositories: ["mine/**"])])
+            let r = try await s.client.req(.get, "/ui?q=dataset:acme", headers: bearer(reader))
+            #expect(r.status.code == 200)
+            #expect(r.text.components(separatedBy: "/ui/repositories/mine/m/-/artifacts/").count - 1 == 3, "the three readable matches")
+            #expect(!r.text.contains("secret/m") && !r.text.contains("before="), "hidden matches leaked: \(r.text.prefix(2000))")
+            let admin = try await s.client.req(.get, "/ui?q=dataset:acme", headers: bearer(s.admin))
+            #expect(admin.text.contains("secret/m") && admin.text.contains("before="), "an admin sees them all, with a next page")
+        }
+    }
+
+    /// An ancestor is named by what the child's pusher declared: a page shows it (and its own
+    /// lineage) only when the viewer may read both that repository and the child's, and links
+    /// it only when the manifest is really there.
+    @Test func declaredAncestorsInOtherRepositoriesAreNotAnOracle() async throws {
+        try await withAuthRegistry { s in
+            let base = try Self.push(s.registry, "library/base", "v1", seed: 1)
+            let secret = try Self.push(
+                s.registry, "private/ft", "v1",
+                annotations: [
+                    Annotation.Lineage.from: "library/base@\(base)", Annotation.Lineage.relation: "fine-tuned-from",
+                    Annotation.Lineage.run: "secret-run-7",
+                ], seed: 2)
+            // The attacker names the private digest as a parent in its own repository.
+            let m = try Self.push(
+                s.registry, "attacker/m", "v1",
+                annotations: [Annotation.Lineage.from: "attacker/m@\(secret)", Annotation.Lineage.relation: "derived-from"], seed: 3)
+            let attacker = try await s.token("attacker", .robot, [GrantSpec(role: .writer, repositories: ["attacker/**", "library/**"])])
+            let page = try await s.client.req(.get, "/ui/repositories/attacker/m/-/artifacts/\(m)", headers: bearer(attacker))
+            #expect(page.status.code == 200)
+            #expect(!page.text.contains("secret-run-7"), "the private edge's run leaked")
+            #expect(
+                !page.text.contains("href=\"/ui/repositories/attacker/m/-/artifacts/\(secret)\""), "a digest not in attacker/m was linked")
+            #expect(page.text.contains("(not here)"), "the declared parent is shown as not present")
+        }
+    }
 }

@@ -17,7 +17,7 @@ struct HTML: ExpressibleByStringInterpolation, Sendable {
     static let empty: HTML = ""
 
     struct Interpolation: StringInterpolationProtocol {
-        var text = ""
+        private(set) var text = ""
         init(literalCapacity: Int, interpolationCount: Int) { text.reserveCapacity(literalCapacity + interpolationCount * 16) }
         mutating func appendLiteral(_ literal: String) { text += literal }
         mutating func appendInterpolation(_ html: HTML) { text += html.text }
@@ -40,8 +40,10 @@ struct HTML: ExpressibleByStringInterpolation, Sendable {
             case ">": out += "&gt;"
             case "\"": out += "&quot;"
             case "'": out += "&#39;"
-            // Controls other than tab and newline have no business in a page.
-            case "\u{0}"..."\u{8}", "\u{B}", "\u{C}", "\u{E}"..."\u{1F}", "\u{7F}": out += "\u{FFFD}"
+            // Controls other than tab and newline have no business in a page; bidirectional
+            // overrides and isolates would let data reorder the text around it.
+            case "\u{0}"..."\u{8}", "\u{B}", "\u{C}", "\u{E}"..."\u{1F}", "\u{7F}", "\u{202A}"..."\u{202E}", "\u{2066}"..."\u{2069}":
+                out += "\u{FFFD}"
             default: out.unicodeScalars.append(ch)
             }
         }

@@ -14,6 +14,8 @@ extension UIHandlers {
     /// How far the artifact page's lineage graph reaches each way, and how many nodes it draws.
     static let lineageDepth = 6
     static let lineageNodes = 50
+    /// Moves of an alias a page reads and shows.
+    static let historyShown = 500
 
     func artifact(_ match: RouteMatch, _ request: Request) async -> Response {
         await render(request) { v in
@@ -32,19 +34,28 @@ extension UIHandlers {
                 d.descendants = try registry.lineage(of: digest, up: false, depth: Self.lineageDepth, limit: Self.lineageNodes)
                 d.impact = try registry.impactSummary(of: digest)
                 if mayDeploy { d.served = try deployments.served(digest: digest) }
-                // Names for the graph: each node's repository and a tag there.
+                // Names for the graph: each node's repository and a tag there. A node is a link only
+                // when its manifest is in the repository it is named by (an ancestor's repository is
+                // whatever the child's pusher declared; that it exists elsewhere is not for this page).
                 for (nodes, up) in [(d.ancestors, true), (d.descendants, false)] {
                     for n in nodes where n.stored {
-                        if let name = try? RepositoryName(Self.nodeRepository(n, up: up)) {
-                            d.nodeTags[n.digest] = try registry.tags(name, pointingAt: n.digest).first
-                        }
+                        guard let name = try? RepositoryName(Self.nodeRepository(n, up: up)),
+                            (try? registry.manifest(name, .digest(n.digest))) != nil
+                        else { continue }
+                        d.present.insert(n.digest)
+                        d.nodeTags[n.digest] = try registry.tags(name, pointingAt: n.digest).first
                     }
                 }
                 return d
             }
             // Lineage beyond a repository the viewer may not pull is that repository's business.
+            // An edge's facts (run, dataset, relation) belong to the repository its child was
+            // pushed to; an ancestor is also named by the repository its child's pusher declared.
+            // The walk stops at the first level where either is not the viewer's to read.
             func visible(_ nodes: [LineageNode], up: Bool) -> [LineageNode] {
-                let hidden = nodes.filter { !canPull(v, Self.nodeRepository($0, up: up)) }.map(\.depth).min()
+                let hidden = nodes.filter { n in
+                    !canPull(v, n.edge.repository) || !canPull(v, Self.nodeRepository(n, up: up))
+                }.map(\.depth).min()
                 return hidden.map { h in nodes.filter { $0.depth < h } } ?? nodes
             }
             let ancestors = visible(data.ancestors, up: true)
@@ -83,8 +94,8 @@ extension UIHandlers {
                     graph.nodes.append(
                         .init(
                             id: n.digest.description, layer: up ? -n.depth : n.depth, title: title,
-                            subtitle: Self.short(n.digest) + (n.stored ? "" : " (elsewhere)"),
-                            href: n.stored && (try? RepositoryName(r)) != nil ? Self.artifactHref(r, n.digest.description) : nil))
+                            subtitle: Self.short(n.digest) + (data.present.contains(n.digest) ? "" : " (not here)"),
+                            href: data.present.contains(n.digest) ? Self.artifactHref(r, n.digest.description) : nil))
                 }
                 for n in nodes {
                     graph.edges.append(
@@ -94,9 +105,9 @@ extension UIHandlers {
             let lineageRows: [HTML] = (ancestors.map { ($0, true) } + descendants.map { ($0, false) }).map { n, up in
                 let r = Self.nodeRepository(n, up: up)
                 let link: HTML =
-                    n.stored && (try? RepositoryName(r)) != nil
+                    data.present.contains(n.digest)
                     ? "<a class=\"mono\" href=\"\(Self.artifactHref(r, n.digest.description))\">\(r)@\(Self.short(n.digest))</a>"
-                    : "<span class=\"mono\">\(n.edge.parentRef)</span>"
+                    : "<span class=\"mono\">\(r)@\(Self.short(n.digest))</span>"
                 return """
                     <tr><td data-label="Direction">\(up ? "ancestor" : "descendant") (\(n.depth))</td><td data-label="Artifact">\(link)</td>\
                     <td data-label="Relation">\(n.edge.relation)\(n.edge.verifiedJob != nil ? " ✓ verified" : "")</td>\
@@ -109,13 +120,18 @@ extension UIHandlers {
                 \(lineageRows.isEmpty ? "" : "<div class=\"scroll\"><table class=\"stack\"><thead><tr><th scope=\"col\">Direction (depth)</th><th scope=\"col\">Artifact</th><th scope=\"col\">Relation</th><th scope=\"col\">Run</th><th scope=\"col\">Dataset</th></tr></thead><tbody>\(lineageRows)</tbody></table></div>" as HTML)
                 """
             // Impact: what serves this artifact or anything built from it.
-            let impactTags: [HTML] = (data.impact?.tags ?? []).prefix(200).filter { canPull(v, $0.repository) }.map { t in
+            let impactTags: [HTML] = (data.impact?.tags ?? []).filter { canPull(v, $0.repository) }.map { t in
                 """
                 <li><a href="\(Self.aliasHref(t.repository, t.tag))">\(t.repository):\(t.tag)</a> → \
                 <a class="mono" href="\(Self.artifactHref(t.repository, t.digest.description))">\(Self.short(t.digest))</a></li>
                 """
             }
-            let served: [HTML] = data.served.filter { canPull(v, $0.repository) }.map { s in
+            // The count covers every repository: shown only to a viewer who may read them all.
+            let derivedLine: HTML =
+                v.may(.pull)
+                ? "<p>\(data.impact?.derived ?? 0)\(data.impact?.more == true ? " or more" : "") artifact\(data.impact?.derived == 1 ? "" : "s") derived from this one.</p>"
+                : ""
+            let served: [HTML] = data.served.filter { v.may(.deployRead, $0.repository) }.map { s in
                 """
                 <li><a href="\(Self.deploymentHref(s.repository, s.environment))">\(s.repository) · \(s.environment)</a>: \
                 \(s.role) at \(s.weight)% from \(Self.when(s.from)) \(s.to.map { "to \(Self.when($0))" } ?? "until now")</li>
@@ -123,7 +139,7 @@ extension UIHandlers {
             }
             body = """
                 \(body)<h2>Impact</h2>
-                <p>\(data.impact?.derived ?? 0)\(data.impact?.more == true ? " or more" : "") artifact\(data.impact?.derived == 1 ? "" : "s") derived from this one.</p>
+                \(derivedLine)
                 \(impactTags.isEmpty ? "<p class=\"muted\">No tag or alias resolves to it or to anything derived from it.</p>" : "<p>Tags and aliases serving it or its descendants:</p><ul>\(impactTags)</ul>" as HTML)
                 \(served.isEmpty ? "" : "<p>Served by deployments:</p><ul>\(served)</ul>" as HTML)
                 """
@@ -151,6 +167,8 @@ extension UIHandlers {
         var impact: (derived: Int, more: Bool, tags: [TagTarget])?
         var served: [ServedInterval] = []
         var nodeTags: [Digest: String] = [:]
+        /// Lineage nodes whose manifest is in the repository they are named by.
+        var present: Set<Digest> = []
         init(manifest: ManifestRecord) { self.manifest = manifest }
     }
 
@@ -238,7 +256,8 @@ extension UIHandlers {
                 let text = raw.count == 16 ? raw + ":00Z" : raw.count == 19 ? raw + "Z" : raw
                 at = try Self.time(text)
             }
-            let moves = try await offload { try registry.aliasHistory(repo, alias) }
+            // The newest moves only: a tag moved a hundred thousand times is one page, not a scan.
+            let moves = try await offload { try registry.aliasHistory(repo, alias, newest: Self.historyShown) }
             guard !moves.isEmpty else { throw RegistryError(.manifestUnknown, "\(repo):\(alias) has no history: no such tag or alias") }
             let current = moves.last?.to
             var pointedAt: Digest??
@@ -257,20 +276,22 @@ extension UIHandlers {
             }
             // Earlier digests the alias can go back to, most recent first (what rollback accepts).
             var earlier: [(Digest, Int64)] = []
-            for m in moves.dropLast().reversed() {
-                if let d = m.to, d != current, !earlier.contains(where: { $0.0 == d }) { earlier.append((d, m.at)) }
+            var offered: Set<Digest> = []
+            for m in moves.dropLast().reversed() where earlier.count < 50 {
+                if let d = m.to, d != current, offered.insert(d).inserted { earlier.append((d, m.at)) }
             }
             var body: HTML = """
                 <p class="muted"><a href="/ui">Models</a> / <a href="\(Self.repoHref(repo.value))">\(repo.value)</a> /</p>
                 <h1>\(repo.value):\(alias)</h1>
                 """
-            if let moved = query["rolled-back"].map(String.init) {
+            // Only a digest is echoed: a crafted link cannot put its own words in the banner.
+            if let moved = query["rolled-back"].flatMap({ try? Digest(parsing: String($0)) }) {
                 body = "\(body)<p class=\"ok\" role=\"status\">Rolled back: \(repo.value):\(alias) now points at \(Self.short(moved)).</p>"
             }
             body = """
                 \(body)<dl class="facts panel"><dt>Points at</dt><dd>\
                 \(current.map { "<a class=\"mono\" href=\"\(Self.artifactHref(repo.value, $0.description))\">\($0.description)</a>" as HTML } ?? "nothing (deleted)")</dd>\
-                <dt>Moves</dt><dd>\(moves.count)</dd></dl>
+                <dt>Moves shown</dt><dd>\(moves.count)\(moves.count >= Self.historyShown ? " (the newest; `depot history` lists all)" : "")</dd></dl>
                 """
             if v.may(.rollback, repo.value), !earlier.isEmpty {
                 let options: [HTML] = earlier.prefix(50).enumerated().map { i, e in
@@ -280,6 +301,7 @@ extension UIHandlers {
                     \(body)<h2>Roll back</h2>
                     <form method="post" action="\(Self.aliasHref(repo.value, alias))/rollback" class="panel">
                     <input type="hidden" name="csrf" value="\(v.csrf)">
+                    <input type="hidden" name="expect" value="\(current?.description ?? "")">
                     <p><label for="to">Move \(alias) back to</label><select id="to" name="to">\(options)</select></p>
                     <p><label for="reason">Reason (recorded in the history and the audit journal)</label>\
                     <input id="reason" name="reason" type="text" required maxlength="500"></p>
@@ -322,12 +344,24 @@ extension UIHandlers {
             guard form["confirm"] == "yes" else {
                 throw RegistryError(.invalidRequest, "tick the confirmation box to roll \(alias) back")
             }
-            guard let reason = form["reason"]?.trimmingCharacters(in: .whitespacesAndNewlines), !reason.isEmpty, reason.count <= 500 else {
-                throw RegistryError(.invalidRequest, "a rollback needs a reason (at most 500 characters)")
+            guard let reason = form["reason"]?.trimmingCharacters(in: .whitespacesAndNewlines), !reason.isEmpty, reason.utf8.count <= 1000
+            else {
+                throw RegistryError(.invalidRequest, "a rollback needs a reason (at most 1,000 bytes)")
             }
             let to = try form["to"].map { try RequestParsing.digest($0) }
             let actor = Self.actor(request)
             let registry = self.registry
+            // The page showed the alias at `expect`: if it moved since, the choice was made on
+            // stale facts; say so rather than roll back from somewhere else.
+            if let expect = try form["expect"].flatMap({ $0.isEmpty ? nil : try RequestParsing.digest($0) }) {
+                let now = try await offload { try? registry.manifest(repo, .tag(alias)).digest }
+                guard now == expect else {
+                    throw RegistryError(
+                        .denied,
+                        "\(repo):\(alias) moved since the page was loaded (now \(now.map(Self.short) ?? "nothing")): reload and choose again",
+                        kind: .preconditionFailed)
+                }
+            }
             let r = try await offload { try registry.rollback(repo, alias, to: to, steps: 1, actor: actor, reason: reason) }
             return UIPage.redirect(Self.aliasHref(repo.value, alias) + "?rolled-back=" + HTML.urlComponent(r.to.description))
         }

@@ -21,6 +21,9 @@ struct UIHandlers: RouteHandlers {
     let scheme: String
     /// The audit page shows the chain's state; one verification at a time, reused for 30 s.
     let auditVerifications = SharedRecentResult<AuditVerification>(maxAge: .seconds(30))
+    /// A repository's stored bytes after dedup walks all its chunks: computed at most every ten
+    /// minutes per repository (1,000 repositories remembered), whoever asks.
+    let storedBytes = Locked<[String: (bytes: Int64, atMs: Int64)]>([:])
 
     // MARK: plumbing
 
@@ -200,8 +203,9 @@ struct UIHandlers: RouteHandlers {
                 </form>
                 """
             if q.trimmingCharacters(in: .whitespaces).isEmpty {
-                let repos = try await offload { try registry.repositorySummaries(nameContains: nil, after: nil, limit: 500) }
-                    .filter { canPull(v, $0.name) }
+                let after = request.uri.queryParameters["after"].map(String.init)
+                let listed = try await offload { try registry.repositorySummaries(nameContains: nil, after: after, limit: 100) }
+                let repos = listed.filter { canPull(v, $0.name) }
                 let rows: [HTML] = repos.map { r in
                     """
                     <tr><td data-label="Repository"><a href="\(Self.repoHref(r.name))">\(r.name)</a></td>\
@@ -215,18 +219,32 @@ struct UIHandlers: RouteHandlers {
                     \(HTML.when(rows.isEmpty, "<p class=\"muted\">No repositories you may read yet. Push one with <code>depot push</code>.</p>"))
                     <div class="scroll"><table class="stack"><thead><tr><th scope="col">Repository</th><th scope="col" class="num">Artifacts</th>\
                     <th scope="col" class="num">Size</th><th scope="col">Last push</th></tr></thead><tbody>\(rows)</tbody></table></div>
+                    \(HTML.when(listed.count >= 100, "<p><a href=\"/ui?after=\(HTML.urlComponent(listed.last?.name ?? ""))\">More repositories</a></p>"))
                     """
             } else {
-                var query = try ArtifactFacts.parseQuery(q, limit: Self.pageSize)
-                query.before = try Self.before(request)
-                let words = q.split(separator: " ").filter { !$0.contains(":") }.map(String.init)
-                let chosen = query
-                let page = try await offload { try registry.searchArtifacts(chosen, nameWords: words) }
-                let found = page.filter { canPull(v, $0.repository) }
+                let query = try ArtifactFacts.parseQuery(q, limit: Self.pageSize)
+                let start = try Self.before(request)
+                // Pages of what the viewer may read: matches in other repositories are skipped
+                // (a few pages at most), and the next page starts after the last row shown, so
+                // neither the rows nor the link say anything about what was skipped.
+                let found = try await offload { () -> [ArtifactRow] in
+                    var shown: [ArtifactRow] = []
+                    var cursor = start
+                    for _ in 0..<10 {
+                        var page = query
+                        page.before = cursor
+                        let rows = try registry.searchArtifacts(page)
+                        shown += rows.filter { canPull(v, $0.repository) }.prefix(Self.pageSize - shown.count)
+                        guard rows.count == Self.pageSize, shown.count < Self.pageSize, let last = rows.last else { break }
+                        cursor = last.createdAt
+                    }
+                    return shown
+                }
                 body = """
-                    \(body)<h2>Results for <q>\(q)</q>\(query.before == nil ? "" : " (older)")</h2>
+                    \(body)<h2>Results for <q>\(q)</q>\(start == nil ? "" : " (older)")</h2>
                     \(Self.artifactTable(found, showRepository: true))
-                    \(Self.olderLink(page, base: "/ui?q=" + HTML.urlComponent(q) + "&"))
+                    \(Self.olderLink(found, base: "/ui?q=" + HTML.urlComponent(q) + "&"))
+                    <p class="hint">A search checks the newest 20,000 candidates of its most selective filter; add filters to reach older ones.</p>
                     """
             }
             return UIPage.response(title: "Models", viewer: v, body)
@@ -274,12 +292,23 @@ struct UIHandlers: RouteHandlers {
             let registry = self.registry
             let before = try Self.before(request)
             let (overview, tagRows) = try await offload {
-                () -> ((artifacts: [ArtifactRow], summary: RepositorySummary?, storedBytes: Int64), [(String, Digest)]) in
+                () -> ((artifacts: [ArtifactRow], summary: RepositorySummary?), [(String, Digest)]) in
                 let o = try registry.repositoryOverview(repo, before: before, limit: Self.pageSize)
                 return (o, try registry.tagTargets(repo, limit: 200).map { ($0.tag, $0.digest) })
             }
+            let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+            var stored = storedBytes.withLock { $0[repo.value] }.flatMap { nowMs - $0.atMs < 600_000 ? $0.bytes : nil }
+            if stored == nil {
+                let bytes = try await offload { try registry.repositoryStoredBytes(repo) }
+                storedBytes.withLock { cache in
+                    if cache.count >= 1000 { cache.removeAll(keepingCapacity: true) }
+                    cache[repo.value] = (bytes, nowMs)
+                }
+                stored = bytes
+            }
+            let storedTotal = stored ?? 0
             let logical = overview.summary?.logicalBytes ?? 0
-            let saved = logical > 0 ? max(0, 100 - Double(overview.storedBytes) * 100 / Double(logical)) : 0
+            let saved = logical > 0 ? max(0, 100 - Double(storedTotal) * 100 / Double(logical)) : 0
             let tagItems: [HTML] = tagRows.map { t, d in
                 """
                 <tr><td data-label="Tag"><a href="\(Self.aliasHref(repo.value, t))">\(t)</a></td>\
@@ -295,7 +324,7 @@ struct UIHandlers: RouteHandlers {
                 <dl class="facts panel">
                 <dt>Artifacts</dt><dd>\(overview.summary?.artifacts ?? 0)</dd>
                 <dt>Size (what clients download)</dt><dd>\(Self.bytes(logical))</dd>
-                <dt>Stored after dedup</dt><dd>\(Self.bytes(overview.storedBytes)) \
+                <dt>Stored after dedup</dt><dd>\(Self.bytes(storedTotal)) \
                 <span class="muted">(\(String(format: "%.0f", saved))% saved by chunk dedup and compression)</span></dd>
                 <dt>Last push</dt><dd>\(Self.when(overview.summary?.lastPush))</dd>
                 <dt>Pull</dt><dd><code>depot pull \(host)/\(repo.value):TAG ./model</code></dd>

@@ -50,8 +50,8 @@ extension UIHandlers {
                 <p class="muted"><a href="/ui/deployments">Deployments</a> / <a href="\(Self.repoHref(repo.value))">\(repo.value)</a> /</p>
                 <h1>\(repo.value) · \(env)</h1>
                 """
-            if let done = request.uri.queryParameters["done"].map(String.init) {
-                body = "\(body)<p class=\"ok\" role=\"status\">\(done.prefix(40)) requested.</p>"
+            if let done = request.uri.queryParameters["done"].map(String.init), ["resume", "promote", "abort"].contains(done) {
+                body = "\(body)<p class=\"ok\" role=\"status\">\(done.capitalized) requested.</p>"
             }
             let stableLink: HTML =
                 d.stable.map { "<a class=\"mono\" href=\"\(Self.artifactHref(repo.value, $0))\">\(Self.short($0))</a>" } ?? "—"
@@ -175,11 +175,15 @@ extension UIHandlers {
             let values = points.map(\.canary) + points.compactMap(\.stable)
             let t0 = Double(points.map(\.at).min()!)
             let t1 = Double(points.map(\.at).max()!)
-            let v0 = min(0, values.min()!)
-            var v1 = values.max()!
-            if v1 - v0 < 1e-12 { v1 = v0 + max(abs(v0), 1) }
-            func x(_ t: Int64) -> Int { Int(left + (t1 > t0 ? (Double(t) - t0) / (t1 - t0) : 0.5) * (w - left - pad)) }
-            func y(_ v: Double) -> Int { Int(h - pad - (v - v0) / (v1 - v0) * (h - 2 * pad)) }
+            // Values come from Prometheus: any finite double. The range is made finite and
+            // non-zero, and every coordinate is clamped before it becomes an Int.
+            let v0 = max(-1e300, min(0, values.min()!))
+            var v1 = min(1e300, values.max()!)
+            if !(v1 - v0).isFinite || v1 - v0 < 1e-12 { v1 = v0 + max(abs(v0), 1) }
+            let span = (v1 - v0).isFinite ? v1 - v0 : 1
+            func px(_ d: Double) -> Int { d.isFinite ? Int(max(-1e6, min(1e6, d))) : 0 }
+            func x(_ t: Int64) -> Int { px(left + (t1 > t0 ? (Double(t) - t0) / (t1 - t0) : 0.5) * (w - left - pad)) }
+            func y(_ v: Double) -> Int { px(h - pad - (max(v0, min(v1, v)) - v0) / span * (h - 2 * pad)) }
             let canaryPath = points.map { "\(x($0.at)),\(y($0.canary))" }.joined(separator: " ")
             let stablePath = points.compactMap { p in p.stable.map { "\(x(p.at)),\(y($0))" } }.joined(separator: " ")
             let dots: [HTML] = points.map { p in
@@ -319,23 +323,17 @@ extension UIHandlers {
             guard let jobs = self.jobs else { throw RegistryError(.jobUnknown, "no pipelines are configured on this registry") }
             let id = try RequestParsing.integer(Substring(match["id"]), "job id", in: 1...Int64.max)
             let store = registry.store
-            let (job, log) = try await offload { () -> (JobRecord, String?) in
-                let job = try jobs.job(id)
-                guard let d = job.logDigest.flatMap({ try? Digest(parsing: $0) }), let blob = try store.blob(d) else { return (job, nil) }
-                // The last 64 KiB: where a failure's cause is.
-                let keep: Int64 = 64 << 10
-                let start = max(0, blob.size - keep)
-                var bytes: [UInt8] = []
-                var offset: Int64 = 0
-                try store.reader(d).forEach { piece in
-                    let end = offset + Int64(piece.count)
-                    if end > start { bytes += piece.dropFirst(Int(max(0, start - offset))) }
-                    offset = end
-                }
-                return (job, (start > 0 ? "… (earlier output cut)\n" : "") + String(decoding: bytes, as: UTF8.self))
-            }
+            let job = try await offload { try jobs.job(id) }
             guard canPull(v, job.inputRepository) else {
                 throw RegistryError(.denied, "requested access to the resource is denied: job \(id) works on a repository you may not read")
+            }
+            let log = try await offload { () -> String? in
+                guard let d = job.logDigest.flatMap({ try? Digest(parsing: $0) }), let blob = try store.blob(d) else { return nil }
+                // The last 64 KiB (where a failure's cause is), read as a range.
+                let start = max(0, blob.size - (64 << 10))
+                var bytes: [UInt8] = []
+                try store.reader(d, range: start..<blob.size).forEach { bytes += $0 }
+                return (start > 0 ? "… (earlier output cut)\n" : "") + String(decoding: bytes, as: UTF8.self)
             }
             let output: HTML =
                 job.outputDigest.map {
