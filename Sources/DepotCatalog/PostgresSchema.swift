@@ -30,6 +30,11 @@ enum PostgresSchema {
         CREATE INDEX artifact_facts_by_time ON artifact_facts(key, value, created_at);
         CREATE INDEX manifests_by_time ON manifests(created_at);
         CREATE INDEX manifests_by_repository_time ON manifests(repo_id, created_at);
+        -- Referrers by subject: only manifests that have one. With every other manifest's NULL
+        -- in it, the full index looked unselective to SQLite's statistics (ANALYZE), which then
+        -- scanned the whole repository for each referrers query (28 ms at 100,000 manifests).
+        DROP INDEX manifests_by_subject;
+        CREATE INDEX manifests_by_subject ON manifests(repo_id, subject) WHERE subject IS NOT NULL;
         """
 
     /// Migration 12 (`Schema.migrations[11]`): upload sessions and chunk proofs; in PostgreSQL

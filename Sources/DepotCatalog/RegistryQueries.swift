@@ -181,8 +181,15 @@ extension CatalogConnection {
         limit: Int = Int.max
     ) throws -> [(record: ManifestRecord, size: Int64)] {
         var out: [(record: ManifestRecord, size: Int64)] = []
-        var sql = "SELECT digest, media_type, artifact_type, annotations, length(content) FROM manifests WHERE repo_id = ? AND subject = ?"
-        var args: [SQLValue] = [.int(repo), .hash(digest.bytes)]
+        // The digests come from `manifests_by_subject` (a covering lookup) before the rows are
+        // read: asked for the rows directly, SQLite without statistics estimated the primary
+        // key's repository range as small and scanned every manifest of the repository
+        // (33 ms a referrers query at 100,000 manifests).
+        var sql = """
+            SELECT digest, media_type, artifact_type, annotations, length(content) FROM manifests
+            WHERE repo_id = ? AND digest IN (SELECT digest FROM manifests WHERE repo_id = ? AND subject = ?)
+            """
+        var args: [SQLValue] = [.int(repo), .int(repo), .hash(digest.bytes)]
         if let artifactType {
             sql += " AND artifact_type = ?"
             args.append(.text(artifactType))

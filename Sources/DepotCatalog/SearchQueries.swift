@@ -104,28 +104,33 @@ extension CatalogConnection {
                 ) { $0.int(0) } ?? 0
             if n < fewest { (driver, fewest) = (f, n) }
         }
+        // The scan walks the driving index newest first and stops at the page's last row, or at
+        // the time of the `candidates`-th newest entry (one index lookup): never further.
         var args: [SQLValue] = []
-        let inner: String
-        if let driver {
-            inner = """
-                SELECT repo_id, digest, created_at FROM artifact_facts WHERE key = ? AND value = ?\(q.before == nil ? "" : " AND created_at < ?")
-                ORDER BY created_at DESC LIMIT ?
-                """
-            args += [.text(driver.key), .text(driver.value)]
-        } else {
-            inner = """
-                SELECT repo_id, digest, created_at FROM manifests\(q.before == nil ? "" : " WHERE created_at < ?")
-                ORDER BY created_at DESC LIMIT ?
-                """
-        }
-        if let before = q.before { args.append(.int(before)) }
-        args.append(.int(Int64(max(1, q.candidates))))
-        var sql = """
-            SELECT r.name, m.digest, m.media_type, m.artifact_type, m.annotations, m.created_at, m.repo_id
-            FROM (\(inner)) AS c JOIN manifests m ON m.repo_id = c.repo_id AND m.digest = c.digest
-            JOIN repositories r ON r.id = m.repo_id
-            """
         var conditions: [String] = []
+        var sql = "SELECT r.name, m.digest, m.media_type, m.artifact_type, m.annotations, m.created_at, m.repo_id FROM "
+        let before = q.before.map { _ in " AND created_at < ?" } ?? ""
+        let bound: String
+        var boundArgs: [SQLValue] = []
+        if let driver {
+            sql += "artifact_facts c JOIN manifests m ON m.repo_id = c.repo_id AND m.digest = c.digest"
+            conditions.append("c.key = ? AND c.value = ?")
+            args += [.text(driver.key), .text(driver.value)]
+            bound = "SELECT created_at FROM artifact_facts WHERE key = ? AND value = ?\(before) ORDER BY created_at DESC LIMIT 1 OFFSET ?"
+            boundArgs = [.text(driver.key), .text(driver.value)]
+        } else {
+            sql += "manifests m"
+            bound = "SELECT created_at FROM manifests WHERE 1 = 1\(before) ORDER BY created_at DESC LIMIT 1 OFFSET ?"
+        }
+        let time = driver == nil ? "m.created_at" : "c.created_at"
+        sql += " JOIN repositories r ON r.id = m.repo_id"
+        if let b = q.before {
+            conditions.append("\(time) < ?")
+            args.append(.int(b))
+            boundArgs.append(.int(b))
+        }
+        conditions.append("\(time) >= COALESCE((\(bound)), -1)")
+        args += boundArgs + [.int(Int64(max(1, q.candidates) - 1))]
         for f in q.facts where f != driver {
             conditions.append(
                 "EXISTS (SELECT 1 FROM artifact_facts f WHERE f.repo_id = m.repo_id AND f.digest = m.digest AND f.key = ? AND f.value = ?)")
@@ -135,8 +140,8 @@ extension CatalogConnection {
             conditions.append(dialect == .postgres ? "strpos(lower(r.name), ?) > 0" : "instr(lower(r.name), ?) > 0")
             args.append(.text(word.lowercased()))
         }
-        if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
-        sql += " ORDER BY c.created_at DESC LIMIT ?"
+        sql += " WHERE " + conditions.joined(separator: " AND ")
+        sql += " ORDER BY \(time) DESC LIMIT ?"
         args.append(.int(Int64(max(1, min(q.limit, 1000)))))
         var rows: [(ArtifactRow, Int64)] = []
         try queryArgs(sql, args) {

@@ -174,11 +174,11 @@ extension Registry {
 
     /// What a page shows of an artifact's impact: how many artifacts derive from it (counted
     /// up to `limit`; `more` when there are more) and the tags resolving to it or to one of its
-    /// first 10,000 descendants (at most 200). `impact(of:)` is the whole answer (the API's).
-    public func impactSummary(of digest: Digest, limit: Int = 1000) throws -> (derived: Int, more: Bool, tags: [TagTarget]) {
+    /// `limit` nearest descendants (at most 200). `impact(of:)` is the whole answer (the API's).
+    public func impactSummary(of digest: Digest, limit: Int = 2000) throws -> (derived: Int, more: Bool, tags: [TagTarget]) {
         try db.read { conn in
             let derived = try conn.descendantCount(of: digest, limit: limit + 1)
-            return (min(derived, limit), derived > limit, try conn.tagsResolvingToDescendants(of: digest, nodes: 10_000, tags: 200))
+            return (min(derived, limit), derived > limit, try conn.tagsResolvingToDescendants(of: digest, nodes: limit, tags: 200))
         }
     }
 

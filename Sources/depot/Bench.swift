@@ -295,6 +295,7 @@ struct UIBenchCommand: AsyncParsableCommand {
         commandName: "ui", abstract: "Web UI page render times on a generated ~100,000-artifact lineage graph.")
     @Option(help: "Training runs (60 checkpoints each, plus ONNX, plan and bundle every 4th).") var runs = 950
     @Option(help: "Renders of each page.") var iterations = 50
+    @Option(help: "Only the pages whose name contains this (for a profile).") var only: String?
     @Option(help: "Build the graph in this PostgreSQL database (a libpq URL; a fresh schema, dropped after) instead of SQLite.")
     var catalog: String?
     @Flag(help: "Machine-readable output.") var json = false
@@ -324,7 +325,8 @@ struct UIBenchCommand: AsyncParsableCommand {
             ("alias history", "/ui/repositories/bench/models/-/aliases/run-\(runs / 2)-latest"),
             ("audit", "/ui/audit"),
         ]
-        let results = try await UIBench.run(registry: registry, paths: paths, iterations: iterations)
+        let chosen = paths.filter { only == nil || $0.0.contains(only!) }
+        let results = try await UIBench.run(registry: registry, paths: chosen, iterations: iterations)
         if json { return printJSON(results) }
         print(
             "graph: \(graph.artifacts) artifacts (built in \(String(format: "%.1f", built)) s), catalog \(store.catalog.dialect.rawValue)")

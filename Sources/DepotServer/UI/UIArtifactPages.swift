@@ -141,6 +141,7 @@ extension UIHandlers {
                 \(body)<h2>Impact</h2>
                 \(derivedLine)
                 \(impactTags.isEmpty ? "<p class=\"muted\">No tag or alias resolves to it or to anything derived from it.</p>" : "<p>Tags and aliases serving it or its descendants:</p><ul>\(impactTags)</ul>" as HTML)
+                \(HTML.when(data.impact?.more == true, "<p class=\"hint\">Over 2,000 artifacts derive from it: the tags above are those of the nearest 2,000 (at most 200); <code>depot lineage REF --impact</code> lists them all.</p>"))
                 \(served.isEmpty ? "" : "<p>Served by deployments:</p><ul>\(served)</ul>" as HTML)
                 """
             let refRows: [HTML] = data.referrers.map { r in
