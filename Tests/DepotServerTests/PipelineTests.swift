@@ -136,7 +136,7 @@ struct PipelineTests {
         try await PipelineHarness.run(pipelines: pipelines) { h, _ in
             _ = try await h.push("bad/m", "v1", files: ["a.txt": "a"])
             let done = try await h.withRunner {
-                try await h.waitJobs(timeout: 40) { $0.count == 7 && $0.allFinal }
+                try await h.waitJobs(timeout: 120) { $0.count == 7 && $0.allFinal }
             }
             func job(_ p: String) -> JobRecord? { done.first { $0.pipeline == p } }
             for j in done { #expect(j.state == .failed, "\(j.pipeline): \(j.state) \(j.reason ?? "")") }
