@@ -27,9 +27,9 @@ enum PostgresSchema {
             PRIMARY KEY(key, value, repo_id, digest)
         );
         CREATE INDEX artifact_facts_by_manifest ON artifact_facts(repo_id, digest);
-        CREATE INDEX artifact_facts_by_time ON artifact_facts(key, value, created_at);
-        CREATE INDEX manifests_by_time ON manifests(created_at);
-        CREATE INDEX manifests_by_repository_time ON manifests(repo_id, created_at);
+        CREATE INDEX artifact_facts_by_time ON artifact_facts(key, value, created_at, repo_id, digest);
+        CREATE INDEX manifests_by_time ON manifests(created_at, repo_id, digest);
+        CREATE INDEX manifests_by_repository_time ON manifests(repo_id, created_at, digest);
         -- Referrers by subject: only manifests that have one. With every other manifest's NULL
         -- in it, the full index looked unselective to SQLite's statistics (ANALYZE), which then
         -- scanned the whole repository for each referrers query (28 ms at 100,000 manifests).

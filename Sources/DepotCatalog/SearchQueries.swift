@@ -22,6 +22,42 @@ public struct ArtifactRow: Sendable, Equatable {
     public var createdAt: Int64
     /// Tags of the repository pointing at it (sorted; at most 16).
     public var tags: [String]
+    public var repoID: Int64 = 0
+
+    /// Where the page after this row starts.
+    public var cursor: ArtifactCursor { ArtifactCursor(createdAt: createdAt, repo: repoID, digest: digest) }
+}
+
+/// A position in a newest-first list of manifests: (time, repository id, digest), so that
+/// manifests pushed in the same millisecond are neither lost nor shown twice across pages.
+/// As text (`?before=`): `MS.REPO.HEX`.
+public struct ArtifactCursor: Sendable, Equatable {
+    public var createdAt: Int64
+    public var repo: Int64
+    public var digest: Digest
+
+    public init(createdAt: Int64, repo: Int64, digest: Digest) {
+        self.createdAt = createdAt
+        self.repo = repo
+        self.digest = digest
+    }
+
+    public var text: String { "\(createdAt).\(repo).\(digest.hex)" }
+
+    public init?(text: String) {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0].utf8.count <= 19, parts[1].utf8.count <= 19, let ms = Int64(parts[0]), ms >= 0,
+            let repo = Int64(parts[1]), repo >= 0, let d = try? Digest(parsing: "sha256:" + parts[2])
+        else { return nil }
+        self.init(createdAt: ms, repo: repo, digest: d)
+    }
+
+    /// `(time, repo, digest) < (cursor)` for the columns named, without row values (both engines).
+    static func condition(time: String, repo: String, digest: String) -> String {
+        "(\(time) < ? OR (\(time) = ? AND (\(repo) < ? OR (\(repo) = ? AND \(digest) < ?))))"
+    }
+
+    var arguments: [SQLValue] { [.int(createdAt), .int(createdAt), .int(repo), .int(repo), .hash(digest.bytes)] }
 }
 
 /// A repository with what its listing shows.
@@ -40,12 +76,12 @@ public struct ArtifactQuery: Sendable, Equatable {
     public var facts: [ArtifactFact] = []
     public var names: [String] = []
     public var limit = 50
-    /// Only manifests pushed before this time (milliseconds): the next page of a search.
-    public var before: Int64?
+    /// Only manifests after this position (newest first): the next page of a search.
+    public var before: ArtifactCursor?
     /// How many of the newest candidates (of the driving fact, or of all manifests) a search
     /// checks at most: its cost is bounded whatever it asks.
     public var candidates = 20_000
-    public init(facts: [ArtifactFact] = [], names: [String] = [], limit: Int = 50, before: Int64? = nil) {
+    public init(facts: [ArtifactFact] = [], names: [String] = [], limit: Int = 50, before: ArtifactCursor? = nil) {
         self.facts = facts
         self.names = names
         self.limit = limit
@@ -62,6 +98,11 @@ extension CatalogConnection {
                 "INSERT INTO artifact_facts(key, value, repo_id, digest, created_at) VALUES(?,?,?,?,?) ON CONFLICT DO NOTHING",
                 .text(f.key), .text(f.value), .int(repo), .hash(digest.bytes), .int(createdAt))
         }
+    }
+
+    /// When a manifest was first stored in a repository (what its facts are ordered by).
+    public func manifestCreatedAt(repo: Int64, _ digest: Digest) throws -> Int64? {
+        try first("SELECT created_at FROM manifests WHERE repo_id = ? AND digest = ?", .int(repo), .hash(digest.bytes)) { $0.int(0) }
     }
 
     /// Manifests with no facts yet (pushed before migration 13), oldest first, at most `limit`.
@@ -109,7 +150,8 @@ extension CatalogConnection {
         var args: [SQLValue] = []
         var conditions: [String] = []
         var sql = "SELECT r.name, m.digest, m.media_type, m.artifact_type, m.annotations, m.created_at, m.repo_id FROM "
-        let before = q.before.map { _ in " AND created_at < ?" } ?? ""
+        let table = driver == nil ? "m" : "c"
+        let before = q.before.map { _ in " AND " + ArtifactCursor.condition(time: "created_at", repo: "repo_id", digest: "digest") } ?? ""
         let bound: String
         var boundArgs: [SQLValue] = []
         if let driver {
@@ -122,14 +164,13 @@ extension CatalogConnection {
             sql += "manifests m"
             bound = "SELECT created_at FROM manifests WHERE 1 = 1\(before) ORDER BY created_at DESC LIMIT 1 OFFSET ?"
         }
-        let time = driver == nil ? "m.created_at" : "c.created_at"
         sql += " JOIN repositories r ON r.id = m.repo_id"
         if let b = q.before {
-            conditions.append("\(time) < ?")
-            args.append(.int(b))
-            boundArgs.append(.int(b))
+            conditions.append(ArtifactCursor.condition(time: "\(table).created_at", repo: "\(table).repo_id", digest: "\(table).digest"))
+            args += b.arguments
+            boundArgs += b.arguments
         }
-        conditions.append("\(time) >= COALESCE((\(bound)), -1)")
+        conditions.append("\(table).created_at >= COALESCE((\(bound)), -1)")
         args += boundArgs + [.int(Int64(max(1, q.candidates) - 1))]
         for f in q.facts where f != driver {
             conditions.append(
@@ -141,7 +182,7 @@ extension CatalogConnection {
             args.append(.text(word.lowercased()))
         }
         sql += " WHERE " + conditions.joined(separator: " AND ")
-        sql += " ORDER BY \(time) DESC LIMIT ?"
+        sql += " ORDER BY \(table).created_at DESC, \(table).repo_id DESC, \(table).digest DESC LIMIT ?"
         args.append(.int(Int64(max(1, min(q.limit, 1000)))))
         var rows: [(ArtifactRow, Int64)] = []
         try queryArgs(sql, args) {
@@ -152,7 +193,7 @@ extension CatalogConnection {
                     ArtifactRow(
                         repository: r.text("name"), digest: Digest(bytes: d), mediaType: r.text("media_type"),
                         artifactType: r.optionalText("artifact_type"), annotationsJSON: r.optionalText("annotations"),
-                        createdAt: r.int("created_at"), tags: []),
+                        createdAt: r.int("created_at"), tags: [], repoID: r.int("repo_id")),
                     r.int("repo_id")
                 ))
         }
@@ -163,14 +204,16 @@ extension CatalogConnection {
         }
     }
 
-    /// Manifests of one repository, newest first, a page at a time (`before`: a created_at).
-    public func artifacts(repo: Int64, repository: String, before: Int64?, limit: Int) throws -> [ArtifactRow] {
+    /// Manifests of one repository, newest first, a page at a time (after `before`).
+    public func artifacts(repo: Int64, repository: String, before: ArtifactCursor?, limit: Int) throws -> [ArtifactRow] {
         var rows: [ArtifactRow] = []
-        try query(
+        let after = before.map { _ in " AND (created_at < ? OR (created_at = ? AND digest < ?))" } ?? ""
+        let cursor: [SQLValue] = before.map { [.int($0.createdAt), .int($0.createdAt), .hash($0.digest.bytes)] } ?? []
+        try queryArgs(
             """
             SELECT digest, media_type, artifact_type, annotations, created_at FROM manifests
-            WHERE repo_id = ? AND created_at < ? ORDER BY created_at DESC LIMIT ?
-            """, .int(repo), .int(before ?? Int64.max), .int(Int64(max(1, min(limit, 1000))))
+            WHERE repo_id = ?\(after) ORDER BY created_at DESC, digest DESC LIMIT ?
+            """, [.int(repo)] + cursor + [.int(Int64(max(1, min(limit, 1000))))]
         ) {
             let r = $0.row
             guard let d = r.hash("digest") else { return }
@@ -178,7 +221,7 @@ extension CatalogConnection {
                 ArtifactRow(
                     repository: repository, digest: Digest(bytes: d), mediaType: r.text("media_type"),
                     artifactType: r.optionalText("artifact_type"), annotationsJSON: r.optionalText("annotations"),
-                    createdAt: r.int("created_at"), tags: []))
+                    createdAt: r.int("created_at"), tags: [], repoID: repo))
         }
         return try rows.map { row in
             var r = row

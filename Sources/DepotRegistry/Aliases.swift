@@ -70,12 +70,18 @@ extension Registry {
     /// its journal (1 = the digest before the current one). Returns (from, to).
     public func rollback(
         _ repository: RepositoryName, _ alias: String, to target: Digest? = nil, steps: Int = 1,
-        actor: String, reason: String?
+        actor: String, reason: String?, expect: Digest? = nil
     ) throws -> (from: Digest, to: Digest) {
         guard steps >= 1 else { throw RegistryError(.invalidRequest, "steps must be at least 1") }
         let history = try aliasHistory(repository, alias)
         guard let current = history.last?.to else {
             throw RegistryError(.manifestUnknown, "\(repository):\(alias) does not point anywhere now; nothing to roll back")
+        }
+        // The caller decided on `expect` (a page showing the alias there): a move since is refused.
+        if let expect, expect != current {
+            throw RegistryError(
+                .denied, "\(repository):\(alias) is at \(current), not \(expect): it moved since; reload and choose again",
+                kind: .preconditionFailed)
         }
         // The digests the alias pointed at, most recent first, without the current one.
         var earlier: [Digest] = []
@@ -100,7 +106,7 @@ extension Registry {
         }
         do {
             try setAlias(
-                repository, alias, to: destination, expect: current, actor: actor,
+                repository, alias, to: destination, expect: expect ?? current, actor: actor,
                 reason: reason ?? "rollback", action: "rollback")
         } catch let e as RegistryError where e.code == .manifestUnknown {
             throw RegistryError(.manifestUnknown, "\(destination) was deleted since \(alias) pointed at it; pick another with --to")

@@ -141,7 +141,7 @@ extension Registry {
     }
 
     /// A repository's newest manifests and its summary.
-    public func repositoryOverview(_ repository: RepositoryName, before: Int64?, limit: Int) throws -> (
+    public func repositoryOverview(_ repository: RepositoryName, before: ArtifactCursor?, limit: Int) throws -> (
         artifacts: [ArtifactRow], summary: RepositorySummary?
     ) {
         try db.read { conn in

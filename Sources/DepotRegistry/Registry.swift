@@ -189,7 +189,8 @@ public final class Registry: Sendable {
             let local = parsed.blobs.filter { $0.urls == nil || $0.mediaType != MediaType.dockerForeignLayer }.map(\.digest)
             try conn.putManifest(repo: repo, record, blobs: local, children: parsed.manifests.map(\.digest), now: now)
             if let metadata { try conn.setManifestMetadata(digest, json: metadata) }
-            try storeFacts(conn, repo: repo, record, createdAt: now)
+            // Ordered by the manifest's first push here (a re-push keeps it).
+            try storeFacts(conn, repo: repo, record, createdAt: try conn.manifestCreatedAt(repo: repo, digest) ?? now)
             for edge in lineage {
                 if try conn.isAncestorOrSelf(digest, of: edge.parent) {
                     throw RegistryError(

@@ -34,6 +34,8 @@ struct GraphSVG {
     var edges: [Edge] = []
     /// What the graph shows, for the `<title>`/`aria-label` of the whole figure.
     var label: String
+    /// Unique on the page (several graphs on one page each have their own arrow marker).
+    var id = "g"
 
     func render() -> HTML {
         guard !nodes.isEmpty else { return "" }
@@ -60,7 +62,7 @@ struct GraphSVG {
         var parts: [HTML] = []
         parts.append(
             """
-            <defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">\
+            <defs><marker id="arrow-\(id)" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">\
             <path d="M0,0 L10,5 L0,10 z" fill="#57606a"/></marker></defs>
             """)
         for e in edges {
@@ -78,7 +80,7 @@ struct GraphSVG {
                     b.y + Self.nodeHeight / 2
                 )
             }
-            parts.append("<line class=\"edge\" x1=\"\(x1)\" y1=\"\(y1)\" x2=\"\(x2)\" y2=\"\(y2)\" marker-end=\"url(#arrow)\"/>")
+            parts.append("<line class=\"edge\" x1=\"\(x1)\" y1=\"\(y1)\" x2=\"\(x2)\" y2=\"\(y2)\" marker-end=\"url(#arrow-\(id))\"/>")
             if !e.label.isEmpty {
                 parts.append(
                     "<text class=\"edge-label\" x=\"\((x1 + x2) / 2 + 6)\" y=\"\((y1 + y2) / 2 + 4)\">\(Self.clip(e.label, 30))</text>")
@@ -100,8 +102,11 @@ struct GraphSVG {
                 parts.append("<g class=\"\(cls)\"><title>\(n.title) \(n.subtitle)</title>\(box)</g>")
             }
         }
+        // With links inside, the figure is a group (an image's children are hidden from
+        // assistive technology, and its links would be focusable but unnamed).
+        let linked = nodes.contains { $0.href != nil }
         return """
-            <div class="scroll"><svg class="graph" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="\(label)" \
+            <div class="scroll"><svg class="graph" xmlns="http://www.w3.org/2000/svg" role="\(linked ? "group" : "img")" aria-label="\(label)" \
             width="\(width)" height="\(height)" viewBox="0 0 \(width) \(height)"><title>\(label)</title>\(HTML.join(parts))</svg></div>
             """
     }

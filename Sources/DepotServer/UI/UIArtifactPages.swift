@@ -16,6 +16,8 @@ extension UIHandlers {
     static let lineageNodes = 50
     /// Moves of an alias a page reads and shows.
     static let historyShown = 500
+    /// Moves the timeline lists.
+    static let historyListed = 200
 
     func artifact(_ match: RouteMatch, _ request: Request) async -> Response {
         await render(request) { v in
@@ -250,12 +252,11 @@ extension UIHandlers {
             let repo = try Self.name(match)
             let alias = match["alias"]
             let registry = self.registry
-            let query = request.uri.queryParameters
+            let query = try UISession.query(request)
             var at: Int64?
-            if let raw = query["at"].map(String.init), !raw.isEmpty {
-                // <input type="datetime-local"> sends 2026-05-03T14:00 (no zone): read it as UTC.
-                let text = raw.count == 16 ? raw + ":00Z" : raw.count == 19 ? raw + "Z" : raw
-                at = try Self.time(text)
+            if let raw = query["at"], !raw.isEmpty {
+                // <input type="datetime-local"> sends 2026-05-03T14:00 (no zone): read as UTC.
+                at = try Self.formTime(raw)
             }
             // The newest moves only: a tag moved a hundred thousand times is one page, not a scan.
             let moves = try await offload { try registry.aliasHistory(repo, alias, newest: Self.historyShown) }
@@ -263,7 +264,7 @@ extension UIHandlers {
             let current = moves.last?.to
             var pointedAt: Digest??
             if let at { pointedAt = .some(try await offload { try registry.resolve(repo, alias, at: at) }) }
-            let items: [HTML] = moves.reversed().prefix(200).map { m in
+            let items: [HTML] = moves.reversed().prefix(Self.historyListed).map { m in
                 let from: HTML =
                     m.from.map { "<a class=\"mono\" href=\"\(Self.artifactHref(repo.value, $0.description))\">\(Self.short($0))</a>" }
                     ?? "nothing"
@@ -278,25 +279,27 @@ extension UIHandlers {
             // Earlier digests the alias can go back to, most recent first (what rollback accepts).
             var earlier: [(Digest, Int64)] = []
             var offered: Set<Digest> = []
-            for m in moves.dropLast().reversed() where earlier.count < 50 {
-                if let d = m.to, d != current, offered.insert(d).inserted { earlier.append((d, m.at)) }
+            for (i, m) in moves.enumerated().dropLast().reversed() where earlier.count < 50 {
+                // With the time the alias moved away from it.
+                if let d = m.to, d != current, offered.insert(d).inserted { earlier.append((d, moves[i + 1].at)) }
             }
             var body: HTML = """
                 <p class="muted"><a href="/ui">Models</a> / <a href="\(Self.repoHref(repo.value))">\(repo.value)</a> /</p>
                 <h1>\(repo.value):\(alias)</h1>
                 """
             // Only a digest is echoed: a crafted link cannot put its own words in the banner.
-            if let moved = query["rolled-back"].flatMap({ try? Digest(parsing: String($0)) }) {
+            if let moved = query["rolled-back"].flatMap({ try? Digest(parsing: $0) }) {
                 body = "\(body)<p class=\"ok\" role=\"status\">Rolled back: \(repo.value):\(alias) now points at \(Self.short(moved)).</p>"
             }
             body = """
                 \(body)<dl class="facts panel"><dt>Points at</dt><dd>\
                 \(current.map { "<a class=\"mono\" href=\"\(Self.artifactHref(repo.value, $0.description))\">\($0.description)</a>" as HTML } ?? "nothing (deleted)")</dd>\
-                <dt>Moves shown</dt><dd>\(moves.count)\(moves.count >= Self.historyShown ? " (the newest; `depot history` lists all)" : "")</dd></dl>
+                <dt>Moves</dt><dd>\(moves.count >= Self.historyShown ? "\(Self.historyShown) or more (the newest \(Self.historyListed) below; depot history lists all)" : "\(moves.count)")</dd></dl>
                 """
-            if v.may(.rollback, repo.value), !earlier.isEmpty {
+            // A deleted alias cannot be rolled back (it points nowhere): no form for it.
+            if v.may(.rollback, repo.value), current != nil, !earlier.isEmpty {
                 let options: [HTML] = earlier.prefix(50).enumerated().map { i, e in
-                    "<option value=\"\(e.0.description)\"\(i == 0 ? " selected" : "")>\(Self.short(e.0)) (pointed at until \(Self.when(e.1)))</option>"
+                    "<option value=\"\(e.0.description)\"\(i == 0 ? " selected" : "")>\(Self.short(e.0)) (until \(Self.when(e.1)))</option>"
                 }
                 body = """
                     \(body)<h2>Roll back</h2>
@@ -353,17 +356,11 @@ extension UIHandlers {
             let actor = Self.actor(request)
             let registry = self.registry
             // The page showed the alias at `expect`: if it moved since, the choice was made on
-            // stale facts; say so rather than roll back from somewhere else.
-            if let expect = try form["expect"].flatMap({ $0.isEmpty ? nil : try RequestParsing.digest($0) }) {
-                let now = try await offload { try? registry.manifest(repo, .tag(alias)).digest }
-                guard now == expect else {
-                    throw RegistryError(
-                        .denied,
-                        "\(repo):\(alias) moved since the page was loaded (now \(now.map(Self.short) ?? "nothing")): reload and choose again",
-                        kind: .preconditionFailed)
-                }
+            // stale facts. The rollback's compare-and-swap refuses it (in its transaction).
+            let expect = try form["expect"].flatMap { $0.isEmpty ? nil : try RequestParsing.digest($0) }
+            let r = try await offload {
+                try registry.rollback(repo, alias, to: to, steps: 1, actor: actor, reason: reason, expect: expect)
             }
-            let r = try await offload { try registry.rollback(repo, alias, to: to, steps: 1, actor: actor, reason: reason) }
             return UIPage.redirect(Self.aliasHref(repo.value, alias) + "?rolled-back=" + HTML.urlComponent(r.to.description))
         }
     }

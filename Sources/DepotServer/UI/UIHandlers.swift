@@ -132,7 +132,7 @@ struct UIHandlers: RouteHandlers {
 
     func loginPage(_ request: Request, message: String? = nil, status: Int = 200) async -> Response {
         await render(request) { v in
-            let next = UISession.safeNext(request.uri.queryParameters["next"].map(String.init))
+            let next = UISession.safeNext(try UISession.query(request)["next"])
             guard v.authEnabled else { return UIPage.redirect(next) }
             let alert: HTML = message.map { "<p class=\"error\" role=\"alert\">\($0)</p>" } ?? ""
             return UIPage.response(
@@ -189,7 +189,8 @@ struct UIHandlers: RouteHandlers {
 
     func home(_ request: Request) async -> Response {
         await render(request) { v in
-            let q = request.uri.queryParameters["q"].map(String.init) ?? ""
+            let params = try UISession.query(request)
+            let q = params["q"] ?? ""
             let registry = self.registry
             var body: HTML = """
                 <h1>Models</h1>
@@ -203,7 +204,7 @@ struct UIHandlers: RouteHandlers {
                 </form>
                 """
             if q.trimmingCharacters(in: .whitespaces).isEmpty {
-                let after = request.uri.queryParameters["after"].map(String.init)
+                let after = params["after"]
                 let listed = try await offload { try registry.repositorySummaries(nameContains: nil, after: after, limit: 100) }
                 let repos = listed.filter { canPull(v, $0.name) }
                 let rows: [HTML] = repos.map { r in
@@ -236,12 +237,22 @@ struct UIHandlers: RouteHandlers {
                         let rows = try registry.searchArtifacts(page)
                         shown += rows.filter { canPull(v, $0.repository) }.prefix(Self.pageSize - shown.count)
                         guard rows.count == Self.pageSize, shown.count < Self.pageSize, let last = rows.last else { break }
-                        cursor = last.createdAt
+                        cursor = last.cursor
                     }
                     return shown
                 }
+                // Words alone also name repositories: list those (however old their last push),
+                // since artifacts are searched among the newest candidates only.
+                var repoList: HTML = ""
+                if query.facts.isEmpty, start == nil, let longest = query.names.max(by: { $0.count < $1.count }) {
+                    let names = query.names.map { $0.lowercased() }
+                    let repos = try await offload { try registry.repositorySummaries(nameContains: longest, after: nil, limit: 200) }
+                        .filter { r in canPull(v, r.name) && names.allSatisfy { r.name.lowercased().contains($0) } }
+                    let items: [HTML] = repos.prefix(50).map { "<li><a href=\"\(Self.repoHref($0.name))\">\($0.name)</a></li>" }
+                    repoList = HTML.when(!items.isEmpty, "<h2>Repositories</h2><ul>\(items)</ul>")
+                }
                 body = """
-                    \(body)<h2>Results for <q>\(q)</q>\(start == nil ? "" : " (older)")</h2>
+                    \(body)\(repoList)<h2>Artifacts for <q>\(q)</q>\(start == nil ? "" : " (older)")</h2>
                     \(Self.artifactTable(found, showRepository: true))
                     \(Self.olderLink(found, base: "/ui?q=" + HTML.urlComponent(q) + "&"))
                     <p class="hint">A search checks the newest 20,000 candidates of its most selective filter; add filters to reach older ones.</p>
@@ -251,18 +262,36 @@ struct UIHandlers: RouteHandlers {
         }
     }
 
+    /// A time a page's form sent: RFC 3339 or milliseconds, or a `datetime-local` value
+    /// (`2026-05-03T14:00`, seconds and fractions optional, no zone: read as UTC). `endOfMinute`
+    /// makes a value without seconds mean the end of that minute (an "until" bound).
+    static func formTime(_ raw: String, endOfMinute: Bool = false) throws -> Int64 {
+        var text = raw
+        let hasZone = text.hasSuffix("Z") || text.hasSuffix("z") || text.dropFirst(19).contains { $0 == "+" || $0 == "-" }
+        let looksLocal = text.count >= 16 && text.dropFirst(10).first == "T"
+        if looksLocal && !hasZone { text += "Z" }
+        let minutesOnly = looksLocal && !hasZone && raw.count == 16
+        if minutesOnly { text = raw + ":00Z" }
+        let ms = try Self.time(text)
+        return minutesOnly && endOfMinute ? ms + 59_999 : ms
+    }
+
     /// Rows per page of artifacts (a search, a repository); older ones are a link away.
     static let pageSize = 50
 
-    /// `?before=` (milliseconds): the next page of a list ordered newest first.
-    static func before(_ request: Request) throws -> Int64? {
-        try request.uri.queryParameters["before"].map { try RequestParsing.integer($0, "before", in: 0...Int64.max) }
+    /// `?before=`: the position the next page of a newest-first list starts after.
+    static func before(_ request: Request) throws -> ArtifactCursor? {
+        guard let text = try UISession.query(request)["before"] else { return nil }
+        guard let c = ArtifactCursor(text: text) else {
+            throw RegistryError(.invalidRequest, "before must be a position from an Older link (MS.REPO.HEX)")
+        }
+        return c
     }
 
-    /// "Older" after a full page: the next page starts before its oldest row.
+    /// "Older" after a full page: the next page starts after its last row.
     static func olderLink(_ rows: [ArtifactRow], base: String) -> HTML {
         guard rows.count >= pageSize, let last = rows.last else { return "" }
-        return "<p><a href=\"\(base)before=\(last.createdAt)\">Older artifacts</a></p>"
+        return "<p><a href=\"\(base)before=\(last.cursor.text)\">Older artifacts</a></p>"
     }
 
     static func artifactTable(_ rows: [ArtifactRow], showRepository: Bool) -> HTML {

@@ -50,7 +50,7 @@ extension UIHandlers {
                 <p class="muted"><a href="/ui/deployments">Deployments</a> / <a href="\(Self.repoHref(repo.value))">\(repo.value)</a> /</p>
                 <h1>\(repo.value) · \(env)</h1>
                 """
-            if let done = request.uri.queryParameters["done"].map(String.init), ["resume", "promote", "abort"].contains(done) {
+            if let done = try UISession.query(request)["done"], ["resume", "promote", "abort"].contains(done) {
                 body = "\(body)<p class=\"ok\" role=\"status\">\(done.capitalized) requested.</p>"
             }
             let stableLink: HTML =
@@ -88,9 +88,7 @@ extension UIHandlers {
                         buttons.append(
                             """
                             <form method="post" action="\(Self.deploymentHref(repo.value, env))/\(control)" class="panel actions">
-                            <input type="hidden" name="csrf" value="\(v.csrf)">
-                            <div><label for="reason-\(control)">Reason to \(control)</label>\
-                            <input id="reason-\(control)" name="reason" type="text" maxlength="500"></div>
+                            <input type="hidden" name="csrf" value="\(v.csrf)">\(Self.reasonField(control))
                             <button type="submit" class="\(cls)">\(label)</button></form>
                             """)
                     }
@@ -121,9 +119,19 @@ extension UIHandlers {
                 <div class="scroll"><table class="stack"><thead><tr><th scope="col">Node</th><th scope="col">Serves</th><th scope="col">Version</th>\
                 <th scope="col">State</th><th scope="col">Reason</th><th scope="col">Seen</th></tr></thead><tbody>\(nodes)</tbody></table></div>
                 """
-            let live = status.rollout.map { $0.state == .running } ?? false
+            // A running rollout refreshes itself, but not under a viewer who may be typing a reason.
+            let live = (status.rollout.map { $0.state == .running } ?? false) && !v.may(.rollout, repo.value)
             return UIPage.response(title: "\(repo.value) · \(env)", viewer: v, refreshSeconds: live ? 15 : nil, body)
         }
+    }
+
+    /// The reason box of a rollout command; resume takes none (the rollout API records none).
+    static func reasonField(_ control: String) -> HTML {
+        guard control != "resume" else { return "" }
+        return """
+            <div><label for="reason-\(control)">Reason to \(control)</label>\
+            <input id="reason-\(control)" name="reason" type="text" maxlength="500"></div>
+            """
     }
 
     /// One analysis measurement as stored with a decision.
@@ -243,9 +251,9 @@ extension UIHandlers {
                 return UIPage.response(
                     title: "Jobs", viewer: v, "<h1>Jobs</h1><p class=\"muted\">No pipelines are configured on this registry.</p>")
             }
-            let query = request.uri.queryParameters
-            let state = query["state"].map(String.init).flatMap { $0.isEmpty ? nil : $0 }
-            let pipeline = query["pipeline"].map(String.init).flatMap { $0.isEmpty ? nil : $0 }
+            let query = try UISession.query(request)
+            let state = query["state"].flatMap { $0.isEmpty ? nil : $0 }
+            let pipeline = query["pipeline"].flatMap { $0.isEmpty ? nil : $0 }
             let list = try await offload { try jobs.jobs(state: state, pipeline: pipeline, limit: 500) }
                 .filter { canPull(v, $0.inputRepository) }
             // Runs, newest first, each with its jobs.
@@ -263,7 +271,7 @@ extension UIHandlers {
                 sections.append(
                     """
                     <h2>Run #\(id): \(first.pipeline)</h2>
-                    <p class="muted">Triggered by <a class="mono" href="\(Self.artifactHref(first.inputRepository, first.inputDigest))">\
+                    <p class="muted">Input <a class="mono" href="\(Self.artifactHref(first.inputRepository, first.inputDigest))">\
                     \(first.inputRepository)@\(Self.short(first.inputDigest))</a> at \(Self.when(first.createdAt))</p>
                     \(Self.runGraph(id, js, pipelines[first.pipeline]))
                     """)
@@ -293,7 +301,7 @@ extension UIHandlers {
         // The latest job of each stage (a retry is a new job).
         var latest: [String: JobRecord] = [:]
         for j in jobs { latest[j.stage] = j }
-        var g = GraphSVG(label: "Stages of run \(run)")
+        var g = GraphSVG(label: "Stages of run \(run)", id: "run-\(run)")
         for j in latest.values.sorted(by: { (depth[$0.stage] ?? 0, $0.id) < (depth[$1.stage] ?? 0, $1.id) }) {
             g.nodes.append(
                 .init(
@@ -367,16 +375,13 @@ extension UIHandlers {
 
     func auditPage(_ request: Request) async -> Response {
         await render(request) { v in
-            let query = request.uri.queryParameters
+            let query = try UISession.query(request)
             func field(_ name: String) -> String? {
-                query[Substring(name)].map(String.init).flatMap { $0.isEmpty ? nil : String($0.prefix(200)) }
-            }
-            func time(_ name: String) throws -> Int64? {
-                guard let raw = field(name) else { return nil }
-                return try Self.time(raw.count == 16 ? raw + ":00Z" : raw.count == 19 ? raw + "Z" : raw)
+                query[name].flatMap { $0.isEmpty ? nil : String($0.prefix(200)) }
             }
             var filter = AuditFilter(
-                repository: field("repository"), action: field("action"), since: try time("since"), until: try time("until"))
+                repository: field("repository"), action: field("action"), since: try field("since").map { try Self.formTime($0) },
+                until: try field("until").map { try Self.formTime($0, endOfMinute: true) })
             filter.actor = field("actor")
             filter.newestFirst = true
             filter.limit = 200

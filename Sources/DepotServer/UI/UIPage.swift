@@ -105,7 +105,8 @@ enum UIPage {
         body { margin: 0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg); }
         a { color: var(--link); }
         a:focus-visible, button:focus-visible, input:focus-visible, select:focus-visible, main:focus-visible {
-          outline: 3px solid #ffbf47; outline-offset: 2px; }
+          outline: 3px solid #1b1f24; outline-offset: 2px; box-shadow: 0 0 0 5px #ffbf47; }
+        header a:focus-visible, header button:focus-visible { outline-color: #ffbf47; box-shadow: none; }
         .skip { position: absolute; left: -9999px; }
         .skip:focus { left: 8px; top: 8px; background: #fff; padding: 6px 10px; z-index: 10; }
         header { display: flex; flex-wrap: wrap; justify-content: space-between; align-items: center; gap: 8px;
@@ -139,6 +140,7 @@ enum UIPage {
         button.danger { background: var(--bad); border-color: var(--bad); }
         button.link { background: none; border: none; padding: 0; color: var(--link); text-decoration: underline; }
         form.inline { display: inline; }
+        label.inline-label { display: inline; font-weight: 400; }
         .hint { color: var(--muted); font-size: 0.9em; margin: 4px 0 0; }
         .panel { background: var(--panel); border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; margin: 10px 0; }
         .pill { display: inline-block; padding: 1px 8px; border-radius: 10px; background: #ddf4ff; color: #0a3069; font-size: 0.85em;
@@ -156,6 +158,7 @@ enum UIPage {
         ol.timeline li::before { content: ""; position: absolute; left: -9px; top: 6px; width: 12px; height: 12px;
           border-radius: 50%; background: var(--accent); }
         svg.graph { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; background: #fff; }
+        .scroll > svg.graph { max-width: none; }
         svg .node rect { fill: #f4f8ff; stroke: #0b57d0; stroke-width: 1.5; }
         svg .node.focus rect { fill: #fff1c2; stroke: #7d4e00; stroke-width: 2.5; }
         svg .node text { fill: #1b1f24; font-size: 12px; font-family: system-ui, sans-serif; }
@@ -163,7 +166,7 @@ enum UIPage {
         svg .node.state-failed rect, svg .node.state-cancelled rect { fill: #ffebe9; stroke: #a40e26; }
         svg .node.state-running rect, svg .node.state-leased rect, svg .node.state-queued rect { fill: #fff8c5; stroke: #7d4e00; }
         svg .node text { font-weight: 400; }
-        svg .node a:focus rect { stroke: #ffbf47; stroke-width: 4; }
+        svg .node a:focus rect { stroke: #1b1f24; stroke-width: 4; }
         svg .edge { stroke: #57606a; stroke-width: 1.5; fill: none; }
         svg .edge-label { fill: #4d5661; font-size: 11px; font-family: system-ui, sans-serif; }
         svg .axis { stroke: #8c959f; stroke-width: 1; }

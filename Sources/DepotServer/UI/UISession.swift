@@ -100,6 +100,14 @@ enum UISession {
         return out
     }
 
+    /// The page's query parameters, decoded as a browser's GET form encodes them (`+` is a
+    /// space; Hummingbird's own decoding leaves it a plus). Invalid percent-encoding is a 400.
+    static func query(_ request: Request) throws -> [String: String] {
+        guard let q = request.uri.query, !q.isEmpty else { return [:] }
+        guard q.utf8.count <= 8192 else { throw RegistryError(.invalidRequest, "query string is over 8 KiB") }
+        return try parseForm(q)
+    }
+
     /// A `next` target after login: only a path of this UI (no scheme, no host, no `//`), so
     /// the login page cannot be used to send someone elsewhere.
     static func safeNext(_ next: String?) -> String {

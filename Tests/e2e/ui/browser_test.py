@@ -224,9 +224,11 @@ def main() -> None:
         accessible(driver, "home")
         shot(driver, "01-home")
         box = driver.find_element(By.ID, "q")
-        box.send_keys("run:exp-42")
+        # Two words: the form sends "run%3Aexp-42+llm" (a space is a plus in a GET form).
+        box.send_keys("run:exp-42 llm")
         box.submit()
         arrived(driver, "q=run")
+        check(driver.find_element(By.ID, "q").get_attribute("value") == "run:exp-42 llm", "the box shows the search as typed")
         results = driver.find_elements(By.CSS_SELECTOR, "main table tbody tr")
         check(len(results) == 1, f"searching run:exp-42 finds exactly the fine-tune ({len(results)} rows)")
         check("exp-42" in results[0].text, "the row shows the run")
@@ -273,9 +275,12 @@ def main() -> None:
         check("user:alice" in history and "eval regression on chat-v3" in history, f"the move heads the history: {history}")
         shot(driver, "06-alias-rolled-back")
 
-        # Time travel: before the rollback, production pointed at the fine-tune.
-        # (The form takes UTC; one second ago is before the move.)
-        then = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
+        # Time travel: just before the rollback (its time from the history), production pointed
+        # at the fine-tune.
+        moves = requests.get(
+            f"{URL}/depot/v1/repositories/team/llm/aliases/production/history", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10
+        ).json()["moves"]
+        then = moves[-1]["at_ms"] - 1
         driver.get(f"{URL}/ui/repositories/team/llm/-/aliases/production?at={then}")
         check(ft in driver.find_element(By.CSS_SELECTOR, "[role=status]").text, "time travel shows what production pointed at")
 
@@ -367,7 +372,7 @@ def main() -> None:
         accessible(driver, "jobs")
         shot(driver, "11-jobs")
         driver.find_element(By.CSS_SELECTOR, "svg.graph a[href^='/ui/jobs/']").click()
-        check("packaged" in driver.page_source or "Log" in driver.page_source, "the job page shows its log")
+        check("packaged" in driver.find_element(By.TAG_NAME, "pre").text, "the job page shows its log (the stage printed 'packaged')")
         accessible(driver, "job")
         shot(driver, "12-job")
 
