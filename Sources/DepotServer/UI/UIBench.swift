@@ -30,7 +30,7 @@ public enum UIBench {
         for (name, path) in paths {
             var times: [Double] = []
             var bytes = 0
-            for i in 0...iterations {
+            for i in 0...max(1, iterations) {
                 let started = ContinuousClock.now
                 let response = try await render(ui, path)
                 let ms = (ContinuousClock.now - started) / .milliseconds(1)
