@@ -230,6 +230,22 @@ extension CatalogConnection {
         }
     }
 
+    /// What a repository summary reads, per row of `repositories r`.
+    static var summaryColumns: String {
+        """
+        SELECT r.name,
+            (SELECT COUNT(*) FROM manifests m WHERE m.repo_id = r.id) AS artifacts,
+            (SELECT MAX(m.created_at) FROM manifests m WHERE m.repo_id = r.id) AS last_push,
+            (SELECT COALESCE(SUM(b.size), 0) FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+             WHERE rb.repo_id = r.id) AS logical
+        """
+    }
+
+    static func summary(_ r: Row) -> RepositorySummary {
+        RepositorySummary(
+            name: r.text("name"), artifacts: r.int("artifacts"), lastPush: r.optionalInt("last_push"), logicalBytes: r.int("logical"))
+    }
+
     /// Repositories (name order) whose name contains `name`, with their counts, a page at a time.
     public func repositorySummaries(nameContains name: String?, after: String?, limit: Int) throws -> [RepositorySummary] {
         var out: [RepositorySummary] = []
@@ -237,19 +253,11 @@ extension CatalogConnection {
         let contains = dialect == .postgres ? "strpos(lower(r.name), ?) > 0" : "instr(lower(r.name), ?) > 0"
         try query(
             """
-            SELECT r.name,
-                (SELECT COUNT(*) FROM manifests m WHERE m.repo_id = r.id) AS artifacts,
-                (SELECT MAX(m.created_at) FROM manifests m WHERE m.repo_id = r.id) AS last_push,
-                (SELECT COALESCE(SUM(b.size), 0) FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
-                 WHERE rb.repo_id = r.id) AS logical
+            \(Self.summaryColumns)
             FROM repositories r WHERE r.name > ? AND (? = '' OR \(contains)) ORDER BY r.name LIMIT ?
             """, .text(after ?? ""), .text(filter), .text(filter), .int(Int64(max(1, min(limit, 1000))))
         ) {
-            let r = $0.row
-            out.append(
-                RepositorySummary(
-                    name: r.text("name"), artifacts: r.int("artifacts"), lastPush: r.optionalInt("last_push"),
-                    logicalBytes: r.int("logical")))
+            out.append(Self.summary($0.row))
         }
         return out
     }
@@ -268,18 +276,10 @@ extension CatalogConnection {
     public func repositorySummary(repo: Int64) throws -> RepositorySummary? {
         try first(
             """
-            SELECT r.name,
-                (SELECT COUNT(*) FROM manifests m WHERE m.repo_id = r.id) AS artifacts,
-                (SELECT MAX(m.created_at) FROM manifests m WHERE m.repo_id = r.id) AS last_push,
-                (SELECT COALESCE(SUM(b.size), 0) FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
-                 WHERE rb.repo_id = r.id) AS logical
+            \(Self.summaryColumns)
             FROM repositories r WHERE r.id = ?
             """, .int(repo)
-        ) {
-            let r = $0.row
-            return RepositorySummary(
-                name: r.text("name"), artifacts: r.int("artifacts"), lastPush: r.optionalInt("last_push"), logicalBytes: r.int("logical"))
-        }
+        ) { Self.summary($0.row) }
     }
 
     /// Bytes of the distinct chunks the repository's blobs are made of, counted once each,

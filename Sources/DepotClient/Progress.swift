@@ -96,14 +96,5 @@ public final class TransferProgress: Sendable {
     }
 
     /// Human-readable bytes (binary units).
-    public static func bytes(_ n: Int64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var v = Double(n)
-        var i = 0
-        while v >= 1024, i < units.count - 1 {
-            v /= 1024
-            i += 1
-        }
-        return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
-    }
+    public static func bytes(_ n: Int64) -> String { ByteCount.text(n) }
 }

@@ -156,13 +156,4 @@ func printJSON<T: Encodable>(_ value: T) {
     FileHandleOutput.stdout(String(decoding: data, as: UTF8.self) + "\n")
 }
 
-func formatBytes(_ n: Int64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var v = Double(n)
-    var u = 0
-    while v >= 1024 && u < units.count - 1 {
-        v /= 1024
-        u += 1
-    }
-    return u == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[u])
-}
+func formatBytes(_ n: Int64) -> String { ByteCount.text(n, decimals: 2) }

@@ -149,7 +149,7 @@ extension UIHandlers {
             let refRows: [HTML] = data.referrers.map { r in
                 """
                 <tr><td data-label="Referrer"><a class="mono" href="\(Self.artifactHref(repo.value, r.digest.description))">\(Self.short(r.digest))</a></td>\
-                <td data-label="Type">\(r.artifactType ?? r.mediaType)</td><td class="num" data-label="Size">\(Self.bytes(r.size))</td></tr>
+                <td data-label="Type">\(r.artifactType ?? r.mediaType)</td><td class="num" data-label="Size">\(ByteCount.text(r.size))</td></tr>
                 """
             }
             body = """
@@ -227,7 +227,7 @@ extension UIHandlers {
             rows.append(
                 """
                 <tr><td data-label="File"><code>\(f["path"]?.string ?? "?")</code></td><td data-label="Format">\(f["format"]?.string ?? "—")</td>\
-                <td class="num" data-label="Size">\(bytes(f["size"]?.int ?? 0))</td><td data-label="Details">\(HTML.join(details, separator: "<br>"))</td></tr>
+                <td class="num" data-label="Size">\(ByteCount.text(f["size"]?.int ?? 0))</td><td data-label="Details">\(HTML.join(details, separator: "<br>"))</td></tr>
                 """)
         }
         var triton: HTML = ""

@@ -69,17 +69,6 @@ struct UIHandlers: RouteHandlers {
 
     // MARK: formatting
 
-    static func bytes(_ n: Int64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-        var value = Double(n)
-        var unit = 0
-        while value >= 1024, unit < units.count - 1 {
-            value /= 1024
-            unit += 1
-        }
-        return unit == 0 ? "\(n) B" : String(format: "%.1f %@", value, units[unit])
-    }
-
     static func when(_ ms: Int64?) -> String {
         guard let ms else { return "—" }
         let f = DateFormatter()
@@ -211,7 +200,7 @@ struct UIHandlers: RouteHandlers {
                     """
                     <tr><td data-label="Repository"><a href="\(Self.repoHref(r.name))">\(r.name)</a></td>\
                     <td class="num" data-label="Artifacts">\(r.artifacts)</td>\
-                    <td class="num" data-label="Size">\(Self.bytes(r.logicalBytes))</td>\
+                    <td class="num" data-label="Size">\(ByteCount.text(r.logicalBytes))</td>\
                     <td data-label="Last push">\(Self.when(r.lastPush))</td></tr>
                     """
                 }
@@ -352,8 +341,8 @@ struct UIHandlers: RouteHandlers {
                 <h1>\(repo.value)</h1>
                 <dl class="facts panel">
                 <dt>Artifacts</dt><dd>\(overview.summary?.artifacts ?? 0)</dd>
-                <dt>Size (what clients download)</dt><dd>\(Self.bytes(logical))</dd>
-                <dt>Stored after dedup</dt><dd>\(Self.bytes(storedTotal)) \
+                <dt>Size (what clients download)</dt><dd>\(ByteCount.text(logical))</dd>
+                <dt>Stored after dedup</dt><dd>\(ByteCount.text(storedTotal)) \
                 <span class="muted">(\(String(format: "%.0f", saved))% saved by chunk dedup and compression)</span></dd>
                 <dt>Last push</dt><dd>\(Self.when(overview.summary?.lastPush))</dd>
                 <dt>Pull</dt><dd><code>depot pull \(host)/\(repo.value):TAG ./model</code></dd>
