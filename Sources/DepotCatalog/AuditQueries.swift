@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import Foundation
 
@@ -100,13 +101,11 @@ extension CatalogConnection {
     @discardableResult
     public func appendAudit(
         at: Int64, actor: String, action: String, repository: String?, digest: String?, tag: String?,
-        details: [String: Any]?
+        details: [String: JSONValue]?
     ) throws -> Int64 {
         var detailsText: String?
-        if let details, !details.isEmpty,
-            let data = try? JSONSerialization.data(withJSONObject: details, options: [.sortedKeys, .withoutEscapingSlashes])
-        {
-            detailsText = String(decoding: data, as: UTF8.self)
+        if let details, !details.isEmpty {
+            detailsText = String(decoding: try WireJSON.encode(details), as: UTF8.self)
         }
         // The id first: in PostgreSQL it locks the chain until this transaction commits, so the
         // last hash read next is still the last when this entry lands.
@@ -152,11 +151,12 @@ extension CatalogConnection {
         args.append(.int(Int64(f.limit)))
         var out: [AuditEntry] = []
         try queryArgs(sql, args) { s in
-            func opt(_ i: Int32) -> String? { s.isNull(i) ? nil : s.text(i) }
+            let r = s.row
             out.append(
                 AuditEntry(
-                    id: s.int(0), at: s.int(1), actor: s.text(2), action: s.text(3), repository: opt(4),
-                    digest: opt(5), tag: opt(6), details: opt(7), hash: s.blob(8).map { String(format: "%02x", $0) }.joined()))
+                    id: r.int("id"), at: r.int("at"), actor: r.text("actor"), action: r.text("action"),
+                    repository: r.optionalText("repository"), digest: r.optionalText("digest"), tag: r.optionalText("tag"),
+                    details: r.optionalText("details"), hash: r.blob("hash").map { String(format: "%02x", $0) }.joined()))
         }
         return out
     }
@@ -170,22 +170,23 @@ extension CatalogConnection {
         var broken: (Int64, String)?
         try query("SELECT id, at, actor, action, repository, digest, tag, details, prev_hash, hash FROM audit_log ORDER BY id") { s in
             guard broken == nil else { return }
-            func opt(_ i: Int32) -> String? { s.isNull(i) ? nil : s.text(i) }
-            let id = s.int(0)
+            let r = s.row
+            let id = r.int("id")
             count += 1
             if id != expectedID {
                 broken = (expectedID, "entry \(expectedID) is missing (next present is \(id))")
                 return
             }
-            let prev = s.blob(8)
-            let stored = s.blob(9)
+            let prev = r.blob("prev_hash")
+            let stored = r.blob("hash")
             if prev != expectedPrev {
                 broken = (id, "entry \(id) does not link to entry \(id - 1)")
                 return
             }
             let recomputed = Self.auditHash(
-                prev: prev, id: id, at: s.int(1), actor: s.text(2), action: s.text(3),
-                repository: opt(4), digest: opt(5), tag: opt(6), details: opt(7))
+                prev: prev, id: id, at: r.int("at"), actor: r.text("actor"), action: r.text("action"),
+                repository: r.optionalText("repository"), digest: r.optionalText("digest"), tag: r.optionalText("tag"),
+                details: r.optionalText("details"))
             if recomputed != stored {
                 broken = (id, "entry \(id) was modified (its content does not match its hash)")
                 return

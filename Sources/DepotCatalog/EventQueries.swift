@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import Foundation
 
@@ -49,14 +50,14 @@ public struct DeliveryRecord: Sendable, Equatable, Codable {
 extension CatalogConnection {
     /// Appends an event (call inside the transaction of the change it announces).
     @discardableResult
-    public func appendEvent(type: String, at: Int64, repository: String?, fields: [String: Any]) throws -> Int64 {
+    public func appendEvent(type: String, at: Int64, repository: String?, fields: [String: JSONValue]) throws -> Int64 {
         let id = try nextID(for: "events")
         var payload = fields
-        payload["id"] = String(id)
-        payload["type"] = type
-        payload["at"] = Self.iso(at)
-        if let repository { payload["repository"] = repository }
-        let data = try JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys, .withoutEscapingSlashes])
+        payload["id"] = .string(String(id))
+        payload["type"] = .string(type)
+        payload["at"] = .string(Self.iso(at))
+        if let repository { payload["repository"] = .string(repository) }
+        let data = try WireJSON.encode(payload)
         try run(
             "INSERT INTO events(id, at, type, repository, payload) VALUES(?,?,?,?,?)", .int(id), .int(at), .text(type),
             repository.map(SQLValue.text) ?? .null, .text(String(decoding: data, as: UTF8.self)))
@@ -74,8 +75,11 @@ extension CatalogConnection {
         var out: [EventRecord] = []
         try query("SELECT id, at, type, repository, payload FROM events WHERE id > ? ORDER BY id LIMIT ?", .int(cursor), .int(Int64(limit)))
         { s in
+            let r = s.row
             out.append(
-                EventRecord(id: s.int(0), at: s.int(1), type: s.text(2), repository: s.isNull(3) ? nil : s.text(3), payload: s.text(4)))
+                EventRecord(
+                    id: r.int("id"), at: r.int("at"), type: r.text("type"), repository: r.optionalText("repository"),
+                    payload: r.text("payload")))
         }
         return out
     }
@@ -118,11 +122,12 @@ extension CatalogConnection {
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(.int(Int64(limit)))
         try queryArgs(sql, args) { s in
+            let r = s.row
             out.append(
                 DeliveryRecord(
-                    id: s.int(0), webhook: s.text(1), eventID: s.int(2), attempt: Int(s.int(3)), at: s.int(4),
-                    status: s.isNull(5) ? nil : Int(s.int(5)), error: s.isNull(6) ? nil : s.text(6),
-                    durationMs: Int(s.int(7)), outcome: s.text(8)))
+                    id: r.int("id"), webhook: r.text("webhook"), eventID: r.int("event_id"), attempt: Int(r.int("attempt")),
+                    at: r.int("at"), status: r.optionalInt("status").map { Int($0) }, error: r.optionalText("error"),
+                    durationMs: Int(r.int("duration_ms")), outcome: r.text("outcome")))
         }
         return out.reversed()
     }

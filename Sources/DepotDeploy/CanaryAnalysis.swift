@@ -1,3 +1,4 @@
+import DepotAPI
 import Foundation
 
 /// Where metric values come from (Prometheus over HTTP in the server).
@@ -16,11 +17,13 @@ public struct Measurement: Sendable, Equatable {
     public var outcome: Outcome
     public var detail: String
 
-    public var json: [String: Any] {
-        var o: [String: Any] = ["check": check, "outcome": outcome.rawValue, "detail": detail]
-        if let canary { o["canary"] = canary }
-        if let stable { o["stable"] = stable }
-        return o
+    /// As recorded in a decision. A value that is not finite (Prometheus answers `NaN` for 0/0)
+    /// has no JSON form and is left out; `detail` says what was seen.
+    public var json: JSONValue {
+        var o: [String: JSONValue] = ["check": .string(check), "outcome": .string(outcome.rawValue), "detail": .string(detail)]
+        if let canary, canary.isFinite { o["canary"] = .double(canary) }
+        if let stable, stable.isFinite { o["stable"] = .double(stable) }
+        return .object(o)
     }
 }
 

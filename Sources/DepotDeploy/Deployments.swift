@@ -144,7 +144,8 @@ public final class Deployments: Sendable {
             try conn.recordServing(deployment: d, now: now)
             try conn.appendAudit(
                 at: now, actor: actor, action: d.canary == nil ? "deploy.initial" : "canary.start", repository: repository.value,
-                digest: digest, tag: environment, details: ["rollout": rollout.id, "weight": d.weight, "version": version])
+                digest: digest, tag: environment,
+                details: ["rollout": .int(rollout.id), "weight": JSONValue(d.weight), "version": JSONValue(version)])
             // The alias moves in the same transaction: a crash leaves both or neither.
             try registry.setAlias(
                 conn, repository, environment, to: manifest.digest, actor: actor,
@@ -160,18 +161,18 @@ public final class Deployments: Sendable {
 
     /// The Triton model a bundle serves: the directory holding its `config.pbtxt`.
     public static func tritonModel(_ manifest: ManifestRecord) throws -> String {
-        guard let json = try? JSONSerialization.jsonObject(with: Data(manifest.content)) as? [String: Any] else {
-            throw RegistryError(.manifestInvalid, "manifest \(manifest.digest) is not JSON")
+        guard let document = try? WireJSON.decode(OCIManifestDocument.self, from: manifest.content, what: "manifest") else {
+            throw RegistryError(.manifestInvalid, "manifest \(manifest.digest) is not an OCI image manifest")
         }
-        let type = json["artifactType"] as? String ?? (json["config"] as? [String: Any])?["mediaType"] as? String ?? "none"
-        guard type == "application/vnd.depot.triton.bundle.v1" else {
+        let type = document.artifactType ?? document.config?.mediaType ?? "none"
+        guard type == ModelMediaType.tritonBundle else {
             throw RegistryError(
                 .invalidRequest,
                 "\(short(manifest.digest.description)) is not a Triton bundle (artifactType \(type)); deploy a package stage's output")
         }
-        for layer in json["layers"] as? [[String: Any]] ?? [] {
-            let a = layer["annotations"] as? [String: String] ?? [:]
-            guard let path = a["org.cncf.model.filepath"] ?? a["org.opencontainers.image.title"] else { continue }
+        for layer in document.layers ?? [] {
+            let a = layer.annotations ?? [:]
+            guard let path = a[ModelMediaType.filepath] ?? a[ModelMediaType.title] else { continue }
             let parts = path.split(separator: "/")
             if parts.count == 2, parts[1] == "config.pbtxt" {
                 let model = String(parts[0])

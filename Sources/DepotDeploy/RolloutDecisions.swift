@@ -63,10 +63,9 @@ extension Deployments {
         let limits = Dictionary(policy.checks.map { ($0.name, $0.failureLimit) }, uniquingKeysWith: { a, _ in a })
         let breached = measurements.filter { $0.outcome == .fail && failures[$0.check, default: 0] > limits[$0.check, default: 0] }
         let inconclusive = measurements.filter { $0.outcome == .inconclusive }
-        var values: [String: Any] = ["measurements": measurements.map(\.json)]
-        if !due.failedNodes.isEmpty { values["failed_nodes"] = due.failedNodes }
-        let valuesJSON = String(
-            decoding: (try? JSONSerialization.data(withJSONObject: values, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+        var values: [String: JSONValue] = ["measurements": .array(measurements.map(\.json))]
+        if !due.failedNodes.isEmpty { values["failed_nodes"] = JSONValue(due.failedNodes) }
+        let valuesJSON = String(decoding: (try? WireJSON.encode(values)) ?? [], as: UTF8.self)
         let at = "step \(r.stepIndex + 1)/\(r.steps.count) (\(r.weight)%)"
         if !breached.isEmpty || !due.failedNodes.isEmpty {
             let why = (breached.map { "\($0.check): \($0.detail)" } + due.failedNodes.map { "node \($0)" }).joined(separator: "; ")
@@ -118,7 +117,7 @@ extension Deployments {
                     reason: "checks passed at \(r.weight)%: now \(weight)%", measurements: measurements))
             try conn.appendAudit(
                 at: now, actor: actor, action: "canary.step", repository: d.repository, digest: r.canary, tag: d.environment,
-                details: ["rollout": r.id, "from_weight": r.weight, "weight": weight])
+                details: ["rollout": .int(r.id), "from_weight": JSONValue(r.weight), "weight": JSONValue(weight)])
             return true
         }
         if done { onWeightChange(changed) }
@@ -137,7 +136,7 @@ extension Deployments {
                     actor: "depot-canary", reason: reason, measurements: measurements))
             try conn.appendAudit(
                 at: now, actor: "depot-canary", action: "canary.hold", repository: d.repository, digest: r.canary,
-                tag: d.environment, details: ["rollout": r.id, "weight": r.weight, "reason": reason])
+                tag: d.environment, details: ["rollout": .int(r.id), "weight": JSONValue(r.weight), "reason": .string(reason)])
             return true
         }
     }
@@ -164,7 +163,7 @@ extension Deployments {
                     actor: actor, reason: reason, measurements: measurements))
             try conn.appendAudit(
                 at: now, actor: actor, action: "canary.\(decision)", repository: d.repository, digest: r.canary,
-                tag: d.environment, details: ["rollout": r.id, "weight": r.weight, "reason": reason])
+                tag: d.environment, details: ["rollout": .int(r.id), "weight": JSONValue(r.weight), "reason": .string(reason)])
             return true
         }
     }
@@ -206,8 +205,8 @@ extension Deployments {
                 RolloutDecision(
                     at: now, stepIndex: r.stepIndex, weight: promote ? 100 : 0, decision: decision,
                     actor: actor, reason: reason, measurements: measurements))
-            var details: [String: Any] = ["rollout": r.id, "reason": reason]
-            if let measurements { details["measurements"] = measurements }
+            var details: [String: JSONValue] = ["rollout": .int(r.id), "reason": .string(reason)]
+            if let measurements { details["measurements"] = .string(measurements) }
             try conn.appendAudit(
                 at: now, actor: actor, action: "canary.\(decision)", repository: d.repository, digest: r.canary,
                 tag: d.environment, details: details)
@@ -219,7 +218,7 @@ extension Deployments {
     }
 
     static func json(_ failures: [String: Int]) -> String {
-        String(decoding: (try? JSONSerialization.data(withJSONObject: failures, options: [.sortedKeys])) ?? Data("{}".utf8), as: UTF8.self)
+        String(decoding: (try? WireJSON.encode(failures)) ?? Array("{}".utf8), as: UTF8.self)
     }
 
     // MARK: operator commands

@@ -79,9 +79,9 @@ public final class JobQueue: Sendable {
 
     private func trigger(_ conn: any CatalogConnection, _ event: EventRecord) throws -> Int {
         guard let data = event.payload.data(using: .utf8),
-            let payload = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-            let repository = event.repository, let tag = payload["tag"] as? String,
-            let digestText = payload["digest"] as? String, let digest = try? Digest(parsing: digestText)
+            let payload = try? JSONDecoder().decode(JSONValue.self, from: data),
+            let repository = event.repository, let tag = payload["tag"]?.string,
+            let digestText = payload["digest"]?.string, let digest = try? Digest(parsing: digestText)
         else { return 0 }
         guard let repo = try conn.repositoryID(repository), let manifest = try conn.manifest(repo: repo, digest) else { return 0 }
         // A pipeline's own output never starts pipelines (no loops through `{{tag}}-onnx` matching
@@ -105,15 +105,15 @@ public final class JobQueue: Sendable {
             }
             try conn.appendAudit(
                 at: Self.now(), actor: "depot", action: "pipeline.start", repository: repository,
-                digest: digest.description, tag: tag, details: ["pipeline": pipeline.name, "run": run])
+                digest: digest.description, tag: tag, details: ["pipeline": .string(pipeline.name), "run": .int(run)])
         }
         return queued
     }
 
     static func carriesJobKey(_ m: ManifestRecord) -> Bool {
-        guard let text = m.annotationsJSON, let data = text.data(using: .utf8),
-            let a = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-        else { return false }
+        guard let text = m.annotationsJSON, let a = try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8)) else {
+            return false
+        }
         return a[JobAnnotations.key] != nil
     }
 
@@ -124,8 +124,7 @@ public final class JobQueue: Sendable {
             "pipeline": pipeline.name,
         ]
         let spec = stage.spec(pipeline: pipeline.name, variables: variables)
-        let specJSON =
-            (try? JSONSerialization.data(withJSONObject: spec, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        let specJSON = (try? WireJSON.encode(spec)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
         return NewJob(
             stage: stage.name, kind: stage.kindName, spec: specJSON, inputRepository: repository, inputDigest: input, inputTag: triggerTag,
             outputTag: stage.tag.map { Template.render($0, variables) }, labels: stage.labels,
@@ -284,7 +283,8 @@ public final class JobQueue: Sendable {
                     at: now, actor: "depot", action: "lineage.verified", repository: job.inputRepository, digest: output.description,
                     tag: nil,
                     details: [
-                        "job": id, "pipeline": job.pipeline, "stage": job.stage, "input": job.inputDigest, "runner": job.runner ?? "",
+                        "job": .int(id), "pipeline": .string(job.pipeline), "stage": .string(job.stage),
+                        "input": .string(job.inputDigest), "runner": .string(job.runner ?? ""),
                     ])
             }
             try queueDependents(conn, of: job, output: output.description)
@@ -334,7 +334,11 @@ public final class JobQueue: Sendable {
             _ = try conn.failJob(job.id, reason: text, now: now)
             try conn.appendAudit(
                 at: now, actor: "depot", action: "job.failed", repository: job.inputRepository, digest: job.inputDigest,
-                tag: nil, details: ["job": job.id, "pipeline": job.pipeline, "stage": job.stage, "reason": String(text.prefix(500))])
+                tag: nil,
+                details: [
+                    "job": .int(job.id), "pipeline": .string(job.pipeline), "stage": .string(job.stage),
+                    "reason": .string(String(text.prefix(500))),
+                ])
         }
     }
 
@@ -377,7 +381,7 @@ public final class JobQueue: Sendable {
             }
             try conn.appendAudit(
                 at: now, actor: actor, action: "job.cancel", repository: job.inputRepository, digest: job.inputDigest,
-                tag: nil, details: ["job": id, "pipeline": job.pipeline, "stage": job.stage])
+                tag: nil, details: ["job": .int(id), "pipeline": .string(job.pipeline), "stage": .string(job.stage)])
             return try conn.job(id)!
         }
     }
@@ -392,7 +396,7 @@ public final class JobQueue: Sendable {
             }
             try conn.appendAudit(
                 at: now, actor: actor, action: "job.retry", repository: job.inputRepository, digest: job.inputDigest,
-                tag: nil, details: ["job": id, "pipeline": job.pipeline, "stage": job.stage])
+                tag: nil, details: ["job": .int(id), "pipeline": .string(job.pipeline), "stage": .string(job.stage)])
             return try conn.job(id)!
         }
     }

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotFormats
@@ -28,25 +29,27 @@ public enum PickleGate {
     /// One line per pickle-bearing file of the manifest that is not provably clean. `manifest` is
     /// the manifest's JSON, `metadata` the stored format metadata document (nil: none).
     public static func findings(manifest: [UInt8], metadata: String?) -> [String] {
-        guard let m = try? JSONSerialization.jsonObject(with: Data(manifest)) as? [String: Any] else { return [] }
-        var files: [String: [String: Any]] = [:]
+        // Read as open JSON, not as the typed manifest: the gate must see every layer of any
+        // manifest the registry accepted, even one a stricter decoder would refuse.
+        guard let m = try? JSONDecoder().decode(JSONValue.self, from: Data(manifest)) else { return [] }
+        var files: [String: JSONValue] = [:]
         var truncatedDocument = false
-        if let metadata, let d = try? JSONSerialization.jsonObject(with: Data(metadata.utf8)) as? [String: Any] {
-            for f in d["files"] as? [[String: Any]] ?? [] {
-                if let p = f["path"] as? String, files[p] == nil { files[p] = f }
+        if let metadata, let d = try? JSONDecoder().decode(JSONValue.self, from: Data(metadata.utf8)) {
+            for f in d["files"]?.array ?? [] {
+                if let p = f["path"]?.string, files[p] == nil { files[p] = f }
             }
-            truncatedDocument = d["truncated"] as? Bool == true
+            truncatedDocument = d["truncated"]?.bool == true
         }
         var out: [String] = []
         var seen = Set<String>()
-        for layer in m["layers"] as? [[String: Any]] ?? [] {
-            let annotations = layer["annotations"] as? [String: String] ?? [:]
+        for layer in m["layers"]?.array ?? [] {
+            let annotations = layer["annotations"]
             // The path a runner writes the layer to (Puller: the model file path, then the title).
-            guard let path = ["org.cncf.model.filepath", "org.opencontainers.image.title"].lazy.compactMap({ annotations[$0] }).first,
+            guard let path = [ModelMediaType.filepath, ModelMediaType.title].lazy.compactMap({ annotations?[$0]?.string }).first,
                 seen.insert(path).inserted
             else { continue }
             let meta = files[path]
-            let format = meta?["format"] as? String
+            let format = meta?["format"]?.string
             let name = path.lowercased()
             guard FormatInspector.pickleBearingSuffixes.contains(where: { name.hasSuffix($0) }) || format == "pytorch" || format == "pickle"
             else { continue }
@@ -60,21 +63,21 @@ public enum PickleGate {
                 )
                 continue
             }
-            if let error = meta["error"] as? String {
+            if let error = meta["error"]?.string {
                 out.append("\(path): could not be scanned: \(error.prefix(300))")
                 continue
             }
-            guard format == "pytorch" || format == "pickle", let unsafe = meta["unsafe"] as? Bool else {
+            guard format == "pytorch" || format == "pickle", let unsafe = meta["unsafe"]?.bool else {
                 out.append("\(path): not scanned as a pickle (format \(format ?? "unknown"))")
                 continue
             }
             if unsafe {
-                let imports = (meta["unsafe_imports"] as? [String] ?? []).prefix(10)
-                let dangerous = Set(meta["dangerous_imports"] as? [String] ?? [])
+                let imports = (meta["unsafe_imports"]?.array ?? []).compactMap(\.string).prefix(10)
+                let dangerous = Set((meta["dangerous_imports"]?.array ?? []).compactMap(\.string))
                 let listed = imports.map { dangerous.contains($0) ? "\($0) (runs code)" : $0 }.joined(separator: ", ")
                 out.append("\(path) imports \(listed.isEmpty ? "callables" : listed), outside the allow-list")
-            } else if meta["scan_complete"] as? Bool != true {
-                let problems = (meta["problems"] as? [String] ?? []).prefix(3).joined(separator: "; ")
+            } else if meta["scan_complete"]?.bool != true {
+                let problems = (meta["problems"]?.array ?? []).compactMap(\.string).prefix(3).joined(separator: "; ")
                 out.append("\(path): not scanned whole\(problems.isEmpty ? "" : " (\(problems))")")
             }
         }
@@ -115,23 +118,27 @@ extension JobQueue {
             guard try conn.failQueuedJob(job.id, reason: reason, now: now) else { return false }
             try conn.appendAudit(
                 at: now, actor: "depot", action: "pipeline.pickle_refused", repository: job.inputRepository, digest: job.inputDigest,
-                tag: nil, details: ["job": job.id, "pipeline": job.pipeline, "stage": job.stage, "reason": String(reason.prefix(1000))])
+                tag: nil,
+                details: [
+                    "job": .int(job.id), "pipeline": .string(job.pipeline), "stage": .string(job.stage),
+                    "reason": .string(String(reason.prefix(1000))),
+                ])
             return false
         case .trusted(let findings):
-            var spec = (try? JSONSerialization.jsonObject(with: Data(job.spec.utf8)) as? [String: Any]) ?? [:]
-            var with = spec["with"] as? [String: String] ?? [:]
+            var spec = (try? JSONDecoder().decode([String: JSONValue].self, from: Data(job.spec.utf8))) ?? [:]
+            var with = spec["with"]?.object ?? [:]
             if with[PickleGate.trustParameter] != "true" {
                 with[PickleGate.trustParameter] = "true"
-                spec["with"] = with
-                if let data = try? JSONSerialization.data(withJSONObject: spec, options: [.sortedKeys]) {
+                spec["with"] = .object(with)
+                if let data = try? WireJSON.encode(spec) {
                     _ = try conn.setQueuedJobSpec(job.id, spec: String(decoding: data, as: UTF8.self), now: Self.now())
                 }
                 try conn.appendAudit(
                     at: Self.now(), actor: "depot", action: "pipeline.trust_pickle", repository: job.inputRepository,
                     digest: job.inputDigest, tag: nil,
                     details: [
-                        "job": job.id, "pipeline": job.pipeline, "stage": job.stage,
-                        "findings": findings.joined(separator: "; ").prefix(1000).description,
+                        "job": .int(job.id), "pipeline": .string(job.pipeline), "stage": .string(job.stage),
+                        "findings": .string(findings.joined(separator: "; ").prefix(1000).description),
                     ])
             }
             return true

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCore
 import DepotRegistry
 import Foundation
@@ -78,32 +79,34 @@ public struct Stage: Sendable, Equatable {
     }
 
     /// The JSON a runner executes, with templates rendered for one job.
-    public func spec(pipeline: String, variables: [String: String]) -> [String: Any] {
-        var out: [String: Any] = ["pipeline": pipeline, "stage": name, "timeout_seconds": timeoutSeconds]
+    public func spec(pipeline: String, variables: [String: String]) -> [String: JSONValue] {
+        var out: [String: JSONValue] = [
+            "pipeline": .string(pipeline), "stage": .string(name), "timeout_seconds": JSONValue(timeoutSeconds),
+        ]
         switch kind {
         case .exec(let argv):
             out["kind"] = "exec"
-            out["command"] = argv
+            out["command"] = JSONValue(argv)
         case .builtin(let b):
             out["kind"] = "builtin"
-            out["builtin"] = b
+            out["builtin"] = .string(b)
         case .webhook(let url, _, _):
             out["kind"] = "webhook"
-            out["url"] = url
+            out["url"] = .string(url)
         case .canary(let env, let steps, let analysis):
             out["kind"] = "canary"
-            out["environment"] = env
-            if let steps { out["steps"] = steps }
-            if let analysis { out["analysis_seconds"] = analysis }
+            out["environment"] = .string(env)
+            if let steps { out["steps"] = JSONValue(steps) }
+            if let analysis { out["analysis_seconds"] = JSONValue(analysis) }
         }
-        out["with"] = with.mapValues { Template.render($0, variables) }
+        out["with"] = JSONValue(with.mapValues { Template.render($0, variables) })
         // Where it runs is part of what it produces (a TensorRT plan is per GPU): labels are in the key.
-        if !labels.isEmpty { out["labels"] = labels.sorted() }
-        if let toolchain { out["toolchain"] = toolchain }
-        if let relation { out["relation"] = relation }
+        if !labels.isEmpty { out["labels"] = JSONValue(labels.sorted()) }
+        if let toolchain { out["toolchain"] = .string(toolchain) }
+        if let relation { out["relation"] = .string(relation) }
         // Only when set: the definitions (and memoization keys) of other stages stay as they were.
         if network { out["network"] = true }
-        if case .builtin(let b) = kind, relation == nil { out["relation"] = Self.builtins[b] }
+        if case .builtin(let b) = kind, relation == nil, let r = Self.builtins[b] { out["relation"] = .string(r) }
         return out
     }
 

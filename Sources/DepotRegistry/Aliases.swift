@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import Foundation
@@ -40,15 +41,17 @@ extension Registry {
         guard current != digest else { return current }
         let now = Self.nowMillis()
         try conn.setTag(repo: repo, alias, to: digest, actor: actor, reason: reason, now: now)
-        var details: [String: Any] = [:]
-        if let current { details["from"] = current.description }
-        if let reason { details["reason"] = reason }
+        var details: [String: JSONValue] = [:]
+        if let current { details["from"] = .string(current.description) }
+        if let reason { details["reason"] = .string(reason) }
         try conn.appendAudit(
             at: now, actor: actor, action: action, repository: repository.value,
             digest: digest.description, tag: alias, details: details)
-        var event: [String: Any] = ["tag": alias, "digest": digest.description, "actor": actor, "alias": true, "action": action]
-        if let current { event["previous"] = current.description }
-        if let reason { event["reason"] = reason }
+        var event: [String: JSONValue] = [
+            "tag": .string(alias), "digest": .string(digest.description), "actor": .string(actor), "alias": true, "action": .string(action),
+        ]
+        if let current { event["previous"] = .string(current.description) }
+        if let reason { event["reason"] = .string(reason) }
         try conn.appendEvent(type: "tag.moved", at: now, repository: repository.value, fields: event)
         return current
     }

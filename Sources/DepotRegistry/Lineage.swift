@@ -35,7 +35,7 @@ enum LineageAnnotations {
         var metrics: [String: String] = [:]
         for (k, v) in a where k.hasPrefix(Annotation.metricPrefix) { metrics[String(k.dropFirst(Annotation.metricPrefix.count))] = v }
         var metricsJSON: String?
-        if !metrics.isEmpty, let data = try? JSONSerialization.data(withJSONObject: metrics, options: [.sortedKeys]) {
+        if !metrics.isEmpty, let data = try? WireJSON.encode(metrics) {
             metricsJSON = String(decoding: data, as: UTF8.self)
         }
         out.append(

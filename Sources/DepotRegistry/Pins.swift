@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 
@@ -16,7 +17,7 @@ extension Registry {
             if try conn.pin(digest, repo: repo, reason: reason, actor: actor, now: Self.nowMillis()) {
                 try conn.appendAudit(
                     at: Self.nowMillis(), actor: actor, action: "pin", repository: repository.value,
-                    digest: digest.description, tag: nil, details: reason.map { ["reason": $0] })
+                    digest: digest.description, tag: nil, details: reason.map { ["reason": .string($0)] })
             }
         }
         return digest

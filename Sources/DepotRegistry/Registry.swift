@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotFormats
@@ -113,7 +114,7 @@ public final class Registry: Sendable {
                 digest: digest.description, tag: nil, details: ["what": "blob"])
             try conn.appendEvent(
                 type: "blob.deleted", at: Self.nowMillis(), repository: repository.value,
-                fields: ["digest": digest.description, "actor": actor.name])
+                fields: ["digest": .string(digest.description), "actor": .string(actor.name)])
             return true
         }
         guard removed else { throw RegistryError(.blobUnknown, "blob \(digest) is not in \(repository)") }
@@ -135,7 +136,7 @@ public final class Registry: Sendable {
             throw RegistryError(.digestInvalid, "manifest content has digest \(digest), not \(d)")
         }
         var annotationsJSON: String?
-        if let a = parsed.annotations, !a.isEmpty, let data = try? JSONSerialization.data(withJSONObject: a, options: [.sortedKeys]) {
+        if let a = parsed.annotations, !a.isEmpty, let data = try? WireJSON.encode(a) {
             annotationsJSON = String(decoding: data, as: UTF8.self)
         }
         // Every blob must be visible here before any layer is inspected: otherwise a manifest naming
@@ -204,26 +205,29 @@ public final class Registry: Sendable {
                     key: String(key.prefix(200)), repository: repository.value, digest: digest.description,
                     now: Self.nowMillis())
             }
-            var details: [String: Any] = ["media_type": parsed.mediaType, "size": bytes.count]
-            if let t = parsed.artifactType { details["artifact_type"] = t }
-            if let previous { details["previous"] = previous.description }
-            if let reason { details["reason"] = reason }
-            if !lineage.isEmpty { details["lineage"] = lineage.map { "\($0.relation) \($0.parentRef)" } }
-            var event: [String: Any] = [
-                "digest": digest.description, "media_type": parsed.mediaType, "size": bytes.count, "actor": actor.name,
+            var details: [String: JSONValue] = ["media_type": .string(parsed.mediaType), "size": JSONValue(bytes.count)]
+            if let t = parsed.artifactType { details["artifact_type"] = .string(t) }
+            if let previous { details["previous"] = .string(previous.description) }
+            if let reason { details["reason"] = .string(reason) }
+            if !lineage.isEmpty { details["lineage"] = JSONValue(lineage.map { "\($0.relation) \($0.parentRef)" }) }
+            var event: [String: JSONValue] = [
+                "digest": .string(digest.description), "media_type": .string(parsed.mediaType), "size": JSONValue(bytes.count),
+                "actor": .string(actor.name),
             ]
-            if let t = parsed.artifactType { event["artifact_type"] = t }
-            if let s = parsed.subject { event["subject"] = s.digest.description }
+            if let t = parsed.artifactType { event["artifact_type"] = .string(t) }
+            if let s = parsed.subject { event["subject"] = .string(s.digest.description) }
             if case .tag(let tag) = reference {
-                event["tag"] = tag
+                event["tag"] = .string(tag)
                 try conn.setTag(repo: repo, tag, to: digest, actor: actor.name, reason: reason, now: Self.nowMillis())
                 try conn.appendAudit(
                     at: Self.nowMillis(), actor: actor.name, action: "push", repository: repository.value,
                     digest: digest.description, tag: tag, details: details)
                 try conn.appendEvent(type: "manifest.pushed", at: Self.nowMillis(), repository: repository.value, fields: event)
                 if previous != digest {
-                    var moved: [String: Any] = ["tag": tag, "digest": digest.description, "actor": actor.name]
-                    if let previous { moved["previous"] = previous.description }
+                    var moved: [String: JSONValue] = [
+                        "tag": .string(tag), "digest": .string(digest.description), "actor": .string(actor.name),
+                    ]
+                    if let previous { moved["previous"] = .string(previous.description) }
                     try conn.appendEvent(type: "tag.moved", at: Self.nowMillis(), repository: repository.value, fields: moved)
                 }
             } else {
@@ -327,7 +331,7 @@ public final class Registry: Sendable {
                     digest: target.description, tag: t, details: ["what": "tag"])
                 try conn.appendEvent(
                     type: "tag.deleted", at: now, repository: repository.value,
-                    fields: ["tag": t, "digest": target.description, "actor": actor.name])
+                    fields: ["tag": .string(t), "digest": .string(target.description), "actor": .string(actor.name)])
             case .digest(let d):
                 guard try conn.manifestExists(repo: repo, d) else {
                     throw RegistryError(.manifestUnknown, "manifest \(d) is not in \(repository)")
@@ -351,10 +355,10 @@ public final class Registry: Sendable {
                 _ = try conn.deleteManifest(repo: repo, d)
                 try conn.appendAudit(
                     at: now, actor: actor.name, action: "delete", repository: repository.value,
-                    digest: d.description, tag: nil, details: ["what": "manifest", "tags": tags])
+                    digest: d.description, tag: nil, details: ["what": "manifest", "tags": JSONValue(tags)])
                 try conn.appendEvent(
                     type: "manifest.deleted", at: now, repository: repository.value,
-                    fields: ["digest": d.description, "tags": tags, "actor": actor.name])
+                    fields: ["digest": .string(d.description), "tags": JSONValue(tags), "actor": .string(actor.name)])
             }
         }
         cache.invalidate()
@@ -387,7 +391,7 @@ public final class Registry: Sendable {
             return try conn.referrers(repo: repo, subject: digest, artifactType: artifactType, after: after, limit: limit).map { r in
                 var annotations: [String: String]?
                 if let json = r.record.annotationsJSON {
-                    annotations = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: String]
+                    annotations = try? JSONDecoder().decode([String: String].self, from: Data(json.utf8))
                 }
                 return Descriptor(
                     mediaType: r.record.mediaType, digest: r.record.digest, size: r.size,

@@ -1,3 +1,4 @@
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotStore
@@ -35,8 +36,8 @@ extension Registry {
             try conn.appendAudit(
                 at: Self.nowMillis(), actor: actor, action: "gc", repository: nil, digest: nil, tag: nil,
                 details: [
-                    "manifests_deleted": deleted, "blobs_deleted": report.blobsDeleted,
-                    "chunks_deleted": report.chunksDeleted, "pack_bytes_freed": report.packBytesFreed,
+                    "manifests_deleted": JSONValue(deleted), "blobs_deleted": JSONValue(report.blobsDeleted),
+                    "chunks_deleted": JSONValue(report.chunksDeleted), "pack_bytes_freed": JSONValue(report.packBytesFreed),
                 ])
         }
         return RegistryGCReport(manifestsDeleted: deleted, store: report)
@@ -60,7 +61,7 @@ extension Registry {
     }
 
     /// Webhook delivery attempts, oldest first (the newest `limit`).
-    public func deliveries(webhook: String?, limit: Int) throws -> [DeliveryRecord] {
+    public func deliveries(webhook: String?, limit: Int) throws -> [DepotCatalog.DeliveryRecord] {
         try db.read { try $0.deliveries(webhook: webhook, limit: limit) }
     }
 }

@@ -53,7 +53,7 @@ struct StageExecution {
         let seen = launch.workspace
         var env = options.stageEnvironment()
         sandbox.adjust(&env)
-        let inputType = (try? JSONSerialization.jsonObject(with: Data(input.bytes)) as? [String: Any])?["artifactType"] as? String
+        let inputType = (try? JSONDecoder().decode(JSONValue.self, from: Data(input.bytes)))?["artifactType"]?.string
         let vars: [String: String?] = [
             "DEPOT_INPUT_DIR": seen + "/input", "DEPOT_OUTPUT_DIR": seen + "/output", "DEPOT_RESULT": seen + "/result.json",
             "DEPOT_INPUT_REPOSITORY": job.inputRepository, "DEPOT_INPUT_DIGEST": job.inputDigest.description,
@@ -63,9 +63,7 @@ struct StageExecution {
         ]
         for (k, v) in vars { env[k] = v ?? "" }
         for (k, v) in job.spec.with { env["DEPOT_PARAM_" + k.uppercased()] = v }
-        env["DEPOT_PARAMS"] =
-            (try? JSONSerialization.data(withJSONObject: job.spec.with, options: [.sortedKeys]))
-            .map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        env["DEPOT_PARAMS"] = (try? WireJSON.encode(job.spec.with)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
 
         log.line("run: \(argv.joined(separator: " ")) (timeout \(job.spec.timeoutSeconds) s)")
         let started = Date()
@@ -209,7 +207,7 @@ struct StageResult {
     static func read(_ path: String) throws -> StageResult {
         guard FileManager.default.fileExists(atPath: path) else { return StageResult() }
         guard let data = FileManager.default.contents(atPath: path), data.count <= 1 << 20,
-            let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+            let json = (try? JSONDecoder().decode(JSONValue.self, from: data))?.object
         else {
             throw RunnerError("DEPOT_RESULT is not a JSON object (at most 1 MiB)")
         }
@@ -218,13 +216,13 @@ struct StageResult {
             throw RunnerError("DEPOT_RESULT: unknown key '\(key)' (artifact_type, relation, annotations)")
         }
         if let t = json["artifact_type"] {
-            guard let s = t as? String, s.contains("/"), s.count <= 255 else {
+            guard let s = t.string, s.contains("/"), s.count <= 255 else {
                 throw RunnerError("DEPOT_RESULT.artifact_type must be a media type")
             }
             r.artifactType = s
         }
         if let rel = json["relation"] {
-            guard let s = rel as? String, LineageRelation(rawValue: s) != nil else {
+            guard let s = rel.string, LineageRelation(rawValue: s) != nil else {
                 throw RunnerError(
                     "DEPOT_RESULT.relation must be one of \(LineageRelation.list)"
                 )
@@ -232,9 +230,9 @@ struct StageResult {
             r.relation = s
         }
         if let a = json["annotations"] {
-            guard let map = a as? [String: Any] else { throw RunnerError("DEPOT_RESULT.annotations must be an object of strings") }
+            guard let map = a.object else { throw RunnerError("DEPOT_RESULT.annotations must be an object of strings") }
             for (k, v) in map {
-                guard let s = v as? String else { throw RunnerError("DEPOT_RESULT.annotations.\(k) must be a string") }
+                guard let s = v.string else { throw RunnerError("DEPOT_RESULT.annotations.\(k) must be a string") }
                 if StageExecution.reservedPrefixes.contains(where: { k.hasPrefix($0) }) {
                     throw RunnerError("DEPOT_RESULT.annotations.\(k): the runner writes dev.depot.lineage.* and dev.depot.job.* itself")
                 }

@@ -85,8 +85,8 @@ struct AuthHandlers: RouteHandlers {
                 _ = try c.appendAudit(
                     at: now, actor: actor, action: "user.put", repository: nil, digest: nil, tag: nil,
                     details: [
-                        "user": record.name,
-                        "grants": record.grants.map { "\($0.role.rawValue) on \($0.repositories.joined(separator: ","))" },
+                        "user": .string(record.name),
+                        "grants": JSONValue(record.grants.map { "\($0.role.rawValue) on \($0.repositories.joined(separator: ","))" }),
                     ])
             }
         }
@@ -104,7 +104,7 @@ struct AuthHandlers: RouteHandlers {
             try db.write { c -> Bool in
                 guard try c.removeUser(named: name) else { return false }
                 _ = try c.appendAudit(
-                    at: now, actor: actor, action: "user.remove", repository: nil, digest: nil, tag: nil, details: ["user": name])
+                    at: now, actor: actor, action: "user.remove", repository: nil, digest: nil, tag: nil, details: ["user": .string(name)])
                 return true
             }
         }
@@ -162,7 +162,7 @@ struct AuthHandlers: RouteHandlers {
                 guard try c.insertToken(record) else { return false }
                 _ = try c.appendAudit(
                     at: now, actor: actor, action: "token.create", repository: nil, digest: nil, tag: nil,
-                    details: ["token": record.id, "name": record.name, "kind": record.kind.rawValue])
+                    details: ["token": .string(record.id), "name": .string(record.name), "kind": .string(record.kind.rawValue)])
                 return true
             }
         }
@@ -185,7 +185,7 @@ struct AuthHandlers: RouteHandlers {
                 guard let t = try c.revokeToken(key, at: now) else { return nil }
                 _ = try c.appendAudit(
                     at: now, actor: actor, action: "token.revoke", repository: nil, digest: nil, tag: nil,
-                    details: ["token": t.id, "name": t.name])
+                    details: ["token": .string(t.id), "name": .string(t.name)])
                 return t
             }
         }

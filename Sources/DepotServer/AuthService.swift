@@ -408,7 +408,7 @@ public final class AuthService: Sendable {
                 _ = try c.insertToken(t)
                 _ = try c.appendAudit(
                     at: nowMs, actor: "bootstrap", action: "token.create", repository: nil, digest: nil, tag: nil,
-                    details: ["token": t.id, "name": t.name, "role": "admin"])
+                    details: ["token": .string(t.id), "name": .string(t.name), "role": "admin"])
             } else if try !c.hasCredentials() {
                 throw DepotError.invalidArgument(
                     "authentication is on (auth.enabled) but no user or token exists: start once with DEPOT_ADMIN_TOKEN set "

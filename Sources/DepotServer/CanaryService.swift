@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import DepotAPI
 import DepotCatalog
 import DepotCore
 import DepotDeploy
@@ -20,25 +21,26 @@ struct PrometheusSource: MetricsSource {
         request.method = .GET
         let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
         let body = try await response.body.collect(upTo: 4 << 20)
-        guard let json = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
-            throw MetricsError("Prometheus answered HTTP \(response.status.code) with a body that is not JSON")
+        guard let json = try? JSONDecoder().decode(JSONValue.self, from: Data(buffer: body)), json.object != nil else {
+            throw MetricsError("Prometheus answered HTTP \(response.status.code) with a body that is not a JSON object")
         }
-        guard json["status"] as? String == "success", let data = json["data"] as? [String: Any] else {
-            throw MetricsError("Prometheus refused the query: \(json["error"] as? String ?? "HTTP \(response.status.code)")")
+        guard json["status"]?.string == "success", let data = json["data"], data.object != nil else {
+            throw MetricsError("Prometheus refused the query: \(json["error"]?.string ?? "HTTP \(response.status.code)")")
         }
-        func number(_ pair: Any?) -> Double? {
-            guard let p = pair as? [Any], p.count == 2, let text = p[1] as? String, let v = Double(text), !v.isNaN else { return nil }
+        // A sample is `[time, "value"]`; Prometheus writes the value as text (NaN, +Inf included).
+        func number(_ pair: JSONValue?) -> Double? {
+            guard let p = pair?.array, p.count == 2, let text = p[1].string, let v = Double(text), !v.isNaN else { return nil }
             return v
         }
-        switch data["resultType"] as? String {
+        switch data["resultType"]?.string {
         case "scalar": return number(data["result"])
         case "vector":
-            let result = data["result"] as? [[String: Any]] ?? []
+            let result = data["result"]?.array ?? []
             if result.isEmpty { return nil }
             guard result.count == 1 else { throw MetricsError("the query returns \(result.count) series; aggregate it (sum, max) to one") }
             return number(result[0]["value"])
         default:
-            throw MetricsError("the query returns a \(data["resultType"] as? String ?? "?"), not a scalar or a one-series vector")
+            throw MetricsError("the query returns a \(data["resultType"]?.string ?? "?"), not a scalar or a one-series vector")
         }
     }
 }
@@ -159,13 +161,13 @@ struct RouterHookService: Service {
     }
 
     func post(_ url: String, _ fields: [String: String], _ d: DeploymentRecord) async {
-        var body: [String: Any] = fields
-        body["weight"] = Int(fields["weight"] ?? "0") ?? 0
-        body["updated_at"] = Int64(fields["updated_at"] ?? "0") ?? 0
+        var body = fields.mapValues(JSONValue.string)
+        body["weight"] = JSONValue(Int(fields["weight"] ?? "0") ?? 0)
+        body["updated_at"] = .int(Int64(fields["updated_at"] ?? "0") ?? 0)
         var request = HTTPClientRequest(url: url)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(Array((try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()))
+        request.body = .bytes((try? WireJSON.encode(body)) ?? [])
         do {
             let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
             _ = try? await response.body.collect(upTo: 64 << 10)

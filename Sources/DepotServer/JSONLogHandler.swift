@@ -1,3 +1,4 @@
+import DepotAPI
 import Foundation
 import Logging
 
@@ -20,16 +21,17 @@ public struct JSONLogHandler: LogHandler {
         level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
         source: String, file: String, function: String, line: UInt
     ) {
-        var object: [String: Any] = [
-            "ts": ISO8601DateFormatter.shared.string(from: Date()),
-            "level": level.rawValue, "label": label, "source": source, "msg": message.description,
-        ]
-        for (k, v) in metadata.merging(explicit ?? [:], uniquingKeysWith: { $1 }) { object[k] = "\(v)" }
-        guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else {
-            return
-        }
+        var object: [String: JSONValue] = [:]
+        for (k, v) in metadata.merging(explicit ?? [:], uniquingKeysWith: { $1 }) { object[k] = .string("\(v)") }
+        // The fixed fields last: metadata named `msg` or `level` cannot replace them.
+        object["ts"] = .string(ISO8601DateFormatter.shared.string(from: Date()))
+        object["level"] = .string(level.rawValue)
+        object["label"] = .string(label)
+        object["source"] = .string(source)
+        object["msg"] = .string(message.description)
+        guard var data = try? WireJSON.encode(object) else { return }
         data.append(0x0A)
-        FileHandle.standardError.write(data)
+        FileHandle.standardError.write(Data(data))
     }
 }
 

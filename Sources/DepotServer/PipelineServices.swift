@@ -70,16 +70,15 @@ struct PipelineScheduler: Service {
                 try await offload { try jobs.serverJobDispatchFailed(job, reason: "the pipeline's webhook stage is no longer configured") }
                 continue
             }
-            var input: [String: Any] = ["repository": job.inputRepository, "digest": job.inputDigest]
-            if let t = job.inputTag { input["tag"] = t }
-            let spec = (try? JSONSerialization.jsonObject(with: Data(job.spec.utf8)) as? [String: Any]) ?? [:]
-            let payload: [String: Any] = [
-                "job": job.id, "pipeline": job.pipeline, "stage": job.stage, "attempt": job.attempt, "input": input,
-                "params": spec["with"] ?? [String: String](), "key": job.key ?? "", "output_tag": job.outputTag ?? "",
-                "callback_url": "\(callbackBase)/depot/v1/jobs/\(job.id)/callback",
+            var input: [String: JSONValue] = ["repository": .string(job.inputRepository), "digest": .string(job.inputDigest)]
+            if let t = job.inputTag { input["tag"] = .string(t) }
+            let spec = try? JSONDecoder().decode(JSONValue.self, from: Data(job.spec.utf8))
+            let payload: [String: JSONValue] = [
+                "job": .int(job.id), "pipeline": .string(job.pipeline), "stage": .string(job.stage), "attempt": JSONValue(job.attempt),
+                "input": .object(input), "params": spec?["with"] ?? .object([:]), "key": .string(job.key ?? ""),
+                "output_tag": .string(job.outputTag ?? ""), "callback_url": .string("\(callbackBase)/depot/v1/jobs/\(job.id)/callback"),
             ]
-            let body = Array(
-                (try? JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
+            let body = (try? WireJSON.encode(payload)) ?? []
             var request = HTTPClientRequest(url: target.url)
             request.method = .POST
             request.headers.add(name: "Content-Type", value: "application/json")
@@ -136,10 +135,10 @@ extension PipelineScheduler {
 
 extension PipelineScheduler {
     func startRollout(_ job: JobRecord, _ jobs: JobQueue, _ deployments: Deployments) async throws {
-        let spec = (try? JSONSerialization.jsonObject(with: Data(job.spec.utf8)) as? [String: Any]) ?? [:]
-        let env = spec["environment"] as? String ?? ""
-        let steps = spec["steps"] as? [Int]
-        let analysis = (spec["analysis_seconds"] as? NSNumber)?.doubleValue
+        let spec = try? JSONDecoder().decode(JSONValue.self, from: Data(job.spec.utf8))
+        let env = spec?["environment"]?.string ?? ""
+        let steps = spec?["steps"]?.array?.compactMap { $0.int.map { Int($0) } }
+        let analysis = spec?["analysis_seconds"]?.double
         do {
             let repo = try RepositoryName(job.inputRepository)
             let digest = try Digest(parsing: job.inputDigest)

@@ -596,6 +596,11 @@ extension ServerConfig {
 }
 
 /// Typed access to the YAML mappings of a config file, with errors that name the full key.
+///
+/// The one place (with its helpers in the *Config.swift files) where an untyped tree is read:
+/// `Yams.load` yields `[String: Any]`, and this reader is where it becomes typed. Every key's type
+/// is checked (`value`), every mapping's unknown keys are refused (`rejectUnknown`), and errors
+/// name the dotted path, which a Codable decode of YAML would not give an operator.
 final class ConfigReader {
     let path: String
     /// What `*_env` keys read (ConfigSecrets).

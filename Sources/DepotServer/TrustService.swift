@@ -253,7 +253,7 @@ public final class TrustService: DeployAdmission, Sendable {
         _ = try db.write { conn in
             try conn.appendAudit(
                 at: Self.now(), actor: actor, action: "deploy.refused", repository: repository.value,
-                digest: manifest.digest.description, tag: environment, details: ["reason": String(reason.prefix(500))])
+                digest: manifest.digest.description, tag: environment, details: ["reason": .string(String(reason.prefix(500)))])
         }
         logger.warning("rollout of \(repository)@\(manifest.digest) to \(environment) refused: \(reason)")
         throw RegistryError(.denied, "deploy policy: \(reason)")

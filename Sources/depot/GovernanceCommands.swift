@@ -70,12 +70,6 @@ func short(_ digest: Any?) -> String {
     return text.hasPrefix("sha256:") ? String(text.prefix(19)) : text
 }
 
-func printJSONObject(_ object: Any) {
-    let data =
-        (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])) ?? Data()
-    print(String(decoding: data, as: UTF8.self))
-}
-
 struct Alias: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Move an alias (a tag with history; protected aliases move only this way).",

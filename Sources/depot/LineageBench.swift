@@ -30,7 +30,7 @@ struct LineageBench: ParsableCommand {
     func run() throws {
         let dir = workdir ?? NSTemporaryDirectory() + "/depot-lineage-bench-\(getpid())"
         defer { if workdir == nil { try? FileManager.default.removeItem(atPath: dir) } }
-        let result = reportingErrors { () -> [String: Any] in
+        let result = reportingErrors { () -> LineageBenchResult in
             var options = StoreOptions()
             let schema = "bench_lineage_\(getpid())"
             if let catalog { options.catalog = .postgres(PostgresSettings(url: catalog, schema: schema, poolSize: 4)) }
@@ -43,7 +43,7 @@ struct LineageBench: ParsableCommand {
             let (checkpoints, bundles, baseDigests, next) = (graph.checkpoints, graph.bundles, graph.bases, graph.artifacts)
             let built = Date().timeIntervalSince(started)
             try store.catalog.refreshStatistics()
-            func measure(count: Int? = nil, _ body: () throws -> Int) rethrows -> [String: Any] {
+            func measure(count: Int? = nil, _ body: () throws -> Int) rethrows -> LineageBenchResult.Timing {
                 var times: [Double] = []
                 var sizes = 0
                 for _ in 0..<(count ?? queries) {
@@ -53,7 +53,7 @@ struct LineageBench: ParsableCommand {
                 }
                 times.sort()
                 func pct(_ p: Double) -> Double { (times[min(times.count - 1, Int(Double(times.count) * p))] * 1000).rounded() / 1000 }
-                return ["p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0), "mean_result": sizes / max(1, times.count)]
+                return .init(p50Ms: pct(0.5), p99Ms: pct(0.99), maxMs: pct(1.0), meanResult: sizes / max(1, times.count))
             }
             let ancestors = try measure { try registry.lineage(of: bundles.randomElement(using: &rng)!, up: true, depth: 1000).count }
             let descendants = try measure {
@@ -68,21 +68,54 @@ struct LineageBench: ParsableCommand {
             }
             // The worst case: a base model that a twentieth of all runs started from.
             let baseImpact = try measure(count: 20) { try registry.impact(of: baseDigests.randomElement(using: &rng)!).derived.count }
-            return [
-                "artifacts": next, "edges": next - bases, "build_seconds": (built * 100).rounded() / 100,
-                "ancestors_of_bundle": ancestors, "descendants_of_checkpoint": descendants, "impact_of_checkpoint": impact,
-                "impact_of_base_model": baseImpact, "manifest_by_digest": manifest,
-                "catalog": store.catalog.dialect.rawValue,
-            ]
+            return LineageBenchResult(
+                artifacts: next, edges: next - bases, buildSeconds: (built * 100).rounded() / 100,
+                ancestorsOfBundle: ancestors, descendantsOfCheckpoint: descendants, impactOfCheckpoint: impact,
+                impactOfBaseModel: baseImpact, manifestByDigest: manifest, catalog: store.catalog.dialect.rawValue)
         }
-        if json { return printJSONObject(result) }
-        print("graph: \(result["artifacts"]!) artifacts, \(result["edges"]!) edges (built in \(result["build_seconds"]!) s)")
-        print("catalog: \(result["catalog"]!)")
-        for key in [
-            "ancestors_of_bundle", "descendants_of_checkpoint", "impact_of_checkpoint", "impact_of_base_model", "manifest_by_digest",
+        if json { return printJSON(result) }
+        print("graph: \(result.artifacts) artifacts, \(result.edges) edges (built in \(result.buildSeconds) s)")
+        print("catalog: \(result.catalog)")
+        for (key, m) in [
+            ("ancestors_of_bundle", result.ancestorsOfBundle), ("descendants_of_checkpoint", result.descendantsOfCheckpoint),
+            ("impact_of_checkpoint", result.impactOfCheckpoint), ("impact_of_base_model", result.impactOfBaseModel),
+            ("manifest_by_digest", result.manifestByDigest),
         ] {
-            let m = result[key] as! [String: Any]
-            print("\(key): p50 \(m["p50_ms"]!) ms, p99 \(m["p99_ms"]!) ms, max \(m["max_ms"]!) ms, mean result \(m["mean_result"]!)")
+            print("\(key): p50 \(m.p50Ms) ms, p99 \(m.p99Ms) ms, max \(m.maxMs) ms, mean result \(m.meanResult)")
+        }
+    }
+
+    /// What `--json` prints (keys as before: scripts read them).
+    struct LineageBenchResult: Codable {
+        struct Timing: Codable {
+            var p50Ms: Double
+            var p99Ms: Double
+            var maxMs: Double
+            var meanResult: Int
+            enum CodingKeys: String, CodingKey {
+                case p50Ms = "p50_ms"
+                case p99Ms = "p99_ms"
+                case maxMs = "max_ms"
+                case meanResult = "mean_result"
+            }
+        }
+        var artifacts: Int
+        var edges: Int
+        var buildSeconds: Double
+        var ancestorsOfBundle: Timing
+        var descendantsOfCheckpoint: Timing
+        var impactOfCheckpoint: Timing
+        var impactOfBaseModel: Timing
+        var manifestByDigest: Timing
+        var catalog: String
+        enum CodingKeys: String, CodingKey {
+            case artifacts, edges, catalog
+            case buildSeconds = "build_seconds"
+            case ancestorsOfBundle = "ancestors_of_bundle"
+            case descendantsOfCheckpoint = "descendants_of_checkpoint"
+            case impactOfCheckpoint = "impact_of_checkpoint"
+            case impactOfBaseModel = "impact_of_base_model"
+            case manifestByDigest = "manifest_by_digest"
         }
     }
     /// What `build` made.

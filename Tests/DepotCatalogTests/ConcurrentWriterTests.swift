@@ -46,7 +46,7 @@ func digestOf(_ text: String) -> Digest {
                 try db.write { conn in
                     try conn.appendAudit(
                         at: Int64(i), actor: "replica-\(r)", action: "test", repository: "team/m", digest: nil, tag: "t\(t)",
-                        details: ["i": i])
+                        details: ["i": JSONValue(i)])
                 }
             }
         }
@@ -60,7 +60,7 @@ func digestOf(_ text: String) -> Digest {
         let db = try onReplicas { db, r, _ in
             for i in 0..<perThread {
                 try db.write { conn in
-                    _ = try conn.appendEvent(type: "test", at: Int64(i), repository: "team/m", fields: ["replica": r])
+                    _ = try conn.appendEvent(type: "test", at: Int64(i), repository: "team/m", fields: ["replica": JSONValue(r)])
                 }
             }
         }
