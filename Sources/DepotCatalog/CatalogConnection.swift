@@ -120,6 +120,19 @@ public struct Row {
     public func optionalInt(_ name: String) -> Int64? { isNull(name) ? nil : int(name) }
     public func optionalText(_ name: String) -> String? { isNull(name) ? nil : text(name) }
     public func hash(_ name: String) -> SHA256.Value? { source.hash(source.column(name)) }
+    public func blob(_ name: String) -> [UInt8] { source.blob(source.column(name)) }
+    public func optionalBlob(_ name: String) -> [UInt8]? { isNull(name) ? nil : blob(name) }
+    /// A 32-byte digest column; nil when NULL or not 32 bytes.
+    public func digest(_ name: String) -> Digest? { hash(name).map(Digest.init(bytes:)) }
+
+    /// A digest column as `sha256:<hex>` (see `SQLValue.digest`); a value that is not 32 bytes
+    /// as the text it was.
+    public func digestText(_ name: String) -> String {
+        if let d = digest(name) { return d.description }
+        return String(decoding: blob(name), as: UTF8.self)
+    }
+
+    public func optionalDigestText(_ name: String) -> String? { isNull(name) ? nil : digestText(name) }
 
     /// A column holding an enum's raw value (job, rollout, node states). A value this build does
     /// not know is a storage error naming the column, never a silent default.
@@ -151,6 +164,17 @@ extension SQLValue {
     public static func state<T: RawRepresentable>(_ v: T) -> SQLValue where T.RawValue == String { .text(v.rawValue) }
     public static func optionalText(_ v: String?) -> SQLValue { v.map(SQLValue.text) ?? .null }
     public static func optionalInt(_ v: Int64?) -> SQLValue { v.map(SQLValue.int) ?? .null }
+
+    /// A digest given as `sha256:<hex>` (how the job and deployment records carry it), bound as
+    /// its 32 bytes like every digest column since migration 14. Text that is not a digest is
+    /// bound as its UTF-8 bytes: the form migration 14 gave such values (it keeps every row),
+    /// so it matches them and reads back as the same text (`Row.digestText`).
+    public static func digest(_ text: String) -> SQLValue {
+        if let d = try? Digest(parsing: text) { return .hash(d.bytes) }
+        return .blob(Array(text.utf8))
+    }
+
+    public static func optionalDigest(_ text: String?) -> SQLValue { text.map(SQLValue.digest) ?? .null }
 }
 
 extension SHA256.Value {

@@ -110,7 +110,7 @@ extension CatalogConnection {
         let r = s.row
         return DeploymentRecord(
             id: r.int("id"), repository: r.text("repository"), environment: r.text("environment"), modelName: r.text("model_name"),
-            stable: r.optionalText("stable_digest"), canary: r.optionalText("canary_digest"), weight: Int(r.int("weight")),
+            stable: r.optionalDigestText("stable_digest"), canary: r.optionalDigestText("canary_digest"), weight: Int(r.int("weight")),
             updatedAt: r.int("updated_at"))
     }
 
@@ -142,13 +142,13 @@ extension CatalogConnection {
     public func setDeployment(_ id: Int64, stable: String?, canary: String?, weight: Int, now: Int64) throws {
         try run(
             "UPDATE deployments SET stable_digest = ?, canary_digest = ?, weight = ?, updated_at = ? WHERE id = ?",
-            stable.map(SQLValue.text) ?? .null, canary.map(SQLValue.text) ?? .null, .int(Int64(weight)), .int(now), .int(id))
+            .optionalDigest(stable), .optionalDigest(canary), .int(Int64(weight)), .int(now), .int(id))
     }
 
     /// The Triton version number already assigned to `digest` in the deployment, if any.
     public func existingDeploymentVersion(_ deployment: Int64, digest: String) throws -> Int? {
         try first(
-            "SELECT version FROM deployment_versions WHERE deployment_id = ? AND digest = ?", .int(deployment), .text(digest),
+            "SELECT version FROM deployment_versions WHERE deployment_id = ? AND digest = ?", .int(deployment), .digest(digest),
             map: { Int($0.int(0)) })
     }
 
@@ -161,7 +161,7 @@ extension CatalogConnection {
                 Int($0.int(0))
             } ?? 0) + 1
         try run(
-            "INSERT INTO deployment_versions(deployment_id, digest, version) VALUES(?,?,?)", .int(deployment), .text(digest),
+            "INSERT INTO deployment_versions(deployment_id, digest, version) VALUES(?,?,?)", .int(deployment), .digest(digest),
             .int(Int64(next)))
         return next
     }
@@ -177,10 +177,13 @@ extension CatalogConnection {
 
     static func rollout(_ s: any ResultRow) throws -> RolloutRecord {
         let r = s.row
-        let steps = (try? JSONSerialization.jsonObject(with: Data(r.text("steps").utf8)) as? [Int]) ?? []
-        let failures = (try? JSONSerialization.jsonObject(with: Data(r.text("failures").utf8)) as? [String: Int]) ?? [:]
+        // Written by this module only (insertRollout, the failure counters); an unreadable value
+        // reads as empty rather than failing every listing that includes the row.
+        let steps = (try? JSONDecoder().decode([Int].self, from: Data(r.text("steps").utf8))) ?? []
+        let failures = (try? JSONDecoder().decode([String: Int].self, from: Data(r.text("failures").utf8))) ?? [:]
         return RolloutRecord(
-            id: r.int("id"), deploymentID: r.int("deployment_id"), stable: r.optionalText("stable_digest"), canary: r.text("canary_digest"),
+            id: r.int("id"), deploymentID: r.int("deployment_id"), stable: r.optionalDigestText("stable_digest"),
+            canary: r.digestText("canary_digest"),
             state: try r.value("state"), steps: steps, stepIndex: Int(r.int("step_index")), weight: Int(r.int("weight")),
             analysisMs: r.int("analysis_ms"), stepStartedAt: r.int("step_started_at"), failures: failures,
             startedBy: r.text("started_by"), jobID: r.optionalInt("job_id"), reason: r.optionalText("reason"),
@@ -188,13 +191,13 @@ extension CatalogConnection {
     }
 
     public func insertRollout(_ r: RolloutRecord) throws -> Int64 {
-        let steps = String(decoding: try JSONSerialization.data(withJSONObject: r.steps), as: UTF8.self)
+        let steps = String(decoding: try WireJSON.encode(r.steps), as: UTF8.self)
         return try first(
             """
             INSERT INTO rollouts(deployment_id, stable_digest, canary_digest, state, steps, step_index, weight, analysis_ms, step_started_at,
                                  started_by, job_id, reason, created_at, finished_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)
             RETURNING id
-            """, .int(r.deploymentID), r.stable.map(SQLValue.text) ?? .null, .text(r.canary), .state(r.state), .text(steps),
+            """, .int(r.deploymentID), .optionalDigest(r.stable), .digest(r.canary), .state(r.state), .text(steps),
             .int(Int64(r.stepIndex)), .int(Int64(r.weight)), .int(r.analysisMs), .int(r.stepStartedAt), .text(r.startedBy),
             r.jobID.map(SQLValue.int) ?? .null, r.reason.map(SQLValue.text) ?? .null, .int(r.createdAt),
             r.finishedAt.map(SQLValue.int) ?? .null
@@ -313,10 +316,11 @@ extension CatalogConnection {
             "SELECT at, step_index, weight, decision, actor, reason, measurements FROM rollout_decisions WHERE rollout_id = ? ORDER BY id",
             .int(rollout)
         ) { s in
+            let r = s.row
             out.append(
                 RolloutDecision(
-                    at: s.int(0), stepIndex: Int(s.int(1)), weight: Int(s.int(2)), decision: s.text(3), actor: s.text(4),
-                    reason: s.isNull(5) ? nil : s.text(5), measurements: s.isNull(6) ? nil : s.text(6)))
+                    at: r.int("at"), stepIndex: Int(r.int("step_index")), weight: Int(r.int("weight")), decision: r.text("decision"),
+                    actor: r.text("actor"), reason: r.optionalText("reason"), measurements: r.optionalText("measurements")))
         }
         return out
     }
@@ -340,7 +344,7 @@ extension CatalogConnection {
             INSERT INTO deployment_nodes(deployment_id, node, digest, version, state, reason, seen_at, reported_at) VALUES(?,?,?,?,?,?,?,?)
             ON CONFLICT(deployment_id, node) DO UPDATE SET digest = excluded.digest, version = excluded.version, state = excluded.state,
                 reason = excluded.reason, seen_at = excluded.seen_at, reported_at = excluded.reported_at
-            """, .int(deployment), .text(node), digest.map(SQLValue.text) ?? .null, version.map { .int(Int64($0)) } ?? .null,
+            """, .int(deployment), .text(node), .optionalDigest(digest), version.map { .int(Int64($0)) } ?? .null,
             .state(state), reason.map(SQLValue.text) ?? .null, .int(now), .int(now))
     }
 
@@ -353,7 +357,7 @@ extension CatalogConnection {
             let r = s.row
             out.append(
                 DeploymentNode(
-                    node: r.text("node"), digest: r.optionalText("digest"), version: r.optionalInt("version").map { Int($0) },
+                    node: r.text("node"), digest: r.optionalDigestText("digest"), version: r.optionalInt("version").map { Int($0) },
                     state: try r.optionalValue("state"), reason: r.optionalText("reason"), seenAt: r.int("seen_at"),
                     reportedAt: r.optionalInt("reported_at")))
         }
@@ -369,12 +373,12 @@ extension CatalogConnection {
         if let stable = deployment.stable, canaryWeight < 100 {
             try run(
                 "INSERT INTO served_intervals(deployment_id, digest, role, weight, from_at) VALUES(?,?,'stable',?,?)",
-                .int(deployment.id), .text(stable), .int(Int64(100 - canaryWeight)), .int(now))
+                .int(deployment.id), .digest(stable), .int(Int64(100 - canaryWeight)), .int(now))
         }
         if let canary = deployment.canary, canaryWeight > 0 {
             try run(
                 "INSERT INTO served_intervals(deployment_id, digest, role, weight, from_at) VALUES(?,?,'canary',?,?)",
-                .int(deployment.id), .text(canary), .int(Int64(canaryWeight)), .int(now))
+                .int(deployment.id), .digest(canary), .int(Int64(canaryWeight)), .int(now))
         }
     }
 
@@ -385,12 +389,14 @@ extension CatalogConnection {
             """
             SELECT d.repository, d.environment, s.digest, s.role, s.weight, s.from_at, s.to_at
             FROM served_intervals s JOIN deployments d ON d.id = s.deployment_id WHERE s.digest = ? ORDER BY s.from_at DESC LIMIT ?
-            """, .text(digest), .int(Int64(limit))
+            """, .digest(digest), .int(Int64(limit))
         ) { s in
+            let r = s.row
             out.append(
                 ServedInterval(
-                    repository: s.text(0), environment: s.text(1), digest: s.text(2), role: s.text(3),
-                    weight: Int(s.int(4)), from: s.int(5), to: s.isNull(6) ? nil : s.int(6)))
+                    repository: r.text("repository"), environment: r.text("environment"), digest: r.digestText("digest"),
+                    role: r.text("role"),
+                    weight: Int(r.int("weight")), from: r.int("from_at"), to: r.optionalInt("to_at")))
         }
         return out
     }

@@ -97,12 +97,13 @@ extension CatalogConnection {
         return JobRecord(
             id: r.int("id"), runID: r.int("run_id"), pipeline: r.text("pipeline"), stage: r.text("stage"), kind: r.text("kind"),
             spec: r.text("spec"), state: try r.value("state"), inputRepository: r.text("input_repository"),
-            inputDigest: r.text("input_digest"), inputTag: r.optionalText("input_tag"), outputTag: r.optionalText("output_tag"),
+            inputDigest: r.digestText("input_digest"), inputTag: r.optionalText("input_tag"), outputTag: r.optionalText("output_tag"),
             labels: labels.isEmpty ? [] : labels.split(separator: ",").map(String.init),
             attempt: Int(r.int("attempt")), maxAttempts: Int(r.int("max_attempts")), timeoutMs: r.int("timeout_ms"),
             notBefore: r.int("not_before"), runner: r.optionalText("runner"), leaseToken: r.optionalText("lease_token"),
-            leaseExpires: r.optionalInt("lease_expires"), key: r.optionalText("job_key"), outputDigest: r.optionalText("output_digest"),
-            memoized: r.bool("memoized"), logDigest: r.optionalText("log_digest"), reason: r.optionalText("reason"),
+            leaseExpires: r.optionalInt("lease_expires"), key: r.optionalText("job_key"),
+            outputDigest: r.optionalDigestText("output_digest"),
+            memoized: r.bool("memoized"), logDigest: r.optionalDigestText("log_digest"), reason: r.optionalText("reason"),
             createdAt: r.int("created_at"), updatedAt: r.int("updated_at"), startedAt: r.optionalInt("started_at"),
             finishedAt: r.optionalInt("finished_at"))
     }
@@ -121,7 +122,7 @@ extension CatalogConnection {
             """
             INSERT INTO pipeline_runs(pipeline, repository, trigger_digest, trigger_tag, event_id, created_at)
             VALUES(?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id
-            """, .text(pipeline), .text(repository), .text(digest), .optionalText(tag), .optionalInt(eventID), .int(now)
+            """, .text(pipeline), .text(repository), .digest(digest), .optionalText(tag), .optionalInt(eventID), .int(now)
         ) { $0.int(0) }
     }
 
@@ -130,7 +131,8 @@ extension CatalogConnection {
             s in
             let r = s.row
             return PipelineRunRecord(
-                id: r.int("id"), pipeline: r.text("pipeline"), repository: r.text("repository"), triggerDigest: r.text("trigger_digest"),
+                id: r.int("id"), pipeline: r.text("pipeline"), repository: r.text("repository"),
+                triggerDigest: r.digestText("trigger_digest"),
                 triggerTag: r.optionalText("trigger_tag"), createdAt: r.int("created_at"))
         }
     }
@@ -144,7 +146,7 @@ extension CatalogConnection {
                              labels, max_attempts, timeout_ms, created_at, updated_at)
             VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id
             """, .int(runID), .text(pipeline), .text(job.stage), .text(job.kind), .text(job.spec), .state(JobState.queued),
-            .text(job.inputRepository), .text(job.inputDigest), .optionalText(job.inputTag), .optionalText(job.outputTag),
+            .text(job.inputRepository), .digest(job.inputDigest), .optionalText(job.inputTag), .optionalText(job.outputTag),
             .text(job.labels.joined(separator: ",")), .int(Int64(job.maxAttempts)), .int(job.timeoutMs), .int(now), .int(now)
         ) { $0.int(0) }
     }
@@ -234,7 +236,7 @@ extension CatalogConnection {
             UPDATE jobs SET state = 'succeeded', job_key = ?, output_digest = ?, memoized = 1, lease_token = NULL, lease_expires = NULL,
                             started_at = ?, finished_at = ?, updated_at = ?
             WHERE id = ? AND lease_token = ? AND state = 'leased'
-            """, .text(key), .text(output), .int(now), .int(now), .int(now), .int(id), .text(token))
+            """, .text(key), .digest(output), .int(now), .int(now), .int(now), .int(id), .text(token))
         return changes > 0
     }
 
@@ -245,7 +247,7 @@ extension CatalogConnection {
             """
             UPDATE jobs SET state = 'succeeded', output_digest = ?, lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?
             WHERE id = ? AND state = 'running' AND (CAST(? AS TEXT) IS NULL OR lease_token = ?)
-            """, .optionalText(output), .int(now), .int(now), .int(id), .optionalText(token), .optionalText(token))
+            """, .optionalDigest(output), .int(now), .int(now), .int(id), .optionalText(token), .optionalText(token))
         return changes > 0
     }
 
@@ -326,12 +328,14 @@ extension CatalogConnection {
 
     /// The artifact a memoization key produced, if any.
     public func jobOutput(key: String) throws -> (repository: String, digest: String)? {
-        try first("SELECT repository, digest FROM job_outputs WHERE job_key = ?", .text(key)) { ($0.text(0), $0.text(1)) }
+        try first("SELECT repository, digest FROM job_outputs WHERE job_key = ?", .text(key)) {
+            ($0.row.text("repository"), $0.row.digestText("digest"))
+        }
     }
 
     /// Whether a pipeline job produced this manifest.
     public func isJobOutput(_ digest: String) throws -> Bool {
-        try first("SELECT 1 FROM job_outputs WHERE digest = ? LIMIT 1", .text(digest)) { _ in true } ?? false
+        try first("SELECT 1 FROM job_outputs WHERE digest = ? LIMIT 1", .digest(digest)) { _ in true } ?? false
     }
 
     /// Records the artifact a key produced. A key keeps its first artifact while that manifest
@@ -342,8 +346,8 @@ extension CatalogConnection {
             INSERT INTO job_outputs(job_key, repository, digest, created_at) VALUES(?,?,?,?)
             ON CONFLICT(job_key) DO UPDATE SET repository = excluded.repository, digest = excluded.digest, created_at = excluded.created_at
             WHERE NOT EXISTS (SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repo_id
-                              WHERE r.name = job_outputs.repository AND 'sha256:' || lower(hex(m.digest)) = job_outputs.digest)
-            """, .text(key), .text(repository), .text(digest), .int(now))
+                              WHERE r.name = job_outputs.repository AND m.digest = job_outputs.digest)
+            """, .text(key), .text(repository), .digest(digest), .int(now))
     }
 
     /// Records `digest` as job `id`'s log (if it is still leased with `token`) and makes it a GC
@@ -351,15 +355,15 @@ extension CatalogConnection {
     /// `job-log` root unless another job still names it. Returns false if the lease was lost.
     public func replaceJobLog(_ id: Int64, token: String, digest: Digest, now: Int64) throws -> Bool {
         let old = try first("SELECT log_digest FROM jobs WHERE id = ? AND lease_token = ?", .int(id), .text(token)) {
-            $0.isNull(0) ? nil : $0.text(0)
+            $0.row.optionalDigestText("log_digest")
         }
         guard let old else { return false }
         try run(
             "UPDATE jobs SET log_digest = ?, updated_at = ? WHERE id = ? AND lease_token = ?",
-            .text(digest.description), .int(now), .int(id), .text(token))
+            .hash(digest.bytes), .int(now), .int(id), .text(token))
         try addRoot(digest, reason: "job-log", now: now)
         if let old, old != digest.description,
-            try first("SELECT 1 FROM jobs WHERE log_digest = ? LIMIT 1", .text(old), map: { _ in true }) == nil,
+            try first("SELECT 1 FROM jobs WHERE log_digest = ? LIMIT 1", .digest(old), map: { _ in true }) == nil,
             let d = try? Digest(parsing: old)
         {
             try run("DELETE FROM blob_roots WHERE digest = ? AND reason = 'job-log'", .hash(d.bytes))
@@ -376,9 +380,9 @@ extension CatalogConnection {
             SELECT log_digest FROM jobs WHERE log_digest IS NOT NULL GROUP BY log_digest
             HAVING MAX(COALESCE(finished_at, 9223372036854775807)) < ?
             """, .int(before)
-        ) { digests.append($0.text(0)) }
+        ) { digests.append($0.row.digestText("log_digest")) }
         for text in digests {
-            try run("UPDATE jobs SET log_digest = NULL WHERE log_digest = ?", .text(text))
+            try run("UPDATE jobs SET log_digest = NULL WHERE log_digest = ?", .digest(text))
             if let d = try? Digest(parsing: text) {
                 try run("DELETE FROM blob_roots WHERE digest = ? AND reason = 'job-log'", .hash(d.bytes))
             }

@@ -85,16 +85,17 @@ extension CatalogConnection {
     }
 
     static var edgeColumns: String {
-        "e.child, e.parent, e.relation, e.parent_ref, (SELECT name FROM repositories WHERE id = e.repo_id), e.run, e.dataset, e.source_commit, e.metrics, e.job, e.created_at, e.verified_job"
+        "e.child, e.parent, e.relation, e.parent_ref, (SELECT name FROM repositories WHERE id = e.repo_id) AS repository, e.run, e.dataset, e.source_commit, e.metrics, e.job, e.created_at, e.verified_job"
     }
 
-    static func edge(_ s: any ResultRow, from i: Int32) -> LineageEdge {
-        func opt(_ k: Int32) -> String? { s.isNull(k) ? nil : s.text(k) }
+    /// An edge from a row that selects `edgeColumns` (by name: other columns may come before or after).
+    static func edge(_ s: any ResultRow) -> LineageEdge {
+        let r = s.row
         return LineageEdge(
-            child: Digest(bytes: s.hash(i)!), parent: Digest(bytes: s.hash(i + 1)!), relation: s.text(i + 2),
-            parentRef: s.text(i + 3), repository: opt(i + 4) ?? "", run: opt(i + 5), dataset: opt(i + 6),
-            commit: opt(i + 7), metrics: opt(i + 8), job: opt(i + 9), createdAt: s.int(i + 10),
-            verifiedJob: s.isNull(i + 11) ? nil : s.int(i + 11))
+            child: Digest(bytes: r.hash("child")!), parent: Digest(bytes: r.hash("parent")!), relation: r.text("relation"),
+            parentRef: r.text("parent_ref"), repository: r.optionalText("repository") ?? "", run: r.optionalText("run"),
+            dataset: r.optionalText("dataset"), commit: r.optionalText("source_commit"), metrics: r.optionalText("metrics"),
+            job: r.optionalText("job"), createdAt: r.int("created_at"), verifiedJob: r.optionalInt("verified_job"))
     }
 
     /// Ancestors (`up`) or descendants of `digest` to `depth`, nearest first, following only
@@ -114,8 +115,8 @@ extension CatalogConnection {
         }
         let sql = """
             SELECT \(Self.edgeColumns),
-                   (SELECT 1 FROM manifests m WHERE m.digest = e.\(far) LIMIT 1),
-                   (SELECT m.artifact_type FROM manifests m WHERE m.digest = e.\(far) LIMIT 1)
+                   (SELECT 1 FROM manifests m WHERE m.digest = e.\(far) LIMIT 1) AS stored,
+                   (SELECT m.artifact_type FROM manifests m WHERE m.digest = e.\(far) LIMIT 1) AS reached_type
             FROM lineage_edges e WHERE e.\(near) = ?\(filter) LIMIT ?
             """
         var out: [LineageStep] = []
@@ -131,13 +132,13 @@ extension CatalogConnection {
                 let room = Int64(limit - out.count) + Int64(seen.count) + 1
                 try queryArgs(sql, [.hash(node.bytes)] + relationArgs + [.int(room)]) { s in
                     guard out.count < limit else { return }
-                    let edge = Self.edge(s, from: 0)
+                    let edge = Self.edge(s)
                     let reached = up ? edge.parent : edge.child
                     guard seen.insert(reached).inserted else { return }
                     out.append(
                         LineageStep(
-                            digest: reached, depth: level, edge: edge, stored: !s.isNull(12),
-                            artifactType: s.isNull(13) ? nil : s.text(13)))
+                            digest: reached, depth: level, edge: edge, stored: !s.row.isNull("stored"),
+                            artifactType: s.row.optionalText("reached_type")))
                     next.append(reached)
                 }
             }
@@ -150,7 +151,7 @@ extension CatalogConnection {
     public func childEdges(of digest: Digest) throws -> [LineageEdge] {
         var out: [LineageEdge] = []
         try query("SELECT \(Self.edgeColumns) FROM lineage_edges e WHERE e.parent = ?", .hash(digest.bytes)) {
-            out.append(Self.edge($0, from: 0))
+            out.append(Self.edge($0))
         }
         return out
     }
@@ -240,9 +241,11 @@ extension CatalogConnection {
     public func pins() throws -> [(digest: Digest, repository: String, reason: String?, actor: String, at: Int64)] {
         var out: [(Digest, String, String?, String, Int64)] = []
         try query(
-            "SELECT p.digest, r.name, p.reason, p.actor, p.created_at FROM pins p JOIN repositories r ON r.id = p.repo_id ORDER BY p.created_at"
+            "SELECT p.digest, r.name AS repository, p.reason, p.actor, p.created_at FROM pins p JOIN repositories r ON r.id = p.repo_id ORDER BY p.created_at"
         ) { s in
-            out.append((Digest(bytes: s.hash(0)!), s.text(1), s.isNull(2) ? nil : s.text(2), s.text(3), s.int(4)))
+            let r = s.row
+            guard let d = r.digest("digest") else { return }
+            out.append((d, r.text("repository"), r.optionalText("reason"), r.text("actor"), r.int("created_at")))
         }
         return out
     }
@@ -270,7 +273,7 @@ extension CatalogConnection {
     public func isDeployed(_ digest: Digest) throws -> Bool {
         try first(
             "SELECT 1 FROM deployments WHERE stable_digest = ? OR canary_digest = ? LIMIT 1",
-            .text(digest.description), .text(digest.description)
+            .hash(digest.bytes), .hash(digest.bytes)
         ) { _ in true } ?? false
     }
 
@@ -289,7 +292,7 @@ extension CatalogConnection {
                     UNION SELECT repo_id, digest FROM manifests WHERE digest IN (SELECT d FROM pinned_up) OR created_at >= ?
                     UNION SELECT m.repo_id, m.digest FROM manifests m JOIN repositories r ON r.id = m.repo_id
                           JOIN deployments dep ON dep.repository = r.name
-                          WHERE 'sha256:' || lower(hex(m.digest)) IN (dep.stable_digest, dep.canary_digest)
+                          WHERE m.digest IN (dep.stable_digest, dep.canary_digest)
                 ) AS seeds
                 -- What a kept manifest keeps: its index's children and its referrers. One recursive
                 -- reference (PostgreSQL allows no more), over both edge kinds.

@@ -344,7 +344,6 @@ enum PostgresSQL {
     /// - `?` parameters become `$1`, `$2`, … (outside quotes and comments);
     /// - the column name `offset` (chunks, recipes) is quoted: OFFSET is reserved in PostgreSQL.
     ///   This module writes the keyword in capitals, so a lower-case `offset` is always the column;
-    /// - `lower(hex(X))` (a BLOB digest as hex) becomes `encode(X, 'hex')`.
     /// One pass, linear in the length of the statement.
     static func translate(_ sql: String) -> String {
         let bytes = Array(sql.utf8)
@@ -384,11 +383,6 @@ enum PostgresSQL {
                 if word.elementsEqual("offset".utf8) {
                     out.append(contentsOf: Array("\"offset\"".utf8))
                     i = j
-                } else if word.elementsEqual("lower".utf8), let (argument, end) = lowerHex(bytes, from: j) {
-                    out.append(contentsOf: Array("encode(".utf8))
-                    out.append(contentsOf: argument)
-                    out.append(contentsOf: Array(", 'hex')".utf8))
-                    i = end
                 } else {
                     out.append(contentsOf: word)
                     i = j
@@ -396,17 +390,6 @@ enum PostgresSQL {
             }
         }
         return String(decoding: out, as: UTF8.self)
-    }
-
-    /// After `lower` at `from`: `(hex(X))` with X a column reference; X and the index past it.
-    private static func lowerHex(_ b: [UInt8], from: Int) -> ([UInt8], Int)? {
-        let prefix = Array("(hex(".utf8)
-        guard from + prefix.count < b.count, Array(b[from..<from + prefix.count]) == prefix else { return nil }
-        var j = from + prefix.count
-        let start = j
-        while j < b.count && b[j] != UInt8(ascii: ")") && b[j] != UInt8(ascii: "(") { j += 1 }
-        guard j + 1 < b.count, b[j] == UInt8(ascii: ")"), b[j + 1] == UInt8(ascii: ")") else { return nil }
-        return (Array(b[start..<j]), j + 2)
     }
 
     /// BYTEA in text format: `\x` and two hex digits per byte.

@@ -14,7 +14,31 @@ import Foundation
 /// `sqlite_sequence` for the ids that must be gapless and never reused (the audit chain, the
 /// events cursor): transactional, and its row lock orders appenders in commit order.
 enum PostgresSchema {
-    static let steps: [(version: Int64, sql: String)] = [(11, baseline), (12, uploadSessions), (13, artifactFacts)]
+    static let steps: [(version: Int64, sql: String)] = [
+        (11, baseline), (12, uploadSessions), (13, artifactFacts), (14, digestBytes),
+    ]
+
+    /// Migration 14 (`Schema.migrations[13]`): the feature tables' digests become the 32 bytes
+    /// every other digest column holds (see there); text that is not a digest becomes its UTF-8
+    /// bytes, as in SQLite. PostgreSQL changes the types in place and rebuilds the indexes.
+    static let digestBytes = """
+        CREATE FUNCTION depot_digest_bytes(t TEXT) RETURNS BYTEA LANGUAGE sql IMMUTABLE AS $$
+            SELECT CASE WHEN t ~ '^sha256:[0-9a-f]{64}$' THEN decode(substr(t, 8), 'hex') ELSE convert_to(t, 'UTF8') END
+        $$;
+        ALTER TABLE pipeline_runs ALTER COLUMN trigger_digest TYPE BYTEA USING depot_digest_bytes(trigger_digest);
+        ALTER TABLE jobs ALTER COLUMN input_digest TYPE BYTEA USING depot_digest_bytes(input_digest),
+            ALTER COLUMN output_digest TYPE BYTEA USING depot_digest_bytes(output_digest),
+            ALTER COLUMN log_digest TYPE BYTEA USING depot_digest_bytes(log_digest);
+        ALTER TABLE job_outputs ALTER COLUMN digest TYPE BYTEA USING depot_digest_bytes(digest);
+        ALTER TABLE deployments ALTER COLUMN stable_digest TYPE BYTEA USING depot_digest_bytes(stable_digest),
+            ALTER COLUMN canary_digest TYPE BYTEA USING depot_digest_bytes(canary_digest);
+        ALTER TABLE deployment_versions ALTER COLUMN digest TYPE BYTEA USING depot_digest_bytes(digest);
+        ALTER TABLE rollouts ALTER COLUMN stable_digest TYPE BYTEA USING depot_digest_bytes(stable_digest),
+            ALTER COLUMN canary_digest TYPE BYTEA USING depot_digest_bytes(canary_digest);
+        ALTER TABLE deployment_nodes ALTER COLUMN digest TYPE BYTEA USING depot_digest_bytes(digest);
+        ALTER TABLE served_intervals ALTER COLUMN digest TYPE BYTEA USING depot_digest_bytes(digest);
+        DROP FUNCTION depot_digest_bytes(TEXT);
+        """
 
     /// Migration 13 (`Schema.migrations[12]`): search facts (see there).
     static let artifactFacts = """
@@ -97,7 +121,7 @@ enum PostgresSchema {
 
     /// Brings the catalog to the newest version. Replicas starting together serialize on a lock:
     /// one migrates, the others then find the new version.
-    static func migrate(_ conn: any CatalogConnection) throws {
+    static func migrate(_ conn: any CatalogConnection, upTo target: Int64 = .max) throws {
         try conn.transaction {
             // A long migration on another replica is waited out, however long it takes.
             try conn.execute("SET LOCAL lock_timeout = 0")
@@ -115,7 +139,7 @@ enum PostgresSchema {
             if current == 0, let pg = conn as? PostgresConnection {
                 try conn.execute("CREATE SCHEMA IF NOT EXISTS \"\(pg.schema)\"")
             }
-            for step in steps where step.version > current {
+            for step in steps where step.version > current && step.version <= target {
                 try conn.execute(step.sql)
                 try conn.run(
                     "INSERT INTO depot_schema(version, applied_at) VALUES(?, ?)", .int(step.version),

@@ -132,10 +132,10 @@ extension CatalogConnection {
             "SELECT media_type, artifact_type, subject, annotations, content FROM manifests WHERE repo_id = ? AND digest = ?",
             .int(repo), .hash(digest.bytes)
         ) {
-            ManifestRecord(
-                digest: digest, mediaType: $0.text(0), artifactType: $0.isNull(1) ? nil : $0.text(1),
-                subject: $0.hash(2).map(Digest.init(bytes:)), annotationsJSON: $0.isNull(3) ? nil : $0.text(3),
-                content: $0.blob(4))
+            let r = $0.row
+            return ManifestRecord(
+                digest: digest, mediaType: r.text("media_type"), artifactType: r.optionalText("artifact_type"),
+                subject: r.digest("subject"), annotationsJSON: r.optionalText("annotations"), content: r.blob("content"))
         }
     }
 
@@ -186,7 +186,7 @@ extension CatalogConnection {
         // key's repository range as small and scanned every manifest of the repository
         // (33 ms a referrers query at 100,000 manifests).
         var sql = """
-            SELECT digest, media_type, artifact_type, annotations, length(content) FROM manifests
+            SELECT digest, media_type, artifact_type, annotations, length(content) AS size FROM manifests
             WHERE repo_id = ? AND digest IN (SELECT digest FROM manifests WHERE repo_id = ? AND subject = ?)
             """
         var args: [SQLValue] = [.int(repo), .int(repo), .hash(digest.bytes)]
@@ -201,11 +201,12 @@ extension CatalogConnection {
         sql += " ORDER BY digest LIMIT ?"
         args.append(.int(Int64(min(limit, Int(Int32.max)))))
         try queryArgs(sql, args) {
-            guard let d = $0.hash(0).map(Digest.init(bytes:)) else { return }
+            let r = $0.row
+            guard let d = r.digest("digest") else { return }
             let record = ManifestRecord(
-                digest: d, mediaType: $0.text(1), artifactType: $0.isNull(2) ? nil : $0.text(2),
-                subject: digest, annotationsJSON: $0.isNull(3) ? nil : $0.text(3), content: [])
-            out.append((record, $0.int(4)))
+                digest: d, mediaType: r.text("media_type"), artifactType: r.optionalText("artifact_type"),
+                subject: digest, annotationsJSON: r.optionalText("annotations"), content: [])
+            out.append((record, r.int("size")))
         }
         return out
     }
@@ -285,10 +286,11 @@ extension CatalogConnection {
             WHERE repo_id = ? AND tag = ? ORDER BY id DESC LIMIT ?) AS newest ORDER BY id
             """
         try queryArgs(sql, [.int(repo), .text(name)] + (newest.map { [.int(Int64(max(1, $0)))] } ?? [])) {
+            let r = $0.row
             out.append(
                 TagMove(
-                    id: $0.int(0), tag: $0.text(1), from: $0.hash(2).map(Digest.init(bytes:)), to: $0.hash(3).map(Digest.init(bytes:)),
-                    actor: $0.text(4), reason: $0.isNull(5) ? nil : $0.text(5), at: $0.int(6)))
+                    id: r.int("id"), tag: r.text("tag"), from: r.digest("from_digest"), to: r.digest("to_digest"),
+                    actor: r.text("actor"), reason: r.optionalText("reason"), at: r.int("at")))
         }
         return out
     }

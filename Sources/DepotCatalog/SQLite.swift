@@ -32,6 +32,32 @@ public final class SQLiteConnection: CatalogConnection, @unchecked Sendable {
         sqlite3_busy_timeout(db, Int32(clamping: busyTimeoutMilliseconds))
     }
 
+    /// Registers `depot_digest_blob(x)` on this connection for migration 14: `sha256:<hex>` text
+    /// becomes its 32 big-endian bytes (`SQLValue.hash`'s form), other text its UTF-8 bytes
+    /// (`SQLValue.digest`'s fallback, so no row is lost), anything else (NULL) is returned as it is.
+    func registerDigestFunction() throws {
+        let rc = sqlite3_create_function_v2(
+            handle, "depot_digest_blob", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, nil,
+            { context, _, argv in
+                guard let context, let value = argv?[0] else { return }
+                guard sqlite3_value_type(value) == SQLITE_TEXT, let p = sqlite3_value_text(value) else {
+                    sqlite3_result_value(context, value)
+                    return
+                }
+                let text = String(cString: p)
+                if let d = try? Digest(parsing: text) {
+                    let be = d.bytes.bigEndianBytes
+                    withUnsafeBytes(of: be) { sqlite3_result_blob(context, $0.baseAddress, 32, transient) }
+                } else if text.isEmpty {
+                    sqlite3_result_zeroblob(context, 0)
+                } else {
+                    let bytes = Array(text.utf8)
+                    bytes.withUnsafeBytes { sqlite3_result_blob(context, $0.baseAddress, Int32(bytes.count), transient) }
+                }
+            }, nil, nil, nil)
+        guard rc == SQLITE_OK else { throw error("register depot_digest_blob") }
+    }
+
     func busyMessage(_ what: String) -> String {
         let seconds = Double(busyTimeoutMilliseconds) / 1000
         return "catalog \(path) stayed locked by another connection for \(seconds) s (\(what)); nothing was changed, retry. "

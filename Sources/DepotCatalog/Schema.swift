@@ -356,14 +356,8 @@ enum Schema {
         // No index or trigger reads these columns (store_counters' triggers fire on state, size,
         // lengths and committed_size only), so none changes.
         //
-        // Digests are NOT unified yet: content-addressed tables (chunks, recipes, blobs,
-        // blob_roots, repository_blobs, manifests, manifest_refs, tags, tag_journal,
-        // manifest_metadata, lineage_edges, pins) keep 32-byte BLOBs (big-endian SHA-256, half the
-        // size of text and what the hot store paths bind without formatting); the feature tables
-        // of migrations 4-7 (audit_log, pipeline_runs, jobs, job_outputs, deployments and their
-        // versions, rollouts, deployment_nodes, served_intervals) keep `sha256:<hex>` TEXT. The
-        // intended direction is BLOB everywhere except audit_log (its hash chain covers the text
-        // as written); see docs/ARCHITECTURE.md.
+        // Digests were unified later, by migration 14: 32-byte BLOBs everywhere except
+        // audit_log.digest (its hash chain covers the text as written).
         """
         UPDATE packs SET created_at = created_at * 1000;
         UPDATE blobs SET created_at = created_at * 1000, updated_at = updated_at * 1000;
@@ -468,6 +462,179 @@ enum Schema {
         DROP INDEX manifests_by_subject;
         CREATE INDEX manifests_by_subject ON manifests(repo_id, subject) WHERE subject IS NOT NULL;
         """,
+        // 14: one digest representation. The feature tables of migrations 6-7 held digests as
+        // `sha256:<hex>` TEXT; they now hold the 32-byte BLOB every other table holds, so a join
+        // with manifests compares bytes through an index instead of formatting every manifest's
+        // digest as text (GC's kept set, job-output memoization). audit_log.digest stays TEXT:
+        // its hash chain covers the text as written. `depot_digest_blob` (SQLiteConnection)
+        // converts; a value that is not a digest becomes its UTF-8 bytes, so no row is lost and
+        // it reads back as the text it was (`Row.digestText`).
+        //
+        // SQLite cannot change a column's type, so each table is rebuilt: the old one renamed
+        // (which also repoints jobs.run_id's reference to the renamed pipeline_runs), the new one
+        // created under the name, rows copied, the old dropped (jobs first: it references
+        // pipeline_runs), and the indexes created again.
+        """
+        ALTER TABLE pipeline_runs RENAME TO pipeline_runs_13;
+        ALTER TABLE jobs RENAME TO jobs_13;
+        ALTER TABLE job_outputs RENAME TO job_outputs_13;
+        ALTER TABLE deployments RENAME TO deployments_13;
+        ALTER TABLE deployment_versions RENAME TO deployment_versions_13;
+        ALTER TABLE rollouts RENAME TO rollouts_13;
+        ALTER TABLE deployment_nodes RENAME TO deployment_nodes_13;
+        ALTER TABLE served_intervals RENAME TO served_intervals_13;
+        DROP INDEX jobs_by_state;
+        DROP INDEX jobs_by_pipeline;
+        DROP INDEX job_outputs_by_digest;
+        DROP INDEX one_active_rollout;
+        DROP INDEX served_by_digest;
+
+        CREATE TABLE pipeline_runs(
+            id INTEGER PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            repository TEXT NOT NULL,
+            trigger_digest BLOB NOT NULL,               -- the pushed manifest that started the run
+            trigger_tag TEXT,
+            event_id INTEGER,
+            created_at INTEGER NOT NULL,                -- milliseconds since 1970
+            UNIQUE(pipeline, repository, trigger_digest) -- a replayed event never starts a second run
+        );
+        INSERT INTO pipeline_runs(id, pipeline, repository, trigger_digest, trigger_tag, event_id, created_at)
+            SELECT id, pipeline, repository, depot_digest_blob(trigger_digest), trigger_tag, event_id, created_at FROM pipeline_runs_13;
+        CREATE TABLE jobs(
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES pipeline_runs(id),
+            pipeline TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            kind TEXT NOT NULL,                         -- exec, builtin (runners); webhook, canary (the server)
+            spec TEXT NOT NULL,                         -- the stage definition (JSON) the runner executes
+            state TEXT NOT NULL,                        -- queued, leased, running, succeeded, failed, cancelled
+            input_repository TEXT NOT NULL,
+            input_digest BLOB NOT NULL,
+            input_tag TEXT,
+            output_tag TEXT,                            -- from the pipeline's naming rule
+            labels TEXT NOT NULL DEFAULT '',            -- comma-separated labels a runner needs
+            attempt INTEGER NOT NULL DEFAULT 0,         -- attempts started so far
+            max_attempts INTEGER NOT NULL,
+            timeout_ms INTEGER NOT NULL,
+            not_before INTEGER NOT NULL DEFAULT 0,      -- retry backoff: not leased before this time
+            runner TEXT,
+            lease_token TEXT,
+            lease_expires INTEGER,
+            job_key TEXT,                               -- memoization key, known once started
+            output_digest BLOB,
+            memoized INTEGER NOT NULL DEFAULT 0,
+            log_digest BLOB,
+            reason TEXT,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            started_at INTEGER,
+            finished_at INTEGER,
+            UNIQUE(run_id, stage)
+        );
+        INSERT INTO jobs(id, run_id, pipeline, stage, kind, spec, state, input_repository, input_digest, input_tag, output_tag, labels,
+                         attempt, max_attempts, timeout_ms, not_before, runner, lease_token, lease_expires, job_key, output_digest,
+                         memoized, log_digest, reason, created_at, updated_at, started_at, finished_at)
+            SELECT id, run_id, pipeline, stage, kind, spec, state, input_repository, depot_digest_blob(input_digest), input_tag,
+                   output_tag, labels, attempt, max_attempts, timeout_ms, not_before, runner, lease_token, lease_expires, job_key,
+                   depot_digest_blob(output_digest), memoized, depot_digest_blob(log_digest), reason, created_at, updated_at,
+                   started_at, finished_at
+            FROM jobs_13;
+        CREATE TABLE job_outputs(                       -- memoization: key -> the artifact it produced
+            job_key TEXT PRIMARY KEY,
+            repository TEXT NOT NULL,
+            digest BLOB NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        INSERT INTO job_outputs(job_key, repository, digest, created_at)
+            SELECT job_key, repository, depot_digest_blob(digest), created_at FROM job_outputs_13;
+        CREATE TABLE deployments(
+            id INTEGER PRIMARY KEY,
+            repository TEXT NOT NULL,
+            environment TEXT NOT NULL,                  -- the alias, e.g. production
+            model_name TEXT NOT NULL,                   -- the Triton model the bundles serve
+            stable_digest BLOB,
+            canary_digest BLOB,
+            weight INTEGER NOT NULL DEFAULT 0,          -- percent of nodes on the canary
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            UNIQUE(repository, environment)
+        );
+        INSERT INTO deployments(id, repository, environment, model_name, stable_digest, canary_digest, weight, created_at, updated_at)
+            SELECT id, repository, environment, model_name, depot_digest_blob(stable_digest), depot_digest_blob(canary_digest), weight,
+                   created_at, updated_at
+            FROM deployments_13;
+        CREATE TABLE deployment_versions(               -- Triton version number of each digest served
+            deployment_id INTEGER NOT NULL,
+            digest BLOB NOT NULL,
+            version INTEGER NOT NULL,
+            PRIMARY KEY(deployment_id, digest),
+            UNIQUE(deployment_id, version)
+        );
+        INSERT INTO deployment_versions(deployment_id, digest, version)
+            SELECT deployment_id, depot_digest_blob(digest), version FROM deployment_versions_13;
+        CREATE TABLE rollouts(
+            id INTEGER PRIMARY KEY,
+            deployment_id INTEGER NOT NULL,
+            stable_digest BLOB,
+            canary_digest BLOB NOT NULL,
+            state TEXT NOT NULL,                        -- running, paused, promoted, rolled-back, aborted
+            steps TEXT NOT NULL,                        -- JSON list of weights
+            step_index INTEGER NOT NULL,
+            weight INTEGER NOT NULL,
+            analysis_ms INTEGER NOT NULL,
+            step_started_at INTEGER NOT NULL,
+            failures TEXT NOT NULL DEFAULT '{}',        -- JSON: check -> failed measurements so far
+            started_by TEXT NOT NULL,
+            job_id INTEGER,                             -- the pipeline job that started it, if any
+            reason TEXT,
+            created_at INTEGER NOT NULL,
+            finished_at INTEGER
+        );
+        INSERT INTO rollouts(id, deployment_id, stable_digest, canary_digest, state, steps, step_index, weight, analysis_ms,
+                             step_started_at, failures, started_by, job_id, reason, created_at, finished_at)
+            SELECT id, deployment_id, depot_digest_blob(stable_digest), depot_digest_blob(canary_digest), state, steps, step_index,
+                   weight, analysis_ms, step_started_at, failures, started_by, job_id, reason, created_at, finished_at
+            FROM rollouts_13;
+        CREATE TABLE deployment_nodes(
+            deployment_id INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            digest BLOB,                                -- what the node reports it serves
+            version INTEGER,
+            state TEXT,                                 -- ready, failed
+            reason TEXT,
+            seen_at INTEGER NOT NULL,                   -- last resolve or report
+            reported_at INTEGER,
+            PRIMARY KEY(deployment_id, node)
+        );
+        INSERT INTO deployment_nodes(deployment_id, node, digest, version, state, reason, seen_at, reported_at)
+            SELECT deployment_id, node, depot_digest_blob(digest), version, state, reason, seen_at, reported_at FROM deployment_nodes_13;
+        CREATE TABLE served_intervals(                  -- "digest X served W% of ENV from T1 to T2"
+            id INTEGER PRIMARY KEY,
+            deployment_id INTEGER NOT NULL,
+            digest BLOB NOT NULL,
+            role TEXT NOT NULL,                         -- stable, canary
+            weight INTEGER NOT NULL,
+            from_at INTEGER NOT NULL,
+            to_at INTEGER
+        );
+        INSERT INTO served_intervals(id, deployment_id, digest, role, weight, from_at, to_at)
+            SELECT id, deployment_id, depot_digest_blob(digest), role, weight, from_at, to_at FROM served_intervals_13;
+
+        DROP TABLE jobs_13;
+        DROP TABLE pipeline_runs_13;
+        DROP TABLE job_outputs_13;
+        DROP TABLE deployments_13;
+        DROP TABLE deployment_versions_13;
+        DROP TABLE rollouts_13;
+        DROP TABLE deployment_nodes_13;
+        DROP TABLE served_intervals_13;
+        CREATE INDEX jobs_by_state ON jobs(state, kind, id);
+        CREATE INDEX jobs_by_pipeline ON jobs(pipeline, id);
+        CREATE INDEX job_outputs_by_digest ON job_outputs(digest);
+        CREATE UNIQUE INDEX one_active_rollout ON rollouts(deployment_id) WHERE state IN ('running', 'paused');
+        CREATE INDEX served_by_digest ON served_intervals(digest, from_at);
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {
@@ -490,6 +657,7 @@ enum Schema {
             throw DepotError.storage(
                 "catalog \(conn.path) has schema version \(current), newer than this build understands (\(known)); upgrade depot")
         }
+        try conn.registerDigestFunction()
         for version in Int(current)..<max(Int(current), min(target, migrations.count)) {
             try conn.transaction {
                 try conn.execute(migrations[version])

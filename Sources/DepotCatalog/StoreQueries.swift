@@ -1,5 +1,9 @@
 import DepotCore
 
+// The store's queries read rows by position, unlike the feature queries (`ResultRow.row`): they
+// run once per chunk on every push, pull and fsck, where a name lookup per column is measurable,
+// and each SELECT sits right above the code that reads it.
+
 /// Where a chunk's record lives in the pack files.
 public struct ChunkLocation: Sendable, Equatable {
     public var pack: Int64

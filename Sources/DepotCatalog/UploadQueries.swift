@@ -41,10 +41,12 @@ public enum UploadStartRefusal: Sendable, Equatable {
 extension CatalogConnection {
     private static var uploadColumns: String { "id, repository, client, created_at, updated_at, bytes, writer_state, holder, held_until" }
 
-    private static func uploadRow(_ r: any ResultRow) -> UploadSessionRow {
-        UploadSessionRow(
-            id: r.text(0), repository: r.text(1), client: r.text(2), createdAt: r.int(3), updatedAt: r.int(4), bytes: r.int(5),
-            writerState: r.isNull(6) ? nil : r.blob(6), holder: r.isNull(7) ? nil : r.text(7), heldUntil: r.isNull(8) ? nil : r.int(8))
+    private static func uploadRow(_ s: any ResultRow) -> UploadSessionRow {
+        let r = s.row
+        return UploadSessionRow(
+            id: r.text("id"), repository: r.text("repository"), client: r.text("client"), createdAt: r.int("created_at"),
+            updatedAt: r.int("updated_at"), bytes: r.int("bytes"), writerState: r.optionalBlob("writer_state"),
+            holder: r.optionalText("holder"), heldUntil: r.optionalInt("held_until"))
     }
 
     /// Opens a session unless `maxTotal` sessions, or `maxPerClient` of `client`'s, are open.

@@ -146,6 +146,129 @@ import Testing
         #expect(try again.read { try $0.first("SELECT created_at FROM packs") { $0.int(0) } } == 1_700_000_000_000)
     }
 
+    /// Migration 14: the feature tables' text digests become 32-byte BLOBs, every row kept, the
+    /// records read the same text, and the joins with manifests (GC's kept set) now match bytes.
+    @Test func aSchema13CatalogMovesFeatureDigestsToBytesKeepingEveryRow() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("depot-migrate14-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/catalog.db"
+        let a = "sha256:" + String(repeating: "a", count: 64)
+        let b = "sha256:" + String(repeating: "b", count: 64)
+        do {
+            let conn = try SQLiteConnection(path: path, readOnly: false)
+            try conn.execute("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;")
+            try Schema.migrate(conn, upTo: 13)
+            try Self.insertSchema13Rows(conn, a: a, b: b)
+        }
+        let db = try Database(location: .sqlite(path: path))
+        try db.read { (conn: any CatalogConnection) throws -> Void in
+            func types(_ sql: String) throws -> [String] {
+                var out: [String] = []
+                try conn.query(sql) { s in for i in 0..<s.columnCount { out.append(s.text(i)) } }
+                return out
+            }
+            #expect(
+                try types("SELECT typeof(trigger_digest), length(trigger_digest) FROM pipeline_runs ORDER BY id") == [
+                    "blob", "32", "blob", "12",
+                ])
+            #expect(
+                try types("SELECT typeof(input_digest), typeof(output_digest), typeof(log_digest) FROM jobs") == ["blob", "blob", "null"])
+            #expect(try types("SELECT typeof(digest) FROM job_outputs") == ["blob"])
+            #expect(try types("SELECT typeof(stable_digest), typeof(canary_digest) FROM deployments") == ["blob", "null"])
+            #expect(
+                try types("SELECT typeof(digest) FROM served_intervals UNION ALL SELECT typeof(digest) FROM deployment_nodes") == [
+                    "blob", "blob",
+                ])
+            try Self.expectMigrated14(conn, a: a, b: b)
+            // The job's reference to its run survived the rebuild, and nothing dangles.
+            #expect(try types("SELECT \"table\" FROM pragma_foreign_key_list('jobs')") == ["pipeline_runs"])
+            #expect(try types("SELECT COUNT(*) FROM pragma_foreign_key_check") == ["0"])
+            #expect(try types("SELECT COUNT(*) FROM sqlite_master WHERE name LIKE '%\\_13' ESCAPE '\\'") == ["0"])
+        }
+    }
+
+    /// The same rows, written at version 13 through bound parameters (either engine).
+    static func insertSchema13Rows(_ conn: any CatalogConnection, a: String, b: String) throws {
+        let manifest = try Digest(parsing: b)
+        try conn.run("INSERT INTO repositories(id, name, created_at) VALUES(1, 'team/model', 1)")
+        try conn.run(
+            "INSERT INTO manifests(repo_id, digest, media_type, content, created_at) VALUES(1, ?, 'application/vnd.oci.image.manifest.v1+json', ?, 1)",
+            .hash(manifest.bytes), .blob(Array("{}".utf8)))
+        try conn.run(
+            "INSERT INTO pipeline_runs(id, pipeline, repository, trigger_digest, created_at) VALUES(1, 'p', 'team/model', ?, 2)", .text(a))
+        try conn.run(
+            "INSERT INTO pipeline_runs(id, pipeline, repository, trigger_digest, created_at) VALUES(2, 'p', 'team/model', 'not-a-digest', 2)"
+        )
+        try conn.run(
+            """
+            INSERT INTO jobs(id, run_id, pipeline, stage, kind, spec, state, input_repository, input_digest, max_attempts, timeout_ms,
+                             output_digest, log_digest, created_at, updated_at)
+                VALUES(7, 1, 'p', 's', 'exec', '{}', 'succeeded', 'team/model', ?, 1, 1000, ?, NULL, 3, 4)
+            """, .text(a), .text(b))
+        try conn.run("INSERT INTO job_outputs(job_key, repository, digest, created_at) VALUES('k', 'team/model', ?, 5)", .text(b))
+        try conn.run(
+            """
+            INSERT INTO deployments(id, repository, environment, model_name, stable_digest, canary_digest, weight, created_at, updated_at)
+                VALUES(1, 'team/model', 'production', 'm', ?, NULL, 0, 6, 6)
+            """, .text(b))
+        try conn.run("INSERT INTO deployment_versions(deployment_id, digest, version) VALUES(1, ?, 1)", .text(b))
+        try conn.run(
+            """
+            INSERT INTO rollouts(id, deployment_id, stable_digest, canary_digest, state, steps, step_index, weight, analysis_ms,
+                                 step_started_at, started_by, created_at) VALUES(1, 1, NULL, ?, 'promoted', '[100]', 0, 100, 1, 7, 'me', 7)
+            """, .text(b))
+        try conn.run("INSERT INTO deployment_nodes(deployment_id, node, digest, seen_at) VALUES(1, 'n1', ?, 8)", .text(b))
+        try conn.run(
+            "INSERT INTO served_intervals(id, deployment_id, digest, role, weight, from_at) VALUES(1, 1, ?, 'stable', 100, 9)", .text(b))
+    }
+
+    /// What the records and the joins read after migration 14 (either engine).
+    static func expectMigrated14(_ conn: any CatalogConnection, a: String, b: String) throws {
+        #expect(try Schema.version(conn) == Database.schemaVersion)
+        // The records read what was written, a value that was not a digest included.
+        #expect(try conn.pipelineRun(1)?.triggerDigest == a)
+        #expect(try conn.pipelineRun(2)?.triggerDigest == "not-a-digest")
+        let job = try conn.job(7)
+        #expect(job?.inputDigest == a && job?.outputDigest == b && job?.logDigest == nil)
+        #expect(try conn.jobOutput(key: "k")?.digest == b)
+        #expect(try conn.isJobOutput(b))
+        #expect(try conn.deployment(id: 1)?.stable == b)
+        #expect(try conn.existingDeploymentVersion(1, digest: b) == 1)
+        #expect(try conn.rollout(1)?.canary == b)
+        #expect(try conn.nodes(deployment: 1).map(\.digest) == [b])
+        #expect(try conn.served(digest: b, limit: 5).map(\.digest) == [b])
+        // The bytes join: the deployed manifest counts as deployed and GC keeps it.
+        #expect(try conn.isDeployed(try Digest(parsing: b)))
+        #expect(try conn.unkeptManifests(createdBefore: .max).isEmpty, "the deployed manifest is kept")
+    }
+
+    @Test(.enabled(if: Database.isTestingOnPostgres, "needs the suite's PostgreSQL (scripts/test-postgres.sh)"))
+    func aPostgresSchema13CatalogMovesFeatureDigestsToBytes() throws {
+        let settings = PostgresSettings(
+            url: Database.testPostgresURL!, schema: "migrate14_\(UInt32.random(in: 0...UInt32.max))", poolSize: 2)
+        defer { try? Database.dropSchema(settings) }
+        let a = "sha256:" + String(repeating: "a", count: 64)
+        let b = "sha256:" + String(repeating: "b", count: 64)
+        try PostgresPool(settings).with { conn in
+            try PostgresSchema.migrate(conn, upTo: 13)
+            #expect(try Schema.version(conn) == 13)
+            try Self.insertSchema13Rows(conn, a: a, b: b)
+        }
+        let db = try Database(location: .postgres(settings))
+        try db.read { (conn: any CatalogConnection) throws -> Void in
+            var types: Set<String> = []
+            try conn.query(
+                """
+                SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema()
+                AND (column_name LIKE '%\\_digest' OR column_name = 'digest') AND table_name <> 'audit_log'
+                """
+            ) { types.insert($0.text(0)) }
+            #expect(types == ["bytea"])
+            try Self.expectMigrated14(conn, a: a, b: b)
+        }
+    }
+
     @Test func aFreshCatalogIsAtTheLatestVersion() throws {
         let (db, dir) = try makeCatalog()
         defer { try? FileManager.default.removeItem(atPath: dir) }
