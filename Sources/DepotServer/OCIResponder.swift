@@ -110,7 +110,8 @@ public struct OCIResponder: HTTPResponder {
         response.headers[.dockerAPIVersion] = "registry/2.0"
         let known: Set<HTTPRequest.Method> = [.get, .head, .post, .put, .patch, .delete]
         metrics.record(
-            route: label, method: known.contains(request.method) ? request.method.rawValue : "OTHER", status: response.status.code)
+            route: label, method: known.contains(request.method) ? request.method.rawValue : "OTHER", status: response.status.code,
+            seconds: Double((ContinuousClock.now - started) / .microseconds(1)) / 1e6)
         if logger.logLevel <= .debug {
             let ms = (ContinuousClock.now - started) / .milliseconds(1)
             logger.debug(
@@ -302,13 +303,14 @@ public struct OCIResponder: HTTPResponder {
 
     func metricsResponse() async throws -> Response {
         let stats = try await offload { try registry.store.stats(exact: false) }
-        let text = metrics.render(gauges: [
-            ("depot_upload_sessions", "Upload sessions in progress.", Double(registry.uploads.count)),
-            ("depot_store_logical_bytes", "Sum of the sizes of stored blobs.", Double(stats.logicalBytes)),
-            ("depot_store_stored_bytes", "Bytes of pack files on disk.", Double(stats.storedBytes)),
-            ("depot_store_chunks", "Unique chunks stored.", Double(stats.chunks)),
-            ("depot_store_blobs", "Blobs stored.", Double(stats.blobs)),
-        ])
+        let text = metrics.render(
+            gauges: [
+                ("depot_upload_sessions", "Upload sessions in progress.", Double(registry.uploads.count)),
+                ("depot_store_logical_bytes", "Sum of the sizes of stored blobs.", Double(stats.logicalBytes)),
+                ("depot_store_stored_bytes", "Bytes of pack files on disk.", Double(stats.storedBytes)),
+                ("depot_store_chunks", "Unique chunks stored.", Double(stats.chunks)),
+                ("depot_store_blobs", "Blobs stored.", Double(stats.blobs)),
+            ], pushStages: registry.store.pushStages.snapshot())
         return Reply.bytes(Array(text.utf8), contentType: "text/plain; version=0.0.4")
     }
 }

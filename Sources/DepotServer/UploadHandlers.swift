@@ -163,6 +163,10 @@ struct UploadHandlers: RouteHandlers {
         var received: Int64 = 0
         let metrics = self.metrics
         let rate = RateFloor(limits: registry.uploads.limits, start: .now)
+        // Time waiting for the client, as opposed to the writer (`receive` in depot_push_stage_seconds).
+        let receiving = ContinuousClock.now
+        var writing: Duration = .zero
+        defer { metrics.receivedBody(waitingSeconds: Double((ContinuousClock.now - receiving - writing) / .microseconds(1)) / 1e6) }
         do {
             for try await buffer in request.body {
                 received += Int64(buffer.readableBytes)
@@ -171,6 +175,7 @@ struct UploadHandlers: RouteHandlers {
                     throw RegistryError(.sizeInvalid, "the body is longer than its Content-Length of \(declared)")
                 }
                 if !rate.isMet(received: received, now: .now) { throw rate.error(received: received) }
+                let appending = ContinuousClock.now
                 if pending.readableBytes == 0 && buffer.readableBytes >= 1 << 20 {
                     try await offload { try buffer.withUnsafeReadableBytes { try session.append($0) } }
                 } else {
@@ -181,6 +186,7 @@ struct UploadHandlers: RouteHandlers {
                         try await offload { try full.withUnsafeReadableBytes { try session.append($0) } }
                     }
                 }
+                writing += ContinuousClock.now - appending
             }
         } catch {
             // The connection broke: keep what arrived, so the client can ask and resume.

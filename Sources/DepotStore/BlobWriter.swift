@@ -41,6 +41,13 @@ public final class BlobWriter: @unchecked Sendable {
     private let segmentStart: Int64
     public private(set) var bytesWritten: Int64 = 0
     private var finished = false
+    /// Where this write spends its time (`/metrics`, `depot bench ingest`).
+    private let timer = PushStageTimer()
+    /// The writer's thread's time waiting for a worker slot so far (kept apart from chunking).
+    private var waited: Duration = .zero
+
+    /// Seconds per stage so far (complete after `finish`).
+    public var stageSeconds: [PushStage: Double] { timer.seconds }
 
     private let hashing = DispatchQueue(label: "depot.blobwriter.hash")
     private let hashingDone = DispatchGroup()
@@ -162,9 +169,15 @@ public final class BlobWriter: @unchecked Sendable {
         // for it before returning, because the caller owns `bytes`.
         let shared = UnsafeSendableBytes(bytes)
         if bytes.count >= 64 << 10 {
-            hashing.async(group: hashingDone) { [self] in wholeHash.update(shared.bytes) }
+            hashing.async(group: hashingDone) { [self] in
+                let started = ContinuousClock.now
+                wholeHash.update(shared.bytes)
+                timer.add(.hash, since: started)
+            }
         } else {
+            let started = ContinuousClock.now
             wholeHash.update(bytes)
+            timer.add(.hash, since: started)
         }
         defer { hashingDone.wait() }
         try cut(bytes)
@@ -172,6 +185,9 @@ public final class BlobWriter: @unchecked Sendable {
 
     /// Cuts bytes (already hashed) into chunks and hands them to the storing stage.
     private func cut(_ bytes: UnsafeRawBufferPointer) throws {
+        let started = ContinuousClock.now
+        let waitedBefore = waited
+        defer { timer.add(.chunk, ContinuousClock.now - started - (waited - waitedBefore)) }
         try cutter.feed(bytes) { piece, width in
             if let width, accumulated == 0 {
                 if piece.count > 0 { try emitChunk(piece, width: width) } // the whole chunk is in this buffer: one copy, not two
@@ -209,8 +225,13 @@ public final class BlobWriter: @unchecked Sendable {
         let chunk = [UInt8](bytes)
         let offset = chunkStart
         chunkStart += Int64(bytes.count)
+        let waiting = ContinuousClock.now
         slots.wait()
+        let waitedNow = ContinuousClock.now - waiting
+        waited += waitedNow
+        timer.add(.backpressure, waitedNow)
         let store = self.store
+        let timer = self.timer
         let blobID = self.blobID
         let stageState = self.stageState
         let slots = self.slots
@@ -221,11 +242,13 @@ public final class BlobWriter: @unchecked Sendable {
             do {
                 let tryCompression = stageState.withLock { $0.shouldTryCompression() }
                 let outcome = try chunk.withUnsafeBytes { bytes in
+                    let hashing = ContinuousClock.now
                     let entry = RecipeEntry(offset: offset, length: bytes.count, hash: SHA256.hash(bytes))
+                    timer.add(.chunkHash, since: hashing)
                     return try store.compressors.with { c in
                         try store.appender.store(
                             entry, of: blobID, bytes: bytes, elementWidth: width, compressor: c,
-                            tryCompression: tryCompression)
+                            tryCompression: tryCompression, timer: timer)
                     }
                 }
                 stageState.withLock { s in
@@ -265,9 +288,12 @@ public final class BlobWriter: @unchecked Sendable {
             if let expected, expected != digest {
                 throw DepotError.digestInvalid("content has digest \(digest), expected \(expected)")
             }
+            let committing = ContinuousClock.now
             record = try store.appender.completeBlob(
                 blobID, digest: digest, size: bytesWritten, retain: retain, adopting: segments.map(\.blobID), commit: commit)
+            timer.add(.commit, since: committing)
             finished = true
+            store.pushStages.record(timer)
         } catch {
             abort()
             throw error
@@ -300,8 +326,11 @@ public final class BlobWriter: @unchecked Sendable {
             c.storedBytes = s.storedBytes
             let segment = PriorSegment(blobID: blobID, range: segmentStart..<c.committed)
             let checkpoint = c
+            let committing = ContinuousClock.now
             try store.appender.park(blobID) { conn in try commit(conn, checkpoint, segment) }
+            timer.add(.commit, since: committing)
             finished = true
+            store.pushStages.record(timer)
             return checkpoint
         } catch {
             abort()

@@ -17,6 +17,8 @@ public final class ChunkStore: Sendable {
     public let readOnly: Bool
     let files: PackFiles
     let appender: PackAppender
+    /// Stage times of the blob writes this process completed (`/metrics`).
+    public let pushStages = PushStageMetrics()
     let compressors: CompressorPool
     private let lockFD: Int32
     /// What opening repaired (pack tails cut, unknown pack files quarantined, ...), for logs.

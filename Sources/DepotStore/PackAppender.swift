@@ -107,13 +107,22 @@ final class PackAppender: Sendable {
     /// store lacks it. Compression runs outside the lock.
     func store(
         _ entry: RecipeEntry, of blob: Int64, bytes: UnsafeRawBufferPointer, elementWidth: Int,
-        compressor: ChunkCompressor, tryCompression: Bool = true
+        compressor: ChunkCompressor, tryCompression: Bool = true, timer: PushStageTimer? = nil
     ) throws -> Outcome {
-        if try state.withLock({ s in try referenceIfKnown(entry, blob, &s) }) { return .reused }
+        let looked = ContinuousClock.now
+        if try state.withLock({ s in try referenceIfKnown(entry, blob, &s) }) {
+            timer?.add(.dedup, since: looked)
+            return .reused
+        }
+        let compressing = ContinuousClock.now
+        timer?.add(.dedup, compressing - looked)
         var outcome = Outcome.reused
         var policy = options.compression
         if !tryCompression { policy.mode = .off }
         try compressor.encode(bytes, policy: policy, elementWidth: elementWidth) { codec, payload in
+            let writing = ContinuousClock.now
+            timer?.add(.compress, writing - compressing)
+            defer { timer?.add(.write, since: writing) }
             outcome = try state.withLock { s in
                 if try referenceIfKnown(entry, blob, &s) { return .reused } // also checks the blob is still active
                 try append(entry.hash, codec: codec, rawLength: bytes.count, payload: payload, &s)

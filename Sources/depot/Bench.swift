@@ -97,6 +97,10 @@ struct Bench: ParsableCommand {
             }
             results["ingest_peak_rss_mib"] = PeakMemory.mib()
             results["ingest_cores_busy"] = BenchData.lastCores
+            let gib = Double(size) / Double(1 << 30)
+            results["ingest_cpu_seconds_per_gib"] = BenchData.lastCPUSeconds / max(gib, 1e-9)
+            // Where those CPU-seconds went (the writer's stage timer; stages overlap in wall time).
+            for (stage, h) in store.pushStages.snapshot() { results["ingest_\(stage.rawValue)_seconds_per_gib"] = h.sum / max(gib, 1e-9) }
             results["stored_bytes"] = Double(try store.stats().storedBytes)
             results["chunks"] = Double(written!.chunks)
             // Read back, as a pull would (every chunk verified), handing batches to a consumer

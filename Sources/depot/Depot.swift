@@ -11,6 +11,7 @@ struct Depot: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "depot",
         abstract: "Depot: a content-addressed, deduplicating model registry.",
+        version: BuildInfo.version,
         subcommands: [
             Serve.self, Push.self, Pull.self, Tag.self, List.self, Inspect.self,
             Alias.self, History.self, Rollback.self, Resolve.self, Pin.self, Unpin.self, Pins.self,

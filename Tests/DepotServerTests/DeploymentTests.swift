@@ -402,6 +402,16 @@ struct DeploymentTests {
             }
             #expect(up == 1, "Prometheus scraped the registry")
             #expect(sum == 1, "an aggregate of one series reads as that value")
+            // Depot's own histograms parse as histograms: Prometheus takes a quantile of the
+            // latency of the scrapes it made, and reads the build info.
+            var median: Double?
+            for _ in 0..<100 where median == nil {
+                median = try? await source.value(
+                    "histogram_quantile(0.5, sum by (le) (depot_http_request_duration_seconds_bucket{route=\"metrics\"}))")
+                if median == nil { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect((median ?? 0) > 0, "a median scrape latency from depot_http_request_duration_seconds")
+            #expect(try await source.value("depot_build_info") == 1)
             #expect(try await source.value("up{job=\"nobody\"}") == nil, "an empty result is no data")
             #expect(try await source.value("scalar(vector(0)) / 0 - scalar(vector(0)) / 0") == nil, "NaN is no data")
             do {

@@ -1,3 +1,4 @@
+import DepotCatalog
 import DepotCore
 import DepotRegistry
 import DepotTestSupport
@@ -421,6 +422,28 @@ import Testing
             #expect(m.contains("depot_http_requests_total{route=\"uploadStart\",method=\"POST\",status=\"201\"} 1"))
             #expect(m.contains("depot_store_logical_bytes 1234"))
             #expect(m.contains("depot_http_received_bytes_total 1234"))
+            // Latency and push stages, as histograms: one upload request, one blob write.
+            #expect(m.contains("depot_http_request_duration_seconds_count{route=\"uploadStart\",method=\"POST\"} 1"))
+            #expect(m.contains("depot_http_request_duration_seconds_bucket{route=\"uploadStart\",method=\"POST\",le=\"+Inf\"} 1"))
+            #expect(m.contains("depot_push_stage_seconds_count{stage=\"receive\"} 1"))
+            #expect(m.contains("depot_push_stage_seconds_count{stage=\"hash\"} 1"))
+            #expect(m.contains("depot_push_stage_seconds_count{stage=\"commit\"} 1"))
+            #expect(m.contains("depot_build_info{version=\"\(BuildInfo.version)\",catalog_schema=\"\(Database.schemaVersion)\"} 1"))
+            // Prometheus' own linter (Debian's prometheus package) accepts the exposition.
+            let promtool = Process()
+            promtool.executableURL = URL(fileURLWithPath: "/usr/bin/promtool")
+            promtool.arguments = ["check", "metrics"]
+            let input = Pipe()
+            let output = Pipe()
+            promtool.standardInput = input
+            promtool.standardOutput = output
+            promtool.standardError = output
+            try promtool.run()
+            input.fileHandleForWriting.write(Data(m.utf8))
+            try input.fileHandleForWriting.close()
+            let said = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            promtool.waitUntilExit()
+            #expect(promtool.terminationStatus == 0, "promtool check metrics: \(said)")
         }
     }
 }
