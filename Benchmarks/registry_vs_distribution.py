@@ -4,11 +4,15 @@ side by side in one run, measured the same way with curl and wrk on loopback:
 
   monolithic push of a blob (POST, then PUT ?digest= with the whole body)
   chunked push (PATCHes of --chunk-mib, then PUT ?digest=)
-  blob GET
+  blob GET, warm (just written) and cold (page cache dropped first; needs root)
   manifest GET by tag: wrk -t2 -c32 -d10s
-  peak RSS (VmHWM) of each server after the pushes
+  peak RSS (VmHWM) of each server during the push and, reset before it (needs root), during the GET
+  Depot's own ingest CPU (`depot bench ingest`: CPU-seconds per GiB)
 
-Usage: Benchmarks/registry_vs_distribution.py [--mib 1024] [--chunk-mib 64] [--depot .build/release/depot] [--json]
+and prints issue #19's goals with the measured value and PASS/FAIL. Both registries' storage
+is on the same filesystem: the disk's by default, tmpfs with --tmpfs (takes the disk's noise out).
+
+Usage: Benchmarks/registry_vs_distribution.py [--mib 1024] [--chunk-mib 64] [--depot .build/release/depot] [--tmpfs] [--json]
 Needs: docker-registry, wrk, curl (apt). Build Depot first: swift build -c release.
 """
 import argparse
@@ -137,6 +141,55 @@ def wrk(url, seconds):
     return rps, p99.group(1) if p99 else "?"
 
 
+def drop_caches():
+    """Drops the page cache (root only); False when it cannot."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def reset_peak_rss(pid):
+    """Resets VmHWM to the current RSS (Linux: clear_refs 5); False when not permitted."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5\n")
+        return True
+    except OSError:
+        return False
+
+
+def ingest_cpu_seconds_per_gib(depot, mib, workdir):
+    out = subprocess.run([depot, "bench", "ingest", "--mib", str(mib), "--workdir", workdir, "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["ingest_cpu_seconds_per_gib"]
+
+
+# Issue #19's goals: (what, the value's key, "ratio" of depot over distribution or Depot's own
+# "value", the comparison, the target).
+GOALS = [
+    ("blob GET, warm page cache", "blob_get_mbps", "ratio", ">=", 1.2),
+    ("blob GET, cold page cache", "blob_get_cold_mbps", "ratio", ">=", 1.2),
+    ("monolithic push", "monolithic_push_mbps", "ratio", ">=", 2.0),
+    ("peak RSS during the push", "peak_rss_after_push_mib", "ratio", "<=", 2.0),
+    ("peak RSS during the pull", "peak_rss_during_get_mib", "ratio", "<=", 2.0),
+    ("manifest GET by tag", "manifest_get_rps", "ratio", ">=", 15.0),
+    ("ingest CPU-seconds per GiB", "ingest_cpu_seconds_per_gib", "value", "<=", 2.5),
+]
+
+
+def goals(results, ratios):
+    out = []
+    for what, key, kind, op, target in GOALS:
+        value = ratios.get(key) if kind == "ratio" else results["depot"].get(key)
+        passed = None if value is None else (value >= target if op == ">=" else value <= target)
+        out.append({"goal": what, "metric": key, "kind": kind, "value": value, "target": f"{op} {target}", "pass": passed})
+    return out
+
+
 def vmhwm_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -151,6 +204,8 @@ def main():
     ap.add_argument("--chunk-mib", type=int, default=64)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--depot", default=".build/release/depot")
+    ap.add_argument("--tmpfs", action="store_true", help="both registries' storage on tmpfs (/dev/shm)")
+    ap.add_argument("--no-ingest", action="store_true", help="skip `depot bench ingest`")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     for tool in ("docker-registry", "wrk", "curl"):
@@ -158,7 +213,7 @@ def main():
             raise SystemExit(f"{tool} is missing: apt-get install docker-registry wrk curl")
 
     work = tempfile.mkdtemp(prefix="depot-vs-dist-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    data_dir = tempfile.mkdtemp(prefix="depot-vs-dist-data-")
+    data_dir = tempfile.mkdtemp(prefix="depot-vs-dist-data-", dir="/dev/shm" if args.tmpfs else None)
     procs = []
     try:
         def make(path):
@@ -193,23 +248,48 @@ def main():
             r["monolithic_push_mbps"] = size / push_monolithic(base, "bench/mono", blob, digest) / 1e6
             r["peak_rss_after_push_mib"] = vmhwm_mib(proc.pid)
             r["chunked_push_mbps"] = size / push_chunked(base, "bench/chunked", chunked_blob, chunked_digest, args.chunk_mib << 20) / 1e6
+            can_reset = reset_peak_rss(proc.pid)
             r["blob_get_mbps"] = size / get_blob(base, "bench/mono", digest) / 1e6
+            if can_reset:
+                r["peak_rss_during_get_mib"] = vmhwm_mib(proc.pid)
+            if drop_caches():
+                r["blob_get_cold_mbps"] = size / get_blob(base, "bench/mono", digest) / 1e6
             push_manifest(base, "bench/manifest")
             rps, p99 = wrk(f"{base}/v2/bench/manifest/manifests/latest", args.seconds)
             r["manifest_get_rps"] = rps
             r["manifest_get_p99"] = p99
             r["peak_rss_mib"] = vmhwm_mib(proc.pid)
             results[name] = r
+        if not args.no_ingest:
+            ingest_dir = tempfile.mkdtemp(prefix="depot-vs-dist-ingest-", dir="/dev/shm" if args.tmpfs else None)
+            try:
+                results["depot"]["ingest_cpu_seconds_per_gib"] = ingest_cpu_seconds_per_gib(args.depot, args.mib, ingest_dir)
+            finally:
+                shutil.rmtree(ingest_dir, ignore_errors=True)
+        keys = ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "blob_get_cold_mbps", "manifest_get_rps",
+                "peak_rss_after_push_mib", "peak_rss_during_get_mib", "peak_rss_mib")
         ratios = {k: results["depot"][k] / results["distribution"][k]
-                  for k in ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "manifest_get_rps", "peak_rss_after_push_mib")}
+                  for k in keys if k in results["depot"] and k in results["distribution"] and results["distribution"][k] > 0}
+        checked = goals(results, ratios)
         if args.json:
-            print(json.dumps({"results": results, "depot_over_distribution": ratios}, indent=2))
+            print(json.dumps({"results": results, "depot_over_distribution": ratios, "goals": checked,
+                              "storage": "tmpfs" if args.tmpfs else "disk"}, indent=2))
         else:
+            print(f"storage: {'tmpfs' if args.tmpfs else 'disk'}, blob {args.mib} MiB")
             print(f"{'metric':28} {'distribution':>14} {'depot':>14} {'ratio':>8}")
-            for k in ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "manifest_get_rps", "peak_rss_after_push_mib", "peak_rss_mib"):
+            for k in keys:
+                if k not in results["depot"] or k not in results["distribution"]:
+                    print(f"{k:28} {'n/a (needs root)':>39}")
+                    continue
                 dv, pv = results["distribution"][k], results["depot"][k]
                 print(f"{k:28} {dv:14.1f} {pv:14.1f} {pv / dv:8.2f}")
             print(f"{'manifest_get_p99':28} {results['distribution']['manifest_get_p99']:>14} {results['depot']['manifest_get_p99']:>14}")
+            print()
+            print(f"{'goal (issue #19)':30} {'measured':>10} {'target':>10}  result")
+            for g in checked:
+                value = "n/a" if g["value"] is None else f"{g['value']:.2f}{'x' if g['kind'] == 'ratio' else ''}"
+                verdict = "n/a" if g["pass"] is None else ("PASS" if g["pass"] else "FAIL")
+                print(f"{g['goal']:30} {value:>10} {g['target']:>10}  {verdict}")
     finally:
         for p in procs:
             p.terminate()

@@ -168,7 +168,9 @@ extension SQLValue {
     /// A digest given as `sha256:<hex>` (how the job and deployment records carry it), bound as
     /// its 32 bytes like every digest column since migration 14. Text that is not a digest is
     /// bound as its UTF-8 bytes: the form migration 14 gave such values (it keeps every row),
-    /// so it matches them and reads back as the same text (`Row.digestText`).
+    /// so it matches them and reads back as the same text (`Row.digestText`), unless it is
+    /// exactly 32 bytes long, which reads as the digest of those bytes. Only rows written by hand
+    /// can hold such text: every path into these tables parses the digest first.
     public static func digest(_ text: String) -> SQLValue {
         if let d = try? Digest(parsing: text) { return .hash(d.bytes) }
         return .blob(Array(text.utf8))

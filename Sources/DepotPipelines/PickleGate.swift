@@ -29,9 +29,12 @@ public enum PickleGate {
     /// One line per pickle-bearing file of the manifest that is not provably clean. `manifest` is
     /// the manifest's JSON, `metadata` the stored format metadata document (nil: none).
     public static func findings(manifest: [UInt8], metadata: String?) -> [String] {
-        // Read as open JSON, not as the typed manifest: the gate must see every layer of any
-        // manifest the registry accepted, even one a stricter decoder would refuse.
-        guard let m = try? JSONDecoder().decode(JSONValue.self, from: Data(manifest)) else { return [] }
+        // Read with the decoder the registry accepted it with and the runner's puller reads it
+        // with, so the gate sees the layers a runner will fetch. One it cannot read fails closed
+        // (an open JSON read once refused `1e400` in an unknown field that the typed decode skips).
+        guard let m = try? WireJSON.decode(OCIManifestDocument.self, from: manifest, what: "manifest") else {
+            return ["the manifest could not be read by the pickle gate; nothing in it was scanned"]
+        }
         var files: [String: JSONValue] = [:]
         var truncatedDocument = false
         if let metadata, let d = try? JSONDecoder().decode(JSONValue.self, from: Data(metadata.utf8)) {
@@ -42,10 +45,10 @@ public enum PickleGate {
         }
         var out: [String] = []
         var seen = Set<String>()
-        for layer in m["layers"]?.array ?? [] {
-            let annotations = layer["annotations"]
+        for layer in m.layers ?? [] {
+            let annotations = layer.annotations ?? [:]
             // The path a runner writes the layer to (Puller: the model file path, then the title).
-            guard let path = [ModelMediaType.filepath, ModelMediaType.title].lazy.compactMap({ annotations?[$0]?.string }).first,
+            guard let path = [ModelMediaType.filepath, ModelMediaType.title].lazy.compactMap({ annotations[$0] }).first,
                 seen.insert(path).inserted
             else { continue }
             let meta = files[path]

@@ -176,6 +176,7 @@ struct UploadHandlers: RouteHandlers {
                 }
                 if !rate.isMet(received: received, now: .now) { throw rate.error(received: received) }
                 let appending = ContinuousClock.now
+                defer { writing += ContinuousClock.now - appending } // a failed append too
                 if pending.readableBytes == 0 && buffer.readableBytes >= 1 << 20 {
                     try await offload { try buffer.withUnsafeReadableBytes { try session.append($0) } }
                 } else {
@@ -186,18 +187,21 @@ struct UploadHandlers: RouteHandlers {
                         try await offload { try full.withUnsafeReadableBytes { try session.append($0) } }
                     }
                 }
-                writing += ContinuousClock.now - appending
             }
         } catch {
             // The connection broke: keep what arrived, so the client can ask and resume.
             let rest = pending
+            let appending = ContinuousClock.now
             if rest.readableBytes > 0 { try? await offload { try rest.withUnsafeReadableBytes { try session.append($0) } } }
+            writing += ContinuousClock.now - appending
             if error is RegistryError || error is DepotError { throw error }
             // The client went away mid-body: its error, not the server's (no 500 in the logs).
             throw RegistryError(.blobUploadInvalid, "request body ended early: \(error)")
         }
         if pending.readableBytes > 0 {
             let rest = pending
+            let appending = ContinuousClock.now
+            defer { writing += ContinuousClock.now - appending }
             try await offload { try rest.withUnsafeReadableBytes { try session.append($0) } }
         }
         if let declared, declared != received {

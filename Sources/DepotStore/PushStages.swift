@@ -15,7 +15,8 @@ public enum PushStage: String, CaseIterable, Sendable {
     case backpressure
     /// Each chunk's SHA-256 (its identity for deduplication).
     case chunkHash = "chunk_hash"
-    /// Looking the chunk up among stored ones.
+    /// Looking the chunk up among stored ones (with `write`, it includes waiting for the
+    /// store's appender lock, which concurrent pushes share: contention shows here).
     case dedup
     /// zstd (or the decision not to).
     case compress
@@ -40,7 +41,7 @@ public final class PushStageTimer: Sendable {
     public func add(_ stage: PushStage, _ elapsed: Duration) {
         let ns =
             UInt64(max(0, elapsed.components.seconds)) &* 1_000_000_000 &+ UInt64(max(0, elapsed.components.attoseconds / 1_000_000_000))
-        let index = Self.index[stage]!
+        let index = stage.index
         nanoseconds.withLock { $0[index] &+= ns }
     }
 
@@ -51,8 +52,22 @@ public final class PushStageTimer: Sendable {
         for (i, stage) in PushStage.allCases.enumerated() { out[stage] = Double(ns[i]) / 1e9 }
         return out
     }
+}
 
-    private static let index: [PushStage: Int] = Dictionary(uniqueKeysWithValues: PushStage.allCases.enumerated().map { ($1, $0) })
+extension PushStage {
+    /// The position in `allCases`, without hashing the raw value on every call.
+    var index: Int {
+        switch self {
+        case .hash: 0
+        case .chunk: 1
+        case .backpressure: 2
+        case .chunkHash: 3
+        case .dedup: 4
+        case .compress: 5
+        case .write: 6
+        case .commit: 7
+        }
+    }
 }
 
 /// The store's histograms of stage times, one observation per completed blob write.

@@ -90,6 +90,24 @@ import Testing
         #expect(audit.contains { $0.action == "pipeline.pickle_refused" && $0.repository == "models/other" })
     }
 
+    /// The gate reads a manifest as the registry and the runner do: a field they skip cannot hide
+    /// the layers from it, and a manifest it cannot read at all is refused, never clean.
+    @Test func theGateReadsWhatTheRunnerReadsAndFailsClosed() {
+        let layer = """
+            {"mediaType": "application/octet-stream", "size": 3,
+             "digest": "sha256:\(String(repeating: "a", count: 64))",
+             "annotations": {"org.cncf.model.filepath": "model.pt"}}
+            """
+        let config =
+            #"{"mediaType": "application/vnd.oci.image.config.v1+json", "size": 2, "digest": "sha256:\#(String(repeating: "b", count: 64))"}"#
+        // A number no Double holds, in a field no decoder of the registry reads.
+        let hiding = #"{"schemaVersion": 2, "x": 1e400, "config": \#(config), "layers": [\#(layer)]}"#
+        let findings = PickleGate.findings(manifest: Array(hiding.utf8), metadata: nil)
+        #expect(findings.count == 1 && findings[0].contains("model.pt: not scanned"), "\(findings)")
+        let unreadable = PickleGate.findings(manifest: Array("{\"layers\": [".utf8), metadata: nil)
+        #expect(unreadable.count == 1 && unreadable[0].contains("could not be read"), "\(unreadable)")
+    }
+
     @Test func pipelineFilesCannotLiftThePolicy() {
         for key in ["trust_pickle", "TRUST_PICKLE", "pickle_modules"] {
             let text = Self.pipeline + "\n    with: {\(key): \"true\"}\n"

@@ -59,4 +59,8 @@ import Testing
         #expect(snapshot.map(\.stage) == PushStage.allCases)
         #expect(snapshot.allSatisfy { $0.histogram.count == 2 })
     }
+
+    @Test func stageIndicesFollowTheDeclaredOrder() {
+        #expect(PushStage.allCases.enumerated().allSatisfy { $1.index == $0 })
+    }
 }
