@@ -96,4 +96,17 @@ import Testing
         #expect(meta["types"] == ["builtins.dict", "sklearn.linear_model._logistic.LogisticRegression"])
         #expect(errorMessage { try inspect("model.skops", makeZip([("a.npy", [1], 0)], zip64: false)) }.contains("no schema.json"))
     }
+
+    /// A hostile schema nests as deep as the JSON parser allows (its limit is 512), or deeper:
+    /// the first is read to the bottom, the second is a clear error; neither exhausts the stack.
+    @Test func deeplyNestedSkopsSchemasAreReadOrRefused() throws {
+        func nested(_ depth: Int) -> [UInt8] {
+            let open = String(repeating: #"{"content": "#, count: depth)
+            return Array((open + #"{"__class__": "Evil", "__module__": "os"}"# + String(repeating: "}", count: depth)).utf8)
+        }
+        let deep = try #require(try inspect("model.skops", makeZip([("schema.json", nested(500), 0)], zip64: false)))
+        #expect(deep["types"] == ["os.Evil"])
+        let tooDeep = makeZip([("schema.json", nested(100_000), 0)], zip64: false)
+        #expect(errorMessage { try inspect("model.skops", tooDeep) }.contains("schema.json is not valid JSON"))
+    }
 }
