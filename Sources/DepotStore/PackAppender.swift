@@ -1,3 +1,4 @@
+import CDepotSupport
 import DepotCatalog
 import DepotCore
 import Foundation
@@ -11,6 +12,17 @@ import Foundation
 ///
 /// The lock also makes "is this chunk stored?" and "reference it from a recipe" one atomic step
 /// with respect to garbage collection, which runs its sweep while holding the same lock.
+///
+/// The periodic group commit (every `flushBytes`, a full pack, 8192 recipe rows) runs outside
+/// that lock, on a committer queue: the pending rows are *handed off* (lookups still see their
+/// chunks), and while the committer fsyncs and commits them, writers go on appending behind
+/// them. Held under the lock, that fsync stalled every writer of the store for its duration
+/// (issue #19: `dedup` and `write` were mostly waiting). A failed hand-off fails its blobs
+/// (their writers get the error at their next step) and abandons the pack as before.
+///
+/// Two locks, always taken in this order: `committing` (whoever fsyncs and commits: the
+/// committer, a synchronous flush, an abort) and then `state`. Code holding `state` never
+/// takes `committing`.
 final class PackAppender: Sendable {
     struct State {
         var pack: PosixFile?
@@ -18,6 +30,8 @@ final class PackAppender: Sendable {
         var packSize: Int64 = 0
         /// The current pack's `committed_size`: bytes fsynced and recorded in the catalog.
         var committedSize: Int64 = 0
+        /// Where the current pack's bytes not yet handed to writeback start.
+        var writebackFrom: Int64 = 0
         var pendingChunks: [SHA256.Value: ChunkLocation] = [:]
         var pendingOrder: [SHA256.Value] = []
         var pendingRecipes: [(blob: Int64, entry: RecipeEntry)] = []
@@ -25,6 +39,26 @@ final class PackAppender: Sendable {
         var activeBlobs: Set<Int64> = []
         /// Blobs failed because a chunk they reused was deleted by another replica's GC.
         var lost: Set<Int64> = []
+        /// The batch the committer is making durable, and its chunks for lookups.
+        var handedOff: Batch?
+        var handedOffChunks: [SHA256.Value: ChunkLocation] = [:]
+        /// Why a blob failed in a handed-off batch, until its writer hears it.
+        var failed: [Int64: DepotError] = [:]
+    }
+
+    /// Pending rows handed to the committer, with the pack bytes they name.
+    struct Batch {
+        var chunks: [(SHA256.Value, ChunkLocation)]
+        var recipes: [(blob: Int64, entry: RecipeEntry)]
+        var pack: PosixFile?
+        var packID: Int64
+        /// The pack's size when handed off: every chunk of the batch lies below it.
+        var packSize: Int64
+        /// The pack's committed size before the batch (an abandoned pack is cut back to it).
+        var committedBefore: Int64
+        /// The pack reached its target size: writers moved to a new one, and it is sealed once
+        /// the batch is committed.
+        var seal: Bool
     }
 
     enum Outcome {
@@ -33,6 +67,10 @@ final class PackAppender: Sendable {
     }
 
     private let state = Locked(State())
+    /// Taken before `state`: serializes fsync-and-commit (see the type's comment).
+    private let committing = Locked(())
+    /// Runs handed-off commits, one at a time, so no writer waits for an fsync it did not need.
+    private let committer = DispatchQueue(label: "depot.packappender.commit")
     let db: Database
     let files: PackFiles
     let options: StoreOptions
@@ -67,38 +105,57 @@ final class PackAppender: Sendable {
         _ id: Int64, digest: Digest, size: Int64, retain: String?, adopting: [Int64] = [],
         commit: ((any CatalogConnection) throws -> Void)? = nil
     ) throws -> BlobRecord {
-        try state.withLock { s in
-            guard s.activeBlobs.contains(id) else {
-                if s.lost.remove(id) != nil { throw Self.lostError(id) }
-                throw DepotError.storage("blob write \(id) failed: its data could not be made durable")
-            }
-            let record = try flushLocked(&s, owner: id) { conn in
-                // `commit` first: an upload's compare-and-swap on its session row decides whether this
-                // request may take the parts at all.
-                try commit?(conn)
-                if !adopting.isEmpty { try conn.adoptRecipes(of: adopting, into: id) }
-                let record = try conn.completeBlob(id, digest: digest, size: size, now: Self.now())
-                if let retain { try conn.addRoot(digest, reason: retain, now: Self.now()) }
+        try committing.withLock { _ in
+            // A failure of the batch is recorded against its blobs: `checkActive` says whether this was one.
+            _ = drainHandedOff()
+            return try state.withLock { s in
+                try checkActive(id, &s)
+                let record = try flushLocked(&s, owner: id) { conn in
+                    // `commit` first: an upload's compare-and-swap on its session row decides whether this
+                    // request may take the parts at all.
+                    try commit?(conn)
+                    if !adopting.isEmpty { try conn.adoptRecipes(of: adopting, into: id) }
+                    let record = try conn.completeBlob(id, digest: digest, size: size, now: Self.now())
+                    if let retain { try conn.addRoot(digest, reason: retain, now: Self.now()) }
+                    return record
+                }
+                s.activeBlobs.remove(id)
                 return record
             }
-            s.activeBlobs.remove(id)
-            return record
+        }
+    }
+
+    /// Throws why blob `id` can no longer be completed, if it cannot.
+    private func checkActive(_ id: Int64, _ s: inout State) throws {
+        guard s.activeBlobs.contains(id) else {
+            if s.lost.remove(id) != nil { throw Self.lostError(id) }
+            if let error = s.failed.removeValue(forKey: id) { throw error }
+            throw DepotError.storage("blob write \(id) failed: its data could not be made durable")
         }
     }
 
     /// Forgets an unfinished blob and its recipe rows. Its new chunks become garbage for GC.
+    /// Holds `committing`: a handed-off batch with rows of this blob must not be committing while
+    /// the blob's row is deleted (its recipe rows would fail their foreign key).
     func abortBlob(_ id: Int64) {
-        state.withLock { s in
-            s.pendingRecipes.removeAll { $0.blob == id }
-            s.activeBlobs.remove(id)
-            s.lost.remove(id)
+        committing.withLock { _ in
+            state.withLock { s in
+                s.pendingRecipes.removeAll { $0.blob == id }
+                s.handedOff?.recipes.removeAll { $0.blob == id }
+                s.activeBlobs.remove(id)
+                s.lost.remove(id)
+                s.failed.removeValue(forKey: id)
+            }
+            _ = try? db.write { try $0.deleteBlob(id: id) }
         }
-        _ = try? db.write { try $0.deleteBlob(id: id) }
     }
 
     /// Commits everything pending now (compaction does it before deleting packs; tests use it).
     func checkpoint() throws {
-        try state.withLock { s in try flushLocked(&s) { _ in () } }
+        try committing.withLock { _ in
+            try drainHandedOff()?.get()
+            try state.withLock { s in try flushLocked(&s) { _ in () } }
+        }
     }
 
     // MARK: chunks
@@ -110,7 +167,7 @@ final class PackAppender: Sendable {
         compressor: ChunkCompressor, tryCompression: Bool = true, timer: PushStageTimer? = nil
     ) throws -> Outcome {
         let looked = ContinuousClock.now
-        if try state.withLock({ s in try referenceIfKnown(entry, blob, &s) }) {
+        if try withState({ s in try referenceIfKnown(entry, blob, &s) }) {
             timer?.add(.dedup, since: looked)
             return .reused
         }
@@ -123,11 +180,10 @@ final class PackAppender: Sendable {
             let writing = ContinuousClock.now
             timer?.add(.compress, writing - compressing)
             defer { timer?.add(.write, since: writing) }
-            outcome = try state.withLock { s in
+            outcome = try withState { s in
                 if try referenceIfKnown(entry, blob, &s) { return .reused } // also checks the blob is still active
                 try append(entry.hash, codec: codec, rawLength: bytes.count, payload: payload, &s)
                 s.pendingRecipes.append((blob, entry))
-                try flushIfNeeded(&s)
                 return .stored(storedBytes: payload.count, codec: codec)
             }
         }
@@ -137,11 +193,10 @@ final class PackAppender: Sendable {
     /// Adds an already encoded, verified chunk (received from a client) to blob `blob`, storing
     /// the payload as is unless the store has the chunk.
     func storeEncoded(_ entry: RecipeEntry, of blob: Int64, codec: ChunkCodec, payload: UnsafeRawBufferPointer) throws -> Outcome {
-        try state.withLock { s in
+        try withState { s in
             if try referenceIfKnown(entry, blob, &s) { return .reused }
             try append(entry.hash, codec: codec, rawLength: entry.length, payload: payload, &s)
             s.pendingRecipes.append((blob, entry))
-            try flushIfNeeded(&s)
             return .stored(storedBytes: payload.count, codec: codec)
         }
     }
@@ -149,9 +204,10 @@ final class PackAppender: Sendable {
     /// Adds a stored chunk to blob `blob`'s recipe without its bytes. False when the store lacks
     /// the chunk; throws when the stored chunk's length differs from the entry's.
     func reference(_ entry: RecipeEntry, of blob: Int64) throws -> Bool {
-        try state.withLock { s in
-            guard s.activeBlobs.contains(blob) else { throw DepotError.storage("blob write \(blob) was aborted") }
-            let length = try s.pendingChunks[entry.hash]?.rawLength ?? db.read({ try $0.chunkLocation(entry.hash) })?.rawLength
+        try withState { s in
+            try checkWriting(blob, &s)
+            let known = s.pendingChunks[entry.hash] ?? s.handedOffChunks[entry.hash]
+            let length = try known?.rawLength ?? db.read({ try $0.chunkLocation(entry.hash) })?.rawLength
             guard let length else { return false }
             guard length == entry.length else {
                 throw DepotError.invalidArgument("chunk sha256:\(entry.hash.hex) has \(length) bytes, not \(entry.length)")
@@ -164,38 +220,56 @@ final class PackAppender: Sendable {
     /// process: its chunks stay rooted for the grace period (chunks uploaded ahead of a commit).
     /// `commit` runs in the same transaction.
     func park(_ blob: Int64, commit: (any CatalogConnection) throws -> Void = { _ in }) throws {
-        try state.withLock { s in
-            guard s.activeBlobs.contains(blob) else {
-                if s.lost.remove(blob) != nil { throw Self.lostError(blob) }
-                throw DepotError.storage("blob write \(blob) failed: its data could not be made durable")
+        try committing.withLock { _ in
+            _ = drainHandedOff()
+            try state.withLock { s in
+                try checkActive(blob, &s)
+                try flushLocked(&s, owner: blob) { conn in
+                    try conn.touchBlob(blob, now: Self.now())
+                    try commit(conn)
+                }
+                s.activeBlobs.remove(blob)
             }
-            try flushLocked(&s, owner: blob) { conn in
-                try conn.touchBlob(blob, now: Self.now())
-                try commit(conn)
-            }
-            s.activeBlobs.remove(blob)
         }
     }
 
     /// Re-appends an already encoded record (GC compaction) if the chunk is still indexed at `old`.
     func relocate(_ hash: SHA256.Value, from old: ChunkLocation, codec: ChunkCodec, payload: UnsafeRawBufferPointer) throws {
-        try state.withLock { s in
-            guard s.pendingChunks[hash] == nil, try db.read({ try $0.chunkLocation(hash) }) == old else { return }
+        try withState { s in
+            guard s.pendingChunks[hash] == nil, s.handedOffChunks[hash] == nil, try db.read({ try $0.chunkLocation(hash) }) == old
+            else { return }
             try append(hash, codec: codec, rawLength: old.rawLength, payload: payload, &s)
-            try flushIfNeeded(&s)
         }
     }
 
     private func referenceIfKnown(_ entry: RecipeEntry, _ blob: Int64, _ s: inout State) throws -> Bool {
-        guard s.activeBlobs.contains(blob) else {
-            throw s.lost.contains(blob) ? Self.lostError(blob) : DepotError.storage("blob write \(blob) was aborted")
-        }
-        if s.pendingChunks[entry.hash] == nil {
+        try checkWriting(blob, &s)
+        if s.pendingChunks[entry.hash] == nil && s.handedOffChunks[entry.hash] == nil {
             guard try db.read({ try $0.chunkLocation(entry.hash) }) != nil else { return false }
         }
         s.pendingRecipes.append((blob, entry))
-        if s.pendingRecipes.count >= 8192 { try flushLocked(&s) { _ in () } }
         return true
+    }
+
+    /// Throws why blob `blob` can no longer be written to, if it cannot (the failure stays recorded
+    /// for `checkActive` at its completion).
+    private func checkWriting(_ blob: Int64, _ s: inout State) throws {
+        guard s.activeBlobs.contains(blob) else {
+            if s.lost.contains(blob) { throw Self.lostError(blob) }
+            throw s.failed[blob] ?? DepotError.storage("blob write \(blob) was aborted")
+        }
+    }
+
+    /// Runs `body` under the state lock, then hands pending rows to the committer if they are due.
+    private func withState<T>(_ body: (inout State) throws -> T) throws -> T {
+        var handedOff = false
+        let result = try state.withLock { s -> T in
+            let r = try body(&s)
+            handedOff = try flushIfNeeded(&s)
+            return r
+        }
+        if handedOff { committer.async { [self] in commitHandedOff() } }
+        return result
     }
 
     private func append(_ hash: SHA256.Value, codec: ChunkCodec, rawLength: Int, payload: UnsafeRawBufferPointer, _ s: inout State) throws {
@@ -221,15 +295,145 @@ final class PackAppender: Sendable {
             pack: s.packID, offset: offset, storedLength: payload.count, rawLength: rawLength, codec: codec.rawValue)
         s.pendingOrder.append(hash)
         s.pendingBytes += total
+        startWriteback(&s)
     }
 
-    private func flushIfNeeded(_ s: inout State) throws {
+    /// Starts writing the pack's newest bytes to the device every `writebackBytes`, so they go
+    /// out while the writers hash and chunk instead of all at once in the group commit's fsync
+    /// (measured on this disk: a 1 GiB HTTP push went from 7.9–9.2 s to 5.2–5.4 s).
+    /// Best effort and never waited for: the fsync stays the durability point, and an error here
+    /// is reported again by it (see `depot_start_writeback`). Not in S3 mode, whose staging
+    /// files are never fsynced.
+    private func startWriteback(_ s: inout State) {
+        let from = max(s.writebackFrom, s.committedSize)
+        guard options.writebackBytes > 0, files.objects == nil, let pack = s.pack,
+            s.packSize - from >= Int64(options.writebackBytes)
+        else { return }
+        _ = depot_start_writeback(pack.fd, from, s.packSize - from)
+        s.writebackFrom = s.packSize
+    }
+
+    /// Commits pending rows once they are due; returns true when it handed them off (the caller
+    /// starts the committer once it has let go of the lock).
+    private func flushIfNeeded(_ s: inout State) throws -> Bool {
         // S3 mode commits once per pack: a commit uploads the pack and seals it (objects are
         // immutable), so committing every `flushBytes` would halve the packs' size. Pending bytes
-        // are on the local staging file, not in memory, so waiting costs no memory.
-        let byBytes = files.objects == nil && s.pendingBytes >= options.flushBytes
-        if byBytes || s.packSize >= options.packTargetSize {
-            try flushLocked(&s) { _ in () }
+        // are on the local staging file, not in memory, so waiting costs no memory. Its commits
+        // stay synchronous (no hand-off), so they need no `committing` lock either.
+        let full = s.pack != nil && s.packSize >= options.packTargetSize
+        let byRows = s.pendingRecipes.count >= 8192
+        if files.objects != nil {
+            if full || byRows { try flushLocked(&s) { _ in () } }
+            return false
+        }
+        // One batch at a time: rows due meanwhile wait for the next step after it is committed
+        // (the bytes are in the pack file, only their small index entries in memory).
+        guard s.handedOff == nil, full || byRows || s.pendingBytes >= options.flushBytes else { return false }
+        guard !s.pendingRecipes.isEmpty || !s.pendingChunks.isEmpty else {
+            if full { try sealPack(&s) }
+            return false
+        }
+        s.handedOff = Batch(
+            chunks: s.pendingOrder.map { ($0, s.pendingChunks[$0]!) }, recipes: s.pendingRecipes, pack: s.pack, packID: s.packID,
+            packSize: s.packSize, committedBefore: s.committedSize, seal: full)
+        s.handedOffChunks = s.pendingChunks
+        s.pendingChunks.removeAll(keepingCapacity: true)
+        s.pendingOrder.removeAll(keepingCapacity: true)
+        s.pendingRecipes.removeAll(keepingCapacity: true)
+        s.pendingBytes = 0
+        if full { s.pack = nil } // the next append opens a new pack
+        return true
+    }
+
+    /// The committer: makes the handed-off batch durable, unless a synchronous flush took it first.
+    private func commitHandedOff() {
+        committing.withLock { _ in _ = drainHandedOff() }
+    }
+
+    /// Commits the handed-off batch, if there is one, holding `committing` (the caller's) but not
+    /// the state lock, so writers go on appending meanwhile. nil: there was none. A failure is
+    /// recorded against the batch's blobs (see `settle`) and returned.
+    private func drainHandedOff() -> Result<Void, any Error>? {
+        guard let (batch, active) = state.withLock({ s in s.handedOff.map { ($0, s.activeBlobs) } }) else { return nil }
+        let outcome = persist(batch, active: active)
+        state.withLock { s in settle(batch, outcome, &s) }
+        switch outcome {
+        case .committed: return .success(())
+        case .syncFailed(let error), .commitFailed(let error): return .failure(error)
+        }
+    }
+
+    enum BatchOutcome {
+        /// Committed; the blobs that lost a reused chunk to another replica's GC were left out.
+        case committed(lost: Set<Int64>)
+        /// The fsync failed: the bytes may be gone, and nothing may follow them in the pack.
+        case syncFailed(any Error)
+        /// The bytes are durable but the transaction failed (it may even have committed: a
+        /// connection lost in COMMIT), so the pack stays as it is.
+        case commitFailed(any Error)
+    }
+
+    /// fsync, then the batch's transaction.
+    private func persist(_ batch: Batch, active: Set<Int64>) -> BatchOutcome {
+        do {
+            if !batch.chunks.isEmpty { try batch.pack?.sync() }
+        } catch {
+            return .syncFailed(error)
+        }
+        var recipes = batch.recipes
+        var lost = Set<Int64>()
+        while true {
+            do {
+                try commit(batch.chunks, recipes, batch.packID, batch.packSize, active, false, .shared) { _ in () }
+                return .committed(lost: lost)
+            } catch let l as LostChunks {
+                recipes.removeAll { l.blobs.contains($0.blob) }
+                lost.formUnion(l.blobs)
+            } catch {
+                return .commitFailed(error)
+            }
+        }
+    }
+
+    /// Records a handed-off batch's outcome. On failure its blobs fail with the error, as do
+    /// blobs whose rows behind the batch reuse one of its chunks (they would name bytes no row
+    /// records); their rows are dropped. After a failed fsync the pack is also abandoned, as
+    /// `abandonPending` describes, failing every row behind the batch in it: nothing may follow
+    /// bytes whose fsync failed.
+    private func settle(_ batch: Batch, _ outcome: BatchOutcome, _ s: inout State) {
+        s.handedOff = nil
+        s.handedOffChunks.removeAll(keepingCapacity: true)
+        let error: any Error
+        switch outcome {
+        case .committed(let lost):
+            for id in lost {
+                s.activeBlobs.remove(id)
+                s.lost.insert(id)
+            }
+            s.pendingRecipes.removeAll { lost.contains($0.blob) }
+            if !batch.chunks.isEmpty, s.pack != nil, s.packID == batch.packID { s.committedSize = batch.packSize }
+            // Bookkeeping: a pack left unsealed is sealed at the next open.
+            if batch.seal { _ = try? db.write { try $0.sealPack(batch.packID) } }
+            return
+        case .syncFailed(let e), .commitFailed(let e):
+            error = e
+        }
+        let reason = error as? DepotError ?? DepotError.storage("committing chunks failed: \(error)")
+        var failing = Set(batch.recipes.map(\.blob))
+        let gone = Set(batch.chunks.map(\.0))
+        for r in s.pendingRecipes where gone.contains(r.entry.hash) { failing.insert(r.blob) }
+        for id in failing where s.activeBlobs.remove(id) != nil { s.failed[id] = reason }
+        s.pendingRecipes.removeAll { failing.contains($0.blob) }
+        guard case .syncFailed = outcome else {
+            if batch.seal { _ = try? db.write { try $0.sealPack(batch.packID) } }
+            return
+        }
+        if s.pack != nil, s.packID == batch.packID {
+            abandonPending(&s, reason: reason)
+        } else {
+            // The batch's pack was full and writers had moved on to a new one, which stays.
+            if let pack = batch.pack { try? pack.truncate(to: batch.committedBefore) }
+            _ = try? db.write { try $0.sealPack(batch.packID) }
         }
     }
 
@@ -268,7 +472,8 @@ final class PackAppender: Sendable {
                     try s.pack?.sync()
                 }
             } catch {
-                abandonPending(&s)
+                abandonPending(&s, reason: error as? DepotError ?? DepotError.storage("\(error)"))
+                if let owner { s.failed.removeValue(forKey: owner) } // it hears the error now
                 throw error
             }
         }
@@ -293,7 +498,8 @@ final class PackAppender: Sendable {
                 // The object is up but no row names it: abandon the batch (its blobs fail) and let GC
                 // delete row and object, rather than retrying, which would find the key taken by our
                 // own upload and leave that object behind.
-                abandonPending(&s)
+                abandonPending(&s, reason: error as? DepotError ?? DepotError.storage("\(error)"))
+                if let owner { s.failed.removeValue(forKey: owner) }
                 throw error
             }
         }
@@ -362,8 +568,8 @@ final class PackAppender: Sendable {
     /// writer returns to it; compaction may reclaim it), its unacknowledged tail cut back to the
     /// committed size now if possible (else at the next open), and the next append starts a new
     /// pack. Every blob with pending recipe rows fails; its writer's client gets the error.
-    private func abandonPending(_ s: inout State) {
-        for r in s.pendingRecipes { s.activeBlobs.remove(r.blob) }
+    private func abandonPending(_ s: inout State, reason: DepotError) {
+        for r in s.pendingRecipes where s.activeBlobs.remove(r.blob) != nil { s.failed[r.blob] = reason }
         s.pendingChunks.removeAll()
         s.pendingOrder.removeAll()
         s.pendingRecipes.removeAll()
@@ -396,6 +602,7 @@ final class PackAppender: Sendable {
             s.packID = id
             s.packSize = Int64(PackFormat.fileHeaderSize)
             s.committedSize = s.packSize
+            s.writebackFrom = s.packSize
             return
         }
         let path = files.path(id)
@@ -412,6 +619,7 @@ final class PackAppender: Sendable {
         s.packID = id
         s.packSize = Int64(PackFormat.fileHeaderSize)
         s.committedSize = s.packSize
+        s.writebackFrom = s.packSize
     }
 
     /// Times in a row a pack may find its object key taken before the commit gives up.
@@ -461,9 +669,12 @@ final class PackAppender: Sendable {
 
     /// Flushes, then runs `body` with the catalog while no chunk can be referenced or stored.
     func exclusive<T>(_ body: (any CatalogConnection, _ activeBlobs: Set<Int64>) throws -> T) throws -> T {
-        try state.withLock { s in
-            let active = s.activeBlobs
-            return try flushLocked(&s, sweep: .exclusive) { conn in try body(conn, active) }
+        try committing.withLock { _ in
+            try drainHandedOff()?.get()
+            return try state.withLock { s in
+                let active = s.activeBlobs
+                return try flushLocked(&s, sweep: .exclusive) { conn in try body(conn, active) }
+            }
         }
     }
 
@@ -471,7 +682,7 @@ final class PackAppender: Sendable {
     /// can reclaim it. Returns whether it sealed.
     func sealCurrent(ifLiveBelow fraction: Double, usage: [Int64: (bytes: Int64, chunks: Int)]) throws -> Bool {
         try state.withLock { s in
-            guard s.pack != nil, s.pendingChunks.isEmpty else { return false }
+            guard s.pack != nil, s.pendingChunks.isEmpty, s.handedOff == nil else { return false }
             let live = usage[s.packID]?.bytes ?? 0
             let payload = max(s.packSize - Int64(PackFormat.fileHeaderSize), 1)
             guard Double(live) / Double(payload) < fraction else { return false }
@@ -482,9 +693,12 @@ final class PackAppender: Sendable {
 
     /// Seals the current pack (used on close).
     func close() throws {
-        try state.withLock { s in
-            try flushLocked(&s) { _ in () }
-            try sealPack(&s)
+        try committing.withLock { _ in
+            try drainHandedOff()?.get()
+            try state.withLock { s in
+                try flushLocked(&s) { _ in () }
+                try sealPack(&s)
+            }
         }
     }
 }

@@ -9,6 +9,10 @@ public struct StoreOptions: Sendable {
     public var packTargetSize: Int64 = 64 << 20
     /// Pending (appended, not yet indexed) bytes that trigger a group commit.
     public var flushBytes: Int = 32 << 20
+    /// Appended pack bytes after which their writeback to the device starts, without waiting
+    /// (`sync_file_range`), so the group commit's fsync finds them mostly written; 0: never
+    /// (the fsync then writes all `flushBytes` while the appender's lock is held).
+    public var writebackBytes: Int = 4 << 20
     /// Unfinished writes untouched for longer than this are garbage.
     public var writeGraceSeconds: Int64 = 24 * 3600
     /// Packs whose live fraction is below this are compacted by GC.

@@ -82,6 +82,26 @@ import Testing
         #expect(whole == parts)
     }
 
+    /// The hardware path runs three interleaved streams over 3 × 8 KiB and 3 × 256-byte blocks
+    /// and combines them: every length around those block edges, at every alignment, must give
+    /// the byte-wise loop's value.
+    @Test func interleavedCrc32cAgreesWithTheByteWiseLoopAtEveryBlockEdge() {
+        let data = randomBytes(3 * 8192 * 2 + 3 * 256 + 64, seed: 7)
+        var lengths: [Int] = Array(0...40)
+        for edge in [3 * 256, 3 * 8192, 3 * 8192 + 3 * 256, 2 * 3 * 8192] {
+            lengths += (edge - 9)...(edge + 9)
+        }
+        data.withUnsafeBytes { raw in
+            for start in 0..<8 {
+                for n in lengths where start + n <= raw.count {
+                    let p = raw.baseAddress! + start
+                    #expect(depot_crc32c(0, p, n) == depot_crc32c_portable(0, p, n), "length \(n) at offset \(start)")
+                    #expect(depot_crc32c(0x1234_5678, p, n) == depot_crc32c_portable(0x1234_5678, p, n))
+                }
+            }
+        }
+    }
+
     @Test func parametersAreVersioned() {
         #expect(ChunkerParameters.v1.version == "fastcdc-gear-v1/16384/65536/262144")
     }

@@ -4,9 +4,17 @@
 #include <stdint.h>
 
 /// CRC-32C (Castagnoli) of `length` bytes, continuing from `crc` (0 to start).
-/// Uses the SSE4.2 crc32 instruction (8 bytes a step) where the CPU has it,
-/// a table-driven loop elsewhere; both give identical results.
+/// Uses the SSE4.2 crc32 instruction (8 bytes a step, three streams interleaved) where the
+/// CPU has it, a table-driven loop elsewhere; both give identical results.
 uint32_t depot_crc32c(uint32_t crc, const void *data, size_t length);
+
+/// The same CRC by the table-driven loop alone, whatever the CPU (tests compare the two).
+uint32_t depot_crc32c_portable(uint32_t crc, const void *data, size_t length);
+
+/// Starts writing back `length` bytes of `fd` from `offset` to the device without waiting
+/// (Linux sync_file_range with SYNC_FILE_RANGE_WRITE; a no-op elsewhere). Durability still
+/// comes from fdatasync; this only leaves it less to do. Returns 0 or an errno.
+int depot_start_writeback(int fd, int64_t offset, int64_t length);
 
 /// Tunes glibc's malloc for a server that moves MiB-sized buffers between threads (no-op
 /// elsewhere): at most `arenas` arenas (freed memory otherwise stays resident per thread), and
