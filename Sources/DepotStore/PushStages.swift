@@ -20,7 +20,8 @@ public enum PushStage: String, CaseIterable, Sendable {
     case dedup
     /// zstd (or the decision not to).
     case compress
-    /// Appending to the pack, and the periodic flush: fsync and the catalog commit of recipes.
+    /// Appending to the pack, with any wait for the appender's lock (the periodic fsync and commit
+    /// run on the appender's committer, in no stage, unless a writer is a whole batch ahead of it).
     case write
     /// Completing the blob: the last flush and the transaction that makes it visible.
     case commit
