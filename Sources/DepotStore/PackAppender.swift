@@ -44,6 +44,8 @@ final class PackAppender: Sendable {
         var handedOffChunks: [SHA256.Value: ChunkLocation] = [:]
         /// Why a blob failed in a handed-off batch, until its writer hears it.
         var failed: [Int64: DepotError] = [:]
+        /// GC sweeps so far (`exclusive`): a chunk row found before the latest sweep may be gone.
+        var sweeps = 0
     }
 
     /// Pending rows handed to the committer, with the pack bytes they name.
@@ -170,9 +172,10 @@ final class PackAppender: Sendable {
         // Most chunks of new data are not stored: ask the catalog without the lock every writer
         // waits on (a lookup under it cost pushes a tenth of their time, #19). The lock is only
         // needed to take a reference atomically with GC's sweep, so a hit is checked again under it.
-        let pending = state.withLock { s in s.pendingChunks[entry.hash] != nil || s.handedOffChunks[entry.hash] != nil }
+        let (pending, sweeps) = state.withLock { s in (s.pendingChunks[entry.hash] != nil || s.handedOffChunks[entry.hash] != nil, s.sweeps)
+        }
         if try pending || db.read({ try $0.chunkLocation(entry.hash) }) != nil,
-            try withState({ s in try referenceIfKnown(entry, blob, &s) })
+            try withState({ s in try referenceIfKnown(entry, blob, &s, foundBeforeSweep: pending ? nil : sweeps) })
         {
             timer?.add(.dedup, since: looked)
             return .reused
@@ -250,10 +253,17 @@ final class PackAppender: Sendable {
         }
     }
 
-    private func referenceIfKnown(_ entry: RecipeEntry, _ blob: Int64, _ s: inout State, askCatalog: Bool = true) throws -> Bool {
+    ///
+    /// `foundBeforeSweep`: the catalog had the chunk when `s.sweeps` had this value; with no
+    /// local sweep since, it still has it (only a sweep deletes chunk rows here; another replica's
+    /// sweep is caught at commit, `LostChunks`), so the lookup under the lock is skipped.
+    private func referenceIfKnown(
+        _ entry: RecipeEntry, _ blob: Int64, _ s: inout State, askCatalog: Bool = true, foundBeforeSweep: Int? = nil
+    ) throws -> Bool {
         try checkWriting(blob, &s)
         if s.pendingChunks[entry.hash] == nil && s.handedOffChunks[entry.hash] == nil {
-            guard askCatalog, try db.read({ try $0.chunkLocation(entry.hash) }) != nil else { return false }
+            let stillThere = foundBeforeSweep != nil && foundBeforeSweep == s.sweeps
+            guard try stillThere || askCatalog && (db.read({ try $0.chunkLocation(entry.hash) }) != nil) else { return false }
         }
         s.pendingRecipes.append((blob, entry))
         return true
@@ -272,22 +282,24 @@ final class PackAppender: Sendable {
     /// Writers that get a whole batch ahead of the committer (pending rows past twice the flush
     /// size, or a pack a flush past its target) wait for it instead: that bounds the rows held in
     /// memory and how far a pack outgrows its target when fsyncs are slow.
+    ///
+    /// The check comes before `body`, in the same critical section, so no writer appends past the
+    /// bound while another waits: a pack outgrows its target by at most a flush and one record.
     private func withState<T>(_ body: (inout State) throws -> T) throws -> T {
-        var handedOff = false
-        var behind = false
-        let result = try state.withLock { s -> T in
-            let r = try body(&s)
-            handedOff = try flushIfNeeded(&s)
-            behind = !handedOff && s.handedOff != nil && isBehind(s)
-            return r
-        }
-        if behind {
-            // A failure is recorded against the batch's blobs; this writer learns at its next step.
+        while true {
+            var handedOff = false
+            let result = try state.withLock { s -> T? in
+                if s.handedOff != nil && isBehind(s) { return nil }
+                let r = try body(&s)
+                handedOff = try flushIfNeeded(&s)
+                return r
+            }
+            if handedOff { committer.async { [self] in commitHandedOff() } }
+            if let result { return result }
+            // A failure is recorded against the batch's blobs; this writer learns in `body`.
             committing.withLock { _ in _ = drainHandedOff() }
-            handedOff = try state.withLock { s in try flushIfNeeded(&s) }
+            if try state.withLock({ s in try flushIfNeeded(&s) }) { committer.async { [self] in commitHandedOff() } }
         }
-        if handedOff { committer.async { [self] in commitHandedOff() } }
-        return result
     }
 
     private func isBehind(_ s: State) -> Bool {
@@ -695,6 +707,7 @@ final class PackAppender: Sendable {
             try drainHandedOff()?.get()
             return try state.withLock { s in
                 let active = s.activeBlobs
+                s.sweeps += 1
                 return try flushLocked(&s, sweep: .exclusive) { conn in try body(conn, active) }
             }
         }

@@ -313,8 +313,8 @@ import Testing
         #expect(try store.fsck().isClean)
         let packs = try store.catalog.read { try $0.packs() }
         #expect(packs.count > 4, "the test should fill several packs")
-        // Writers ahead of the committer wait for it: no pack outgrows its target by more than a
-        // flush and one record (the largest chunk and its header).
+        // Writers ahead of the committer wait for it, checked before they append: no pack outgrows
+        // its target by more than a flush and one record (the largest chunk and its header).
         let bound = options.packTargetSize + Int64(options.flushBytes) + Int64(options.chunker.maxSize) + 64
         for pack in packs { #expect(pack.committedSize <= bound, "pack \(pack.id): \(pack.committedSize) bytes") }
     }
