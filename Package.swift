@@ -1,4 +1,4 @@
-// swift-tools-version: 6.0
+// swift-tools-version: 6.1
 import PackageDescription
 
 let package = Package(
@@ -30,6 +30,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         // ECDSA P-256 signatures of artifacts (DepotTrust). Already in the graph via jwt-kit and NIOSSL.
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        // The tracing API the server's code is instrumented with (already in the graph via
+        // Hummingbird), and its OpenTelemetry backend: OTLP over HTTP only (the gRPC trait would
+        // add grpc-swift to every build). Only the `depot` executable links the backend
+        // (DepotTelemetry), so the fuzz harnesses do not build it.
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
+        .package(url: "https://github.com/swift-otel/swift-otel", from: "1.6.0", traits: ["OTLPHTTP"]),
     ],
     targets: [
         // System libraries (Debian: libzstd-dev, libsqlite3-dev, libssl-dev, libpq-dev).
@@ -78,6 +84,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
         .target(
@@ -98,6 +105,18 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ]
+        ),
+        // `tracing:` in the config: the OpenTelemetry (OTLP/HTTP) backend behind the Tracing API.
+        .target(
+            name: "DepotTelemetry",
+            dependencies: [
+                "DepotServer",
+                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -115,9 +134,10 @@ let package = Package(
             name: "depot",
             dependencies: [
                 "DepotAPI", "DepotCore", "DepotCatalog", "DepotStore", "DepotFormats", "DepotRegistry", "DepotServer", "DepotClient",
-                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotAuth", "DepotTrust",
+                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotAuth", "DepotTrust", "DepotTelemetry",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
 
@@ -147,6 +167,8 @@ let package = Package(
                 "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotTestSupport", "DepotAuth", "DepotTrust",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
@@ -163,6 +185,20 @@ let package = Package(
             dependencies: [
                 "DepotPipelines", "DepotAPI", "DepotCore", "DepotCatalog", "DepotRegistry", "DepotTestSupport",
                 .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        // The OTLP/HTTP export against a loopback receiver.
+        .testTarget(
+            name: "DepotTelemetryTests",
+            dependencies: [
+                "DepotTelemetry", "DepotServer",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .testTarget(

@@ -7,6 +7,11 @@
   2. wall time of the v2 push against oras-py pushing the same file whole (to the same Depot
      server, a fresh repository; Depot dedups server side, but oras moves every byte).
   3. a large file (default 4 GiB) pushed and pulled: wall time and the client's peak RSS.
+  4. with --link-mbit N (default 1000): another fine-tune of v1 (its last 2 layers changed
+     otherwise), pushed by Depot and by oras-py to new repositories, both through a
+     loopback proxy that limits each direction to N Mbit/s (a token bucket shared by every
+     connection, as a link is): on a real link the gain is the bytes that do not move. Only the
+     bandwidth is limited, not the latency (loopback's round trip stays).
 
 Usage: Benchmarks/client_transfer.py [--depot .build/release/depot] [--layers 16] [--layer-mib 16]
                                      [--big-gib 4] [--json]
@@ -33,8 +38,9 @@ def free_port():
     return port
 
 
-def write_checkpoint(path, layers, layer_bytes, changed=(), seed=1):
-    """safetensors with `layers` F32 tensors; layers in `changed` get other random bytes."""
+def write_checkpoint(path, layers, layer_bytes, changed=(), seed=1, variant=1):
+    """safetensors with `layers` F32 tensors; layers in `changed` get other random bytes (other
+    again for another `variant`)."""
     entries = {}
     for i in range(layers):
         entries[f"layer.{i}.weight"] = {"dtype": "F32", "shape": [layer_bytes // 4],
@@ -46,8 +52,67 @@ def write_checkpoint(path, layers, layer_bytes, changed=(), seed=1):
         f.write(struct.pack("<Q", len(header)))
         f.write(header)
         for i in range(layers):
-            rng = random.Random(seed * 1000 + i + (7_777_777 if i in changed else 0))
+            rng = random.Random(seed * 1000 + i + (7_777_777 * variant if i in changed else 0))
             f.write(rng.randbytes(layer_bytes))
+
+
+class LimitedLink:
+    """A TCP proxy on 127.0.0.1 whose two directions each carry at most `mbit` Mbit/s, shared by
+    all connections: each write waits until the link would have serialized the bytes before it."""
+
+    def __init__(self, upstream_port, mbit):
+        import threading
+        self.rate = mbit * 1e6 / 8  # bytes per second
+        self.upstream = upstream_port
+        self.free_at = {"up": 0.0, "down": 0.0}
+        self.lock = threading.Lock()
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def wait(self, direction, n):
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.free_at[direction])
+            self.free_at[direction] = start + n / self.rate
+            done = self.free_at[direction]
+        delay = done - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def pump(self, src, dst, direction):
+        try:
+            while True:
+                data = src.recv(64 << 10)
+                if not data:
+                    break
+                self.wait(direction, len(data))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def accept(self):
+        import threading
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self.pump, args=(client, server, "up"), daemon=True).start()
+            threading.Thread(target=self.pump, args=(server, client, "down"), daemon=True).start()
+
+    def close(self):
+        self.listener.close()
 
 
 def run_measured(cmd, env=None):
@@ -75,6 +140,7 @@ def main():
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--layer-mib", type=int, default=16)
     ap.add_argument("--big-gib", type=float, default=4)
+    ap.add_argument("--link-mbit", type=float, default=1000, help="the limited link's rate (0: skip that part)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     depot = os.path.abspath(args.depot)
@@ -134,6 +200,33 @@ def main():
         except ImportError:
             results["family"]["oras_push_v2_seconds"] = None
 
+        # A fine-tune pushed over a limited link to a registry that holds its base model: Depot
+        # sends the changed chunks, oras-py the whole file.
+        if args.link_mbit > 0:
+            # Another fine-tune of v1 (v2 is stored already: pushing it again would move nothing).
+            v3 = f"{work}/v3/model.safetensors"
+            os.makedirs(os.path.dirname(v3))
+            write_checkpoint(v3, args.layers, layer_bytes, changed=(args.layers - 2, args.layers - 1), variant=2)
+            link = LimitedLink(port, args.link_mbit)
+            linked = dict(env, DEPOT_REGISTRY=f"http://127.0.0.1:{link.port}", DEPOT_CACHE=f"{work}/cache-link")
+            lt, _, lo = run_measured([depot, "push", "family/linked:v3", v3, "--json"], linked)
+            ls = summary(lo)
+            try:
+                import oras.client
+                cwd = os.getcwd()
+                os.chdir(os.path.dirname(v3))
+                c = oras.client.OrasClient(hostname=f"127.0.0.1:{link.port}", insecure=True)
+                start = time.monotonic()
+                c.push(target=f"127.0.0.1:{link.port}/family/oras-linked:v3", files=["model.safetensors"])
+                oras_t = time.monotonic() - start
+                os.chdir(cwd)
+            except ImportError:
+                oras_t = None
+            link.close()
+            results["link"] = {"mbit": args.link_mbit, "depot_push_seconds": round(lt, 3), "depot_bytes_sent": ls["bytes_sent"],
+                               "oras_push_seconds": oras_t and round(oras_t, 3), "oras_bytes_sent": os.path.getsize(v3),
+                               "speedup": oras_t and round(oras_t / lt, 2)}
+
         # A large file: push and pull, with the client's peak RSS.
         if args.big_gib > 0:
             big = f"{work}/big/weights.bin"
@@ -166,6 +259,10 @@ def main():
     print(f"  push v2: sent {f['push_v2_bytes_sent']} B = {f['push_v2_sent_over_changed']}x the changed bytes, {f['push_v2_seconds']} s"
           f" (oras-py whole-file push: {f.get('oras_push_v2_seconds')} s)")
     print(f"  pull v2: received {f['pull_v2_bytes_received']} B = {f['pull_v2_received_over_changed']}x the changed bytes, {f['pull_v2_seconds']} s")
+    if "link" in results:
+        k = results["link"]
+        print(f"  a fine-tune of v1 pushed over a {k['mbit']:.0f} Mbit/s link: depot {k['depot_push_seconds']} s ({k['depot_bytes_sent']} B sent),"
+              f" oras-py {k['oras_push_seconds']} s ({k['oras_bytes_sent']} B): {k['speedup']}x faster")
     if "large" in results:
         l = results["large"]
         print(f"large: {l['bytes'] / (1 << 30):.1f} GiB push {l['push_seconds']} s ({l['push_mb_per_s']} MB/s, peak RSS {l['push_peak_rss_mb']} MB),"

@@ -2,6 +2,7 @@ import DepotClient
 import DepotCore
 import Foundation
 import Logging
+import Tracing
 
 /// Settings of a runner (embedded in `depot serve` or `depot runner`).
 public struct RunnerOptions: Sendable {
@@ -127,8 +128,33 @@ public final class Runner: Sendable {
         }
     }
 
-    /// Runs one leased job to its end (success, failure, cancellation or lost lease).
+    /// Runs one leased job to its end (success, failure, cancellation or lost lease), in a trace
+    /// of its own: the job's requests to the registry are AsyncHTTPClient's client spans below
+    /// it, and carry its context (`traceparent`), so the registry's spans of its pulls, pushes
+    /// and reports are in the same trace.
     public func execute(_ job: LeasedJob) async {
+        await withSpan("depot.job.run", context: .topLevel, ofKind: .consumer) { span in
+            if span.isRecording {
+                span.updateAttributes { a in
+                    a["depot.job.id"] = Int(job.id)
+                    a["depot.job.pipeline"] = job.pipeline
+                    a["depot.job.stage"] = job.stage
+                    a["depot.job.attempt"] = job.attempt
+                    a["depot.job.input"] = "\(job.inputRepository)@\(job.inputDigest)"
+                    a["depot.runner"] = options.name
+                }
+            }
+            let outcome = await run(job)
+            span.attributes["depot.job.outcome"] = outcome.rawValue
+            if outcome == .failed { span.setStatus(.init(code: .error)) }
+        }
+    }
+
+    enum JobOutcome: String {
+        case succeeded, memoized, stopped, failed
+    }
+
+    func run(_ job: LeasedJob) async -> JobOutcome {
         let workspace = options.workDirectory + "/job-\(job.id)-\(job.attempt)-\(UUID().uuidString.prefix(8))"
         let log = JobLog(path: workspace + ".log")
         defer {
@@ -146,7 +172,7 @@ public final class Runner: Sendable {
             let key = try await memoKey(job, slot: slot)
             if let output = try await connection.startJob(job, key: key) {
                 logger.info("job \(job.id) \(job.pipeline)/\(job.stage): memoized, output \(output)")
-                return
+                return .memoized
             }
             log.line("key \(key)")
             let output = try await StageExecution(job: job, key: key, workspace: workspace, log: log, runner: self, slot: slot).run()
@@ -154,10 +180,12 @@ public final class Runner: Sendable {
             await uploadLog(job, log)
             try await connection.completeJob(job, output: output)
             logger.info("job \(job.id) \(job.pipeline)/\(job.stage) succeeded: \(output)")
+            return .succeeded
         } catch let e as StageStopped {
             log.line("stopped: \(e.reason)")
             logger.notice("job \(job.id) stopped: \(e.reason)")
             await uploadLog(job, log)
+            return .stopped
         } catch {
             let permanent = (error as? RunnerError)?.permanent ?? false
             log.line("FAILED\(permanent ? " (permanent)" : ""): \(error)")
@@ -166,6 +194,7 @@ public final class Runner: Sendable {
             do { try await connection.failJob(job, reason: "\(error)", permanent: permanent) } catch {
                 logger.warning("job \(job.id): cannot report the failure (the lease will expire and the job return to the queue): \(error)")
             }
+            return .failed
         }
     }
 

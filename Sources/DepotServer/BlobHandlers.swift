@@ -47,6 +47,11 @@ struct BlobHandlers: RouteHandlers {
         }
         let length = range.map { $0.upperBound - $0.lowerBound } ?? blob.size
         headers[.contentLength] = String(length)
+        RequestTrace.annotate { a in
+            a["depot.blob.digest"] = digest.description
+            a["depot.blob.size"] = Int(blob.size)
+            if let range { a["depot.blob.range"] = "\(range.lowerBound)-\(range.upperBound - 1)" }
+        }
         if request.method == .head || length == 0 {
             return Response(status: .init(code: status), headers: headers, body: ResponseBody())
         }

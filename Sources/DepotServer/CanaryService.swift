@@ -8,6 +8,7 @@ import Foundation
 import Logging
 import NIOCore
 import ServiceLifecycle
+import Tracing
 
 /// Prometheus's instant-query API as a `MetricsSource`.
 struct PrometheusSource: MetricsSource {
@@ -73,13 +74,21 @@ struct CanaryService: Service {
         do {
             let deployments = self.deployments
             for due in try await offload({ try deployments.dueAnalyses() }) {
-                let measurements = await CanaryAnalysis.measure(deployments.policy, due.context, source: source)
-                let decision = try await offload { try deployments.apply(due, measurements: measurements) }
-                let summary = measurements.map { "\($0.check)=\($0.outcome.rawValue)" }.joined(separator: " ")
-                if let decision {
-                    logger.notice(
-                        "rollout \(due.rollout.id) \(due.deployment.repository):\(due.deployment.environment) at \(due.rollout.weight)%: \(decision) (\(summary))"
-                    )
+                // One trace per analysis: the Prometheus queries, the verdict and the step it led to.
+                try await withSpan("depot.rollout.analysis", context: .topLevel) { span in
+                    span.attributes["depot.rollout.id"] = Int(due.rollout.id)
+                    span.attributes["depot.deployment"] = "\(due.deployment.repository):\(due.deployment.environment)"
+                    span.attributes["depot.rollout.weight"] = Int(due.rollout.weight)
+                    let measurements = await CanaryAnalysis.measure(deployments.policy, due.context, source: source)
+                    let decision = try await offload { try deployments.apply(due, measurements: measurements) }
+                    let summary = measurements.map { "\($0.check)=\($0.outcome.rawValue)" }.joined(separator: " ")
+                    span.attributes["depot.rollout.checks"] = summary
+                    span.attributes["depot.rollout.decision"] = decision ?? "wait"
+                    if let decision {
+                        logger.notice(
+                            "rollout \(due.rollout.id) \(due.deployment.repository):\(due.deployment.environment) at \(due.rollout.weight)%: \(decision) (\(summary))"
+                        )
+                    }
                 }
             }
         } catch {

@@ -5,6 +5,7 @@ import DepotStore
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import Tracing
 
 extension HTTPField.Name {
     static let depotChunker = Self("Depot-Chunker")!
@@ -47,6 +48,10 @@ struct ChunkHandlers: RouteHandlers {
                 var seen = Set<SHA256.Value>()
                 missing = hashes.filter { (absent.contains($0) || hidden.contains($0)) && seen.insert($0).inserted }
             }
+        }
+        RequestTrace.annotate { a in
+            a["depot.chunks.asked"] = hashes.count
+            a["depot.chunks.missing"] = missing.count
         }
         var out = ByteBuffer()
         out.reserveCapacity(missing.count * 32)
@@ -165,6 +170,10 @@ struct ChunkHandlers: RouteHandlers {
             try await offload { try visibility.recordProof(p, hashes) }
         }
         let stored = receiver.stored
+        RequestTrace.annotate { a in
+            a["depot.chunks.received"] = receiver.received
+            a["depot.chunks.stored"] = stored
+        }
         return Reply.encoded(ChunkUploadAnswer(received: receiver.received, stored: stored), status: 201)
     }
 
@@ -208,7 +217,11 @@ struct ChunkHandlers: RouteHandlers {
                     .chunkUnknown, "\(hidden.count) chunk(s) of the recipe are not stored, e.g. sha256:\(first.hex)", kind: .invalid)
             }
         }
-        _ = try await offload { try registry.finishRecipeCommit(name, committer, expecting: digest) }
+        // Re-reading and hashing every byte the recipe names, then the commit.
+        try await withSpan("depot.recipe.verify") { span in
+            span.attributes["depot.blob.digest"] = digest.description
+            _ = try await offload { try registry.finishRecipeCommit(name, committer, expecting: digest) }
+        }
         return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])
     }
 

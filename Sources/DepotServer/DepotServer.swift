@@ -31,6 +31,7 @@ public struct DepotService {
         tls: TLSCertificateStore? = nil,
         trust: TrustService? = nil,
         readiness: Readiness? = nil,
+        services extra: [any Service] = [],
         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     )
         -> some ApplicationProtocol
@@ -77,18 +78,17 @@ public struct DepotService {
                     deployments: deployments, source: metricsSource ?? PrometheusSource(baseURL: policy.prometheusURL),
                     logger: logger, leadership: leadership),
                 RouterHookService(changes: routerChanges, policy: policy, registry: registry, logger: logger),
-            ],
+            ] + extra,
             onServerRunning: onServerRunning,
             logger: logger
         )
     }
 
-    public func run() async throws {
+    /// Runs until a signal; `services` run beside the server's own (the tracing exporter).
+    public func run(services extra: [any Service] = []) async throws {
         // Chunk and read buffers are allocated on one thread and freed on another.
         depot_tune_malloc(2, 8 << 20)
-        var log = config.logFormat == "json" ? Logger(label: "depot", factory: { JSONLogHandler(label: $0) }) : Logger(label: "depot")
-        log.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
-        let logger = log
+        let logger = Self.makeLogger(config)
         for warning in config.startupWarnings { logger.warning("config: \(warning)") }
         // Certificate files are checked before the store opens: a bad one stops start-up naming the file.
         let tls = try config.tls.map { try TLSCertificateStore(settings: $0, logger: logger) }
@@ -128,7 +128,8 @@ public struct DepotService {
             logger.warning("signing.enabled is false: pipeline outputs are NOT signed; a deploy policy naming `pipeline` refuses them")
         }
         let app = Self.makeApplication(
-            registry: registry, config: config, logger: logger, pipelines: pipelines, auth: auth, tls: tls, trust: trust
+            registry: registry, config: config, logger: logger, pipelines: pipelines, auth: auth, tls: tls, trust: trust,
+            services: extra
         ) { _ in
             logger.info("depot listening on \(listen), storage \(root), authentication \(auth.enabled ? "on" : "OFF")")
         }
@@ -140,6 +141,13 @@ public struct DepotService {
 }
 
 extension DepotService {
+    /// The server's logger: `server.log_format` and `server.log_level`.
+    public static func makeLogger(_ config: ServerConfig, label: String = "depot") -> Logger {
+        var log = config.logFormat == "json" ? Logger(label: label, factory: { JSONLogHandler(label: $0) }) : Logger(label: label)
+        log.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
+        return log
+    }
+
     /// The authentication service for `config.auth`: reads (or creates) the token signing key
     /// and the OIDC issuers' JWKS files, and makes sure an admin credential exists.
     public static func makeAuth(config: ServerConfig, db: Database, bootstrapSecret: String?) async throws -> AuthService {

@@ -10,6 +10,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import Tracing
 
 /// Answers every HTTP request: the OCI distribution API under `/v2`, Depot's extension API under
 /// `/depot/v1`, `/healthz` and `/metrics`. It routes with the one route table
@@ -71,16 +72,62 @@ public struct OCIResponder: HTTPResponder {
     }
 
     public func respond(to request: Request, context: Context) async throws -> Response {
+        // One server span per request, a child of the caller's (W3C `traceparent`), covering the
+        // response body too: RequestTracing.swift. With tracing off it is a no-op span.
+        var parent = ServiceContext.topLevel
+        InstrumentationSystem.instrument.extract(request.headers, into: &parent, using: HTTPFieldsExtractor())
+        let span = startSpan(request.method.rawValue, context: parent, ofKind: .server)
+        var response: Response
+        do {
+            response = try await ServiceContext.$current.withValue(span.context) {
+                try await RequestTrace.$span.withValue(span) { try await handle(request, context, span) }
+            }
+        } catch {
+            span.recordError(error)
+            span.end()
+            throw error
+        }
+        guard span.isRecording else { return response }
+        span.updateAttributes { a in
+            a["http.response.status_code"] = Int(response.status.code)
+            if let length = response.body.contentLength { a["http.response.body.size"] = length }
+        }
+        if response.status.code >= 500 { span.setStatus(.init(code: .error)) }
+        if request.method == .head || response.body.contentLength == 0 {
+            span.end()
+        } else {
+            response.body = response.body.endingSpan(span)
+        }
+        return response
+    }
+
+    func handle(_ request: Request, _ context: Context, _ span: any Span) async throws -> Response {
         let started = ContinuousClock.now
         let path = request.uri.path.removingPercentEncoding ?? request.uri.path
         let head = request.method == .head
         // Metrics label: the route's id; "other" for paths no route has (bounded cardinality).
         var label = "other"
         var response: Response
+        if span.isRecording {
+            span.updateAttributes { a in
+                a["http.request.method"] = request.method.rawValue
+                a["url.path"] = request.uri.path
+                if let length = request.headers[.contentLength].flatMap({ Int($0) }) { a["http.request.body.size"] = length }
+                if let agent = request.headers[.userAgent] { a["user_agent.original"] = agent }
+            }
+        }
         do {
             switch Routes.route(method: request.method.rawValue, path: path) {
             case .matched(let match):
                 label = match.route.id.rawValue
+                if span.isRecording {
+                    span.operationName = "\(request.method.rawValue) \(match.route.pattern)"
+                    span.updateAttributes { a in
+                        a["http.route"] = match.route.pattern
+                        a["depot.route"] = label
+                        if let name = match.name { a["depot.repository"] = name }
+                    }
+                }
                 if let auth, auth.enabled {
                     switch await gate(auth, match, request) {
                     case .refuse(let refusal): response = refusal

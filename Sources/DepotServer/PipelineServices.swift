@@ -9,6 +9,7 @@ import DepotRunner
 import Foundation
 import Logging
 import ServiceLifecycle
+import Tracing
 
 /// A webhook stage's endpoint and the secret that signs both directions.
 struct WebhookStageTarget: Sendable {
@@ -42,8 +43,12 @@ struct PipelineScheduler: Service {
                     continue
                 }
                 do {
+                    let tick = BackgroundSpan()
                     let queued = try await offload { try jobs.schedule() }
-                    if queued > 0 { logger.info("pipelines: queued \(queued) job(s)") }
+                    if queued > 0 {
+                        logger.info("pipelines: queued \(queued) job(s)")
+                        tick.record("depot.pipeline.schedule") { $0["depot.jobs.queued"] = queued }
+                    }
                     if ticks % 14_400 == 0 { // hourly (and at start-up)
                         let n = try await offload { try jobs.expireLogs() }
                         if n > 0 { logger.info("pipelines: released \(n) job log(s) past their retention to GC") }
@@ -135,6 +140,16 @@ extension PipelineScheduler {
 
 extension PipelineScheduler {
     func startRollout(_ job: JobRecord, _ jobs: JobQueue, _ deployments: Deployments) async throws {
+        try await withSpan("depot.rollout.start", context: .topLevel) { span in
+            span.attributes["depot.job.id"] = Int(job.id)
+            span.attributes["depot.job.pipeline"] = job.pipeline
+            span.attributes["depot.job.stage"] = job.stage
+            span.attributes["depot.job.input"] = "\(job.inputRepository)@\(job.inputDigest)"
+            try await startRolloutTraced(job, jobs, deployments)
+        }
+    }
+
+    func startRolloutTraced(_ job: JobRecord, _ jobs: JobQueue, _ deployments: Deployments) async throws {
         let spec = try? JSONDecoder().decode(JSONValue.self, from: Data(job.spec.utf8))
         let env = spec?["environment"]?.string ?? ""
         let steps = spec?["steps"]?.array?.compactMap { $0.int.map { Int($0) } }

@@ -54,6 +54,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var signing = SigningConfig()
     /// The `deploy_policy:` section: signatures a bundle needs per environment.
     public var deployPolicy = DeployPolicy()
+    /// The `tracing:` section: OpenTelemetry traces (TracingConfig).
+    public var tracing = TracingConfig()
 
     /// The resource limits of the `server:` section. See "Limits and failure behaviour" in
     /// docs/ARCHITECTURE.md for what a client sees when one is hit.
@@ -501,6 +503,7 @@ public struct ServerConfig: Sendable, Equatable {
         try reader.section(root, "auth") { s in try Self.parseAuth(s, reader, into: &config) }
         try reader.section(root, "signing") { s in try Self.parseSigning(s, reader, into: &config) }
         try reader.section(root, "catalog") { s in try Self.parseCatalog(s, reader, into: &config) }
+        try reader.section(root, "tracing") { s in try Self.parseTracing(s, reader, into: &config) }
         if let raw = root["deploy_policy"] {
             guard let s = raw as? [String: Any] else { throw reader.error("deploy_policy", "must be a mapping of environments") }
             try Self.parseDeployPolicy(s, reader, into: &config)
@@ -508,7 +511,7 @@ public struct ServerConfig: Sendable, Equatable {
         try reader.rejectUnknown(
             root,
             known: [
-                "server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats", "auth", "signing",
+                "server", "storage", "uploads", "aliases", "webhooks", "pipelines", "canary", "formats", "auth", "signing", "tracing",
                 "deploy_policy", "catalog",
             ], at: "")
         return config
@@ -668,6 +671,7 @@ final class ConfigReader {
             ],
             "signing": ["enabled", "key_file", "trusted_keys"],
             "catalog": Set(["driver", "url", "schema", "pool_size", "connect_timeout_seconds"]).union(secretKeys("password")),
+            "tracing": ["enabled", "endpoint", "sample_ratio", "service_name", "timeout_seconds"],
             "formats": [
                 "max_mib_per_blob", "max_seconds_per_blob", "max_seconds_per_manifest", "max_document_kib", "concurrency",
                 "cache_entries",

@@ -7,6 +7,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import Tracing
 
 /// Blob uploads (`/v2/<name>/blobs/uploads/…`): monolithic, chunked (PATCH) and cross-repository
 /// mounts. A session is claimed by one request at a time; see `UploadSessions`.
@@ -106,7 +107,7 @@ struct UploadHandlers: RouteHandlers {
     /// upload stands so that it can resume.
     func patchUpload(_ session: UploadSession, _ request: Request) async throws -> Response {
         do {
-            try await receive(request, into: session)
+            try await receiveTraced(request, into: session)
         } catch let e as RegistryError where e.kind == .rangeNotSatisfiable || e.kind == .timedOut {
             try await acknowledge(session)
             return Reply.error(e, headers: uploadHeaders(session))
@@ -123,21 +124,38 @@ struct UploadHandlers: RouteHandlers {
     }
 
     func acknowledge(_ session: UploadSession) async throws {
-        try await offload { try session.checkpoint() }
+        try await withSpan("depot.upload.checkpoint") { span in
+            try await offload { try session.checkpoint() }
+            span.attributes["depot.upload.offset"] = Int(session.offset)
+        }
     }
 
     /// Streams a final body (if any) into a claimed session and completes it.
     func complete(_ session: UploadSession, digest: Digest, _ request: Request) async throws -> Response {
         do {
-            try await receive(request, into: session)
+            try await receiveTraced(request, into: session)
         } catch {
             // A PUT's body that breaks off cannot be completed; keep what arrived for a retry.
             if (try? await acknowledge(session)) == nil { await offloadDetached { session.abandon() } }
             throw error
         }
         let registry = self.registry
-        _ = try await offload { try session.finish(expecting: digest, registry: registry) }
+        // Draining the chunk workers, the digest check and the transaction that makes the blob
+        // visible; its attributes say what the push stored and where its time went.
+        try await withSpan("depot.blob.finish") { span in
+            let result = try await offload { try session.finish(expecting: digest, registry: registry) }
+            if span.isRecording { span.updateAttributes { RequestTrace.attributes(of: result, into: &$0) } }
+        }
         return Reply.empty(201, [.location: "/v2/\(session.repository)/blobs/\(digest)", .dockerContentDigest: digest.description])
+    }
+
+    /// `receive` inside a span: the time the body took to arrive and be handed to the writer.
+    func receiveTraced(_ request: Request, into session: UploadSession) async throws {
+        try await withSpan("depot.upload.receive") { span in
+            let from = session.offset
+            defer { if span.isRecording { span.attributes["depot.upload.received_bytes"] = Int(session.offset - from) } }
+            try await receive(request, into: session)
+        }
     }
 
     /// Checks Content-Range against the session and streams the body into it, handing the

@@ -16,6 +16,14 @@ public struct WriteResult: Sendable, Equatable {
     public var storedBytes: Int64
     /// The chunker version that cut the recipe.
     public var chunker: String
+    /// Seconds per push stage of this writer (summed over its threads; see `PushStage`), for a
+    /// request's trace span. Not part of equality: two writes of the same bytes are equal.
+    public var stageSeconds: [PushStage: Double] = [:]
+
+    public static func == (a: WriteResult, b: WriteResult) -> Bool {
+        a.digest == b.digest && a.size == b.size && a.chunks == b.chunks && a.newChunks == b.newChunks && a.newBytes == b.newBytes
+            && a.reusedBytes == b.reusedBytes && a.storedBytes == b.storedBytes && a.chunker == b.chunker
+    }
 }
 
 /// Streams one blob into the store in a single pass with bounded memory.
@@ -303,7 +311,7 @@ public final class BlobWriter: @unchecked Sendable {
         return WriteResult(
             digest: record.digest, size: record.size, chunks: s.chunks, newChunks: s.newChunks,
             newBytes: s.newBytes, reusedBytes: s.reusedBytes, storedBytes: s.storedBytes,
-            chunker: chunkerVersion)
+            chunker: chunkerVersion, stageSeconds: timer.seconds)
     }
 
     /// Stops here for another writer to go on later, maybe in another process: every chunk cut

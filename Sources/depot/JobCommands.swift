@@ -2,8 +2,11 @@ import ArgumentParser
 import DepotAPI
 import DepotClient
 import DepotRunner
+import DepotServer
+import DepotTelemetry
 import Foundation
 import Logging
+import ServiceLifecycle
 
 struct Jobs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -162,6 +165,9 @@ struct RunnerCommand: AsyncParsableCommand {
     @Option(help: "Processes and threads of a stage (0: none).") var limitProcesses = 1024
     @Option(help: "What a stage may write into its workspace, GiB (0: none).") var limitWorkspaceGib: Double = 32
 
+    @Option(help: "Export a trace of every job over OTLP/HTTP to this URL (a collector's /v1/traces; default: off).")
+    var otlpEndpoint: String?
+
     func validate() throws {
         guard (1...64).contains(concurrency) else { throw ValidationError("--concurrency must be 1...64") }
         guard heartbeatSeconds >= 0.2 else { throw ValidationError("--heartbeat-seconds must be at least 0.2") }
@@ -197,9 +203,24 @@ struct RunnerCommand: AsyncParsableCommand {
         do { connection = try registry.connect() } catch { fail("\(error)") }
         let runner: Runner
         do { runner = try Runner(connection: connection, options: options, logger: logger) } catch { fail("\(error)") }
+        // Job spans (depot.job.run); the registry's spans of the job's requests are their children.
+        var tracing = TracingConfig()
+        tracing.enabled = otlpEndpoint != nil
+        tracing.endpoint = otlpEndpoint ?? tracing.endpoint
+        tracing.serviceName = "depot-runner"
+        let exporter: ServiceGroup?
+        do {
+            exporter = try Telemetry.bootstrap(tracing, logger: logger).map {
+                ServiceGroup(services: [$0], gracefulShutdownSignals: [], logger: logger)
+            }
+        } catch { fail("--otlp-endpoint: \(error)") }
+        let exporting = exporter.map { group in Task { try? await group.run() } }
         // Stop on SIGINT/SIGTERM: the current job's process group is killed with the task.
         await runUntilSignalled { await runner.run() }
         await connection.shutdown()
+        // Spans still queued are sent before the process ends.
+        await exporter?.triggerGracefulShutdown()
+        _ = await exporting?.value
     }
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import DepotClient
 import DepotCore
 import DepotServer
+import DepotTelemetry
 import Foundation
 
 struct Serve: AsyncParsableCommand {
@@ -34,7 +35,9 @@ struct Serve: AsyncParsableCommand {
                         + "and move production. Turn it on (auth.enabled: true in config/depot.yaml, see README \"Securing Depot\"), "
                         + "listen on 127.0.0.1, or pass --insecure-open")
             }
-            try await DepotService(config: settings).run()
+            // Before anything makes a span: the tracer is chosen once per process.
+            let tracing = try Telemetry.bootstrap(settings.tracing, logger: DepotService.makeLogger(settings, label: "depot.tracing"))
+            try await DepotService(config: settings).run(services: tracing.map { [$0] } ?? [])
         } catch let e as DepotError {
             fail(e.description)
         }

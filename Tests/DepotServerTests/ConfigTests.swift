@@ -23,6 +23,34 @@ import Testing
         #expect(shipped == expected)
     }
 
+    @Test func tracingKeysAreParsedAndCheckedWithTheirNames() throws {
+        let c = try load(
+            "tracing:\n  enabled: true\n  endpoint: https://collector.example:4318/v1/traces\n"
+                + "  sample_ratio: 0.25\n  service_name: depot-eu\n  timeout_seconds: 3\n")
+        #expect(c.tracing.enabled)
+        #expect(c.tracing.endpoint == "https://collector.example:4318/v1/traces")
+        #expect(c.tracing.sampleRatio == 0.25)
+        #expect(c.tracing.serviceName == "depot-eu")
+        #expect(c.tracing.timeoutSeconds == 3)
+        #expect(try load("server: {}\n").tracing == TracingConfig())
+        #expect(try ServerConfig.load(nil, environment: ["DEPOT_TRACING_ENABLED": "true"]).tracing.enabled)
+        for (bad, key) in [
+            ("tracing:\n  endpoint: collector:4318\n", "tracing.endpoint"),
+            ("tracing:\n  endpoint: ftp://collector/v1/traces\n", "tracing.endpoint"),
+            ("tracing:\n  protocol: http/json\n", "tracing.protocol"),
+            ("tracing:\n  sample_ratio: 1.5\n", "tracing.sample_ratio"),
+            ("tracing:\n  service_name: ''\n", "tracing.service_name"),
+            ("tracing:\n  timeout_seconds: 0\n", "tracing.timeout_seconds"),
+            ("tracing:\n  enabled: yes please\n", "tracing.enabled"),
+            ("tracing:\n  exporter: otlp\n", "tracing.exporter"),
+        ] {
+            do {
+                _ = try load(bad)
+                Issue.record("accepted: \(bad)")
+            } catch { #expect("\(error)".contains(key), "\(error)") }
+        }
+    }
+
     @Test func signingAndDeployPolicyKeysAreCheckedWithTheirNames() throws {
         let c = try load(
             "signing:\n  trusted_keys: {release: /k/release.pub}\ndeploy_policy:\n  production: {signed_by: [pipeline, release]}\n")

@@ -70,10 +70,14 @@ printf 'raise RuntimeError("v5 cannot start: missing weights")\n' | cat - "$T/b5
 MA="$(free_port)"; MB="$(free_port)"; PROM_PORT="$(free_port)"
 # The release manager's signing key; the registry and the nodes trust its public half.
 "$DEPOT" key generate --out "$T/release.pem" > "$T/release.pub" && ok "release signing key created" || { bad "depot key generate"; exit 1; }
+# Traces go to a collector (scripts/e2e/otlp_receiver.py); the end checks the rollouts' spans.
+OTLP_PORT="$(free_port)"
+"$PY" scripts/e2e/otlp_receiver.py "$OTLP_PORT" "$T/spans.jsonl" > "$T/otlp.log" 2>&1 & PIDS+=($!)
 cat > "$T/depot.yaml" <<EOF
 server: {listen: 127.0.0.1:$PORT, log_level: info}
 storage: {root: $T/storage}
 pipelines: {directory: ""}
+tracing: {enabled: true, endpoint: "http://127.0.0.1:$OTLP_PORT/v1/traces"}
 auth: {enabled: true}
 signing: {trusted_keys: {release: $T/release.pub}}
 deploy_policy:
@@ -288,5 +292,9 @@ DEPOT_TOKEN="$AUDITOR" "$DEPOT" audit verify >/dev/null && ok "audit chain intac
 out="$(DEPOT_TOKEN="$NODE" "$DEPOT" rollout abort "$REPO" production 2>&1)" && bad "a node token drove a rollout" || ok "a node token cannot drive rollouts"
 
 kill "$LOADGEN_PID" 2>/dev/null
+# Spans are exported in batches every few seconds: wait for the last analyses to arrive.
+traces_ok() { "$PY" scripts/e2e/check_traces.py canary "$T/spans.jsonl" > "$T/trace-summary.txt" 2>&1; }
+wait_for 30 "the rollouts' spans" traces_ok && ok "traces: $(tail -n 1 "$T/trace-summary.txt")" \
+  || bad "traces (see $T/spans.jsonl): $(cat "$T/trace-summary.txt")"
 if [[ "$failed" == 0 ]]; then echo "canary e2e: all checks passed"; else echo "canary e2e: FAILED"; fi
 exit "$failed"

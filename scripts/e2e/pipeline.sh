@@ -29,14 +29,21 @@ ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; failed=1; }
 cleanup() {
   if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; fi
+  if [[ -n "${OTLP_PID:-}" ]]; then kill "$OTLP_PID" 2>/dev/null; wait "$OTLP_PID" 2>/dev/null; fi
   if [[ "$failed" == 0 ]]; then rm -rf "$T"; else echo "(kept $T for inspection: server.log, jobs)"; fi
 }
 trap cleanup EXIT
 
+# Traces go to a collector (scripts/e2e/otlp_receiver.py: OTLP/HTTP, decoded with the
+# OpenTelemetry project's protobuf classes); the end checks that pushes, pulls and jobs are in them.
+OTLP_PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"$PY" scripts/e2e/otlp_receiver.py "$OTLP_PORT" "$T/spans.jsonl" > "$T/otlp.log" 2>&1 &
+OTLP_PID=$!
 cat > "$T/depot.yaml" <<EOF
 server: {listen: 127.0.0.1:$PORT, log_level: info}
 storage: {root: $T/storage}
 auth: {enabled: true}
+tracing: {enabled: true, endpoint: "http://127.0.0.1:$OTLP_PORT/v1/traces"}
 # Only what the pipeline built and signed may reach production (a Python-backend bundle runs its
 # model.py on every node).
 deploy_policy:
@@ -237,6 +244,9 @@ assert "token:embedded-runner" in actors, actors' && ok "stage outputs are recor
 out="$(DEPOT_TOKEN="$CI" "$DEPOT" alias set models/iris production v1-triton 2>&1)" && bad "CI moved production" || ok "a CI token cannot move production"
 
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+# The server flushed its spans on the way down (graceful shutdown of the exporter).
+"$PY" scripts/e2e/check_traces.py pipeline "$T/spans.jsonl" > "$T/trace-summary.txt" 2>&1 \
+  && ok "traces: $(tail -n 1 "$T/trace-summary.txt")" || bad "traces (see $T/spans.jsonl): $(cat "$T/trace-summary.txt")"
 if "$DEPOT" fsck --storage "$T/storage" >/dev/null; then ok "fsck clean"; else bad "fsck"; fi
 if [[ "$failed" == 0 ]]; then echo "pipeline e2e: all checks passed"; else echo "pipeline e2e: FAILED"; fi
 exit "$failed"

@@ -5,7 +5,8 @@
 #     scikit-learn, numpy<2, requests, tritonclient[http], skops (convert loads .skops models), mypy
 #     (scripts/test-hooks.sh type-checks the hooks with it, against these libraries), and the pickle
 #     scanners picklescan, modelscan and fickling (hooks/tests/test_pickle_policy.py compares Depot's
-#     pickle policy with them);
+#     pickle policy with them), and opentelemetry-proto (scripts/e2e/otlp_receiver.py decodes the
+#     traces Depot exports with the OpenTelemetry project's own classes);
 #   - the Triton server folder copied to $DEPOT_E2E_VENV/triton-server/ with the Python-backend
 #     stub that matches the venv's Python (docs: shared notes "triton-on-cpu");
 #   - Debian's libpython3.<minor> (the stub links it), installed only when missing.
@@ -32,6 +33,7 @@ REQUIREMENTS=(
   "picklescan"
   "modelscan"
   "fickling"
+  "opentelemetry-proto"
 )
 # The marker also records the layout version of triton-server/ so a change here re-copies it.
 LAYOUT="triton-server/1"
