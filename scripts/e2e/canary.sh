@@ -38,8 +38,8 @@ ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; failed=1; }
 cleanup() {
   declare -F replicas_cleanup > /dev/null && replicas_cleanup
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${PIDS[@]}"; do
+  for pid in "${PIDS[@]}" ${OTLP_PID:-}; do kill "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}" ${OTLP_PID:-}; do
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null
   done
@@ -72,7 +72,8 @@ MA="$(free_port)"; MB="$(free_port)"; PROM_PORT="$(free_port)"
 "$DEPOT" key generate --out "$T/release.pem" > "$T/release.pub" && ok "release signing key created" || { bad "depot key generate"; exit 1; }
 # Traces go to a collector (scripts/e2e/otlp_receiver.py); the end checks the rollouts' spans.
 OTLP_PORT="$(free_port)"
-"$PY" scripts/e2e/otlp_receiver.py "$OTLP_PORT" "$T/spans.jsonl" > "$T/otlp.log" 2>&1 & PIDS+=($!)
+# (Not in PIDS: PIDS[0] is the registry, which scenario (e) restarts.)
+"$PY" scripts/e2e/otlp_receiver.py "$OTLP_PORT" "$T/spans.jsonl" > "$T/otlp.log" 2>&1 & OTLP_PID=$!
 cat > "$T/depot.yaml" <<EOF
 server: {listen: 127.0.0.1:$PORT, log_level: info}
 storage: {root: $T/storage}
