@@ -65,7 +65,9 @@ public struct DepotService {
             configuration: .init(
                 address: .hostname(config.listenHost, port: config.listenPort), serverName: "depot",
                 availableConnectionsDelegate: MaximumAvailableConnections(limits.maxConnections, logger: logger)),
-            services: [
+            // Services stop in reverse order: `extra` (the trace exporter) first in the list, so it
+            // stops last and exports the other services' final spans.
+            services: extra + [
                 LeaderElection(leadership: leadership, logger: logger),
                 UploadExpiry(uploads: registry.uploads, leadership: leadership),
                 PeriodicGC(registry: registry, intervalHours: config.gcIntervalHours, logger: logger, leadership: leadership),
@@ -78,7 +80,7 @@ public struct DepotService {
                     deployments: deployments, source: metricsSource ?? PrometheusSource(baseURL: policy.prometheusURL),
                     logger: logger, leadership: leadership),
                 RouterHookService(changes: routerChanges, policy: policy, registry: registry, logger: logger),
-            ] + extra,
+            ],
             onServerRunning: onServerRunning,
             logger: logger
         )

@@ -75,28 +75,32 @@ public struct OCIResponder: HTTPResponder {
         // One server span per request, a child of the caller's (W3C `traceparent`), covering the
         // response body too: RequestTracing.swift. With tracing off it is a no-op span.
         var parent = ServiceContext.topLevel
-        InstrumentationSystem.instrument.extract(request.headers, into: &parent, using: HTTPFieldsExtractor())
+        InstrumentationSystem.instrument.extract(TraceHeaders(fields: request.headers), into: &parent, using: TraceHeadersExtractor())
         let span = startSpan(request.method.rawValue, context: parent, ofKind: .server)
+        guard span.isRecording else {
+            // Tracing off (the no-op tracer) or not sampled: nothing to end or annotate, but child
+            // spans still see the context (so an unsampled request's children are unsampled too).
+            return try await ServiceContext.$current.withValue(span.context) { try await handle(request, context, span) }
+        }
+        let traced = RequestSpan(span)
         var response: Response
         do {
             response = try await ServiceContext.$current.withValue(span.context) {
                 try await RequestTrace.$span.withValue(span) { try await handle(request, context, span) }
             }
         } catch {
-            span.recordError(error)
-            span.end()
+            traced.end(error: error)
             throw error
         }
-        guard span.isRecording else { return response }
         span.updateAttributes { a in
             a["http.response.status_code"] = Int(response.status.code)
             if let length = response.body.contentLength { a["http.response.body.size"] = length }
         }
         if response.status.code >= 500 { span.setStatus(.init(code: .error)) }
         if request.method == .head || response.body.contentLength == 0 {
-            span.end()
+            traced.end()
         } else {
-            response.body = response.body.endingSpan(span)
+            response.body = response.body.endingSpan(traced)
         }
         return response
     }
@@ -111,9 +115,9 @@ public struct OCIResponder: HTTPResponder {
         if span.isRecording {
             span.updateAttributes { a in
                 a["http.request.method"] = request.method.rawValue
-                a["url.path"] = request.uri.path
+                a["url.path"] = clientText(request.uri.path)
                 if let length = request.headers[.contentLength].flatMap({ Int($0) }) { a["http.request.body.size"] = length }
-                if let agent = request.headers[.userAgent] { a["user_agent.original"] = agent }
+                if let agent = request.headers[.userAgent] { a["user_agent.original"] = clientText(agent) }
             }
         }
         do {

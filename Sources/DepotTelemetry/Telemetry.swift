@@ -52,7 +52,7 @@ public enum Telemetry {
         guard tracing.enabled else { return nil }
         let (tracer, service) = try makeTracer(tracing, logger: logger)
         InstrumentationSystem.bootstrap(tracer)
-        logger.info("tracing: OTLP/HTTP to \(tracing.endpoint), sampling \(tracing.sampleRatio)")
+        logger.info("tracing: OTLP/HTTP to \(tracing.endpoint), sampling \(tracing.sampleRatio) (OTEL_* variables override these)")
         return service
     }
 }

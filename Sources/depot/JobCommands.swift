@@ -199,11 +199,8 @@ struct RunnerCommand: AsyncParsableCommand {
         options.sandbox.limits.processes = limitProcesses
         options.sandbox.limits.workspaceBytes = Int64(limitWorkspaceGib * Double(1 << 30))
         let logger = Logger(label: "depot-runner")
-        let connection: RegistryConnection
-        do { connection = try registry.connect() } catch { fail("\(error)") }
-        let runner: Runner
-        do { runner = try Runner(connection: connection, options: options, logger: logger) } catch { fail("\(error)") }
-        // Job spans (depot.job.run); the registry's spans of the job's requests are their children.
+        // Job spans (depot.job.run); the registry's spans of the job's requests are in their
+        // traces. Before the connection: its HTTP client takes the tracer there is when it is made.
         var tracing = TracingConfig()
         tracing.enabled = otlpEndpoint != nil
         tracing.endpoint = otlpEndpoint ?? tracing.endpoint
@@ -215,6 +212,10 @@ struct RunnerCommand: AsyncParsableCommand {
             }
         } catch { fail("--otlp-endpoint: \(error)") }
         let exporting = exporter.map { group in Task { try? await group.run() } }
+        let connection: RegistryConnection
+        do { connection = try registry.connect() } catch { fail("\(error)") }
+        let runner: Runner
+        do { runner = try Runner(connection: connection, options: options, logger: logger) } catch { fail("\(error)") }
         // Stop on SIGINT/SIGTERM: the current job's process group is killed with the task.
         await runUntilSignalled { await runner.run() }
         await connection.shutdown()

@@ -119,6 +119,24 @@ extension SpanAttributes {
         }
     }
 
+    @Test func anOversizedTraceContextIsIgnoredAndClientTextIsCut() async throws {
+        _ = TestTracer.shared.popFinishedSpans()
+        try await withRegistry { client, _, _ in
+            // A context header over 512 bytes is not parsed: the request starts a trace of its own.
+            let long = String(repeating: "a", count: 600)
+            var headers = TestTracer.headers(trace: long, parent: "caller")
+            headers[.userAgent] = String(repeating: "u", count: 4000)
+            let marker = UUID().uuidString.lowercased()
+            let r = try await client.req(.get, "/v2/team/\(marker)/tags/list", headers: headers)
+            #expect(r.status.code == 404)
+            let span = try #require(
+                TestTracer.shared.popFinishedSpans().first { $0.attributes.string("depot.repository") == "team/\(marker)" })
+            #expect(span.traceID != long)
+            #expect(span.parentSpanID == nil)
+            #expect((span.attributes.string("user_agent.original")?.count ?? 0) <= 257)
+        }
+    }
+
     @Test func theClientCarriesItsCallersTraceToTheServer() async throws {
         let tracer = TestTracer.shared
         _ = tracer.popFinishedSpans()

@@ -13,6 +13,7 @@ object per span to a file, for the scenario to check:
 import gzip
 import json
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -32,6 +33,9 @@ def value(v):
     if kind == "string_value":
         return v.string_value
     return str(v)
+
+
+lock = threading.Lock()
 
 
 def make_handler(out_path):
@@ -68,9 +72,8 @@ def make_handler(out_path):
                             "status": s.status.code,
                             "attributes": {kv.key: value(kv.value) for kv in s.attributes},
                         }))
-            with open(out_path, "a") as f:
-                for line in lines:
-                    f.write(line + "\n")
+            with lock, open(out_path, "a") as f:  # exports arrive on several threads at once
+                f.write("".join(line + "\n" for line in lines))
             reply = ExportTraceServiceResponse().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
