@@ -218,7 +218,7 @@ struct ChunkHandlers: RouteHandlers {
             }
         }
         // Re-reading and hashing every byte the recipe names, then the commit.
-        try await withSpan("depot.recipe.verify") { span in
+        try await RequestTrace.child("depot.recipe.verify") { span in
             span.attributes["depot.blob.digest"] = digest.description
             _ = try await offload { try registry.finishRecipeCommit(name, committer, expecting: digest) }
         }

@@ -74,6 +74,9 @@ public struct OCIResponder: HTTPResponder {
     public func respond(to request: Request, context: Context) async throws -> Response {
         // One server span per request, a child of the caller's (W3C `traceparent`), covering the
         // response body too: RequestTracing.swift. With tracing off it is a no-op span.
+        guard RequestTrace.traces(request) else {
+            return try await RequestTrace.untraced { try await handle(request, context, NoOpTracer.NoOpSpan(context: .topLevel)) }
+        }
         var parent = ServiceContext.topLevel
         InstrumentationSystem.instrument.extract(TraceHeaders(fields: request.headers), into: &parent, using: TraceHeadersExtractor())
         let span = startSpan(request.method.rawValue, context: parent, ofKind: .server)
@@ -97,7 +100,10 @@ public struct OCIResponder: HTTPResponder {
             if let length = response.body.contentLength { a["http.response.body.size"] = length }
         }
         if response.status.code >= 500 { span.setStatus(.init(code: .error)) }
-        if request.method == .head || response.body.contentLength == 0 {
+        // A body of at most 64 KiB (a manifest, an error) is in memory and goes out in one write
+        // with the head; wrapping it would split that into three writes (three syscalls). Only
+        // streamed bodies (blobs, chunk batches) are followed to their end.
+        if request.method == .head || (response.body.contentLength ?? .max) <= 64 << 10 {
             traced.end()
         } else {
             response.body = response.body.endingSpan(traced)

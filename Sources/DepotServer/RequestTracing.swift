@@ -1,7 +1,9 @@
 import DepotCore
 import DepotStore
+import Dispatch
 import HTTPTypes
 import Hummingbird
+import Synchronization
 import Tracing
 
 /// Distributed tracing of requests and of the server's background work, through the
@@ -13,10 +15,57 @@ import Tracing
 /// Span names and attributes follow OpenTelemetry's HTTP semantic conventions where they
 /// apply (`GET /v2/{name}/blobs/{digest}`, `http.request.method`, `http.route`,
 /// `http.response.status_code`) and are `depot.*` otherwise. docs/OBSERVABILITY.md lists them.
-enum RequestTrace {
+public enum RequestTrace {
     /// The span of the request this task serves (nil outside one), so handlers can add facts
     /// (bytes, chunks, digests) to it without passing it through every call.
     @TaskLocal static var span: (any Span)?
+
+    /// The fraction of requests without a caller's trace context that are traced (`tracing.
+    /// sample_ratio`, set by the backend's bootstrap). The coin is tossed here, before any span
+    /// exists, so an untraced request costs what it costs with tracing off: OpenTelemetry's own
+    /// sampler would first make random trace and span ids (system calls) and a span object.
+    /// A request whose caller sent `traceparent` is left to the tracer's parent-based sampler.
+    static let rootSampleRatio = Atomic<Double>(1)
+    private static let coins = Atomic<UInt64>(UInt64(truncatingIfNeeded: DispatchTime.now().uptimeNanoseconds))
+
+    /// Whether to trace a request: always with a caller's context or a ratio of 1, else by a coin
+    /// (SplitMix64 over a shared counter: cheap, and fair enough for sampling).
+    static func traces(_ request: Request) -> Bool {
+        let ratio = rootSampleRatio.load(ordering: .relaxed)
+        if ratio >= 1 || request.headers[traceparent] != nil { return true }
+        if ratio <= 0 { return false }
+        var z = coins.wrappingAdd(0x9E37_79B9_7F4A_7C15, ordering: .relaxed).newValue
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        return Double(z >> 11) / Double(1 << 53) < ratio
+    }
+
+    private static let traceparent = HTTPField.Name("traceparent")!
+
+    /// Set once by the tracing backend's bootstrap (`tracing.sample_ratio`), which also makes
+    /// the context an untraced request runs in: a caller's context saying "not sampled", so that
+    /// the spans of HTTP calls made on its behalf (AsyncHTTPClient: S3 reads, webhooks) are not
+    /// recorded as traces of their own either.
+    public static func setRootSampling(ratio: Double, unsampled: ServiceContext) {
+        rootSampleRatio.store(min(1, max(0, ratio)), ordering: .relaxed)
+        unsampledContext.withLock { $0 = unsampled }
+    }
+
+    static let unsampledContext = Mutex<ServiceContext?>(nil)
+
+    /// Serves an untraced request.
+    static func untraced<T>(_ body: () async throws -> T) async rethrows -> T {
+        guard let context = unsampledContext.withLock({ $0 }) else { return try await body() }
+        return try await ServiceContext.$current.withValue(context) { try await body() }
+    }
+
+    /// A child span of the current request's (nil outside a traced request: no span, so an
+    /// untraced request's work never starts a trace of its own).
+    static func child<T>(_ name: String, _ body: (any Span) async throws -> T) async throws -> T {
+        guard span != nil else { return try await body(NoOpTracer.NoOpSpan(context: .topLevel)) }
+        return try await withSpan(name) { try await body($0) }
+    }
 
     /// Adds attributes to the current request's span; the closure runs only while a real
     /// tracer records it.

@@ -124,7 +124,7 @@ struct UploadHandlers: RouteHandlers {
     }
 
     func acknowledge(_ session: UploadSession) async throws {
-        try await withSpan("depot.upload.checkpoint") { span in
+        try await RequestTrace.child("depot.upload.checkpoint") { span in
             try await offload { try session.checkpoint() }
             span.attributes["depot.upload.offset"] = Int(session.offset)
         }
@@ -142,7 +142,7 @@ struct UploadHandlers: RouteHandlers {
         let registry = self.registry
         // Draining the chunk workers, the digest check and the transaction that makes the blob
         // visible; its attributes say what the push stored and where its time went.
-        try await withSpan("depot.blob.finish") { span in
+        try await RequestTrace.child("depot.blob.finish") { span in
             let result = try await offload { try session.finish(expecting: digest, registry: registry) }
             if span.isRecording { span.updateAttributes { RequestTrace.attributes(of: result, into: &$0) } }
         }
@@ -151,7 +151,7 @@ struct UploadHandlers: RouteHandlers {
 
     /// `receive` inside a span: the time the body took to arrive and be handed to the writer.
     func receiveTraced(_ request: Request, into session: UploadSession) async throws {
-        try await withSpan("depot.upload.receive") { span in
+        try await RequestTrace.child("depot.upload.receive") { span in
             let from = session.offset
             defer { if span.isRecording { span.attributes["depot.upload.received_bytes"] = Int(session.offset - from) } }
             try await receive(request, into: session)

@@ -25,8 +25,15 @@ public enum Telemetry {
         c.traces.otlpExporter.endpoint = tracing.endpoint
         c.traces.otlpExporter.protocol = .httpProtobuf
         c.traces.otlpExporter.timeout = .milliseconds(Int64(tracing.timeoutSeconds * 1000))
-        c.traces.sampler =
-            tracing.sampleRatio >= 1 ? .parentBasedAlwaysOn : (.parentBasedTraceIDRatio(ratio: tracing.sampleRatio) ?? .parentBasedAlwaysOn)
+        // Requests are sampled by Depot before a span exists (RequestTrace.traces: an unsampled
+        // request then costs nothing); what reaches the tracer is recorded, unless a caller's
+        // context says not to. Background work (jobs, rollouts, scheduling) is rare: all of it.
+        c.traces.sampler = .parentBasedAlwaysOn
+        // Exports every second, up to 1,024 spans each, from a queue of 4,096 (dropping past it):
+        // the defaults (5 s, 512, 2,048) drop spans above ~400 traced requests a second.
+        c.traces.batchSpanProcessor.scheduleDelay = .seconds(1)
+        c.traces.batchSpanProcessor.maxExportBatchSize = 1024
+        c.traces.batchSpanProcessor.maxQueueSize = 4096
         c.propagators = [.traceContext]
         // Exporter failures (a collector that is down) are logged by it, never fatal to requests.
         c.diagnosticLogger = .custom(logger)
@@ -52,7 +59,16 @@ public enum Telemetry {
         guard tracing.enabled else { return nil }
         let (tracer, service) = try makeTracer(tracing, logger: logger)
         InstrumentationSystem.bootstrap(tracer)
+        // A remote parent that was not sampled (W3C flags 00); the ids are never exported.
+        var unsampled = ServiceContext.topLevel
+        tracer.extract(
+            ["traceparent": "00-0000000000000000000000000000d390-000000000000d390-00"], into: &unsampled, using: DictionaryExtractor())
+        RequestTrace.setRootSampling(ratio: tracing.sampleRatio, unsampled: unsampled)
         logger.info("tracing: OTLP/HTTP to \(tracing.endpoint), sampling \(tracing.sampleRatio) (OTEL_* variables override these)")
         return service
     }
+}
+
+private struct DictionaryExtractor: Extractor {
+    func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
 }

@@ -137,6 +137,31 @@ extension SpanAttributes {
         }
     }
 
+    @Test func theSampleRatioPicksRequestsAndACallersContextIsAlwaysFollowed() async throws {
+        _ = TestTracer.shared.popFinishedSpans()
+        defer { RequestTrace.setRootSampling(ratio: 1, unsampled: .topLevel) }
+        try await withRegistry { client, _, _ in
+            func traced(_ repo: String) -> [FinishedInMemorySpan] {
+                TestTracer.shared.popFinishedSpans().filter { $0.attributes.string("depot.repository") == repo }
+            }
+            RequestTrace.setRootSampling(ratio: 0, unsampled: .topLevel)
+            let marker = UUID().uuidString.lowercased()
+            for _ in 0..<20 { try await client.req(.get, "/v2/team/\(marker)/tags/list") }
+            #expect(traced("team/\(marker)").isEmpty)
+            // A caller that sends trace context is traced whatever the ratio (the tracer's
+            // parent-based sampler decides).
+            var headers = TestTracer.headers(trace: "trace-\(marker)", parent: "caller")
+            headers[HTTPField.Name("traceparent")!] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            try await client.req(.get, "/v2/team/\(marker)/tags/list", headers: headers)
+            #expect(traced("team/\(marker)").map(\.parentSpanID) == ["caller"])
+
+            RequestTrace.setRootSampling(ratio: 0.5, unsampled: .topLevel)
+            for _ in 0..<200 { try await client.req(.get, "/v2/team/\(marker)/tags/list") }
+            let half = traced("team/\(marker)").count
+            #expect((60...140).contains(half), "\(half) of 200 traced at a ratio of 0.5")
+        }
+    }
+
     @Test func theClientCarriesItsCallersTraceToTheServer() async throws {
         let tracer = TestTracer.shared
         _ = tracer.popFinishedSpans()
