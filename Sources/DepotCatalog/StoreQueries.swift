@@ -142,6 +142,30 @@ extension CatalogConnection {
         )
     }
 
+    /// `insertChunk` for many chunks: the same rows, in multi-row statements. A hash given twice
+    /// keeps its last location, as one statement per row would (PostgreSQL refuses a statement
+    /// that updates one row twice).
+    public func insertChunks(_ rows: [(SHA256.Value, ChunkLocation)]) throws {
+        var last: [SHA256.Value: Int] = [:]
+        for (i, row) in rows.enumerated() { last[row.0] = i }
+        let unique = last.count == rows.count ? rows : rows.indices.filter { last[rows[$0].0] == $0 }.map { rows[$0] }
+        var at = 0
+        while unique.count - at >= StoreSQL.insertBatch {
+            let group = unique[at..<(at + StoreSQL.insertBatch)]
+            var args: [SQLValue] = []
+            args.reserveCapacity(group.count * 6)
+            for (hash, loc) in group {
+                args += [
+                    .hash(hash), .int(loc.pack), .int(loc.offset), .int(Int64(loc.storedLength)), .int(Int64(loc.rawLength)),
+                    .int(Int64(loc.codec)),
+                ]
+            }
+            try runArgs(StoreSQL.insertChunks, args)
+            at += StoreSQL.insertBatch
+        }
+        for (hash, loc) in unique[at...] { try insertChunk(hash, at: loc) }
+    }
+
     /// Chunks stored in `pack`, in file order.
     public func chunks(inPack pack: Int64) throws -> [(SHA256.Value, ChunkLocation)] {
         var out: [(SHA256.Value, ChunkLocation)] = []
@@ -232,6 +256,28 @@ extension CatalogConnection {
             ON CONFLICT(blob_id, offset) DO UPDATE SET length = excluded.length, chunk_hash = excluded.chunk_hash
             """,
             .int(id), .int(entry.offset), .int(Int64(entry.length)), .hash(entry.hash))
+    }
+
+    /// `appendRecipe` for many entries, in multi-row statements (an entry given twice for the
+    /// same blob and offset keeps the last, as one statement per row would).
+    public func appendRecipes(_ rows: [(blob: Int64, entry: RecipeEntry)]) throws {
+        var last: [StoreSQL.RecipeKey: Int] = [:]
+        for (i, r) in rows.enumerated() { last[StoreSQL.RecipeKey(blob: r.blob, offset: r.entry.offset)] = i }
+        let unique =
+            last.count == rows.count
+            ? rows
+            : rows.indices.filter { last[StoreSQL.RecipeKey(blob: rows[$0].blob, offset: rows[$0].entry.offset)] == $0 }.map { rows[$0] }
+        var at = 0
+        while unique.count - at >= StoreSQL.insertBatch {
+            var args: [SQLValue] = []
+            args.reserveCapacity(StoreSQL.insertBatch * 4)
+            for r in unique[at..<(at + StoreSQL.insertBatch)] {
+                args += [.int(r.blob), .int(r.entry.offset), .int(Int64(r.entry.length)), .hash(r.entry.hash)]
+            }
+            try runArgs(StoreSQL.appendRecipes, args)
+            at += StoreSQL.insertBatch
+        }
+        for r in unique[at...] { try appendRecipe(blob: r.blob, r.entry) }
     }
 
     /// Marks a written blob complete. If a complete blob with the same digest already exists,
@@ -434,4 +480,29 @@ extension CatalogConnection {
 public struct StoreCounts: Sendable {
     public var blobs = 0, logicalBytes: Int64 = 0, chunks = 0, chunkRawBytes: Int64 = 0, chunkStoredBytes: Int64 = 0
     public var packs = 0, packBytes: Int64 = 0, writing = 0
+}
+
+/// The multi-row statements of `insertChunks` and `appendRecipes`.
+enum StoreSQL {
+    struct RecipeKey: Hashable {
+        var blob: Int64
+        var offset: Int64
+    }
+
+    /// Rows per multi-row INSERT: one statement (one round trip to PostgreSQL) per 256 rows
+    /// instead of one per row; a fixed size so SQLite caches one prepared statement per table.
+    static let insertBatch = 256
+
+    static let insertChunks =
+        "INSERT INTO chunks(hash, pack_id, offset, stored_length, raw_length, codec) VALUES "
+        + Array(repeating: "(?,?,?,?,?,?)", count: insertBatch).joined(separator: ",")
+            + """
+             ON CONFLICT(hash) DO UPDATE SET pack_id = excluded.pack_id, offset = excluded.offset,
+                stored_length = excluded.stored_length, raw_length = excluded.raw_length, codec = excluded.codec
+            """
+
+    static let appendRecipes =
+        "INSERT INTO recipes(blob_id, offset, length, chunk_hash) VALUES "
+        + Array(repeating: "(?,?,?,?)", count: insertBatch).joined(separator: ",")
+        + " ON CONFLICT(blob_id, offset) DO UPDATE SET length = excluded.length, chunk_hash = excluded.chunk_hash"
 }

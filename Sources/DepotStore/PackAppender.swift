@@ -579,16 +579,13 @@ final class PackAppender: Sendable {
                     if !missing.isEmpty { throw LostChunks(blobs: Set(recipes.filter { missing.contains($0.entry.hash) }.map(\.blob))) }
                 }
             }
-            for (hash, loc) in chunks { try conn.insertChunk(hash, at: loc) }
+            try conn.insertChunks(chunks)
             if !chunks.isEmpty { try conn.setPack(packID, committedSize: packSize) }
             if uploaded, try !conn.sealUploadedPack(packID) {
                 throw DepotError.storage("pack \(packID) was reclaimed by GC as an abandoned upload before its rows committed; retry")
             }
-            var touched = Set<Int64>()
-            for r in recipes {
-                try conn.appendRecipe(blob: r.blob, r.entry)
-                touched.insert(r.blob)
-            }
+            try conn.appendRecipes(recipes)
+            let touched = Set(recipes.map(\.blob))
             let now = Self.now()
             for id in touched where active.contains(id) { try conn.touchBlob(id, now: now) }
             return try extra(conn)
