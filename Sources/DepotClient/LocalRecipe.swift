@@ -21,8 +21,13 @@ public struct LocalRecipe: Sendable {
     var stamp: FileStamp
 
     /// Reads the file once: whole-file SHA-256 on one core while this thread cuts chunks and
-    /// hashes each (no chunk is copied). `progress` receives bytes read.
-    public static func compute(path: String, parameters: ChunkerParameters, progress: (Int) -> Void = { _ in }) throws -> LocalRecipe {
+    /// hashes each (no chunk is copied). `progress` receives bytes read. With `onGroup`, the
+    /// chunks cut so far are handed over about every `groupBytes` (and the rest at the end), so a
+    /// push can negotiate and upload them while the file is still being read.
+    public static func compute(
+        path: String, parameters: ChunkerParameters, groupBytes: Int64 = 64 << 20, onGroup: ((RecipeGroup) -> Void)? = nil,
+        progress: (Int) -> Void = { _ in }
+    ) throws -> LocalRecipe {
         let stamp = try FileStamp(path)
         let file = try PosixFile(path: path, mode: .read)
         var cutter = ChunkCutter(parameters, planner: SafetensorsBoundaryPlanner())
@@ -37,7 +42,18 @@ public struct LocalRecipe: Sendable {
         let hashing = DispatchQueue(label: "depot.client.hash")
         let wholeBox = UnsafeSendableBox(whole: SHA256())
         var offset: Int64 = 0
+        var handedOver = 0
+        var groupStart: Int64 = 0
+        func handOver(_ end: Int) {
+            guard let onGroup, end > handedOver else { return }
+            let group = RecipeGroup(
+                first: handedOver, start: groupStart, chunks: Array(chunks[handedOver..<end]), widths: Array(widths[handedOver..<end]))
+            groupStart += group.chunks.reduce(Int64(0)) { $0 + Int64($1.length) }
+            handedOver = end
+            onGroup(group)
+        }
         while true {
+            if Task.isCancelled { throw CancellationError() }
             let n = try file.readSome(into: buffer)
             if n == 0 { break }
             let block = UnsafeSendableBytes(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
@@ -56,11 +72,13 @@ public struct LocalRecipe: Sendable {
             done.wait()
             offset += Int64(n)
             progress(n)
+            if offset - groupStart - Int64(chunkLength) >= groupBytes { handOver(chunks.count) }
         }
         if let width = cutter.finish() {
             chunks.append(ChunkRef(hash: chunkHash.finalize(), length: chunkLength))
             widths.append(UInt8(width))
         }
+        handOver(chunks.count)
         guard offset == stamp.size, try FileStamp(path) == stamp else {
             throw ClientError("\(path) changed while it was being read; push it again once it is complete")
         }
@@ -74,6 +92,27 @@ public struct LocalRecipe: Sendable {
         var out = [Int64]()
         var at: Int64 = 0
         out.reserveCapacity(chunks.count)
+        for c in chunks {
+            out.append(at)
+            at += Int64(c.length)
+        }
+        return out
+    }
+}
+
+/// Consecutive chunks of a recipe being computed: the `first` chunk's index and its offset
+/// (`start`) in the file.
+public struct RecipeGroup: Sendable {
+    public var first: Int
+    public var start: Int64
+    public var chunks: [ChunkRef]
+    var widths: [UInt8]
+
+    /// The offset of each chunk in the file.
+    var offsets: [Int64] {
+        var out = [Int64]()
+        out.reserveCapacity(chunks.count)
+        var at = start
         for c in chunks {
             out.append(at)
             at += Int64(c.length)

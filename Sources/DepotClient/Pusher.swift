@@ -149,10 +149,10 @@ public final class Pusher: Sendable {
     func pushChunked(_ file: ArtifactFile, _ request: PushRequest) async throws -> FileResult {
         let repo = request.repository
         progress.working(on: file.relativePath)
-        let progress = self.progress
-        let recipe = try LocalRecipe.compute(path: file.localPath, parameters: .v1) { progress.advance(Int64($0)) }
-        if try await connection.blobExists(repo, recipe.digest) {
-            progress.advance(recipe.size, saved: recipe.size)
+        // The file is read once: its chunks are negotiated and the missing ones uploaded, a group
+        // at a time, while the rest is still being cut and hashed.
+        let (recipe, firstSent, firstBytes) = try await computeAndUpload(file, request)
+        if firstSent == 0, try await connection.blobExists(repo, recipe.digest) {
             progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) already there")
             return FileResult(
                 descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
@@ -162,9 +162,11 @@ public final class Pusher: Sendable {
         var attempt = 0
         while true {
             attempt += 1
-            let missing = try await missingChunks(repo, recipe)
-            sentChunks += missing.count
-            let missingBytes = try await upload(missing, of: recipe, repo: repo, request)
+            // The first attempt's chunks went up while the file was read; a retry negotiates the
+            // whole recipe again (chunks collected by GC in between are sent again).
+            let missing = attempt == 1 ? [] : try await missingChunks(repo, recipe)
+            sentChunks += attempt == 1 ? firstSent : missing.count
+            let missingBytes = attempt == 1 ? firstBytes : try await upload(missing, of: recipe, repo: repo, request)
             let saved = recipe.size - missingBytes
             do {
                 try await connection.commitRecipe(repo, recipe.digest, chunks: recipe.chunks, chunker: recipe.chunker)
@@ -179,6 +181,89 @@ public final class Pusher: Sendable {
             } catch let e as ClientError where e.code == "DIGEST_INVALID" {
                 throw ClientError("\(file.localPath) changed while it was being pushed (\(e.message))")
             }
+        }
+    }
+
+    /// Computes the file's recipe and, as its chunks are cut (`LocalRecipe.compute`'s groups, on
+    /// a thread of their own), asks which the registry lacks and uploads those, `jobs` batches at
+    /// a time. Returns the recipe, and the chunks and raw bytes sent.
+    func computeAndUpload(_ file: ArtifactFile, _ request: PushRequest) async throws -> (LocalRecipe, Int, Int64) {
+        let repo = request.repository
+        let path = file.localPath
+        let progress = self.progress
+        let connection = self.connection
+        let (groups, feed) = AsyncStream<RecipeGroup>.makeStream()
+        let computing = Task.detached {
+            defer { feed.finish() }
+            return try LocalRecipe.compute(
+                path: path, parameters: .v1, onGroup: { feed.yield($0) }, progress: { progress.advance(Int64($0)) })
+        }
+        var seen = Set<SHA256.Value>()
+        var sent = 0
+        var sentBytes: Int64 = 0
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { uploads in
+                var running = 0
+                for await group in groups {
+                    // First occurrences only: a chunk repeated in the file goes up once.
+                    let fresh = group.chunks.indices.filter { seen.insert(group.chunks[$0].hash).inserted }
+                    var lacking = Set<SHA256.Value>()
+                    var at = 0
+                    while at < fresh.count {
+                        let slice = fresh[at..<min(at + 16_384, fresh.count)].map { group.chunks[$0].hash }
+                        for h in try await connection.missingChunks(repo, slice[...]) { lacking.insert(h) }
+                        at += slice.count
+                    }
+                    let missing = fresh.filter { lacking.contains(group.chunks[$0].hash) }
+                    let groupBytes = group.chunks.reduce(Int64(0)) { $0 + Int64($1.length) }
+                    let missingBytes = missing.reduce(Int64(0)) { $0 + Int64(group.chunks[$1].length) }
+                    progress.advance(groupBytes - missingBytes, saved: groupBytes - missingBytes)
+                    sent += missing.count
+                    sentBytes += missingBytes
+                    let offsets = group.offsets
+                    var batch: [Int] = []
+                    var batchBytes = 0
+                    func flush() async throws {
+                        guard !batch.isEmpty else { return }
+                        if running >= max(1, request.jobs) {
+                            try await uploads.next()
+                            running -= 1
+                        }
+                        let items = batch.map { (offset: offsets[$0], ref: group.chunks[$0], width: group.widths[$0]) }
+                        uploads.addTask {
+                            let records = try Self.encode(items, path: path)
+                            try await Self.send(records, repo: repo, path: path, connection: connection)
+                            progress.advance(items.reduce(Int64(0)) { $0 + Int64($1.ref.length) })
+                        }
+                        running += 1
+                        batch = []
+                        batchBytes = 0
+                    }
+                    for k in missing {
+                        if batchBytes + group.chunks[k].length > request.batchBytes { try await flush() }
+                        batch.append(k)
+                        batchBytes += group.chunks[k].length
+                    }
+                    try await flush()
+                }
+                try await uploads.waitForAll()
+            }
+        } catch {
+            computing.cancel()
+            _ = try? await computing.value
+            throw error
+        }
+        return (try await computing.value, sent, sentBytes)
+    }
+
+    /// Uploads encoded chunk records.
+    static func send(_ records: [UInt8], repo: String, path: String, connection: RegistryConnection) async throws {
+        do {
+            try await connection.uploadChunkRecords(repo, records)
+        } catch let e as ClientError where e.code == "DIGEST_INVALID" {
+            // The server hashes every chunk: bytes that differ from the recipe's hash mean
+            // the file was rewritten after it was read.
+            throw ClientError("\(path) changed while it was being pushed (\(e.message))")
         }
     }
 
@@ -220,15 +305,10 @@ public final class Pusher: Sendable {
         progress.advance(recipe.size - total, saved: recipe.size - total)
         let connection = self.connection
         let progress = self.progress
+        let path = recipe.path
         _ = try await forEachConcurrently(batches.filter { !$0.isEmpty }, limit: request.jobs) { batch in
-            let records = try Self.encode(batch, recipe: recipe, offsets: offsets)
-            do {
-                try await connection.uploadChunkRecords(repo, records)
-            } catch let e as ClientError where e.code == "DIGEST_INVALID" {
-                // The server hashes every chunk: bytes that differ from the recipe's hash mean
-                // the file was rewritten after it was read.
-                throw ClientError("\(recipe.path) changed while it was being pushed (\(e.message))")
-            }
+            let records = try Self.encode(batch.map { (offset: offsets[$0], ref: recipe.chunks[$0], width: recipe.widths[$0]) }, path: path)
+            try await Self.send(records, repo: repo, path: path, connection: connection)
             progress.advance(batch.reduce(Int64(0)) { $0 + Int64(recipe.chunks[$1].length) })
         }
         return total
@@ -236,22 +316,22 @@ public final class Pusher: Sendable {
 
     /// Reads and encodes a batch of chunks. Records carry the hashes of the first read; the
     /// server verifies each against the bytes, which catches a file rewritten in between.
-    static func encode(_ batch: [Int], recipe: LocalRecipe, offsets: [Int64]) throws -> [UInt8] {
-        let file = try PosixFile(path: recipe.path, mode: .read)
+    static func encode(_ batch: [(offset: Int64, ref: ChunkRef, width: UInt8)], path: String) throws -> [UInt8] {
+        let file = try PosixFile(path: path, mode: .read)
         let codec = ChunkRecordCodec()
         var out: [UInt8] = []
-        out.reserveCapacity(batch.reduce(0) { $0 + recipe.chunks[$1].length + ChunkRecords.headerSize })
+        out.reserveCapacity(batch.reduce(0) { $0 + $1.ref.length + ChunkRecords.headerSize })
         var buffer = [UInt8](repeating: 0, count: ChunkerParameters.v1.maxSize)
-        for i in batch {
-            let c = recipe.chunks[i]
+        for item in batch {
+            let c = item.ref
             try buffer.withUnsafeMutableBytes { b in
                 let chunk = UnsafeMutableRawBufferPointer(rebasing: b[0..<c.length])
                 do {
-                    try file.read(into: chunk, at: offsets[i])
+                    try file.read(into: chunk, at: item.offset)
                 } catch {
-                    throw ClientError("\(recipe.path) changed while it was being pushed (it is shorter now)")
+                    throw ClientError("\(path) changed while it was being pushed (it is shorter now)")
                 }
-                try codec.append(UnsafeRawBufferPointer(chunk), hash: c.hash, elementWidth: Int(recipe.widths[i]), to: &out)
+                try codec.append(UnsafeRawBufferPointer(chunk), hash: c.hash, elementWidth: Int(item.width), to: &out)
             }
         }
         return out
@@ -262,7 +342,7 @@ public final class Pusher: Sendable {
     func pushWhole(_ file: ArtifactFile, _ request: PushRequest) async throws -> FileResult {
         progress.working(on: file.relativePath)
         let progress = self.progress
-        let recipe = try LocalRecipe.compute(path: file.localPath, parameters: .v1) { progress.advance(Int64($0)) }
+        let recipe = try LocalRecipe.compute(path: file.localPath, parameters: .v1, progress: { progress.advance(Int64($0)) })
         if try await connection.blobExists(request.repository, recipe.digest) {
             progress.advance(recipe.size, saved: recipe.size)
             progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) already there")

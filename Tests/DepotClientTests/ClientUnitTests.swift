@@ -129,7 +129,7 @@ import Testing
         let path = dir.path + "/w.bin"
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         var read = 0
-        let recipe = try LocalRecipe.compute(path: path, parameters: .v1) { read += $0 }
+        let recipe = try LocalRecipe.compute(path: path, parameters: .v1, progress: { read += $0 })
         #expect(read == bytes.count)
         #expect(recipe.digest == Digest.of(bytes) && recipe.size == Int64(bytes.count))
         #expect(recipe.chunks.reduce(0) { $0 + $1.length } == bytes.count)
@@ -144,6 +144,27 @@ import Testing
         try w.write(bytes)
         let stored = try w.finish()
         #expect(stored.digest == recipe.digest && stored.chunks == recipe.chunks.count, "the same boundaries, so chunks dedupe")
+    }
+
+    /// A push negotiates chunks while the file is read: the groups handed over while computing
+    /// are the recipe's chunks, in order, each at its offset in the file, none twice or left out.
+    @Test func aRecipeHandsOverItsChunksInGroupsAsTheFileIsRead() throws {
+        let dir = TempDir("depot-recipe")
+        let bytes = randomBytes(40 << 20, seed: 22)
+        let path = dir.path + "/w.bin"
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        var groups: [RecipeGroup] = []
+        let recipe = try LocalRecipe.compute(path: path, parameters: .v1, groupBytes: 8 << 20, onGroup: { groups.append($0) })
+        #expect(groups.count >= 4, "a group about every 8 MiB of a 40 MiB file")
+        #expect(groups.flatMap(\.chunks) == recipe.chunks)
+        var next = 0
+        var offset: Int64 = 0
+        for g in groups {
+            #expect(g.first == next && g.start == offset && !g.chunks.isEmpty)
+            next += g.chunks.count
+            offset += g.chunks.reduce(Int64(0)) { $0 + Int64($1.length) }
+        }
+        #expect(offset == Int64(bytes.count))
     }
 }
 
