@@ -26,7 +26,7 @@ public struct LocalRecipe: Sendable {
     /// push can negotiate and upload them while the file is still being read.
     public static func compute(
         path: String, parameters: ChunkerParameters, groupBytes: Int64 = 64 << 20, onGroup: ((RecipeGroup) -> Void)? = nil,
-        progress: (Int) -> Void = { _ in }
+        isCancelled: () -> Bool = { Task.isCancelled }, progress: (Int) -> Void = { _ in }
     ) throws -> LocalRecipe {
         let stamp = try FileStamp(path)
         let file = try PosixFile(path: path, mode: .read)
@@ -53,7 +53,7 @@ public struct LocalRecipe: Sendable {
             onGroup(group)
         }
         while true {
-            if Task.isCancelled { throw CancellationError() }
+            if isCancelled() { throw CancellationError() }
             let n = try file.readSome(into: buffer)
             if n == 0 { break }
             let block = UnsafeSendableBytes(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))

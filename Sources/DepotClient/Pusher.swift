@@ -151,8 +151,9 @@ public final class Pusher: Sendable {
         progress.working(on: file.relativePath)
         // The file is read once: its chunks are negotiated and the missing ones uploaded, a group
         // at a time, while the rest is still being cut and hashed.
-        let (recipe, firstSent, firstBytes) = try await computeAndUpload(file, request)
-        if firstSent == 0, try await connection.blobExists(repo, recipe.digest) {
+        let first = try await computeAndUpload(file, request)
+        let recipe = first.recipe
+        if first.alreadyThere {
             progress.finish("\(file.relativePath): \(TransferProgress.bytes(recipe.size)) already there")
             return FileResult(
                 descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
@@ -165,13 +166,14 @@ public final class Pusher: Sendable {
             // The first attempt's chunks went up while the file was read; a retry negotiates the
             // whole recipe again (chunks collected by GC in between are sent again).
             let missing = attempt == 1 ? [] : try await missingChunks(repo, recipe)
-            sentChunks += attempt == 1 ? firstSent : missing.count
-            let missingBytes = attempt == 1 ? firstBytes : try await upload(missing, of: recipe, repo: repo, request)
+            let sentNow = attempt == 1 ? first.sent : missing.count
+            sentChunks += sentNow
+            let missingBytes = attempt == 1 ? first.sentBytes : try await upload(missing, of: recipe, repo: repo, request)
             let saved = recipe.size - missingBytes
             do {
                 try await connection.commitRecipe(repo, recipe.digest, chunks: recipe.chunks, chunker: recipe.chunker)
                 progress.finish(
-                    "\(file.relativePath): \(TransferProgress.bytes(recipe.size)), sent \(missing.count) of \(recipe.chunks.count) chunks (\(TransferProgress.bytes(missingBytes))), \(TransferProgress.bytes(saved)) deduplicated"
+                    "\(file.relativePath): \(TransferProgress.bytes(recipe.size)), sent \(sentNow) of \(recipe.chunks.count) chunks (\(TransferProgress.bytes(missingBytes))), \(TransferProgress.bytes(saved)) deduplicated"
                 )
                 return FileResult(
                     descriptor: descriptor(file, recipe.digest, recipe.size), digest: recipe.digest, size: recipe.size,
@@ -184,76 +186,136 @@ public final class Pusher: Sendable {
         }
     }
 
-    /// Computes the file's recipe and, as its chunks are cut (`LocalRecipe.compute`'s groups, on
-    /// a thread of their own), asks which the registry lacks and uploads those, `jobs` batches at
-    /// a time. Returns the recipe, and the chunks and raw bytes sent.
-    func computeAndUpload(_ file: ArtifactFile, _ request: PushRequest) async throws -> (LocalRecipe, Int, Int64) {
+    struct ReadAndSent {
+        var recipe: LocalRecipe
+        /// Chunks and raw bytes uploaded.
+        var sent: Int
+        var sentBytes: Int64
+        /// The registry had the whole file in the repository already (nothing was uploaded).
+        var alreadyThere: Bool
+    }
+
+    /// Computes the file's recipe on a thread of its own and, as its chunks are cut
+    /// (`LocalRecipe.compute`'s groups), asks which the registry lacks and uploads those, `jobs`
+    /// batches at a time. When nothing of the first group (~64 MiB) is missing the file may be
+    /// stored already (a re-push): the rest waits for the digest and one HEAD settles it, as
+    /// before uploads overlapped reading (negotiating every chunk of a stored file costs the
+    /// registry more than one HEAD), or else is negotiated then.
+    func computeAndUpload(_ file: ArtifactFile, _ request: PushRequest) async throws -> ReadAndSent {
         let repo = request.repository
         let path = file.localPath
         let progress = self.progress
         let connection = self.connection
         let (groups, feed) = AsyncStream<RecipeGroup>.makeStream()
-        let computing = Task.detached {
-            defer { feed.finish() }
-            return try LocalRecipe.compute(
-                path: path, parameters: .v1, onGroup: { feed.yield($0) }, progress: { progress.advance(Int64($0)) })
+        let stop = Locked(false)
+        // A thread, not a task: reading and hashing block for the whole file, and the uploads
+        // need the concurrency pool's threads meanwhile (two on a 2-core machine).
+        let computing = Task<LocalRecipe, any Error> {
+            try await withCheckedThrowingContinuation { continuation in
+                let thread = Thread {
+                    defer { feed.finish() }
+                    continuation.resume(
+                        with: Result {
+                            try LocalRecipe.compute(
+                                path: path, parameters: .v1, onGroup: { feed.yield($0) }, isCancelled: { stop.withLock { $0 } },
+                                progress: { progress.advance(Int64($0)) })
+                        })
+                }
+                thread.name = "depot-push-read"
+                thread.start()
+            }
         }
         var seen = Set<SHA256.Value>()
         var sent = 0
         var sentBytes: Int64 = 0
+        var alreadyThere = false
         do {
-            try await withThrowingTaskGroup(of: Void.self) { uploads in
-                var running = 0
-                for await group in groups {
-                    // First occurrences only: a chunk repeated in the file goes up once.
-                    let fresh = group.chunks.indices.filter { seen.insert(group.chunks[$0].hash).inserted }
-                    var lacking = Set<SHA256.Value>()
-                    var at = 0
-                    while at < fresh.count {
-                        let slice = fresh[at..<min(at + 16_384, fresh.count)].map { group.chunks[$0].hash }
-                        for h in try await connection.missingChunks(repo, slice[...]) { lacking.insert(h) }
-                        at += slice.count
-                    }
-                    let missing = fresh.filter { lacking.contains(group.chunks[$0].hash) }
-                    let groupBytes = group.chunks.reduce(Int64(0)) { $0 + Int64($1.length) }
-                    let missingBytes = missing.reduce(Int64(0)) { $0 + Int64(group.chunks[$1].length) }
-                    progress.advance(groupBytes - missingBytes, saved: groupBytes - missingBytes)
-                    sent += missing.count
-                    sentBytes += missingBytes
-                    let offsets = group.offsets
-                    var batch: [Int] = []
-                    var batchBytes = 0
-                    func flush() async throws {
-                        guard !batch.isEmpty else { return }
-                        if running >= max(1, request.jobs) {
-                            try await uploads.next()
-                            running -= 1
+            try await withTaskCancellationHandler {
+                try await withThrowingTaskGroup(of: Void.self) { uploads in
+                    var running = 0
+                    func negotiate(_ group: RecipeGroup) async throws -> Int {
+                        // First occurrences only: a chunk repeated in the file goes up once.
+                        let fresh = group.chunks.indices.filter { seen.insert(group.chunks[$0].hash).inserted }
+                        let asked = Set(fresh.map { group.chunks[$0].hash })
+                        var lacking = Set<SHA256.Value>()
+                        var at = 0
+                        while at < fresh.count {
+                            let slice = fresh[at..<min(at + 16_384, fresh.count)].map { group.chunks[$0].hash }
+                            for h in try await connection.missingChunks(repo, slice[...]) {
+                                guard asked.contains(h) else { throw ClientError("the registry reported a chunk this file does not have") }
+                                lacking.insert(h)
+                            }
+                            at += slice.count
                         }
-                        let items = batch.map { (offset: offsets[$0], ref: group.chunks[$0], width: group.widths[$0]) }
-                        uploads.addTask {
-                            let records = try Self.encode(items, path: path)
-                            try await Self.send(records, repo: repo, path: path, connection: connection)
-                            progress.advance(items.reduce(Int64(0)) { $0 + Int64($1.ref.length) })
+                        let missing = fresh.filter { lacking.contains(group.chunks[$0].hash) }
+                        let groupBytes = group.chunks.reduce(Int64(0)) { $0 + Int64($1.length) }
+                        let missingBytes = missing.reduce(Int64(0)) { $0 + Int64(group.chunks[$1].length) }
+                        progress.advance(groupBytes - missingBytes, saved: groupBytes - missingBytes)
+                        sent += missing.count
+                        sentBytes += missingBytes
+                        let offsets = group.offsets
+                        var batch: [Int] = []
+                        var batchBytes = 0
+                        func flush() async throws {
+                            guard !batch.isEmpty else { return }
+                            if running >= max(1, request.jobs) {
+                                try await uploads.next()
+                                running -= 1
+                            }
+                            let items = batch.map { (offset: offsets[$0], ref: group.chunks[$0], width: group.widths[$0]) }
+                            uploads.addTask {
+                                let records = try Self.encode(items, path: path)
+                                try await Self.send(records, repo: repo, path: path, connection: connection)
+                                progress.advance(items.reduce(Int64(0)) { $0 + Int64($1.ref.length) })
+                            }
+                            running += 1
+                            batch = []
+                            batchBytes = 0
                         }
-                        running += 1
-                        batch = []
-                        batchBytes = 0
+                        for k in missing {
+                            if batchBytes + group.chunks[k].length > request.batchBytes { try await flush() }
+                            batch.append(k)
+                            batchBytes += group.chunks[k].length
+                        }
+                        try await flush()
+                        return missing.count
                     }
-                    for k in missing {
-                        if batchBytes + group.chunks[k].length > request.batchBytes { try await flush() }
-                        batch.append(k)
-                        batchBytes += group.chunks[k].length
+                    var deferring = false
+                    var deferred: [RecipeGroup] = []
+                    var firstGroup = true
+                    for await group in groups {
+                        if deferring {
+                            deferred.append(group)
+                            continue
+                        }
+                        let missing = try await negotiate(group)
+                        // Nothing of the first group missing: maybe the whole file is stored.
+                        if firstGroup && missing == 0 { deferring = true }
+                        firstGroup = false
                     }
-                    try await flush()
+                    try Task.checkCancellation()
+                    if deferring {
+                        // One HEAD once the digest is known, else the negotiation that waited.
+                        let recipe = try await computing.value
+                        if sent == 0, try await connection.blobExists(repo, recipe.digest) {
+                            alreadyThere = true
+                            let rest = deferred.reduce(Int64(0)) { t, g in g.chunks.reduce(t) { $0 + Int64($1.length) } }
+                            progress.advance(rest, saved: rest)
+                        } else {
+                            for g in deferred { _ = try await negotiate(g) }
+                        }
+                    }
+                    try await uploads.waitForAll()
                 }
-                try await uploads.waitForAll()
+            } onCancel: {
+                stop.withLock { $0 = true }
             }
         } catch {
-            computing.cancel()
+            stop.withLock { $0 = true }
             _ = try? await computing.value
             throw error
         }
-        return (try await computing.value, sent, sentBytes)
+        return ReadAndSent(recipe: try await computing.value, sent: sent, sentBytes: sentBytes, alreadyThere: alreadyThere)
     }
 
     /// Uploads encoded chunk records.

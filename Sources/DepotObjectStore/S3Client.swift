@@ -123,6 +123,10 @@ public final class S3Client: Sendable {
         config.timeout = .init(connect: .seconds(10), read: .seconds(settings.requestTimeoutSeconds))
         config.decompression = .disabled
         config.connectionPool = .init(idleTimeout: .seconds(30))
+        // No client spans: S3 requests run on blocking threads, outside the request's trace
+        // context, so each would start a trace of its own (one per ranged GET) whatever the
+        // sampling ratio says.
+        config.tracing.tracer = nil
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
     }
 

@@ -32,7 +32,7 @@ public enum RequestTrace {
     /// (SplitMix64 over a shared counter: cheap, and fair enough for sampling).
     static func traces(_ request: Request) -> Bool {
         let ratio = rootSampleRatio.load(ordering: .relaxed)
-        if ratio >= 1 || request.headers[traceparent] != nil { return true }
+        if ratio >= 1 || request.headers[traceparent].map(isTraceparent) == true { return true }
         if ratio <= 0 { return false }
         var z = coins.wrappingAdd(0x9E37_79B9_7F4A_7C15, ordering: .relaxed).newValue
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -42,6 +42,21 @@ public enum RequestTrace {
     }
 
     private static let traceparent = HTTPField.Name("traceparent")!
+
+    /// A W3C `traceparent` a tracer would accept (`00-` 32 hex `-` 16 hex `-` 2 hex, ids not all
+    /// zero): only such a header skips the coin. A malformed one gives no parent, so honouring
+    /// it would let any client have every request recorded.
+    static func isTraceparent(_ value: String) -> Bool {
+        let b = Array(value.utf8)
+        guard b.count == 55, b[0] == UInt8(ascii: "0"), b[1] == UInt8(ascii: "0"), b[2] == UInt8(ascii: "-"), b[35] == UInt8(ascii: "-"),
+            b[52] == UInt8(ascii: "-")
+        else { return false }
+        func hex(_ r: Range<Int>) -> Bool {
+            b[r].allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
+        }
+        func zero(_ r: Range<Int>) -> Bool { b[r].allSatisfy { $0 == UInt8(ascii: "0") } }
+        return hex(3..<35) && hex(36..<52) && hex(53..<55) && !zero(3..<35) && !zero(36..<52)
+    }
 
     /// Set once by the tracing backend's bootstrap (`tracing.sample_ratio`), which also makes
     /// the context an untraced request runs in: a caller's context saying "not sampled", so that

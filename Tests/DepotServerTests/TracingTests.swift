@@ -154,6 +154,15 @@ extension SpanAttributes {
             headers[HTTPField.Name("traceparent")!] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
             try await client.req(.get, "/v2/team/\(marker)/tags/list", headers: headers)
             #expect(traced("team/\(marker)").map(\.parentSpanID) == ["caller"])
+            // A malformed traceparent gives no parent: it does not skip the coin.
+            for bad in [
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", "00-" + String(repeating: "0", count: 32) + "-00f067aa0ba902b7-01",
+                "garbage",
+            ] {
+                headers[HTTPField.Name("traceparent")!] = bad
+                try await client.req(.get, "/v2/team/\(marker)/tags/list", headers: headers)
+            }
+            #expect(traced("team/\(marker)").isEmpty)
 
             RequestTrace.setRootSampling(ratio: 0.5, unsampled: .topLevel)
             for _ in 0..<200 { try await client.req(.get, "/v2/team/\(marker)/tags/list") }
