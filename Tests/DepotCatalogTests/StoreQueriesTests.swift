@@ -39,5 +39,11 @@ import Testing
         // Fewer rows than one statement: the per-row path.
         try db.write { try $0.insertChunks([(hash(n), loc(n))]) }
         #expect(try db.read { try $0.chunkLocation(hash(n)) } == loc(n))
+        // The counters the triggers keep (what /metrics and `depot stats` read) agree with a scan:
+        // a multi-row upsert fires them per row, as single statements do.
+        let (kept, scanned) = try db.read { (try $0.storeCounters(), try $0.storeCounts()) }
+        #expect(kept.chunks == n + 1 && scanned.chunks == n + 1)
+        #expect(kept.chunkRawBytes == scanned.chunkRawBytes && kept.chunkStoredBytes == scanned.chunkStoredBytes)
+        #expect(kept.chunkRawBytes == (0...n).reduce(Int64(0)) { $0 + Int64(100 + $1) })
     }
 }
