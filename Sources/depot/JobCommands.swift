@@ -170,6 +170,9 @@ struct RunnerCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (1...64).contains(concurrency) else { throw ValidationError("--concurrency must be 1...64") }
+        if let otlpEndpoint, let problem = TracingConfig.endpointProblem(otlpEndpoint) {
+            throw ValidationError("--otlp-endpoint \(problem)")
+        }
         guard heartbeatSeconds >= 0.2 else { throw ValidationError("--heartbeat-seconds must be at least 0.2") }
         guard SandboxMode(rawValue: sandbox) != nil else { throw ValidationError("--sandbox must be bubblewrap or off") }
         guard [limitMemoryGib, limitFileSizeGib, limitWorkspaceGib].allSatisfy({ $0 >= 0 }), limitCpuSeconds >= 0, limitProcesses >= 0

@@ -171,6 +171,12 @@ extension SpanAttributes {
         }
     }
 
+    @Test func theRunnersCollectorURLIsCheckedAsTheConfigFilesIs() async throws {
+        let r = try await run(ClientProcessTests.depot, ["runner", "--otlp-endpoint", "collector:4318"])
+        #expect(r.status == 2, "\(r.output)")
+        #expect(r.output.contains("--otlp-endpoint must be an http:// or https:// URL"), "\(r.output)")
+    }
+
     @Test func theClientCarriesItsCallersTraceToTheServer() async throws {
         let tracer = TestTracer.shared
         _ = tracer.popFinishedSpans()
