@@ -15,8 +15,36 @@ import Foundation
 /// events cursor): transactional, and its row lock orders appenders in commit order.
 enum PostgresSchema {
     static let steps: [(version: Int64, sql: String)] = [
-        (11, baseline), (12, uploadSessions), (13, artifactFacts), (14, digestBytes),
+        (11, baseline), (12, uploadSessions), (13, artifactFacts), (14, digestBytes), (15, casts),
     ]
+
+    /// Migration 15 (`Schema.migrations[14]`): cast-aware deduplication (see there).
+    static let casts = """
+        CREATE TABLE chunk_casts(
+            hash BYTEA PRIMARY KEY,
+            raw_length BIGINT NOT NULL,
+            kind BIGINT NOT NULL,
+            skip BIGINT NOT NULL,
+            source_offset BIGINT NOT NULL,
+            created_at BIGINT NOT NULL
+        );
+        CREATE TABLE chunk_cast_sources(
+            hash BYTEA NOT NULL,
+            seq BIGINT NOT NULL,
+            source_hash BYTEA NOT NULL,
+            PRIMARY KEY(hash, seq)
+        );
+        CREATE INDEX chunk_cast_sources_by_source ON chunk_cast_sources(source_hash);
+        CREATE TABLE tensor_prints(
+            print BYTEA NOT NULL,
+            blob_id BIGINT NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+            data_offset BIGINT NOT NULL,
+            PRIMARY KEY(print, blob_id, data_offset)
+        );
+        CREATE INDEX tensor_prints_by_blob ON tensor_prints(blob_id);
+        ALTER TABLE blobs ADD COLUMN casts_scanned BIGINT NOT NULL DEFAULT 0;
+        CREATE INDEX blobs_cast_unscanned ON blobs(id) WHERE casts_scanned = 0;
+        """
 
     /// Migration 14 (`Schema.migrations[13]`): the feature tables' digests become the 32 bytes
     /// every other digest column holds (see there); text that is not a digest becomes its UTF-8

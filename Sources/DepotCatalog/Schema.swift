@@ -635,6 +635,38 @@ enum Schema {
         CREATE UNIQUE INDEX one_active_rollout ON rollouts(deployment_id) WHERE state IN ('running', 'paused');
         CREATE INDEX served_by_digest ON served_intervals(digest, from_at);
         """,
+        // 15: cast-aware deduplication (DepotStore/CastChunks.swift). A chunk of an fp16/bf16
+        // tensor that is an exact cast of stored fp32 bytes has no record in a pack: its row is in
+        // `chunk_casts` (instead of `chunks`), and its sources, read in `seq` order, are chunks
+        // in `chunks` (never casts themselves), kept by GC while the cast is. `tensor_prints`
+        // pairs the tensors of scanned blobs with the fp32 tensors they may be casts of; a
+        // blob's prints go with it. `casts_scanned`: the blob was looked at (1) or not yet (0).
+        """
+        CREATE TABLE chunk_casts(
+            hash BLOB PRIMARY KEY,                      -- sha256 of the chunk (what recipes name)
+            raw_length INTEGER NOT NULL,
+            kind INTEGER NOT NULL,                      -- CastKind: 1 fp32 -> fp16, 2 fp32 -> bf16
+            skip INTEGER NOT NULL,                      -- bytes of the first cast value before the chunk (0 or 1)
+            source_offset INTEGER NOT NULL,             -- where the first value starts in the first source
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE chunk_cast_sources(
+            hash BLOB NOT NULL,                         -- the cast chunk
+            seq INTEGER NOT NULL,
+            source_hash BLOB NOT NULL,                  -- a chunk in `chunks`
+            PRIMARY KEY(hash, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX chunk_cast_sources_by_source ON chunk_cast_sources(source_hash);
+        CREATE TABLE tensor_prints(
+            print BLOB NOT NULL,                        -- TensorPrint: 16 bytes
+            blob_id INTEGER NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+            data_offset INTEGER NOT NULL,               -- of the fp32 tensor's data in the blob
+            PRIMARY KEY(print, blob_id, data_offset)
+        ) WITHOUT ROWID;
+        CREATE INDEX tensor_prints_by_blob ON tensor_prints(blob_id);
+        ALTER TABLE blobs ADD COLUMN casts_scanned INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX blobs_cast_unscanned ON blobs(id) WHERE casts_scanned = 0;
+        """,
     ]
 
     static func migrate(_ conn: SQLiteConnection) throws {

@@ -117,14 +117,18 @@ extension CatalogConnection {
         }
     }
 
-    /// Which of `hashes` have no chunk row.
+    /// Which of `hashes` have no chunk row, plain or cast.
     public func missingChunks(_ hashes: Set<SHA256.Value>) throws -> Set<SHA256.Value> {
         var missing = hashes
         let all = Array(hashes)
         for start in stride(from: 0, to: all.count, by: 256) {
             let group = all[start..<min(all.count, start + 256)]
             let marks = Array(repeating: "?", count: group.count).joined(separator: ",")
-            try queryArgs("SELECT hash FROM chunks WHERE hash IN (\(marks))", group.map { .hash($0) }) {
+            // A cast chunk (`chunk_casts`) is as present as a plain one.
+            try queryArgs(
+                "SELECT hash FROM chunks WHERE hash IN (\(marks)) UNION ALL SELECT hash FROM chunk_casts WHERE hash IN (\(marks))",
+                group.map { .hash($0) } + group.map { .hash($0) }
+            ) {
                 if let h = $0.hash(0) { missing.remove(h) }
             }
         }
@@ -218,16 +222,17 @@ extension CatalogConnection {
         return changes
     }
 
-    /// Deletes index rows of chunks that no recipe names; returns (count, stored bytes).
+    /// Deletes index rows of chunks that no recipe and no cast chunk (`chunk_cast_sources`) names;
+    /// returns (count, stored bytes).
     public func deleteUnreferencedChunks() throws -> (count: Int, bytes: Int64) {
+        let unreferenced = """
+            NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = chunks.hash)
+            AND NOT EXISTS (SELECT 1 FROM chunk_cast_sources s WHERE s.source_hash = chunks.hash)
+            """
         let stats =
-            try first(
-                """
-                SELECT COUNT(*), COALESCE(SUM(stored_length), 0) FROM chunks
-                WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = chunks.hash)
-                """
-            ) { (Int($0.int(0)), $0.int(1)) } ?? (0, 0)
-        try run("DELETE FROM chunks WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = chunks.hash)")
+            try first("SELECT COUNT(*), COALESCE(SUM(stored_length), 0) FROM chunks WHERE " + unreferenced) { (Int($0.int(0)), $0.int(1)) }
+            ?? (0, 0)
+        try run("DELETE FROM chunks WHERE " + unreferenced)
         return stats
     }
 
@@ -353,13 +358,14 @@ extension CatalogConnection {
         }
     }
 
-    /// Recipe entries whose chunk has no index row (damage), with the blobs they belong to.
+    /// Recipe entries whose chunk has no index row, plain or cast (damage), with their blobs.
     public func recipesWithMissingChunks() throws -> [(Digest?, RecipeEntry)] {
         var out: [(Digest?, RecipeEntry)] = []
         try query(
             """
             SELECT b.digest, r.offset, r.length, r.chunk_hash FROM recipes r JOIN blobs b ON b.id = r.blob_id
             WHERE b.state = 1 AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = r.chunk_hash)
+                AND NOT EXISTS (SELECT 1 FROM chunk_casts k WHERE k.hash = r.chunk_hash)
             """
         ) {
             guard let h = $0.hash(3) else { return }

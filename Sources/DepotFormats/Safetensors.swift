@@ -238,3 +238,29 @@ public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
         return lo == 0 ? 1 : widths[lo - 1].width
     }
 }
+
+/// The tensors of a stored safetensors file, for cast-aware deduplication (`ChunkStore.deriveCasts`).
+/// Reads the 8-byte length and the header only (at most `Safetensors.plannerHeaderLimit` bytes,
+/// as the boundary planner), validated by `Safetensors.parseHeader`; anything else is "not
+/// safetensors" (nil).
+public struct SafetensorsLayout: TensorLayoutReader {
+    public init() {}
+
+    public func tensors(size: Int64, read: (Range<Int64>) throws -> [UInt8]) throws -> [TensorExtent]? {
+        guard size >= 8 else { return nil }
+        let first = try read(0..<8)
+        guard let n = first.withUnsafeBytes({ Safetensors.headerLength($0) }), n <= Safetensors.plannerHeaderLimit, Int64(8 + n) <= size
+        else { return nil }
+        guard let parsed = try? Safetensors.parseHeader(try read(8..<Int64(8 + n)), fileSize: size) else { return nil }
+        return parsed.tensors.map { t in
+            let element: TensorElement
+            switch t.dtype {
+            case "F32": element = .float32
+            case "F16": element = .float16
+            case "BF16": element = .bfloat16
+            default: element = .other
+            }
+            return TensorExtent(element: element, shape: t.shape.map { Int64($0) }, range: t.range)
+        }
+    }
+}

@@ -1,6 +1,7 @@
 import DepotAPI
 import DepotCatalog
 import DepotCore
+import DepotFormats
 import DepotStore
 import Foundation
 
@@ -31,13 +32,15 @@ extension Registry {
             return doomed.count
         }
         if deleted > 0 { cache.invalidate() }
-        let report = try store.collectGarbage(now: now)
+        // Safetensors files are scanned for fp16/bf16 tensors that are casts of stored fp32 ones.
+        let report = try store.collectGarbage(now: now, tensors: SafetensorsLayout())
         try db.write { conn in
             try conn.appendAudit(
                 at: Self.nowMillis(), actor: actor, action: "gc", repository: nil, digest: nil, tag: nil,
                 details: [
                     "manifests_deleted": JSONValue(deleted), "blobs_deleted": JSONValue(report.blobsDeleted),
                     "chunks_deleted": JSONValue(report.chunksDeleted), "pack_bytes_freed": JSONValue(report.packBytesFreed),
+                    "cast_chunks_derived": JSONValue(report.casts?.chunksDerived ?? 0),
                 ])
         }
         return RegistryGCReport(manifestsDeleted: deleted, store: report)

@@ -145,14 +145,27 @@ private final class FailureBox: Sendable {
 
 extension ChunkStore {
     /// Reads chunk `entry` and copies `output.count` bytes starting `skip` bytes into it.
-    /// A stale location (pack compacted meanwhile) is looked up again once.
-    func readChunk(_ entry: RecipeEntry, _ location: ChunkLocation?, skip: Int, into output: UnsafeMutableRawBufferPointer) throws {
+    /// A stale location (pack compacted meanwhile) is looked up again once. A chunk without a
+    /// record may be a cast (`CastChunks.swift`), decoded from its sources unless `castAllowed`
+    /// is false (reading a cast's sources: a cast never names another cast).
+    func readChunk(
+        _ entry: RecipeEntry, _ location: ChunkLocation?, skip: Int, into output: UnsafeMutableRawBufferPointer, castAllowed: Bool = true
+    ) throws {
         var loc = location
         for attempt in 0..<2 {
             if loc == nil || attempt == 1 {
                 loc = try catalog.read { try $0.chunkLocation(entry.hash) }
             }
             guard let l = loc else {
+                if castAllowed, let cast = try catalog.read({ try $0.chunkCast(entry.hash) }) {
+                    let bytes = try decodeCast(entry.hash, cast)
+                    guard skip >= 0, skip + output.count <= bytes.count else {
+                        throw DepotError.integrity(
+                            "cast chunk sha256:\(entry.hash.hex) has \(bytes.count) bytes, fewer than its recipe entry")
+                    }
+                    bytes.withUnsafeBytes { output.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[skip..<(skip + output.count)])) }
+                    return
+                }
                 throw DepotError.integrity("chunk sha256:\(entry.hash.hex) at blob offset \(entry.offset) is missing from the store")
             }
             do {

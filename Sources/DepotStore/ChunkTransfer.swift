@@ -10,7 +10,7 @@ extension ChunkStore {
             var seen = Set<SHA256.Value>()
             var missing: [SHA256.Value] = []
             for h in hashes where seen.insert(h).inserted {
-                if try conn.chunkLocation(h) == nil { missing.append(h) }
+                if try conn.chunkLength(h) == nil { missing.append(h) }
             }
             return missing
         }
@@ -37,19 +37,47 @@ extension ChunkStore {
     /// one batch. Every hash must belong to `blob`'s recipe (`chunkUnknown` otherwise). Throws
     /// `integrity` for a record whose header does not match the index (it is never sent).
     public func records<Batch: ReadBatch>(_ hashes: some Collection<SHA256.Value>, of blob: BlobRecord, as: Batch.Type) throws -> Batch {
-        let locations = try catalog.read { conn in
-            try hashes.map { h -> (SHA256.Value, ChunkLocation) in
-                guard try conn.recipeContains(blob: blob.id, h), let loc = try conn.chunkLocation(h) else {
+        let found = try catalog.read { conn in
+            try hashes.map { h -> (SHA256.Value, ChunkLocation?, CastRecord?) in
+                guard try conn.recipeContains(blob: blob.id, h) else {
                     throw DepotError.chunkUnknown("chunk sha256:\(h.hex) is not part of blob \(blob.digest)")
                 }
-                return (h, loc)
+                if let loc = try conn.chunkLocation(h) { return (h, loc, nil) }
+                guard let cast = try conn.chunkCast(h) else {
+                    throw DepotError.chunkUnknown("chunk sha256:\(h.hex) is not part of blob \(blob.digest)")
+                }
+                return (h, nil, cast)
             }
         }
-        let total = locations.reduce(0) { $0 + PackFormat.recordHeaderSize + $1.1.storedLength }
+        let locations = try found.map { (h, loc, cast) -> (SHA256.Value, TransferSource) in
+            if let loc { return (h, .pack(loc)) }
+            return (h, .cast(try decodeCast(h, cast!)))
+        }
+        let total = locations.reduce(0) { sum, item in
+            switch item.1 {
+            case .pack(let loc): return sum + PackFormat.recordHeaderSize + loc.storedLength
+            case .cast(let bytes): return sum + PackFormat.recordHeaderSize + bytes.count
+            }
+        }
         var failure: (any Error)?
         let batch = Batch(count: total) { out in
             var at = 0
-            for (hash, loc) in locations where failure == nil {
+            for (hash, source) in locations where failure == nil {
+                guard case .pack(let loc) = source else {
+                    guard case .cast(let bytes) = source else { continue }
+                    let n = PackFormat.recordHeaderSize + bytes.count
+                    bytes.withUnsafeBytes { payload in
+                        let header = PackFormat.RecordHeader(
+                            codec: .raw, rawLength: bytes.count, storedLength: bytes.count, hash: hash,
+                            checksum: PackFormat.checksum(payload))
+                        PackFormat.encode(
+                            header, into: UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + PackFormat.recordHeaderSize)]))
+                        UnsafeMutableRawBufferPointer(rebasing: out[(at + PackFormat.recordHeaderSize)..<(at + n)]).copyMemory(
+                            from: payload)
+                    }
+                    at += n
+                    continue
+                }
                 let n = PackFormat.recordHeaderSize + loc.storedLength
                 let record = UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + n)])
                 func readAt(_ loc: ChunkLocation) -> Bool {
@@ -74,6 +102,12 @@ extension ChunkStore {
         if let failure { throw failure }
         return batch
     }
+}
+
+/// A chunk `records` sends: a record in a pack, or a cast chunk's bytes (decoded, sent as a raw record).
+private enum TransferSource {
+    case pack(ChunkLocation)
+    case cast([UInt8])
 }
 
 /// Receives chunk records from a client. Each record is checked (header, CRC-32C, decoding,

@@ -39,7 +39,8 @@ public struct FsckReport: Sendable, Codable {
 }
 
 extension ChunkStore {
-    /// Verifies every indexed chunk (record header, decoding, SHA-256) and every complete blob
+    /// Verifies every indexed chunk (record header, decoding, SHA-256; a cast chunk by decoding it
+    /// from its sources) and every complete blob
     /// (recipe contiguous from 0 to its size, all chunks present, bytes hash to its digest).
     /// `verifyBlobDigests: false` skips re-hashing whole blobs (chunks are still all verified).
     /// S3 mode: without `deep`, only the objects are checked (presence and size, found on open
@@ -88,6 +89,23 @@ extension ChunkStore {
                 }
             }
             verify(batch)
+        }
+        // 1b. Cast chunks (`CastChunks.swift`): sources present and plain; when records are read,
+        // decoded and checked against their hash too.
+        for hash in try catalog.read({ try $0.castHashes() }) {
+            report.chunksChecked += 1
+            do {
+                guard let cast = try catalog.read({ try $0.chunkCast(hash) }) else { continue } // deleted by GC meanwhile
+                if readRecords {
+                    report.bytesVerified += Int64(try decodeCast(hash, cast).count)
+                } else if let s = try catalog.read({ conn in try cast.sources.first { try conn.chunkLocation($0) == nil } }) {
+                    throw DepotError.integrity("cast chunk sha256:\(hash.hex): its source chunk sha256:\(s.hex) is missing from the store")
+                }
+            } catch {
+                let reason: String
+                if case DepotError.integrity(let m) = error { reason = m } else { reason = "\(error)" }
+                damaged.withLock { $0.append((hash, reason)) }
+            }
         }
         for (hash, reason) in damaged.withLock({ $0 }).sorted(by: { $0.0 < $1.0 }) {
             let blobs = try catalog.read { try $0.blobs(containing: hash) }.map(\.description).sorted()

@@ -20,6 +20,10 @@ public struct GCReport: Sendable, Codable, Equatable {
     public var packBytesFreed: Int64 = 0
     /// Chunks compaction skipped (damaged or unreadable); every other pack was still compacted.
     public var damagedChunks: [GCDamage] = []
+    /// Cast-aware deduplication's pass before the sweep (nil when GC ran without a layout reader).
+    public var casts: CastReport?
+    /// Cast chunks (`chunk_casts`) deleted because no recipe names them any more.
+    public var castChunksDeleted = 0
 
     enum CodingKeys: String, CodingKey {
         case blobsDeleted = "blobs_deleted"
@@ -30,6 +34,8 @@ public struct GCReport: Sendable, Codable, Equatable {
         case packsDeleted = "packs_deleted"
         case packBytesFreed = "pack_bytes_freed"
         case damagedChunks = "damaged_chunks"
+        case casts
+        case castChunksDeleted = "cast_chunks_deleted"
     }
 }
 
@@ -37,19 +43,24 @@ extension ChunkStore {
     /// Mark and sweep, then compaction. Safe while writes and reads continue.
     ///
     /// Roots: blobs declared live (`retain`), writes in progress in this process, and unfinished
-    /// writes touched within the grace period. The sweep (delete unrooted blobs, then chunks no
-    /// recipe names) runs inside the appender's lock, so no writer can reference a chunk between
+    /// writes touched within the grace period. The sweep (delete unrooted blobs, then cast chunks
+    /// no recipe names, then chunks no recipe and no cast names) runs inside the appender's lock, so no writer can reference a chunk between
     /// "unreferenced" and "deleted". Compaction then copies the live records of sparse packs into
     /// the current pack, and deletes a pack file only after no index row names it.
-    /// `now`: milliseconds since 1970, like every catalog time.
-    public func collectGarbage(now: Int64? = nil) throws -> GCReport {
+    /// `now`: milliseconds since 1970, like every catalog time. With `tensors`, cast-aware
+    /// deduplication scans new blobs first (`deriveCasts`), so that compaction reclaims the records
+    /// of chunks it turned into casts in the same run.
+    public func collectGarbage(now: Int64? = nil, tensors: (any TensorLayoutReader)? = nil) throws -> GCReport {
         guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
         var report = GCReport()
+        if let tensors { report.casts = try deriveCasts(layout: tensors) }
         // The cutoff is a whole second, as when the catalog counted seconds (before migration 9): a
         // write touched in the current second is never stale, even with a grace of 0.
         let staleBefore = ((now ?? PackAppender.now()) / 1000 - options.writeGraceSeconds) * 1000
         try appender.exclusive { conn, active in
             report.blobsDeleted = try conn.deleteGarbageBlobs(staleBefore: staleBefore, active: active)
+            // Casts first: the sources of a cast that goes are then unreferenced in this sweep.
+            report.castChunksDeleted = try conn.deleteUnreferencedCasts()
             let swept = try conn.deleteUnreferencedChunks()
             report.chunksDeleted = swept.count
             report.chunkBytesFreed = swept.bytes

@@ -174,7 +174,7 @@ final class PackAppender: Sendable {
         // needed to take a reference atomically with GC's sweep, so a hit is checked again under it.
         let (pending, sweeps) = state.withLock { s in (s.pendingChunks[entry.hash] != nil || s.handedOffChunks[entry.hash] != nil, s.sweeps)
         }
-        if try pending || db.read({ try $0.chunkLocation(entry.hash) }) != nil,
+        if try pending || db.read({ try $0.chunkLength(entry.hash) }) != nil,
             try withState({ s in try referenceIfKnown(entry, blob, &s, foundBeforeSweep: pending ? nil : sweeps) })
         {
             timer?.add(.dedup, since: looked)
@@ -218,7 +218,7 @@ final class PackAppender: Sendable {
         try withState { s in
             try checkWriting(blob, &s)
             let known = s.pendingChunks[entry.hash] ?? s.handedOffChunks[entry.hash]
-            let length = try known?.rawLength ?? db.read({ try $0.chunkLocation(entry.hash) })?.rawLength
+            let length = try known?.rawLength ?? db.read({ try $0.chunkLength(entry.hash) })
             guard let length else { return false }
             guard length == entry.length else {
                 throw DepotError.invalidArgument("chunk sha256:\(entry.hash.hex) has \(length) bytes, not \(entry.length)")
@@ -263,7 +263,7 @@ final class PackAppender: Sendable {
         try checkWriting(blob, &s)
         if s.pendingChunks[entry.hash] == nil && s.handedOffChunks[entry.hash] == nil {
             let stillThere = foundBeforeSweep != nil && foundBeforeSweep == s.sweeps
-            guard try stillThere || askCatalog && (db.read({ try $0.chunkLocation(entry.hash) }) != nil) else { return false }
+            guard try stillThere || askCatalog && (db.read({ try $0.chunkLength(entry.hash) }) != nil) else { return false }
         }
         s.pendingRecipes.append((blob, entry))
         return true

@@ -1,0 +1,155 @@
+import DepotCore
+
+/// A chunk stored as the cast of stored fp32 bytes (`chunk_casts`, migration 15): its bytes are
+/// `kind.cast(sources[0..]…)` starting `sourceOffset` bytes into the first source, `skip` bytes
+/// of the first cast value dropped, `rawLength` bytes in all.
+public struct CastRecord: Sendable, Equatable {
+    public var kind: UInt8
+    public var rawLength: Int
+    public var skip: Int
+    public var sourceOffset: Int
+    /// Chunks in `chunks`, in order.
+    public var sources: [SHA256.Value]
+
+    public init(kind: UInt8, rawLength: Int, skip: Int, sourceOffset: Int, sources: [SHA256.Value]) {
+        self.kind = kind
+        self.rawLength = rawLength
+        self.skip = skip
+        self.sourceOffset = sourceOffset
+        self.sources = sources
+    }
+}
+
+/// Where an fp32 tensor whose print matched lies: in blob `blob` (complete), from `offset`.
+public struct TensorSource: Sendable, Equatable {
+    public var blob: BlobRecord
+    public var offset: Int64
+}
+
+/// Why a cast was not recorded.
+public enum CastRefusal: Sendable, Equatable {
+    /// The chunk is neither in `chunks` nor a cast any more (GC deleted it meanwhile).
+    case gone
+    /// The chunk is itself the source of a cast (a cast of a cast is never stored).
+    case isSource
+    /// A source is not a plain chunk (missing or a cast).
+    case sourceUnusable
+}
+
+/// The queries of cast-aware deduplication (`DepotStore/CastChunks.swift`).
+extension CatalogConnection {
+    /// The raw length of a stored chunk, plain or cast; nil when the store lacks it. What writers
+    /// ask before storing a chunk: a cast chunk is as present as any other.
+    public func chunkLength(_ hash: SHA256.Value) throws -> Int? {
+        try first(
+            "SELECT raw_length FROM chunks WHERE hash = ? UNION ALL SELECT raw_length FROM chunk_casts WHERE hash = ? LIMIT 1", .hash(hash),
+            .hash(hash)
+        ) { Int($0.int(0)) }
+    }
+
+    /// The cast record of `hash`, if it is stored as a cast.
+    public func chunkCast(_ hash: SHA256.Value) throws -> CastRecord? {
+        let found = try first("SELECT kind, raw_length, skip, source_offset FROM chunk_casts WHERE hash = ?", .hash(hash)) {
+            CastRecord(
+                kind: UInt8(truncatingIfNeeded: $0.int(0)), rawLength: Int($0.int(1)), skip: Int($0.int(2)), sourceOffset: Int($0.int(3)),
+                sources: [])
+        }
+        guard var record = found else { return nil }
+        try query("SELECT source_hash FROM chunk_cast_sources WHERE hash = ? ORDER BY seq", .hash(hash)) {
+            if let h = $0.hash(0) { record.sources.append(h) }
+        }
+        return record
+    }
+
+    /// Records chunk `hash` as a cast and drops its plain row (whose record becomes dead space
+    /// in its pack, for compaction). Refused when the chunk is gone, is a cast's source, or a
+    /// source is not a plain chunk. A chunk that is already a cast only loses a plain row it may
+    /// have gained since (stored twice by writers racing).
+    public func recordCast(_ hash: SHA256.Value, _ record: CastRecord, now: Int64) throws -> CastRefusal? {
+        if try first("SELECT 1 FROM chunk_casts WHERE hash = ?", .hash(hash), map: { _ in true }) == true {
+            try run("DELETE FROM chunks WHERE hash = ?", .hash(hash))
+            return nil
+        }
+        guard try chunkLocation(hash) != nil else { return .gone }
+        if try first("SELECT 1 FROM chunk_cast_sources WHERE source_hash = ? LIMIT 1", .hash(hash), map: { _ in true }) == true {
+            return .isSource
+        }
+        for s in Set(record.sources) {
+            if try s == hash || chunkLocation(s) == nil { return .sourceUnusable }
+        }
+        try run(
+            "INSERT INTO chunk_casts(hash, raw_length, kind, skip, source_offset, created_at) VALUES(?,?,?,?,?,?)", .hash(hash),
+            .int(Int64(record.rawLength)), .int(Int64(record.kind)), .int(Int64(record.skip)), .int(Int64(record.sourceOffset)), .int(now))
+        for (i, s) in record.sources.enumerated() {
+            try run("INSERT INTO chunk_cast_sources(hash, seq, source_hash) VALUES(?,?,?)", .hash(hash), .int(Int64(i)), .hash(s))
+        }
+        try run("DELETE FROM chunks WHERE hash = ?", .hash(hash))
+        return nil
+    }
+
+    /// Deletes cast chunks no recipe names (with their source rows); returns how many. Runs in
+    /// GC's sweep before `deleteUnreferencedChunks`, so their sources are free in the same sweep.
+    public func deleteUnreferencedCasts() throws -> Int {
+        try run(
+            """
+            DELETE FROM chunk_cast_sources WHERE hash IN (
+                SELECT c.hash FROM chunk_casts c WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = c.hash))
+            """)
+        try run("DELETE FROM chunk_casts WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = chunk_casts.hash)")
+        return changes
+    }
+
+    /// Every cast chunk's hash, in hash order (`depot fsck`).
+    public func castHashes() throws -> [SHA256.Value] {
+        var out: [SHA256.Value] = []
+        try query("SELECT hash FROM chunk_casts ORDER BY hash") { if let h = $0.hash(0) { out.append(h) } }
+        return out
+    }
+
+    /// Number of cast chunks and the bytes they stand for (`depot stats`).
+    public func castCounts() throws -> (chunks: Int, rawBytes: Int64) {
+        try first("SELECT COUNT(*), COALESCE(SUM(raw_length), 0) FROM chunk_casts") { (Int($0.int(0)), $0.int(1)) } ?? (0, 0)
+    }
+
+    // MARK: scanning blobs
+
+    /// Complete blobs not yet scanned for casts, oldest first.
+    public func blobsToScanForCasts(limit: Int) throws -> [BlobRecord] {
+        var out: [BlobRecord] = []
+        try query(
+            "SELECT id, digest, size, chunker FROM blobs WHERE casts_scanned = 0 AND state = 1 ORDER BY id LIMIT ?", .int(Int64(limit))
+        ) {
+            guard let h = $0.hash(1) else { return }
+            out.append(BlobRecord(id: $0.int(0), digest: Digest(bytes: h), size: $0.int(2), chunker: $0.text(3)))
+        }
+        return out
+    }
+
+    public func markScannedForCasts(blob id: Int64) throws {
+        try run("UPDATE blobs SET casts_scanned = 1 WHERE id = ?", .int(id))
+    }
+
+    /// Records that blob `blob` has an fp32 tensor at `offset` whose cast has print `print`.
+    public func addTensorPrint(_ print: [UInt8], blob: Int64, offset: Int64) throws {
+        try run(
+            "INSERT INTO tensor_prints(print, blob_id, data_offset) VALUES(?,?,?) ON CONFLICT DO NOTHING", .blob(print), .int(blob),
+            .int(offset))
+    }
+
+    /// fp32 tensors (in other complete blobs) whose cast has print `print`, at most `limit`.
+    public func tensorSources(print: [UInt8], excluding blob: Int64, limit: Int) throws -> [TensorSource] {
+        var out: [TensorSource] = []
+        try query(
+            """
+            SELECT b.id, b.digest, b.size, b.chunker, p.data_offset FROM tensor_prints p JOIN blobs b ON b.id = p.blob_id
+            WHERE p.print = ? AND p.blob_id <> ? AND b.state = 1 ORDER BY p.blob_id, p.data_offset LIMIT ?
+            """, .blob(print), .int(blob), .int(Int64(limit))
+        ) {
+            guard let h = $0.hash(1) else { return }
+            out.append(
+                TensorSource(
+                    blob: BlobRecord(id: $0.int(0), digest: Digest(bytes: h), size: $0.int(2), chunker: $0.text(3)), offset: $0.int(4)))
+        }
+        return out
+    }
+}

@@ -1,0 +1,323 @@
+import DepotCatalog
+import DepotCore
+
+/// Cast-aware deduplication: a chunk of an fp16 or bf16 tensor that is an exact cast of fp32
+/// bytes the store already has is kept as a few catalog rows (`chunk_casts`: the cast, where the
+/// first value starts, the fp32 source chunks) instead of a record in a pack, and decoded on read
+/// by casting the source bytes again and checking the result against the chunk's SHA-256.
+///
+/// Finding casts runs after blobs are committed, as the first step of GC, so neither push path
+/// pays for it: each complete blob is scanned once (`blobs.casts_scanned`). Its tensors come from
+/// a `TensorLayoutReader` (the store knows no file format). An fp32 tensor leaves a print of its
+/// cast (`TensorPrint`: kind, shape, first values) per 16-bit type; a 16-bit tensor whose print
+/// matches one is compared chunk by chunk: each of its chunks that lies inside the tensor is cast
+/// from the source's bytes and hashed, and only a chunk whose hash matches is recorded as a cast.
+/// The chunk's old record becomes dead space that compaction, later in the same GC, reclaims.
+///
+/// Invariants: a cast's sources are plain chunks (never casts: decoding never recurses); a chunk
+/// that is some cast's source is never itself made a cast; GC keeps a cast's sources while the
+/// cast is referenced (`chunk_cast_sources`), and drops a cast nothing references before it
+/// sweeps chunks. A cast is recorded in one transaction that checks all of this, so the chunk is
+/// readable, as a plain chunk or as a cast, at every moment.
+public struct CastReport: Sendable, Codable, Equatable {
+    public var blobsScanned = 0
+    /// 16-bit tensors with at least one chunk recorded as a cast.
+    public var tensorsMatched = 0
+    public var chunksDerived = 0
+    /// Raw bytes of the chunks recorded as casts (what their records held before compression).
+    public var bytesDerived: Int64 = 0
+    /// Blobs that could not be read while scanning (left as they are; `depot fsck` says why).
+    public var blobsUnreadable = 0
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case blobsScanned = "blobs_scanned"
+        case tensorsMatched = "tensors_matched"
+        case chunksDerived = "chunks_derived"
+        case bytesDerived = "bytes_derived"
+        case blobsUnreadable = "blobs_unreadable"
+    }
+}
+
+extension ChunkStore {
+    /// Sources one cast may name: a maximal 16-bit chunk spans twice its size of fp32 bytes, so
+    /// this is generous; a record naming more is treated as damaged.
+    static let maxCastSources = 256
+    /// Smallest 16-bit tensor considered, in values (the boundary planner's 16 KiB).
+    static let minCastValues = 8 << 10
+    /// fp32 tensors whose print matches that are tried per 16-bit tensor.
+    static let castCandidates = 4
+
+    // MARK: reading
+
+    /// The bytes of cast chunk `hash`: its sources read, cast, and checked against the hash.
+    func decodeCast(_ hash: SHA256.Value, _ c: CastRecord) throws -> [UInt8] {
+        let name = "cast chunk sha256:\(hash.hex)"
+        guard let kind = CastKind(rawValue: c.kind), c.rawLength > 0, c.rawLength <= options.chunker.maxSize, c.skip == 0 || c.skip == 1,
+            c.sourceOffset >= 0, !c.sources.isEmpty, c.sources.count <= Self.maxCastSources
+        else { throw DepotError.integrity("\(name): its cast record is malformed") }
+        let values = (c.skip + c.rawLength + 1) / 2
+        var source = [UInt8](repeating: 0, count: 4 * values)
+        var filled = 0
+        var skipBytes = c.sourceOffset
+        for s in c.sources where filled < source.count {
+            guard let length = try catalog.read({ try $0.chunkLocation(s) })?.rawLength else {
+                throw DepotError.integrity("\(name): its source chunk sha256:\(s.hex) is missing from the store")
+            }
+            if skipBytes >= length {
+                skipBytes -= length
+                continue
+            }
+            var bytes = [UInt8](repeating: 0, count: length)
+            try bytes.withUnsafeMutableBytes {
+                try readChunk(RecipeEntry(offset: 0, length: length, hash: s), nil, skip: 0, into: $0, castAllowed: false)
+            }
+            let take = min(length - skipBytes, source.count - filled)
+            source.replaceSubrange(filled..<(filled + take), with: bytes[skipBytes..<(skipBytes + take)])
+            filled += take
+            skipBytes = 0
+        }
+        guard filled == source.count else { throw DepotError.integrity("\(name): its sources are shorter than the cast needs") }
+        var cast = [UInt8](repeating: 0, count: 2 * values)
+        source.withUnsafeBytes { s in cast.withUnsafeMutableBytes { kind.cast(s, count: values, into: $0) } }
+        let bytes = Array(cast[c.skip..<(c.skip + c.rawLength)])
+        guard bytes.withUnsafeBytes({ SHA256.hash($0) }) == hash else {
+            throw DepotError.integrity("\(name): casting its sources does not give its hash")
+        }
+        return bytes
+    }
+
+    // MARK: finding casts
+
+    /// Scans up to `blobLimit` complete blobs not scanned yet and records the casts found (see
+    /// the type's comment). Safe while writes and reads continue; GC calls it before its sweep.
+    public func deriveCasts(layout: any TensorLayoutReader, blobLimit: Int = 64) throws -> CastReport {
+        guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
+        var report = CastReport()
+        let blobs = try catalog.read { try $0.blobsToScanForCasts(limit: blobLimit) }
+        // Every blob's prints first, so a 16-bit blob finds an fp32 blob scanned in the same pass.
+        var scanned: [(BlobRecord, [TensorExtent])] = []
+        for blob in blobs {
+            do {
+                let tensors = try castTensors(of: blob, layout: layout)
+                var prints: [([UInt8], Int64)] = []
+                for t in tensors where t.element == .float32 {
+                    let values = min(TensorPrint.elements, t.range.count / 4)
+                    let head = try bytes(of: blob, t.range.lowerBound..<(t.range.lowerBound + Int64(4 * values)))
+                    var cast = [UInt8](repeating: 0, count: 2 * values)
+                    for kind in CastKind.allCases {
+                        head.withUnsafeBytes { h in cast.withUnsafeMutableBytes { kind.cast(h, count: values, into: $0) } }
+                        prints.append(
+                            (cast.withUnsafeBytes { TensorPrint.make(kind: kind, shape: t.shape, values: $0) }, t.range.lowerBound))
+                    }
+                }
+                if !prints.isEmpty {
+                    try catalog.write { conn in for (p, offset) in prints { try conn.addTensorPrint(p, blob: blob.id, offset: offset) } }
+                }
+                scanned.append((blob, tensors))
+            } catch let e as DepotError {
+                guard case .integrity = e else { throw e }
+                report.blobsUnreadable += 1
+                scanned.append((blob, []))
+            }
+        }
+        for (blob, tensors) in scanned {
+            for t in tensors {
+                guard let kind = t.element.castKind else { continue }
+                let values = min(TensorPrint.elements, t.range.count / 2)
+                let head = try bytes(of: blob, t.range.lowerBound..<(t.range.lowerBound + Int64(2 * values)))
+                let print = head.withUnsafeBytes { TensorPrint.make(kind: kind, shape: t.shape, values: $0) }
+                let candidates = try catalog.read { try $0.tensorSources(print: print, excluding: blob.id, limit: Self.castCandidates) }
+                for source in candidates {
+                    let (chunks, bytes) = try deriveTensor(t, of: blob, kind: kind, from: source)
+                    if chunks > 0 {
+                        report.tensorsMatched += 1
+                        report.chunksDerived += chunks
+                        report.bytesDerived += bytes
+                        break
+                    }
+                }
+            }
+            try catalog.write { try $0.markScannedForCasts(blob: blob.id) }
+            report.blobsScanned += 1
+        }
+        return report
+    }
+
+    /// The tensors of `blob` that can take part in casts: fp32, fp16 or bf16, at least
+    /// `minCastValues` values, whole values, inside the blob. The layout reader's answer is not
+    /// trusted further than that.
+    private func castTensors(of blob: BlobRecord, layout: any TensorLayoutReader) throws -> [TensorExtent] {
+        let tensors: [TensorExtent]?
+        do {
+            tensors = try layout.tensors(size: blob.size) { range in try bytes(of: blob, range) }
+        } catch let e as DepotError {
+            if case .integrity = e { throw e }
+            return []
+        }
+        return (tensors ?? []).filter { t in
+            let width: Int64
+            switch t.element {
+            case .float32: width = 4
+            case .float16, .bfloat16: width = 2
+            case .other: return false
+            }
+            let length = t.range.upperBound - t.range.lowerBound
+            return t.range.lowerBound >= 0 && t.range.upperBound <= blob.size && length % width == 0
+                && length / width >= Int64(Self.minCastValues)
+        }
+    }
+
+    /// Bytes `range` of a stored blob (small reads: headers, the first values of a tensor).
+    private func bytes(of blob: BlobRecord, _ range: Range<Int64>) throws -> [UInt8] {
+        guard range.lowerBound >= 0, range.upperBound <= blob.size, range.upperBound - range.lowerBound <= 64 << 20 else {
+            throw DepotError.invalidArgument("range \(range) is outside blob \(blob.digest) or too large")
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(range.count)
+        try BlobReader<[UInt8]>(store: self, blob: blob, range: range).forEach { out += $0 }
+        return out
+    }
+
+    /// Compares the chunks of 16-bit tensor `t` of `blob` with the cast of the fp32 tensor at
+    /// `source`, recording each chunk that matches as a cast. Returns (chunks, raw bytes) recorded.
+    private func deriveTensor(_ t: TensorExtent, of blob: BlobRecord, kind: CastKind, from source: TensorSource) throws -> (Int, Int64) {
+        let values = (t.range.upperBound - t.range.lowerBound) / 2
+        let sourceRange = source.offset..<(source.offset + 4 * values)
+        guard source.offset >= 0, sourceRange.upperBound <= source.blob.size else { return (0, 0) }
+        // The tensor's chunks: entries wholly inside it that are plain chunks now.
+        var entries: [RecipeEntry] = []
+        var cursor = try catalog.read { try $0.recipeStart(blob: blob.id, containing: t.range.lowerBound) } ?? 0
+        scan: while true {
+            let page = try catalog.read { try $0.recipe(blob: blob.id, from: cursor, limit: 512) }
+            for e in page {
+                if e.offset >= t.range.upperBound { break scan }
+                if e.offset >= t.range.lowerBound && e.offset + Int64(e.length) <= t.range.upperBound { entries.append(e) }
+            }
+            guard let last = page.last, page.count == 512 else { break }
+            cursor = last.offset + 1
+        }
+        let plain = try catalog.read { conn in try entries.filter { try conn.chunkLocation($0.hash) != nil } }
+        guard !plain.isEmpty else { return (0, 0) }
+        var window = ByteWindow(reader: BlobReader<[UInt8]>(store: self, blob: source.blob, range: sourceRange))
+        var sources = RecipeCursor(store: self, blob: source.blob.id)
+        var found: [(SHA256.Value, CastRecord)] = []
+        var misses = 0
+        var cast: [UInt8] = []
+        for e in plain {
+            let r0 = e.offset - t.range.lowerBound
+            let skip = Int(r0 % 2)
+            let first = r0 / 2
+            let count = (skip + e.length + 1) / 2
+            let input = try window.bytes(4 * first, 4 * count)
+            if cast.count < 2 * count { cast = [UInt8](repeating: 0, count: 2 * count) }
+            let hash = input.withUnsafeBytes { s in
+                cast.withUnsafeMutableBytes { out -> SHA256.Value in
+                    kind.cast(s, count: count, into: out)
+                    return SHA256.hash(UnsafeRawBufferPointer(rebasing: out[skip..<(skip + e.length)]))
+                }
+            }
+            guard hash == e.hash else {
+                // Not a cast of this tensor (a print collision, or a fine-tuned copy): give up early
+                // when nothing matched at all.
+                misses += 1
+                if found.isEmpty && misses >= 8 { return (0, 0) }
+                continue
+            }
+            let start = sourceRange.lowerBound + 4 * first
+            guard let (hashes, offset) = try sources.chunks(covering: start..<(start + Int64(4 * count))),
+                hashes.count <= Self.maxCastSources
+            else { continue }
+            found.append((e.hash, CastRecord(kind: kind.rawValue, rawLength: e.length, skip: skip, sourceOffset: offset, sources: hashes)))
+        }
+        var recorded = 0
+        var bytes: Int64 = 0
+        let now = PackAppender.now()
+        for start in stride(from: 0, to: found.count, by: 256) {
+            let group = found[start..<min(found.count, start + 256)]
+            try catalog.write { conn in
+                for (hash, record) in group where try conn.recordCast(hash, record, now: now) == nil {
+                    recorded += 1
+                    bytes += Int64(record.rawLength)
+                }
+            }
+        }
+        return (recorded, bytes)
+    }
+}
+
+/// A forward-only window over a blob range: bytes are asked for at non-decreasing offsets.
+private struct ByteWindow {
+    let reader: BlobReader<[UInt8]>
+    var buffer: [UInt8] = []
+    /// Offset (relative to the reader's range) of `buffer[0]`.
+    var base: Int64 = 0
+
+    init(reader: BlobReader<[UInt8]>) { self.reader = reader }
+
+    mutating func bytes(_ from: Int64, _ count: Int) throws -> ArraySlice<UInt8> {
+        precondition(from >= base, "ByteWindow is forward-only")
+        // Drop what was read before `from` once it is most of the buffer (amortized copies).
+        let consumed = Int(min(from - base, Int64(buffer.count)))
+        if consumed > 0 && consumed >= buffer.count / 2 {
+            buffer.removeFirst(consumed)
+            base += Int64(consumed)
+        }
+        while base + Int64(buffer.count) < from + Int64(count) {
+            guard let more = try reader.next() else {
+                throw DepotError.integrity("blob \(reader.blob.digest) ended before offset \(from + Int64(count))")
+            }
+            let gap = from - base - Int64(buffer.count)
+            if gap > 0 {
+                // The buffer is empty here (dropped above): skip the batch's bytes before `from`.
+                let skip = Int(min(gap, Int64(more.count)))
+                base += Int64(buffer.count + skip)
+                buffer = Array(more[skip...])
+            } else {
+                buffer += more
+            }
+        }
+        let at = Int(from - base)
+        return buffer[at..<(at + count)]
+    }
+}
+
+/// A forward-only walk over a blob's recipe: the chunks that cover a byte range.
+private struct RecipeCursor {
+    let store: ChunkStore
+    let blob: Int64
+    var entries: [RecipeEntry] = []
+    var next: Int64 = 0
+    var done = false
+
+    init(store: ChunkStore, blob: Int64) {
+        self.store = store
+        self.blob = blob
+    }
+
+    /// The hashes of the entries covering `range` and where `range` starts in the first; nil if
+    /// the recipe does not cover it. Ranges must come in non-decreasing order.
+    mutating func chunks(covering range: Range<Int64>) throws -> ([SHA256.Value], Int)? {
+        entries.removeAll { $0.offset + Int64($0.length) <= range.lowerBound }
+        if entries.isEmpty && next < range.lowerBound {
+            next = try store.catalog.read { try $0.recipeStart(blob: blob, containing: range.lowerBound) } ?? next
+        }
+        while !done && (entries.last.map { $0.offset + Int64($0.length) < range.upperBound } ?? true) {
+            let page = try store.catalog.read { try $0.recipe(blob: blob, from: next, limit: 512) }
+            entries += page.filter { $0.offset + Int64($0.length) > range.lowerBound }
+            if let last = page.last { next = last.offset + 1 }
+            if page.count < 512 { done = true }
+        }
+        guard let first = entries.first, first.offset <= range.lowerBound else { return nil }
+        var hashes: [SHA256.Value] = []
+        var end = first.offset
+        for e in entries where e.offset < range.upperBound {
+            guard e.offset == end else { return nil }
+            hashes.append(e.hash)
+            end += Int64(e.length)
+        }
+        guard end >= range.upperBound else { return nil }
+        return (hashes, Int(range.lowerBound - first.offset))
+    }
+}
