@@ -33,7 +33,7 @@ extension Registry {
         }
         if deleted > 0 { cache.invalidate() }
         // Safetensors files are scanned for fp16/bf16 tensors that are casts of stored fp32 ones.
-        let report = try store.collectGarbage(now: now, tensors: SafetensorsLayout())
+        let report = try store.collectGarbage(now: now, tensors: store.options.castDedup ? SafetensorsLayout() : nil)
         try db.write { conn in
             try conn.appendAudit(
                 at: Self.nowMillis(), actor: actor, action: "gc", repository: nil, digest: nil, tag: nil,

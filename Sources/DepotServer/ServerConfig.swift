@@ -125,6 +125,7 @@ public struct ServerConfig: Sendable, Equatable {
         public var writeGraceHours: Double = 24
         public var compactBelow = 0.5
         public var readVerification = "checksum"
+        public var castDedup = true
     }
 
     public init() {}
@@ -137,6 +138,7 @@ public struct ServerConfig: Sendable, Equatable {
         o.compression.minSavings = store.compressionMinSavings
         o.writeGraceSeconds = Int64(store.writeGraceHours * 3600)
         o.compactBelow = store.compactBelow
+        o.castDedup = store.castDedup
         o.readVerification = ReadVerification(rawValue: store.readVerification) ?? .checksum
         if let s3 { o.recordCacheBytes = s3.cacheMiB << 20 }
         return o
@@ -273,6 +275,7 @@ public struct ServerConfig: Sendable, Equatable {
                 guard (0...1).contains(v) else { throw reader.error("storage.compact_below", "must be between 0 and 1") }
                 config.store.compactBelow = v
             }
+            if let v: Bool = try reader.value(s, "cast_dedup") { config.store.castDedup = v }
         }
         try reader.section(root, "uploads") { s in
             if let v: Double = try reader.value(s, "timeout_seconds") {
@@ -653,7 +656,7 @@ final class ConfigReader {
             ],
             "storage": [
                 "root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",
-                "compact_below", "read_verification", "gc_interval_hours", "backend", "s3",
+                "compact_below", "read_verification", "gc_interval_hours", "backend", "s3", "cast_dedup",
             ],
             "uploads": [
                 "timeout_seconds", "max_lifetime_seconds", "max_sessions", "max_sessions_per_client", "min_bytes_per_second",

@@ -192,10 +192,12 @@ public final class ChunkStore: Sendable {
     /// by the catalog's triggers are read, in constant time (`/metrics`).
     public func stats(exact: Bool = true) throws -> StoreStats {
         let c = try catalog.read { exact ? try $0.storeCounts() : try $0.storeCounters() }
-        return StoreStats(
+        var stats = StoreStats(
             blobs: c.blobs, logicalBytes: c.logicalBytes, storedBytes: c.packBytes,
             chunks: c.chunks, chunkBytes: c.chunkRawBytes, chunkStoredBytes: c.chunkStoredBytes,
             packs: c.packs, unfinishedWrites: c.writing)
+        if exact { (stats.castChunks, stats.castChunkBytes) = try catalog.read { try $0.castCounts() } }
+        return stats
     }
 }
 
@@ -212,6 +214,10 @@ public struct StoreStats: Sendable, Codable, Equatable {
     public var chunkStoredBytes: Int64
     public var packs: Int
     public var unfinishedWrites: Int
+    /// Chunks stored as casts of fp32 chunks (`CastChunks.swift`), not counted in `chunks`, and
+    /// their raw bytes; only in exact counts (`depot stats`).
+    public var castChunks: Int?
+    public var castChunkBytes: Int64?
 
     enum CodingKeys: String, CodingKey {
         case blobs
@@ -222,5 +228,7 @@ public struct StoreStats: Sendable, Codable, Equatable {
         case chunkStoredBytes = "chunk_stored_bytes"
         case packs
         case unfinishedWrites = "unfinished_writes"
+        case castChunks = "cast_chunks"
+        case castChunkBytes = "cast_chunk_bytes"
     }
 }

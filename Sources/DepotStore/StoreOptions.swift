@@ -17,6 +17,9 @@ public struct StoreOptions: Sendable {
     public var writeGraceSeconds: Int64 = 24 * 3600
     /// Packs whose live fraction is below this are compacted by GC.
     public var compactBelow: Double = 0.5
+    /// Whether registry GC first scans new blobs for fp16/bf16 tensors that are exact casts of
+    /// stored fp32 ones and stores those chunks as casts (`CastChunks.swift`, `storage.cast_dedup`).
+    public var castDedup = true
     /// Chunks handed to the hashing/storing stage of one writer before it blocks (bounds memory).
     public var writerQueueDepth: Int = 8
 

@@ -25,6 +25,7 @@ struct Stats: ParsableCommand {
             stored bytes    \(stats.storedBytes) (\(formatBytes(stats.storedBytes)))
             ratio           \(String(format: "%.3f", ratio))
             chunks          \(stats.chunks) (\(formatBytes(stats.chunkBytes)) raw, \(formatBytes(stats.chunkStoredBytes)) stored)
+            cast chunks     \(stats.castChunks ?? 0) (\(formatBytes(stats.castChunkBytes ?? 0)) as casts of fp32 chunks)
             packs           \(stats.packs)
             unfinished      \(stats.unfinishedWrites)
             """)

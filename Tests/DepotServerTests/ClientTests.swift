@@ -114,6 +114,52 @@ struct ClientTests {
         }
     }
 
+    /// Cast-aware deduplication end to end: an fp32 checkpoint pushed chunked, its fp16 cast
+    /// pushed as plain OCI blobs; the registry's GC stores the fp16 chunks as casts; both pull
+    /// paths (chunk records, plain blob GET) return the file byte for byte, and a re-push of the
+    /// fp16 file sends no chunk.
+    @Test func anFp16CastOfAPushedCheckpointIsStoredAsCastsAndPullsIntact() async throws {
+        let dir = TempDir("depot-client")
+        let values = 64 << 10
+        var names: [String] = []
+        var fp32: [(String, String, [Int], [UInt8])] = []
+        var fp16: [(String, String, [Int], [UInt8])] = []
+        for i in 0..<4 {
+            let raw = fastRandom(4 * values, seed: UInt64(40 + i))
+            // Weight-like floats: random mantissas, exponents of values around 0.02.
+            let floats = raw.withUnsafeBytes { p in
+                (0..<values).map { j -> Float in
+                    let w = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4 * j, as: UInt32.self))
+                    return Float(bitPattern: (w & 0x807F_FFFF) | ((119 + w % 6) << 23))
+                }
+            }
+            names.append("layer.\(i).weight")
+            fp32.append((names[i], "F32", [values], floats.withUnsafeBytes { Array($0) }))
+            fp16.append((names[i], "F16", [values], floats.map { Float16($0).bitPattern }.withUnsafeBytes { Array($0) }))
+        }
+        try Data(makeSafetensors(fp32)).write(to: URL(fileURLWithPath: dir.path + "/model.safetensors"))
+        try FileManager.default.createDirectory(atPath: dir.path + "/half", withIntermediateDirectories: true)
+        try Data(makeSafetensors(fp16)).write(to: URL(fileURLWithPath: dir.path + "/half/model.safetensors"))
+        try await withRegistry { _, registry, port in
+            _ = try await push(port, "team/llm", "fp32", [dir.path + "/model.safetensors"])
+            _ = try await push(port, "team/llm", "fp16", [dir.path + "/half/model.safetensors"], plain: true)
+            let before = try registry.store.stats()
+            let report = try registry.collectGarbage()
+            let casts = try #require(report.store.casts)
+            #expect(casts.tensorsMatched == 4)
+            #expect(casts.bytesDerived >= Int64(4 * 2 * values) * 9 / 10)
+            #expect(try registry.store.stats().chunkBytes == before.chunkBytes - casts.bytesDerived)
+            let chunked = try await pull(port, "team/llm", "fp16", into: dir.path + "/out1", cache: dir.path + "/cache1")
+            #expect(chunked.mode == "chunked")
+            #expect(sameFile(dir.path + "/out1/model.safetensors", dir.path + "/half/model.safetensors"))
+            _ = try await pull(port, "team/llm", "fp16", into: dir.path + "/out2", cache: dir.path + "/cache2", plain: true)
+            #expect(sameFile(dir.path + "/out2/model.safetensors", dir.path + "/half/model.safetensors"))
+            let again = try await push(port, "team/llm", "fp16-again", [dir.path + "/half/model.safetensors"])
+            #expect(again.chunksTransferred == 0)
+            #expect(try registry.store.fsck().isClean)
+        }
+    }
+
     @Test func aDirectoryKeepsItsLayoutAndOneFileCanBePulled() async throws {
         let dir = TempDir("depot-client")
         let model = dir.path + "/resnet"
