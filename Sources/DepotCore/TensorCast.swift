@@ -24,7 +24,19 @@ public enum CastKind: UInt8, Sendable, CaseIterable {
         case .float16:
             for i in 0..<count {
                 let w = UInt32(littleEndian: source.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))
-                output.storeBytes(of: Self.halfBits(w).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
+                // Fast path, the same arithmetic as `halfBits` for magnitudes in [2^-14, 65536)
+                // (weights almost always are): rebias the exponent, round to nearest even by
+                // adding 0xFFF plus the kept part's lowest bit; a carry rounds up the exponent,
+                // up to infinity. Everything else (subnormals, overflow, NaN) takes `halfBits`.
+                let magnitude = w & 0x7FFF_FFFF
+                let h: UInt16
+                if magnitude &- 0x3880_0000 < 0x4780_0000 - 0x3880_0000 {
+                    let rounded = (magnitude &- 0x3800_0000 &+ 0x0FFF &+ ((magnitude >> 13) & 1)) >> 13
+                    h = UInt16(truncatingIfNeeded: (w >> 16) & 0x8000 | rounded)
+                } else {
+                    h = Self.halfBits(w)
+                }
+                output.storeBytes(of: h.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
             }
         case .bfloat16:
             for i in 0..<count {

@@ -257,7 +257,8 @@ private struct ByteWindow {
     init(reader: BlobReader<[UInt8]>) { self.reader = reader }
 
     mutating func bytes(_ from: Int64, _ count: Int) throws -> ArraySlice<UInt8> {
-        precondition(from >= base, "ByteWindow is forward-only")
+        // Recipe entries come in offset order; anything else is a damaged recipe, not a crash.
+        guard from >= base else { throw DepotError.integrity("blob \(reader.blob.digest): recipe entries out of order at \(from)") }
         // Drop what was read before `from` once it is most of the buffer (amortized copies).
         let consumed = Int(min(from - base, Int64(buffer.count)))
         if consumed > 0 && consumed >= buffer.count / 2 {

@@ -56,6 +56,45 @@ struct S3StoreTests {
         #expect(report.chunksChecked > 400)
     }
 
+    /// Cast-aware deduplication in S3 mode: the fp16 file's chunks become casts, compaction
+    /// deletes the objects that held their records, and a replica with an empty local directory
+    /// and cache decodes them from the fp32 sources it fetches from the bucket.
+    @Test func castChunksAreReadFromTheirSourcesInTheBucket() throws {
+        /// The tensors of the two files below, as a format reader would report them.
+        struct Layout: TensorLayoutReader {
+            let fp32: [UInt8]
+            let fp16: [UInt8]
+            func tensors(size: Int64, read: (Range<Int64>) throws -> [UInt8]) throws -> [TensorExtent]? {
+                let header = try read(0..<8).withUnsafeBytes { 8 + Int64(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
+                let width: Int64 = size == Int64(fp32.count) ? 4 : 2
+                return [TensorExtent(element: width == 4 ? .float32 : .float16, shape: [1 << 18], range: header..<(header + width << 18))]
+            }
+        }
+        let moto = try MotoServer()
+        let dir = TempDir()
+        let floats = randomBytes(1 << 20, seed: 5).withUnsafeBytes { p in
+            (0..<(1 << 18)).map { Float(bitPattern: (p.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self) & 0x807F_FFFF) | 0x3C00_0000) }
+        }
+        let fp32 = makeSafetensors([("w", "F32", [1 << 18], floats.withUnsafeBytes { Array($0) })])
+        let fp16 = makeSafetensors([("w", "F16", [1 << 18], floats.map { Float16($0).bitPattern }.withUnsafeBytes { Array($0) })])
+        var options = Self.options()
+        options.compactBelow = 1.0
+        let store = try ChunkStore(root: dir.path, options: options, create: true, objects: S3PackObjectStore(settings: moto.settings))
+        _ = try store.write(fp32, retain: "test")
+        let half = try store.write(fp16, retain: "test").digest
+        let report = try store.collectGarbage(tensors: Layout(fp32: fp32, fp16: fp16))
+        #expect(report.casts?.bytesDerived ?? 0 > 400_000)
+        #expect(report.packsDeleted >= 1)
+        #expect(try store.readAll(half) == fp16)
+        #expect(try store.fsck(deep: true).isClean)
+        let replicaDir = TempDir()
+        let replica = try ChunkStore(
+            root: replicaDir.path, options: Self.options(sharingCatalogOf: dir.path), create: true,
+            objects: S3PackObjectStore(settings: moto.settings))
+        #expect(try replica.readAll(half) == fp16)
+        #expect(try replica.readAll(half, range: 100_001..<300_000) == Array(fp16[100_001..<300_000]))
+    }
+
     @Test func aReplicaWithAnEmptyLocalDirectoryReadsTheSameBlobs() throws {
         let moto = try MotoServer()
         let first = TempDir()
