@@ -24,6 +24,11 @@ public struct CastRecord: Sendable, Equatable {
 public struct TensorSource: Sendable, Equatable {
     public var blob: BlobRecord
     public var offset: Int64
+
+    public init(blob: BlobRecord, offset: Int64) {
+        self.blob = blob
+        self.offset = offset
+    }
 }
 
 /// Why a cast was not recorded.
@@ -129,21 +134,33 @@ extension CatalogConnection {
         try run("UPDATE blobs SET casts_scanned = 1 WHERE id = ?", .int(id))
     }
 
-    /// Records that blob `blob` has an fp32 tensor at `offset` whose cast has print `print`.
-    public func addTensorPrint(_ print: [UInt8], blob: Int64, offset: Int64) throws {
+    /// Records that blob `blob` has a tensor at `offset` with print `print`: an fp32 tensor whose
+    /// cast has it (`source`), or a 16-bit tensor.
+    public func addTensorPrint(_ print: [UInt8], blob: Int64, offset: Int64, source: Bool) throws {
         try run(
-            "INSERT INTO tensor_prints(print, blob_id, data_offset) VALUES(?,?,?) ON CONFLICT DO NOTHING", .blob(print), .int(blob),
-            .int(offset))
+            "INSERT INTO tensor_prints(print, blob_id, data_offset, source) VALUES(?,?,?,?) ON CONFLICT DO NOTHING", .blob(print),
+            .int(blob), .int(offset), .int(source ? 1 : 0))
     }
 
     /// fp32 tensors (in other complete blobs) whose cast has print `print`, at most `limit`.
     public func tensorSources(print: [UInt8], excluding blob: Int64, limit: Int) throws -> [TensorSource] {
+        try tensors(print: print, source: true, excluding: blob, limit: limit)
+    }
+
+    /// 16-bit tensors with print `print` in other blobs scanned already (which found no source
+    /// then, or not for every chunk), at most `limit`.
+    public func tensorTargets(print: [UInt8], excluding blob: Int64, limit: Int) throws -> [TensorSource] {
+        try tensors(print: print, source: false, excluding: blob, limit: limit)
+    }
+
+    private func tensors(print: [UInt8], source: Bool, excluding blob: Int64, limit: Int) throws -> [TensorSource] {
         var out: [TensorSource] = []
         try query(
             """
             SELECT b.id, b.digest, b.size, b.chunker, p.data_offset FROM tensor_prints p JOIN blobs b ON b.id = p.blob_id
-            WHERE p.print = ? AND p.blob_id <> ? AND b.state = 1 ORDER BY p.blob_id, p.data_offset LIMIT ?
-            """, .blob(print), .int(blob), .int(Int64(limit))
+            WHERE p.print = ? AND p.source = ? AND p.blob_id <> ? AND b.state = 1 AND (p.source = 1 OR b.casts_scanned = 1)
+            ORDER BY p.blob_id, p.data_offset LIMIT ?
+            """, .blob(print), .int(source ? 1 : 0), .int(blob), .int(Int64(limit))
         ) {
             guard let h = $0.hash(1) else { return }
             out.append(

@@ -39,6 +39,7 @@ enum PostgresSchema {
             print BYTEA NOT NULL,
             blob_id BIGINT NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
             data_offset BIGINT NOT NULL,
+            source BIGINT NOT NULL,
             PRIMARY KEY(print, blob_id, data_offset)
         );
         CREATE INDEX tensor_prints_by_blob ON tensor_prints(blob_id);

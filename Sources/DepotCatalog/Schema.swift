@@ -639,8 +639,8 @@ enum Schema {
         // tensor that is an exact cast of stored fp32 bytes has no record in a pack: its row is in
         // `chunk_casts` (instead of `chunks`), and its sources, read in `seq` order, are chunks
         // in `chunks` (never casts themselves), kept by GC while the cast is. `tensor_prints`
-        // pairs the tensors of scanned blobs with the fp32 tensors they may be casts of; a
-        // blob's prints go with it. `casts_scanned`: the blob was looked at (1) or not yet (0).
+        // pairs the 16-bit tensors of scanned blobs with the fp32 tensors they may be casts of,
+        // whichever was stored first; a blob's prints go with it. `casts_scanned`: the blob was looked at (1) or not yet (0).
         """
         CREATE TABLE chunk_casts(
             hash BLOB PRIMARY KEY,                      -- sha256 of the chunk (what recipes name)
@@ -660,7 +660,8 @@ enum Schema {
         CREATE TABLE tensor_prints(
             print BLOB NOT NULL,                        -- TensorPrint: 16 bytes
             blob_id INTEGER NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
-            data_offset INTEGER NOT NULL,               -- of the fp32 tensor's data in the blob
+            data_offset INTEGER NOT NULL,               -- of the tensor's data in the blob
+            source INTEGER NOT NULL,                    -- 1: an fp32 tensor whose cast has this print; 0: a 16-bit tensor
             PRIMARY KEY(print, blob_id, data_offset)
         ) WITHOUT ROWID;
         CREATE INDEX tensor_prints_by_blob ON tensor_prints(blob_id);

@@ -22,21 +22,34 @@ public enum CastKind: UInt8, Sendable, CaseIterable {
         precondition(source.count >= 4 * count && output.count >= 2 * count)
         switch self {
         case .float16:
-            for i in 0..<count {
-                let w = UInt32(littleEndian: source.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))
-                // Fast path, the same arithmetic as `halfBits` for magnitudes in [2^-14, 65536)
-                // (weights almost always are): rebias the exponent, round to nearest even by
-                // adding 0xFFF plus the kept part's lowest bit; a carry rounds up the exponent,
-                // up to infinity. Everything else (subnormals, overflow, NaN) takes `halfBits`.
-                let magnitude = w & 0x7FFF_FFFF
-                let h: UInt16
-                if magnitude &- 0x3880_0000 < 0x4780_0000 - 0x3880_0000 {
-                    let rounded = (magnitude &- 0x3800_0000 &+ 0x0FFF &+ ((magnitude >> 13) & 1)) >> 13
-                    h = UInt16(truncatingIfNeeded: (w >> 16) & 0x8000 | rounded)
-                } else {
-                    h = Self.halfBits(w)
+            // Sixteen values at a time when all are in [2^-14, 65536) in magnitude (weights almost
+            // always are): the same arithmetic as `halfBits` there: rebias the exponent, round to
+            // nearest even by adding 0xFFF plus the kept part's lowest bit (a carry rounds the
+            // exponent up, to infinity at most). Any other group, and the tail, go through
+            // `halfBits` value by value.
+            let base = source.baseAddress!
+            let out = output.baseAddress!
+            var i = 0
+            while i + 16 <= count {
+                // Scalar code over a fixed-size group, without branches, so the compiler
+                // vectorizes it; `outside` collects whether any value needs `halfBits`.
+                var outside: UInt32 = 0
+                for j in i..<(i + 16) {
+                    let w = UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 4 * j, as: UInt32.self))
+                    let magnitude = w & 0x7FFF_FFFF
+                    outside |= (magnitude &- 0x3880_0000) >= (0x4780_0000 - 0x3880_0000) ? 1 : 0
+                    let rounded = (magnitude &- 0x3800_0000 &+ 0x0FFF &+ ((magnitude &>> 13) & 1)) &>> 13
+                    let h = UInt16(truncatingIfNeeded: (w &>> 16) & 0x8000 | rounded)
+                    out.storeBytes(of: h.littleEndian, toByteOffset: 2 * j, as: UInt16.self)
                 }
-                output.storeBytes(of: h.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
+                if outside != 0 {
+                    for j in i..<(i + 16) { Self.storeHalf(base, out, j) }
+                }
+                i += 16
+            }
+            while i < count {
+                Self.storeHalf(base, out, i)
+                i += 1
             }
         case .bfloat16:
             for i in 0..<count {
@@ -44,6 +57,12 @@ public enum CastKind: UInt8, Sendable, CaseIterable {
                 output.storeBytes(of: Self.bfloatBits(w).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
             }
         }
+    }
+
+    @inline(__always)
+    private static func storeHalf(_ source: UnsafeRawPointer, _ output: UnsafeMutableRawPointer, _ i: Int) {
+        let w = UInt32(littleEndian: source.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))
+        output.storeBytes(of: halfBits(w).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
     }
 
     /// fp32 bits → fp16 bits, round to nearest even, integer arithmetic only.

@@ -69,10 +69,18 @@ extension ChunkStore {
                 skipBytes -= length
                 continue
             }
-            var bytes = [UInt8](repeating: 0, count: length)
-            try bytes.withUnsafeMutableBytes {
-                try readChunk(RecipeEntry(offset: 0, length: length, hash: s), nil, skip: 0, into: $0, castAllowed: false)
+            let bytes: [UInt8]
+            if let cached = castSources.get(s) {
+                bytes = cached
+            } else {
+                var read = [UInt8](repeating: 0, count: length)
+                try read.withUnsafeMutableBytes {
+                    try readChunk(RecipeEntry(offset: 0, length: length, hash: s), nil, skip: 0, into: $0, castAllowed: false)
+                }
+                castSources.put(s, read)
+                bytes = read
             }
+            guard bytes.count == length else { throw DepotError.integrity("\(name): its source chunk sha256:\(s.hex) changed length") }
             let take = min(length - skipBytes, source.count - filled)
             source.replaceSubrange(filled..<(filled + take), with: bytes[skipBytes..<(skipBytes + take)])
             filled += take
@@ -90,30 +98,55 @@ extension ChunkStore {
 
     // MARK: finding casts
 
-    /// Scans up to `blobLimit` complete blobs not scanned yet and records the casts found (see
-    /// the type's comment). Safe while writes and reads continue; GC calls it before its sweep.
-    public func deriveCasts(layout: any TensorLayoutReader, blobLimit: Int = 64) throws -> CastReport {
+    /// Scans the complete blobs not scanned yet (up to `blobLimit`), 64 at a time, and records
+    /// the casts found (see the type's comment): a new 16-bit tensor is compared with the fp32
+    /// tensors its print names, and a new fp32 tensor with the 16-bit tensors scanned before it
+    /// (a cast pushed before its source). Safe while writes and reads continue; GC calls it
+    /// before its sweep.
+    public func deriveCasts(layout: any TensorLayoutReader, blobLimit: Int = .max) throws -> CastReport {
         guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
         var report = CastReport()
-        let blobs = try catalog.read { try $0.blobsToScanForCasts(limit: blobLimit) }
-        // Every blob's prints first, so a 16-bit blob finds an fp32 blob scanned in the same pass.
-        var scanned: [(BlobRecord, [TensorExtent])] = []
+        while report.blobsScanned < blobLimit {
+            let blobs = try catalog.read { try $0.blobsToScanForCasts(limit: min(64, blobLimit - report.blobsScanned)) }
+            guard !blobs.isEmpty else { break }
+            try deriveCasts(in: blobs, layout: layout, &report)
+        }
+        return report
+    }
+
+    private func deriveCasts(in blobs: [BlobRecord], layout: any TensorLayoutReader, _ report: inout CastReport) throws {
+        // Every blob's prints first, so a 16-bit blob finds an fp32 blob of the same page.
+        // (tensor, print, the cast the print is for)
+        var scanned: [(BlobRecord, [(TensorExtent, [UInt8], CastKind)])] = []
         for blob in blobs {
             do {
-                let tensors = try castTensors(of: blob, layout: layout)
-                var prints: [([UInt8], Int64)] = []
-                for t in tensors where t.element == .float32 {
+                var tensors: [(TensorExtent, [UInt8], CastKind)] = []
+                var rows: [([UInt8], Int64, Bool)] = []
+                for t in try castTensors(of: blob, layout: layout) {
+                    if let kind = t.element.castKind {
+                        let values = min(TensorPrint.elements, t.range.count / 2)
+                        let head = try bytes(of: blob, t.range.lowerBound..<(t.range.lowerBound + Int64(2 * values)))
+                        let print = head.withUnsafeBytes { TensorPrint.make(kind: kind, shape: t.shape, values: $0) }
+                        tensors.append((t, print, kind))
+                        rows.append((print, t.range.lowerBound, false))
+                        continue
+                    }
                     let values = min(TensorPrint.elements, t.range.count / 4)
                     let head = try bytes(of: blob, t.range.lowerBound..<(t.range.lowerBound + Int64(4 * values)))
                     var cast = [UInt8](repeating: 0, count: 2 * values)
                     for kind in CastKind.allCases {
                         head.withUnsafeBytes { h in cast.withUnsafeMutableBytes { kind.cast(h, count: values, into: $0) } }
-                        prints.append(
-                            (cast.withUnsafeBytes { TensorPrint.make(kind: kind, shape: t.shape, values: $0) }, t.range.lowerBound))
+                        let print = cast.withUnsafeBytes { TensorPrint.make(kind: kind, shape: t.shape, values: $0) }
+                        tensors.append((t, print, kind))
+                        rows.append((print, t.range.lowerBound, true))
                     }
                 }
-                if !prints.isEmpty {
-                    try catalog.write { conn in for (p, offset) in prints { try conn.addTensorPrint(p, blob: blob.id, offset: offset) } }
+                if !rows.isEmpty {
+                    try catalog.write { conn in
+                        for (print, offset, source) in rows {
+                            try conn.addTensorPrint(print, blob: blob.id, offset: offset, source: source)
+                        }
+                    }
                 }
                 scanned.append((blob, tensors))
             } catch let e as DepotError {
@@ -123,26 +156,36 @@ extension ChunkStore {
             }
         }
         for (blob, tensors) in scanned {
-            for t in tensors {
-                guard let kind = t.element.castKind else { continue }
-                let values = min(TensorPrint.elements, t.range.count / 2)
-                let head = try bytes(of: blob, t.range.lowerBound..<(t.range.lowerBound + Int64(2 * values)))
-                let print = head.withUnsafeBytes { TensorPrint.make(kind: kind, shape: t.shape, values: $0) }
-                let candidates = try catalog.read { try $0.tensorSources(print: print, excluding: blob.id, limit: Self.castCandidates) }
-                for source in candidates {
-                    let (chunks, bytes) = try deriveTensor(t, of: blob, kind: kind, from: source)
-                    if chunks > 0 {
+            for (t, print, kind) in tensors {
+                if t.element != .float32 {
+                    // A 16-bit tensor: the fp32 tensors it may be a cast of.
+                    let sources = try catalog.read { try $0.tensorSources(print: print, excluding: blob.id, limit: Self.castCandidates) }
+                    for source in sources {
+                        let (chunks, bytes) = try deriveTensor(t.range, of: blob, kind: kind, from: source)
+                        guard chunks > 0 else { continue }
                         report.tensorsMatched += 1
                         report.chunksDerived += chunks
                         report.bytesDerived += bytes
                         break
+                    }
+                } else {
+                    // An fp32 tensor: 16-bit tensors scanned before it that may be its casts `kind`.
+                    let targets = try catalog.read { try $0.tensorTargets(print: print, excluding: blob.id, limit: Self.castCandidates) }
+                    let values = (t.range.upperBound - t.range.lowerBound) / 4
+                    for target in targets {
+                        let (chunks, bytes) = try deriveTensor(
+                            target.offset..<(target.offset + 2 * values), of: target.blob, kind: kind,
+                            from: TensorSource(blob: blob, offset: t.range.lowerBound))
+                        guard chunks > 0 else { continue }
+                        report.tensorsMatched += 1
+                        report.chunksDerived += chunks
+                        report.bytesDerived += bytes
                     }
                 }
             }
             try catalog.write { try $0.markScannedForCasts(blob: blob.id) }
             report.blobsScanned += 1
         }
-        return report
     }
 
     /// The tensors of `blob` that can take part in casts: fp32, fp16 or bf16, at least
@@ -180,20 +223,22 @@ extension ChunkStore {
         return out
     }
 
-    /// Compares the chunks of 16-bit tensor `t` of `blob` with the cast of the fp32 tensor at
+    /// Compares the chunks of the 16-bit tensor at `range` of `blob` with the cast of the fp32 tensor at
     /// `source`, recording each chunk that matches as a cast. Returns (chunks, raw bytes) recorded.
-    private func deriveTensor(_ t: TensorExtent, of blob: BlobRecord, kind: CastKind, from source: TensorSource) throws -> (Int, Int64) {
-        let values = (t.range.upperBound - t.range.lowerBound) / 2
+    private func deriveTensor(_ range: Range<Int64>, of blob: BlobRecord, kind: CastKind, from source: TensorSource) throws -> (Int, Int64)
+    {
+        guard range.lowerBound >= 0, range.upperBound <= blob.size else { return (0, 0) }
+        let values = (range.upperBound - range.lowerBound) / 2
         let sourceRange = source.offset..<(source.offset + 4 * values)
         guard source.offset >= 0, sourceRange.upperBound <= source.blob.size else { return (0, 0) }
         // The tensor's chunks: entries wholly inside it that are plain chunks now.
         var entries: [RecipeEntry] = []
-        var cursor = try catalog.read { try $0.recipeStart(blob: blob.id, containing: t.range.lowerBound) } ?? 0
+        var cursor = try catalog.read { try $0.recipeStart(blob: blob.id, containing: range.lowerBound) } ?? 0
         scan: while true {
             let page = try catalog.read { try $0.recipe(blob: blob.id, from: cursor, limit: 512) }
             for e in page {
-                if e.offset >= t.range.upperBound { break scan }
-                if e.offset >= t.range.lowerBound && e.offset + Int64(e.length) <= t.range.upperBound { entries.append(e) }
+                if e.offset >= range.upperBound { break scan }
+                if e.offset >= range.lowerBound && e.offset + Int64(e.length) <= range.upperBound { entries.append(e) }
             }
             guard let last = page.last, page.count == 512 else { break }
             cursor = last.offset + 1
@@ -206,7 +251,7 @@ extension ChunkStore {
         var misses = 0
         var cast: [UInt8] = []
         for e in plain {
-            let r0 = e.offset - t.range.lowerBound
+            let r0 = e.offset - range.lowerBound
             let skip = Int(r0 % 2)
             let first = r0 / 2
             let count = (skip + e.length + 1) / 2
@@ -320,5 +365,44 @@ private struct RecipeCursor {
         }
         guard end >= range.upperBound else { return nil }
         return (hashes, Int(range.lowerBound - first.offset))
+    }
+}
+
+/// A small LRU of decoded source chunks, shared by the threads that decode cast chunks. Entries
+/// were verified when read (CRC-32C, and SHA-256 when so configured); every cast decoded from
+/// them is checked against its own hash anyway.
+final class CastSourceCache: Sendable {
+    private struct State {
+        var entries: [SHA256.Value: (bytes: [UInt8], used: UInt64)] = [:]
+        var bytes = 0
+        var clock: UInt64 = 0
+    }
+    private let state = Locked(State())
+    let capacityBytes: Int
+
+    init(capacityBytes: Int) { self.capacityBytes = capacityBytes }
+
+    func get(_ hash: SHA256.Value) -> [UInt8]? {
+        state.withLock { s in
+            guard let e = s.entries[hash] else { return nil }
+            s.clock += 1
+            s.entries[hash] = (e.bytes, s.clock)
+            return e.bytes
+        }
+    }
+
+    func put(_ hash: SHA256.Value, _ bytes: [UInt8]) {
+        guard bytes.count <= capacityBytes / 4 else { return }
+        state.withLock { s in
+            guard s.entries[hash] == nil else { return }
+            // Evict the least recently used until it fits (a few dozen entries: a scan is cheap).
+            while s.bytes + bytes.count > capacityBytes, let oldest = s.entries.min(by: { $0.value.used < $1.value.used }) {
+                s.bytes -= oldest.value.bytes.count
+                s.entries[oldest.key] = nil
+            }
+            s.clock += 1
+            s.entries[hash] = (bytes, s.clock)
+            s.bytes += bytes.count
+        }
     }
 }

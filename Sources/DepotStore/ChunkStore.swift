@@ -20,6 +20,9 @@ public final class ChunkStore: Sendable {
     /// Stage times of the blob writes this process completed (`/metrics`).
     public let pushStages = PushStageMetrics()
     let compressors: CompressorPool
+    /// fp32 chunks decoded lately for cast chunks (`CastChunks.swift`): neighbouring casts share
+    /// their boundary sources, which would otherwise be read and decompressed twice.
+    let castSources = CastSourceCache(capacityBytes: 8 << 20)
     private let lockFD: Int32
     /// What opening repaired (pack tails cut, unknown pack files quarantined, ...), for logs.
     public let recovery: RecoveryReport

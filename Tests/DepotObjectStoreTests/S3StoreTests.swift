@@ -73,7 +73,9 @@ struct S3StoreTests {
         let moto = try MotoServer()
         let dir = TempDir()
         let floats = randomBytes(1 << 20, seed: 5).withUnsafeBytes { p in
-            (0..<(1 << 18)).map { Float(bitPattern: (p.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self) & 0x807F_FFFF) | 0x3C00_0000) }
+            (0..<(1 << 18)).map {
+                Float(bitPattern: (p.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self) & 0x807F_FFFF) | 0x3C00_0000)
+            }
         }
         let fp32 = makeSafetensors([("w", "F32", [1 << 18], floats.withUnsafeBytes { Array($0) })])
         let fp16 = makeSafetensors([("w", "F16", [1 << 18], floats.map { Float16($0).bitPattern }.withUnsafeBytes { Array($0) })])

@@ -164,6 +164,25 @@ private struct Family {
         #expect(try store.collectGarbage(tensors: layout).casts == CastReport())
     }
 
+    @Test func aCastStoredBeforeItsSourceIsFoundWhenTheSourceArrives() throws {
+        let dir = TempDir()
+        let store = try ChunkStore(root: dir.path, create: true)
+        let f = Family()
+        let half = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        #expect(try store.deriveCasts(layout: layout).chunksDerived == 0)
+        _ = try store.write(f.base, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        let bfloat = try store.write(f.bfloat, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        // One blob per page: the fp32 file finds the fp16 one scanned before it, the bf16 file
+        // (scanned after) finds the fp32 one.
+        let first = try store.deriveCasts(layout: layout, blobLimit: 1)
+        #expect(first.blobsScanned == 1 && first.tensorsMatched == 2)
+        let second = try store.deriveCasts(layout: layout, blobLimit: 1)
+        #expect(second.blobsScanned == 1 && second.tensorsMatched == 2)
+        #expect(try store.readAll(half.digest) == f.half)
+        #expect(try store.readAll(bfloat.digest) == f.bfloat)
+        #expect(try store.fsck().isClean)
+    }
+
     @Test func onlyTheChunksThatAreCastsAreDerived() throws {
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)
