@@ -12,7 +12,10 @@ side by side in one run, measured the same way with curl and wrk on loopback:
 and prints issue #19's goals with the measured value and PASS/FAIL. Both registries' storage
 is on the same filesystem: the disk's by default, tmpfs with --tmpfs (takes the disk's noise out).
 
-Usage: Benchmarks/registry_vs_distribution.py [--mib 1024] [--chunk-mib 64] [--depot .build/release/depot] [--tmpfs] [--json]
+With --family DIR (made by scripts/bench/make_model_family.py) it also reports the family's
+stored-bytes ratio (`depot bench dedup`, cast-aware deduplication included).
+
+Usage: Benchmarks/registry_vs_distribution.py [--mib 1024] [--chunk-mib 64] [--depot .build/release/depot] [--tmpfs] [--family DIR] [--json]
 Needs: docker-registry, wrk, curl (apt). Build Depot first: swift build -c release.
 """
 import argparse
@@ -178,7 +181,17 @@ GOALS = [
     ("peak RSS during the pull", "peak_rss_during_get_mib", "ratio", "<=", 2.0),
     ("manifest GET by tag", "manifest_get_rps", "ratio", ">=", 15.0),
     ("ingest CPU-seconds per GiB", "ingest_cpu_seconds_per_gib", "value", "<=", 2.5),
+    ("stored-bytes ratio, family", "family_dedup_ratio", "value", ">=", 4.0),
 ]
+
+FAMILY = ("base.safetensors", "finetune.safetensors", "longheader.safetensors", "base.onnx", "fp16.safetensors")
+
+
+def family_dedup_ratio(depot, family):
+    """`depot bench dedup` (the cast pass included) over scripts/bench/make_model_family.py's files."""
+    out = subprocess.run([depot, "bench", "dedup", "--json", *[os.path.join(family, n) for n in FAMILY]],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["dedup_ratio"]
 
 
 def goals(results, ratios):
@@ -206,6 +219,7 @@ def main():
     ap.add_argument("--depot", default=".build/release/depot")
     ap.add_argument("--tmpfs", action="store_true", help="both registries' storage on tmpfs (/dev/shm)")
     ap.add_argument("--no-ingest", action="store_true", help="skip `depot bench ingest`")
+    ap.add_argument("--family", help="a directory made by scripts/bench/make_model_family.py: report its stored-bytes ratio")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     for tool in ("docker-registry", "wrk", "curl"):
@@ -266,6 +280,8 @@ def main():
                 results["depot"]["ingest_cpu_seconds_per_gib"] = ingest_cpu_seconds_per_gib(args.depot, args.mib, ingest_dir)
             finally:
                 shutil.rmtree(ingest_dir, ignore_errors=True)
+        if args.family:
+            results["depot"]["family_dedup_ratio"] = family_dedup_ratio(args.depot, args.family)
         keys = ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "blob_get_cold_mbps", "manifest_get_rps",
                 "peak_rss_after_push_mib", "peak_rss_during_get_mib", "peak_rss_mib")
         ratios = {k: results["depot"][k] / results["distribution"][k]
