@@ -68,19 +68,25 @@ extension CatalogConnection {
 
     /// Records chunk `hash` as a cast and drops its plain row (whose record becomes dead space
     /// in its pack, for compaction). Refused when the chunk is gone, is a cast's source, or a
-    /// source is not a plain chunk. A chunk that is already a cast only loses a plain row it may
-    /// have gained since (stored twice by writers racing).
+    /// source is not a plain chunk (a plain row and no cast row). A chunk that is already a cast
+    /// only loses a plain row it may have gained since (stored twice by writers racing), unless
+    /// that row is some cast's source. The caller holds `CatalogLock.chunkSweep` on PostgreSQL
+    /// (`lockCasts`), so sweeps and other casts' checks see this transaction whole.
     public func recordCast(_ hash: SHA256.Value, _ record: CastRecord, now: Int64) throws -> CastRefusal? {
+        let isSource = try first("SELECT 1 FROM chunk_cast_sources WHERE source_hash = ? LIMIT 1", .hash(hash), map: { _ in true }) == true
         if try first("SELECT 1 FROM chunk_casts WHERE hash = ?", .hash(hash), map: { _ in true }) == true {
+            if isSource { return .isSource }
             try run("DELETE FROM chunks WHERE hash = ?", .hash(hash))
             return nil
         }
         guard try chunkLocation(hash) != nil else { return .gone }
-        if try first("SELECT 1 FROM chunk_cast_sources WHERE source_hash = ? LIMIT 1", .hash(hash), map: { _ in true }) == true {
-            return .isSource
-        }
+        if isSource { return .isSource }
         for s in Set(record.sources) {
-            if try s == hash || chunkLocation(s) == nil { return .sourceUnusable }
+            if try s == hash || chunkLocation(s) == nil
+                || first("SELECT 1 FROM chunk_casts WHERE hash = ?", .hash(s), map: { _ in true }) == true
+            {
+                return .sourceUnusable
+            }
         }
         try run(
             "INSERT INTO chunk_casts(hash, raw_length, kind, skip, source_offset, created_at) VALUES(?,?,?,?,?,?)", .hash(hash),
@@ -92,16 +98,66 @@ extension CatalogConnection {
         return nil
     }
 
-    /// Deletes cast chunks no recipe names (with their source rows); returns how many. Runs in
-    /// GC's sweep before `deleteUnreferencedChunks`, so their sources are free in the same sweep.
+    /// Takes the lock that orders cast changes with GC's sweep and with each other (PostgreSQL;
+    /// SQLite's writers are serialized anyway). Call first in the transaction.
+    public func lockCasts() throws {
+        if dialect == .postgres { try lock(.chunkSweep) }
+    }
+
+    /// Deletes cast chunks no recipe names, and cast rows made redundant by a plain row of the
+    /// same chunk (a writer stored it again; the plain record serves it), with their source rows;
+    /// returns how many. Runs in GC's sweep before `deleteUnreferencedChunks`, so their sources
+    /// are free in the same sweep.
     public func deleteUnreferencedCasts() throws -> Int {
-        try run(
+        let doomed = """
+            SELECT c.hash FROM chunk_casts c WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = c.hash)
+                OR (EXISTS (SELECT 1 FROM chunks p WHERE p.hash = c.hash)
+                    AND NOT EXISTS (SELECT 1 FROM chunk_cast_sources s WHERE s.source_hash = c.hash))
             """
-            DELETE FROM chunk_cast_sources WHERE hash IN (
-                SELECT c.hash FROM chunk_casts c WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = c.hash))
-            """)
-        try run("DELETE FROM chunk_casts WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = chunk_casts.hash)")
-        return changes
+        try run("DELETE FROM chunk_cast_sources WHERE hash IN (\(doomed))")
+        try run("DELETE FROM chunk_casts WHERE hash IN (\(doomed))")
+        let count = changes
+        // Source rows whose cast is gone (none should be; they would keep their sources forever).
+        try run("DELETE FROM chunk_cast_sources WHERE NOT EXISTS (SELECT 1 FROM chunk_casts c WHERE c.hash = chunk_cast_sources.hash)")
+        return count
+    }
+
+    /// Casts that a chunk no recipe names is a source of (its fp32 file was deleted): GC stores
+    /// them as plain chunks again (`ChunkStore.materializeCasts`), so that the source can go.
+    public func castsWithUnreferencedSources(limit: Int) throws -> [SHA256.Value] {
+        var out: [SHA256.Value] = []
+        try query(
+            """
+            SELECT DISTINCT s.hash FROM chunk_cast_sources s
+            WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = s.source_hash) LIMIT ?
+            """, .int(Int64(limit))
+        ) { if let h = $0.hash(0) { out.append(h) } }
+        return out
+    }
+
+    /// Drops cast `hash` (and its source rows) once it has a plain row again; false otherwise.
+    public func dropCastNowPlain(_ hash: SHA256.Value) throws -> Bool {
+        guard try chunkLocation(hash) != nil else { return false }
+        try run("DELETE FROM chunk_cast_sources WHERE hash = ?", .hash(hash))
+        try run("DELETE FROM chunk_casts WHERE hash = ?", .hash(hash))
+        return true
+    }
+
+    /// `depot fsck --repair` after lost chunk rows were dropped: drops the casts one of whose
+    /// sources has no plain row any more (they can never be decoded) and returns how many, with
+    /// the complete blobs that named them (now damaged: their bytes must be pushed again).
+    public func dropCastsWithMissingSources() throws -> (count: Int, blobs: Set<Digest>) {
+        var hashes: [SHA256.Value] = []
+        try query(
+            "SELECT DISTINCT s.hash FROM chunk_cast_sources s WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = s.source_hash)"
+        ) { if let h = $0.hash(0) { hashes.append(h) } }
+        var blobs = Set<Digest>()
+        for h in hashes {
+            blobs.formUnion(try self.blobs(containing: h))
+            try run("DELETE FROM chunk_cast_sources WHERE hash = ?", .hash(h))
+            try run("DELETE FROM chunk_casts WHERE hash = ?", .hash(h))
+        }
+        return (hashes.count, blobs)
     }
 
     /// Every cast chunk's hash, in hash order (`depot fsck`).
@@ -118,11 +174,20 @@ extension CatalogConnection {
 
     // MARK: scanning blobs
 
-    /// Complete blobs not yet scanned for casts, oldest first.
-    public func blobsToScanForCasts(limit: Int) throws -> [BlobRecord] {
+    /// The newest blob id (0 when there is none): a scan goes no further than the blobs that
+    /// existed when it started.
+    public func newestBlobID() throws -> Int64 {
+        try first("SELECT COALESCE(MAX(id), 0) FROM blobs") { $0.int(0) } ?? 0
+    }
+
+    /// Complete blobs not yet scanned for casts with ids in `(after, through]`, oldest first.
+    public func blobsToScanForCasts(after: Int64, through: Int64, limit: Int) throws -> [BlobRecord] {
         var out: [BlobRecord] = []
         try query(
-            "SELECT id, digest, size, chunker FROM blobs WHERE casts_scanned = 0 AND state = 1 ORDER BY id LIMIT ?", .int(Int64(limit))
+            """
+            SELECT id, digest, size, chunker FROM blobs WHERE casts_scanned = 0 AND state = 1 AND id > ? AND id <= ?
+            ORDER BY id LIMIT ?
+            """, .int(after), .int(through), .int(Int64(limit))
         ) {
             guard let h = $0.hash(1) else { return }
             out.append(BlobRecord(id: $0.int(0), digest: Digest(bytes: h), size: $0.int(2), chunker: $0.text(3)))

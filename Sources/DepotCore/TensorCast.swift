@@ -20,6 +20,7 @@ public enum CastKind: UInt8, Sendable, CaseIterable {
     /// `output` (which holds at least `2 * count` bytes).
     public func cast(_ source: UnsafeRawBufferPointer, count: Int, into output: UnsafeMutableRawBufferPointer) {
         precondition(source.count >= 4 * count && output.count >= 2 * count)
+        guard count > 0 else { return }
         switch self {
         case .float16:
             // Sixteen values at a time when all are in [2^-14, 65536) in magnitude (weights almost
@@ -143,14 +144,15 @@ public protocol TensorLayoutReader: Sendable {
 }
 
 /// The fingerprint that pairs a 16-bit tensor with the fp32 tensor it may be a cast of: the
-/// cast kind, the shape and the first `elements` values in the 16-bit type. An fp32 tensor's
-/// print is taken after casting its first values; equal prints are only candidates, every
-/// chunk is verified by hash before it is stored as a cast.
+/// cast kind, the shape and the first and last `elements` values in the 16-bit type (the last
+/// too, so that tensors starting alike, e.g. with zero rows, differ). An fp32 tensor's print is
+/// taken after casting those values; equal prints are only candidates, every chunk is verified
+/// by hash before it is stored as a cast.
 public enum TensorPrint {
-    /// Values in a print.
+    /// Values at each end of a tensor in its print.
     public static let elements = 256
 
-    /// `values`: the first `min(elements, count)` values, 2 bytes each, of the 16-bit tensor.
+    /// `values`: the first and then the last `elements` values, 2 bytes each, of the 16-bit tensor.
     public static func make(kind: CastKind, shape: [Int64], values: UnsafeRawBufferPointer) -> [UInt8] {
         var h = SHA256()
         var head: [UInt8] = Array("depot-tensor-print-v1".utf8) + [kind.rawValue]

@@ -108,12 +108,12 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
         let items = batch
         if let objects = store.files.objects {
             // Cast chunks have no record: fetch their fp32 sources' records with the batch's.
-            let casts = items.filter { $0.loc == nil }.map(\.entry.hash)
+            let casts = Set(items.filter { $0.loc == nil }.map(\.entry.hash))
             let sources =
                 casts.isEmpty
                 ? []
                 : try store.catalog.read { conn in
-                    try casts.flatMap { try conn.chunkCast($0)?.sources ?? [] }.compactMap { try conn.chunkLocation($0) }
+                    try Set(casts.flatMap { try conn.chunkCast($0)?.sources ?? [] }).compactMap { try conn.chunkLocation($0) }
                 }
             objects.prefetch(items.compactMap(\.loc) + sources)
         }

@@ -26,17 +26,26 @@ public struct CastReport: Sendable, Codable, Equatable {
     public var chunksDerived = 0
     /// Raw bytes of the chunks recorded as casts (what their records held before compression).
     public var bytesDerived: Int64 = 0
-    /// Blobs that could not be read while scanning (left as they are; `depot fsck` says why).
-    public var blobsUnreadable = 0
+    /// Blobs that could not be read (left unscanned for the next pass) and candidates that could
+    /// not be compared; `depot fsck` says what is damaged.
+    public var failures = 0
+    /// The first failure, for the log.
+    public var firstFailure: String?
 
     public init() {}
+
+    mutating func failed(_ why: String) {
+        failures += 1
+        if firstFailure == nil { firstFailure = why }
+    }
 
     enum CodingKeys: String, CodingKey {
         case blobsScanned = "blobs_scanned"
         case tensorsMatched = "tensors_matched"
         case chunksDerived = "chunks_derived"
         case bytesDerived = "bytes_derived"
-        case blobsUnreadable = "blobs_unreadable"
+        case failures
+        case firstFailure = "first_failure"
     }
 }
 
@@ -48,6 +57,8 @@ extension ChunkStore {
     static let minCastValues = 8 << 10
     /// fp32 tensors whose print matches that are tried per 16-bit tensor.
     static let castCandidates = 4
+    /// Smallest chunk made a cast, in bytes: below it the cast's rows cost about what the record does.
+    static let minCastChunk = 4 << 10
 
     // MARK: reading
 
@@ -98,23 +109,34 @@ extension ChunkStore {
 
     // MARK: finding casts
 
-    /// Scans the complete blobs not scanned yet (up to `blobLimit`), 64 at a time, and records
-    /// the casts found (see the type's comment): a new 16-bit tensor is compared with the fp32
-    /// tensors its print names, and a new fp32 tensor with the 16-bit tensors scanned before it
-    /// (a cast pushed before its source). Safe while writes and reads continue; GC calls it
-    /// before its sweep.
-    public func deriveCasts(layout: any TensorLayoutReader, blobLimit: Int = .max) throws -> CastReport {
+    /// Scans the complete blobs that existed when it started and were not scanned yet (up to
+    /// `blobLimit`, until `deadline`), 64 at a time, and records the casts found (see the type's
+    /// comment): a new 16-bit tensor is compared with the fp32 tensors its print names, and a new
+    /// fp32 tensor with the 16-bit tensors scanned before it (a cast pushed before its source).
+    /// A blob that cannot be read is left unscanned for the next pass, a candidate that cannot
+    /// be read is skipped (both counted in `failures`): nothing here stops GC. Safe while writes
+    /// and reads continue.
+    public func deriveCasts(
+        layout: any TensorLayoutReader, blobLimit: Int = .max, deadline: ContinuousClock.Instant? = nil
+    ) throws -> CastReport {
         guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
         var report = CastReport()
-        while report.blobsScanned < blobLimit {
-            let blobs = try catalog.read { try $0.blobsToScanForCasts(limit: min(64, blobLimit - report.blobsScanned)) }
-            guard !blobs.isEmpty else { break }
-            try deriveCasts(in: blobs, layout: layout, &report)
+        let newest = try catalog.read { try $0.newestBlobID() }
+        var after: Int64 = 0
+        while report.blobsScanned < blobLimit, deadline.map({ ContinuousClock.now < $0 }) ?? true {
+            let blobs = try catalog.read {
+                try $0.blobsToScanForCasts(after: after, through: newest, limit: min(64, blobLimit - report.blobsScanned))
+            }
+            guard let last = blobs.last else { break }
+            after = last.id
+            try deriveCasts(in: blobs, layout: layout, deadline: deadline, &report)
         }
         return report
     }
 
-    private func deriveCasts(in blobs: [BlobRecord], layout: any TensorLayoutReader, _ report: inout CastReport) throws {
+    private func deriveCasts(
+        in blobs: [BlobRecord], layout: any TensorLayoutReader, deadline: ContinuousClock.Instant?, _ report: inout CastReport
+    ) throws {
         // Every blob's prints first, so a 16-bit blob finds an fp32 blob of the same page.
         // (tensor, print, the cast the print is for)
         var scanned: [(BlobRecord, [(TensorExtent, [UInt8], CastKind)])] = []
@@ -124,18 +146,17 @@ extension ChunkStore {
                 var rows: [([UInt8], Int64, Bool)] = []
                 for t in try castTensors(of: blob, layout: layout) {
                     if let kind = t.element.castKind {
-                        let values = min(TensorPrint.elements, t.range.count / 2)
-                        let head = try bytes(of: blob, t.range.lowerBound..<(t.range.lowerBound + Int64(2 * values)))
-                        let print = head.withUnsafeBytes { TensorPrint.make(kind: kind, shape: t.shape, values: $0) }
+                        let print = try ends(of: t, in: blob, width: 2).withUnsafeBytes {
+                            TensorPrint.make(kind: kind, shape: t.shape, values: $0)
+                        }
                         tensors.append((t, print, kind))
                         rows.append((print, t.range.lowerBound, false))
                         continue
                     }
-                    let values = min(TensorPrint.elements, t.range.count / 4)
-                    let head = try bytes(of: blob, t.range.lowerBound..<(t.range.lowerBound + Int64(4 * values)))
-                    var cast = [UInt8](repeating: 0, count: 2 * values)
+                    let values = try ends(of: t, in: blob, width: 4)
+                    var cast = [UInt8](repeating: 0, count: values.count / 2)
                     for kind in CastKind.allCases {
-                        head.withUnsafeBytes { h in cast.withUnsafeMutableBytes { kind.cast(h, count: values, into: $0) } }
+                        values.withUnsafeBytes { h in cast.withUnsafeMutableBytes { kind.cast(h, count: values.count / 4, into: $0) } }
                         let print = cast.withUnsafeBytes { TensorPrint.make(kind: kind, shape: t.shape, values: $0) }
                         tensors.append((t, print, kind))
                         rows.append((print, t.range.lowerBound, true))
@@ -149,23 +170,18 @@ extension ChunkStore {
                     }
                 }
                 scanned.append((blob, tensors))
-            } catch let e as DepotError {
-                guard case .integrity = e else { throw e }
-                report.blobsUnreadable += 1
-                scanned.append((blob, []))
+            } catch {
+                // Unreadable now (damage, I/O): left unscanned, so the next pass tries again.
+                report.failed("blob \(blob.digest): \(error)")
             }
         }
         for (blob, tensors) in scanned {
+            if let deadline, ContinuousClock.now >= deadline { return } // the rest stays unscanned
             for (t, print, kind) in tensors {
                 if t.element != .float32 {
                     // A 16-bit tensor: the fp32 tensors it may be a cast of.
                     let sources = try catalog.read { try $0.tensorSources(print: print, excluding: blob.id, limit: Self.castCandidates) }
-                    for source in sources {
-                        let (chunks, bytes) = try deriveTensor(t.range, of: blob, kind: kind, from: source)
-                        guard chunks > 0 else { continue }
-                        report.tensorsMatched += 1
-                        report.chunksDerived += chunks
-                        report.bytesDerived += bytes
+                    for source in sources where try derive(t.range, of: blob, kind: kind, from: source, &report) {
                         break
                     }
                 } else {
@@ -173,13 +189,9 @@ extension ChunkStore {
                     let targets = try catalog.read { try $0.tensorTargets(print: print, excluding: blob.id, limit: Self.castCandidates) }
                     let values = (t.range.upperBound - t.range.lowerBound) / 4
                     for target in targets {
-                        let (chunks, bytes) = try deriveTensor(
-                            target.offset..<(target.offset + 2 * values), of: target.blob, kind: kind,
-                            from: TensorSource(blob: blob, offset: t.range.lowerBound))
-                        guard chunks > 0 else { continue }
-                        report.tensorsMatched += 1
-                        report.chunksDerived += chunks
-                        report.bytesDerived += bytes
+                        let range = target.offset..<(target.offset + 2 * values)
+                        _ = try derive(
+                            range, of: target.blob, kind: kind, from: TensorSource(blob: blob, offset: t.range.lowerBound), &report)
                     }
                 }
             }
@@ -188,15 +200,42 @@ extension ChunkStore {
         }
     }
 
+    /// `deriveTensor`, with a failure (a candidate that cannot be read) counted, not thrown;
+    /// true when chunks were recorded.
+    private func derive(
+        _ range: Range<Int64>, of blob: BlobRecord, kind: CastKind, from source: TensorSource, _ report: inout CastReport
+    ) throws -> Bool {
+        do {
+            let (chunks, bytes) = try deriveTensor(range, of: blob, kind: kind, from: source)
+            guard chunks > 0 else { return false }
+            report.tensorsMatched += 1
+            report.chunksDerived += chunks
+            report.bytesDerived += bytes
+            return true
+        } catch let e as DepotError {
+            // A storage failure (disk full, catalog unreachable) stops the pass; damage skips one.
+            if case .storage = e { throw e }
+            report.failed("\(blob.digest) from \(source.blob.digest): \(e)")
+            return false
+        }
+    }
+
+    /// The first and last `TensorPrint.elements` values of `t` (`width` bytes each).
+    private func ends(of t: TensorExtent, in blob: BlobRecord, width: Int) throws -> [UInt8] {
+        let n = Int64(TensorPrint.elements * width)
+        let head = try bytes(of: blob, t.range.lowerBound..<(t.range.lowerBound + n))
+        return head + (try bytes(of: blob, (t.range.upperBound - n)..<t.range.upperBound))
+    }
+
     /// The tensors of `blob` that can take part in casts: fp32, fp16 or bf16, at least
     /// `minCastValues` values, whole values, inside the blob. The layout reader's answer is not
-    /// trusted further than that.
+    /// trusted further than that; one that finds the blob is not its format (`invalidArgument`)
+    /// gives none, any other failure is thrown.
     private func castTensors(of blob: BlobRecord, layout: any TensorLayoutReader) throws -> [TensorExtent] {
         let tensors: [TensorExtent]?
         do {
             tensors = try layout.tensors(size: blob.size) { range in try bytes(of: blob, range) }
-        } catch let e as DepotError {
-            if case .integrity = e { throw e }
+        } catch DepotError.invalidArgument {
             return []
         }
         return (tensors ?? []).filter { t in
@@ -206,9 +245,9 @@ extension ChunkStore {
             case .float16, .bfloat16: width = 2
             case .other: return false
             }
+            guard t.range.lowerBound >= 0, t.range.upperBound <= blob.size else { return false }
             let length = t.range.upperBound - t.range.lowerBound
-            return t.range.lowerBound >= 0 && t.range.upperBound <= blob.size && length % width == 0
-                && length / width >= Int64(Self.minCastValues)
+            return length % width == 0 && length / width >= Int64(Self.minCastValues)
         }
     }
 
@@ -223,14 +262,16 @@ extension ChunkStore {
         return out
     }
 
-    /// Compares the chunks of the 16-bit tensor at `range` of `blob` with the cast of the fp32 tensor at
-    /// `source`, recording each chunk that matches as a cast. Returns (chunks, raw bytes) recorded.
+    /// Compares the chunks of the 16-bit tensor at `range` of `blob` with the cast of the fp32
+    /// tensor at `source`, recording each chunk that matches as a cast. Returns (chunks, raw bytes)
+    /// recorded. Chunks under `minCastChunk` bytes are left as they are (a cast's rows would cost
+    /// more than their record).
     private func deriveTensor(_ range: Range<Int64>, of blob: BlobRecord, kind: CastKind, from source: TensorSource) throws -> (Int, Int64)
     {
         guard range.lowerBound >= 0, range.upperBound <= blob.size else { return (0, 0) }
         let values = (range.upperBound - range.lowerBound) / 2
+        guard source.offset >= 0, source.offset <= source.blob.size, values <= (source.blob.size - source.offset) / 4 else { return (0, 0) }
         let sourceRange = source.offset..<(source.offset + 4 * values)
-        guard source.offset >= 0, sourceRange.upperBound <= source.blob.size else { return (0, 0) }
         // The tensor's chunks: entries wholly inside it that are plain chunks now.
         var entries: [RecipeEntry] = []
         var cursor = try catalog.read { try $0.recipeStart(blob: blob.id, containing: range.lowerBound) } ?? 0
@@ -238,7 +279,9 @@ extension ChunkStore {
             let page = try catalog.read { try $0.recipe(blob: blob.id, from: cursor, limit: 512) }
             for e in page {
                 if e.offset >= range.upperBound { break scan }
-                if e.offset >= range.lowerBound && e.offset + Int64(e.length) <= range.upperBound { entries.append(e) }
+                if e.offset >= range.lowerBound && e.offset + Int64(e.length) <= range.upperBound && e.length >= Self.minCastChunk {
+                    entries.append(e)
+                }
             }
             guard let last = page.last, page.count == 512 else { break }
             cursor = last.offset + 1
@@ -248,8 +291,22 @@ extension ChunkStore {
         var window = ByteWindow(reader: BlobReader<[UInt8]>(store: self, blob: source.blob, range: sourceRange))
         var sources = RecipeCursor(store: self, blob: source.blob.id)
         var found: [(SHA256.Value, CastRecord)] = []
+        var recorded = 0
+        var bytes: Int64 = 0
         var misses = 0
         var cast: [UInt8] = []
+        func record() throws {
+            guard !found.isEmpty else { return }
+            let now = PackAppender.now()
+            try catalog.write { conn in
+                try conn.lockCasts()
+                for (hash, record) in found where try conn.recordCast(hash, record, now: now) == nil {
+                    recorded += 1
+                    bytes += Int64(record.rawLength)
+                }
+            }
+            found.removeAll(keepingCapacity: true)
+        }
         for e in plain {
             let r0 = e.offset - range.lowerBound
             let skip = Int(r0 % 2)
@@ -267,7 +324,7 @@ extension ChunkStore {
                 // Not a cast of this tensor (a print collision, or a fine-tuned copy): give up early
                 // when nothing matched at all.
                 misses += 1
-                if found.isEmpty && misses >= 8 { return (0, 0) }
+                if recorded == 0 && found.isEmpty && misses >= 8 { return (0, 0) }
                 continue
             }
             let start = sourceRange.lowerBound + 4 * first
@@ -275,20 +332,50 @@ extension ChunkStore {
                 hashes.count <= Self.maxCastSources
             else { continue }
             found.append((e.hash, CastRecord(kind: kind.rawValue, rawLength: e.length, skip: skip, sourceOffset: offset, sources: hashes)))
+            if found.count == 256 { try record() }
         }
-        var recorded = 0
-        var bytes: Int64 = 0
-        let now = PackAppender.now()
-        for start in stride(from: 0, to: found.count, by: 256) {
-            let group = found[start..<min(found.count, start + 256)]
-            try catalog.write { conn in
-                for (hash, record) in group where try conn.recordCast(hash, record, now: now) == nil {
-                    recorded += 1
-                    bytes += Int64(record.rawLength)
+        try record()
+        return (recorded, bytes)
+    }
+
+    // MARK: making casts plain again
+
+    /// Stores as plain chunks again the casts whose fp32 source no recipe names any more (its
+    /// file was deleted): otherwise the cast would keep the whole fp32 source alive, twice its own
+    /// size. Each is decoded, compressed and appended like any chunk; its cast rows go once the
+    /// record is committed. Returns how many; GC then sweeps the sources.
+    func materializeCasts(_ report: inout GCReport) throws {
+        while true {
+            let hashes = try catalog.read { try $0.castsWithUnreferencedSources(limit: 256) }
+            guard !hashes.isEmpty else { return }
+            var done: [SHA256.Value] = []
+            for hash in hashes {
+                do {
+                    guard let cast = try catalog.read({ try $0.chunkCast(hash) }) else { continue }
+                    let bytes = try decodeCast(hash, cast)
+                    try compressors.with { c in
+                        try bytes.withUnsafeBytes { raw in
+                            try c.encode(raw, policy: options.compression, elementWidth: 2) { codec, payload in
+                                try appender.appendUnrecorded(hash, codec: codec, rawLength: raw.count, payload: payload)
+                            }
+                        }
+                    }
+                    done.append(hash)
+                } catch let e as DepotError {
+                    if case .storage = e { throw e }
+                    // Undecodable (damage): left for `depot fsck` to name, never a reason to stop GC.
+                    report.damagedChunks.append(
+                        GCDamage(chunk: "sha256:" + hash.hex, pack: 0, reason: "\(e); a cast chunk, left in place, run `depot fsck`"))
                 }
             }
+            try appender.checkpoint()
+            let dropped = try catalog.write { conn -> Int in
+                try conn.lockCasts()
+                return try done.filter { try conn.dropCastNowPlain($0) }.count
+            }
+            report.castChunksMaterialized += dropped
+            if done.count < hashes.count || dropped == 0 { return } // what is left cannot be made plain now
         }
-        return (recorded, bytes)
     }
 }
 
@@ -391,12 +478,20 @@ final class CastSourceCache: Sendable {
         }
     }
 
+    /// Entries at most, whatever their size: bounds the eviction scan (under the lock every cast
+    /// read takes) and the per-entry overhead, which tiny chunks would otherwise multiply.
+    static let maxEntries = 64
+    /// Sources smaller than this are not kept (cheap to read again; many would crowd the cache).
+    static let minBytes = 4 << 10
+
     func put(_ hash: SHA256.Value, _ bytes: [UInt8]) {
-        guard bytes.count <= capacityBytes / 4 else { return }
+        guard bytes.count >= Self.minBytes, bytes.count <= capacityBytes / 4 else { return }
         state.withLock { s in
             guard s.entries[hash] == nil else { return }
-            // Evict the least recently used until it fits (a few dozen entries: a scan is cheap).
-            while s.bytes + bytes.count > capacityBytes, let oldest = s.entries.min(by: { $0.value.used < $1.value.used }) {
+            // Evict the least recently used until it fits (at most 64 entries: a scan is cheap).
+            while s.bytes + bytes.count > capacityBytes || s.entries.count >= Self.maxEntries,
+                let oldest = s.entries.min(by: { $0.value.used < $1.value.used })
+            {
                 s.bytes -= oldest.value.bytes.count
                 s.entries[oldest.key] = nil
             }

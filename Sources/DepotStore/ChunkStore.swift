@@ -195,12 +195,17 @@ public final class ChunkStore: Sendable {
     /// by the catalog's triggers are read, in constant time (`/metrics`).
     public func stats(exact: Bool = true) throws -> StoreStats {
         let c = try catalog.read { exact ? try $0.storeCounts() : try $0.storeCounters() }
-        var stats = StoreStats(
+        return StoreStats(
             blobs: c.blobs, logicalBytes: c.logicalBytes, storedBytes: c.packBytes,
             chunks: c.chunks, chunkBytes: c.chunkRawBytes, chunkStoredBytes: c.chunkStoredBytes,
             packs: c.packs, unfinishedWrites: c.writing)
-        if exact { (stats.castChunks, stats.castChunkBytes) = try catalog.read { try $0.castCounts() } }
-        return stats
+    }
+
+    /// Chunks stored as casts of fp32 chunks (`CastChunks.swift`; not in `stats().chunks`) and
+    /// the raw bytes they stand for, by scanning `chunk_casts` (`depot stats`).
+    public func castStats() throws -> (chunks: Int, bytes: Int64) {
+        let counts = try catalog.read { try $0.castCounts() }
+        return (counts.chunks, counts.rawBytes)
     }
 }
 
@@ -217,10 +222,6 @@ public struct StoreStats: Sendable, Codable, Equatable {
     public var chunkStoredBytes: Int64
     public var packs: Int
     public var unfinishedWrites: Int
-    /// Chunks stored as casts of fp32 chunks (`CastChunks.swift`), not counted in `chunks`, and
-    /// their raw bytes; only in exact counts (`depot stats`).
-    public var castChunks: Int?
-    public var castChunkBytes: Int64?
 
     enum CodingKeys: String, CodingKey {
         case blobs
@@ -231,7 +232,5 @@ public struct StoreStats: Sendable, Codable, Equatable {
         case chunkStoredBytes = "chunk_stored_bytes"
         case packs
         case unfinishedWrites = "unfinished_writes"
-        case castChunks = "cast_chunks"
-        case castChunkBytes = "cast_chunk_bytes"
     }
 }

@@ -49,9 +49,13 @@ extension ChunkStore {
                 return (h, nil, cast)
             }
         }
+        var decoded: [SHA256.Value: [UInt8]] = [:] // a hash asked for twice is decoded once
         let locations = try found.map { (h, loc, cast) -> (SHA256.Value, TransferSource) in
             if let loc { return (h, .pack(loc)) }
-            return (h, .cast(try decodeCast(h, cast!)))
+            if let bytes = decoded[h] { return (h, .cast(bytes)) }
+            let bytes = try decodeCast(h, cast!)
+            decoded[h] = bytes
+            return (h, .cast(bytes))
         }
         let total = locations.reduce(0) { sum, item in
             switch item.1 {
@@ -91,6 +95,9 @@ extension ChunkStore {
                     let moved = try? catalog.read { try $0.chunkLocation(hash) }
                     if let moved, moved != loc, moved.storedLength == loc.storedLength, readAt(moved) {
                         // Found it where compaction put it.
+                    } else if moved == nil, (try? catalog.read { try $0.chunkCast(hash) }) != nil {
+                        // GC made it a cast and compacted its record away meanwhile: not damage.
+                        failure = DepotError.storage("chunk sha256:\(hash.hex) was reorganized by GC while it was read; retry")
                     } else {
                         failure = DepotError.integrity(
                             "chunk sha256:\(hash.hex) in pack \(loc.pack): record header does not match the index; run `depot fsck`")

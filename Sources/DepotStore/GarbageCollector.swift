@@ -24,6 +24,8 @@ public struct GCReport: Sendable, Codable, Equatable {
     public var casts: CastReport?
     /// Cast chunks (`chunk_casts`) deleted because no recipe names them any more.
     public var castChunksDeleted = 0
+    /// Cast chunks stored as plain chunks again because their fp32 source is no longer used.
+    public var castChunksMaterialized = 0
 
     enum CodingKeys: String, CodingKey {
         case blobsDeleted = "blobs_deleted"
@@ -36,6 +38,7 @@ public struct GCReport: Sendable, Codable, Equatable {
         case damagedChunks = "damaged_chunks"
         case casts
         case castChunksDeleted = "cast_chunks_deleted"
+        case castChunksMaterialized = "cast_chunks_materialized"
     }
 }
 
@@ -48,12 +51,13 @@ extension ChunkStore {
     /// "unreferenced" and "deleted". Compaction then copies the live records of sparse packs into
     /// the current pack, and deletes a pack file only after no index row names it.
     /// `now`: milliseconds since 1970, like every catalog time. With `tensors`, cast-aware
-    /// deduplication scans new blobs first (`deriveCasts`), so that compaction reclaims the records
-    /// of chunks it turned into casts in the same run.
+    /// deduplication then scans new blobs (`deriveCasts`, at most `castPassSeconds`; only blobs
+    /// the sweep kept are sources), casts whose fp32 source was swept are made plain again
+    /// (`materializeCasts`) and their sources swept, and compaction reclaims the records of chunks
+    /// turned into casts in the same run.
     public func collectGarbage(now: Int64? = nil, tensors: (any TensorLayoutReader)? = nil) throws -> GCReport {
         guard !readOnly else { throw DepotError.storage("store \(root) is open read-only") }
         var report = GCReport()
-        if let tensors { report.casts = try deriveCasts(layout: tensors) }
         // The cutoff is a whole second, as when the catalog counted seconds (before migration 9): a
         // write touched in the current second is never stale, even with a grace of 0.
         let staleBefore = ((now ?? PackAppender.now()) / 1000 - options.writeGraceSeconds) * 1000
@@ -65,9 +69,21 @@ extension ChunkStore {
             report.chunksDeleted = swept.count
             report.chunkBytesFreed = swept.bytes
         }
+        if let tensors { report.casts = try deriveCasts(layout: tensors, deadline: .now + .seconds(Self.castPassSeconds)) }
+        try materializeCasts(&report)
+        if report.castChunksMaterialized > 0 {
+            try appender.exclusive { conn, _ in
+                let swept = try conn.deleteUnreferencedChunks()
+                report.chunksDeleted += swept.count
+                report.chunkBytesFreed += swept.bytes
+            }
+        }
         try compact(&report)
         return report
     }
+
+    /// The longest a GC spends scanning for casts; the rest waits for the next GC.
+    static let castPassSeconds: Int64 = 600
 
     private func compact(_ report: inout GCReport) throws {
         if let objects = files.objects { return try compactObjects(objects, &report) }

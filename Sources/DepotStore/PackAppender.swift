@@ -244,6 +244,16 @@ final class PackAppender: Sendable {
         }
     }
 
+    /// Appends an encoded record for a chunk that recipes name but that has no record (GC making a
+    /// cast chunk plain again), unless it has one by now; the row commits with the next flush.
+    func appendUnrecorded(_ hash: SHA256.Value, codec: ChunkCodec, rawLength: Int, payload: UnsafeRawBufferPointer) throws {
+        try withState { s in
+            guard s.pendingChunks[hash] == nil, s.handedOffChunks[hash] == nil, try db.read({ try $0.chunkLocation(hash) }) == nil
+            else { return }
+            try append(hash, codec: codec, rawLength: rawLength, payload: payload, &s)
+        }
+    }
+
     /// Re-appends an already encoded record (GC compaction) if the chunk is still indexed at `old`.
     func relocate(_ hash: SHA256.Value, from old: ChunkLocation, codec: ChunkCodec, payload: UnsafeRawBufferPointer) throws {
         try withState { s in

@@ -291,6 +291,12 @@ enum Recovery {
                 }
             }
         }
+        if policy == .repair && report.droppedChunkRows > 0 {
+            // Casts of dropped chunks can never be decoded: dropped too, their blobs named.
+            let casts = try catalog.write { try $0.dropCastsWithMissingSources() }
+            report.droppedChunkRows += casts.count
+            lost.formUnion(casts.blobs.map(\.description))
+        }
         report.lostBlobs = lost.sorted()
         // Appends always go to a fresh pack after a restart.
         try catalog.write { try $0.sealAllPacks() }

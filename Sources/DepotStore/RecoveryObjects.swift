@@ -92,6 +92,12 @@ extension Recovery {
                 }
             }
             if policy == .report { report.problems = problems }
+            if policy == .repair && report.droppedChunkRows > 0 {
+                // Casts of dropped chunks can never be decoded: dropped too, their blobs named.
+                let casts = try catalog.write { try $0.dropCastsWithMissingSources() }
+                report.droppedChunkRows += casts.count
+                report.lostBlobs = Set(report.lostBlobs).union(casts.blobs.map(\.description)).sorted()
+            }
         }
 
         // GC deletions a crash interrupted: the catalog itself says no row names these bytes.

@@ -12,11 +12,11 @@ struct Stats: ParsableCommand {
     @Flag(help: "Machine-readable output.") var json = false
 
     func run() throws {
-        let stats = reportingErrors { () -> StoreStats in
+        let (stats, casts) = reportingErrors { () -> (StoreStats, (chunks: Int, bytes: Int64)) in
             let store = try ChunkStore(root: storage.storage, options: storage.options(), readOnly: true)
-            return try store.stats()
+            return (try store.stats(), try store.castStats())
         }
-        if json { return printJSON(stats) }
+        if json { return printJSON(StatsOutput(stats: stats, castChunks: casts.chunks, castChunkBytes: casts.bytes)) }
         let ratio = stats.storedBytes > 0 ? Double(stats.logicalBytes) / Double(stats.storedBytes) : 0
         print(
             """
@@ -25,7 +25,7 @@ struct Stats: ParsableCommand {
             stored bytes    \(stats.storedBytes) (\(formatBytes(stats.storedBytes)))
             ratio           \(String(format: "%.3f", ratio))
             chunks          \(stats.chunks) (\(formatBytes(stats.chunkBytes)) raw, \(formatBytes(stats.chunkStoredBytes)) stored)
-            cast chunks     \(stats.castChunks ?? 0) (\(formatBytes(stats.castChunkBytes ?? 0)) as casts of fp32 chunks)
+            cast chunks     \(casts.chunks) (\(formatBytes(casts.bytes)) as casts of fp32 chunks)
             packs           \(stats.packs)
             unfinished      \(stats.unfinishedWrites)
             """)
@@ -203,16 +203,44 @@ struct WriteSummary: Encodable {
 
 /// Writes to `<path>.partial`, fsyncs and renames into place on `commit`, so a failed
 /// command never leaves a half-written file under the final name.
+/// `depot stats --json`: the store's sizes and, beside them, its cast chunks.
+struct StatsOutput: Encodable {
+    let stats: StoreStats
+    let castChunks: Int
+    let castChunkBytes: Int64
+
+    enum Keys: String, CodingKey {
+        case castChunks = "cast_chunks"
+        case castChunkBytes = "cast_chunk_bytes"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        try stats.encode(to: encoder)
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(castChunks, forKey: .castChunks)
+        try c.encode(castChunkBytes, forKey: .castChunkBytes)
+    }
+}
+
 final class OutputFile {
     let path: String
     let file: PosixFile
+    /// A device or pipe (`-o /dev/null`, a FIFO) is written in place: renaming a file over it
+    /// would replace the device node (as root, `/dev/null` itself).
+    let direct: Bool
     init(path: String) throws {
         self.path = path
-        file = try PosixFile(path: path + ".partial", mode: .createReadWrite)
-        try file.truncate(to: 0)
+        direct = FileSystem.probe(path) == .other
+        if direct {
+            file = try PosixFile(path: path, mode: .readWrite)
+        } else {
+            file = try PosixFile(path: path + ".partial", mode: .createReadWrite)
+            try file.truncate(to: 0)
+        }
     }
     func write(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try file.write($0) } }
     func commit() throws {
+        guard !direct else { return }
         try file.sync()
         try FileSystem.rename(path + ".partial", path)
     }

@@ -206,21 +206,49 @@ private struct Family {
         let half = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
         let later = PackAppender.now() + 5_000
         #expect(try store.collectGarbage(now: later, tensors: layout).casts?.chunksDerived ?? 0 > 0)
-        // The fp32 file goes; its chunks stay, because the fp16 file's casts read them.
-        try store.release(base.digest)
-        let gone = try store.collectGarbage(now: later)
-        #expect(gone.blobsDeleted == 1)
-        #expect(gone.castChunksDeleted == 0)
-        #expect(try store.readAll(half.digest) == f.half)
-        #expect(try store.fsck().isClean)
-        // The fp16 file goes too: the casts and then their sources are collected in one sweep.
+        // The fp16 file goes while the fp32 one stays: its casts go, their sources stay (the fp32
+        // file's own chunks).
+        let bfloat = try store.write(f.bfloat, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        #expect(try store.collectGarbage(now: later, tensors: layout).casts?.chunksDerived ?? 0 > 0)
         try store.release(half.digest)
-        let all = try store.collectGarbage(now: later)
-        #expect(all.castChunksDeleted > 0)
-        let counts = try store.catalog.read { try $0.castCounts() }
-        #expect(counts.chunks == 0)
-        #expect(try store.stats().chunks == 0)
+        let halfGone = try store.collectGarbage(now: later)
+        #expect(halfGone.blobsDeleted == 1 && halfGone.castChunksDeleted > 0)
+        #expect(try store.readAll(base.digest) == f.base)
+        #expect(try store.readAll(bfloat.digest) == f.bfloat)
+        // The fp32 file goes: the bf16 file's casts would keep all of it alive (twice their size),
+        // so they are stored as plain chunks again and the fp32 chunks are swept, in the same GC.
+        try store.release(base.digest)
+        let baseGone = try store.collectGarbage(now: later)
+        #expect(baseGone.blobsDeleted == 1)
+        #expect(baseGone.castChunksMaterialized > 0)
+        #expect(try store.catalog.read { try $0.castCounts() }.chunks == 0)
         #expect(try store.catalog.read { try $0.first("SELECT COUNT(*) FROM chunk_cast_sources") { $0.int(0) } } == 0)
+        #expect(try store.stats().chunkBytes == Int64(f.bfloat.count))
+        #expect(try store.readAll(bfloat.digest) == f.bfloat)
+        #expect(try store.fsck().isClean)
+        try store.release(bfloat.digest)
+        _ = try store.collectGarbage(now: later)
+        #expect(try store.stats().chunks == 0)
+    }
+
+    @Test func aDamagedSourceDoesNotStopGarbageCollection() throws {
+        let dir = TempDir()
+        let store = try ChunkStore(root: dir.path, create: true)
+        let f = Family()
+        let base = try store.write(f.base, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        let half = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        // Damage one fp32 chunk in the middle of tensor `b` (the last tensor) on disk.
+        let blob = try #require(try store.blob(base.digest))
+        let entry = try #require(try store.recipe(of: blob, from: 0, limit: 1000).dropLast().last)
+        let loc = try #require(try store.catalog.read { try $0.chunkLocation(entry.hash) })
+        let file = try PosixFile(path: dir.path + "/" + PackFormat.relativePath(loc.pack), mode: .readWrite)
+        try [UInt8](repeating: 0xEE, count: 64).withUnsafeBytes { try file.write($0, at: loc.offset + 100) }
+        let report = try store.collectGarbage(tensors: layout)
+        let casts = try #require(report.casts)
+        #expect(casts.failures >= 1)
+        #expect(casts.firstFailure != nil)
+        #expect(casts.tensorsMatched >= 1) // tensor `a` still became casts
+        #expect(try store.readAll(half.digest) == f.half)
     }
 
     @Test func aReStoredCastIsDeduplicatedAndServedAsARecord() throws {
