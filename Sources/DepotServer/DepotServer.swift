@@ -312,6 +312,16 @@ struct PeriodicGC: Service {
                         logger.info(
                             "gc: deleted \(report.manifestsDeleted) unkept manifest(s), \(r.blobsDeleted) blob(s) and \(r.chunksDeleted) chunk(s), compacted \(r.packsCompacted) pack(s), freed \(r.packBytesFreed) pack bytes"
                         )
+                        if let c = r.casts, c.blobsScanned > 0 || c.failures > 0 || r.castChunksMaterialized > 0 {
+                            logger.info(
+                                "gc: cast-aware dedup scanned \(c.blobsScanned) blob(s): \(c.chunksDerived) chunk(s) of \(c.tensorsMatched) fp16/bf16 tensor(s) (\(c.bytesDerived) bytes) stored as casts of fp32 chunks; \(r.castChunksMaterialized) cast(s) stored plain again"
+                            )
+                        }
+                        if let c = r.casts, let why = c.firstFailure {
+                            logger.warning(
+                                "gc: cast-aware dedup skipped \(c.failures) unreadable blob(s) or candidate(s), e.g. \(why); run `depot fsck`"
+                            )
+                        }
                         for d in r.damagedChunks {
                             logger.error("gc: skipped damaged chunk \(d.chunk) in pack \(d.pack): \(d.reason)")
                         }

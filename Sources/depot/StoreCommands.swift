@@ -116,6 +116,15 @@ struct GC: ParsableCommand {
         print(
             "compacted \(s.packsCompacted) pack(s) (\(s.chunksMoved) chunks moved), deleted \(s.packsDeleted) pack(s) (\(formatBytes(s.packBytesFreed)) freed)"
         )
+        if let c = s.casts {
+            print(
+                "casts: scanned \(c.blobsScanned) blob(s), \(c.chunksDerived) chunk(s) of \(c.tensorsMatched) fp16/bf16 tensor(s) (\(formatBytes(c.bytesDerived))) stored as casts of fp32 chunks, \(s.castChunksMaterialized) stored plain again"
+            )
+            if let why = c.firstFailure {
+                FileHandleOutput.stderr(
+                    "warning: cast-aware dedup skipped \(c.failures) unreadable blob(s) or candidate(s), e.g. \(why); run `depot fsck`\n")
+            }
+        }
         for d in s.damagedChunks {
             FileHandleOutput.stderr("warning: skipped damaged chunk \(d.chunk) in pack \(d.pack): \(d.reason)\n")
         }
