@@ -6,7 +6,9 @@
 #   (a) skopeo pushes an image, containerd (ctr) pulls and unpacks it, oras-py pushes (monolithic
 #       and chunked uploads) and pulls, all through the balancer;
 #   (b) `depot push` of a model, then of a fine-tune: the second sends only the chunks the first
-#       lacks, whichever replicas answer; `depot pull` reads both back bit for bit;
+#       lacks, whichever replicas answer; `depot pull` reads both back bit for bit; an fp32
+#       checkpoint and its fp16 cast (numpy): the leader's GC stores the fp16 chunks as casts of
+#       the fp32 ones in the bucket, and the fp16 file pulls back bit for bit;
 #   (c) a chunked upload (POST, PATCH, PATCH, PUT) whose requests go to three different replicas;
 #   (d) kill -9 of a replica in the middle of a push: the client's retry succeeds through the
 #       other two, and the artifact reads back intact;
@@ -144,6 +146,36 @@ else
 fi
 "$DEPOT" pull scale/model:tuned -o "$T/pulled-tuned" --quiet > /dev/null 2>&1 && cmp -s "$T/tuned/model.bin" "$T/pulled-tuned/model.bin" \
   && ok "depot pull read the fine-tune back bit for bit" || bad "depot pull of the fine-tune"
+
+# (b2) Cast-aware deduplication: an fp32 checkpoint and its fp16 cast, made by numpy.
+mkdir -p "$T/fp32" "$T/fp16"
+"$PY" - "$T" <<'EOF' || bad "making the fp32/fp16 checkpoints"
+import json, sys
+import numpy as np
+t = sys.argv[1]
+rng = np.random.default_rng(7)
+weights = {f"layer.{i}.weight": rng.standard_normal((512, 512), dtype=np.float32) * np.float32(0.02) for i in range(4)}
+def save(path, arrays, dtype):
+    header, offset, data = {}, 0, []
+    for name in sorted(arrays):
+        b = arrays[name].tobytes()
+        header[name] = {"dtype": dtype, "shape": list(arrays[name].shape), "data_offsets": [offset, offset + len(b)]}
+        offset += len(b)
+        data.append(b)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + b"".join(data))
+save(f"{t}/fp32/model.safetensors", weights, "F32")
+save(f"{t}/fp16/model.safetensors", {k: v.astype(np.float16) for k, v in weights.items()}, "F16")
+EOF
+"$DEPOT" push scale/cast:fp32 "$T/fp32" --quiet > "$T/push-fp32.log" 2>&1 && "$DEPOT" push scale/cast:fp16 "$T/fp16" --quiet > "$T/push-fp16.log" 2>&1 \
+  || bad "depot push of the fp32/fp16 checkpoints: $(tail -n 2 "$T"/push-fp*.log)"
+casts_made() { grep -hE "cast-aware dedup scanned [0-9]+ blob\(s\): [1-9][0-9]* chunk" "$T"/r[123].log; }
+wait_for 40 "the leader's GC to store the fp16 chunks as casts" casts_made \
+  && ok "the leader's GC stored the fp16 file's chunks as casts of the fp32 ones: $(casts_made | head -n 1 | sed 's/.*gc: //' | cut -c1-140)"
+"$DEPOT" pull scale/cast:fp16 -o "$T/pulled-fp16" --quiet > /dev/null 2>&1 && cmp -s "$T/fp16/model.safetensors" "$T/pulled-fp16/model.safetensors" \
+  && ok "depot pull read the fp16 file back bit for bit from its casts" || bad "depot pull of the fp16 file"
 
 # (c) One chunked upload, each request through the balancer (three replicas in turn).
 "$PY" - "$LB" "$CI" > "$T/chunked.log" 2>&1 <<'EOF' && ok "a chunked upload spread over the replicas completed: $(tail -n 1 "$T/chunked.log")" || bad "chunked upload: $(tail -n 3 "$T/chunked.log")"
