@@ -124,13 +124,15 @@ extension CatalogConnection {
 
     /// Casts that a chunk no recipe names is a source of (its fp32 file was deleted): GC stores
     /// them as plain chunks again (`ChunkStore.materializeCasts`), so that the source can go.
-    public func castsWithUnreferencedSources(limit: Int) throws -> [SHA256.Value] {
+    /// In hash order after `after` (pages that skip what could not be made plain).
+    public func castsWithUnreferencedSources(after: SHA256.Value?, limit: Int) throws -> [SHA256.Value] {
         var out: [SHA256.Value] = []
+        let start = after ?? SHA256.Value(a: 0, b: 0, c: 0, d: 0)
         try query(
             """
             SELECT DISTINCT s.hash FROM chunk_cast_sources s
-            WHERE NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = s.source_hash) LIMIT ?
-            """, .int(Int64(limit))
+            WHERE s.hash > ? AND NOT EXISTS (SELECT 1 FROM recipes r WHERE r.chunk_hash = s.source_hash) ORDER BY s.hash LIMIT ?
+            """, .hash(start), .int(Int64(limit))
         ) { if let h = $0.hash(0) { out.append(h) } }
         return out
     }
@@ -148,8 +150,12 @@ extension CatalogConnection {
     /// the complete blobs that named them (now damaged: their bytes must be pushed again).
     public func dropCastsWithMissingSources() throws -> (count: Int, blobs: Set<Digest>) {
         var hashes: [SHA256.Value] = []
+        // A cast that has a plain row again is served by it: not lost (its cast rows go at GC).
         try query(
-            "SELECT DISTINCT s.hash FROM chunk_cast_sources s WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = s.source_hash)"
+            """
+            SELECT DISTINCT s.hash FROM chunk_cast_sources s WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = s.source_hash)
+                AND NOT EXISTS (SELECT 1 FROM chunks p WHERE p.hash = s.hash)
+            """
         ) { if let h = $0.hash(0) { hashes.append(h) } }
         var blobs = Set<Digest>()
         for h in hashes {

@@ -168,7 +168,14 @@ extension ChunkStore {
             }
             guard let l = loc else {
                 if castAllowed, let cast = try catalog.read({ try $0.chunkCast(entry.hash) }) {
-                    let bytes = try decodeCast(entry.hash, cast)
+                    let bytes: [UInt8]
+                    do {
+                        bytes = try decodeCast(entry.hash, cast)
+                    } catch DepotError.integrity(let why) {
+                        // GC may have made it a plain chunk again and swept its sources meanwhile.
+                        guard let plain = try catalog.read({ try $0.chunkLocation(entry.hash) }) else { throw DepotError.integrity(why) }
+                        return try readChunk(entry, plain, skip: skip, into: output, castAllowed: false)
+                    }
                     guard skip >= 0, skip + output.count <= bytes.count else {
                         throw DepotError.integrity(
                             "cast chunk sha256:\(entry.hash.hex) has \(bytes.count) bytes, fewer than its recipe entry")

@@ -76,6 +76,9 @@ extension ChunkStore {
             guard let length = try catalog.read({ try $0.chunkLocation(s) })?.rawLength else {
                 throw DepotError.integrity("\(name): its source chunk sha256:\(s.hex) is missing from the store")
             }
+            guard length > 0, length <= options.chunker.maxSize else {
+                throw DepotError.integrity("\(name): its source chunk sha256:\(s.hex) has an impossible length \(length)")
+            }
             if skipBytes >= length {
                 skipBytes -= length
                 continue
@@ -188,7 +191,7 @@ extension ChunkStore {
                     // An fp32 tensor: 16-bit tensors scanned before it that may be its casts `kind`.
                     let targets = try catalog.read { try $0.tensorTargets(print: print, excluding: blob.id, limit: Self.castCandidates) }
                     let values = (t.range.upperBound - t.range.lowerBound) / 4
-                    for target in targets {
+                    for target in targets where target.offset >= 0 && target.offset <= target.blob.size && values <= target.blob.size / 2 {
                         let range = target.offset..<(target.offset + 2 * values)
                         _ = try derive(
                             range, of: target.blob, kind: kind, from: TensorSource(blob: blob, offset: t.range.lowerBound), &report)
@@ -332,7 +335,8 @@ extension ChunkStore {
                 hashes.count <= Self.maxCastSources
             else { continue }
             found.append((e.hash, CastRecord(kind: kind.rawValue, rawLength: e.length, skip: skip, sourceOffset: offset, sources: hashes)))
-            if found.count == 256 { try record() }
+            // Small batches: on PostgreSQL each holds the sweep lock, which writers' commits wait for.
+            if found.count == 32 { try record() }
         }
         try record()
         return (recorded, bytes)
@@ -345,36 +349,39 @@ extension ChunkStore {
     /// size. Each is decoded, compressed and appended like any chunk; its cast rows go once the
     /// record is committed. Returns how many; GC then sweeps the sources.
     func materializeCasts(_ report: inout GCReport) throws {
+        var after: SHA256.Value?
         while true {
-            let hashes = try catalog.read { try $0.castsWithUnreferencedSources(limit: 256) }
-            guard !hashes.isEmpty else { return }
+            let hashes = try catalog.read { try $0.castsWithUnreferencedSources(after: after, limit: 256) }
+            guard let last = hashes.last else { return }
+            after = last
             var done: [SHA256.Value] = []
             for hash in hashes {
+                guard let cast = try catalog.read({ try $0.chunkCast(hash) }) else { continue }
+                let bytes: [UInt8]
                 do {
-                    guard let cast = try catalog.read({ try $0.chunkCast(hash) }) else { continue }
-                    let bytes = try decodeCast(hash, cast)
-                    try compressors.with { c in
-                        try bytes.withUnsafeBytes { raw in
-                            try c.encode(raw, policy: options.compression, elementWidth: 2) { codec, payload in
-                                try appender.appendUnrecorded(hash, codec: codec, rawLength: raw.count, payload: payload)
-                            }
-                        }
-                    }
-                    done.append(hash)
-                } catch let e as DepotError {
-                    if case .storage = e { throw e }
+                    bytes = try decodeCast(hash, cast)
+                } catch DepotError.integrity(let why) {
                     // Undecodable (damage): left for `depot fsck` to name, never a reason to stop GC.
                     report.damagedChunks.append(
-                        GCDamage(chunk: "sha256:" + hash.hex, pack: 0, reason: "\(e); a cast chunk, left in place, run `depot fsck`"))
+                        GCDamage(chunk: "sha256:" + hash.hex, pack: 0, reason: "\(why); a cast chunk, left in place, run `depot fsck`"))
+                    continue
                 }
+                // Failing to write (disk full, the object store) stops GC, as in compaction.
+                try compressors.with { c in
+                    try bytes.withUnsafeBytes { raw in
+                        try c.encode(raw, policy: options.compression, elementWidth: 2) { codec, payload in
+                            try appender.appendUnrecorded(hash, codec: codec, rawLength: raw.count, payload: payload)
+                        }
+                    }
+                }
+                done.append(hash)
             }
+            guard !done.isEmpty else { continue }
             try appender.checkpoint()
-            let dropped = try catalog.write { conn -> Int in
+            report.castChunksMaterialized += try catalog.write { conn -> Int in
                 try conn.lockCasts()
                 return try done.filter { try conn.dropCastNowPlain($0) }.count
             }
-            report.castChunksMaterialized += dropped
-            if done.count < hashes.count || dropped == 0 { return } // what is left cannot be made plain now
         }
     }
 }

@@ -53,9 +53,15 @@ extension ChunkStore {
         let locations = try found.map { (h, loc, cast) -> (SHA256.Value, TransferSource) in
             if let loc { return (h, .pack(loc)) }
             if let bytes = decoded[h] { return (h, .cast(bytes)) }
-            let bytes = try decodeCast(h, cast!)
-            decoded[h] = bytes
-            return (h, .cast(bytes))
+            do {
+                let bytes = try decodeCast(h, cast!)
+                decoded[h] = bytes
+                return (h, .cast(bytes))
+            } catch DepotError.integrity(let why) {
+                // GC may have made it a plain chunk again and swept its sources meanwhile.
+                guard let plain = try catalog.read({ try $0.chunkLocation(h) }) else { throw DepotError.integrity(why) }
+                return (h, .pack(plain))
+            }
         }
         let total = locations.reduce(0) { sum, item in
             switch item.1 {

@@ -92,7 +92,7 @@ extension Recovery {
                 }
             }
             if policy == .report { report.problems = problems }
-            if policy == .repair && report.droppedChunkRows > 0 {
+            if policy == .repair {
                 // Casts of dropped chunks can never be decoded: dropped too, their blobs named.
                 let casts = try catalog.write { try $0.dropCastsWithMissingSources() }
                 report.droppedChunkRows += casts.count

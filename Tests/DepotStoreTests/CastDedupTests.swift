@@ -231,6 +231,33 @@ private struct Family {
         #expect(try store.stats().chunks == 0)
     }
 
+    @Test func aDamagedCastDoesNotKeepTheOthersFromBeingMadePlain() throws {
+        let dir = TempDir()
+        var options = StoreOptions()
+        options.writeGraceSeconds = 0
+        let store = try ChunkStore(root: dir.path, options: options, create: true)
+        let f = Family()
+        let base = try store.write(f.base, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        let half = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        let later = PackAppender.now() + 5_000
+        _ = try store.collectGarbage(now: later, tensors: layout)
+        let casts = try store.catalog.read { try $0.castHashes() }
+        #expect(casts.count >= 2)
+        // The smallest hash (the first a page would meet) points at the wrong bytes.
+        try store.catalog.write { try $0.run("UPDATE chunk_casts SET source_offset = source_offset + 4 WHERE hash = ?", .hash(casts[0])) }
+        try store.release(base.digest)
+        let report = try store.collectGarbage(now: later)
+        #expect(report.castChunksMaterialized == casts.count - 1)
+        #expect(report.damagedChunks.map(\.chunk) == ["sha256:" + casts[0].hex])
+        #expect(try store.catalog.read { try $0.castHashes() } == [casts[0]])
+        // Every other chunk of the fp16 file reads from its plain record again.
+        let blob = try #require(try store.blob(half.digest))
+        let plain = try store.catalog.read { conn in
+            try store.recipe(of: blob, from: 0, limit: 1000).filter { try conn.chunkLocation($0.hash) != nil }.count
+        }
+        #expect(try plain == store.recipe(of: blob, from: 0, limit: 1000).count - 1)
+    }
+
     @Test func aDamagedSourceDoesNotStopGarbageCollection() throws {
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)
