@@ -20,7 +20,7 @@ public struct GCReport: Sendable, Codable, Equatable {
     public var packBytesFreed: Int64 = 0
     /// Chunks compaction skipped (damaged or unreadable); every other pack was still compacted.
     public var damagedChunks: [GCDamage] = []
-    /// Cast-aware deduplication's pass before the sweep (nil when GC ran without a layout reader).
+    /// Cast-aware deduplication's pass after the sweep (nil when GC ran without a layout reader).
     public var casts: CastReport?
     /// Cast chunks (`chunk_casts`) deleted because no recipe names them any more.
     public var castChunksDeleted = 0
@@ -47,8 +47,8 @@ extension ChunkStore {
     ///
     /// Roots: blobs declared live (`retain`), writes in progress in this process, and unfinished
     /// writes touched within the grace period. The sweep (delete unrooted blobs, then cast chunks
-    /// no recipe names, then chunks no recipe and no cast names) runs inside the appender's lock, so no writer can reference a chunk between
-    /// "unreferenced" and "deleted". Compaction then copies the live records of sparse packs into
+    /// no recipe names, then chunks no recipe and no cast names) runs inside the appender's lock,
+    /// so no writer can reference a chunk between "unreferenced" and "deleted". Compaction then copies the live records of sparse packs into
     /// the current pack, and deletes a pack file only after no index row names it.
     /// `now`: milliseconds since 1970, like every catalog time. With `tensors`, cast-aware
     /// deduplication then scans new blobs (`deriveCasts`, at most `castPassSeconds`; only blobs
