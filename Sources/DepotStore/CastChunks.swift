@@ -350,11 +350,11 @@ extension ChunkStore {
     /// record is committed. Returns how many; GC then sweeps the sources.
     func materializeCasts(_ report: inout GCReport) throws {
         var after: SHA256.Value?
+        var done: [SHA256.Value] = []
         while true {
             let hashes = try catalog.read { try $0.castsWithUnreferencedSources(after: after, limit: 256) }
-            guard let last = hashes.last else { return }
+            guard let last = hashes.last else { break }
             after = last
-            var done: [SHA256.Value] = []
             for hash in hashes {
                 guard let cast = try catalog.read({ try $0.chunkCast(hash) }) else { continue }
                 let bytes: [UInt8]
@@ -376,11 +376,16 @@ extension ChunkStore {
                 }
                 done.append(hash)
             }
-            guard !done.isEmpty else { continue }
-            try appender.checkpoint()
+        }
+        guard !done.isEmpty else { return }
+        // One commit for all (in S3 mode a commit uploads and seals the current pack: one per page
+        // would leave small packs), then the cast rows of those now plain.
+        try appender.checkpoint()
+        for start in stride(from: 0, to: done.count, by: 256) {
+            let group = done[start..<min(done.count, start + 256)]
             report.castChunksMaterialized += try catalog.write { conn -> Int in
                 try conn.lockCasts()
-                return try done.filter { try conn.dropCastNowPlain($0) }.count
+                return try group.filter { try conn.dropCastNowPlain($0) }.count
             }
         }
     }

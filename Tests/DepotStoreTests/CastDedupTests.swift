@@ -66,6 +66,13 @@ private struct Family {
     }
 }
 
+extension ChunkStore {
+    /// Stores a safetensors file the way the registry does (tensor-aligned cuts), declared live.
+    fileprivate func put(_ bytes: [UInt8]) throws -> WriteResult {
+        try write(bytes, planner: SafetensorsBoundaryPlanner(), retain: "test")
+    }
+}
+
 @Suite struct CastArithmeticTests {
     @Test func halfMatchesTheCompilerRuntimeOnEdgesAndRandomValues() {
         var patterns: [UInt32] = [
@@ -124,9 +131,9 @@ private struct Family {
         options.compactBelow = 1.0
         let store = try ChunkStore(root: dir.path, options: options, create: true)
         let f = Family()
-        let base = try store.write(f.base, planner: SafetensorsBoundaryPlanner(), retain: "test")
-        let half = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
-        let bfloat = try store.write(f.bfloat, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        let base = try store.put(f.base)
+        let half = try store.put(f.half)
+        let bfloat = try store.put(f.bfloat)
         let before = try store.stats()
         let report = try store.collectGarbage(tensors: layout)
         let casts = try #require(report.casts)
@@ -168,10 +175,10 @@ private struct Family {
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)
         let f = Family()
-        let half = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        let half = try store.put(f.half)
         #expect(try store.deriveCasts(layout: layout).chunksDerived == 0)
-        _ = try store.write(f.base, planner: SafetensorsBoundaryPlanner(), retain: "test")
-        let bfloat = try store.write(f.bfloat, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        _ = try store.put(f.base)
+        let bfloat = try store.put(f.bfloat)
         // One blob per page: the fp32 file finds the fp16 one scanned before it, the bf16 file
         // (scanned after) finds the fp32 one.
         let first = try store.deriveCasts(layout: layout, blobLimit: 1)
@@ -187,8 +194,8 @@ private struct Family {
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)
         let f = Family()
-        _ = try store.write(f.base, planner: SafetensorsBoundaryPlanner(), retain: "test")
-        let tuned = try store.write(f.tunedHalf, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        _ = try store.put(f.base)
+        let tuned = try store.put(f.tunedHalf)
         let casts = try #require(try store.collectGarbage(tensors: layout).casts)
         #expect(casts.tensorsMatched == 1)
         #expect(casts.bytesDerived == Int64(2 * f.a.count))
@@ -202,13 +209,13 @@ private struct Family {
         options.writeGraceSeconds = 0
         let store = try ChunkStore(root: dir.path, options: options, create: true)
         let f = Family()
-        let base = try store.write(f.base, planner: SafetensorsBoundaryPlanner(), retain: "test")
-        let half = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        let base = try store.put(f.base)
+        let half = try store.put(f.half)
         let later = PackAppender.now() + 5_000
         #expect(try store.collectGarbage(now: later, tensors: layout).casts?.chunksDerived ?? 0 > 0)
         // The fp16 file goes while the fp32 one stays: its casts go, their sources stay (the fp32
         // file's own chunks).
-        let bfloat = try store.write(f.bfloat, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        let bfloat = try store.put(f.bfloat)
         #expect(try store.collectGarbage(now: later, tensors: layout).casts?.chunksDerived ?? 0 > 0)
         try store.release(half.digest)
         let halfGone = try store.collectGarbage(now: later)
@@ -237,8 +244,8 @@ private struct Family {
         options.writeGraceSeconds = 0
         let store = try ChunkStore(root: dir.path, options: options, create: true)
         let f = Family()
-        let base = try store.write(f.base, planner: SafetensorsBoundaryPlanner(), retain: "test")
-        let half = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        let base = try store.put(f.base)
+        let half = try store.put(f.half)
         let later = PackAppender.now() + 5_000
         _ = try store.collectGarbage(now: later, tensors: layout)
         let casts = try store.catalog.read { try $0.castHashes() }
@@ -262,8 +269,8 @@ private struct Family {
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)
         let f = Family()
-        let base = try store.write(f.base, planner: SafetensorsBoundaryPlanner(), retain: "test")
-        let half = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        let base = try store.put(f.base)
+        let half = try store.put(f.half)
         // Damage one fp32 chunk in the middle of tensor `b` (the last tensor) on disk.
         let blob = try #require(try store.blob(base.digest))
         let entry = try #require(try store.recipe(of: blob, from: 0, limit: 1000).dropLast().last)
@@ -282,11 +289,11 @@ private struct Family {
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)
         let f = Family()
-        _ = try store.write(f.base, planner: SafetensorsBoundaryPlanner(), retain: "test")
-        let half = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        _ = try store.put(f.base)
+        let half = try store.put(f.half)
         _ = try store.collectGarbage(tensors: layout)
         // Pushing the same fp16 file again stores nothing: its chunks are present as casts.
-        let again = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        let again = try store.put(f.half)
         #expect(again.newChunks == 0)
         #expect(again.storedBytes == 0)
         // Chunk negotiation: casts are not missing, and their records decode to their bytes.
@@ -314,8 +321,8 @@ private struct Family {
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)
         let f = Family()
-        _ = try store.write(f.base, planner: SafetensorsBoundaryPlanner(), retain: "test")
-        let half = try store.write(f.half, planner: SafetensorsBoundaryPlanner(), retain: "test")
+        _ = try store.put(f.base)
+        let half = try store.put(f.half)
         _ = try store.collectGarbage(tensors: layout)
         let cast = try #require(try store.catalog.read { try $0.castHashes() }.first)
         let record = try #require(try store.catalog.read { try $0.chunkCast(cast) })
