@@ -48,7 +48,17 @@ public enum CatalogLock: Sendable, Equatable {
     /// single writer. One lock for all of them, taken first, so they cannot deadlock on each
     /// other's rows (an audit entry then an event in one transaction, an event then an audit
     /// entry in another). Chunk and recipe commits, the bulk of the writes, do not take it.
+    ///
+    /// It also orders what keeps a manifest against deleting it: every transaction that deletes
+    /// manifests (by digest, registry GC) and every one that adds something that keeps one (a
+    /// tag, a pin, an index listing it, a deployment) takes it *before* reading what it checks.
+    /// Under READ COMMITTED each statement sees everything committed before it started, so the
+    /// later of two such transactions sees the earlier one's commit: a tag or pin never lands on
+    /// a manifest deleted meanwhile, and a delete never misses a tag added meanwhile.
     case appends
+    /// Moving a job's log blob and dropping logs: whether another job still names a log (and so
+    /// keeps its `job-log` root) is read and acted on by one transaction at a time.
+    case jobLogs
     /// One tag (alias) of one repository: reading where it points, comparing with what the
     /// caller expects and moving it are one step, as with SQLite's single writer.
     case tag(repository: Int64, name: String)
@@ -68,6 +78,7 @@ public enum CatalogLock: Sendable, Equatable {
         case .tag(let repository, let name): "depot:tag:\(repository):\(name)"
         case .counter(let name): "depot:counter:\(name)"
         case .chunkSweep: "depot:chunk-sweep"
+        case .jobLogs: "depot:job-logs"
         }
     }
 }

@@ -182,19 +182,29 @@ extension CatalogConnection {
         return out
     }
 
-    /// Queued jobs of these kinds that may be leased now, oldest first, after job id `after` (paging).
+    /// Queued jobs of these kinds that may be leased now, oldest first, after job id `after`
+    /// (paging). Not locked: the leaser takes the one it chooses with `claimQueuedJob`.
     public func leasableJobs(kinds: [String], now: Int64, after: Int64 = 0, limit: Int) throws -> [JobRecord] {
         var out: [JobRecord] = []
         let list = kinds.map { "'\($0.filter { $0.isLetter })'" }.joined(separator: ",")
-        // PostgreSQL: replicas leasing at once each take rows the others have not locked, instead
-        // of all waiting on the first row and then finding it leased. (SQLite has one writer.)
-        let skipLocked = dialect == .postgres ? " FOR UPDATE SKIP LOCKED" : ""
         try query(
             """
-            SELECT \(Self.jobColumns) FROM jobs WHERE state = ? AND kind IN (\(list)) AND not_before <= ? AND id > ? ORDER BY id LIMIT ?\(skipLocked)
+            SELECT \(Self.jobColumns) FROM jobs WHERE state = ? AND kind IN (\(list)) AND not_before <= ? AND id > ? ORDER BY id LIMIT ?
             """, .state(JobState.queued), .int(now), .int(after), .int(Int64(limit))
         ) { out.append(try Self.job($0)) }
         return out
+    }
+
+    /// Whether job `id` is still queued and this transaction now holds it. On PostgreSQL the
+    /// row is locked `FOR UPDATE SKIP LOCKED`: a job another replica is leasing right now is
+    /// skipped at once (false), instead of waiting for that transaction and then finding the job
+    /// leased. One row, the chosen one: locking a whole page of candidates would hide every job
+    /// of the page from the other replicas' runners for as long as this lease takes.
+    /// (SQLite has one writer: the row only has to be still queued.)
+    public func claimQueuedJob(_ id: Int64) throws -> Bool {
+        let skipLocked = dialect == .postgres ? " FOR UPDATE SKIP LOCKED" : ""
+        return try first("SELECT 1 FROM jobs WHERE id = ? AND state = ?\(skipLocked)", .int(id), .state(JobState.queued)) { _ in true }
+            ?? false
     }
 
     /// Running jobs of one kind.
@@ -354,6 +364,9 @@ extension CatalogConnection {
     /// root, in one transaction with releasing the log it replaces: the old blob loses its
     /// `job-log` root unless another job still names it. Returns false if the lease was lost.
     public func replaceJobLog(_ id: Int64, token: String, digest: Digest, now: Int64) throws -> Bool {
+        // Two jobs whose logs are the same bytes, stored on two replicas at once: without the
+        // lock, one could drop the root the other just relied on (its insert found it present).
+        try lock(.jobLogs)
         let old = try first("SELECT log_digest FROM jobs WHERE id = ? AND lease_token = ?", .int(id), .text(token)) {
             $0.row.optionalDigestText("log_digest")
         }
@@ -374,6 +387,7 @@ extension CatalogConnection {
     /// Forgets the logs of jobs that finished before `before` (a log shared by a newer job stays):
     /// the job rows lose their log, the blobs their `job-log` root; GC reclaims them. Returns how many.
     public func expireJobLogs(finishedBefore before: Int64) throws -> Int {
+        try lock(.jobLogs)
         var digests: [String] = []
         try query(
             """

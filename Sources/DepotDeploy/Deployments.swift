@@ -93,6 +93,12 @@ public final class Deployments: Sendable {
             // so two replicas starting the first rollout of a deployment at once do not both create
             // it (a unique violation): the second sees the first's rollout and gets a 409.
             try conn.lock(.appends)
+            // Resolved before the transaction; a delete that committed since would leave the
+            // deployment serving a manifest that no longer exists (deletes refuse deployed ones
+            // only once the rollout is committed).
+            guard let repo = try conn.repositoryID(repository.value), try conn.manifestExists(repo: repo, manifest.digest) else {
+                throw RegistryError(.manifestUnknown, "manifest \(digest) is not in \(repository) (deleted meanwhile)")
+            }
             let now = Self.now()
             var d =
                 try conn.deployment(repository: repository.value, environment: environment)

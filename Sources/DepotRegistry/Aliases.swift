@@ -30,6 +30,9 @@ extension Registry {
         actor: String, reason: String?, action: String = "alias"
     ) throws -> Digest? {
         guard Reference.isValidTag(alias) else { throw RegistryError(.tagInvalid, "'\(alias.prefix(200))' is not a valid tag") }
+        // Before the existence check: a delete of the manifest takes it first too, so it either
+        // committed (the check fails) or waits for this move and then sees the alias.
+        try conn.lock(.appends)
         guard let repo = try conn.repositoryID(repository.value) else {
             throw RegistryError(.nameUnknown, "repository \(repository) is not known")
         }

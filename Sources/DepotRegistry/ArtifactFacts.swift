@@ -125,6 +125,8 @@ extension Registry {
     @discardableResult
     public func indexArtifactFacts(batch: Int = 500) throws -> Int {
         try db.write { conn in
+            // A manifest deleted meanwhile (its facts with it) must not get facts again.
+            try conn.lock(.appends)
             let pending = try conn.manifestsWithoutFacts(limit: batch)
             for (repo, record, createdAt) in pending { try storeFacts(conn, repo: repo, record, createdAt: createdAt) }
             return pending.count

@@ -11,8 +11,14 @@ extension Registry {
     public func pin(_ repository: RepositoryName, _ reference: Reference, reason: String?, actor: String) throws -> Digest {
         let digest = try manifest(repository, reference).digest
         try db.write { conn in
+            // Resolved above outside the transaction: checked again under the lock every manifest
+            // delete takes first, so a pin never lands on a manifest deleted meanwhile.
+            try conn.lock(.appends)
             guard let repo = try conn.repositoryID(repository.value) else {
                 throw RegistryError(.nameUnknown, "repository \(repository) is not known")
+            }
+            guard try conn.manifestExists(repo: repo, digest) else {
+                throw RegistryError(.manifestUnknown, "manifest \(digest) is not in \(repository) (deleted meanwhile)")
             }
             if try conn.pin(digest, repo: repo, reason: reason, actor: actor, now: Self.nowMillis()) {
                 try conn.appendAudit(

@@ -160,6 +160,11 @@ public final class Registry: Sendable {
             digest: digest, mediaType: parsed.mediaType, artifactType: parsed.artifactType,
             subject: parsed.subject?.digest, annotationsJSON: annotationsJSON, content: bytes)
         try db.write { conn in
+            // First, before anything this push checks: a manifest delete (here, registry GC or
+            // another replica's) takes the same lock before it checks what keeps the manifest,
+            // so the index's children and a re-pushed manifest this push tags cannot be deleted
+            // between the check and the commit (see CatalogLock.appends).
+            try conn.lock(.appends)
             let now = Self.now()
             let repo = try conn.ensureRepository(repository.value, now: now)
             for blob in parsed.blobs where blob.urls == nil || blob.mediaType != MediaType.dockerForeignLayer {
@@ -313,6 +318,10 @@ public final class Registry: Sendable {
     /// and for protected or immutable tags.
     public func deleteManifest(_ repository: RepositoryName, _ reference: Reference, actor: Actor = .oci) throws {
         try db.write { conn in
+            // Before the checks below: every transaction that makes a manifest kept (a tag, a
+            // pin, a deployment, an index listing it) holds this lock from before its own
+            // existence check to its commit, so these checks see every such reference committed.
+            try conn.lock(.appends)
             guard let repo = try conn.repositoryID(repository.value) else {
                 throw RegistryError(.nameUnknown, "repository \(repository) is not known")
             }

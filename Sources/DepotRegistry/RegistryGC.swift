@@ -27,6 +27,9 @@ extension Registry {
         let clock = (now ?? Self.now()) / 1000 * 1000
         let grace = (untaggedGraceSeconds ?? store.options.writeGraceSeconds) * 1000
         let deleted = try db.write { conn -> Int in
+            // Before computing what nothing keeps: a tag, pin or deployment another replica is
+            // adding now commits first and is seen (see CatalogLock.appends).
+            try conn.lock(.appends)
             let doomed = try conn.unkeptManifests(createdBefore: clock - grace)
             for (repo, digest) in doomed { _ = try conn.deleteManifest(repo: repo, digest) }
             return doomed.count

@@ -169,7 +169,9 @@ func digestOf(_ text: String) -> Digest {
                     while true {
                         let got = try? db.write { conn -> Int64? in
                             for job in try conn.leasableJobs(kinds: ["exec"], now: 10, limit: 8)
-                            where try conn.leaseJob(job.id, runner: "r\(r)-\(t)", token: UUID().uuidString, expires: 1000, now: 10) {
+                            where try conn.claimQueuedJob(job.id)
+                                && conn.leaseJob(job.id, runner: "r\(r)-\(t)", token: UUID().uuidString, expires: 1000, now: 10)
+                            {
                                 return job.id
                             }
                             return nil
@@ -184,5 +186,57 @@ func digestOf(_ text: String) -> Digest {
         let ids = leased.withLock { $0 }
         #expect(ids.count == jobs)
         #expect(Set(ids).count == jobs)
+    }
+
+    /// While one replica's runner holds the job it is leasing (its transaction still open), a
+    /// runner on another replica leases the next job at once: the first one locked only the row
+    /// it chose, not the page of candidates it chose from (which left a short queue looking empty
+    /// to every other replica). Two transactions at once on one catalog: PostgreSQL only.
+    @Test(.enabled(if: Database.isTestingOnPostgres, "concurrent write transactions need PostgreSQL"))
+    func aRunnerLeasingOneJobLeavesTheOthersToOtherReplicas() throws {
+        let (setup, dir) = try makeCatalog()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try setup.write { conn in
+            for j in 0..<2 {
+                let run = try #require(
+                    try conn.createPipelineRun(
+                        pipeline: "p", repository: "team/m", digest: "sha256:" + String(format: "%064x", j), tag: nil, eventID: nil, now: 1)
+                )
+                _ = try conn.enqueueJob(runID: run, pipeline: "p", newJob(), now: 1)
+            }
+        }
+        let first = try Database(location: setup.location)
+        let second = try Database(location: setup.location)
+        let holding = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let firstLeased = Locked<Int64?>(nil)
+        let done = DispatchGroup()
+        done.enter()
+        Thread.detachNewThread {
+            defer { done.leave() }
+            let id = try? first.write { conn -> Int64? in
+                for job in try conn.leasableJobs(kinds: ["exec"], now: 10, limit: 256) where try conn.claimQueuedJob(job.id) {
+                    _ = try conn.leaseJob(job.id, runner: "a", token: UUID().uuidString, expires: 1000, now: 10)
+                    holding.signal()
+                    _ = release.wait(timeout: .now() + 20)
+                    return job.id
+                }
+                holding.signal()
+                return nil
+            }
+            firstLeased.withLock { $0 = id ?? nil }
+        }
+        #expect(holding.wait(timeout: .now() + 20) == .success)
+        let secondLeased = try second.write { conn -> Int64? in
+            for job in try conn.leasableJobs(kinds: ["exec"], now: 10, limit: 256) where try conn.claimQueuedJob(job.id) {
+                if try conn.leaseJob(job.id, runner: "b", token: UUID().uuidString, expires: 1000, now: 10) { return job.id }
+            }
+            return nil
+        }
+        release.signal()
+        done.wait()
+        let a = try #require(firstLeased.withLock { $0 })
+        let b = try #require(secondLeased, "the second replica found nothing to lease while the first held one job")
+        #expect(a != b)
     }
 }
