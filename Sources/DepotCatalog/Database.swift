@@ -194,7 +194,8 @@ public final class Database: Sendable {
 final class PostgresPool: Sendable {
     let settings: PostgresSettings
     let location: String
-    private let idle = Locked<[PostgresConnection]>([])
+    /// Returned connections, each with when it was returned (seconds, monotonic).
+    private let idle = Locked<[(connection: PostgresConnection, since: Double)]>([])
     private let slots: DispatchSemaphore
 
     init(_ settings: PostgresSettings) throws {
@@ -203,7 +204,18 @@ final class PostgresPool: Sendable {
         // Connect once now, so a wrong URL or password fails at start, not at the first request.
         let first = try PostgresConnection(settings)
         location = first.location
-        idle.withLock { $0.append(first) }
+        idle.withLock { $0.append((first, Self.clock())) }
+    }
+
+    static func clock() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+    /// A pooled connection that still works, or a new one. One idle past
+    /// `validateAfterIdleSeconds` is checked first; a dead one is closed and the next tried.
+    private func checkout() throws -> PostgresConnection {
+        while let (conn, since) = idle.withLock({ $0.popLast() }) {
+            if Self.clock() - since < settings.validateAfterIdleSeconds || conn.isAlive() { return conn }
+        }
+        return try PostgresConnection(settings)
     }
 
     func with<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
@@ -215,10 +227,10 @@ final class PostgresPool: Sendable {
                     + "(if it persists, raise catalog.pool_size)")
         }
         defer { slots.signal() }
-        let conn = try idle.withLock { $0.popLast() } ?? PostgresConnection(settings)
+        let conn = try checkout()
         defer {
             if conn.isHealthy {
-                idle.withLock { $0.append(conn) }
+                idle.withLock { $0.append((conn, Self.clock())) }
             }
         }
         return try body(conn)

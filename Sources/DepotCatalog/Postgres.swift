@@ -18,6 +18,20 @@ public struct PostgresSettings: Sendable, Equatable {
     /// How long a statement waits for a lock another transaction holds before it fails with a
     /// "retry" error (`lock_timeout`), like SQLite's busy timeout.
     public var lockTimeoutMilliseconds: Int = 10_000
+    /// Seconds a session may sit inside an open transaction without running a statement before
+    /// PostgreSQL ends it (`idle_in_transaction_session_timeout`; 0: never). A replica frozen
+    /// mid-transaction (a paused VM, a stopped process: its TCP connection stays up) would
+    /// otherwise hold its locks, the appends lock among them, and so stop every push on every
+    /// replica, until someone found it. No Depot transaction waits between statements for long.
+    public var idleInTransactionTimeoutSeconds: Int = 300
+    /// Seconds one statement may run (`statement_timeout`; 0, the default: no limit). Off by
+    /// default because garbage collection's sweep statements grow with the catalog (minutes at
+    /// 10^7 chunks, docs/SCALE.md); a running statement is PostgreSQL working, not a stall.
+    public var statementTimeoutSeconds: Int = 0
+    /// A pooled connection idle for longer than this is checked with an empty query before it is
+    /// handed out (a database restarted or a connection cut by a firewall meanwhile would fail
+    /// the first request that drew it).
+    public var validateAfterIdleSeconds: Double = 30
 
     public init(url: String, password: String? = nil, schema: String = "public", poolSize: Int = 16, connectTimeoutSeconds: Int = 10) {
         self.url = url
@@ -115,6 +129,8 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
                 SET bytea_output TO 'hex';
                 SET TIME ZONE 'UTC';
                 SET lock_timeout = \(max(1, settings.lockTimeoutMilliseconds));
+                SET idle_in_transaction_session_timeout = \(max(0, settings.idleInTransactionTimeoutSeconds) * 1000);
+                SET statement_timeout = \(max(0, settings.statementTimeoutSeconds) * 1000);
                 """)
             if keepalives {
                 // The server's side of the leader's session: without it, PostgreSQL would hold
@@ -128,6 +144,14 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
     }
 
     deinit { PQfinish(handle) }
+
+    /// Whether the server still answers on this connection: one empty query, one round trip.
+    public func isAlive() -> Bool {
+        guard PQstatus(handle) == CONNECTION_OK else { return false }
+        let result = PQexec(handle, "")
+        defer { PQclear(result) }
+        return result.map(PQresultStatus) == PGRES_EMPTY_QUERY && PQstatus(handle) == CONNECTION_OK
+    }
 
     private static func withCStrings<R>(_ strings: [String], _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
         let copies = strings.map { strdup($0) }
@@ -156,8 +180,15 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
         case "53100": return .io("catalog \(location): disk full (\(what))")
         case "40001", "40P01":
             return .storage("catalog \(location): a concurrent transaction conflicted (\(message)); nothing was changed, retry")
-        case "55P03", "57014":
+        case "55P03":
             return .storage("catalog \(location): stayed locked by another transaction (\(what)); nothing was changed, retry")
+        case "57014":
+            return .storage(
+                "catalog \(location): the statement ran past catalog.statement_timeout_seconds (\(what)); nothing was changed, retry")
+        case "25P03":
+            return .storage(
+                "catalog \(location): the transaction sat idle past catalog.idle_in_transaction_timeout_seconds; nothing was changed, retry"
+            )
         default: return .storage("catalog \(location): \(what): \(message)")
         }
     }

@@ -19,6 +19,10 @@ public struct CatalogConfig: Sendable, Equatable {
     public var schema = "public"
     public var poolSize = 16
     public var connectTimeoutSeconds = 10
+    /// `PostgresSettings.idleInTransactionTimeoutSeconds` (0: off).
+    public var idleInTransactionTimeoutSeconds = 300
+    /// `PostgresSettings.statementTimeoutSeconds` (0, the default: no limit).
+    public var statementTimeoutSeconds = 0
 
     public init() {}
 
@@ -26,9 +30,11 @@ public struct CatalogConfig: Sendable, Equatable {
     public func location() throws -> CatalogLocation? {
         guard driver == .postgres else { return nil }
         guard let url else { throw DepotError.invalidArgument("catalog.url is required with catalog.driver: postgres") }
-        return .postgres(
-            PostgresSettings(url: url, password: password, schema: schema, poolSize: poolSize, connectTimeoutSeconds: connectTimeoutSeconds)
-        )
+        var settings = PostgresSettings(
+            url: url, password: password, schema: schema, poolSize: poolSize, connectTimeoutSeconds: connectTimeoutSeconds)
+        settings.idleInTransactionTimeoutSeconds = idleInTransactionTimeoutSeconds
+        settings.statementTimeoutSeconds = statementTimeoutSeconds
+        return .postgres(settings)
     }
 }
 
@@ -59,6 +65,16 @@ extension ServerConfig {
         if let v: Int = try reader.value(s, "connect_timeout_seconds") {
             guard (1...600).contains(v) else { throw reader.error("catalog.connect_timeout_seconds", "must be 1 to 600") }
             config.catalog.connectTimeoutSeconds = v
+        }
+        if let v: Int = try reader.value(s, "idle_in_transaction_timeout_seconds") {
+            guard (0...86_400).contains(v) else {
+                throw reader.error("catalog.idle_in_transaction_timeout_seconds", "must be 0 (off) to 86400")
+            }
+            config.catalog.idleInTransactionTimeoutSeconds = v
+        }
+        if let v: Int = try reader.value(s, "statement_timeout_seconds") {
+            guard (0...86_400).contains(v) else { throw reader.error("catalog.statement_timeout_seconds", "must be 0 (off) to 86400") }
+            config.catalog.statementTimeoutSeconds = v
         }
         if config.catalog.driver == .postgres && config.catalog.url == nil {
             throw reader.error("catalog.url", "is required with driver: postgres")

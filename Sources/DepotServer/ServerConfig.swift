@@ -673,7 +673,10 @@ final class ConfigReader {
                 "password_iterations", "oidc",
             ],
             "signing": ["enabled", "key_file", "trusted_keys"],
-            "catalog": Set(["driver", "url", "schema", "pool_size", "connect_timeout_seconds"]).union(secretKeys("password")),
+            "catalog": Set([
+                "driver", "url", "schema", "pool_size", "connect_timeout_seconds", "idle_in_transaction_timeout_seconds",
+                "statement_timeout_seconds",
+            ]).union(secretKeys("password")),
             "tracing": ["enabled", "endpoint", "sample_ratio", "service_name", "timeout_seconds"],
             "formats": [
                 "max_mib_per_blob", "max_seconds_per_blob", "max_seconds_per_manifest", "max_document_kib", "concurrency",
