@@ -15,8 +15,44 @@ import Foundation
 /// events cursor): transactional, and its row lock orders appenders in commit order.
 enum PostgresSchema {
     static let steps: [(version: Int64, sql: String)] = [
-        (11, baseline), (12, uploadSessions), (13, artifactFacts), (14, digestBytes), (15, casts),
+        (11, baseline), (12, uploadSessions), (13, artifactFacts), (14, digestBytes), (15, casts), (16, chunkCounters),
     ]
+
+    /// Migration 16 (`Schema.migrations[15]`): chunk rows inserted or updated are counted once
+    /// per statement, as migration 12 did for deletions. A group commit inserts thousands of
+    /// chunk rows in one transaction, and a compaction relocates as many (an upsert: an UPDATE
+    /// of every row, even with the lengths unchanged); a row trigger updated the shard's counter
+    /// row once or twice per chunk, each update walking the versions the transaction had made
+    /// of that row before it: quadratic. Measured: committing 21,340 relocated chunks took 16 s
+    /// of a 17 s GC. (Transition tables exclude a column list, so the UPDATE trigger fires for
+    /// every UPDATE of chunks and leaves the counters alone when no length changed.)
+    static let chunkCounters = """
+        DROP TRIGGER store_counters_chunks ON chunks;
+        DROP FUNCTION store_counters_chunks();
+        CREATE FUNCTION store_counters_chunks_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE store_counters SET chunks = chunks + d.n, chunk_raw_bytes = chunk_raw_bytes + d.raw,
+                chunk_stored_bytes = chunk_stored_bytes + d.stored
+            FROM (SELECT COUNT(*) AS n, COALESCE(SUM(raw_length), 0) AS raw, COALESCE(SUM(stored_length), 0) AS stored
+                  FROM new_chunks) d
+            WHERE id = store_counters_shard() AND d.n > 0;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER store_counters_chunks_inserted AFTER INSERT ON chunks REFERENCING NEW TABLE AS new_chunks
+            FOR EACH STATEMENT EXECUTE FUNCTION store_counters_chunks_inserted();
+        CREATE FUNCTION store_counters_chunks_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE store_counters SET chunk_raw_bytes = chunk_raw_bytes + d.raw, chunk_stored_bytes = chunk_stored_bytes + d.stored
+            FROM (SELECT (SELECT COALESCE(SUM(raw_length), 0) FROM new_chunks) - (SELECT COALESCE(SUM(raw_length), 0) FROM old_chunks) AS raw,
+                         (SELECT COALESCE(SUM(stored_length), 0) FROM new_chunks)
+                             - (SELECT COALESCE(SUM(stored_length), 0) FROM old_chunks) AS stored) d
+            WHERE id = store_counters_shard() AND (d.raw <> 0 OR d.stored <> 0);
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER store_counters_chunks_updated AFTER UPDATE ON chunks
+            REFERENCING OLD TABLE AS old_chunks NEW TABLE AS new_chunks
+            FOR EACH STATEMENT EXECUTE FUNCTION store_counters_chunks_updated();
+        """
 
     /// Migration 15 (`Schema.migrations[14]`): cast-aware deduplication (see there).
     static let casts = """

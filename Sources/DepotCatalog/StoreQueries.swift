@@ -117,6 +117,25 @@ extension CatalogConnection {
         }
     }
 
+    /// `chunkLocation` for many chunks, 256 per statement (one round trip each on PostgreSQL);
+    /// a hash without a chunk row is absent from the result.
+    public func chunkLocations(_ hashes: [SHA256.Value]) throws -> [SHA256.Value: ChunkLocation] {
+        var out: [SHA256.Value: ChunkLocation] = [:]
+        for start in stride(from: 0, to: hashes.count, by: 256) {
+            let group = hashes[start..<min(hashes.count, start + 256)]
+            let marks = Array(repeating: "?", count: group.count).joined(separator: ",")
+            try queryArgs(
+                "SELECT hash, pack_id, offset, stored_length, raw_length, codec FROM chunks WHERE hash IN (\(marks))",
+                group.map { .hash($0) }
+            ) {
+                guard let h = $0.hash(0) else { return }
+                out[h] = ChunkLocation(
+                    pack: $0.int(1), offset: $0.int(2), storedLength: Int($0.int(3)), rawLength: Int($0.int(4)), codec: UInt8($0.int(5)))
+            }
+        }
+        return out
+    }
+
     /// Which of `hashes` have no chunk row, plain or cast.
     public func missingChunks(_ hashes: Set<SHA256.Value>) throws -> Set<SHA256.Value> {
         var missing = hashes

@@ -255,9 +255,16 @@ final class PackAppender: Sendable {
     }
 
     /// Re-appends an already encoded record (GC compaction) if the chunk is still indexed at `old`.
-    func relocate(_ hash: SHA256.Value, from old: ChunkLocation, codec: ChunkCodec, payload: UnsafeRawBufferPointer) throws {
+    /// `checked`: the caller read the index row moments ago (many at once, `chunkLocations`) and
+    /// found it at `old`. Only a sweep or another compaction changes an existing chunk's row, and
+    /// the GC running this one does neither meanwhile; a writer storing the chunk anew is caught
+    /// by the pending maps, as before.
+    func relocate(
+        _ hash: SHA256.Value, from old: ChunkLocation, codec: ChunkCodec, payload: UnsafeRawBufferPointer, checked: Bool = false
+    ) throws {
         try withState { s in
-            guard s.pendingChunks[hash] == nil, s.handedOffChunks[hash] == nil, try db.read({ try $0.chunkLocation(hash) }) == old
+            guard s.pendingChunks[hash] == nil, s.handedOffChunks[hash] == nil,
+                try checked || db.read({ try $0.chunkLocation(hash) }) == old
             else { return }
             try append(hash, codec: codec, rawLength: old.rawLength, payload: payload, &s)
         }

@@ -45,5 +45,12 @@ import Testing
         #expect(kept.chunks == n + 1 && scanned.chunks == n + 1)
         #expect(kept.chunkRawBytes == scanned.chunkRawBytes && kept.chunkStoredBytes == scanned.chunkStoredBytes)
         #expect(kept.chunkRawBytes == (0...n).reduce(Int64(0)) { $0 + Int64(100 + $1) })
+        // An upsert that changes a stored length (the same chunk stored again with another codec)
+        // moves the byte counters by the difference, and the chunk count not at all.
+        try db.write { try $0.insertChunk(hash(1), at: ChunkLocation(pack: pack, offset: 7, storedLength: 40, rawLength: 101, codec: 0)) }
+        let (after, rescanned) = try db.read { (try $0.storeCounters(), try $0.storeCounts()) }
+        #expect(after.chunks == n + 1 && rescanned.chunks == n + 1)
+        #expect(after.chunkStoredBytes == kept.chunkStoredBytes - 50 && after.chunkStoredBytes == rescanned.chunkStoredBytes)
+        #expect(after.chunkRawBytes == rescanned.chunkRawBytes)
     }
 }
