@@ -35,7 +35,7 @@ start)
         chmod 700 "$dir"
     fi
     if [ ! -f "$dir/PG_VERSION" ]; then
-        as_owner "$bin/initdb" -D "$dir" -A trust -U depot --no-sync > "$dir.initdb.log" 2>&1 \
+        as_owner "$bin/initdb" -D "$dir" -A trust -U depot --no-sync --locale=C -E UTF8 > "$dir.initdb.log" 2>&1 \
             || { cat "$dir.initdb.log" >&2; exit 1; }
     fi
     as_owner "$bin/pg_ctl" -D "$dir" -w -t 60 -l "$dir/server.log" -o \

@@ -13,7 +13,10 @@ import Foundation
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks: throughput and peak memory (run a release build).",
-        subcommands: [Hashing.self, Ingest.self, Dedup.self, LineageBench.self, GCBench.self, AuthBenchCommand.self, UIBenchCommand.self])
+        subcommands: [
+            Hashing.self, Ingest.self, Dedup.self, LineageBench.self, GCBench.self, CatalogBench.self, AuthBenchCommand.self,
+            UIBenchCommand.self,
+        ])
 
     /// Chunker, SHA-256 and zstd on an in-memory buffer, one core each.
     struct Hashing: ParsableCommand {
