@@ -201,10 +201,12 @@ extension CatalogConnection {
     /// leased. One row, the chosen one: locking a whole page of candidates would hide every job
     /// of the page from the other replicas' runners for as long as this lease takes.
     /// (SQLite has one writer: the row only has to be still queued.)
-    public func claimQueuedJob(_ id: Int64) throws -> Bool {
+    /// `now`: the job must still be due (a retry requeued meanwhile waits out its backoff).
+    public func claimQueuedJob(_ id: Int64, now: Int64) throws -> Bool {
         let skipLocked = dialect == .postgres ? " FOR UPDATE SKIP LOCKED" : ""
-        return try first("SELECT 1 FROM jobs WHERE id = ? AND state = ?\(skipLocked)", .int(id), .state(JobState.queued)) { _ in true }
-            ?? false
+        return try first(
+            "SELECT 1 FROM jobs WHERE id = ? AND state = ? AND not_before <= ?\(skipLocked)", .int(id), .state(JobState.queued), .int(now)
+        ) { _ in true } ?? false
     }
 
     /// Running jobs of one kind.

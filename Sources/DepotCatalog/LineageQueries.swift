@@ -277,7 +277,7 @@ extension CatalogConnection {
         ) { _ in true } ?? false
     }
 
-    public func unkeptManifests(createdBefore before: Int64) throws -> [(repo: Int64, digest: Digest)] {
+    public func unkeptManifests(createdBefore before: Int64, limit: Int = Int.max) throws -> [(repo: Int64, digest: Digest)] {
         var out: [(Int64, Digest)] = []
         try query(
             """
@@ -303,7 +303,8 @@ extension CatalogConnection {
             )
             SELECT m.repo_id, m.digest FROM manifests m
             WHERE NOT EXISTS (SELECT 1 FROM kept k WHERE k.repo_id = m.repo_id AND k.digest = m.digest)
-            """, .int(before)
+            LIMIT ?
+            """, .int(before), .int(Int64(min(limit, Int(Int32.max))))
         ) { out.append(($0.int(0), Digest(bytes: $0.hash(1)!))) }
         return out
     }

@@ -91,11 +91,16 @@ public final class PostgresConnection: CatalogConnection, @unchecked Sendable {
         // arrays in order, the last value winning); the password after it.
         var keywords = ["connect_timeout", "application_name"]
         var values = [String(settings.connectTimeoutSeconds), "depot"]
+        // tcp_user_timeout: a query (or the pool's check of an idle connection) whose bytes are not
+        // acknowledged fails after that long instead of TCP's retransmission minutes: a peer a
+        // firewall cut off silently would otherwise hold the request and its pool slot ~15 min.
+        // It bounds only unacknowledged bytes, never a statement PostgreSQL is busy running.
+        keywords += ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"]
         if keepalives {
-            // tcp_user_timeout: a query whose bytes are not acknowledged fails after 10 s instead
-            // of TCP's retransmission minutes.
-            keywords += ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"]
+            // The leader's session: noticed gone within about 11 s.
             values += ["1", "5", "2", "3", "10000"]
+        } else {
+            values += ["1", "30", "10", "3", "30000"]
         }
         keywords.append("dbname")
         values.append(settings.url)

@@ -189,7 +189,7 @@ enum PostgresSchema {
     static func migrate(_ conn: any CatalogConnection, upTo target: Int64 = .max) throws {
         try conn.transaction {
             // A long migration on another replica is waited out, however long it takes.
-            try conn.execute("SET LOCAL lock_timeout = 0")
+            try conn.execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
             try conn.lock(.migrations)
             let current = try version(conn)
             let known = steps.last!.version

@@ -173,6 +173,20 @@ extension CatalogConnection {
         return deleted
     }
 
+    /// `deleteManifest` for many manifests (registry GC): 256 per statement instead of three
+    /// statements each (round trips on PostgreSQL, while GC holds the appends lock).
+    public func deleteManifests(_ doomed: [(repo: Int64, digest: Digest)]) throws {
+        for start in stride(from: 0, to: doomed.count, by: 256) {
+            let group = doomed[start..<min(doomed.count, start + 256)]
+            let pairs = Array(repeating: "(?,?)", count: group.count).joined(separator: ",")
+            var args: [SQLValue] = []
+            for m in group { args += [.int(m.repo), .hash(m.digest.bytes)] }
+            try runArgs("DELETE FROM manifests WHERE (repo_id, digest) IN (VALUES \(pairs))", args)
+            try runArgs("DELETE FROM manifest_refs WHERE (repo_id, manifest) IN (VALUES \(pairs))", args)
+            try runArgs("DELETE FROM artifact_facts WHERE (repo_id, digest) IN (VALUES \(pairs))", args)
+        }
+    }
+
     /// Manifests in the repository whose subject is `digest` (content left empty; `size` set).
     /// Manifests of a repository whose subject is `digest`, in digest order, one page at a time:
     /// those after `after` (a digest), at most `limit`, optionally of one artifactType.

@@ -268,6 +268,14 @@ extension CatalogConnection {
         try run("UPDATE blobs SET updated_at = ? WHERE id = ?", .int(now), .int(id))
     }
 
+    /// `touchBlob` of complete blob `id` that says whether the row was there to touch. Its row
+    /// lock orders the caller against a sweep deleting the blob (`deleteGarbageBlobs`): the
+    /// sweep waits and then finds the blob fresh, or it deleted the blob first and this is false.
+    public func touchCompleteBlob(_ id: Int64, now: Int64) throws -> Bool {
+        try run("UPDATE blobs SET updated_at = ? WHERE id = ? AND state = 1", .int(now), .int(id))
+        return changes == 1
+    }
+
     /// Restarts a complete blob's grace period (it was just pushed again, linked or mounted).
     public func touchBlob(_ digest: Digest, now: Int64) throws {
         try run("UPDATE blobs SET updated_at = ? WHERE digest = ? AND state = 1", .int(now), .hash(digest.bytes))
@@ -415,20 +423,28 @@ extension CatalogConnection {
     /// `staleBefore` (a fresh blob is not garbage yet: the manifest naming it may be on its
     /// way), except writes in `active` and the committed parts of open upload sessions. Returns the number of blobs deleted.
     public func deleteGarbageBlobs(staleBefore: Int64, active: Set<Int64>) throws -> Int {
-        var doomed: [Int64] = []
-        try query(
-            """
-            SELECT id, state, updated_at FROM blobs b
-            WHERE updated_at < ? AND NOT EXISTS (SELECT 1 FROM upload_segments s WHERE s.blob_id = b.id) AND (state = 0 OR (
+        let garbage = """
+            updated_at < ? AND NOT EXISTS (SELECT 1 FROM upload_segments s WHERE s.blob_id = b.id) AND (state = 0 OR (
                 NOT EXISTS (SELECT 1 FROM blob_roots r WHERE r.digest = b.digest)
                 AND NOT EXISTS (SELECT 1 FROM manifest_refs m WHERE m.child = b.digest AND m.kind = 0)))
-            """, .int(staleBefore)
-        ) {
+            """
+        var doomed: [Int64] = []
+        try query("SELECT id FROM blobs b WHERE \(garbage)", .int(staleBefore)) {
             let id = $0.int(0)
             if !active.contains(id) { doomed.append(id) }
         }
-        for id in doomed { try deleteBlob(id: id) }
-        return doomed.count
+        // Each delete re-checks the condition: on PostgreSQL another replica may have pushed a
+        // manifest over the blob since the list was read. A push touches the blob's row in its
+        // transaction (`touchCompleteBlob`), so this delete waits for it and then re-reads the row
+        // fresh, or went first and the push finds the blob gone. (SQLite: one writer, no gap.)
+        var deleted = 0
+        for id in doomed {
+            try run("DELETE FROM blobs AS b WHERE id = ? AND \(garbage)", .int(id), .int(staleBefore))
+            guard changes == 1 else { continue }
+            try run("DELETE FROM recipes WHERE blob_id = ?", .int(id))
+            deleted += 1
+        }
+        return deleted
     }
 
     // MARK: statistics

@@ -175,7 +175,7 @@ public final class JobQueue: Sendable {
                 for job in page {
                     guard Set(job.labels).isSubset(of: labels), canTake?(job.inputRepository) ?? true else { continue }
                     // Checked again at every lease: a retried job, or a trust the operator withdrew.
-                    guard try conn.claimQueuedJob(job.id), try applyPickleGate(conn, job) else { continue }
+                    guard try conn.claimQueuedJob(job.id, now: now), try applyPickleGate(conn, job) else { continue }
                     let token = UUID().uuidString
                     if try conn.leaseJob(job.id, runner: runner, token: token, expires: now + Int64(options.leaseSeconds * 1000), now: now)
                     {
@@ -428,7 +428,7 @@ extension JobQueue {
         try db.write { conn in
             let now = Self.now()
             for job in try conn.leasableJobs(kinds: [kind], now: now, limit: 8) {
-                guard try conn.claimQueuedJob(job.id), try applyPickleGate(conn, job) else { continue }
+                guard try conn.claimQueuedJob(job.id, now: now), try applyPickleGate(conn, job) else { continue }
                 let token = UUID().uuidString
                 if try conn.leaseJob(job.id, runner: "depot-\(kind)", token: token, expires: now + job.timeoutMs, now: now) {
                     let key = Digest.of(Array("depot-job-key/1\n\(job.inputRepository)\n\(job.inputDigest)\n\(job.spec)\n\(kind)".utf8))

@@ -177,6 +177,13 @@ public final class Registry: Sendable {
                     throw RegistryError(
                         .manifestInvalid, "descriptor of \(blob.digest) says \(blob.size) bytes; the blob has \(stored.size)")
                 }
+                // Held until the commit: another replica's GC sweeping this (so far unreferenced)
+                // blob waits for it and then sees the manifest, or deleted it first and this fails.
+                guard try conn.touchCompleteBlob(stored.id, now: now) else {
+                    throw RegistryError(
+                        .manifestBlobUnknown, "blob \(blob.digest) (\(blob.mediaType)) was just garbage-collected; push it again",
+                        detail: blob.digest.description)
+                }
             }
             for child in parsed.manifests {
                 guard try conn.manifestExists(repo: repo, child.digest) else {

@@ -26,13 +26,23 @@ extension Registry {
         // A whole-second cutoff, as when the catalog counted seconds (before migration 9).
         let clock = (now ?? Self.now()) / 1000 * 1000
         let grace = (untaggedGraceSeconds ?? store.options.writeGraceSeconds) * 1000
-        let deleted = try db.write { conn -> Int in
-            // Before computing what nothing keeps: a tag, pin or deployment another replica is
-            // adding now commits first and is seen (see CatalogLock.appends).
-            try conn.lock(.appends)
-            let doomed = try conn.unkeptManifests(createdBefore: clock - grace)
-            for (repo, digest) in doomed { _ = try conn.deleteManifest(repo: repo, digest) }
-            return doomed.count
+        var deleted = 0
+        // Usually nothing is garbage: found without the lock, and then no lock is taken.
+        if try !db.read({ try $0.unkeptManifests(createdBefore: clock - grace, limit: 1) }).isEmpty {
+            while true {
+                // A batch a transaction: the appends lock it holds stops every push, tag and
+                // audit write on every replica meanwhile, so it is held for one batch at a time.
+                let batch = try db.write { conn -> Int in
+                    // Before computing what nothing keeps: a tag, pin or deployment another
+                    // replica is adding now commits first and is seen (see CatalogLock.appends).
+                    try conn.lock(.appends)
+                    let doomed = try conn.unkeptManifests(createdBefore: clock - grace, limit: Self.gcManifestBatch)
+                    try conn.deleteManifests(doomed)
+                    return doomed.count
+                }
+                deleted += batch
+                if batch < Self.gcManifestBatch { break }
+            }
         }
         if deleted > 0 { cache.invalidate() }
         // Safetensors files are scanned for fp16/bf16 tensors that are casts of stored fp32 ones.
@@ -48,6 +58,9 @@ extension Registry {
         }
         return RegistryGCReport(manifestsDeleted: deleted, store: report)
     }
+
+    /// Manifests one registry GC transaction deletes at most.
+    static let gcManifestBatch = 500
 
     /// Audit journal entries matching `filter`, oldest first.
     public func auditLog(_ filter: AuditFilter) throws -> [AuditEntry] {

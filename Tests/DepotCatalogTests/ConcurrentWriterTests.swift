@@ -169,7 +169,7 @@ func digestOf(_ text: String) -> Digest {
                     while true {
                         let got = try? db.write { conn -> Int64? in
                             for job in try conn.leasableJobs(kinds: ["exec"], now: 10, limit: 8)
-                            where try conn.claimQueuedJob(job.id)
+                            where try conn.claimQueuedJob(job.id, now: 10)
                                 && conn.leaseJob(job.id, runner: "r\(r)-\(t)", token: UUID().uuidString, expires: 1000, now: 10)
                             {
                                 return job.id
@@ -215,7 +215,7 @@ func digestOf(_ text: String) -> Digest {
         Thread.detachNewThread {
             defer { done.leave() }
             let id = try? first.write { conn -> Int64? in
-                for job in try conn.leasableJobs(kinds: ["exec"], now: 10, limit: 256) where try conn.claimQueuedJob(job.id) {
+                for job in try conn.leasableJobs(kinds: ["exec"], now: 10, limit: 256) where try conn.claimQueuedJob(job.id, now: 10) {
                     _ = try conn.leaseJob(job.id, runner: "a", token: UUID().uuidString, expires: 1000, now: 10)
                     holding.signal()
                     _ = release.wait(timeout: .now() + 20)
@@ -228,7 +228,7 @@ func digestOf(_ text: String) -> Digest {
         }
         #expect(holding.wait(timeout: .now() + 20) == .success)
         let secondLeased = try second.write { conn -> Int64? in
-            for job in try conn.leasableJobs(kinds: ["exec"], now: 10, limit: 256) where try conn.claimQueuedJob(job.id) {
+            for job in try conn.leasableJobs(kinds: ["exec"], now: 10, limit: 256) where try conn.claimQueuedJob(job.id, now: 10) {
                 if try conn.leaseJob(job.id, runner: "b", token: UUID().uuidString, expires: 1000, now: 10) { return job.id }
             }
             return nil
@@ -238,5 +238,44 @@ func digestOf(_ text: String) -> Digest {
         let a = try #require(firstLeased.withLock { $0 })
         let b = try #require(secondLeased, "the second replica found nothing to lease while the first held one job")
         #expect(a != b)
+    }
+
+    /// A manifest pushed on one replica over a blob that nothing referenced yet, while another
+    /// replica's GC sweeps stale unreferenced blobs: the push's transaction touches the blob's row
+    /// (what `Registry.putManifest` does), so the sweep, which listed the blob before the push
+    /// committed, waits for that row and then finds it fresh. Before, it deleted the blob under
+    /// the new manifest. Two transactions at once on one catalog: PostgreSQL only.
+    @Test(.enabled(if: Database.isTestingOnPostgres, "concurrent write transactions need PostgreSQL"))
+    func aBlobAManifestIsBeingPushedOverIsNotSweptMeanwhile() throws {
+        let (setup, dir) = try makeCatalog()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let layer = digestOf("layer")
+        let (blob, repo) = try setup.write { conn -> (Int64, Int64) in
+            let id = try conn.beginBlob(chunker: "test", now: 1)
+            _ = try conn.completeBlob(id, digest: layer, size: 5, now: 1) // stale: written long ago
+            return (id, try conn.ensureRepository("team/m", now: 1))
+        }
+        let pusher = try Database(location: setup.location)
+        let collector = try Database(location: setup.location)
+        let touched = DispatchSemaphore(value: 0)
+        let done = DispatchGroup()
+        done.enter()
+        Thread.detachNewThread {
+            defer { done.leave() }
+            try? pusher.write { conn in
+                #expect(try conn.touchCompleteBlob(blob, now: 1_000_000))
+                touched.signal()
+                Thread.sleep(forTimeInterval: 0.5) // the sweep lists the blob and waits on its row
+                let manifest = ManifestRecord(
+                    digest: digestOf("manifest"), mediaType: "application/vnd.oci.image.manifest.v1+json", artifactType: nil,
+                    subject: nil, annotationsJSON: nil, content: Array("{}".utf8))
+                try conn.putManifest(repo: repo, manifest, blobs: [layer], children: [], now: 1_000_000)
+            }
+        }
+        #expect(touched.wait(timeout: .now() + 20) == .success)
+        let swept = try collector.write { try $0.deleteGarbageBlobs(staleBefore: 500_000, active: []) }
+        done.wait()
+        #expect(swept == 0)
+        #expect(try setup.read { try $0.blob(layer) } != nil, "the pushed manifest's blob was swept")
     }
 }
