@@ -178,6 +178,9 @@ extension Deployments {
         let repository = try RepositoryName(d.repository)
         var changed = d
         let done = try db.write { conn -> Bool in
+            // Before the rollout's row lock: the alias move below takes the appends lock, and
+            // every writer takes that one first (CatalogLock.appends), or two could deadlock.
+            try conn.lock(.appends)
             let now = Self.now()
             let failuresJSON = Self.json(failures)
             let applied: Bool

@@ -272,6 +272,7 @@ public final class JobQueue: Sendable {
     /// The job ran and pushed `output` (a manifest of the input's repository carrying the job's key).
     public func complete(_ id: Int64, token: String, output: Digest) throws {
         try db.write { conn in
+            try conn.lock(.appends) // first: the order every writer takes it in (CatalogLock.appends)
             let job = try checkCompletion(conn, id, token: token, output: output)
             let now = Self.now()
             _ = try conn.completeJob(id, token: token, output: output.description, now: now)
@@ -317,6 +318,7 @@ public final class JobQueue: Sendable {
     /// `permanent` (the input can never work).
     public func fail(_ id: Int64, token: String, reason: String, permanent: Bool = false) throws -> JobRecord {
         try db.write { conn in
+            try conn.lock(.appends) // first: the order every writer takes it in (CatalogLock.appends)
             let job = try leased(conn, id, token: token)
             try failLocked(conn, job, reason: reason, permanent: permanent)
             return try conn.job(id)!
@@ -347,6 +349,7 @@ public final class JobQueue: Sendable {
     @discardableResult
     public func expireLeases() throws -> [JobRecord] {
         try db.write { conn in
+            try conn.lock(.appends) // first: the order every writer takes it in (CatalogLock.appends)
             let expired = try conn.expiredLeases(now: Self.now())
             for job in expired {
                 let why =
@@ -374,6 +377,7 @@ public final class JobQueue: Sendable {
     /// Cancels a job that has not finished; a runner running it stops at its next heartbeat.
     public func cancel(_ id: Int64, actor: String) throws -> JobRecord {
         try db.write { conn in
+            try conn.lock(.appends) // first: the order every writer takes it in (CatalogLock.appends)
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
             let now = Self.now()
             guard try conn.cancelJob(id, reason: "cancelled by \(actor)", now: now) else {
@@ -389,6 +393,7 @@ public final class JobQueue: Sendable {
     /// Queues a failed or cancelled job again, with its attempts reset.
     public func retry(_ id: Int64, actor: String) throws -> JobRecord {
         try db.write { conn in
+            try conn.lock(.appends) // first: the order every writer takes it in (CatalogLock.appends)
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
             let now = Self.now()
             guard try conn.retryJob(id, now: now) else {
@@ -467,6 +472,7 @@ extension JobQueue {
 
     public func completeServerJob(_ id: Int64, output: Digest?) throws -> JobRecord {
         try db.write { conn in
+            try conn.lock(.appends) // first: the order every writer takes it in (CatalogLock.appends)
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
             guard job.state == .running, ["webhook", "canary"].contains(job.kind) else {
                 throw RegistryError(.conflict, "job \(id) is \(job.state.rawValue): it is not waiting for a callback")
@@ -490,6 +496,7 @@ extension JobQueue {
     /// A server-run stage failed (a signed webhook callback, a rolled-back rollout).
     public func failServerJob(_ id: Int64, reason: String, permanent: Bool) throws -> JobRecord {
         try db.write { conn in
+            try conn.lock(.appends) // first: the order every writer takes it in (CatalogLock.appends)
             guard let job = try conn.job(id) else { throw RegistryError(.jobUnknown, "no job \(id)") }
             guard job.state == .running, ["webhook", "canary"].contains(job.kind) else {
                 throw RegistryError(.conflict, "job \(id) is \(job.state.rawValue): it is not waiting for a callback")
