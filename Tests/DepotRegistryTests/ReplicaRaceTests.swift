@@ -120,7 +120,9 @@ struct ReplicaRaceTests {
         release.signal()
         group.wait()
         let o = outcomes.withLock { $0 }
-        #expect(o.sorted() == ["alias: ok", "gc: ok"], "\(o)")
+        // Either order is correct: the alias first (GC then keeps the manifest), or, if the alias
+        // thread was not yet scheduled, GC first (the alias then finds no manifest).
+        #expect(o.contains("gc: ok") && (o.contains("alias: ok") || o.contains("alias: MANIFEST_UNKNOWN")), "\(o)")
         try expectNothingDangles(t, o)
     }
 }
