@@ -48,8 +48,9 @@ extension ChunkStore {
     /// Roots: blobs declared live (`retain`), writes in progress in this process, and unfinished
     /// writes touched within the grace period. The sweep (delete unrooted blobs, then cast chunks
     /// no recipe names, then chunks no recipe and no cast names) runs inside the appender's lock,
-    /// so no writer can reference a chunk between "unreferenced" and "deleted". Compaction then copies the live records of sparse packs into
-    /// the current pack, and deletes a pack file only after no index row names it.
+    /// so no writer can reference a chunk between "unreferenced" and "deleted". Compaction then
+    /// copies the live records of sparse packs into the current pack, and deletes a pack file only
+    /// after no index row names it.
     /// `now`: milliseconds since 1970, like every catalog time. With `tensors`, cast-aware
     /// deduplication then scans new blobs (`deriveCasts`, at most `castPassSeconds`; only blobs
     /// the sweep kept are sources), casts whose fp32 source was swept are made plain again
@@ -237,7 +238,7 @@ extension ChunkStore {
             guard let codec = verified else { continue }
             try buffer.withUnsafeBytes { buf in
                 let payload = UnsafeRawBufferPointer(rebasing: buf[PackFormat.recordHeaderSize..<total])
-                try appender.relocate(hash, from: loc, codec: codec, payload: payload, checked: true)
+                try appender.relocate(hash, from: loc, codec: codec, payload: payload)
             }
             report.chunksMoved += 1
         }

@@ -254,18 +254,16 @@ final class PackAppender: Sendable {
         }
     }
 
-    /// Re-appends an already encoded record (GC compaction) if the chunk is still indexed at `old`.
-    /// `checked`: the caller read the index row moments ago (many at once, `chunkLocations`) and
-    /// found it at `old`. Only a sweep or another compaction changes an existing chunk's row, and
-    /// the GC running this one does neither meanwhile; a writer storing the chunk anew is caught
-    /// by the pending maps, as before.
-    func relocate(
-        _ hash: SHA256.Value, from old: ChunkLocation, codec: ChunkCodec, payload: UnsafeRawBufferPointer, checked: Bool = false
-    ) throws {
+    /// Re-appends an already encoded record (GC compaction). The caller read the chunk's index
+    /// row moments before (256 at a time, `chunkLocations`) and found it at `old`. A writer
+    /// storing the same bytes anew meanwhile is caught by the pending maps. Another replica's GC
+    /// (a leadership handover, or `depot gc` against a live cluster) may sweep the chunk in that
+    /// window: the relocated row then names an unreferenced chunk again, which the next sweep
+    /// deletes; no chunk a recipe names is ever moved wrongly (each copy is verified first, and the
+    /// old pack goes only when no row names it).
+    func relocate(_ hash: SHA256.Value, from old: ChunkLocation, codec: ChunkCodec, payload: UnsafeRawBufferPointer) throws {
         try withState { s in
-            guard s.pendingChunks[hash] == nil, s.handedOffChunks[hash] == nil,
-                try checked || db.read({ try $0.chunkLocation(hash) }) == old
-            else { return }
+            guard s.pendingChunks[hash] == nil, s.handedOffChunks[hash] == nil else { return }
             try append(hash, codec: codec, rawLength: old.rawLength, payload: payload, &s)
         }
     }

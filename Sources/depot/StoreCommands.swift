@@ -210,8 +210,6 @@ struct WriteSummary: Encodable {
     }
 }
 
-/// Writes to `<path>.partial`, fsyncs and renames into place on `commit`, so a failed
-/// command never leaves a half-written file under the final name.
 /// `depot stats --json`: the store's sizes and, beside them, its cast chunks.
 struct StatsOutput: Encodable {
     let stats: StoreStats
@@ -231,6 +229,8 @@ struct StatsOutput: Encodable {
     }
 }
 
+/// Writes to `<path>.partial`, fsyncs and renames into place on `commit`, so a failed
+/// command never leaves a half-written file under the final name.
 final class OutputFile {
     let path: String
     let file: PosixFile

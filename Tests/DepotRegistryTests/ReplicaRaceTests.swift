@@ -67,62 +67,60 @@ struct ReplicaRaceTests {
         }
     }
 
-    @Test func anAliasMovedWhileAnotherReplicaDeletesTheManifest() throws {
-        let (t, other, _, digest) = try replicas(tag: nil)
+    /// The race: `first` starts while the lock of tag `held` is taken (it stops on it, inside its
+    /// transaction), then `second`; then the lock is released. Returns each one's outcome
+    /// ("name: ok" or "name: ERROR_CODE"), after checking that nothing dangles.
+    func race(
+        _ t: TestRegistry, holding held: String, first: (String, @Sendable () throws -> Void),
+        then second: (String, @Sendable () throws -> Void)
+    ) throws -> [String] {
         let release = DispatchSemaphore(value: 0)
         let group = DispatchGroup()
         let outcomes = Locked<[String]>([])
-        try holdTagLock(t, "candidate", release: release, group: group)
-        // The alias move stops on the held tag lock, inside its transaction.
-        inBackground(group, outcomes, "alias") {
-            _ = try t.registry.setAlias(self.repo, "candidate", to: digest, actor: "a", reason: nil)
-        }
+        try holdTagLock(t, held, release: release, group: group)
+        inBackground(group, outcomes, first.0, first.1)
         Thread.sleep(forTimeInterval: 0.3)
-        inBackground(group, outcomes, "delete") { try other.deleteManifest(self.repo, .digest(digest)) }
-        Thread.sleep(forTimeInterval: 0.3)
-        release.signal()
-        group.wait()
-        try expectNothingDangles(t, outcomes.withLock { $0 })
-    }
-
-    @Test func aPinWhileAnotherReplicaDeletesTheManifest() throws {
-        let (t, other, _, digest) = try replicas(tag: "v1")
-        let release = DispatchSemaphore(value: 0)
-        let group = DispatchGroup()
-        let outcomes = Locked<[String]>([])
-        try holdTagLock(t, "v1", release: release, group: group)
-        // The delete stops inside its transaction on the lock of the tag it removes with the manifest.
-        inBackground(group, outcomes, "delete") { try other.deleteManifest(self.repo, .digest(digest)) }
-        Thread.sleep(forTimeInterval: 0.3)
-        inBackground(group, outcomes, "pin") { _ = try t.registry.pin(self.repo, .digest(digest), reason: nil, actor: "a") }
+        inBackground(group, outcomes, second.0, second.1)
         Thread.sleep(forTimeInterval: 0.3)
         release.signal()
         group.wait()
         let o = outcomes.withLock { $0 }
         try expectNothingDangles(t, o)
+        return o
+    }
+
+    @Test func anAliasMovedWhileAnotherReplicaDeletesTheManifest() throws {
+        let (t, other, dir, digest) = try replicas(tag: nil)
+        defer { withExtendedLifetime(dir) {} }
+        // The alias move stops on the held tag lock, inside its transaction.
+        _ = try race(
+            t, holding: "candidate",
+            first: ("alias", { _ = try t.registry.setAlias(self.repo, "candidate", to: digest, actor: "a", reason: nil) }),
+            then: ("delete", { try other.deleteManifest(self.repo, .digest(digest)) }))
+    }
+
+    @Test func aPinWhileAnotherReplicaDeletesTheManifest() throws {
+        let (t, other, dir, digest) = try replicas(tag: "v1")
+        defer { withExtendedLifetime(dir) {} }
+        // The delete stops inside its transaction on the lock of the tag it removes with the manifest.
+        let o = try race(
+            t, holding: "v1",
+            first: ("delete", { try other.deleteManifest(self.repo, .digest(digest)) }),
+            then: ("pin", { _ = try t.registry.pin(self.repo, .digest(digest), reason: nil, actor: "a") }))
         #expect(o.contains("delete: ok") != o.contains("pin: ok"), "exactly one of them wins: \(o)")
     }
 
     @Test func anAliasMovedWhileAnotherReplicasGCCollectsTheManifest() throws {
-        let (t, other, _, digest) = try replicas(tag: nil)
-        let release = DispatchSemaphore(value: 0)
-        let group = DispatchGroup()
-        let outcomes = Locked<[String]>([])
-        try holdTagLock(t, "candidate", release: release, group: group)
-        inBackground(group, outcomes, "alias") {
-            _ = try t.registry.setAlias(self.repo, "candidate", to: digest, actor: "a", reason: nil)
-        }
-        Thread.sleep(forTimeInterval: 0.3)
+        let (t, other, dir, digest) = try replicas(tag: nil)
+        defer { withExtendedLifetime(dir) {} }
         // Untagged and (with no grace) old: garbage, unless the alias commits first.
         let later = Int64(Date().timeIntervalSince1970 * 1000) + 60_000
-        inBackground(group, outcomes, "gc") { _ = try other.collectGarbage(untaggedGraceSeconds: 0, now: later) }
-        Thread.sleep(forTimeInterval: 0.3)
-        release.signal()
-        group.wait()
-        let o = outcomes.withLock { $0 }
+        let o = try race(
+            t, holding: "candidate",
+            first: ("alias", { _ = try t.registry.setAlias(self.repo, "candidate", to: digest, actor: "a", reason: nil) }),
+            then: ("gc", { _ = try other.collectGarbage(untaggedGraceSeconds: 0, now: later) }))
         // Either order is correct: the alias first (GC then keeps the manifest), or, if the alias
         // thread was not yet scheduled, GC first (the alias then finds no manifest).
         #expect(o.contains("gc: ok") && (o.contains("alias: ok") || o.contains("alias: MANIFEST_UNKNOWN")), "\(o)")
-        try expectNothingDangles(t, o)
     }
 }
