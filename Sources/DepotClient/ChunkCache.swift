@@ -1,24 +1,55 @@
+import CDepotSupport
 import DepotCore
+import DepotStore
 import Foundation
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// A local, bounded, least-recently-used cache of raw chunks, one file per chunk under
-/// `<root>/chunks/<2 hex>/<64 hex>`. Entries are written to a temporary name and renamed, and
-/// every read is verified against the chunk's SHA-256 by the caller: a damaged entry is
-/// removed and fetched again. Use (reads) refreshes an entry's modification time; `trim`
-/// removes the least recently used entries until the cache fits `maxBytes`.
+/// A local, bounded, least-recently-used cache of pulled files, whose chunks later pulls read
+/// instead of fetching them: pulling v2 of a model after v1 moves only the chunks v2 changed.
+///
+/// Each entry is a whole verified file and its recipe, under `<root>/files/`:
+///
+///     <digest hex>          the file: a hard link to the pulled file (a copy when the cache is on
+///                           another file system), so a pull writes each byte once
+///     <digest hex>.recipe   its chunks, in the layout below
+///
+/// The recipe layout (version 1, little-endian):
+///
+///     offset  size
+///          0     8  magic "DPCACHE1"
+///          8     8  the file's size: the sum of the lengths
+///         16     8  n, the number of chunks
+///         24   36n  n × (SHA-256 of the chunk: 32 bytes, its length: UInt32)
+///
+/// An entry exists once its recipe does: the file is renamed into place first, the recipe
+/// last. What a pull copies from an entry is checked by the pulled file's digest, because the
+/// file is also the user's (a hard link shares its bytes: editing the pulled file in place
+/// edits the entry): when that check fails, the pull hashes its chunks one by one, drops the
+/// entries that gave a bad one and fetches those chunks again. Use
+/// refreshes the recipe's modification time; `trim` removes the least recently used entries
+/// until the files fit `maxBytes` (a file counts in full even when the user's link to it
+/// shares its blocks).
+///
+/// Before this layout the cache held one file per chunk under `<root>/chunks/`; `trim` removes
+/// that tree (it is never read again).
 public final class ChunkCache: Sendable {
     public let root: String
     public let maxBytes: Int64
+
+    static let magic: [UInt8] = Array("DPCACHE1".utf8)
+    static let headerSize = 24
+    static let entrySize = 36
+    /// Bounds a recipe file read from disk: 8 Mi chunks, ≥ 8 GiB of smallest chunks.
+    static let maxChunks = 8 << 20
 
     public init(root: String, maxBytes: Int64) throws {
         self.root = root
         self.maxBytes = maxBytes
         do {
-            try FileManager.default.createDirectory(atPath: root + "/chunks", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: root + "/files", withIntermediateDirectories: true)
         } catch {
             throw ClientError("cannot create the chunk cache at \(root): \(error.localizedDescription)")
         }
@@ -32,77 +63,228 @@ public final class ChunkCache: Sendable {
         return NSHomeDirectory() + "/.cache/depot"
     }
 
-    func path(_ hash: SHA256.Value) -> String {
-        let hex = hash.hex
-        return "\(root)/chunks/\(hex.prefix(2))/\(hex)"
+    var filesDirectory: String { root + "/files" }
+    func dataPath(_ entry: String) -> String { "\(root)/files/\(entry)" }
+    func recipePath(_ entry: String) -> String { "\(root)/files/\(entry).recipe" }
+
+    /// Where one chunk lies in an entry.
+    public struct Location: Sendable, Equatable {
+        /// The entry's name: its file's digest, hex.
+        public var entry: String
+        public var offset: Int64
+        public var length: Int
     }
 
-    func contains(_ hash: SHA256.Value) -> Bool { access(path(hash), F_OK) == 0 }
-
-    /// Reads a verified entry into `output` (its exact length). False when absent or damaged
-    /// (a damaged entry is removed).
-    func read(_ hash: SHA256.Value, into output: UnsafeMutableRawBufferPointer) -> Bool {
-        let p = path(hash)
-        guard let file = try? PosixFile(path: p, mode: .read) else { return false }
-        guard (try? file.size()) == Int64(output.count), (try? file.read(into: output, at: 0)) != nil,
-            SHA256.hash(UnsafeRawBufferPointer(output)) == hash
-        else {
-            unlink(p)
-            return false
+    /// A cached copy of each of `wanted` the cache has (the first found). Reads every recipe,
+    /// ~36 bytes a chunk cached: 12 MB for 20 GiB.
+    public func locate(_ wanted: Set<SHA256.Value>) -> [SHA256.Value: Location] {
+        var found: [SHA256.Value: Location] = [:]
+        guard !wanted.isEmpty else { return found }
+        for name in (try? FileSystem.list(filesDirectory)) ?? [] where name.hasSuffix(".recipe") {
+            let entry = String(name.dropLast(".recipe".count))
+            guard Self.isEntryName(entry), let recipe = readRecipe(entry) else { continue }
+            var offset: Int64 = 0
+            for c in recipe {
+                if wanted.contains(c.hash), found[c.hash] == nil {
+                    found[c.hash] = Location(entry: entry, offset: offset, length: c.length)
+                }
+                offset += Int64(c.length)
+            }
+            if found.count == wanted.count { break }
         }
-        utimes(p, nil) // recently used
+        return found
+    }
+
+    static func isEntryName(_ s: String) -> Bool {
+        s.utf8.count == 64 && s.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
+
+    /// An entry's recipe; nil when it is missing or not one (a damaged recipe is dropped with
+    /// its entry).
+    func readRecipe(_ entry: String) -> [ChunkRef]? {
+        guard let file = try? PosixFile(path: recipePath(entry), mode: .read), let size = try? file.size() else { return nil }
+        guard size >= Self.headerSize, (size - Int64(Self.headerSize)) % Int64(Self.entrySize) == 0,
+            (size - Int64(Self.headerSize)) / Int64(Self.entrySize) <= Int64(Self.maxChunks)
+        else {
+            drop(entry)
+            return nil
+        }
+        var bytes = [UInt8](repeating: 0, count: Int(size))
+        guard (try? bytes.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }) != nil else { return nil }
+        let parsed = bytes.withUnsafeBytes { p -> [ChunkRef]? in
+            guard Array(p[0..<8]) == Self.magic else { return nil }
+            let total = p.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian
+            let n = p.loadUnaligned(fromByteOffset: 16, as: UInt64.self).littleEndian
+            guard n == UInt64((p.count - Self.headerSize) / Self.entrySize) else { return nil }
+            var sum: UInt64 = 0
+            var refs: [ChunkRef] = []
+            refs.reserveCapacity(Int(n))
+            for i in 0..<Int(n) {
+                let at = Self.headerSize + i * Self.entrySize
+                let length = p.loadUnaligned(fromByteOffset: at + 32, as: UInt32.self).littleEndian
+                guard length > 0, length <= UInt32(ChunkerParameters.v1.maxSize) else { return nil }
+                sum += UInt64(length) // ≤ 8 Mi × 2^32: no overflow
+                refs.append(ChunkRef(hash: SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[at..<(at + 32)])), length: Int(length)))
+            }
+            return sum == total ? refs : nil
+        }
+        if parsed == nil { drop(entry) }
+        return parsed
+    }
+
+    /// An entry's file, open for reading; nil when it is gone.
+    public func open(_ entry: String) -> PosixFile? {
+        guard Self.isEntryName(entry) else { return nil }
+        return try? PosixFile(path: dataPath(entry), mode: .read)
+    }
+
+    /// Marks entries recently used.
+    public func touch(_ entries: some Sequence<String>) {
+        for entry in entries where Self.isEntryName(entry) { utimes(recipePath(entry), nil) }
+    }
+
+    /// Adds a complete, verified file whose chunks are `recipe`. A hard link when `path` is on
+    /// the cache's file system, else a copy (`copy_file_range`: the kernel copies, or shares
+    /// the blocks where the file system can). Failures are ignored: the cache is an optimisation.
+    public func add(file path: String, digest: Digest, recipe: [ChunkRef]) {
+        guard maxBytes > 0, recipe.count <= Self.maxChunks else { return }
+        let entry = digest.hex
+        let temp = "\(filesDirectory)/.\(entry).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
+        if link(path, temp) != 0 {
+            guard Self.copy(path, to: temp) else {
+                unlink(temp)
+                return
+            }
+        }
+        var bytes = Self.magic
+        bytes.reserveCapacity(Self.headerSize + Self.entrySize * recipe.count)
+        func put64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+        put64(UInt64(recipe.reduce(Int64(0)) { $0 + Int64($1.length) }))
+        put64(UInt64(recipe.count))
+        for c in recipe {
+            withUnsafeBytes(of: c.hash.a.bigEndian) { bytes.append(contentsOf: $0) }
+            withUnsafeBytes(of: c.hash.b.bigEndian) { bytes.append(contentsOf: $0) }
+            withUnsafeBytes(of: c.hash.c.bigEndian) { bytes.append(contentsOf: $0) }
+            withUnsafeBytes(of: c.hash.d.bigEndian) { bytes.append(contentsOf: $0) }
+            withUnsafeBytes(of: UInt32(c.length).littleEndian) { bytes.append(contentsOf: $0) }
+        }
+        let recipeTemp = temp + ".recipe"
+        guard let file = try? PosixFile(path: recipeTemp, mode: .createExclusive),
+            (try? bytes.withUnsafeBytes { try file.write($0, at: 0) }) != nil,
+            rename(temp, dataPath(entry)) == 0, rename(recipeTemp, recipePath(entry)) == 0
+        else {
+            unlink(temp)
+            unlink(recipeTemp)
+            return
+        }
+    }
+
+    static func copy(_ source: String, to target: String) -> Bool {
+        guard let from = try? PosixFile(path: source, mode: .read), let to = try? PosixFile(path: target, mode: .createExclusive),
+            let size = try? from.size()
+        else { return false }
+        return copyRange(from: from, offset: 0, to: to, at: 0, length: size)
+    }
+
+    /// Copies `length` bytes of `from` at `offset` to `to` at `at`: in the kernel
+    /// (`copy_file_range`) where it can, else through a buffer. False when `from` is short or
+    /// a read or write fails.
+    public static func copyRange(from: PosixFile, offset: Int64, to: PosixFile, at: Int64, length: Int64) -> Bool {
+        var done: Int64 = 0
+        while done < length {
+            let n = depot_copy_file_range(from.fd, offset + done, to.fd, at + done, min(length - done, 1 << 30))
+            if n > 0 {
+                done += n
+                continue
+            }
+            if n == 0 { return false } // `from` ends early
+            if n == -Int64(EINTR) { continue }
+            guard [EXDEV, EINVAL, ENOSYS, EOPNOTSUPP].contains(Int32(-n)) else { return false }
+            // Not between these two files: through a buffer.
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 64)
+            defer { buffer.deallocate() }
+            while done < length {
+                let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(Int64(buffer.count), length - done))])
+                guard (try? from.read(into: slot, at: offset + done)) != nil,
+                    (try? to.write(UnsafeRawBufferPointer(slot), at: at + done)) != nil
+                else { return false }
+                done += Int64(slot.count)
+            }
+        }
         return true
     }
 
-    /// Stores a verified chunk. Failures (a full disk) are ignored: the cache is an optimisation.
-    func write(_ hash: SHA256.Value, _ bytes: UnsafeRawBufferPointer) {
-        let p = path(hash)
-        let dir = String(p[..<p.lastIndex(of: "/")!])
-        mkdir(dir, 0o755)
-        let temp = "\(p).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
-        guard let file = try? PosixFile(path: temp, mode: .createExclusive) else { return }
-        if (try? file.write(bytes)) != nil {
-            rename(temp, p)
-        } else {
-            unlink(temp)
-        }
+    /// Removes an entry (recipe first, so no reader finds a recipe without its file).
+    func drop(_ entry: String) {
+        unlink(recipePath(entry))
+        unlink(dataPath(entry))
     }
 
-    func remove(_ hash: SHA256.Value) { unlink(path(hash)) }
-
-    /// Total bytes of entries.
+    /// Total bytes of entries' files.
     public func size() -> Int64 { entries().reduce(0) { $0 + $1.size } }
 
-    /// Removes least recently used entries until the cache holds at most `maxBytes`.
+    /// Removes least recently used entries until the cache holds at most `maxBytes`, what an
+    /// interrupted add left behind (over an hour old), and the older per-chunk layout.
     /// Returns the bytes removed.
     @discardableResult
     public func trim() -> Int64 {
+        var removed: Int64 = 0
+        removed += removeLegacyChunks()
+        let now = Int64(Date().timeIntervalSince1970 * 1e9)
+        var names = Set((try? FileSystem.list(filesDirectory)) ?? [])
+        for name in names {
+            let leftover =
+                name.hasSuffix(".tmp") || name.hasSuffix(".tmp.recipe") || (Self.isEntryName(name) && !names.contains(name + ".recipe"))
+            guard leftover, let (size, modified) = Self.fileStat(filesDirectory + "/" + name), now - modified > 3_600_000_000_000 else {
+                continue
+            }
+            if unlink(filesDirectory + "/" + name) == 0 {
+                removed += size
+                names.remove(name)
+            }
+        }
         var all = entries()
         var total = all.reduce(0) { $0 + $1.size }
-        guard total > maxBytes else { return 0 }
+        guard total > maxBytes else { return removed }
         all.sort { $0.used < $1.used }
-        var removed: Int64 = 0
         for e in all where total > maxBytes {
-            if unlink(e.path) == 0 {
-                total -= e.size
-                removed += e.size
-            }
+            drop(e.entry)
+            total -= e.size
+            removed += e.size
         }
         return removed
     }
 
-    private func entries() -> [(path: String, size: Int64, used: Int64)] {
-        var out: [(String, Int64, Int64)] = []
+    private func removeLegacyChunks() -> Int64 {
         let base = root + "/chunks"
-        for sub in (try? FileSystem.list(base)) ?? [] {
+        guard let subs = try? FileSystem.list(base) else { return 0 }
+        var removed: Int64 = 0
+        for sub in subs {
             let dir = base + "/" + sub
             for name in (try? FileSystem.list(dir)) ?? [] {
-                var st = stat()
-                let p = dir + "/" + name
-                if stat(p, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
-                    out.append((p, Int64(st.st_size), Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)))
-                }
+                if let (size, _) = Self.fileStat(dir + "/" + name), unlink(dir + "/" + name) == 0 { removed += size }
             }
+            rmdir(dir)
+        }
+        rmdir(base)
+        return removed
+    }
+
+    static func fileStat(_ path: String) -> (size: Int64, modified: Int64)? {
+        var st = stat()
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return (Int64(st.st_size), Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec))
+    }
+
+    private func entries() -> [(entry: String, size: Int64, used: Int64)] {
+        var out: [(String, Int64, Int64)] = []
+        for name in (try? FileSystem.list(filesDirectory)) ?? [] where name.hasSuffix(".recipe") {
+            let entry = String(name.dropLast(".recipe".count))
+            guard Self.isEntryName(entry), let (_, used) = Self.fileStat(recipePath(entry)), let (size, _) = Self.fileStat(dataPath(entry))
+            else {
+                continue
+            }
+            out.append((entry, size, used))
         }
         return out
     }

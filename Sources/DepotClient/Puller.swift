@@ -165,29 +165,167 @@ public final class Puller: Sendable {
         var fetched: Int
     }
 
+    /// Writes each byte once: chunks the cache has are copied from its files (in the kernel, in
+    /// runs), the others fetched and written where they go. Chunks are not hashed one by one:
+    /// the file's digest is checked over the whole (one SHA-256 pass), and only when it fails
+    /// are chunks hashed to find the bad ones (a cache entry edited since, a registry sending
+    /// wrong bytes), which are fetched again before a second check.
     func pullChunked(_ layer: Layer, _ request: PullRequest, partial: String) async throws -> FileResult {
         let repo = request.repository
         let recipe = try await connection.recipe(repo, layer.digest)
         guard recipe.reduce(Int64(0), { $0 + Int64($1.length) }) == layer.size else {
             throw ClientError("the registry's recipe for \(layer.path) does not add up to \(layer.size) bytes")
         }
-        var seen = Set<SHA256.Value>()
-        var toFetch: [ChunkRef] = []
-        for c in recipe where seen.insert(c.hash).inserted {
-            if !cache.contains(c.hash) { toFetch.append(c) }
+        // Where each distinct chunk goes in the file (a chunk may repeat).
+        var places: [SHA256.Value: [Int64]] = [:]
+        var distinct: [ChunkRef] = []
+        var offset: Int64 = 0
+        for c in recipe {
+            if places[c.hash] == nil { distinct.append(c) }
+            places[c.hash, default: []].append(offset)
+            offset += Int64(c.length)
         }
+        let (out, inPlace) = try openPartial(partial, layer, recipe)
+        // An interrupted pull (killed, the registry unreachable) keeps the partial file: a rerun
+        // keeps what is in place. One that cannot write (a full disk) removes it.
+        let write: @Sendable (SHA256.Value, UnsafeRawBufferPointer) throws -> Void = { [places] hash, raw in
+            for at in places[hash] ?? [] {
+                do { try out.write(raw, at: at) } catch {
+                    unlink(partial)
+                    throw ClientError("cannot write \(layer.path): \(error)")
+                }
+            }
+        }
+        let needed = distinct.filter { !inPlace.contains($0.hash) }
+        let located = cache.locate(Set(needed.map(\.hash)))
+        let failed = copyFromCache(recipe, skipping: inPlace, located, into: out)
+        let toFetch = needed.filter { located[$0.hash] == nil || failed.contains($0.hash) }
         let fetchedBytes = toFetch.reduce(Int64(0)) { $0 + Int64($1.length) }
         progress.advance(layer.size - fetchedBytes, saved: layer.size - fetchedBytes)
-        try await fetchIntoCache(toFetch, repo: repo, digest: layer.digest, request)
-        try await assemble(layer, recipe: recipe, repo: repo, partial: partial)
+        try await fetch(toFetch, repo: repo, digest: layer.digest, request, write)
+        if try digest(of: out, layer, progressing: true) != layer.digest {
+            let bad = try badChunks(recipe, out, layer)
+            for entry in Set(bad.compactMap { located[$0]?.entry }) { cache.drop(entry) }
+            try await fetch(distinct.filter { bad.contains($0.hash) }, repo: repo, digest: layer.digest, request, write)
+            let second = try digest(of: out, layer, progressing: false)
+            guard second == layer.digest else {
+                unlink(partial)
+                throw ClientError("\(layer.path) assembled to \(second), not \(layer.digest); nothing was written")
+            }
+        }
+        do { try out.sync() } catch { throw ClientError("cannot write \(layer.path): \(error)") }
+        cache.touch(Set(located.values.map(\.entry)))
+        cache.add(file: partial, digest: layer.digest, recipe: recipe)
         progress.finish(
-            "\(layer.path): \(TransferProgress.bytes(layer.size)), fetched \(toFetch.count) of \(recipe.count) chunks (\(TransferProgress.bytes(fetchedBytes))), \(TransferProgress.bytes(layer.size - fetchedBytes)) from cache or repeats"
+            "\(layer.path): \(TransferProgress.bytes(layer.size)), fetched \(toFetch.count) of \(recipe.count) chunks (\(TransferProgress.bytes(fetchedBytes))), \(TransferProgress.bytes(layer.size - fetchedBytes)) from cache, repeats or a pull resumed"
         )
         return FileResult(deduplicated: layer.size - fetchedBytes, chunks: recipe.count, fetched: toFetch.count)
     }
 
-    /// Fetches chunks in batches, `jobs` at a time; each record is verified, then cached.
-    func fetchIntoCache(_ chunks: [ChunkRef], repo: String, digest: Digest, _ request: PullRequest) async throws {
+    /// The partial file, at the layer's size. One that a killed pull left is kept, and the
+    /// distinct chunks already in place at every one of their places (hashed where they lie:
+    /// one pass) are not fetched again; any other partial is replaced.
+    func openPartial(_ partial: String, _ layer: Layer, _ recipe: [ChunkRef]) throws -> (PosixFile, Set<SHA256.Value>) {
+        if let stamp = try? FileStamp(partial), stamp.size == layer.size, let out = try? PosixFile(path: partial, mode: .readWrite) {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkerParameters.v1.maxSize, alignment: 64)
+            defer { buffer.deallocate() }
+            var good = Set<SHA256.Value>()
+            var bad = Set<SHA256.Value>()
+            var offset: Int64 = 0
+            for c in recipe {
+                let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<c.length])
+                if (try? out.read(into: slot, at: offset)) != nil, SHA256.hash(UnsafeRawBufferPointer(slot)) == c.hash {
+                    good.insert(c.hash)
+                } else {
+                    bad.insert(c.hash)
+                }
+                offset += Int64(c.length)
+            }
+            return (out, good.subtracting(bad))
+        }
+        unlink(partial)
+        do {
+            let out = try PosixFile(path: partial, mode: .createExclusive)
+            try out.truncate(to: layer.size)
+            return (out, [])
+        } catch {
+            unlink(partial)
+            throw ClientError("cannot write \(partial): \(error)")
+        }
+    }
+
+    /// Copies every chunk of the recipe the cache holds into place, joining neighbours into
+    /// runs. Returns the chunks that could not be copied (an entry gone or short since).
+    func copyFromCache(
+        _ recipe: [ChunkRef], skipping inPlace: Set<SHA256.Value>, _ located: [SHA256.Value: ChunkCache.Location], into out: PosixFile
+    ) -> Set<SHA256.Value> {
+        guard !located.isEmpty else { return [] }
+        var files: [String: PosixFile?] = [:]
+        var failed = Set<SHA256.Value>()
+        var run: (entry: String, from: Int64, to: Int64, length: Int64, hashes: [SHA256.Value])?
+        func flush() {
+            guard let r = run else { return }
+            run = nil
+            if files[r.entry] == nil { files[r.entry] = .some(cache.open(r.entry)) }
+            guard let file = files[r.entry] ?? nil, ChunkCache.copyRange(from: file, offset: r.from, to: out, at: r.to, length: r.length)
+            else {
+                failed.formUnion(r.hashes)
+                return
+            }
+        }
+        var offset: Int64 = 0
+        for c in recipe {
+            defer { offset += Int64(c.length) }
+            guard !inPlace.contains(c.hash), let at = located[c.hash] else { continue }
+            if let r = run, r.entry == at.entry, r.from + r.length == at.offset, r.to + r.length == offset, r.length < 64 << 20 {
+                run!.length += Int64(c.length)
+                run!.hashes.append(c.hash)
+            } else {
+                flush()
+                run = (at.entry, at.offset, offset, Int64(c.length), [c.hash])
+            }
+        }
+        flush()
+        return failed
+    }
+
+    /// The SHA-256 of the written file, read front to back.
+    func digest(of out: PosixFile, _ layer: Layer, progressing: Bool) throws -> Digest {
+        var whole = SHA256()
+        let blockSize = 8 << 20
+        let block = UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 64)
+        defer { block.deallocate() }
+        var done: Int64 = 0
+        while done < layer.size {
+            let slot = UnsafeMutableRawBufferPointer(rebasing: block[0..<Int(min(Int64(blockSize), layer.size - done))])
+            do { try out.read(into: slot, at: done) } catch { throw ClientError("cannot read back \(layer.path): \(error)") }
+            whole.update(UnsafeRawBufferPointer(slot))
+            done += Int64(slot.count)
+            if progressing { progress.advance(Int64(slot.count)) }
+        }
+        return Digest(bytes: whole.finalize())
+    }
+
+    /// The chunks that are not what the recipe says at one of their places.
+    func badChunks(_ recipe: [ChunkRef], _ out: PosixFile, _ layer: Layer) throws -> Set<SHA256.Value> {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkerParameters.v1.maxSize, alignment: 64)
+        defer { buffer.deallocate() }
+        var bad = Set<SHA256.Value>()
+        var offset: Int64 = 0
+        for c in recipe {
+            let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<c.length])
+            do { try out.read(into: slot, at: offset) } catch { throw ClientError("cannot read back \(layer.path): \(error)") }
+            if SHA256.hash(UnsafeRawBufferPointer(slot)) != c.hash { bad.insert(c.hash) }
+            offset += Int64(c.length)
+        }
+        return bad
+    }
+
+    /// Fetches chunks in batches, `jobs` at a time, and writes each where it goes.
+    func fetch(
+        _ chunks: [ChunkRef], repo: String, digest: Digest, _ request: PullRequest,
+        _ write: @escaping @Sendable (SHA256.Value, UnsafeRawBufferPointer) throws -> Void
+    ) async throws {
         var batches: [[ChunkRef]] = [[]]
         var bytes = 0
         for c in chunks {
@@ -199,17 +337,17 @@ public final class Puller: Sendable {
             bytes += c.length
         }
         let connection = self.connection
-        let cache = self.cache
         let progress = self.progress
         _ = try await forEachConcurrently(batches.filter { !$0.isEmpty }, limit: request.jobs) { batch in
             try await Self.fetch(batch.map(\.hash), repo: repo, digest: digest, connection: connection) { hash, raw in
-                cache.write(hash, raw)
+                try write(hash, raw)
                 progress.advance(Int64(raw.count))
             }
         }
     }
 
-    /// Fetches records of `hashes` and hands each verified chunk to `body` in order.
+    /// Fetches records of `hashes` and hands each chunk to `body` in order, its CRC-32C checked
+    /// but not its hash: the caller checks a digest over what it assembles.
     static func fetch(
         _ hashes: [SHA256.Value], repo: String, digest: Digest, connection: RegistryConnection,
         _ body: @escaping (SHA256.Value, UnsafeRawBufferPointer) throws -> Void
@@ -231,7 +369,7 @@ public final class Puller: Sendable {
                         throw ClientError("the registry sent chunk sha256:\(header.hash.hex) out of order")
                     }
                     do {
-                        try codec.verify(header, payload: UnsafeRawBufferPointer(rebasing: p[ChunkRecords.headerSize..<end])) { raw in
+                        try codec.unhashed(header, payload: UnsafeRawBufferPointer(rebasing: p[ChunkRecords.headerSize..<end])) { raw in
                             try body(header.hash, raw)
                         }
                     } catch let e as DepotError {
@@ -248,59 +386,6 @@ public final class Puller: Sendable {
         guard index == hashes.count, pending.readableBytes == 0 else {
             throw ClientError("the registry's chunk stream ended early (\(index) of \(hashes.count) chunks)")
         }
-    }
-
-    /// Writes the file in recipe order from the cache (fetching any chunk the cache lost),
-    /// hashing as it goes; the digest must match before the file is accepted.
-    func assemble(_ layer: Layer, recipe: [ChunkRef], repo: String, partial: String) async throws {
-        unlink(partial)
-        let out: PosixFile
-        do { out = try PosixFile(path: partial, mode: .createExclusive) } catch {
-            throw ClientError("cannot write \(partial): \(error)")
-        }
-        var whole = SHA256()
-        let blockSize = 8 << 20
-        let block = UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 64)
-        defer { block.deallocate() }
-        var filled = 0
-        var written: Int64 = 0
-        func flush() throws {
-            guard filled > 0 else { return }
-            let bytes = UnsafeRawBufferPointer(rebasing: block[0..<filled])
-            whole.update(bytes)
-            do {
-                try out.write(bytes, at: written)
-            } catch {
-                unlink(partial)
-                throw ClientError("cannot write \(layer.path): \(error)")
-            }
-            written += Int64(filled)
-            progress.advance(Int64(filled))
-            filled = 0
-        }
-        for c in recipe {
-            if filled + c.length > blockSize { try flush() }
-            let slot = UnsafeMutableRawBufferPointer(rebasing: block[filled..<(filled + c.length)])
-            if !cache.read(c.hash, into: slot) {
-                // Evicted or damaged since: fetch just this chunk.
-                var got = false
-                try await Self.fetch([c.hash], repo: repo, digest: layer.digest, connection: connection) { [cache] hash, raw in
-                    guard raw.count == slot.count else { throw ClientError("chunk sha256:\(hash.hex) has the wrong length") }
-                    slot.copyMemory(from: raw)
-                    cache.write(hash, raw)
-                    got = true
-                }
-                guard got else { throw ClientError("chunk sha256:\(c.hash.hex) could not be fetched") }
-            }
-            filled += c.length
-        }
-        try flush()
-        let digest = Digest(bytes: whole.finalize())
-        guard digest == layer.digest else {
-            unlink(partial)
-            throw ClientError("\(layer.path) assembled to \(digest), not \(layer.digest); nothing was written")
-        }
-        do { try out.sync() } catch { throw ClientError("cannot write \(layer.path): \(error)") }
     }
 
     // MARK: plain OCI

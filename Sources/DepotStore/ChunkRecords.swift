@@ -92,6 +92,34 @@ public final class ChunkRecordCodec: @unchecked Sendable {
         }
     }
 
+    /// Checks a record's CRC-32C and hands `body` its raw bytes (the payload itself when it is
+    /// stored raw, else decoded into scratch) without hashing them. Only for a caller that
+    /// checks a digest over everything it assembles from them: a pull checks the file's digest,
+    /// and hashes chunks one by one only to find a bad one when that check fails.
+    public func unhashed<T>(
+        _ header: ChunkRecords.Header, payload: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T
+    ) throws -> T {
+        let name = "chunk sha256:\(header.hash.hex)"
+        guard payload.count == header.storedLength else { throw DepotError.integrity("\(name): record is truncated") }
+        guard PackFormat.checksum(payload) == header.checksum else {
+            throw DepotError.integrity("\(name): payload checksum mismatch (damaged in transit?)")
+        }
+        if header.codec == .raw {
+            guard payload.count == header.rawLength else { throw DepotError.integrity("\(name): record is truncated") }
+            return try body(payload)
+        }
+        if scratch.count < header.rawLength { scratch = [UInt8](repeating: 0, count: max(header.rawLength, maxChunk)) }
+        return try scratch.withUnsafeMutableBytes { s in
+            let out = UnsafeMutableRawBufferPointer(rebasing: s[0..<header.rawLength])
+            do {
+                try compressor.decode(payload, codec: header.codec, into: out)
+            } catch {
+                throw DepotError.integrity("\(name): payload does not decode")
+            }
+            return try body(UnsafeRawBufferPointer(out))
+        }
+    }
+
     /// `decode` into internal scratch; `body` sees the verified raw bytes.
     public func verify<T>(
         _ header: ChunkRecords.Header, payload: UnsafeRawBufferPointer,

@@ -78,49 +78,118 @@ import Testing
 
 /// The local chunk cache and the client's own chunking of a file.
 @Suite struct ChunkCacheTests {
-    static func put(_ cache: ChunkCache, _ bytes: [UInt8]) -> SHA256.Value {
-        let hash = bytes.withUnsafeBytes { SHA256.hash($0) }
-        bytes.withUnsafeBytes { cache.write(hash, $0) }
-        return hash
+    /// Writes `chunks` as one file and adds it to the cache; returns its digest and recipe.
+    static func put(_ cache: ChunkCache, _ dir: String, _ chunks: [[UInt8]]) throws -> (Digest, [ChunkRef]) {
+        let bytes = chunks.flatMap { $0 }
+        let path = dir + "/file-\(UUID().uuidString.prefix(8))"
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let digest = Digest(bytes: bytes.withUnsafeBytes { SHA256.hash($0) })
+        let recipe = chunks.map { c in ChunkRef(hash: c.withUnsafeBytes { SHA256.hash($0) }, length: c.count) }
+        cache.add(file: path, digest: digest, recipe: recipe)
+        return (digest, recipe)
     }
 
-    static func get(_ cache: ChunkCache, _ hash: SHA256.Value, count: Int) -> [UInt8]? {
-        var out = [UInt8](repeating: 0, count: count)
-        let found = out.withUnsafeMutableBytes { cache.read(hash, into: $0) }
-        return found ? out : nil
+    static func inode(_ path: String) -> UInt64? {
+        var st = stat()
+        return stat(path, &st) == 0 ? UInt64(st.st_ino) : nil
     }
 
-    @Test func anEntryIsReadBackVerifiedAndADamagedOneIsDropped() throws {
+    @Test func anAddedFileIsLinkedAndItsChunksAreLocatedAtTheirOffsets() throws {
+        let dir = TempDir("depot-cache")
+        let cache = try ChunkCache(root: dir.path + "/cache", maxBytes: 1 << 20)
+        let chunks = [randomBytes(1000, seed: 1), randomBytes(3000, seed: 2), randomBytes(500, seed: 3)]
+        let (digest, recipe) = try Self.put(cache, dir.path, chunks)
+        let located = cache.locate(Set(recipe.map(\.hash) + [SHA256.hash(UnsafeRawBufferPointer(start: nil, count: 0))]))
+        #expect(located.count == 3, "the three chunks, not a hash the cache never saw")
+        #expect(located[recipe[1].hash] == ChunkCache.Location(entry: digest.hex, offset: 1000, length: 3000))
+        #expect(located[recipe[2].hash]?.offset == 4000)
+        // The same file system: a hard link, no copy.
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix("file-") }
+        #expect(Self.inode(dir.path + "/" + files[0]) == Self.inode(cache.dataPath(digest.hex)))
+        // A located range copies out byte for byte.
+        let target = try PosixFile(path: dir.path + "/copy", mode: .createExclusive)
+        let source = try #require(cache.open(digest.hex))
+        #expect(ChunkCache.copyRange(from: source, offset: 1000, to: target, at: 0, length: 3000))
+        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: dir.path + "/copy"))) == chunks[1])
+        #expect(!ChunkCache.copyRange(from: source, offset: 4000, to: target, at: 0, length: 501), "past the entry's end")
+    }
+
+    @Test func aFileOnAnotherFileSystemIsCopied() throws {
+        guard FileManager.default.fileExists(atPath: "/dev/shm") else { return }
+        let shm = "/dev/shm/depot-cache-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: shm, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: shm) }
         let dir = TempDir("depot-cache")
         let cache = try ChunkCache(root: dir.path, maxBytes: 1 << 20)
-        let bytes = randomBytes(1000, seed: 5)
-        let hash = Self.put(cache, bytes)
-        #expect(cache.contains(hash))
-        #expect(Self.get(cache, hash, count: 1000) == bytes)
-        #expect(Self.get(cache, hash, count: 999) == nil, "the wrong length is a miss")
-        #expect(!cache.contains(hash), "and the entry is dropped")
-        let again = Self.put(cache, bytes)
-        var damaged = bytes
-        damaged[10] ^= 1
-        try Data(damaged).write(to: URL(fileURLWithPath: cache.path(again)))
-        #expect(Self.get(cache, again, count: 1000) == nil, "a damaged entry is a miss")
-        #expect(!cache.contains(again))
+        let chunks = [randomBytes(7000, seed: 4)]
+        let (digest, _) = try Self.put(cache, shm, chunks)
+        let original = try FileManager.default.contentsOfDirectory(atPath: shm)[0]
+        guard Self.inode(shm + "/" + original) != Self.inode(cache.dataPath(digest.hex)) else {
+            Issue.record("/dev/shm and \(dir.path) are one file system here: a link, not a copy")
+            return
+        }
+        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: cache.dataPath(digest.hex)))) == chunks[0])
+        #expect(cache.locate([chunks[0].withUnsafeBytes { SHA256.hash($0) }]).count == 1)
     }
 
-    @Test func trimRemovesTheLeastRecentlyUsedFirst() throws {
+    @Test func aDamagedRecipeIsDroppedWithItsEntry() throws {
+        let dir = TempDir("depot-cache")
+        let cache = try ChunkCache(root: dir.path, maxBytes: 1 << 20)
+        let (digest, recipe) = try Self.put(cache, dir.path, [randomBytes(100, seed: 5), randomBytes(200, seed: 6)])
+        let recipePath = cache.recipePath(digest.hex)
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: recipePath)))
+        #expect(bytes.count == 24 + 2 * 36)
+        // A length that no longer adds up to the declared size.
+        bytes[24 + 32] ^= 1
+        try Data(bytes).write(to: URL(fileURLWithPath: recipePath))
+        #expect(cache.locate(Set(recipe.map(\.hash))).isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: recipePath) && !FileManager.default.fileExists(atPath: cache.dataPath(digest.hex)))
+        // Truncated, and not a recipe at all.
+        for damage in [Array(bytes.prefix(40)), [UInt8](repeating: 7, count: 60)] {
+            let (d, r) = try Self.put(cache, dir.path, [randomBytes(100, seed: 7)])
+            try Data(damage).write(to: URL(fileURLWithPath: cache.recipePath(d.hex)))
+            #expect(cache.locate(Set(r.map(\.hash))).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: cache.dataPath(d.hex)))
+        }
+    }
+
+    @Test func trimRemovesTheLeastRecentlyUsedFirstAndTheOlderLayout() throws {
         let dir = TempDir("depot-cache")
         let cache = try ChunkCache(root: dir.path, maxBytes: 250)
-        let hashes = (0..<3).map { Self.put(cache, randomBytes(100, seed: UInt64(10 + $0))) }
+        let entries = try (0..<3).map { try Self.put(cache, dir.path, [randomBytes(100, seed: UInt64(10 + $0))]).0 }
         // Entry 0 used an hour ago, 1 two hours ago, 2 just now.
         for (i, age) in [(0, 3600.0), (1, 7200.0), (2, 0.0)] {
             try FileManager.default.setAttributes(
-                [.modificationDate: Date().addingTimeInterval(-age)], ofItemAtPath: cache.path(hashes[i]))
+                [.modificationDate: Date().addingTimeInterval(-age)], ofItemAtPath: cache.recipePath(entries[i].hex))
         }
+        // The per-chunk layout of older versions, and what an interrupted add left two hours ago.
+        try FileManager.default.createDirectory(atPath: dir.path + "/chunks/ab", withIntermediateDirectories: true)
+        try Data(count: 40).write(to: URL(fileURLWithPath: dir.path + "/chunks/ab/" + String(repeating: "ab", count: 32)))
+        let leftover = cache.filesDirectory + "/.\(entries[0].hex).1.2.tmp"
+        try Data(count: 30).write(to: URL(fileURLWithPath: leftover))
+        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-7200)], ofItemAtPath: leftover)
         #expect(cache.size() == 300)
-        #expect(cache.trim() == 100)
+        #expect(cache.trim() == 100 + 40 + 30)
         #expect(cache.size() == 200)
-        #expect(!cache.contains(hashes[1]) && cache.contains(hashes[0]) && cache.contains(hashes[2]))
+        #expect(!FileManager.default.fileExists(atPath: dir.path + "/chunks") && !FileManager.default.fileExists(atPath: leftover))
+        #expect(!FileManager.default.fileExists(atPath: cache.dataPath(entries[1].hex)))
+        #expect(FileManager.default.fileExists(atPath: cache.dataPath(entries[0].hex)))
         #expect(cache.trim() == 0, "it fits")
+        // Use refreshes: entry 0 used now, so 2 is the oldest.
+        cache.touch([entries[0].hex])
+        try FileManager.default.setAttributes(
+            [.modificationDate: Date().addingTimeInterval(-60)], ofItemAtPath: cache.recipePath(entries[2].hex))
+        let small = try ChunkCache(root: dir.path, maxBytes: 150)
+        #expect(small.trim() == 100)
+        #expect(FileManager.default.fileExists(atPath: cache.dataPath(entries[0].hex)))
+        #expect(!FileManager.default.fileExists(atPath: cache.dataPath(entries[2].hex)))
+    }
+
+    @Test func aZeroBoundCacheAddsNothing() throws {
+        let dir = TempDir("depot-cache")
+        let cache = try ChunkCache(root: dir.path, maxBytes: 0)
+        let (digest, _) = try Self.put(cache, dir.path, [randomBytes(100, seed: 8)])
+        #expect(!FileManager.default.fileExists(atPath: cache.recipePath(digest.hex)))
     }
 
     @Test func aLocalRecipeCutsAFileAsTheStoreDoes() throws {

@@ -193,24 +193,34 @@ struct ClientTests {
         }
     }
 
-    @Test func aDamagedCacheEntryIsDetectedAndFetchedAgain() async throws {
+    /// The cache keeps a pulled file by a hard link, so editing the pulled file in place edits
+    /// the cache entry: the next pull's digest check fails, its chunks are hashed one by one,
+    /// and only the edited chunk is fetched again. A pulled file the user deleted still serves.
+    @Test func aCacheEntryEditedInPlaceIsRepairedAndADeletedPullStillServes() async throws {
         let dir = TempDir("depot-client")
         try Data(fastRandom(2 << 20, seed: 9)).write(to: URL(fileURLWithPath: dir.path + "/w.bin"))
         try await withRegistry { _, _, port in
             _ = try await push(port, "r/x", "v1", [dir.path + "/w.bin"])
-            _ = try await pull(port, "r/x", "v1", into: dir.path + "/a", cache: dir.path + "/cache")
-            // Flip one byte in every cached chunk.
-            let cacheFiles = try FileManager.default.subpathsOfDirectory(atPath: dir.path + "/cache/chunks").filter { $0.count > 10 }
-            #expect(!cacheFiles.isEmpty)
-            for f in cacheFiles {
-                let p = dir.path + "/cache/chunks/" + f
-                var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: p)))
-                bytes[bytes.count / 2] ^= 0xFF
-                try Data(bytes).write(to: URL(fileURLWithPath: p))
-            }
+            let first = try await pull(port, "r/x", "v1", into: dir.path + "/a", cache: dir.path + "/cache")
+            #expect(first.bytesReceived >= 2 << 20)
+            // Flip one byte in the middle of the pulled file, in place.
+            let edited = try PosixFile(path: dir.path + "/a/w.bin", mode: .readWrite)
+            var byte: [UInt8] = [0]
+            try byte.withUnsafeMutableBytes { try edited.read(into: $0, at: 1 << 20) }
+            byte[0] ^= 0xFF
+            try byte.withUnsafeBytes { try edited.write($0, at: 1 << 20) }
             let s = try await pull(port, "r/x", "v1", into: dir.path + "/b", cache: dir.path + "/cache")
             #expect(sameFile(dir.path + "/b/w.bin", dir.path + "/w.bin"))
-            #expect(s.bytesReceived >= 2 << 20) // every damaged chunk came again
+            #expect(
+                s.bytesReceived > 0 && s.bytesReceived <= 2 * Int64(ChunkerParameters.v1.maxSize),
+                "only the edited chunk came again: \(s.bytesReceived)")
+            #expect(!sameFile(dir.path + "/a/w.bin", dir.path + "/w.bin"), "the user's edit is theirs")
+            // The repaired pull replaced the entry; deleting every pulled copy leaves the cache's.
+            try FileManager.default.removeItem(atPath: dir.path + "/a")
+            try FileManager.default.removeItem(atPath: dir.path + "/b")
+            let c = try await pull(port, "r/x", "v1", into: dir.path + "/c", cache: dir.path + "/cache")
+            #expect(sameFile(dir.path + "/c/w.bin", dir.path + "/w.bin"))
+            #expect(c.bytesReceived < 64 << 10, "nothing but the manifest and the recipe: \(c.bytesReceived)")
         }
     }
 

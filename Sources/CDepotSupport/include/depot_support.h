@@ -16,6 +16,12 @@ uint32_t depot_crc32c_portable(uint32_t crc, const void *data, size_t length);
 /// comes from fdatasync; this only leaves it less to do. Returns 0 or an errno.
 int depot_start_writeback(int fd, int64_t offset, int64_t length);
 
+/// Copies up to `length` bytes from `in_fd` at `in_offset` to `out_fd` at `out_offset` inside
+/// the kernel (neither file's position moves): Linux copy_file_range, one copy through the page
+/// cache instead of two, or shared blocks where the file system can (reflink). Returns the
+/// bytes copied (0 at the input's end), or -errno; -ENOSYS elsewhere.
+int64_t depot_copy_file_range(int in_fd, int64_t in_offset, int out_fd, int64_t out_offset, int64_t length);
+
 /// Tunes glibc's malloc for a server that moves MiB-sized buffers between threads (no-op
 /// elsewhere): at most `arenas` arenas (freed memory otherwise stays resident per thread), and
 /// buffers up to `keep_bytes` served from the heap and kept there instead of being mmapped and
