@@ -2,6 +2,7 @@ import DepotAPI
 import DepotCore
 import DepotStore
 import Foundation
+import NIOCore
 
 /// What a push or pull did, for people (`finish` lines) and machines (`--json`).
 public struct TransferSummary: Codable, Sendable {
@@ -319,7 +320,7 @@ public final class Pusher: Sendable {
     }
 
     /// Uploads encoded chunk records.
-    static func send(_ records: [UInt8], repo: String, path: String, connection: RegistryConnection) async throws {
+    static func send(_ records: ByteBuffer, repo: String, path: String, connection: RegistryConnection) async throws {
         do {
             try await connection.uploadChunkRecords(repo, records)
         } catch let e as ClientError where e.code == "DIGEST_INVALID" {
@@ -378,22 +379,24 @@ public final class Pusher: Sendable {
 
     /// Reads and encodes a batch of chunks. Records carry the hashes of the first read; the
     /// server verifies each against the bytes, which catches a file rewritten in between.
-    static func encode(_ batch: [(offset: Int64, ref: ChunkRef, width: UInt8)], path: String) throws -> [UInt8] {
+    static func encode(_ batch: [(offset: Int64, ref: ChunkRef, width: UInt8)], path: String) throws -> ByteBuffer {
         let file = try PosixFile(path: path, mode: .read)
         let codec = ChunkRecordCodec()
-        var out: [UInt8] = []
-        out.reserveCapacity(batch.reduce(0) { $0 + $1.ref.length + ChunkRecords.headerSize })
-        var buffer = [UInt8](repeating: 0, count: ChunkerParameters.v1.maxSize)
+        // Records go straight into the buffer that is sent (no array copied into it after).
+        var out = ByteBufferAllocator().buffer(capacity: batch.reduce(0) { $0 + $1.ref.length + ChunkRecords.headerSize })
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkerParameters.v1.maxSize, alignment: 64)
+        defer { buffer.deallocate() }
         for item in batch {
             let c = item.ref
-            try buffer.withUnsafeMutableBytes { b in
-                let chunk = UnsafeMutableRawBufferPointer(rebasing: b[0..<c.length])
-                do {
-                    try file.read(into: chunk, at: item.offset)
-                } catch {
-                    throw ClientError("\(path) changed while it was being pushed (it is shorter now)")
-                }
-                try codec.append(UnsafeRawBufferPointer(chunk), hash: c.hash, elementWidth: Int(item.width), to: &out)
+            let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<c.length])
+            do {
+                try file.read(into: chunk, at: item.offset)
+            } catch {
+                throw ClientError("\(path) changed while it was being pushed (it is shorter now)")
+            }
+            try codec.encode(UnsafeRawBufferPointer(chunk), hash: c.hash, elementWidth: Int(item.width)) { header, payload in
+                out.writeBytes(header)
+                out.writeBytes(payload)
             }
         }
         return out

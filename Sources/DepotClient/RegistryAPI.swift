@@ -60,9 +60,13 @@ extension RegistryConnection {
     }
 
     func uploadChunkRecords(_ repo: String, _ records: [UInt8]) async throws {
+        try await uploadChunkRecords(repo, ByteBuffer(bytes: records))
+    }
+
+    func uploadChunkRecords(_ repo: String, _ records: ByteBuffer) async throws {
         let r = try await send(
             .POST, Routes[.uploadChunks].path(name: repo),
-            headers: [("Content-Type", "application/octet-stream")], body: .bytes(records), accept: [201])
+            headers: [("Content-Type", "application/octet-stream")], body: .buffer(records), accept: [201])
         _ = try await collect(r, limit: 1 << 16)
     }
 

@@ -51,10 +51,13 @@ public final class RegistryConnection: Sendable {
     public let attempts: Int
 
     /// Keeps the process's memory bounded while several threads allocate multi-MiB batch
-    /// buffers: two malloc arenas, and buffers over 1 MiB mapped and unmapped on free (glibc
-    /// otherwise raises its mmap threshold and keeps freed batches in per-thread arenas).
+    /// buffers: two malloc arenas (glibc otherwise keeps freed batches in one arena per
+    /// thread), and buffers up to 16 MiB (an 8 MiB batch and its records) reused from the heap.
+    /// With a 1 MiB threshold every batch buffer was a fresh mapping, and zeroing its pages on
+    /// first touch was a third of a push's CPU: a 1 GiB push took 3.9 CPU-seconds, now 2.6, for
+    /// ~40 MB more peak RSS (~150 MB).
     public static func tuneMemory() {
-        depot_tune_malloc(2, 1 << 20)
+        depot_tune_malloc(2, 16 << 20)
     }
 
     public convenience init(url: String, token: String?, attempts: Int = 5, tls: ClientTLSOptions = ClientTLSOptions()) throws {

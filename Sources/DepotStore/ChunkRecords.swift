@@ -53,20 +53,33 @@ public final class ChunkRecordCodec: @unchecked Sendable {
         _ chunk: UnsafeRawBufferPointer, hash: SHA256.Value, elementWidth: Int = 1,
         compress: Bool = true, to out: inout [UInt8]
     ) throws -> Int {
+        try encode(chunk, hash: hash, elementWidth: elementWidth, compress: compress) { header, payload in
+            out.append(contentsOf: header)
+            out.append(contentsOf: payload)
+        }
+    }
+
+    /// Hands `body` the record for `chunk` as its header and its payload (compressed when that
+    /// pays), for a caller that writes them into a buffer of its own. Returns the payload's
+    /// stored length.
+    @discardableResult
+    public func encode(
+        _ chunk: UnsafeRawBufferPointer, hash: SHA256.Value, elementWidth: Int = 1, compress: Bool = true,
+        _ body: (_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws -> Void
+    ) throws -> Int {
         var p = policy
         if !compress { p.mode = .off }
         var stored = 0
         try compressor.encode(chunk, policy: p, elementWidth: elementWidth) { codec, payload in
-            let start = out.count
-            out.append(contentsOf: repeatElement(0, count: PackFormat.recordHeaderSize))
-            out.withUnsafeMutableBytes { o in
+            var header = [UInt8](repeating: 0, count: PackFormat.recordHeaderSize)
+            header.withUnsafeMutableBytes { h in
                 PackFormat.encode(
                     .init(
                         codec: codec, rawLength: chunk.count, storedLength: payload.count, hash: hash,
                         checksum: PackFormat.checksum(payload)),
-                    into: UnsafeMutableRawBufferPointer(rebasing: o[start..<(start + PackFormat.recordHeaderSize)]))
+                    into: h)
             }
-            out.append(contentsOf: payload)
+            try header.withUnsafeBytes { try body($0, payload) }
             stored = payload.count
         }
         return stored
