@@ -38,16 +38,22 @@ import Foundation
 public final class ChunkCache: Sendable {
     public let root: String
     public let maxBytes: Int64
+    /// Whether `add` links the pulled file (else it copies it). A caller that hands its pulled
+    /// files to someone else (the runner gives a stage's input to the stage's uid with
+    /// `chown`) must not share their inodes with the cache.
+    public let linking: Bool
 
     static let magic: [UInt8] = Array("DPCACHE1".utf8)
     static let headerSize = 24
     static let entrySize = 36
-    /// Bounds a recipe file read from disk: 8 Mi chunks, ≥ 8 GiB of smallest chunks.
-    static let maxChunks = 8 << 20
+    /// Bounds a recipe file read from disk: as many chunks as a registry recipe may have
+    /// (`RecipeCommitter.maxEntries`), 36 MiB of recipe.
+    static let maxChunks = 1 << 20
 
-    public init(root: String, maxBytes: Int64) throws {
+    public init(root: String, maxBytes: Int64, linking: Bool = true) throws {
         self.root = root
         self.maxBytes = maxBytes
+        self.linking = linking
         do {
             try FileManager.default.createDirectory(atPath: root + "/files", withIntermediateDirectories: true)
         } catch {
@@ -75,35 +81,53 @@ public final class ChunkCache: Sendable {
         public var length: Int
     }
 
-    /// A cached copy of each of `wanted` the cache has (the first found). Reads every recipe,
-    /// ~36 bytes a chunk cached: 12 MB for 20 GiB.
-    public func locate(_ wanted: Set<SHA256.Value>) -> [SHA256.Value: Location] {
-        var found: [SHA256.Value: Location] = [:]
-        guard !wanted.isEmpty else { return found }
+    /// Where the cache holds each chunk, read from every recipe once (~36 bytes a chunk
+    /// cached: 12 MB for 20 GiB); a pull builds one and asks it for each of its files.
+    public final class Index: Sendable {
+        let locations: [SHA256.Value: Location]
+
+        init(_ locations: [SHA256.Value: Location]) { self.locations = locations }
+
+        public var count: Int { locations.count }
+
+        /// A cached copy of each of `wanted` the index knows.
+        public func locate(_ wanted: some Sequence<SHA256.Value>) -> [SHA256.Value: Location] {
+            var found: [SHA256.Value: Location] = [:]
+            for h in wanted { if let l = locations[h] { found[h] = l } }
+            return found
+        }
+    }
+
+    public func index() -> Index {
+        var all: [SHA256.Value: Location] = [:]
         for name in (try? FileSystem.list(filesDirectory)) ?? [] where name.hasSuffix(".recipe") {
             let entry = String(name.dropLast(".recipe".count))
             guard Self.isEntryName(entry), let recipe = readRecipe(entry) else { continue }
             var offset: Int64 = 0
             for c in recipe {
-                if wanted.contains(c.hash), found[c.hash] == nil {
-                    found[c.hash] = Location(entry: entry, offset: offset, length: c.length)
-                }
+                if all[c.hash] == nil { all[c.hash] = Location(entry: entry, offset: offset, length: c.length) }
                 offset += Int64(c.length)
             }
-            if found.count == wanted.count { break }
         }
-        return found
+        return Index(all)
     }
+
+    /// A cached copy of each of `wanted` the cache has.
+    public func locate(_ wanted: Set<SHA256.Value>) -> [SHA256.Value: Location] { index().locate(wanted) }
 
     static func isEntryName(_ s: String) -> Bool {
         s.utf8.count == 64 && s.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
     }
 
-    /// An entry's recipe; nil when it is missing or not one (a damaged recipe is dropped with
-    /// its entry).
+    /// An entry's recipe; nil when it is missing or not one. A recipe of this version that
+    /// does not add up is dropped with its entry; another version's is left alone (a newer
+    /// client may share the cache).
     func readRecipe(_ entry: String) -> [ChunkRef]? {
-        guard let file = try? PosixFile(path: recipePath(entry), mode: .read), let size = try? file.size() else { return nil }
-        guard size >= Self.headerSize, (size - Int64(Self.headerSize)) % Int64(Self.entrySize) == 0,
+        guard let (file, id) = try? PosixFile.openRegular(path: recipePath(entry)), id.size >= Int64(Self.magic.count) else { return nil }
+        var magic = [UInt8](repeating: 0, count: Self.magic.count)
+        guard (try? magic.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }) != nil, magic == Self.magic else { return nil }
+        let size = id.size
+        guard size >= Int64(Self.headerSize), (size - Int64(Self.headerSize)) % Int64(Self.entrySize) == 0,
             (size - Int64(Self.headerSize)) / Int64(Self.entrySize) <= Int64(Self.maxChunks)
         else {
             drop(entry)
@@ -112,7 +136,6 @@ public final class ChunkCache: Sendable {
         var bytes = [UInt8](repeating: 0, count: Int(size))
         guard (try? bytes.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }) != nil else { return nil }
         let parsed = bytes.withUnsafeBytes { p -> [ChunkRef]? in
-            guard Array(p[0..<8]) == Self.magic else { return nil }
             let total = p.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian
             let n = p.loadUnaligned(fromByteOffset: 16, as: UInt64.self).littleEndian
             guard n == UInt64((p.count - Self.headerSize) / Self.entrySize) else { return nil }
@@ -123,7 +146,7 @@ public final class ChunkCache: Sendable {
                 let at = Self.headerSize + i * Self.entrySize
                 let length = p.loadUnaligned(fromByteOffset: at + 32, as: UInt32.self).littleEndian
                 guard length > 0, length <= UInt32(ChunkerParameters.v1.maxSize) else { return nil }
-                sum += UInt64(length) // ≤ 8 Mi × 2^32: no overflow
+                sum += UInt64(length) // ≤ 2^20 × 2^32: no overflow
                 refs.append(ChunkRef(hash: SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: p[at..<(at + 32)])), length: Int(length)))
             }
             return sum == total ? refs : nil
@@ -132,10 +155,19 @@ public final class ChunkCache: Sendable {
         return parsed
     }
 
-    /// An entry's file, open for reading; nil when it is gone.
+    /// An entry's file, open for reading; nil when it is gone (its recipe is then dropped too)
+    /// or cannot be opened.
     public func open(_ entry: String) -> PosixFile? {
         guard Self.isEntryName(entry) else { return nil }
-        return try? PosixFile(path: dataPath(entry), mode: .read)
+        do {
+            guard let (file, _) = try PosixFile.openRegular(path: dataPath(entry)) else {
+                drop(entry)
+                return nil
+            }
+            return file
+        } catch {
+            return nil
+        }
     }
 
     /// Marks entries recently used.
@@ -143,15 +175,25 @@ public final class ChunkCache: Sendable {
         for entry in entries where Self.isEntryName(entry) { utimes(recipePath(entry), nil) }
     }
 
-    /// Adds a complete, verified file whose chunks are `recipe`. A hard link when `path` is on
-    /// the cache's file system, else a copy (`copy_file_range`: the kernel copies, or shares
-    /// the blocks where the file system can). Failures are ignored: the cache is an optimisation.
-    public func add(file path: String, digest: Digest, recipe: [ChunkRef]) {
-        guard maxBytes > 0, recipe.count <= Self.maxChunks else { return }
+    /// Adds a complete, verified file (open as `file`) whose chunks are `recipe`: a hard link
+    /// to the open file itself (`/proc/self/fd`, so whatever is at its path by now does not
+    /// matter) when `linking` and the cache is on its file system, else a copy
+    /// (`copy_file_range`: the kernel copies, or shares the blocks where the file system can).
+    /// Failures are ignored: the cache is an optimisation.
+    public func add(file: PosixFile, digest: Digest, recipe: [ChunkRef]) {
+        guard maxBytes > 0, recipe.count <= Self.maxChunks, let id = try? file.identity() else { return }
         let entry = digest.hex
         let temp = "\(filesDirectory)/.\(entry).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
-        if link(path, temp) != 0 {
-            guard Self.copy(path, to: temp) else {
+        var linked = false
+        if linking, linkat(AT_FDCWD, "/proc/self/fd/\(file.fd)", AT_FDCWD, temp, AT_SYMLINK_FOLLOW) == 0 {
+            var st = stat()
+            linked = lstat(temp, &st) == 0 && UInt64(st.st_ino) == id.inode && UInt64(st.st_dev) == id.device
+            if !linked { unlink(temp) }
+        }
+        if !linked {
+            guard let to = try? PosixFile(path: temp, mode: .createExclusive),
+                Self.copyRange(from: file, offset: 0, to: to, at: 0, length: id.size)
+            else {
                 unlink(temp)
                 return
             }
@@ -169,21 +211,14 @@ public final class ChunkCache: Sendable {
             withUnsafeBytes(of: UInt32(c.length).littleEndian) { bytes.append(contentsOf: $0) }
         }
         let recipeTemp = temp + ".recipe"
-        guard let file = try? PosixFile(path: recipeTemp, mode: .createExclusive),
-            (try? bytes.withUnsafeBytes { try file.write($0, at: 0) }) != nil,
+        guard let out = try? PosixFile(path: recipeTemp, mode: .createExclusive),
+            (try? bytes.withUnsafeBytes { try out.write($0, at: 0) }) != nil,
             rename(temp, dataPath(entry)) == 0, rename(recipeTemp, recipePath(entry)) == 0
         else {
             unlink(temp)
             unlink(recipeTemp)
             return
         }
-    }
-
-    static func copy(_ source: String, to target: String) -> Bool {
-        guard let from = try? PosixFile(path: source, mode: .read), let to = try? PosixFile(path: target, mode: .createExclusive),
-            let size = try? from.size()
-        else { return false }
-        return copyRange(from: from, offset: 0, to: to, at: 0, length: size)
     }
 
     /// Copies `length` bytes of `from` at `offset` to `to` at `at`: in the kernel
@@ -214,7 +249,8 @@ public final class ChunkCache: Sendable {
         return true
     }
 
-    /// Removes an entry (recipe first, so no reader finds a recipe without its file).
+    /// Removes an entry, its recipe first. (Another process adding the same entry at that
+    /// moment can leave a recipe without its file: `open` and `trim` drop such a recipe.)
     func drop(_ entry: String) {
         unlink(recipePath(entry))
         unlink(dataPath(entry))
@@ -223,25 +259,26 @@ public final class ChunkCache: Sendable {
     /// Total bytes of entries' files.
     public func size() -> Int64 { entries().reduce(0) { $0 + $1.size } }
 
-    /// Removes least recently used entries until the cache holds at most `maxBytes`, what an
-    /// interrupted add left behind (over an hour old), and the older per-chunk layout.
-    /// Returns the bytes removed.
+    /// Removes least recently used entries until the cache holds at most `maxBytes`; what an
+    /// interrupted add left behind (its inode changed over an hour ago: `link` and `rename`
+    /// change the change time, a pulled file's modification time may be old); recipes whose
+    /// file is gone; and the older per-chunk layout. Returns the bytes removed.
     @discardableResult
-    public func trim() -> Int64 {
+    public func trim(now: Date = Date()) -> Int64 {
         var removed: Int64 = 0
         removed += removeLegacyChunks()
-        let now = Int64(Date().timeIntervalSince1970 * 1e9)
-        var names = Set((try? FileSystem.list(filesDirectory)) ?? [])
+        let now = Int64(now.timeIntervalSince1970 * 1e9)
+        let names = Set((try? FileSystem.list(filesDirectory)) ?? [])
         for name in names {
-            let leftover =
-                name.hasSuffix(".tmp") || name.hasSuffix(".tmp.recipe") || (Self.isEntryName(name) && !names.contains(name + ".recipe"))
-            guard leftover, let (size, modified) = Self.fileStat(filesDirectory + "/" + name), now - modified > 3_600_000_000_000 else {
+            let path = filesDirectory + "/" + name
+            if name.hasSuffix(".recipe"), Self.isEntryName(String(name.dropLast(".recipe".count))) {
+                if !names.contains(String(name.dropLast(".recipe".count))) { unlink(path) } // its file is gone
                 continue
             }
-            if unlink(filesDirectory + "/" + name) == 0 {
-                removed += size
-                names.remove(name)
-            }
+            let leftover = name.hasPrefix(".") && (name.hasSuffix(".tmp") || name.hasSuffix(".tmp.recipe"))
+            let orphan = Self.isEntryName(name) && !names.contains(name + ".recipe")
+            guard leftover || orphan, let st = Self.fileStat(path), now - st.changed > 3_600_000_000_000 else { continue }
+            if unlink(path) == 0 { removed += st.size }
         }
         var all = entries()
         var total = all.reduce(0) { $0 + $1.size }
@@ -255,14 +292,22 @@ public final class ChunkCache: Sendable {
         return removed
     }
 
+    /// Removes what the older layout left: `chunks/<2 hex>/<64 hex>` files (and their
+    /// `.<pid>.<n>.tmp` forms), nothing else, never through a link.
     private func removeLegacyChunks() -> Int64 {
         let base = root + "/chunks"
-        guard let subs = try? FileSystem.list(base) else { return 0 }
+        var st = stat()
+        guard lstat(base, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, let subs = try? FileSystem.list(base) else { return 0 }
         var removed: Int64 = 0
-        for sub in subs {
+        for sub in subs where sub.utf8.count == 2 && sub.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) {
             let dir = base + "/" + sub
+            guard lstat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { continue }
             for name in (try? FileSystem.list(dir)) ?? [] {
-                if let (size, _) = Self.fileStat(dir + "/" + name), unlink(dir + "/" + name) == 0 { removed += size }
+                let hex = String(name.prefix(64))
+                guard Self.isEntryName(hex), hex.hasPrefix(sub), name == hex || (name.hasPrefix(hex + ".") && name.hasSuffix(".tmp")),
+                    let file = Self.fileStat(dir + "/" + name), unlink(dir + "/" + name) == 0
+                else { continue }
+                removed += file.size
             }
             rmdir(dir)
         }
@@ -270,21 +315,24 @@ public final class ChunkCache: Sendable {
         return removed
     }
 
-    static func fileStat(_ path: String) -> (size: Int64, modified: Int64)? {
+    /// `lstat`: a regular file's size, modification and change times (ns); nil for anything else.
+    static func fileStat(_ path: String) -> (size: Int64, modified: Int64, changed: Int64)? {
         var st = stat()
-        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
-        return (Int64(st.st_size), Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec))
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return (
+            Int64(st.st_size), Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec),
+            Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+        )
     }
 
     private func entries() -> [(entry: String, size: Int64, used: Int64)] {
         var out: [(String, Int64, Int64)] = []
         for name in (try? FileSystem.list(filesDirectory)) ?? [] where name.hasSuffix(".recipe") {
             let entry = String(name.dropLast(".recipe".count))
-            guard Self.isEntryName(entry), let (_, used) = Self.fileStat(recipePath(entry)), let (size, _) = Self.fileStat(dataPath(entry))
-            else {
+            guard Self.isEntryName(entry), let recipe = Self.fileStat(recipePath(entry)), let data = Self.fileStat(dataPath(entry)) else {
                 continue
             }
-            out.append((entry, size, used))
+            out.append((entry, data.size, recipe.modified))
         }
         return out
     }

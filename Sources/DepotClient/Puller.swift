@@ -34,13 +34,15 @@ public struct PullRequest: Sendable {
 }
 
 /// Pulls an artifact's files into a directory. From a Depot registry it fetches each file's
-/// recipe and only the chunks missing from the local chunk cache; from any other registry it
-/// streams whole blobs (resuming a partial download with a Range request). Files are written
-/// under `<dir>/.depot-partial/`, verified against their digest, then renamed into place.
+/// recipe and only the chunks the local chunk cache lacks; from any other registry it streams
+/// whole blobs (resuming a partial download with a Range request). Files are written under
+/// `<dir>/.depot-partial/` (this user's, mode 0700), checked against their digest and size,
+/// then renamed into place.
 public final class Puller: Sendable {
     let connection: RegistryConnection
     let progress: TransferProgress
     let cache: ChunkCache
+    private let index = Locked<ChunkCache.Index?>(nil)
 
     public init(connection: RegistryConnection, progress: TransferProgress, cache: ChunkCache) {
         self.connection = connection
@@ -56,6 +58,7 @@ public final class Puller: Sendable {
 
     public func pull(_ request: PullRequest) async throws -> TransferSummary {
         let started = Date()
+        index.withLock { $0 = nil } // entries added since the last pull
         let manifest = try await connection.manifest(request.repository, request.reference)
         let layers = try Self.layers(manifest)
         var wanted = layers
@@ -80,9 +83,18 @@ public final class Puller: Sendable {
         let info = request.plainOCI ? nil : try await connection.extensionInfo()
         let partialDir = request.outputDirectory + "/.depot-partial"
         do {
-            try FileManager.default.createDirectory(atPath: partialDir, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: request.outputDirectory, withIntermediateDirectories: true)
         } catch {
             throw ClientError("cannot create \(request.outputDirectory): \(error.localizedDescription)")
+        }
+        // Partial files are written, resumed and linked into the cache: their directory must be
+        // this user's own, not a link to somewhere else.
+        if mkdir(partialDir, 0o700) != 0, errno != EEXIST {
+            throw ClientError("cannot create \(partialDir): \(String(cString: strerror(errno)))")
+        }
+        var st = stat()
+        guard lstat(partialDir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid() else {
+            throw ClientError("\(partialDir) is not a directory of this user; remove it and pull again")
         }
         progress.begin(files: wanted.count, work: 2 * wanted.reduce(Int64(0)) { $0 + $1.size })
         let indexed = Array(wanted.enumerated())
@@ -166,30 +178,43 @@ public final class Puller: Sendable {
     }
 
     /// Writes each byte once: chunks the cache has are copied from its files (in the kernel, in
-    /// runs), the others fetched and written where they go. Chunks are not hashed one by one:
-    /// the file's digest is checked over the whole (one SHA-256 pass), and only when it fails
-    /// are chunks hashed to find the bad ones (a cache entry edited since, a registry sending
-    /// wrong bytes), which are fetched again before a second check.
+    /// runs), the others fetched and written where they go, each checked against its length
+    /// in the recipe. Chunks are not hashed one by one: the file's digest is checked over the
+    /// whole (one SHA-256 pass), and only when it fails are chunks hashed to find the bad ones
+    /// (a cache entry edited since, a registry sending wrong bytes), which are fetched again
+    /// before a second check.
     func pullChunked(_ layer: Layer, _ request: PullRequest, partial: String) async throws -> FileResult {
         let repo = request.repository
         let recipe = try await connection.recipe(repo, layer.digest)
         guard recipe.reduce(Int64(0), { $0 + Int64($1.length) }) == layer.size else {
             throw ClientError("the registry's recipe for \(layer.path) does not add up to \(layer.size) bytes")
         }
-        // Where each distinct chunk goes in the file (a chunk may repeat).
-        var places: [SHA256.Value: [Int64]] = [:]
+        // Where each distinct chunk goes in the file: its first place, and any repeats.
+        var first: [SHA256.Value: (length: Int, offset: Int64)] = [:]
+        var repeats: [SHA256.Value: [Int64]] = [:]
         var distinct: [ChunkRef] = []
         var offset: Int64 = 0
         for c in recipe {
-            if places[c.hash] == nil { distinct.append(c) }
-            places[c.hash, default: []].append(offset)
+            if let f = first[c.hash] {
+                guard f.length == c.length else {
+                    throw ClientError("the registry's recipe for \(layer.path) gives chunk sha256:\(c.hash.hex) two lengths")
+                }
+                repeats[c.hash, default: []].append(offset)
+            } else {
+                first[c.hash] = (c.length, offset)
+                distinct.append(c)
+            }
             offset += Int64(c.length)
         }
         let (out, inPlace) = try openPartial(partial, layer, recipe)
         // An interrupted pull (killed, the registry unreachable) keeps the partial file: a rerun
         // keeps what is in place. One that cannot write (a full disk) removes it.
-        let write: @Sendable (SHA256.Value, UnsafeRawBufferPointer) throws -> Void = { [places] hash, raw in
-            for at in places[hash] ?? [] {
+        let write: @Sendable (SHA256.Value, UnsafeRawBufferPointer) throws -> Void = { [first, repeats] hash, raw in
+            guard let f = first[hash], raw.count == f.length else {
+                throw ClientError(
+                    "the registry sent chunk sha256:\(hash.hex) with \(raw.count) bytes; the recipe says \(first[hash]?.length ?? 0)")
+            }
+            for at in [f.offset] + (repeats[hash] ?? []) {
                 do { try out.write(raw, at: at) } catch {
                     unlink(partial)
                     throw ClientError("cannot write \(layer.path): \(error)")
@@ -197,36 +222,65 @@ public final class Puller: Sendable {
             }
         }
         let needed = distinct.filter { !inPlace.contains($0.hash) }
-        let located = cache.locate(Set(needed.map(\.hash)))
+        let located = needed.isEmpty ? [:] : cacheIndex().locate(needed.map(\.hash))
         let failed = copyFromCache(recipe, skipping: inPlace, located, into: out)
-        let toFetch = needed.filter { located[$0.hash] == nil || failed.contains($0.hash) }
-        let fetchedBytes = toFetch.reduce(Int64(0)) { $0 + Int64($1.length) }
-        progress.advance(layer.size - fetchedBytes, saved: layer.size - fetchedBytes)
-        try await fetch(toFetch, repo: repo, digest: layer.digest, request, write)
+        var toFetch = needed.filter { located[$0.hash] == nil || failed.contains($0.hash) }
+        let firstFetch = toFetch.reduce(Int64(0)) { $0 + Int64($1.length) }
+        progress.advance(layer.size - firstFetch, saved: layer.size - firstFetch)
+        try await fetch(toFetch, repo: repo, digest: layer.digest, request, progressing: true, write)
         if try digest(of: out, layer, progressing: true) != layer.digest {
             let bad = try badChunks(recipe, out, layer)
             for entry in Set(bad.compactMap { located[$0]?.entry }) { cache.drop(entry) }
-            try await fetch(distinct.filter { bad.contains($0.hash) }, repo: repo, digest: layer.digest, request, write)
+            let again = distinct.filter { bad.contains($0.hash) }
+            try await fetch(again, repo: repo, digest: layer.digest, request, progressing: false, write)
+            toFetch += again.filter { c in !toFetch.contains { $0.hash == c.hash } }
             let second = try digest(of: out, layer, progressing: false)
             guard second == layer.digest else {
                 unlink(partial)
                 throw ClientError("\(layer.path) assembled to \(second), not \(layer.digest); nothing was written")
             }
         }
-        do { try out.sync() } catch { throw ClientError("cannot write \(layer.path): \(error)") }
+        do {
+            try out.sync()
+            guard try out.size() == layer.size else { throw ClientError("it is not \(layer.size) bytes") }
+        } catch {
+            unlink(partial)
+            throw ClientError("cannot write \(layer.path): \(error)")
+        }
         cache.touch(Set(located.values.map(\.entry)))
-        cache.add(file: partial, digest: layer.digest, recipe: recipe)
+        cache.add(file: out, digest: layer.digest, recipe: recipe)
+        let fetchedBytes = toFetch.reduce(Int64(0)) { $0 + Int64($1.length) }
         progress.finish(
             "\(layer.path): \(TransferProgress.bytes(layer.size)), fetched \(toFetch.count) of \(recipe.count) chunks (\(TransferProgress.bytes(fetchedBytes))), \(TransferProgress.bytes(layer.size - fetchedBytes)) from cache, repeats or a pull resumed"
         )
         return FileResult(deduplicated: layer.size - fetchedBytes, chunks: recipe.count, fetched: toFetch.count)
     }
 
-    /// The partial file, at the layer's size. One that a killed pull left is kept, and the
-    /// distinct chunks already in place at every one of their places (hashed where they lie:
-    /// one pass) are not fetched again; any other partial is replaced.
+    /// The cache's index, read once per pull (on the first chunked file).
+    func cacheIndex() -> ChunkCache.Index {
+        index.withLock { i in
+            if let i { return i }
+            let built = cache.index()
+            i = built
+            return built
+        }
+    }
+
+    /// The partial file, at the layer's size, locked (`flock`) so that a second pull into the
+    /// same directory fails instead of writing into it. One that a killed pull left (a regular
+    /// file of this user, not a link, not linked elsewhere) is kept, and the distinct chunks
+    /// already in place at every one of their places (hashed where they lie: one pass) are not
+    /// fetched again; anything else at its path is replaced.
     func openPartial(_ partial: String, _ layer: Layer, _ recipe: [ChunkRef]) throws -> (PosixFile, Set<SHA256.Value>) {
-        if let stamp = try? FileStamp(partial), stamp.size == layer.size, let out = try? PosixFile(path: partial, mode: .readWrite) {
+        func lock(_ file: PosixFile) throws {
+            guard flock(file.fd, LOCK_EX | LOCK_NB) == 0 else {
+                throw ClientError("another pull is writing \(partial); wait for it, or stop it")
+            }
+        }
+        if let (out, id) = try? PosixFile.openRegular(path: partial, writable: true), id.size == layer.size, id.links == 1,
+            id.owner == geteuid()
+        {
+            try lock(out)
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkerParameters.v1.maxSize, alignment: 64)
             defer { buffer.deallocate() }
             var good = Set<SHA256.Value>()
@@ -246,11 +300,12 @@ public final class Puller: Sendable {
         unlink(partial)
         do {
             let out = try PosixFile(path: partial, mode: .createExclusive)
+            try lock(out)
             try out.truncate(to: layer.size)
             return (out, [])
         } catch {
             unlink(partial)
-            throw ClientError("cannot write \(partial): \(error)")
+            throw error as? ClientError ?? ClientError("cannot write \(partial): \(error)")
         }
     }
 
@@ -323,7 +378,7 @@ public final class Puller: Sendable {
 
     /// Fetches chunks in batches, `jobs` at a time, and writes each where it goes.
     func fetch(
-        _ chunks: [ChunkRef], repo: String, digest: Digest, _ request: PullRequest,
+        _ chunks: [ChunkRef], repo: String, digest: Digest, _ request: PullRequest, progressing: Bool,
         _ write: @escaping @Sendable (SHA256.Value, UnsafeRawBufferPointer) throws -> Void
     ) async throws {
         var batches: [[ChunkRef]] = [[]]
@@ -339,9 +394,9 @@ public final class Puller: Sendable {
         let connection = self.connection
         let progress = self.progress
         _ = try await forEachConcurrently(batches.filter { !$0.isEmpty }, limit: request.jobs) { batch in
-            try await Self.fetch(batch.map(\.hash), repo: repo, digest: digest, connection: connection) { hash, raw in
+            try await Self.fetch(batch, repo: repo, digest: digest, connection: connection) { hash, raw in
                 try write(hash, raw)
-                progress.advance(Int64(raw.count))
+                if progressing { progress.advance(Int64(raw.count)) }
             }
         }
     }
@@ -349,9 +404,10 @@ public final class Puller: Sendable {
     /// Fetches records of `hashes` and hands each chunk to `body` in order, its CRC-32C checked
     /// but not its hash: the caller checks a digest over what it assembles.
     static func fetch(
-        _ hashes: [SHA256.Value], repo: String, digest: Digest, connection: RegistryConnection,
+        _ chunks: [ChunkRef], repo: String, digest: Digest, connection: RegistryConnection,
         _ body: @escaping (SHA256.Value, UnsafeRawBufferPointer) throws -> Void
     ) async throws {
+        let hashes = chunks.map(\.hash)
         let response = try await connection.fetchChunks(repo, digest, hashes)
         let codec = ChunkRecordCodec()
         var pending = ByteBuffer()
@@ -367,6 +423,11 @@ public final class Puller: Sendable {
                     guard end <= p.count else { return nil }
                     guard index < hashes.count, header.hash == hashes[index] else {
                         throw ClientError("the registry sent chunk sha256:\(header.hash.hex) out of order")
+                    }
+                    guard header.rawLength == chunks[index].length else {
+                        throw ClientError(
+                            "the registry sent chunk sha256:\(header.hash.hex) with \(header.rawLength) bytes; its recipe says \(chunks[index].length)"
+                        )
                     }
                     do {
                         try codec.unhashed(header, payload: UnsafeRawBufferPointer(rebasing: p[ChunkRecords.headerSize..<end])) { raw in
@@ -393,22 +454,34 @@ public final class Puller: Sendable {
     func pullWhole(_ layer: Layer, _ request: PullRequest, partial: String) async throws -> FileResult {
         var hash = SHA256()
         var have: Int64 = 0
-        // Resume: hash what an interrupted run left, then ask for the rest.
-        if let stamp = try? FileStamp(partial), stamp.size <= layer.size, let file = try? PosixFile(path: partial, mode: .read) {
+        let out: PosixFile
+        // Resume: hash what an interrupted run left (a regular file of this user, not a link),
+        // then ask for the rest.
+        if let (file, id) = try? PosixFile.openRegular(path: partial, writable: true), id.size <= layer.size, id.links == 1,
+            id.owner == geteuid()
+        {
+            out = file
+            guard flock(out.fd, LOCK_EX | LOCK_NB) == 0 else {
+                throw ClientError("another pull is writing \(partial); wait for it, or stop it")
+            }
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 64)
             defer { buffer.deallocate() }
-            while have < stamp.size, let n = try? file.readSome(into: buffer), n > 0 {
+            while have < id.size {
+                let n = try out.read(into: buffer, at: have, upTo: Int(min(Int64(buffer.count), id.size - have)))
+                guard n > 0 else { break }
                 hash.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
                 have += Int64(n)
             }
         } else {
             unlink(partial)
+            do { out = try PosixFile(path: partial, mode: .createExclusive) } catch {
+                throw ClientError("cannot write \(partial): \(error)")
+            }
+            guard flock(out.fd, LOCK_EX | LOCK_NB) == 0 else {
+                throw ClientError("another pull is writing \(partial); wait for it, or stop it")
+            }
         }
         progress.advance(have, saved: have)
-        let out: PosixFile
-        do { out = try PosixFile(path: partial, mode: have > 0 ? .readWrite : .createReadWrite) } catch {
-            throw ClientError("cannot write \(partial): \(error)")
-        }
         if have < layer.size {
             let response = try await connection.blob(request.repository, layer.digest, from: have)
             for try await part in response.body {

@@ -27,6 +27,44 @@ public final class PosixFile: @unchecked Sendable {
         self.fd = fd
     }
 
+    private init(adopting fd: Int32, path: String) {
+        self.fd = fd
+        self.path = path
+    }
+
+    /// What `fstat` says of an open file.
+    public struct Identity: Sendable, Equatable {
+        public var size: Int64
+        public var links: Int
+        public var owner: UInt32
+        public var device: UInt64
+        public var inode: UInt64
+    }
+
+    public func identity() throws -> Identity {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw PosixFile.error("stat", path) }
+        return Identity(
+            size: Int64(st.st_size), links: Int(st.st_nlink), owner: UInt32(st.st_uid), device: UInt64(st.st_dev),
+            inode: UInt64(st.st_ino))
+    }
+
+    /// Opens an existing regular file without following a symbolic link at `path` and without
+    /// blocking on a FIFO. Nil when nothing is there, or something that is not a regular file
+    /// (a link, a FIFO, a directory); throws on any other failure (EACCES, EIO).
+    public static func openRegular(path: String, writable: Bool = false) throws -> (PosixFile, Identity)? {
+        let fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else {
+            if [ENOENT, ELOOP, ENOTDIR, EISDIR, ENXIO].contains(errno) { return nil }
+            throw PosixFile.error("open", path)
+        }
+        let file = PosixFile(adopting: fd, path: path)
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw PosixFile.error("stat", path) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return (file, try file.identity())
+    }
+
     deinit { close(fd) }
 
     public static func error(_ op: String, _ path: String, _ code: Int32 = errno) -> DepotError {
@@ -129,6 +167,20 @@ public final class PosixFile: @unchecked Sendable {
             a = UnsafeMutableRawBufferPointer(rebasing: a[fromA...])
             b = UnsafeMutableRawBufferPointer(rebasing: b[(n - fromA)...])
             position += Int64(n)
+        }
+    }
+
+    /// Reads up to `limit` bytes at `offset` into the front of `buffer`; returns how many (0 at
+    /// the end of the file).
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64, upTo limit: Int) throws -> Int {
+        if let code = FaultInjection.check(.read, path) { throw PosixFile.error("read", path, code) }
+        while true {
+            let n = pread(fd, buffer.baseAddress!, min(limit, buffer.count), off_t(offset))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw PosixFile.error("read", path)
+            }
+            return n
         }
     }
 

@@ -73,7 +73,9 @@ public final class Runner: Sendable {
         self.options = options
         self.logger = logger
         try FileManager.default.createDirectory(atPath: options.workDirectory, withIntermediateDirectories: true)
-        cache = try ChunkCache(root: options.workDirectory + "/cache", maxBytes: options.cacheBytes)
+        // Copies, not links: a stage's input is handed to the stage's uid (`chown`, root
+        // runner), which must not change the owner of the cache's entries.
+        cache = try ChunkCache(root: options.workDirectory + "/cache", maxBytes: options.cacheBytes, linking: false)
         // Workspaces of a runner that was killed (its jobs go back to the queue when their leases expire).
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: options.workDirectory)) ?? []
         where entry.hasPrefix("job-") || entry.hasPrefix("toolchain-") || entry.hasPrefix("probe-") {

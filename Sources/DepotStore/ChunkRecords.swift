@@ -106,9 +106,11 @@ public final class ChunkRecordCodec: @unchecked Sendable {
     }
 
     /// Checks a record's CRC-32C and hands `body` its raw bytes (the payload itself when it is
-    /// stored raw, else decoded into scratch) without hashing them. Only for a caller that
-    /// checks a digest over everything it assembles from them: a pull checks the file's digest,
-    /// and hashes chunks one by one only to find a bad one when that check fails.
+    /// stored raw, else decoded into scratch: `header.rawLength` bytes, up to the codec's
+    /// maximum chunk) without hashing them. Only for a caller that checks each chunk's length
+    /// against what it expects, and a digest over everything it assembles from them: a pull
+    /// checks the file's digest, and hashes chunks one by one only to find a bad one when that
+    /// check fails.
     public func unhashed<T>(
         _ header: ChunkRecords.Header, payload: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T
     ) throws -> T {

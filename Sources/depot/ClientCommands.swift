@@ -222,7 +222,8 @@ struct Pull: AsyncParsableCommand {
     @Option(help: "Do not pull files matching this pattern (repeatable; applied after --include).") var exclude: [String] = []
     @OptionGroup var registry: RegistryOptions
     @Option(help: "Chunk cache directory (default: $DEPOT_CACHE, $XDG_CACHE_HOME/depot or ~/.cache/depot).") var cache: String?
-    @Option(help: "Chunk cache bound in GiB (least recently used chunks are removed after a pull).") var cacheGib: Double = 20
+    @Option(help: "Chunk cache bound in GiB (it keeps pulled files, hard-linked; the least recently used are removed after a pull).")
+    var cacheGib: Double = 20
     @Option(help: "Concurrent chunk batches per file.") var jobs = 4
     @Option(help: "Files pulled at the same time.") var fileJobs = 2
     @Flag(help: "Use only the standard OCI API (whole blobs).") var plainOci = false

@@ -85,7 +85,7 @@ import Testing
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         let digest = Digest(bytes: bytes.withUnsafeBytes { SHA256.hash($0) })
         let recipe = chunks.map { c in ChunkRef(hash: c.withUnsafeBytes { SHA256.hash($0) }, length: c.count) }
-        cache.add(file: path, digest: digest, recipe: recipe)
+        cache.add(file: try PosixFile(path: path, mode: .read), digest: digest, recipe: recipe)
         return (digest, recipe)
     }
 
@@ -114,8 +114,8 @@ import Testing
         #expect(!ChunkCache.copyRange(from: source, offset: 4000, to: target, at: 0, length: 501), "past the entry's end")
     }
 
-    @Test func aFileOnAnotherFileSystemIsCopied() throws {
-        guard FileManager.default.fileExists(atPath: "/dev/shm") else { return }
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/shm")))
+    func aFileOnAnotherFileSystemIsCopied() throws {
         let shm = "/dev/shm/depot-cache-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: shm, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: shm) }
@@ -124,12 +124,39 @@ import Testing
         let chunks = [randomBytes(7000, seed: 4)]
         let (digest, _) = try Self.put(cache, shm, chunks)
         let original = try FileManager.default.contentsOfDirectory(atPath: shm)[0]
-        guard Self.inode(shm + "/" + original) != Self.inode(cache.dataPath(digest.hex)) else {
-            Issue.record("/dev/shm and \(dir.path) are one file system here: a link, not a copy")
-            return
-        }
+        #expect(Self.inode(shm + "/" + original) != Self.inode(cache.dataPath(digest.hex)), "a copy, not a link")
         #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: cache.dataPath(digest.hex)))) == chunks[0])
         #expect(cache.locate([chunks[0].withUnsafeBytes { SHA256.hash($0) }]).count == 1)
+    }
+
+    @Test func aCacheThatDoesNotLinkCopiesAndTheCopyIsIndependent() throws {
+        let dir = TempDir("depot-cache")
+        let cache = try ChunkCache(root: dir.path + "/cache", maxBytes: 1 << 20, linking: false)
+        let chunks = [randomBytes(5000, seed: 9)]
+        let (digest, _) = try Self.put(cache, dir.path, chunks)
+        let original =
+            dir.path + "/" + (try FileManager.default.contentsOfDirectory(atPath: dir.path).first { $0.hasPrefix("file-") } ?? "")
+        #expect(Self.inode(original) != Self.inode(cache.dataPath(digest.hex)))
+        try Data(count: 5000).write(to: URL(fileURLWithPath: original))
+        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: cache.dataPath(digest.hex)))) == chunks[0])
+    }
+
+    @Test func aRecipeWhoseFileIsGoneIsDropped() throws {
+        let dir = TempDir("depot-cache")
+        let cache = try ChunkCache(root: dir.path, maxBytes: 1 << 20)
+        let (a, _) = try Self.put(cache, dir.path, [randomBytes(100, seed: 11)])
+        let (b, _) = try Self.put(cache, dir.path, [randomBytes(100, seed: 12)])
+        unlink(cache.dataPath(a.hex))
+        unlink(cache.dataPath(b.hex))
+        #expect(cache.open(a.hex) == nil)
+        #expect(!FileManager.default.fileExists(atPath: cache.recipePath(a.hex)), "open drops it")
+        cache.trim()
+        #expect(!FileManager.default.fileExists(atPath: cache.recipePath(b.hex)), "trim drops it")
+        // Not a regular file: a FIFO or a link at an entry's path is not opened (and never waited on).
+        let (c, _) = try Self.put(cache, dir.path, [randomBytes(100, seed: 13)])
+        unlink(cache.dataPath(c.hex))
+        #expect(mkfifo(cache.dataPath(c.hex), 0o644) == 0)
+        #expect(cache.open(c.hex) == nil)
     }
 
     @Test func aDamagedRecipeIsDroppedWithItsEntry() throws {
@@ -144,13 +171,18 @@ import Testing
         try Data(bytes).write(to: URL(fileURLWithPath: recipePath))
         #expect(cache.locate(Set(recipe.map(\.hash))).isEmpty)
         #expect(!FileManager.default.fileExists(atPath: recipePath) && !FileManager.default.fileExists(atPath: cache.dataPath(digest.hex)))
-        // Truncated, and not a recipe at all.
-        for damage in [Array(bytes.prefix(40)), [UInt8](repeating: 7, count: 60)] {
-            let (d, r) = try Self.put(cache, dir.path, [randomBytes(100, seed: 7)])
-            try Data(damage).write(to: URL(fileURLWithPath: cache.recipePath(d.hex)))
-            #expect(cache.locate(Set(r.map(\.hash))).isEmpty)
-            #expect(!FileManager.default.fileExists(atPath: cache.dataPath(d.hex)))
-        }
+        // Truncated: dropped.
+        let (d, r) = try Self.put(cache, dir.path, [randomBytes(100, seed: 7)])
+        try Data(bytes.prefix(40)).write(to: URL(fileURLWithPath: cache.recipePath(d.hex)))
+        #expect(cache.locate(Set(r.map(\.hash))).isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: cache.dataPath(d.hex)))
+        // Another version's recipe (another magic): not read, and left alone.
+        let (e, q) = try Self.put(cache, dir.path, [randomBytes(100, seed: 8)])
+        try Data("DPCACHE9".utf8 + [UInt8](repeating: 7, count: 52)).write(to: URL(fileURLWithPath: cache.recipePath(e.hex)))
+        #expect(cache.locate(Set(q.map(\.hash))).isEmpty)
+        #expect(
+            FileManager.default.fileExists(atPath: cache.dataPath(e.hex)) && FileManager.default.fileExists(atPath: cache.recipePath(e.hex))
+        )
     }
 
     @Test func trimRemovesTheLeastRecentlyUsedFirstAndTheOlderLayout() throws {
@@ -162,16 +194,26 @@ import Testing
             try FileManager.default.setAttributes(
                 [.modificationDate: Date().addingTimeInterval(-age)], ofItemAtPath: cache.recipePath(entries[i].hex))
         }
-        // The per-chunk layout of older versions, and what an interrupted add left two hours ago.
+        // The per-chunk layout of older versions, what else a user keeps under `chunks/` (never
+        // touched, nor followed through a link), and what an interrupted add left.
         try FileManager.default.createDirectory(atPath: dir.path + "/chunks/ab", withIntermediateDirectories: true)
         try Data(count: 40).write(to: URL(fileURLWithPath: dir.path + "/chunks/ab/" + String(repeating: "ab", count: 32)))
+        try Data(count: 10).write(to: URL(fileURLWithPath: dir.path + "/chunks/ab/notes.txt"))
+        let elsewhere = dir.path + "/elsewhere"
+        try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: true)
+        try Data(count: 10).write(to: URL(fileURLWithPath: elsewhere + "/" + String(repeating: "cd", count: 32)))
+        #expect(symlink(elsewhere, dir.path + "/chunks/cd") == 0)
         let leftover = cache.filesDirectory + "/.\(entries[0].hex).1.2.tmp"
         try Data(count: 30).write(to: URL(fileURLWithPath: leftover))
-        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-7200)], ofItemAtPath: leftover)
         #expect(cache.size() == 300)
-        #expect(cache.trim() == 100 + 40 + 30)
+        #expect(cache.trim() == 100 + 40, "the leftover changed just now: kept")
+        #expect(FileManager.default.fileExists(atPath: leftover))
+        #expect(cache.trim(now: Date().addingTimeInterval(7200)) == 30, "two hours on, it goes")
         #expect(cache.size() == 200)
-        #expect(!FileManager.default.fileExists(atPath: dir.path + "/chunks") && !FileManager.default.fileExists(atPath: leftover))
+        #expect(!FileManager.default.fileExists(atPath: leftover))
+        #expect(FileManager.default.fileExists(atPath: dir.path + "/chunks/ab/notes.txt"))
+        #expect(FileManager.default.fileExists(atPath: elsewhere + "/" + String(repeating: "cd", count: 32)))
+        #expect(!FileManager.default.fileExists(atPath: dir.path + "/chunks/ab/" + String(repeating: "ab", count: 32)))
         #expect(!FileManager.default.fileExists(atPath: cache.dataPath(entries[1].hex)))
         #expect(FileManager.default.fileExists(atPath: cache.dataPath(entries[0].hex)))
         #expect(cache.trim() == 0, "it fits")

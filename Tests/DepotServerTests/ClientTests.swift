@@ -5,7 +5,9 @@ import DepotStore
 import DepotTestSupport
 import Foundation
 import HTTPTypes
+import Hummingbird
 import HummingbirdTesting
+import NIOCore
 import Testing
 
 @testable import DepotClient
@@ -79,6 +81,11 @@ func pull(
     r.plainOCI = plain
     return try await Puller(connection: c, progress: quietProgress(c, "pull"), cache: try ChunkCache(root: cache, maxBytes: 1 << 30)).pull(
         r)
+}
+
+func inode(_ path: String) -> UInt64? {
+    var st = stat()
+    return stat(path, &st) == 0 ? UInt64(st.st_ino) : nil
 }
 
 @Suite("Client push and pull")
@@ -203,6 +210,9 @@ struct ClientTests {
             _ = try await push(port, "r/x", "v1", [dir.path + "/w.bin"])
             let first = try await pull(port, "r/x", "v1", into: dir.path + "/a", cache: dir.path + "/cache")
             #expect(first.bytesReceived >= 2 << 20)
+            let entry = try #require(
+                try FileManager.default.contentsOfDirectory(atPath: dir.path + "/cache/files").first { $0.count == 64 })
+            #expect(inode(dir.path + "/a/w.bin") == inode(dir.path + "/cache/files/" + entry), "the cache links the pulled file")
             // Flip one byte in the middle of the pulled file, in place.
             let edited = try PosixFile(path: dir.path + "/a/w.bin", mode: .readWrite)
             var byte: [UInt8] = [0]
@@ -212,8 +222,9 @@ struct ClientTests {
             let s = try await pull(port, "r/x", "v1", into: dir.path + "/b", cache: dir.path + "/cache")
             #expect(sameFile(dir.path + "/b/w.bin", dir.path + "/w.bin"))
             #expect(
-                s.bytesReceived > 0 && s.bytesReceived <= 2 * Int64(ChunkerParameters.v1.maxSize),
-                "only the edited chunk came again: \(s.bytesReceived)")
+                s.bytesReceived >= Int64(ChunkerParameters.v1.minSize) && s.bytesReceived <= 2 * Int64(ChunkerParameters.v1.maxSize),
+                "the edited chunk, and only it, came again: \(s.bytesReceived)")
+            #expect(s.chunksTransferred == 1)
             #expect(!sameFile(dir.path + "/a/w.bin", dir.path + "/w.bin"), "the user's edit is theirs")
             // The repaired pull replaced the entry; deleting every pulled copy leaves the cache's.
             try FileManager.default.removeItem(atPath: dir.path + "/a")
@@ -221,6 +232,92 @@ struct ClientTests {
             let c = try await pull(port, "r/x", "v1", into: dir.path + "/c", cache: dir.path + "/cache")
             #expect(sameFile(dir.path + "/c/w.bin", dir.path + "/w.bin"))
             #expect(c.bytesReceived < 64 << 10, "nothing but the manifest and the recipe: \(c.bytesReceived)")
+        }
+    }
+
+    /// A registry that answers a pull with a chunk record longer than the recipe says (the
+    /// right bytes, then more): the pull fails saying so, and writes nothing. Served by a
+    /// hostile stand-in holding the real registry's answers, with one record changed.
+    @Test func aChunkRecordLongerThanItsRecipeEntryFailsThePull() async throws {
+        let dir = TempDir("depot-client")
+        let bytes = fastRandom(700_000, seed: 41)
+        try Data(bytes).write(to: URL(fileURLWithPath: dir.path + "/model.py"))
+        try await withRegistry { client, _, port in
+            _ = try await push(port, "r/x", "v1", [dir.path + "/model.py"])
+            let manifest = try await client.req(
+                .get, "/v2/r/x/manifests/v1", headers: [.accept: "application/vnd.oci.image.manifest.v1+json"])
+            let info = try await client.req(.get, "/depot/v1/info")
+            let digest = Digest(bytes: bytes.withUnsafeBytes { SHA256.hash($0) })
+            let recipePath = "/depot/v1/repositories/r/x/blobs/\(digest)/recipe"
+            let recipe = [UInt8](buffer: try await client.req(.get, recipePath).body)
+            #expect(recipe.count > 36)
+            // Each chunk's bytes, from the file and the recipe; the last one gets a tail.
+            var chunks: [SHA256.Value: [UInt8]] = [:]
+            var offset = 0
+            for at in stride(from: 0, to: recipe.count, by: 36) {
+                let hash = recipe.withUnsafeBytes { SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: $0[at..<(at + 32)])) }
+                let length = Int(recipe[at + 32]) | Int(recipe[at + 33]) << 8 | Int(recipe[at + 34]) << 16
+                chunks[hash] = Array(bytes[offset..<(offset + length)]) + (offset + length == bytes.count ? Array("\nimport os".utf8) : [])
+                offset += length
+            }
+            let served = chunks
+            let router = Router()
+            let answers: [String: (ByteBuffer, String)] = [
+                "/depot/v1/info": (info.body, "application/json"),
+                "/v2/r/x/manifests/v1": (manifest.body, manifest.headers[.contentType] ?? "application/vnd.oci.image.manifest.v1+json"),
+                recipePath: (ByteBuffer(bytes: recipe), "application/octet-stream"),
+            ]
+            for (path, answer) in answers {
+                router.get(RouterPath(path)) { _, _ in
+                    Response(status: .ok, headers: [.contentType: answer.1], body: ResponseBody(byteBuffer: answer.0))
+                }
+            }
+            router.post(RouterPath("/depot/v1/repositories/r/x/blobs/\(digest)/chunks")) { request, _ -> Response in
+                let asked = [UInt8](buffer: try await request.body.collect(upTo: 1 << 20))
+                var out: [UInt8] = []
+                for at in stride(from: 0, to: asked.count, by: 32) {
+                    let hash = asked.withUnsafeBytes { SHA256.Value(bytes: UnsafeRawBufferPointer(rebasing: $0[at..<(at + 32)])) }
+                    try (served[hash] ?? []).withUnsafeBytes { try ChunkRecordCodec().append($0, hash: hash, compress: false, to: &out) }
+                }
+                return Response(
+                    status: .ok, headers: [.contentType: "application/octet-stream"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: out))
+                )
+            }
+            let hostile = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+            try await hostile.test(.live) { fake in
+                do {
+                    _ = try await pull(fake.port!, "r/x", "v1", into: dir.path + "/out", cache: dir.path + "/cache")
+                    Issue.record("the pull accepted a longer record")
+                } catch {
+                    #expect("\(error)".contains("bytes; its recipe says"), "\(error)")
+                }
+            }
+            #expect(!FileManager.default.fileExists(atPath: dir.path + "/out/model.py"))
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: dir.path + "/cache/files")) ?? []).isEmpty, "nothing cached")
+            // The real registry's answer is whole.
+            _ = try await pull(port, "r/x", "v1", into: dir.path + "/out", cache: dir.path + "/cache")
+            #expect(sameFile(dir.path + "/out/model.py", dir.path + "/model.py"))
+        }
+    }
+
+    /// A link planted where the partial file goes is not followed: the file it points at is
+    /// left as it was, and the pulled file is a regular file.
+    @Test func aLinkAtThePartialFilesPathIsNotFollowed() async throws {
+        let dir = TempDir("depot-client")
+        let bytes = fastRandom(300_000, seed: 42)
+        try Data(bytes).write(to: URL(fileURLWithPath: dir.path + "/w.bin"))
+        let victim = dir.path + "/victim"
+        try Data(count: bytes.count).write(to: URL(fileURLWithPath: victim))
+        try await withRegistry { _, _, port in
+            _ = try await push(port, "r/x", "v1", [dir.path + "/w.bin"])
+            let digest = Digest(bytes: bytes.withUnsafeBytes { SHA256.hash($0) })
+            try FileManager.default.createDirectory(atPath: dir.path + "/out/.depot-partial", withIntermediateDirectories: true)
+            #expect(symlink(victim, dir.path + "/out/.depot-partial/0-" + digest.hex) == 0)
+            _ = try await pull(port, "r/x", "v1", into: dir.path + "/out", cache: dir.path + "/cache")
+            #expect(sameFile(dir.path + "/out/w.bin", dir.path + "/w.bin"))
+            var st = stat()
+            #expect(lstat(dir.path + "/out/w.bin", &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG)
+            #expect(try Data(contentsOf: URL(fileURLWithPath: victim)) == Data(count: bytes.count), "the link's target is untouched")
         }
     }
 
