@@ -8,6 +8,8 @@ side by side in one run, measured the same way with curl and wrk on loopback:
   manifest GET by tag: wrk -t2 -c32 -d10s
   peak RSS (VmHWM) of each server during the push and, reset before it (needs root), during the GET
   Depot's own ingest CPU (`depot bench ingest`: CPU-seconds per GiB)
+  `depot push` and `depot pull` of a --client-mib file (a fresh one: every chunk moves) against
+  the Depot server, client and server on this machine (0 skips it)
 
 and prints issue #19's goals with the measured value and PASS/FAIL. Both registries' storage
 is on the same filesystem: the disk's by default, tmpfs with --tmpfs (takes the disk's noise out).
@@ -15,7 +17,8 @@ is on the same filesystem: the disk's by default, tmpfs with --tmpfs (takes the 
 With --family DIR (made by scripts/bench/make_model_family.py) it also reports the family's
 stored-bytes ratio (`depot bench dedup`, cast-aware deduplication included).
 
-Usage: Benchmarks/registry_vs_distribution.py [--mib 1024] [--chunk-mib 64] [--depot .build/release/depot] [--tmpfs] [--family DIR] [--json]
+Usage: Benchmarks/registry_vs_distribution.py [--mib 1024] [--chunk-mib 64] [--client-mib 4096] [--depot .build/release/depot]
+                                             [--tmpfs] [--family DIR] [--json]
 Needs: docker-registry, wrk, curl (apt). Build Depot first: swift build -c release.
 """
 import argparse
@@ -181,6 +184,8 @@ GOALS = [
     ("peak RSS during the pull", "peak_rss_during_get_mib", "ratio", "<=", 2.0),
     ("manifest GET by tag", "manifest_get_rps", "ratio", ">=", 15.0),
     ("ingest CPU-seconds per GiB", "ingest_cpu_seconds_per_gib", "value", "<=", 2.5),
+    ("depot push, MB/s", "client_push_mbps", "value", ">=", 300.0),
+    ("depot pull, MB/s", "client_pull_mbps", "value", ">=", 300.0),
     ("stored-bytes ratio, family", "family_dedup_ratio", "value", ">=", 4.0),
 ]
 
@@ -192,6 +197,31 @@ def family_dedup_ratio(depot, family):
     out = subprocess.run([depot, "bench", "dedup", "--json", *[os.path.join(family, n) for n in FAMILY]],
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)["dedup_ratio"]
+
+
+def client_transfer(depot, base, mib, work, data_dir):
+    """MB/s of `depot push` of a fresh random file and of `depot pull` of it into an empty cache
+    and directory (on the storage's filesystem, as a training job's output would be)."""
+    path = os.path.join(data_dir, "client.bin")
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+    env = dict(os.environ, DEPOT_REGISTRY=base)
+    try:
+        subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)  # the push reads a warm file
+        start = time.monotonic()
+        subprocess.run([depot, "push", "bench/client:v1", path, "--quiet"], env=env, check=True)
+        push = time.monotonic() - start
+        os.remove(path)
+        start = time.monotonic()
+        subprocess.run([depot, "pull", "bench/client:v1", "-o", os.path.join(data_dir, "client-out"), "--quiet",
+                        "--cache", os.path.join(data_dir, "client-cache")], env=env, check=True)
+        pull = time.monotonic() - start
+    finally:
+        for p in (path, os.path.join(data_dir, "client-out"), os.path.join(data_dir, "client-cache")):
+            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else (os.path.exists(p) and os.remove(p))
+    size = mib << 20
+    return size / push / 1e6, size / pull / 1e6
 
 
 def goals(results, ratios):
@@ -219,6 +249,7 @@ def main():
     ap.add_argument("--depot", default=".build/release/depot")
     ap.add_argument("--tmpfs", action="store_true", help="both registries' storage on tmpfs (/dev/shm)")
     ap.add_argument("--no-ingest", action="store_true", help="skip `depot bench ingest`")
+    ap.add_argument("--client-mib", type=int, default=4096, help="`depot push`/`pull` of a file this big (0: skip)")
     ap.add_argument("--family", help="a directory made by scripts/bench/make_model_family.py: report its stored-bytes ratio")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -280,6 +311,10 @@ def main():
                 results["depot"]["ingest_cpu_seconds_per_gib"] = ingest_cpu_seconds_per_gib(args.depot, args.mib, ingest_dir)
             finally:
                 shutil.rmtree(ingest_dir, ignore_errors=True)
+        if args.client_mib > 0:
+            push_mbps, pull_mbps = client_transfer(args.depot, servers["depot"][0], args.client_mib, work, data_dir)
+            results["depot"]["client_push_mbps"] = push_mbps
+            results["depot"]["client_pull_mbps"] = pull_mbps
         if args.family:
             results["depot"]["family_dedup_ratio"] = family_dedup_ratio(args.depot, args.family)
         keys = ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "blob_get_cold_mbps", "manifest_get_rps",
