@@ -84,17 +84,30 @@ public final class ChunkCache: Sendable {
     /// Where the cache holds each chunk, read from every recipe once (~36 bytes a chunk
     /// cached: 12 MB for 20 GiB); a pull builds one and asks it for each of its files.
     public final class Index: Sendable {
-        let locations: [SHA256.Value: Location]
+        private let locations: Locked<[SHA256.Value: Location]>
 
-        init(_ locations: [SHA256.Value: Location]) { self.locations = locations }
+        init(_ locations: [SHA256.Value: Location]) { self.locations = Locked(locations) }
 
-        public var count: Int { locations.count }
+        public var count: Int { locations.withLock { $0.count } }
 
         /// A cached copy of each of `wanted` the index knows.
         public func locate(_ wanted: some Sequence<SHA256.Value>) -> [SHA256.Value: Location] {
-            var found: [SHA256.Value: Location] = [:]
-            for h in wanted { if let l = locations[h] { found[h] = l } }
-            return found
+            locations.withLock { all in
+                var found: [SHA256.Value: Location] = [:]
+                for h in wanted { if let l = all[h] { found[h] = l } }
+                return found
+            }
+        }
+
+        /// Adds the chunks of an entry just added (those the index has no copy of yet).
+        public func add(entry: String, recipe: [ChunkRef]) {
+            locations.withLock { all in
+                var offset: Int64 = 0
+                for c in recipe {
+                    if all[c.hash] == nil { all[c.hash] = Location(entry: entry, offset: offset, length: c.length) }
+                    offset += Int64(c.length)
+                }
+            }
         }
     }
 
@@ -179,9 +192,11 @@ public final class ChunkCache: Sendable {
     /// to the open file itself (`/proc/self/fd`, so whatever is at its path by now does not
     /// matter) when `linking` and the cache is on its file system, else a copy
     /// (`copy_file_range`: the kernel copies, or shares the blocks where the file system can).
-    /// Failures are ignored: the cache is an optimisation.
-    public func add(file: PosixFile, digest: Digest, recipe: [ChunkRef]) {
-        guard maxBytes > 0, recipe.count <= Self.maxChunks, let id = try? file.identity() else { return }
+    /// Failures are ignored (false): the cache is an optimisation.
+    @discardableResult
+    public func add(file: PosixFile, digest: Digest, recipe: [ChunkRef]) -> Bool {
+        // A file over the whole bound is not kept: trimming to fit would empty the cache.
+        guard maxBytes > 0, recipe.count <= Self.maxChunks, let id = try? file.identity(), id.size <= maxBytes else { return false }
         let entry = digest.hex
         let temp = "\(filesDirectory)/.\(entry).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
         var linked = false
@@ -195,7 +210,7 @@ public final class ChunkCache: Sendable {
                 Self.copyRange(from: file, offset: 0, to: to, at: 0, length: id.size)
             else {
                 unlink(temp)
-                return
+                return false
             }
         }
         var bytes = Self.magic
@@ -217,8 +232,9 @@ public final class ChunkCache: Sendable {
         else {
             unlink(temp)
             unlink(recipeTemp)
-            return
+            return false
         }
+        return true
     }
 
     /// Copies `length` bytes of `from` at `offset` to `to` at `at`: in the kernel

@@ -87,18 +87,16 @@ public final class Puller: Sendable {
         } catch {
             throw ClientError("cannot create \(request.outputDirectory): \(error.localizedDescription)")
         }
-        // Partial files are written, resumed and linked into the cache: their directory must be
-        // this user's own, not a link to somewhere else.
-        if mkdir(partialDir, 0o700) != 0, errno != EEXIST {
-            throw ClientError("cannot create \(partialDir): \(String(cString: strerror(errno)))")
+        let lock = try await lockPartialDirectory(partialDir)
+        defer { withExtendedLifetime(lock) {} }
+        var total: Int64 = 0
+        for l in wanted {
+            let (sum, overflow) = total.addingReportingOverflow(l.size)
+            guard !overflow, sum <= Int64.max / 2 else { throw ClientError("the manifest's layer sizes do not add up") }
+            total = sum
         }
-        var st = stat()
-        guard lstat(partialDir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid() else {
-            throw ClientError("\(partialDir) is not a directory of this user; remove it and pull again")
-        }
-        progress.begin(files: wanted.count, work: 2 * wanted.reduce(Int64(0)) { $0 + $1.size })
-        let indexed = Array(wanted.enumerated())
-        let results = try await forEachConcurrently(indexed, limit: request.fileJobs) { (index, layer) -> FileResult in
+        progress.begin(files: wanted.count, work: 2 * total)
+        let results = try await forEachConcurrently(wanted, limit: request.fileJobs) { layer -> FileResult in
             let target = request.outputDirectory + "/" + layer.path
             if Self.alreadyThere(target, layer) {
                 self.progress.advance(2 * layer.size, saved: layer.size)
@@ -106,7 +104,9 @@ public final class Puller: Sendable {
                 return FileResult(deduplicated: layer.size, chunks: 0, fetched: 0)
             }
             self.progress.working(on: layer.path)
-            let partial = partialDir + "/\(index)-" + layer.digest.hex
+            // Named by content and path (not by position), so a rerun with other --file or
+            // --include options still finds what a killed pull left.
+            let partial = partialDir + "/" + layer.digest.hex + "-" + Digest.of(Array(layer.path.utf8)).hex.prefix(16)
             let r =
                 info != nil
                 ? try await self.pullChunked(layer, request, partial: partial)
@@ -126,13 +126,39 @@ public final class Puller: Sendable {
         let deduplicated = results.reduce(Int64(0)) { $0 + $1.deduplicated }
         let chunks = results.reduce(0) { $0 + $1.chunks }
         let fetched = results.reduce(0) { $0 + $1.fetched }
-        try? FileManager.default.removeItem(atPath: partialDir)
+        rmdir(partialDir) // when empty: what a killed pull of other files left stays, to resume
         cache.trim()
         return TransferSummary(
             reference: "\(request.repository):\(request.reference)", digest: manifest.digest.description,
             files: wanted.count, logicalBytes: logical, bytesSent: connection.counters.sent,
             bytesReceived: connection.counters.received, deduplicatedBytes: deduplicated, chunksTotal: chunks,
             chunksTransferred: fetched, mode: info != nil ? "chunked" : "oci", seconds: Date().timeIntervalSince(started))
+    }
+
+    /// Opens `<dir>/.depot-partial` (created 0700; it must be this user's directory, not a
+    /// link, and is made 0700) and locks it (`flock`) for the whole pull: partial files are
+    /// created, resumed, unlinked and renamed into place by path, so a second pull into the
+    /// same directory waits until the first is done (and then finds its files there).
+    func lockPartialDirectory(_ partialDir: String) async throws -> PosixFile {
+        if mkdir(partialDir, 0o700) != 0, errno != EEXIST {
+            throw ClientError("cannot create \(partialDir): \(String(cString: strerror(errno)))")
+        }
+        let fd = open(partialDir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw ClientError("\(partialDir) is not a directory (\(String(cString: strerror(errno)))); remove it and pull again")
+        }
+        let directory = PosixFile(adopting: fd, path: partialDir)
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_uid == geteuid(), fchmod(fd, 0o700) == 0 else {
+            throw ClientError("\(partialDir) is not a directory of this user; remove it and pull again")
+        }
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK || errno == EINTR else {
+                throw ClientError("cannot lock \(partialDir): \(String(cString: strerror(errno)))")
+            }
+            try await Task.sleep(nanoseconds: 100_000_000) // another pull into this directory
+        }
+        return directory
     }
 
     /// The files of an image manifest: path from `org.cncf.model.filepath` or the title
@@ -224,7 +250,7 @@ public final class Puller: Sendable {
         let needed = distinct.filter { !inPlace.contains($0.hash) }
         let located = needed.isEmpty ? [:] : cacheIndex().locate(needed.map(\.hash))
         let failed = copyFromCache(recipe, skipping: inPlace, located, into: out)
-        var toFetch = needed.filter { located[$0.hash] == nil || failed.contains($0.hash) }
+        var toFetch = needed.filter { located[$0.hash]?.length != $0.length || failed.contains($0.hash) }
         let firstFetch = toFetch.reduce(Int64(0)) { $0 + Int64($1.length) }
         progress.advance(layer.size - firstFetch, saved: layer.size - firstFetch)
         try await fetch(toFetch, repo: repo, digest: layer.digest, request, progressing: true, write)
@@ -233,7 +259,8 @@ public final class Puller: Sendable {
             for entry in Set(bad.compactMap { located[$0]?.entry }) { cache.drop(entry) }
             let again = distinct.filter { bad.contains($0.hash) }
             try await fetch(again, repo: repo, digest: layer.digest, request, progressing: false, write)
-            toFetch += again.filter { c in !toFetch.contains { $0.hash == c.hash } }
+            let fetchedFirst = Set(toFetch.map(\.hash))
+            toFetch += again.filter { !fetchedFirst.contains($0.hash) }
             let second = try digest(of: out, layer, progressing: false)
             guard second == layer.digest else {
                 unlink(partial)
@@ -248,7 +275,9 @@ public final class Puller: Sendable {
             throw ClientError("cannot write \(layer.path): \(error)")
         }
         cache.touch(Set(located.values.map(\.entry)))
-        cache.add(file: out, digest: layer.digest, recipe: recipe)
+        if cache.add(file: out, digest: layer.digest, recipe: recipe) {
+            cacheIndex().add(entry: layer.digest.hex, recipe: recipe) // later files of this pull may share chunks
+        }
         let fetchedBytes = toFetch.reduce(Int64(0)) { $0 + Int64($1.length) }
         progress.finish(
             "\(layer.path): \(TransferProgress.bytes(layer.size)), fetched \(toFetch.count) of \(recipe.count) chunks (\(TransferProgress.bytes(fetchedBytes))), \(TransferProgress.bytes(layer.size - fetchedBytes)) from cache, repeats or a pull resumed"
@@ -331,7 +360,7 @@ public final class Puller: Sendable {
         var offset: Int64 = 0
         for c in recipe {
             defer { offset += Int64(c.length) }
-            guard !inPlace.contains(c.hash), let at = located[c.hash] else { continue }
+            guard !inPlace.contains(c.hash), let at = located[c.hash], at.length == c.length else { continue }
             if let r = run, r.entry == at.entry, r.from + r.length == at.offset, r.to + r.length == offset, r.length < 64 << 20 {
                 run!.length += Int64(c.length)
                 run!.hashes.append(c.hash)

@@ -27,7 +27,8 @@ public final class PosixFile: @unchecked Sendable {
         self.fd = fd
     }
 
-    private init(adopting fd: Int32, path: String) {
+    /// Takes ownership of an open descriptor (closed with this object).
+    public init(adopting fd: Int32, path: String) {
         self.fd = fd
         self.path = path
     }

@@ -227,6 +227,16 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: cache.dataPath(entries[2].hex)))
     }
 
+    @Test func aFileOverTheWholeBoundIsNotAddedAndEmptiesNothing() throws {
+        let dir = TempDir("depot-cache")
+        let cache = try ChunkCache(root: dir.path, maxBytes: 150)
+        let (small, _) = try Self.put(cache, dir.path, [randomBytes(100, seed: 14)])
+        let (big, _) = try Self.put(cache, dir.path, [randomBytes(200, seed: 15)])
+        #expect(!FileManager.default.fileExists(atPath: cache.recipePath(big.hex)))
+        #expect(cache.trim() == 0)
+        #expect(FileManager.default.fileExists(atPath: cache.recipePath(small.hex)))
+    }
+
     @Test func aZeroBoundCacheAddsNothing() throws {
         let dir = TempDir("depot-cache")
         let cache = try ChunkCache(root: dir.path, maxBytes: 0)

@@ -312,12 +312,62 @@ struct ClientTests {
             _ = try await push(port, "r/x", "v1", [dir.path + "/w.bin"])
             let digest = Digest(bytes: bytes.withUnsafeBytes { SHA256.hash($0) })
             try FileManager.default.createDirectory(atPath: dir.path + "/out/.depot-partial", withIntermediateDirectories: true)
-            #expect(symlink(victim, dir.path + "/out/.depot-partial/0-" + digest.hex) == 0)
+            let partial = digest.hex + "-" + Digest.of(Array("w.bin".utf8)).hex.prefix(16)
+            #expect(symlink(victim, dir.path + "/out/.depot-partial/" + partial) == 0)
             _ = try await pull(port, "r/x", "v1", into: dir.path + "/out", cache: dir.path + "/cache")
             #expect(sameFile(dir.path + "/out/w.bin", dir.path + "/w.bin"))
             var st = stat()
             #expect(lstat(dir.path + "/out/w.bin", &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG)
             #expect(try Data(contentsOf: URL(fileURLWithPath: victim)) == Data(count: bytes.count), "the link's target is untouched")
+        }
+    }
+
+    /// A pull into a directory another pull is writing waits for it (`.depot-partial` is
+    /// locked for a whole pull), then finds the files there; a `.depot-partial` left open to
+    /// others is made this user's alone.
+    @Test func aSecondPullIntoTheSameDirectoryWaitsForTheFirst() async throws {
+        let dir = TempDir("depot-client")
+        try Data(fastRandom(300_000, seed: 43)).write(to: URL(fileURLWithPath: dir.path + "/w.bin"))
+        try await withRegistry { _, _, port in
+            _ = try await push(port, "r/x", "v1", [dir.path + "/w.bin"])
+            let partials = dir.path + "/out/.depot-partial"
+            try FileManager.default.createDirectory(atPath: partials, withIntermediateDirectories: true)
+            #expect(chmod(partials, 0o777) == 0)
+            try Data(count: 10).write(to: URL(fileURLWithPath: partials + "/left-by-a-killed-pull"))
+            // Hold the lock as another pull would.
+            let held = open(partials, O_RDONLY | O_DIRECTORY)
+            #expect(held >= 0 && flock(held, LOCK_EX) == 0)
+            let second = Task { try await pull(port, "r/x", "v1", into: dir.path + "/out", cache: dir.path + "/cache") }
+            try await Task.sleep(nanoseconds: 500_000_000)
+            #expect(!FileManager.default.fileExists(atPath: dir.path + "/out/w.bin"), "it waits")
+            close(held)
+            _ = try await second.value
+            #expect(sameFile(dir.path + "/out/w.bin", dir.path + "/w.bin"))
+            var st = stat()
+            #expect(stat(partials, &st) == 0 && st.st_mode & 0o777 == 0o700)
+            #expect(FileManager.default.fileExists(atPath: partials + "/left-by-a-killed-pull"), "another file's partial is kept")
+        }
+    }
+
+    /// Two files of one artifact with the same chunks: the second is copied from the cache
+    /// entry the first just became, not fetched again.
+    @Test func aChunkSharedByTwoFilesOfAPullIsFetchedOnce() async throws {
+        let dir = TempDir("depot-client")
+        let bytes = fastRandom(1 << 20, seed: 44)
+        try FileManager.default.createDirectory(atPath: dir.path + "/m", withIntermediateDirectories: true)
+        try Data(bytes).write(to: URL(fileURLWithPath: dir.path + "/m/a.bin"))
+        try Data(bytes + [1]).write(to: URL(fileURLWithPath: dir.path + "/m/b.bin"))
+        try await withRegistry { _, _, port in
+            _ = try await push(port, "r/x", "v1", [dir.path + "/m"])
+            let c = try RegistryConnection(url: "http://127.0.0.1:\(port)", token: nil)
+            defer { Task { await c.shutdown() } }
+            var r = PullRequest(repository: "r/x", reference: "v1", outputDirectory: dir.path + "/out")
+            r.fileJobs = 1
+            let s = try await Puller(
+                connection: c, progress: quietProgress(c, "pull"), cache: try ChunkCache(root: dir.path + "/cache", maxBytes: 1 << 30)
+            ).pull(r)
+            #expect(sameFile(dir.path + "/out/a.bin", dir.path + "/m/a.bin") && sameFile(dir.path + "/out/b.bin", dir.path + "/m/b.bin"))
+            #expect(s.bytesReceived < Int64(bytes.count) + (300 << 10), "received \(s.bytesReceived) for two copies of \(bytes.count)")
         }
     }
 
