@@ -249,7 +249,7 @@ public final class Puller: Sendable {
         }
         let needed = distinct.filter { !inPlace.contains($0.hash) }
         let located = needed.isEmpty ? [:] : cacheIndex().locate(needed.map(\.hash))
-        let failed = copyFromCache(recipe, skipping: inPlace, located, into: out)
+        let (failed, used) = copyFromCache(recipe, skipping: inPlace, located, into: out)
         var toFetch = needed.filter { located[$0.hash]?.length != $0.length || failed.contains($0.hash) }
         let firstFetch = toFetch.reduce(Int64(0)) { $0 + Int64($1.length) }
         progress.advance(layer.size - firstFetch, saved: layer.size - firstFetch)
@@ -274,7 +274,7 @@ public final class Puller: Sendable {
             unlink(partial)
             throw ClientError("cannot write \(layer.path): \(error)")
         }
-        cache.touch(Set(located.values.map(\.entry)))
+        cache.touch(used)
         if cache.add(file: out, digest: layer.digest, recipe: recipe) {
             cacheIndex().add(entry: layer.digest.hex, recipe: recipe) // later files of this pull may share chunks
         }
@@ -295,8 +295,8 @@ public final class Puller: Sendable {
         }
     }
 
-    /// The partial file, at the layer's size, locked (`flock`) so that a second pull into the
-    /// same directory fails instead of writing into it. One that a killed pull left (a regular
+    /// The partial file, at the layer's size, locked (`flock`; under the directory's lock this
+    /// only guards against a writer that does not take that lock). One that a killed pull left (a regular
     /// file of this user, not a link, not linked elsewhere) is kept, and the distinct chunks
     /// already in place at every one of their places (hashed where they lie: one pass) are not
     /// fetched again; anything else at its path is replaced.
@@ -339,13 +339,15 @@ public final class Puller: Sendable {
     }
 
     /// Copies every chunk of the recipe the cache holds into place, joining neighbours into
-    /// runs. Returns the chunks that could not be copied (an entry gone or short since).
+    /// runs. Returns the chunks that could not be copied (an entry gone or short since: a short
+    /// one is dropped) and the entries copied from.
     func copyFromCache(
         _ recipe: [ChunkRef], skipping inPlace: Set<SHA256.Value>, _ located: [SHA256.Value: ChunkCache.Location], into out: PosixFile
-    ) -> Set<SHA256.Value> {
-        guard !located.isEmpty else { return [] }
+    ) -> (failed: Set<SHA256.Value>, used: Set<String>) {
+        guard !located.isEmpty else { return ([], []) }
         var files: [String: PosixFile?] = [:]
         var failed = Set<SHA256.Value>()
+        var used = Set<String>()
         var run: (entry: String, from: Int64, to: Int64, length: Int64, hashes: [SHA256.Value])?
         func flush() {
             guard let r = run else { return }
@@ -354,8 +356,14 @@ public final class Puller: Sendable {
             guard let file = files[r.entry] ?? nil, ChunkCache.copyRange(from: file, offset: r.from, to: out, at: r.to, length: r.length)
             else {
                 failed.formUnion(r.hashes)
+                // Truncated since (not a failed write here): it would fail every later pull too.
+                if let file = files[r.entry] ?? nil, let size = try? file.size(), size < r.from + r.length {
+                    cache.drop(r.entry)
+                    files[r.entry] = .some(nil)
+                }
                 return
             }
+            used.insert(r.entry)
         }
         var offset: Int64 = 0
         for c in recipe {
@@ -370,7 +378,7 @@ public final class Puller: Sendable {
             }
         }
         flush()
-        return failed
+        return (failed, used)
     }
 
     /// The SHA-256 of the written file, read front to back.

@@ -205,6 +205,9 @@ import Testing
         #expect(symlink(elsewhere, dir.path + "/chunks/cd") == 0)
         let leftover = cache.filesDirectory + "/.\(entries[0].hex).1.2.tmp"
         try Data(count: 30).write(to: URL(fileURLWithPath: leftover))
+        // A hard link keeps the pulled file's modification time, which may be old: age is the
+        // change time (link and rename set it; nobody can set it back).
+        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-7200)], ofItemAtPath: leftover)
         #expect(cache.size() == 300)
         #expect(cache.trim() == 100 + 40, "the leftover changed just now: kept")
         #expect(FileManager.default.fileExists(atPath: leftover))

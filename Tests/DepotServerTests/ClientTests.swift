@@ -371,6 +371,26 @@ struct ClientTests {
         }
     }
 
+    /// A cache entry truncated since (the user truncated the pulled file it is linked to) is
+    /// dropped when a later pull finds it short, instead of failing every pull after.
+    @Test func aTruncatedCacheEntryIsDropped() async throws {
+        let dir = TempDir("depot-client")
+        let tensorBytes = 1 << 20
+        try makeCheckpoint(dir.path + "/v1.safetensors", tensors: 4, tensorBytes: tensorBytes)
+        try makeCheckpoint(dir.path + "/v2.safetensors", tensors: 4, tensorBytes: tensorBytes, changed: [3])
+        try await withRegistry { _, _, port in
+            _ = try await push(port, "team/llm", "v1", [dir.path + "/v1.safetensors"])
+            _ = try await push(port, "team/llm", "v2", [dir.path + "/v2.safetensors"])
+            _ = try await pull(port, "team/llm", "v1", into: dir.path + "/a", cache: dir.path + "/cache")
+            let v1 = try #require(try FileManager.default.contentsOfDirectory(atPath: dir.path + "/cache/files").first { $0.count == 64 })
+            #expect(truncate(dir.path + "/a/v1.safetensors", 1000) == 0)
+            let s = try await pull(port, "team/llm", "v2", into: dir.path + "/b", cache: dir.path + "/cache")
+            #expect(sameFile(dir.path + "/b/v2.safetensors", dir.path + "/v2.safetensors"))
+            #expect(s.bytesReceived >= Int64(3 * tensorBytes), "what the short entry could not give came again")
+            #expect(!FileManager.default.fileExists(atPath: dir.path + "/cache/files/" + v1 + ".recipe"), "the short entry is gone")
+        }
+    }
+
     @Test func theServerVerifiesChunksAndRecipes() async throws {
         try await withRegistry { client, _, port in
             let c = try RegistryConnection(url: "http://127.0.0.1:\(port)", token: nil, attempts: 1)

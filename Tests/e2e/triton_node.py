@@ -46,6 +46,26 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_ports(count, taken=()):
+    """`count` distinct free ports, none of `taken`: all bound at once, so the kernel cannot hand
+    the same one out twice (two calls of free_port() in a row can, and Triton then refuses an
+    HTTP and a gRPC port that are equal)."""
+    sockets = []
+    try:
+        ports = []
+        while len(ports) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in taken and port not in ports:
+                ports.append(port)
+        return ports
+    finally:
+        for s in sockets:
+            s.close()
+
+
 # --- /proc helpers: find the server's stub children by PID (they outlive a SIGKILLed server) ----
 
 def _stat(pid):
@@ -237,7 +257,8 @@ def start(model_repository, http_port=None, grpc_port=None, metrics_port=None, m
     attempts = 1 if all((http_port, grpc_port, metrics_port)) else 3
     last = ""
     for attempt in range(attempts):
-        hp, gp, mp = http_port or free_port(), grpc_port or free_port(), metrics_port or free_port()
+        picked = iter(free_ports(3, taken={p for p in (http_port, grpc_port, metrics_port) if p}))
+        hp, gp, mp = http_port or next(picked), grpc_port or next(picked), metrics_port or next(picked)
         if log_path:
             path = log_path
         else:
@@ -271,7 +292,7 @@ def start(model_repository, http_port=None, grpc_port=None, metrics_port=None, m
         stop(node)
         if exited is None:
             raise TritonError(f"tritonserver not live+ready within {ready_timeout:.0f} s; log {path}:\n{last}")
-        if "address already in use" not in last.lower() and "failed to start" not in last.lower():
+        if not any(m in last.lower() for m in ("address already in use", "failed to start", "at the same address and port")):
             break
     raise TritonError(f"tritonserver exited during start-up; log tail:\n{last}")
 

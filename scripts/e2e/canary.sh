@@ -29,7 +29,14 @@ command -v prometheus >/dev/null || { echo "FAIL: prometheus is not installed (s
 VENV="$(scripts/e2e/python-env.sh | tail -n 1)" || { echo "FAIL: cannot prepare the Python environment"; exit 1; }
 PY="$VENV/bin/python"
 T="$(mktemp -d /tmp/depot-e2e-canary.XXXXXX)"
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A free loopback port that is none of the arguments (two binds to port 0 in a row can get the same one).
+free_port() {
+  "$PY" -c 'import socket, sys
+taken = set(sys.argv[1:])
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = str(s.getsockname()[1]); s.close()
+    if p not in taken: print(p); break' "$@"
+}
 PORT="$(free_port)"
 export DEPOT_REGISTRY="http://127.0.0.1:$PORT"
 PIDS=()
@@ -67,11 +74,11 @@ done
 printf 'raise RuntimeError("v5 cannot start: missing weights")\n' | cat - "$T/b5/$MODEL/1/model.py" > "$T/m5" && mv "$T/m5" "$T/b5/$MODEL/1/model.py"
 
 # Prometheus scrapes both Triton metrics ports (chosen now, used by the nodes below).
-MA="$(free_port)"; MB="$(free_port)"; PROM_PORT="$(free_port)"
+MA="$(free_port "$PORT")"; MB="$(free_port "$PORT" "$MA")"; PROM_PORT="$(free_port "$PORT" "$MA" "$MB")"
 # The release manager's signing key; the registry and the nodes trust its public half.
 "$DEPOT" key generate --out "$T/release.pem" > "$T/release.pub" && ok "release signing key created" || { bad "depot key generate"; exit 1; }
 # Traces go to a collector (scripts/e2e/otlp_receiver.py); the end checks the rollouts' spans.
-OTLP_PORT="$(free_port)"
+OTLP_PORT="$(free_port "$PORT" "$MA" "$MB" "$PROM_PORT")"
 # (Not in PIDS: PIDS[0] is the registry, which scenario (e) restarts.)
 "$PY" scripts/e2e/otlp_receiver.py "$OTLP_PORT" "$T/spans.jsonl" > "$T/otlp.log" 2>&1 & OTLP_PID=$!
 cat > "$T/depot.yaml" <<EOF
