@@ -34,7 +34,7 @@ import Foundation
 /// shares its blocks).
 ///
 /// Before this layout the cache held one file per chunk under `<root>/chunks/`; `trim` removes
-/// that tree (it is never read again).
+/// those files (never read again), and nothing else there.
 public final class ChunkCache: Sendable {
     public let root: String
     public let maxBytes: Int64
@@ -125,7 +125,8 @@ public final class ChunkCache: Sendable {
         return Index(all)
     }
 
-    /// A cached copy of each of `wanted` the cache has.
+    /// A cached copy of each of `wanted` the cache has. Reads every recipe: for one-off
+    /// lookups; a pull builds one `index()` and asks it for each file.
     public func locate(_ wanted: Set<SHA256.Value>) -> [SHA256.Value: Location] { index().locate(wanted) }
 
     static func isEntryName(_ s: String) -> Bool {

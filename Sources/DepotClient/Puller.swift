@@ -240,12 +240,14 @@ public final class Puller: Sendable {
                 throw ClientError(
                     "the registry sent chunk sha256:\(hash.hex) with \(raw.count) bytes; the recipe says \(first[hash]?.length ?? 0)")
             }
-            for at in [f.offset] + (repeats[hash] ?? []) {
+            func put(_ at: Int64) throws {
                 do { try out.write(raw, at: at) } catch {
                     unlink(partial)
                     throw ClientError("cannot write \(layer.path): \(error)")
                 }
             }
+            try put(f.offset)
+            for at in repeats[hash] ?? [] { try put(at) }
         }
         let needed = distinct.filter { !inPlace.contains($0.hash) }
         let located = needed.isEmpty ? [:] : cacheIndex().locate(needed.map(\.hash))

@@ -137,7 +137,9 @@ import Testing
         let original =
             dir.path + "/" + (try FileManager.default.contentsOfDirectory(atPath: dir.path).first { $0.hasPrefix("file-") } ?? "")
         #expect(Self.inode(original) != Self.inode(cache.dataPath(digest.hex)))
-        try Data(count: 5000).write(to: URL(fileURLWithPath: original))
+        // Overwrite the original in place (same inode): the cached copy keeps its bytes.
+        let zeros = [UInt8](repeating: 0, count: 5000)
+        try zeros.withUnsafeBytes { try PosixFile(path: original, mode: .readWrite).write($0, at: 0) }
         #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: cache.dataPath(digest.hex)))) == chunks[0])
     }
 
