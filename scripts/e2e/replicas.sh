@@ -3,7 +3,8 @@
 # endpoint (an emulator: no cloud here), N `depot serve` replicas sharing both, and haproxy in
 # front of them on loopback (round robin, no stickiness, health checks on /healthz).
 #
-# The caller defines: T (its temp dir), DEPOT, PY, PIDS (array), ok, bad, wait_for, free_port.
+# The caller defines: T (its temp dir), DEPOT, PY, PIDS (array), ok, bad, wait_for, and
+# free_port [TAKEN...] (a free loopback port that is none of its arguments).
 # It gets: CATALOG, S3_PORT, RPORT[n], REPLICA_PIDS[n], LB (host:port), and the functions below;
 # replicas_cleanup stops what was started here (call it from the caller's cleanup).
 
@@ -21,7 +22,7 @@ replicas_backends() {
   local pg_port
   pg_port="$(free_port)"
   CATALOG="$(scripts/postgres.sh start "$T/pg" "$pg_port" | tail -n 1)" || { bad "PostgreSQL did not start"; return 1; }
-  S3_PORT="$(free_port)"
+  S3_PORT="$(free_port "$pg_port")"
   "$moto" -H 127.0.0.1 -p "$S3_PORT" > "$T/moto.log" 2>&1 & PIDS+=($!)
   wait_for 30 "the S3 endpoint" curl -sf -X PUT "http://127.0.0.1:$S3_PORT/depot-scale" || return 1
   export AWS_ACCESS_KEY_ID=scale-key AWS_SECRET_ACCESS_KEY=scale-secret
@@ -34,7 +35,7 @@ replicas_backends() {
 replicas_configure() {
   local n=$1 base=$2
   [[ -f "$T/token-key.pem" ]] || { openssl ecparam -name prime256v1 -genkey -noout -out "$T/token-key.pem" 2>/dev/null && chmod 600 "$T/token-key.pem"; }
-  RPORT[$n]="$(free_port)"
+  RPORT[$n]="$(free_port "$S3_PORT" "${RPORT[@]}")"
   {
     grep -v -e '^server:' -e '^storage:' "$base" | sed "s|^auth: {enabled: true|auth: {enabled: true, signing_key_file: $T/token-key.pem|"
     cat <<EOF
@@ -60,7 +61,7 @@ replicas_ready() { wait_for 60 "replica $1 to be ready" curl -sf "http://127.0.0
 # Starts haproxy over replicas 1..N; sets LB.
 replicas_balancer() {
   local count=$1 lb_port n
-  lb_port="$(free_port)"
+  lb_port="$(free_port "$S3_PORT" "${RPORT[@]}")"
   {
     cat <<EOF
 global

@@ -31,6 +31,14 @@ command -v haproxy >/dev/null || { echo "FAIL: haproxy is not installed (scripts
 VENV="$(scripts/e2e/python-env.sh | tail -n 1)" || { echo "FAIL: cannot prepare the Python environment"; exit 1; }
 PY="$VENV/bin/python"
 T="$(mktemp -d /tmp/depot-e2e-scale.XXXXXX)"
+# A free loopback port that is none of the arguments (two binds to port 0 in a row can get the same one).
+free_port() {
+  "$PY" -c 'import socket, sys
+taken = set(sys.argv[1:])
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = str(s.getsockname()[1]); s.close()
+    if p not in taken: print(p); break' "$@"
+}
 PIDS=()
 failed=0
 ok() { echo "ok: $*"; }
