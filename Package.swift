@@ -46,7 +46,7 @@ let package = Package(
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
 
         // Layers: see docs/ARCHITECTURE.md.
-        .target(name: "DepotCore", dependencies: ["COpenSSL"]),
+        .target(name: "DepotCore", dependencies: ["COpenSSL", "CDepotSupport"]),
         // The shared vocabulary: wire types, states, annotation keys, the route table.
         .target(name: "DepotAPI", dependencies: ["DepotCore"]),
         .target(name: "DepotCatalog", dependencies: ["DepotCore", "DepotAPI", "CSQLite", "CLibPQ"]),

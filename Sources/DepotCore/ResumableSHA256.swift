@@ -1,3 +1,4 @@
+import CDepotSupport
 import COpenSSL
 
 /// SHA-256 whose state can be saved and restored in another process: a chunked upload's PATCH
@@ -47,6 +48,47 @@ public struct ResumableSHA256: Sendable {
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         SHA256_Update(&ctx, base, bytes.count)
+    }
+
+    /// Feeds bytes from the front of `bytes` until the partial block is complete (or `bytes` is
+    /// used up), and leaves `bytes` as what is left.
+    mutating func fillPartialBlock(_ bytes: inout UnsafeRawBufferPointer) {
+        guard ctx.num != 0, bytes.count > 0 else { return }
+        let n = min(64 - Int(ctx.num), bytes.count)
+        update(UnsafeRawBufferPointer(rebasing: bytes[..<n]))
+        bytes = UnsafeRawBufferPointer(rebasing: bytes[n...])
+    }
+
+    /// No partial block is pending: whole blocks can go straight to the block function.
+    var atBlockBoundary: Bool { ctx.num == 0 }
+
+    /// Runs `count` whole blocks of `pa` into `a` and of `pb` into `b` through the interleaved
+    /// block function, and counts them as OpenSSL's SHA256_Update would. Both must be at a block
+    /// boundary, and `SHA256Lanes.interleaved` true.
+    static func blocks(
+        _ a: inout ResumableSHA256, _ pa: UnsafeRawBufferPointer, _ b: inout ResumableSHA256, _ pb: UnsafeRawBufferPointer, count: Int
+    ) {
+        precondition(a.ctx.num == 0 && b.ctx.num == 0 && pa.count >= count * 64 && pb.count >= count * 64)
+        let status = withUnsafeMutableBytes(of: &a.ctx.h) { ha in
+            withUnsafeMutableBytes(of: &b.ctx.h) { hb in
+                depot_sha256_blocks_x2(
+                    ha.baseAddress!.assumingMemoryBound(to: UInt32.self), pa.baseAddress,
+                    hb.baseAddress!.assumingMemoryBound(to: UInt32.self),
+                    pb.baseAddress, count)
+            }
+        }
+        precondition(status == 0, "the interleaved SHA-256 block function is not available on this CPU")
+        a.countBytes(count * 64)
+        b.countBytes(count * 64)
+    }
+
+    /// Adds `bytes` to the bit count the way SHA256_Update does (Nl the low word, Nh the high).
+    private mutating func countBytes(_ bytes: Int) {
+        let bits = UInt64(bytes) << 3
+        let low = ctx.Nl &+ UInt32(truncatingIfNeeded: bits)
+        if low < ctx.Nl { ctx.Nh &+= 1 }
+        ctx.Nh &+= UInt32(truncatingIfNeeded: bits >> 32)
+        ctx.Nl = low
     }
 
     /// Bytes hashed so far.

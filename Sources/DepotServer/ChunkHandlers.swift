@@ -142,7 +142,10 @@ struct ChunkHandlers: RouteHandlers {
         let proofs = Locked<[SHA256.Value]>([])
         try await streamBody(request, what: "chunk upload") { buffer, _ in
             try buffer.withUnsafeReadableBytes { p in
+                // The complete records of this part of the body, verified and stored together
+                // (their hashes two at a time); an incomplete last one waits for more bytes.
                 var at = 0
+                var records: [ChunkRecordCodec.Record] = []
                 while p.count - at >= ChunkRecords.headerSize {
                     let header: ChunkRecords.Header
                     do {
@@ -152,15 +155,16 @@ struct ChunkHandlers: RouteHandlers {
                     }
                     let end = at + ChunkRecords.headerSize + header.storedLength
                     guard end <= p.count else { break }
-                    do {
-                        try receiver.add(header, payload: UnsafeRawBufferPointer(rebasing: p[(at + ChunkRecords.headerSize)..<end]))
-                        proofs.withLock { $0.append(header.hash) }
-                    } catch let e as DepotError {
-                        if case .integrity(let m) = e { throw RegistryError(.digestInvalid, m) }
-                        throw e
-                    }
+                    records.append((header, UnsafeRawBufferPointer(rebasing: p[(at + ChunkRecords.headerSize)..<end])))
                     at = end
                 }
+                do {
+                    try receiver.add(records)
+                } catch let e as DepotError {
+                    if case .integrity(let m) = e { throw RegistryError(.digestInvalid, m) }
+                    throw e
+                }
+                proofs.withLock { $0.append(contentsOf: records.map(\.header.hash)) }
                 return at
             }
         }

@@ -37,6 +37,8 @@ public enum ChunkRecords {
 public final class ChunkRecordCodec: @unchecked Sendable {
     private let compressor: ChunkCompressor
     private var scratch: [UInt8] = []
+    /// `verifyEach`'s decoded payloads (allocated when a group has a compressed record).
+    private var groupScratch: [UInt8] = []
     public let maxChunk: Int
     public var policy: CompressionPolicy
 
@@ -132,6 +134,61 @@ public final class ChunkRecordCodec: @unchecked Sendable {
                 throw DepotError.integrity("\(name): payload does not decode")
             }
             return try body(UnsafeRawBufferPointer(out))
+        }
+    }
+
+    /// A record as it arrives: its parsed header and its payload.
+    public typealias Record = (header: ChunkRecords.Header, payload: UnsafeRawBufferPointer)
+
+    /// Records per group of `verifyEach`: what bounds its scratch (`verifyGroup × maxChunk`).
+    static let verifyGroup = 8
+
+    /// Checks each record as `decode` does (lengths, CRC-32C, decoding, SHA-256) and then hands
+    /// `body` its index, in order. The records are taken `verifyGroup` at a time and each
+    /// group's SHA-256s computed two at a time (`SHA256Lanes`); a raw record is hashed where it
+    /// lies, not copied. Compressed payloads are decoded into scratch of at most
+    /// `verifyGroup × maxChunk` bytes, however many records come (a body of tiny records that
+    /// each decode to a full chunk cannot make it grow). Throws `integrity` at the first bad
+    /// record; `body` has then been called for the groups before it only.
+    public func verifyEach(_ records: [Record], _ body: (Int) throws -> Void) throws {
+        var start = 0
+        while start < records.count {
+            let end = min(start + Self.verifyGroup, records.count)
+            if records[start..<end].contains(where: { $0.header.codec != .raw }), groupScratch.count < Self.verifyGroup * maxChunk {
+                groupScratch = [UInt8](repeating: 0, count: Self.verifyGroup * maxChunk)
+            }
+            try groupScratch.withUnsafeMutableBytes { s in
+                var views: [UnsafeRawBufferPointer] = []
+                views.reserveCapacity(end - start)
+                var used = 0
+                for (header, payload) in records[start..<end] {
+                    let name = "chunk sha256:\(header.hash.hex)"
+                    guard payload.count == header.storedLength, header.rawLength <= maxChunk else {
+                        throw DepotError.integrity("\(name): record is truncated")
+                    }
+                    guard PackFormat.checksum(payload) == header.checksum else {
+                        throw DepotError.integrity("\(name): payload checksum mismatch (damaged in transit?)")
+                    }
+                    if header.codec == .raw {
+                        guard payload.count == header.rawLength else { throw DepotError.integrity("\(name): record is truncated") }
+                        views.append(payload)
+                        continue
+                    }
+                    let out = UnsafeMutableRawBufferPointer(rebasing: s[used..<(used + header.rawLength)])
+                    do {
+                        try compressor.decode(payload, codec: header.codec, into: out)
+                    } catch {
+                        throw DepotError.integrity("\(name): payload does not decode")
+                    }
+                    views.append(UnsafeRawBufferPointer(out))
+                    used += header.rawLength
+                }
+                for (k, hash) in SHA256Lanes.hashEach(views).enumerated() where hash != records[start + k].header.hash {
+                    throw DepotError.integrity("chunk sha256:\(records[start + k].header.hash.hex): content does not match its hash")
+                }
+            }
+            for i in start..<end { try body(i) }
+            start = end
         }
     }
 

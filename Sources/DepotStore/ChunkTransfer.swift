@@ -146,14 +146,17 @@ public final class ChunkReceiver: @unchecked Sendable {
 
     public var maxChunk: Int { store.options.chunker.maxSize }
 
-    /// Verifies and stores one record.
-    public func add(_ header: ChunkRecords.Header, payload: UnsafeRawBufferPointer) throws {
+    /// Verifies and stores records, in order (their SHA-256s two at a time: `ChunkRecordCodec.verifyEach`).
+    /// At the first bad record it throws; the records before it may have been stored.
+    public func add(_ records: [ChunkRecordCodec.Record]) throws {
         precondition(!done)
-        try codec.verify(header, payload: payload) { _ in () }
-        let entry = RecipeEntry(offset: offset, length: header.rawLength, hash: header.hash)
-        if case .stored = try store.appender.storeEncoded(entry, of: blobID, codec: header.codec, payload: payload) { stored += 1 }
-        offset += Int64(header.rawLength)
-        received += 1
+        try codec.verifyEach(records) { i in
+            let (header, payload) = records[i]
+            let entry = RecipeEntry(offset: offset, length: header.rawLength, hash: header.hash)
+            if case .stored = try store.appender.storeEncoded(entry, of: blobID, codec: header.codec, payload: payload) { stored += 1 }
+            offset += Int64(header.rawLength)
+            received += 1
+        }
     }
 
     /// Makes every received chunk durable. Nothing is acknowledged before this returns.

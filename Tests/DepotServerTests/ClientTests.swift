@@ -407,6 +407,22 @@ struct ClientTests {
             #expect(bad.status.code == 400)
             #expect(try await c.missingChunks("r/x", [hash][...]) == [hash])
 
+            // A record whose bytes are intact but are not the chunk its header names (a client
+            // claiming a hash it does not have the bytes of), amid good ones: refused, and that
+            // hash stays missing.
+            var many = [UInt8]()
+            var hashes: [SHA256.Value] = []
+            for i in 0..<20 {
+                let bytes = fastRandom(20_000 + 997 * i, seed: 100 + UInt64(i))
+                let h = bytes.withUnsafeBytes { SHA256.hash($0) }
+                let claimed = i == 11 ? SHA256.Value(a: 9, b: 9, c: 9, d: 9) : h
+                try bytes.withUnsafeBytes { _ = try ChunkRecordCodec().append($0, hash: claimed, to: &many) }
+                hashes.append(claimed)
+            }
+            let lying = try await client.req(.post, "/depot/v1/repositories/r/x/chunks", body: many)
+            #expect(lying.status.code == 400 && lying.errorCode == "DIGEST_INVALID", "\(lying.text)")
+            #expect(try await c.missingChunks("r/x", [hashes[11]][...]) == [hashes[11]])
+
             try await c.uploadChunkRecords("r/x", record)
             #expect(try await c.missingChunks("r/x", [hash][...]).isEmpty)
 

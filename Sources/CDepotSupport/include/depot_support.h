@@ -11,6 +11,15 @@ uint32_t depot_crc32c(uint32_t crc, const void *data, size_t length);
 /// The same CRC by the table-driven loop alone, whatever the CPU (tests compare the two).
 uint32_t depot_crc32c_portable(uint32_t crc, const void *data, size_t length);
 
+/// Whether depot_sha256_blocks_x2 can run here (x86-64 with the SHA extensions): 1 or 0.
+int depot_sha256_x2_available(void);
+
+/// Runs SHA-256's block function over two independent streams at once: `blocks` 64-byte blocks
+/// from `da` into the state `ha` (h0..h7, as OpenSSL's SHA256_CTX.h holds them) and as many
+/// from `db` into `hb`. No padding, no length: the caller does those. Returns 0, or -1 (and
+/// touches nothing) where depot_sha256_x2_available() is 0.
+int depot_sha256_blocks_x2(uint32_t *ha, const void *da, uint32_t *hb, const void *db, size_t blocks);
+
 /// Starts writing back `length` bytes of `fd` from `offset` to the device without waiting
 /// (Linux sync_file_range with SYNC_FILE_RANGE_WRITE; a no-op elsewhere). Durability still
 /// comes from fdatasync; this only leaves it less to do. Returns 0 or an errno.
