@@ -20,10 +20,13 @@ public struct LocalRecipe: Sendable {
     /// Modification time and size when read, to detect a file changing during a push.
     var stamp: FileStamp
 
-    /// Reads the file once: whole-file SHA-256 on one core while this thread cuts chunks and
-    /// hashes each (no chunk is copied). `progress` receives bytes read. With `onGroup`, the
-    /// chunks cut so far are handed over about every `groupBytes` (and the rest at the end), so a
-    /// push can negotiate and upload them while the file is still being read.
+    /// Reads the file once, in two stages that overlap on two cores: this thread reads a block
+    /// and cuts it into chunks (only the boundaries) while a hashing thread computes the previous
+    /// block's whole-file and chunk SHA-256s together, two streams at a time (`SHA256Lanes`), so
+    /// the two hashes cost about what one did. No chunk is copied. `progress` receives bytes
+    /// read. With `onGroup`, the chunks hashed so far are handed over about every `groupBytes`
+    /// (and the rest at the end), so a push can negotiate and upload them while the file is
+    /// still being read.
     public static func compute(
         path: String, parameters: ChunkerParameters, groupBytes: Int64 = 64 << 20, onGroup: ((RecipeGroup) -> Void)? = nil,
         isCancelled: () -> Bool = { Task.isCancelled }, progress: (Int) -> Void = { _ in }
@@ -31,19 +34,27 @@ public struct LocalRecipe: Sendable {
         let stamp = try FileStamp(path)
         let file = try PosixFile(path: path, mode: .read)
         var cutter = ChunkCutter(parameters, planner: SafetensorsBoundaryPlanner())
-        var chunkHash = SHA256()
-        var chunkLength = 0
         var chunks: [ChunkRef] = []
         var widths: [UInt8] = []
         chunks.reserveCapacity(Int(stamp.size / Int64(parameters.averageSize)) + 16)
         let blockSize = 8 << 20
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 64)
-        defer { buffer.deallocate() }
+        // Two blocks: one being cut while the other is hashed.
+        let blocks = [
+            UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 64),
+            UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 64),
+        ]
         let hashing = DispatchQueue(label: "depot.client.hash")
-        let wholeBox = UnsafeSendableBox(whole: SHA256())
+        let state = RecipeHashState()
+        var pending: DispatchGroup?
+        defer {
+            pending?.wait() // the hashing thread may still read a block
+            for b in blocks { b.deallocate() }
+        }
         var offset: Int64 = 0
         var handedOver = 0
         var groupStart: Int64 = 0
+        var hashedThrough: Int64 = 0 // the end of the blocks whose chunks are in `chunks`
+        var pendingEnd: Int64 = 0 // the end of the block being hashed
         func handOver(_ end: Int) {
             guard let onGroup, end > handedOver else { return }
             let group = RecipeGroup(
@@ -52,30 +63,42 @@ public struct LocalRecipe: Sendable {
             handedOver = end
             onGroup(group)
         }
+        // Waits for the block being hashed and takes the chunks it completed.
+        func collect() {
+            guard let p = pending else { return }
+            p.wait()
+            pending = nil
+            for (chunk, width) in state.finished {
+                chunks.append(chunk)
+                widths.append(width)
+            }
+            hashedThrough = pendingEnd
+            state.finished.removeAll(keepingCapacity: true)
+        }
+        var which = 0
         while true {
             if isCancelled() { throw CancellationError() }
-            let n = try file.readSome(into: buffer)
+            let n = try file.readSome(into: blocks[which])
             if n == 0 { break }
-            let block = UnsafeSendableBytes(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            let done = DispatchGroup()
-            hashing.async(group: done) { wholeBox.whole.update(block.bytes) }
-            cutter.feed(block.bytes) { piece, width in
-                if piece.count > 0 { chunkHash.update(piece) }
-                chunkLength += piece.count
-                if let width {
-                    chunks.append(ChunkRef(hash: chunkHash.finalize(), length: chunkLength))
-                    widths.append(UInt8(width))
-                    chunkHash = SHA256()
-                    chunkLength = 0
-                }
-            }
-            done.wait()
+            let block = UnsafeSendableBytes(UnsafeRawBufferPointer(rebasing: blocks[which][0..<n]))
+            var pieces: [RecipeHashState.Piece] = []
+            cutter.feed(block.bytes) { piece, width in pieces.append(.init(count: piece.count, width: width.map(UInt8.init))) }
+            collect()
+            // Measured by blocks hashed, not by chunks completed: the chunk still open at a
+            // block's end must not hold a group back a whole block more.
+            if hashedThrough - groupStart >= groupBytes { handOver(chunks.count) }
+            let task = DispatchGroup()
+            let cut = pieces
+            hashing.async(group: task) { state.hash(block.bytes, cut) }
+            pending = task
+            which ^= 1
             offset += Int64(n)
+            pendingEnd = offset
             progress(n)
-            if offset - groupStart - Int64(chunkLength) >= groupBytes { handOver(chunks.count) }
         }
+        collect()
         if let width = cutter.finish() {
-            chunks.append(ChunkRef(hash: chunkHash.finalize(), length: chunkLength))
+            chunks.append(ChunkRef(hash: state.chunk.finalize(), length: state.chunkLength))
             widths.append(UInt8(width))
         }
         handOver(chunks.count)
@@ -83,7 +106,7 @@ public struct LocalRecipe: Sendable {
             throw ClientError("\(path) changed while it was being read; push it again once it is complete")
         }
         return LocalRecipe(
-            path: path, size: offset, digest: Digest(bytes: wholeBox.whole.finalize()), chunks: chunks,
+            path: path, size: offset, digest: Digest(bytes: state.whole.finalize()), chunks: chunks,
             widths: widths, chunker: cutter.version, stamp: stamp)
     }
 
@@ -121,10 +144,37 @@ public struct RecipeGroup: Sendable {
     }
 }
 
-/// Holds a hasher used from a serial queue (one block at a time, joined before the next).
-final class UnsafeSendableBox: @unchecked Sendable {
-    var whole: SHA256
-    init(whole: consuming SHA256) { self.whole = whole }
+/// The hashing stage of `LocalRecipe.compute`: the whole-file and current-chunk hashes, and the
+/// chunks completed since the cutting thread last took them. Used by one block's task at a time;
+/// the cutting thread reads it only after waiting for that task (the wait orders the accesses).
+final class RecipeHashState: @unchecked Sendable {
+    /// A piece of a block as the cutter gave it: its length, and the chunk's width hint when the
+    /// piece ends a chunk. A block's pieces cover it in order.
+    struct Piece: Sendable {
+        var count: Int
+        var width: UInt8?
+    }
+
+    var whole = ResumableSHA256()
+    var chunk = ResumableSHA256()
+    var chunkLength = 0
+    var finished: [(ChunkRef, UInt8)] = []
+
+    func hash(_ block: UnsafeRawBufferPointer, _ pieces: [Piece]) {
+        var at = 0
+        for piece in pieces {
+            let bytes = UnsafeRawBufferPointer(rebasing: block[at..<(at + piece.count)])
+            SHA256Lanes.update(&whole, bytes, &chunk, bytes)
+            chunkLength += piece.count
+            at += piece.count
+            if let width = piece.width {
+                finished.append((ChunkRef(hash: chunk.finalize(), length: chunkLength), width))
+                chunk = ResumableSHA256()
+                chunkLength = 0
+            }
+        }
+        precondition(at == block.count, "the cutter's pieces cover the block")
+    }
 }
 
 /// Size and modification time of a file.

@@ -1,6 +1,12 @@
 import CDepotSupport
 import COpenSSL
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// SHA-256 of two streams at once, for the places where Depot hashes the same bytes twice (a
 /// blob's digest and each chunk's) or many buffers in a row (the chunks of an upload).
 ///
@@ -12,7 +18,11 @@ import COpenSSL
 /// extensions every call falls back to OpenSSL, one stream after the other.
 public enum SHA256Lanes {
     /// Whether the interleaved block function runs here (else these are plain OpenSSL calls).
-    public static let interleaved = depot_sha256_x2_available() != 0
+    /// `DEPOT_SHA256_LANES=0` in the environment turns it off, for benchmarks that compare.
+    public static let interleaved: Bool = {
+        if let v = getenv("DEPOT_SHA256_LANES"), String(cString: v) == "0" { return false }
+        return depot_sha256_x2_available() != 0
+    }()
 
     /// Feeds `pa` to `a` and `pb` to `b`: the same result as `a.update(pa); b.update(pb)`.
     public static func update(

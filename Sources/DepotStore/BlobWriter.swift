@@ -28,19 +28,37 @@ public struct WriteResult: Sendable, Equatable {
 
 /// Streams one blob into the store in a single pass with bounded memory.
 ///
-/// Three kinds of work overlap on the machine's cores: the whole-blob SHA-256 of each buffer
-/// runs on a serial hashing queue while the caller's thread cuts the same buffer into chunks
-/// (gear CDC, with forced boundaries from a `BoundaryPlanner`); each cut chunk is then hashed,
-/// deduplicated, compressed and appended to a pack by one of two worker queues. At most
+/// Three stages overlap on the machine's cores: the caller's thread cuts the bytes into chunks
+/// (gear CDC, with forced boundaries from a `BoundaryPlanner`) and copies each out; a serial
+/// hashing queue computes each chunk's SHA-256 and advances the whole blob's with the same
+/// bytes, the two streams together (`SHA256Lanes`: about the cost of one); one of two worker
+/// queues then deduplicates, compresses and appends the chunk to a pack. At most
 /// `writerQueueDepth` chunks are in flight, so memory stays at a few MiB whatever the blob's
 /// size. Not thread-safe: one producer calls `write` and then `finish` (or `abort`).
 public final class BlobWriter: @unchecked Sendable {
     private let store: ChunkStore
     private let blobID: Int64
     private var cutter: ChunkCutter
+    /// The whole-blob hash, advanced chunk by chunk on the hashing queue (a box the queue's
+    /// tasks hold, not the writer: a writer dropped mid-stream must be able to go away).
+    private let hashState: HashState
     /// Resumable (a checkpoint carries its midstate to another process); the same block
-    /// function as `SHA256`.
-    private var wholeHash = ResumableSHA256()
+    /// function as `SHA256`. Covers the chunks emitted, not the bytes still being accumulated
+    /// into the next one. Read or set only with the hashing queue idle (after `hashingDone.wait()`).
+    private var wholeHash: ResumableSHA256 {
+        get { hashState.whole }
+        set { hashState.whole = newValue }
+    }
+
+    final class HashState: @unchecked Sendable {
+        var whole: ResumableSHA256
+        init(_ whole: ResumableSHA256) { self.whole = whole }
+        /// The worker for the next chunk.
+        var nextWorker = 0
+    }
+    /// Bytes at the start of this writer's chunks that `wholeHash` already covers: a resumed
+    /// checkpoint's tail (its saved state includes the tail, which is cut again here).
+    private var alreadyHashed = 0
     private var accumulator: UnsafeMutableRawBufferPointer
     private var accumulated = 0
     /// Absolute offset of the first byte of the chunk being accumulated.
@@ -63,7 +81,6 @@ public final class BlobWriter: @unchecked Sendable {
     /// threads, even when every thread of GCD's fixed-width global pool is blocked (callers of
     /// `write` may themselves run there). Two of them keep both cores busy.
     private let workerQueues = [DispatchQueue(label: "depot.blobwriter.worker.0"), DispatchQueue(label: "depot.blobwriter.worker.1")]
-    private var nextWorker = 0
     private let workers = DispatchGroup()
     private let slots: DispatchSemaphore
     private let stageState = Locked(StageState())
@@ -86,6 +103,7 @@ public final class BlobWriter: @unchecked Sendable {
     init(store: ChunkStore, planner: (any BoundaryPlanner)?) throws {
         self.store = store
         cutter = ChunkCutter(store.options.chunker, planner: planner)
+        hashState = HashState(ResumableSHA256())
         segmentStart = 0
         accumulator = UnsafeMutableRawBufferPointer(start: nil, count: 0) // allocated on first use
         slots = DispatchSemaphore(value: store.options.writerQueueDepth)
@@ -122,7 +140,8 @@ public final class BlobWriter: @unchecked Sendable {
         cutter = ChunkCutter(parameters, planner: planner, position: checkpoint.committed)
         chunkStart = checkpoint.committed
         segmentStart = checkpoint.committed
-        wholeHash = hash
+        hashState = HashState(hash)
+        alreadyHashed = checkpoint.tail.count
         accumulator = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         slots = DispatchSemaphore(value: store.options.writerQueueDepth)
         blobID = try store.appender.beginBlob(chunker: parameters.version)
@@ -173,25 +192,11 @@ public final class BlobWriter: @unchecked Sendable {
         precondition(!finished, "write after finish/abort")
         if let error = stageState.withLock({ $0.error }) { throw error }
         guard bytes.count > 0 else { return }
-        // Hash the whole blob on another core while this thread chunks the same bytes; wait
-        // for it before returning, because the caller owns `bytes`.
-        let shared = UnsafeSendableBytes(bytes)
-        if bytes.count >= 64 << 10 {
-            hashing.async(group: hashingDone) { [self] in
-                let started = ContinuousClock.now
-                wholeHash.update(shared.bytes)
-                timer.add(.hash, since: started)
-            }
-        } else {
-            let started = ContinuousClock.now
-            wholeHash.update(bytes)
-            timer.add(.hash, since: started)
-        }
-        defer { hashingDone.wait() }
+        // Every chunk is copied out before it is handed on, so `bytes` is not used after this returns.
         try cut(bytes)
     }
 
-    /// Cuts bytes (already hashed) into chunks and hands them to the storing stage.
+    /// Cuts bytes into chunks and hands them to the hashing stage.
     private func cut(_ bytes: UnsafeRawBufferPointer) throws {
         let started = ContinuousClock.now
         let waitedBefore = waited
@@ -233,27 +238,67 @@ public final class BlobWriter: @unchecked Sendable {
         let chunk = [UInt8](bytes)
         let offset = chunkStart
         chunkStart += Int64(bytes.count)
+        let skip = min(alreadyHashed, bytes.count)
+        alreadyHashed -= skip
         let waiting = ContinuousClock.now
         slots.wait()
         let waitedNow = ContinuousClock.now - waiting
         waited += waitedNow
         timer.add(.backpressure, waitedNow)
+        let stageState = self.stageState
+        let slots = self.slots
+        let state = hashState
+        let timer = self.timer
+        let storing = Storing(
+            store: store, timer: timer, blobID: blobID, stageState: stageState, slots: slots, workers: workers, queues: workerQueues)
+        hashing.async(group: hashingDone) {
+            if stageState.withLock({ $0.error != nil }) {
+                slots.signal()
+                return
+            }
+            let hashing = ContinuousClock.now
+            let hash = chunk.withUnsafeBytes { b in
+                var c = ResumableSHA256()
+                c.update(UnsafeRawBufferPointer(rebasing: b[..<skip]))
+                let rest = UnsafeRawBufferPointer(rebasing: b[skip...])
+                SHA256Lanes.update(&state.whole, rest, &c, rest)
+                return c.finalize()
+            }
+            // One pass computed both: its time goes half to each stage.
+            let half = (ContinuousClock.now - hashing) / 2
+            timer.add(.hash, half)
+            timer.add(.chunkHash, half)
+            state.nextWorker = (state.nextWorker + 1) % storing.queues.count
+            storing.store(RecipeEntry(offset: offset, length: chunk.count, hash: hash), chunk, width: width, on: state.nextWorker)
+        }
+        if let error = stageState.withLock({ $0.error }) { throw error }
+    }
+}
+
+/// The storing stage's shared parts, for the hashing queue's tasks to hand chunks on with.
+private struct Storing: Sendable {
+    let store: ChunkStore
+    let timer: PushStageTimer
+    let blobID: Int64
+    let stageState: Locked<BlobWriter.StageState>
+    let slots: DispatchSemaphore
+    let workers: DispatchGroup
+    let queues: [DispatchQueue]
+
+    /// Deduplicates, compresses and appends a hashed chunk on worker `worker`; frees its slot when done.
+    func store(_ entry: RecipeEntry, _ chunk: [UInt8], width: Int, on worker: Int) {
         let store = self.store
         let timer = self.timer
         let blobID = self.blobID
         let stageState = self.stageState
         let slots = self.slots
-        nextWorker = (nextWorker + 1) % workerQueues.count
-        workerQueues[nextWorker].async(group: workers) {
+        queues[worker].async(group: workers) {
             defer { slots.signal() }
             if stageState.withLock({ $0.error != nil }) { return }
             do {
                 let tryCompression = stageState.withLock { $0.shouldTryCompression() }
                 let outcome = try chunk.withUnsafeBytes { bytes in
-                    let hashing = ContinuousClock.now
-                    let entry = RecipeEntry(offset: offset, length: bytes.count, hash: SHA256.hash(bytes))
-                    timer.add(.chunkHash, since: hashing)
-                    return try store.compressors.with { c in
+                    try store.compressors.with { c in
                         try store.appender.store(
                             entry, of: blobID, bytes: bytes, elementWidth: width, compressor: c,
                             tryCompression: tryCompression, timer: timer)
@@ -274,9 +319,10 @@ public final class BlobWriter: @unchecked Sendable {
                 stageState.withLock { $0.error = error }
             }
         }
-        if let error = stageState.withLock({ $0.error }) { throw error }
     }
+}
 
+extension BlobWriter {
     /// Ends the blob; verifies `expected` if given. The blob is durable and readable when this
     /// returns. With `retain`, it is declared live in the same transaction (no GC window).
     /// A resumed writer names the committed `segments` before it: their recipe rows become this
@@ -290,6 +336,7 @@ public final class BlobWriter: @unchecked Sendable {
         let record: BlobRecord
         do {
             if let width = cutter.finish() { try emitChunk(width: width) }
+            hashingDone.wait()
             workers.wait()
             if let error = stageState.withLock({ $0.error }) { throw error }
             let digest = Digest(bytes: wholeHash.finalize())
@@ -321,10 +368,15 @@ public final class BlobWriter: @unchecked Sendable {
     public func checkpoint(commit: (any CatalogConnection, WriterCheckpoint, PriorSegment) throws -> Void) throws -> WriterCheckpoint {
         precondition(!finished, "checkpoint after finish/abort")
         do {
+            hashingDone.wait()
             workers.wait()
             if let error = stageState.withLock({ $0.error }) { throw error }
+            // The saved state covers every byte written (the layout checkpoints have always had):
+            // the emitted chunks, and the accumulated tail, less what it already covers.
+            var whole = wholeHash
+            if accumulated > alreadyHashed { whole.update(UnsafeRawBufferPointer(rebasing: accumulator[alreadyHashed..<accumulated])) }
             var c = WriterCheckpoint(
-                position: bytesWritten, chunker: store.options.chunker.version, hash: wholeHash.saved,
+                position: bytesWritten, chunker: store.options.chunker.version, hash: whole.saved,
                 tail: accumulated > 0 ? [UInt8](UnsafeRawBufferPointer(rebasing: accumulator[0..<accumulated])) : [])
             let s = stageState.withLock { $0 }
             c.chunks = s.chunks

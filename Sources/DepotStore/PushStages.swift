@@ -3,11 +3,12 @@ import DepotCore
 /// The stages a blob write goes through, for `/metrics` (`depot_push_stage_seconds`) and
 /// `depot bench ingest`: where a slow push spends its time.
 ///
-/// The stages overlap in wall time (the whole-blob hash runs beside the cutter, two workers
+/// The stages overlap in wall time (the hashing queue runs beside the cutter, two workers
 /// store chunks beside both), so each is the time summed over the threads that did it, and
 /// their total may exceed the write's wall time on several cores.
 public enum PushStage: String, CaseIterable, Sendable {
-    /// The whole-blob SHA-256 (the digest the client named).
+    /// The whole-blob SHA-256 (the digest the client named). Computed in one pass with each
+    /// chunk's (`SHA256Lanes`), whose time is split evenly between this stage and `chunkHash`.
     case hash
     /// Content-defined chunking on the writer's thread, and the copy of each chunk to its worker.
     case chunk
