@@ -19,6 +19,9 @@ public struct LocalRecipe: Sendable {
     public var chunker: String
     /// Modification time and size when read, to detect a file changing during a push.
     var stamp: FileStamp
+    /// The whole-file SHA-256 states at every stride (nil for a file of one stride or less):
+    /// sent with the recipe so the server checks the digest in parallel segments.
+    public var hashStates: BlobHashStates?
 
     /// Reads the file once, in two stages that overlap on two cores: this thread reads a block
     /// and cuts it into chunks (only the boundaries) while a hashing thread computes the previous
@@ -44,7 +47,7 @@ public struct LocalRecipe: Sendable {
             UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 64),
         ]
         let hashing = DispatchQueue(label: "depot.client.hash")
-        let state = RecipeHashState()
+        let state = RecipeHashState(size: stamp.size)
         var pending: DispatchGroup?
         defer {
             pending?.wait() // the hashing thread may still read a block
@@ -107,7 +110,8 @@ public struct LocalRecipe: Sendable {
         }
         return LocalRecipe(
             path: path, size: offset, digest: Digest(bytes: state.whole.finalize()), chunks: chunks,
-            widths: widths, chunker: cutter.version, stamp: stamp)
+            widths: widths, chunker: cutter.version, stamp: stamp,
+            hashStates: state.stride.map { BlobHashStates(stride: $0, states: state.states) })
     }
 
     /// Offsets of the chunks.
@@ -159,12 +163,34 @@ final class RecipeHashState: @unchecked Sendable {
     var chunk = ResumableSHA256()
     var chunkLength = 0
     var finished: [(ChunkRef, UInt8)] = []
+    /// `BlobHashStates`: the stride, the states so far, and where the next one is taken.
+    let stride: Int64?
+    var states: [SHA256.Value] = []
+    private var hashed: Int64 = 0
+    private var nextBoundary: Int64?
+    private let size: Int64
+
+    init(size: Int64) {
+        self.size = size
+        stride = BlobHashStates.stride(forSize: size)
+        nextBoundary = stride
+    }
 
     func hash(_ block: UnsafeRawBufferPointer, _ pieces: [Piece]) {
         var at = 0
         for piece in pieces {
-            let bytes = UnsafeRawBufferPointer(rebasing: block[at..<(at + piece.count)])
+            var bytes = UnsafeRawBufferPointer(rebasing: block[at..<(at + piece.count)])
+            // The whole-file state at each stride boundary inside the file.
+            while let boundary = nextBoundary, let stride, hashed + Int64(bytes.count) >= boundary {
+                let head = UnsafeRawBufferPointer(rebasing: bytes[..<Int(boundary - hashed)])
+                SHA256Lanes.update(&whole, head, &chunk, head)
+                hashed = boundary
+                states.append(whole.midstate)
+                bytes = UnsafeRawBufferPointer(rebasing: bytes[head.count...])
+                nextBoundary = boundary + stride < size ? boundary + stride : nil
+            }
             SHA256Lanes.update(&whole, bytes, &chunk, bytes)
+            hashed += Int64(bytes.count)
             chunkLength += piece.count
             at += piece.count
             if let width = piece.width {

@@ -172,7 +172,8 @@ public final class Pusher: Sendable {
             let missingBytes = attempt == 1 ? first.sentBytes : try await upload(missing, of: recipe, repo: repo, request)
             let saved = recipe.size - missingBytes
             do {
-                try await connection.commitRecipe(repo, recipe.digest, chunks: recipe.chunks, chunker: recipe.chunker)
+                try await connection.commitRecipe(
+                    repo, recipe.digest, chunks: recipe.chunks, chunker: recipe.chunker, states: recipe.hashStates)
                 progress.finish(
                     "\(file.relativePath): \(TransferProgress.bytes(recipe.size)), sent \(sentNow) of \(recipe.chunks.count) chunks (\(TransferProgress.bytes(missingBytes))), \(TransferProgress.bytes(saved)) deduplicated"
                 )

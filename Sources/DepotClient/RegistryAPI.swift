@@ -70,7 +70,8 @@ extension RegistryConnection {
         _ = try await collect(r, limit: 1 << 16)
     }
 
-    func commitRecipe(_ repo: String, _ digest: Digest, chunks: [ChunkRef], chunker: String) async throws {
+    /// With `states`, the server checks the digest in parallel segments (`BlobHashStates`).
+    func commitRecipe(_ repo: String, _ digest: Digest, chunks: [ChunkRef], chunker: String, states: BlobHashStates? = nil) async throws {
         var body = [UInt8]()
         body.reserveCapacity(chunks.count * 36)
         for c in chunks {
@@ -79,7 +80,8 @@ extension RegistryConnection {
         }
         let r = try await send(
             .PUT, Routes[.recipePut].path(name: repo, ["digest": "\(digest)"]),
-            headers: [("Content-Type", "application/octet-stream"), ("Depot-Chunker", chunker)],
+            headers: [("Content-Type", "application/octet-stream"), ("Depot-Chunker", chunker)]
+                + (states.map { [(BlobHashStates.header, $0.headerValue)] } ?? []),
             body: .bytes(body), accept: [201])
         _ = try await collect(r, limit: 1 << 16)
     }

@@ -14,11 +14,11 @@ extension Registry {
     }
 
     /// Completes a recipe commit: verifies the digest, then links the blob into the repository.
-    public func finishRecipeCommit(_ repository: RepositoryName, _ committer: RecipeCommitter, expecting digest: Digest) throws
-        -> BlobRecord
-    {
+    public func finishRecipeCommit(
+        _ repository: RepositoryName, _ committer: RecipeCommitter, expecting digest: Digest, states: BlobHashStates? = nil
+    ) throws -> BlobRecord {
         do {
-            let record = try committer.finish(expecting: digest)
+            let record = try committer.finish(expecting: digest, states: states)
             try link(repository, digest)
             return record
         } catch let e as DepotError {

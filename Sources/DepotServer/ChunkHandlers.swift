@@ -10,6 +10,7 @@ import Tracing
 extension HTTPField.Name {
     static let depotChunker = Self("Depot-Chunker")!
     static let depotChunksStored = Self("Depot-Chunks-Stored")!
+    static let depotHashStates = Self(BlobHashStates.header)!
 }
 
 /// Handlers of the chunk negotiation API (`/depot/v1`). Bodies are binary and streamed:
@@ -221,10 +222,19 @@ struct ChunkHandlers: RouteHandlers {
                     .chunkUnknown, "\(hidden.count) chunk(s) of the recipe are not stored, e.g. sha256:\(first.hex)", kind: .invalid)
             }
         }
+        // The client's SHA-256 states at every stride, if it sent them: the check then runs in
+        // segments, in parallel (BlobHashStates). Checked against the recipe's size here.
+        let states: BlobHashStates?
+        do {
+            states = try request.headers[.depotHashStates].map { try BlobHashStates(headerValue: $0, size: committer.size) }
+        } catch DepotError.invalidArgument(let m) {
+            throw RegistryError(.blobUploadInvalid, m)
+        }
         // Re-reading and hashing every byte the recipe names, then the commit.
         try await RequestTrace.child("depot.recipe.verify") { span in
             span.attributes["depot.blob.digest"] = digest.description
-            _ = try await offload { try registry.finishRecipeCommit(name, committer, expecting: digest) }
+            span.attributes["depot.recipe.segments"] = (states?.states.count ?? 0) + 1
+            _ = try await offload { try registry.finishRecipeCommit(name, committer, expecting: digest, states: states) }
         }
         return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])
     }

@@ -391,6 +391,82 @@ struct ClientTests {
         }
     }
 
+    /// A recipe commit with the client's SHA-256 states at every stride is checked in segments
+    /// (in parallel on the server), and every claimed state must be the true one: a forged state,
+    /// a digest of other bytes or a wrong count is refused, and nothing is stored.
+    @Test func aLargeRecipeIsCheckedInSegmentsAndEveryClaimedStateMustHold() async throws {
+        try await withRegistry { client, _, port in
+            let dir = TempDir("depot-states")
+            let bytes = fastRandom(40 << 20, seed: 41) // 3 segments at the 16 MiB minimum stride: an odd count
+            let path = dir.path + "/big.bin"
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            let recipe = try LocalRecipe.compute(path: path, parameters: .v1)
+            let states = try #require(recipe.hashStates)
+            #expect(states.stride == BlobHashStates.minStride && states.states.count == 2)
+            // The client's states are the true ones, computed independently.
+            var alone = ResumableSHA256()
+            bytes.withUnsafeBytes { alone.update(UnsafeRawBufferPointer(rebasing: $0[..<Int(states.stride)])) }
+            #expect(alone.midstate == states.states[0])
+
+            let c = try RegistryConnection(url: "http://127.0.0.1:\(port)", token: nil, attempts: 1)
+            defer { Task { await c.shutdown() } }
+            let codec = ChunkRecordCodec()
+            var records = [UInt8]()
+            var at = 0
+            try bytes.withUnsafeBytes { p in
+                for chunk in recipe.chunks {
+                    try codec.append(UnsafeRawBufferPointer(rebasing: p[at..<(at + chunk.length)]), hash: chunk.hash, to: &records)
+                    at += chunk.length
+                }
+            }
+            try await c.uploadChunkRecords("r/states", records)
+            func code(_ body: () async throws -> Void) async -> String? {
+                do {
+                    try await body()
+                    return nil
+                } catch let e as ClientError { return e.code } catch { return "\(error)" }
+            }
+            var forged = states
+            forged.states[1] = SHA256.Value(a: states.states[1].a ^ 1, b: states.states[1].b, c: states.states[1].c, d: states.states[1].d)
+            #expect(
+                await code {
+                    try await c.commitRecipe("r/states", recipe.digest, chunks: recipe.chunks, chunker: recipe.chunker, states: forged)
+                } == "DIGEST_INVALID", "a forged state in the middle")
+            // True states of these bytes, claimed for the digest of other bytes: the last segment fails.
+            let other = Digest.of([1, 2, 3])
+            #expect(
+                await code { try await c.commitRecipe("r/states", other, chunks: recipe.chunks, chunker: recipe.chunker, states: states) }
+                    == "DIGEST_INVALID")
+            var short = states
+            short.states.removeLast()
+            #expect(
+                await code {
+                    try await c.commitRecipe("r/states", recipe.digest, chunks: recipe.chunks, chunker: recipe.chunker, states: short)
+                } == "BLOB_UPLOAD_INVALID", "a state count that does not fit the size")
+            var body = [UInt8]()
+            for chunk in recipe.chunks {
+                body += chunk.hash.byteArray
+                withUnsafeBytes(of: UInt32(chunk.length).littleEndian) { body += $0 }
+            }
+            for value in [
+                "16777216", "1000 \(states.states.map(\.hex).joined(separator: ","))", "16777216 zz,yy",
+                String(repeating: "1", count: 5000),
+            ] {
+                let r = try await client.req(
+                    .put, Routes[.recipePut].path(name: "r/states", ["digest": "\(recipe.digest)"]),
+                    headers: [HTTPField.Name(BlobHashStates.header)!: value], body: body)
+                #expect(r.status.code == 400 && r.errorCode == "BLOB_UPLOAD_INVALID", "\(value.prefix(40)): \(r.text)")
+            }
+            #expect(try await client.req(.head, "/v2/r/states/blobs/\(recipe.digest)").status.code == 404, "nothing was stored")
+
+            try await c.commitRecipe("r/states", recipe.digest, chunks: recipe.chunks, chunker: recipe.chunker, states: states)
+            #expect(try await client.req(.get, "/v2/r/states/blobs/\(recipe.digest)").bytes == bytes)
+            // The client's own push sends them, and the server accepts them.
+            _ = try await push(port, "r/pushed", "v1", [path])
+            #expect(try await client.req(.get, "/v2/r/pushed/blobs/\(recipe.digest)").bytes == bytes)
+        }
+    }
+
     @Test func theServerVerifiesChunksAndRecipes() async throws {
         try await withRegistry { client, _, port in
             let c = try RegistryConnection(url: "http://127.0.0.1:\(port)", token: nil, attempts: 1)
