@@ -12,6 +12,7 @@
 #include "depot_support.h"
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 
 static const uint32_t K[64] = {
@@ -87,15 +88,18 @@ TGT static void blocks_x2(uint32_t *ha, const void *da, uint32_t *hb, const void
 }
 
 int depot_sha256_x2_available(void) {
-    static int hw = -1; /* a benign race: every thread computes the same answer */
-    if (hw < 0) {
+    static _Atomic int hw = -1; /* every thread computes the same answer */
+    int known = hw;
+    if (known < 0) {
         __builtin_cpu_init();
-        unsigned int eax, ebx, ecx, edx;
-        /* CPUID leaf 7, subleaf 0: EBX bit 29 is SHA. */
-        __asm__("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
-        hw = ((ebx >> 29) & 1) && __builtin_cpu_supports("sse4.1") && __builtin_cpu_supports("ssse3");
+        unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+        /* CPUID leaf 7, subleaf 0: EBX bit 29 is SHA. __get_cpuid_count checks that the CPU has
+           leaf 7 at all (asked for a leaf beyond its last, a CPU answers with another leaf's bits). */
+        int sha = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && ((ebx >> 29) & 1);
+        known = sha && __builtin_cpu_supports("sse4.1") && __builtin_cpu_supports("ssse3");
+        hw = known;
     }
-    return hw;
+    return known;
 }
 
 int depot_sha256_blocks_x2(uint32_t *ha, const void *da, uint32_t *hb, const void *db, size_t blocks) {

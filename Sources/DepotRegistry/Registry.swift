@@ -283,6 +283,14 @@ public final class Registry: Sendable {
     }
 
     /// The manifest a tag or digest names.
+    /// The manifest if the in-memory cache holds it (never the catalog: no blocking I/O, so a
+    /// request handler can answer a hit without leaving its thread); nil otherwise, and always
+    /// for a tag on replicas, whose tags are read from the catalog (see `manifest`).
+    public func cachedManifest(_ repository: RepositoryName, _ reference: Reference) -> ManifestRecord? {
+        if cache.replicated, case .tag = reference { return nil }
+        return cache.get(repository.value + "\u{0}" + reference.description).value
+    }
+
     public func manifest(_ repository: RepositoryName, _ reference: Reference) throws -> ManifestRecord {
         if cache.replicated, case .tag(let t) = reference {
             // Replicas: another one may move the tag at any moment, and its write clears only its

@@ -37,7 +37,7 @@ public enum ChunkRecords {
 public final class ChunkRecordCodec: @unchecked Sendable {
     private let compressor: ChunkCompressor
     private var scratch: [UInt8] = []
-    /// `verifyEach`'s decoded payloads (allocated when a group has a compressed record).
+    /// `verifyEach`'s decoded payloads (grown to what a group's compressed records need).
     private var groupScratch: [UInt8] = []
     public let maxChunk: Int
     public var policy: CompressionPolicy
@@ -147,16 +147,17 @@ public final class ChunkRecordCodec: @unchecked Sendable {
     /// `body` its index, in order. The records are taken `verifyGroup` at a time and each
     /// group's SHA-256s computed two at a time (`SHA256Lanes`); a raw record is hashed where it
     /// lies, not copied. Compressed payloads are decoded into scratch of at most
-    /// `verifyGroup × maxChunk` bytes, however many records come (a body of tiny records that
+    /// `verifyGroup × maxChunk` bytes (what the group's compressed records need), however many records come (a body of tiny records that
     /// each decode to a full chunk cannot make it grow). Throws `integrity` at the first bad
     /// record; `body` has then been called for the groups before it only.
     public func verifyEach(_ records: [Record], _ body: (Int) throws -> Void) throws {
         var start = 0
         while start < records.count {
             let end = min(start + Self.verifyGroup, records.count)
-            if records[start..<end].contains(where: { $0.header.codec != .raw }), groupScratch.count < Self.verifyGroup * maxChunk {
-                groupScratch = [UInt8](repeating: 0, count: Self.verifyGroup * maxChunk)
-            }
+            // Scratch for this group's compressed records only (each rawLength ≤ maxChunk: checked
+            // by `ChunkRecords.header` and again below), so a body of raw records needs none.
+            let decoded = records[start..<end].reduce(0) { $0 + ($1.header.codec == .raw ? 0 : min($1.header.rawLength, maxChunk)) }
+            if groupScratch.count < decoded { groupScratch = [UInt8](repeating: 0, count: decoded) }
             try groupScratch.withUnsafeMutableBytes { s in
                 var views: [UnsafeRawBufferPointer] = []
                 views.reserveCapacity(end - start)

@@ -397,7 +397,8 @@ struct ClientTests {
     @Test func aLargeRecipeIsCheckedInSegmentsAndEveryClaimedStateMustHold() async throws {
         try await withRegistry { client, _, port in
             let dir = TempDir("depot-states")
-            let bytes = fastRandom(40 << 20, seed: 41) // 3 segments at the 16 MiB minimum stride: an odd count
+            // 3 segments at the 16 MiB minimum stride (an odd count), the last ending exactly at a stride.
+            let bytes = fastRandom(48 << 20, seed: 41)
             let path = dir.path + "/big.bin"
             try Data(bytes).write(to: URL(fileURLWithPath: path))
             let recipe = try LocalRecipe.compute(path: path, parameters: .v1)
@@ -426,12 +427,23 @@ struct ClientTests {
                     return nil
                 } catch let e as ClientError { return e.code } catch { return "\(error)" }
             }
-            var forged = states
-            forged.states[1] = SHA256.Value(a: states.states[1].a ^ 1, b: states.states[1].b, c: states.states[1].c, d: states.states[1].d)
+            for k in 0..<2 {
+                var forged = states
+                forged.states[k] = SHA256.Value(
+                    a: states.states[k].a ^ 1, b: states.states[k].b, c: states.states[k].c, d: states.states[k].d)
+                #expect(
+                    await code {
+                        try await c.commitRecipe("r/states", recipe.digest, chunks: recipe.chunks, chunker: recipe.chunker, states: forged)
+                    } == "DIGEST_INVALID", "a forged state \(k)")
+            }
+            // Other bytes in the first stride only (the first two chunks swapped), under these
+            // bytes' digest and true states: only the first segment's check can catch it.
+            var swapped = recipe.chunks
+            swapped.swapAt(0, 1)
             #expect(
                 await code {
-                    try await c.commitRecipe("r/states", recipe.digest, chunks: recipe.chunks, chunker: recipe.chunker, states: forged)
-                } == "DIGEST_INVALID", "a forged state in the middle")
+                    try await c.commitRecipe("r/states", recipe.digest, chunks: swapped, chunker: recipe.chunker, states: states)
+                } == "DIGEST_INVALID", "a first segment of other bytes")
             // True states of these bytes, claimed for the digest of other bytes: the last segment fails.
             let other = Digest.of([1, 2, 3])
             #expect(

@@ -67,6 +67,20 @@ import Testing
         }
     }
 
+    @Test func aMidstateIsWrittenAsTheHashStatesHeaderSaysAndResumes() throws {
+        // The state after 64 zero bytes, read from OpenSSL's SHA256_CTX (h0..h7 big-endian): the
+        // layout other clients of Depot-Hash-States must produce.
+        let known = "da5698be17b9b46962335799779fbeca8ce5d491c0d26243bafef9ea1837a9d8"
+        var h = ResumableSHA256()
+        [UInt8](repeating: 0, count: 64).withUnsafeBytes { h.update($0) }
+        #expect(h.midstate.hex == known)
+        let state = try #require(SHA256.Value(hex: known))
+        var resumed = try #require(ResumableSHA256(midstate: state, count: 64))
+        Array("abc".utf8).withUnsafeBytes { resumed.update($0) }
+        #expect(resumed.finalize() == ([UInt8](repeating: 0, count: 64) + Array("abc".utf8)).withUnsafeBytes { SHA256.hash($0) })
+        #expect(ResumableSHA256(midstate: state, count: 65) == nil, "only at a block boundary")
+    }
+
     @Test func theBitCountCarriesIntoItsHighWord() throws {
         // A state 64 bytes short of 2^32 bits (512 MiB hashed): two more blocks carry Nl into Nh,
         // as OpenSSL's own update does. Built from the saved layout (ResumableSHA256's comment).
