@@ -177,6 +177,13 @@ put("chunkrecord", "shuffle2", bytes([3]) + struct.pack("<I", len(raw))[:3] + zs
 put("recipe", "two", (b"\x11" * 32 + struct.pack("<I", 65536)) + (b"\x22" * 32 + struct.pack("<I", 100)))
 put("recipe", "zero-length", b"\x33" * 32 + struct.pack("<I", 0) + b"\x44" * 7)
 
+# --- Depot-Hash-States: 8-byte little-endian recipe size, then the header value ----------------
+_state = "da5698be17b9b46962335799779fbeca8ce5d491c0d26243bafef9ea1837a9d8"
+put("hashstates", "two", struct.pack("<q", 48 << 20) + f"16777216 {_state},{_state}".encode())
+put("hashstates", "one-odd-size", struct.pack("<q", (20 << 20) + 1) + f"16777216 {_state}".encode())
+put("hashstates", "wrong-count", struct.pack("<q", 100 << 20) + f"33554432 {_state}".encode())
+put("hashstates", "bad-stride", struct.pack("<q", 48 << 20) + f"1000 {_state}".encode())
+
 # --- range headers: 8-byte blob size, then the header value ----------------------------------
 for i, h in enumerate(["bytes=0-99", "bytes=-100", "bytes=500-", "bytes 0-99/1000", "0-1048575", "bytes=0-1,2-3"]):
     put("range", f"r{i}", struct.pack("<q", 1000) + h.encode())

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ALL="safetensors onnx pickle zip tensorflow tensorrt textproto manifest chunkrecord recipe range pipeline config routes auth signature"
+ALL="safetensors onnx pickle zip tensorflow tensorrt textproto manifest chunkrecord recipe range pipeline config routes auth signature hashstates"
 TARGETS=${FUZZ_TARGETS:-$ALL}
 MODE=run
 SECONDS_EACH=600

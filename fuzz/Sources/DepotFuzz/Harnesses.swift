@@ -19,7 +19,7 @@ let harnesses: [String: Harness] = [
     "safetensors": safetensors, "onnx": onnx, "pickle": pickle, "zip": zip, "tensorflow": tensorflow,
     "tensorrt": tensorrt, "textproto": textproto, "manifest": manifest, "chunkrecord": chunkRecord,
     "recipe": recipe, "range": range, "pipeline": pipeline, "config": config, "routes": routes,
-    "auth": auth, "signature": signature,
+    "auth": auth, "signature": signature, "hashstates": hashStates,
 ]
 
 var selected: Harness?
@@ -153,6 +153,21 @@ func recipe(_ p: UnsafeRawBufferPointer) {
         _ = try committer.finish(expecting: Digest.of(bytes(p)))
     } catch {
         committer.abort()
+    }
+}
+
+/// A recipe commit's Depot-Hash-States header: bytes 0-7 are the recipe's size, the rest the
+/// value. What parses must fit the size, and print back to itself.
+func hashStates(_ p: UnsafeRawBufferPointer) {
+    var size: Int64 = 0
+    for i in 0..<min(8, p.count) { size |= Int64(p[i]) << (8 * Int64(i)) }
+    let value = text(UnsafeRawBufferPointer(rebasing: p[min(8, p.count)...]))
+    guard let s = try? BlobHashStates(headerValue: value, size: size) else { return }
+    precondition(s.stride >= BlobHashStates.minStride && s.stride % (1 << 20) == 0)
+    precondition(!s.states.isEmpty && s.states.count <= BlobHashStates.maxStates && Int64(s.states.count) == (size - 1) / s.stride)
+    precondition((try? BlobHashStates(headerValue: s.headerValue, size: size)) == s)
+    for (i, state) in s.states.enumerated() {
+        precondition(ResumableSHA256(midstate: state, count: Int64(i + 1) * s.stride)?.midstate == state)
     }
 }
 
