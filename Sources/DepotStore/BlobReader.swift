@@ -187,15 +187,16 @@ extension ChunkStore {
             }
             do {
                 try compressors.with { c in
-                    var scratch: [UInt8] = []
                     if skip == 0 && output.count == l.rawLength {
                         try files.readChunk(
-                            entry.hash, at: l, into: output, compressor: c, scratch: &scratch, verify: options.readVerification)
+                            entry.hash, at: l, into: output, compressor: c, scratch: &c.recordScratch,
+                            verify: options.readVerification)
                     } else {
                         var full = [UInt8](repeating: 0, count: l.rawLength)
                         try full.withUnsafeMutableBytes {
                             try files.readChunk(
-                                entry.hash, at: l, into: $0, compressor: c, scratch: &scratch, verify: options.readVerification)
+                                entry.hash, at: l, into: $0, compressor: c, scratch: &c.recordScratch,
+                                verify: options.readVerification)
                         }
                         full.withUnsafeBytes { output.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[skip..<(skip + output.count)])) }
                     }

@@ -1,3 +1,4 @@
+import CDepotSupport
 import CZstd
 import DepotCore
 
@@ -40,12 +41,21 @@ public struct CompressionPolicy: Sendable, Equatable {
 /// Per-thread zstd contexts and scratch space for compressing and decompressing chunks.
 final class ChunkCompressor {
     private let cctx: OpaquePointer
+    /// Compresses byte planes (`zstdShuffle4`/`zstdShuffle2`), with match finding tuned for
+    /// them: see `planeParameters`. Its frames are ordinary zstd frames (the decoder is the same).
+    private let planeCctx: OpaquePointer
+    /// The level `planeCctx`'s parameters were last set for.
+    private var planeLevel: Int32?
     private let dctx: OpaquePointer
+    /// A stored payload read from a pack before it is decoded (`PackFiles.readChunk`), kept
+    /// with the compressor so a read does not allocate and zero a buffer for every chunk.
+    var recordScratch: [UInt8] = []
     private var scratch: UnsafeMutableRawBufferPointer
     private var shuffled: UnsafeMutableRawBufferPointer
 
     init(maxChunk: Int) {
         cctx = ZSTD_createCCtx()
+        planeCctx = ZSTD_createCCtx()
         dctx = ZSTD_createDCtx()
         scratch = .allocate(byteCount: ZSTD_compressBound(maxChunk), alignment: 16)
         shuffled = .allocate(byteCount: maxChunk, alignment: 16)
@@ -53,6 +63,7 @@ final class ChunkCompressor {
 
     deinit {
         ZSTD_freeCCtx(cctx)
+        ZSTD_freeCCtx(planeCctx)
         ZSTD_freeDCtx(dctx)
         scratch.deallocate()
         shuffled.deallocate()
@@ -110,18 +121,42 @@ final class ChunkCompressor {
             return ZSTD_isError(n) != 0 ? 0 : n
         }
         Shuffle.group(input, width: codec.elementWidth, into: shuffled)
+        guard setPlaneParameters(level: level) else { return 0 }
         var written = 0
         for segment in Shuffle.segments(count: input.count, width: codec.elementWidth) {
             guard scratch.count - written > 4 else { return 0 }
             let out = scratch.baseAddress! + written + 4
-            let n = ZSTD_compressCCtx(
-                cctx, out, scratch.count - written - 4,
-                shuffled.baseAddress! + segment.lowerBound, segment.count, level)
+            let n = ZSTD_compress2(
+                planeCctx, out, scratch.count - written - 4,
+                shuffled.baseAddress! + segment.lowerBound, segment.count)
             guard ZSTD_isError(n) == 0 else { return 0 }
             scratch.storeBytes(of: UInt32(n).littleEndian, toByteOffset: written, as: UInt32.self)
             written += 4 + n
         }
         return written
+    }
+
+    /// Sets `planeCctx` up for `level`: zstd's defaults, but matches of at least 7 bytes and, at
+    /// the fast levels (1 and below), a 64-entry hash table.
+    ///
+    /// Why: a plane of numbers is noise except for its exponent bytes, whose few values repeat
+    /// by chance. With the default minimum match (4–5 bytes at the fast levels) zstd encodes
+    /// those chance repeats as thousands of short sequences, which cost more bits than the
+    /// Huffman-coded literals they replace and are slow to decode. Measured on the exponent plane
+    /// of N(0, 0.02) fp32 weights in 16 KiB planes (a 64 KiB chunk's), level 1: 2.49x at 636 MB/s
+    /// decoding by default, 2.92x at 1.60 GB/s with these settings (its entropy allows 2.99x);
+    /// level 3: 2.34x / 503 MB/s vs 2.78x / 1.10 GB/s. Planes of mantissa bytes are stored as
+    /// raw blocks either way. Only the encoder changes: what is already stored decodes as before.
+    private func setPlaneParameters(level: Int32) -> Bool {
+        if planeLevel == level { return true }
+        planeLevel = nil
+        guard ZSTD_isError(ZSTD_CCtx_reset(planeCctx, ZSTD_reset_parameters)) == 0,
+            ZSTD_isError(ZSTD_CCtx_setParameter(planeCctx, ZSTD_c_compressionLevel, level)) == 0,
+            ZSTD_isError(ZSTD_CCtx_setParameter(planeCctx, ZSTD_c_minMatch, 7)) == 0,
+            level > 1 || ZSTD_isError(ZSTD_CCtx_setParameter(planeCctx, ZSTD_c_hashLog, 6)) == 0
+        else { return false }
+        planeLevel = level
+        return true
     }
 
     /// Decodes a stored payload into `output` (exactly `output.count` raw bytes).
@@ -165,33 +200,15 @@ enum Shuffle {
 
     static func group(_ input: UnsafeRawBufferPointer, width: Int, into out: UnsafeMutableRawBufferPointer) {
         let n = input.count / width
-        let src = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
-        let dst = out.baseAddress!.assumingMemoryBound(to: UInt8.self)
-        for k in 0..<width {
-            let plane = dst + k * n
-            var s = src + k
-            for e in 0..<n {
-                plane[e] = s.pointee
-                s += width
-            }
-        }
+        depot_bytes_group(input.baseAddress!, n, width, out.baseAddress!)
         let tail = input.count - n * width
-        if tail > 0 { (dst + n * width).update(from: src + n * width, count: tail) }
+        if tail > 0 { (out.baseAddress! + n * width).copyMemory(from: input.baseAddress! + n * width, byteCount: tail) }
     }
 
     static func ungroup(_ input: UnsafeRawBufferPointer, width: Int, into out: UnsafeMutableRawBufferPointer) {
         let n = input.count / width
-        let src = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
-        let dst = out.baseAddress!.assumingMemoryBound(to: UInt8.self)
-        for k in 0..<width {
-            let plane = src + k * n
-            var d = dst + k
-            for e in 0..<n {
-                d.pointee = plane[e]
-                d += width
-            }
-        }
+        depot_bytes_ungroup(input.baseAddress!, n, width, out.baseAddress!)
         let tail = input.count - n * width
-        if tail > 0 { (dst + n * width).update(from: src + n * width, count: tail) }
+        if tail > 0 { (out.baseAddress! + n * width).copyMemory(from: input.baseAddress! + n * width, byteCount: tail) }
     }
 }

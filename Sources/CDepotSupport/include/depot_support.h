@@ -20,6 +20,12 @@ int depot_sha256_x2_available(void);
 /// touches nothing) where depot_sha256_x2_available() is 0.
 int depot_sha256_blocks_x2(uint32_t *ha, const void *da, uint32_t *hb, const void *db, size_t blocks);
 
+/// Byte planes of `elements` elements of `width` bytes: byte k of element e of `input` goes to
+/// `output[k * elements + e]` (group), and back (ungroup). SSE2 for widths 2 and 4 on x86-64,
+/// scalar loops otherwise; the buffers must not overlap.
+void depot_bytes_group(const void *input, size_t elements, size_t width, void *output);
+void depot_bytes_ungroup(const void *input, size_t elements, size_t width, void *output);
+
 /// Starts writing back `length` bytes of `fd` from `offset` to the device without waiting
 /// (Linux sync_file_range with SYNC_FILE_RANGE_WRITE; a no-op elsewhere). Durability still
 /// comes from fdatasync; this only leaves it less to do. Returns 0 or an errno.
