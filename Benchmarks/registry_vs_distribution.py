@@ -5,6 +5,9 @@ side by side in one run, measured the same way with curl and wrk on loopback:
   monolithic push of a blob (POST, then PUT ?digest= with the whole body)
   chunked push (PATCHes of --chunk-mib, then PUT ?digest=)
   blob GET, warm (just written) and cold (page cache dropped first; needs root)
+  the same push and warm GET of a safetensors file of fp32 weights distributed like trained ones,
+  N(0, 0.02) (needs numpy): what a Triton node pulls. The random blob above is stored raw; weights
+  are stored as compressed byte planes and decoded on every GET, so their GET is measured apart.
   manifest GET by tag: wrk -t2 -c32 -d10s
   peak RSS (VmHWM) of each server during the push and, reset before it (needs root), during the GET
   Depot's own ingest CPU (`depot bench ingest`: CPU-seconds per GiB)
@@ -168,6 +171,28 @@ def reset_peak_rss(pid):
         return False
 
 
+def make_weights(path, mib):
+    """A safetensors file of about `mib` MiB: fp32 tensors of N(0, 0.02) values, 64 MiB each."""
+    import numpy as np
+    rng = np.random.default_rng(19)
+    count = max(1, mib // 64)
+    n = (mib << 20) // count // 4
+    header = {f"layers.{i}.weight": {"dtype": "F32", "shape": [n], "data_offsets": [i * n * 4, (i + 1) * n * 4]}
+              for i in range(count)}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        for piece in (len(text).to_bytes(8, "little"), text):
+            h.update(piece)
+            f.write(piece)
+        for _ in range(count):
+            piece = (rng.standard_normal(n, dtype=np.float32) * np.float32(0.02)).tobytes()
+            h.update(piece)
+            f.write(piece)
+    return "sha256:" + h.hexdigest(), os.path.getsize(path)
+
+
 def ingest_cpu_seconds_per_gib(depot, mib, workdir):
     out = subprocess.run([depot, "bench", "ingest", "--mib", str(mib), "--workdir", workdir, "--json"],
                          capture_output=True, text=True, check=True).stdout
@@ -179,6 +204,7 @@ def ingest_cpu_seconds_per_gib(depot, mib, workdir):
 GOALS = [
     ("blob GET, warm page cache", "blob_get_mbps", "ratio", ">=", 1.2),
     ("blob GET, cold page cache", "blob_get_cold_mbps", "ratio", ">=", 1.2),
+    ("blob GET, fp32 weights, warm", "weights_get_mbps", "ratio", ">=", 1.2),
     ("monolithic push", "monolithic_push_mbps", "ratio", ">=", 2.0),
     ("peak RSS during the push", "peak_rss_after_push_mib", "ratio", "<=", 2.0),
     ("peak RSS during the pull", "peak_rss_during_get_mib", "ratio", "<=", 2.0),
@@ -274,6 +300,12 @@ def main():
         blob, chunked_blob = os.path.join(work, "a.bin"), os.path.join(work, "b.bin")
         digest, chunked_digest = make(blob), make(chunked_blob)
         size = args.mib << 20
+        try:
+            weights = os.path.join(work, "weights.safetensors")
+            weights_digest, weights_size = make_weights(weights, args.mib)
+        except ImportError:
+            weights = None
+            print("numpy is missing (pip install numpy): the fp32 weights rows are skipped", file=sys.stderr)
 
         # The reference registry: filesystem storage, delete enabled, as the notes describe.
         dport, pport = free_port(), free_port()
@@ -299,6 +331,9 @@ def main():
                 r["peak_rss_during_get_mib"] = vmhwm_mib(proc.pid)
             if drop_caches():
                 r["blob_get_cold_mbps"] = size / get_blob(base, "bench/mono", digest) / 1e6
+            if weights:
+                r["weights_push_mbps"] = weights_size / push_monolithic(base, "bench/weights", weights, weights_digest) / 1e6
+                r["weights_get_mbps"] = weights_size / get_blob(base, "bench/weights", weights_digest) / 1e6
             push_manifest(base, "bench/manifest")
             rps, p99 = wrk(f"{base}/v2/bench/manifest/manifests/latest", args.seconds)
             r["manifest_get_rps"] = rps
@@ -317,7 +352,8 @@ def main():
             results["depot"]["client_pull_mbps"] = pull_mbps
         if args.family:
             results["depot"]["family_dedup_ratio"] = family_dedup_ratio(args.depot, args.family)
-        keys = ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "blob_get_cold_mbps", "manifest_get_rps",
+        keys = ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "blob_get_cold_mbps", "weights_push_mbps",
+                "weights_get_mbps", "manifest_get_rps",
                 "peak_rss_after_push_mib", "peak_rss_during_get_mib", "peak_rss_mib")
         ratios = {k: results["depot"][k] / results["distribution"][k]
                   for k in keys if k in results["depot"] and k in results["distribution"] and results["distribution"][k] > 0}

@@ -71,7 +71,7 @@ struct BlobHandlers: RouteHandlers {
                 metrics.sent(batch.readableBytes)
                 try await writer.write(batch)
                 watchdog.progress()
-                next = try await offload { try reader.next() }
+                next = try await reader.nextAsync()
             }
             try await writer.finish(nil)
         }

@@ -66,6 +66,21 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
         return result
     }
 
+    /// `next()` for async callers: returns at once when the batch read ahead is ready (the
+    /// usual case while a GET streams), and otherwise suspends until the reader's queue has
+    /// read it, without holding a thread. A GET used to go through the blocking pool for every
+    /// batch, and those hand-offs left a fifth of both cores idle while it streamed.
+    public func nextAsync() async throws -> Batch? {
+        if ahead == nil { ahead = startBatch() }
+        let batch = ahead!
+        if batch.done.wait(timeout: .now()) != .success {
+            await withCheckedContinuation { (resumed: CheckedContinuation<Void, Never>) in
+                batch.done.notify(queue: driver) { resumed.resume() }
+            }
+        }
+        return try next()
+    }
+
     private func startBatch() -> (done: DispatchGroup, result: Locked<Result<Batch?, any Error>>) {
         let done = DispatchGroup()
         let result = Locked<Result<Batch?, any Error>>(.success(nil))
