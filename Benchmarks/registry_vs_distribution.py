@@ -366,7 +366,8 @@ def main():
             print(f"{'metric':28} {'distribution':>14} {'depot':>14} {'ratio':>8}")
             for k in keys:
                 if k not in results["depot"] or k not in results["distribution"]:
-                    print(f"{k:28} {'n/a (needs root)':>39}")
+                    why = "needs numpy" if k.startswith("weights_") else "needs root"
+                    print(f"{k:28} {'n/a (' + why + ')':>39}")
                     continue
                 dv, pv = results["distribution"][k], results["depot"][k]
                 print(f"{k:28} {dv:14.1f} {pv:14.1f} {pv / dv:8.2f}")

@@ -137,7 +137,7 @@ final class ChunkCompressor {
     }
 
     /// Sets `planeCctx` up for `level`: zstd's defaults, but matches of at least 7 bytes and, at
-    /// the fast levels (1 and below), a 64-entry hash table.
+    /// the fast levels (1 and the negative ones), a 64-entry hash table.
     ///
     /// Why: a plane of numbers is noise except for its exponent bytes, whose few values repeat
     /// by chance. With the default minimum match (4–5 bytes at the fast levels) zstd encodes
@@ -150,10 +150,13 @@ final class ChunkCompressor {
     private func setPlaneParameters(level: Int32) -> Bool {
         if planeLevel == level { return true }
         planeLevel = nil
-        guard ZSTD_isError(ZSTD_CCtx_reset(planeCctx, ZSTD_reset_parameters)) == 0,
+        // The session too: a compression that failed part-way (output too small) leaves the
+        // context mid-frame, where parameters cannot be changed.
+        guard ZSTD_isError(ZSTD_CCtx_reset(planeCctx, ZSTD_reset_session_and_parameters)) == 0,
             ZSTD_isError(ZSTD_CCtx_setParameter(planeCctx, ZSTD_c_compressionLevel, level)) == 0,
             ZSTD_isError(ZSTD_CCtx_setParameter(planeCctx, ZSTD_c_minMatch, 7)) == 0,
-            level > 1 || ZSTD_isError(ZSTD_CCtx_setParameter(planeCctx, ZSTD_c_hashLog, 6)) == 0
+            // Level 0 means zstd's default (3), whose hash table is another strategy's.
+            level > 1 || level == 0 || ZSTD_isError(ZSTD_CCtx_setParameter(planeCctx, ZSTD_c_hashLog, 6)) == 0
         else { return false }
         planeLevel = level
         return true

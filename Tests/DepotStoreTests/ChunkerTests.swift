@@ -246,5 +246,21 @@ struct SeededGenerator: RandomNumberGenerator {
         var back = [UInt8](repeating: 0, count: weights.count)
         try stored.withUnsafeBytes { s in try back.withUnsafeMutableBytes { try c.decode(s, codec: codec, into: $0) } }
         #expect(back == weights)
+        // Other levels (0 is zstd's default) set the plane context up anew, one after another
+        // on one compressor, and what they store decodes exactly too.
+        for level: Int32 in [3, 0, -1, 1] {
+            var levelCodec = ChunkCodec.raw
+            var levelStored: [UInt8] = []
+            try weights.withUnsafeBytes {
+                try c.encode($0, policy: CompressionPolicy(level: level), elementWidth: 4) { k, p in
+                    levelCodec = k
+                    levelStored = Array(p)
+                }
+            }
+            if level >= 0 { #expect(levelCodec == .zstdShuffle4, "level \(level)") }
+            var levelBack = [UInt8](repeating: 0, count: weights.count)
+            try levelStored.withUnsafeBytes { s in try levelBack.withUnsafeMutableBytes { try c.decode(s, codec: levelCodec, into: $0) } }
+            #expect(levelBack == weights, "level \(level)")
+        }
     }
 }
