@@ -86,6 +86,17 @@ final class ChunkCompressor {
     ) throws {
         guard policy.mode == .auto, chunk.count >= 4096 else { return try body(.raw, chunk) }
         ensure(chunk.count)
+        // A width hint (a tensor's element size) names the codec to try first, on the whole
+        // chunk: on weights the planes beat plain zstd practically always, and the two sample
+        // trials below cost a fifth as much as compressing the chunk itself. Only when the planes
+        // do not save enough do the trials decide, as for data without a hint.
+        if elementWidth == 4 || elementWidth == 2 {
+            let codec: ChunkCodec = elementWidth == 4 ? .zstdShuffle4 : .zstdShuffle2
+            let size = compress(chunk, codec: codec, level: policy.level)
+            if size > 0, Double(size) <= Double(chunk.count) * (1 - policy.minSavings) {
+                return try body(codec, UnsafeRawBufferPointer(rebasing: scratch[0..<size]))
+            }
+        }
         // Candidate codecs: plain zstd, plus the shuffle matching the element width hint.
         var candidates: [ChunkCodec] = [.zstd]
         if elementWidth == 4 { candidates.append(.zstdShuffle4) }
