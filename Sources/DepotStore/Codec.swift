@@ -42,7 +42,7 @@ public struct CompressionPolicy: Sendable, Equatable {
 final class ChunkCompressor {
     private let cctx: OpaquePointer
     /// Compresses byte planes (`zstdShuffle4`/`zstdShuffle2`), with match finding tuned for
-    /// them: see `planeParameters`. Its frames are ordinary zstd frames (the decoder is the same).
+    /// them: see `setPlaneParameters`. Its frames are ordinary zstd frames (the decoder is the same).
     private let planeCctx: OpaquePointer
     /// The level `planeCctx`'s parameters were last set for.
     private var planeLevel: Int32?

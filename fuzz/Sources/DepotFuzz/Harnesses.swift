@@ -137,6 +137,26 @@ func chunkRecord(_ p: UnsafeRawBufferPointer) {
         checksum: PackFormat.checksum(payload))
     var out = [UInt8](repeating: 0, count: raw)
     out.withUnsafeMutableBytes { o in _ = try? codec.decode(header, payload: payload, into: o) }
+    // Whatever the encoder makes of the input, read as fp32, fp16 or untyped data, decodes back
+    // to it: byte planes (their SIMD transforms, their zstd parameters) and odd sizes included.
+    guard !p.isEmpty, p.count <= codec.maxChunk else { return }
+    let hash = SHA256.hash(p)
+    for width in [4, 2, 1] {
+        var record: [UInt8] = []
+        do {
+            try codec.append(p, hash: hash, elementWidth: width, to: &record)
+            try record.withUnsafeBytes { r in
+                let h = try ChunkRecords.header(r, maxChunk: codec.maxChunk)
+                var back = [UInt8](repeating: 0, count: h.rawLength)
+                try back.withUnsafeMutableBytes {
+                    try codec.decode(h, payload: UnsafeRawBufferPointer(rebasing: r[ChunkRecords.headerSize...]), into: $0)
+                }
+                guard back.elementsEqual(p) else { fatalError("a chunk's record decodes to other bytes (width \(width))") }
+            }
+        } catch {
+            fatalError("a chunk's record does not decode (width \(width)): \(error)")
+        }
+    }
 }
 
 /// A store in a temporary folder, shared by every recipe input (commits are aborted).
