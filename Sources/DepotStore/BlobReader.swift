@@ -68,8 +68,9 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
 
     /// `next()` for async callers: returns at once when the batch read ahead is ready (the
     /// usual case while a GET streams), and otherwise suspends until the reader's queue has
-    /// read it, without holding a thread. A GET used to go through the blocking pool for every
-    /// batch, and those hand-offs left a fifth of both cores idle while it streamed.
+    /// read it, without holding a thread. A GET used to wait in the blocking pool for every
+    /// batch, so many slow pulls at once (a rollout's nodes, a cold disk) held as many of its
+    /// threads; throughput on loopback was the same either way.
     public func nextAsync() async throws -> Batch? {
         if ahead == nil { ahead = startBatch() }
         let batch = ahead!

@@ -155,7 +155,7 @@ final class ChunkCompressor {
     /// those chance repeats as thousands of short sequences, which cost more bits than the
     /// Huffman-coded literals they replace and are slow to decode. Measured on the exponent plane
     /// of N(0, 0.02) fp32 weights in 16 KiB planes (a 64 KiB chunk's), level 1: 2.49x at 636 MB/s
-    /// decoding by default, 2.92x at 1.60 GB/s with these settings (its entropy allows 2.99x);
+    /// decoding by default, 2.92x at 1.58 GB/s with these settings (its entropy allows 2.99x);
     /// level 3: 2.34x / 503 MB/s vs 2.78x / 1.10 GB/s. Planes of mantissa bytes are stored as
     /// raw blocks either way. Only the encoder changes: what is already stored decodes as before.
     private func setPlaneParameters(level: Int32) -> Bool {

@@ -124,18 +124,9 @@ import Testing
     @Test func compressibleChunksAreCompressedAndDecodeExactly() throws {
         let c = ChunkCompressor(maxChunk: 256 << 10)
         let text = [UInt8](String(repeating: "model weights and more model weights ", count: 2000).utf8)
-        var stored: [UInt8] = []
-        var codec = ChunkCodec.raw
-        try text.withUnsafeBytes {
-            try c.encode($0, policy: CompressionPolicy(), elementWidth: 1) { k, p in
-                codec = k
-                stored = Array(p)
-            }
-        }
+        let (codec, stored, out) = try roundTrip(text, c, elementWidth: 1)
         #expect(codec == .zstd)
         #expect(stored.count < text.count / 10)
-        var out = [UInt8](repeating: 0, count: text.count)
-        try stored.withUnsafeBytes { s in try out.withUnsafeMutableBytes { try c.decode(s, codec: codec, into: $0) } }
         #expect(out == text)
     }
 
@@ -146,6 +137,24 @@ import Testing
         try noise.withUnsafeBytes { try c.encode($0, policy: CompressionPolicy(), elementWidth: 4) { k, _ in codec = k } }
         #expect(codec == .raw)
     }
+}
+
+/// Encodes `data` with `c` and decodes what it stored: the codec chosen, the stored payload and
+/// the bytes it decodes to.
+func roundTrip(
+    _ data: [UInt8], _ c: ChunkCompressor, elementWidth: Int, policy: CompressionPolicy = CompressionPolicy()
+) throws -> (codec: ChunkCodec, stored: [UInt8], back: [UInt8]) {
+    var codec = ChunkCodec.raw
+    var stored: [UInt8] = []
+    try data.withUnsafeBytes {
+        try c.encode($0, policy: policy, elementWidth: elementWidth) { k, p in
+            codec = k
+            stored = Array(p)
+        }
+    }
+    var back = [UInt8](repeating: 0, count: data.count)
+    try stored.withUnsafeBytes { s in try back.withUnsafeMutableBytes { try c.decode(s, codec: codec, into: $0) } }
+    return (codec, stored, back)
 }
 
 /// fp32 values distributed like trained weights, N(0, 0.02).
@@ -187,18 +196,10 @@ struct SeededGenerator: RandomNumberGenerator {
         let c = ChunkCompressor(maxChunk: 256 << 10)
         for (width, extra) in [(4, 0), (4, 3), (2, 1)] {
             let data = gaussianWeights(20000, seed: UInt64(width + extra)) + randomBytes(extra, seed: 1)
-            var codec = ChunkCodec.raw
-            var stored: [UInt8] = []
-            try data.withUnsafeBytes {
-                try c.encode($0, policy: CompressionPolicy(), elementWidth: width) { k, p in
-                    codec = k
-                    stored = Array(p)
-                }
-            }
+            let (codec, stored, decoded) = try roundTrip(data, c, elementWidth: width)
             #expect(codec != .raw)
-            var back = [UInt8](repeating: 0, count: data.count)
-            try stored.withUnsafeBytes { s in try back.withUnsafeMutableBytes { try c.decode(s, codec: codec, into: $0) } }
-            #expect(back == data)
+            #expect(decoded == data)
+            var back = decoded
             // A truncated payload is an integrity error, not a crash or wrong bytes.
             #expect(throws: DepotError.self) {
                 try stored.dropLast(5).withUnsafeBytes { s in try back.withUnsafeMutableBytes { try c.decode(s, codec: codec, into: $0) } }
@@ -228,38 +229,20 @@ struct SeededGenerator: RandomNumberGenerator {
 
     /// The exponent plane of fp32 weights is compressed without zstd's chance short matches
     /// (`setPlaneParameters`): a 64 KiB chunk of N(0, 0.02) weights stores in less than 84% of
-    /// its size (with zstd's default match finding it took 85–86%, the plane's entropy allows
+    /// its size (with zstd's default match finding it took 85.0%, the plane's entropy allows
     /// 83%), and what it stores decodes with the one decoder every stored chunk uses.
     @Test func exponentPlanesCompressNearTheirEntropy() throws {
         let c = ChunkCompressor(maxChunk: 256 << 10)
         let weights = gaussianWeights(16384, seed: 11)
-        var stored: [UInt8] = []
-        var codec = ChunkCodec.raw
-        try weights.withUnsafeBytes {
-            try c.encode($0, policy: CompressionPolicy(), elementWidth: 4) { k, p in
-                codec = k
-                stored = Array(p)
-            }
-        }
+        let (codec, stored, back) = try roundTrip(weights, c, elementWidth: 4)
         #expect(codec == .zstdShuffle4)
         #expect(Double(stored.count) < 0.84 * Double(weights.count), "stored \(stored.count) of \(weights.count)")
-        var back = [UInt8](repeating: 0, count: weights.count)
-        try stored.withUnsafeBytes { s in try back.withUnsafeMutableBytes { try c.decode(s, codec: codec, into: $0) } }
         #expect(back == weights)
         // Other levels (0 is zstd's default) set the plane context up anew, one after another
         // on one compressor, and what they store decodes exactly too.
         for level: Int32 in [3, 0, -1, 1] {
-            var levelCodec = ChunkCodec.raw
-            var levelStored: [UInt8] = []
-            try weights.withUnsafeBytes {
-                try c.encode($0, policy: CompressionPolicy(level: level), elementWidth: 4) { k, p in
-                    levelCodec = k
-                    levelStored = Array(p)
-                }
-            }
+            let (levelCodec, _, levelBack) = try roundTrip(weights, c, elementWidth: 4, policy: CompressionPolicy(level: level))
             if level >= 0 { #expect(levelCodec == .zstdShuffle4, "level \(level)") }
-            var levelBack = [UInt8](repeating: 0, count: weights.count)
-            try levelStored.withUnsafeBytes { s in try levelBack.withUnsafeMutableBytes { try c.decode(s, codec: levelCodec, into: $0) } }
             #expect(levelBack == weights, "level \(level)")
         }
     }
