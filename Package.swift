@@ -159,7 +159,8 @@ let package = Package(
         .testTarget(
             name: "DepotAuthTests", dependencies: ["DepotAuth", "DepotAPI", "DepotCore", .product(name: "JWTKit", package: "jwt-kit")]),
         .testTarget(name: "DepotTrustTests", dependencies: ["DepotTrust", "DepotAPI", "DepotCore"]),
-        .testTarget(name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotAPI", "DepotCore", "CDepotSupport"]),
+        .testTarget(
+            name: "DepotFormatsTests", dependencies: ["DepotFormats", "DepotAPI", "DepotCore", "CDepotSupport", "DepotTestSupport"]),
         .testTarget(
             name: "DepotServerTests",
             dependencies: [

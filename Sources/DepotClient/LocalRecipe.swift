@@ -37,7 +37,7 @@ public struct LocalRecipe: Sendable {
     ) throws -> LocalRecipe {
         let stamp = try FileStamp(path)
         let file = try PosixFile(path: path, mode: .read)
-        var cutter = ChunkCutter(parameters, planner: SafetensorsBoundaryPlanner())
+        var cutter = ChunkCutter(parameters, planner: ModelFileBoundaryPlanner())
         var chunks: [ChunkRef] = []
         var widths: [UInt8] = []
         chunks.reserveCapacity(Int(stamp.size / Int64(parameters.averageSize)) + 16)

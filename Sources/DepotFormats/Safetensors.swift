@@ -160,20 +160,19 @@ private struct HeaderJSON: Decodable {
     }
 }
 
-/// Forces chunk boundaries at the end of a safetensors header and at the start of every
-/// tensor of at least `minTensorSize` bytes, and reports each region's element width.
+/// Forces chunk boundaries at the end of a safetensors header and at the start and the end of
+/// every tensor of at least `minTensorSize` bytes, and reports each region's element width.
 /// Inactive (no boundaries) when the stream is not a safetensors file.
 public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
     private var prefix: [UInt8] = []
     private var headerEnd: Int64?
     private var failed = false
-    private var boundaries: [Int64] = []
-    private var widths: [(start: Int64, width: Int)] = []
+    private var cuts = PlannedCuts()
     private let minTensorSize: Int64
 
     public init(minTensorSize: Int = 16 << 10) { self.minTensorSize = Int64(minTensorSize) }
 
-    public var tag: String? { boundaries.isEmpty ? nil : "safetensors" }
+    public var tag: String? { cuts.isEmpty ? nil : "safetensors" }
 
     public var wantsBytes: Bool { !failed && headerEnd == nil }
 
@@ -210,33 +209,22 @@ public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
         let end = Int64(need)
         headerEnd = end
         prefix = []
-        boundaries = [end]
+        cuts.cut(at: end)
         for t in parsed.tensors {
-            if t.range.count >= minTensorSize && t.range.lowerBound != boundaries.last { boundaries.append(t.range.lowerBound) }
-            widths.append((t.range.lowerBound, t.elementSize ?? 1))
+            // The end too, so a small tensor after a large one (a bias after its weight) does
+            // not share the large one's last chunk: that chunk then lies wholly inside the tensor,
+            // matches the same tensor's last chunk in an ONNX export, and can be a cast.
+            if t.range.count >= minTensorSize {
+                cuts.cut(at: t.range.lowerBound)
+                cuts.cut(at: t.range.upperBound)
+            }
+            cuts.width(t.elementSize ?? 1, from: t.range.lowerBound)
         }
     }
 
-    public func nextBoundary(atOrAfter offset: Int64) -> Int64? {
-        // Binary search for the first boundary >= offset.
-        var lo = 0
-        var hi = boundaries.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if boundaries[mid] < offset { lo = mid + 1 } else { hi = mid }
-        }
-        return lo < boundaries.count ? boundaries[lo] : nil
-    }
+    public func nextBoundary(atOrAfter offset: Int64) -> Int64? { cuts.next(atOrAfter: offset) }
 
-    public func elementWidth(at offset: Int64) -> Int {
-        var lo = 0
-        var hi = widths.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if widths[mid].start <= offset { lo = mid + 1 } else { hi = mid }
-        }
-        return lo == 0 ? 1 : widths[lo - 1].width
-    }
+    public func elementWidth(at offset: Int64) -> Int { cuts.width(at: offset) }
 }
 
 /// The tensors of a stored safetensors file, for cast-aware deduplication (`ChunkStore.deriveCasts`).

@@ -77,9 +77,9 @@ public final class UploadSession: @unchecked Sendable {
             segments = try store.catalog.read { try $0.uploadSegments(id) }.map {
                 PriorSegment(blobID: $0.blobID, range: $0.first..<$0.end)
             }
-            made = try store.resumeWriter(planner: SafetensorsBoundaryPlanner(), from: checkpoint, after: segments)
+            made = try store.resumeWriter(planner: ModelFileBoundaryPlanner(), from: checkpoint, after: segments)
         } else {
-            made = try store.makeWriter(planner: SafetensorsBoundaryPlanner())
+            made = try store.makeWriter(planner: ModelFileBoundaryPlanner())
         }
         writer = made
         return made

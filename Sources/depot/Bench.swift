@@ -96,7 +96,7 @@ struct Bench: ParsableCommand {
             PeakMemory.reset()
             var written: WriteResult?
             results["ingest_gbps"] = BenchData.throughput(Int(size)) {
-                written = try! store.writeFile(path, planner: SafetensorsBoundaryPlanner())
+                written = try! store.writeFile(path, planner: ModelFileBoundaryPlanner())
             }
             results["ingest_peak_rss_mib"] = PeakMemory.mib()
             results["ingest_cores_busy"] = BenchData.lastCores
@@ -158,7 +158,7 @@ struct Bench: ParsableCommand {
             let store = reportingErrors { try ChunkStore(root: dir, options: options, create: true) }
             var results: [FileResult] = []
             for path in files {
-                let r = reportingErrors { try store.writeFile(path, planner: noFormatCuts ? nil : SafetensorsBoundaryPlanner()) }
+                let r = reportingErrors { try store.writeFile(path, planner: noFormatCuts ? nil : ModelFileBoundaryPlanner()) }
                 results.append(
                     FileResult(
                         path: path, size: r.size, new_bytes: r.newBytes, reused_bytes: r.reusedBytes,

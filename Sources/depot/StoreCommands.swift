@@ -147,7 +147,7 @@ struct Blob: ParsableCommand {
             var results: [WriteResult] = []
             for path in files {
                 let result = reportingErrors { () -> WriteResult in
-                    let r = try store.writeFile(path, planner: SafetensorsBoundaryPlanner())
+                    let r = try store.writeFile(path, planner: ModelFileBoundaryPlanner())
                     try store.retain(r.digest, reason: "depot blob put \(path)")
                     return r
                 }

@@ -2,6 +2,7 @@ import CDepotSupport
 import DepotAPI
 import DepotCore
 import DepotFormats
+import DepotTestSupport
 import Foundation
 import Synchronization
 import Testing

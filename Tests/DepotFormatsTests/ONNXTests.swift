@@ -1,6 +1,7 @@
 import DepotAPI
 import DepotCore
 import DepotFormats
+import DepotTestSupport
 import Testing
 
 /// A hand-built ONNX ModelProto: two nodes, a symbolic input, a 1 MiB initializer and an external one.

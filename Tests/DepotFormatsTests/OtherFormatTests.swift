@@ -1,6 +1,7 @@
 import DepotAPI
 import DepotCore
 import DepotFormats
+import DepotTestSupport
 import Testing
 
 func safetensorsFile(_ header: String, dataBytes: Int) -> [UInt8] {

@@ -1,5 +1,6 @@
 import DepotCore
 import DepotFormats
+import DepotTestSupport
 import Testing
 
 /// Corrupted inputs must produce a result or a DepotError, never a crash or a huge allocation.

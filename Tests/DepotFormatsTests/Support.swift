@@ -1,36 +1,7 @@
 import DepotAPI
 import DepotCore
 import DepotFormats
-
-/// A tiny protobuf wire-format encoder for building test inputs.
-struct PB {
-    var bytes: [UInt8] = []
-
-    mutating func varint(_ value: UInt64) {
-        var v = value
-        while v >= 0x80 {
-            bytes.append(UInt8(v & 0x7f) | 0x80)
-            v >>= 7
-        }
-        bytes.append(UInt8(v))
-    }
-    mutating func tag(_ field: Int, _ wire: Int) { varint(UInt64(field << 3 | wire)) }
-    mutating func int(_ field: Int, _ v: Int) {
-        tag(field, 0)
-        varint(UInt64(bitPattern: Int64(v)))
-    }
-    mutating func data(_ field: Int, _ b: [UInt8]) {
-        tag(field, 2)
-        varint(UInt64(b.count))
-        bytes += b
-    }
-    mutating func string(_ field: Int, _ s: String) { data(field, Array(s.utf8)) }
-    mutating func message(_ field: Int, _ build: (inout PB) -> Void) {
-        var m = PB()
-        build(&m)
-        data(field, m.bytes)
-    }
-}
+import DepotTestSupport
 
 func le(_ v: UInt64, _ width: Int) -> [UInt8] { (0..<width).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
 

@@ -194,10 +194,11 @@ import Testing
     /// The state of a chunked upload is the catalog's: a PATCH acknowledged by one process is
     /// resumed by another (here the same store, closed and opened again, as after a restart or
     /// on another replica). The blob is cut into exactly the chunks one uninterrupted stream
-    /// gives: the safetensors planner's tensor boundaries (it re-reads the header from the
-    /// stored part) and the content-defined cuts (the tail after the last cut goes through the
-    /// chunker again), whatever the client's request sizes.
-    @Test func aChunkedUploadResumesInAnotherProcessAndCutsTheSameChunks() throws {
+    /// gives: the planner's tensor boundaries (it re-reads the safetensors header, or walks the
+    /// ONNX framing again, from the stored part) and the content-defined cuts (the tail after the
+    /// last cut goes through the chunker again), whatever the client's request sizes.
+    @Test(arguments: ["safetensors", "onnx"])
+    func aChunkedUploadResumesInAnotherProcessAndCutsTheSameChunks(format: String) throws {
         var rng = SystemRandomNumberGenerator()
         var tensors: [(String, String, [Int], [UInt8])] = []
         for i in 0..<6 {
@@ -205,14 +206,17 @@ import Testing
             let bytes = (0..<(2 * elements)).map { _ in UInt8.random(in: 0...255, using: &rng) }
             tensors.append(("layer.\(i)", "F16", [elements], bytes))
         }
-        let file = makeSafetensors(tensors, metadata: ["format": "pt"])
+        let file =
+            format == "onnx"
+            ? makeONNX(initializers: tensors.map { ($0.0, 10, $0.2, $0.3) }) : makeSafetensors(tensors, metadata: ["format": "pt"])
         let digest = Digest.of(file)
-        // The reference: the same bytes in one stream, in a store of their own.
+        // The reference: the same bytes in one stream, in a store of their own, cut by the
+        // planner the registry's uploads use.
         let reference = try TestRegistry()
-        let w = try reference.registry.store.makeWriter(planner: SafetensorsBoundaryPlanner())
+        let w = try reference.registry.store.makeWriter(planner: ModelFileBoundaryPlanner())
         try w.write(file)
         let whole = try w.finish()
-        #expect(whole.chunker.hasSuffix("+safetensors"))
+        #expect(whole.chunker.hasSuffix("+" + format))
         let wholeChunks = try reference.registry.store.catalog.read {
             try $0.recipe(blob: reference.registry.store.blob(digest)!.id, from: 0, limit: 10_000)
         }
@@ -220,7 +224,8 @@ import Testing
         let dir = TempDir("depot-resume")
         var options = StoreOptions()
         options.writeGraceSeconds = 0
-        // Odd splits: inside the header's length, inside the header, inside tensors.
+        // Odd splits: inside the header's length (or the first fields), inside the header (or
+        // the framing of the first initializer), inside tensors.
         let cuts = [0, 3, 200, 70_001, 1_000_003, 1_900_000, file.count]
         var id = ""
         for (i, (from, to)) in zip(cuts, cuts.dropFirst()).enumerated() {

@@ -49,6 +49,33 @@ import Testing
         #expect(r2.reusedBytes < r.reusedBytes)
     }
 
+    @Test func anONNXExportSharesEveryWeightChunkWithItsCheckpoint() throws {
+        // The checkpoint, then its export: the same fp32 bytes as initializers in another order,
+        // with biases under the 16 KiB minimum between them, pushed in odd-sized pieces.
+        let biases = (0..<4).map { randomBytes(1024, seed: UInt64(50 + $0)) }
+        var tensors: [(String, String, [Int], [UInt8])] = []
+        for (i, l) in layers.enumerated() { tensors += [l, ("layers.\(i).bias", "F32", [256], biases[i])] }
+        let checkpoint = makeSafetensors(tensors)
+        let export = makeONNX(initializers: tensors.reversed().map { ($0.0, 1, $0.2, $0.3) })
+        let weightBytes = Int64(layers.reduce(0) { $0 + $1.3.count })
+
+        let dir = TempDir()
+        let store = try ChunkStore(root: dir.path, create: true)
+        _ = try store.write(checkpoint, piece: 100_000, planner: ModelFileBoundaryPlanner())
+        let r = try store.write(export, piece: 33_333, planner: ModelFileBoundaryPlanner())
+        // Every weight byte is reused; what is new is the framing and the small biases inside it.
+        #expect(r.reusedBytes == weightBytes, "reused \(r.reusedBytes) of \(weightBytes)")
+        #expect(r.chunker.hasSuffix("+onnx"))
+        #expect(try store.readAll(r.digest) == export)
+
+        // With safetensors cuts alone, each weight's first and last chunks mix in protobuf framing.
+        let dir2 = TempDir()
+        let plain = try ChunkStore(root: dir2.path, create: true)
+        _ = try plain.write(checkpoint, piece: 100_000, planner: SafetensorsBoundaryPlanner())
+        let r2 = try plain.write(export, piece: 33_333, planner: SafetensorsBoundaryPlanner())
+        #expect(r2.reusedBytes < weightBytes * 3 / 4)
+    }
+
     @Test func thePlannerIsInactiveOnOtherData() throws {
         var p = SafetensorsBoundaryPlanner()
         let junk = randomBytes(100_000, seed: 1)

@@ -142,3 +142,61 @@ public func makeSafetensors(_ tensors: [(String, String, [Int], [UInt8])], metad
     let n = UInt64(header.count).littleEndian
     return withUnsafeBytes(of: n) { Array($0) } + header + data
 }
+
+/// A tiny protobuf wire-format encoder for building test inputs.
+public struct PB {
+    public init() {}
+    public var bytes: [UInt8] = []
+
+    public mutating func varint(_ value: UInt64) {
+        var v = value
+        while v >= 0x80 {
+            bytes.append(UInt8(v & 0x7f) | 0x80)
+            v >>= 7
+        }
+        bytes.append(UInt8(v))
+    }
+    public mutating func tag(_ field: Int, _ wire: Int) { varint(UInt64(field << 3 | wire)) }
+    public mutating func int(_ field: Int, _ v: Int) {
+        tag(field, 0)
+        varint(UInt64(bitPattern: Int64(v)))
+    }
+    public mutating func data(_ field: Int, _ b: [UInt8]) {
+        tag(field, 2)
+        varint(UInt64(b.count))
+        bytes += b
+    }
+    public mutating func string(_ field: Int, _ s: String) { data(field, Array(s.utf8)) }
+    public mutating func message(_ field: Int, _ build: (inout PB) -> Void) {
+        var m = PB()
+        build(&m)
+        data(field, m.bytes)
+    }
+}
+
+/// An ONNX ModelProto whose graph holds `initializers` (name, TensorProto data type, dims, raw
+/// bytes) as `raw_data`, the way exporters write weights, plus a node, the way they lay it out
+/// (ir_version first, the graph's nodes before its initializers).
+public func makeONNX(initializers: [(String, Int, [Int], [UInt8])]) -> [UInt8] {
+    var m = PB()
+    m.int(1, 8)
+    m.string(2, "depot-tests")
+    m.message(7) { g in
+        g.message(1) { n in
+            n.string(1, "x")
+            n.string(2, "y")
+            n.string(4, "Identity")
+        }
+        g.string(2, "main_graph")
+        for (name, dataType, dims, raw) in initializers {
+            g.message(5) { t in
+                for d in dims { t.int(1, d) }
+                t.int(2, dataType)
+                t.string(8, name)
+                t.data(9, raw)
+            }
+        }
+    }
+    m.message(8) { o in o.int(2, 13) }
+    return m.bytes
+}

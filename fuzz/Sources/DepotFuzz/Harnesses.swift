@@ -73,7 +73,33 @@ func safetensors(_ p: UnsafeRawBufferPointer) {
     _ = planner.elementWidth(at: 100)
 }
 
-func onnx(_ p: UnsafeRawBufferPointer) { inspect("model.onnx", p) }
+func onnx(_ p: UnsafeRawBufferPointer) {
+    inspect("model.onnx", p)
+    // The boundary planner as an upload feeds it: the whole stream at once, and in pieces whose
+    // sizes come from the input itself. The cuts must not depend on the split, and must be
+    // strictly increasing.
+    func cuts(_ piece: (Int) -> Int) -> [Int64] {
+        var planner = ONNXBoundaryPlanner(minTensorSize: 1) // every raw_data, however small
+        var at = 0
+        while at < p.count {
+            let n = max(1, min(piece(at), p.count - at))
+            planner.observe(UnsafeRawBufferPointer(rebasing: p[at..<(at + n)]), at: Int64(at))
+            _ = planner.elementWidth(at: Int64(at))
+            at += n
+        }
+        var out: [Int64] = []
+        var from: Int64 = 0
+        while let b = planner.nextBoundary(atOrAfter: from), out.count <= p.count {
+            out.append(b)
+            from = b + 1
+        }
+        return out
+    }
+    let whole = cuts { _ in p.count }
+    let split = cuts { Int(p[$0] & 31) + 1 }
+    if whole != split { fatalError("boundaries depend on the split: \(whole) vs \(split)") }
+    if Swift.zip(whole, whole.dropFirst()).contains(where: { $0 >= $1 }) { fatalError("boundaries not increasing: \(whole)") }
+}
 
 func pickle(_ p: UnsafeRawBufferPointer) {
     _ = try? Pickle.scan(BytesSource(bytes(p)), from: 0, to: Int64(p.count), what: "pickle")
