@@ -21,6 +21,10 @@ import DepotCore
 /// walked at all. Past protobuf's 2 GiB message limit it stops too (larger models keep their
 /// weights in external data files, which are plain tensor bytes), which also bounds the
 /// boundaries it keeps to 2 × 2 GiB / `minTensorSize`.
+///
+/// An upload resumed in another process does not replay the stored bytes through the walker
+/// (up to 2 GiB at every request of a chunked upload): the writer checkpoint carries the
+/// walker's state (`savedState`, a few dozen bytes) and the restored walker goes on from there.
 public struct ONNXBoundaryPlanner: BoundaryPlanner {
     /// The largest ModelProto protobuf can serialize; nothing past it is walked.
     public static let streamLimit: Int64 = 2 << 30
@@ -54,19 +58,25 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
     /// The open TensorProto's `data_type` (0 until seen).
     private var dataType: UInt64 = 0
     private var stopped = false
+    /// Restored from a checkpoint: the stored bytes are not replayed into it.
+    private var restored = false
     private var cuts = PlannedCuts()
 
     public init(minTensorSize: Int = 16 << 10) { self.minTensorSize = Int64(minTensorSize) }
 
     public var tag: String? { cuts.isEmpty ? nil : "onnx" }
 
-    public var wantsBytes: Bool { !stopped }
+    public var wantsBytes: Bool { !stopped && !restored }
 
     public mutating func observe(_ bytes: UnsafeRawBufferPointer, at offset: Int64) {
-        // Only the next bytes in order; a planner shown anything else stops rather than guess.
         guard !stopped, !bytes.isEmpty else { return }
-        guard offset == position else { return stop() }
-        var i = 0
+        // Bytes it has seen (a resumed writer re-feeds its tail) are skipped; a gap stops it
+        // rather than guess.
+        let (end, overflow) = offset.addingReportingOverflow(Int64(bytes.count))
+        guard !overflow, offset >= 0 else { return stop() }
+        if end <= position { return }
+        guard offset <= position else { return stop() }
+        var i = Int(position - offset)
         while i < bytes.count {
             let at = offset + Int64(i)
             if at < skipTo {
@@ -88,7 +98,7 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
             varintShift = 0
             if !took(value, endingAt: at + 1) { return stop() }
         }
-        position = offset + Int64(bytes.count)
+        position = end
     }
 
     /// Handles one complete varint, whose last byte is just before `end`; false if the stream
@@ -163,19 +173,163 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
         return offset < Self.streamLimit
     }
 
-    private mutating func stop() {
-        stopped = true
-        open = []
-    }
+    /// Stops the walk for good; the cuts found so far stay.
+    private mutating func stop() { stopped = true }
 
-    /// Element width of TensorProto.DataType `t` for the byte-plane codecs: FLOAT (1) is 4,
-    /// FLOAT16 (10) and BFLOAT16 (16) are 2, anything else 1.
+    /// Element width of TensorProto.DataType `t` for the byte-plane codecs, as safetensors
+    /// gives it for the same element type (so a tensor in both files gets the same hint):
+    /// FLOAT, INT32, UINT32 4; DOUBLE, INT64, UINT64 8; FLOAT16, BFLOAT16, INT16, UINT16 2;
+    /// anything else 1.
     static func width(ofDataType t: UInt64) -> Int {
         switch t {
-        case 1: return 4
-        case 10, 16: return 2
+        case 1, 6, 12: return 4
+        case 7, 11, 13: return 8
+        case 4, 5, 10, 16: return 2
         default: return 1
         }
+    }
+
+    // MARK: Checkpointed state
+
+    /// Byte layout of `savedState` (version 1, integers little-endian):
+    ///
+    ///     size
+    ///        1  version (1)
+    ///        1  flags: bit 0 stopped, bit 1 saw the first key
+    ///       24  position, skipTo, dataType (Int64, Int64, UInt64)
+    ///        1  step: 0 key, 1 varint, 2 length; then its field number (UInt64, 8)
+    ///        9  the varint being read (UInt64) and its shift (UInt8)
+    ///        1  n: open messages (1...3), then n × (level UInt8, end Int64)
+    ///        1  c: cuts at or after `committed` (at most `maxSavedCuts`), c × Int64
+    ///        1  w: width regions from the one holding `committed` on (at most
+    ///           `maxSavedCuts`), w × (start Int64, width UInt8)
+    static let stateVersion: UInt8 = 1
+    static let maxSavedCuts = 8
+
+    public func savedState(committed: Int64) -> [UInt8]? {
+        // The tail after `committed` holds no cut (each one ends a chunk), so what is pending is
+        // the cuts past the position, found with the raw_data they end: two at most. A longer
+        // list is not this walker's; the writer then replays instead.
+        let pending = cuts.boundaries(atOrAfter: committed)
+        let regions = cuts.regions(from: committed)
+        guard pending.count <= Self.maxSavedCuts, regions.count <= Self.maxSavedCuts else { return nil }
+        var out: [UInt8] = [Self.stateVersion, (stopped ? 1 : 0) | (sawFirstKey ? 2 : 0)]
+        func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+        u64(UInt64(bitPattern: position))
+        u64(UInt64(bitPattern: skipTo))
+        u64(dataType)
+        switch step {
+        case .key:
+            out.append(0)
+            u64(0)
+        case .varint(let field):
+            out.append(1)
+            u64(field)
+        case .length(let field):
+            out.append(2)
+            u64(field)
+        }
+        u64(varint)
+        out.append(UInt8(varintShift))
+        out.append(UInt8(open.count))
+        for (level, end) in open {
+            out.append(level == .model ? 0 : level == .graph ? 1 : 2)
+            u64(UInt64(bitPattern: end))
+        }
+        out.append(UInt8(pending.count))
+        for c in pending { u64(UInt64(bitPattern: c)) }
+        out.append(UInt8(regions.count))
+        for r in regions {
+            u64(UInt64(bitPattern: r.start))
+            out.append(UInt8(r.width))
+        }
+        return out
+    }
+
+    public mutating func restore(_ state: [UInt8]) throws {
+        func bad(_ why: String) -> DepotError {
+            DepotError.integrity("this upload's saved ONNX chunking state is invalid (\(why)); start the upload over")
+        }
+        var at = 0
+        func byte() throws -> UInt8 {
+            guard at < state.count else { throw bad("truncated") }
+            defer { at += 1 }
+            return state[at]
+        }
+        func u64() throws -> UInt64 {
+            var v: UInt64 = 0
+            for i in 0..<8 { v |= UInt64(try byte()) << (8 * UInt64(i)) }
+            return v
+        }
+        func offset() throws -> Int64 {
+            let v = Int64(bitPattern: try u64())
+            guard v >= 0, v <= Self.streamLimit else { throw bad("offset \(v) out of range") }
+            return v
+        }
+        guard try byte() == Self.stateVersion else { throw bad("unknown version") }
+        let flags = try byte()
+        guard flags & ~3 == 0 else { throw bad("unknown flags") }
+        let position = try offset()
+        let skipTo = try offset()
+        let dataType = try u64()
+        let kind = try byte()
+        let field = try u64()
+        guard field <= 536_870_911 else { throw bad("field number") }
+        let step: Step
+        switch kind {
+        case 0: step = .key
+        case 1: step = .varint(field: field)
+        case 2: step = .length(field: field)
+        default: throw bad("step")
+        }
+        let varint = try u64()
+        let shift = UInt64(try byte())
+        guard shift <= 63, shift % 7 == 0, varint >> shift == 0 else { throw bad("varint") }
+        let count = Int(try byte())
+        guard (1...3).contains(count) else { throw bad("open messages") }
+        var open: [(level: Level, end: Int64)] = []
+        for i in 0..<count {
+            let level: Level
+            switch try byte() {
+            case 0: level = .model
+            case 1: level = .graph
+            case 2: level = .tensor
+            default: throw bad("level")
+            }
+            let end = try offset()
+            // model → graph → tensor, each inside the one around it.
+            let expected: Level = i == 0 ? .model : i == 1 ? .graph : .tensor
+            guard level == expected, end <= (open.last?.end ?? Self.streamLimit), i > 0 || end == Self.streamLimit else {
+                throw bad("nesting")
+            }
+            open.append((level, end))
+        }
+        var cuts = PlannedCuts()
+        for _ in 0..<Int(try byte()) {
+            let c = try offset()
+            guard c > (cuts.last ?? -1) else { throw bad("cuts out of order") }
+            cuts.cut(at: c)
+        }
+        var lastStart: Int64 = -1
+        for _ in 0..<Int(try byte()) {
+            let start = try offset()
+            let width = Int(try byte())
+            guard start > lastStart, [1, 2, 4, 8].contains(width) else { throw bad("width regions") }
+            lastStart = start
+            cuts.width(width, from: start)
+        }
+        guard at == state.count, skipTo >= 0, open[open.count - 1].end >= position || flags & 1 != 0 else { throw bad("layout") }
+        self.stopped = flags & 1 != 0
+        self.sawFirstKey = flags & 2 != 0
+        self.position = position
+        self.skipTo = skipTo
+        self.dataType = dataType
+        self.step = step
+        self.varint = varint
+        self.varintShift = shift
+        self.open = open
+        self.cuts = cuts
+        restored = true
     }
 
     public func nextBoundary(atOrAfter offset: Int64) -> Int64? { cuts.next(atOrAfter: offset) }
@@ -185,9 +339,10 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
 
 /// The planner the registry and the client cut model files with: safetensors tensors and ONNX
 /// initializers both get their own chunks, so a checkpoint and its ONNX export share them.
-/// Both planners see the stream; each stops at once on the other's format (a safetensors
+/// Both planners see the stream, and each stops at once on the other's format (a safetensors
 /// file starts with its header's length, an ONNX file with the varint key 0x08), so on any
-/// file at most one of them cuts.
+/// real file one of them cuts. A file crafted to be both gets the cuts of both: each list
+/// depends only on the bytes before its cuts, so their union does too.
 public struct ModelFileBoundaryPlanner: BoundaryPlanner {
     private var safetensors = SafetensorsBoundaryPlanner()
     private var onnx = ONNXBoundaryPlanner()
@@ -203,11 +358,13 @@ public struct ModelFileBoundaryPlanner: BoundaryPlanner {
         }
     }
 
+    /// The safetensors header is replayed into a resumed writer's planner; the ONNX walker's
+    /// state travels in the checkpoint instead.
     public var wantsBytes: Bool { safetensors.wantsBytes || onnx.wantsBytes }
 
     public mutating func observe(_ bytes: UnsafeRawBufferPointer, at offset: Int64) {
         if safetensors.wantsBytes { safetensors.observe(bytes, at: offset) }
-        if onnx.wantsBytes { onnx.observe(bytes, at: offset) }
+        onnx.observe(bytes, at: offset)
     }
 
     public func nextBoundary(atOrAfter offset: Int64) -> Int64? {
@@ -217,7 +374,14 @@ public struct ModelFileBoundaryPlanner: BoundaryPlanner {
         }
     }
 
+    /// Safetensors' answer inside its data (known once its header is read, and only asked
+    /// about later offsets), the walker's before: neither depends on how the stream was split.
     public func elementWidth(at offset: Int64) -> Int {
-        safetensors.tag != nil ? safetensors.elementWidth(at: offset) : onnx.elementWidth(at: offset)
+        if let dataStart = safetensors.dataStart, offset >= dataStart { return safetensors.elementWidth(at: offset) }
+        return onnx.elementWidth(at: offset)
     }
+
+    public func savedState(committed: Int64) -> [UInt8]? { onnx.savedState(committed: committed) }
+
+    public mutating func restore(_ state: [UInt8]) throws { try onnx.restore(state) }
 }

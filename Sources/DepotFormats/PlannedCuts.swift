@@ -20,23 +20,42 @@ struct PlannedCuts {
 
     /// The smallest boundary `>= offset`.
     func next(atOrAfter offset: Int64) -> Int64? {
+        let i = firstBoundary(atOrAfter: offset)
+        return i < boundaries.count ? boundaries[i] : nil
+    }
+
+    /// The boundaries `>= offset`, in order.
+    func boundaries(atOrAfter offset: Int64) -> ArraySlice<Int64> { boundaries[firstBoundary(atOrAfter: offset)...] }
+
+    /// The width of the region holding `offset`, 1 before the first.
+    func width(at offset: Int64) -> Int {
+        let i = regionsStarting(atOrBefore: offset)
+        return i == 0 ? 1 : widths[i - 1].width
+    }
+
+    /// The width regions from the one holding `offset` (if any) on.
+    func regions(from offset: Int64) -> ArraySlice<(start: Int64, width: Int)> {
+        widths[max(0, regionsStarting(atOrBefore: offset) - 1)...]
+    }
+
+    private func firstBoundary(atOrAfter offset: Int64) -> Int {
         var lo = 0
         var hi = boundaries.count
         while lo < hi {
             let mid = (lo + hi) / 2
             if boundaries[mid] < offset { lo = mid + 1 } else { hi = mid }
         }
-        return lo < boundaries.count ? boundaries[lo] : nil
+        return lo
     }
 
-    /// The width of the region holding `offset`, 1 before the first.
-    func width(at offset: Int64) -> Int {
+    /// How many regions start at or before `offset`.
+    private func regionsStarting(atOrBefore offset: Int64) -> Int {
         var lo = 0
         var hi = widths.count
         while lo < hi {
             let mid = (lo + hi) / 2
             if widths[mid].start <= offset { lo = mid + 1 } else { hi = mid }
         }
-        return lo == 0 ? 1 : widths[lo - 1].width
+        return lo
     }
 }

@@ -165,7 +165,8 @@ private struct HeaderJSON: Decodable {
 /// Inactive (no boundaries) when the stream is not a safetensors file.
 public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
     private var prefix: [UInt8] = []
-    private var headerEnd: Int64?
+    /// Where the tensor data starts (the header's end), once the header is read.
+    private(set) var dataStart: Int64?
     private var failed = false
     private var cuts = PlannedCuts()
     private let minTensorSize: Int64
@@ -174,10 +175,10 @@ public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
 
     public var tag: String? { cuts.isEmpty ? nil : "safetensors" }
 
-    public var wantsBytes: Bool { !failed && headerEnd == nil }
+    public var wantsBytes: Bool { !failed && dataStart == nil }
 
     public mutating func observe(_ bytes: UnsafeRawBufferPointer, at offset: Int64) {
-        guard !failed, headerEnd == nil, offset == Int64(prefix.count) else { return }
+        guard !failed, dataStart == nil, offset == Int64(prefix.count) else { return }
         // Accumulate the header only: at most 8 + N bytes.
         var need = 8
         if prefix.count >= 8 {
@@ -207,7 +208,7 @@ public struct SafetensorsBoundaryPlanner: BoundaryPlanner {
             return
         }
         let end = Int64(need)
-        headerEnd = end
+        dataStart = end
         prefix = []
         cuts.cut(at: end)
         for t in parsed.tensors {

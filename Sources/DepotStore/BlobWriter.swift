@@ -135,7 +135,12 @@ public final class BlobWriter: @unchecked Sendable {
             throw DepotError.integrity("the upload's committed parts end at \(expected), not at \(checkpoint.committed); start it over")
         }
         var planner = planner
-        if planner != nil { try Self.replay(into: &planner!, from: segments, store: store) }
+        if planner != nil {
+            // The planner's saved state first (what it has seen, up to the checkpoint's position),
+            // then the stored bytes for as long as it still wants them (a header).
+            if !checkpoint.plannerState.isEmpty { try planner!.restore(checkpoint.plannerState) }
+            try Self.replay(into: &planner!, from: segments, store: store)
+        }
         self.store = store
         cutter = ChunkCutter(parameters, planner: planner, position: checkpoint.committed)
         chunkStart = checkpoint.committed
@@ -384,6 +389,10 @@ extension BlobWriter {
             c.newBytes = s.newBytes
             c.reusedBytes = s.reusedBytes
             c.storedBytes = s.storedBytes
+            // Its state after every byte written, for chunks that start again at `committed`.
+            if let state = cutter.planner?.savedState(committed: c.committed), state.count <= WriterCheckpoint.maxPlannerState {
+                c.plannerState = state
+            }
             let segment = PriorSegment(blobID: blobID, range: segmentStart..<c.committed)
             let checkpoint = c
             let committing = ContinuousClock.now

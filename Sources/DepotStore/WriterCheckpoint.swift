@@ -11,15 +11,20 @@ import DepotCore
 /// on the bytes since that boundary, so the blob is cut exactly as one uninterrupted stream
 /// would be: the same chunks, the same dedup, however the client split its requests.
 ///
-/// Byte layout (version 1, integers little-endian):
+/// Byte layout (version 2, integers little-endian):
 ///
 ///     offset size
-///          0    4  magic "DWC1"
+///          0    4  magic "DWC2"
 ///          4    8  position: bytes written (Int64)
 ///         12   40  chunks, newChunks, newBytes, reusedBytes, storedBytes (5 × Int64)
 ///         52    2  n: chunker parameters version, UTF-8 (UInt16 length)
 ///       54+n    2  m: hash state (`ResumableSHA256.saved`) length (UInt16)
 ///     56+n+m    4  t: tail length (UInt32), then the tail's t bytes
+///   60+n+m+t    2  p: boundary planner state (`BoundaryPlanner.savedState`) length (UInt16),
+///                  then its p bytes; 0 when the planner has none
+///
+/// Version 1 ("DWC1", written before 2026-12-05) is the same without the planner state, and
+/// is still read: such an upload resumes with its planner replaying the stored bytes.
 public struct WriterCheckpoint: Sendable, Equatable {
     public var position: Int64
     public var chunks = 0, newChunks = 0
@@ -27,11 +32,16 @@ public struct WriterCheckpoint: Sendable, Equatable {
     public var chunker: String
     public var hash: [UInt8]
     public var tail: [UInt8]
+    /// The boundary planner's state (empty: none; the planner replays the stored bytes).
+    public var plannerState: [UInt8] = []
 
     /// Bytes covered by committed recipe rows: everything before the tail.
     public var committed: Int64 { position - Int64(tail.count) }
 
-    static let magic: [UInt8] = Array("DWC1".utf8)
+    static let magic: [UInt8] = Array("DWC2".utf8)
+    static let magicVersion1: [UInt8] = Array("DWC1".utf8)
+    /// A bound for decoding hostile bytes: planners save a few dozen.
+    static let maxPlannerState = 4096
     /// Far above any chunker's maximum chunk size; a bound for decoding hostile bytes.
     static let maxTail = 16 << 20
 
@@ -54,6 +64,9 @@ public struct WriterCheckpoint: Sendable, Equatable {
         out += hash
         withUnsafeBytes(of: UInt32(tail.count).littleEndian) { out.append(contentsOf: $0) }
         out += tail
+        precondition(plannerState.count <= Self.maxPlannerState, "a planner saved \(plannerState.count) bytes")
+        withUnsafeBytes(of: UInt16(plannerState.count).littleEndian) { out.append(contentsOf: $0) }
+        out += plannerState
         return out
     }
 
@@ -70,7 +83,10 @@ public struct WriterCheckpoint: Sendable, Equatable {
             for (i, b) in try take(n).enumerated() { v |= UInt64(b) << (8 * UInt64(i)) }
             return v
         }
-        guard Array(try take(4)) == Self.magic else { throw DepotError.integrity("not a writer checkpoint (version 1)") }
+        let magic = Array(try take(4))
+        guard magic == Self.magic || magic == Self.magicVersion1 else {
+            throw DepotError.integrity("not a writer checkpoint (version 1 or 2)")
+        }
         position = Int64(bitPattern: try int(8))
         let counts = try (0..<5).map { _ in Int64(bitPattern: try int(8)) }
         guard position >= 0, counts.allSatisfy({ $0 >= 0 }), counts[0] < Int64(Int.max), counts[1] <= counts[0] else {
@@ -91,6 +107,11 @@ public struct WriterCheckpoint: Sendable, Equatable {
             throw DepotError.integrity("writer checkpoint's tail is too long")
         }
         tail = Array(try take(tailLength))
+        if magic == Self.magic {
+            let n = Int(try int(2))
+            guard n <= Self.maxPlannerState else { throw DepotError.integrity("writer checkpoint's planner state is too long") }
+            plannerState = Array(try take(n))
+        }
         guard at == bytes.count else { throw DepotError.integrity("writer checkpoint has trailing bytes") }
     }
 }

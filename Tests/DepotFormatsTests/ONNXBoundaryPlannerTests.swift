@@ -3,10 +3,11 @@ import DepotFormats
 import DepotTestSupport
 import Testing
 
-/// Every forced boundary a planner reports after seeing `bytes` fed in pieces of `split` bytes.
-private func boundaries<P: BoundaryPlanner>(_ planner: P, _ bytes: [UInt8], split: (Int) -> Int) -> (P, [Int64]) {
+/// Every forced boundary a planner reports after seeing `bytes` (from `start` on) fed in pieces
+/// of `split` bytes.
+private func boundaries<P: BoundaryPlanner>(_ planner: P, _ bytes: [UInt8], from start: Int = 0, split: (Int) -> Int) -> (P, [Int64]) {
     var p = planner
-    var at = 0
+    var at = start
     while at < bytes.count {
         let n = max(1, min(split(at), bytes.count - at))
         bytes[at..<(at + n)].withUnsafeBytes { p.observe($0, at: Int64(at)) }
@@ -54,17 +55,80 @@ private func range(of payload: [UInt8], in file: [UInt8]) -> Range<Int64>? {
         // Width hints from each tensor's data_type, 1 outside the tensors.
         #expect(p.elementWidth(at: w.lowerBound) == 4 && p.elementWidth(at: w.upperBound - 1) == 4)
         #expect(p.elementWidth(at: h.lowerBound + 100) == 2)
-        #expect(p.elementWidth(at: i.lowerBound) == 1)
+        #expect(p.elementWidth(at: i.lowerBound) == 8) // INT64, as safetensors gives I64
         #expect(p.elementWidth(at: w.upperBound) == 1 && p.elementWidth(at: 0) == 1)
     }
 
     @Test func theAnswerDoesNotDependOnHowTheStreamIsSplit() {
         let file = model
-        let whole = boundaries(ONNXBoundaryPlanner(), file) { _ in file.count }.1
+        let (reference, whole) = boundaries(ONNXBoundaryPlanner(), file) { _ in file.count }
         #expect(whole.count == 6)
+        let probes = Array(stride(from: Int64(0), to: Int64(file.count), by: 1009)) + whole
         let sizes = randomBytes(file.count, seed: 9) // random piece sizes of 1–256 bytes
         for split in [{ (_: Int) in 1 }, { _ in 7 }, { _ in 4096 }, { Int(sizes[$0]) + 1 }] {
-            #expect(boundaries(ONNXBoundaryPlanner(), file, split: split).1 == whole)
+            let (p, found) = boundaries(ONNXBoundaryPlanner(), file, split: split)
+            #expect(found == whole)
+            #expect(probes.allSatisfy { p.elementWidth(at: $0) == reference.elementWidth(at: $0) })
+        }
+    }
+
+    /// A chunked upload's requests may land on different replicas: the writer checkpoint
+    /// carries the walker's state, and a walker restored from it (shown the bytes again from
+    /// the last chunk boundary, as a resumed writer re-feeds its tail) answers as one stream.
+    @Test func aRestoredWalkerGoesOnAsOneStream() throws {
+        let file = model
+        let (reference, whole) = boundaries(ONNXBoundaryPlanner(), file) { _ in file.count }
+        let probes = Array(stride(from: Int64(0), to: Int64(file.count), by: 1009)) + whole
+        for stop in [1, 2, 3, 40, 300, 20_000, 70_000, 100_000, file.count - 1] {
+            for back in [0, 1, 5000] where back <= stop {
+                var first = ONNXBoundaryPlanner()
+                file[0..<stop].withUnsafeBytes { first.observe($0, at: 0) }
+                let committed = Int64(stop - back)
+                let state = try #require(first.savedState(committed: committed))
+                #expect(state.count < 200)
+                var resumed = ONNXBoundaryPlanner()
+                try resumed.restore(state)
+                #expect(!resumed.wantsBytes, "nothing to replay")
+                let (p, found) = boundaries(resumed, file, from: Int(committed)) { _ in 333 }
+                #expect(found == whole.filter { $0 >= committed }, "stopped at \(stop), committed \(committed)")
+                #expect(probes.filter { $0 >= committed }.allSatisfy { p.elementWidth(at: $0) == reference.elementWidth(at: $0) })
+            }
+        }
+        // Through the registry's planner too.
+        var first = ModelFileBoundaryPlanner()
+        file[0..<50_000].withUnsafeBytes { first.observe($0, at: 0) }
+        var resumed = ModelFileBoundaryPlanner()
+        try resumed.restore(try #require(first.savedState(committed: 50_000)))
+        #expect(boundaries(resumed, file, from: 50_000) { _ in 4096 }.1 == whole.filter { $0 >= 50_000 })
+    }
+
+    @Test func aSavedStateItDidNotWriteIsRefusedOrHarmless() throws {
+        var first = ONNXBoundaryPlanner()
+        let file = model
+        file[0..<30_000].withUnsafeBytes { first.observe($0, at: 0) }
+        let state = try #require(first.savedState(committed: 30_000))
+        var refused = 0
+        // Every byte changed in turn, every truncation, and junk: refused with an error, or
+        // (a change the checks cannot tell from a real state) a walker that runs on without trapping.
+        var variants = (0..<state.count).map { i -> [UInt8] in
+            var v = state
+            v[i] ^= 0xA5
+            return v
+        }
+        variants += (0..<state.count).map { Array(state.prefix($0)) }
+        variants += [randomBytes(64, seed: 3), [1] + [UInt8](repeating: 0xFF, count: 80), []]
+        for v in variants {
+            var p = ONNXBoundaryPlanner()
+            do { try p.restore(v) } catch {
+                refused += 1
+                continue
+            }
+            _ = boundaries(p, file, from: 30_000) { _ in 999 }
+        }
+        #expect(refused > variants.count / 2)
+        #expect(throws: DepotError.self) {
+            var s = SafetensorsBoundaryPlanner()
+            try s.restore(state)
         }
     }
 
@@ -113,6 +177,12 @@ private func range(of payload: [UInt8], in file: [UInt8]) -> Range<Int64>? {
         huge.tag(7, 2)
         huge.varint(3 << 30)
         hostile.append(huge.bytes + randomBytes(1000, seed: 8))
+        // A field of the model itself (producer_name) that would end past 2 GiB.
+        var long = PB()
+        long.int(1, 8)
+        long.tag(2, 2)
+        long.varint(3 << 30)
+        hostile.append(long.bytes + randomBytes(1000, seed: 8))
         for file in hostile {
             let (p, found) = boundaries(ONNXBoundaryPlanner(), file) { _ in 3 }
             #expect(found.isEmpty && !p.wantsBytes, "\(file.prefix(16))")
@@ -136,5 +206,45 @@ private func range(of payload: [UInt8], in file: [UInt8]) -> Range<Int64>? {
         // Safetensors cuts at the header's end and where each large tensor starts and ends.
         let sw = try #require(range(of: weight, in: st))
         #expect(fs == [sw.lowerBound, sw.upperBound, h.lowerBound, h.upperBound])
+    }
+
+    /// A file crafted to be both: a safetensors header whose length starts with 0x08 (a
+    /// varint key to the walker), whose JSON and space padding read as protobuf fields, and
+    /// whose tensor data holds a graph with an initializer. Both planners cut; the union of
+    /// their cuts and the width hints still do not depend on the split.
+    @Test func aFileThatIsBothFormatsIsCutTheSameWhateverTheSplit() throws {
+        let n = 0x0009_0008
+        var data = PB()
+        data.message(7) { g in
+            g.message(5) { t in
+                t.int(2, 1)
+                t.data(9, (0..<65_536).map { UInt8(truncatingIfNeeded: $0) })
+            }
+        }
+        var found: [UInt8]?
+        search: for a in 0..<6 {
+            for b in 0..<6 {
+                for c in 0..<6 {
+                    let body =
+                        "{" + String(repeating: " ", count: a) + "\"t\"" + String(repeating: " ", count: b) + ":{\"dtype\":\"U8\","
+                        + String(repeating: " ", count: c) + "\"shape\":[\(data.bytes.count)],\"data_offsets\":[0,\(data.bytes.count)]}}"
+                    let header = Array(body.utf8) + [UInt8](repeating: 0x20, count: n - body.utf8.count)
+                    let file = le(UInt64(n), 8) + header + data.bytes
+                    if !boundaries(ONNXBoundaryPlanner(), file) { _ in file.count }.1.isEmpty {
+                        found = file
+                        break search
+                    }
+                }
+            }
+        }
+        let file = try #require(found)
+        let (reference, whole) = boundaries(ModelFileBoundaryPlanner(), file) { _ in file.count }
+        #expect(reference.tag == "safetensors+onnx")
+        let probes = Array(stride(from: Int64(0), to: Int64(file.count), by: 4093)) + whole
+        for split in [{ (_: Int) in 64 }, { _ in 65_537 }, { at in at % 5 + 1 }] {
+            let (p, cuts) = boundaries(ModelFileBoundaryPlanner(), file, split: split)
+            #expect(cuts == whole)
+            #expect(probes.allSatisfy { p.elementWidth(at: $0) == reference.elementWidth(at: $0) })
+        }
     }
 }

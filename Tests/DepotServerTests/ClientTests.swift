@@ -167,6 +167,40 @@ struct ClientTests {
         }
     }
 
+    /// A checkpoint's ONNX export carries the same tensor bytes inside protobuf framing. Both
+    /// the client (a chunked push) and the registry (a plain OCI upload) cut it at each
+    /// initializer's data, so neither moves nor stores the weights again.
+    @Test func anONNXExportOfAPushedCheckpointMovesOnlyItsFraming() async throws {
+        let dir = TempDir("depot-client")
+        var tensors: [(String, String, [Int], [UInt8])] = []
+        for i in 0..<4 {
+            tensors.append(("layer.\(i).weight", "F32", [512, 256], fastRandom(512 << 10, seed: UInt64(60 + i))))
+            tensors.append(("layer.\(i).bias", "F32", [256], fastRandom(1 << 10, seed: UInt64(70 + i))))
+        }
+        let weightBytes = Int64(4 * (512 << 10))
+        let export = makeONNX(initializers: tensors.map { ($0.0, 1, $0.2, $0.3) })
+        try Data(makeSafetensors(tensors)).write(to: URL(fileURLWithPath: dir.path + "/model.safetensors"))
+        try FileManager.default.createDirectory(atPath: dir.path + "/onnx", withIntermediateDirectories: true)
+        try Data(export).write(to: URL(fileURLWithPath: dir.path + "/onnx/model.onnx"))
+        try await withRegistry { _, registry, port in
+            _ = try await push(port, "team/llm", "v1", [dir.path + "/model.safetensors"])
+            let s = try await push(port, "team/llm", "v1-onnx", [dir.path + "/onnx/model.onnx"])
+            #expect(s.mode == "chunked")
+            #expect(s.deduplicatedBytes >= weightBytes)
+            // The framing and the small biases inside it, the manifest, and 32 bytes a chunk asked about.
+            let rest = Int64(export.count) - weightBytes
+            #expect(s.bytesSent < rest + (8 << 10) + 32 * Int64(s.chunksTotal), "sent \(s.bytesSent), not weights")
+
+            // The same file as a plain OCI blob upload: the registry's cuts find the same chunks.
+            let before = try registry.store.stats()
+            _ = try await push(port, "team/llm", "v1-onnx-oci", [dir.path + "/onnx/model.onnx"], plain: true)
+            #expect(try registry.store.stats().chunkBytes - before.chunkBytes < rest + (8 << 10))
+            _ = try await pull(port, "team/llm", "v1-onnx-oci", into: dir.path + "/out", cache: dir.path + "/cache", plain: true)
+            #expect(sameFile(dir.path + "/out/model.onnx", dir.path + "/onnx/model.onnx"))
+            #expect(try registry.store.fsck().isClean)
+        }
+    }
+
     @Test func aDirectoryKeepsItsLayoutAndOneFileCanBePulled() async throws {
         let dir = TempDir("depot-client")
         let model = dir.path + "/resnet"

@@ -71,22 +71,21 @@ func safetensors(_ p: UnsafeRawBufferPointer) {
     planner.observe(p, at: 0)
     _ = planner.nextBoundary(atOrAfter: 0)
     _ = planner.elementWidth(at: 100)
+    planners(p)
 }
 
 func onnx(_ p: UnsafeRawBufferPointer) {
     inspect("model.onnx", p)
-    // The boundary planner as an upload feeds it: the whole stream at once, and in pieces whose
-    // sizes come from the input itself. The cuts must not depend on the split, and must be
-    // strictly increasing.
-    func cuts(_ piece: (Int) -> Int) -> [Int64] {
-        var planner = ONNXBoundaryPlanner(minTensorSize: 1) // every raw_data, however small
-        var at = 0
-        while at < p.count {
-            let n = max(1, min(piece(at), p.count - at))
-            planner.observe(UnsafeRawBufferPointer(rebasing: p[at..<(at + n)]), at: Int64(at))
-            _ = planner.elementWidth(at: Int64(at))
-            at += n
-        }
+    planners(p)
+}
+
+/// The boundary planners as an upload feeds them, on any bytes: the ONNX walker (every
+/// `raw_data`, however small) and the registry's planner. Fails if the cuts or the width hints
+/// depend on how the stream is split, if a piece reveals a cut before its own start (the
+/// chunker has passed it), or if a planner restored from its saved state halfway answers
+/// differently from one that saw the whole stream.
+func planners(_ p: UnsafeRawBufferPointer) {
+    func all<P: BoundaryPlanner>(_ planner: P) -> [Int64] {
         var out: [Int64] = []
         var from: Int64 = 0
         while let b = planner.nextBoundary(atOrAfter: from), out.count <= p.count {
@@ -95,10 +94,60 @@ func onnx(_ p: UnsafeRawBufferPointer) {
         }
         return out
     }
-    let whole = cuts { _ in p.count }
-    let split = cuts { Int(p[$0] & 31) + 1 }
-    if whole != split { fatalError("boundaries depend on the split: \(whole) vs \(split)") }
-    if Swift.zip(whole, whole.dropFirst()).contains(where: { $0 >= $1 }) { fatalError("boundaries not increasing: \(whole)") }
+    func feed<P: BoundaryPlanner>(_ planner: inout P, from start: Int, _ piece: (Int) -> Int) {
+        var at = start
+        while at < p.count {
+            let n = max(1, min(piece(at), p.count - at))
+            let before = all(planner)
+            planner.observe(UnsafeRawBufferPointer(rebasing: p[at..<(at + n)]), at: Int64(at))
+            if all(planner).filter({ $0 < Int64(at) }) != before.filter({ $0 < Int64(at) }) {
+                fatalError("a piece at \(at) revealed a cut before it")
+            }
+            at += n
+        }
+    }
+    func check<P: BoundaryPlanner>(_ make: () -> P) {
+        var whole = make()
+        feed(&whole, from: 0) { _ in p.count }
+        var split = make()
+        feed(&split, from: 0) { Int(p[$0] & 31) + 1 }
+        let cuts = all(whole)
+        if cuts != all(split) { fatalError("boundaries depend on the split: \(cuts) vs \(all(split))") }
+        let probes = Array(stride(from: Int64(0), to: Int64(p.count), by: 61)) + cuts
+        for o in probes where whole.elementWidth(at: o) != split.elementWidth(at: o) {
+            fatalError("width hint at \(o) depends on the split")
+        }
+        // Saved halfway, restored into a fresh planner that is shown the bytes from an earlier
+        // point on (a resumed writer re-feeds its tail): the same answers from there.
+        guard p.count >= 2 else { return }
+        let half = Int(p[0]) * p.count / 256
+        guard half < p.count else { return }
+        var partial = make()
+        if half > 0 { partial.observe(UnsafeRawBufferPointer(rebasing: p[0..<half]), at: 0) }
+        let committed = Int64(half / 2)
+        guard let state = partial.savedState(committed: committed) else { return }
+        var resumed = make()
+        do { try resumed.restore(state) } catch { fatalError("its own saved state was refused: \(error)") }
+        // As `BlobWriter` resumes: the stored bytes while the planner wants them, then the tail on.
+        var replayed = 0
+        while resumed.wantsBytes && replayed < Int(committed) {
+            let n = min(7, Int(committed) - replayed)
+            resumed.observe(UnsafeRawBufferPointer(rebasing: p[replayed..<(replayed + n)]), at: Int64(replayed))
+            replayed += n
+        }
+        feed(&resumed, from: Int(committed)) { _ in 7 }
+        if all(resumed).filter({ $0 >= committed }) != cuts.filter({ $0 >= committed }) {
+            fatalError("a restored planner cuts differently: \(all(resumed)) vs \(cuts)")
+        }
+        for o in probes where o >= committed && resumed.elementWidth(at: o) != whole.elementWidth(at: o) {
+            fatalError("a restored planner's width hint at \(o) differs")
+        }
+        // Hostile saved state: the input's own bytes, restored, then fed; never a crash.
+        var hostile = make()
+        if (try? hostile.restore(Array(p.prefix(300)))) != nil { feed(&hostile, from: 0) { _ in 64 } }
+    }
+    check { ONNXBoundaryPlanner(minTensorSize: 1) }
+    check { ModelFileBoundaryPlanner() }
 }
 
 func pickle(_ p: UnsafeRawBufferPointer) {
