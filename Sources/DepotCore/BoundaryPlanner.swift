@@ -28,13 +28,14 @@ public protocol BoundaryPlanner: Sendable {
     /// has seen). Nil (the default) when the planner has none and relies on replay.
     func savedState(committed: Int64) -> [UInt8]?
     /// Restores what `savedState` returned (read back from the catalog: checked, never
-    /// trusted); throws on bytes it cannot have written.
+    /// trusted); throws `DepotError.invalidArgument` on bytes it cannot have written (the
+    /// upload then starts over: not damage in the store).
     mutating func restore(_ state: [UInt8]) throws
 }
 
 extension BoundaryPlanner {
     public func savedState(committed: Int64) -> [UInt8]? { nil }
     public mutating func restore(_ state: [UInt8]) throws {
-        throw DepotError.integrity("this upload's saved chunking state is for another planner; start the upload over")
+        throw DepotError.invalidArgument("this upload's saved chunking state is for another planner; start the upload over")
     }
 }

@@ -62,9 +62,12 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
     private var restored = false
     private var cuts = PlannedCuts()
 
-    public init(minTensorSize: Int = 16 << 10) { self.minTensorSize = Int64(minTensorSize) }
+    /// Cut somewhere in the stream (kept across a restore, which keeps only the pending cuts).
+    private var hasCut = false
 
-    public var tag: String? { cuts.isEmpty ? nil : "onnx" }
+    public init(minTensorSize: Int = 16 << 10) { self.minTensorSize = Int64(max(1, minTensorSize)) }
+
+    public var tag: String? { hasCut ? "onnx" : nil }
 
     public var wantsBytes: Bool { !stopped && !restored }
 
@@ -139,6 +142,7 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
                 if payloadEnd - end >= minTensorSize && end > (cuts.last ?? -1) {
                     cuts.cut(at: end)
                     cuts.cut(at: payloadEnd)
+                    hasCut = true
                     cuts.width(Self.width(ofDataType: dataType), from: end)
                     cuts.width(1, from: payloadEnd)
                 }
@@ -195,7 +199,7 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
     ///
     ///     size
     ///        1  version (1)
-    ///        1  flags: bit 0 stopped, bit 1 saw the first key
+    ///        1  flags: bit 0 stopped, bit 1 saw the first key, bit 2 has cut
     ///       24  position, skipTo, dataType (Int64, Int64, UInt64)
     ///        1  step: 0 key, 1 varint, 2 length; then its field number (UInt64, 8)
     ///        9  the varint being read (UInt64) and its shift (UInt8)
@@ -207,13 +211,16 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
     static let maxSavedCuts = 8
 
     public func savedState(committed: Int64) -> [UInt8]? {
+        // A stream that was never ONNX (stopped at its first byte) needs no state: replaying
+        // it costs one read. Its checkpoint stays in the version older builds read.
+        if stopped && !sawFirstKey { return nil }
         // The tail after `committed` holds no cut (each one ends a chunk), so what is pending is
         // the cuts past the position, found with the raw_data they end: two at most. A longer
         // list is not this walker's; the writer then replays instead.
         let pending = cuts.boundaries(atOrAfter: committed)
         let regions = cuts.regions(from: committed)
         guard pending.count <= Self.maxSavedCuts, regions.count <= Self.maxSavedCuts else { return nil }
-        var out: [UInt8] = [Self.stateVersion, (stopped ? 1 : 0) | (sawFirstKey ? 2 : 0)]
+        var out: [UInt8] = [Self.stateVersion, (stopped ? 1 : 0) | (sawFirstKey ? 2 : 0) | (hasCut ? 4 : 0)]
         func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
         u64(UInt64(bitPattern: position))
         u64(UInt64(bitPattern: skipTo))
@@ -248,7 +255,7 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
 
     public mutating func restore(_ state: [UInt8]) throws {
         func bad(_ why: String) -> DepotError {
-            DepotError.integrity("this upload's saved ONNX chunking state is invalid (\(why)); start the upload over")
+            DepotError.invalidArgument("this upload's saved ONNX chunking state is invalid (\(why)); start the upload over")
         }
         var at = 0
         func byte() throws -> UInt8 {
@@ -268,7 +275,7 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
         }
         guard try byte() == Self.stateVersion else { throw bad("unknown version") }
         let flags = try byte()
-        guard flags & ~3 == 0 else { throw bad("unknown flags") }
+        guard flags & ~7 == 0 else { throw bad("unknown flags") }
         let position = try offset()
         let skipTo = try offset()
         let dataType = try u64()
@@ -321,6 +328,7 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
         guard at == state.count, skipTo >= 0, open[open.count - 1].end >= position || flags & 1 != 0 else { throw bad("layout") }
         self.stopped = flags & 1 != 0
         self.sawFirstKey = flags & 2 != 0
+        self.hasCut = flags & 4 != 0 || !cuts.isEmpty
         self.position = position
         self.skipTo = skipTo
         self.dataType = dataType
@@ -344,10 +352,14 @@ public struct ONNXBoundaryPlanner: BoundaryPlanner {
 /// real file one of them cuts. A file crafted to be both gets the cuts of both: each list
 /// depends only on the bytes before its cuts, so their union does too.
 public struct ModelFileBoundaryPlanner: BoundaryPlanner {
-    private var safetensors = SafetensorsBoundaryPlanner()
-    private var onnx = ONNXBoundaryPlanner()
+    private var safetensors: SafetensorsBoundaryPlanner
+    private var onnx: ONNXBoundaryPlanner
 
-    public init() {}
+    /// `minTensorSize`: the smallest tensor that gets chunks of its own (16 KiB; smaller in tests).
+    public init(minTensorSize: Int = 16 << 10) {
+        safetensors = SafetensorsBoundaryPlanner(minTensorSize: minTensorSize)
+        onnx = ONNXBoundaryPlanner(minTensorSize: minTensorSize)
+    }
 
     public var tag: String? {
         switch (safetensors.tag, onnx.tag) {

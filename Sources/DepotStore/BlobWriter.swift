@@ -138,6 +138,7 @@ public final class BlobWriter: @unchecked Sendable {
         if planner != nil {
             // The planner's saved state first (what it has seen, up to the checkpoint's position),
             // then the stored bytes for as long as it still wants them (a header).
+            // A state it refuses is `invalidArgument`, not damage: the client starts over.
             if !checkpoint.plannerState.isEmpty { try planner!.restore(checkpoint.plannerState) }
             try Self.replay(into: &planner!, from: segments, store: store)
         }

@@ -23,8 +23,11 @@ import DepotCore
 ///   60+n+m+t    2  p: boundary planner state (`BoundaryPlanner.savedState`) length (UInt16),
 ///                  then its p bytes; 0 when the planner has none
 ///
-/// Version 1 ("DWC1", written before 2026-12-05) is the same without the planner state, and
-/// is still read: such an upload resumes with its planner replaying the stored bytes.
+/// Version 1 ("DWC1") is the same without the planner state: written when there is none (every
+/// upload that is not an ONNX model, and every one before 2026-12-05), so that older builds
+/// still resume them; such an upload's planner replays the stored bytes. An older build refuses
+/// a version 2 checkpoint ("start the upload over"): a chunked ONNX upload that straddles an
+/// upgrade or a rollback starts over.
 public struct WriterCheckpoint: Sendable, Equatable {
     public var position: Int64
     public var chunks = 0, newChunks = 0
@@ -52,8 +55,10 @@ public struct WriterCheckpoint: Sendable, Equatable {
         self.tail = tail
     }
 
+    /// Version 2 only when there is planner state, so that builds from before it can still
+    /// resume every other upload (a rolling upgrade or a rollback).
     public func encoded() -> [UInt8] {
-        var out = Self.magic
+        var out = plannerState.isEmpty ? Self.magicVersion1 : Self.magic
         func i64(_ v: Int64) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         i64(position)
         for v in [Int64(chunks), Int64(newChunks), newBytes, reusedBytes, storedBytes] { i64(v) }
@@ -64,9 +69,11 @@ public struct WriterCheckpoint: Sendable, Equatable {
         out += hash
         withUnsafeBytes(of: UInt32(tail.count).littleEndian) { out.append(contentsOf: $0) }
         out += tail
-        precondition(plannerState.count <= Self.maxPlannerState, "a planner saved \(plannerState.count) bytes")
-        withUnsafeBytes(of: UInt16(plannerState.count).littleEndian) { out.append(contentsOf: $0) }
-        out += plannerState
+        if !plannerState.isEmpty {
+            precondition(plannerState.count <= Self.maxPlannerState, "a planner saved \(plannerState.count) bytes")
+            withUnsafeBytes(of: UInt16(plannerState.count).littleEndian) { out.append(contentsOf: $0) }
+            out += plannerState
+        }
         return out
     }
 

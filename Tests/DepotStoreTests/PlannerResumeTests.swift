@@ -32,7 +32,6 @@ private struct Counting: BoundaryPlanner {
     @Test func aResumedONNXUploadCarriesThePlannersStateInsteadOfReplaying() throws {
         let tensors = (0..<12).map { ("w\($0)", 1, [256, 512], randomBytes(512 << 10, seed: UInt64(80 + $0))) }
         let file = makeONNX(initializers: tensors)
-        let split = 5_000_000
 
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)
@@ -40,7 +39,8 @@ private struct Counting: BoundaryPlanner {
         #expect(reference.chunker.hasSuffix("+onnx"))
         let wholeChunks = try store.catalog.read { try $0.recipe(blob: store.blob(reference.digest)!.id, from: 0, limit: 10_000) }
 
-        for version1 in [false, true] {
+        // In a tensor; and after the last cut (the rest is framing), which the final PUT resumes.
+        for (split, version1) in [(5_000_000, false), (5_000_000, true), (file.count - 10, false)] {
             let dir = TempDir()
             let store = try ChunkStore(root: dir.path, create: true)
             let first = try store.makeWriter(planner: ModelFileBoundaryPlanner())
@@ -50,14 +50,14 @@ private struct Counting: BoundaryPlanner {
             let segment = try #require(part)
             #expect(!saved.plannerState.isEmpty && saved.plannerState.count < 200)
             if version1 {
-                // What a checkpoint written before the planner state existed decodes to.
+                // A checkpoint as builds from before the planner state wrote it.
                 saved.plannerState = []
-                var bytes = saved.encoded()
-                bytes.replaceSubrange(0..<4, with: Array("DWC1".utf8))
-                bytes.removeLast(2)
+                let bytes = saved.encoded()
+                #expect(Array(bytes.prefix(4)) == Array("DWC1".utf8))
                 saved = try WriterCheckpoint(decoding: bytes)
                 #expect(saved.plannerState.isEmpty)
             } else {
+                #expect(Array(saved.encoded().prefix(4)) == Array("DWC2".utf8))
                 saved = try WriterCheckpoint(decoding: saved.encoded())
             }
             let replayed = Locked<Int64>(0)
@@ -66,7 +66,8 @@ private struct Counting: BoundaryPlanner {
             try file[split...].withUnsafeBytes { try resumed.write($0) }
             let result = try resumed.finish(expecting: reference.digest, retain: "keep", adopting: [segment])
             let chunks = try store.catalog.read { try $0.recipe(blob: store.blob(result.digest)!.id, from: 0, limit: 10_000) }
-            #expect(chunks == wholeChunks, "version 1: \(version1)")
+            #expect(chunks == wholeChunks, "split at \(split), version 1: \(version1)")
+            #expect(result.chunker == reference.chunker)
             #expect(try store.readAll(result.digest) == file)
             if version1 {
                 #expect(replayed.withLock { $0 } == saved.committed, "replays everything stored")
@@ -75,6 +76,21 @@ private struct Counting: BoundaryPlanner {
                 // planner to see it is not one.
                 #expect(replayed.withLock { $0 } <= 5 << 18, "replayed \(replayed.withLock { $0 }) of \(saved.committed) bytes")
             }
+        }
+    }
+
+    /// Only an ONNX upload's checkpoint carries planner state; every other one stays in the
+    /// version builds from before it read, so a rolling upgrade or a rollback keeps them.
+    @Test func otherUploadsKeepTheVersion1Checkpoint() throws {
+        let dir = TempDir()
+        let store = try ChunkStore(root: dir.path, create: true)
+        let safetensors = makeSafetensors([("w", "F32", [256, 256], randomBytes(256 << 10, seed: 90))])
+        for bytes in [safetensors, randomBytes(1 << 20, seed: 91)] {
+            let w = try store.makeWriter(planner: ModelFileBoundaryPlanner())
+            try bytes.withUnsafeBytes { try w.write($0) }
+            let saved = try w.checkpoint { _, _, _ in }
+            #expect(saved.plannerState.isEmpty)
+            #expect(Array(saved.encoded().prefix(4)) == Array("DWC1".utf8))
         }
     }
 }

@@ -119,35 +119,47 @@ func planners(_ p: UnsafeRawBufferPointer) {
         }
         // Saved halfway, restored into a fresh planner that is shown the bytes from an earlier
         // point on (a resumed writer re-feeds its tail): the same answers from there.
+        // Saved at three points picked by the input's hash, restored into a fresh planner that
+        // is shown the stored bytes while it wants them and then the bytes from `committed` on
+        // (as `BlobWriter` resumes: it re-feeds its tail): the same answers from there. A planner
+        // with no state (nil) resumes by replaying, which must give the same answers too.
         guard p.count >= 2 else { return }
-        let half = Int(p[0]) * p.count / 256
-        guard half < p.count else { return }
-        var partial = make()
-        if half > 0 { partial.observe(UnsafeRawBufferPointer(rebasing: p[0..<half]), at: 0) }
-        let committed = Int64(half / 2)
-        guard let state = partial.savedState(committed: committed) else { return }
-        var resumed = make()
-        do { try resumed.restore(state) } catch { fatalError("its own saved state was refused: \(error)") }
-        // As `BlobWriter` resumes: the stored bytes while the planner wants them, then the tail on.
-        var replayed = 0
-        while resumed.wantsBytes && replayed < Int(committed) {
-            let n = min(7, Int(committed) - replayed)
-            resumed.observe(UnsafeRawBufferPointer(rebasing: p[replayed..<(replayed + n)]), at: Int64(replayed))
-            replayed += n
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in p { hash = (hash ^ UInt64(b)) &* 0x100_0000_01b3 }
+        for k in 0..<3 {
+            let h = hash >> (UInt64(k) * 17)
+            let half = Int(h % UInt64(p.count))
+            let committed = Int64(half - Int((h >> 32) % UInt64(min(half, 300) + 1)))
+            var partial = make()
+            if half > 0 { partial.observe(UnsafeRawBufferPointer(rebasing: p[0..<half]), at: 0) }
+            let state = partial.savedState(committed: committed)
+            var resumed = make()
+            if let state {
+                do { try resumed.restore(state) } catch { fatalError("its own saved state was refused: \(error)") }
+            }
+            var replayed = 0
+            while resumed.wantsBytes && replayed < Int(committed) {
+                let n = min(7, Int(committed) - replayed)
+                resumed.observe(UnsafeRawBufferPointer(rebasing: p[replayed..<(replayed + n)]), at: Int64(replayed))
+                replayed += n
+            }
+            feed(&resumed, from: Int(committed)) { _ in 7 }
+            if all(resumed).filter({ $0 >= committed }) != cuts.filter({ $0 >= committed }) {
+                fatalError("a planner resumed at \(committed) (state: \(state != nil)) cuts differently: \(all(resumed)) vs \(cuts)")
+            }
+            for o in probes where o >= committed && resumed.elementWidth(at: o) != whole.elementWidth(at: o) {
+                fatalError("a planner resumed at \(committed)'s width hint at \(o) differs")
+            }
+            if resumed.tag != whole.tag { fatalError("a resumed planner's tag differs: \(resumed.tag ?? "nil") vs \(whole.tag ?? "nil")") }
+            // The state with bytes changed by the input: refused or harmless, never a trap.
+            guard var hostile = state, !hostile.isEmpty else { continue }
+            for i in 0..<min(4, p.count - 1) { hostile[Int(p[i]) % hostile.count] ^= p[i + 1] | 1 }
+            var damaged = make()
+            if (try? damaged.restore(hostile)) != nil { feed(&damaged, from: Int(committed)) { _ in 64 } }
         }
-        feed(&resumed, from: Int(committed)) { _ in 7 }
-        if all(resumed).filter({ $0 >= committed }) != cuts.filter({ $0 >= committed }) {
-            fatalError("a restored planner cuts differently: \(all(resumed)) vs \(cuts)")
-        }
-        for o in probes where o >= committed && resumed.elementWidth(at: o) != whole.elementWidth(at: o) {
-            fatalError("a restored planner's width hint at \(o) differs")
-        }
-        // Hostile saved state: the input's own bytes, restored, then fed; never a crash.
-        var hostile = make()
-        if (try? hostile.restore(Array(p.prefix(300)))) != nil { feed(&hostile, from: 0) { _ in 64 } }
     }
     check { ONNXBoundaryPlanner(minTensorSize: 1) }
-    check { ModelFileBoundaryPlanner() }
+    check { ModelFileBoundaryPlanner(minTensorSize: 1) }
 }
 
 func pickle(_ p: UnsafeRawBufferPointer) {
