@@ -228,8 +228,22 @@ import Testing
         // the framing of the first initializer), inside tensors.
         let cuts = [0, 3, 200, 70_001, 1_000_003, 1_900_000, file.count]
         var id = ""
+        // Opens the store again, as a restarted replica would. The previous round's store may
+        // still be closing on another thread (the writer's last queued work releases it), or a
+        // process another test is spawning may hold a copy of its lock's descriptor until it
+        // execs: a new process would not see either, so wait a little for the lock.
+        func reopen() throws -> ChunkStore {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while true {
+                do {
+                    return try ChunkStore(root: dir.path + "/store", options: options, create: true)
+                } catch DepotError.storage(let m) where m.contains("in use by another process") && ContinuousClock.now < deadline {
+                    usleep(20_000)
+                }
+            }
+        }
         for (i, (from, to)) in zip(cuts, cuts.dropFirst()).enumerated() {
-            let store = try ChunkStore(root: dir.path + "/store", options: options, create: true)
+            let store = try reopen()
             let registry = Registry(store: store)
             if i == 0 { id = try registry.uploads.start(name).id }
             #expect(try registry.uploads.status(name, id).offset == Int64(from))
