@@ -21,7 +21,7 @@ import DepotCore
 ///       54+n    2  m: hash state (`ResumableSHA256.saved`) length (UInt16)
 ///     56+n+m    4  t: tail length (UInt32), then the tail's t bytes
 ///   60+n+m+t    2  p: boundary planner state (`BoundaryPlanner.savedState`) length (UInt16),
-///                  then its p bytes; 0 when the planner has none
+///                  then its p bytes (written only when there is state; 0 is read as none)
 ///
 /// Version 1 ("DWC1") is the same without the planner state: written when there is none (every
 /// upload that is not an ONNX model, and every one before 2026-12-05), so that older builds
