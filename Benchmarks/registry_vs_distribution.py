@@ -10,6 +10,8 @@ side by side in one run, measured the same way with curl and wrk on loopback:
   are stored as compressed byte planes and decoded on every GET, so their GET is measured apart.
   manifest GET by tag: wrk -t2 -c32 -d10s
   peak RSS (VmHWM) of each server during the push and, reset before it (needs root), during the GET
+  a pull storm: --storm GETs of the blob's first 64 MiB at once, each client reading 4 MB/s (a
+  rollout's nodes pulling together over slow links): peak RSS, reset before it (needs root)
   Depot's own ingest CPU (`depot bench ingest`: CPU-seconds per GiB)
   `depot push` and `depot pull` of a --client-mib file (a fresh one: every chunk moves) against
   the Depot server, client and server on this machine (0 skips it)
@@ -21,7 +23,7 @@ With --family DIR (made by scripts/bench/make_model_family.py) it also reports t
 stored-bytes ratio (`depot bench dedup`, cast-aware deduplication included).
 
 Usage: Benchmarks/registry_vs_distribution.py [--mib 1024] [--chunk-mib 64] [--client-mib 4096] [--depot .build/release/depot]
-                                             [--tmpfs] [--family DIR] [--json]
+                                             [--storm 64] [--tmpfs] [--family DIR] [--json]
 Needs: docker-registry, wrk, curl (apt). Build Depot first: swift build -c release.
 """
 import argparse
@@ -124,6 +126,20 @@ def get_blob(base, repo, digest):
     return dt
 
 
+def pull_storm(base, repo, digest, size, clients, pid):
+    """Peak RSS (MiB) of the server while `clients` curl GETs of the blob's first 64 MiB run at
+    once, each limited to 4 MB/s: what a server holds per slow pull. None without root (the peak
+    cannot be reset after the earlier steps)."""
+    if not reset_peak_rss(pid):
+        return None
+    procs = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "--limit-rate", "4M", "-r", f"0-{min(size, 64 << 20) - 1}",
+                               "-w", "%{http_code}", f"{base}/v2/{repo}/blobs/{digest}"], stdout=subprocess.PIPE, text=True)
+             for _ in range(clients)]
+    codes = [p.communicate()[0] for p in procs]
+    assert all(c == "206" for c in codes), codes
+    return vmhwm_mib(pid)
+
+
 def push_manifest(base, repo):
     config = b"{}"
     cd = "sha256:" + hashlib.sha256(config).hexdigest()
@@ -208,6 +224,7 @@ GOALS = [
     ("monolithic push", "monolithic_push_mbps", "ratio", ">=", 2.0),
     ("peak RSS during the push", "peak_rss_after_push_mib", "ratio", "<=", 2.0),
     ("peak RSS during the pull", "peak_rss_during_get_mib", "ratio", "<=", 2.0),
+    ("peak RSS, pull storm", "peak_rss_storm_mib", "ratio", "<=", 2.0),
     ("manifest GET by tag", "manifest_get_rps", "ratio", ">=", 15.0),
     ("ingest CPU-seconds per GiB", "ingest_cpu_seconds_per_gib", "value", "<=", 2.5),
     ("depot push, MB/s", "client_push_mbps", "value", ">=", 300.0),
@@ -277,6 +294,7 @@ def main():
     ap.add_argument("--no-ingest", action="store_true", help="skip `depot bench ingest`")
     ap.add_argument("--client-mib", type=int, default=4096, help="`depot push`/`pull` of a file this big (0: skip)")
     ap.add_argument("--family", help="a directory made by scripts/bench/make_model_family.py: report its stored-bytes ratio")
+    ap.add_argument("--storm", type=int, default=64, help="clients in the pull storm (0: skip it)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     for tool in ("docker-registry", "wrk", "curl"):
@@ -329,6 +347,10 @@ def main():
             r["blob_get_mbps"] = size / get_blob(base, "bench/mono", digest) / 1e6
             if can_reset:
                 r["peak_rss_during_get_mib"] = vmhwm_mib(proc.pid)
+            if args.storm > 0:
+                storm = pull_storm(base, "bench/mono", digest, size, args.storm, proc.pid)
+                if storm is not None:
+                    r["peak_rss_storm_mib"] = storm
             if drop_caches():
                 r["blob_get_cold_mbps"] = size / get_blob(base, "bench/mono", digest) / 1e6
             if weights:
@@ -354,7 +376,7 @@ def main():
             results["depot"]["family_dedup_ratio"] = family_dedup_ratio(args.depot, args.family)
         keys = ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "blob_get_cold_mbps", "weights_push_mbps",
                 "weights_get_mbps", "manifest_get_rps",
-                "peak_rss_after_push_mib", "peak_rss_during_get_mib", "peak_rss_mib")
+                "peak_rss_after_push_mib", "peak_rss_during_get_mib", "peak_rss_storm_mib", "peak_rss_mib")
         ratios = {k: results["depot"][k] / results["distribution"][k]
                   for k in keys if k in results["depot"] and k in results["distribution"] and results["distribution"][k] > 0}
         checked = goals(results, ratios)
@@ -366,7 +388,8 @@ def main():
             print(f"{'metric':28} {'distribution':>14} {'depot':>14} {'ratio':>8}")
             for k in keys:
                 if k not in results["depot"] or k not in results["distribution"]:
-                    why = "needs numpy" if k.startswith("weights_") else "needs root"
+                    why = ("needs numpy" if k.startswith("weights_") else
+                           "--storm 0" if k == "peak_rss_storm_mib" and args.storm == 0 else "needs root")
                     print(f"{k:28} {'n/a (' + why + ')':>39}")
                     continue
                 dv, pv = results["distribution"][k], results["depot"][k]

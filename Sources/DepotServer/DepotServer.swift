@@ -32,6 +32,7 @@ public struct DepotService {
         trust: TrustService? = nil,
         readiness: Readiness? = nil,
         services extra: [any Service] = [],
+        eventLoopGroup: EventLoopGroupProvider = .singleton,
         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     )
         -> some ApplicationProtocol
@@ -82,6 +83,7 @@ public struct DepotService {
                 RouterHookService(changes: routerChanges, policy: policy, registry: registry, logger: logger),
             ],
             onServerRunning: onServerRunning,
+            eventLoopGroupProvider: eventLoopGroup,
             logger: logger
         )
     }

@@ -38,7 +38,8 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
     /// Bytes left to read.
     public var remaining: Int64 { range.upperBound - position }
 
-    private func nextEntry() throws -> (RecipeEntry, ChunkLocation?)? {
+    /// The next recipe entry, without consuming it (`pageIndex += 1` does).
+    private func peekEntry() throws -> (RecipeEntry, ChunkLocation?)? {
         if pageIndex == page.count {
             guard !recipeDone else { return nil }
             let cursor = recipeCursor
@@ -49,7 +50,6 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
             guard let last = page.last else { return nil }
             recipeCursor = last.0.offset + 1
         }
-        defer { pageIndex += 1 }
         return page[pageIndex]
     }
 
@@ -99,10 +99,13 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
         var batch: [(entry: RecipeEntry, loc: ChunkLocation?, outOffset: Int, skip: Int, take: Int)] = []
         var total = 0
         while total < batchBytes, position + Int64(total) < range.upperBound {
-            guard let (entry, loc) = try nextEntry() else { break }
+            guard let (entry, loc) = try peekEntry() else { break }
             let start = position + Int64(total)
             let entryEnd = entry.offset + Int64(entry.length)
-            guard entryEnd > start else { continue }
+            guard entryEnd > start else {
+                pageIndex += 1
+                continue
+            }
             guard entry.offset <= start else {
                 throw DepotError.integrity("blob \(blob.digest): recipe has a gap at offset \(start)")
             }
@@ -113,6 +116,11 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
                 throw DepotError.integrity("blob \(blob.digest): recipe entries overlap at offset \(start)")
             }
             let take = Int(min(entryEnd, range.upperBound) - start)
+            // A batch stops before the chunk that would take it past `batchBytes` (a chunk larger
+            // than that is a batch of its own): NIO rounds a buffer's capacity up to a power of
+            // two, so a batch of 1 MiB and a bit cost 2 MiB of memory, held by every GET.
+            if total > 0 && take > batchBytes - total { break }
+            pageIndex += 1
             batch.append((entry, loc, total, skip, take))
             total += take
         }

@@ -27,6 +27,7 @@ extension ServerConfig {
 func withRegistry(
     config base: ServerConfig = .forTests(),
     readiness: Readiness? = nil,
+    eventLoopGroup: EventLoopGroupProvider = .singleton,
     _ body: @Sendable (any TestClientProtocol, Registry, Int) async throws -> Void
 ) async throws {
     let dir = TempDir()
@@ -36,7 +37,8 @@ func withRegistry(
     config.listenPort = 0
     var logger = Logger(label: "test")
     logger.logLevel = .warning
-    let app = DepotService.makeApplication(registry: registry, config: config, logger: logger, readiness: readiness)
+    let app = DepotService.makeApplication(
+        registry: registry, config: config, logger: logger, readiness: readiness, eventLoopGroup: eventLoopGroup)
     try await app.test(.live) { client in
         try await body(client, registry, client.port!)
     }

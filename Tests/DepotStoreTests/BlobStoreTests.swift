@@ -31,6 +31,37 @@ import Testing
         #expect(throws: DepotError.self) { try store.reader(d, range: 0..<Int64((3 << 20) + 1)) }
     }
 
+    /// A batch is what one GET holds per step (NIO rounds a buffer up to a power of two, so a
+    /// batch just past 1 MiB would cost 2 MiB): batches stay within `batchBytes` and end where
+    /// a chunk ends, except that a range starts and ends where it asks, and a chunk larger than
+    /// `batchBytes` is a batch of its own. The bytes are the blob's, in order, whatever the range.
+    @Test func batchesStayWithinTheirSizeAndEndAtChunkEnds() throws {
+        let dir = TempDir()
+        let store = try ChunkStore(root: dir.path, create: true)
+        let data = randomBytes(6 << 20, seed: 19)
+        let d = try store.write(data).digest
+        let blob = try #require(try store.blob(d))
+        let ends = Set(
+            try store.catalog.read { try $0.recipe(blob: blob.id, from: 0, limit: 100_000) }.map { $0.offset + Int64($0.length) })
+        for (range, batchBytes) in [
+            (0..<data.count, 1 << 20), (12_345..<5_000_000, 1 << 20), (0..<data.count, 300_000), (777..<(6 << 20) - 1, 65_536),
+        ] {
+            let reader = try store.reader(d, range: Int64(range.lowerBound)..<Int64(range.upperBound), as: [UInt8].self)
+            reader.batchBytes = batchBytes
+            var out: [UInt8] = []
+            var position = Int64(range.lowerBound)
+            while let batch = try reader.next() {
+                let end = position + Int64(batch.count)
+                let oneChunk = ends.filter { $0 > position && $0 < end }.isEmpty
+                #expect(batch.count <= batchBytes || oneChunk, "a batch of \(batch.count) bytes with \(batchBytes) allowed")
+                #expect(ends.contains(end) || end == Int64(range.upperBound), "a batch ends at \(end), inside a chunk")
+                out += batch
+                position = end
+            }
+            #expect(out == Array(data[range]))
+        }
+    }
+
     @Test func identicalContentIsStoredOnceAndSharedRunsDedup() throws {
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)

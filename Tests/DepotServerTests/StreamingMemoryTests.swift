@@ -1,0 +1,83 @@
+import CDepotSupport
+import DepotCore
+import DepotTestSupport
+import Dispatch
+import Foundation
+import Hummingbird
+import NIOCore
+import NIOPosix
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What a blob GET holds in memory. A rollout's nodes pull at once, so whatever one GET holds is
+/// multiplied by their number: it must stay a few read batches, however busy the server is.
+@Suite struct StreamingMemoryTests {
+    /// Hummingbird's body writer returns once a batch is queued for the connection's event loop;
+    /// only when the loop has written it does the writer learn that the socket is full. While a
+    /// loop is busy with other connections, a GET that does not wait for it reads batch after
+    /// batch into that queue: 64 slow pulls once held 28 MB each. Here the loops stop outright
+    /// (blocked on a semaphore) while a client reads a large blob: a GET that waits for its
+    /// loop after each batch stays at a few batches, one that does not reads the whole blob into
+    /// memory.
+    @Test func aBlobGetHoldsAFewBatchesWhileItsEventLoopIsBusy() async throws {
+        // The server runs on loops of its own, so stopping them stops no other test's server.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        do {
+            try await readWhileTheLoopsStop(group)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        try await group.shutdownGracefully()
+    }
+
+    private func readWhileTheLoopsStop(_ group: MultiThreadedEventLoopGroup) async throws {
+        try await withRegistry(eventLoopGroup: .shared(group)) { client, _, port in
+            let size = 96 << 20
+            let digest = try await client.pushBlob("mem/blob", randomBytes(size, seed: 41))
+            let conn = try RawConnection(port: port, receiveTimeout: 30)
+            conn.send("GET /v2/mem/blob/blobs/\(digest) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            // The client reads as fast as it can on a thread of its own, counting what arrived.
+            let arrived = Locked(0)
+            let reading = Task {
+                await blocking {
+                    var buffer = [UInt8](repeating: 0, count: 1 << 16)
+                    while true {
+                        let n = buffer.withUnsafeMutableBytes { recv(conn.fd, $0.baseAddress, $0.count, 0) }
+                        if n <= 0 { return n == 0 }
+                        arrived.withLock { $0 += n }
+                    }
+                }
+            }
+            // Once the body flows, stop every event loop for 1.5 s, or until the heap has
+            // grown by `limit` (the GET is reading ahead without bound: fail early).
+            let flowing = ContinuousClock.now + .seconds(30)
+            while arrived.withLock({ $0 }) < 4 << 20 && ContinuousClock.now < flowing { try await Task.sleep(for: .milliseconds(1)) }
+            let base = depot_heap_in_use()
+            let sampling = depot_heap_sampler_start() == 0
+            let limit = 40 << 20
+            let loops = Array(group.makeIterator())
+            let release = DispatchSemaphore(value: 0)
+            for loop in loops { loop.execute { release.wait() } }
+            let deadline = ContinuousClock.now + .milliseconds(1500)
+            var grew = 0
+            while ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+                grew = max(grew, Int(depot_heap_in_use()) - Int(base))
+                if grew > limit { break }
+            }
+            for _ in loops { release.signal() }
+            let peak = sampling ? Int(depot_heap_sampler_stop()) - Int(base) : grew
+            print("blob GET while its event loops stop: heap +\(max(peak, grew) >> 20) MiB")
+            let closed = await reading.value
+            let received = arrived.withLock { $0 }
+            #expect(closed && received > size, "the blob arrived whole (\(received) bytes)")
+            #expect(
+                max(peak, grew) < limit,
+                "the GET held \(max(peak, grew) >> 20) MiB while its event loop was busy (a few 1 MiB batches expected)")
+        }
+    }
+}
