@@ -165,7 +165,7 @@ let package = Package(
             name: "DepotServerTests",
             dependencies: [
                 "DepotServer", "DepotRegistry", "DepotStore", "DepotCore", "DepotCatalog", "DepotFormats", "DepotAPI", "DepotClient",
-                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotTestSupport", "DepotAuth", "DepotTrust", "CDepotSupport",
+                "DepotPipelines", "DepotRunner", "DepotDeploy", "DepotTestSupport", "DepotAuth", "DepotTrust",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),

@@ -63,20 +63,16 @@ struct BlobHandlers: RouteHandlers {
         let metrics = self.metrics
         let channel: (any Channel)? = length > 4 << 20 ? context.channel : nil
         let stallTimeout = Duration.milliseconds(Int64(limits.idleTimeoutSeconds * 1000))
+        let loop = context.channel.eventLoop
         let body = ResponseBody(contentLength: Int(length)) { writer in
             let watchdog = StallWatchdog(channel: channel, timeout: stallTimeout)
             defer { watchdog.stop() }
             var next = first
             while let batch = next {
                 metrics.sent(batch.readableBytes)
-                try await writer.write(batch)
-                // The writer returns once the batch is queued for the channel's event loop
-                // (`eventLoop.execute`), before the loop has written it and found the socket
-                // full; until then the writer still counts as writable. With many connections on
-                // a loop that lag let each GET queue batch after batch: 64 slow pulls held 28 MB
-                // each. One hop through the loop after each batch lets writability catch up, so
-                // a GET holds about three batches whatever the load.
-                if let loop = channel?.eventLoop { try await loop.submit {}.get() }
+                // Paced by the loop, a GET holds about three batches whatever the load: the one
+                // being written, the next and the one read ahead.
+                try await writer.write(batch, pacedBy: loop)
                 watchdog.progress()
                 next = try await reader.nextAsync()
             }

@@ -68,9 +68,9 @@ struct ChunkHandlers: RouteHandlers {
         return try await receiveChunks(request)
     }
 
-    func recipeGet(_ match: RouteMatch, _ request: Request) async throws -> Response {
+    func recipeGet(_ match: RouteMatch, _ request: Request, _ context: DepotRequestContext) async throws -> Response {
         let digest = match["digest"]
-        return try await getRecipe(try Self.name(match), try RequestParsing.digest(digest))
+        return try await getRecipe(try Self.name(match), try RequestParsing.digest(digest), loop: context.channel.eventLoop)
     }
 
     func recipePut(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -78,9 +78,10 @@ struct ChunkHandlers: RouteHandlers {
         return try await commitRecipe(try Self.name(match), try RequestParsing.digest(digest), request)
     }
 
-    func fetchChunks(_ match: RouteMatch, _ request: Request) async throws -> Response {
+    func fetchChunks(_ match: RouteMatch, _ request: Request, _ context: DepotRequestContext) async throws -> Response {
         let digest = match["digest"]
-        return try await fetchChunks(try Self.name(match), try RequestParsing.digest(digest), request)
+        return try await fetchChunks(
+            try Self.name(match), try RequestParsing.digest(digest), request, loop: context.channel.eventLoop)
     }
 
     func metadata(_ match: RouteMatch, _ request: Request) async throws -> Response {
@@ -239,7 +240,7 @@ struct ChunkHandlers: RouteHandlers {
         return Reply.empty(201, [.location: "/v2/\(name)/blobs/\(digest)", .dockerContentDigest: digest.description])
     }
 
-    func getRecipe(_ name: RepositoryName, _ digest: Digest) async throws -> Response {
+    func getRecipe(_ name: RepositoryName, _ digest: Digest, loop: (any EventLoop)?) async throws -> Response {
         let registry = self.registry
         let blob = try await offload { try registry.visibleBlob(name, digest) }
         let metrics = self.metrics
@@ -259,7 +260,7 @@ struct ChunkHandlers: RouteHandlers {
                     out.writeInteger(UInt32(e.length), endianness: .little)
                 }
                 metrics.sent(out.readableBytes)
-                try await writer.write(out)
+                try await writer.write(out, pacedBy: loop)
                 offset = last.offset + 1
             }
             try await writer.finish(nil)
@@ -267,7 +268,7 @@ struct ChunkHandlers: RouteHandlers {
         return Response(status: .ok, headers: headers, body: body)
     }
 
-    func fetchChunks(_ name: RepositoryName, _ digest: Digest, _ request: Request) async throws -> Response {
+    func fetchChunks(_ name: RepositoryName, _ digest: Digest, _ request: Request, loop: (any EventLoop)?) async throws -> Response {
         let registry = self.registry
         let blob = try await offload { try registry.visibleBlob(name, digest) }
         let hashes = try await readHashes(request, limit: Self.maxHashesPerFetch)
@@ -277,13 +278,13 @@ struct ChunkHandlers: RouteHandlers {
         let metrics = self.metrics
         let body = ResponseBody { writer in
             metrics.sent(first.readableBytes)
-            try await writer.write(first)
+            try await writer.write(first, pacedBy: loop)
             var index = min(groupSize, hashes.count)
             while index < hashes.count {
                 let group = hashes[index..<min(index + groupSize, hashes.count)]
                 let batch = try await offload { try registry.store.records(group, of: blob, as: ByteBuffer.self) }
                 metrics.sent(batch.readableBytes)
-                try await writer.write(batch)
+                try await writer.write(batch, pacedBy: loop)
                 index += group.count
             }
             try await writer.finish(nil)

@@ -162,6 +162,19 @@ final class SharedRecentResult<Value: Sendable>: Sendable {
     }
 }
 
+extension ResponseBodyWriter {
+    /// `write`, then one hop through the connection's event loop. The writer returns once a
+    /// buffer is queued for the loop (`eventLoop.execute`), before the loop has written it and
+    /// found the socket full; until then the writer still counts as writable. With many
+    /// connections on a loop that lag let each streamed response queue part after part: 64 slow
+    /// blob pulls held 28 MB each. After the hop the loop has taken the part and the writer
+    /// knows whether to wait, so a response holds the part being written and the next one.
+    mutating func write(_ buffer: ByteBuffer, pacedBy loop: (any EventLoop)?) async throws {
+        try await write(buffer)
+        if let loop { try await loop.submit {}.get() }
+    }
+}
+
 /// Closes the connection of a streamed response that has made no progress for `timeout`: a
 /// client that requests a large blob and never reads it would otherwise hold its connection,
 /// a blob reader and a batch or two of buffered bytes forever (Hummingbird's idle timeout does

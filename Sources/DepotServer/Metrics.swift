@@ -41,7 +41,8 @@ public final class ServerMetrics: Sendable {
 
     /// The exposition text, with gauges supplied by the caller and the store's push stages.
     func render(
-        gauges: [(name: String, help: String, value: Double)], pushStages: [(stage: PushStage, histogram: Histogram)] = []
+        gauges: [(name: String, help: String, value: Double)], counters: [(name: String, help: String, value: Int64)] = [],
+        pushStages: [(stage: PushStage, histogram: Histogram)] = []
     ) -> String {
         var out = "# HELP depot_build_info This build of Depot (always 1).\n# TYPE depot_build_info gauge\n"
         out += "depot_build_info{version=\"\(BuildInfo.version)\",catalog_schema=\"\(Database.schemaVersion)\"} 1\n"
@@ -76,6 +77,7 @@ public final class ServerMetrics: Sendable {
             "# HELP depot_http_received_bytes_total Request body bytes received.\n# TYPE depot_http_received_bytes_total counter\ndepot_http_received_bytes_total \(b.received)\n"
         out +=
             "# HELP depot_http_sent_bytes_total Blob and manifest bytes sent.\n# TYPE depot_http_sent_bytes_total counter\ndepot_http_sent_bytes_total \(b.sent)\n"
+        for c in counters { out += "# HELP \(c.name) \(c.help)\n# TYPE \(c.name) counter\n\(c.name) \(c.value)\n" }
         var gauges = gauges
         if let leadership {
             gauges.append(

@@ -276,9 +276,9 @@ public struct OCIResponder: HTTPResponder {
         case .info: return try await chunks.info(match, request)
         case .missingChunks: return try await chunks.missingChunks(match, request)
         case .uploadChunks: return try await chunks.uploadChunks(match, request)
-        case .recipeGet: return try await chunks.recipeGet(match, request)
+        case .recipeGet: return try await chunks.recipeGet(match, request, context)
         case .recipePut: return try await chunks.recipePut(match, request)
-        case .fetchChunks: return try await chunks.fetchChunks(match, request)
+        case .fetchChunks: return try await chunks.fetchChunks(match, request, context)
         case .metadata: return try await chunks.metadata(match, request)
 
         case .aliasGet: return try await governance.aliasGet(match, request)
@@ -367,7 +367,14 @@ public struct OCIResponder: HTTPResponder {
                 ("depot_store_stored_bytes", "Bytes of pack files on disk.", Double(stats.storedBytes)),
                 ("depot_store_chunks", "Unique chunks stored.", Double(stats.chunks)),
                 ("depot_store_blobs", "Blobs stored.", Double(stats.blobs)),
-            ], pushStages: registry.store.pushStages.snapshot())
+            ],
+            counters: [
+                (
+                    "depot_store_read_bytes_total", "Blob bytes read from the store and verified (GETs, pulls, copies).",
+                    registry.store.readBytes
+                )
+            ],
+            pushStages: registry.store.pushStages.snapshot())
         return Reply.bytes(Array(text.utf8), contentType: "text/plain; version=0.0.4")
     }
 }

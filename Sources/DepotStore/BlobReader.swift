@@ -155,6 +155,7 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
             }
         }
         if let error = failures.first { throw error }
+        store.readCounter.withLock { $0 += Int64(total) }
         position += Int64(total)
         return output
     }

@@ -19,6 +19,11 @@ public final class ChunkStore: Sendable {
     let appender: PackAppender
     /// Stage times of the blob writes this process completed (`/metrics`).
     public let pushStages = PushStageMetrics()
+    /// Blob bytes that readers of this store have read and verified since it opened
+    /// (`depot_store_read_bytes_total`): with `depot_http_sent_bytes_total`, how far reads run
+    /// ahead of the sockets.
+    public var readBytes: Int64 { readCounter.withLock { $0 } }
+    let readCounter = Locked<Int64>(0)
     let compressors: CompressorPool
     /// fp32 chunks decoded lately for cast chunks (`CastChunks.swift`): neighbouring casts share
     /// their boundary sources, which would otherwise be read and decompressed twice.
