@@ -10,7 +10,7 @@ side by side in one run, measured the same way with curl and wrk on loopback:
   are stored as compressed byte planes and decoded on every GET, so their GET is measured apart.
   manifest GET by tag: wrk -t2 -c32 -d10s
   peak RSS (VmHWM) of each server during the push and, reset before it (needs root), during the GET
-  a pull storm: --storm GETs of the blob's first 64 MiB at once, each client reading 4 MB/s (a
+  a pull storm: --storm GETs of the blob's first 64 MiB at once, each client reading 4 MiB/s (a
   rollout's nodes pulling together over slow links): peak RSS, reset before it (needs root)
   Depot's own ingest CPU (`depot bench ingest`: CPU-seconds per GiB)
   `depot push` and `depot pull` of a --client-mib file (a fresh one: every chunk moves) against
@@ -128,15 +128,21 @@ def get_blob(base, repo, digest):
 
 def pull_storm(base, repo, digest, size, clients, pid):
     """Peak RSS (MiB) of the server while `clients` curl GETs of the blob's first 64 MiB run at
-    once, each limited to 4 MB/s: what a server holds per slow pull. None without root (the peak
-    cannot be reset after the earlier steps)."""
+    once, each limited to 4 MiB/s: what a server holds per slow pull. None without root (the peak
+    cannot be reset after the earlier steps). The peak is reset before the storm, so the later
+    `peak_rss_mib` covers the storm and what follows it."""
     if not reset_peak_rss(pid):
         return None
-    procs = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "--limit-rate", "4M", "-r", f"0-{min(size, 64 << 20) - 1}",
-                               "-w", "%{http_code}", f"{base}/v2/{repo}/blobs/{digest}"], stdout=subprocess.PIPE, text=True)
+    length = min(size, 64 << 20)
+    rate = 4 << 20
+    procs = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "--limit-rate", str(rate), "-r", f"0-{length - 1}",
+                               "--max-time", str(3 * length // rate + 30), "-w", "%{http_code} %{size_download}",
+                               f"{base}/v2/{repo}/blobs/{digest}"], stdout=subprocess.PIPE, text=True)
              for _ in range(clients)]
-    codes = [p.communicate()[0] for p in procs]
-    assert all(c == "206" for c in codes), codes
+    for p in procs:
+        out = p.communicate()[0]
+        if p.returncode != 0 or out != f"206 {length}":
+            raise SystemExit(f"pull storm against {base}: a GET ended with curl exit {p.returncode}, {out!r}")
     return vmhwm_mib(pid)
 
 

@@ -370,7 +370,8 @@ public struct OCIResponder: HTTPResponder {
             ],
             counters: [
                 (
-                    "depot_store_read_bytes_total", "Blob bytes read from the store and verified (GETs, pulls, copies).",
+                    "depot_store_read_bytes_total",
+                    "Bytes read from the store for clients: blob GETs (decoded) and chunk records (as stored).",
                     registry.store.readBytes
                 )
             ],

@@ -19,9 +19,10 @@ public final class ChunkStore: Sendable {
     let appender: PackAppender
     /// Stage times of the blob writes this process completed (`/metrics`).
     public let pushStages = PushStageMetrics()
-    /// Blob bytes that readers of this store have read and verified since it opened
-    /// (`depot_store_read_bytes_total`): with `depot_http_sent_bytes_total`, how far reads run
-    /// ahead of the sockets.
+    /// Bytes read out of this store for clients since it opened (`depot_store_read_bytes_total`):
+    /// what `BlobReader`s returned (blob GETs and range reads, decoded) and the chunk records
+    /// `records` returned (`depot pull`, `depot copy`; as stored). With
+    /// `depot_http_sent_bytes_total`, how far reads run ahead of the sockets.
     public var readBytes: Int64 { readCounter.withLock { $0 } }
     let readCounter = Locked<Int64>(0)
     let compressors: CompressorPool

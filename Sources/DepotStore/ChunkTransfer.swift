@@ -114,6 +114,7 @@ extension ChunkStore {
             }
         }
         if let failure { throw failure }
+        readCounter.withLock { $0 += Int64(total) }
         return batch
     }
 }

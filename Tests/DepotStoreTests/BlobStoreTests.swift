@@ -41,8 +41,8 @@ import Testing
         let data = randomBytes(6 << 20, seed: 19)
         let d = try store.write(data).digest
         let blob = try #require(try store.blob(d))
-        let ends = Set(
-            try store.catalog.read { try $0.recipe(blob: blob.id, from: 0, limit: 100_000) }.map { $0.offset + Int64($0.length) })
+        let recipe = try store.catalog.read { try $0.recipe(blob: blob.id, from: 0, limit: 100_000) }
+        let ends = Set(recipe.map { $0.offset + Int64($0.length) })
         for (range, batchBytes) in [
             (0..<data.count, 1 << 20), (12_345..<5_000_000, 1 << 20), (0..<data.count, 300_000), (777..<(6 << 20) - 1, 65_536),
         ] {
@@ -55,6 +55,11 @@ import Testing
                 let oneChunk = ends.filter { $0 > position && $0 < end }.isEmpty
                 #expect(batch.count <= batchBytes || oneChunk, "a batch of \(batch.count) bytes with \(batchBytes) allowed")
                 #expect(ends.contains(end) || end == Int64(range.upperBound), "a batch ends at \(end), inside a chunk")
+                // A batch stops early only when the next chunk would not have fitted.
+                if let next = recipe.first(where: { $0.offset == end }), end < Int64(range.upperBound) {
+                    let take = min(next.offset + Int64(next.length), Int64(range.upperBound)) - end
+                    #expect(Int64(batch.count) + take > Int64(batchBytes), "a batch of \(batch.count) bytes stopped early")
+                }
                 out += batch
                 position = end
             }
