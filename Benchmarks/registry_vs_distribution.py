@@ -4,14 +4,16 @@ side by side in one run, measured the same way with curl and wrk on loopback:
 
   monolithic push of a blob (POST, then PUT ?digest= with the whole body)
   chunked push (PATCHes of --chunk-mib, then PUT ?digest=)
-  blob GET, warm (just written) and cold (page cache dropped first; needs root)
+  blob GET, warm (just written) and cold (page cache dropped first; needs root); every GET row is
+  the median of --rounds GETs (3), the registries alternating after the first
   the same push and warm GET of a safetensors file of fp32 weights distributed like trained ones,
   N(0, 0.02) (needs numpy): what a Triton node pulls. The random blob above is stored raw; weights
   are stored as compressed byte planes and decoded on every GET, so their GET is measured apart.
   manifest GET by tag: wrk -t2 -c32 -d10s
   peak RSS (VmHWM) of each server during the push and, reset before it (needs root), during the GET
   a pull storm: --storm GETs of the blob's first 64 MiB at once, each client reading 4 MiB/s (a
-  rollout's nodes pulling together over slow links): peak RSS, reset before it (needs root)
+  rollout's nodes pulling together over slow links): peak RSS, reset before it (needs root), and
+  the most threads the server ran meanwhile
   Depot's own ingest CPU (`depot bench ingest`: CPU-seconds per GiB)
   `depot push` and `depot pull` of a --client-mib file (a fresh one: every chunk moves) against
   the Depot server, client and server on this machine (0 skips it)
@@ -23,7 +25,7 @@ With --family DIR (made by scripts/bench/make_model_family.py) it also reports t
 stored-bytes ratio (`depot bench dedup`, cast-aware deduplication included).
 
 Usage: Benchmarks/registry_vs_distribution.py [--mib 1024] [--chunk-mib 64] [--client-mib 4096] [--depot .build/release/depot]
-                                             [--storm 64] [--tmpfs] [--family DIR] [--json]
+                                             [--storm 64] [--rounds 3] [--tmpfs] [--family DIR] [--json]
 Needs: docker-registry, wrk, curl (apt). Build Depot first: swift build -c release.
 """
 import argparse
@@ -33,6 +35,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,23 +130,35 @@ def get_blob(base, repo, digest):
 
 
 def pull_storm(base, repo, digest, size, clients, pid):
-    """Peak RSS (MiB) of the server while `clients` curl GETs of the blob's first 64 MiB run at
-    once, each limited to 4 MiB/s: what a server holds per slow pull. None without root (the peak
-    cannot be reset after the earlier steps). The peak is reset before the storm, so the later
-    `peak_rss_mib` covers the storm and what follows it."""
-    if not reset_peak_rss(pid):
-        return None
+    """Peak RSS (MiB) and peak thread count of the server while `clients` curl GETs of the
+    blob's first 64 MiB run at once, each limited to 4 MiB/s: what a server holds per slow pull.
+    RSS is None without root (the peak cannot be reset after the earlier steps); the peak is
+    reset before the storm, so the later `peak_rss_mib` covers the storm and what follows it.
+    Threads are sampled every 50 ms from /proc."""
+    can_reset = reset_peak_rss(pid)
     length = min(size, 64 << 20)
     rate = 4 << 20
     procs = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "--limit-rate", str(rate), "-r", f"0-{length - 1}",
                                "--max-time", str(3 * length // rate + 30), "-w", "%{http_code} %{size_download}",
                                f"{base}/v2/{repo}/blobs/{digest}"], stdout=subprocess.PIPE, text=True)
              for _ in range(clients)]
+    threads = 0
+    while any(p.poll() is None for p in procs):
+        threads = max(threads, proc_threads(pid))
+        time.sleep(0.05)
     for p in procs:
         out = p.communicate()[0]
         if p.returncode != 0 or out != f"206 {length}":
             raise SystemExit(f"pull storm against {base}: a GET ended with curl exit {p.returncode}, {out!r}")
-    return vmhwm_mib(pid)
+    return (vmhwm_mib(pid) if can_reset else None), threads
+
+
+def proc_threads(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
 
 
 def push_manifest(base, repo):
@@ -301,6 +316,7 @@ def main():
     ap.add_argument("--client-mib", type=int, default=4096, help="`depot push`/`pull` of a file this big (0: skip)")
     ap.add_argument("--family", help="a directory made by scripts/bench/make_model_family.py: report its stored-bytes ratio")
     ap.add_argument("--storm", type=int, default=64, help="clients in the pull storm (0: skip it)")
+    ap.add_argument("--rounds", type=int, default=3, help="GETs of each kind per registry, alternating; the median counts")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     for tool in ("docker-registry", "wrk", "curl"):
@@ -354,9 +370,10 @@ def main():
             if can_reset:
                 r["peak_rss_during_get_mib"] = vmhwm_mib(proc.pid)
             if args.storm > 0:
-                storm = pull_storm(base, "bench/mono", digest, size, args.storm, proc.pid)
-                if storm is not None:
-                    r["peak_rss_storm_mib"] = storm
+                storm_rss, storm_threads = pull_storm(base, "bench/mono", digest, size, args.storm, proc.pid)
+                if storm_rss is not None:
+                    r["peak_rss_storm_mib"] = storm_rss
+                r["peak_threads_storm"] = storm_threads
             if drop_caches():
                 r["blob_get_cold_mbps"] = size / get_blob(base, "bench/mono", digest) / 1e6
             if weights:
@@ -368,6 +385,24 @@ def main():
             r["manifest_get_p99"] = p99
             r["peak_rss_mib"] = vmhwm_mib(proc.pid)
             results[name] = r
+        # The GET rows move with this machine's state from minute to minute (page cache, fresh
+        # memory, the other tenant's load), and each registry's first GET came at a different
+        # time: more rounds, alternating registries, and the median of each.
+        get_keys = [k for k in ("blob_get_mbps", "blob_get_cold_mbps", "weights_get_mbps") if k in results["depot"]]
+        runs = {name: {k: [results[name][k]] for k in get_keys if k in results[name]} for name in servers}
+        for _ in range(args.rounds - 1):
+            for name, (base, _proc) in servers.items():
+                got = runs[name]
+                if "blob_get_mbps" in got:
+                    got["blob_get_mbps"].append(size / get_blob(base, "bench/mono", digest) / 1e6)
+                if "blob_get_cold_mbps" in got and drop_caches():
+                    got["blob_get_cold_mbps"].append(size / get_blob(base, "bench/mono", digest) / 1e6)
+                if "weights_get_mbps" in got:
+                    got["weights_get_mbps"].append(weights_size / get_blob(base, "bench/weights", weights_digest) / 1e6)
+        for name in servers:
+            for k, values in runs[name].items():
+                results[name][k] = statistics.median(values)
+                results[name][k + "_rounds"] = [round(v, 1) for v in values]
         if not args.no_ingest:
             ingest_dir = tempfile.mkdtemp(prefix="depot-vs-dist-ingest-", dir="/dev/shm" if args.tmpfs else None)
             try:
@@ -382,7 +417,7 @@ def main():
             results["depot"]["family_dedup_ratio"] = family_dedup_ratio(args.depot, args.family)
         keys = ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "blob_get_cold_mbps", "weights_push_mbps",
                 "weights_get_mbps", "manifest_get_rps",
-                "peak_rss_after_push_mib", "peak_rss_during_get_mib", "peak_rss_storm_mib", "peak_rss_mib")
+                "peak_rss_after_push_mib", "peak_rss_during_get_mib", "peak_rss_storm_mib", "peak_rss_mib", "peak_threads_storm")
         ratios = {k: results["depot"][k] / results["distribution"][k]
                   for k in keys if k in results["depot"] and k in results["distribution"] and results["distribution"][k] > 0}
         checked = goals(results, ratios)
@@ -395,11 +430,15 @@ def main():
             for k in keys:
                 if k not in results["depot"] or k not in results["distribution"]:
                     why = ("needs numpy" if k.startswith("weights_") else
-                           "--storm 0" if k == "peak_rss_storm_mib" and args.storm == 0 else "needs root")
+                           "--storm 0" if "_storm" in k and args.storm == 0 else "needs root")
                     print(f"{k:28} {'n/a (' + why + ')':>39}")
                     continue
                 dv, pv = results["distribution"][k], results["depot"][k]
                 print(f"{k:28} {dv:14.1f} {pv:14.1f} {pv / dv:8.2f}")
+            for k in ("blob_get_mbps", "blob_get_cold_mbps", "weights_get_mbps"):
+                if k + "_rounds" in results["depot"]:
+                    print(f"{k + ' rounds':28} {' '.join(f'{v:.0f}' for v in results['distribution'].get(k + '_rounds', [])):>14}"
+                          f" {' '.join(f'{v:.0f}' for v in results['depot'][k + '_rounds']):>14}")
             print(f"{'manifest_get_p99':28} {results['distribution']['manifest_get_p99']:>14} {results['depot']['manifest_get_p99']:>14}")
             print()
             print(f"{'goal (issue #19)':30} {'measured':>10} {'target':>10}  result")

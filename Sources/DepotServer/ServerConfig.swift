@@ -126,6 +126,8 @@ public struct ServerConfig: Sendable, Equatable {
         public var compactBelow = 0.5
         public var readVerification = "checksum"
         public var castDedup = true
+        /// nil: `ReadWorkers.defaultLimit`.
+        public var readThreads: Int?
     }
 
     public init() {}
@@ -139,6 +141,7 @@ public struct ServerConfig: Sendable, Equatable {
         o.writeGraceSeconds = Int64(store.writeGraceHours * 3600)
         o.compactBelow = store.compactBelow
         o.castDedup = store.castDedup
+        o.readThreads = store.readThreads
         o.readVerification = ReadVerification(rawValue: store.readVerification) ?? .checksum
         if let s3 { o.recordCacheBytes = s3.cacheMiB << 20 }
         return o
@@ -276,6 +279,10 @@ public struct ServerConfig: Sendable, Equatable {
                 config.store.compactBelow = v
             }
             if let v: Bool = try reader.value(s, "cast_dedup") { config.store.castDedup = v }
+            if let v: Int = try reader.value(s, "read_threads") {
+                guard (1...1024).contains(v) else { throw reader.error("storage.read_threads", "must be 1 to 1024") }
+                config.store.readThreads = v
+            }
         }
         try reader.section(root, "uploads") { s in
             if let v: Double = try reader.value(s, "timeout_seconds") {
@@ -657,6 +664,7 @@ final class ConfigReader {
             "storage": [
                 "root", "pack_target_mib", "flush_mib", "compression", "compression_min_savings", "write_grace_hours",
                 "compact_below", "read_verification", "gc_interval_hours", "backend", "s3", "cast_dedup",
+                "read_threads",
             ],
             "uploads": [
                 "timeout_seconds", "max_lifetime_seconds", "max_sessions", "max_sessions_per_client", "min_bytes_per_second",

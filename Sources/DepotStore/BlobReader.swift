@@ -5,9 +5,10 @@ import Dispatch
 /// Streams a byte range of a blob out of the store, verifying every chunk's hash.
 ///
 /// Recipe entries are fetched from the catalog a page at a time; each batch of chunks
-/// (up to ~4 MiB) is read, decompressed and verified in parallel on all cores, then returned
-/// in order. The next batch is prepared while the caller consumes the current one (read-ahead
-/// of one batch), so memory stays at two batches whatever the blob's size.
+/// (up to ~1 MiB, 4 in S3 mode) is read, decompressed and verified in parallel on all cores,
+/// then returned in order. The next batch is prepared, on the store's read pool, while the
+/// caller consumes the current one (read-ahead of one batch), so memory stays at two batches
+/// whatever the blob's size, and threads at the pool's bound whatever the number of readers.
 public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
     public let blob: BlobRecord
     public let range: Range<Int64>
@@ -53,9 +54,9 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
         return page[pageIndex]
     }
 
+    /// The batch being read ahead. At most one is in flight, so batches load one at a time
+    /// and in order, on the store's read pool (`ReadWorkers`).
     private var ahead: (done: DispatchGroup, result: Locked<Result<Batch?, any Error>>)?
-    /// Prepares batches: a serial (so over-committing) queue, never starved by a busy global pool.
-    private let driver = DispatchQueue(label: "depot.blobreader")
 
     /// The next bytes of the range in order, or nil at the end.
     public func next() throws -> Batch? {
@@ -76,7 +77,7 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
         let batch = ahead!
         if batch.done.wait(timeout: .now()) != .success {
             await withCheckedContinuation { (resumed: CheckedContinuation<Void, Never>) in
-                batch.done.notify(queue: driver) { resumed.resume() }
+                batch.done.notify(queue: .global()) { resumed.resume() }
             }
         }
         return try next()
@@ -85,9 +86,11 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
     private func startBatch() -> (done: DispatchGroup, result: Locked<Result<Batch?, any Error>>) {
         let done = DispatchGroup()
         let result = Locked<Result<Batch?, any Error>>(.success(nil))
-        driver.async(group: done) { [self] in
+        done.enter()
+        store.readWorkers.submit { [self] in
             let r = Result { try loadBatch() }
             result.withLock { $0 = r }
+            done.leave()
         }
         return (done, result)
     }

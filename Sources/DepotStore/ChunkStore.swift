@@ -26,6 +26,8 @@ public final class ChunkStore: Sendable {
     public var readBytes: Int64 { readCounter.withLock { $0 } }
     let readCounter = Locked<Int64>(0)
     let compressors: CompressorPool
+    /// The threads that prepare read batches for all of this store's `BlobReader`s.
+    let readWorkers: ReadWorkers
     /// fp32 chunks decoded lately for cast chunks (`CastChunks.swift`): neighbouring casts share
     /// their boundary sources, which would otherwise be read and decompressed twice.
     let castSources = CastSourceCache(capacityBytes: 8 << 20)
@@ -98,6 +100,7 @@ public final class ChunkStore: Sendable {
             files = PackFiles(root: root, objects: objects.map { ObjectPacks(store: $0, cacheBytes: options.recordCacheBytes) })
             appender = PackAppender(db: catalog, files: files, options: options)
             compressors = CompressorPool(maxChunk: options.chunker.maxSize)
+            readWorkers = ReadWorkers(limit: options.readThreads ?? ReadWorkers.defaultLimit(objectStore: objects != nil))
             if readOnly {
                 (recovery, damagedObjects) = (RecoveryReport(), [:])
             } else if let packObjects = files.objects {

@@ -39,6 +39,10 @@ public struct StoreOptions: Sendable {
     /// reads do not go back to the object store (`storage.s3.cache_mib`).
     public var recordCacheBytes = 256 << 20
 
+    /// Threads that prepare blob read batches, shared by all readers (`ReadWorkers`); nil: 4 a
+    /// core, 8 to 64, or 64 in S3 mode (`storage.read_threads`).
+    public var readThreads: Int?
+
     public init() {}
 }
 

@@ -71,13 +71,16 @@ import Testing
 
     @Test func settingsOverrideDefaults() throws {
         let c = try load(
-            "server:\n  listen: 0.0.0.0:6000\nstorage:\n  root: /data\n  compression: off\n  flush_mib: 8\nuploads:\n  timeout_seconds: 60\n"
+            "server:\n  listen: 0.0.0.0:6000\nstorage:\n  root: /data\n  compression: off\n  flush_mib: 8\n  read_threads: 12\n"
+                + "uploads:\n  timeout_seconds: 60\n"
         )
         #expect(c.listenHost == "0.0.0.0")
         #expect(c.listenPort == 6000)
         #expect(c.storageRoot == "/data")
         #expect(c.storeOptions.compression.mode == .off)
         #expect(c.storeOptions.flushBytes == 8 << 20)
+        #expect(c.storeOptions.readThreads == 12)
+        #expect(ServerConfig().storeOptions.readThreads == nil)
         #expect(c.uploads.idleTimeoutSeconds == 60)
     }
 
@@ -85,6 +88,7 @@ import Testing
         for (yaml, key) in [
             ("storage:\n  compresion: auto\n", "storage.compresion"),
             ("storage:\n  pack_target_mib: 0\n", "storage.pack_target_mib"),
+            ("storage:\n  read_threads: 0\n", "storage.read_threads"),
             ("server:\n  listen: nowhere\n", "nowhere"),
             ("uploads:\n  timeout_seconds: fast\n", "timeout_seconds"),
             ("bogus: 1\n", "bogus"),

@@ -1,0 +1,99 @@
+import Foundation
+
+/// The threads that prepare `BlobReader` batches (read, decode, verify) for every reader of a
+/// store: a batch is one job, and at most `limit` run at once whatever the number of readers.
+///
+/// Why not a dispatch queue per reader: each reader's serial queue is an over-committing queue,
+/// so every reader with a batch in flight got a thread of its own. A rollout's nodes pulling
+/// at once (64 GETs) held ~130 threads, and a thousand would hold as many as libdispatch allows.
+/// Here the count is bounded, and readers past it wait their turn in FIFO order. A batch takes
+/// about a millisecond of work on a warm store, so a few threads keep up with many sockets.
+///
+/// Threads start when a job waits and none is idle, and end after `idleTimeout` without work,
+/// so an idle store (and each of a test suite's many stores) holds none.
+///
+/// Invariant: a job never waits for another job of the same pool (it could be queued behind
+/// itself). `BlobReader.loadBatch` reads the catalog and pack files and decodes in parallel on
+/// the global queue; nothing in it waits on a reader.
+final class ReadWorkers: @unchecked Sendable {
+    typealias Job = @Sendable () -> Void
+
+    let limit: Int
+    let idleTimeout: TimeInterval
+    let name: String
+    // Everything below is guarded by `condition`'s lock.
+    private let condition = NSCondition()
+    private var queue: [Job?] = []
+    private var head = 0
+    private var threads = 0
+    private var idle = 0
+    private var peak = 0
+
+    init(limit: Int, idleTimeout: TimeInterval = 30, name: String = "depot.read") {
+        precondition(limit > 0, "a read pool needs at least one thread")
+        self.limit = limit
+        self.idleTimeout = idleTimeout
+        self.name = name
+    }
+
+    /// The default bound: a few threads per core for local packs (a batch is mostly memory
+    /// work, disk reads of a cold store overlap across the batch's parallel chunk reads), more
+    /// for packs in an object store, where a batch waits tens of milliseconds for the network.
+    static func defaultLimit(objectStore: Bool) -> Int {
+        objectStore ? 64 : min(64, max(8, 4 * ProcessInfo.processInfo.activeProcessorCount))
+    }
+
+    /// Queues `job`; it runs on one of the pool's threads, after the jobs queued before it.
+    func submit(_ job: @escaping Job) {
+        condition.lock()
+        queue.append(job)
+        let waiting = queue.count - head
+        let start = waiting > idle && threads < limit
+        if start {
+            threads += 1
+            peak = max(peak, threads)
+        }
+        condition.signal()
+        condition.unlock()
+        if start {
+            let thread = Thread { [self] in work() }
+            thread.name = name
+            thread.start()
+        }
+    }
+
+    /// Threads running now, and the most that ever ran at once (tests, `/metrics` one day).
+    var threadCounts: (now: Int, peak: Int) {
+        condition.lock()
+        defer { condition.unlock() }
+        return (threads, peak)
+    }
+
+    private func work() {
+        condition.lock()
+        while true {
+            if head < queue.count {
+                let job = queue[head]!
+                queue[head] = nil
+                head += 1
+                // Drop the consumed prefix once it is most of the array: O(1) amortized per job.
+                if head >= 64 && head * 2 >= queue.count {
+                    queue.removeFirst(head)
+                    head = 0
+                }
+                condition.unlock()
+                job()
+                condition.lock()
+                continue
+            }
+            idle += 1
+            let signalled = condition.wait(until: Date(timeIntervalSinceNow: idleTimeout))
+            idle -= 1
+            if !signalled && head == queue.count {
+                threads -= 1
+                condition.unlock()
+                return
+            }
+        }
+    }
+}

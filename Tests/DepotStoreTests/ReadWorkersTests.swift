@@ -1,0 +1,84 @@
+import DepotCore
+import DepotTestSupport
+import Dispatch
+import Foundation
+import Testing
+
+@testable import DepotStore
+
+@Suite struct ReadWorkersTests {
+    /// A rollout's nodes pull at once: every reader gets its bytes, in order, while the threads
+    /// preparing their batches stay within the store's bound (each reader used to get a thread).
+    @Test func manyReadersShareABoundedPoolAndGetTheirBytes() async throws {
+        let dir = TempDir()
+        var options = StoreOptions()
+        options.readThreads = 3
+        let store = try ChunkStore(root: dir.path, options: options, create: true)
+        let data = randomBytes(3 << 20, seed: 41)
+        let digest = try store.write(data).digest
+        let expected = data.withUnsafeBytes { SHA256.hash($0) }
+        let results = try await withThrowingTaskGroup(of: SHA256.Value.self) { group in
+            for i in 0..<32 {
+                group.addTask {
+                    let reader = try store.reader(digest, as: [UInt8].self)
+                    reader.batchBytes = (64 << 10) + i * 1024
+                    var hasher = SHA256()
+                    while let batch = try await reader.nextAsync() { batch.withUnsafeBytes { hasher.update($0) } }
+                    return hasher.finalize()
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(results.count == 32)
+        #expect(results.allSatisfy { $0 == expected })
+        let threads = store.readWorkers.threadCounts
+        #expect(threads.peak >= 1, "the readers did not use the store's read pool")
+        #expect(threads.peak <= 3, "\(threads.peak) read threads ran at once, 3 allowed")
+    }
+
+    /// Jobs past the bound wait and run in the order they came; none is lost.
+    @Test func jobsPastTheLimitRunInOrder() {
+        let pool = ReadWorkers(limit: 1)
+        let order = Locked<[Int]>([])
+        let done = DispatchGroup()
+        for i in 0..<200 {
+            done.enter()
+            pool.submit {
+                order.withLock { $0.append(i) }
+                done.leave()
+            }
+        }
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        #expect(order.withLock { $0 } == Array(0..<200))
+        #expect(pool.threadCounts.peak == 1)
+    }
+
+    /// A job that waits starts another thread (up to the bound), so one slow batch (a cold
+    /// disk, an object store) does not hold up the others; idle threads end.
+    @Test func aWaitingJobDoesNotHoldUpOthersAndIdleThreadsEnd() {
+        let pool = ReadWorkers(limit: 4, idleTimeout: 0.1)
+        let started = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let done = DispatchGroup()
+        for _ in 0..<4 {
+            done.enter()
+            pool.submit {
+                started.signal()
+                release.wait()
+                done.leave()
+            }
+        }
+        // All four run at once: each waits for the release, which comes only after all started.
+        for _ in 0..<4 { #expect(started.wait(timeout: .now() + 10) == .success) }
+        #expect(pool.threadCounts.now == 4)
+        for _ in 0..<4 { release.signal() }
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while pool.threadCounts.now > 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        #expect(pool.threadCounts.now == 0, "idle read threads did not end")
+        // And the pool starts threads again afterwards.
+        done.enter()
+        pool.submit { done.leave() }
+        #expect(done.wait(timeout: .now() + 10) == .success)
+    }
+}
