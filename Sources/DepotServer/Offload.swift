@@ -13,7 +13,8 @@ import Synchronization
 /// calls beyond `server.blocking_threads` wait in line without holding a thread.
 ///
 /// Nothing run here may wait for another offloaded call to start (that could deadlock a full
-/// pool): chunk pipelines and read-ahead run on their own dispatch queues.
+/// pool): chunk pipelines run on their own dispatch queues, read-ahead on the store's read pool
+/// (`ReadWorkers`).
 enum BlockingPool {
     private static let pool = Mutex<NIOThreadPool?>(nil)
 
