@@ -59,7 +59,10 @@ struct BlobHandlers: RouteHandlers {
         // The first batch is read before the headers go out, so a pack that cannot be read (EIO,
         // damage) is an OCI error response, not a 200 whose connection drops. A failure later on
         // can only cut the body short (Content-Length tells the client it is incomplete).
-        let first = try await offload { try reader.next() }
+        // Awaited, not offloaded: while the GET waits its turn on the store's read pool, it holds
+        // no blocking-pool thread (a storm of new GETs would otherwise fill that pool and stall
+        // manifest and token requests behind it).
+        let first = try await reader.nextAsync()
         let metrics = self.metrics
         let channel: (any Channel)? = length > 4 << 20 ? context.channel : nil
         let stallTimeout = Duration.milliseconds(Int64(limits.idleTimeoutSeconds * 1000))

@@ -68,7 +68,7 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
     }
 
     /// `next()` for async callers: returns at once when the batch read ahead is ready (the
-    /// usual case while a GET streams), and otherwise suspends until the reader's queue has
+    /// usual case while a GET streams), and otherwise suspends until the store's read pool has
     /// read it, without holding a thread. A GET used to wait in the blocking pool for every
     /// batch, so many slow pulls at once (a rollout's nodes, a cold disk) held as many of its
     /// threads; throughput on loopback was the same either way.
@@ -77,7 +77,7 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
         let batch = ahead!
         if batch.done.wait(timeout: .now()) != .success {
             await withCheckedContinuation { (resumed: CheckedContinuation<Void, Never>) in
-                batch.done.notify(queue: .global()) { resumed.resume() }
+                batch.done.notify(queue: store.readWorkers.resumeQueue) { resumed.resume() }
             }
         }
         return try next()
@@ -86,10 +86,19 @@ public final class BlobReader<Batch: ReadBatch>: @unchecked Sendable {
     private func startBatch() -> (done: DispatchGroup, result: Locked<Result<Batch?, any Error>>) {
         let done = DispatchGroup()
         let result = Locked<Result<Batch?, any Error>>(.success(nil))
-        done.enter()
-        store.readWorkers.submit { [self] in
+        if ReadWorkers.onWorkerThread {
+            // A job of the read pool reading a blob: queueing behind itself could wait forever.
             let r = Result { try loadBatch() }
             result.withLock { $0 = r }
+            return (done, result)
+        }
+        done.enter()
+        // Weak: a reader dropped mid-stream (the client went away) does not read on for nobody.
+        store.readWorkers.submit { [weak self] in
+            if let self {
+                let r = Result { try self.loadBatch() }
+                result.withLock { $0 = r }
+            }
             done.leave()
         }
         return (done, result)

@@ -100,7 +100,7 @@ public final class ChunkStore: Sendable {
             files = PackFiles(root: root, objects: objects.map { ObjectPacks(store: $0, cacheBytes: options.recordCacheBytes) })
             appender = PackAppender(db: catalog, files: files, options: options)
             compressors = CompressorPool(maxChunk: options.chunker.maxSize)
-            readWorkers = ReadWorkers(limit: options.readThreads ?? ReadWorkers.defaultLimit(objectStore: objects != nil))
+            readWorkers = ReadWorkers(limit: max(1, options.readThreads ?? ReadWorkers.defaultLimit(objectStore: objects != nil)))
             if readOnly {
                 (recovery, damagedObjects) = (RecoveryReport(), [:])
             } else if let packObjects = files.objects {

@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 
 /// The threads that prepare `BlobReader` batches (read, decode, verify) for every reader of a
@@ -10,11 +11,17 @@ import Foundation
 /// about a millisecond of work on a warm store, so a few threads keep up with many sockets.
 ///
 /// Threads start when a job waits and none is idle, and end after `idleTimeout` without work,
-/// so an idle store (and each of a test suite's many stores) holds none.
+/// so a store idle for that long (and each of a test suite's many stores) holds none.
 ///
 /// Invariant: a job never waits for another job of the same pool (it could be queued behind
 /// itself). `BlobReader.loadBatch` reads the catalog and pack files and decodes in parallel on
-/// the global queue; nothing in it waits on a reader.
+/// the global queue; nothing in it waits on a reader. Should a job ever read a blob with a
+/// `BlobReader`, that reader loads its batches on the calling thread (`onWorkerThread`)
+/// instead of queueing them behind the job.
+///
+/// One queue for all of a store's reads: in S3 mode a batch can wait on the network for as
+/// long as the object store's timeouts allow, and `limit` such batches hold up the reads
+/// queued behind them (records already cached included) until one ends.
 final class ReadWorkers: @unchecked Sendable {
     typealias Job = @Sendable () -> Void
 
@@ -34,6 +41,7 @@ final class ReadWorkers: @unchecked Sendable {
         self.limit = limit
         self.idleTimeout = idleTimeout
         self.name = name
+        resumeQueue = DispatchQueue(label: name + ".resume")
     }
 
     /// The default bound: a few threads per core for local packs (a batch is mostly memory
@@ -42,6 +50,16 @@ final class ReadWorkers: @unchecked Sendable {
     static func defaultLimit(objectStore: Bool) -> Int {
         objectStore ? 64 : min(64, max(8, 4 * ProcessInfo.processInfo.activeProcessorCount))
     }
+
+    /// Where readers resume async callers once a batch is ready: a serial queue of the pool's
+    /// own, which only resumes continuations, so a global pool whose workers are all blocked
+    /// (reads, `concurrentPerform`) cannot delay it.
+    let resumeQueue: DispatchQueue
+
+    private static let marker = "depot.read-worker"
+
+    /// Whether the calling thread is one of a read pool's.
+    static var onWorkerThread: Bool { Thread.current.threadDictionary[marker] != nil }
 
     /// Queues `job`; it runs on one of the pool's threads, after the jobs queued before it.
     func submit(_ job: @escaping Job) {
@@ -70,6 +88,7 @@ final class ReadWorkers: @unchecked Sendable {
     }
 
     private func work() {
+        Thread.current.threadDictionary[Self.marker] = true
         condition.lock()
         while true {
             if head < queue.count {

@@ -81,4 +81,25 @@ import Testing
         pool.submit { done.leave() }
         #expect(done.wait(timeout: .now() + 10) == .success)
     }
+
+    /// A job of the pool that reads a blob loads its batches itself: queued behind the job, on
+    /// a pool of one thread, they would wait forever.
+    @Test func aReadInsideAPoolJobDoesNotQueueBehindItself() throws {
+        let dir = TempDir()
+        var options = StoreOptions()
+        options.readThreads = 1
+        let store = try ChunkStore(root: dir.path, options: options, create: true)
+        let data = randomBytes(3 << 20, seed: 43)
+        let digest = try store.write(data).digest
+        let got = Locked<[UInt8]?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        store.readWorkers.submit {
+            let bytes = try? store.readAll(digest)
+            got.withLock { $0 = bytes }
+            done.signal()
+        }
+        #expect(done.wait(timeout: .now() + 10) == .success, "a read inside a pool job waited behind that job")
+        let same = got.withLock { $0 == data }
+        #expect(same, "the read inside the job did not return the blob's bytes")
+    }
 }
