@@ -390,8 +390,10 @@ def main():
         # time: more rounds, alternating registries, and the median of each.
         get_keys = [k for k in ("blob_get_mbps", "blob_get_cold_mbps", "weights_get_mbps") if k in results["depot"]]
         runs = {name: {k: [results[name][k]] for k in get_keys if k in results[name]} for name in servers}
-        for _ in range(args.rounds - 1):
-            for name, (base, _proc) in servers.items():
+        for i in range(args.rounds - 1):
+            # Depot goes first in the first extra round, distribution in the next, and so on.
+            order = list(servers.items())
+            for name, (base, _proc) in (order[::-1] if i % 2 == 0 else order):
                 got = runs[name]
                 # The cold GET comes first: dropping the page cache makes every file cold, the
                 # other registry's too, so what follows it reads its bytes once before timing.
