@@ -1,6 +1,10 @@
 import Dispatch
 import Foundation
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The threads that prepare `BlobReader` batches (read, decode, verify) for every reader of a
 /// store: a batch is one job, and at most `limit` run at once whatever the number of readers.
 ///
@@ -36,11 +40,18 @@ final class ReadWorkers: @unchecked Sendable {
     private var idle = 0
     private var peak = 0
 
-    init(limit: Int, idleTimeout: TimeInterval = 30, name: String = "depot.read") {
+    /// Starts a thread running the pool; `startThread` but in tests that make it fail.
+    let threadStarter: @Sendable (ReadWorkers) -> Bool
+
+    init(
+        limit: Int, idleTimeout: TimeInterval = 30, name: String = "depot.read",
+        threadStarter: @escaping @Sendable (ReadWorkers) -> Bool = ReadWorkers.startThread
+    ) {
         precondition(limit > 0, "a read pool needs at least one thread")
         self.limit = limit
         self.idleTimeout = idleTimeout
         self.name = name
+        self.threadStarter = threadStarter
         resumeQueue = DispatchQueue(label: name + ".resume")
     }
 
@@ -73,10 +84,16 @@ final class ReadWorkers: @unchecked Sendable {
         }
         condition.signal()
         condition.unlock()
-        if start {
-            let thread = Thread { [self] in work() }
-            thread.name = name
-            thread.start()
+        if start && !threadStarter(self) {
+            // No thread could be made (a container's pids limit, memory): undo the count. With
+            // no thread of the pool left to run the queue, libdispatch's pool drains it, rather
+            // than leave readers waiting for ever; with some left, they take the job in turn.
+            condition.lock()
+            threads -= 1
+            let stranded = threads == 0
+            if stranded { threads += 1 }
+            condition.unlock()
+            if stranded { DispatchQueue.global().async { [self] in drain() } }
         }
     }
 
@@ -85,6 +102,48 @@ final class ReadWorkers: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         return (threads, peak)
+    }
+
+    /// Starts a thread running `work()`; false when the system would not make one.
+    /// (Foundation's `Thread.start()` does not report a failed `pthread_create`.)
+    static func startThread(_ pool: ReadWorkers) -> Bool {
+        let context = Unmanaged.passRetained(pool).toOpaque()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        var thread = pthread_t()
+        let created = pthread_create(
+            &thread, &attributes,
+            { context in
+                let pool = Unmanaged<ReadWorkers>.fromOpaque(context!).takeRetainedValue()
+                Thread.current.name = pool.name
+                pool.work()
+                return nil
+            }, context)
+        if created != 0 {
+            Unmanaged<ReadWorkers>.fromOpaque(context).release()
+            return false
+        }
+        return true
+    }
+
+    /// Runs what is queued on the calling (libdispatch) thread until the queue is empty, for
+    /// when no thread of the pool could be started. Counted as one of the pool's threads.
+    private func drain() {
+        Thread.current.threadDictionary[Self.marker] = true
+        defer { Thread.current.threadDictionary[Self.marker] = nil }
+        condition.lock()
+        while head < queue.count {
+            let job = queue[head]!
+            queue[head] = nil
+            head += 1
+            condition.unlock()
+            job()
+            condition.lock()
+        }
+        threads -= 1
+        condition.unlock()
     }
 
     private func work() {

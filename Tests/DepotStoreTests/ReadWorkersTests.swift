@@ -102,4 +102,29 @@ import Testing
         let same = got.withLock { $0 == data }
         #expect(same, "the read inside the job did not return the blob's bytes")
     }
+
+    /// When the system will not make a thread (a container's pids limit), queued reads still
+    /// run: on libdispatch's pool when the read pool has no thread at all.
+    @Test func jobsStillRunWhenNoThreadCanBeStarted() {
+        let starts = Locked(0)
+        let pool = ReadWorkers(limit: 4) { _ in
+            starts.withLock { $0 += 1 }
+            return false
+        }
+        let done = DispatchGroup()
+        let ran = Locked(0)
+        for _ in 0..<20 {
+            done.enter()
+            pool.submit {
+                ran.withLock { $0 += 1 }
+                done.leave()
+            }
+        }
+        #expect(done.wait(timeout: .now() + 10) == .success, "queued jobs waited for a thread that was never made")
+        #expect(ran.withLock { $0 } == 20)
+        #expect(starts.withLock { $0 } >= 1)
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while pool.threadCounts.now > 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(pool.threadCounts.now == 0)
+    }
 }
