@@ -134,10 +134,7 @@ final class ReadWorkers: @unchecked Sendable {
         Thread.current.threadDictionary[Self.marker] = true
         defer { Thread.current.threadDictionary[Self.marker] = nil }
         condition.lock()
-        while head < queue.count {
-            let job = queue[head]!
-            queue[head] = nil
-            head += 1
+        while let job = takeJob() {
             condition.unlock()
             job()
             condition.lock()
@@ -146,19 +143,25 @@ final class ReadWorkers: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// The next queued job, if any; called with the lock held.
+    private func takeJob() -> Job? {
+        guard head < queue.count else { return nil }
+        let job = queue[head]
+        queue[head] = nil
+        head += 1
+        // Drop the consumed prefix once it is most of the array: O(1) amortized per job.
+        if head >= 64 && head * 2 >= queue.count {
+            queue.removeFirst(head)
+            head = 0
+        }
+        return job
+    }
+
     private func work() {
         Thread.current.threadDictionary[Self.marker] = true
         condition.lock()
         while true {
-            if head < queue.count {
-                let job = queue[head]!
-                queue[head] = nil
-                head += 1
-                // Drop the consumed prefix once it is most of the array: O(1) amortized per job.
-                if head >= 64 && head * 2 >= queue.count {
-                    queue.removeFirst(head)
-                    head = 0
-                }
+            if let job = takeJob() {
                 condition.unlock()
                 job()
                 condition.lock()
