@@ -7,15 +7,20 @@ import Testing
 @testable import DepotStore
 
 @Suite struct ReadWorkersTests {
+    /// A store whose read pool has `readThreads` threads, holding one 3 MiB blob.
+    private func storeWithABlob(in dir: TempDir, readThreads: Int, seed: UInt64) throws -> (ChunkStore, [UInt8], Digest) {
+        var options = StoreOptions()
+        options.readThreads = readThreads
+        let store = try ChunkStore(root: dir.path, options: options, create: true)
+        let data = randomBytes(3 << 20, seed: seed)
+        return (store, data, try store.write(data).digest)
+    }
+
     /// A rollout's nodes pull at once: every reader gets its bytes, in order, while the threads
     /// preparing their batches stay within the store's bound (each reader used to get a thread).
     @Test func manyReadersShareABoundedPoolAndGetTheirBytes() async throws {
         let dir = TempDir()
-        var options = StoreOptions()
-        options.readThreads = 3
-        let store = try ChunkStore(root: dir.path, options: options, create: true)
-        let data = randomBytes(3 << 20, seed: 41)
-        let digest = try store.write(data).digest
+        let (store, data, digest) = try storeWithABlob(in: dir, readThreads: 3, seed: 41)
         let expected = data.withUnsafeBytes { SHA256.hash($0) }
         let results = try await withThrowingTaskGroup(of: SHA256.Value.self) { group in
             for i in 0..<32 {
@@ -86,11 +91,7 @@ import Testing
     /// a pool of one thread, they would wait forever.
     @Test func aReadInsideAPoolJobDoesNotQueueBehindItself() throws {
         let dir = TempDir()
-        var options = StoreOptions()
-        options.readThreads = 1
-        let store = try ChunkStore(root: dir.path, options: options, create: true)
-        let data = randomBytes(3 << 20, seed: 43)
-        let digest = try store.write(data).digest
+        let (store, data, digest) = try storeWithABlob(in: dir, readThreads: 1, seed: 43)
         let got = Locked<[UInt8]?>(nil)
         let done = DispatchSemaphore(value: 0)
         store.readWorkers.submit {
