@@ -14,6 +14,9 @@ side by side in one run, measured the same way with curl and wrk on loopback:
   a pull storm: --storm GETs of the blob's first 64 MiB at once, each client reading 4 MiB/s (a
   rollout's nodes pulling together over slow links): peak RSS, reset before it (needs root), and
   the most threads the server ran meanwhile
+  a cold pull storm: the page cache dropped (needs root), --storm clients at once each GET a
+  different part of the blob, as fast as they can (a fleet restarting, each node loading its
+  own model): the aggregate MB/s, a median of --rounds like the GET rows
   Depot's own ingest CPU (`depot bench ingest`: CPU-seconds per GiB)
   `depot push` and `depot pull` of a --client-mib file (a fresh one: every chunk moves) against
   the Depot server, client and server on this machine (0 skips it)
@@ -151,6 +154,23 @@ def pull_storm(base, repo, digest, size, clients, pid):
         if p.returncode != 0 or out != f"206 {length}":
             raise SystemExit(f"pull storm against {base}: a GET ended with curl exit {p.returncode}, {out!r}")
     return (vmhwm_mib(pid) if can_reset else None), threads
+
+
+def cold_storm(base, repo, digest, size, clients):
+    """Aggregate MB/s of `clients` ranged GETs at once, each of a different 1/clients of the
+    blob, unthrottled, the caller having dropped the page cache: many pulls of data no one
+    read recently, so the disk and the server's read path, not a shared cached page, set the pace."""
+    part = size // clients
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-r", f"{i * part}-{(i + 1) * part - 1}",
+                               "-w", "%{http_code} %{size_download}", f"{base}/v2/{repo}/blobs/{digest}"],
+                              stdout=subprocess.PIPE, text=True)
+             for i in range(clients)]
+    for p in procs:
+        out = p.communicate()[0]
+        if p.returncode != 0 or out != f"206 {part}":
+            raise SystemExit(f"cold pull storm against {base}: a GET ended with curl exit {p.returncode}, {out!r}")
+    return clients * part / (time.perf_counter() - start) / 1e6
 
 
 def proc_threads(pid):
@@ -376,6 +396,8 @@ def main():
                 r["peak_threads_storm"] = storm_threads
             if drop_caches():
                 r["blob_get_cold_mbps"] = size / get_blob(base, "bench/mono", digest) / 1e6
+            if args.storm > 0 and drop_caches():
+                r["cold_storm_mbps"] = cold_storm(base, "bench/mono", digest, size, args.storm)
             if weights:
                 r["weights_push_mbps"] = weights_size / push_monolithic(base, "bench/weights", weights, weights_digest) / 1e6
                 r["weights_get_mbps"] = weights_size / get_blob(base, "bench/weights", weights_digest) / 1e6
@@ -388,13 +410,16 @@ def main():
         # The GET rows move with this machine's state from minute to minute (page cache, fresh
         # memory, the other tenant's load), and each registry's first GET came at a different
         # time: more rounds, alternating registries, and the median of each.
-        get_keys = [k for k in ("blob_get_mbps", "blob_get_cold_mbps", "weights_get_mbps") if k in results["depot"]]
+        get_keys = [k for k in ("blob_get_mbps", "blob_get_cold_mbps", "cold_storm_mbps", "weights_get_mbps")
+                    if k in results["depot"]]
         runs = {name: {k: [results[name][k]] for k in get_keys if k in results[name]} for name in servers}
         for i in range(args.rounds - 1):
             # Depot goes first in the first extra round, distribution in the next, and so on.
             order = list(servers.items())
             for name, (base, _proc) in (order[::-1] if i % 2 == 0 else order):
                 got = runs[name]
+                if "cold_storm_mbps" in got and drop_caches():
+                    got["cold_storm_mbps"].append(cold_storm(base, "bench/mono", digest, size, args.storm))
                 # The cold GET comes first: dropping the page cache makes every file cold, the
                 # other registry's too, so what follows it reads its bytes once before timing.
                 dropped = "blob_get_cold_mbps" in got and drop_caches()
@@ -422,7 +447,8 @@ def main():
             results["depot"]["client_pull_mbps"] = pull_mbps
         if args.family:
             results["depot"]["family_dedup_ratio"] = family_dedup_ratio(args.depot, args.family)
-        keys = ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "blob_get_cold_mbps", "weights_push_mbps",
+        keys = ("monolithic_push_mbps", "chunked_push_mbps", "blob_get_mbps", "blob_get_cold_mbps", "cold_storm_mbps",
+                "weights_push_mbps",
                 "weights_get_mbps", "manifest_get_rps",
                 "peak_rss_after_push_mib", "peak_rss_during_get_mib", "peak_rss_storm_mib", "peak_rss_mib")
         ratios = {k: results["depot"][k] / results["distribution"][k]
@@ -437,12 +463,12 @@ def main():
             for k in keys:
                 if k not in results["depot"] or k not in results["distribution"]:
                     why = ("needs numpy" if k.startswith("weights_") else
-                           "--storm 0" if "_storm" in k and args.storm == 0 else "needs root")
+                           "--storm 0" if "storm" in k and args.storm == 0 else "needs root")
                     print(f"{k:28} {'n/a (' + why + ')':>39}")
                     continue
                 dv, pv = results["distribution"][k], results["depot"][k]
                 print(f"{k:28} {dv:14.1f} {pv:14.1f} {pv / dv:8.2f}")
-            for k in ("blob_get_mbps", "blob_get_cold_mbps", "weights_get_mbps"):
+            for k in ("blob_get_mbps", "blob_get_cold_mbps", "cold_storm_mbps", "weights_get_mbps"):
                 if k + "_rounds" in results["depot"]:
                     print(f"{k + ' rounds':28} {' '.join(f'{v:.0f}' for v in results['distribution'].get(k + '_rounds', [])):>14}"
                           f" {' '.join(f'{v:.0f}' for v in results['depot'][k + '_rounds']):>14}")
