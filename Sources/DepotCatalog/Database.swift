@@ -143,6 +143,21 @@ public final class Database: Sendable {
         }
     }
 
+    /// Writes a consistent copy of the whole SQLite catalog to `path`, a file that must not
+    /// exist (`VACUUM INTO`: one read transaction, so what the copy holds is one committed state,
+    /// WAL included, while writers go on). The copy is not fsynced here: the caller syncs it
+    /// before relying on it. PostgreSQL catalogs are backed up with its own tools (`pg_dump`,
+    /// base backups): refused with that advice.
+    public func copySQLiteSnapshot(to path: String) throws {
+        guard case .sqlite = backend else {
+            throw DepotError.invalidArgument(
+                "the catalog is in PostgreSQL (\(self.path)); `depot backup` copies the embedded SQLite store only. "
+                    + "Back the database up with pg_dump or a base backup first, then the packs (docs/ARCHITECTURE.md, \"Backup and restore\")"
+            )
+        }
+        try read { conn in try conn.run("VACUUM INTO ?", .text(path)) }
+    }
+
     /// Whether the catalog answers a trivial query now (readiness probes).
     public func ping() throws {
         _ = try read { conn in try conn.first("SELECT 1") { $0.int(0) } }

@@ -208,7 +208,7 @@ public final class ChunkCache: Sendable {
         }
         if !linked {
             guard let to = try? PosixFile(path: temp, mode: .createExclusive),
-                Self.copyRange(from: file, offset: 0, to: to, at: 0, length: id.size)
+                PosixFile.copyRange(from: file, offset: 0, to: to, at: 0, length: id.size)
             else {
                 unlink(temp)
                 return false
@@ -234,34 +234,6 @@ public final class ChunkCache: Sendable {
             unlink(temp)
             unlink(recipeTemp)
             return false
-        }
-        return true
-    }
-
-    /// Copies `length` bytes of `from` at `offset` to `to` at `at`: in the kernel
-    /// (`copy_file_range`) where it can, else through a buffer. False when `from` is short or
-    /// a read or write fails.
-    public static func copyRange(from: PosixFile, offset: Int64, to: PosixFile, at: Int64, length: Int64) -> Bool {
-        var done: Int64 = 0
-        while done < length {
-            let n = depot_copy_file_range(from.fd, offset + done, to.fd, at + done, min(length - done, 1 << 30))
-            if n > 0 {
-                done += n
-                continue
-            }
-            if n == 0 { return false } // `from` ends early
-            if n == -Int64(EINTR) { continue }
-            guard [EXDEV, EINVAL, ENOSYS, EOPNOTSUPP].contains(Int32(-n)) else { return false }
-            // Not between these two files: through a buffer.
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 64)
-            defer { buffer.deallocate() }
-            while done < length {
-                let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(Int64(buffer.count), length - done))])
-                guard (try? from.read(into: slot, at: offset + done)) != nil,
-                    (try? to.write(UnsafeRawBufferPointer(slot), at: at + done)) != nil
-                else { return false }
-                done += Int64(slot.count)
-            }
         }
         return true
     }

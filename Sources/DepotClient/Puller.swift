@@ -359,7 +359,7 @@ public final class Puller: Sendable {
             guard let r = run else { return }
             run = nil
             if files[r.entry] == nil { files[r.entry] = .some(cache.open(r.entry)) }
-            guard let file = files[r.entry] ?? nil, ChunkCache.copyRange(from: file, offset: r.from, to: out, at: r.to, length: r.length)
+            guard let file = files[r.entry] ?? nil, PosixFile.copyRange(from: file, offset: r.from, to: out, at: r.to, length: r.length)
             else {
                 failed.formUnion(r.hashes)
                 // Truncated since (not a failed write here): it would fail every later pull too.

@@ -16,7 +16,7 @@ struct Depot: AsyncParsableCommand {
             Serve.self, Push.self, Pull.self, Tag.self, List.self, Inspect.self,
             Alias.self, History.self, Rollback.self, Resolve.self, Pin.self, Unpin.self, Pins.self,
             LineageCommand.self, Audit.self, Events.self, Jobs.self, RunnerCommand.self, Rollout.self, TritonSyncCommand.self, Stats.self,
-            Fsck.self, GC.self, Blob.self, Bench.self, Debug.self, Login.self, Logout.self, WhoAmICommand.self, Admin.self,
+            Fsck.self, Backup.self, GC.self, Blob.self, Bench.self, Debug.self, Login.self, Logout.self, WhoAmICommand.self, Admin.self,
             Sign.self, Verify.self, KeyCommand.self, Attach.self, Discover.self, Copy.self, Completion.self,
         ]
     )

@@ -89,6 +89,82 @@ struct Fsck: ParsableCommand {
     }
 }
 
+struct Backup: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Copy a store into a new directory while it serves: one catalog snapshot and the packs it names.",
+        discussion: """
+            Runs beside `depot serve` on the same storage root: it takes no lock and writes nothing there. The \
+            destination becomes a store of its own, with the signing keys: to restore, stop the registry and serve \
+            from it (or move it into place). --verify then checks the copy as `depot fsck` does. The embedded store \
+            only: with a PostgreSQL catalog or packs in S3, use pg_dump and the bucket's versioning \
+            (docs/ARCHITECTURE.md, "Backup and restore").
+            """)
+    @OptionGroup var storage: StorageOptions
+    @Argument(help: "A new (or empty) directory outside the storage root; on another disk, to survive this one.")
+    var destination: String
+    @Option(help: "A config file: back up its storage.root.") var config: String?
+    @Flag(help: "Verify the copy: every chunk's SHA-256 and every blob's digest, as `depot fsck` does.") var verify = false
+    @Flag(help: "Machine-readable output.") var json = false
+
+    struct Output: Encodable {
+        var backup: BackupReport
+        /// The backup's wall time, and the verification's.
+        var seconds: Double
+        var verifySeconds: Double?
+        var verified: FsckReport?
+
+        enum CodingKeys: String, CodingKey {
+            case backup, seconds, verified
+            case verifySeconds = "verify_seconds"
+        }
+    }
+
+    static func seconds(since start: ContinuousClock.Instant) -> Double {
+        let elapsed = start.duration(to: .now)
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    }
+
+    func run() throws {
+        let start = ContinuousClock.now
+        let report = reportingErrors { () -> BackupReport in
+            let (root, options, objects) = try storage.resolve(config: config)
+            guard objects == nil else {
+                throw DepotError.invalidArgument(
+                    "\(root)'s packs are in an object store (storage.backend: s3): keep the bucket versioned and back the "
+                        + "catalog up on its own (docs/OBJECT-STORAGE.md)")
+            }
+            return try StoreBackup.run(root: root, to: destination, options: options)
+        }
+        let seconds = Self.seconds(since: start)
+        let verifyStart = ContinuousClock.now
+        let verified =
+            verify
+            ? reportingErrors { () -> FsckReport in
+                let store = try ChunkStore(root: report.destination, ifDamaged: .report)
+                var checked = try store.fsck()
+                checked.recovery = store.recovery.isClean ? nil : store.recovery
+                return checked
+            } : nil
+        let verifySeconds = verify ? Self.seconds(since: verifyStart) : nil
+        if json {
+            printJSON(Output(backup: report, seconds: seconds, verifySeconds: verifySeconds, verified: verified))
+        } else {
+            print(
+                "backed up \(report.packs) packs (\(formatBytes(report.packBytes))), the catalog (\(formatBytes(report.catalogBytes)))"
+                    + (report.keyFiles.isEmpty ? "" : " and \(report.keyFiles.joined(separator: ", "))")
+                    + " to \(report.destination) in \(String(format: "%.1f", seconds)) s"
+                    + (report.attempts > 1 ? " (\(report.attempts) catalog snapshots: GC deleted packs meanwhile)" : ""))
+            if let verified {
+                print(
+                    "verified \(verified.chunksChecked) chunks (\(formatBytes(verified.bytesVerified))) and \(verified.blobsChecked) blobs "
+                        + "in \(String(format: "%.1f", verifySeconds ?? 0)) s: "
+                        + (verified.isClean ? "clean" : "DAMAGE FOUND (run `depot fsck --storage \(report.destination)` for details)"))
+            }
+        }
+        if let verified, !verified.isClean { throw ExitCode(1) }
+    }
+}
+
 struct GC: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gc",

@@ -109,9 +109,9 @@ import Testing
         // A located range copies out byte for byte.
         let target = try PosixFile(path: dir.path + "/copy", mode: .createExclusive)
         let source = try #require(cache.open(digest.hex))
-        #expect(ChunkCache.copyRange(from: source, offset: 1000, to: target, at: 0, length: 3000))
+        #expect(PosixFile.copyRange(from: source, offset: 1000, to: target, at: 0, length: 3000))
         #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: dir.path + "/copy"))) == chunks[1])
-        #expect(!ChunkCache.copyRange(from: source, offset: 4000, to: target, at: 0, length: 501), "past the entry's end")
+        #expect(!PosixFile.copyRange(from: source, offset: 4000, to: target, at: 0, length: 501), "past the entry's end")
     }
 
     @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/shm")))
