@@ -143,19 +143,37 @@ public final class Database: Sendable {
         }
     }
 
-    /// Writes a consistent copy of the whole SQLite catalog to `path`, a file that must not
-    /// exist (`VACUUM INTO`: one read transaction, so what the copy holds is one committed state,
-    /// WAL included, while writers go on). The copy is not fsynced here: the caller syncs it
-    /// before relying on it. PostgreSQL catalogs are backed up with its own tools (`pg_dump`,
-    /// base backups): refused with that advice.
-    public func copySQLiteSnapshot(to path: String) throws {
-        guard case .sqlite = backend else {
-            throw DepotError.invalidArgument(
-                "the catalog is in PostgreSQL (\(self.path)); `depot backup` copies the embedded SQLite store only. "
-                    + "Back the database up with pg_dump or a base backup first, then the packs (docs/ARCHITECTURE.md, \"Backup and restore\")"
-            )
+    /// Writes a consistent copy of the SQLite catalog file `source` into `destination`, an
+    /// existing empty file (its mode is kept: the caller creates it 0600, since the catalog
+    /// holds password and token hashes). `VACUUM INTO` runs in one read transaction, so the copy
+    /// is one committed state, WAL included, while a writer in another process goes on.
+    ///
+    /// `unchanging`: nothing writes the file meanwhile and it has no WAL to read (its server is
+    /// stopped and holds no lock): it is then opened `immutable`, which reads it without creating
+    /// the `-shm` and `-wal` files SQLite otherwise makes beside a WAL database. With a server
+    /// running they exist already. The copy is not fsynced here.
+    public static func copySQLiteSnapshot(of source: String, to destination: String, unchanging: Bool) throws {
+        let conn: SQLiteConnection
+        if unchanging {
+            // A URI path: '%', '?' and '#' would be read as its syntax.
+            var escaped = ""
+            for c in source.unicodeScalars {
+                if c == "%" || c == "?" || c == "#" {
+                    escaped += "%" + String(format: "%02X", c.value)
+                } else {
+                    escaped.unicodeScalars.append(c)
+                }
+            }
+            conn = try SQLiteConnection(path: "file:" + escaped + "?mode=ro&immutable=1", readOnly: true, uri: true)
+        } else {
+            conn = try SQLiteConnection(path: source, readOnly: true)
         }
-        try read { conn in try conn.run("VACUUM INTO ?", .text(path)) }
+        do {
+            try conn.run("VACUUM INTO ?", .text(destination))
+        } catch {
+            // The SQLite layer names the source; a full or failing disk is the destination's.
+            throw DepotError.io("writing the catalog snapshot of \(source) to \(destination) failed: \(error)")
+        }
     }
 
     /// Whether the catalog answers a trivial query now (readiness probes).

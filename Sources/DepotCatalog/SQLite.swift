@@ -17,10 +17,13 @@ public final class SQLiteConnection: CatalogConnection, @unchecked Sendable {
     /// meanwhile) before failing with `busyMessage`.
     let busyTimeoutMilliseconds: Int
 
-    init(path: String, readOnly: Bool, busyTimeoutMilliseconds: Int = 10_000) throws {
+    /// `uri`: `path` is a `file:` URI (its query parameters apply, e.g. `immutable=1`).
+    init(path: String, readOnly: Bool, busyTimeoutMilliseconds: Int = 10_000, uri: Bool = false) throws {
         self.busyTimeoutMilliseconds = busyTimeoutMilliseconds
         var db: OpaquePointer?
-        let flags = (readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_NOMUTEX
+        let flags =
+            (readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_NOMUTEX
+            | (uri ? SQLITE_OPEN_URI : 0)
         let rc = sqlite3_open_v2(path, &db, flags, nil)
         guard rc == SQLITE_OK, let db else {
             let msg = db.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"

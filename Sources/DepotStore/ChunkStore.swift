@@ -57,6 +57,11 @@ public final class ChunkStore: Sendable {
         self.options = options
         self.readOnly = readOnly
         let formatPath = root + "/FORMAT"
+        if FileSystem.probe(root + "/" + StoreBackup.incompleteMarker) != .missing {
+            throw DepotError.storage(
+                "\(root) is an unfinished `depot backup` (it has \(StoreBackup.incompleteMarker)), not a store: delete it, "
+                    + "and back up again")
+        }
         if !FileSystem.isDirectory(root) {
             guard create, !readOnly else { throw DepotError.storage("storage root \(root) does not exist") }
             try FileSystem.createDirectory(root)

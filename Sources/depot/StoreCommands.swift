@@ -93,14 +93,17 @@ struct Backup: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Copy a store into a new directory while it serves: one catalog snapshot and the packs it names.",
         discussion: """
-            Runs beside `depot serve` on the same storage root: it takes no lock and writes nothing there. The \
-            destination becomes a store of its own, with the signing keys: to restore, stop the registry and serve \
-            from it (or move it into place). --verify then checks the copy as `depot fsck` does. The embedded store \
-            only: with a PostgreSQL catalog or packs in S3, use pg_dump and the bucket's versioning \
-            (docs/ARCHITECTURE.md, "Backup and restore").
+            Runs beside `depot serve` on the same storage root, or with it stopped; it takes no lock while copying \
+            and creates nothing under the root. The copy is a store of its own, with the signing keys kept under \
+            the root (keys/, auth/): to restore, stop the registry and serve from the copy, or move the whole \
+            directory into place (never copy catalog.db alone over a root that still has catalog.db-wal). It holds \
+            the registry as of the snapshot: users, tokens and tags deleted since come back. Not copied: the \
+            configuration, TLS files, the bootstrap token, and keys configured outside the root. --verify then \
+            checks every chunk and blob of the copy, reading only. The embedded store only: with a PostgreSQL \
+            catalog or packs in S3, use pg_dump and the bucket's versioning (docs/SCALE.md, "Backups").
             """)
     @OptionGroup var storage: StorageOptions
-    @Argument(help: "A new (or empty) directory outside the storage root; on another disk, to survive this one.")
+    @Argument(help: "A new directory (or an empty one of yours, mode 700) outside the storage root; on another disk, to survive this one.")
     var destination: String
     @Option(help: "A config file: back up its storage.root.") var config: String?
     @Flag(help: "Verify the copy: every chunk's SHA-256 and every blob's digest, as `depot fsck` does.") var verify = false
@@ -112,10 +115,13 @@ struct Backup: ParsableCommand {
         var seconds: Double
         var verifySeconds: Double?
         var verified: FsckReport?
+        /// Signing keys the configuration keeps outside the storage root: not in the copy.
+        var keysNotCopied: [String]
 
         enum CodingKeys: String, CodingKey {
             case backup, seconds, verified
             case verifySeconds = "verify_seconds"
+            case keysNotCopied = "keys_not_copied"
         }
     }
 
@@ -126,12 +132,17 @@ struct Backup: ParsableCommand {
 
     func run() throws {
         let start = ContinuousClock.now
+        var keysNotCopied: [String] = []
         let report = reportingErrors { () -> BackupReport in
             let (root, options, objects) = try storage.resolve(config: config)
             guard objects == nil else {
                 throw DepotError.invalidArgument(
-                    "\(root)'s packs are in an object store (storage.backend: s3): keep the bucket versioned and back the "
-                        + "catalog up on its own (docs/OBJECT-STORAGE.md)")
+                    "\(root)'s packs are in an object store (storage.backend: s3): the bucket keeps them (turn its versioning "
+                        + "on) and the catalog is backed up on its own (docs/SCALE.md, \"Backups\")")
+            }
+            if let config {
+                let loaded = try ServerConfig.load(config)
+                keysNotCopied = [loaded.signing.keyFile, loaded.auth.signingKeyFile].filter { !$0.isEmpty }
             }
             return try StoreBackup.run(root: root, to: destination, options: options)
         }
@@ -140,20 +151,24 @@ struct Backup: ParsableCommand {
         let verified =
             verify
             ? reportingErrors { () -> FsckReport in
-                let store = try ChunkStore(root: report.destination, ifDamaged: .report)
-                var checked = try store.fsck()
-                checked.recovery = store.recovery.isClean ? nil : store.recovery
-                return checked
+                // Read-only: no recovery, no migration, nothing written into the copy.
+                try ChunkStore(root: report.destination, readOnly: true).fsck()
             } : nil
         let verifySeconds = verify ? Self.seconds(since: verifyStart) : nil
         if json {
-            printJSON(Output(backup: report, seconds: seconds, verifySeconds: verifySeconds, verified: verified))
+            printJSON(
+                Output(backup: report, seconds: seconds, verifySeconds: verifySeconds, verified: verified, keysNotCopied: keysNotCopied))
         } else {
             print(
                 "backed up \(report.packs) packs (\(formatBytes(report.packBytes))), the catalog (\(formatBytes(report.catalogBytes)))"
                     + (report.keyFiles.isEmpty ? "" : " and \(report.keyFiles.joined(separator: ", "))")
                     + " to \(report.destination) in \(String(format: "%.1f", seconds)) s"
                     + (report.attempts > 1 ? " (\(report.attempts) catalog snapshots: GC deleted packs meanwhile)" : ""))
+            for s in report.skipped { print("not copied: \(s) (not a regular file)") }
+            for k in keysNotCopied { print("not copied: \(k) (a key configured outside the storage root: back it up with your secrets)") }
+            if report.sameFileSystem {
+                print("note: the copy is on the store's own file system; it does not survive the loss of that disk")
+            }
             if let verified {
                 print(
                     "verified \(verified.chunksChecked) chunks (\(formatBytes(verified.bytesVerified))) and \(verified.blobsChecked) blobs "

@@ -19,13 +19,13 @@ import Testing
         return true
     }
 
-    /// Every file under `root` with its size, except the SQLite files a reader may touch.
-    func listing(_ root: String) throws -> [String: Int64] {
-        var out: [String: Int64] = [:]
+    /// Every file under `root` with its size and modification time.
+    func listing(_ root: String) throws -> [String: String] {
+        var out: [String: String] = [:]
         let base = URL(fileURLWithPath: root).standardizedFileURL.path
         for case let path as String in FileManager.default.enumerator(atPath: base)! {
-            guard case .file(let size) = FileSystem.probe(base + "/" + path), !path.hasPrefix("catalog.db") else { continue }
-            out[path] = size
+            let attributes = try FileManager.default.attributesOfItem(atPath: base + "/" + path)
+            out[path] = "\(attributes[.size] ?? "") \(attributes[.modificationDate] ?? "")"
         }
         return out
     }
@@ -46,28 +46,86 @@ import Testing
             try FileSystem.createDirectory(store.root + "/" + dir)
             try Data("secret \(name)".utf8).write(to: URL(fileURLWithPath: store.root + "/" + dir + "/" + name))
         }
+        // A mounted secret's layout: the key is a link to a file in a hidden directory.
+        try FileSystem.createDirectory(store.root + "/keys/..data")
+        try FileManager.default.moveItem(atPath: store.root + "/keys/signing-key.pem", toPath: store.root + "/keys/..data/signing-key.pem")
+        try FileManager.default.createSymbolicLink(
+            atPath: store.root + "/keys/signing-key.pem", withDestinationPath: "..data/signing-key.pem")
+        try FileSystem.createDirectory(store.root + "/auth/old")
         let before = try listing(dir.path)
 
         let report = try StoreBackup.run(root: dir.path, to: dir.path + "-backup", options: options)
         #expect(report.attempts == 1)
         #expect(report.packs == (try store.catalog.read { try $0.packs() }.count))
         #expect(report.keyFiles == ["auth/token-signing-key.pem", "keys/signing-key.pem"])
-        #expect(try listing(dir.path) == before, "the source is only read")
+        #expect(report.skipped == ["auth/old"])
+        #expect(report.sameFileSystem)
+        #expect(try listing(dir.path) == before, "the source is only read (its server running: SQLite's files exist)")
+        #expect(FileSystem.probe(dir.path + "-backup/" + StoreBackup.incompleteMarker) == .missing)
 
         let restored = try ChunkStore(root: dir.path + "-backup", options: options)
         #expect(restored.recovery.isClean, "nothing to cut or quarantine: \(restored.recovery.summary)")
         for (digest, bytes) in blobs { #expect(try restored.readAll(digest) == bytes) }
         #expect(try restored.fsck().isClean)
+        for rel in report.keyFiles + ["catalog.db"] {
+            let mode = try FileManager.default.attributesOfItem(atPath: dir.path + "-backup/" + rel)[.posixPermissions] as? Int
+            #expect(mode == 0o600, "\(rel) holds secrets")
+        }
         for rel in report.keyFiles {
             #expect(
                 FileManager.default.contents(atPath: dir.path + "-backup/" + rel)
                     == FileManager.default.contents(atPath: dir.path + "/" + rel))
-            let mode = try FileManager.default.attributesOfItem(atPath: dir.path + "-backup/" + rel)[.posixPermissions] as? Int
-            #expect(mode == 0o600)
         }
         // A restored store takes writes; its appends go to a new pack.
         let more = randomBytes(1 << 20, seed: 7)
         #expect(try restored.readAll(try restored.write(more).digest) == more)
+    }
+
+    @Test func aStoppedStoreIsBackedUpWithoutCreatingAnythingBesideIt() throws {
+        let dir = TempDir()
+        let bytes = randomBytes(3 << 20, seed: 5)
+        defer {
+            for suffix in ["-backup", "-walmode", "-backup2", "-walonly", "-backup3"] {
+                try? FileManager.default.removeItem(atPath: dir.path + suffix)
+            }
+        }
+        let digest: Digest
+        do {
+            let store = try ChunkStore(root: dir.path, create: true)
+            if try refusedOnPostgres(store, dir) { return }
+            digest = try store.write(bytes).digest
+        }
+        // Stopped, its WAL left behind (as a server leaves it): read through it, nothing created,
+        // nothing changed but SQLite's shared-memory index.
+        #expect(FileSystem.probe(dir.path + "/catalog.db-shm") != .missing)
+        var before = try listing(dir.path)
+        _ = try StoreBackup.run(root: dir.path, to: dir.path + "-backup")
+        var after = try listing(dir.path)
+        before["catalog.db-shm"] = nil
+        after["catalog.db-shm"] = nil
+        #expect(after == before)
+        #expect(FileSystem.probe(dir.path + "/catalog.db-shm") != .missing)
+
+        // A stopped store whose catalog is in WAL mode with its WAL checkpointed away (as SQLite
+        // leaves it when its last connection closes cleanly): made from the backup, a catalog in
+        // rollback mode, by setting its header's WAL bytes. Read as an immutable file, so not even
+        // SQLite's -wal and -shm appear (a plain read-only open would create both), nor LOCK.
+        try FileManager.default.copyItem(atPath: dir.path + "-backup", toPath: dir.path + "-walmode")
+        let header = try PosixFile(path: dir.path + "-walmode/catalog.db", mode: .readWrite)
+        try [UInt8]([2, 2]).withUnsafeBytes { try header.write($0, at: 18) } // file format write/read version: WAL
+        before = try listing(dir.path + "-walmode")
+        _ = try StoreBackup.run(root: dir.path + "-walmode", to: dir.path + "-backup2")
+        #expect(try listing(dir.path + "-walmode") == before)
+        #expect(try ChunkStore(root: dir.path + "-backup2").readAll(digest) == bytes)
+
+        // A WAL without its shared-memory index: reading would create one, so refused.
+        try FileSystem.createDirectory(dir.path + "-walonly")
+        for name in ["FORMAT", "catalog.db", "catalog.db-wal"] {
+            try FileManager.default.copyItem(atPath: dir.path + "/" + name, toPath: dir.path + "-walonly/" + name)
+        }
+        let error = #expect(throws: DepotError.self) { try StoreBackup.run(root: dir.path + "-walonly", to: dir.path + "-backup3") }
+        #expect("\(error.map { "\($0)" } ?? "")".contains("without catalog.db-shm"))
+        #expect(FileSystem.probe(dir.path + "-walonly/catalog.db-shm") == .missing)
     }
 
     @Test func aBackupWhileBlobsAreWrittenHoldsEveryOneAcknowledgedBeforeIt() throws {
@@ -98,7 +156,6 @@ import Testing
         let report = try StoreBackup.run(root: dir.path, to: dir.path + "-backup", options: options)
         stop.withLock { $0 = true }
         while !writer.isFinished { usleep(1000) }
-        #expect(written.withLock { $0.count } >= 2)
 
         let restored = try ChunkStore(root: dir.path + "-backup", options: options)
         #expect(restored.recovery.truncatedPacks == 0, "only committed bytes are copied")
@@ -111,27 +168,34 @@ import Testing
         #expect(report.packs >= 3)
     }
 
-    @Test func gcDeletingAPackBeforeItIsCopiedTakesAnotherSnapshot() throws {
+    @Test func gcDeletingPacksWhileTheyAreCopiedTakesAnotherSnapshot() throws {
         let dir = TempDir()
         var options = StoreOptions()
-        options.packTargetSize = 2 << 20
+        options.packTargetSize = 1 << 20
         let store = try ChunkStore(root: dir.path, options: options, create: true)
         defer { try? FileManager.default.removeItem(atPath: dir.path + "-backup") }
         if try refusedOnPostgres(store, dir) { return }
+        // The first packs hold only the blob that will be collected, the later ones the kept one.
+        _ = try store.write(randomBytes(3 << 20, seed: 2)).digest
         let keep = randomBytes(3 << 20, seed: 1)
         let k = try store.write(keep).digest
-        _ = try store.write(randomBytes(3 << 20, seed: 2)).digest
         try store.retain(k, reason: "test")
-        let report = try StoreBackup.run(root: dir.path, to: dir.path + "-backup", options: options) { attempt in
-            guard attempt == 1 else { return }
-            // After the first snapshot: the unretained blob is collected and its packs compacted
-            // (the kept chunks move to a new pack, the old packs are deleted).
+        let first = try store.catalog.read { try $0.packs() }
+        let report = try StoreBackup.run(root: dir.path, to: dir.path + "-backup", options: options, maxAttempts: 5) { attempt, index in
+            guard attempt == 1, index == 1 else { return }
+            // The first pack is copied; GC now deletes it and the second (their chunks died).
             let gc = try store.collectGarbage(now: PackAppender.now() + (options.writeGraceSeconds + 1) * 1000)
             #expect(gc.blobsDeleted == 1)
         }
-        #expect(report.attempts == 2, "a pack the first snapshot named was gone")
+        #expect(report.attempts == 2, "the second pack was gone when its turn came")
+        let named = Set(
+            try ChunkStore(root: dir.path + "-backup", options: options, readOnly: true).catalog.read { try $0.packs() }.map(\.id))
+        #expect(!named.contains(first[0].id), "the final snapshot no longer names the first pack")
+        #expect(
+            Set(try Recovery.packFilesOnDisk(root: dir.path + "-backup").keys) == named,
+            "the first pack's copy is gone, every named pack is there")
         let restored = try ChunkStore(root: dir.path + "-backup", options: options)
-        #expect(restored.recovery.quarantinedPacks.isEmpty, "no copy of a pack the final snapshot does not name")
+        #expect(restored.recovery.isClean, "\(restored.recovery.summary)")
         #expect(try restored.readAll(k) == keep)
         #expect(try restored.fsck().isClean)
     }
@@ -144,16 +208,16 @@ import Testing
         _ = try store.write(randomBytes(1 << 20, seed: 1))
         let pack = try store.catalog.read { try $0.packs() }[0]
         try FileSystem.rename(dir.path + "/" + PackFormat.relativePath(pack.id), dir.path + "/moved-away")
-        #expect {
-            try StoreBackup.run(root: dir.path, to: dir.path + "-backup")
-        } throws: { error in
-            "\(error)".contains(PackFormat.relativePath(pack.id)) && "\(error)".contains("damaged")
-        }
+        let error = #expect(throws: DepotError.self) { try StoreBackup.run(root: dir.path, to: dir.path + "-backup") }
+        let message = error.map { "\($0)" } ?? ""
+        #expect(message.contains(PackFormat.relativePath(pack.id)) && message.contains("damaged") && message.contains("delete it"))
         #expect(FileSystem.probe(dir.path + "-backup/FORMAT") == .missing)
-        #expect(FileSystem.probe(dir.path + "-backup/catalog.db") == .missing)
+        // Whatever a failed backup left, nothing opens it as a store (a server would create one there).
+        let refusal = #expect(throws: DepotError.self) { try ChunkStore(root: dir.path + "-backup", create: true) }
+        #expect("\(refusal.map { "\($0)" } ?? "")".contains("unfinished"))
     }
 
-    @Test func theDestinationMustBeNewAndOutsideTheStore() throws {
+    @Test func theDestinationMustBeNewOrEmptyAndOursAndOutsideTheStore() throws {
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)
         defer { try? FileManager.default.removeItem(atPath: dir.path + "-backup") }
@@ -161,13 +225,25 @@ import Testing
         _ = try store.write(randomBytes(100_000, seed: 1))
         let other = TempDir()
         try Data("x".utf8).write(to: URL(fileURLWithPath: other.path + "/something"))
+        try FileManager.default.createSymbolicLink(atPath: other.path + "/into-store", withDestinationPath: dir.path + "/packs")
+        try FileManager.default.createSymbolicLink(atPath: other.path + "/dangling", withDestinationPath: dir.path + "/new")
+        try FileSystem.createDirectory(other.path + "/shared")
+        _ = chmod(other.path + "/shared", 0o777)
+        let parent = URL(fileURLWithPath: dir.path).deletingLastPathComponent().path
         for (dest, why) in [
             (other.path, "not empty"), (dir.path + "/inside", "inside the store"), (dir.path, "inside the store"),
+            (parent, "contains it"), (other.path + "/into-store/x", "inside the store"),
+            (other.path + "/dangling", "a link to nothing"), (other.path + "/shared", "no one else can write"),
             (other.path + "/something", "not a directory"), (other.path + "/new/../x", "without . or .."),
         ] {
             let error = #expect(throws: DepotError.self) { try StoreBackup.run(root: dir.path, to: dest) }
             #expect(error.map { "\($0)".contains(why) } == true, "\(dest): \(String(describing: error))")
         }
         #expect(FileSystem.probe(dir.path + "/inside") == .missing)
+        #expect(FileSystem.probe(dir.path + "/new") == .missing, "nothing created through the dangling link")
+        // An empty directory of ours, mode 700, is taken.
+        try FileSystem.createDirectory(other.path + "/empty")
+        _ = chmod(other.path + "/empty", 0o700)
+        #expect(try StoreBackup.run(root: dir.path, to: other.path + "/empty").packs == 1)
     }
 }
