@@ -108,8 +108,7 @@ public enum StoreBackup {
                 dest + "/" + incompleteMarker,
                 Array("An unfinished `depot backup` of \(root): not a store. Delete this directory.\n".utf8))
             try FileSystem.syncDirectory(dest)
-            var report = try copy(
-                root: root, into: dest, maxAttempts: maxAttempts, beforePackCopy: beforePackCopy, notAStore: notAStore)
+            var report = try copy(root: root, into: dest, maxAttempts: maxAttempts, beforePackCopy: beforePackCopy)
             report.sameFileSystem = sameFileSystem
             let info =
                 "{\"source\": \(jsonString(root)), \"depot_version\": \(jsonString(BuildInfo.version)), "
@@ -128,7 +127,7 @@ public enum StoreBackup {
     }
 
     private static func copy(
-        root: String, into dest: String, maxAttempts: Int, beforePackCopy: ((Int, Int) throws -> Void)?, notAStore: String
+        root: String, into dest: String, maxAttempts: Int, beforePackCopy: ((Int, Int) throws -> Void)?
     ) throws -> BackupReport {
         let partial = dest + "/" + partialCatalog
         var copied: [Int64: Int64] = [:] // pack id -> bytes in the backup's copy
@@ -137,11 +136,15 @@ public enum StoreBackup {
         var snapshotAt: Int64 = 0
         while true {
             attempt += 1
-            try FileSystem.remove(partial)
-            try FileSystem.remove(partial + "-journal")
-            try PrivateFile.create(partial, []) // 0600: the catalog holds password and token hashes
-            snapshotAt = PackAppender.now()
-            try snapshotCatalog(root: root, to: partial)
+            // A server that starts while an unchanging catalog is read can change it under the
+            // read: then the snapshot is taken again, with the server running.
+            for _ in 0..<3 {
+                try FileSystem.remove(partial)
+                try FileSystem.remove(partial + "-journal")
+                try PrivateFile.create(partial, []) // 0600: the catalog holds password and token hashes
+                snapshotAt = PackAppender.now()
+                if try snapshotCatalog(root: root, to: partial) { break }
+            }
             let snapshot = try Database(location: .sqlite(path: partial), readOnly: true)
             let (packs, usage) = try snapshot.snapshot { conn in
                 (try conn.packs(), try conn.packUsage(headerSize: PackFormat.recordHeaderSize))
@@ -216,7 +219,9 @@ public enum StoreBackup {
     /// one whose server left its WAL (a stop without a checkpoint) is read through the `-wal` and
     /// `-shm` it left, as a running server's readers do. A WAL without its `-shm` is refused: a
     /// read would create one.
-    private static func snapshotCatalog(root: String, to partial: String) throws {
+    /// Returns false when the snapshot may be torn: the catalog was read as unchanging, with no
+    /// `LOCK` to hold, and a server created one meanwhile (a store served for the first time).
+    private static func snapshotCatalog(root: String, to partial: String) throws -> Bool {
         let catalogPath = root + "/catalog.db"
         let lockFD = open(root + "/LOCK", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
         defer { if lockFD >= 0 { close(lockFD) } }
@@ -233,6 +238,7 @@ public enum StoreBackup {
             }
         }
         try Database.copySQLiteSnapshot(of: catalogPath, to: partial, unchanging: unchanging)
+        return !(unchanging && lockFD < 0 && FileSystem.probe(root + "/LOCK") != .missing)
     }
 
     /// Copies the regular files in `keys/` and `auth/` (links to regular files followed, as a
