@@ -217,6 +217,43 @@ import Testing
         #expect("\(refusal.map { "\($0)" } ?? "")".contains("unfinished"))
     }
 
+    @Test func theCommandBacksUpVerifiesAndRefusesAUsedDestination() throws {
+        let dir = TempDir()
+        let store = try ChunkStore(root: dir.path, create: true)
+        defer { try? FileManager.default.removeItem(atPath: dir.path + "-backup") }
+        if try refusedOnPostgres(store, dir) { return }
+        let bytes = randomBytes(2 << 20, seed: 3)
+        let digest = try store.write(bytes).digest
+        func depot(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: depotExecutable)
+            p.arguments = arguments
+            let out = Pipe()
+            let err = Pipe()
+            p.standardOutput = out
+            p.standardError = err
+            try p.run()
+            let o = out.fileHandleForReading.readDataToEndOfFile()
+            let e = err.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        }
+        // The store stays open here, as a running server holds it.
+        let first = try depot(["backup", "--storage", dir.path, dir.path + "-backup", "--verify", "--json"])
+        #expect(first.status == 0, "\(first.err)")
+        let json = try JSONSerialization.jsonObject(with: Data(first.out.utf8)) as? [String: Any]
+        let backup = json?["backup"] as? [String: Any]
+        let verified = json?["verified"] as? [String: Any]
+        #expect(backup?["packs"] as? Int == 1)
+        #expect(backup?["same_file_system"] as? Bool == true)
+        #expect(verified?["blobs_checked"] as? Int == 1)
+        #expect((verified?["damaged_chunks"] as? [Any])?.isEmpty == true)
+        #expect(try ChunkStore(root: dir.path + "-backup", readOnly: true).readAll(digest) == bytes)
+        let again = try depot(["backup", "--storage", dir.path, dir.path + "-backup"])
+        #expect(again.status == 1)
+        #expect(again.err.contains("is not empty"), "\(again.err)")
+    }
+
     @Test func theDestinationMustBeNewOrEmptyAndOursAndOutsideTheStore() throws {
         let dir = TempDir()
         let store = try ChunkStore(root: dir.path, create: true)
