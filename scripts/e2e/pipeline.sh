@@ -243,6 +243,34 @@ actors = {e["actor"] for e in entries if (e.get("tag") or "").startswith("v1-")}
 assert "token:embedded-runner" in actors, actors' && ok "stage outputs are recorded under the runner's identity" || bad "audit actors of outputs"
 out="$(DEPOT_TOKEN="$CI" "$DEPOT" alias set models/iris production v1-triton 2>&1)" && bad "CI moved production" || ok "a CI token cannot move production"
 
+# An online backup while it serves: the copy is a registry of its own, with the same users,
+# tokens, tags and signing key (checked after the original stops, below).
+if "$DEPOT" backup --storage "$T/storage" "$T/backup" --verify > "$T/backup.txt" 2>&1; then
+  ok "backed up while serving: $(tr '\n' ' ' < "$T/backup.txt" | cut -c1-160)"
+else
+  bad "depot backup (see $T/backup.txt)"
+fi
+
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+# A registry restored from the backup (authentication on, no bootstrap token: its users and
+# tokens came with the catalog) serves the same bundle to the operator's token, refuses anonymous
+# callers, and its audit journal's hash chain verifies.
+cat > "$T/restored.yaml" <<EOF
+server: {listen: 127.0.0.1:$PORT, log_level: info}
+storage: {root: $T/backup}
+auth: {enabled: true}
+EOF
+"$DEPOT" serve --config "$T/restored.yaml" > "$T/restored.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 100); do curl -sf "$DEPOT_REGISTRY/healthz" >/dev/null && break; sleep 0.1; done
+restored="$("$DEPOT" inspect models/iris:v1-triton --json 2>>"$T/restored.log" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["digest"])')"
+[[ -n "$restored" && "$restored" == "$BUNDLE" ]] && ok "the restored registry serves the same bundle ($restored)" \
+  || bad "restored registry: bundle $restored, expected $BUNDLE (see $T/restored.log)"
+DEPOT_TOKEN= "$DEPOT" inspect models/iris:v1-triton >/dev/null 2>&1 && bad "the restored registry answered an anonymous caller" \
+  || ok "the restored registry refuses anonymous callers"
+"$DEPOT" audit verify >/dev/null 2>&1 && ok "the restored audit chain verifies" || bad "audit verify on the restored registry"
+"$DEPOT" pull models/iris:v1-triton -o "$T/restored-bundle" --quiet \
+  && ok "pulled the bundle from the restored registry (each file checked against its digest)" || bad "pull from the restored registry"
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
 # The server flushed its spans on the way down (graceful shutdown of the exporter).
 "$PY" scripts/e2e/check_traces.py pipeline "$T/spans.jsonl" > "$T/trace-summary.txt" 2>&1 \
