@@ -142,7 +142,12 @@ struct Backup: ParsableCommand {
             }
             if let config {
                 let loaded = try ServerConfig.load(config)
-                keysNotCopied = [loaded.signing.keyFile, loaded.auth.signingKeyFile].filter { !$0.isEmpty }
+                // Keys under the root's keys/ and auth/ are copied; ones configured elsewhere are not.
+                let rootPrefix = URL(fileURLWithPath: root).standardizedFileURL.path + "/"
+                keysNotCopied = [loaded.signing.keyFile, loaded.auth.signingKeyFile].filter {
+                    let path = URL(fileURLWithPath: $0).standardizedFileURL.path
+                    return !$0.isEmpty && !path.hasPrefix(rootPrefix + "keys/") && !path.hasPrefix(rootPrefix + "auth/")
+                }
             }
             return try StoreBackup.run(root: root, to: destination, options: options)
         }
