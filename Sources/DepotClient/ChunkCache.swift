@@ -1,4 +1,3 @@
-import CDepotSupport
 import DepotCore
 import DepotStore
 import Foundation
